@@ -1,0 +1,104 @@
+"""The config schema every task config starts from.
+
+Every key a run can read is declared here, so `config_flags` (which locks the config) turns a mistyped
+`--config.a.b=value` into an error. Task files under `configs/` change values, never add keys, except
+under `model`, whose fields belong to the chosen architecture (see `fpclass.models.create_model`).
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'run'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict(dict(
+      # kaggle_csv | image_folder | digits. kaggle_csv with an empty root means the embedded
+      # SYNTHETIC footprints (generated once into the cache), so a newcomer needs no download.
+      source='kaggle_csv',
+      root='',
+      # Kaggle layout: <root>/<labels_csv>, <root>/<train_dir>/, <root>/<test_dir>/ or <root>/<sample_submission>.
+      labels_csv='train.csv',
+      train_dir='train',
+      test_dir='test',
+      sample_submission='sample_submission.csv',
+      id_column='filename',
+      label_column='SEX',
+      # Optional fixed class order; empty means sorted unique labels (Kaggle) or sorted folder names.
+      class_names=(),
+      # Decoded size as (height, width); the seed-000 default is 80 wide by 120 high.
+      image_size=(120, 80),
+      channels=1,              # 1 -> Pillow mode L, 3 -> RGB
+      resize='stretch',        # stretch | crop (centre crop to aspect) | pad (letterbox)
+      alpha_background=255,    # RGBA/LA/P-with-transparency is composited onto this grey level
+      max_image_pixels=89_478_485,  # Pillow's bomb limit; larger files are quarantined, not decoded
+      bad_test_images='error',  # error | prior: an undecodable test image stops submit, or gets the prior
+      mean=(0.5,),
+      std=(0.5,),
+      val_fraction=0.2,        # stratified, seeded holdout when the source has no validation split
+      split_seed=0,            # fixed apart from `seed`, so runs with other seeds share one split
+      num_folds=5,             # k for stratified k-fold indices (fpclass.data.splits)
+      fold=-1,                 # >= 0: validate on that fold instead of the holdout
+      cache_dir='',            # '' -> $FPCLASS_CACHE or ~/.cache/fpclass
+      decode_workers=0,        # 0 -> 2 x CPU count threads
+      synthetic=ml_collections.ConfigDict(dict(
+          seed=0, n_class0=845, n_class1=728, n_test=1055)),
+  ))
+
+  # Every augmentation is off at its default. Geometry follows Keras' preprocessing layers where a seed
+  # used them (factors are fractions), rotation is in degrees, colour and erasing follow torchvision.
+  c.augment = ml_collections.ConfigDict(dict(
+      hflip=0.0,               # probability
+      vflip=0.0,               # probability
+      rotation=0.0,            # max |angle| in degrees
+      zoom=0.0,                # scale drawn from [1 - zoom, 1 + zoom], same for both axes
+      height=0.0,              # extra vertical scale drawn from [1 - height, 1 + height]
+      width=0.0,               # extra horizontal scale drawn from [1 - width, 1 + width]
+      translate=0.0,           # max shift as a fraction of height/width
+      fill_mode='constant',    # constant | nearest | reflect | wrap (pixels mapped from outside)
+      fill_value=0.0,          # in [0, 1] image units, for fill_mode=constant
+      brightness=0.0,          # factor drawn from [1 - b, 1 + b]
+      contrast=0.0,            # factor drawn from [1 - c, 1 + c], blended around the image mean
+      erasing=0.0,             # probability of one random-erasing rectangle
+      erasing_scale=(0.02, 0.33),
+      erasing_ratio=(0.3, 3.3),
+      erasing_value=0.5,       # in [0, 1] image units; 0.5 is 0 after the default (0.5, 0.5) normalisation
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(name='footprint_cnn', head='softmax'))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32,
+      epochs=50,
+      optimizer='adam',        # adam | adamw | rmsprop | sgd
+      learning_rate=1e-3,
+      schedule='constant',     # constant | cosine | exponential | step
+      warmup_epochs=0,
+      decay_rate=0.1,          # exponential: factor per decay_epochs; step: factor at each boundary
+      decay_epochs=10,
+      momentum=0.9,            # sgd momentum
+      nesterov=False,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      rmsprop_decay=0.9,
+      weight_decay=0.0,        # decoupled (adamw) or added to the gradient (others)
+      l2=0.0,                  # Keras-style kernel_regularizer: l2 * sum(w**2) added to the loss
+      l2_params='.*kernel',    # regex on '/'-joined parameter paths that l2 applies to
+      label_smoothing=0.0,
+      class_weights='',        # '' | auto | 'name:weight,name:weight'
+      grad_clip_norm=0.0,
+      select_checkpoint='best',  # best | last: which checkpoint evaluate/submit restore
+      monitor='val_loss',      # val_loss | val_accuracy | val_macro_f1 | val_roc_auc
+      early_stopping_patience=0,  # 0 -> off; otherwise epochs without improvement before stopping
+      min_delta=0.0,
+      log_every_steps=10,
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(batch_size=256))
+
+  c.submit = ml_collections.ConfigDict(dict(
+      filename='submission.csv',
+      probabilities_filename='submission_probabilities.csv',
+  ))
+  return c

@@ -1,0 +1,213 @@
+"""Decode image files once, on threads, into a uint8 cache keyed by the file list and the settings.
+
+Every image goes through one path: Pillow open (lazy, header only) -> pixel-count bomb check -> full
+decode -> EXIF transpose -> mode normalisation -> resize. A file that fails any step is returned as a
+`Problem` for the quarantine report; nothing on disk is ever modified or deleted.
+"""
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from fpclass import fileio
+from fpclass.data.source import Problem
+
+CACHE_FORMAT = 1  # bump when decoding changes meaning, so old caches are not reused
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  height: int
+  width: int
+  channels: int = 1
+  resize: str = 'stretch'
+  alpha_background: int = 255
+  max_image_pixels: int = 89_478_485
+
+  @classmethod
+  def from_config(cls, data_cfg) -> 'DecodeSettings':
+    height, width = (int(v) for v in data_cfg.image_size)
+    settings = cls(height=height, width=width, channels=int(data_cfg.channels), resize=str(data_cfg.resize),
+                   alpha_background=int(data_cfg.alpha_background),
+                   max_image_pixels=int(data_cfg.max_image_pixels))
+    if settings.channels not in (1, 3):
+      raise _flag_error('channels', settings.channels, 'must be 1 (grayscale) or 3 (RGB)')
+    if settings.resize not in ('stretch', 'crop', 'pad'):
+      raise _flag_error('resize', settings.resize, "must be 'stretch', 'crop' or 'pad'")
+    if height < 1 or width < 1:
+      raise _flag_error('image_size', data_cfg.image_size, 'must be (height, width), both positive')
+    if not 0 <= settings.alpha_background <= 255:
+      raise _flag_error('alpha_background', settings.alpha_background, 'must be a grey level in [0, 255]')
+    return settings
+
+
+def _flag_error(key, value, why):
+  from fpclass.errors import UserInputError
+  return UserInputError(f'config.data.{key}={value!r}: {why}')
+
+
+class DecodeError(Exception):
+  """Why one file could not be decoded."""
+
+
+def decode_image(path: str | os.PathLike, settings: DecodeSettings) -> np.ndarray:
+  """Decodes one file to uint8 (height, width, channels), or raises DecodeError with the reason."""
+  path = pathlib.Path(path)
+  try:
+    if path.stat().st_size == 0:
+      raise DecodeError('zero-byte file')
+    # Opening reads only the header, so the pixel count is checked before any pixel is decoded. Pillow
+    # itself warns between 1x and 2x its own limit and raises above 2x; our limit applies first.
+    with Image.open(path) as image:
+      pixels = image.size[0] * image.size[1]
+      if pixels > settings.max_image_pixels:
+        raise DecodeError(f'decompression bomb: {image.size[0]}x{image.size[1]} = {pixels} pixels is over '
+                          f'config.data.max_image_pixels={settings.max_image_pixels}')
+      image.load()
+      image = ImageOps.exif_transpose(image)
+      image = to_mode(image, settings.channels, settings.alpha_background)
+      image = _resize(image, settings)
+      array = np.asarray(image, dtype=np.uint8)
+  except DecodeError:
+    raise
+  except Image.DecompressionBombError as e:
+    raise DecodeError(f'decompression bomb: {e}') from None
+  except UnidentifiedImageError:
+    raise DecodeError('not an image Pillow can identify') from None
+  except FileNotFoundError:
+    raise DecodeError('file not found') from None
+  except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or malformed data
+    raise DecodeError(f'corrupt image: {type(e).__name__}: {e}') from None
+  if array.ndim == 2:
+    array = array[:, :, None]
+  return array
+
+
+def to_mode(image: Image.Image, channels: int, background: int) -> Image.Image:
+  """Converts any Pillow mode to L (channels=1) or RGB (channels=3).
+
+  16- and 32-bit integer images are scaled from 0..65535 (Pillow's own convert would clip at 255),
+  float images from their own min..max, and transparency is composited onto `background`.
+  """
+  mode = image.mode
+  if mode.startswith('I'):  # I, I;16, I;16B, I;16L, I;16N
+    values = np.asarray(image, dtype=np.float64)
+    top = max(65535.0, float(values.max(initial=0)))
+    image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), 'L')
+  elif mode == 'F':
+    values = np.asarray(image, dtype=np.float64)
+    lo, hi = float(values.min(initial=0)), float(values.max(initial=0))
+    if lo >= 0 and hi <= 1:
+      lo, hi = 0.0, 1.0
+    scaled = (values - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5
+    image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), 'L')
+  elif mode == 'P' or mode == 'PA':
+    image = image.convert('RGBA' if ('transparency' in image.info or mode == 'PA') else 'RGB')
+  elif mode in ('1', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+    image = image.convert('L' if mode == '1' else 'RGB')
+  elif mode in ('La', 'RGBa'):
+    image = image.convert(mode.replace('a', 'A'))
+
+  if image.mode in ('LA', 'RGBA'):
+    flat = Image.new(image.mode[:-1], image.size, (background,) * (len(image.mode) - 1))
+    flat.paste(image, mask=image.getchannel('A'))
+    image = flat
+  target = 'L' if channels == 1 else 'RGB'
+  return image if image.mode == target else image.convert(target)
+
+
+def _resize(image: Image.Image, settings: DecodeSettings) -> Image.Image:
+  size = (settings.width, settings.height)  # Pillow sizes are (width, height)
+  if image.size == size:
+    return image
+  if settings.resize == 'crop':
+    return ImageOps.fit(image, size, Image.Resampling.BILINEAR)
+  if settings.resize == 'pad':
+    fill = settings.alpha_background if image.mode == 'L' else (settings.alpha_background,) * 3
+    return ImageOps.pad(image, size, Image.Resampling.BILINEAR, color=fill)
+  return image.resize(size, Image.Resampling.BILINEAR)
+
+
+def fit_array(images: np.ndarray, settings: DecodeSettings) -> np.ndarray:
+  """Brings an in-memory uint8 (N, H, W, C) array to the configured size and channel count."""
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype != np.uint8:
+    raise ValueError(f'expected uint8 images, got {images.dtype}')
+  n, h, w, c = images.shape
+  if (h, w, c) == (settings.height, settings.width, settings.channels):
+    return images
+  out = np.empty((n, settings.height, settings.width, settings.channels), np.uint8)
+  for i in range(n):
+    image = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i], 'L' if c == 1 else 'RGB')
+    image = _resize(to_mode(image, settings.channels, settings.alpha_background), settings)
+    array = np.asarray(image, np.uint8)
+    out[i] = array[:, :, None] if array.ndim == 2 else array
+  return out
+
+
+def cache_key(paths, settings: DecodeSettings) -> str:
+  """Hash of the settings and each file's path, size and mtime: an edited file invalidates the cache."""
+  digest = hashlib.sha256(json.dumps([CACHE_FORMAT, dataclasses.asdict(settings)]).encode())
+  for path in paths:
+    try:
+      st = os.stat(path)
+      stamp = f'{os.fspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n'
+    except OSError:
+      stamp = f'{os.fspath(path)}\0missing\n'
+    digest.update(stamp.encode('utf-8', 'surrogateescape'))
+  return digest.hexdigest()[:32]
+
+
+def decode_files(paths, settings: DecodeSettings, *, split: str, cache_dir=None, workers: int = 0,
+                 labels_for=None, progress: bool = True):
+  """Decodes `paths` into uint8 (N, H, W, C).
+
+  Returns (images, ok, problems): `ok[i]` is False for a file that failed, whose row in `images` is zeros
+  and whose reason is in `problems`. `labels_for(i)` may name the file for messages; default its path.
+  """
+  paths = [pathlib.Path(p) for p in paths]
+  cache_file = None
+  if cache_dir:
+    cache_file = pathlib.Path(cache_dir) / 'decoded' / f'{split}-{cache_key(paths, settings)}.npz'
+    if cache_file.exists():
+      try:
+        with np.load(cache_file, allow_pickle=False) as cached:
+          images, ok, reasons = cached['images'], cached['ok'], list(cached['reasons'])
+        return images, ok, _problems(paths, ok, reasons, split)
+      except (OSError, ValueError, KeyError):
+        pass  # unreadable cache: decode again and overwrite it
+
+  images = np.zeros((len(paths), settings.height, settings.width, settings.channels), np.uint8)
+  ok = np.zeros(len(paths), bool)
+  reasons = [''] * len(paths)
+
+  def work(i):
+    try:
+      images[i] = decode_image(paths[i], settings)
+      ok[i] = True
+    except DecodeError as e:
+      reasons[i] = str(e)
+
+  workers = workers or 2 * (os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
+    jobs = pool.map(work, range(len(paths)))
+    for _ in tqdm(jobs, total=len(paths), desc=f'decode {split}', unit='img', disable=not progress or None,
+                  leave=False):
+      pass
+  if cache_file is not None:
+    with fileio.atomic_path(cache_file) as tmp:
+      with open(tmp, 'wb') as f:
+        np.savez(f, images=images, ok=ok, reasons=np.array(reasons, dtype=str))
+  return images, ok, _problems(paths, ok, reasons, split)
+
+
+def _problems(paths, ok, reasons, split):
+  return [Problem(file=str(paths[i]), split=split, reason=str(reasons[i])) for i in np.flatnonzero(~ok)]

@@ -1,0 +1,153 @@
+"""Evaluate a trained workdir on its validation split (and a labelled test split, if any).
+
+Writes scores.json, classification_report.txt, val_predictions.csv, learning_curves.png,
+confusion_matrix.png, roc_curve.png, and the evaluation section of report.md.
+"""
+import pathlib
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+from fpclass import data, fileio, metrics, report
+from fpclass.errors import UserInputError
+from fpclass.inference import load_trained
+
+PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
+
+
+def evaluate_workdir(config, workdir, dataset=None) -> dict:
+  workdir = pathlib.Path(workdir)
+  trained = load_trained(config, workdir)
+  dataset = dataset or data.load_dataset(config)
+  if tuple(dataset.class_names) != trained.class_names:
+    raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
+                         f'was trained on {list(trained.class_names)}')
+  batch = int(config.eval.batch_size)
+  val_probs = trained.probabilities(dataset.val.images, batch)
+  result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
+  result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
+                model=config.model.name, num_params=trained.metadata['num_params'])
+  if dataset.test is not None and dataset.test.labels is not None:
+    keep = dataset.test.extras.get('decoded', np.ones(len(dataset.test), bool))
+    test = dataset.test.take(np.flatnonzero(keep))
+    result['test'] = metrics.scores(test.labels, trained.probabilities(test.images, batch), dataset.class_names)
+
+  fileio.write_json(workdir / 'scores.json', result)
+  fileio.write_text(workdir / 'classification_report.txt',
+                    metrics.classification_report(dataset.val.labels, val_probs.argmax(1), dataset.class_names))
+  fileio.write_csv(workdir / 'val_predictions.csv', predictions_frame(dataset.val, val_probs, dataset.class_names))
+  history_path = workdir / 'metrics.csv'
+  history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+  fileio.save_figure(workdir / 'learning_curves.png', plot_learning_curves(history, trained.loop))
+  fileio.save_figure(workdir / 'confusion_matrix.png',
+                     plot_confusion(np.array(result['confusion_matrix']), dataset.class_names))
+  fileio.save_figure(workdir / 'roc_curve.png', plot_roc(dataset.val.labels, val_probs, dataset.class_names))
+  report.write_section(workdir, '00-data', data_section(dataset))
+  report.write_section(workdir, '10-evaluation', evaluation_section(result, trained, history))
+  print(f'{workdir}: val accuracy {result["accuracy"]:.4f}, macro F1 {result["macro_f1"]:.4f}'
+        + (f', ROC AUC {result["roc_auc"]:.4f}' if result['roc_auc'] is not None else '')
+        + f' ({trained.checkpoint} checkpoint, epoch {trained.epoch})')
+  return result
+
+
+def predictions_frame(split, probs, class_names) -> pd.DataFrame:
+  pred = probs.argmax(1)
+  frame = pd.DataFrame({'id': split.ids, 'label': [class_names[i] for i in split.labels],
+                        'predicted': [class_names[i] for i in pred]})
+  for i, name in enumerate(class_names):
+    frame[f'p_{name}'] = probs[:, i]
+  frame['loss'] = -np.log(np.clip(probs[np.arange(len(pred)), split.labels], 1e-12, 1.0))
+  return frame
+
+
+def plot_learning_curves(history: pd.DataFrame, loop: dict) -> Figure:
+  fig = Figure(figsize=(10, 3.8))
+  for ax, name in zip(fig.subplots(1, 2), ('loss', 'accuracy')):
+    if not history.empty:
+      ax.plot(history['epoch'], history[f'train_{name}'], marker='.', label='train')
+      ax.plot(history['epoch'], history[f'val_{name}'], marker='.', label='validation')
+      if loop.get('best_epoch'):
+        ax.axvline(loop['best_epoch'], color='grey', ls='--', lw=1, label=f'best epoch {loop["best_epoch"]}')
+      ax.legend()
+    ax.set_xlabel('epoch')
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+  return fig
+
+
+def plot_confusion(matrix: np.ndarray, class_names) -> Figure:
+  k = len(class_names)
+  fig = Figure(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k) if k > 4 else (4.2, 3.6))
+  ax = fig.subplots()
+  ax.imshow(matrix, cmap='Blues')
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, str(matrix[i, j]), ha='center', va='center',
+              color='white' if matrix[i, j] > matrix.max() / 2 else 'black')
+  ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45 if k > 4 else 0)
+  ax.set_yticks(range(k), [str(c) for c in class_names])
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title('confusion matrix (validation)')
+  return fig
+
+
+def plot_roc(labels, probs, class_names) -> Figure:
+  fig = Figure(figsize=(4.6, 4.2))
+  ax = fig.subplots()
+  k = len(class_names)
+  classes = [1] if k == 2 else range(k)
+  for c in classes:
+    truth = labels == c
+    if truth.all() or not truth.any():
+      continue
+    fpr, tpr, _ = skm.roc_curve(truth, probs[:, c])
+    label = f'{class_names[c]} (AUC {skm.auc(fpr, tpr):.3f})' if k > 2 else f'AUC {skm.auc(fpr, tpr):.3f}'
+    ax.plot(fpr, tpr, label=label)
+  ax.plot([0, 1], [0, 1], color='grey', ls='--', lw=1)
+  ax.set_xlabel('false positive rate')
+  ax.set_ylabel('true positive rate')
+  ax.set_title('ROC (validation)' + (f', positive class {class_names[1]}' if k == 2 else ', one-vs-rest'))
+  ax.legend(loc='lower right', fontsize=8)
+  return fig
+
+
+def data_section(dataset) -> str:
+  counts = data.class_counts(dataset)
+  rows = [dict(split=s, **c, total=sum(c.values())) for s, c in counts.items()]
+  if dataset.test is not None and dataset.test.labels is None:
+    rows.append(dict(split='test (unlabelled)', total=len(dataset.test)))
+  lines = ['## Data', '', f'Source: `{dataset.source_name}`. Validation: {dataset.split_note}.', '',
+           report.table(rows, ['split', *dataset.class_names, 'total']), '',
+           f'Skipped inputs: {len(dataset.quarantine)} (see [quarantine.csv](quarantine.csv)).']
+  lines += [f'- {note}' for note in dataset.notes]
+  return '\n'.join(lines)
+
+
+def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
+  auc = 'n/a' if result['roc_auc'] is None else f'{result["roc_auc"]:.4f}'
+  loop = trained.loop
+  lines = ['## Validation results', '',
+           f'Model `{result["model"]}` ({result["num_params"]:,} parameters), {trained.checkpoint} checkpoint '
+           f'(epoch {trained.epoch}; training stopped by {loop.get("stop_reason") or "n/a"} after '
+           f'{loop.get("epoch", len(history))} epochs).', '',
+           *(['The validation split also chose this checkpoint, so its figures are optimistic; '
+              'k-fold cross-validation gives unbiased ones.', '']
+             if trained.checkpoint == 'best' else []),
+           f'| accuracy | macro F1 | ROC AUC | loss | n |', '|---|---|---|---|---|',
+           f'| {result["accuracy"]:.4f} | {result["macro_f1"]:.4f} | {auc} | {result["loss"]:.4f} | {result["n"]} |',
+           '',
+           report.table([dict(cls=name, **v) for name, v in result['per_class'].items()],
+                        ['cls', 'precision', 'recall', 'f1', 'support']).replace('| cls |', '| class |', 1),
+           '']
+  if 'test' in result:
+    t = result['test']
+    lines += [f'Labelled test split: accuracy {t["accuracy"]:.4f}, macro F1 {t["macro_f1"]:.4f} (n={t["n"]}).', '']
+  lines += ['![learning curves](learning_curves.png)', '', '![confusion matrix](confusion_matrix.png) '
+            '![ROC](roc_curve.png)', '',
+            'Files: [scores.json](scores.json), [classification_report.txt](classification_report.txt), '
+            '[val_predictions.csv](val_predictions.csv), [metrics.csv](metrics.csv), '
+            '[metadata.json](metadata.json).']
+  return '\n'.join(lines)

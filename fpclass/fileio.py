@@ -1,0 +1,69 @@
+"""Atomic writes: every file fpclass produces appears whole or not at all.
+
+Write to a temporary name in the same directory, fsync, then `os.replace` (atomic on POSIX and Windows).
+A killed run leaves at worst a stray `.tmp-*` file, never a truncated output.
+"""
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterator
+
+# mkstemp creates files 0600; outputs should get the usual permissions, so read the umask once.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields a temporary path to write; on success it replaces `path`, on error it is removed."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.tmp-', suffix=path.suffix, dir=path.parent)
+  os.fchmod(fd, 0o666 & ~_UMASK)
+  os.close(fd)
+  tmp = pathlib.Path(tmp)
+  try:
+    yield tmp
+    with open(tmp, 'rb') as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with atomic_path(path) as tmp:
+    tmp.write_text(text, encoding='utf-8')
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
+
+
+def write_csv(path: str | os.PathLike, frame) -> None:
+  """Writes a pandas DataFrame without its index."""
+  with atomic_path(path) as tmp:
+    frame.to_csv(tmp, index=False)
+
+
+def save_figure(path: str | os.PathLike, figure) -> None:
+  """Saves a matplotlib `Figure` atomically. Figures are built with the object API (no pyplot), so no
+  GUI backend or global figure registry is involved."""
+  with atomic_path(path) as tmp:
+    figure.savefig(tmp, dpi=110, bbox_inches='tight', format=pathlib.Path(path).suffix.lstrip('.') or 'png')
+
+
+def _json_default(obj):
+  import numpy as np
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, (pathlib.Path,)):
+    return str(obj)
+  if isinstance(obj, tuple):
+    return list(obj)
+  raise TypeError(f'not JSON serialisable: {type(obj).__name__}')

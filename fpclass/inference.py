@@ -1,0 +1,54 @@
+"""Restore a trained workdir for inference: the one place evaluate, submit and explain get a model from."""
+import dataclasses
+import pathlib
+
+import jax
+import numpy as np
+
+from fpclass import checkpoint
+from fpclass.errors import UserInputError
+from fpclass.task import Task, TrainState, build_task, predict_logits, probabilities
+
+
+@dataclasses.dataclass
+class Trained:
+  task: Task
+  state: TrainState
+  metadata: dict
+  class_names: tuple
+  checkpoint: str      # which checkpoint was restored: 'best' or 'last'
+  epoch: int
+  loop: dict           # the run's final loop state (history, best epoch, stop reason)
+
+  def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return predict_logits(self.task, self.state, images, batch_size)
+
+  def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return probabilities(self.logits(images, batch_size), self.task.head)
+
+
+def load_trained(config, workdir, kind: str | None = None) -> Trained:
+  """The model of `workdir` with the checkpoint `kind` (default: config.train.select_checkpoint)."""
+  workdir = pathlib.Path(workdir)
+  metadata = checkpoint.read_metadata(workdir)
+  if metadata is None:
+    raise UserInputError(f'{workdir}: no trained run here ({checkpoint.METADATA} is missing); '
+                         'run --mode train with this --workdir first')
+  checkpoint.check_restorable(workdir, metadata, checkpoint.config_as_json(config))
+  kind = kind or config.train.select_checkpoint
+  if kind not in ('best', 'last'):
+    raise UserInputError(f'config.train.select_checkpoint={kind!r}: use best or last')
+  class_names = tuple(metadata['class_names'])
+  task = build_task(config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
+  height, width = metadata['image_size']
+  abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), (height, width, metadata['channels'])))
+  store = checkpoint.CheckpointStore(workdir)
+  if store.latest_epoch(kind) is None and kind == 'best' and store.latest_epoch('last') is not None:
+    kind = 'last'  # no epoch improved on the monitor (e.g. all NaN): fall back to the final weights
+  try:
+    epoch = store.latest_epoch(kind)
+    state, _ = store.restore(kind, abstract, epoch)
+    loop = store.loop_state('last')  # the whole run's history, also when `best` is restored
+  finally:
+    store.close()
+  return Trained(task, state, metadata, class_names, kind, int(epoch), loop)

@@ -1,0 +1,73 @@
+"""The model registry: every architecture by name, with what the rest of the flow needs to know of it.
+
+Each model is a Flax linen module whose `__call__(x, train=False)` takes a normalised float batch
+(N, H, W, C) and returns `(logits, features)`, `features` being a dict of named stages that Grad-CAM and
+feature-map plots read. Config fields under `config.model` (besides `name` and `head`) are the module's
+own dataclass fields, so a mistyped field is an error that lists the valid ones.
+"""
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+
+from fpclass.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str
+  module: Callable[..., nn.Module]   # a linen Module class (or a partial of one)
+  family: str                        # cnn | torchvision | keras
+  cam_layer: str                     # the default Grad-CAM feature: the last conv stage
+  description: str = ''
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+  if spec.name in REGISTRY:
+    raise ValueError(f'model {spec.name!r} is registered twice')
+  REGISTRY[spec.name] = spec
+  return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+  _import_families()
+  if name not in REGISTRY:
+    raise UserInputError(f'config.model.name={name!r}: unknown model; registered: {sorted(REGISTRY)}')
+  return REGISTRY[name]
+
+
+def num_outputs(model_cfg, num_classes: int) -> int:
+  """A softmax head has one logit per class; a sigmoid head one logit for a binary task."""
+  head = model_cfg.get('head', 'softmax')
+  if head == 'softmax':
+    return num_classes
+  if head == 'sigmoid':
+    if num_classes != 2:
+      raise UserInputError(f'config.model.head=sigmoid needs exactly 2 classes, the data has {num_classes}')
+    return 1
+  raise UserInputError(f"config.model.head={head!r}: use 'softmax' or 'sigmoid'")
+
+
+def create_model(model_cfg, num_classes: int) -> nn.Module:
+  """Builds the configured module, checking each config field against the module's own fields."""
+  spec = get_spec(model_cfg.name)
+  kwargs = {k: v for k, v in model_cfg.items() if k not in ('name', 'head')}
+  module_fields = {f.name for f in dataclasses.fields(_module_class(spec.module))} - {'parent', 'name'}
+  unknown = sorted(set(kwargs) - module_fields)
+  if unknown:
+    raise UserInputError(f'config.model.{unknown[0]} is not a field of model {spec.name!r}; its fields are '
+                         f'{sorted(module_fields - {"num_outputs"})}')
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return spec.module(num_outputs=num_outputs(model_cfg, num_classes), **kwargs)
+
+
+def _module_class(module):
+  return getattr(module, 'func', module)
+
+
+def _import_families():
+  """Registration happens on import; importing here keeps `get_spec` independent of import order."""
+  from fpclass.models import cnn  # noqa: F401

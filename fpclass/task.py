@@ -1,0 +1,187 @@
+"""What one training setup computes: the train state, the loss, and pure train/predict steps.
+
+The data lives on the device as uint8; a batch is an index gather; augmentation and normalisation run
+inside the jitted step. `Task.train_step` is a pure function of (state, images, labels, index, key),
+so it can also be vmapped over a leading model axis (k folds x seeds) or sharded.
+"""
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fpclass import augment, models, optim
+from fpclass.errors import UserInputError
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+  """x = (pixel / 255 - mean) / std, per channel, applied on the device."""
+  mean: tuple
+  std: tuple
+
+  @classmethod
+  def from_config(cls, data_cfg) -> 'Normalisation':
+    channels = int(data_cfg.channels)
+    mean, std = tuple(float(v) for v in data_cfg.mean), tuple(float(v) for v in data_cfg.std)
+    for key, values in (('mean', mean), ('std', std)):
+      if len(values) not in (1, channels):
+        raise UserInputError(f'config.data.{key}={values}: give 1 value or {channels} (one per channel)')
+    if any(s <= 0 for s in std):
+      raise UserInputError(f'config.data.std={std}: every value must be positive')
+    return cls(mean, std)
+
+  def __call__(self, images01):
+    return (images01 - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """Everything static about one training setup; its methods are pure and jittable."""
+  model: Any
+  tx: optax.GradientTransformation
+  normalisation: Normalisation
+  augment_cfg: augment.AugmentConfig
+  head: str
+  num_classes: int
+  class_weights: tuple | None = None
+  label_smoothing: float = 0.0
+  l2: float = 0.0
+  l2_params: str = '.*kernel'
+
+  def init(self, key, image_shape) -> TrainState:
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = self.model.init({'params': key, 'dropout': key}, dummy, train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}), opt_state=self.tx.init(params))
+
+  def prepare(self, images_u8, key=None):
+    """uint8 NHWC -> normalised float32, augmented when a key is given."""
+    x = images_u8.astype(jnp.float32) / 255.0
+    if key is not None and self.augment_cfg.enabled:
+      x = augment.augment_batch(x, key, self.augment_cfg)
+    return self.normalisation(x)
+
+  def apply(self, params, batch_stats, x, train: bool = False, rngs=None):
+    variables = {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
+    if train and batch_stats:
+      (logits, features), updates = self.model.apply(variables, x, train=True, rngs=rngs,
+                                                     mutable=['batch_stats'])
+      return logits, features, updates['batch_stats']
+    logits, features = self.model.apply(variables, x, train=train, rngs=rngs)
+    return logits, features, batch_stats
+
+  def train_step(self, state: TrainState, images, labels, index, key):
+    """One optimizer step on the examples at `index`; returns (state, {loss_sum, correct, count})."""
+    aug_key, dropout_key = jax.random.split(key)
+    x = self.prepare(images[index], aug_key)
+    y = labels[index]
+
+    def loss_fn(params):
+      logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,
+                                        rngs={'dropout': dropout_key})
+      loss = self.loss(logits, y) + optim.l2_penalty(params, self.l2, self.l2_params)
+      return loss, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+    correct = jnp.sum(predicted_class(logits, self.head) == y)
+    return new_state, {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
+
+  def loss(self, logits, labels):
+    """Mean cross-entropy, weighted by class as PyTorch's CrossEntropyLoss(weight=...) does."""
+    per_example = cross_entropy(logits, labels, self.head, self.num_classes, self.label_smoothing)
+    if self.class_weights is None:
+      return jnp.mean(per_example)
+    w = jnp.asarray(self.class_weights, jnp.float32)[labels]
+    return jnp.sum(w * per_example) / jnp.sum(w)
+
+  def predict(self, params, batch_stats, images_u8):
+    logits, _, _ = self.apply(params, batch_stats, self.prepare(images_u8), train=False)
+    return logits
+
+
+def cross_entropy(logits, labels, head: str, num_classes: int, smoothing: float = 0.0):
+  if head == 'sigmoid':
+    target = labels.astype(jnp.float32) * (1.0 - smoothing) + 0.5 * smoothing
+    return optax.sigmoid_binary_cross_entropy(logits[:, 0], target)
+  target = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing else \
+      jax.nn.one_hot(labels, num_classes)
+  return optax.softmax_cross_entropy(logits, target)
+
+
+def predicted_class(logits, head: str):
+  return (logits[:, 0] > 0).astype(jnp.int32) if head == 'sigmoid' else jnp.argmax(logits, -1)
+
+
+def probabilities(logits: np.ndarray, head: str) -> np.ndarray:
+  """(N, num_classes) class probabilities from logits, on the host."""
+  logits = np.asarray(logits, np.float64)
+  if head == 'sigmoid':
+    p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+    return np.stack([1.0 - p1, p1], axis=1)
+  z = logits - logits.max(axis=1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def class_weights(spec: str, class_names, train_labels) -> tuple | None:
+  """'' -> None; 'auto' -> n / (k * count) as scikit-learn's 'balanced'; 'a:1,b:2.5' -> by class name."""
+  spec = (spec or '').strip()
+  if not spec:
+    return None
+  k = len(class_names)
+  if spec == 'auto':
+    counts = np.bincount(train_labels, minlength=k).astype(np.float64)
+    return tuple(float(len(train_labels) / (k * c)) for c in counts)
+  weights = {}
+  for item in spec.split(','):
+    name, sep, value = item.rpartition(':')
+    if not sep or name.strip() not in class_names:
+      raise UserInputError(f'config.train.class_weights={spec!r}: {item.strip()!r} is not "class:weight" for '
+                           f'a class in {list(class_names)}')
+    try:
+      weights[name.strip()] = float(value)
+    except ValueError:
+      raise UserInputError(f'config.train.class_weights={spec!r}: {value!r} is not a number') from None
+  return tuple(weights.get(c, 1.0) for c in class_names)
+
+
+def build_task(config, class_names, train_labels, steps_per_epoch: int) -> Task:
+  model = models.create_model(config.model, len(class_names))
+  return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch),
+              normalisation=Normalisation.from_config(config.data),
+              augment_cfg=augment.AugmentConfig.from_config(config.augment),
+              head=config.model.get('head', 'softmax'), num_classes=len(class_names),
+              class_weights=class_weights(config.train.class_weights, class_names, train_labels),
+              label_smoothing=float(config.train.label_smoothing), l2=float(config.train.l2),
+              l2_params=str(config.train.l2_params))
+
+
+def predict_logits(task: Task, state: TrainState, images: np.ndarray, batch_size: int,
+                   predict_fn=None) -> np.ndarray:
+  """Logits for uint8 images in fixed-size batches (the last one padded), so one compilation serves all."""
+  predict_fn = predict_fn or jax.jit(task.predict)
+  n = len(images)
+  if n == 0:
+    return np.zeros((0, 1 if task.head == 'sigmoid' else task.num_classes), np.float32)
+  batch_size = min(batch_size, n)
+  out = []
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
+    if len(chunk) < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+    out.append(predict_fn(state.params, state.batch_stats, chunk))
+  return np.concatenate(jax.device_get(out))[:n]

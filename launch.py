@@ -1,0 +1,70 @@
+"""fpclass entry point.
+
+    python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 [--mode train]
+    python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 --mode submit
+
+Any config value can be overridden, e.g. --config.train.epochs=10; the config is locked, so a
+misspelt key is an error. See README.md for the modes and what a run writes.
+"""
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fpclass.modes import MODES
+
+config_flags.DEFINE_config_file('config', None, 'task config, e.g. configs/footprint.py:exp4', lock_config=True)
+flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md')
+flags.DEFINE_enum('mode', 'train', list(MODES), '; '.join(f'{k}: {v[1]}' for k, v in MODES.items()))
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+  """absl's parser, with every config problem as a one-line error naming the flag, not a traceback.
+
+  config_flags raises AttributeError/KeyError for an override naming no key, embeds a traceback in a
+  config file's own ValueError, and reports a missing file only when the config is first read.
+  """
+  try:
+    args = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.get('name')  # the first read loads the file, so a missing one fails here
+    return args
+  except (AttributeError, KeyError) as e:
+    hint = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split()).strip('"\'')
+    found = re.search(r'instead of "([^"]+)"', hint) or re.search(r"'([^']+)'", hint)
+    key = found.group(1) if found else hint
+    bad = [a.split('=')[0] for a in argv if a.startswith('--config.') and key in a.split('=')[0].split('.')]
+    suggestion = re.search(r'Did you mean .*', hint)
+    _fail(f'{bad[0] if bad else "--config"}: no such config key'
+          + (f'. {suggestion.group(0)}' if suggestion else f' ({hint})'))
+  except (flags.Error, ValueError, OSError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = lines[-1] if lines else str(e)
+    if 'No such file' in str(e):
+      detail = 'config file not found (' + detail + ')'
+    _fail(f'--config: {detail}' if 'config' in str(e) else detail)
+
+
+def _fail(message):
+  print(f'fpclass: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # keep the console to progress, warnings and results
+  from fpclass.errors import UserInputError
+  from fpclass.modes import run
+  try:
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+  except UserInputError as e:
+    _fail(e)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

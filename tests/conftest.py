@@ -1,0 +1,103 @@
+"""Shared fixtures: an isolated cache, image files of every awkward kind, tiny datasets on disk."""
+import importlib.util
+import io
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent JAX compilation cache for the session (and launch.py subprocesses), so the many
+  tiny runs that share shapes compile once."""
+  from fpclass.runtime import ENV_CACHE, enable_compilation_cache
+  folder = tmp_path_factory.mktemp('jax-cache')
+  os.environ[ENV_CACHE] = str(folder)
+  enable_compilation_cache()
+  return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+  """Every test gets a private decode/synthetic-data cache, never the user's ~/.cache."""
+  cache = tmp_path_factory.mktemp('fpclass-cache')
+  monkeypatch.setenv('FPCLASS_CACHE', str(cache))
+  return cache
+
+
+def load_config(spec: str, **overrides):
+  """configs/<file>.py[:arg] -> locked ConfigDict, as launch.py builds it, with dotted overrides."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('cfg_' + pathlib.Path(path).stem, REPO / path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def launch(*args, cwd=REPO, env=None, check=True, timeout=600):
+  """Runs `python launch.py ...` in a subprocess; returns the CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  result = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f'launch.py {" ".join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}')
+  return result
+
+
+def save_image(path, mode='L', size=(40, 30), value=None, fmt=None, **save_kwargs):
+  """Writes a deterministic test image of `mode`; returns its path."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  w, h = size
+  rng = np.random.default_rng(abs(hash((str(path.name), mode))) % 2**32)
+  if mode in ('L', 'P', '1'):
+    arr = rng.integers(0, 256, (h, w), dtype=np.uint8) if value is None else np.full((h, w), value, np.uint8)
+    image = Image.frombytes('L', size, arr.tobytes())
+    image = image.convert(mode) if mode != 'L' else image
+  elif mode == 'I;16':
+    arr = rng.integers(0, 65536, (h, w), dtype=np.uint16) if value is None else np.full((h, w), value, np.uint16)
+    image = Image.frombytes('I;16', size, arr.astype('<u2').tobytes())
+  else:
+    channels = len(mode)
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    image = Image.frombytes(mode, size, arr.tobytes())
+  image.save(path, format=fmt, **save_kwargs)
+  return path
+
+
+def png_bytes(image: Image.Image) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+@pytest.fixture
+def kaggle_root(tmp_path):
+  """A small Kaggle-layout folder: 12 labelled images (classes 0/1) and 4 test images."""
+  root = tmp_path / 'kaggle'
+  rows = []
+  for i in range(12):
+    name = f'img_{i:02d}.png'
+    save_image(root / 'train' / name, value=40 + 10 * i)
+    rows.append(f'{name},{i % 2}')
+  (root / 'train.csv').write_text('filename,SEX\n' + '\n'.join(rows) + '\n')
+  for i in range(4):
+    save_image(root / 'test' / f'test_{i}.png', value=100 + i)
+  (root / 'sample_submission.csv').write_text(
+      'filename,SEX\n' + '\n'.join(f'test_{i}.png,0' for i in (3, 1, 0, 2)) + '\n')
+  return root

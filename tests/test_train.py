@@ -1,0 +1,97 @@
+"""The training core: losses, class weights, batching order, determinism, resume, checkpoint checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass import checkpoint, task as task_lib
+from fpclass.errors import UserInputError
+from fpclass.inference import load_trained
+from fpclass.train import epoch_order, train_and_evaluate
+from tests.conftest import load_config
+
+
+def tiny_digits(**overrides):
+  return load_config('configs/digits.py:quick', **{
+      'data.image_size': (8, 8), 'augment.rotation': 0.0, 'augment.translate': 0.0,
+      'model.conv_channels': (8,), 'model.fc_sizes': (16,), 'train.batch_size': 64, **overrides})
+
+
+def test_class_weight_specs():
+  names = ('cat', 'dog', 'eel')
+  labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+  assert task_lib.class_weights('', names, labels) is None
+  assert np.allclose(task_lib.class_weights('auto', names, labels), [10 / 18, 10 / 9, 10 / 3])
+  assert task_lib.class_weights('dog:2, eel:0.5', names, labels) == (1.0, 2.0, 0.5)
+  with pytest.raises(UserInputError, match="'cow:2' is not"):
+    task_lib.class_weights('cow:2', names, labels)
+
+
+def test_weighted_loss_matches_pytorch_semantics():
+  # torch.nn.CrossEntropyLoss(weight=w): sum_i w[y_i] * ce_i / sum_i w[y_i]
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+  labels = jnp.array([0, 1, 1])
+  ce = -jax.nn.log_softmax(logits)[jnp.arange(3), labels]
+  t = task_lib.Task(model=None, tx=None, normalisation=None, augment_cfg=None, head='softmax', num_classes=2,
+                    class_weights=(1.0, 3.0))
+  assert np.isclose(t.loss(logits, labels), (ce[0] + 3 * ce[1] + 3 * ce[2]) / 7)
+
+
+def test_sigmoid_and_softmax_agree_on_probabilities():
+  p = task_lib.probabilities(np.array([[0.0], [2.0]]), 'sigmoid')
+  assert np.allclose(p.sum(1), 1) and np.isclose(p[1, 1], 1 / (1 + np.exp(-2)))
+
+
+def test_epoch_order_covers_every_example_with_fixed_batches():
+  order = epoch_order(seed=0, epoch=3, n=70, batch_size=32)
+  assert order.shape == (3, 32) and set(order.ravel()) == set(range(70))
+  assert not np.array_equal(order, epoch_order(0, 4, 70, 32))
+  assert np.array_equal(order, epoch_order(0, 3, 70, 32))
+
+
+def test_training_is_deterministic_and_resume_equals_an_unbroken_run(tmp_path):
+  # Run A: 3 epochs straight. Run B: 1 epoch, then relaunched to 3 (resumes from its checkpoint).
+  # A constant schedule, since a cosine one depends on the number of epochs.
+  const = {'train.schedule': 'constant', 'augment.rotation': 5.0}
+  train_and_evaluate(tiny_digits(**const, **{'train.epochs': 3}), tmp_path / 'a')
+  train_and_evaluate(tiny_digits(**const, **{'train.epochs': 1}), tmp_path / 'b')
+  train_and_evaluate(tiny_digits(**const, **{'train.epochs': 3}), tmp_path / 'b')
+  a = pd.read_csv(tmp_path / 'a' / 'metrics.csv').drop(columns='seconds')
+  b = pd.read_csv(tmp_path / 'b' / 'metrics.csv').drop(columns='seconds')
+  pd.testing.assert_frame_equal(a, b)
+  pa = load_trained(tiny_digits(**const), tmp_path / 'a', 'last').state.params
+  pb = load_trained(tiny_digits(**const), tmp_path / 'b', 'last').state.params
+  assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, pa, pb)))
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+  train_and_evaluate(tiny_digits(), tmp_path)
+  with pytest.raises(UserInputError, match=r'train.learning_rate: 0.001 -> 0.1'):
+    train_and_evaluate(tiny_digits(**{'train.learning_rate': 0.1}), tmp_path)
+
+
+def test_restoring_into_another_architecture_is_refused(tmp_path):
+  train_and_evaluate(tiny_digits(), tmp_path)
+  with pytest.raises(UserInputError, match=r'model.fc_sizes: \[16\] -> \[32\]'):
+    load_trained(tiny_digits(**{'model.fc_sizes': (32,)}), tmp_path)
+
+
+def test_a_checkpoint_that_does_not_fit_gives_a_clear_error(tmp_path):
+  train_and_evaluate(tiny_digits(), tmp_path)
+  meta = checkpoint.read_metadata(tmp_path)
+  meta['config']['model']['fc_sizes'] = [32]  # a sidecar edited to lie about the checkpoint
+  checkpoint.write_metadata(tmp_path, meta)
+  with pytest.raises(UserInputError, match='does not match the model'):
+    load_trained(tiny_digits(**{'model.fc_sizes': (32,)}), tmp_path)
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path):
+  # A learning rate this high diverges after the first epochs, so val loss stops improving.
+  config = tiny_digits(**{'train.epochs': 12, 'train.learning_rate': 0.05, 'train.early_stopping_patience': 2,
+                          'train.select_checkpoint': 'best'})
+  scores = train_and_evaluate(config, tmp_path)
+  history = pd.read_csv(tmp_path / 'metrics.csv')
+  best = int(history['val_loss'].idxmin()) + 1
+  assert len(history) == best + 2 < 12
+  assert scores['epoch'] == best and np.isclose(scores['loss'], history['val_loss'].min(), atol=1e-5)
