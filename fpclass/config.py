@@ -102,3 +102,28 @@ def base_config() -> ml_collections.ConfigDict:
       probabilities_filename='submission_probabilities.csv',
   ))
   return c
+
+
+def validate(config) -> None:
+  """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
+  a second instead of after decoding the data. Each check is the one the consuming module applies."""
+  from fpclass import augment, data, models, optim, task, train
+  from fpclass.data.decode import DecodeSettings
+  from fpclass.errors import UserInputError
+  if config.data.source not in data.SOURCES:
+    raise UserInputError(f'config.data.source={config.data.source!r}: unknown source; choose one of '
+                         f'{sorted(data.SOURCES)}')
+  DecodeSettings.from_config(config.data)
+  task.Normalisation.from_config(config.data)
+  augment.AugmentConfig.from_config(config.augment)
+  models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
+  optim.make_optimizer(config.train, steps_per_epoch=1)
+  if config.train.monitor not in train.MONITOR_MODES:
+    raise UserInputError(f'config.train.monitor={config.train.monitor!r}: choose one of '
+                         f'{sorted(train.MONITOR_MODES)}')
+  if config.train.select_checkpoint not in ('best', 'last'):
+    raise UserInputError(f'config.train.select_checkpoint={config.train.select_checkpoint!r}: use best or last')
+  if int(config.train.batch_size) < 1 or int(config.train.epochs) < 1:
+    raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
+  if config.data.bad_test_images not in ('error', 'prior'):
+    raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')

@@ -25,6 +25,8 @@ MODES = {
 
 
 def run(mode: str, config, workdir) -> None:
+  from fpclass.config import validate
   from fpclass.runtime import enable_compilation_cache
+  validate(config)
   enable_compilation_cache(config.data.cache_dir or None)
   MODES[mode][0](config, pathlib.Path(workdir))

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fpclass import checkpoint, data, evaluate, fileio, metrics, optim
-from fpclass.errors import UserInputError
+from fpclass.config import validate
 from fpclass.task import build_task, predict_logits
 
 MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
@@ -40,16 +40,11 @@ def _better(value, best, mode, min_delta):
 
 def train_and_evaluate(config, workdir) -> dict:
   """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint."""
+  validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   train_cfg = config.train
   monitor = train_cfg.monitor
-  if monitor not in MONITOR_MODES:
-    raise UserInputError(f'config.train.monitor={monitor!r}: choose one of {sorted(MONITOR_MODES)}')
-  if train_cfg.select_checkpoint not in ('best', 'last'):
-    raise UserInputError(f'config.train.select_checkpoint={train_cfg.select_checkpoint!r}: use best or last')
-  if int(train_cfg.batch_size) < 1 or int(train_cfg.epochs) < 1:
-    raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
 
   dataset = data.load_dataset(config)
   data.write_quarantine_report(workdir / 'quarantine.csv', dataset.quarantine)

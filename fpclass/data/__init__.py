@@ -130,8 +130,6 @@ def decode_source(config, progress: bool = True) -> Decoded:
       raise UserInputError(f'{len(failed)} test image(s) cannot be decoded, so a submission would be '
                            f'incomplete: {shown}. Fix or replace them, or set '
                            f"--config.data.bad_test_images=prior to predict the class prior for them.")
-    if config.data.bad_test_images not in ('error', 'prior'):
-      raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
   if len(pool) == 0:
     raise UserInputError(f'no training image of {config.data.source} could be decoded; see the reasons: '
                          + '; '.join(f'{p.file}: {p.reason}' for p in quarantine[:5]))

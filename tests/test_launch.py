@@ -1,0 +1,138 @@
+"""End to end through launch.py: train, evaluate, submit, resume after a kill, and bad flags."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, launch, save_image
+
+QUICK = '--config=configs/footprint.py:exp4,quick'
+
+
+@pytest.fixture(scope='module')
+def trained_quick(tmp_path_factory):
+  """One quick footprint run shared by the tests that only read its outputs."""
+  workdir = tmp_path_factory.mktemp('fp-quick')
+  cache = tmp_path_factory.mktemp('fp-cache')
+  env = {'FPCLASS_CACHE': str(cache)}
+  result = launch(QUICK, f'--workdir={workdir}', env=env)
+  return workdir, env, result
+
+
+def test_train_writes_every_artefact(trained_quick):
+  workdir, _, result = trained_quick
+  for name in ('metadata.json', 'metrics.csv', 'scores.json', 'classification_report.txt', 'quarantine.csv',
+               'val_predictions.csv', 'learning_curves.png', 'confusion_matrix.png', 'roc_curve.png', 'report.md'):
+    assert (workdir / name).is_file(), name
+  assert (workdir / 'checkpoints' / 'last').is_dir() and (workdir / 'checkpoints' / 'best').is_dir()
+  history = pd.read_csv(workdir / 'metrics.csv')
+  assert history['epoch'].tolist() == [1, 2]
+  assert {'train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'val_macro_f1', 'val_roc_auc'} <= set(history)
+  scores = json.loads((workdir / 'scores.json').read_text())
+  assert 0.0 <= scores['accuracy'] <= 1.0 and scores['n'] == 15 and len(scores['confusion_matrix']) == 2
+  assert set(scores['per_class']) == {'0', '1'}
+  meta = json.loads((workdir / 'metadata.json').read_text())
+  assert meta['class_names'] == ['0', '1'] and meta['image_size'] == [120, 80] and meta['channels'] == 1
+  assert meta['normalisation'] == {'mean': [0.5], 'std': [0.5]}
+  report = (workdir / 'report.md').read_text()
+  for link in ('learning_curves.png', 'scores.json', 'quarantine.csv', 'classification_report.txt'):
+    assert f']({link})' in report
+  assert 'val accuracy' in result.stdout
+
+
+def test_submit_writes_one_row_per_test_file_in_sample_order(trained_quick):
+  workdir, env, _ = trained_quick
+  launch(QUICK, f'--workdir={workdir}', '--mode=submit', env=env)
+  submission = pd.read_csv(workdir / 'submission.csv', dtype=str)
+  data_root = next((REPO / env['FPCLASS_CACHE']).glob('synthetic_footprints/*'))
+  sample = pd.read_csv(data_root / 'sample_submission.csv', dtype=str)
+  assert list(submission.columns) == ['filename', 'SEX']
+  assert submission['filename'].tolist() == sample['filename'].tolist()
+  assert len(submission) == len(list((data_root / 'test').glob('*.png'))) == 16
+  assert set(submission['SEX']) <= {'0', '1'}
+  probs = pd.read_csv(workdir / 'submission_probabilities.csv')
+  assert list(probs.columns) == ['filename', 'p_0', 'p_1']
+  assert ((probs['p_0'] + probs['p_1'] - 1).abs() < 1e-6).all()
+
+
+def test_evaluate_with_another_architecture_is_a_clear_error(trained_quick):
+  workdir, env, _ = trained_quick
+  result = launch(QUICK, f'--workdir={workdir}', '--mode=evaluate', '--config.model.fc_sizes=(64,)',
+                  env=env, check=False)
+  assert result.returncode == 2
+  assert 'model.fc_sizes: [128] -> [64]' in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--config.train.epochz=3', '--config.train.epochz: no such config key. Did you mean "epochs"'),
+    ('--config.trian.epochs=3', '--config.trian.epochs: no such config key'),
+    ('--config.train.epochs=many', 'invalid literal'),
+    ('--config.train.optimizer=adamm', "config.train.optimizer='adamm'"),
+    ('--config.augment.rotation=-5', 'config.augment.rotation'),
+])
+def test_bad_flags_name_the_flag(tmp_path, flag, message):
+  result = launch(QUICK, f'--workdir={tmp_path}', flag, check=False)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_kill_then_relaunch_resumes(tmp_path):
+  """SIGKILL a run after its first checkpoint; the relaunch continues and finishes all epochs."""
+  workdir = tmp_path / 'run'
+  args = [sys.executable, str(REPO / 'launch.py'), QUICK, f'--workdir={workdir}', '--config.train.epochs=15',
+          '--config.train.early_stopping_patience=0']
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if (workdir / 'metrics.csv').exists() and len(pd.read_csv(workdir / 'metrics.csv')) >= 2:
+      break
+    time.sleep(0.2)
+  assert process.poll() is None, process.stderr.read()
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
+  done_before = len(pd.read_csv(workdir / 'metrics.csv'))
+  assert done_before < 15
+  result = launch(QUICK, f'--workdir={workdir}', '--config.train.epochs=15',
+                  '--config.train.early_stopping_patience=0')
+  assert 'resuming' in result.stderr
+  history = pd.read_csv(workdir / 'metrics.csv')
+  assert history['epoch'].tolist() == list(range(1, 16))
+
+
+def test_kaggle_folder_with_bad_files(tmp_path, kaggle_root):
+  """Real-data path: corrupt, empty and missing training files are quarantined, never deleted."""
+  (kaggle_root / 'train' / 'img_02.png').write_bytes(b'')
+  (kaggle_root / 'train' / 'img_05.png').write_bytes(b'GIF89a corrupt')
+  (kaggle_root / 'train' / 'img_07.png').unlink()
+  rgba = save_image(kaggle_root / 'train' / 'img_08.png', mode='RGBA')
+  workdir = tmp_path / 'run'
+  common = [QUICK, f'--workdir={workdir}', f'--config.data.root={kaggle_root}', '--config.data.val_fraction=0.34']
+  launch(*common)
+  quarantine = pd.read_csv(workdir / 'quarantine.csv')
+  assert sorted(quarantine['file'].map(lambda p: p.rsplit('/', 1)[-1])) == ['img_02.png', 'img_05.png',
+                                                                           'img_07.png']
+  assert (kaggle_root / 'train' / 'img_02.png').exists() and rgba.exists()
+  launch(*common, '--mode=submit')
+  submission = pd.read_csv(workdir / 'submission.csv')
+  assert submission['filename'].tolist() == ['test_3.png', 'test_1.png', 'test_0.png', 'test_2.png']
+
+
+def test_missing_column_through_launch(tmp_path, kaggle_root):
+  result = launch(QUICK, f'--workdir={tmp_path}', f'--config.data.root={kaggle_root}',
+                  '--config.data.label_column=sex', check=False)
+  assert result.returncode == 2
+  assert "missing column 'sex' (config.data.label_column)" in result.stderr
+
+
+def test_digits_quick(tmp_path):
+  launch('--config=configs/digits.py:quick', f'--workdir={tmp_path}')
+  scores = json.loads((tmp_path / 'scores.json').read_text())
+  assert scores['n'] == 360 and len(scores['class_names']) == 10 and scores['accuracy'] > 0.5
+  result = launch('--config=configs/digits.py:quick', f'--workdir={tmp_path}', '--mode=submit', check=False)
+  assert result.returncode == 2 and 'no test split' in result.stderr
