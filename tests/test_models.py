@@ -72,3 +72,26 @@ def test_unknown_model_and_field_are_named():
     build('resnet9000')
   with pytest.raises(UserInputError, match=r'config.model.dropuot is not a field .*dropout'):
     build('footprint_cnn', dropuot=0.5)
+
+
+def test_feature_gradients_through_perturbations():
+  """d(logit)/d(feature map) via the perturbation collection equals the gradient computed by hand
+  through the head (the only layers after 'pre_logits')."""
+  model = build('footprint_cnn', fc_sizes=())
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 1))
+  variables = init(model, (16, 16, 1))
+  perturbations = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+      lambda: model.apply(variables, x, mutable='perturbations')[1]['perturbations']))
+  grads = jax.grad(lambda p: model.apply({**variables, 'perturbations': p}, x)[0][:, 1].sum())(perturbations)
+  assert set(grads) == {'feature_conv1', 'feature_conv2'}
+  # With no hidden FC, logits = flatten(maxpool(conv2)) @ W + b, so the conv2 gradient is W[:, 1]
+  # routed to each pool window's maximum.
+  _, features = model.apply(variables, x)
+  expected = jax.grad(lambda a: (nn_pool_flat(a) @ variables['params']['head']['kernel'][:, 1]).sum())(
+      features['conv2'])
+  assert jnp.allclose(grads['feature_conv2'], expected, atol=1e-6)
+
+
+def nn_pool_flat(a):
+  import flax.linen as nn
+  return nn.max_pool(a, (2, 2), strides=(2, 2)).reshape(a.shape[0], -1)

@@ -23,6 +23,20 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
+PERTURBATION_PREFIX = 'feature_'
+
+
+def feature(module: nn.Module, features: dict, name: str, x):
+  """Records feature map `name` in `features` and returns it.
+
+  The map passes through `module.perturb('feature_<name>', x)`: a no-op unless a 'perturbations'
+  collection is given to `apply`, in which case `jax.grad` with respect to that entry is the gradient
+  at this feature map (what Grad-CAM needs) without splitting the model. Every registered model records
+  its named stages this way.
+  """
+  x = module.perturb(PERTURBATION_PREFIX + name, x)
+  features[name] = x
+  return x
 
 
 def register(spec: ModelSpec) -> ModelSpec:

@@ -7,13 +7,14 @@
 - `small_cnn` (seed 003): 3 valid-padded convs (16/32/64) with pooling, dense 512, Keras init.
 
 The seed documents give layer kinds but not every width; the defaults here are stated in README.md.
+Named feature maps are recorded with `fpclass.models.feature`, which makes each one differentiable.
 """
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fpclass.models import ModelSpec, register
+from fpclass.models import ModelSpec, feature, register
 
 # PyTorch's kaiming_normal_(mode='fan_in', nonlinearity='relu') draws from an untruncated normal.
 kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -43,8 +44,7 @@ class FootprintCNN(nn.Module):
                   name=f'conv{i}')(x)
       if self.batch_norm:
         x = _batch_norm(train, f'bn{i}', self.dtype)(x)
-      x = nn.relu(x)
-      features[f'conv{i}'] = x
+      x = feature(self, features, f'conv{i}', nn.relu(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     features['pool'] = x
     x = x.reshape(x.shape[0], -1)
@@ -74,7 +74,7 @@ class CifarCNN(nn.Module):
       # Keras BatchNormalization: momentum 0.99, epsilon 1e-3.
       x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype,
                        name=f'block{b}_bn')(x)
-      features[f'block{b}'] = x
+      x = feature(self, features, f'block{b}', x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = jnp.mean(x, axis=(1, 2))
@@ -99,7 +99,7 @@ class SmallCNN(nn.Module):
     for i, channels in enumerate(self.conv_channels, start=1):
       x = nn.relu(nn.Conv(channels, (3, 3), padding='VALID', kernel_init=glorot_uniform, dtype=self.dtype,
                           name=f'conv{i}')(x))
-      features[f'conv{i}'] = x
+      x = feature(self, features, f'conv{i}', x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
