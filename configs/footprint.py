@@ -3,6 +3,7 @@
     --config configs/footprint.py            experiment 4 (early stopping + dropout), the seed's best
     --config configs/footprint.py:exp0       the baseline; exp1 .. exp10 as the seed lists them
     --config configs/footprint.py:exp4,quick a tiny, fast run (tests, smoke checks)
+    --config configs/footprint.py:resnet18   transfer learning from ImageNet weights (TRANSFER below)
 
 Data: the embedded SYNTHETIC footprints unless --config.data.root points at the competition folder
 (train.csv with filename,SEX; train/; test/ or sample_submission.csv).
@@ -32,13 +33,20 @@ EXPERIMENTS = {
 }
 
 
+# Seed 000's transfer learning: a torchvision backbone on the grayscale footprints. Its RGB stem is folded
+# to one channel (config.model.in_channels=1), the final layer replaced; phase 1 trains that layer only,
+# phase 2 fine-tunes everything at a tenth of the learning rate. Weights: 'imagenet' downloads
+# torchvision's file once (checksum verified); offline, pass --config.model.pretrained=/path/to/file.pth.
+TRANSFER = ('resnet18',)
+
+
 def get_config(arg: str = 'exp4'):
   args = [a.strip() for a in (arg or 'exp4').split(',') if a.strip()]
-  experiment = next((a for a in args if a in EXPERIMENTS), 'exp4')
-  unknown = [a for a in args if a not in EXPERIMENTS and a != 'quick']
+  experiment = next((a for a in args if a in EXPERIMENTS or a in TRANSFER), 'exp4')
+  unknown = [a for a in args if a not in EXPERIMENTS and a not in TRANSFER and a != 'quick']
   if unknown:
-    raise ValueError(f'configs/footprint.py: unknown argument(s) {unknown}; use one of {list(EXPERIMENTS)} '
-                     'and optionally quick')
+    raise ValueError(f'configs/footprint.py: unknown argument(s) {unknown}; use one of '
+                     f'{list(EXPERIMENTS) + list(TRANSFER)} and optionally quick')
   c = base_config()
   c.name = f'footprint-{experiment}'
   c.data.source = 'kaggle_csv'
@@ -63,12 +71,19 @@ def get_config(arg: str = 'exp4'):
   c.train.epochs = 50
   c.train.monitor = 'val_loss'
   c.train.select_checkpoint = 'last'   # without early stopping the seed kept the final model
-  for key, value in EXPERIMENTS[experiment].items():
+  for key, value in EXPERIMENTS.get(experiment, {}).items():
     section, field = key.split('.')
     c[section][field] = value
+  if experiment in TRANSFER:
+    c.model = base_config().model
+    c.model.update(name=experiment, pretrained='imagenet', keep_pretrained_head=False, in_channels=1,
+                   top='source', freeze_till=-1)
+    c.train.update(epochs=10, finetune_epochs=10, finetune_freeze_till=0, finetune_lr_factor=0.1,
+                   early_stopping_patience=5, select_checkpoint='best')
 
   if 'quick' in args:
     c.data.synthetic.update(n_class0=40, n_class1=32, n_test=16)
     c.train.epochs = 2
     c.train.batch_size = 16
+    c.train.finetune_epochs = min(c.train.finetune_epochs, 1)
   return c

@@ -33,8 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
       alpha_background=255,    # RGBA/LA/P-with-transparency is composited onto this grey level
       max_image_pixels=89_478_485,  # Pillow's bomb limit; larger files are quarantined, not decoded
       bad_test_images='error',  # error | prior: an undecodable test image stops submit, or gets the prior
-      mean=(0.5,),
+      mean=(0.5,),             # seed CNNs only: a pretrained model uses its family's (see fpclass.preprocessing)
       std=(0.5,),
+      device_resize=(),        # (height, width): resize on the device after augmentation (seed 001's 32 -> 224)
       val_fraction=0.2,        # stratified, seeded holdout when the source has no validation split
       split_seed=0,            # fixed apart from `seed`, so runs with other seeds share one split
       num_folds=5,             # k for stratified k-fold indices (fpclass.data.splits)
@@ -65,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
       erasing_value=0.5,       # in [0, 1] image units; 0.5 is 0 after the default (0.5, 0.5) normalisation
   ))
 
+  # The remaining model.* keys are the module's own fields (see fpclass.models), set by each task config.
+  # Pretrained models also read `pretrained` ('' | 'imagenet' | a weights file the source framework wrote)
+  # and `keep_pretrained_head` (keep the file's classifier; otherwise its last layer is trained anew).
   c.model = ml_collections.ConfigDict(dict(name='footprint_cnn', head='softmax'))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -88,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
       label_smoothing=0.0,
       class_weights='',        # '' | auto | 'name:weight,name:weight'
       grad_clip_norm=0.0,
+      backbone_lr_factor=1.0,  # pretrained models: learning-rate multiplier for unfrozen backbone stages
+      finetune_epochs=0,       # > 0: a second phase after `epochs` (or early stopping) with ...
+      finetune_freeze_till=0,  # ... model.freeze_till set to this (0 = everything trainable) ...
+      finetune_lr_factor=0.1,  # ... and the learning rate multiplied by this
       select_checkpoint='best',  # best | last: which checkpoint evaluate/submit restore
       monitor='val_loss',      # val_loss | val_accuracy | val_macro_f1 | val_roc_auc
       early_stopping_patience=0,  # 0 -> off; otherwise epochs without improvement before stopping
@@ -114,10 +122,13 @@ def validate(config) -> None:
     raise UserInputError(f'config.data.source={config.data.source!r}: unknown source; choose one of '
                          f'{sorted(data.SOURCES)}')
   DecodeSettings.from_config(config.data)
-  task.Normalisation.from_config(config.data)
   augment.AugmentConfig.from_config(config.augment)
   models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
-  optim.make_optimizer(config.train, steps_per_epoch=1)
+  optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
+  task.model_input(config)
+  if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
+    raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '
+                         f'a pretrained model with stages; {config.model.name!r} has none')
   if config.train.monitor not in train.MONITOR_MODES:
     raise UserInputError(f'config.train.monitor={config.train.monitor!r}: choose one of '
                          f'{sorted(train.MONITOR_MODES)}')

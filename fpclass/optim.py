@@ -35,26 +35,66 @@ def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
   return main
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(train_cfg, steps_per_epoch: int, groups=None) -> optax.GradientTransformation:
+  """The configured optax optimizer.
+
+  `groups` (from `param_groups`) labels each parameter 'head', 'backbone' or 'frozen': frozen ones get
+  zero updates, backbone ones a learning rate scaled by config.train.backbone_lr_factor
+  (`optax.multi_transform`). Gradient clipping, when on, is over all parameters together.
+  """
   schedule = learning_rate_schedule(train_cfg, steps_per_epoch)
   name, wd = train_cfg.optimizer, float(train_cfg.weight_decay)
-  if name == 'adam':
-    tx = optax.adam(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps)
-  elif name == 'adamw':
-    tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=wd)
-  elif name == 'rmsprop':
-    tx = optax.rmsprop(schedule, decay=train_cfg.rmsprop_decay, eps=train_cfg.eps)
-  elif name == 'sgd':
-    tx = optax.sgd(schedule, momentum=train_cfg.momentum or None, nesterov=bool(train_cfg.nesterov))
-  else:
+  if name not in OPTIMIZERS:
     raise UserInputError(f'config.train.optimizer={name!r}: choose one of {OPTIMIZERS}')
-  chain = []
+
+  def optimizer(scale: float) -> optax.GradientTransformation:
+    lr = schedule if scale == 1.0 else (lambda step: scale * schedule(step))
+    if name == 'adam':
+      tx = optax.adam(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps)
+    elif name == 'adamw':
+      tx = optax.adamw(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=wd)
+    elif name == 'rmsprop':
+      tx = optax.rmsprop(lr, decay=train_cfg.rmsprop_decay, eps=train_cfg.eps)
+    else:
+      tx = optax.sgd(lr, momentum=train_cfg.momentum or None, nesterov=bool(train_cfg.nesterov))
+    if wd > 0 and name != 'adamw':
+      # PyTorch-style coupled weight decay: added to the gradient before the optimizer's scaling.
+      tx = optax.chain(optax.add_decayed_weights(wd), tx)
+    return tx
+
+  factor = float(train_cfg.backbone_lr_factor)
+  if factor < 0:
+    raise UserInputError(f'config.train.backbone_lr_factor={factor}: must be >= 0')
+  tx = optimizer(1.0) if groups is None else optax.multi_transform(
+      {'head': optimizer(1.0), 'backbone': optimizer(factor), 'frozen': optax.set_to_zero()}, groups)
   if float(train_cfg.grad_clip_norm) > 0:
-    chain.append(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)))
-  if wd > 0 and name != 'adamw':
-    # PyTorch-style coupled weight decay: added to the gradient before the optimizer's scaling.
-    chain.append(optax.add_decayed_weights(wd))
-  return optax.chain(*chain, tx)
+    tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)), tx)
+  return tx
+
+
+def param_groups(model_cfg):
+  """A function labelling each parameter 'head', 'backbone' or 'frozen' by the model's stages and
+  config.model.freeze_till; None for models without stages (every parameter trains alike)."""
+  from fpclass.models import get_spec, transfer
+  spec = get_spec(model_cfg.name)
+  if not spec.stages:
+    return None
+  freeze_till = int(model_cfg.get('freeze_till', 0))
+  if not -1 <= freeze_till <= len(spec.stages):
+    raise UserInputError(f'config.model.freeze_till={freeze_till}: use 0..{len(spec.stages)} (stages '
+                         f'{list(spec.stage_names)}) or -1 for all')
+  stage_patterns = [re.compile(regex) for _, regex in spec.stages]
+
+  def label(path: str) -> str:
+    for index, pattern in enumerate(stage_patterns):
+      if pattern.search(path):
+        return 'frozen' if transfer.frozen(index, freeze_till) else 'backbone'
+    return 'head'
+
+  def labels(params):
+    flat = traverse_util.flatten_dict(params, sep='/')
+    return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
+  return labels
 
 
 def l2_penalty(params, l2: float, pattern: str):

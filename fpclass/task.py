@@ -15,33 +15,14 @@ import optax
 
 from fpclass import augment, models, optim
 from fpclass.errors import UserInputError
+from fpclass.preprocessing import Normalisation
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalisation:
-  """x = (pixel / 255 - mean) / std, per channel, applied on the device."""
-  mean: tuple
-  std: tuple
-
-  @classmethod
-  def from_config(cls, data_cfg) -> 'Normalisation':
-    channels = int(data_cfg.channels)
-    mean, std = tuple(float(v) for v in data_cfg.mean), tuple(float(v) for v in data_cfg.std)
-    for key, values in (('mean', mean), ('std', std)):
-      if len(values) not in (1, channels):
-        raise UserInputError(f'config.data.{key}={values}: give 1 value or {channels} (one per channel)')
-    if any(s <= 0 for s in std):
-      raise UserInputError(f'config.data.std={std}: every value must be positive')
-    return cls(mean, std)
-
-  def __call__(self, images01):
-    return (images01 - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +38,36 @@ class Task:
   label_smoothing: float = 0.0
   l2: float = 0.0
   l2_params: str = '.*kernel'
+  device_resize: tuple = ()      # (height, width) to resize to on the device, after augmentation
+  repeat_rgb: bool = False       # repeat one grayscale channel to the 3 an RGB model expects
 
-  def init(self, key, image_shape) -> TrainState:
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  def model_input_shape(self, image_shape) -> tuple:
+    height, width, channels = image_shape
+    if self.device_resize:
+      height, width = self.device_resize
+    return height, width, 3 if self.repeat_rgb else channels
+
+  def init_variables(self, key, image_shape) -> dict:
+    """Freshly initialised model variables (params and batch_stats) for uint8 images of `image_shape`."""
+    dummy = jnp.zeros((1, *self.model_input_shape(image_shape)), jnp.float32)
     variables = self.model.init({'params': key, 'dropout': key}, dummy, train=False)
-    params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}), opt_state=self.tx.init(params))
+    return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+  def init(self, key, image_shape, variables: dict | None = None) -> TrainState:
+    """A train state from fresh variables, or from `variables` (e.g. pretrained weights)."""
+    variables = variables or self.init_variables(key, image_shape)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables['batch_stats'], opt_state=self.tx.init(variables['params']))
 
   def prepare(self, images_u8, key=None):
-    """uint8 NHWC -> normalised float32, augmented when a key is given."""
+    """uint8 NHWC -> normalised float32 model input, augmented when a key is given."""
     x = images_u8.astype(jnp.float32) / 255.0
     if key is not None and self.augment_cfg.enabled:
       x = augment.augment_batch(x, key, self.augment_cfg)
+    if self.device_resize:
+      x = jax.image.resize(x, (x.shape[0], *self.device_resize, x.shape[-1]), 'bilinear')
+    if self.repeat_rgb:
+      x = jnp.repeat(x, 3, axis=-1)
     return self.normalisation(x)
 
   def apply(self, params, batch_stats, x, train: bool = False, rngs=None):
@@ -159,10 +157,36 @@ def class_weights(spec: str, class_names, train_labels) -> tuple | None:
   return tuple(weights.get(c, 1.0) for c in class_names)
 
 
+def model_input(config) -> tuple[Normalisation, bool]:
+  """(normalisation, repeat_rgb) for the configured model and data.
+
+  A pretrained model takes its family's normalisation from the registry (its weights expect it), not
+  config.data.mean/std. One-channel data meets an RGB-pretrained model either through a stem folded for
+  one channel (config.model.in_channels=1, with the channel-averaged normalisation) or by repeating the
+  channel (in_channels=3).
+  """
+  spec = models.get_spec(config.model.name)
+  if spec.preprocessing is None:
+    return Normalisation.from_config(config.data), False
+  data_channels, model_channels = int(config.data.channels), int(config.model.get('in_channels', 3))
+  if model_channels not in (1, 3):
+    raise UserInputError(f'config.model.in_channels={model_channels}: use 3, or 1 for a grayscale-folded stem')
+  if data_channels == 3 and model_channels == 1:
+    raise UserInputError('config.model.in_channels=1 needs grayscale data (config.data.channels=1)')
+  if model_channels == 1:
+    return spec.preprocessing.to_grayscale(), False
+  return spec.preprocessing, data_channels == 1
+
+
 def build_task(config, class_names, train_labels, steps_per_epoch: int) -> Task:
   model = models.create_model(config.model, len(class_names))
-  return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch),
-              normalisation=Normalisation.from_config(config.data),
+  normalisation, repeat_rgb = model_input(config)
+  resize = tuple(int(v) for v in config.data.device_resize)
+  if resize and (len(resize) != 2 or min(resize) < 1):
+    raise UserInputError(f'config.data.device_resize={resize}: give (height, width) or ()')
+  return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch,
+                                                   optim.param_groups(config.model)),
+              normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=augment.AugmentConfig.from_config(config.augment),
               head=config.model.get('head', 'softmax'), num_classes=len(class_names),
               class_weights=class_weights(config.train.class_weights, class_names, train_labels),

@@ -12,12 +12,15 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, data, evaluate, fileio, metrics, optim
+from fpclass import checkpoint, data, evaluate, fileio, metrics, models, optim
 from fpclass.config import validate
+from fpclass.models import transfer
 from fpclass.task import build_task, predict_logits
 
 MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
@@ -38,49 +41,92 @@ def _better(value, best, mode, min_delta):
   return value < best - min_delta if mode == 'min' else value > best + min_delta
 
 
+def phase_config(config, phase: int):
+  """The config of training phase `phase`. Phase 1, when config.train.finetune_epochs > 0, fine-tunes:
+  model.freeze_till becomes train.finetune_freeze_till, the learning rate is scaled by
+  train.finetune_lr_factor, and the schedule spans the fine-tuning epochs."""
+  if phase == 0:
+    return config
+  tuned = ml_collections.ConfigDict(config.to_dict())
+  tuned.model.freeze_till = int(config.train.finetune_freeze_till)
+  tuned.train.learning_rate = float(config.train.learning_rate) * float(config.train.finetune_lr_factor)
+  tuned.train.epochs = int(config.train.finetune_epochs)
+  tuned.train.warmup_epochs = 0
+  return tuned
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint."""
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  train_cfg = config.train
-  monitor = train_cfg.monitor
-
   dataset = data.load_dataset(config)
   data.write_quarantine_report(workdir / 'quarantine.csv', dataset.quarantine)
-  n_train = len(dataset.train)
-  batch_size = min(int(train_cfg.batch_size), n_train)
-  steps_per_epoch = math.ceil(n_train / batch_size)
-  task = build_task(config, dataset.class_names, dataset.train.labels, steps_per_epoch)
+  batch_size = min(int(config.train.batch_size), len(dataset.train))
+  steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
+  base_key = jax.random.PRNGKey(int(config.seed))
   image_shape = dataset.train.images.shape[1:]
 
-  base_key = jax.random.PRNGKey(int(config.seed))
-  state = task.init(jax.random.fold_in(base_key, 0), image_shape)
   store = checkpoint.CheckpointStore(workdir)
-  loop = dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='')
+  loop = dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='',
+              phase=0, phase_start=0, phase_over=False)
   stored = checkpoint.read_metadata(workdir)
+  resume = stored is not None and store.latest_epoch('last') is not None
   if stored is not None:
     checkpoint.check_resume(workdir, stored, checkpoint.config_as_json(config))
-    if store.latest_epoch('last') is not None:
-      state, loop = store.restore('last', checkpoint.abstract_like(state), with_optimizer=True)
-      logging.warning('resuming %s after epoch %d', workdir, loop['epoch'])
+  if resume:
+    loop.update(store.loop_state('last'))
+  task = build_task(phase_config(config, loop['phase']), dataset.class_names, dataset.train.labels,
+                    steps_per_epoch)
+  if resume:
+    abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))
+    state, _ = store.restore('last', abstract, with_optimizer=True)
+    logging.warning('resuming %s after epoch %d', workdir, loop['epoch'])
+  else:
+    init_key = jax.random.fold_in(base_key, 0)
+    variables = transfer.load_pretrained(models.get_spec(config.model.name), config.model,
+                                         task.init_variables(init_key, image_shape), data.cache_root(config.data))
+    state = task.init(init_key, image_shape, variables)
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       config, dataset.class_names, optim.count_params(state.params), dataclasses.asdict(task.normalisation)))
 
-  mode, min_delta = MONITOR_MODES[monitor], float(train_cfg.min_delta)
-  patience = int(train_cfg.early_stopping_patience)
-  epochs = int(train_cfg.epochs)
-  if loop['finished'] and loop['epoch'] < epochs and loop['stop_reason'] == 'epochs':
-    loop['finished'] = False  # the run was extended with a larger config.train.epochs
-  if not loop['finished']:
-    state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode,
-                 min_delta, patience, epochs)
+  if loop['finished'] and loop['stop_reason'] == 'epochs' and loop['epoch'] < _phase_end(loop, config):
+    loop['finished'] = False  # the run was extended with more epochs
+  while not loop['finished']:
+    if loop['phase_over']:  # phase 0 ended and a fine-tuning phase follows
+      state = _start_finetuning(config, store, loop, state)
+      task = build_task(phase_config(config, 1), dataset.class_names, dataset.train.labels, steps_per_epoch)
+      state = state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params))
+    state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size)
   store.close()
   return evaluate.evaluate_workdir(config, workdir, dataset=dataset)
 
 
-def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode, min_delta,
-         patience, epochs):
+def _phase_end(loop, config) -> int:
+  if loop['phase'] == 0:
+    return int(config.train.epochs)
+  return loop['phase_start'] + int(config.train.finetune_epochs)
+
+
+def _start_finetuning(config, store, loop, state):
+  """Enters phase 1 from the best weights so far when early stopping chose them (as Keras'
+  restore_best_weights would), else from the current ones."""
+  if int(config.train.early_stopping_patience) > 0 and store.latest_epoch('best') is not None:
+    state, _ = store.restore('best', state)
+  loop.update(phase=1, phase_start=loop['epoch'], phase_over=False, wait=0)
+  tqdm.write(f'fine-tuning: {config.train.finetune_epochs} epochs with model.freeze_till='
+             f'{config.train.finetune_freeze_till}, learning rate x{config.train.finetune_lr_factor}')
+  return state
+
+
+def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size):
+  """Runs the epochs of the current phase, updating `loop`; returns the state at the phase's end."""
+  monitor = config.train.monitor
+  mode, min_delta = MONITOR_MODES[monitor], float(config.train.min_delta)
+  patience = int(config.train.early_stopping_patience)
+  last_phase = loop['phase'] == 1 or int(config.train.finetune_epochs) == 0
+  end = _phase_end(loop, config)
+  total = end if last_phase else end + int(config.train.finetune_epochs)
   train_step = jax.jit(lambda s, x, y, order, i, k: task.train_step(s, x, y, order[i], jax.random.fold_in(k, i)),
                        donate_argnums=0)
   predict_fn = jax.jit(task.predict)
@@ -89,13 +135,14 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
   seed, n = int(config.seed), len(dataset.train)
   log_every = max(1, int(config.train.log_every_steps))
   epoch_keys = jax.random.fold_in(base_key, 1)
+  schedule = optim.learning_rate_schedule(phase_config(config, loop['phase']).train, math.ceil(n / batch_size))
 
-  for epoch in range(loop['epoch'], epochs):
+  for epoch in range(loop['epoch'], end):
     start = time.perf_counter()
     order = jax.device_put(epoch_order(seed, epoch, n, batch_size))
     key = jax.random.fold_in(epoch_keys, epoch)
     step_metrics = []
-    bar = tqdm(range(order.shape[0]), desc=f'epoch {epoch + 1}/{epochs}', unit='step', leave=False,
+    bar = tqdm(range(order.shape[0]), desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False,
                disable=None)
     for i in bar:
       state, step_out = train_step(state, train_x, train_y, order, i, key)
@@ -107,10 +154,10 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
     totals = {k: float(sum(np.asarray(m[k]) for m in jax.device_get(step_metrics))) for k in step_metrics[0]}
     val_logits = predict_logits(task, state, dataset.val.images, int(config.eval.batch_size), predict_fn)
     val = metrics.epoch_metrics(dataset.val.labels, val_logits, task.head, len(dataset.class_names))
-    lr = float(optim.learning_rate_schedule(config.train, order.shape[0])(int(state.step)))
     row = dict(epoch=epoch + 1, train_loss=totals['loss_sum'] / totals['count'],
                train_accuracy=totals['correct'] / totals['count'], **{f'val_{k}': v for k, v in val.items()},
-               learning_rate=lr, seconds=time.perf_counter() - start)
+               learning_rate=float(schedule(int(state.step) - 1)), phase=loop['phase'],
+               seconds=time.perf_counter() - start)
     loop['history'].append(row)
     loop['epoch'] = epoch + 1
     value = row[monitor]
@@ -121,11 +168,14 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
     else:
       loop['wait'] += 1
     stop = patience > 0 and loop['wait'] >= patience
-    if stop or epoch + 1 == epochs:
-      loop.update(finished=True, stop_reason='early_stopping' if stop else 'epochs')
+    if stop or epoch + 1 == end:
+      if last_phase:
+        loop.update(finished=True, stop_reason='early_stopping' if stop else 'epochs')
+      else:
+        loop['phase_over'] = True
     store.save('last', epoch + 1, state, dict(loop))
     fileio.write_csv(workdir / HISTORY, pd.DataFrame(loop['history']))
-    tqdm.write(f'epoch {epoch + 1}/{epochs}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
+    tqdm.write(f'epoch {epoch + 1}/{total}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
                f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
                f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')
     if stop:

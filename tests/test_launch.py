@@ -38,7 +38,7 @@ def test_train_writes_every_artefact(trained_quick):
   assert set(scores['per_class']) == {'0', '1'}
   meta = json.loads((workdir / 'metadata.json').read_text())
   assert meta['class_names'] == ['0', '1'] and meta['image_size'] == [120, 80] and meta['channels'] == 1
-  assert meta['normalisation'] == {'mean': [0.5], 'std': [0.5]}
+  assert meta['normalisation'] == {'mean': [0.5], 'std': [0.5], 'bgr': False}
   report = (workdir / 'report.md').read_text()
   for link in ('learning_curves.png', 'scores.json', 'quarantine.csv', 'classification_report.txt'):
     assert f']({link})' in report

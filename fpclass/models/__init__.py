@@ -6,11 +6,16 @@ feature-map plots read. Config fields under `config.model` (besides `name` and `
 own dataclass fields, so a mistyped field is an error that lists the valid ones.
 """
 import dataclasses
-from typing import Callable
+import importlib
+import pkgutil
+from typing import Any, Callable
 
 import flax.linen as nn
 
 from fpclass.errors import UserInputError
+
+# config.model keys that configure loading rather than the module itself.
+LOADING_KEYS = ('name', 'head', 'pretrained', 'keep_pretrained_head')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +25,23 @@ class ModelSpec:
   family: str                        # cnn | torchvision | keras
   cam_layer: str                     # the default Grad-CAM feature: the last conv stage
   description: str = ''
+  # Pretrained families only:
+  preprocessing: Any = None          # fpclass.preprocessing.Normalisation the weights expect; None -> config
+  stages: tuple = ()                 # ((stage name, regex on '/'-joined param paths), ...) in network order
+  weights: dict = dataclasses.field(default_factory=dict)   # {'imagenet': weights.WeightsFile}
+  convert: Callable | None = None    # file path -> ({(collection, *path): array}, unmatched names)
+  # Regexes on '/'-joined variable paths ('params/fc/kernel'):
+  source_head: str = ''              # the source classifier's last layer (replaced for a new class count)
+  source_top: str = ''               # the source's whole classifier (unused when the model has a new top)
+  stem: str = ''                     # 'first conv module|variable its offset goes to', for grayscale folding
+
+  @property
+  def pretrained(self) -> bool:
+    return self.convert is not None
+
+  @property
+  def stage_names(self) -> tuple:
+    return tuple(name for name, _ in self.stages)
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -68,7 +90,7 @@ def num_outputs(model_cfg, num_classes: int) -> int:
 def create_model(model_cfg, num_classes: int) -> nn.Module:
   """Builds the configured module, checking each config field against the module's own fields."""
   spec = get_spec(model_cfg.name)
-  kwargs = {k: v for k, v in model_cfg.items() if k not in ('name', 'head')}
+  kwargs = {k: v for k, v in model_cfg.items() if k not in LOADING_KEYS}
   module_fields = {f.name for f in dataclasses.fields(_module_class(spec.module))} - {'parent', 'name'}
   unknown = sorted(set(kwargs) - module_fields)
   if unknown:
@@ -83,5 +105,7 @@ def _module_class(module):
 
 
 def _import_families():
-  """Registration happens on import; importing here keeps `get_spec` independent of import order."""
-  from fpclass.models import cnn  # noqa: F401
+  """Registration happens on import. Every module of this package registers its family, so a new family
+  is a new file and nothing else."""
+  for info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f'{__name__}.{info.name}')

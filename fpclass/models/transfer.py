@@ -1,0 +1,158 @@
+"""What every pretrained family shares: the fields of its module, a new classification top, stage
+freezing, and loading a weights file into freshly initialised variables.
+
+A pretrained module has these fields (besides its own):
+    num_outputs    classes (or 1 for a sigmoid head)
+    in_channels    3, or 1: the RGB stem is folded for grayscale input when weights are loaded
+    cut            '' for the whole backbone, or a stage name to stop after (InceptionV3's 'mixed7')
+    top            'source': the source framework's own classifier, its last layer sized num_outputs;
+                   'avg' | 'max' | 'flatten': pool the last stage, then a new `Top`
+    top_hidden     hidden dense sizes of a new top (e.g. (512, 256) for seed 001)
+    top_dropout    dropout after each hidden dense layer of a new top
+    freeze_till    the first N stages (ModelSpec.stages) are frozen, -1 = every stage: their BN layers
+                   use running statistics and the optimizer leaves their weights unchanged
+    dtype          computation dtype
+and returns (logits, features) with a feature per stage, recorded with `fpclass.models.feature`.
+"""
+import pathlib
+import re
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from fpclass.errors import UserInputError
+from fpclass.models import weights as weights_lib
+
+TOP_PARAMS = r'^params/top/'
+
+
+class Top(nn.Module):
+  """A new classification top: pooling, hidden dense layers with ReLU and dropout, then the logits."""
+  num_outputs: int
+  pool: str = 'avg'
+  hidden: Sequence[int] = ()
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, features: dict, train: bool = False):
+    if self.pool == 'avg':
+      x = jnp.mean(x, axis=(1, 2))
+    elif self.pool == 'max':
+      x = jnp.max(x, axis=(1, 2))
+    elif self.pool == 'flatten':
+      x = x.reshape(x.shape[0], -1)
+    else:
+      raise UserInputError(f"config.model.top={self.pool!r}: use 'source', 'avg', 'max' or 'flatten'")
+    for i, size in enumerate(self.hidden, start=1):
+      x = nn.relu(nn.Dense(size, kernel_init=nn.initializers.glorot_uniform(), dtype=self.dtype,
+                           name=f'dense{i}')(x))
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    features['pre_logits'] = x
+    return nn.Dense(self.num_outputs, kernel_init=nn.initializers.glorot_uniform(), dtype=self.dtype,
+                    name='logits')(x).astype(jnp.float32)
+
+
+def frozen(stage_index: int, freeze_till: int) -> bool:
+  """Whether stage `stage_index` (0-based, network order) is frozen under `freeze_till`."""
+  return freeze_till < 0 or stage_index < freeze_till
+
+
+def check_cut(cut: str, stages: Sequence[str], top: str) -> int:
+  """The index of the last stage to compute, validating `cut` against the stage names."""
+  if not cut:
+    return len(stages) - 1
+  if cut not in stages:
+    raise UserInputError(f'config.model.cut={cut!r}: not a stage of this model; stages are {list(stages)}')
+  if top == 'source':
+    raise UserInputError(f"config.model.cut={cut!r} needs a new top (config.model.top='avg', 'max' or "
+                         "'flatten'): the source classifier expects the whole network")
+  return list(stages).index(cut)
+
+
+def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
+  """`variables` with the configured pretrained weights loaded, strictly; unchanged if none are set.
+
+  `config.model.pretrained` is '' (none), a name in the registry's canonical weights (downloaded once to
+  <cache>/weights with its checksum verified), or a path to a file the source framework wrote.
+  """
+  value = str(model_cfg.get('pretrained', '') or '')
+  if not value:
+    return variables
+  if not spec.pretrained:
+    raise UserInputError(f'config.model.pretrained={value!r}: model {spec.name!r} has no pretrained weights')
+  if value in spec.weights:
+    path = weights_lib.fetch(spec.weights[value], cache_dir)
+  elif pathlib.Path(value).expanduser().exists() or '/' in value or value.endswith(('.pth', '.pt', '.h5',
+                                                                                       '.safetensors')):
+    path = pathlib.Path(value).expanduser()
+  else:
+    raise UserInputError(f'config.model.pretrained={value!r}: neither a file nor one of the named weights '
+                         f'{sorted(spec.weights)} of {spec.name!r}')
+  mapped, unmatched = spec.convert(path)
+  top = model_cfg.get('top', 'source')
+  keep = []
+  if top != 'source':  # a new top: the file's whole classifier is unused, the new top starts fresh
+    mapped = _without(mapped, spec.source_top)
+    keep.append(TOP_PARAMS)
+  elif not model_cfg.get('keep_pretrained_head', False):  # the named 'head' rule: a fresh last layer
+    mapped = _without(mapped, spec.source_head)
+    keep.append(spec.source_head)
+  cut = model_cfg.get('cut', '')
+  if cut:  # stages after the cut are not in the model; their weights are not needed
+    names = spec.stage_names
+    for _, regex in spec.stages[names.index(cut) + 1:]:
+      mapped = _without(mapped, r'^(params|batch_stats)/' + regex.lstrip('^'))
+  if int(model_cfg.get('in_channels', 3)) == 1:
+    mapped = fold_stem(spec, mapped)
+  try:
+    return weights_lib.assign(variables, mapped, source=str(path), keep='|'.join(keep), unmatched=unmatched)
+  except UserInputError:
+    if top == 'source' and model_cfg.get('keep_pretrained_head', False) and \
+        _fits_without(variables, mapped, spec.source_head, unmatched):
+      raise UserInputError(
+          f'{path}: its classifier {_shapes(mapped, spec.source_head)} has another class count than this '
+          f'model {_shapes(variables, spec.source_head)}; config.model.keep_pretrained_head=True keeps the '
+          "file's classifier: set it False to train a new last layer") from None
+    raise
+
+
+def _fits_without(variables, mapped, regex, unmatched) -> bool:
+  """Whether everything but the variables matching `regex` loads."""
+  try:
+    weights_lib.assign(variables, _without(mapped, regex), source='', keep=regex, unmatched=unmatched)
+  except UserInputError:
+    return False
+  return True
+
+
+def _shapes(tree, regex) -> dict:
+  from flax import traverse_util
+  flat = tree if isinstance(next(iter(tree)), tuple) else traverse_util.flatten_dict(tree)
+  return {'/'.join(k): tuple(v.shape) for k, v in flat.items() if re.search(regex, '/'.join(k))}
+
+
+def fold_stem(spec, mapped: dict) -> dict:
+  """Folds the RGB stem of `mapped` for one input channel (see weights.fold_rgb_stem)."""
+  kernel_path, offset_path = spec.stem.split('|')
+  kernel_key = ('params', *kernel_path.split('/'), 'kernel')
+  if kernel_key not in mapped or mapped[kernel_key].shape[2] != 3:
+    raise UserInputError(f'{spec.name}: cannot fold the stem for config.model.in_channels=1: the file has no '
+                         f'3-channel {kernel_path} kernel')
+  norm = spec.preprocessing
+  folded, offset = weights_lib.fold_rgb_stem(mapped[kernel_key], norm)
+  mapped = dict(mapped)
+  mapped[kernel_key] = folded
+  offset_key = tuple(offset_path.split('/'))
+  sign = 1.0 if offset_key[0] == 'params' else -1.0  # a conv bias gains the offset; a BN mean loses it
+  mapped[offset_key] = (mapped[offset_key] + sign * offset).astype(np.float32)
+  return mapped
+
+
+def _without(mapped: dict, regex: str) -> dict:
+  if not regex:
+    return mapped
+  pattern = re.compile(regex)
+  return {k: v for k, v in mapped.items() if not pattern.search('/'.join(k))}

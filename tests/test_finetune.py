@@ -1,0 +1,70 @@
+"""Fine-tuning a pretrained backbone: frozen stages, parameter groups, two phases, through launch.py."""
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass import optim, task as task_lib
+from tests.conftest import launch, load_config
+
+torch = pytest.importorskip('torch', reason='needs torch to write a torchvision state_dict')
+torchvision = pytest.importorskip('torchvision')
+
+
+@pytest.fixture(scope='module')
+def resnet18_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('weights') / 'resnet18.pth'
+  torch.manual_seed(0)
+  torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+  return path
+
+
+def test_param_groups_follow_stages_and_freeze_till():
+  config = load_config('configs/footprint.py:resnet18', **{'model.freeze_till': 2})
+  labels = optim.param_groups(config.model)
+  params = {'conv1': {'kernel': 0}, 'bn1': {'scale': 0}, 'layer1_0': {'conv1': {'kernel': 0}},
+            'layer2_1': {'bn2': {'bias': 0}}, 'fc': {'kernel': 0}}
+  assert labels(params) == {'conv1': {'kernel': 'frozen'}, 'bn1': {'scale': 'frozen'},
+                            'layer1_0': {'conv1': {'kernel': 'frozen'}}, 'layer2_1': {'bn2': {'bias': 'backbone'}},
+                            'fc': {'kernel': 'head'}}
+
+
+def test_frozen_stages_keep_weights_and_batch_statistics(resnet18_file):
+  config = load_config('configs/footprint.py:resnet18,quick', **{
+      'model.pretrained': str(resnet18_file), 'model.freeze_till': 2, 'train.backbone_lr_factor': 0.5})
+  task = task_lib.build_task(config, ('0', '1'), np.array([0, 1]), steps_per_epoch=2)
+  from fpclass.models import get_spec, transfer
+  variables = transfer.load_pretrained(get_spec('resnet18'), config.model,
+                                       task.init_variables(jax.random.PRNGKey(0), (64, 48, 1)), '/nonexistent')
+  state = task.init(jax.random.PRNGKey(0), (64, 48, 1), variables)
+  images = np.random.default_rng(0).integers(0, 256, (8, 64, 48, 1), dtype=np.uint8)
+  labels = np.array([0, 1] * 4, np.int32)
+  new, _ = jax.jit(task.train_step)(state, images, labels, np.arange(8), jax.random.PRNGKey(1))
+  same = lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b)))  # noqa: E731
+  for frozen in ('conv1', 'bn1', 'layer1_0', 'layer1_1'):
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(same, state.params[frozen], new.params[frozen])))
+  for frozen_bn in ('bn1', 'layer1_1'):
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(same, state.batch_stats[frozen_bn],
+                                                                new.batch_stats[frozen_bn])))
+  assert not same(state.params['layer2_0']['conv1']['kernel'], new.params['layer2_0']['conv1']['kernel'])
+  assert not same(state.batch_stats['layer3_0']['bn1']['mean'], new.batch_stats['layer3_0']['bn1']['mean'])
+  assert not same(state.params['fc']['kernel'], new.params['fc']['kernel'])
+  assert new.params['conv1']['kernel'].shape == (7, 7, 1, 64)  # the folded grayscale stem
+
+
+def test_footprint_transfer_two_phases_through_launch(tmp_path, resnet18_file):
+  workdir = tmp_path / 'run'
+  args = ['--config=configs/footprint.py:resnet18,quick', f'--workdir={workdir}',
+          f'--config.model.pretrained={resnet18_file}', '--config.train.early_stopping_patience=0']
+  result = launch(*args)
+  assert 'fine-tuning: 1 epochs' in result.stdout + result.stderr
+  history = pd.read_csv(workdir / 'metrics.csv')
+  assert history['phase'].tolist() == [0, 0, 1] and history['epoch'].tolist() == [1, 2, 3]
+  launch(*args, '--mode=submit')
+  assert len(pd.read_csv(workdir / 'submission.csv')) == 16
+
+
+def test_footprint_transfer_without_internet_names_the_flag(tmp_path, monkeypatch):
+  result = launch('--config=configs/footprint.py:resnet18,quick', f'--workdir={tmp_path}',
+                  '--config.model.pretrained=/no/such/file.pth', check=False)
+  assert result.returncode == 2 and '/no/such/file.pth: weights file not found' in result.stderr
