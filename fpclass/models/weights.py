@@ -208,8 +208,10 @@ def assign(variables: dict, mapped: dict[tuple, np.ndarray], *, source: str, kee
     raise UserInputError(f'{source} does not fit this model: ' + _listing('missing', missing)
                          + _listing('unexpected', unexpected) + _listing('shape mismatch', mismatched)
                          + ' (is it the weights file of this architecture?)')
-  out = {k: (flat[k] if k in kept else np.asarray(mapped[k], np.float32)) for k in flat}
-  return traverse_util.unflatten_dict(out)
+  out = traverse_util.unflatten_dict(
+      {k: (flat[k] if k in kept else np.asarray(mapped[k], np.float32)) for k in flat})
+  # A collection with no leaves (the batch_stats of a model without BatchNorm) stays, empty.
+  return {**{k: v for k, v in variables.items() if k not in out}, **out}
 
 
 def fold_rgb_stem(kernel: np.ndarray, norm) -> tuple[np.ndarray, np.ndarray]:
