@@ -54,6 +54,22 @@ def randomise_torch_bn(module, seed=0):
   return module
 
 
+def randomise_torch_weights(module, seed=0):
+  """He-normal conv/linear weights and small random biases: torchvision initialises many biases to zero
+  (which would hide a bias mapped to the wrong layer) and AlexNet's default init shrinks its logits to
+  ~0.01 (which would make an absolute tolerance meaningless)."""
+  import torch
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        fan_in = m.weight[0].numel()
+        m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+        if m.bias is not None:
+          m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
+  return module
+
+
 def torch_forward(module, nhwc, feature_modules: dict):
   """(logits, {feature name: NHWC array}) from a torch model, features captured by forward hooks."""
   import torch
