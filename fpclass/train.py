@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, data, evaluate, fileio, metrics, optim
+from fpclass import checkpoint, data, evaluate, explain, fileio, metrics, optim
 from fpclass.config import validate
 from fpclass.task import build_task, predict_logits
 
@@ -39,7 +39,8 @@ def _better(value, best, mode, min_delta):
 
 
 def train_and_evaluate(config, workdir) -> dict:
-  """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint."""
+  """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint (and
+  explains it, with config.explain.after_training)."""
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,10 @@ def train_and_evaluate(config, workdir) -> dict:
     state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode,
                  min_delta, patience, epochs)
   store.close()
-  return evaluate.evaluate_workdir(config, workdir, dataset=dataset)
+  result = evaluate.evaluate_workdir(config, workdir, dataset=dataset)
+  if config.explain.after_training:
+    explain.explain_workdir(config, workdir, dataset=dataset)
+  return result
 
 
 def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode, min_delta,

@@ -9,19 +9,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, launch, save_image
+from tests.conftest import QUICK, REPO, launch, save_image
 
-QUICK = '--config=configs/footprint.py:exp4,quick'
-
-
-@pytest.fixture(scope='module')
-def trained_quick(tmp_path_factory):
-  """One quick footprint run shared by the tests that only read its outputs."""
-  workdir = tmp_path_factory.mktemp('fp-quick')
-  cache = tmp_path_factory.mktemp('fp-cache')
-  env = {'FPCLASS_CACHE': str(cache)}
-  result = launch(QUICK, f'--workdir={workdir}', env=env)
-  return workdir, env, result
 
 
 def test_train_writes_every_artefact(trained_quick):
