@@ -99,8 +99,12 @@ def feature_maps(apply_fn, variables, images) -> dict:
 
 def feature_layers(apply_fn, variables, image_shape) -> list:
   """The names `cam` accepts as `layer` for this model, in the order the model records them."""
-  shapes = jax.eval_shape(lambda: feature_maps(apply_fn, variables, jnp.zeros((1, *image_shape), jnp.float32)))
-  return list(shapes)
+  return [_display_name(key) for key in _entries(apply_fn, variables, jnp.zeros((1, *image_shape), jnp.float32))]
+
+
+def check_layer(apply_fn, variables, image_shape, layer: str) -> None:
+  """Raises UserInputError, listing the model's feature maps, unless `layer` names exactly one of them."""
+  _find_entry(_entries(apply_fn, variables, jnp.zeros((1, *image_shape), jnp.float32)), layer)
 
 
 def normalise(maps, size) -> jax.Array:
@@ -155,9 +159,14 @@ def guided_gradcam(guided_gradients, maps) -> jax.Array:
 
 # -- the jitted core ---------------------------------------------------------------------------------------
 
-def _layer_gradients(apply_fn, variables, images, targets, layer):
+def _entries(apply_fn, variables, images) -> dict:
+  """The model's perturbation entries, {path tuple: ShapeDtypeStruct}, without running it."""
   abstract = jax.eval_shape(lambda: apply_fn(variables, images, mutable='perturbations')[1]['perturbations'])
-  entries = traverse_util.flatten_dict(abstract)
+  return traverse_util.flatten_dict(abstract)
+
+
+def _layer_gradients(apply_fn, variables, images, targets, layer):
+  entries = _entries(apply_fn, variables, images)
   key = _find_entry(entries, layer)
   zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in entries.items()}
 

@@ -67,10 +67,10 @@ class Explainer:
   prepare: object  # uint8 images -> the model's normalised input
 
   def maps(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(CAM maps (N, H, W), Guided Grad-CAM (N, H, W, C) or None), in fixed-size padded batches so one
-    compilation serves every call."""
+    """(CAM maps (N, H, W), Guided Grad-CAM (N, H, W, C) or None) of N >= 1 images, in fixed-size padded
+    batches so one compilation serves every batch."""
     n = len(images_u8)
-    batch = min(self.settings.batch_size, max(n, 1))
+    batch = min(self.settings.batch_size, n)
     maps, guided = [], []
     for start in range(0, n, batch):
       chunk, chunk_targets = _pad(images_u8[start:start + batch], batch), _pad(targets[start:start + batch], batch)
@@ -80,10 +80,7 @@ class Explainer:
       if self.guided_apply_fn is not None:
         gradients = cam.guided_backprop(self.guided_apply_fn, self.variables, x, chunk_targets)
         guided.append(cam.guided_gradcam(gradients, m))
-    maps = np.concatenate(jax.device_get(maps))[:n] if maps else np.zeros((0, *images_u8.shape[1:3]), np.float32)
-    if self.guided_apply_fn is None:
-      return maps, None
-    return maps, (np.concatenate(jax.device_get(guided))[:n] if guided else np.zeros(images_u8.shape, np.float32))
+    return np.concatenate(jax.device_get(maps))[:n], np.concatenate(jax.device_get(guided))[:n] if guided else None
 
 
 def explain_workdir(config, workdir, dataset=None) -> dict:
@@ -194,10 +191,11 @@ def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> 
   model = trained.task.model
   variables = checkpoint.model_variables(trained.state)
   layer = settings.layer or models.get_spec(config.model.name).cam_layer
-  available = cam.feature_layers(model.apply, variables, image_shape)
-  if layer not in available and not any(a.endswith('/' + layer) for a in available):
-    raise UserInputError(f'config.explain.layer={layer!r}: model {config.model.name!r} records the feature maps '
-                         f'{available}')
+  try:
+    cam.check_layer(model.apply, variables, image_shape, layer)
+  except UserInputError as e:
+    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {config.model.name!r}'
+    raise UserInputError(f'{flag}: {e}') from None
   guided_apply_fn = None
   if settings.guided:
     try:

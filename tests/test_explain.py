@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from fpclass import explain, explain_figures
-from tests.conftest import QUICK, launch
+from fpclass.config import validate
+from fpclass.errors import UserInputError
+from tests.conftest import QUICK, launch, load_config
 
 
 def report_links(workdir) -> list:
@@ -57,17 +59,27 @@ def test_explain_mode_options(trained_quick, tmp_path):
   assert all((copy / link).is_file() for link in report_links(copy))
 
 
-@pytest.mark.parametrize('flag, message', [
-    ('--config.explain.layer=conv9', "config.explain.layer='conv9': model 'footprint_cnn' records the feature "
-                                     "maps ['conv1', 'conv2']"),
-    ('--config.explain.method=scorecam', "config.explain.method='scorecam'"),
-    ('--config.explain.feature_image=10000', 'config.explain.feature_image=10000: the validation split has 15'),
-])
-def test_bad_explain_flags_name_the_flag(trained_quick, flag, message):
+def test_a_bad_layer_names_the_flag(trained_quick):
   workdir, env, _ = trained_quick
-  result = launch(QUICK, f'--workdir={workdir}', '--mode=explain', flag, env=env, check=False)
+  result = launch(QUICK, f'--workdir={workdir}', '--mode=explain', '--config.explain.layer=conv9', env=env,
+                  check=False)
   assert result.returncode == 2, result.stderr
-  assert message in result.stderr and 'Traceback' not in result.stderr
+  assert ("config.explain.layer='conv9': CAM layer 'conv9' is not a recorded feature map; this model records "
+          "['conv1', 'conv2']") in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('method', 'scorecam', "config.explain.method='scorecam': choose one of ['gradcam', 'gradcam++', 'hirescam']"),
+    ('target', 'truth', "config.explain.target='truth'"),
+    ('num_images', 0, 'config.explain.num_images=0: must be at least 1'),
+    ('feature_image', -2, 'config.explain.feature_image=-2: must be at least -1'),
+    ('alpha', 1.5, 'config.explain.alpha=1.5: must be in [0, 1]'),
+])
+def test_bad_explain_settings_name_the_flag(key, value, message):
+  config = load_config('configs/footprint.py:quick', **{f'explain.{key}': value})
+  with pytest.raises(UserInputError) as error:
+    validate(config)
+  assert message in str(error.value)
 
 
 def test_select_groups_ranks_each_class_and_outcome_by_loss():
