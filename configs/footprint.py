@@ -71,6 +71,7 @@ def get_config(arg: str = 'exp4'):
   c.train.epochs = 50
   c.train.monitor = 'val_loss'
   c.train.select_checkpoint = 'last'   # without early stopping the seed kept the final model
+  c.explain.after_training = True      # seed 000 ran Grad-CAM on its highest-loss validation images
   for key, value in EXPERIMENTS.get(experiment, {}).items():
     section, field = key.split('.')
     c[section][field] = value

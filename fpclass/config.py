@@ -105,6 +105,21 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
 
+  # --mode explain (and train, when after_training): Grad-CAM and error analysis of the validation split.
+  c.explain = ml_collections.ConfigDict(dict(
+      after_training=False,    # train mode runs explain after evaluation (on in configs/footprint.py)
+      method='gradcam',        # gradcam | gradcam++ | hirescam (fpclass.cam.METHODS)
+      layer='',                # a feature map the model records; '' -> the model's registered cam_layer
+      target='predicted',      # predicted | label: the class each map explains
+      num_images=10,           # highest-loss validation images per overlay grid and in the top-losses table
+      guided=True,             # add a Guided Grad-CAM row (needs a model with a `relu` field)
+      inference_grid=16,       # validation images in the right/wrong inference grid; 0 -> none
+      feature_image=0,         # validation index of the image whose feature maps are drawn; -1 -> none
+      max_channels=64,         # channels drawn per feature map (the first ones)
+      alpha=0.5,               # heat-map opacity in the overlays
+      batch_size=32,           # images per Grad-CAM call
+  ))
+
   c.submit = ml_collections.ConfigDict(dict(
       filename='submission.csv',
       probabilities_filename='submission_probabilities.csv',
@@ -115,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
   a second instead of after decoding the data. Each check is the one the consuming module applies."""
-  from fpclass import augment, data, models, optim, task, train
+  from fpclass import augment, data, explain, models, optim, task, train
   from fpclass.data.decode import DecodeSettings
   from fpclass.errors import UserInputError
   if config.data.source not in data.SOURCES:
@@ -123,6 +138,7 @@ def validate(config) -> None:
                          f'{sorted(data.SOURCES)}')
   DecodeSettings.from_config(config.data)
   augment.AugmentConfig.from_config(config.augment)
+  explain.ExplainSettings.from_config(config.explain)
   models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
   optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
   task.model_input(config)

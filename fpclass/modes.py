@@ -17,9 +17,17 @@ def _submit(config, workdir):
   submit(config, workdir)
 
 
+def _explain(config, workdir):
+  from fpclass.explain import explain_workdir
+  explain_workdir(config, workdir)
+
+
 MODES = {
-    'train': (_train, 'train (resuming a killed run), then evaluate the selected checkpoint'),
+    'train': (_train, 'train (resuming a killed run), then evaluate the selected checkpoint (and explain it if '
+              'explain.after_training)'),
     'evaluate': (_evaluate, 'restore the selected checkpoint; write scores.json, plots and report.md'),
+    'explain': (_explain, 'restore the selected checkpoint; write Grad-CAM overlays, an inference grid, top '
+                'losses, confused pairs and feature maps of the validation split'),
     'submit': (_submit, 'restore the selected checkpoint; write submission.csv and its probabilities'),
 }
 

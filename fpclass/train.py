@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, data, evaluate, fileio, metrics, models, optim
+from fpclass import checkpoint, data, evaluate, explain, fileio, metrics, models, optim
 from fpclass.config import validate
 from fpclass.models import transfer
 from fpclass.task import build_task, predict_logits
@@ -56,7 +56,8 @@ def phase_config(config, phase: int):
 
 
 def train_and_evaluate(config, workdir) -> dict:
-  """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint."""
+  """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint (and
+  explains it, with config.explain.after_training)."""
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,10 @@ def train_and_evaluate(config, workdir) -> dict:
       state = state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params))
     state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size)
   store.close()
-  return evaluate.evaluate_workdir(config, workdir, dataset=dataset)
+  result = evaluate.evaluate_workdir(config, workdir, dataset=dataset)
+  if config.explain.after_training:
+    explain.explain_workdir(config, workdir, dataset=dataset)
+  return result
 
 
 def _phase_end(loop, config) -> int:
