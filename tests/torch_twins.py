@@ -103,8 +103,26 @@ def footprint_cnn(image_shape, seed=0, conv_channels=(32, 64), fc_sizes=(128,), 
   return Twin(torch_model, flax_model, copy_weights(torch_model.state_dict(), abstract, table), layer_names)
 
 
+def resnet18(image_shape, seed=0) -> Twin:
+  """torchvision's ResNet-18 with random weights (BatchNorm randomised), and the fpclass port loaded from
+  the state_dict file torch wrote, through the same loader users go through."""
+  import tempfile
+
+  import torchvision
+
+  from tests import parity
+  torch.manual_seed(seed)
+  torch_model = parity.randomise_torch_bn(torchvision.models.resnet18(weights=None).eval(), seed)
+  with tempfile.TemporaryDirectory() as folder:
+    path = f'{folder}/resnet18.pth'
+    torch.save(torch_model.state_dict(), path)
+    model, variables = parity.build('resnet18', path, num_classes=1000, image_shape=image_shape)
+  return Twin(torch_model, model, variables, {'layer4': 'layer4', 'layer3': 'layer3'})
+
+
 # name -> (twin builder, input shape (H, W, C), the Flax feature map to explain). Parity tests and
-# bench/gradcam_speed.py read this; a ported model adds one row (ResNet-18: its builder, (64, 64, 3), 'layer4').
+# bench/gradcam_speed.py read this; a ported model adds one row.
 CASES = {
     'footprint_cnn': (footprint_cnn, (120, 80, 1), 'conv2'),
+    'resnet18': (resnet18, (64, 64, 3), 'layer4'),
 }
