@@ -87,12 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
       l2_params='.*kernel',    # regex on '/'-joined parameter paths that l2 applies to
       label_smoothing=0.0,
       class_weights='',        # '' | auto | 'name:weight,name:weight'
+      # uniform: a permutation per epoch | balanced: every class fills an equal share of each epoch's
+      # batches (minority examples repeat, majority ones are subsampled); same epoch length either way.
+      sampler='uniform',
       grad_clip_norm=0.0,
       select_checkpoint='best',  # best | last: which checkpoint evaluate/submit restore
       monitor='val_loss',      # val_loss | val_accuracy | val_macro_f1 | val_roc_auc
       early_stopping_patience=0,  # 0 -> off; otherwise epochs without improvement before stopping
       min_delta=0.0,
       log_every_steps=10,
+      tensorboard=True,        # also write per-epoch scalars as TensorBoard event files (tensorboard/)
   ))
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
@@ -107,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
   a second instead of after decoding the data. Each check is the one the consuming module applies."""
-  from fpclass import augment, data, models, optim, task, train
+  from fpclass import augment, data, models, optim, sampling, task, train
   from fpclass.data.decode import DecodeSettings
   from fpclass.errors import UserInputError
   if config.data.source not in data.SOURCES:
@@ -125,5 +129,7 @@ def validate(config) -> None:
     raise UserInputError(f'config.train.select_checkpoint={config.train.select_checkpoint!r}: use best or last')
   if int(config.train.batch_size) < 1 or int(config.train.epochs) < 1:
     raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
+  if config.train.sampler not in sampling.SAMPLERS:
+    raise UserInputError(f'config.train.sampler={config.train.sampler!r}: choose one of {sampling.SAMPLERS}')
   if config.data.bad_test_images not in ('error', 'prior'):
     raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
