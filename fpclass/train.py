@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, data, evaluate, explain, fileio, metrics, models, optim
+from fpclass import checkpoint, data, evaluate, explain, fileio, metrics, models, optim, tensorboard_log
 from fpclass.config import validate
 from fpclass.models import transfer
+from fpclass.sampling import class_balanced_order
 from fpclass.task import build_task, predict_logits
 
 MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
@@ -143,7 +144,8 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
 
   for epoch in range(loop['epoch'], end):
     start = time.perf_counter()
-    order = jax.device_put(epoch_order(seed, epoch, n, batch_size))
+    order = jax.device_put(class_balanced_order(seed, epoch, dataset.train.labels, batch_size)
+                           if config.train.sampler == 'balanced' else epoch_order(seed, epoch, n, batch_size))
     key = jax.random.fold_in(epoch_keys, epoch)
     step_metrics = []
     bar = tqdm(range(order.shape[0]), desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False,
@@ -179,6 +181,8 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
         loop['phase_over'] = True
     store.save('last', epoch + 1, state, dict(loop))
     fileio.write_csv(workdir / HISTORY, pd.DataFrame(loop['history']))
+    if config.train.tensorboard:
+      tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, row)
     tqdm.write(f'epoch {epoch + 1}/{total}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
                f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
                f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')
