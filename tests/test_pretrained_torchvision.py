@@ -88,9 +88,10 @@ def test_train_mode_matches_torchvision_given_the_same_dropout_masks(name, torch
   (logits, _), state = jax.jit(lambda v, x: model.apply(
       v, x, train=True, rngs={'dropout': jax.random.PRNGKey(5)}, mutable=['batch_stats', 'intermediates'],
       capture_intermediates=lambda m, _: isinstance(m, nn.Dropout)))(variables, x)
-  masks = {path: np.asarray(out['__call__'][0]) != 0
-           for path, out in traverse_util.flatten_dict(state['intermediates'], sep='/',
-                                                       is_leaf=lambda _, v: '__call__' in v).items()}
+  # Dropout outputs sit under '<path>/__call__'; the models' own sown feature maps ('feature_*') do not.
+  masks = {path.removesuffix('/__call__'): np.asarray(out[0]) != 0
+           for path, out in traverse_util.flatten_dict(state['intermediates'], sep='/').items()
+           if path.endswith('/__call__')}
   assert masks and any(not m.all() for m in masks.values())  # something was dropped
   used = set()
   for torch_path, original in list(module.named_modules()):
