@@ -138,15 +138,18 @@ def test_grayscale_fold_equals_rgb_on_repeated_channels(name, reference):
   for all channels), away from the stem's zero padding for caffe models (per-channel means)."""
   ref = reference(name)
   norm = models.get_spec(name).preprocessing
-  _, rgb_vars, rgb_apply = ref.flax()
-  gray_model, gray_vars = parity.build(name, ref.path, image_shape=(*ref.shape[:2], 1), in_channels=1)
+  exact = len(set(norm.mean)) == 1 and len(set(norm.std)) == 1
+  # Caffe models are compared on their first stage only, so the grayscale model stops there.
+  stage, border = {'keras_resnet50': ('conv1', 2), 'keras_vgg16': ('block1_conv1', 1)}.get(name, ('', 0))
+  gray_model, gray_vars = parity.build(name, ref.path, image_shape=(*ref.shape[:2], 1), in_channels=1,
+                                       **({} if exact else dict(cut=stage, top='avg', keep_pretrained_head=False)))
   g = np.random.default_rng(1).uniform(size=(2, *ref.shape[:2], 1)).astype(np.float32)
+  _, rgb_vars, rgb_apply = ref.flax()
   rgb_logits, rgb_features = rgb_apply(rgb_vars, np.asarray(norm(np.repeat(g, 3, axis=-1))))
   gray_logits, gray_features = parity.apply(gray_model, gray_vars, np.asarray(norm.to_grayscale()(g)))
-  if len(set(norm.mean)) == 1 and len(set(norm.std)) == 1:
+  if exact:
     assert parity.max_abs_diff(rgb_logits, gray_logits) <= LOGIT_TOL
-  else:  # the first stage's cells whose receptive field holds no padding; caffe features are O(100)
-    stage, border = {'keras_resnet50': ('conv1', 2), 'keras_vgg16': ('block1_conv1', 1)}[name]
+  else:  # the cells whose receptive field holds no padding; caffe features are O(100)
     inner = (slice(None), slice(border, -border), slice(border, -border))
     rgb, gray = rgb_features[stage][inner], gray_features[stage][inner]
     assert parity.max_abs_diff(rgb, gray) <= 1e-6 * float(np.max(np.abs(rgb)))
@@ -160,6 +163,25 @@ def test_inception_cut_at_mixed7_is_seed_003s_feature_extractor(reference):
   logits, features = parity.apply(model, variables, ref.x)
   assert logits.shape == (2, 2) and set(features) == {'stem', *(f'mixed{i}' for i in range(8)), 'pre_logits'}
   assert parity.max_abs_diff(features['mixed7'], ref.features['mixed7']) <= FEATURE_TOL
+
+
+def test_legacy_notop_files_load_without_the_classifier(reference, tmp_path):
+  """include_top=False files in the legacy layout, by name (the official notop files' layout) and by order
+  (Keras' own legacy writer on InceptionV3), give the backbone's arrays."""
+  for name, last in (('keras_vgg16', 'block5_pool'), ('keras_inceptionv3', 'mixed10')):
+    ref = reference(name)
+    spec = models.get_spec(name)
+    base = keras.Model(ref.keras_model.inputs, ref.keras_model.get_layer(last).output)
+    full, _ = spec.convert(ref.path)
+    expected = {k: v for k, v in full.items() if not re.search(spec.source_top, '/'.join(k))}
+    paths = [parity.write_legacy_h5(base, tmp_path / f'{name}_notop.h5')]
+    if name == 'keras_inceptionv3':
+      paths.append(tmp_path / f'{name}_notop_model.h5')
+      base.save(str(paths[-1]))
+    for path in paths:
+      mapped, _ = spec.convert(path)
+      assert mapped.keys() == expected.keys(), path
+      assert all(np.array_equal(mapped[k], expected[k]) for k in expected), path
 
 
 def test_notop_file_loads_with_a_new_top_and_not_with_the_source_top(reference, tmp_path):

@@ -26,13 +26,14 @@ STACK_FILTERS = (64, 128, 256, 512)
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras' default kernel initializer
 
 
-def _bn(name, frozen, train):
-  return nn.BatchNorm(use_running_average=not train or frozen, momentum=0.99, epsilon=BN_EPSILON, name=name)
+def _bn(name, frozen, train, dtype):
+  return nn.BatchNorm(use_running_average=not train or frozen, momentum=0.99, epsilon=BN_EPSILON, dtype=dtype,
+                      name=name)
 
 
-def _conv(filters, kernel, name, stride=1, padding='VALID', use_bias=True):
+def _conv(filters, kernel, name, dtype, stride=1, padding='VALID', use_bias=True):
   return nn.Conv(filters, (kernel, kernel), stride, padding=padding, use_bias=use_bias,
-                 kernel_init=glorot_uniform, name=name)
+                 kernel_init=glorot_uniform, dtype=dtype, name=name)
 
 
 def zero_pad(x, pad: int):
@@ -45,17 +46,17 @@ class BlockV1(nn.Module):
   stride: int = 1
   conv_shortcut: bool = False
   frozen: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
+    f, dt = self.filters, self.dtype
     shortcut = x
     if self.conv_shortcut:
-      shortcut = _bn('0_bn', self.frozen, train)(_conv(4 * self.filters, 1, '0_conv', self.stride)(x))
-    y = _conv(self.filters, 1, '1_conv', self.stride)(x)
-    y = nn.relu(_bn('1_bn', self.frozen, train)(y))
-    y = _conv(self.filters, 3, '2_conv', padding='SAME')(y)
-    y = nn.relu(_bn('2_bn', self.frozen, train)(y))
-    y = _bn('3_bn', self.frozen, train)(_conv(4 * self.filters, 1, '3_conv')(y))
+      shortcut = _bn('0_bn', self.frozen, train, dt)(_conv(4 * f, 1, '0_conv', dt, self.stride)(x))
+    y = nn.relu(_bn('1_bn', self.frozen, train, dt)(_conv(f, 1, '1_conv', dt, self.stride)(x)))
+    y = nn.relu(_bn('2_bn', self.frozen, train, dt)(_conv(f, 3, '2_conv', dt, padding='SAME')(y)))
+    y = _bn('3_bn', self.frozen, train, dt)(_conv(4 * f, 1, '3_conv', dt)(y))
     return nn.relu(shortcut + y)
 
 
@@ -64,19 +65,20 @@ class BlockV2(nn.Module):
   stride: int = 1
   conv_shortcut: bool = False
   frozen: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
-    preact = nn.relu(_bn('preact_bn', self.frozen, train)(x))
+    f, dt = self.filters, self.dtype
+    preact = nn.relu(_bn('preact_bn', self.frozen, train, dt)(x))
     if self.conv_shortcut:
-      shortcut = _conv(4 * self.filters, 1, '0_conv', self.stride)(preact)
+      shortcut = _conv(4 * f, 1, '0_conv', dt, self.stride)(preact)
     else:  # MaxPooling2D(1, strides=stride): subsampling
       shortcut = x[:, ::self.stride, ::self.stride]
-    y = _conv(self.filters, 1, '1_conv', use_bias=False)(preact)
-    y = nn.relu(_bn('1_bn', self.frozen, train)(y))
-    y = _conv(self.filters, 3, '2_conv', self.stride, use_bias=False)(zero_pad(y, 1))
-    y = nn.relu(_bn('2_bn', self.frozen, train)(y))
-    return shortcut + _conv(4 * self.filters, 1, '3_conv')(y)
+    y = nn.relu(_bn('1_bn', self.frozen, train, dt)(_conv(f, 1, '1_conv', dt, use_bias=False)(preact)))
+    y = _conv(f, 3, '2_conv', dt, self.stride, use_bias=False)(zero_pad(y, 1))
+    y = nn.relu(_bn('2_bn', self.frozen, train, dt)(y))
+    return shortcut + _conv(4 * f, 1, '3_conv', dt)(y)
 
 
 def block_args(preact: bool, stack: int, block: int, blocks: int) -> dict:
@@ -102,24 +104,24 @@ class KerasResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = _conv(64, 7, 'conv1_conv', 2)(zero_pad(x, 3))
+    x = _conv(64, 7, 'conv1_conv', self.dtype, 2)(zero_pad(x, 3))
     if not self.preact:
-      x = nn.relu(_bn('conv1_bn', transfer.frozen(0, self.freeze_till), train)(x))
+      x = nn.relu(_bn('conv1_bn', transfer.frozen(0, self.freeze_till), train, self.dtype)(x))
     x = nn.max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2))
     x = feature(self, features, 'conv1', x)
     block_cls = BlockV2 if self.preact else BlockV1
     for stack, blocks in enumerate(self.stack_sizes[:last]):
       frozen = transfer.frozen(stack + 1, self.freeze_till)
       for block in range(1, blocks + 1):
-        x = block_cls(STACK_FILTERS[stack], frozen=frozen, name=f'conv{stack + 2}_block{block}',
+        x = block_cls(STACK_FILTERS[stack], frozen=frozen, dtype=self.dtype, name=f'conv{stack + 2}_block{block}',
                       **block_args(self.preact, stack, block, blocks))(x, train)
       if self.preact and stack == 3:
-        x = nn.relu(_bn('post_bn', frozen, train)(x))
+        x = nn.relu(_bn('post_bn', frozen, train, self.dtype)(x))
       x = feature(self, features, STAGES[stack + 1], x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
-      return nn.Dense(self.num_outputs, kernel_init=glorot_uniform, name='predictions')(x).astype(
-          jnp.float32), features
+      return nn.Dense(self.num_outputs, kernel_init=glorot_uniform, dtype=self.dtype, name='predictions')(
+          x).astype(jnp.float32), features
     return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, name='top')(
         x, features, train), features
 
