@@ -11,8 +11,11 @@ from fpclass import models, optim
 from fpclass.errors import UserInputError
 from tests import parity
 
-keras = pytest.importorskip('keras', reason='parity needs keras (the test extra installs it)')
+keras = pytest.importorskip('keras', reason='parity needs keras 3 (JAX backend)')
 pytest.importorskip('h5py')
+# Keras 3.15's variables define __array__ without numpy 2's `copy` keyword: numpy warns at every conversion,
+# hundreds of times per model, about none of this code.
+pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
 
 # name -> (keras.applications name, input (H, W): not 224, odd and non-square, {stage: Keras layer}).
 # None stands for InceptionV3's stem output, an unnamed max pool.
