@@ -4,7 +4,9 @@ The reference framework writes random weights in its own file format; fpclass lo
 on the same batch. Random BatchNorm statistics and affine parameters are drawn so that BN is not the identity
 (which would hide mapping mistakes) while logits stay O(1), so an absolute tolerance means something.
 """
+import contextlib
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +90,97 @@ def torch_forward(module, nhwc, feature_modules: dict):
 
 def max_abs_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+
+# ----------------------------------------------------------------------------------------------- keras
+
+def keras_application(name, input_shape, seed=0, **kwargs):
+  """keras.applications.<name>(weights=None) with logits as its output and random weights (randomise_keras)."""
+  import keras
+  with _zeros_for_glorot(keras):
+    model = getattr(keras.applications, name)(weights=None, input_shape=input_shape,
+                                              classifier_activation=None, **kwargs)
+  return randomise_keras(model, seed)
+
+
+@contextlib.contextmanager
+def _zeros_for_glorot(keras):
+  """Keras draws each initial kernel with jax.random, which compiles one XLA program per kernel shape: most
+  of the time it takes to build an application on CPU (InceptionV3: ~20 s). randomise_keras overwrites
+  every weight, so the build may draw zeros instead."""
+  cls = keras.initializers.GlorotUniform
+  original = cls.__call__
+  cls.__call__ = lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32')
+  try:
+    yield
+  finally:
+    cls.__call__ = original
+
+
+def randomise_keras(model, seed=0):
+  """Random weights that a mapping mistake cannot hide: He-scaled kernels (so activations stay O(1) through
+  deep stacks without BN, as in VGG), nonzero biases, and BN layers far from the identity."""
+  rng = np.random.default_rng(seed)
+  draw = {
+      'kernel': lambda shape: rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape),
+      'bias': lambda shape: rng.normal(0, 0.1, shape),
+      'gamma': lambda shape: rng.uniform(0.3, 0.7, shape), 'beta': lambda shape: rng.normal(0, 0.1, shape),
+      'moving_mean': lambda shape: rng.normal(0, 0.1, shape),
+      'moving_variance': lambda shape: rng.uniform(0.5, 1.5, shape),
+  }
+  for layer in model.layers:
+    if layer.weights:
+      layer.set_weights([draw[v.name](v.shape).astype(np.float32) for v in layer.weights])
+  return model
+
+
+def keras_reference(model, nhwc, feature_layers: dict):
+  """(logits, {feature name: array}) from a Keras model (features: outputs of the named layers), after
+  scaling its last Dense layer so that these logits have unit standard deviation: an absolute tolerance
+  then means something. One jitted program (`predict`) computes everything."""
+  import keras
+  names = list(feature_layers)
+  probe = keras.Model(model.inputs, [model.get_layer(feature_layers[n]).output for n in names] + [model.output])
+  dense = [layer for layer in model.layers if layer.weights][-1]
+  scale = float(np.std(probe.predict(nhwc, verbose=0)[-1]))
+  dense.set_weights([w / scale for w in dense.get_weights()])
+  outputs = [np.asarray(o) for o in probe.predict(nhwc, verbose=0)]
+  return outputs[-1], dict(zip(names, outputs[:-1]))
+
+
+def legacy_names(model) -> dict:
+  """{weighted layer: its name in a Keras 2 file}: explicit names stay; auto-named layers get Keras 2.0's
+  names (`conv2d_1`, `conv2d_2`, ... 1-based per class in creation order), as the official ImageNet files of
+  models with unnamed layers (InceptionV3) carry them. Keras 3 auto-names count up per session, so the
+  creation order is the order of their numeric suffixes."""
+  weighted = [layer for layer in model.layers if layer.weights]
+  auto = {}
+  for layer in weighted:
+    prefix = re.sub(r'(?<!^)(?=[A-Z][a-z])', '_', type(layer).__name__).lower()
+    match = re.fullmatch(rf'{prefix}(?:_(\d+))?', layer.name)
+    if match:
+      auto.setdefault(prefix, []).append((int(match.group(1) or 0), layer))
+  names = {layer: layer.name for layer in weighted}
+  for prefix, layers in auto.items():
+    for rank, (_, layer) in enumerate(sorted(layers, key=lambda item: item[0]), start=1):
+      names[layer] = f'{prefix}_{rank}'
+  return names
+
+
+def write_legacy_h5(model, path):
+  """`model`'s weights in the layout of Keras 2's save_weights, which the official ImageNet files have: root
+  attrs layer_names/backend/keras_version, a group per layer whose weight_names are '<layer>/<var>:0', each
+  array at <layer>/<layer>/<var>:0. Written with h5py from the same arrays Keras saved."""
+  import h5py
+  names = legacy_names(model)
+  with h5py.File(path, 'w') as f:
+    f.attrs['layer_names'] = [names.get(layer, layer.name).encode() for layer in model.layers]
+    f.attrs['backend'], f.attrs['keras_version'] = b'tensorflow', b'2.2.4'
+    for layer in model.layers:
+      group = f.create_group(names.get(layer, layer.name))
+      weight_names = [f'{names[layer]}/{v.name}:0' for v in layer.weights]
+      group.attrs['weight_names'] = [n.encode() for n in weight_names]
+      for name, variable in zip(weight_names, layer.weights):
+        group.create_dataset(name, data=np.asarray(variable))
+  return path
