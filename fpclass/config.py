@@ -93,6 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
       early_stopping_patience=0,  # 0 -> off; otherwise epochs without improvement before stopping
       min_delta=0.0,
       log_every_steps=10,
+      # fp32 | bf16: bf16 computes in bfloat16 with float32 params, optimizer state, BN statistics and loss,
+      # on GPU/TPU; on CPU bf16 trains in fp32 with a warning (fpclass/precision.py).
+      precision='fp32',
+      # auto | step | scan: one jitted call per step, or one lax.scan over the whole epoch. auto picks step
+      # on CPU (XLA:CPU runs the scanned loop slower) and scan on GPU/TPU (docs/performance.md).
+      loop='auto',
   ))
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
@@ -107,7 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
   a second instead of after decoding the data. Each check is the one the consuming module applies."""
-  from fpclass import augment, data, models, optim, task, train
+  from fpclass import augment, data, models, optim, precision, steps, task, train
   from fpclass.data.decode import DecodeSettings
   from fpclass.errors import UserInputError
   if config.data.source not in data.SOURCES:
@@ -118,6 +124,8 @@ def validate(config) -> None:
   augment.AugmentConfig.from_config(config.augment)
   models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
   optim.make_optimizer(config.train, steps_per_epoch=1)
+  precision.check_precision(config.train.precision)
+  steps.check_loop(config.train.loop)
   if config.train.monitor not in train.MONITOR_MODES:
     raise UserInputError(f'config.train.monitor={config.train.monitor!r}: choose one of '
                          f'{sorted(train.MONITOR_MODES)}')

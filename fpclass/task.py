@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fpclass import augment, models, optim
+from fpclass import augment, models, optim, precision
 from fpclass.errors import UserInputError
 
 class TrainState(flax.struct.PyTreeNode):
@@ -159,8 +159,10 @@ def class_weights(spec: str, class_names, train_labels) -> tuple | None:
   return tuple(weights.get(c, 1.0) for c in class_names)
 
 
-def build_task(config, class_names, train_labels, steps_per_epoch: int) -> Task:
-  model = models.create_model(config.model, len(class_names))
+def build_task(config, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
+  """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means."""
+  model = models.create_model(config.model, len(class_names),
+                              dtype=precision.compute_dtype(config.train.precision, backend))
   return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch),
               normalisation=Normalisation.from_config(config.data),
               augment_cfg=augment.AugmentConfig.from_config(config.augment),

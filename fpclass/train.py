@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from fpclass import checkpoint, data, evaluate, fileio, metrics, optim
 from fpclass.config import validate
+from fpclass.sharding import DataParallel
+from fpclass.steps import CompiledSteps, resolve_loop
 from fpclass.task import build_task, predict_logits
 
 MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
@@ -53,9 +55,12 @@ def train_and_evaluate(config, workdir) -> dict:
   steps_per_epoch = math.ceil(n_train / batch_size)
   task = build_task(config, dataset.class_names, dataset.train.labels, steps_per_epoch)
   image_shape = dataset.train.images.shape[1:]
+  parallel = DataParallel.over()
+  parallel.check_batch_size(batch_size)
+  compiled = CompiledSteps(task, parallel, resolve_loop(train_cfg.loop))
 
   base_key = jax.random.PRNGKey(int(config.seed))
-  state = task.init(jax.random.fold_in(base_key, 0), image_shape)
+  state = compiled.init(jax.random.fold_in(base_key, 0), image_shape)
   store = checkpoint.CheckpointStore(workdir)
   loop = dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='')
   stored = checkpoint.read_metadata(workdir)
@@ -63,6 +68,7 @@ def train_and_evaluate(config, workdir) -> dict:
     checkpoint.check_resume(workdir, stored, checkpoint.config_as_json(config))
     if store.latest_epoch('last') is not None:
       state, loop = store.restore('last', checkpoint.abstract_like(state), with_optimizer=True)
+      state = parallel.replicate(state)
       logging.warning('resuming %s after epoch %d', workdir, loop['epoch'])
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       config, dataset.class_names, optim.count_params(state.params), dataclasses.asdict(task.normalisation)))
@@ -73,39 +79,37 @@ def train_and_evaluate(config, workdir) -> dict:
   if loop['finished'] and loop['epoch'] < epochs and loop['stop_reason'] == 'epochs':
     loop['finished'] = False  # the run was extended with a larger config.train.epochs
   if not loop['finished']:
-    state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode,
+    state = _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode,
                  min_delta, patience, epochs)
   store.close()
   return evaluate.evaluate_workdir(config, workdir, dataset=dataset)
 
 
-def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode, min_delta,
+def _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch_size, monitor, mode, min_delta,
          patience, epochs):
-  train_step = jax.jit(lambda s, x, y, order, i, k: task.train_step(s, x, y, order[i], jax.random.fold_in(k, i)),
-                       donate_argnums=0)
-  predict_fn = jax.jit(task.predict)
-  train_x = jax.device_put(dataset.train.images)
-  train_y = jax.device_put(dataset.train.labels)
+  task = compiled.task
+  train_x, train_y = compiled.parallel.replicate((dataset.train.images, dataset.train.labels))
   seed, n = int(config.seed), len(dataset.train)
   log_every = max(1, int(config.train.log_every_steps))
   epoch_keys = jax.random.fold_in(base_key, 1)
 
   for epoch in range(loop['epoch'], epochs):
     start = time.perf_counter()
-    order = jax.device_put(epoch_order(seed, epoch, n, batch_size))
+    order = compiled.parallel.replicate(epoch_order(seed, epoch, n, batch_size))
     key = jax.random.fold_in(epoch_keys, epoch)
-    step_metrics = []
-    bar = tqdm(range(order.shape[0]), desc=f'epoch {epoch + 1}/{epochs}', unit='step', leave=False,
-               disable=None)
-    for i in bar:
-      state, step_out = train_step(state, train_x, train_y, order, i, key)
-      step_metrics.append(step_out)
-      if (i + 1) % log_every == 0:
+    bar = tqdm(total=order.shape[0], desc=f'epoch {epoch + 1}/{epochs}', unit='step', leave=False, disable=None)
+
+    def show_progress(steps_done, step_metrics):
+      bar.update(steps_done - bar.n)
+      if steps_done % log_every == 0 or steps_done == order.shape[0]:
         done = jax.device_get(step_metrics)
         bar.set_postfix(loss=f'{sum(m["loss_sum"] for m in done) / sum(m["count"] for m in done):.4f}',
                         acc=f'{sum(m["correct"] for m in done) / sum(m["count"] for m in done):.3f}')
+
+    state, step_metrics = compiled.run_epoch(state, train_x, train_y, order, key, show_progress)
+    bar.close()
     totals = {k: float(sum(np.asarray(m[k]) for m in jax.device_get(step_metrics))) for k in step_metrics[0]}
-    val_logits = predict_logits(task, state, dataset.val.images, int(config.eval.batch_size), predict_fn)
+    val_logits = predict_logits(task, state, dataset.val.images, int(config.eval.batch_size), compiled.predict)
     val = metrics.epoch_metrics(dataset.val.labels, val_logits, task.head, len(dataset.class_names))
     lr = float(optim.learning_rate_schedule(config.train, order.shape[0])(int(state.step)))
     row = dict(epoch=epoch + 1, train_loss=totals['loss_sum'] / totals['count'],
