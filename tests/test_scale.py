@@ -24,7 +24,7 @@ from tests.conftest import REPO, load_config
 # norm) turns rounding-level differences into full-size steps, and params could not be compared closely.
 TINY = {'data.image_size': (8, 8), 'model.conv_channels': (8,), 'model.fc_sizes': (16,), 'model.batch_norm': True,
         'model.dropout': 0.2, 'augment.rotation': 5.0, 'train.batch_size': 64, 'train.optimizer': 'sgd',
-        'train.learning_rate': 0.05}
+        'train.learning_rate': 0.05, 'train.epochs': 1}
 
 SHARDED_RUN = """
 import json, sys
