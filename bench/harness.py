@@ -313,6 +313,8 @@ def run_benchmark(args, *, title: str, config, image_shape, num_classes: int, ma
   config.train.batch_size = args.batch_size
   config.train.precision = args.precision
 
+  if args.precision == 'bf16' and compute_backend is None:
+    compute_backend = 'gpu'  # measure bf16 compute even on CPU, where fpclass's own runs train bf16 as fp32
   trainers = []
   for form in [f.strip() for f in args.loops.split(',') if f.strip()]:
     trainer = FpclassTrainer(config, images, labels, num_classes, form, compute_backend)

@@ -4,8 +4,8 @@ bf16 means bfloat16 *compute*: the model's convolutions, matmuls and activations
 the parameters, the optimizer state, the batch-norm statistics, the logits and the loss stay float32
 (Flax casts the float32 parameters per layer through each module's `dtype`; gradients flow back to the
 float32 parameters through those casts). It applies on GPU and TPU. On CPU a bf16 request trains in
-fp32, with a warning: XLA:CPU has no fast bf16 convolutions, and bf16 was slower than fp32 there
-(bench/precision_cpu.py, docs/performance.md).
+fp32, with a warning: bf16 training was slower than fp32 on XLA:CPU here, for fpclass and for PyTorch
+(`bench/footprint_cnn.py --precision bf16`, docs/performance.md).
 """
 import logging
 

@@ -22,6 +22,18 @@ from fpclass.errors import UserInputError
 from fpclass.sharding import DataParallel
 
 LOOPS = ('auto', 'step', 'scan')
+# XLA:CPU hands convolutions, matmuls and reductions to YNNPACK by default; its convolution weight gradients
+# ran ~4x slower than XLA's Eigen ones (footprint CNN conv2), so on CPU convolutions stay with Eigen and
+# YNNPACK keeps matmuls and reductions: ~1.1x per footprint and cifar_cnn step, and faster compiles
+# (docs/performance.md, `bench/cpu_ablations.py --only xla`).
+CPU_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),)
+# The init program runs once: XLA's O1 compiles it in under half the time of O3 (its threefry PRNG code
+# is most of the compile) and runs it about as fast.
+CPU_INIT_OPTIONS = (('xla_backend_optimization_level', 1),)
+
+
+def default_compiler_options(backend: str | None = None) -> tuple:
+  return CPU_OPTIONS if (backend or jax.default_backend()) == 'cpu' else ()
 
 
 def check_loop(loop: str) -> str:
@@ -43,7 +55,12 @@ class CompiledSteps:
   task: Any
   parallel: DataParallel
   form: str = 'step'
-  compiler_options: tuple = ()   # extra XLA options, as (name, value) pairs (hashable)
+  compiler_options: tuple | None = None   # XLA options as (name, value) pairs; None: the backend's defaults
+
+  @property
+  def _options(self) -> dict | None:
+    options = default_compiler_options() if self.compiler_options is None else self.compiler_options
+    return dict(options) or None
 
   def _step(self, state, images, labels, order, i, epoch_key):
     index = self.parallel.constrain_batch(order[i])
@@ -58,18 +75,20 @@ class CompiledSteps:
   def train_step(self) -> Callable:
     """(state, images, labels, order, i, epoch_key) -> (state, metrics) for step `i` of `order`."""
     return jax.jit(self._step, donate_argnums=0, out_shardings=self.parallel.replicated,
-                   compiler_options=dict(self.compiler_options) or None)
+                   compiler_options=self._options)
 
   @functools.cached_property
   def train_epoch(self) -> Callable:
     """(state, images, labels, order, epoch_key) -> (state, metrics stacked over the epoch's steps)."""
     return jax.jit(self._epoch, donate_argnums=0, out_shardings=self.parallel.replicated,
-                   compiler_options=dict(self.compiler_options) or None)
+                   compiler_options=self._options)
 
   @functools.cached_property
   def init(self) -> Callable:
     """(key, image_shape) -> a replicated TrainState: one compiled program instead of op-by-op dispatch."""
-    return jax.jit(self.task.init, static_argnums=1, out_shardings=self.parallel.replicated)
+    options = dict(CPU_INIT_OPTIONS) if jax.default_backend() == 'cpu' else None
+    return jax.jit(self.task.init, static_argnums=1, out_shardings=self.parallel.replicated,
+                   compiler_options=options)
 
   def run_epoch(self, state, images, labels, order, epoch_key, on_step=None):
     """Trains one epoch over `order` (steps, batch); returns (state, per-step metrics on the device).
@@ -96,7 +115,7 @@ class CompiledSteps:
   @functools.cached_property
   def _predict(self) -> Callable:
     return jax.jit(self.task.predict, out_shardings=self.parallel.batch,
-                   compiler_options=dict(self.compiler_options) or None)
+                   compiler_options=self._options)
 
   def predict(self, params, batch_stats, images_u8: np.ndarray):
     """Logits for a host batch, split across the devices (padded to a multiple of their number)."""

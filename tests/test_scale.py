@@ -15,7 +15,7 @@ from fpclass import precision
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.sharding import DataParallel
-from fpclass.steps import CompiledSteps, resolve_loop
+from fpclass.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
 from fpclass.task import build_task
 from fpclass.train import epoch_order, train_and_evaluate
 from tests.conftest import REPO, load_config
@@ -103,6 +103,15 @@ def test_loop_form_choice():
   assert resolve_loop('auto', 'tpu') == 'scan' and resolve_loop('scan', 'cpu') == 'scan'
   with pytest.raises(UserInputError, match="config.train.loop='epoch'"):
     resolve_loop('epoch')
+
+
+def test_xla_cpu_options_apply_on_cpu_only_and_can_be_overridden():
+  assert dict(default_compiler_options('cpu')) == {
+      'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+  assert default_compiler_options('gpu') == () and default_compiler_options('tpu') == ()
+  task = build_task(load_config('configs/digits.py:quick', **TINY), tuple('0123456789'), np.arange(10), 1)
+  assert CompiledSteps(task, DataParallel.over())._options == dict(CPU_OPTIONS)   # the test backend is CPU
+  assert CompiledSteps(task, DataParallel.over(), compiler_options=())._options is None
 
 
 def test_precision_rules(caplog):
