@@ -24,8 +24,9 @@ from fpclass.sharding import DataParallel
 LOOPS = ('auto', 'step', 'scan')
 # XLA:CPU hands convolutions, matmuls and reductions to YNNPACK by default; its convolution weight gradients
 # ran ~4x slower than XLA's Eigen ones (footprint CNN conv2), so on CPU convolutions stay with Eigen and
-# YNNPACK keeps matmuls and reductions: ~1.1x per footprint and cifar_cnn step, and faster compiles
-# (docs/performance.md, `bench/cpu_ablations.py --only xla`).
+# YNNPACK keeps matmuls and reductions. Measured ~1.1x per step when chosen; a later run on the loaded shared
+# machine did not reproduce it (defaults x1.06, within noise): re-measure on a quiet machine with
+# `bench/cpu_ablations.py --only xla` (docs/performance.md).
 CPU_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),)
 # The init program runs once: XLA's O1 compiles it in under half the time of O3 (its threefry PRNG code
 # is most of the compile) and runs it about as fast.
