@@ -22,7 +22,7 @@ from fpclass.errors import UserInputError
 METADATA = 'metadata.json'
 
 # Keys a resumed run may change: they do not alter what has been trained so far.
-RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.early_stopping_patience', 'eval.',
+RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'train.early_stopping_patience', 'eval.',
                      'submit.', 'data.cache_dir', 'data.decode_workers', 'data.root', 'data.bad_test_images',
                      'name', 'explain.', 'sweep.', 'serve.', 'data.tfds.data_dir', 'clean.',
                      'train.tensorboard')
@@ -64,10 +64,10 @@ class CheckpointStore:
     if epoch is None:
       raise UserInputError(f'{self.root / kind}: no {kind!r} checkpoint; train this workdir first '
                            '(--mode train)')
-    items = dict(model=ocp.args.StandardRestore(model_variables(abstract_state)), loop=ocp.args.JsonRestore())
+    target = jax.tree_util.tree_map(_placed_here, abstract_state)
+    items = dict(model=ocp.args.StandardRestore(model_variables(target)), loop=ocp.args.JsonRestore())
     if with_optimizer:
-      items['optimizer'] = ocp.args.StandardRestore(
-          dict(step=abstract_state.step, opt_state=abstract_state.opt_state))
+      items['optimizer'] = ocp.args.StandardRestore(dict(step=target.step, opt_state=target.opt_state))
     try:
       restored = self._manager(kind).restore(epoch, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
@@ -166,6 +166,13 @@ def model_variables(state) -> dict:
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
   return variables
+
+
+def _placed_here(leaf):
+  """The leaf's own sharding, else the first local device: orbax would otherwise restore onto the devices
+  the checkpoint was saved from (a 4-device run's checkpoint then fails to load on 1 device)."""
+  sharding = getattr(leaf, 'sharding', None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 def abstract_like(tree):

@@ -123,6 +123,12 @@ def base_config() -> ml_collections.ConfigDict:
       min_delta=0.0,
       log_every_steps=10,
       tensorboard=True,        # also write per-epoch scalars as TensorBoard event files (tensorboard/)
+      # fp32 | bf16: bf16 computes in bfloat16 with float32 params, optimizer state, BN statistics and loss,
+      # on GPU/TPU; on CPU bf16 trains in fp32 with a warning (fpclass/precision.py).
+      precision='fp32',
+      # auto | step | scan: one jitted call per step, or one lax.scan over the whole epoch. auto picks step
+      # on CPU (XLA:CPU runs the scanned loop slower) and scan on GPU/TPU (docs/performance.md).
+      loop='auto',
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -160,7 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
   a second instead of after decoding the data. Each check is the one the consuming module applies."""
-  from fpclass import augment, data, explain, models, optim, sampling, task, train
+  from fpclass import augment, data, explain, models, optim, precision, sampling, steps, task, train
   from fpclass.data.decode import DecodeSettings
   from fpclass.errors import UserInputError
   if config.data.source not in data.SOURCES:
@@ -171,6 +177,8 @@ def validate(config) -> None:
   explain.ExplainSettings.from_config(config.explain)
   models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
   optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
+  precision.check_precision(config.train.precision)
+  steps.check_loop(config.train.loop)
   task.model_input(config)
   if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
     raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '

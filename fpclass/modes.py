@@ -47,8 +47,11 @@ MODES = {
 
 def run(mode: str, config, workdir, **options) -> None:
   """Runs `mode`; `options` are mode-specific flags (only clean takes one: apply)."""
+  from fpclass.runtime import enable_compilation_cache, keep_host_buffers
+  keep_host_buffers()  # first, before JAX starts its threads
+  from fpclass.sharding import initialize_distributed
+  initialize_distributed()  # a no-op unless the environment describes a multi-host job
   from fpclass.config import validate
-  from fpclass.runtime import enable_compilation_cache
   validate(config)
   enable_compilation_cache(config.data.cache_dir or None)
   MODES[mode][0](config, pathlib.Path(workdir), **options)

@@ -1,14 +1,24 @@
-"""Process-wide JAX settings that launch.py applies once at start-up.
+"""Process-wide settings that launch.py applies once at start-up (bench/ scripts and tests call them too).
 
-The persistent compilation cache lets a second launch (or a resumed run) load compiled programs from
-disk instead of compiling again: on this project's CPU models that is seconds per program.
+- The persistent compilation cache lets a second launch (or a resumed run) load compiled programs from
+  disk instead of compiling again: on this project's CPU models that is seconds per program.
+- glibc's malloc serves every buffer over 32 MB (its mmap threshold cannot be set higher) with a fresh
+  mmap and unmaps it on free, so XLA:CPU's per-step temporaries (~200 MB for the footprint CNN at batch
+  32) were page-faulted in from zero on every step: ~100k minor faults and most of the step's time as
+  system time. `keep_host_buffers` makes malloc keep and reuse them instead (docs/performance.md).
 """
+import ctypes
 import os
 import pathlib
+import platform
 
 import jax
 
 ENV_CACHE = 'FPCLASS_JAX_CACHE'  # a folder, or 0 to switch the cache off
+ENV_ALLOCATOR = 'FPCLASS_HOST_ALLOCATOR'  # 'default' leaves glibc's malloc settings alone
+
+# mallopt parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def enable_compilation_cache(default_root: str | os.PathLike | None = None) -> pathlib.Path | None:
@@ -23,3 +33,22 @@ def enable_compilation_cache(default_root: str | os.PathLike | None = None) -> p
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return folder
+
+
+def keep_host_buffers() -> bool:
+  """Stops glibc's malloc from returning large freed buffers to the OS; True when applied.
+
+  Three mallopt settings, all needed: no mmap for large blocks (M_MMAP_MAX=0), one arena (M_ARENA_MAX=1:
+  glibc's per-thread arenas mmap any block over 64 MB regardless of M_MMAP_MAX, and XLA allocates on its
+  worker threads), and no trimming of the heap top below 2 GB (M_TRIM_THRESHOLD). The cost: freed memory
+  stays in the process (its resident size holds the peak). Call it before JAX runs anything, so XLA's
+  threads attach to the single arena. A no-op off glibc (macOS, musl) or with FPCLASS_HOST_ALLOCATOR=default.
+  """
+  if os.environ.get(ENV_ALLOCATOR, '') == 'default' or platform.libc_ver()[0] != 'glibc':
+    return False
+  try:
+    mallopt = ctypes.CDLL('libc.so.6').mallopt
+  except (OSError, AttributeError):
+    return False
+  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+  return all(mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1 for param, value in settings)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fpclass import augment, models, optim
+from fpclass import augment, models, optim, precision
 from fpclass.errors import UserInputError
 from fpclass.preprocessing import Normalisation
 
@@ -178,8 +178,10 @@ def model_input(config) -> tuple[Normalisation, bool]:
   return spec.preprocessing, data_channels == 1
 
 
-def build_task(config, class_names, train_labels, steps_per_epoch: int) -> Task:
-  model = models.create_model(config.model, len(class_names))
+def build_task(config, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
+  """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means."""
+  model = models.create_model(config.model, len(class_names),
+                              dtype=precision.compute_dtype(config.train.precision, backend))
   normalisation, repeat_rgb = model_input(config)
   resize = tuple(int(v) for v in config.data.device_resize)
   if resize and (len(resize) != 2 or min(resize) < 1):

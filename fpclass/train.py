@@ -1,7 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Per-step jit with the train state donated; the whole training set is a device array and each step
-gathers its batch by index. Every epoch writes metrics.csv and the `last` checkpoint (with the loop
+The compiled programs (loop form per backend, data parallel over a device mesh, train state donated)
+come from `fpclass.steps.CompiledSteps`; the whole training set is a device array and each step gathers
+its batch by index. Every epoch writes metrics.csv and the `last` checkpoint (with the loop
 state, so a killed run resumes where it stopped), and the `best` checkpoint when the monitor improves.
 Randomness is keyed by (seed, epoch, step), so a resumed run continues exactly as an unbroken one.
 """
@@ -22,6 +23,8 @@ from fpclass import checkpoint, data, evaluate, explain, fileio, metrics, models
 from fpclass.config import validate
 from fpclass.models import transfer
 from fpclass.sampling import class_balanced_order
+from fpclass.sharding import DataParallel
+from fpclass.steps import CompiledSteps, resolve_loop
 from fpclass.task import build_task, predict_logits
 
 MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
@@ -68,6 +71,8 @@ def train_and_evaluate(config, workdir) -> dict:
   steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
   base_key = jax.random.PRNGKey(int(config.seed))
   image_shape = dataset.train.images.shape[1:]
+  parallel = DataParallel.over()
+  parallel.check_batch_size(batch_size)
 
   store = checkpoint.CheckpointStore(workdir)
   loop = dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='',
@@ -80,15 +85,18 @@ def train_and_evaluate(config, workdir) -> dict:
     loop.update(store.loop_state('last'))
   task = build_task(phase_config(config, loop['phase']), dataset.class_names, dataset.train.labels,
                     steps_per_epoch)
+  compiled = CompiledSteps(task, parallel, resolve_loop(config.train.loop))
   if resume:
     abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))
     state, _ = store.restore('last', abstract, with_optimizer=True)
+    state = parallel.replicate(state)
     logging.warning('resuming %s after epoch %d', workdir, loop['epoch'])
   else:
     init_key = jax.random.fold_in(base_key, 0)
     variables = transfer.load_pretrained(models.get_spec(config.model.name), config.model,
-                                         task.init_variables(init_key, image_shape), data.cache_root(config.data))
-    state = task.init(init_key, image_shape, variables)
+                                         compiled.init_variables(init_key, image_shape),
+                                         data.cache_root(config.data))
+    state = compiled.init(init_key, image_shape, variables)
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       config, dataset.class_names, optim.count_params(state.params), dataclasses.asdict(task.normalisation)))
 
@@ -98,8 +106,9 @@ def train_and_evaluate(config, workdir) -> dict:
     if loop['phase_over']:  # phase 0 ended and a fine-tuning phase follows
       state = _start_finetuning(config, store, loop, state)
       task = build_task(phase_config(config, 1), dataset.class_names, dataset.train.labels, steps_per_epoch)
-      state = state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params))
-    state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size)
+      compiled = CompiledSteps(task, parallel, compiled.form)
+      state = parallel.replicate(state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params)))
+    state = _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch_size)
   store.close()
   result = evaluate.evaluate_workdir(config, workdir, dataset=dataset)
   if config.explain.after_training:
@@ -124,19 +133,16 @@ def _start_finetuning(config, store, loop, state):
   return state
 
 
-def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size):
+def _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch_size):
   """Runs the epochs of the current phase, updating `loop`; returns the state at the phase's end."""
+  task = compiled.task
   monitor = config.train.monitor
   mode, min_delta = MONITOR_MODES[monitor], float(config.train.min_delta)
   patience = int(config.train.early_stopping_patience)
   last_phase = loop['phase'] == 1 or int(config.train.finetune_epochs) == 0
   end = _phase_end(loop, config)
   total = end if last_phase else end + int(config.train.finetune_epochs)
-  train_step = jax.jit(lambda s, x, y, order, i, k: task.train_step(s, x, y, order[i], jax.random.fold_in(k, i)),
-                       donate_argnums=0)
-  predict_fn = jax.jit(task.predict)
-  train_x = jax.device_put(dataset.train.images)
-  train_y = jax.device_put(dataset.train.labels)
+  train_x, train_y = compiled.parallel.replicate((dataset.train.images, dataset.train.labels))
   seed, n = int(config.seed), len(dataset.train)
   log_every = max(1, int(config.train.log_every_steps))
   epoch_keys = jax.random.fold_in(base_key, 1)
@@ -144,21 +150,23 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
 
   for epoch in range(loop['epoch'], end):
     start = time.perf_counter()
-    order = jax.device_put(class_balanced_order(seed, epoch, dataset.train.labels, batch_size)
-                           if config.train.sampler == 'balanced' else epoch_order(seed, epoch, n, batch_size))
+    order = compiled.parallel.replicate(class_balanced_order(seed, epoch, dataset.train.labels, batch_size)
+                                        if config.train.sampler == 'balanced'
+                                        else epoch_order(seed, epoch, n, batch_size))
     key = jax.random.fold_in(epoch_keys, epoch)
-    step_metrics = []
-    bar = tqdm(range(order.shape[0]), desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False,
-               disable=None)
-    for i in bar:
-      state, step_out = train_step(state, train_x, train_y, order, i, key)
-      step_metrics.append(step_out)
-      if (i + 1) % log_every == 0:
+    bar = tqdm(total=order.shape[0], desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False, disable=None)
+
+    def show_progress(steps_done, step_metrics):
+      bar.update(steps_done - bar.n)
+      if steps_done % log_every == 0 or steps_done == order.shape[0]:
         done = jax.device_get(step_metrics)
         bar.set_postfix(loss=f'{sum(m["loss_sum"] for m in done) / sum(m["count"] for m in done):.4f}',
                         acc=f'{sum(m["correct"] for m in done) / sum(m["count"] for m in done):.3f}')
+
+    state, step_metrics = compiled.run_epoch(state, train_x, train_y, order, key, show_progress)
+    bar.close()
     totals = {k: float(sum(np.asarray(m[k]) for m in jax.device_get(step_metrics))) for k in step_metrics[0]}
-    val_logits = predict_logits(task, state, dataset.val.images, int(config.eval.batch_size), predict_fn)
+    val_logits = predict_logits(task, state, dataset.val.images, int(config.eval.batch_size), compiled.predict)
     val = metrics.epoch_metrics(dataset.val.labels, val_logits, task.head, len(dataset.class_names))
     row = dict(epoch=epoch + 1, train_loss=totals['loss_sum'] / totals['count'],
                train_accuracy=totals['correct'] / totals['count'], **{f'val_{k}': v for k, v in val.items()},

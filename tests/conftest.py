@@ -17,7 +17,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def compilation_cache(tmp_path_factory):
   """One persistent JAX compilation cache for the session (and launch.py subprocesses), so the many
   tiny runs that share shapes compile once."""
-  from fpclass.runtime import ENV_CACHE, enable_compilation_cache
+  from fpclass.runtime import ENV_CACHE, enable_compilation_cache, keep_host_buffers
+  keep_host_buffers()
   folder = tmp_path_factory.mktemp('jax-cache')
   os.environ[ENV_CACHE] = str(folder)
   enable_compilation_cache()

@@ -21,6 +21,7 @@ import pkgutil
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from fpclass.errors import UserInputError
 
@@ -103,8 +104,12 @@ def num_outputs(model_cfg, num_classes: int) -> int:
   raise UserInputError(f"config.model.head={head!r}: use 'softmax' or 'sigmoid'")
 
 
-def create_model(model_cfg, num_classes: int) -> nn.Module:
-  """Builds the configured module, checking each config field against the module's own fields."""
+def create_model(model_cfg, num_classes: int, dtype=None) -> nn.Module:
+  """Builds the configured module, checking each config field against the module's own fields.
+
+  `dtype`, when given, is the compute dtype (see `fpclass.precision`), passed as the module's `dtype`
+  field; parameters stay float32 either way.
+  """
   spec = get_spec(model_cfg.name)
   kwargs = {k: v for k, v in model_cfg.items() if k not in LOADING_KEYS}
   module_fields = {f.name for f in dataclasses.fields(_module_class(spec.module))} - set(NOT_CONFIG_FIELDS)
@@ -113,6 +118,14 @@ def create_model(model_cfg, num_classes: int) -> nn.Module:
     raise UserInputError(f'config.model.{unknown[0]} is not a field of model {spec.name!r}; its fields are '
                          f'{sorted(module_fields)}')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  if dtype is not None and dtype != jnp.float32:
+    if 'dtype' not in module_fields:
+      raise UserInputError(f'config.train.precision: model {spec.name!r} has no dtype field, so it can only '
+                           'train in fp32')
+    if 'dtype' in kwargs:
+      raise UserInputError('config.model.dtype and config.train.precision both set the compute dtype; '
+                           'use config.train.precision')
+    kwargs['dtype'] = dtype
   return spec.module(num_outputs=num_outputs(model_cfg, num_classes), **kwargs)
 
 

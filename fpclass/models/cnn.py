@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fpclass.models import ModelSpec, feature, register
+from fpclass.models.pooling import max_pool
 
 # PyTorch's kaiming_normal_(mode='fan_in', nonlinearity='relu') draws from an untruncated normal.
 kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -47,7 +48,7 @@ class FootprintCNN(nn.Module):
       if self.batch_norm:
         x = _batch_norm(train, f'bn{i}', self.dtype)(x)
       x = feature(self, features, f'conv{i}', self.relu(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2))
     features['pool'] = x
     x = x.reshape(x.shape[0], -1)
     for j, size in enumerate(self.fc_sizes, start=1):
@@ -78,7 +79,7 @@ class CifarCNN(nn.Module):
       x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype,
                        name=f'block{b}_bn')(x)
       x = feature(self, features, f'block{b}', x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = jnp.mean(x, axis=(1, 2))
     for d, size in enumerate(self.dense_sizes, start=1):
@@ -104,7 +105,7 @@ class SmallCNN(nn.Module):
       x = self.relu(nn.Conv(channels, (3, 3), padding='VALID', kernel_init=glorot_uniform, dtype=self.dtype,
                             name=f'conv{i}')(x))
       x = feature(self, features, f'conv{i}', x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = self.relu(nn.Dense(self.dense_size, kernel_init=glorot_uniform, dtype=self.dtype, name='dense')(x))

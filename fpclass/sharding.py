@@ -1,0 +1,87 @@
+"""Data parallelism with jax.sharding: one Mesh over every device, the batch split along its 'data' axis.
+
+The same code runs on one device and on many: params, optimizer state and the (small) uint8 training set
+are replicated, each step's batch indices are sharded along 'data', so every device gathers, augments and
+differentiates its slice of the batch, and XLA's SPMD partitioner inserts the gradient all-reduce (and the
+cross-device batch-norm statistics: they are the global batch's, as on one device). No pmap.
+
+Multi-host: `initialize_distributed` calls `jax.distributed.initialize()` when the environment describes a
+cluster (JAX_COORDINATOR_ADDRESS, or a multi-task SLURM / Open MPI job, which jax detects itself). Every
+process then loads the same data and builds the same global arrays from it.
+"""
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fpclass.errors import UserInputError
+
+DATA_AXIS = 'data'
+
+
+def initialize_distributed() -> bool:
+  """Joins the multi-host job the environment describes, if any; True when it did (or already had)."""
+  if jax.distributed.is_initialized():
+    return True
+  cluster = (os.environ.get('JAX_COORDINATOR_ADDRESS')
+             or int(os.environ.get('SLURM_NTASKS', '1')) > 1
+             or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
+  if not cluster:
+    return False
+  jax.distributed.initialize()
+  return True
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+  """A 1-D mesh over `devices` (default: all of them, on every host) and its two shardings."""
+  mesh: Mesh
+
+  @classmethod
+  def over(cls, devices=None) -> 'DataParallel':
+    devices = jax.devices() if devices is None else list(devices)
+    return cls(Mesh(np.asarray(devices), (DATA_AXIS,)))
+
+  @property
+  def size(self) -> int:
+    return self.mesh.size
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def batch(self) -> NamedSharding:
+    """Leading axis split across the devices."""
+    return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+  def check_batch_size(self, batch_size: int, key: str = 'config.train.batch_size') -> None:
+    if batch_size % self.size:
+      raise UserInputError(f'{key}={batch_size}: must be a multiple of the {self.size} devices the batch is '
+                           f'split across (e.g. {max(1, batch_size // self.size) * self.size})')
+
+  def replicate(self, tree):
+    """Host values (numpy or jax) -> global arrays with a full copy on every device."""
+    return jax.tree_util.tree_map(lambda x: _global_array(np.asarray(x), self.replicated), tree)
+
+  def shard_batch(self, batch: np.ndarray):
+    """A host batch (the same on every process) -> a global array split along its first axis."""
+    return _global_array(np.asarray(batch), self.batch)
+
+  def constrain_batch(self, x):
+    """Inside jit: lay `x` out split along its first axis (a batch of indices, images or labels)."""
+    return jax.lax.with_sharding_constraint(x, self.batch)
+
+  def to_host(self, x) -> np.ndarray:
+    """A global array -> numpy, gathering the shards other processes hold when there are several."""
+    if getattr(x, 'is_fully_addressable', True):
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _global_array(value: np.ndarray, sharding: NamedSharding):
+  # make_array_from_callback places each process's addressable shards only, so it also works multi-host.
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

@@ -1,0 +1,136 @@
+"""The compiled train and predict programs: loop form and data parallelism.
+
+`CompiledSteps` wraps the pure `Task.train_step` in one of two loop forms (config.train.loop):
+- 'step': one jitted call per step. XLA:CPU runs this form fastest (docs/performance.md).
+- 'scan': one jitted `lax.scan` over every step of the epoch, so the host dispatches once per epoch; the
+  form for GPU/TPU, where a small model's step is shorter than the host's per-step dispatch.
+'auto' picks 'step' on CPU and 'scan' elsewhere. Both forms run the same step function with the same
+keys, fold_in(epoch_key, step), so they train the same model and a resumed run matches an unbroken one.
+
+Every program is data-parallel over `fpclass.sharding.DataParallel` (one device is a mesh of one). The
+train state is donated, so each step updates it in place.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fpclass.errors import UserInputError
+from fpclass.sharding import DataParallel
+
+LOOPS = ('auto', 'step', 'scan')
+# XLA:CPU hands convolutions, matmuls and reductions to YNNPACK by default; its convolution weight gradients
+# ran ~4x slower than XLA's Eigen ones (footprint CNN conv2), so on CPU convolutions stay with Eigen and
+# YNNPACK keeps matmuls and reductions. Measured ~1.1x per step when chosen; a later run on the loaded shared
+# machine did not reproduce it (defaults x1.06, within noise): re-measure on a quiet machine with
+# `bench/cpu_ablations.py --only xla` (docs/performance.md).
+CPU_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),)
+# The init program runs once: XLA's O1 compiles it in under half the time of O3 (its threefry PRNG code
+# is most of the compile) and runs it about as fast.
+CPU_INIT_OPTIONS = (('xla_backend_optimization_level', 1),)
+
+
+def default_compiler_options(backend: str | None = None) -> tuple:
+  return CPU_OPTIONS if (backend or jax.default_backend()) == 'cpu' else ()
+
+
+def check_loop(loop: str) -> str:
+  if loop not in LOOPS:
+    raise UserInputError(f'config.train.loop={loop!r}: choose one of {LOOPS}')
+  return loop
+
+
+def resolve_loop(loop: str, backend: str | None = None) -> str:
+  """'auto' -> 'step' on CPU, 'scan' on GPU/TPU; an explicit form is kept."""
+  if check_loop(loop) != 'auto':
+    return loop
+  return 'step' if (backend or jax.default_backend()) == 'cpu' else 'scan'
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """Jitted programs for one task on one mesh. `form` is 'step' or 'scan' (see `resolve_loop`)."""
+  task: Any
+  parallel: DataParallel
+  form: str = 'step'
+  compiler_options: tuple | None = None   # XLA options as (name, value) pairs; None: the backend's defaults
+
+  @property
+  def _options(self) -> dict | None:
+    options = default_compiler_options() if self.compiler_options is None else self.compiler_options
+    return dict(options) or None
+
+  def _step(self, state, images, labels, order, i, epoch_key):
+    index = self.parallel.constrain_batch(order[i])
+    return self.task.train_step(state, images, labels, index, jax.random.fold_in(epoch_key, i))
+
+  def _epoch(self, state, images, labels, order, epoch_key):
+    def body(state, i):
+      return self._step(state, images, labels, order, i, epoch_key)
+    return jax.lax.scan(body, state, jnp.arange(order.shape[0]))
+
+  @functools.cached_property
+  def train_step(self) -> Callable:
+    """(state, images, labels, order, i, epoch_key) -> (state, metrics) for step `i` of `order`."""
+    return jax.jit(self._step, donate_argnums=0, out_shardings=self.parallel.replicated,
+                   compiler_options=self._options)
+
+  @functools.cached_property
+  def train_epoch(self) -> Callable:
+    """(state, images, labels, order, epoch_key) -> (state, metrics stacked over the epoch's steps)."""
+    return jax.jit(self._epoch, donate_argnums=0, out_shardings=self.parallel.replicated,
+                   compiler_options=self._options)
+
+  @property
+  def _init_options(self) -> dict | None:
+    return dict(CPU_INIT_OPTIONS) if jax.default_backend() == 'cpu' else None
+
+  @functools.cached_property
+  def init(self) -> Callable:
+    """(key, image_shape[, variables]) -> a replicated TrainState: one compiled program instead of op-by-op
+    dispatch; from `variables` (e.g. pretrained weights) when given, else freshly initialised."""
+    return jax.jit(self.task.init, static_argnums=1, out_shardings=self.parallel.replicated,
+                   compiler_options=self._init_options)
+
+  @functools.cached_property
+  def init_variables(self) -> Callable:
+    """(key, image_shape) -> fresh model variables, compiled like `init`."""
+    return jax.jit(self.task.init_variables, static_argnums=1, compiler_options=self._init_options)
+
+  def run_epoch(self, state, images, labels, order, epoch_key, on_step=None):
+    """Trains one epoch over `order` (steps, batch); returns (state, per-step metrics on the device).
+
+    `on_step(done, metrics)` is called after each step in the 'step' form and once at the end in the
+    'scan' form, with the number of steps done and the metrics so far.
+    """
+    steps = order.shape[0]
+    if self.form == 'scan':
+      state, stacked = self.train_epoch(state, images, labels, order, epoch_key)
+      stacked = jax.device_get(stacked)  # a few numbers per step; split on the host
+      metrics = [{k: v[i] for k, v in stacked.items()} for i in range(steps)]
+      if on_step is not None:
+        on_step(steps, metrics)
+      return state, metrics
+    metrics = []
+    for i in range(steps):
+      state, out = self.train_step(state, images, labels, order, i, epoch_key)
+      metrics.append(out)
+      if on_step is not None:
+        on_step(i + 1, metrics)
+    return state, metrics
+
+  @functools.cached_property
+  def _predict(self) -> Callable:
+    return jax.jit(self.task.predict, out_shardings=self.parallel.batch,
+                   compiler_options=self._options)
+
+  def predict(self, params, batch_stats, images_u8: np.ndarray):
+    """Logits for a host batch, split across the devices (padded to a multiple of their number)."""
+    n = len(images_u8)
+    pad = -n % self.parallel.size
+    if pad:
+      images_u8 = np.concatenate([images_u8, np.zeros((pad, *images_u8.shape[1:]), images_u8.dtype)])
+    return self.parallel.to_host(self._predict(params, batch_stats, self.parallel.shard_batch(images_u8)))[:n]

@@ -1,0 +1,143 @@
+"""Performance machinery that must not change results: data parallelism, loop forms, mixed precision."""
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass import precision
+from fpclass.errors import UserInputError
+from fpclass.inference import load_trained
+from fpclass.sharding import DataParallel
+from fpclass.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
+from fpclass.task import build_task
+from fpclass.train import epoch_order, train_and_evaluate
+from tests.conftest import REPO, load_config
+
+# SGD, not Adam: Adam divides by sqrt(v), so a gradient that is zero up to rounding (a conv bias under batch
+# norm) turns rounding-level differences into full-size steps, and params could not be compared closely.
+TINY = {'data.image_size': (8, 8), 'model.conv_channels': (8,), 'model.fc_sizes': (16,), 'model.batch_norm': True,
+        'model.dropout': 0.2, 'augment.rotation': 5.0, 'train.batch_size': 64, 'train.optimizer': 'sgd',
+        'train.learning_rate': 0.05, 'train.epochs': 1}
+
+SHARDED_RUN = """
+import json, sys
+import jax
+from fpclass.sharding import DataParallel
+from fpclass.steps import CompiledSteps
+from fpclass.task import build_task
+from fpclass.train import train_and_evaluate
+from tests.conftest import load_config
+config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
+train_and_evaluate(config, sys.argv[1])
+# The batch really is split: the compiled step all-reduces the gradients across the 4 devices.
+task = build_task(config, tuple('0123456789'), list(range(10)), 1)
+compiled = CompiledSteps(task, DataParallel.over())
+state = compiled.init(jax.random.PRNGKey(0), (8, 8, 1))
+x, y, order = compiled.parallel.replicate((jax.numpy.zeros((64, 8, 8, 1), 'uint8'), jax.numpy.zeros(64, 'int32'),
+                                           jax.numpy.zeros((1, 64), 'int32')))
+hlo = compiled.train_step.lower(state, x, y, order, 0, jax.random.PRNGKey(0)).compile().as_text()
+print(json.dumps(dict(devices=jax.device_count(), all_reduce='all-reduce' in hlo)))
+"""
+
+
+def test_sharded_run_equals_single_device_run(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', SHARDED_RUN, str(tmp_path / 'four'), json.dumps(TINY)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == dict(devices=4, all_reduce=True)
+  assert jax.device_count() == 1
+  train_and_evaluate(load_config('configs/digits.py:quick', **TINY), tmp_path / 'one')
+
+  one, four = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds') for d in ('one', 'four'))
+  pd.testing.assert_frame_equal(one, four, rtol=1e-4)
+  # The 4-device checkpoint restores on 1 device, and the two models agree.
+  a, b = (load_trained(load_config('configs/digits.py:quick', **TINY), tmp_path / d, 'last').state
+          for d in ('one', 'four'))
+  jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5),
+                         (a.params, a.batch_stats), (b.params, b.batch_stats))
+
+
+def test_batch_must_split_evenly_across_devices():
+  parallel = DataParallel.over(jax.devices() * 1)
+  parallel.check_batch_size(7)  # one device takes any batch
+  with pytest.raises(UserInputError, match=r'config.train.batch_size=30: must be a multiple of the 4 devices'):
+    DataParallel(jax.sharding.Mesh(np.array(jax.devices() * 4), ('data',))).check_batch_size(30)
+
+
+def test_scan_and_step_loops_train_the_same_model():
+  config = load_config('configs/digits.py:quick', **TINY)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (100, 8, 8, 1)).astype(np.uint8)
+  labels = rng.integers(0, 10, 100).astype(np.int32)
+  task = build_task(config, tuple('0123456789'), labels, 2)
+  parallel = DataParallel.over()
+  results = {}
+  for form in ('step', 'scan'):
+    compiled = CompiledSteps(task, parallel, form)
+    state = compiled.init(jax.random.PRNGKey(0), images.shape[1:])
+    x, y = parallel.replicate((images, labels))
+    losses = []
+    for epoch in range(2):
+      order = parallel.replicate(epoch_order(0, epoch, len(images), 64))
+      state, metrics = compiled.run_epoch(state, x, y, order, jax.random.PRNGKey(epoch))
+      losses += [float(m['loss_sum']) for m in metrics]
+    results[form] = jax.device_get(state), losses
+  (state_a, loss_a), (state_b, loss_b) = results['step'], results['scan']
+  # Same keys, same batches: equal up to rounding. (Not bit for bit on XLA:CPU: it compiles a conv's weight
+  # gradient with another kernel inside a loop body than at the top level.)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+  jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), state_a, state_b)
+  assert int(state_a.step) == int(state_b.step) == 4
+
+
+def test_loop_form_choice():
+  assert resolve_loop('auto', 'cpu') == 'step' and resolve_loop('auto', 'gpu') == 'scan'
+  assert resolve_loop('auto', 'tpu') == 'scan' and resolve_loop('scan', 'cpu') == 'scan'
+  with pytest.raises(UserInputError, match="config.train.loop='epoch'"):
+    resolve_loop('epoch')
+
+
+def test_xla_cpu_options_apply_on_cpu_only_and_can_be_overridden():
+  assert dict(default_compiler_options('cpu')) == {
+      'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+  assert default_compiler_options('gpu') == () and default_compiler_options('tpu') == ()
+  task = build_task(load_config('configs/digits.py:quick', **TINY), tuple('0123456789'), np.arange(10), 1)
+  assert CompiledSteps(task, DataParallel.over())._options == dict(CPU_OPTIONS)   # the test backend is CPU
+  assert CompiledSteps(task, DataParallel.over(), compiler_options=())._options is None
+
+
+def test_precision_rules(caplog):
+  assert precision.compute_dtype('fp32', 'gpu') == jnp.float32
+  assert precision.compute_dtype('bf16', 'gpu') == jnp.bfloat16
+  with caplog.at_level(logging.WARNING):
+    assert precision.compute_dtype('bf16', 'cpu') == jnp.float32
+  assert 'config.train.precision=bf16: the CPU backend trains in fp32' in caplog.text
+  with pytest.raises(UserInputError, match="config.train.precision='fp16'"):
+    precision.compute_dtype('fp16')
+
+
+def test_bf16_computes_in_bf16_and_keeps_fp32_state():
+  # As on a GPU (backend='gpu'); XLA:CPU runs bf16 too, just slowly, so the step can be checked here.
+  config = load_config('configs/digits.py:quick', **{**TINY, 'train.precision': 'bf16', 'train.optimizer': 'adam'})
+  task = build_task(config, tuple('0123456789'), np.arange(10), 1, backend='gpu')
+  state = jax.jit(task.init, static_argnums=1)(jax.random.PRNGKey(0), (8, 8, 1))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)), jnp.uint8)
+  labels = jnp.arange(16) % 10
+  _, features = jax.jit(lambda s, x: task.model.apply({'params': s.params, 'batch_stats': s.batch_stats},
+                                                      task.prepare(x)))(state, images)
+  assert features['conv1'].dtype == jnp.bfloat16 and features['pre_logits'].dtype == jnp.bfloat16
+  new_state, out = jax.jit(task.train_step)(state, images, labels, jnp.arange(16), jax.random.PRNGKey(1))
+  leaves = jax.tree_util.tree_leaves((new_state.params, new_state.opt_state, new_state.batch_stats))
+  assert {leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype('float32')}
+  assert out['loss_sum'].dtype == jnp.float32 and np.isfinite(float(out['loss_sum']))
+  assert not np.array_equal(new_state.batch_stats['bn1']['mean'], state.batch_stats['bn1']['mean'])
+  # The fp32 build of the same config is a different program: precision really reaches the model.
+  assert build_task(config, tuple('0123456789'), np.arange(10), 1, backend='cpu').model.dtype == jnp.float32
