@@ -68,6 +68,8 @@ def test_gradcam_matches_keras_on_vgg16(tmp_path):
   targets = np.array([logits[0].argmax(), logits[1].argmax(), 281, 999])  # predicted and fixed classes
 
   heatmaps, activations, gradients = keras_gradcam(keras_model, LAYER, keras_input, targets.tolist())
+  # pytorch-grad-cam's GradCAM steps: ReLU, scale_cam_image (min-max, cv2 resize to (W, H)) for the layer,
+  # then its one-layer aggregation (ReLU, min-max).
   expected = scale_cam_image(np.maximum(scale_cam_image(np.maximum(heatmaps, 0), SHAPE[1::-1]), 0))
   assert np.mean([(m > 0.5).mean() > 0.005 for m in expected]) >= 0.5  # not comparing blank maps
 
