@@ -2,10 +2,13 @@
 
     python bench/gradcam_speed.py                       # footprint_cnn, 256 images in one call
     python bench/gradcam_speed.py --model footprint_cnn --images 256 --repeats 5 --method gradcam
+    python bench/gradcam_speed.py --model resnet18 --forward   # also each framework's plain forward pass
 
 The model is built in torch with random weights and copied into its fpclass twin (tests/torch_twins.py),
 so both libraries explain the same network; the script also reports how far apart their maps are.
 Timings exclude the first call (JAX compilation, pytorch-grad-cam's hook set-up), which is reported apart.
+--forward also times each framework's forward pass alone (jitted Flax apply; torch under no_grad) in the
+same rounds: it separates the cost of the explainer from the speed of the framework's convolutions.
 """
 import argparse
 import os
@@ -50,6 +53,7 @@ def main():
   parser.add_argument('--images', type=int, default=256)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--method', default='gradcam', choices=sorted(REFERENCE))
+  parser.add_argument('--forward', action='store_true', help="also time each framework's forward pass alone")
   args = parser.parse_args()
 
   build, shape, layer = torch_twins.CASES[args.model]
@@ -69,8 +73,18 @@ def main():
   def run_reference():
     return explainer(torch_images, [ClassifierOutputTarget(int(t)) for t in targets])
 
-  (ours, ours_first, ours_seconds), (reference, reference_first, reference_seconds) = timed_alternately(
-      [run_fpclass, run_reference], args.repeats)
+  flax_forward = jax.jit(lambda variables, x: twin.flax_model.apply(variables, x)[0])
+
+  def forward_fpclass():
+    return jax.block_until_ready(flax_forward(twin.variables, images))
+
+  def forward_reference():
+    with torch.no_grad():
+      return twin.torch_model(torch_images)
+
+  fns = [run_fpclass, run_reference] + ([forward_fpclass, forward_reference] if args.forward else [])
+  (ours, ours_first, ours_seconds), (reference, reference_first, reference_seconds), *forwards = (
+      timed_alternately(fns, args.repeats))
   ours_rate = args.images / np.median(ours_seconds)
   reference_rate = args.images / np.median(reference_seconds)
 
@@ -83,6 +97,9 @@ def main():
   print(f'| fpclass.cam (jax.vjp, jit) | {ours_rate:.1f} | {np.median(ours_seconds):.3f} | {ours_first:.2f} |')
   print(f'| pytorch-grad-cam {REFERENCE[args.method].__name__} | {reference_rate:.1f} | '
         f'{np.median(reference_seconds):.3f} | {reference_first:.2f} |')
+  for label, (_, first, seconds) in zip(('forward pass only, Flax model (jax.jit)', 'forward pass only, torch model '
+                                        '(no_grad)'), forwards):
+    print(f'| {label} | {args.images / np.median(seconds):.1f} | {np.median(seconds):.3f} | {first:.2f} |')
   print(f'speed ratio fpclass / pytorch-grad-cam: {ours_rate / reference_rate:.2f}x; '
         f'max |map difference|: {np.abs(ours - reference).max():.2e}')
 
