@@ -169,15 +169,17 @@ def test_cats_dogs_vgg16_and_freeze_till_sweep_quick(tmp_path, keras_weights):
 
 def test_climbing_backbones_quick_and_comparison(tmp_path, keras_weights):
   root = tmp_path / 'climbing'
-  plant_folder(root, originals=24, copies_per_kind=0, seed=5)
+  plant_folder(root, originals=24, copies_per_kind=1, seed=5)
   runs = tmp_path / 'runs'
   for backbone, name in (('resnet50', 'keras_resnet50'), ('vgg16', 'keras_vgg16')):
     launch(f'--config=configs/climbing.py:{backbone},quick', f'--workdir={runs / backbone}',
-           f'--config.data.root={root}', f'--config.model.pretrained={keras_weights[name]}')
+           f'--config.data.root={root}', f'--config.model.pretrained={keras_weights[name]}',
+           '--config.data.bad_test_images=prior')  # the planted folder has a corrupt test file (see test_recipes)
     scores = json.loads((runs / backbone / 'scores.json').read_text())
     assert scores['model'] == name and set(scores['per_class']) == {'heel_hook', 'others', 'toe_hook'}
   assert_backbone_as_in_file(load_config('configs/climbing.py:resnet50,quick', **{
-      'data.root': str(root), 'model.pretrained': str(keras_weights['keras_resnet50'])}), runs / 'resnet50',
+      'data.root': str(root), 'model.pretrained': str(keras_weights['keras_resnet50']),
+      'data.bad_test_images': 'prior'}), runs / 'resnet50',
       keras_weights['keras_resnet50'])
   launch('--config=configs/climbing.py:quick', f'--workdir={runs}', '--mode=compare')
   table = pd.read_csv(runs / 'comparison.csv')
