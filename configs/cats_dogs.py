@@ -3,27 +3,45 @@ ingest, TensorBoard logs, the best checkpoint, scores.json, ROC/AUC, confusion m
 
     python launch.py --config configs/cats_dogs.py --workdir runs/pets --config.data.root=/data/PetImages
     python launch.py --config configs/cats_dogs.py:tfds --workdir runs/pets-tfds     # TFDS cats_vs_dogs
+    python launch.py --config configs/cats_dogs.py:vgg16 --workdir runs/pets-vgg16/frozen \\
+        --config.data.root=/data/PetImages [--config.model.pretrained=/path/to/vgg16_..._notop.h5]
 
 Data: an ImageFolder with Cat/ and Dog/ (Kaggle's PetImages), or TFDS cats_vs_dogs (`:tfds`; prepared once
 with `--mode prepare`). Corrupt, empty and non-image files (PetImages has some, and Thumbs.db files) are
 listed in quarantine.csv and left out; nothing is deleted, unlike the seed's ingest stage.
 `--mode clean` also finds duplicates.
 
-Variants: `scratch` (the default for now) is not in the seed: seed 001's 3-block CNN trained from scratch
-under a new softmax head, so the pipeline runs end to end. The seed's model, VGG16 frozen with a new
-head, and its freeze_till sweep need issue 3's VGG16 port (and issue 5's sweeps).
+Variants:
+- `vgg16`, the seed's model: Keras VGG16 with ImageNet weights (the no-top file, downloaded once into the
+  cache with its md5 checked; offline, any file Keras wrote via --config.model.pretrained=<file>), every
+  layer frozen, a new head: flatten, dense 2, softmax. Inputs get VGG16's caffe preprocessing (BGR minus
+  the ImageNet mean; the registry's, not config.data.mean/std). Grad-CAM of the highest-loss validation
+  images on block5_conv3 after training (explain/; no Guided Grad-CAM row: the Keras ports' ReLUs are not
+  the swappable `relu` field). The seed gives no optimizer values: Adam 1e-4 is this project's.
+- the freeze_till sweep: `--config.model.freeze_till=N` freezes VGG16's first N Keras layers (block1_conv1 ..
+  block5_pool, 18 in all; -1 = all, the default) and trains the rest, as the seed's "number of layers kept
+  frozen". One workdir per value, then a table of them:
+
+      for n in 18 14 10 6; do
+        python launch.py --config configs/cats_dogs.py:vgg16 --workdir runs/pets-vgg16/freeze_till_$n \\
+            --config.data.root=/data/PetImages --config.model.freeze_till=$n
+      done
+      python launch.py --config configs/cats_dogs.py:vgg16 --workdir runs/pets-vgg16 --mode compare
+
+- `scratch` (the default) is not in the seed: seed 001's 3-block CNN trained from scratch under a new softmax
+  head.
 """
 from fpclass.config import base_config, parse_args
 
-CHOICES = {'scratch': 'a from-scratch 3-block CNN with a new softmax head (default, until VGG16 lands)',
+CHOICES = {'scratch': 'a from-scratch 3-block CNN with a new softmax head (default; not in the seed)',
+           'vgg16': "VGG16 (ImageNet) frozen with a new flatten-dense-softmax head; --config.model.freeze_till=N "
+                    'trains all but its first N layers',
            'tfds': 'read TFDS cats_vs_dogs (80/20 of its train split) instead of a folder',
-           'quick': 'a tiny run: 2 epochs at 64x64'}
-PENDING = {'vgg16': 'VGG16 frozen with a new head (and the freeze_till sweep) needs the pretrained VGG16 port of '
-                    'issue 3'}
+           'quick': 'a tiny run: 2 epochs at 64x64 (vgg16: 32x32)'}
 
 
 def get_config(arg: str = 'scratch'):
-  args = parse_args('configs/cats_dogs.py', arg, CHOICES, PENDING)
+  args = parse_args('configs/cats_dogs.py', arg, CHOICES)
   c = base_config()
   c.name = 'cats-dogs-scratch'
   c.data.source = 'image_folder'
@@ -59,7 +77,16 @@ def get_config(arg: str = 'scratch'):
   c.train.monitor = 'val_loss'               # ModelCheckpoint(save_best_only=True)'s default monitor
   c.train.select_checkpoint = 'best'
   c.train.tensorboard = True
+  if 'vgg16' in args:
+    c.name = 'cats-dogs-vgg16'
+    c.model = base_config().model
+    c.model.update(name='keras_vgg16', head='softmax', pretrained='imagenet_notop', top='flatten', top_hidden=(),
+                   freeze_till=-1)
+    c.train.learning_rate = 1e-4
+    c.explain.after_training = True          # the seed's Grad-CAM
+    c.explain.guided = False
   if 'quick' in args:
     c.train.epochs = 2
-    c.data.image_size = (64, 64)             # the data keeps its layout and sizes; decoding shrinks it
+    # The data keeps its layout and sizes; decoding shrinks it (VGG16 further, for CPU tests).
+    c.data.image_size = (32, 32) if 'vgg16' in args else (64, 64)
   return c

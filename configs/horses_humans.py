@@ -4,6 +4,8 @@
     python launch.py --config configs/horses_humans.py:augment --workdir runs/hh-150-aug
     python launch.py --config configs/horses_humans.py:size300 --workdir runs/hh-300
     python launch.py --config configs/horses_humans.py:augment,quick --workdir runs/hh-quick   # a tiny run
+    python launch.py --config configs/horses_humans.py:inception_mixed7 --workdir runs/hh-inception \\
+        [--config.model.pretrained=/path/to/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5]
 
 Data: TFDS horses_or_humans (1,027 train, 256 test images of 300x300; the seed's train and validation
 sets), prepared once as ArrayRecord (`--mode prepare`). The seed's folders (horses/, humans/) work too:
@@ -12,18 +14,27 @@ sets), prepared once as ArrayRecord (`--mode prepare`). The seed's folders (hors
 Model: conv 16/32/64 (3x3, valid) each with 2x2 max pooling, flatten, dense 512, one sigmoid unit; RMSprop
 1e-3, 15 epochs, batch 32, the final weights (Keras' fit without callbacks). About 9.5M parameters at 150,
 40M at 300 (pinned by tests/test_recipes.py).
+
+Transfer (`inception_mixed7`, the seed's phase 3): Keras InceptionV3 with ImageNet weights, cut after
+'mixed7' (`model.cut`: the stages after it are not built and their weights not loaded), every stage frozen
+(`model.freeze_till=-1`: weights unchanged, BatchNorm on its ImageNet statistics); flatten, dense 1024
+(ReLU), dropout 0.2, one sigmoid unit; RMSprop 1e-5; 150x150 inputs scaled to [-1, 1] as InceptionV3's
+preprocess_input does. At 150 mixed7 is 7x7x768, so the head has 38.5M trainable parameters and the whole
+model 47.5M, the seed's figures (pinned by tests/test_recipes_transfer.py). Weights: Keras' no-top file,
+downloaded once into the cache (md5 checked), or any .h5/.weights.h5 file Keras wrote via
+--config.model.pretrained. The seed does not give its epoch count: 15 here, as phase 1 and 2.
 """
 from fpclass.config import base_config, parse_args
 
 CHOICES = {'augment': "the seed's phase 2: flip, rotation 0.2, zoom 0.2, height 0.2, width 0.2",
            'size300': 'images at 300x300 instead of 150x150 (the image-size comparison)',
-           'quick': 'a tiny run: 2 epochs'}
-PENDING = {'inception_mixed7': "InceptionV3 cut at 'mixed7', frozen, with a flatten-1024-dropout 0.2-sigmoid head "
-                               '(RMSprop 1e-5) needs the pretrained InceptionV3 port of issue 3'}
+           'inception_mixed7': "InceptionV3 (ImageNet) cut at 'mixed7', frozen, flatten-1024-dropout 0.2-sigmoid "
+                               'head, RMSprop 1e-5',
+           'quick': 'a tiny run: 2 epochs (inception_mixed7: at 75x75, its smallest input)'}
 
 
 def get_config(arg: str = ''):
-  args = parse_args('configs/horses_humans.py', arg, CHOICES, PENDING)
+  args = parse_args('configs/horses_humans.py', arg, CHOICES)
   size = 300 if 'size300' in args else 150
   c = base_config()
   c.name = f'horses-humans-cnn{size}' + ('-aug' if 'augment' in args else '')
@@ -57,6 +68,14 @@ def get_config(arg: str = ''):
     c.augment.height = 0.2
     c.augment.width = 0.2
     c.augment.fill_mode = 'reflect'
+  if 'inception_mixed7' in args:
+    c.name = f'horses-humans-inception-mixed7-{size}' + ('-aug' if 'augment' in args else '')
+    c.model = base_config().model
+    c.model.update(name='keras_inceptionv3', head='sigmoid', pretrained='imagenet_notop', cut='mixed7',
+                   top='flatten', top_hidden=(1024,), top_dropout=0.2, freeze_till=-1)
+    c.train.learning_rate = 1e-5             # the seed's RMSprop(learning_rate=0.00001)
   if 'quick' in args:
     c.train.epochs = 2
+    if 'inception_mixed7' in args:
+      c.data.image_size = (75, 75)           # InceptionV3's smallest input, for CPU tests; the full config keeps 150
   return c

@@ -27,6 +27,11 @@ def _clean(config, workdir, apply=False):
   clean(config, workdir, apply=apply)
 
 
+def _compare(config, workdir):
+  from fpclass.compare import compare_workdir
+  compare_workdir(config, workdir)
+
+
 def _prepare(config, workdir):
   from fpclass.data.tfds_source import prepare
   prepare(config)
@@ -41,6 +46,8 @@ MODES = {
     'submit': (_submit, 'restore the selected checkpoint; write submission.csv and its probabilities'),
     'clean': (_clean, 'scan the data root for corrupt files and (near) duplicates; write clean_files.csv for '
                       'config.data.file_list; --apply moves the files it leaves out to <workdir>/quarantine'),
+    'compare': (_compare, 'read the evaluated runs in the subfolders of --workdir (one per backbone or '
+                          'freeze_till value); write comparison.csv, best macro F1 first'),
     'prepare': (_prepare, 'download and prepare config.data.tfds.name as ArrayRecord (needs TensorFlow)'),
 }
 
