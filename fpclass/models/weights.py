@@ -70,14 +70,16 @@ class KerasLayer:
   flax: str
 
 
-def read_keras_weights(path: str | os.PathLike, layers: Iterable[KerasLayer]) -> dict[str, list[np.ndarray]]:
+def read_keras_weights(path: str | os.PathLike, layers: Iterable[KerasLayer],
+                       optional: Iterable[str] = ()) -> dict[str, list[np.ndarray]]:
   """{flax module path: [variables in Keras order]} for `layers`, from either Keras file layout.
 
+  `optional` lists Flax paths a file may lack (the source classifier, absent from include_top=False files).
   Raises UserInputError listing layers the file lacks and layers the file has that `layers` does not.
   """
   import h5py
   path = _existing(path)
-  layers = list(layers)
+  layers, optional = list(layers), set(optional)
   try:
     with h5py.File(path, 'r') as f:
       if 'layers' in f and isinstance(f['layers'], h5py.Group) and 'layer_names' not in f.attrs:
@@ -89,7 +91,7 @@ def read_keras_weights(path: str | os.PathLike, layers: Iterable[KerasLayer]) ->
   except (OSError, KeyError, ValueError) as e:
     raise UserInputError(f'{path}: cannot read it as a Keras weights file (truncated or not HDF5?): '
                          f'{type(e).__name__}: {str(e)[:300]}') from None
-  missing = [layer.name for layer in layers if layer.flax not in found]
+  missing = [layer.name for layer in layers if layer.flax not in found and layer.flax not in optional]
   if missing or extra:
     raise UserInputError(f'{path} does not fit this architecture: ' + _listing('missing layers', missing)
                          + _listing('unexpected layers', extra))
@@ -179,9 +181,10 @@ def keras_mapped(found: dict[str, list[np.ndarray]], kinds: dict[str, str]) -> d
         mapped[('params', *path, name)] = value
       mapped[('batch_stats', *path, 'mean')] = values[-2]
       mapped[('batch_stats', *path, 'var')] = values[-1]
-    elif kind == 'normalization':  # Keras Normalization layer: mean, variance, count (count unused)
-      mapped[('params', *path, 'mean')] = values[0].reshape(-1)
-      mapped[('params', *path, 'variance')] = values[1].reshape(-1)
+    elif kind == 'normalization':  # Keras Normalization: mean, variance, count (count unused). Keras does
+      # not train them, so they are state (batch_stats) that neither the optimizer nor weight decay touches.
+      mapped[('batch_stats', *path, 'mean')] = values[0].reshape(-1)
+      mapped[('batch_stats', *path, 'variance')] = values[1].reshape(-1)
     else:  # conv, dense, depthwise: kernel [, bias]
       mapped[('params', *path, 'kernel')] = TRANSFORMS['keras_depthwise'](values[0]) if kind == 'depthwise' \
           else values[0]
