@@ -2,6 +2,7 @@
 
     python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 [--mode train]
     python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 --mode submit
+    python launch.py --config configs/climbing.py --workdir runs/climbing --mode clean [--apply]
 
 Any config value can be overridden, e.g. --config.train.epochs=10; the config is locked, so a
 misspelt key is an error. See README.md for the modes and what a run writes.
@@ -17,6 +18,8 @@ from fpclass.modes import MODES
 config_flags.DEFINE_config_file('config', None, 'task config, e.g. configs/footprint.py:exp4', lock_config=True)
 flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md')
 flags.DEFINE_enum('mode', 'train', list(MODES), '; '.join(f'{k}: {v[1]}' for k, v in MODES.items()))
+flags.DEFINE_bool('apply', False, '--mode clean only: move the files clean leaves out into <workdir>/quarantine '
+                  '(without it, clean never moves or changes a file)')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -58,10 +61,12 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep the console to progress, warnings and results
+  if FLAGS.apply and FLAGS.mode != 'clean':
+    _fail(f'--apply is read only by --mode clean, not --mode {FLAGS.mode}')
   from fpclass.errors import UserInputError
   from fpclass.modes import run
   try:
-    run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **({'apply': True} if FLAGS.apply else {}))
   except UserInputError as e:
     _fail(e)
 

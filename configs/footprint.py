@@ -37,7 +37,7 @@ EXPERIMENTS = {
 # to one channel (config.model.in_channels=1), the final layer replaced; phase 1 trains that layer only,
 # phase 2 fine-tunes everything at a tenth of the learning rate. Weights: 'imagenet' downloads
 # torchvision's file once (checksum verified); offline, pass --config.model.pretrained=/path/to/file.pth.
-TRANSFER = ('resnet18',)
+TRANSFER = ('resnet18', 'alexnet', 'efficientnet_b0')
 
 
 def get_config(arg: str = 'exp4'):
@@ -71,6 +71,7 @@ def get_config(arg: str = 'exp4'):
   c.train.epochs = 50
   c.train.monitor = 'val_loss'
   c.train.select_checkpoint = 'last'   # without early stopping the seed kept the final model
+  c.explain.after_training = True      # seed 000 ran Grad-CAM on its highest-loss validation images
   for key, value in EXPERIMENTS.get(experiment, {}).items():
     section, field = key.split('.')
     c[section][field] = value

@@ -24,7 +24,8 @@ METADATA = 'metadata.json'
 # Keys a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.early_stopping_patience', 'eval.',
                      'submit.', 'data.cache_dir', 'data.decode_workers', 'data.root', 'data.bad_test_images',
-                     'name', 'explain.', 'sweep.', 'serve.')
+                     'name', 'explain.', 'sweep.', 'serve.', 'data.tfds.data_dir', 'clean.',
+                     'train.tensorboard')
 # Keys that must agree for a checkpoint to be usable at all (evaluate, submit, explain).
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 

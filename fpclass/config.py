@@ -13,10 +13,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict(dict(
-      # kaggle_csv | image_folder | digits. kaggle_csv with an empty root means the embedded
+      # kaggle_csv | image_folder | tfds | digits. kaggle_csv with an empty root means the embedded
       # SYNTHETIC footprints (generated once into the cache), so a newcomer needs no download.
       source='kaggle_csv',
       root='',
+      # A CSV written by `--mode clean` (clean_files.csv): only its keep=True files are used, from the
+      # labelled splits of a kaggle_csv or image_folder root; a file it never scanned is an error.
+      file_list='',
+      # Groups source classes into new ones, 'coarse:fine,fine;other:*' ('*' = every class not named
+      # before). Classes follow the group order; each example keeps its source class as extras['fine_label'].
+      label_map='',
       # Kaggle layout: <root>/<labels_csv>, <root>/<train_dir>/, <root>/<test_dir>/ or <root>/<sample_submission>.
       labels_csv='train.csv',
       train_dir='train',
@@ -44,6 +50,18 @@ def base_config() -> ml_collections.ConfigDict:
       decode_workers=0,        # 0 -> 2 x CPU count threads
       synthetic=ml_collections.ConfigDict(dict(
           seed=0, n_class0=845, n_class1=728, n_test=1055)),
+      # data.source=tfds: a named TFDS dataset prepared as ArrayRecord, read with tfds.data_source (no
+      # TensorFlow at run time). Splits take TFDS slicing ('train[:80%]'); '' means none (val: a holdout
+      # of val_fraction from the train split). `launch.py --mode prepare` downloads and prepares it.
+      tfds=ml_collections.ConfigDict(dict(
+          name='',               # e.g. cifar10, horses_or_humans, cats_vs_dogs (optionally name:version)
+          data_dir='',           # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+          train_split='train',
+          val_split='',
+          test_split='',         # a labelled test split is scored in scores.json
+          image_key='image',
+          label_key='label',
+      )),
   ))
 
   # Every augmentation is off at its default. Geometry follows Keras' preprocessing layers where a seed
@@ -91,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
       l2_params='.*kernel',    # regex on '/'-joined parameter paths that l2 applies to
       label_smoothing=0.0,
       class_weights='',        # '' | auto | 'name:weight,name:weight'
+      # uniform: a permutation per epoch | balanced: every class fills an equal share of each epoch's
+      # batches (minority examples repeat, majority ones are subsampled); same epoch length either way.
+      sampler='uniform',
       grad_clip_norm=0.0,
       backbone_lr_factor=1.0,  # pretrained models: learning-rate multiplier for unfrozen backbone stages
       finetune_epochs=0,       # > 0: a second phase after `epochs` (or early stopping) with ...
@@ -101,9 +122,33 @@ def base_config() -> ml_collections.ConfigDict:
       early_stopping_patience=0,  # 0 -> off; otherwise epochs without improvement before stopping
       min_delta=0.0,
       log_every_steps=10,
+      tensorboard=True,        # also write per-epoch scalars as TensorBoard event files (tensorboard/)
   ))
 
-  c.eval = ml_collections.ConfigDict(dict(batch_size=256))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=256,
+      score_train=False,       # also score the (un-augmented) training split in scores.json
+  ))
+
+  # --mode clean: corrupt files, exact and pHash near duplicates, format and mode statistics.
+  c.clean = ml_collections.ConfigDict(dict(
+      phash_threshold=8,       # near duplicates: Hamming distance between 64-bit pHashes at most this
+  ))
+
+  # --mode explain (and train, when after_training): Grad-CAM and error analysis of the validation split.
+  c.explain = ml_collections.ConfigDict(dict(
+      after_training=False,    # train mode runs explain after evaluation (on in configs/footprint.py)
+      method='gradcam',        # gradcam | gradcam++ | hirescam (fpclass.cam.METHODS)
+      layer='',                # a feature map the model records; '' -> the model's registered cam_layer
+      target='predicted',      # predicted | label: the class each map explains
+      num_images=10,           # highest-loss validation images per overlay grid and in the top-losses table
+      guided=True,             # add a Guided Grad-CAM row (needs a model with a `relu` field)
+      inference_grid=16,       # validation images in the right/wrong inference grid; 0 -> none
+      feature_image=0,         # validation index of the image whose feature maps are drawn; -1 -> none
+      max_channels=64,         # channels drawn per feature map (the first ones)
+      alpha=0.5,               # heat-map opacity in the overlays
+      batch_size=32,           # images per Grad-CAM call
+  ))
 
   c.submit = ml_collections.ConfigDict(dict(
       filename='submission.csv',
@@ -115,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
   a second instead of after decoding the data. Each check is the one the consuming module applies."""
-  from fpclass import augment, data, models, optim, task, train
+  from fpclass import augment, data, explain, models, optim, sampling, task, train
   from fpclass.data.decode import DecodeSettings
   from fpclass.errors import UserInputError
   if config.data.source not in data.SOURCES:
@@ -123,6 +168,7 @@ def validate(config) -> None:
                          f'{sorted(data.SOURCES)}')
   DecodeSettings.from_config(config.data)
   augment.AugmentConfig.from_config(config.augment)
+  explain.ExplainSettings.from_config(config.explain)
   models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
   optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
   task.model_input(config)
@@ -136,5 +182,25 @@ def validate(config) -> None:
     raise UserInputError(f'config.train.select_checkpoint={config.train.select_checkpoint!r}: use best or last')
   if int(config.train.batch_size) < 1 or int(config.train.epochs) < 1:
     raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
+  if config.train.sampler not in sampling.SAMPLERS:
+    raise UserInputError(f'config.train.sampler={config.train.sampler!r}: choose one of {sampling.SAMPLERS}')
+  if not 0 <= int(config.clean.phash_threshold) <= 64:
+    raise UserInputError(f'config.clean.phash_threshold={config.clean.phash_threshold}: a Hamming distance '
+                         'between 64-bit hashes, in [0, 64]')
   if config.data.bad_test_images not in ('error', 'prior'):
     raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
+
+
+def parse_args(config_file: str, arg: str, choices: dict, pending: dict | None = None) -> list:
+  """The comma-separated arguments of `configs/<file>.py:<arg>`, each checked against `choices` (name ->
+  what it does). `pending` names seed variants whose code is not merged yet (name -> what they need):
+  asking for one is a clear error, not a silent fallback. Raises ValueError, which launch.py reports on
+  one line."""
+  args = [a.strip() for a in (arg or '').split(',') if a.strip()]
+  for a in args:
+    if a in (pending or {}):
+      raise ValueError(f'{config_file}:{a} is not available yet: {pending[a]}')
+    if a not in choices:
+      listed = '; '.join(f'{k}: {v}' for k, v in choices.items())
+      raise ValueError(f'{config_file}: unknown argument {a!r}; arguments (comma-separated): {listed}')
+  return args

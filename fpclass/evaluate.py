@@ -1,7 +1,8 @@
 """Evaluate a trained workdir on its validation split (and a labelled test split, if any).
 
 Writes scores.json, classification_report.txt, val_predictions.csv, learning_curves.png,
-confusion_matrix.png, roc_curve.png, and the evaluation section of report.md.
+confusion_matrix.png, roc_curve.png, and the evaluation section of report.md; with classes grouped by
+config.data.label_map, also confusion_by_fine_label.csv and its section.
 """
 import pathlib
 
@@ -10,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from fpclass import data, fileio, metrics, report
+from fpclass import data, error_analysis, fileio, metrics, report
+from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 
@@ -29,10 +31,15 @@ def evaluate_workdir(config, workdir, dataset=None) -> dict:
   result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
                 model=config.model.name, num_params=trained.metadata['num_params'])
+  scored = {'val': (dataset.val, val_probs)}
   if dataset.test is not None and dataset.test.labels is not None:
     keep = dataset.test.extras.get('decoded', np.ones(len(dataset.test), bool))
     test = dataset.test.take(np.flatnonzero(keep))
-    result['test'] = metrics.scores(test.labels, trained.probabilities(test.images, batch), dataset.class_names)
+    scored['test'] = (test, trained.probabilities(test.images, batch))
+    result['test'] = metrics.scores(test.labels, scored['test'][1], dataset.class_names)
+  if config.eval.score_train:  # un-augmented, with the restored weights (Keras' model.evaluate on train)
+    scored['train'] = (dataset.train, trained.probabilities(dataset.train.images, batch))
+    result['train'] = metrics.scores(dataset.train.labels, scored['train'][1], dataset.class_names)
 
   fileio.write_json(workdir / 'scores.json', result)
   fileio.write_text(workdir / 'classification_report.txt',
@@ -46,6 +53,15 @@ def evaluate_workdir(config, workdir, dataset=None) -> dict:
   fileio.save_figure(workdir / 'roc_curve.png', plot_roc(dataset.val.labels, val_probs, dataset.class_names))
   report.write_section(workdir, '00-data', data_section(dataset))
   report.write_section(workdir, '10-evaluation', evaluation_section(result, trained, history))
+  fine_labelled = {name: scored[name] for name in ('train', 'val', 'test')
+                   if name in scored and error_analysis.has_fine_labels(scored[name][0])}
+  if fine_labelled:
+    table = pd.concat([error_analysis.confusion_by_fine_label(
+        name, split.extras[FINE_LABEL], split.labels, probs.argmax(1), dataset.class_names,
+        source_class_order(config.data.label_map, split.extras[FINE_LABEL]))
+        for name, (split, probs) in fine_labelled.items()], ignore_index=True)
+    fileio.write_csv(workdir / error_analysis.FILE, table)
+    report.write_section(workdir, '15-fine-labels', error_analysis.section(table, dataset.class_names))
   print(f'{workdir}: val accuracy {result["accuracy"]:.4f}, macro F1 {result["macro_f1"]:.4f}'
         + (f', ROC AUC {result["roc_auc"]:.4f}' if result['roc_auc'] is not None else '')
         + f' ({trained.checkpoint} checkpoint, epoch {trained.epoch})')
@@ -126,6 +142,11 @@ def data_section(dataset) -> str:
   return '\n'.join(lines)
 
 
+def split_row(scores: dict) -> dict:
+  return dict(n=scores['n'], accuracy=scores['accuracy'], macro_f1=scores['macro_f1'],
+              **{f'precision_{c}': v['precision'] for c, v in scores['per_class'].items()})
+
+
 def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
   auc = 'n/a' if result['roc_auc'] is None else f'{result["roc_auc"]:.4f}'
   loop = trained.loop
@@ -142,9 +163,11 @@ def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
            report.table([dict(cls=name, **v) for name, v in result['per_class'].items()],
                         ['cls', 'precision', 'recall', 'f1', 'support']).replace('| cls |', '| class |', 1),
            '']
-  if 'test' in result:
-    t = result['test']
-    lines += [f'Labelled test split: accuracy {t["accuracy"]:.4f}, macro F1 {t["macro_f1"]:.4f} (n={t["n"]}).', '']
+  by_split = [dict(split=name, **split_row(result if name == 'val' else result[name]))
+              for name in ('train', 'val', 'test') if name == 'val' or name in result]
+  if len(by_split) > 1:
+    lines += ['Scores by split (precision per class):', '',
+              report.table(by_split, list(by_split[0])), '']
   lines += ['![learning curves](learning_curves.png)', '', '![confusion matrix](confusion_matrix.png) '
             '![ROC](roc_curve.png)', '',
             'Files: [scores.json](scores.json), [classification_report.txt](classification_report.txt), '

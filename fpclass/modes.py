@@ -17,16 +17,38 @@ def _submit(config, workdir):
   submit(config, workdir)
 
 
+def _explain(config, workdir):
+  from fpclass.explain import explain_workdir
+  explain_workdir(config, workdir)
+
+
+def _clean(config, workdir, apply=False):
+  from fpclass.data.clean import clean
+  clean(config, workdir, apply=apply)
+
+
+def _prepare(config, workdir):
+  from fpclass.data.tfds_source import prepare
+  prepare(config)
+
+
 MODES = {
-    'train': (_train, 'train (resuming a killed run), then evaluate the selected checkpoint'),
+    'train': (_train, 'train (resuming a killed run), then evaluate the selected checkpoint (and explain it if '
+              'explain.after_training)'),
     'evaluate': (_evaluate, 'restore the selected checkpoint; write scores.json, plots and report.md'),
+    'explain': (_explain, 'restore the selected checkpoint; write Grad-CAM overlays, an inference grid, top '
+                'losses, confused pairs and feature maps of the validation split'),
     'submit': (_submit, 'restore the selected checkpoint; write submission.csv and its probabilities'),
+    'clean': (_clean, 'scan the data root for corrupt files and (near) duplicates; write clean_files.csv for '
+                      'config.data.file_list; --apply moves the files it leaves out to <workdir>/quarantine'),
+    'prepare': (_prepare, 'download and prepare config.data.tfds.name as ArrayRecord (needs TensorFlow)'),
 }
 
 
-def run(mode: str, config, workdir) -> None:
+def run(mode: str, config, workdir, **options) -> None:
+  """Runs `mode`; `options` are mode-specific flags (only clean takes one: apply)."""
   from fpclass.config import validate
   from fpclass.runtime import enable_compilation_cache
   validate(config)
   enable_compilation_cache(config.data.cache_dir or None)
-  MODES[mode][0](config, pathlib.Path(workdir))
+  MODES[mode][0](config, pathlib.Path(workdir), **options)

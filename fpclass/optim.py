@@ -74,20 +74,29 @@ def make_optimizer(train_cfg, steps_per_epoch: int, groups=None) -> optax.Gradie
 
 def param_groups(model_cfg):
   """A function labelling each parameter 'head', 'backbone' or 'frozen' by the model's stages and
-  config.model.freeze_till; None for models without stages (every parameter trains alike)."""
+  config.model.freeze_till; None for models without stages (every parameter trains alike).
+
+  With the source framework's own classifier (`top='source'`), its hidden layers (AlexNet's and VGG's
+  4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
+  last layer, as seed 000's "replace and train the final layer" does.
+  """
   from fpclass.models import get_spec, transfer
   spec = get_spec(model_cfg.name)
   if not spec.stages:
     return None
+  in_stage = [re.compile(regex).search for _, regex in spec.stages]  # one membership test per stage
+  if model_cfg.get('top', 'source') == 'source' and spec.source_top and spec.source_top != spec.source_head:
+    body, head = re.compile(spec.source_top), re.compile(spec.source_head)
+    in_stage.append(lambda path: body.search('params/' + path) and not head.search('params/' + path))
   freeze_till = int(model_cfg.get('freeze_till', 0))
-  if not -1 <= freeze_till <= len(spec.stages):
-    raise UserInputError(f'config.model.freeze_till={freeze_till}: use 0..{len(spec.stages)} (stages '
-                         f'{list(spec.stage_names)}) or -1 for all')
-  stage_patterns = [re.compile(regex) for _, regex in spec.stages]
+  if not -1 <= freeze_till <= len(in_stage):
+    raise UserInputError(f'config.model.freeze_till={freeze_till}: use 0..{len(in_stage)} (stages '
+                         f'{list(spec.stage_names)}{" + classifier" if len(in_stage) > len(spec.stages) else ""})'
+                         ' or -1 for all')
 
   def label(path: str) -> str:
-    for index, pattern in enumerate(stage_patterns):
-      if pattern.search(path):
+    for index, member in enumerate(in_stage):
+      if member(path):
         return 'frozen' if transfer.frozen(index, freeze_till) else 'backbone'
     return 'head'
 

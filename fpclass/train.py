@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, data, evaluate, fileio, metrics, models, optim
+from fpclass import checkpoint, data, evaluate, explain, fileio, metrics, models, optim, tensorboard_log
 from fpclass.config import validate
 from fpclass.models import transfer
+from fpclass.sampling import class_balanced_order
 from fpclass.task import build_task, predict_logits
 
 MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
@@ -56,7 +57,8 @@ def phase_config(config, phase: int):
 
 
 def train_and_evaluate(config, workdir) -> dict:
-  """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint."""
+  """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint (and
+  explains it, with config.explain.after_training)."""
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,10 @@ def train_and_evaluate(config, workdir) -> dict:
       state = state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params))
     state = _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_size)
   store.close()
-  return evaluate.evaluate_workdir(config, workdir, dataset=dataset)
+  result = evaluate.evaluate_workdir(config, workdir, dataset=dataset)
+  if config.explain.after_training:
+    explain.explain_workdir(config, workdir, dataset=dataset)
+  return result
 
 
 def _phase_end(loop, config) -> int:
@@ -139,7 +144,8 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
 
   for epoch in range(loop['epoch'], end):
     start = time.perf_counter()
-    order = jax.device_put(epoch_order(seed, epoch, n, batch_size))
+    order = jax.device_put(class_balanced_order(seed, epoch, dataset.train.labels, batch_size)
+                           if config.train.sampler == 'balanced' else epoch_order(seed, epoch, n, batch_size))
     key = jax.random.fold_in(epoch_keys, epoch)
     step_metrics = []
     bar = tqdm(range(order.shape[0]), desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False,
@@ -175,6 +181,8 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
         loop['phase_over'] = True
     store.save('last', epoch + 1, state, dict(loop))
     fileio.write_csv(workdir / HISTORY, pd.DataFrame(loop['history']))
+    if config.train.tensorboard:
+      tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, row)
     tqdm.write(f'epoch {epoch + 1}/{total}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
                f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
                f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')

@@ -59,6 +59,19 @@ def launch(*args, cwd=REPO, env=None, check=True, timeout=600):
   return result
 
 
+QUICK = '--config=configs/footprint.py:exp4,quick'
+
+
+@pytest.fixture(scope='session')
+def trained_quick(tmp_path_factory):
+  """One quick footprint run (train, evaluate, explain) shared by the tests that only read its outputs."""
+  workdir = tmp_path_factory.mktemp('fp-quick')
+  cache = tmp_path_factory.mktemp('fp-cache')
+  env = {'FPCLASS_CACHE': str(cache)}
+  result = launch(QUICK, f'--workdir={workdir}', env=env)
+  return workdir, env, result
+
+
 def save_image(path, mode='L', size=(40, 30), value=None, fmt=None, **save_kwargs):
   """Writes a deterministic test image of `mode`; returns its path."""
   path = pathlib.Path(path)

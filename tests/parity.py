@@ -6,6 +6,7 @@ on the same batch. Random BatchNorm statistics and affine parameters are drawn s
 """
 import contextlib
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,22 @@ def randomise_torch_bn(module, seed=0):
   return module
 
 
+def randomise_torch_weights(module, seed=0):
+  """He-normal conv/linear weights and small random biases: torchvision initialises many biases to zero
+  (which would hide a bias mapped to the wrong layer) and AlexNet's default init shrinks its logits to
+  ~0.01 (which would make an absolute tolerance meaningless)."""
+  import torch
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        fan_in = m.weight[0].numel()
+        m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+        if m.bias is not None:
+          m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
+  return module
+
+
 def torch_forward(module, nhwc, feature_modules: dict):
   """(logits, {feature name: NHWC array}) from a torch model, features captured by forward hooks."""
   import torch
@@ -75,14 +92,23 @@ def max_abs_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-# ------------------------------------------------------------------------ keras (MobileNetV3, EfficientNet)
+# ----------------------------------------------------------------------------------------------- keras
+
+def keras_application(name, input_shape, seed=0, weights=None, **kwargs):
+  """keras.applications.<name>(weights=None) with logits as its output and random weights (randomise_keras);
+  with `weights` ('imagenet', a file) Keras loads those instead."""
+  import keras
+  with _zeros_for_variance_scaling(keras):
+    model = getattr(keras.applications, name)(weights=weights, input_shape=input_shape,
+                                              classifier_activation=None, **kwargs)
+  return randomise_keras(model, seed) if weights is None else model
+
 
 @contextlib.contextmanager
-def cheap_keras_init():
-  """Keras on JAX draws every initial kernel with jax.random, compiling one XLA program per kernel shape:
-  ~20 s of CPU per application here. The parity tests overwrite every weight (randomise_keras_weights),
-  so while this is active the build draws zeros (GlorotUniform and Keras' He/LeCun are VarianceScaling)."""
-  import keras
+def _zeros_for_variance_scaling(keras):
+  """Keras draws each initial kernel with jax.random, which compiles one XLA program per kernel shape: most
+  of the time it takes to build an application on CPU (InceptionV3: ~20 s). randomise_keras overwrites
+  every weight, so the build may draw zeros instead (Glorot, He and LeCun are all VarianceScaling)."""
   cls = keras.initializers.VarianceScaling
   original = cls.__call__
   cls.__call__ = lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32')
@@ -92,55 +118,49 @@ def cheap_keras_init():
     cls.__call__ = original
 
 
-def build_keras_application(name, input_shape, **kwargs):
-  """keras.applications.<name>(input_shape=..., weights=None unless given, ...), built cheaply."""
-  import keras
-  kwargs.setdefault('weights', None)
-  with cheap_keras_init():
-    return getattr(keras.applications, name)(input_shape=input_shape, **kwargs)
-
-
-def randomise_keras_weights(model, seed=0):
-  """Random weights that a mapping mistake cannot hide: He-scaled kernels (depthwise ones by their own
-  fan-in), nonzero biases, BatchNormalization far from the identity, per-channel Normalization statistics
-  unlike the identity and unlike each other."""
+def randomise_keras(model, seed=0):
+  """Random weights that a mapping mistake cannot hide: He-scaled kernels (so activations stay O(1) through
+  deep stacks without BN, as in VGG; a depthwise kernel by its own fan-in), nonzero biases, BN layers far
+  from the identity, and per-channel Normalization statistics unlike the identity and unlike each other."""
   import keras
   rng = np.random.default_rng(seed)
-
-  def draw(layer, variable):
-    shape, name = tuple(variable.shape), variable.name
-    if name == 'kernel':
-      fan_in = np.prod(shape[:2]) if isinstance(layer, keras.layers.DepthwiseConv2D) else np.prod(shape[:-1])
-      return rng.normal(0, np.sqrt(2 / fan_in), shape)
-    if name == 'count':
-      return np.asarray(variable.numpy())
-    return {'bias': lambda: rng.normal(0, 0.1, shape), 'beta': lambda: rng.normal(0, 0.1, shape),
-            'gamma': lambda: rng.uniform(0.5, 1.5, shape), 'moving_mean': lambda: rng.normal(0, 0.1, shape),
-            'moving_variance': lambda: rng.uniform(0.5, 1.5, shape), 'mean': lambda: rng.uniform(0.3, 0.6, shape),
-            'variance': lambda: rng.uniform(0.04, 0.1, shape)}[name]()
-
+  draw = {
+      'kernel': lambda shape: rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape),
+      'bias': lambda shape: rng.normal(0, 0.1, shape),
+      'gamma': lambda shape: rng.uniform(0.3, 0.7, shape), 'beta': lambda shape: rng.normal(0, 0.1, shape),
+      'moving_mean': lambda shape: rng.normal(0, 0.1, shape),
+      'moving_variance': lambda shape: rng.uniform(0.5, 1.5, shape),
+      'mean': lambda shape: rng.uniform(0.3, 0.6, shape), 'variance': lambda shape: rng.uniform(0.04, 0.1, shape),
+  }
   for layer in model.layers:
-    if layer.weights:
-      layer.set_weights([np.asarray(draw(layer, v), v.dtype) for v in layer.weights])
-      if isinstance(layer, keras.layers.Normalization):
-        # It computes with constants taken from its variables when (re)loaded, and a jitted Keras
-        # function captures those constants at its first trace: refresh them before any.
-        layer.finalize_state()
+    if not layer.weights:
+      continue
+    values = []
+    for v in layer.weights:
+      if isinstance(layer, keras.layers.DepthwiseConv2D) and v.name == 'kernel':  # (kh, kw, C, 1)
+        values.append(rng.normal(0, np.sqrt(2 / np.prod(v.shape[:2])), v.shape))
+      else:
+        values.append(np.asarray(v) if v.name == 'count' else draw[v.name](v.shape))
+    layer.set_weights([value.astype(np.float32) for value in values])
+    if isinstance(layer, keras.layers.Normalization):
+      # It computes with constants taken from its variables when (re)loaded, and a jitted Keras function
+      # captures those constants at its first trace: refresh them before any.
+      layer.finalize_state()
   return model
 
 
 def calibrate_keras_bn(model, x, seed=0):
   """Sets every BatchNormalization's moving statistics to those of its input on `x` (one jitted
   training-mode pass with momentum 0 and dropout off), then perturbs them: activations stay O(1) through
-  deep stacks, and inference BN is neither the identity nor plain batch normalisation."""
-  import jax
+  deep stacks with squeeze-excite gates (MobileNetV3, EfficientNet), and inference BN is neither the
+  identity nor plain batch normalisation."""
   import keras
-  changed = [(layer, 'momentum', 0.0) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-  changed += [(layer, 'rate', 0.0) for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
-  saved = [(layer, attr, getattr(layer, attr)) for layer, attr, _ in changed]
+  changed = [(layer, 'momentum') for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+  changed += [(layer, 'rate') for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+  saved = [(layer, attr, getattr(layer, attr)) for layer, attr in changed]
   try:
-    for layer, attr, value in changed:
-      setattr(layer, attr, value)
+    for layer, attr in changed:
+      setattr(layer, attr, 0.0)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     _, updated = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True))(trainable, non_trainable, x)
@@ -161,57 +181,58 @@ def calibrate_keras_bn(model, x, seed=0):
   return model
 
 
-def keras_probe(model, features: dict):
-  """A Keras model computing `model`'s output and the named feature tensors, in one jitted program."""
+def keras_reference(model, nhwc, feature_layers: dict):
+  """(logits, {feature name: array}) from a Keras model (features: outputs of the named layers, or Keras
+  tensors of the model where the layer is unnamed), after scaling its last weighted layer (the classifier)
+  so that these logits have unit standard deviation: an absolute tolerance then means something. One
+  jitted program (`predict`) computes everything."""
   import keras
-  names = list(features)
-  return keras.Model(model.inputs, [model.output] + [features[n] for n in names]), names
+  names = list(feature_layers)
+  tensors = [model.get_layer(v).output if isinstance(v, str) else v for v in feature_layers.values()]
+  probe = keras.Model(model.inputs, tensors + [model.output])
+  dense = [layer for layer in model.layers if layer.weights][-1]
+  scale = float(np.std(probe.predict(nhwc, verbose=0, batch_size=len(nhwc))[-1]))
+  dense.set_weights([w / scale for w in dense.get_weights()])
+  outputs = [np.asarray(o) for o in probe.predict(nhwc, verbose=0, batch_size=len(nhwc))]
+  return outputs[-1], dict(zip(names, outputs[:-1]))
 
 
-def keras_predict(probe, x) -> tuple:
-  """(output, {feature name: array}) from `keras_probe`'s pair."""
-  model, names = probe
-  outputs = [np.asarray(o) for o in model.predict(x, verbose=0, batch_size=len(x))]
-  return outputs[0], dict(zip(names, outputs[1:]))
+def legacy_names(model) -> dict:
+  """{weighted layer: its name in a Keras 2 file}: explicit names stay; auto-named layers get Keras 2.0's
+  names (`conv2d_1`, `conv2d_2`, ... 1-based per class in creation order), as the official ImageNet files of
+  models with unnamed layers (InceptionV3) carry them. Keras 3 auto-names count up per session, so the
+  creation order is the order of their numeric suffixes."""
+  weighted = [layer for layer in model.layers if layer.weights]
+  auto = {}
+  for layer in weighted:
+    prefix = re.sub(r'(?<!^)(?=[A-Z][a-z])', '_', type(layer).__name__).lower()
+    match = re.fullmatch(rf'{prefix}(?:_(\d+))?', layer.name)
+    if match:
+      auto.setdefault(prefix, []).append((int(match.group(1) or 0), layer))
+  names = {layer: layer.name for layer in weighted}
+  for prefix, layers in auto.items():
+    for rank, (_, layer) in enumerate(sorted(layers, key=lambda item: item[0]), start=1):
+      names[layer] = f'{prefix}_{rank}'
+  return names
 
 
-def scale_keras_logits(model, probe, x, layer_name):
-  """Scales the classifier `layer_name` so the logits on `x` have unit standard deviation: an absolute
-  tolerance then means something."""
-  logits, _ = keras_predict(probe, x)
-  layer = model.get_layer(layer_name)
-  layer.set_weights([w / float(np.std(logits)) for w in layer.get_weights()])
-
-
-def keras_following(model, name):
-  """The output of the layer after `name` in `model.layers` (an unnamed activation in a chain)."""
-  index = [layer.name for layer in model.layers].index(name)
-  return model.layers[index + 1].output
-
-
-def write_legacy_h5(model, path, names=lambda name: name):
-  """Writes `model`'s weights in the legacy (Keras 2 `save_weights`) HDF5 layout, as the official ImageNet
-  files are: root attributes layer_names/backend/keras_version, one group per layer (by `names(layer.name)`)
-  with a weight_names attribute and one dataset per weight ('<layer>/<weight>:0'); layer names holding '/'
-  become nested groups, as h5py makes them."""
+def write_legacy_h5(model, path, rename=None):
+  """`model`'s weights in the layout of Keras 2's save_weights, which the official ImageNet files have: root
+  attrs layer_names/backend/keras_version, a group per layer whose weight_names are '<layer>/<var>:0', each
+  array at <layer>/<layer>/<var>:0. Written with h5py from the same arrays Keras saved. `rename` maps the
+  weighted layers' names further where tf.keras 2 named them otherwise (MobileNetV3's 'Conv/BatchNorm':
+  Keras 3 forbids '/'; h5py makes such names nested groups, as tf.keras did)."""
   import h5py
-  import keras
+  names = legacy_names(model)
+  if rename:
+    names = {layer: rename(name) for layer, name in names.items()}
   with h5py.File(path, 'w') as f:
-    layer_names = []
+    f.attrs['layer_names'] = [names.get(layer, layer.name).encode() for layer in model.layers]
+    f.attrs['backend'], f.attrs['keras_version'] = b'tensorflow', b'2.2.4'
     for layer in model.layers:
-      name = names(layer.name)
-      layer_names.append(name.encode())
-      group = f.require_group(name)
-      weight_names = [f'{name}/{_legacy_weight_name(layer, v)}:0' for v in layer.weights]
-      group.attrs['weight_names'] = np.asarray([n.encode() for n in weight_names], dtype='S')
-      for weight_name, variable in zip(weight_names, layer.weights):
-        group.create_dataset(weight_name, data=np.asarray(variable.numpy()))
-    f.attrs['layer_names'] = np.asarray(layer_names, dtype='S')
-    f.attrs['backend'] = keras.backend.backend().encode()
-    f.attrs['keras_version'] = b'2.15.0'
+      group = f.require_group(names.get(layer, layer.name))
+      weight_names = [f'{names[layer]}/{v.name}:0' for v in layer.weights]
+      group.attrs['weight_names'] = [n.encode() for n in weight_names]
+      for name, variable in zip(weight_names, layer.weights):
+        group.create_dataset(name, data=np.asarray(variable))
   return path
-
-
-def _legacy_weight_name(layer, variable):
-  import keras
-  return 'depthwise_kernel' if isinstance(layer, keras.layers.DepthwiseConv2D) else variable.name

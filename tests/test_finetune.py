@@ -68,3 +68,14 @@ def test_footprint_transfer_without_internet_names_the_flag(tmp_path, monkeypatc
   result = launch('--config=configs/footprint.py:resnet18,quick', f'--workdir={tmp_path}',
                   '--config.model.pretrained=/no/such/file.pth', check=False)
   assert result.returncode == 2 and '/no/such/file.pth: weights file not found' in result.stderr
+
+
+def test_head_only_trains_just_the_last_layer_of_a_source_classifier():
+  config = load_config('configs/footprint.py:resnet18', **{'model.name': 'alexnet'})
+  labels = optim.param_groups(config.model)
+  params = {'features_0': {'kernel': 0}, 'classifier_1': {'kernel': 0}, 'classifier_4': {'bias': 0},
+            'classifier_6': {'kernel': 0}}
+  assert labels(params) == {'features_0': {'kernel': 'frozen'}, 'classifier_1': {'kernel': 'frozen'},
+                            'classifier_4': {'bias': 'frozen'}, 'classifier_6': {'kernel': 'head'}}
+  config.model.freeze_till = 5  # the five conv stages; the classifier's hidden layers train
+  assert optim.param_groups(config.model)(params)['classifier_1'] == {'kernel': 'backbone'}

@@ -9,19 +9,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, launch, save_image
+from tests.conftest import QUICK, REPO, launch, save_image
 
-QUICK = '--config=configs/footprint.py:exp4,quick'
-
-
-@pytest.fixture(scope='module')
-def trained_quick(tmp_path_factory):
-  """One quick footprint run shared by the tests that only read its outputs."""
-  workdir = tmp_path_factory.mktemp('fp-quick')
-  cache = tmp_path_factory.mktemp('fp-cache')
-  env = {'FPCLASS_CACHE': str(cache)}
-  result = launch(QUICK, f'--workdir={workdir}', env=env)
-  return workdir, env, result
 
 
 def test_train_writes_every_artefact(trained_quick):
@@ -84,8 +73,9 @@ def test_bad_flags_name_the_flag(tmp_path, flag, message):
 def test_kill_then_relaunch_resumes(tmp_path):
   """SIGKILL a run after its first checkpoint; the relaunch continues and finishes all epochs."""
   workdir = tmp_path / 'run'
+  # Explanations are not what this test is about; they would only add time to each launch.
   args = [sys.executable, str(REPO / 'launch.py'), QUICK, f'--workdir={workdir}', '--config.train.epochs=15',
-          '--config.train.early_stopping_patience=0']
+          '--config.train.early_stopping_patience=0', '--config.explain.after_training=False']
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
   deadline = time.time() + 300
@@ -99,7 +89,7 @@ def test_kill_then_relaunch_resumes(tmp_path):
   done_before = len(pd.read_csv(workdir / 'metrics.csv'))
   assert done_before < 15
   result = launch(QUICK, f'--workdir={workdir}', '--config.train.epochs=15',
-                  '--config.train.early_stopping_patience=0')
+                  '--config.train.early_stopping_patience=0', '--config.explain.after_training=False')
   assert 'resuming' in result.stderr
   history = pd.read_csv(workdir / 'metrics.csv')
   assert history['epoch'].tolist() == list(range(1, 16))

@@ -8,6 +8,7 @@ small non-224 size whose feature maps are odd in places and even in others (both
 """
 import functools
 import re
+import time
 import types
 
 import jax
@@ -18,16 +19,18 @@ from flax import traverse_util
 
 from fpclass import models
 from fpclass.errors import UserInputError
-from fpclass.models import keras_efficientnet, keras_layers, keras_mobilenet_v3, weights
+from fpclass.models import keras_efficientnet, keras_graph, keras_mobilenet_v3, weights
 from tests import parity
 
 keras = pytest.importorskip('keras', reason='parity needs keras (the test extra installs it)')
+# Keras 3.15's variables define __array__ without numpy 2's `copy` keyword (see test_pretrained_keras.py).
+pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
 
-# name -> (keras.applications function, (height, width), classifier layer). Batch 2 of raw 0..255 pixels.
+# name -> (keras.applications function, (height, width)). Batch 2 of raw 0..255 pixels.
 CASES = {
-    'keras_mobilenetv3large': ('MobileNetV3Large', (72, 88), 'logits'),
-    'keras_efficientnetb0': ('EfficientNetB0', (66, 49), 'predictions'),
-    'keras_efficientnetb2': ('EfficientNetB2', (80, 66), 'predictions'),
+    'keras_mobilenetv3large': ('MobileNetV3Large', (72, 88)),
+    'keras_efficientnetb0': ('EfficientNetB0', (66, 49)),
+    'keras_efficientnetb2': ('EfficientNetB2', (80, 66)),
 }
 LOGIT_TOL, FEATURE_TOL = 1e-4, 1e-3
 
@@ -39,7 +42,8 @@ def keras_stage_outputs(model, name) -> dict:
     for block in range(len(keras_mobilenet_v3.LARGE_BLOCKS)):
       following = f'expanded_conv_{block + 1}_expand' if block + 1 < len(keras_mobilenet_v3.LARGE_BLOCKS) else 'conv_1'
       outputs[keras_mobilenet_v3.block_name(block)] = model.get_layer(following).input
-    outputs['conv_1'] = parity.keras_following(model, 'conv_1_bn')
+    layer_names = [layer.name for layer in model.layers]  # conv_1's activation is unnamed: the layer after its BN
+    outputs['conv_1'] = model.layers[layer_names.index('conv_1_bn') + 1].output
     return outputs
   outputs = {'stem': model.get_layer('stem_activation').output}
   for group in range(1, 8):
@@ -49,18 +53,16 @@ def keras_stage_outputs(model, name) -> dict:
 
 
 def make_reference(name, folder, seed=0):
-  keras_name, (height, width), classifier = CASES[name]
-  model = parity.build_keras_application(keras_name, (height, width, 3), classifier_activation=None)
+  keras_name, (height, width) = CASES[name]
+  start = time.perf_counter()
+  model = parity.keras_application(keras_name, (height, width, 3), seed)
   x = np.random.default_rng(seed).uniform(0, 255, (2, height, width, 3)).astype(np.float32)
-  parity.calibrate_keras_bn(parity.randomise_keras_weights(model, seed), x, seed)
-  probe = parity.keras_probe(model, keras_stage_outputs(model, name))
-  parity.scale_keras_logits(model, probe, x, classifier)
+  parity.calibrate_keras_bn(model, x, seed)
+  logits, features = parity.keras_reference(model, x, keras_stage_outputs(model, name))
   path = folder / f'{name}.weights.h5'
-  model.save_weights(path)
-  model.load_weights(path)  # the reference computes what the file holds
-  logits, features = parity.keras_predict(probe, x)
+  model.save_weights(str(path))
   return types.SimpleNamespace(name=name, model=model, x=x, path=path, logits=logits, features=features,
-                               folder=folder, _rgb=None)
+                               folder=folder, _rgb=None, seconds=time.perf_counter() - start)
 
 
 @pytest.fixture(scope='module')
@@ -90,6 +92,7 @@ def count(variables) -> int:
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_logits_and_features_match_keras(name, reference):
   ref = reference(name)
+  start = time.perf_counter()
   model, variables, apply = rgb_model(ref)
   logits, features = apply(variables, ref.x)
   assert set(ref.features) == set(models.get_spec(name).stage_names)
@@ -97,9 +100,10 @@ def test_logits_and_features_match_keras(name, reference):
   worst = max(feature_diffs, key=feature_diffs.get)
   # Keras counts the Normalization layer's `count` too (one scalar fpclass does not keep).
   source_count = ref.model.count_params() - (name != 'keras_mobilenetv3large')
-  print(f'\n| {name} | {count(variables):,} | {ref.model.count_params():,} | '
-        f'{parity.max_abs_diff(logits, ref.logits):.1e} | {feature_diffs[worst]:.1e} ({worst}) | '
-        f'{ref.x.shape[1]}x{ref.x.shape[2]} |')
+  print(f'\n| {name} | keras.applications.{CASES[name][0]} | {count(variables):,} / '
+        f'{ref.model.count_params():,} | {parity.max_abs_diff(logits, ref.logits):.1e} | '
+        f'{feature_diffs[worst]:.1e} ({worst}) | {ref.x.shape[1]}x{ref.x.shape[2]} | '
+        f'{ref.seconds + time.perf_counter() - start:.1f} s |')
   assert parity.max_abs_diff(logits, ref.logits) <= LOGIT_TOL
   assert np.array_equal(np.argmax(logits, -1), np.argmax(ref.logits, -1))
   for stage, diff in feature_diffs.items():
@@ -210,13 +214,12 @@ def test_mobilenetv3_official_layout_files_load_as_keras_loads_them(reference, m
   into exactly the reference's weights, fpclass into exactly what it reads from the .weights.h5 file."""
   ref = reference('keras_mobilenetv3large')
   spec, shape = models.get_spec(ref.name), ref.x.shape[1:]
-  top_file = parity.write_legacy_h5(ref.model, ref.folder / spec.weights['imagenet'].filename, tf_keras2_name)
-  notop = copy_weights(ref.model, parity.build_keras_application('MobileNetV3Large', shape, include_top=False))
-  notop_file = parity.write_legacy_h5(notop, ref.folder / spec.weights['imagenet_notop'].filename, tf_keras2_name)
+  top_file = parity.write_legacy_h5(ref.model, ref.folder / spec.weights['imagenet'].filename, rename=tf_keras2_name)
+  notop = copy_weights(ref.model, parity.keras_application('MobileNetV3Large', shape, include_top=False))
+  notop_file = parity.write_legacy_h5(notop, ref.folder / spec.weights['imagenet_notop'].filename, rename=tf_keras2_name)
   serve_as_download(monkeypatch, spec, {top_file.name: top_file, notop_file.name: notop_file})
   for include_top, expected in ((True, ref.model), (False, notop)):
-    loaded = parity.build_keras_application('MobileNetV3Large', shape, include_top=include_top,
-                                            weights='imagenet', classifier_activation=None)
+    loaded = parity.keras_application('MobileNetV3Large', shape, include_top=include_top, weights='imagenet')
     assert len(loaded.get_weights()) == len(expected.get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), expected.get_weights()))
 
@@ -236,14 +239,14 @@ def test_efficientnet_official_imagenet_statistics_compute_what_keras_imagenet_m
   model rescales after the layer: fpclass, loading such a file, computes what that Keras model does."""
   ref = reference('keras_efficientnetb0')
   spec, shape = models.get_spec(ref.name), ref.x.shape[1:]
-  notop = copy_weights(ref.model, parity.build_keras_application('EfficientNetB0', shape, include_top=False))
+  notop = copy_weights(ref.model, parity.keras_application('EfficientNetB0', shape, include_top=False))
   norm = next(layer for layer in notop.layers if isinstance(layer, keras.layers.Normalization))
   norm.set_weights([np.asarray((0.485, 0.456, 0.406), np.float32),
                     np.asarray(keras_efficientnet.IMAGENET_STD, np.float32), norm.get_weights()[2]])
   notop_file = parity.write_legacy_h5(notop, ref.folder / spec.weights['imagenet_notop'].filename,
-                                      fresh_session_name)
+                                      rename=fresh_session_name)
   serve_as_download(monkeypatch, spec, {notop_file.name: notop_file})
-  imagenet = parity.build_keras_application('EfficientNetB0', shape, include_top=False, weights='imagenet')
+  imagenet = parity.keras_application('EfficientNetB0', shape, include_top=False, weights='imagenet')
   assert any(isinstance(layer, keras.layers.Rescaling) and np.ndim(layer.scale) for layer in imagenet.layers)
   expected = keras.Model(imagenet.inputs, imagenet.get_layer('stem_activation').output).predict(ref.x, verbose=0)
 
@@ -283,7 +286,7 @@ def test_keras_reader_on_a_file_keras_wrote(reference):
   ref = reference('keras_efficientnetb0')
   layers = keras_efficientnet.keras_layers(1.0)
   found = weights.read_keras_weights(ref.path, layers)
-  mapped = weights.keras_mapped(found, {layer.flax: keras_layers.KINDS[layer.cls] for layer in layers})
+  mapped = weights.keras_mapped(found, {layer.flax: keras_graph.KINDS[layer.cls] for layer in layers})
   depthwise = ref.model.get_layer('block2a_dwconv').get_weights()[0]
   assert depthwise.shape == (3, 3, 96, 1)
   assert np.array_equal(mapped[('params', 'block2a', 'dwconv', 'kernel')], depthwise.reshape(3, 3, 1, 96))

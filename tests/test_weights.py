@@ -63,6 +63,13 @@ def test_assign_is_strict():
   assert kept['params']['b']['bias'].sum() == 0
 
 
+def test_assign_keeps_an_empty_collection():
+  """AlexNet and VGG have no BatchNorm: their empty batch_stats must survive loading (the train state reads it)."""
+  variables = {'params': {'a': {'kernel': np.zeros((2, 3))}}, 'batch_stats': {}}
+  out = weights.assign(variables, {('params', 'a', 'kernel'): np.ones((2, 3))}, source='f')
+  assert out['batch_stats'] == {} and out['params']['a']['kernel'].sum() == 6
+
+
 def test_fold_rgb_stem_matches_the_rgb_convolution():
   from fpclass import preprocessing
   rng = np.random.default_rng(0)

@@ -15,9 +15,12 @@ from fpclass import fileio
 from fpclass.data import splits
 from fpclass.data.decode import DecodeSettings, decode_files, fit_array
 from fpclass.data.digits import load_digits_source
+from fpclass.data.file_list import apply_file_list
 from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
+from fpclass.data.label_map import apply_label_map
 from fpclass.data.source import Problem, Source, Split
+from fpclass.data.tfds_source import load_tfds
 from fpclass.errors import UserInputError
 
 
@@ -41,6 +44,7 @@ def _kaggle_or_synthetic(data_cfg) -> Source:
 SOURCES = {
     'kaggle_csv': _kaggle_or_synthetic,
     'image_folder': load_image_folder,
+    'tfds': load_tfds,
     'digits': load_digits_source,
 }
 
@@ -93,11 +97,23 @@ def cache_root(data_cfg) -> pathlib.Path:
   return pathlib.Path(data_cfg.cache_dir or os.environ.get('FPCLASS_CACHE') or '~/.cache/fpclass').expanduser()
 
 
-def list_source(config) -> Source:
+def list_raw_source(config) -> Source:
+  """The source as it is on disk: every file, its own classes."""
   name = config.data.source
   if name not in SOURCES:
     raise UserInputError(f'config.data.source={name!r}: unknown source; choose one of {sorted(SOURCES)}')
   return SOURCES[name](config.data)
+
+
+def list_source(config) -> Source:
+  """The source as training sees it: only the files of config.data.file_list, classes grouped by
+  config.data.label_map."""
+  source = list_raw_source(config)
+  if config.data.file_list:
+    source = apply_file_list(source, config.data.file_list)
+  if config.data.label_map:
+    source = apply_label_map(source, config.data.label_map)
+  return source
 
 
 def decode_source(config, progress: bool = True) -> Decoded:

@@ -146,11 +146,27 @@ def fit_array(images: np.ndarray, settings: DecodeSettings) -> np.ndarray:
     return images
   out = np.empty((n, settings.height, settings.width, settings.channels), np.uint8)
   for i in range(n):
-    image = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i], 'L' if c == 1 else 'RGB')
-    image = _resize(to_mode(image, settings.channels, settings.alpha_background), settings)
-    array = np.asarray(image, np.uint8)
-    out[i] = array[:, :, None] if array.ndim == 2 else array
+    out[i] = fit_image(images[i], settings)
   return out
+
+
+_ARRAY_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}
+
+
+def fit_image(image: np.ndarray, settings: DecodeSettings) -> np.ndarray:
+  """One decoded uint8 (H, W) or (H, W, C) array (C = 1, 3 or 4) through the same mode conversion and
+  resize as a file, to (height, width, channels)."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.dtype != np.uint8 or image.shape[2] not in _ARRAY_MODES:
+    raise DecodeError(f'expected a uint8 image with 1, 3 or 4 channels, got {image.dtype} {image.shape}')
+  if image.shape == (settings.height, settings.width, settings.channels):
+    return image
+  c = image.shape[2]
+  pil = Image.fromarray(image[:, :, 0] if c == 1 else image, _ARRAY_MODES[c])
+  array = np.asarray(_resize(to_mode(pil, settings.channels, settings.alpha_background), settings), np.uint8)
+  return array[:, :, None] if array.ndim == 2 else array
 
 
 def cache_key(paths, settings: DecodeSettings) -> str:
@@ -177,13 +193,9 @@ def decode_files(paths, settings: DecodeSettings, *, split: str, cache_dir=None,
   cache_file = None
   if cache_dir:
     cache_file = pathlib.Path(cache_dir) / 'decoded' / f'{split}-{cache_key(paths, settings)}.npz'
-    if cache_file.exists():
-      try:
-        with np.load(cache_file, allow_pickle=False) as cached:
-          images, ok, reasons = cached['images'], cached['ok'], list(cached['reasons'])
-        return images, ok, _problems(paths, ok, reasons, split)
-      except (OSError, ValueError, KeyError):
-        pass  # unreadable cache: decode again and overwrite it
+    cached = read_cache(cache_file)
+    if cached is not None:
+      return cached['images'], cached['ok'], _problems(paths, cached['ok'], cached['reasons'], split)
 
   images = np.zeros((len(paths), settings.height, settings.width, settings.channels), np.uint8)
   ok = np.zeros(len(paths), bool)
@@ -203,10 +215,25 @@ def decode_files(paths, settings: DecodeSettings, *, split: str, cache_dir=None,
                   leave=False):
       pass
   if cache_file is not None:
-    with fileio.atomic_path(cache_file) as tmp:
-      with open(tmp, 'wb') as f:
-        np.savez(f, images=images, ok=ok, reasons=np.array(reasons, dtype=str))
+    write_cache(cache_file, images=images, ok=ok, reasons=np.array(reasons, dtype=str))
   return images, ok, _problems(paths, ok, reasons, split)
+
+
+def read_cache(cache_file: pathlib.Path, keys=('images', 'ok', 'reasons')) -> dict | None:
+  """The arrays `keys` of a decode cache file, or None when it is absent or unreadable."""
+  if not cache_file.exists():
+    return None
+  try:
+    with np.load(cache_file, allow_pickle=False) as cached:
+      return {k: cached[k] for k in keys}
+  except (OSError, ValueError, KeyError):
+    return None  # unreadable cache: decode again and overwrite it
+
+
+def write_cache(cache_file: pathlib.Path, **arrays) -> None:
+  with fileio.atomic_path(cache_file) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
 
 
 def _problems(paths, ok, reasons, split):

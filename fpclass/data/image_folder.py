@@ -20,6 +20,8 @@ TEST_DIR = 'test'
 
 
 def load_image_folder(data_cfg, root: pathlib.Path | None = None) -> Source:
+  if not (root or data_cfg.root):
+    raise UserInputError('config.data.root is empty: set it to your ImageFolder (one subfolder per class)')
   root = pathlib.Path(root or data_cfg.root).expanduser()
   if not root.is_dir():
     raise UserInputError(f'config.data.root={str(root)!r} is not a folder')

@@ -4,6 +4,16 @@ Each model is a Flax linen module whose `__call__(x, train=False)` takes a norma
 (N, H, W, C) and returns `(logits, features)`, `features` being a dict of named stages that Grad-CAM and
 feature-map plots read. Config fields under `config.model` (besides `name` and `head`) are the module's
 own dataclass fields, so a mistyped field is an error that lists the valid ones.
+
+Two conventions let `fpclass.cam` explain any registered model without knowing its structure:
+- Named feature maps go through `feature(self, features, name, x)`, which makes each one differentiable
+  (the 'perturbations' collection) and readable (the 'intermediates' collection) under the same entry
+  name, 'feature_<name>', at the module's path; nested modules (a backbone inside a transfer wrapper) are
+  found by that last path component.
+- Every ReLU after which gradients flow is a call of the module field `relu` (default `nn.relu`), and a
+  module holding submodules passes its `relu` on to them. Guided backpropagation clones the model with
+  `relu=fpclass.cam.guided_relu`; a model without the field cannot be explained that way and says so.
+  `relu` is code, not configuration, so it is not a `config.model` field.
 """
 import dataclasses
 import importlib
@@ -48,6 +58,9 @@ class ModelSpec:
 
 REGISTRY: dict[str, ModelSpec] = {}
 PERTURBATION_PREFIX = 'feature_'
+INTERMEDIATES = 'intermediates'
+RELU_FIELD = 'relu'
+NOT_CONFIG_FIELDS = ('parent', 'name', 'num_outputs', RELU_FIELD)
 
 
 def feature(module: nn.Module, features: dict, name: str, x):
@@ -55,10 +68,13 @@ def feature(module: nn.Module, features: dict, name: str, x):
 
   The map passes through `module.perturb('feature_<name>', x)`: a no-op unless a 'perturbations'
   collection is given to `apply`, in which case `jax.grad` with respect to that entry is the gradient
-  at this feature map (what Grad-CAM needs) without splitting the model. Every registered model records
-  its named stages this way.
+  at this feature map (what Grad-CAM needs) without splitting the model. It is also sown into the
+  'intermediates' collection under the same name, so `apply(..., mutable='intermediates')` returns it
+  at its module path however deeply the module is nested. Both are no-ops in training. Every registered
+  model records its named stages this way.
   """
   x = module.perturb(PERTURBATION_PREFIX + name, x)
+  module.sow(INTERMEDIATES, PERTURBATION_PREFIX + name, x, init_fn=lambda: None, reduce_fn=lambda _, new: new)
   features[name] = x
   return x
 
@@ -93,11 +109,11 @@ def create_model(model_cfg, num_classes: int) -> nn.Module:
   """Builds the configured module, checking each config field against the module's own fields."""
   spec = get_spec(model_cfg.name)
   kwargs = {k: v for k, v in model_cfg.items() if k not in LOADING_KEYS}
-  module_fields = {f.name for f in dataclasses.fields(_module_class(spec.module))} - {'parent', 'name'}
+  module_fields = {f.name for f in dataclasses.fields(_module_class(spec.module))} - set(NOT_CONFIG_FIELDS)
   unknown = sorted(set(kwargs) - module_fields)
   if unknown:
     raise UserInputError(f'config.model.{unknown[0]} is not a field of model {spec.name!r}; its fields are '
-                         f'{sorted(module_fields - {"num_outputs"})}')
+                         f'{sorted(module_fields)}')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return spec.module(num_outputs=num_outputs(model_cfg, num_classes), **kwargs)
 

@@ -7,9 +7,10 @@
 - `small_cnn` (seed 003): 3 valid-padded convs (16/32/64) with pooling, dense 512, Keras init.
 
 The seed documents give layer kinds but not every width; the defaults here are stated in README.md.
-Named feature maps are recorded with `fpclass.models.feature`, which makes each one differentiable.
+Named feature maps are recorded with `fpclass.models.feature`, which makes each one differentiable, and
+every ReLU is the field `relu`, which guided backpropagation swaps (see `fpclass.models`).
 """
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ class FootprintCNN(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   dtype: Any = jnp.float32
+  relu: Callable = nn.relu
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -44,12 +46,12 @@ class FootprintCNN(nn.Module):
                   name=f'conv{i}')(x)
       if self.batch_norm:
         x = _batch_norm(train, f'bn{i}', self.dtype)(x)
-      x = feature(self, features, f'conv{i}', nn.relu(x))
+      x = feature(self, features, f'conv{i}', self.relu(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     features['pool'] = x
     x = x.reshape(x.shape[0], -1)
     for j, size in enumerate(self.fc_sizes, start=1):
-      x = nn.relu(nn.Dense(size, kernel_init=kaiming_normal, dtype=self.dtype, name=f'fc{j}')(x))
+      x = self.relu(nn.Dense(size, kernel_init=kaiming_normal, dtype=self.dtype, name=f'fc{j}')(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     features['pre_logits'] = x
     logits = nn.Dense(self.num_outputs, kernel_init=kaiming_normal, dtype=self.dtype, name='head')(x)
@@ -63,14 +65,15 @@ class CifarCNN(nn.Module):
   dropout: float = 0.3
   dense_dropout: float = 0.3
   dtype: Any = jnp.float32
+  relu: Callable = nn.relu
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     features = {}
     for b, channels in enumerate(self.block_channels, start=1):
       for c in (1, 2):
-        x = nn.relu(nn.Conv(channels, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
-                            name=f'block{b}_conv{c}')(x))
+        x = self.relu(nn.Conv(channels, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
+                              name=f'block{b}_conv{c}')(x))
       # Keras BatchNormalization: momentum 0.99, epsilon 1e-3.
       x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype,
                        name=f'block{b}_bn')(x)
@@ -79,7 +82,7 @@ class CifarCNN(nn.Module):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = jnp.mean(x, axis=(1, 2))
     for d, size in enumerate(self.dense_sizes, start=1):
-      x = nn.relu(nn.Dense(size, kernel_init=glorot_uniform, dtype=self.dtype, name=f'dense{d}')(x))
+      x = self.relu(nn.Dense(size, kernel_init=glorot_uniform, dtype=self.dtype, name=f'dense{d}')(x))
       x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)
     features['pre_logits'] = x
     logits = nn.Dense(self.num_outputs, kernel_init=glorot_uniform, dtype=self.dtype, name='head')(x)
@@ -92,18 +95,19 @@ class SmallCNN(nn.Module):
   dense_size: int = 512
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  relu: Callable = nn.relu
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     features = {}
     for i, channels in enumerate(self.conv_channels, start=1):
-      x = nn.relu(nn.Conv(channels, (3, 3), padding='VALID', kernel_init=glorot_uniform, dtype=self.dtype,
-                          name=f'conv{i}')(x))
+      x = self.relu(nn.Conv(channels, (3, 3), padding='VALID', kernel_init=glorot_uniform, dtype=self.dtype,
+                            name=f'conv{i}')(x))
       x = feature(self, features, f'conv{i}', x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(self.dense_size, kernel_init=glorot_uniform, dtype=self.dtype, name='dense')(x))
+    x = self.relu(nn.Dense(self.dense_size, kernel_init=glorot_uniform, dtype=self.dtype, name='dense')(x))
     features['pre_logits'] = x
     logits = nn.Dense(self.num_outputs, kernel_init=glorot_uniform, dtype=self.dtype, name='head')(x)
     return logits.astype(jnp.float32), features

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, register, transfer
-from fpclass.models.keras_layers import Normalization, batch_norm, converter, correct_pad, swish
-from fpclass.models.weights import KerasLayer, WeightsFile
+from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.keras_layers import Normalization, batch_norm, correct_pad, swish
+from fpclass.models.weights import WeightsFile
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, stride) per group: efficientnet.DEFAULT_BLOCKS_ARGS.
 # Every block has se_ratio 0.25 and id_skip True.
@@ -148,21 +148,29 @@ class EfficientNet(nn.Module):
 
 
 def keras_layers(depth: float) -> list:
-  """Every weighted layer in Keras' order: (name, class, Flax module path). tf.keras 2 and Keras 3 give
-  them the same names; the Normalization layer is unnamed, so it carries Keras' auto-name."""
-  def layer(cls, name, block=''):
-    return KerasLayer(f'{block}_{name}' if block else name, cls, f'{block}/{name}' if block else name)
+  """Every weighted layer in Keras' `model.layers` order (keras_graph): (name, class, Flax module path).
+  tf.keras 2 and Keras 3 give them the same names; the Normalization layer is unnamed, and a fresh tf.keras
+  session calls it 'normalization'. Chains of weightless layers stand as one op each."""
+  g = keras_graph.KerasGraph()
 
-  layers = [layer('Normalization', 'normalization'), layer('Conv2D', 'stem_conv'),
-            layer('BatchNormalization', 'stem_bn')]
-  for (_, _, _, _, expand, _), group in zip(BLOCKS, block_names(depth)):
-    for block in group:
+  def layer(x, cls, name, block=''):
+    return g.layer(x, cls, f'{block}/{name}' if block else name, name=f'{block}_{name}' if block else name)
+
+  x = layer(g.op(g.op()), 'Normalization', 'normalization')   # input, Rescaling
+  x = g.op(layer(layer(g.op(x), 'Conv2D', 'stem_conv'), 'BatchNormalization', 'stem_bn'))   # pad; swish
+  for (_, _, filters_in, filters_out, expand, stride), group in zip(BLOCKS, block_names(depth)):
+    for j, block in enumerate(group):
+      inputs = x
       if expand != 1:
-        layers += [layer('Conv2D', 'expand_conv', block), layer('BatchNormalization', 'expand_bn', block)]
-      layers += [layer('DepthwiseConv2D', 'dwconv', block), layer('BatchNormalization', 'bn', block),
-                 layer('Conv2D', 'se_reduce', block), layer('Conv2D', 'se_expand', block),
-                 layer('Conv2D', 'project_conv', block), layer('BatchNormalization', 'project_bn', block)]
-  return layers + [layer('Conv2D', 'top_conv'), layer('BatchNormalization', 'top_bn'), layer('Dense', 'predictions')]
+        x = g.op(layer(layer(x, 'Conv2D', 'expand_conv', block), 'BatchNormalization', 'expand_bn', block))
+      x = g.op(layer(layer(x, 'DepthwiseConv2D', 'dwconv', block), 'BatchNormalization', 'bn', block))
+      se = layer(layer(g.op(x), 'Conv2D', 'se_reduce', block), 'Conv2D', 'se_expand', block)  # squeeze, reshape
+      x = layer(layer(g.op(x, se), 'Conv2D', 'project_conv', block), 'BatchNormalization', 'project_bn', block)
+      if j > 0 or (stride == 1 and filters_in == filters_out):
+        x = g.op(g.op(x), inputs)   # drop-connect, add
+  x = g.op(layer(layer(x, 'Conv2D', 'top_conv'), 'BatchNormalization', 'top_bn'))
+  layer(g.op(g.op(x)), 'Dense', 'predictions')   # pool, dropout
+  return g.weighted_layers()
 
 
 def undo_imagenet_variance(mapped: dict) -> dict:
@@ -188,7 +196,7 @@ def _spec(name, keras_name, width, depth, dropout_rate, hashes):
               ('top_conv', r'^top_(conv|bn)/')),
       weights={'imagenet': WeightsFile(f'{BASE_URL}{keras_name.lower()}.h5', f'md5:{hashes[0]}'),
                'imagenet_notop': WeightsFile(f'{BASE_URL}{keras_name.lower()}_notop.h5', f'md5:{hashes[1]}')},
-      convert=converter(keras_layers(depth), optional=('predictions',), adjust=undo_imagenet_variance),
+      convert=keras_graph.converter(keras_layers(depth), optional=('predictions',), adjust=undo_imagenet_variance),
       source_head=r'^params/predictions/', source_top=r'^params/predictions/',
       stem='stem_conv|batch_stats/stem_bn/mean', stem_norm='normalization')
 

@@ -12,11 +12,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fpclass.models import weights as weights_lib
-
-KINDS = {'Conv2D': 'conv', 'DepthwiseConv2D': 'depthwise', 'Dense': 'dense', 'BatchNormalization': 'bn',
-         'Normalization': 'normalization'}
-
 
 def correct_pad(spatial_shape, kernel_size: int):
   """keras.applications.imagenet_utils.correct_pad: ((top, bottom), (left, right)) zero padding."""
@@ -58,19 +53,3 @@ class Normalization(nn.Module):
     mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((channels,), jnp.float32)).value
     variance = self.variable('batch_stats', 'variance', lambda: jnp.ones((channels,), jnp.float32)).value
     return ((x - mean) / jnp.maximum(jnp.sqrt(variance), 1e-7)).astype(self.dtype)
-
-
-def converter(layers, optional=(), adjust=None):
-  """A `ModelSpec.convert` for Keras files: path -> ({(collection, *flax path): array}, []).
-
-  `layers` are `weights.KerasLayer`s in the Keras model's layer order; `optional` names the Flax modules a
-  file may lack (the source classifier, absent from include_top=False files); `adjust(mapped)` is a
-  family's own last step (EfficientNet's ImageNet normalisation fix).
-  """
-  layers = tuple(layers)
-  kinds = {layer.flax: KINDS[layer.cls] for layer in layers}
-
-  def convert(path):
-    mapped = weights_lib.keras_mapped(weights_lib.read_keras_weights(path, layers, optional=optional), kinds)
-    return (adjust(mapped) if adjust else mapped), []
-  return convert

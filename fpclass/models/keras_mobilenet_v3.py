@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, register, transfer
-from fpclass.models.keras_layers import batch_norm, converter, correct_pad, hard_sigmoid, hard_swish
-from fpclass.models.weights import KerasLayer, WeightsFile
+from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.keras_layers import batch_norm, correct_pad, hard_sigmoid, hard_swish
+from fpclass.models.weights import WeightsFile
 
 # (expansion, output filters, kernel, stride, squeeze-excite, activation): MobileNetV3Large's stack_fn.
 LARGE_BLOCKS = (
@@ -127,22 +127,36 @@ class MobileNetV3Large(nn.Module):
 
 
 def keras_layers() -> list:
-  """Every weighted layer in Keras' order: (tf.keras 2 name, class, Flax module path)."""
-  def conv_bn(legacy, flax, cls='Conv2D'):
-    return [KerasLayer(legacy, cls, flax), KerasLayer(f'{legacy}/BatchNorm', 'BatchNormalization', f'{flax}_bn')]
+  """Every weighted layer in Keras' `model.layers` order (keras_graph): (tf.keras 2 name, class, Flax path).
 
-  layers = conv_bn('Conv', 'conv')
-  for block_id, (*_, se, _) in enumerate(LARGE_BLOCKS):
-    prefix = block_name(block_id)
+  The graph below has every branch and merge of Keras' (squeeze-excite multiply, residual add), which is
+  what decides the order; chains of weightless layers stand as one op each."""
+  g = keras_graph.KerasGraph()
+
+  def conv_bn(x, legacy, flax, cls='Conv2D'):
+    x = g.layer(x, cls, flax, name=legacy)
+    return g.op(g.layer(x, 'BatchNormalization', f'{flax}_bn', name=f'{legacy}/BatchNorm'))  # + activation
+
+  x = conv_bn(g.op(g.op()), 'Conv', 'conv')   # input, Rescaling
+  in_filters = STEM_CHANNELS
+  for block_id, (_, filters, _, stride, se, _) in enumerate(LARGE_BLOCKS):
+    prefix, shortcut = block_name(block_id), x
     if block_id:
-      layers += conv_bn(f'{prefix}/expand', f'{prefix}/expand')
-    layers += conv_bn(f'{prefix}/depthwise', f'{prefix}/depthwise', 'DepthwiseConv2D')
+      x = conv_bn(x, f'{prefix}/expand', f'{prefix}/expand')
+    x = conv_bn(x, f'{prefix}/depthwise', f'{prefix}/depthwise', 'DepthwiseConv2D')
     if se:
-      layers += [KerasLayer(f'{prefix}/squeeze_excite/Conv', 'Conv2D', f'{prefix}/squeeze_excite_conv'),
-                 KerasLayer(f'{prefix}/squeeze_excite/Conv_1', 'Conv2D', f'{prefix}/squeeze_excite_conv_1')]
-    layers += conv_bn(f'{prefix}/project', f'{prefix}/project')
-  return layers + conv_bn('Conv_1', 'conv_1') + [KerasLayer('Conv_2', 'Conv2D', 'conv_2'),
-                                                  KerasLayer('Logits', 'Conv2D', 'logits')]
+      s = g.layer(g.op(x), 'Conv2D', f'{prefix}/squeeze_excite_conv', name=f'{prefix}/squeeze_excite/Conv')
+      s = g.layer(g.op(s), 'Conv2D', f'{prefix}/squeeze_excite_conv_1', name=f'{prefix}/squeeze_excite/Conv_1')
+      x = g.op(x, g.op(s))   # hard sigmoid, multiply
+    x = g.layer(g.layer(x, 'Conv2D', f'{prefix}/project', name=f'{prefix}/project'), 'BatchNormalization',
+                f'{prefix}/project_bn', name=f'{prefix}/project/BatchNorm')
+    if stride == 1 and in_filters == filters:
+      x = g.op(shortcut, x)  # add
+    in_filters = filters
+  x = g.op(conv_bn(x, 'Conv_1', 'conv_1'))   # global average pool
+  x = g.op(g.layer(x, 'Conv2D', 'conv_2', name='Conv_2'))   # hard swish
+  g.op(g.layer(g.op(x), 'Conv2D', 'logits', name='Logits'))   # dropout, flatten
+  return g.weighted_layers()
 
 
 BASE_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/'
@@ -156,5 +170,5 @@ register(ModelSpec(
                                      'md5:59e551e166be033d707958cf9e29a6a7'),
              'imagenet_notop': WeightsFile(BASE_URL + 'weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5',
                                            'md5:07fb09a5933dd0c8eaafa16978110389')},
-    convert=converter(keras_layers(), optional=('conv_2', 'logits')),
+    convert=keras_graph.converter(keras_layers(), optional=('conv_2', 'logits')),
     source_head=r'^params/logits/', source_top=r'^params/(conv_2|logits)/', stem='conv|batch_stats/conv_bn/mean'))

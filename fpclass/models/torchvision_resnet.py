@@ -5,7 +5,7 @@ torch's symmetric padding; BatchNorm uses eps 1e-5 and momentum 0.1 (Flax 0.9); 
 with -inf as torch does. This file is the template for the other pretrained families.
 """
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,42 +25,44 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   frozen: bool = False
+  relu: Callable = nn.relu
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train):
     identity = x
     y = nn.Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    y = nn.relu(_bn('bn1', self.frozen, train)(y))
+    y = self.relu(_bn('bn1', self.frozen, train)(y))
     y = nn.Conv(self.planes, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
     y = _bn('bn2', self.frozen, train)(y)
     if self.stride != 1 or x.shape[-1] != self.planes * self.expansion:
       identity = nn.Conv(self.planes * self.expansion, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
                          name='downsample_conv')(x)
       identity = _bn('downsample_bn', self.frozen, train)(identity)
-    return nn.relu(y + identity)
+    return self.relu(y + identity)
 
 
 class Bottleneck(nn.Module):
   planes: int
   stride: int = 1
   frozen: bool = False
+  relu: Callable = nn.relu
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train):
     identity = x
     y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    y = nn.relu(_bn('bn1', self.frozen, train)(y))
+    y = self.relu(_bn('bn1', self.frozen, train)(y))
     y = nn.Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
-    y = nn.relu(_bn('bn2', self.frozen, train)(y))
+    y = self.relu(_bn('bn2', self.frozen, train)(y))
     y = nn.Conv(self.planes * 4, (1, 1), use_bias=False, kernel_init=conv_init, name='conv3')(y)
     y = _bn('bn3', self.frozen, train)(y)
     if self.stride != 1 or x.shape[-1] != self.planes * 4:
       identity = nn.Conv(self.planes * 4, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
                          name='downsample_conv')(x)
       identity = _bn('downsample_bn', self.frozen, train)(identity)
-    return nn.relu(y + identity)
+    return self.relu(y + identity)
 
 
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
@@ -77,19 +79,20 @@ class ResNet(nn.Module):
   top_dropout: float = 0.0
   freeze_till: int = 0
   dtype: Any = jnp.float32
+  relu: Callable = nn.relu   # swapped by guided backpropagation (see fpclass.models)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
     x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    x = nn.relu(_bn('bn1', transfer.frozen(0, self.freeze_till), train)(x))
+    x = self.relu(_bn('bn1', transfer.frozen(0, self.freeze_till), train)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)
     for i, blocks in enumerate(self.layers[:last], start=1):
       for j in range(blocks):
         x = self.block(64 * 2 ** (i - 1), stride=2 if (j == 0 and i > 1) else 1,
-                       frozen=transfer.frozen(i, self.freeze_till), name=f'layer{i}_{j}')(x, train)
+                       frozen=transfer.frozen(i, self.freeze_till), relu=self.relu, name=f'layer{i}_{j}')(x, train)
       x = feature(self, features, f'layer{i}', x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))

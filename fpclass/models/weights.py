@@ -2,8 +2,9 @@
 
 - torchvision: a `state_dict` saved with `torch.save` (.pth/.pt; torch is needed only to unpickle it)
   or a .safetensors file.
-- Keras: `.weights.h5` (Keras 3, layers keyed by class and creation order: `conv2d_3`) or legacy `.h5`
-  (Keras 2 and the official ImageNet files, keyed by layer name), read with h5py; no TensorFlow.
+- Keras: `.weights.h5` (Keras 3, layers keyed by class and index in `model.layers` order: `conv2d_3`) or
+  legacy `.h5` (Keras 2 and the official ImageNet files, keyed by layer name), read with h5py; no
+  TensorFlow. `model.layers` of a branching functional model is not in creation order: see keras_graph.py.
 
 Each family converts the file into `{(collection, *flax_path): array}` with an explicit table; `assign`
 then requires every model variable to be filled and every file tensor to be used, checks every shape, and
@@ -64,7 +65,8 @@ KERAS_CLASS_KEYS = {  # Keras 3 names each saved layer after its class, snake-ca
 
 @dataclasses.dataclass(frozen=True)
 class KerasLayer:
-  """One weighted Keras layer in the order Keras creates it: its name, class, and the Flax module path."""
+  """One weighted Keras layer: its name, class, and the Flax module path. Tables list them in the order of
+  the Keras model's `layers` (fpclass.models.keras_graph computes it for branching models)."""
   name: str
   cls: str
   flax: str
@@ -74,8 +76,8 @@ def read_keras_weights(path: str | os.PathLike, layers: Iterable[KerasLayer],
                        optional: Iterable[str] = ()) -> dict[str, list[np.ndarray]]:
   """{flax module path: [variables in Keras order]} for `layers`, from either Keras file layout.
 
-  `optional` lists Flax paths a file may lack (the source classifier, absent from include_top=False files).
-  Raises UserInputError listing layers the file lacks and layers the file has that `layers` does not.
+  `optional` lists Flax paths a file may lack (the source classifier, absent from include_top=False
+  files). Raises UserInputError listing layers the file lacks and layers the file has that `layers` does not.
   """
   import h5py
   path = _existing(path)
@@ -85,7 +87,7 @@ def read_keras_weights(path: str | os.PathLike, layers: Iterable[KerasLayer],
       if 'layers' in f and isinstance(f['layers'], h5py.Group) and 'layer_names' not in f.attrs:
         found, extra = _read_keras3(f['layers'], layers)
       else:
-        found, extra = _read_legacy(f['model_weights'] if 'model_weights' in f else f, layers)
+        found, extra = _read_legacy(f['model_weights'] if 'model_weights' in f else f, layers, optional)
   except UserInputError:
     raise
   except (OSError, KeyError, ValueError) as e:
@@ -114,16 +116,21 @@ def _read_keras3(group, layers):
   return found, extra
 
 
-def _read_legacy(group, layers):
-  found = {}
-  for layer in layers:
-    if layer.name in group:
-      g = group[layer.name]
-      names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get('weight_names', [])]
-      found[layer.flax] = [np.asarray(g[n]) for n in names]
-  wanted = {layer.name for layer in layers}
+def _read_legacy(group, layers, optional):
+  def values(g):
+    names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get('weight_names', [])]
+    return [np.asarray(g[n]) for n in names]
   saved = [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get('layer_names', list(group))]
-  extra = sorted(n for n in saved if n not in wanted and len(group[n].attrs.get('weight_names', [])))
+  weighted = [n for n in saved if len(group[n].attrs.get('weight_names', []))]
+  required = [layer for layer in layers if layer.flax not in optional]
+  if any(layer.name not in group for layer in required) and len(weighted) in (len(layers), len(required)):
+    # Keras itself loads legacy files by order (load_weights_from_hdf5_group), so files whose unnamed
+    # layers carry other auto-names (conv2d_1 vs conv2d) still load; assign() then checks every shape.
+    chosen = layers if len(weighted) == len(layers) else required
+    return {layer.flax: values(group[n]) for layer, n in zip(chosen, weighted)}, []
+  found = {layer.flax: values(group[layer.name]) for layer in layers if layer.name in group}
+  wanted = {layer.name for layer in layers}
+  extra = sorted(n for n in weighted if n not in wanted)
   return found, extra
 
 
@@ -211,8 +218,10 @@ def assign(variables: dict, mapped: dict[tuple, np.ndarray], *, source: str, kee
     raise UserInputError(f'{source} does not fit this model: ' + _listing('missing', missing)
                          + _listing('unexpected', unexpected) + _listing('shape mismatch', mismatched)
                          + ' (is it the weights file of this architecture?)')
-  out = {k: (flat[k] if k in kept else np.asarray(mapped[k], np.float32)) for k in flat}
-  return traverse_util.unflatten_dict(out)
+  out = traverse_util.unflatten_dict(
+      {k: (flat[k] if k in kept else np.asarray(mapped[k], np.float32)) for k in flat})
+  # A collection with no leaves (the batch_stats of a model without BatchNorm) stays, empty.
+  return {**{k: v for k, v in variables.items() if k not in out}, **out}
 
 
 def fold_rgb_stem(kernel: np.ndarray, norm) -> tuple[np.ndarray, np.ndarray]:

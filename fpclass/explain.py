@@ -1,0 +1,272 @@
+"""`--mode explain`: where a trained model looks, and what it gets wrong, on the validation split.
+
+Writes under `<workdir>/explain/`:
+- `gradcam_worst.png`: the N highest-loss validation images with their CAM overlays (seed 000), and
+  `gradcam_<class>_<correct|wrong>.png`: the same for each true class and outcome;
+- `inference_grid.png`: validation images titled with the prediction, green when right, red when wrong (seed 002);
+- `top_losses.csv` (every validation image, highest loss first) and `most_confused.csv` (class pairs);
+- `feature_maps.png`: each recorded feature map of one validation image, channel by channel (seed 003);
+and the 'Explanations' section of report.md, which links all of them. Settings: `config.explain`.
+"""
+import dataclasses
+import pathlib
+import re
+
+import jax
+import numpy as np
+import pandas as pd
+
+from fpclass import cam, checkpoint, data, explain_figures, fileio, models, report
+from fpclass.errors import UserInputError
+from fpclass.evaluate import predictions_frame
+from fpclass.inference import load_trained
+
+FOLDER = 'explain'
+TARGETS = ('predicted', 'label')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings:
+  """`config.explain`, validated; see `fpclass.config` for each key."""
+  after_training: bool = False
+  method: str = 'gradcam'
+  layer: str = ''
+  target: str = 'predicted'
+  num_images: int = 10
+  guided: bool = True
+  inference_grid: int = 16
+  feature_image: int = 0
+  max_channels: int = 64
+  alpha: float = 0.5
+  batch_size: int = 32
+
+  @classmethod
+  def from_config(cls, cfg) -> 'ExplainSettings':
+    s = cls(**cfg.to_dict()) if hasattr(cfg, 'to_dict') else cls(**dict(cfg))
+    if s.method not in cam.METHODS:
+      raise UserInputError(f'config.explain.method={s.method!r}: choose one of {list(cam.METHODS)}')
+    if s.target not in TARGETS:
+      raise UserInputError(f'config.explain.target={s.target!r}: choose one of {list(TARGETS)}')
+    for key, low in (('num_images', 1), ('inference_grid', 0), ('feature_image', -1), ('max_channels', 1),
+                     ('batch_size', 1)):
+      if int(getattr(s, key)) < low:
+        raise UserInputError(f'config.explain.{key}={getattr(s, key)}: must be at least {low}')
+    if not 0.0 <= float(s.alpha) <= 1.0:
+      raise UserInputError(f'config.explain.alpha={s.alpha}: must be in [0, 1]')
+    return s
+
+
+@dataclasses.dataclass(frozen=True)
+class Explainer:
+  """A restored model as `fpclass.cam` takes it: apply function, variables, layer, settings."""
+  apply_fn: object
+  guided_apply_fn: object | None
+  variables: dict
+  layer: str
+  settings: ExplainSettings
+  prepare: object  # uint8 images -> the model's normalised input
+
+  def maps(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(CAM maps (N, H, W), Guided Grad-CAM (N, H, W, C) or None) of N >= 1 images, in fixed-size padded
+    batches so one compilation serves every batch."""
+    n = len(images_u8)
+    batch = min(self.settings.batch_size, n)
+    maps, guided = [], []
+    for start in range(0, n, batch):
+      chunk, chunk_targets = _pad(images_u8[start:start + batch], batch), _pad(targets[start:start + batch], batch)
+      x = self.prepare(chunk)
+      m = cam.cam(self.apply_fn, self.variables, x, chunk_targets, self.layer, self.settings.method)
+      maps.append(m)
+      if self.guided_apply_fn is not None:
+        gradients = cam.guided_backprop(self.guided_apply_fn, self.variables, x, chunk_targets)
+        guided.append(cam.guided_gradcam(gradients, m))
+    return np.concatenate(jax.device_get(maps))[:n], np.concatenate(jax.device_get(guided))[:n] if guided else None
+
+
+def explain_workdir(config, workdir, dataset=None) -> dict:
+  """Restores the selected checkpoint and writes the explanations and error analysis; returns the paths
+  of the files written, by name."""
+  workdir = pathlib.Path(workdir)
+  settings = ExplainSettings.from_config(config.explain)
+  trained = load_trained(config, workdir)
+  image_shape = (*trained.metadata['image_size'], trained.metadata['channels'])
+  explainer = build_explainer(config, trained, settings, image_shape)  # checks the layer before any decoding
+  dataset = dataset or data.load_dataset(config)
+  if tuple(dataset.class_names) != trained.class_names:
+    raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
+                         f'was trained on {list(trained.class_names)}')
+  val = dataset.val
+  if len(val) == 0:
+    raise UserInputError(f'{workdir}: the validation split is empty, so there is nothing to explain')
+  if settings.feature_image >= len(val):
+    raise UserInputError(f'config.explain.feature_image={settings.feature_image}: the validation split has '
+                         f'{len(val)} images')
+  class_names = trained.class_names
+  probs = trained.probabilities(val.images, int(config.eval.batch_size))
+  # Recomputed from the restored model rather than read from val_predictions.csv, which may be stale.
+  frame = predictions_frame(val, probs, class_names)
+  frame.insert(0, 'index', np.arange(len(frame)))
+  frame['correct'] = frame['label'] == frame['predicted']
+  out = workdir / FOLDER
+
+  groups = select_groups(frame, val.labels, class_names, settings.num_images)
+  written = write_cam_grids(out, explainer, val, frame, probs, groups, settings)
+  top_losses = frame.sort_values('loss', ascending=False, kind='stable').drop(columns=['correct'])
+  written['top_losses'] = out / 'top_losses.csv'
+  fileio.write_csv(written['top_losses'], top_losses)
+  confused = most_confused(val.labels, probs.argmax(1), class_names)
+  written['most_confused'] = out / 'most_confused.csv'
+  fileio.write_csv(written['most_confused'], confused)
+  if settings.inference_grid:
+    written['inference_grid'] = out / 'inference_grid.png'
+    fileio.save_figure(written['inference_grid'],
+                       inference_grid(val, probs, class_names, settings.inference_grid, int(config.seed)))
+  if settings.feature_image >= 0:
+    written['feature_maps'] = write_feature_maps(out, explainer, val, settings.feature_image, settings.max_channels)
+
+  report.write_section(workdir, '30-explanations', explanations_section(
+      workdir, settings, explainer, trained, groups, top_losses, confused, written,
+      val.ids[settings.feature_image] if settings.feature_image >= 0 else None))
+  print(f'{workdir}: wrote the explanations to {out}')
+  return written
+
+
+def write_cam_grids(out, explainer, val, frame, probs, groups, settings) -> dict:
+  """One overlay grid per non-empty group; every image shown is explained in one batched pass."""
+  shown = np.unique(np.concatenate([g['index'].to_numpy() for g in groups.values()]))
+  predicted = probs.argmax(1)
+  targets = (predicted if settings.target == 'predicted' else val.labels)[shown].astype(np.int32)
+  maps, guided = explainer.maps(val.images[shown], targets)
+  row_of = {int(i): r for r, i in enumerate(shown)}
+  written = {}
+  for key, group in groups.items():
+    if group.empty:
+      continue
+    rows = [row_of[int(i)] for i in group['index']]
+    tiles = [explain_figures.Tile(image=val.images[i], title=_tile_title(frame.loc[i], probs[i]),
+                                  correct=bool(frame.loc[i, 'correct'])) for i in group['index']]
+    figure = explain_figures.cam_grid(tiles, maps[rows], None if guided is None else guided[rows],
+                                      alpha=settings.alpha, method=settings.method, layer=explainer.layer)
+    written[key] = out / f'gradcam_{key}.png'
+    fileio.save_figure(written[key], figure)
+  return written
+
+
+def inference_grid(val, probs, class_names, count: int, seed: int):
+  """Seed 002's grid: a seeded sample of validation images titled with prediction and truth."""
+  chosen = np.sort(np.random.default_rng(seed).permutation(len(val))[:count])
+  predicted = probs.argmax(1)
+  tiles = [explain_figures.Tile(image=val.images[i],
+                                title=f'pred {class_names[predicted[i]]} ({probs[i, predicted[i]]:.2f})\n'
+                                      f'true {class_names[val.labels[i]]}',
+                                correct=bool(predicted[i] == val.labels[i]))
+           for i in chosen]
+  return explain_figures.inference_grid(tiles)
+
+
+def write_feature_maps(out, explainer, val, index: int, max_channels: int) -> pathlib.Path:
+  """Seed 003's view: every recorded feature map of validation image `index`, in one figure."""
+  features = cam.feature_maps(explainer.apply_fn, explainer.variables, explainer.prepare(val.images[index:index + 1]))
+  path = out / 'feature_maps.png'
+  fileio.save_figure(path, explain_figures.feature_map_grid(
+      val.images[index], {name: np.asarray(value[0]) for name, value in features.items()},
+      f'feature maps of validation image {val.ids[index]}', max_channels))
+  return path
+
+
+def select_groups(frame: pd.DataFrame, labels, class_names, n: int) -> dict:
+  """The images each CAM grid shows, highest loss first: 'worst' (any class), and for each true class
+  '<class>_correct' and '<class>_wrong'. Empty groups are kept (and drawn as no figure)."""
+  ranked = frame.sort_values('loss', ascending=False, kind='stable')
+  groups = {'worst': ranked.head(n)}
+  ranked_labels = np.asarray(labels)[ranked['index'].to_numpy()]
+  for c, name in enumerate(class_names):
+    for outcome, correct in (('correct', True), ('wrong', False)):
+      keep = (ranked_labels == c) & (ranked['correct'].to_numpy() == correct)
+      groups[f'{_slug(name)}_{outcome}'] = ranked[keep].head(n)
+  return groups
+
+
+def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> Explainer:
+  model = trained.task.model
+  variables = checkpoint.model_variables(trained.state)
+  layer = settings.layer or models.get_spec(config.model.name).cam_layer
+  try:
+    cam.check_layer(model.apply, variables, image_shape, layer)
+  except UserInputError as e:
+    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {config.model.name!r}'
+    raise UserInputError(f'{flag}: {e}') from None
+  guided_apply_fn = None
+  if settings.guided:
+    try:
+      guided_apply_fn = cam.guided_model(model).apply
+    except UserInputError as e:
+      raise UserInputError(f'config.explain.guided=True: {e}; or set --config.explain.guided=False') from None
+  return Explainer(model.apply, guided_apply_fn, variables, layer, settings, trained.task.prepare)
+
+
+def most_confused(labels, predictions, class_names) -> pd.DataFrame:
+  """Every (true, predicted) pair of different classes that occurs, most frequent first, with the share
+  of the true class it takes."""
+  k = len(class_names)
+  counts = np.zeros((k, k), np.int64)
+  np.add.at(counts, (labels, predictions), 1)
+  support = counts.sum(1)
+  rows = [dict(true=class_names[a], predicted=class_names[b], count=int(counts[a, b]),
+               share_of_true=float(counts[a, b] / support[a]))
+          for a in range(k) for b in range(k) if a != b and counts[a, b]]
+  frame = pd.DataFrame(rows, columns=['true', 'predicted', 'count', 'share_of_true'])
+  return frame.sort_values(['count', 'share_of_true'], ascending=False, kind='stable').reset_index(drop=True)
+
+
+def explanations_section(workdir, settings, explainer, trained, groups, top_losses, confused, written,
+                         feature_id) -> str:
+  def link(path):
+    return path.relative_to(workdir).as_posix()
+
+  method = cam.METHODS[settings.method]
+  lines = ['## Explanations', '',
+           f'{method} at feature map `{explainer.layer}` for the {settings.target} class of each validation image '
+           f'({trained.checkpoint} checkpoint, epoch {trained.epoch})'
+           + ('; the last row of each grid is Guided Grad-CAM' if settings.guided else '') + '. Title colour: '
+           'green right, red wrong.', '']
+  if 'worst' in written:
+    lines += [f'### The {len(groups["worst"])} highest-loss validation images', '',
+              f'![highest-loss validation images]({link(written["worst"])})', '']
+  per_group = [f'[{key.replace("_", " ")}]({link(written[key])}) ({len(groups[key])})'
+               for key in groups if key != 'worst' and key in written]
+  if per_group:
+    lines += ['By true class and outcome, highest loss first: ' + ', '.join(per_group) + '.', '']
+  columns = ['index', 'id', 'label', 'predicted', 'loss']
+  lines += ['### Top losses', '', report.table(top_losses.head(settings.num_images).to_dict('records'), columns), '',
+            f'All validation images ranked: [top_losses.csv]({link(written["top_losses"])}).', '',
+            '### Most confused class pairs', '',
+            report.table(confused.head(10).to_dict('records'), list(confused.columns)) if len(confused)
+            else 'No validation image is misclassified.', '',
+            f'All pairs: [most_confused.csv]({link(written["most_confused"])}).', '']
+  if 'inference_grid' in written:
+    lines += ['### Inference grid', '', f'![inference grid]({link(written["inference_grid"])})', '']
+  if 'feature_maps' in written:
+    lines += [f'### Feature maps of validation image `{feature_id}`', '',
+              f'![feature maps]({link(written["feature_maps"])})']
+  return '\n'.join(lines)
+
+
+def _tile_title(row, probs) -> str:
+  return (f'{_short(row["id"])}\ntrue {row["label"]} pred {row["predicted"]}\n'
+          f'p={probs.max():.2f} loss {row["loss"]:.2f}')
+
+
+def _short(name, limit=18) -> str:
+  name = str(name).rsplit('/', 1)[-1]
+  return name if len(name) <= limit else name[:limit - 1] + '…'
+
+
+def _slug(name) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '-', str(name)).strip('-') or 'class'
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+  if len(array) == size:
+    return array
+  return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])

@@ -1,0 +1,32 @@
+"""Class-balanced batch order, with the contract of `fpclass.train.epoch_order`: (steps, batch) int32
+example indices, the same shape every epoch, deterministic from (seed, epoch).
+
+An alternative to class weights for imbalanced data: instead of weighting the loss, every class fills an
+equal share of the epoch's slots. Within a class, examples come from successive permutations of that class,
+so minority examples repeat as evenly as possible and majority examples are subsampled without replacement
+(unlike PyTorch's WeightedRandomSampler, which draws with replacement and lets the class shares vary).
+"""
+import math
+
+import numpy as np
+
+SAMPLERS = ('uniform', 'balanced')
+
+
+def class_balanced_order(seed: int, epoch: int, labels: np.ndarray, batch_size: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  n = len(labels)
+  steps = math.ceil(n / batch_size)
+  slots = steps * batch_size
+  # A different stream from epoch_order's, so switching samplers never reuses its permutation.
+  rng = np.random.default_rng([seed, epoch, 1])
+  classes = np.unique(labels)
+  share = np.full(len(classes), slots // len(classes))
+  share[rng.choice(len(classes), slots - share.sum(), replace=False)] += 1  # the remainder, at random
+  picks = []
+  for c, count in zip(classes, share):
+    members = np.flatnonzero(labels == c)
+    rounds = max(1, math.ceil(count / len(members)))
+    picks.append(np.concatenate([rng.permutation(members) for _ in range(rounds)])[:count])
+  order = rng.permutation(np.concatenate(picks))
+  return order.reshape(steps, batch_size).astype(np.int32)

@@ -1,0 +1,34 @@
+"""TensorBoard event files for the per-epoch metrics, written with tensorboardX (no TensorFlow).
+
+metrics.csv stays the record of a run; these files let `tensorboard --logdir <workdir>/tensorboard` plot
+the same numbers, as seed 004's TensorBoard callback did. Each epoch is written by its own short-lived
+writer (its own file, closed at once), so a killed run loses nothing already written and no writer
+outlives the loop. Each file starts with TensorBoard's purge marker at its epoch, so after a resume
+TensorBoard discards any stale points at or beyond the epoch being rewritten.
+"""
+import math
+import pathlib
+
+FOLDER = 'tensorboard'
+
+
+def write_epoch(logdir: str | pathlib.Path, row: dict) -> None:
+  """Writes every finite numeric entry of a metrics.csv row ('epoch' is the step) as a scalar:
+  train_loss -> loss/train, val_loss -> loss/val, so TensorBoard overlays train and validation curves."""
+  from tensorboardX import SummaryWriter
+  epoch = int(row['epoch'])
+  writer = SummaryWriter(logdir=str(logdir), purge_step=epoch, filename_suffix=f'.epoch{epoch:05d}')
+  try:
+    for key, value in row.items():
+      if key == 'epoch' or not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        continue
+      writer.add_scalar(scalar_tag(key), float(value), global_step=epoch)
+  finally:
+    writer.close()
+
+
+def scalar_tag(key: str) -> str:
+  for split in ('train', 'val'):
+    if key.startswith(split + '_'):
+      return f'{key[len(split) + 1:]}/{split}'
+  return key
