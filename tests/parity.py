@@ -149,38 +149,6 @@ def randomise_keras(model, seed=0):
   return model
 
 
-def calibrate_keras_bn(model, x, seed=0):
-  """Sets every BatchNormalization's moving statistics to those of its input on `x` (one jitted
-  training-mode pass with momentum 0 and dropout off), then perturbs them: activations stay O(1) through
-  deep stacks with squeeze-excite gates (MobileNetV3, EfficientNet), and inference BN is neither the
-  identity nor plain batch normalisation."""
-  import keras
-  changed = [(layer, 'momentum') for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-  changed += [(layer, 'rate') for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
-  saved = [(layer, attr, getattr(layer, attr)) for layer, attr in changed]
-  try:
-    for layer, attr in changed:
-      setattr(layer, attr, 0.0)
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    _, updated = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True))(trainable, non_trainable, x)
-  finally:
-    for layer, attr, value in saved:
-      setattr(layer, attr, value)
-  for variable, value in zip(model.non_trainable_variables, updated):
-    variable.assign(value)
-  rng = np.random.default_rng(seed + 1)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      gamma, beta, mean, var = layer.get_weights()
-      # A floor on the variance: a channel nearly constant on a small batch would amplify float rounding.
-      var = np.maximum(var, 0.05)
-      mean = mean + rng.normal(0, 0.2, mean.shape) * np.sqrt(var)
-      var = var * rng.uniform(0.5, 2, var.shape)
-      layer.set_weights([gamma, beta, mean.astype(np.float32), var.astype(np.float32)])
-  return model
-
-
 def keras_reference(model, nhwc, feature_layers: dict):
   """(logits, {feature name: array}) from a Keras model (features: outputs of the named layers, or Keras
   tensors of the model where the layer is unnamed), after scaling its last weighted layer (the classifier)
