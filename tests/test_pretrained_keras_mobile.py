@@ -108,6 +108,10 @@ def test_logits_and_features_match_keras(name, reference):
   for stage, diff in feature_diffs.items():
     assert diff <= FEATURE_TOL, stage
   assert count(variables) == source_count
+  # The default Grad-CAM layer is the last conv stage, a spatial map (for MobileNetV3 conv_1, not the 1x1
+  # logits conv), and it is among the stages checked against Keras above.
+  cam_map = features[models.get_spec(name).cam_layer]
+  assert models.get_spec(name).cam_layer in ref.features and cam_map.ndim == 4 and min(cam_map.shape[1:3]) > 1
 
 
 def grayscale_input(ref, seed=1):
@@ -265,6 +269,37 @@ def test_efficientnet_official_imagenet_statistics_compute_what_keras_imagenet_m
   assert differ == ['batch_stats/normalization/mean', 'batch_stats/normalization/variance']
   np.testing.assert_allclose(flat(from_legacy)['batch_stats/normalization/variance'],
                              np.square(keras_efficientnet.IMAGENET_STD), rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_layer_tables_follow_keras_layer_order_and_names(name, reference):
+  """The keras_graph tables list Keras' weighted layers in `model.layers` order, with the names the legacy
+  files carry (tf.keras 2's for MobileNetV3, a fresh session's 'normalization' for EfficientNet)."""
+  keras_model = reference(name).model
+  module = keras_mobilenet_v3 if name == 'keras_mobilenetv3large' else keras_efficientnet
+  table = module.keras_layers() if module is keras_mobilenet_v3 else module.keras_layers(
+      {'keras_efficientnetb0': 1.0, 'keras_efficientnetb2': 1.2}[name])
+  rename = tf_keras2_name if module is keras_mobilenet_v3 else fresh_session_name
+  names = parity.legacy_names(keras_model)
+  weighted = [layer for layer in keras_model.layers if layer.weights]
+  assert [layer.name for layer in table] == [rename(names[layer]) for layer in weighted]
+  assert [layer.cls for layer in table] == [type(layer).__name__ for layer in weighted]
+
+
+def test_keras3_notop_file_loads_the_backbone(reference, tmp_path):
+  """An include_top=False .weights.h5 file (Keras' layers up to the last conv stage) feeds a new top with
+  exactly the backbone arrays of the full file; the source top cannot load from it."""
+  ref = reference('keras_mobilenetv3large')
+  path = tmp_path / 'notop.weights.h5'
+  keras_notop(ref.model, 'conv_1_bn').save_weights(str(path))
+  shape = ref.x.shape[1:]
+  _, full = rgb_model(ref)[:2]
+  _, backbone = parity.build(ref.name, path, image_shape=shape, top='avg', num_classes=2)
+  backbone = {k: v for k, v in flat(backbone).items() if not k.startswith('params/top/')}
+  assert backbone.keys() == {k for k in flat(full) if not re.match(r'params/(conv_2|logits)/', k)}
+  assert all(np.array_equal(v, flat(full)[k]) for k, v in backbone.items())
+  with pytest.raises(UserInputError, match=r'missing: params/conv_2/bias, params/conv_2/kernel'):
+    parity.build(ref.name, path, image_shape=shape)
 
 
 def test_registry_weights_are_the_files_keras_names():
