@@ -214,6 +214,8 @@ def flat(variables) -> dict:
   return traverse_util.flatten_dict(variables, sep='/')
 
 
+# Keras warns that ImageNet weights are for 224x224 inputs: these are not ImageNet weights.
+@pytest.mark.filterwarnings('ignore:`input_shape` is undefined or non-square')
 def test_mobilenetv3_official_layout_files_load_as_keras_loads_them(reference, monkeypatch):
   """Legacy files with tf.keras 2 names, with and without the top: Keras (weights='imagenet') reads the
   full one into exactly the reference's weights; fpclass reads both into exactly what it reads from the
