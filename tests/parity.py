@@ -92,24 +92,24 @@ def max_abs_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-
 # ----------------------------------------------------------------------------------------------- keras
 
-def keras_application(name, input_shape, seed=0, **kwargs):
-  """keras.applications.<name>(weights=None) with logits as its output and random weights (randomise_keras)."""
+def keras_application(name, input_shape, seed=0, weights=None, **kwargs):
+  """keras.applications.<name>(weights=None) with logits as its output and random weights (randomise_keras);
+  with `weights` ('imagenet', a file) Keras loads those instead."""
   import keras
-  with _zeros_for_glorot(keras):
-    model = getattr(keras.applications, name)(weights=None, input_shape=input_shape,
+  with _zeros_for_variance_scaling(keras):
+    model = getattr(keras.applications, name)(weights=weights, input_shape=input_shape,
                                               classifier_activation=None, **kwargs)
-  return randomise_keras(model, seed)
+  return randomise_keras(model, seed) if weights is None else model
 
 
 @contextlib.contextmanager
-def _zeros_for_glorot(keras):
+def _zeros_for_variance_scaling(keras):
   """Keras draws each initial kernel with jax.random, which compiles one XLA program per kernel shape: most
   of the time it takes to build an application on CPU (InceptionV3: ~20 s). randomise_keras overwrites
-  every weight, so the build may draw zeros instead."""
-  cls = keras.initializers.GlorotUniform
+  every weight, so the build may draw zeros instead (Glorot, He and LeCun are all VarianceScaling)."""
+  cls = keras.initializers.VarianceScaling
   original = cls.__call__
   cls.__call__ = lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32')
   try:
@@ -120,7 +120,9 @@ def _zeros_for_glorot(keras):
 
 def randomise_keras(model, seed=0):
   """Random weights that a mapping mistake cannot hide: He-scaled kernels (so activations stay O(1) through
-  deep stacks without BN, as in VGG), nonzero biases, and BN layers far from the identity."""
+  deep stacks without BN, as in VGG; a depthwise kernel by its own fan-in), nonzero biases, BN layers far
+  from the identity, and per-channel Normalization statistics unlike the identity and unlike each other."""
+  import keras
   rng = np.random.default_rng(seed)
   draw = {
       'kernel': lambda shape: rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape),
@@ -128,24 +130,38 @@ def randomise_keras(model, seed=0):
       'gamma': lambda shape: rng.uniform(0.3, 0.7, shape), 'beta': lambda shape: rng.normal(0, 0.1, shape),
       'moving_mean': lambda shape: rng.normal(0, 0.1, shape),
       'moving_variance': lambda shape: rng.uniform(0.5, 1.5, shape),
+      'mean': lambda shape: rng.uniform(0.3, 0.6, shape), 'variance': lambda shape: rng.uniform(0.04, 0.1, shape),
   }
   for layer in model.layers:
-    if layer.weights:
-      layer.set_weights([draw[v.name](v.shape).astype(np.float32) for v in layer.weights])
+    if not layer.weights:
+      continue
+    values = []
+    for v in layer.weights:
+      if isinstance(layer, keras.layers.DepthwiseConv2D) and v.name == 'kernel':  # (kh, kw, C, 1)
+        values.append(rng.normal(0, np.sqrt(2 / np.prod(v.shape[:2])), v.shape))
+      else:
+        values.append(np.asarray(v) if v.name == 'count' else draw[v.name](v.shape))
+    layer.set_weights([value.astype(np.float32) for value in values])
+    if isinstance(layer, keras.layers.Normalization):
+      # It computes with constants taken from its variables when (re)loaded, and a jitted Keras function
+      # captures those constants at its first trace: refresh them before any.
+      layer.finalize_state()
   return model
 
 
 def keras_reference(model, nhwc, feature_layers: dict):
-  """(logits, {feature name: array}) from a Keras model (features: outputs of the named layers), after
-  scaling its last Dense layer so that these logits have unit standard deviation: an absolute tolerance
-  then means something. One jitted program (`predict`) computes everything."""
+  """(logits, {feature name: array}) from a Keras model (features: outputs of the named layers, or Keras
+  tensors of the model where the layer is unnamed), after scaling its last weighted layer (the classifier)
+  so that these logits have unit standard deviation: an absolute tolerance then means something. One
+  jitted program (`predict`) computes everything."""
   import keras
   names = list(feature_layers)
-  probe = keras.Model(model.inputs, [model.get_layer(feature_layers[n]).output for n in names] + [model.output])
+  tensors = [model.get_layer(v).output if isinstance(v, str) else v for v in feature_layers.values()]
+  probe = keras.Model(model.inputs, tensors + [model.output])
   dense = [layer for layer in model.layers if layer.weights][-1]
-  scale = float(np.std(probe.predict(nhwc, verbose=0)[-1]))
+  scale = float(np.std(probe.predict(nhwc, verbose=0, batch_size=len(nhwc))[-1]))
   dense.set_weights([w / scale for w in dense.get_weights()])
-  outputs = [np.asarray(o) for o in probe.predict(nhwc, verbose=0)]
+  outputs = [np.asarray(o) for o in probe.predict(nhwc, verbose=0, batch_size=len(nhwc))]
   return outputs[-1], dict(zip(names, outputs[:-1]))
 
 
@@ -168,17 +184,21 @@ def legacy_names(model) -> dict:
   return names
 
 
-def write_legacy_h5(model, path):
+def write_legacy_h5(model, path, rename=None):
   """`model`'s weights in the layout of Keras 2's save_weights, which the official ImageNet files have: root
   attrs layer_names/backend/keras_version, a group per layer whose weight_names are '<layer>/<var>:0', each
-  array at <layer>/<layer>/<var>:0. Written with h5py from the same arrays Keras saved."""
+  array at <layer>/<layer>/<var>:0. Written with h5py from the same arrays Keras saved. `rename` maps the
+  weighted layers' names further where tf.keras 2 named them otherwise (MobileNetV3's 'Conv/BatchNorm':
+  Keras 3 forbids '/'; h5py makes such names nested groups, as tf.keras did)."""
   import h5py
   names = legacy_names(model)
+  if rename:
+    names = {layer: rename(name) for layer, name in names.items()}
   with h5py.File(path, 'w') as f:
     f.attrs['layer_names'] = [names.get(layer, layer.name).encode() for layer in model.layers]
     f.attrs['backend'], f.attrs['keras_version'] = b'tensorflow', b'2.2.4'
     for layer in model.layers:
-      group = f.create_group(names.get(layer, layer.name))
+      group = f.require_group(names.get(layer, layer.name))
       weight_names = [f'{names[layer]}/{v.name}:0' for v in layer.weights]
       group.attrs['weight_names'] = [n.encode() for n in weight_names]
       for name, variable in zip(weight_names, layer.weights):

@@ -45,6 +45,8 @@ class ModelSpec:
   source_head: str = ''              # the source classifier's last layer (replaced for a new class count)
   source_top: str = ''               # the source's whole classifier (unused when the model has a new top)
   stem: str = ''                     # 'first conv module|variable its offset goes to', for grayscale folding
+  stem_norm: str = ''                # an in-model per-channel normalisation before the stem (a module with
+                                     # batch_stats mean/variance, EfficientNet's): the constants folded instead
 
   @property
   def pretrained(self) -> bool:

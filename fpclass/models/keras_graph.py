@@ -62,15 +62,16 @@ class KerasGraph:
     return [self.layers[n] for n in order if n in self.layers]
 
 
-def converter(layers, optional=()):
+def converter(layers, optional=(), adjust=None):
   """A `ModelSpec.convert` for Keras files: path -> ({(collection, *flax path): array}, []).
 
   `layers` come from `KerasGraph.weighted_layers`; `optional` names the Flax modules a file may lack
-  (the source classifier, absent from include_top=False files)."""
+  (the source classifier, absent from include_top=False files); `adjust(mapped)` is a family's own last
+  step (EfficientNet's ImageNet normalisation fix)."""
   layers = tuple(layers)
   kinds = {layer.flax: KINDS[layer.cls] for layer in layers}
 
   def convert(path):
-    found = weights_lib.read_keras_weights(path, layers, optional=optional)
-    return weights_lib.keras_mapped(found, kinds), []
+    mapped = weights_lib.keras_mapped(weights_lib.read_keras_weights(path, layers, optional=optional), kinds)
+    return (adjust(mapped) if adjust else mapped), []
   return convert

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from fpclass import preprocessing
 from fpclass.errors import UserInputError
 from fpclass.models import weights as weights_lib
 
@@ -142,6 +143,8 @@ def fold_stem(spec, mapped: dict) -> dict:
     raise UserInputError(f'{spec.name}: cannot fold the stem for config.model.in_channels=1: the file has no '
                          f'3-channel {kernel_path} kernel')
   norm = spec.preprocessing
+  if spec.stem_norm:
+    norm, mapped = _one_channel_stem_norm(spec, mapped)
   folded, offset = weights_lib.fold_rgb_stem(mapped[kernel_key], norm)
   mapped = dict(mapped)
   mapped[kernel_key] = folded
@@ -149,6 +152,21 @@ def fold_stem(spec, mapped: dict) -> dict:
   sign = 1.0 if offset_key[0] == 'params' else -1.0  # a conv bias gains the offset; a BN mean loses it
   mapped[offset_key] = (mapped[offset_key] + sign * offset).astype(np.float32)
   return mapped
+
+
+def _one_channel_stem_norm(spec, mapped: dict):
+  """(the normalisation to fold, `mapped` with a one-channel `spec.stem_norm`) for a model that normalises
+  per channel inside (EfficientNet's Normalization layer, statistics from the file): the stem folds those
+  constants, and the layer keeps their channel averages (mean, std), as `Normalisation.to_grayscale` does."""
+  outer = spec.preprocessing
+  if len(set(outer.mean)) > 1 or len(set(outer.std)) > 1:
+    raise ValueError(f'{spec.name}: folding an in-model normalisation needs preprocessing shared by all channels')
+  path = ('batch_stats', *spec.stem_norm.split('/'))
+  norm = preprocessing.Normalisation(tuple(np.asarray(mapped[(*path, 'mean')], np.float64)),
+                                     tuple(np.sqrt(np.asarray(mapped[(*path, 'variance')], np.float64))))
+  gray = norm.to_grayscale()
+  return norm, {**mapped, (*path, 'mean'): np.asarray(gray.mean, np.float32),
+                (*path, 'variance'): np.square(np.asarray(gray.std, np.float64)).astype(np.float32)}
 
 
 def _without(mapped: dict, regex: str) -> dict:

@@ -188,9 +188,10 @@ def keras_mapped(found: dict[str, list[np.ndarray]], kinds: dict[str, str]) -> d
         mapped[('params', *path, name)] = value
       mapped[('batch_stats', *path, 'mean')] = values[-2]
       mapped[('batch_stats', *path, 'var')] = values[-1]
-    elif kind == 'normalization':  # Keras Normalization layer: mean, variance, count (count unused)
-      mapped[('params', *path, 'mean')] = values[0].reshape(-1)
-      mapped[('params', *path, 'variance')] = values[1].reshape(-1)
+    elif kind == 'normalization':  # Keras Normalization: mean, variance, count (count unused). Keras does
+      # not train them, so they are state (batch_stats) that neither the optimizer nor weight decay touches.
+      mapped[('batch_stats', *path, 'mean')] = values[0].reshape(-1)
+      mapped[('batch_stats', *path, 'variance')] = values[1].reshape(-1)
     else:  # conv, dense, depthwise: kernel [, bias]
       mapped[('params', *path, 'kernel')] = TRANSFORMS['keras_depthwise'](values[0]) if kind == 'depthwise' \
           else values[0]
