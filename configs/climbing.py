@@ -16,20 +16,18 @@ classification_report.txt.
 
 Variants (arguments), one run per backbone, each in its own workdir, then a table across them:
 
-    for b in resnet50 vgg16; do
+    for b in mobilenetv3large efficientnetb2 resnet50 vgg16; do
       python launch.py --config configs/climbing.py:$b --workdir runs/climbing/$b --config.data.root=/data/climbing \\
           --config.data.file_list=runs/climbing/clean_files.csv
     done
     python launch.py --config configs/climbing.py --workdir runs/climbing --mode compare
 
-- `resnet50`, `vgg16`: the seed's transfer learning. The Keras port (fpclass/models/keras_*.py) with its
+- `mobilenetv3large`, `efficientnetb2`, `resnet50`, `vgg16`: the seed's four backbones. The Keras port (fpclass/models/keras_*.py) with its
   ImageNet no-top weights (downloaded once into the cache, md5 checked; offline, a file Keras wrote via
   --config.model.pretrained=<file>), frozen, then global average pooling (the seed does not say how it
   pooled) and the seed head: dense 256, dropout 0.2, dense 128, dropout 0.2, softmax (widths are this
   project's; the seed does not give them). Adam 1e-5. Inputs get the backbone's own preprocessing (the
   registry's normalisation), not the seed's Rescaling(1/255), which ImageNet weights were not trained on.
-- `mobilenetv3large`, `efficientnetb2`: the seed's other two backbones, PENDING until their Keras ports land
-  (BACKBONES below is the table: adding one is one line).
 - `scratch` (the default) is not in the seed: seed 001's 3-block CNN trained from scratch under the seed's
   head, at lr 1e-3 (1e-5 suits a pretrained base, not training from zero).
 
@@ -40,16 +38,11 @@ from fpclass.config import base_config, parse_args
 
 # argument -> the registered Keras port (fpclass.models REGISTRY). Adding a backbone is one line here.
 BACKBONES = {
+    'mobilenetv3large': 'keras_mobilenetv3large',
+    'efficientnetb2': 'keras_efficientnetb2',
     'resnet50': 'keras_resnet50',
     'vgg16': 'keras_vgg16',
 }
-# The seed's other backbones, ported on another branch; each moves to BACKBONES when its port lands.
-PENDING_BACKBONES = {
-    'mobilenetv3large': 'keras_mobilenetv3large',
-    'efficientnetb2': 'keras_efficientnetb2',
-}
-PENDING = {arg: f'transfer from {arg} needs the pretrained Keras port {name!r}, which is not on this branch yet '
-                '(it is being ported); use resnet50 or vgg16' for arg, name in PENDING_BACKBONES.items()}
 CHOICES = {'scratch': 'a from-scratch 3-block CNN under the seed head (default; not in the seed)',
            **{arg: f'{name} (ImageNet, frozen) under the seed head, lr 1e-5' for arg, name in BACKBONES.items()},
            'quick': 'a tiny run: 2 epochs at 64x64 (backbones: 32x32)'}
@@ -57,7 +50,7 @@ HEAD_SIZES = (256, 128)   # the seed's two dense layers; it does not give their 
 
 
 def get_config(arg: str = 'scratch'):
-  args = parse_args('configs/climbing.py', arg, CHOICES, PENDING)
+  args = parse_args('configs/climbing.py', arg, CHOICES)
   backbones = [a for a in args if a in BACKBONES]
   if len(backbones) > 1:
     raise ValueError(f'configs/climbing.py: one backbone per run, got {backbones}; run each in its own workdir '

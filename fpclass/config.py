@@ -199,15 +199,11 @@ def validate(config) -> None:
     raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
 
 
-def parse_args(config_file: str, arg: str, choices: dict, pending: dict | None = None) -> list:
+def parse_args(config_file: str, arg: str, choices: dict) -> list:
   """The comma-separated arguments of `configs/<file>.py:<arg>`, each checked against `choices` (name ->
-  what it does). `pending` names seed variants whose code is not merged yet (name -> what they need):
-  asking for one is a clear error, not a silent fallback. Raises ValueError, which launch.py reports on
-  one line."""
+  what it does). Raises ValueError, which launch.py reports on one line."""
   args = [a.strip() for a in (arg or '').split(',') if a.strip()]
   for a in args:
-    if a in (pending or {}):
-      raise ValueError(f'{config_file}:{a} is not available yet: {pending[a]}')
     if a not in choices:
       listed = '; '.join(f'{k}: {v}' for k, v in choices.items())
       raise ValueError(f'{config_file}: unknown argument {a!r}; arguments (comma-separated): {listed}')
