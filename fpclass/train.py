@@ -38,6 +38,30 @@ def _better(value, best, mode, min_delta):
   return value < best - min_delta if mode == 'min' else value > best + min_delta
 
 
+def record_epoch(loop: dict, row: dict, monitor: str, mode: str, min_delta: float, patience: int,
+                 epochs: int) -> tuple[bool, bool]:
+  """Appends an epoch's metrics row to the loop state and updates best epoch, patience and the stop
+  decision; returns (improved, stop). The one rule for model selection and early stopping, shared by
+  `train_and_evaluate` and the many-model trainer (`fpclass.model_axis`)."""
+  epoch = int(row['epoch'])
+  loop['history'].append(row)
+  loop['epoch'] = epoch
+  value = row[monitor]
+  improved = value is not None and not np.isnan(value) and _better(value, loop['best_value'], mode, min_delta)
+  if improved:
+    loop.update(best_value=float(value), best_epoch=epoch, wait=0)
+  else:
+    loop['wait'] += 1
+  stop = patience > 0 and loop['wait'] >= patience
+  if stop or epoch == epochs:
+    loop.update(finished=True, stop_reason='early_stopping' if stop else 'epochs')
+  return improved, stop
+
+
+def new_loop_state() -> dict:
+  return dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='')
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint."""
   validate(config)
@@ -57,7 +81,7 @@ def train_and_evaluate(config, workdir) -> dict:
   base_key = jax.random.PRNGKey(int(config.seed))
   state = task.init(jax.random.fold_in(base_key, 0), image_shape)
   store = checkpoint.CheckpointStore(workdir)
-  loop = dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='')
+  loop = new_loop_state()
   stored = checkpoint.read_metadata(workdir)
   if stored is not None:
     checkpoint.check_resume(workdir, stored, checkpoint.config_as_json(config))
@@ -111,18 +135,9 @@ def _fit(task, state, dataset, config, workdir, store, loop, base_key, batch_siz
     row = dict(epoch=epoch + 1, train_loss=totals['loss_sum'] / totals['count'],
                train_accuracy=totals['correct'] / totals['count'], **{f'val_{k}': v for k, v in val.items()},
                learning_rate=lr, seconds=time.perf_counter() - start)
-    loop['history'].append(row)
-    loop['epoch'] = epoch + 1
-    value = row[monitor]
-    improved = value is not None and not np.isnan(value) and _better(value, loop['best_value'], mode, min_delta)
+    improved, stop = record_epoch(loop, row, monitor, mode, min_delta, patience, epochs)
     if improved:
-      loop.update(best_value=float(value), best_epoch=epoch + 1, wait=0)
       store.save('best', epoch + 1, state, dict(loop))
-    else:
-      loop['wait'] += 1
-    stop = patience > 0 and loop['wait'] >= patience
-    if stop or epoch + 1 == epochs:
-      loop.update(finished=True, stop_reason='early_stopping' if stop else 'epochs')
     store.save('last', epoch + 1, state, dict(loop))
     fileio.write_csv(workdir / HISTORY, pd.DataFrame(loop['history']))
     tqdm.write(f'epoch {epoch + 1}/{epochs}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
