@@ -17,10 +17,22 @@ def _submit(config, workdir):
   submit(config, workdir)
 
 
+def _sweep(config, workdir):
+  from fpclass.sweep import run_sweep
+  run_sweep(config, workdir)
+
+
+def _calibrate(config, workdir):
+  from fpclass.calibration import calibrate
+  calibrate(config, workdir)
+
+
 MODES = {
     'train': (_train, 'train (resuming a killed run), then evaluate the selected checkpoint'),
     'evaluate': (_evaluate, 'restore the selected checkpoint; write scores.json, plots and report.md'),
     'submit': (_submit, 'restore the selected checkpoint; write submission.csv and its probabilities'),
+    'sweep': (_sweep, 'train config.sweep.variants x folds x seeds together; tables with confidence intervals'),
+    'calibrate': (_calibrate, 'fit temperature and decision threshold on validation predictions; store them'),
 }
 
 
