@@ -72,8 +72,9 @@ def load_members(config, workdir, folds: bool) -> list[MemberModel]:
   for path in paths:
     metadata = checkpoint.read_metadata(path)
     if metadata is None:
-      raise UserInputError(f'{path}: no trained run here ({checkpoint.METADATA} is missing); '
-                           'run --mode train with this --workdir first')
+      hint = ('; it holds fold models, so pass --config.submit.average_folds=True' if member_workdirs(path) else
+              '; run --mode train with this --workdir first')
+      raise UserInputError(f'{path}: no trained run here ({checkpoint.METADATA} is missing){hint}')
     cfg = member_config(config, metadata)
     members.append(MemberModel(path, cfg, load_trained(cfg, path)))
   names = {m.trained.class_names for m in members}

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from fpclass import checkpoint, metrics, optim, task as task_lib
 from fpclass.errors import UserInputError
-from fpclass.train import MONITOR_MODES, _better, epoch_order, new_loop_state, record_epoch
+from fpclass.train import MONITOR_MODES, epoch_order, improves, new_loop_state, record_epoch
 
 FORMS = ('auto', 'vmap', 'loop')
 
@@ -98,16 +98,15 @@ def optimizer_groups(config, members) -> list[list[Member]]:
 
   The optimizer depends on a member's split only through steps per epoch in the schedule; with the usual
   constant schedule every member shares one group even when splits differ in size by one example."""
+  batches = {len(m.train_index): batch_size_for(config, len(m.train_index)) for m in members}
+  steps = {n: math.ceil(n / b) for n, b in batches.items()}
+  horizon = int(config.train.epochs) * max(steps.values())
+  learning_rates = {s: np.asarray(jax.vmap(optim.learning_rate_schedule(config.train, s))(jnp.arange(horizon)),
+                                  np.float32).tobytes() for s in set(steps.values())}
   groups: dict = {}
-  epochs = int(config.train.epochs)
   for m in members:
     n = len(m.train_index)
-    batch = batch_size_for(config, n)
-    steps = math.ceil(n / batch)
-    max_steps = max(math.ceil(len(o.train_index) / batch) for o in members)
-    schedule = optim.learning_rate_schedule(config.train, steps)
-    lrs = np.asarray(jax.vmap(schedule)(jnp.arange(epochs * max_steps)), np.float32)
-    groups.setdefault((batch, lrs.tobytes()), []).append(m)
+    groups.setdefault((batches[n], learning_rates[steps[n]]), []).append(m)
   return list(groups.values())
 
 
@@ -339,6 +338,7 @@ def train_chunk(config, task, class_names, images: np.ndarray, labels: np.ndarra
       totals = models.step_totals(step_outputs, m)
       val = metrics.epoch_metrics(labels[members[m].val_index], val_logits[m], task.head, len(class_names))
       lr = float(optim.learning_rate_schedule(train_cfg, int(steps[m]))((epoch + 1) * int(steps[m])))
+      # `seconds` is the chunk's epoch: all its members together.
       row = dict(epoch=epoch + 1, train_loss=totals['loss_sum'] / totals['count'],
                  train_accuracy=totals['correct'] / totals['count'], **{f'val_{k}': v for k, v in val.items()},
                  learning_rate=lr, seconds=seconds)
@@ -401,8 +401,8 @@ def better_result(a: MemberResult | None, b: MemberResult, monitor: str) -> bool
   if a is None:
     return True
   value = b.monitor_value(monitor)
-  return value is not None and not np.isnan(value) and _better(value, a.monitor_value(monitor),
-                                                               MONITOR_MODES[monitor], 0.0)
+  return value is not None and not np.isnan(value) and improves(value, a.monitor_value(monitor),
+                                                                MONITOR_MODES[monitor])
 
 
 def save_member_workdir(workdir, member_config, class_names, result: MemberResult, states, normalisation) -> None:

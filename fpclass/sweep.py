@@ -203,7 +203,8 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path) -> dict:
                        stop_reason=r.loop['stop_reason'], n_train=len(m.train_index), n_val=len(m.val_index),
                        val_hash=_index_hash(m.val_index)))
       if model_axis.better_result(kept.get(m.split, (None,))[0], r, monitor):
-        kept[m.split] = (r, r.fetch())
+        # Host copies now; the result keeps no handle on the chunk, whose device memory is then freed.
+        kept[m.split] = (dataclasses.replace(r, fetch=None), r.fetch())
   normalisation = dataclasses.asdict(Normalisation.from_config(config.data))
   num_params = None
   for split, (r, states) in sorted(kept.items()):
@@ -242,13 +243,14 @@ def run_sweep(config, workdir) -> pd.DataFrame:
   check_sweep_config(config, variants)
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
+  # Every stored variant is checked before any training, so a mismatch fails in seconds, not hours.
+  stored = {v.name: _finished(workdir / v.name, checkpoint.config_as_json(v.config)) for v in variants}
   experiments = []
   for variant in variants:
     exp_dir = workdir / variant.name
-    stored = _finished(exp_dir, checkpoint.config_as_json(variant.config))
-    if stored is not None:
+    if stored[variant.name] is not None:
       tqdm.write(f'[{variant.name}] finished earlier; reusing {exp_dir / EXPERIMENT_FILE}')
-      experiments.append(stored)
+      experiments.append(stored[variant.name])
       continue
     tqdm.write(f'[{variant.name}] {variant.describe()}')
     experiments.append(run_experiment(variant, exp_dir))
@@ -375,7 +377,7 @@ def sweep_section(config, experiments, summary, differences, baseline, wall) -> 
   timing = e0['timing']
   lines = ['## Sweep', '',
            f'{len(experiments)} variants × {len(splits_used)} splits ({e0["split_note"]}) × {len(seeds)} seeds '
-           f'{seeds} = {len(summary) and int(summary["models"].sum())} models, {wall:.0f} s wall for this launch '
+           f'{seeds} = {int(summary["models"].sum())} models, {wall:.0f} s wall for this launch '
            f'(variants reused from an earlier launch are not counted). Model axis: `{timing["form"]}`, '
            f'{timing["plan"]}.', '',
            'Each cell is mean ± std [95% CI] over the runs of a variant, on each run\'s validation split at its '

@@ -32,7 +32,8 @@ def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
   return perm[np.arange(steps * batch_size) % n].reshape(steps, batch_size).astype(np.int32)
 
 
-def _better(value, best, mode, min_delta):
+def improves(value, best, mode: str, min_delta: float = 0.0) -> bool:
+  """Whether a finite monitored value beats the best so far (None: nothing to beat)."""
   if best is None:
     return True
   return value < best - min_delta if mode == 'min' else value > best + min_delta
@@ -47,7 +48,7 @@ def record_epoch(loop: dict, row: dict, monitor: str, mode: str, min_delta: floa
   loop['history'].append(row)
   loop['epoch'] = epoch
   value = row[monitor]
-  improved = value is not None and not np.isnan(value) and _better(value, loop['best_value'], mode, min_delta)
+  improved = value is not None and not np.isnan(value) and improves(value, loop['best_value'], mode, min_delta)
   if improved:
     loop.update(best_value=float(value), best_epoch=epoch, wait=0)
   else:

@@ -1,11 +1,13 @@
 """--mode sweep end to end through launch.py, then a fold-averaged, calibrated, flip-TTA submission."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fpclass import checkpoint, data
+from fpclass.calibration import calibrate
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.sweep import run_sweep
@@ -135,3 +137,17 @@ def test_a_bad_variant_key_names_the_flag(tmp_path):
   with pytest.raises(UserInputError, match=r"config.sweep.variants \(a\): 'model.dropot' is not a config key"):
     run_sweep(config, tmp_path)
   assert not list(tmp_path.iterdir())
+
+
+def test_calibrate_mode_on_a_single_run(sweep_run, tmp_path, monkeypatch):
+  """A fold model is an ordinary workdir: --mode calibrate fits on its own validation split."""
+  workdir, env, _ = sweep_run
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  run = tmp_path / 'fold1'
+  shutil.copytree(workdir / 'exp0' / 'fold1', run)
+  config = load_config('configs/footprint.py:exp0,quick', **TINY_OVERRIDES)
+  result = calibrate(config, run)
+  stored = checkpoint.read_metadata(run)['calibration']
+  assert stored['fitted_on'] == 'validation predictions of this run (n=15)' and stored == result
+  assert stored['temperature'] != checkpoint.read_metadata(workdir / 'exp0' / 'fold1')['calibration']['temperature']
+  assert '## Calibration' in (run / 'report.md').read_text() and (run / 'reliability.png').is_file()
