@@ -3,6 +3,7 @@
     python bench/vmap_speedup.py                          # 5 folds x 4 seeds, 2 epochs, a fifth of each split
     python bench/vmap_speedup.py --fraction 1 --epochs 3  # full epochs (slow on CPU)
     python bench/vmap_speedup.py --forms vmap,one_by_one  # on a GPU
+    python bench/vmap_speedup.py --set 'data.image_size=(60,40)'  # smaller images (less memory)
 
 Every arm trains the same members with `fpclass.model_axis.train_chunk` (the sweep's own trainer), with the
 same epochs, steps and per-epoch validation, so the arms differ only in how the model axis is executed:
@@ -14,6 +15,7 @@ arm), to bound the run time on a CPU; steps per epoch scale with it. The first e
 the later epochs are the steady state. Timings on a shared machine are noisy: compare the ratios of one run.
 """
 import argparse
+import ast
 import json
 import pathlib
 import sys
@@ -32,6 +34,8 @@ def main():
   parser.add_argument('--epochs', type=int, default=2)
   parser.add_argument('--fraction', type=float, default=0.2)
   parser.add_argument('--forms', default='one_by_one,loop,vmap')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override, e.g. --set data.image_size=(60,40) (value: a Python literal)')
   parser.add_argument('--json', default='', help='also write the results to this file')
   args = parser.parse_args()
 
@@ -42,7 +46,11 @@ def main():
   from tests.conftest import load_config
 
   enable_compilation_cache()
-  config = load_config(args.config, **{'train.epochs': args.epochs, 'train.early_stopping_patience': 0})
+  overrides = {'train.epochs': args.epochs, 'train.early_stopping_patience': 0}
+  for item in args.set:
+    key, _, value = item.partition('=')
+    overrides[key.strip()] = ast.literal_eval(value.strip())
+  config = load_config(args.config, **overrides)
   decoded = data.decode_source(config, progress=False)
   labels = decoded.pool.labels.astype(np.int32)
   folds = splits.kfold_indices(labels, args.folds, int(config.data.split_seed))
