@@ -159,6 +159,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.submit = ml_collections.ConfigDict(dict(
       filename='submission.csv',
       probabilities_filename='submission_probabilities.csv',
+      average_folds=False,     # --workdir is a sweep experiment folder: average its fold models' probabilities
+      tta_hflip=False,         # also predict each test image mirrored and average the two
+      calibrated=True,         # apply the temperature and threshold stored by --mode calibrate/sweep, if any
+  ))
+
+  # --mode sweep: every variant x split x seed, trained together along a model axis (fpclass.model_axis),
+  # summarised with confidence intervals (fpclass.sweep), and calibrated (fpclass.calibration).
+  c.sweep = ml_collections.ConfigDict(dict(
+      # Named config changes, one string each: 'name: key=value; key=value' (values are Python literals).
+      # Empty -> one variant, 'base', the config as given (repeated seeds of any config).
+      variants=(),
+      baseline='',             # the variant paired differences are taken against; '' -> the first
+      folds=(),                # () -> all data.num_folds folds (or the source's own val split); (-1,) -> holdout
+      seeds=(0, 1, 2),
+      model_axis='auto',       # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.model_axis
+      models_per_chunk=0,      # models resident at once; 0 -> from the memory rule and memory_fraction
+      memory_fraction=0.5,     # share of free device (or host) memory the chunk may use
+      ece_bins=15,             # equal-width confidence bins for expected calibration error
+      threshold_metric='macro_f1',  # macro_f1 | f1 (positive class): what the binary threshold maximises
   ))
   return c
 

@@ -37,6 +37,16 @@ def _prepare(config, workdir):
   prepare(config)
 
 
+def _sweep(config, workdir):
+  from fpclass.sweep import run_sweep
+  run_sweep(config, workdir)
+
+
+def _calibrate(config, workdir):
+  from fpclass.calibration import calibrate
+  calibrate(config, workdir)
+
+
 MODES = {
     'train': (_train, 'train (resuming a killed run), then evaluate the selected checkpoint (and explain it if '
               'explain.after_training)'),
@@ -49,6 +59,8 @@ MODES = {
     'compare': (_compare, 'read the evaluated runs in the subfolders of --workdir (one per backbone or '
                           'freeze_till value); write comparison.csv, best macro F1 first'),
     'prepare': (_prepare, 'download and prepare config.data.tfds.name as ArrayRecord (needs TensorFlow)'),
+    'sweep': (_sweep, 'train config.sweep.variants x folds x seeds together; tables with confidence intervals'),
+    'calibrate': (_calibrate, 'fit temperature and decision threshold on validation predictions; store them'),
 }
 
 

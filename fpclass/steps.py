@@ -37,6 +37,15 @@ def default_compiler_options(backend: str | None = None) -> tuple:
   return CPU_OPTIONS if (backend or jax.default_backend()) == 'cpu' else ()
 
 
+def jit_options(init: bool = False) -> dict | None:
+  """`jax.jit(compiler_options=...)` for this backend: the train/predict programs' options, or the init
+  program's. Every program that must reproduce `CompiledSteps` exactly (e.g. `fpclass.model_axis`) uses
+  these, since XLA options may change floating-point results."""
+  if init:
+    return dict(CPU_INIT_OPTIONS) if jax.default_backend() == 'cpu' else None
+  return dict(default_compiler_options()) or None
+
+
 def check_loop(loop: str) -> str:
   if loop not in LOOPS:
     raise UserInputError(f'config.train.loop={loop!r}: choose one of {LOOPS}')
@@ -86,7 +95,7 @@ class CompiledSteps:
 
   @property
   def _init_options(self) -> dict | None:
-    return dict(CPU_INIT_OPTIONS) if jax.default_backend() == 'cpu' else None
+    return jit_options(init=True)
 
   @functools.cached_property
   def init(self) -> Callable:

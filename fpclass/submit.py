@@ -1,5 +1,9 @@
 """`--mode submit`: restore the selected checkpoint and write submission.csv, without training.
 
+With `submit.average_folds` the workdir is a sweep experiment folder and the fold models' probabilities
+are averaged; `submit.tta_hflip` adds the mirrored image; a temperature and threshold stored by
+--mode calibrate or sweep are applied unless `submit.calibrated=False`.
+
 The submission has exactly the test files, in sample_submission order when that file exists, with the
 configured id and label columns; class probabilities go to a second file. Both are written atomically.
 """
@@ -8,15 +12,16 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from fpclass import data, fileio, report
+from fpclass import data, ensemble, fileio, report
+from fpclass.calibration import decide
 from fpclass.data.kaggle_csv import read_csv
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
 
 
 def submit(config, workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
-  trained = load_trained(config, workdir)
+  members = ensemble.load_members(config, workdir, folds=bool(config.submit.average_folds))
+  trained = members[0].trained
   decoded = data.decode_source(config)
   test = decoded.test
   if test is None:
@@ -25,12 +30,15 @@ def submit(config, workdir) -> pathlib.Path:
   if tuple(decoded.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(decoded.class_names)} but the checkpoint was trained on '
                          f'{list(trained.class_names)}')
-  probs = trained.probabilities(test.images, int(config.eval.batch_size))
+  calibrated = bool(config.submit.calibrated)
+  probs = ensemble.predict_probabilities(members, test.images, int(config.eval.batch_size),
+                                         tta_hflip=bool(config.submit.tta_hflip), calibrated=calibrated)
+  threshold = ensemble.decision_threshold(members, calibrated)
   failed = ~np.asarray(test.extras.get('decoded', np.ones(len(test), bool)))
   if failed.any():  # only reachable with data.bad_test_images=prior
     prior = np.bincount(decoded.pool.labels, minlength=len(decoded.class_names)) / len(decoded.pool)
     probs[failed] = prior
-  pred = probs.argmax(1)
+  pred = decide(probs, threshold)
 
   id_col, label_col = config.data.id_column, config.data.label_column
   if decoded.source_name == 'synthetic_footprints':
@@ -45,9 +53,10 @@ def submit(config, workdir) -> pathlib.Path:
   fileio.write_csv(workdir / config.submit.probabilities_filename, probabilities)
 
   lines = ['## Submission', '',
-           f'[{out.name}]({out.name}): {len(submission)} rows (`{id_col}`, `{label_col}`) from the '
-           f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); probabilities in '
+           f'[{out.name}]({out.name}): {len(submission)} rows (`{id_col}`, `{label_col}`) from '
+           + _models_note(members, workdir) + '; probabilities in '
            f'[{config.submit.probabilities_filename}]({config.submit.probabilities_filename}).',
+           '', _prediction_note(members, calibrated, threshold, bool(config.submit.tta_hflip)),
            '', 'Predicted class counts: ' + ', '.join(f'{c}: {int((pred == i).sum())}' for i, c in enumerate(names))]
   if failed.any():
     lines.append(f'{int(failed.sum())} undecodable test image(s) got the class prior (see quarantine.csv).')
@@ -57,6 +66,28 @@ def submit(config, workdir) -> pathlib.Path:
   report.write_section(workdir, '40-submission', '\n'.join(lines))
   print(f'wrote {out} ({len(submission)} rows)' + (f'; hidden-label accuracy {hidden:.4f}' if hidden else ''))
   return out
+
+
+def _models_note(members, workdir) -> str:
+  if len(members) == 1:
+    return f'the {members[0].trained.checkpoint} checkpoint (epoch {members[0].trained.epoch})'
+  return (f'the mean probability of {len(members)} fold models ('
+          + ', '.join(f'{m.path.relative_to(workdir)}: {m.trained.checkpoint} epoch {m.trained.epoch}' for m in members)
+          + ')')
+
+
+def _prediction_note(members, calibrated, threshold, tta_hflip) -> str:
+  temperatures = [(m.calibration or {}).get('temperature') for m in members]
+  parts = []
+  if calibrated and any(t is not None for t in temperatures):
+    parts.append('temperature-scaled probabilities (T = ' + ', '.join(f'{t:.3f}' for t in temperatures if t) + ')')
+  else:
+    parts.append('uncalibrated probabilities' + ('' if calibrated else ' (config.submit.calibrated=False)'))
+  if tta_hflip:
+    parts.append('averaged with the horizontally flipped image')
+  parts.append(f'class 1 when its probability is at least the tuned threshold {threshold:.3f}'
+               if threshold is not None else 'the most probable class')
+  return 'Predictions: ' + '; '.join(parts) + '.'
 
 
 def _score_hidden_labels(decoded, submission, id_col, label_col):

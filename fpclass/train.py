@@ -39,7 +39,16 @@ def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
   return perm[np.arange(steps * batch_size) % n].reshape(steps, batch_size).astype(np.int32)
 
 
-def _better(value, best, mode, min_delta):
+def batch_order(sampler: str, seed: int, epoch: int, labels: np.ndarray, batch_size: int) -> np.ndarray:
+  """(steps, batch) indices into `labels` for one epoch: `epoch_order`, or the class-balanced order when
+  config.train.sampler='balanced'."""
+  if sampler == 'balanced':
+    return class_balanced_order(seed, epoch, labels, batch_size)
+  return epoch_order(seed, epoch, len(labels), batch_size)
+
+
+def improves(value, best, mode: str, min_delta: float = 0.0) -> bool:
+  """Whether a finite monitored value beats the best so far (None: nothing to beat)."""
   if best is None:
     return True
   return value < best - min_delta if mode == 'min' else value > best + min_delta
@@ -59,6 +68,35 @@ def phase_config(config, phase: int):
   return tuned
 
 
+def record_epoch(loop: dict, row: dict, monitor: str, mode: str, min_delta: float, patience: int,
+                 epochs: int, last_phase: bool = True) -> tuple[bool, bool]:
+  """Appends an epoch's metrics row to the loop state and updates best epoch, patience and the stop
+  decision; returns (improved, stop). The one rule for model selection and early stopping, shared by
+  `train_and_evaluate` and the many-model trainer (`fpclass.model_axis`). `epochs` is where the current
+  phase ends; a phase other than the last ends with `phase_over` instead of `finished`."""
+  epoch = int(row['epoch'])
+  loop['history'].append(row)
+  loop['epoch'] = epoch
+  value = row[monitor]
+  improved = value is not None and not np.isnan(value) and improves(value, loop['best_value'], mode, min_delta)
+  if improved:
+    loop.update(best_value=float(value), best_epoch=epoch, wait=0)
+  else:
+    loop['wait'] += 1
+  stop = patience > 0 and loop['wait'] >= patience
+  if stop or epoch == epochs:
+    if last_phase:
+      loop.update(finished=True, stop_reason='early_stopping' if stop else 'epochs')
+    else:
+      loop['phase_over'] = True
+  return improved, stop
+
+
+def new_loop_state() -> dict:
+  return dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='',
+              phase=0, phase_start=0, phase_over=False)
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Trains (resuming from `workdir` when it holds a run), then evaluates the selected checkpoint (and
   explains it, with config.explain.after_training)."""
@@ -75,8 +113,7 @@ def train_and_evaluate(config, workdir) -> dict:
   parallel.check_batch_size(batch_size)
 
   store = checkpoint.CheckpointStore(workdir)
-  loop = dict(epoch=0, best_value=None, best_epoch=None, wait=0, history=[], finished=False, stop_reason='',
-              phase=0, phase_start=0, phase_over=False)
+  loop = new_loop_state()
   stored = checkpoint.read_metadata(workdir)
   resume = stored is not None and store.latest_epoch('last') is not None
   if stored is not None:
@@ -150,9 +187,8 @@ def _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch
 
   for epoch in range(loop['epoch'], end):
     start = time.perf_counter()
-    order = compiled.parallel.replicate(class_balanced_order(seed, epoch, dataset.train.labels, batch_size)
-                                        if config.train.sampler == 'balanced'
-                                        else epoch_order(seed, epoch, n, batch_size))
+    order = compiled.parallel.replicate(batch_order(config.train.sampler, seed, epoch, dataset.train.labels,
+                                                    batch_size))
     key = jax.random.fold_in(epoch_keys, epoch)
     bar = tqdm(total=order.shape[0], desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False, disable=None)
 
@@ -172,21 +208,9 @@ def _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch
                train_accuracy=totals['correct'] / totals['count'], **{f'val_{k}': v for k, v in val.items()},
                learning_rate=float(schedule(int(state.step) - 1)), phase=loop['phase'],
                seconds=time.perf_counter() - start)
-    loop['history'].append(row)
-    loop['epoch'] = epoch + 1
-    value = row[monitor]
-    improved = value is not None and not np.isnan(value) and _better(value, loop['best_value'], mode, min_delta)
+    improved, stop = record_epoch(loop, row, monitor, mode, min_delta, patience, end, last_phase)
     if improved:
-      loop.update(best_value=float(value), best_epoch=epoch + 1, wait=0)
       store.save('best', epoch + 1, state, dict(loop))
-    else:
-      loop['wait'] += 1
-    stop = patience > 0 and loop['wait'] >= patience
-    if stop or epoch + 1 == end:
-      if last_phase:
-        loop.update(finished=True, stop_reason='early_stopping' if stop else 'epochs')
-      else:
-        loop['phase_over'] = True
     store.save('last', epoch + 1, state, dict(loop))
     fileio.write_csv(workdir / HISTORY, pd.DataFrame(loop['history']))
     if config.train.tensorboard:

@@ -1,0 +1,50 @@
+"""Means, spreads and confidence intervals over repeated runs (folds x seeds).
+
+Runs that share training data are not independent, so the plain t-interval over k folds x s seeds is too
+narrow. The interval here is the corrected resampled t-interval of Nadeau & Bengio (2003), as used by
+Bouckaert & Frank (2004) for repeated k-fold cross-validation:
+
+    mean +- t(0.975, J - 1) * sqrt((1 / J + n_val / n_train) * s^2)
+
+over the J = k x s per-run values, with s^2 their sample variance and n_val / n_train the validation to
+training size ratio (1 / (k - 1) for k folds). With a single fixed split (seeds only) the ratio is 0:
+the interval then covers seed-to-seed variation only, not the choice of validation images.
+The same formula applies to paired differences (the per-run difference between two configs trained on
+the same split with the same seed), which removes the fold-to-fold variation the two share.
+"""
+import dataclasses
+import math
+
+import numpy as np
+from scipy import stats
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  mean: float
+  std: float
+  low: float
+  high: float
+  n: int
+
+  def format(self, digits: int = 3) -> str:
+    if self.n == 0:
+      return 'n/a'
+    if math.isnan(self.low):
+      return f'{self.mean:.{digits}f}'
+    return f'{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]'
+
+
+def corrected_interval(values, test_train_ratio: float = 0.0, level: float = 0.95) -> Interval:
+  """Mean, sample std and the corrected t-interval of `values` (NaN and None dropped)."""
+  x = np.asarray([v for v in values if v is not None], np.float64)
+  x = x[~np.isnan(x)]
+  n = len(x)
+  if n == 0:
+    return Interval(math.nan, math.nan, math.nan, math.nan, 0)
+  mean = float(x.mean())
+  if n < 2:
+    return Interval(mean, math.nan, math.nan, math.nan, n)
+  std = float(x.std(ddof=1))
+  half = float(stats.t.ppf(0.5 + level / 2, n - 1) * math.sqrt((1.0 / n + test_train_ratio) * std ** 2))
+  return Interval(mean, std, mean - half, mean + half, n)

@@ -1,0 +1,396 @@
+"""`--mode sweep`: config variants, each trained over k folds x seeds along the model axis, summarised with
+means, spreads and confidence intervals, compared pairwise with a baseline, and calibrated.
+
+    <workdir>/sweep_results.md, .csv   per variant: mean ± std [95% CI] of accuracy, macro F1, ROC AUC; ECE;
+                                       parameters; seconds per model-epoch
+    <workdir>/sweep_differences.csv    per variant and metric: paired difference from the baseline
+    <workdir>/sweep_models.csv         one row per trained model (variant, split, seed, metrics, epochs)
+    <workdir>/sweep_results.png        bars with 95% CI error bars, and every model's value
+    <workdir>/<variant>/fold<k>/       the best seed's model of fold k: an ordinary workdir
+    <workdir>/<variant>/               experiment.json, calibration.json, reliability.png, report.md
+
+A variant is `'name: key=value; key=value'` applied to the given config (`sweep.variants`); with none,
+the config itself is the one variant, so `--mode sweep` on any config gives mean ± std over seeds.
+A relaunch skips variants whose experiment.json matches the config (an interrupted variant is retrained).
+"""
+import ast
+import copy
+import dataclasses
+import hashlib
+import json
+import pathlib
+import re
+import time
+
+import ml_collections
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from fpclass import calibration, checkpoint, data, fileio, metrics, model_axis, optim, report, stats
+from fpclass.config import validate
+from fpclass.data import splits
+from fpclass.errors import UserInputError
+from fpclass.task import Normalisation, probabilities
+
+METRICS = ('accuracy', 'macro_f1', 'roc_auc')
+METRIC_TITLES = dict(accuracy='accuracy', macro_f1='macro F1', roc_auc='ROC AUC')
+NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
+EXPERIMENT_FILE = 'experiment.json'
+# Keys that do not change what a finished variant trained, so its results are reused across them.
+REUSABLE_CHANGES = ('name', 'eval.', 'submit.', 'data.cache_dir', 'data.decode_workers', 'train.log_every_steps',
+                    'sweep.variants', 'sweep.baseline', 'sweep.model_axis', 'sweep.models_per_chunk',
+                    'sweep.memory_fraction', 'sweep.ece_bins', 'sweep.threshold_metric')
+
+
+@dataclasses.dataclass
+class Variant:
+  name: str
+  changes: dict
+  config: ml_collections.ConfigDict
+
+  def describe(self) -> str:
+    return ', '.join(f'{k}={v!r}' for k, v in self.changes.items()) or '(as configured)'
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+  """'exp4: model.dropout=0.5; train.early_stopping_patience=7' -> ('exp4', {...}); values are Python
+  literals, anything else is taken as a string."""
+  name, sep, body = spec.partition(':')
+  name = name.strip()
+  if not sep or not NAME.match(name):
+    raise UserInputError(f'config.sweep.variants: {spec!r} is not "name: key=value; key=value" with a name of '
+                         'letters, digits, ".", "_" or "-"')
+  changes = {}
+  for item in filter(None, (part.strip() for part in body.split(';'))):
+    key, eq, text = item.partition('=')
+    if not eq or not key.strip():
+      raise UserInputError(f'config.sweep.variants: {item!r} in variant {name!r} is not key=value')
+    try:
+      value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      value = text.strip()
+    changes[key.strip()] = value
+  return name, changes
+
+
+def variant_spec(name: str, changes: dict) -> str:
+  """The inverse of parse_variant, for config files that build `sweep.variants` from a table."""
+  return f'{name}: ' + '; '.join(f'{k}={v!r}' for k, v in changes.items())
+
+
+def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:
+  out = copy.deepcopy(config)
+  for key, value in changes.items():
+    *parents, leaf = key.split('.')
+    node = out
+    try:
+      for p in parents:
+        node = node[p]
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = list(value) if isinstance(value, list) else value
+    except (KeyError, AttributeError):
+      raise UserInputError(f'{where}: {key!r} is not a config key') from None
+    except TypeError as e:
+      raise UserInputError(f'{where}: {key}={value!r}: {e}') from None
+  return out
+
+
+def build_variants(config) -> list[Variant]:
+  specs = list(config.sweep.variants) or ['base:']
+  variants, seen = [], set()
+  for spec in specs:
+    name, changes = parse_variant(spec)
+    if name in seen:
+      raise UserInputError(f'config.sweep.variants: the name {name!r} is used twice')
+    seen.add(name)
+    variant_config = apply_changes(config, changes, f'config.sweep.variants ({name})')
+    validate(variant_config)
+    variants.append(Variant(name, changes, variant_config))
+  return variants
+
+
+def check_sweep_config(config, variants: list[Variant]) -> None:
+  sweep = config.sweep
+  seeds = list(sweep.seeds)
+  if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+    raise UserInputError(f'config.sweep.seeds={tuple(seeds)}: give distinct integers, at least one')
+  folds = list(sweep.folds)
+  if len(set(folds)) != len(folds) or not all(isinstance(f, int) and -1 <= f < int(config.data.num_folds)
+                                              for f in folds):
+    raise UserInputError(f'config.sweep.folds={tuple(folds)}: give distinct fold numbers in [0, '
+                         f'data.num_folds={config.data.num_folds}), or -1 for the holdout; () means all folds')
+  model_axis.resolve_form(sweep.model_axis)
+  if not 0.0 < float(sweep.memory_fraction) <= 1.0:
+    raise UserInputError(f'config.sweep.memory_fraction={sweep.memory_fraction}: must be in (0, 1]')
+  if int(sweep.models_per_chunk) < 0:
+    raise UserInputError(f'config.sweep.models_per_chunk={sweep.models_per_chunk}: use 0 (automatic) or more')
+  if int(sweep.ece_bins) < 2:
+    raise UserInputError(f'config.sweep.ece_bins={sweep.ece_bins}: use at least 2')
+  if sweep.threshold_metric not in calibration.THRESHOLD_METRICS:
+    raise UserInputError(f'config.sweep.threshold_metric={sweep.threshold_metric!r}: choose one of '
+                         f'{calibration.THRESHOLD_METRICS}')
+  if sweep.baseline and sweep.baseline not in [v.name for v in variants]:
+    raise UserInputError(f'config.sweep.baseline={sweep.baseline!r}: not one of the variants '
+                         f'{[v.name for v in variants]}')
+
+
+def plan_members(decoded: data.Decoded, config):
+  """(images, labels, members, note): the shared arrays and one member per split x seed. Splits are
+  exactly those `data.split_dataset` makes for `data.fold=k`, so each member sees a solo run's data."""
+  folds, seeds = list(config.sweep.folds), list(config.sweep.seeds)
+  pool, d = decoded.pool, config.data
+  if decoded.val is not None:
+    if folds not in ([], [-1]):
+      raise UserInputError(f'config.sweep.folds={tuple(folds)}: the source has its own validation split, so '
+                           'there are no folds to choose; use () or (-1,)')
+    images = np.concatenate([pool.images, decoded.val.images])
+    labels = np.concatenate([pool.labels, decoded.val.labels])
+    split_index = {-1: (np.arange(len(pool)), len(pool) + np.arange(len(decoded.val)))}
+    note = 'the source\'s own validation split'
+  else:
+    images, labels = pool.images, pool.labels
+    folds = folds or list(range(int(d.num_folds)))
+    kfold = splits.kfold_indices(labels, int(d.num_folds), int(d.split_seed)) if any(f >= 0 for f in folds) else []
+    split_index = {f: kfold[f] if f >= 0 else splits.holdout_indices(labels, float(d.val_fraction), int(d.split_seed))
+                   for f in folds}
+    note = (f'{len(folds)} of {d.num_folds} stratified folds' if any(f >= 0 for f in folds) else
+            f'the stratified {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
+  members = [model_axis.Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
+             for f, (t, v) in split_index.items() for s in seeds]
+  return images, labels.astype(np.int32), members, note
+
+
+def _index_hash(index) -> str:
+  return hashlib.sha1(np.asarray(index, np.int64).tobytes()).hexdigest()[:12]
+
+
+def _finished(exp_dir: pathlib.Path, config_json: dict):
+  path = exp_dir / EXPERIMENT_FILE
+  if not path.exists():
+    if any(exp_dir.glob('*/' + checkpoint.METADATA)):
+      raise UserInputError(f'{exp_dir} holds fold models of an unfinished run of this variant (no '
+                           f'{EXPERIMENT_FILE}); remove that folder to train the variant again')
+    return None
+  stored = json.loads(path.read_text())
+  diffs = checkpoint.config_differences(stored['config'], config_json, ignore=REUSABLE_CHANGES)
+  if diffs:
+    raise UserInputError(f'{exp_dir} holds results of a different config for this variant: ' + '; '.join(diffs[:10])
+                         + '. Use a new --workdir, or the original flags.')
+  return stored
+
+
+def run_experiment(variant: Variant, exp_dir: pathlib.Path) -> dict:
+  """Trains every split x seed of one variant; checkpoints each split's best seed; calibrates."""
+  config = variant.config
+  start = time.perf_counter()
+  decoded = data.decode_source(config)
+  images, labels, members, note = plan_members(decoded, config)
+  class_names = decoded.class_names
+  monitor = config.train.monitor
+  rows, kept, timings = [], {}, []
+  for results, timing in model_axis.train_members(config, class_names, images, labels, members,
+                                                  log_prefix=f'[{variant.name}] '):
+    timings.append(timing)
+    for r in results:
+      m = r.member
+      scores = metrics.scores(labels[m.val_index], probabilities(r.val_logits, _head(config)), class_names)
+      rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, accuracy=scores['accuracy'],
+                       macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'], loss=scores['loss'],
+                       checkpoint=r.checkpoint, epoch=r.epoch, epochs_trained=r.loop['epoch'],
+                       stop_reason=r.loop['stop_reason'], n_train=len(m.train_index), n_val=len(m.val_index),
+                       val_hash=_index_hash(m.val_index)))
+      if model_axis.better_result(kept.get(m.split, (None,))[0], r, monitor):
+        # Host copies now; the result keeps no handle on the chunk, whose device memory is then freed.
+        kept[m.split] = (dataclasses.replace(r, fetch=None), r.fetch())
+  normalisation = dataclasses.asdict(Normalisation.from_config(config.data))
+  num_params = None
+  for split, (r, states) in sorted(kept.items()):
+    member_config = apply_changes(config, {'data.fold': split, 'seed': r.member.seed}, 'sweep')
+    model_axis.save_member_workdir(exp_dir / model_axis.split_name(split), member_config, class_names, r, states,
+                                   normalisation)
+    num_params = optim.count_params(states[0].params)
+    for row in rows:
+      if row['split'] == split and row['seed'] == r.member.seed:
+        row['kept'] = True
+  for row in rows:
+    row.setdefault('kept', False)
+  calib = calibration.calibrate(config, exp_dir, decoded)
+  train_seconds = sum(t['train_seconds'] for t in timings)
+  model_epochs = sum(t['model_epochs'] for t in timings)
+  ratio = float(np.mean([len(m.val_index) / len(m.train_index) for m in members])) \
+      if len({m.split for m in members}) > 1 else 0.0
+  result = dict(config=checkpoint.config_as_json(config), name=variant.name, changes=variant.changes, rows=rows,
+                split_note=note, test_train_ratio=ratio, num_params=num_params, calibration=calib,
+                timing=dict(wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
+                            model_epochs=model_epochs,
+                            seconds_per_model_epoch=train_seconds / max(1, model_epochs),
+                            form=timings[0]['form'], chunks=[t['chunk'] for t in timings],
+                            plan=timings[0]['plan']))
+  fileio.write_json(exp_dir / EXPERIMENT_FILE, result)
+  return result
+
+
+def _head(config):
+  return config.model.get('head', 'softmax')
+
+
+def run_sweep(config, workdir) -> pd.DataFrame:
+  workdir = pathlib.Path(workdir)
+  variants = build_variants(config)
+  check_sweep_config(config, variants)
+  workdir.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  # Every stored variant is checked before any training, so a mismatch fails in seconds, not hours.
+  stored = {v.name: _finished(workdir / v.name, checkpoint.config_as_json(v.config)) for v in variants}
+  experiments = []
+  for variant in variants:
+    exp_dir = workdir / variant.name
+    if stored[variant.name] is not None:
+      tqdm.write(f'[{variant.name}] finished earlier; reusing {exp_dir / EXPERIMENT_FILE}')
+      experiments.append(stored[variant.name])
+      continue
+    tqdm.write(f'[{variant.name}] {variant.describe()}')
+    experiments.append(run_experiment(variant, exp_dir))
+  baseline = config.sweep.baseline or variants[0].name
+  models = pd.DataFrame([row for e in experiments for row in e['rows']])
+  summary = summarise(experiments)
+  differences = paired_differences(models, experiments, baseline)
+  fileio.write_csv(workdir / 'sweep_models.csv', models)
+  fileio.write_csv(workdir / 'sweep_results.csv', summary)
+  fileio.write_csv(workdir / 'sweep_differences.csv', differences)
+  fileio.save_figure(workdir / 'sweep_results.png', plot_results(summary, models))
+  wall = time.perf_counter() - start
+  section = sweep_section(config, experiments, summary, differences, baseline, wall)
+  fileio.write_text(workdir / 'sweep_results.md', section + '\n')
+  report.write_section(workdir, '50-sweep', section)
+  print(results_table(summary))
+  print(f'{workdir}: {len(models)} models in {len(experiments)} variants, {wall:.0f}s')
+  return summary
+
+
+def summarise(experiments: list[dict]) -> pd.DataFrame:
+  out = []
+  for e in experiments:
+    rows = pd.DataFrame(e['rows'])
+    entry = dict(experiment=e['name'], changes=Variant(e['name'], e['changes'], None).describe(), models=len(rows))
+    for metric in METRICS:
+      ci = stats.corrected_interval(rows[metric], e['test_train_ratio'])
+      entry.update({f'{metric}_mean': ci.mean, f'{metric}_std': ci.std, f'{metric}_ci_low': ci.low,
+                    f'{metric}_ci_high': ci.high})
+    calib, timing = e['calibration'], e['timing']
+    entry.update(loss_mean=float(rows['loss'].mean()), epochs_trained_mean=float(rows['epochs_trained'].mean()),
+                 ece_before=calib['ece_before'], ece_after=calib['ece_after'], temperature=calib['temperature'],
+                 threshold=calib['threshold'], num_params=e['num_params'],
+                 seconds_per_model_epoch=timing['seconds_per_model_epoch'], train_seconds=timing['train_seconds'],
+                 wall_seconds=timing['wall_seconds'], test_train_ratio=e['test_train_ratio'])
+    out.append(entry)
+  return pd.DataFrame(out)
+
+
+def paired_differences(models: pd.DataFrame, experiments: list[dict], baseline: str) -> pd.DataFrame:
+  """Per variant and metric: the variant minus the baseline on the same split and seed (matched on the
+  validation indices themselves), with the corrected interval."""
+  ratio = {e['name']: e['test_train_ratio'] for e in experiments}
+  base = models[models['experiment'] == baseline].set_index(['split', 'seed'])
+  out = []
+  for name in [e['name'] for e in experiments if e['name'] != baseline]:
+    other = models[models['experiment'] == name].set_index(['split', 'seed'])
+    common = other.index.intersection(base.index)
+    same = common[(other.loc[common, 'val_hash'] == base.loc[common, 'val_hash']).to_numpy()]
+    for metric in METRICS:
+      diff = (other.loc[same, metric].astype(float) - base.loc[same, metric].astype(float)).to_numpy()
+      ci = stats.corrected_interval(diff, ratio[name])
+      out.append(dict(experiment=name, baseline=baseline, metric=metric, pairs=ci.n, mean_difference=ci.mean,
+                      std=ci.std, ci_low=ci.low, ci_high=ci.high, wins=int(np.sum(diff > 0)),
+                      losses=int(np.sum(diff < 0))))
+  return pd.DataFrame(out, columns=['experiment', 'baseline', 'metric', 'pairs', 'mean_difference', 'std', 'ci_low',
+                                    'ci_high', 'wins', 'losses'])
+
+
+def plot_results(summary: pd.DataFrame, models: pd.DataFrame) -> Figure:
+  names = summary['experiment'].tolist()
+  fig = Figure(figsize=(max(6.0, 1.0 + 0.7 * len(names)), 8.5), layout='constrained')
+  rng = np.random.default_rng(0)
+  for ax, metric in zip(fig.subplots(len(METRICS), 1, sharex=True), METRICS):
+    x = np.arange(len(names))
+    mean = summary[f'{metric}_mean'].to_numpy(float)
+    low = np.nan_to_num(mean - summary[f'{metric}_ci_low'].to_numpy(float))
+    high = np.nan_to_num(summary[f'{metric}_ci_high'].to_numpy(float) - mean)
+    ax.bar(x, mean, color='#9ecae1', edgecolor='#3182bd', yerr=[low, high], capsize=4, label='mean, 95% CI')
+    for i, name in enumerate(names):
+      values = models.loc[models['experiment'] == name, metric].astype(float).to_numpy()
+      ax.plot(i + rng.uniform(-0.2, 0.2, len(values)), values, '.', color='#08306b', ms=3, alpha=0.7)
+    finite = np.concatenate([mean[np.isfinite(mean)], models[metric].astype(float).dropna().to_numpy()])
+    if len(finite):
+      ax.set_ylim(max(0.0, finite.min() - 0.05), min(1.0, finite.max() + 0.05))
+    ax.set_ylabel(METRIC_TITLES[metric])
+    ax.grid(axis='y', alpha=0.3)
+  ax.set_xticks(np.arange(len(names)), names, rotation=45 if len(names) > 6 else 0)
+  fig.suptitle('validation metrics per variant: bars are means with 95% CI, dots are single models', fontsize=9)
+  return fig
+
+
+def results_table(summary: pd.DataFrame) -> str:
+  rows = []
+  for _, s in summary.iterrows():
+    row = dict(variant=s['experiment'], changes=s['changes'], models=int(s['models']))
+    for metric in METRICS:
+      row[METRIC_TITLES[metric]] = stats.Interval(s[f'{metric}_mean'], s[f'{metric}_std'], s[f'{metric}_ci_low'],
+                                                  s[f'{metric}_ci_high'], int(s['models'])).format()
+    row['ECE before → after'] = f'{s["ece_before"]:.3f} → {s["ece_after"]:.3f}'
+    row['params'] = f'{int(s["num_params"]):,}' if pd.notna(s['num_params']) else ''
+    row['s / model-epoch'] = f'{s["seconds_per_model_epoch"]:.2f}'
+    row['epochs'] = f'{s["epochs_trained_mean"]:.1f}'
+    rows.append(row)
+  columns = ['variant', 'changes', 'models', *METRIC_TITLES.values(), 'ECE before → after', 'params',
+             's / model-epoch', 'epochs']
+  return report.table(rows, columns)
+
+
+def differences_table(differences: pd.DataFrame) -> str:
+  rows = {}
+  for _, d in differences.iterrows():
+    row = rows.setdefault(d['experiment'], dict(variant=d['experiment'], pairs=int(d['pairs'])))
+    excludes_zero = np.isfinite(d['ci_low']) and (d['ci_low'] > 0 or d['ci_high'] < 0)
+    cell = 'n/a' if d['pairs'] < 2 else \
+        f'{d["mean_difference"]:+.3f} [{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}]' + (' *' if excludes_zero else '')
+    row[f'Δ {METRIC_TITLES[d["metric"]]}'] = cell
+    if d['metric'] == 'accuracy':
+      row['accuracy wins/losses'] = f'{d["wins"]}/{d["losses"]}'
+  columns = ['variant', 'pairs', *[f'Δ {t}' for t in METRIC_TITLES.values()], 'accuracy wins/losses']
+  return report.table(list(rows.values()), columns)
+
+
+def sweep_section(config, experiments, summary, differences, baseline, wall) -> str:
+  e0 = experiments[0]
+  seeds = sorted({row['seed'] for e in experiments for row in e['rows']})
+  splits_used = sorted({row['split'] for e in experiments for row in e['rows']})
+  ratio = e0['test_train_ratio']
+  interval_note = (f'Intervals are the corrected resampled t-interval (Nadeau & Bengio): mean ± t·sqrt((1/J + '
+                   f'n_val/n_train)·s²) over the J runs, with n_val/n_train = {ratio:.3f}, which widens the naive '
+                   'interval because folds share training data.' if ratio > 0 else
+                   'There is one fixed validation split, so the intervals (t-intervals over the runs) cover '
+                   'seed-to-seed variation only, not the choice of validation images.')
+  timing = e0['timing']
+  lines = ['## Sweep', '',
+           f'{len(experiments)} variants × {len(splits_used)} splits ({e0["split_note"]}) × {len(seeds)} seeds '
+           f'{seeds} = {int(summary["models"].sum())} models, {wall:.0f} s wall for this launch '
+           f'(variants reused from an earlier launch are not counted). Model axis: `{timing["form"]}`, '
+           f'{timing["plan"]}.', '',
+           'Each cell is mean ± std [95% CI] over the runs of a variant, on each run\'s validation split at its '
+           'selected checkpoint. ' + interval_note, '',
+           results_table(summary), '',
+           f'### Paired differences from `{baseline}`', '',
+           'Per run (same split, same seed), the variant minus the baseline; * marks an interval that excludes 0.', '',
+           differences_table(differences) if len(differences) else '(only one variant)', '',
+           '![sweep results](sweep_results.png)', '',
+           'ECE is the expected calibration error of each variant\'s fold models on their out-of-fold predictions, '
+           'before and after temperature scaling (cross-fitted; see `<variant>/report.md`). Each split\'s best seed '
+           'is checkpointed as `<variant>/fold<k>/`; submit their average with '
+           '`--mode submit --workdir <sweep>/<variant> --config.submit.average_folds=True` and the variant\'s config.',
+           '', 'Files: [sweep_results.csv](sweep_results.csv), [sweep_differences.csv](sweep_differences.csv), '
+           '[sweep_models.csv](sweep_models.csv), [sweep_results.md](sweep_results.md).']
+  return '\n'.join(lines)

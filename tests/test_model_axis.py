@@ -1,0 +1,116 @@
+"""Many models at once: each member of the model axis equals the same model trained alone."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass import data, model_axis, task as task_lib
+from fpclass.data import splits
+from fpclass.inference import load_trained
+from fpclass.train import train_and_evaluate
+from tests.conftest import load_config
+
+# Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
+# steps per epoch, so the shorter member sits out the last step of every epoch. A high learning rate
+# with patience 1 stops members at different epochs. Dropout, augmentation and 'auto' class weights make
+# every source of per-model randomness and per-fold state count.
+SETUP = {'data.image_size': (8, 8), 'augment.rotation': 5.0, 'augment.translate': 0.0,
+         'model.conv_channels': (8,), 'model.fc_sizes': (16,), 'model.dropout': 0.3, 'train.batch_size': 479,
+         'train.epochs': 3, 'train.schedule': 'constant', 'train.learning_rate': 0.03,
+         'train.early_stopping_patience': 1, 'train.select_checkpoint': 'best', 'train.class_weights': 'auto'}
+MEMBERS = [(1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def tiny(**overrides):
+  return load_config('configs/digits.py:quick', **SETUP, **overrides)
+
+
+@pytest.fixture(scope='module')
+def solo_runs(tmp_path_factory):
+  """Each member trained alone by train_and_evaluate: its history, last and best states, scores."""
+  out = {}
+  for fold, seed in MEMBERS:
+    workdir = tmp_path_factory.mktemp(f'solo-{fold}-{seed}')
+    config = tiny(**{'data.fold': fold, 'seed': seed})
+    scores = train_and_evaluate(config, workdir)
+    out[fold, seed] = dict(history=pd.read_csv(workdir / 'metrics.csv'), scores=scores,
+                           last=load_trained(config, workdir, 'last').state,
+                           best=load_trained(config, workdir, 'best').state)
+  return out
+
+
+def _members(config):
+  decoded = data.decode_source(config, progress=False)
+  folds = splits.kfold_indices(decoded.pool.labels, 5, 0)
+  members = [model_axis.Member(f, s, folds[f][0], folds[f][1]) for f, s in MEMBERS]
+  return decoded, members
+
+
+def _max_difference(a, b):
+  diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
+  return max(jax.tree_util.tree_leaves(diffs))
+
+
+@pytest.mark.parametrize('form, per_chunk', [('loop', 4), ('vmap', 2)])
+def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
+  config = tiny(**{'sweep.model_axis': form, 'sweep.models_per_chunk': per_chunk})
+  decoded, members = _members(config)
+  chunks = list(model_axis.train_members(config, decoded.class_names, decoded.pool.images,
+                                         decoded.pool.labels.astype(np.int32), members))
+  assert [len(results) for results, _ in chunks] == ([4] if per_chunk == 4 else [2, 2])
+  tolerance = 0.0 if form == 'loop' else 2e-5  # the loop runs the solo program itself; vmap batches the ops
+  stop_epochs = set()
+  for results, _ in chunks:
+    for r in results:
+      solo = solo_runs[r.member.split, r.member.seed]
+      history = pd.DataFrame(r.loop['history']).drop(columns='seconds')
+      expected = solo['history'].drop(columns='seconds')
+      assert len(history) == len(expected), r.member.name  # the same early-stopping epoch
+      np.testing.assert_allclose(history.to_numpy(float), expected.to_numpy(float), atol=max(tolerance, 1e-12))
+      assert r.checkpoint == solo['scores']['checkpoint'] and r.epoch == solo['scores']['epoch']
+      last, best = r.fetch()
+      assert _max_difference(last.params, solo['last'].params) <= tolerance
+      assert _max_difference(best[0], solo['best'].params) <= tolerance
+      accuracy = np.mean(task_lib.probabilities(r.val_logits, 'softmax').argmax(1)
+                         == decoded.pool.labels[r.member.val_index])
+      assert accuracy == pytest.approx(solo['scores']['accuracy'], abs=1e-12)
+      stop_epochs.add(r.loop['epoch'])
+  # Members stopped at different epochs, yet each stopped one's final state equals its solo run's: stopped
+  # members were masked (vmap) or skipped (loop) while the others trained on.
+  assert len(stop_epochs) > 1
+
+
+def test_a_masked_member_does_not_change():
+  config = tiny()
+  decoded, members = _members(config)
+  task = task_lib.build_task(config, decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
+  keys = [jax.random.PRNGKey(0), jax.random.PRNGKey(1)]
+  models = model_axis._VmapModels.create(task, keys, decoded.pool.images.shape[1:], [None, None])
+  before = jax.device_get(models.states)
+  order = jnp.asarray(np.stack([members[0].train_index[:479], members[1].train_index[:479]])[:, None, :], jnp.int32)
+  models.step(jax.device_put(decoded.pool.images), jnp.asarray(decoded.pool.labels, jnp.int32), order, 0,
+              jnp.stack(keys), np.array([True, False]))
+  after = jax.device_get(models.states)
+  take = lambda tree, m: jax.tree_util.tree_map(lambda a: a[m], tree)
+  assert _max_difference(take(after, 1), take(before, 1)) == 0.0
+  assert _max_difference(take(after, 0).params, take(before, 0).params) > 0.0
+
+
+def test_memory_plan_follows_the_formula():
+  config = tiny()
+  decoded, _ = _members(config)
+  task = task_lib.build_task(config, decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
+  images = decoded.pool.images
+  plan = model_axis.measure_memory(task, images, 479, 256)
+  assert plan.shared_bytes == images.nbytes and plan.state_bytes > plan.best_bytes > 0 and plan.step_bytes > 0
+  # The 8x8 digits CNN: 8 conv filters of 3x3 + bias, a 4x4x8 -> 16 dense layer, a 16 -> 10 head (float32).
+  params = 8 * 9 + 8 + 128 * 16 + 16 + 16 * 10 + 10
+  assert plan.best_bytes == 4 * params and plan.state_bytes >= 3 * plan.best_bytes  # params + Adam's two moments
+  budget = 2**30
+  assert plan.chunk('vmap', budget) == (budget - plan.shared_bytes) // (
+      plan.state_bytes + plan.best_bytes + plan.step_bytes)
+  assert plan.chunk('loop', budget) == (budget - plan.shared_bytes - plan.step_bytes) // (
+      plan.state_bytes + plan.best_bytes)
+  assert plan.chunk('vmap', 0) == 1  # never below one model
+  assert [len(c) for c in model_axis.balanced_chunks(list(range(20)), 8)] == [7, 6, 7]

@@ -1,0 +1,153 @@
+"""--mode sweep end to end through launch.py, then a fold-averaged, calibrated, flip-TTA submission."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass import checkpoint, data
+from fpclass.calibration import calibrate
+from fpclass.errors import UserInputError
+from fpclass.inference import load_trained
+from fpclass.sweep import run_sweep
+from fpclass.task import probabilities
+from tests.conftest import launch, load_config
+
+# The footprint sweep's quick data (72 labelled, 16 test images) with a tiny model and 24x16 images.
+TINY = ['--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)',
+        '--config.sweep.models_per_chunk=10']
+TINY_OVERRIDES = {'data.image_size': (24, 16), 'model.conv_channels': (4,), 'model.fc_sizes': (8,),
+                  'sweep.models_per_chunk': 10}
+
+
+@pytest.fixture(scope='module')
+def sweep_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('sweep')
+  env = {'FPCLASS_CACHE': str(tmp_path_factory.mktemp('sweep-cache'))}
+  result = launch('--config=configs/footprint_sweep.py:exp0,exp3,quick', f'--workdir={workdir}', '--mode=sweep',
+                  *TINY, env=env)
+  return workdir, env, result
+
+
+def test_sweep_writes_tables_chart_and_fold_models(sweep_run):
+  workdir, _, result = sweep_run
+  for name in ('sweep_results.md', 'sweep_results.csv', 'sweep_differences.csv', 'sweep_models.csv',
+               'sweep_results.png', 'report.md'):
+    assert (workdir / name).is_file(), name
+  models = pd.read_csv(workdir / 'sweep_models.csv')
+  assert len(models) == 2 * 5 * 2  # variants x folds x seeds
+  assert sorted(set(zip(models['split'], models['seed']))) == [(f, s) for f in range(5) for s in (0, 1)]
+  assert models['n_val'].sum() == 2 * 2 * 72  # every labelled image validated once per variant and seed
+  summary = pd.read_csv(workdir / 'sweep_results.csv')
+  assert summary['experiment'].tolist() == ['exp0', 'exp3'] and summary['models'].tolist() == [10, 10]
+  for metric in ('accuracy', 'macro_f1', 'roc_auc'):
+    mean, low, high = (summary[f'{metric}_{k}'] for k in ('mean', 'ci_low', 'ci_high'))
+    assert (low < mean).all() and (mean < high).all()
+    assert np.allclose(mean, models.groupby('experiment', sort=False)[metric].mean().to_numpy())
+    assert ((models[metric] >= 0) & (models[metric] <= 1)).all()
+  assert ((summary['ece_before'] >= 0) & (summary['ece_before'] <= 1)).all() and (summary['temperature'] > 0).all()
+  assert (summary['num_params'] > 0).all() and (summary['seconds_per_model_epoch'] > 0).all()
+  differences = pd.read_csv(workdir / 'sweep_differences.csv')
+  assert differences['metric'].tolist() == ['accuracy', 'macro_f1', 'roc_auc'] and (differences['pairs'] == 10).all()
+  exp0 = models[models['experiment'] == 'exp0'].set_index(['split', 'seed'])['accuracy']
+  exp3 = models[models['experiment'] == 'exp3'].set_index(['split', 'seed'])['accuracy']
+  assert differences.loc[0, 'mean_difference'] == pytest.approx((exp3 - exp0).mean())
+  table = (workdir / 'sweep_results.md').read_text()
+  assert '| variant | changes | models | accuracy | macro F1 | ROC AUC |' in table and 'model.batch_norm=True' in table
+  assert '## Sweep' in (workdir / 'report.md').read_text()
+  # Each fold's best seed is an ordinary workdir, with the calibration in its sidecar.
+  for variant in ('exp0', 'exp3'):
+    folds = sorted(p.name for p in (workdir / variant).iterdir() if (p / 'metadata.json').exists())
+    assert folds == [f'fold{k}' for k in range(5)]
+    assert len(models[(models['experiment'] == variant) & models['kept']]) == 5
+    meta = checkpoint.read_metadata(workdir / variant / 'fold3')
+    assert meta['config']['data']['fold'] == 3 and meta['calibration']['temperature'] > 0
+    assert 0 <= meta['calibration']['threshold'] <= 1
+    assert (workdir / variant / 'reliability.png').is_file()
+  assert 'exp3' in result.stdout
+
+
+def test_relaunch_reuses_finished_variants_and_refuses_a_changed_config(sweep_run, monkeypatch):
+  workdir, env, _ = sweep_run
+  before = (workdir / 'exp0' / 'experiment.json').stat().st_mtime_ns
+  result = launch('--config=configs/footprint_sweep.py:exp0,quick', f'--workdir={workdir}', '--mode=sweep', *TINY,
+                  env=env)
+  assert 'finished earlier' in result.stderr + result.stdout
+  assert (workdir / 'exp0' / 'experiment.json').stat().st_mtime_ns == before
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  changed = load_config('configs/footprint_sweep.py:exp0,quick', **TINY_OVERRIDES, **{'train.learning_rate': 0.1})
+  with pytest.raises(UserInputError, match=r'train.learning_rate: 0.001 -> 0.1'):
+    run_sweep(changed, workdir)
+
+
+def test_submit_averages_calibrated_fold_models_with_flip_tta(sweep_run, monkeypatch):
+  workdir, env, _ = sweep_run
+  folder = workdir / 'exp3'
+  config_spec = '--config=configs/footprint.py:exp3,quick'
+  launch(config_spec, f'--workdir={folder}', '--mode=submit', '--config.submit.average_folds=True',
+         '--config.submit.tta_hflip=True', *TINY, env=env)
+  submission = pd.read_csv(folder / 'submission.csv', dtype=str)
+  probs = pd.read_csv(folder / 'submission_probabilities.csv')
+  assert len(submission) == 16 and list(probs.columns) == ['filename', 'p_0', 'p_1']
+
+  # The same numbers by hand: each fold model's logits on the image and its mirror, divided by the stored
+  # temperature, softmaxed, averaged; class 1 where p_1 reaches the stored threshold.
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES)
+  test = data.decode_source(config, progress=False).test
+  expected, thresholds = [], set()
+  for fold in range(5):
+    trained = load_trained(config, folder / f'fold{fold}')
+    calibration = trained.metadata['calibration']
+    thresholds.add(calibration['threshold'])
+    for images in (test.images, test.images[:, :, ::-1, :]):
+      expected.append(probabilities(trained.logits(np.ascontiguousarray(images), 64) / calibration['temperature'],
+                                    'softmax'))
+  expected = np.mean(expected, axis=0)
+  order = {name: i for i, name in enumerate(test.ids)}
+  rows = [order[f] for f in probs['filename']]
+  np.testing.assert_allclose(probs[['p_0', 'p_1']].to_numpy(), expected[rows], atol=1e-5)
+  (threshold,) = thresholds
+  assert submission['SEX'].tolist() == [str(int(p >= threshold)) for p in expected[rows, 1]]
+  report = (folder / 'report.md').read_text()
+  assert 'mean probability of 5 fold models' in report and 'horizontally flipped' in report
+  assert f'threshold {threshold:.3f}' in report
+
+
+def test_repeated_seeds_of_any_config_on_its_holdout(tmp_path):
+  """Seed 001's mean ± std over repeated runs: any config, no variants, the fixed holdout, three seeds."""
+  config = load_config('configs/digits.py:quick', **{
+      'data.image_size': (8, 8), 'model.conv_channels': (4,), 'model.fc_sizes': (8,), 'train.epochs': 1,
+      'sweep.folds': (-1,), 'sweep.seeds': (0, 1, 2), 'sweep.models_per_chunk': 3})
+  summary = run_sweep(config, tmp_path)
+  assert summary['experiment'].tolist() == ['base'] and summary['models'].tolist() == [3]
+  models = pd.read_csv(tmp_path / 'sweep_models.csv')
+  assert sorted(models['seed']) == [0, 1, 2] and (models['split'] == -1).all() and (models['n_val'] == 360).all()
+  assert summary.loc[0, 'accuracy_std'] == pytest.approx(models['accuracy'].std())
+  assert summary.loc[0, 'test_train_ratio'] == 0  # one fixed split: seed-to-seed intervals
+  assert 'seed-to-seed variation only' in (tmp_path / 'sweep_results.md').read_text()
+  calibration = json.loads((tmp_path / 'base' / 'calibration.json').read_text())
+  assert calibration['threshold'] is None and calibration['crossfit_groups'] == 5  # 10 classes: no threshold
+  assert (tmp_path / 'base' / 'holdout' / 'metadata.json').is_file()
+
+
+def test_a_bad_variant_key_names_the_flag(tmp_path):
+  config = load_config('configs/digits.py:quick', **{'sweep.variants': ('a: model.dropot=0.1',)})
+  with pytest.raises(UserInputError, match=r"config.sweep.variants \(a\): 'model.dropot' is not a config key"):
+    run_sweep(config, tmp_path)
+  assert not list(tmp_path.iterdir())
+
+
+def test_calibrate_mode_on_a_single_run(sweep_run, tmp_path, monkeypatch):
+  """A fold model is an ordinary workdir: --mode calibrate fits on its own validation split."""
+  workdir, env, _ = sweep_run
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  run = tmp_path / 'fold1'
+  shutil.copytree(workdir / 'exp0' / 'fold1', run)
+  config = load_config('configs/footprint.py:exp0,quick', **TINY_OVERRIDES)
+  result = calibrate(config, run)
+  stored = checkpoint.read_metadata(run)['calibration']
+  assert stored['fitted_on'] == 'validation predictions of this run (n=15)' and stored == result
+  assert stored['temperature'] != checkpoint.read_metadata(workdir / 'exp0' / 'fold1')['calibration']['temperature']
+  assert '## Calibration' in (run / 'report.md').read_text() and (run / 'reliability.png').is_file()
