@@ -139,8 +139,7 @@ class EfficientNet(nn.Module):
       x = swish(batch_norm('top_bn', frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
       x = feature(self, features, 'top_conv', x)
     if self.top != 'source':
-      return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, dtype=self.dtype,
-                          name='top')(x, features, train), features
+      return transfer.new_top(self, x, features, train), features
     x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_outputs, kernel_init=dense_init, dtype=self.dtype, name='predictions')(x).astype(

@@ -116,8 +116,7 @@ class MobileNetV3Large(nn.Module):
       x = hard_swish(batch_norm('conv_1_bn', frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
       x = feature(self, features, 'conv_1', x)
     if self.top != 'source':
-      return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, dtype=self.dtype,
-                          name='top')(x, features, train), features
+      return transfer.new_top(self, x, features, train), features
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = hard_swish(nn.Conv(LAST_POINT_CHANNELS, (1, 1), dtype=self.dtype, name='conv_2')(x))
     features['pre_logits'] = x.reshape(x.shape[0], -1)

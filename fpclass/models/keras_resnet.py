@@ -122,8 +122,7 @@ class KerasResNet(nn.Module):
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
       return nn.Dense(self.num_outputs, kernel_init=glorot_uniform, dtype=self.dtype, name='predictions')(
           x).astype(jnp.float32), features
-    return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, name='top')(
-        x, features, train), features
+    return transfer.new_top(self, x, features, train), features
 
 
 def keras_layers(stack_sizes, preact):

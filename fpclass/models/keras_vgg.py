@@ -48,8 +48,7 @@ class KerasVGG16(nn.Module):
                             name=name)(x))
       x = feature(self, features, name, x)
     if self.top != 'source':
-      return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, name='top')(
-          x, features, train), features
+      return transfer.new_top(self, x, features, train), features
     x = x.reshape(x.shape[0], -1)
     for name in TOP_LAYERS[:2]:
       x = nn.relu(nn.Dense(4096, kernel_init=glorot_uniform, dtype=self.dtype, name=name)(x))

@@ -69,8 +69,7 @@ class AlexNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
       x = feature(self, features, ALEXNET_STAGES[stage], x)
     if self.top != 'source':
-      return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, self.dtype, name='top')(
-          x, features, train), features
+      return transfer.new_top(self, x, features, train), features
     x = torch_flatten(adaptive_avg_pool(x, (6, 6)))
     dense = functools.partial(nn.Dense, kernel_init=torch_default_init, dtype=self.dtype)
     dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not train)
@@ -118,8 +117,7 @@ class VGG(nn.Module):
                             name=f'features_{index}')(x))
       x = feature(self, features, VGG_STAGES[stage], nn.max_pool(x, (2, 2), strides=(2, 2)))
     if self.top != 'source':
-      return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, self.dtype, name='top')(
-          x, features, train), features
+      return transfer.new_top(self, x, features, train), features
     x = torch_flatten(adaptive_avg_pool(x, (7, 7)))
     dense = functools.partial(nn.Dense, kernel_init=vgg_linear_init, dtype=self.dtype)
     dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not train)

@@ -130,8 +130,7 @@ class EfficientNet(nn.Module):
                  name=f'features_{last}')(x, train)
       x = feature(self, features, STAGES[last], x)
     if self.top != 'source':
-      return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, self.dtype, name='top')(
-          x, features, train), features
+      return transfer.new_top(self, x, features, train), features
     x = jnp.mean(x, axis=(1, 2))
     x = features['pre_logits'] = nn.Dropout(self.dropout, deterministic=not train, name='classifier_0')(x)
     return nn.Dense(self.num_outputs, kernel_init=linear_init, dtype=self.dtype, name='classifier_1')(x).astype(

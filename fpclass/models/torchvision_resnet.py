@@ -97,8 +97,7 @@ class ResNet(nn.Module):
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
       return nn.Dense(self.num_outputs, name='fc')(x).astype(jnp.float32), features
-    return transfer.Top(self.num_outputs, self.top, self.top_hidden, self.top_dropout, name='top')(
-        x, features, train), features
+    return transfer.new_top(self, x, features, train), features
 
 
 RULES = (

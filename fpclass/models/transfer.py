@@ -56,6 +56,14 @@ class Top(nn.Module):
                     name='logits')(x).astype(jnp.float32)
 
 
+def new_top(module: nn.Module, x, features: dict, train: bool):
+  """The configured new top (`Top`, named 'top') on backbone output `x`, called from inside a pretrained
+  module's compact `__call__`; every port reads the same fields (num_outputs, top, top_hidden,
+  top_dropout, dtype), so the top computes in the model's compute dtype like the backbone."""
+  return Top(module.num_outputs, module.top, module.top_hidden, module.top_dropout, module.dtype,
+             name='top')(x, features, train)
+
+
 def frozen(stage_index: int, freeze_till: int) -> bool:
   """Whether stage `stage_index` (0-based, network order) is frozen under `freeze_till`."""
   return freeze_till < 0 or stage_index < freeze_till
