@@ -15,7 +15,6 @@ Method (docs/performance.md):
   image, times img/s, over the device's dense peak for the precision.
 """
 import argparse
-import dataclasses
 import datetime
 import json
 import os

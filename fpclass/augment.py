@@ -250,7 +250,6 @@ def erasing_box(u: jax.Array, height: int, width: int, scale: tuple[float, float
   candidates are drawn at once and the first that fits is taken, which matches torchvision's retry loop in
   distribution; `found` is False when none fits (then nothing is erased).
   """
-  n = u.shape[1]
   area = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
   log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
   aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[1])

@@ -157,7 +157,7 @@ def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
            *(['The validation split also chose this checkpoint, so its figures are optimistic; '
               'k-fold cross-validation gives unbiased ones.', '']
              if trained.checkpoint == 'best' else []),
-           f'| accuracy | macro F1 | ROC AUC | loss | n |', '|---|---|---|---|---|',
+           '| accuracy | macro F1 | ROC AUC | loss | n |', '|---|---|---|---|---|',
            f'| {result["accuracy"]:.4f} | {result["macro_f1"]:.4f} | {auc} | {result["loss"]:.4f} | {result["n"]} |',
            '',
            report.table([dict(cls=name, **v) for name, v in result['per_class'].items()],

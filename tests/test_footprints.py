@@ -1,6 +1,5 @@
 """Tests for the synthetic footprint generator (fpclass.data.footprints)."""
 import csv
-import os
 import pathlib
 
 import numpy as np

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from bench.clean_planted import plant_folder

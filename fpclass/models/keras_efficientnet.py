@@ -19,7 +19,7 @@ weights=None. For grayscale input the Normalization layer's per-channel constant
 """
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -97,19 +97,11 @@ class MBConv(nn.Module):
     return x
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(transfer.Backbone, kw_only=True):
   width: float = 1.0
   depth: float = 1.0
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
   dropout_rate: float = 0.2        # the source top's dropout (Keras: 0.2 for B0, 0.3 for B2)
   drop_connect_rate: float = 0.2   # the last block's drop-connect rate (Keras' drop_connect_rate)
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -123,15 +123,7 @@ class Mixed(nn.Module):
     return x
 
 
-class KerasInceptionV3(nn.Module):
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
-  dtype: Any = jnp.float32
+class KerasInceptionV3(transfer.Backbone, kw_only=True):
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -14,7 +14,7 @@ files by the names tf.keras 2 gave these layers ('Conv/BatchNorm', 'expanded_con
 which the official ImageNet files carry.
 """
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -87,16 +87,8 @@ class InvertedResidual(nn.Module):
 STAGES = ('stem', *(block_name(i) for i in range(len(LARGE_BLOCKS))), 'conv_1')
 
 
-class MobileNetV3Large(nn.Module):
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
+class MobileNetV3Large(transfer.Backbone, kw_only=True):
   dropout_rate: float = 0.2   # the source top's dropout (keras' dropout_rate)
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.keras_layers import batch_norm
 from fpclass.models.weights import WeightsFile
 
 BN_EPSILON = 1.001e-5
@@ -27,8 +28,7 @@ glorot_uniform = nn.initializers.glorot_uniform()  # Keras' default kernel initi
 
 
 def _bn(name, frozen, train, dtype):
-  return nn.BatchNorm(use_running_average=not train or frozen, momentum=0.99, epsilon=BN_EPSILON, dtype=dtype,
-                      name=name)
+  return batch_norm(name, frozen, train, momentum=0.99, epsilon=BN_EPSILON, dtype=dtype)
 
 
 def _conv(filters, kernel, name, dtype, stride=1, padding='VALID', use_bias=True):
@@ -88,17 +88,9 @@ def block_args(preact: bool, stack: int, block: int, blocks: int) -> dict:
   return dict(conv_shortcut=block == 1, stride=2 if block == 1 and stack > 0 else 1)
 
 
-class KerasResNet(nn.Module):
+class KerasResNet(transfer.Backbone, kw_only=True):
   stack_sizes: Sequence[int]
   preact: bool
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):

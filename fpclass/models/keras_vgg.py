@@ -9,7 +9,6 @@ Stages are the Keras layers themselves, in order (block1_conv1, block1_conv2, bl
 ...), so seed 004's "freeze the first N layers" is `freeze_till=N`: Keras `base.layers[1:N+1]` (the
 InputLayer is base.layers[0] and is not counted; pools count, though they have no weights).
 """
-from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,15 +24,8 @@ TOP_LAYERS = ('fc1', 'fc2', 'predictions')
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras' default kernel initializer
 
 
-class KerasVGG16(nn.Module):
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0      # no BN, so freezing is the optimizer's alone (fpclass.optim.param_groups)
-  dtype: Any = jnp.float32
+class KerasVGG16(transfer.Backbone, kw_only=True):
+  """Keras VGG16. It has no BN, so freeze_till freezes through the optimizer alone (fpclass.optim.param_groups)."""
 
   @nn.compact
   def __call__(self, x, train: bool = False):

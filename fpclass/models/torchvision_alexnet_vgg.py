@@ -9,7 +9,7 @@ a 2x1 map that torch repeats into 6x6). The classifier flattens in torch's (C, H
 Linear loads unchanged. Neither model has batch norm: `freeze_till` only selects what the optimizer trains.
 """
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -47,15 +47,7 @@ ALEXNET_CONVS = ((0, 64, 11, 4, 2, True), (3, 192, 5, 1, 2, True), (6, 384, 3, 1
 ALEXNET_STAGES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 
 
-class AlexNet(nn.Module):
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
-  dtype: Any = jnp.float32
+class AlexNet(transfer.Backbone, kw_only=True):
   dropout: float = 0.5  # the source classifier's dropout (torchvision's `dropout` argument)
 
   @nn.compact
@@ -95,16 +87,8 @@ def vgg_conv_indices(blocks) -> tuple[tuple[int, ...], ...]:
   return tuple(indices)
 
 
-class VGG(nn.Module):
+class VGG(transfer.Backbone, kw_only=True):
   blocks: Sequence[Sequence[int]]
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
-  dtype: Any = jnp.float32
   dropout: float = 0.5  # the source classifier's dropout (torchvision's `dropout` argument)
 
   @nn.compact

@@ -99,16 +99,8 @@ def stochastic_depth_rates(stages, stochastic_depth_prob: float) -> list[list[fl
           for start, stage in zip(starts, stages)]
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(transfer.Backbone, kw_only=True):
   mbconv_stages: Sequence[Sequence[int]]
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
-  dtype: Any = jnp.float32
   dropout: float = 0.2                 # the source classifier's dropout (torchvision's `dropout`)
   stochastic_depth_prob: float = 0.2   # the last block's rate is just under this (torchvision's default)
 

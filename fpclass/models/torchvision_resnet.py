@@ -68,17 +68,9 @@ class Bottleneck(nn.Module):
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
 
 
-class ResNet(nn.Module):
+class ResNet(transfer.Backbone, kw_only=True):
   block: Any
   layers: Sequence[int]
-  num_outputs: int = 1000
-  in_channels: int = 3
-  cut: str = ''
-  top: str = 'source'
-  top_hidden: Sequence[int] = ()
-  top_dropout: float = 0.0
-  freeze_till: int = 0
-  dtype: Any = jnp.float32
   relu: Callable = nn.relu   # swapped by guided backpropagation (see fpclass.models)
 
   @nn.compact

@@ -1,7 +1,8 @@
 """What every pretrained family shares: the fields of its module, a new classification top, stage
 freezing, and loading a weights file into freshly initialised variables.
 
-A pretrained module has these fields (besides its own):
+A pretrained module subclasses `Backbone` (with `kw_only=True`, so that its own required fields may follow
+these defaulted ones) and so has these fields besides its own:
     num_outputs    classes (or 1 for a sigmoid head)
     in_channels    3, or 1: the RGB stem is folded for grayscale input when weights are loaded
     cut            '' for the whole backbone, or a stage name to stop after (InceptionV3's 'mixed7')
@@ -27,6 +28,18 @@ from fpclass.errors import UserInputError
 from fpclass.models import weights as weights_lib
 
 TOP_PARAMS = r'^params/top/'
+
+
+class Backbone(nn.Module):
+  """The fields every pretrained-weight port shares (documented above); the ports subclass it."""
+  num_outputs: int = 1000
+  in_channels: int = 3
+  cut: str = ''
+  top: str = 'source'
+  top_hidden: Sequence[int] = ()
+  top_dropout: float = 0.0
+  freeze_till: int = 0
+  dtype: Any = jnp.float32
 
 
 class Top(nn.Module):
