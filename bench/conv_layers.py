@@ -1,6 +1,6 @@
 """Single convolution layers, XLA against PyTorch (NCHW and channels_last), forward only, in the same process.
 
-    python bench/conv_layers.py [--rounds 5] [--precision fp32|bf16] [--only footprint,resnet18,matmul] [--json out.json]
+    python bench/conv_layers.py [--rounds 5] [--precision fp32|bf16] [--only footprint,resnet18,tiny,depthwise,matmul] [--json out.json]
 
 What it answers (docs/performance.md):
 - How close each framework's kernels come to this machine's FLOP rate, layer by layer, which bounds what any
@@ -11,6 +11,11 @@ What it answers (docs/performance.md):
   rows put it into the whole inference pass, with the 2x2 pool either a reduction over a reshape (fpclass's
   pooling) or a maximum of four strided slices, against fpclass's own FootprintCNN (`xla`): what XLA fuses,
   and so what the formulation is worth end to end, depends on the pair.
+- `tiny`: a 3x3 convolution on maps smaller than its kernel (ResNet-18's last stage at 64x64 or 32x32 input),
+  which XLA:CPU runs with its naive loop emitter after swapping the operands; `fpclass Conv` is what fpclass's
+  models run instead (`fpclass.models.conv`).
+- `depthwise`: EfficientNet-B0's depthwise convolutions, which XLA:CPU runs at about 1 GFLOP/s; `fpclass Conv`
+  is fpclass's sum over taps.
 - A dense matmul row gives each framework's sustained peak for reference.
 
 XLA programs are compiled with fpclass's CPU options (`fpclass.steps.jit_options`). Rounds alternate the
@@ -27,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fpclass.models import conv as fpclass_conv
 from fpclass.steps import jit_options
 
 # (name, batch, height, width, in channels, out channels, kernel, stride)
@@ -40,6 +46,16 @@ LAYERS = {
                  ('resnet18 3x3 128->128 @28', 32, 28, 28, 128, 128, 3, 1),
                  ('resnet18 3x3 256->256 @14', 32, 14, 14, 256, 256, 3, 1),
                  ('resnet18 3x3 512->512 @7', 32, 7, 7, 512, 512, 3, 1)],
+    # ResNet-18's last stage on 64x64 and 32x32 inputs: maps smaller than the 3x3 kernel (fpclass.models.conv)
+    'tiny': [('resnet18 3x3 512->512 @2x2', 256, 2, 2, 512, 512, 3, 1),
+             ('resnet18 3x3 512->512 @1x1', 256, 1, 1, 512, 512, 3, 1),
+             ('resnet18 3x3 512->512 @3x3 (for scale)', 256, 3, 3, 512, 512, 3, 1)],
+    # EfficientNet-B0's depthwise convolutions (out channels == in channels == feature groups)
+    'depthwise': [('efficientnet_b0 dw 3x3 32 @112', 32, 112, 112, 32, 32, 3, 1),
+                  ('efficientnet_b0 dw 3x3/2 96 @112', 32, 112, 112, 96, 96, 3, 2),
+                  ('efficientnet_b0 dw 5x5/2 144 @56', 32, 56, 56, 144, 144, 5, 2),
+                  ('efficientnet_b0 dw 3x3 480 @14', 32, 14, 14, 480, 480, 3, 1),
+                  ('efficientnet_b0 dw 5x5 1152 @7', 32, 7, 7, 1152, 1152, 5, 1)],
 }
 
 
@@ -57,9 +73,9 @@ def tap_sum_conv(x, kernel, stride, pad):
   return total
 
 
-def lax_conv(x, kernel, stride, pad):
+def lax_conv(x, kernel, stride, pad, groups=1):
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
 
 
 def timed(fn, reps):
@@ -116,7 +132,7 @@ def main():
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--reps', type=int, default=3, help='calls per round')
   p.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32')
-  p.add_argument('--only', default='footprint,resnet18,matmul')
+  p.add_argument('--only', default='footprint,resnet18,tiny,depthwise,matmul')
   p.add_argument('--json', type=str)
   args = p.parse_args()
   import torch
@@ -126,25 +142,33 @@ def main():
   print(f'conv layers, forward, {args.precision} | {env["cpu"]}, {env["cpu_count"]} cores | jax {env["jax"]}, '
         f'torch {env["torch"]} | {env["date"]}, load average {env["load_average"]}', flush=True)
   rows = {}  # name -> {variant: callable}, flop count
-  for group in ('footprint', 'resnet18'):
+  for group in ('footprint', 'resnet18', 'tiny', 'depthwise'):
     if group not in only:
       continue
     for name, n, h, w, cin, cout, k, stride in LAYERS[group]:
       rng = np.random.default_rng(0)
+      groups = cin if group == 'depthwise' else 1
       x = rng.random((n, h, w, cin), np.float32)
-      kernel = rng.normal(0, 0.05, (k, k, cin, cout)).astype(np.float32)
+      kernel = rng.normal(0, 0.05, (k, k, cin // groups, cout)).astype(np.float32)
       pad = k // 2
       out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-      flops = 2 * n * out_h * out_w * cout * cin * k * k
+      flops = 2 * n * out_h * out_w * cout * (cin // groups) * k * k
       xj, kj = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
       xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(tdtype)
       kt = torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous().to(tdtype)
       xcl = xt.contiguous(memory_format=torch.channels_last)
       variants = {
-          'xla': jax_call(lambda a, b, s=stride, q=pad: lax_conv(a, b, s, q), xj, kj),
-          'torch': lambda a=xt, b=kt, s=stride, q=pad: torch.nn.functional.conv2d(a, b, stride=s, padding=q),
-          'torch cl': lambda a=xcl, b=kt, s=stride, q=pad: torch.nn.functional.conv2d(a, b, stride=s, padding=q),
+          'xla': jax_call(lambda a, b, s=stride, q=pad, g=groups: lax_conv(a, b, s, q, g), xj, kj),
+          'torch': lambda a=xt, b=kt, s=stride, q=pad, g=groups: torch.nn.functional.conv2d(a, b, stride=s, padding=q,
+                                                                                           groups=g),
+          'torch cl': lambda a=xcl, b=kt, s=stride, q=pad, g=groups: torch.nn.functional.conv2d(a, b, stride=s,
+                                                                                               padding=q, groups=g),
       }
+      if group in ('tiny', 'depthwise'):  # what fpclass's models run: fpclass.models.conv.Conv's convolution
+        dims = jax.lax.conv_dimension_numbers(xj.shape, kj.shape, fpclass_conv.NHWC)
+        variants['fpclass Conv'] = jax_call(
+            lambda a, b, s=stride, q=pad, d=dims, g=groups: fpclass_conv.conv_general_dilated(
+                a, b, (s, s), ((q, q), (q, q)), dimension_numbers=d, feature_group_count=g), xj, kj)
       if cin == 1:
         variants['xla tap sum'] = jax_call(lambda a, b, s=stride, q=pad: tap_sum_conv(a, b, s, q), xj, kj)
       rows[name] = (variants, flops)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fpclass.models import ModelSpec, feature, register
+from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
 
 # PyTorch's kaiming_normal_(mode='fan_in', nonlinearity='relu') draws from an untruncated normal.
@@ -43,8 +44,8 @@ class FootprintCNN(nn.Module):
     features = {}
     k = self.kernel_size
     for i, channels in enumerate(self.conv_channels, start=1):
-      x = nn.Conv(channels, (k, k), padding=k // 2, kernel_init=kaiming_normal, dtype=self.dtype,
-                  name=f'conv{i}')(x)
+      x = Conv(channels, (k, k), padding=k // 2, kernel_init=kaiming_normal, dtype=self.dtype,
+               name=f'conv{i}')(x)
       if self.batch_norm:
         x = _batch_norm(train, f'bn{i}', self.dtype)(x)
       x = feature(self, features, f'conv{i}', self.relu(x))
@@ -73,8 +74,8 @@ class CifarCNN(nn.Module):
     features = {}
     for b, channels in enumerate(self.block_channels, start=1):
       for c in (1, 2):
-        x = self.relu(nn.Conv(channels, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
-                              name=f'block{b}_conv{c}')(x))
+        x = self.relu(Conv(channels, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
+                           name=f'block{b}_conv{c}')(x))
       # Keras BatchNormalization: momentum 0.99, epsilon 1e-3.
       x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype,
                        name=f'block{b}_bn')(x)
@@ -102,8 +103,8 @@ class SmallCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     features = {}
     for i, channels in enumerate(self.conv_channels, start=1):
-      x = self.relu(nn.Conv(channels, (3, 3), padding='VALID', kernel_init=glorot_uniform, dtype=self.dtype,
-                            name=f'conv{i}')(x))
+      x = self.relu(Conv(channels, (3, 3), padding='VALID', kernel_init=glorot_uniform, dtype=self.dtype,
+                         name=f'conv{i}')(x))
       x = feature(self, features, f'conv{i}', x)
       x = max_pool(x, (2, 2))
     x = x.reshape(x.shape[0], -1)

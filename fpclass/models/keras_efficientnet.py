@@ -27,6 +27,7 @@ import numpy as np
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.conv import Conv
 from fpclass.models.keras_layers import Normalization, batch_norm, correct_pad, swish
 from fpclass.models.weights import WeightsFile
 
@@ -76,14 +77,14 @@ class MBConv(nn.Module):
   @nn.compact
   def __call__(self, inputs, train):
     bn = functools.partial(batch_norm, frozen=self.frozen, train=train, momentum=BN_MOMENTUM, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, kernel_init=conv_init, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=conv_init, dtype=self.dtype)
     filters = self.filters_in * self.expand_ratio
     x = inputs
     if self.expand_ratio != 1:
       x = swish(bn('expand_bn')(conv(filters, (1, 1), use_bias=False, name='expand_conv')(x)))
     padding = correct_pad(x.shape[1:3], self.kernel) if self.stride == 2 else 'SAME'
-    x = nn.Conv(filters, (self.kernel, self.kernel), self.stride, padding=padding, feature_group_count=filters,
-                use_bias=False, kernel_init=depthwise_init, dtype=self.dtype, name='dwconv')(x)
+    x = Conv(filters, (self.kernel, self.kernel), self.stride, padding=padding, feature_group_count=filters,
+             use_bias=False, kernel_init=depthwise_init, dtype=self.dtype, name='dwconv')(x)
     x = swish(bn('bn')(x))
     se = jnp.mean(x, axis=(1, 2), keepdims=True)
     se = swish(conv(max(1, int(self.filters_in * SE_RATIO)), (1, 1), name='se_reduce')(se))
@@ -110,8 +111,8 @@ class EfficientNet(transfer.Backbone, kw_only=True):
     frozen = functools.partial(transfer.frozen, freeze_till=self.freeze_till)
     x = x * (1.0 / 255.0)   # keras Rescaling(1 / 255)
     x = Normalization(self.dtype, name='normalization')(x)
-    x = nn.Conv(round_filters(32, self.width), (3, 3), 2, padding=correct_pad(x.shape[1:3], 3), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
+    x = Conv(round_filters(32, self.width), (3, 3), 2, padding=correct_pad(x.shape[1:3], 3), use_bias=False,
+             kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
     x = swish(batch_norm('stem_bn', frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
     x = feature(self, features, 'stem', x)
     names = block_names(self.depth)
@@ -126,8 +127,8 @@ class EfficientNet(transfer.Backbone, kw_only=True):
         index += 1
       x = feature(self, features, f'block{stage}', x)
     if last == len(STAGES) - 1:
-      x = nn.Conv(round_filters(1280, self.width), (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                  name='top_conv')(x)
+      x = Conv(round_filters(1280, self.width), (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+               name='top_conv')(x)
       x = swish(batch_norm('top_bn', frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
       x = feature(self, features, 'top_conv', x)
     if self.top != 'source':

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models import conv as conv_layer
 from fpclass.models.weights import WeightsFile
 
 BN_EPSILON = 1e-3  # Keras' BatchNormalization default, which conv2d_bn keeps
@@ -93,8 +94,8 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     s = self.spec
-    x = nn.Conv(s.filters, s.kernel, s.stride, padding=s.padding, use_bias=False, kernel_init=glorot_uniform,
-                dtype=self.dtype, name='conv')(x)
+    x = conv_layer.Conv(s.filters, s.kernel, s.stride, padding=s.padding, use_bias=False, kernel_init=glorot_uniform,
+                        dtype=self.dtype, name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train or self.frozen, momentum=0.99, epsilon=BN_EPSILON,
                      use_scale=False, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.conv import Conv
 from fpclass.models.keras_layers import batch_norm, correct_pad, hard_sigmoid, hard_swish
 from fpclass.models.weights import WeightsFile
 
@@ -64,7 +65,7 @@ class InvertedResidual(nn.Module):
   def __call__(self, x, train):
     act = ACTIVATIONS[self.activation]
     bn = functools.partial(batch_norm, frozen=self.frozen, train=train, momentum=BN_MOMENTUM, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
     shortcut, in_filters = x, x.shape[-1]
     expanded = make_divisible(in_filters * self.expansion)
     if self.expand:
@@ -75,9 +76,9 @@ class InvertedResidual(nn.Module):
     x = act(bn('depthwise_bn')(x))
     if self.squeeze_excite:
       s = jnp.mean(x, axis=(1, 2), keepdims=True)
-      s = nn.relu(nn.Conv(make_divisible(expanded * SE_RATIO), (1, 1), dtype=self.dtype,
-                          name='squeeze_excite_conv')(s))
-      x = x * hard_sigmoid(nn.Conv(expanded, (1, 1), dtype=self.dtype, name='squeeze_excite_conv_1')(s))
+      s = nn.relu(Conv(make_divisible(expanded * SE_RATIO), (1, 1), dtype=self.dtype,
+                       name='squeeze_excite_conv')(s))
+      x = x * hard_sigmoid(Conv(expanded, (1, 1), dtype=self.dtype, name='squeeze_excite_conv_1')(s))
     x = bn('project_bn')(conv(self.filters, (1, 1), name='project')(x))
     if self.stride == 1 and in_filters == self.filters:
       x = shortcut + x
@@ -96,7 +97,7 @@ class MobileNetV3Large(transfer.Backbone, kw_only=True):
     features = {}
     frozen = functools.partial(transfer.frozen, freeze_till=self.freeze_till)
     x = x * (1.0 / 127.5) - 1.0   # keras Rescaling(scale=1 / 127.5, offset=-1)
-    x = nn.Conv(STEM_CHANNELS, (3, 3), 2, padding='SAME', use_bias=False, dtype=self.dtype, name='conv')(x)
+    x = Conv(STEM_CHANNELS, (3, 3), 2, padding='SAME', use_bias=False, dtype=self.dtype, name='conv')(x)
     x = hard_swish(batch_norm('conv_bn', frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
     x = feature(self, features, 'stem', x)
     for block_id, (expansion, filters, kernel, stride, se, activation) in enumerate(LARGE_BLOCKS[:last]):
@@ -104,16 +105,16 @@ class MobileNetV3Large(transfer.Backbone, kw_only=True):
                            frozen=frozen(block_id + 1), dtype=self.dtype, name=block_name(block_id))(x, train)
       x = feature(self, features, block_name(block_id), x)
     if last == len(STAGES) - 1:
-      x = nn.Conv(make_divisible(x.shape[-1] * 6), (1, 1), use_bias=False, dtype=self.dtype, name='conv_1')(x)
+      x = Conv(make_divisible(x.shape[-1] * 6), (1, 1), use_bias=False, dtype=self.dtype, name='conv_1')(x)
       x = hard_swish(batch_norm('conv_1_bn', frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
       x = feature(self, features, 'conv_1', x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
-    x = hard_swish(nn.Conv(LAST_POINT_CHANNELS, (1, 1), dtype=self.dtype, name='conv_2')(x))
+    x = hard_swish(Conv(LAST_POINT_CHANNELS, (1, 1), dtype=self.dtype, name='conv_2')(x))
     features['pre_logits'] = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Conv(self.num_outputs, (1, 1), dtype=self.dtype, name='logits')(x)
+    x = Conv(self.num_outputs, (1, 1), dtype=self.dtype, name='logits')(x)
     return x.reshape(x.shape[0], -1).astype(jnp.float32), features
 
 

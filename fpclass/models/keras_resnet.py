@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.conv import Conv
 from fpclass.models.keras_layers import batch_norm
 from fpclass.models.weights import WeightsFile
 
@@ -32,8 +33,8 @@ def _bn(name, frozen, train, dtype):
 
 
 def _conv(filters, kernel, name, dtype, stride=1, padding='VALID', use_bias=True):
-  return nn.Conv(filters, (kernel, kernel), stride, padding=padding, use_bias=use_bias,
-                 kernel_init=glorot_uniform, dtype=dtype, name=name)
+  return Conv(filters, (kernel, kernel), stride, padding=padding, use_bias=use_bias,
+              kernel_init=glorot_uniform, dtype=dtype, name=name)
 
 
 def zero_pad(x, pad: int):

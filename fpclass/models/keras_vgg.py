@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models.conv import Conv
 from fpclass.models.weights import WeightsFile
 
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -36,8 +37,8 @@ class KerasVGG16(transfer.Backbone, kw_only=True):
       if width is None:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       else:
-        x = nn.relu(nn.Conv(width, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
-                            name=name)(x))
+        x = nn.relu(Conv(width, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
+                         name=name)(x))
       x = feature(self, features, name, x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models.conv import Conv
 from fpclass.models.weights import Rule, TORCH_BN, WeightsFile, apply_rules, read_state_dict
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')       # kaiming_normal_(mode='fan_out')
@@ -34,9 +35,9 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride, padding=(self.kernel - 1) // 2,
-                feature_group_count=self.groups, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                name='conv')(x)
+    x = Conv(self.features, (self.kernel, self.kernel), self.stride, padding=(self.kernel - 1) // 2,
+             feature_group_count=self.groups, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+             name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name='bn')(x)
     return nn.silu(x) if self.activation else x
@@ -50,8 +51,8 @@ class SqueezeExcitation(nn.Module):
   @nn.compact
   def __call__(self, x):
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    scale = nn.silu(nn.Conv(self.squeeze, (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc1')(scale))
-    scale = nn.Conv(x.shape[-1], (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc2')(scale)
+    scale = nn.silu(Conv(self.squeeze, (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc1')(scale))
+    scale = Conv(x.shape[-1], (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc2')(scale)
     return nn.sigmoid(scale) * x
 
 

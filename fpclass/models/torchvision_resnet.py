@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models.conv import Conv
 from fpclass.models.weights import Rule, TORCH_BN, WeightsFile, apply_rules, read_state_dict
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # torchvision's kaiming_normal_
@@ -31,13 +32,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     identity = x
-    y = nn.Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv1')(x)
+    y = Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv1')(x)
     y = self.relu(_bn('bn1', self.frozen, train)(y))
-    y = nn.Conv(self.planes, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
+    y = Conv(self.planes, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
     y = _bn('bn2', self.frozen, train)(y)
     if self.stride != 1 or x.shape[-1] != self.planes * self.expansion:
-      identity = nn.Conv(self.planes * self.expansion, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
-                         name='downsample_conv')(x)
+      identity = Conv(self.planes * self.expansion, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
+                      name='downsample_conv')(x)
       identity = _bn('downsample_bn', self.frozen, train)(identity)
     return self.relu(y + identity)
 
@@ -52,15 +53,15 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train):
     identity = x
-    y = nn.Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name='conv1')(x)
+    y = Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name='conv1')(x)
     y = self.relu(_bn('bn1', self.frozen, train)(y))
-    y = nn.Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
+    y = Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
     y = self.relu(_bn('bn2', self.frozen, train)(y))
-    y = nn.Conv(self.planes * 4, (1, 1), use_bias=False, kernel_init=conv_init, name='conv3')(y)
+    y = Conv(self.planes * 4, (1, 1), use_bias=False, kernel_init=conv_init, name='conv3')(y)
     y = _bn('bn3', self.frozen, train)(y)
     if self.stride != 1 or x.shape[-1] != self.planes * 4:
-      identity = nn.Conv(self.planes * 4, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
-                         name='downsample_conv')(x)
+      identity = Conv(self.planes * 4, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
+                      name='downsample_conv')(x)
       identity = _bn('downsample_bn', self.frozen, train)(identity)
     return self.relu(y + identity)
 
@@ -77,7 +78,7 @@ class ResNet(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, name='conv1')(x)
+    x = Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, name='conv1')(x)
     x = self.relu(_bn('bn1', transfer.frozen(0, self.freeze_till), train)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)

@@ -1,0 +1,94 @@
+"""`Conv`: `flax.linen.Conv` with two XLA:CPU slow paths routed around. Every fpclass model uses it.
+
+1. **Inputs smaller than the kernel** (a 3x3 convolution on the 2x2 or 1x1 maps that ResNet's last stage sees
+   at 64x64 or 32x32 inputs). XLA's algebraic simplifier swaps the convolution's operands and XLA:CPU runs the
+   swapped convolution with its naive loop emitter: 1.46 s for ResNet-18's 2x2x512 3x3 convolution at batch
+   256, 3 GFLOP/s, where a 3x3 input of the same width takes 25 ms. Here it is one matmul over explicitly
+   gathered patches (im2col): 23 ms.
+2. **Depthwise convolutions** (feature groups == input channels, as in EfficientNet and MobileNet). XLA:CPU
+   runs them at about 1 GFLOP/s: 200 ms forward and 460 ms forward + backward for a 56x56x96 3x3 layer at
+   batch 32. Here they are a sum over the kernel's taps of shifted input slices times one kernel row, an
+   elementwise loop XLA fuses and vectorises over channels: 7.6 ms and 52 ms, the same values.
+`python bench/conv_layers.py --only tiny,depthwise` measures both. Gradients come from differentiating these
+formulations (ordinary slices, pads, products, a dot). Everything else, and every convolution on GPU/TPU, is
+`lax.conv_general_dilated` unchanged.
+
+The routing goes through `flax.linen.Conv`'s `conv_general_dilated` field, so parameters keep their names,
+shapes and initialisers, and checkpoints and weight ports are unaffected.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated`'s signature; on CPU the two slow cases above take their own formulation."""
+  route = _cpu_route(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                     preferred_element_type)
+  if route:
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
+        if isinstance(padding, str) else padding
+    strides, pads = tuple(window_strides), tuple(tuple(p) for p in pads)
+    if route == 'depthwise':
+      return depthwise_tap_conv(lhs, rhs, strides, pads)
+    return im2col_conv(lhs, rhs, strides, pads, precision)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                  feature_group_count=feature_group_count, precision=precision,
+                                  preferred_element_type=preferred_element_type)
+
+
+def _cpu_route(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+               preferred_element_type) -> str | None:
+  """'depthwise', 'im2col' or None (lax's convolution) for a 2-D NHWC/HWIO convolution on CPU."""
+  if jax.default_backend() != 'cpu' or lhs.ndim != 4 or preferred_element_type is not None:
+    return None
+  if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+    return None
+  if dimension_numbers is None or (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                                   != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)):
+    return None
+  channels = lhs.shape[-1]
+  if feature_group_count == channels > 1 and rhs.shape[2:] == (1, channels):
+    return 'depthwise'
+  if feature_group_count == 1 and (lhs.shape[1] < rhs.shape[0] or lhs.shape[2] < rhs.shape[1]):
+    return 'im2col'
+  return None
+
+
+def _pad_and_windows(x, kernel_hw, strides, pads):
+  """The padded input's strided windows, one (N, out_h, out_w, C) slice per kernel tap, in row-major tap order."""
+  (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_hw, strides, pads
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  return [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
+
+
+def im2col_conv(x, kernel, strides, pads, precision=None):
+  """NHWC x HWIO convolution as patches @ kernel: the windows concatenated along channels (kernel rows, then
+  columns, then input channels: HWIO's own order) times the kernel reshaped to (kh * kw * cin, cout)."""
+  kh, kw, cin, cout = kernel.shape
+  patches = jnp.concatenate(_pad_and_windows(x, (kh, kw), strides, pads), axis=-1)
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), precision=precision)
+
+
+def depthwise_tap_conv(x, kernel, strides, pads):
+  """Depthwise NHWC convolution (kernel (kh, kw, 1, C)): the sum over taps of window * that tap's kernel row."""
+  kh, kw = kernel.shape[:2]
+  windows = _pad_and_windows(x, (kh, kw), strides, pads)
+  total = windows[0] * kernel[0, 0, 0]
+  for tap, window in enumerate(windows[1:], start=1):
+    total = total + window * kernel[tap // kw, tap % kw, 0]
+  return total
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` computing through `conv_general_dilated` above; a drop-in replacement."""
+  conv_general_dilated: Any = conv_general_dilated
