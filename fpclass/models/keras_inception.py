@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
 from fpclass.models import conv as conv_layer
+from fpclass.models.pooling import max_pool
 from fpclass.models.weights import WeightsFile
 
 BN_EPSILON = 1e-3  # Keras' BatchNormalization default, which conv2d_bn keeps
@@ -116,7 +117,7 @@ class Mixed(nn.Module):
       if op == AVG_POOL:
         x = nn.avg_pool(x, (3, 3), strides=(1, 1), padding='SAME', count_include_pad=False)
       elif op == MAX_POOL:
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+        x = max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
       elif isinstance(op, Fork):
         x = jnp.concatenate([self._branch(op.left, x, train), self._branch(op.right, x, train)], axis=-1)
       else:

@@ -20,6 +20,7 @@ from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.keras_layers import batch_norm
+from fpclass.models.pooling import max_pool
 from fpclass.models.weights import WeightsFile
 
 BN_EPSILON = 1.001e-5
@@ -100,7 +101,7 @@ class KerasResNet(transfer.Backbone, kw_only=True):
     x = _conv(64, 7, 'conv1_conv', self.dtype, 2)(zero_pad(x, 3))
     if not self.preact:
       x = nn.relu(_bn('conv1_bn', transfer.frozen(0, self.freeze_till), train, self.dtype)(x))
-    x = nn.max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2))
+    x = max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2))
     x = feature(self, features, 'conv1', x)
     block_cls = BlockV2 if self.preact else BlockV1
     for stack, blocks in enumerate(self.stack_sizes[:last]):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
 from fpclass.models.conv import Conv
+from fpclass.models.pooling import max_pool
 from fpclass.models.weights import WeightsFile
 
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -35,7 +36,7 @@ class KerasVGG16(transfer.Backbone, kw_only=True):
     widths = [w for convs in BLOCKS for w in (*convs, None)]
     for name, width in zip(LAYERS[:last + 1], widths):
       if width is None:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
       else:
         x = nn.relu(Conv(width, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
                          name=name)(x))

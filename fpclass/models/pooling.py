@@ -2,24 +2,38 @@
 
 `flax.linen.max_pool` differentiates through XLA's select-and-scatter. On CPU, XLA rewrites that into a
 reduce-window carrying four full-size int32 index tensors plus a scatter: for the footprint CNN's first
-pool that is ~0.4 s per step at batch 32 and ~190 MB of temporaries (measured, docs/performance.md).
-For the non-overlapping windows every seed CNN uses (window == stride, VALID), the pooled blocks are a
-reshape of the input, so the forward pass is one reduction and the backward pass one elementwise select.
-The gradient is routed to the first maximum of each window in row-major order, exactly as
-select-and-scatter (and PyTorch's max_pool2d) does, so the two agree bit for bit, ties included.
+pool that is ~0.4 s per step at batch 32 and ~190 MB of temporaries, and for ResNet's overlapping 3x3/2 stem
+pool ~0.4 s at batch 32 (measured, docs/performance.md). Two cheaper forms, same values and gradients:
+
+- Non-overlapping windows (window == stride, VALID: every seed CNN, VGG), on every backend: the pooled blocks
+  are a reshape of the input, so the forward pass is one reduction and the backward pass one select.
+- Any other window on CPU (ResNet's and AlexNet's 3x3/2, InceptionV3's): the forward pass is the maximum of
+  the window's strided taps, and the backward pass routes each output's gradient to its tap, placed back with
+  strided pads; all elementwise, fused by XLA. On GPU/TPU those keep flax's pool.
+
+The gradient goes to the first maximum of each window in row-major order, as select-and-scatter (and
+PyTorch's max_pool2d) does, so values and routing agree with flax's pool, ties included; where overlapping
+windows send gradient to the same element, the shares are summed in another order (1 ulp;
+tests/test_pooling.py).
 """
 import functools
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 
 def max_pool(x, window=(2, 2), strides=None, padding='VALID'):
-  """`nn.max_pool` for NHWC `x`; non-overlapping VALID windows take the fast path below."""
+  """`nn.max_pool` for NHWC `x` (padding 'VALID', 'SAME' or ((top, bottom), (left, right)))."""
   window, strides = tuple(window), tuple(strides or window)
-  if window == strides and padding == 'VALID' and x.ndim == 4:
+  if x.ndim != 4:
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  if window == strides and padding == 'VALID':
     return _block_max_pool(x, window)
+  if jax.default_backend() == 'cpu':
+    pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding) if isinstance(padding, str) else padding
+    return _tap_max_pool(x, window, strides, tuple(tuple(p) for p in pads))
   return nn.max_pool(x, window, strides=strides, padding=padding)
 
 
@@ -58,3 +72,47 @@ def _block_max_pool_bwd(window, residuals, g):
 
 
 _block_max_pool.defvjp(_block_max_pool_fwd, _block_max_pool_bwd)
+
+
+def _taps(x, window, strides, pads, fill):
+  """The padded input's strided windows, one per tap (row-major), each the shape of the pooled output."""
+  (wh, ww), (sh, sw), ((top, bottom), (left, right)) = window, strides, pads
+  x = lax.pad(x, jnp.asarray(fill, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  out_h, out_w = (x.shape[1] - wh) // sh + 1, (x.shape[2] - ww) // sw + 1
+  return [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] for i in range(wh) for j in range(ww)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _tap_max_pool(x, window, strides, pads):
+  taps = _taps(x, window, strides, pads, -jnp.inf)
+  y = taps[0]
+  for tap in taps[1:]:
+    y = jnp.maximum(y, tap)
+  return y
+
+
+def _tap_max_pool_fwd(x, window, strides, pads):
+  y = _tap_max_pool(x, window, strides, pads)
+  return y, (x, y)
+
+
+def _tap_max_pool_bwd(window, strides, pads, residuals, g):
+  x, y = residuals
+  (_, ww), (sh, sw), ((top, bottom), (left, right)) = window, strides, pads
+  padded_h, padded_w = x.shape[1] + top + bottom, x.shape[2] + left + right
+  out_h, out_w = y.shape[1:3]
+  taken = jnp.zeros(y.shape, bool)
+  dx = None
+  for t, tap in enumerate(_taps(x, window, strides, pads, -jnp.inf)):
+    i, j = divmod(t, ww)
+    first = (tap == y) & ~taken  # the first maximum in the window takes it all, padding included as in XLA
+    taken = taken | first
+    # Place this tap's share back at its input positions: stride apart, offset by the tap.
+    routed = lax.pad(jnp.where(first, g, jnp.zeros_like(g)), jnp.zeros((), g.dtype),
+                     ((0, 0, 0), (i, padded_h - i - (out_h - 1) * sh - 1, sh - 1),
+                      (j, padded_w - j - (out_w - 1) * sw - 1, sw - 1), (0, 0, 0)))
+    dx = routed if dx is None else dx + routed
+  return (dx[:, top:top + x.shape[1], left:left + x.shape[2]],)
+
+
+_tap_max_pool.defvjp(_tap_max_pool_fwd, _tap_max_pool_bwd)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, register, transfer
 from fpclass.models.conv import Conv
+from fpclass.models.pooling import max_pool
 from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict
 
 # torch's default Conv2d/Linear init (kaiming_uniform_ with a=sqrt(5)) is uniform(+-1/sqrt(fan_in)).
@@ -59,7 +60,7 @@ class AlexNet(transfer.Backbone, kw_only=True):
       x = nn.relu(Conv(channels, (kernel, kernel), stride, padding=padding, kernel_init=torch_default_init,
                        dtype=self.dtype, name=f'features_{index}')(x))
       if pool:
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
       x = feature(self, features, ALEXNET_STAGES[stage], x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
@@ -100,7 +101,7 @@ class VGG(transfer.Backbone, kw_only=True):
       for channels, index in zip(block, indices):
         x = nn.relu(Conv(channels, (3, 3), padding=1, kernel_init=vgg_conv_init, dtype=self.dtype,
                          name=f'features_{index}')(x))
-      x = feature(self, features, VGG_STAGES[stage], nn.max_pool(x, (2, 2), strides=(2, 2)))
+      x = feature(self, features, VGG_STAGES[stage], max_pool(x, (2, 2), strides=(2, 2)))
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
     x = torch_flatten(adaptive_avg_pool(x, (7, 7)))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, register, transfer
 from fpclass.models.conv import Conv
+from fpclass.models.pooling import max_pool
 from fpclass.models.weights import Rule, TORCH_BN, WeightsFile, apply_rules, read_state_dict
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # torchvision's kaiming_normal_
@@ -80,7 +81,7 @@ class ResNet(transfer.Backbone, kw_only=True):
     features = {}
     x = Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, name='conv1')(x)
     x = self.relu(_bn('bn1', transfer.frozen(0, self.freeze_till), train)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)
     for i, blocks in enumerate(self.layers[:last], start=1):
       for j in range(blocks):
