@@ -1,8 +1,10 @@
-"""Single convolution layers, XLA against PyTorch (NCHW and channels_last), forward only, in the same process.
+"""Single layers (convolutions, a max pool), XLA against PyTorch (NCHW and channels_last), in the same process.
 
-    python bench/conv_layers.py [--rounds 5] [--precision fp32|bf16] [--only footprint,resnet18,tiny,depthwise,matmul] [--json out.json]
+    python bench/conv_layers.py [--rounds 5] [--precision fp32|bf16] [--json out.json]
+                                [--only footprint,resnet18,tiny,depthwise,pool,matmul]
 
-What it answers (docs/performance.md):
+Forward passes only, unless a row says otherwise. What it answers (docs/performance.md):
+
 - How close each framework's kernels come to this machine's FLOP rate, layer by layer, which bounds what any
   whole-model ratio can be (the footprint CNN is 85% its second convolution).
 - Where XLA:CPU is weak: a convolution with one input channel (the footprint CNN's first layer) runs at a
@@ -16,6 +18,8 @@ What it answers (docs/performance.md):
   models run instead (`fpclass.models.conv`).
 - `depthwise`: EfficientNet-B0's depthwise convolutions, which XLA:CPU runs at about 1 GFLOP/s; `fpclass Conv`
   is fpclass's sum over taps.
+- `pool`: ResNet's overlapping 3x3/2 stem max pool, forward and backward: flax's (select-and-scatter
+  gradient) against `fpclass.models.pooling.max_pool` and PyTorch.
 - A dense matmul row gives each framework's sustained peak for reference.
 
 XLA programs are compiled with fpclass's CPU options (`fpclass.steps.jit_options`). Rounds alternate the
@@ -132,7 +136,7 @@ def main():
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--reps', type=int, default=3, help='calls per round')
   p.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32')
-  p.add_argument('--only', default='footprint,resnet18,tiny,depthwise,matmul')
+  p.add_argument('--only', default='footprint,resnet18,tiny,depthwise,pool,matmul')
   p.add_argument('--json', type=str)
   args = p.parse_args()
   import torch
@@ -179,6 +183,23 @@ def main():
         'conv+slices': footprint_forward(lax_conv, slice_pool, dtype),
         'taps+reduce': footprint_forward(tap_sum_conv, block_pool, dtype),
         'taps+slices': footprint_forward(tap_sum_conv, slice_pool, dtype)}, None)
+  if 'pool' in only:  # ResNet's 3x3/2 stem pool, forward + backward (fpclass.models.pooling)
+    import flax.linen as nn
+    from fpclass.models.pooling import max_pool
+    x = np.random.default_rng(0).random((32, 112, 112, 64), np.float32)
+    xj = jnp.asarray(x)
+
+    def forward_backward(pool):
+      return jax_call(lambda v: jax.grad(lambda u: pool(u).sum())(v), xj)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def torch_forward_backward():
+      with torch.enable_grad():
+        torch.nn.functional.max_pool2d(xt, 3, 2, 1).sum().backward()
+    rows['resnet stem max pool 3x3/2 @112x112x64, forward + backward (32)'] = ({
+        'xla': forward_backward(lambda u: nn.max_pool(u, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))),
+        'fpclass pool': forward_backward(lambda u: max_pool(u, (3, 3), (2, 2), ((1, 1), (1, 1)))),
+        'torch cl': torch_forward_backward}, None)
   if 'matmul' in only:
     rng = np.random.default_rng(0)
     a = rng.random((4096, 4096), np.float32)
