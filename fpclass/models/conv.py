@@ -33,9 +33,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   route = _cpu_route(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
                      preferred_element_type)
   if route:
-    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding) \
-        if isinstance(padding, str) else padding
-    strides, pads = tuple(window_strides), tuple(tuple(p) for p in pads)
+    strides = tuple(window_strides)
+    pads = explicit_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     if route == 'depthwise':
       return depthwise_tap_conv(lhs, rhs, strides, pads)
     return im2col_conv(lhs, rhs, strides, pads, precision)
@@ -63,26 +62,35 @@ def _cpu_route(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_
   return None
 
 
-def _pad_and_windows(x, kernel_hw, strides, pads):
-  """The padded input's strided windows, one (N, out_h, out_w, C) slice per kernel tap, in row-major tap order."""
-  (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_hw, strides, pads
-  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  return [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
+def explicit_pads(spatial_shape, window, strides, padding) -> tuple:
+  """'SAME' / 'VALID' or pairs -> ((top, bottom), (left, right)), as lax computes them."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(spatial_shape, window, strides, padding)
+  return tuple(tuple(p) for p in padding)
+
+
+def strided_windows(x, window, strides, pads, fill=0):
+  """The windows of NHWC `x` padded with `fill`: one (N, out_h, out_w, C) strided slice per window tap, taps in
+  row-major order. Convolutions here and `fpclass.models.pooling`'s overlapping max pool are sums or maxima of
+  these."""
+  (wh, ww), (sh, sw), ((top, bottom), (left, right)) = window, strides, pads
+  x = lax.pad(x, jnp.asarray(fill, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  out_h, out_w = (x.shape[1] - wh) // sh + 1, (x.shape[2] - ww) // sw + 1
+  return [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] for i in range(wh) for j in range(ww)]
 
 
 def im2col_conv(x, kernel, strides, pads, precision=None):
   """NHWC x HWIO convolution as patches @ kernel: the windows concatenated along channels (kernel rows, then
   columns, then input channels: HWIO's own order) times the kernel reshaped to (kh * kw * cin, cout)."""
   kh, kw, cin, cout = kernel.shape
-  patches = jnp.concatenate(_pad_and_windows(x, (kh, kw), strides, pads), axis=-1)
+  patches = jnp.concatenate(strided_windows(x, (kh, kw), strides, pads), axis=-1)
   return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), precision=precision)
 
 
 def depthwise_tap_conv(x, kernel, strides, pads):
   """Depthwise NHWC convolution (kernel (kh, kw, 1, C)): the sum over taps of window * that tap's kernel row."""
   kh, kw = kernel.shape[:2]
-  windows = _pad_and_windows(x, (kh, kw), strides, pads)
+  windows = strided_windows(x, (kh, kw), strides, pads)
   total = windows[0] * kernel[0, 0, 0]
   for tap, window in enumerate(windows[1:], start=1):
     total = total + window * kernel[tap // kw, tap % kw, 0]

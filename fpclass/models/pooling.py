@@ -23,6 +23,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from fpclass.models.conv import explicit_pads, strided_windows
+
 
 def max_pool(x, window=(2, 2), strides=None, padding='VALID'):
   """`nn.max_pool` for NHWC `x` (padding 'VALID', 'SAME' or ((top, bottom), (left, right)))."""
@@ -32,8 +34,7 @@ def max_pool(x, window=(2, 2), strides=None, padding='VALID'):
   if window == strides and padding == 'VALID':
     return _block_max_pool(x, window)
   if jax.default_backend() == 'cpu':
-    pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding) if isinstance(padding, str) else padding
-    return _tap_max_pool(x, window, strides, tuple(tuple(p) for p in pads))
+    return _tap_max_pool(x, window, strides, explicit_pads(x.shape[1:3], window, strides, padding))
   return nn.max_pool(x, window, strides=strides, padding=padding)
 
 
@@ -74,17 +75,9 @@ def _block_max_pool_bwd(window, residuals, g):
 _block_max_pool.defvjp(_block_max_pool_fwd, _block_max_pool_bwd)
 
 
-def _taps(x, window, strides, pads, fill):
-  """The padded input's strided windows, one per tap (row-major), each the shape of the pooled output."""
-  (wh, ww), (sh, sw), ((top, bottom), (left, right)) = window, strides, pads
-  x = lax.pad(x, jnp.asarray(fill, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-  out_h, out_w = (x.shape[1] - wh) // sh + 1, (x.shape[2] - ww) // sw + 1
-  return [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] for i in range(wh) for j in range(ww)]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _tap_max_pool(x, window, strides, pads):
-  taps = _taps(x, window, strides, pads, -jnp.inf)
+  taps = strided_windows(x, window, strides, pads, -jnp.inf)
   y = taps[0]
   for tap in taps[1:]:
     y = jnp.maximum(y, tap)
@@ -103,7 +96,7 @@ def _tap_max_pool_bwd(window, strides, pads, residuals, g):
   out_h, out_w = y.shape[1:3]
   taken = jnp.zeros(y.shape, bool)
   dx = None
-  for t, tap in enumerate(_taps(x, window, strides, pads, -jnp.inf)):
+  for t, tap in enumerate(strided_windows(x, window, strides, pads, -jnp.inf)):
     i, j = divmod(t, ww)
     first = (tap == y) & ~taken  # the first maximum in the window takes it all, padding included as in XLA
     taken = taken | first
