@@ -108,12 +108,11 @@ class EfficientNet(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    frozen = functools.partial(transfer.frozen, freeze_till=self.freeze_till)
     x = x * (1.0 / 255.0)   # keras Rescaling(1 / 255)
     x = Normalization(self.dtype, name='normalization')(x)
     x = Conv(round_filters(32, self.width), (3, 3), 2, padding=correct_pad(x.shape[1:3], 3), use_bias=False,
              kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
-    x = swish(batch_norm('stem_bn', frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
+    x = swish(batch_norm('stem_bn', self.stage_frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
     x = feature(self, features, 'stem', x)
     names = block_names(self.depth)
     total, index = sum(len(group) for group in names), 0
@@ -123,13 +122,13 @@ class EfficientNet(transfer.Backbone, kw_only=True):
       filters_in, filters_out = round_filters(filters_in, self.width), round_filters(filters_out, self.width)
       for j, name in enumerate(group):
         x = MBConv(filters_in if j == 0 else filters_out, filters_out, kernel, stride if j == 0 else 1, expand,
-                   self.drop_connect_rate * index / total, frozen(stage), self.dtype, name=name)(x, train)
+                   self.drop_connect_rate * index / total, self.stage_frozen(stage), self.dtype, name=name)(x, train)
         index += 1
       x = feature(self, features, f'block{stage}', x)
     if last == len(STAGES) - 1:
       x = Conv(round_filters(1280, self.width), (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                name='top_conv')(x)
-      x = swish(batch_norm('top_bn', frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
+      x = swish(batch_norm('top_bn', self.stage_frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
       x = feature(self, features, 'top_conv', x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features

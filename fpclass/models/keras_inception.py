@@ -132,7 +132,7 @@ class KerasInceptionV3(transfer.Backbone, kw_only=True):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
     for index, (name, branches) in enumerate(BLOCKS[:last + 1]):
-      x = Mixed(branches, transfer.frozen(index, self.freeze_till), self.dtype, name=name)(x, train)
+      x = Mixed(branches, self.stage_frozen(index), self.dtype, name=name)(x, train)
       x = feature(self, features, name, x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))

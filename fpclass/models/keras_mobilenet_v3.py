@@ -95,18 +95,18 @@ class MobileNetV3Large(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    frozen = functools.partial(transfer.frozen, freeze_till=self.freeze_till)
     x = x * (1.0 / 127.5) - 1.0   # keras Rescaling(scale=1 / 127.5, offset=-1)
     x = Conv(STEM_CHANNELS, (3, 3), 2, padding='SAME', use_bias=False, dtype=self.dtype, name='conv')(x)
-    x = hard_swish(batch_norm('conv_bn', frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
+    x = hard_swish(batch_norm('conv_bn', self.stage_frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
     x = feature(self, features, 'stem', x)
     for block_id, (expansion, filters, kernel, stride, se, activation) in enumerate(LARGE_BLOCKS[:last]):
       x = InvertedResidual(expansion, filters, kernel, stride, se, activation, expand=block_id > 0,
-                           frozen=frozen(block_id + 1), dtype=self.dtype, name=block_name(block_id))(x, train)
+                           frozen=self.stage_frozen(block_id + 1), dtype=self.dtype,
+                           name=block_name(block_id))(x, train)
       x = feature(self, features, block_name(block_id), x)
     if last == len(STAGES) - 1:
       x = Conv(make_divisible(x.shape[-1] * 6), (1, 1), use_bias=False, dtype=self.dtype, name='conv_1')(x)
-      x = hard_swish(batch_norm('conv_1_bn', frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
+      x = hard_swish(batch_norm('conv_1_bn', self.stage_frozen(last), train, BN_MOMENTUM, dtype=self.dtype)(x))
       x = feature(self, features, 'conv_1', x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features

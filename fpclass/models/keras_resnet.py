@@ -43,12 +43,17 @@ def zero_pad(x, pad: int):
   return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 
-class BlockV1(nn.Module):
+class _Block(nn.Module):
+  """The fields Keras' stack_residual_blocks gives both block versions."""
   filters: int
   stride: int = 1
   conv_shortcut: bool = False
   frozen: bool = False
   dtype: Any = jnp.float32
+
+
+class BlockV1(_Block):
+  """ResNet50's bottleneck block (Keras' resnet.block1): convolutions, then the residual add and ReLU."""
 
   @nn.compact
   def __call__(self, x, train):
@@ -62,12 +67,8 @@ class BlockV1(nn.Module):
     return nn.relu(shortcut + y)
 
 
-class BlockV2(nn.Module):
-  filters: int
-  stride: int = 1
-  conv_shortcut: bool = False
-  frozen: bool = False
-  dtype: Any = jnp.float32
+class BlockV2(_Block):
+  """ResNet50V2's pre-activation block (Keras' resnet.block2)."""
 
   @nn.compact
   def __call__(self, x, train):
@@ -100,12 +101,12 @@ class KerasResNet(transfer.Backbone, kw_only=True):
     features = {}
     x = _conv(64, 7, 'conv1_conv', self.dtype, 2)(zero_pad(x, 3))
     if not self.preact:
-      x = nn.relu(_bn('conv1_bn', transfer.frozen(0, self.freeze_till), train, self.dtype)(x))
+      x = nn.relu(_bn('conv1_bn', self.stage_frozen(0), train, self.dtype)(x))
     x = max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2))
     x = feature(self, features, 'conv1', x)
     block_cls = BlockV2 if self.preact else BlockV1
     for stack, blocks in enumerate(self.stack_sizes[:last]):
-      frozen = transfer.frozen(stack + 1, self.freeze_till)
+      frozen = self.stage_frozen(stack + 1)
       for block in range(1, blocks + 1):
         x = block_cls(STACK_FILTERS[stack], frozen=frozen, dtype=self.dtype, name=f'conv{stack + 2}_block{block}',
                       **block_args(self.preact, stack, block, blocks))(x, train)

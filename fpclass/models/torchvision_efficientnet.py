@@ -109,17 +109,17 @@ class EfficientNet(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = ConvBN(STEM_CHANNELS, 3, 2, frozen=transfer.frozen(0, self.freeze_till), dtype=self.dtype,
+    x = ConvBN(STEM_CHANNELS, 3, 2, frozen=self.stage_frozen(0), dtype=self.dtype,
                name='features_0')(x, train)
     x = feature(self, features, 'stem', x)
     rates = stochastic_depth_rates(self.mbconv_stages, self.stochastic_depth_prob)
     for i, (expand, kernel, stride, channels, blocks) in enumerate(self.mbconv_stages[:last], start=1):
       for j in range(blocks):
         x = MBConv(expand, kernel, stride if j == 0 else 1, channels, rates[i - 1][j],
-                   frozen=transfer.frozen(i, self.freeze_till), dtype=self.dtype, name=f'features_{i}_{j}')(x, train)
+                   frozen=self.stage_frozen(i), dtype=self.dtype, name=f'features_{i}_{j}')(x, train)
       x = feature(self, features, STAGES[i], x)
     if last == len(STAGES) - 1:
-      x = ConvBN(4 * self.mbconv_stages[-1][3], frozen=transfer.frozen(last, self.freeze_till), dtype=self.dtype,
+      x = ConvBN(4 * self.mbconv_stages[-1][3], frozen=self.stage_frozen(last), dtype=self.dtype,
                  name=f'features_{last}')(x, train)
       x = feature(self, features, STAGES[last], x)
     if self.top != 'source':

@@ -80,13 +80,13 @@ class ResNet(transfer.Backbone, kw_only=True):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
     x = Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    x = self.relu(_bn('bn1', transfer.frozen(0, self.freeze_till), train)(x))
+    x = self.relu(_bn('bn1', self.stage_frozen(0), train)(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)
     for i, blocks in enumerate(self.layers[:last], start=1):
       for j in range(blocks):
         x = self.block(64 * 2 ** (i - 1), stride=2 if (j == 0 and i > 1) else 1,
-                       frozen=transfer.frozen(i, self.freeze_till), relu=self.relu, name=f'layer{i}_{j}')(x, train)
+                       frozen=self.stage_frozen(i), relu=self.relu, name=f'layer{i}_{j}')(x, train)
       x = feature(self, features, f'layer{i}', x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))

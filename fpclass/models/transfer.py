@@ -41,6 +41,10 @@ class Backbone(nn.Module):
   freeze_till: int = 0
   dtype: Any = jnp.float32
 
+  def stage_frozen(self, stage_index: int) -> bool:
+    """Whether stage `stage_index` (0-based, network order) is frozen under this module's `freeze_till`."""
+    return frozen(stage_index, self.freeze_till)
+
 
 class Top(nn.Module):
   """A new classification top: pooling, hidden dense layers with ReLU and dropout, then the logits."""
