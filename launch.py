@@ -1,26 +1,32 @@
 """fpclass entry point.
 
     python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 [--mode train]
-    python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 --mode submit
+    python launch.py --workdir runs/fp-exp4 --mode submit          # the workdir's sidecar holds the config
     python launch.py --config configs/climbing.py --workdir runs/climbing --mode clean [--apply]
 
 Any config value can be overridden, e.g. --config.train.epochs=10; the config is locked, so a
 misspelt key is an error. See README.md for the modes and what a run writes.
 """
+import pathlib
 import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fpclass.modes import MODES
+from fpclass.errors import UserInputError
+from fpclass.modes import MODES, run
 
-config_flags.DEFINE_config_file('config', None, 'task config, e.g. configs/footprint.py:exp4', lock_config=True)
+WORKDIR_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'workdir.py'
+
+config_flags.DEFINE_config_file('config', None, 'task config, e.g. configs/footprint.py:exp4; optional for the modes '
+                                'that read a trained workdir (its metadata.json holds the training config)',
+                                lock_config=True)
 flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md')
-flags.DEFINE_enum('mode', 'train', list(MODES), '; '.join(f'{k}: {v[1]}' for k, v in MODES.items()))
+flags.DEFINE_enum('mode', 'train', list(MODES), '; '.join(f'{k}: {v.help}' for k, v in MODES.items()))
 flags.DEFINE_bool('apply', False, '--mode clean only: move the files clean leaves out into <workdir>/quarantine '
                   '(without it, clean never moves or changes a file)')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
@@ -30,6 +36,7 @@ def parse_flags(argv):
   config_flags raises AttributeError/KeyError for an override naming no key, embeds a traceback in a
   config file's own ValueError, and reports a missing file only when the config is first read.
   """
+  argv = with_workdir_config(argv)
   try:
     args = FLAGS(argv)
     if FLAGS.config is not None:
@@ -51,6 +58,26 @@ def parse_flags(argv):
     _fail(f'--config: {detail}' if 'config' in str(e) else detail)
 
 
+def with_workdir_config(argv):
+  """`argv` with `--config configs/workdir.py:<workdir>` added when a mode that reads a trained workdir
+  runs without --config (its `--config.x=y` overrides then apply to the training config)."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv):
+    return argv
+  mode, workdir = _flag_value(argv, 'mode') or 'train', _flag_value(argv, 'workdir')
+  if mode not in MODES or not MODES[mode].trained or not workdir:
+    return argv
+  return [argv[0], f'--config={WORKDIR_CONFIG}:{workdir}', *argv[1:]]
+
+
+def _flag_value(argv, name):
+  for i, a in enumerate(argv):
+    if a.startswith(f'--{name}='):
+      return a.split('=', 1)[1]
+    if a == f'--{name}' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def _fail(message):
   print(f'fpclass: error: {message}', file=sys.stderr)
   sys.exit(2)
@@ -63,8 +90,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep the console to progress, warnings and results
   if FLAGS.apply and FLAGS.mode != 'clean':
     _fail(f'--apply is read only by --mode clean, not --mode {FLAGS.mode}')
-  from fpclass.errors import UserInputError
-  from fpclass.modes import run
+  if FLAGS.config is None:
+    _fail(f'--config is required for --mode {FLAGS.mode}' + (
+        ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else ''))
   try:
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **({'apply': True} if FLAGS.apply else {}))
   except UserInputError as e:

@@ -40,12 +40,13 @@ def main():
   overrides = {'data.tfds.data_dir': str(tfds_dir), 'train.epochs': args.epochs}
   if args.mock:
     import tensorflow_datasets as tfds
-    from fpclass.train import train_and_evaluate
+
+    from fpclass.modes import run
     from tests.conftest import load_config
     # USE_FILES: CIFAR-10's class names from the prepared metadata; the examples are mock_data's.
     with tfds.testing.mock_data(num_examples=args.train, policy=tfds.testing.MockPolicy.USE_FILES,
                                 data_dir=str(tfds_dir)):
-      train_and_evaluate(load_config('configs/cifar_vehicles.py', **overrides), workdir)
+      run('train', load_config('configs/cifar_vehicles.py', **overrides), workdir)
   else:
     subprocess.run([sys.executable, str(REPO / 'launch.py'), '--config', str(REPO / 'configs/cifar_vehicles.py'),
                     f'--workdir={workdir}', *[f'--config.{k}={v}' for k, v in overrides.items()]], check=True)

@@ -31,7 +31,6 @@ import statistics
 import time
 
 import harness
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,6 +184,7 @@ def main():
         'taps+slices': footprint_forward(tap_sum_conv, slice_pool, dtype)}, None)
   if 'pool' in only:  # ResNet's 3x3/2 stem pool, forward + backward (fpclass.models.pooling)
     import flax.linen as nn
+
     from fpclass.models.pooling import max_pool
     x = np.random.default_rng(0).random((32, 112, 112, 64), np.float32)
     xj = jnp.asarray(x)

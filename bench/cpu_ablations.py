@@ -46,6 +46,7 @@ def _setup(keep=True):
 
 def _footprint(batch=32, steps=8):
   import numpy as np
+
   from configs import footprint
   config = footprint.get_config('exp0')
   config.augment.hflip = config.augment.brightness = config.augment.contrast = 0.0
@@ -61,10 +62,11 @@ class Runner:
 
   def __init__(self, name, batch=32, steps=8, form='step', options=None, patch_pool=False, devices=None):
     import jax
+
+    from fpclass.sampling import epoch_order
     from fpclass.sharding import DataParallel
     from fpclass.steps import CompiledSteps
     from fpclass.task import build_task
-    from fpclass.train import epoch_order
     config, images, labels = _footprint(batch, steps)
     self.name, self.batch, self.steps, self.form = name, batch, steps, form
     task = build_task(config, ('0', '1'), labels, steps)
@@ -78,6 +80,7 @@ class Runner:
     start = time.perf_counter()
     if patch_pool:  # trace the step with flax's max_pool in place of fpclass's
       import flax.linen as nn
+
       from fpclass.models import cnn
       fast = cnn.max_pool
       cnn.max_pool = lambda x, window: nn.max_pool(x, window, strides=window)

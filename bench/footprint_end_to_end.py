@@ -23,7 +23,6 @@ import tempfile
 import time
 
 import harness
-
 import numpy as np
 
 from configs import footprint
@@ -51,6 +50,7 @@ def run_launch(workdir, env, epochs):
 def torch_run(dataset, epochs: int, variant: str, seed: int = 0):
   """The same training in PyTorch: flip p=0.5, brightness and contrast factors in [0.8, 1.2] per image."""
   import torch
+
   from bench.torch_models import FootprintCNN
   torch.manual_seed(seed)
   start = time.perf_counter()

@@ -105,10 +105,10 @@ class FpclassTrainer:
   """fpclass's production train step for `config` on in-memory data, in loop form `form`."""
 
   def __init__(self, config, images, labels, num_classes: int, form: str, compute_backend: str | None = None):
+    from fpclass.sampling import epoch_order
     from fpclass.sharding import DataParallel
     from fpclass.steps import CompiledSteps
     from fpclass.task import build_task
-    from fpclass.train import epoch_order
     self.batch = int(config.train.batch_size)
     self.steps = len(images) // self.batch
     names = tuple(str(i) for i in range(num_classes))

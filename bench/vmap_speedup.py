@@ -5,7 +5,7 @@
     python bench/vmap_speedup.py --forms vmap,one_by_one  # on a GPU
     python bench/vmap_speedup.py --set 'data.image_size=(60,40)'  # smaller images (less memory)
 
-Every arm trains the same members with `fpclass.model_axis.train_chunk` (the sweep's own trainer), with the
+Every arm trains the same members with `fpclass.modes.model_axis.train_chunk` (the sweep's own trainer), with the
 same epochs, steps and per-epoch validation, so the arms differ only in how the model axis is executed:
   one_by_one   each member alone (a chunk of one), members one after another
   loop         all members in one chunk, the single-model step called per member within each step
@@ -40,8 +40,11 @@ def main():
   args = parser.parse_args()
 
   import jax
-  from fpclass import data, model_axis, task as task_lib
+
+  from fpclass import data
+  from fpclass import task as task_lib
   from fpclass.data import splits
+  from fpclass.modes import model_axis
   from fpclass.runtime import enable_compilation_cache
   from tests.conftest import load_config
 
@@ -75,8 +78,8 @@ def main():
       chunk_results, timing = model_axis.train_chunk(config, task, decoded.class_names, decoded.pool.images, labels,
                                                      group, 'loop' if form == 'one_by_one' else form,
                                                      log_prefix=f'[{form}] ')
-      epoch_seconds += [row['seconds'] for row in chunk_results[0].loop['history']]
-      accuracy += [r.loop['history'][-1]['val_accuracy'] for r in chunk_results]
+      epoch_seconds += [row['seconds'] for row in chunk_results[0].loop.history]
+      accuracy += [r.loop.history[-1]['val_accuracy'] for r in chunk_results]
     wall = time.perf_counter() - start
     steady = float(epoch_seconds[1:].mean()) if args.epochs > 1 else float('nan')
     results[form] = dict(wall_seconds=wall, first_epoch_seconds=float(epoch_seconds[0]),

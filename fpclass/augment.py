@@ -2,112 +2,26 @@
 
 Each function maps `(image, key)` to an image of the same shape and dtype: float images in [0, 1], laid out
 (H, W, C). `augment_batch` vmaps `augment_image` so the whole thing runs inside the jitted train step on device.
-`AugmentConfig` is hashable and every on/off decision is a Python check on it, so an op that is off is never
-traced and an all-off config costs nothing.
+`AugmentSettings` (fpclass.config) is hashable and every on/off decision is a Python check on it, so an op
+that is off is never traced and an all-off config costs nothing.
 
 Order: geometry (one affine) -> flips -> colour -> random erasing, erasing last as torchvision does after
 ToTensor. Geometry follows Keras' preprocessing layers; colour and erasing follow torchvision.
 """
-import dataclasses
 import functools
 import math
-import numbers
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass.errors import UserInputError
+from fpclass.config import FILL_MODES, AugmentSettings
 
-FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
 ERASING_ATTEMPTS = 10  # torchvision's RandomErasing retry count
 # Each example makes ONE uniform draw, sliced per op in this fixed layout so that turning an op on or off leaves
 # the others' numbers unchanged. One draw rather than one per parameter because every vmapped random call is a
 # separate threefry in the compiled program, each adding roughly half a second of XLA compile time on CPU.
 _DRAWS = dict(flips=2, geometry=6, colour=3, erasing=1 + 4 * ERASING_ATTEMPTS)
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-  """Augmentation settings; see the `c.augment` block of `fpclass.config` for each key's meaning."""
-  hflip: float = 0.0
-  vflip: float = 0.0
-  rotation: float = 0.0
-  zoom: float = 0.0
-  height: float = 0.0
-  width: float = 0.0
-  translate: float = 0.0
-  fill_mode: str = 'constant'
-  fill_value: float = 0.0
-  brightness: float = 0.0
-  contrast: float = 0.0
-  erasing: float = 0.0
-  erasing_scale: tuple[float, float] = (0.02, 0.33)
-  erasing_ratio: tuple[float, float] = (0.3, 3.3)
-  erasing_value: float = 0.5
-
-  @classmethod
-  def from_config(cls, cfg: Any) -> 'AugmentConfig':
-    """Builds a validated config from `config.augment` (a ConfigDict or a mapping; missing keys keep defaults)."""
-    values = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise UserInputError(f'config.augment.{unknown[0]}: unknown key; known keys are {sorted(fields)}')
-    kwargs = {}
-    for name, value in values.items():
-      if name == 'fill_mode':
-        if value not in FILL_MODES:
-          raise UserInputError(f'config.augment.fill_mode must be one of {FILL_MODES}, got {value!r}')
-        kwargs[name] = value
-      elif name in ('erasing_scale', 'erasing_ratio'):
-        kwargs[name] = _float_pair(name, value)
-      else:
-        kwargs[name] = _float(name, value)
-    config = cls(**kwargs)
-    config._validate()
-    return config
-
-  def _validate(self) -> None:
-    for name in ('hflip', 'vflip', 'erasing', 'translate', 'fill_value', 'erasing_value'):
-      _check(name, getattr(self, name), 0.0 <= getattr(self, name) <= 1.0, 'in [0, 1]')
-    for name in ('zoom', 'height', 'width'):
-      # A factor of 1 would allow a zero scale, a singular transform.
-      _check(name, getattr(self, name), 0.0 <= getattr(self, name) < 1.0, 'in [0, 1)')
-    _check('rotation', self.rotation, 0.0 <= self.rotation <= 180.0, 'in [0, 180] degrees')
-    for name in ('brightness', 'contrast'):
-      _check(name, getattr(self, name), 0.0 <= getattr(self, name) < math.inf, '>= 0')
-    lo, hi = self.erasing_scale
-    _check('erasing_scale', self.erasing_scale, 0.0 <= lo <= hi <= 1.0, '(lo, hi) with 0 <= lo <= hi <= 1')
-    lo, hi = self.erasing_ratio
-    _check('erasing_ratio', self.erasing_ratio, 0.0 < lo <= hi < math.inf, '(lo, hi) with 0 < lo <= hi')
-
-  @property
-  def geometry_enabled(self) -> bool:
-    return any((self.rotation, self.zoom, self.height, self.width, self.translate))
-
-  @property
-  def enabled(self) -> bool:
-    return self.geometry_enabled or any(
-        (self.hflip, self.vflip, self.brightness, self.contrast, self.erasing))
-
-
-def _float(name: str, value: Any) -> float:
-  if not isinstance(value, numbers.Real):  # a string such as '0.5' is a typo in a config file, not a number
-    raise UserInputError(f'config.augment.{name} must be a number, got {value!r}')
-  return float(value)
-
-
-def _float_pair(name: str, value: Any) -> tuple[float, float]:
-  if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or len(value) != 2:
-    raise UserInputError(f'config.augment.{name} must be a pair (lo, hi), got {value!r}')
-  return (_float(name, value[0]), _float(name, value[1]))
-
-
-def _check(name: str, value: Any, ok: bool, expected: str) -> None:
-  if not ok:  # NaN fails every comparison, so it lands here too
-    raise UserInputError(f'config.augment.{name} must be {expected}, got {value!r}')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,7 +90,7 @@ def affine_transform(image: jax.Array, matrix: jax.Array, fill_mode: str = 'cons
   return (top * (1 - wr) + bottom * wr).astype(image.dtype)
 
 
-def _random_geometry(image: jax.Array, u: jax.Array, cfg: AugmentConfig, flips: jax.Array | None) -> jax.Array:
+def _random_geometry(image: jax.Array, u: jax.Array, cfg: AugmentSettings, flips: jax.Array | None) -> jax.Array:
   h, w = image.shape[:2]
   u = 2.0 * u - 1.0  # six draws in [-1, 1)
   angle = cfg.rotation * u[0] if cfg.rotation else 0.0
@@ -223,7 +137,7 @@ def adjust_contrast(image: jax.Array, factor) -> jax.Array:
   return jnp.clip((image - mean) * factor + mean, 0.0, 1.0)
 
 
-def _random_colour(image: jax.Array, u: jax.Array, cfg: AugmentConfig) -> jax.Array:
+def _random_colour(image: jax.Array, u: jax.Array, cfg: AugmentSettings) -> jax.Array:
   # torchvision draws each factor from [max(0, 1 - x), 1 + x].
   factor = lambda x, v: max(0.0, 1.0 - x) + (1.0 + x - max(0.0, 1.0 - x)) * v
   ops = []
@@ -264,7 +178,7 @@ def erasing_box(u: jax.Array, height: int, width: int, scale: tuple[float, float
   return fits[first], jnp.minimum(top, height - box_h), jnp.minimum(left, width - box_w), box_h, box_w
 
 
-def _random_erasing(image: jax.Array, u: jax.Array, cfg: AugmentConfig) -> jax.Array:
+def _random_erasing(image: jax.Array, u: jax.Array, cfg: AugmentSettings) -> jax.Array:
   h, w = image.shape[:2]
   found, top, left, box_h, box_w = erasing_box(u[1:].reshape(4, -1), h, w, cfg.erasing_scale, cfg.erasing_ratio)
   rows = jax.lax.broadcasted_iota(jnp.int32, (h, w), 0)
@@ -278,7 +192,7 @@ def _random_erasing(image: jax.Array, u: jax.Array, cfg: AugmentConfig) -> jax.A
 # Entry points
 
 
-def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
+def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax.Array:
   """Augments one (H, W, C) image; deterministic in `key`. Ops that `cfg` turns off are not traced."""
   if image.ndim != 3 or not jnp.issubdtype(image.dtype, jnp.floating):
     raise ValueError(f'augment_image expects a float (H, W, C) image in [0, 1], got {image.dtype}{image.shape}')
@@ -305,7 +219,7 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.A
   return image
 
 
-def augment_batch(images: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
+def augment_batch(images: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax.Array:
   """Augments an (N, H, W, C) batch; example i uses `jax.random.split(key, N)[i]`."""
   if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f'augment_batch expects float (N, H, W, C) images in [0, 1], got {images.dtype}{images.shape}')

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from fpclass import __version__, fileio
+from fpclass.config import base_config
 from fpclass.errors import UserInputError
 
 METADATA = 'metadata.json'
@@ -149,11 +150,49 @@ def check_resume(workdir, metadata: dict, config_dict: dict) -> None:
 
 
 def check_restorable(workdir, metadata: dict, config_dict: dict) -> None:
-  """Refuses to restore a checkpoint into a model or input shape other than the one it was trained as."""
-  diffs = config_differences(metadata['config'], config_dict, only=ARCHITECTURE_KEYS)
+  """Refuses to restore a checkpoint into a model or input other than the one it was trained as,
+  naming each differing key and the value stored at training."""
+  stored = traverse_util.flatten_dict(metadata['config'], sep='.')
+  current = traverse_util.flatten_dict(config_dict, sep='.')
+  diffs = [f'--config.{key}={_tuples(_normal(current.get(key, "<absent>")))!r} (trained with '
+           f'{_tuples(_normal(stored[key]))!r})'
+           if key in stored else f'--config.{key}: not a key of the trained model'
+           for key in config_differences_keys(stored, current, ARCHITECTURE_KEYS)]
   if diffs:
-    raise UserInputError(f'the checkpoint in {workdir} was trained with a different model or input: '
-                         + '; '.join(diffs[:10]) + '. Pass the same --config and overrides as at training.')
+    raise UserInputError(f'{workdir}: these overrides change the trained model or its input: '
+                         + '; '.join(diffs[:10]) + '. Leave them out: without --config, the workdir\'s '
+                         f'{METADATA} supplies the training config.')
+
+
+def config_differences_keys(stored: dict, current: dict, only) -> list[str]:
+  return [key for key in sorted(set(stored) | set(current))
+          if any(key == p or key.startswith(p) for p in only)
+          and _normal(stored.get(key, '<absent>')) != _normal(current.get(key, '<absent>'))]
+
+
+def stored_config(workdir):
+  """The training config of `workdir`, from its sidecar, as a ConfigDict of the current schema: keys this
+  version does not know are dropped (model fields are kept: they belong to the architecture)."""
+  metadata = read_metadata(workdir)
+  if metadata is None:
+    raise UserInputError(f'{workdir}: no trained run here ({METADATA} is missing); pass --config, or train '
+                         'this --workdir first')
+  config = base_config()
+  _update(config, metadata['config'], free=('model',))
+  return config
+
+
+def _update(node, values: dict, free=(), path=''):
+  for key, value in values.items():
+    if isinstance(value, dict) and key in node and hasattr(node[key], 'keys'):
+      _update(node[key], value, free, f'{path}{key}.')
+    elif key in node or path.rstrip('.') in free:
+      node[key] = _tuples(value)
+
+
+def _tuples(value):
+  """JSON turned the config's tuples into lists; the schema's types are tuples."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def config_as_json(config) -> dict:

@@ -1,18 +1,288 @@
-"""The config schema every task config starts from.
+"""The config schema: every key a run can read, with its default. The bottom of the import graph.
 
-Every key a run can read is declared here, so `config_flags` (which locks the config) turns a mistyped
+Every key is declared here, so `config_flags` (which locks the config) turns a mistyped
 `--config.a.b=value` into an error. Task files under `configs/` change values, never add keys, except
 under `model`, whose fields belong to the chosen architecture (see `fpclass.models.create_model`).
+
+A section that a module reads as a unit is a frozen `Settings` dataclass: the one place its defaults and
+its value checks are written. `base_config` builds that ConfigDict section from the dataclass, and the
+consuming module gets a checked instance with `<Settings>.from_config(section)`. Checks that need other
+modules (a known model, optimizer or source) live in `fpclass.validation`, which runs once per launch.
+
+This module imports no other fpclass module: everything imports it, it imports nothing of ours.
 """
+import ast
+import dataclasses
+import math
+import numbers
+import re
+import typing
+from typing import Any, ClassVar
+
 import ml_collections
 
+
+class ConfigError(ValueError):
+  """A config value that fails its section's check; the message names the key (`fpclass.validation`
+  reports it as a UserInputError)."""
+
+
+# --------------------------------------------------------------------------------------- settings sections
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """A config section as a frozen dataclass: field defaults are the section's defaults; `check` raises
+  ConfigError naming `config.<SECTION>.<key>`. Subclasses set SECTION and override `check`."""
+  SECTION: ClassVar[str] = ''
+  # Whether the ConfigDict section may hold keys of other owners (config.data holds decode and source keys).
+  SHARED_SECTION: ClassVar[bool] = False
+
+  def __post_init__(self):
+    self.check()
+
+  def check(self) -> None:
+    pass
+
+  @classmethod
+  def defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+  @classmethod
+  def from_config(cls, section: Any):
+    """A checked instance from a ConfigDict section or a mapping (missing keys keep their defaults)."""
+    values = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown and not cls.SHARED_SECTION:
+      raise ConfigError(f'config.{cls.SECTION}.{unknown[0]}: unknown key; known keys are {names}')
+    kwargs = {name: _coerce(f'config.{cls.SECTION}.{name}', hints[name], values[name])
+              for name in names if name in values}
+    return cls(**kwargs)
+
+  def require(self, name: str, ok: bool, expected: str) -> None:
+    if not ok:  # NaN fails every comparison, so it lands here too
+      raise ConfigError(f'config.{self.SECTION}.{name}={getattr(self, name)!r}: must be {expected}')
+
+
+def _coerce(key: str, hint, value):
+  """`value` as the field's annotated type; a string where a number belongs is a typo, not a number."""
+  origin = typing.get_origin(hint)
+  if origin is tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
+      raise ConfigError(f'{key}={value!r}: must be a tuple')
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(key, args[0], v) for v in value)
+    if len(value) != len(args):
+      raise ConfigError(f'{key}={value!r}: must be a tuple of {len(args)} values')
+    return tuple(_coerce(key, a, v) for a, v in zip(args, value))
+  if hint is bool:
+    if not isinstance(value, (bool, numbers.Integral)):
+      raise ConfigError(f'{key}={value!r}: must be True or False')
+    return bool(value)
+  if hint is int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or float(value) != int(value):
+      raise ConfigError(f'{key}={value!r}: must be a whole number')
+    return int(value)
+  if hint is float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise ConfigError(f'{key}={value!r}: must be a number')
+    return float(value)
+  if hint is str:
+    if not isinstance(value, str):
+      raise ConfigError(f'{key}={value!r}: must be a string')
+    return value
+  return value
+
+
+RESIZE_MODES = ('stretch', 'crop', 'pad')
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings(Settings):
+  """How every image is decoded into the uint8 cache: the decode keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  image_size: tuple[int, int] = (120, 80)   # (height, width); the seed-000 default is 80 wide by 120 high
+  channels: int = 1                         # 1 -> Pillow mode L, 3 -> RGB
+  resize: str = 'stretch'                   # stretch | crop (centre crop to aspect) | pad (letterbox)
+  alpha_background: int = 255               # RGBA/LA/P-with-transparency is composited onto this grey level
+  max_image_pixels: int = 89_478_485        # Pillow's bomb limit; larger files are quarantined, not decoded
+
+  def check(self):
+    self.require('channels', self.channels in (1, 3), '1 (grayscale) or 3 (RGB)')
+    self.require('resize', self.resize in RESIZE_MODES, f'one of {RESIZE_MODES}')
+    self.require('image_size', len(self.image_size) == 2 and min(self.image_size) >= 1,
+                 '(height, width), both positive')
+    self.require('alpha_background', 0 <= self.alpha_background <= 255, 'a grey level in [0, 255]')
+    self.require('max_image_pixels', self.max_image_pixels >= 1, 'at least 1')
+
+  @property
+  def height(self) -> int:
+    return self.image_size[0]
+
+  @property
+  def width(self) -> int:
+    return self.image_size[1]
+
+
+FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings(Settings):
+  """`config.augment`. Every augmentation is off at its default. Geometry follows Keras' preprocessing
+  layers where a seed used them (factors are fractions), rotation is in degrees, colour and erasing follow
+  torchvision. Hashable, so `fpclass.augment` decides on/off in Python and an op that is off is never traced."""
+  SECTION: ClassVar[str] = 'augment'
+  hflip: float = 0.0               # probability
+  vflip: float = 0.0               # probability
+  rotation: float = 0.0            # max |angle| in degrees
+  zoom: float = 0.0                # scale drawn from [1 - zoom, 1 + zoom], same for both axes
+  height: float = 0.0              # extra vertical scale drawn from [1 - height, 1 + height]
+  width: float = 0.0               # extra horizontal scale drawn from [1 - width, 1 + width]
+  translate: float = 0.0           # max shift as a fraction of height/width
+  fill_mode: str = 'constant'      # constant | nearest | reflect | wrap (pixels mapped from outside)
+  fill_value: float = 0.0          # in [0, 1] image units, for fill_mode=constant
+  brightness: float = 0.0          # factor drawn from [1 - b, 1 + b]
+  contrast: float = 0.0            # factor drawn from [1 - c, 1 + c], blended around the image mean
+  erasing: float = 0.0             # probability of one random-erasing rectangle
+  erasing_scale: tuple[float, float] = (0.02, 0.33)
+  erasing_ratio: tuple[float, float] = (0.3, 3.3)
+  erasing_value: float = 0.5       # in [0, 1] image units; 0.5 is 0 after the default (0.5, 0.5) normalisation
+
+  def check(self):
+    self.require('fill_mode', self.fill_mode in FILL_MODES, f'one of {FILL_MODES}')
+    for name in ('hflip', 'vflip', 'erasing', 'translate', 'fill_value', 'erasing_value'):
+      self.require(name, 0.0 <= getattr(self, name) <= 1.0, 'in [0, 1]')
+    for name in ('zoom', 'height', 'width'):
+      # A factor of 1 would allow a zero scale, a singular transform.
+      self.require(name, 0.0 <= getattr(self, name) < 1.0, 'in [0, 1)')
+    self.require('rotation', 0.0 <= self.rotation <= 180.0, 'in [0, 180] degrees')
+    for name in ('brightness', 'contrast'):
+      self.require(name, 0.0 <= getattr(self, name) < math.inf, '>= 0')
+    lo, hi = self.erasing_scale
+    self.require('erasing_scale', 0.0 <= lo <= hi <= 1.0, '(lo, hi) with 0 <= lo <= hi <= 1')
+    lo, hi = self.erasing_ratio
+    self.require('erasing_ratio', 0.0 < lo <= hi < math.inf, '(lo, hi) with 0 < lo <= hi')
+
+  @property
+  def geometry_enabled(self) -> bool:
+    return any((self.rotation, self.zoom, self.height, self.width, self.translate))
+
+  @property
+  def enabled(self) -> bool:
+    return self.geometry_enabled or any((self.hflip, self.vflip, self.brightness, self.contrast, self.erasing))
+
+
+CAM_METHODS = ('gradcam', 'gradcam++', 'hirescam')   # fpclass.cam.METHODS gives each its display name
+CAM_TARGETS = ('predicted', 'label')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings(Settings):
+  """`config.explain`: Grad-CAM and error analysis of the validation split (--mode explain, and train
+  when after_training)."""
+  SECTION: ClassVar[str] = 'explain'
+  after_training: bool = False     # train mode runs explain after evaluation (on in configs/footprint.py)
+  method: str = 'gradcam'          # gradcam | gradcam++ | hirescam
+  layer: str = ''                  # a feature map the model records; '' -> the model's registered cam_layer
+  target: str = 'predicted'        # predicted | label: the class each map explains
+  num_images: int = 10             # highest-loss validation images per overlay grid and in the top-losses table
+  guided: bool = True              # add a Guided Grad-CAM row (needs a model with a `relu` field)
+  inference_grid: int = 16         # validation images in the right/wrong inference grid; 0 -> none
+  feature_image: int = 0           # validation index of the image whose feature maps are drawn; -1 -> none
+  max_channels: int = 64           # channels drawn per feature map (the first ones)
+  alpha: float = 0.5               # heat-map opacity in the overlays
+  batch_size: int = 32             # images per Grad-CAM call
+
+  def check(self):
+    self.require('method', self.method in CAM_METHODS, f'one of {list(CAM_METHODS)}')
+    self.require('target', self.target in CAM_TARGETS, f'one of {list(CAM_TARGETS)}')
+    for name, low in (('num_images', 1), ('inference_grid', 0), ('feature_image', -1), ('max_channels', 1),
+                      ('batch_size', 1)):
+      self.require(name, getattr(self, name) >= low, f'at least {low}')
+    self.require('alpha', 0.0 <= self.alpha <= 1.0, 'in [0, 1]')
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictSettings(Settings):
+  """`config.predict`: --mode predict classifies new images with a trained workdir's model."""
+  SECTION: ClassVar[str] = 'predict'
+  inputs: str = ''                 # a file, a folder (recursive), a glob, or a CSV with a `path_column`
+  path_column: str = 'path'        # the CSV column holding image paths (relative to the CSV's folder)
+  output: str = 'predictions.csv'  # written in --workdir
+  calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
+  explain: bool = False            # also write one Grad-CAM overlay PNG per image under predict_explain/
+  batch_size: int = 0              # 0 -> config.eval.batch_size
+
+  def check(self):
+    self.require('batch_size', self.batch_size >= 0, '>= 0 (0: config.eval.batch_size)')
+    self.require('output', bool(self.output) and '/' not in self.output, 'a file name inside --workdir')
+
+
+LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '::1')
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings(Settings):
+  """`config.serve`: --mode serve, a FastAPI app under uvicorn over one jitted predict function."""
+  SECTION: ClassVar[str] = 'serve'
+  host: str = '127.0.0.1'          # loopback by default; any other address also needs allow_remote
+  port: int = 8000
+  allow_remote: bool = False       # True: bind a non-loopback host (anyone who can reach it can use the model)
+  micro_batching: bool = True      # gather concurrent requests into one device call
+  batch_window_ms: float = 5.0     # how long the first request of a batch waits for others
+  max_batch: int = 32              # images per device call at most
+  warm_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # compiled at start-up; a batch is padded up
+  max_upload_bytes: int = 10_000_000   # larger uploads get 413
+  max_images_per_request: int = 32
+
+  def check(self):
+    self.require('port', 0 <= self.port <= 65535, 'a TCP port in [0, 65535] (0: any free port)')
+    self.require('host', self.host in LOOPBACK_HOSTS or self.allow_remote,
+                 f'a loopback address {LOOPBACK_HOSTS} unless --config.serve.allow_remote=True '
+                 '(binding another address exposes the model to the network)')
+    self.require('batch_window_ms', 0.0 <= self.batch_window_ms <= 1000.0, 'in [0, 1000] milliseconds')
+    self.require('max_batch', self.max_batch >= 1, 'at least 1')
+    self.require('warm_batch_sizes', all(b >= 1 for b in self.warm_batch_sizes), 'positive batch sizes')
+    self.require('max_upload_bytes', self.max_upload_bytes >= 1, 'at least 1')
+    self.require('max_images_per_request', self.max_images_per_request >= 1, 'at least 1')
+
+
+EXPORT_FORMATS = ('onnx', 'stablehlo')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings(Settings):
+  """`config.export`: --mode export writes the model with its preprocessing inside the graph."""
+  SECTION: ClassVar[str] = 'export'
+  formats: tuple[str, ...] = EXPORT_FORMATS
+  folder: str = 'export'           # inside --workdir
+  batch_size: int = 0              # 0: any batch size (a symbolic batch dimension); else fixed
+
+  def check(self):
+    self.require('formats', bool(self.formats) and set(self.formats) <= set(EXPORT_FORMATS),
+                 f'a non-empty tuple of {EXPORT_FORMATS}')
+    self.require('batch_size', self.batch_size >= 0, '>= 0')
+    self.require('folder', bool(self.folder), 'a folder name inside --workdir')
+
+
+def section(settings: type[Settings], **extra) -> ml_collections.ConfigDict:
+  """The ConfigDict section of `settings`, plus `extra` keys that other owners read from it."""
+  return ml_collections.ConfigDict({**extra, **settings.defaults()})
+
+
+# ----------------------------------------------------------------------------------------------- the schema
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'run'
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = section(
+      DecodeSettings,
       # kaggle_csv | image_folder | tfds | digits. kaggle_csv with an empty root means the embedded
       # SYNTHETIC footprints (generated once into the cache), so a newcomer needs no download.
       source='kaggle_csv',
@@ -32,12 +302,6 @@ def base_config() -> ml_collections.ConfigDict:
       label_column='SEX',
       # Optional fixed class order; empty means sorted unique labels (Kaggle) or sorted folder names.
       class_names=(),
-      # Decoded size as (height, width); the seed-000 default is 80 wide by 120 high.
-      image_size=(120, 80),
-      channels=1,              # 1 -> Pillow mode L, 3 -> RGB
-      resize='stretch',        # stretch | crop (centre crop to aspect) | pad (letterbox)
-      alpha_background=255,    # RGBA/LA/P-with-transparency is composited onto this grey level
-      max_image_pixels=89_478_485,  # Pillow's bomb limit; larger files are quarantined, not decoded
       bad_test_images='error',  # error | prior: an undecodable test image stops submit, or gets the prior
       mean=(0.5,),             # seed CNNs only: a pretrained model uses its family's (see fpclass.preprocessing)
       std=(0.5,),
@@ -62,27 +326,9 @@ def base_config() -> ml_collections.ConfigDict:
           image_key='image',
           label_key='label',
       )),
-  ))
+  )
 
-  # Every augmentation is off at its default. Geometry follows Keras' preprocessing layers where a seed
-  # used them (factors are fractions), rotation is in degrees, colour and erasing follow torchvision.
-  c.augment = ml_collections.ConfigDict(dict(
-      hflip=0.0,               # probability
-      vflip=0.0,               # probability
-      rotation=0.0,            # max |angle| in degrees
-      zoom=0.0,                # scale drawn from [1 - zoom, 1 + zoom], same for both axes
-      height=0.0,              # extra vertical scale drawn from [1 - height, 1 + height]
-      width=0.0,               # extra horizontal scale drawn from [1 - width, 1 + width]
-      translate=0.0,           # max shift as a fraction of height/width
-      fill_mode='constant',    # constant | nearest | reflect | wrap (pixels mapped from outside)
-      fill_value=0.0,          # in [0, 1] image units, for fill_mode=constant
-      brightness=0.0,          # factor drawn from [1 - b, 1 + b]
-      contrast=0.0,            # factor drawn from [1 - c, 1 + c], blended around the image mean
-      erasing=0.0,             # probability of one random-erasing rectangle
-      erasing_scale=(0.02, 0.33),
-      erasing_ratio=(0.3, 3.3),
-      erasing_value=0.5,       # in [0, 1] image units; 0.5 is 0 after the default (0.5, 0.5) normalisation
-  ))
+  c.augment = section(AugmentSettings)
 
   # The remaining model.* keys are the module's own fields (see fpclass.models), set by each task config.
   # Pretrained models also read `pretrained` ('' | 'imagenet' | a weights file the source framework wrote)
@@ -141,20 +387,7 @@ def base_config() -> ml_collections.ConfigDict:
       phash_threshold=8,       # near duplicates: Hamming distance between 64-bit pHashes at most this
   ))
 
-  # --mode explain (and train, when after_training): Grad-CAM and error analysis of the validation split.
-  c.explain = ml_collections.ConfigDict(dict(
-      after_training=False,    # train mode runs explain after evaluation (on in configs/footprint.py)
-      method='gradcam',        # gradcam | gradcam++ | hirescam (fpclass.cam.METHODS)
-      layer='',                # a feature map the model records; '' -> the model's registered cam_layer
-      target='predicted',      # predicted | label: the class each map explains
-      num_images=10,           # highest-loss validation images per overlay grid and in the top-losses table
-      guided=True,             # add a Guided Grad-CAM row (needs a model with a `relu` field)
-      inference_grid=16,       # validation images in the right/wrong inference grid; 0 -> none
-      feature_image=0,         # validation index of the image whose feature maps are drawn; -1 -> none
-      max_channels=64,         # channels drawn per feature map (the first ones)
-      alpha=0.5,               # heat-map opacity in the overlays
-      batch_size=32,           # images per Grad-CAM call
-  ))
+  c.explain = section(ExplainSettings)
 
   c.submit = ml_collections.ConfigDict(dict(
       filename='submission.csv',
@@ -164,16 +397,20 @@ def base_config() -> ml_collections.ConfigDict:
       calibrated=True,         # apply the temperature and threshold stored by --mode calibrate/sweep, if any
   ))
 
-  # --mode sweep: every variant x split x seed, trained together along a model axis (fpclass.model_axis),
-  # summarised with confidence intervals (fpclass.sweep), and calibrated (fpclass.calibration).
+  c.predict = section(PredictSettings)
+  c.serve = section(ServeSettings)
+  c.export = section(ExportSettings)
+
+  # --mode sweep: every variant x split x seed, trained together along a model axis (fpclass.modes.model_axis),
+  # summarised with confidence intervals (fpclass.modes.sweep), and calibrated (fpclass.calibration).
   c.sweep = ml_collections.ConfigDict(dict(
-      # Named config changes, one string each: 'name: key=value; key=value' (values are Python literals).
-      # Empty -> one variant, 'base', the config as given (repeated seeds of any config).
+      # Named config changes, one string each: 'name: key=value; key=value' (values are Python literals;
+      # see `parse_variant`). Empty -> one variant, 'base', the config as given (repeated seeds of any config).
       variants=(),
       baseline='',             # the variant paired differences are taken against; '' -> the first
       folds=(),                # () -> all data.num_folds folds (or the source's own val split); (-1,) -> holdout
       seeds=(0, 1, 2),
-      model_axis='auto',       # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.model_axis
+      model_axis='auto',       # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.modes.model_axis
       models_per_chunk=0,      # models resident at once; 0 -> from the memory rule and memory_fraction
       memory_fraction=0.5,     # share of free device (or host) memory the chunk may use
       ece_bins=15,             # equal-width confidence bins for expected calibration error
@@ -182,46 +419,44 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def validate(config) -> None:
-  """Checks every enumerated or ranged value before any work starts, so a typo in an override fails in
-  a second instead of after decoding the data. Each check is the one the consuming module applies."""
-  from fpclass import augment, data, explain, models, optim, precision, sampling, steps, task, train
-  from fpclass.data.decode import DecodeSettings
-  from fpclass.errors import UserInputError
-  if config.data.source not in data.SOURCES:
-    raise UserInputError(f'config.data.source={config.data.source!r}: unknown source; choose one of '
-                         f'{sorted(data.SOURCES)}')
-  DecodeSettings.from_config(config.data)
-  augment.AugmentConfig.from_config(config.augment)
-  explain.ExplainSettings.from_config(config.explain)
-  models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
-  optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
-  precision.check_precision(config.train.precision)
-  steps.check_loop(config.train.loop)
-  task.model_input(config)
-  if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
-    raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '
-                         f'a pretrained model with stages; {config.model.name!r} has none')
-  if config.train.monitor not in train.MONITOR_MODES:
-    raise UserInputError(f'config.train.monitor={config.train.monitor!r}: choose one of '
-                         f'{sorted(train.MONITOR_MODES)}')
-  if config.train.select_checkpoint not in ('best', 'last'):
-    raise UserInputError(f'config.train.select_checkpoint={config.train.select_checkpoint!r}: use best or last')
-  if int(config.train.batch_size) < 1 or int(config.train.epochs) < 1:
-    raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
-  if config.train.sampler not in sampling.SAMPLERS:
-    raise UserInputError(f'config.train.sampler={config.train.sampler!r}: choose one of {sampling.SAMPLERS}')
-  if not 0 <= int(config.clean.phash_threshold) <= 64:
-    raise UserInputError(f'config.clean.phash_threshold={config.clean.phash_threshold}: a Hamming distance '
-                         'between 64-bit hashes, in [0, 64]')
-  if config.data.bad_test_images not in ('error', 'prior'):
-    raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
+# ------------------------------------------------------------------------------------- sweep variant strings
+
+VARIANT_NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
 
 
-def parse_args(config_file: str, arg: str, choices: dict) -> list:
-  """The comma-separated arguments of `configs/<file>.py:<arg>`, each checked against `choices` (name ->
-  what it does). Raises ValueError, which launch.py reports on one line."""
-  args = [a.strip() for a in (arg or '').split(',') if a.strip()]
+def parse_variant(spec: str) -> tuple[str, dict]:
+  """'exp4: model.dropout=0.5; train.early_stopping_patience=7' -> ('exp4', {...}); values are Python
+  literals, anything else is taken as a string."""
+  name, sep, body = spec.partition(':')
+  name = name.strip()
+  if not sep or not VARIANT_NAME.match(name):
+    raise ConfigError(f'config.sweep.variants: {spec!r} is not "name: key=value; key=value" with a name of '
+                      'letters, digits, ".", "_" or "-"')
+  changes = {}
+  for item in filter(None, (part.strip() for part in body.split(';'))):
+    key, eq, text = item.partition('=')
+    if not eq or not key.strip():
+      raise ConfigError(f'config.sweep.variants: {item!r} in variant {name!r} is not key=value')
+    try:
+      value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      value = text.strip()
+    changes[key.strip()] = value
+  return name, changes
+
+
+def variant_spec(name: str, changes: dict) -> str:
+  """The inverse of parse_variant, for config files that build `sweep.variants` from a table."""
+  return f'{name}: ' + '; '.join(f'{k}={v!r}' for k, v in changes.items())
+
+
+# --------------------------------------------------------------------------------------- config-file arguments
+
+def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:
+  """The comma-separated arguments of `configs/<file>.py:<arg>` (or `default` when none is given), each
+  checked against `choices` (name -> what it does). The one parser every file in configs/ uses. Raises
+  ValueError, which launch.py reports on one line."""
+  args = [a.strip() for a in (arg or default or '').split(',') if a.strip()]
   for a in args:
     if a not in choices:
       listed = '; '.join(f'{k}: {v}' for k, v in choices.items())

@@ -1,4 +1,4 @@
-"""Atomic writes: every file fpclass produces appears whole or not at all.
+"""Atomic writes (every file fpclass produces appears whole or not at all) and the cache folder rule.
 
 Write to a temporary name in the same directory, fsync, then `os.replace` (atomic on POSIX and Windows).
 A killed run leaves at worst a stray `.tmp-*` file, never a truncated output.
@@ -67,3 +67,9 @@ def _json_default(obj):
   if isinstance(obj, tuple):
     return list(obj)
   raise TypeError(f'not JSON serialisable: {type(obj).__name__}')
+
+
+def cache_root(cache_dir: str | os.PathLike = '') -> pathlib.Path:
+  """Where decoded images, downloaded weights and compiled programs are cached: `cache_dir`
+  (config.data.cache_dir), else $FPCLASS_CACHE, else ~/.cache/fpclass."""
+  return pathlib.Path(cache_dir or os.environ.get('FPCLASS_CACHE') or '~/.cache/fpclass').expanduser()

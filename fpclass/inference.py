@@ -7,6 +7,7 @@ import numpy as np
 
 from fpclass import checkpoint
 from fpclass.errors import UserInputError
+from fpclass.loop_state import LoopState
 from fpclass.task import Task, TrainState, build_task, predict_logits, probabilities
 
 
@@ -18,7 +19,7 @@ class Trained:
   class_names: tuple
   checkpoint: str      # which checkpoint was restored: 'best' or 'last'
   epoch: int
-  loop: dict           # the run's final loop state (history, best epoch, stop reason)
+  loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
 
   def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
     return predict_logits(self.task, self.state, images, batch_size)
@@ -35,9 +36,7 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
     raise UserInputError(f'{workdir}: no trained run here ({checkpoint.METADATA} is missing); '
                          'run --mode train with this --workdir first')
   checkpoint.check_restorable(workdir, metadata, checkpoint.config_as_json(config))
-  kind = kind or config.train.select_checkpoint
-  if kind not in ('best', 'last'):
-    raise UserInputError(f'config.train.select_checkpoint={kind!r}: use best or last')
+  kind = kind or config.train.select_checkpoint  # checked by fpclass.validation
   class_names = tuple(metadata['class_names'])
   task = build_task(config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
   height, width = metadata['image_size']
@@ -48,7 +47,7 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
   try:
     epoch = store.latest_epoch(kind)
     state, _ = store.restore(kind, abstract, epoch)
-    loop = store.loop_state('last')  # the whole run's history, also when `best` is restored
+    loop = LoopState.from_json(store.loop_state('last'))  # the whole run's history, also for `best`
   finally:
     store.close()
   return Trained(task, state, metadata, class_names, kind, int(epoch), loop)

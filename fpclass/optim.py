@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from fpclass import models
 from fpclass.errors import UserInputError
+from fpclass.models import transfer
 
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
@@ -80,8 +82,7 @@ def param_groups(model_cfg):
   4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
   last layer, as seed 000's "replace and train the final layer" does.
   """
-  from fpclass.models import get_spec, transfer
-  spec = get_spec(model_cfg.name)
+  spec = models.get_spec(model_cfg.name)
   if not spec.stages:
     return None
   in_stage = [re.compile(regex).search for _, regex in spec.stages]  # one membership test per stage

@@ -14,6 +14,8 @@ import platform
 
 import jax
 
+from fpclass import fileio
+
 ENV_CACHE = 'FPCLASS_JAX_CACHE'  # a folder, or 0 to switch the cache off
 ENV_ALLOCATOR = 'FPCLASS_HOST_ALLOCATOR'  # 'default' leaves glibc's malloc settings alone
 
@@ -25,7 +27,7 @@ def enable_compilation_cache(default_root: str | os.PathLike | None = None) -> p
   setting = os.environ.get(ENV_CACHE, '')
   if setting == '0':
     return None
-  root = pathlib.Path(default_root or os.environ.get('FPCLASS_CACHE') or '~/.cache/fpclass').expanduser()
+  root = fileio.cache_root(default_root or '')
   folder = pathlib.Path(setting).expanduser() if setting else root / 'jax-compilation'
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', str(folder))

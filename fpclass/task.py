@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from fpclass import augment, models, optim, precision
+from fpclass.config import AugmentSettings
 from fpclass.errors import UserInputError
 from fpclass.preprocessing import Normalisation
 
@@ -31,7 +32,7 @@ class Task:
   model: Any
   tx: optax.GradientTransformation
   normalisation: Normalisation
-  augment_cfg: augment.AugmentConfig
+  augment_cfg: AugmentSettings
   head: str
   num_classes: int
   class_weights: tuple | None = None
@@ -189,7 +190,7 @@ def build_task(config, class_names, train_labels, steps_per_epoch: int, backend:
   return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch,
                                                    optim.param_groups(config.model)),
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
-              augment_cfg=augment.AugmentConfig.from_config(config.augment),
+              augment_cfg=AugmentSettings.from_config(config.augment),
               head=config.model.get('head', 'softmax'), num_classes=len(class_names),
               class_weights=class_weights(config.train.class_weights, class_names, train_labels),
               label_smoothing=float(config.train.label_smoothing), l2=float(config.train.l2),

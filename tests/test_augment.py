@@ -11,10 +11,10 @@ import pytest
 from jax.scipy.ndimage import map_coordinates
 
 from fpclass import augment
-from fpclass.augment import AugmentConfig, affine_transform, augment_batch, augment_image, geometry_matrix
+from fpclass.augment import AugmentSettings, affine_transform, augment_batch, augment_image, geometry_matrix
 from fpclass.config import base_config
 
-EVERYTHING = AugmentConfig(hflip=0.5, vflip=0.5, rotation=10.0, zoom=0.1, height=0.1, width=0.1, translate=0.1,
+EVERYTHING = AugmentSettings(hflip=0.5, vflip=0.5, rotation=10.0, zoom=0.1, height=0.1, width=0.1, translate=0.1,
                            fill_mode='reflect', brightness=0.2, contrast=0.2, erasing=0.5)
 
 
@@ -36,7 +36,7 @@ def _image(shape, lo=0.0, hi=1.0, seed=0) -> np.ndarray:
 
 
 def test_all_off_is_identity_and_not_enabled():
-  cfg = AugmentConfig()
+  cfg = AugmentSettings()
   assert not cfg.enabled
   x = _image((4, 12, 8, 1))
   np.testing.assert_array_equal(augment_batch(x, jax.random.key(0), cfg), x)
@@ -48,13 +48,13 @@ def test_all_off_is_identity_and_not_enabled():
 
 def test_rejects_integer_images():
   with pytest.raises(ValueError, match='float'):
-    augment_batch(jnp.zeros((2, 4, 4, 1), jnp.uint8), jax.random.key(0), AugmentConfig(hflip=0.5))
+    augment_batch(jnp.zeros((2, 4, 4, 1), jnp.uint8), jax.random.key(0), AugmentSettings(hflip=0.5))
 
 
 @pytest.mark.parametrize('key', ['hflip', 'vflip', 'rotation', 'zoom', 'height', 'width', 'translate',
                                  'brightness', 'contrast', 'erasing'])
 def test_each_op_enables(key):
-  assert AugmentConfig(**{key: 0.1}).enabled
+  assert AugmentSettings(**{key: 0.1}).enabled
 
 
 def _primitives(cfg, shape=(2, 12, 8, 1)):
@@ -74,23 +74,23 @@ def test_disabled_ops_are_not_traced():
   image_size = 2 * 12 * 8
   resamples = lambda cfg: ('gather', image_size) in _primitives(cfg)  # the geometry's pixel gather
   flips = lambda cfg: any(name == 'rev' for name, _ in _primitives(cfg))
-  assert resamples(AugmentConfig(zoom=0.1)) and flips(AugmentConfig(vflip=0.5))
-  assert not resamples(AugmentConfig(hflip=0.5, vflip=0.5, brightness=0.1, contrast=0.1, erasing=0.5))
-  assert not flips(AugmentConfig(brightness=0.1, contrast=0.1, erasing=0.5))
-  assert not flips(AugmentConfig(hflip=0.5, vflip=0.5, rotation=5.0))  # folded into the resampling
+  assert resamples(AugmentSettings(zoom=0.1)) and flips(AugmentSettings(vflip=0.5))
+  assert not resamples(AugmentSettings(hflip=0.5, vflip=0.5, brightness=0.1, contrast=0.1, erasing=0.5))
+  assert not flips(AugmentSettings(brightness=0.1, contrast=0.1, erasing=0.5))
+  assert not flips(AugmentSettings(hflip=0.5, vflip=0.5, rotation=5.0))  # folded into the resampling
 
 
 def test_from_config_configdict():
-  assert AugmentConfig.from_config(base_config().augment) == AugmentConfig()
+  assert AugmentSettings.from_config(base_config().augment) == AugmentSettings()
   c = base_config().augment
   c.rotation = 10
   c.fill_mode = 'reflect'
   c.erasing_scale = [0.1, 0.2]  # a list from a flag override still gives a hashable config
-  cfg = AugmentConfig.from_config(c)
+  cfg = AugmentSettings.from_config(c)
   assert cfg.rotation == 10.0 and cfg.fill_mode == 'reflect' and cfg.erasing_scale == (0.1, 0.2)
   hash(cfg)
-  assert AugmentConfig.from_config({'hflip': 0.5}) == AugmentConfig(hflip=0.5)
-  assert set(base_config().augment.keys()) == {f.name for f in dataclasses.fields(AugmentConfig)}
+  assert AugmentSettings.from_config({'hflip': 0.5}) == AugmentSettings(hflip=0.5)
+  assert set(base_config().augment.keys()) == {f.name for f in dataclasses.fields(AugmentSettings)}
 
 
 @pytest.mark.parametrize('key,value', [
@@ -101,7 +101,7 @@ def test_from_config_configdict():
 ])
 def test_from_config_rejects_bad_values(key, value):
   with pytest.raises(ValueError, match=rf'config\.augment\.{key}\b'):
-    AugmentConfig.from_config(ml_collections.ConfigDict({key: value}))
+    AugmentSettings.from_config(ml_collections.ConfigDict({key: value}))
 
 
 # --- flips --------------------------------------------------------------------------------------------------
@@ -109,20 +109,20 @@ def test_from_config_rejects_bad_values(key, value):
 
 def test_flips():
   x = _image((3, 12, 8, 2))
-  np.testing.assert_array_equal(_augment(x, jax.random.key(1), AugmentConfig(hflip=1.0)), x[:, :, ::-1])
-  np.testing.assert_array_equal(_augment(x, jax.random.key(1), AugmentConfig(vflip=1.0)), x[:, ::-1])
+  np.testing.assert_array_equal(_augment(x, jax.random.key(1), AugmentSettings(hflip=1.0)), x[:, :, ::-1])
+  np.testing.assert_array_equal(_augment(x, jax.random.key(1), AugmentSettings(vflip=1.0)), x[:, ::-1])
 
 
 def test_flip_frequency_with_raw_uint32_key():
   x = np.broadcast_to(np.arange(4, dtype=np.float32)[None, None, :, None] / 4, (2000, 1, 4, 1))
-  out = _augment(x, jax.random.PRNGKey(2), AugmentConfig(hflip=0.3))  # old-style keys work too
+  out = _augment(x, jax.random.PRNGKey(2), AugmentSettings(hflip=0.3))  # old-style keys work too
   flipped = out[:, 0, 0, 0] > 0
   np.testing.assert_array_equal(out[flipped], x[flipped][:, :, ::-1])
   np.testing.assert_array_equal(out[~flipped], x[~flipped])
   assert abs(flipped.mean() - 0.3) < 0.045  # 4.4 sigma at n=2000
 
 
-GEOMETRY = AugmentConfig(rotation=15.0, zoom=0.2, translate=0.1)
+GEOMETRY = AugmentSettings(rotation=15.0, zoom=0.2, translate=0.1)
 
 
 @pytest.mark.parametrize('flip', ['hflip', 'vflip'])
@@ -196,7 +196,7 @@ def test_random_geometry_changes_image_and_stays_in_range():
 
 
 def test_brightness_scales_by_a_factor_in_range():
-  cfg = AugmentConfig(brightness=0.5)
+  cfg = AugmentSettings(brightness=0.5)
   x = _image((64, 10, 10, 1), 0.1, 0.6)  # 0.6 * 1.5 < 1, so nothing clips and the factor is recoverable
   out = _augment(x, jax.random.key(5), cfg)
   factor = out.sum(axis=(1, 2, 3)) / x.sum(axis=(1, 2, 3))
@@ -208,7 +208,7 @@ def test_brightness_scales_by_a_factor_in_range():
 
 
 def test_contrast_keeps_mean_and_scales_spread():
-  cfg = AugmentConfig(contrast=0.5)
+  cfg = AugmentSettings(contrast=0.5)
   x = _image((64, 10, 10, 1), 0.3, 0.7)  # (0.7 - 0.5) * 1.5 + 0.5 < 1: no clipping
   out = _augment(x, jax.random.key(6), cfg)
   np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-5)
@@ -232,7 +232,7 @@ def test_erasing_rectangle_area_and_frequency():
   n, h, w = 2000, 20, 16
   scale = (0.05, 0.2)  # with the default ratios every candidate fits, so the erase rate is exactly `erasing`
   x = _image((n, h, w, 1), 0.0, 0.4)  # never 0.5, so erased pixels are exactly those equal to 0.5
-  out = _augment(x, jax.random.key(8), AugmentConfig(erasing=0.3, erasing_scale=scale, erasing_value=0.5))
+  out = _augment(x, jax.random.key(8), AugmentSettings(erasing=0.3, erasing_scale=scale, erasing_value=0.5))
   erased = out[..., 0] == 0.5
   assert abs(erased.any(axis=(1, 2)).mean() - 0.3) < 0.045  # 4.4 sigma at n=2000
   tops = set()
@@ -246,13 +246,13 @@ def test_erasing_rectangle_area_and_frequency():
     tops.add(rows.min())
   assert len(tops) > 5  # the position is random
   np.testing.assert_array_equal(out[~erased.any(axis=(1, 2))], x[~erased.any(axis=(1, 2))])
-  np.testing.assert_array_equal(_augment(x, jax.random.key(8), AugmentConfig(erasing=0.0)), x)
+  np.testing.assert_array_equal(_augment(x, jax.random.key(8), AugmentSettings(erasing=0.0)), x)
 
 
 def test_erasing_when_no_box_fits_is_a_no_op():
   # torchvision gives up after 10 attempts; a box of the whole image never fits (needs h < H and w < W).
   x = _image((8, 10, 10, 1))
-  cfg = AugmentConfig(erasing=1.0, erasing_scale=(0.99, 1.0), erasing_ratio=(1.0, 1.0))
+  cfg = AugmentSettings(erasing=1.0, erasing_scale=(0.99, 1.0), erasing_ratio=(1.0, 1.0))
   np.testing.assert_array_equal(_augment(x, jax.random.key(9), cfg), x)
 
 

@@ -5,8 +5,9 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import f1_score
 
 from fpclass import calibration, stats
+from fpclass.config import parse_variant, variant_spec
 from fpclass.errors import UserInputError
-from fpclass.sweep import apply_changes, parse_variant, variant_spec
+from fpclass.modes.sweep import apply_changes
 from tests.conftest import load_config
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from bench.clean_planted import plant_folder, score
 from fpclass import data
-from fpclass.data.clean import clean
 from fpclass.errors import UserInputError
+from fpclass.modes.clean import clean
 from tests.conftest import load_config, save_image
 
 

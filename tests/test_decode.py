@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpclass.config import DecodeSettings
 from fpclass.data import decode
-from fpclass.data.decode import DecodeError, DecodeSettings, decode_files, decode_image
+from fpclass.data.decode import DecodeError, decode_files, decode_image
 from tests.conftest import save_image
 
-GREY = DecodeSettings(height=30, width=40, channels=1)
-RGB = DecodeSettings(height=30, width=40, channels=3)
+GREY = DecodeSettings(image_size=(30, 40), channels=1)
+RGB = DecodeSettings(image_size=(30, 40), channels=3)
 
 
 @pytest.mark.parametrize('mode', ['L', 'RGB', 'RGBA', 'LA', 'P', 'CMYK', '1', 'I;16'])
@@ -33,7 +34,7 @@ def test_transparency_is_composited_onto_the_background(tmp_path):
   image = Image.new('RGBA', (40, 30), (0, 0, 0, 0))  # fully transparent black
   image.save(tmp_path / 'a.png')
   white = decode_image(tmp_path / 'a.png', GREY)
-  black = decode_image(tmp_path / 'a.png', DecodeSettings(height=30, width=40, alpha_background=0))
+  black = decode_image(tmp_path / 'a.png', DecodeSettings(image_size=(30, 40), alpha_background=0))
   assert white.min() == 255 and black.max() == 0
 
 
@@ -59,7 +60,7 @@ def test_exif_orientation_is_applied(tmp_path):
 @pytest.mark.parametrize('resize', ['stretch', 'crop', 'pad'])
 def test_resize_modes_give_the_configured_size(tmp_path, resize):
   path = save_image(tmp_path / 'wide.png', size=(200, 50))
-  out = decode_image(path, DecodeSettings(height=120, width=80, resize=resize))
+  out = decode_image(path, DecodeSettings(image_size=(120, 80), resize=resize))
   assert out.shape == (120, 80, 1)
 
 
@@ -72,7 +73,7 @@ def test_bad_files_raise_decode_errors_with_reasons(tmp_path):
   reasons = {}
   for name in ('empty.png', 'text.png', 'truncated.png', 'missing.png', 'big.png'):
     with pytest.raises(DecodeError) as e:
-      decode_image(tmp_path / name, DecodeSettings(height=30, width=40, max_image_pixels=50_000))
+      decode_image(tmp_path / name, DecodeSettings(image_size=(30, 40), max_image_pixels=50_000))
     reasons[name] = str(e.value)
   assert reasons['empty.png'] == 'zero-byte file'
   assert 'identify' in reasons['text.png']
@@ -86,7 +87,7 @@ def test_pillow_bomb_error_is_caught(tmp_path, monkeypatch):
   path = save_image(tmp_path / 'b.png', size=(100, 100), value=0)
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)  # Pillow raises above 2x its limit
   with pytest.raises(DecodeError, match='decompression bomb'):
-    decode_image(path, DecodeSettings(height=30, width=40, max_image_pixels=10**9))
+    decode_image(path, DecodeSettings(image_size=(30, 40), max_image_pixels=10**9))
 
 
 def test_decode_files_quarantines_and_never_deletes(tmp_path):

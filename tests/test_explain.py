@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import explain, explain_figures
-from fpclass.config import validate
 from fpclass.errors import UserInputError
+from fpclass.modes import explain, explain_figures
+from fpclass.validation import validate
 from tests.conftest import QUICK, launch, load_config
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import optim, task as task_lib
+from fpclass import optim
+from fpclass import task as task_lib
 from tests.conftest import launch, load_config
 
 torch = pytest.importorskip('torch', reason='needs torch to write a torchvision state_dict')

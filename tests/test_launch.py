@@ -12,7 +12,6 @@ import pytest
 from tests.conftest import QUICK, REPO, launch, save_image
 
 
-
 def test_train_writes_every_artefact(trained_quick):
   workdir, _, result = trained_quick
   for name in ('metadata.json', 'metrics.csv', 'scores.json', 'classification_report.txt', 'quarantine.csv',
@@ -54,7 +53,32 @@ def test_evaluate_with_another_architecture_is_a_clear_error(trained_quick):
   result = launch(QUICK, f'--workdir={workdir}', '--mode=evaluate', '--config.model.fc_sizes=(64,)',
                   env=env, check=False)
   assert result.returncode == 2
-  assert 'model.fc_sizes: [128] -> [64]' in result.stderr and 'Traceback' not in result.stderr
+  assert '--config.model.fc_sizes=(64,) (trained with (128,))' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_modes_after_training_read_the_config_from_the_workdir(trained_quick, tmp_path):
+  """Without --config, evaluate and submit take the training config from the sidecar (the quick run's
+  tiny synthetic sizes included); an inference-side override still applies."""
+  workdir, env, _ = trained_quick
+  launch(f'--workdir={workdir}', '--mode=evaluate', '--config.eval.batch_size=7', env=env)
+  out = launch(f'--workdir={workdir}', '--mode=submit', env=env)
+  submission = (workdir / 'submission.csv').read_text().splitlines()
+  assert submission[0].split(',')[0] == 'filename' and len(submission) == 1 + 16, out.stdout
+
+
+def test_an_override_that_changes_the_model_names_the_stored_value(trained_quick):
+  workdir, env, _ = trained_quick
+  result = launch(f'--workdir={workdir}', '--mode=evaluate', '--config.data.image_size=(60,40)', env=env,
+                  check=False)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert '--config.data.image_size=(60, 40) (trained with (120, 80))' in result.stderr
+
+
+def test_a_mode_after_training_on_an_empty_workdir_says_what_is_missing(tmp_path):
+  result = launch(f'--workdir={tmp_path}', '--mode=submit', check=False)
+  assert result.returncode == 2 and 'metadata.json is missing' in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 @pytest.mark.parametrize('flag, message', [

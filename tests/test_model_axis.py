@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import data, model_axis, task as task_lib
+from fpclass import data
+from fpclass import task as task_lib
 from fpclass.data import splits
 from fpclass.inference import load_trained
-from fpclass.train import train_and_evaluate
+from fpclass.modes import model_axis, run
 from tests.conftest import load_config
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
@@ -28,12 +29,12 @@ def tiny(**overrides):
 
 @pytest.fixture(scope='module')
 def solo_runs(tmp_path_factory):
-  """Each member trained alone by train_and_evaluate: its history, last and best states, scores."""
+  """Each member trained alone by --mode train: its history, last and best states, scores."""
   out = {}
   for fold, seed in MEMBERS:
     workdir = tmp_path_factory.mktemp(f'solo-{fold}-{seed}')
     config = tiny(**{'data.fold': fold, 'seed': seed})
-    scores = train_and_evaluate(config, workdir)
+    scores = run('train', config, workdir)
     out[fold, seed] = dict(history=pd.read_csv(workdir / 'metrics.csv'), scores=scores,
                            last=load_trained(config, workdir, 'last').state,
                            best=load_trained(config, workdir, 'best').state)
@@ -64,7 +65,7 @@ def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
   for results, _ in chunks:
     for r in results:
       solo = solo_runs[r.member.split, r.member.seed]
-      history = pd.DataFrame(r.loop['history']).drop(columns='seconds')
+      history = pd.DataFrame(r.loop.history).drop(columns='seconds')
       expected = solo['history'].drop(columns='seconds')
       assert len(history) == len(expected), r.member.name  # the same early-stopping epoch
       np.testing.assert_allclose(history.to_numpy(float), expected.to_numpy(float), atol=max(tolerance, 1e-12))
@@ -75,7 +76,7 @@ def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
       accuracy = np.mean(task_lib.probabilities(r.val_logits, 'softmax').argmax(1)
                          == decoded.pool.labels[r.member.val_index])
       assert accuracy == pytest.approx(solo['scores']['accuracy'], abs=1e-12)
-      stop_epochs.add(r.loop['epoch'])
+      stop_epochs.add(r.loop.epoch)
   # Members stopped at different epochs, yet each stopped one's final state equals its solo run's: stopped
   # members were masked (vmap) or skipped (loop) while the others trained on.
   assert len(stop_epochs) > 1

@@ -19,8 +19,8 @@ from flax import traverse_util
 
 from bench.clean_planted import plant_folder
 from fpclass import checkpoint, models, optim
-from fpclass.config import validate
 from fpclass.inference import load_trained
+from fpclass.validation import validate
 from tests.conftest import launch, load_config
 from tests.test_recipes import check_common_outputs, param_count, pet_images
 from tests.tfds_stand_in import CIFAR10_NAMES, cifar_like_image, prepare_stand_in, two_class_image
@@ -160,7 +160,7 @@ def test_cats_dogs_vgg16_and_freeze_till_sweep_quick(tmp_path, keras_weights):
          '--config.model.freeze_till=16', '--config.explain.after_training=False')
   assert_backbone_as_in_file(load_config('configs/cats_dogs.py:vgg16,quick', **common, **{'model.freeze_till': 16}),
                              sweep / 'freeze_till_16', weights, trainable={'block5_conv3'})
-  from fpclass.compare import compare_workdir
+  from fpclass.modes.compare import compare_workdir
   table = compare_workdir(load_config('configs/cats_dogs.py:vgg16,quick'), sweep)
   assert sorted(table['freeze_till']) == [-1, 16] and set(table['run']) == {'frozen', 'freeze_till_16'}
   assert pd.read_csv(sweep / 'comparison.csv')['macro_f1'].is_monotonic_decreasing

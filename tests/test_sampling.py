@@ -2,10 +2,9 @@
 import numpy as np
 import pytest
 
-from fpclass.config import validate
 from fpclass.errors import UserInputError
-from fpclass.sampling import class_balanced_order
-from fpclass.train import epoch_order
+from fpclass.sampling import class_balanced_order, epoch_order
+from fpclass.validation import validate
 from tests.conftest import load_config
 
 
@@ -29,7 +28,8 @@ def test_sampler_is_validated():
 
 
 def test_training_draws_batches_from_the_balanced_order(tmp_path, monkeypatch):
-  from fpclass import train
+  from fpclass import sampling
+  from fpclass.modes import evaluate, run
   from tests.test_train import tiny_digits
   calls = []
 
@@ -37,8 +37,8 @@ def test_training_draws_batches_from_the_balanced_order(tmp_path, monkeypatch):
     calls.append((epoch, len(labels), batch_size))
     return class_balanced_order(seed, epoch, labels, batch_size)
 
-  monkeypatch.setattr(train, 'class_balanced_order', spy)
-  monkeypatch.setattr(train.evaluate, 'evaluate_workdir', lambda *args, **kwargs: {})  # not what is tested
+  monkeypatch.setattr(sampling, 'class_balanced_order', spy)
+  monkeypatch.setattr(evaluate, 'evaluate_workdir', lambda *args, **kwargs: {})  # not what is tested
   config = tiny_digits(**{'train.sampler': 'balanced', 'train.epochs': 1})
-  train.train_and_evaluate(config, tmp_path)
+  run('train', config, tmp_path)
   assert calls == [(0, 1437, 64)]

@@ -14,10 +14,11 @@ import pytest
 from fpclass import precision
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
+from fpclass.modes import run
+from fpclass.sampling import epoch_order
 from fpclass.sharding import DataParallel
 from fpclass.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
 from fpclass.task import build_task
-from fpclass.train import epoch_order, train_and_evaluate
 from tests.conftest import REPO, load_config
 
 # SGD, not Adam: Adam divides by sqrt(v), so a gradient that is zero up to rounding (a conv bias under batch
@@ -32,10 +33,10 @@ import jax
 from fpclass.sharding import DataParallel
 from fpclass.steps import CompiledSteps
 from fpclass.task import build_task
-from fpclass.train import train_and_evaluate
+from fpclass.modes import run
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
-train_and_evaluate(config, sys.argv[1])
+run('train', config, sys.argv[1])
 # The batch really is split: the compiled step all-reduces the gradients across the 4 devices.
 task = build_task(config, tuple('0123456789'), list(range(10)), 1)
 compiled = CompiledSteps(task, DataParallel.over())
@@ -54,7 +55,7 @@ def test_sharded_run_equals_single_device_run(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout.strip().splitlines()[-1]) == dict(devices=4, all_reduce=True)
   assert jax.device_count() == 1
-  train_and_evaluate(load_config('configs/digits.py:quick', **TINY), tmp_path / 'one')
+  run('train', load_config('configs/digits.py:quick', **TINY), tmp_path / 'one')
 
   one, four = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds') for d in ('one', 'four'))
   pd.testing.assert_frame_equal(one, four, rtol=1e-4)

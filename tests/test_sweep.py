@@ -10,7 +10,7 @@ from fpclass import checkpoint, data
 from fpclass.calibration import calibrate
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
-from fpclass.sweep import run_sweep
+from fpclass.modes.sweep import run_sweep
 from fpclass.task import probabilities
 from tests.conftest import launch, load_config
 

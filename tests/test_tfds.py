@@ -9,8 +9,8 @@ import tensorflow_datasets as tfds
 
 from fpclass import data
 from fpclass.data.label_map import parse_label_map, source_class_order
-from fpclass.data.tfds_source import prepare
 from fpclass.errors import UserInputError
+from fpclass.modes.prepare import prepare
 from tests.conftest import load_config
 from tests.tfds_stand_in import CIFAR10_NAMES, cifar_like_image, prepare_stand_in, two_class_image
 

@@ -5,10 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import checkpoint, task as task_lib
+from fpclass import checkpoint
+from fpclass import task as task_lib
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
-from fpclass.train import epoch_order, train_and_evaluate
+from fpclass.modes import run
+from fpclass.sampling import epoch_order
 from tests.conftest import load_config
 
 
@@ -54,9 +56,9 @@ def test_training_is_deterministic_and_resume_equals_an_unbroken_run(tmp_path):
   # Run A: 3 epochs straight. Run B: 1 epoch, then relaunched to 3 (resumes from its checkpoint).
   # A constant schedule, since a cosine one depends on the number of epochs.
   const = {'train.schedule': 'constant', 'augment.rotation': 5.0}
-  train_and_evaluate(tiny_digits(**const, **{'train.epochs': 3}), tmp_path / 'a')
-  train_and_evaluate(tiny_digits(**const, **{'train.epochs': 1}), tmp_path / 'b')
-  train_and_evaluate(tiny_digits(**const, **{'train.epochs': 3}), tmp_path / 'b')
+  run('train', tiny_digits(**const, **{'train.epochs': 3}), tmp_path / 'a')
+  run('train', tiny_digits(**const, **{'train.epochs': 1}), tmp_path / 'b')
+  run('train', tiny_digits(**const, **{'train.epochs': 3}), tmp_path / 'b')
   a = pd.read_csv(tmp_path / 'a' / 'metrics.csv').drop(columns='seconds')
   b = pd.read_csv(tmp_path / 'b' / 'metrics.csv').drop(columns='seconds')
   pd.testing.assert_frame_equal(a, b)
@@ -66,19 +68,19 @@ def test_training_is_deterministic_and_resume_equals_an_unbroken_run(tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-  train_and_evaluate(tiny_digits(), tmp_path)
+  run('train', tiny_digits(), tmp_path)
   with pytest.raises(UserInputError, match=r'train.learning_rate: 0.001 -> 0.1'):
-    train_and_evaluate(tiny_digits(**{'train.learning_rate': 0.1}), tmp_path)
+    run('train', tiny_digits(**{'train.learning_rate': 0.1}), tmp_path)
 
 
 def test_restoring_into_another_architecture_is_refused(tmp_path):
-  train_and_evaluate(tiny_digits(), tmp_path)
-  with pytest.raises(UserInputError, match=r'model.fc_sizes: \[16\] -> \[32\]'):
+  run('train', tiny_digits(), tmp_path)
+  with pytest.raises(UserInputError, match=r'--config.model.fc_sizes=\(32,\) \(trained with \(16,\)\)'):
     load_trained(tiny_digits(**{'model.fc_sizes': (32,)}), tmp_path)
 
 
 def test_a_checkpoint_that_does_not_fit_gives_a_clear_error(tmp_path):
-  train_and_evaluate(tiny_digits(), tmp_path)
+  run('train', tiny_digits(), tmp_path)
   meta = checkpoint.read_metadata(tmp_path)
   meta['config']['model']['fc_sizes'] = [32]  # a sidecar edited to lie about the checkpoint
   checkpoint.write_metadata(tmp_path, meta)
@@ -90,7 +92,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
   # A learning rate this high diverges after the first epochs, so val loss stops improving.
   config = tiny_digits(**{'train.epochs': 12, 'train.learning_rate': 0.05, 'train.early_stopping_patience': 2,
                           'train.select_checkpoint': 'best'})
-  scores = train_and_evaluate(config, tmp_path)
+  scores = run('train', config, tmp_path)
   history = pd.read_csv(tmp_path / 'metrics.csv')
   best = int(history['val_loss'].idxmin()) + 1
   assert len(history) == best + 2 < 12

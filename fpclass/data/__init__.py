@@ -4,7 +4,6 @@ Sources register by name in `SOURCES`; each is `fn(data_cfg) -> Source`.
 """
 import dataclasses
 import logging
-import os
 import pathlib
 
 import ml_collections
@@ -12,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from fpclass import fileio
-from fpclass.data import splits
-from fpclass.data.decode import DecodeSettings, decode_files, fit_array
+from fpclass.config import DecodeSettings
+from fpclass.data import footprints, splits
+from fpclass.data.decode import decode_files, fit_array
 from fpclass.data.digits import load_digits_source
 from fpclass.data.file_list import apply_file_list
 from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
 from fpclass.data.label_map import apply_label_map
-from fpclass.data.source import Problem, Source, Split
+from fpclass.data.source import Source, Split
 from fpclass.data.tfds_source import load_tfds
 from fpclass.errors import UserInputError
 
@@ -27,10 +27,9 @@ from fpclass.errors import UserInputError
 def _kaggle_or_synthetic(data_cfg) -> Source:
   if data_cfg.root:
     return load_kaggle_csv(data_cfg)
-  from fpclass.data import footprints
   spec = footprints.FootprintSpec(seed=int(data_cfg.synthetic.seed), n_class0=int(data_cfg.synthetic.n_class0),
                                   n_class1=int(data_cfg.synthetic.n_class1), n_test=int(data_cfg.synthetic.n_test))
-  root = footprints.ensure_synthetic_footprints(cache_root(data_cfg), spec)
+  root = footprints.ensure_synthetic_footprints(fileio.cache_root(data_cfg.cache_dir), spec)
   logging.warning('config.data.root is empty: using the embedded SYNTHETIC footprints in %s '
                   '(set --config.data.root to your Kaggle folder for real data)', root)
   synthetic_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
@@ -93,10 +92,6 @@ class Dataset:
   split_note: str
 
 
-def cache_root(data_cfg) -> pathlib.Path:
-  return pathlib.Path(data_cfg.cache_dir or os.environ.get('FPCLASS_CACHE') or '~/.cache/fpclass').expanduser()
-
-
 def list_raw_source(config) -> Source:
   """The source as it is on disk: every file, its own classes."""
   name = config.data.source
@@ -121,7 +116,7 @@ def decode_source(config, progress: bool = True) -> Decoded:
   source = list_source(config)
   settings = DecodeSettings.from_config(config.data)
   quarantine = list(source.problems)
-  cache = cache_root(config.data)
+  cache = fileio.cache_root(config.data.cache_dir)
 
   def decode(split: Split, name: str, keep_failed: bool = False):
     if split.images is not None:

@@ -16,40 +16,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from fpclass import fileio
+from fpclass.config import DecodeSettings
 from fpclass.data.source import Problem
 
 CACHE_FORMAT = 1  # bump when decoding changes meaning, so old caches are not reused
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeSettings:
-  height: int
-  width: int
-  channels: int = 1
-  resize: str = 'stretch'
-  alpha_background: int = 255
-  max_image_pixels: int = 89_478_485
-
-  @classmethod
-  def from_config(cls, data_cfg) -> 'DecodeSettings':
-    height, width = (int(v) for v in data_cfg.image_size)
-    settings = cls(height=height, width=width, channels=int(data_cfg.channels), resize=str(data_cfg.resize),
-                   alpha_background=int(data_cfg.alpha_background),
-                   max_image_pixels=int(data_cfg.max_image_pixels))
-    if settings.channels not in (1, 3):
-      raise _flag_error('channels', settings.channels, 'must be 1 (grayscale) or 3 (RGB)')
-    if settings.resize not in ('stretch', 'crop', 'pad'):
-      raise _flag_error('resize', settings.resize, "must be 'stretch', 'crop' or 'pad'")
-    if height < 1 or width < 1:
-      raise _flag_error('image_size', data_cfg.image_size, 'must be (height, width), both positive')
-    if not 0 <= settings.alpha_background <= 255:
-      raise _flag_error('alpha_background', settings.alpha_background, 'must be a grey level in [0, 255]')
-    return settings
-
-
-def _flag_error(key, value, why):
-  from fpclass.errors import UserInputError
-  return UserInputError(f'config.data.{key}={value!r}: {why}')
 
 
 class DecodeError(Exception):

@@ -11,16 +11,16 @@ Records are decoded by TFDS (OpenCV or Pillow), then brought to `config.data` si
 result is cached like decoded files, keyed by the prepared files' names, sizes and mtimes.
 """
 import hashlib
-import importlib.util
 import json
-import logging
 import os
 import pathlib
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpclass.data.decode import DecodeError, DecodeSettings, cache_key, fit_image, read_cache, write_cache
+from fpclass import fileio
+from fpclass.config import DecodeSettings
+from fpclass.data.decode import DecodeError, cache_key, fit_image, read_cache, write_cache
 from fpclass.data.source import Problem, Source, Split
 from fpclass.errors import UserInputError
 
@@ -139,7 +139,6 @@ def _cache_file(data_cfg, info, split: str, settings, source) -> pathlib.Path | 
   files = sorted(folder.glob('*.array_record*')) if folder.is_dir() else []
   if not files or len(source) == 0:
     return None
-  from fpclass.data import cache_root
   cfg = data_cfg.tfds
   digest = hashlib.sha256(cache_key(files, settings).encode())
   digest.update(json.dumps([info.full_name, split, cfg.image_key, cfg.label_key, len(source)]).encode())
@@ -149,24 +148,4 @@ def _cache_file(data_cfg, info, split: str, settings, source) -> pathlib.Path | 
       digest.update(np.ascontiguousarray(record[cfg.image_key]).tobytes() + str(record[cfg.label_key]).encode())
     except Exception:  # noqa: BLE001 -- an unreadable record is a fact about the data, fingerprinted as such
       digest.update(f'unreadable {i}'.encode())
-  return cache_root(data_cfg) / 'decoded' / f'tfds-{info.name}-{digest.hexdigest()[:32]}.npz'
-
-
-def prepare(config) -> None:
-  """`--mode prepare`: download and prepare config.data.tfds.name as ArrayRecord (needs TensorFlow)."""
-  cfg = config.data.tfds
-  if config.data.source != 'tfds' or not cfg.name:
-    raise UserInputError(f'--mode prepare prepares TFDS datasets: set config.data.source=tfds and '
-                         f'config.data.tfds.name (now source={config.data.source!r}, name={cfg.name!r})')
-  import tensorflow_datasets as tfds
-  builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None, file_format='array_record')
-  if builder.is_prepared() and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
-    print(f'{cfg.name}: already prepared in {builder.data_dir}')
-    return
-  if importlib.util.find_spec('tensorflow') is None:
-    raise UserInputError(f'preparing TFDS {cfg.name!r} needs TensorFlow (and internet), which is not installed: '
-                         "pip install 'fpclass[prepare]', then run --mode prepare again. Reading a prepared "
-                         'dataset needs neither.')
-  logging.warning('downloading and preparing %s into %s', cfg.name, builder.data_dir)
-  builder.download_and_prepare()
-  print(f'{cfg.name}: prepared in {builder.data_dir}')
+  return fileio.cache_root(data_cfg.cache_dir) / 'decoded' / f'tfds-{info.name}-{digest.hexdigest()[:32]}.npz'

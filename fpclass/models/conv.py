@@ -20,8 +20,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

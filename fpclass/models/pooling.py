@@ -20,8 +20,8 @@ import functools
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 from fpclass.models.conv import explicit_pads, strided_windows
 

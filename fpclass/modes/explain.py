@@ -16,44 +16,14 @@ import jax
 import numpy as np
 import pandas as pd
 
-from fpclass import cam, checkpoint, data, explain_figures, fileio, models, report
+from fpclass import cam, checkpoint, data, fileio, models, report
+from fpclass.config import ExplainSettings
 from fpclass.errors import UserInputError
-from fpclass.evaluate import predictions_frame
 from fpclass.inference import load_trained
+from fpclass.modes import explain_figures
+from fpclass.modes.evaluate import predictions_frame
 
 FOLDER = 'explain'
-TARGETS = ('predicted', 'label')
-
-
-@dataclasses.dataclass(frozen=True)
-class ExplainSettings:
-  """`config.explain`, validated; see `fpclass.config` for each key."""
-  after_training: bool = False
-  method: str = 'gradcam'
-  layer: str = ''
-  target: str = 'predicted'
-  num_images: int = 10
-  guided: bool = True
-  inference_grid: int = 16
-  feature_image: int = 0
-  max_channels: int = 64
-  alpha: float = 0.5
-  batch_size: int = 32
-
-  @classmethod
-  def from_config(cls, cfg) -> 'ExplainSettings':
-    s = cls(**cfg.to_dict()) if hasattr(cfg, 'to_dict') else cls(**dict(cfg))
-    if s.method not in cam.METHODS:
-      raise UserInputError(f'config.explain.method={s.method!r}: choose one of {list(cam.METHODS)}')
-    if s.target not in TARGETS:
-      raise UserInputError(f'config.explain.target={s.target!r}: choose one of {list(TARGETS)}')
-    for key, low in (('num_images', 1), ('inference_grid', 0), ('feature_image', -1), ('max_channels', 1),
-                     ('batch_size', 1)):
-      if int(getattr(s, key)) < low:
-        raise UserInputError(f'config.explain.{key}={getattr(s, key)}: must be at least {low}')
-    if not 0.0 <= float(s.alpha) <= 1.0:
-      raise UserInputError(f'config.explain.alpha={s.alpha}: must be in [0, 1]')
-    return s
 
 
 @dataclasses.dataclass(frozen=True)

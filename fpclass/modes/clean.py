@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fpclass import fileio, report
-from fpclass.data.decode import DecodeSettings, decode_files
+from fpclass import data, fileio, report
+from fpclass.config import DecodeSettings
+from fpclass.data.decode import decode_files
 from fpclass.data.file_list import relative_key
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
@@ -42,13 +43,12 @@ def clean(config, workdir, apply: bool = False) -> pd.DataFrame:
     import imagehash  # noqa: F401
   except ImportError:
     raise UserInputError("--mode clean needs imagehash for pHash: pip install 'fpclass[clean]'") from None
-  from fpclass.data import cache_root, list_raw_source
   if config.data.source not in ('kaggle_csv', 'image_folder'):
     raise UserInputError(f'--mode clean scans image files: config.data.source must be kaggle_csv or image_folder, '
                          f'not {config.data.source!r}')
   workdir = pathlib.Path(workdir)
-  source = list_raw_source(config)
-  files = scan_files(source, config.data, cache_root(config.data))
+  source = data.list_raw_source(config)
+  files = scan_files(source, config.data, fileio.cache_root(config.data.cache_dir))
   threshold = int(config.clean.phash_threshold)
   pairs = find_duplicates(files, threshold)
   files = decide_keep(files, pairs)
@@ -69,7 +69,7 @@ def clean(config, workdir, apply: bool = False) -> pd.DataFrame:
 def scan_files(source, data_cfg, cache_dir) -> pd.DataFrame:
   """One row per listed file: split, label, header facts, SHA-256, decode result and pHash."""
   import imagehash
-  settings = DecodeSettings(height=HASH_SIZE, width=HASH_SIZE, channels=1, resize='stretch',
+  settings = DecodeSettings(image_size=(HASH_SIZE, HASH_SIZE), channels=1, resize='stretch',
                             alpha_background=int(data_cfg.alpha_background),
                             max_image_pixels=int(data_cfg.max_image_pixels))
   frames = []

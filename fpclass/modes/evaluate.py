@@ -11,10 +11,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from fpclass import data, error_analysis, fileio, metrics, report
+from fpclass import data, fileio, metrics, report
 from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
+from fpclass.modes import error_analysis
 
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
 
@@ -78,14 +79,14 @@ def predictions_frame(split, probs, class_names) -> pd.DataFrame:
   return frame
 
 
-def plot_learning_curves(history: pd.DataFrame, loop: dict) -> Figure:
+def plot_learning_curves(history: pd.DataFrame, loop) -> Figure:
   fig = Figure(figsize=(10, 3.8))
   for ax, name in zip(fig.subplots(1, 2), ('loss', 'accuracy')):
     if not history.empty:
       ax.plot(history['epoch'], history[f'train_{name}'], marker='.', label='train')
       ax.plot(history['epoch'], history[f'val_{name}'], marker='.', label='validation')
-      if loop.get('best_epoch'):
-        ax.axvline(loop['best_epoch'], color='grey', ls='--', lw=1, label=f'best epoch {loop["best_epoch"]}')
+      if loop.best_epoch:
+        ax.axvline(loop.best_epoch, color='grey', ls='--', lw=1, label=f'best epoch {loop.best_epoch}')
       ax.legend()
     ax.set_xlabel('epoch')
     ax.set_title(name)
@@ -152,8 +153,8 @@ def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
   loop = trained.loop
   lines = ['## Validation results', '',
            f'Model `{result["model"]}` ({result["num_params"]:,} parameters), {trained.checkpoint} checkpoint '
-           f'(epoch {trained.epoch}; training stopped by {loop.get("stop_reason") or "n/a"} after '
-           f'{loop.get("epoch", len(history))} epochs).', '',
+           f'(epoch {trained.epoch}; training stopped by {loop.stop_reason or "n/a"} after '
+           f'{loop.epoch or len(history)} epochs).', '',
            *(['The validation split also chose this checkpoint, so its figures are optimistic; '
               'k-fold cross-validation gives unbiased ones.', '']
              if trained.checkpoint == 'best' else []),

@@ -13,13 +13,11 @@ A variant is `'name: key=value; key=value'` applied to the given config (`sweep.
 the config itself is the one variant, so `--mode sweep` on any config gives mean ± std over seeds.
 A relaunch skips variants whose experiment.json matches the config (an interrupted variant is retrained).
 """
-import ast
 import copy
 import dataclasses
 import hashlib
 import json
 import pathlib
-import re
 import time
 
 import ml_collections
@@ -28,15 +26,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from fpclass import calibration, checkpoint, data, fileio, metrics, model_axis, optim, report, stats
-from fpclass.config import validate
+from fpclass import calibration, checkpoint, data, fileio, metrics, optim, report, stats
+from fpclass.config import ConfigError, parse_variant
 from fpclass.data import splits
 from fpclass.errors import UserInputError
+from fpclass.modes import model_axis
+from fpclass.modes.calibrate import calibrate
 from fpclass.task import Normalisation, probabilities
+from fpclass.validation import validate
 
 METRICS = ('accuracy', 'macro_f1', 'roc_auc')
 METRIC_TITLES = dict(accuracy='accuracy', macro_f1='macro F1', roc_auc='ROC AUC')
-NAME = re.compile(r'^[A-Za-z0-9_.-]+$')
 EXPERIMENT_FILE = 'experiment.json'
 # Keys that do not change what a finished variant trained, so its results are reused across them.
 REUSABLE_CHANGES = ('name', 'eval.', 'submit.', 'data.cache_dir', 'data.decode_workers', 'train.log_every_steps',
@@ -52,32 +52,6 @@ class Variant:
 
   def describe(self) -> str:
     return ', '.join(f'{k}={v!r}' for k, v in self.changes.items()) or '(as configured)'
-
-
-def parse_variant(spec: str) -> tuple[str, dict]:
-  """'exp4: model.dropout=0.5; train.early_stopping_patience=7' -> ('exp4', {...}); values are Python
-  literals, anything else is taken as a string."""
-  name, sep, body = spec.partition(':')
-  name = name.strip()
-  if not sep or not NAME.match(name):
-    raise UserInputError(f'config.sweep.variants: {spec!r} is not "name: key=value; key=value" with a name of '
-                         'letters, digits, ".", "_" or "-"')
-  changes = {}
-  for item in filter(None, (part.strip() for part in body.split(';'))):
-    key, eq, text = item.partition('=')
-    if not eq or not key.strip():
-      raise UserInputError(f'config.sweep.variants: {item!r} in variant {name!r} is not key=value')
-    try:
-      value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-      value = text.strip()
-    changes[key.strip()] = value
-  return name, changes
-
-
-def variant_spec(name: str, changes: dict) -> str:
-  """The inverse of parse_variant, for config files that build `sweep.variants` from a table."""
-  return f'{name}: ' + '; '.join(f'{k}={v!r}' for k, v in changes.items())
 
 
 def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:
@@ -102,7 +76,10 @@ def build_variants(config) -> list[Variant]:
   specs = list(config.sweep.variants) or ['base:']
   variants, seen = [], set()
   for spec in specs:
-    name, changes = parse_variant(spec)
+    try:
+      name, changes = parse_variant(spec)
+    except ConfigError as e:
+      raise UserInputError(str(e)) from None
     if name in seen:
       raise UserInputError(f'config.sweep.variants: the name {name!r} is used twice')
     seen.add(name)
@@ -199,8 +176,8 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path) -> dict:
       scores = metrics.scores(labels[m.val_index], probabilities(r.val_logits, _head(config)), class_names)
       rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, accuracy=scores['accuracy'],
                        macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'], loss=scores['loss'],
-                       checkpoint=r.checkpoint, epoch=r.epoch, epochs_trained=r.loop['epoch'],
-                       stop_reason=r.loop['stop_reason'], n_train=len(m.train_index), n_val=len(m.val_index),
+                       checkpoint=r.checkpoint, epoch=r.epoch, epochs_trained=r.loop.epoch,
+                       stop_reason=r.loop.stop_reason, n_train=len(m.train_index), n_val=len(m.val_index),
                        val_hash=_index_hash(m.val_index)))
       if model_axis.better_result(kept.get(m.split, (None,))[0], r, monitor):
         # Host copies now; the result keeps no handle on the chunk, whose device memory is then freed.
@@ -217,7 +194,7 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path) -> dict:
         row['kept'] = True
   for row in rows:
     row.setdefault('kept', False)
-  calib = calibration.calibrate(config, exp_dir, decoded)
+  calib = calibrate(config, exp_dir, decoded)
   train_seconds = sum(t['train_seconds'] for t in timings)
   model_epochs = sum(t['model_epochs'] for t in timings)
   ratio = float(np.mean([len(m.val_index) / len(m.train_index) for m in members])) \

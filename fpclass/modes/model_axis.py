@@ -35,12 +35,15 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, metrics, optim, task as task_lib
+from fpclass import checkpoint, fileio, metrics, optim
+from fpclass import task as task_lib
 from fpclass.errors import UserInputError
+from fpclass.loop_state import MONITOR_MODES, LoopState, SelectionRules, epoch_row, improves
+from fpclass.sampling import batch_order
 from fpclass.steps import jit_options
-from fpclass.train import MONITOR_MODES, batch_order, improves, new_loop_state, record_epoch
 
 FORMS = ('auto', 'vmap', 'loop')
 
@@ -69,7 +72,7 @@ class MemberResult:
   checkpoint. `fetch()` returns host copies of (last state, best variables or None); it is valid only
   until the next chunk starts, which frees the chunk's device memory."""
   member: Member
-  loop: dict
+  loop: LoopState
   checkpoint: str          # best | last: the selected one
   epoch: int
   val_logits: np.ndarray
@@ -78,8 +81,8 @@ class MemberResult:
   def monitor_value(self, monitor: str):
     """The monitored metric at the selected checkpoint (what choosing among seeds compares)."""
     if self.checkpoint == 'best':
-      return self.loop['best_value']
-    return self.loop['history'][-1][monitor] if self.loop['history'] else None
+      return self.loop.best_value
+    return self.loop.history[-1][monitor] if self.loop.history else None
 
 
 def resolve_form(form: str) -> str:
@@ -297,9 +300,8 @@ def train_chunk(config, task, class_names, images: np.ndarray, labels: np.ndarra
   `task` comes from `build_task` for this group; `images`/`labels` are the shared host arrays the
   members' indices point into."""
   train_cfg = config.train
-  monitor = train_cfg.monitor
-  mode, min_delta = MONITOR_MODES[monitor], float(train_cfg.min_delta)
-  patience, epochs = int(train_cfg.early_stopping_patience), int(train_cfg.epochs)
+  rules = SelectionRules.from_config(train_cfg)
+  monitor, epochs = rules.monitor, int(train_cfg.epochs)
   eval_batch = int(config.eval.batch_size)
   batch = batch_size_for(config, len(members[0].train_index))
   sizes = [len(m.train_index) for m in members]
@@ -312,12 +314,12 @@ def train_chunk(config, task, class_names, images: np.ndarray, labels: np.ndarra
   models = models_cls.create(task, [jax.random.fold_in(k, 0) for k in base_keys], image_shape, class_weights)
   device_images, device_labels = jax.device_put(images), jax.device_put(labels.astype(np.int32))
   eval_images = device_images if form == 'vmap' else images
-  loops = [new_loop_state() for _ in members]
+  loops = [LoopState() for _ in members]
   best_logits, last_logits = [None] * len(members), [None] * len(members)
   timing = dict(train_seconds=0.0, epochs_run=0, model_epochs=0, models=len(members))
 
   for epoch in range(epochs):
-    alive = np.array([not loop['finished'] for loop in loops])
+    alive = np.array([not loop.finished for loop in loops])
     if not alive.any():
       break
     start = time.perf_counter()
@@ -340,13 +342,10 @@ def train_chunk(config, task, class_names, images: np.ndarray, labels: np.ndarra
     for m in np.flatnonzero(alive):
       totals = models.step_totals(step_outputs, m)
       val = metrics.epoch_metrics(labels[members[m].val_index], val_logits[m], task.head, len(class_names))
-      # The rate of the epoch's last step, as train_and_evaluate logs it.
+      # The rate of the epoch's last step, as the single-model loop logs it.
       lr = float(optim.learning_rate_schedule(train_cfg, int(steps[m]))((epoch + 1) * int(steps[m]) - 1))
       # `seconds` is the chunk's epoch: all its members together.
-      row = dict(epoch=epoch + 1, train_loss=totals['loss_sum'] / totals['count'],
-                 train_accuracy=totals['correct'] / totals['count'], **{f'val_{k}': v for k, v in val.items()},
-                 learning_rate=lr, phase=0, seconds=seconds)
-      improved[m], _ = record_epoch(loops[m], row, monitor, mode, min_delta, patience, epochs)
+      improved[m], _ = loops[m].record(epoch_row(epoch + 1, totals, val, lr, 0, seconds), rules, epochs)
       last_logits[m] = val_logits[m]
       if improved[m]:
         best_logits[m] = val_logits[m]
@@ -355,19 +354,19 @@ def train_chunk(config, task, class_names, images: np.ndarray, labels: np.ndarra
     timing['train_seconds'] += seconds
     timing['epochs_run'] += 1
     timing['model_epochs'] += int(alive.sum())
-    stopped = [members[m].name for m in np.flatnonzero(alive) if loops[m]['stop_reason'] == 'early_stopping']
-    mean_monitor = np.nanmean([np.nan if loops[m]['history'][-1][monitor] is None
-                               else loops[m]['history'][-1][monitor] for m in np.flatnonzero(alive)])
+    stopped = [members[m].name for m in np.flatnonzero(alive) if loops[m].stop_reason == 'early_stopping']
+    mean_monitor = np.nanmean([np.nan if loops[m].history[-1][monitor] is None
+                               else loops[m].history[-1][monitor] for m in np.flatnonzero(alive)])
     tqdm.write(f'{log_prefix}epoch {epoch + 1}/{epochs}: {int(alive.sum())} models, {seconds:.1f}s, mean '
                f'{monitor} {mean_monitor:.4f}' + (f'; early stopped: {", ".join(stopped)}' if stopped else ''))
 
   results = []
   for m, member in enumerate(members):
     loop = loops[m]
-    use_best = train_cfg.select_checkpoint == 'best' and loop['best_epoch'] is not None
+    use_best = train_cfg.select_checkpoint == 'best' and loop.best_epoch is not None
     results.append(MemberResult(
         member=member, loop=loop, checkpoint='best' if use_best else 'last',
-        epoch=int(loop['best_epoch'] if use_best else loop['epoch']),
+        epoch=int(loop.best_epoch if use_best else loop.epoch),
         val_logits=np.asarray(best_logits[m] if use_best else last_logits[m]),
         fetch=(lambda m=m: models.fetch(m))))
   return results, timing
@@ -418,19 +417,17 @@ def better_result(a: MemberResult | None, b: MemberResult, monitor: str) -> bool
 def save_member_workdir(workdir, member_config, class_names, result: MemberResult, states, normalisation) -> None:
   """Writes a trained member as an ordinary fpclass workdir (metadata.json, metrics.csv, `last` and
   `best` checkpoints), so --mode evaluate/submit/train(resume) work on it as on a solo run."""
-  import pandas as pd
-  from fpclass import fileio
   last, best = states
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       member_config, class_names, optim.count_params(last.params), normalisation))
-  fileio.write_csv(workdir / 'metrics.csv', pd.DataFrame(result.loop['history']))
+  fileio.write_csv(workdir / 'metrics.csv', pd.DataFrame(result.loop.history))
   store = checkpoint.CheckpointStore(workdir)
   try:
     if best is not None:
       params, batch_stats = best
-      store.save('best', int(result.loop['best_epoch']), last.replace(params=params, batch_stats=batch_stats),
-                 dict(result.loop))
-    store.save('last', int(result.loop['epoch']), last, dict(result.loop))
+      store.save('best', int(result.loop.best_epoch), last.replace(params=params, batch_stats=batch_stats),
+                 result.loop.to_json())
+    store.save('last', int(result.loop.epoch), last, result.loop.to_json())
   finally:
     store.close()

@@ -7,13 +7,13 @@ horizontal flip, then average the models' probabilities.
 import copy
 import dataclasses
 import pathlib
-import re
 
 import ml_collections
 import numpy as np
 
 from fpclass import checkpoint
 from fpclass.calibration import scaled_probabilities
+from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
 from fpclass.inference import Trained, load_trained
 
@@ -33,16 +33,12 @@ class MemberModel:
 SPLIT_KEYS = ('seed', 'data.fold', 'data.num_folds', 'data.split_seed', 'data.val_fraction')
 
 
-def _natural(path: pathlib.Path):
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', path.name)]
-
-
 def member_workdirs(workdir) -> list[pathlib.Path]:
   """The sub-folders of `workdir` that are trained runs (hold a metadata.json), in natural order."""
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     return []
-  return sorted((p for p in workdir.iterdir() if p.is_dir() and (p / checkpoint.METADATA).is_file()), key=_natural)
+  return sorted((p for p in workdir.iterdir() if p.is_dir() and (p / checkpoint.METADATA).is_file()), key=lambda p: natural_key(p.name))
 
 
 def member_config(config, metadata: dict) -> ml_collections.ConfigDict:

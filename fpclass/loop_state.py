@@ -1,0 +1,90 @@
+"""Model selection and the training loop's state: the one rule for "did this epoch improve", early
+stopping and phases, shared by the single-model loop (`fpclass.modes.train`) and the model axis
+(`fpclass.modes.model_axis`). The state travels in every checkpoint as JSON, so a killed run resumes
+with its history, best epoch and patience intact.
+"""
+import dataclasses
+import math
+
+MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
+
+
+def improves(value, best, mode: str, min_delta: float = 0.0) -> bool:
+  """Whether a finite monitored value beats the best so far (None: nothing to beat)."""
+  if best is None:
+    return True
+  return value < best - min_delta if mode == 'min' else value > best + min_delta
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionRules:
+  """What "better" means for a run: the monitored metric, its direction, the margin, and the patience."""
+  monitor: str = 'val_loss'
+  min_delta: float = 0.0
+  patience: int = 0            # 0: no early stopping
+
+  @classmethod
+  def from_config(cls, train_cfg) -> 'SelectionRules':
+    return cls(str(train_cfg.monitor), float(train_cfg.min_delta), int(train_cfg.early_stopping_patience))
+
+  @property
+  def mode(self) -> str:
+    return MONITOR_MODES[self.monitor]
+
+  def improves(self, value, best) -> bool:
+    return value is not None and not math.isnan(value) and improves(value, best, self.mode, self.min_delta)
+
+
+@dataclasses.dataclass
+class LoopState:
+  """Where a run stands after its last completed epoch."""
+  epoch: int = 0
+  best_value: float | None = None
+  best_epoch: int | None = None
+  wait: int = 0                # epochs since the monitor last improved
+  history: list = dataclasses.field(default_factory=list)   # one metrics row per epoch (metrics.csv)
+  finished: bool = False
+  stop_reason: str = ''        # 'epochs' | 'early_stopping'
+  phase: int = 0               # 1: the fine-tuning phase
+  phase_start: int = 0         # the epoch the current phase started after
+  phase_over: bool = False     # phase 0 ended and a fine-tuning phase follows
+
+  def record(self, row: dict, rules: SelectionRules, phase_end: int, last_phase: bool = True) -> tuple[bool, bool]:
+    """Appends an epoch's metrics row and updates best epoch, patience and the stop decision; returns
+    (improved, stop). `phase_end` is the epoch the current phase ends at; a phase other than the last ends
+    with `phase_over` instead of `finished`."""
+    epoch = int(row['epoch'])
+    self.history.append(row)
+    self.epoch = epoch
+    value = row[rules.monitor]
+    improved = rules.improves(value, self.best_value)
+    if improved:
+      self.best_value, self.best_epoch, self.wait = float(value), epoch, 0
+    else:
+      self.wait += 1
+    stop = rules.patience > 0 and self.wait >= rules.patience
+    if stop or epoch == phase_end:
+      if last_phase:
+        self.finished, self.stop_reason = True, 'early_stopping' if stop else 'epochs'
+      else:
+        self.phase_over = True
+    return improved, stop
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, values: dict | None) -> 'LoopState':
+    """The state stored in a checkpoint; keys this version does not know are ignored."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+
+def epoch_row(epoch: int, train_totals: dict, val_metrics: dict, learning_rate: float, phase: int,
+              seconds: float) -> dict:
+  """One row of metrics.csv: the epoch's training loss and accuracy (from the summed step totals), the
+  validation metrics prefixed with val_, the learning rate of its last step, and its wall time."""
+  return dict(epoch=epoch, train_loss=train_totals['loss_sum'] / train_totals['count'],
+              train_accuracy=train_totals['correct'] / train_totals['count'],
+              **{f'val_{k}': v for k, v in val_metrics.items()}, learning_rate=learning_rate, phase=phase,
+              seconds=seconds)

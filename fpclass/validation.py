@@ -1,0 +1,46 @@
+"""`validate(config)`: every enumerated or ranged value checked before any work starts, so a typo in an
+override fails in a second instead of after decoding the data. The mode runner (`fpclass.modes.run`)
+calls it once per launch; a sweep calls it once per variant, whose config differs.
+
+The checks of a settings section are the section's own (`fpclass.config.Settings.check`); the others are
+the consuming module's own check functions, called here, so each rule is written once.
+"""
+from fpclass import config as config_lib
+from fpclass import data, models, optim, precision, sampling, steps, task
+from fpclass.errors import UserInputError
+from fpclass.loop_state import MONITOR_MODES
+
+SETTINGS = (config_lib.DecodeSettings, config_lib.AugmentSettings, config_lib.ExplainSettings,
+            config_lib.PredictSettings, config_lib.ServeSettings, config_lib.ExportSettings)
+
+
+def validate(config) -> None:
+  try:
+    for settings in SETTINGS:
+      settings.from_config(config[settings.SECTION])
+  except config_lib.ConfigError as e:
+    raise UserInputError(str(e)) from None
+  if config.data.source not in data.SOURCES:
+    raise UserInputError(f'config.data.source={config.data.source!r}: unknown source; choose one of '
+                         f'{sorted(data.SOURCES)}')
+  models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
+  optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
+  precision.check_precision(config.train.precision)
+  steps.check_loop(config.train.loop)
+  task.model_input(config)
+  if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
+    raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '
+                         f'a pretrained model with stages; {config.model.name!r} has none')
+  if config.train.monitor not in MONITOR_MODES:
+    raise UserInputError(f'config.train.monitor={config.train.monitor!r}: choose one of {sorted(MONITOR_MODES)}')
+  if config.train.select_checkpoint not in ('best', 'last'):
+    raise UserInputError(f'config.train.select_checkpoint={config.train.select_checkpoint!r}: use best or last')
+  if int(config.train.batch_size) < 1 or int(config.train.epochs) < 1:
+    raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
+  if config.train.sampler not in sampling.SAMPLERS:
+    raise UserInputError(f'config.train.sampler={config.train.sampler!r}: choose one of {sampling.SAMPLERS}')
+  if not 0 <= int(config.clean.phash_threshold) <= 64:
+    raise UserInputError(f'config.clean.phash_threshold={config.clean.phash_threshold}: a Hamming distance '
+                         'between 64-bit hashes, in [0, 64]')
+  if config.data.bad_test_images not in ('error', 'prior'):
+    raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
