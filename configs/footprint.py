@@ -8,7 +8,7 @@
 Data: the embedded SYNTHETIC footprints unless --config.data.root points at the competition folder
 (train.csv with filename,SEX; train/; test/ or sample_submission.csv).
 """
-from fpclass.config import base_config
+from fpclass.config import base_config, parse_args
 
 # Each experiment is the baseline plus the changes listed, exactly as seed 000 describes them.
 DROPOUT = {'model.dropout': 0.5}
@@ -39,14 +39,17 @@ EXPERIMENTS = {
 # torchvision's file once (checksum verified); offline, pass --config.model.pretrained=/path/to/file.pth.
 TRANSFER = ('resnet18', 'alexnet', 'efficientnet_b0')
 
+CHOICES = {**{name: f'experiment {name[3:]}' + (' (the baseline)' if name == 'exp0' else '') for name in EXPERIMENTS},
+           **{name: f'{name} transfer from ImageNet weights, grayscale stem' for name in TRANSFER},
+           'quick': 'a tiny, fast run (tests, smoke checks)'}
+
 
 def get_config(arg: str = 'exp4'):
-  args = [a.strip() for a in (arg or 'exp4').split(',') if a.strip()]
-  experiment = next((a for a in args if a in EXPERIMENTS or a in TRANSFER), 'exp4')
-  unknown = [a for a in args if a not in EXPERIMENTS and a not in TRANSFER and a != 'quick']
-  if unknown:
-    raise ValueError(f'configs/footprint.py: unknown argument(s) {unknown}; use one of '
-                     f'{list(EXPERIMENTS) + list(TRANSFER)} and optionally quick')
+  args = parse_args('configs/footprint.py', arg, CHOICES, default='exp4')
+  chosen = [a for a in args if a != 'quick']
+  if len(chosen) > 1:
+    raise ValueError(f'configs/footprint.py: choose one experiment or transfer model, not {chosen}')
+  experiment = chosen[0] if chosen else 'exp4'
   c = base_config()
   c.name = f'footprint-{experiment}'
   c.data.source = 'kaggle_csv'

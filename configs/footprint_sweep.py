@@ -8,31 +8,22 @@ The variants come from the EXPERIMENTS table in configs/footprint.py (the single
 is the baseline, exp0, and each variant applies one experiment's changes to it. Command-line overrides
 (e.g. --config.train.epochs=10) change the baseline and so every variant, except keys a variant sets itself.
 """
-import importlib.util
-import pathlib
+# `configs` is a package: launch.py's folder (the repository root) is on sys.path when it runs, and
+# pyproject.toml puts it there for pytest.
+from configs.footprint import EXPERIMENTS
+from configs.footprint import get_config as footprint_config
+from fpclass.config import parse_args, variant_spec
 
-from fpclass.sweep import variant_spec
-
-
-def _footprint_module():
-  path = pathlib.Path(__file__).with_name('footprint.py')
-  spec = importlib.util.spec_from_file_location('configs_footprint', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+CHOICES = {**{name: f'include variant {name}' for name in EXPERIMENTS},
+           'quick': 'tiny data, 2 epochs, 2 seeds (tests, smoke checks)'}
 
 
 def get_config(arg: str = ''):
-  footprint = _footprint_module()
-  args = [a.strip() for a in (arg or '').split(',') if a.strip()]
-  chosen = [a for a in args if a in footprint.EXPERIMENTS] or list(footprint.EXPERIMENTS)
-  unknown = [a for a in args if a not in footprint.EXPERIMENTS and a != 'quick']
-  if unknown:
-    raise ValueError(f'configs/footprint_sweep.py: unknown argument(s) {unknown}; use experiment names from '
-                     f'{list(footprint.EXPERIMENTS)} and optionally quick')
-  c = footprint.get_config('exp0,quick' if 'quick' in args else 'exp0')
+  args = parse_args('configs/footprint_sweep.py', arg, CHOICES)
+  chosen = [a for a in args if a in EXPERIMENTS] or list(EXPERIMENTS)
+  c = footprint_config('exp0,quick' if 'quick' in args else 'exp0')
   c.name = 'footprint-sweep'
-  c.sweep.variants = tuple(variant_spec(name, footprint.EXPERIMENTS[name]) for name in chosen)
+  c.sweep.variants = tuple(variant_spec(name, EXPERIMENTS[name]) for name in chosen)
   c.sweep.baseline = chosen[0]
   c.sweep.folds = ()          # all 5 folds (data.num_folds)
   c.sweep.seeds = (0, 1, 2)
