@@ -312,6 +312,9 @@ def base_config() -> ml_collections.ConfigDict:
       fold=-1,                 # >= 0: validate on that fold instead of the holdout
       cache_dir='',            # '' -> $FPCLASS_CACHE or ~/.cache/fpclass
       decode_workers=0,        # 0 -> 2 x CPU count threads
+      # Bytes the decoded train + val arrays may take on each device; 0 -> half its free memory (host RAM
+      # on CPU). Above it, batches stream from the memory-mapped decode cache in the same order.
+      device_memory_budget=0,
       synthetic=ml_collections.ConfigDict(dict(
           seed=0, n_class0=845, n_class1=728, n_test=1055)),
       # data.source=tfds: a named TFDS dataset prepared as ArrayRecord, read with tfds.data_source (no
@@ -375,6 +378,10 @@ def base_config() -> ml_collections.ConfigDict:
       # auto | step | scan: one jitted call per step, or one lax.scan over the whole epoch. auto picks step
       # on CPU (XLA:CPU runs the scanned loop slower) and scan on GPU/TPU (docs/performance.md).
       loop='auto',
+      # auto | on | off: compute a frozen backbone's output once and train the head on it. auto uses it when
+      # every trainable parameter follows the frozen prefix and nothing random (augmentation) comes before
+      # it; on makes that an error when it does not hold. Two-phase recipes use it in phase 1 only.
+      feature_cache='auto',
   ))
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from fpclass import checkpoint, data
-from fpclass.calibration import calibrate
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
+from fpclass.modes.calibrate import calibrate
 from fpclass.modes.sweep import run_sweep
 from fpclass.task import probabilities
 from tests.conftest import launch, load_config
