@@ -14,11 +14,31 @@ from typing import Any, Iterator
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# In a multi-process run (jax.distributed) every process computes everything, and only the primary one,
+# process 0, writes the workdir's outputs; the mode runner says which this process is (`set_primary`).
+# Process-wide by nature, like the process index itself. Checkpoints (orbax, all processes together) and
+# the shared caches (each entry written atomically) do not go through here.
+_primary = True
+
+
+def set_primary(primary: bool) -> None:
+  global _primary
+  _primary = bool(primary)
+
+
+def is_primary() -> bool:
+  return _primary
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temporary path to write; on success it replaces `path`, on error it is removed."""
+  """Yields a temporary path to write; on success it replaces `path`, on error it is removed. On a
+  process other than the primary one the write goes to a scratch folder and is dropped."""
   path = pathlib.Path(path)
+  if not _primary:
+    with tempfile.TemporaryDirectory(prefix='fpclass-secondary-') as scratch:
+      yield pathlib.Path(scratch) / path.name
+    return
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.tmp-', suffix=path.suffix, dir=path.parent)
   os.fchmod(fd, 0o666 & ~_UMASK)

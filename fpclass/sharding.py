@@ -5,9 +5,11 @@ are replicated, each step's batch indices are sharded along 'data', so every dev
 differentiates its slice of the batch, and XLA's SPMD partitioner inserts the gradient all-reduce (and the
 cross-device batch-norm statistics: they are the global batch's, as on one device). No pmap.
 
-Multi-host: `initialize_distributed` calls `jax.distributed.initialize()` when the environment describes a
-cluster (JAX_COORDINATOR_ADDRESS, or a multi-task SLURM / Open MPI job, which jax detects itself). Every
-process then loads the same data and builds the same global arrays from it.
+Several processes: `initialize_distributed` calls `jax.distributed.initialize()` when the environment
+describes a cluster (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a multi-task
+SLURM / Open MPI job, which jax detects itself). Every process then loads the same data, builds the same
+global arrays from it and runs the same programs; only process 0 writes the workdir's files
+(`fpclass.fileio.set_primary`), and orbax saves and restores checkpoints with all of them together.
 """
 import dataclasses
 import os
@@ -30,8 +32,29 @@ def initialize_distributed() -> bool:
              or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
   if not cluster:
     return False
-  jax.distributed.initialize()
+  # CPU devices of different processes exchange gradients through gloo (XLA:CPU has no cross-process
+  # collectives otherwise); GPUs and TPUs keep their own (NCCL, ICI).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # jax reads the coordinator address from the environment but not the count and id; SLURM and Open MPI
+  # jobs leave them unset here and jax detects them itself.
+  count, index = os.environ.get('JAX_NUM_PROCESSES'), os.environ.get('JAX_PROCESS_ID')
+  try:
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(index) if index else None)
+  except ValueError as e:
+    raise UserInputError(f'joining the multi-process job failed ({e}); set JAX_COORDINATOR_ADDRESS=host:port, '
+                         'JAX_NUM_PROCESSES and JAX_PROCESS_ID for every process (README: several processes)') from None
   return True
+
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def is_primary_process() -> bool:
+  """Process 0 of a multi-process job (or the only process): the one that writes the workdir's files."""
+  return jax.process_index() == 0
 
 
 @dataclasses.dataclass(frozen=True)

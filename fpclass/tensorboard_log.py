@@ -9,12 +9,16 @@ TensorBoard discards any stale points at or beyond the epoch being rewritten.
 import math
 import pathlib
 
+from fpclass import fileio
+
 FOLDER = 'tensorboard'
 
 
 def write_epoch(logdir: str | pathlib.Path, row: dict) -> None:
   """Writes every finite numeric entry of a metrics.csv row ('epoch' is the step) as a scalar:
   train_loss -> loss/train, val_loss -> loss/val, so TensorBoard overlays train and validation curves."""
+  if not fileio.is_primary():
+    return
   from tensorboardX import SummaryWriter
   epoch = int(row['epoch'])
   writer = SummaryWriter(logdir=str(logdir), purge_step=epoch, filename_suffix=f'.epoch{epoch:05d}')

@@ -12,6 +12,9 @@ import dataclasses
 import importlib
 import pathlib
 
+from fpclass import fileio
+from fpclass.errors import UserInputError
+
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
@@ -19,18 +22,21 @@ class Mode:
   function: str
   help: str
   trained: bool = False  # reads a trained workdir: --config is optional
+  # Runs as one program over every process of a jax.distributed job (each computes, process 0 writes).
+  # The others are single-process tools and say so when started in such a job.
+  multi_process: bool = False
 
 
 MODES = {
     'train': Mode('train', 'train', 'train (resuming a killed run), then evaluate the selected checkpoint (and '
-                  'explain it if explain.after_training)'),
+                  'explain it if explain.after_training)', multi_process=True),
     'evaluate': Mode('evaluate', 'evaluate_workdir', 'restore the selected checkpoint; write scores.json, plots and '
-                     'report.md', trained=True),
+                     'report.md', trained=True, multi_process=True),
     'explain': Mode('explain', 'explain_workdir', 'restore the selected checkpoint; write Grad-CAM overlays, an '
                     'inference grid, top losses, confused pairs and feature maps of the validation split',
-                    trained=True),
+                    trained=True, multi_process=True),
     'submit': Mode('submit', 'submit', 'restore the selected checkpoint; write submission.csv and its probabilities',
-                   trained=True),
+                   trained=True, multi_process=True),
     'predict': Mode('predict', 'predict', 'classify new images (config.predict.inputs: a file, folder, glob or '
                     'CSV) with the selected checkpoint; write predictions.csv', trained=True),
     'serve': Mode('serve', 'serve', 'serve the selected checkpoint: an upload page and a JSON API (FastAPI under '
@@ -38,7 +44,7 @@ MODES = {
     'export': Mode('export', 'export', 'write the selected checkpoint as ONNX and as a serialized jax.export '
                    '(StableHLO) artifact, preprocessing inside the graph', trained=True),
     'calibrate': Mode('calibrate', 'calibrate', 'fit temperature and decision threshold on validation predictions; '
-                      'store them', trained=True),
+                      'store them', trained=True, multi_process=True),
     'clean': Mode('clean', 'clean', 'scan the data root for corrupt files and (near) duplicates; write '
                   'clean_files.csv for config.data.file_list; --apply moves the files it leaves out to '
                   '<workdir>/quarantine'),
@@ -64,7 +70,11 @@ def run(mode: str, config, workdir, **options):
   from fpclass import runtime  # lazy: imports jax, which --help should not wait for
   runtime.keep_host_buffers()
   from fpclass import sharding  # lazy: imports jax
-  sharding.initialize_distributed()  # a no-op unless the environment describes a multi-host job
+  sharding.initialize_distributed()  # a no-op unless the environment describes a multi-process job
+  fileio.set_primary(sharding.is_primary_process())
+  if sharding.process_count() > 1 and not MODES[mode].multi_process:
+    raise UserInputError(f'--mode {mode} runs on one process; this job has {sharding.process_count()} '
+                         '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
   from fpclass import validation  # lazy: imports every model family
   validation.validate(config)
   runtime.enable_compilation_cache(config.data.cache_dir or None)
