@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fpclass.errors import UserInputError
-from fpclass.modes import MODES, run
+from fpclass.modes import MODES
 
 WORKDIR_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'workdir.py'
 
@@ -93,6 +93,7 @@ def main(argv):
   if FLAGS.config is None:
     _fail(f'--config is required for --mode {FLAGS.mode}' + (
         ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else ''))
+  from fpclass.modes.runner import run  # here, not above: it imports jax, which --help need not wait for
   try:
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **({'apply': True} if FLAGS.apply else {}))
   except UserInputError as e:

@@ -41,7 +41,7 @@ def main():
   if args.mock:
     import tensorflow_datasets as tfds
 
-    from fpclass.modes import run
+    from fpclass.modes.runner import run
     from tests.conftest import load_config
     # USE_FILES: CIFAR-10's class names from the prepared metadata; the examples are mock_data's.
     with tfds.testing.mock_data(num_examples=args.train, policy=tfds.testing.MockPolicy.USE_FILES,

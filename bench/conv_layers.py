@@ -208,7 +208,7 @@ def main():
 
   times = {name: {v: [] for v in variants} for name, (variants, _) in rows.items()}
   with torch.no_grad():
-    for name, (variants, _) in rows.items():  # warm-up (compiles the XLA programs)
+    for variants, _ in rows.values():  # warm-up (compiles the XLA programs)
       for fn in variants.values():
         fn()
     for _ in range(args.rounds):

@@ -205,7 +205,7 @@ def in_children(name, rounds):
         raise SystemExit(f'{name}/{s} failed:\n{out.stderr[-2000:]}')
       results[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
   rows = []
-  for s, runs in results.items():
+  for runs in results.values():
     row = dict(runs[0])
     if 'times' in row:
       times = [t for run in runs for t in run['times']]

@@ -138,8 +138,10 @@ def adjust_contrast(image: jax.Array, factor) -> jax.Array:
 
 
 def _random_colour(image: jax.Array, u: jax.Array, cfg: AugmentSettings) -> jax.Array:
-  # torchvision draws each factor from [max(0, 1 - x), 1 + x].
-  factor = lambda x, v: max(0.0, 1.0 - x) + (1.0 + x - max(0.0, 1.0 - x)) * v
+  # torchvision draws each factor from [max(0, 1 - x), 1 + x]. x is capped at 1e30: the schema allows any
+  # finite x, and one past float32's range made the factor inf, so a black pixel (or one at the mean) became
+  # inf * 0 = NaN. A factor that large already saturates the clip to [0, 1].
+  factor = lambda x, v: max(0.0, 1.0 - x) + (1.0 + min(x, 1e30) - max(0.0, 1.0 - x)) * v
   ops = []
   if cfg.brightness:
     ops.append(functools.partial(adjust_brightness, factor=factor(cfg.brightness, u[0])))

@@ -1,15 +1,19 @@
 """Orbax checkpoints (best and last) plus the run's metadata sidecar.
 
-    <workdir>/checkpoints/last/<epoch>/   every epoch: train state + loop state (resume point)
+    <workdir>/checkpoints/last/<epoch>/   every epoch: train state + loop state (resume point); the two newest
+                                          are kept, so a damaged newest one falls back to the one before
     <workdir>/checkpoints/best/<epoch>/   when the monitored metric improves
     <workdir>/metadata.json               class names, image size, channels, normalisation, config
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a killed run leaves
-the previous checkpoint intact. Restoring against a config whose model or data shape differs from the
+the previous checkpoint intact; a checkpoint damaged afterwards (truncated, corrupted) is skipped for the
+one before it with a warning (`restore_newest_readable`), and never silently replaced by a fresh start. Restoring against a config whose model or data shape differs from the
 sidecar's is refused with the differing keys listed.
 """
 import datetime
+import errno
 import json
+import logging
 import pathlib
 
 import jax
@@ -31,15 +35,24 @@ RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'tra
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 
 
+KEEP = {'last': 2, 'best': 1}  # checkpoints kept per kind: `last` keeps one to fall back on
+
+
 class CheckpointStore:
-  def __init__(self, workdir: str | pathlib.Path):
+  """The workdir's checkpoints. Only the training run (`writer=True`, the holder of the workdir lock) creates
+  folders and clears orbax's temporary folders of interrupted saves; a reader (evaluate, serve, ...) beside a
+  running training must not, or it would delete the save in progress."""
+
+  def __init__(self, workdir: str | pathlib.Path, writer: bool = False):
     self.root = pathlib.Path(workdir).absolute() / 'checkpoints'
+    self.writer = writer
     self._managers = {}
 
   def _manager(self, kind: str) -> ocp.CheckpointManager:
     if kind not in self._managers:
-      options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True,
-                                             enable_async_checkpointing=False)
+      options = ocp.CheckpointManagerOptions(max_to_keep=KEEP[kind], create=self.writer,
+                                             cleanup_tmp_directories=self.writer, enable_async_checkpointing=False,
+                                             read_only=not self.writer)
       self._managers[kind] = ocp.CheckpointManager(self.root / kind, options=options)
     return self._managers[kind]
 
@@ -53,7 +66,16 @@ class CheckpointStore:
     items = dict(model=ocp.args.StandardSave(model_variables(state)), loop=ocp.args.JsonSave(loop_state))
     if kind == 'last':
       items['optimizer'] = ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state))
-    self._manager(kind).save(epoch, args=ocp.args.Composite(**items), force=True)
+    try:
+      self._manager(kind).save(epoch, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # noqa: BLE001 -- orbax and tensorstore wrap the OS error in their own types
+      if 'No space left on device' not in str(e) and getattr(e, 'errno', None) != errno.ENOSPC:
+        raise
+      kept = [k for k in self.epochs(kind) if k != epoch]
+      raise UserInputError(f'{self.root / kind}: the disk is full (no space left on device) while saving epoch '
+                           f'{epoch}; ' + (f'the previous checkpoint (epoch {kept[0]}) is intact' if kept else
+                                           'no earlier checkpoint exists') +
+                           '. Free some space and launch again: the run resumes from its last checkpoint') from None
 
   def restore(self, kind: str, abstract_state, epoch: int | None = None, with_optimizer: bool = False):
     """(state, loop_state) from the `kind` checkpoint; a clear error if it is absent or does not fit.
@@ -72,20 +94,56 @@ class CheckpointStore:
     try:
       restored = self._manager(kind).restore(epoch, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
-      raise UserInputError(f'{self.root / kind}/{epoch}: the checkpoint does not match the model built from '
-                           f'this config ({type(e).__name__}: {str(e)[:500]})') from None
+      raise UserInputError(f'{self.root / kind}/{epoch}: the checkpoint is damaged or does not match the model '
+                           f'built from this config ({type(e).__name__}: {str(e)[:500]})') from None
     state = abstract_state.replace(params=restored.model['params'],
                                    batch_stats=restored.model.get('batch_stats', {}))
     if with_optimizer:
       state = state.replace(step=restored.optimizer['step'], opt_state=restored.optimizer['opt_state'])
     return state, restored.loop
 
-  def loop_state(self, kind: str = 'last') -> dict | None:
-    """The loop state (history, best epoch, stop reason) of the newest `kind` checkpoint, if any."""
-    epoch = self.latest_epoch(kind)
+  def loop_state(self, kind: str = 'last', epoch: int | None = None) -> dict | None:
+    """The loop state (history, best epoch, stop reason) of the `kind` checkpoint at `epoch` (default:
+    the newest), if any."""
+    epoch = self.latest_epoch(kind) if epoch is None else epoch
     if epoch is None:
       return None
     return self._manager(kind).restore(epoch, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+
+  def epochs(self, kind: str) -> list[int]:
+    """The epochs of the kept `kind` checkpoints, newest first."""
+    if not (self.root / kind).is_dir():
+      return []
+    return sorted(self._manager(kind).all_steps(), reverse=True)
+
+  def restore_newest_readable(self, kind: str, restore_at):
+    """`restore_at(epoch)` for the newest `kind` checkpoint it can read, falling back to older ones with a
+    warning; when none can be read, the newest one's error (a run is never silently restarted)."""
+    errors = []
+    for epoch in self.epochs(kind):
+      try:
+        result = restore_at(epoch)
+      except Exception as e:  # noqa: BLE001 -- a damaged checkpoint fails in many ways (orbax, tensorstore, json)
+        errors.append((epoch, e))
+        continue
+      for bad, error in errors:
+        where = ''
+        if self.writer:  # set aside, not deleted: the next save of that epoch needs the name
+          aside = self.root / 'unreadable' / f'{kind}-{bad}-{datetime.datetime.now():%Y%m%d-%H%M%S}'
+          aside.parent.mkdir(exist_ok=True)
+          (self.root / kind / str(bad)).rename(aside)
+          where = f' (the unreadable one is kept in {aside})'
+        logging.warning('%s/%d could not be read (%s: %s); using epoch %d instead%s', self.root / kind, bad,
+                        type(error).__name__, str(error)[:300], epoch, where)
+      if errors and self.writer:
+        self._managers.pop(kind).close()  # it listed the set-aside steps
+      return result
+    if not errors:
+      raise UserInputError(f'{self.root / kind}: no {kind!r} checkpoint; train this workdir first (--mode train)')
+    epoch, error = errors[0]
+    raise UserInputError(f'{self.root / kind}: no readable {kind!r} checkpoint (epoch {epoch}: '
+                         f'{type(error).__name__}: {str(error)[:500]}); the run is left as it is: restore the '
+                         'folder from a backup, or train in a new --workdir') from None
 
   def close(self):
     for manager in self._managers.values():

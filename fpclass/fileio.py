@@ -4,11 +4,14 @@ Write to a temporary name in the same directory, fsync, then `os.replace` (atomi
 A killed run leaves at worst a stray `.tmp-*` file, never a truncated output.
 """
 import contextlib
+import errno
 import json
 import os
 import pathlib
 import tempfile
 from typing import Any, Iterator
+
+from fpclass.errors import UserInputError
 
 # mkstemp creates files 0600; outputs should get the usual permissions, so read the umask once.
 _UMASK = os.umask(0)
@@ -49,6 +52,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     with open(tmp, 'rb') as f:
       os.fsync(f.fileno())
     os.replace(tmp, path)
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise UserInputError(f'{path}: the disk is full (no space left on device); the file was not written and '
+                           'its previous version, if any, is unchanged. Free some space and launch again (a '
+                           'training run resumes from its last checkpoint)') from None
+    raise
   finally:
     if tmp.exists():
       tmp.unlink()
@@ -93,3 +102,15 @@ def cache_root(cache_dir: str | os.PathLike = '') -> pathlib.Path:
   """Where decoded images, downloaded weights and compiled programs are cached: `cache_dir`
   (config.data.cache_dir), else $FPCLASS_CACHE, else ~/.cache/fpclass."""
   return pathlib.Path(cache_dir or os.environ.get('FPCLASS_CACHE') or '~/.cache/fpclass').expanduser()
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+  """Creates `folder` if needed and proves a file can be written in it, so a read-only workdir or cache
+  fails before any work starts, naming the folder (`what` says which setting it comes from)."""
+  folder = pathlib.Path(folder)
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix='.fpclass-write-check-', dir=folder):
+      pass
+  except OSError as e:
+    raise UserInputError(f'{what} {folder} is not writable ({e.strerror}); choose a folder you can write to') from None

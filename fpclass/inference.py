@@ -45,9 +45,10 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
   if store.latest_epoch(kind) is None and kind == 'best' and store.latest_epoch('last') is not None:
     kind = 'last'  # no epoch improved on the monitor (e.g. all NaN): fall back to the final weights
   try:
-    epoch = store.latest_epoch(kind)
-    state, _ = store.restore(kind, abstract, epoch)
-    loop = LoopState.from_json(store.loop_state('last'))  # the whole run's history, also for `best`
+    # The newest complete checkpoint, so a read beside a training run (or after a damaged save) works.
+    epoch, state = store.restore_newest_readable(kind, lambda e: (e, store.restore(kind, abstract, e)[0]))
+    # The whole run's history, also when `best` is restored.
+    loop = LoopState.from_json(store.restore_newest_readable('last', lambda e: store.loop_state('last', e)))
   finally:
     store.close()
   return Trained(task, state, metadata, class_names, kind, int(epoch), loop)

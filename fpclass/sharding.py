@@ -52,6 +52,14 @@ def process_count() -> int:
   return jax.process_count()
 
 
+def agree_on(flag: bool) -> bool:
+  """Process 0's `flag`, on every process of a multi-process job (so all take the same branch)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
+
+
 def is_primary_process() -> bool:
   """Process 0 of a multi-process job (or the only process): the one that writes the workdir's files."""
   return jax.process_index() == 0

@@ -43,7 +43,7 @@ def keras_gradcam(model, layer_name, images, targets):
   for image, target in zip(images, targets):
     conv_output, predictions = grad_model([image[None]])
     np.testing.assert_allclose(head(conv_output), predictions, rtol=1e-5, atol=1e-5)  # the split is the model
-    grads = jax.grad(lambda a: head(a)[0, target])(conv_output)
+    grads = jax.grad(lambda a, target=target: head(a)[0, target])(conv_output)
     pooled_grads = jnp.mean(grads, axis=(0, 1, 2))
     heatmap = jnp.squeeze(conv_output[0] @ pooled_grads[..., None])
     heatmaps.append(heatmap), activations.append(conv_output[0]), gradients.append(grads[0])

@@ -9,7 +9,8 @@ from fpclass import data
 from fpclass import task as task_lib
 from fpclass.data import splits
 from fpclass.inference import load_trained
-from fpclass.modes import model_axis, run
+from fpclass.modes import model_axis
+from fpclass.modes.runner import run
 from tests.conftest import load_config
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4

@@ -29,7 +29,8 @@ def test_sampler_is_validated():
 
 def test_training_draws_batches_from_the_balanced_order(tmp_path, monkeypatch):
   from fpclass import sampling
-  from fpclass.modes import evaluate, run
+  from fpclass.modes import evaluate
+  from fpclass.modes.runner import run
   from tests.test_train import tiny_digits
   calls = []
 

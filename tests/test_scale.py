@@ -14,7 +14,7 @@ import pytest
 from fpclass import precision
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
-from fpclass.modes import run
+from fpclass.modes.runner import run
 from fpclass.sampling import epoch_order
 from fpclass.sharding import DataParallel
 from fpclass.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
@@ -33,7 +33,7 @@ import jax
 from fpclass.sharding import DataParallel
 from fpclass.steps import CompiledSteps
 from fpclass.task import build_task
-from fpclass.modes import run
+from fpclass.modes.runner import run
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
 run('train', config, sys.argv[1])

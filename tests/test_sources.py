@@ -136,3 +136,16 @@ def test_corrupt_test_image_stops_submission_data_unless_prior(kaggle_root):
   c.data.bad_test_images = 'prior'
   decoded = decode_source(c, progress=False)
   assert decoded.test.extras['decoded'].tolist() == [True, True, True, False]
+
+
+def test_a_csv_id_outside_the_training_folder_is_quarantined(kaggle_root):
+  """'../test/x.png' or an absolute path would let test images into training: listed, never loaded."""
+  csv = kaggle_root / 'train.csv'
+  csv.write_text(csv.read_text() + f'../test/test_0.png,1\n{kaggle_root / "test" / "test_1.png"},0\n')
+  cfg = base_config().data
+  cfg.root = str(kaggle_root)
+  source = load_kaggle_csv(cfg)
+  assert all('test' not in str(p.parent.name) for p in source.train.paths)
+  outside = [p for p in source.problems if 'outside' in p.reason]
+  assert [p.file for p in outside] == ['../test/test_0.png', str(kaggle_root / 'test' / 'test_1.png')]
+  assert 'row 14 of train.csv' in outside[0].reason

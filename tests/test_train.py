@@ -9,7 +9,7 @@ from fpclass import checkpoint
 from fpclass import task as task_lib
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
-from fpclass.modes import run
+from fpclass.modes.runner import run
 from fpclass.sampling import epoch_order
 from tests.conftest import load_config
 

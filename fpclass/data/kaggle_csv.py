@@ -9,6 +9,7 @@ Rows whose file is missing are skipped and reported; a missing column, an empty 
 test list that does not match the files is an error naming the file and rows.
 """
 import logging
+import os
 import pathlib
 
 import numpy as np
@@ -59,7 +60,10 @@ def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None) -> Source:
   keep, paths, problems = [], [], []
   for row, name in enumerate(ids):
     path = resolve_file(train_dir, name)
-    if path is None:
+    if _escapes(train_dir, name):  # '../test/x.png' or an absolute path would let test images into training
+      problems.append(Problem(file=str(name), split='train', reason=f'outside {train_dir} (row {row + 2} of '
+                              f'{csv_path.name}: an id names a file inside config.data.train_dir)'))
+    elif path is None:
       problems.append(Problem(file=str(train_dir / name), split='train',
                               reason=f'no such file (row {row + 2} of {csv_path.name})'))
     else:
@@ -92,14 +96,27 @@ def read_csv(path: pathlib.Path, columns) -> pd.DataFrame:
 def resolve_file(folder: pathlib.Path, name: str) -> pathlib.Path | None:
   """The file for a CSV id: the name itself, or the name plus an image extension (ids often omit it)."""
   path = folder / name
-  if path.is_file():
+  if _is_file(path):
     return path
   if not path.suffix or path.suffix.lower() not in IMAGE_EXTENSIONS:
     for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
       candidate = folder / f'{name}{ext}'
-      if candidate.is_file():
+      if _is_file(candidate):
         return candidate
   return None
+
+
+def _escapes(folder: pathlib.Path, name: str) -> bool:
+  """Whether a CSV id points outside `folder` ('..' parts or an absolute path); symlinks are not followed."""
+  inside = os.path.normpath(folder)
+  return not os.path.normpath(folder / name).startswith(inside + os.sep)
+
+
+def _is_file(path: pathlib.Path) -> bool:
+  try:
+    return path.is_file()
+  except OSError:  # Path.is_file raises ENAMETOOLONG (an id over 255 bytes), which names no file either
+    return False
 
 
 def _test_split(root: pathlib.Path, data_cfg):

@@ -68,7 +68,8 @@ class Source:
 
 def natural_key(text: str):
   """Sort key that orders 'img2' before 'img10'."""
-  return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', str(text))]
+  # isdecimal, not isdigit: '²' is a digit that int() refuses (found by tests/test_fuzz.py).
+  return [int(t) if t.isdecimal() else t.lower() for t in re.split(r'(\d+)', str(text))]
 
 
 def sorted_class_names(values) -> tuple:

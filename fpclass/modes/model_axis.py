@@ -422,7 +422,7 @@ def save_member_workdir(workdir, member_config, class_names, result: MemberResul
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       member_config, class_names, optim.count_params(last.params), normalisation))
   fileio.write_csv(workdir / 'metrics.csv', pd.DataFrame(result.loop.history))
-  store = checkpoint.CheckpointStore(workdir)
+  store = checkpoint.CheckpointStore(workdir, writer=True)
   try:
     if best is not None:
       params, batch_stats = best

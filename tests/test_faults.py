@@ -1,0 +1,143 @@
+"""Faults a run must survive (issue 14): a damaged checkpoint, a full disk, a read-only folder, and the
+same run twice giving the same bits. The kill -9 and SIGTERM cases are in tests/test_train.py and
+tests/test_signals.py."""
+import contextlib
+import errno
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass import fileio
+from fpclass.errors import UserInputError
+from fpclass.inference import load_trained
+from fpclass.modes.runner import run
+from tests.conftest import load_config
+from tests.test_scale import TINY
+
+
+# A constant learning rate: a relaunch with more epochs then continues exactly as an unbroken run would
+# (a cosine schedule spans train.epochs, so extending a run changes its earlier rates).
+def tiny(epochs, **overrides):
+  return load_config('configs/digits.py:quick', **{**TINY, 'train.epochs': epochs, 'train.schedule': 'constant',
+                                                   **overrides})
+
+
+def history(workdir):
+  return pd.read_csv(workdir / 'metrics.csv').drop(columns='seconds')
+
+
+def params(workdir, epochs):
+  return jax.tree_util.tree_leaves(load_trained(tiny(epochs), workdir, 'last').state.params)
+
+
+def damage(checkpoint_dir: pathlib.Path) -> None:
+  """Truncates every array file of one orbax checkpoint to half its size (a disk that lost their tails)."""
+  files = [p for p in (checkpoint_dir / 'model').rglob('*') if p.is_file() and p.stat().st_size > 64]
+  assert files, list(checkpoint_dir.rglob('*'))
+  for path in files:
+    with open(path, 'r+b') as f:
+      f.truncate(path.stat().st_size // 2)
+
+
+@pytest.fixture(scope='module')
+def unbroken(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('unbroken')
+  run('train', tiny(3), workdir)
+  return workdir
+
+
+def test_the_same_run_twice_gives_the_same_bits(unbroken, tmp_path):
+  run('train', tiny(3), tmp_path)
+  assert history(tmp_path).equals(history(unbroken))
+  for a, b in zip(params(tmp_path, 3), params(unbroken, 3)):
+    assert np.array_equal(a, b)
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(unbroken, tmp_path, caplog):
+  run('train', tiny(2), tmp_path)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'last').iterdir() if p.name.isdigit()) == ['1', '2']
+  damage(tmp_path / 'checkpoints' / 'last' / '2')
+  with caplog.at_level(logging.WARNING):
+    run('train', tiny(3), tmp_path)
+  assert 'checkpoints/last/2 could not be read' in caplog.text and 'using epoch 1 instead' in caplog.text
+  # Epochs 2 and 3 are trained again from epoch 1's state: the run ends exactly as an unbroken one.
+  assert history(tmp_path).equals(history(unbroken))
+  for a, b in zip(params(tmp_path, 3), params(unbroken, 3)):
+    assert np.array_equal(a, b)
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  run('train', tiny(2), tmp_path)
+  for epoch in ('1', '2'):
+    damage(tmp_path / 'checkpoints' / 'last' / epoch)
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+  with pytest.raises(UserInputError, match=r'no readable .last. checkpoint .*the run is left as it is'):
+    run('train', tiny(3), tmp_path)
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before  # nothing deleted or added
+  assert list(history(tmp_path)['epoch']) == [1, 2]
+
+
+def test_a_full_disk_while_writing_a_report_is_a_clear_error(tmp_path, monkeypatch):
+  (tmp_path / 'scores.json').write_text('{"old": true}')
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(fileio.os, 'replace', full)
+  with pytest.raises(UserInputError, match=r'scores.json: the disk is full .*previous version, if any, is unchanged'):
+    fileio.write_json(tmp_path / 'scores.json', {'new': True})
+  assert (tmp_path / 'scores.json').read_text() == '{"old": true}'
+  assert [p.name for p in tmp_path.iterdir()] == ['scores.json']  # no temporary file left behind
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: pathlib.Path, size: str, read_only: bool = False):
+  """A tmpfs of `size` at `folder` (needs root: the CI and developer machines run as root)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  options = f'size={size}' + (',ro' if read_only else '')
+  subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(folder)], check=True)
+  try:
+    yield folder
+  finally:
+    subprocess.run(['umount', '-l', str(folder)], check=False)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('mount') is None,
+                                reason='mounting a small tmpfs needs root')
+
+
+@needs_root
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(unbroken, tmp_path):
+  with small_filesystem(tmp_path / 'disk', '8m') as disk:
+    workdir = disk / 'run'
+    run('train', tiny(1), workdir)
+    ballast = disk / 'ballast'
+    with open(ballast, 'wb') as f:  # fill the disk to the last block
+      with contextlib.suppress(OSError):
+        while True:
+          f.write(b'\0' * 65536)
+          f.flush()
+    with pytest.raises(UserInputError, match=r'disk is full'):
+      run('train', tiny(3), workdir)
+    ballast.unlink()
+    run('train', tiny(3), workdir)  # space again: it resumes from epoch 1 and ends as an unbroken run
+    assert history(workdir).equals(history(unbroken))
+
+
+@needs_root
+def test_a_read_only_workdir_fails_before_any_work(tmp_path):
+  with small_filesystem(tmp_path / 'ro', '1m', read_only=True) as folder:
+    with pytest.raises(UserInputError, match=r'--workdir .*ro/run is not writable'):
+      run('train', tiny(1), folder / 'run')
+
+
+def test_a_read_only_cache_folder_fails_before_any_work(tmp_path):
+  (tmp_path / 'not-a-folder').write_text('a file where the cache folder should be')
+  with pytest.raises(UserInputError, match=r'the cache folder .*not-a-folder/sub is not writable'):
+    run('train', tiny(1, **{'data.cache_dir': str(tmp_path / 'not-a-folder' / 'sub')}), tmp_path / 'run')

@@ -1,0 +1,92 @@
+"""Several processes for real: two `launch.py` processes on loopback, 2 CPU devices each, joined by
+jax.distributed (gloo collectives), against one process with 4 devices (README: several processes)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pandas as pd
+
+from fpclass import fileio
+from fpclass.inference import load_trained
+from tests.conftest import REPO, load_config
+from tests.test_scale import TINY
+
+# A constant learning rate, so extending the run from 1 to 2 epochs continues it as an unbroken 2-epoch run.
+OVERRIDES = [f'--config.{k}={v}' for k, v in TINY.items() if k != 'train.epochs'] + ['--config.train.schedule=constant']
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def launch_processes(workdir, *args, count=2, devices=2, timeout=600):
+  """`count` launch.py processes forming one job; returns their CompletedProcess-like results."""
+  port = _free_port()
+  procs = []
+  for index in range(count):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    if count > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(count),
+                 JAX_PROCESS_ID=str(index))
+    procs.append(subprocess.Popen(
+        [sys.executable, str(REPO / 'launch.py'), '--config=configs/digits.py:quick', f'--workdir={workdir}',
+         *OVERRIDES, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  results = []
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=timeout)
+      results.append((proc.returncode, out, err))
+  finally:
+    for proc in procs:
+      proc.kill()
+  return results
+
+
+def _params(workdir, kind='last'):
+  config = load_config('configs/digits.py:quick', **{**TINY, 'train.schedule': 'constant'})
+  return jax.tree_util.tree_leaves(load_trained(config, workdir, kind).state.params)
+
+
+def test_two_processes_equal_one_process_with_four_devices_and_resume(tmp_path):
+  # Two processes train one epoch, then a second launch extends the run to two: the resume path.
+  for epochs in (1, 2):
+    results = launch_processes(tmp_path / 'two', f'--config.train.epochs={epochs}')
+    assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+  results = launch_processes(tmp_path / 'four', '--config.train.epochs=2', count=1, devices=4)
+  assert results[0][0] == 0, results[0][2][-3000:]
+
+  two, four = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds') for d in ('two', 'four'))
+  assert list(two['epoch']) == [1, 2]
+  # gloo sums the gradients of the two processes in another order than XLA does within one process, so the
+  # runs agree to float32 rounding, not bit for bit.
+  np.testing.assert_allclose(two.to_numpy(float), four.to_numpy(float), rtol=1e-4, atol=1e-5)
+  largest = max(float(np.max(np.abs(a - b))) for a, b in zip(_params(tmp_path / 'two'), _params(tmp_path / 'four')))
+  print(f'largest parameter difference, 2 processes x 2 devices vs 1 x 4: {largest:.2e}')
+  assert largest < 1e-4
+  scores = [json.loads((tmp_path / d / 'scores.json').read_text()) for d in ('two', 'four')]
+  assert scores[0]['accuracy'] == scores[1]['accuracy'] and scores[0]['epoch'] == scores[1]['epoch']
+  np.testing.assert_allclose(scores[0]['loss'], scores[1]['loss'], rtol=1e-4)
+
+
+def test_a_single_process_mode_refuses_a_multi_process_job(tmp_path):
+  results = launch_processes(tmp_path, '--mode=sweep', timeout=300)
+  for code, _, err in results:
+    assert code == 2 and '--mode sweep runs on one process; this job has 2' in err, err[-2000:]
+
+
+def test_only_the_primary_process_writes_workdir_files(tmp_path):
+  try:
+    fileio.set_primary(False)
+    fileio.write_text(tmp_path / 'report.md', 'from process 1')
+    fileio.write_json(tmp_path / 'scores.json', {'a': 1})
+  finally:
+    fileio.set_primary(True)
+  assert list(tmp_path.iterdir()) == []
+  fileio.write_text(tmp_path / 'report.md', 'from process 0')
+  assert (tmp_path / 'report.md').read_text() == 'from process 0'
