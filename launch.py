@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fpclass.errors import UserInputError
+from fpclass.errors import RunInterrupted, UserInputError
 from fpclass.modes import MODES
 
 WORKDIR_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'workdir.py'
@@ -98,6 +98,9 @@ def main(argv):
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **({'apply': True} if FLAGS.apply else {}))
   except UserInputError as e:
     _fail(e)
+  except RunInterrupted as e:
+    print(f'fpclass: {e}', file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == '__main__':

@@ -35,7 +35,9 @@ RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'tra
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 
 
-KEEP = {'last': 2, 'best': 1}  # checkpoints kept per kind: `last` keeps one to fall back on
+# Checkpoints kept per kind: `last` keeps one to fall back on; `interrupted` holds a run stopped by a signal
+# in the middle of an epoch (fpclass.modes.train), until that epoch completes.
+KEEP = {'last': 2, 'best': 1, 'interrupted': 1}
 
 
 class CheckpointStore:
@@ -64,10 +66,15 @@ class CheckpointStore:
   def save(self, kind: str, epoch: int, state, loop_state: dict) -> None:
     """Saves the model variables and loop state; `last` also keeps the optimizer state for resuming."""
     items = dict(model=ocp.args.StandardSave(model_variables(state)), loop=ocp.args.JsonSave(loop_state))
-    if kind == 'last':
+    if kind != 'best':  # a resume point
       items['optimizer'] = ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state))
+    manager = self._manager(kind)
+    if epoch in manager.all_steps():
+      # Training again from an earlier checkpoint (a damaged newest one was skipped) reaches an epoch saved
+      # before: the new save replaces the old one.
+      manager.delete(epoch)
     try:
-      self._manager(kind).save(epoch, args=ocp.args.Composite(**items), force=True)
+      manager.save(epoch, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # noqa: BLE001 -- orbax and tensorstore wrap the OS error in their own types
       if 'No space left on device' not in str(e) and getattr(e, 'errno', None) != errno.ENOSPC:
         raise
@@ -109,6 +116,11 @@ class CheckpointStore:
     if epoch is None:
       return None
     return self._manager(kind).restore(epoch, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+
+  def discard(self, kind: str) -> None:
+    """Deletes every `kind` checkpoint (the `interrupted` one, once its epoch has completed)."""
+    for epoch in self.epochs(kind):
+      self._manager(kind).delete(epoch)
 
   def epochs(self, kind: str) -> list[int]:
     """The epochs of the kept `kind` checkpoints, newest first."""

@@ -76,6 +76,11 @@ class CompiledSteps:
     index = self.parallel.constrain_batch(order[i])
     return self.task.train_step(state, images, labels, index, jax.random.fold_in(epoch_key, i))
 
+  def _batch_step(self, state, batch_images, batch_labels, i, epoch_key):
+    batch_images = self.parallel.constrain_batch(batch_images)
+    batch_labels = self.parallel.constrain_batch(batch_labels)
+    return self.task.train_batch(state, batch_images, batch_labels, jax.random.fold_in(epoch_key, i))
+
   def _epoch(self, state, images, labels, order, epoch_key):
     def body(state, i):
       return self._step(state, images, labels, order, i, epoch_key)
@@ -91,6 +96,13 @@ class CompiledSteps:
   def train_epoch(self) -> Callable:
     """(state, images, labels, order, epoch_key) -> (state, metrics stacked over the epoch's steps)."""
     return jax.jit(self._epoch, donate_argnums=0, out_shardings=self.parallel.replicated,
+                   compiler_options=self._options)
+
+  @functools.cached_property
+  def train_batch_step(self) -> Callable:
+    """(state, batch_images, batch_labels, i, epoch_key) -> (state, metrics): step `i` on a batch gathered
+    on the host and sharded along the batch (fpclass.data.stream); the same step as `train_step`."""
+    return jax.jit(self._batch_step, donate_argnums=0, out_shardings=self.parallel.replicated,
                    compiler_options=self._options)
 
   @property
@@ -109,14 +121,17 @@ class CompiledSteps:
     """(key, image_shape) -> fresh model variables, compiled like `init`."""
     return jax.jit(self.task.init_variables, static_argnums=1, compiler_options=self._init_options)
 
-  def run_epoch(self, state, images, labels, order, epoch_key, on_step=None):
-    """Trains one epoch over `order` (steps, batch); returns (state, per-step metrics on the device).
+  def run_epoch(self, state, images, labels, order, epoch_key, on_step=None, start: int = 0, should_stop=None):
+    """Trains one epoch over `order` (steps, batch) from step `start`; returns (state, per-step metrics on the
+    device, for the steps it ran).
 
     `on_step(done, metrics)` is called after each step in the 'step' form and once at the end in the
-    'scan' form, with the number of steps done and the metrics so far.
+    'scan' form, with the number of steps done and the metrics so far. `should_stop()` is asked after each
+    step of the 'step' form: True ends the epoch there (a stop requested by a signal); the 'scan' form runs
+    whole epochs, and a partial epoch (start > 0) always takes the step form.
     """
     steps = order.shape[0]
-    if self.form == 'scan':
+    if self.form == 'scan' and start == 0:
       state, stacked = self.train_epoch(state, images, labels, order, epoch_key)
       stacked = jax.device_get(stacked)  # a few numbers per step; split on the host
       metrics = [{k: v[i] for k, v in stacked.items()} for i in range(steps)]
@@ -124,11 +139,13 @@ class CompiledSteps:
         on_step(steps, metrics)
       return state, metrics
     metrics = []
-    for i in range(steps):
+    for i in range(start, steps):
       state, out = self.train_step(state, images, labels, order, i, epoch_key)
       metrics.append(out)
       if on_step is not None:
         on_step(i + 1, metrics)
+      if should_stop is not None and i + 1 < steps and should_stop():
+        break
     return state, metrics
 
   @functools.cached_property

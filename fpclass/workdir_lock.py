@@ -118,7 +118,13 @@ class WorkdirLock:
       now = time.time()
       self.holder = LockHolder(pid=os.getpid(), host=socket.gethostname(), started=now, mode=self.mode,
                                command=' '.join(sys.argv)[:300], heartbeat=now, heartbeat_s=self.heartbeat_s)
-      _write_holder(fd, self.holder)
+      try:
+        _write_holder(fd, self.holder)
+      except OSError as e:
+        if e.errno != errno.ENOSPC:
+          raise
+        raise UserInputError(f'{self.path}: the disk is full (no space left on device); nothing was changed. '
+                             'Free some space and launch again') from None
     except BaseException:
       os.close(fd)  # closing drops the flock too
       raise

@@ -114,15 +114,15 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('mount') is No
 
 @needs_root
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(unbroken, tmp_path):
-  with small_filesystem(tmp_path / 'disk', '8m') as disk:
+  with small_filesystem(tmp_path / 'disk', '64m') as disk:
     workdir = disk / 'run'
     run('train', tiny(1), workdir)
     ballast = disk / 'ballast'
-    with open(ballast, 'wb') as f:  # fill the disk to the last block
-      with contextlib.suppress(OSError):
-        while True:
-          f.write(b'\0' * 65536)
-          f.flush()
+    with contextlib.suppress(OSError), open(ballast, 'wb') as f:  # fill the disk to the last block ...
+      while True:
+        f.write(b'\0' * 4096)
+        f.flush()
+    os.truncate(ballast, ballast.stat().st_size - 3 * 4096)  # ... but 3 pages: lock, quarantine.csv, metadata
     with pytest.raises(UserInputError, match=r'disk is full'):
       run('train', tiny(3), workdir)
     ballast.unlink()
