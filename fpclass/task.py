@@ -2,7 +2,8 @@
 
 The data lives on the device as uint8; a batch is an index gather; augmentation and normalisation run
 inside the jitted step. `Task.train_step` is a pure function of (state, images, labels, index, key),
-so it can also be vmapped over a leading model axis (k folds x seeds) or sharded.
+so it can also be vmapped over a leading model axis (k folds x seeds) or sharded. Data streamed from the
+host (over the device budget) takes `Task.train_batch`, the same step on a batch already gathered.
 """
 import dataclasses
 from typing import Any
@@ -82,9 +83,14 @@ class Task:
 
   def train_step(self, state: TrainState, images, labels, index, key):
     """One optimizer step on the examples at `index`; returns (state, {loss_sum, correct, count})."""
+    return self.train_batch(state, images[index], labels[index], key)
+
+  def train_batch(self, state: TrainState, batch_images, batch_labels, key):
+    """`train_step` on a batch already gathered (streamed from the host): the same computation, so a
+    streamed run and an in-memory one train the same model bit for bit."""
     aug_key, dropout_key = jax.random.split(key)
-    x = self.prepare(images[index], aug_key)
-    y = labels[index]
+    x = self.prepare(batch_images, aug_key)
+    y = batch_labels
 
     def loss_fn(params):
       logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,

@@ -6,7 +6,7 @@ The checks of a settings section are the section's own (`fpclass.config.Settings
 the consuming module's own check functions, called here, so each rule is written once.
 """
 from fpclass import config as config_lib
-from fpclass import data, models, optim, precision, sampling, steps, task
+from fpclass import data, feature_cache, models, optim, precision, sampling, steps, task
 from fpclass.errors import UserInputError
 from fpclass.loop_state import MONITOR_MODES
 
@@ -27,6 +27,7 @@ def validate(config) -> None:
   optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
   precision.check_precision(config.train.precision)
   steps.check_loop(config.train.loop)
+  feature_cache.check_setting(config)
   task.model_input(config)
   if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
     raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '

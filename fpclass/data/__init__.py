@@ -19,6 +19,7 @@ from fpclass.data.file_list import apply_file_list
 from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
 from fpclass.data.label_map import apply_label_map
+from fpclass.data.rows import in_memory, take_rows
 from fpclass.data.source import Source, Split
 from fpclass.data.tfds_source import load_tfds
 from fpclass.errors import UserInputError
@@ -50,7 +51,8 @@ SOURCES = {
 
 @dataclasses.dataclass
 class ArraySplit:
-  """A decoded split: uint8 (N, H, W, C) images with aligned labels, ids and extras."""
+  """A decoded split: uint8 (N, H, W, C) images with aligned labels, ids and extras. `images` is a numpy
+  array, or with `load_dataset(mapped=True)` maybe an `ImageRows` view of the memory-mapped decode cache."""
   images: np.ndarray
   labels: np.ndarray | None
   ids: list
@@ -61,7 +63,8 @@ class ArraySplit:
 
   def take(self, index) -> 'ArraySplit':
     index = np.asarray(index, np.int64)
-    return ArraySplit(images=self.images[index], labels=None if self.labels is None else self.labels[index],
+    return ArraySplit(images=take_rows(self.images, index),  # a mapped cache stays unread
+                      labels=None if self.labels is None else self.labels[index],
                       ids=[self.ids[i] for i in index],
                       extras={k: np.asarray(v)[index] for k, v in self.extras.items()})
 
@@ -111,8 +114,12 @@ def list_source(config) -> Source:
   return source
 
 
-def decode_source(config, progress: bool = True) -> Decoded:
-  """Lists the configured source and decodes every split; bad files go to the quarantine list."""
+def decode_source(config, progress: bool = True, mapped: bool = False) -> Decoded:
+  """Lists the configured source and decodes every split; bad files go to the quarantine list.
+
+  `mapped`: splits read from the decode cache keep their images as unread `ImageRows` views of the
+  memory-mapped cache (training streams them when they exceed the device budget); otherwise every split's
+  images are read into memory, as ordinary numpy arrays."""
   source = list_source(config)
   settings = DecodeSettings.from_config(config.data)
   quarantine = list(source.problems)
@@ -150,6 +157,9 @@ def decode_source(config, progress: bool = True) -> Decoded:
     raise UserInputError(f'classes {empty} have no decodable training image (see the quarantine report)')
   if quarantine:
     logging.warning('%d file(s) skipped; they are listed with reasons in quarantine.csv', len(quarantine))
+  if not mapped:
+    pool, val, test = (None if s is None else dataclasses.replace(s, images=in_memory(s.images))
+                       for s in (pool, val, test))
   return Decoded(source.name, source.class_names, pool, val, test, quarantine, list(source.notes), source.root)
 
 
@@ -174,8 +184,9 @@ def split_dataset(decoded: Decoded, config) -> Dataset:
                  decoded.source_name, note)
 
 
-def load_dataset(config, progress: bool = True) -> Dataset:
-  return split_dataset(decode_source(config, progress), config)
+def load_dataset(config, progress: bool = True, mapped: bool = False) -> Dataset:
+  """Decoded and split; `mapped` as in `decode_source`."""
+  return split_dataset(decode_source(config, progress, mapped), config)
 
 
 def write_quarantine_report(path, problems) -> None:

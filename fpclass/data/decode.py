@@ -1,5 +1,10 @@
 """Decode image files once, on threads, into a uint8 cache keyed by the file list and the settings.
 
+A cache entry is two files under <cache root>/decoded/: `<name>.images.npy`, the uint8 (N, H, W, C) array
+as a plain .npy that is opened memory-mapped (`np.load(mmap_mode='r')`, so a set larger than memory is
+never read whole; files are decoded straight into it), and `<name>.npz` with everything else (ok flags,
+reasons, labels, ids). Each is written atomically, the .npz last, so its presence means a whole entry.
+
 Every image goes through one path: Pillow open (lazy, header only) -> pixel-count bomb check -> full
 decode -> EXIF transpose -> mode normalisation -> resize. A file that fails any step is returned as a
 `Problem` for the quarantine report; nothing on disk is ever modified or deleted.
@@ -7,6 +12,7 @@ decode -> EXIF transpose -> mode normalisation -> resize. A file that fails any 
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -17,9 +23,12 @@ from tqdm.auto import tqdm
 
 from fpclass import fileio
 from fpclass.config import DecodeSettings
+from fpclass.data.rows import ImageRows, RowFile
 from fpclass.data.source import Problem
 
-CACHE_FORMAT = 1  # bump when decoding changes meaning, so old caches are not reused
+# Bump when decoding or the cache layout changes meaning, so old caches are not reused. 2: images moved out
+# of the .npz into a memory-mapped .npy beside it (format 1 entries, images inside the .npz, stay readable).
+CACHE_FORMAT = 2
 
 
 class DecodeError(Exception):
@@ -32,9 +41,24 @@ def decode_image(path: str | os.PathLike, settings: DecodeSettings) -> np.ndarra
   try:
     if path.stat().st_size == 0:
       raise DecodeError('zero-byte file')
+  except FileNotFoundError:
+    raise DecodeError('file not found') from None
+  return _decode(path, settings)
+
+
+def decode_bytes(data: bytes, settings: DecodeSettings) -> np.ndarray:
+  """Decodes an encoded image held in memory (an upload) exactly as `decode_image` decodes a file."""
+  if not data:
+    raise DecodeError('zero-byte file')
+  return _decode(io.BytesIO(data), settings)
+
+
+def _decode(source, settings: DecodeSettings) -> np.ndarray:
+  """The one decode path for a file path or a binary stream."""
+  try:
     # Opening reads only the header, so the pixel count is checked before any pixel is decoded. Pillow
     # itself warns between 1x and 2x its own limit and raises above 2x; our limit applies first.
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       pixels = image.size[0] * image.size[1]
       if pixels > settings.max_image_pixels:
         raise DecodeError(f'decompression bomb: {image.size[0]}x{image.size[1]} = {pixels} pixels is over '
@@ -106,6 +130,8 @@ def _resize(image: Image.Image, settings: DecodeSettings) -> Image.Image:
 
 def fit_array(images: np.ndarray, settings: DecodeSettings) -> np.ndarray:
   """Brings an in-memory uint8 (N, H, W, C) array to the configured size and channel count."""
+  if isinstance(images, ImageRows) and images.shape[1:] == (settings.height, settings.width, settings.channels):
+    return images  # already fitted (a memory-mapped cache): leave it unread
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
@@ -158,16 +184,32 @@ def decode_files(paths, settings: DecodeSettings, *, split: str, cache_dir=None,
 
   Returns (images, ok, problems): `ok[i]` is False for a file that failed, whose row in `images` is zeros
   and whose reason is in `problems`. `labels_for(i)` may name the file for messages; default its path.
+  With `cache_dir`, `images` is a read-only memory map of the cache entry.
   """
   paths = [pathlib.Path(p) for p in paths]
-  cache_file = None
-  if cache_dir:
+  shape = (len(paths), settings.height, settings.width, settings.channels)
+  if cache_dir and paths:
     cache_file = pathlib.Path(cache_dir) / 'decoded' / f'{split}-{cache_key(paths, settings)}.npz'
     cached = read_cache(cache_file)
     if cached is not None:
       return cached['images'], cached['ok'], _problems(paths, cached['ok'], cached['reasons'], split)
+    # Decode straight into the cache file, so a set larger than memory never has to fit in it.
+    with fileio.atomic_path(images_file(cache_file)) as tmp:
+      rows = RowFile(tmp, shape)
+      try:
+        ok, reasons = _decode_into(rows, paths, settings, split, workers, progress)
+      finally:
+        rows.close()
+    write_cache(cache_file, ok=ok, reasons=np.array(reasons, dtype=str))
+    return np.load(images_file(cache_file), mmap_mode='r'), ok, _problems(paths, ok, reasons, split)
 
-  images = np.zeros((len(paths), settings.height, settings.width, settings.channels), np.uint8)
+  images = np.zeros(shape, np.uint8)
+  ok, reasons = _decode_into(images, paths, settings, split, workers, progress)
+  return images, ok, _problems(paths, ok, reasons, split)
+
+
+def _decode_into(images, paths, settings, split, workers, progress):
+  """Decodes `paths` into the rows of `images` (an array or a `RowFile`); returns (ok, reasons)."""
   ok = np.zeros(len(paths), bool)
   reasons = [''] * len(paths)
 
@@ -184,23 +226,40 @@ def decode_files(paths, settings: DecodeSettings, *, split: str, cache_dir=None,
     for _ in tqdm(jobs, total=len(paths), desc=f'decode {split}', unit='img', disable=not progress or None,
                   leave=False):
       pass
-  if cache_file is not None:
-    write_cache(cache_file, images=images, ok=ok, reasons=np.array(reasons, dtype=str))
-  return images, ok, _problems(paths, ok, reasons, split)
+  return ok, reasons
+
+
+def images_file(cache_file: pathlib.Path) -> pathlib.Path:
+  """The memory-mapped images of the cache entry `cache_file` (<name>.npz -> <name>.images.npy)."""
+  cache_file = pathlib.Path(cache_file)
+  return cache_file.with_name(f'{cache_file.stem}.images.npy')
 
 
 def read_cache(cache_file: pathlib.Path, keys=('images', 'ok', 'reasons')) -> dict | None:
-  """The arrays `keys` of a decode cache file, or None when it is absent or unreadable."""
+  """The arrays `keys` of a decode cache entry, or None when it is absent or unreadable. `images` is a
+  read-only memory map (np.memmap) of the entry's .npy file."""
   if not cache_file.exists():
     return None
   try:
     with np.load(cache_file, allow_pickle=False) as cached:
-      return {k: cached[k] for k in keys}
+      arrays = {k: cached[k] for k in keys if k != 'images' or 'images' in cached.files}
+    if 'images' in keys and 'images' not in arrays:
+      arrays['images'] = np.load(images_file(cache_file), mmap_mode='r', allow_pickle=False)
+      rows = {len(v) for k, v in arrays.items() if k in ('ok', 'labels', 'ids')}
+      if rows and rows != {len(arrays['images'])}:
+        return None  # the two files come from different writes: decode again
+    return arrays
   except (OSError, ValueError, KeyError):
     return None  # unreadable cache: decode again and overwrite it
 
 
 def write_cache(cache_file: pathlib.Path, **arrays) -> None:
+  """Writes a cache entry: `images` (if given) to the memory-mappable .npy, the rest to the .npz, last."""
+  images = arrays.pop('images', None)
+  if images is not None:
+    with fileio.atomic_path(images_file(cache_file)) as tmp:
+      with open(tmp, 'wb') as f:
+        np.save(f, np.ascontiguousarray(images, np.uint8))
   with fileio.atomic_path(cache_file) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, **arrays)

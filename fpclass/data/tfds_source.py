@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from fpclass import fileio
 from fpclass.config import DecodeSettings
 from fpclass.data.decode import DecodeError, cache_key, fit_image, read_cache, write_cache
+from fpclass.data.rows import take_rows
 from fpclass.data.source import Problem, Source, Split
 from fpclass.errors import UserInputError
 
@@ -86,12 +87,13 @@ def _read_split(data_cfg, key: str, role: str, settings: DecodeSettings, problem
     arrays = _decode_records(source, cfg, cfg[key], role, settings)
     if cache_file:
       write_cache(cache_file, **arrays)
+      arrays = read_cache(cache_file, CACHED) or arrays  # the mapped copy, so the decoded one is freed
   ok = arrays['ok']
   problems.extend(Problem(file=f'{cfg.name}:{cfg[key]}[{i}]', split=role, reason=str(arrays['reasons'][i]))
                   for i in np.flatnonzero(~ok))
   keep = np.flatnonzero(ok)
   split = Split(ids=[str(i) for i in arrays['ids'][keep]], labels=arrays['labels'][keep],
-                images=arrays['images'][keep])
+                images=take_rows(arrays['images'], keep))  # a cached (memory-mapped) split stays unread
   return split, class_names, info
 
 

@@ -1,0 +1,262 @@
+"""The frozen-backbone feature cache (`config.train.feature_cache`: auto | on | off).
+
+When every trainable parameter is in the model's head, the network before the head is frozen and draws no
+randomness in training, and augmentation is off, the head's input is the same in every epoch. It is then
+computed once for the train and val sets, and the head trains on it: the same updates as the uncached run at
+a fraction of the cost (the Keras transfer-learning guide's "feature extraction").
+
+How the split is found, for any registered model and without changing the ports:
+- The head is one module called at the root: the new top (`transfer.Top`, named 'top') or, with
+  `top='source'`, the source's last layer (named by `ModelSpec.source_head`). One abstract trace of the model
+  (`jax.eval_shape`: nothing is computed) with flax's method interception (`nn.intercept_methods`) finds
+  that call, records the head module's class, fields and input shape, and replaces its output by zeros.
+- The same trace runs in training mode with no PRNG and the batch statistics mutable, so it proves the prefix
+  behaves in training as in inference: a dropout or stochastic-depth layer before the head fails for want of
+  a PRNG, and a BatchNorm that normalises by batch statistics would write new running statistics (a frozen
+  stage's BatchNorm uses its running statistics and returns them untouched, the very same arrays).
+- `optim.param_groups` must label every parameter outside the head 'frozen', the head must hold no batch
+  statistics, and gradient clipping must be off (its global norm counts the frozen parameters' gradients
+  in the uncached run).
+
+How the head trains: `CachedTask` is a `task.Task` whose "images" are features. Its `prepare` is the
+identity and its `apply` runs only the head, rebuilt from the traced module's class and fields under the
+same name (`HeadOnly`). `Task.train_step`, the loss, the l2 term, the optimizer and `Task.predict` run
+unchanged on the full parameters, so the train state and checkpoints hold the whole model (backbone as
+loaded, head trained) and evaluate, explain and predict use it as before. Dropout in the head draws the
+uncached run's keys: the step key is split as in `Task.train_step`, and flax derives a submodule's key from
+its path (root -> 'top' -> 'Dropout_0' in both models), not from the modules around it.
+
+The features are computed in inference mode (`FeaturePass`), in evaluation batches, through
+`CompiledSteps.predict`, and replicated to the devices like the uint8 images they replace. The one-time
+pass is counted in the first epoch's `seconds`. Two-phase recipes (train.finetune_epochs > 0) use the
+cache in phase 0 only: fine-tuning unfreezes the backbone. Streaming hook: the features must fit
+`data.device_memory_budget` (when set); features larger than that are not streamed from the host (the
+image streaming path could take them as it takes uint8 batches), so `auto` trains without the cache then.
+"""
+import dataclasses
+import math
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from tqdm.auto import tqdm
+
+from fpclass import models, optim
+from fpclass import task as task_lib
+from fpclass.config import AugmentSettings
+from fpclass.errors import UserInputError
+from fpclass.models import transfer
+from fpclass.steps import CompiledSteps
+
+SETTINGS = ('auto', 'on', 'off')
+TOP = 'top'   # the name `transfer.new_top` gives the new top
+
+
+def check_setting(config) -> None:
+  """The checks that need no model: a known value, and `on` only without augmentation."""
+  mode = config.train.feature_cache
+  if mode not in SETTINGS:
+    raise UserInputError(f'config.train.feature_cache={mode!r}: choose one of {SETTINGS}')
+  if mode == 'on' and AugmentSettings.from_config(config.augment).enabled:
+    raise UserInputError(
+        "config.train.feature_cache='on' needs augmentation off: config.augment transforms every image anew "
+        'each epoch before the backbone sees it, so the backbone output differs from epoch to epoch and cannot '
+        "be computed once. Turn the config.augment.* entries off, or use feature_cache='auto' (which then "
+        'trains without the cache)')
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSplit:
+  """Where the model splits into a frozen prefix and the trainable head."""
+  name: str                 # the head module's name at the model's root ('top', 'fc', 'predictions', ...)
+  module_cls: type          # its class (transfer.Top or nn.Dense)
+  fields: tuple             # its dataclass fields as (name, value) pairs, to rebuild it
+  is_top: bool              # a transfer.Top, called as (x, features, train); else called as (x)
+  feature_shape: tuple      # one example's head input
+  feature_dtype: Any
+
+
+class HeadOnly(nn.Module):
+  """The head alone, under its own name at the root, so its variables and PRNG paths are the full model's."""
+  split: HeadSplit
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    head = self.split.module_cls(**dict(self.split.fields), name=self.split.name)
+    logits = head(x, {}, train) if self.split.is_top else head(x)
+    return logits.astype(jnp.float32)
+
+
+def _head_interceptor(name: str, found: list):
+  """A flax interceptor that records the head's call (module, input) in `found` and skips the head."""
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != '__call__' or module.path != (name,):
+      return next_fun(*args, **kwargs)
+    found.append((module, args, kwargs))
+    outputs = getattr(module, 'num_outputs', None) or getattr(module, 'features', 1)
+    return jnp.zeros((args[0].shape[0], outputs), jnp.float32)
+  return intercept
+
+
+def _head_name(config, spec) -> str | None:
+  if config.model.get('top', 'source') != 'source':
+    return TOP
+  parts = spec.source_head.removeprefix('^').split('/')   # '^params/fc/' -> ['params', 'fc', '']
+  return parts[1] if len(parts) == 3 and parts[0] == 'params' and parts[2] == '' else None
+
+
+def find_split(config, task, variables: dict, image_shape) -> tuple[HeadSplit | None, str]:
+  """(the split, '') when the head can train on cached features; else (None, why not). `variables` may be
+  abstract (only shapes are read)."""
+  spec = models.get_spec(config.model.name)
+  groups = optim.param_groups(config.model)
+  if groups is None:
+    return None, f'model {spec.name!r} has no frozen stages'
+  if float(config.train.grad_clip_norm) > 0:
+    return None, ('config.train.grad_clip_norm > 0: the clipping norm counts the frozen parameters\' '
+                  'gradients, which the cache does not compute')
+  name = _head_name(config, spec)
+  params, batch_stats = variables['params'], variables.get('batch_stats') or {}
+  if name is None or name not in params:
+    return None, f'model {spec.name!r} has no head module at its root'
+  labels = traverse_util.flatten_dict(groups(params), sep='/')
+  trainable = sorted(k for k, v in labels.items() if v != 'frozen' and k.split('/')[0] != name)
+  if trainable:
+    return None, (f'{len(trainable)} parameters before the head train ({trainable[0]}, ...); '
+                  f'config.model.freeze_till={config.model.get("freeze_till", 0)} (-1 freezes every stage)')
+  if name in batch_stats:
+    return None, f'the head {name!r} has batch statistics'
+
+  found, untouched = [], []
+  x = jax.ShapeDtypeStruct((1, *task.model_input_shape(image_shape)), jnp.float32)
+
+  def train_mode(variables, x):
+    with nn.intercept_methods(_head_interceptor(name, found)):
+      _, updates = task.model.apply(variables, x, train=True, mutable=['batch_stats'])
+    before = jax.tree_util.tree_leaves(variables.get('batch_stats', {}))
+    after = jax.tree_util.tree_leaves(updates.get('batch_stats', {}))
+    untouched.append(len(before) == len(after) and all(a is b for a, b in zip(before, after)))
+
+  try:
+    jax.eval_shape(train_mode, {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params},
+                   x)
+  except flax.errors.InvalidRngError:
+    return None, 'a layer before the head draws random numbers in training (dropout or stochastic depth)'
+  if len(found) != 1:
+    return None, f'the head {name!r} is called {len(found)} times'
+  if not untouched[0]:
+    return None, 'a BatchNorm before the head uses batch statistics in training'
+  module, args, kwargs = found[0]
+  is_top = isinstance(module, transfer.Top)
+  if kwargs or (not is_top and len(args) != 1):
+    return None, f'the head {name!r} takes more than its input'
+  fields = tuple((f.name, getattr(module, f.name)) for f in dataclasses.fields(module)
+                 if f.init and f.name not in ('parent', 'name'))
+  return HeadSplit(name, type(module), fields, is_top, tuple(args[0].shape[1:]), args[0].dtype), ''
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedTask(task_lib.Task):
+  """A Task whose inputs are the head's cached inputs (see the module docstring). Build with `cached_task`."""
+  head_model: Any = None    # HeadOnly
+
+  def prepare(self, features, key=None):
+    return features   # augmentation is off and normalisation happened before the backbone
+
+  def apply(self, params, batch_stats, x, train: bool = False, rngs=None):
+    name = self.head_model.split.name
+    logits = self.head_model.apply({'params': {name: params[name]}}, x, train, rngs=rngs)
+    return logits, {}, batch_stats   # the frozen prefix's statistics stay as they are
+
+
+def cached_task(task: task_lib.Task, split: HeadSplit) -> CachedTask:
+  values = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+  return CachedTask(**values, head_model=HeadOnly(split))
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturePass:
+  """`predict(params, batch_stats, uint8 images)` -> the head's input, in inference mode; shaped like a Task
+  for `CompiledSteps.predict` and `task.predict_logits`."""
+  task: task_lib.Task
+  split: HeadSplit
+
+  @property
+  def head(self):
+    return self.task.head
+
+  @property
+  def num_classes(self):
+    return self.task.num_classes
+
+  def predict(self, params, batch_stats, images_u8):
+    found = []
+    with nn.intercept_methods(_head_interceptor(self.split.name, found)):
+      self.task.apply(params, batch_stats, self.task.prepare(images_u8), train=False)
+    return found[0][1][0]
+
+
+def compute_features(compiled: CompiledSteps, split: HeadSplit, state, images: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+  """The head's input for every image, in fixed-size batches (one compilation)."""
+  if len(images) == 0:
+    return np.zeros((0, *split.feature_shape), split.feature_dtype)
+  passes = CompiledSteps(FeaturePass(compiled.task, split), compiled.parallel, compiled.form,
+                         compiled.compiler_options)
+  return task_lib.predict_logits(passes.task, state, images, batch_size, passes.predict)
+
+
+def for_phase(config, compiled: CompiledSteps, state, dataset, phase: int):
+  """(compiled, dataset, seconds) for training phase `phase`: with the cache, the cached head's programs,
+  the dataset with features in place of its train and val images, and the seconds the feature pass took;
+  else `compiled` and `dataset` unchanged and 0."""
+  mode = config.train.feature_cache
+  check_setting(config)
+  if mode == 'off' or phase > 0:   # fine-tuning unfreezes the backbone
+    return compiled, dataset, 0.0
+  if AugmentSettings.from_config(config.augment).enabled:
+    if models.get_spec(config.model.name).stages:
+      tqdm.write('feature cache: off (augmentation comes before the backbone)')
+    return compiled, dataset, 0.0
+  image_shape = dataset.train.images.shape[1:]
+  split, why = find_split(config, compiled.task, {'params': state.params, 'batch_stats': state.batch_stats},
+                          image_shape)
+  if split is not None:
+    why = _over_budget(config, split, len(dataset.train) + len(dataset.val))
+  if why:
+    if mode == 'on':
+      raise UserInputError(f"config.train.feature_cache='on': the head cannot train on cached features: {why}")
+    if split is not None or models.get_spec(config.model.name).stages:
+      tqdm.write(f'feature cache: off ({why})')
+    return compiled, dataset, 0.0
+
+  start = time.perf_counter()
+  eval_batch = int(config.eval.batch_size)
+  train_x = compute_features(compiled, split, state, dataset.train.images, eval_batch)
+  val_x = compute_features(compiled, split, state, dataset.val.images, eval_batch)
+  seconds = time.perf_counter() - start
+  tqdm.write(f'feature cache: {mode}: the frozen network before {split.name!r} ran once over '
+             f'{len(train_x)} train and {len(val_x)} val images ({seconds:.1f}s); the head trains on its '
+             f'{"x".join(map(str, split.feature_shape))} outputs')
+  cached = dataclasses.replace(
+      dataset, train=dataclasses.replace(dataset.train, images=train_x),
+      val=dataclasses.replace(dataset.val, images=val_x))
+  steps = CompiledSteps(cached_task(compiled.task, split), compiled.parallel, compiled.form,
+                        compiled.compiler_options)
+  return steps, cached, seconds
+
+
+def _over_budget(config, split: HeadSplit, count: int) -> str:
+  """Why the features do not fit `data.device_memory_budget` (when one is set), else ''."""
+  budget = int(config.data.get('device_memory_budget', 0) or 0)
+  nbytes = count * math.prod(split.feature_shape) * np.dtype(split.feature_dtype).itemsize
+  if budget <= 0 or nbytes <= budget:
+    return ''
+  return (f'the features take {nbytes / 2**20:,.1f} MiB, over config.data.device_memory_budget='
+          f'{budget / 2**20:,.1f} MiB, and are not streamed from the host')
