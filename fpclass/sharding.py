@@ -1,8 +1,8 @@
 """Data parallelism with jax.sharding: one Mesh over every device, the batch split along its 'data' axis.
 
 The same code runs on one device and on many: params, optimizer state and the (small) uint8 training set
-are replicated, each step's batch indices are sharded along 'data', so every device gathers, augments and
-differentiates its slice of the batch, and XLA's SPMD partitioner inserts the gradient all-reduce (and the
+are replicated (past data.device_memory_budget the set is streamed instead: fpclass.data.stream), each
+step's batch is sharded along 'data', so every device gathers, augments and differentiates its slice of it, and XLA's SPMD partitioner inserts the gradient all-reduce (and the
 cross-device batch-norm statistics: they are the global batch's, as on one device). No pmap.
 
 Several processes: `initialize_distributed` calls `jax.distributed.initialize()` when the environment
