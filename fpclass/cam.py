@@ -160,9 +160,18 @@ def guided_gradcam(guided_gradients, maps) -> jax.Array:
 # -- the jitted core ---------------------------------------------------------------------------------------
 
 def _entries(apply_fn, variables, images) -> dict:
-  """The model's perturbation entries, {path tuple: ShapeDtypeStruct}, without running it."""
-  abstract = jax.eval_shape(lambda: apply_fn(variables, images, mutable='perturbations')[1]['perturbations'])
-  return traverse_util.flatten_dict(abstract)
+  """The model's perturbation entries, {path tuple: ShapeDtypeStruct} in the order the model records them
+  (network order), without running it."""
+  order = []
+
+  def perturbations():
+    state = apply_fn(variables, images, mutable='perturbations')[1]['perturbations']
+    # Read while tracing: Flax fills the collection as the model runs, but eval_shape's output, a pytree,
+    # comes back with its dict keys sorted.
+    order.extend(traverse_util.flatten_dict(state))
+    return state
+  abstract = traverse_util.flatten_dict(jax.eval_shape(perturbations))
+  return {key: abstract[key] for key in order}
 
 
 def _layer_gradients(apply_fn, variables, images, targets, layer):

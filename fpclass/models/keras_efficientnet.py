@@ -16,6 +16,11 @@ those statistics is of that lineage, so loading it sets variance = file variance
 same as Keras' weights='imagenet' model; every other file loads as written, as in a Keras model built with
 weights=None. For grayscale input the Normalization layer's per-channel constants are folded into the stem
 (ModelSpec.stem_norm).
+
+Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'stem' is Keras' `stem_activation` (after
+stem_conv, stem_bn and swish), not the conv's output; 'block<i>' the output of group i's last block (the
+input of `block<i+1>a_expand_conv`, and of `top_conv` for block7); 'top_conv' is `top_activation` (after
+top_conv, top_bn and swish).
 """
 import functools
 import math
@@ -39,6 +44,13 @@ SE_RATIO = 0.25
 BN_MOMENTUM = 0.99
 IMAGENET_STD = (0.229, 0.224, 0.225)   # efficientnet.IMAGENET_STDDEV_RGB
 STAGES = ('stem', *(f'block{i}' for i in range(1, len(BLOCKS) + 1)), 'top_conv')
+# Each recorded feature: the Keras layer whose output it equals (see the module docstring).
+KERAS_FEATURES = {
+    'stem': 'stem_activation',
+    **{f'block{i}': f'the last block of group {i}: the input of block{i + 1}a_expand_conv' for i in range(1, 7)},
+    'block7': 'the last block of group 7: the input of top_conv',
+    'top_conv': 'top_activation',
+}
 
 # efficientnet.CONV_KERNEL_INITIALIZER / DENSE_KERNEL_INITIALIZER (for layers trained from scratch). A Keras
 # depthwise kernel is (kh, kw, C, 1), so its fan_out is kh * kw: Flax's (kh, kw, 1, C) swaps the axes.
@@ -110,8 +122,9 @@ class EfficientNet(transfer.Backbone, kw_only=True):
     features = {}
     x = x * (1.0 / 255.0)   # keras Rescaling(1 / 255)
     x = Normalization(self.dtype, name='normalization')(x)
-    x = Conv(round_filters(32, self.width), (3, 3), 2, padding=correct_pad(x.shape[1:3], 3), use_bias=False,
-             kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
+    x = transfer.StemConv(round_filters(32, self.width), (3, 3), 2, padding=correct_pad(x.shape[1:3], 3),
+                          use_bias=False, kernel_init=conv_init, dtype=self.dtype, gray=self.in_channels == 1,
+                          name='stem_conv')(x)
     x = swish(batch_norm('stem_bn', self.stage_frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
     x = feature(self, features, 'stem', x)
     names = block_names(self.depth)

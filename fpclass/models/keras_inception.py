@@ -10,8 +10,13 @@ Stages: 'stem' (the five convs and two pools) then the blocks mixed0 .. mixed10 
 `cut='mixed7'` with a new top is seed 003's feature extractor. Keras leaves the convs unnamed; here they are
 '<stage>/<branch>/{conv,bn}' (torchvision's branch names), and the official legacy file's names
 (conv2d_1 .. conv2d_94, batch_normalization_1 .. 94, in creation order) map onto them.
+
+Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'stem' is the second 3x3/2 max pool
+(unnamed in Keras: `max_pooling2d_1` in a fresh session), after conv5's BN and ReLU; 'mixed<i>' is Keras'
+concatenation `mixed<i>`, every branch after its BN and ReLU.
 """
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -84,6 +89,8 @@ BLOCKS = (('stem', STEM), ('mixed0', _block_a(32)), ('mixed1', _block_a(64)), ('
           ('mixed3', BLOCK_B), ('mixed4', _block_c(128)), ('mixed5', _block_c(160)), ('mixed6', _block_c(160)),
           ('mixed7', _block_c(192)), ('mixed8', BLOCK_D), ('mixed9', BLOCK_E), ('mixed10', BLOCK_E))
 STAGES = tuple(name for name, _ in BLOCKS)
+# Each recorded feature: the Keras layer whose output it equals (see the module docstring).
+KERAS_FEATURES = {'stem': 'the second max pool (unnamed)', **{name: name for name in STAGES[1:]}}
 
 
 class ConvBN(nn.Module):
@@ -91,12 +98,14 @@ class ConvBN(nn.Module):
   spec: Conv
   frozen: bool = False
   dtype: Any = jnp.float32
+  gray: bool = False     # the network's first conv on one channel (transfer.StemConv)
 
   @nn.compact
   def __call__(self, x, train):
     s = self.spec
-    x = conv_layer.Conv(s.filters, s.kernel, s.stride, padding=s.padding, use_bias=False, kernel_init=glorot_uniform,
-                        dtype=self.dtype, name='conv')(x)
+    conv = functools.partial(transfer.StemConv, gray=True) if self.gray else conv_layer.Conv
+    x = conv(s.filters, s.kernel, s.stride, padding=s.padding, use_bias=False, kernel_init=glorot_uniform,
+             dtype=self.dtype, name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train or self.frozen, momentum=0.99, epsilon=BN_EPSILON,
                      use_scale=False, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)
@@ -107,6 +116,7 @@ class Mixed(nn.Module):
   branches: Sequence[tuple]
   frozen: bool = False
   dtype: Any = jnp.float32
+  gray: bool = False     # the stem of a one-channel model: its first conv is exact on one channel
 
   @nn.compact
   def __call__(self, x, train):
@@ -121,7 +131,7 @@ class Mixed(nn.Module):
       elif isinstance(op, Fork):
         x = jnp.concatenate([self._branch(op.left, x, train), self._branch(op.right, x, train)], axis=-1)
       else:
-        x = ConvBN(op, self.frozen, self.dtype, name=op.name)(x, train)
+        x = ConvBN(op, self.frozen, self.dtype, gray=self.gray and op == STEM[0][0], name=op.name)(x, train)
     return x
 
 
@@ -132,7 +142,8 @@ class KerasInceptionV3(transfer.Backbone, kw_only=True):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
     for index, (name, branches) in enumerate(BLOCKS[:last + 1]):
-      x = Mixed(branches, self.stage_frozen(index), self.dtype, name=name)(x, train)
+      x = Mixed(branches, self.stage_frozen(index), self.dtype, gray=index == 0 and self.in_channels == 1,
+                name=name)(x, train)
       x = feature(self, features, name, x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))

@@ -12,6 +12,11 @@ Flax module names are the Keras 3 layer names, grouped per block ('expanded_conv
 'expanded_conv_3_depthwise_bn'). Keras 3 .weights.h5 files are read by layer class and order; legacy .h5
 files by the names tf.keras 2 gave these layers ('Conv/BatchNorm', 'expanded_conv_3/squeeze_excite/Conv'),
 which the official ImageNet files carry.
+
+Recorded features (`KERAS_FEATURES`), as Keras tensors: 'stem' is the hard swish after `conv_bn` (the input
+of `expanded_conv_depthwise`), not the conv's output; each 'expanded_conv[_i]' is its block's output, after
+the residual add where there is one (the input of the next block's `_expand` conv, or of `conv_1`);
+'conv_1' is the hard swish after `conv_1_bn` (an unnamed Keras activation layer), not the conv's output.
 """
 import functools
 from typing import Any
@@ -86,6 +91,14 @@ class InvertedResidual(nn.Module):
 
 
 STAGES = ('stem', *(block_name(i) for i in range(len(LARGE_BLOCKS))), 'conv_1')
+# Each recorded feature: the Keras tensor it equals (see the module docstring).
+KERAS_FEATURES = {
+    'stem': 'the hard swish after conv_bn: the input of expanded_conv_depthwise',
+    **{block_name(i): f'the output of {block_name(i)}: the input of {block_name(i + 1)}_expand'
+       for i in range(len(LARGE_BLOCKS) - 1)},
+    block_name(len(LARGE_BLOCKS) - 1): f'the output of {block_name(len(LARGE_BLOCKS) - 1)}: the input of conv_1',
+    'conv_1': 'the hard swish after conv_1_bn (an unnamed activation layer)',
+}
 
 
 class MobileNetV3Large(transfer.Backbone, kw_only=True):
@@ -96,7 +109,8 @@ class MobileNetV3Large(transfer.Backbone, kw_only=True):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
     x = x * (1.0 / 127.5) - 1.0   # keras Rescaling(scale=1 / 127.5, offset=-1)
-    x = Conv(STEM_CHANNELS, (3, 3), 2, padding='SAME', use_bias=False, dtype=self.dtype, name='conv')(x)
+    x = transfer.StemConv(STEM_CHANNELS, (3, 3), 2, padding='SAME', use_bias=False, dtype=self.dtype,
+                          gray=self.in_channels == 1, name='conv')(x)
     x = hard_swish(batch_norm('conv_bn', self.stage_frozen(0), train, BN_MOMENTUM, dtype=self.dtype)(x))
     x = feature(self, features, 'stem', x)
     for block_id, (expansion, filters, kernel, stride, se, activation) in enumerate(LARGE_BLOCKS[:last]):

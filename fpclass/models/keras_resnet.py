@@ -9,6 +9,11 @@ As in keras/src/applications/resnet.py:
   the max pool matters: its input can be negative), the stride on the 3x3 conv of the LAST block of each
   stack (conv5 has none), a 1x1/s max pool as that block's shortcut, BN + ReLU ('post_bn') after conv5.
 BatchNorm: epsilon 1.001e-5, Keras' momentum 0.99. Stages: conv1 (stem) .. conv5, as Keras names them.
+
+Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'conv1' is `pool1_pool` (v1: after
+conv1_conv, conv1_bn, conv1_relu and the padded max pool; v2: the conv and the pool only); 'conv2' .. 'conv5'
+are each stack's last `conv<k>_block<n>_out` (v1: after the residual add and ReLU; v2: the add), except v2's
+'conv5', which is `post_relu` (after post_bn and ReLU).
 """
 import functools
 from typing import Any, Sequence
@@ -26,6 +31,9 @@ from fpclass.models.weights import WeightsFile
 BN_EPSILON = 1.001e-5
 STAGES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 STACK_FILTERS = (64, 128, 256, 512)
+# Each recorded feature: the Keras layer whose output it equals, v1 and v2 (see the module docstring).
+KERAS_FEATURES = {'conv1': 'pool1_pool', 'conv2': 'conv2_block3_out', 'conv3': 'conv3_block4_out',
+                  'conv4': 'conv4_block6_out', 'conv5': 'conv5_block3_out (ResNet50V2: post_relu)'}
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras' default kernel initializer
 
 
@@ -99,7 +107,9 @@ class KerasResNet(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = _conv(64, 7, 'conv1_conv', self.dtype, 2)(zero_pad(x, 3))
+    # Keras' ZeroPadding2D(3) + 'valid' conv, as the conv's own padding (StemConv needs to see it).
+    x = transfer.StemConv(64, (7, 7), 2, padding=3, kernel_init=glorot_uniform, dtype=self.dtype,
+                          gray=self.in_channels == 1, name='conv1_conv')(x)
     if not self.preact:
       x = nn.relu(_bn('conv1_bn', self.stage_frozen(0), train, self.dtype)(x))
     x = max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2))

@@ -8,7 +8,11 @@ input size (224 for the ImageNet top).
 Stages are the Keras layers themselves, in order (block1_conv1, block1_conv2, block1_pool, block2_conv1,
 ...), so seed 004's "freeze the first N layers" is `freeze_till=N`: Keras `base.layers[1:N+1]` (the
 InputLayer is base.layers[0] and is not counted; pools count, though they have no weights).
+
+Recorded features (`KERAS_FEATURES`): each is the output of the Keras layer of the same name; a conv's is
+after its ReLU (Keras' VGG16 convs carry activation='relu').
 """
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,6 +27,7 @@ BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512
 LAYERS = tuple(name for b, convs in enumerate(BLOCKS, start=1)
                for name in [f'block{b}_conv{c}' for c in range(1, len(convs) + 1)] + [f'block{b}_pool'])
 TOP_LAYERS = ('fc1', 'fc2', 'predictions')
+KERAS_FEATURES = {name: name for name in LAYERS}   # each recorded feature: the Keras layer whose output it is
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras' default kernel initializer
 
 
@@ -38,7 +43,8 @@ class KerasVGG16(transfer.Backbone, kw_only=True):
       if width is None:
         x = max_pool(x, (2, 2), strides=(2, 2))
       else:
-        x = nn.relu(Conv(width, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
+        conv = functools.partial(transfer.StemConv, gray=self.in_channels == 1) if name == LAYERS[0] else Conv
+        x = nn.relu(conv(width, (3, 3), padding='SAME', kernel_init=glorot_uniform, dtype=self.dtype,
                          name=name)(x))
       x = feature(self, features, name, x)
     if self.top != 'source':

@@ -6,7 +6,8 @@ the state_dict maps by a four-line table (`RULES`). Padding is torch's symmetric
 torch's floor-mode VALID pools, and before the classifier `adaptive_avg_pool` reproduces torch's
 AdaptiveAvgPool2d bin for bin, including maps smaller than its output (the 120x80 footprints give AlexNet
 a 2x1 map that torch repeats into 6x6). The classifier flattens in torch's (C, H, W) order so its first
-Linear loads unchanged. Neither model has batch norm: `freeze_till` only selects what the optimizer trains.
+Linear loads unchanged. Neither model has batch norm: `freeze_till` only selects what the optimizer trains. The first conv
+(`features_0`) is a `transfer.StemConv`, exact on one channel.
 """
 import functools
 from typing import Sequence
@@ -57,7 +58,8 @@ class AlexNet(transfer.Backbone, kw_only=True):
     last = transfer.check_cut(self.cut, ALEXNET_STAGES, self.top)
     features = {}
     for stage, (index, channels, kernel, stride, padding, pool) in enumerate(ALEXNET_CONVS[:last + 1]):
-      x = nn.relu(Conv(channels, (kernel, kernel), stride, padding=padding, kernel_init=torch_default_init,
+      conv = functools.partial(transfer.StemConv, gray=self.in_channels == 1) if index == 0 else Conv
+      x = nn.relu(conv(channels, (kernel, kernel), stride, padding=padding, kernel_init=torch_default_init,
                        dtype=self.dtype, name=f'features_{index}')(x))
       if pool:
         x = max_pool(x, (3, 3), strides=(2, 2))
@@ -99,7 +101,8 @@ class VGG(transfer.Backbone, kw_only=True):
     features = {}
     for stage, (block, indices) in enumerate(zip(self.blocks[:last + 1], vgg_conv_indices(self.blocks))):
       for channels, index in zip(block, indices):
-        x = nn.relu(Conv(channels, (3, 3), padding=1, kernel_init=vgg_conv_init, dtype=self.dtype,
+        conv = functools.partial(transfer.StemConv, gray=self.in_channels == 1) if index == 0 else Conv
+        x = nn.relu(conv(channels, (3, 3), padding=1, kernel_init=vgg_conv_init, dtype=self.dtype,
                          name=f'features_{index}')(x))
       x = feature(self, features, VGG_STAGES[stage], max_pool(x, (2, 2), strides=(2, 2)))
     if self.top != 'source':

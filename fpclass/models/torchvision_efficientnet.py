@@ -3,7 +3,8 @@
 Module names follow torchvision's: `features.<stage>.<block>.block.<i>` becomes 'features_<stage>_<block>/
 block_<i>', each Conv2dNormActivation a `ConvBN` ('conv', 'bn') and the squeeze-excitation 'fc1'/'fc2'.
 Padding is torch's symmetric (k - 1) // 2; depthwise convs use `feature_group_count`; BatchNorm is
-torchvision's default for B0 (eps 1e-5, momentum 0.1, i.e. Flax 0.9; only B5-B7 and V2 use eps 1e-3).
+torchvision's default for B0 (eps 1e-5, momentum 0.1, i.e. Flax 0.9; only B5-B7 and V2 use eps 1e-3), with
+torch's running-variance update (`torch_layers.BatchNorm`). The stem conv is a `transfer.StemConv`.
 Stochastic depth is torchvision's 'row' mode (whole residual branches of some examples dropped, the rest
 scaled by 1 / survival), with the drop rate growing linearly over the 16 blocks; it draws from the
 'dropout' rng in training and is the identity at evaluation.
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, register, transfer
 from fpclass.models.conv import Conv
-from fpclass.models.weights import Rule, TORCH_BN, WeightsFile, apply_rules, read_state_dict
+from fpclass.models.torch_layers import BatchNorm
+from fpclass.models.weights import TORCH_BN, Rule, WeightsFile, apply_rules, read_state_dict
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')       # kaiming_normal_(mode='fan_out')
 linear_init = nn.initializers.variance_scaling(1 / 3, 'fan_out', 'uniform')  # uniform(+-1/sqrt(out_features))
@@ -31,15 +33,17 @@ class ConvBN(nn.Module):
   groups: int = 1
   activation: bool = True
   frozen: bool = False
+  gray: bool = False     # the network's stem on one channel (transfer.StemConv)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
-    x = Conv(self.features, (self.kernel, self.kernel), self.stride, padding=(self.kernel - 1) // 2,
+    conv = functools.partial(transfer.StemConv, gray=True) if self.gray else Conv
+    x = conv(self.features, (self.kernel, self.kernel), self.stride, padding=(self.kernel - 1) // 2,
              feature_group_count=self.groups, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
              name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     name='bn')(x)
+    x = BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                  name='bn')(x)
     return nn.silu(x) if self.activation else x
 
 
@@ -109,7 +113,7 @@ class EfficientNet(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = ConvBN(STEM_CHANNELS, 3, 2, frozen=self.stage_frozen(0), dtype=self.dtype,
+    x = ConvBN(STEM_CHANNELS, 3, 2, frozen=self.stage_frozen(0), gray=self.in_channels == 1, dtype=self.dtype,
                name='features_0')(x, train)
     x = feature(self, features, 'stem', x)
     rates = stochastic_depth_rates(self.mbconv_stages, self.stochastic_depth_prob)

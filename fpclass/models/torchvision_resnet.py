@@ -1,8 +1,9 @@
 """torchvision ResNet-18 and ResNet-50 (v1.5: stride on the bottleneck's 3x3), ported to Flax.
 
 Layer names follow torchvision's, so the state_dict maps by an explicit table (`RULES`). Padding is
-torch's symmetric padding; BatchNorm uses eps 1e-5 and momentum 0.1 (Flax 0.9); the stem's max pool pads
-with -inf as torch does. This file is the template for the other pretrained families.
+torch's symmetric padding; BatchNorm is torch's (`torch_layers.BatchNorm`: eps 1e-5, momentum 0.1, i.e.
+Flax 0.9, running variance from the unbiased batch variance); the stem's max pool pads with -inf as torch
+does; the stem conv is a `transfer.StemConv`, exact on one channel. This file is the template for the other pretrained families.
 """
 import functools
 from typing import Any, Callable, Sequence
@@ -14,13 +15,14 @@ from fpclass import preprocessing
 from fpclass.models import ModelSpec, feature, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
-from fpclass.models.weights import Rule, TORCH_BN, WeightsFile, apply_rules, read_state_dict
+from fpclass.models.torch_layers import BatchNorm
+from fpclass.models.weights import TORCH_BN, Rule, WeightsFile, apply_rules, read_state_dict
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # torchvision's kaiming_normal_
 
 
 def _bn(name, frozen_stage, train):
-  return nn.BatchNorm(use_running_average=not train or frozen_stage, momentum=0.9, epsilon=1e-5, name=name)
+  return BatchNorm(use_running_average=not train or frozen_stage, momentum=0.9, epsilon=1e-5, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -79,7 +81,8 @@ class ResNet(transfer.Backbone, kw_only=True):
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = Conv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, name='conv1')(x)
+    x = transfer.StemConv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init,
+                          gray=self.in_channels == 1, name='conv1')(x)
     x = self.relu(_bn('bn1', self.stage_frozen(0), train)(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)

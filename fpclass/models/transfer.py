@@ -4,7 +4,8 @@ freezing, and loading a weights file into freshly initialised variables.
 A pretrained module subclasses `Backbone` (with `kw_only=True`, so that its own required fields may follow
 these defaulted ones) and so has these fields besides its own:
     num_outputs    classes (or 1 for a sigmoid head)
-    in_channels    3, or 1: the RGB stem is folded for grayscale input when weights are loaded
+    in_channels    3, or 1: the RGB stem is folded for grayscale input when weights are loaded (exactly,
+                   the zero-padded border included: see `StemConv`)
     cut            '' for the whole backbone, or a stage name to stop after (InceptionV3's 'mixed7')
     top            'source': the source framework's own classifier, its last layer sized num_outputs;
                    'avg' | 'max' | 'flatten': pool the last stage, then a new `Top`
@@ -13,8 +14,12 @@ these defaulted ones) and so has these fields besides its own:
     freeze_till    the first N stages (ModelSpec.stages) are frozen, -1 = every stage: their BN layers
                    use running statistics and the optimizer leaves their weights unchanged
     dtype          computation dtype
-and returns (logits, features) with a feature per stage, recorded with `fpclass.models.feature`.
+and returns (logits, features) with a feature per stage, recorded with `fpclass.models.feature`. A feature
+is what its stage outputs, after the BN and activation where the stage ends in them: Keras EfficientNet's
+`stem` is Keras' `stem_activation`, not `stem_conv`. Each Keras port module's `KERAS_FEATURES` names the
+Keras layer (or tensor) each feature equals.
 """
+import logging
 import pathlib
 import re
 from typing import Any, Sequence
@@ -22,12 +27,16 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from fpclass import preprocessing
 from fpclass.errors import UserInputError
 from fpclass.models import weights as weights_lib
+from fpclass.models.conv import NHWC, Conv, explicit_pads
 
 TOP_PARAMS = r'^params/top/'
+PAD_OFFSET = 'pad_offset'   # StemConv's batch_stats entry
+log = logging.getLogger(__name__)
 
 
 class Backbone(nn.Module):
@@ -44,6 +53,47 @@ class Backbone(nn.Module):
   def stage_frozen(self, stage_index: int) -> bool:
     """Whether stage `stage_index` (0-based, network order) is frozen under this module's `freeze_till`."""
     return frozen(stage_index, self.freeze_till)
+
+
+class StemConv(Conv):
+  """A pretrained port's first convolution; with `gray` (config.model.in_channels=1) it is exact on one channel.
+
+  The grayscale fold (`weights.fold_rgb_stem`) turns the RGB kernel into a one-channel kernel plus a
+  constant, which the port's bias or BN mean absorbs. The source framework pads with zeros after its
+  per-channel normalisation, so a padded tap contributes nothing there, while the constant counts its share
+  (`weights.rgb_stem_tap_offsets`, stored here as batch_stats 'pad_offset', zeros until weights are loaded).
+  This module takes those shares off again: the convolution of the padding's indicator (1 on padded cells,
+  0 in the image) with 'pad_offset', zero wherever the kernel lies inside the image. The folded model then
+  computes, border included, what the source computes on [g, g, g].
+
+  Why this rather than normalising per channel inside the model before a 3-channel conv: the stem keeps its
+  one-channel kernel, so the parameter tree, the stem's cost (a third of the RGB stem's), and fine-tuning
+  behave as before. Training a 3-channel kernel on three copies of one image would move the effective
+  one-channel kernel about 3x faster (each copy's gradient adds to it). The correction is one
+  convolution of a constant one-image mask per call; it is not trained (batch_stats: no optimizer step or
+  weight decay reaches it), like the constant it corrects.
+  """
+  gray: bool = False
+
+  @nn.compact
+  def __call__(self, inputs):
+    y = super().__call__(inputs)
+    if not self.gray:
+      return y
+    kernel_size = tuple(self.kernel_size)
+    offsets = self.variable('batch_stats', PAD_OFFSET, lambda: jnp.zeros((*kernel_size, 1, self.features),
+                                                                        jnp.float32)).value
+    padding = nn.linear.canonicalize_padding(self.padding, 2)
+    if isinstance(padding, str) and padding not in ('SAME', 'VALID'):
+      raise ValueError(f'StemConv: padding {padding!r} is not zero padding; the grayscale fold assumes zeros')
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides or (1, 1))
+    pads = explicit_pads(inputs.shape[1:3], kernel_size, strides, padding)
+    if not any(p for pair in pads for p in pair):
+      return y   # 'valid': no tap ever reaches the padding
+    image = jnp.ones((1, *inputs.shape[1:3], 1), offsets.dtype)
+    padded = lax.pad(image, jnp.zeros((), offsets.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+    correction = lax.conv_general_dilated(1.0 - padded, offsets, strides, 'VALID', dimension_numbers=NHWC)
+    return (y - correction).astype(y.dtype)
 
 
 class Top(nn.Module):
@@ -124,6 +174,11 @@ def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
     mapped = _without(mapped, spec.source_top)
     keep.append(TOP_PARAMS)
   elif not model_cfg.get('keep_pretrained_head', False):  # the named 'head' rule: a fresh last layer
+    # Logged because it is the default: a user who wanted the source's classes would otherwise not know.
+    log.warning('%s: the source classifier (%s, %s outputs in %s) is replaced by a new last layer of %s '
+                'outputs, trained from scratch; config.model.keep_pretrained_head=True keeps it', spec.name,
+                spec.source_head.lstrip('^'), _outputs(mapped, spec.source_head), path.name,
+                _outputs(variables, spec.source_head))
     mapped = _without(mapped, spec.source_head)
     keep.append(spec.source_head)
   cut = model_cfg.get('cut', '')
@@ -154,6 +209,12 @@ def _fits_without(variables, mapped, regex, unmatched) -> bool:
   return True
 
 
+def _outputs(tree, regex):
+  """The output count of the layer matching `regex` (its kernel's last axis), or '?' if it has none."""
+  sizes = {shape[-1] for path, shape in _shapes(tree, regex).items() if path.endswith('/kernel')}
+  return sizes.pop() if len(sizes) == 1 else '?'
+
+
 def _shapes(tree, regex) -> dict:
   from flax import traverse_util
   flat = tree if isinstance(next(iter(tree)), tuple) else traverse_util.flatten_dict(tree)
@@ -161,7 +222,7 @@ def _shapes(tree, regex) -> dict:
 
 
 def fold_stem(spec, mapped: dict) -> dict:
-  """Folds the RGB stem of `mapped` for one input channel (see weights.fold_rgb_stem)."""
+  """Folds the RGB stem of `mapped` for one input channel (see weights.fold_rgb_stem and StemConv)."""
   kernel_path, offset_path = spec.stem.split('|')
   kernel_key = ('params', *kernel_path.split('/'), 'kernel')
   if kernel_key not in mapped or mapped[kernel_key].shape[2] != 3:
@@ -172,6 +233,9 @@ def fold_stem(spec, mapped: dict) -> dict:
     norm, mapped = _one_channel_stem_norm(spec, mapped)
   folded, offset = weights_lib.fold_rgb_stem(mapped[kernel_key], norm)
   mapped = dict(mapped)
+  # The stem's StemConv (gray=True) takes the padded taps' shares of the offset off again: exact borders.
+  mapped[('batch_stats', *kernel_path.split('/'), PAD_OFFSET)] = weights_lib.rgb_stem_tap_offsets(
+      mapped[kernel_key], norm)
   mapped[kernel_key] = folded
   offset_key = tuple(offset_path.split('/'))
   sign = 1.0 if offset_key[0] == 'params' else -1.0  # a conv bias gains the offset; a BN mean loses it

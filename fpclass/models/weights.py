@@ -200,14 +200,20 @@ def keras_mapped(found: dict[str, list[np.ndarray]], kinds: dict[str, str]) -> d
   return mapped
 
 
+WEIGHT_COLLECTIONS = ('params', 'batch_stats')
+
+
 def assign(variables: dict, mapped: dict[tuple, np.ndarray], *, source: str, keep: str = '',
            unmatched: Iterable[str] = ()) -> dict:
-  """Returns `variables` with every leaf replaced by its mapped array.
+  """Returns `variables` with every params and batch_stats leaf replaced by its mapped array.
 
   Strict: a model leaf with no array (unless its path matches the regex `keep`, e.g. a new head), an
   array with no model leaf, a file tensor no rule used, or a shape difference is an error naming them.
+  Other collections hold no weights (the 'perturbations' that `model.init` also returns): they pass
+  through unchanged.
   """
-  flat = traverse_util.flatten_dict(variables)
+  weighted = {k: v for k, v in variables.items() if k in WEIGHT_COLLECTIONS}
+  flat = traverse_util.flatten_dict(weighted)
   keep_re = re.compile(keep) if keep else None
   kept = {k for k in flat if keep_re and keep_re.search('/'.join(k))}
   missing = ['/'.join(k) for k in flat if k not in mapped and k not in kept]
@@ -225,22 +231,35 @@ def assign(variables: dict, mapped: dict[tuple, np.ndarray], *, source: str, kee
 
 
 def fold_rgb_stem(kernel: np.ndarray, norm) -> tuple[np.ndarray, np.ndarray]:
-  """Folds an RGB first-conv kernel (kh, kw, 3, out) for one-channel input.
+  """Folds an RGB first-conv kernel (kh, kw, 3, out) for one-channel input: (kernel (kh, kw, 1, out), offset).
 
   The RGB model sees channel c as (g - m_c) / s_c; the folded model sees (g - m) / s with m, s the channel
-  averages (`norm.to_grayscale()`). Then W' = sum_c W_c * s / s_c reproduces the RGB model on [g, g, g]
-  exactly up to a constant per output channel, offset = sum over kernel and c of W_c * (m - m_c) / s_c,
-  which the caller adds to the conv bias or subtracts from the following BN mean. Exact in the interior;
-  at zero-padded borders the offset is slightly off, and exactly zero when every channel shares one
-  mean and std. Channel order follows `norm` (BGR for Keras caffe models).
+  averages (`norm.to_grayscale()`). Then W' = sum_c W_c * s / s_c reproduces the RGB model on [g, g, g] up
+  to offset = sum over the kernel's taps of `rgb_stem_tap_offsets`, a constant per output channel, which the
+  caller adds to the conv bias or subtracts from the following BN mean. That constant is exact where the
+  kernel lies inside the image; at a zero-padded tap the source framework sees 0 (it pads after
+  normalising), so that tap's share must come off again: `fpclass.models.transfer.StemConv` does it.
+  Channel order follows `norm` (BGR for Keras caffe models).
   """
-  mean, std = np.asarray(norm.mean, np.float64), np.asarray(norm.std, np.float64)
-  gray = norm.to_grayscale()
-  m, s = gray.mean[0], gray.std[0]
+  std = np.asarray(norm.std, np.float64)
+  s = norm.to_grayscale().std[0]
   k = kernel.astype(np.float64)
   folded = np.sum(k * (s / std)[None, None, :, None], axis=2, keepdims=True)
-  offset = np.einsum('hwco,c->o', k, (m - mean) / std)
+  offset = np.sum(_tap_offsets(kernel, norm), axis=(0, 1))
   return folded.astype(np.float32), offset.astype(np.float32)
+
+
+def rgb_stem_tap_offsets(kernel: np.ndarray, norm) -> np.ndarray:
+  """Each tap's share of `fold_rgb_stem`'s offset, (kh, kw, 1, out): sum_c W_c[tap] * (m - m_c) / s_c.
+
+  All zero when every channel shares one mean (the std may differ: it only rescales the kernel)."""
+  return _tap_offsets(kernel, norm)[:, :, None, :].astype(np.float32)
+
+
+def _tap_offsets(kernel, norm) -> np.ndarray:
+  mean, std = np.asarray(norm.mean, np.float64), np.asarray(norm.std, np.float64)
+  m = norm.to_grayscale().mean[0]
+  return np.einsum('hwco,c->hwo', kernel.astype(np.float64), (m - mean) / std)
 
 
 def _listing(what, names) -> str:
