@@ -30,7 +30,7 @@ METADATA = 'metadata.json'
 RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'train.early_stopping_patience', 'eval.',
                      'submit.', 'data.cache_dir', 'data.decode_workers', 'data.root', 'data.bad_test_images',
                      'name', 'explain.', 'sweep.', 'serve.', 'data.tfds.data_dir', 'clean.',
-                     'train.tensorboard')
+                     'train.tensorboard', 'train.feature_cache', 'data.device_memory_budget')
 # Keys that must agree for a checkpoint to be usable at all (evaluate, submit, explain).
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 

@@ -238,6 +238,7 @@ class ServeSettings(Settings):
   warm_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # compiled at start-up; a batch is padded up
   max_upload_bytes: int = 10_000_000   # larger uploads get 413
   max_images_per_request: int = 32
+  calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
 
   def check(self):
     self.require('port', 0 <= self.port <= 65535, 'a TCP port in [0, 65535] (0: any free port)')

@@ -29,9 +29,11 @@ its path (root -> 'top' -> 'Dropout_0' in both models), not from the modules aro
 The features are computed in inference mode (`FeaturePass`), in evaluation batches, through
 `CompiledSteps.predict`, and replicated to the devices like the uint8 images they replace. The one-time
 pass is counted in the first epoch's `seconds`. Two-phase recipes (train.finetune_epochs > 0) use the
-cache in phase 0 only: fine-tuning unfreezes the backbone. Streaming hook: the features must fit
-`data.device_memory_budget` (when set); features larger than that are not streamed from the host (the
-image streaming path could take them as it takes uint8 batches), so `auto` trains without the cache then.
+cache in phase 0 only: fine-tuning unfreezes the backbone. Streamed images (data over the device budget,
+`fpclass.data.stream`) are read once for the pass, in chunks, and their features, far smaller, go to the
+devices when they fit the budget. Features over the budget are not streamed themselves (the hook: they
+would be a float `ImageRows`-like source for `fpclass.feed.StreamedFeed`), so `auto` trains without the
+cache then and `on` is an error.
 """
 import dataclasses
 import math
@@ -46,9 +48,10 @@ import numpy as np
 from flax import traverse_util
 from tqdm.auto import tqdm
 
-from fpclass import models, optim
+from fpclass import feed, models, optim
 from fpclass import task as task_lib
 from fpclass.config import AugmentSettings
+from fpclass.data import stream
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
 from fpclass.steps import CompiledSteps
@@ -202,14 +205,14 @@ class FeaturePass:
     return found[0][1][0]
 
 
-def compute_features(compiled: CompiledSteps, split: HeadSplit, state, images: np.ndarray,
-                     batch_size: int) -> np.ndarray:
-  """The head's input for every image, in fixed-size batches (one compilation)."""
+def compute_features(compiled: CompiledSteps, split: HeadSplit, state, images, batch_size: int) -> np.ndarray:
+  """The head's input for every image (in memory or streamed from the decode cache), in fixed-size batches
+  (one compilation), as validation reads its images (`fpclass.feed.predict_logits`)."""
   if len(images) == 0:
     return np.zeros((0, *split.feature_shape), split.feature_dtype)
   passes = CompiledSteps(FeaturePass(compiled.task, split), compiled.parallel, compiled.form,
                          compiled.compiler_options)
-  return task_lib.predict_logits(passes.task, state, images, batch_size, passes.predict)
+  return feed.predict_logits(passes, state, images, batch_size)
 
 
 def for_phase(config, compiled: CompiledSteps, state, dataset, phase: int):
@@ -253,10 +256,10 @@ def for_phase(config, compiled: CompiledSteps, state, dataset, phase: int):
 
 
 def _over_budget(config, split: HeadSplit, count: int) -> str:
-  """Why the features do not fit `data.device_memory_budget` (when one is set), else ''."""
-  budget = int(config.data.get('device_memory_budget', 0) or 0)
+  """Why the features do not fit the device budget (`fpclass.data.stream.memory_budget`), else ''."""
+  budget = stream.memory_budget(int(config.data.device_memory_budget))
   nbytes = count * math.prod(split.feature_shape) * np.dtype(split.feature_dtype).itemsize
-  if budget <= 0 or nbytes <= budget:
+  if nbytes <= budget:
     return ''
   return (f'the features take {nbytes / 2**20:,.1f} MiB, over config.data.device_memory_budget='
           f'{budget / 2**20:,.1f} MiB, and are not streamed from the host')

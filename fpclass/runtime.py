@@ -21,6 +21,7 @@ ENV_ALLOCATOR = 'FPCLASS_HOST_ALLOCATOR'  # 'default' leaves glibc's malloc sett
 
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_kept = False   # whether keep_host_buffers applied its settings in this process (they are process-wide)
 
 
 def enable_compilation_cache(default_root: str | os.PathLike | None = None) -> pathlib.Path | None:
@@ -52,5 +53,14 @@ def keep_host_buffers() -> bool:
     mallopt = ctypes.CDLL('libc.so.6').mallopt
   except (OSError, AttributeError):
     return False
+  global _kept
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-  return all(mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1 for param, value in settings)
+  applied = all(mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1 for param, value in settings)
+  _kept = _kept or applied
+  return applied
+
+
+def host_buffers_kept() -> bool:
+  """Whether `keep_host_buffers` applied its settings in this process: freed host buffers then stay in
+  it, which the sweep's memory rule counts (fpclass.modes.model_axis)."""
+  return _kept

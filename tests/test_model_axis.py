@@ -106,13 +106,16 @@ def test_memory_plan_follows_the_formula():
   images = decoded.pool.images
   plan = model_axis.measure_memory(task, images, 479, 256)
   assert plan.shared_bytes == images.nbytes and plan.state_bytes > plan.best_bytes > 0 and plan.step_bytes > 0
+  assert plan.eval_bytes > 0 and plan.resident_bytes > 0
   # The 8x8 digits CNN: 8 conv filters of 3x3 + bias, a 4x4x8 -> 16 dense layer, a 16 -> 10 head (float32).
   params = 8 * 9 + 8 + 128 * 16 + 16 + 16 * 10 + 10
   assert plan.best_bytes == 4 * params and plan.state_bytes >= 3 * plan.best_bytes  # params + Adam's two moments
-  budget = 2**30
-  assert plan.chunk('vmap', budget) == (budget - plan.shared_bytes) // (
-      plan.state_bytes + plan.best_bytes + plan.step_bytes)
-  assert plan.chunk('loop', budget) == (budget - plan.shared_bytes - plan.step_bytes) // (
-      plan.state_bytes + plan.best_bytes)
+  budget, k = 2**30, plan.step_copies
+  per_model = plan.state_bytes + plan.best_bytes
+  vmap_temps = int((k - 1) * plan.step_bytes) + max(plan.step_bytes, plan.eval_bytes)
+  assert plan.chunk('vmap', budget) == (budget - plan.shared_bytes) // (per_model + vmap_temps)
+  loop_temps = int((k - 1) * plan.step_bytes) + max(plan.step_bytes, plan.eval_bytes)
+  assert plan.chunk('loop', budget) == (budget - plan.shared_bytes - loop_temps) // per_model
+  assert plan.peak_bytes('loop', 3) == plan.resident_bytes + plan.shared_bytes + 3 * per_model + loop_temps
   assert plan.chunk('vmap', 0) == 1  # never below one model
   assert [len(c) for c in model_axis.balanced_chunks(list(range(20)), 8)] == [7, 6, 7]

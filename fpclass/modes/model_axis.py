@@ -18,13 +18,29 @@ Two forms of the model axis, with the same results (tested against solo runs):
   a `lax.map` over models about 30x slower (bench/vmap_speedup.py), so `auto` picks `loop` on CPU.
 
 Memory. Per member the chunk holds its train state S (params, batch stats, optimizer state) and its best
-variables V; a step needs the working set W of one model's step (XLA's temp bytes for the compiled
-single-model train or eval step, whichever is larger). With D the shared uint8 images:
+variables V. The train step needs its temporaries T (XLA's temp bytes: W per model, so M * W in the vmap
+form and W in the loop form) and the evaluation program its own, E (M * W_eval or W_eval). With D the
+shared uint8 images and k the step-sized blocks the host heap keeps:
 
-    vmap: bytes(M) ~= D + M * (S + V + W)          loop: bytes(M) ~= D + W + M * (S + V)
+    bytes(M) ~= D + M * (S + V) + (k - 1) * T + max(T, E)
 
-so M = floor((memory_fraction * free - D [- W for loop]) / (S + V [+ W for vmap])), at least 1, unless
+and M is the largest chunk with bytes(M) <= memory_fraction * free memory (at least 1), unless
 `sweep.models_per_chunk` fixes it. Members are split into chunks of at most M, trained one after another.
+The peak resident size of the process is its size when planning (Python, JAX, the decoded data) plus
+bytes(M). What the first rule (D + M * (S + V + max(W, W_eval))) missed, measured with
+tests/test_memory_rule.py and its probe (peak RSS of a fresh process; 4 footprint CNNs at 120x80 under vmap,
+1000 images: 3.9-4.1 GiB measured, 1.3 GiB predicted by the first rule, 3.4 GiB by this one):
+- W_eval: XLA:CPU hands the single-model evaluation program's convolutions to a library fusion (YNNPACK)
+  whose buffers XLA's memory analysis does not count (it reported 0 bytes). E is read from the program
+  compiled without that fusion (loop), or from the vmapped program at two models, whose grouped
+  convolutions stay in XLA (vmap: about 470 MB per model at batch 200).
+- k: on CPU under `fpclass.runtime.keep_host_buffers` (one glibc arena that never unmaps), the step's
+  temporaries are allocated anew each call, and small host allocations between steps split the freed block,
+  so the heap settles at two to three step-sized blocks: 1.8 to 3.0 x T, varying from run to run of the
+  same chunk (1 to 4 models, 60x40 to 120x80, vmap and loop). k = 2.5 puts the prediction within 20% of
+  either end. Elsewhere k = 1.
+- the process's own resident size (~0.5 GB on CPU), which the free memory already excludes but a
+  measured peak includes.
 """
 import dataclasses
 import math
@@ -38,7 +54,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, fileio, metrics, optim
+from fpclass import checkpoint, fileio, metrics, optim, runtime
 from fpclass import task as task_lib
 from fpclass.errors import UserInputError
 from fpclass.loop_state import MONITOR_MODES, LoopState, SelectionRules, epoch_row, improves
@@ -131,45 +147,91 @@ def free_memory_bytes() -> int:
     return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
 
 
+# Step-sized blocks the host heap holds under keep_host_buffers (module docstring; tests/test_memory_rule.py).
+HOST_STEP_COPIES = 2.5
+# Compiled without it, XLA counts the evaluation program's convolutions in its temp bytes (module docstring).
+NO_LIBRARY_FUSION = (('xla_cpu_experimental_ynn_fusion_type', ''),)
+
+
+def resident_bytes() -> int:
+  """This process's resident size on CPU (0 where /proc is absent), or the accelerator's bytes in use."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'bytes_in_use' in stats:
+    return int(stats['bytes_in_use'])
+  try:
+    with open('/proc/self/status') as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
+  except (OSError, StopIteration, ValueError):
+    return 0
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
   """The terms of the memory formula (module docstring), measured for one task and data shape."""
   shared_bytes: int      # D
   state_bytes: int       # S
   best_bytes: int        # V
-  step_bytes: int        # W
+  step_bytes: int        # W: one model's train-step temporaries
+  eval_bytes: int = 0    # W_eval: one model's evaluation temporaries
+  step_copies: float = 1.0   # k
+  resident_bytes: int = 0  # the process's size (CPU) or the device's bytes in use when planning
+
+  def temporaries(self, form: str, models: int) -> int:
+    """(k - 1) * T + max(T, E) for a chunk of `models`."""
+    per = models if form == 'vmap' else 1
+    train, evaluate = per * self.step_bytes, per * self.eval_bytes
+    return int((self.step_copies - 1) * train) + max(train, evaluate)
+
+  def chunk_bytes(self, form: str, models: int) -> int:
+    return self.shared_bytes + models * (self.state_bytes + self.best_bytes) + self.temporaries(form, models)
+
+  def peak_bytes(self, form: str, models: int) -> int:
+    """The predicted peak: resident size when planning plus the chunk's bytes."""
+    return self.resident_bytes + self.chunk_bytes(form, models)
 
   def chunk(self, form: str, budget_bytes: int) -> int:
-    if form == 'vmap':
-      chunk = (budget_bytes - self.shared_bytes) // max(1, self.state_bytes + self.best_bytes + self.step_bytes)
+    if form == 'vmap':  # every term but D grows with the chunk
+      chunk = (budget_bytes - self.shared_bytes) // max(1, self.chunk_bytes(form, 1) - self.shared_bytes)
     else:
-      chunk = (budget_bytes - self.shared_bytes - self.step_bytes) // max(1, self.state_bytes + self.best_bytes)
+      chunk = (budget_bytes - self.chunk_bytes(form, 0)) // max(1, self.state_bytes + self.best_bytes)
     return max(1, int(chunk))
 
-  def describe(self, form: str, budget_bytes: int) -> str:
+  def describe(self, form: str, budget_bytes: int, models: int | None = None) -> str:
+    """The rule's choice in words; the predicted peak is for a chunk of at most `models`."""
     mib = lambda b: f'{b / 2**20:,.1f} MiB'
-    return (f'{self.chunk(form, budget_bytes)} models per chunk by the memory rule (shared images '
-            f'{mib(self.shared_bytes)}; per model: state {mib(self.state_bytes)}, best variables '
-            f'{mib(self.best_bytes)}, step working set {mib(self.step_bytes)}; budget {mib(budget_bytes)})')
+    chunk = self.chunk(form, budget_bytes)
+    return (f'{chunk} models per chunk by the memory rule (shared images {mib(self.shared_bytes)}; per model: '
+            f'state {mib(self.state_bytes)}, best variables {mib(self.best_bytes)}, train step '
+            f'{mib(self.step_bytes)} x {self.step_copies} blocks, evaluation {mib(self.eval_bytes)}; budget '
+            f'{mib(budget_bytes)}; predicted peak {mib(self.peak_bytes(form, min(chunk, models or chunk)))})')
 
 
-def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int) -> MemoryPlan:
-  """D, S and V from array sizes; W by compiling one model's train and eval steps and reading XLA's
-  memory analysis (temp bytes)."""
+def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: str = 'loop') -> MemoryPlan:
+  """D, S and V from array sizes; W and W_eval by compiling the programs (not running them) and reading
+  XLA's memory analysis (temp bytes); k from the backend and the host allocator. `eval_batch` is the
+  evaluation batch the chunk will use (at most the longest validation split)."""
   shape = images.shape[1:]
   abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), shape))
   x = jax.ShapeDtypeStruct(images.shape, images.dtype)
   y = jax.ShapeDtypeStruct((len(images),), jnp.int32)
   idx = jax.ShapeDtypeStruct((batch,), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  train = jax.jit(task.train_step).lower(abstract, x, y, idx, key).compile().memory_analysis()
-  evaluate = jax.jit(task.predict).lower(abstract.params, abstract.batch_stats,
-                                         jax.ShapeDtypeStruct((eval_batch, *shape), images.dtype)
-                                         ).compile().memory_analysis()
-  temp = lambda analysis: int(getattr(analysis, 'temp_size_in_bytes', 0) or 0)
+  temp = lambda compiled: int(getattr(compiled.memory_analysis(), 'temp_size_in_bytes', 0) or 0)
+  train = temp(jax.jit(task.train_step, compiler_options=jit_options()).lower(abstract, x, y, idx, key).compile())
+  cpu = jax.default_backend() == 'cpu'
+  if form == 'vmap':
+    pair = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((2, *a.shape), a.dtype), abstract)
+    program = _VmapModels(task, pair, [None, None])._predict
+    evaluate = temp(program.lower(pair.params, pair.batch_stats, x,
+                                  jax.ShapeDtypeStruct((2, eval_batch), jnp.int32)).compile()) // 2
+  else:
+    options = {**(jit_options() or {}), **dict(NO_LIBRARY_FUSION)} if cpu else jit_options()
+    evaluate = temp(jax.jit(task.predict, compiler_options=options).lower(
+        abstract.params, abstract.batch_stats, jax.ShapeDtypeStruct((eval_batch, *shape), images.dtype)).compile())
   return MemoryPlan(shared_bytes=int(images.nbytes), state_bytes=_tree_bytes(abstract),
-                    best_bytes=_tree_bytes((abstract.params, abstract.batch_stats)),
-                    step_bytes=max(temp(train), temp(evaluate)))
+                    best_bytes=_tree_bytes((abstract.params, abstract.batch_stats)), step_bytes=train,
+                    eval_bytes=evaluate, step_copies=HOST_STEP_COPIES if cpu and runtime.host_buffers_kept() else 1.0,
+                    resident_bytes=resident_bytes())
 
 
 def balanced_chunks(items: list, chunk: int) -> list[list]:
@@ -393,9 +455,10 @@ def train_members(config, class_names, images: np.ndarray, labels: np.ndarray, m
     elif fixed > 0:
       chunk_size, how = fixed, f'{fixed} models per chunk (config.sweep.models_per_chunk)'
     else:
-      plan = measure_memory(task, images, batch, int(config.eval.batch_size))
+      longest_val = max(len(m.val_index) for m in group)
+      plan = measure_memory(task, images, batch, max(1, min(int(config.eval.batch_size), longest_val)), form)
       budget = int(float(config.sweep.memory_fraction) * free_memory_bytes())
-      chunk_size, how = plan.chunk(form, budget), plan.describe(form, budget)
+      chunk_size, how = plan.chunk(form, budget), plan.describe(form, budget, len(group))
     chunks = balanced_chunks(group, chunk_size)
     tqdm.write(f'{log_prefix}{form} form, {how}')
     for c, chunk in enumerate(chunks):

@@ -1,0 +1,78 @@
+"""The sweep's memory rule (fpclass/modes/model_axis.py: measure_memory, MemoryPlan) against the measured peak
+resident size of a fresh process that plans and trains one chunk of footprint CNNs, in both forms of the model
+axis: the prediction lands within 25%.
+
+The measured run is a subprocess (this file run as a script), so the peak is its own: it applies
+`keep_host_buffers` first, as launch.py does, decodes the synthetic footprints, plans with `measure_memory`
+as `train_members` does, trains one epoch with `train_chunk`, and prints the plan's predicted peak and
+`ru_maxrss`. The figures are printed (pytest -s) for docs:
+
+    python -m pytest -q -n 0 -s tests/test_memory_rule.py
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+TOLERANCE = 0.25
+SETUP = dict(height=96, width=64, images=240, models=4)   # 5 folds: 192 train, 48 val per model
+
+
+def measure(form: str, height: int, width: int, images: int, models: int) -> dict:
+  """Plans and trains one chunk in this process; the predicted and measured peaks (bytes)."""
+  from fpclass.runtime import keep_host_buffers
+  keep_host_buffers()
+
+  from fpclass import data
+  from fpclass import task as task_lib
+  from fpclass.data import splits
+  from fpclass.modes import model_axis
+  from tests.conftest import load_config
+  config = load_config('configs/footprint.py:exp0', **{
+      'data.image_size': (height, width), 'data.synthetic.n_class0': images // 2,
+      'data.synthetic.n_class1': images - images // 2, 'data.synthetic.n_test': 4, 'train.epochs': 1,
+      'sweep.model_axis': form})
+  decoded = data.decode_source(config, progress=False)
+  pool, labels = decoded.pool.images, decoded.pool.labels
+  folds = splits.kfold_indices(labels, 5, 0)
+  members = [model_axis.Member(m % 5, m // 5, *folds[m % 5]) for m in range(models)]
+  batch = model_axis.batch_size_for(config, len(members[0].train_index))
+  task = task_lib.build_task(config, decoded.class_names, labels[members[0].train_index],
+                             -(-len(members[0].train_index) // batch))
+  eval_batch = min(int(config.eval.batch_size), max(len(m.val_index) for m in members))
+  plan = model_axis.measure_memory(task, pool, batch, eval_batch, form)
+  model_axis.train_chunk(config, task, decoded.class_names, pool, labels, members, form)
+  # The first rule, for the record: D + M (S + V + W) (vmap) or D + W + M (S + V) (loop), W the larger of
+  # the train and evaluation programs' XLA temp bytes, which read 0 for the latter on CPU.
+  first = plan.shared_bytes + plan.step_bytes + models * (plan.state_bytes + plan.best_bytes) + (
+      (models - 1) * plan.step_bytes if form == 'vmap' else 0)
+  return dict(form=form, models=models, predicted=plan.peak_bytes(form, models),
+              measured=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, resident=plan.resident_bytes,
+              first_rule=plan.resident_bytes + first, plan=plan.__dict__)
+
+
+@pytest.mark.parametrize('form', ['vmap', 'loop'])
+def test_predicted_peak_is_within_25_percent_of_the_measured_peak(form, tmp_path):
+  args = [sys.executable, '-m', 'tests.test_memory_rule', form, *[f'--{k}={v}' for k, v in SETUP.items()]]
+  done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
+                        env=dict(os.environ, FPCLASS_CACHE=str(tmp_path)))
+  assert done.returncode == 0, done.stderr[-4000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  mib = {k: round(result[k] / 2**20) for k in ('predicted', 'measured', 'resident', 'first_rule')}
+  print(f'{form}, {result["models"]} models: peak RSS MiB {mib}; plan {result["plan"]}')
+  assert abs(result['predicted'] - result['measured']) <= TOLERANCE * result['measured'], mib
+
+
+if __name__ == '__main__':
+  parser = argparse.ArgumentParser()
+  parser.add_argument('form', choices=('vmap', 'loop'))
+  for name, value in SETUP.items():
+    parser.add_argument(f'--{name}', type=int, default=value)
+  options = parser.parse_args()
+  print(json.dumps(measure(options.form, options.height, options.width, options.images, options.models)))
