@@ -1,13 +1,17 @@
 """Faults a run must survive (issue 14): a damaged checkpoint, a full disk, a read-only folder, and the
-same run twice giving the same bits. The kill -9 and SIGTERM cases are in tests/test_train.py and
+same run twice giving the same bits, and kill -9 at several points. SIGTERM and Ctrl-C are in
 tests/test_signals.py."""
 import contextlib
 import errno
+import json
 import logging
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -18,7 +22,7 @@ from fpclass import fileio
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.modes.runner import run
-from tests.conftest import load_config
+from tests.conftest import REPO, load_config
 from tests.test_scale import TINY
 
 
@@ -141,3 +145,54 @@ def test_a_read_only_cache_folder_fails_before_any_work(tmp_path):
   (tmp_path / 'not-a-folder').write_text('a file where the cache folder should be')
   with pytest.raises(UserInputError, match=r'the cache folder .*not-a-folder/sub is not writable'):
     run('train', tiny(1, **{'data.cache_dir': str(tmp_path / 'not-a-folder' / 'sub')}), tmp_path / 'run')
+
+
+def _kill_when(args, ready, timeout=300):
+  """Starts launch.py `args`, polls until `ready()` is true, then SIGKILLs it (no clean-up runs)."""
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+  deadline = time.time() + timeout
+  try:
+    while time.time() < deadline and process.poll() is None and not ready():
+      time.sleep(0.001)
+    killed = process.poll() is None
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+  return killed
+
+
+def test_kill_9_inside_a_save_mid_epoch_and_mid_report_loses_only_the_unfinished_epoch(tmp_path):
+  """SIGKILL inside an orbax save (its temporary folder exists), in the middle of an epoch, and while the
+  report is written; each relaunch resumes, and the run ends exactly as an unbroken one."""
+  epochs = 6
+  workdir = tmp_path / 'killed'
+  overrides = {**TINY, 'train.epochs': epochs, 'train.schedule': 'constant', 'train.batch_size': 16}
+  args = [sys.executable, str(REPO / 'launch.py'), '--config=configs/digits.py:quick', f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in overrides.items()]]
+  last = workdir / 'checkpoints' / 'last'
+
+  def rows():
+    try:
+      return len(pd.read_csv(workdir / 'metrics.csv'))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+      return 0
+
+  kills = [
+      lambda: last.is_dir() and any('tmp' in p.name for p in last.iterdir()),  # inside a checkpoint save
+      lambda: rows() >= 3,                                                     # the next epoch has begun
+      lambda: (workdir / 'report.d').is_dir(),                                 # evaluation and its report
+  ]
+  killed = [_kill_when(args, ready) for ready in kills]
+  assert killed[0] and killed[1], killed  # the last one may find the run already finished: nothing to kill
+  subprocess.run(args, cwd=REPO, check=True, capture_output=True, timeout=600)
+  unbroken = tmp_path / 'unbroken'
+  run('train', load_config('configs/digits.py:quick', **overrides), unbroken)
+  assert history(workdir).equals(history(unbroken))
+  config = load_config('configs/digits.py:quick', **overrides)
+  for a, b in zip(*(jax.tree_util.tree_leaves(load_trained(config, w, 'last').state.params)
+                    for w in (workdir, unbroken))):
+    assert np.array_equal(a, b)
+  scores = [json.loads((w / 'scores.json').read_text()) for w in (workdir, unbroken)]
+  for key in ('accuracy', 'loss', 'macro_f1', 'confusion_matrix', 'epoch'):
+    assert scores[0][key] == scores[1][key], key
