@@ -261,7 +261,7 @@ class ExportSettings(Settings):
   SECTION: ClassVar[str] = 'export'
   formats: tuple[str, ...] = EXPORT_FORMATS
   folder: str = 'export'           # inside --workdir
-  batch_size: int = 0              # 0: any batch size (a symbolic batch dimension); else fixed
+  batch_size: int = 0              # 0: any batch size (symbolic; ONNX gets 1 where jax2onnx cannot); else fixed
 
   def check(self):
     self.require('formats', bool(self.formats) and set(self.formats) <= set(EXPORT_FORMATS),

@@ -1,0 +1,211 @@
+"""`--mode predict`: classify new images with the selected checkpoint of a trained workdir.
+
+    python launch.py --workdir runs/fp-exp4 --mode predict --config.predict.inputs=photos/
+
+`config.predict.inputs` is one image file, a folder (searched recursively for image files), a glob
+('photos/**/*.png'), or a CSV whose `config.predict.path_column` lists the images (relative paths are
+taken from the CSV's folder). Writes, in the workdir:
+- `predictions.csv` (`config.predict.output`): the path as listed, the predicted class and one `p_<class>`
+  column per class, with the stored temperature and threshold applied (`config.predict.calibrated`);
+- `predictions_quarantine.csv` beside it: every input that could not be read, with the reason. A bad
+  file never stops the run, and nothing is moved or deleted;
+- with `config.predict.explain`, one Grad-CAM overlay PNG per image under `predict_explain/`.
+Images are decoded exactly as at training (`fpclass.data.decode`) and predicted in fixed-size batches.
+"""
+import dataclasses
+import glob
+import pathlib
+
+import jax
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from fpclass import fileio, report
+from fpclass.calibration import decide, scaled_probabilities
+from fpclass.config import DecodeSettings, ExplainSettings, PredictSettings
+from fpclass.data.decode import decode_files
+from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
+from fpclass.errors import UserInputError
+from fpclass.inference import Trained, load_trained
+from fpclass.modes import explain, explain_figures
+
+EXPLAIN_FOLDER = 'predict_explain'
+GLOB_CHARACTERS = '*?['
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What to classify: `paths` to decode, `names` as written to the output (a CSV row's own value), and
+  `problems` found while listing (e.g. an empty CSV cell), as (name, reason)."""
+  paths: list
+  names: list
+  problems: list
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """How logits become the reported probabilities and class: the stored calibration, or none."""
+  head: str
+  temperature: float = 1.0
+  threshold: float | None = None
+
+  @classmethod
+  def for_model(cls, trained: Trained, calibrated: bool) -> 'Decision':
+    stored = (trained.metadata.get('calibration') or {}) if calibrated else {}
+    return cls(trained.task.head, float(stored.get('temperature') or 1.0), stored.get('threshold'))
+
+  def __call__(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, classes), predicted class indices (N,))."""
+    probs = scaled_probabilities(logits, self.head, self.temperature)
+    return probs, decide(probs, self.threshold)
+
+  def describe(self) -> str:
+    if self.temperature == 1.0 and self.threshold is None:
+      return 'uncalibrated probabilities, the most probable class'
+    return (f'temperature-scaled probabilities (T = {self.temperature:.3f}), '
+            + (f'class 1 when its probability is at least {self.threshold:.3f}' if self.threshold is not None
+               else 'the most probable class'))
+
+
+def predict(config, workdir) -> pathlib.Path:
+  """Writes the predictions (and quarantine list, and overlays) of config.predict.inputs; returns the CSV."""
+  workdir = pathlib.Path(workdir)
+  settings = PredictSettings.from_config(config.predict)
+  inputs = list_inputs(settings.inputs, settings.path_column)  # before the restore: a typo fails fast
+  trained = load_trained(config, workdir)
+  decode_settings = DecodeSettings.from_config(config.data)
+  decision = Decision.for_model(trained, settings.calibrated)
+  batch_size = settings.batch_size or int(config.eval.batch_size)
+  explainer = None
+  if settings.explain:
+    explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False)
+    image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
+    explainer = explain.build_explainer(config, trained, explain_settings, image_shape)
+
+  names = trained.class_names
+  rows, problems = [], list(inputs.problems)
+  predict_fn = jax.jit(trained.task.predict)
+  batch = max(1, min(batch_size, len(inputs.paths)))  # one compiled shape; the last batch is padded
+  with tqdm(total=len(inputs.paths), desc='predict', unit='img') as progress:
+    for start in range(0, len(inputs.paths), batch):
+      paths = inputs.paths[start:start + batch]
+      images, ok, failed = decode_files(paths, decode_settings, split='predict',
+                                        workers=int(config.data.decode_workers), progress=False)
+      problems.extend((inputs.names[start + int(i)], p.reason)
+                      for i, p in zip(np.flatnonzero(~ok), failed))
+      good = np.flatnonzero(ok)
+      if len(good):
+        images = np.asarray(images)[good]
+        probs, pred = decision(padded_logits(predict_fn, trained, images, batch))
+        overlays = (write_overlays(workdir / EXPLAIN_FOLDER, explainer, images, pred, start + good,
+                                   [inputs.paths[start + int(i)] for i in good])
+                    if explainer is not None else [None] * len(good))
+        for row, i in enumerate(good):
+          rows.append({'path': inputs.names[start + int(i)], 'predicted': names[pred[row]],
+                       **{f'p_{c}': float(probs[row, k]) for k, c in enumerate(names)},
+                       **({'overlay': overlays[row]} if explainer is not None else {})})
+      progress.update(len(paths))
+
+  columns = ['path', 'predicted', *(f'p_{c}' for c in names)] + (['overlay'] if explainer is not None else [])
+  out = workdir / settings.output
+  fileio.write_csv(out, pd.DataFrame(rows, columns=columns))
+  quarantine = quarantine_path(out)
+  fileio.write_csv(quarantine, pd.DataFrame(problems, columns=['path', 'reason']))
+  report.write_section(workdir, '45-predictions', section(out, quarantine, rows, problems, trained, decision,
+                                                          settings, explainer is not None))
+  print(f'wrote {out} ({len(rows)} images)'
+        + (f'; {len(problems)} could not be read, listed with reasons in {quarantine}' if problems else ''))
+  return out
+
+
+def quarantine_path(output: pathlib.Path) -> pathlib.Path:
+  return output.with_name(f'{output.stem}_quarantine.csv')
+
+
+def padded_logits(predict_fn, trained: Trained, images: np.ndarray, batch: int) -> np.ndarray:
+  """Logits of up to `batch` images, padded with zeros to exactly `batch` so one compilation serves all."""
+  n = len(images)
+  if n < batch:
+    images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]), images.dtype)])
+  return np.asarray(jax.device_get(predict_fn(trained.state.params, trained.state.batch_stats, images)))[:n]
+
+
+def list_inputs(spec: str, path_column: str = 'path') -> Inputs:
+  """The images `spec` names: a file, a folder (recursive), a glob, or a CSV listing paths."""
+  if not spec:
+    raise UserInputError('config.predict.inputs is empty: give an image file, a folder, a glob such as '
+                         "'photos/**/*.png', or a CSV with a path column")
+  path = pathlib.Path(spec).expanduser()
+  if path.is_dir():
+    found = sorted((p for p in path.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: natural_key(str(p)))
+    if not found:
+      raise UserInputError(f'config.predict.inputs={spec!r}: the folder holds no image files '
+                           f'(looked recursively for {", ".join(IMAGE_EXTENSIONS)})')
+    return Inputs(found, [str(p) for p in found], [])
+  if path.is_file():
+    if path.suffix.lower() == '.csv':
+      return _csv_inputs(path, path_column)
+    return Inputs([path], [str(path)], [])
+  if any(c in spec for c in GLOB_CHARACTERS):
+    found = sorted((pathlib.Path(p) for p in glob.glob(str(path), recursive=True) if pathlib.Path(p).is_file()),
+                   key=lambda p: natural_key(str(p)))
+    if not found:
+      raise UserInputError(f'config.predict.inputs={spec!r}: the glob matches no file')
+    return Inputs(found, [str(p) for p in found], [])
+  raise UserInputError(f'config.predict.inputs={spec!r}: no such file or folder')
+
+
+def _csv_inputs(path: pathlib.Path, column: str) -> Inputs:
+  try:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    raise UserInputError(f'{path}: not a readable CSV ({type(e).__name__}: {e})') from None
+  if column not in frame.columns:
+    raise UserInputError(f'{path}: no column {column!r} (config.predict.path_column); its columns are '
+                         f'{list(frame.columns)}')
+  paths, names, problems = [], [], []
+  for row, value in enumerate(frame[column], start=2):  # row 1 is the header
+    if not value.strip():
+      problems.append((f'{path}:{row}', f'row {row}: empty {column!r}'))
+      continue
+    paths.append(pathlib.Path(value) if pathlib.Path(value).is_absolute() else path.parent / value)
+    names.append(value)
+  return Inputs(paths, names, problems)
+
+
+def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, sources) -> list:
+  """One Grad-CAM overlay PNG per image, for its predicted class; returns their paths (as strings)."""
+  maps, _ = explainer.maps(images, np.asarray(predicted, np.int32))
+  out = []
+  for image, heat, number, source in zip(images, maps, numbers, sources):
+    # Numbered by input order, since file names may repeat across folders.
+    path = folder / f'{int(number):06d}_{pathlib.Path(source).stem}.png'
+    save_png(path, overlay_rgb(image, heat, explainer.settings.alpha))
+    out.append(str(path))
+  return out
+
+
+def overlay_rgb(image_u8: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+  """The Grad-CAM overlay of one image as uint8 RGB (H, W, 3)."""
+  return np.round(np.clip(explain_figures.overlay(image_u8, heat, alpha), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def save_png(path: pathlib.Path, rgb: np.ndarray) -> None:
+  with fileio.atomic_path(path) as tmp:
+    Image.fromarray(rgb, 'RGB').save(tmp, format='PNG')
+
+
+def section(out, quarantine, rows, problems, trained, decision, settings, explained) -> str:
+  counts = pd.Series([r['predicted'] for r in rows], dtype=object).value_counts()
+  lines = ['## Predictions', '',
+           f'[{out.name}]({out.name}): {len(rows)} images of `{settings.inputs}` classified with the '
+           f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); {decision.describe()}.',
+           '', 'Predicted class counts: ' + ', '.join(f'{c}: {int(counts.get(c, 0))}' for c in trained.class_names)]
+  if problems:
+    lines.append(f'{len(problems)} input(s) could not be read; see [{quarantine.name}]({quarantine.name}).')
+  if explained:
+    lines.append(f'Grad-CAM overlays of each image are in `{EXPLAIN_FOLDER}/`.')
+  return '\n'.join(lines)

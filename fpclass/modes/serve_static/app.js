@@ -1,0 +1,119 @@
+// The upload page: one image at a time through POST /predict (and POST /explain for the overlay).
+'use strict';
+
+const fileInput = document.getElementById('file-input');
+const dropZone = document.getElementById('drop-zone');
+const statusLine = document.getElementById('status');
+const camToggle = document.getElementById('cam-toggle');
+const overlay = document.getElementById('overlay');
+let currentFile = null;
+let uploads = 0;  // which upload the overlay shows, so a new file always gets its own
+
+function setStatus(text, isError) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle('error', Boolean(isError));
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return `${response.status}: ${body.detail}`;
+  } catch (e) {
+    return `${response.status}: ${response.statusText}`;
+  }
+}
+
+async function loadMetadata() {
+  const response = await fetch('/metadata');
+  if (!response.ok) { return; }
+  const meta = await response.json();
+  document.getElementById('title').textContent = `fpclass: ${meta.name}`;
+  const scores = meta.validation_scores || {};
+  const accuracy = typeof scores.accuracy === 'number' ? `, validation accuracy ${scores.accuracy.toFixed(3)}` : '';
+  document.getElementById('model-info').textContent =
+    `${meta.model}, ${meta.checkpoint} checkpoint (epoch ${meta.epoch})${accuracy}; classes ` +
+    `${meta.class_names.join(', ')}; images become ${meta.input.width}x${meta.input.height}, ` +
+    `${meta.input.channels === 1 ? 'grayscale' : 'RGB'}.`;
+}
+
+function showProbabilities(result) {
+  const body = document.querySelector('#probabilities tbody');
+  body.replaceChildren();
+  for (const [name, p] of Object.entries(result.probabilities)) {
+    const row = document.createElement('tr');
+    row.className = 'probability' + (name === result.class ? ' top' : '');
+    row.dataset.class = name;
+    row.dataset.probability = String(p);
+    const label = document.createElement('td');
+    label.className = 'name';
+    label.textContent = name;
+    const barCell = document.createElement('td');
+    barCell.className = 'bar-cell';
+    const bar = document.createElement('div');
+    bar.className = 'bar';
+    bar.style.width = `${(100 * p).toFixed(1)}%`;
+    barCell.append(bar);
+    const value = document.createElement('td');
+    value.className = 'value';
+    value.textContent = `${(100 * p).toFixed(1)}%`;
+    row.append(label, barCell, value);
+    body.append(row);
+  }
+}
+
+async function showOverlay() {
+  overlay.hidden = !camToggle.checked;
+  if (!camToggle.checked && currentFile) { document.getElementById('file-name').textContent = currentFile.name; }
+  if (!camToggle.checked || !currentFile || overlay.dataset.upload === String(uploads)) { return; }
+  const form = new FormData();
+  form.append('file', currentFile);
+  const response = await fetch('/explain', { method: 'POST', body: form });
+  if (!response.ok) { setStatus(await errorText(response), true); return; }
+  if (overlay.src) { URL.revokeObjectURL(overlay.src); }
+  overlay.src = URL.createObjectURL(await response.blob());
+  overlay.dataset.upload = String(uploads);
+  document.getElementById('file-name').textContent =
+    `${currentFile.name}; right: Grad-CAM of class ${document.getElementById('predicted-class').textContent}`;
+}
+
+async function classify(file) {
+  document.body.dataset.state = 'busy';
+  setStatus(`classifying ${file.name}…`);
+  const form = new FormData();
+  form.append('file', file);
+  const response = await fetch('/predict', { method: 'POST', body: form });
+  if (!response.ok) {
+    setStatus(await errorText(response), true);
+    document.body.dataset.state = 'error';
+    return;
+  }
+  const result = await response.json();
+  currentFile = file;
+  uploads += 1;
+  const preview = document.getElementById('preview');
+  if (preview.src) { URL.revokeObjectURL(preview.src); }
+  preview.src = URL.createObjectURL(file);
+  document.getElementById('file-name').textContent = file.name;
+  document.getElementById('predicted-class').textContent = result.class;
+  showProbabilities(result);
+  document.getElementById('prediction-note').textContent =
+    `${result.model}, epoch ${result.epoch}` + (result.calibrated ? ', calibrated probabilities' : '');
+  document.getElementById('result').hidden = false;
+  setStatus('');
+  await showOverlay();
+  document.body.dataset.state = 'done';
+}
+
+fileInput.addEventListener('change', () => { if (fileInput.files.length) { classify(fileInput.files[0]); } });
+camToggle.addEventListener('change', showOverlay);
+for (const name of ['dragenter', 'dragover']) {
+  dropZone.addEventListener(name, (event) => { event.preventDefault(); dropZone.classList.add('dragging'); });
+}
+for (const name of ['dragleave', 'drop']) {
+  dropZone.addEventListener(name, () => dropZone.classList.remove('dragging'));
+}
+dropZone.addEventListener('drop', (event) => {
+  event.preventDefault();
+  if (event.dataTransfer.files.length) { classify(event.dataTransfer.files[0]); }
+});
+loadMetadata();
