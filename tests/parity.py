@@ -1,10 +1,15 @@
 """Helpers for parity tests against the source frameworks (torchvision, Keras on the JAX backend).
 
 The reference framework writes random weights in its own file format; fpclass loads that file; both compute
-on the same batch. Random BatchNorm statistics and affine parameters are drawn so that BN is not the identity
-(which would hide mapping mistakes) while logits stay O(1), so an absolute tolerance means something.
+on the same batch. The weights are informative (BatchNorm statistics from the reference's own train-mode
+pass over the test images), and the comparison (`agreement`, `check`) is relative to the logits' scale
+with a tolerance tied to the reference's own float32 noise: see "informative comparisons" below. Planted
+mutations (`replaced`, `bn_variances`, `reversed_batch_after`) show that the check can fail; float64
+versions of both sides (`port_logits_float64`, `torch_logits_float64`, `keras_logits_float64`) show that
+what remains in float32 is rounding.
 """
 import contextlib
+import dataclasses
 import os
 import re
 
@@ -12,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from fpclass import models
 from fpclass.models import transfer
@@ -33,6 +39,12 @@ def build(name, weights_path, num_classes=1000, image_shape=(64, 64, 3), **field
 
 def apply(model, variables, images):
   return jax.jit(model.apply)(variables, images)
+
+
+def run_once(fn, *args):
+  """fn(*args) compiled with XLA's backend optimisation off: for a program run once, where compiling is
+  most of its time (half of it on CPU) and its speed does not matter."""
+  return jax.jit(fn).lower(*args).compile({'xla_backend_optimization_level': 0})(*args)
 
 
 def images(shape, seed=0):
@@ -204,3 +216,308 @@ def write_legacy_h5(model, path, rename=None):
       for name, variable in zip(weight_names, layer.weights):
         group.create_dataset(name, data=np.asarray(variable))
   return path
+
+
+# ------------------------------------------------------------------------------- informative comparisons
+#
+# A random network with random BatchNorm statistics can give logits that hardly depend on the input (the
+# statistics match nothing the layers see, small BN scales shrink the image's signal layer by layer), and
+# then a parity test passes whatever the port does with the image. So the reference's BatchNorm statistics
+# come from a train-mode pass of the reference framework over the test images (then are perturbed, so a
+# port that normalised with batch statistics at inference would not agree by accident), the images differ
+# from each other at every scale, and `check` asserts that the reference logits do vary between images.
+#
+# The tolerance is relative to the logits' scale and a small multiple of the reference framework's own
+# float32 noise, measured in the same test: the change of the reference's outputs when its input moves by
+# JITTER (relative). Two frameworks that compute the same function differ by about that much; a mistake
+# moves the outputs by far more.
+
+JITTER = 1e-6          # relative input jitter that measures the noise floor
+FLOOR_FACTOR = 10      # tolerance = FLOOR_FACTOR * noise floor
+MIN_SPREAD = 0.1       # between-image std of the reference logits, as a fraction of their scale
+MAX_FLOOR = 1e-3       # relative; a noisier reference would make the tolerance meaningless
+FLOAT64_TOL = 1e-9     # relative, with both sides in float64
+
+
+def varied_images(shape, seed=0, pixels=False):
+  """A batch whose images differ at every scale: per-image contrast, per-image and per-channel brightness,
+  a smooth pattern of its own, and pixel noise. Normalised (about zero mean, unit std), or with
+  `pixels=True` raw 0..255 values for models that normalise inside."""
+  n, height, width, channels = shape
+  rng = np.random.default_rng(seed)
+  yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing='ij')
+  frequency = rng.uniform(0.5, 3, (2, n, 1, 1, channels))
+  phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, channels))
+  pattern = np.sin(2 * np.pi * (frequency[0] * yy[..., None] + frequency[1] * xx[..., None]) + phase)
+  contrast = rng.uniform(0.4, 1.6, (n, 1, 1, 1))
+  x = rng.normal(0, 0.6, (n, 1, 1, channels)) + contrast * (pattern + 0.7 * rng.normal(size=shape))
+  if pixels:
+    x = np.clip(127.5 + 50 * x, 0, 255)
+  return x.astype(np.float32)
+
+
+def gray_images(shape, seed=2):
+  """Gray images in [0, 1], (N, H, W, 1), differing as `varied_images` do."""
+  return np.clip(0.45 + 0.25 * varied_images(shape, seed), 0, 1).astype(np.float32)
+
+
+def jittered(x, seed=1):
+  """`x` moved by JITTER relative to its scale (RMS), elementwise at random."""
+  x = np.asarray(x)
+  noise = np.random.default_rng(seed).normal(size=x.shape)
+  return (x + JITTER * np.sqrt(np.mean(np.square(x, dtype=np.float64))) * noise).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+  """A port's outputs against the reference's, in units of the reference's scale.
+
+  scale:   std of all the reference logits (over images and classes)
+  peak:    max |reference logit|
+  spread:  between-image std of the reference logits (RMS over classes of the std over images) / scale
+  floor:   max |reference(jittered input) - reference(input)| / scale: the reference framework's own
+           float32 noise on these logits
+  diff:    max |port - reference| / scale
+  features: {stage: (diff, floor)}, each relative to max |reference feature| of that stage
+  """
+  name: str
+  scale: float
+  peak: float
+  spread: float
+  floor: float
+  diff: float
+  same_argmax: bool
+  features: dict = dataclasses.field(default_factory=dict)
+
+  def row(self, **extra) -> str:
+    worst = max(self.features, key=lambda k: self.features[k][0] / max(self.features[k][1], 1e-30), default=None)
+    cells = [self.name, f'{self.scale:.3g} (peak {self.peak:.3g})', f'{self.spread * self.scale:.3g} ({self.spread:.2f})',
+             f'{self.floor:.1e}', f'{self.diff:.1e}', f'{self.diff / self.floor:.2f}' if self.floor else 'inf',
+             f'{self.features[worst][0]:.1e} / {self.features[worst][1]:.1e} ({worst})' if worst else '-']
+    cells += [f'{v:.1e}' if isinstance(v, float) else str(v) for v in extra.values()]
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+TABLE_HEADER = ('| port | logit scale (std) | between-image std (/scale) | float32 floor | max |d| RGB | d / floor | '
+                'stage |d| / floor, worst |')
+
+
+def agreement(name, logits, ref, ref_jittered, features=None, ref_features=None,
+              ref_jittered_features=None) -> Agreement:
+  ref = np.asarray(ref, np.float64)
+  scale = float(np.std(ref))
+  spread = float(np.sqrt(np.mean(np.var(ref, axis=0)))) / scale
+  stages = {}
+  for stage, expected in (ref_features or {}).items():
+    stage_scale = float(np.max(np.abs(expected)))
+    stages[stage] = (max_abs_diff(features[stage], expected) / stage_scale,
+                     max_abs_diff(ref_jittered_features[stage], expected) / stage_scale)
+  return Agreement(name, scale, float(np.max(np.abs(ref))), spread, max_abs_diff(ref_jittered, ref) / scale, max_abs_diff(logits, ref) / scale,
+                   bool(np.array_equal(np.argmax(logits, -1), np.argmax(ref, -1))), stages)
+
+
+def check(result: Agreement, factor=FLOOR_FACTOR) -> Agreement:
+  """Asserts that the comparison means something (the reference logits vary between images; its noise floor
+  is small) and that the port agrees within `factor` times that floor, logits and every stage."""
+  problems = []
+  if not result.spread >= MIN_SPREAD:
+    problems.append(f'reference logits hardly vary between images: between-image std {result.spread:.2g} of '
+                    f'their scale {result.scale:.3g} (need {MIN_SPREAD})')
+  if not result.floor <= MAX_FLOOR:
+    problems.append(f'the reference noise floor {result.floor:.1e} is above {MAX_FLOOR:.0e}')
+  if not result.diff <= factor * result.floor:
+    problems.append(f'max |d logit| {result.diff:.2e} of the scale > {factor} x noise floor {result.floor:.2e}')
+  if not result.same_argmax:
+    problems.append('the predicted classes differ')
+  for stage, (diff, floor) in result.features.items():
+    if not diff <= factor * floor:
+      problems.append(f'stage {stage}: max |d| {diff:.2e} of its scale > {factor} x its noise floor {floor:.2e}')
+  assert not problems, f'{result.name}: ' + '; '.join(problems)
+  return result
+
+
+def perturbed_statistics(mean, var, rng, amount=0.02):
+  """Statistics near (mean, var): the mean moved by `amount` standard deviations at random, the variance
+  scaled by a factor within exp(+-2 * amount)."""
+  std = np.sqrt(np.asarray(var, np.float64))
+  mean = np.asarray(mean, np.float64) + amount * std * rng.normal(size=np.shape(mean))
+  var = np.square(std) * np.exp(2 * amount * rng.uniform(-1, 1, np.shape(std)))
+  return mean.astype(np.float32), var.astype(np.float32)
+
+
+def informative_torch_bn(module, nhwc, seed=0):
+  """Sets every BatchNorm's running statistics from one train-mode pass of torch over `nhwc` (only BN in
+  train mode: dropout and stochastic depth stay off), then perturbs them. Returns `module`, in eval mode."""
+  import torch
+  norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+  module.eval()
+  momenta = [m.momentum for m in norms]
+  for m in norms:
+    m.reset_running_stats()
+    m.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    m.train()
+  with torch.no_grad():
+    module(torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))).to(next(module.parameters()).dtype))
+  rng = np.random.default_rng(seed)
+  with torch.no_grad():
+    for m, momentum in zip(norms, momenta):
+      m.momentum = momentum
+      mean, var = perturbed_statistics(m.running_mean.numpy(), m.running_var.numpy(), rng)
+      m.running_mean.copy_(torch.from_numpy(mean))
+      m.running_var.copy_(torch.from_numpy(var))
+  return module.eval()
+
+
+def informative_keras_bn(model, images, seed=0):
+  """Sets every BatchNormalization's moving statistics from one train-mode pass of Keras over `images`
+  (momentum 0 and dropout rates 0 meanwhile), then perturbs them. Returns `model`.
+
+  The pass is one compiled `stateless_call`: Keras run eagerly dispatches op by op, a minute for EfficientNetB0."""
+  import keras
+  norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+  if not norms:
+    return model
+  dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+  saved = [layer.momentum for layer in norms], [layer.rate for layer in dropouts]
+  try:
+    for layer in norms:
+      layer.momentum = 0.0
+    for layer in dropouts:
+      layer.rate = 0.0
+    trainable = [v.value for v in model.trainable_variables]
+    state = [v.value for v in model.non_trainable_variables]
+    _, state = run_once(lambda t, s, x: model.stateless_call(t, s, x, training=True), trainable, state, images)
+  finally:
+    for layer, momentum in zip(norms, saved[0]):
+      layer.momentum = momentum
+    for layer, rate in zip(dropouts, saved[1]):
+      layer.rate = rate
+  for variable, value in zip(model.non_trainable_variables, state):
+    variable.assign(value)
+  rng = np.random.default_rng(seed)
+  for layer in norms:
+    values = layer.get_weights()  # [gamma, beta,] moving_mean, moving_variance
+    values[-2], values[-1] = perturbed_statistics(values[-2], values[-1], rng)
+    layer.set_weights(values)
+  return model
+
+
+def check_feature(label, got, ref, ref_jittered, factor=FLOOR_FACTOR) -> tuple:
+  """Asserts that feature map `got` equals the reference's within `factor` times the reference's own noise
+  floor there, both relative to max |ref|; returns (diff, floor)."""
+  scale = float(np.max(np.abs(ref)))
+  diff, floor = max_abs_diff(got, ref) / scale, max_abs_diff(ref_jittered, ref) / scale
+  assert floor > 0 and diff <= factor * floor, f'{label}: max |d| {diff:.2e} of its scale > {factor} x noise floor {floor:.2e}'
+  return diff, floor
+
+
+def keras_runner(model, feature_layers: dict):
+  """x -> (logits, {feature name: array}) of a Keras model, features being the outputs of the named layers
+  (or Keras tensors of the model): one jitted program, so every batch of the same shape reuses it."""
+  import keras
+  names = list(feature_layers)
+  tensors = [model.get_layer(v).output if isinstance(v, str) else v for v in feature_layers.values()]
+  probe = keras.Model(model.inputs, tensors + [model.output])
+  trainable = [v.value for v in probe.trainable_variables]
+  state = [v.value for v in probe.non_trainable_variables]
+  compiled = jax.jit(lambda t, s, x: probe.stateless_call(t, s, x)[0])
+
+  def run(x):
+    outputs = compiled(trainable, state, x)
+    outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    return outputs[-1], dict(zip(names, outputs[:-1]))
+  return run
+
+
+# ------------------------------------------------------------------------------------ broken on purpose
+
+def replaced(variables, changes: dict):
+  """`variables` with each '/'-joined path in `changes` replaced by changes[path](its value)."""
+  flat = traverse_util.flatten_dict(variables, sep='/')
+  for path, change in changes.items():
+    flat[path] = change(np.asarray(flat[path]))
+  return traverse_util.unflatten_dict(flat, sep='/')
+
+
+def bn_variances(variables, change) -> dict:
+  """{path: change} for every BatchNorm running variance ('batch_stats/.../var') of a port."""
+  return {k: change for k in traverse_util.flatten_dict(variables, sep='/')
+          if k.startswith('batch_stats/') and k.endswith('/var')}
+
+
+def reversed_batch_after(module_name):
+  """A Flax method interceptor (`nn.intercept_methods`) reversing the batch order of the output of the
+  top-level module `module_name`: a port that mixes up images in a middle stage."""
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and context.module.path == (module_name,):
+      return out[::-1]
+    return out
+  return interceptor
+
+
+# ------------------------------------------------------------------------------------------------ float64
+
+def head_module(name) -> str:
+  """The top-level module name of a registered port's source classifier ('fc', 'predictions', ...)."""
+  return re.fullmatch(r'\^params/(\w+)/', models.get_spec(name).source_head).group(1)
+
+
+def port_logits_float64(name, weights_path, x, **fields):
+  """The port's logits computed in float64 throughout, weights loaded from `weights_path` (float32 values,
+  as both frameworks hold them). The ports hand back float32 logits, so these are the classifier module's
+  own output, captured before that cast. Runs under `jax.enable_x64` only, so other tests keep float32."""
+  with jax.enable_x64(True):
+    model, variables = build(name, weights_path, image_shape=x.shape[1:], dtype=jnp.float64, **fields)
+    variables = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), variables)
+    head = head_module(name)
+
+    def logits(variables, x):
+      _, state = model.apply(variables, x, capture_intermediates=lambda m, method: (
+          method == '__call__' and m.name == head and len(m.path) == 1), mutable=['intermediates'])
+      return state['intermediates'][head]['__call__'][0]
+    out = np.asarray(jax.jit(logits)(variables, np.asarray(x, np.float64)))
+  assert out.dtype == np.float64, out.dtype
+  return out.reshape(len(x), -1)
+
+
+def torch_logits_float64(module, nhwc):
+  """torch's logits with a float64 copy of `module`."""
+  import copy
+
+  import torch
+  double = copy.deepcopy(module).double().eval()
+  with torch.no_grad():
+    return double(torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2), np.float64))).numpy()
+
+
+def keras_logits_float64(application, weights_path, x, **kwargs):
+  """keras.applications.<application>'s logits with every layer in float64 (Keras' float64 dtype policy,
+  under jax.enable_x64), weights loaded from `weights_path`. Keras' global dtype settings come back after."""
+  import keras
+  from keras.src.backend.common import dtypes
+  policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+  narrowing = dict(dtypes.BIT64_TO_BIT32_DTYPE)
+  with jax.enable_x64(True):
+    try:
+      keras.config.set_floatx('float64')
+      keras.config.set_dtype_policy('float64')
+      # Keras' type promotion narrows float64 to float32 on the JAX backend (to match JAX without x64), so
+      # its BatchNormalization would compute in float32 (result_type(float64, 'float32')); under x64 JAX
+      # keeps float64, and so does Keras here.
+      dtypes.BIT64_TO_BIT32_DTYPE.pop('float64')
+      model = keras_application(application, x.shape[1:], weights=str(weights_path), **kwargs)
+      for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+          layer.finalize_state()
+      trainable = [v.value for v in model.trainable_variables]
+      state = [v.value for v in model.non_trainable_variables]
+      out = jax.jit(lambda t, s, x: model.stateless_call(t, s, x)[0])(trainable, state, np.asarray(x, np.float64))
+      out = np.asarray(out)
+    finally:
+      dtypes.BIT64_TO_BIT32_DTYPE.clear()
+      dtypes.BIT64_TO_BIT32_DTYPE.update(narrowing)
+      keras.config.set_floatx(floatx)
+      keras.config.set_dtype_policy(policy)
+  assert out.dtype == np.float64, out.dtype
+  return out

@@ -1,4 +1,6 @@
 """fpclass.cam: parity with pytorch-grad-cam, a hand-computed case, batching, jit, sanity, every model."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from fpclass import cam, models
 from fpclass.errors import UserInputError
 from fpclass.models.cnn import FootprintCNN
-from tests import torch_twins
+from tests import parity, torch_twins
 
 REFERENCE = {'gradcam': GradCAM, 'gradcam++': GradCAMPlusPlus, 'hirescam': HiResCAM}
 
@@ -59,7 +61,8 @@ def reference_guided_backprop(twin, images_nhwc, targets):
 
 
 def check_parity(twin, layer, images_nhwc, targets, atol=1e-4) -> dict:
-  """Asserts every CAM method and guided backprop agree with pytorch-grad-cam; returns the max differences."""
+  """Asserts every CAM method and guided backprop agree with pytorch-grad-cam; returns the max differences.
+  Guided backpropagation swaps ReLUs, so it is compared on models that have them (not EfficientNet's SiLU)."""
   differences = {}
   for method in cam.METHODS:
     expected = reference_maps(twin, layer, images_nhwc, targets, method)
@@ -68,10 +71,20 @@ def check_parity(twin, layer, images_nhwc, targets, atol=1e-4) -> dict:
     # Guard against comparing blank maps: most maps must have a real peak region.
     assert np.mean([(m > 0.5).mean() > 0.005 for m in expected]) >= 0.5, method
     differences[method] = float(np.abs(got - expected).max())
-  expected = reference_guided_backprop(twin, images_nhwc, targets)
-  got = np.asarray(cam.guided_backprop(cam.guided_model(twin.flax_model).apply, twin.variables, images_nhwc,
-                                       targets))
-  differences['guided_backprop (relative)'] = float(np.abs(got - expected).max() / np.abs(expected).max())
+  if cam.RELU_FIELD in {f.name for f in dataclasses.fields(twin.flax_model)}:
+    expected = reference_guided_backprop(twin, images_nhwc, targets)
+    got = np.asarray(cam.guided_backprop(cam.guided_model(twin.flax_model).apply, twin.variables, images_nhwc,
+                                         targets))
+    # A ReLU network's input gradient is constant between ReLU switches, so it compares exactly or not at
+    # all: an image with a pre-activation within rounding of zero flips a guided mask in either framework.
+    # Compared are the images whose torch result no input jitter (parity.JITTER) changes.
+    relative = lambda a: np.abs(a - expected).max(axis=(1, 2, 3)) / np.abs(expected).max(axis=(1, 2, 3))
+    unstable = np.max([relative(reference_guided_backprop(twin, parity.jittered(images_nhwc, seed), targets))
+                       for seed in (1, 2, 3)], axis=0)
+    stable = unstable <= atol
+    assert stable.mean() >= 0.5, unstable
+    differences[f'guided_backprop (relative, {stable.sum()} of {len(stable)} well-conditioned images)'] = float(
+        relative(got)[stable].max())
   print(f'\nparity with pytorch-grad-cam, max |difference|: {differences}')
   assert all(d < atol for d in differences.values()), differences
   return differences
@@ -79,10 +92,12 @@ def check_parity(twin, layer, images_nhwc, targets, atol=1e-4) -> dict:
 
 @pytest.mark.parametrize('name', sorted(torch_twins.CASES))
 def test_parity_with_pytorch_grad_cam(name):
-  """Every model with a torch twin (tests/torch_twins.py CASES) matches pytorch-grad-cam within 1e-4."""
+  """Every model with a torch twin (tests/torch_twins.py CASES) matches pytorch-grad-cam within 1e-4. The
+  pretrained ports' twins have BatchNorm statistics set on their own images, which they are explained on."""
   build, shape, layer = torch_twins.CASES[name]
   twin = build(shape)
-  check_parity(twin, layer, random_images(shape, 6), targets=np.array([0, 1, 0, 1, 1, 0]))
+  images = random_images(shape, 6) if twin.images is None else twin.images
+  check_parity(twin, layer, images, targets=np.array([0, 1, 0, 1, 1, 0]))
 
 
 class GapNet(nn.Module):

@@ -4,8 +4,9 @@ import hashlib
 import numpy as np
 import pytest
 
+from fpclass import models, preprocessing
 from fpclass.errors import UserInputError
-from fpclass.models import weights
+from fpclass.models import transfer, weights
 
 
 def published(tmp_path, payload=b'weights-bytes' * 1000):
@@ -71,7 +72,6 @@ def test_assign_keeps_an_empty_collection():
 
 
 def test_fold_rgb_stem_matches_the_rgb_convolution():
-  from fpclass import preprocessing
   rng = np.random.default_rng(0)
   kernel = rng.normal(size=(3, 3, 3, 4))
   norm = preprocessing.TORCH_IMAGENET
@@ -82,3 +82,28 @@ def test_fold_rgb_stem_matches_the_rgb_convolution():
   gray = (g[:, :, None] - gray_norm.mean[0]) / gray_norm.std[0]
   np.testing.assert_allclose(np.einsum('hwc,hwco->o', rgb, kernel),
                              np.einsum('hwc,hwco->o', gray, folded) + offset, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('offset_path', ['batch_stats/bn/mean', 'params/conv/bias'])
+def test_fold_stem_moves_the_offset_with_the_right_sign(offset_path):
+  """transfer.fold_stem on a stem whose offset goes to the following BN mean (subtracted there) or to the
+  conv bias (added): on one receptive field inside the image, conv + bias - mean on the RGB copy [g, g, g]
+  under torch's per-channel normalisation equals the folded one-channel stem's on g."""
+  norm = preprocessing.TORCH_IMAGENET
+  spec = models.ModelSpec('stem_only', object, 'torchvision', cam_layer='', preprocessing=norm,
+                          stem=f'conv|{offset_path}')
+  rng = np.random.default_rng(0)
+  mapped = {('params', 'conv', 'kernel'): rng.normal(size=(3, 3, 3, 4)).astype(np.float32),
+            ('params', 'conv', 'bias'): rng.normal(size=4).astype(np.float32),
+            ('batch_stats', 'bn', 'mean'): rng.normal(size=4).astype(np.float32)}
+  folded = transfer.fold_stem(spec, mapped)
+
+  def stem(variables, x):
+    conv = np.einsum('hwc,hwco->o', x, variables[('params', 'conv', 'kernel')])
+    return conv + variables[('params', 'conv', 'bias')] - variables[('batch_stats', 'bn', 'mean')]
+  g = rng.uniform(size=(3, 3, 1))
+  rgb = stem(mapped, np.asarray(norm(np.repeat(g, 3, axis=-1))))
+  gray = stem(folded, np.asarray(norm.to_grayscale()(g)))
+  np.testing.assert_allclose(gray, rgb, rtol=1e-5, atol=1e-5)
+  key = tuple(offset_path.split('/'))
+  assert np.abs(folded[key] - mapped[key]).min() > 1e-2  # the offset is there: a wrong sign would show

@@ -27,6 +27,7 @@ class Twin:
   flax_model: object
   variables: dict
   layers: dict
+  images: np.ndarray | None = None   # the batch its BatchNorm statistics were set on, if they were
 
 
 def conv_kernel(w):
@@ -103,21 +104,33 @@ def footprint_cnn(image_shape, seed=0, conv_channels=(32, 64), fc_sizes=(128,), 
   return Twin(torch_model, flax_model, copy_weights(torch_model.state_dict(), abstract, table), layer_names)
 
 
-def resnet18(image_shape, seed=0) -> Twin:
-  """torchvision's ResNet-18 with random weights (BatchNorm randomised), and the fpclass port loaded from
-  the state_dict file torch wrote, through the same loader users go through."""
+def torchvision_twin(name, image_shape, layers, seed=0) -> Twin:
+  """torchvision's `name` with random weights, BatchNorm statistics from torch's train-mode pass over
+  `parity.varied_images` (the twin's `images`, so that its maps depend on the image), and the fpclass port
+  loaded from the state_dict file torch wrote, through the same loader users go through."""
   import tempfile
 
   import torchvision
 
   from tests import parity
   torch.manual_seed(seed)
-  torch_model = parity.randomise_torch_bn(torchvision.models.resnet18(weights=None).eval(), seed)
+  torch_model = getattr(torchvision.models, name)(weights=None).eval()
+  torch_model = parity.randomise_torch_bn(parity.randomise_torch_weights(torch_model, seed), seed)
+  images = parity.varied_images((6, *image_shape), seed)
+  parity.informative_torch_bn(torch_model, images, seed)
   with tempfile.TemporaryDirectory() as folder:
-    path = f'{folder}/resnet18.pth'
+    path = f'{folder}/{name}.pth'
     torch.save(torch_model.state_dict(), path)
-    model, variables = parity.build('resnet18', path, num_classes=1000, image_shape=image_shape)
-  return Twin(torch_model, model, variables, {'layer4': 'layer4', 'layer3': 'layer3'})
+    model, variables = parity.build(name, path, num_classes=1000, image_shape=image_shape)
+  return Twin(torch_model, model, variables, layers, images)
+
+
+def resnet18(image_shape, seed=0) -> Twin:
+  return torchvision_twin('resnet18', image_shape, {'layer4': 'layer4', 'layer3': 'layer3'}, seed)
+
+
+def efficientnet_b0(image_shape, seed=0) -> Twin:
+  return torchvision_twin('efficientnet_b0', image_shape, {'last_conv': 'features.8', 'stage6': 'features.6'}, seed)
 
 
 # name -> (twin builder, input shape (H, W, C), the Flax feature map to explain). Parity tests and
@@ -125,4 +138,5 @@ def resnet18(image_shape, seed=0) -> Twin:
 CASES = {
     'footprint_cnn': (footprint_cnn, (120, 80, 1), 'conv2'),
     'resnet18': (resnet18, (64, 64, 3), 'layer4'),
+    'efficientnet_b0': (efficientnet_b0, (72, 56, 3), 'last_conv'),
 }
