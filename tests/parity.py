@@ -239,6 +239,14 @@ MAX_FLOOR = 1e-3       # relative; a noisier reference would make the tolerance 
 FLOAT64_TOL = 1e-9     # relative, with both sides in float64
 
 
+def check_float64(label: str, got64, ref64) -> float:
+  """Asserts a float64 port agrees with its float64 reference to FLOAT64_TOL of the logit scale; returns it."""
+  diff = max_abs_diff(got64, ref64) / np.std(ref64)
+  print(f'\n{label} float64: max |d logit| {diff:.1e} of the logit scale')
+  assert diff <= FLOAT64_TOL
+  return diff
+
+
 def varied_images(shape, seed=0, pixels=False):
   """A batch whose images differ at every scale: per-image contrast, per-image and per-channel brightness,
   a smooth pattern of its own, and pixel noise. Normalised (about zero mean, unit std), or with
