@@ -13,7 +13,9 @@
    --budget-mb, decoded once into the cache, then one epoch of footprint_cnn (conv 8,16, fc 32, batch 32,
    validation batch 32) through `fpclass.modes.runner.run('train', ...)` in a child process, twice: with
    data.device_memory_budget = --budget-mb (streamed) and with it 0 (in memory, for contrast). Peak RSS is
-   the child's own (`wait4` ru_maxrss), so it counts the page-cache reads only where a process maps them.
+   the child's own address space's high-water mark (`VmHWM`, written at exit), so it counts the page-cache
+   reads only where a process maps them. Not `wait4`'s ru_maxrss: Linux carries that across execve, so a
+   child spawned from this (large) bench process would report the parent's peak.
 
 A figure in docs/ comes from this command; it prints the command it ran and writes the JSON with --json.
 """
@@ -168,18 +170,29 @@ else:
 '''
 
 
+# Prepended to a child's code: at exit it writes its own VmHWM (kB) to the file named by FPCLASS_BENCH_HWM.
+HWM_AT_EXIT = """
+import atexit, os
+def _write_hwm():
+  with open('/proc/self/status') as status:
+    kb = next(line.split()[1] for line in status if line.startswith('VmHWM:'))
+  with open(os.environ['FPCLASS_BENCH_HWM'], 'w') as out:
+    out.write(kb)
+atexit.register(_write_hwm)
+"""
+
+
 def child(code: str, log: pathlib.Path) -> dict:
-  """Runs `code` in a child Python; its wall seconds, peak RSS (its own) and stdout."""
+  """Runs `code` in a child Python; its wall seconds, peak RSS (its own VmHWM) and stdout."""
+  hwm = log.with_suffix('.hwm')
   start = time.perf_counter()
   with open(log, 'w') as err:
-    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=err, text=True,
-                            cwd=harness.REPO)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-  proc.returncode = os.waitstatus_to_exitcode(status)
-  if proc.returncode:
-    raise SystemExit(f'child failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}')
-  return dict(seconds=time.perf_counter() - start, peak_rss_bytes=usage.ru_maxrss * 1024, stdout=out)
+    done = subprocess.run([sys.executable, '-c', HWM_AT_EXIT + code], stdout=subprocess.PIPE, stderr=err,
+                          text=True, cwd=harness.REPO, env=dict(os.environ, FPCLASS_BENCH_HWM=str(hwm)))
+  if done.returncode:
+    raise SystemExit(f'child failed ({done.returncode}); see {log}:\n{log.read_text()[-3000:]}')
+  return dict(seconds=time.perf_counter() - start, peak_rss_bytes=int(hwm.read_text()) * 1024,
+              stdout=done.stdout)
 
 
 def write_image_folder(root: pathlib.Path, n: int) -> None:

@@ -90,4 +90,5 @@ def get_config(arg: str = 'exp4'):
     c.train.epochs = 2
     c.train.batch_size = 16
     c.train.finetune_epochs = min(c.train.finetune_epochs, 1)
+    c.explain.update(num_images=4, inference_grid=6, max_channels=4)  # smaller figures draw faster
   return c

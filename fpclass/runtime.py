@@ -32,8 +32,10 @@ def enable_compilation_cache(default_root: str | os.PathLike | None = None) -> p
   folder = pathlib.Path(setting).expanduser() if setting else root / 'jax-compilation'
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', str(folder))
-  # Only programs that took a while to compile are worth a disk entry.
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  # Only programs that took a while to compile are worth a disk entry, unless JAX's own environment
+  # variable says otherwise (the test suite caches everything: its many launches share small programs).
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return folder
 

@@ -6,8 +6,10 @@ writer (its own file, closed at once), so a killed run loses nothing already wri
 outlives the loop. Each file starts with TensorBoard's purge marker at its epoch, so after a resume
 TensorBoard discards any stale points at or beyond the epoch being rewritten.
 """
+import contextlib
 import math
 import pathlib
+import sys
 
 from fpclass import fileio
 
@@ -19,7 +21,8 @@ def write_epoch(logdir: str | pathlib.Path, row: dict) -> None:
   train_loss -> loss/train, val_loss -> loss/val, so TensorBoard overlays train and validation curves."""
   if not fileio.is_primary():
     return
-  from tensorboardX import SummaryWriter
+  with _without_torch():
+    from tensorboardX import SummaryWriter
   epoch = int(row['epoch'])
   writer = SummaryWriter(logdir=str(logdir), purge_step=epoch, filename_suffix=f'.epoch{epoch:05d}')
   try:
@@ -29,6 +32,22 @@ def write_epoch(logdir: str | pathlib.Path, row: dict) -> None:
       writer.add_scalar(scalar_tag(key), float(value), global_step=epoch)
   finally:
     writer.close()
+
+
+@contextlib.contextmanager
+def _without_torch():
+  """tensorboardX's writer module tries `import torch` at import time, only to accept torch tensors; we pass
+  floats. Where torch is installed that import alone takes 3-4 s of every run, so unless torch is already
+  loaded it is made to fail (the writer then accepts numpy only) and the module table is put back after."""
+  if 'torch' in sys.modules:
+    yield
+    return
+  sys.modules['torch'] = None  # `import torch` now raises ImportError
+  try:
+    yield
+  finally:
+    if sys.modules.get('torch', 0) is None:
+      del sys.modules['torch']
 
 
 def scalar_tag(key: str) -> str:

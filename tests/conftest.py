@@ -21,7 +21,10 @@ def compilation_cache(tmp_path_factory):
   keep_host_buffers()
   folder = tmp_path_factory.mktemp('jax-cache')
   os.environ[ENV_CACHE] = str(folder)
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # small programs too: launches share them
   enable_compilation_cache()
+  import jax
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # this process read the variable earlier
   return folder
 
 

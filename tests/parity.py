@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
+from flax import linen as nn
 from flax import traverse_util
 
 from fpclass import models
@@ -465,6 +467,23 @@ def reversed_batch_after(module_name):
 
 
 # ------------------------------------------------------------------------------------------------ float64
+
+def broken_port_outputs(model, variables, apply, x, mutation: str, mutate):
+  """(logits, features) of a port with one planted mutation: a 'batch order ...' mutation intercepts a
+  module's call (`reversed_batch_after`); any other changes the variables (`replaced`, `bn_variances`)."""
+  if mutation.startswith('batch order'):
+    with nn.intercept_methods(mutate):
+      return jax.jit(lambda v, images: model.apply(v, images))(variables, x)
+  return apply(mutate(variables), x)
+
+
+def assert_check_fails(result: Agreement) -> None:
+  """The parity check rejects a broken port on its logits alone, and with its features."""
+  with pytest.raises(AssertionError, match='max .d logit.'):
+    check(dataclasses.replace(result, features={}))
+  with pytest.raises(AssertionError):
+    check(result)
+
 
 def head_module(name) -> str:
   """The top-level module name of a registered port's source classifier ('fc', 'predictions', ...)."""

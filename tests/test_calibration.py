@@ -5,7 +5,7 @@ from scipy import stats as scipy_stats
 from sklearn.metrics import f1_score
 
 from fpclass import calibration, stats
-from fpclass.config import parse_variant, variant_spec
+from fpclass.config import ConfigError, parse_variant, variant_spec
 from fpclass.errors import UserInputError
 from fpclass.modes.sweep import apply_changes
 from tests.conftest import load_config
@@ -94,5 +94,5 @@ def test_variants_round_trip_and_bad_ones_name_the_flag():
   assert apply_changes(config, changes, 'x').model.fc_sizes == (32,)
   with pytest.raises(UserInputError, match="config.sweep.variants .*'model.dropoutt' is not a config key"):
     apply_changes(config, {'model.dropoutt': 0.5}, 'config.sweep.variants (exp)')
-  with pytest.raises(UserInputError, match='not "name: key=value'):
+  with pytest.raises(ConfigError, match='config.sweep.variants: .*not "name: key=value'):
     parse_variant('no colon here')

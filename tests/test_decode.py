@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fpclass.config import DecodeSettings
 from fpclass.data import decode
@@ -57,11 +57,64 @@ def test_exif_orientation_is_applied(tmp_path):
   assert out[:, :15].mean() < 50 and out[:, 25:].mean() > 200  # white half now on the right
 
 
+@pytest.mark.parametrize('mode', ['L', 'RGB', 'CMYK', '1', 'P'])
+@pytest.mark.parametrize('settings', [GREY, RGB], ids=['grey', 'rgb'])
+def test_decoded_pixels_are_pillows_own_conversion(tmp_path, mode, settings):
+  """At the stored size (no resize), modes without alpha or 16-bit samples decode to exactly what Pillow's
+  own `convert('L' or 'RGB')` gives; an all-zero or shifted image fails this."""
+  fmt = 'TIFF' if mode == 'CMYK' else 'PNG'
+  source = Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8), 'RGB')
+  path = tmp_path / f'x.{fmt.lower()}'
+  source.convert(mode).save(path, format=fmt)
+  with Image.open(path) as image:
+    expected = np.asarray(image.convert('L' if settings.channels == 1 else 'RGB'))
+  out = decode_image(path, settings)
+  assert out.std() > 10 and np.array_equal(out.reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize('mode', ['LA', 'RGBA'])
+def test_alpha_is_composited_as_pillow_composites_it(tmp_path, mode):
+  rng = np.random.default_rng(4)
+  rgba = Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), 'RGBA').convert(mode)
+  rgba.save(tmp_path / 'a.png')
+  for background in (0, 255):
+    flat = Image.alpha_composite(Image.new('RGBA', rgba.size, (background,) * 3 + (255,)), rgba.convert('RGBA'))
+    expected = np.asarray(flat.convert('L'), dtype=int)
+    out = decode_image(tmp_path / 'a.png', DecodeSettings(image_size=(30, 40), alpha_background=background))
+    assert np.abs(out[:, :, 0].astype(int) - expected).max() <= 1  # Pillow's paste and composite round apart
+
+
+def banded(path, size=(200, 50)):
+  """A wide mid-grey image with a light band down its left edge and a dark one down its right."""
+  w, h = size
+  arr = np.full((h, w), 128, np.uint8)
+  arr[:, :20], arr[:, -20:] = 240, 10
+  Image.fromarray(arr, 'L').save(path)
+  return path
+
+
 @pytest.mark.parametrize('resize', ['stretch', 'crop', 'pad'])
-def test_resize_modes_give_the_configured_size(tmp_path, resize):
-  path = save_image(tmp_path / 'wide.png', size=(200, 50))
-  out = decode_image(path, DecodeSettings(image_size=(120, 80), resize=resize))
-  assert out.shape == (120, 80, 1)
+def test_resize_modes_are_told_apart_by_border_bands(tmp_path, resize):
+  """A 200x50 image with edge bands into 40x40: stretch keeps both bands over the full height, crop (the
+  centre 50x50) drops them, pad (letterbox, 40x10 of image) keeps them between fill rows."""
+  settings = DecodeSettings(image_size=(40, 40), resize=resize, alpha_background=255)
+  out = decode_image(banded(tmp_path / 'wide.png'), settings)[:, :, 0].astype(int)
+  assert out.shape == (40, 40)
+  left, middle, right = out[:, :2], out[:, 10:30], out[:, -2:]
+  if resize == 'stretch':
+    assert (left > 200).all() and (right < 50).all() and (abs(middle - 128) <= 2).all()
+  elif resize == 'crop':
+    assert (abs(out - 128) <= 2).all()
+  else:
+    rows = np.flatnonzero((out != 255).any(1))  # the image's rows; the rest is the fill
+    assert len(rows) == 10 and rows[0] == 15 and (out[:15] == 255).all() and (out[25:] == 255).all()
+    assert (out[16:24, :2] > 200).all() and (out[16:24, -2:] < 50).all()
+  with Image.open(tmp_path / 'wide.png') as image:  # and the same pixels as Pillow's own operation
+    size = (40, 40)
+    expected = {'stretch': lambda: image.resize(size, Image.Resampling.BILINEAR),
+                'crop': lambda: ImageOps.fit(image, size, Image.Resampling.BILINEAR),
+                'pad': lambda: ImageOps.pad(image, size, Image.Resampling.BILINEAR, color=255)}[resize]()
+  assert np.array_equal(out, np.asarray(expected))
 
 
 def test_bad_files_raise_decode_errors_with_reasons(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from fpclass.errors import UserInputError
 from fpclass.modes import explain, explain_figures
 from fpclass.validation import validate
+from tests import content
 from tests.conftest import QUICK, launch, load_config
 
 
@@ -24,6 +25,7 @@ def test_training_ends_with_the_explanations(trained_quick):
   for name in ('gradcam_worst.png', 'inference_grid.png', 'top_losses.csv', 'most_confused.csv',
                'feature_maps.png'):
     assert (out / name).is_file(), name
+  content.check_plots(out, [p.name for p in out.glob('*.png')])
   links = report_links(workdir)
   assert {f'explain/{p.name}' for p in out.iterdir()} <= set(links)
   assert all((workdir / link).is_file() for link in links), [link for link in links if not (workdir / link).is_file()]
@@ -69,7 +71,7 @@ def test_a_bad_layer_names_the_flag(trained_quick):
 
 
 @pytest.mark.parametrize('key, value, message', [
-    ('method', 'scorecam', "config.explain.method='scorecam': choose one of ['gradcam', 'gradcam++', 'hirescam']"),
+    ('method', 'scorecam', "config.explain.method='scorecam': must be one of ['gradcam', 'gradcam++', 'hirescam']"),
     ('target', 'truth', "config.explain.target='truth'"),
     ('num_images', 0, 'config.explain.num_images=0: must be at least 1'),
     ('feature_image', -2, 'config.explain.feature_image=-2: must be at least -1'),

@@ -90,8 +90,9 @@ def test_torchvision_resnet18_with_head_dropout_l2_finetuning_and_streamed_image
   the cached phase left. The cached run's images are over its device budget, so they stream for the
   feature pass (and phase 1), while its features (2 KB an image against 3 KB) fit: every row of metrics.csv
   equals the uncached in-memory run's."""
-  torch = pytest.importorskip('torch')
-  torchvision = pytest.importorskip('torchvision')
+  import torch  # a missing test dependency fails loudly, it does not skip
+  import torchvision
+
   from fpclass.modes.train import train
   from tests import parity
   torch.manual_seed(0)
@@ -100,7 +101,6 @@ def test_torchvision_resnet18_with_head_dropout_l2_finetuning_and_streamed_image
   torch.save(module.state_dict(), weights)
   overrides = {'model.top': 'avg', 'model.top_hidden': (8,), 'train.l2': 1e-3, 'train.finetune_epochs': 1,
                'train.finetune_freeze_till': 4}
-  pytest.importorskip('grain')
   budget = 100_000   # 40 images of 32x32x3 take 122,880 bytes; their 1x1x512 float32 features 81,920
   for mode in ('on', 'off'):
     config = resnet18_config(pets, weights, **overrides, **{'train.feature_cache': mode}, **(

@@ -3,13 +3,12 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+import torch  # writes the torchvision state_dict the tests fine-tune from; a test dependency, never skipped
+import torchvision
 
 from fpclass import optim
 from fpclass import task as task_lib
 from tests.conftest import launch, load_config
-
-torch = pytest.importorskip('torch', reason='needs torch to write a torchvision state_dict')
-torchvision = pytest.importorskip('torchvision')
 
 
 @pytest.fixture(scope='module')
@@ -53,14 +52,24 @@ def test_frozen_stages_keep_weights_and_batch_statistics(resnet18_file):
   assert new.params['conv1']['kernel'].shape == (7, 7, 1, 64)  # the folded grayscale stem
 
 
-def test_footprint_transfer_two_phases_through_launch(tmp_path, resnet18_file):
+def test_footprint_transfer_two_phases_start_from_the_best_weights(tmp_path, resnet18_file):
+  """Seed 000's ResNet-18 transfer through launch.py: a frozen-backbone phase, then fine-tuning, then a
+  submission. A min_delta no epoch can beat makes epoch 1 the best and epoch 2 the last of phase 1. Phase 2
+  here freezes every stage at learning rate 0, so it changes nothing: its validation loss is that of the
+  weights it started from, which must be epoch 1's (restored best, as Keras' restore_best_weights), not
+  epoch 2's."""
   workdir = tmp_path / 'run'
   args = ['--config=configs/footprint.py:resnet18,quick', f'--workdir={workdir}',
-          f'--config.model.pretrained={resnet18_file}', '--config.train.early_stopping_patience=0']
+          f'--config.model.pretrained={resnet18_file}', '--config.train.early_stopping_patience=5',
+          '--config.train.min_delta=1e6', '--config.train.finetune_freeze_till=-1',
+          '--config.train.finetune_lr_factor=0.0', '--config.explain.after_training=False']
   result = launch(*args)
   assert 'fine-tuning: 1 epochs' in result.stdout + result.stderr
   history = pd.read_csv(workdir / 'metrics.csv')
   assert history['phase'].tolist() == [0, 0, 1] and history['epoch'].tolist() == [1, 2, 3]
+  first, last, tuned = history['val_loss'].tolist()
+  assert abs(last - first) > 1e-4 * abs(first)  # epoch 2 moved the weights, so the two starts differ
+  assert tuned == pytest.approx(first, rel=1e-6), (first, last, tuned)
   launch(*args, '--mode=submit')
   assert len(pd.read_csv(workdir / 'submission.csv')) == 16
 

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import metrics as skm
 
 from fpclass import checkpoint, data
 from fpclass.errors import UserInputError
@@ -12,6 +13,7 @@ from fpclass.inference import load_trained
 from fpclass.modes.calibrate import calibrate
 from fpclass.modes.sweep import run_sweep
 from fpclass.task import probabilities
+from tests import content
 from tests.conftest import launch, load_config
 
 # The footprint sweep's quick data (72 labelled, 16 test images) with a tiny model and 24x16 images.
@@ -64,8 +66,26 @@ def test_sweep_writes_tables_chart_and_fold_models(sweep_run):
     meta = checkpoint.read_metadata(workdir / variant / 'fold3')
     assert meta['config']['data']['fold'] == 3 and meta['calibration']['temperature'] > 0
     assert 0 <= meta['calibration']['threshold'] <= 1
-    assert (workdir / variant / 'reliability.png').is_file()
+    content.check_not_blank(workdir / variant / 'reliability.png')
+  content.check_not_blank(workdir / 'sweep_results.png')
   assert 'exp3' in result.stdout
+
+
+def test_a_kept_fold_model_scores_what_sweep_models_csv_says(sweep_run, monkeypatch):
+  """The per-model figures behind every interval, recomputed: fold 3's kept model of exp3 restored from its
+  workdir and scored with scikit-learn on that fold's validation split."""
+  workdir, env, _ = sweep_run
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES, **{'data.fold': 3})
+  trained = load_trained(config, workdir / 'exp3' / 'fold3')
+  val = data.load_dataset(config).val
+  pred = trained.probabilities(val.images, 64)
+  models = pd.read_csv(workdir / 'sweep_models.csv')
+  row = models[(models['experiment'] == 'exp3') & (models['split'] == 3) & models['kept']].iloc[0]
+  assert row['n_val'] == len(val.labels)
+  assert row['accuracy'] == pytest.approx(skm.accuracy_score(val.labels, pred.argmax(1)), abs=1e-6)
+  assert row['macro_f1'] == pytest.approx(skm.f1_score(val.labels, pred.argmax(1), average='macro'), abs=1e-6)
+  assert row['roc_auc'] == pytest.approx(skm.roc_auc_score(val.labels, pred[:, 1]), abs=1e-6)
 
 
 def test_relaunch_reuses_finished_variants_and_refuses_a_changed_config(sweep_run, monkeypatch):
