@@ -280,6 +280,21 @@ def environment() -> dict:
               load_average=os.getloadavg()[0], command=' '.join(['python', *sys.argv]))
 
 
+def write_report(args, env, results) -> dict:
+  """Writes the JSON report of the arms measured so far (atomically, as fpclass.fileio writes); returns
+  the summary."""
+  summary = summarise(results)
+  report = dict(environment=env, sizes=dict(train=args.train, val=args.val, epochs=args.epochs,
+                                            batch_size=args.batch_size, vgg_size=args.vgg_size,
+                                            inception_size=args.inception_size),
+                results=results, summary=summary, load_average_end=os.getloadavg()[0])
+  args.json.parent.mkdir(parents=True, exist_ok=True)
+  tmp = args.json.with_suffix('.tmp')
+  tmp.write_text(json.dumps(report, indent=1))
+  os.replace(tmp, args.json)
+  return summary
+
+
 def main(argv=None):
   args = parse_args(argv)
   args.out = args.out.absolute()
@@ -304,15 +319,8 @@ def main(argv=None):
       results[recipe][arm] = run_arm(args, recipe, arm)
       print(f'{recipe} / {arm}: seconds per epoch {[round(s, 1) for s in results[recipe][arm]["seconds"]]}',
             flush=True)
-  summary = summarise(results)
-  report = dict(environment=env, sizes=dict(train=args.train, val=args.val, epochs=args.epochs,
-                                            batch_size=args.batch_size, vgg_size=args.vgg_size,
-                                            inception_size=args.inception_size),
-                results=results, summary=summary, load_average_end=os.getloadavg()[0])
-  args.json.parent.mkdir(parents=True, exist_ok=True)
-  tmp = args.json.with_suffix('.tmp')
-  tmp.write_text(json.dumps(report, indent=1))
-  os.replace(tmp, args.json)   # atomic, as fpclass.fileio writes
+      write_report(args, env, results)  # after every arm, so a stopped run keeps what it measured
+  summary = write_report(args, env, results)
   print(table(results, summary))
   print(f'command: {env["command"]}\nwritten: {args.json}')
 
