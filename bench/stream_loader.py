@@ -170,15 +170,11 @@ else:
 '''
 
 
-# Prepended to a child's code: at exit it writes its own VmHWM (kB) to the file named by FPCLASS_BENCH_HWM.
+# Prepended to a child's code: at exit it writes its own VmHWM (bytes) to the file named by FPCLASS_BENCH_HWM.
 HWM_AT_EXIT = """
 import atexit, os
-def _write_hwm():
-  with open('/proc/self/status') as status:
-    kb = next(line.split()[1] for line in status if line.startswith('VmHWM:'))
-  with open(os.environ['FPCLASS_BENCH_HWM'], 'w') as out:
-    out.write(kb)
-atexit.register(_write_hwm)
+from fpclass.runtime import process_memory_bytes
+atexit.register(lambda: open(os.environ['FPCLASS_BENCH_HWM'], 'w').write(str(process_memory_bytes('VmHWM'))))
 """
 
 
@@ -191,7 +187,7 @@ def child(code: str, log: pathlib.Path) -> dict:
                           text=True, cwd=harness.REPO, env=dict(os.environ, FPCLASS_BENCH_HWM=str(hwm)))
   if done.returncode:
     raise SystemExit(f'child failed ({done.returncode}); see {log}:\n{log.read_text()[-3000:]}')
-  return dict(seconds=time.perf_counter() - start, peak_rss_bytes=int(hwm.read_text()) * 1024,
+  return dict(seconds=time.perf_counter() - start, peak_rss_bytes=int(hwm.read_text()),
               stdout=done.stdout)
 
 

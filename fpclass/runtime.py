@@ -66,3 +66,14 @@ def host_buffers_kept() -> bool:
   """Whether `keep_host_buffers` applied its settings in this process: freed host buffers then stay in
   it, which the sweep's memory rule counts (fpclass.modes.model_axis)."""
   return _kept
+
+
+def process_memory_bytes(field: str = 'VmRSS') -> int:
+  """A memory field of /proc/self/status in bytes, 0 where /proc is absent: 'VmRSS' (resident now) or
+  'VmHWM' (this address space's high-water mark; it starts afresh at execve, unlike getrusage's ru_maxrss,
+  which Linux carries over from the process that exec'd)."""
+  try:
+    with open('/proc/self/status') as status:
+      return next(int(line.split()[1]) * 1024 for line in status if line.startswith(f'{field}:'))
+  except (OSError, StopIteration, ValueError):
+    return 0

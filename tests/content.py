@@ -13,7 +13,7 @@ from PIL import Image
 from pytest import approx
 from sklearn import metrics as skm
 
-PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
+from fpclass.modes.evaluate import PLOTS
 
 
 def val_predictions(workdir) -> pd.DataFrame:
@@ -36,15 +36,14 @@ def check_scores_match_predictions(workdir) -> dict:
 
   assert np.allclose(probs.sum(1), 1.0, atol=1e-5), 'val_predictions.csv: probabilities do not sum to 1'
   assert table['predicted'].tolist() == [names[i] for i in pred], 'val_predictions.csv: predicted is not argmax'
-  assert np.allclose(table['loss'], -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)),
-                     rtol=1e-4, atol=1e-6), 'val_predictions.csv: loss is not -log p(label)'
+  image_loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))
+  assert np.allclose(table['loss'], image_loss, rtol=1e-4, atol=1e-6), 'val_predictions.csv: loss is not -log p(label)'
   assert scores['n'] == len(table)
   assert scores['accuracy'] == approx(skm.accuracy_score(labels, pred))
   assert scores['macro_f1'] == approx(skm.f1_score(labels, pred, average='macro', labels=index,
                                                           zero_division=0))
   assert scores['confusion_matrix'] == skm.confusion_matrix(labels, pred, labels=index).tolist()
-  assert scores['loss'] == approx(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))),
-                                rel=1e-4)
+  assert scores['loss'] == approx(image_loss.mean(), rel=1e-4)
   if len(np.unique(labels)) == len(names):
     auc = (skm.roc_auc_score(labels, probs[:, 1]) if len(names) == 2 else
            skm.roc_auc_score(labels, probs, multi_class='ovr', average='macro', labels=index))

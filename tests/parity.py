@@ -466,8 +466,6 @@ def reversed_batch_after(module_name):
   return interceptor
 
 
-# ------------------------------------------------------------------------------------------------ float64
-
 def broken_port_outputs(model, variables, apply, x, mutation: str, mutate):
   """(logits, features) of a port with one planted mutation: a 'batch order ...' mutation intercepts a
   module's call (`reversed_batch_after`); any other changes the variables (`replaced`, `bn_variances`)."""
@@ -484,6 +482,8 @@ def assert_check_fails(result: Agreement) -> None:
   with pytest.raises(AssertionError):
     check(result)
 
+
+# ------------------------------------------------------------------------------------------------ float64
 
 def head_module(name) -> str:
   """The top-level module name of a registered port's source classifier ('fc', 'predictions', ...)."""

@@ -5,8 +5,9 @@ axis: the prediction lands within 25%.
 The measured run is a subprocess (this file run as a script), so the peak is its own: it applies
 `keep_host_buffers` first, as launch.py does, decodes the synthetic footprints, plans with `measure_memory`
 as `train_members` does, trains one epoch with `train_chunk`, and prints the plan's predicted peak and
-its own peak, `VmHWM` of /proc/self/status. Not `ru_maxrss`: Linux carries that across execve, so a child
-spawned from a pytest worker that once held 6 GiB would report the worker's peak. The figures are printed (pytest -s) for docs:
+its own peak, `VmHWM` of /proc/self/status (`runtime.process_memory_bytes`). Not `ru_maxrss`: Linux carries
+that across execve, so a child spawned from a pytest worker that once held 6 GiB would report the worker's
+peak. The figures are printed (pytest -s) for docs:
 
     python -m pytest -q -n 0 -s tests/test_memory_rule.py
 """
@@ -24,18 +25,9 @@ TOLERANCE = 0.25
 SETUP = dict(height=96, width=64, images=240, models=4)   # 5 folds: 192 train, 48 val per model
 
 
-def peak_resident_bytes() -> int:
-  """This address space's high-water resident size (VmHWM), which starts afresh at execve."""
-  with open('/proc/self/status') as status:
-    for line in status:
-      if line.startswith('VmHWM:'):
-        return int(line.split()[1]) * 1024
-  raise RuntimeError('/proc/self/status has no VmHWM line')
-
-
 def measure(form: str, height: int, width: int, images: int, models: int) -> dict:
   """Plans and trains one chunk in this process; the predicted and measured peaks (bytes)."""
-  from fpclass.runtime import keep_host_buffers
+  from fpclass.runtime import keep_host_buffers, process_memory_bytes
   keep_host_buffers()
 
   from fpclass import data
@@ -62,7 +54,7 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
   first = plan.shared_bytes + plan.step_bytes + models * (plan.state_bytes + plan.best_bytes) + (
       (models - 1) * plan.step_bytes if form == 'vmap' else 0)
   return dict(form=form, models=models, predicted=plan.peak_bytes(form, models),
-              measured=peak_resident_bytes(), resident=plan.resident_bytes,
+              measured=process_memory_bytes('VmHWM'), resident=plan.resident_bytes,
               first_rule=plan.resident_bytes + first, plan=plan.__dict__)
 
 

@@ -158,11 +158,7 @@ def resident_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   if 'bytes_in_use' in stats:
     return int(stats['bytes_in_use'])
-  try:
-    with open('/proc/self/status') as f:
-      return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
-  except (OSError, StopIteration, ValueError):
-    return 0
+  return runtime.process_memory_bytes('VmRSS')
 
 
 @dataclasses.dataclass(frozen=True)
