@@ -31,7 +31,7 @@ Variants:
 - `scratch` (the default) is not in the seed: seed 001's 3-block CNN trained from scratch under a new softmax
   head.
 """
-from fpclass.config import base_config, parse_args
+from fpclass.config import base_config, parse_args, shrink_for_quick
 
 CHOICES = {'scratch': 'a from-scratch 3-block CNN with a new softmax head (default; not in the seed)',
            'vgg16': "VGG16 (ImageNet) frozen with a new flatten-dense-softmax head; --config.model.freeze_till=N "
@@ -86,7 +86,7 @@ def get_config(arg: str = 'scratch'):
     c.explain.after_training = True          # the seed's Grad-CAM
     c.explain.guided = False
   if 'quick' in args:
-    c.train.epochs = 2
+    shrink_for_quick(c)
     # The data keeps its layout and sizes; decoding shrinks it (VGG16 further, for CPU tests).
     c.data.image_size = (32, 32) if 'vgg16' in args else (64, 64)
   return c

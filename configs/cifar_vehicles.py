@@ -22,7 +22,7 @@ as ResNet50V2's preprocess_input does (the registry's normalisation, not config.
 The seed reports mean ± std over repeated runs; that is the repeated-seeds mechanism of issue 5 (branch
 `sweep`), which runs this config once per seed. This file configures one run.
 """
-from fpclass.config import base_config, parse_args
+from fpclass.config import base_config, parse_args, shrink_for_quick
 
 CHOICES = {'cnn': "the seed's custom 3-block CNN (default)",
            'resnet50v2': 'ResNet50V2 (ImageNet, frozen) on 32 -> 224 upsampled images, a 512-256-1 sigmoid head, '
@@ -78,7 +78,7 @@ def get_config(arg: str = 'cnn'):
     c.train.learning_rate = 1e-4
     c.train.epochs = 10                      # the seed does not say; early stopping (patience 5) decides
   if 'quick' in args:
-    c.train.epochs = 2
+    shrink_for_quick(c)
     if c.data.device_resize:
       c.data.device_resize = (40, 40)        # a CPU-sized stand-in for 224 (still upsampled); the full config keeps 224
   return c

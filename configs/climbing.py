@@ -34,7 +34,7 @@ Variants (arguments), one run per backbone, each in its own workdir, then a tabl
 `--mode compare` on the parent workdir tables every run below it (comparison.csv, macro F1 per backbone;
 the seed's best was ResNet50 at macro F1 0.42).
 """
-from fpclass.config import base_config, parse_args
+from fpclass.config import base_config, parse_args, shrink_for_quick
 
 # argument -> the registered Keras port (fpclass.models REGISTRY). Adding a backbone is one line here.
 BACKBONES = {
@@ -96,7 +96,7 @@ def get_config(arg: str = 'scratch'):
                    top_hidden=HEAD_SIZES, top_dropout=0.2, freeze_till=-1)
     c.train.learning_rate = 1e-5             # the seed's
   if 'quick' in args:
-    c.train.epochs = 2
+    shrink_for_quick(c)
     # The data keeps its layout and sizes; decoding shrinks it (a pretrained backbone further, for CPU tests).
     c.data.image_size = (32, 32) if backbones else (64, 64)
   return c

@@ -8,7 +8,7 @@
 Data: the embedded SYNTHETIC footprints unless --config.data.root points at the competition folder
 (train.csv with filename,SEX; train/; test/ or sample_submission.csv).
 """
-from fpclass.config import base_config, parse_args
+from fpclass.config import base_config, parse_args, shrink_for_quick
 
 # Each experiment is the baseline plus the changes listed, exactly as seed 000 describes them.
 DROPOUT = {'model.dropout': 0.5}
@@ -87,8 +87,7 @@ def get_config(arg: str = 'exp4'):
 
   if 'quick' in args:
     c.data.synthetic.update(n_class0=40, n_class1=32, n_test=16)
-    c.train.epochs = 2
+    shrink_for_quick(c)
     c.train.batch_size = 16
     c.train.finetune_epochs = min(c.train.finetune_epochs, 1)
-    c.explain.update(num_images=4, inference_grid=6, max_channels=4)  # smaller figures draw faster
   return c

@@ -24,7 +24,7 @@ model 47.5M, the seed's figures (pinned by tests/test_recipes_transfer.py). Weig
 downloaded once into the cache (md5 checked), or any .h5/.weights.h5 file Keras wrote via
 --config.model.pretrained. The seed does not give its epoch count: 15 here, as phase 1 and 2.
 """
-from fpclass.config import base_config, parse_args
+from fpclass.config import base_config, parse_args, shrink_for_quick
 
 CHOICES = {'augment': "the seed's phase 2: flip, rotation 0.2, zoom 0.2, height 0.2, width 0.2",
            'size300': 'images at 300x300 instead of 150x150 (the image-size comparison)',
@@ -75,7 +75,7 @@ def get_config(arg: str = ''):
                    top='flatten', top_hidden=(1024,), top_dropout=0.2, freeze_till=-1)
     c.train.learning_rate = 1e-5             # the seed's RMSprop(learning_rate=0.00001)
   if 'quick' in args:
-    c.train.epochs = 2
+    shrink_for_quick(c)
     if 'inception_mixed7' in args:
       c.data.image_size = (75, 75)           # InceptionV3's smallest input, for CPU tests; the full config keeps 150
   return c

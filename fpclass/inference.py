@@ -1,5 +1,6 @@
 """Restore a trained workdir for inference: the one place evaluate, submit and explain get a model from."""
 import dataclasses
+import functools
 import pathlib
 
 import jax
@@ -21,8 +22,14 @@ class Trained:
   epoch: int
   loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
 
+  @functools.cached_property
+  def predict_fn(self):
+    """One jitted predict per restored model: evaluate, explain and calibrate call `logits` several
+    times, and each call would otherwise trace the model again."""
+    return jax.jit(self.task.predict)
+
   def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return predict_logits(self.task, self.state, images, batch_size)
+    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn)
 
   def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
     return probabilities(self.logits(images, batch_size), self.task.head)
