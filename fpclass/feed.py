@@ -59,6 +59,6 @@ def predict_logits(compiled, state, images, batch_size: int) -> np.ndarray:
   `fpclass.task.predict_logits`, with a streamed split's chunks read ahead on threads."""
   if not isinstance(images, ImageRows) or len(images) == 0:
     return predict_resident(compiled.task, state, images, batch_size, compiled.predict)
-  out = [compiled.predict(state.params, state.batch_stats, chunk)
-         for chunk in stream.host_chunks(images, batch_size)]
+  size = min(batch_size, len(images))
+  out = [compiled.predict(state.params, state.batch_stats, chunk) for chunk in stream.host_chunks(images, size)]
   return np.concatenate(out)[:len(images)]

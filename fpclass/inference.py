@@ -25,7 +25,7 @@ class Trained:
   @functools.cached_property
   def predict_fn(self):
     """One jitted predict per restored model: evaluate, explain and calibrate call `logits` several
-    times, and each call would otherwise trace the model again."""
+    times, and each call would otherwise trace the model again (a second or more for a large backbone)."""
     return jax.jit(self.task.predict)
 
   def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
