@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -147,24 +148,30 @@ def test_a_read_only_cache_folder_fails_before_any_work(tmp_path):
     run('train', tiny(1, **{'data.cache_dir': str(tmp_path / 'not-a-folder' / 'sub')}), tmp_path / 'run')
 
 
-def _kill_when(args, ready, timeout=300):
-  """Starts launch.py `args`, polls until `ready()` is true, then SIGKILLs it (no clean-up runs)."""
-  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-  deadline = time.time() + timeout
-  try:
-    while time.time() < deadline and process.poll() is None and not ready():
-      time.sleep(0.001)
-    killed = process.poll() is None
-  finally:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+def _kill_when(args, ready, log: pathlib.Path, timeout=300):
+  """Starts launch.py `args` with its output in `log`, polls until `ready()` is true, then SIGKILLs it (no
+  clean-up runs). Returns whether it was still running."""
+  with open(log, 'w') as out:
+    process = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+      while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.001)
+      killed = process.poll() is None
+    finally:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
   return killed
+
+
+def trained_epochs(log_text: str, epochs: int) -> list:
+  return sorted({int(m) for m in re.findall(rf'epoch (\d+)/{epochs}: loss', log_text)})
 
 
 def test_kill_9_inside_a_save_mid_epoch_and_mid_report_loses_only_the_unfinished_epoch(tmp_path):
   """SIGKILL inside an orbax save (its temporary folder exists), in the middle of an epoch, and while the
-  report is written; each relaunch resumes, and the run ends exactly as an unbroken one."""
+  report is written; each relaunch resumes, training only the epochs after the last complete one, and the
+  run ends exactly as an unbroken one."""
   epochs = 6
   workdir = tmp_path / 'killed'
   overrides = {**TINY, 'train.epochs': epochs, 'train.schedule': 'constant', 'train.batch_size': 16}
@@ -183,9 +190,17 @@ def test_kill_9_inside_a_save_mid_epoch_and_mid_report_loses_only_the_unfinished
       lambda: rows() >= 3,                                                     # the next epoch has begun
       lambda: (workdir / 'report.d').is_dir(),                                 # evaluation and its report
   ]
-  killed = [_kill_when(args, ready) for ready in kills]
+  logs = [tmp_path / f'launch{i}.log' for i in range(len(kills))]
+  killed = [_kill_when(args, ready, log) for ready, log in zip(kills, logs)]
   assert killed[0] and killed[1], killed  # the last one may find the run already finished: nothing to kill
-  subprocess.run(args, cwd=REPO, check=True, capture_output=True, timeout=600)
+  # The launch after the mid-epoch kill resumed after the last complete epoch (3 or more were done) and
+  # trained only the epochs after it: a restart from scratch, which being deterministic would end with the
+  # same numbers, fails here.
+  third = logs[2].read_text()
+  resumed = int(re.search(rf'resuming {re.escape(str(workdir))} after epoch (\d+)', third).group(1))
+  assert resumed >= 3 and trained_epochs(third, epochs) == list(range(resumed + 1, epochs + 1)), third[-3000:]
+  final = subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
+  assert f'resuming {workdir} after epoch {epochs}' in final.stderr and not trained_epochs(final.stdout + final.stderr, epochs)
   unbroken = tmp_path / 'unbroken'
   run('train', load_config('configs/digits.py:quick', **overrides), unbroken)
   assert history(workdir).equals(history(unbroken))
