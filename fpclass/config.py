@@ -472,9 +472,9 @@ def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> 
   return args
 
 
-def shrink_for_quick(c: ml_collections.ConfigDict, epochs: int = 2) -> None:
-  """What every config's `quick` argument shares: `epochs` epochs, and explanation figures that draw in a
+def shrink_for_quick(c: ml_collections.ConfigDict) -> None:
+  """What every config's `quick` argument shares: 2 epochs, and explanation figures that draw in a
   fraction of the time (4 CAM images, a 6-image inference grid, 4 channels per feature map: VGG16's full
   feature-map figure is 19,000 pixels tall). Each file shrinks its data and sizes on top of this."""
-  c.train.epochs = epochs
+  c.train.epochs = 2
   c.explain.update(num_images=4, inference_grid=6, max_channels=4)

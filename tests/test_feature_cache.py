@@ -4,10 +4,6 @@ wrote) through launch.py and on a torchvision port (ResNet-18, a torch.save'd st
 head, l2 and a fine-tuning phase; and the cache is refused wherever something trainable or random comes
 before the head."""
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +18,7 @@ from fpclass.task import build_task
 from fpclass.validation import validate
 from tests.conftest import launch, load_config
 from tests.test_recipes import pet_images
+from tests.transfer_weights import write_keras_weights
 
 AUGMENT_OFF = {f'augment.{k}': 0.0 for k in ('hflip', 'rotation', 'translate', 'zoom', 'brightness')}
 COLUMNS_TOL = 1e-5   # float tolerance (absolute, or relative above 1) on metrics.csv columns but seconds
@@ -49,14 +46,7 @@ def assert_same_history(cached, uncached, label):
 def test_keras_vgg16_feature_extraction_through_launch(tmp_path, pets):
   """Seed 004's VGG16 recipe with augmentation off (the Keras guide's feature extraction): auto picks the
   cache and says so; metrics.csv and the scores of the restored checkpoint equal the uncached run's."""
-  weights = tmp_path / 'vgg16.weights.h5'
-  script = textwrap.dedent(f'''
-      import keras
-      keras.utils.set_random_seed(0)
-      keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights({str(weights)!r})
-  ''')
-  subprocess.run([sys.executable, '-c', script], check=True, env=dict(os.environ, KERAS_BACKEND='numpy'),
-                 capture_output=True, text=True, timeout=600)
+  weights = write_keras_weights(tmp_path, ['keras_vgg16'])['keras_vgg16']
   flags = [f'--config.data.root={pets}', f'--config.model.pretrained={weights}', '--config.train.batch_size=8',
            '--config.explain.after_training=False', '--config.train.tensorboard=False',
            *[f'--config.{k}={v}' for k, v in AUGMENT_OFF.items()]]
