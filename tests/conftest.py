@@ -1,8 +1,12 @@
 """Shared fixtures: an isolated cache, image files of every awkward kind, tiny datasets on disk."""
+import contextlib
+import fcntl
 import importlib.util
 import io
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -28,13 +32,39 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))  # stable: order within a file kept
 
 
+def session_root(tmp_path_factory) -> pathlib.Path:
+  """The temporary folder of the whole test session: with pytest-xdist, the parent of every worker's own
+  base folder, so the workers can share what they build (see `build_once`)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+@contextlib.contextmanager
+def build_once(tmp_path_factory, name: str):
+  """Yields (folder, built): `built` is False for the first process of the session to ask for `name`,
+  which must fill `folder`; later askers, in this worker or another, wait for it and get True. A build
+  that raised leaves no mark, so the next asker builds again (and sees the same error)."""
+  root = session_root(tmp_path_factory)
+  folder, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    built = done.exists()
+    if not built and folder.exists():
+      shutil.rmtree(folder)  # what a failed build left
+    folder.mkdir(exist_ok=True)
+    yield folder, built
+    done.touch()
+
+
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent JAX compilation cache for the session (and launch.py subprocesses), so the many
-  tiny runs that share shapes compile once."""
+  """One persistent JAX compilation cache for the session, shared by the xdist workers and their launch.py
+  subprocesses, so the many tiny runs that share shapes compile once. JAX writes cache entries atomically,
+  so processes may share the folder."""
   from fpclass.runtime import ENV_CACHE, enable_compilation_cache, keep_host_buffers
   keep_host_buffers()
-  folder = tmp_path_factory.mktemp('jax-cache')
+  folder = session_root(tmp_path_factory) / 'jax-cache'
+  folder.mkdir(exist_ok=True)
   os.environ[ENV_CACHE] = str(folder)
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # small programs too: launches share them
   enable_compilation_cache()
@@ -83,11 +113,17 @@ QUICK = '--config=configs/footprint.py:exp4,quick'
 
 @pytest.fixture(scope='session')
 def trained_quick(tmp_path_factory):
-  """One quick footprint run (train, evaluate, explain) shared by the tests that only read its outputs."""
+  """One quick footprint run (train, evaluate, explain), trained once per session and copied into each
+  worker, for the tests that only read its outputs or run other modes on it: (workdir, env, the launch's
+  CompletedProcess)."""
+  with build_once(tmp_path_factory, 'fp-quick') as (shared, built):
+    env = {'FPCLASS_CACHE': str(shared / 'cache')}  # the synthetic data: read only after training
+    if not built:
+      result = launch(QUICK, f'--workdir={shared / "run"}', env=env)
+      (shared / 'launch.json').write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
+  result = subprocess.CompletedProcess(*json.loads((shared / 'launch.json').read_text()))
   workdir = tmp_path_factory.mktemp('fp-quick')
-  cache = tmp_path_factory.mktemp('fp-cache')
-  env = {'FPCLASS_CACHE': str(cache)}
-  result = launch(QUICK, f'--workdir={workdir}', env=env)
+  shutil.copytree(shared / 'run', workdir, dirs_exist_ok=True)
   return workdir, env, result
 
 
