@@ -1,6 +1,7 @@
 """Rough edges of the Python API (issue 12, part 4), each fixed and pinned here.
 
-- `transfer.load_pretrained` takes what `model.init` returns ('perturbations' included).
+- `transfer.load_pretrained` takes what `model.init` returns ('perturbations' included), and abstract
+  variables, so that training initialises only what the file lacks (`CompiledSteps.init_variables`).
 - Replacing the source classifier (keep_pretrained_head=False, the default) is logged.
 - `cam.feature_layers` lists the feature maps in network order, not alphabetically.
 - The Keras ports document which Keras layer each recorded feature is (`KERAS_FEATURES`), and EfficientNet's
@@ -16,9 +17,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from flax import traverse_util
 
 from fpclass import cam, models
+from fpclass.config import base_config
 from fpclass.models import cnn, transfer
+from fpclass.sharding import DataParallel
+from fpclass.steps import CompiledSteps, jit_options
+from fpclass.task import build_task
 from tests import parity
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
@@ -44,7 +50,8 @@ def test_load_pretrained_takes_the_output_of_model_init(resnet18_file, tmp_path)
   cfg = model_config(path, keep_pretrained_head=True)
   model = models.create_model(cfg, 1000)
   x = jnp.zeros((1, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  # Compiled as training compiles it (op by op, or at XLA's default level, ResNet-18's init takes seconds).
+  variables = jax.jit(model.init, compiler_options=jit_options(init=True))(jax.random.PRNGKey(0), x)
   assert 'perturbations' in variables
   loaded = transfer.load_pretrained(models.get_spec('resnet18'), cfg, variables, cache_dir=tmp_path)
   assert set(loaded) == set(variables)
@@ -52,8 +59,35 @@ def test_load_pretrained_takes_the_output_of_model_init(resnet18_file, tmp_path)
                                                        loaded['perturbations'], variables['perturbations']))
   np.testing.assert_array_equal(loaded['params']['conv1']['kernel'],
                                 module.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
-  logits, _ = model.apply(loaded, x)   # and the result is usable as it stands
+  logits, _ = jax.jit(model.apply)(loaded, x)   # and the result is usable as it stands
   assert logits.shape == (1, 1000)
+
+
+def test_training_initialises_only_what_the_file_lacks_and_equals_the_full_init(resnet18_file, tmp_path):
+  """The pretrained variables train.py starts from: the file's arrays, and for the new head exactly the
+  values the full init gives with the same key (the init program only skips the backbone's initialisers)."""
+  _, path = resnet18_file
+  cfg = model_config(path, top='avg', top_hidden=(16,))
+  config = base_config()
+  config.model = cfg
+  config.data.update(channels=3, image_size=(32, 32))
+  task = build_task(config, ['a', 'b', 'c'], np.array([0, 1, 2]), steps_per_epoch=1)
+  compiled = CompiledSteps(task, DataParallel.over())
+  key, shape = jax.random.PRNGKey(3), (32, 32, 3)
+  spec = models.get_spec('resnet18')
+  expected = transfer.load_pretrained(spec, cfg, compiled.init_variables(key, shape), cache_dir=tmp_path)
+  loaded = transfer.load_pretrained(spec, cfg, compiled.variable_shapes(shape), cache_dir=tmp_path)
+  abstract = [k for k, v in traverse_util.flatten_dict(loaded).items() if isinstance(v, jax.ShapeDtypeStruct)]
+  assert abstract and all(k[1] == 'top' for k in abstract)   # the new head only
+  got = compiled.init_variables(key, shape, loaded)
+  flat_got, flat_expected = traverse_util.flatten_dict(got), traverse_util.flatten_dict(expected)
+  assert flat_got.keys() == flat_expected.keys()
+  differ = [k for k in flat_got if not np.array_equal(np.asarray(flat_got[k]), np.asarray(flat_expected[k]))]
+  assert not differ, differ
+  # ...and the fresh leaves are not the full init of another key (the comparison can fail).
+  other = traverse_util.flatten_dict(compiled.init_variables(jax.random.PRNGKey(4), shape, loaded))
+  kernel = next(k for k in abstract if k[-1] == 'kernel')
+  assert not np.array_equal(np.asarray(other[kernel]), np.asarray(flat_got[kernel]))
 
 
 def test_replacing_the_source_head_is_logged(resnet18_file, caplog):

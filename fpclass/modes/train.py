@@ -103,9 +103,10 @@ def train(config, workdir) -> data.Dataset:
   compiled = CompiledSteps(task, parallel, resolve_loop(config.train.loop))
   if not resume:
     init_key = jax.random.fold_in(base_key, 0)
-    variables = transfer.load_pretrained(models.get_spec(config.model.name), config.model,
-                                         compiled.init_variables(init_key, image_shape),
-                                         fileio.cache_root(config.data.cache_dir))
+    # The file's arrays go into the abstract variables first, so only what it lacks is initialised.
+    loaded = transfer.load_pretrained(models.get_spec(config.model.name), config.model,
+                                      compiled.variable_shapes(image_shape), fileio.cache_root(config.data.cache_dir))
+    variables = compiled.init_variables(init_key, image_shape, loaded)
     state = compiled.init(init_key, image_shape, variables)
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       config, dataset.class_names, optim.count_params(state.params), dataclasses.asdict(task.normalisation)))
