@@ -1,7 +1,9 @@
 """Several processes for real: two `launch.py` processes on loopback, 2 CPU devices each, joined by
-jax.distributed (gloo collectives), against one process with 4 devices (README: several processes)."""
+jax.distributed (gloo collectives), against one process with 4 devices (README: several processes), and
+streaming input in such a job (docs/streaming.md)."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pandas as pd
+import pytest
 
 from fpclass import fileio
 from fpclass.inference import load_trained
@@ -53,11 +56,22 @@ def _params(workdir, kind='last'):
   return jax.tree_util.tree_leaves(load_trained(config, workdir, kind).state.params)
 
 
-def test_two_processes_equal_one_process_with_four_devices_and_resume(tmp_path):
-  # Two processes train one epoch, then a second launch extends the run to two: the resume path.
-  for epochs in (1, 2):
-    results = launch_processes(tmp_path / 'two', f'--config.train.epochs={epochs}')
-    assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+@pytest.fixture(scope='module')
+def one_epoch_on_two_processes(tmp_path_factory):
+  """(workdir, results) of two processes training one epoch, the set in memory: continued to two epochs
+  (in a copy) by the resume test, and the in-memory reference of the streaming test."""
+  workdir = tmp_path_factory.mktemp('two-processes') / 'run'
+  results = launch_processes(workdir, '--config.train.epochs=1')
+  assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+  return workdir, results
+
+
+def test_two_processes_equal_one_process_with_four_devices_and_resume(tmp_path, one_epoch_on_two_processes):
+  # Two processes trained one epoch; a second launch extends the run to two: the resume path.
+  shutil.copytree(one_epoch_on_two_processes[0], tmp_path / 'two')
+  results = launch_processes(tmp_path / 'two', '--config.train.epochs=2')
+  assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+  assert any('resuming' in err for _, _, err in results), [err[-2000:] for _, _, err in results]
   results = launch_processes(tmp_path / 'four', '--config.train.epochs=2', count=1, devices=4)
   assert results[0][0] == 0, results[0][2][-3000:]
 
@@ -72,6 +86,20 @@ def test_two_processes_equal_one_process_with_four_devices_and_resume(tmp_path):
   scores = [json.loads((tmp_path / d / 'scores.json').read_text()) for d in ('two', 'four')]
   assert scores[0]['accuracy'] == scores[1]['accuracy'] and scores[0]['epoch'] == scores[1]['epoch']
   np.testing.assert_allclose(scores[0]['loss'], scores[1]['loss'], rtol=1e-4)
+
+
+def test_two_processes_streaming_their_shares_equal_two_processes_in_memory(tmp_path, one_epoch_on_two_processes):
+  """Streamed (config.data.device_memory_budget=1 byte), each process reads only its half of every batch;
+  the run equals the same job with the set in memory, bit for bit."""
+  resident, resident_results = one_epoch_on_two_processes
+  results = launch_processes(tmp_path / 'streamed', '--config.train.epochs=1', '--config.data.device_memory_budget=1')
+  assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+  said = [['streaming input' in err for _, _, err in runs] for runs in (resident_results, results)]
+  assert said == [[False, False], [True, True]], (said, [err[-2000:] for _, _, err in results])
+  frames = [pd.read_csv(d / 'metrics.csv').drop(columns='seconds') for d in (resident, tmp_path / 'streamed')]
+  pd.testing.assert_frame_equal(*frames, check_exact=True)
+  differences = [float(np.max(np.abs(a - b))) for a, b in zip(_params(resident), _params(tmp_path / 'streamed'))]
+  assert max(differences) == 0, differences
 
 
 def test_a_single_process_mode_refuses_a_multi_process_job(tmp_path):

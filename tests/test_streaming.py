@@ -168,18 +168,3 @@ def test_mapped_file_refuses_views_whose_offset_numpy_does_not_update(tmp_path):
   _, mapped = mapped_array(tmp_path)
   assert mapped_file(mapped) == (os.path.abspath(tmp_path / 'images.npy'), mapped.offset)
   assert mapped_file(mapped[2:]) is None and mapped_file(np.asarray(mapped)) is None
-
-
-def test_two_processes_streaming_their_shares_equal_two_processes_in_memory(tmp_path):
-  """Two launch.py processes (2 CPU devices each, jax.distributed on loopback): streamed, each process
-  reads only its half of every batch; the run equals the same job with the set in memory, bit for bit."""
-  from tests.test_multiprocess import _params, launch_processes
-  for name, budget in (('resident', 0), ('streamed', 1)):
-    results = launch_processes(tmp_path / name, '--config.train.epochs=1', f'--config.data.device_memory_budget={budget}')
-    assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
-    said = ['streaming input' in err for _, _, err in results]
-    assert said == [budget == 1] * 2, (said, [err[-2000:] for _, _, err in results])
-  resident, streamed = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds') for d in ('resident', 'streamed'))
-  pd.testing.assert_frame_equal(resident, streamed, check_exact=True)
-  differences = [float(np.max(np.abs(a - b))) for a, b in zip(_params(tmp_path / 'resident'), _params(tmp_path / 'streamed'))]
-  assert max(differences) == 0, differences
