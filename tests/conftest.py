@@ -60,8 +60,9 @@ def build_once(tmp_path_factory, name: str):
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
   """One persistent JAX compilation cache for the session, shared by the xdist workers and their launch.py
-  subprocesses, so the many tiny runs that share shapes compile once. JAX writes cache entries atomically,
-  so processes may share the folder."""
+  subprocesses, so the many tiny runs that share shapes compile once. JAX writes an entry in place (no
+  rename), but entries are compressed, so one still being written by another process fails to decompress,
+  which JAX turns into a warning and a fresh compile (jax._src.compiler._cache_read)."""
   from fpclass.runtime import ENV_CACHE, enable_compilation_cache, keep_host_buffers
   keep_host_buffers()
   folder = session_root(tmp_path_factory) / 'jax-cache'
