@@ -28,11 +28,11 @@ class Trained:
     times, and each call would otherwise trace the model again (a second or more for a large backbone)."""
     return jax.jit(self.task.predict)
 
-  def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn)
+  def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
+    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
 
-  def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-    return probabilities(self.logits(images, batch_size), self.task.head)
+  def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
+    return probabilities(self.logits(images, batch_size, chunk), self.task.head)
 
 
 def load_trained(config, workdir, kind: str | None = None) -> Trained:

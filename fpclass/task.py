@@ -204,13 +204,17 @@ def build_task(config, class_names, train_labels, steps_per_epoch: int, backend:
 
 
 def predict_logits(task: Task, state: TrainState, images: np.ndarray, batch_size: int,
-                   predict_fn=None) -> np.ndarray:
-  """Logits for uint8 images in fixed-size batches (the last one padded), so one compilation serves all."""
+                   predict_fn=None, chunk: int | None = None) -> np.ndarray:
+  """Logits for uint8 images in fixed-size batches (the last one padded), so one compilation serves all.
+
+  The batch is min(batch_size, len(images)), or `chunk` when given: callers that predict several splits
+  pass one chunk for all of them (`fpclass.modes.evaluate.prediction_chunk`), so the splits share one
+  compiled program instead of one per split size."""
   predict_fn = predict_fn or jax.jit(task.predict)
   n = len(images)
   if n == 0:
     return np.zeros((0, 1 if task.head == 'sigmoid' else task.num_classes), np.float32)
-  batch_size = min(batch_size, n)
+  batch_size = int(chunk) if chunk else min(batch_size, n)
   out = []
   for start in range(0, n, batch_size):
     chunk = images[start:start + batch_size]

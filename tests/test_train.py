@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import checkpoint
+from fpclass import checkpoint, data
 from fpclass import task as task_lib
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
+from fpclass.modes.evaluate import prediction_chunk
 from fpclass.modes.runner import run
 from fpclass.sampling import epoch_order
 from tests.conftest import load_config
@@ -65,6 +66,23 @@ def test_training_is_deterministic_and_resume_equals_an_unbroken_run(tmp_path):
   pa = load_trained(tiny_digits(**const), tmp_path / 'a', 'last').state.params
   pb = load_trained(tiny_digits(**const), tmp_path / 'b', 'last').state.params
   assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, pa, pb)))
+
+
+def test_evaluate_predicts_every_split_with_one_program(tmp_path):
+  """prediction_chunk: one batch shape for val and train (the smaller split padded), so one compiled
+  predict serves both; the padding does not change the logits beyond float32 rounding."""
+  config = tiny_digits(**{'train.epochs': 1, 'eval.score_train': True, 'eval.batch_size': 2048})
+  run('train', config, tmp_path)
+  dataset = data.load_dataset(config)
+  chunk = prediction_chunk(config, dataset)
+  assert len(dataset.val) < chunk == min(int(config.eval.batch_size), len(dataset.train))
+  trained = load_trained(config, tmp_path)
+  padded = trained.logits(dataset.val.images, int(config.eval.batch_size), chunk)
+  trained.logits(dataset.train.images, int(config.eval.batch_size), chunk)
+  assert trained.predict_fn._cache_size() == 1
+  alone = trained.logits(dataset.val.images, int(config.eval.batch_size))  # its own batch shape
+  assert trained.predict_fn._cache_size() == 2
+  np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):

@@ -27,8 +27,8 @@ def evaluate_workdir(config, workdir, dataset=None) -> dict:
   if tuple(dataset.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
                          f'was trained on {list(trained.class_names)}')
-  batch = int(config.eval.batch_size)
-  val_probs = trained.probabilities(dataset.val.images, batch)
+  batch, chunk = int(config.eval.batch_size), prediction_chunk(config, dataset)
+  val_probs = trained.probabilities(dataset.val.images, batch, chunk)
   result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
                 model=config.model.name, num_params=trained.metadata['num_params'])
@@ -36,10 +36,10 @@ def evaluate_workdir(config, workdir, dataset=None) -> dict:
   if dataset.test is not None and dataset.test.labels is not None:
     keep = dataset.test.extras.get('decoded', np.ones(len(dataset.test), bool))
     test = dataset.test.take(np.flatnonzero(keep))
-    scored['test'] = (test, trained.probabilities(test.images, batch))
+    scored['test'] = (test, trained.probabilities(test.images, batch, chunk))
     result['test'] = metrics.scores(test.labels, scored['test'][1], dataset.class_names)
   if config.eval.score_train:  # un-augmented, with the restored weights (Keras' model.evaluate on train)
-    scored['train'] = (dataset.train, trained.probabilities(dataset.train.images, batch))
+    scored['train'] = (dataset.train, trained.probabilities(dataset.train.images, batch, chunk))
     result['train'] = metrics.scores(dataset.train.labels, scored['train'][1], dataset.class_names)
 
   fileio.write_json(workdir / 'scores.json', result)
@@ -67,6 +67,17 @@ def evaluate_workdir(config, workdir, dataset=None) -> dict:
         + (f', ROC AUC {result["roc_auc"]:.4f}' if result['roc_auc'] is not None else '')
         + f' ({trained.checkpoint} checkpoint, epoch {trained.epoch})')
   return result
+
+
+def prediction_chunk(config, dataset) -> int:
+  """The batch evaluate and explain predict every split in: config.eval.batch_size, or the largest split
+  they score if that is smaller, the others padded up to it. One batch shape is one compiled program for
+  all the splits; a batch per split size compiled (and traced) the network again for each, seconds per
+  split for a large backbone. The padding costs at most the largest split's work once more per split."""
+  splits = [dataset.val, dataset.test if dataset.test is not None and dataset.test.labels is not None else None,
+            dataset.train if config.eval.score_train else None]
+  largest = max((len(split) for split in splits if split is not None), default=0)
+  return max(1, min(int(config.eval.batch_size), largest))
 
 
 def predictions_frame(split, probs, class_names) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from fpclass.config import ExplainSettings
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.modes import explain_figures
-from fpclass.modes.evaluate import predictions_frame
+from fpclass.modes.evaluate import prediction_chunk, predictions_frame
 
 FOLDER = 'explain'
 
@@ -72,7 +72,8 @@ def explain_workdir(config, workdir, dataset=None) -> dict:
     raise UserInputError(f'config.explain.feature_image={settings.feature_image}: the validation split has '
                          f'{len(val)} images')
   class_names = trained.class_names
-  probs = trained.probabilities(val.images, int(config.eval.batch_size))
+  # In evaluate's batch shape, so the program evaluate compiled (in the persistent cache) serves here too.
+  probs = trained.probabilities(val.images, int(config.eval.batch_size), prediction_chunk(config, dataset))
   # Recomputed from the restored model rather than read from val_predictions.csv, which may be stale.
   frame = predictions_frame(val, probs, class_names)
   frame.insert(0, 'index', np.arange(len(frame)))
