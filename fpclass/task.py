@@ -217,8 +217,14 @@ def predict_logits(task: Task, state: TrainState, images: np.ndarray, batch_size
   batch_size = int(chunk) if chunk else min(batch_size, n)
   out = []
   for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    if len(chunk) < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-    out.append(predict_fn(state.params, state.batch_stats, chunk))
+    batch = images[start:start + batch_size]
+    if len(batch) < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+    out.append(predict_fn(state.params, state.batch_stats, batch))
   return np.concatenate(jax.device_get(out))[:n]
+
+
+def common_batch(batch_size: int, sizes) -> int:
+  """The one batch in which to predict sets of these sizes: `batch_size`, or the largest set when that is
+  smaller (the others padded up to it), so they share one compiled program; at least 1."""
+  return max(1, min(int(batch_size), max(sizes, default=0)))

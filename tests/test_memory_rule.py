@@ -46,7 +46,7 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
   batch = model_axis.batch_size_for(config, len(members[0].train_index))
   task = task_lib.build_task(config, decoded.class_names, labels[members[0].train_index],
                              -(-len(members[0].train_index) // batch))
-  eval_batch = min(int(config.eval.batch_size), max(len(m.val_index) for m in members))
+  eval_batch = task_lib.common_batch(config.eval.batch_size, [len(m.val_index) for m in members])
   plan = model_axis.measure_memory(task, pool, batch, eval_batch, form)
   model_axis.train_chunk(config, task, decoded.class_names, pool, labels, members, form)
   # The first rule, for the record: D + M (S + V + W) (vmap) or D + W + M (S + V) (loop), W the larger of

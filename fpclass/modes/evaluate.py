@@ -16,6 +16,7 @@ from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.modes import error_analysis
+from fpclass.task import common_batch
 
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
 
@@ -76,8 +77,7 @@ def prediction_chunk(config, dataset) -> int:
   split for a large backbone. The padding costs at most the largest split's work once more per split."""
   splits = [dataset.val, dataset.test if dataset.test is not None and dataset.test.labels is not None else None,
             dataset.train if config.eval.score_train else None]
-  largest = max((len(split) for split in splits if split is not None), default=0)
-  return max(1, min(int(config.eval.batch_size), largest))
+  return common_batch(config.eval.batch_size, [len(split) for split in splits if split is not None])
 
 
 def predictions_frame(split, probs, class_names) -> pd.DataFrame:

@@ -328,7 +328,7 @@ class _VmapModels:
     if not live:
       return [None] * len(val_indices)
     longest = max(len(idx) for idx in live)
-    batch = min(eval_batch, longest)
+    batch = task_lib.common_batch(eval_batch, [longest])
     padded = np.zeros((len(val_indices), math.ceil(longest / batch) * batch), np.int32)
     for m, idx in enumerate(val_indices):
       if idx is not None:
@@ -451,8 +451,8 @@ def train_members(config, class_names, images: np.ndarray, labels: np.ndarray, m
     elif fixed > 0:
       chunk_size, how = fixed, f'{fixed} models per chunk (config.sweep.models_per_chunk)'
     else:
-      longest_val = max(len(m.val_index) for m in group)
-      plan = measure_memory(task, images, batch, max(1, min(int(config.eval.batch_size), longest_val)), form)
+      eval_batch = task_lib.common_batch(config.eval.batch_size, [len(m.val_index) for m in group])
+      plan = measure_memory(task, images, batch, eval_batch, form)
       budget = int(float(config.sweep.memory_fraction) * free_memory_bytes())
       chunk_size, how = plan.chunk(form, budget), plan.describe(form, budget, len(group))
     chunks = balanced_chunks(group, chunk_size)
