@@ -66,7 +66,7 @@ def check_fine_label_table(workdir) -> pd.DataFrame:
   workdir = pathlib.Path(workdir)
   table = pd.read_csv(workdir / 'confusion_by_fine_label.csv', dtype={'fine_label': str, 'label': str})
   predicted = [c for c in table.columns if c.startswith('predicted_')]
-  assert (table[predicted].sum(1) == table['n']).all()
+  assert (table[predicted].sum(axis=1) == table['n']).all()
   for row in table.itertuples():
     assert row.errors == row.n - getattr(row, f'predicted_{row.label}')
     assert row.error_rate == approx(row.errors / row.n)

@@ -34,6 +34,12 @@ from fpclass.errors import UserInputError
 
 SCALE = float(os.environ.get('FPCLASS_FUZZ_SCALE', '1'))
 
+# Pillow's own warnings on what the fuzzer makes on purpose: a broken EXIF block (Pillow reads the pixels;
+# the orientation is then unknown) and a header claiming more than PIL.Image.MAX_IMAGE_PIXELS (the decoder
+# then quarantines it under config.data.max_image_pixels, whose default is Pillow's limit).
+pytestmark = [pytest.mark.filterwarnings('ignore:Corrupt EXIF data:UserWarning'),
+              pytest.mark.filterwarnings('ignore::PIL.Image.DecompressionBombWarning')]
+
 
 def fuzz(max_examples: int):
   """Explicit example counts; no deadline (the first example of a shape compiles); no database file in the

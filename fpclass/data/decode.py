@@ -56,8 +56,9 @@ def decode_bytes(data: bytes, settings: DecodeSettings) -> np.ndarray:
 def _decode(source, settings: DecodeSettings) -> np.ndarray:
   """The one decode path for a file path or a binary stream."""
   try:
-    # Opening reads only the header, so the pixel count is checked before any pixel is decoded. Pillow
-    # itself warns between 1x and 2x its own limit and raises above 2x; our limit applies first.
+    # Opening reads only the header, so the pixel count is checked before any pixel is decoded. Pillow's
+    # own check runs inside open (a warning between 1x and 2x PIL.Image.MAX_IMAGE_PIXELS, an error above
+    # 2x), so ours, named by the config key, decides every size up to 2x Pillow's limit.
     with Image.open(source) as image:
       pixels = image.size[0] * image.size[1]
       if pixels > settings.max_image_pixels:
@@ -70,8 +71,9 @@ def _decode(source, settings: DecodeSettings) -> np.ndarray:
       array = np.asarray(image, dtype=np.uint8)
   except DecodeError:
     raise
-  except Image.DecompressionBombError as e:
-    raise DecodeError(f'decompression bomb: {e}') from None
+  except Image.DecompressionBombError as e:  # over 2x PIL.Image.MAX_IMAGE_PIXELS, whatever the config allows
+    raise DecodeError(f'decompression bomb: {e} (Pillow opens nothing larger, whatever '
+                      f'config.data.max_image_pixels={settings.max_image_pixels} allows)') from None
   except UnidentifiedImageError:
     raise DecodeError('not an image Pillow can identify') from None
   except FileNotFoundError:
