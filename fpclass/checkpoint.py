@@ -40,6 +40,18 @@ ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 
 KEEP = {'last': 2, 'best': 1, 'interrupted': 1}
 
 
+class _ReadOnlyNotice(logging.Filter):
+  """Drops orbax's warning that a manager was opened read-only ('Given directory is read only=...'): every
+  reader (evaluate, explain, submit, serve, ...) opens the checkpoints read-only on purpose, so the line, one
+  per checkpoint folder opened, told a user nothing. Orbax logs through absl's logger."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+logging.getLogger('absl').addFilter(_ReadOnlyNotice())
+
+
 class CheckpointStore:
   """The workdir's checkpoints. Only the training run (`writer=True`, the holder of the workdir lock) creates
   folders and clears orbax's temporary folders of interrupted saves; a reader (evaluate, serve, ...) beside a
@@ -52,7 +64,9 @@ class CheckpointStore:
 
   def _manager(self, kind: str) -> ocp.CheckpointManager:
     if kind not in self._managers:
-      options = ocp.CheckpointManagerOptions(max_to_keep=KEEP[kind], create=self.writer,
+      # A reader passes what read_only implies (orbax would otherwise override the values with a warning).
+      options = ocp.CheckpointManagerOptions(max_to_keep=KEEP[kind] if self.writer else None,
+                                             save_interval_steps=1 if self.writer else 0, create=self.writer,
                                              cleanup_tmp_directories=self.writer, enable_async_checkpointing=False,
                                              read_only=not self.writer)
       self._managers[kind] = ocp.CheckpointManager(self.root / kind, options=options)

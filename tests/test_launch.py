@@ -61,7 +61,9 @@ def test_modes_after_training_read_the_config_from_the_workdir(trained_quick, tm
   """Without --config, evaluate and submit take the training config from the sidecar (the quick run's
   tiny synthetic sizes included); an inference-side override still applies."""
   workdir, env, _ = trained_quick
-  launch(f'--workdir={workdir}', '--mode=evaluate', '--config.eval.batch_size=7', env=env)
+  evaluated = launch(f'--workdir={workdir}', '--mode=evaluate', '--config.eval.batch_size=7', env=env)
+  # A reader opens the checkpoints read-only on purpose: orbax's notices of it are not the user's business.
+  assert 'read only' not in evaluated.stderr and 'read_only' not in evaluated.stderr, evaluated.stderr
   out = launch(f'--workdir={workdir}', '--mode=submit', env=env)
   submission = (workdir / 'submission.csv').read_text().splitlines()
   assert submission[0].split(',')[0] == 'filename' and len(submission) == 1 + 16, out.stdout
