@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import pathlib
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -50,6 +51,39 @@ class _ReadOnlyNotice(logging.Filter):
 
 
 logging.getLogger('absl').addFilter(_ReadOnlyNotice())
+
+
+def _orbax_read_aftermath(unraisable) -> bool:
+  """Whether a report to sys.unraisablehook is the aftermath of an orbax restore that failed: orbax reads
+  every array of a checkpoint in coroutines on an event loop of its own and, at the first failure, closes
+  that loop and raises. The other reads then end unobserved, each reported as a traceback when its coroutine
+  is collected (orbax turns the GeneratorExit into its own exception) or when TensorStore calls back into
+  the closed loop. The failure itself has been reported once, with its cause."""
+  if getattr(unraisable.object, '__qualname__', '') == '_read_array_index_and_device_put':
+    return True
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed')
+
+
+def _drop_orbax_read_aftermath() -> None:
+  """Drops those reports, from here on in this process, and passes every other one to the hook that was
+  in place (installed once, after the first failed restore)."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_orbax_read_aftermath', False):
+    return
+
+  def hook(unraisable):
+    if not _orbax_read_aftermath(unraisable):
+      previous(unraisable)
+  hook.drops_orbax_read_aftermath = True
+  sys.unraisablehook = hook
+
+
+def _summary(error: Exception, limit: int) -> str:
+  """`error` in one line, without what TensorStore appends (its whole multi-line spec) or orbax's advice on
+  its own API (how to allow truncating or padding arrays of the wrong shape)."""
+  text = str(error).split(' See full TensorStore details')[0].split(' Truncating/padding is disabled')[0]
+  return ' '.join(text.split())[:limit]
 
 
 class CheckpointStore:
@@ -115,8 +149,9 @@ class CheckpointStore:
     try:
       restored = self._manager(kind).restore(epoch, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
+      _drop_orbax_read_aftermath()
       raise UserInputError(f'{self.root / kind}/{epoch}: the checkpoint is damaged or does not match the model '
-                           f'built from this config ({type(e).__name__}: {str(e)[:500]})') from None
+                           f'built from this config ({type(e).__name__}: {_summary(e, 500)})') from None
     state = abstract_state.replace(params=restored.model['params'],
                                    batch_stats=restored.model.get('batch_stats', {}))
     if with_optimizer:
@@ -150,6 +185,7 @@ class CheckpointStore:
       try:
         result = restore_at(epoch)
       except Exception as e:  # noqa: BLE001 -- a damaged checkpoint fails in many ways (orbax, tensorstore, json)
+        _drop_orbax_read_aftermath()
         errors.append((epoch, e))
         continue
       for bad, error in errors:
@@ -160,7 +196,7 @@ class CheckpointStore:
           (self.root / kind / str(bad)).rename(aside)
           where = f' (the unreadable one is kept in {aside})'
         logging.warning('%s/%d could not be read (%s: %s); using epoch %d instead%s', self.root / kind, bad,
-                        type(error).__name__, str(error)[:300], epoch, where)
+                        type(error).__name__, _summary(error, 300), epoch, where)
       if errors and self.writer:
         self._managers.pop(kind).close()  # it listed the set-aside steps
       return result
@@ -168,7 +204,7 @@ class CheckpointStore:
       raise UserInputError(f'{self.root / kind}: no {kind!r} checkpoint; train this workdir first (--mode train)')
     epoch, error = errors[0]
     raise UserInputError(f'{self.root / kind}: no readable {kind!r} checkpoint (epoch {epoch}: '
-                         f'{type(error).__name__}: {str(error)[:500]}); the run is left as it is: restore the '
+                         f'{type(error).__name__}: {_summary(error, 500)}); the run is left as it is: restore the '
                          'folder from a backup, or train in a new --workdir') from None
 
   def close(self):

@@ -23,7 +23,7 @@ from fpclass import fileio
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.modes.runner import run
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, launch, load_config
 from tests.test_scale import TINY
 
 
@@ -42,9 +42,13 @@ def params(workdir, epochs):
   return jax.tree_util.tree_leaves(load_trained(tiny(epochs), workdir, 'last').state.params)
 
 
-def damage(checkpoint_dir: pathlib.Path) -> None:
-  """Truncates every array file of one orbax checkpoint to half its size (a disk that lost their tails)."""
+def damage(checkpoint_dir: pathlib.Path, arrays_only: bool = False) -> None:
+  """Truncates every file of one orbax checkpoint's model to half its size (a disk that lost their tails);
+  with `arrays_only`, only its largest file, the array data, so the metadata and the index read and the
+  failure comes from reading the arrays."""
   files = [p for p in (checkpoint_dir / 'model').rglob('*') if p.is_file() and p.stat().st_size > 64]
+  if arrays_only:
+    files = [max(files, key=lambda p: p.stat().st_size)]
   assert files, list(checkpoint_dir.rglob('*'))
   for path in files:
     with open(path, 'r+b') as f:
@@ -68,10 +72,12 @@ def test_the_same_run_twice_gives_the_same_bits(unbroken, tmp_path):
 def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(unbroken, tmp_path, caplog):
   run('train', tiny(2), tmp_path)
   assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'last').iterdir() if p.name.isdigit()) == ['1', '2']
-  damage(tmp_path / 'checkpoints' / 'last' / '2')
+  damage(tmp_path / 'checkpoints' / 'last' / '2', arrays_only=True)  # the arrays fail to read
   with caplog.at_level(logging.WARNING):
     run('train', tiny(3), tmp_path)
   assert 'checkpoints/last/2 could not be read' in caplog.text and 'using epoch 1 instead' in caplog.text
+  fallback = next(r.getMessage() for r in caplog.records if 'could not be read' in r.getMessage())
+  assert '\n' not in fallback and 'TensorStore' not in fallback  # one line, not the array's whole spec
   # Epochs 2 and 3 are trained again from epoch 1's state: the run ends exactly as an unbroken one.
   assert history(tmp_path).equals(history(unbroken))
   for a, b in zip(params(tmp_path, 3), params(unbroken, 3)):
@@ -87,6 +93,19 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     run('train', tiny(3), tmp_path)
   assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before  # nothing deleted or added
   assert list(history(tmp_path)['epoch']) == [1, 2]
+
+
+def test_an_unreadable_checkpoint_costs_one_line_on_the_console(trained_quick, tmp_path):
+  """Through launch.py: the error names the checkpoint in one line, without TensorStore's spec of the array
+  or orbax's tracebacks of the reads it abandoned (reported as the process exits, without the fix)."""
+  workdir, env, _ = trained_quick
+  shutil.copytree(workdir, tmp_path / 'run')
+  damage(next(p for p in (tmp_path / 'run' / 'checkpoints' / 'best').iterdir() if p.name.isdigit()), arrays_only=True)
+  result = launch(f'--workdir={tmp_path / "run"}', '--mode=evaluate', env=env, check=False)
+  assert result.returncode == 2, result.stderr
+  errors = [line for line in result.stderr.splitlines() if not re.match(r'W\d{4} .*SYNTHETIC', line)]
+  assert len(errors) == 1, result.stderr
+  assert re.match(r"fpclass: error: .*/checkpoints/best: no readable 'best' checkpoint \(epoch \d+: ", errors[0])
 
 
 def test_a_full_disk_while_writing_a_report_is_a_clear_error(tmp_path, monkeypatch):
