@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -262,12 +263,18 @@ def test_the_command_prints_the_bound_url_of_port_0(trained_quick):
   command = [sys.executable, str(REPO / 'launch.py'), f'--workdir={workdir}', '--mode=serve',
              '--config.serve.port=0', '--config.serve.warm_batch_sizes=(1,)', '--config.serve.max_batch=1']
   process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+                             stderr=subprocess.PIPE, text=True)
   try:
     line = process.stdout.readline()
     found = re.search(r'at (http://127\.0\.0\.1:(\d+)/)', line)
     assert found and int(found.group(2)) > 0, line
     assert httpx.get(found.group(1) + 'healthz', timeout=30).json()['status'] == 'ok'
+    # Ctrl-C: uvicorn's graceful shutdown, then one line and the shell's status for SIGINT, no traceback.
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and 'Traceback' not in stderr, stderr
+    assert stderr.splitlines()[-1] == 'fpclass: SIGINT: the server has shut down', stderr
   finally:
-    process.terminate()
-    process.wait(timeout=30)
+    if process.poll() is None:
+      process.kill()
+      process.wait(timeout=30)
