@@ -9,6 +9,7 @@ misspelt key is an error. See README.md for the modes and what a run writes.
 """
 import pathlib
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -101,6 +102,10 @@ def main(argv):
   except RunInterrupted as e:
     print(f'fpclass: {e}', file=sys.stderr)
     sys.exit(128 + e.signum)
+  except KeyboardInterrupt:  # Ctrl-C in a mode without its own stop (evaluate, predict, serve after shutdown...)
+    print(f'fpclass: interrupted (SIGINT); --mode {FLAGS.mode} stopped (its files are written atomically: none is '
+          'left half-written)', file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == '__main__':

@@ -10,9 +10,8 @@ class UserInputError(ValueError):
 
 
 class RunInterrupted(Exception):
-  """A run stopped by a signal: training on SIGINT or SIGTERM, after saving where it was (launching again
-  resumes it); a server on Ctrl-C, after its graceful shutdown. launch.py prints the message and exits with
-  128 + the signal number, as the shell would."""
+  """Training stopped on SIGINT or SIGTERM after saving where it was; launching again resumes it.
+  launch.py prints the message and exits with 128 + the signal number, as the shell would."""
 
   def __init__(self, message: str, signum: int):
     super().__init__(message)

@@ -273,7 +273,7 @@ def test_the_command_prints_the_bound_url_of_port_0(trained_quick):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and 'Traceback' not in stderr, stderr
-    assert stderr.splitlines()[-1] == 'fpclass: SIGINT: the server has shut down', stderr
+    assert stderr.splitlines()[-1].startswith('fpclass: interrupted (SIGINT); --mode serve stopped'), stderr
   finally:
     if process.poll() is None:
       process.kill()

@@ -39,7 +39,6 @@ import dataclasses
 import io
 import json
 import pathlib
-import signal
 import socket
 import threading
 import time
@@ -50,7 +49,7 @@ from PIL import Image
 
 from fpclass.config import DecodeSettings, ExplainSettings, ServeSettings
 from fpclass.data.decode import DecodeError, decode_bytes
-from fpclass.errors import RunInterrupted, UserInputError
+from fpclass.errors import UserInputError
 from fpclass.inference import Trained, load_trained
 from fpclass.modes import explain
 from fpclass.modes.predict import Decision, overlay_rgb
@@ -486,10 +485,7 @@ def serve(config, workdir) -> None:
         f'{service.predictor.trained.epoch}; compiled batch sizes {service.predictor.warm_sizes} in '
         f'{service.warm_seconds:.1f}s; micro-batching {"on" if settings.micro_batching else "off"}) at '
         f'{url_of(sock)}', flush=True)
-  try:
-    server.run(sockets=[sock])
-  except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then raises it again for its caller
-    raise RunInterrupted('SIGINT: the server has shut down', signal.SIGINT) from None
+  server.run(sockets=[sock])  # on Ctrl-C, uvicorn shuts down gracefully, then raises KeyboardInterrupt again
 
 
 class BackgroundServer:
