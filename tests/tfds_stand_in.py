@@ -9,6 +9,7 @@ internals (checked with tensorflow-datasets 4.9.10).
 """
 import io
 import pathlib
+import tempfile
 from unittest import mock
 
 import numpy as np
@@ -31,7 +32,12 @@ def prepare_stand_in(name: str, data_dir, split_sizes: dict, make_image, label_n
   `corrupt` lists (split, index) records whose image bytes are not an image. Returns the version folder.
   """
   import tensorflow_datasets as tfds
-  builder = tfds.builder(name, data_dir=str(data_dir), file_format='array_record')
+  # A builder of a dataset not yet prepared makes an mkdtemp folder for metadata from GCS and leaves it,
+  # empty, when none comes (DatasetInfo.initialize_from_bucket): here it lands in the test's own folder.
+  scratch = pathlib.Path(data_dir) / 'tmp'
+  scratch.mkdir(parents=True, exist_ok=True)
+  with mock.patch.object(tempfile, 'tempdir', str(scratch)):
+    builder = tfds.builder(name, data_dir=str(data_dir), file_format='array_record')
   features = builder.info.features
   image_key = next(k for k, f in features.items() if isinstance(f, tfds.features.Image))
   label_key = next(k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel))
