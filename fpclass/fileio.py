@@ -108,6 +108,9 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
   """Creates `folder` if needed and proves a file can be written in it, so a read-only workdir or cache
   fails before any work starts, naming the folder (`what` says which setting it comes from)."""
   folder = pathlib.Path(folder)
+  taken = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+  if taken is not None:  # mkdir would say only 'File exists' or 'Not a directory'
+    raise UserInputError(f'{what} {folder}: {taken} is a file, not a folder; choose a folder')
   try:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(prefix='.fpclass-write-check-', dir=folder):

@@ -161,10 +161,13 @@ def test_a_read_only_workdir_fails_before_any_work(tmp_path):
       run('train', tiny(1), folder / 'run')
 
 
-def test_a_read_only_cache_folder_fails_before_any_work(tmp_path):
-  (tmp_path / 'not-a-folder').write_text('a file where the cache folder should be')
-  with pytest.raises(UserInputError, match=r'the cache folder .*not-a-folder/sub is not writable'):
+def test_a_file_where_the_cache_folder_or_workdir_should_be_fails_before_any_work(tmp_path):
+  (tmp_path / 'not-a-folder').write_text('a file where a folder should be')
+  with pytest.raises(UserInputError, match=r'the cache folder .*not-a-folder/sub: .*not-a-folder is a file, not a '):
     run('train', tiny(1, **{'data.cache_dir': str(tmp_path / 'not-a-folder' / 'sub')}), tmp_path / 'run')
+  with pytest.raises(UserInputError, match=r'--workdir .*not-a-folder: .*not-a-folder is a file, not a folder'):
+    run('train', tiny(1), tmp_path / 'not-a-folder')
+  assert (tmp_path / 'not-a-folder').read_text() == 'a file where a folder should be'
 
 
 def _kill_when(args, ready, log: pathlib.Path, timeout=300):
