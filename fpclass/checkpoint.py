@@ -67,7 +67,7 @@ def _orbax_read_aftermath(unraisable) -> bool:
 
 def _drop_orbax_read_aftermath() -> None:
   """Drops those reports, from here on in this process, and passes every other one to the hook that was
-  in place (installed once, after the first failed restore)."""
+  in place (installed once, by the first failed `CheckpointStore.restore`, where every array read happens)."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_orbax_read_aftermath', False):
     return
@@ -148,8 +148,10 @@ class CheckpointStore:
       items['optimizer'] = ocp.args.StandardRestore(dict(step=target.step, opt_state=target.opt_state))
     try:
       restored = self._manager(kind).restore(epoch, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 -- whatever failed, orbax's other reads of it end unobserved
       _drop_orbax_read_aftermath()
+      if not isinstance(e, (ValueError, KeyError, TypeError)):
+        raise  # a damaged file (orbax's bare Exception, tensorstore's errors): the caller decides
       raise UserInputError(f'{self.root / kind}/{epoch}: the checkpoint is damaged or does not match the model '
                            f'built from this config ({type(e).__name__}: {_summary(e, 500)})') from None
     state = abstract_state.replace(params=restored.model['params'],
@@ -185,7 +187,6 @@ class CheckpointStore:
       try:
         result = restore_at(epoch)
       except Exception as e:  # noqa: BLE001 -- a damaged checkpoint fails in many ways (orbax, tensorstore, json)
-        _drop_orbax_read_aftermath()
         errors.append((epoch, e))
         continue
       for bad, error in errors:

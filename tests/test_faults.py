@@ -47,9 +47,9 @@ def damage(checkpoint_dir: pathlib.Path, arrays_only: bool = False) -> None:
   with `arrays_only`, only its largest file, the array data, so the metadata and the index read and the
   failure comes from reading the arrays."""
   files = [p for p in (checkpoint_dir / 'model').rglob('*') if p.is_file() and p.stat().st_size > 64]
+  assert files, list(checkpoint_dir.rglob('*'))
   if arrays_only:
     files = [max(files, key=lambda p: p.stat().st_size)]
-  assert files, list(checkpoint_dir.rglob('*'))
   for path in files:
     with open(path, 'r+b') as f:
       f.truncate(path.stat().st_size // 2)
