@@ -7,6 +7,9 @@ that is off is never traced and an all-off config costs nothing.
 
 Order: geometry (one affine) -> flips -> colour -> random erasing, erasing last as torchvision does after
 ToTensor. Geometry follows Keras' preprocessing layers; colour and erasing follow torchvision.
+
+Batch mixing (`mix_batch`: mixup and cutmix) works on a whole batch and its labels, so it is not part of
+`augment_batch`: the train step runs it on the model input, after the per-image ops, as timm's Mixup does.
 """
 import functools
 import math
@@ -229,3 +232,63 @@ def augment_batch(images: jax.Array, key: jax.Array, cfg: AugmentSettings) -> ja
     return images
   keys = jax.random.split(key, images.shape[0])
   return jax.vmap(lambda image, k: augment_image(image, k, cfg))(images, keys)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batch mixing (mixup, cutmix), timm's Mixup in its 'batch' mode
+
+
+def cutmix_box(lam: jax.Array, centre: jax.Array, height: int, width: int
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """timm's rand_bbox: a box of about (1 - lam) of the image around `centre` (integer (row, col)), clipped to the
+  image; returns (top, bottom, left, right), bottom and right exclusive."""
+  ratio = jnp.sqrt(1.0 - lam)
+  half_h = (height * ratio).astype(jnp.int32) // 2
+  half_w = (width * ratio).astype(jnp.int32) // 2
+  top, bottom = jnp.clip(centre[0] - half_h, 0, height), jnp.clip(centre[0] + half_h, 0, height)
+  left, right = jnp.clip(centre[1] - half_w, 0, width), jnp.clip(centre[1] + half_w, 0, width)
+  return top, bottom, left, right
+
+
+def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, cfg: AugmentSettings
+              ) -> tuple[jax.Array, jax.Array]:
+  """Mixup or cutmix of (N, H, W, C) `images` with the batch reversed, and of their (N, K) class-probability
+  `targets` in the same proportion; deterministic in `key`.
+
+  One lambda per batch, drawn from Beta(alpha, alpha) of the chosen method. Cutmix pastes a box of the partner
+  images and sets lambda to the share of each image that is still its own: the box is clipped at the border,
+  so the labels follow the pixels exactly (timm's correct_lam). A batch left unmixed (`cfg.mix_prob`) is
+  returned as it came.
+  """
+  if not cfg.mixing_enabled:
+    return images, targets
+  height, width = images.shape[1:3]
+  draw_key, beta_key = jax.random.split(key)
+  apply_u, switch_u, centre_u = jnp.split(jax.random.uniform(draw_key, (4,)), [1, 2])
+  if cfg.mixup_alpha and cfg.cutmix_alpha:
+    use_cutmix = switch_u[0] < cfg.mix_switch_prob
+    alpha = jnp.where(use_cutmix, jnp.float32(cfg.cutmix_alpha), jnp.float32(cfg.mixup_alpha))
+  else:
+    alpha = jnp.float32(cfg.cutmix_alpha or cfg.mixup_alpha)
+  lam = jax.random.beta(beta_key, alpha, alpha).astype(jnp.float32)
+  partners = images[::-1]
+  if cfg.mixup_alpha:
+    mixup = lam * images + (1.0 - lam) * partners
+  if cfg.cutmix_alpha:
+    centre = jnp.floor(centre_u * jnp.array([height, width], jnp.float32)).astype(jnp.int32)
+    top, bottom, left, right = cutmix_box(lam, centre, height, width)
+    rows = jax.lax.broadcasted_iota(jnp.int32, (height, width), 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (height, width), 1)
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    cutmix = jnp.where(inside[None, :, :, None], partners, images)
+    box_lam = 1.0 - ((bottom - top) * (right - left)).astype(jnp.float32) / (height * width)
+  if cfg.mixup_alpha and cfg.cutmix_alpha:
+    mixed, lam = jnp.where(use_cutmix, cutmix, mixup), jnp.where(use_cutmix, box_lam, lam)
+  elif cfg.cutmix_alpha:
+    mixed, lam = cutmix, box_lam
+  else:
+    mixed = mixup
+  if cfg.mix_prob < 1.0:
+    apply = apply_u[0] < cfg.mix_prob
+    mixed, lam = jnp.where(apply, mixed, images), jnp.where(apply, lam, 1.0)
+  return mixed.astype(images.dtype), lam * targets + (1.0 - lam) * targets[::-1]

@@ -151,6 +151,12 @@ class AugmentSettings(Settings):
   erasing_scale: tuple[float, float] = (0.02, 0.33)
   erasing_ratio: tuple[float, float] = (0.3, 3.3)
   erasing_value: float = 0.5       # in [0, 1] image units; 0.5 is 0 after the default (0.5, 0.5) normalisation
+  # Batch mixing (timm's Mixup, 'batch' mode): each batch is mixed with itself reversed, one lambda per batch,
+  # and trained on soft labels. Alpha 0 is off.
+  mixup_alpha: float = 0.0         # mixup: lambda ~ Beta(alpha, alpha), images blended lambda : 1 - lambda
+  cutmix_alpha: float = 0.0        # cutmix: a box of area ~ (1 - lambda) pasted; the labels follow the box's area
+  mix_switch_prob: float = 0.5     # both alphas on: cutmix with this probability, else mixup
+  mix_prob: float = 1.0            # probability that a batch is mixed at all
 
   def check(self):
     self.require('fill_mode', self.fill_mode in FILL_MODES, f'one of {FILL_MODES}')
@@ -166,6 +172,10 @@ class AugmentSettings(Settings):
     self.require('erasing_scale', 0.0 <= lo <= hi <= 1.0, '(lo, hi) with 0 <= lo <= hi <= 1')
     lo, hi = self.erasing_ratio
     self.require('erasing_ratio', 0.0 < lo <= hi < math.inf, '(lo, hi) with 0 < lo <= hi')
+    for name in ('mixup_alpha', 'cutmix_alpha'):
+      self.require(name, 0.0 <= getattr(self, name) < math.inf, '>= 0 (0: off)')
+    for name in ('mix_switch_prob', 'mix_prob'):
+      self.require(name, 0.0 <= getattr(self, name) <= 1.0, 'in [0, 1]')
 
   @property
   def geometry_enabled(self) -> bool:
@@ -173,7 +183,17 @@ class AugmentSettings(Settings):
 
   @property
   def enabled(self) -> bool:
+    """Whether any per-image op is on (batch mixing is `mixing_enabled`)."""
     return self.geometry_enabled or any((self.hflip, self.vflip, self.brightness, self.contrast, self.erasing))
+
+  @property
+  def mixing_enabled(self) -> bool:
+    return bool(self.mixup_alpha or self.cutmix_alpha) and self.mix_prob > 0
+
+  @property
+  def randomises_input(self) -> bool:
+    """Whether the model sees different inputs from epoch to epoch (per-image ops or mixing)."""
+    return self.enabled or self.mixing_enabled
 
 
 CAM_METHODS = ('gradcam', 'gradcam++', 'hirescam')   # fpclass.cam.METHODS gives each its display name

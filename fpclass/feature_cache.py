@@ -1,9 +1,9 @@
 """The frozen-backbone feature cache (`config.train.feature_cache`: auto | on | off).
 
 When every trainable parameter is in the model's head, the network before the head is frozen and draws no
-randomness in training, and augmentation is off, the head's input is the same in every epoch. It is then
-computed once for the train and val sets, and the head trains on it: the same updates as the uncached run at
-a fraction of the cost (the Keras transfer-learning guide's "feature extraction").
+randomness in training, and augmentation is off (mixup and cutmix included), the head's input is the same in
+every epoch. It is then computed once for the train and val sets, and the head trains on it: the same updates
+as the uncached run at a fraction of the cost (the Keras transfer-learning guide's "feature extraction").
 
 How the split is found, for any registered model and without changing the ports:
 - The head is one module called at the root: the new top (`transfer.Top`, named 'top') or, with
@@ -65,12 +65,12 @@ def check_setting(config) -> None:
   mode = config.train.feature_cache
   if mode not in SETTINGS:
     raise UserInputError(f'config.train.feature_cache={mode!r}: choose one of {SETTINGS}')
-  if mode == 'on' and AugmentSettings.from_config(config.augment).enabled:
+  if mode == 'on' and AugmentSettings.from_config(config.augment).randomises_input:
     raise UserInputError(
         "config.train.feature_cache='on' needs augmentation off: config.augment transforms every image anew "
-        'each epoch before the backbone sees it, so the backbone output differs from epoch to epoch and cannot '
-        "be computed once. Turn the config.augment.* entries off, or use feature_cache='auto' (which then "
-        'trains without the cache)')
+        '(or mixes images: mixup, cutmix) each epoch before the backbone sees it, so the backbone output differs '
+        "from epoch to epoch and cannot be computed once. Turn the config.augment.* entries off, or use "
+        "feature_cache='auto' (which then trains without the cache)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +223,7 @@ def for_phase(config, compiled: CompiledSteps, state, dataset, phase: int):
   check_setting(config)
   if mode == 'off' or phase > 0:   # fine-tuning unfreezes the backbone
     return compiled, dataset, 0.0
-  if AugmentSettings.from_config(config.augment).enabled:
+  if AugmentSettings.from_config(config.augment).randomises_input:
     if models.get_spec(config.model.name).stages:
       tqdm.write('feature cache: off (augmentation comes before the backbone)')
     return compiled, dataset, 0.0

@@ -19,6 +19,8 @@ from fpclass.config import AugmentSettings
 from fpclass.errors import UserInputError
 from fpclass.preprocessing import Normalisation
 
+MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
@@ -90,27 +92,38 @@ class Task:
     streamed run and an in-memory one train the same model bit for bit."""
     aug_key, dropout_key = jax.random.split(key)
     x = self.prepare(batch_images, aug_key)
-    y = batch_labels
+    y = targets = batch_labels
+    if self.augment_cfg.mixing_enabled:
+      # Its own key, folded from the augmentation key, so the per-image draws stay those of an unmixed run.
+      x, targets = augment.mix_batch(x, jax.nn.one_hot(y, self.num_classes), jax.random.fold_in(aug_key, MIX_STREAM),
+                                     self.augment_cfg)
 
     def loss_fn(params):
       logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,
                                         rngs={'dropout': dropout_key})
-      loss = self.loss(logits, y) + optim.l2_penalty(params, self.l2, self.l2_params)
+      loss = self.loss(logits, targets) + optim.l2_penalty(params, self.l2, self.l2_params)
       return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+    # With mixing, the loss is the mixed targets' and `correct` counts agreement with each image's own label.
     correct = jnp.sum(predicted_class(logits, self.head) == y)
     return new_state, {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
 
-  def loss(self, logits, labels):
-    """Mean cross-entropy, weighted by class as PyTorch's CrossEntropyLoss(weight=...) does."""
-    per_example = cross_entropy(logits, labels, self.head, self.num_classes, self.label_smoothing)
+  def loss(self, logits, targets):
+    """Mean cross-entropy against int labels (N,) or class probabilities (N, num_classes) (mixed batches).
+
+    Weighted by class as PyTorch's CrossEntropyLoss(weight=...) does for labels: sum_i w_i ce_i / sum_i w_i,
+    where a soft target's w_i is its expected class weight (a 70:30 mix weighs 0.7 w_a + 0.3 w_b), which is
+    w[y_i] for a label. Smoothing applies to the soft target as to a label's one-hot."""
+    if targets.ndim == 1:
+      targets = jax.nn.one_hot(targets, self.num_classes)
+    per_example = cross_entropy(logits, targets, self.head, self.label_smoothing)
     if self.class_weights is None:
       return jnp.mean(per_example)
-    w = jnp.asarray(self.class_weights, jnp.float32)[labels]
+    w = targets @ jnp.asarray(self.class_weights, jnp.float32)
     return jnp.sum(w * per_example) / jnp.sum(w)
 
   def predict(self, params, batch_stats, images_u8):
@@ -118,12 +131,13 @@ class Task:
     return logits
 
 
-def cross_entropy(logits, labels, head: str, num_classes: int, smoothing: float = 0.0):
+def cross_entropy(logits, targets, head: str, smoothing: float = 0.0):
+  """Per-example cross-entropy against (N, num_classes) class probabilities, label-smoothed. The sigmoid head
+  (one logit, two classes) takes the probability of class 1 as its binary target."""
   if head == 'sigmoid':
-    target = labels.astype(jnp.float32) * (1.0 - smoothing) + 0.5 * smoothing
+    target = targets[:, 1] * (1.0 - smoothing) + 0.5 * smoothing
     return optax.sigmoid_binary_cross_entropy(logits[:, 0], target)
-  target = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing else \
-      jax.nn.one_hot(labels, num_classes)
+  target = optax.smooth_labels(targets, smoothing) if smoothing else targets
   return optax.softmax_cross_entropy(logits, target)
 
 
