@@ -49,6 +49,12 @@ def run_once(fn, *args):
   return jax.jit(fn).lower(*args).compile({'xla_backend_optimization_level': 0})(*args)
 
 
+def compiled_once(fn, *args):
+  """fn compiled for `args`' shapes with XLA's backend optimisation off (as `run_once`), kept to be called
+  again on arguments of the same shapes: a parity test's port, run on the test batch and its mutations."""
+  return jax.jit(fn).lower(*args).compile({'xla_backend_optimization_level': 0})
+
+
 def images(shape, seed=0):
   """A fixed batch in the model's input space (already normalised)."""
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
@@ -83,6 +89,34 @@ def randomise_torch_weights(module, seed=0):
         m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
         if m.bias is not None:
           m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
+  return module
+
+
+def randomise_torch_transformer_parts(module, seed=0, scales=(0.2, 0.6)):
+  """Draws what `randomise_torch_weights` leaves at its initial values, so that a mapping mistake shows:
+  LayerNorm weights and biases (else ones and zeros, which hide a swapped pair), nn.MultiheadAttention's
+  packed input projection (He-normal, biases 0.1), class tokens and position embeddings (N(0, 0.5):
+  torchvision starts its class token at zero) and layer scales (uniform in `scales`: torchvision's ConvNeXt
+  starts them at 1e-6, which makes every block nearly the identity)."""
+  import torch
+  generator = torch.Generator().manual_seed(seed)
+
+  def draw(shape, std):
+    return torch.randn(shape, generator=generator) * std
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, torch.nn.LayerNorm):
+        m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+        m.bias.copy_(draw(m.bias.shape, 0.1))
+      elif isinstance(m, torch.nn.MultiheadAttention):
+        m.in_proj_weight.copy_(draw(m.in_proj_weight.shape, (2.0 / m.in_proj_weight.shape[1]) ** 0.5))
+        m.in_proj_bias.copy_(draw(m.in_proj_bias.shape, 0.1))
+    for name, p in module.named_parameters():
+      leaf = name.rsplit('.', 1)[-1]
+      if leaf in ('class_token', 'cls_token', 'pos_embedding', 'pos_embed', 'mask_token'):
+        p.copy_(draw(p.shape, 0.5))
+      elif leaf in ('layer_scale', 'gamma'):
+        p.copy_(torch.rand(p.shape, generator=generator) * (scales[1] - scales[0]) + scales[0])
   return module
 
 

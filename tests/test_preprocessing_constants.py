@@ -45,22 +45,27 @@ def relative_difference(got, expected) -> float:
   return float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
 
 
+TORCHVISION_NAMES = {'vit_b16': 'vit_b_16'}   # registry names that are not torchvision's own
+
+
 def torchvision_weights(name):
   """The torchvision weights enum entry whose file the registry downloads for `name`."""
   url = models.get_spec(name).weights['imagenet'].url
-  entries = [w for w in torchvision.models.get_model_weights(name) if w.url == url]
+  entries = [w for w in torchvision.models.get_model_weights(TORCHVISION_NAMES.get(name, name)) if w.url == url]
   assert len(entries) == 1, (name, url)
   return entries[0]
 
 
 def torchvision_difference(name) -> float:
-  """fpclass' normalisation of a centre crop against torchvision's own transform of the whole image. At
-  256x256 the transform's resize (shorter side 256) is the identity, so it crops 224 and normalises."""
+  """fpclass' normalisation of a centre crop against torchvision's own transform of the whole image. At the
+  transform's resize size (256 for most, 236 for ConvNeXt, 384 for EfficientNetV2) its resize (shorter side)
+  is the identity, so it crops the centre and normalises."""
   transform = torchvision_weights(name).transforms()
-  assert list(transform.resize_size) == [256] and list(transform.crop_size) == [224]
-  image = pixels(256, 256)
+  (resize,), (crop,) = transform.resize_size, transform.crop_size
+  image = pixels(resize, resize)
   expected = transform(torch.from_numpy(image.transpose(2, 0, 1).copy())).numpy().transpose(1, 2, 0)
-  got = models.get_spec(name).preprocessing(image[16:240, 16:240] / 255.0)
+  start = (resize - crop) // 2
+  got = models.get_spec(name).preprocessing(image[start:start + crop, start:start + crop] / 255.0)
   return relative_difference(got, expected)
 
 

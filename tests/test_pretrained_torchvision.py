@@ -120,8 +120,14 @@ def reference(tmp_path_factory):
 
 
 def test_cases_are_the_registry():
+  """Every torchvision and DINOv2 port has a parity case, here or in test_pretrained_modern.py (dinov2_vitb14
+  is dinov2_vits14's module at other sizes: that file pins its parameter count)."""
+  import importlib
+  modern = importlib.import_module('tests.test_pretrained_modern').CASES
   models.get_spec('resnet18')  # registers every family
-  assert set(CASES) == {name for name, spec in models.REGISTRY.items() if spec.family == 'torchvision'}
+  ported = {name for name, spec in models.REGISTRY.items() if spec.family in ('torchvision', 'dinov2')}
+  assert not set(CASES) & set(modern)
+  assert set(CASES) | set(modern) | {'dinov2_vitb14'} == ported
 
 
 @pytest.mark.parametrize('name', list(CASES))

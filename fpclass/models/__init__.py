@@ -33,7 +33,7 @@ LOADING_KEYS = ('name', 'head', 'pretrained', 'keep_pretrained_head')
 class ModelSpec:
   name: str
   module: Callable[..., nn.Module]   # a linen Module class (or a partial of one)
-  family: str                        # cnn | torchvision | keras
+  family: str                        # cnn | torchvision | keras | dinov2
   cam_layer: str                     # the default Grad-CAM feature: the last conv stage
   description: str = ''
   # Pretrained families only:

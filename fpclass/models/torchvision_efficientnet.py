@@ -1,13 +1,19 @@
-"""torchvision EfficientNet-B0, ported to Flax.
+"""torchvision EfficientNet-B0 and EfficientNetV2-S, ported to Flax.
 
 Module names follow torchvision's: `features.<stage>.<block>.block.<i>` becomes 'features_<stage>_<block>/
 block_<i>', each Conv2dNormActivation a `ConvBN` ('conv', 'bn') and the squeeze-excitation 'fc1'/'fc2'.
 Padding is torch's symmetric (k - 1) // 2; depthwise convs use `feature_group_count`; BatchNorm is
-torchvision's default for B0 (eps 1e-5, momentum 0.1, i.e. Flax 0.9; only B5-B7 and V2 use eps 1e-3), with
-torch's running-variance update (`torch_layers.BatchNorm`). The stem conv is a `transfer.StemConv`.
+torchvision's: eps 1e-5 for B0 and 1e-3 for V2 (`bn_epsilon`), momentum 0.1 (Flax 0.9), with torch's
+running-variance update (`torch_layers.BatchNorm`). The stem conv is a `transfer.StemConv`.
 Stochastic depth is torchvision's 'row' mode (whole residual branches of some examples dropped, the rest
-scaled by 1 / survival), with the drop rate growing linearly over the 16 blocks; it draws from the
-'dropout' rng in training and is the identity at evaluation.
+scaled by 1 / survival), with the drop rate growing linearly over the blocks (16 in B0, 40 in V2-S); it
+draws from the 'dropout' rng in training and is the identity at evaluation.
+
+EfficientNetV2-S is torchvision's `efficientnet_v2_s` rather than Keras' `EfficientNetV2S` because it
+shares this port's blocks, its weights file format (a state_dict) and the torchvision parity harness with
+B0: it adds fused MBConv blocks (`FusedMBConv`: the expansion and depthwise convolutions fused into one
+k x k convolution, no squeeze-excitation) for its first `fused_stages` stages, a 24-channel stem and a
+1280-channel last conv. SiLU only: no `relu` field, so guided backpropagation is refused for both.
 """
 import functools
 from typing import Any, Sequence
@@ -34,6 +40,7 @@ class ConvBN(nn.Module):
   activation: bool = True
   frozen: bool = False
   gray: bool = False     # the network's stem on one channel (transfer.StemConv)
+  epsilon: float = 1e-5  # BatchNorm's
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -42,8 +49,8 @@ class ConvBN(nn.Module):
     x = conv(self.features, (self.kernel, self.kernel), self.stride, padding=(self.kernel - 1) // 2,
              feature_group_count=self.groups, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
              name='conv')(x)
-    x = BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                  name='bn')(x)
+    x = BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=self.epsilon,
+                  dtype=self.dtype, name='bn')(x)
     return nn.silu(x) if self.activation else x
 
 
@@ -67,33 +74,68 @@ class MBConv(nn.Module):
   out_channels: int
   stochastic_depth_prob: float = 0.0
   frozen: bool = False
+  epsilon: float = 1e-5
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
     in_channels = x.shape[-1]
     expanded = in_channels * self.expand_ratio
-    conv_bn = functools.partial(ConvBN, frozen=self.frozen, dtype=self.dtype)
+    conv_bn = functools.partial(ConvBN, frozen=self.frozen, epsilon=self.epsilon, dtype=self.dtype)
     # Named as torchvision's `block` Sequential indexes them: the expansion conv exists only when it expands.
     first = 0 if expanded == in_channels else 1
     y = x if first == 0 else conv_bn(expanded, name='block_0')(x, train)
     y = conv_bn(expanded, self.kernel, self.stride, groups=expanded, name=f'block_{first}')(y, train)
     y = SqueezeExcitation(max(1, in_channels // 4), self.dtype, name=f'block_{first + 1}')(y)
     y = conv_bn(self.out_channels, activation=False, name=f'block_{first + 2}')(y, train)
-    if self.stride == 1 and in_channels == self.out_channels:
-      # StochasticDepth(p, 'row'): Dropout whose mask is shared over H, W, C drops whole examples' branches.
-      y = nn.Dropout(self.stochastic_depth_prob, broadcast_dims=(1, 2, 3), deterministic=not train,
-                     name='stochastic_depth')(y)
-      y = y + x
+    return _residual(self, x, y, train)
+
+
+class FusedMBConv(nn.Module):
+  """EfficientNetV2's fused block: a k x k conv that expands (or, at ratio 1, is the whole block), then a 1x1
+  projection; no squeeze-excitation."""
+  expand_ratio: int
+  kernel: int
+  stride: int
+  out_channels: int
+  stochastic_depth_prob: float = 0.0
+  frozen: bool = False
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    conv_bn = functools.partial(ConvBN, frozen=self.frozen, epsilon=self.epsilon, dtype=self.dtype)
+    expanded = x.shape[-1] * self.expand_ratio
+    if expanded == x.shape[-1]:
+      y = conv_bn(self.out_channels, self.kernel, self.stride, name='block_0')(x, train)
+    else:
+      y = conv_bn(expanded, self.kernel, self.stride, name='block_0')(x, train)
+      y = conv_bn(self.out_channels, activation=False, name='block_1')(y, train)
+    return _residual(self, x, y, train)
+
+
+def _residual(block, x, y, train):
+  """torchvision's MBConv/FusedMBConv ending: with stride 1 and as many channels out as in, stochastic depth
+  on the branch, then the input added; otherwise the branch alone."""
+  if block.stride != 1 or x.shape[-1] != block.out_channels:
     return y
+  # StochasticDepth(p, 'row'): Dropout whose mask is shared over H, W, C drops whole examples' branches.
+  y = nn.Dropout(block.stochastic_depth_prob, broadcast_dims=(1, 2, 3), deterministic=not train,
+                 name='stochastic_depth')(y)
+  return y + x
 
 
-# torchvision's efficientnet_b0 stages: (expand ratio, kernel, stride, output channels, blocks). The stem has
-# 32 channels; the last conv 4x the last stage's (1280).
-STEM_CHANNELS = 32
+# torchvision's stages: (expand ratio, kernel, stride, output channels, blocks). B0's stem has 32 channels and
+# its last conv 4x the last stage's (1280); V2-S's stem 24 and its last conv 1280, its first 3 stages fused.
 B0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
              (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-STAGES = ('stem', *(f'stage{i}' for i in range(1, 8)), 'last_conv')
+V2_S_STAGES = ((1, 3, 1, 24, 2), (4, 3, 2, 48, 4), (4, 3, 2, 64, 4), (4, 3, 2, 128, 6), (6, 3, 1, 160, 9),
+               (6, 3, 2, 256, 15))
+
+
+def stage_names(stages) -> tuple:
+  return ('stem', *(f'stage{i}' for i in range(1, len(stages) + 1)), 'last_conv')
 
 
 def stochastic_depth_rates(stages, stochastic_depth_prob: float) -> list[list[float]]:
@@ -106,26 +148,32 @@ def stochastic_depth_rates(stages, stochastic_depth_prob: float) -> list[list[fl
 
 class EfficientNet(transfer.Backbone, kw_only=True):
   mbconv_stages: Sequence[Sequence[int]]
+  fused_stages: int = 0                # the first stages whose blocks are FusedMBConv (V2)
+  stem_channels: int = 32
+  last_channels: int = 0               # the last conv's; 0: 4x the last stage's (B0)
+  bn_epsilon: float = 1e-5
   dropout: float = 0.2                 # the source classifier's dropout (torchvision's `dropout`)
   stochastic_depth_prob: float = 0.2   # the last block's rate is just under this (torchvision's default)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    last = transfer.check_cut(self.cut, STAGES, self.top)
+    stages = stage_names(self.mbconv_stages)
+    last = transfer.check_cut(self.cut, stages, self.top)
     features = {}
-    x = ConvBN(STEM_CHANNELS, 3, 2, frozen=self.stage_frozen(0), gray=self.in_channels == 1, dtype=self.dtype,
-               name='features_0')(x, train)
+    x = ConvBN(self.stem_channels, 3, 2, frozen=self.stage_frozen(0), gray=self.in_channels == 1,
+               epsilon=self.bn_epsilon, dtype=self.dtype, name='features_0')(x, train)
     x = feature(self, features, 'stem', x)
     rates = stochastic_depth_rates(self.mbconv_stages, self.stochastic_depth_prob)
     for i, (expand, kernel, stride, channels, blocks) in enumerate(self.mbconv_stages[:last], start=1):
+      block = FusedMBConv if i <= self.fused_stages else MBConv
       for j in range(blocks):
-        x = MBConv(expand, kernel, stride if j == 0 else 1, channels, rates[i - 1][j],
-                   frozen=self.stage_frozen(i), dtype=self.dtype, name=f'features_{i}_{j}')(x, train)
-      x = feature(self, features, STAGES[i], x)
-    if last == len(STAGES) - 1:
-      x = ConvBN(4 * self.mbconv_stages[-1][3], frozen=self.stage_frozen(last), dtype=self.dtype,
-                 name=f'features_{last}')(x, train)
-      x = feature(self, features, STAGES[last], x)
+        x = block(expand, kernel, stride if j == 0 else 1, channels, rates[i - 1][j], frozen=self.stage_frozen(i),
+                  epsilon=self.bn_epsilon, dtype=self.dtype, name=f'features_{i}_{j}')(x, train)
+      x = feature(self, features, stages[i], x)
+    if last == len(stages) - 1:
+      x = ConvBN(self.last_channels or 4 * self.mbconv_stages[-1][3], frozen=self.stage_frozen(last),
+                 epsilon=self.bn_epsilon, dtype=self.dtype, name=f'features_{last}')(x, train)
+      x = feature(self, features, stages[last], x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
     x = jnp.mean(x, axis=(1, 2))
@@ -156,12 +204,18 @@ def _stage_regex(index: int) -> str:
   return rf'^features_{index}(_\d+)?/'
 
 
-register(ModelSpec(
-    'efficientnet_b0', functools.partial(EfficientNet, mbconv_stages=B0_STAGES), 'torchvision', cam_layer='last_conv',
-    description='torchvision efficientnet_b0, ImageNet weights by name or from a state_dict file',
-    preprocessing=preprocessing.TORCH_IMAGENET,
-    stages=tuple((name, _stage_regex(index)) for index, name in enumerate(STAGES)),
-    weights={'imagenet': WeightsFile('https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth',
-                                     'sha256:7f5810bc')},
-    convert=convert, source_head=r'^params/classifier_1/', source_top=r'^params/classifier_1/',
-    stem='features_0/conv|batch_stats/features_0/bn/mean'))
+def _spec(name, stages, weights, **fields):
+  return ModelSpec(
+      name, functools.partial(EfficientNet, mbconv_stages=stages, **fields), 'torchvision', cam_layer='last_conv',
+      description=f'torchvision {name}, ImageNet weights by name or from a state_dict file',
+      preprocessing=preprocessing.TORCH_IMAGENET,
+      stages=tuple((stage, _stage_regex(index)) for index, stage in enumerate(stage_names(stages))),
+      weights={'imagenet': weights}, convert=convert, source_head=r'^params/classifier_1/',
+      source_top=r'^params/classifier_1/', stem='features_0/conv|batch_stats/features_0/bn/mean')
+
+
+register(_spec('efficientnet_b0', B0_STAGES, WeightsFile(
+    'https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth', 'sha256:7f5810bc')))
+register(_spec('efficientnet_v2_s', V2_S_STAGES, WeightsFile(
+    'https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth', 'sha256:dd5fe13b'),
+    fused_stages=3, stem_channels=24, last_channels=1280, bn_epsilon=1e-3))

@@ -173,6 +173,11 @@ def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
   if top != 'source':  # a new top: the file's whole classifier is unused, the new top starts fresh
     mapped = _without(mapped, spec.source_top)
     keep.append(TOP_PARAMS)
+  elif not _without(mapped, spec.source_head).keys() < mapped.keys():   # a backbone-only file (DINOv2's)
+    if model_cfg.get('keep_pretrained_head', False):
+      raise UserInputError(f'{path} holds no classifier ({spec.source_head.lstrip("^")}) to keep; set '
+                           'config.model.keep_pretrained_head=False to train a new one')
+    keep.append(spec.source_head)
   elif not model_cfg.get('keep_pretrained_head', False):  # the named 'head' rule: a fresh last layer
     # Logged because it is the default: a user who wanted the source's classes would otherwise not know.
     log.warning('%s: the source classifier (%s, %s outputs in %s) is replaced by a new last layer of %s '

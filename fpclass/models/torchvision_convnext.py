@@ -1,0 +1,147 @@
+"""torchvision ConvNeXt-Tiny, ported to Flax.
+
+Module names follow torchvision's `features.<i>.<j>` indices: the stem 'features_0_conv' and
+'features_0_norm', the blocks 'features_<i>_<j>' at odd i (torchvision's CNBlock: 'dwconv' 7x7 depthwise
+with bias and symmetric padding 3, 'norm', 'pwconv1', 'pwconv2' for its `block.0/2/3/5`, and 'layer_scale'),
+the downsampling layers between stages 'features_<i>_norm' and 'features_<i>_conv' (2x2, stride 2) at i = 2,
+4, 6, and the classifier 'classifier_0' (LayerNorm) and 'classifier_2' (Linear). Every LayerNorm is torch's (eps 1e-6, two-pass statistics) over the channels,
+which in NHWC is the last axis, so torchvision's permutes and its LayerNorm2d are plain LayerNorms here.
+Layer scale multiplies each block's branch per channel; stochastic depth is torchvision's 'row' mode (whole
+branches of some examples dropped, the rest scaled by 1 / survival) at rate p * block index / (blocks - 1),
+p = `stochastic_depth_prob` (0.1 for convnext_tiny), drawn from the 'dropout' rng in training only.
+
+The stem conv (4x4, stride 4, no padding, with bias) is a `transfer.StemConv`: on one channel the folded
+offset goes to its bias and, without padding, it is exact everywhere. There is no ReLU (GELU only) and so no
+`relu` field: `fpclass.cam.guided_model` refuses guided backpropagation for it (set
+`config.explain.guided=False`). A new top (`config.model.top` other than 'source') pools the last stage
+directly; the source classifier's LayerNorm belongs to the source top and is dropped with it.
+"""
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fpclass import preprocessing
+from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models.conv import Conv
+from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict
+
+LAYER_NORM_EPSILON = 1e-6
+trunc_normal = nn.initializers.truncated_normal(0.02)   # torchvision's trunc_normal_(std=0.02), zero biases
+STAGES = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
+TINY = ((96, 3), (192, 3), (384, 9), (768, 3))            # (channels, blocks) per stage
+
+
+def _layer_norm(name, dtype):
+  # Two-pass variance, as torch computes it (Flax's default E[x^2] - E[x]^2 loses digits).
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, dtype=dtype, name=name)
+
+
+class CNBlock(nn.Module):
+  """torchvision's CNBlock: x + stochastic_depth(layer_scale * pwconv2(gelu(pwconv1(norm(dwconv(x))))))."""
+  stochastic_depth_prob: float = 0.0
+  layer_scale_init: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    dim = x.shape[-1]
+    y = Conv(dim, (7, 7), padding=3, feature_group_count=dim, kernel_init=trunc_normal, dtype=self.dtype,
+             name='dwconv')(x)
+    y = _layer_norm('norm', self.dtype)(y)
+    y = nn.Dense(4 * dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv1')(y)
+    y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv2')(nn.gelu(y, approximate=False))
+    y = y * self.param('layer_scale', nn.initializers.constant(self.layer_scale_init), (dim,)).astype(y.dtype)
+    # StochasticDepth(p, 'row'): a Dropout whose mask is shared over H, W, C drops whole examples' branches.
+    y = nn.Dropout(self.stochastic_depth_prob, broadcast_dims=(1, 2, 3), deterministic=not train,
+                   name='stochastic_depth')(y)
+    return x + y
+
+
+def stochastic_depth_rates(blocks: Sequence[int], stochastic_depth_prob: float) -> list[list[float]]:
+  """Each block's drop rate: torchvision's p * (index of the block in the network) / (number of blocks - 1)."""
+  total = sum(blocks)
+  starts = [sum(blocks[:i]) for i in range(len(blocks))]
+  return [[stochastic_depth_prob * (start + j) / (total - 1.0) for j in range(count)]
+          for start, count in zip(starts, blocks)]
+
+
+class ConvNeXt(transfer.Backbone, kw_only=True):
+  block_setting: Sequence[Sequence[int]]   # (channels, blocks) per stage
+  stochastic_depth_prob: float = 0.1       # convnext_tiny's
+  layer_scale: float = 1e-6                # the initial layer scale (torchvision's `layer_scale`)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    last = transfer.check_cut(self.cut, STAGES, self.top)
+    features = {}
+    x = transfer.StemConv(self.block_setting[0][0], (4, 4), 4, padding='VALID', kernel_init=trunc_normal,
+                          gray=self.in_channels == 1, dtype=self.dtype, name='features_0_conv')(x)
+    x = _layer_norm('features_0_norm', self.dtype)(x)
+    x = feature(self, features, 'stem', x)
+    rates = stochastic_depth_rates([blocks for _, blocks in self.block_setting], self.stochastic_depth_prob)
+    for stage, (channels, blocks) in enumerate(self.block_setting[:last], start=1):
+      index = 2 * stage - 1   # torchvision's features index of this stage's blocks
+      if stage > 1:           # the downsampling layer before it: features_<index - 1>
+        x = _layer_norm(f'features_{index - 1}_norm', self.dtype)(x)
+        x = Conv(channels, (2, 2), 2, padding='VALID', kernel_init=trunc_normal, dtype=self.dtype,
+                 name=f'features_{index - 1}_conv')(x)
+      for j in range(blocks):
+        x = CNBlock(rates[stage - 1][j], self.layer_scale, self.dtype, name=f'features_{index}_{j}')(x, train)
+      x = feature(self, features, STAGES[stage], x)
+    if self.top != 'source':
+      return transfer.new_top(self, x, features, train), features
+    x = _layer_norm('classifier_0', self.dtype)(jnp.mean(x, axis=(1, 2)))
+    features['pre_logits'] = x
+    return nn.Dense(self.num_outputs, kernel_init=trunc_normal, dtype=self.dtype, name='classifier_2')(x).astype(
+        jnp.float32), features
+
+
+
+def _norm_rules(source: str, target: str):
+  return (Rule(source + r'\.weight', f'params/{target}/scale'), Rule(source + r'\.bias', f'params/{target}/bias'))
+
+
+def _dense_rules(source: str, target: str, kind: str = 'linear'):
+  return (Rule(source + r'\.weight', f'params/{target}/kernel', kind), Rule(source + r'\.bias', f'params/{target}/bias'))
+
+
+BLOCK = r'features\.(\d)\.(\d+)\.'
+RULES = (
+    *_dense_rules(r'features\.0\.0', 'features_0_conv', 'conv'),
+    *_norm_rules(r'features\.0\.1', 'features_0_norm'),
+    # Depthwise kernels (C, 1, 7, 7) take the same transpose as any conv: (7, 7, 1, C).
+    *_dense_rules(BLOCK + r'block\.0', 'features_{0}_{1}/dwconv', 'conv'),
+    *_norm_rules(BLOCK + r'block\.2', 'features_{0}_{1}/norm'),
+    *_dense_rules(BLOCK + r'block\.3', 'features_{0}_{1}/pwconv1'),
+    *_dense_rules(BLOCK + r'block\.5', 'features_{0}_{1}/pwconv2'),
+    Rule(BLOCK + r'layer_scale', 'params/features_{0}_{1}/layer_scale', 'flatten'),   # (C, 1, 1) -> (C,)
+    *_norm_rules(r'features\.(\d)\.0', 'features_{0}_norm'),
+    *_dense_rules(r'features\.(\d)\.1', 'features_{0}_conv', 'conv'),
+    *_norm_rules(r'classifier\.0', 'classifier_0'),
+    *_dense_rules(r'classifier\.2', 'classifier_2'),
+)
+
+
+def convert(path):
+  return apply_rules(read_state_dict(path), RULES)
+
+
+def _stage_regex(index: int) -> str:
+  """Stage 0 is the stem; stage i > 0 is its downsampling layer (features_<2i-2>, none for i = 1) and its
+  blocks (features_<2i-1>_<j>)."""
+  if index == 0:
+    return r'^features_0_'
+  return rf'^features_({2 * index - 1}_\d+/|{2 * index - 2}_(norm|conv)/)' if index > 1 else r'^features_1_\d+/'
+
+
+register(ModelSpec(
+    'convnext_tiny', functools.partial(ConvNeXt, block_setting=TINY), 'torchvision', cam_layer='stage4',
+    description='torchvision convnext_tiny, ImageNet weights by name or from a state_dict file',
+    preprocessing=preprocessing.TORCH_IMAGENET,
+    stages=tuple((name, _stage_regex(index)) for index, name in enumerate(STAGES)),
+    weights={'imagenet': WeightsFile('https://download.pytorch.org/models/convnext_tiny-983f1562.pth',
+                                     'sha256:983f1562')},
+    convert=convert, source_head=r'^params/classifier_2/', source_top=r'^params/classifier_(0|2)/',
+    stem='features_0_conv|params/features_0_conv/bias'))

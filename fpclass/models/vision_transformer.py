@@ -1,0 +1,326 @@
+"""Vision Transformers: torchvision's ViT-B/16 and DINOv2's ViT-S/14 and ViT-B/14, one Flax module.
+
+Both sources compute the same network: a patchifying convolution, a class token, learned position
+embeddings, pre-norm encoder blocks (LayerNorm eps 1e-6 with two-pass statistics as torch computes them;
+multi-head self-attention with one packed q/k/v projection; an MLP with exact, erf GELU), and a final
+LayerNorm whose class token feeds the classifier. They differ in three places, which are fields:
+- `layer_scale`: DINOv2 multiplies each residual branch by a learned per-channel scale (`ls1`, `ls2`);
+- `position_interpolation`: how the position embeddings, learned on a `source_grid` x `source_grid` patch
+  grid (14 for torchvision's 224 / 16, 37 for DINOv2's 518 / 14), are resized for another input size.
+  'torchvision' is `torchvision.models.vision_transformer.interpolate_embeddings` (bicubic, align_corners)
+  extended to rectangular grids; 'dinov2' is DINOv2's `interpolate_pos_encoding` (bicubic, no
+  align_corners, the scale factor (grid + 0.1) / source_grid). Both are torch's bicubic kernel (a = -0.75,
+  borders replicated) as one matrix per axis (`bicubic_matrix`), so the embedding parameter keeps the
+  file's shape at every input size, fine-tuning updates it there, and checkpoints do not depend on the
+  input size. Inputs must be a multiple of the patch size, as in both sources;
+- the weight files: torchvision's state_dict (`TORCHVISION_RULES`; its MLP under either `mlp.0`/`mlp.3` or
+  the older `mlp.linear_1`/`linear_2` names) and DINOv2's backbone checkpoints as facebookresearch/dinov2
+  publishes them (`DINOV2_RULES`: `cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.norm1`,
+  `attn.qkv`, `attn.proj`, `ls1.gamma`, `mlp.fc1`, ..., `norm`). DINOv2's `mask_token` (for masked-image
+  training, unused in a forward pass) is the one tensor not loaded. DINOv2 files hold no classifier, so its
+  registry entries' `head` is always trained anew; the registers variants (`*_reg4`) are not supported.
+
+The output: `features['pre_logits']` is the class token after the final LayerNorm (DINOv2's
+`x_norm_clstoken`), and the source top is one Dense on it ('head'). A new top (`config.model.top` 'avg',
+'max', 'flatten') pools the final LayerNorm's patch tokens on their grid instead: 'avg' is the mean patch
+token, one of DINOv2's linear-probe features. Every stage records its patch tokens (class token dropped) as
+an (N, h, w, D) grid with `fpclass.models.feature`.
+
+Grad-CAM. The class token after the last block is all that reaches the logits, and LayerNorm and the MLP act
+per token, so the patch tokens a block outputs have a zero gradient after the last block. The map is read
+one step earlier, at the tokens the last block's attention reads: its `norm1` output, patch tokens on
+their grid ('last_attention_input', the registry's `cam_layer`), as pytorch-grad-cam's ViT recipe does
+(target layer `blocks[-1].norm1`, class token dropped, reshaped to the grid).
+
+There is no ReLU anywhere (GELU only) and so no `relu` field: guided backpropagation, defined by ReLU's
+gradient rule, is refused for these models by `fpclass.cam.guided_model` with a message to set
+`config.explain.guided=False`. Stochastic depth is not ported: both sources' published models use none at
+inference and torchvision's ViT none in training. Dropout rates (torchvision's `dropout` and
+`attention_dropout`) default to 0, as in both sources' published models.
+"""
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from fpclass import preprocessing
+from fpclass.errors import UserInputError
+from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict
+
+CUBIC_A = -0.75              # torch's bicubic kernel (Keys' cubic convolution with a = -0.75)
+DINOV2_OFFSET = 0.1          # DINOv2's scale-factor offset ("avoid floating point error", kept for its weights)
+LAYER_NORM_EPSILON = 1e-6
+INTERPOLATIONS = ('torchvision', 'dinov2')
+CAM_FEATURE = 'last_attention_input'
+xavier = nn.initializers.xavier_uniform()
+
+
+def _cubic_taps(t):
+  """Weights of the four taps at offsets -1, 0, 1, 2 from floor(source), for fractional positions `t`."""
+  a = CUBIC_A
+
+  def near(x):   # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):    # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def bicubic_matrix(in_size: int, out_size: int, align_corners: bool, scale: float | None = None) -> np.ndarray:
+  """(out_size, in_size) float64 matrix M with M @ v = torch's 1-D bicubic interpolation of v.
+
+  Source positions as torch's `interpolate(mode='bicubic')` computes them: with align_corners,
+  dst * (in - 1) / (out - 1); without, (dst + 0.5) / scale - 0.5, `scale` being the scale factor given to
+  torch, or out / in when only the size is. Taps beyond the border read the border value."""
+  dst = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    src = dst * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+  else:
+    src = (dst + 0.5) * ((1.0 / scale) if scale else in_size / out_size) - 0.5
+  base = np.floor(src)
+  taps = _cubic_taps(src - base)
+  matrix = np.zeros((out_size, in_size))
+  for k in range(4):
+    np.add.at(matrix, (np.arange(out_size), np.clip(base - 1 + k, 0, in_size - 1).astype(int)), taps[:, k])
+  return matrix
+
+
+def position_matrices(source_grid: int, grid: tuple[int, int], how: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """(rows, columns) interpolation matrices from the source grid to `grid`, or None when none is needed."""
+  if how not in INTERPOLATIONS:
+    raise UserInputError(f'config.model.position_interpolation={how!r}: use one of {INTERPOLATIONS}')
+  if grid == (source_grid, source_grid):
+    return None
+  if how == 'torchvision':
+    return tuple(bicubic_matrix(source_grid, n, align_corners=True) for n in grid)
+  return tuple(bicubic_matrix(source_grid, n, align_corners=False, scale=(n + DINOV2_OFFSET) / source_grid)
+               for n in grid)
+
+
+def interpolated_positions(pos_embedding, source_grid: int, grid: tuple[int, int], how: str):
+  """The (1, 1 + h * w, D) position embeddings for a (h, w) patch grid; the class token's is unchanged."""
+  matrices = position_matrices(source_grid, grid, how)
+  if matrices is None:
+    return pos_embedding
+  dim = pos_embedding.shape[-1]
+  compute = jnp.promote_types(pos_embedding.dtype, jnp.float32)
+  patches = pos_embedding[0, 1:].reshape(source_grid, source_grid, dim).astype(compute)
+  rows, columns = (jnp.asarray(m, compute) for m in matrices)
+  patches = jnp.einsum('yi,xj,ijd->yxd', rows, columns, patches).reshape(1, -1, dim)
+  return jnp.concatenate([pos_embedding[:, :1].astype(compute), patches], axis=1).astype(pos_embedding.dtype)
+
+
+def _layer_norm(name, dtype):
+  # Two-pass variance, as torch computes it: Flax's default E[x^2] - E[x]^2 loses digits on large activations.
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def record_patch_grid(module: nn.Module, features: dict, name: str, tokens, grid):
+  """Records the patch tokens of (N, 1 + h * w, D) `tokens` as an (N, h, w, D) feature `name`, and returns
+  the tokens rebuilt from it, so that a gradient at the feature (Grad-CAM's) flows through the model."""
+  n, _, dim = tokens.shape
+  patches = feature(module, features, name, tokens[:, 1:].reshape(n, *grid, dim))
+  return jnp.concatenate([tokens[:, :1], patches.reshape(n, -1, dim)], axis=1)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with one packed q/k/v projection ([q; k; v], heads contiguous in each), as
+  both torch's nn.MultiheadAttention (`in_proj_weight`) and DINOv2's `attn.qkv` pack them."""
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    n, t, dim = x.shape
+    head_dim = dim // self.num_heads
+    qkv = nn.Dense(3 * dim, kernel_init=xavier, dtype=self.dtype, name='qkv')(x)
+    q, k, v = (qkv[:, :, i * dim:(i + 1) * dim].reshape(n, t, self.num_heads, head_dim) for i in range(3))
+    scores = jnp.einsum('nqhc,nkhc->nhqk', q, k) * (head_dim ** -0.5)
+    weights = nn.softmax(scores.astype(jnp.promote_types(scores.dtype, jnp.float32)), axis=-1).astype(v.dtype)
+    weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
+    out = jnp.einsum('nhqk,nkhc->nqhc', weights, v).reshape(n, t, dim)
+    return nn.Dense(dim, kernel_init=xavier, dtype=self.dtype, name='out')(out)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-norm transformer block: x + attention(norm1(x)), then + mlp(norm2(x)), each branch optionally times
+  a layer scale (DINOv2). `record` names the feature recorded at norm1's output (the last block's: Grad-CAM)."""
+  num_heads: int
+  mlp_dim: int
+  grid: tuple
+  layer_scale: bool = False
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  record: str = ''
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, features: dict, train: bool):
+    dim = x.shape[-1]
+    y = _layer_norm('norm1', self.dtype)(x)
+    if self.record:
+      y = record_patch_grid(self, features, self.record, y, self.grid)
+    y = SelfAttention(self.num_heads, self.attention_dropout, self.dtype, name='attention')(y, train)
+    if self.layer_scale:
+      y = y * self.param('layer_scale1', nn.initializers.ones, (dim,)).astype(y.dtype)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = _layer_norm('norm2', self.dtype)(x)
+    y = nn.gelu(nn.Dense(self.mlp_dim, kernel_init=xavier, dtype=self.dtype, name='mlp_fc1')(y), approximate=False)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.Dense(dim, kernel_init=xavier, dtype=self.dtype, name='mlp_fc2')(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    if self.layer_scale:
+      y = y * self.param('layer_scale2', nn.initializers.ones, (dim,)).astype(y.dtype)
+    return x + y
+
+
+def stage_names(depth: int) -> tuple:
+  return ('embed', *(f'block{i}' for i in range(depth)), 'norm')
+
+
+class VisionTransformer(transfer.Backbone, kw_only=True):
+  patch_size: int
+  hidden_dim: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  source_grid: int                         # the position embeddings' patch grid side in the weights
+  layer_scale: bool = False                # DINOv2's ls1/ls2
+  position_interpolation: str = 'torchvision'   # 'torchvision' | 'dinov2' (see the module docstring)
+  dropout: float = 0.0                     # torchvision's `dropout` (after the embedding and in every block)
+  attention_dropout: float = 0.0           # torchvision's `attention_dropout`
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    stages = stage_names(self.depth)
+    last = transfer.check_cut(self.cut, stages, self.top)
+    height, width = x.shape[1:3]
+    if height % self.patch_size or width % self.patch_size:
+      raise UserInputError(f'config.data.image_size: {height}x{width} is not a multiple of the patch size '
+                           f'{self.patch_size} of this Vision Transformer; use e.g. '
+                           f'{height // self.patch_size * self.patch_size or self.patch_size}x'
+                           f'{width // self.patch_size * self.patch_size or self.patch_size}')
+    grid = (height // self.patch_size, width // self.patch_size)
+    features = {}
+    x = transfer.StemConv(self.hidden_dim, (self.patch_size,) * 2, self.patch_size, padding='VALID',
+                          kernel_init=nn.initializers.lecun_normal(), gray=self.in_channels == 1, dtype=self.dtype,
+                          name='patch_embed')(x)
+    n = x.shape[0]
+    tokens = x.reshape(n, -1, self.hidden_dim)
+    class_token = self.param('class_token', nn.initializers.zeros, (1, 1, self.hidden_dim))
+    positions = self.param('pos_embedding', nn.initializers.normal(0.02),
+                           (1, 1 + self.source_grid ** 2, self.hidden_dim))
+    tokens = jnp.concatenate([jnp.broadcast_to(class_token, (n, 1, self.hidden_dim)).astype(tokens.dtype), tokens], 1)
+    tokens = tokens + interpolated_positions(positions, self.source_grid, grid,
+                                             self.position_interpolation).astype(tokens.dtype)
+    tokens = nn.Dropout(self.dropout, deterministic=not train)(tokens)
+    tokens = record_patch_grid(self, features, 'embed', tokens, grid)
+    blocks = min(last, self.depth)
+    for i in range(blocks):
+      tokens = EncoderBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale, self.dropout,
+                            self.attention_dropout, record=CAM_FEATURE if i == blocks - 1 else '', dtype=self.dtype,
+                            name=f'block{i}')(tokens, features, train)
+      tokens = record_patch_grid(self, features, f'block{i}', tokens, grid)
+    if last == len(stages) - 1:
+      tokens = _layer_norm('norm', self.dtype)(tokens)
+      tokens = record_patch_grid(self, features, 'norm', tokens, grid)
+    if self.top == 'source':
+      x = features['pre_logits'] = tokens[:, 0]
+      return nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                      name='head')(x).astype(jnp.float32), features
+    patches = tokens[:, 1:].reshape(n, *grid, self.hidden_dim)
+    return transfer.new_top(self, patches, features, train), features
+
+
+def _block_rule(source: str, target: str, kind: str = 'vector'):
+  return Rule(source, 'params/block{0}/' + target, kind)
+
+
+TORCHVISION_LAYER = r'encoder\.layers\.encoder_layer_(\d+)\.'
+TORCHVISION_RULES = (
+    Rule(r'conv_proj\.weight', 'params/patch_embed/kernel', 'conv'),
+    Rule(r'conv_proj\.bias', 'params/patch_embed/bias'),
+    Rule(r'class_token', 'params/class_token'),
+    Rule(r'encoder\.pos_embedding', 'params/pos_embedding'),
+    _block_rule(TORCHVISION_LAYER + r'ln_(\d)\.weight', 'norm{1}/scale'),
+    _block_rule(TORCHVISION_LAYER + r'ln_(\d)\.bias', 'norm{1}/bias'),
+    _block_rule(TORCHVISION_LAYER + r'self_attention\.in_proj_weight', 'attention/qkv/kernel', 'linear'),
+    _block_rule(TORCHVISION_LAYER + r'self_attention\.in_proj_bias', 'attention/qkv/bias'),
+    _block_rule(TORCHVISION_LAYER + r'self_attention\.out_proj\.weight', 'attention/out/kernel', 'linear'),
+    _block_rule(TORCHVISION_LAYER + r'self_attention\.out_proj\.bias', 'attention/out/bias'),
+    # torchvision renamed MLPBlock's linear_1/linear_2 to 0/3 in 0.14 and still loads files with either.
+    _block_rule(TORCHVISION_LAYER + r'mlp\.(?:0|linear_1)\.weight', 'mlp_fc1/kernel', 'linear'),
+    _block_rule(TORCHVISION_LAYER + r'mlp\.(?:0|linear_1)\.bias', 'mlp_fc1/bias'),
+    _block_rule(TORCHVISION_LAYER + r'mlp\.(?:3|linear_2)\.weight', 'mlp_fc2/kernel', 'linear'),
+    _block_rule(TORCHVISION_LAYER + r'mlp\.(?:3|linear_2)\.bias', 'mlp_fc2/bias'),
+    Rule(r'encoder\.ln\.weight', 'params/norm/scale'),
+    Rule(r'encoder\.ln\.bias', 'params/norm/bias'),
+    Rule(r'heads\.head\.weight', 'params/head/kernel', 'linear'),
+    Rule(r'heads\.head\.bias', 'params/head/bias'),
+)
+
+DINOV2_BLOCK = r'blocks\.(\d+)\.'
+DINOV2_RULES = (
+    Rule(r'patch_embed\.proj\.weight', 'params/patch_embed/kernel', 'conv'),
+    Rule(r'patch_embed\.proj\.bias', 'params/patch_embed/bias'),
+    Rule(r'cls_token', 'params/class_token'),
+    Rule(r'pos_embed', 'params/pos_embedding'),
+    _block_rule(DINOV2_BLOCK + r'norm(\d)\.weight', 'norm{1}/scale'),
+    _block_rule(DINOV2_BLOCK + r'norm(\d)\.bias', 'norm{1}/bias'),
+    _block_rule(DINOV2_BLOCK + r'attn\.qkv\.weight', 'attention/qkv/kernel', 'linear'),
+    _block_rule(DINOV2_BLOCK + r'attn\.qkv\.bias', 'attention/qkv/bias'),
+    _block_rule(DINOV2_BLOCK + r'attn\.proj\.weight', 'attention/out/kernel', 'linear'),
+    _block_rule(DINOV2_BLOCK + r'attn\.proj\.bias', 'attention/out/bias'),
+    _block_rule(DINOV2_BLOCK + r'ls(\d)\.gamma', 'layer_scale{1}'),
+    _block_rule(DINOV2_BLOCK + r'mlp\.fc(\d)\.weight', 'mlp_fc{1}/kernel', 'linear'),
+    _block_rule(DINOV2_BLOCK + r'mlp\.fc(\d)\.bias', 'mlp_fc{1}/bias'),
+    Rule(r'norm\.weight', 'params/norm/scale'),
+    Rule(r'norm\.bias', 'params/norm/bias'),
+)
+DINOV2_UNUSED = r'mask_token'   # the masked-image-modelling token: training only
+
+
+def convert_torchvision(path):
+  return apply_rules(read_state_dict(path), TORCHVISION_RULES)
+
+
+def convert_dinov2(path):
+  return apply_rules(read_state_dict(path), DINOV2_RULES, ignore=DINOV2_UNUSED)
+
+
+def _spec(name, fields, convert, weights, description, family):
+  stages = stage_names(fields['depth'])
+  regexes = {'embed': r'^(patch_embed/|class_token$|pos_embedding$)', 'norm': r'^norm/'}
+  return ModelSpec(
+      name, functools.partial(VisionTransformer, **fields), family, cam_layer=CAM_FEATURE, description=description,
+      preprocessing=preprocessing.TORCH_IMAGENET,
+      stages=tuple((stage, regexes.get(stage, rf'^{stage}/')) for stage in stages),
+      weights=weights, convert=convert, source_head=r'^params/head/', source_top=r'^params/head/',
+      stem='patch_embed|params/patch_embed/bias')
+
+
+VIT_B = dict(hidden_dim=768, depth=12, num_heads=12, mlp_dim=3072)
+DINOV2 = dict(patch_size=14, source_grid=37, layer_scale=True, position_interpolation='dinov2')
+
+register(_spec(
+    'vit_b16', dict(patch_size=16, source_grid=14, **VIT_B), convert_torchvision,
+    {'imagenet': WeightsFile('https://download.pytorch.org/models/vit_b_16-c867db91.pth', 'sha256:c867db91')},
+    'torchvision vit_b_16, ImageNet weights by name or from a state_dict file', 'torchvision'))
+# facebookresearch/dinov2 publishes no checksums; these sha256 are the files' as pinned by other projects.
+register(_spec(
+    'dinov2_vits14', dict(hidden_dim=384, depth=12, num_heads=6, mlp_dim=1536, **DINOV2), convert_dinov2,
+    {'lvd142m': WeightsFile('https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth',
+                            'sha256:b938bf1bc15cd2ec0feacfe3a1bb553fe8ea9ca46a7e1d8d00217f29aef60cd9')},
+    'DINOv2 ViT-S/14 (self-supervised, LVD-142M), its backbone checkpoint by name or from the file; the head '
+    'is new', 'dinov2'))
+register(_spec(
+    'dinov2_vitb14', dict(**VIT_B, **DINOV2), convert_dinov2,
+    {'lvd142m': WeightsFile('https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth',
+                            'sha256:0b8b82f85de91b424aded121c7e1dcc2b7bc6d0adeea651bf73a13307fad8c73')},
+    'DINOv2 ViT-B/14 (self-supervised, LVD-142M), its backbone checkpoint by name or from the file; the head '
+    'is new', 'dinov2'))
