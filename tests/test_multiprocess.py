@@ -28,8 +28,45 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch_processes(workdir, *args, count=2, devices=2, timeout=600):
-  """`count` launch.py processes forming one job; returns their CompletedProcess-like results."""
+# launch.py under an audit hook (PEP 578) that logs every change this process makes under a folder: files opened
+# for writing, renames, removals, new folders. Python-level only, which covers fileio, pandas, matplotlib and
+# tensorboardX; native writers (orbax's tensorstore) are not seen.
+AUDITED_LAUNCH = """
+import os, runpy, sys
+log_path, folder, launch = sys.argv[1], os.path.realpath(sys.argv[2]), sys.argv[3]
+log = open(log_path, 'w', buffering=1)
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+def under(path):
+  if not isinstance(path, (str, bytes, os.PathLike)):
+    return None
+  path = os.path.realpath(os.fsdecode(path))
+  return os.path.relpath(path, folder) if path == folder or path.startswith(folder + os.sep) else None
+
+def audit(event, args):
+  if event == 'open':
+    path, mode, flags = args
+    writes = any(c in mode for c in 'wax+') if isinstance(mode, str) else bool((flags or 0) & WRITE_FLAGS)
+    paths = [path] if writes else []
+  elif event in ('os.rename', 'os.remove', 'os.rmdir', 'os.mkdir', 'os.truncate', 'shutil.rmtree',
+                 'shutil.move', 'shutil.copyfile'):
+    paths = args[:2] if event in ('os.rename', 'shutil.move', 'shutil.copyfile') else args[:1]
+  else:
+    return
+  for path in paths:
+    inside = under(path)
+    if inside is not None:
+      log.write(f'{event} {inside}\\n')
+
+sys.addaudithook(audit)
+sys.argv = [launch, *sys.argv[4:]]
+runpy.run_path(launch, run_name='__main__')
+"""
+
+
+def launch_processes(workdir, *args, count=2, devices=2, timeout=600, audit_log=None):
+  """`count` launch.py processes forming one job; returns their CompletedProcess-like results. With
+  `audit_log`, the processes after the first log what they change under the workdir there (AUDITED_LAUNCH)."""
   port = _free_port()
   procs = []
   for index in range(count):
@@ -37,9 +74,11 @@ def launch_processes(workdir, *args, count=2, devices=2, timeout=600):
     if count > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(count),
                  JAX_PROCESS_ID=str(index))
-    procs.append(subprocess.Popen(
-        [sys.executable, str(REPO / 'launch.py'), '--config=configs/digits.py:quick', f'--workdir={workdir}',
-         *OVERRIDES, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    command = [str(REPO / 'launch.py'), '--config=configs/digits.py:quick', f'--workdir={workdir}', *OVERRIDES, *args]
+    if audit_log is not None and index > 0:
+      command = ['-c', AUDITED_LAUNCH, f'{audit_log}.{index}', str(workdir), *command]
+    procs.append(subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
   results = []
   try:
     for proc in procs:
@@ -61,9 +100,21 @@ def one_epoch_on_two_processes(tmp_path_factory):
   """(workdir, results) of two processes training one epoch, the set in memory: continued to two epochs
   (in a copy) by the resume test, and the in-memory reference of the streaming test."""
   workdir = tmp_path_factory.mktemp('two-processes') / 'run'
-  results = launch_processes(workdir, '--config.train.epochs=1')
+  results = launch_processes(workdir, '--config.train.epochs=1', audit_log=workdir.parent / 'audit')
   assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
   return workdir, results
+
+
+def test_process_1_writes_nothing_in_the_workdir_but_its_part_of_the_checkpoints(one_epoch_on_two_processes):
+  """Both processes compute the same outputs, so a second writer cannot be seen in the files' content; the audit
+  log of process 1 shows it. Allowed: orbax's own per-process checkpoint files (every process takes part in a
+  save) and creating the workdir folder where it already exists."""
+  workdir, _ = one_epoch_on_two_processes
+  changes = (workdir.parent / 'audit.1').read_text().splitlines()
+  assert any(line.split(' ', 1)[1].startswith('checkpoints/') for line in changes), changes   # the log works
+  stray = [line for line in changes if line != 'os.mkdir .' and not line.split(' ', 1)[1].startswith('checkpoints/')]
+  assert not stray, stray
+  assert (workdir / 'metrics.csv').exists() and (workdir / 'scores.json').exists()
 
 
 def test_two_processes_equal_one_process_with_four_devices_and_resume(tmp_path, one_epoch_on_two_processes):

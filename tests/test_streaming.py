@@ -147,21 +147,37 @@ print('ok')
   assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]
 
 
+EVAL_CHUNK = 4   # the validation split is not a multiple of it: its last chunk is partial
+
+
 def test_a_streamed_run_equals_the_in_memory_run_bit_for_bit(tmp_path):
   """The footprint quick config (decoded through the mapped cache, flip/brightness/contrast augmentation
-  in the step), trained in memory and with a 1-byte device budget."""
+  in the step), trained in memory and with a 1-byte device budget. Validation and evaluation predict in
+  chunks of EVAL_CHUNK images, so the streamed split ends in a partial chunk."""
   runs = {}
   for budget in (0, 1):
     config = load_config('configs/footprint.py:exp4,quick', **{'data.device_memory_budget': budget,
-                                                              'explain.after_training': False})
+                                                              'explain.after_training': False,
+                                                              'eval.batch_size': EVAL_CHUNK})
     workdir = tmp_path / f'budget-{budget}'
     run('train', config, workdir)
     runs[budget] = (pd.read_csv(workdir / 'metrics.csv').drop(columns='seconds'),
-                    load_trained(config, workdir, 'last').state.params, (workdir / 'scores.json').read_text())
+                    load_trained(config, workdir, 'last').state.params, (workdir / 'scores.json').read_text(),
+                    pd.read_csv(workdir / 'val_predictions.csv'))
   pd.testing.assert_frame_equal(runs[0][0], runs[1][0], check_exact=True)
   same = jax.tree_util.tree_map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), runs[0][1], runs[1][1])
   assert all(jax.tree_util.tree_leaves(same))
   assert runs[0][2] == runs[1][2]  # evaluation after training read the streamed split chunk by chunk
+  val = len(data.load_dataset(config, progress=False).val)
+  assert val % EVAL_CHUNK and len(runs[1][3]) == val   # every image of the partial chunk was predicted
+  pd.testing.assert_frame_equal(runs[0][3], runs[1][3], check_exact=True)
+
+
+def test_host_chunks_pad_the_last_partial_chunk(tmp_path):
+  array, mapped = mapped_array(tmp_path, n=10)
+  chunks = list(stream.host_chunks(ImageRows(mapped), 4))
+  assert [len(c) for c in chunks] == [4, 4, 4]
+  assert np.array_equal(np.concatenate(chunks)[:10], array) and not np.concatenate(chunks)[10:].any()
 
 
 def test_mapped_file_refuses_views_whose_offset_numpy_does_not_update(tmp_path):
