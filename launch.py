@@ -94,9 +94,12 @@ def main(argv):
   if FLAGS.config is None:
     _fail(f'--config is required for --mode {FLAGS.mode}' + (
         ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else ''))
-  from fpclass.modes.runner import run  # here, not above: it imports jax, which --help need not wait for
+  # Here, not above: they import jax, which --help need not wait for.
+  from fpclass.modes.runner import run
+  from fpclass.timings import process_start_time
   try:
-    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **({'apply': True} if FLAGS.apply else {}))
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, started_at=process_start_time(),
+        **({'apply': True} if FLAGS.apply else {}))
   except UserInputError as e:
     _fail(e)
   except RunInterrupted as e:

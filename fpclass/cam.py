@@ -99,12 +99,38 @@ def feature_maps(apply_fn, variables, images) -> dict:
 
 def feature_layers(apply_fn, variables, image_shape) -> list:
   """The names `cam` accepts as `layer` for this model, in the order the model records them."""
-  return [_display_name(key) for key in _entries(apply_fn, variables, jnp.zeros((1, *image_shape), jnp.float32))]
+  return [_display_name(key) for key in _entries(apply_fn, variables, _abstract_batch(image_shape))]
 
 
 def check_layer(apply_fn, variables, image_shape, layer: str) -> None:
-  """Raises UserInputError, listing the model's feature maps, unless `layer` names exactly one of them."""
-  _find_entry(_entries(apply_fn, variables, jnp.zeros((1, *image_shape), jnp.float32)), layer)
+  """Raises UserInputError, listing the model's feature maps, unless `layer` names exactly one of them.
+  Nothing is computed or compiled: the model is only traced for its shapes."""
+  _find_entry(_entries(apply_fn, variables, _abstract_batch(image_shape)), layer)
+
+
+def explanation_program(apply_fn, layer: str, method: str, guided_apply_fn=None, prepare=None) -> Callable:
+  """One jitted program, `(variables, images, targets) -> (maps (N, H, W), Guided Grad-CAM (N, H, W, C) or
+  None)`, that does what `prepare`, `cam` and `guided_backprop` + `guided_gradcam` do in turn: a figure's
+  whole explanation is one compiled program per batch shape instead of one per stage (and per eager op of
+  `prepare`). `prepare` maps the given images (e.g. uint8) to the model's input; targets must be valid
+  class indices (int32), as `cam` checks them."""
+  _check_method(method)
+
+  def explain(variables, images, targets):
+    x = prepare(images) if prepare is not None else images
+    activations, gradients, _ = _layer_gradients(apply_fn, variables, x, targets, layer)
+    maps = maps_from_gradients(activations, gradients, method, size=x.shape[1:3])
+    if guided_apply_fn is None:
+      return maps, None
+    guided, _ = _input_gradients(guided_apply_fn, variables, x, targets)
+    return maps, guided_gradcam(guided, maps)
+  return jax.jit(explain)
+
+
+def feature_maps_program(apply_fn, prepare=None) -> Callable:
+  """`feature_maps` with `prepare` in front, as one jitted program `(variables, images) -> {name: map}`."""
+  return jax.jit(lambda variables, images: feature_maps(apply_fn, variables,
+                                                        prepare(images) if prepare is not None else images))
 
 
 def normalise(maps, size) -> jax.Array:
@@ -161,17 +187,21 @@ def guided_gradcam(guided_gradients, maps) -> jax.Array:
 
 def _entries(apply_fn, variables, images) -> dict:
   """The model's perturbation entries, {path tuple: ShapeDtypeStruct} in the order the model records them
-  (network order), without running it."""
+  (network order), without running it (`images` may be abstract: a jax.ShapeDtypeStruct)."""
   order = []
 
-  def perturbations():
+  def perturbations(images):
     state = apply_fn(variables, images, mutable='perturbations')[1]['perturbations']
     # Read while tracing: Flax fills the collection as the model runs, but eval_shape's output, a pytree,
     # comes back with its dict keys sorted.
     order.extend(traverse_util.flatten_dict(state))
     return state
-  abstract = traverse_util.flatten_dict(jax.eval_shape(perturbations))
+  abstract = traverse_util.flatten_dict(jax.eval_shape(perturbations, images))
   return {key: abstract[key] for key in order}
+
+
+def _abstract_batch(image_shape) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
 
 
 def _layer_gradients(apply_fn, variables, images, targets, layer):

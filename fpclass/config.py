@@ -399,6 +399,10 @@ def base_config() -> ml_collections.ConfigDict:
       # auto | step | scan: one jitted call per step, or one lax.scan over the whole epoch. auto picks step
       # on CPU (XLA:CPU runs the scanned loop slower) and scan on GPU/TPU (docs/performance.md).
       loop='auto',
+      # The share of a GPU a training process takes up front (XLA_PYTHON_CLIENT_MEM_FRACTION; JAX's default is
+      # 0.75). The modes that only read a model allocate as they go, so servers and evaluations fit beside a
+      # training run. Unused on CPU (fpclass/runtime.py).
+      gpu_memory_fraction=0.75,
       # auto | on | off: compute a frozen backbone's output once and train the head on it. auto uses it when
       # every trainable parameter follows the frozen prefix and nothing random (augmentation) comes before
       # it; on makes that an error when it does not hold. Two-phase recipes use it in phase 1 only.

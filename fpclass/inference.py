@@ -9,6 +9,8 @@ import numpy as np
 from fpclass import checkpoint
 from fpclass.errors import UserInputError
 from fpclass.loop_state import LoopState
+from fpclass.sharding import DataParallel
+from fpclass.steps import CompiledSteps
 from fpclass.task import Task, TrainState, build_task, predict_logits, probabilities
 
 
@@ -23,10 +25,17 @@ class Trained:
   loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
 
   @functools.cached_property
+  def compiled(self) -> CompiledSteps:
+    """The programs of this model on this process's mesh. Its predict is the very program training
+    validates with (same function, compiler options and shardings), so in the batch shape they share
+    (`fpclass.modes.evaluate.prediction_chunk`) evaluate, explain and calibrate load it from the persistent
+    compilation cache instead of compiling (and, on a GPU, autotuning) one of their own."""
+    return CompiledSteps(self.task, DataParallel.over())
+
+  @property
   def predict_fn(self):
-    """One jitted predict per restored model: evaluate, explain and calibrate call `logits` several
-    times, and each call would otherwise trace the model again (a second or more for a large backbone)."""
-    return jax.jit(self.task.predict)
+    """(params, batch_stats, uint8 images) -> logits on the host, one jitted program per batch shape."""
+    return self.compiled.predict
 
   def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
     return predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
@@ -58,4 +67,7 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
     loop = LoopState.from_json(store.restore_newest_readable('last', lambda e: store.loop_state('last', e)))
   finally:
     store.close()
+  # Placed as training places them (replicated over the mesh), so the predict program is training's own.
+  parallel = DataParallel.over()
+  state = state.replace(params=parallel.replicate(state.params), batch_stats=parallel.replicate(state.batch_stats))
   return Trained(task, state, metadata, class_names, kind, int(epoch), loop)

@@ -6,14 +6,15 @@ one of them refreshes only its part.
 """
 import pathlib
 
-from fpclass import fileio
+from fpclass import fileio, timings
 
 SECTIONS = 'report.d'
 
 
 def write_section(workdir, name: str, markdown: str) -> None:
-  fileio.write_text(pathlib.Path(workdir) / SECTIONS / f'{name}.md', markdown.strip() + '\n')
-  build_report(workdir)
+  with timings.phase('report'):
+    fileio.write_text(pathlib.Path(workdir) / SECTIONS / f'{name}.md', markdown.strip() + '\n')
+    build_report(workdir)
 
 
 def build_report(workdir) -> pathlib.Path:

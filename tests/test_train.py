@@ -79,9 +79,9 @@ def test_evaluate_predicts_every_split_with_one_program(tmp_path):
   trained = load_trained(config, tmp_path)
   padded = trained.logits(dataset.val.images, int(config.eval.batch_size), chunk)
   trained.logits(dataset.train.images, int(config.eval.batch_size), chunk)
-  assert trained.predict_fn._cache_size() == 1
+  assert trained.compiled._predict._cache_size() == 1
   alone = trained.logits(dataset.val.images, int(config.eval.batch_size))  # its own batch shape
-  assert trained.predict_fn._cache_size() == 2
+  assert trained.compiled._predict._cache_size() == 2
   np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
 
 

@@ -9,6 +9,7 @@ Writes under `<workdir>/explain/`:
 and the 'Explanations' section of report.md, which links all of them. Settings: `config.explain`.
 """
 import dataclasses
+import functools
 import pathlib
 import re
 
@@ -36,21 +37,32 @@ class Explainer:
   settings: ExplainSettings
   prepare: object  # uint8 images -> the model's normalised input
 
+  @functools.cached_property
+  def _explain(self):
+    return cam.explanation_program(self.apply_fn, self.layer, self.settings.method, self.guided_apply_fn,
+                                   self.prepare)
+
+  @functools.cached_property
+  def _feature_maps(self):
+    return cam.feature_maps_program(self.apply_fn, self.prepare)
+
   def maps(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(CAM maps (N, H, W), Guided Grad-CAM (N, H, W, C) or None) of N >= 1 images, in fixed-size padded
-    batches so one compilation serves every batch."""
+    batches, so one compiled program (uint8 in, both maps out) serves every batch and figure."""
     n = len(images_u8)
     batch = min(self.settings.batch_size, n)
     maps, guided = [], []
     for start in range(0, n, batch):
       chunk, chunk_targets = _pad(images_u8[start:start + batch], batch), _pad(targets[start:start + batch], batch)
-      x = self.prepare(chunk)
-      m = cam.cam(self.apply_fn, self.variables, x, chunk_targets, self.layer, self.settings.method)
+      m, g = self._explain(self.variables, chunk, chunk_targets.astype(np.int32))
       maps.append(m)
-      if self.guided_apply_fn is not None:
-        gradients = cam.guided_backprop(self.guided_apply_fn, self.variables, x, chunk_targets)
-        guided.append(cam.guided_gradcam(gradients, m))
+      if g is not None:
+        guided.append(g)
     return np.concatenate(jax.device_get(maps))[:n], np.concatenate(jax.device_get(guided))[:n] if guided else None
+
+  def feature_maps(self, images_u8: np.ndarray) -> dict:
+    """Every recorded feature map of `images_u8`, by name, on the host."""
+    return jax.device_get(self._feature_maps(self.variables, images_u8))
 
 
 def explain_workdir(config, workdir, dataset=None) -> dict:
@@ -137,7 +149,7 @@ def inference_grid(val, probs, class_names, count: int, seed: int):
 
 def write_feature_maps(out, explainer, val, index: int, max_channels: int) -> pathlib.Path:
   """Seed 003's view: every recorded feature map of validation image `index`, in one figure."""
-  features = cam.feature_maps(explainer.apply_fn, explainer.variables, explainer.prepare(val.images[index:index + 1]))
+  features = explainer.feature_maps(val.images[index:index + 1])
   path = out / 'feature_maps.png'
   fileio.save_figure(path, explain_figures.feature_map_grid(
       val.images[index], {name: np.asarray(value[0]) for name, value in features.items()},

@@ -86,7 +86,7 @@ def predict(config, workdir) -> pathlib.Path:
 
   names = trained.class_names
   rows, problems = [], list(inputs.problems)
-  predict_fn = jax.jit(trained.task.predict)
+  predict_fn = trained.predict_fn
   batch = max(1, min(batch_size, len(inputs.paths)))  # one compiled shape; the last batch is padded
   with tqdm(total=len(inputs.paths), desc='predict', unit='img') as progress:
     for start in range(0, len(inputs.paths), batch):

@@ -1,47 +1,107 @@
 """`run(mode, config, workdir)`: the one way a mode runs, from launch.py or Python.
 
-It applies the process-wide settings, joins a multi-process job, validates the config once, checks that the
-workdir and cache can be written, takes the workdir's lock for a mode that trains, and chains train ->
-evaluate -> explain.
+It applies the process-wide settings for the backend, joins a multi-process job, validates the config once,
+checks that the workdir and cache can be written, takes the workdir's lock for a mode that trains, chains
+train -> evaluate -> explain, and writes where the job's time went (report.md, timings.json).
 """
 import pathlib
 
-from fpclass import fileio, runtime, sharding, validation, workdir_lock
+import jax
+
+from fpclass import fileio, report, runtime, sharding, timings, validation, workdir_lock
 from fpclass.errors import UserInputError
 from fpclass.modes import MODES, mode_function
 
+TIMINGS = 'timings.json'
+TIME_SECTION = '90-time'
 
-def run(mode: str, config, workdir, **options):
+
+def run(mode: str, config, workdir, started_at: float | None = None, **options):
   """Validates `config` and runs `mode`; `options` are mode-specific flags (only clean takes one: apply).
   Train is followed by evaluate, and by explain when config.explain.after_training. Returns the mode's
-  result (for train: evaluate's scores). The package API: `fpclass.modes.runner.run('train', config, workdir)`."""
-  # Process-wide settings first, before JAX runs anything or sees another process.
-  runtime.keep_host_buffers()
-  sharding.initialize_distributed()  # a no-op unless the environment describes a multi-process job
-  fileio.set_primary(sharding.is_primary_process())
-  if sharding.process_count() > 1 and not MODES[mode].multi_process:
-    raise UserInputError(f'--mode {mode} runs on one process; this job has {sharding.process_count()} '
-                         '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
-  validation.validate(config)
-  workdir = pathlib.Path(workdir)
-  if fileio.is_primary():
-    if not MODES[mode].read_only:
-      fileio.check_writable(workdir, '--workdir')
-    fileio.check_writable(fileio.cache_root(config.data.cache_dir), 'the cache folder (config.data.cache_dir, '
-                          '$FPCLASS_CACHE or ~/.cache/fpclass)')
-  runtime.enable_compilation_cache(config.data.cache_dir or None)
-  lock = _lock(mode, workdir)
-  try:
-    result = mode_function(mode)(config, workdir, **options)
-    if mode == 'train':
-      dataset = result
-      result = mode_function('evaluate')(config, workdir, dataset=dataset)
-      if config.explain.after_training:
-        mode_function('explain')(config, workdir, dataset=dataset)
-  finally:
-    if lock is not None:
-      lock.release()
+  result (for train: evaluate's scores). `started_at` (a time.time() value, launch.py passes the process's
+  start) makes the time before the call the job's 'start-up'. The package API:
+  `fpclass.modes.runner.run('train', config, workdir)`."""
+  with timings.job(started_at) as clock:
+    with timings.phase('start-up'):
+      # Process-wide settings first, by backend, before JAX starts one or sees another process.
+      settings = runtime.configure(MODES[mode].trains, float(config.train.gpu_memory_fraction))
+      sharding.initialize_distributed()  # a no-op unless the environment describes a multi-process job
+      fileio.set_primary(sharding.is_primary_process())
+      if sharding.process_count() > 1 and not MODES[mode].multi_process:
+        raise UserInputError(f'--mode {mode} runs on one process; this job has {sharding.process_count()} '
+                             '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
+      validation.validate(config)
+      workdir = pathlib.Path(workdir)
+      if fileio.is_primary():
+        if not MODES[mode].read_only:
+          fileio.check_writable(workdir, '--workdir')
+        fileio.check_writable(fileio.cache_root(config.data.cache_dir), 'the cache folder (config.data.cache_dir, '
+                              '$FPCLASS_CACHE or ~/.cache/fpclass)')
+      runtime.enable_compilation_cache(config.data.cache_dir or None, settings)
+      lock = _lock(mode, workdir)
+    try:
+      result = _run_chain(mode, config, workdir, options)
+    except jax.errors.JaxRuntimeError as e:
+      out_of_memory = _out_of_memory(e, mode)
+      if out_of_memory is None:
+        raise
+      raise out_of_memory from None
+    finally:
+      if lock is not None:
+        lock.release()
+    if _reports_time(mode) and fileio.is_primary():
+      write_time_report(workdir, mode, clock)
   return result
+
+
+def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):
+  if mode != 'train':
+    with timings.phase(mode):
+      return mode_function(mode)(config, workdir, **options)
+  dataset = mode_function('train')(config, workdir, **options)  # its own phases: data, model, epochs, ...
+  with timings.phase('evaluate'):
+    result = mode_function('evaluate')(config, workdir, dataset=dataset)
+  if config.explain.after_training:
+    with timings.phase('explain'):
+      mode_function('explain')(config, workdir, dataset=dataset)
+  return result
+
+
+def _reports_time(mode: str) -> bool:
+  """Modes that own a trained workdir's report: the others write no report (serve, predict, compare, ...)."""
+  return mode in ('train', 'evaluate', 'explain', 'submit', 'calibrate')
+
+
+def write_time_report(workdir, mode: str, clock: timings.JobClock) -> None:
+  """timings.json and report.md's 'Where the time went' section, for the job that ran last in `workdir`."""
+  summary = dict(mode=mode, backend=jax.default_backend(), **clock.summary())
+  fileio.write_json(pathlib.Path(workdir) / TIMINGS, summary)
+  rows = [dict(phase=r['phase'], seconds=r['seconds'],
+               xla=f'{r["compiled"]} compiled ({r["compile_seconds"]:.2f} s), {r["loaded"]} from cache '
+                   f'({r["load_seconds"]:.2f} s)')
+          for r in summary['rows']]
+  report.write_section(workdir, TIME_SECTION, '\n'.join([
+      '## Where the time went', '',
+      f'`--mode {mode}` on {summary["backend"]}: {summary["total_seconds"]:.1f} s wall, of which '
+      f'{summary["outside_epochs_seconds"]:.1f} s outside the training epochs. XLA compiled '
+      f'{summary["programs_compiled"]} programs ({summary["compile_seconds"]:.1f} s) and loaded '
+      f'{summary["programs_loaded"]} from the persistent compilation cache. Each phase\'s seconds exclude the '
+      'phases nested in it; start-up runs from the process\'s start (interpreter, imports, flags, settings).', '',
+      report.table(rows, ['phase', 'seconds', 'xla']), '',
+      f'Machine-readable: [{TIMINGS}]({TIMINGS}).']))
+
+
+def _out_of_memory(error: Exception, mode: str) -> UserInputError | None:
+  """A device out-of-memory error as one line naming the keys that size the job's memory, else None."""
+  message = str(error)
+  if 'RESOURCE_EXHAUSTED' not in message and 'Out of memory' not in message:
+    return None
+  first = message.strip().splitlines()[0][:300]
+  keys = ('config.train.gpu_memory_fraction (the share of the GPU training takes), config.train.batch_size'
+          if MODES[mode].trains else 'config.eval.batch_size (the other modes allocate as they go)')
+  return UserInputError(f'the device ran out of memory in --mode {mode} ({first}); lower {keys}, or free the '
+                        'device of other processes')
 
 
 def _lock(mode: str, workdir: pathlib.Path) -> workdir_lock.WorkdirLock | None:

@@ -15,6 +15,7 @@ from the next step, bit for bit. A second signal acts at once. In a multi-proces
 stop at the same step, so there the stop waits for the end of the epoch (process 0's signal decides).
 """
 import dataclasses
+import functools
 import logging
 import math
 import pathlib
@@ -29,7 +30,19 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import checkpoint, data, feature_cache, feed, fileio, metrics, models, optim, sharding, tensorboard_log
+from fpclass import (
+  checkpoint,
+  data,
+  feature_cache,
+  feed,
+  fileio,
+  metrics,
+  models,
+  optim,
+  sharding,
+  tensorboard_log,
+  timings,
+)
 from fpclass.data import stream
 from fpclass.errors import RunInterrupted
 from fpclass.loop_state import LoopState, SelectionRules, epoch_row
@@ -62,9 +75,10 @@ def train(config, workdir) -> data.Dataset:
   modes chained after it need not decode it again. `config` has been validated by the mode runner."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  # In memory when it fits config.data.device_memory_budget, else streamed from the mapped decode cache.
-  dataset = stream.place(data.load_dataset(config, mapped=True), config)
-  data.write_quarantine_report(workdir / 'quarantine.csv', dataset.quarantine)
+  with timings.phase('data'):
+    # In memory when it fits config.data.device_memory_budget, else streamed from the mapped decode cache.
+    dataset = stream.place(data.load_dataset(config, mapped=True), config)
+    data.write_quarantine_report(workdir / 'quarantine.csv', dataset.quarantine)
   batch_size = min(int(config.train.batch_size), len(dataset.train))
   steps_per_epoch = math.ceil(len(dataset.train) / batch_size)
   base_key = jax.random.PRNGKey(int(config.seed))
@@ -73,6 +87,41 @@ def train(config, workdir) -> data.Dataset:
   parallel.check_batch_size(batch_size)
 
   store = checkpoint.CheckpointStore(workdir, writer=True)
+  try:
+    _train_phases(config, workdir, store, dataset, batch_size, steps_per_epoch, base_key, image_shape, parallel)
+  except BaseException:
+    store.close(after_error=True)  # the saves in flight complete (or fail) before the process ends
+    raise
+  with timings.phase('checkpoints'):
+    store.close()
+  return dataset
+
+
+def _train_phases(config, workdir, store, dataset, batch_size, steps_per_epoch, base_key, image_shape, parallel):
+  """Restores or initialises the model, then trains every phase still to run."""
+  with timings.phase('model'):
+    loop, task, state, partial, compiled = _start(config, workdir, store, dataset, steps_per_epoch, base_key,
+                                                  image_shape, parallel)
+  if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < _phase_end(loop, config):
+    loop.finished = False  # the run was extended with more epochs
+  with _StopOnSignals() as stop:
+    while not loop.finished:
+      if loop.phase_over:  # phase 0 ended and a fine-tuning phase follows
+        state = _start_finetuning(config, store, loop, state)
+        task = build_task(phase_config(config, 1), dataset.class_names, dataset.train.labels, steps_per_epoch)
+        compiled = CompiledSteps(task, parallel, compiled.form)
+        state = parallel.replicate(state.replace(step=jnp.zeros((), jnp.int32),
+                                                 opt_state=task.tx.init(state.params)))
+      # With the feature cache (fpclass.feature_cache) the phase trains the head on features computed once.
+      with timings.phase('epochs'):  # metrics.csv counts the one-time feature pass in the first epoch too
+        fit_compiled, fit_data, setup_seconds = feature_cache.for_phase(config, compiled, state, dataset, loop.phase)
+      state = _fit(fit_compiled, state, fit_data, config, workdir, store, loop, base_key, batch_size, setup_seconds,
+                   partial, stop)
+      partial = None
+
+
+def _start(config, workdir, store, dataset, steps_per_epoch, base_key, image_shape, parallel):
+  """(loop, task, state, partial epoch, compiled steps): resumed from the workdir's checkpoints, or fresh."""
   loop = LoopState()
   stored = checkpoint.read_metadata(workdir)
   resume = stored is not None and store.latest_epoch('last') is not None
@@ -110,24 +159,7 @@ def train(config, workdir) -> data.Dataset:
     state = compiled.init(init_key, image_shape, variables)
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
       config, dataset.class_names, optim.count_params(state.params), dataclasses.asdict(task.normalisation)))
-
-  if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < _phase_end(loop, config):
-    loop.finished = False  # the run was extended with more epochs
-  with _StopOnSignals() as stop:
-    while not loop.finished:
-      if loop.phase_over:  # phase 0 ended and a fine-tuning phase follows
-        state = _start_finetuning(config, store, loop, state)
-        task = build_task(phase_config(config, 1), dataset.class_names, dataset.train.labels, steps_per_epoch)
-        compiled = CompiledSteps(task, parallel, compiled.form)
-        state = parallel.replicate(state.replace(step=jnp.zeros((), jnp.int32),
-                                                 opt_state=task.tx.init(state.params)))
-      # With the feature cache (fpclass.feature_cache) the phase trains the head on features computed once.
-      fit_compiled, fit_data, setup_seconds = feature_cache.for_phase(config, compiled, state, dataset, loop.phase)
-      state = _fit(fit_compiled, state, fit_data, config, workdir, store, loop, base_key, batch_size, setup_seconds,
-                   partial, stop)
-      partial = None
-  store.close()
-  return dataset
+  return loop, task, state, partial, compiled
 
 
 @dataclasses.dataclass
@@ -218,45 +250,53 @@ def _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch
   schedule = optim.learning_rate_schedule(phase_config(config, loop.phase).train, math.ceil(n / batch_size))
 
   for epoch in range(loop.epoch, end):
-    start = time.perf_counter() - setup_seconds   # a one-time pass (the feature cache's) counts in the first epoch
-    setup_seconds = 0.0
-    order = batch_order(config.train.sampler, seed, epoch, dataset.train.labels, batch_size)
-    key = jax.random.fold_in(epoch_keys, epoch)
-    first, done_before = (partial.step, partial.step_metrics) if partial else (0, [])
-    partial = None
-    # One process alone may stop mid-epoch; several must agree, which they do at the epoch's end (below).
-    should_stop = stop.requested if stop is not None and sharding.process_count() == 1 else None
-    bar = tqdm(total=order.shape[0], desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False, disable=None)
-    state, step_metrics = train_feed.run_epoch(state, order, key, _progress(bar, order.shape[0], log_every),
-                                               first, should_stop)
-    bar.close()
-    step_metrics = [{k: np.float32(v) for k, v in m.items()} for m in done_before] + jax.device_get(step_metrics)
-    if len(step_metrics) < order.shape[0]:
-      _save_interrupted(store, epoch, state, loop, step_metrics, order.shape[0], stop)
-    totals = {k: float(sum(np.asarray(m[k]) for m in step_metrics)) for k in step_metrics[0]}
-    val_logits = feed.predict_logits(compiled, state, dataset.val.images, int(config.eval.batch_size))
-    val = metrics.epoch_metrics(dataset.val.labels, val_logits, task.head, len(dataset.class_names))
-    row = epoch_row(epoch + 1, totals, val, float(schedule(int(state.step) - 1)), loop.phase,
-                    time.perf_counter() - start)
-    improved, stopped_early = loop.record(row, rules, end, last_phase)
-    if improved:
-      store.save('best', epoch + 1, state, loop.to_json())
-    store.save('last', epoch + 1, state, loop.to_json())
-    store.discard(INTERRUPTED)
-    fileio.write_csv(workdir / HISTORY, pd.DataFrame(loop.history))
-    if config.train.tensorboard:
-      tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, row)
-    tqdm.write(f'epoch {epoch + 1}/{total}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
-               f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
-               f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')
-    if stop is not None and not loop.finished and sharding.agree_on(stop.requested()):
-      raise RunInterrupted(f'{stop.name}: stopped after epoch {epoch + 1}; its checkpoint is saved. Launch the '
-                           'same command again to resume.', stop.signum or signal.SIGTERM)
-    if stopped_early:
-      tqdm.write(f'early stopping: no {rules.monitor} improvement for {rules.patience} epochs; best epoch '
-                 f'{loop.best_epoch}')
-      break
+    with timings.phase('epochs'):  # the checkpoint saves inside it count as 'checkpoints'
+      start = time.perf_counter() - setup_seconds   # a one-time pass (the feature cache's) counts in the first epoch
+      setup_seconds = 0.0
+      order = batch_order(config.train.sampler, seed, epoch, dataset.train.labels, batch_size)
+      key = jax.random.fold_in(epoch_keys, epoch)
+      first, done_before = (partial.step, partial.step_metrics) if partial else (0, [])
+      partial = None
+      # One process alone may stop mid-epoch; several must agree, which they do at the epoch's end (below).
+      should_stop = stop.requested if stop is not None and sharding.process_count() == 1 else None
+      bar = tqdm(total=order.shape[0], desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False, disable=None)
+      state, step_metrics = train_feed.run_epoch(state, order, key, _progress(bar, order.shape[0], log_every),
+                                                 first, should_stop)
+      bar.close()
+      step_metrics = [{k: np.float32(v) for k, v in m.items()} for m in done_before] + jax.device_get(step_metrics)
+      if len(step_metrics) < order.shape[0]:
+        _save_interrupted(store, epoch, state, loop, step_metrics, order.shape[0], stop)
+      totals = {k: float(sum(np.asarray(m[k]) for m in step_metrics)) for k in step_metrics[0]}
+      val_logits = feed.predict_logits(compiled, state, dataset.val.images, int(config.eval.batch_size))
+      val = metrics.epoch_metrics(dataset.val.labels, val_logits, task.head, len(dataset.class_names))
+      row = epoch_row(epoch + 1, totals, val, float(schedule(int(state.step) - 1)), loop.phase,
+                      time.perf_counter() - start)
+      improved, stopped_early = loop.record(row, rules, end, last_phase)
+      with timings.phase('checkpoints'):
+        if improved:
+          store.save('best', epoch + 1, state, loop.to_json())
+        store.save('last', epoch + 1, state, loop.to_json(),
+                   then=functools.partial(_record_epoch, workdir, list(loop.history), config.train.tensorboard))
+        store.discard(INTERRUPTED)
+      tqdm.write(f'epoch {epoch + 1}/{total}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
+                 f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
+                 f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')
+      if stop is not None and not loop.finished and sharding.agree_on(stop.requested()):
+        raise RunInterrupted(f'{stop.name}: stopped after epoch {epoch + 1}; its checkpoint is saved. Launch the '
+                             'same command again to resume.', stop.signum or signal.SIGTERM)
+      if stopped_early:
+        tqdm.write(f'early stopping: no {rules.monitor} improvement for {rules.patience} epochs; best epoch '
+                   f'{loop.best_epoch}')
+        break
   return state
+
+
+def _record_epoch(workdir, history: list, tensorboard: bool) -> None:
+  """metrics.csv (and TensorBoard) after the epoch's `last` checkpoint is complete (saves are asynchronous),
+  so a killed run's metrics.csv lists exactly the epochs it resumes after."""
+  fileio.write_csv(workdir / HISTORY, pd.DataFrame(history))
+  if tensorboard:
+    tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, history[-1])
 
 
 def _save_interrupted(store, epoch: int, state, loop: LoopState, step_metrics: list, steps: int, stop):
