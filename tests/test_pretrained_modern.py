@@ -293,6 +293,20 @@ def test_dinov2_without_the_interpolation_offset_fails(reference, monkeypatch):
   parity.assert_check_fails(result)
 
 
+def test_stochastic_depth_rates_are_torchvisions(reference):
+  """Each block's rate (row-mode stochastic depth, drawn in training only) is torchvision's: p * index /
+  (blocks - 1) in ConvNeXt, p * index / blocks in EfficientNetV2."""
+  from fpclass.models import torchvision_convnext, torchvision_efficientnet
+  convnext = reference('convnext_tiny').module
+  expected = [block.stochastic_depth.p for stage in convnext.features[1::2] for block in stage]
+  got = torchvision_convnext.stochastic_depth_rates([blocks for _, blocks in torchvision_convnext.TINY], 0.1)
+  assert [r for stage in got for r in stage] == pytest.approx(expected)
+  effnet = reference('efficientnet_v2_s').module
+  expected = [block.stochastic_depth.p for stage in effnet.features[1:-1] for block in stage]
+  got = torchvision_efficientnet.stochastic_depth_rates(torchvision_efficientnet.V2_S_STAGES, 0.2)
+  assert [r for stage in got for r in stage] == pytest.approx(expected) and len(expected) == 40
+
+
 def test_vit_interpolation_is_torchvisions():
   """At a square size torchvision's own `interpolate_embeddings` resizes the state_dict; the port's
   matrices give the same embeddings."""
