@@ -51,7 +51,7 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
       if lock is not None:
         lock.release()
     if _reports_time(mode) and fileio.is_primary():
-      write_time_report(workdir, mode, clock)
+      write_time_report(workdir, mode, clock, settings)
   return result
 
 
@@ -73,9 +73,10 @@ def _reports_time(mode: str) -> bool:
   return mode in ('train', 'evaluate', 'explain', 'submit', 'calibrate')
 
 
-def write_time_report(workdir, mode: str, clock: timings.JobClock) -> None:
-  """timings.json and report.md's 'Where the time went' section, for the job that ran last in `workdir`."""
-  summary = dict(mode=mode, backend=jax.default_backend(), **clock.summary())
+def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: runtime.ProcessSettings) -> None:
+  """timings.json (with the process settings the job ran under) and report.md's 'Where the time went'
+  section, for the job that ran last in `workdir`."""
+  summary = dict(mode=mode, backend=jax.default_backend(), settings=settings.as_dict(), **clock.summary())
   fileio.write_json(pathlib.Path(workdir) / TIMINGS, summary)
   rows = [dict(phase=r['phase'], seconds=r['seconds'],
                xla=f'{r["compiled"]} compiled ({r["compile_seconds"]:.2f} s), {r["loaded"]} from cache '

@@ -1,0 +1,105 @@
+"""Process settings by backend (fpclass.runtime), and the time report of a job (fpclass.timings): the
+decisions are checked per backend through the decision function, and two real processes at once on this
+machine's one device through what each child recorded in its timings.json."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fpclass import runtime, timings
+from fpclass.errors import UserInputError
+from tests.conftest import QUICK, REPO
+
+
+def test_cpu_keeps_host_buffers_and_leaves_gpu_memory_alone():
+  settings = runtime.decide('cpu', trains=True)
+  assert settings.host_allocator == 'keep' and settings.environment == () and settings.xla_flags == ()
+  assert runtime.decide('cpu', trains=False) == settings
+
+
+@pytest.mark.parametrize('backend', ['gpu', 'tpu'])
+def test_accelerators_keep_glibcs_allocator(backend):
+  """One arena serialised XLA's multi-threaded GPU compiler (7x slower compiles on an H100)."""
+  for trains in (True, False):
+    assert runtime.decide(backend, trains).host_allocator == 'default'
+
+
+def test_on_a_gpu_only_training_preallocates_and_takes_its_configured_share():
+  train = dict(runtime.decide('gpu', trains=True, gpu_memory_fraction=0.4).environment)
+  assert train == {'XLA_PYTHON_CLIENT_PREALLOCATE': 'true', 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.4'}
+  serve = dict(runtime.decide('gpu', trains=False, gpu_memory_fraction=0.4).environment)
+  assert serve == {'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'}
+  assert runtime.decide('gpu', trains=False).xla_caches == 'all'  # autotuning results kept with the programs
+  assert runtime.decide('cpu', trains=False).xla_caches == ''
+
+
+@pytest.mark.parametrize('fraction', [0, -0.1, 1.5])
+def test_a_gpu_share_outside_0_1_names_the_key(fraction):
+  with pytest.raises(UserInputError, match=rf'config.train.gpu_memory_fraction={fraction}: a share of the GPU'):
+    runtime.decide('cpu', trains=True, gpu_memory_fraction=fraction)
+
+
+def test_the_planned_backend_comes_from_jax_platforms_before_any_backend_starts(monkeypatch):
+  monkeypatch.setattr(runtime, '_backend_started', lambda: False)
+  assert runtime.planned_backend({'JAX_PLATFORMS': 'cuda'}) == 'gpu'
+  assert runtime.planned_backend({'JAX_PLATFORMS': 'rocm,cpu'}) == 'gpu'
+  assert runtime.planned_backend({'JAX_PLATFORMS': 'cpu'}) == 'cpu'
+  assert runtime.planned_backend({'JAX_PLATFORMS': 'tpu'}) == 'tpu'
+  assert runtime.planned_backend({}) == 'cpu'  # no GPU plugin and device here
+  monkeypatch.setattr(runtime, '_backend_started', lambda: True)
+  assert runtime.planned_backend({'JAX_PLATFORMS': 'cuda'}) == 'cpu'  # once started, JAX's own answer
+
+
+def test_settings_the_user_made_in_the_environment_win(monkeypatch):
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+  runtime.apply(runtime.ProcessSettings('gpu', 'default', environment=(('XLA_PYTHON_CLIENT_PREALLOCATE', 'false'),
+                                                                       ('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.3'))))
+  assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'true'
+  assert os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.3'
+
+
+def test_nested_phases_charge_their_own_time_and_the_rest_is_other():
+  with timings.job() as clock:
+    with timings.phase('evaluate'):
+      with timings.phase('report'):
+        pass
+  names = [row['phase'] for row in clock.rows()]
+  assert names == ['evaluate', 'report', 'other']
+  assert abs(sum(row['seconds'] for row in clock.rows()) - clock.elapsed) < 1e-3
+
+
+def test_a_second_identical_job_compiles_almost_nothing_beside_a_second_process(trained_quick, tmp_path):
+  """Two launch.py processes at once on this machine's one device: a training job (the second of two
+  identical ones, so its programs come from the persistent cache) and an evaluation of another workdir. Each
+  child records the settings it was given and what it compiled (timings.json, report.md)."""
+  workdir, env, _ = trained_quick
+  # The product's own cache settings: without the suite's "cache every program" (tests/conftest.py).
+  child_env = {k: v for k, v in os.environ.items() if k != 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'}
+  child_env.update(env, FPCLASS_JAX_CACHE=str(tmp_path / 'jax-cache'))
+
+  def train(folder):
+    return subprocess.Popen([sys.executable, str(REPO / 'launch.py'), QUICK, f'--workdir={tmp_path / folder}',
+                             '--config.train.epochs=1', '--config.explain.after_training=False'],
+                            cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert train('first').wait(timeout=600) == 0
+  second = train('second')
+  evaluate = subprocess.run([sys.executable, str(REPO / 'launch.py'), f'--workdir={workdir}', '--mode=evaluate'],
+                            cwd=REPO, env=child_env, capture_output=True, text=True, timeout=600)
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  _, stderr = second.communicate(timeout=600)
+  assert second.returncode == 0, stderr[-3000:]
+  first, again, evaluated = (json.loads((w / 'timings.json').read_text())
+                             for w in (tmp_path / 'first', tmp_path / 'second', workdir))
+  assert first['programs_compiled'] > 5 >= again['programs_compiled'], (first, again)
+  assert again['programs_loaded'] >= first['programs_compiled'] - again['programs_compiled']
+  for job, mode in ((again, 'train'), (evaluated, 'evaluate')):
+    assert job['mode'] == mode and job['backend'] == 'cpu'
+    assert job['settings']['host_allocator'] == 'keep' and job['settings']['environment'] == {}
+  phases = {row['phase'] for row in again['rows']}
+  assert {'start-up', 'data', 'model', 'epochs', 'checkpoints', 'evaluate', 'report'} <= phases
+  assert again['outside_epochs_seconds'] < again['total_seconds']
+  report = (tmp_path / 'second' / 'report.md').read_text()
+  assert '## Where the time went' in report and f'XLA compiled {again["programs_compiled"]} programs' in report
