@@ -265,11 +265,14 @@ def mix_batch(images: jax.Array, targets: jax.Array, key: jax.Array, cfg: Augmen
   height, width = images.shape[1:3]
   draw_key, beta_key = jax.random.split(key)
   apply_u, switch_u, centre_u = jnp.split(jax.random.uniform(draw_key, (4,)), [1, 2])
+  # The schema allows any finite alpha; one past float32's range became inf and Beta(inf, inf) never mixed. At
+  # 1e30 the draw is already 0.5 to float32 precision.
+  mixup_alpha, cutmix_alpha = jnp.float32(min(cfg.mixup_alpha, 1e30)), jnp.float32(min(cfg.cutmix_alpha, 1e30))
   if cfg.mixup_alpha and cfg.cutmix_alpha:
     use_cutmix = switch_u[0] < cfg.mix_switch_prob
-    alpha = jnp.where(use_cutmix, jnp.float32(cfg.cutmix_alpha), jnp.float32(cfg.mixup_alpha))
+    alpha = jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)
   else:
-    alpha = jnp.float32(cfg.cutmix_alpha or cfg.mixup_alpha)
+    alpha = cutmix_alpha if cfg.cutmix_alpha else mixup_alpha
   lam = jax.random.beta(beta_key, alpha, alpha).astype(jnp.float32)
   partners = images[::-1]
   if cfg.mixup_alpha:

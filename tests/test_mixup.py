@@ -74,6 +74,8 @@ def test_the_switch_and_the_probability_choose_per_batch():
   untouched = [bool(jnp.array_equal(mixed(k, mixup_alpha=1.0, mix_prob=0.5)[0], images)) for k in range(20)]
   assert 0 < sum(untouched) < 20
   assert not AugmentSettings(mixup_alpha=1.0, mix_prob=0.0).mixing_enabled
+  # An alpha past float32's range still mixes half and half, as a huge alpha means.
+  np.testing.assert_allclose(mixed(0, mixup_alpha=1e300)[1][0, [0, N - 1]], [0.5, 0.5], atol=1e-3)
 
 
 def old_loss(logits, labels, head, num_classes, smoothing, class_weights):
