@@ -33,6 +33,13 @@ Variants (arguments), one run per backbone, each in its own workdir, then a tabl
 
 `--mode compare` on the parent workdir tables every run below it (comparison.csv, macro F1 per backbone;
 the seed's best was ResNet50 at macro F1 0.42).
+
+Which backbone? `probe` screens five in minutes instead of training each: the seed's best, ResNet50 (Keras), and
+four modern families (ConvNeXt-Tiny, EfficientNetV2-S, ViT-B/16, DINOv2 ViT-S/14), each with its published
+weights, by a linear probe on its frozen, pooled features over 5 folds (fpclass/modes/probe.py):
+
+    python launch.py --config configs/climbing.py:probe --mode probe --workdir runs/climbing-probe \\
+        --config.data.root=/data/climbing --config.data.file_list=runs/climbing/clean_files.csv
 """
 from fpclass.config import base_config, parse_args, shrink_for_quick
 
@@ -43,8 +50,13 @@ BACKBONES = {
     'resnet50': 'keras_resnet50',
     'vgg16': 'keras_vgg16',
 }
+# `probe`: which backbone? The seed's best (ResNet50) and four modern families, each with its published weights.
+PROBE_BACKBONES = ('keras_resnet50=imagenet_notop', 'convnext_tiny=imagenet', 'efficientnet_v2_s=imagenet',
+                   'vit_b16=imagenet', 'dinov2_vits14=lvd142m')
 CHOICES = {'scratch': 'a from-scratch 3-block CNN under the seed head (default; not in the seed)',
            **{arg: f'{name} (ImageNet, frozen) under the seed head, lr 1e-5' for arg, name in BACKBONES.items()},
+           'probe': 'for --mode probe: screen five backbones (ResNet50, ConvNeXt-T, EfficientNetV2-S, ViT-B/16, '
+                    'DINOv2 ViT-S/14) by linear probes on their frozen features, 5 folds',
            'quick': 'a tiny run: 2 epochs at 64x64 (backbones: 32x32)'}
 HEAD_SIZES = (256, 128)   # the seed's two dense layers; it does not give their widths
 
@@ -95,8 +107,12 @@ def get_config(arg: str = 'scratch'):
     c.model.update(name=BACKBONES[backbones[0]], head='softmax', pretrained='imagenet_notop', top='avg',
                    top_hidden=HEAD_SIZES, top_dropout=0.2, freeze_till=-1)
     c.train.learning_rate = 1e-5             # the seed's
+  if 'probe' in args:
+    c.name = 'climbing-probe'
+    c.probe.backbones = PROBE_BACKBONES
   if 'quick' in args:
     shrink_for_quick(c)
-    # The data keeps its layout and sizes; decoding shrinks it (a pretrained backbone further, for CPU tests).
-    c.data.image_size = (32, 32) if backbones else (64, 64)
+    # The data keeps its layout and sizes; decoding shrinks it (a pretrained backbone further, for CPU tests;
+    # the probe's to 112, a multiple of both ViT patch sizes, 16 and 14).
+    c.data.image_size = (112, 112) if 'probe' in args else (32, 32) if backbones else (64, 64)
   return c

@@ -290,6 +290,44 @@ class ExportSettings(Settings):
     self.require('folder', bool(self.folder), 'a folder name inside --workdir')
 
 
+PROBE_POOLINGS = ('avg', 'max', 'source')
+PROBE_SOLVERS = ('jax', 'sklearn')
+PROBE_RANKS = ('accuracy', 'macro_f1', 'log_loss')
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings(Settings):
+  """`config.probe`: --mode probe screens backbones by linear probes on their frozen, pooled features
+  (fpclass.pooled_features, fpclass.linear_probe), over data.num_folds folds x seeds."""
+  SECTION: ClassVar[str] = 'probe'
+  # Registered pretrained models; 'name=weights' gives one its own weights (a named set or a file), the others
+  # take config.model.pretrained ('' or absent: random init, seeded by config.seed).
+  backbones: tuple[str, ...] = ()
+  pooling: str = 'avg'             # avg | max: the last stage pooled (a ViT's patch tokens); source: the source
+                                   # model's own features before its classifier (a ViT's class token)
+  flip_tta: bool = False           # each image's features are the mean of its own and its mirror image's
+  seeds: tuple[int, ...] = (0,)    # repetitions of the k-fold split, each split with data.split_seed + seed
+  inner_folds: int = 5             # the inner cross-validation that picks C, in each outer training fold
+  # Inverse L2 strengths C tried (scikit-learn's convention): 1e-4 to 1e4, LogisticRegressionCV's default Cs=10.
+  c_values: tuple[float, ...] = tuple(10.0 ** (-4.0 + 8.0 * i / 9) for i in range(10))
+  solver: str = 'jax'              # jax | sklearn: the same fit (docs/performance.md measures both)
+  max_iter: int = 500              # solver iterations per fit, at most
+  batch_size: int = 32             # images per forward pass of a backbone
+  rank_by: str = 'accuracy'        # accuracy | macro_f1 | log_loss: the best backbone, which the others are paired with
+
+  def check(self):
+    self.require('pooling', self.pooling in PROBE_POOLINGS, f'one of {PROBE_POOLINGS}')
+    self.require('solver', self.solver in PROBE_SOLVERS, f'one of {PROBE_SOLVERS}')
+    self.require('rank_by', self.rank_by in PROBE_RANKS, f'one of {PROBE_RANKS}')
+    self.require('seeds', bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+                 'distinct integers, at least one')
+    self.require('inner_folds', self.inner_folds >= 2, 'at least 2')
+    self.require('c_values', bool(self.c_values) and all(0 < c < math.inf for c in self.c_values),
+                 'positive numbers, at least one')
+    self.require('max_iter', self.max_iter >= 1, 'at least 1')
+    self.require('batch_size', self.batch_size >= 1, 'at least 1')
+
+
 def section(settings: type[Settings], **extra) -> ml_collections.ConfigDict:
   """The ConfigDict section of `settings`, plus `extra` keys that other owners read from it."""
   return ml_collections.ConfigDict({**extra, **settings.defaults()})
@@ -448,6 +486,7 @@ def base_config() -> ml_collections.ConfigDict:
       ece_bins=15,             # equal-width confidence bins for expected calibration error
       threshold_metric='macro_f1',  # macro_f1 | f1 (positive class): what the binary threshold maximises
   ))
+  c.probe = section(ProbeSettings)
   return c
 
 

@@ -6,12 +6,12 @@ The checks of a settings section are the section's own (`fpclass.config.Settings
 the consuming module's own check functions, called here, so each rule is written once.
 """
 from fpclass import config as config_lib
-from fpclass import data, feature_cache, models, optim, precision, sampling, steps, task
+from fpclass import data, feature_cache, models, optim, pooled_features, precision, sampling, steps, task
 from fpclass.errors import UserInputError
 from fpclass.loop_state import MONITOR_MODES
 
 SETTINGS = (config_lib.DecodeSettings, config_lib.AugmentSettings, config_lib.ExplainSettings,
-            config_lib.PredictSettings, config_lib.ServeSettings, config_lib.ExportSettings)
+            config_lib.PredictSettings, config_lib.ServeSettings, config_lib.ExportSettings, config_lib.ProbeSettings)
 
 
 def validate(config) -> None:
@@ -28,6 +28,7 @@ def validate(config) -> None:
   precision.check_precision(config.train.precision)
   steps.check_loop(config.train.loop)
   feature_cache.check_setting(config)
+  pooled_features.parse_backbones(config)
   task.model_input(config)
   if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
     raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '

@@ -53,6 +53,8 @@ MODES = {
                     'TensorFlow)'),
     'sweep': Mode('sweep', 'run_sweep', 'train config.sweep.variants x folds x seeds together; tables with '
                   'confidence intervals', trains=True),
+    'probe': Mode('probe', 'probe', 'screen config.probe.backbones: a linear probe on each one\'s cached, pooled '
+                  'features over folds x seeds; tables and a plot with confidence intervals'),
 }
 
 

@@ -1,0 +1,241 @@
+"""`--mode probe`: which backbone for my data? Each backbone of `config.probe.backbones` is screened by a linear
+probe on its frozen, pooled features, over data.num_folds stratified folds x `config.probe.seeds`, and the
+backbones are compared with confidence intervals.
+
+    <workdir>/probe_results.md, .csv   per backbone: mean ± std [95% CI] of accuracy, macro F1 and log loss;
+                                       feature size; the chosen C; feature-pass and fit seconds
+    <workdir>/probe_differences.csv    per backbone and metric: the paired difference from the best backbone
+    <workdir>/probe_folds.csv          one row per backbone x seed x fold: metrics, chosen C, sizes
+    <workdir>/probe_predictions.csv    every image's out-of-fold class probabilities, per backbone and seed
+    <workdir>/probe_results.png        bars with 95% CI error bars, and every fold as a dot
+    <workdir>/report.md                its 'probe' section
+
+The labelled data (the training split, and the source's own validation split if it has one: every labelled
+image) is decoded once; each backbone's features are computed once over all of it and cached on disk
+(`fpclass.pooled_features`), so a second launch only refits. The fit of each fold is
+`fpclass.linear_probe`: a logistic regression whose L2 strength is chosen by inner cross-validation on the
+fold's training rows. Intervals are the corrected resampled t-intervals the sweep uses (`fpclass.stats`).
+"""
+import pathlib
+import time
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fpclass import data, fileio, linear_probe, metrics, pooled_features, report, stats
+from fpclass.config import ProbeSettings
+from fpclass.data import splits
+from fpclass.errors import UserInputError
+
+METRICS = ('accuracy', 'macro_f1', 'log_loss')
+TITLES = dict(accuracy='accuracy', macro_f1='macro F1', log_loss='log loss')
+LOWER_IS_BETTER = ('log_loss',)
+
+
+def labelled_set(decoded: data.Decoded):
+  """(uint8 images, int labels, ids, note): every labelled image of the source."""
+  pool = decoded.pool
+  if decoded.val is None:
+    return pool.images, pool.labels.astype(np.int64), list(pool.ids), 'the labelled training images'
+  return (np.concatenate([pool.images, decoded.val.images]),
+          np.concatenate([pool.labels, decoded.val.labels]).astype(np.int64), list(pool.ids) + list(decoded.val.ids),
+          "the labelled training images and the source's own validation images, pooled")
+
+
+def outer_folds(labels: np.ndarray, config) -> list[linear_probe.OuterFold]:
+  """data.num_folds stratified folds for each probe seed, split with data.split_seed + seed."""
+  out = []
+  for seed in config.probe.seeds:
+    for fold, (train, val) in enumerate(splits.kfold_indices(labels, int(config.data.num_folds),
+                                                             int(config.data.split_seed) + int(seed))):
+      out.append(linear_probe.OuterFold(int(seed), fold, train, val))
+  return out
+
+
+def probe(config, workdir) -> pd.DataFrame:
+  workdir = pathlib.Path(workdir)
+  settings = ProbeSettings.from_config(config.probe)
+  backbones = pooled_features.parse_backbones(config)
+  if not backbones:
+    raise UserInputError('config.probe.backbones is empty: list the backbones to screen, e.g. '
+                         "--config.probe.backbones=\"('resnet50', 'vit_b16')\"; registered: "
+                         f'{pooled_features.valid_backbones()}')
+  start = time.perf_counter()
+  workdir.mkdir(parents=True, exist_ok=True)
+  decoded = data.decode_source(config)
+  images, labels, ids, note = labelled_set(decoded)
+  class_names = decoded.class_names
+  folds = outer_folds(labels, config)
+  linear_probe.check_inner_folds(labels, folds, settings.inner_folds, len(class_names))   # before any pass
+  digest = pooled_features.images_digest(images)
+  decode_seconds = time.perf_counter() - start
+  rows, backbone_rows, predictions = [], [], []
+  for backbone in backbones:
+    found = pooled_features.features(config, backbone, images, class_names, digest)
+    fit_start = time.perf_counter()
+    fits = linear_probe.fit_folds(found.values, labels, folds, num_classes=len(class_names),
+                                  c_values=settings.c_values, inner=settings.inner_folds, solver=settings.solver,
+                                  max_iter=settings.max_iter)
+    fit_seconds = time.perf_counter() - fit_start
+    for fit in fits:
+      val = fit.split.val_index
+      scores = metrics.scores(labels[val], fit.probabilities, class_names)
+      rows.append(dict(backbone=backbone.label, seed=fit.split.seed, fold=fit.split.fold,
+                       accuracy=scores['accuracy'], macro_f1=scores['macro_f1'], log_loss=scores['loss'], c=fit.c,
+                       iterations=fit.iterations, n_train=len(fit.split.train_index), n_val=len(val)))
+      predictions.append(pd.DataFrame({'backbone': backbone.label, 'seed': fit.split.seed, 'fold': fit.split.fold,
+                                       'id': [ids[i] for i in val], 'label': [class_names[i] for i in labels[val]],
+                                       **{f'p_{c}': fit.probabilities[:, j] for j, c in enumerate(class_names)}}))
+    backbone_rows.append(dict(backbone=backbone.label, model=backbone.name,
+                              weights=backbone.weights or 'random init', feature_dim=int(found.values.shape[1]),
+                              feature_seconds=found.seconds, feature_cached=found.cached,
+                              feature_pass_seconds=found.pass_seconds, fit_seconds=fit_seconds))
+    accuracy = np.mean([r['accuracy'] for r in rows if r['backbone'] == backbone.label])
+    print(f'[{backbone.label}] mean accuracy {accuracy:.4f} over {len(fits)} folds (fit {fit_seconds:.1f}s)')
+  folds_table = pd.DataFrame(rows)
+  ratio = float(np.mean([len(f.val_index) / len(f.train_index) for f in folds]))
+  summary = summarise(folds_table, pd.DataFrame(backbone_rows), ratio)
+  best = best_backbone(summary, settings.rank_by)
+  differences = paired_differences(folds_table, best, ratio)
+  fileio.write_csv(workdir / 'probe_folds.csv', folds_table)
+  fileio.write_csv(workdir / 'probe_predictions.csv', pd.concat(predictions, ignore_index=True))
+  fileio.write_csv(workdir / 'probe_results.csv', summary)
+  fileio.write_csv(workdir / 'probe_differences.csv', differences)
+  fileio.save_figure(workdir / 'probe_results.png', plot_results(summary, folds_table))
+  wall = time.perf_counter() - start
+  section = probe_section(config, settings, summary, differences, best, note, len(labels), ratio,
+                          dict(wall=wall, decode=decode_seconds))
+  fileio.write_text(workdir / 'probe_results.md', section + '\n')
+  report.write_section(workdir, '50-probe', section)
+  print(results_table(summary))
+  print(f'{workdir}: {len(backbones)} backbones x {len(folds)} folds, best {best} by {TITLES[settings.rank_by]}, '
+        f'{wall:.0f}s')
+  return summary
+
+
+def summarise(folds_table: pd.DataFrame, backbones: pd.DataFrame, ratio: float) -> pd.DataFrame:
+  out = []
+  for _, b in backbones.iterrows():
+    rows = folds_table[folds_table['backbone'] == b['backbone']]
+    entry = dict(b)
+    entry['folds'] = len(rows)
+    for metric in METRICS:
+      ci = stats.corrected_interval(rows[metric], ratio)
+      entry.update({f'{metric}_mean': ci.mean, f'{metric}_std': ci.std, f'{metric}_ci_low': ci.low,
+                    f'{metric}_ci_high': ci.high})
+    entry['c_median'] = float(rows['c'].median())
+    out.append(entry)
+  return pd.DataFrame(out)
+
+
+def best_backbone(summary: pd.DataFrame, rank_by: str) -> str:
+  """The best mean `rank_by` (log loss: the lowest); ties go to the lower mean log loss, then the list order."""
+  sign = 1.0 if rank_by in LOWER_IS_BETTER else -1.0
+  order = sorted(range(len(summary)), key=lambda i: (sign * summary[f'{rank_by}_mean'].iloc[i],
+                                                      summary['log_loss_mean'].iloc[i], i))
+  return str(summary['backbone'].iloc[order[0]])
+
+
+def paired_differences(folds_table: pd.DataFrame, best: str, ratio: float) -> pd.DataFrame:
+  """Per backbone and metric: the backbone minus the best one on the same seed and fold, with the corrected
+  interval (the folds' shared variation cancels)."""
+  base = folds_table[folds_table['backbone'] == best].set_index(['seed', 'fold'])
+  out = []
+  for name in folds_table['backbone'].unique():
+    if name == best:
+      continue
+    other = folds_table[folds_table['backbone'] == name].set_index(['seed', 'fold'])
+    common = other.index.intersection(base.index)
+    for metric in METRICS:
+      diff = (other.loc[common, metric] - base.loc[common, metric]).to_numpy(float)
+      ci = stats.corrected_interval(diff, ratio)
+      better = diff < 0 if metric in LOWER_IS_BETTER else diff > 0
+      worse = diff > 0 if metric in LOWER_IS_BETTER else diff < 0
+      out.append(dict(backbone=name, best=best, metric=metric, pairs=ci.n, mean_difference=ci.mean, std=ci.std,
+                      ci_low=ci.low, ci_high=ci.high, wins=int(np.sum(better)), losses=int(np.sum(worse))))
+  return pd.DataFrame(out, columns=['backbone', 'best', 'metric', 'pairs', 'mean_difference', 'std', 'ci_low',
+                                    'ci_high', 'wins', 'losses'])
+
+
+def plot_results(summary: pd.DataFrame, folds_table: pd.DataFrame) -> Figure:
+  names = summary['backbone'].tolist()
+  fig = Figure(figsize=(max(6.0, 1.0 + 0.9 * len(names)), 8.5), layout='constrained')
+  rng = np.random.default_rng(0)
+  x = np.arange(len(names))
+  for ax, metric in zip(fig.subplots(len(METRICS), 1, sharex=True), METRICS):
+    mean = summary[f'{metric}_mean'].to_numpy(float)
+    low = np.nan_to_num(mean - summary[f'{metric}_ci_low'].to_numpy(float))
+    high = np.nan_to_num(summary[f'{metric}_ci_high'].to_numpy(float) - mean)
+    ax.bar(x, mean, color='#9ecae1', edgecolor='#3182bd', yerr=[low, high], capsize=4)
+    for i, name in enumerate(names):
+      values = folds_table.loc[folds_table['backbone'] == name, metric].to_numpy(float)
+      ax.plot(i + rng.uniform(-0.2, 0.2, len(values)), values, '.', color='#08306b', ms=3, alpha=0.7)
+    values = np.concatenate([mean, folds_table[metric].to_numpy(float)])
+    if metric not in LOWER_IS_BETTER:
+      ax.set_ylim(max(0.0, values.min() - 0.05), min(1.0, values.max() + 0.05))
+    ax.set_ylabel(TITLES[metric])
+    ax.grid(axis='y', alpha=0.3)
+  ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0)
+  fig.suptitle('linear probe per backbone: bars are means with 95% CI (corrected), dots are single folds',
+               fontsize=9)
+  return fig
+
+
+def _interval(s, metric) -> str:
+  return stats.Interval(s[f'{metric}_mean'], s[f'{metric}_std'], s[f'{metric}_ci_low'], s[f'{metric}_ci_high'],
+                        int(s['folds'])).format()
+
+
+def results_table(summary: pd.DataFrame) -> str:
+  rows = []
+  for _, s in summary.iterrows():
+    row = dict(backbone=s['backbone'], weights=s['weights'], features=int(s['feature_dim']), folds=int(s['folds']))
+    row.update({TITLES[m]: _interval(s, m) for m in METRICS})
+    row['C (median)'] = f'{s["c_median"]:.3g}'
+    row['feature s'] = (f'{s["feature_seconds"]:.1f} (cached; {s["feature_pass_seconds"]:.1f} when computed)'
+                        if s['feature_cached'] else f'{s["feature_seconds"]:.1f}')
+    row['fit s'] = f'{s["fit_seconds"]:.1f}'
+    rows.append(row)
+  return report.table(rows, ['backbone', 'weights', 'features', 'folds', *TITLES.values(), 'C (median)',
+                             'feature s', 'fit s'])
+
+
+def differences_table(differences: pd.DataFrame) -> str:
+  rows = {}
+  for _, d in differences.iterrows():
+    row = rows.setdefault(d['backbone'], dict(backbone=d['backbone'], pairs=int(d['pairs'])))
+    excludes_zero = np.isfinite(d['ci_low']) and (d['ci_low'] > 0 or d['ci_high'] < 0)
+    row[f'Δ {TITLES[d["metric"]]}'] = 'n/a' if d['pairs'] < 2 else \
+        f'{d["mean_difference"]:+.3f} [{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}]' + (' *' if excludes_zero else '')
+    if d['metric'] == 'accuracy':
+      row['accuracy wins/losses'] = f'{d["wins"]}/{d["losses"]}'
+  return report.table(list(rows.values()), ['backbone', 'pairs', *[f'Δ {t}' for t in TITLES.values()],
+                                            'accuracy wins/losses'])
+
+
+def probe_section(config, settings, summary, differences, best, note, count, ratio, seconds) -> str:
+  feature_seconds = float(summary['feature_seconds'].sum())
+  fit_seconds = float(summary['fit_seconds'].sum())
+  lines = [
+      '## Linear probe: which backbone?', '',
+      f'{len(summary)} backbones, each a logistic regression on its frozen, pooled features '
+      f'(`probe.pooling={settings.pooling}`{", with flip TTA" if settings.flip_tta else ""}) of {count} images '
+      f'({note}), over {config.data.num_folds} stratified folds × seeds {list(settings.seeds)} (split_seed '
+      f'{config.data.split_seed} + seed). In each fold the L2 strength C is chosen from {len(settings.c_values)} '
+      f'values ({min(settings.c_values):.0e} to {max(settings.c_values):.0e}) by {settings.inner_folds}-fold inner '
+      f'cross-validation on log loss, then refitted on the fold\'s training rows (solver `{settings.solver}`).', '',
+      'Each cell is mean ± std [95% CI] over the folds. Intervals are the corrected resampled t-interval (Nadeau & '
+      f'Bengio): mean ± t·sqrt((1/J + n_val/n_train)·s²) over the J folds, with n_val/n_train = {ratio:.3f}.', '',
+      results_table(summary), '',
+      f'### Paired differences from the best backbone, `{best}` (by {TITLES[settings.rank_by]})', '',
+      'Per fold (same seed, same split), the backbone minus the best; * marks an interval that excludes 0 '
+      '(log loss: lower is better).', '',
+      differences_table(differences) if len(differences) else '(only one backbone)', '',
+      '![probe results](probe_results.png)', '',
+      f'Time: {seconds["wall"]:.1f} s for this launch: decoding {seconds["decode"]:.1f} s, feature passes '
+      f'{feature_seconds:.1f} s (cached ones: reading them), fits {fit_seconds:.1f} s, the rest (tables, plot) '
+      f'{seconds["wall"] - seconds["decode"] - feature_seconds - fit_seconds:.1f} s.', '',
+      'Files: [probe_results.csv](probe_results.csv), [probe_differences.csv](probe_differences.csv), '
+      '[probe_folds.csv](probe_folds.csv), [probe_predictions.csv](probe_predictions.csv).']
+  return '\n'.join(lines)
