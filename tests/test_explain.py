@@ -109,6 +109,6 @@ def test_inference_grid_titles_are_green_when_right_and_red_when_wrong():
   image = np.zeros((6, 4, 1), np.uint8)
   tiles = [explain_figures.Tile(image, 'a', True), explain_figures.Tile(image, 'b', False)]
   figure = explain_figures.inference_grid(tiles)
-  colours = {ax.get_title(): ax.title.get_color() for ax in figure.axes if ax.get_title()}
+  colours = {text.get_text(): text.get_color() for ax in figure.axes for text in ax.texts}
   assert colours == {'a': explain_figures.RIGHT, 'b': explain_figures.WRONG}
   assert figure.get_suptitle() == '1 of 2 right (green), 1 wrong (red)'

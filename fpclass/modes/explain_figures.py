@@ -14,6 +14,7 @@ from fpclass.cam import METHODS
 
 RIGHT, WRONG = '#1a7f37', '#cf222e'
 PANEL_INCHES = 1.5
+TITLE_BAND_INCHES = 0.5
 
 
 @dataclasses.dataclass
@@ -38,53 +39,57 @@ def deprocess_gradients(gradients: np.ndarray) -> np.ndarray:
 
 
 def cam_grid(tiles, maps, guided, alpha: float, method: str, layer: str, columns: int = 10) -> Figure:
-  """One column per image: the input, its CAM overlay and (if `guided` is given) Guided Grad-CAM.
-
-  Laid out by hand (a title band above each block of rows) rather than by matplotlib's constrained
-  layout, which takes seconds per grid on a CPU machine.
-  """
-  panel_rows = 2 + (guided is not None)
-  n = len(tiles)
-  columns = min(columns, n)
-  blocks = math.ceil(n / columns)
-  panel_height = PANEL_INCHES * tiles[0].image.shape[0] / tiles[0].image.shape[1]
-  title_band = 0.5  # inches, three lines of 7-point text
-  heights = [title_band if r == 0 else panel_height for _ in range(blocks) for r in range(panel_rows + 1)]
-  fig = Figure(figsize=(0.3 + PANEL_INCHES * columns, sum(heights)))
-  grid = fig.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.04, wspace=0.04,
-                          left=0.25 / (0.3 + PANEL_INCHES * columns), right=1.0, top=1.0, bottom=0.0)
-  labels = ['input', f'{METHODS[method]} ({layer})', 'Guided Grad-CAM'][:panel_rows]
+  """One column per image: the input, its CAM overlay and (if `guided` is given) Guided Grad-CAM."""
+  panels = []
   for i, tile in enumerate(tiles):
-    block, column = divmod(i, columns)
-    panels = [_as_rgb(tile.image), overlay(tile.image, maps[i], alpha)]
+    column = [_as_rgb(tile.image), overlay(tile.image, maps[i], alpha)]
     if guided is not None:
-      panels.append(deprocess_gradients(guided[i]))
-    for r, panel in enumerate(panels):
-      ax = fig.add_subplot(grid[block * (panel_rows + 1) + 1 + r, column])
-      _blank(ax)
-      ax.imshow(panel, interpolation='nearest')
-      if r == 0:
-        ax.set_title(tile.title, fontsize=7, color=RIGHT if tile.correct else WRONG)
-      if column == 0:
-        ax.set_ylabel(labels[r], fontsize=7)
-  return fig
+      column.append(deprocess_gradients(guided[i]))
+    panels.append(column)
+  labels = ['input', f'{METHODS[method]} ({layer})', 'Guided Grad-CAM'][:len(panels[0])]
+  return _mosaic_figure(panels, tiles, labels, columns, fontsize=7)
 
 
 def inference_grid(tiles, columns: int = 8) -> Figure:
   """Seed 002's inference grid: each image titled with its prediction, green if right, red if wrong."""
-  n = len(tiles)
-  columns = min(columns, n)
-  rows = math.ceil(n / columns)
-  aspect = tiles[0].image.shape[0] / tiles[0].image.shape[1]
-  fig = Figure(figsize=(PANEL_INCHES * columns, rows * (PANEL_INCHES * aspect + 0.5)), layout='constrained')
-  axes = np.asarray(fig.subplots(rows, columns, squeeze=False))
-  for ax in axes.ravel():
-    ax.set_axis_off()
-  for ax, tile in zip(axes.ravel(), tiles):
-    ax.imshow(_as_rgb(tile.image), interpolation='nearest')
-    ax.set_title(tile.title, fontsize=8, color=RIGHT if tile.correct else WRONG)
+  figure = _mosaic_figure([[_as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=8)
   right = sum(t.correct for t in tiles)
-  fig.suptitle(f'{right} of {n} right (green), {n - right} wrong (red)', fontsize=10)
+  figure.suptitle(f'{right} of {len(tiles)} right (green), {len(tiles) - right} wrong (red)', fontsize=10,
+                  y=1.0, va='bottom')
+  return figure
+
+
+def _mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int) -> Figure:
+  """Tiles in blocks of `columns`, each tile a column of equally sized RGB panels under its title, drawn as
+  ONE image in one axes with the titles as text. An axes per panel (173 for a footprint job's CAM grids)
+  cost seconds to build and draw on a CPU; one image and its texts cost a fraction of that."""
+  height, width = panels[0][0].shape[:2]
+  per_tile, n = len(panels[0]), len(panels)
+  columns = min(columns, n)
+  blocks = math.ceil(n / columns)
+  pixels_per_inch = width / PANEL_INCHES
+  gap = max(1, round(0.04 * width))
+  band = round(TITLE_BAND_INCHES * pixels_per_inch)   # three lines of 7-point text above each block
+  block_height = band + per_tile * (height + gap)
+  canvas = np.ones((blocks * block_height, columns * (width + gap) - gap, 3), np.float32)
+  for i, column in enumerate(panels):
+    block, c = divmod(i, columns)
+    x, y = c * (width + gap), block * block_height + band
+    for r, panel in enumerate(column):
+      canvas[y + r * (height + gap):y + r * (height + gap) + height, x:x + width] = panel
+  left = 0.3 if row_labels else 0.0   # inches for the row labels
+  fig = Figure(figsize=(left + canvas.shape[1] / pixels_per_inch, canvas.shape[0] / pixels_per_inch))
+  ax = fig.add_axes((left / fig.get_figwidth(), 0.0, 1.0 - left / fig.get_figwidth(), 1.0))
+  ax.imshow(canvas, interpolation='nearest', aspect='auto')
+  ax.set_axis_off()
+  for i, tile in enumerate(tiles):
+    block, c = divmod(i, columns)
+    ax.text(c * (width + gap) + width / 2, block * block_height + band - 2, tile.title, ha='center', va='bottom',
+            fontsize=fontsize, color=RIGHT if tile.correct else WRONG)
+  for block in range(blocks if row_labels else 0):
+    for r, label in enumerate(row_labels):
+      ax.text(-4, block * block_height + band + r * (height + gap) + height / 2, label, rotation=90, ha='right',
+              va='center', fontsize=7, clip_on=False)
   return fig
 
 
@@ -128,14 +133,6 @@ def _channel_mosaic(feature_map: np.ndarray, max_channels: int, columns: int) ->
     r, col = divmod(k, columns)
     mosaic[r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = x
   return mosaic
-
-
-def _blank(ax) -> None:
-  """No ticks or frame, but unlike `set_axis_off` the y label (a row's name) still shows."""
-  ax.set_xticks([])
-  ax.set_yticks([])
-  for spine in ax.spines.values():
-    spine.set_visible(False)
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
