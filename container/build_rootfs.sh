@@ -36,11 +36,12 @@ usage() {
   # shellcheck disable=SC2016
   echo '         --ca-bundle F   a CA bundle for pip behind a TLS-intercepting proxy (default: $PIP_CERT)'
   echo '         --reuse-base    keep OUT/base.tar from an earlier run instead of running debootstrap'
+  echo '         --ref REF       copy the code from a git commit or tag (git archive) instead of the working tree'
 }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 workdir='' image='' out="$repo/build/container" tag='localhost/fpclass-serve:latest'
-mirror='http://deb.debian.org/debian' ca_bundle="${PIP_CERT:-}" reuse_base=0
+mirror='http://deb.debian.org/debian' ca_bundle="${PIP_CERT:-}" reuse_base=0 ref=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --workdir) workdir=$2; shift 2 ;;
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     --mirror) mirror=$2; shift 2 ;;
     --ca-bundle) ca_bundle=$2; shift 2 ;;
     --reuse-base) reuse_base=1; shift ;;
+    --ref) ref=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "build_rootfs.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -61,17 +63,19 @@ if [ -z "$workdir" ] || [ ! -f "$workdir/metadata.json" ]; then
 fi
 if [ -z "$image" ] || [ ! -f "$image" ]; then fail "--image must be an image file to send to /predict (got '$image')"; fi
 [ -z "$ca_bundle" ] || [ -f "$ca_bundle" ] || fail "--ca-bundle $ca_bundle: no such file"
+[ -z "$ref" ] || git -C "$repo" rev-parse --verify -q "$ref^{commit}" > /dev/null || fail "--ref $ref: no such commit"
+out=$(realpath -m "$out")
+case "$out/" in
+  /var/lib/*|/run/*|/var/tmp/*) fail "--out $out: choose a folder outside /var/lib, /run and /var/tmp (overlaid here)" ;;
+esac
 [ "$(id -u)" = 0 ] || fail 'needs root (debootstrap, mount, chroot, rootful podman)'
 missing=()
 for command in debootstrap podman runc skopeo curl python3 unshare chroot; do
   command -v "$command" > /dev/null || missing+=("$command")
 done
 [ ${#missing[@]} = 0 ] || fail "missing ${missing[*]}: apt-get install debootstrap podman runc skopeo curl python3"
-workdir=$(realpath "$workdir") image=$(realpath "$image") out=$(realpath -m "$out")
+workdir=$(realpath "$workdir") image=$(realpath "$image")
 [ -z "$ca_bundle" ] || ca_bundle=$(realpath "$ca_bundle")
-case "$out/" in
-  /var/lib/*|/run/*|/var/tmp/*) fail "--out $out: choose a folder outside /var/lib, /run and /var/tmp (overlaid here)" ;;
-esac
 
 # Everything below runs in a private mount namespace: its mounts never reach the host's.
 if [ -z "${FPCLASS_BUILD_NAMESPACE:-}" ]; then
@@ -79,7 +83,8 @@ if [ -z "${FPCLASS_BUILD_NAMESPACE:-}" ]; then
   reuse=()
   [ $reuse_base = 0 ] || reuse=(--reuse-base)
   FPCLASS_BUILD_NAMESPACE=1 exec unshare --mount --propagation private "$0" --workdir "$workdir" --image "$image" \
-    --out "$out" --tag "$tag" --mirror "$mirror" ${ca_bundle:+--ca-bundle "$ca_bundle"} "${reuse[@]}"
+    --out "$out" --tag "$tag" --mirror "$mirror" ${ca_bundle:+--ca-bundle "$ca_bundle"} ${ref:+--ref "$ref"} \
+    "${reuse[@]}"
 fi
 
 logs="$out/logs" proof="$out/proof" steps="$out/steps.tsv"
@@ -96,7 +101,8 @@ for pair in var-lib:/var/lib run:/run var-tmp:/var/tmp; do
   mount -t overlay "fpclass-$name" \
     -o "lowerdir=$target,upperdir=$out/host-state/$name/upper,workdir=$out/host-state/$name/work" "$target"
 done
-podman=(podman --root "$out/storage" --runroot "$out/runroot" --storage-driver overlay --cgroup-manager cgroupfs
+# The run root is a short path (podman allows 50 characters) in the overlaid /run, so it lands in OUT too.
+podman=(podman --root "$out/storage" --runroot /run/fpclass-build --storage-driver overlay --cgroup-manager cgroupfs
         --events-backend none)
 # Where CAP_SYS_RESOURCE is denied a runtime may only lower limits: podman's defaults (nofile 1048576, nproc
 # above pid_max) fail with 'setrlimit RLIMIT_NOFILE: Operation not permitted', so the containers get the
@@ -159,11 +165,15 @@ make_base() {
 make_context() {
   local context="$out/context"
   mkdir -p "$context"
-  tar -C "$repo" --exclude=__pycache__ --exclude='*.pyc' -cf - Containerfile pyproject.toml README.md launch.py \
-    fpclass configs | tar -C "$context" -xf -
+  local code=(Containerfile pyproject.toml README.md launch.py fpclass configs)
+  if [ -n "$ref" ]; then
+    git -C "$repo" archive "$ref" "${code[@]}" | tar -C "$context" -xf -
+  else
+    tar -C "$repo" --exclude=__pycache__ --exclude='*.pyc' -cf - "${code[@]}" | tar -C "$context" -xf -
+  fi
   mkdir "$context/model"
   tar -C "$workdir" --exclude=./.fpclass.lock -cf - . | tar -C "$context/model" -xf -
-  note context "$(du -sm "$context/model" | cut -f1) MiB workdir, $(du -sm --exclude=model "$context" | cut -f1) MiB code"
+  note context "code from ${ref:-the working tree}$([ -z "$ref" ] || echo " ($(git -C "$repo" rev-parse --short "$ref"))"), $(du -sm --exclude=model "$context" | cut -f1) MiB; workdir $(du -sm "$context/model" | cut -f1) MiB"
 }
 
 build() {  # build ISOLATION
@@ -191,14 +201,20 @@ print(f"{health['model']}: {answer['predictions'][0]['file']} -> class {answer['
 EOF
 }
 
-# wait_for_url COMMAND...: the URL the server prints once it is warmed (COMMAND shows its log), with
-# 0.0.0.0 replaced by loopback.
+# wait_for_url ALIVE COMMAND...: the URL the server prints once it is warmed (COMMAND shows its log), with
+# 0.0.0.0 replaced by loopback; fails as soon as the command ALIVE says the server has exited.
 wait_for_url() {
-  local url='' deadline=$((SECONDS + 600))
+  local alive=$1 url='' deadline=$((SECONDS + 600))
+  shift
   while [ -z "$url" ]; do
     [ $SECONDS -lt $deadline ] || { echo 'no server URL within 600 s' >&2; return 1; }
     sleep 1
     url=$("$@" 2>&1 | grep -o -m1 'http://[0-9.]*:[0-9]*/' || true)
+    if [ -z "$url" ] && ! $alive; then
+      "$@" 2>&1 | tail -5 >&2
+      echo 'the server exited before it served' >&2
+      return 1
+    fi
   done
   echo "${url/0.0.0.0/127.0.0.1}"
 }
@@ -209,13 +225,16 @@ container_defaults() {
 
 # The servers' steps keep what their EXIT traps read in globals (a trap runs after the function's locals are
 # gone); each step is a subshell of its own, so nothing leaks into the next.
+container_running() { [ "$("${podman[@]}" inspect "$id" --format '{{.State.Running}}')" = true ]; }
+chroot_running() { kill -0 "$server" 2> /dev/null; }
+
 container_serve() {
   local url start code
   # Host network: no CNI or netavark rules on the host. Port 0 (appended, so it wins) avoids a taken port;
   # the image's own 0.0.0.0 binding with allow_remote stays as it is.
   id=$("${podman[@]}" --runtime runc run -d --network host "${limits[@]}" "$tag" --config.serve.port=0)
   trap 'set +eu; "${podman[@]}" logs "$id" > "$proof/container-server.log" 2>&1; "${podman[@]}" rm -f "$id" > /dev/null' EXIT
-  url=$(wait_for_url "${podman[@]}" logs "$id")
+  url=$(wait_for_url container_running "${podman[@]}" logs "$id")
   check_server container "$url"
   start=$(now)
   "${podman[@]}" stop -t 30 "$id" > /dev/null
@@ -278,7 +297,7 @@ chroot_serve() {
     /bin/sh -c 'cd "$0" && exec "$@"' "$dir" "${entry[@]}" --config.serve.host=127.0.0.1 --config.serve.port=0 \
     > "$proof/chroot-server.log" 2>&1 &
   server=$!
-  url=$(wait_for_url cat "$proof/chroot-server.log")
+  url=$(wait_for_url chroot_running cat "$proof/chroot-server.log")
   check_server chroot "$url"
   start=$(now)
   kill -INT "$server"

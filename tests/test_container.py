@@ -93,11 +93,16 @@ def test_the_script_checks_its_arguments_before_doing_anything(tmp_path):
   assert subprocess.run(['bash', '-n', str(SCRIPT)]).returncode == 0
   usage = subprocess.run([str(SCRIPT), '--help'], capture_output=True, text=True)
   assert usage.returncode == 0 and '--workdir' in usage.stdout
-  for args, message in ((['--workdir', str(tmp_path)], 'must be a trained run'),
-                        (['--bogus'], 'unknown argument --bogus')):
-    result = subprocess.run([str(SCRIPT), *args, '--out', str(tmp_path / 'out')], capture_output=True, text=True)
+  (tmp_path / 'metadata.json').write_text('{}')
+  (tmp_path / 'print.png').write_bytes(b'')
+  trained = ['--workdir', str(tmp_path), '--image', str(tmp_path / 'print.png')]
+  for args, message in ((['--workdir', str(tmp_path / 'nothing')], 'must be a trained run'),
+                        (['--bogus'], 'unknown argument --bogus'),
+                        ([*trained, '--ref', 'no-such-ref'], '--ref no-such-ref: no such commit'),
+                        ([*trained, '--out', '/var/tmp/fpclass'], 'outside /var/lib, /run and /var/tmp')):
+    result = subprocess.run([str(SCRIPT), '--out', str(tmp_path / 'out'), *args], capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
-  assert not (tmp_path / 'out').exists()
+  assert not (tmp_path / 'out').exists() and not os.path.exists('/var/tmp/fpclass')
 
 
 def read_steps(path: pathlib.Path) -> dict[str, tuple[str, str, str]]:
