@@ -259,9 +259,20 @@ class ServeSettings(Settings):
   max_upload_bytes: int = 10_000_000   # larger uploads get 413
   max_images_per_request: int = 32
   calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
+  # Server processes behind the port, each with its own compiled model (0: the usable cores, at most 8).
+  workers: int = 0
+  # Requests one worker holds at once (being read, waiting for or in a device call); past it a request gets
+  # 503 with Retry-After at once, without its body being read.
+  max_queue: int = 32
+  # An accepted request still waiting for its device call after this long gets 503 with Retry-After: every
+  # answer comes within max_wait_ms + one device call of max_batch images (/metadata: device_call_ms).
+  max_wait_ms: float = 1000.0
 
   def check(self):
     self.require('port', 0 <= self.port <= 65535, 'a TCP port in [0, 65535] (0: any free port)')
+    self.require('workers', 0 <= self.workers <= 256, 'in [0, 256] (0: the usable cores, at most 8)')
+    self.require('max_queue', self.max_queue >= 1, 'at least 1')
+    self.require('max_wait_ms', 1.0 <= self.max_wait_ms <= 600_000.0, 'in [1, 600000] milliseconds')
     self.require('host', self.host in LOOPBACK_HOSTS or self.allow_remote,
                  f'a loopback address {LOOPBACK_HOSTS} unless --config.serve.allow_remote=True '
                  '(binding another address exposes the model to the network)')

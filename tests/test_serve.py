@@ -1,4 +1,7 @@
-"""--mode serve: every endpoint and every kind of bad request, through a real uvicorn server on loopback."""
+"""--mode serve: every endpoint and every kind of bad request, through a real uvicorn server on loopback;
+micro-batching (offsets, overflow, deadline) on a stand-in model and on the real one; overload answered
+503; the command's worker processes, a killed worker, and Ctrl-C."""
+import asyncio
 import base64
 import concurrent.futures
 import dataclasses
@@ -8,19 +11,24 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 
 import httpx
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from fpclass.config import ConfigError, ServeSettings
 from fpclass.data.decode import decode_image
-from fpclass.modes import serve
+from fpclass.errors import UserInputError
+from fpclass.modes import serve, serve_supervisor
 from tests.conftest import QUICK, REPO, load_config
 
 LIMIT_BYTES = 300_000   # serve.max_upload_bytes in these tests, so oversized bodies stay small
@@ -258,23 +266,270 @@ def test_a_remote_host_needs_allow_remote():
   assert ServeSettings(host='0.0.0.0', allow_remote=True).host == '0.0.0.0'
 
 
-def test_the_command_prints_the_bound_url_of_port_0(trained_quick):
+
+
+# --- micro-batching on a stand-in model whose answer for an image is the image's own id
+
+def labelled(ids) -> np.ndarray:
+  """Tiny images whose first pixel is their id."""
+  images = np.zeros((len(ids), 2, 2, 1), np.uint8)
+  images[:, 0, 0, 0] = ids
+  return images
+
+
+def run_batcher(sizes, max_batch, run_seconds=0.0, max_wait_s=float('inf')):
+  """Queues requests of `sizes` images (ids 1, 2, ... in order) on a MicroBatcher at once; returns the ids
+  of each request, what each got back (or its exception), and the ids of each device call, in order."""
+  calls = []
+
+  def model(images):
+    time.sleep(run_seconds)
+    calls.append([int(i) for i in images[:, 0, 0, 0]])
+    return calls[-1]
+
+  async def main():
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+      batcher = serve.MicroBatcher(model, 0.5, max_batch, executor, max_wait_s)
+      batching = asyncio.create_task(batcher.run())
+      requests, first = [], 1
+      for n in sizes:
+        requests.append(labelled(range(first, first + n)))
+        first += n
+      try:  # a request the batcher never answers fails here instead of hanging the test
+        answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(r) for r in requests),
+                                                        return_exceptions=True), 5)
+      finally:
+        batching.cancel()
+      return [list(r[:, 0, 0, 0]) for r in requests], answers, batcher
+
+  return (*asyncio.run(main()), calls)
+
+
+def test_batched_requests_of_several_images_get_their_own_answers_across_batches():
+  """Eight requests of 1 to 4 images, 16 images against max_batch 4: batches fill to the limit, a request
+  that would overflow one starts the next, none is split, and each request gets exactly its own images'
+  answers (a wrong offset or a dropped overflow fails here)."""
+  sizes = [1, 2, 1, 3, 2, 2, 4, 1]
+  requests, answers, batcher, calls = run_batcher(sizes, max_batch=4)
+  assert answers == requests
+  assert calls == [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16]]
+  assert batcher.calls == 5 and batcher.expired == 0
+
+
+def test_a_request_waiting_past_max_wait_is_answered_overloaded():
+  """The device takes 0.3 s a call and requests may wait 0.1 s: the first is answered, the two queued behind it
+  get Overloaded once their turn comes, without a device call of their own."""
+  requests, answers, batcher, calls = run_batcher([1, 1, 1], max_batch=1, run_seconds=0.3, max_wait_s=0.1)
+  assert answers[0] == requests[0] and calls == [[1]]
+  assert all(isinstance(a, serve.Overloaded) and 'config.serve.max_wait_ms' in str(a) for a in answers[1:])
+  assert batcher.expired == 2
+
+
+# --- the real model, its head rescaled so that images differ by class
+
+@pytest.fixture(scope='module')
+def two_classes(service, trained_quick):
+  """(a service whose model calls three test footprints '0' and three '1', at probabilities near 0 and 1,
+  those six PNGs (alternating classes), their classes). The quick run alone calls every footprint '1' at
+  about 0.9, so answers mixed up between requests would differ only in the third decimal; here only the
+  head's scale and offset change, so that the six fall clearly on both sides of the decision."""
+  _, env, _ = trained_quick
+  (root,) = pathlib.Path(env['FPCLASS_CACHE']).glob('synthetic_footprints/*/')
+  paths = sorted((root / 'test').glob('*.png'))
+  predictor = service.predictor
+  logits = predictor.logits(np.stack([decode_image(p, service.decode_settings) for p in paths]))
+  margin = logits[:, 1] - logits[:, 0]
+  order = np.argsort(margin)
+  low, high = order[:3], order[-3:]
+  middle, gap = (margin[low[-1]] + margin[high[0]]) / 2, (margin[high[0]] - margin[low[-1]]) / 2
+  assert gap > 0
+  scale = 12.0 / gap  # every one of the six at least 12 logits from the decision
+  params = predictor.trained.state.params
+  head = {'kernel': params['head']['kernel'] * scale,
+          'bias': params['head']['bias'] * scale - jax.numpy.array([0.0, scale * middle])}
+  trained = dataclasses.replace(predictor.trained,
+                                state=predictor.trained.state.replace(params={**params, 'head': head}))
+  sharp = serve.Predictor(trained, predictor.decision, (1, 2, 4))
+  sharp.warm((120, 80, 1))
+  settings = dataclasses.replace(service.settings, max_batch=4, batch_window_ms=300.0)
+  chosen = [int(i) for pair in zip(low, high) for i in pair]
+  return (dataclasses.replace(service, predictor=sharp, settings=settings), [paths[i] for i in chosen],
+          ['0', '1'] * 3)
+
+
+def test_concurrent_multi_image_requests_of_both_classes_get_their_own_classes(two_classes):
+  sharp, paths, classes = two_classes
+  data = [p.read_bytes() for p in paths]
+  requests = [[0], [1, 2], [3], [4, 5, 0], [2, 3], [5], [1, 4, 3], [0, 5]]  # 17 images, max_batch 4
+  with serve.BackgroundServer(serve.create_app(sharp)) as running:
+    before = httpx.get(running.url + 'healthz').json()['device_calls']
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+      replies = list(pool.map(lambda r: post_files(running.url, [(f'{i}.png', data[i]) for i in r], timeout=60),
+                              requests))
+    calls = httpx.get(running.url + 'healthz').json()['device_calls'] - before
+  for request, reply in zip(requests, replies):
+    assert reply.status_code == 200, reply.text
+    predictions = reply.json()['predictions']
+    assert [p['file'] for p in predictions] == [f'{i}.png' for i in request]
+    assert [p['class'] for p in predictions] == [classes[i] for i in request]
+    assert all(p['probabilities'][p['class']] > 0.999 for p in predictions)
+  assert 5 <= calls < len(requests), f'{calls} device calls: requests did not share batches of at most 4'
+
+
+# --- overload: 256 clients at once
+
+async def overload(url: str, png: bytes, clients: int = 256, each: int = 1) -> list[tuple]:
+  """`clients` connections each posting `each` images one after another: (status, Retry-After, detail)."""
+  limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+  async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    async def one_client():
+      answers = []
+      for _ in range(each):
+        response = await client.post('predict', files={'file': ('f.png', png, 'image/png')})
+        answers.append((response.status_code, response.headers.get('retry-after'), response.json().get('detail')))
+      return answers
+    return [a for answers in await asyncio.gather(*(one_client() for _ in range(clients))) for a in answers]
+
+
+@pytest.mark.parametrize('limit', ['max_queue', 'max_wait_ms'])
+def test_an_overload_of_256_clients_is_refused_with_503_and_retry_after(service, images, limit):
+  """256 clients at once. max_queue=4: a worker holding four requests refuses the next at once, reading
+  nothing of it. max_queue=64 with max_wait_ms=2000 and a device call held to 0.8 s: of the 64 accepted, 16
+  a call, the fourth call's would start after 2.4 s, so those requests are refused when their turn comes.
+  Every answer is a 200 or a one-line 503 with Retry-After naming the limit, and the server keeps serving."""
+  overrides = {'max_queue': 4} if limit == 'max_queue' else {'max_queue': 64, 'max_wait_ms': 2000.0}
+  busy = dataclasses.replace(service, settings=dataclasses.replace(service.settings, **overrides))
+  if limit == 'max_wait_ms':
+    slow = dataclasses.replace(service.predictor)
+    slow.classify = lambda images: (time.sleep(0.8), service.predictor.classify(images))[1]
+    busy = dataclasses.replace(busy, predictor=slow)
+  with serve.BackgroundServer(serve.create_app(busy)) as running:
+    answers = asyncio.run(overload(running.url, images[0][1]))
+    queue = httpx.get(running.url + 'healthz').json()['queue']
+    assert_still_serving(running)
+  statuses = [status for status, _, _ in answers]
+  refused = [detail for status, _, detail in answers if status == 503]
+  assert set(statuses) <= {200, 503} and statuses.count(200) >= 4, (sorted(set(statuses)), queue)
+  assert all(retry == '1' for status, retry, _ in answers if status == 503)
+  assert all('\n' not in detail for detail in refused)
+  by_queue = [d for d in refused if 'config.serve.max_queue' in d]
+  by_wait = [d for d in refused if 'config.serve.max_wait_ms' in d]
+  assert len(by_queue) + len(by_wait) == len(refused) and queue['peak'] <= overrides['max_queue']
+  assert (queue['refused'], queue['expired']) == (len(by_queue), len(by_wait)), queue
+  assert by_queue if limit == 'max_queue' else by_wait, queue
+  if limit == 'max_queue':
+    assert not by_wait
+
+
+# --- the command: worker processes behind one port
+
+def http_exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes]:
+  """Sends `request` on a keep-alive connection and reads one answer: (head, body)."""
+  conn.sendall(request)
+  data = b''
+  while b'\r\n\r\n' not in data:
+    data += conn.recv(65536)
+  head, body = data.split(b'\r\n\r\n', 1)
+  length = int(re.search(rb'content-length: (\d+)', head, re.IGNORECASE).group(1))
+  while len(body) < length:
+    body += conn.recv(65536)
+  return head, body
+
+
+def healthz_pids(url: str, tries: int = 30) -> set:
+  """The worker pids that answer /healthz over fresh connections."""
+  return {httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()['worker']['pid']
+          for _ in range(tries)}
+
+
+def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl_c(trained_quick, images):
+  """launch.py --mode serve on port 0 with two workers, started with SIGINT ignored, as every child of a
+  background job of a non-interactive shell is (`bash .ci/run &`; issue 23: uvicorn then restored 'ignore'
+  and re-raised SIGINT into it, and the server exited 0 without its line). A worker killed with a request
+  in flight: that client's connection closes without an answer at once, the other worker answers the next
+  request, and a replacement comes up. Then SIGINT: the workers stop, one line, status 130."""
   workdir, env, _ = trained_quick
   command = [sys.executable, str(REPO / 'launch.py'), f'--workdir={workdir}', '--mode=serve',
-             '--config.serve.port=0', '--config.serve.warm_batch_sizes=(1,)', '--config.serve.max_batch=1']
-  process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+             '--config.serve.port=0', '--config.serve.workers=2', '--config.serve.warm_batch_sizes=(1,)',
+             '--config.serve.max_batch=1']
+  # As a non-interactive shell starts a background job: SIGINT ignored, inherited through exec.
+  ignoring_sigint = ['bash', '-c', 'trap "" INT; exec "$@"', 'bash']
+  process = subprocess.Popen(ignoring_sigint + command, cwd=REPO, env={**os.environ, **env},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  stderr_lines = []
+  reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
+  reader.start()
   try:
     line = process.stdout.readline()
-    found = re.search(r'at (http://127\.0\.0\.1:(\d+)/)', line)
-    assert found and int(found.group(2)) > 0, line
-    assert httpx.get(found.group(1) + 'healthz', timeout=30).json()['status'] == 'ok'
-    # Ctrl-C: uvicorn's graceful shutdown, then one line and the shell's status for SIGINT, no traceback.
+    found = re.search(r'2 workers, .* at (http://127\.0\.0\.1:(\d+)/)', line)
+    assert found and int(found.group(2)) > 0, (line, ''.join(stderr_lines))
+    url, port = found.group(1), int(found.group(2))
+    health = httpx.get(url + 'healthz', timeout=30).json()
+    assert health['status'] == 'ok' and health['workers'] == {'up': 2, 'configured': 2}
+    assert httpx.get(url + 'metadata', timeout=30).json()['workers'] == {'up': 2, 'configured': 2}
+
+    # A request in flight on a known worker: the connection's first answer names its worker, then half a body.
+    with socket.create_connection(('127.0.0.1', port), timeout=30) as conn:
+      _, body = http_exchange(conn, b'GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n')
+      victim = json.loads(body)['worker']['pid']
+      upload, content_type = multipart([('file', 'a.png', images[0][1])])
+      conn.sendall(f'POST /predict HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\n'
+                   f'content-length: {len(upload)}\r\n\r\n'.encode() + upload[:len(upload) // 2])
+      time.sleep(0.3)
+      os.kill(victim, signal.SIGKILL)
+      conn.settimeout(10)  # a hang fails here with a timeout
+      try:
+        answer = conn.recv(65536)
+      except ConnectionResetError:
+        answer = b''
+    assert answer == b'', answer  # closed, with no HTTP answer
+
+    reply = post_files(url, [('b.png', images[1][1])], timeout=30)  # the other worker, at once
+    assert reply.status_code == 200 and reply.json()['predictions'][0]['file'] == 'b.png'
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+      health = httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()
+      if health['workers']['up'] == 2:
+        break
+      time.sleep(0.5)
+    assert health['workers'] == {'up': 2, 'configured': 2}, ''.join(stderr_lines)
+    pids = healthz_pids(url)
+    assert victim not in pids and len(pids) == 2
+    assert any(re.search(rf'worker \d \(pid {victim}\) exited \(killed by SIGKILL\); starting a replacement', line)
+               for line in stderr_lines), ''.join(stderr_lines)
+
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    reader.join(timeout=10)
+    stderr = ''.join(stderr_lines)
     assert process.returncode == 130 and 'Traceback' not in stderr, stderr
     assert stderr.splitlines()[-1].startswith('fpclass: interrupted (SIGINT); --mode serve stopped'), stderr
   finally:
     if process.poll() is None:
       process.kill()
       process.wait(timeout=30)
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_its_reason(tmp_path):
+  """A worker that ends before it is ready: its exit status and the last lines of its stderr, or, for a
+  problem the user can fix, its own message (stand-in workers, so that no model loads)."""
+  sock = serve.bind('127.0.0.1', 0)
+
+  def job(index):
+    return serve_supervisor.WorkerJob(None, str(tmp_path), sock.fileno(), index, 1)
+
+  def run(code):
+    command = [sys.executable, '-c', code]
+    serve_supervisor.Supervisor(job, 1, sock, command).run(on_ready=lambda info: pytest.fail('ready?'))
+
+  try:
+    with pytest.raises(UserInputError, match=r'(?s)serve worker 0 \(pid \d+\) ended before it was ready \(exit '
+                                             r'status 3\); the last lines of its stderr:\n  restoring\n  OSError: '
+                                             r'cannot read the checkpoint$'):
+      run('import sys; print("restoring", file=sys.stderr); '
+          'print("OSError: cannot read the checkpoint", file=sys.stderr); sys.exit(3)')
+    with pytest.raises(UserInputError, match=r'^/x: no trained run here$'):
+      run('from fpclass.modes.serve_supervisor import send_message; '
+          'send_message({"error": "/x: no trained run here", "user": True}); raise SystemExit(2)')
+  finally:
+    sock.close()

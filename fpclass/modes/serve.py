@@ -8,15 +8,22 @@
   `{"images": [...]}`) as seed 004's app took them. Returns the class and per-class probabilities of each
   image, with the model name and checkpoint epoch.
 - `POST /explain`: the Grad-CAM overlay (PNG) of one image, for its predicted class.
-- `GET /metadata`: class names, input size, model, checkpoint, calibration and validation scores;
-  `GET /healthz`: the health check.
+- `GET /metadata`: class names, input size, model, checkpoint, calibration and validation scores, the
+  queue's limits; `GET /healthz`: the health check. Both say which worker answered and how many are up.
 
-The checkpoint is restored once. Its predict function is jit-compiled and run once for each of
-`serve.warm_batch_sizes` before the port opens, and every device call is padded up to one of those sizes,
-so no request waits for a compilation. With `serve.micro_batching`, requests that arrive within
+`serve.workers` processes answer on the one port (fpclass.modes.serve_supervisor starts them, replaces
+one that dies, and stops them on Ctrl-C); each restores the checkpoint once. Its predict function (the
+training program's, `Trained.predict_fn`) is compiled and run once for each of `serve.warm_batch_sizes`
+before the worker takes requests, and every device call is padded up to one of those sizes, so no request
+waits for a compilation. With `serve.micro_batching`, requests to one worker that arrive within
 `serve.batch_window_ms` of each other share one device call of up to `serve.max_batch` images (one asyncio
-queue, one worker task); without it each request makes its own call. Device calls run one at a time on
+queue, one batching task); without it each request makes its own call. Device calls run one at a time on
 their own thread, so the event loop keeps reading requests meanwhile.
+
+Overload is refused, not queued: a worker holding `serve.max_queue` requests answers the next one 503 with
+Retry-After at once (its body unread), and a request still waiting for its device call after
+`serve.max_wait_ms` gets the same answer, so every accepted request is answered within max_wait_ms plus
+one device call (`/metadata` gives the device call's time per batch size, measured at start-up).
 
 A bad request gets a 4xx and a one-line reason in `{"detail": ...}`, never a 500: a body over
 `serve.max_upload_bytes` gets 413 (checked against Content-Length before reading, and while reading), a
@@ -38,12 +45,14 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
+import os
 import pathlib
 import socket
 import threading
 import time
+from typing import Callable, NamedTuple
 
-import jax
 import numpy as np
 from PIL import Image
 
@@ -51,7 +60,7 @@ from fpclass.config import DecodeSettings, ExplainSettings, ServeSettings
 from fpclass.data.decode import DecodeError, decode_bytes
 from fpclass.errors import UserInputError
 from fpclass.inference import Trained, load_trained
-from fpclass.modes import explain
+from fpclass.modes import explain, serve_supervisor
 from fpclass.modes.predict import Decision, overlay_rgb
 
 try:
@@ -67,6 +76,10 @@ except ImportError as e:  # an optional extra: say how to get it rather than fai
 
 STATIC = pathlib.Path(__file__).resolve().parent / 'serve_static'
 UNIDENTIFIED = 'not an image Pillow can identify'
+MODEL_PATHS = ('/predict', '/explain')  # the requests that count against serve.max_queue
+# A refused client may try again after a second (the least Retry-After can say): by then a worker has
+# answered many requests, or its clients have gone.
+RETRY_AFTER_SECONDS = 1
 
 
 class ApiError(Exception):
@@ -77,23 +90,33 @@ class ApiError(Exception):
     self.status, self.detail = status, detail
 
 
+class Overloaded(Exception):
+  """A request this worker will not answer in time: 503 with Retry-After."""
+
+
 @dataclasses.dataclass
 class Predictor:
-  """The served model: one jitted predict function, compiled for each warm batch size at start-up."""
+  """The served model: the training program's predict function, compiled for each warm batch size at start-up."""
   trained: Trained
   decision: Decision
   warm_sizes: tuple
   explainer: object = None
+  device_call_ms: dict = dataclasses.field(default_factory=dict)  # per warm size: one call's time at start-up
 
   def __post_init__(self):
     self.warm_sizes = tuple(sorted(set(int(b) for b in self.warm_sizes)))
-    self._predict = jax.jit(self.trained.task.predict)
+    self._predict = self.trained.predict_fn
 
   def warm(self, image_shape) -> float:
-    """Compiles and runs every warm size (and Grad-CAM for one image); returns the seconds it took."""
+    """Compiles (or loads) and runs every warm size, then times one more call of each, and Grad-CAM for
+    one image; returns the seconds it took."""
     start = time.perf_counter()
     for size in self.warm_sizes:
-      self.logits(np.zeros((size, *image_shape), np.uint8))
+      zeros = np.zeros((size, *image_shape), np.uint8)
+      self.logits(zeros)
+      timed = time.perf_counter()
+      self.logits(zeros)
+      self.device_call_ms[size] = round(1e3 * (time.perf_counter() - timed), 2)
     if self.explainer is not None:
       self.explainer.maps(np.zeros((1, *image_shape), np.uint8), np.zeros(1, np.int32))
     return time.perf_counter() - start
@@ -102,21 +125,21 @@ class Predictor:
     """Logits of any number of images: chunks of the largest warm size, each padded up to a warm size."""
     out = []
     largest = self.warm_sizes[-1]
+    state = self.trained.state
     for start in range(0, len(images), largest):
       chunk = images[start:start + largest]
-      size = next(b for b in self.warm_sizes if b >= len(chunk))
-      padded = np.zeros((size, *chunk.shape[1:]), np.uint8)
-      padded[:len(chunk)] = chunk
-      state = self.trained.state
-      out.append(np.asarray(jax.device_get(self._predict(state.params, state.batch_stats, padded)))[:len(chunk)])
+      n = len(chunk)
+      size = next(b for b in self.warm_sizes if b >= n)
+      if size != n:
+        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.uint8)])
+      out.append(np.asarray(self._predict(state.params, state.batch_stats, chunk))[:n])
     return np.concatenate(out)
 
   def classify(self, images: np.ndarray) -> list[dict]:
     """One result per image: its class name and every class's probability."""
     probs, pred = self.decision(self.logits(images))
     names = self.trained.class_names
-    return [{'class': names[int(k)], 'probabilities': {c: float(p[i]) for i, c in enumerate(names)}}
-            for p, k in zip(probs, pred)]
+    return [{'class': names[int(k)], 'probabilities': dict(zip(names, p.tolist()))} for p, k in zip(probs, pred)]
 
   def overlay_png(self, image: np.ndarray) -> bytes:
     """The Grad-CAM overlay of one image for its predicted class, as PNG bytes."""
@@ -127,20 +150,33 @@ class Predictor:
     return buffer.getvalue()
 
 
+class Waiting(NamedTuple):
+  """A request in the batcher's queue: its images, the future its handler awaits, and when it arrived (at
+  the handler, before its body was read) and was queued (time.monotonic())."""
+  images: np.ndarray
+  future: asyncio.Future
+  arrived: float
+  queued: float
+
+
 class MicroBatcher:
   """Gathers concurrent requests into shared device calls.
 
   A batch closes when it holds `max_batch` images, when `window_s` has passed since its first request
-  arrived (requests that queued while the device was busy do not wait again), or as soon as no other
+  was queued (requests that queued while the device was busy do not wait again), or as soon as no other
   request is being read: a lone request is not held back for company that is not coming. A request is
-  never split across batches.
+  never split across batches; one that would overflow a batch starts the next. A request that has waited
+  `max_wait_s` since it arrived gets Overloaded instead of a place in a batch, and one whose client has
+  gone is dropped, so the device works only for answers someone will read.
   """
 
-  def __init__(self, run_batch, window_s: float, max_batch: int, executor):
+  def __init__(self, run_batch, window_s: float, max_batch: int, executor, max_wait_s: float = math.inf):
     self.run_batch, self.window_s, self.max_batch, self.executor = run_batch, window_s, max_batch, executor
+    self.max_wait_s = max_wait_s
     self.queue: asyncio.Queue = asyncio.Queue()
     self.reading = 0  # requests between arrival and `submit` (their bodies are being read and decoded)
     self.calls = 0    # device calls made, for /healthz and the load test
+    self.expired = 0  # requests answered Overloaded after max_wait_s
 
   @contextlib.contextmanager
   def arriving(self):
@@ -151,37 +187,53 @@ class MicroBatcher:
     finally:
       self.reading -= 1
 
-  async def submit(self, images: np.ndarray) -> list:
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-    self.queue.put_nowait((images, future, loop.time()))
+  async def submit(self, images: np.ndarray, arrived: float | None = None) -> list:
+    future = asyncio.get_running_loop().create_future()
+    now = time.monotonic()
+    self.queue.put_nowait(Waiting(images, future, now if arrived is None else arrived, now))
     return await future
 
+  def _still_wanted(self, item: Waiting) -> bool:
+    """False for a request whose client has gone, or that waited too long (it is answered Overloaded)."""
+    if item.future.done():
+      return False
+    if time.monotonic() - item.arrived > self.max_wait_s:
+      self.expired += 1
+      item.future.set_exception(Overloaded(f'waited over {self.max_wait_s * 1e3:.0f} ms for the device '
+                                           '(config.serve.max_wait_ms)'))
+      return False
+    return True
+
   async def run(self) -> None:
-    """The single worker task: forms a batch, runs it on the device thread, hands out the results."""
+    """The single batching task: forms a batch, runs it on the device thread, hands out the results."""
     loop = asyncio.get_running_loop()
     carried = None
     while True:
       first = carried or await self.queue.get()
-      carried, batch, count = None, [first], len(first[0])
-      deadline = first[2] + self.window_s
+      carried = None
+      if not self._still_wanted(first):
+        continue
+      batch, count = [first], len(first.images)
+      closes = first.queued + self.window_s
       while count < self.max_batch:
         try:
           item = self.queue.get_nowait()
         except asyncio.QueueEmpty:
-          remaining = deadline - loop.time()
+          remaining = closes - time.monotonic()
           if remaining <= 0 or not self.reading:
             break
           try:
             item = await asyncio.wait_for(self.queue.get(), remaining)
           except asyncio.TimeoutError:
             break
-        if count + len(item[0]) > self.max_batch:
+        if not self._still_wanted(item):
+          continue
+        if count + len(item.images) > self.max_batch:
           carried = item  # it starts the next batch
           break
         batch.append(item)
-        count += len(item[0])
-      images = np.concatenate([images for images, _, _ in batch])
+        count += len(item.images)
+      images = np.concatenate([item.images for item in batch])
       try:
         results = await loop.run_in_executor(self.executor, self.run_batch, images)
         error = None
@@ -189,13 +241,30 @@ class MicroBatcher:
         results, error = None, e
       self.calls += 1
       offset = 0
-      for images_i, future, _ in batch:
-        if not future.done():  # a request whose client went away has been cancelled
+      for item in batch:
+        if not item.future.done():  # a request whose client went away has been cancelled
           if error is None:
-            future.set_result(results[offset:offset + len(images_i)])
+            item.future.set_result(results[offset:offset + len(item.images)])
           else:
-            future.set_exception(error)
-        offset += len(images_i)
+            item.future.set_exception(error)
+        offset += len(item.images)
+
+
+@dataclasses.dataclass
+class WorkerStatus:
+  """This process's place among the server's workers: its number, and how many are up (the supervisor
+  tells each worker on its stdin; a server run in one process is worker 0 of 1)."""
+  index: int = 0
+  configured: int = 1
+  up: int = 1
+  pid: int = dataclasses.field(default_factory=os.getpid)
+
+  def update(self, message: dict) -> None:
+    self.up = int(message.get('workers_up', self.up))
+    self.configured = int(message.get('workers', self.configured))
+
+  def describe(self) -> dict:
+    return {'up': self.up, 'configured': self.configured}
 
 
 @dataclasses.dataclass
@@ -208,14 +277,18 @@ class Service:
   warm_seconds: float = 0.0
 
 
-def load_service(config, workdir, settings: ServeSettings | None = None) -> Service:
-  """Restores the checkpoint of `workdir` once and warms its predict (and Grad-CAM) function."""
-  workdir = pathlib.Path(workdir)
-  settings = settings or ServeSettings.from_config(config.serve)
+def check_batch_sizes(settings: ServeSettings) -> None:
   if settings.max_batch > max(settings.warm_batch_sizes):
     raise UserInputError(f'config.serve.max_batch={settings.max_batch} is over the largest of '
                          f'config.serve.warm_batch_sizes={settings.warm_batch_sizes}: a batch that size would '
                          'compile on a request; add it to warm_batch_sizes')
+
+
+def load_service(config, workdir, settings: ServeSettings | None = None) -> Service:
+  """Restores the checkpoint of `workdir` once and warms its predict (and Grad-CAM) function."""
+  workdir = pathlib.Path(workdir)
+  settings = settings or ServeSettings.from_config(config.serve)
+  check_batch_sizes(settings)
   trained = load_trained(config, workdir)
   decode_settings = DecodeSettings.from_config(config.data)
   image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
@@ -248,32 +321,62 @@ def describe(config, workdir, trained: Trained, decode_settings: DecodeSettings,
   }
 
 
-def create_app(service: Service) -> 'fastapi.FastAPI':
-  """The FastAPI app over a loaded `Service` (see `load_service`)."""
+def startup_summary(service: Service) -> dict:
+  """What a worker reports when ready, and the supervisor prints."""
+  trained = service.predictor.trained
+  return {'model': service.metadata['model'], 'checkpoint': trained.checkpoint, 'epoch': trained.epoch,
+          'warm_sizes': list(service.predictor.warm_sizes), 'warm_seconds': round(service.warm_seconds, 2),
+          'micro_batching': service.settings.micro_batching}
+
+
+def create_app(service: Service, workers: WorkerStatus | None = None,
+               on_started: Callable[[], None] | None = None) -> 'fastapi.FastAPI':
+  """The FastAPI app over a loaded `Service` (see `load_service`); `workers` says which worker of how many
+  this is (default: the only one), and `on_started` runs once the app has started."""
   settings = service.settings
   predictor = service.predictor
+  workers = workers or WorkerStatus()
   # One thread for device calls: the model is one resource, and requests queue for it in order.
   executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='fpclass-device')
+  max_wait_s = settings.max_wait_ms / 1000.0
+  retry_after = str(RETRY_AFTER_SECONDS)
   state = {}
 
   async def lifespan(app):
     if settings.micro_batching:
       state['batcher'] = MicroBatcher(predictor.classify, settings.batch_window_ms / 1000.0, settings.max_batch,
-                                      executor)
-      worker = asyncio.create_task(state['batcher'].run())
+                                      executor, max_wait_s)
+      batching = asyncio.create_task(state['batcher'].run())
+    if on_started is not None:
+      on_started()
     yield
     if settings.micro_batching:
-      worker.cancel()
+      batching.cancel()
     executor.shutdown(wait=False, cancel_futures=True)
+
+  def within_wait(function, arrived: float):
+    """`function` for the device thread, refusing when the request has already waited past max_wait_ms."""
+    def call(*args):
+      if time.monotonic() - arrived > max_wait_s:
+        raise Overloaded(f'waited over {settings.max_wait_ms:.0f} ms for the device (config.serve.max_wait_ms)')
+      return function(*args)
+    return call
 
   app = fastapi.FastAPI(title=f'fpclass: {service.metadata["name"]}', lifespan=lifespan, docs_url=None,
                         redoc_url=None)
   app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+  admission = Admission.Counter(settings.max_queue)
+  app.add_middleware(Admission, counter=admission, retry_after=retry_after)  # the outermost: refuses first
   app.mount('/static', StaticFiles(directory=STATIC), name='static')
 
   @app.exception_handler(ApiError)
   async def api_error(request, error: ApiError):
     return responses.JSONResponse({'detail': error.detail}, status_code=error.status)
+
+  @app.exception_handler(Overloaded)
+  async def overloaded(request, error: Overloaded):
+    return responses.JSONResponse({'detail': f'the server is busy: {error}; retry after {retry_after} s'},
+                                  status_code=503, headers={'retry-after': retry_after})
 
   @app.exception_handler(StarletteHTTPException)
   async def http_error(request, error: StarletteHTTPException):
@@ -287,27 +390,38 @@ def create_app(service: Service) -> 'fastapi.FastAPI':
   async def page():
     return responses.FileResponse(STATIC / 'index.html', media_type='text/html')
 
+  def worker_fields() -> dict:
+    return {'workers': workers.describe(), 'worker': {'index': workers.index, 'pid': workers.pid}}
+
   @app.get('/healthz')
   async def healthz():
     batcher = state.get('batcher')
     return {'status': 'ok', 'model': service.metadata['model'], 'epoch': predictor.trained.epoch,
-            'micro_batching': settings.micro_batching, 'device_calls': batcher.calls if batcher else None}
+            'micro_batching': settings.micro_batching, 'device_calls': batcher.calls if batcher else None,
+            **worker_fields(),
+            'queue': {'depth': admission.depth, 'max_queue': settings.max_queue, 'peak': admission.peak,
+                      'refused': admission.refused, 'expired': batcher.expired if batcher else None}}
 
   @app.get('/metadata')
   async def metadata():
     return {**service.metadata, 'max_upload_bytes': settings.max_upload_bytes,
             'max_images_per_request': settings.max_images_per_request,
-            'micro_batching': settings.micro_batching}
+            'micro_batching': settings.micro_batching, **worker_fields(),
+            'queue': {'max_queue': settings.max_queue, 'max_wait_ms': settings.max_wait_ms,
+                      'retry_after_s': int(retry_after), 'max_batch': settings.max_batch,
+                      'device_call_ms': {str(k): v for k, v in predictor.device_call_ms.items()}}}
 
   @app.post('/predict')
   async def predict(request: fastapi.Request):
+    arrived = time.monotonic()
     if 'batcher' in state:
       with state['batcher'].arriving():
         names, images = await read_images(request, service)
-      results = await state['batcher'].submit(images)
+      results = await state['batcher'].submit(images, arrived)
     else:
       names, images = await read_images(request, service)
-      results = await asyncio.get_running_loop().run_in_executor(executor, predictor.classify, images)
+      results = await asyncio.get_running_loop().run_in_executor(executor, within_wait(predictor.classify, arrived),
+                                                                 images)
     body = {'model': service.metadata['model'], 'checkpoint': predictor.trained.checkpoint,
             'epoch': predictor.trained.epoch, 'calibrated': predictor.decision.temperature != 1.0
             or predictor.decision.threshold is not None,
@@ -318,8 +432,10 @@ def create_app(service: Service) -> 'fastapi.FastAPI':
 
   @app.post('/explain')
   async def explain_image(request: fastapi.Request):
+    arrived = time.monotonic()
     _, images = await read_images(request, service, limit=1)
-    png = await asyncio.get_running_loop().run_in_executor(executor, predictor.overlay_png, images[0])
+    png = await asyncio.get_running_loop().run_in_executor(executor, within_wait(predictor.overlay_png, arrived),
+                                                           images[0])
     return responses.Response(png, media_type='image/png')
 
   return app
@@ -400,6 +516,48 @@ def _one_line_error(error: BaseException) -> str:
   return one_line(f'{type(error).__name__}: {error}')
 
 
+async def send_json(send, status: int, payload: dict, headers: tuple = ()) -> None:
+  """A whole JSON response from ASGI middleware (no app involved), closing the connection's body handling."""
+  body = json.dumps(payload).encode()
+  await send({'type': 'http.response.start', 'status': status,
+              'headers': [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode()),
+                          *headers]})
+  await send({'type': 'http.response.body', 'body': body})
+
+
+class Admission:
+  """ASGI middleware: at most `counter.limit` model requests (/predict, /explain) in this worker at once,
+  from arrival to answer; past it, 503 with Retry-After at once, before anything of the body is read (the
+  cheapest answer there is, so an overloaded worker spends its time on the requests it accepted)."""
+
+  @dataclasses.dataclass
+  class Counter:
+    limit: int
+    depth: int = 0
+    peak: int = 0
+    refused: int = 0
+
+  def __init__(self, app, counter: 'Admission.Counter', retry_after: str):
+    self.app, self.counter = app, counter
+    self.headers = ((b'retry-after', retry_after.encode()),)
+    self.detail = {'detail': f'the server is busy: this worker holds config.serve.max_queue={counter.limit} '
+                             f'requests; retry after {retry_after} s'}
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http' or scope['path'] not in MODEL_PATHS:
+      return await self.app(scope, receive, send)
+    counter = self.counter
+    if counter.depth >= counter.limit:
+      counter.refused += 1
+      return await send_json(send, 503, self.detail, self.headers)
+    counter.depth += 1
+    counter.peak = max(counter.peak, counter.depth)
+    try:
+      await self.app(scope, receive, send)
+    finally:
+      counter.depth -= 1
+
+
 class UploadLimit:
   """ASGI middleware: a body over `max_bytes` gets 413, from its Content-Length before anything is read,
   or as soon as the bytes read pass the limit (a chunked upload has no Content-Length)."""
@@ -438,12 +596,8 @@ class UploadLimit:
 
   async def too_large(self, send, length):
     size = f'of {length} bytes ' if length is not None else ''
-    body = json.dumps({'detail': f'upload {size}is over the limit of {self.max_bytes} bytes '
-                                 '(config.serve.max_upload_bytes)'}).encode()
-    await send({'type': 'http.response.start', 'status': 413,
-                'headers': [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode()),
-                            (b'connection', b'close')]})
-    await send({'type': 'http.response.body', 'body': body})
+    await send_json(send, 413, {'detail': f'upload {size}is over the limit of {self.max_bytes} bytes '
+                                          '(config.serve.max_upload_bytes)'}, ((b'connection', b'close'),))
 
 
 class BodyTooLarge(Exception):
@@ -461,7 +615,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.close()
     raise UserInputError(f'config.serve.host={host!r}, config.serve.port={port}: cannot bind ({e.strerror}); '
                          'choose another port, or 0 for any free one') from None
-  sock.listen(2048)  # connections made before uvicorn starts wait in the backlog instead of being refused
+  sock.listen(2048)  # connections made before a worker is ready wait in the backlog instead of being refused
   return sock
 
 
@@ -476,16 +630,27 @@ def uvicorn_server(app, log_level: str = 'warning') -> 'uvicorn.Server':
 
 
 def serve(config, workdir) -> None:
-  """Loads and warms the model, binds the port, prints the URL, and serves until interrupted."""
+  """Binds the port, starts `serve.workers` worker processes that each load and warm the model, prints the
+  URL once all are ready, and serves until SIGINT or SIGTERM (fpclass.modes.serve_supervisor)."""
   settings = ServeSettings.from_config(config.serve)
+  check_batch_sizes(settings)
+  count = serve_supervisor.default_worker_count(settings.workers)
   sock = bind(settings.host, settings.port)  # before the slow restore: a taken port fails at once
-  service = load_service(config, workdir, settings)
-  server = uvicorn_server(create_app(service), log_level='info')
-  print(f'serving {service.metadata["model"]} ({service.predictor.trained.checkpoint} checkpoint, epoch '
-        f'{service.predictor.trained.epoch}; compiled batch sizes {service.predictor.warm_sizes} in '
-        f'{service.warm_seconds:.1f}s; micro-batching {"on" if settings.micro_batching else "off"}) at '
-        f'{url_of(sock)}', flush=True)
-  server.run(sockets=[sock])  # on Ctrl-C, uvicorn shuts down gracefully, then raises KeyboardInterrupt again
+  url = url_of(sock)
+
+  def job(index: int) -> serve_supervisor.WorkerJob:
+    return serve_supervisor.WorkerJob(config, str(workdir), sock.fileno(), index, count)
+
+  def ready(info: dict) -> None:
+    print(f'serving {info["model"]} ({info["checkpoint"]} checkpoint, epoch {info["epoch"]}; {count} worker'
+          f'{"s" if count > 1 else ""}, each compiled batch sizes {tuple(info["warm_sizes"])} in '
+          f'{info["warm_seconds"]:.1f}s; micro-batching {"on" if settings.micro_batching else "off"}; 503 past '
+          f'{settings.max_queue} requests a worker or {settings.max_wait_ms:g} ms waiting) at {url}', flush=True)
+
+  try:
+    serve_supervisor.Supervisor(job, count, sock).run(on_ready=ready)
+  finally:
+    sock.close()
 
 
 class BackgroundServer:

@@ -1,0 +1,54 @@
+"""One server worker process: `python -m fpclass.modes.serve_worker`, started by the supervisor
+(fpclass.modes.serve_supervisor), never by hand.
+
+It reads its job from stdin, applies the process-wide settings of a process that does not train (as the
+mode runner does: on a GPU it allocates as it goes, so the workers share the device), restores and warms
+its own model, says it is ready, and serves the inherited listening socket under uvicorn until its stdin
+closes (the supervisor stops it, or is gone). Meanwhile each line on stdin tells it how many workers are up.
+"""
+import json
+import socket
+import sys
+import threading
+
+from absl import logging
+
+from fpclass import runtime
+from fpclass.errors import UserInputError
+from fpclass.modes import serve
+from fpclass.modes.serve_supervisor import read_job, send_message
+
+
+def main() -> int:
+  job = read_job(sys.stdin.buffer)
+  logging.set_verbosity(logging.WARNING)  # as launch.py: warnings and errors reach the supervisor's stderr
+  settings = runtime.configure(trains=False)
+  runtime.enable_compilation_cache(job.config.data.cache_dir or None, settings)
+  try:
+    service = serve.load_service(job.config, job.workdir)
+  except UserInputError as e:
+    send_message({'error': str(e), 'user': True})
+    return 2
+  status = serve.WorkerStatus(index=job.index, configured=job.workers, up=0)
+  sock = socket.socket(fileno=job.fd)
+
+  def started():
+    send_message({'ready': {**serve.startup_summary(service), 'pid': status.pid}})
+
+  server = serve.uvicorn_server(serve.create_app(service, status, on_started=started))
+
+  def listen():
+    for line in sys.stdin.buffer:  # the number of workers up, whenever it changes
+      try:
+        status.update(json.loads(line))
+      except (ValueError, TypeError):
+        continue
+    server.should_exit = True  # stdin closed: finish the requests held, then exit
+
+  threading.Thread(target=listen, name='fpclass-supervisor', daemon=True).start()
+  server.run(sockets=[sock])
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
