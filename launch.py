@@ -7,6 +7,8 @@
 Any config value can be overridden, e.g. --config.train.epochs=10; the config is locked, so a
 misspelt key is an error. See README.md for the modes and what a run writes.
 """
+import atexit
+import os
 import pathlib
 import re
 import signal
@@ -111,5 +113,22 @@ def main(argv):
     sys.exit(128 + signal.SIGINT)
 
 
+def exit_now(code) -> None:
+  """Ends the process with `code` (a SystemExit's) after the atexit handlers and a flush of stdout and
+  stderr, without the interpreter's finalization: tearing down every module and the XLA client took 1 to 5 s
+  after the job had ended (docs/performance.md). Nothing is left to write by then: every file is written
+  atomically and the checkpoint saves have been waited for."""
+  if code is not None and not isinstance(code, int):
+    print(code, file=sys.stderr)
+    code = 1
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code or 0)
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except SystemExit as done:
+    exit_now(done.code)

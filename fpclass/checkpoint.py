@@ -148,6 +148,11 @@ class CheckpointStore:
       manager.save(epoch, args=ocp.args.Composite(**items), force=True)
     self._pending[kind] = (epoch, then)
 
+  def poll(self) -> None:
+    """Completes the saves that have finished in the background (their `then` runs now), waiting for none."""
+    for kind in [k for k in self._pending if not self._managers[k].is_saving_in_progress()]:
+      self._wait(kind)
+
   def _wait(self, kind: str) -> None:
     """Waits for the `kind` save in flight, if any; a failed one raises (a full disk as UserInputError)."""
     if kind not in self._pending:

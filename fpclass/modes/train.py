@@ -260,8 +260,12 @@ def _fit(compiled, state, dataset, config, workdir, store, loop, base_key, batch
       # One process alone may stop mid-epoch; several must agree, which they do at the epoch's end (below).
       should_stop = stop.requested if stop is not None and sharding.process_count() == 1 else None
       bar = tqdm(total=order.shape[0], desc=f'epoch {epoch + 1}/{total}', unit='step', leave=False, disable=None)
-      state, step_metrics = train_feed.run_epoch(state, order, key, _progress(bar, order.shape[0], log_every),
-                                                 first, should_stop)
+      show = _progress(bar, order.shape[0], log_every)
+
+      def on_step(done, step_metrics, show=show):
+        store.poll()  # the previous epoch's metrics.csv as soon as its checkpoint is complete
+        show(done, step_metrics)
+      state, step_metrics = train_feed.run_epoch(state, order, key, on_step, first, should_stop)
       bar.close()
       step_metrics = [{k: np.float32(v) for k, v in m.items()} for m in done_before] + jax.device_get(step_metrics)
       if len(step_metrics) < order.shape[0]:
