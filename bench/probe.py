@@ -5,15 +5,18 @@ script writes, through launch.py, three launches on one fresh cache:
 2. warm: the same command again: the features come from the cache, so the launch is everything but the passes;
 3. warm, `probe.solver=sklearn`: the same fits by scikit-learn's LogisticRegressionCV, for the solver choice.
 
-The backbones run with their random init weights (plain names in `probe.backbones`, and configs/climbing.py:probe
-sets no `model.pretrained`): no weights can be downloaded here,
-and a forward pass costs the same whatever the weights hold. The accuracies are therefore not claims about
-any backbone; the times are. The images: three procedural texture classes (oriented stripes, checks, blobs) in
+No weights can be downloaded here, and a forward pass costs the same whatever the weights hold, so the backbones
+carry random weights, either way (`--weights`):
+- `files` (the default): files that the source frameworks write from their own random init (torchvision
+  state_dicts, Keras' `save_weights`, a DINOv2-format state_dict from tests/dinov2_twin.py), loaded as a user's
+  downloaded weights are (`name=<file>` entries);
+- `random`: fpclass's own seeded init (plain names), which compiles and runs each backbone's initialisers too.
+The accuracies are therefore not claims about any backbone; the times are. The images: three procedural texture classes (oriented stripes, checks, blobs) in
 random colours, noise and contrast, a fifth of each class drawn with another class's texture mixed in.
 
     python bench/probe.py                                     # writes /tmp/fpclass-probe-bench/{data,cache,run*}
     python bench/probe.py --json docs/bench-2026-11-23/probe.json
-    python bench/probe.py --backbones resnet18,efficientnet_b0 --images 60     # a quick look
+    python bench/probe.py --backbones resnet18,efficientnet_b0 --images 60 --size 64     # a quick look
 """
 import argparse
 import datetime
@@ -31,6 +34,7 @@ import pandas as pd
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 BACKBONES = 'keras_resnet50,convnext_tiny,efficientnet_v2_s,vit_b16,dinov2_vits14'
 CLASSES = ('stripes', 'checks', 'blobs')
 
@@ -73,6 +77,34 @@ def write_images(root: pathlib.Path, count: int, size: int, seed: int = 0) -> No
   marker.touch()
 
 
+TORCHVISION = {'convnext_tiny': 'convnext_tiny', 'efficientnet_v2_s': 'efficientnet_v2_s', 'vit_b16': 'vit_b_16',
+               'resnet18': 'resnet18', 'resnet50': 'resnet50', 'efficientnet_b0': 'efficientnet_b0',
+               'vgg16': 'vgg16', 'alexnet': 'alexnet'}
+DINOV2 = {'dinov2_vits14': dict(dim=384, num_heads=6), 'dinov2_vitb14': dict(dim=768, num_heads=12)}
+
+
+def write_weights(folder: pathlib.Path, backbones: list) -> list:
+  """`name=<file>` entries, each file written by the backbone's source framework from its own random init."""
+  import torch
+  import torchvision
+
+  from tests import dinov2_twin, transfer_weights
+  folder.mkdir(parents=True, exist_ok=True)
+  keras = [b for b in backbones if b in transfer_weights.APPLICATIONS]
+  paths = transfer_weights.write_keras_weights(folder, keras) if keras else {}
+  torch.manual_seed(0)
+  for name in backbones:
+    if name in TORCHVISION:
+      paths[name] = folder / f'{name}.pth'
+      torch.save(getattr(torchvision.models, TORCHVISION[name])(weights=None).state_dict(), paths[name])
+    elif name in DINOV2:
+      paths[name] = folder / f'{name}.pth'
+      torch.save(dinov2_twin.DinoV2Twin(**DINOV2[name]).state_dict(), paths[name])
+    elif name not in paths:
+      raise SystemExit(f'--weights files: no framework writes {name} here; use --weights random')
+  return [f'{name}={paths[name]}' for name in backbones]
+
+
 def launch(workdir: pathlib.Path, env: dict, args: list) -> float:
   """Runs launch.py --mode probe; returns its wall seconds (the whole process: start-up, decode and all)."""
   start = time.perf_counter()
@@ -93,6 +125,7 @@ def main():
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--folds', type=int, default=5)
   p.add_argument('--flip-tta', action='store_true')
+  p.add_argument('--weights', choices=('files', 'random'), default='files')
   p.add_argument('--json', type=pathlib.Path)
   a = p.parse_args()
 
@@ -102,9 +135,10 @@ def main():
   env = dict(os.environ, FPCLASS_CACHE=str(cache))
   env.pop('FPCLASS_JAX_CACHE', None)           # the persistent compilation cache under the fresh cache root
   backbones = [b for b in a.backbones.split(',') if b]
+  entries = write_weights(a.root / 'weights', backbones) if a.weights == 'files' else backbones
   common = [f'--config.data.root={data}', f'--config.data.image_size=({a.size}, {a.size})',
             f'--config.data.num_folds={a.folds}',
-            f'--config.probe.backbones={tuple(backbones)!r}', f'--config.probe.flip_tta={a.flip_tta}']
+            f'--config.probe.backbones={tuple(entries)!r}', f'--config.probe.flip_tta={a.flip_tta}']
   runs = {}
   for name, extra in (('cold', []), ('warm', []), ('warm_sklearn', ['--config.probe.solver=sklearn'])):
     workdir = a.root / f'run-{name}'
@@ -129,7 +163,7 @@ def main():
   table = pd.DataFrame(rows)
   summary = dict(
       date=datetime.date.today().isoformat(), machine=platform.processor() or platform.machine(),
-      cpus=os.cpu_count(), images=a.images, size=a.size, folds=a.folds, flip_tta=a.flip_tta,
+      cpus=os.cpu_count(), images=a.images, size=a.size, folds=a.folds, flip_tta=a.flip_tta, weights=a.weights,
       wall_cold=round(runs['cold']['wall'], 1), wall_warm=round(runs['warm']['wall'], 1),
       wall_warm_sklearn=round(runs['warm_sklearn']['wall'], 1), feature_passes=round(passes, 1),
       beyond_passes=round(rest, 1), beyond_passes_share=round(rest / passes, 3),

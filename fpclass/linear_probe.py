@@ -3,11 +3,12 @@ inner cross-validation, fitted for every outer fold at once.
 
 Per outer fold (a seed's k-fold split of the labelled set):
 1. The features are standardised with the training rows' mean and std, as a StandardScaler would.
-2. Rotated onto the training rows' principal axes (thin SVD, `reduce`): with n training rows and d > n
-   features, every L2-regularised solution lies in the span of the training rows (the gradient of the loss is
-   a combination of them, the penalty's gradient the weights themselves), so the problem in those n
-   coordinates is the same problem, exactly, with the same predictions, at n/d of the cost. The inner folds'
-   training rows are a subset of the outer ones, so the same coordinates serve them.
+2. Rotated onto the training rows' principal axes (`reduce`): with n training rows and d > n features, every
+   L2-regularised solution lies in the span of the training rows (the gradient of the loss is a combination
+   of them, the penalty's gradient the weights themselves), so the problem in those n coordinates is the same
+   problem, exactly, with the same predictions, at n/d of the cost. The inner folds' training rows are a subset
+   of the outer ones, so the same coordinates serve them. (With d <= n the rotation changes nothing but the
+   basis, which the penalty does not see.)
 3. For each inverse strength C of `c_values` (scikit-learn's convention: minimise C·Σ loss + ½‖w‖², intercept
    unpenalised), a model is fitted on each inner fold's training rows and scored by log loss on its held-out
    rows; the C with the best mean inner score (the smallest C among ties) is refitted on all the training
@@ -19,7 +20,9 @@ Two solvers compute step 3 (`config.probe.solver`):
 - 'jax': every (outer fold, inner fold or refit) problem of one C at once, as one jitted L-BFGS whose matrix
   products are one batched GEMM per outer fold, walking the C grid upwards with each solution warm-starting
   the next (`fit_path`). The variables are preconditioned by the principal axes' variances, which makes the
-  Hessian close to the identity, so L-BFGS needs few iterations.
+  Hessian close to the identity, so L-BFGS needs few iterations. A problem stops when the largest component of
+  its gradient in those variables (of the objective divided by C·n) is below `tol`, or when an iteration no
+  longer lowers it (float32's floor).
 - 'sklearn': scikit-learn's LogisticRegressionCV (lbfgs), one outer fold after another.
 docs/performance.md has the measurement that chose the default.
 """
@@ -81,23 +84,27 @@ def check_inner_folds(labels: np.ndarray, folds: list[OuterFold], count: int, nu
 
 def reduce(train: np.ndarray, val: np.ndarray):
   """(train, val, variances): standardised by the training rows, in the coordinates of their principal axes
-  (at most n_train of them), and each axis's variance over the training rows.
+  (min(n_train, d) of them at most: the rows' rank), and each axis's variance over the training rows.
 
-  The axes come from the eigenvectors of the n x n Gram matrix rather than an SVD of the n x d rows: the same
-  coordinates (U·S, and val·Vᵀ = val·trainᵀ·U / S) at a tenth of the cost for d = 2048. BLAS runs on one
-  thread here: these matrices are small, and OpenBLAS's two threads ran the SVD 10x slower than one on this
-  project's busy 2-core machine."""
+  The axes come from the smaller of the two Gram matrices, the n x n one (rows) or the d x d one (features),
+  rather than an SVD of the n x d rows: the same coordinates (U·S = train·V, and val·V) at a tenth of the cost
+  for n = 240, d = 2048. BLAS runs on one thread here: these matrices are small, and OpenBLAS's two threads ran
+  them several times slower than one on this project's busy 2-core machine."""
   train = np.asarray(train, np.float64)
   mean, std = train.mean(0), train.std(0)
   std = np.where(std > 0, std, 1.0)   # a constant feature stays 0 after centring
   train = (train - mean) / std
   val = (np.asarray(val, np.float64) - mean) / std
+  rows, features = train.shape
   with threadpoolctl.threadpool_limits(1, user_api='blas'):
-    eigenvalues, eigenvectors = np.linalg.eigh(train @ train.T)
-    keep = eigenvalues > 1e-10 * max(float(eigenvalues[-1]), 1e-300)   # the rows' rank; ascending order
-    singular = np.sqrt(eigenvalues[keep])[::-1]
-    axes = eigenvectors[:, keep][:, ::-1]
-    return axes * singular, (val @ train.T) @ axes / singular, singular ** 2 / len(train)
+    by_rows = features > rows
+    eigenvalues, eigenvectors = np.linalg.eigh(train @ train.T if by_rows else train.T @ train)
+    keep = eigenvalues > 1e-10 * max(float(eigenvalues[-1]), 1e-300)     # ascending order
+    eigenvalues, eigenvectors = eigenvalues[keep][::-1], eigenvectors[:, keep][:, ::-1]
+    if by_rows:
+      singular = np.sqrt(eigenvalues)
+      return eigenvectors * singular, (val @ train.T) @ eigenvectors / singular, eigenvalues / rows
+    return train @ eigenvectors, val @ eigenvectors, eigenvalues / rows
 
 
 # -------------------------------------------------------------------------------------------------- jax solver
@@ -228,7 +235,7 @@ def _log_softmax(logits):
 
 
 def fit_folds(features: np.ndarray, labels: np.ndarray, folds: list[OuterFold], *, num_classes: int, c_values,
-              inner: int, solver: str = 'jax', max_iter: int = 500, tol: float = 1e-5) -> list[FoldFit]:
+              inner: int, solver: str = 'jax', max_iter: int = 500, tol: float = 1e-4) -> list[FoldFit]:
   """Fits every outer fold (see the module docstring); `labels` are class indices in [0, num_classes)."""
   c_values = np.sort(np.asarray(c_values, np.float64))
   prepared = []
@@ -241,12 +248,14 @@ def fit_folds(features: np.ndarray, labels: np.ndarray, folds: list[OuterFold], 
     return [_fit_sklearn(*p, num_classes=num_classes, c_values=c_values, max_iter=max_iter) for p in prepared]
   if solver != 'jax':
     raise UserInputError(f'config.probe.solver={solver!r}: choose one of {SOLVERS}')
-  return _fit_jax(prepared, num_classes, c_values, inner, max_iter, tol)
+  return _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol)
 
 
-def _fit_jax(prepared, num_classes, c_values, inner, max_iter, tol) -> list[FoldFit]:
+def _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol) -> list[FoldFit]:
   rows = max(len(p[1]) for p in prepared)
-  rank = max(p[2].shape[1] for p in prepared)
+  # Every backbone with as many features as training rows gets the same shapes, so one compiled program serves
+  # them all (a rank-deficient fold's extra coordinates are zero, and stay so: only the penalty acts on them).
+  rank = min(rows, features.shape[1])
   g, problems = len(prepared), inner + 1
   z = np.zeros((g, rows, rank))
   onehot = np.zeros((g, rows, num_classes))
