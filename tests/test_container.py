@@ -156,3 +156,4 @@ def test_the_script_builds_the_image_from_debian_and_serves_the_model(trained_qu
   oci = json.loads((out / 'proof' / 'oci-config.json').read_text())['config']
   assert oci['Entrypoint'] == entrypoint() and oci['User'] == 'fpclass' and oci['StopSignal'] == 'SIGINT'
   assert (out / 'fpclass-serve.oci.tar').stat().st_size > 100 * 2**20
+  shutil.rmtree(out)  # about 2.6 GB (image store, base, archive); kept when the test fails, to read its logs
