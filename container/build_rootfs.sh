@@ -61,12 +61,15 @@ fail() { echo "build_rootfs.sh: $*" >&2; exit 2; }
 if [ -z "$workdir" ] || [ ! -f "$workdir/metadata.json" ]; then
   fail "--workdir must be a trained run (no metadata.json in '$workdir')"
 fi
-if [ -z "$image" ] || [ ! -f "$image" ]; then fail "--image must be an image file to send to /predict (got '$image')"; fi
+if [ -z "$image" ] || [ ! -f "$image" ]; then
+  fail "--image must be an image file to send to /predict (got '$image')"
+fi
 [ -z "$ca_bundle" ] || [ -f "$ca_bundle" ] || fail "--ca-bundle $ca_bundle: no such file"
 [ -z "$ref" ] || git -C "$repo" rev-parse --verify -q "$ref^{commit}" > /dev/null || fail "--ref $ref: no such commit"
 out=$(realpath -m "$out")
 case "$out/" in
-  /var/lib/*|/run/*|/var/tmp/*) fail "--out $out: choose a folder outside /var/lib, /run and /var/tmp (overlaid here)" ;;
+  /var/lib/*|/run/*|/var/tmp/*)
+    fail "--out $out: choose a folder outside /var/lib, /run and /var/tmp (overlaid here)" ;;
 esac
 [ "$(id -u)" = 0 ] || fail 'needs root (debootstrap, mount, chroot, rootful podman)'
 missing=()
@@ -151,8 +154,9 @@ step() {
   if [ $status = 0 ]; then
     record "$name" ok "$(since "$start")" "$(cat "$logs/$name.note" 2> /dev/null || true)"
   else
-    record "$name" failed "$(since "$start")" \
-      "$(grep -E -i 'error|denied|not permitted|failed|assert' "$logs/$name.log" | tail -1 || tail -1 "$logs/$name.log")"
+    local reason log="$logs/$name.log"
+    reason=$(grep -E -i 'error|denied|not permitted|failed|assert' "$log" | tail -1 || tail -1 "$log")
+    record "$name" failed "$(since "$start")" "$reason"
   fi
 }
 
@@ -173,7 +177,11 @@ make_context() {
   fi
   mkdir "$context/model"
   tar -C "$workdir" --exclude=./.fpclass.lock -cf - . | tar -C "$context/model" -xf -
-  note context "code from ${ref:-the working tree}$([ -z "$ref" ] || echo " ($(git -C "$repo" rev-parse --short "$ref"))"), $(du -sm --exclude=model "$context" | cut -f1) MiB; workdir $(du -sm "$context/model" | cut -f1) MiB"
+  local source=${ref:-the working tree}
+  [ -z "$ref" ] || source="$ref ($(git -C "$repo" rev-parse --short "$ref"))"
+  local code_mib model_mib
+  code_mib=$(du -sm --exclude=model "$context" | cut -f1) model_mib=$(du -sm "$context/model" | cut -f1)
+  note context "code from $source, $code_mib MiB; workdir $model_mib MiB"
 }
 
 build() {  # build ISOLATION
@@ -181,7 +189,9 @@ build() {  # build ISOLATION
   [ -z "$ca_bundle" ] || ca_args=(-v "$ca_bundle:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt)
   "${podman[@]}" --runtime runc build --isolation "$1" --network host "${limits[@]}" "${ca_args[@]}" \
     --build-arg "BASE=$base_tag" --build-arg MODEL=model -t "$tag" -f "$out/context/Containerfile" "$out/context"
-  note "podman_build$([ "$1" = oci ] || echo "_$1")" "image $("${podman[@]}" image inspect "$tag" --format '{{.Size}}') bytes"
+  local size
+  size=$("${podman[@]}" image inspect "$tag" --format '{{.Size}}')
+  note "podman_build$([ "$1" = oci ] || echo "_$1")" "image $size bytes"
 }
 
 # check_server NAME URL: /healthz answers ok, and /predict classifies --image into one of /metadata's classes.
@@ -233,7 +243,8 @@ container_serve() {
   # Host network: no CNI or netavark rules on the host. Port 0 (appended, so it wins) avoids a taken port;
   # the image's own 0.0.0.0 binding with allow_remote stays as it is.
   id=$("${podman[@]}" --runtime runc run -d --network host "${limits[@]}" "$tag" --config.serve.port=0)
-  trap 'set +eu; "${podman[@]}" logs "$id" > "$proof/container-server.log" 2>&1; "${podman[@]}" rm -f "$id" > /dev/null' EXIT
+  trap 'set +eu; "${podman[@]}" logs "$id" > "$proof/container-server.log" 2>&1
+        "${podman[@]}" rm -f "$id" > /dev/null' EXIT
   url=$(wait_for_url container_running "${podman[@]}" logs "$id")
   check_server container "$url"
   start=$(now)
