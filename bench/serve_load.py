@@ -54,6 +54,8 @@ def main():
                  help='config.serve.workers of the servers compared')
   p.add_argument('--batching', default='on,off', help='config.serve.micro_batching of the servers compared')
   p.add_argument('--rounds', type=int, default=2, help='turns each server takes per level (requests split evenly)')
+  p.add_argument('--overload-requests-per-client', type=int, default=60,
+                 help='at least this many requests per client at a level (for the levels past the queue)')
   p.add_argument('--warmup', type=int, default=200, help='unmeasured requests before each level')
   p.add_argument('--time-limit', type=float, default=120.0, help='seconds per server and level at most')
   p.add_argument('--serve-config', action='append', default=[],
@@ -85,7 +87,9 @@ def main():
           for name, server in servers.items():
             if r == 0 and args.warmup:
               run_hey(hey, server.url, body_file, level, max(args.warmup, level), args.time_limit)
-            count = max(level, args.requests // args.rounds + (r < args.requests % args.rounds))
+            # Past the queue most answers are quick 503s: more requests, so the turn lasts long enough.
+            requests = max(args.requests, args.overload_requests_per_client * level)
+            count = max(level, requests // args.rounds + (r < requests % args.rounds))
             calls_before = server.device_calls()
             load_average = os.getloadavg()[0]
             before = server.cpu_seconds()

@@ -263,7 +263,7 @@ class ServeSettings(Settings):
   workers: int = 0
   # Requests one worker holds at once (being read, waiting for or in a device call); past it a request gets
   # 503 with Retry-After at once, without its body being read.
-  max_queue: int = 32
+  max_queue: int = 16
   # An accepted request still waiting for its device call after this long gets 503 with Retry-After: every
   # answer comes within max_wait_ms + one device call of max_batch images (/metadata: device_call_ms).
   max_wait_ms: float = 1000.0

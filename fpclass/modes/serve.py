@@ -330,9 +330,10 @@ def startup_summary(service: Service) -> dict:
 
 
 def create_app(service: Service, workers: WorkerStatus | None = None,
-               on_started: Callable[[], None] | None = None) -> 'fastapi.FastAPI':
-  """The FastAPI app over a loaded `Service` (see `load_service`); `workers` says which worker of how many
-  this is (default: the only one), and `on_started` runs once the app has started."""
+               on_started: Callable[[], None] | None = None) -> 'Admission':
+  """The ASGI app over a loaded `Service` (see `load_service`): the FastAPI app (`.app`) behind the
+  admission limit. `workers` says which worker of how many this is (default: the only one), and
+  `on_started` runs once the app has started."""
   settings = service.settings
   predictor = service.predictor
   workers = workers or WorkerStatus()
@@ -366,7 +367,6 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
                         redoc_url=None)
   app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
   admission = Admission.Counter(settings.max_queue)
-  app.add_middleware(Admission, counter=admission, retry_after=retry_after)  # the outermost: refuses first
   app.mount('/static', StaticFiles(directory=STATIC), name='static')
 
   @app.exception_handler(ApiError)
@@ -438,7 +438,9 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
                                                            images[0])
     return responses.Response(png, media_type='image/png')
 
-  return app
+  # Outside FastAPI's own middleware: a refusal costs the HTTP parse and a few lines, nothing more, so
+  # that clients retrying at once (a load generator) take as little as possible from accepted requests.
+  return Admission(app, admission, retry_after)
 
 
 async def read_images(request, service: Service, limit: int | None = None) -> tuple[list, np.ndarray]:
@@ -625,8 +627,9 @@ def url_of(sock: socket.socket) -> str:
 
 
 def uvicorn_server(app, log_level: str = 'warning') -> 'uvicorn.Server':
+  # No X-Forwarded-* handling: the server answers its own clients (behind a proxy, the proxy logs them).
   return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan='on',
-                                       timeout_keep_alive=30))
+                                       timeout_keep_alive=30, proxy_headers=False))
 
 
 def serve(config, workdir) -> None:
