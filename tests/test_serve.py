@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpclass.config import ConfigError, ServeSettings
-from fpclass.data.decode import decode_image
+from fpclass.config import ConfigError, DecodeSettings, ServeSettings
+from fpclass.data.decode import decode_bytes, decode_image
 from fpclass.errors import UserInputError
 from fpclass.modes import serve, serve_supervisor
 from tests.conftest import QUICK, REPO, load_config
@@ -266,6 +266,35 @@ def test_a_remote_host_needs_allow_remote():
   assert ServeSettings(host='0.0.0.0', allow_remote=True).host == '0.0.0.0'
 
 
+
+
+def test_a_large_jpeg_upload_decodes_at_reduced_scale_exactly_as_training_decodes_it(tmp_path):
+  """A photo-sized JPEG is decoded by libjpeg at 1/4 scale (Pillow's draft), in the one path that training's
+  cache and the server share: the upload's pixels equal the file's, equal Pillow's own draft, convert and
+  resize, and stay within 2 grey levels of a full decode. A JPEG under twice the target decodes in full."""
+  settings = DecodeSettings(image_size=(120, 80), channels=3)
+  rng = np.random.default_rng(0)
+  y, x = np.mgrid[:1200, :1600]
+  photo = np.stack([np.sin(x / 90) * 100 + 128, np.cos(y / 70) * 100 + 128, (x + y) / 2800 * 255], -1)
+  photo = np.clip(photo + rng.normal(0, 6, photo.shape), 0, 255).astype(np.uint8)
+
+  def pipeline(path, draft):
+    with Image.open(path) as image:
+      if draft:
+        image.draft('RGB', (240, 240))
+      return np.asarray(image.convert('RGB').resize((80, 120), Image.Resampling.BILINEAR))
+
+  for size, scale in (((1600, 1200), 4), ((300, 200), 1)):
+    path = tmp_path / f'{size[0]}.jpg'
+    Image.fromarray(photo[:size[1], :size[0]]).save(path, quality=92)
+    uploaded, trained_on = decode_bytes(path.read_bytes(), settings), decode_image(path, settings)
+    np.testing.assert_array_equal(uploaded, trained_on)
+    with Image.open(path) as image:
+      image.draft('RGB', (240, 240))
+      assert image.size == (size[0] // scale, size[1] // scale)
+    np.testing.assert_array_equal(uploaded, pipeline(path, draft=True))
+    full = pipeline(path, draft=False).astype(int)
+    assert np.abs(uploaded.astype(int) - full).max() <= (2 if scale > 1 else 0)
 
 
 # --- micro-batching on a stand-in model whose answer for an image is the image's own id
