@@ -81,11 +81,38 @@ def test_clean_release_is_not_a_stale_lock(tmp_path, caplog):
   assert not caplog.records
 
 
+# Four launches that try the lock at the same moment: each waits, after its imports, until all four are
+# ready, and the winner holds the lock until the other three have tried (so a loaded machine, where one
+# child's imports take longer than another's whole run, cannot make two of them win one after the other).
+RACER = '''
+import pathlib, sys, time
+from fpclass.workdir_lock import WorkdirLock
+from fpclass.errors import UserInputError
+workdir, marks, n = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
+(marks / f'ready-{sys.argv[4]}').touch()
+deadline = time.time() + 60
+while len(list(marks.glob('ready-*'))) < n and time.time() < deadline:
+  time.sleep(0.005)
+try:
+  lock = WorkdirLock(workdir).acquire()
+except UserInputError:
+  (marks / f'tried-{sys.argv[4]}').touch()
+  print('refused', flush=True)
+  sys.exit(3)
+while len(list(marks.glob('tried-*'))) < n - 1 and time.time() < deadline:
+  time.sleep(0.005)
+print('locked', flush=True)
+lock.release()
+'''
+
+
 def test_only_one_of_simultaneous_launches_wins(tmp_path):
-  children = [subprocess.Popen([sys.executable, '-c', HOLDER, str(tmp_path), '1.0'], stdout=subprocess.PIPE,
-                               text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
-              for _ in range(4)]
-  outcomes = [c.communicate(timeout=30)[0].split()[0] for c in children]
+  marks = tmp_path / 'marks'
+  marks.mkdir()
+  children = [subprocess.Popen([sys.executable, '-c', RACER, str(tmp_path / 'run'), str(marks), '4', str(i)],
+                               stdout=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+              for i in range(4)]
+  outcomes = [c.communicate(timeout=90)[0].split()[0] for c in children]
   assert sorted(outcomes) == ['locked', 'refused', 'refused', 'refused'], outcomes
 
 
