@@ -173,8 +173,11 @@ def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
   if top != 'source':  # a new top: the file's whole classifier is unused, the new top starts fresh
     mapped = _without(mapped, spec.source_top)
     keep.append(TOP_PARAMS)
-  elif not _without(mapped, spec.source_head).keys() < mapped.keys():   # a backbone-only file (DINOv2's)
-    if model_cfg.get('keep_pretrained_head', False):
+  elif not _without(mapped, spec.source_head).keys() < mapped.keys():   # a file without the classifier
+    # A backbone-only file (DINOv2's) cannot keep a classifier it lacks. Where the source's top holds more
+    # than its last layer (MobileNetV3's conv_2), a Keras include_top=False file lacks that too, and the
+    # load below fails naming everything missing.
+    if model_cfg.get('keep_pretrained_head', False) and spec.source_top == spec.source_head:
       raise UserInputError(f'{path} holds no classifier ({spec.source_head.lstrip("^")}) to keep; set '
                            'config.model.keep_pretrained_head=False to train a new one')
     keep.append(spec.source_head)
