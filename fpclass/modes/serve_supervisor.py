@@ -24,8 +24,8 @@ starts alone, so the others load its compiled programs from the persistent compi
   inherited: a background job of a non-interactive shell starts with SIGINT ignored, and a server that
   left the signal to uvicorn then shut down and exited 0 on Ctrl-C (uvicorn re-raises the signal it
   caught into the inherited 'ignore'). A second signal kills the workers at once. Workers run in their own
-  process group, so a terminal's Ctrl-C reaches the supervisor alone, and a worker whose supervisor is gone
-  sees its stdin close and stops.
+  session (so their own process group), so a terminal's Ctrl-C reaches the supervisor alone, and a worker
+  whose supervisor is gone sees its stdin close and stops.
 """
 import collections
 import contextlib
@@ -114,7 +114,7 @@ class WorkerProcess:
     env.setdefault('UV_TCP_SINGLE_ACCEPT', '1')
     self.process = subprocess.Popen(command or [sys.executable, '-m', WORKER_MODULE], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(sock.fileno(),),
-                                    process_group=0, env=env)
+                                    start_new_session=True, env=env)
     self.pid = self.process.pid
     self.started_at = time.monotonic()
     payload = pickle.dumps(job)
