@@ -161,6 +161,8 @@ def main():
                      accuracy_jax=round(float(runs['warm']['results']['accuracy_mean'][i]), 4),
                      accuracy_sklearn=round(float(runs['warm_sklearn']['results']['accuracy_mean'][i]), 4)))
   table = pd.DataFrame(rows)
+  # The two solvers fold by fold: the same chosen C and accuracy, and how close their log losses are.
+  jax_folds, sklearn_folds = (pd.read_csv(a.root / f'run-{name}' / 'probe_folds.csv') for name in ('warm', 'warm_sklearn'))
   summary = dict(
       date=datetime.date.today().isoformat(), machine=platform.processor() or platform.machine(),
       cpus=os.cpu_count(), images=a.images, size=a.size, folds=a.folds, flip_tta=a.flip_tta, weights=a.weights,
@@ -170,6 +172,9 @@ def main():
       fits_jax_cold=round(float(cold['fit_seconds'].sum()), 2),
       fits_jax_warm=round(float(runs['warm']['results']['fit_seconds'].sum()), 2),
       fits_sklearn=round(float(runs['warm_sklearn']['results']['fit_seconds'].sum()), 2),
+      solvers_same_c=bool((jax_folds['c'] == sklearn_folds['c']).all()),
+      solvers_same_accuracy=bool((jax_folds['accuracy'] == sklearn_folds['accuracy']).all()),
+      solvers_log_loss_max_difference=float((jax_folds['log_loss'] - sklearn_folds['log_loss']).abs().max()),
       load={k: (round(v['load_before'], 1), round(v['load_after'], 1)) for k, v in runs.items()})
   print(table.to_string(index=False))
   print(json.dumps(summary, indent=2))

@@ -114,7 +114,8 @@ def fit_path(z, onehot, masks, variances, c_values, max_iter: int, tol: float):
 
   z (G, n, r): each outer fold's training rows in reduced coordinates (rows beyond a fold's count are
   padding: zero in every mask); onehot (G, n, k); masks (G, M, n): the rows each of a fold's M problems fits
-  on; variances (G, r). Returns (weights (C, G, M, r, k), biases (C, G, M, k), iterations (C, G, M)).
+  on; variances (G, r). Returns (weights (C, G, M, r, f), biases (C, G, M, f), iterations (C, G, M)), with
+  f = k weight columns, or 1 for two classes (`_free_columns`).
   """
   return _fit_path(jnp.asarray(z, jnp.float32), jnp.asarray(onehot, jnp.float32), jnp.asarray(masks, jnp.float32),
                    jnp.asarray(variances, jnp.float32), jnp.asarray(c_values, jnp.float32),
@@ -125,32 +126,35 @@ def fit_path(z, onehot, masks, variances, c_values, max_iter: int, tol: float):
 def _fit_path(z, onehot, masks, variances, c_values, max_iter, tol):
   g, _, r = z.shape
   k, m = onehot.shape[-1], masks.shape[1]
+  free = _free_columns(k)
   count = jnp.maximum(masks.sum(-1), 1.0)                       # (G, M)
   y = jnp.swapaxes(onehot, 1, 2)[:, None]                       # (G, 1, k, n): rows last, so they vectorise
+  # The data term's curvature is at most variance / 2 along each axis (softmax's Hessian is below I / 2), and
+  # variance / 4 for the binary model (the logistic function's slope is at most 1/4).
+  curvature = 0.25 if free == 1 else 0.5
 
   def solve(carry, c):
     weights, biases = carry
     reg = 1.0 / (c * count)                                     # the objective is divided by C·count
-    # The data term's curvature along axis j is at most variance_j / 2 (softmax's Hessian is below I / 2).
-    scale = jax.lax.rsqrt(variances[:, None, :] / 2.0 + reg[..., None])     # (G, M, r)
-    bias_scale = np.sqrt(2.0)
+    scale = jax.lax.rsqrt(variances[:, None, :] * curvature + reg[..., None])     # (G, M, r)
+    bias_scale = 1.0 / np.sqrt(curvature)
 
     def unpack(u):
-      return u[..., :r * k].reshape(g, m, r, k) * scale[..., None], u[..., r * k:] * bias_scale
+      return u[..., :r * free].reshape(g, m, r, free) * scale[..., None], u[..., r * free:] * bias_scale
 
     def value_grad(u):
       w, b = unpack(u)
-      logits = jnp.einsum('gnr,gmrk->gmkn', z, w) + b[..., None]
+      logits = _with_fixed_logit(jnp.einsum('gnr,gmrf->gmfn', z, w) + b[..., None], k, jnp, axis=2)
       top = jax.nn.logsumexp(logits, axis=2)                                   # (G, M, n)
       loss = jnp.sum(masks * (top - jnp.sum(logits * y, 2)), -1) / count
       value = loss + 0.5 * reg * jnp.sum(w * w, (-1, -2))
-      residual = (jnp.exp(logits - top[:, :, None]) - y) * (masks / count[..., None])[:, :, None]
-      grad_w = jnp.einsum('gnr,gmkn->gmrk', z, residual) + reg[..., None, None] * w
-      grad = jnp.concatenate([(grad_w * scale[..., None]).reshape(g, m, r * k),
+      residual = (jnp.exp(logits - top[:, :, None]) - y)[:, :, k - free:] * (masks / count[..., None])[:, :, None]
+      grad_w = jnp.einsum('gnr,gmfn->gmrf', z, residual) + reg[..., None, None] * w
+      grad = jnp.concatenate([(grad_w * scale[..., None]).reshape(g, m, r * free),
                               jnp.sum(residual, -1) * bias_scale], -1)
       return value, grad
 
-    u0 = jnp.concatenate([(weights / scale[..., None]).reshape(g, m, r * k), biases / bias_scale], -1)
+    u0 = jnp.concatenate([(weights / scale[..., None]).reshape(g, m, r * free), biases / bias_scale], -1)
     value0, grad0 = value_grad(u0)
     zeros = jnp.zeros((HISTORY, *u0.shape), u0.dtype)
     state = dict(u=u0, value=value0, grad=grad0, s=zeros, y=zeros, rho=jnp.zeros((HISTORY, g, m), u0.dtype),
@@ -218,9 +222,23 @@ def _fit_path(z, onehot, masks, variances, c_values, max_iter, tol):
     w, b = unpack(state['u'])
     return (w, b), (w, b, state['iters'])
 
-  init = (jnp.zeros((g, m, r, k), z.dtype), jnp.zeros((g, m, k), z.dtype))
+  init = (jnp.zeros((g, m, r, free), z.dtype), jnp.zeros((g, m, free), z.dtype))
   _, (weights, biases, iters) = jax.lax.scan(solve, init, c_values)
   return weights, biases, iters
+
+
+def _free_columns(num_classes: int) -> int:
+  """Weight columns: one per class (softmax), except for two classes, where the model is scikit-learn's binary
+  logistic regression: one weight vector, class 0's logit fixed at 0 (a softmax over both would halve the
+  effective penalty, so the same C would mean another model)."""
+  return 1 if num_classes == 2 else num_classes
+
+
+def _with_fixed_logit(logits, num_classes: int, xp, axis: int):
+  """Logits of every class from the free columns on `axis`: class 0's zero prepended for a binary model."""
+  if _free_columns(num_classes) == num_classes:
+    return logits
+  return xp.concatenate([xp.zeros_like(logits), logits], axis=axis)
 
 
 def _small(grad, tol):
@@ -273,14 +291,18 @@ def _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol) ->
   out = []
   for i, (split, train_labels, z_train, z_val, _, cv) in enumerate(prepared):
     n, r = z_train.shape
-    w, b = weights[:, i, :, :r].astype(np.float64), biases[:, i].astype(np.float64)    # (C, M, r, k), (C, M, k)
+    w, b = weights[:, i, :, :r].astype(np.float64), biases[:, i].astype(np.float64)    # (C, M, r, f), (C, M, f)
+
+    def log_probabilities(rows, w, b):
+      return _log_softmax(_with_fixed_logit(rows @ w + b[..., None, :], num_classes, np, axis=-1))
+
     losses = np.zeros((len(c_values), inner))
     for j, (_, held_out) in enumerate(cv):
-      logp = _log_softmax(np.einsum('nr,crk->cnk', z_train[held_out], w[:, j]) + b[:, j, None])
+      logp = log_probabilities(z_train[held_out], w[:, j], b[:, j])                   # (C, n_held_out, k)
       losses[:, j] = -np.take_along_axis(logp, train_labels[held_out][None, :, None], -1).mean((1, 2))
     mean_loss = losses.mean(1)
     best = int(np.argmin(mean_loss))             # the first minimum: the smallest C among ties
-    logp = _log_softmax(z_val @ w[best, inner] + b[best, inner])
+    logp = log_probabilities(z_val, w[best, inner], b[best, inner])
     out.append(FoldFit(split, float(c_values[best]), mean_loss, np.exp(logp), int(iters[:, i].max())))
   return out
 

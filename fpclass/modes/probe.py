@@ -9,6 +9,7 @@ backbones are compared with confidence intervals.
     <workdir>/probe_predictions.csv    every image's out-of-fold class probabilities, per backbone and seed
     <workdir>/probe_results.png        bars with 95% CI error bars, and every fold as a dot
     <workdir>/report.md                its 'probe' section
+    <workdir>/quarantine.csv           every file that could not be decoded, and why
 
 The labelled data (the training split, and the source's own validation split if it has one: every labelled
 image) is decoded once; each backbone's features are computed once over all of it and cached on disk
@@ -64,6 +65,7 @@ def probe(config, workdir) -> pd.DataFrame:
   start = time.perf_counter()
   workdir.mkdir(parents=True, exist_ok=True)
   decoded = data.decode_source(config)
+  data.write_quarantine_report(workdir / 'quarantine.csv', decoded.quarantine)
   images, labels, ids, note = labelled_set(decoded)
   class_names = decoded.class_names
   folds = outer_folds(labels, config)
@@ -190,7 +192,8 @@ def _interval(s, metric) -> str:
 def results_table(summary: pd.DataFrame) -> str:
   rows = []
   for _, s in summary.iterrows():
-    row = dict(backbone=s['backbone'], weights=s['weights'], features=int(s['feature_dim']), folds=int(s['folds']))
+    weights = pathlib.Path(s['weights']).name if '/' in s['weights'] else s['weights']   # a file: its name
+    row = dict(backbone=s['backbone'], weights=weights, features=int(s['feature_dim']), folds=int(s['folds']))
     row.update({TITLES[m]: _interval(s, m) for m in METRICS})
     row['C (median)'] = f'{s["c_median"]:.3g}'
     row['feature s'] = (f'{s["feature_seconds"]:.1f} (cached; {s["feature_pass_seconds"]:.1f} when computed)'
