@@ -104,7 +104,7 @@ def probe(config, workdir) -> pd.DataFrame:
   fileio.write_csv(workdir / 'probe_predictions.csv', pd.concat(predictions, ignore_index=True))
   fileio.write_csv(workdir / 'probe_results.csv', summary)
   fileio.write_csv(workdir / 'probe_differences.csv', differences)
-  fileio.save_figure(workdir / 'probe_results.png', plot_results(summary, folds_table))
+  fileio.save_figure(workdir / 'probe_results.png', plot_results(summary, folds_table, best))
   wall = time.perf_counter() - start
   section = probe_section(config, settings, summary, differences, best, note, len(labels), ratio,
                           dict(wall=wall, decode=decode_seconds))
@@ -160,8 +160,9 @@ def paired_differences(folds_table: pd.DataFrame, best: str, ratio: float) -> pd
                                     'ci_high', 'wins', 'losses'])
 
 
-def plot_results(summary: pd.DataFrame, folds_table: pd.DataFrame) -> Figure:
+def plot_results(summary: pd.DataFrame, folds_table: pd.DataFrame, best: str) -> Figure:
   names = summary['backbone'].tolist()
+  colours = ['#fdae6b' if name == best else '#9ecae1' for name in names]
   fig = Figure(figsize=(max(6.0, 1.0 + 0.9 * len(names)), 8.5), layout='constrained')
   rng = np.random.default_rng(0)
   x = np.arange(len(names))
@@ -169,7 +170,7 @@ def plot_results(summary: pd.DataFrame, folds_table: pd.DataFrame) -> Figure:
     mean = summary[f'{metric}_mean'].to_numpy(float)
     low = np.nan_to_num(mean - summary[f'{metric}_ci_low'].to_numpy(float))
     high = np.nan_to_num(summary[f'{metric}_ci_high'].to_numpy(float) - mean)
-    ax.bar(x, mean, color='#9ecae1', edgecolor='#3182bd', yerr=[low, high], capsize=4)
+    ax.bar(x, mean, color=colours, edgecolor='#3182bd', yerr=[low, high], capsize=4)
     for i, name in enumerate(names):
       values = folds_table.loc[folds_table['backbone'] == name, metric].to_numpy(float)
       ax.plot(i + rng.uniform(-0.2, 0.2, len(values)), values, '.', color='#08306b', ms=3, alpha=0.7)
@@ -179,8 +180,8 @@ def plot_results(summary: pd.DataFrame, folds_table: pd.DataFrame) -> Figure:
     ax.set_ylabel(TITLES[metric])
     ax.grid(axis='y', alpha=0.3)
   ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0)
-  fig.suptitle('linear probe per backbone: bars are means with 95% CI (corrected), dots are single folds',
-               fontsize=9)
+  fig.suptitle(f'linear probe per backbone: bars are means with 95% CI (corrected), dots are single folds; '
+               f'orange: the best, {best}', fontsize=9)
   return fig
 
 
@@ -233,7 +234,7 @@ def probe_section(config, settings, summary, differences, best, note, count, rat
       results_table(summary), '',
       f'### Paired differences from the best backbone, `{best}` (by {TITLES[settings.rank_by]})', '',
       'Per fold (same seed, same split), the backbone minus the best; * marks an interval that excludes 0 '
-      '(log loss: lower is better).', '',
+      '(log loss: lower is better). Wins/losses: the folds where the backbone beat the best / lost to it.', '',
       differences_table(differences) if len(differences) else '(only one backbone)', '',
       '![probe results](probe_results.png)', '',
       f'Time: {seconds["wall"]:.1f} s for this launch: decoding {seconds["decode"]:.1f} s, feature passes '
