@@ -203,6 +203,21 @@ def test_a_second_run_reuses_the_features_and_other_pixels_do_not(probe_run, tmp
   assert np.allclose(both.values, (original.values + flipped.values) / 2, atol=1e-5)
 
 
+def test_a_source_validation_split_joins_the_labelled_set_and_seeds_repeat_the_folds(probe_run):
+  def split(n, start):
+    return data.ArraySplit(np.full((n, 2, 2, 3), start, np.uint8), np.arange(n) % 3, [f'{start}-{i}' for i in range(n)])
+
+  decoded = data.Decoded('folder', CLASSES, split(12, 1), split(6, 2), None, [], [], None)
+  images, labels, ids, note = probe_mode.labelled_set(decoded)
+  assert len(images) == len(labels) == len(ids) == 18 and ids[12] == '2-0' and 'validation' in note
+  folds = probe_mode.outer_folds(labels, probe_run.config(**{'probe.seeds': (0, 1)}))
+  assert [(f.seed, f.fold) for f in folds] == [(s, f) for s in (0, 1) for f in range(3)]
+  for seed in (0, 1):
+    val = np.sort(np.concatenate([f.val_index for f in folds if f.seed == seed]))
+    assert np.array_equal(val, np.arange(18))     # each seed's folds cover every image once
+  assert not all(np.array_equal(a.val_index, b.val_index) for a, b in zip(folds[:3], folds[3:]))
+
+
 def test_bad_input_is_named(probe_run, tmp_path):
   with pytest.raises(UserInputError, match=r"config\.probe\.backbones: 'resnet19' is not a registered backbone "
                                             r"with pretrained weights; choose from \[.*'resnet18'.*'vit_b16'"):
