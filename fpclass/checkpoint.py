@@ -139,7 +139,11 @@ class CheckpointStore:
     if kind != 'best':  # a resume point
       items['optimizer'] = ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state))
     manager = self._manager(kind)
-    self._wait(kind)
+    # Across processes orbax names its save barriers by step alone, so the `best` and `last` saves of one
+    # epoch in flight together collide ("Barrier _async_write_complete.N is already ongoing") and the job
+    # hangs: there, one save is in flight at a time. One process has no barriers and keeps both overlapping.
+    for pending in (list(self._pending) if jax.process_count() > 1 else [kind]):
+      self._wait(pending)
     if epoch in manager.all_steps():
       # Training again from an earlier checkpoint (a damaged newest one was skipped) reaches an epoch saved
       # before: the new save replaces the old one.

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import REPO
 
 TOLERANCE = 0.25
+RUNS = 3   # fresh processes per form; the median is compared
 SETUP = dict(height=96, width=64, images=240, models=4)   # 5 folds: 192 train, 48 val per model
 
 
@@ -60,13 +61,22 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
 
 @pytest.mark.parametrize('form', ['vmap', 'loop'])
 def test_predicted_peak_is_within_25_percent_of_the_measured_peak(form, tmp_path):
+  # The peak of identical runs is itself spread: the vmap form's ranged 1,150-1,820 MiB over ten runs on this
+  # machine (2026-11-23), with one XLA thread as with many and with every step awaited, so it comes from where
+  # glibc places the freed step buffers, not from the program; a loaded CI run once read 2,165. The rule is
+  # held to the median of three fresh processes, run side by side.
   args = [sys.executable, '-m', 'tests.test_memory_rule', form, *[f'--{k}={v}' for k, v in SETUP.items()]]
-  done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
-                        env=dict(os.environ, FPCLASS_CACHE=str(tmp_path)))
-  assert done.returncode == 0, done.stderr[-4000:]
-  result = json.loads(done.stdout.strip().splitlines()[-1])
+  runs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, FPCLASS_CACHE=str(tmp_path / str(i)))) for i in range(RUNS)]
+  results = []
+  for run in runs:
+    out, err = run.communicate(timeout=1200)
+    assert run.returncode == 0, err[-4000:]
+    results.append(json.loads(out.strip().splitlines()[-1]))
+  result = sorted(results, key=lambda r: r['measured'])[RUNS // 2]
   mib = {k: round(result[k] / 2**20) for k in ('predicted', 'measured', 'resident', 'first_rule')}
-  print(f'{form}, {result["models"]} models: peak RSS MiB {mib}; plan {result["plan"]}')
+  print(f'{form}, {result["models"]} models: peak RSS MiB {mib} (median of {sorted(round(r["measured"] / 2**20) for r in results)}); '
+        f'plan {result["plan"]}')
   assert abs(result['predicted'] - result['measured']) <= TOLERANCE * result['measured'], mib
 
 
