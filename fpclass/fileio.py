@@ -78,11 +78,15 @@ def write_csv(path: str | os.PathLike, frame) -> None:
     frame.to_csv(tmp, index=False)
 
 
-def save_figure(path: str | os.PathLike, figure) -> None:
+def save_figure(path: str | os.PathLike, figure, trim: bool = True) -> None:
   """Saves a matplotlib `Figure` atomically. Figures are built with the object API (no pyplot), so no
-  GUI backend or global figure registry is involved."""
+  GUI backend or global figure registry is involved. `trim` crops to what was drawn (bbox_inches='tight'),
+  which draws the figure twice; a figure laid out to its edges passes False. PNGs use zlib level 3, not
+  Pillow's 6: half the encoding time of a Grad-CAM grid for 13% more bytes (2026-11-23)."""
+  suffix = pathlib.Path(path).suffix.lstrip('.') or 'png'
   with atomic_path(path) as tmp:
-    figure.savefig(tmp, dpi=110, bbox_inches='tight', format=pathlib.Path(path).suffix.lstrip('.') or 'png')
+    figure.savefig(tmp, dpi=110, bbox_inches='tight' if trim else None, format=suffix,
+                   pil_kwargs={'compress_level': 3} if suffix == 'png' else None)
 
 
 def _json_default(obj):

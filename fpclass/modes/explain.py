@@ -103,7 +103,7 @@ def explain_workdir(config, workdir, dataset=None) -> dict:
   if settings.inference_grid:
     written['inference_grid'] = out / 'inference_grid.png'
     fileio.save_figure(written['inference_grid'],
-                       inference_grid(val, probs, class_names, settings.inference_grid, int(config.seed)))
+                       inference_grid(val, probs, class_names, settings.inference_grid, int(config.seed)), trim=False)
   if settings.feature_image >= 0:
     written['feature_maps'] = write_feature_maps(out, explainer, val, settings.feature_image, settings.max_channels)
 
@@ -131,7 +131,7 @@ def write_cam_grids(out, explainer, val, frame, probs, groups, settings) -> dict
     figure = explain_figures.cam_grid(tiles, maps[rows], None if guided is None else guided[rows],
                                       alpha=settings.alpha, method=settings.method, layer=explainer.layer)
     written[key] = out / f'gradcam_{key}.png'
-    fileio.save_figure(written[key], figure)
+    fileio.save_figure(written[key], figure, trim=False)
   return written
 
 

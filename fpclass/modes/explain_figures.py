@@ -15,6 +15,7 @@ from fpclass.cam import METHODS
 RIGHT, WRONG = '#1a7f37', '#cf222e'
 PANEL_INCHES = 1.5
 TITLE_BAND_INCHES = 0.5
+HEADING_INCHES = 0.35
 
 
 @dataclasses.dataclass
@@ -52,17 +53,16 @@ def cam_grid(tiles, maps, guided, alpha: float, method: str, layer: str, columns
 
 def inference_grid(tiles, columns: int = 8) -> Figure:
   """Seed 002's inference grid: each image titled with its prediction, green if right, red if wrong."""
-  figure = _mosaic_figure([[_as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=8)
   right = sum(t.correct for t in tiles)
-  figure.suptitle(f'{right} of {len(tiles)} right (green), {len(tiles) - right} wrong (red)', fontsize=10,
-                  y=1.0, va='bottom')
-  return figure
+  return _mosaic_figure([[_as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=8,
+                        heading=f'{right} of {len(tiles)} right (green), {len(tiles) - right} wrong (red)')
 
 
-def _mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int) -> Figure:
+def _mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int, heading: str = '') -> Figure:
   """Tiles in blocks of `columns`, each tile a column of equally sized RGB panels under its title, drawn as
-  ONE image in one axes with the titles as text. An axes per panel (173 for a footprint job's CAM grids)
-  cost seconds to build and draw on a CPU; one image and its texts cost a fraction of that."""
+  ONE image in one axes with the titles as text, and `heading` in a band above. An axes per panel (173 for a
+  footprint job's CAM grids) cost seconds to build and draw on a CPU; one image and its texts cost a fraction
+  of that. Everything lies inside the figure, so it is saved untrimmed (drawn once)."""
   height, width = panels[0][0].shape[:2]
   per_tile, n = len(panels[0]), len(panels)
   columns = min(columns, n)
@@ -78,8 +78,12 @@ def _mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int) -> Fi
     for r, panel in enumerate(column):
       canvas[y + r * (height + gap):y + r * (height + gap) + height, x:x + width] = panel
   left = 0.3 if row_labels else 0.0   # inches for the row labels
-  fig = Figure(figsize=(left + canvas.shape[1] / pixels_per_inch, canvas.shape[0] / pixels_per_inch))
-  ax = fig.add_axes((left / fig.get_figwidth(), 0.0, 1.0 - left / fig.get_figwidth(), 1.0))
+  top = HEADING_INCHES if heading else 0.0
+  fig = Figure(figsize=(left + canvas.shape[1] / pixels_per_inch, top + canvas.shape[0] / pixels_per_inch))
+  width_in, height_in = fig.get_figwidth(), fig.get_figheight()
+  ax = fig.add_axes((left / width_in, 0.0, 1.0 - left / width_in, 1.0 - top / height_in))
+  if heading:
+    fig.suptitle(heading, y=1.0 - 0.5 * top / height_in, va='center', fontsize=10)
   ax.imshow(canvas, interpolation='nearest', aspect='auto')
   ax.set_axis_off()
   for i, tile in enumerate(tiles):
