@@ -15,6 +15,7 @@ import datetime
 import errno
 import json
 import logging
+import os
 import pathlib
 import sys
 
@@ -57,9 +58,10 @@ class _AsyncSaveFailure(logging.Filter):
   once, in one line when the disk is full."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True   # only orbax's own error records are candidates, never another library's
     message = str(record.msg)
-    return not (record.levelno >= logging.ERROR and ('raised an exception' in message or 'thread' in message and
-                                                     'failed' in message))
+    return not ('raised an exception' in message or 'thread' in message and 'failed' in message)
 
 
 logging.getLogger('absl').addFilter(_ReadOnlyNotice())

@@ -23,6 +23,7 @@ class Trained:
   checkpoint: str      # which checkpoint was restored: 'best' or 'last'
   epoch: int
   loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
+  _logits: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @functools.cached_property
   def compiled(self) -> CompiledSteps:
@@ -38,7 +39,14 @@ class Trained:
     return self.compiled.predict
 
   def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
-    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
+    """The logits of `images`, kept per array (logits are small), so evaluate and explain in one job (the
+    same array objects, the same restored state) predict each split once."""
+    key = (id(images), batch_size, chunk)
+    kept = self._logits.get(key)
+    if kept is None or kept[0] is not images:   # `is`: an id is reused once its array is freed
+      kept = self._logits[key] = (images, predict_logits(self.task, self.state, images, batch_size,
+                                                         self.predict_fn, chunk))
+    return kept[1]
 
   def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
     return probabilities(self.logits(images, batch_size, chunk), self.task.head)

@@ -21,9 +21,11 @@ from fpclass.task import common_batch
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
 
 
-def evaluate_workdir(config, workdir, dataset=None) -> dict:
+def evaluate_workdir(config, workdir, dataset=None, trained=None) -> dict:
+  """Scores the selected checkpoint and writes scores.json, the predictions, plots and report sections.
+  `dataset` and `trained` (the restored model) are passed by a job that already holds them."""
   workdir = pathlib.Path(workdir)
-  trained = load_trained(config, workdir)
+  trained = trained or load_trained(config, workdir)
   dataset = dataset or data.load_dataset(config)
   if tuple(dataset.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '

@@ -65,12 +65,12 @@ class Explainer:
     return jax.device_get(self._feature_maps(self.variables, images_u8))
 
 
-def explain_workdir(config, workdir, dataset=None) -> dict:
-  """Restores the selected checkpoint and writes the explanations and error analysis; returns the paths
-  of the files written, by name."""
+def explain_workdir(config, workdir, dataset=None, trained=None) -> dict:
+  """Restores the selected checkpoint (unless `trained` is given) and writes the explanations and error
+  analysis; returns the paths of the files written, by name."""
   workdir = pathlib.Path(workdir)
   settings = ExplainSettings.from_config(config.explain)
-  trained = load_trained(config, workdir)
+  trained = trained or load_trained(config, workdir)
   image_shape = (*trained.metadata['image_size'], trained.metadata['channels'])
   explainer = build_explainer(config, trained, settings, image_shape)  # checks the layer before any decoding
   dataset = dataset or data.load_dataset(config)

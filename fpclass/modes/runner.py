@@ -10,6 +10,7 @@ import jax
 
 from fpclass import fileio, report, runtime, sharding, timings, validation, workdir_lock
 from fpclass.errors import UserInputError
+from fpclass.inference import load_trained
 from fpclass.modes import MODES, mode_function
 
 TIMINGS = 'timings.json'
@@ -61,10 +62,12 @@ def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):
       return mode_function(mode)(config, workdir, **options)
   dataset = mode_function('train')(config, workdir, **options)  # its own phases: data, model, epochs, ...
   with timings.phase('evaluate'):
-    result = mode_function('evaluate')(config, workdir, dataset=dataset)
+    # Restored once for evaluate and explain: explain's validation predictions are then evaluate's own.
+    trained = load_trained(config, workdir)
+    result = mode_function('evaluate')(config, workdir, dataset=dataset, trained=trained)
   if config.explain.after_training:
     with timings.phase('explain'):
-      mode_function('explain')(config, workdir, dataset=dataset)
+      mode_function('explain')(config, workdir, dataset=dataset, trained=trained)
   return result
 
 
