@@ -184,19 +184,9 @@ def cached_task(task: task_lib.Task, split: HeadSplit) -> CachedTask:
 
 
 @dataclasses.dataclass(frozen=True)
-class FeaturePass:
-  """`predict(params, batch_stats, uint8 images)` -> the head's input, in inference mode; shaped like a Task
-  for `CompiledSteps.predict` and `task.predict_logits`."""
-  task: task_lib.Task
+class FeaturePass(task_lib.TaskView):
+  """`predict(params, batch_stats, uint8 images)` -> the head's input, in inference mode."""
   split: HeadSplit
-
-  @property
-  def head(self):
-    return self.task.head
-
-  @property
-  def num_classes(self):
-    return self.task.num_classes
 
   def predict(self, params, batch_stats, images_u8):
     found = []

@@ -37,7 +37,7 @@ from fpclass.errors import UserInputError
 from fpclass.models import transfer
 from fpclass.sharding import DataParallel
 from fpclass.steps import CompiledSteps
-from fpclass.task import Task, TrainState, build_task
+from fpclass.task import Task, TaskView, TrainState, build_task
 
 FORMAT = 1        # bump when what a cached entry means changes
 FOLDER = 'probe_features'
@@ -96,19 +96,9 @@ def backbone_config(config, backbone: Backbone) -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class PooledPass:
-  """`predict(params, batch_stats, uint8 images)` -> the pooled features, in inference mode; shaped like a Task
-  for `CompiledSteps.predict` and `feed.predict_logits`."""
-  task: Task
+class PooledPass(TaskView):
+  """`predict(params, batch_stats, uint8 images)` -> the pooled features, in inference mode."""
   flip: bool
-
-  @property
-  def head(self):
-    return self.task.head
-
-  @property
-  def num_classes(self):
-    return self.task.num_classes
 
   def predict(self, params, batch_stats, images_u8):
     x = self.task.prepare(images_u8)

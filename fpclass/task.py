@@ -131,6 +131,22 @@ class Task:
     return logits
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskView:
+  """Another inference pass over a task's model, shaped like a Task for `CompiledSteps.predict` and
+  `predict_logits`: a subclass defines `predict(params, batch_stats, uint8 images)` (the frozen backbone's
+  features, pooled features, ...); the head and the class count are the task's."""
+  task: Task
+
+  @property
+  def head(self) -> str:
+    return self.task.head
+
+  @property
+  def num_classes(self) -> int:
+    return self.task.num_classes
+
+
 def cross_entropy(logits, targets, head: str, smoothing: float = 0.0):
   """Per-example cross-entropy against (N, num_classes) class probabilities, label-smoothed. The sigmoid head
   (one logit, two classes) takes the probability of class 1 as its binary target."""

@@ -67,7 +67,8 @@ class SqueezeExcitation(nn.Module):
     return nn.sigmoid(scale) * x
 
 
-class MBConv(nn.Module):
+class _Block(nn.Module):
+  """The fields MBConv and FusedMBConv share (torchvision's MBConvConfig/FusedMBConvConfig)."""
   expand_ratio: int
   kernel: int
   stride: int
@@ -77,6 +78,8 @@ class MBConv(nn.Module):
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
 
+
+class MBConv(_Block):
   @nn.compact
   def __call__(self, x, train):
     in_channels = x.shape[-1]
@@ -91,17 +94,9 @@ class MBConv(nn.Module):
     return _residual(self, x, y, train)
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(_Block):
   """EfficientNetV2's fused block: a k x k conv that expands (or, at ratio 1, is the whole block), then a 1x1
   projection; no squeeze-excitation."""
-  expand_ratio: int
-  kernel: int
-  stride: int
-  out_channels: int
-  stochastic_depth_prob: float = 0.0
-  frozen: bool = False
-  epsilon: float = 1e-5
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
