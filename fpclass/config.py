@@ -267,12 +267,17 @@ class ServeSettings(Settings):
   # An accepted request still waiting for its device call after this long gets 503 with Retry-After: every
   # answer comes within max_wait_ms + one device call of max_batch images (/metadata: device_call_ms).
   max_wait_ms: float = 1000.0
+  # A worker whose event loop sends no heartbeat (one a second) for this long is hung: the supervisor kills and
+  # replaces it, as gunicorn's --timeout (same default) does (0: never). Its held connections then close.
+  worker_timeout_s: float = 30.0
 
   def check(self):
     self.require('port', 0 <= self.port <= 65535, 'a TCP port in [0, 65535] (0: any free port)')
     self.require('workers', 0 <= self.workers <= 256, 'in [0, 256] (0: the usable cores, at most 8)')
     self.require('max_queue', self.max_queue >= 1, 'at least 1')
     self.require('max_wait_ms', 1.0 <= self.max_wait_ms <= 600_000.0, 'in [1, 600000] milliseconds')
+    self.require('worker_timeout_s', self.worker_timeout_s == 0 or 3.0 <= self.worker_timeout_s <= 86_400.0,
+                 '0 (never) or in [3, 86400] seconds (workers beat once a second)')
     self.require('host', self.host in LOOPBACK_HOSTS or self.allow_remote,
                  f'a loopback address {LOOPBACK_HOSTS} unless --config.serve.allow_remote=True '
                  '(binding another address exposes the model to the network)')

@@ -469,6 +469,9 @@ def http_exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes]:
   return head, body
 
 
+HANG_TIMEOUT_S = 5   # the serve.worker_timeout_s of the command test: the silence after which a worker is hung
+
+
 def healthz_pids(url: str, tries: int = 30) -> set:
   """The worker pids that answer /healthz over fresh connections."""
   return {httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()['worker']['pid']
@@ -480,11 +483,12 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
   background job of a non-interactive shell is (`bash .ci/run &`; issue 23: uvicorn then restored 'ignore'
   and re-raised SIGINT into it, and the server exited 0 without its line). A worker killed with a request
   in flight: that client's connection closes without an answer at once, the other worker answers the next
-  request, and a replacement comes up. Then SIGINT: the workers stop, one line, status 130."""
+  request, and a replacement comes up. A hung worker (stopped: no heartbeat) is killed after
+  serve.worker_timeout_s and replaced too. Then SIGINT: the workers stop, one line, status 130."""
   workdir, env, _ = trained_quick
   command = [sys.executable, str(REPO / 'launch.py'), f'--workdir={workdir}', '--mode=serve',
              '--config.serve.port=0', '--config.serve.workers=2', '--config.serve.warm_batch_sizes=(1,)',
-             '--config.serve.max_batch=1']
+             '--config.serve.max_batch=1', f'--config.serve.worker_timeout_s={HANG_TIMEOUT_S}']
   # As a non-interactive shell starts a background job: SIGINT ignored, inherited through exec.
   ignoring_sigint = ['bash', '-c', 'trap "" INT; exec "$@"', 'bash']
   process = subprocess.Popen(ignoring_sigint + command, cwd=REPO, env={**os.environ, **env},
@@ -530,6 +534,25 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     assert victim not in pids and len(pids) == 2
     assert any(re.search(rf'worker \d \(pid {victim}\) exited \(killed by SIGKILL\); starting a replacement', line)
                for line in stderr_lines), ''.join(stderr_lines)
+
+    # A hung worker: SIGSTOP freezes its event loop, so its heartbeats stop; the supervisor kills it after
+    # worker_timeout_s and replaces it. A connection it had taken closes then, so /healthz is asked until
+    # two live workers answer.
+    hung = min(pids)
+    os.kill(hung, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    deadline = stopped_at + 180
+    while time.monotonic() < deadline:
+      try:
+        alive = healthz_pids(url, tries=6)
+      except httpx.HTTPError:
+        continue
+      if hung not in alive and len(alive) == 2:
+        break
+    assert hung not in alive and len(alive) == 2, ''.join(stderr_lines)
+    assert time.monotonic() - stopped_at >= HANG_TIMEOUT_S
+    killed = [line for line in stderr_lines if f'(pid {hung}) sent no heartbeat' in line]
+    assert killed and f'worker_timeout_s={HANG_TIMEOUT_S:g}): killing it as hung' in killed[0], ''.join(stderr_lines)
 
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)

@@ -651,7 +651,7 @@ def serve(config, workdir) -> None:
           f'{settings.max_queue} requests a worker or {settings.max_wait_ms:g} ms waiting) at {url}', flush=True)
 
   try:
-    serve_supervisor.Supervisor(job, count, sock).run(on_ready=ready)
+    serve_supervisor.Supervisor(job, count, sock, worker_timeout_s=settings.worker_timeout_s).run(on_ready=ready)
   finally:
     sock.close()
 

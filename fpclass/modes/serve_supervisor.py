@@ -17,6 +17,9 @@ starts alone, so the others load its compiled programs from the persistent compi
   dead worker's connections: a client whose request was on it sees the connection closed without an
   answer (httpx: RemoteProtocolError 'Server disconnected without sending a response'; curl: 'Empty reply
   from server'), at once, not a hang and not an HTTP status, since no process is left to write one.
+- **A hung worker.** Each ready worker's event loop says it is alive once a second (`{"alive": true}` on
+  stdout, HEARTBEAT_SECONDS); one silent for `serve.worker_timeout_s` (a blocked event loop, a stopped
+  process) is killed with SIGKILL, logged with the silence, and replaced as above.
 - **Stopping.** On SIGINT or SIGTERM the supervisor closes each worker's stdin: the worker stops taking
   connections, answers the requests it holds, and exits (after STOP_GRACE_SECONDS it is killed). Then
   SIGINT raises KeyboardInterrupt and SIGTERM RunInterrupted, which launch.py prints as one line with
@@ -52,6 +55,7 @@ POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 30.0
 RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)   # waits before each further try of a failing replacement
 MAX_WORKERS_BY_DEFAULT = 8
+HEARTBEAT_SECONDS = 1.0   # how often a ready worker's event loop says it is alive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,8 @@ class WorkerProcess:
     self.ready = threading.Event()
     self.info: dict = {}
     self.user_error: str | None = None
+    self.last_beat = time.monotonic()   # its last message (any message is a heartbeat)
+    self.killed_as_hung = False
     self._stderr = stderr or sys.stderr
     self._lock = threading.Lock()
     env = dict(os.environ)
@@ -150,6 +156,7 @@ class WorkerProcess:
         message = json.loads(line[len(MESSAGE_PREFIX):])
       except ValueError:
         continue
+      self.last_beat = time.monotonic()
       if 'ready' in message:
         self.info = message['ready']
         self.ready.set()
@@ -206,12 +213,14 @@ class Supervisor:
   """Starts `count` workers on `sock`, keeps them up, and stops them on SIGINT/SIGTERM (see the module doc).
 
   `job(index)` makes each worker's WorkerJob; `command` starts a worker (default: this Python, `-m
-  fpclass.modes.serve_worker`); `log` prints the supervisor's own lines (stderr by default).
+  fpclass.modes.serve_worker`); `log` prints the supervisor's own lines (stderr by default);
+  `worker_timeout_s` (0: never) is the silence after which a ready worker is killed as hung.
   """
 
   def __init__(self, job: Callable[[int], WorkerJob], count: int, sock: socket.socket,
-               command: list[str] | None = None, log=None):
+               command: list[str] | None = None, log=None, worker_timeout_s: float = 0.0):
     self.job, self.count, self.sock, self.command = job, count, sock, command
+    self.worker_timeout_s = worker_timeout_s
     self.slots = [Slot(i) for i in range(count)]
     self.log = log or (lambda line: print(f'fpclass serve: {line}', file=sys.stderr, flush=True))
     self.signum: int | None = None
@@ -273,6 +282,14 @@ class Supervisor:
         continue
       returncode = worker.poll()
       if returncode is None:
+        silence = now - worker.last_beat
+        if (self.worker_timeout_s and worker.ready.is_set() and not worker.killed_as_hung
+                and silence > self.worker_timeout_s):
+          self.log(f'worker {slot.index} (pid {worker.pid}) sent no heartbeat for {silence:.1f} s '
+                   f'(config.serve.worker_timeout_s={self.worker_timeout_s:g}): killing it as hung')
+          worker.killed_as_hung = True
+          worker.kill()   # the next look finds it exited and replaces it
+          continue
         if worker.ready.is_set() and slot.replacing:
           slot.failures, slot.replacing = 0, False
           self.log(f'worker {slot.index} (pid {worker.pid}) is ready; {self.up()} of {self.count} workers up')

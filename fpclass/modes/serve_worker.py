@@ -4,8 +4,10 @@
 It reads its job from stdin, applies the process-wide settings of a process that does not train (as the
 mode runner does: on a GPU it allocates as it goes, so the workers share the device), restores and warms
 its own model, says it is ready, and serves the inherited listening socket under uvicorn until its stdin
-closes (the supervisor stops it, or is gone). Meanwhile each line on stdin tells it how many workers are up.
+closes (the supervisor stops it, or is gone). Meanwhile each line on stdin tells it how many workers are up,
+and its event loop says on stdout once a second that it is alive (the supervisor's hang check).
 """
+import asyncio
 import json
 import socket
 import sys
@@ -16,7 +18,7 @@ from absl import logging
 from fpclass import runtime
 from fpclass.errors import UserInputError
 from fpclass.modes import serve
-from fpclass.modes.serve_supervisor import read_job, send_message
+from fpclass.modes.serve_supervisor import HEARTBEAT_SECONDS, read_job, send_message
 
 
 def main() -> int:
@@ -32,8 +34,16 @@ def main() -> int:
   status = serve.WorkerStatus(index=job.index, configured=job.workers, up=0)
   sock = socket.socket(fileno=job.fd)
 
-  def started():
+  beats = []
+
+  async def beat():
+    while True:   # from the event loop: a loop that is blocked stops beating (the supervisor's hang check)
+      await asyncio.sleep(HEARTBEAT_SECONDS)
+      send_message({'alive': True})
+
+  def started():   # runs on the event loop, in the app's start-up
     send_message({'ready': {**serve.startup_summary(service), 'pid': status.pid}})
+    beats.append(asyncio.get_running_loop().create_task(beat()))
 
   server = serve.uvicorn_server(serve.create_app(service, status, on_started=started))
 
