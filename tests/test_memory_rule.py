@@ -59,25 +59,39 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
               first_rule=plan.resident_bytes + first, plan=plan.__dict__)
 
 
-@pytest.mark.parametrize('form', ['vmap', 'loop'])
-def test_predicted_peak_is_within_25_percent_of_the_measured_peak(form, tmp_path):
-  # The peak of identical runs is itself spread: the vmap form's ranged 1,150-1,820 MiB over ten runs on this
-  # machine (2026-11-23), with one XLA thread as with many and with every step awaited, so it comes from where
-  # glibc places the freed step buffers, not from the program; a loaded CI run once read 2,165. The rule is
-  # held to the median of three fresh processes, run side by side.
+def _within(result: dict) -> bool:
+  return abs(result['predicted'] - result['measured']) <= TOLERANCE * result['measured']
+
+
+def _measured_side_by_side(form: str, folder, first: int, count: int) -> list[dict]:
+  """`count` fresh measuring processes at once (this file as a script); their results."""
   args = [sys.executable, '-m', 'tests.test_memory_rule', form, *[f'--{k}={v}' for k, v in SETUP.items()]]
   runs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, FPCLASS_CACHE=str(tmp_path / str(i)))) for i in range(RUNS)]
+                           env=dict(os.environ, FPCLASS_CACHE=str(folder / str(i))))
+          for i in range(first, first + count)]
   results = []
   for run in runs:
     out, err = run.communicate(timeout=1200)
     assert run.returncode == 0, err[-4000:]
     results.append(json.loads(out.strip().splitlines()[-1]))
-  result = sorted(results, key=lambda r: r['measured'])[RUNS // 2]
+  return results
+
+
+@pytest.mark.parametrize('form', ['vmap', 'loop'])
+def test_predicted_peak_is_within_25_percent_of_the_measured_peak(form, tmp_path):
+  # The peak of identical runs is itself spread: the vmap form's ranged 1,150-1,820 MiB over ten runs on this
+  # machine (2026-11-23), with one XLA thread as with many and with every step awaited, so it comes from where
+  # glibc places the freed step buffers, not from the program; a loaded CI run once read 2,165. The rule is
+  # held to the median of three fresh processes. The passing peaks form an interval, so when the first two
+  # both pass the median does too, whatever the third: it runs only when they do not.
+  results = _measured_side_by_side(form, tmp_path, 0, 2)
+  if not all(_within(r) for r in results):
+    results += _measured_side_by_side(form, tmp_path, 2, RUNS - 2)
+  result = sorted(results, key=lambda r: r['measured'])[len(results) // 2]
   mib = {k: round(result[k] / 2**20) for k in ('predicted', 'measured', 'resident', 'first_rule')}
-  print(f'{form}, {result["models"]} models: peak RSS MiB {mib} (median of {sorted(round(r["measured"] / 2**20) for r in results)}); '
+  print(f'{form}, {result["models"]} models: peak RSS MiB {mib} (of {sorted(round(r["measured"] / 2**20) for r in results)}); '
         f'plan {result["plan"]}')
-  assert abs(result['predicted'] - result['measured']) <= TOLERANCE * result['measured'], mib
+  assert _within(result), mib
 
 
 if __name__ == '__main__':
