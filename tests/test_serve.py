@@ -553,6 +553,8 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     assert time.monotonic() - stopped_at >= HANG_TIMEOUT_S
     killed = [line for line in stderr_lines if f'(pid {hung}) sent no heartbeat' in line]
     assert killed and f'worker_timeout_s={HANG_TIMEOUT_S:g}): killing it as hung' in killed[0], ''.join(stderr_lines)
+    # The live workers beat all along: none of them was taken for hung.
+    assert sum('sent no heartbeat' in line for line in stderr_lines) == 1, ''.join(stderr_lines)
 
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)
