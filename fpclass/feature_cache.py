@@ -36,8 +36,8 @@ would be a float `ImageRows`-like source for `fpclass.feed.StreamedFeed`), so `a
 cache then and `on` is an error.
 """
 import dataclasses
+import hashlib
 import math
-import time
 from typing import Any
 
 import flax
@@ -51,7 +51,6 @@ from tqdm.auto import tqdm
 from fpclass import feed, models, optim
 from fpclass import task as task_lib
 from fpclass.config import AugmentSettings
-from fpclass.data import stream
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
 from fpclass.steps import CompiledSteps
@@ -205,49 +204,44 @@ def compute_features(compiled: CompiledSteps, split: HeadSplit, state, images, b
   return feed.predict_logits(passes, state, images, batch_size)
 
 
-def for_phase(config, compiled: CompiledSteps, state, dataset, phase: int):
-  """(compiled, dataset, seconds) for training phase `phase`: with the cache, the cached head's programs,
-  the dataset with features in place of its train and val images, and the seconds the feature pass took;
-  else `compiled` and `dataset` unchanged and 0."""
+def head_split(config, task, variables: dict, image_shape, count: int, budget: int) -> HeadSplit | None:
+  """The split when training phase 0's head can take cached features (config.train.feature_cache), else
+  None, saying why in the log (or, for 'on', raising). `count`: the images whose features would be held;
+  `budget`: the device bytes they may take (`fpclass.data.stream.memory_budget`)."""
   mode = config.train.feature_cache
   check_setting(config)
-  if mode == 'off' or phase > 0:   # fine-tuning unfreezes the backbone
-    return compiled, dataset, 0.0
+  if mode == 'off':
+    return None
   if AugmentSettings.from_config(config.augment).randomises_input:
     if models.get_spec(config.model.name).stages:
       tqdm.write('feature cache: off (augmentation comes before the backbone)')
-    return compiled, dataset, 0.0
-  image_shape = dataset.train.images.shape[1:]
-  split, why = find_split(config, compiled.task, {'params': state.params, 'batch_stats': state.batch_stats},
-                          image_shape)
+    return None
+  split, why = find_split(config, task, variables, image_shape)
   if split is not None:
-    why = _over_budget(config, split, len(dataset.train) + len(dataset.val))
+    why = _over_budget(split, count, budget)
   if why:
     if mode == 'on':
       raise UserInputError(f"config.train.feature_cache='on': the head cannot train on cached features: {why}")
     if split is not None or models.get_spec(config.model.name).stages:
       tqdm.write(f'feature cache: off ({why})')
-    return compiled, dataset, 0.0
-
-  start = time.perf_counter()
-  eval_batch = int(config.eval.batch_size)
-  train_x = compute_features(compiled, split, state, dataset.train.images, eval_batch)
-  val_x = compute_features(compiled, split, state, dataset.val.images, eval_batch)
-  seconds = time.perf_counter() - start
-  tqdm.write(f'feature cache: {mode}: the frozen network before {split.name!r} ran once over '
-             f'{len(train_x)} train and {len(val_x)} val images ({seconds:.1f}s); the head trains on its '
-             f'{"x".join(map(str, split.feature_shape))} outputs')
-  cached = dataclasses.replace(
-      dataset, train=dataclasses.replace(dataset.train, images=train_x),
-      val=dataclasses.replace(dataset.val, images=val_x))
-  steps = CompiledSteps(cached_task(compiled.task, split), compiled.parallel, compiled.form,
-                        compiled.compiler_options)
-  return steps, cached, seconds
+    return None
+  return split
 
 
-def _over_budget(config, split: HeadSplit, count: int) -> str:
+def backbone_digest(split: HeadSplit, variables: dict) -> str:
+  """A digest of every variable outside the head: models with equal digests share one feature pass (the
+  members of a sweep that load one pretrained backbone)."""
+  digest = hashlib.sha1()
+  flat = traverse_util.flatten_dict({k: v for k, v in variables.items() if v}, sep='/')
+  for key in sorted(flat):
+    if key.split('/')[1] != split.name:
+      value = np.asarray(flat[key])
+      digest.update(key.encode() + str(value.dtype).encode() + str(value.shape).encode() + value.tobytes())
+  return digest.hexdigest()
+
+
+def _over_budget(split: HeadSplit, count: int, budget: int) -> str:
   """Why the features do not fit the device budget (`fpclass.data.stream.memory_budget`), else ''."""
-  budget = stream.memory_budget(int(config.data.device_memory_budget))
   nbytes = count * math.prod(split.feature_shape) * np.dtype(split.feature_dtype).itemsize
   if nbytes <= budget:
     return ''

@@ -17,11 +17,12 @@ from fpclass.task import predict_logits as predict_resident
 
 
 class ResidentFeed:
-  """The training split on every device; batches are index gathers inside the step."""
+  """The training split on every device; batches are index gathers inside the step. `placed`: the split's
+  (images, labels) already replicated on the mesh, so programs of several tasks share one copy."""
 
-  def __init__(self, compiled, split):
+  def __init__(self, compiled, split, placed=None):
     self.compiled = compiled
-    self.images, self.labels = compiled.parallel.replicate((split.images, split.labels))
+    self.images, self.labels = placed or compiled.parallel.replicate((split.images, split.labels))
 
   def run_epoch(self, state, order: np.ndarray, epoch_key, on_step=None, start: int = 0, should_stop=None):
     """`CompiledSteps.run_epoch` over the host order (steps, batch)."""
@@ -39,7 +40,10 @@ class StreamedFeed:
     """Trains one epoch over `order` from step `start`; returns (state, per-step metrics), as
     `CompiledSteps.run_epoch` (including its `should_stop`)."""
     metrics = []
-    batches = stream.device_batches(self.images, self.labels, order[start:], self.compiled.parallel.batch)
+    parallel = self.compiled.parallel
+    # A mesh of this process's devices alone (a sweep's member on one process of several) reads whole batches.
+    share = dict(process_index=0, process_count=1) if parallel.process_local else {}
+    batches = stream.device_batches(self.images, self.labels, order[start:], parallel.batch, **share)
     for i, (images, labels) in enumerate(batches, start=start):
       state, out = self.compiled.train_batch_step(state, images, labels, i, epoch_key)
       metrics.append(out)
@@ -50,8 +54,9 @@ class StreamedFeed:
     return state, metrics
 
 
-def train_feed(compiled, split):
-  return StreamedFeed(compiled, split) if stream.is_streamed(split) else ResidentFeed(compiled, split)
+def train_feed(compiled, split, placed=None):
+  """The feed `fpclass.data.stream.place` chose for `split`; `placed` as in `ResidentFeed`."""
+  return StreamedFeed(compiled, split) if stream.is_streamed(split) else ResidentFeed(compiled, split, placed)
 
 
 def predict_logits(compiled, state, images, batch_size: int) -> np.ndarray:

@@ -75,9 +75,19 @@ class DataParallel:
     devices = jax.devices() if devices is None else list(devices)
     return cls(Mesh(np.asarray(devices), (DATA_AXIS,)))
 
+  @classmethod
+  def local(cls) -> 'DataParallel':
+    """A mesh of this process's own devices: a sweep's members train apart on each process of a job."""
+    return cls.over(jax.local_devices())
+
   @property
   def size(self) -> int:
     return self.mesh.size
+
+  @property
+  def process_local(self) -> bool:
+    """Whether every device of the mesh belongs to this process (so it needs no other process)."""
+    return jax.process_count() == 1 or all(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
 
   @property
   def replicated(self) -> NamedSharding:

@@ -12,8 +12,8 @@ import pytest
 
 from fpclass.errors import RunInterrupted
 from fpclass.inference import load_trained
-from fpclass.modes import train
 from fpclass.modes.runner import run
+from fpclass.train.engine import Engine
 from tests.conftest import REPO, load_config
 from tests.test_scale import TINY
 
@@ -41,19 +41,19 @@ def unbroken(tmp_path_factory):
 
 
 def test_sigterm_in_the_middle_of_an_epoch_resumes_from_the_next_step(unbroken, tmp_path, monkeypatch):
-  real_progress = train._progress
+  real_progress = Engine._progress
   epochs_begun = []
 
-  def progress(bar, steps, log_every):  # a real SIGTERM to this process, delivered after step 5 of epoch 2
-    show = real_progress(bar, steps, log_every)
+  def progress(self, m, epoch, steps, solo):  # a real SIGTERM to this process, delivered after step 5 of epoch 2
+    bar, show = real_progress(self, m, epoch, steps, solo)
     epochs_begun.append(steps)
 
     def step_done(done, metrics):
       show(done, metrics)
       if done == 5 and len(epochs_begun) == 2:
         os.kill(os.getpid(), signal.SIGTERM)
-    return step_done
-  monkeypatch.setattr(train, '_progress', progress)
+    return bar, step_done
+  monkeypatch.setattr(Engine, '_progress', progress)
   with pytest.raises(RunInterrupted, match=r'SIGTERM: stopped after step 5 of 90 in epoch 2; saved in .*interrupted'):
     run('train', tiny(2), tmp_path)
   assert list(history(tmp_path)['epoch']) == [1]

@@ -1,0 +1,190 @@
+"""The two forms of the model axis: how the members of one training phase advance through an epoch.
+
+- `LoopAxis`: each member in turn through the single-model programs (`fpclass.steps.CompiledSteps` and
+  `fpclass.feed`: the step or scan loop form, data parallel over the mesh, resident or streamed data). A
+  solo `--mode train` run is this form with one member, so a sweep's member runs the solo run's programs.
+- `VmapAxis`: the members' states stacked, one jitted `jax.vmap` of `Task.train_step` advancing them all;
+  a member with no step left this epoch (a shorter split) or out of this phase is masked (`jnp.where`).
+  The form for accelerators, where one small model leaves most of the device idle.
+`auto` picks `loop` on XLA:CPU, where grouped convolutions ran slower than one model at a time
+(bench/vmap_speedup.py), and `vmap` elsewhere.
+"""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fpclass import feed
+from fpclass import task as task_lib
+from fpclass.data import stream
+from fpclass.errors import UserInputError
+from fpclass.steps import CompiledSteps, jit_options
+
+FORMS = ('auto', 'vmap', 'loop')
+
+
+def resolve_form(form: str) -> str:
+  if form not in FORMS:
+    raise UserInputError(f'config.sweep.model_axis={form!r}: choose one of {FORMS}')
+  if form == 'auto':
+    return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
+  return form
+
+
+@dataclasses.dataclass
+class Split:
+  """Images and labels that members' indices point into (uint8 images, or a frozen backbone's features)."""
+  images: object
+  labels: np.ndarray
+
+
+@dataclasses.dataclass
+class MemberData:
+  """What one member trains and validates on in a phase: the train split its orders index, its own
+  validation images (the loop form predicts them), their indices into the val array (the vmap form
+  gathers them on the device), and its class weights."""
+  train: Split
+  val_images: object
+  val_index: np.ndarray
+  class_weights: tuple | None
+
+
+def member_task(task, class_weights):
+  return task if class_weights is None else dataclasses.replace(task, class_weights=class_weights)
+
+
+class LoopAxis:
+  """Members one after another, each through `CompiledSteps` and its feed. Programs are shared by members
+  with equal class weights; device copies of the data by members that read the same arrays."""
+
+  def __init__(self, task, parallel, loop_form: str):
+    self.task, self.parallel, self.loop_form = task, parallel, loop_form
+    self.states, self._data, self._compiled, self._placed = {}, {}, {}, {}
+
+  def compiled(self, m) -> CompiledSteps:
+    return self._compiled[self._data[m][2]]
+
+  def add(self, m, state, data: MemberData) -> None:
+    key = tuple(data.class_weights) if data.class_weights is not None else None
+    if key not in self._compiled:
+      self._compiled[key] = CompiledSteps(member_task(self.task, data.class_weights), self.parallel,
+                                          self.loop_form)
+    self.states[m] = state
+    self._data[m] = (data.train, data.val_images, key)
+
+  def remove(self, m):
+    self._data.pop(m)
+    return self.states.pop(m)
+
+  def _feed(self, m):
+    train, _, key = self._data[m]
+    compiled = self._compiled[key]
+    if stream.is_streamed(train):
+      return feed.train_feed(compiled, train)
+    if id(train.images) not in self._placed:   # one device copy per array, whatever the programs
+      self._placed[id(train.images)] = (train.images, self.parallel.replicate((train.images, train.labels)))
+    return feed.ResidentFeed(compiled, train, self._placed[id(train.images)][1])
+
+  def run_epoch(self, members, orders, keys, on_step=None, start=0, should_stop=None) -> dict:
+    """Trains each of `members` one epoch over its order; {m: [per-step metrics on the host]}."""
+    out = {}
+    for m in members:
+      self.states[m], metrics = self._feed(m).run_epoch(self.states[m], orders[m], keys[m], on_step, start,
+                                                        should_stop)
+      out[m] = jax.device_get(metrics)
+    return out
+
+  def val_logits(self, members, eval_batch: int) -> dict:
+    return {m: feed.predict_logits(self.compiled(m), self.states[m], self._data[m][1], eval_batch)
+            for m in members}
+
+  def state(self, m):
+    return self.states[m]
+
+  def step(self, m) -> int:
+    return int(self.states[m].step)
+
+
+def where_tree(mask, new, old):
+  def pick(a, b):
+    m = jnp.reshape(mask, mask.shape + (1,) * (a.ndim - mask.ndim))
+    return jnp.where(m, a, b)
+  return jax.tree_util.tree_map(pick, new, old)
+
+
+def vmapped_predict(task):
+  """(stacked params, stacked batch_stats, images, (models, batch) indices) -> (models, batch, ...) logits."""
+  return jax.jit(jax.vmap(lambda p, bs, x, idx: task.predict(p, bs, x[idx]), in_axes=(0, 0, None, 0)),
+                 compiler_options=jit_options())
+
+
+class VmapAxis:
+  """Every member of the chunk in one stacked state (slot m is member m); a member not in this phase, or
+  with no step left, is masked. The data is shared: every member indexes the same device arrays."""
+
+  def __init__(self, task, slots: int, template, train: Split, val_images, class_weights: list):
+    if stream.is_streamed(train):
+      raise UserInputError("config.sweep.model_axis='vmap': the images exceed config.data.device_memory_budget "
+                           "and are streamed, which the vmap form cannot do; use config.sweep.model_axis='loop'")
+    self.task, self.slots = task, slots
+    self.states = jax.tree_util.tree_map(lambda a: jnp.stack([a] * slots), template)
+    self.images, self.labels = jax.device_put(train.images), jax.device_put(np.asarray(train.labels, np.int32))
+    self.val_images = self.images if val_images is train.images else jax.device_put(np.asarray(val_images))
+    self.val_index = [None] * slots
+    self.class_weights = (None if class_weights[0] is None else jnp.asarray(class_weights, jnp.float32))
+
+    def one(state, x, y, order, i, key, active, cw):
+      new, out = member_task(task, cw).train_step(state, x, y, order[i], jax.random.fold_in(key, i))
+      return where_tree(active, new, state), out
+
+    axes = (0, None, None, 0, None, 0, 0, None if self.class_weights is None else 0)
+    self._step = jax.jit(jax.vmap(one, in_axes=axes), donate_argnums=0, compiler_options=jit_options())
+    self._predict = vmapped_predict(task)
+    self._set = jax.jit(lambda states, m, state: jax.tree_util.tree_map(lambda a, b: a.at[m].set(b), states, state),
+                        donate_argnums=0)
+
+  def add(self, m, state, data: MemberData) -> None:
+    self.states = self._set(self.states, m, state)
+    self.val_index[m] = np.asarray(data.val_index)
+
+  def remove(self, m):
+    state = self.state(m)
+    self.val_index[m] = None
+    return state
+
+  def run_epoch(self, members, orders, keys, on_step=None, start=0, should_stop=None) -> dict:
+    steps = np.zeros(self.slots, int)
+    padded = np.zeros((self.slots, max(len(orders[m]) for m in members), orders[members[0]].shape[1]), np.int32)
+    epoch_keys = [jax.random.PRNGKey(0)] * self.slots
+    for m in members:
+      steps[m] = len(orders[m])
+      padded[m, :steps[m]] = orders[m]
+      epoch_keys[m] = keys[m]
+    padded, epoch_keys = jax.device_put(padded), jnp.stack(epoch_keys)
+    outputs = []
+    for i in range(int(steps.max())):
+      active = i < steps
+      self.states, out = self._step(self.states, self.images, self.labels, padded, i, epoch_keys,
+                                    jnp.asarray(active), self.class_weights)
+      outputs.append((out, active))
+    outputs = jax.device_get(outputs)
+    return {m: [{k: v[m] for k, v in out.items()} for out, active in outputs if active[m]] for m in members}
+
+  def val_logits(self, members, eval_batch: int) -> dict:
+    longest = max(len(self.val_index[m]) for m in members)
+    batch = task_lib.common_batch(eval_batch, [longest])
+    padded = np.zeros((self.slots, math.ceil(longest / batch) * batch), np.int32)
+    for m in members:
+      padded[m, :len(self.val_index[m])] = self.val_index[m]
+    out = [self._predict(self.states.params, self.states.batch_stats, self.val_images, padded[:, s:s + batch])
+           for s in range(0, padded.shape[1], batch)]
+    logits = np.concatenate(jax.device_get(out), axis=1)
+    return {m: logits[m, :len(self.val_index[m])] for m in members}
+
+  def state(self, m):
+    return jax.tree_util.tree_map(lambda a: a[m], self.states)
+
+  def step(self, m) -> int:
+    return int(self.states.step[m])

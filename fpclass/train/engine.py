@@ -1,0 +1,394 @@
+"""The one epoch driver: M >= 1 members trained together, each exactly as it would train alone.
+
+`--mode train` is this engine with one member, `--mode sweep` with one per split x seed of a variant, so
+every training feature (pretrained weights, frozen stages, two phases, the feature cache, streaming, mixing,
+samplers, class weights) exists once. A member's randomness and data depend on its seed and split alone:
+its init key is fold_in(PRNGKey(seed), 0), its epoch key fold_in(fold_in(PRNGKey(seed), 1), epoch) and step
+i's fold_in(epoch key, i), and its batches are `batch_order(sampler, seed, epoch, its labels, batch)` mapped
+through its train indices. The members share the arrays those indices point into, and advance through one
+form of the model axis (`fpclass.train.axis`) phase by phase: each member enters its fine-tuning phase when
+its own first phase ends. What is kept of each epoch is the record's business (`fpclass.train.records`).
+"""
+import dataclasses
+import hashlib
+import math
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from fpclass import feature_cache, fileio, metrics, models, optim, sharding, timings
+from fpclass.data import stream
+from fpclass.data.rows import take_rows
+from fpclass.errors import RunInterrupted
+from fpclass.loop_state import LoopState, SelectionRules, epoch_row
+from fpclass.models import transfer
+from fpclass.sampling import batch_order
+from fpclass.sharding import DataParallel
+from fpclass.steps import CompiledSteps, resolve_loop
+from fpclass.task import build_task
+from fpclass.task import class_weights as task_class_weights
+from fpclass.train.axis import LoopAxis, MemberData, Split, VmapAxis
+from fpclass.train.members import Member, MemberResult, batch_size_for
+from fpclass.train.records import PartialEpoch
+
+
+@dataclasses.dataclass
+class TrainData:
+  """The arrays every member's indices point into: a solo run's train and val splits, or a sweep's pool
+  (train and val the same arrays, each member's fold picking its rows)."""
+  class_names: tuple
+  train: Split
+  val: Split
+
+
+@dataclasses.dataclass
+class Start:
+  """A member resumed from its checkpoints: its loop state, train state and partial epoch."""
+  loop: LoopState
+  state: object
+  partial: PartialEpoch | None = None
+
+
+def phase_config(config, phase: int):
+  """The config of training phase `phase`. Phase 1, when config.train.finetune_epochs > 0, fine-tunes:
+  model.freeze_till becomes train.finetune_freeze_till, the learning rate is scaled by
+  train.finetune_lr_factor, and the schedule spans the fine-tuning epochs."""
+  if phase == 0:
+    return config
+  tuned = ml_collections.ConfigDict(config.to_dict())
+  tuned.model.freeze_till = int(config.train.finetune_freeze_till)
+  tuned.train.learning_rate = float(config.train.learning_rate) * float(config.train.finetune_lr_factor)
+  tuned.train.epochs = int(config.train.finetune_epochs)
+  tuned.train.warmup_epochs = 0
+  return tuned
+
+
+def phase_end(loop: LoopState, config) -> int:
+  """The epoch at which `loop`'s current phase ends."""
+  if loop.phase == 0:
+    return int(config.train.epochs)
+  return loop.phase_start + int(config.train.finetune_epochs)
+
+
+def total_epochs(config) -> int:
+  return int(config.train.epochs) + int(config.train.finetune_epochs)
+
+
+class Engine:
+  """Trains `members` (one optimizer group: the same batch size and schedule) on `data`.
+
+  `record` keeps each epoch (`fpclass.train.records`); `form` is the model axis ('loop' or 'vmap');
+  `parallel` the mesh (default: every device of the job); `budget` the device bytes cached features may take
+  (default: `fpclass.data.stream.memory_budget`); `stop` a `StopOnSignals`."""
+
+  def __init__(self, config, data: TrainData, members: list[Member], record, *, form: str = 'loop',
+               parallel: DataParallel | None = None, budget: int | None = None, stop=None, log_prefix: str = ''):
+    self.config, self.data, self.members, self.record = config, data, members, record
+    self.form, self.stop, self.log_prefix = form, stop, log_prefix
+    self.parallel = parallel or DataParallel.over()
+    self.loop_form = resolve_loop(config.train.loop)
+    self.budget = budget
+    self.batch = batch_size_for(config, len(members[0].train_index))
+    self.parallel.check_batch_size(self.batch)
+    self.steps = [math.ceil(len(m.train_index) / self.batch) for m in members]
+    self.eval_batch = int(config.eval.batch_size)
+    self.rules = SelectionRules.from_config(config.train)
+    self.image_shape = data.train.images.shape[1:]
+    self.class_weights = [task_class_weights(config.train.class_weights, data.class_names,
+                                             data.train.labels[m.train_index]) for m in members]
+    self.loops: list[LoopState] = []
+    self.timing = dict(train_seconds=0.0, epochs_run=0, model_epochs=0, models=len(members))
+    self._tasks, self._axes, self._val_images = {}, {}, {}
+    self._setup_seconds = 0.0
+    self._logits = [dict(last=None, best=None) for _ in members]
+    self._results = {}
+
+  # ---------------------------------------------------------------------------------------- set-up
+
+  def task(self, phase: int):
+    """The phase's task, built once for every member (a member's class weights replace the first one's)."""
+    if phase not in self._tasks:
+      self._tasks[phase] = build_task(phase_config(self.config, phase), self.data.class_names,
+                                      self.data.train.labels[self.members[0].train_index], self.steps[0])
+    return self._tasks[phase]
+
+  def init_states(self) -> list:
+    """Every member's initial state: pretrained weights read once, the rest initialised from its seed."""
+    compiled = CompiledSteps(self.task(0), self.parallel, self.loop_form)
+    # The file's arrays go into the abstract variables first, so only what it lacks is initialised.
+    loaded = transfer.load_pretrained(models.get_spec(self.config.model.name), self.config.model,
+                                      compiled.variable_shapes(self.image_shape),
+                                      fileio.cache_root(self.config.data.cache_dir))
+    states = []
+    for member in self.members:
+      key = jax.random.fold_in(jax.random.PRNGKey(member.seed), 0)
+      states.append(compiled.init(key, self.image_shape, compiled.init_variables(key, self.image_shape, loaded)))
+    return states
+
+  def _member_val_images(self, m: int, val_images):
+    """Member m's validation images: the val array itself when it validates on all of it, in order."""
+    index = self.members[m].val_index
+    if len(index) == len(val_images) and np.array_equal(index, np.arange(len(index))):
+      return val_images
+    key = (id(val_images), hashlib.sha1(np.asarray(index, np.int64).tobytes()).hexdigest())
+    if key not in self._val_images:   # seeds of one fold share their fold's copy
+      self._val_images[key] = take_rows(val_images, index)
+    return self._val_images[key]
+
+  def _member_data(self, m: int, train: Split, val_images) -> MemberData:
+    return MemberData(train, self._member_val_images(m, val_images), self.members[m].val_index,
+                      self.class_weights[m])
+
+  def _open_phase(self, phase: int, states: dict) -> None:
+    """Puts members into the phase's axis, creating it on first use; phase 0's members come together,
+    so its feature cache is decided once for all of them."""
+    task, datas, val_array = self.task(phase), None, self.data.val.images
+    if phase == 0:   # fine-tuning unfreezes the backbone: the cache serves the first phase alone
+      task, datas, val_array = self._cached_phase(task, states)
+    if datas is None:
+      datas = {m: self._member_data(m, self.data.train, self.data.val.images) for m in states}
+    if phase not in self._axes:
+      if self.form == 'vmap':
+        train = next(iter(datas.values())).train
+        self._axes[phase] = VmapAxis(task, len(self.members), next(iter(states.values())), train, val_array,
+                                     self.class_weights)
+      else:
+        self._axes[phase] = LoopAxis(task, self.parallel, self.loop_form)
+    for m, state in states.items():
+      self._axes[phase].add(m, state, datas[m])
+
+  def _cached_phase(self, task, states: dict):
+    """(task, {m: MemberData}, val array) with the head training on features computed once per distinct
+    frozen backbone, or (task, None, the val images) when the feature cache does not apply."""
+    first = next(iter(states.values()))
+    shared_val = self.data.val.images is self.data.train.images
+    count = len(self.data.train.images) + (0 if shared_val else len(self.data.val.images))
+    budget = self.budget if self.budget is not None else stream.memory_budget(
+        int(self.config.data.device_memory_budget))
+    split = feature_cache.head_split(self.config, task, {'params': first.params, 'batch_stats': first.batch_stats},
+                                     self.image_shape, count, budget)
+    if split is None:
+      return task, None, self.data.val.images
+    digests = {m: feature_cache.backbone_digest(split, {'params': s.params, 'batch_stats': s.batch_stats})
+               for m, s in states.items()}
+    if self.form == 'vmap' and len(set(digests.values())) > 1:
+      tqdm.write('feature cache: off (the members\' frozen backbones differ, and the vmap form shares one input)')
+      return task, None, self.data.val.images
+    start = time.perf_counter()
+    full = CompiledSteps(task, self.parallel, self.loop_form)
+    features = {}
+    for m, digest in digests.items():
+      if digest not in features:   # every member with this backbone shares the pass
+        state = states[m]
+        train_x = feature_cache.compute_features(full, split, state, self.data.train.images, self.eval_batch)
+        val_x = train_x if shared_val else feature_cache.compute_features(full, split, state,
+                                                                          self.data.val.images, self.eval_batch)
+        features[digest] = (Split(train_x, self.data.train.labels), val_x)
+    seconds = time.perf_counter() - start
+    self._setup_seconds += seconds   # counted in the first epoch's seconds
+    passes = f'{len(features)} passes' if len(features) > 1 else 'once'
+    tqdm.write(f'{self.log_prefix}feature cache: {self.config.train.feature_cache}: the frozen network before '
+               f'{split.name!r} ran {passes} over {len(self.data.train.images)} train'
+               f'{"" if shared_val else f" and {len(self.data.val.images)} val"} images ({seconds:.1f}s) for '
+               f'{len(states)} model(s); the head trains on its {"x".join(map(str, split.feature_shape))} outputs')
+    datas = {m: self._member_data(m, *features[digests[m]]) for m in states}
+    return feature_cache.cached_task(task, split), datas, next(iter(features.values()))[1]
+
+  def _enter_finetuning(self, m: int, state) -> None:
+    """Member m starts phase 1 from its best weights so far when early stopping chose them (as Keras'
+    restore_best_weights would), else from the current ones, with a fresh optimizer."""
+    loop = self.loops[m]
+    if int(self.config.train.early_stopping_patience) > 0:
+      best = self.record.best_variables(m, state)
+      state = state if best is None else best
+    loop.phase, loop.phase_start, loop.phase_over, loop.wait = 1, loop.epoch, False, 0
+    if len(self.members) == 1:
+      train = self.config.train
+      tqdm.write(f'fine-tuning: {train.finetune_epochs} epochs with model.freeze_till={train.finetune_freeze_till}, '
+                 f'learning rate x{train.finetune_lr_factor}')
+    task = self.task(1)
+    state = self.parallel.replicate(state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params)))
+    self._open_phase(1, {m: state})
+
+  # ---------------------------------------------------------------------------------------- training
+
+  def run(self, starts: list[Start | None] | None = None) -> list[MemberResult]:
+    """Trains every member to its end; `starts` resumes members (None: fresh). Each result holds host
+    copies of its last state and best variables when the record keeps them (`keeps_states`)."""
+    starts = starts or [None] * len(self.members)
+    with timings.phase('model'):
+      fresh = iter(self.init_states()) if any(s is None for s in starts) else iter(())
+      self.loops = [s.loop if s else LoopState() for s in starts]
+      partials = {m: s.partial for m, s in enumerate(starts) if s and s.partial}
+      states = [s.state if s else next(fresh) for s in starts]
+    by_phase = {}
+    for m, state in enumerate(states):
+      if self.loops[m].finished:
+        continue
+      if self.loops[m].phase_over:
+        self._enter_finetuning(m, state)
+      else:
+        by_phase.setdefault(self.loops[m].phase, {})[m] = state
+    for phase, group in sorted(by_phase.items()):
+      with timings.phase('epochs'):   # the one-time feature pass counts with the epochs
+        self._open_phase(phase, group)
+    del states
+    while True:
+      for m in self._alive():
+        if self.loops[m].phase_over:
+          self._enter_finetuning(m, self._axes[0].remove(m))
+      alive = self._alive()
+      if not alive:
+        break
+      self._epoch(alive, partials)
+      partials = {}
+    return [self._results[m] if m in self._results else self._result(m) for m in range(len(self.members))]
+
+  def _alive(self) -> list[int]:
+    return [m for m, loop in enumerate(self.loops) if not loop.finished]
+
+  def _order(self, m: int, epoch: int) -> np.ndarray:
+    member = self.members[m]
+    order = batch_order(self.config.train.sampler, member.seed, epoch, self.data.train.labels[member.train_index],
+                        self.batch)
+    return member.train_index[order].astype(np.int32)
+
+  @staticmethod
+  def _epoch_key(m_seed: int, epoch: int):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(m_seed), 1), epoch)
+
+  def _epoch(self, alive: list[int], partials: dict) -> None:
+    """One epoch of every alive member, phase by phase; then each member's metrics row and record."""
+    solo = len(self.members) == 1
+    with timings.phase('epochs'):   # the checkpoint saves inside it count as 'checkpoints'
+      start = time.perf_counter() - self._setup_seconds
+      self._setup_seconds = 0.0
+      epochs = {m: self.loops[m].epoch for m in alive}
+      orders = {m: self._order(m, epochs[m]) for m in alive}
+      keys = {m: self._epoch_key(self.members[m].seed, epochs[m]) for m in alive}
+      done_before = {m: [{k: np.float32(v) for k, v in s.items()} for s in p.step_metrics]
+                     for m, p in partials.items()}
+      first = partials[alive[0]].step if solo and alive[0] in partials else 0
+      # One process alone may stop mid-epoch; several must agree, which they do at the epoch's end.
+      mid_epoch = (self.stop.requested if self.stop is not None and solo and sharding.process_count() == 1
+                   and self.record.stops_mid_epoch else None)
+      step_metrics, val_logits = {}, {}
+      for phase in sorted({self.loops[m].phase for m in alive}):
+        members = [m for m in alive if self.loops[m].phase == phase]
+        axis = self._axes[phase]
+        bar, on_step = self._progress(members[0], epochs[members[0]], len(orders[members[0]]), solo)
+        step_metrics.update(axis.run_epoch(members, orders, keys, on_step, first, mid_epoch))
+        if bar is not None:
+          bar.close()
+        for m in members:
+          step_metrics[m] = done_before.get(m, []) + step_metrics[m]
+          if len(step_metrics[m]) < len(orders[m]):
+            self.record.interrupt(m, epochs[m] + 1, axis.state(m), self.loops[m], step_metrics[m], len(orders[m]),
+                                  self.stop)
+        val_logits.update(axis.val_logits(members, self.eval_batch))
+      seconds = time.perf_counter() - start
+      rows = {}
+      for m in alive:
+        rows[m] = self._record(m, epochs[m], step_metrics[m], val_logits[m], seconds)
+    self.timing['train_seconds'] += seconds
+    self.timing['epochs_run'] += 1
+    self.timing['model_epochs'] += len(alive)
+    self._log(alive, epochs, rows, seconds)
+    for m in alive:
+      if self.loops[m].finished:
+        self._results[m] = self._result(m)
+        self.record.finished(self._results[m])
+    self._check_stop(alive, epochs)
+
+  def _record(self, m: int, epoch: int, step_metrics: list, logits: np.ndarray, seconds: float) -> tuple:
+    loop, member = self.loops[m], self.members[m]
+    axis = self._axes[loop.phase]
+    totals = {k: float(sum(np.asarray(s[k]) for s in step_metrics)) for k in step_metrics[0]}
+    val = metrics.epoch_metrics(self.data.val.labels[member.val_index], logits, self.task(0).head,
+                                len(self.data.class_names))
+    schedule = optim.learning_rate_schedule(phase_config(self.config, loop.phase).train, self.steps[m])
+    row = epoch_row(epoch + 1, totals, val, float(schedule(axis.step(m) - 1)), loop.phase, seconds)
+    last_phase = loop.phase == 1 or int(self.config.train.finetune_epochs) == 0
+    improved, stopped_early = loop.record(row, self.rules, phase_end(loop, self.config), last_phase)
+    with timings.phase('checkpoints'):
+      self.record.epoch_end(m, epoch + 1, axis.state(m), loop, improved)
+    self._logits[m]['last'] = logits
+    if improved:
+      self._logits[m]['best'] = logits
+    return row, improved, stopped_early
+
+  def _shown_total(self, m: int) -> int:
+    """The epoch count a solo run shows: its phase's end, plus the fine-tuning epochs still to come."""
+    loop = self.loops[m]
+    end = phase_end(loop, self.config)
+    return end if loop.phase == 1 or not self._two_phases() else end + int(self.config.train.finetune_epochs)
+
+  def _progress(self, m: int, epoch: int, steps: int, solo: bool):
+    """(bar, on_step): a progress bar over the steps of a solo run's epoch, with the running loss and
+    accuracy every train.log_every_steps (reading them waits for the device); the record polls its saves."""
+    if not solo:
+      return None, lambda done, step_metrics: self.record.poll()
+    bar = tqdm(total=steps, desc=f'epoch {epoch + 1}/{self._shown_total(m)}', unit='step', leave=False,
+               disable=None)
+    log_every = max(1, int(self.config.train.log_every_steps))
+
+    def on_step(done, step_metrics):
+      self.record.poll()
+      bar.update(done - bar.n)
+      if done % log_every == 0 or done == steps:
+        host = jax.device_get(step_metrics)
+        bar.set_postfix(loss=f'{sum(s["loss_sum"] for s in host) / sum(s["count"] for s in host):.4f}',
+                        acc=f'{sum(s["correct"] for s in host) / sum(s["count"] for s in host):.3f}')
+    return bar, on_step
+
+  def _two_phases(self) -> bool:
+    return int(self.config.train.finetune_epochs) > 0
+
+  def _log(self, alive, epochs, rows, seconds) -> None:
+    if len(self.members) == 1:
+      m = alive[0]
+      row, improved, stopped_early = rows[m]
+      tqdm.write(f'epoch {epochs[m] + 1}/{self._shown_total(m)}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
+                 f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
+                 f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')
+      if stopped_early:
+        tqdm.write(f'early stopping: no {self.rules.monitor} improvement for {self.rules.patience} epochs; best '
+                   f'epoch {self.loops[m].best_epoch}')
+      return
+    monitor = self.rules.monitor
+    values = [rows[m][0][monitor] for m in alive]
+    mean = np.nanmean([np.nan if v is None else v for v in values])
+    stopped = [self.members[m].name for m in alive if rows[m][2]]
+    epoch = max(epochs.values()) + 1
+    tqdm.write(f'{self.log_prefix}epoch {epoch}/{total_epochs(self.config)}: {len(alive)} models, {seconds:.1f}s, mean {monitor} '
+               f'{mean:.4f}' + (f'; early stopped: {", ".join(stopped)}' if stopped else ''))
+
+  def _check_stop(self, alive, epochs) -> None:
+    """Ends the run after this epoch when a signal asked for it (with several processes training one
+    model together, process 0's signal decides for all)."""
+    if self.stop is None or all(self.loops[m].finished for m in alive):
+      return
+    requested = self.stop.requested()
+    if not self.parallel.process_local:
+      requested = sharding.agree_on(requested)
+    if requested:
+      epoch = max(epochs.values()) + 1
+      raise RunInterrupted(f'{self.stop.name}: stopped after epoch {epoch}; {self.record.kept_on_stop} Launch the '
+                           'same command again to resume.', self.stop.signum or signal.SIGTERM)
+
+  def _result(self, m: int) -> MemberResult:
+    loop = self.loops[m]
+    use_best = self.config.train.select_checkpoint == 'best' and loop.best_epoch is not None
+    logits = self._logits[m]['best' if use_best else 'last']
+    last = best = None
+    if self.record.keeps_states:
+      axis = self._axes[loop.phase]
+      last, best = jax.device_get(axis.state(m)), self.record.best(m)
+    return MemberResult(self.members[m], loop, 'best' if use_best else 'last',
+                        int(loop.best_epoch if use_best else loop.epoch),
+                        None if logits is None else np.asarray(logits), last, best)

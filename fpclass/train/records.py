@@ -1,0 +1,149 @@
+"""What the engine keeps of each member's epochs, and how a run is stopped.
+
+- `CheckpointRecord` (`--mode train`): every epoch the `last` checkpoint with the loop state (a killed run
+  resumes there), `best` when the monitor improves, metrics.csv once the save is complete, and the
+  `interrupted` checkpoint of a run stopped by a signal inside an epoch.
+- `MemoryRecord` (`--mode sweep`): each member's best variables on the device, no files: a sweep keeps
+  its finished members (`fpclass.modes.sweep`), not its epochs.
+"""
+import dataclasses
+import functools
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+import pandas as pd
+
+from fpclass import fileio, tensorboard_log
+from fpclass.errors import RunInterrupted
+
+HISTORY = 'metrics.csv'
+INTERRUPTED = 'interrupted'
+
+
+@dataclasses.dataclass
+class PartialEpoch:
+  """Where a run stopped by a signal was inside its epoch: the steps done and their metrics."""
+  step: int
+  step_metrics: list   # one {'loss_sum', 'correct', 'count'} dict of floats per step done
+
+
+class CheckpointRecord:
+  """One member's epochs in the workdir's checkpoint store (`fpclass.checkpoint.CheckpointStore`)."""
+  stops_mid_epoch = True     # a signal stops the run after the current step (the `interrupted` checkpoint)
+  keeps_states = False       # the states are in the store
+  kept_on_stop = 'its checkpoint is saved.'
+
+  def __init__(self, store, workdir, tensorboard: bool = False):
+    self.store, self.workdir, self.tensorboard = store, workdir, bool(tensorboard)
+
+  def epoch_end(self, m: int, epoch: int, state, loop, improved: bool) -> None:
+    if improved:
+      self.store.save('best', epoch, state, loop.to_json())
+    self.store.save('last', epoch, state, loop.to_json(),
+                    then=functools.partial(_record_epoch, self.workdir, list(loop.history), self.tensorboard))
+    self.store.discard(INTERRUPTED)
+
+  def poll(self) -> None:
+    self.store.poll()  # the previous epoch's metrics.csv as soon as its checkpoint is complete
+
+  def best_variables(self, m: int, state):
+    """The state with the best epoch's variables, or None when none was saved."""
+    if self.store.latest_epoch('best') is None:
+      return None
+    return self.store.restore('best', state)[0]
+
+  def interrupt(self, m: int, epoch: int, state, loop, step_metrics: list, steps: int, stop) -> None:
+    """Saves the middle of epoch `epoch` (1-based) and raises RunInterrupted saying how to resume."""
+    done = len(step_metrics)
+    self.store.save(INTERRUPTED, epoch, state, dict(
+        loop.to_json(), interrupted_step=done,
+        interrupted_metrics=[{k: float(v) for k, v in s.items()} for s in step_metrics]))
+    raise RunInterrupted(f'{stop.name}: stopped after step {done} of {steps} in epoch {epoch}; saved in '
+                         f'{self.store.root / INTERRUPTED}. Launch the same command again to resume from step '
+                         f'{done + 1}.', stop.signum)
+
+  def best(self, m: int):
+    return None   # on disk
+
+  def finished(self, result) -> None:
+    pass
+
+
+def _record_epoch(workdir, history: list, tensorboard: bool) -> None:
+  """metrics.csv (and TensorBoard) after the epoch's `last` checkpoint is complete (saves are asynchronous),
+  so a killed run's metrics.csv lists exactly the epochs it resumes after."""
+  fileio.write_csv(workdir / HISTORY, pd.DataFrame(history))
+  if tensorboard:
+    tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, history[-1])
+
+
+class MemoryRecord:
+  """Each member's best variables, copied on the device when its monitor improves; `on_finished(result)`
+  receives each member's result (with host copies of its states) as soon as it has finished."""
+  stops_mid_epoch = False
+  keeps_states = True
+  kept_on_stop = 'the members that had finished are kept.'
+
+  def __init__(self, on_finished=None):
+    self._best = {}
+    self._on_finished = on_finished
+
+  def finished(self, result) -> None:
+    if self._on_finished is not None:
+      self._on_finished(result)
+
+  def epoch_end(self, m: int, epoch: int, state, loop, improved: bool) -> None:
+    if improved:
+      self._best[m] = jax.tree_util.tree_map(jnp.copy, (state.params, state.batch_stats))
+
+  def poll(self) -> None:
+    pass
+
+  def best_variables(self, m: int, state):
+    if m not in self._best:
+      return None
+    params, batch_stats = self._best[m]
+    return state.replace(params=params, batch_stats=batch_stats)
+
+  def interrupt(self, m, epoch, state, loop, step_metrics, steps, stop) -> None:
+    raise AssertionError('a sweep stops between epochs')   # the engine asks for mid-epoch stops with M = 1 only
+
+  def best(self, m: int):
+    """Host copies of member m's best (params, batch_stats), or None."""
+    return jax.device_get(self._best[m]) if m in self._best else None
+
+
+class StopOnSignals:
+  """SIGINT and SIGTERM set a flag that the engine reads after each step; the handlers are put back at
+  once, so a second signal acts as usual (KeyboardInterrupt, or termination)."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+    self._restore()
+
+  def _restore(self):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else 'process 0\'s signal'
