@@ -5,10 +5,10 @@
     python bench/vmap_speedup.py --forms vmap,one_by_one  # on a GPU
     python bench/vmap_speedup.py --set 'data.image_size=(60,40)'  # smaller images (less memory)
 
-Every arm trains the same members with `fpclass.modes.model_axis.train_chunk` (the sweep's own trainer), with the
+Every arm trains the same members with `fpclass.train.engine.Engine` (the one training engine), with the
 same epochs, steps and per-epoch validation, so the arms differ only in how the model axis is executed:
   one_by_one   each member alone (a chunk of one), members one after another
-  loop         all members in one chunk, the single-model step called per member within each step
+  loop         all members in one chunk, each member's epoch through the single-model programs in turn
   vmap         all members in one chunk, one jitted jax.vmap step for all of them
 `--fraction` keeps that share of each member's training and validation indices (the same share for every
 arm), to bound the run time on a CPU; steps per epoch scale with it. The first epoch includes compilation;
@@ -42,10 +42,12 @@ def main():
   import jax
 
   from fpclass import data
-  from fpclass import task as task_lib
   from fpclass.data import splits
-  from fpclass.modes import model_axis
   from fpclass.runtime import enable_compilation_cache
+  from fpclass.train.axis import Split
+  from fpclass.train.engine import Engine, TrainData
+  from fpclass.train.members import Member, batch_size_for
+  from fpclass.train.records import MemoryRecord
   from tests.conftest import load_config
 
   enable_compilation_cache()
@@ -60,10 +62,11 @@ def main():
   rng = np.random.default_rng(0)
   keep = lambda index: np.sort(rng.choice(index, max(1, int(round(args.fraction * len(index)))), replace=False))
   subsets = [(keep(t), keep(v)) for t, v in folds]
-  members = [model_axis.Member(f, s, *subsets[f]) for f in range(args.folds) for s in range(args.seeds)]
-  batch = model_axis.batch_size_for(config, len(members[0].train_index))
+  members = [Member(f, s, *subsets[f]) for f in range(args.folds) for s in range(args.seeds)]
+  batch = batch_size_for(config, len(members[0].train_index))
   steps = int(np.ceil(len(members[0].train_index) / batch))
-  task = task_lib.build_task(config, decoded.class_names, labels[members[0].train_index], steps)
+  split = Split(decoded.pool.images, labels)
+  train_data = TrainData(decoded.class_names, split, split)
   print(f'{jax.default_backend()} ({jax.devices()[0].device_kind}); {len(members)} members '
         f'({args.folds} folds x {args.seeds} seeds), {args.epochs} epochs of {steps} steps (batch {batch}), '
         f'{len(members[0].val_index)} validation images each; image {decoded.pool.images.shape[1:]}', flush=True)
@@ -75,9 +78,8 @@ def main():
     accuracy = []
     groups = [[m] for m in members] if form == 'one_by_one' else [members]
     for group in groups:
-      chunk_results, timing = model_axis.train_chunk(config, task, decoded.class_names, decoded.pool.images, labels,
-                                                     group, 'loop' if form == 'one_by_one' else form,
-                                                     log_prefix=f'[{form}] ')
+      chunk_results = Engine(config, train_data, group, MemoryRecord(), form='loop' if form == 'one_by_one' else form,
+                             log_prefix=f'[{form}] ').run()
       epoch_seconds += [row['seconds'] for row in chunk_results[0].loop.history]
       accuracy += [r.loop.history[-1]['val_accuracy'] for r in chunk_results]
     wall = time.perf_counter() - start

@@ -487,7 +487,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.serve = section(ServeSettings)
   c.export = section(ExportSettings)
 
-  # --mode sweep: every variant x split x seed, trained together along a model axis (fpclass.modes.model_axis),
+  # --mode sweep: every variant x split x seed, trained together along a model axis (fpclass.train.engine, fpclass.train.axis),
   # summarised with confidence intervals (fpclass.modes.sweep), and calibrated (fpclass.calibration).
   c.sweep = ml_collections.ConfigDict(dict(
       # Named config changes, one string each: 'name: key=value; key=value' (values are Python literals;
@@ -496,7 +496,7 @@ def base_config() -> ml_collections.ConfigDict:
       baseline='',             # the variant paired differences are taken against; '' -> the first
       folds=(),                # () -> all data.num_folds folds (or the source's own val split); (-1,) -> holdout
       seeds=(0, 1, 2),
-      model_axis='auto',       # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.modes.model_axis
+      model_axis='auto',       # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.train.axis
       models_per_chunk=0,      # models resident at once; 0 -> from the memory rule and memory_fraction
       memory_fraction=0.5,     # share of free device (or host) memory the chunk may use
       ece_bins=15,             # equal-width confidence bins for expected calibration error

@@ -1,7 +1,6 @@
-"""Model selection and the training loop's state: the one rule for "did this epoch improve", early
-stopping and phases, shared by the single-model loop (`fpclass.modes.train`) and the model axis
-(`fpclass.modes.model_axis`). The state travels in every checkpoint as JSON, so a killed run resumes
-with its history, best epoch and patience intact.
+"""Model selection and each member's loop state: the one rule for "did this epoch improve", early
+stopping and phases, kept per member by the engine (`fpclass.train.engine`). The state travels in every
+checkpoint as JSON, so a killed run resumes with its history, best epoch and patience intact.
 """
 import dataclasses
 import math

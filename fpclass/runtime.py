@@ -163,7 +163,7 @@ def keep_host_buffers() -> bool:
 
 def host_buffers_kept() -> bool:
   """Whether `keep_host_buffers` applied its settings in this process: freed host buffers then stay in
-  it, which the sweep's memory rule counts (fpclass.modes.model_axis)."""
+  it, which the sweep's memory rule counts (fpclass.train.memory_plan)."""
   return _kept
 
 

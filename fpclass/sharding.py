@@ -60,6 +60,13 @@ def agree_on(flag: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
 
 
+def barrier(name: str) -> None:
+  """Waits until every process of a multi-process job has reached the barrier `name` (one process: returns)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def is_primary_process() -> bool:
   """Process 0 of a multi-process job (or the only process): the one that writes the workdir's files."""
   return jax.process_index() == 0

@@ -39,7 +39,7 @@ def default_compiler_options(backend: str | None = None) -> tuple:
 
 def jit_options(init: bool = False) -> dict | None:
   """`jax.jit(compiler_options=...)` for this backend: the train/predict programs' options, or the init
-  program's. Every program that must reproduce `CompiledSteps` exactly (e.g. `fpclass.model_axis`) uses
+  program's. Every program that must reproduce `CompiledSteps` exactly (e.g. `fpclass.train.axis`) uses
   these, since XLA options may change floating-point results."""
   if init:
     return dict(CPU_INIT_OPTIONS) if jax.default_backend() == 'cpu' else None

@@ -1,10 +1,10 @@
-"""The sweep's memory rule (fpclass/modes/model_axis.py: measure_memory, MemoryPlan) against the measured peak
+"""The sweep's memory rule (fpclass/train/memory_plan.py: measure_memory, MemoryPlan) against the measured peak
 resident size of a fresh process that plans and trains one chunk of footprint CNNs, in both forms of the model
 axis: the prediction lands within 25%.
 
 The measured run is a subprocess (this file run as a script), so the peak is its own: it applies
 `keep_host_buffers` first, as launch.py does, decodes the synthetic footprints, plans with `measure_memory`
-as `train_members` does, trains one epoch with `train_chunk`, and prints the plan's predicted peak and
+as `--mode sweep` does, trains one epoch of the chunk with the engine, and prints the plan's predicted peak and
 its own peak, `VmHWM` of /proc/self/status (`runtime.process_memory_bytes`). Not `ru_maxrss`: Linux carries
 that across execve, so a child spawned from a pytest worker that once held 6 GiB would report the worker's
 peak. The figures are printed (pytest -s) for docs:
@@ -34,7 +34,11 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
   from fpclass import data
   from fpclass import task as task_lib
   from fpclass.data import splits
-  from fpclass.modes import model_axis
+  from fpclass.train import memory_plan
+  from fpclass.train.axis import Split
+  from fpclass.train.engine import Engine, TrainData
+  from fpclass.train.members import Member, batch_size_for
+  from fpclass.train.records import MemoryRecord
   from tests.conftest import load_config
   config = load_config('configs/footprint.py:exp0', **{
       'data.image_size': (height, width), 'data.synthetic.n_class0': images // 2,
@@ -43,13 +47,14 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
   decoded = data.decode_source(config, progress=False)
   pool, labels = decoded.pool.images, decoded.pool.labels
   folds = splits.kfold_indices(labels, 5, 0)
-  members = [model_axis.Member(m % 5, m // 5, *folds[m % 5]) for m in range(models)]
-  batch = model_axis.batch_size_for(config, len(members[0].train_index))
+  members = [Member(m % 5, m // 5, *folds[m % 5]) for m in range(models)]
+  batch = batch_size_for(config, len(members[0].train_index))
   task = task_lib.build_task(config, decoded.class_names, labels[members[0].train_index],
                              -(-len(members[0].train_index) // batch))
   eval_batch = task_lib.common_batch(config.eval.batch_size, [len(m.val_index) for m in members])
-  plan = model_axis.measure_memory(task, pool, batch, eval_batch, form)
-  model_axis.train_chunk(config, task, decoded.class_names, pool, labels, members, form)
+  plan = memory_plan.measure_memory(task, pool, batch, eval_batch, form)
+  split = Split(pool, labels.astype('int32'))
+  Engine(config, TrainData(decoded.class_names, split, split), members, MemoryRecord(), form=form).run()
   # The first rule, for the record: D + M (S + V + W) (vmap) or D + W + M (S + V) (loop), W the larger of
   # the train and evaluation programs' XLA temp bytes, which read 0 for the latter on CPU.
   first = plan.shared_bytes + plan.step_bytes + models * (plan.state_bytes + plan.best_bytes) + (

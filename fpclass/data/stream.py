@@ -89,16 +89,22 @@ def is_streamed(split) -> bool:
 def place(dataset, config):
   """`dataset` ready to train: every split's images in memory when train + val fit the budget, else
   train and val as `ImageRows` to stream. Logs the choice when it streams."""
-  need = images_bytes(dataset.train, dataset.val)
+  (train, val, test), _ = place_splits(config, dataset.train, dataset.val, dataset.test)
+  return dataclasses.replace(dataset, train=train, val=val, test=test)
+
+
+def place_splits(config, train, val, test=None):
+  """((train, val, test), budget): the splits in memory when train and val fit the device budget (bytes,
+  `memory_budget`), else train and val as `ImageRows` to stream (test as it was)."""
+  need = images_bytes(train, val)
   budget = memory_budget(int(config.data.device_memory_budget))
   if need <= budget:
-    return dataclasses.replace(dataset, train=_resident(dataset.train), val=_resident(dataset.val),
-                               test=_resident(dataset.test))
+    return (_resident(train), _resident(val), _resident(test)), budget
   logging.warning('streaming input: the decoded train + val images take %.1f MB, over the device budget of '
                   '%.1f MB (config.data.device_memory_budget), so each batch is read on the host (from the '
                   'memory-mapped decode cache) and put on the device ahead of its step', need / 2**20,
                   budget / 2**20)
-  return dataclasses.replace(dataset, train=_streamed(dataset.train), val=_streamed(dataset.val))
+  return (_streamed(train), _streamed(val), test), budget
 
 
 def _resident(split):

@@ -52,7 +52,7 @@ MODES = {
     'prepare': Mode('prepare', 'prepare', 'download and prepare config.data.tfds.name as ArrayRecord (needs '
                     'TensorFlow)'),
     'sweep': Mode('sweep', 'run_sweep', 'train config.sweep.variants x folds x seeds together; tables with '
-                  'confidence intervals', trains=True),
+                  'confidence intervals', trains=True, multi_process=True),
     'probe': Mode('probe', 'probe', 'screen config.probe.backbones: a linear probe on each one\'s cached, pooled '
                   'features over folds x seeds; tables and a plot with confidence intervals'),
 }

@@ -20,19 +20,27 @@ import json
 import pathlib
 import time
 
+import jax
 import ml_collections
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from fpclass import calibration, checkpoint, data, fileio, metrics, optim, report, stats
+from fpclass import calibration, checkpoint, data, fileio, metrics, optim, report, sharding, stats
 from fpclass.config import ConfigError, parse_variant
-from fpclass.data import splits
+from fpclass.data import splits, stream
+from fpclass.data.rows import in_memory
 from fpclass.errors import UserInputError
-from fpclass.modes import model_axis
 from fpclass.modes.calibrate import calibrate
-from fpclass.task import Normalisation, probabilities
+from fpclass.sharding import DataParallel
+from fpclass.task import Normalisation, build_task, common_batch, probabilities
+from fpclass.train import axis, member_store, memory_plan
+from fpclass.train import members as members_lib
+from fpclass.train.axis import Split
+from fpclass.train.engine import Engine, TrainData, phase_config
+from fpclass.train.members import Member, MemberResult
+from fpclass.train.records import MemoryRecord, StopOnSignals
 from fpclass.validation import validate
 
 METRICS = ('accuracy', 'macro_f1', 'roc_auc')
@@ -99,7 +107,7 @@ def check_sweep_config(config, variants: list[Variant]) -> None:
                                               for f in folds):
     raise UserInputError(f'config.sweep.folds={tuple(folds)}: give distinct fold numbers in [0, '
                          f'data.num_folds={config.data.num_folds}), or -1 for the holdout; () means all folds')
-  model_axis.resolve_form(sweep.model_axis)
+  axis.resolve_form(sweep.model_axis)
   if not 0.0 < float(sweep.memory_fraction) <= 1.0:
     raise UserInputError(f'config.sweep.memory_fraction={sweep.memory_fraction}: must be in (0, 1]')
   if int(sweep.models_per_chunk) < 0:
@@ -114,30 +122,31 @@ def check_sweep_config(config, variants: list[Variant]) -> None:
                          f'{[v.name for v in variants]}')
 
 
-def plan_members(decoded: data.Decoded, config):
-  """(images, labels, members, note): the shared arrays and one member per split x seed. Splits are
-  exactly those `data.split_dataset` makes for `data.fold=k`, so each member sees a solo run's data."""
+def plan_members(decoded: data.Decoded, config) -> tuple[TrainData, list[Member], str, int]:
+  """(data, members, note, device budget): the arrays every member indexes (in memory, or streamed when over
+  config.data.device_memory_budget) and one member per split x seed. Splits are exactly those
+  `data.split_dataset` makes for `data.fold=k`, so each member sees a solo run's data."""
   folds, seeds = list(config.sweep.folds), list(config.sweep.seeds)
-  pool, d = decoded.pool, config.data
-  if decoded.val is not None:
+  pool, val, d = decoded.pool, decoded.val, config.data
+  if val is not None:
     if folds not in ([], [-1]):
       raise UserInputError(f'config.sweep.folds={tuple(folds)}: the source has its own validation split, so '
                            'there are no folds to choose; use () or (-1,)')
-    images = np.concatenate([pool.images, decoded.val.images])
-    labels = np.concatenate([pool.labels, decoded.val.labels])
-    split_index = {-1: (np.arange(len(pool)), len(pool) + np.arange(len(decoded.val)))}
+    split_index = {-1: (np.arange(len(pool)), np.arange(len(val)))}
     note = 'the source\'s own validation split'
   else:
-    images, labels = pool.images, pool.labels
     folds = folds or list(range(int(d.num_folds)))
-    kfold = splits.kfold_indices(labels, int(d.num_folds), int(d.split_seed)) if any(f >= 0 for f in folds) else []
-    split_index = {f: kfold[f] if f >= 0 else splits.holdout_indices(labels, float(d.val_fraction), int(d.split_seed))
+    kfold = splits.kfold_indices(pool.labels, int(d.num_folds), int(d.split_seed)) if any(f >= 0 for f in folds) else []
+    split_index = {f: kfold[f] if f >= 0 else splits.holdout_indices(pool.labels, float(d.val_fraction), int(d.split_seed))
                    for f in folds}
     note = (f'{len(folds)} of {d.num_folds} stratified folds' if any(f >= 0 for f in folds) else
             f'the stratified {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
-  members = [model_axis.Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
+  (train, val, _), budget = stream.place_splits(config, pool, val if val is not None else pool)
+  train_split = Split(train.images, train.labels.astype(np.int32))
+  val_split = train_split if decoded.val is None else Split(val.images, val.labels.astype(np.int32))
+  members = [Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
              for f, (t, v) in split_index.items() for s in seeds]
-  return images, labels.astype(np.int32), members, note
+  return TrainData(decoded.class_names, train_split, val_split), members, note, budget
 
 
 def _index_hash(index) -> str:
@@ -147,9 +156,6 @@ def _index_hash(index) -> str:
 def _finished(exp_dir: pathlib.Path, config_json: dict):
   path = exp_dir / EXPERIMENT_FILE
   if not path.exists():
-    if any(exp_dir.glob('*/' + checkpoint.METADATA)):
-      raise UserInputError(f'{exp_dir} holds fold models of an unfinished run of this variant (no '
-                           f'{EXPERIMENT_FILE}); remove that folder to train the variant again')
     return None
   stored = json.loads(path.read_text())
   diffs = checkpoint.config_differences(stored['config'], config_json, ignore=REUSABLE_CHANGES)
@@ -159,44 +165,99 @@ def _finished(exp_dir: pathlib.Path, config_json: dict):
   return stored
 
 
-def run_experiment(variant: Variant, exp_dir: pathlib.Path) -> dict:
-  """Trains every split x seed of one variant; checkpoints each split's best seed; calibrates."""
+def train_share(config, train_data: TrainData, members: list[Member], exp_dir, budget: int, log_prefix: str = '',
+                stop=None) -> list[dict]:
+  """Trains this process's share of the members not finished before (each written to the member store as
+  it finishes); returns the plan of each chunk it trained."""
+  config_json = checkpoint.config_as_json(config)
+  todo = [m for m in members if not member_store.check_config(exp_dir, m, config_json, REUSABLE_CHANGES)]
+  sharding.barrier('fpclass-sweep-listed')   # every process has listed the finished members before any trains
+  if len(todo) < len(members):
+    tqdm.write(f'{log_prefix}{len(members) - len(todo)} of {len(members)} members finished earlier; kept')
+  processes, index = jax.process_count(), jax.process_index()
+  mine = todo[index::processes]
+  form = axis.resolve_form(config.sweep.model_axis)
+  # Each process trains its members on its own devices; one process uses the whole mesh.
+  parallel = DataParallel.local() if processes > 1 else DataParallel.over()
+  plans = []
+  for group in (members_lib.optimizer_groups(config, mine) if mine else []):
+    chunk_size, how = _chunk_size(config, train_data, group, form)
+    chunks = members_lib.balanced_chunks(group, chunk_size)
+    tqdm.write(f'{log_prefix}{form} form, {how}')
+    for c, chunk in enumerate(chunks):
+      prefix = f'{log_prefix}chunk {c + 1}/{len(chunks)}: ' if len(chunks) > 1 else log_prefix
+      extras = dict(form=form, plan=how, chunk=len(chunk))
+      record = MemoryRecord(on_finished=lambda r, extras=extras: member_store.save(
+          exp_dir, r, config_json, dict(extras, train_seconds=r.train_seconds)))
+      Engine(config, train_data, chunk, record, form=form, parallel=parallel, budget=budget, stop=stop,
+             log_prefix=prefix).run()
+      plans.append(extras)
+  sharding.barrier('fpclass-sweep-trained')  # every member is in the store
+  return plans
+
+
+def _chunk_size(config, train_data: TrainData, group: list[Member], form: str) -> tuple[int, str]:
+  fixed = int(config.sweep.models_per_chunk)
+  if len(group) == 1:
+    return 1, 'one model'
+  if fixed > 0:
+    return fixed, f'{fixed} models per chunk (config.sweep.models_per_chunk)'
+  batch = members_lib.batch_size_for(config, len(group[0].train_index))
+  steps = -(-len(group[0].train_index) // batch)
+  task = build_task(config, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
+  eval_batch = common_batch(config.eval.batch_size, [len(m.val_index) for m in group])
+  plan = memory_plan.measure_memory(task, train_data.train.images, batch, eval_batch, form)
+  budget = int(float(config.sweep.memory_fraction) * memory_plan.free_memory_bytes())
+  return plan.chunk(form, budget), plan.describe(form, budget, len(group))
+
+
+def _final_state_shape(config, train_data: TrainData, result: MemberResult):
+  """The train state's structure in the member's last phase, for reading its states back."""
+  member = result.member
+  batch = members_lib.batch_size_for(config, len(member.train_index))
+  task = build_task(phase_config(config, result.loop.phase), train_data.class_names,
+                    train_data.train.labels[member.train_index], -(-len(member.train_index) // batch))
+  return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), train_data.train.images.shape[1:]))
+
+
+def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None) -> dict:
+  """Trains every split x seed of one variant (spread over the processes of a job); checkpoints each
+  split's best seed as an ordinary workdir; calibrates."""
   config = variant.config
   start = time.perf_counter()
-  decoded = data.decode_source(config)
-  images, labels, members, note = plan_members(decoded, config)
+  decoded = data.decode_source(config, mapped=True)
+  train_data, members, note, budget = plan_members(decoded, config)
   class_names = decoded.class_names
+  plans = train_share(config, train_data, members, exp_dir, budget, f'[{variant.name}] ', stop)
   monitor = config.train.monitor
-  rows, kept, timings = [], {}, []
-  for results, timing in model_axis.train_members(config, class_names, images, labels, members,
-                                                  log_prefix=f'[{variant.name}] '):
-    timings.append(timing)
-    for r in results:
-      m = r.member
-      scores = metrics.scores(labels[m.val_index], probabilities(r.val_logits, _head(config)), class_names)
-      rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, accuracy=scores['accuracy'],
-                       macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'], loss=scores['loss'],
-                       checkpoint=r.checkpoint, epoch=r.epoch, epochs_trained=r.loop.epoch,
-                       stop_reason=r.loop.stop_reason, n_train=len(m.train_index), n_val=len(m.val_index),
-                       val_hash=_index_hash(m.val_index)))
-      if model_axis.better_result(kept.get(m.split, (None,))[0], r, monitor):
-        # Host copies now; the result keeps no handle on the chunk, whose device memory is then freed.
-        kept[m.split] = (dataclasses.replace(r, fetch=None), r.fetch())
+  rows, kept, stored = [], {}, {}
+  for m in members:
+    r, header = member_store.load(exp_dir, m)
+    stored[m.name] = header
+    scores = metrics.scores(train_data.val.labels[m.val_index], probabilities(r.val_logits, _head(config)),
+                            class_names)
+    rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, accuracy=scores['accuracy'],
+                     macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'], loss=scores['loss'],
+                     checkpoint=r.checkpoint, epoch=r.epoch, epochs_trained=r.loop.epoch,
+                     stop_reason=r.loop.stop_reason, n_train=len(m.train_index), n_val=len(m.val_index),
+                     val_hash=_index_hash(m.val_index), kept=False))
+    if members_lib.better_result(kept.get(m.split), r, monitor):
+      kept[m.split] = r
   normalisation = dataclasses.asdict(Normalisation.from_config(config.data))
   num_params = None
-  for split, (r, states) in sorted(kept.items()):
+  for split, r in sorted(kept.items()):
+    r, _ = member_store.load(exp_dir, r.member, _final_state_shape(config, train_data, r))
     member_config = apply_changes(config, {'data.fold': split, 'seed': r.member.seed}, 'sweep')
-    model_axis.save_member_workdir(exp_dir / model_axis.split_name(split), member_config, class_names, r, states,
-                                   normalisation)
-    num_params = optim.count_params(states[0].params)
+    save_member_workdir(exp_dir / members_lib.split_name(split), member_config, class_names, r, normalisation)
+    num_params = optim.count_params(r.last.params)
     for row in rows:
       if row['split'] == split and row['seed'] == r.member.seed:
         row['kept'] = True
-  for row in rows:
-    row.setdefault('kept', False)
-  calib = calibrate(config, exp_dir, decoded)
-  train_seconds = sum(t['train_seconds'] for t in timings)
-  model_epochs = sum(t['model_epochs'] for t in timings)
+  calib = calibrate(config, exp_dir, dataclasses.replace(decoded, pool=_in_memory(decoded.pool),
+                                                         val=_in_memory(decoded.val), test=None))
+  headers = list(stored.values())
+  train_seconds = sum(h['train_seconds'] for h in headers)
+  model_epochs = sum(int(r['epochs_trained']) for r in rows)
   ratio = float(np.mean([len(m.val_index) / len(m.train_index) for m in members])) \
       if len({m.split for m in members}) > 1 else 0.0
   result = dict(config=checkpoint.config_as_json(config), name=variant.name, changes=variant.changes, rows=rows,
@@ -204,10 +265,37 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path) -> dict:
                 timing=dict(wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
                             model_epochs=model_epochs,
                             seconds_per_model_epoch=train_seconds / max(1, model_epochs),
-                            form=timings[0]['form'], chunks=[t['chunk'] for t in timings],
-                            plan=timings[0]['plan']))
+                            form=headers[0]['form'], chunks=[p['chunk'] for p in plans] or
+                            sorted({h['chunk'] for h in headers}), plan=headers[0]['plan'],
+                            processes=jax.process_count()))
   fileio.write_json(exp_dir / EXPERIMENT_FILE, result)
+  sharding.barrier('fpclass-sweep-written')   # no process reads the member store any more
+  if fileio.is_primary():
+    member_store.remove(exp_dir)
   return result
+
+
+def _in_memory(split):
+  return None if split is None else dataclasses.replace(split, images=in_memory(split.images))
+
+
+def save_member_workdir(workdir, member_config, class_names, result: MemberResult, normalisation) -> None:
+  """Writes a trained member as an ordinary fpclass workdir (metadata.json, metrics.csv, `last` and
+  `best` checkpoints), so --mode evaluate/submit/train(resume) work on it as on a solo run."""
+  last = result.last
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.write_metadata(workdir, checkpoint.build_metadata(
+      member_config, class_names, optim.count_params(last.params), normalisation))
+  fileio.write_csv(workdir / 'metrics.csv', pd.DataFrame(result.loop.history))
+  store = checkpoint.CheckpointStore(workdir, writer=True)
+  try:
+    if result.best is not None:
+      params, batch_stats = result.best
+      store.save('best', int(result.loop.best_epoch), last.replace(params=params, batch_stats=batch_stats),
+                 result.loop.to_json())
+    store.save('last', int(result.loop.epoch), last, result.loop.to_json())
+  finally:
+    store.close()
 
 
 def _head(config):
@@ -230,7 +318,8 @@ def run_sweep(config, workdir) -> pd.DataFrame:
       experiments.append(stored[variant.name])
       continue
     tqdm.write(f'[{variant.name}] {variant.describe()}')
-    experiments.append(run_experiment(variant, exp_dir))
+    with StopOnSignals() as stop:
+      experiments.append(run_experiment(variant, exp_dir, stop))
   baseline = config.sweep.baseline or variants[0].name
   models = pd.DataFrame([row for e in experiments for row in e['rows']])
   summary = summarise(experiments)

@@ -107,6 +107,7 @@ class Engine:
     self._setup_seconds = 0.0
     self._logits = [dict(last=None, best=None) for _ in members]
     self._results = {}
+    self._seconds = [0.0] * len(members)
 
   # ---------------------------------------------------------------------------------------- set-up
 
@@ -298,6 +299,8 @@ class Engine:
     self.timing['train_seconds'] += seconds
     self.timing['epochs_run'] += 1
     self.timing['model_epochs'] += len(alive)
+    for m in alive:   # each member's share of the epoch's time
+      self._seconds[m] += seconds / len(alive)
     self._log(alive, epochs, rows, seconds)
     for m in alive:
       if self.loops[m].finished:
@@ -391,4 +394,4 @@ class Engine:
       last, best = jax.device_get(axis.state(m)), self.record.best(m)
     return MemberResult(self.members[m], loop, 'best' if use_best else 'last',
                         int(loop.best_epoch if use_best else loop.epoch),
-                        None if logits is None else np.asarray(logits), last, best)
+                        None if logits is None else np.asarray(logits), last, best, self._seconds[m])

@@ -42,6 +42,7 @@ class MemberResult:
   val_logits: np.ndarray
   last: object = None
   best: object = None
+  train_seconds: float = 0.0   # its share of the training time (an epoch's wall time over the members in it)
 
   def monitor_value(self, monitor: str):
     """The monitored metric at the selected checkpoint (what choosing among seeds compares)."""

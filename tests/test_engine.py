@@ -1,6 +1,7 @@
-"""Many models at once: each member of the model axis equals the same model trained alone."""
+"""One engine for one model or many: each member of a sweep equals the same model trained alone by
+--mode train, in both forms of the model axis, from scratch, from pretrained weights, frozen (on shared cached
+features) and in two phases."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +10,12 @@ from fpclass import data
 from fpclass import task as task_lib
 from fpclass.data import splits
 from fpclass.inference import load_trained
-from fpclass.modes import model_axis
 from fpclass.modes.runner import run
+from fpclass.train import axis, memory_plan
+from fpclass.train.axis import Split
+from fpclass.train.engine import Engine, TrainData
+from fpclass.train.members import Member, balanced_chunks
+from fpclass.train.records import MemoryRecord
 from tests.conftest import load_config
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
@@ -45,8 +50,15 @@ def solo_runs(tmp_path_factory):
 def _members(config):
   decoded = data.decode_source(config, progress=False)
   folds = splits.kfold_indices(decoded.pool.labels, 5, 0)
-  members = [model_axis.Member(f, s, folds[f][0], folds[f][1]) for f, s in MEMBERS]
+  members = [Member(f, s, folds[f][0], folds[f][1]) for f, s in MEMBERS]
   return decoded, members
+
+
+def _train(config, decoded, members, form, per_chunk):
+  """Each chunk of `members` through the engine, as --mode sweep trains them; the results of every chunk."""
+  split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
+  data = TrainData(decoded.class_names, split, split)
+  return [Engine(config, data, chunk, MemoryRecord(), form=form).run() for chunk in balanced_chunks(members, per_chunk)]
 
 
 def _max_difference(a, b):
@@ -58,12 +70,11 @@ def _max_difference(a, b):
 def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
   config = tiny(**{'sweep.model_axis': form, 'sweep.models_per_chunk': per_chunk})
   decoded, members = _members(config)
-  chunks = list(model_axis.train_members(config, decoded.class_names, decoded.pool.images,
-                                         decoded.pool.labels.astype(np.int32), members))
-  assert [len(results) for results, _ in chunks] == ([4] if per_chunk == 4 else [2, 2])
+  chunks = _train(config, decoded, members, form, per_chunk)
+  assert [len(results) for results in chunks] == ([4] if per_chunk == 4 else [2, 2])
   tolerance = 0.0 if form == 'loop' else 2e-5  # the loop runs the solo program itself; vmap batches the ops
   stop_epochs = set()
-  for results, _ in chunks:
+  for results in chunks:
     for r in results:
       solo = solo_runs[r.member.split, r.member.seed]
       history = pd.DataFrame(r.loop.history).drop(columns='seconds')
@@ -71,7 +82,7 @@ def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
       assert len(history) == len(expected), r.member.name  # the same early-stopping epoch
       np.testing.assert_allclose(history.to_numpy(float), expected.to_numpy(float), atol=max(tolerance, 1e-12))
       assert r.checkpoint == solo['scores']['checkpoint'] and r.epoch == solo['scores']['epoch']
-      last, best = r.fetch()
+      last, best = r.last, r.best
       assert _max_difference(last.params, solo['last'].params) <= tolerance
       assert _max_difference(best[0], solo['best'].params) <= tolerance
       accuracy = np.mean(task_lib.probabilities(r.val_logits, 'softmax').argmax(1)
@@ -88,11 +99,14 @@ def test_a_masked_member_does_not_change():
   decoded, members = _members(config)
   task = task_lib.build_task(config, decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
   keys = [jax.random.PRNGKey(0), jax.random.PRNGKey(1)]
-  models = model_axis._VmapModels.create(task, keys, decoded.pool.images.shape[1:], [None, None])
+  shape = decoded.pool.images.shape[1:]
+  split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
+  models = axis.VmapAxis(task, 2, task.init(keys[0], shape), split, split.images, [None, None])
+  for m, key in enumerate(keys):
+    models.add(m, task.init(key, shape), axis.MemberData(split, None, members[m].val_index, None))
   before = jax.device_get(models.states)
-  order = jnp.asarray(np.stack([members[0].train_index[:479], members[1].train_index[:479]])[:, None, :], jnp.int32)
-  models.step(jax.device_put(decoded.pool.images), jnp.asarray(decoded.pool.labels, jnp.int32), order, 0,
-              jnp.stack(keys), np.array([True, False]))
+  orders = {m: members[m].train_index[:479][None, :].astype(np.int32) for m in (0, 1)}
+  models.run_epoch([0], orders, dict(enumerate(keys)))
   after = jax.device_get(models.states)
   take = lambda tree, m: jax.tree_util.tree_map(lambda a: a[m], tree)
   assert _max_difference(take(after, 1), take(before, 1)) == 0.0
@@ -104,7 +118,7 @@ def test_memory_plan_follows_the_formula():
   decoded, _ = _members(config)
   task = task_lib.build_task(config, decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
   images = decoded.pool.images
-  plan = model_axis.measure_memory(task, images, 479, 256)
+  plan = memory_plan.measure_memory(task, images, 479, 256)
   assert plan.shared_bytes == images.nbytes and plan.state_bytes > plan.best_bytes > 0 and plan.step_bytes > 0
   assert plan.eval_bytes > 0 and plan.resident_bytes > 0
   # The 8x8 digits CNN: 8 conv filters of 3x3 + bias, a 4x4x8 -> 16 dense layer, a 16 -> 10 head (float32).
@@ -118,4 +132,57 @@ def test_memory_plan_follows_the_formula():
   assert plan.chunk('loop', budget) == (budget - plan.shared_bytes - loop_temps) // per_model
   assert plan.peak_bytes('loop', 3) == plan.resident_bytes + plan.shared_bytes + 3 * per_model + loop_temps
   assert plan.chunk('vmap', 0) == 1  # never below one model
-  assert [len(c) for c in model_axis.balanced_chunks(list(range(20)), 8)] == [7, 6, 7]
+  assert [len(c) for c in balanced_chunks(list(range(20)), 8)] == [7, 6, 7]
+
+
+# Seed 000's ResNet-18 transfer recipe on 32x24 footprints, from a torchvision file torch wrote itself (random
+# weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members and two solo runs.
+TRANSFER = {'data.image_size': (32, 24), 'seed': 3, 'explain.after_training': False, 'train.tensorboard': False,
+            'sweep.folds': (0, 1), 'sweep.seeds': (3,), 'sweep.models_per_chunk': 2}
+AUGMENT_OFF = {'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0}
+RECIPES = {
+    # every layer trains from the pretrained weights, one phase
+    'pretrained': {'model.freeze_till': 0, 'train.finetune_epochs': 0},
+    # the backbone frozen, augmentation off: the head trains on features computed once for both members
+    'frozen': {'model.freeze_till': -1, 'train.finetune_epochs': 0, **AUGMENT_OFF},
+    # the recipe as the seed ran it: a frozen phase (with augmentation), then fine-tuning from stage 3 on
+    'two_phase': {'model.freeze_till': -1, 'train.finetune_epochs': 1, 'train.finetune_freeze_till': 3},
+}
+
+
+@pytest.fixture(scope='module')
+def resnet18_file(tmp_path_factory):
+  import torch  # the reference framework writes the weights file; a test dependency
+  import torchvision
+  path = tmp_path_factory.mktemp('weights') / 'resnet18.pth'
+  torch.manual_seed(0)
+  torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+  return path
+
+
+def _leaves(config, workdir):
+  return jax.tree_util.tree_leaves(load_trained(config, workdir, 'last').state.params)
+
+
+@pytest.mark.parametrize('recipe', list(RECIPES))
+def test_a_sweep_member_equals_its_solo_run_bit_for_bit(recipe, resnet18_file, tmp_path, capsys):
+  config = load_config('configs/footprint.py:resnet18,quick', **TRANSFER, **RECIPES[recipe],
+                       **{'model.pretrained': str(resnet18_file), 'sweep.model_axis': 'loop'})
+  run('sweep', config, tmp_path / 'sweep')
+  log = capsys.readouterr().out
+  models = pd.read_csv(tmp_path / 'sweep' / 'sweep_models.csv').set_index('split')
+  for fold in (0, 1):
+    solo_config = load_config('configs/footprint.py:resnet18,quick', **TRANSFER, **RECIPES[recipe],
+                              **{'model.pretrained': str(resnet18_file), 'data.fold': fold})
+    scores = run('train', solo_config, tmp_path / f'solo{fold}')
+    member = tmp_path / 'sweep' / 'base' / f'fold{fold}'
+    pd.testing.assert_frame_equal(pd.read_csv(member / 'metrics.csv').drop(columns='seconds'),
+                                  pd.read_csv(tmp_path / f'solo{fold}' / 'metrics.csv').drop(columns='seconds'))
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(solo_config, member),
+                                                     _leaves(solo_config, tmp_path / f'solo{fold}')))
+    assert models.loc[fold, 'accuracy'] == scores['accuracy'] and models.loc[fold, 'epoch'] == scores['epoch']
+  history = pd.read_csv(tmp_path / 'sweep' / 'base' / 'fold0' / 'metrics.csv')
+  assert sorted(set(history['phase'])) == ([0, 1] if recipe == 'two_phase' else [0])
+  if recipe == 'frozen':   # one feature pass served both members
+    assert "feature cache: auto: the frozen network before 'fc' ran once over 72 train images" in log
+    assert 'for 2 model(s)' in log
