@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -65,8 +66,21 @@ runpy.run_path(launch, run_name='__main__')
 
 
 def launch_processes(workdir, *args, count=2, devices=2, timeout=600, audit_log=None):
-  """`count` launch.py processes forming one job; returns their CompletedProcess-like results. With
+  """`count` launch.py processes forming one job; returns their (returncode, stdout, stderr). With
   `audit_log`, the processes after the first log what they change under the workdir there (AUDITED_LAUNCH)."""
+  procs = start_processes(workdir, *args, count=count, devices=devices, audit_log=audit_log)
+  results = []
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=timeout)
+      results.append((proc.returncode, out, err))
+  finally:
+    for proc in procs:
+      proc.kill()
+  return results
+
+
+def start_processes(workdir, *args, count=2, devices=2, audit_log=None) -> list[subprocess.Popen]:
   port = _free_port()
   procs = []
   for index in range(count):
@@ -79,15 +93,7 @@ def launch_processes(workdir, *args, count=2, devices=2, timeout=600, audit_log=
       command = ['-c', AUDITED_LAUNCH, f'{audit_log}.{index}', str(workdir), *command]
     procs.append(subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
-  results = []
-  try:
-    for proc in procs:
-      out, err = proc.communicate(timeout=timeout)
-      results.append((proc.returncode, out, err))
-  finally:
-    for proc in procs:
-      proc.kill()
-  return results
+  return procs
 
 
 def _params(workdir, kind='last'):
@@ -154,9 +160,9 @@ def test_two_processes_streaming_their_shares_equal_two_processes_in_memory(tmp_
 
 
 def test_a_single_process_mode_refuses_a_multi_process_job(tmp_path):
-  results = launch_processes(tmp_path, '--mode=sweep', timeout=300)
+  results = launch_processes(tmp_path, '--mode=probe', timeout=300)
   for code, _, err in results:
-    assert code == 2 and '--mode sweep runs on one process; this job has 2' in err, err[-2000:]
+    assert code == 2 and '--mode probe runs on one process; this job has 2' in err, err[-2000:]
 
 
 def test_only_the_primary_process_writes_workdir_files(tmp_path):
@@ -169,3 +175,59 @@ def test_only_the_primary_process_writes_workdir_files(tmp_path):
   assert list(tmp_path.iterdir()) == []
   fileio.write_text(tmp_path / 'report.md', 'from process 0')
   assert (tmp_path / 'report.md').read_text() == 'from process 0'
+
+
+# Three folds x two seeds, one member per chunk, so members finish one after another on each process.
+SWEEP = ['--mode=sweep', '--config.train.epochs=2', '--config.sweep.folds=(0,1,2)', '--config.sweep.seeds=(0,1)',
+         '--config.sweep.models_per_chunk=1']
+TIMING_COLUMNS = ['seconds_per_model_epoch', 'train_seconds', 'wall_seconds']
+
+
+def _tables(workdir):
+  models = pd.read_csv(workdir / 'sweep_models.csv')
+  return models, pd.read_csv(workdir / 'sweep_results.csv').drop(columns=TIMING_COLUMNS)
+
+
+@pytest.fixture(scope='module')
+def one_process_sweep(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('sweep-one') / 'run'
+  (code, _, err), = launch_processes(workdir, *SWEEP, count=1)
+  assert code == 0, err[-3000:]
+  return workdir
+
+
+def test_two_processes_split_a_sweep_and_its_tables_equal_one_processs(tmp_path, one_process_sweep):
+  results = launch_processes(tmp_path, *SWEEP)
+  assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+  for _, out, _ in results:
+    assert out.count('epoch 2/2: 1 model,') == 3, out[-3000:]   # three members on each process
+  for ours, reference in zip(_tables(tmp_path), _tables(one_process_sweep)):
+    pd.testing.assert_frame_equal(ours, reference, check_exact=True)
+  assert json.loads((tmp_path / 'base' / 'experiment.json').read_text())['timing']['processes'] == 2
+  assert not (tmp_path / 'base' / 'members').exists()   # gathered into fold workdirs, then removed
+  assert _params(tmp_path / 'base' / 'fold1') and all(
+      np.array_equal(a, b) for a, b in zip(_params(tmp_path / 'base' / 'fold1'),
+                                           _params(one_process_sweep / 'base' / 'fold1')))
+
+
+def test_a_killed_sweep_relaunched_keeps_its_finished_members(tmp_path, one_process_sweep):
+  members = tmp_path / 'base' / 'members'
+  procs = start_processes(tmp_path, *SWEEP)
+  try:
+    deadline = time.monotonic() + 300
+    while not list(members.glob('*.msgpack')) and time.monotonic() < deadline and procs[1].poll() is None:
+      time.sleep(0.05)
+    procs[1].kill()   # SIGKILL to one process; the job is then ended, as a scheduler ends a failed job step
+    procs[0].kill()
+  finally:
+    for proc in procs:
+      proc.communicate()
+  finished = {p.name: p.stat().st_mtime_ns for p in members.glob('*.msgpack')}
+  assert finished and len(finished) < 6, finished
+  results = launch_processes(tmp_path, *SWEEP)
+  assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]
+  assert any(f'{len(finished)} of 6 members finished earlier; kept' in out for _, out, _ in results)
+  trained_again = sum(out.count('epoch 2/2: 1 model,') for _, out, _ in results)
+  assert trained_again == 6 - len(finished)
+  for ours, reference in zip(_tables(tmp_path), _tables(one_process_sweep)):
+    pd.testing.assert_frame_equal(ours, reference, check_exact=True)

@@ -84,11 +84,13 @@ class Engine:
 
   `record` keeps each epoch (`fpclass.train.records`); `form` is the model axis ('loop' or 'vmap');
   `parallel` the mesh (default: every device of the job); `budget` the device bytes cached features may take
-  (default: `fpclass.data.stream.memory_budget`); `stop` a `StopOnSignals`."""
+  (default: `fpclass.data.stream.memory_budget`); `stop` a `StopOnSignals`. A solo run logs each epoch's
+  metrics; a sweep's chunk (`log_prefix` given) one summary line per epoch."""
 
   def __init__(self, config, data: TrainData, members: list[Member], record, *, form: str = 'loop',
                parallel: DataParallel | None = None, budget: int | None = None, stop=None, log_prefix: str = ''):
     self.config, self.data, self.members, self.record = config, data, members, record
+    self.summary_log = len(members) > 1 or bool(log_prefix)
     self.form, self.stop, self.log_prefix = form, stop, log_prefix
     self.parallel = parallel or DataParallel.over()
     self.loop_form = resolve_loop(config.train.loop)
@@ -353,7 +355,7 @@ class Engine:
     return int(self.config.train.finetune_epochs) > 0
 
   def _log(self, alive, epochs, rows, seconds) -> None:
-    if len(self.members) == 1:
+    if not self.summary_log:
       m = alive[0]
       row, improved, stopped_early = rows[m]
       tqdm.write(f'epoch {epochs[m] + 1}/{self._shown_total(m)}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
@@ -368,7 +370,8 @@ class Engine:
     mean = np.nanmean([np.nan if v is None else v for v in values])
     stopped = [self.members[m].name for m in alive if rows[m][2]]
     epoch = max(epochs.values()) + 1
-    tqdm.write(f'{self.log_prefix}epoch {epoch}/{total_epochs(self.config)}: {len(alive)} models, {seconds:.1f}s, mean {monitor} '
+    models = f'{len(alive)} model' + ('s' if len(alive) > 1 else '')
+    tqdm.write(f'{self.log_prefix}epoch {epoch}/{total_epochs(self.config)}: {models}, {seconds:.1f}s, mean {monitor} '
                f'{mean:.4f}' + (f'; early stopped: {", ".join(stopped)}' if stopped else ''))
 
   def _check_stop(self, alive, epochs) -> None:

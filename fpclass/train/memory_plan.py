@@ -29,7 +29,7 @@ def _tree_bytes(tree) -> int:
 
 def free_memory_bytes() -> int:
   """Free accelerator memory, or available host memory on CPU."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if 'bytes_limit' in stats:
     return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
   try:
@@ -48,7 +48,7 @@ NO_LIBRARY_FUSION = (('xla_cpu_experimental_ynn_fusion_type', ''),)
 
 def resident_bytes() -> int:
   """This process's resident size on CPU (0 where /proc is absent), or the accelerator's bytes in use."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if 'bytes_in_use' in stats:
     return int(stats['bytes_in_use'])
   return runtime.process_memory_bytes('VmRSS')
