@@ -28,14 +28,22 @@ Variants:
       done
       python launch.py --config configs/cats_dogs.py:vgg16 --workdir runs/pets-vgg16 --mode compare
 
+  or, with 95% intervals over 5 folds x 3 seeds, one sweep:
+
+      python launch.py --config configs/cats_dogs.py:freeze_sweep --mode sweep --workdir runs/pets-vgg16-sweep \\
+          --config.data.root=/data/PetImages
+
 - `scratch` (the default) is not in the seed: seed 001's 3-block CNN trained from scratch under a new softmax
   head.
 """
 from fpclass.config import base_config, parse_args, shrink_for_quick
 
+FREEZE_SWEEP = (18, 14, 10, 6)   # VGG16's Keras layers kept frozen: all 18, then fewer
+
 CHOICES = {'scratch': 'a from-scratch 3-block CNN with a new softmax head (default; not in the seed)',
            'vgg16': "VGG16 (ImageNet) frozen with a new flatten-dense-softmax head; --config.model.freeze_till=N "
                     'trains all but its first N layers',
+           'freeze_sweep': 'for --mode sweep: VGG16 with freeze_till 18 (all), 14, 10 and 6, over 5 folds x 3 seeds',
            'tfds': 'read TFDS cats_vs_dogs (80/20 of its train split) instead of a folder',
            'quick': 'a tiny run: 2 epochs at 64x64 (vgg16: 32x32)'}
 
@@ -77,7 +85,7 @@ def get_config(arg: str = 'scratch'):
   c.train.monitor = 'val_loss'               # ModelCheckpoint(save_best_only=True)'s default monitor
   c.train.select_checkpoint = 'best'
   c.train.tensorboard = True
-  if 'vgg16' in args:
+  if 'vgg16' in args or 'freeze_sweep' in args:
     c.name = 'cats-dogs-vgg16'
     c.model = base_config().model
     c.model.update(name='keras_vgg16', head='softmax', pretrained='imagenet_notop', top='flatten', top_hidden=(),
@@ -88,5 +96,11 @@ def get_config(arg: str = 'scratch'):
   if 'quick' in args:
     shrink_for_quick(c)
     # The data keeps its layout and sizes; decoding shrinks it (VGG16 further, for CPU tests).
-    c.data.image_size = (32, 32) if 'vgg16' in args else (64, 64)
+    c.data.image_size = (32, 32) if 'vgg16' in args or 'freeze_sweep' in args else (64, 64)
+  if 'freeze_sweep' in args:
+    c.name = 'cats-dogs-vgg16-freeze-sweep'
+    c.sweep.variants = tuple(f'freeze{n}: model.freeze_till={n}' for n in FREEZE_SWEEP)
+    c.sweep.baseline = f'freeze{FREEZE_SWEEP[0]}'
+    c.sweep.folds = ()
+    c.explain.after_training = False
   return c

@@ -22,6 +22,11 @@ Variants (arguments), one run per backbone, each in its own workdir, then a tabl
     done
     python launch.py --config configs/climbing.py --workdir runs/climbing --mode compare
 
+or all four as one sweep with 95% intervals and paired differences (5 folds x 3 seeds):
+
+    python launch.py --config configs/climbing.py:compare --mode sweep --workdir runs/climbing-sweep \\
+        --config.data.root=/data/climbing --config.data.file_list=runs/climbing/clean_files.csv
+
 - `mobilenetv3large`, `efficientnetb2`, `resnet50`, `vgg16`: the seed's four backbones. The Keras port (fpclass/models/keras_*.py) with its
   ImageNet no-top weights (downloaded once into the cache, md5 checked; offline, a file Keras wrote via
   --config.model.pretrained=<file>), frozen, then global average pooling (the seed does not say how it
@@ -41,7 +46,7 @@ weights, by a linear probe on its frozen, pooled features over 5 folds (fpclass/
     python launch.py --config configs/climbing.py:probe --mode probe --workdir runs/climbing-probe \\
         --config.data.root=/data/climbing --config.data.file_list=runs/climbing/clean_files.csv
 """
-from fpclass.config import base_config, parse_args, shrink_for_quick
+from fpclass.config import base_config, config_changes, parse_args, shrink_for_quick, variant_spec
 
 # argument -> the registered Keras port (fpclass.models REGISTRY). Adding a backbone is one line here.
 BACKBONES = {
@@ -57,12 +62,16 @@ CHOICES = {'scratch': 'a from-scratch 3-block CNN under the seed head (default; 
            **{arg: f'{name} (ImageNet, frozen) under the seed head, lr 1e-5' for arg, name in BACKBONES.items()},
            'probe': 'for --mode probe: screen five backbones (ResNet50, ConvNeXt-T, EfficientNetV2-S, ViT-B/16, '
                     'DINOv2 ViT-S/14) by linear probes on their frozen features, 5 folds',
+           'compare': 'for --mode sweep: the four backbones above, each frozen under the seed head, over 5 folds x 3 '
+                      'seeds',
            'quick': 'a tiny run: 2 epochs at 64x64 (backbones: 32x32)'}
 HEAD_SIZES = (256, 128)   # the seed's two dense layers; it does not give their widths
 
 
 def get_config(arg: str = 'scratch'):
   args = parse_args('configs/climbing.py', arg, CHOICES)
+  if 'compare' in args:
+    return _backbone_sweep([a for a in args if a == 'quick'])
   backbones = [a for a in args if a in BACKBONES]
   if len(backbones) > 1:
     raise ValueError(f'configs/climbing.py: one backbone per run, got {backbones}; run each in its own workdir '
@@ -115,4 +124,15 @@ def get_config(arg: str = 'scratch'):
     # The data keeps its layout and sizes; decoding shrinks it (a pretrained backbone further, for CPU tests;
     # the probe's to 112, a multiple of both ViT patch sizes, 16 and 14).
     c.data.image_size = (112, 112) if 'probe' in args else (32, 32) if backbones else (64, 64)
+  return c
+
+
+def _backbone_sweep(extra: list):
+  """The seed's backbone comparison as one sweep: the first backbone's recipe, each backbone a variant."""
+  names = list(BACKBONES)
+  c = get_config(','.join([names[0], *extra]))
+  c.name = 'climbing-backbones'
+  c.sweep.variants = tuple(variant_spec(n, config_changes(c, get_config(','.join([n, *extra])))) for n in names)
+  c.sweep.baseline = names[0]
+  c.sweep.folds = ()
   return c

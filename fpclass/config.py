@@ -537,6 +537,25 @@ def variant_spec(name: str, changes: dict) -> str:
   return f'{name}: ' + '; '.join(f'{k}={v!r}' for k, v in changes.items())
 
 
+def config_changes(base: ml_collections.ConfigDict, other: ml_collections.ConfigDict,
+                   skip=('name', 'sweep.')) -> dict:
+  """{dotted key: other's value} where `other` differs from `base`: a whole recipe (another model with its
+  own training schedule) as one sweep variant of `base` (`variant_spec`). Keys under `skip` are left out.
+  Another model starts from the schema's model section, as a variant that changes model.name does
+  (`fpclass.modes.sweep.apply_changes`), so only what its recipe sets is listed."""
+  def flat(node, prefix=''):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from flat(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key}', value
+  reference = dict(flat(base))
+  if other.model.name != base.model.name:
+    reference = {k: v for k, v in reference.items() if not k.startswith('model.')}
+    reference.update(flat(base_config().model, 'model.'))
+  return {k: v for k, v in flat(other) if reference.get(k) != v and not k.startswith(tuple(skip))}
+
+
 # --------------------------------------------------------------------------------------- config-file arguments
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from fpclass import feed, models, optim
 from fpclass import task as task_lib
 from fpclass.config import AugmentSettings
+from fpclass.data.rows import ImageRows, mapped_file
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
 from fpclass.steps import CompiledSteps
@@ -226,6 +227,39 @@ def head_split(config, task, variables: dict, image_shape, count: int, budget: i
       tqdm.write(f'feature cache: off ({why})')
     return None
   return split
+
+
+def images_digest(images) -> str:
+  """The content of a uint8 image array, or an unread view's file and rows (its content is that file's)."""
+  digest = hashlib.sha1()
+  if isinstance(images, ImageRows) and mapped_file(images.array) is not None:
+    digest.update(repr(mapped_file(images.array)).encode() + images.index.tobytes())
+  else:
+    array = np.ascontiguousarray(np.asarray(images))
+    digest.update(str(array.shape).encode() + str(array.dtype).encode() + array.tobytes())
+  return digest.hexdigest()
+
+
+class FeatureStore:
+  """Features a frozen network computed in this job, by what determines them: the backbone's variables, the
+  input images, the model and its input preparation, and the evaluation batch. The variants of a sweep that
+  change only the head (its learning rate, dropout, ...) then share one pass over the images. Passed
+  explicitly to each engine (`fpclass.train.engine.Engine(features=...)`); it lives as long as the job."""
+
+  def __init__(self):
+    self._features = {}
+
+  def get(self, key: tuple, compute):
+    """The features under `key`, computed by `compute()` the first time."""
+    if key not in self._features:
+      self._features[key] = compute()
+    return self._features[key]
+
+
+def pass_key(task, split: HeadSplit, backbone: str, images, batch_size: int) -> tuple:
+  """The `FeatureStore` key of `split`'s features of `images` under `task`'s model and preparation."""
+  preparation = (repr(task.model), repr(task.normalisation), task.device_resize, task.repeat_rgb)
+  return backbone, images_digest(images), split.name, split.feature_shape, repr(preparation), int(batch_size)
 
 
 def backbone_digest(split: HeadSplit, variables: dict) -> str:

@@ -103,6 +103,17 @@ def load_config(spec: str, **overrides):
   return config
 
 
+def torchvision_weights(folder: pathlib.Path, name: str = 'resnet18') -> pathlib.Path:
+  """A torchvision model's state_dict, written by torch itself with its random initialisation (seed 0), for
+  the tests that load pretrained weights: nothing can be downloaded here."""
+  import torch  # a test dependency, imported only by the tests that need the reference framework
+  import torchvision
+  path = folder / f'{name}.pth'
+  torch.manual_seed(0)
+  torch.save(getattr(torchvision.models, name)(weights=None).state_dict(), path)
+  return path
+
+
 def launch(*args, cwd=REPO, env=None, check=True, timeout=600):
   """Runs `python launch.py ...` in a subprocess; returns the CompletedProcess."""
   full_env = dict(os.environ, **(env or {}))

@@ -16,7 +16,7 @@ from fpclass.train.axis import Split
 from fpclass.train.engine import Engine, TrainData
 from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
-from tests.conftest import load_config
+from tests.conftest import load_config, torchvision_weights
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
 # steps per epoch, so the shorter member sits out the last step of every epoch. A high learning rate
@@ -152,12 +152,7 @@ RECIPES = {
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-  import torch  # the reference framework writes the weights file; a test dependency
-  import torchvision
-  path = tmp_path_factory.mktemp('weights') / 'resnet18.pth'
-  torch.manual_seed(0)
-  torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-  return path
+  return torchvision_weights(tmp_path_factory.mktemp('weights'))
 
 
 def _leaves(config, workdir):

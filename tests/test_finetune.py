@@ -3,20 +3,15 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-import torch  # writes the torchvision state_dict the tests fine-tune from; a test dependency, never skipped
-import torchvision
 
 from fpclass import optim
 from fpclass import task as task_lib
-from tests.conftest import launch, load_config
+from tests.conftest import launch, load_config, torchvision_weights
 
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp('weights') / 'resnet18.pth'
-  torch.manual_seed(0)
-  torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-  return path
+  return torchvision_weights(tmp_path_factory.mktemp('weights'))
 
 
 def test_param_groups_follow_stages_and_freeze_till():

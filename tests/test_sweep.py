@@ -8,10 +8,11 @@ import pytest
 from sklearn import metrics as skm
 
 from fpclass import checkpoint, data
+from fpclass.config import config_changes
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.modes.calibrate import calibrate
-from fpclass.modes.sweep import run_sweep
+from fpclass.modes.sweep import build_variants, run_sweep
 from fpclass.task import probabilities
 from tests import content
 from tests.conftest import launch, load_config
@@ -154,7 +155,10 @@ def test_repeated_seeds_of_any_config_on_its_holdout(tmp_path):
 
 def test_a_bad_variant_key_names_the_flag(tmp_path):
   config = load_config('configs/digits.py:quick', **{'sweep.variants': ('a: model.dropot=0.1',)})
-  with pytest.raises(UserInputError, match=r"config.sweep.variants \(a\): 'model.dropot' is not a config key"):
+  with pytest.raises(UserInputError, match=r"config.sweep.variants \(a\): config.model.dropot is not a field of"):
+    run_sweep(config, tmp_path)
+  config = load_config('configs/digits.py:quick', **{'sweep.variants': ('b: train.lerning_rate=0.1',)})
+  with pytest.raises(UserInputError, match=r"config.sweep.variants \(b\): 'train.lerning_rate' is not a config key"):
     run_sweep(config, tmp_path)
   assert not list(tmp_path.iterdir())
 
@@ -171,3 +175,27 @@ def test_calibrate_mode_on_a_single_run(sweep_run, tmp_path, monkeypatch):
   assert stored['fitted_on'] == 'validation predictions of this run (n=15)' and stored == result
   assert stored['temperature'] != checkpoint.read_metadata(workdir / 'exp0' / 'fold1')['calibration']['temperature']
   assert '## Calibration' in (run / 'report.md').read_text() and (run / 'reliability.png').is_file()
+
+
+@pytest.mark.parametrize('sweep_spec, expected', [
+    ('configs/footprint_sweep.py:transfer,quick',
+     {'cnn': 'configs/footprint.py:exp0,quick', 'resnet18': 'configs/footprint.py:resnet18,quick',
+      'alexnet': 'configs/footprint.py:alexnet,quick', 'efficientnet_b0': 'configs/footprint.py:efficientnet_b0,quick'}),
+    ('configs/climbing.py:compare,quick', {b: f'configs/climbing.py:{b},quick' for b in
+                                           ('mobilenetv3large', 'efficientnetb2', 'resnet50', 'vgg16')}),
+])
+def test_a_seed_comparison_sweep_trains_each_recipe_whole(sweep_spec, expected):
+  """Each variant of a seed's comparison is the whole recipe its own config file gives (model, phases, early
+  stopping, learning rate), not just another model name."""
+  variants = build_variants(load_config(sweep_spec))
+  assert [v.name for v in variants] == list(expected)
+  for variant in variants:
+    recipe = load_config(expected[variant.name])
+    assert config_changes(recipe, variant.config) == {} == config_changes(variant.config, recipe), variant.name
+
+
+def test_the_freeze_till_sweep_varies_freeze_till_alone():
+  variants = build_variants(load_config('configs/cats_dogs.py:freeze_sweep,quick'))
+  solo = load_config('configs/cats_dogs.py:vgg16,quick', **{'explain.after_training': False})
+  for variant, n in zip(variants, (18, 14, 10, 6)):
+    assert variant.name == f'freeze{n}' and config_changes(solo, variant.config) == {'model.freeze_till': n}

@@ -21,7 +21,8 @@ from fpclass.inference import load_trained
 assert importlib.util.find_spec('keras') and importlib.util.find_spec('h5py'), 'pip install -e .[test]'
 
 APPLICATIONS = {'keras_resnet50v2': 'ResNet50V2', 'keras_resnet50': 'ResNet50', 'keras_vgg16': 'VGG16',
-                'keras_inceptionv3': 'InceptionV3'}
+                'keras_inceptionv3': 'InceptionV3', 'keras_mobilenetv3large': 'MobileNetV3Large',
+                'keras_efficientnetb2': 'EfficientNetB2'}
 
 
 def write_keras_weights(folder: pathlib.Path, names) -> dict:

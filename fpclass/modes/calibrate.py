@@ -46,9 +46,11 @@ def store_in_sidecar(workdir, calibration: dict) -> None:
   checkpoint.write_metadata(workdir, metadata)
 
 
-def calibrate(config, workdir, decoded=None) -> dict:
+def calibrate(config, workdir, decoded=None, predictions: dict | None = None) -> dict:
   """`--mode calibrate`: fit on a workdir's validation predictions, or on the out-of-fold predictions of
-  the member workdirs (fold0/, fold1/, ...) of a sweep experiment folder; store and report the result."""
+  the member workdirs (fold0/, fold1/, ...) of a sweep experiment folder; store and report the result.
+  `predictions` ({member folder name: validation logits}) are the members' own, computed while they trained
+  (a sweep's), so no model predicts its split again."""
   workdir = pathlib.Path(workdir)
   bins, metric = int(config.sweep.ece_bins), config.sweep.threshold_metric
   if bins < 2:
@@ -60,7 +62,8 @@ def calibrate(config, workdir, decoded=None) -> dict:
   frames, logits, labels, groups = [], [], [], []
   for g, member in enumerate(members):
     val = data.split_dataset(decoded, member.config).val
-    member_logits = member.trained.logits(val.images, int(config.eval.batch_size))
+    member_logits = (predictions[member.path.name] if predictions is not None else
+                     member.trained.logits(val.images, int(config.eval.batch_size)))
     logits.append(member_logits)
     labels.append(val.labels)
     groups.append(np.full(len(val), g))

@@ -27,10 +27,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from fpclass import calibration, checkpoint, data, fileio, metrics, optim, report, sharding, stats
-from fpclass.config import ConfigError, parse_variant
+from fpclass import calibration, checkpoint, data, feature_cache, fileio, metrics, optim, report, sharding, stats
+from fpclass.config import AugmentSettings, ConfigError, base_config, parse_variant
 from fpclass.data import splits, stream
-from fpclass.data.rows import in_memory
 from fpclass.errors import UserInputError
 from fpclass.modes.calibrate import calibrate
 from fpclass.sharding import DataParallel
@@ -63,16 +62,23 @@ class Variant:
 
 
 def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:
+  """`config` with `changes` ({dotted key: value}) applied. A key must exist, except a model field: the fields
+  under config.model are the model's own (another model has others), and `validate` checks them by name.
+  Changing model.name starts the model section from the schema's, as a config file does for another model."""
   out = copy.deepcopy(config)
+  if 'model.name' in changes and changes['model.name'] != out.model.name:
+    with out.unlocked():
+      out.model = base_config().model
   for key, value in changes.items():
     *parents, leaf = key.split('.')
     node = out
     try:
       for p in parents:
         node = node[p]
-      if leaf not in node:
+      if leaf not in node and parents != ['model']:
         raise KeyError(leaf)
-      node[leaf] = list(value) if isinstance(value, list) else value
+      with node.unlocked():
+        node[leaf] = list(value) if isinstance(value, list) else value
     except (KeyError, AttributeError):
       raise UserInputError(f'{where}: {key!r} is not a config key') from None
     except TypeError as e:
@@ -92,7 +98,10 @@ def build_variants(config) -> list[Variant]:
       raise UserInputError(f'config.sweep.variants: the name {name!r} is used twice')
     seen.add(name)
     variant_config = apply_changes(config, changes, f'config.sweep.variants ({name})')
-    validate(variant_config)
+    try:
+      validate(variant_config)
+    except UserInputError as e:
+      raise UserInputError(f'config.sweep.variants ({name}): {e}') from None
     variants.append(Variant(name, changes, variant_config))
   return variants
 
@@ -166,7 +175,7 @@ def _finished(exp_dir: pathlib.Path, config_json: dict):
 
 
 def train_share(config, train_data: TrainData, members: list[Member], exp_dir, budget: int, log_prefix: str = '',
-                stop=None) -> list[dict]:
+                stop=None, features=None) -> list[dict]:
   """Trains this process's share of the members not finished before (each written to the member store as
   it finishes); returns the plan of each chunk it trained."""
   config_json = checkpoint.config_as_json(config)
@@ -189,8 +198,8 @@ def train_share(config, train_data: TrainData, members: list[Member], exp_dir, b
       extras = dict(form=form, plan=how, chunk=len(chunk))
       record = MemoryRecord(on_finished=lambda r, extras=extras: member_store.save(
           exp_dir, r, config_json, dict(extras, train_seconds=r.train_seconds)))
-      Engine(config, train_data, chunk, record, form=form, parallel=parallel, budget=budget, stop=stop,
-             log_prefix=prefix).run()
+      Engine(config, train_data, chunk, record, form=form, parallel=parallel, budget=budget, features=features,
+             stop=stop, log_prefix=prefix).run()
       plans.append(extras)
   sharding.barrier('fpclass-sweep-trained')  # every member is in the store
   return plans
@@ -206,9 +215,22 @@ def _chunk_size(config, train_data: TrainData, group: list[Member], form: str) -
   steps = -(-len(group[0].train_index) // batch)
   task = build_task(config, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
   eval_batch = common_batch(config.eval.batch_size, [len(m.val_index) for m in group])
-  plan = memory_plan.measure_memory(task, train_data.train.images, batch, eval_batch, form)
+  task, images = _what_trains(config, task, train_data.train.images)
+  plan = memory_plan.measure_memory(task, images, batch, eval_batch, form)
   budget = int(float(config.sweep.memory_fraction) * memory_plan.free_memory_bytes())
   return plan.chunk(form, budget), plan.describe(form, budget, len(group))
+
+
+def _what_trains(config, task, images):
+  """(task, images) of the first phase as the engine will train it: a frozen backbone's head on its features
+  (zeros of their shape: the plan reads shapes and sizes), or the task itself on the images."""
+  if config.train.feature_cache == 'off' or AugmentSettings.from_config(config.augment).randomises_input:
+    return task, images
+  variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), images.shape[1:]))
+  split, _ = feature_cache.find_split(config, task, variables, images.shape[1:])
+  if split is None:
+    return task, images
+  return feature_cache.cached_task(task, split), np.zeros((len(images), *split.feature_shape), split.feature_dtype)
 
 
 def _final_state_shape(config, train_data: TrainData, result: MemberResult):
@@ -220,15 +242,16 @@ def _final_state_shape(config, train_data: TrainData, result: MemberResult):
   return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), train_data.train.images.shape[1:]))
 
 
-def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None) -> dict:
+def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, features=None) -> dict:
   """Trains every split x seed of one variant (spread over the processes of a job); checkpoints each
-  split's best seed as an ordinary workdir; calibrates."""
+  split's best seed as an ordinary workdir; calibrates. `features`: the job's `feature_cache.FeatureStore`,
+  so variants that share a frozen backbone and its input share its features."""
   config = variant.config
   start = time.perf_counter()
   decoded = data.decode_source(config, mapped=True)
   train_data, members, note, budget = plan_members(decoded, config)
   class_names = decoded.class_names
-  plans = train_share(config, train_data, members, exp_dir, budget, f'[{variant.name}] ', stop)
+  plans = train_share(config, train_data, members, exp_dir, budget, f'[{variant.name}] ', stop, features)
   monitor = config.train.monitor
   rows, kept, stored = [], {}, {}
   for m in members:
@@ -253,8 +276,8 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None) -> dict:
     for row in rows:
       if row['split'] == split and row['seed'] == r.member.seed:
         row['kept'] = True
-  calib = calibrate(config, exp_dir, dataclasses.replace(decoded, pool=_in_memory(decoded.pool),
-                                                         val=_in_memory(decoded.val), test=None))
+  calib = calibrate(config, exp_dir, decoded, {members_lib.split_name(split): r.val_logits
+                                               for split, r in kept.items()})
   headers = list(stored.values())
   train_seconds = sum(h['train_seconds'] for h in headers)
   model_epochs = sum(int(r['epochs_trained']) for r in rows)
@@ -273,10 +296,6 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None) -> dict:
   if fileio.is_primary():
     member_store.remove(exp_dir)
   return result
-
-
-def _in_memory(split):
-  return None if split is None else dataclasses.replace(split, images=in_memory(split.images))
 
 
 def save_member_workdir(workdir, member_config, class_names, result: MemberResult, normalisation) -> None:
@@ -310,7 +329,7 @@ def run_sweep(config, workdir) -> pd.DataFrame:
   start = time.perf_counter()
   # Every stored variant is checked before any training, so a mismatch fails in seconds, not hours.
   stored = {v.name: _finished(workdir / v.name, checkpoint.config_as_json(v.config)) for v in variants}
-  experiments = []
+  experiments, features = [], feature_cache.FeatureStore()
   for variant in variants:
     exp_dir = workdir / variant.name
     if stored[variant.name] is not None:
@@ -319,7 +338,7 @@ def run_sweep(config, workdir) -> pd.DataFrame:
       continue
     tqdm.write(f'[{variant.name}] {variant.describe()}')
     with StopOnSignals() as stop:
-      experiments.append(run_experiment(variant, exp_dir, stop))
+      experiments.append(run_experiment(variant, exp_dir, stop, features))
   baseline = config.sweep.baseline or variants[0].name
   models = pd.DataFrame([row for e in experiments for row in e['rows']])
   summary = summarise(experiments)

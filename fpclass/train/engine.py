@@ -84,12 +84,15 @@ class Engine:
 
   `record` keeps each epoch (`fpclass.train.records`); `form` is the model axis ('loop' or 'vmap');
   `parallel` the mesh (default: every device of the job); `budget` the device bytes cached features may take
-  (default: `fpclass.data.stream.memory_budget`); `stop` a `StopOnSignals`. A solo run logs each epoch's
-  metrics; a sweep's chunk (`log_prefix` given) one summary line per epoch."""
+  (default: `fpclass.data.stream.memory_budget`); `features` a `feature_cache.FeatureStore` shared with other
+  engines of the job; `stop` a `StopOnSignals`. A solo run logs each epoch's metrics; a sweep's chunk
+  (`log_prefix` given) one summary line per epoch."""
 
   def __init__(self, config, data: TrainData, members: list[Member], record, *, form: str = 'loop',
-               parallel: DataParallel | None = None, budget: int | None = None, stop=None, log_prefix: str = ''):
+               parallel: DataParallel | None = None, budget: int | None = None, features=None, stop=None,
+               log_prefix: str = ''):
     self.config, self.data, self.members, self.record = config, data, members, record
+    self.features = features
     self.summary_log = len(members) > 1 or bool(log_prefix)
     self.form, self.stop, self.log_prefix = form, stop, log_prefix
     self.parallel = parallel or DataParallel.over()
@@ -184,21 +187,33 @@ class Engine:
       return task, None, self.data.val.images
     start = time.perf_counter()
     full = CompiledSteps(task, self.parallel, self.loop_form)
+    store = self.features if self.features is not None else feature_cache.FeatureStore()
+
+    computed = []
+
+    def compute(images, state):
+      computed.append(len(images))
+      return feature_cache.compute_features(full, split, state, images, self.eval_batch)
+
+    def features_of(images, state, digest):
+      key = feature_cache.pass_key(task, split, digest, images, self.eval_batch)
+      return store.get(key, lambda: compute(images, state))
+
     features = {}
     for m, digest in digests.items():
       if digest not in features:   # every member with this backbone shares the pass
-        state = states[m]
-        train_x = feature_cache.compute_features(full, split, state, self.data.train.images, self.eval_batch)
-        val_x = train_x if shared_val else feature_cache.compute_features(full, split, state,
-                                                                          self.data.val.images, self.eval_batch)
+        train_x = features_of(self.data.train.images, states[m], digest)
+        val_x = train_x if shared_val else features_of(self.data.val.images, states[m], digest)
         features[digest] = (Split(train_x, self.data.train.labels), val_x)
     seconds = time.perf_counter() - start
     self._setup_seconds += seconds   # counted in the first epoch's seconds
     passes = f'{len(features)} passes' if len(features) > 1 else 'once'
+    ran = (f'ran {passes} over {len(self.data.train.images)} train'
+           f'{"" if shared_val else f" and {len(self.data.val.images)} val"} images ({seconds:.1f}s)' if computed
+           else 'ran earlier in this job over the same images')
     tqdm.write(f'{self.log_prefix}feature cache: {self.config.train.feature_cache}: the frozen network before '
-               f'{split.name!r} ran {passes} over {len(self.data.train.images)} train'
-               f'{"" if shared_val else f" and {len(self.data.val.images)} val"} images ({seconds:.1f}s) for '
-               f'{len(states)} model(s); the head trains on its {"x".join(map(str, split.feature_shape))} outputs')
+               f'{split.name!r} {ran} for {len(states)} model(s); the head trains on its '
+               f'{"x".join(map(str, split.feature_shape))} outputs')
     datas = {m: self._member_data(m, *features[digests[m]]) for m in states}
     return feature_cache.cached_task(task, split), datas, next(iter(features.values()))[1]
 
