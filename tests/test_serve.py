@@ -530,7 +530,9 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
         break
       time.sleep(0.5)
     assert health['workers'] == {'up': 2, 'configured': 2}, ''.join(stderr_lines)
-    pids = healthz_pids(url)
+    pids, deadline = set(), time.monotonic() + 120
+    while len(pids) < 2 and time.monotonic() < deadline:   # on a busy machine one worker may take many in a row
+      pids |= healthz_pids(url)
     assert victim not in pids and len(pids) == 2
     assert any(re.search(rf'worker \d \(pid {victim}\) exited \(killed by SIGKILL\); starting a replacement', line)
                for line in stderr_lines), ''.join(stderr_lines)
