@@ -143,8 +143,9 @@ AUGMENT_OFF = {'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contras
 RECIPES = {
     # every layer trains from the pretrained weights, one phase
     'pretrained': {'model.freeze_till': 0, 'train.finetune_epochs': 0},
-    # the backbone frozen, augmentation off: the head trains on features computed once for both members
-    'frozen': {'model.freeze_till': -1, 'train.finetune_epochs': 0, **AUGMENT_OFF},
+    # the backbone frozen, augmentation off: the head trains on features computed once for both members; the
+    # chunk planned by the memory rule, for the head on the features
+    'frozen': {'model.freeze_till': -1, 'train.finetune_epochs': 0, 'sweep.models_per_chunk': 0, **AUGMENT_OFF},
     # the recipe as the seed ran it: a frozen phase (with augmentation), then fine-tuning from stage 3 on
     'two_phase': {'model.freeze_till': -1, 'train.finetune_epochs': 1, 'train.finetune_freeze_till': 3},
 }
@@ -161,13 +162,13 @@ def _leaves(config, workdir):
 
 @pytest.mark.parametrize('recipe', list(RECIPES))
 def test_a_sweep_member_equals_its_solo_run_bit_for_bit(recipe, resnet18_file, tmp_path, capsys):
-  config = load_config('configs/footprint.py:resnet18,quick', **TRANSFER, **RECIPES[recipe],
+  config = load_config('configs/footprint.py:resnet18,quick', **{**TRANSFER, **RECIPES[recipe]},
                        **{'model.pretrained': str(resnet18_file), 'sweep.model_axis': 'loop'})
   run('sweep', config, tmp_path / 'sweep')
   log = capsys.readouterr().out
   models = pd.read_csv(tmp_path / 'sweep' / 'sweep_models.csv').set_index('split')
   for fold in (0, 1):
-    solo_config = load_config('configs/footprint.py:resnet18,quick', **TRANSFER, **RECIPES[recipe],
+    solo_config = load_config('configs/footprint.py:resnet18,quick', **{**TRANSFER, **RECIPES[recipe]},
                               **{'model.pretrained': str(resnet18_file), 'data.fold': fold})
     scores = run('train', solo_config, tmp_path / f'solo{fold}')
     member = tmp_path / 'sweep' / 'base' / f'fold{fold}'

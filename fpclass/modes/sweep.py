@@ -216,7 +216,7 @@ def _chunk_size(config, train_data: TrainData, group: list[Member], form: str) -
   task = build_task(config, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
   eval_batch = common_batch(config.eval.batch_size, [len(m.val_index) for m in group])
   task, images = _what_trains(config, task, train_data.train.images)
-  plan = memory_plan.measure_memory(task, images, batch, eval_batch, form)
+  plan = memory_plan.measure_memory(task, images, batch, eval_batch, form, train_data.train.images.shape[1:])
   budget = int(float(config.sweep.memory_fraction) * memory_plan.free_memory_bytes())
   return plan.chunk(form, budget), plan.describe(form, budget, len(group))
 

@@ -95,12 +95,14 @@ class MemoryPlan:
             f'{mib(budget_bytes)}; predicted peak {mib(self.peak_bytes(form, min(chunk, models or chunk)))})')
 
 
-def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: str = 'loop') -> MemoryPlan:
+def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: str = 'loop',
+                   image_shape: tuple | None = None) -> MemoryPlan:
   """D, S and V from array sizes; W and W_eval by compiling the programs (not running them) and reading
   XLA's memory analysis (temp bytes); k from the backend and the host allocator. `eval_batch` is the
-  evaluation batch the chunk will use (at most the longest validation split)."""
+  evaluation batch the chunk will use (at most the longest validation split); `image_shape` the model's
+  image shape when `images` are features a frozen backbone computed from such images."""
   shape = images.shape[1:]
-  abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), shape))
+  abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape or shape))
   x = jax.ShapeDtypeStruct(images.shape, images.dtype)
   y = jax.ShapeDtypeStruct((len(images),), jnp.int32)
   idx = jax.ShapeDtypeStruct((batch,), jnp.int32)
