@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -69,8 +70,8 @@ def main():
   result = dict(solo_seconds=solo, sweep_seconds=sweep, ratio=sweep / solo, models=15, epochs=args.epochs,
                 machine=f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores',
                 load_average=os.getloadavg(), date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-                solo_command='python launch.py ' + ' '.join(solo_command),
-                sweep_command='python launch.py ' + ' '.join(sweep_command))
+                solo_command='python launch.py ' + shlex.join(solo_command),
+                sweep_command='python launch.py ' + shlex.join(sweep_command))
   print(f'\nsolo run (1 model): {solo:.1f} s; sweep (3 variants x 5 folds = 15 models): {sweep:.1f} s; '
         f'ratio {sweep / solo:.2f} (target <= 2)')
   if args.json:

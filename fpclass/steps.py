@@ -116,6 +116,10 @@ class CompiledSteps:
     return jax.jit(self.task.init, static_argnums=1, out_shardings=self.parallel.replicated,
                    compiler_options=self._init_options)
 
+  @functools.cached_property
+  def _init_programs(self) -> dict:
+    return {}
+
   def variable_shapes(self, image_shape) -> dict:
     """The model variables for `image_shape` as `jax.ShapeDtypeStruct`s (nothing computed)."""
     return jax.eval_shape(lambda key: self.task.init_variables(key, image_shape), jax.random.PRNGKey(0))
@@ -133,14 +137,16 @@ class CompiledSteps:
     leaves, treedef = jax.tree_util.tree_flatten(loaded)
     fresh = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
 
-    def fresh_leaves(key):
-      variables = self.task.init_variables(key, image_shape)
-      if jax.tree_util.tree_structure(variables) != treedef:
-        raise ValueError('init_variables: `loaded` does not have the structure of this model\'s variables')
-      every = jax.tree_util.tree_leaves(variables)
-      return [every[i] for i in fresh]
-
-    values = jax.jit(fresh_leaves, compiler_options=self._init_options)(key) if fresh else []
+    program_key = (tuple(image_shape), treedef, tuple(fresh))
+    if program_key not in self._init_programs:   # one program for every model initialised alike (a sweep's)
+      def fresh_leaves(key):
+        variables = self.task.init_variables(key, image_shape)
+        if jax.tree_util.tree_structure(variables) != treedef:
+          raise ValueError('init_variables: `loaded` does not have the structure of this model\'s variables')
+        every = jax.tree_util.tree_leaves(variables)
+        return [every[i] for i in fresh]
+      self._init_programs[program_key] = jax.jit(fresh_leaves, compiler_options=self._init_options)
+    values = self._init_programs[program_key](key) if fresh else []
     for i, value in zip(fresh, values):
       leaves[i] = value
     return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -57,7 +57,8 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
     raise UserInputError(f'config.sweep.ece_bins={bins}: use at least 2')
   if metric not in THRESHOLD_METRICS:
     raise UserInputError(f'config.sweep.threshold_metric={metric!r}: choose one of {THRESHOLD_METRICS}')
-  members = ensemble.load_members(config, workdir, folds=bool(ensemble.member_workdirs(workdir)))
+  members = ensemble.load_members(config, workdir, folds=bool(ensemble.member_workdirs(workdir)),
+                                  restore=predictions is None)
   decoded = decoded or data.decode_source(config)
   frames, logits, labels, groups = [], [], [], []
   for g, member in enumerate(members):
@@ -70,14 +71,14 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
     frames.append(pd.DataFrame({'member': member.path.name if member.path != workdir else '.', 'id': val.ids,
                                 'label': val.labels}))
   logits, labels, groups = np.concatenate(logits), np.concatenate(labels), np.concatenate(groups)
-  head = members[0].trained.task.head
+  head = members[0].config.model.get('head', 'softmax')
   result, crossfit = calibrate_predictions(logits, labels, head, groups, bins, metric)
   what = (f'out-of-fold predictions of {len(members)} fold models' if len(members) > 1
           else 'validation predictions of this run')
   result['fitted_on'] = f'{what} (n={len(labels)})'
   for member in members:
     store_in_sidecar(member.path, result)
-  class_names = members[0].trained.class_names
+  class_names = tuple(members[0].metadata['class_names'])
   before, after = scaled_probabilities(logits, head), scaled_probabilities(logits, head, result['temperature'])
   after_label = f'after (T={result["temperature"]:.2f}, cross-fitted over {result["crossfit_groups"]} groups)'
   oof = pd.concat(frames, ignore_index=True)

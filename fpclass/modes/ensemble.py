@@ -22,11 +22,12 @@ from fpclass.inference import Trained, load_trained
 class MemberModel:
   path: pathlib.Path
   config: ml_collections.ConfigDict   # the given config with this model's split and seed (from its sidecar)
-  trained: Trained
+  metadata: dict
+  trained: Trained | None             # None when loaded with restore=False (the sidecar alone)
 
   @property
   def calibration(self) -> dict | None:
-    return self.trained.metadata.get('calibration')
+    return self.metadata.get('calibration')
 
 
 # The keys that place a model on its validation split; a member's own values come from its sidecar.
@@ -54,8 +55,9 @@ def member_config(config, metadata: dict) -> ml_collections.ConfigDict:
   return out
 
 
-def load_members(config, workdir, folds: bool) -> list[MemberModel]:
-  """The fold models under `workdir` (folds=True), or the run in `workdir` itself."""
+def load_members(config, workdir, folds: bool, restore: bool = True) -> list[MemberModel]:
+  """The fold models under `workdir` (folds=True), or the run in `workdir` itself; with restore=False their
+  sidecars only (no checkpoint is read)."""
   workdir = pathlib.Path(workdir)
   if folds:
     paths = member_workdirs(workdir)
@@ -72,8 +74,8 @@ def load_members(config, workdir, folds: bool) -> list[MemberModel]:
               '; run --mode train with this --workdir first')
       raise UserInputError(f'{path}: no trained run here ({checkpoint.METADATA} is missing){hint}')
     cfg = member_config(config, metadata)
-    members.append(MemberModel(path, cfg, load_trained(cfg, path)))
-  names = {m.trained.class_names for m in members}
+    members.append(MemberModel(path, cfg, metadata, load_trained(cfg, path) if restore else None))
+  names = {tuple(m.metadata['class_names']) for m in members}
   if len(names) > 1:
     raise UserInputError(f'the models under {workdir} were trained on different classes: {sorted(names)}')
   return members

@@ -268,14 +268,22 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, features=
       kept[m.split] = r
   normalisation = dataclasses.asdict(Normalisation.from_config(config.data))
   num_params = None
-  for split, r in sorted(kept.items()):
-    r, _ = member_store.load(exp_dir, r.member, _final_state_shape(config, train_data, r))
-    member_config = apply_changes(config, {'data.fold': split, 'seed': r.member.seed}, 'sweep')
-    save_member_workdir(exp_dir / members_lib.split_name(split), member_config, class_names, r, normalisation)
-    num_params = optim.count_params(r.last.params)
-    for row in rows:
-      if row['split'] == split and row['seed'] == r.member.seed:
-        row['kept'] = True
+  stores = []   # the saves of every fold workdir overlap; all are complete before the experiment is written
+  try:
+    for split, r in sorted(kept.items()):
+      r, _ = member_store.load(exp_dir, r.member, _final_state_shape(config, train_data, r))
+      member_config = apply_changes(config, {'data.fold': split, 'seed': r.member.seed}, 'sweep')
+      stores.append(save_member_workdir(exp_dir / members_lib.split_name(split), member_config, class_names, r,
+                                        normalisation))
+      if jax.process_count() > 1:   # orbax names its cross-process barriers by step: one save at a time there
+        stores.pop().close()
+      num_params = optim.count_params(r.last.params)
+      for row in rows:
+        if row['split'] == split and row['seed'] == r.member.seed:
+          row['kept'] = True
+  finally:
+    for store in stores:
+      store.close()
   calib = calibrate(config, exp_dir, decoded, {members_lib.split_name(split): r.val_logits
                                                for split, r in kept.items()})
   headers = list(stored.values())
@@ -298,9 +306,11 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, features=
   return result
 
 
-def save_member_workdir(workdir, member_config, class_names, result: MemberResult, normalisation) -> None:
+def save_member_workdir(workdir, member_config, class_names, result: MemberResult,
+                        normalisation) -> checkpoint.CheckpointStore:
   """Writes a trained member as an ordinary fpclass workdir (metadata.json, metrics.csv, `last` and
-  `best` checkpoints), so --mode evaluate/submit/train(resume) work on it as on a solo run."""
+  `best` checkpoints), so --mode evaluate/submit/train(resume) work on it as on a solo run. Returns the
+  store, whose saves complete when it is closed."""
   last = result.last
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoint.write_metadata(workdir, checkpoint.build_metadata(
@@ -313,8 +323,10 @@ def save_member_workdir(workdir, member_config, class_names, result: MemberResul
       store.save('best', int(result.loop.best_epoch), last.replace(params=params, batch_stats=batch_stats),
                  result.loop.to_json())
     store.save('last', int(result.loop.epoch), last, result.loop.to_json())
-  finally:
-    store.close()
+  except BaseException:
+    store.close(after_error=True)
+    raise
+  return store
 
 
 def _head(config):
