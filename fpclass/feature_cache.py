@@ -240,26 +240,13 @@ def images_digest(images) -> str:
   return digest.hexdigest()
 
 
-class FeatureStore:
-  """Features a frozen network computed in this job, by what determines them: the backbone's variables, the
-  input images, the model and its input preparation, and the evaluation batch. The variants of a sweep that
-  change only the head (its learning rate, dropout, ...) then share one pass over the images. Passed
-  explicitly to each engine (`fpclass.train.engine.Engine(features=...)`); it lives as long as the job."""
-
-  def __init__(self):
-    self._features = {}
-
-  def get(self, key: tuple, compute):
-    """The features under `key`, computed by `compute()` the first time."""
-    if key not in self._features:
-      self._features[key] = compute()
-    return self._features[key]
-
-
 def pass_key(task, split: HeadSplit, backbone: str, images, batch_size: int) -> tuple:
-  """The `FeatureStore` key of `split`'s features of `images` under `task`'s model and preparation."""
+  """The key of `split`'s features of `images` under `task`'s model and preparation, for a job's
+  `fpclass.train.shared_work.SharedWork`: what determines them, so sweep variants that change only the head
+  share one pass."""
   preparation = (repr(task.model), repr(task.normalisation), task.device_resize, task.repeat_rgb)
-  return backbone, images_digest(images), split.name, split.feature_shape, repr(preparation), int(batch_size)
+  return ('features', backbone, images_digest(images), split.name, split.feature_shape, repr(preparation),
+          int(batch_size))
 
 
 def backbone_digest(split: HeadSplit, variables: dict) -> str:

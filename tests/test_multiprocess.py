@@ -215,14 +215,14 @@ def test_a_killed_sweep_relaunched_keeps_its_finished_members(tmp_path, one_proc
   procs = start_processes(tmp_path, *SWEEP)
   try:
     deadline = time.monotonic() + 300
-    while not list(members.glob('*.msgpack')) and time.monotonic() < deadline and procs[1].poll() is None:
+    while not list(members.glob('*.json')) and time.monotonic() < deadline and procs[1].poll() is None:
       time.sleep(0.05)
     procs[1].kill()   # SIGKILL to one process; the job is then ended, as a scheduler ends a failed job step
     procs[0].kill()
   finally:
     for proc in procs:
       proc.communicate()
-  finished = {p.name: p.stat().st_mtime_ns for p in members.glob('*.msgpack')}
+  finished = {p.name: p.stat().st_mtime_ns for p in members.glob('*.json')}
   assert finished and len(finished) < 6, finished
   results = launch_processes(tmp_path, *SWEEP)
   assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, _, err in results]

@@ -40,6 +40,7 @@ from fpclass.train.axis import Split
 from fpclass.train.engine import Engine, TrainData, phase_config
 from fpclass.train.members import Member, MemberResult
 from fpclass.train.records import MemoryRecord, StopOnSignals
+from fpclass.train.shared_work import SharedWork
 from fpclass.validation import validate
 
 METRICS = ('accuracy', 'macro_f1', 'roc_auc')
@@ -175,7 +176,7 @@ def _finished(exp_dir: pathlib.Path, config_json: dict):
 
 
 def train_share(config, train_data: TrainData, members: list[Member], exp_dir, budget: int, log_prefix: str = '',
-                stop=None, features=None) -> list[dict]:
+                stop=None, shared=None) -> list[dict]:
   """Trains this process's share of the members not finished before (each written to the member store as
   it finishes); returns the plan of each chunk it trained."""
   config_json = checkpoint.config_as_json(config)
@@ -190,7 +191,7 @@ def train_share(config, train_data: TrainData, members: list[Member], exp_dir, b
   parallel = DataParallel.local() if processes > 1 else DataParallel.over()
   plans = []
   for group in (members_lib.optimizer_groups(config, mine) if mine else []):
-    chunk_size, how = _chunk_size(config, train_data, group, form)
+    chunk_size, how = _chunk_size(config, train_data, group, form, shared)
     chunks = members_lib.balanced_chunks(group, chunk_size)
     tqdm.write(f'{log_prefix}{form} form, {how}')
     for c, chunk in enumerate(chunks):
@@ -198,14 +199,14 @@ def train_share(config, train_data: TrainData, members: list[Member], exp_dir, b
       extras = dict(form=form, plan=how, chunk=len(chunk))
       record = MemoryRecord(on_finished=lambda r, extras=extras: member_store.save(
           exp_dir, r, config_json, dict(extras, train_seconds=r.train_seconds)))
-      Engine(config, train_data, chunk, record, form=form, parallel=parallel, budget=budget, features=features,
+      Engine(config, train_data, chunk, record, form=form, parallel=parallel, budget=budget, shared=shared,
              stop=stop, log_prefix=prefix).run()
       plans.append(extras)
   sharding.barrier('fpclass-sweep-trained')  # every member is in the store
   return plans
 
 
-def _chunk_size(config, train_data: TrainData, group: list[Member], form: str) -> tuple[int, str]:
+def _chunk_size(config, train_data: TrainData, group: list[Member], form: str, shared) -> tuple[int, str]:
   fixed = int(config.sweep.models_per_chunk)
   if len(group) == 1:
     return 1, 'one model'
@@ -216,7 +217,11 @@ def _chunk_size(config, train_data: TrainData, group: list[Member], form: str) -
   task = build_task(config, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
   eval_batch = common_batch(config.eval.batch_size, [len(m.val_index) for m in group])
   task, images = _what_trains(config, task, train_data.train.images)
-  plan = memory_plan.measure_memory(task, images, batch, eval_batch, form, train_data.train.images.shape[1:])
+  image_shape = train_data.train.images.shape[1:]
+  state = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))
+  # The plan depends on the programs' shapes alone, not on the values (a learning rate): variants share it.
+  key = ('plan', repr(task.model), repr(state), images.shape, str(images.dtype), batch, eval_batch, form)
+  plan = shared.get(key, lambda: memory_plan.measure_memory(task, images, batch, eval_batch, form, image_shape))
   budget = int(float(config.sweep.memory_fraction) * memory_plan.free_memory_bytes())
   return plan.chunk(form, budget), plan.describe(form, budget, len(group))
 
@@ -233,25 +238,25 @@ def _what_trains(config, task, images):
   return feature_cache.cached_task(task, split), np.zeros((len(images), *split.feature_shape), split.feature_dtype)
 
 
-def _final_state_shape(config, train_data: TrainData, result: MemberResult):
-  """The train state's structure in the member's last phase, for reading its states back."""
-  member = result.member
+def _state_shape(config, train_data: TrainData, member: Member, phase: int):
+  """The train state's structure in training phase `phase` (the same for every member: class weights and
+  schedules change values, not shapes), for reading a member's states back."""
   batch = members_lib.batch_size_for(config, len(member.train_index))
-  task = build_task(phase_config(config, result.loop.phase), train_data.class_names,
+  task = build_task(phase_config(config, phase), train_data.class_names,
                     train_data.train.labels[member.train_index], -(-len(member.train_index) // batch))
   return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), train_data.train.images.shape[1:]))
 
 
-def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, features=None) -> dict:
+def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, shared=None) -> dict:
   """Trains every split x seed of one variant (spread over the processes of a job); checkpoints each
-  split's best seed as an ordinary workdir; calibrates. `features`: the job's `feature_cache.FeatureStore`,
-  so variants that share a frozen backbone and its input share its features."""
+  split's best seed as an ordinary workdir; calibrates. `shared`: the job's `SharedWork`, so variants that
+  share a frozen backbone and its input share its features (and its file, and their memory plan)."""
   config = variant.config
   start = time.perf_counter()
   decoded = data.decode_source(config, mapped=True)
   train_data, members, note, budget = plan_members(decoded, config)
   class_names = decoded.class_names
-  plans = train_share(config, train_data, members, exp_dir, budget, f'[{variant.name}] ', stop, features)
+  plans = train_share(config, train_data, members, exp_dir, budget, f'[{variant.name}] ', stop, shared)
   monitor = config.train.monitor
   rows, kept, stored = [], {}, {}
   for m in members:
@@ -268,10 +273,12 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, features=
       kept[m.split] = r
   normalisation = dataclasses.asdict(Normalisation.from_config(config.data))
   num_params = None
-  stores = []   # the saves of every fold workdir overlap; all are complete before the experiment is written
+  stores, shapes = [], {}   # the saves of every fold workdir overlap; all complete before the experiment is written
   try:
     for split, r in sorted(kept.items()):
-      r, _ = member_store.load(exp_dir, r.member, _final_state_shape(config, train_data, r))
+      if r.loop.phase not in shapes:
+        shapes[r.loop.phase] = _state_shape(config, train_data, r.member, r.loop.phase)
+      r, _ = member_store.load(exp_dir, r.member, shapes[r.loop.phase])
       member_config = apply_changes(config, {'data.fold': split, 'seed': r.member.seed}, 'sweep')
       stores.append(save_member_workdir(exp_dir / members_lib.split_name(split), member_config, class_names, r,
                                         normalisation))
@@ -341,7 +348,7 @@ def run_sweep(config, workdir) -> pd.DataFrame:
   start = time.perf_counter()
   # Every stored variant is checked before any training, so a mismatch fails in seconds, not hours.
   stored = {v.name: _finished(workdir / v.name, checkpoint.config_as_json(v.config)) for v in variants}
-  experiments, features = [], feature_cache.FeatureStore()
+  experiments, shared = [], SharedWork()
   for variant in variants:
     exp_dir = workdir / variant.name
     if stored[variant.name] is not None:
@@ -350,7 +357,7 @@ def run_sweep(config, workdir) -> pd.DataFrame:
       continue
     tqdm.write(f'[{variant.name}] {variant.describe()}')
     with StopOnSignals() as stop:
-      experiments.append(run_experiment(variant, exp_dir, stop, features))
+      experiments.append(run_experiment(variant, exp_dir, stop, shared))
   baseline = config.sweep.baseline or variants[0].name
   models = pd.DataFrame([row for e in experiments for row in e['rows']])
   summary = summarise(experiments)

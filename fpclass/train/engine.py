@@ -35,6 +35,7 @@ from fpclass.task import class_weights as task_class_weights
 from fpclass.train.axis import LoopAxis, MemberData, Split, VmapAxis
 from fpclass.train.members import Member, MemberResult, batch_size_for
 from fpclass.train.records import PartialEpoch
+from fpclass.train.shared_work import SharedWork
 
 
 @dataclasses.dataclass
@@ -84,15 +85,15 @@ class Engine:
 
   `record` keeps each epoch (`fpclass.train.records`); `form` is the model axis ('loop' or 'vmap');
   `parallel` the mesh (default: every device of the job); `budget` the device bytes cached features may take
-  (default: `fpclass.data.stream.memory_budget`); `features` a `feature_cache.FeatureStore` shared with other
-  engines of the job; `stop` a `StopOnSignals`. A solo run logs each epoch's metrics; a sweep's chunk
+  (default: `fpclass.data.stream.memory_budget`); `shared` the job's `SharedWork` (features, pretrained
+  arrays), shared with its other engines; `stop` a `StopOnSignals`. A solo run logs each epoch's metrics; a sweep's chunk
   (`log_prefix` given) one summary line per epoch."""
 
   def __init__(self, config, data: TrainData, members: list[Member], record, *, form: str = 'loop',
-               parallel: DataParallel | None = None, budget: int | None = None, features=None, stop=None,
-               log_prefix: str = ''):
+               parallel: DataParallel | None = None, budget: int | None = None, shared: SharedWork | None = None,
+               stop=None, log_prefix: str = ''):
     self.config, self.data, self.members, self.record = config, data, members, record
-    self.features = features
+    self.shared = shared if shared is not None else SharedWork()
     self.summary_log = len(members) > 1 or bool(log_prefix)
     self.form, self.stop, self.log_prefix = form, stop, log_prefix
     self.parallel = parallel or DataParallel.over()
@@ -111,7 +112,7 @@ class Engine:
     self._tasks, self._axes, self._val_images = {}, {}, {}
     self._setup_seconds = 0.0
     self._logits = [dict(last=None, best=None) for _ in members]
-    self._results = {}
+    self._results, self._schedules = {}, {}
     self._seconds = [0.0] * len(members)
 
   # ---------------------------------------------------------------------------------------- set-up
@@ -126,10 +127,14 @@ class Engine:
   def init_states(self) -> list:
     """Every member's initial state: pretrained weights read once, the rest initialised from its seed."""
     compiled = CompiledSteps(self.task(0), self.parallel, self.loop_form)
-    # The file's arrays go into the abstract variables first, so only what it lacks is initialised.
-    loaded = transfer.load_pretrained(models.get_spec(self.config.model.name), self.config.model,
-                                      compiled.variable_shapes(self.image_shape),
-                                      fileio.cache_root(self.config.data.cache_dir))
+    model = self.config.model
+    shapes = self.shared.get(('variable shapes', repr(self.task(0).model), self.image_shape),
+                             lambda: compiled.variable_shapes(self.image_shape))
+    # The file's arrays go into the abstract variables first, so only what it lacks is initialised; read
+    # once for the job (its arrays are not changed by anyone).
+    key = ('pretrained', repr(sorted(model.items())), repr(shapes))
+    loaded = self.shared.get(key, lambda: transfer.load_pretrained(
+        models.get_spec(model.name), model, shapes, fileio.cache_root(self.config.data.cache_dir)))
     states = []
     for member in self.members:
       key = jax.random.fold_in(jax.random.PRNGKey(member.seed), 0)
@@ -187,7 +192,6 @@ class Engine:
       return task, None, self.data.val.images
     start = time.perf_counter()
     full = CompiledSteps(task, self.parallel, self.loop_form)
-    store = self.features if self.features is not None else feature_cache.FeatureStore()
 
     computed = []
 
@@ -197,7 +201,7 @@ class Engine:
 
     def features_of(images, state, digest):
       key = feature_cache.pass_key(task, split, digest, images, self.eval_batch)
-      return store.get(key, lambda: compute(images, state))
+      return self.shared.get(key, lambda: compute(images, state))
 
     features = {}
     for m, digest in digests.items():
@@ -331,7 +335,7 @@ class Engine:
     totals = {k: float(sum(np.asarray(s[k]) for s in step_metrics)) for k in step_metrics[0]}
     val = metrics.epoch_metrics(self.data.val.labels[member.val_index], logits, self.task(0).head,
                                 len(self.data.class_names))
-    schedule = optim.learning_rate_schedule(phase_config(self.config, loop.phase).train, self.steps[m])
+    schedule = self._schedule(loop.phase, self.steps[m])
     row = epoch_row(epoch + 1, totals, val, float(schedule(axis.step(m) - 1)), loop.phase, seconds)
     last_phase = loop.phase == 1 or int(self.config.train.finetune_epochs) == 0
     improved, stopped_early = loop.record(row, self.rules, phase_end(loop, self.config), last_phase)
@@ -341,6 +345,11 @@ class Engine:
     if improved:
       self._logits[m]['best'] = logits
     return row, improved, stopped_early
+
+  def _schedule(self, phase: int, steps: int):
+    if (phase, steps) not in self._schedules:
+      self._schedules[phase, steps] = optim.learning_rate_schedule(phase_config(self.config, phase).train, steps)
+    return self._schedules[phase, steps]
 
   def _shown_total(self, m: int) -> int:
     """The epoch count a solo run shows: its phase's end, plus the fine-tuning epochs still to come."""

@@ -1,13 +1,14 @@
 """Finished members of a sweep on disk, so a relaunch keeps them and the processes of a job can gather them.
 
-    <experiment>/members/<split>-seed<s>.msgpack     one file per finished member
+    <experiment>/members/<split>-seed<s>.msgpack     its states: last train state, best variables
+    <experiment>/members/<split>-seed<s>.json         its result: loop state, selected checkpoint, validation
+                                                      logits, the config it trained with, its share of the time
 
-A file holds the member's result (loop state, selected checkpoint, validation logits, the config it was
-trained with, its share of the training time) and its states (last train state, best variables), as flax's
-msgpack serialisation. It is written atomically by the process that trained the member, whichever it is (a
-process's own share, not a workdir output), and read by every process once all have finished. Orbax is not
-used here: its multi-process saves are collective, and each process finishes its own members alone. The
-folder is removed once the experiment's results are written, since the kept models are then fold workdirs.
+Both are written atomically by the process that trained the member, whichever it is (a process's own share,
+not a workdir output), the result last, so a result on disk means a finished member; every process reads them
+once all have finished, the states of the kept seeds alone. The states are flax's msgpack serialisation; orbax
+is not used here: its multi-process saves are collective, and each process finishes its own members alone.
+The folder is removed once the experiment's results are written (the kept models are then fold workdirs).
 """
 import json
 import os
@@ -17,7 +18,7 @@ import tempfile
 
 import jax
 import numpy as np
-from flax import serialization
+from flax import serialization, traverse_util
 
 from fpclass import checkpoint
 from fpclass.errors import UserInputError
@@ -28,43 +29,63 @@ FOLDER = 'members'
 SUFFIX = '.msgpack'
 
 
-def path_of(experiment_dir, member: Member) -> pathlib.Path:
-  return pathlib.Path(experiment_dir) / FOLDER / f'{member.name}{SUFFIX}'
+def path_of(experiment_dir, member: Member, suffix: str = '.json') -> pathlib.Path:
+  return pathlib.Path(experiment_dir) / FOLDER / f'{member.name}{suffix}'
 
 
-def save(experiment_dir, result: MemberResult, config_json: dict, extras: dict) -> None:
-  """Writes a finished member (any process may, for the members it trained)."""
-  header = dict(split=result.member.split, seed=result.member.seed, loop=result.loop.to_json(),
-                checkpoint=result.checkpoint, epoch=result.epoch, config=config_json, **extras)
-  payload = {'header': json.dumps(header), 'val_logits': np.asarray(result.val_logits),
-             'last': serialization.to_state_dict(jax.device_get(result.last)),
-             'best': {} if result.best is None else serialization.to_state_dict(list(result.best))}
-  path = path_of(experiment_dir, result.member)
+def _write(path: pathlib.Path, content: bytes) -> None:
+  """Atomically (a temporary name, then a rename). Not synced to the disk: these are scratch files a relaunch
+  re-creates, and a file a power cut leaves torn fails to read with a message naming it."""
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.tmp-', dir=path.parent)
   try:
     with os.fdopen(fd, 'wb') as f:
-      f.write(serialization.msgpack_serialize(payload))
-      f.flush()
-      os.fsync(f.fileno())
+      f.write(content)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
 
 
-def _read(path: pathlib.Path) -> dict:
+def save(experiment_dir, result: MemberResult, config_json: dict, extras: dict) -> None:
+  """Writes a finished member (any process may, for the members it trained)."""
+  last = jax.device_get(result.last)
+  states = {'last': serialization.to_state_dict(last),
+            'best': {} if result.best is None else _changed(list(result.best), [last.params, last.batch_stats])}
+  _write(path_of(experiment_dir, result.member, SUFFIX), serialization.msgpack_serialize(states))
+  header = dict(split=result.member.split, seed=result.member.seed, loop=result.loop.to_json(),
+                checkpoint=result.checkpoint, epoch=result.epoch, config=config_json,
+                val_logits=np.asarray(result.val_logits, np.float32).tolist(), **extras)
+  _write(path_of(experiment_dir, result.member), json.dumps(header).encode())
+
+
+def _changed(best: list, last: list) -> dict:
+  """`best`'s leaves that differ from `last`'s, by path: a frozen backbone's are the same arrays, so a member's
+  best variables take the bytes of its head alone."""
+  flat_best = traverse_util.flatten_dict(serialization.to_state_dict(best), sep='/')
+  flat_last = traverse_util.flatten_dict(serialization.to_state_dict(last), sep='/')
+  return {k: v for k, v in flat_best.items() if not np.array_equal(np.asarray(v), np.asarray(flat_last.get(k)))} or {
+      'same': True}
+
+
+def _unchanged_from(last: list, changed: dict) -> list:
+  flat = traverse_util.flatten_dict(serialization.to_state_dict(last), keep_empty_nodes=True, sep='/')
+  flat.update({k: v for k, v in changed.items() if k != 'same'})
+  return serialization.from_state_dict(last, traverse_util.unflatten_dict(flat, sep='/'))
+
+
+def _read(path: pathlib.Path, read):
   try:
-    return serialization.msgpack_restore(path.read_bytes())
+    return read(path.read_bytes())
   except Exception as e:  # a file cut short by a full disk or a kill before the rename cannot exist; others can
     raise UserInputError(f'{path}: cannot be read as a finished sweep member ({type(e).__name__}: {e}); remove it '
                          'to train that member again') from None
 
 
 def header(experiment_dir, member: Member) -> dict | None:
-  """The stored header of `member` (its result without states), or None when it has not finished."""
+  """The stored result of `member` (without its states), or None when it has not finished."""
   path = path_of(experiment_dir, member)
-  return json.loads(_read(path)['header']) if path.is_file() else None
+  return _read(path, json.loads) if path.is_file() else None
 
 
 def check_config(experiment_dir, member: Member, config_json: dict, ignore) -> bool:
@@ -82,15 +103,15 @@ def check_config(experiment_dir, member: Member, config_json: dict, ignore) -> b
 def load(experiment_dir, member: Member, abstract_state=None) -> tuple[MemberResult, dict]:
   """(result, header extras) of a finished member; with `abstract_state` (the train state's structure in
   its last phase) the result holds its last state and best variables too."""
-  raw = _read(path_of(experiment_dir, member))
-  stored = json.loads(raw['header'])
+  stored = header(experiment_dir, member)
   last = best = None
   if abstract_state is not None:
+    raw = _read(path_of(experiment_dir, member, SUFFIX), serialization.msgpack_restore)
     last = serialization.from_state_dict(abstract_state, raw['last'])
     if raw['best']:
-      best = tuple(serialization.from_state_dict([abstract_state.params, abstract_state.batch_stats], raw['best']))
+      best = tuple(_unchanged_from([last.params, last.batch_stats], raw['best']))
   result = MemberResult(member, LoopState.from_json(stored['loop']), stored['checkpoint'], int(stored['epoch']),
-                        np.asarray(raw['val_logits']), last, best)
+                        np.asarray(stored['val_logits'], np.float32), last, best)
   return result, stored
 
 
