@@ -8,6 +8,8 @@ sidecar (metadata.json, key `calibration`), and `--mode submit` applies them. Th
 "after" are cross-fitted: each fold's predictions are calibrated with a temperature and threshold fitted
 on the other folds, so they are not scored on the data they were fitted to.
 """
+import dataclasses
+
 import numpy as np
 from scipy import optimize
 from sklearn import metrics as skm
@@ -151,3 +153,29 @@ def calibrate_predictions(logits: np.ndarray, labels: np.ndarray, head: str, gro
                f1_argmax=decision_score(before.argmax(1), labels, threshold_metric),
                f1_tuned=decision_score(crossfit_pred, labels, threshold_metric))
   return out, crossfit
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """How logits become the reported probabilities and class: the stored calibration, or none."""
+  head: str
+  temperature: float = 1.0
+  threshold: float | None = None
+
+  @classmethod
+  def for_model(cls, trained, calibrated: bool) -> 'Decision':
+    """From a restored model (`fpclass.inference.Trained`) and its stored calibration."""
+    stored = (trained.metadata.get('calibration') or {}) if calibrated else {}
+    return cls(trained.task.head, float(stored.get('temperature') or 1.0), stored.get('threshold'))
+
+  def __call__(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, classes), predicted class indices (N,))."""
+    probs = scaled_probabilities(logits, self.head, self.temperature)
+    return probs, decide(probs, self.threshold)
+
+  def describe(self) -> str:
+    if self.temperature == 1.0 and self.threshold is None:
+      return 'uncalibrated probabilities, the most probable class'
+    return (f'temperature-scaled probabilities (T = {self.temperature:.3f}), '
+            + (f'class 1 when its probability is at least {self.threshold:.3f}' if self.threshold is not None
+               else 'the most probable class'))

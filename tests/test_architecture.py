@@ -1,7 +1,10 @@
-"""The layout's promises: the schema imports nothing of ours, every mode is one module with its function,
-and each settings section's defaults are its dataclass's."""
+"""The layout's promises: the schema imports nothing of ours, every mode is one module with its function, no
+mode imports another and the core imports no mode, and each settings section's defaults are its dataclass's."""
+import ast
 import dataclasses
 import importlib
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +13,7 @@ import pytest
 from fpclass import config as config_lib
 from fpclass.modes import MODES, mode_function
 from fpclass.validation import SETTINGS
+from tests.conftest import REPO
 
 
 def test_the_schema_imports_no_other_project_module():
@@ -41,3 +45,50 @@ def test_a_bad_settings_value_names_its_key():
     config_lib.AugmentSettings.from_config({'rotation': 'ten'})
   with pytest.raises(config_lib.ConfigError, match=r'config\.explain\.colour: unknown key'):
     config_lib.ExplainSettings.from_config({'colour': 1})
+
+
+def project_imports(path) -> set[str]:
+  """The fpclass modules a source file imports (`import fpclass.x`, `from fpclass.x import y`, `from fpclass
+  import x`), from its syntax tree: every import, at any depth, counts."""
+  found = set()
+  for node in ast.walk(ast.parse(pathlib.Path(path).read_text())):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names if alias.name.startswith('fpclass'))
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('fpclass') and not node.level:
+      found.add(node.module)
+      found.update(f'{node.module}.{alias.name}' for alias in node.names)
+  return found
+
+
+def import_violations(package_root) -> list[str]:
+  """'a -> b' for every mode module that imports another mode module (the runner and the registry may import
+  the modes), and every core module that imports `fpclass.modes`."""
+  root = pathlib.Path(package_root)
+  modes = {p.stem for p in (root / 'modes').glob('*.py') if p.stem != '__init__'}
+  violations = []
+  for path in sorted(root.rglob('*.py')):
+    relative = path.relative_to(root.parent).with_suffix('')
+    name = '.'.join(relative.parts)
+    imported = {'.'.join(i.split('.')[:3]) for i in project_imports(path)}   # fpclass.modes.<module>
+    if relative.parts[1] == 'modes':
+      if path.stem in ('__init__', 'runner'):
+        continue
+      violations += [f'{name} -> {i}' for i in sorted(imported)
+                     if i.startswith('fpclass.modes.') and i.split('.')[2] in modes and i.split('.')[2] != path.stem]
+    else:
+      violations += [f'{name} -> {i}' for i in sorted(imported) if i == 'fpclass.modes' or i.startswith('fpclass.modes.')]
+  return violations
+
+
+def test_no_mode_imports_another_and_the_core_imports_no_mode():
+  assert import_violations(REPO / 'fpclass') == []
+
+
+def test_the_import_rule_catches_a_planted_violation(tmp_path):
+  shutil.copytree(REPO / 'fpclass', tmp_path / 'fpclass', ignore=shutil.ignore_patterns('__pycache__', 'static'))
+  submit = tmp_path / 'fpclass' / 'modes' / 'submit.py'
+  submit.write_text(submit.read_text() + '\nfrom fpclass.modes import calibrate  # noqa\n')
+  task = tmp_path / 'fpclass' / 'task.py'
+  task.write_text(task.read_text() + '\nfrom fpclass.modes.runner import run  # noqa\n')
+  assert import_violations(tmp_path / 'fpclass') == ['fpclass.modes.submit -> fpclass.modes.calibrate',
+                                                     'fpclass.task -> fpclass.modes.runner']

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fpclass.data.decode import decode_image
-from fpclass.modes import serve
+from fpclass.serve.service import load_service
 from tests.conftest import QUICK, REPO, load_config
 
 SCRIPT = REPO / 'container' / 'build_rootfs.sh'
@@ -141,7 +141,7 @@ def test_the_script_builds_the_image_from_debian_and_serves_the_model(trained_qu
   assert served
 
   config = load_config(QUICK.split('=', 1)[1])
-  service = serve.load_service(config, workdir)
+  service = load_service(config, workdir)
   decoded = decode_image(image, service.decode_settings)[None]
   expected, _ = service.predictor.decision(service.predictor.logits(decoded))
   names = service.predictor.trained.class_names

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass import explain_figures
 from fpclass.errors import UserInputError
-from fpclass.modes import explain, explain_figures
+from fpclass.modes import explain
 from fpclass.validation import validate
 from tests import content
 from tests.conftest import QUICK, launch, load_config

@@ -28,7 +28,10 @@ from PIL import Image
 from fpclass.config import ConfigError, DecodeSettings, ServeSettings
 from fpclass.data.decode import decode_bytes, decode_image
 from fpclass.errors import UserInputError
-from fpclass.modes import serve, serve_supervisor
+from fpclass.serve import app as serve_app
+from fpclass.serve import server as serve_server
+from fpclass.serve import service as serve_service
+from fpclass.serve import supervisor as serve_supervisor
 from tests.conftest import QUICK, REPO, load_config
 
 LIMIT_BYTES = 300_000   # serve.max_upload_bytes in these tests, so oversized bodies stay small
@@ -42,12 +45,12 @@ def service(trained_quick):
   config = load_config(QUICK.split('=', 1)[1], **{
       'serve.max_upload_bytes': LIMIT_BYTES, 'serve.max_images_per_request': MAX_IMAGES,
       'serve.warm_batch_sizes': (1, 2, 4, 8, 16), 'serve.max_batch': 16})
-  return serve.load_service(config, workdir)
+  return serve_service.load_service(config, workdir)
 
 
 @pytest.fixture(scope='module')
 def server(service):
-  with serve.BackgroundServer(serve.create_app(service)) as running:
+  with serve_server.BackgroundServer(serve_app.create_app(service)) as running:
     yield running
 
 
@@ -130,7 +133,7 @@ def test_predict_multipart_and_base64_json(server, service, images):
 
 def test_concurrent_requests_share_device_calls(service, images):
   wide = dataclasses.replace(service, settings=dataclasses.replace(service.settings, batch_window_ms=250.0))
-  with serve.BackgroundServer(serve.create_app(wide)) as running:
+  with serve_server.BackgroundServer(serve_app.create_app(wide)) as running:
     before = httpx.get(running.url + 'healthz').json()['device_calls']
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
       replies = list(pool.map(lambda i: post_files(running.url, [(f'{i}.png', images[i % 3][1])], timeout=60),
@@ -146,7 +149,7 @@ def test_concurrent_requests_share_device_calls(service, images):
 
 def test_without_micro_batching_each_request_calls_the_device(service, images):
   plain = dataclasses.replace(service, settings=dataclasses.replace(service.settings, micro_batching=False))
-  with serve.BackgroundServer(serve.create_app(plain)) as running:
+  with serve_server.BackgroundServer(serve_app.create_app(plain)) as running:
     health = httpx.get(running.url + 'healthz').json()
     assert health['micro_batching'] is False and health['device_calls'] is None
     body = post_files(running.url, [('a.png', images[0][1])]).json()
@@ -318,7 +321,7 @@ def run_batcher(sizes, max_batch, run_seconds=0.0, max_wait_s=float('inf')):
 
   async def main():
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
-      batcher = serve.MicroBatcher(model, 0.5, max_batch, executor, max_wait_s)
+      batcher = serve_service.MicroBatcher(model, 0.5, max_batch, executor, max_wait_s)
       batching = asyncio.create_task(batcher.run())
       requests, first = [], 1
       for n in sizes:
@@ -350,7 +353,7 @@ def test_a_request_waiting_past_max_wait_is_answered_overloaded():
   get Overloaded once their turn comes, without a device call of their own."""
   requests, answers, batcher, calls = run_batcher([1, 1, 1], max_batch=1, run_seconds=0.3, max_wait_s=0.1)
   assert answers[0] == requests[0] and calls == [[1]]
-  assert all(isinstance(a, serve.Overloaded) and 'config.serve.max_wait_ms' in str(a) for a in answers[1:])
+  assert all(isinstance(a, serve_service.Overloaded) and 'config.serve.max_wait_ms' in str(a) for a in answers[1:])
   assert batcher.expired == 2
 
 
@@ -378,7 +381,7 @@ def two_classes(service, trained_quick):
           'bias': params['head']['bias'] * scale - jax.numpy.array([0.0, scale * middle])}
   trained = dataclasses.replace(predictor.trained,
                                 state=predictor.trained.state.replace(params={**params, 'head': head}))
-  sharp = serve.Predictor(trained, predictor.decision, (1, 2, 4))
+  sharp = serve_service.Predictor(trained, predictor.decision, (1, 2, 4))
   sharp.warm((120, 80, 1))
   settings = dataclasses.replace(service.settings, max_batch=4, batch_window_ms=300.0)
   chosen = [int(i) for pair in zip(low, high) for i in pair]
@@ -390,7 +393,7 @@ def test_concurrent_multi_image_requests_of_both_classes_get_their_own_classes(t
   sharp, paths, classes = two_classes
   data = [p.read_bytes() for p in paths]
   requests = [[0], [1, 2], [3], [4, 5, 0], [2, 3], [5], [1, 4, 3], [0, 5]]  # 17 images, max_batch 4
-  with serve.BackgroundServer(serve.create_app(sharp)) as running:
+  with serve_server.BackgroundServer(serve_app.create_app(sharp)) as running:
     before = httpx.get(running.url + 'healthz').json()['device_calls']
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
       replies = list(pool.map(lambda r: post_files(running.url, [(f'{i}.png', data[i]) for i in r], timeout=60),
@@ -436,7 +439,7 @@ def test_an_overload_of_256_clients_is_refused_with_503_and_retry_after(service,
     slow = dataclasses.replace(service.predictor)
     slow.classify = lambda images: (time.sleep(1.5), service.predictor.classify(images))[1]
     busy = dataclasses.replace(busy, predictor=slow)
-  with serve.BackgroundServer(serve.create_app(busy)) as running:
+  with serve_server.BackgroundServer(serve_app.create_app(busy)) as running:
     answers = asyncio.run(overload(running.url, images[0][1]))
     queue = httpx.get(running.url + 'healthz').json()['queue']
     assert_still_serving(running)
@@ -573,7 +576,7 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
 def test_a_worker_that_cannot_start_stops_the_server_with_its_reason(tmp_path):
   """A worker that ends before it is ready: its exit status and the last lines of its stderr, or, for a
   problem the user can fix, its own message (stand-in workers, so that no model loads)."""
-  sock = serve.bind('127.0.0.1', 0)
+  sock = serve_server.bind('127.0.0.1', 0)
 
   def job(index):
     return serve_supervisor.WorkerJob(None, str(tmp_path), sock.fileno(), index, 1)
@@ -589,7 +592,7 @@ def test_a_worker_that_cannot_start_stops_the_server_with_its_reason(tmp_path):
       run('import sys; print("restoring", file=sys.stderr); '
           'print("OSError: cannot read the checkpoint", file=sys.stderr); sys.exit(3)')
     with pytest.raises(UserInputError, match=r'^/x: no trained run here$'):
-      run('from fpclass.modes.serve_supervisor import send_message; '
+      run('from fpclass.serve.supervisor import send_message; '
           'send_message({"error": "/x: no trained run here", "user": True}); raise SystemExit(2)')
   finally:
     sock.close()

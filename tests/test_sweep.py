@@ -8,10 +8,10 @@ import pytest
 from sklearn import metrics as skm
 
 from fpclass import checkpoint, data
+from fpclass.calibrate_models import calibrate
 from fpclass.config import config_changes
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
-from fpclass.modes.calibrate import calibrate
 from fpclass.modes.sweep import build_variants, run_sweep
 from fpclass.task import probabilities
 from tests import content

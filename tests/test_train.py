@@ -9,8 +9,8 @@ from fpclass import checkpoint, data
 from fpclass import task as task_lib
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
-from fpclass.modes.evaluate import prediction_chunk
 from fpclass.modes.runner import run
+from fpclass.predictions import prediction_chunk
 from fpclass.sampling import epoch_order
 from tests.conftest import load_config
 

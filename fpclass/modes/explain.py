@@ -8,61 +8,20 @@ Writes under `<workdir>/explain/`:
 - `feature_maps.png`: each recorded feature map of one validation image, channel by channel (seed 003);
 and the 'Explanations' section of report.md, which links all of them. Settings: `config.explain`.
 """
-import dataclasses
-import functools
 import pathlib
 import re
 
-import jax
 import numpy as np
 import pandas as pd
 
-from fpclass import cam, checkpoint, data, fileio, models, report
+from fpclass import cam, data, explain_figures, fileio, report
 from fpclass.config import ExplainSettings
 from fpclass.errors import UserInputError
+from fpclass.explainer import build_explainer
 from fpclass.inference import load_trained
-from fpclass.modes import explain_figures
-from fpclass.modes.evaluate import prediction_chunk, predictions_frame
+from fpclass.predictions import prediction_chunk, predictions_frame
 
 FOLDER = 'explain'
-
-
-@dataclasses.dataclass(frozen=True)
-class Explainer:
-  """A restored model as `fpclass.cam` takes it: apply function, variables, layer, settings."""
-  apply_fn: object
-  guided_apply_fn: object | None
-  variables: dict
-  layer: str
-  settings: ExplainSettings
-  prepare: object  # uint8 images -> the model's normalised input
-
-  @functools.cached_property
-  def _explain(self):
-    return cam.explanation_program(self.apply_fn, self.layer, self.settings.method, self.guided_apply_fn,
-                                   self.prepare)
-
-  @functools.cached_property
-  def _feature_maps(self):
-    return cam.feature_maps_program(self.apply_fn, self.prepare)
-
-  def maps(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(CAM maps (N, H, W), Guided Grad-CAM (N, H, W, C) or None) of N >= 1 images, in fixed-size padded
-    batches, so one compiled program (uint8 in, both maps out) serves every batch and figure."""
-    n = len(images_u8)
-    batch = min(self.settings.batch_size, n)
-    maps, guided = [], []
-    for start in range(0, n, batch):
-      chunk, chunk_targets = _pad(images_u8[start:start + batch], batch), _pad(targets[start:start + batch], batch)
-      m, g = self._explain(self.variables, chunk, chunk_targets.astype(np.int32))
-      maps.append(m)
-      if g is not None:
-        guided.append(g)
-    return np.concatenate(jax.device_get(maps))[:n], np.concatenate(jax.device_get(guided))[:n] if guided else None
-
-  def feature_maps(self, images_u8: np.ndarray) -> dict:
-    """Every recorded feature map of `images_u8`, by name, on the host."""
-    return jax.device_get(self._feature_maps(self.variables, images_u8))
 
 
 def explain_workdir(config, workdir, dataset=None, trained=None) -> dict:
@@ -170,24 +129,6 @@ def select_groups(frame: pd.DataFrame, labels, class_names, n: int) -> dict:
   return groups
 
 
-def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> Explainer:
-  model = trained.task.model
-  variables = checkpoint.model_variables(trained.state)
-  layer = settings.layer or models.get_spec(config.model.name).cam_layer
-  try:
-    cam.check_layer(model.apply, variables, image_shape, layer)
-  except UserInputError as e:
-    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {config.model.name!r}'
-    raise UserInputError(f'{flag}: {e}') from None
-  guided_apply_fn = None
-  if settings.guided:
-    try:
-      guided_apply_fn = cam.guided_model(model).apply
-    except UserInputError as e:
-      raise UserInputError(f'config.explain.guided=True: {e}; or set --config.explain.guided=False') from None
-  return Explainer(model.apply, guided_apply_fn, variables, layer, settings, trained.task.prepare)
-
-
 def most_confused(labels, predictions, class_names) -> pd.DataFrame:
   """Every (true, predicted) pair of different classes that occurs, most frequent first, with the share
   of the true class it takes."""
@@ -247,9 +188,3 @@ def _short(name, limit=18) -> str:
 
 def _slug(name) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '-', str(name)).strip('-') or 'class'
-
-
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
-  if len(array) == size:
-    return array
-  return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])

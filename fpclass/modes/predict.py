@@ -19,17 +19,16 @@ import pathlib
 import jax
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
 from fpclass import fileio, report
-from fpclass.calibration import decide, scaled_probabilities
+from fpclass.calibration import Decision
 from fpclass.config import DecodeSettings, ExplainSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
 from fpclass.errors import UserInputError
+from fpclass.explainer import build_explainer, overlay_rgb, save_png
 from fpclass.inference import Trained, load_trained
-from fpclass.modes import explain, explain_figures
 
 EXPLAIN_FOLDER = 'predict_explain'
 GLOB_CHARACTERS = '*?['
@@ -42,31 +41,6 @@ class Inputs:
   paths: list
   names: list
   problems: list
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-  """How logits become the reported probabilities and class: the stored calibration, or none."""
-  head: str
-  temperature: float = 1.0
-  threshold: float | None = None
-
-  @classmethod
-  def for_model(cls, trained: Trained, calibrated: bool) -> 'Decision':
-    stored = (trained.metadata.get('calibration') or {}) if calibrated else {}
-    return cls(trained.task.head, float(stored.get('temperature') or 1.0), stored.get('threshold'))
-
-  def __call__(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, classes), predicted class indices (N,))."""
-    probs = scaled_probabilities(logits, self.head, self.temperature)
-    return probs, decide(probs, self.threshold)
-
-  def describe(self) -> str:
-    if self.temperature == 1.0 and self.threshold is None:
-      return 'uncalibrated probabilities, the most probable class'
-    return (f'temperature-scaled probabilities (T = {self.temperature:.3f}), '
-            + (f'class 1 when its probability is at least {self.threshold:.3f}' if self.threshold is not None
-               else 'the most probable class'))
 
 
 def predict(config, workdir) -> pathlib.Path:
@@ -82,7 +56,7 @@ def predict(config, workdir) -> pathlib.Path:
   if settings.explain:
     explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False)
     image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
-    explainer = explain.build_explainer(config, trained, explain_settings, image_shape)
+    explainer = build_explainer(config, trained, explain_settings, image_shape)
 
   names = trained.class_names
   rows, problems = [], list(inputs.problems)
@@ -186,16 +160,6 @@ def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, 
     save_png(path, overlay_rgb(image, heat, explainer.settings.alpha))
     out.append(str(path))
   return out
-
-
-def overlay_rgb(image_u8: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
-  """The Grad-CAM overlay of one image as uint8 RGB (H, W, 3)."""
-  return np.round(np.clip(explain_figures.overlay(image_u8, heat, alpha), 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def save_png(path: pathlib.Path, rgb: np.ndarray) -> None:
-  with fileio.atomic_path(path) as tmp:
-    Image.fromarray(rgb, 'RGB').save(tmp, format='PNG')
 
 
 def section(out, quarantine, rows, problems, trained, decision, settings, explained) -> str:

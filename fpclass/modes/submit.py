@@ -12,11 +12,10 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from fpclass import data, fileio, report
+from fpclass import data, ensemble, fileio, report
 from fpclass.calibration import decide
 from fpclass.data.kaggle_csv import read_csv
 from fpclass.errors import UserInputError
-from fpclass.modes import ensemble
 
 
 def submit(config, workdir) -> pathlib.Path:

@@ -28,10 +28,10 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from fpclass import calibration, checkpoint, data, feature_cache, fileio, metrics, optim, report, sharding, stats
+from fpclass.calibrate_models import calibrate
 from fpclass.config import AugmentSettings, ConfigError, base_config, parse_variant
 from fpclass.data import splits, stream
 from fpclass.errors import UserInputError
-from fpclass.modes.calibrate import calibrate
 from fpclass.sharding import DataParallel
 from fpclass.task import Normalisation, build_task, common_batch, probabilities
 from fpclass.train import axis, member_store, memory_plan

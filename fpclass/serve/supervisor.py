@@ -1,9 +1,9 @@
 """Several `--mode serve` worker processes behind one port, started, watched and replaced by a supervisor.
 
 The supervisor is the `launch.py --mode serve` process. It binds the port, then starts each worker as
-`python -m fpclass.modes.serve_worker` with the listening socket inherited: the workers accept from one
+`python -m fpclass.serve.worker` with the listening socket inherited: the workers accept from one
 shared queue, so a connection waiting there goes to whichever worker takes it first, and outlives a
-worker that dies. Each worker restores and warms its own model (fpclass.modes.serve_worker); the first
+worker that dies. Each worker restores and warms its own model (fpclass.serve.worker); the first
 starts alone, so the others load its compiled programs from the persistent compilation cache.
 
 - **Talking to a worker.** On its stdin: its job (pickled, length first), then one JSON line whenever the
@@ -47,7 +47,7 @@ from typing import Callable
 
 from fpclass.errors import RunInterrupted, UserInputError
 
-WORKER_MODULE = 'fpclass.modes.serve_worker'
+WORKER_MODULE = 'fpclass.serve.worker'
 MESSAGE_PREFIX = 'fpclass-serve-worker '
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]  # the folder holding fpclass/, for the workers' path
 TAIL_LINES = 12
@@ -213,7 +213,7 @@ class Supervisor:
   """Starts `count` workers on `sock`, keeps them up, and stops them on SIGINT/SIGTERM (see the module doc).
 
   `job(index)` makes each worker's WorkerJob; `command` starts a worker (default: this Python, `-m
-  fpclass.modes.serve_worker`); `log` prints the supervisor's own lines (stderr by default);
+  fpclass.serve.worker`); `log` prints the supervisor's own lines (stderr by default);
   `worker_timeout_s` (0: never) is the silence after which a ready worker is killed as hung.
   """
 

@@ -1,5 +1,5 @@
-"""One server worker process: `python -m fpclass.modes.serve_worker`, started by the supervisor
-(fpclass.modes.serve_supervisor), never by hand.
+"""One server worker process: `python -m fpclass.serve.worker`, started by the supervisor
+(fpclass.serve.supervisor), never by hand.
 
 It reads its job from stdin, applies the process-wide settings of a process that does not train (as the
 mode runner does: on a GPU it allocates as it goes, so the workers share the device), restores and warms
@@ -17,8 +17,10 @@ from absl import logging
 
 from fpclass import runtime
 from fpclass.errors import UserInputError
-from fpclass.modes import serve
-from fpclass.modes.serve_supervisor import HEARTBEAT_SECONDS, read_job, send_message
+from fpclass.serve.app import create_app
+from fpclass.serve.server import uvicorn_server
+from fpclass.serve.service import WorkerStatus, load_service, startup_summary
+from fpclass.serve.supervisor import HEARTBEAT_SECONDS, read_job, send_message
 
 
 def main() -> int:
@@ -27,11 +29,11 @@ def main() -> int:
   settings = runtime.configure(trains=False)
   runtime.enable_compilation_cache(job.config.data.cache_dir or None, settings)
   try:
-    service = serve.load_service(job.config, job.workdir)
+    service = load_service(job.config, job.workdir)
   except UserInputError as e:
     send_message({'error': str(e), 'user': True})
     return 2
-  status = serve.WorkerStatus(index=job.index, configured=job.workers, up=0)
+  status = WorkerStatus(index=job.index, configured=job.workers, up=0)
   sock = socket.socket(fileno=job.fd)
 
   beats = []
@@ -42,10 +44,10 @@ def main() -> int:
       send_message({'alive': True})
 
   def started():   # runs on the event loop, in the app's start-up
-    send_message({'ready': {**serve.startup_summary(service), 'pid': status.pid}})
+    send_message({'ready': {**startup_summary(service), 'pid': status.pid}})
     beats.append(asyncio.get_running_loop().create_task(beat()))
 
-  server = serve.uvicorn_server(serve.create_app(service, status, on_started=started))
+  server = uvicorn_server(create_app(service, status, on_started=started))
 
   def listen():
     for line in sys.stdin.buffer:  # the number of workers up, whenever it changes

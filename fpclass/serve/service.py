@@ -1,0 +1,277 @@
+"""The served model: a restored checkpoint, its warmed predict function, and the micro-batcher that
+groups requests into device calls; what /metadata and /healthz report about it."""
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import time
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from fpclass.calibration import Decision
+from fpclass.config import DecodeSettings, ExplainSettings, ServeSettings
+from fpclass.errors import UserInputError
+from fpclass.explainer import build_explainer, overlay_rgb
+from fpclass.inference import Trained, load_trained
+
+STATIC = pathlib.Path(__file__).resolve().parent / 'static'
+UNIDENTIFIED = 'not an image Pillow can identify'
+MODEL_PATHS = ('/predict', '/explain')  # the requests that count against serve.max_queue
+# A refused client may try again after a second (the least Retry-After can say): by then a worker has
+# answered many requests, or its clients have gone.
+RETRY_AFTER_SECONDS = 1
+
+
+class ApiError(Exception):
+  """A bad request: its HTTP status and one-line reason."""
+
+  def __init__(self, status: int, detail: str):
+    super().__init__(detail)
+    self.status, self.detail = status, detail
+
+
+class Overloaded(Exception):
+  """A request this worker will not answer in time: 503 with Retry-After."""
+
+
+@dataclasses.dataclass
+class Predictor:
+  """The served model: the training program's predict function, compiled for each warm batch size at start-up."""
+  trained: Trained
+  decision: Decision
+  warm_sizes: tuple
+  explainer: object = None
+  device_call_ms: dict = dataclasses.field(default_factory=dict)  # per warm size: one call's time at start-up
+
+  def __post_init__(self):
+    self.warm_sizes = tuple(sorted(set(int(b) for b in self.warm_sizes)))
+    self._predict = self.trained.predict_fn
+
+  def warm(self, image_shape) -> float:
+    """Compiles (or loads) and runs every warm size, then times one more call of each, and Grad-CAM for
+    one image; returns the seconds it took."""
+    start = time.perf_counter()
+    for size in self.warm_sizes:
+      zeros = np.zeros((size, *image_shape), np.uint8)
+      self.logits(zeros)
+      timed = time.perf_counter()
+      self.logits(zeros)
+      self.device_call_ms[size] = round(1e3 * (time.perf_counter() - timed), 2)
+    if self.explainer is not None:
+      self.explainer.maps(np.zeros((1, *image_shape), np.uint8), np.zeros(1, np.int32))
+    return time.perf_counter() - start
+
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    """Logits of any number of images: chunks of the largest warm size, each padded up to a warm size."""
+    out = []
+    largest = self.warm_sizes[-1]
+    state = self.trained.state
+    for start in range(0, len(images), largest):
+      chunk = images[start:start + largest]
+      n = len(chunk)
+      size = next(b for b in self.warm_sizes if b >= n)
+      if size != n:
+        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.uint8)])
+      out.append(np.asarray(self._predict(state.params, state.batch_stats, chunk))[:n])
+    return np.concatenate(out)
+
+  def classify(self, images: np.ndarray) -> list[dict]:
+    """One result per image: its class name and every class's probability."""
+    probs, pred = self.decision(self.logits(images))
+    names = self.trained.class_names
+    return [{'class': names[int(k)], 'probabilities': dict(zip(names, p.tolist()))} for p, k in zip(probs, pred)]
+
+  def overlay_png(self, image: np.ndarray) -> bytes:
+    """The Grad-CAM overlay of one image for its predicted class, as PNG bytes."""
+    _, pred = self.decision(self.logits(image[None]))
+    maps, _ = self.explainer.maps(image[None], pred.astype(np.int32))
+    buffer = io.BytesIO()
+    Image.fromarray(overlay_rgb(image, maps[0], self.explainer.settings.alpha), 'RGB').save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+class Waiting(NamedTuple):
+  """A request in the batcher's queue: its images, the future its handler awaits, and when it arrived (at
+  the handler, before its body was read) and was queued (time.monotonic())."""
+  images: np.ndarray
+  future: asyncio.Future
+  arrived: float
+  queued: float
+
+
+class MicroBatcher:
+  """Gathers concurrent requests into shared device calls.
+
+  A batch closes when it holds `max_batch` images, when `window_s` has passed since its first request
+  was queued (requests that queued while the device was busy do not wait again), or as soon as no other
+  request is being read: a lone request is not held back for company that is not coming. A request is
+  never split across batches; one that would overflow a batch starts the next. A request that has waited
+  `max_wait_s` since it arrived gets Overloaded instead of a place in a batch, and one whose client has
+  gone is dropped, so the device works only for answers someone will read.
+  """
+
+  def __init__(self, run_batch, window_s: float, max_batch: int, executor, max_wait_s: float = math.inf):
+    self.run_batch, self.window_s, self.max_batch, self.executor = run_batch, window_s, max_batch, executor
+    self.max_wait_s = max_wait_s
+    self.queue: asyncio.Queue = asyncio.Queue()
+    self.reading = 0  # requests between arrival and `submit` (their bodies are being read and decoded)
+    self.calls = 0    # device calls made, for /healthz and the load test
+    self.expired = 0  # requests answered Overloaded after max_wait_s
+
+  @contextlib.contextmanager
+  def arriving(self):
+    """Counts a request as coming while its body is read, so an open batch waits for it."""
+    self.reading += 1
+    try:
+      yield
+    finally:
+      self.reading -= 1
+
+  async def submit(self, images: np.ndarray, arrived: float | None = None) -> list:
+    future = asyncio.get_running_loop().create_future()
+    now = time.monotonic()
+    self.queue.put_nowait(Waiting(images, future, now if arrived is None else arrived, now))
+    return await future
+
+  def _still_wanted(self, item: Waiting) -> bool:
+    """False for a request whose client has gone, or that waited too long (it is answered Overloaded)."""
+    if item.future.done():
+      return False
+    if time.monotonic() - item.arrived > self.max_wait_s:
+      self.expired += 1
+      item.future.set_exception(Overloaded(f'waited over {self.max_wait_s * 1e3:.0f} ms for the device '
+                                           '(config.serve.max_wait_ms)'))
+      return False
+    return True
+
+  async def run(self) -> None:
+    """The single batching task: forms a batch, runs it on the device thread, hands out the results."""
+    loop = asyncio.get_running_loop()
+    carried = None
+    while True:
+      first = carried or await self.queue.get()
+      carried = None
+      if not self._still_wanted(first):
+        continue
+      batch, count = [first], len(first.images)
+      closes = first.queued + self.window_s
+      while count < self.max_batch:
+        try:
+          item = self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+          remaining = closes - time.monotonic()
+          if remaining <= 0 or not self.reading:
+            break
+          try:
+            item = await asyncio.wait_for(self.queue.get(), remaining)
+          except asyncio.TimeoutError:
+            break
+        if not self._still_wanted(item):
+          continue
+        if count + len(item.images) > self.max_batch:
+          carried = item  # it starts the next batch
+          break
+        batch.append(item)
+        count += len(item.images)
+      images = np.concatenate([item.images for item in batch])
+      try:
+        results = await loop.run_in_executor(self.executor, self.run_batch, images)
+        error = None
+      except Exception as e:  # noqa: BLE001 - handed to each waiting request, never lost in the worker
+        results, error = None, e
+      self.calls += 1
+      offset = 0
+      for item in batch:
+        if not item.future.done():  # a request whose client went away has been cancelled
+          if error is None:
+            item.future.set_result(results[offset:offset + len(item.images)])
+          else:
+            item.future.set_exception(error)
+        offset += len(item.images)
+
+
+@dataclasses.dataclass
+class WorkerStatus:
+  """This process's place among the server's workers: its number, and how many are up (the supervisor
+  tells each worker on its stdin; a server run in one process is worker 0 of 1)."""
+  index: int = 0
+  configured: int = 1
+  up: int = 1
+  pid: int = dataclasses.field(default_factory=os.getpid)
+
+  def update(self, message: dict) -> None:
+    self.up = int(message.get('workers_up', self.up))
+    self.configured = int(message.get('workers', self.configured))
+
+  def describe(self) -> dict:
+    return {'up': self.up, 'configured': self.configured}
+
+
+@dataclasses.dataclass
+class Service:
+  """What the app serves: the predictor, the settings, and what /metadata reports."""
+  predictor: Predictor
+  settings: ServeSettings
+  decode_settings: DecodeSettings
+  metadata: dict
+  warm_seconds: float = 0.0
+
+
+def check_batch_sizes(settings: ServeSettings) -> None:
+  if settings.max_batch > max(settings.warm_batch_sizes):
+    raise UserInputError(f'config.serve.max_batch={settings.max_batch} is over the largest of '
+                         f'config.serve.warm_batch_sizes={settings.warm_batch_sizes}: a batch that size would '
+                         'compile on a request; add it to warm_batch_sizes')
+
+
+def load_service(config, workdir, settings: ServeSettings | None = None) -> Service:
+  """Restores the checkpoint of `workdir` once and warms its predict (and Grad-CAM) function."""
+  workdir = pathlib.Path(workdir)
+  settings = settings or ServeSettings.from_config(config.serve)
+  check_batch_sizes(settings)
+  trained = load_trained(config, workdir)
+  decode_settings = DecodeSettings.from_config(config.data)
+  image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
+  explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False, batch_size=1)
+  explainer = build_explainer(config, trained, explain_settings, image_shape)
+  predictor = Predictor(trained, Decision.for_model(trained, settings.calibrated), settings.warm_batch_sizes,
+                        explainer)
+  warm_seconds = predictor.warm(image_shape)
+  return Service(predictor, settings, decode_settings, describe(config, workdir, trained, decode_settings, predictor),
+                 warm_seconds)
+
+
+def describe(config, workdir, trained: Trained, decode_settings: DecodeSettings, predictor: Predictor) -> dict:
+  """GET /metadata: the model and what it expects, and its validation scores (scores.json) if evaluated."""
+  scores = None
+  scores_path = pathlib.Path(workdir) / 'scores.json'
+  if scores_path.is_file():
+    try:
+      scores = {k: v for k, v in json.loads(scores_path.read_text()).items()
+                if isinstance(v, (int, float, str)) or v is None}
+    except (OSError, ValueError):
+      scores = None
+  return {
+      'name': str(config.name), 'model': str(config.model.name), 'class_names': list(trained.class_names),
+      'input': {'height': decode_settings.height, 'width': decode_settings.width,
+                'channels': decode_settings.channels, 'resize': decode_settings.resize, 'dtype': 'uint8'},
+      'checkpoint': trained.checkpoint, 'epoch': trained.epoch,
+      'calibration': {'temperature': predictor.decision.temperature, 'threshold': predictor.decision.threshold},
+      'validation_scores': scores,
+  }
+
+
+def startup_summary(service: Service) -> dict:
+  """What a worker reports when ready, and the supervisor prints."""
+  trained = service.predictor.trained
+  return {'model': service.metadata['model'], 'checkpoint': trained.checkpoint, 'epoch': trained.epoch,
+          'warm_sizes': list(service.predictor.warm_sizes), 'warm_seconds': round(service.warm_seconds, 2),
+          'micro_batching': service.settings.micro_batching}
+
+
