@@ -22,8 +22,9 @@ from fpclass import checkpoint, data, optim, timings
 from fpclass.data import stream
 from fpclass.loop_state import LoopState
 from fpclass.train.axis import Split
-from fpclass.train.engine import Engine, Start, TrainData, phase_end
+from fpclass.train.engine import Engine, Start, TrainData
 from fpclass.train.members import Member
+from fpclass.train.progress import phase_end
 from fpclass.train.records import INTERRUPTED, CheckpointRecord, PartialEpoch, StopOnSignals
 
 

@@ -32,8 +32,10 @@ from fpclass.sharding import DataParallel
 from fpclass.steps import CompiledSteps, resolve_loop
 from fpclass.task import build_task
 from fpclass.task import class_weights as task_class_weights
+from fpclass.train import progress
 from fpclass.train.axis import LoopAxis, MemberData, Split, VmapAxis
 from fpclass.train.members import Member, MemberResult, batch_size_for
+from fpclass.train.progress import phase_end
 from fpclass.train.records import PartialEpoch
 from fpclass.train.shared_work import SharedWork
 
@@ -67,17 +69,6 @@ def phase_config(config, phase: int):
   tuned.train.epochs = int(config.train.finetune_epochs)
   tuned.train.warmup_epochs = 0
   return tuned
-
-
-def phase_end(loop: LoopState, config) -> int:
-  """The epoch at which `loop`'s current phase ends."""
-  if loop.phase == 0:
-    return int(config.train.epochs)
-  return loop.phase_start + int(config.train.finetune_epochs)
-
-
-def total_epochs(config) -> int:
-  return int(config.train.epochs) + int(config.train.finetune_epochs)
 
 
 class Engine:
@@ -351,52 +342,16 @@ class Engine:
       self._schedules[phase, steps] = optim.learning_rate_schedule(phase_config(self.config, phase).train, steps)
     return self._schedules[phase, steps]
 
-  def _shown_total(self, m: int) -> int:
-    """The epoch count a solo run shows: its phase's end, plus the fine-tuning epochs still to come."""
-    loop = self.loops[m]
-    end = phase_end(loop, self.config)
-    return end if loop.phase == 1 or not self._two_phases() else end + int(self.config.train.finetune_epochs)
-
   def _progress(self, m: int, epoch: int, steps: int, solo: bool):
-    """(bar, on_step): a progress bar over the steps of a solo run's epoch, with the running loss and
-    accuracy every train.log_every_steps (reading them waits for the device); the record polls its saves."""
-    if not solo:
-      return None, lambda done, step_metrics: self.record.poll()
-    bar = tqdm(total=steps, desc=f'epoch {epoch + 1}/{self._shown_total(m)}', unit='step', leave=False,
-               disable=None)
-    log_every = max(1, int(self.config.train.log_every_steps))
-
-    def on_step(done, step_metrics):
-      self.record.poll()
-      bar.update(done - bar.n)
-      if done % log_every == 0 or done == steps:
-        host = jax.device_get(step_metrics)
-        bar.set_postfix(loss=f'{sum(s["loss_sum"] for s in host) / sum(s["count"] for s in host):.4f}',
-                        acc=f'{sum(s["correct"] for s in host) / sum(s["count"] for s in host):.3f}')
-    return bar, on_step
-
-  def _two_phases(self) -> bool:
-    return int(self.config.train.finetune_epochs) > 0
+    """(progress bar or None, on_step callback) of member m's epoch (`fpclass.train.progress`)."""
+    return progress.step_progress(self.config, self.record, self.loops[m], epoch, steps, solo)
 
   def _log(self, alive, epochs, rows, seconds) -> None:
-    if not self.summary_log:
-      m = alive[0]
-      row, improved, stopped_early = rows[m]
-      tqdm.write(f'epoch {epochs[m] + 1}/{self._shown_total(m)}: loss {row["train_loss"]:.4f} acc {row["train_accuracy"]:.3f} | '
-                 f'val loss {row["val_loss"]:.4f} acc {row["val_accuracy"]:.3f} f1 {row["val_macro_f1"]:.3f}'
-                 f'{" *" if improved else ""} ({row["seconds"]:.1f}s)')
-      if stopped_early:
-        tqdm.write(f'early stopping: no {self.rules.monitor} improvement for {self.rules.patience} epochs; best '
-                   f'epoch {self.loops[m].best_epoch}')
-      return
-    monitor = self.rules.monitor
-    values = [rows[m][0][monitor] for m in alive]
-    mean = np.nanmean([np.nan if v is None else v for v in values])
-    stopped = [self.members[m].name for m in alive if rows[m][2]]
-    epoch = max(epochs.values()) + 1
-    models = f'{len(alive)} model' + ('s' if len(alive) > 1 else '')
-    tqdm.write(f'{self.log_prefix}epoch {epoch}/{total_epochs(self.config)}: {models}, {seconds:.1f}s, mean {monitor} '
-               f'{mean:.4f}' + (f'; early stopped: {", ".join(stopped)}' if stopped else ''))
+    if self.summary_log:
+      progress.log_chunk_epoch(self.config, self.rules.monitor, [self.members[m].name for m in alive],
+                               [rows[m] for m in alive], max(epochs.values()), seconds, self.log_prefix)
+    else:
+      progress.log_solo_epoch(self.config, self.rules, self.loops[alive[0]], epochs[alive[0]], rows[alive[0]])
 
   def _check_stop(self, alive, epochs) -> None:
     """Ends the run after this epoch when a signal asked for it (with several processes training one
