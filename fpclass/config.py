@@ -380,7 +380,7 @@ def base_config() -> ml_collections.ConfigDict:
       bad_test_images='error',  # error | prior: an undecodable test image stops submit, or gets the prior
       mean=(0.5,),             # seed CNNs only: a pretrained model uses its family's (see fpclass.preprocessing)
       std=(0.5,),
-      device_resize=(),        # (height, width): resize on the device after augmentation (seed 001's 32 -> 224)
+      device_resize=(),        # (height, width): resize on the device after augmentation (e.g. CIFAR's 32 -> 224)
       val_fraction=0.2,        # stratified, seeded holdout when the source has no validation split
       split_seed=0,            # fixed apart from `seed`, so runs with other seeds share one split
       num_folds=5,             # k for stratified k-fold indices (fpclass.data.splits)

@@ -80,7 +80,7 @@ def param_groups(model_cfg):
 
   With the source framework's own classifier (`top='source'`), its hidden layers (AlexNet's and VGG's
   4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
-  last layer, as seed 000's "replace and train the final layer" does.
+  last layer ("replace and train the final layer").
   """
   spec = models.get_spec(model_cfg.name)
   if not spec.stages:

@@ -1,7 +1,7 @@
 """TensorBoard event files for the per-epoch metrics, written with tensorboardX (no TensorFlow).
 
 metrics.csv stays the record of a run; these files let `tensorboard --logdir <workdir>/tensorboard` plot
-the same numbers, as seed 004's TensorBoard callback did. Each epoch is written by its own short-lived
+the same numbers, as Keras' TensorBoard callback does. Each epoch is written by its own short-lived
 writer (its own file, closed at once), so a killed run loses nothing already written and no writer
 outlives the loop. Each file starts with TensorBoard's purge marker at its epoch, so after a resume
 TensorBoard discards any stale points at or beyond the epoch being rewritten.

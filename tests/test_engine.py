@@ -135,14 +135,14 @@ def test_memory_plan_follows_the_formula():
   assert [len(c) for c in balanced_chunks(list(range(20)), 8)] == [7, 6, 7]
 
 
-# Seed 000's ResNet-18 transfer recipe on 32x24 footprints, from a torchvision file torch wrote itself (random
-# weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members and two solo runs.
-TRANSFER = {'data.image_size': (32, 24), 'seed': 3, 'explain.after_training': False, 'train.tensorboard': False,
+# Seed 000's ResNet-18 transfer recipe on 36 footprints at 32x24, from a torchvision file torch wrote itself
+# (random weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members and two solo runs.
+TRANSFER = {'data.image_size': (32, 24), 'data.synthetic.n_class0': 20, 'data.synthetic.n_class1': 16, 'seed': 3, 'explain.after_training': False, 'train.tensorboard': False,
             'sweep.folds': (0, 1), 'sweep.seeds': (3,), 'sweep.models_per_chunk': 2}
 AUGMENT_OFF = {'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0}
 RECIPES = {
-    # every layer trains from the pretrained weights, one phase
-    'pretrained': {'model.freeze_till': 0, 'train.finetune_epochs': 0},
+    # fine-tuned from the pretrained weights in one phase: the last stage and the head train
+    'pretrained': {'model.freeze_till': 3, 'train.finetune_epochs': 0},
     # the backbone frozen, augmentation off: the head trains on features computed once for both members; the
     # chunk planned by the memory rule, for the head on the features
     'frozen': {'model.freeze_till': -1, 'train.finetune_epochs': 0, 'sweep.models_per_chunk': 0, **AUGMENT_OFF},
@@ -180,5 +180,5 @@ def test_a_sweep_member_equals_its_solo_run_bit_for_bit(recipe, resnet18_file, t
   history = pd.read_csv(tmp_path / 'sweep' / 'base' / 'fold0' / 'metrics.csv')
   assert sorted(set(history['phase'])) == ([0, 1] if recipe == 'two_phase' else [0])
   if recipe == 'frozen':   # one feature pass served both members
-    assert "feature cache: auto: the frozen network before 'fc' ran once over 72 train images" in log
+    assert "feature cache: auto: the frozen network before 'fc' ran once over 36 train images" in log
     assert 'for 2 model(s)' in log

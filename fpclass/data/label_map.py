@@ -2,7 +2,7 @@
 
     'vehicle:airplane,automobile,ship,truck;animal:*'
 
-maps CIFAR-10 to seed 001's two classes. The new classes follow the group order; '*' takes every source
+maps CIFAR-10 to vehicles and animals. The new classes follow the group order; '*' takes every source
 class not named before it. Each labelled split gains extras['fine_label'], the source class name per
 example, which evaluation turns into a confusion table by source class (which originals get confused).
 """

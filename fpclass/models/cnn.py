@@ -1,10 +1,10 @@
 """The seed systems' own small CNNs.
 
-- `footprint_cnn` (seed 000): 2 conv layers with max pooling and fully connected layers, Kaiming init
+- `footprint_cnn` (the footprint baseline): 2 conv layers with max pooling and fully connected layers, Kaiming init
   as PyTorch's kaiming_normal_; switches for dropout, batch norm and FC sizes cover its experiments.
-- `cifar_cnn` (seed 001): 3 blocks of 2 convs + BN + max pool + dropout, global average pooling, dense
+- `cifar_cnn` (the CIFAR-10 recipe): 3 blocks of 2 convs + BN + max pool + dropout, global average pooling, dense
   layers (L2 via config.train.l2), Keras' Glorot init.
-- `small_cnn` (seed 003): 3 valid-padded convs (16/32/64) with pooling, dense 512, Keras init.
+- `small_cnn` (the horses-vs-humans recipe): 3 valid-padded convs (16/32/64) with pooling, dense 512, Keras init.
 
 The seed documents give layer kinds but not every width; the defaults here are stated in README.md.
 Named feature maps are recorded with `fpclass.models.feature`, which makes each one differentiable, and
@@ -25,7 +25,7 @@ glorot_uniform = nn.initializers.glorot_uniform()
 
 
 def _batch_norm(train: bool, name: str, dtype):
-  # PyTorch's momentum 0.1 is Flax's 0.9; both use eps 1e-5 here (seed 000 is PyTorch).
+  # PyTorch's momentum 0.1 is Flax's 0.9; both use eps 1e-5 here (the footprint recipe is PyTorch's).
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
 
 
@@ -116,8 +116,8 @@ class SmallCNN(nn.Module):
 
 
 register(ModelSpec('footprint_cnn', FootprintCNN, 'cnn', cam_layer='conv2',
-                   description='seed 000 baseline: 2 conv + max pool + FC, Kaiming init'))
+                   description='footprint baseline: 2 conv + max pool + FC, Kaiming init'))
 register(ModelSpec('cifar_cnn', CifarCNN, 'cnn', cam_layer='block3',
-                   description='seed 001: 3 blocks of 2 conv + BN + pool + dropout, GAP, dense'))
+                   description='CIFAR-10 recipe: 3 blocks of 2 conv + BN + pool + dropout, GAP, dense'))
 register(ModelSpec('small_cnn', SmallCNN, 'cnn', cam_layer='conv3',
-                   description='seed 003: conv 16/32/64 valid + pool, dense 512'))
+                   description='horses-vs-humans recipe: conv 16/32/64 valid + pool, dense 512'))

@@ -7,7 +7,7 @@ padding out of the average; the max pools are 3x3/2 'valid'. The whole architect
 (STEM, BLOCKS), from which both the Flax modules and the Keras layer order (for weight files) derive.
 
 Stages: 'stem' (the five convs and two pools) then the blocks mixed0 .. mixed10 as Keras names them, so
-`cut='mixed7'` with a new top is seed 003's feature extractor. Keras leaves the convs unnamed; here they are
+`cut='mixed7'` with a new top is the horses-vs-humans feature extractor. Keras leaves the convs unnamed; here they are
 '<stage>/<branch>/{conv,bn}' (torchvision's branch names), and the official legacy file's names
 (conv2d_1 .. conv2d_94, batch_normalization_1 .. 94, in creation order) map onto them.
 
@@ -180,7 +180,7 @@ KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/incept
 register(ModelSpec(
     'keras_inceptionv3', KerasInceptionV3, 'keras', cam_layer='mixed10',
     description=("Keras InceptionV3 (input >= 75x75). Stages: stem, mixed0 .. mixed10; cut='mixed7' with a new "
-                 "top is seed 003's extractor. Weights: 'imagenet' (with the 1000-class top) or "
+                 "top is the horses-vs-humans extractor. Weights: 'imagenet' (with the 1000-class top) or "
                  "'imagenet_notop', or a .weights.h5/.h5 file Keras wrote"),
     preprocessing=preprocessing.KERAS_TF,
     stages=tuple((name, rf'^{name}/') for name in STAGES),

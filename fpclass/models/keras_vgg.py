@@ -6,7 +6,7 @@ no dropout. The flatten is in (H, W, C) order, as Keras flattens channels-last m
 input size (224 for the ImageNet top).
 
 Stages are the Keras layers themselves, in order (block1_conv1, block1_conv2, block1_pool, block2_conv1,
-...), so seed 004's "freeze the first N layers" is `freeze_till=N`: Keras `base.layers[1:N+1]` (the
+...), so "freeze the first N layers" is `freeze_till=N`: Keras `base.layers[1:N+1]` (the
 InputLayer is base.layers[0] and is not counted; pools count, though they have no weights).
 
 Recorded features (`KERAS_FEATURES`): each is the output of the Keras layer of the same name; a conv's is

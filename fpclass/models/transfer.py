@@ -9,7 +9,7 @@ these defaulted ones) and so has these fields besides its own:
     cut            '' for the whole backbone, or a stage name to stop after (InceptionV3's 'mixed7')
     top            'source': the source framework's own classifier, its last layer sized num_outputs;
                    'avg' | 'max' | 'flatten': pool the last stage, then a new `Top`
-    top_hidden     hidden dense sizes of a new top (e.g. (512, 256) for seed 001)
+    top_hidden     hidden dense sizes of a new top (e.g. (512, 256))
     top_dropout    dropout after each hidden dense layer of a new top
     freeze_till    the first N stages (ModelSpec.stages) are frozen, -1 = every stage: their BN layers
                    use running statistics and the optimizer leaves their weights unchanged

@@ -264,7 +264,7 @@ def report_markdown(files, pairs, source, threshold, workdir, moved) -> str:
     if len(out) > 20:
       lines.append(f'... and {len(out) - 20} more in [clean_files.csv]({FILES_CSV}).')
     lines.append('')
-  lines += ['Every format and mode becomes the same uint8 array in the decode cache (seed 002 converted its files '
+  lines += ['Every format and mode becomes the same uint8 array in the decode cache (a recipe that converts its files '
             'to PNG instead); no user file is rewritten.', '',
             f'Files: [{FILES_CSV}]({FILES_CSV}) (train on it with `--config.data.file_list='
             f'{(workdir / FILES_CSV).absolute()}`), [{PAIRS_CSV}]({PAIRS_CSV}).']

@@ -1,6 +1,6 @@
 """`--mode compare`: one table across the runs in the subfolders of a workdir.
 
-Seed 002 compares four backbones by macro F1; seed 004 compares freeze_till values. Each variant trains in
+E.g. four backbones by macro F1, or freeze_till values. Each variant trains in
 its own workdir (`runs/climbing/resnet50`, `runs/climbing/vgg16`, ...); compare reads the scores.json and
 metadata.json of every direct subfolder that has both, and writes comparison.csv and a report section in
 the parent, best macro F1 first. It reads only; it trains nothing.

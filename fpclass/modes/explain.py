@@ -1,11 +1,11 @@
 """`--mode explain`: where a trained model looks, and what it gets wrong, on the validation split.
 
 Writes under `<workdir>/explain/`:
-- `gradcam_worst.png`: the N highest-loss validation images with their CAM overlays (seed 000), and
+- `gradcam_worst.png`: the N highest-loss validation images with their CAM overlays, and
   `gradcam_<class>_<correct|wrong>.png`: the same for each true class and outcome;
-- `inference_grid.png`: validation images titled with the prediction, green when right, red when wrong (seed 002);
+- `inference_grid.png`: validation images titled with the prediction, green when right, red when wrong;
 - `top_losses.csv` (every validation image, highest loss first) and `most_confused.csv` (class pairs);
-- `feature_maps.png`: each recorded feature map of one validation image, channel by channel (seed 003);
+- `feature_maps.png`: each recorded feature map of one validation image, channel by channel;
 and the 'Explanations' section of report.md, which links all of them. Settings: `config.explain`.
 """
 import pathlib

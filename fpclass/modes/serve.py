@@ -5,7 +5,7 @@
 - `GET /`: the upload page (pick or drop an image; its class, a bar per class probability, and a Grad-CAM
   toggle). Its files ship in the package (`fpclass/serve/static/`) and load nothing from elsewhere.
 - `POST /predict`: one or more images as multipart file fields, or JSON `{"image": "<base64>"}` (or
-  `{"images": [...]}`) as seed 004's app took them. Returns the class and per-class probabilities of each
+  `{"images": [...]}`) as a single-image client sends them. Returns the class and per-class probabilities of each
   image, with the model name and checkpoint epoch.
 - `POST /explain`: the Grad-CAM overlay (PNG) of one image, for its predicted class.
 - `GET /metadata`: class names, input size, model, checkpoint, calibration and validation scores, the

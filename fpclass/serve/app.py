@@ -131,7 +131,7 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
             'epoch': predictor.trained.epoch, 'calibrated': predictor.decision.temperature != 1.0
             or predictor.decision.threshold is not None,
             'predictions': [{'file': name, **result} for name, result in zip(names, results)]}
-    if len(results) == 1:  # seed 004's clients send one image and read its class
+    if len(results) == 1:  # a client that sends one image reads its class
       body.update(results[0])
     return responses.JSONResponse(body)  # plain JSON: no response-model validation on the hot path
 
