@@ -9,25 +9,7 @@ gives every image its own gradient because, in inference mode, no image's score 
 image (batch norm uses its running averages); tests check batched == one image at a time. Gradients
 and maps are two jitted stages, so one compilation of the model serves every method.
 
-Methods (`METHODS`), with A the layer's activations and g = d(score)/dA, both (N, h, w, C):
-- 'gradcam'   (Selvaraju et al. 2017): channel weights mean_hw(g); map sum_c w_c A_c.
-- 'gradcam++' (Chattopadhay et al. 2018), the closed form of their eq. 19 for an exponential score
-  exp(S): alpha = g^2 / (2 g^2 + sum_hw(A) g^3), zero where g == 0, weights sum_hw(alpha relu(g)).
-  The exp(S) factor of every derivative is one positive constant per image, which the min-max
-  normalisation removes, so it is left out, as pytorch-grad-cam does (its eps 1e-6 included).
-- 'hirescam'  (Draelos & Carin 2020): map sum_c g_c A_c, element-wise, no spatial averaging.
-
-Normalisation, per image, as pytorch-grad-cam's `scale_cam_image`: ReLU, min-max with an epsilon (so an
-all-zero or constant map stays zero, never NaN), bilinear `jax.image.resize` to the input size, and
-min-max again (half-pixel bilinear interpolation can lower the peak below 1).
-
-Targets are per image: an int class index for a softmax head; for a one-logit sigmoid head, 1 scores the
-logit and 0 its negation. `None` explains each image's predicted class.
-
-Guided backpropagation (Springenberg et al. 2015) is a saliency in input space, not a layer map, so it is
-its own function: `guided_backprop(guided_model(model).apply, ...)`, where `guided_model` swaps the
-model's `relu` field for `guided_relu`, a custom-vjp ReLU that passes back only positive gradients at
-positive inputs. `guided_gradcam` multiplies it by a CAM map (Selvaraju et al.'s Guided Grad-CAM).
+Design notes: docs/modules.md (`fpclass/cam.py`).
 """
 import dataclasses
 import functools

@@ -5,35 +5,7 @@ randomness in training, and augmentation is off (mixup and cutmix included), the
 every epoch. It is then computed once for the train and val sets, and the head trains on it: the same updates
 as the uncached run at a fraction of the cost (the Keras transfer-learning guide's "feature extraction").
 
-How the split is found, for any registered model and without changing the ports:
-- The head is one module called at the root: the new top (`transfer.Top`, named 'top') or, with
-  `top='source'`, the source's last layer (named by `ModelSpec.source_head`). One abstract trace of the model
-  (`jax.eval_shape`: nothing is computed) with flax's method interception (`nn.intercept_methods`) finds
-  that call, records the head module's class, fields and input shape, and replaces its output by zeros.
-- The same trace runs in training mode with no PRNG and the batch statistics mutable, so it proves the prefix
-  behaves in training as in inference: a dropout or stochastic-depth layer before the head fails for want of
-  a PRNG, and a BatchNorm that normalises by batch statistics would write new running statistics (a frozen
-  stage's BatchNorm uses its running statistics and returns them untouched, the very same arrays).
-- `optim.param_groups` must label every parameter outside the head 'frozen', the head must hold no batch
-  statistics, and gradient clipping must be off (its global norm counts the frozen parameters' gradients
-  in the uncached run).
-
-How the head trains: `CachedTask` is a `task.Task` whose "images" are features. Its `prepare` is the
-identity and its `apply` runs only the head, rebuilt from the traced module's class and fields under the
-same name (`HeadOnly`). `Task.train_step`, the loss, the l2 term, the optimizer and `Task.predict` run
-unchanged on the full parameters, so the train state and checkpoints hold the whole model (backbone as
-loaded, head trained) and evaluate, explain and predict use it as before. Dropout in the head draws the
-uncached run's keys: the step key is split as in `Task.train_step`, and flax derives a submodule's key from
-its path (root -> 'top' -> 'Dropout_0' in both models), not from the modules around it.
-
-The features are computed in inference mode (`FeaturePass`), in evaluation batches, through
-`CompiledSteps.predict`, and replicated to the devices like the uint8 images they replace. The one-time
-pass is counted in the first epoch's `seconds`. Two-phase recipes (train.finetune_epochs > 0) use the
-cache in phase 0 only: fine-tuning unfreezes the backbone. Streamed images (data over the device budget,
-`fpclass.data.stream`) are read once for the pass, in chunks, and their features, far smaller, go to the
-devices when they fit the budget. Features over the budget are not streamed themselves (the hook: they
-would be a float `ImageRows`-like source for `fpclass.feed.StreamedFeed`), so `auto` trains without the
-cache then and `on` is an error.
+Design notes: docs/modules.md (`fpclass/feature_cache.py`).
 """
 import dataclasses
 import hashlib

@@ -1,30 +1,7 @@
 """Linear probes: an L2-regularised multinomial logistic regression on frozen features, its strength chosen by
 inner cross-validation, fitted for every outer fold at once.
 
-Per outer fold (a seed's k-fold split of the labelled set):
-1. The features are standardised with the training rows' mean and std, as a StandardScaler would.
-2. Rotated onto the training rows' principal axes (`reduce`): with n training rows and d > n features, every
-   L2-regularised solution lies in the span of the training rows (the gradient of the loss is a combination
-   of them, the penalty's gradient the weights themselves), so the problem in those n coordinates is the same
-   problem, exactly, with the same predictions, at n/d of the cost. The inner folds' training rows are a subset
-   of the outer ones, so the same coordinates serve them. (With d <= n the rotation changes nothing but the
-   basis, which the penalty does not see.)
-3. For each inverse strength C of `c_values` (scikit-learn's convention: minimise C·Σ loss + ½‖w‖², intercept
-   unpenalised), a model is fitted on each inner fold's training rows and scored by log loss on its held-out
-   rows; the C with the best mean inner score (the smallest C among ties) is refitted on all the training
-   rows, which predicts the outer validation rows. This is `LogisticRegressionCV(Cs=c_values,
-   cv=<the inner folds>, scoring='neg_log_loss', refit=True)` on the standardised features, and
-   tests/test_probe.py checks the two agree.
-
-Two solvers compute step 3 (`config.probe.solver`):
-- 'jax': every (outer fold, inner fold or refit) problem of one C at once, as one jitted L-BFGS whose matrix
-  products are one batched GEMM per outer fold, walking the C grid upwards with each solution warm-starting
-  the next (`fit_path`). The variables are preconditioned by the principal axes' variances, which makes the
-  Hessian close to the identity, so L-BFGS needs few iterations. A problem stops when the largest component of
-  its gradient in those variables (of the objective divided by C·n) is below `tol`, or when an iteration no
-  longer lowers it (float32's floor).
-- 'sklearn': scikit-learn's LogisticRegressionCV (lbfgs), one outer fold after another.
-docs/performance.md has the measurement that chose the default.
+Design notes: docs/modules.md (`fpclass/linear_probe.py`).
 """
 import dataclasses
 import warnings

@@ -1,22 +1,7 @@
 """Pooled features of frozen backbones (`--mode probe`): one inference-mode pass per backbone over a set of
 images, cached on disk so that a second run, or another probe of the same images, reuses it.
 
-A backbone is one entry of `config.probe.backbones`: a registered pretrained model, optionally
-'name=weights' (a named weights set of that model or a file its source framework wrote); without one it takes
-`config.model.pretrained`, and with none at all its weights are the seeded random init (`config.seed`). Its
-model is built as training builds it (`task.build_task`: the family's normalisation, grayscale data repeated
-to RGB, `data.device_resize`, `train.precision`), with `top` set from `config.probe.pooling`, and the weights
-load through `transfer.load_pretrained` (named sets are downloaded once into the cache, checksum verified).
-The feature is the model's `features['pre_logits']`: with pooling 'avg' or 'max' the new top's pooled last
-stage (no hidden layers), with 'source' what the source model feeds its classifier (a ViT's class token,
-ResNet's pooled last stage, VGG's fc7). With `config.probe.flip_tta` it is the mean of the features of each
-image and of its mirror image, computed in one batch of both.
-
-The cache: `<cache>/probe_features/<backbone>-<key>.npz`, written atomically. The key hashes what the features
-depend on: the pixels themselves (the decoded uint8 array, so any change of files, file list, label map or
-decode setting that changes an image changes the key), the model config, the weights (a file's path, size and
-modification time, as the decode cache stamps its files; a named set's checksum; the seed for a random init),
-the input pipeline, the pooling and the flip.
+Design notes: docs/modules.md (`fpclass/pooled_features.py`).
 """
 import copy
 import dataclasses

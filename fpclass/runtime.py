@@ -5,22 +5,7 @@ process-wide setting; `configure(...)` applies its answer (the mode runner calls
 workers, bench/ scripts and tests may too). Each decision rests on a measurement on that backend
 (docs/performance.md, "Process settings by backend"):
 
-- Host allocator. On CPU, one glibc arena that keeps large buffers (`keep_host_buffers`): glibc serves
-  every buffer over 32 MB with a fresh mmap and unmaps it on free, so XLA:CPU's per-step temporaries were
-  page-faulted in from zero on every step (~100k minor faults, most of a step). On GPU the same setting
-  serialised XLA's multi-threaded compiler: InceptionV3's first epoch took 97.3 s instead of 13.4 s on an
-  H100. So it applies on CPU only.
-- GPU memory. JAX preallocates 75% of a GPU in every process, so a second fpclass process (a server beside
-  a training run, a second server, a test worker) could not start. Modes that train preallocate
-  `config.train.gpu_memory_fraction` of it; every other mode allocates as it goes.
-- Compilation cache. On for every backend, and for every program, however fast it compiled, so a second
-  identical job compiles (almost) nothing. On GPU XLA's autotuning results are kept with it
-  (`jax_persistent_cache_enable_xla_caches='all'`): autotuning is most of a convolution net's GPU compile.
-- XLA flags: none on any backend (no flag has been measured to pay for fpclass's programs; per-program
-  XLA:CPU options live with the programs, `fpclass.steps`).
-
-A variable the user has set in the environment wins over the decision (`XLA_PYTHON_CLIENT_PREALLOCATE`,
-`XLA_PYTHON_CLIENT_MEM_FRACTION`, `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`, `FPCLASS_HOST_ALLOCATOR`).
+Design notes: docs/modules.md (`fpclass/runtime.py`).
 """
 import ctypes
 import dataclasses

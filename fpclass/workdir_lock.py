@@ -9,17 +9,7 @@ way, kill -9 included, so a lock that can be taken is never held by a live run. 
 tell a lock left behind by a killed run (JSON present, lock free: taken over with a warning) from a clean
 release (the file is emptied, never deleted, so no other process can be locking a deleted inode).
 
-Other hosts. On a local disk, and on NFS mounted with locking (Linux emulates flock there with NFS byte-range
-locks), the lock is seen from every host. Some shared filesystems do not share it (NFS mounted `nolock`,
-some FUSE and Lustre mounts), and a few refuse flock outright. So the flock is not trusted alone when the JSON
-names another host: the holder rewrites a heartbeat every `heartbeat_s` seconds, and a lock from another
-host whose heartbeat is younger than `STALE_AFTER_BEATS` beats is treated as held even if flock was granted.
-That relies on the hosts' clocks roughly agreeing (NTP), which clusters with shared filesystems have. Where
-flock is unavailable (Windows, or the filesystem refuses it) the JSON alone decides: a same-host holder
-whose pid is alive, or any holder with a fresh heartbeat, holds the workdir. That fallback is best-effort:
-two launches in the same instant could both pass it.
-
-Only one process of a multi-process (jax.distributed) run takes the lock: process 0.
+Design notes: docs/modules.md (`fpclass/workdir_lock.py`).
 """
 import dataclasses
 import datetime

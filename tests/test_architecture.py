@@ -92,3 +92,17 @@ def test_the_import_rule_catches_a_planted_violation(tmp_path):
   task.write_text(task.read_text() + '\nfrom fpclass.modes.runner import run  # noqa\n')
   assert import_violations(tmp_path / 'fpclass') == ['fpclass.modes.submit -> fpclass.modes.calibrate',
                                                      'fpclass.task -> fpclass.modes.runner']
+
+
+def test_module_docstrings_are_short_and_name_no_seed():
+  """What and why in a few lines; the design notes and measurements live in docs/ (docs/modules.md), and the
+  seed projects are named in configs/ and docs/ only."""
+  long, seeds = [], []
+  for path in sorted((REPO / 'fpclass').rglob('*.py')):
+    text = path.read_text()
+    doc = ast.get_docstring(ast.parse(text), clean=False) or ''
+    if len(doc.splitlines()) > 15:
+      long.append(f'{path.relative_to(REPO)}: {len(doc.splitlines())} lines')
+    if 'seed 00' in text.lower():
+      seeds.append(str(path.relative_to(REPO)))
+  assert long == [] and seeds == []

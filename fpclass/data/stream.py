@@ -9,22 +9,7 @@ each step of the epoch's order (`fpclass.sampling.batch_order`, the order the in
 the device) the host reads the step's rows and the devices receive them as one batch-sharded array
 before the step needs them. Augmentation stays inside the jitted step, so both paths compute the same.
 
-Why grain: the pipeline is grain's random-access `MapDataset` over `StepBatches` (element i is step i's
-batch), read ahead on a thread pool (`ReadOptions`), then a second read-ahead stage that puts batches on
-the devices while the current step runs (`ThreadPrefetchIterDataset`; the two stages of
-grain.experimental.device_put, which we do not call because it puts a whole host batch, and a process
-here supplies only its own rows). grain's samplers are not used: the batch order must be fpclass's
-exactly, so the order is the source. An element is a whole batch read by one `ImageRows.read` (one read
-per image, the rows for file order), not one image per element batched afterwards: one Python call per
-batch instead of per image, and no second copy.
-
-Several processes (jax.distributed): the batch is split along the mesh's devices and the default mesh
-(`DataParallel.over()`, over `jax.devices()`) lists each process's devices together, so process p of P
-holds the contiguous rows `batch_share(B, p, P)` of every batch. It reads only those rows, and
-`jax.make_array_from_process_local_data` assembles the global batch from every process's share. The
-loader checks that share against the rows the sharding itself gives the process (`process_rows`) and
-stops with a clear error where a mesh orders devices otherwise. Every process takes the same decision
-(the smallest budget of any process), since they must run the same programs.
+Design notes: docs/modules.md (`fpclass/data/stream.py`).
 """
 import dataclasses
 import logging

@@ -5,15 +5,7 @@ Each model is a Flax linen module whose `__call__(x, train=False)` takes a norma
 feature-map plots read. Config fields under `config.model` (besides `name` and `head`) are the module's
 own dataclass fields, so a mistyped field is an error that lists the valid ones.
 
-Two conventions let `fpclass.cam` explain any registered model without knowing its structure:
-- Named feature maps go through `feature(self, features, name, x)`, which makes each one differentiable
-  (the 'perturbations' collection) and readable (the 'intermediates' collection) under the same entry
-  name, 'feature_<name>', at the module's path; nested modules (a backbone inside a transfer wrapper) are
-  found by that last path component.
-- Every ReLU after which gradients flow is a call of the module field `relu` (default `nn.relu`), and a
-  module holding submodules passes its `relu` on to them. Guided backpropagation clones the model with
-  `relu=fpclass.cam.guided_relu`; a model without the field cannot be explained that way and says so.
-  `relu` is code, not configuration, so it is not a `config.model` field.
+Design notes: docs/modules.md (`fpclass/models/__init__.py`).
 """
 import dataclasses
 import importlib

@@ -1,20 +1,6 @@
 """`Conv`: `flax.linen.Conv` with two XLA:CPU slow paths routed around. Every fpclass model uses it.
 
-1. **Inputs smaller than the kernel** (a 3x3 convolution on the 2x2 or 1x1 maps that ResNet's last stage sees
-   at 64x64 or 32x32 inputs). XLA's algebraic simplifier swaps the convolution's operands and XLA:CPU runs the
-   swapped convolution with its naive loop emitter: 1.46 s for ResNet-18's 2x2x512 3x3 convolution at batch
-   256, 3 GFLOP/s, where a 3x3 input of the same width takes 25 ms. Here it is one matmul over explicitly
-   gathered patches (im2col): 23 ms.
-2. **Depthwise convolutions** (feature groups == input channels, as in EfficientNet and MobileNet). XLA:CPU
-   runs them at about 1 GFLOP/s: 200 ms forward and 460 ms forward + backward for a 56x56x96 3x3 layer at
-   batch 32. Here they are a sum over the kernel's taps of shifted input slices times one kernel row, an
-   elementwise loop XLA fuses and vectorises over channels: 7.6 ms and 52 ms, the same values.
-`python bench/conv_layers.py --only tiny,depthwise` measures both. Gradients come from differentiating these
-formulations (ordinary slices, pads, products, a dot). Everything else, and every convolution on GPU/TPU, is
-`lax.conv_general_dilated` unchanged.
-
-The routing goes through `flax.linen.Conv`'s `conv_general_dilated` field, so parameters keep their names,
-shapes and initialisers, and checkpoints and weight ports are unaffected.
+Design notes: docs/modules.md (`fpclass/models/conv.py`).
 """
 from typing import Any
 

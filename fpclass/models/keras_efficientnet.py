@@ -9,18 +9,7 @@ with sigmoid -> multiply) -> project 1x1, then drop-connect (Dropout with noise_
 (the last conv stage and the Grad-CAM layer). The source top is global average pooling -> dropout (0.2 for
 B0, 0.3 for B2) -> Dense 'predictions'. BatchNormalization: Keras' defaults, epsilon 1e-3, momentum 0.99.
 
-The official ImageNet files store ImageNet's standard deviation as the Normalization variance
-(tensorflow/tensorflow#49930); Keras compensates with an extra Rescaling(1 / sqrt(std)) after that layer
-whenever it builds a model with weights='imagenet' (with weights=None it does not). A file carrying exactly
-those statistics is of that lineage, so loading it sets variance = file variance * std, which computes the
-same as Keras' weights='imagenet' model; every other file loads as written, as in a Keras model built with
-weights=None. For grayscale input the Normalization layer's per-channel constants are folded into the stem
-(ModelSpec.stem_norm).
-
-Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'stem' is Keras' `stem_activation` (after
-stem_conv, stem_bn and swish), not the conv's output; 'block<i>' the output of group i's last block (the
-input of `block<i+1>a_expand_conv`, and of `top_conv` for block7); 'top_conv' is `top_activation` (after
-top_conv, top_bn and swish).
+Design notes: docs/modules.md (`fpclass/models/keras_efficientnet.py`).
 """
 import functools
 import math

@@ -6,14 +6,7 @@ builds it; the average pools inside blocks are 3x3/1 'same' and, as Keras' Avera
 padding out of the average; the max pools are 3x3/2 'valid'. The whole architecture is the table below
 (STEM, BLOCKS), from which both the Flax modules and the Keras layer order (for weight files) derive.
 
-Stages: 'stem' (the five convs and two pools) then the blocks mixed0 .. mixed10 as Keras names them, so
-`cut='mixed7'` with a new top is the horses-vs-humans feature extractor. Keras leaves the convs unnamed; here they are
-'<stage>/<branch>/{conv,bn}' (torchvision's branch names), and the official legacy file's names
-(conv2d_1 .. conv2d_94, batch_normalization_1 .. 94, in creation order) map onto them.
-
-Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'stem' is the second 3x3/2 max pool
-(unnamed in Keras: `max_pooling2d_1` in a fresh session), after conv5's BN and ReLU; 'mixed<i>' is Keras'
-concatenation `mixed<i>`, every branch after its BN and ReLU.
+Design notes: docs/modules.md (`fpclass/models/keras_inception.py`).
 """
 import dataclasses
 import functools

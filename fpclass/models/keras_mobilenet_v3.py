@@ -8,15 +8,7 @@ the shape allows; then the 1x1 conv 'conv_1' (960 channels, the last conv stage 
 The source top is global average pooling -> 1x1 conv 'conv_2' (1280, with bias) -> hard swish -> dropout
 -> 1x1 conv 'logits' -> flatten. BatchNormalization: epsilon 1e-3, momentum 0.999.
 
-Flax module names are the Keras 3 layer names, grouped per block ('expanded_conv_3/depthwise_bn' is Keras'
-'expanded_conv_3_depthwise_bn'). Keras 3 .weights.h5 files are read by layer class and order; legacy .h5
-files by the names tf.keras 2 gave these layers ('Conv/BatchNorm', 'expanded_conv_3/squeeze_excite/Conv'),
-which the official ImageNet files carry.
-
-Recorded features (`KERAS_FEATURES`), as Keras tensors: 'stem' is the hard swish after `conv_bn` (the input
-of `expanded_conv_depthwise`), not the conv's output; each 'expanded_conv[_i]' is its block's output, after
-the residual add where there is one (the input of the next block's `_expand` conv, or of `conv_1`);
-'conv_1' is the hard swish after `conv_1_bn` (an unnamed Keras activation layer), not the conv's output.
+Design notes: docs/modules.md (`fpclass/models/keras_mobilenet_v3.py`).
 """
 import functools
 from typing import Any

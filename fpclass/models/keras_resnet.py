@@ -10,10 +10,7 @@ As in keras/src/applications/resnet.py:
   stack (conv5 has none), a 1x1/s max pool as that block's shortcut, BN + ReLU ('post_bn') after conv5.
 BatchNorm: epsilon 1.001e-5, Keras' momentum 0.99. Stages: conv1 (stem) .. conv5, as Keras names them.
 
-Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'conv1' is `pool1_pool` (v1: after
-conv1_conv, conv1_bn, conv1_relu and the padded max pool; v2: the conv and the pool only); 'conv2' .. 'conv5'
-are each stack's last `conv<k>_block<n>_out` (v1: after the residual add and ReLU; v2: the add), except v2's
-'conv5', which is `post_relu` (after post_bn and ReLU).
+Design notes: docs/modules.md (`fpclass/models/keras_resnet.py`).
 """
 import functools
 from typing import Any, Sequence

@@ -5,16 +5,7 @@ reduce-window carrying four full-size int32 index tensors plus a scatter: for th
 pool that is ~0.4 s per step at batch 32 and ~190 MB of temporaries, and for ResNet's overlapping 3x3/2 stem
 pool ~0.4 s at batch 32 (measured, docs/performance.md). Two cheaper forms, same values and gradients:
 
-- Non-overlapping windows (window == stride, VALID: every seed CNN, VGG), on every backend: the pooled blocks
-  are a reshape of the input, so the forward pass is one reduction and the backward pass one select.
-- Any other window on CPU (ResNet's and AlexNet's 3x3/2, InceptionV3's): the forward pass is the maximum of
-  the window's strided taps, and the backward pass routes each output's gradient to its tap, placed back with
-  strided pads; all elementwise, fused by XLA. On GPU/TPU those keep flax's pool.
-
-The gradient goes to the first maximum of each window in row-major order, as select-and-scatter (and
-PyTorch's max_pool2d) does, so values and routing agree with flax's pool, ties included; where overlapping
-windows send gradient to the same element, the shares are summed in another order (1 ulp;
-tests/test_pooling.py).
+Design notes: docs/modules.md (`fpclass/models/pooling.py`).
 """
 import functools
 

@@ -1,21 +1,6 @@
 """torchvision ConvNeXt-Tiny, ported to Flax.
 
-Module names follow torchvision's `features.<i>.<j>` indices: the stem 'features_0_conv' and
-'features_0_norm', the blocks 'features_<i>_<j>' at odd i (torchvision's CNBlock: 'dwconv' 7x7 depthwise
-with bias and symmetric padding 3, 'norm', 'pwconv1', 'pwconv2' for its `block.0/2/3/5`, and 'layer_scale'),
-the downsampling layers between stages 'features_<i>_norm' and 'features_<i>_conv' (2x2, stride 2) at i = 2,
-4, 6, and the classifier 'classifier_0' (LayerNorm) and 'classifier_2' (Linear). Every LayerNorm is torch's
-(eps 1e-6, two-pass statistics) over the channels, which in NHWC is the last axis, so torchvision's permutes
-and its LayerNorm2d are plain LayerNorms here.
-Layer scale multiplies each block's branch per channel; stochastic depth is torchvision's 'row' mode (whole
-branches of some examples dropped, the rest scaled by 1 / survival) at rate p * block index / (blocks - 1),
-p = `stochastic_depth_prob` (0.1 for convnext_tiny), drawn from the 'dropout' rng in training only.
-
-The stem conv (4x4, stride 4, no padding, with bias) is a `transfer.StemConv`: on one channel the folded
-offset goes to its bias and, without padding, it is exact everywhere. There is no ReLU (GELU only) and so no
-`relu` field: `fpclass.cam.guided_model` refuses guided backpropagation for it (set
-`config.explain.guided=False`). A new top (`config.model.top` other than 'source') pools the last stage
-directly; the source classifier's LayerNorm belongs to the source top and is dropped with it.
+Design notes: docs/modules.md (`fpclass/models/torchvision_convnext.py`).
 """
 import functools
 from typing import Any, Sequence

@@ -9,11 +9,7 @@ Stochastic depth is torchvision's 'row' mode (whole residual branches of some ex
 scaled by 1 / survival), with the drop rate growing linearly over the blocks (16 in B0, 40 in V2-S); it
 draws from the 'dropout' rng in training and is the identity at evaluation.
 
-EfficientNetV2-S is torchvision's `efficientnet_v2_s` rather than Keras' `EfficientNetV2S` because it
-shares this port's blocks, its weights file format (a state_dict) and the torchvision parity harness with
-B0: it adds fused MBConv blocks (`FusedMBConv`: the expansion and depthwise convolutions fused into one
-k x k convolution, no squeeze-excitation) for its first `fused_stages` stages, a 24-channel stem and a
-1280-channel last conv. SiLU only: no `relu` field, so guided backpropagation is refused for both.
+Design notes: docs/modules.md (`fpclass/models/torchvision_efficientnet.py`).
 """
 import functools
 from typing import Any, Sequence

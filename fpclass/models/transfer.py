@@ -1,23 +1,7 @@
 """What every pretrained family shares: the fields of its module, a new classification top, stage
 freezing, and loading a weights file into freshly initialised variables.
 
-A pretrained module subclasses `Backbone` (with `kw_only=True`, so that its own required fields may follow
-these defaulted ones) and so has these fields besides its own:
-    num_outputs    classes (or 1 for a sigmoid head)
-    in_channels    3, or 1: the RGB stem is folded for grayscale input when weights are loaded (exactly,
-                   the zero-padded border included: see `StemConv`)
-    cut            '' for the whole backbone, or a stage name to stop after (InceptionV3's 'mixed7')
-    top            'source': the source framework's own classifier, its last layer sized num_outputs;
-                   'avg' | 'max' | 'flatten': pool the last stage, then a new `Top`
-    top_hidden     hidden dense sizes of a new top (e.g. (512, 256))
-    top_dropout    dropout after each hidden dense layer of a new top
-    freeze_till    the first N stages (ModelSpec.stages) are frozen, -1 = every stage: their BN layers
-                   use running statistics and the optimizer leaves their weights unchanged
-    dtype          computation dtype
-and returns (logits, features) with a feature per stage, recorded with `fpclass.models.feature`. A feature
-is what its stage outputs, after the BN and activation where the stage ends in them: Keras EfficientNet's
-`stem` is Keras' `stem_activation`, not `stem_conv`. Each Keras port module's `KERAS_FEATURES` names the
-Keras layer (or tensor) each feature equals.
+Design notes: docs/modules.md (`fpclass/models/transfer.py`).
 """
 import logging
 import pathlib

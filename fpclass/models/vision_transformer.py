@@ -1,42 +1,6 @@
 """Vision Transformers: torchvision's ViT-B/16 and DINOv2's ViT-S/14 and ViT-B/14, one Flax module.
 
-Both sources compute the same network: a patchifying convolution, a class token, learned position
-embeddings, pre-norm encoder blocks (LayerNorm eps 1e-6 with two-pass statistics as torch computes them;
-multi-head self-attention with one packed q/k/v projection; an MLP with exact, erf GELU), and a final
-LayerNorm whose class token feeds the classifier. They differ in three places, which are fields:
-- `layer_scale`: DINOv2 multiplies each residual branch by a learned per-channel scale (`ls1`, `ls2`);
-- `position_interpolation`: how the position embeddings, learned on a `source_grid` x `source_grid` patch
-  grid (14 for torchvision's 224 / 16, 37 for DINOv2's 518 / 14), are resized for another input size.
-  'torchvision' is `torchvision.models.vision_transformer.interpolate_embeddings` (bicubic, align_corners)
-  extended to rectangular grids; 'dinov2' is DINOv2's `interpolate_pos_encoding` (bicubic, no
-  align_corners, the scale factor (grid + 0.1) / source_grid). Both are torch's bicubic kernel (a = -0.75,
-  borders replicated) as one matrix per axis (`bicubic_matrix`), so the embedding parameter keeps the
-  file's shape at every input size, fine-tuning updates it there, and checkpoints do not depend on the
-  input size. Inputs must be a multiple of the patch size, as in both sources;
-- the weight files: torchvision's state_dict (`TORCHVISION_RULES`; its MLP under either `mlp.0`/`mlp.3` or
-  the older `mlp.linear_1`/`linear_2` names) and DINOv2's backbone checkpoints as facebookresearch/dinov2
-  publishes them (`DINOV2_RULES`: `cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.norm1`,
-  `attn.qkv`, `attn.proj`, `ls1.gamma`, `mlp.fc1`, ..., `norm`). DINOv2's `mask_token` (for masked-image
-  training, unused in a forward pass) is the one tensor not loaded. DINOv2 files hold no classifier, so its
-  registry entries' `head` is always trained anew; the registers variants (`*_reg4`) are not supported.
-
-The output: `features['pre_logits']` is the class token after the final LayerNorm (DINOv2's
-`x_norm_clstoken`), and the source top is one Dense on it ('head'). A new top (`config.model.top` 'avg',
-'max', 'flatten') pools the final LayerNorm's patch tokens on their grid instead: 'avg' is the mean patch
-token, one of DINOv2's linear-probe features. Every stage records its patch tokens (class token dropped) as
-an (N, h, w, D) grid with `fpclass.models.feature`.
-
-Grad-CAM. The class token after the last block is all that reaches the logits, and LayerNorm and the MLP act
-per token, so the patch tokens a block outputs have a zero gradient after the last block. The map is read
-one step earlier, at the tokens the last block's attention reads: its `norm1` output, patch tokens on
-their grid ('last_attention_input', the registry's `cam_layer`), as pytorch-grad-cam's ViT recipe does
-(target layer `blocks[-1].norm1`, class token dropped, reshaped to the grid).
-
-There is no ReLU anywhere (GELU only) and so no `relu` field: guided backpropagation, defined by ReLU's
-gradient rule, is refused for these models by `fpclass.cam.guided_model` with a message to set
-`config.explain.guided=False`. Stochastic depth is not ported: both sources' published models use none at
-inference and torchvision's ViT none in training. Dropout rates (torchvision's `dropout` and
-`attention_dropout`) default to 0, as in both sources' published models.
+Design notes: docs/modules.md (`fpclass/models/vision_transformer.py`).
 """
 import functools
 from typing import Any

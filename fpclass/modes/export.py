@@ -9,19 +9,7 @@ Writes under `<workdir>/<config.export.folder>/`:
   runs it with no fpclass code, on CPU or CUDA.
 - `model.json`: the class names, the input and output contract, the stored calibration and each artifact.
 
-Both artifacts take uint8 images (N, height, width, channels), the layout `fpclass.data.decode` produces,
-and return logits (N, classes), or (N, 1) for a sigmoid head. Scaling to [0, 1], any on-device resize
-(config.data.device_resize) and the normalisation run inside the graph: a user decodes the image and
-resizes it to height x width, nothing more. The batch dimension is symbolic
-(`config.export.batch_size=0`) or fixed. The model is exported in inference mode (dropout off, batch norm
-with its running averages).
-
-What is converted is fpclass's own traced computation (a jaxpr), primitive by primitive, not a re-run of
-the Python model code under jax2onnx's patches of flax and jax.numpy; so the graph holds exactly what
-fpclass computes, including its CPU routings of convolutions and pooling (`fpclass.models.conv`,
-`fpclass.models.pooling`). Some jax2onnx converters cannot handle a symbolic dimension (0.13.0's `pad`);
-the ONNX file then gets a fixed batch of 1, and model.json says so. Each file is written to a temporary
-name, checked, then renamed: an export that fails leaves no file, and its error names the failing op.
+Design notes: docs/modules.md (`fpclass/modes/export.py`).
 """
 import contextlib
 import io

@@ -2,20 +2,7 @@
 probe on its frozen, pooled features, over data.num_folds stratified folds x `config.probe.seeds`, and the
 backbones are compared with confidence intervals.
 
-    <workdir>/probe_results.md, .csv   per backbone: mean ± std [95% CI] of accuracy, macro F1 and log loss;
-                                       feature size; the chosen C; feature-pass and fit seconds
-    <workdir>/probe_differences.csv    per backbone and metric: the paired difference from the best backbone
-    <workdir>/probe_folds.csv          one row per backbone x seed x fold: metrics, chosen C, sizes
-    <workdir>/probe_predictions.csv    every image's out-of-fold class probabilities, per backbone and seed
-    <workdir>/probe_results.png        bars with 95% CI error bars, and every fold as a dot
-    <workdir>/report.md                its 'probe' section
-    <workdir>/quarantine.csv           every file that could not be decoded, and why
-
-The labelled data (the training split, and the source's own validation split if it has one: every labelled
-image) is decoded once; each backbone's features are computed once over all of it and cached on disk
-(`fpclass.pooled_features`), so a second launch only refits. The fit of each fold is
-`fpclass.linear_probe`: a logistic regression whose L2 strength is chosen by inner cross-validation on the
-fold's training rows. Intervals are the corrected resampled t-intervals the sweep uses (`fpclass.stats`).
+Design notes: docs/modules.md (`fpclass/modes/probe.py`).
 """
 import pathlib
 import time

@@ -2,40 +2,10 @@
 
     python launch.py --workdir runs/fp-exp4 --mode serve            # http://127.0.0.1:8000/
 
-- `GET /`: the upload page (pick or drop an image; its class, a bar per class probability, and a Grad-CAM
-  toggle). Its files ship in the package (`fpclass/serve/static/`) and load nothing from elsewhere.
-- `POST /predict`: one or more images as multipart file fields, or JSON `{"image": "<base64>"}` (or
-  `{"images": [...]}`) as a single-image client sends them. Returns the class and per-class probabilities of each
-  image, with the model name and checkpoint epoch.
-- `POST /explain`: the Grad-CAM overlay (PNG) of one image, for its predicted class.
-- `GET /metadata`: class names, input size, model, checkpoint, calibration and validation scores, the
-  queue's limits; `GET /healthz`: the health check. Both say which worker answered and how many are up.
-
-`serve.workers` processes answer on the one port (fpclass.serve.supervisor starts them, replaces
-one that dies, and stops them on Ctrl-C); each restores the checkpoint once. Its predict function (the
-training program's, `Trained.predict_fn`) is compiled and run once for each of `serve.warm_batch_sizes`
-before the worker takes requests, and every device call is padded up to one of those sizes, so no request
-waits for a compilation. With `serve.micro_batching`, requests to one worker that arrive within
-`serve.batch_window_ms` of each other share one device call of up to `serve.max_batch` images (one asyncio
-queue, one batching task); without it each request makes its own call. Device calls run one at a time on
-their own thread, so the event loop keeps reading requests meanwhile.
-
-Overload is refused, not queued: a worker holding `serve.max_queue` requests answers the next one 503 with
-Retry-After at once (its body unread), and a request still waiting for its device call after
-`serve.max_wait_ms` gets the same answer, so every accepted request is answered within max_wait_ms plus
-one device call (`/metadata` gives the device call's time per batch size, measured at start-up).
-
-A bad request gets a 4xx and a one-line reason in `{"detail": ...}`, never a 500: a body over
-`serve.max_upload_bytes` gets 413 (checked against Content-Length before reading, and while reading), a
-file that is no image 415, a corrupt image or decompression bomb 422, a missing field or bad base64 422.
-
-The server binds loopback by default; another address needs `serve.allow_remote=True`, because anyone who
-can reach the port can then use the model (there is no authentication).
-
-There is no endpoint that trains. Seed 004's `/train` route ran the whole training pipeline on any
-request: anyone who could reach the page could occupy the machine for minutes, and replace the model
-being served while it answered others. Training here is `launch.py --mode train`, a deliberate command
-with its own workdir, and serving only reads that workdir.
+Routes: `GET /` (the upload page), `POST /predict`, `POST /explain`, `GET /metadata`, `GET /healthz`.
+`serve.workers` processes answer on one port (fpclass.serve); overload is answered 503 with Retry-After, a bad
+request 4xx with a one-line reason. Loopback by default. There is no endpoint that trains: training is a
+deliberate `launch.py --mode train`. The API, limits and their reasons: docs/operations.md.
 """
 from fpclass.config import ServeSettings
 from fpclass.serve import supervisor as serve_supervisor

@@ -6,29 +6,7 @@ shared queue, so a connection waiting there goes to whichever worker takes it fi
 worker that dies. Each worker restores and warms its own model (fpclass.serve.worker); the first
 starts alone, so the others load its compiled programs from the persistent compilation cache.
 
-- **Talking to a worker.** On its stdin: its job (pickled, length first), then one JSON line whenever the
-  number of workers up changes (/healthz and /metadata report it). On its stdout: `fpclass-serve-worker `
-  + one JSON line, `{"ready": {...}}` once it serves or `{"error": ..., "user": true}` when it cannot start
-  for a reason the user can fix. Its stderr is passed through, each line marked with the worker's number,
-  and its last lines are kept for the message when it fails to start.
-- **Replacing a worker.** A worker that exits while the server runs (a crash, the OOM killer, SIGKILL) is
-  reported on stderr with its exit status and replaced; replacements that fail to start are retried after
-  1, 2, 4 ... 30 s while other workers serve, and stop the server when none is up. The kernel closes the
-  dead worker's connections: a client whose request was on it sees the connection closed without an
-  answer (httpx: RemoteProtocolError 'Server disconnected without sending a response'; curl: 'Empty reply
-  from server'), at once, not a hang and not an HTTP status, since no process is left to write one.
-- **A hung worker.** Each ready worker's event loop says it is alive once a second (`{"alive": true}` on
-  stdout, HEARTBEAT_SECONDS); one silent for `serve.worker_timeout_s` (a blocked event loop, a stopped
-  process) is killed with SIGKILL, logged with the silence, and replaced as above.
-- **Stopping.** On SIGINT or SIGTERM the supervisor closes each worker's stdin: the worker stops taking
-  connections, answers the requests it holds, and exits (after STOP_GRACE_SECONDS it is killed). Then
-  SIGINT raises KeyboardInterrupt and SIGTERM RunInterrupted, which launch.py prints as one line with
-  status 130 or 143. The handlers are the supervisor's own, installed whatever disposition the process
-  inherited: a background job of a non-interactive shell starts with SIGINT ignored, and a server that
-  left the signal to uvicorn then shut down and exited 0 on Ctrl-C (uvicorn re-raises the signal it
-  caught into the inherited 'ignore'). A second signal kills the workers at once. Workers run in their own
-  session (so their own process group), so a terminal's Ctrl-C reaches the supervisor alone, and a worker
-  whose supervisor is gone sees its stdin close and stops.
+Design notes: docs/modules.md (`fpclass/serve/supervisor.py`).
 """
 import collections
 import contextlib
