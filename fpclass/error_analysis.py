@@ -1,7 +1,7 @@
 """Which source classes get confused, for data whose classes were grouped by config.data.label_map.
 
-Seed 001 maps CIFAR-10 to vehicle/animal and asks which original classes the errors come from (birds taken
-for planes). Every example keeps its source class in extras['fine_label']; this tables predictions by it.
+A label map groups classes (CIFAR-10 into vehicle/animal, say); the question is which original classes the
+errors come from (birds taken for planes). Every example keeps its source class in extras['fine_label']; this tables predictions by it.
 """
 import numpy as np
 import pandas as pd

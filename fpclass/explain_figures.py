@@ -52,7 +52,7 @@ def cam_grid(tiles, maps, guided, alpha: float, method: str, layer: str, columns
 
 
 def inference_grid(tiles, columns: int = 8) -> Figure:
-  """Seed 002's inference grid: each image titled with its prediction, green if right, red if wrong."""
+  """The inference grid: each image titled with its prediction, green if right, red if wrong."""
   right = sum(t.correct for t in tiles)
   return _mosaic_figure([[_as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=8,
                         heading=f'{right} of {len(tiles)} right (green), {len(tiles) - right} wrong (red)')
@@ -99,7 +99,7 @@ def _mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int, headi
 
 def feature_map_grid(image_u8: np.ndarray, features: dict, title: str, max_channels: int,
                      columns: int = 8) -> Figure:
-  """Seed 003's view of feature maps (h, w, C) by name: per map, a mosaic of its first `max_channels`
+  """Feature maps (h, w, C) by name: per map, a mosaic of its first `max_channels`
   channels, each standardised on its own (x - mean) / std, so a weak channel still shows its pattern."""
   mosaics = {name: _channel_mosaic(np.asarray(value), max_channels, columns) for name, value in features.items()}
   width = 1.2 * columns

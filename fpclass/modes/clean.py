@@ -11,7 +11,7 @@ duplicate pair), clean_report.md and a report.md section. Training reads clean_f
 config.data.file_list. Nothing is deleted or rewritten; only `--apply` moves the files it leaves out into
 <workdir>/quarantine/ (listed in clean_moved.csv, so they can be put back).
 
-Seed 002 converted every image to PNG; fpclass never rewrites files, because the decode cache already
+A recipe may convert every image to PNG; fpclass never rewrites files, because the decode cache already
 turns every format and mode into the same uint8 arrays.
 """
 import concurrent.futures

@@ -95,7 +95,7 @@ def write_cam_grids(out, explainer, val, frame, probs, groups, settings) -> dict
 
 
 def inference_grid(val, probs, class_names, count: int, seed: int):
-  """Seed 002's grid: a seeded sample of validation images titled with prediction and truth."""
+  """The inference grid: a seeded sample of validation images titled with prediction and truth."""
   chosen = np.sort(np.random.default_rng(seed).permutation(len(val))[:count])
   predicted = probs.argmax(1)
   tiles = [explain_figures.Tile(image=val.images[i],
@@ -107,7 +107,7 @@ def inference_grid(val, probs, class_names, count: int, seed: int):
 
 
 def write_feature_maps(out, explainer, val, index: int, max_channels: int) -> pathlib.Path:
-  """Seed 003's view: every recorded feature map of validation image `index`, in one figure."""
+  """Every recorded feature map of validation image `index`, in one figure."""
   features = explainer.feature_maps(val.images[index:index + 1])
   path = out / 'feature_maps.png'
   fileio.save_figure(path, explain_figures.feature_map_grid(
