@@ -118,3 +118,7 @@ def test_a_second_identical_job_compiles_almost_nothing_beside_a_second_process(
   assert again['outside_epochs_seconds'] < again['total_seconds']
   report = (tmp_path / 'second' / 'report.md').read_text()
   assert '## Where the time went' in report and f'XLA compiled {again["programs_compiled"]} programs' in report
+  # The workdir keeps each mode's latest job: the training job's phases beside evaluate's, in both files.
+  assert set(evaluated['modes']) == {'train', 'evaluate'} and evaluated['modes']['evaluate']['mode'] == 'evaluate'
+  assert evaluated['modes']['train']['rows'] and evaluated['modes']['evaluate']['rows']
+  assert '| phase | --mode train | --mode evaluate |' in (workdir / 'report.md').read_text()

@@ -4,6 +4,7 @@ It applies the process-wide settings for the backend, joins a multi-process job,
 checks that the workdir and cache can be written, takes the workdir's lock for a mode that trains, chains
 train -> evaluate -> explain, and writes where the job's time went (report.md, timings.json).
 """
+import json
 import pathlib
 
 import jax
@@ -77,10 +78,12 @@ def _reports_time(mode: str) -> bool:
 
 
 def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: runtime.ProcessSettings) -> None:
-  """timings.json (with the process settings the job ran under) and report.md's 'Where the time went'
-  section, for the job that ran last in `workdir`."""
+  """timings.json and report.md's 'Where the time went' section. The file's top level is the job that ran
+  last in `workdir` (with the process settings it ran under); `modes` keeps the latest job of each mode, so
+  the training job's phases stay beside those of the modes run on its workdir later."""
   summary = dict(mode=mode, backend=jax.default_backend(), settings=settings.as_dict(), **clock.summary())
-  fileio.write_json(pathlib.Path(workdir) / TIMINGS, summary)
+  modes = {**_stored_modes(pathlib.Path(workdir) / TIMINGS), mode: summary}
+  fileio.write_json(pathlib.Path(workdir) / TIMINGS, dict(summary, modes=modes))
   rows = [dict(phase=r['phase'], seconds=r['seconds'],
                xla=f'{r["compiled"]} compiled ({r["compile_seconds"]:.2f} s), {r["loaded"]} from cache '
                    f'({r["load_seconds"]:.2f} s)')
@@ -93,7 +96,34 @@ def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: run
       f'{summary["programs_loaded"]} from the persistent compilation cache. Each phase\'s seconds exclude the '
       'phases nested in it; start-up runs from the process\'s start (interpreter, imports, flags, settings).', '',
       report.table(rows, ['phase', 'seconds', 'xla']), '',
+      *(_modes_table(modes) if len(modes) > 1 else []),
       f'Machine-readable: [{TIMINGS}]({TIMINGS}).']))
+
+
+def _stored_modes(path: pathlib.Path) -> dict:
+  """The latest job of each mode that timings.json holds ({} when it is missing or unreadable)."""
+  try:
+    stored = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}
+  if not isinstance(stored, dict):
+    return {}
+  modes = stored.get('modes')
+  if isinstance(modes, dict):
+    return modes
+  return {stored['mode']: stored} if 'mode' in stored and 'rows' in stored else {}
+
+
+def _modes_table(modes: dict) -> list[str]:
+  """Seconds per phase (rows) and mode (columns), the training job first: every mode run on this workdir."""
+  names = sorted(modes, key=lambda m: (m != 'train', m))
+  phases = list(dict.fromkeys(r['phase'] for m in names for r in modes[m]['rows']))
+  seconds = {m: {r['phase']: r['seconds'] for r in modes[m]['rows']} for m in names}
+  rows = [dict(phase=phase, **{f'--mode {m}': f'{seconds[m][phase]:.2f}' if phase in seconds[m] else ''
+                               for m in names}) for phase in phases]
+  rows.append(dict(phase='total', **{f'--mode {m}': f'{modes[m]["total_seconds"]:.2f}' for m in names}))
+  return ['The latest job of each mode run on this workdir, seconds per phase:', '',
+          report.table(rows, ['phase', *[f'--mode {m}' for m in names]]), '']
 
 
 def _out_of_memory(error: Exception, mode: str) -> UserInputError | None:
