@@ -2,7 +2,6 @@
 import dataclasses
 import functools
 import pathlib
-import weakref
 
 import jax
 import numpy as np
@@ -24,7 +23,6 @@ class Trained:
   checkpoint: str      # which checkpoint was restored: 'best' or 'last'
   epoch: int
   loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
-  _logits: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @functools.cached_property
   def compiled(self) -> CompiledSteps:
@@ -40,17 +38,8 @@ class Trained:
     return self.compiled.predict
 
   def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
-    """The logits of `images`, kept while that array lives (logits are small), so evaluate and explain in one
-    job (the same array objects, the same restored state) predict each split once. Only a weak reference to
-    the array is kept: a caller predicting batch after batch (the package API, submit's mirrored copy) holds
-    no batch longer than it does itself, and a freed array's entry goes with it."""
-    key = (id(images), batch_size, chunk)
-    kept = self._logits.get(key)
-    if kept is not None and kept[0]() is images:   # `is`: an id is reused once its array is freed
-      return kept[1]
-    logits = predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
-    self._logits[key] = (weakref.ref(images, lambda _, key=key: self._logits.pop(key, None)), logits)
-    return logits
+    """The logits of `images` in fixed-size batches (`fpclass.task.predict_logits`)."""
+    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
 
   def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
     return probabilities(self.logits(images, batch_size, chunk), self.task.head)

@@ -20,9 +20,10 @@ from fpclass.predictions import prediction_chunk, predictions_frame
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
 
 
-def evaluate_workdir(config, workdir, dataset=None, trained=None) -> dict:
+def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilities=None) -> dict:
   """Scores the selected checkpoint and writes scores.json, the predictions, plots and report sections.
-  `dataset` and `trained` (the restored model) are passed by a job that already holds them."""
+  `dataset`, `trained` (the restored model) and its `val_probabilities` are passed by a job that already
+  holds them (the runner, which computes them once for evaluate and explain)."""
   workdir = pathlib.Path(workdir)
   trained = trained or load_trained(config, workdir)
   dataset = dataset or data.load_dataset(config)
@@ -30,7 +31,8 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None) -> dict:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
                          f'was trained on {list(trained.class_names)}')
   batch, chunk = int(config.eval.batch_size), prediction_chunk(config, dataset)
-  val_probs = trained.probabilities(dataset.val.images, batch, chunk)
+  val_probs = val_probabilities if val_probabilities is not None else trained.probabilities(
+      dataset.val.images, batch, chunk)
   result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
                 model=config.model.name, num_params=trained.metadata['num_params'])

@@ -24,7 +24,7 @@ from fpclass.predictions import prediction_chunk, predictions_frame
 FOLDER = 'explain'
 
 
-def explain_workdir(config, workdir, dataset=None, trained=None) -> dict:
+def explain_workdir(config, workdir, dataset=None, trained=None, val_probabilities=None) -> dict:
   """Restores the selected checkpoint (unless `trained` is given) and writes the explanations and error
   analysis; returns the paths of the files written, by name."""
   workdir = pathlib.Path(workdir)
@@ -43,9 +43,10 @@ def explain_workdir(config, workdir, dataset=None, trained=None) -> dict:
     raise UserInputError(f'config.explain.feature_image={settings.feature_image}: the validation split has '
                          f'{len(val)} images')
   class_names = trained.class_names
-  # In evaluate's batch shape, so the program evaluate compiled (in the persistent cache) serves here too.
-  probs = trained.probabilities(val.images, int(config.eval.batch_size), prediction_chunk(config, dataset))
-  # Recomputed from the restored model rather than read from val_predictions.csv, which may be stale.
+  # In evaluate's batch shape, so the program evaluate compiled (in the persistent cache) serves here too; from
+  # the restored model (or the runner, which computed them for evaluate), not val_predictions.csv, maybe stale.
+  probs = val_probabilities if val_probabilities is not None else trained.probabilities(
+      val.images, int(config.eval.batch_size), prediction_chunk(config, dataset))
   frame = predictions_frame(val, probs, class_names)
   frame.insert(0, 'index', np.arange(len(frame)))
   frame['correct'] = frame['label'] == frame['predicted']

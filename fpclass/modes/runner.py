@@ -13,6 +13,7 @@ from fpclass import fileio, report, runtime, sharding, timings, validation, work
 from fpclass.errors import UserInputError
 from fpclass.inference import load_trained
 from fpclass.modes import MODES, mode_function
+from fpclass.predictions import prediction_chunk
 
 TIMINGS = 'timings.json'
 TIME_SECTION = '90-time'
@@ -63,12 +64,15 @@ def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):
       return mode_function(mode)(config, workdir, **options)
   dataset = mode_function('train')(config, workdir, **options)  # its own phases: data, model, epochs, ...
   with timings.phase('evaluate'):
-    # Restored once for evaluate and explain: explain's validation predictions are then evaluate's own.
+    # Restored once, and the validation split predicted once, for evaluate and explain.
     trained = load_trained(config, workdir)
-    result = mode_function('evaluate')(config, workdir, dataset=dataset, trained=trained)
+    val_probabilities = trained.probabilities(dataset.val.images, int(config.eval.batch_size),
+                                              prediction_chunk(config, dataset))
+    result = mode_function('evaluate')(config, workdir, dataset=dataset, trained=trained,
+                                       val_probabilities=val_probabilities)
   if config.explain.after_training:
     with timings.phase('explain'):
-      mode_function('explain')(config, workdir, dataset=dataset, trained=trained)
+      mode_function('explain')(config, workdir, dataset=dataset, trained=trained, val_probabilities=val_probabilities)
   return result
 
 
