@@ -1,13 +1,9 @@
 """keras.applications.EfficientNetB0 and EfficientNetB2, ported to Flax.
 
-Follows keras/src/applications/efficientnet.py: in-model Rescaling(1/255) and Normalization (per-channel
-mean and variance, stored in the weights file), the stem (correct_pad + 3x3/2 'valid' conv), 7 groups of
-MBConv blocks (`block1a` ... `block7a`): expand 1x1 (unless the ratio is 1) -> depthwise (correct_pad +
-'valid' when strided, else 'same') -> squeeze-excite (global average -> 1x1 conv with swish -> 1x1 conv
-with sigmoid -> multiply) -> project 1x1, then drop-connect (Dropout with noise_shape (N, 1, 1, 1), rate
-0.2 * block index / block count) and the identity shortcut when the shape allows; then 'top_conv' 1x1
-(the last conv stage and the Grad-CAM layer). The source top is global average pooling -> dropout (0.2 for
-B0, 0.3 for B2) -> Dense 'predictions'. BatchNormalization: Keras' defaults, epsilon 1e-3, momentum 0.99.
+Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'stem' is Keras' `stem_activation` (after
+stem_conv, stem_bn and swish), not the conv's output; 'block<i>' the output of group i's last block (the
+input of `block<i+1>a_expand_conv`, and of `top_conv` for block7); 'top_conv' is `top_activation` (after
+top_conv, top_bn and swish).
 
 Design notes: docs/modules.md (`fpclass/models/keras_efficientnet.py`).
 """

@@ -1,10 +1,8 @@
 """Keras InceptionV3, ported to Flax.
 
-As in keras/src/applications/inception_v3.py: every conv is Keras' `conv2d_bn` (conv without bias, BN with
-scale=False and epsilon 1e-3, ReLU), with 'valid' or 'same' (TF SAME) padding per branch exactly as Keras
-builds it; the average pools inside blocks are 3x3/1 'same' and, as Keras' AveragePooling2D, leave the
-padding out of the average; the max pools are 3x3/2 'valid'. The whole architecture is the table below
-(STEM, BLOCKS), from which both the Flax modules and the Keras layer order (for weight files) derive.
+Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'stem' is the second 3x3/2 max pool
+(unnamed in Keras: `max_pooling2d_1` in a fresh session), after conv5's BN and ReLU; 'mixed<i>' is Keras'
+concatenation `mixed<i>`, every branch after its BN and ReLU.
 
 Design notes: docs/modules.md (`fpclass/models/keras_inception.py`).
 """

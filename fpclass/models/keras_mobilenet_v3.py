@@ -1,12 +1,9 @@
 """keras.applications.MobileNetV3Large (alpha 1.0, not minimalistic), ported to Flax.
 
-Follows keras/src/applications/mobilenet_v3.py: in-model Rescaling to [-1, 1] (so the input is raw 0..255
-pixels), a 3x3/2 'same' stem conv, 15 inverted-residual blocks (`expanded_conv`, `expanded_conv_1`, ...),
-each expand 1x1 -> depthwise (correct_pad + 'valid' when strided) -> squeeze-excite (global average ->
-1x1 conv -> ReLU -> 1x1 conv -> hard sigmoid -> multiply) -> project 1x1, with an identity shortcut when
-the shape allows; then the 1x1 conv 'conv_1' (960 channels, the last conv stage and the Grad-CAM layer).
-The source top is global average pooling -> 1x1 conv 'conv_2' (1280, with bias) -> hard swish -> dropout
--> 1x1 conv 'logits' -> flatten. BatchNormalization: epsilon 1e-3, momentum 0.999.
+Recorded features (`KERAS_FEATURES`), as Keras tensors: 'stem' is the hard swish after `conv_bn` (the input
+of `expanded_conv_depthwise`), not the conv's output; each 'expanded_conv[_i]' is its block's output, after
+the residual add where there is one (the input of the next block's `_expand` conv, or of `conv_1`);
+'conv_1' is the hard swish after `conv_1_bn` (an unnamed Keras activation layer), not the conv's output.
 
 Design notes: docs/modules.md (`fpclass/models/keras_mobilenet_v3.py`).
 """

@@ -1,14 +1,9 @@
 """Keras ResNet50 (v1) and ResNet50V2, ported to Flax.
 
-Module names are Keras' layer names, nested per block ('conv2_block1_1_conv' is 'conv2_block1/1_conv').
-As in keras/src/applications/resnet.py:
-- v1: the stride of a downsampling block is on its FIRST 1x1 conv (and the shortcut), every conv has a
-  bias, BN follows every conv; the stem is ZeroPadding2D(3) + 7x7/2 conv, BN, ReLU, ZeroPadding2D(1) +
-  3x3/2 max pool.
-- v2 (pre-activation): BN + ReLU before each block, no BN in the stem (so the stem's zero padding before
-  the max pool matters: its input can be negative), the stride on the 3x3 conv of the LAST block of each
-  stack (conv5 has none), a 1x1/s max pool as that block's shortcut, BN + ReLU ('post_bn') after conv5.
-BatchNorm: epsilon 1.001e-5, Keras' momentum 0.99. Stages: conv1 (stem) .. conv5, as Keras names them.
+Recorded features (`KERAS_FEATURES`), as outputs of Keras layers: 'conv1' is `pool1_pool` (v1: after
+conv1_conv, conv1_bn, conv1_relu and the padded max pool; v2: the conv and the pool only); 'conv2' .. 'conv5'
+are each stack's last `conv<k>_block<n>_out` (v1: after the residual add and ReLU; v2: the add), except v2's
+'conv5', which is `post_relu` (after post_bn and ReLU).
 
 Design notes: docs/modules.md (`fpclass/models/keras_resnet.py`).
 """
