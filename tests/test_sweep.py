@@ -199,3 +199,19 @@ def test_the_freeze_till_sweep_varies_freeze_till_alone():
   solo = load_config('configs/cats_dogs.py:vgg16,quick', **{'explain.after_training': False})
   for variant, n in zip(variants, (18, 14, 10, 6)):
     assert variant.name == f'freeze{n}' and config_changes(solo, variant.config) == {'model.freeze_till': n}
+
+
+def test_a_streamed_sweep_equals_the_in_memory_one_and_vmap_names_its_key(tmp_path):
+  """Over the device budget a sweep's members stream their batches from the decode cache (the loop form runs
+  the solo run's streamed feed): the same models to the bit. The vmap form cannot stream, and says so."""
+  base = {'data.image_size': (8, 8), 'model.conv_channels': (4,), 'model.fc_sizes': (8,), 'train.epochs': 2,
+          'sweep.folds': (0,), 'sweep.seeds': (0, 1), 'sweep.model_axis': 'loop', 'sweep.models_per_chunk': 2}
+  run_sweep(load_config('configs/digits.py:quick', **base, **{'data.device_memory_budget': 1}), tmp_path / 'streamed')
+  run_sweep(load_config('configs/digits.py:quick', **base), tmp_path / 'in-memory')
+  streamed, resident = (pd.read_csv(tmp_path / d / 'sweep_models.csv').drop(columns='experiment')
+                        for d in ('streamed', 'in-memory'))
+  pd.testing.assert_frame_equal(streamed, resident, check_exact=True)
+  vmap = load_config('configs/digits.py:quick', **{**base, 'sweep.model_axis': 'vmap', 'data.device_memory_budget': 1})
+  with pytest.raises(UserInputError, match=r"config.sweep.model_axis='vmap': the images exceed "
+                                           r"config.data.device_memory_budget"):
+    run_sweep(vmap, tmp_path / 'vmap')
