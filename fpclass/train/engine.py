@@ -99,7 +99,6 @@ class Engine:
     self.class_weights = [task_class_weights(config.train.class_weights, data.class_names,
                                              data.train.labels[m.train_index]) for m in members]
     self.loops: list[LoopState] = []
-    self.timing = dict(train_seconds=0.0, epochs_run=0, model_epochs=0, models=len(members))
     self._tasks, self._axes, self._val_images = {}, {}, {}
     self._setup_seconds = 0.0
     self._logits = [dict(last=None, best=None) for _ in members]
@@ -308,9 +307,6 @@ class Engine:
       rows = {}
       for m in alive:
         rows[m] = self._record(m, epochs[m], step_metrics[m], val_logits[m], seconds)
-    self.timing['train_seconds'] += seconds
-    self.timing['epochs_run'] += 1
-    self.timing['model_epochs'] += len(alive)
     for m in alive:   # each member's share of the epoch's time
       self._seconds[m] += seconds / len(alive)
     self._log(alive, epochs, rows, seconds)

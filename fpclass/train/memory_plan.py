@@ -12,13 +12,13 @@ and M is the largest chunk with bytes(M) <= sweep.memory_fraction * free memory 
 term, and the measurements behind W_eval and k: docs/sweeps.md ("The memory rule"), tests/test_memory_rule.py.
 """
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fpclass import runtime
+from fpclass.data import stream
 from fpclass.steps import jit_options
 from fpclass.train.axis import vmapped_predict
 
@@ -32,12 +32,7 @@ def free_memory_bytes() -> int:
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'bytes_limit' in stats:
     return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
-  try:
-    with open('/proc/meminfo') as f:
-      info = {line.split(':')[0]: int(line.split()[1]) * 1024 for line in f}
-    return info['MemAvailable']
-  except (OSError, KeyError, ValueError):
-    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  return stream.host_available_memory()
 
 
 # Step-sized blocks the host heap holds under keep_host_buffers (module docstring; tests/test_memory_rule.py).
