@@ -98,7 +98,7 @@ def main(argv):
         ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else ''))
   # Here, not above: they import jax, which --help need not wait for.
   from fpclass.modes.runner import run
-  from fpclass.timings import process_start_time
+  from fpclass.runtime.timings import process_start_time
   try:
     run(FLAGS.mode, FLAGS.config, FLAGS.workdir, started_at=process_start_time(),
         **({'apply': True} if FLAGS.apply else {}))

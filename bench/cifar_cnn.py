@@ -9,7 +9,7 @@ import functools
 import harness  # noqa: F401  (sets up the path, the allocator and the compilation-cache policy first)
 
 from bench import torch_models
-from fpclass.config import base_config
+from fpclass.config.schema import base_config
 
 
 def main():

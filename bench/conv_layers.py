@@ -22,7 +22,7 @@ Forward passes only, unless a row says otherwise. What it answers (docs/performa
   gradient) against `fpclass.models.pooling.max_pool` and PyTorch.
 - A dense matmul row gives each framework's sustained peak for reference.
 
-XLA programs are compiled with fpclass's CPU options (`fpclass.steps.jit_options`). Rounds alternate the
+XLA programs are compiled with fpclass's CPU options (`fpclass.train.steps.jit_options`). Rounds alternate the
 frameworks; each figure is the median over rounds of the mean time per call.
 """
 import argparse
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpclass.models import conv as fpclass_conv
-from fpclass.steps import jit_options
+from fpclass.train.steps import jit_options
 
 # (name, batch, height, width, in channels, out channels, kernel, stride)
 LAYERS = {

@@ -3,9 +3,9 @@ setting changed at a time against fpclass's production setting.
 
     python bench/cpu_ablations.py [--only allocator,pool,xla,batch,loop,devices,init] [--rounds 12] [--json out.json]
 
-- allocator: glibc malloc as is vs `fpclass.runtime.keep_host_buffers` (minor page faults per step, img/s).
+- allocator: glibc malloc as is vs `fpclass.runtime.process.keep_host_buffers` (minor page faults per step, img/s).
 - pool: `flax.linen.max_pool` (select-and-scatter gradient) vs `fpclass.models.pooling.max_pool`.
-- xla: XLA:CPU option sets (YNNPACK/XNNPACK/oneDNN/LLVM levels) vs `fpclass.steps.CPU_OPTIONS`.
+- xla: XLA:CPU option sets (YNNPACK/XNNPACK/oneDNN/LLVM levels) vs `fpclass.train.steps.CPU_OPTIONS`.
 - batch: img/s at batch 16 to 128.
 - loop: per-step jit vs a scanned epoch (`config.train.loop`).
 - devices: the batch split over 2 virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2).
@@ -33,13 +33,13 @@ XLA_VARIANTS = {
     'YNNPACK off': (('xla_cpu_experimental_ynn_fusion_type', ''),),
     'XNNPACK/YNNPACK off': (('xla_cpu_use_xnnpack', False),),
     'oneDNN on': (('xla_cpu_use_onednn', True),),
-    'production + LLVM O1': None,   # filled in below from fpclass.steps.CPU_OPTIONS
+    'production + LLVM O1': None,   # filled in below from fpclass.train.steps.CPU_OPTIONS
     'production + 512-bit vectors': None,
 }
 
 
 def _setup(keep=True):
-  from fpclass.runtime import keep_host_buffers
+  from fpclass.runtime.process import keep_host_buffers
   if keep:
     keep_host_buffers()
 
@@ -63,10 +63,10 @@ class Runner:
   def __init__(self, name, batch=32, steps=8, form='step', options=None, patch_pool=False, devices=None):
     import jax
 
-    from fpclass.sampling import epoch_order
-    from fpclass.sharding import DataParallel
-    from fpclass.steps import CompiledSteps
-    from fpclass.task import build_task
+    from fpclass.runtime.sharding import DataParallel
+    from fpclass.train.sampling import epoch_order
+    from fpclass.train.steps import CompiledSteps
+    from fpclass.train.task import build_task
     config, images, labels = _footprint(batch, steps)
     self.name, self.batch, self.steps, self.form = name, batch, steps, form
     task = build_task(config, ('0', '1'), labels, steps)
@@ -128,7 +128,7 @@ def _interleave(runners, rounds):
 def in_process(name, rounds):
   """Ablations that alternate settings inside this process."""
   _setup()
-  from fpclass.steps import CPU_OPTIONS
+  from fpclass.train.steps import CPU_OPTIONS
   if name == 'pool':
     runners = [Runner('fpclass max_pool (production)'), Runner('flax nn.max_pool', patch_pool=True)]
   elif name == 'xla':
@@ -170,7 +170,7 @@ def child(name, setting, rounds):
     if impl != 'threefry2x32':
       jax.config.update('jax_default_prng_impl', impl)
     jax.config.update('jax_threefry_partitionable', partitionable == 'on')
-    from fpclass.task import build_task
+    from fpclass.train.task import build_task
     config, _, labels = _footprint()
     task = build_task(config, ('0', '1'), labels, 1)
     fn = jax.jit(task.init, static_argnums=1, compiler_options={'xla_backend_optimization_level': int(level[1])})

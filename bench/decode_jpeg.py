@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from fpclass.config import DecodeSettings  # noqa: E402
+from fpclass.config.inputs import DecodeSettings  # noqa: E402
 from fpclass.data.decode import decode_bytes  # noqa: E402
 
 

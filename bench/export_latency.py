@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fpclass import checkpoint  # noqa: E402
 from fpclass.modes import export as export_mode  # noqa: E402
+from fpclass.train import checkpoint  # noqa: E402
 
 
 def main():
@@ -86,7 +86,7 @@ def load_model(args):
   """(task, variables, image shape, model name): a trained workdir's checkpoint, or random weights."""
   if args.workdir:
     from configs.workdir import get_config
-    from fpclass.inference import load_trained
+    from fpclass.infer.inference import load_trained
     config = get_config(str(args.workdir))
     trained = load_trained(config, args.workdir)
     height, width = trained.metadata['image_size']
@@ -94,7 +94,7 @@ def load_model(args):
             f'{config.model.name} ({args.workdir})')
   import importlib.util
 
-  from fpclass.task import build_task
+  from fpclass.train.task import build_task
   path, _, arg = args.config.partition(':')
   spec = importlib.util.spec_from_file_location('config_module', REPO / path)
   module = importlib.util.module_from_spec(spec)

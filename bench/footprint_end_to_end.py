@@ -47,7 +47,7 @@ def run_launch(workdir, env, epochs, experiment='exp0'):
   hits = len(re.findall(r'Persistent compilation cache hit', result.stderr))
   history = pd.read_csv(pathlib.Path(workdir) / 'metrics.csv')
   scores = json.loads((pathlib.Path(workdir) / 'scores.json').read_text())
-  # The job's own account (fpclass.timings): its phases, and the time outside the training epochs.
+  # The job's own account (fpclass.runtime.timings): its phases, and the time outside the training epochs.
   timed = json.loads((pathlib.Path(workdir) / 'timings.json').read_text())
   return dict(wall_seconds=wall, compile_seconds=sum(compiles), programs_compiled=len(compiles), cache_hits=hits,
               programs_xla_compiled=timed['programs_compiled'], outside_epochs_seconds=timed['outside_epochs_seconds'],
@@ -120,9 +120,9 @@ def main():
   env = dict(os.environ, FPCLASS_CACHE=str(work / 'cache'), FPCLASS_JAX_CACHE=str(work / 'jax-cache'),
              JAX_LOG_COMPILES='1')
   os.environ['FPCLASS_CACHE'] = env['FPCLASS_CACHE']
-  from fpclass import data
+  from fpclass.data import pipeline
   config = footprint.get_config(args.experiment)
-  dataset = data.load_dataset(config, progress=False)  # generates and decodes once, outside the timings
+  dataset = pipeline.load_dataset(config, progress=False)  # generates and decodes once, outside the timings
   print(f'footprint end to end, {args.epochs} epochs, {len(dataset.train)} train / {len(dataset.val)} val | '
         f'{env_info["backend"]} {env_info["device"]} ({env_info["cpu"]}, {env_info["cpu_count"]} cores) | '
         f'{env_info["date"]}, load average {env_info["load_average"]}', flush=True)

@@ -2,7 +2,7 @@
 
 Method (docs/performance.md):
 - Both frameworks train the same architecture on the same in-memory uint8 data, batch size, optimizer and
-  input size, in the same process. fpclass runs its production path (`fpclass.steps.CompiledSteps` on a
+  input size, in the same process. fpclass runs its production path (`fpclass.train.steps.CompiledSteps` on a
   `DataParallel` mesh, data on the device, batches gathered by index inside the step); PyTorch gathers
   the batch from a uint8 tensor in memory, normalises it and runs a standard eager/compiled step.
 - PyTorch is given its best configuration: each of eager, channels_last, torch.compile and both together
@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault('FPCLASS_JAX_CACHE', '0')  # compile times are cold unless a script says otherwise
 
-from fpclass.runtime import keep_host_buffers  # noqa: E402
+from fpclass.runtime.process import keep_host_buffers  # noqa: E402
 
 keep_host_buffers()  # as launch.py does, before JAX starts its threads
 
@@ -78,7 +78,8 @@ def environment() -> dict:
 
 def check_same_size(config, image_shape, num_classes: int, make_torch_model) -> int:
   """Exits unless fpclass's model and the PyTorch twin have the same number of parameters."""
-  from fpclass import models, optim
+  from fpclass import models
+  from fpclass.train import optim
   model = models.create_model(config.model, num_classes)
   key = jax.random.PRNGKey(0)
   variables = jax.eval_shape(lambda: model.init({'params': key, 'dropout': key},
@@ -105,10 +106,10 @@ class FpclassTrainer:
   """fpclass's production train step for `config` on in-memory data, in loop form `form`."""
 
   def __init__(self, config, images, labels, num_classes: int, form: str, compute_backend: str | None = None):
-    from fpclass.sampling import epoch_order
-    from fpclass.sharding import DataParallel
-    from fpclass.steps import CompiledSteps
-    from fpclass.task import build_task
+    from fpclass.runtime.sharding import DataParallel
+    from fpclass.train.sampling import epoch_order
+    from fpclass.train.steps import CompiledSteps
+    from fpclass.train.task import build_task
     self.batch = int(config.train.batch_size)
     self.steps = len(images) // self.batch
     names = tuple(str(i) for i in range(num_classes))

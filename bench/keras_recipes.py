@@ -116,14 +116,14 @@ def fpclass_arm(args, recipe: str, cache: bool) -> dict:
   """Trains the recipe's config through fpclass's training loop; metrics.csv's seconds per epoch."""
   os.environ['FPCLASS_JAX_CACHE'] = '0'   # cold compiles, as Keras' first epoch
   sys.path.insert(0, str(REPO))
-  from fpclass.runtime import keep_host_buffers
+  from fpclass.runtime.process import keep_host_buffers
   keep_host_buffers()   # as launch.py does
   import importlib
 
   import pandas as pd
 
   from fpclass.modes.train import train
-  from fpclass.validation import validate
+  from fpclass.runtime.validation import validate
   spec = RECIPES[recipe]
   size = getattr(args, spec['size'])
   path, _, arg = spec['config'].partition(':')

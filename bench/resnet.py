@@ -11,7 +11,7 @@ channels_last and torch.compile variants). Exits with a message when the model i
 import harness  # noqa: F401  (sets up the path, the allocator and the compilation-cache policy first)
 
 from fpclass import models
-from fpclass.config import base_config
+from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
 
 

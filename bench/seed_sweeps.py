@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def sweep(config_spec: str, workdir: pathlib.Path, weights: dict, seeds: int, flags: list[str]) -> float:
   """Runs the config's sweep with each variant pointed at its weights file; returns the wall seconds."""
   sys.path.insert(0, str(REPO))
-  from fpclass.config import parse_variant, variant_spec
+  from fpclass.config.variants import parse_variant, variant_spec
   from tests.conftest import load_config
   config = load_config(config_spec)
   variants = []

@@ -27,10 +27,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import serve_load  # noqa: E402 - bench/serve_load.py: the server, hey and the quick run
 
-from fpclass import runtime  # noqa: E402
-from fpclass.checkpoint import stored_config  # noqa: E402
-from fpclass.config import DecodeSettings  # noqa: E402
-from fpclass.inference import load_trained  # noqa: E402
+from fpclass.config.inputs import DecodeSettings  # noqa: E402
+from fpclass.infer.inference import load_trained  # noqa: E402
+from fpclass.runtime import process  # noqa: E402
+from fpclass.train.checkpoint import stored_config  # noqa: E402
 
 
 def main():
@@ -89,7 +89,7 @@ def thread_cpu(pid: int) -> dict:
 
 
 def model_alone(workdir: pathlib.Path, sizes: list[int]) -> None:
-  runtime.enable_compilation_cache(None, runtime.configure(trains=False))
+  process.enable_compilation_cache(None, process.configure(trains=False))
   config = stored_config(workdir)
   trained = load_trained(config, workdir)
   settings = DecodeSettings.from_config(config.data)

@@ -36,8 +36,8 @@ import numpy as np
 
 from fpclass.data import stream
 from fpclass.data.rows import ImageRows
-from fpclass.sampling import batch_order
-from fpclass.sharding import DataParallel
+from fpclass.runtime.sharding import DataParallel
+from fpclass.train.sampling import batch_order
 
 SHAPE = (224, 224, 3)
 
@@ -147,7 +147,7 @@ CHILD = r'''
 import json, pathlib, sys
 sys.path.insert(0, {repo!r})
 from configs import footprint
-from fpclass import data
+from fpclass.data import pipeline
 from fpclass.modes.runner import run
 config = footprint.get_config('exp0')
 config.data.source = 'image_folder'
@@ -162,7 +162,7 @@ config.train.epochs = 1
 config.eval.batch_size = 32  # validation's activations at 224x224 would otherwise dwarf the data
 config.explain.after_training = False
 if {decode_only}:
-  dataset = data.load_dataset(config, progress=False, mapped=True)
+  dataset = pipeline.load_dataset(config, progress=False, mapped=True)
   print(json.dumps(dict(train=len(dataset.train), val=len(dataset.val),
                         nbytes=int(dataset.train.images.nbytes + dataset.val.images.nbytes))))
 else:
@@ -173,7 +173,7 @@ else:
 # Prepended to a child's code: at exit it writes its own VmHWM (bytes) to the file named by FPCLASS_BENCH_HWM.
 HWM_AT_EXIT = """
 import atexit, os
-from fpclass.runtime import process_memory_bytes
+from fpclass.runtime.process import process_memory_bytes
 atexit.register(lambda: open(os.environ['FPCLASS_BENCH_HWM'], 'w').write(str(process_memory_bytes('VmHWM'))))
 """
 

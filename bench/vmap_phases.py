@@ -27,7 +27,7 @@ def main():
   sys.path.insert(0, str(REPO))
   import jax
 
-  from fpclass.inference import load_trained
+  from fpclass.infer.inference import load_trained
   from fpclass.modes.runner import run
   from tests.conftest import load_config, torchvision_weights
   out = pathlib.Path(tempfile.mkdtemp(prefix='vmap-phases-'))

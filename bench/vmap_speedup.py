@@ -41,9 +41,8 @@ def main():
 
   import jax
 
-  from fpclass import data
-  from fpclass.data import splits
-  from fpclass.runtime import enable_compilation_cache
+  from fpclass.data import pipeline, splits
+  from fpclass.runtime.process import enable_compilation_cache
   from fpclass.train.axis import Split
   from fpclass.train.engine import Engine, TrainData
   from fpclass.train.members import Member, batch_size_for
@@ -56,7 +55,7 @@ def main():
     key, _, value = item.partition('=')
     overrides[key.strip()] = ast.literal_eval(value.strip())
   config = load_config(args.config, **overrides)
-  decoded = data.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(config, progress=False)
   labels = decoded.pool.labels.astype(np.int32)
   folds = splits.kfold_indices(labels, args.folds, int(config.data.split_seed))
   rng = np.random.default_rng(0)

@@ -36,7 +36,7 @@ Variants:
 - `scratch` (the default) is not in the seed: seed 001's 3-block CNN trained from scratch under a new softmax
   head.
 """
-from fpclass.config import base_config, parse_args, shrink_for_quick
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
 
 FREEZE_SWEEP = (18, 14, 10, 6)   # VGG16's Keras layers kept frozen: all 18, then fewer
 

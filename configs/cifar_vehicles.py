@@ -22,7 +22,7 @@ as ResNet50V2's preprocess_input does (the registry's normalisation, not config.
 The seed reports mean ± std over repeated runs; that is the repeated-seeds mechanism of issue 5 (branch
 `sweep`), which runs this config once per seed. This file configures one run.
 """
-from fpclass.config import base_config, parse_args, shrink_for_quick
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
 
 CHOICES = {'cnn': "the seed's custom 3-block CNN (default)",
            'resnet50v2': 'ResNet50V2 (ImageNet, frozen) on 32 -> 224 upsampled images, a 512-256-1 sigmoid head, '

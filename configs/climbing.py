@@ -46,7 +46,8 @@ weights, by a linear probe on its frozen, pooled features over 5 folds (fpclass/
     python launch.py --config configs/climbing.py:probe --mode probe --workdir runs/climbing-probe \\
         --config.data.root=/data/climbing --config.data.file_list=runs/climbing/clean_files.csv
 """
-from fpclass.config import base_config, config_changes, parse_args, shrink_for_quick, variant_spec
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
+from fpclass.config.variants import config_changes, variant_spec
 
 # argument -> the registered Keras port (fpclass.models REGISTRY). Adding a backbone is one line here.
 BACKBONES = {

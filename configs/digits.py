@@ -4,7 +4,7 @@
 
 Anchors on the same data: scikit-learn's MLP 0.981 and RBF SVC 0.96 (5-fold).
 """
-from fpclass.config import base_config, parse_args, shrink_for_quick
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
 
 CHOICES = {'quick': 'a tiny run: 2 epochs'}
 

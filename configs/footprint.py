@@ -8,7 +8,7 @@
 Data: the embedded SYNTHETIC footprints unless --config.data.root points at the competition folder
 (train.csv with filename,SEX; train/; test/ or sample_submission.csv).
 """
-from fpclass.config import base_config, parse_args, shrink_for_quick
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
 
 # Each experiment is the baseline plus the changes listed, exactly as seed 000 describes them.
 DROPOUT = {'model.dropout': 0.5}

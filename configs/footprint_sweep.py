@@ -15,7 +15,8 @@ is the baseline, exp0, and each variant applies one experiment's changes to it. 
 # pyproject.toml puts it there for pytest.
 from configs.footprint import EXPERIMENTS, TRANSFER
 from configs.footprint import get_config as footprint_config
-from fpclass.config import config_changes, parse_args, variant_spec
+from fpclass.config.schema import parse_args
+from fpclass.config.variants import config_changes, variant_spec
 
 CHOICES = {**{name: f'include variant {name}' for name in EXPERIMENTS},
            'transfer': 'the baseline CNN (exp0) against the pretrained backbones, each with its recipe',

@@ -24,7 +24,7 @@ model 47.5M, the seed's figures (pinned by tests/test_recipes_transfer.py). Weig
 downloaded once into the cache (md5 checked), or any .h5/.weights.h5 file Keras wrote via
 --config.model.pretrained. The seed does not give its epoch count: 15 here, as phase 1 and 2.
 """
-from fpclass.config import base_config, parse_args, shrink_for_quick
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
 
 CHOICES = {'augment': "the seed's phase 2: flip, rotation 0.2, zoom 0.2, height 0.2, width 0.2",
            'size300': 'images at 300x300 instead of 150x150 (the image-size comparison)',

@@ -64,7 +64,7 @@ def compilation_cache(tmp_path_factory):
   subprocesses, so the many tiny runs that share shapes compile once. JAX writes an entry in place (no
   rename), but entries are compressed, so one still being written by another process fails to decompress,
   which JAX turns into a warning and a fresh compile (jax._src.compiler._cache_read)."""
-  from fpclass.runtime import ENV_CACHE, configure, enable_compilation_cache
+  from fpclass.runtime.process import ENV_CACHE, configure, enable_compilation_cache
   # The settings of a mode that does not train: on a GPU, the test processes and the launch.py children they
   # start (which inherit the environment) allocate as they go, so the xdist workers share the device.
   configure(trains=False)

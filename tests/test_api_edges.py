@@ -19,12 +19,13 @@ import torch
 import torchvision
 from flax import traverse_util
 
-from fpclass import cam, models
-from fpclass.config import base_config
+from fpclass import models
+from fpclass.analysis import cam
+from fpclass.config.schema import base_config
 from fpclass.models import cnn, transfer
-from fpclass.sharding import DataParallel
-from fpclass.steps import CompiledSteps, jit_options
-from fpclass.task import build_task
+from fpclass.runtime.sharding import DataParallel
+from fpclass.train.steps import CompiledSteps, jit_options
+from fpclass.train.task import build_task
 from tests import parity
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')

@@ -1,4 +1,4 @@
-"""Tests for fpclass.augment: exact geometry on integer cases, torchvision-style erasing and colour, jit/vmap."""
+"""Tests for fpclass.train.augment: exact geometry on integer cases, torchvision-style erasing and colour, jit/vmap."""
 import dataclasses
 import functools
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax.scipy.ndimage import map_coordinates
 
-from fpclass import augment
-from fpclass.augment import AugmentSettings, affine_transform, augment_batch, augment_image, geometry_matrix
-from fpclass.config import base_config
+from fpclass.config.schema import base_config
+from fpclass.train import augment
+from fpclass.train.augment import AugmentSettings, affine_transform, augment_batch, augment_image, geometry_matrix
 
 EVERYTHING = AugmentSettings(hflip=0.5, vflip=0.5, rotation=10.0, zoom=0.1, height=0.1, width=0.1, translate=0.1,
                            fill_mode='reflect', brightness=0.2, contrast=0.2, erasing=0.5)

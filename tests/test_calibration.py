@@ -4,8 +4,9 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import f1_score
 
-from fpclass import calibration, stats
-from fpclass.config import ConfigError, parse_variant, variant_spec
+from fpclass.analysis import calibration, stats
+from fpclass.config.settings import ConfigError
+from fpclass.config.variants import parse_variant, variant_spec
 from fpclass.errors import UserInputError
 from fpclass.modes.sweep import apply_changes
 from tests.conftest import load_config

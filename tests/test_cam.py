@@ -1,4 +1,4 @@
-"""fpclass.cam: parity with pytorch-grad-cam, a hand-computed case, batching, jit, sanity, every model."""
+"""fpclass.analysis.cam: parity with pytorch-grad-cam, a hand-computed case, batching, jit, sanity, every model."""
 import dataclasses
 
 import flax.linen as nn
@@ -12,7 +12,8 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from fpclass import cam, models
+from fpclass import models
+from fpclass.analysis import cam
 from fpclass.errors import UserInputError
 from fpclass.models.cnn import FootprintCNN
 from tests import parity, torch_twins

@@ -55,7 +55,7 @@ def test_the_entrypoint_parses_with_launch_flags_into_a_remote_serve_config(trai
   args = [a.replace(f'--workdir={model_dest}', f'--workdir={workdir}') for a in command[2:]]
   probe = ('import dataclasses, json, sys, launch\n'
            'launch.parse_flags(["launch.py", *sys.argv[1:]])\n'
-           'from fpclass.config import ServeSettings\n'
+           'from fpclass.config.outputs import ServeSettings\n'
            'settings = ServeSettings.from_config(launch.FLAGS.config.serve)\n'
            'print(json.dumps({"mode": launch.FLAGS.mode, **dataclasses.asdict(settings)}))\n')
   result = subprocess.run([sys.executable, '-c', probe, *args], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fpclass.config import DecodeSettings
+from fpclass.config.inputs import DecodeSettings
 from fpclass.data import decode
 from fpclass.data.decode import DecodeError, decode_files, decode_image
 from tests.conftest import save_image

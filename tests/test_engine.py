@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import data
-from fpclass import task as task_lib
-from fpclass.data import splits
-from fpclass.inference import load_trained
+from fpclass.data import pipeline, splits
+from fpclass.infer.inference import load_trained
+from fpclass.models import heads
 from fpclass.modes.runner import run
 from fpclass.train import axis, memory_plan
+from fpclass.train import task as task_lib
 from fpclass.train.axis import Split
 from fpclass.train.engine import Engine, TrainData
 from fpclass.train.members import Member, balanced_chunks
@@ -48,7 +48,7 @@ def solo_runs(tmp_path_factory):
 
 
 def _members(config):
-  decoded = data.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(config, progress=False)
   folds = splits.kfold_indices(decoded.pool.labels, 5, 0)
   members = [Member(f, s, folds[f][0], folds[f][1]) for f, s in MEMBERS]
   return decoded, members
@@ -85,7 +85,7 @@ def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
       last, best = r.last, r.best
       assert _max_difference(last.params, solo['last'].params) <= tolerance
       assert _max_difference(best[0], solo['best'].params) <= tolerance
-      accuracy = np.mean(task_lib.probabilities(r.val_logits, 'softmax').argmax(1)
+      accuracy = np.mean(heads.probabilities(r.val_logits, 'softmax').argmax(1)
                          == decoded.pool.labels[r.member.val_index])
       assert accuracy == pytest.approx(solo['scores']['accuracy'], abs=1e-12)
       stop_epochs.add(r.loop.epoch)

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import explain_figures
+from fpclass.analysis import explain_figures
 from fpclass.errors import UserInputError
 from fpclass.modes import explain
-from fpclass.validation import validate
+from fpclass.runtime.validation import validate
 from tests import content
 from tests.conftest import QUICK, launch, load_config
 

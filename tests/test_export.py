@@ -12,10 +12,10 @@ import onnxruntime
 import pytest
 from jax import lax
 
-from fpclass.config import base_config
+from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
 from fpclass.modes import export as export_mode
-from fpclass.task import build_task
+from fpclass.train.task import build_task
 from tests.conftest import QUICK, load_config
 
 CLASSES = ('cat', 'dog', 'fox')
@@ -102,7 +102,7 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path):
   assert description['class_names'] == metadata['class_names'] and description['model'] == 'footprint_cnn'
   assert description['epoch'] >= 1 and description['normalisation'] == metadata['normalisation']
 
-  from fpclass.inference import load_trained
+  from fpclass.infer.inference import load_trained
   trained = load_trained(config, workdir)
   images = np.random.default_rng(3).integers(0, 256, (5, 120, 80, 1), dtype=np.uint8)
   expected = trained.logits(images, batch_size=5)

@@ -21,7 +21,7 @@ import pytest
 
 from fpclass import fileio
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
 from tests.conftest import REPO, launch, load_config
 from tests.test_scale import TINY

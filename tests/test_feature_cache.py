@@ -1,4 +1,4 @@
-"""The frozen-backbone feature cache (fpclass/feature_cache.py): the head trained on cached features trains as
+"""The frozen-backbone feature cache (fpclass/train/feature_cache.py): the head trained on cached features trains as
 the uncached run does (the same metrics.csv but its seconds column), on a Keras port (VGG16, weights Keras
 wrote) through launch.py and on a torchvision port (ResNet-18, a torch.save'd state_dict) with dropout in its
 head, l2 and a fine-tuning phase; and the cache is refused wherever something trainable or random comes
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import feature_cache
 from fpclass.errors import UserInputError
-from fpclass.task import build_task
-from fpclass.validation import validate
+from fpclass.runtime.validation import validate
+from fpclass.train import feature_cache
+from fpclass.train.task import build_task
 from tests.conftest import launch, load_config
 from tests.test_recipes import pet_images
 from tests.transfer_weights import write_keras_weights

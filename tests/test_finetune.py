@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import optim
-from fpclass import task as task_lib
+from fpclass.train import optim
+from fpclass.train import task as task_lib
 from tests.conftest import launch, load_config, torchvision_weights
 
 

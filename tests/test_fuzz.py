@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from fpclass.augment import augment_batch, augment_image
-from fpclass.config import AugmentSettings, DecodeSettings
+from fpclass.config.inputs import AugmentSettings, DecodeSettings
 from fpclass.data.decode import DecodeError, decode_files, decode_image
 from fpclass.data.file_list import read_file_list
 from fpclass.data.kaggle_csv import load_kaggle_csv, read_csv
 from fpclass.data.label_map import parse_label_map, source_class_order
 from fpclass.data.source import sorted_class_names
 from fpclass.errors import UserInputError
+from fpclass.train.augment import augment_batch, augment_image
 
 SCALE = float(os.environ.get('FPCLASS_FUZZ_SCALE', '1'))
 

@@ -22,8 +22,8 @@ import torchvision
 from flax import traverse_util
 from jax import lax
 
-from fpclass import models, preprocessing
-from fpclass.models import transfer, weights
+from fpclass import models
+from fpclass.models import preprocessing, transfer, weights
 from tests import parity
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')

@@ -28,13 +28,12 @@ SETUP = dict(height=96, width=64, images=240, models=4)   # 5 folds: 192 train, 
 
 def measure(form: str, height: int, width: int, images: int, models: int) -> dict:
   """Plans and trains one chunk in this process; the predicted and measured peaks (bytes)."""
-  from fpclass.runtime import keep_host_buffers, process_memory_bytes
+  from fpclass.runtime.process import keep_host_buffers, process_memory_bytes
   keep_host_buffers()
 
-  from fpclass import data
-  from fpclass import task as task_lib
-  from fpclass.data import splits
+  from fpclass.data import pipeline, splits
   from fpclass.train import memory_plan
+  from fpclass.train import task as task_lib
   from fpclass.train.axis import Split
   from fpclass.train.engine import Engine, TrainData
   from fpclass.train.members import Member, batch_size_for
@@ -44,7 +43,7 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
       'data.image_size': (height, width), 'data.synthetic.n_class0': images // 2,
       'data.synthetic.n_class1': images - images // 2, 'data.synthetic.n_test': 4, 'train.epochs': 1,
       'sweep.model_axis': form})
-  decoded = data.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(config, progress=False)
   pool, labels = decoded.pool.images, decoded.pool.labels
   folds = splits.kfold_indices(labels, 5, 0)
   members = [Member(m % 5, m // 5, *folds[m % 5]) for m in range(models)]

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from flax import linen as nn
 
-from fpclass import augment
-from fpclass import task as task_lib
-from fpclass.config import AugmentSettings
+from fpclass.config.inputs import AugmentSettings
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
+from fpclass.models.preprocessing import Normalisation
 from fpclass.modes.runner import run
-from fpclass.preprocessing import Normalisation
-from fpclass.validation import validate
+from fpclass.runtime.validation import validate
+from fpclass.train import augment
+from fpclass.train import task as task_lib
 from tests.conftest import launch, load_config
 from tests.test_feature_cache import AUGMENT_OFF
 

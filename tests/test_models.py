@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from fpclass import models, optim
+from fpclass import models
 from fpclass.errors import UserInputError
+from fpclass.train import optim
 
 
 def build(name, num_classes=2, **fields):

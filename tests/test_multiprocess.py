@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from fpclass import fileio
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
 from tests.conftest import REPO, load_config
 from tests.test_scale import TINY
 

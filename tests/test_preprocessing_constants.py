@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from fpclass import models, preprocessing  # noqa: E402
+from fpclass import models
+from fpclass.models import preprocessing  # noqa: E402
 
 TOL = 1e-4   # relative to the largest normalised value
 

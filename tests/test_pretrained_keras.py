@@ -18,8 +18,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from fpclass import models, optim  # noqa: E402
+from fpclass import models
 from fpclass.errors import UserInputError  # noqa: E402
+from fpclass.train import optim  # noqa: E402
 from tests import parity  # noqa: E402
 
 # Keras 3.15's variables define __array__ without numpy 2's `copy` keyword: numpy warns at every conversion,

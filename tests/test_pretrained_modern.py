@@ -27,10 +27,12 @@ import torch
 import torchvision
 from flax import traverse_util
 
-from fpclass import cam, models, optim
+from fpclass import models
+from fpclass.analysis import cam
 from fpclass.errors import UserInputError
 from fpclass.models import vision_transformer as vit
 from fpclass.models import weights
+from fpclass.train import optim
 from tests import dinov2_twin, parity
 
 IMAGES = 4
@@ -322,7 +324,7 @@ def test_vit_interpolation_is_torchvisions():
 def test_vit_grad_cam_reads_the_last_blocks_attention_input(reference):
   """The patch tokens the last block outputs do not reach the logits (zero gradient: the class token alone
   does, through per-token LayerNorm), which is why the registered cam_layer is the last block's norm1
-  output. There every image has a nonzero gradient, and Grad-CAM maps (fpclass.cam) come out whole.
+  output. There every image has a nonzero gradient, and Grad-CAM maps (fpclass.analysis.cam) come out whole.
   On DINOv2's 3-block case (the module is vit_b16's) with a random head (parity.build leaves a new one at
   zero, which no gradient would pass); one jax.grad gives the gradient at every recorded feature."""
   ref = reference('dinov2_vits14')

@@ -18,9 +18,10 @@ import torch
 import torchvision
 from flax import traverse_util
 
-from fpclass import models, optim
+from fpclass import models
 from fpclass.errors import UserInputError
 from fpclass.models import weights
+from fpclass.train import optim
 from tests import parity
 
 # name -> (input size, {feature: torch submodule}), the first feature being the first stage. Sizes are not

@@ -22,13 +22,14 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
-from fpclass import data, linear_probe, pooled_features, stats
-from fpclass.config import ProbeSettings
-from fpclass.data import splits
+from fpclass.analysis import linear_probe, stats
+from fpclass.config.outputs import ProbeSettings
+from fpclass.data import pipeline, splits
 from fpclass.errors import UserInputError
+from fpclass.infer import pooled_features
 from fpclass.modes import probe as probe_mode
 from fpclass.modes.runner import run
-from fpclass.validation import validate
+from fpclass.runtime.validation import validate
 from tests import content
 from tests.conftest import launch, load_config
 from tests.parity import randomise_torch_bn
@@ -119,7 +120,7 @@ def test_tables_plot_and_report_agree_with_the_predictions(probe_run):
 
 def test_features_match_torchvision_and_the_fit_matches_logistic_regression_cv(probe_run):
   config = probe_run.config()
-  images, labels, _, _ = probe_mode.labelled_set(data.decode_source(config, progress=False))
+  images, labels, _, _ = probe_mode.labelled_set(pipeline.decode_source(config, progress=False))
   backbone = pooled_features.parse_backbones(config)[1]
   found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   assert found.cached   # written by the launch, another process
@@ -188,7 +189,7 @@ def test_a_second_run_reuses_the_features_and_other_pixels_do_not(probe_run, tmp
   pd.testing.assert_frame_equal(first, again)
 
   config = probe_run.config()
-  images, _, _, _ = probe_mode.labelled_set(data.decode_source(config, progress=False))
+  images, _, _, _ = probe_mode.labelled_set(pipeline.decode_source(config, progress=False))
   backbone = pooled_features.parse_backbones(config)[1]
   original = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   # Other pixels, another entry: here every image mirrored, which the flip TTA check below needs anyway.
@@ -205,9 +206,9 @@ def test_a_second_run_reuses_the_features_and_other_pixels_do_not(probe_run, tmp
 
 def test_a_source_validation_split_joins_the_labelled_set_and_seeds_repeat_the_folds(probe_run):
   def split(n, start):
-    return data.ArraySplit(np.full((n, 2, 2, 3), start, np.uint8), np.arange(n) % 3, [f'{start}-{i}' for i in range(n)])
+    return pipeline.ArraySplit(np.full((n, 2, 2, 3), start, np.uint8), np.arange(n) % 3, [f'{start}-{i}' for i in range(n)])
 
-  decoded = data.Decoded('folder', CLASSES, split(12, 1), split(6, 2), None, [], [], None)
+  decoded = pipeline.Decoded('folder', CLASSES, split(12, 1), split(6, 2), None, [], [], None)
   images, labels, ids, note = probe_mode.labelled_set(decoded)
   assert len(images) == len(labels) == len(ids) == 18 and ids[12] == '2-0' and 'validation' in note
   folds = probe_mode.outer_folds(labels, probe_run.config(**{'probe.seeds': (0, 1)}))

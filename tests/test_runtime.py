@@ -1,4 +1,4 @@
-"""Process settings by backend (fpclass.runtime), and the time report of a job (fpclass.timings): the
+"""Process settings by backend (fpclass.runtime.process), and the time report of a job (fpclass.runtime.timings): the
 decisions are checked per backend through the decision function, and two real processes at once on this
 machine's one device through what each child recorded in its timings.json."""
 import json
@@ -8,43 +8,43 @@ import sys
 
 import pytest
 
-from fpclass import runtime, timings
 from fpclass.errors import UserInputError
+from fpclass.runtime import process, timings
 from tests.conftest import QUICK, REPO
 
 
 def test_cpu_keeps_host_buffers_and_leaves_gpu_memory_alone():
-  settings = runtime.decide('cpu', trains=True)
+  settings = process.decide('cpu', trains=True)
   assert settings.host_allocator == 'keep' and settings.environment == () and settings.xla_flags == ()
-  assert runtime.decide('cpu', trains=False) == settings
+  assert process.decide('cpu', trains=False) == settings
 
 
 @pytest.mark.parametrize('backend', ['gpu', 'tpu'])
 def test_accelerators_keep_glibcs_allocator(backend):
   """One arena serialised XLA's multi-threaded GPU compiler (7x slower compiles on an H100)."""
   for trains in (True, False):
-    assert runtime.decide(backend, trains).host_allocator == 'default'
+    assert process.decide(backend, trains).host_allocator == 'default'
 
 
 def test_on_a_gpu_only_training_preallocates_and_takes_its_configured_share():
-  train = dict(runtime.decide('gpu', trains=True, gpu_memory_fraction=0.4).environment)
+  train = dict(process.decide('gpu', trains=True, gpu_memory_fraction=0.4).environment)
   assert train == {'XLA_PYTHON_CLIENT_PREALLOCATE': 'true', 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.4'}
-  serve = dict(runtime.decide('gpu', trains=False, gpu_memory_fraction=0.4).environment)
+  serve = dict(process.decide('gpu', trains=False, gpu_memory_fraction=0.4).environment)
   assert serve == {'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'}
-  assert runtime.decide('gpu', trains=False).xla_caches == 'all'  # autotuning results kept with the programs
-  assert runtime.decide('cpu', trains=False).xla_caches == ''
+  assert process.decide('gpu', trains=False).xla_caches == 'all'  # autotuning results kept with the programs
+  assert process.decide('cpu', trains=False).xla_caches == ''
 
 
-@pytest.mark.parametrize('backend, trains', [(b, t) for b in runtime.BACKENDS for t in (True, False)])
+@pytest.mark.parametrize('backend, trains', [(b, t) for b in process.BACKENDS for t in (True, False)])
 def test_apply_keeps_host_buffers_on_cpu_alone(backend, trains, monkeypatch):
   """`apply` itself, not only `decide`: the one-arena allocator on a GPU made its compiles 7x slower."""
   calls = []
-  monkeypatch.setattr(runtime, 'keep_host_buffers', lambda: calls.append(backend) or True)
-  for name in (runtime.ENV_PREALLOCATE, runtime.ENV_MEM_FRACTION):
+  monkeypatch.setattr(process, 'keep_host_buffers', lambda: calls.append(backend) or True)
+  for name in (process.ENV_PREALLOCATE, process.ENV_MEM_FRACTION):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', ''))   # restored after the test
-  settings = runtime.decide(backend, trains)
-  assert runtime.apply(settings) == settings
+  settings = process.decide(backend, trains)
+  assert process.apply(settings) == settings
   assert calls == (['cpu'] if backend == 'cpu' else [])
   for name, value in settings.environment:
     assert os.environ[name] == value
@@ -53,24 +53,24 @@ def test_apply_keeps_host_buffers_on_cpu_alone(backend, trains, monkeypatch):
 @pytest.mark.parametrize('fraction', [0, -0.1, 1.5])
 def test_a_gpu_share_outside_0_1_names_the_key(fraction):
   with pytest.raises(UserInputError, match=rf'config.train.gpu_memory_fraction={fraction}: a share of the GPU'):
-    runtime.decide('cpu', trains=True, gpu_memory_fraction=fraction)
+    process.decide('cpu', trains=True, gpu_memory_fraction=fraction)
 
 
 def test_the_planned_backend_comes_from_jax_platforms_before_any_backend_starts(monkeypatch):
-  monkeypatch.setattr(runtime, '_backend_started', lambda: False)
-  assert runtime.planned_backend({'JAX_PLATFORMS': 'cuda'}) == 'gpu'
-  assert runtime.planned_backend({'JAX_PLATFORMS': 'rocm,cpu'}) == 'gpu'
-  assert runtime.planned_backend({'JAX_PLATFORMS': 'cpu'}) == 'cpu'
-  assert runtime.planned_backend({'JAX_PLATFORMS': 'tpu'}) == 'tpu'
-  assert runtime.planned_backend({}) == 'cpu'  # no GPU plugin and device here
-  monkeypatch.setattr(runtime, '_backend_started', lambda: True)
-  assert runtime.planned_backend({'JAX_PLATFORMS': 'cuda'}) == 'cpu'  # once started, JAX's own answer
+  monkeypatch.setattr(process, '_backend_started', lambda: False)
+  assert process.planned_backend({'JAX_PLATFORMS': 'cuda'}) == 'gpu'
+  assert process.planned_backend({'JAX_PLATFORMS': 'rocm,cpu'}) == 'gpu'
+  assert process.planned_backend({'JAX_PLATFORMS': 'cpu'}) == 'cpu'
+  assert process.planned_backend({'JAX_PLATFORMS': 'tpu'}) == 'tpu'
+  assert process.planned_backend({}) == 'cpu'  # no GPU plugin and device here
+  monkeypatch.setattr(process, '_backend_started', lambda: True)
+  assert process.planned_backend({'JAX_PLATFORMS': 'cuda'}) == 'cpu'  # once started, JAX's own answer
 
 
 def test_settings_the_user_made_in_the_environment_win(monkeypatch):
   monkeypatch.setenv('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')
   monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
-  runtime.apply(runtime.ProcessSettings('gpu', 'default', environment=(('XLA_PYTHON_CLIENT_PREALLOCATE', 'false'),
+  process.apply(process.ProcessSettings('gpu', 'default', environment=(('XLA_PYTHON_CLIENT_PREALLOCATE', 'false'),
                                                                        ('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.3'))))
   assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'true'
   assert os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.3'

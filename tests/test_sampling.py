@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from fpclass.errors import UserInputError
-from fpclass.sampling import class_balanced_order, epoch_order
-from fpclass.validation import validate
+from fpclass.runtime.validation import validate
+from fpclass.train.sampling import class_balanced_order, epoch_order
 from tests.conftest import load_config
 
 
@@ -28,9 +28,9 @@ def test_sampler_is_validated():
 
 
 def test_training_draws_batches_from_the_balanced_order(tmp_path, monkeypatch):
-  from fpclass import sampling
   from fpclass.modes import evaluate
   from fpclass.modes.runner import run
+  from fpclass.train import sampling
   from tests.test_train import tiny_digits
   calls = []
 

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import precision
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.sampling import epoch_order
-from fpclass.sharding import DataParallel
-from fpclass.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
-from fpclass.task import build_task
+from fpclass.runtime.sharding import DataParallel
+from fpclass.train import precision
+from fpclass.train.sampling import epoch_order
+from fpclass.train.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
+from fpclass.train.task import build_task
 from tests.conftest import REPO, load_config
 
 # SGD, not Adam: Adam divides by sqrt(v), so a gradient that is zero up to rounding (a conv bias under batch
@@ -30,9 +30,9 @@ TINY = {'data.image_size': (8, 8), 'model.conv_channels': (8,), 'model.fc_sizes'
 SHARDED_RUN = """
 import json, sys
 import jax
-from fpclass.sharding import DataParallel
-from fpclass.steps import CompiledSteps
-from fpclass.task import build_task
+from fpclass.runtime.sharding import DataParallel
+from fpclass.train.steps import CompiledSteps
+from fpclass.train.task import build_task
 from fpclass.modes.runner import run
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))

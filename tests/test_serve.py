@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpclass.config import ConfigError, DecodeSettings, ServeSettings
+from fpclass.config.inputs import DecodeSettings
+from fpclass.config.outputs import ServeSettings
+from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_bytes, decode_image
 from fpclass.errors import UserInputError
 from fpclass.serve import app as serve_app
@@ -475,10 +477,37 @@ def http_exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes]:
 HANG_TIMEOUT_S = 5   # the serve.worker_timeout_s of the command test: the silence after which a worker is hung
 
 
-def healthz_pids(url: str, tries: int = 30) -> set:
-  """The worker pids that answer /healthz over fresh connections."""
-  return {httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()['worker']['pid']
-          for _ in range(tries)}
+def wait_for_workers(url: str, wanted, stderr_lines, timeout_s: float = 180) -> set:
+  """The live worker pids the supervisor reports (any worker's /healthz tells them all), once two are up and
+  `wanted(pids)` holds. A connection that a dying worker had taken may fail: it is asked again."""
+  deadline, health = time.monotonic() + timeout_s, None
+  while time.monotonic() < deadline:
+    try:
+      health = httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()
+    except httpx.HTTPError:
+      continue
+    pids = set(health['workers']['pids'])
+    if health['workers']['up'] == 2 and len(pids) == 2 and wanted(pids):
+      return pids
+    time.sleep(0.2)
+  raise AssertionError(f'{health}\n' + ''.join(stderr_lines))
+
+
+def answering_pid_while_stopped(url: str, stopped: int) -> int:
+  """The pid that answers a fresh /healthz while worker `stopped` is frozen with SIGSTOP: a stopped process
+  accepts nothing from the shared socket, so the answer must come from another worker, whoever the kernel
+  would otherwise have woken. Frozen for at most 2 s at a time, well under serve.worker_timeout_s, so that it
+  is not taken for hung; on a machine too busy to answer in that time, it is thawed and asked again."""
+  for _ in range(30):
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+      return httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=2).json()['worker']['pid']
+    except httpx.TimeoutException:
+      pass
+    finally:
+      os.kill(stopped, signal.SIGCONT)
+    time.sleep(2)   # heartbeats resume before the next freeze
+  raise AssertionError(f'no other worker answered /healthz while pid {stopped} was stopped')
 
 
 def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl_c(trained_quick, images):
@@ -505,8 +534,10 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     assert found and int(found.group(2)) > 0, (line, ''.join(stderr_lines))
     url, port = found.group(1), int(found.group(2))
     health = httpx.get(url + 'healthz', timeout=30).json()
-    assert health['status'] == 'ok' and health['workers'] == {'up': 2, 'configured': 2}
-    assert httpx.get(url + 'metadata', timeout=30).json()['workers'] == {'up': 2, 'configured': 2}
+    assert health['status'] == 'ok' and health['workers']['up'] == 2 and health['workers']['configured'] == 2
+    pids = set(health['workers']['pids'])
+    assert len(pids) == 2 and health['worker']['pid'] in pids
+    assert httpx.get(url + 'metadata', timeout=30).json()['workers'] == health['workers']
 
     # A request in flight on a known worker: the connection's first answer names its worker, then half a body.
     with socket.create_connection(('127.0.0.1', port), timeout=30) as conn:
@@ -526,19 +557,12 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
 
     reply = post_files(url, [('b.png', images[1][1])], timeout=30)  # the other worker, at once
     assert reply.status_code == 200 and reply.json()['predictions'][0]['file'] == 'b.png'
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-      health = httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()
-      if health['workers']['up'] == 2:
-        break
-      time.sleep(0.5)
-    assert health['workers'] == {'up': 2, 'configured': 2}, ''.join(stderr_lines)
-    pids, deadline = set(), time.monotonic() + 120
-    while len(pids) < 2 and time.monotonic() < deadline:   # on a busy machine one worker may take many in a row
-      pids |= healthz_pids(url)
-    assert victim not in pids and len(pids) == 2
+    survivor = (pids - {victim}).pop()
+    pids = wait_for_workers(url, lambda up: victim not in up and survivor in up, stderr_lines)
+    replacement = (pids - {survivor}).pop()
     assert any(re.search(rf'worker \d \(pid {victim}\) exited \(killed by SIGKILL\); starting a replacement', line)
                for line in stderr_lines), ''.join(stderr_lines)
+    assert answering_pid_while_stopped(url, survivor) == replacement   # the replacement serves
 
     # A hung worker: SIGSTOP freezes its event loop, so its heartbeats stop; the supervisor kills it after
     # worker_timeout_s and replaces it. A connection it had taken closes then, so /healthz is asked until
@@ -546,20 +570,14 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     hung = min(pids)
     os.kill(hung, signal.SIGSTOP)
     stopped_at = time.monotonic()
-    deadline = stopped_at + 180
-    while time.monotonic() < deadline:
-      try:
-        alive = healthz_pids(url, tries=6)
-      except httpx.HTTPError:
-        continue
-      if hung not in alive and len(alive) == 2:
-        break
-    assert hung not in alive and len(alive) == 2, ''.join(stderr_lines)
+    pids = wait_for_workers(url, lambda up: hung not in up, stderr_lines)
     assert time.monotonic() - stopped_at >= HANG_TIMEOUT_S
     killed = [line for line in stderr_lines if f'(pid {hung}) sent no heartbeat' in line]
     assert killed and f'worker_timeout_s={HANG_TIMEOUT_S:g}): killing it as hung' in killed[0], ''.join(stderr_lines)
     # The live workers beat all along: none of them was taken for hung.
     assert sum('sent no heartbeat' in line for line in stderr_lines) == 1, ''.join(stderr_lines)
+    other = (pids & {survivor, replacement}).pop()
+    assert answering_pid_while_stopped(url, other) == (pids - {other}).pop()
 
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)

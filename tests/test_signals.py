@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fpclass.errors import RunInterrupted
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
 from fpclass.train.engine import Engine
 from tests.conftest import REPO, load_config

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from fpclass.config import base_config
-from fpclass.data import decode_source, load_dataset
+from fpclass.config.schema import base_config
 from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
+from fpclass.data.pipeline import decode_source, load_dataset
 from fpclass.errors import UserInputError
 from tests.conftest import save_image
 

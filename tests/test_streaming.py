@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fpclass import data
-from fpclass.config import DecodeSettings
-from fpclass.data import decode, stream
+from fpclass.config.inputs import DecodeSettings
+from fpclass.data import decode, pipeline, stream
 from fpclass.data.rows import ImageRows, mapped_file, take_rows
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.sharding import DataParallel
+from fpclass.runtime.sharding import DataParallel
 from tests.conftest import REPO, load_config
 
 GREY = DecodeSettings(image_size=(6, 5), channels=1)
@@ -71,7 +70,7 @@ def test_image_rows_index_as_numpy_does(tmp_path, from_file):
 
 def test_a_mapped_dataset_stays_unread_and_holds_the_in_memory_images():
   config = load_config('configs/footprint.py:exp4,quick')
-  mapped, resident = data.load_dataset(config, progress=False, mapped=True), data.load_dataset(config, progress=False)
+  mapped, resident = pipeline.load_dataset(config, progress=False, mapped=True), pipeline.load_dataset(config, progress=False)
   assert isinstance(mapped.train.images, ImageRows) and mapped.train.images._file is not None
   assert type(resident.train.images) is np.ndarray and type(resident.val.images) is np.ndarray
   for name in ('train', 'val'):
@@ -129,7 +128,7 @@ def test_two_devices_each_get_their_half_of_the_batch(tmp_path):
 import numpy as np
 from fpclass.data import stream
 from fpclass.data.rows import ImageRows
-from fpclass.sharding import DataParallel
+from fpclass.runtime.sharding import DataParallel
 array = np.arange(12 * 2 * 2, dtype=np.uint8).reshape(12, 2, 2, 1)
 np.save({str(tmp_path / 'a.npy')!r}, array)
 parallel = DataParallel.over()
@@ -168,7 +167,7 @@ def test_a_streamed_run_equals_the_in_memory_run_bit_for_bit(tmp_path):
   same = jax.tree_util.tree_map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), runs[0][1], runs[1][1])
   assert all(jax.tree_util.tree_leaves(same))
   assert runs[0][2] == runs[1][2]  # evaluation after training read the streamed split chunk by chunk
-  val = len(data.load_dataset(config, progress=False).val)
+  val = len(pipeline.load_dataset(config, progress=False).val)
   assert val % EVAL_CHUNK and len(runs[1][3]) == val   # every image of the partial chunk was predicted
   pd.testing.assert_frame_equal(runs[0][3], runs[1][3], check_exact=True)
 

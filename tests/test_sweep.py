@@ -7,13 +7,14 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from fpclass import checkpoint, data
-from fpclass.calibrate_models import calibrate
-from fpclass.config import config_changes
+from fpclass.config.variants import config_changes
+from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.calibrate_models import calibrate
+from fpclass.infer.inference import load_trained
+from fpclass.models.heads import probabilities
 from fpclass.modes.sweep import build_variants, run_sweep
-from fpclass.task import probabilities
+from fpclass.train import checkpoint
 from tests import content
 from tests.conftest import launch, load_config
 
@@ -79,7 +80,7 @@ def test_a_kept_fold_model_scores_what_sweep_models_csv_says(sweep_run, monkeypa
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES, **{'data.fold': 3})
   trained = load_trained(config, workdir / 'exp3' / 'fold3')
-  val = data.load_dataset(config).val
+  val = pipeline.load_dataset(config).val
   pred = trained.probabilities(val.images, 64)
   models = pd.read_csv(workdir / 'sweep_models.csv')
   row = models[(models['experiment'] == 'exp3') & (models['split'] == 3) & models['kept']].iloc[0]
@@ -116,7 +117,7 @@ def test_submit_averages_calibrated_fold_models_with_flip_tta(sweep_run, monkeyp
   # temperature, softmaxed, averaged; class 1 where p_1 reaches the stored threshold.
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES)
-  test = data.decode_source(config, progress=False).test
+  test = pipeline.decode_source(config, progress=False).test
   expected, thresholds = [], set()
   for fold in range(5):
     trained = load_trained(config, folder / f'fold{fold}')

@@ -5,13 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass import checkpoint, data
-from fpclass import task as task_lib
+from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
+from fpclass.infer.predictions import prediction_chunk
+from fpclass.models import heads
 from fpclass.modes.runner import run
-from fpclass.predictions import prediction_chunk
-from fpclass.sampling import epoch_order
+from fpclass.train import checkpoint
+from fpclass.train import task as task_lib
+from fpclass.train.sampling import epoch_order
 from tests.conftest import load_config
 
 
@@ -42,7 +44,7 @@ def test_weighted_loss_matches_pytorch_semantics():
 
 
 def test_sigmoid_and_softmax_agree_on_probabilities():
-  p = task_lib.probabilities(np.array([[0.0], [2.0]]), 'sigmoid')
+  p = heads.probabilities(np.array([[0.0], [2.0]]), 'sigmoid')
   assert np.allclose(p.sum(1), 1) and np.isclose(p[1, 1], 1 / (1 + np.exp(-2)))
 
 
@@ -73,7 +75,7 @@ def test_evaluate_predicts_every_split_with_one_program(tmp_path):
   predict serves both; the padding does not change the logits beyond float32 rounding."""
   config = tiny_digits(**{'train.epochs': 1, 'eval.score_train': True, 'eval.batch_size': 2048})
   run('train', config, tmp_path)
-  dataset = data.load_dataset(config)
+  dataset = pipeline.load_dataset(config)
   chunk = prediction_chunk(config, dataset)
   assert len(dataset.val) < chunk == min(int(config.eval.batch_size), len(dataset.train))
   trained = load_trained(config, tmp_path)

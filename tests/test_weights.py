@@ -4,9 +4,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from fpclass import models, preprocessing
+from fpclass import models
 from fpclass.errors import UserInputError
-from fpclass.models import transfer, weights
+from fpclass.models import preprocessing, transfer, weights
 
 
 def published(tmp_path, payload=b'weights-bytes' * 1000):

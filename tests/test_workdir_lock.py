@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from fpclass import workdir_lock
 from fpclass.errors import UserInputError
-from fpclass.workdir_lock import LockHolder, WorkdirLock, lock_path, training_run
+from fpclass.runtime import workdir_lock
+from fpclass.runtime.workdir_lock import LockHolder, WorkdirLock, lock_path, training_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Takes the lock, says so, and holds it until killed (or for `hold` seconds).
 HOLDER = '''
 import sys, time
-from fpclass.workdir_lock import WorkdirLock
+from fpclass.runtime.workdir_lock import WorkdirLock
 from fpclass.errors import UserInputError
 workdir, hold = sys.argv[1], float(sys.argv[2])
 try:
@@ -86,7 +86,7 @@ def test_clean_release_is_not_a_stale_lock(tmp_path, caplog):
 # child's imports take longer than another's whole run, cannot make two of them win one after the other).
 RACER = '''
 import pathlib, sys, time
-from fpclass.workdir_lock import WorkdirLock
+from fpclass.runtime.workdir_lock import WorkdirLock
 from fpclass.errors import UserInputError
 workdir, marks, n = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
 (marks / f'ready-{sys.argv[4]}').touch()

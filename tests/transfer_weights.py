@@ -15,8 +15,9 @@ import textwrap
 import numpy as np
 from flax import traverse_util
 
-from fpclass import checkpoint, models
-from fpclass.inference import load_trained
+from fpclass import models
+from fpclass.infer.inference import load_trained
+from fpclass.train import checkpoint
 
 assert importlib.util.find_spec('keras') and importlib.util.find_spec('h5py'), 'pip install -e .[test]'
 

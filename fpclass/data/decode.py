@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from fpclass import fileio
-from fpclass.config import DecodeSettings
+from fpclass.config.inputs import DecodeSettings
 from fpclass.data.rows import ImageRows, RowFile
 from fpclass.data.source import Problem
 

@@ -4,8 +4,8 @@
 `config.data.device_memory_budget` (bytes per device; 0: half the device's free memory, on CPU half the
 host's available RAM shared among its CPU devices), they are read into memory and the run is what it
 always was: the training set is a device array and each step gathers its batch by index. Otherwise train
-and val stay `ImageRows` views of the memory-mapped decode cache and are streamed (`fpclass.feed`): for
-each step of the epoch's order (`fpclass.sampling.batch_order`, the order the in-memory path gathers on
+and val stay `ImageRows` views of the memory-mapped decode cache and are streamed (`fpclass.train.feed`): for
+each step of the epoch's order (`fpclass.train.sampling.batch_order`, the order the in-memory path gathers on
 the device) the host reads the step's rows and the devices receive them as one batch-sharded array
 before the step needs them. Augmentation stays inside the jitted step, so both paths compute the same.
 
@@ -134,7 +134,7 @@ def check_share(sharding, batch_size: int, share: slice, process_index: int) -> 
   if not np.array_equal(held, np.arange(batch_size)[share]):
     raise UserInputError(f'streaming input: process {process_index} reads rows {share.start}..{share.stop - 1} '
                          f'of each batch, but the mesh gives its devices rows {held.tolist()}; build the '
-                         "mesh with each process's devices together (fpclass.sharding.DataParallel.over())")
+                         "mesh with each process's devices together (fpclass.runtime.sharding.DataParallel.over())")
 
 
 class StepBatches:
@@ -180,7 +180,7 @@ def device_batches(images: ImageRows, labels, order: np.ndarray, sharding, *, pr
 
 class PaddedChunks:
   """A grain random-access source: element i is images[i * size:(i + 1) * size], zero-padded to `size`
-  rows (the chunks `fpclass.task.predict_logits` predicts)."""
+  rows (the chunks `fpclass.train.task.predict_logits` predicts)."""
 
   def __init__(self, images: ImageRows, size: int):
     self.images, self.size = images, size

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fpclass import fileio
-from fpclass.config import DecodeSettings
+from fpclass.config.inputs import DecodeSettings
 from fpclass.data.decode import DecodeError, cache_key, fit_image, read_cache, write_cache
 from fpclass.data.rows import take_rows
 from fpclass.data.source import Problem, Source, Split

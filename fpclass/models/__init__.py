@@ -29,7 +29,7 @@ class ModelSpec:
   cam_layer: str                     # the default Grad-CAM feature: the last conv stage
   description: str = ''
   # Pretrained families only:
-  preprocessing: Any = None          # fpclass.preprocessing.Normalisation the weights expect; None -> config
+  preprocessing: Any = None          # fpclass.models.preprocessing.Normalisation the weights expect; None -> config
   stages: tuple = ()                 # ((stage name, regex on '/'-joined param paths), ...) in network order
   weights: dict = dataclasses.field(default_factory=dict)   # {'imagenet': weights.WeightsFile}
   convert: Callable | None = None    # file path -> ({(collection, *path): array}, unmatched names)
@@ -98,10 +98,15 @@ def num_outputs(model_cfg, num_classes: int) -> int:
   raise UserInputError(f"config.model.head={head!r}: use 'softmax' or 'sigmoid'")
 
 
+def frozen(stage_index: int, freeze_till: int) -> bool:
+  """Whether stage `stage_index` (0-based, network order) is frozen under `freeze_till`."""
+  return freeze_till < 0 or stage_index < freeze_till
+
+
 def create_model(model_cfg, num_classes: int, dtype=None) -> nn.Module:
   """Builds the configured module, checking each config field against the module's own fields.
 
-  `dtype`, when given, is the compute dtype (see `fpclass.precision`), passed as the module's `dtype`
+  `dtype`, when given, is the compute dtype (see `fpclass.train.precision`), passed as the module's `dtype`
   field; parameters stay float32 either way.
   """
   spec = get_spec(model_cfg.name)

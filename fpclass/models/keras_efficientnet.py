@@ -15,8 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models import ModelSpec, feature, keras_graph, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.keras_layers import Normalization, batch_norm, correct_pad, swish
 from fpclass.models.weights import WeightsFile

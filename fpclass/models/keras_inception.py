@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models import ModelSpec, feature, keras_graph, preprocessing, register, transfer
 from fpclass.models import conv as conv_layer
 from fpclass.models.pooling import max_pool
 from fpclass.models.weights import WeightsFile

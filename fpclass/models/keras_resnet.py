@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models import ModelSpec, feature, keras_graph, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.keras_layers import batch_norm
 from fpclass.models.pooling import max_pool

@@ -17,8 +17,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, keras_graph, register, transfer
+from fpclass.models import ModelSpec, feature, keras_graph, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
 from fpclass.models.weights import WeightsFile
@@ -32,7 +31,7 @@ glorot_uniform = nn.initializers.glorot_uniform()  # Keras' default kernel initi
 
 
 class KerasVGG16(transfer.Backbone, kw_only=True):
-  """Keras VGG16. It has no BN, so freeze_till freezes through the optimizer alone (fpclass.optim.param_groups)."""
+  """Keras VGG16. It has no BN, so freeze_till freezes through the optimizer alone (fpclass.train.optim.param_groups)."""
 
   @nn.compact
   def __call__(self, x, train: bool = False):

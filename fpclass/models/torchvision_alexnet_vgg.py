@@ -16,8 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
 from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict

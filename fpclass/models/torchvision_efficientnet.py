@@ -17,8 +17,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.torch_layers import BatchNorm
 from fpclass.models.weights import TORCH_BN, Rule, WeightsFile, apply_rules, read_state_dict

@@ -11,8 +11,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fpclass import preprocessing
-from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
 from fpclass.models.torch_layers import BatchNorm

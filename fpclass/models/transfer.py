@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpclass import preprocessing
+from fpclass import models
 from fpclass.errors import UserInputError
+from fpclass.models import preprocessing
 from fpclass.models import weights as weights_lib
 from fpclass.models.conv import NHWC, Conv, explicit_pads
 
@@ -36,7 +37,7 @@ class Backbone(nn.Module):
 
   def stage_frozen(self, stage_index: int) -> bool:
     """Whether stage `stage_index` (0-based, network order) is frozen under this module's `freeze_till`."""
-    return frozen(stage_index, self.freeze_till)
+    return models.frozen(stage_index, self.freeze_till)
 
 
 class StemConv(Conv):
@@ -113,11 +114,6 @@ def new_top(module: nn.Module, x, features: dict, train: bool):
   top_dropout, dtype), so the top computes in the model's compute dtype like the backbone."""
   return Top(module.num_outputs, module.top, module.top_hidden, module.top_dropout, module.dtype,
              name='top')(x, features, train)
-
-
-def frozen(stage_index: int, freeze_till: int) -> bool:
-  """Whether stage `stage_index` (0-based, network order) is frozen under `freeze_till`."""
-  return freeze_till < 0 or stage_index < freeze_till
 
 
 def check_cut(cut: str, stages: Sequence[str], top: str) -> int:

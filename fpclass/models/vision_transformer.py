@@ -9,9 +9,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass import preprocessing
 from fpclass.errors import UserInputError
-from fpclass.models import ModelSpec, feature, register, transfer
+from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict
 
 CUBIC_A = -0.75              # torch's bicubic kernel (Keys' cubic convolution with a = -0.75)

@@ -7,7 +7,7 @@ validates a config and runs a mode: the package API (`run('train', config, workd
 
 Modes marked `trained` read a trained workdir: they need no `--config`, because the workdir's sidecar
 (metadata.json) holds the training config (see configs/workdir.py); overrides that would change the model
-or its input are refused (`fpclass.checkpoint.check_restorable`).
+or its input are refused (`fpclass.train.checkpoint.check_restorable`).
 """
 import dataclasses
 import importlib
@@ -22,7 +22,7 @@ class Mode:
   # Runs as one program over every process of a jax.distributed job (each computes, process 0 writes).
   # The others are single-process tools and say so when started in such a job.
   multi_process: bool = False
-  trains: bool = False     # writes checkpoints: holds the workdir's lock (fpclass.workdir_lock) while it runs
+  trains: bool = False     # writes checkpoints: holds the workdir's lock (fpclass.runtime.workdir_lock) while it runs
   read_only: bool = False  # writes nothing in --workdir (serve), so a read-only workdir is fine
 
 

@@ -24,12 +24,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fpclass import data, fileio, report
-from fpclass.config import DecodeSettings
+from fpclass import fileio
+from fpclass.config.inputs import DecodeSettings
+from fpclass.data import pipeline
 from fpclass.data.decode import decode_files
 from fpclass.data.file_list import relative_key
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
+from fpclass.runtime import report
 
 HASH_SIZE = 64          # decoded side length fed to pHash (which reduces it to 32x32, then 8x8 DCT terms)
 SPLIT_PRIORITY = {'test': 0, 'val': 1, 'train': 2}   # which copy of a duplicate stays: evaluation data first
@@ -47,7 +49,7 @@ def clean(config, workdir, apply: bool = False) -> pd.DataFrame:
     raise UserInputError(f'--mode clean scans image files: config.data.source must be kaggle_csv or image_folder, '
                          f'not {config.data.source!r}')
   workdir = pathlib.Path(workdir)
-  source = data.list_raw_source(config)
+  source = pipeline.list_raw_source(config)
   files = scan_files(source, config.data, fileio.cache_root(config.data.cache_dir))
   threshold = int(config.clean.phash_threshold)
   pairs = find_duplicates(files, threshold)

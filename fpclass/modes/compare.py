@@ -10,8 +10,9 @@ import pathlib
 
 import pandas as pd
 
-from fpclass import fileio, report
+from fpclass import fileio
 from fpclass.errors import UserInputError
+from fpclass.runtime import report
 
 FILE = 'comparison.csv'
 SCORES = ('accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc', 'loss')

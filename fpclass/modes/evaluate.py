@@ -11,11 +11,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from fpclass import data, error_analysis, fileio, metrics, report
+from fpclass import fileio
+from fpclass.analysis import error_analysis, metrics
+from fpclass.data import pipeline
 from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
-from fpclass.predictions import prediction_chunk, predictions_frame
+from fpclass.infer.inference import load_trained
+from fpclass.infer.predictions import prediction_chunk, predictions_frame
+from fpclass.runtime import report
 
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
 
@@ -26,7 +29,7 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   holds them (the runner, which computes them once for evaluate and explain)."""
   workdir = pathlib.Path(workdir)
   trained = trained or load_trained(config, workdir)
-  dataset = dataset or data.load_dataset(config)
+  dataset = dataset or pipeline.load_dataset(config)
   if tuple(dataset.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
                          f'was trained on {list(trained.class_names)}')
@@ -126,7 +129,7 @@ def plot_roc(labels, probs, class_names) -> Figure:
 
 
 def data_section(dataset) -> str:
-  counts = data.class_counts(dataset)
+  counts = pipeline.class_counts(dataset)
   rows = [dict(split=s, **c, total=sum(c.values())) for s, c in counts.items()]
   if dataset.test is not None and dataset.test.labels is None:
     rows.append(dict(split='test (unlabelled)', total=len(dataset.test)))

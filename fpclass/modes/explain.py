@@ -14,12 +14,15 @@ import re
 import numpy as np
 import pandas as pd
 
-from fpclass import cam, data, explain_figures, fileio, report
-from fpclass.config import ExplainSettings
+from fpclass import fileio
+from fpclass.analysis import cam, explain_figures
+from fpclass.analysis.explainer import build_explainer
+from fpclass.config.outputs import ExplainSettings
+from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.explainer import build_explainer
-from fpclass.inference import load_trained
-from fpclass.predictions import prediction_chunk, predictions_frame
+from fpclass.infer.inference import load_trained
+from fpclass.infer.predictions import prediction_chunk, predictions_frame
+from fpclass.runtime import report
 
 FOLDER = 'explain'
 
@@ -32,7 +35,7 @@ def explain_workdir(config, workdir, dataset=None, trained=None, val_probabiliti
   trained = trained or load_trained(config, workdir)
   image_shape = (*trained.metadata['image_size'], trained.metadata['channels'])
   explainer = build_explainer(config, trained, settings, image_shape)  # checks the layer before any decoding
-  dataset = dataset or data.load_dataset(config)
+  dataset = dataset or pipeline.load_dataset(config)
   if tuple(dataset.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
                          f'was trained on {list(trained.class_names)}')

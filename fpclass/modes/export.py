@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
-from fpclass import __version__, checkpoint, fileio
-from fpclass.config import ExportSettings
+from fpclass import __version__, fileio
+from fpclass.config.outputs import ExportSettings
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
+from fpclass.train import checkpoint
 
 ONNX_FILE, JAX_EXPORT_FILE, DESCRIPTION_FILE = 'model.onnx', 'model.jax_export', 'model.json'
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'

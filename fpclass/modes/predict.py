@@ -16,19 +16,21 @@ import dataclasses
 import glob
 import pathlib
 
-import jax
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import fileio, report
-from fpclass.calibration import Decision
-from fpclass.config import DecodeSettings, ExplainSettings, PredictSettings
+from fpclass import fileio
+from fpclass.analysis.calibration import Decision
+from fpclass.analysis.explainer import build_explainer, overlay_rgb, save_png
+from fpclass.config.inputs import DecodeSettings
+from fpclass.config.outputs import ExplainSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
 from fpclass.errors import UserInputError
-from fpclass.explainer import build_explainer, overlay_rgb, save_png
-from fpclass.inference import Trained, load_trained
+from fpclass.infer.batches import in_fixed_batches
+from fpclass.infer.inference import Trained, load_trained
+from fpclass.runtime import report
 
 EXPLAIN_FOLDER = 'predict_explain'
 GLOB_CHARACTERS = '*?['
@@ -100,10 +102,8 @@ def quarantine_path(output: pathlib.Path) -> pathlib.Path:
 
 def padded_logits(predict_fn, trained: Trained, images: np.ndarray, batch: int) -> np.ndarray:
   """Logits of up to `batch` images, padded with zeros to exactly `batch` so one compilation serves all."""
-  n = len(images)
-  if n < batch:
-    images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]), images.dtype)])
-  return np.asarray(jax.device_get(predict_fn(trained.state.params, trained.state.batch_stats, images)))[:n]
+  state = trained.state
+  return in_fixed_batches(lambda chunk: predict_fn(state.params, state.batch_stats, chunk), images, (batch,))
 
 
 def list_inputs(spec: str, path_column: str = 'path') -> Inputs:

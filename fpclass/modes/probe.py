@@ -11,17 +11,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fpclass import data, fileio, linear_probe, metrics, pooled_features, report, stats
-from fpclass.config import ProbeSettings
-from fpclass.data import splits
+from fpclass import fileio
+from fpclass.analysis import linear_probe, metrics, stats
+from fpclass.config.outputs import ProbeSettings
+from fpclass.data import pipeline, splits
 from fpclass.errors import UserInputError
+from fpclass.infer import pooled_features
+from fpclass.runtime import report
 
 METRICS = ('accuracy', 'macro_f1', 'log_loss')
 TITLES = dict(accuracy='accuracy', macro_f1='macro F1', log_loss='log loss')
 LOWER_IS_BETTER = ('log_loss',)
 
 
-def labelled_set(decoded: data.Decoded):
+def labelled_set(decoded: pipeline.Decoded):
   """(uint8 images, int labels, ids, note): every labelled image of the source."""
   pool = decoded.pool
   if decoded.val is None:
@@ -51,8 +54,8 @@ def probe(config, workdir) -> pd.DataFrame:
                          f'{pooled_features.valid_backbones()}')
   start = time.perf_counter()
   workdir.mkdir(parents=True, exist_ok=True)
-  decoded = data.decode_source(config)
-  data.write_quarantine_report(workdir / 'quarantine.csv', decoded.quarantine)
+  decoded = pipeline.decode_source(config)
+  pipeline.write_quarantine_report(workdir / 'quarantine.csv', decoded.quarantine)
   images, labels, ids, note = labelled_set(decoded)
   class_names = decoded.class_names
   folds = outer_folds(labels, config)

@@ -9,11 +9,12 @@ import pathlib
 
 import jax
 
-from fpclass import fileio, report, runtime, sharding, timings, validation, workdir_lock
+from fpclass import fileio
 from fpclass.errors import UserInputError
-from fpclass.inference import load_trained
+from fpclass.infer.inference import load_trained
+from fpclass.infer.predictions import prediction_chunk
 from fpclass.modes import MODES, mode_function
-from fpclass.predictions import prediction_chunk
+from fpclass.runtime import process, report, sharding, timings, validation, workdir_lock
 
 TIMINGS = 'timings.json'
 TIME_SECTION = '90-time'
@@ -28,7 +29,7 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
   with timings.job(started_at) as clock:
     with timings.phase('start-up'):
       # Process-wide settings first, by backend, before JAX starts one or sees another process.
-      settings = runtime.configure(MODES[mode].trains, float(config.train.gpu_memory_fraction))
+      settings = process.configure(MODES[mode].trains, float(config.train.gpu_memory_fraction))
       sharding.initialize_distributed()  # a no-op unless the environment describes a multi-process job
       fileio.set_primary(sharding.is_primary_process())
       if sharding.process_count() > 1 and not MODES[mode].multi_process:
@@ -41,7 +42,7 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
           fileio.check_writable(workdir, '--workdir')
         fileio.check_writable(fileio.cache_root(config.data.cache_dir), 'the cache folder (config.data.cache_dir, '
                               '$FPCLASS_CACHE or ~/.cache/fpclass)')
-      runtime.enable_compilation_cache(config.data.cache_dir or None, settings)
+      process.enable_compilation_cache(config.data.cache_dir or None, settings)
       lock = _lock(mode, workdir)
     try:
       result = _run_chain(mode, config, workdir, options)
@@ -81,7 +82,7 @@ def _reports_time(mode: str) -> bool:
   return mode in ('train', 'evaluate', 'explain', 'submit', 'calibrate')
 
 
-def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: runtime.ProcessSettings) -> None:
+def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: process.ProcessSettings) -> None:
   """timings.json and report.md's 'Where the time went' section. The file's top level is the job that ran
   last in `workdir` (with the process settings it ran under); `modes` keeps the latest job of each mode, so
   the training job's phases stay beside those of the modes run on its workdir later."""

@@ -7,7 +7,7 @@ Routes: `GET /` (the upload page), `POST /predict`, `POST /explain`, `GET /metad
 request 4xx with a one-line reason. Loopback by default. There is no endpoint that trains: training is a
 deliberate `launch.py --mode train`. The API, limits and their reasons: docs/operations.md.
 """
-from fpclass.config import ServeSettings
+from fpclass.config.outputs import ServeSettings
 from fpclass.serve import supervisor as serve_supervisor
 from fpclass.serve.server import bind, url_of
 from fpclass.serve.service import check_batch_sizes

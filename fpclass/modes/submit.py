@@ -12,17 +12,20 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from fpclass import data, ensemble, fileio, report
-from fpclass.calibration import decide
+from fpclass import fileio
+from fpclass.analysis.calibration import decide
+from fpclass.data import pipeline
 from fpclass.data.kaggle_csv import read_csv
 from fpclass.errors import UserInputError
+from fpclass.infer import ensemble
+from fpclass.runtime import report
 
 
 def submit(config, workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   members = ensemble.load_members(config, workdir, folds=bool(config.submit.average_folds))
   trained = members[0].trained
-  decoded = data.decode_source(config)
+  decoded = pipeline.decode_source(config)
   test = decoded.test
   if test is None:
     raise UserInputError(f'config.data.source={config.data.source!r} has no test split to submit: '

@@ -26,21 +26,27 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import calibration, checkpoint, data, feature_cache, fileio, metrics, optim, report, sharding, sweep_report
-from fpclass.calibrate_models import calibrate
-from fpclass.config import AugmentSettings, ConfigError, base_config, parse_variant
-from fpclass.data import splits, stream
+from fpclass import fileio
+from fpclass.analysis import calibration, metrics, sweep_report
+from fpclass.config.inputs import AugmentSettings
+from fpclass.config.schema import base_config
+from fpclass.config.settings import ConfigError
+from fpclass.config.variants import parse_variant
+from fpclass.data import pipeline, splits, stream
 from fpclass.errors import UserInputError
-from fpclass.sharding import DataParallel
-from fpclass.task import Normalisation, build_task, common_batch, probabilities
-from fpclass.train import axis, member_store, memory_plan
+from fpclass.infer.calibrate_models import calibrate
+from fpclass.models.heads import probabilities
+from fpclass.runtime import report, sharding
+from fpclass.runtime.sharding import DataParallel
+from fpclass.runtime.validation import validate
+from fpclass.train import axis, checkpoint, feature_cache, member_store, memory_plan, optim
 from fpclass.train import members as members_lib
 from fpclass.train.axis import Split
 from fpclass.train.engine import Engine, TrainData, phase_config
 from fpclass.train.members import Member, MemberResult
 from fpclass.train.records import MemoryRecord, StopOnSignals
 from fpclass.train.shared_work import SharedWork
-from fpclass.validation import validate
+from fpclass.train.task import Normalisation, build_task, common_batch
 
 EXPERIMENT_FILE = 'experiment.json'
 # Keys that do not change what a finished variant trained, so its results are reused across them.
@@ -129,10 +135,10 @@ def check_sweep_config(config, variants: list[Variant]) -> None:
                          f'{[v.name for v in variants]}')
 
 
-def plan_members(decoded: data.Decoded, config) -> tuple[TrainData, list[Member], str, int]:
+def plan_members(decoded: pipeline.Decoded, config) -> tuple[TrainData, list[Member], str, int]:
   """(data, members, note, device budget): the arrays every member indexes (in memory, or streamed when over
   config.data.device_memory_budget) and one member per split x seed. Splits are exactly those
-  `data.split_dataset` makes for `data.fold=k`, so each member sees a solo run's data."""
+  `pipeline.split_dataset` makes for `data.fold=k`, so each member sees a solo run's data."""
   folds, seeds = list(config.sweep.folds), list(config.sweep.seeds)
   pool, val, d = decoded.pool, decoded.val, config.data
   if val is not None:
@@ -250,7 +256,7 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, shared=No
   share a frozen backbone and its input share its features (and its file, and their memory plan)."""
   config = variant.config
   start = time.perf_counter()
-  decoded = data.decode_source(config, mapped=True)
+  decoded = pipeline.decode_source(config, mapped=True)
   train_data, members, note, budget = plan_members(decoded, config)
   class_names = decoded.class_names
   plans = train_share(config, train_data, members, exp_dir, budget, f'[{variant.name}] ', stop, shared)

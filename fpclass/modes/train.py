@@ -3,7 +3,7 @@ member. The mode runner chains evaluate and explain after it (`fpclass.modes`).
 
 The whole training set is a device array and each step gathers its batch by index, or, when the decoded
 set exceeds config.data.device_memory_budget, each batch is streamed from the memory-mapped decode cache in
-the same order (`fpclass.feed`). Every epoch writes metrics.csv and the `last` checkpoint (with the loop
+the same order (`fpclass.train.feed`). Every epoch writes metrics.csv and the `last` checkpoint (with the loop
 state, so a killed run resumes where it stopped), and the `best` checkpoint when the monitor improves.
 
 SIGINT (Ctrl-C) or SIGTERM stops the run after the current step: the state in the middle of the epoch is
@@ -18,25 +18,26 @@ import pathlib
 import jax
 import numpy as np
 
-from fpclass import checkpoint, data, optim, timings
-from fpclass.data import stream
-from fpclass.loop_state import LoopState
+from fpclass.data import pipeline, stream
+from fpclass.runtime import timings
+from fpclass.train import checkpoint, optim
 from fpclass.train.axis import Split
 from fpclass.train.engine import Engine, Start, TrainData
+from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member
 from fpclass.train.progress import phase_end
 from fpclass.train.records import INTERRUPTED, CheckpointRecord, PartialEpoch, StopOnSignals
 
 
-def train(config, workdir) -> data.Dataset:
+def train(config, workdir) -> pipeline.Dataset:
   """Trains (resuming from `workdir` when it holds a run); returns the dataset it trained on, so the
   modes chained after it need not decode it again. `config` has been validated by the mode runner."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with timings.phase('data'):
     # In memory when it fits config.data.device_memory_budget, else streamed from the mapped decode cache.
-    dataset = stream.place(data.load_dataset(config, mapped=True), config)
-    data.write_quarantine_report(workdir / 'quarantine.csv', dataset.quarantine)
+    dataset = stream.place(pipeline.load_dataset(config, mapped=True), config)
+    pipeline.write_quarantine_report(workdir / 'quarantine.csv', dataset.quarantine)
   member = Member(int(config.data.fold), int(config.seed), np.arange(len(dataset.train)),
                   np.arange(len(dataset.val)))
   train_data = TrainData(dataset.class_names, Split(dataset.train.images, dataset.train.labels),

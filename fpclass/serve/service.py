@@ -14,11 +14,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from fpclass.calibration import Decision
-from fpclass.config import DecodeSettings, ExplainSettings, ServeSettings
+from fpclass.analysis.calibration import Decision
+from fpclass.analysis.explainer import build_explainer, overlay_rgb
+from fpclass.config.inputs import DecodeSettings
+from fpclass.config.outputs import ExplainSettings, ServeSettings
 from fpclass.errors import UserInputError
-from fpclass.explainer import build_explainer, overlay_rgb
-from fpclass.inference import Trained, load_trained
+from fpclass.infer.batches import in_fixed_batches
+from fpclass.infer.inference import Trained, load_trained
 
 STATIC = pathlib.Path(__file__).resolve().parent / 'static'
 UNIDENTIFIED = 'not an image Pillow can identify'
@@ -69,17 +71,9 @@ class Predictor:
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """Logits of any number of images: chunks of the largest warm size, each padded up to a warm size."""
-    out = []
-    largest = self.warm_sizes[-1]
     state = self.trained.state
-    for start in range(0, len(images), largest):
-      chunk = images[start:start + largest]
-      n = len(chunk)
-      size = next(b for b in self.warm_sizes if b >= n)
-      if size != n:
-        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.uint8)])
-      out.append(np.asarray(self._predict(state.params, state.batch_stats, chunk))[:n])
-    return np.concatenate(out)
+    return in_fixed_batches(lambda batch: self._predict(state.params, state.batch_stats, batch), images,
+                            self.warm_sizes)
 
   def classify(self, images: np.ndarray) -> list[dict]:
     """One result per image: its class name and every class's probability."""
@@ -204,13 +198,15 @@ class WorkerStatus:
   configured: int = 1
   up: int = 1
   pid: int = dataclasses.field(default_factory=os.getpid)
+  pids: tuple = ()                 # every live worker's pid, as the supervisor last told (a worker's own alone)
 
   def update(self, message: dict) -> None:
     self.up = int(message.get('workers_up', self.up))
     self.configured = int(message.get('workers', self.configured))
+    self.pids = tuple(message.get('worker_pids', self.pids))
 
   def describe(self) -> dict:
-    return {'up': self.up, 'configured': self.configured}
+    return {'up': self.up, 'configured': self.configured, 'pids': list(self.pids or (self.pid,))}
 
 
 @dataclasses.dataclass

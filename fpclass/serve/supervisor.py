@@ -203,7 +203,7 @@ class Supervisor:
     self.log = log or (lambda line: print(f'fpclass serve: {line}', file=sys.stderr, flush=True))
     self.signum: int | None = None
     self.wake = threading.Event()
-    self._up_told = -1
+    self._up_told = None   # the (count, pids) of ready workers last told to every live worker
 
   # ---- the life of the server
 
@@ -289,13 +289,14 @@ class Supervisor:
     self._tell_workers_up()
 
   def _tell_workers_up(self) -> None:
-    up = self.up()
-    if up == self._up_told:
+    live = [slot.worker for slot in self.slots if slot.worker is not None and slot.worker.poll() is None]
+    pids = sorted(worker.pid for worker in live if worker.ready.is_set())
+    up = len(pids)
+    if (up, pids) == self._up_told:
       return
-    self._up_told = up
-    for slot in self.slots:
-      if slot.worker is not None and slot.worker.poll() is None:
-        slot.worker.tell({'workers_up': up, 'workers': self.count})
+    self._up_told = (up, pids)
+    for worker in live:
+      worker.tell({'workers_up': up, 'workers': self.count, 'worker_pids': pids})
 
   def stop_all(self) -> None:
     """Asks every worker to finish and exit (its stdin closes), kills those still running after

@@ -15,8 +15,8 @@ import threading
 
 from absl import logging
 
-from fpclass import runtime
 from fpclass.errors import UserInputError
+from fpclass.runtime import process
 from fpclass.serve.app import create_app
 from fpclass.serve.server import uvicorn_server
 from fpclass.serve.service import WorkerStatus, load_service, startup_summary
@@ -26,8 +26,8 @@ from fpclass.serve.supervisor import HEARTBEAT_SECONDS, read_job, send_message
 def main() -> int:
   job = read_job(sys.stdin.buffer)
   logging.set_verbosity(logging.WARNING)  # as launch.py: warnings and errors reach the supervisor's stderr
-  settings = runtime.configure(trains=False)
-  runtime.enable_compilation_cache(job.config.data.cache_dir or None, settings)
+  settings = process.configure(trains=False)
+  process.enable_compilation_cache(job.config.data.cache_dir or None, settings)
   try:
     service = load_service(job.config, job.workdir)
   except UserInputError as e:

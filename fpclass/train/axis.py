@@ -1,7 +1,7 @@
 """The two forms of the model axis: how the members of one training phase advance through an epoch.
 
-- `LoopAxis`: each member in turn through the single-model programs (`fpclass.steps.CompiledSteps` and
-  `fpclass.feed`: the step or scan loop form, data parallel over the mesh, resident or streamed data). A
+- `LoopAxis`: each member in turn through the single-model programs (`fpclass.train.steps.CompiledSteps` and
+  `fpclass.train.feed`: the step or scan loop form, data parallel over the mesh, resident or streamed data). A
   solo `--mode train` run is this form with one member, so a sweep's member runs the solo run's programs.
 - `VmapAxis`: the members' states stacked, one jitted `jax.vmap` of `Task.train_step` advancing them all;
   a member with no step left this epoch (a shorter split) or out of this phase is masked (`jnp.where`).
@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass import feed
-from fpclass import task as task_lib
 from fpclass.data import stream
 from fpclass.errors import UserInputError
-from fpclass.steps import CompiledSteps, jit_options
+from fpclass.train import feed
+from fpclass.train import task as task_lib
+from fpclass.train.steps import CompiledSteps, jit_options
 
 FORMS = ('auto', 'vmap', 'loop')
 

@@ -21,23 +21,25 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpclass import feature_cache, fileio, metrics, models, optim, sharding, timings
+from fpclass import fileio, models
+from fpclass.analysis import metrics
 from fpclass.data import stream
 from fpclass.data.rows import take_rows
 from fpclass.errors import RunInterrupted
-from fpclass.loop_state import LoopState, SelectionRules, epoch_row
 from fpclass.models import transfer
-from fpclass.sampling import batch_order
-from fpclass.sharding import DataParallel
-from fpclass.steps import CompiledSteps, resolve_loop
-from fpclass.task import build_task
-from fpclass.task import class_weights as task_class_weights
-from fpclass.train import progress
+from fpclass.runtime import sharding, timings
+from fpclass.runtime.sharding import DataParallel
+from fpclass.train import feature_cache, optim, progress
 from fpclass.train.axis import LoopAxis, MemberData, Split, VmapAxis
+from fpclass.train.loop_state import LoopState, SelectionRules, epoch_row
 from fpclass.train.members import Member, MemberResult, batch_size_for
 from fpclass.train.progress import phase_end
 from fpclass.train.records import PartialEpoch
+from fpclass.train.sampling import batch_order
 from fpclass.train.shared_work import SharedWork
+from fpclass.train.steps import CompiledSteps, resolve_loop
+from fpclass.train.task import build_task
+from fpclass.train.task import class_weights as task_class_weights
 
 
 @dataclasses.dataclass

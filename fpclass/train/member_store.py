@@ -20,9 +20,9 @@ import jax
 import numpy as np
 from flax import serialization, traverse_util
 
-from fpclass import checkpoint
 from fpclass.errors import UserInputError
-from fpclass.loop_state import LoopState
+from fpclass.train import checkpoint
+from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, MemberResult
 
 FOLDER = 'members'

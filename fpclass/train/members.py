@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass import optim
-from fpclass.loop_state import MONITOR_MODES, LoopState, improves
+from fpclass.train import optim
+from fpclass.train.loop_state import MONITOR_MODES, LoopState, improves
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass import runtime
 from fpclass.data import stream
-from fpclass.steps import jit_options
+from fpclass.runtime import process
 from fpclass.train.axis import vmapped_predict
+from fpclass.train.steps import jit_options
 
 
 def _tree_bytes(tree) -> int:
@@ -46,7 +46,7 @@ def resident_bytes() -> int:
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'bytes_in_use' in stats:
     return int(stats['bytes_in_use'])
-  return runtime.process_memory_bytes('VmRSS')
+  return process.process_memory_bytes('VmRSS')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,5 +116,5 @@ def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: 
         abstract.params, abstract.batch_stats, jax.ShapeDtypeStruct((eval_batch, *shape), images.dtype)).compile())
   return MemoryPlan(shared_bytes=int(images.nbytes), state_bytes=_tree_bytes(abstract),
                     best_bytes=_tree_bytes((abstract.params, abstract.batch_stats)), step_bytes=train,
-                    eval_bytes=evaluate, step_copies=HOST_STEP_COPIES if cpu and runtime.host_buffers_kept() else 1.0,
+                    eval_bytes=evaluate, step_copies=HOST_STEP_COPIES if cpu and process.host_buffers_kept() else 1.0,
                     resident_bytes=resident_bytes())

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpclass.loop_state import LoopState
+from fpclass.train.loop_state import LoopState
 
 
 def phase_end(loop: LoopState, config) -> int:

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import pandas as pd
 
-from fpclass import fileio, tensorboard_log
+from fpclass import fileio
 from fpclass.errors import RunInterrupted
+from fpclass.train import tensorboard_log
 
 HISTORY = 'metrics.csv'
 INTERRUPTED = 'interrupted'
@@ -30,7 +31,7 @@ class PartialEpoch:
 
 
 class CheckpointRecord:
-  """One member's epochs in the workdir's checkpoint store (`fpclass.checkpoint.CheckpointStore`)."""
+  """One member's epochs in the workdir's checkpoint store (`fpclass.train.checkpoint.CheckpointStore`)."""
   stops_mid_epoch = True     # a signal stops the run after the current step (the `interrupted` checkpoint)
   keeps_states = False       # the states are in the store
   kept_on_stop = 'its checkpoint is saved.'

@@ -1,0 +1,1 @@
+"""Analysis of predictions: metrics, calibration, statistics, Grad-CAM and figures."""

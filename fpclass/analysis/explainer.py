@@ -1,0 +1,76 @@
+"""A restored model's explanations as programs: Grad-CAM (and Guided Grad-CAM) maps and feature maps of uint8
+images in fixed-size batches (`Explainer`, built by `build_explainer`), and their overlays as RGB images. Used by
+explain, predict and serve alike."""
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import numpy as np
+from PIL import Image
+
+from fpclass import fileio, models
+from fpclass.analysis import cam, explain_figures
+from fpclass.config.outputs import ExplainSettings
+from fpclass.errors import UserInputError
+from fpclass.infer.batches import in_fixed_batches
+from fpclass.train import checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Explainer:
+  """A restored model as `fpclass.analysis.cam` takes it: apply function, variables, layer, settings."""
+  apply_fn: object
+  guided_apply_fn: object | None
+  variables: dict
+  layer: str
+  settings: ExplainSettings
+  prepare: object  # uint8 images -> the model's normalised input
+
+  @functools.cached_property
+  def _explain(self):
+    return cam.explanation_program(self.apply_fn, self.layer, self.settings.method, self.guided_apply_fn,
+                                   self.prepare)
+
+  @functools.cached_property
+  def _feature_maps(self):
+    return cam.feature_maps_program(self.apply_fn, self.prepare)
+
+  def maps(self, images_u8: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(CAM maps (N, H, W), Guided Grad-CAM (N, H, W, C) or None) of N >= 1 images, in fixed-size padded
+    batches, so one compiled program (uint8 in, both maps out) serves every batch and figure."""
+    batch = min(self.settings.batch_size, len(images_u8))
+    return in_fixed_batches(lambda chunk, chunk_targets: self._explain(self.variables, chunk, chunk_targets),
+                            (images_u8, np.asarray(targets, np.int32)), (batch,))
+
+  def feature_maps(self, images_u8: np.ndarray) -> dict:
+    """Every recorded feature map of `images_u8`, by name, on the host."""
+    return jax.device_get(self._feature_maps(self.variables, images_u8))
+
+
+def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> Explainer:
+  model = trained.task.model
+  variables = checkpoint.model_variables(trained.state)
+  layer = settings.layer or models.get_spec(config.model.name).cam_layer
+  try:
+    cam.check_layer(model.apply, variables, image_shape, layer)
+  except UserInputError as e:
+    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {config.model.name!r}'
+    raise UserInputError(f'{flag}: {e}') from None
+  guided_apply_fn = None
+  if settings.guided:
+    try:
+      guided_apply_fn = cam.guided_model(model).apply
+    except UserInputError as e:
+      raise UserInputError(f'config.explain.guided=True: {e}; or set --config.explain.guided=False') from None
+  return Explainer(model.apply, guided_apply_fn, variables, layer, settings, trained.task.prepare)
+
+
+def overlay_rgb(image_u8: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+  """The Grad-CAM overlay of one image as uint8 RGB (H, W, 3)."""
+  return np.round(np.clip(explain_figures.overlay(image_u8, heat, alpha), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def save_png(path: pathlib.Path, rgb: np.ndarray) -> None:
+  with fileio.atomic_path(path) as tmp:
+    Image.fromarray(rgb, 'RGB').save(tmp, format='PNG')

@@ -1,0 +1,105 @@
+"""The sections that shape a run's input: how images are decoded (`config.data`'s decode keys) and augmented."""
+import dataclasses
+import math
+from typing import ClassVar
+
+from fpclass.config.settings import Settings
+
+RESIZE_MODES = ('stretch', 'crop', 'pad')
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings(Settings):
+  """How every image is decoded into the uint8 cache: the decode keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  image_size: tuple[int, int] = (120, 80)   # (height, width); the seed-000 default is 80 wide by 120 high
+  channels: int = 1                         # 1 -> Pillow mode L, 3 -> RGB
+  resize: str = 'stretch'                   # stretch | crop (centre crop to aspect) | pad (letterbox)
+  alpha_background: int = 255               # RGBA/LA/P-with-transparency is composited onto this grey level
+  max_image_pixels: int = 89_478_485        # Pillow's bomb limit; larger files are quarantined, not decoded
+
+  def check(self):
+    self.require('channels', self.channels in (1, 3), '1 (grayscale) or 3 (RGB)')
+    self.require('resize', self.resize in RESIZE_MODES, f'one of {RESIZE_MODES}')
+    self.require('image_size', len(self.image_size) == 2 and min(self.image_size) >= 1,
+                 '(height, width), both positive')
+    self.require('alpha_background', 0 <= self.alpha_background <= 255, 'a grey level in [0, 255]')
+    self.require('max_image_pixels', self.max_image_pixels >= 1, 'at least 1')
+
+  @property
+  def height(self) -> int:
+    return self.image_size[0]
+
+  @property
+  def width(self) -> int:
+    return self.image_size[1]
+
+
+FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings(Settings):
+  """`config.augment`. Every augmentation is off at its default. Geometry follows Keras' preprocessing
+  layers where a seed used them (factors are fractions), rotation is in degrees, colour and erasing follow
+  torchvision. Hashable, so `fpclass.train.augment` decides on/off in Python and an op that is off is never traced."""
+  SECTION: ClassVar[str] = 'augment'
+  hflip: float = 0.0               # probability
+  vflip: float = 0.0               # probability
+  rotation: float = 0.0            # max |angle| in degrees
+  zoom: float = 0.0                # scale drawn from [1 - zoom, 1 + zoom], same for both axes
+  height: float = 0.0              # extra vertical scale drawn from [1 - height, 1 + height]
+  width: float = 0.0               # extra horizontal scale drawn from [1 - width, 1 + width]
+  translate: float = 0.0           # max shift as a fraction of height/width
+  fill_mode: str = 'constant'      # constant | nearest | reflect | wrap (pixels mapped from outside)
+  fill_value: float = 0.0          # in [0, 1] image units, for fill_mode=constant
+  brightness: float = 0.0          # factor drawn from [1 - b, 1 + b]
+  contrast: float = 0.0            # factor drawn from [1 - c, 1 + c], blended around the image mean
+  erasing: float = 0.0             # probability of one random-erasing rectangle
+  erasing_scale: tuple[float, float] = (0.02, 0.33)
+  erasing_ratio: tuple[float, float] = (0.3, 3.3)
+  erasing_value: float = 0.5       # in [0, 1] image units; 0.5 is 0 after the default (0.5, 0.5) normalisation
+  # Batch mixing (timm's Mixup, 'batch' mode): each batch is mixed with itself reversed, one lambda per batch,
+  # and trained on soft labels. Alpha 0 is off.
+  mixup_alpha: float = 0.0         # mixup: lambda ~ Beta(alpha, alpha), images blended lambda : 1 - lambda
+  cutmix_alpha: float = 0.0        # cutmix: a box of area ~ (1 - lambda) pasted; the labels follow the box's area
+  mix_switch_prob: float = 0.5     # both alphas on: cutmix with this probability, else mixup
+  mix_prob: float = 1.0            # probability that a batch is mixed at all
+
+  def check(self):
+    self.require('fill_mode', self.fill_mode in FILL_MODES, f'one of {FILL_MODES}')
+    for name in ('hflip', 'vflip', 'erasing', 'translate', 'fill_value', 'erasing_value'):
+      self.require(name, 0.0 <= getattr(self, name) <= 1.0, 'in [0, 1]')
+    for name in ('zoom', 'height', 'width'):
+      # A factor of 1 would allow a zero scale, a singular transform.
+      self.require(name, 0.0 <= getattr(self, name) < 1.0, 'in [0, 1)')
+    self.require('rotation', 0.0 <= self.rotation <= 180.0, 'in [0, 180] degrees')
+    for name in ('brightness', 'contrast'):
+      self.require(name, 0.0 <= getattr(self, name) < math.inf, '>= 0')
+    lo, hi = self.erasing_scale
+    self.require('erasing_scale', 0.0 <= lo <= hi <= 1.0, '(lo, hi) with 0 <= lo <= hi <= 1')
+    lo, hi = self.erasing_ratio
+    self.require('erasing_ratio', 0.0 < lo <= hi < math.inf, '(lo, hi) with 0 < lo <= hi')
+    for name in ('mixup_alpha', 'cutmix_alpha'):
+      self.require(name, 0.0 <= getattr(self, name) < math.inf, '>= 0 (0: off)')
+    for name in ('mix_switch_prob', 'mix_prob'):
+      self.require(name, 0.0 <= getattr(self, name) <= 1.0, 'in [0, 1]')
+
+  @property
+  def geometry_enabled(self) -> bool:
+    return any((self.rotation, self.zoom, self.height, self.width, self.translate))
+
+  @property
+  def enabled(self) -> bool:
+    """Whether any per-image op is on (batch mixing is `mixing_enabled`)."""
+    return self.geometry_enabled or any((self.hflip, self.vflip, self.brightness, self.contrast, self.erasing))
+
+  @property
+  def mixing_enabled(self) -> bool:
+    return bool(self.mixup_alpha or self.cutmix_alpha) and self.mix_prob > 0
+
+  @property
+  def randomises_input(self) -> bool:
+    """Whether the model sees different inputs from epoch to epoch (per-image ops or mixing)."""
+    return self.enabled or self.mixing_enabled

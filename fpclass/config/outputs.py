@@ -1,0 +1,178 @@
+"""The sections of the modes that read a trained run: explain, predict, serve, export and probe."""
+import dataclasses
+import math
+from typing import ClassVar
+
+from fpclass.config.settings import Settings
+
+CAM_METHODS = ('gradcam', 'gradcam++', 'hirescam')   # fpclass.analysis.cam.METHODS gives each its display name
+CAM_TARGETS = ('predicted', 'label')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSettings(Settings):
+  """`config.explain`: Grad-CAM and error analysis of the validation split (--mode explain, and train
+  when after_training)."""
+  SECTION: ClassVar[str] = 'explain'
+  after_training: bool = False     # train mode runs explain after evaluation (on in configs/footprint.py)
+  method: str = 'gradcam'          # gradcam | gradcam++ | hirescam
+  layer: str = ''                  # a feature map the model records; '' -> the model's registered cam_layer
+  target: str = 'predicted'        # predicted | label: the class each map explains
+  num_images: int = 10             # highest-loss validation images per overlay grid and in the top-losses table
+  guided: bool = True              # add a Guided Grad-CAM row (needs a model with a `relu` field)
+  inference_grid: int = 16         # validation images in the right/wrong inference grid; 0 -> none
+  feature_image: int = 0           # validation index of the image whose feature maps are drawn; -1 -> none
+  max_channels: int = 64           # channels drawn per feature map (the first ones)
+  alpha: float = 0.5               # heat-map opacity in the overlays
+  batch_size: int = 32             # images per Grad-CAM call
+
+  def check(self):
+    self.require('method', self.method in CAM_METHODS, f'one of {list(CAM_METHODS)}')
+    self.require('target', self.target in CAM_TARGETS, f'one of {list(CAM_TARGETS)}')
+    for name, low in (('num_images', 1), ('inference_grid', 0), ('feature_image', -1), ('max_channels', 1),
+                      ('batch_size', 1)):
+      self.require(name, getattr(self, name) >= low, f'at least {low}')
+    self.require('alpha', 0.0 <= self.alpha <= 1.0, 'in [0, 1]')
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictSettings(Settings):
+  """`config.predict`: --mode predict classifies new images with a trained workdir's model."""
+  SECTION: ClassVar[str] = 'predict'
+  inputs: str = ''                 # a file, a folder (recursive), a glob, or a CSV with a `path_column`
+  path_column: str = 'path'        # the CSV column holding image paths (relative to the CSV's folder)
+  output: str = 'predictions.csv'  # written in --workdir
+  calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
+  explain: bool = False            # also write one Grad-CAM overlay PNG per image under predict_explain/
+  batch_size: int = 0              # 0 -> config.eval.batch_size
+
+  def check(self):
+    self.require('batch_size', self.batch_size >= 0, '>= 0 (0: config.eval.batch_size)')
+    self.require('output', bool(self.output) and '/' not in self.output, 'a file name inside --workdir')
+
+
+LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '::1')
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings(Settings):
+  """`config.serve`: --mode serve, a FastAPI app under uvicorn over one jitted predict function."""
+  SECTION: ClassVar[str] = 'serve'
+  host: str = '127.0.0.1'          # loopback by default; any other address also needs allow_remote
+  port: int = 8000
+  allow_remote: bool = False       # True: bind a non-loopback host (anyone who can reach it can use the model)
+  micro_batching: bool = True      # gather concurrent requests into one device call
+  batch_window_ms: float = 5.0     # how long the first request of a batch waits for others
+  max_batch: int = 32              # images per device call at most
+  warm_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # compiled at start-up; a batch is padded up
+  max_upload_bytes: int = 10_000_000   # larger uploads get 413
+  max_images_per_request: int = 32
+  calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
+  # Server processes behind the port, each with its own compiled model (0: the usable cores, at most 8).
+  workers: int = 0
+  # Requests one worker holds at once (being read, waiting for or in a device call); past it a request gets
+  # 503 with Retry-After at once, without its body being read.
+  max_queue: int = 16
+  # An accepted request still waiting for its device call after this long gets 503 with Retry-After: every
+  # answer comes within max_wait_ms + one device call of max_batch images (/metadata: device_call_ms).
+  max_wait_ms: float = 1000.0
+  # A worker whose event loop sends no heartbeat (one a second) for this long is hung: the supervisor kills and
+  # replaces it, as gunicorn's --timeout (same default) does (0: never). Its held connections then close.
+  worker_timeout_s: float = 30.0
+
+  def check(self):
+    self.require('port', 0 <= self.port <= 65535, 'a TCP port in [0, 65535] (0: any free port)')
+    self.require('workers', 0 <= self.workers <= 256, 'in [0, 256] (0: the usable cores, at most 8)')
+    self.require('max_queue', self.max_queue >= 1, 'at least 1')
+    self.require('max_wait_ms', 1.0 <= self.max_wait_ms <= 600_000.0, 'in [1, 600000] milliseconds')
+    self.require('worker_timeout_s', self.worker_timeout_s == 0 or 3.0 <= self.worker_timeout_s <= 86_400.0,
+                 '0 (never) or in [3, 86400] seconds (workers beat once a second)')
+    self.require('host', self.host in LOOPBACK_HOSTS or self.allow_remote,
+                 f'a loopback address {LOOPBACK_HOSTS} unless --config.serve.allow_remote=True '
+                 '(binding another address exposes the model to the network)')
+    self.require('batch_window_ms', 0.0 <= self.batch_window_ms <= 1000.0, 'in [0, 1000] milliseconds')
+    self.require('max_batch', self.max_batch >= 1, 'at least 1')
+    self.require('warm_batch_sizes', all(b >= 1 for b in self.warm_batch_sizes), 'positive batch sizes')
+    self.require('max_upload_bytes', self.max_upload_bytes >= 1, 'at least 1')
+    self.require('max_images_per_request', self.max_images_per_request >= 1, 'at least 1')
+
+
+EXPORT_FORMATS = ('onnx', 'stablehlo')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings(Settings):
+  """`config.export`: --mode export writes the model with its preprocessing inside the graph."""
+  SECTION: ClassVar[str] = 'export'
+  formats: tuple[str, ...] = EXPORT_FORMATS
+  folder: str = 'export'           # inside --workdir
+  batch_size: int = 0              # 0: any batch size (symbolic; ONNX gets 1 where jax2onnx cannot); else fixed
+
+  def check(self):
+    self.require('formats', bool(self.formats) and set(self.formats) <= set(EXPORT_FORMATS),
+                 f'a non-empty tuple of {EXPORT_FORMATS}')
+    self.require('batch_size', self.batch_size >= 0, '>= 0')
+    self.require('folder', bool(self.folder), 'a folder name inside --workdir')
+
+
+PROBE_POOLINGS = ('avg', 'max', 'source')
+PROBE_SOLVERS = ('jax', 'sklearn')
+PROBE_RANKS = ('accuracy', 'macro_f1', 'log_loss')
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings(Settings):
+  """`config.probe`: --mode probe screens backbones by linear probes on their frozen, pooled features
+  (fpclass.infer.pooled_features, fpclass.analysis.linear_probe), over data.num_folds folds x seeds."""
+  SECTION: ClassVar[str] = 'probe'
+  # Registered pretrained models; 'name=weights' gives one its own weights (a named set or a file), the others
+  # take config.model.pretrained ('' or absent: random init, seeded by config.seed).
+  backbones: tuple[str, ...] = ()
+  pooling: str = 'avg'             # avg | max: the last stage pooled (a ViT's patch tokens); source: the source
+                                   # model's own features before its classifier (a ViT's class token)
+  flip_tta: bool = False           # each image's features are the mean of its own and its mirror image's
+  seeds: tuple[int, ...] = (0,)    # repetitions of the k-fold split, each split with data.split_seed + seed
+  inner_folds: int = 5             # the inner cross-validation that picks C, in each outer training fold
+  # Inverse L2 strengths C tried (scikit-learn's convention): 1e-4 to 1e4, LogisticRegressionCV's default Cs=10.
+  c_values: tuple[float, ...] = tuple(10.0 ** (-4.0 + 8.0 * i / 9) for i in range(10))
+  solver: str = 'jax'              # jax | sklearn: the same fit (docs/performance.md measures both)
+  max_iter: int = 500              # solver iterations per fit, at most
+  batch_size: int = 32             # images per forward pass of a backbone
+  rank_by: str = 'accuracy'        # accuracy | macro_f1 | log_loss: the best backbone, which the others are paired with
+
+  def check(self):
+    self.require('pooling', self.pooling in PROBE_POOLINGS, f'one of {PROBE_POOLINGS}')
+    self.require('solver', self.solver in PROBE_SOLVERS, f'one of {PROBE_SOLVERS}')
+    self.require('rank_by', self.rank_by in PROBE_RANKS, f'one of {PROBE_RANKS}')
+    self.require('seeds', bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+                 'distinct integers, at least one')
+    self.require('inner_folds', self.inner_folds >= 2, 'at least 2')
+    self.require('c_values', bool(self.c_values) and all(0 < c < math.inf for c in self.c_values),
+                 'positive numbers, at least one')
+    self.require('max_iter', self.max_iter >= 1, 'at least 1')
+    self.require('batch_size', self.batch_size >= 1, 'at least 1')
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitSettings(Settings):
+  """`config.submit`: --mode submit writes the sample submission's rows with the restored model's labels."""
+  SECTION: ClassVar[str] = 'submit'
+  filename: str = 'submission.csv'
+  probabilities_filename: str = 'submission_probabilities.csv'
+  average_folds: bool = False      # --workdir is a sweep experiment folder: average its fold models' probabilities
+  tta_hflip: bool = False          # also predict each test image mirrored and average the two
+  calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate/sweep, if any
+
+  def check(self):
+    for name in ('filename', 'probabilities_filename'):
+      self.require(name, bool(getattr(self, name)) and '/' not in getattr(self, name), 'a file name inside --workdir')
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanSettings(Settings):
+  """`config.clean`: --mode clean finds corrupt files, exact and pHash near duplicates, and format statistics."""
+  SECTION: ClassVar[str] = 'clean'
+  phash_threshold: int = 8         # near duplicates: Hamming distance between 64-bit pHashes at most this
+
+  def check(self):
+    self.require('phash_threshold', 0 <= self.phash_threshold <= 64, 'in [0, 64] bits')

@@ -1,0 +1,129 @@
+"""The sections of training: `config.train` (the optimizer, schedule, selection and process settings), `config.eval`
+and `config.sweep` (many members trained together and summarised with intervals)."""
+import dataclasses
+import math
+from typing import ClassVar
+
+from fpclass.config.settings import Settings
+
+OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
+SAMPLERS = ('uniform', 'balanced')
+MONITORS = ('val_loss', 'val_accuracy', 'val_macro_f1', 'val_roc_auc')
+PRECISIONS = ('fp32', 'bf16')
+LOOPS = ('auto', 'step', 'scan')
+FEATURE_CACHE = ('auto', 'on', 'off')
+SELECT_CHECKPOINTS = ('best', 'last')
+MODEL_AXES = ('auto', 'vmap', 'loop')
+THRESHOLD_METRICS = ('macro_f1', 'f1')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings(Settings):
+  """`config.train`: how a model is trained, one member or many (`fpclass.train.engine`)."""
+  SECTION: ClassVar[str] = 'train'
+  batch_size: int = 32
+  epochs: int = 50
+  optimizer: str = 'adam'          # adam | adamw | rmsprop | sgd
+  learning_rate: float = 1e-3
+  schedule: str = 'constant'       # constant | cosine | exponential | step
+  warmup_epochs: int = 0
+  decay_rate: float = 0.1          # exponential: factor per decay_epochs; step: factor at each boundary
+  decay_epochs: int = 10
+  momentum: float = 0.9            # sgd momentum
+  nesterov: bool = False
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  rmsprop_decay: float = 0.9
+  weight_decay: float = 0.0        # decoupled (adamw) or added to the gradient (others)
+  l2: float = 0.0                  # Keras-style kernel_regularizer: l2 * sum(w**2) added to the loss
+  l2_params: str = '.*kernel'      # regex on '/'-joined parameter paths that l2 applies to
+  label_smoothing: float = 0.0
+  class_weights: str = ''          # '' | auto | 'name:weight,name:weight'
+  # uniform: a permutation per epoch | balanced: every class fills an equal share of each epoch's batches
+  # (minority examples repeat, majority ones are subsampled); same epoch length either way.
+  sampler: str = 'uniform'
+  grad_clip_norm: float = 0.0
+  backbone_lr_factor: float = 1.0  # pretrained models: learning-rate multiplier for unfrozen backbone stages
+  finetune_epochs: int = 0         # > 0: a second phase after `epochs` (or early stopping) with ...
+  finetune_freeze_till: int = 0    # ... model.freeze_till set to this (0 = everything trainable) ...
+  finetune_lr_factor: float = 0.1  # ... and the learning rate multiplied by this
+  select_checkpoint: str = 'best'  # best | last: which checkpoint evaluate/submit restore
+  monitor: str = 'val_loss'        # val_loss | val_accuracy | val_macro_f1 | val_roc_auc
+  early_stopping_patience: int = 0  # 0 -> off; otherwise epochs without improvement before stopping
+  min_delta: float = 0.0
+  log_every_steps: int = 10
+  tensorboard: bool = True         # also write per-epoch scalars as TensorBoard event files (tensorboard/)
+  # fp32 | bf16: bf16 computes in bfloat16 with float32 params, optimizer state, BN statistics and loss, on
+  # GPU/TPU; on CPU bf16 trains in fp32 with a warning (fpclass/train/precision.py).
+  precision: str = 'fp32'
+  # auto | step | scan: one jitted call per step, or one lax.scan over the whole epoch. auto picks step on CPU
+  # (XLA:CPU runs the scanned loop slower) and scan on GPU/TPU (docs/performance.md).
+  loop: str = 'auto'
+  # The share of a GPU a training process takes up front (XLA_PYTHON_CLIENT_MEM_FRACTION). The modes that only
+  # read a model allocate as they go, so servers and evaluations fit beside a training run. Unused on CPU.
+  gpu_memory_fraction: float = 0.75
+  # auto | on | off: compute a frozen backbone's output once and train the head on it. auto uses it when every
+  # trainable parameter follows the frozen prefix and nothing random (augmentation) comes before it; on makes
+  # that an error when it does not hold. Two-phase recipes use it in phase 1 only.
+  feature_cache: str = 'auto'
+
+  def check(self):
+    for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES), ('sampler', SAMPLERS),
+                          ('monitor', MONITORS), ('precision', PRECISIONS), ('loop', LOOPS),
+                          ('feature_cache', FEATURE_CACHE), ('select_checkpoint', SELECT_CHECKPOINTS)):
+      self.require(name, getattr(self, name) in allowed, f'one of {allowed}')
+    for name in ('batch_size', 'log_every_steps'):
+      self.require(name, getattr(self, name) >= 1, 'at least 1')
+    for name in ('epochs', 'warmup_epochs', 'decay_epochs', 'finetune_epochs', 'early_stopping_patience'):
+      self.require(name, getattr(self, name) >= 0, '>= 0')
+    self.require('learning_rate', 0.0 < self.learning_rate < math.inf, 'a positive number')
+    for name in ('weight_decay', 'l2', 'grad_clip_norm', 'backbone_lr_factor', 'min_delta', 'momentum',
+                 'finetune_lr_factor'):
+      self.require(name, 0.0 <= getattr(self, name) < math.inf, '>= 0')
+    for name in ('b1', 'b2', 'rmsprop_decay', 'label_smoothing'):
+      self.require(name, 0.0 <= getattr(self, name) < 1.0, 'in [0, 1)')
+    self.require('eps', 0.0 < self.eps < 1.0, 'in (0, 1)')
+    self.require('gpu_memory_fraction', 0.0 < self.gpu_memory_fraction <= 1.0, 'in (0, 1]')
+    self.require('finetune_freeze_till', self.finetune_freeze_till >= -1, '>= -1')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings(Settings):
+  """`config.eval`: scoring a trained run (--mode evaluate, and train after its last epoch)."""
+  SECTION: ClassVar[str] = 'eval'
+  batch_size: int = 256
+  score_train: bool = False        # also score the (un-augmented) training split in scores.json
+
+  def check(self):
+    self.require('batch_size', self.batch_size >= 1, 'at least 1')
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings(Settings):
+  """`config.sweep`: every variant x split x seed, trained together along a model axis (`fpclass.train.engine`,
+  `fpclass.train.axis`), summarised with confidence intervals and calibrated."""
+  SECTION: ClassVar[str] = 'sweep'
+  # Named config changes, one string each: 'name: key=value; key=value' (values are Python literals; see
+  # `fpclass.config.parse_variant`). Empty -> one variant, 'base', the config as given (repeated seeds).
+  variants: tuple[str, ...] = ()
+  baseline: str = ''               # the variant paired differences are taken against; '' -> the first
+  folds: tuple[int, ...] = ()      # () -> all data.num_folds folds (or the source's own val split); (-1,) -> holdout
+  seeds: tuple[int, ...] = (0, 1, 2)
+  model_axis: str = 'auto'         # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.train.axis
+  models_per_chunk: int = 0        # models resident at once; 0 -> from the memory rule and memory_fraction
+  memory_fraction: float = 0.5     # share of free device (or host) memory the chunk may use
+  ece_bins: int = 15               # equal-width confidence bins for expected calibration error
+  threshold_metric: str = 'macro_f1'  # macro_f1 | f1 (positive class): what the binary threshold maximises
+
+  def check(self):
+    self.require('model_axis', self.model_axis in MODEL_AXES, f'one of {MODEL_AXES}')
+    self.require('threshold_metric', self.threshold_metric in THRESHOLD_METRICS, f'one of {THRESHOLD_METRICS}')
+    self.require('seeds', bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+                 'distinct integers, at least one')
+    self.require('folds', len(set(self.folds)) == len(self.folds) and all(f >= -1 for f in self.folds),
+                 'distinct fold indices (or (-1,) for the holdout)')
+    self.require('models_per_chunk', self.models_per_chunk >= 0, '>= 0 (0: from the memory rule)')
+    self.require('memory_fraction', 0.0 < self.memory_fraction <= 1.0, 'in (0, 1]')
+    self.require('ece_bins', self.ece_bins >= 1, 'at least 1')

@@ -1,0 +1,207 @@
+"""Data: list a source, decode it through the cache, split it. `load_dataset(config)` does all three.
+
+Sources register by name in `SOURCES`; each is `fn(data_cfg) -> Source`.
+"""
+import dataclasses
+import logging
+import pathlib
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from fpclass import fileio
+from fpclass.config.inputs import DecodeSettings
+from fpclass.data import footprints, splits
+from fpclass.data.decode import decode_files, fit_array
+from fpclass.data.digits import load_digits_source
+from fpclass.data.file_list import apply_file_list
+from fpclass.data.image_folder import load_image_folder
+from fpclass.data.kaggle_csv import load_kaggle_csv
+from fpclass.data.label_map import apply_label_map
+from fpclass.data.rows import in_memory, take_rows
+from fpclass.data.source import Source, Split
+from fpclass.data.tfds_source import load_tfds
+from fpclass.errors import UserInputError
+
+
+def _kaggle_or_synthetic(data_cfg) -> Source:
+  if data_cfg.root:
+    return load_kaggle_csv(data_cfg)
+  spec = footprints.FootprintSpec(seed=int(data_cfg.synthetic.seed), n_class0=int(data_cfg.synthetic.n_class0),
+                                  n_class1=int(data_cfg.synthetic.n_class1), n_test=int(data_cfg.synthetic.n_test))
+  root = footprints.ensure_synthetic_footprints(fileio.cache_root(data_cfg.cache_dir), spec)
+  logging.warning('config.data.root is empty: using the embedded SYNTHETIC footprints in %s '
+                  '(set --config.data.root to your Kaggle folder for real data)', root)
+  synthetic_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+  synthetic_cfg.update(id_column='filename', label_column='SEX', labels_csv='train.csv', train_dir='train',
+                       test_dir='test', sample_submission='sample_submission.csv', class_names=())
+  source = load_kaggle_csv(synthetic_cfg, root=root)
+  source.name = 'synthetic_footprints'
+  return source
+
+
+SOURCES = {
+    'kaggle_csv': _kaggle_or_synthetic,
+    'image_folder': load_image_folder,
+    'tfds': load_tfds,
+    'digits': load_digits_source,
+}
+
+
+@dataclasses.dataclass
+class ArraySplit:
+  """A decoded split: uint8 (N, H, W, C) images with aligned labels, ids and extras. `images` is a numpy
+  array, or with `load_dataset(mapped=True)` maybe an `ImageRows` view of the memory-mapped decode cache."""
+  images: np.ndarray
+  labels: np.ndarray | None
+  ids: list
+  extras: dict = dataclasses.field(default_factory=dict)
+
+  def __len__(self):
+    return len(self.ids)
+
+  def take(self, index) -> 'ArraySplit':
+    index = np.asarray(index, np.int64)
+    return ArraySplit(images=take_rows(self.images, index),  # a mapped cache stays unread
+                      labels=None if self.labels is None else self.labels[index],
+                      ids=[self.ids[i] for i in index],
+                      extras={k: np.asarray(v)[index] for k, v in self.extras.items()})
+
+
+@dataclasses.dataclass
+class Decoded:
+  """Every split of a source, decoded; `pool` is the labelled training data before any holdout."""
+  source_name: str
+  class_names: tuple
+  pool: ArraySplit
+  val: ArraySplit | None
+  test: ArraySplit | None
+  quarantine: list
+  notes: list
+  root: pathlib.Path | None
+
+
+@dataclasses.dataclass
+class Dataset:
+  """What training reads: train, val and (maybe) test, plus what was skipped and how val was made."""
+  class_names: tuple
+  train: ArraySplit
+  val: ArraySplit
+  test: ArraySplit | None
+  quarantine: list
+  notes: list
+  source_name: str
+  split_note: str
+
+
+def list_raw_source(config) -> Source:
+  """The source as it is on disk: every file, its own classes."""
+  name = config.data.source
+  if name not in SOURCES:
+    raise UserInputError(f'config.data.source={name!r}: unknown source; choose one of {sorted(SOURCES)}')
+  return SOURCES[name](config.data)
+
+
+def list_source(config) -> Source:
+  """The source as training sees it: only the files of config.data.file_list, classes grouped by
+  config.data.label_map."""
+  source = list_raw_source(config)
+  if config.data.file_list:
+    source = apply_file_list(source, config.data.file_list)
+  if config.data.label_map:
+    source = apply_label_map(source, config.data.label_map)
+  return source
+
+
+def decode_source(config, progress: bool = True, mapped: bool = False) -> Decoded:
+  """Lists the configured source and decodes every split; bad files go to the quarantine list.
+
+  `mapped`: splits read from the decode cache keep their images as unread `ImageRows` views of the
+  memory-mapped cache (training streams them when they exceed the device budget); otherwise every split's
+  images are read into memory, as ordinary numpy arrays."""
+  source = list_source(config)
+  settings = DecodeSettings.from_config(config.data)
+  quarantine = list(source.problems)
+  cache = fileio.cache_root(config.data.cache_dir)
+
+  def decode(split: Split, name: str, keep_failed: bool = False):
+    if split.images is not None:
+      return ArraySplit(fit_array(split.images, settings), split.labels, list(split.ids), dict(split.extras))
+    images, ok, problems = decode_files(split.paths, settings, split=name, cache_dir=cache,
+                                        workers=int(config.data.decode_workers), progress=progress)
+    quarantine.extend(problems)
+    decoded = ArraySplit(images, split.labels, list(split.ids), dict(split.extras))
+    if keep_failed:
+      decoded.extras['decoded'] = ok
+      return decoded
+    return decoded.take(np.flatnonzero(ok))
+
+  pool = decode(source.train, 'train')
+  val = decode(source.val, 'val') if source.val is not None else None
+  test = None
+  if source.test is not None:
+    test = decode(source.test, 'test', keep_failed=True)
+    failed = [p for p in quarantine if p.split == 'test']
+    if failed and config.data.bad_test_images == 'error':
+      shown = '; '.join(f'{p.file}: {p.reason}' for p in failed[:10])
+      raise UserInputError(f'{len(failed)} test image(s) cannot be decoded, so a submission would be '
+                           f'incomplete: {shown}. Fix or replace them, or set '
+                           f"--config.data.bad_test_images=prior to predict the class prior for them.")
+  if len(pool) == 0:
+    raise UserInputError(f'no training image of {config.data.source} could be decoded; see the reasons: '
+                         + '; '.join(f'{p.file}: {p.reason}' for p in quarantine[:5]))
+  present = np.bincount(pool.labels, minlength=len(source.class_names))
+  empty = [source.class_names[i] for i in np.flatnonzero(present == 0)]
+  if empty:
+    raise UserInputError(f'classes {empty} have no decodable training image (see the quarantine report)')
+  if quarantine:
+    logging.warning('%d file(s) skipped; they are listed with reasons in quarantine.csv', len(quarantine))
+  if not mapped:
+    pool, val, test = (None if s is None else dataclasses.replace(s, images=in_memory(s.images))
+                       for s in (pool, val, test))
+  return Decoded(source.name, source.class_names, pool, val, test, quarantine, list(source.notes), source.root)
+
+
+def split_dataset(decoded: Decoded, config) -> Dataset:
+  """Train/val from the source's own validation split, a k-fold fold, or a stratified holdout."""
+  data = config.data
+  if decoded.val is not None:
+    train, val, note = decoded.pool, decoded.val, 'the source\'s own validation folder'
+  else:
+    if data.fold >= 0:
+      folds = splits.kfold_indices(decoded.pool.labels, int(data.num_folds), int(data.split_seed))
+      if data.fold >= len(folds):
+        raise UserInputError(f'config.data.fold={data.fold}: must be below config.data.num_folds={data.num_folds}')
+      train_index, val_index = folds[data.fold]
+      note = f'stratified fold {data.fold} of {data.num_folds} (split_seed {data.split_seed})'
+    else:
+      train_index, val_index = splits.holdout_indices(decoded.pool.labels, float(data.val_fraction),
+                                                      int(data.split_seed))
+      note = f'stratified {data.val_fraction:.0%} holdout (split_seed {data.split_seed})'
+    train, val = decoded.pool.take(train_index), decoded.pool.take(val_index)
+  return Dataset(decoded.class_names, train, val, decoded.test, decoded.quarantine, decoded.notes,
+                 decoded.source_name, note)
+
+
+def load_dataset(config, progress: bool = True, mapped: bool = False) -> Dataset:
+  """Decoded and split; `mapped` as in `decode_source`."""
+  return split_dataset(decode_source(config, progress, mapped), config)
+
+
+def write_quarantine_report(path, problems) -> None:
+  """CSV of every skipped input: file, split, reason. Written even when empty, so its absence means
+  the run never got as far as reading data."""
+  frame = pd.DataFrame([dataclasses.asdict(p) for p in problems], columns=['file', 'split', 'reason'])
+  fileio.write_csv(path, frame)
+
+
+def class_counts(dataset: Dataset) -> dict:
+  """{split: {class name: count}} for the labelled splits."""
+  out = {}
+  for name in ('train', 'val', 'test'):
+    split = getattr(dataset, name)
+    if split is not None and split.labels is not None:
+      counts = np.bincount(split.labels, minlength=len(dataset.class_names))
+      out[name] = {c: int(n) for c, n in zip(dataset.class_names, counts)}
+  return out

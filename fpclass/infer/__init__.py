@@ -1,0 +1,1 @@
+"""Inference from a trained workdir: restore, predict in padded batches, ensembles, decisions."""

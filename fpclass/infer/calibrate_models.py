@@ -1,0 +1,118 @@
+"""Calibrating trained models: fit temperature and threshold on validation predictions, store them in each
+model's sidecar (metadata.json, key `calibration`), where submit and predict find them, and report before/after.
+`--mode calibrate` runs it on a workdir; `--mode sweep` on each variant's fold models."""
+import pathlib
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fpclass import fileio
+from fpclass.analysis.calibration import (
+  THRESHOLD_METRICS,
+  calibrate_predictions,
+  expected_calibration_error,
+  reliability_bins,
+  scaled_probabilities,
+)
+from fpclass.data import pipeline
+from fpclass.errors import UserInputError
+from fpclass.infer import ensemble
+from fpclass.runtime import report
+from fpclass.train import checkpoint
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, bins: int, title: str = '',
+                     after_label: str = 'after') -> Figure:
+  """Accuracy against confidence per bin, before and after calibration, over a histogram of confidences."""
+  fig = Figure(figsize=(5.2, 5.6), layout='constrained')
+  top, bottom = fig.subplots(2, 1, gridspec_kw=dict(height_ratios=(3, 1)), sharex=True)
+  top.plot([0, 1], [0, 1], color='grey', ls='--', lw=1, label='perfect calibration')
+  for name, probs, style in (('before', before, 'o-'), (after_label, after, 's-')):
+    count, conf, acc = reliability_bins(probs, labels, bins)
+    used = count > 0
+    top.plot(conf[used], acc[used], style, ms=4,
+             label=f'{name}: ECE {expected_calibration_error(probs, labels, bins):.3f}')
+    bottom.hist(probs.max(1), bins=np.linspace(0, 1, bins + 1), histtype='step', label=name)
+  top.set_ylabel('accuracy')
+  top.set_title(title or 'reliability (validation)', fontsize=10)
+  top.legend(fontsize=8, loc='upper left')
+  top.grid(alpha=0.3)
+  bottom.set_xlabel('top-class confidence')
+  bottom.set_ylabel('images')
+  return fig
+
+
+def store_in_sidecar(workdir, calibration: dict) -> None:
+  """Adds the calibration to the model's metadata.json, where submit finds it next to the checkpoint."""
+  metadata = checkpoint.read_metadata(workdir)
+  metadata['calibration'] = calibration
+  checkpoint.write_metadata(workdir, metadata)
+
+
+def calibrate(config, workdir, decoded=None, predictions: dict | None = None) -> dict:
+  """`--mode calibrate`: fit on a workdir's validation predictions, or on the out-of-fold predictions of
+  the member workdirs (fold0/, fold1/, ...) of a sweep experiment folder; store and report the result.
+  `predictions` ({member folder name: validation logits}) are the members' own, computed while they trained
+  (a sweep's), so no model predicts its split again."""
+  workdir = pathlib.Path(workdir)
+  bins, metric = int(config.sweep.ece_bins), config.sweep.threshold_metric
+  if bins < 2:
+    raise UserInputError(f'config.sweep.ece_bins={bins}: use at least 2')
+  if metric not in THRESHOLD_METRICS:
+    raise UserInputError(f'config.sweep.threshold_metric={metric!r}: choose one of {THRESHOLD_METRICS}')
+  members = ensemble.load_members(config, workdir, folds=bool(ensemble.member_workdirs(workdir)),
+                                  restore=predictions is None)
+  decoded = decoded or pipeline.decode_source(config)
+  frames, logits, labels, groups = [], [], [], []
+  for g, member in enumerate(members):
+    val = pipeline.split_dataset(decoded, member.config).val
+    member_logits = (predictions[member.path.name] if predictions is not None else
+                     member.trained.logits(val.images, int(config.eval.batch_size)))
+    logits.append(member_logits)
+    labels.append(val.labels)
+    groups.append(np.full(len(val), g))
+    frames.append(pd.DataFrame({'member': member.path.name if member.path != workdir else '.', 'id': val.ids,
+                                'label': val.labels}))
+  logits, labels, groups = np.concatenate(logits), np.concatenate(labels), np.concatenate(groups)
+  head = members[0].config.model.get('head', 'softmax')
+  result, crossfit = calibrate_predictions(logits, labels, head, groups, bins, metric)
+  what = (f'out-of-fold predictions of {len(members)} fold models' if len(members) > 1
+          else 'validation predictions of this run')
+  result['fitted_on'] = f'{what} (n={len(labels)})'
+  for member in members:
+    store_in_sidecar(member.path, result)
+  class_names = tuple(members[0].metadata['class_names'])
+  before, after = scaled_probabilities(logits, head), scaled_probabilities(logits, head, result['temperature'])
+  after_label = f'after (T={result["temperature"]:.2f}, cross-fitted over {result["crossfit_groups"]} groups)'
+  oof = pd.concat(frames, ignore_index=True)
+  for i, name in enumerate(class_names):
+    oof[f'p_{name}'] = before[:, i]
+  for i, name in enumerate(class_names):
+    oof[f'p_{name}_calibrated'] = after[:, i]
+  fileio.write_csv(workdir / 'calibration_predictions.csv', oof)
+  fileio.write_json(workdir / 'calibration.json', result)
+  fileio.save_figure(workdir / 'reliability.png', plot_reliability(before, crossfit, labels, bins, what, after_label))
+  report.write_section(workdir, '45-calibration', calibration_section(result))
+  print(f'{workdir}: temperature {result["temperature"]:.3f}, ECE {result["ece_before"]:.4f} -> '
+        f'{result["ece_after"]:.4f} (cross-fitted)'
+        + (f', threshold {result["threshold"]:.3f}' if result['threshold'] is not None else ''))
+  return result
+
+
+def calibration_section(result: dict) -> str:
+  lines = ['## Calibration', '',
+           f'Fitted on the {result["fitted_on"]}. Temperature scaling divides the logits by '
+           f'T = {result["temperature"]:.3f}. "After" figures are cross-fitted over {result["crossfit_groups"]} '
+           'groups (each scored with a temperature and threshold fitted on the others).', '',
+           '| | before | after |', '|---|---|---|',
+           f'| ECE ({result["bins"]} bins) | {result["ece_before"]:.4f} | {result["ece_after"]:.4f} |',
+           f'| NLL | {result["nll_before"]:.4f} | {result["nll_after"]:.4f} |']
+  if result['threshold'] is not None:
+    lines.append(f'| {result["threshold_metric"]} (argmax -> threshold {result["threshold"]:.3f}) | '
+                 f'{result["f1_argmax"]:.4f} | {result["f1_tuned"]:.4f} |')
+  lines += ['', '![reliability diagram](reliability.png)', '',
+            'The temperature and threshold are stored in each model\'s metadata.json and applied by '
+            '`--mode submit` (switch off with `--config.submit.calibrated=False`). Files: '
+            '[calibration.json](calibration.json), [calibration_predictions.csv](calibration_predictions.csv).']
+  return '\n'.join(lines)

@@ -1,0 +1,107 @@
+"""Models restored together for prediction: one run's workdir, or the fold models of a sweep experiment
+folder (`<sweep workdir>/<variant>/fold0/`, `fold1/`, ...: each an ordinary workdir).
+
+Predictions apply each model's stored temperature (fpclass.analysis.calibration), optionally average over a
+horizontal flip, then average the models' probabilities.
+"""
+import copy
+import dataclasses
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from fpclass.analysis.calibration import scaled_probabilities
+from fpclass.data.source import natural_key
+from fpclass.errors import UserInputError
+from fpclass.infer.inference import Trained, load_trained
+from fpclass.train import checkpoint
+
+
+@dataclasses.dataclass
+class MemberModel:
+  path: pathlib.Path
+  config: ml_collections.ConfigDict   # the given config with this model's split and seed (from its sidecar)
+  metadata: dict
+  trained: Trained | None             # None when loaded with restore=False (the sidecar alone)
+
+  @property
+  def calibration(self) -> dict | None:
+    return self.metadata.get('calibration')
+
+
+# The keys that place a model on its validation split; a member's own values come from its sidecar.
+SPLIT_KEYS = ('seed', 'data.fold', 'data.num_folds', 'data.split_seed', 'data.val_fraction')
+
+
+def member_workdirs(workdir) -> list[pathlib.Path]:
+  """The sub-folders of `workdir` that are trained runs (hold a metadata.json), in natural order."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    return []
+  return sorted((p for p in workdir.iterdir() if p.is_dir() and (p / checkpoint.METADATA).is_file()), key=lambda p: natural_key(p.name))
+
+
+def member_config(config, metadata: dict) -> ml_collections.ConfigDict:
+  """`config` with the split and seed the member was trained with."""
+  out = copy.deepcopy(config)
+  stored = metadata['config']
+  for key in SPLIT_KEYS:
+    *parents, leaf = key.split('.')
+    source, target = stored, out
+    for p in parents:
+      source, target = source[p], target[p]
+    target[leaf] = source[leaf]
+  return out
+
+
+def load_members(config, workdir, folds: bool, restore: bool = True) -> list[MemberModel]:
+  """The fold models under `workdir` (folds=True), or the run in `workdir` itself; with restore=False their
+  sidecars only (no checkpoint is read)."""
+  workdir = pathlib.Path(workdir)
+  if folds:
+    paths = member_workdirs(workdir)
+    if not paths:
+      raise UserInputError(f'config.submit.average_folds=True: {workdir} holds no fold model folders (fold0/, '
+                           'fold1/, ...); point --workdir at a sweep experiment folder, e.g. runs/sweep/exp4')
+  else:
+    paths = [workdir]
+  members = []
+  for path in paths:
+    metadata = checkpoint.read_metadata(path)
+    if metadata is None:
+      hint = ('; it holds fold models, so pass --config.submit.average_folds=True' if member_workdirs(path) else
+              '; run --mode train with this --workdir first')
+      raise UserInputError(f'{path}: no trained run here ({checkpoint.METADATA} is missing){hint}')
+    cfg = member_config(config, metadata)
+    members.append(MemberModel(path, cfg, metadata, load_trained(cfg, path) if restore else None))
+  names = {tuple(m.metadata['class_names']) for m in members}
+  if len(names) > 1:
+    raise UserInputError(f'the models under {workdir} were trained on different classes: {sorted(names)}')
+  return members
+
+
+def predict_probabilities(members: list[MemberModel], images: np.ndarray, batch_size: int,
+                          tta_hflip: bool = False, calibrated: bool = True) -> np.ndarray:
+  """Mean over models (and over the image and its mirror with tta_hflip) of each model's class
+  probabilities, temperature-scaled when `calibrated` and the model's sidecar has a temperature."""
+  views = [images, images[:, :, ::-1, :]] if tta_hflip else [images]
+  total = None
+  for member in members:
+    temperature = (member.calibration or {}).get('temperature', 1.0) if calibrated else 1.0
+    for view in views:
+      probs = scaled_probabilities(member.trained.logits(np.ascontiguousarray(view), batch_size),
+                                   member.trained.task.head, temperature)
+      total = probs if total is None else total + probs
+  return total / (len(members) * len(views))
+
+
+def decision_threshold(members: list[MemberModel], calibrated: bool) -> float | None:
+  """The stored binary threshold when every model has the same one (a sweep stores one per experiment)."""
+  if not calibrated:
+    return None
+  thresholds = {(m.calibration or {}).get('threshold') for m in members}
+  if len(thresholds) != 1:
+    raise UserInputError('the models have different stored thresholds; run --mode calibrate on their folder, '
+                         'or pass --config.submit.calibrated=False')
+  return thresholds.pop()

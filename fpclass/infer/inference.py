@@ -1,0 +1,75 @@
+"""Restore a trained workdir for inference: the one place evaluate, submit and explain get a model from."""
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import numpy as np
+
+from fpclass.errors import UserInputError
+from fpclass.models.heads import probabilities
+from fpclass.runtime.sharding import DataParallel
+from fpclass.train import checkpoint
+from fpclass.train.loop_state import LoopState
+from fpclass.train.steps import CompiledSteps
+from fpclass.train.task import Task, TrainState, build_task, predict_logits
+
+
+@dataclasses.dataclass
+class Trained:
+  task: Task
+  state: TrainState
+  metadata: dict
+  class_names: tuple
+  checkpoint: str      # which checkpoint was restored: 'best' or 'last'
+  epoch: int
+  loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
+
+  @functools.cached_property
+  def compiled(self) -> CompiledSteps:
+    """The programs of this model on this process's mesh. Its predict is the very program training
+    validates with (same function, compiler options and shardings), so in the batch shape they share
+    (`fpclass.modes.evaluate.prediction_chunk`) evaluate, explain and calibrate load it from the persistent
+    compilation cache instead of compiling (and, on a GPU, autotuning) one of their own."""
+    return CompiledSteps(self.task, DataParallel.over())
+
+  @property
+  def predict_fn(self):
+    """(params, batch_stats, uint8 images) -> logits on the host, one jitted program per batch shape."""
+    return self.compiled.predict
+
+  def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
+    """The logits of `images` in fixed-size batches (`fpclass.train.task.predict_logits`)."""
+    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
+
+  def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
+    return probabilities(self.logits(images, batch_size, chunk), self.task.head)
+
+
+def load_trained(config, workdir, kind: str | None = None) -> Trained:
+  """The model of `workdir` with the checkpoint `kind` (default: config.train.select_checkpoint)."""
+  workdir = pathlib.Path(workdir)
+  metadata = checkpoint.read_metadata(workdir)
+  if metadata is None:
+    raise UserInputError(f'{workdir}: no trained run here ({checkpoint.METADATA} is missing); '
+                         'run --mode train with this --workdir first')
+  checkpoint.check_restorable(workdir, metadata, checkpoint.config_as_json(config))
+  kind = kind or config.train.select_checkpoint  # checked by fpclass.runtime.validation
+  class_names = tuple(metadata['class_names'])
+  task = build_task(config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
+  height, width = metadata['image_size']
+  abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), (height, width, metadata['channels'])))
+  store = checkpoint.CheckpointStore(workdir)
+  if store.latest_epoch(kind) is None and kind == 'best' and store.latest_epoch('last') is not None:
+    kind = 'last'  # no epoch improved on the monitor (e.g. all NaN): fall back to the final weights
+  try:
+    # The newest complete checkpoint, so a read beside a training run (or after a damaged save) works.
+    epoch, state = store.restore_newest_readable(kind, lambda e: (e, store.restore(kind, abstract, e)[0]))
+    # The whole run's history, also when `best` is restored.
+    loop = LoopState.from_json(store.restore_newest_readable('last', lambda e: store.loop_state('last', e)))
+  finally:
+    store.close()
+  # Placed as training places them (replicated over the mesh), so the predict program is training's own.
+  parallel = DataParallel.over()
+  state = state.replace(params=parallel.replicate(state.params), batch_stats=parallel.replicate(state.batch_stats))
+  return Trained(task, state, metadata, class_names, kind, int(epoch), loop)

@@ -1,0 +1,126 @@
+"""Optax optimizers and learning-rate schedules from `config.train`."""
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from fpclass import models
+from fpclass.errors import UserInputError
+
+OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
+
+
+def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
+  lr = float(train_cfg.learning_rate)
+  total = max(1, int(train_cfg.epochs) * steps_per_epoch)
+  warmup = int(train_cfg.warmup_epochs) * steps_per_epoch
+  name = train_cfg.schedule
+  if name == 'constant':
+    main = optax.constant_schedule(lr)
+  elif name == 'cosine':
+    main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
+  elif name == 'exponential':
+    main = optax.exponential_decay(lr, int(train_cfg.decay_epochs) * steps_per_epoch,
+                                   float(train_cfg.decay_rate), staircase=True)
+  elif name == 'step':
+    every = int(train_cfg.decay_epochs) * steps_per_epoch
+    boundaries = {b: float(train_cfg.decay_rate) for b in range(every, total, every)} if every > 0 else {}
+    main = optax.piecewise_constant_schedule(lr, boundaries)
+  else:
+    raise UserInputError(f'config.train.schedule={name!r}: choose one of {SCHEDULES}')
+  if warmup > 0:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return main
+
+
+def make_optimizer(train_cfg, steps_per_epoch: int, groups=None) -> optax.GradientTransformation:
+  """The configured optax optimizer.
+
+  `groups` (from `param_groups`) labels each parameter 'head', 'backbone' or 'frozen': frozen ones get
+  zero updates, backbone ones a learning rate scaled by config.train.backbone_lr_factor
+  (`optax.multi_transform`). Gradient clipping, when on, is over all parameters together.
+  """
+  schedule = learning_rate_schedule(train_cfg, steps_per_epoch)
+  name, wd = train_cfg.optimizer, float(train_cfg.weight_decay)
+  if name not in OPTIMIZERS:
+    raise UserInputError(f'config.train.optimizer={name!r}: choose one of {OPTIMIZERS}')
+
+  def optimizer(scale: float) -> optax.GradientTransformation:
+    lr = schedule if scale == 1.0 else (lambda step: scale * schedule(step))
+    if name == 'adam':
+      tx = optax.adam(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps)
+    elif name == 'adamw':
+      tx = optax.adamw(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=wd)
+    elif name == 'rmsprop':
+      tx = optax.rmsprop(lr, decay=train_cfg.rmsprop_decay, eps=train_cfg.eps)
+    else:
+      tx = optax.sgd(lr, momentum=train_cfg.momentum or None, nesterov=bool(train_cfg.nesterov))
+    if wd > 0 and name != 'adamw':
+      # PyTorch-style coupled weight decay: added to the gradient before the optimizer's scaling.
+      tx = optax.chain(optax.add_decayed_weights(wd), tx)
+    return tx
+
+  factor = float(train_cfg.backbone_lr_factor)
+  if factor < 0:
+    raise UserInputError(f'config.train.backbone_lr_factor={factor}: must be >= 0')
+  tx = optimizer(1.0) if groups is None else optax.multi_transform(
+      {'head': optimizer(1.0), 'backbone': optimizer(factor), 'frozen': optax.set_to_zero()}, groups)
+  if float(train_cfg.grad_clip_norm) > 0:
+    tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)), tx)
+  return tx
+
+
+def param_groups(model_cfg):
+  """A function labelling each parameter 'head', 'backbone' or 'frozen' by the model's stages and
+  config.model.freeze_till; None for models without stages (every parameter trains alike).
+
+  With the source framework's own classifier (`top='source'`), its hidden layers (AlexNet's and VGG's
+  4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
+  last layer ("replace and train the final layer").
+  """
+  spec = models.get_spec(model_cfg.name)
+  if not spec.stages:
+    return None
+  in_stage = [re.compile(regex).search for _, regex in spec.stages]  # one membership test per stage
+  if model_cfg.get('top', 'source') == 'source' and spec.source_top and spec.source_top != spec.source_head:
+    body, head = re.compile(spec.source_top), re.compile(spec.source_head)
+    in_stage.append(lambda path: body.search('params/' + path) and not head.search('params/' + path))
+  freeze_till = int(model_cfg.get('freeze_till', 0))
+  if not -1 <= freeze_till <= len(in_stage):
+    raise UserInputError(f'config.model.freeze_till={freeze_till}: use 0..{len(in_stage)} (stages '
+                         f'{list(spec.stage_names)}{" + classifier" if len(in_stage) > len(spec.stages) else ""})'
+                         ' or -1 for all')
+
+  def label(path: str) -> str:
+    for index, member in enumerate(in_stage):
+      if member(path):
+        return 'frozen' if models.frozen(index, freeze_till) else 'backbone'
+    return 'head'
+
+  def labels(params):
+    flat = traverse_util.flatten_dict(params, sep='/')
+    return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
+  return labels
+
+
+def l2_penalty(params, l2: float, pattern: str):
+  """Keras kernel_regularizer: l2 * sum(w**2) over parameters whose '/'-joined path matches `pattern`."""
+  if l2 <= 0:
+    return jnp.zeros((), jnp.float32)
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise UserInputError(f'config.train.l2_params={pattern!r}: not a regular expression ({e})') from None
+  flat = traverse_util.flatten_dict(params, sep='/')
+  chosen = [v for k, v in flat.items() if regex.search(k)]
+  if not chosen:
+    raise UserInputError(f'config.train.l2_params={pattern!r} matches no parameter; paths look like '
+                         f'{sorted(flat)[:4]}')
+  return l2 * sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in chosen)
+
+
+def count_params(params) -> int:
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

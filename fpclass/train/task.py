@@ -1,0 +1,232 @@
+"""What one training setup computes: the train state, the loss, and pure train/predict steps.
+
+The data lives on the device as uint8; a batch is an index gather; augmentation and normalisation run
+inside the jitted step. `Task.train_step` is a pure function of (state, images, labels, index, key),
+so it can also be vmapped over a leading model axis (k folds x seeds) or sharded. Data streamed from the
+host (over the device budget) takes `Task.train_batch`, the same step on a batch already gathered.
+"""
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fpclass import models
+from fpclass.config.inputs import AugmentSettings
+from fpclass.errors import UserInputError
+from fpclass.infer.batches import in_fixed_batches
+from fpclass.models.heads import cross_entropy, predicted_class
+from fpclass.models.preprocessing import Normalisation
+from fpclass.train import augment, optim, precision
+
+MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """Everything static about one training setup; its methods are pure and jittable."""
+  model: Any
+  tx: optax.GradientTransformation
+  normalisation: Normalisation
+  augment_cfg: AugmentSettings
+  head: str
+  num_classes: int
+  class_weights: tuple | None = None
+  label_smoothing: float = 0.0
+  l2: float = 0.0
+  l2_params: str = '.*kernel'
+  device_resize: tuple = ()      # (height, width) to resize to on the device, after augmentation
+  repeat_rgb: bool = False       # repeat one grayscale channel to the 3 an RGB model expects
+
+  def model_input_shape(self, image_shape) -> tuple:
+    height, width, channels = image_shape
+    if self.device_resize:
+      height, width = self.device_resize
+    return height, width, 3 if self.repeat_rgb else channels
+
+  def init_variables(self, key, image_shape) -> dict:
+    """Freshly initialised model variables (params and batch_stats) for uint8 images of `image_shape`."""
+    dummy = jnp.zeros((1, *self.model_input_shape(image_shape)), jnp.float32)
+    variables = self.model.init({'params': key, 'dropout': key}, dummy, train=False)
+    return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+
+  def init(self, key, image_shape, variables: dict | None = None) -> TrainState:
+    """A train state from fresh variables, or from `variables` (e.g. pretrained weights)."""
+    variables = variables or self.init_variables(key, image_shape)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables['batch_stats'], opt_state=self.tx.init(variables['params']))
+
+  def prepare(self, images_u8, key=None):
+    """uint8 NHWC -> normalised float32 model input, augmented when a key is given."""
+    x = images_u8.astype(jnp.float32) / 255.0
+    if key is not None and self.augment_cfg.enabled:
+      x = augment.augment_batch(x, key, self.augment_cfg)
+    if self.device_resize:
+      x = jax.image.resize(x, (x.shape[0], *self.device_resize, x.shape[-1]), 'bilinear')
+    if self.repeat_rgb:
+      x = jnp.repeat(x, 3, axis=-1)
+    return self.normalisation(x)
+
+  def apply(self, params, batch_stats, x, train: bool = False, rngs=None):
+    variables = {'params': params, 'batch_stats': batch_stats} if batch_stats else {'params': params}
+    if train and batch_stats:
+      (logits, features), updates = self.model.apply(variables, x, train=True, rngs=rngs,
+                                                     mutable=['batch_stats'])
+      return logits, features, updates['batch_stats']
+    logits, features = self.model.apply(variables, x, train=train, rngs=rngs)
+    return logits, features, batch_stats
+
+  def train_step(self, state: TrainState, images, labels, index, key):
+    """One optimizer step on the examples at `index`; returns (state, {loss_sum, correct, count})."""
+    return self.train_batch(state, images[index], labels[index], key)
+
+  def train_batch(self, state: TrainState, batch_images, batch_labels, key):
+    """`train_step` on a batch already gathered (streamed from the host): the same computation, so a
+    streamed run and an in-memory one train the same model bit for bit."""
+    aug_key, dropout_key = jax.random.split(key)
+    x = self.prepare(batch_images, aug_key)
+    y = targets = batch_labels
+    if self.augment_cfg.mixing_enabled:
+      # Its own key, folded from the augmentation key, so the per-image draws stay those of an unmixed run.
+      x, targets = augment.mix_batch(x, jax.nn.one_hot(y, self.num_classes), jax.random.fold_in(aug_key, MIX_STREAM),
+                                     self.augment_cfg)
+
+    def loss_fn(params):
+      logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,
+                                        rngs={'dropout': dropout_key})
+      loss = self.loss(logits, targets) + optim.l2_penalty(params, self.l2, self.l2_params)
+      return loss, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+    # With mixing, the loss is the mixed targets' and `correct` counts agreement with each image's own label.
+    correct = jnp.sum(predicted_class(logits, self.head) == y)
+    return new_state, {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
+
+  def loss(self, logits, targets):
+    """Mean cross-entropy against int labels (N,) or class probabilities (N, num_classes) (mixed batches).
+
+    Weighted by class as PyTorch's CrossEntropyLoss(weight=...) does for labels: sum_i w_i ce_i / sum_i w_i,
+    where a soft target's w_i is its expected class weight (a 70:30 mix weighs 0.7 w_a + 0.3 w_b), which is
+    w[y_i] for a label. Smoothing applies to the soft target as to a label's one-hot."""
+    if targets.ndim == 1:
+      targets = jax.nn.one_hot(targets, self.num_classes)
+    per_example = cross_entropy(logits, targets, self.head, self.label_smoothing)
+    if self.class_weights is None:
+      return jnp.mean(per_example)
+    w = targets @ jnp.asarray(self.class_weights, jnp.float32)
+    return jnp.sum(w * per_example) / jnp.sum(w)
+
+  def predict(self, params, batch_stats, images_u8):
+    logits, _, _ = self.apply(params, batch_stats, self.prepare(images_u8), train=False)
+    return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskView:
+  """Another inference pass over a task's model, shaped like a Task for `CompiledSteps.predict` and
+  `predict_logits`: a subclass defines `predict(params, batch_stats, uint8 images)` (the frozen backbone's
+  features, pooled features, ...); the head and the class count are the task's."""
+  task: Task
+
+  @property
+  def head(self) -> str:
+    return self.task.head
+
+  @property
+  def num_classes(self) -> int:
+    return self.task.num_classes
+
+
+def class_weights(spec: str, class_names, train_labels) -> tuple | None:
+  """'' -> None; 'auto' -> n / (k * count) as scikit-learn's 'balanced'; 'a:1,b:2.5' -> by class name."""
+  spec = (spec or '').strip()
+  if not spec:
+    return None
+  k = len(class_names)
+  if spec == 'auto':
+    counts = np.bincount(train_labels, minlength=k).astype(np.float64)
+    return tuple(float(len(train_labels) / (k * c)) for c in counts)
+  weights = {}
+  for item in spec.split(','):
+    name, sep, value = item.rpartition(':')
+    if not sep or name.strip() not in class_names:
+      raise UserInputError(f'config.train.class_weights={spec!r}: {item.strip()!r} is not "class:weight" for '
+                           f'a class in {list(class_names)}')
+    try:
+      weights[name.strip()] = float(value)
+    except ValueError:
+      raise UserInputError(f'config.train.class_weights={spec!r}: {value!r} is not a number') from None
+  return tuple(weights.get(c, 1.0) for c in class_names)
+
+
+def model_input(config) -> tuple[Normalisation, bool]:
+  """(normalisation, repeat_rgb) for the configured model and data.
+
+  A pretrained model takes its family's normalisation from the registry (its weights expect it), not
+  config.data.mean/std. One-channel data meets an RGB-pretrained model either through a stem folded for
+  one channel (config.model.in_channels=1, with the channel-averaged normalisation) or by repeating the
+  channel (in_channels=3).
+  """
+  spec = models.get_spec(config.model.name)
+  if spec.preprocessing is None:
+    return Normalisation.from_config(config.data), False
+  data_channels, model_channels = int(config.data.channels), int(config.model.get('in_channels', 3))
+  if model_channels not in (1, 3):
+    raise UserInputError(f'config.model.in_channels={model_channels}: use 3, or 1 for a grayscale-folded stem')
+  if data_channels == 3 and model_channels == 1:
+    raise UserInputError('config.model.in_channels=1 needs grayscale data (config.data.channels=1)')
+  if model_channels == 1:
+    return spec.preprocessing.to_grayscale(), False
+  return spec.preprocessing, data_channels == 1
+
+
+def build_task(config, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
+  """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means."""
+  model = models.create_model(config.model, len(class_names),
+                              dtype=precision.compute_dtype(config.train.precision, backend))
+  normalisation, repeat_rgb = model_input(config)
+  resize = tuple(int(v) for v in config.data.device_resize)
+  if resize and (len(resize) != 2 or min(resize) < 1):
+    raise UserInputError(f'config.data.device_resize={resize}: give (height, width) or ()')
+  return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch,
+                                                   optim.param_groups(config.model)),
+              normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
+              augment_cfg=AugmentSettings.from_config(config.augment),
+              head=config.model.get('head', 'softmax'), num_classes=len(class_names),
+              class_weights=class_weights(config.train.class_weights, class_names, train_labels),
+              label_smoothing=float(config.train.label_smoothing), l2=float(config.train.l2),
+              l2_params=str(config.train.l2_params))
+
+
+def predict_logits(task: Task, state: TrainState, images: np.ndarray, batch_size: int,
+                   predict_fn=None, chunk: int | None = None) -> np.ndarray:
+  """Logits for uint8 images in fixed-size batches (the last one padded), so one compilation serves all.
+
+  The batch is min(batch_size, len(images)), or `chunk` when given: callers that predict several splits
+  pass one chunk for all of them (`fpclass.modes.evaluate.prediction_chunk`), so the splits share one
+  compiled program instead of one per split size."""
+  predict_fn = predict_fn or jax.jit(task.predict)
+  n = len(images)
+  if n == 0:
+    return np.zeros((0, 1 if task.head == 'sigmoid' else task.num_classes), np.float32)
+  size = int(chunk) if chunk else min(batch_size, n)
+  return in_fixed_batches(lambda batch: predict_fn(state.params, state.batch_stats, batch), images, (size,))
+
+
+def common_batch(batch_size: int, sizes) -> int:
+  """The one batch in which to predict sets of these sizes: `batch_size`, or the largest set when that is
+  smaller (the others padded up to it), so they share one compiled program; at least 1."""
+  return max(1, min(int(batch_size), max(sizes, default=0)))
