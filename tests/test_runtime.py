@@ -122,3 +122,26 @@ def test_a_second_identical_job_compiles_almost_nothing_beside_a_second_process(
   assert set(evaluated['modes']) == {'train', 'evaluate'} and evaluated['modes']['evaluate']['mode'] == 'evaluate'
   assert evaluated['modes']['train']['rows'] and evaluated['modes']['evaluate']['rows']
   assert '| phase | --mode train | --mode evaluate |' in (workdir / 'report.md').read_text()
+
+
+def test_a_gpu_plugin_without_a_gpu_device_falls_back_to_the_cpu_with_one_line(monkeypatch, capsys):
+  """JAX's CUDA plugin crashes the process at its first device query where no GPU is visible; fpclass sets
+  JAX_PLATFORMS=cpu first and says so in one line. bench/gpu_extra_without_gpu.sh runs the real plugin."""
+  updates = []
+  monkeypatch.setattr(process, '_gpu_plugins', lambda: {'xla_cuda13'})
+  monkeypatch.setattr(process, '_backend_started', lambda: False)
+  monkeypatch.setattr(process.jax.config, 'update', lambda name, value: updates.append((name, value)))
+  environ = {}
+  monkeypatch.setattr(process, '_any_path', lambda *paths: False)     # no /dev/nvidia*
+  assert process.fall_back_to_cpu(environ)
+  assert environ == {'JAX_PLATFORMS': 'cpu'} and updates == [('jax_platforms', 'cpu')]
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and 'xla_cuda13' in lines[0] and 'running on the CPU' in lines[0]
+  assert process.planned_backend(environ) == 'cpu'
+
+  # The user's own choice, or a visible device, leaves everything alone.
+  for environ, visible in (({'JAX_PLATFORMS': 'cuda'}, False), ({}, True)):
+    monkeypatch.setattr(process, '_any_path', lambda *paths, v=visible: v)
+    updates.clear()
+    assert not process.fall_back_to_cpu(environ) and updates == [] and 'cpu' not in environ.values()
+  assert capsys.readouterr().err == ''

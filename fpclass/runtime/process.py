@@ -13,6 +13,7 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import sys
 
 import jax
 from jax._src import xla_bridge  # whether a backend has started: no public API says
@@ -26,6 +27,8 @@ ENV_PREALLOCATE = 'XLA_PYTHON_CLIENT_PREALLOCATE'
 ENV_MEM_FRACTION = 'XLA_PYTHON_CLIENT_MEM_FRACTION'
 ENV_MIN_COMPILE_TIME = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 BACKENDS = ('cpu', 'gpu', 'tpu')
+CUDA_DEVICE_NODES = ('/dev/nvidia0', '/dev/nvidiactl')
+ROCM_DEVICE_NODES = ('/dev/kfd',)
 
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -56,10 +59,10 @@ def planned_backend(environ=None) -> str:
   platforms = environ.get('JAX_PLATFORMS', '').strip()
   if platforms:
     return _family(platforms.split(',')[0].strip())
-  plugins = {entry.name for entry in importlib.metadata.entry_points(group='jax_plugins')}
-  if any('cuda' in name for name in plugins) and _any_path('/dev/nvidia0', '/dev/nvidiactl'):
+  plugins = _gpu_plugins()
+  if any('cuda' in name for name in plugins) and _any_path(*CUDA_DEVICE_NODES):
     return 'gpu'
-  if any('rocm' in name for name in plugins) and _any_path('/dev/kfd'):
+  if any('rocm' in name for name in plugins) and _any_path(*ROCM_DEVICE_NODES):
     return 'gpu'
   if _installed('libtpu') and (_any_path('/dev/vfio') or any(pathlib.Path('/dev').glob('accel*'))):
     return 'tpu'
@@ -98,8 +101,36 @@ def apply(settings: ProcessSettings) -> ProcessSettings:
   return settings
 
 
+def gpu_plugin_without_gpu(environ=None) -> str:
+  """The GPU plugin's name when JAX would load one with no GPU device to drive (a login node, a container
+  started without --gpus), the user has not chosen JAX_PLATFORMS and no backend has started; else ''.
+  JAX's CUDA plugin crashes the process at its first device query there."""
+  environ = os.environ if environ is None else environ
+  if environ.get('JAX_PLATFORMS', '').strip() or _backend_started():
+    return ''
+  for name in sorted(_gpu_plugins()):
+    nodes = CUDA_DEVICE_NODES if 'cuda' in name else ROCM_DEVICE_NODES
+    if not _any_path(*nodes):
+      return name
+  return ''
+
+
+def fall_back_to_cpu(environ=None) -> bool:
+  """Runs on the CPU, with a one-line warning, where `gpu_plugin_without_gpu` finds a plugin."""
+  plugin = gpu_plugin_without_gpu(environ)
+  if not plugin:
+    return False
+  (os.environ if environ is None else environ)['JAX_PLATFORMS'] = 'cpu'
+  jax.config.update('jax_platforms', 'cpu')   # jax read the variable when it was imported
+  print(f'fpclass: warning: JAX\'s GPU plugin ({plugin}) is installed but no GPU device is visible; running on '
+        'the CPU (set JAX_PLATFORMS to choose)', file=sys.stderr, flush=True)
+  return True
+
+
 def configure(trains: bool, gpu_memory_fraction: float = 0.75) -> ProcessSettings:
-  """`apply(decide(planned_backend(), ...))`: what a process does before its first JAX computation."""
+  """`apply(decide(planned_backend(), ...))`: what a process does before its first JAX computation, after
+  falling back to the CPU where a GPU plugin has no GPU to drive."""
+  fall_back_to_cpu()
   return apply(decide(planned_backend(), trains, gpu_memory_fraction))
 
 
@@ -171,6 +202,11 @@ def _family(platform_name: str) -> str:
 
 def _backend_started() -> bool:
   return xla_bridge.backends_are_initialized()
+
+
+def _gpu_plugins() -> set:
+  return {entry.name for entry in importlib.metadata.entry_points(group='jax_plugins')
+          if 'cuda' in entry.name or 'rocm' in entry.name}
 
 
 def _any_path(*paths) -> bool:
