@@ -9,7 +9,9 @@ from fpclass.config.settings import Settings
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 SAMPLERS = ('uniform', 'balanced')
-MONITORS = ('val_loss', 'val_accuracy', 'val_macro_f1', 'val_roc_auc')
+# Each monitored metric and whether lower or higher is better.
+MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
+MONITORS = tuple(MONITOR_MODES)
 PRECISIONS = ('fp32', 'bf16')
 LOOPS = ('auto', 'step', 'scan')
 FEATURE_CACHE = ('auto', 'on', 'off')

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from fpclass import models
 from fpclass.config.inputs import AugmentSettings
+from fpclass.config.training import FEATURE_CACHE
 from fpclass.data.rows import ImageRows, mapped_file
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
@@ -29,15 +30,14 @@ from fpclass.train import feed, optim
 from fpclass.train import task as task_lib
 from fpclass.train.steps import CompiledSteps
 
-SETTINGS = ('auto', 'on', 'off')
 TOP = 'top'   # the name `transfer.new_top` gives the new top
 
 
 def check_setting(config) -> None:
   """The checks that need no model: a known value, and `on` only without augmentation."""
   mode = config.train.feature_cache
-  if mode not in SETTINGS:
-    raise UserInputError(f'config.train.feature_cache={mode!r}: choose one of {SETTINGS}')
+  if mode not in FEATURE_CACHE:
+    raise UserInputError(f'config.train.feature_cache={mode!r}: choose one of {FEATURE_CACHE}')
   if mode == 'on' and AugmentSettings.from_config(config.augment).randomises_input:
     raise UserInputError(
         "config.train.feature_cache='on' needs augmentation off: config.augment transforms every image anew "

@@ -5,7 +5,7 @@ checkpoint as JSON, so a killed run resumes with its history, best epoch and pat
 import dataclasses
 import math
 
-MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
+from fpclass.config.training import MONITOR_MODES
 
 
 def improves(value, best, mode: str, min_delta: float = 0.0) -> bool:

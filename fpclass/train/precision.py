@@ -12,9 +12,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from fpclass.config.training import PRECISIONS
 from fpclass.errors import UserInputError
-
-PRECISIONS = ('fp32', 'bf16')
 
 
 def check_precision(precision: str) -> str:

@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 
-SAMPLERS = ('uniform', 'balanced')
-
 
 def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
   """A fresh permutation each epoch; the last batch wraps around to the permutation's start, so every

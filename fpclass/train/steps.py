@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fpclass.config.training import LOOPS
 from fpclass.errors import UserInputError
 from fpclass.runtime.sharding import DataParallel
 
-LOOPS = ('auto', 'step', 'scan')
 # XLA:CPU hands convolutions, matmuls and reductions to YNNPACK by default; its convolution weight gradients
 # ran ~4x slower than XLA's Eigen ones (footprint CNN conv2), so on CPU convolutions stay with Eigen and
 # YNNPACK keeps matmuls and reductions. Measured ~1.1x per step when chosen; a later run on the loaded shared
