@@ -76,9 +76,9 @@ class TrainSettings(Settings):
                           ('monitor', MONITORS), ('precision', PRECISIONS), ('loop', LOOPS),
                           ('feature_cache', FEATURE_CACHE), ('select_checkpoint', SELECT_CHECKPOINTS)):
       self.require(name, getattr(self, name) in allowed, f'one of {allowed}')
-    for name in ('batch_size', 'log_every_steps'):
+    for name in ('batch_size', 'epochs', 'log_every_steps'):
       self.require(name, getattr(self, name) >= 1, 'at least 1')
-    for name in ('epochs', 'warmup_epochs', 'decay_epochs', 'finetune_epochs', 'early_stopping_patience'):
+    for name in ('warmup_epochs', 'decay_epochs', 'finetune_epochs', 'early_stopping_patience'):
       self.require(name, getattr(self, name) >= 0, '>= 0')
     self.require('learning_rate', 0.0 < self.learning_rate < math.inf, 'a positive number')
     for name in ('weight_decay', 'l2', 'grad_clip_norm', 'backbone_lr_factor', 'min_delta', 'momentum',

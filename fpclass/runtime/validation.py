@@ -11,8 +11,7 @@ from fpclass.config.settings import ConfigError
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import pooled_features
-from fpclass.train import feature_cache, optim, precision, sampling, steps, task
-from fpclass.train.loop_state import MONITOR_MODES
+from fpclass.train import feature_cache, optim, precision, steps, task
 
 
 def validate(config) -> None:
@@ -34,16 +33,5 @@ def validate(config) -> None:
   if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
     raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '
                          f'a pretrained model with stages; {config.model.name!r} has none')
-  if config.train.monitor not in MONITOR_MODES:
-    raise UserInputError(f'config.train.monitor={config.train.monitor!r}: choose one of {sorted(MONITOR_MODES)}')
-  if config.train.select_checkpoint not in ('best', 'last'):
-    raise UserInputError(f'config.train.select_checkpoint={config.train.select_checkpoint!r}: use best or last')
-  if int(config.train.batch_size) < 1 or int(config.train.epochs) < 1:
-    raise UserInputError('config.train.batch_size and config.train.epochs must be at least 1')
-  if config.train.sampler not in sampling.SAMPLERS:
-    raise UserInputError(f'config.train.sampler={config.train.sampler!r}: choose one of {sampling.SAMPLERS}')
-  if not 0 <= int(config.clean.phash_threshold) <= 64:
-    raise UserInputError(f'config.clean.phash_threshold={config.clean.phash_threshold}: a Hamming distance '
-                         'between 64-bit hashes, in [0, 64]')
   if config.data.bad_test_images not in ('error', 'prior'):
     raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
