@@ -1,16 +1,28 @@
-"""Installs the system packages the tests need when they are missing: Debian's chromium and
-chromium-driver, for the upload page tested in a real browser (tests/test_serve_browser.py).
+"""Installs what the tests need beyond the test extra, when it is missing: Debian's chromium and chromium-driver,
+for the upload page tested in a real browser (tests/test_serve_browser.py), and fastai's learning-rate finder as
+a reference (tests/test_lr_find.py), installed without its declared dependencies (they pull in spacy; the
+finder's functions need none of it).
 
     python -m tests.system_packages      # part of the README's test command and of .ci/run
 
-A no-op when both are on PATH. Installing needs root (apt-get); otherwise it prints the command to run.
+A no-op when all are there. Installing chromium needs root (apt-get); otherwise it prints the command to run.
 """
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 
 PACKAGES = {'chromium': 'chromium', 'chromedriver': 'chromium-driver'}  # executable -> Debian package
+# fastai and the packages its schedule module imports, at the versions the lr_find test was written against.
+FASTAI = ('fastai==2.8.12', 'fastcore==2.2.39', 'fastprogress==1.0.3', 'fastdownload==0.0.8', 'fasttransform==0.0.5',
+          'plum-dispatch==2.10.1', 'beartype==0.23.1')
+
+
+def install_fastai() -> None:
+  if importlib.util.find_spec('fastai') is None:
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', *FASTAI], check=True,
+                   stdin=subprocess.DEVNULL)
 
 
 def missing() -> list[str]:
@@ -18,6 +30,7 @@ def missing() -> list[str]:
 
 
 def main() -> int:
+  install_fastai()
   needed = missing()
   if not needed:
     return 0
