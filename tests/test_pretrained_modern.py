@@ -301,11 +301,11 @@ def test_stochastic_depth_rates_are_torchvisions(reference):
   from fpclass.models import torchvision_convnext, torchvision_efficientnet
   convnext = reference('convnext_tiny').module
   expected = [block.stochastic_depth.p for stage in convnext.features[1::2] for block in stage]
-  got = torchvision_convnext.stochastic_depth_rates([blocks for _, blocks in torchvision_convnext.TINY], 0.1)
+  got = torchvision_convnext.drop_path_rates([blocks for _, blocks in torchvision_convnext.TINY], 0.1)
   assert [r for stage in got for r in stage] == pytest.approx(expected)
   effnet = reference('efficientnet_v2_s').module
   expected = [block.stochastic_depth.p for stage in effnet.features[1:-1] for block in stage]
-  got = torchvision_efficientnet.stochastic_depth_rates(torchvision_efficientnet.V2_S_STAGES, 0.2)
+  got = torchvision_efficientnet.drop_path_rates(torchvision_efficientnet.V2_S_STAGES, 0.2)
   assert [r for stage in got for r in stage] == pytest.approx(expected) and len(expected) == 40
 
 

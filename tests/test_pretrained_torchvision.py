@@ -267,7 +267,7 @@ def test_stochastic_depth_rates_are_torchvisions(reference):
   from fpclass.models import torchvision_efficientnet as effnet
   module = reference('efficientnet_b0').module
   ref = [block.stochastic_depth.p for stage in module.features[1:8] for block in stage]
-  assert [r for stage in effnet.stochastic_depth_rates(effnet.B0_STAGES, 0.2) for r in stage] == pytest.approx(ref)
+  assert [r for stage in effnet.drop_path_rates(effnet.B0_STAGES, 0.2) for r in stage] == pytest.approx(ref)
 
 
 def test_adaptive_avg_pool_is_torchs():

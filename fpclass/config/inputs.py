@@ -37,6 +37,7 @@ class DecodeSettings(Settings):
 
 
 FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
+AUGMENT_POLICIES = ('', 'randaugment', 'trivialaugment')   # '' is off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,12 @@ class AugmentSettings(Settings):
   cutmix_alpha: float = 0.0        # cutmix: a box of area ~ (1 - lambda) pasted; the labels follow the box's area
   mix_switch_prob: float = 0.5     # both alphas on: cutmix with this probability, else mixup
   mix_prob: float = 1.0            # probability that a batch is mixed at all
+  # torchvision's RandAugment / TrivialAugmentWide on the uint8 image, after geometry and flips, before colour.
+  # Their shear/translate/rotate fill with fill_value (constant), whatever fill_mode says.
+  policy: str = ''                 # '' (off) | randaugment | trivialaugment
+  num_ops: int = 2                 # randaugment: ops applied one after another to each image
+  magnitude: int = 9               # randaugment: the magnitude bin, in [0, num_magnitude_bins)
+  num_magnitude_bins: int = 31     # both: magnitude levels (trivialaugment draws one per image)
 
   def check(self):
     self.require('fill_mode', self.fill_mode in FILL_MODES, f'one of {FILL_MODES}')
@@ -86,6 +93,15 @@ class AugmentSettings(Settings):
     for name in ('mix_switch_prob', 'mix_prob'):
       self.require(name, 0.0 <= getattr(self, name) <= 1.0, 'in [0, 1]')
 
+    self.require('policy', self.policy in AUGMENT_POLICIES, f'one of {AUGMENT_POLICIES}')
+    self.require('num_ops', self.num_ops >= 0, '>= 0')
+    self.require('num_magnitude_bins', self.num_magnitude_bins >= 2, 'at least 2')
+    self.require('magnitude', 0 <= self.magnitude < self.num_magnitude_bins, 'in [0, num_magnitude_bins)')
+
+  @property
+  def policy_enabled(self) -> bool:
+    return self.policy == 'trivialaugment' or (self.policy == 'randaugment' and self.num_ops > 0)
+
   @property
   def geometry_enabled(self) -> bool:
     return any((self.rotation, self.zoom, self.height, self.width, self.translate))
@@ -93,7 +109,8 @@ class AugmentSettings(Settings):
   @property
   def enabled(self) -> bool:
     """Whether any per-image op is on (batch mixing is `mixing_enabled`)."""
-    return self.geometry_enabled or any((self.hflip, self.vflip, self.brightness, self.contrast, self.erasing))
+    return self.geometry_enabled or self.policy_enabled or any((self.hflip, self.vflip, self.brightness,
+                                                                self.contrast, self.erasing))
 
   @property
   def mixing_enabled(self) -> bool:

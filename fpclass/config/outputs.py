@@ -45,6 +45,11 @@ class PredictSettings(Settings):
   calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
   explain: bool = False            # also write one Grad-CAM overlay PNG per image under predict_explain/
   batch_size: int = 0              # 0 -> config.eval.batch_size
+  # Test-time augmentation as fastai's Learner.tta (fpclass.infer.tta, which checks these three): this many
+  # passes with the run's own config.augment, blended with the plain pass on probabilities (0: off).
+  tta: int = 0
+  tta_beta: float = 0.25           # the plain pass's weight in the blend (fastai's beta)
+  tta_use_max: bool = False        # fastai's use_max: the elementwise maximum of every pass instead of the blend
 
   def check(self):
     self.require('batch_size', self.batch_size >= 0, '>= 0 (0: config.eval.batch_size)')
@@ -162,6 +167,11 @@ class SubmitSettings(Settings):
   average_folds: bool = False      # --workdir is a sweep experiment folder: average its fold models' probabilities
   tta_hflip: bool = False          # also predict each test image mirrored and average the two
   calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate/sweep, if any
+  # Test-time augmentation as fastai's Learner.tta (fpclass.infer.tta): passes with config.augment, blended with
+  # the plain pass (0: off). With tta_hflip, the image and its mirror each get the blend, then are averaged.
+  tta: int = 0
+  tta_beta: float = 0.25           # the plain pass's weight in the blend (fastai's beta)
+  tta_use_max: bool = False        # fastai's use_max: the elementwise maximum of every pass instead of the blend
 
   def check(self):
     for name in ('filename', 'probabilities_filename'):
@@ -176,3 +186,26 @@ class CleanSettings(Settings):
 
   def check(self):
     self.require('phash_threshold', 0 <= self.phash_threshold <= 64, 'in [0, 64] bits')
+
+
+LR_FIND_SUGGESTIONS = ('valley', 'minimum', 'steep')
+
+
+@dataclasses.dataclass(frozen=True)
+class LrFindSettings(Settings):
+  """`config.lr_find`: --mode lr_find, fastai's Learner.lr_find (an exponential learning-rate sweep from the
+  run's initial state, through its own train step; fpclass.train.lr_finder)."""
+  SECTION: ClassVar[str] = 'lr_find'
+  start_lr: float = 1e-7           # the first step's learning rate
+  end_lr: float = 10.0             # the rate step num_it would take: step i takes start * (end / start) ** (i / num_it)
+  num_it: int = 100                # steps at most (fastai's floor is 6)
+  beta: float = 0.98               # the loss's exponential moving average, debiased
+  stop_div: bool = True            # stop once the smoothed loss exceeds 4x its minimum so far
+  suggestion: str = 'valley'       # valley | minimum | steep: the suggestion printed first
+
+  def check(self):
+    self.require('start_lr', 0.0 < self.start_lr < math.inf, '> 0')
+    self.require('end_lr', self.start_lr < self.end_lr < math.inf, f'> config.lr_find.start_lr={self.start_lr}')
+    self.require('num_it', self.num_it >= 6, "at least 6 (fastai's floor)")
+    self.require('beta', 0.0 <= self.beta < 1.0, 'in [0, 1)')
+    self.require('suggestion', self.suggestion in LR_FIND_SUGGESTIONS, f'one of {LR_FIND_SUGGESTIONS}')

@@ -11,6 +11,7 @@ from fpclass.config.outputs import (
   CleanSettings,
   ExplainSettings,
   ExportSettings,
+  LrFindSettings,
   PredictSettings,
   ProbeSettings,
   ServeSettings,
@@ -95,12 +96,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sweep = section(SweepSettings)
   c.probe = section(ProbeSettings)
+  c.lr_find = section(LrFindSettings)
   return c
 
 
 # Every typed section, in schema order; `fpclass.runtime.validation` checks each once per launch.
 SETTINGS = (DecodeSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
-            SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings)
+            SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
+            LrFindSettings)
 
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:

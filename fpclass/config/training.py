@@ -70,6 +70,16 @@ class TrainSettings(Settings):
   # trainable parameter follows the frozen prefix and nothing random (augmentation) comes before it; on makes
   # that an error when it does not hold. Two-phase recipes use it in phase 1 only.
   feature_cache: str = 'auto'
+  # < 1: layer-wise learning-rate decay as timm's layer_decay, lr x layer_decay ** (depth below the head), the
+  # depths from fpclass/train/layer_decay.py; 1 = off.
+  layer_decay: float = 1.0
+  # > 0: validate, select and save an exponential moving average of the weights and BN statistics, updated after
+  # every optimizer update, as timm's ModelEmaV3 (e.g. 0.9998); 0 = off (fpclass/train/ema.py).
+  ema_decay: float = 0.0
+  ema_warmup: bool = True          # timm's decay warmup: min(ema_decay, 1 - n^(-2/3)) at update n
+  # > 1: one optimizer update per this many batches, with their mean gradient (optax.MultiSteps); the last update
+  # of an epoch takes what is left of it. BN still sees single batches (docs/finetuning.md).
+  accumulate_steps: int = 1
 
   def check(self):
     for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES), ('sampler', SAMPLERS),
@@ -89,6 +99,9 @@ class TrainSettings(Settings):
     self.require('eps', 0.0 < self.eps < 1.0, 'in (0, 1)')
     self.require('gpu_memory_fraction', 0.0 < self.gpu_memory_fraction <= 1.0, 'in (0, 1]')
     self.require('finetune_freeze_till', self.finetune_freeze_till >= -1, '>= -1')
+    self.require('layer_decay', 0.0 < self.layer_decay <= 1.0, 'in (0, 1] (1: off)')
+    self.require('ema_decay', 0.0 <= self.ema_decay < 1.0, 'in [0, 1) (0: off)')
+    self.require('accumulate_steps', self.accumulate_steps >= 1, 'at least 1 (1: off)')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Calibrating trained models: fit temperature and threshold on validation predictions, store them in each
 model's sidecar (metadata.json, key `calibration`), where submit and predict find them, and report before/after.
-`--mode calibrate` runs it on a workdir; `--mode sweep` on each variant's fold models."""
+`--mode calibrate` runs it on a workdir; `--mode sweep` on each variant's fold models. With test-time
+augmentation on (config.submit.tta or config.predict.tta), they are fitted on the TTA predictions."""
 import pathlib
 
 import numpy as np
@@ -17,7 +18,7 @@ from fpclass.analysis.calibration import (
 )
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer import ensemble
+from fpclass.infer import ensemble, tta
 from fpclass.runtime import report
 from fpclass.train import checkpoint
 
@@ -54,8 +55,12 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   """`--mode calibrate`: fit on a workdir's validation predictions, or on the out-of-fold predictions of
   the member workdirs (fold0/, fold1/, ...) of a sweep experiment folder; store and report the result.
   `predictions` ({member folder name: validation logits}) are the members' own, computed while they trained
-  (a sweep's), so no model predicts its split again."""
+  (a sweep's), so no model predicts its split again, unless test-time augmentation is on: its predictions
+  are the restored models' own (`fpclass.infer.tta.calibration_settings`)."""
   workdir = pathlib.Path(workdir)
+  tta_settings = tta.calibration_settings(config)
+  if tta_settings.on:
+    predictions = None   # the logits training computed are plain ones
   bins, metric = int(config.sweep.ece_bins), config.sweep.threshold_metric
   if bins < 2:
     raise UserInputError(f'config.sweep.ece_bins={bins}: use at least 2')
@@ -68,7 +73,7 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   for g, member in enumerate(members):
     val = pipeline.split_dataset(decoded, member.config).val
     member_logits = (predictions[member.path.name] if predictions is not None else
-                     member.trained.logits(val.images, int(config.eval.batch_size)))
+                     member.trained.logits(val.images, int(config.eval.batch_size), tta_settings=tta_settings))
     logits.append(member_logits)
     labels.append(val.labels)
     groups.append(np.full(len(val), g))
@@ -79,7 +84,8 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   result, crossfit = calibrate_predictions(logits, labels, head, groups, bins, metric)
   what = (f'out-of-fold predictions of {len(members)} fold models' if len(members) > 1
           else 'validation predictions of this run')
-  result['fitted_on'] = f'{what} (n={len(labels)})'
+  result['fitted_on'] = f'{what} (n={len(labels)})' + (f', with {tta_settings.describe()}' if tta_settings.on else '')
+  result['tta'] = tta_settings.as_dict()   # what predict and submit must make for these to apply (fpclass.infer.tta)
   for member in members:
     store_in_sidecar(member.path, result)
   class_names = tuple(members[0].metadata['class_names'])

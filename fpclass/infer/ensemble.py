@@ -1,8 +1,8 @@
 """Models restored together for prediction: one run's workdir, or the fold models of a sweep experiment
 folder (`<sweep workdir>/<variant>/fold0/`, `fold1/`, ...: each an ordinary workdir).
 
-Predictions apply each model's stored temperature (fpclass.analysis.calibration), optionally average over a
-horizontal flip, then average the models' probabilities.
+Predictions apply each model's stored temperature (fpclass.analysis.calibration) to its logits, or to its TTA
+logits (fpclass.infer.tta), optionally average over a horizontal flip, then average the models' probabilities.
 """
 import copy
 import dataclasses
@@ -14,6 +14,7 @@ import numpy as np
 from fpclass.analysis.calibration import scaled_probabilities
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
+from fpclass.infer import tta
 from fpclass.infer.inference import Trained, load_trained
 from fpclass.train import checkpoint
 
@@ -82,16 +83,23 @@ def load_members(config, workdir, folds: bool, restore: bool = True) -> list[Mem
 
 
 def predict_probabilities(members: list[MemberModel], images: np.ndarray, batch_size: int,
-                          tta_hflip: bool = False, calibrated: bool = True) -> np.ndarray:
+                          tta_hflip: bool = False, calibrated: bool = True,
+                          tta_settings: tta.TTA | None = None, section: str = 'submit') -> np.ndarray:
   """Mean over models (and over the image and its mirror with tta_hflip) of each model's class
-  probabilities, temperature-scaled when `calibrated` and the model's sidecar has a temperature."""
+  probabilities, temperature-scaled when `calibrated` and the model's sidecar has a temperature. With
+  `tta_settings` on, each view's logits are its TTA logits; a stored calibration must have been fitted on
+  those (`config.<section>.tta*`)."""
+  tta_settings = tta_settings or tta.TTA()
+  if calibrated:
+    for member in members:
+      tta.check_calibration(member.calibration, tta_settings, section)
   views = [images, images[:, :, ::-1, :]] if tta_hflip else [images]
   total = None
   for member in members:
     temperature = (member.calibration or {}).get('temperature', 1.0) if calibrated else 1.0
     for view in views:
-      probs = scaled_probabilities(member.trained.logits(np.ascontiguousarray(view), batch_size),
-                                   member.trained.task.head, temperature)
+      logits = member.trained.logits(np.ascontiguousarray(view), batch_size, tta_settings=tta_settings)
+      probs = scaled_probabilities(logits, member.trained.task.head, temperature)
       total = probs if total is None else total + probs
   return total / (len(members) * len(views))
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from fpclass.errors import UserInputError
+from fpclass.infer import tta
 from fpclass.models.heads import probabilities
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import checkpoint
@@ -38,12 +39,25 @@ class Trained:
     """(params, batch_stats, uint8 images) -> logits on the host, one jitted program per batch shape."""
     return self.compiled.predict
 
-  def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
-    """The logits of `images` in fixed-size batches (`fpclass.train.task.predict_logits`)."""
-    return predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
+  @functools.cached_property
+  def augmented_predict(self) -> tta.AugmentedPredict:
+    return tta.AugmentedPredict(self.task, self.compiled.parallel)
 
-  def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None) -> np.ndarray:
-    return probabilities(self.logits(images, batch_size, chunk), self.task.head)
+  def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
+             tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:
+    """The logits of `images` in fixed-size batches (`fpclass.train.task.predict_logits`); with `tta_settings` on,
+    the TTA logits (`fpclass.infer.tta`), the one place predict, submit and calibrate get them. `first_batch`
+    numbers the batches for the augmentation keys when `images` continue an earlier call's."""
+    plain = predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)
+    if tta_settings is None or not tta_settings.on or len(images) == 0:
+      return plain
+    batch = int(chunk) if chunk else min(batch_size, len(images))
+    return tta.tta_logits(self.task, self.state, images, plain, tta_settings, self.augmented_predict, batch,
+                          first_batch)
+
+  def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
+                    tta_settings: tta.TTA | None = None) -> np.ndarray:
+    return probabilities(self.logits(images, batch_size, chunk, tta_settings), self.task.head)
 
 
 def load_trained(config, workdir, kind: str | None = None) -> Trained:
@@ -63,7 +77,9 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
   if store.latest_epoch(kind) is None and kind == 'best' and store.latest_epoch('last') is not None:
     kind = 'last'  # no epoch improved on the monitor (e.g. all NaN): fall back to the final weights
   try:
-    # The newest complete checkpoint, so a read beside a training run (or after a damaged save) works.
+    # The newest complete checkpoint, so a read beside a training run (or after a damaged save) works. Its
+    # model variables are those the run validated and selected with: the average of the weights when it kept
+    # one (config.train.ema_decay; `checkpoint.CheckpointStore.restore`), so every mode serves the average.
     epoch, state = store.restore_newest_readable(kind, lambda e: (e, store.restore(kind, abstract, e)[0]))
     # The whole run's history, also when `best` is restored.
     loop = LoopState.from_json(store.restore_newest_readable('last', lambda e: store.loop_state('last', e)))

@@ -25,7 +25,7 @@ def _layer_norm(name, dtype):
 
 class CNBlock(nn.Module):
   """torchvision's CNBlock: x + stochastic_depth(layer_scale * pwconv2(gelu(pwconv1(norm(dwconv(x))))))."""
-  stochastic_depth_prob: float = 0.0
+  drop_path_rate: float = 0.0
   layer_scale_init: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -38,23 +38,19 @@ class CNBlock(nn.Module):
     y = nn.Dense(4 * dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv1')(y)
     y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv2')(nn.gelu(y, approximate=False))
     y = y * self.param('layer_scale', nn.initializers.constant(self.layer_scale_init), (dim,)).astype(y.dtype)
-    # StochasticDepth(p, 'row'): a Dropout whose mask is shared over H, W, C drops whole examples' branches.
-    y = nn.Dropout(self.stochastic_depth_prob, broadcast_dims=(1, 2, 3), deterministic=not train,
-                   name='stochastic_depth')(y)
-    return x + y
+    # Named as torchvision's StochasticDepth(p, 'row') module.
+    return x + transfer.drop_path(y, self.drop_path_rate, train, 'stochastic_depth')
 
 
-def stochastic_depth_rates(blocks: Sequence[int], stochastic_depth_prob: float) -> list[list[float]]:
-  """Each block's drop rate: torchvision's p * (index of the block in the network) / (number of blocks - 1)."""
-  total = sum(blocks)
-  starts = [sum(blocks[:i]) for i in range(len(blocks))]
-  return [[stochastic_depth_prob * (start + j) / (total - 1.0) for j in range(count)]
-          for start, count in zip(starts, blocks)]
+def drop_path_rates(blocks: Sequence[int], rate: float) -> list[list[float]]:
+  """Each stage's blocks' drop rates: torchvision's p * (index of the block in the network) / (blocks - 1)."""
+  rates = transfer.linear_drop_path_rates(rate, sum(blocks), sum(blocks) - 1)
+  return [rates[sum(blocks[:i]):sum(blocks[:i + 1])] for i in range(len(blocks))]
 
 
 class ConvNeXt(transfer.Backbone, kw_only=True):
   block_setting: Sequence[Sequence[int]]   # (channels, blocks) per stage
-  stochastic_depth_prob: float = 0.1       # convnext_tiny's
+  drop_path_rate: float = 0.1              # the last block's; convnext_tiny's (torchvision's stochastic_depth_prob)
   layer_scale: float = 1e-6                # the initial layer scale (torchvision's `layer_scale`)
 
   @nn.compact
@@ -65,7 +61,7 @@ class ConvNeXt(transfer.Backbone, kw_only=True):
                           gray=self.in_channels == 1, dtype=self.dtype, name='features_0_conv')(x)
     x = _layer_norm('features_0_norm', self.dtype)(x)
     x = feature(self, features, 'stem', x)
-    rates = stochastic_depth_rates([blocks for _, blocks in self.block_setting], self.stochastic_depth_prob)
+    rates = drop_path_rates([blocks for _, blocks in self.block_setting], self.drop_path_rate)
     for stage, (channels, blocks) in enumerate(self.block_setting[:last], start=1):
       index = 2 * stage - 1   # torchvision's features index of this stage's blocks
       if stage > 1:           # the downsampling layer before it: features_<index - 1>

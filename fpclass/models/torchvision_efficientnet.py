@@ -5,9 +5,9 @@ block_<i>', each Conv2dNormActivation a `ConvBN` ('conv', 'bn') and the squeeze-
 Padding is torch's symmetric (k - 1) // 2; depthwise convs use `feature_group_count`; BatchNorm is
 torchvision's: eps 1e-5 for B0 and 1e-3 for V2 (`bn_epsilon`), momentum 0.1 (Flax 0.9), with torch's
 running-variance update (`torch_layers.BatchNorm`). The stem conv is a `transfer.StemConv`.
-Stochastic depth is torchvision's 'row' mode (whole residual branches of some examples dropped, the rest
-scaled by 1 / survival), with the drop rate growing linearly over the blocks (16 in B0, 40 in V2-S); it
-draws from the 'dropout' rng in training and is the identity at evaluation.
+Stochastic depth (`drop_path_rate`, torchvision's `stochastic_depth_prob`) is torchvision's 'row' mode
+(whole residual branches of some examples dropped, the rest scaled by 1 / survival), its rate growing
+linearly over the blocks (16 in B0, 40 in V2-S); in training only, from the 'dropout' rng.
 
 Design notes: docs/modules.md (`fpclass/models/torchvision_efficientnet.py`).
 """
@@ -68,7 +68,7 @@ class _Block(nn.Module):
   kernel: int
   stride: int
   out_channels: int
-  stochastic_depth_prob: float = 0.0
+  drop_path_rate: float = 0.0
   frozen: bool = False
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -110,10 +110,8 @@ def _residual(block, x, y, train):
   on the branch, then the input added; otherwise the branch alone."""
   if block.stride != 1 or x.shape[-1] != block.out_channels:
     return y
-  # StochasticDepth(p, 'row'): Dropout whose mask is shared over H, W, C drops whole examples' branches.
-  y = nn.Dropout(block.stochastic_depth_prob, broadcast_dims=(1, 2, 3), deterministic=not train,
-                 name='stochastic_depth')(y)
-  return y + x
+  # Named as torchvision's StochasticDepth(p, 'row') module.
+  return transfer.drop_path(y, block.drop_path_rate, train, 'stochastic_depth') + x
 
 
 # torchvision's stages: (expand ratio, kernel, stride, output channels, blocks). B0's stem has 32 channels and
@@ -128,12 +126,12 @@ def stage_names(stages) -> tuple:
   return ('stem', *(f'stage{i}' for i in range(1, len(stages) + 1)), 'last_conv')
 
 
-def stochastic_depth_rates(stages, stochastic_depth_prob: float) -> list[list[float]]:
-  """Each block's drop rate: torchvision's p * (index of the block in the network) / (number of blocks)."""
-  total = sum(stage[-1] for stage in stages)
-  starts = [sum(stage[-1] for stage in stages[:i]) for i in range(len(stages))]
-  return [[stochastic_depth_prob * (start + j) / total for j in range(stage[-1])]
-          for start, stage in zip(starts, stages)]
+def drop_path_rates(stages, rate: float) -> list[list[float]]:
+  """Each stage's blocks' drop rates: torchvision's p * (index of the block in the network) / (blocks), every
+  block counted, though only those with a residual connection use theirs."""
+  blocks = [stage[-1] for stage in stages]
+  rates = transfer.linear_drop_path_rates(rate, sum(blocks), sum(blocks))
+  return [rates[sum(blocks[:i]):sum(blocks[:i + 1])] for i in range(len(blocks))]
 
 
 class EfficientNet(transfer.Backbone, kw_only=True):
@@ -143,7 +141,7 @@ class EfficientNet(transfer.Backbone, kw_only=True):
   last_channels: int = 0               # the last conv's; 0: 4x the last stage's (B0)
   bn_epsilon: float = 1e-5
   dropout: float = 0.2                 # the source classifier's dropout (torchvision's `dropout`)
-  stochastic_depth_prob: float = 0.2   # the last block's rate is just under this (torchvision's default)
+  drop_path_rate: float = 0.2          # the last block's rate is just under this (torchvision's default)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -153,7 +151,7 @@ class EfficientNet(transfer.Backbone, kw_only=True):
     x = ConvBN(self.stem_channels, 3, 2, frozen=self.stage_frozen(0), gray=self.in_channels == 1,
                epsilon=self.bn_epsilon, dtype=self.dtype, name='features_0')(x, train)
     x = feature(self, features, 'stem', x)
-    rates = stochastic_depth_rates(self.mbconv_stages, self.stochastic_depth_prob)
+    rates = drop_path_rates(self.mbconv_stages, self.drop_path_rate)
     for i, (expand, kernel, stride, channels, blocks) in enumerate(self.mbconv_stages[:last], start=1):
       block = FusedMBConv if i <= self.fused_stages else MBConv
       for j in range(blocks):

@@ -4,6 +4,8 @@ Layer names follow torchvision's, so the state_dict maps by an explicit table (`
 torch's symmetric padding; BatchNorm is torch's (`torch_layers.BatchNorm`: eps 1e-5, momentum 0.1, i.e.
 Flax 0.9, running variance from the unbiased batch variance); the stem's max pool pads with -inf as torch
 does; the stem conv is a `transfer.StemConv`, exact on one channel. This file is the template for the other pretrained families.
+torchvision's ResNet has no stochastic depth: `drop_path_rate` follows timm's ResNet (each block's branch
+dropped after its last BN, before the shortcut is added, at rate p * block index / (blocks - 1)).
 """
 import functools
 from typing import Any, Callable, Sequence
@@ -29,6 +31,7 @@ class BasicBlock(nn.Module):
   stride: int = 1
   frozen: bool = False
   relu: Callable = nn.relu
+  drop_path_rate: float = 0.0
   expansion = 1
 
   @nn.compact
@@ -37,7 +40,7 @@ class BasicBlock(nn.Module):
     y = Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv1')(x)
     y = self.relu(_bn('bn1', self.frozen, train)(y))
     y = Conv(self.planes, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
-    y = _bn('bn2', self.frozen, train)(y)
+    y = transfer.drop_path(_bn('bn2', self.frozen, train)(y), self.drop_path_rate, train, 'drop_path')
     if self.stride != 1 or x.shape[-1] != self.planes * self.expansion:
       identity = Conv(self.planes * self.expansion, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
                       name='downsample_conv')(x)
@@ -50,6 +53,7 @@ class Bottleneck(nn.Module):
   stride: int = 1
   frozen: bool = False
   relu: Callable = nn.relu
+  drop_path_rate: float = 0.0
   expansion = 4
 
   @nn.compact
@@ -60,7 +64,7 @@ class Bottleneck(nn.Module):
     y = Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
     y = self.relu(_bn('bn2', self.frozen, train)(y))
     y = Conv(self.planes * 4, (1, 1), use_bias=False, kernel_init=conv_init, name='conv3')(y)
-    y = _bn('bn3', self.frozen, train)(y)
+    y = transfer.drop_path(_bn('bn3', self.frozen, train)(y), self.drop_path_rate, train, 'drop_path')
     if self.stride != 1 or x.shape[-1] != self.planes * 4:
       identity = Conv(self.planes * 4, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
                       name='downsample_conv')(x)
@@ -75,6 +79,7 @@ class ResNet(transfer.Backbone, kw_only=True):
   block: Any
   layers: Sequence[int]
   relu: Callable = nn.relu   # swapped by guided backpropagation (see fpclass.models)
+  drop_path_rate: float = 0.0   # the last block's stochastic depth rate (timm's rule, see the docstring)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -85,10 +90,12 @@ class ResNet(transfer.Backbone, kw_only=True):
     x = self.relu(_bn('bn1', self.stage_frozen(0), train)(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)
+    rates = transfer.linear_drop_path_rates(self.drop_path_rate, sum(self.layers), sum(self.layers) - 1)
     for i, blocks in enumerate(self.layers[:last], start=1):
       for j in range(blocks):
-        x = self.block(64 * 2 ** (i - 1), stride=2 if (j == 0 and i > 1) else 1,
-                       frozen=self.stage_frozen(i), relu=self.relu, name=f'layer{i}_{j}')(x, train)
+        x = self.block(64 * 2 ** (i - 1), stride=2 if (j == 0 and i > 1) else 1, frozen=self.stage_frozen(i),
+                       relu=self.relu, drop_path_rate=rates[sum(self.layers[:i - 1]) + j],
+                       name=f'layer{i}_{j}')(x, train)
       x = feature(self, features, f'layer{i}', x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))

@@ -116,6 +116,24 @@ def new_top(module: nn.Module, x, features: dict, train: bool):
              name='top')(x, features, train)
 
 
+def drop_path(x, rate: float, train: bool, name: str):
+  """Stochastic depth on the residual branch `x` (batch first), called from inside a compact method: in
+  training each example's whole branch is zeroed with probability `rate` and every kept one scaled by
+  1 / (1 - rate) (timm's DropPath with scale_by_keep, torchvision's 'row' StochasticDepth); the identity at
+  evaluation. A Dropout whose mask is shared by every axis but the batch, so it draws from the 'dropout' rng
+  like the other dropouts, and at rate 0 it draws nothing (no rng needed)."""
+  return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=not train, name=name)(x)
+
+
+def linear_drop_path_rates(rate: float, blocks: int, denominator: int) -> list[float]:
+  """`rate * i / denominator` for blocks i = 0 .. blocks - 1 in network order: the linear rule of every
+  family's source, which differ in the denominator only (blocks - 1 or blocks); all 0 when it is 0."""
+  if not 0.0 <= rate < 1.0:
+    raise UserInputError(f'config.model.drop_path_rate={rate!r}: use a rate in [0, 1) (0 turns stochastic '
+                         'depth off)')
+  return [rate * i / denominator if denominator > 0 else 0.0 for i in range(blocks)]
+
+
 def check_cut(cut: str, stages: Sequence[str], top: str) -> int:
   """The index of the last stage to compute, validating `cut` against the stage names."""
   if not cut:

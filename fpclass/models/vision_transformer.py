@@ -1,5 +1,8 @@
 """Vision Transformers: torchvision's ViT-B/16 and DINOv2's ViT-S/14 and ViT-B/14, one Flax module.
 
+`drop_path_rate` is stochastic depth on each block's two branches (torchvision's ViT has none): timm's and
+DINOv2's rule, rate linspace(0, p, depth)[i] for block i, each branch drawn on its own, in training only.
+
 Design notes: docs/modules.md (`fpclass/models/vision_transformer.py`).
 """
 import functools
@@ -112,13 +115,16 @@ class SelfAttention(nn.Module):
 
 class EncoderBlock(nn.Module):
   """Pre-norm transformer block: x + attention(norm1(x)), then + mlp(norm2(x)), each branch optionally times
-  a layer scale (DINOv2). `record` names the feature recorded at norm1's output (the last block's: Grad-CAM)."""
+  a layer scale (DINOv2) and dropped per example at `drop_path_rate` (stochastic depth, 'drop_path1' and
+  'drop_path2' as in timm and DINOv2). `record` names the feature recorded at norm1's output (the last
+  block's: Grad-CAM)."""
   num_heads: int
   mlp_dim: int
   grid: tuple
   layer_scale: bool = False
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  drop_path_rate: float = 0.0
   record: str = ''
   dtype: Any = jnp.float32
 
@@ -131,7 +137,8 @@ class EncoderBlock(nn.Module):
     y = SelfAttention(self.num_heads, self.attention_dropout, self.dtype, name='attention')(y, train)
     if self.layer_scale:
       y = y * self.param('layer_scale1', nn.initializers.ones, (dim,)).astype(y.dtype)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + transfer.drop_path(nn.Dropout(self.dropout, deterministic=not train)(y), self.drop_path_rate, train,
+                               'drop_path1')
     y = _layer_norm('norm2', self.dtype)(x)
     y = nn.gelu(nn.Dense(self.mlp_dim, kernel_init=xavier, dtype=self.dtype, name='mlp_fc1')(y), approximate=False)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
@@ -139,7 +146,7 @@ class EncoderBlock(nn.Module):
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     if self.layer_scale:
       y = y * self.param('layer_scale2', nn.initializers.ones, (dim,)).astype(y.dtype)
-    return x + y
+    return x + transfer.drop_path(y, self.drop_path_rate, train, 'drop_path2')
 
 
 def stage_names(depth: int) -> tuple:
@@ -157,6 +164,7 @@ class VisionTransformer(transfer.Backbone, kw_only=True):
   position_interpolation: str = 'torchvision'   # 'torchvision' | 'dinov2' (see the module docstring)
   dropout: float = 0.0                     # torchvision's `dropout` (after the embedding and in every block)
   attention_dropout: float = 0.0           # torchvision's `attention_dropout`
+  drop_path_rate: float = 0.0              # the last block's stochastic depth rate (see the module docstring)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -184,10 +192,11 @@ class VisionTransformer(transfer.Backbone, kw_only=True):
     tokens = nn.Dropout(self.dropout, deterministic=not train)(tokens)
     tokens = record_patch_grid(self, features, 'embed', tokens, grid)
     blocks = min(last, self.depth)
+    rates = transfer.linear_drop_path_rates(self.drop_path_rate, self.depth, self.depth - 1)
     for i in range(blocks):
       tokens = EncoderBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale, self.dropout,
-                            self.attention_dropout, record=CAM_FEATURE if i == blocks - 1 else '', dtype=self.dtype,
-                            name=f'block{i}')(tokens, features, train)
+                            self.attention_dropout, rates[i], record=CAM_FEATURE if i == blocks - 1 else '',
+                            dtype=self.dtype, name=f'block{i}')(tokens, features, train)
       tokens = record_patch_grid(self, features, f'block{i}', tokens, grid)
     if last == len(stages) - 1:
       tokens = _layer_norm('norm', self.dtype)(tokens)

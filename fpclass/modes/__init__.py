@@ -55,6 +55,9 @@ MODES = {
                   'confidence intervals', trains=True, multi_process=True),
     'probe': Mode('probe', 'probe', 'screen config.probe.backbones: a linear probe on each one\'s cached, pooled '
                   'features over folds x seeds; tables and a plot with confidence intervals'),
+    'lr_find': Mode('lr_find', 'lr_find', 'fastai\'s learning-rate finder: an exponential learning-rate sweep '
+                    'from the run\'s initial state (config.lr_find); write lr_find.json and lr_find.png with the '
+                    'suggestions (the workdir\'s training state is untouched)'),
 }
 
 

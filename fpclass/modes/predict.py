@@ -6,7 +6,8 @@
 ('photos/**/*.png'), or a CSV whose `config.predict.path_column` lists the images (relative paths are
 taken from the CSV's folder). Writes, in the workdir:
 - `predictions.csv` (`config.predict.output`): the path as listed, the predicted class and one `p_<class>`
-  column per class, with the stored temperature and threshold applied (`config.predict.calibrated`);
+  column per class, with the stored temperature and threshold applied (`config.predict.calibrated`), and
+  test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`);
 - `predictions_quarantine.csv` beside it: every input that could not be read, with the reason. A bad
   file never stops the run, and nothing is moved or deleted;
 - with `config.predict.explain`, one Grad-CAM overlay PNG per image under `predict_explain/`.
@@ -28,8 +29,8 @@ from fpclass.config.outputs import ExplainSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
 from fpclass.errors import UserInputError
-from fpclass.infer.batches import in_fixed_batches
-from fpclass.infer.inference import Trained, load_trained
+from fpclass.infer import tta
+from fpclass.infer.inference import load_trained
 from fpclass.runtime import report
 
 EXPLAIN_FOLDER = 'predict_explain'
@@ -53,6 +54,9 @@ def predict(config, workdir) -> pathlib.Path:
   trained = load_trained(config, workdir)
   decode_settings = DecodeSettings.from_config(config.data)
   decision = Decision.for_model(trained, settings.calibrated)
+  tta_settings = tta.TTA.from_section(config.predict, 'predict')
+  if settings.calibrated:
+    tta.check_calibration(trained.metadata.get('calibration'), tta_settings, 'predict')
   batch_size = settings.batch_size or int(config.eval.batch_size)
   explainer = None
   if settings.explain:
@@ -62,7 +66,6 @@ def predict(config, workdir) -> pathlib.Path:
 
   names = trained.class_names
   rows, problems = [], list(inputs.problems)
-  predict_fn = trained.predict_fn
   batch = max(1, min(batch_size, len(inputs.paths)))  # one compiled shape; the last batch is padded
   with tqdm(total=len(inputs.paths), desc='predict', unit='img') as progress:
     for start in range(0, len(inputs.paths), batch):
@@ -74,7 +77,8 @@ def predict(config, workdir) -> pathlib.Path:
       good = np.flatnonzero(ok)
       if len(good):
         images = np.asarray(images)[good]
-        probs, pred = decision(padded_logits(predict_fn, trained, images, batch))
+        probs, pred = decision(trained.logits(images, batch, chunk=batch, tta_settings=tta_settings,
+                                              first_batch=start // batch))
         overlays = (write_overlays(workdir / EXPLAIN_FOLDER, explainer, images, pred, start + good,
                                    [inputs.paths[start + int(i)] for i in good])
                     if explainer is not None else [None] * len(good))
@@ -90,7 +94,7 @@ def predict(config, workdir) -> pathlib.Path:
   quarantine = quarantine_path(out)
   fileio.write_csv(quarantine, pd.DataFrame(problems, columns=['path', 'reason']))
   report.write_section(workdir, '45-predictions', section(out, quarantine, rows, problems, trained, decision,
-                                                          settings, explainer is not None))
+                                                          settings, explainer is not None, tta_settings))
   print(f'wrote {out} ({len(rows)} images)'
         + (f'; {len(problems)} could not be read, listed with reasons in {quarantine}' if problems else ''))
   return out
@@ -98,12 +102,6 @@ def predict(config, workdir) -> pathlib.Path:
 
 def quarantine_path(output: pathlib.Path) -> pathlib.Path:
   return output.with_name(f'{output.stem}_quarantine.csv')
-
-
-def padded_logits(predict_fn, trained: Trained, images: np.ndarray, batch: int) -> np.ndarray:
-  """Logits of up to `batch` images, padded with zeros to exactly `batch` so one compilation serves all."""
-  state = trained.state
-  return in_fixed_batches(lambda chunk: predict_fn(state.params, state.batch_stats, chunk), images, (batch,))
 
 
 def list_inputs(spec: str, path_column: str = 'path') -> Inputs:
@@ -162,11 +160,12 @@ def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, 
   return out
 
 
-def section(out, quarantine, rows, problems, trained, decision, settings, explained) -> str:
+def section(out, quarantine, rows, problems, trained, decision, settings, explained, tta_settings) -> str:
   counts = pd.Series([r['predicted'] for r in rows], dtype=object).value_counts()
   lines = ['## Predictions', '',
            f'[{out.name}]({out.name}): {len(rows)} images of `{settings.inputs}` classified with the '
-           f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); {decision.describe()}.',
+           f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); '
+           + (f'{tta_settings.describe()}; ' if tta_settings.on else '') + f'{decision.describe()}.',
            '', 'Predicted class counts: ' + ', '.join(f'{c}: {int(counts.get(c, 0))}' for c in trained.class_names)]
   if problems:
     lines.append(f'{len(problems)} input(s) could not be read; see [{quarantine.name}]({quarantine.name}).')

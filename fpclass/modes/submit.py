@@ -1,8 +1,9 @@
 """`--mode submit`: restore the selected checkpoint and write submission.csv, without training.
 
 With `submit.average_folds` the workdir is a sweep experiment folder and the fold models' probabilities
-are averaged; `submit.tta_hflip` adds the mirrored image; a temperature and threshold stored by
---mode calibrate or sweep are applied unless `submit.calibrated=False`.
+are averaged; `submit.tta` blends augmented passes in (fastai's TTA, `fpclass.infer.tta`) and `submit.tta_hflip`
+averages each image's prediction with its mirror's; a temperature and threshold stored by --mode calibrate
+or sweep (fitted on the same kind of prediction) are applied unless `submit.calibrated=False`.
 
 The submission has exactly the test files, in sample_submission order when that file exists, with the
 configured id and label columns; class probabilities go to a second file. Both are written atomically.
@@ -17,7 +18,7 @@ from fpclass.analysis.calibration import decide
 from fpclass.data import pipeline
 from fpclass.data.kaggle_csv import read_csv
 from fpclass.errors import UserInputError
-from fpclass.infer import ensemble
+from fpclass.infer import ensemble, tta
 from fpclass.runtime import report
 
 
@@ -34,8 +35,10 @@ def submit(config, workdir) -> pathlib.Path:
     raise UserInputError(f'the data has classes {list(decoded.class_names)} but the checkpoint was trained on '
                          f'{list(trained.class_names)}')
   calibrated = bool(config.submit.calibrated)
+  tta_settings = tta.TTA.from_section(config.submit, 'submit')
   probs = ensemble.predict_probabilities(members, test.images, int(config.eval.batch_size),
-                                         tta_hflip=bool(config.submit.tta_hflip), calibrated=calibrated)
+                                         tta_hflip=bool(config.submit.tta_hflip), calibrated=calibrated,
+                                         tta_settings=tta_settings)
   threshold = ensemble.decision_threshold(members, calibrated)
   failed = ~np.asarray(test.extras.get('decoded', np.ones(len(test), bool)))
   if failed.any():  # only reachable with data.bad_test_images=prior
@@ -59,7 +62,7 @@ def submit(config, workdir) -> pathlib.Path:
            f'[{out.name}]({out.name}): {len(submission)} rows (`{id_col}`, `{label_col}`) from '
            + _models_note(members, workdir) + '; probabilities in '
            f'[{config.submit.probabilities_filename}]({config.submit.probabilities_filename}).',
-           '', _prediction_note(members, calibrated, threshold, bool(config.submit.tta_hflip)),
+           '', _prediction_note(members, calibrated, threshold, bool(config.submit.tta_hflip), tta_settings),
            '', 'Predicted class counts: ' + ', '.join(f'{c}: {int((pred == i).sum())}' for i, c in enumerate(names))]
   if failed.any():
     lines.append(f'{int(failed.sum())} undecodable test image(s) got the class prior (see quarantine.csv).')
@@ -79,9 +82,9 @@ def _models_note(members, workdir) -> str:
           + ')')
 
 
-def _prediction_note(members, calibrated, threshold, tta_hflip) -> str:
+def _prediction_note(members, calibrated, threshold, tta_hflip, tta_settings) -> str:
   temperatures = [(m.calibration or {}).get('temperature') for m in members]
-  parts = []
+  parts = [tta_settings.describe()] if tta_settings.on else []
   if calibrated and any(t is not None for t in temperatures):
     parts.append('temperature-scaled probabilities (T = ' + ', '.join(f'{t:.3f}' for t in temperatures if t) + ')')
   else:

@@ -329,8 +329,8 @@ def save_member_workdir(workdir, member_config, class_names, result: MemberResul
   store = checkpoint.CheckpointStore(workdir, writer=True)
   try:
     if result.best is not None:
-      params, batch_stats = result.best
-      store.save('best', int(result.loop.best_epoch), last.replace(params=params, batch_stats=batch_stats),
+      params, batch_stats = result.best   # as evaluated: no average beside them
+      store.save('best', int(result.loop.best_epoch), last.replace(params=params, batch_stats=batch_stats, ema=None),
                  result.loop.to_json())
     store.save('last', int(result.loop.epoch), last, result.loop.to_json())
   except BaseException:

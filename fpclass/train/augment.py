@@ -5,8 +5,9 @@ Each function maps `(image, key)` to an image of the same shape and dtype: float
 `AugmentSettings` (fpclass.config) is hashable and every on/off decision is a Python check on it, so an op
 that is off is never traced and an all-off config costs nothing.
 
-Order: geometry (one affine) -> flips -> colour -> random erasing, erasing last as torchvision does after
-ToTensor. Geometry follows Keras' preprocessing layers; colour and erasing follow torchvision.
+Order: geometry (one affine) -> flips -> policy (RandAugment or TrivialAugment, `fpclass.train.randaugment`) ->
+colour -> random erasing, erasing last as torchvision does after ToTensor. Geometry follows Keras'
+preprocessing layers; the policy, colour and erasing follow torchvision.
 
 Batch mixing (`mix_batch`: mixup and cutmix) works on a whole batch and its labels, so it is not part of
 `augment_batch`: the train step runs it on the model input, after the per-image ops, as timm's Mixup does.
@@ -19,12 +20,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpclass.config.inputs import FILL_MODES, AugmentSettings
+from fpclass.train import randaugment
 
 ERASING_ATTEMPTS = 10  # torchvision's RandomErasing retry count
 # Each example makes ONE uniform draw, sliced per op in this fixed layout so that turning an op on or off leaves
 # the others' numbers unchanged. One draw rather than one per parameter because every vmapped random call is a
 # separate threefry in the compiled program, each adding roughly half a second of XLA compile time on CPU.
 _DRAWS = dict(flips=2, geometry=6, colour=3, erasing=1 + 4 * ERASING_ATTEMPTS)
+
+
+def _draw_sizes(cfg: AugmentSettings) -> dict[str, int]:
+  """_DRAWS plus, when a policy is on, its slot (its size depends on config.augment.num_ops). The slot comes
+  last: JAX's threefry draws are counter-based, so a longer draw begins with the shorter one's numbers and
+  every other op keeps its numbers; with the policy off the draw is exactly what it was."""
+  if not cfg.policy_enabled:
+    return _DRAWS
+  return dict(_DRAWS, policy=randaugment.policy_draws(cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,8 +214,9 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax
     raise ValueError(f'augment_image expects a float (H, W, C) image in [0, 1], got {image.dtype}{image.shape}')
   if not cfg.enabled:
     return image
-  sizes = list(_DRAWS.values())
-  draws = dict(zip(_DRAWS, jnp.split(jax.random.uniform(key, (sum(sizes),)), np.cumsum(sizes)[:-1])))
+  layout = _draw_sizes(cfg)
+  sizes = list(layout.values())
+  draws = dict(zip(layout, jnp.split(jax.random.uniform(key, (sum(sizes),)), np.cumsum(sizes)[:-1])))
   hflip = draws['flips'][0] < cfg.hflip if cfg.hflip else False
   vflip = draws['flips'][1] < cfg.vflip if cfg.vflip else False
   if cfg.geometry_enabled:
@@ -217,6 +229,11 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax
       image = jnp.where(hflip, image[:, ::-1], image)
     if cfg.vflip:
       image = jnp.where(vflip, image[::-1], image)
+  if cfg.policy_enabled:
+    # Where timm's and torchvision's ImageNet recipes put RandAugment/TrivialAugment: on the cropped, flipped
+    # uint8 image (here: after the geometry and flips), before ColorJitter, ToTensor/normalisation and
+    # RandomErasing, so the ops see the image the model's pixels come from and erasing still paints last.
+    image = randaugment.apply_policy(image, draws['policy'], cfg)
   if cfg.brightness or cfg.contrast:
     image = _random_colour(image, draws['colour'], cfg)
   if cfg.erasing:

@@ -97,14 +97,16 @@ class LoopAxis:
     return out
 
   def val_logits(self, members, eval_batch: int) -> dict:
-    return {m: feed.predict_logits(self.compiled(m), self.states[m], self._data[m][1], eval_batch)
+    """Each member's validation logits, with the variables it is evaluated with (`TrainState.for_evaluation`)."""
+    return {m: feed.predict_logits(self.compiled(m), self.states[m].for_evaluation(), self._data[m][1], eval_batch)
             for m in members}
 
   def state(self, m):
     return self.states[m]
 
-  def step(self, m) -> int:
-    return int(self.states[m].step)
+  def updates(self, m) -> int:
+    """Member m's optimizer updates so far in this phase."""
+    return int(self.task.optimizer_updates(self.states[m]))
 
 
 def where_tree(mask, new, old):
@@ -178,7 +180,8 @@ class VmapAxis:
     padded = np.zeros((self.slots, math.ceil(longest / batch) * batch), np.int32)
     for m in members:
       padded[m, :len(self.val_index[m])] = self.val_index[m]
-    out = [self._predict(self.states.params, self.states.batch_stats, self.val_images, padded[:, s:s + batch])
+    evaluated = self.states.for_evaluation()
+    out = [self._predict(evaluated.params, evaluated.batch_stats, self.val_images, padded[:, s:s + batch])
            for s in range(0, padded.shape[1], batch)]
     logits = np.concatenate(jax.device_get(out), axis=1)
     return {m: logits[m, :len(self.val_index[m])] for m in members}
@@ -186,5 +189,5 @@ class VmapAxis:
   def state(self, m):
     return jax.tree_util.tree_map(lambda a: a[m], self.states)
 
-  def step(self, m) -> int:
-    return int(self.states.step[m])
+  def updates(self, m) -> int:
+    return int(self.task.optimizer_updates(self.states)[m])

@@ -5,6 +5,9 @@
     <workdir>/checkpoints/best/<epoch>/   when the monitored metric improves
     <workdir>/metadata.json               class names, image size, channels, normalisation, config
 
+A checkpoint's model variables are those the model is evaluated with: a run that keeps an average of its
+weights (config.train.ema_decay) stores the average there, and, in a resume point, its own weights beside it.
+
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a killed run leaves
 the previous checkpoint intact; a checkpoint damaged afterwards (truncated, corrupted) is skipped for the
 one before it with a warning (`restore_newest_readable`), and never silently replaced by a fresh start. Restoring against a config whose model or data shape differs from the
@@ -15,9 +18,7 @@ import datetime
 import errno
 import json
 import logging
-import os
 import pathlib
-import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,6 +27,7 @@ from flax import traverse_util
 from fpclass import __version__, fileio
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
+from fpclass.train import orbax_quiet
 
 METADATA = 'metadata.json'
 
@@ -33,72 +35,16 @@ METADATA = 'metadata.json'
 RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'train.early_stopping_patience', 'eval.',
                      'submit.', 'data.cache_dir', 'data.decode_workers', 'data.root', 'data.bad_test_images',
                      'name', 'explain.', 'sweep.', 'serve.', 'data.tfds.data_dir', 'clean.',
-                     'train.tensorboard', 'train.feature_cache', 'data.device_memory_budget')
+                     'train.tensorboard', 'train.feature_cache', 'data.device_memory_budget', 'predict.', 'lr_find.')
 # Keys that must agree for a checkpoint to be usable at all (evaluate, submit, explain).
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 
 
+# The item of a resume point holding the weights the optimizer updates, when the model item is their average.
+ONLINE = 'online'
 # Checkpoints kept per kind: `last` keeps one to fall back on; `interrupted` holds a run stopped by a signal
 # in the middle of an epoch (fpclass.modes.train), until that epoch completes.
 KEEP = {'last': 2, 'best': 1, 'interrupted': 1}
-
-
-class _ReadOnlyNotice(logging.Filter):
-  """Drops orbax's warning that a manager was opened read-only ('Given directory is read only=...'): every
-  reader (evaluate, explain, submit, serve, ...) opens the checkpoints read-only on purpose, so the line, one
-  per checkpoint folder opened, told a user nothing. Orbax logs through absl's logger."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith('Given directory is read only')
-
-
-class _AsyncSaveFailure(logging.Filter):
-  """Drops orbax's tracebacks of a failed asynchronous save, logged by each of its writer threads: the
-  failure reaches the training run when it waits for the save (`CheckpointStore._wait`), which reports it
-  once, in one line when the disk is full."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
-      return True   # only orbax's own error records are candidates, never another library's
-    message = str(record.msg)
-    return not ('raised an exception' in message or 'thread' in message and 'failed' in message)
-
-
-logging.getLogger('absl').addFilter(_ReadOnlyNotice())
-logging.getLogger('absl').addFilter(_AsyncSaveFailure())
-
-
-def _orbax_read_aftermath(unraisable) -> bool:
-  """Whether a report to sys.unraisablehook is the aftermath of an orbax restore that failed: orbax reads
-  every array of a checkpoint in coroutines on an event loop of its own and, at the first failure, closes
-  that loop and raises. The other reads then end unobserved, each reported as a traceback when its coroutine
-  is collected (orbax turns the GeneratorExit into its own exception) or when TensorStore calls back into
-  the closed loop. The failure itself has been reported once, with its cause."""
-  if getattr(unraisable.object, '__qualname__', '') == '_read_array_index_and_device_put':
-    return True
-  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == 'Event loop is closed')
-
-
-def _drop_orbax_read_aftermath() -> None:
-  """Drops those reports, from here on in this process, and passes every other one to the hook that was
-  in place (installed once, by the first failed `CheckpointStore.restore`, where every array read happens)."""
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_orbax_read_aftermath', False):
-    return
-
-  def hook(unraisable):
-    if not _orbax_read_aftermath(unraisable):
-      previous(unraisable)
-  hook.drops_orbax_read_aftermath = True
-  sys.unraisablehook = hook
-
-
-def _summary(error: Exception, limit: int) -> str:
-  """`error` in one line, without what TensorStore appends (its whole multi-line spec) or orbax's advice on
-  its own API (how to allow truncating or padding arrays of the wrong shape)."""
-  text = str(error).split(' See full TensorStore details')[0].split(' Truncating/padding is disabled')[0]
-  return ' '.join(text.split())[:limit]
 
 
 class CheckpointStore:
@@ -129,7 +75,9 @@ class CheckpointStore:
     return self._manager(kind).latest_step()
 
   def save(self, kind: str, epoch: int, state, loop_state: dict, then=None) -> None:
-    """Saves the model variables and loop state; `last` also keeps the optimizer state for resuming.
+    """Saves the model variables as evaluated (`TrainState.for_evaluation`: with an average of the weights,
+    the average) and the loop state; `last` also keeps the optimizer state for resuming, and the weights the
+    optimizer updates (item 'online') when the model variables are their average.
 
     The writer saves asynchronously: orbax copies the arrays off the device, returns, and writes the files
     on a thread of its own while training goes on (22 saves were 6.9 s of a footprint job on this CPU).
@@ -137,9 +85,12 @@ class CheckpointStore:
     reported there. A save still in flight when the process dies leaves only orbax's temporary folder,
     and a resumed run starts after the newest complete checkpoint, as before. `then()` runs once the save
     is complete (training writes metrics.csv then, so the file never lists an epoch no checkpoint holds)."""
-    items = dict(model=ocp.args.StandardSave(model_variables(state)), loop=ocp.args.JsonSave(loop_state))
+    items = dict(model=ocp.args.StandardSave(model_variables(state.for_evaluation())),
+                 loop=ocp.args.JsonSave(loop_state))
     if kind != 'best':  # a resume point
       items['optimizer'] = ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state))
+      if state.ema is not None:
+        items[ONLINE] = ocp.args.StandardSave(model_variables(state))
     manager = self._manager(kind)
     # Across processes orbax names its save barriers by step alone, so the `best` and `last` saves of one
     # epoch in flight together collide ("Barrier _async_write_complete.N is already ongoing") and the job
@@ -186,7 +137,9 @@ class CheckpointStore:
     """(state, loop_state) from the `kind` checkpoint; a clear error if it is absent or does not fit.
 
     Without `with_optimizer` only the model variables are read, so evaluation does not depend on the
-    optimizer settings; `abstract_state` may then come from `jax.eval_shape`.
+    optimizer settings; `abstract_state` may then come from `jax.eval_shape`, and the state returned holds the
+    variables as evaluated (the average, for a run that kept one) and no average. With it, the whole train
+    state of a resume point: its own weights, the average when `abstract_state` has one, the optimizer.
     """
     self._wait(kind)
     epoch = self.latest_epoch(kind) if epoch is None else epoch
@@ -194,19 +147,27 @@ class CheckpointStore:
       raise UserInputError(f'{self.root / kind}: no {kind!r} checkpoint; train this workdir first '
                            '(--mode train)')
     target = jax.tree_util.tree_map(_placed_here, abstract_state)
-    items = dict(model=ocp.args.StandardRestore(model_variables(target)), loop=ocp.args.JsonRestore())
+    averaged = with_optimizer and target.ema is not None
+    items = dict(model=ocp.args.StandardRestore(model_variables(target.for_evaluation())),
+                 loop=ocp.args.JsonRestore())
     if with_optimizer:
       items['optimizer'] = ocp.args.StandardRestore(dict(step=target.step, opt_state=target.opt_state))
+    if averaged:
+      items[ONLINE] = ocp.args.StandardRestore(model_variables(target))
     try:
       restored = self._manager(kind).restore(epoch, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 -- whatever failed, orbax's other reads of it end unobserved
-      _drop_orbax_read_aftermath()
+      orbax_quiet.drop_orbax_read_aftermath()
       if not isinstance(e, (ValueError, KeyError, TypeError)):
         raise  # a damaged file (orbax's bare Exception, tensorstore's errors): the caller decides
       raise UserInputError(f'{self.root / kind}/{epoch}: the checkpoint is damaged or does not match the model '
-                           f'built from this config ({type(e).__name__}: {_summary(e, 500)})') from None
-    state = abstract_state.replace(params=restored.model['params'],
-                                   batch_stats=restored.model.get('batch_stats', {}))
+                           f'built from this config ({type(e).__name__}: {orbax_quiet.summary(e, 500)})') from None
+    model = dict(params=restored.model['params'], batch_stats=restored.model.get('batch_stats', {}))
+    if averaged:
+      online = restored[ONLINE]
+      state = abstract_state.replace(params=online['params'], batch_stats=online.get('batch_stats', {}), ema=model)
+    else:
+      state = abstract_state.replace(ema=None, **model)
     if with_optimizer:
       state = state.replace(step=restored.optimizer['step'], opt_state=restored.optimizer['opt_state'])
     return state, restored.loop
@@ -249,7 +210,7 @@ class CheckpointStore:
           (self.root / kind / str(bad)).rename(aside)
           where = f' (the unreadable one is kept in {aside})'
         logging.warning('%s/%d could not be read (%s: %s); using epoch %d instead%s', self.root / kind, bad,
-                        type(error).__name__, _summary(error, 300), epoch, where)
+                        type(error).__name__, orbax_quiet.summary(error, 300), epoch, where)
       if errors and self.writer:
         self._managers.pop(kind).close()  # it listed the set-aside steps
       return result
@@ -257,7 +218,7 @@ class CheckpointStore:
       raise UserInputError(f'{self.root / kind}: no {kind!r} checkpoint; train this workdir first (--mode train)')
     epoch, error = errors[0]
     raise UserInputError(f'{self.root / kind}: no readable {kind!r} checkpoint (epoch {epoch}: '
-                         f'{type(error).__name__}: {_summary(error, 500)}); the run is left as it is: restore the '
+                         f'{type(error).__name__}: {orbax_quiet.summary(error, 500)}); the run is left as it is: restore the '
                          'folder from a backup, or train in a new --workdir') from None
 
   def close(self, after_error: bool = False):
@@ -324,8 +285,15 @@ def _normal(value):
 
 
 def check_resume(workdir, metadata: dict, config_dict: dict) -> None:
-  """Refuses to continue a run in `workdir` under a config that would change what it trains."""
-  diffs = config_differences(metadata['config'], config_dict, ignore=RESUMABLE_CHANGES)
+  """Refuses to continue a run in `workdir` under a config that would change what it trains. A key that the
+  run's version did not have yet (config.train.ema_decay, for a run from before it) counts as equal when it
+  is at its default, which keeps the behaviour of the versions before it."""
+  stored = traverse_util.flatten_dict(metadata['config'], sep='.')
+  defaults = traverse_util.flatten_dict(config_as_json(base_config()), sep='.')
+  for key, value in traverse_util.flatten_dict(config_dict, sep='.').items():
+    if key not in stored and key in defaults and _normal(value) == _normal(defaults[key]):
+      stored[key] = value
+  diffs = config_differences(traverse_util.unflatten_dict(stored, sep='.'), config_dict, ignore=RESUMABLE_CHANGES)
   if diffs:
     raise UserInputError(f'{workdir} holds a run with a different config, so it cannot be resumed: '
                          + '; '.join(diffs[:10]) + '. Use a new --workdir, or the original flags.')

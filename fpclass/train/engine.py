@@ -16,7 +16,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,7 +28,7 @@ from fpclass.errors import RunInterrupted
 from fpclass.models import transfer
 from fpclass.runtime import sharding, timings
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import feature_cache, optim, progress
+from fpclass.train import accumulation, feature_cache, optim, progress
 from fpclass.train.axis import LoopAxis, MemberData, Split, VmapAxis
 from fpclass.train.loop_state import LoopState, SelectionRules, epoch_row
 from fpclass.train.members import Member, MemberResult, batch_size_for
@@ -215,8 +214,11 @@ class Engine:
 
   def _enter_finetuning(self, m: int, state) -> None:
     """Member m starts phase 1 from its best weights so far when early stopping chose them (as Keras'
-    restore_best_weights would), else from the current ones, with a fresh optimizer."""
+    restore_best_weights would), else from the current ones, with a fresh optimizer. With an average of the
+    weights (config.train.ema_decay) those are the averaged ones, which phase 0 was validated with (Keras'
+    fit likewise ends by writing its averages into the model), and a fresh average starts with the phase."""
     loop = self.loops[m]
+    state = state.for_evaluation()
     if int(self.config.train.early_stopping_patience) > 0:
       best = self.record.best_variables(m, state)
       state = state if best is None else best
@@ -226,7 +228,8 @@ class Engine:
       tqdm.write(f'fine-tuning: {train.finetune_epochs} epochs with model.freeze_till={train.finetune_freeze_till}, '
                  f'learning rate x{train.finetune_lr_factor}')
     task = self.task(1)
-    state = self.parallel.replicate(state.replace(step=jnp.zeros((), jnp.int32), opt_state=task.tx.init(state.params)))
+    state = self.parallel.replicate(task.init(None, self.image_shape, {'params': state.params,
+                                                                       'batch_stats': state.batch_stats}))
     self._open_phase(1, {m: state})
 
   # ---------------------------------------------------------------------------------------- training
@@ -325,7 +328,7 @@ class Engine:
     val = metrics.epoch_metrics(self.data.val.labels[member.val_index], logits, self.task(0).head,
                                 len(self.data.class_names))
     schedule = self._schedule(loop.phase, self.steps[m])
-    row = epoch_row(epoch + 1, totals, val, float(schedule(axis.step(m) - 1)), loop.phase, seconds)
+    row = epoch_row(epoch + 1, totals, val, float(schedule(axis.updates(m) - 1)), loop.phase, seconds)
     last_phase = loop.phase == 1 or int(self.config.train.finetune_epochs) == 0
     improved, stopped_early = loop.record(row, self.rules, phase_end(loop, self.config), last_phase)
     with timings.phase('checkpoints'):
@@ -336,8 +339,10 @@ class Engine:
     return row, improved, stopped_early
 
   def _schedule(self, phase: int, steps: int):
+    """The phase's learning rate by optimizer update, for `steps` batches per epoch (`build_task`'s)."""
     if (phase, steps) not in self._schedules:
-      self._schedules[phase, steps] = optim.learning_rate_schedule(phase_config(self.config, phase).train, steps)
+      updates = accumulation.updates_per_epoch(steps, self.task(phase).accumulate_steps)
+      self._schedules[phase, steps] = optim.learning_rate_schedule(phase_config(self.config, phase).train, updates)
     return self._schedules[phase, steps]
 
   def _progress(self, m: int, epoch: int, steps: int, solo: bool):
@@ -375,3 +380,13 @@ class Engine:
     return MemberResult(self.members[m], loop, 'best' if use_best else 'last',
                         int(loop.best_epoch if use_best else loop.epoch),
                         None if logits is None else np.asarray(logits), last, best, self._seconds[m])
+
+
+def solo_start(config, dataset, parallel=None):
+  """(engine, state): the state a training run of `config` on `dataset` starts from (the engine's own init)."""
+  member = Member(int(config.data.fold), int(config.seed), np.arange(len(dataset.train)),
+                  np.arange(len(dataset.val)))
+  train_data = TrainData(dataset.class_names, Split(dataset.train.images, dataset.train.labels),
+                         Split(dataset.val.images, dataset.val.labels))
+  engine = Engine(config, train_data, [member], record=None, parallel=parallel)
+  return engine, engine.init_states()[0]

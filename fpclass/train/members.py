@@ -34,7 +34,8 @@ def split_name(split: int) -> str:
 class MemberResult:
   """A trained member: its loop state (history, best epoch, stop reason), the checkpoint selected by
   config.train.select_checkpoint, its validation logits there, and host copies of its last train state and
-  of its best variables (params, batch_stats), or None when no epoch improved."""
+  of its best variables (params, batch_stats) as evaluated (averaged, under config.train.ema_decay), or None
+  when no epoch improved."""
   member: Member
   loop: LoopState
   checkpoint: str          # best | last
@@ -67,17 +68,19 @@ def batch_size_for(config, n_train: int) -> int:
 def optimizer_groups(config, members) -> list[list[Member]]:
   """Members that can share one optimizer: the same batch size and the same learning rate at every step.
 
-  The optimizer depends on a member's split only through steps per epoch in the schedule; with the usual
-  constant schedule every member shares one group even when splits differ in size by one example."""
+  The optimizer depends on a member's split only through steps per epoch in the schedule, and in the cycles
+  of gradient accumulation (config.train.accumulate_steps, aligned to epochs); with the usual constant
+  schedule and no accumulation every member shares one group even when splits differ in size by one example."""
   batches = {len(m.train_index): batch_size_for(config, len(m.train_index)) for m in members}
   steps = {n: math.ceil(n / b) for n, b in batches.items()}
   horizon = (int(config.train.epochs) + int(config.train.finetune_epochs)) * max(steps.values())
   learning_rates = {s: np.asarray(jax.vmap(optim.learning_rate_schedule(config.train, s))(jnp.arange(horizon)),
                                   np.float32).tobytes() for s in set(steps.values())}
+  accumulating = int(config.train.get('accumulate_steps', 1)) > 1
   groups: dict = {}
   for m in members:
     n = len(m.train_index)
-    groups.setdefault((batches[n], learning_rates[steps[n]]), []).append(m)
+    groups.setdefault((batches[n], learning_rates[steps[n]], steps[n] if accumulating else None), []).append(m)
   return list(groups.values())
 
 

@@ -1,5 +1,7 @@
 """Optax optimizers and learning-rate schedules from `config.train`."""
+import dataclasses
 import re
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ from flax import traverse_util
 
 from fpclass import models
 from fpclass.errors import UserInputError
+from fpclass.train import layer_decay
 
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
@@ -36,14 +39,18 @@ def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
   return main
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int, groups=None) -> optax.GradientTransformation:
+def make_optimizer(train_cfg, steps_per_epoch: int, groups=None,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
   """The configured optax optimizer.
 
   `groups` (from `param_groups`) labels each parameter 'head', 'backbone' or 'frozen': frozen ones get
   zero updates, backbone ones a learning rate scaled by config.train.backbone_lr_factor
-  (`optax.multi_transform`). Gradient clipping, when on, is over all parameters together.
+  (`optax.multi_transform`). With config.train.layer_decay < 1, each update is then multiplied by its
+  parameter's depth multiplier (`fpclass.train.layer_decay`), on top of backbone_lr_factor; frozen ones stay zero.
+  Gradient clipping, when on, is over all parameters together. `schedule`
+  replaces config.train's learning-rate schedule (the learning-rate finder's sweep, `fpclass.train.lr_finder`).
   """
-  schedule = learning_rate_schedule(train_cfg, steps_per_epoch)
+  schedule = schedule or learning_rate_schedule(train_cfg, steps_per_epoch)
   name, wd = train_cfg.optimizer, float(train_cfg.weight_decay)
   if name not in OPTIMIZERS:
     raise UserInputError(f'config.train.optimizer={name!r}: choose one of {OPTIMIZERS}')
@@ -66,16 +73,35 @@ def make_optimizer(train_cfg, steps_per_epoch: int, groups=None) -> optax.Gradie
   factor = float(train_cfg.backbone_lr_factor)
   if factor < 0:
     raise UserInputError(f'config.train.backbone_lr_factor={factor}: must be >= 0')
+  decay = float(train_cfg.layer_decay)
+  if not 0 < decay <= 1:
+    raise UserInputError(f'config.train.layer_decay={decay}: must be > 0 and <= 1 (1 = off)')
+  if decay < 1 and groups is None:
+    raise UserInputError(f'config.train.layer_decay={decay}: layer-wise decay needs a pretrained model with '
+                         'stages (config.model.name); this one has none')
   tx = optimizer(1.0) if groups is None else optax.multi_transform(
       {'head': optimizer(1.0), 'backbone': optimizer(factor), 'frozen': optax.set_to_zero()}, groups)
+  if decay < 1:
+    tx = optax.chain(tx, layer_decay.scale_by_depth(groups.spec, decay))
   if float(train_cfg.grad_clip_norm) > 0:
     tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)), tx)
   return tx
 
 
-def param_groups(model_cfg):
-  """A function labelling each parameter 'head', 'backbone' or 'frozen' by the model's stages and
-  config.model.freeze_till; None for models without stages (every parameter trains alike).
+@dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: a ModelSpec holds dicts
+class ParamGroups:
+  """`param_groups`' answer. Called on params, their labels; `spec` is the model's (for `fpclass.train.layer_decay`)."""
+  spec: models.ModelSpec
+  label: Callable[[str], str]   # '/'-joined parameter path -> 'head' | 'backbone' | 'frozen'
+
+  def __call__(self, params):
+    flat = traverse_util.flatten_dict(params, sep='/')
+    return traverse_util.unflatten_dict({k: self.label(k) for k in flat}, sep='/')
+
+
+def param_groups(model_cfg) -> ParamGroups | None:
+  """Labels each parameter 'head', 'backbone' or 'frozen' by the model's stages and config.model.freeze_till;
+  None for models without stages (every parameter trains alike).
 
   With the source framework's own classifier (`top='source'`), its hidden layers (AlexNet's and VGG's
   4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
@@ -99,11 +125,7 @@ def param_groups(model_cfg):
       if member(path):
         return 'frozen' if models.frozen(index, freeze_till) else 'backbone'
     return 'head'
-
-  def labels(params):
-    flat = traverse_util.flatten_dict(params, sep='/')
-    return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
-  return labels
+  return ParamGroups(spec, label)
 
 
 def l2_penalty(params, l2: float, pattern: str):

@@ -50,7 +50,7 @@ class CheckpointRecord:
     self.store.poll()  # the previous epoch's metrics.csv as soon as its checkpoint is complete
 
   def best_variables(self, m: int, state):
-    """The state with the best epoch's variables, or None when none was saved."""
+    """The state with the best epoch's variables as evaluated (no average), or None when none was saved."""
     if self.store.latest_epoch('best') is None:
       return None
     return self.store.restore('best', state)[0]
@@ -96,8 +96,9 @@ class MemoryRecord:
       self._on_finished(result)
 
   def epoch_end(self, m: int, epoch: int, state, loop, improved: bool) -> None:
-    if improved:
-      self._best[m] = jax.tree_util.tree_map(jnp.copy, (state.params, state.batch_stats))
+    if improved:   # the variables the epoch was validated with (the averaged ones when the run keeps them)
+      evaluated = state.for_evaluation()
+      self._best[m] = jax.tree_util.tree_map(jnp.copy, (evaluated.params, evaluated.batch_stats))
 
   def poll(self) -> None:
     pass
@@ -106,13 +107,13 @@ class MemoryRecord:
     if m not in self._best:
       return None
     params, batch_stats = self._best[m]
-    return state.replace(params=params, batch_stats=batch_stats)
+    return state.replace(params=params, batch_stats=batch_stats, ema=None)
 
   def interrupt(self, m, epoch, state, loop, step_metrics, steps, stop) -> None:
     raise AssertionError('a sweep stops between epochs')   # the engine asks for mid-epoch stops with M = 1 only
 
   def best(self, m: int):
-    """Host copies of member m's best (params, batch_stats), or None."""
+    """Host copies of member m's best (params, batch_stats) as evaluated, or None."""
     return jax.device_get(self._best[m]) if m in self._best else None
 
 

@@ -3,7 +3,9 @@
 The data lives on the device as uint8; a batch is an index gather; augmentation and normalisation run
 inside the jitted step. `Task.train_step` is a pure function of (state, images, labels, index, key),
 so it can also be vmapped over a leading model axis (k folds x seeds) or sharded. Data streamed from the
-host (over the device budget) takes `Task.train_batch`, the same step on a batch already gathered.
+host (over the device budget) takes `Task.train_batch`, the same step on a batch already gathered. The
+state may carry an average of the weights (`fpclass.train.ema`), and the optimizer may accumulate gradients
+over micro-batches (`fpclass.train.accumulation`).
 """
 import dataclasses
 from typing import Any
@@ -20,7 +22,7 @@ from fpclass.errors import UserInputError
 from fpclass.infer.batches import in_fixed_batches
 from fpclass.models.heads import cross_entropy, predicted_class
 from fpclass.models.preprocessing import Normalisation
-from fpclass.train import augment, optim, precision
+from fpclass.train import accumulation, augment, ema, optim, precision
 
 MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
 
@@ -30,6 +32,16 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   batch_stats: Any
   opt_state: Any
+  # {'params', 'batch_stats'} averaged over the updates (config.train.ema_decay > 0), else None: None adds no
+  # leaf, so a run without the average has the state, programs and checkpoints it always had.
+  ema: Any = None
+
+  def for_evaluation(self) -> 'TrainState':
+    """The state with the variables the model is validated, selected, saved and served with: the averaged
+    ones when the run keeps an average (then without it), else this state."""
+    if self.ema is None:
+      return self
+    return self.replace(params=self.ema['params'], batch_stats=self.ema['batch_stats'], ema=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +59,9 @@ class Task:
   l2_params: str = '.*kernel'
   device_resize: tuple = ()      # (height, width) to resize to on the device, after augmentation
   repeat_rgb: bool = False       # repeat one grayscale channel to the 3 an RGB model expects
+  ema_decay: float = 0.0         # > 0: the state keeps an average of the variables (`fpclass.train.ema`)
+  ema_warmup: bool = True
+  accumulate_steps: int = 1      # > 1: `tx` is wrapped by `fpclass.train.accumulation.accumulate`
 
   def model_input_shape(self, image_shape) -> tuple:
     height, width, channels = image_shape
@@ -63,8 +78,15 @@ class Task:
   def init(self, key, image_shape, variables: dict | None = None) -> TrainState:
     """A train state from fresh variables, or from `variables` (e.g. pretrained weights)."""
     variables = variables or self.init_variables(key, image_shape)
+    average = ema.init({'params': variables['params'], 'batch_stats': variables['batch_stats']}) \
+        if self.ema_decay > 0 else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables['batch_stats'], opt_state=self.tx.init(variables['params']))
+                      batch_stats=variables['batch_stats'], opt_state=self.tx.init(variables['params']), ema=average)
+
+  def optimizer_updates(self, state: TrainState):
+    """The optimizer updates made so far in the state's phase: its steps, or with accumulation its completed
+    cycles (what the learning-rate schedule and the average's warmup count)."""
+    return state.opt_state.gradient_step if self.accumulate_steps > 1 else state.step
 
   def prepare(self, images_u8, key=None):
     """uint8 NHWC -> normalised float32 model input, augmented when a key is given."""
@@ -111,9 +133,21 @@ class Task:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+    if state.ema is not None:
+      new_state = new_state.replace(ema=self._averaged(new_state))
     # With mixing, the loss is the mixed targets' and `correct` counts agreement with each image's own label.
     correct = jnp.sum(predicted_class(logits, self.head) == y)
     return new_state, {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
+
+  def _averaged(self, state: TrainState):
+    """The state's average after this step: moved once per optimizer update, to the updated weights and the
+    current batch statistics (timm updates its ModelEmaV3 after each optimizer step)."""
+    moved = ema.update(state.ema, {'params': state.params, 'batch_stats': state.batch_stats},
+                       ema.decay_at(self.optimizer_updates(state), self.ema_decay, self.ema_warmup))
+    if self.accumulate_steps == 1:
+      return moved
+    updated = state.opt_state.mini_step == 0   # this micro-batch completed a cycle
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(updated, a, b), moved, state.ema)
 
   def loss(self, logits, targets):
     """Mean cross-entropy against int labels (N,) or class probabilities (N, num_classes) (mixed batches).
@@ -193,16 +227,35 @@ def model_input(config) -> tuple[Normalisation, bool]:
   return spec.preprocessing, data_channels == 1
 
 
+def averaging_and_accumulation(train_cfg) -> dict:
+  """config.train's ema_decay, ema_warmup and accumulate_steps, checked, as `Task` fields."""
+  decay, warmup = train_cfg.get('ema_decay', 0.0), train_cfg.get('ema_warmup', True)
+  k = train_cfg.get('accumulate_steps', 1)
+  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+    raise UserInputError(f'config.train.ema_decay={decay!r}: use a decay in [0, 1) (0 = no average; e.g. 0.9998)')
+  if not isinstance(warmup, bool):
+    raise UserInputError(f'config.train.ema_warmup={warmup!r}: use True or False')
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise UserInputError(f'config.train.accumulate_steps={k!r}: use a whole number of micro-batches per '
+                         'optimizer update, at least 1 (1 = off)')
+  return dict(ema_decay=float(decay), ema_warmup=warmup, accumulate_steps=k)
+
+
 def build_task(config, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
-  """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means."""
+  """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means.
+  `steps_per_epoch` counts batches (micro-batches under config.train.accumulate_steps)."""
   model = models.create_model(config.model, len(class_names),
                               dtype=precision.compute_dtype(config.train.precision, backend))
   normalisation, repeat_rgb = model_input(config)
   resize = tuple(int(v) for v in config.data.device_resize)
   if resize and (len(resize) != 2 or min(resize) < 1):
     raise UserInputError(f'config.data.device_resize={resize}: give (height, width) or ()')
-  return Task(model=model, tx=optim.make_optimizer(config.train, steps_per_epoch,
-                                                   optim.param_groups(config.model)),
+  extras = averaging_and_accumulation(config.train)
+  k = extras['accumulate_steps']
+  # The schedule counts optimizer updates: ceil(steps / k) of them per epoch (fpclass.train.accumulation).
+  tx = optim.make_optimizer(config.train, accumulation.updates_per_epoch(steps_per_epoch, k),
+                            optim.param_groups(config.model))
+  return Task(model=model, tx=accumulation.accumulate(tx, steps_per_epoch, k), **extras,
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=AugmentSettings.from_config(config.augment),
               head=config.model.get('head', 'softmax'), num_classes=len(class_names),
