@@ -6,7 +6,7 @@ through the real file path; it claims nothing about pretrained gains (nothing ca
 
     python bench/digits_finetune_sweep.py [--out runs/digits-recipes] [--quick]
 
-Prints the sweep's table (sweep_summary.csv) and writes it, with the command and the machine, to <out>/bench.json.
+Prints the sweep's table (sweep_results.md) and writes it, with the command and the machine, to <out>/bench.json.
 """
 import argparse
 import json
@@ -52,7 +52,7 @@ def main() -> int:
   started = time.perf_counter()
   subprocess.run(command, check=True, cwd=REPO, env=dict(os.environ))
   seconds = time.perf_counter() - started
-  summary = next((out / 'sweep').rglob('sweep_summary.csv'))
+  summary = out / 'sweep' / 'sweep_results.md'
   table = summary.read_text()
   print(table)
   record = dict(command=shlex.join(command), seconds=round(seconds, 1), table=table, machine=platform.processor()

@@ -85,7 +85,7 @@ def _digits_seed_recipe(quick: bool):
   c.data.source = 'image_folder'   # the digits as files (bench/digits_finetune_sweep.py), through the real path
   c.data.image_size = (32, 32)
   c.train.early_stopping_patience = 0
-  c.train.epochs = 2 if quick else 20
+  c.train.epochs = 2 if quick else 12
   return c
 
 
@@ -96,7 +96,7 @@ def _digits_finetune_recipe(quick: bool):
   recipe(c)
   c.train.learning_rate = 1e-3     # from scratch: the digits recipe's own rate, not a fine-tuning one
   c.train.layer_decay = 0.8
-  c.train.epochs = 2 if quick else 20
+  c.train.epochs = 2 if quick else 12
   c.train.warmup_epochs = 0 if quick else 2
   return c
 

@@ -26,7 +26,9 @@ HEAVY_FIRST = ('test_pretrained_modern.py', 'test_runtime.py', 'test_recipes_tra
                'test_recipes.py', 'test_recipes_transfer.py', 'test_launch.py', 'test_multiprocess.py',
                'test_faults.py', 'test_gray_stem.py', 'test_pretrained_torchvision.py', 'test_finetune.py',
                'test_pretrained_keras.py', 'test_memory_rule.py', 'test_model_axis.py', 'test_cam.py',
-               'test_export.py', 'test_sweep.py', 'test_streaming.py')
+               'test_export.py', 'test_sweep.py', 'test_streaming.py', 'test_drop_path.py', 'test_lr_find.py',
+               'test_tta.py', 'test_ema.py', 'test_layer_decay.py', 'test_randaugment.py', 'test_accumulate.py',
+               'test_engine.py', 'test_serve.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -19,10 +19,11 @@ from fpclass.data.decode import decode_files
 from fpclass.errors import UserInputError
 from fpclass.infer import calibrate_models, ensemble, tta
 from fpclass.infer.inference import Trained, load_trained
+from fpclass.models.heads import probabilities
 from fpclass.modes import predict as predict_mode
 from fpclass.train import augment
 from fpclass.train.loop_state import LoopState
-from fpclass.train.task import build_task, probabilities
+from fpclass.train.task import build_task
 from tests.conftest import QUICK, launch, load_config
 
 AUGMENT = dict(hflip=0.5, rotation=20.0, translate=0.1, brightness=0.3, contrast=0.3)

@@ -97,7 +97,7 @@ def blend(plain: np.ndarray, augmented: np.ndarray, beta: float, use_max: bool =
 
 
 def as_logits(probs: np.ndarray, head: str) -> np.ndarray:
-  """Logits whose probabilities (`fpclass.train.task.probabilities`) are `probs`: log p, or log(p1 / p0) for the
+  """Logits whose probabilities (`fpclass.models.heads.probabilities`) are `probs`: log p, or log(p1 / p0) for the
   one-logit sigmoid head."""
   log_p = np.log(np.clip(np.asarray(probs, np.float64), np.finfo(np.float64).tiny, 1.0))
   return (log_p[:, 1] - log_p[:, 0])[:, None] if head == 'sigmoid' else log_p
