@@ -8,7 +8,9 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import tempfile
+import uuid
 from typing import Any, Iterator
 
 from fpclass.errors import UserInputError
@@ -121,3 +123,47 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
       pass
   except OSError as e:
     raise UserInputError(f'{what} {folder} is not writable ({e.strerror}); choose a folder you can write to') from None
+
+
+def write_folder(root: str | os.PathLike, fill) -> pathlib.Path:
+  """Builds a whole folder at `root` atomically: `fill(folder)` writes into a private sibling, renamed into place
+  at the end, so a killed run leaves at worst a stray `<root>.tmp-*` folder, never a half-built `root`. Never
+  overwrites a non-empty `root` (FileExistsError)."""
+  root = pathlib.Path(root)
+  _refuse_non_empty(root)
+  root.parent.mkdir(parents=True, exist_ok=True)
+  tmp = root.with_name(f'{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+  try:
+    fill(tmp)
+    _refuse_non_empty(root)  # someone may have filled it meanwhile
+    try:
+      os.replace(tmp, root)  # POSIX: also replaces an empty directory, fails on a non-empty one
+    except OSError as e:
+      if root.exists():
+        raise FileExistsError(f'{root} appeared while generating; left it untouched') from e
+      raise
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+  return root
+
+
+def cached_folder(root: str | os.PathLike, marker: str, build, what: str) -> pathlib.Path:
+  """`root`, built by `build(root)` (which writes `marker` last, e.g. through `write_folder`) unless `marker`
+  shows a complete copy is there; a concurrent builder's finished copy counts, anything else is left to the
+  user."""
+  root = pathlib.Path(root)
+  if (root / marker).is_file():
+    return root
+  try:
+    build(root)
+  except FileExistsError:
+    if not (root / marker).is_file():
+      raise FileExistsError(f'{root} exists but is not a complete {what} (no {marker}); '
+                            'remove it to regenerate') from None
+  return root
+
+
+def _refuse_non_empty(root: pathlib.Path) -> None:
+  if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    raise FileExistsError(f'{root} already exists and is not empty; refusing to overwrite it')

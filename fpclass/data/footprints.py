@@ -14,11 +14,11 @@ import csv
 import dataclasses
 import os
 import pathlib
-import shutil
-import uuid
 
 import numpy as np
 from PIL import Image
+
+from fpclass import fileio
 
 GENERATOR_VERSION = 1  # Bump when rendering changes: it names the cache folder.
 
@@ -191,45 +191,15 @@ def write_kaggle_dataset(root: str | os.PathLike, spec: FootprintSpec = Footprin
   Layout: train.csv (filename,SEX), train/, test/, sample_submission.csv, solution.csv (hidden test
   labels), README.txt, and the marker file COMPLETE, written last.
   """
-  root = pathlib.Path(root)
-  _refuse_non_empty(root)
-  root.parent.mkdir(parents=True, exist_ok=True)
-  # A private sibling folder, renamed into place at the end: a killed run leaves at worst a stray
-  # `<root>.tmp-*` folder, never a half dataset at `root`.
-  tmp = root.with_name(f'{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-  try:
-    _generate_into(tmp, spec, progress)
-    _refuse_non_empty(root)  # someone may have filled it meanwhile
-    try:
-      os.replace(tmp, root)  # POSIX: also replaces an empty directory, fails on a non-empty one
-    except OSError as e:
-      if root.exists():
-        raise FileExistsError(f'{root} appeared while generating; left it untouched') from e
-      raise
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return root
+  return fileio.write_folder(root, lambda folder: _generate_into(folder, spec, progress))
 
 
 def ensure_synthetic_footprints(cache_dir: str | os.PathLike, spec: FootprintSpec = FootprintSpec(),
                                 progress: bool = True) -> pathlib.Path:
   """The cached dataset folder for `spec` under `cache_dir`, generated on first use."""
   root = pathlib.Path(cache_dir) / 'synthetic_footprints' / spec.folder_name
-  if (root / _MARKER).is_file():
-    return root
-  try:
-    write_kaggle_dataset(root, spec, progress)
-  except FileExistsError:
-    if not (root / _MARKER).is_file():  # not a concurrent winner's finished copy: leave it to the user
-      raise FileExistsError(f'{root} exists but is not a complete synthetic dataset (no {_MARKER}); '
-                            'remove it to regenerate') from None
-  return root
-
-
-def _refuse_non_empty(root: pathlib.Path) -> None:
-  if root.exists() and (not root.is_dir() or any(root.iterdir())):
-    raise FileExistsError(f'{root} already exists and is not empty; refusing to overwrite it')
+  return fileio.cached_folder(root, _MARKER, lambda folder: write_kaggle_dataset(folder, spec, progress),
+                              'synthetic dataset')
 
 
 def _generate_into(folder: pathlib.Path, spec: FootprintSpec, progress: bool) -> None:

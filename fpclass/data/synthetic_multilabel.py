@@ -15,11 +15,11 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import uuid
 
 import numpy as np
 from PIL import Image
+
+from fpclass import fileio
 
 GENERATOR_VERSION = 1  # Bump when rendering changes: it names the cache folder.
 SHAPES = ('circle', 'cross', 'ring', 'square', 'triangle')  # sorted: the class order a loader infers
@@ -143,43 +143,14 @@ def write_dataset(root: str | os.PathLike, spec: MultilabelSpec = MultilabelSpec
   Layout: train.csv (image_name,tags; ids without extension, as Planet's), train/<id>.png, test/<id>.png,
   sample_submission.csv (every test id, no tags), solution.csv (hidden test tags), README.txt, and
   manifest.json, written last."""
-  root = pathlib.Path(root)
-  _refuse_non_empty(root)
-  root.parent.mkdir(parents=True, exist_ok=True)
-  tmp = root.with_name(f'{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-  try:
-    _generate_into(tmp, spec)
-    _refuse_non_empty(root)
-    try:
-      os.replace(tmp, root)  # POSIX: replaces an empty directory, fails on a non-empty one
-    except OSError as e:
-      if root.exists():
-        raise FileExistsError(f'{root} appeared while generating; left it untouched') from e
-      raise
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return root
+  return fileio.write_folder(root, lambda folder: _generate_into(folder, spec))
 
 
 def ensure_synthetic_multilabel(cache_dir: str | os.PathLike,
                                 spec: MultilabelSpec = MultilabelSpec()) -> pathlib.Path:
   """The cached set for `spec` under `cache_dir` (fpclass.fileio.cache_root), generated on first use."""
   root = pathlib.Path(cache_dir) / 'synthetic_multilabel' / spec.folder_name
-  if (root / MANIFEST).is_file():
-    return root
-  try:
-    write_dataset(root, spec)
-  except FileExistsError:
-    if not (root / MANIFEST).is_file():  # not a concurrent winner's finished copy: leave it to the user
-      raise FileExistsError(f'{root} exists but is not a complete synthetic set (no {MANIFEST}); '
-                            'remove it to regenerate') from None
-  return root
-
-
-def _refuse_non_empty(root: pathlib.Path) -> None:
-  if root.exists() and (not root.is_dir() or any(root.iterdir())):
-    raise FileExistsError(f'{root} already exists and is not empty; refusing to overwrite it')
+  return fileio.cached_folder(root, MANIFEST, lambda folder: write_dataset(folder, spec), 'synthetic set')
 
 
 def _generate_into(folder: pathlib.Path, spec: MultilabelSpec) -> None:
