@@ -19,7 +19,7 @@ from fpclass.data.decode import decode_files
 from fpclass.errors import UserInputError
 from fpclass.infer import calibrate_models, ensemble, tta
 from fpclass.infer.inference import Trained, load_trained
-from fpclass.models.heads import probabilities
+from fpclass.models.heads import as_logits, probabilities
 from fpclass.modes import predict as predict_mode
 from fpclass.train import augment
 from fpclass.train.loop_state import LoopState
@@ -106,9 +106,9 @@ def test_with_augmentation_off_tta_equals_plain():
 
 def test_tta_logits_give_back_the_blend_for_both_heads():
   p = np.array([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]])
-  np.testing.assert_allclose(probabilities(tta.as_logits(p, 'softmax'), 'softmax'), p, atol=1e-12)
+  np.testing.assert_allclose(probabilities(as_logits(p, 'softmax'), 'softmax'), p, atol=1e-12)
   p2 = np.array([[0.9, 0.1], [0.3, 0.7]])
-  np.testing.assert_allclose(probabilities(tta.as_logits(p2, 'sigmoid'), 'sigmoid'), p2, atol=1e-12)
+  np.testing.assert_allclose(probabilities(as_logits(p2, 'sigmoid'), 'sigmoid'), p2, atol=1e-12)
 
 
 def test_tta_settings_are_checked():
@@ -139,7 +139,7 @@ def test_calibration_is_refitted_on_tta_outputs_and_must_match_at_prediction(tra
   # A sweep hands over its plain validation logits; with TTA on they are not what predictions will be.
   result = calibrate_models.calibrate(config, workdir, predictions={workdir.name: np.zeros((len(val), 2))})
   assert result['tta'] == dict(passes=2, beta=0.25, use_max=False)
-  assert result['temperature'] == pytest.approx(fit_temperature(tta.as_logits(blend, 'softmax'), val.labels,
+  assert result['temperature'] == pytest.approx(fit_temperature(as_logits(blend, 'softmax'), val.labels,
                                                                 'softmax'), rel=1e-4)
   # What it was fitted on, as written beside it: the TTA blend, not the plain pass nor the sweep's logits.
   fitted = pd.read_csv(workdir / 'calibration_predictions.csv')[[f'p_{c}' for c in trained.class_names]].to_numpy()

@@ -15,11 +15,11 @@ from scipy import optimize
 from sklearn import metrics as skm
 from sklearn.model_selection import StratifiedKFold
 
-from fpclass.analysis import metrics
+from fpclass.analysis import metrics, multilabel_metrics
 from fpclass.errors import UserInputError
 from fpclass.models.heads import probabilities
 
-THRESHOLD_METRICS = ('macro_f1', 'f1')
+THRESHOLD_METRICS = ('macro_f1', 'f1', 'f2')  # f2: multi-label thresholds only
 TEMPERATURE_RANGE = (0.05, 20.0)
 CROSSFIT_PARTS = 5  # parts a single validation split is cut into when there are no folds to cross-fit over
 
@@ -157,25 +157,53 @@ def calibrate_predictions(logits: np.ndarray, labels: np.ndarray, head: str, gro
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-  """How logits become the reported probabilities and class: the stored calibration, or none."""
+  """How logits become the reported probabilities and classes: the stored calibration, or none.
+
+  Multi-label (head 'multilabel'): each class's sigmoid probability, and the classes whose probability is at
+  least their threshold: the stored per-label `thresholds` (`--mode calibrate`), else 0.5."""
   head: str
   temperature: float = 1.0
   threshold: float | None = None
+  thresholds: tuple | None = None   # multi-label: one per class, in class order
 
   @classmethod
   def for_model(cls, trained, calibrated: bool) -> 'Decision':
     """From a restored model (`fpclass.infer.inference.Trained`) and its stored calibration."""
     stored = (trained.metadata.get('calibration') or {}) if calibrated else {}
-    return cls(trained.task.head, float(stored.get('temperature') or 1.0), stored.get('threshold'))
+    return cls.from_stored(trained.task.head, stored, trained.class_names)
+
+  @classmethod
+  def from_stored(cls, head: str, stored: dict, class_names) -> 'Decision':
+    """From a sidecar's `calibration` entry ({} for none); multi-label thresholds are stored by class name."""
+    thresholds = None
+    if head == 'multilabel':
+      by_name = stored.get('thresholds') or {}
+      thresholds = tuple(float(by_name.get(name, 0.5)) for name in class_names)
+    return cls(head, float(stored.get('temperature') or 1.0), stored.get('threshold'), thresholds)
 
   def __call__(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, classes), predicted class indices (N,))."""
+    """(probabilities (N, classes), predicted class indices (N,), or multi-label (N, classes) 0/1 rows)."""
     probs = scaled_probabilities(logits, self.head, self.temperature)
+    if self.head == 'multilabel':
+      return probs, multilabel_metrics.predict(probs, self.label_thresholds(probs.shape[1]))
     return probs, decide(probs, self.threshold)
 
+  def label_thresholds(self, num_classes: int) -> np.ndarray:
+    """(K,) the multi-label decision thresholds (0.5 for every class when none is stored)."""
+    return np.asarray(self.thresholds if self.thresholds is not None else (0.5,) * num_classes, np.float64)
+
   def describe(self) -> str:
+    if self.head == 'multilabel':
+      tuned = self.thresholds is not None and any(t != 0.5 for t in self.thresholds)
+      return ('sigmoid probability per class; a class is predicted when its probability reaches '
+              + ('its fitted threshold (--mode calibrate)' if tuned else '0.5'))
     if self.temperature == 1.0 and self.threshold is None:
       return 'uncalibrated probabilities, the most probable class'
     return (f'temperature-scaled probabilities (T = {self.temperature:.3f}), '
             + (f'class 1 when its probability is at least {self.threshold:.3f}' if self.threshold is not None
                else 'the most probable class'))
+
+
+def tag_lists(predictions: np.ndarray, class_names) -> list[list[str]]:
+  """Multi-label (N, K) 0/1 predictions as each image's class names, in class order."""
+  return [[class_names[k] for k in np.flatnonzero(row)] for row in np.asarray(predictions)]

@@ -4,6 +4,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
+from fpclass.analysis import multilabel_metrics
 from fpclass.models.heads import probabilities
 
 
@@ -25,13 +26,27 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 
 
 def epoch_metrics(labels: np.ndarray, logits: np.ndarray, head: str, num_classes: int) -> dict:
-  """The per-epoch validation numbers: loss, accuracy, macro F1, ROC AUC."""
+  """The per-epoch validation numbers: loss, accuracy, macro F1, ROC AUC. Multi-label: the mean binary
+  cross-entropy, subset accuracy and macro F1 at 0.5, and mAP (`fpclass.analysis.multilabel_metrics`)."""
   probs = probabilities(logits, head)
+  if head == 'multilabel':
+    return multilabel_epoch_metrics(labels, probs)
   pred = probs.argmax(1)
   return dict(loss=log_loss(labels, probs), accuracy=float(np.mean(pred == labels)),
               macro_f1=float(skm.f1_score(labels, pred, average='macro', labels=np.arange(num_classes),
                                           zero_division=0)),
               roc_auc=roc_auc(labels, probs))
+
+
+def multilabel_epoch_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+  """`epoch_metrics` of a multi-label head from its (N, K) probabilities."""
+  p = np.clip(probs, 1e-12, 1 - 1e-12)
+  y = np.asarray(labels, np.float64)
+  pred = multilabel_metrics.predict(probs, 0.5)
+  return dict(loss=float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))),
+              accuracy=multilabel_metrics.subset_accuracy(labels, pred),
+              macro_f1=multilabel_metrics.f1(labels, pred, 'macro'),
+              map=multilabel_metrics.mean_average_precision(labels, probs))
 
 
 def scores(labels: np.ndarray, probs: np.ndarray, class_names, predictions: np.ndarray | None = None) -> dict:

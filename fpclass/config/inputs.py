@@ -36,6 +36,29 @@ class DecodeSettings(Settings):
     return self.image_size[1]
 
 
+LABEL_TASKS = ('single_label', 'multilabel')
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSettings(Settings):
+  """What a label is: `config.data.task` and the multi-label keys of `config.data`. Single-label (the default)
+  gives each image one class; multi-label gives it any number of them (a 0/1 row per image, one sigmoid per
+  class), read from a Kaggle CSV's space-separated tags or from 0/1 columns (`label_columns`)."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  task: str = 'single_label'           # single_label | multilabel
+  label_columns: tuple[str, ...] = ()  # multilabel: one 0/1 column per class instead of a tags column
+
+  def check(self):
+    self.require('task', self.task in LABEL_TASKS, f'one of {LABEL_TASKS}')
+    self.require('label_columns', self.multilabel or not self.label_columns,
+                 "empty unless config.data.task='multilabel'")
+
+  @property
+  def multilabel(self) -> bool:
+    return self.task == 'multilabel'
+
+
 FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
 AUGMENT_POLICIES = ('', 'randaugment', 'trivialaugment')   # '' is off
 

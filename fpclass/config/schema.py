@@ -6,7 +6,7 @@ belong to the chosen architecture (see `fpclass.models.create_model`).
 """
 import ml_collections
 
-from fpclass.config.inputs import AugmentSettings, DecodeSettings
+from fpclass.config.inputs import AugmentSettings, DecodeSettings, LabelSettings
 from fpclass.config.outputs import (
   CleanSettings,
   ExplainSettings,
@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = section(
       DecodeSettings,
+      # single_label | multilabel (with label_columns; see LabelSettings). Multi-label reads a Kaggle CSV
+      # whose label_column holds space-separated tags (Planet's layout) or whose label_columns are 0/1.
+      **LabelSettings.defaults(),
       # kaggle_csv | image_folder | tfds | digits. kaggle_csv with an empty root means the embedded
       # SYNTHETIC footprints (generated once into the cache), so a newcomer needs no download.
       source='kaggle_csv',
@@ -60,8 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
       # Bytes the decoded train + val arrays may take on each device; 0 -> half its free memory (host RAM
       # on CPU). Above it, batches stream from the memory-mapped decode cache in the same order.
       device_memory_budget=0,
+      # The embedded SYNTHETIC sets: footprints (single-label), or with task=multilabel the shapes set
+      # (fpclass.data.synthetic_multilabel: n_train/n_test images of `size` pixels).
       synthetic=ml_collections.ConfigDict(dict(
-          seed=0, n_class0=845, n_class1=728, n_test=1055)),
+          seed=0, n_class0=845, n_class1=728, n_test=1055,
+          shapes=ml_collections.ConfigDict(dict(n_train=2000, n_test=500, size=64)))),
       # data.source=tfds: a named TFDS dataset prepared as ArrayRecord, read with tfds.data_source (no
       # TensorFlow at run time). Splits take TFDS slicing ('train[:80%]'); '' means none (val: a holdout
       # of val_fraction from the train split). `launch.py --mode prepare` downloads and prepares it.
@@ -101,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Every typed section, in schema order; `fpclass.runtime.validation` checks each once per launch.
-SETTINGS = (DecodeSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
+SETTINGS = (DecodeSettings, LabelSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
             LrFindSettings)
 

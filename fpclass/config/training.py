@@ -10,14 +10,16 @@ OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 SAMPLERS = ('uniform', 'balanced')
 # Each monitored metric and whether lower or higher is better.
-MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max'}
+# val_map (mean average precision) is multi-label's; val_roc_auc single-label's.
+MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max',
+                 'val_map': 'max'}
 MONITORS = tuple(MONITOR_MODES)
 PRECISIONS = ('fp32', 'bf16')
 LOOPS = ('auto', 'step', 'scan')
 FEATURE_CACHE = ('auto', 'on', 'off')
 SELECT_CHECKPOINTS = ('best', 'last')
 MODEL_AXES = ('auto', 'vmap', 'loop')
-THRESHOLD_METRICS = ('macro_f1', 'f1')
+THRESHOLD_METRICS = ('macro_f1', 'f1', 'f2')  # f2: multi-label only (each label's F2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ class TrainSettings(Settings):
   finetune_freeze_till: int = 0    # ... model.freeze_till set to this (0 = everything trainable) ...
   finetune_lr_factor: float = 0.1  # ... and the learning rate multiplied by this
   select_checkpoint: str = 'best'  # best | last: which checkpoint evaluate/submit restore
-  monitor: str = 'val_loss'        # val_loss | val_accuracy | val_macro_f1 | val_roc_auc
+  monitor: str = 'val_loss'        # val_loss | val_accuracy | val_macro_f1 | val_roc_auc | val_map (multilabel)
   early_stopping_patience: int = 0  # 0 -> off; otherwise epochs without improvement before stopping
   min_delta: float = 0.0
   log_every_steps: int = 10
@@ -130,7 +132,7 @@ class SweepSettings(Settings):
   models_per_chunk: int = 0        # models resident at once; 0 -> from the memory rule and memory_fraction
   memory_fraction: float = 0.5     # share of free device (or host) memory the chunk may use
   ece_bins: int = 15               # equal-width confidence bins for expected calibration error
-  threshold_metric: str = 'macro_f1'  # macro_f1 | f1 (positive class): what the binary threshold maximises
+  threshold_metric: str = 'macro_f1'  # macro_f1 | f1 (positive class) | f2: what a threshold maximises
 
   def check(self):
     self.require('model_axis', self.model_axis in MODEL_AXES, f'one of {MODEL_AXES}')

@@ -8,6 +8,7 @@
 Rows whose file is missing are skipped and reported; a missing column, an empty or unknown label, or a
 test list that does not match the files is an error naming the file and rows.
 """
+import dataclasses
 import logging
 import os
 import pathlib
@@ -21,7 +22,10 @@ from fpclass.errors import UserInputError
 MAX_LISTED = 10  # rows named in one error message; the rest are counted
 
 
-def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None) -> Source:
+def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None, read_labels=None) -> Source:
+  """The Kaggle-layout source at `root` (default config.data.root). `read_labels(csv_path, data_cfg)` parses the
+  labels CSV into `CsvLabels`; the default reads one class per row (`read_single_labels`), and
+  `fpclass.data.multilabel.read_multilabels` reads several."""
   root = pathlib.Path(root or data_cfg.root).expanduser()
   if not root.is_dir():
     raise UserInputError(f'config.data.root={str(root)!r} is not a folder')
@@ -29,6 +33,46 @@ def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None) -> Source:
   if not csv_path.is_file():
     raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={data_cfg.labels_csv!r}); '
                          f'{root} holds: {_listing(root)}')
+  parsed = (read_labels or read_single_labels)(csv_path, data_cfg)
+  ids, class_names = parsed.ids, parsed.class_names
+
+  train_dir = root / data_cfg.train_dir
+  if not train_dir.is_dir():
+    raise UserInputError(f'{train_dir}: training image folder not found (config.data.train_dir='
+                         f'{data_cfg.train_dir!r}); {root} holds: {_listing(root)}')
+  keep, paths, problems = [], [], []
+  for row, name in enumerate(ids):
+    path = resolve_file(train_dir, name)
+    if _escapes(train_dir, name):  # '../test/x.png' or an absolute path would let test images into training
+      problems.append(Problem(file=str(name), split='train', reason=f'outside {train_dir} (row {row + 2} of '
+                              f'{csv_path.name}: an id names a file inside config.data.train_dir)'))
+    elif path is None:
+      problems.append(Problem(file=str(train_dir / name), split='train',
+                              reason=f'no such file (row {row + 2} of {csv_path.name})'))
+    else:
+      keep.append(row)
+      paths.append(path)
+  if not keep:
+    raise UserInputError(f'{csv_path}: none of its {len(ids)} rows names a file in {train_dir} '
+                         f'(first: {ids[0]!r})')
+  train = Split(ids=[ids[r] for r in keep], labels=parsed.labels[np.asarray(keep, np.int64)], paths=paths)
+  notes = [f'{len(ids)} rows in {csv_path.name}; {len(problems)} name no file'] if problems else []
+  test, test_notes = _test_split(root, data_cfg)
+  return Source(name='kaggle_csv', class_names=class_names, train=train, test=test, problems=problems,
+                notes=list(parsed.notes) + notes + test_notes, root=root)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvLabels:
+  """A labels CSV, row for row: ids (file names), labels (class indices, or an (N, K) 0/1 matrix), classes."""
+  ids: list
+  labels: np.ndarray
+  class_names: tuple
+  notes: tuple = ()
+
+
+def read_single_labels(csv_path: pathlib.Path, data_cfg) -> CsvLabels:
+  """One class per row: config.data.label_column's value, one of config.data.class_names when given."""
   id_col, label_col = data_cfg.id_column, data_cfg.label_column
   frame = read_csv(csv_path, [(id_col, 'id_column'), (label_col, 'label_column')])
 
@@ -51,33 +95,8 @@ def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None) -> Source:
   empty = [c for c in class_names if counts.get(c, 0) == 0]
   if empty:
     raise UserInputError(f'{csv_path}: classes {empty} of config.data.class_names have no rows')
-
-  train_dir = root / data_cfg.train_dir
-  if not train_dir.is_dir():
-    raise UserInputError(f'{train_dir}: training image folder not found (config.data.train_dir='
-                         f'{data_cfg.train_dir!r}); {root} holds: {_listing(root)}')
   index = {name: i for i, name in enumerate(class_names)}
-  keep, paths, problems = [], [], []
-  for row, name in enumerate(ids):
-    path = resolve_file(train_dir, name)
-    if _escapes(train_dir, name):  # '../test/x.png' or an absolute path would let test images into training
-      problems.append(Problem(file=str(name), split='train', reason=f'outside {train_dir} (row {row + 2} of '
-                              f'{csv_path.name}: an id names a file inside config.data.train_dir)'))
-    elif path is None:
-      problems.append(Problem(file=str(train_dir / name), split='train',
-                              reason=f'no such file (row {row + 2} of {csv_path.name})'))
-    else:
-      keep.append(row)
-      paths.append(path)
-  if not keep:
-    raise UserInputError(f'{csv_path}: none of its {len(ids)} rows names a file in {train_dir} '
-                         f'(first: {ids.iloc[0]!r})')
-  train = Split(ids=[ids.iloc[r] for r in keep], labels=np.array([index[labels.iloc[r]] for r in keep]),
-                paths=paths)
-  notes = [f'{len(ids)} rows in {csv_path.name}; {len(problems)} name no file'] if problems else []
-  test, test_notes = _test_split(root, data_cfg)
-  return Source(name='kaggle_csv', class_names=class_names, train=train, test=test, problems=problems,
-                notes=notes + test_notes, root=root)
+  return CsvLabels(ids=list(ids), labels=np.array([index[v] for v in labels], np.int32), class_names=class_names)
 
 
 def read_csv(path: pathlib.Path, columns) -> pd.DataFrame:

@@ -4,8 +4,8 @@ Two layouts: one column of space-separated tags (Planet's `image_name,tags`), or
 (config.data.label_columns). The classes are config.data.class_names when given, else the sorted union of
 the tags (or the columns, in the order given). An image with no tag is allowed and counted. Anything a
 user must fix (an unknown tag, a malformed cell, a missing column, a duplicate id) is an error naming the
-CSV file and its rows, as in `fpclass.data.kaggle_csv`, whose loader will call `read_multilabel_csv` for the
-labels and keep resolving the files itself.
+CSV file and its rows, as in `fpclass.data.kaggle_csv`, whose loader calls `read_multilabels` for the
+labels and resolves the files itself.
 """
 import dataclasses
 import logging
@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from fpclass.data.kaggle_csv import MAX_LISTED, read_csv
+from fpclass.data.kaggle_csv import MAX_LISTED, CsvLabels, read_csv
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
 
@@ -46,7 +46,16 @@ def load_multilabel_labels(data_cfg, root: pathlib.Path | str | None = None) -> 
   csv_path = root / data_cfg.labels_csv
   if not csv_path.is_file():
     raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={data_cfg.labels_csv!r})')
-  # label_columns is not a declared key until the loaders are wired to multi-label data.
+  return _read(csv_path, data_cfg)
+
+
+def read_multilabels(csv_path: pathlib.Path, data_cfg) -> CsvLabels:
+  """`fpclass.data.kaggle_csv.load_kaggle_csv`'s reader for config.data.task='multilabel'."""
+  labels = _read(csv_path, data_cfg)
+  return CsvLabels(ids=labels.ids, labels=labels.indicator, class_names=labels.class_names, notes=labels.notes)
+
+
+def _read(csv_path: pathlib.Path, data_cfg) -> MultiLabels:
   label_columns = tuple(data_cfg.get('label_columns', ()) or ())
   return read_multilabel_csv(csv_path, data_cfg.id_column,
                              label_column='' if label_columns else data_cfg.label_column,

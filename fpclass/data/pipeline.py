@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from fpclass import fileio
-from fpclass.config.inputs import DecodeSettings
-from fpclass.data import footprints, splits
+from fpclass.config.inputs import DecodeSettings, LabelSettings
+from fpclass.data import footprints, multilabel_splits, splits, synthetic_multilabel
 from fpclass.data.decode import decode_files, fit_array
 from fpclass.data.digits import load_digits_source
 from fpclass.data.file_list import apply_file_list
 from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
 from fpclass.data.label_map import apply_label_map
+from fpclass.data.multilabel import read_multilabels
 from fpclass.data.rows import in_memory, take_rows
 from fpclass.data.source import Source, Split
 from fpclass.data.tfds_source import load_tfds
@@ -26,18 +27,28 @@ from fpclass.errors import UserInputError
 
 
 def _kaggle_or_synthetic(data_cfg) -> Source:
+  multilabel = LabelSettings.from_config(data_cfg).multilabel
+  read_labels = read_multilabels if multilabel else None
   if data_cfg.root:
-    return load_kaggle_csv(data_cfg)
-  spec = footprints.FootprintSpec(seed=int(data_cfg.synthetic.seed), n_class0=int(data_cfg.synthetic.n_class0),
-                                  n_class1=int(data_cfg.synthetic.n_class1), n_test=int(data_cfg.synthetic.n_test))
-  root = footprints.ensure_synthetic_footprints(fileio.cache_root(data_cfg.cache_dir), spec)
-  logging.warning('config.data.root is empty: using the embedded SYNTHETIC footprints in %s '
-                  '(set --config.data.root to your Kaggle folder for real data)', root)
+    return load_kaggle_csv(data_cfg, read_labels=read_labels)
+  synthetic = data_cfg.synthetic
+  if multilabel:
+    spec = synthetic_multilabel.MultilabelSpec(seed=int(synthetic.seed), n_train=int(synthetic.shapes.n_train),
+                                               n_test=int(synthetic.shapes.n_test), size=int(synthetic.shapes.size))
+    root = synthetic_multilabel.ensure_synthetic_multilabel(fileio.cache_root(data_cfg.cache_dir), spec)
+    keys, name = dict(id_column='image_name', label_column='tags', label_columns=()), 'synthetic_shapes'
+  else:
+    spec = footprints.FootprintSpec(seed=int(synthetic.seed), n_class0=int(synthetic.n_class0),
+                                    n_class1=int(synthetic.n_class1), n_test=int(synthetic.n_test))
+    root = footprints.ensure_synthetic_footprints(fileio.cache_root(data_cfg.cache_dir), spec)
+    keys, name = dict(id_column='filename', label_column='SEX'), 'synthetic_footprints'
+  logging.warning('config.data.root is empty: using the embedded SYNTHETIC %s in %s '
+                  '(set --config.data.root to your Kaggle folder for real data)', name.split('_')[1], root)
   synthetic_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-  synthetic_cfg.update(id_column='filename', label_column='SEX', labels_csv='train.csv', train_dir='train',
-                       test_dir='test', sample_submission='sample_submission.csv', class_names=())
-  source = load_kaggle_csv(synthetic_cfg, root=root)
-  source.name = 'synthetic_footprints'
+  synthetic_cfg.update(labels_csv='train.csv', train_dir='train', test_dir='test',
+                       sample_submission='sample_submission.csv', class_names=(), **keys)
+  source = load_kaggle_csv(synthetic_cfg, root=root, read_labels=read_labels)
+  source.name = name
   return source
 
 
@@ -100,6 +111,10 @@ def list_raw_source(config) -> Source:
   name = config.data.source
   if name not in SOURCES:
     raise UserInputError(f'config.data.source={name!r}: unknown source; choose one of {sorted(SOURCES)}')
+  if LabelSettings.from_config(config.data).multilabel and name != 'kaggle_csv':
+    raise UserInputError(f"config.data.task='multilabel': config.data.source={name!r} gives each image one class "
+                         "(a folder or a label), so it cannot say several; use data.source=kaggle_csv with a "
+                         "tags column (data.label_column) or 0/1 columns (data.label_columns)")
   return SOURCES[name](config.data)
 
 
@@ -110,6 +125,9 @@ def list_source(config) -> Source:
   if config.data.file_list:
     source = apply_file_list(source, config.data.file_list)
   if config.data.label_map:
+    if source.train.labels.ndim == 2:
+      raise UserInputError("config.data.label_map groups single labels; it does not apply to "
+                           "config.data.task='multilabel' (name the classes in the CSV instead)")
     source = apply_label_map(source, config.data.label_map)
   return source
 
@@ -151,9 +169,11 @@ def decode_source(config, progress: bool = True, mapped: bool = False) -> Decode
   if len(pool) == 0:
     raise UserInputError(f'no training image of {config.data.source} could be decoded; see the reasons: '
                          + '; '.join(f'{p.file}: {p.reason}' for p in quarantine[:5]))
-  present = np.bincount(pool.labels, minlength=len(source.class_names))
+  present = positives(pool.labels, len(source.class_names))
   empty = [source.class_names[i] for i in np.flatnonzero(present == 0)]
-  if empty:
+  if empty and pool.labels.ndim == 2:  # a label nobody carries is learnt as "never"; say so, but go on
+    logging.warning('classes %s have no decodable training image (see the quarantine report)', empty)
+  elif empty:
     raise UserInputError(f'classes {empty} have no decodable training image (see the quarantine report)')
   if quarantine:
     logging.warning('%d file(s) skipped; they are listed with reasons in quarantine.csv', len(quarantine))
@@ -169,16 +189,23 @@ def split_dataset(decoded: Decoded, config) -> Dataset:
   if decoded.val is not None:
     train, val, note = decoded.pool, decoded.val, 'the source\'s own validation folder'
   else:
+    labels, multilabel = decoded.pool.labels, decoded.pool.labels.ndim == 2
     if data.fold >= 0:
-      folds = splits.kfold_indices(decoded.pool.labels, int(data.num_folds), int(data.split_seed))
+      folds = (multilabel_splits.multilabel_kfold_indices(labels, int(data.num_folds), int(data.split_seed),
+                                                          decoded.class_names) if multilabel
+               else splits.kfold_indices(labels, int(data.num_folds), int(data.split_seed)))
       if data.fold >= len(folds):
         raise UserInputError(f'config.data.fold={data.fold}: must be below config.data.num_folds={data.num_folds}')
       train_index, val_index = folds[data.fold]
       note = f'stratified fold {data.fold} of {data.num_folds} (split_seed {data.split_seed})'
     else:
-      train_index, val_index = splits.holdout_indices(decoded.pool.labels, float(data.val_fraction),
-                                                      int(data.split_seed))
+      train_index, val_index = (
+          multilabel_splits.multilabel_holdout_indices(labels, float(data.val_fraction), int(data.split_seed),
+                                                       decoded.class_names) if multilabel
+          else splits.holdout_indices(labels, float(data.val_fraction), int(data.split_seed)))
       note = f'stratified {data.val_fraction:.0%} holdout (split_seed {data.split_seed})'
+    if multilabel:
+      note = note.replace('stratified', 'per-label stratified', 1)
     train, val = decoded.pool.take(train_index), decoded.pool.take(val_index)
   return Dataset(decoded.class_names, train, val, decoded.test, decoded.quarantine, decoded.notes,
                  decoded.source_name, note)
@@ -196,12 +223,23 @@ def write_quarantine_report(path, problems) -> None:
   fileio.write_csv(path, frame)
 
 
+def positives(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """(K,) images per class: of int class labels, or of a multi-label (N, K) 0/1 matrix."""
+  labels = np.asarray(labels)
+  if labels.ndim == 2:
+    return labels.sum(0, dtype=np.int64)
+  return np.bincount(labels, minlength=num_classes)
+
+
 def class_counts(dataset: Dataset) -> dict:
-  """{split: {class name: count}} for the labelled splits."""
+  """{split: {class name: count}} for the labelled splits (multi-label: images carrying each class, and
+  'untagged': images carrying none)."""
   out = {}
   for name in ('train', 'val', 'test'):
     split = getattr(dataset, name)
     if split is not None and split.labels is not None:
-      counts = np.bincount(split.labels, minlength=len(dataset.class_names))
+      counts = positives(split.labels, len(dataset.class_names))
       out[name] = {c: int(n) for c, n in zip(dataset.class_names, counts)}
+      if split.labels.ndim == 2:
+        out[name]['untagged'] = int(np.sum(~split.labels.any(1)))
   return out

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fpclass import fileio
+from fpclass.analysis import multilabel_calibration
 from fpclass.analysis.calibration import (
   THRESHOLD_METRICS,
   calibrate_predictions,
@@ -19,6 +20,7 @@ from fpclass.analysis.calibration import (
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import ensemble, tta
+from fpclass.models.heads import head_of, probabilities
 from fpclass.runtime import report
 from fpclass.train import checkpoint
 
@@ -77,18 +79,25 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
     logits.append(member_logits)
     labels.append(val.labels)
     groups.append(np.full(len(val), g))
-    frames.append(pd.DataFrame({'member': member.path.name if member.path != workdir else '.', 'id': val.ids,
-                                'label': val.labels}))
+    frames.append(pd.DataFrame({'member': member.path.name if member.path != workdir else '.', 'id': val.ids}))
   logits, labels, groups = np.concatenate(logits), np.concatenate(labels), np.concatenate(groups)
-  head = members[0].config.model.get('head', 'softmax')
-  result, crossfit = calibrate_predictions(logits, labels, head, groups, bins, metric)
+  head = head_of(members[0].config)
+  class_names = tuple(members[0].metadata['class_names'])
   what = (f'out-of-fold predictions of {len(members)} fold models' if len(members) > 1
           else 'validation predictions of this run')
-  result['fitted_on'] = f'{what} (n={len(labels)})' + (f', with {tta_settings.describe()}' if tta_settings.on else '')
+  fitted_on = f'{what} (n={len(labels)})' + (f', with {tta_settings.describe()}' if tta_settings.on else '')
+  if head == 'multilabel':
+    return _calibrate_multilabel(workdir, members, pd.concat(frames, ignore_index=True), logits, labels, groups,
+                                 class_names, metric, fitted_on, tta_settings)
+  if metric == 'f2':
+    raise UserInputError("config.sweep.threshold_metric='f2' is for multi-label thresholds; choose f1 or macro_f1")
+  frames = [frame.assign(label=part) for frame, part in zip(frames, np.split(labels, np.cumsum(
+      [len(f) for f in frames])[:-1]))]
+  result, crossfit = calibrate_predictions(logits, labels, head, groups, bins, metric)
+  result['fitted_on'] = fitted_on
   result['tta'] = tta_settings.as_dict()   # what predict and submit must make for these to apply (fpclass.infer.tta)
   for member in members:
     store_in_sidecar(member.path, result)
-  class_names = tuple(members[0].metadata['class_names'])
   before, after = scaled_probabilities(logits, head), scaled_probabilities(logits, head, result['temperature'])
   after_label = f'after (T={result["temperature"]:.2f}, cross-fitted over {result["crossfit_groups"]} groups)'
   oof = pd.concat(frames, ignore_index=True)
@@ -103,6 +112,27 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   print(f'{workdir}: temperature {result["temperature"]:.3f}, ECE {result["ece_before"]:.4f} -> '
         f'{result["ece_after"]:.4f} (cross-fitted)'
         + (f', threshold {result["threshold"]:.3f}' if result['threshold'] is not None else ''))
+  return result
+
+
+def _calibrate_multilabel(workdir, members, oof, logits, labels, groups, class_names, metric, fitted_on,
+                          tta_settings) -> dict:
+  """Per-label thresholds (`fpclass.analysis.multilabel_calibration`), stored in every member's sidecar."""
+  probs = probabilities(logits, 'multilabel')
+  result = multilabel_calibration.calibrate_thresholds(probs, labels, class_names, groups, metric)
+  result.update(fitted_on=fitted_on, tta=tta_settings.as_dict())
+  for member in members:
+    store_in_sidecar(member.path, result)
+  for k, name in enumerate(class_names):
+    oof[f'label_{name}'] = labels[:, k]
+  for k, name in enumerate(class_names):
+    oof[f'p_{name}'] = probs[:, k]
+  fileio.write_csv(workdir / 'calibration_predictions.csv', oof)
+  fileio.write_json(workdir / 'calibration.json', result)
+  report.write_section(workdir, '45-calibration', multilabel_calibration.calibration_section(result))
+  shown = ', '.join(f'{name} {t:.3f}' for name, t in result['thresholds'].items())
+  print(f'{workdir}: per-label thresholds {shown}; macro F1 {result["macro_f1_at_half"]:.4f} at 0.5 -> '
+        f'{result["macro_f1_tuned"]:.4f} (cross-fitted)')
   return result
 
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from fpclass.errors import UserInputError
-from fpclass.models.heads import probabilities
+from fpclass.models.heads import as_logits, probabilities
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train.steps import jit_options
 
@@ -94,13 +94,6 @@ def blend(plain: np.ndarray, augmented: np.ndarray, beta: float, use_max: bool =
     top = np.maximum(plain, augmented.max(0))
     return top / top.sum(1, keepdims=True)
   return beta * plain + (1.0 - beta) * augmented.mean(0)
-
-
-def as_logits(probs: np.ndarray, head: str) -> np.ndarray:
-  """Logits whose probabilities (`fpclass.models.heads.probabilities`) are `probs`: log p, or log(p1 / p0) for the
-  one-logit sigmoid head."""
-  log_p = np.log(np.clip(np.asarray(probs, np.float64), np.finfo(np.float64).tiny, 1.0))
-  return (log_p[:, 1] - log_p[:, 0])[:, None] if head == 'sigmoid' else log_p
 
 
 def pass_key(index: int, batch: int) -> jax.Array:

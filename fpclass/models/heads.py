@@ -1,15 +1,46 @@
-"""What a model's head means: per-example loss, predicted class and probabilities from its logits.
+"""What a model's head means: per-example loss, predicted classes and probabilities from its logits.
 
-A softmax head has one logit per class; a sigmoid head has one logit for a two-class task.
+Three heads: 'softmax' (one logit per class, one class per image), 'sigmoid' (one logit for a two-class
+task) and 'multilabel' (one sigmoid logit per class, any number of classes per image; `config.data.task`).
 """
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fpclass.errors import UserInputError
+
+HEADS = ('softmax', 'sigmoid', 'multilabel')
+
+
+def head_of(config) -> str:
+  """The head a run's config describes: 'multilabel' when config.data.task is, else config.model.head."""
+  head = config.model.get('head', 'softmax')
+  if config.data.get('task', 'single_label') != 'multilabel':
+    return head
+  if head == 'sigmoid':
+    raise UserInputError("config.model.head='sigmoid' is the one-logit head of a two-class task; "
+                         "config.data.task='multilabel' gives every class its own sigmoid (leave model.head as is)")
+  return 'multilabel'
+
+
+def binary_cross_entropy(logits, targets, smoothing: float = 0.0, pos_weight=None):
+  """Elementwise (N, K) binary cross-entropy with logits, as torch's `binary_cross_entropy_with_logits(x, t,
+  pos_weight=w)`: w t softplus(-x) + (1 - t) softplus(x). Smoothing is timm's `BinaryCrossEntropy`'s: every
+  target moves to t (1 - s) + s / K (timm's on value 1 - s + s/K and off value s/K)."""
+  targets = targets.astype(jnp.float32)
+  if smoothing:
+    targets = targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
+  positive = targets if pos_weight is None else targets * jnp.asarray(pos_weight, jnp.float32)
+  logits = logits.astype(jnp.float32)
+  return positive * jnp.logaddexp(0.0, -logits) + (1.0 - targets) * jnp.logaddexp(0.0, logits)
+
 
 def cross_entropy(logits, targets, head: str, smoothing: float = 0.0):
-  """Per-example cross-entropy against (N, num_classes) class probabilities, label-smoothed. The sigmoid head
-  (one logit, two classes) takes the probability of class 1 as its binary target."""
+  """Per-example cross-entropy against (N, num_classes) targets, label-smoothed. Softmax: class probabilities.
+  The sigmoid head (one logit, two classes) takes the probability of class 1 as its binary target. Multilabel:
+  0/1 (or mixed) label vectors, the binary cross-entropy averaged over the classes."""
+  if head == 'multilabel':
+    return jnp.mean(binary_cross_entropy(logits, targets, smoothing), axis=-1)
   if head == 'sigmoid':
     target = targets[:, 1] * (1.0 - smoothing) + 0.5 * smoothing
     return optax.sigmoid_binary_cross_entropy(logits[:, 0], target)
@@ -18,15 +49,30 @@ def cross_entropy(logits, targets, head: str, smoothing: float = 0.0):
 
 
 def predicted_class(logits, head: str):
+  """(N,) class indices, or for a multilabel head the (N, K) 0/1 predictions at probability 0.5."""
+  if head == 'multilabel':
+    return (logits > 0).astype(jnp.int32)
   return (logits[:, 0] > 0).astype(jnp.int32) if head == 'sigmoid' else jnp.argmax(logits, -1)
 
 
 def probabilities(logits: np.ndarray, head: str) -> np.ndarray:
-  """(N, num_classes) class probabilities from logits, on the host."""
+  """(N, num_classes) class probabilities from logits, on the host; for a multilabel head each class's own."""
   logits = np.asarray(logits, np.float64)
+  if head == 'multilabel':
+    return 1.0 / (1.0 + np.exp(-logits))
   if head == 'sigmoid':
     p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
     return np.stack([1.0 - p1, p1], axis=1)
   z = logits - logits.max(axis=1, keepdims=True)
   e = np.exp(z)
   return e / e.sum(axis=1, keepdims=True)
+
+
+def as_logits(probs: np.ndarray, head: str) -> np.ndarray:
+  """Logits whose `probabilities` are `probs`: log p (softmax), log(p1 / p0) for the one-logit sigmoid head,
+  log(p / (1 - p)) per class for the multilabel head."""
+  probs = np.asarray(probs, np.float64)
+  log_p = np.log(np.clip(probs, np.finfo(np.float64).tiny, 1.0))
+  if head == 'multilabel':
+    return log_p - np.log(np.clip(1.0 - probs, np.finfo(np.float64).tiny, 1.0))
+  return (log_p[:, 1] - log_p[:, 0])[:, None] if head == 'sigmoid' else log_p

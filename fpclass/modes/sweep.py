@@ -35,7 +35,7 @@ from fpclass.config.variants import parse_variant
 from fpclass.data import pipeline, splits, stream
 from fpclass.errors import UserInputError
 from fpclass.infer.calibrate_models import calibrate
-from fpclass.models.heads import probabilities
+from fpclass.models.heads import head_of, probabilities
 from fpclass.runtime import report, sharding
 from fpclass.runtime.sharding import DataParallel
 from fpclass.runtime.validation import validate
@@ -340,7 +340,7 @@ def save_member_workdir(workdir, member_config, class_names, result: MemberResul
 
 
 def _head(config):
-  return config.model.get('head', 'softmax')
+  return head_of(config)
 
 
 def run_sweep(config, workdir) -> pd.DataFrame:

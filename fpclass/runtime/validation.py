@@ -24,6 +24,7 @@ def validate(config) -> None:
     raise UserInputError(f'config.data.source={config.data.source!r}: unknown source; choose one of '
                          f'{sorted(pipeline.SOURCES)}')
   models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
+  task.check_label_task(config)
   optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
   precision.check_precision(config.train.precision)
   steps.check_loop(config.train.loop)

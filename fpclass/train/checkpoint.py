@@ -27,6 +27,7 @@ from flax import traverse_util
 from fpclass import __version__, fileio
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
+from fpclass.models.heads import head_of
 from fpclass.train import orbax_quiet
 
 METADATA = 'metadata.json'
@@ -244,7 +245,7 @@ def build_metadata(config, class_names, num_params: int, normalisation: dict) ->
       channels=int(config.data.channels),
       normalisation=normalisation,
       model=config.model.name,
-      head=config.model.get('head', 'softmax'),
+      head=head_of(config),
       num_params=num_params,
       config=config_as_json(config),
   )

@@ -20,7 +20,7 @@ from fpclass import models
 from fpclass.config.inputs import AugmentSettings
 from fpclass.errors import UserInputError
 from fpclass.infer.batches import in_fixed_batches
-from fpclass.models.heads import cross_entropy, predicted_class
+from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
 from fpclass.models.preprocessing import Normalisation
 from fpclass.train import accumulation, augment, ema, optim, precision
 
@@ -120,8 +120,7 @@ class Task:
     y = targets = batch_labels
     if self.augment_cfg.mixing_enabled:
       # Its own key, folded from the augmentation key, so the per-image draws stay those of an unmixed run.
-      x, targets = augment.mix_batch(x, jax.nn.one_hot(y, self.num_classes), jax.random.fold_in(aug_key, MIX_STREAM),
-                                     self.augment_cfg)
+      x, targets = augment.mix_batch(x, self.targets(y), jax.random.fold_in(aug_key, MIX_STREAM), self.augment_cfg)
 
     def loss_fn(params):
       logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,
@@ -135,8 +134,10 @@ class Task:
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
     if state.ema is not None:
       new_state = new_state.replace(ema=self._averaged(new_state))
-    # With mixing, the loss is the mixed targets' and `correct` counts agreement with each image's own label.
-    correct = jnp.sum(predicted_class(logits, self.head) == y)
+    # With mixing, the loss is the mixed targets' and `correct` counts agreement with each image's own label
+    # (multi-label: images whose every label is predicted right at 0.5, validation's subset accuracy).
+    agree = predicted_class(logits, self.head) == y
+    correct = jnp.sum(jnp.all(agree, axis=-1)) if self.head == 'multilabel' else jnp.sum(agree)
     return new_state, {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
 
   def _averaged(self, state: TrainState):
@@ -149,12 +150,21 @@ class Task:
     updated = state.opt_state.mini_step == 0   # this micro-batch completed a cycle
     return jax.tree_util.tree_map(lambda a, b: jnp.where(updated, a, b), moved, state.ema)
 
+  def targets(self, labels):
+    """(N, num_classes) float targets: one-hot of int labels, or a multi-label batch's 0/1 rows as floats."""
+    return labels.astype(jnp.float32) if self.head == 'multilabel' else jax.nn.one_hot(labels, self.num_classes)
+
   def loss(self, logits, targets):
     """Mean cross-entropy against int labels (N,) or class probabilities (N, num_classes) (mixed batches).
 
     Weighted by class as PyTorch's CrossEntropyLoss(weight=...) does for labels: sum_i w_i ce_i / sum_i w_i,
     where a soft target's w_i is its expected class weight (a 70:30 mix weighs 0.7 w_a + 0.3 w_b), which is
-    w[y_i] for a label. Smoothing applies to the soft target as to a label's one-hot."""
+    w[y_i] for a label. Smoothing applies to the soft target as to a label's one-hot.
+
+    Multi-label: the binary cross-entropy averaged over every image and class, as torch's
+    `binary_cross_entropy_with_logits(reduction='mean')`, with the class weights as its `pos_weight`."""
+    if self.head == 'multilabel':
+      return jnp.mean(binary_cross_entropy(logits, targets, self.label_smoothing, self.class_weights))
     if targets.ndim == 1:
       targets = jax.nn.one_hot(targets, self.num_classes)
     per_example = cross_entropy(logits, targets, self.head, self.label_smoothing)
@@ -185,11 +195,18 @@ class TaskView:
 
 
 def class_weights(spec: str, class_names, train_labels) -> tuple | None:
-  """'' -> None; 'auto' -> n / (k * count) as scikit-learn's 'balanced'; 'a:1,b:2.5' -> by class name."""
+  """'' -> None; 'auto' -> n / (k * count) as scikit-learn's 'balanced'; 'a:1,b:2.5' -> by class name.
+
+  Multi-label labels ((N, K) 0/1 rows) get positive weights (torch's `pos_weight`): 'auto' gives each class
+  its negatives / positives (a class with no positive gets 1), and 'a:2.5' sets one class's."""
   spec = (spec or '').strip()
   if not spec:
     return None
   k = len(class_names)
+  train_labels = np.asarray(train_labels)
+  if spec == 'auto' and train_labels.ndim == 2:
+    positives = train_labels.sum(0).astype(np.float64)
+    return tuple(float((len(train_labels) - p) / p) if p else 1.0 for p in positives)
   if spec == 'auto':
     counts = np.bincount(train_labels, minlength=k).astype(np.float64)
     return tuple(float(len(train_labels) / (k * c)) for c in counts)
@@ -204,6 +221,22 @@ def class_weights(spec: str, class_names, train_labels) -> tuple | None:
     except ValueError:
       raise UserInputError(f'config.train.class_weights={spec!r}: {value!r} is not a number') from None
   return tuple(weights.get(c, 1.0) for c in class_names)
+
+
+def check_label_task(config) -> None:
+  """The head, monitor and sampler fit config.data.task: val_map and multi-label go together, val_roc_auc and
+  the class-balanced sampler (one class per image) need single-label data."""
+  multilabel = head_of(config) == 'multilabel'
+  monitor, sampler = config.train.monitor, config.train.sampler
+  if multilabel and monitor == 'val_roc_auc':
+    raise UserInputError("config.train.monitor='val_roc_auc' is single-label's; with config.data.task="
+                         "'multilabel' monitor val_map, val_macro_f1, val_accuracy or val_loss")
+  if not multilabel and monitor == 'val_map':
+    raise UserInputError("config.train.monitor='val_map' (mean average precision) needs "
+                         "config.data.task='multilabel'")
+  if multilabel and sampler == 'balanced':
+    raise UserInputError("config.train.sampler='balanced' draws classes evenly, which needs one class per image; "
+                         "with config.data.task='multilabel' use 'uniform' and config.train.class_weights='auto'")
 
 
 def model_input(config) -> tuple[Normalisation, bool]:
@@ -258,7 +291,7 @@ def build_task(config, class_names, train_labels, steps_per_epoch: int, backend:
   return Task(model=model, tx=accumulation.accumulate(tx, steps_per_epoch, k), **extras,
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=AugmentSettings.from_config(config.augment),
-              head=config.model.get('head', 'softmax'), num_classes=len(class_names),
+              head=head_of(config), num_classes=len(class_names),
               class_weights=class_weights(config.train.class_weights, class_names, train_labels),
               label_smoothing=float(config.train.label_smoothing), l2=float(config.train.l2),
               l2_params=str(config.train.l2_params))

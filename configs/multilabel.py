@@ -1,0 +1,53 @@
+"""Multi-label classification: each image carries any number of classes (Planet-style space-separated tags).
+
+    python launch.py --config configs/multilabel.py --workdir runs/shapes
+
+With no data.root it trains on the embedded SYNTHETIC shapes set (fpclass.data.synthetic_multilabel: five
+shapes, two of them rare, some images with none), generated once into the cache. For your own Kaggle folder:
+--config.data.root=DIR --config.data.id_column=image_name --config.data.label_column=tags (or
+--config.data.label_columns=a,b,c for one 0/1 column per class). One sigmoid per class with binary
+cross-entropy and positive weights from the label frequencies; folds stratified per label; the checkpoint
+with the best validation mAP is kept. `--mode calibrate` then fits one threshold per label.
+"""
+from fpclass.config.schema import base_config, parse_args, shrink_for_quick
+
+CHOICES = {'quick': 'a tiny run: 2 epochs on 240 small images'}
+
+
+def get_config(arg: str = ''):
+  args = parse_args('configs/multilabel.py', arg, CHOICES)
+  c = base_config()
+  c.name = 'multilabel_shapes'
+  c.data.task = 'multilabel'
+  c.data.id_column = 'image_name'
+  c.data.label_column = 'tags'
+  c.data.image_size = (64, 64)
+  c.data.channels = 3
+  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+  c.data.val_fraction = 0.2
+
+  c.model.name = 'footprint_cnn'
+  c.model.conv_channels = (32, 64, 96)
+  c.model.fc_sizes = (128,)
+  c.model.dropout = 0.2
+  c.model.batch_norm = True
+
+  c.augment.hflip = 0.5
+  c.augment.vflip = 0.5
+
+  c.train.batch_size = 32
+  c.train.epochs = 30
+  c.train.learning_rate = 2e-3
+  c.train.schedule = 'cosine'
+  c.train.class_weights = 'auto'     # positive weights: negatives / positives per class (torch's pos_weight)
+  c.train.monitor = 'val_map'
+  c.train.early_stopping_patience = 8
+  c.train.select_checkpoint = 'best'
+  c.eval.batch_size = 128
+  if 'quick' in args:
+    shrink_for_quick(c)
+    c.data.synthetic.shapes.update(n_train=240, n_test=60, size=32)
+    c.data.image_size = (32, 32)
+    c.model.conv_channels = (8, 16)
+    c.model.fc_sizes = (16,)
+  return c
