@@ -145,6 +145,25 @@ def trained_quick(tmp_path_factory):
   return workdir, env, result
 
 
+MULTILABEL = '--config=configs/multilabel.py:quick'
+
+
+@pytest.fixture(scope='session')
+def trained_multilabel(tmp_path_factory):
+  """One quick multi-label run on the synthetic shapes (train, evaluate; 240 images of 32 px, 2 epochs),
+  trained once per session and copied into each worker, as `trained_quick`: (workdir, env, CompletedProcess).
+  `env` points FPCLASS_CACHE at the cache holding its synthetic set (with solution.csv, the test tags)."""
+  with build_once(tmp_path_factory, 'ml-quick') as (shared, built):
+    env = {'FPCLASS_CACHE': str(shared / 'cache')}
+    if not built:
+      result = launch(MULTILABEL, f'--workdir={shared / "run"}', env=env)
+      (shared / 'launch.json').write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
+  result = subprocess.CompletedProcess(*json.loads((shared / 'launch.json').read_text()))
+  workdir = tmp_path_factory.mktemp('ml-quick')
+  shutil.copytree(shared / 'run', workdir, dirs_exist_ok=True)
+  return workdir, env, result
+
+
 def save_image(path, mode='L', size=(40, 30), value=None, fmt=None, **save_kwargs):
   """Writes a deterministic test image of `mode`; returns its path."""
   path = pathlib.Path(path)

@@ -16,11 +16,32 @@ def prediction_chunk(config, dataset) -> int:
   return common_batch(config.eval.batch_size, [len(split) for split in splits if split is not None])
 
 
-def predictions_frame(split, probs, class_names) -> pd.DataFrame:
+def tags_text(row, class_names) -> str:
+  """A multi-label 0/1 row as Planet writes it: its class names, space-separated, in class order."""
+  return ' '.join(class_names[k] for k in np.flatnonzero(row))
+
+
+def predictions_frame(split, probs, class_names, thresholds=None) -> pd.DataFrame:
+  """One row per image: id, label, predicted, p_<class> per class, loss (the image's cross-entropy).
+  Multi-label probabilities ((N, K) sigmoids, with `thresholds`, default 0.5): label and predicted are tag
+  lists, and loss is the image's binary cross-entropy summed over the classes."""
+  if split.labels is not None and np.ndim(split.labels) == 2:
+    return _multilabel_frame(split, probs, class_names, 0.5 if thresholds is None else thresholds)
   pred = probs.argmax(1)
   frame = pd.DataFrame({'id': split.ids, 'label': [class_names[i] for i in split.labels],
                         'predicted': [class_names[i] for i in pred]})
   for i, name in enumerate(class_names):
     frame[f'p_{name}'] = probs[:, i]
   frame['loss'] = -np.log(np.clip(probs[np.arange(len(pred)), split.labels], 1e-12, 1.0))
+  return frame
+
+
+def _multilabel_frame(split, probs, class_names, thresholds) -> pd.DataFrame:
+  pred = (probs >= np.asarray(thresholds, np.float64)).astype(np.uint8)
+  frame = pd.DataFrame({'id': split.ids, 'label': [tags_text(r, class_names) for r in split.labels],
+                        'predicted': [tags_text(r, class_names) for r in pred]})
+  for i, name in enumerate(class_names):
+    frame[f'p_{name}'] = probs[:, i]
+  p, y = np.clip(probs, 1e-12, 1 - 1e-12), np.asarray(split.labels, np.float64)
+  frame['loss'] = -np.sum(y * np.log(p) + (1 - y) * np.log1p(-p), axis=1)
   return frame

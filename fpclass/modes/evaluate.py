@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from fpclass import fileio
-from fpclass.analysis import error_analysis, metrics
+from fpclass.analysis import error_analysis, metrics, multilabel_metrics
+from fpclass.analysis.calibration import Decision
 from fpclass.data import pipeline
 from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
@@ -36,6 +37,8 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   batch, chunk = int(config.eval.batch_size), prediction_chunk(config, dataset)
   val_probs = val_probabilities if val_probabilities is not None else trained.probabilities(
       dataset.val.images, batch, chunk)
+  if trained.task.head == 'multilabel':
+    return evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk, config)
   result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
                 model=config.model.name, num_params=trained.metadata['num_params'])
@@ -74,6 +77,48 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
         + (f', ROC AUC {result["roc_auc"]:.4f}' if result['roc_auc'] is not None else '')
         + f' ({trained.checkpoint} checkpoint, epoch {trained.epoch})')
   return result
+
+
+def evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk, config) -> dict:
+  """`evaluate_workdir` for a multi-label model: every figure of `fpclass.analysis.multilabel_metrics.scores`
+  at the stored per-label thresholds (0.5 before `--mode calibrate`), and the per-label table."""
+  decision = Decision.for_model(trained, calibrated=True)
+  thresholds = decision.label_thresholds(len(dataset.class_names))
+  result = multilabel_metrics.scores(dataset.val.labels, val_probs, dataset.class_names, thresholds)
+  result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
+                model=config.model.name, num_params=trained.metadata['num_params'], decision=decision.describe())
+  if dataset.test is not None and dataset.test.labels is not None:
+    test = dataset.test.take(np.flatnonzero(dataset.test.extras.get('decoded', np.ones(len(dataset.test), bool))))
+    result['test'] = multilabel_metrics.scores(test.labels, trained.probabilities(test.images, batch, chunk),
+                                               dataset.class_names, thresholds)
+  if config.eval.score_train:
+    result['train'] = multilabel_metrics.scores(dataset.train.labels, trained.probabilities(
+        dataset.train.images, batch, chunk), dataset.class_names, thresholds)
+  fileio.write_json(workdir / 'scores.json', result)
+  fileio.write_csv(workdir / 'val_predictions.csv',
+                   predictions_frame(dataset.val, val_probs, dataset.class_names, thresholds))
+  history_path = workdir / 'metrics.csv'
+  history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+  fileio.save_figure(workdir / 'learning_curves.png', plot_learning_curves(history, trained.loop))
+  report.write_section(workdir, '00-data', data_section(dataset))
+  report.write_section(workdir, '10-evaluation', multilabel_section(result, trained))
+  print(f'{workdir}: val mAP {result["mean_average_precision"]:.4f}, macro F1 {result["macro_f1"]:.4f}, '
+        f'subset accuracy {result["subset_accuracy"]:.4f} ({trained.checkpoint} checkpoint, epoch {trained.epoch})')
+  return result
+
+
+def multilabel_section(result: dict, trained) -> str:
+  overall = ['mean_average_precision', 'macro_f1', 'micro_f1', 'samples_f1', 'planet_f2', 'subset_accuracy',
+             'hamming_loss', 'n', 'untagged']
+  rows = [dict(label=name, **v) for name, v in result['per_label'].items()]
+  return '\n'.join([
+      '## Validation results (multi-label)', '',
+      f'Model `{result["model"]}` ({result["num_params"]:,} parameters), {trained.checkpoint} checkpoint (epoch '
+      f'{trained.epoch}). Decisions: {result["decision"]}.', '',
+      report.table([{k: result[k] for k in overall}], overall), '',
+      report.table(rows, ['label', 'support', 'precision', 'recall', 'f1', 'average_precision', 'threshold']), '',
+      '![learning curves](learning_curves.png)', '',
+      'Files: [scores.json](scores.json), [val_predictions.csv](val_predictions.csv), [metrics.csv](metrics.csv).'])
 
 
 def plot_learning_curves(history: pd.DataFrame, loop) -> Figure:
