@@ -14,7 +14,7 @@ from fpclass.analysis import multilabel_metrics as mlm
 from fpclass.config.inputs import AugmentSettings
 from fpclass.models.heads import binary_cross_entropy, head_of
 from fpclass.train import augment
-from fpclass.train.task import class_weights
+from fpclass.train.task import build_task, class_weights
 from tests.conftest import MULTILABEL, launch, load_config, save_image
 
 
@@ -51,6 +51,18 @@ def test_auto_positive_weights_are_negatives_over_positives():
   labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]], np.uint8)
   assert class_weights('auto', ('a', 'b', 'c'), labels) == pytest.approx((1 / 3, 3.0, 1.0))
   assert class_weights('b:2.5', ('a', 'b', 'c'), labels) == (1.0, 2.5, 1.0)
+
+
+def test_the_task_loss_is_torch_with_the_auto_positive_weights_and_smoothing(batch):
+  torch = pytest.importorskip('torch')
+  logits, targets = batch
+  config = load_config('configs/multilabel.py:quick', **{'train.label_smoothing': 0.2})
+  task = build_task(config, ('a', 'b', 'c', 'd', 'e'), targets.astype(np.uint8), steps_per_epoch=1)
+  positives = targets.sum(0)
+  pos_weight = torch.tensor((len(targets) - positives) / positives, dtype=torch.float32)
+  smoothed = torch.tensor(targets * 0.8 + 0.2 / 5)
+  ref = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(logits), smoothed, pos_weight=pos_weight)
+  assert float(task.loss(jnp.asarray(logits), jnp.asarray(targets))) == pytest.approx(float(ref), rel=1e-6)
 
 
 def test_mixup_mixes_the_label_vectors_in_the_images_proportion(batch):
