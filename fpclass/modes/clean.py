@@ -39,6 +39,11 @@ QUARANTINE = 'quarantine'
 FILES_CSV, PAIRS_CSV, MOVED_CSV, REPORT_MD = 'clean_files.csv', 'clean_duplicates.csv', 'clean_moved.csv', 'clean_report.md'
 
 
+def _label_text(label, class_names) -> str:
+  """A class name, or a multi-label 0/1 row as its space-separated tags (so conflicting duplicates compare)."""
+  return ' '.join(class_names[k] for k in np.flatnonzero(label)) if np.ndim(label) else class_names[label]
+
+
 def clean(config, workdir, apply: bool = False) -> pd.DataFrame:
   """Scans, decides what to keep, writes the outputs, and with `apply` moves the rest to quarantine."""
   try:
@@ -85,7 +90,7 @@ def scan_files(source, data_cfg, cache_dir) -> pd.DataFrame:
     workers = int(data_cfg.decode_workers) or 2 * (os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       headers = list(pool.map(file_facts, split.paths))
-    labels = ([''] * len(split) if split.labels is None else [source.class_names[i] for i in split.labels])
+    labels = [''] * len(split) if split.labels is None else [_label_text(y, source.class_names) for y in split.labels]
     frames.append(pd.DataFrame({
         'path': [relative_key(p, source.root) for p in split.paths],
         'split': split_name, 'label': labels, 'labelled': split.labels is not None,
