@@ -1,4 +1,21 @@
-"""The FastAPI app: routes, the admission limit that answers overload with 503, and the upload limit."""
+"""The FastAPI app: routes, the admission limit that answers overload with 503, and the upload limit.
+
+The JSON API (also the OpenAPI description, GET /openapi.json):
+
+- POST /predict: images as multipart file fields, or JSON {"image": "<base64>"} / {"images": [...]}.
+  The answer holds "model", "checkpoint", "epoch", "calibrated" and "predictions", one per image in order:
+  - single-label model: {"file", "class": name, "probabilities": {class: p}} (p sum to 1);
+  - multi-label model (head 'multilabel'): {"file", "labels": [names], "probabilities": {class: p}}, each p
+    the class's own sigmoid probability and "labels" every class, in class order, whose probability is at
+    least its threshold ([] when none is); the answer also holds "head": "multilabel" and "thresholds":
+    {class: threshold} (stored by --mode calibrate, else 0.5 each).
+  With one image its fields are also at the top level ("class" or "labels", "probabilities").
+- POST /explain: one image; the Grad-CAM overlay PNG for its predicted class (multi-label: its most probable
+  class), named URL-encoded in the X-Explained-Class header.
+- GET /metadata: the model, its head, class names, input, calibration (multi-label: "thresholds") and limits.
+- GET /healthz: liveness, queue and workers; "head", and for a multi-label model its "thresholds".
+A bad request gets a 4xx with {"detail": one line}; the server goes on serving.
+"""
 import asyncio
 import base64
 import binascii
@@ -6,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import json
 import time
+import urllib.parse
 from typing import Callable
 
 import numpy as np
@@ -69,7 +87,7 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
     return call
 
   app = fastapi.FastAPI(title=f'fpclass: {service.metadata["name"]}', lifespan=lifespan, docs_url=None,
-                        redoc_url=None)
+                        redoc_url=None, description=(__doc__ or '').partition('\n\n')[2])
   app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
   admission = Admission.Counter(settings.max_queue)
   app.mount('/static', StaticFiles(directory=STATIC), name='static')
@@ -98,10 +116,14 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
   def worker_fields() -> dict:
     return {'workers': workers.describe(), 'worker': {'index': workers.index, 'pid': workers.pid}}
 
+  thresholds = predictor.label_thresholds()  # multi-label: {class: threshold}; None for single-label
+  model_fields = {'head': 'multilabel', 'thresholds': thresholds} if predictor.multilabel else {}
+
   @app.get('/healthz')
   async def healthz():
     batcher = state.get('batcher')
-    return {'status': 'ok', 'model': service.metadata['model'], 'epoch': predictor.trained.epoch,
+    return {'status': 'ok', 'model': service.metadata['model'], 'head': predictor.trained.task.head,
+            **({'thresholds': thresholds} if thresholds is not None else {}), 'epoch': predictor.trained.epoch,
             'micro_batching': settings.micro_batching, 'device_calls': batcher.calls if batcher else None,
             **worker_fields(),
             'queue': {'depth': admission.depth, 'max_queue': settings.max_queue, 'peak': admission.peak,
@@ -116,8 +138,10 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
                       'retry_after_s': int(retry_after), 'max_batch': settings.max_batch,
                       'device_call_ms': {str(k): v for k, v in predictor.device_call_ms.items()}}}
 
-  @app.post('/predict')
+  @app.post('/predict', openapi_extra=PREDICT_OPENAPI)
   async def predict(request: fastapi.Request):
+    """Classifies the images of a multipart or JSON body; multi-label models answer "labels" (see the API
+    description) instead of "class"."""
     arrived = time.monotonic()
     if 'batcher' in state:
       with state['batcher'].arriving():
@@ -128,10 +152,9 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
       results = await asyncio.get_running_loop().run_in_executor(executor, within_wait(predictor.classify, arrived),
                                                                  images)
     body = {'model': service.metadata['model'], 'checkpoint': predictor.trained.checkpoint,
-            'epoch': predictor.trained.epoch, 'calibrated': predictor.decision.temperature != 1.0
-            or predictor.decision.threshold is not None,
+            'epoch': predictor.trained.epoch, 'calibrated': predictor.calibrated, **model_fields,
             'predictions': [{'file': name, **result} for name, result in zip(names, results)]}
-    if len(results) == 1:  # a client that sends one image reads its class
+    if len(results) == 1:  # a client that sends one image reads its class (multi-label: its labels)
       body.update(results[0])
     return responses.JSONResponse(body)  # plain JSON: no response-model validation on the hot path
 
@@ -139,13 +162,44 @@ def create_app(service: Service, workers: WorkerStatus | None = None,
   async def explain_image(request: fastapi.Request):
     arrived = time.monotonic()
     _, images = await read_images(request, service, limit=1)
-    png = await asyncio.get_running_loop().run_in_executor(executor, within_wait(predictor.overlay_png, arrived),
-                                                           images[0])
-    return responses.Response(png, media_type='image/png')
+    png, explained = await asyncio.get_running_loop().run_in_executor(executor,
+                                                                      within_wait(predictor.explain, arrived),
+                                                                      images[0])
+    return responses.Response(png, media_type='image/png',
+                              headers={'x-explained-class': urllib.parse.quote(explained, safe='')})
 
   # Outside FastAPI's own middleware: a refusal costs the HTTP parse and a few lines, nothing more, so
   # that clients retrying at once (a load generator) take as little as possible from accepted requests.
   return Admission(app, admission, retry_after)
+
+
+_PROBABILITIES = {'type': 'object', 'additionalProperties': {'type': 'number'},
+                  'description': 'every class: its probability (multi-label: its own sigmoid probability)'}
+_RESULT = {'type': 'object', 'properties': {
+    'file': {'type': 'string', 'description': 'the file field name, or image / images[i] for JSON'},
+    'class': {'type': 'string', 'description': 'single-label models: the predicted class'},
+    'labels': {'type': 'array', 'items': {'type': 'string'},
+               'description': 'multi-label models: the classes whose probability is at least their threshold, '
+                              'in class order ([] when none is)'},
+    'probabilities': _PROBABILITIES}}
+PREDICT_OPENAPI = {
+    'requestBody': {'required': True, 'content': {
+        'multipart/form-data': {'schema': {'type': 'object', 'additionalProperties': {
+            'type': 'string', 'format': 'binary'}}},
+        'application/json': {'schema': {'type': 'object', 'properties': {
+            'image': {'type': 'string', 'description': 'base64 (or a data: URL)'},
+            'images': {'type': 'array', 'items': {'type': 'string'}}}}}}},
+    'responses': {'200': {'description': 'one result per image, and the single image\'s fields at the top level',
+                          'content': {'application/json': {'schema': {'type': 'object', 'properties': {
+                              'model': {'type': 'string'}, 'checkpoint': {'type': 'string'},
+                              'epoch': {'type': 'integer'}, 'calibrated': {'type': 'boolean'},
+                              'head': {'type': 'string', 'description': "multi-label models: 'multilabel'"},
+                              'thresholds': {**_PROBABILITIES,
+                                             'description': 'multi-label models: every class: its threshold'},
+                              'predictions': {'type': 'array', 'items': _RESULT},
+                              **_RESULT['properties']}}}}},
+                  '4XX': {'description': 'a bad request: {"detail": one line naming the problem}'},
+                  '503': {'description': 'the server is busy: retry after the Retry-After header'}}}
 
 
 async def read_images(request, service: Service, limit: int | None = None) -> tuple[list, np.ndarray]:

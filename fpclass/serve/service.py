@@ -1,5 +1,14 @@
 """The served model: a restored checkpoint, its warmed predict function, and the micro-batcher that
-groups requests into device calls; what /metadata and /healthz report about it."""
+groups requests into device calls; what /metadata and /healthz report about it.
+
+One image's result (`Predictor.classify`) depends on the model's head:
+- single-label: {"class": name, "probabilities": {class: p}} (softmax probabilities, or the stored
+  temperature and two-class threshold of `--mode calibrate`);
+- multi-label (head 'multilabel'): {"labels": [names], "probabilities": {class: p}}, each p the class's own
+  sigmoid probability and `labels` the classes, in class order, whose probability is at least their
+  threshold (the per-label thresholds stored by `--mode calibrate`, else 0.5); [] when none is. There is no
+  "class": an image may have several labels or none.
+"""
 import asyncio
 import contextlib
 import dataclasses
@@ -75,19 +84,48 @@ class Predictor:
     return in_fixed_batches(lambda batch: self._predict(state.params, state.batch_stats, batch), images,
                             self.warm_sizes)
 
+  @property
+  def multilabel(self) -> bool:
+    return self.decision.head == 'multilabel'
+
+  @property
+  def calibrated(self) -> bool:
+    """Whether a stored calibration changes the answers: a temperature, a two-class threshold, or multi-label
+    thresholds other than 0.5."""
+    decision = self.decision
+    return (decision.temperature != 1.0 or decision.threshold is not None
+            or (self.multilabel and any(t != 0.5 for t in decision.label_thresholds(len(self.trained.class_names)))))
+
+  def label_thresholds(self) -> dict | None:
+    """Multi-label: {class name: decision threshold}; None for a single-label model."""
+    if not self.multilabel:
+      return None
+    names = self.trained.class_names
+    return dict(zip(names, self.decision.label_thresholds(len(names)).tolist()))
+
   def classify(self, images: np.ndarray) -> list[dict]:
-    """One result per image: its class name and every class's probability."""
+    """One result per image: every class's probability, and its class name (single-label) or the list of
+    class names at or above their thresholds (multi-label: `labels`, possibly empty)."""
     probs, pred = self.decision(self.logits(images))
     names = self.trained.class_names
+    if self.multilabel:
+      return [{'labels': [names[k] for k in np.flatnonzero(row)], 'probabilities': dict(zip(names, p.tolist()))}
+              for p, row in zip(probs, pred)]
     return [{'class': names[int(k)], 'probabilities': dict(zip(names, p.tolist()))} for p, k in zip(probs, pred)]
 
-  def overlay_png(self, image: np.ndarray) -> bytes:
-    """The Grad-CAM overlay of one image for its predicted class, as PNG bytes."""
-    _, pred = self.decision(self.logits(image[None]))
-    maps, _ = self.explainer.maps(image[None], pred.astype(np.int32))
+  def explain(self, image: np.ndarray) -> tuple[bytes, str]:
+    """(PNG bytes, class name): the Grad-CAM overlay of one image for its predicted class, or for a
+    multi-label model its most probable class (it may have several labels, or none)."""
+    probs, pred = self.decision(self.logits(image[None]))
+    target = probs.argmax(1) if self.multilabel else pred
+    maps, _ = self.explainer.maps(image[None], target.astype(np.int32))
     buffer = io.BytesIO()
     Image.fromarray(overlay_rgb(image, maps[0], self.explainer.settings.alpha), 'RGB').save(buffer, format='PNG')
-    return buffer.getvalue()
+    return buffer.getvalue(), self.trained.class_names[int(target[0])]
+
+  def overlay_png(self, image: np.ndarray) -> bytes:
+    """The Grad-CAM overlay of one image (see `explain`), as PNG bytes."""
+    return self.explain(image)[0]
 
 
 class Waiting(NamedTuple):
@@ -253,12 +291,16 @@ def describe(config, workdir, trained: Trained, decode_settings: DecodeSettings,
                 if isinstance(v, (int, float, str)) or v is None}
     except (OSError, ValueError):
       scores = None
+  calibration = {'temperature': predictor.decision.temperature, 'threshold': predictor.decision.threshold}
+  if predictor.multilabel:  # a class is predicted when its probability reaches its threshold
+    calibration['thresholds'] = predictor.label_thresholds()
   return {
-      'name': str(config.name), 'model': str(config.model.name), 'class_names': list(trained.class_names),
+      'name': str(config.name), 'model': str(config.model.name), 'head': trained.task.head,
+      'class_names': list(trained.class_names),
       'input': {'height': decode_settings.height, 'width': decode_settings.width,
                 'channels': decode_settings.channels, 'resize': decode_settings.resize, 'dtype': 'uint8'},
       'checkpoint': trained.checkpoint, 'epoch': trained.epoch,
-      'calibration': {'temperature': predictor.decision.temperature, 'threshold': predictor.decision.threshold},
+      'calibration': calibration,
       'validation_scores': scores,
   }
 

@@ -1,4 +1,6 @@
 // The upload page: one image at a time through POST /predict (and POST /explain for the overlay).
+// A multi-label model's answer has "labels" (every class at or above its threshold) instead of "class":
+// the page shows each label, or 'no label above threshold', and every class's probability with its threshold.
 'use strict';
 
 const fileInput = document.getElementById('file-input');
@@ -8,6 +10,7 @@ const camToggle = document.getElementById('cam-toggle');
 const overlay = document.getElementById('overlay');
 let currentFile = null;
 let uploads = 0;  // which upload the overlay shows, so a new file always gets its own
+let thresholds = null;  // multi-label models: {class: threshold}, from /metadata or the last answer
 
 function setStatus(text, isError) {
   statusLine.textContent = text;
@@ -29,7 +32,13 @@ async function loadMetadata() {
   const meta = await response.json();
   document.getElementById('title').textContent = `fpclass: ${meta.name}`;
   const scores = meta.validation_scores || {};
-  const accuracy = typeof scores.accuracy === 'number' ? `, validation accuracy ${scores.accuracy.toFixed(3)}` : '';
+  let accuracy = typeof scores.accuracy === 'number' ? `, validation accuracy ${scores.accuracy.toFixed(3)}` : '';
+  if (meta.head === 'multilabel') {
+    thresholds = (meta.calibration || {}).thresholds || {};
+    const map = typeof scores.mean_average_precision === 'number'
+      ? `, validation mAP ${scores.mean_average_precision.toFixed(3)}` : '';
+    accuracy = `, multi-label${map}`;
+  }
   document.getElementById('model-info').textContent =
     `${meta.model}, ${meta.checkpoint} checkpoint (epoch ${meta.epoch})${accuracy}; classes ` +
     `${meta.class_names.join(', ')}; images become ${meta.input.width}x${meta.input.height}, ` +
@@ -38,10 +47,12 @@ async function loadMetadata() {
 
 function showProbabilities(result) {
   const body = document.querySelector('#probabilities tbody');
+  const multilabel = Array.isArray(result.labels);
   body.replaceChildren();
   for (const [name, p] of Object.entries(result.probabilities)) {
     const row = document.createElement('tr');
-    row.className = 'probability' + (name === result.class ? ' top' : '');
+    const top = multilabel ? result.labels.includes(name) : name === result.class;
+    row.className = 'probability' + (top ? ' top' : '');
     row.dataset.class = name;
     row.dataset.probability = String(p);
     const label = document.createElement('td');
@@ -52,12 +63,43 @@ function showProbabilities(result) {
     const bar = document.createElement('div');
     bar.className = 'bar';
     bar.style.width = `${(100 * p).toFixed(1)}%`;
-    barCell.append(bar);
+    if (multilabel && thresholds && typeof thresholds[name] === 'number') {
+      const track = document.createElement('div');  // the bar, and a mark at the class's threshold
+      track.className = 'track';
+      const mark = document.createElement('div');
+      mark.className = 'threshold';
+      mark.style.left = `${(100 * thresholds[name]).toFixed(1)}%`;
+      mark.title = `threshold ${(100 * thresholds[name]).toFixed(1)}%`;
+      row.dataset.threshold = String(thresholds[name]);
+      track.append(bar, mark);
+      barCell.append(track);
+    } else {
+      barCell.append(bar);
+    }
     const value = document.createElement('td');
     value.className = 'value';
     value.textContent = `${(100 * p).toFixed(1)}%`;
     row.append(label, barCell, value);
     body.append(row);
+  }
+}
+
+function showLabels(labels) {
+  const holder = document.getElementById('predicted-labels');
+  holder.replaceChildren();
+  if (!labels.length) {
+    const none = document.createElement('span');
+    none.className = 'none';
+    none.textContent = 'no label above threshold';
+    holder.append(none);
+    return;
+  }
+  for (const name of labels) {
+    const chip = document.createElement('span');
+    chip.className = 'label';
+    chip.dataset.label = name;
+    chip.textContent = name;
+    holder.append(chip);
   }
 }
 
@@ -72,8 +114,10 @@ async function showOverlay() {
   if (overlay.src) { URL.revokeObjectURL(overlay.src); }
   overlay.src = URL.createObjectURL(await response.blob());
   overlay.dataset.upload = String(uploads);
-  document.getElementById('file-name').textContent =
-    `${currentFile.name}; right: Grad-CAM of class ${document.getElementById('predicted-class').textContent}`;
+  const explained = response.headers.get('x-explained-class');  // multi-label: the most probable class
+  const shown = explained === null ? document.getElementById('predicted-class').textContent
+    : decodeURIComponent(explained);
+  document.getElementById('file-name').textContent = `${currentFile.name}; right: Grad-CAM of class ${shown}`;
 }
 
 async function classify(file) {
@@ -94,10 +138,20 @@ async function classify(file) {
   if (preview.src) { URL.revokeObjectURL(preview.src); }
   preview.src = URL.createObjectURL(file);
   document.getElementById('file-name').textContent = file.name;
-  document.getElementById('predicted-class').textContent = result.class;
+  const multilabel = Array.isArray(result.labels);
+  document.getElementById('predicted-class-line').hidden = multilabel;
+  document.getElementById('predicted-labels-line').hidden = !multilabel;
+  if (multilabel) {
+    if (result.thresholds) { thresholds = result.thresholds; }
+    showLabels(result.labels);
+  } else {
+    document.getElementById('predicted-class').textContent = result.class;
+  }
   showProbabilities(result);
+  const calibration = multilabel ? ', fitted per-label thresholds' : ', calibrated probabilities';
   document.getElementById('prediction-note').textContent =
-    `${result.model}, epoch ${result.epoch}` + (result.calibrated ? ', calibrated probabilities' : '');
+    `${result.model}, epoch ${result.epoch}` + (result.calibrated ? calibration : '') +
+    (multilabel ? '; a label is predicted when its probability reaches its threshold (red mark)' : '');
   document.getElementById('result').hidden = false;
   setStatus('');
   await showOverlay();
