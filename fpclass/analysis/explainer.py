@@ -43,6 +43,18 @@ class Explainer:
     return in_fixed_batches(lambda chunk, chunk_targets: self._explain(self.variables, chunk, chunk_targets),
                             (images_u8, np.asarray(targets, np.int32)), (batch,))
 
+  def pair_maps(self, images_u8: np.ndarray, pairs) -> dict:
+    """{(image index, class index): (CAM map (H, W), Guided Grad-CAM (H, W, C) or None)} for each distinct
+    pair: the map of that class's score (its logit: the gradient `maps` pulls back is the class's one-hot
+    row), so a multi-label image gets one map per label it is explained for. One batched `maps` pass for
+    all the pairs, an image repeated once per label."""
+    pairs = sorted({(int(i), int(k)) for i, k in pairs})
+    if not pairs:
+      return {}
+    index, targets = (np.array(column) for column in zip(*pairs))
+    maps, guided = self.maps(images_u8[index], targets)
+    return {pair: (maps[r], None if guided is None else guided[r]) for r, pair in enumerate(pairs)}
+
   def feature_maps(self, images_u8: np.ndarray) -> dict:
     """Every recorded feature map of `images_u8`, by name, on the host."""
     return jax.device_get(self._feature_maps(self.variables, images_u8))
