@@ -2,7 +2,10 @@
 folder (`<sweep workdir>/<variant>/fold0/`, `fold1/`, ...: each an ordinary workdir).
 
 Predictions apply each model's stored temperature (fpclass.analysis.calibration) to its logits, or to its TTA
-logits (fpclass.infer.tta), optionally average over a horizontal flip, then average the models' probabilities.
+logits (fpclass.infer.tta), optionally average over a horizontal flip, then average the models' probabilities
+(for a multi-label model, each class's sigmoid). The averaged probabilities are then decided with the stored
+binary threshold (`decision_threshold`) or the stored per-label thresholds (`label_thresholds`), which every
+model must share.
 """
 import copy
 import dataclasses
@@ -11,7 +14,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from fpclass.analysis.calibration import scaled_probabilities
+from fpclass.analysis.calibration import Decision, scaled_probabilities
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
@@ -113,3 +116,17 @@ def decision_threshold(members: list[MemberModel], calibrated: bool) -> float | 
     raise UserInputError('the models have different stored thresholds; run --mode calibrate on their folder, '
                          'or pass --config.submit.calibrated=False')
   return thresholds.pop()
+
+
+def label_thresholds(members: list[MemberModel], calibrated: bool) -> np.ndarray:
+  """(K,) the multi-label decision thresholds, in class order: the per-label thresholds stored by --mode
+  calibrate when `calibrated` and every model has the same ones, else 0.5 for every class. The models'
+  probabilities are averaged before the decision, so one set of thresholds must hold for all of them."""
+  class_names = tuple(members[0].metadata['class_names'])
+  if not calibrated:
+    return np.full(len(class_names), 0.5)
+  stored = {Decision.from_stored('multilabel', m.calibration or {}, class_names).thresholds for m in members}
+  if len(stored) != 1:
+    raise UserInputError('the models have different stored per-label thresholds; run --mode calibrate on their '
+                         'folder, or pass --config.submit.calibrated=False')
+  return np.asarray(stored.pop(), np.float64)

@@ -86,13 +86,14 @@ def check_calibration(calibration: dict | None, settings: TTA, name: str) -> Non
                          f'config.{name}.tta* keys, or pass --config.{name}.calibrated=False')
 
 
-def blend(plain: np.ndarray, augmented: np.ndarray, beta: float, use_max: bool = False) -> np.ndarray:
+def blend(plain: np.ndarray, augmented: np.ndarray, beta: float, use_max: bool = False,
+          head: str = 'softmax') -> np.ndarray:
   """fastai's blend of the plain pass's probabilities (N, C) with the augmented passes' (n, N, C). use_max's
   elementwise maxima are divided by their sum (fastai returns them as they are): the same class wins, and
   the outputs stay probabilities for the temperature, the threshold and the CSVs."""
   if use_max:
     top = np.maximum(plain, augmented.max(0))
-    return top / top.sum(1, keepdims=True)
+    return top if head == 'multilabel' else top / top.sum(1, keepdims=True)  # each sigmoid stands alone
   return beta * plain + (1.0 - beta) * augmented.mean(0)
 
 
@@ -138,5 +139,6 @@ def tta_logits(task, state, images, plain_logits: np.ndarray, settings: TTA, aug
         chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
       out.append(augmented(state.params, state.batch_stats, chunk, pass_key(k, first_batch + b)))
     passes.append(probabilities(np.concatenate(out)[:n], task.head))
-  return as_logits(blend(probabilities(plain_logits, task.head), np.stack(passes), settings.beta, settings.use_max),
+  return as_logits(blend(probabilities(plain_logits, task.head), np.stack(passes), settings.beta, settings.use_max,
+                         task.head),
                    task.head)

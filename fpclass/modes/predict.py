@@ -7,7 +7,9 @@
 taken from the CSV's folder). Writes, in the workdir:
 - `predictions.csv` (`config.predict.output`): the path as listed, the predicted class and one `p_<class>`
   column per class, with the stored temperature and threshold applied (`config.predict.calibrated`), and
-  test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`);
+  test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`). A multi-label model's CSV has a
+  `tags` column in place of `predicted`: the classes whose sigmoid probability reaches their stored threshold
+  (`--mode calibrate`; 0.5 before it, or with calibrated=False), space-separated, empty for none;
 - `predictions_quarantine.csv` beside it: every input that could not be read, with the reason. A bad
   file never stops the run, and nothing is moved or deleted;
 - with `config.predict.explain`, one Grad-CAM overlay PNG per image under `predict_explain/`.
@@ -31,9 +33,11 @@ from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
 from fpclass.infer.inference import load_trained
+from fpclass.infer.predictions import tags_text
 from fpclass.runtime import report
 
 EXPLAIN_FOLDER = 'predict_explain'
+TAGS_COLUMN = 'tags'  # a multi-label model's predicted classes, space-separated (Planet's format)
 GLOB_CHARACTERS = '*?['
 
 
@@ -65,6 +69,8 @@ def predict(config, workdir) -> pathlib.Path:
     explainer = build_explainer(config, trained, explain_settings, image_shape)
 
   names = trained.class_names
+  multilabel = trained.task.head == 'multilabel'
+  predicted = TAGS_COLUMN if multilabel else 'predicted'
   rows, problems = [], list(inputs.problems)
   batch = max(1, min(batch_size, len(inputs.paths)))  # one compiled shape; the last batch is padded
   with tqdm(total=len(inputs.paths), desc='predict', unit='img') as progress:
@@ -79,16 +85,19 @@ def predict(config, workdir) -> pathlib.Path:
         images = np.asarray(images)[good]
         probs, pred = decision(trained.logits(images, batch, chunk=batch, tta_settings=tta_settings,
                                               first_batch=start // batch))
-        overlays = (write_overlays(workdir / EXPLAIN_FOLDER, explainer, images, pred, start + good,
+        # A multi-label image's overlay explains its most probable class.
+        explained = probs.argmax(1) if multilabel else pred
+        overlays = (write_overlays(workdir / EXPLAIN_FOLDER, explainer, images, explained, start + good,
                                    [inputs.paths[start + int(i)] for i in good])
                     if explainer is not None else [None] * len(good))
         for row, i in enumerate(good):
-          rows.append({'path': inputs.names[start + int(i)], 'predicted': names[pred[row]],
+          rows.append({'path': inputs.names[start + int(i)],
+                       predicted: tags_text(pred[row], names) if multilabel else names[pred[row]],
                        **{f'p_{c}': float(probs[row, k]) for k, c in enumerate(names)},
                        **({'overlay': overlays[row]} if explainer is not None else {})})
       progress.update(len(paths))
 
-  columns = ['path', 'predicted', *(f'p_{c}' for c in names)] + (['overlay'] if explainer is not None else [])
+  columns = ['path', predicted, *(f'p_{c}' for c in names)] + (['overlay'] if explainer is not None else [])
   out = workdir / settings.output
   fileio.write_csv(out, pd.DataFrame(rows, columns=columns))
   quarantine = quarantine_path(out)
@@ -161,12 +170,19 @@ def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, 
 
 
 def section(out, quarantine, rows, problems, trained, decision, settings, explained, tta_settings) -> str:
-  counts = pd.Series([r['predicted'] for r in rows], dtype=object).value_counts()
   lines = ['## Predictions', '',
            f'[{out.name}]({out.name}): {len(rows)} images of `{settings.inputs}` classified with the '
            f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); '
-           + (f'{tta_settings.describe()}; ' if tta_settings.on else '') + f'{decision.describe()}.',
-           '', 'Predicted class counts: ' + ', '.join(f'{c}: {int(counts.get(c, 0))}' for c in trained.class_names)]
+           + (f'{tta_settings.describe()}; ' if tta_settings.on else '') + f'{decision.describe()}.', '']
+  if trained.task.head == 'multilabel':
+    tags = [r[TAGS_COLUMN].split() for r in rows]
+    lines.append('Images tagged with each class: '
+                 + ', '.join(f'{c}: {sum(c in t for t in tags)}' for c in trained.class_names)
+                 + f'; with no class: {sum(not t for t in tags)}.')
+  else:
+    counts = pd.Series([r['predicted'] for r in rows], dtype=object).value_counts()
+    lines.append('Predicted class counts: '
+                 + ', '.join(f'{c}: {int(counts.get(c, 0))}' for c in trained.class_names))
   if problems:
     lines.append(f'{len(problems)} input(s) could not be read; see [{quarantine.name}]({quarantine.name}).')
   if explained:
