@@ -9,6 +9,11 @@ Writes under `<workdir>/<config.export.folder>/`:
   runs it with no fpclass code, on CPU or CUDA.
 - `model.json`: the class names, the input and output contract, the stored calibration and each artifact.
 
+A multi-label model (head 'multilabel') exports its K logits, one per class: each class's probability is
+sigmoid(logit), and the class is predicted when that reaches its threshold. The per-label thresholds
+(`--mode calibrate`'s, else 0.5 each) are in model.json (`calibration.thresholds`) and, as JSON by class
+name, in the ONNX file's metadata_props (`thresholds`), so a consumer decides exactly as `--mode predict`.
+
 Design notes: docs/modules.md (`fpclass/modes/export.py`).
 """
 import contextlib
@@ -24,6 +29,7 @@ import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
 from fpclass import __version__, fileio
+from fpclass.analysis.calibration import Decision
 from fpclass.config.outputs import ExportSettings
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
@@ -51,6 +57,8 @@ def export(config, workdir) -> dict:
       'calibration': {'temperature': float(calibration.get('temperature') or 1.0),
                       'threshold': calibration.get('threshold')},
   }
+  if trained.task.head == 'multilabel':  # by class name, as metadata.json stores them; 0.5 where none is stored
+    description['calibration']['thresholds'] = calibration.get('thresholds')
   written = export_model(trained.task, checkpoint.model_variables(trained.state), image_shape,
                          workdir / settings.folder, settings.formats, settings.batch_size, description)
   for fmt, path in written.items():
@@ -68,6 +76,8 @@ def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 's
   names = description.setdefault('class_names', [str(i) for i in range(num_classes)])
   if len(names) != num_classes:
     raise ValueError(f'{len(names)} class names for a model of {num_classes} classes')
+  if task.head == 'multilabel':
+    _describe_thresholds(description, names)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
 
   def forward(images_u8):  # the weights become constants of the exported graph
@@ -80,9 +90,7 @@ def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 's
                      'inside the graph'},
       output={'name': OUTPUT_NAME, 'head': task.head,
               'shape': ['batch', 1 if task.head == 'sigmoid' else num_classes],
-              'note': ('logits; probabilities are sigmoid(logit / T) for the second class' if task.head == 'sigmoid'
-                       else 'logits; probabilities are softmax(logits / T)')
-                      + ', T the calibration temperature (1 when uncalibrated)'},
+              'note': _output_note(task.head)},
       artifacts={})
   probe = _probe_images(image_shape)
   # fpclass's own answer, from its usual jitted predict (weights as arguments, as evaluation runs it).
@@ -97,6 +105,26 @@ def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 's
   written['description'] = folder / DESCRIPTION_FILE
   fileio.write_json(written['description'], description)
   return written
+
+
+def _output_note(head: str) -> str:
+  """How to read the exported logits, for model.json and the ONNX metadata."""
+  if head == 'multilabel':
+    return ('logits, one per class; probabilities are sigmoid(logit) per class, independently, and a class is '
+            'predicted when its probability is at least its threshold (thresholds, by class name)')
+  return (('logits; probabilities are sigmoid(logit / T) for the second class' if head == 'sigmoid'
+           else 'logits; probabilities are softmax(logits / T)')
+          + ', T the calibration temperature (1 when uncalibrated)')
+
+
+def _describe_thresholds(description: dict, class_names) -> None:
+  """Completes a multi-label description's `calibration` with one threshold per class, in class order: the
+  stored ones (`--mode calibrate`, by class name), 0.5 for a class with none, as `Decision` decides."""
+  calibration = description['calibration'] = dict(description.get('calibration') or {})
+  stored = calibration.get('thresholds') or {}
+  decision = Decision.from_stored('multilabel', {'thresholds': stored}, class_names)
+  calibration['thresholds'] = dict(zip(class_names, map(float, decision.label_thresholds(len(class_names)))))
+  calibration['thresholds_source'] = '--mode calibrate' if stored else 'default 0.5 (not calibrated)'
 
 
 def _probe_images(image_shape, n: int = 2) -> np.ndarray:
@@ -241,7 +269,9 @@ def _onnx_metadata(description: dict, batch_size: int) -> dict:
           'output': f'{OUTPUT_NAME}: {description["output"]["note"]}',
           'temperature': json.dumps(calibration.get('temperature')),
           'threshold': json.dumps(calibration.get('threshold')),
-          'checkpoint_epoch': json.dumps(description.get('epoch'))}
+          'checkpoint_epoch': json.dumps(description.get('epoch')),
+          **({'head': 'multilabel', 'thresholds': json.dumps(calibration['thresholds'])}
+             if description['output']['head'] == 'multilabel' else {})}
 
 
 def _opset(model) -> int | None:
