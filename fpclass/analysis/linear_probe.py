@@ -1,9 +1,17 @@
 """Linear probes: an L2-regularised multinomial logistic regression on frozen features, its strength chosen by
 inner cross-validation, fitted for every outer fold at once.
 
+Multi-label labels ((N, K) 0/1): one-vs-rest, one binary logistic regression per class (scikit-learn's
+`OneVsRestClassifier(LogisticRegressionCV(...))`), each with its own C from inner folds stratified per label.
+The jax solver fits the K problems of every fold together (their objective is a sum of independent terms, so
+the optimum is each one's own). A class with no positive (or no negative) among a fold's training rows cannot
+be fitted there: its probability is that constant, as OneVsRestClassifier's, with a warning naming it.
+
 Design notes: docs/modules.md (`fpclass/analysis/linear_probe.py`).
 """
 import dataclasses
+import functools
+import logging
 import warnings
 
 import jax
@@ -34,12 +42,15 @@ class OuterFold:
 @dataclasses.dataclass(frozen=True)
 class FoldFit:
   """A fitted outer fold: the chosen C, the inner-CV mean log loss of every C, the validation rows'
-  class probabilities, and the solver's iterations (the most any of this fold's problems took)."""
+  class probabilities, and the solver's iterations (the most any of this fold's problems took).
+  Multi-label: `label_c` (K,) each class's C (nan: not fitted), `c` their median, `inner_log_loss` (C, K),
+  `probabilities` (n_val, K) per-class sigmoids."""
   split: OuterFold
   c: float
   inner_log_loss: np.ndarray
   probabilities: np.ndarray
   iterations: int
+  label_c: np.ndarray | None = None
 
 
 def inner_folds(labels: np.ndarray, count: int, seed: int, num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -53,10 +64,35 @@ def inner_folds(labels: np.ndarray, count: int, seed: int, num_classes: int) -> 
   return [(np.sort(t), np.sort(v)) for t, v in splitter.split(np.zeros(len(labels)), labels)]
 
 
+def multilabel_inner_folds(labels: np.ndarray, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Inner folds of an outer fold's multi-label training rows, stratified per label (indices into them)."""
+  if len(labels) < count:
+    raise UserInputError(f'config.probe.inner_folds={count}: an outer fold has only {len(labels)} training rows')
+  from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # lazy: multi-label probes only
+  splitter = MultilabelStratifiedKFold(count, shuffle=True, random_state=seed)
+  return [(np.sort(t), np.sort(v)) for t, v in splitter.split(np.zeros(len(labels)), labels)]
+
+
 def check_inner_folds(labels: np.ndarray, folds: list[OuterFold], count: int, num_classes: int) -> None:
   """Raises before any work when an outer fold's training rows cannot be split into `count` inner folds."""
   for split in folds:
-    inner_folds(labels[split.train_index], count, split.seed, num_classes)
+    if labels.ndim == 2:
+      multilabel_inner_folds(labels[split.train_index], count, split.seed)
+    else:
+      inner_folds(labels[split.train_index], count, split.seed, num_classes)
+
+
+def constant_labels(train_labels: np.ndarray, split: OuterFold, class_names=None) -> np.ndarray:
+  """(K,) bool: the multi-label classes a fold's training rows hold no positive (or no negative) of, each
+  logged by name: their probe cannot be fitted there."""
+  positives = train_labels.sum(0)
+  constant = (positives == 0) | (positives == len(train_labels))
+  names = list(class_names) if class_names is not None else [str(k) for k in range(train_labels.shape[1])]
+  for k in np.flatnonzero(constant):
+    logging.warning('probe: class %r has %s in the training rows of outer fold %d (seed %d): its probability '
+                    'there is %d, not fitted', names[k], 'no positive' if positives[k] == 0 else 'no negative',
+                    split.fold, split.seed, int(positives[k] > 0))
+  return constant
 
 
 def reduce(train: np.ndarray, val: np.ndarray):
@@ -86,29 +122,30 @@ def reduce(train: np.ndarray, val: np.ndarray):
 
 # -------------------------------------------------------------------------------------------------- jax solver
 
-def fit_path(z, onehot, masks, variances, c_values, max_iter: int, tol: float):
+def fit_path(z, onehot, masks, variances, c_values, max_iter: int, tol: float, sigmoid: bool = False):
   """L-BFGS fits of every problem for every C, warm-started along `c_values` (ascending).
 
   z (G, n, r): each outer fold's training rows in reduced coordinates (rows beyond a fold's count are
   padding: zero in every mask); onehot (G, n, k); masks (G, M, n): the rows each of a fold's M problems fits
   on; variances (G, r). Returns (weights (C, G, M, r, f), biases (C, G, M, f), iterations (C, G, M)), with
-  f = k weight columns, or 1 for two classes (`_free_columns`).
+  f = k weight columns, or 1 for two classes (`_free_columns`). `sigmoid`: `onehot` is a multi-label 0/1
+  matrix and each of its k columns an independent binary logistic regression (f = k).
   """
   return _fit_path(jnp.asarray(z, jnp.float32), jnp.asarray(onehot, jnp.float32), jnp.asarray(masks, jnp.float32),
                    jnp.asarray(variances, jnp.float32), jnp.asarray(c_values, jnp.float32),
-                   jnp.int32(max_iter), jnp.float32(tol))
+                   jnp.int32(max_iter), jnp.float32(tol), bool(sigmoid))
 
 
-@jax.jit
-def _fit_path(z, onehot, masks, variances, c_values, max_iter, tol):
+@functools.partial(jax.jit, static_argnums=7)
+def _fit_path(z, onehot, masks, variances, c_values, max_iter, tol, sigmoid):
   g, _, r = z.shape
   k, m = onehot.shape[-1], masks.shape[1]
-  free = _free_columns(k)
+  free = k if sigmoid else _free_columns(k)
   count = jnp.maximum(masks.sum(-1), 1.0)                       # (G, M)
   y = jnp.swapaxes(onehot, 1, 2)[:, None]                       # (G, 1, k, n): rows last, so they vectorise
   # The data term's curvature is at most variance / 2 along each axis (softmax's Hessian is below I / 2), and
   # variance / 4 for the binary model (the logistic function's slope is at most 1/4).
-  curvature = 0.25 if free == 1 else 0.5
+  curvature = 0.25 if free == 1 or sigmoid else 0.5
 
   def solve(carry, c):
     weights, biases = carry
@@ -121,11 +158,16 @@ def _fit_path(z, onehot, masks, variances, c_values, max_iter, tol):
 
     def value_grad(u):
       w, b = unpack(u)
-      logits = _with_fixed_logit(jnp.einsum('gnr,gmrf->gmfn', z, w) + b[..., None], k, jnp, axis=2)
-      top = jax.nn.logsumexp(logits, axis=2)                                   # (G, M, n)
-      loss = jnp.sum(masks * (top - jnp.sum(logits * y, 2)), -1) / count
+      if sigmoid:   # the binary log loss of every column, softplus(l) - y·l, summed over them
+        logits = jnp.einsum('gnr,gmrf->gmfn', z, w) + b[..., None]                # (G, M, k, n)
+        loss = jnp.sum(masks * jnp.sum(jax.nn.softplus(logits) - logits * y, 2), -1) / count
+        residual = (jax.nn.sigmoid(logits) - y) * (masks / count[..., None])[:, :, None]
+      else:
+        logits = _with_fixed_logit(jnp.einsum('gnr,gmrf->gmfn', z, w) + b[..., None], k, jnp, axis=2)
+        top = jax.nn.logsumexp(logits, axis=2)                                   # (G, M, n)
+        loss = jnp.sum(masks * (top - jnp.sum(logits * y, 2)), -1) / count
+        residual = (jnp.exp(logits - top[:, :, None]) - y)[:, :, k - free:] * (masks / count[..., None])[:, :, None]
       value = loss + 0.5 * reg * jnp.sum(w * w, (-1, -2))
-      residual = (jnp.exp(logits - top[:, :, None]) - y)[:, :, k - free:] * (masks / count[..., None])[:, :, None]
       grad_w = jnp.einsum('gnr,gmfn->gmrf', z, residual) + reg[..., None, None] * w
       grad = jnp.concatenate([(grad_w * scale[..., None]).reshape(g, m, r * free),
                               jnp.sum(residual, -1) * bias_scale], -1)
@@ -230,23 +272,44 @@ def _log_softmax(logits):
 
 
 def fit_folds(features: np.ndarray, labels: np.ndarray, folds: list[OuterFold], *, num_classes: int, c_values,
-              inner: int, solver: str = 'jax', max_iter: int = 500, tol: float = 1e-4) -> list[FoldFit]:
-  """Fits every outer fold (see the module docstring); `labels` are class indices in [0, num_classes)."""
+              inner: int, solver: str = 'jax', max_iter: int = 500, tol: float = 1e-4,
+              class_names=None) -> list[FoldFit]:
+  """Fits every outer fold (see the module docstring); `labels` are class indices in [0, num_classes), or
+  an (N, num_classes) 0/1 matrix for one-vs-rest multi-label probes (`class_names` name them in warnings)."""
   c_values = np.sort(np.asarray(c_values, np.float64))
+  multilabel = labels.ndim == 2
   prepared = []
   for split in folds:
     train_labels = labels[split.train_index]
     z_train, z_val, variances = reduce(features[split.train_index], features[split.val_index])
     prepared.append((split, train_labels, z_train, z_val, variances,
-                     inner_folds(train_labels, inner, split.seed, num_classes)))
+                     multilabel_inner_folds(train_labels, inner, split.seed) if multilabel
+                     else inner_folds(train_labels, inner, split.seed, num_classes)))
+  if solver not in SOLVERS:
+    raise UserInputError(f'config.probe.solver={solver!r}: choose one of {SOLVERS}')
+  if multilabel:
+    constant = [constant_labels(p[1], p[0], class_names) for p in prepared]
+    fits = ([_fit_sklearn_multilabel(*p, c_values=c_values, max_iter=max_iter, constant=k)
+             for p, k in zip(prepared, constant)] if solver == 'sklearn' else
+            _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol, multilabel=True))
+    return [_constant_columns(fit, p[1], k) for fit, p, k in zip(fits, prepared, constant)]
   if solver == 'sklearn':
     return [_fit_sklearn(*p, num_classes=num_classes, c_values=c_values, max_iter=max_iter) for p in prepared]
-  if solver != 'jax':
-    raise UserInputError(f'config.probe.solver={solver!r}: choose one of {SOLVERS}')
   return _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol)
 
 
-def _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol) -> list[FoldFit]:
+def _constant_columns(fit: FoldFit, train_labels: np.ndarray, constant: np.ndarray) -> FoldFit:
+  """A multi-label fit with each class its training rows hold one value of predicted as that value (its
+  C nan), as scikit-learn's OneVsRestClassifier does."""
+  probs, label_c = fit.probabilities.copy(), fit.label_c.copy()
+  probs[:, constant] = train_labels[0, constant]
+  label_c[constant] = np.nan
+  fitted = label_c[~constant]
+  return dataclasses.replace(fit, probabilities=probs, label_c=label_c,
+                             c=float(np.median(fitted)) if fitted.size else float('nan'))
+
+
+def _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol, multilabel=False) -> list[FoldFit]:
   rows = max(len(p[1]) for p in prepared)
   # Every backbone with as many features as training rows gets the same shapes, so one compiled program serves
   # them all (a rank-deficient fold's extra coordinates are zero, and stay so: only the penalty acts on them).
@@ -259,16 +322,23 @@ def _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol) ->
   for i, (_, train_labels, z_train, _, var, cv) in enumerate(prepared):
     n, r = z_train.shape
     z[i, :n, :r] = z_train
-    onehot[i, np.arange(n), train_labels] = 1.0
+    if multilabel:
+      onehot[i, :n] = train_labels
+    else:
+      onehot[i, np.arange(n), train_labels] = 1.0
     for j, (fit_rows, _) in enumerate(cv):
       masks[i, j, fit_rows] = 1.0
     masks[i, inner, :n] = 1.0                    # the refit on every training row
     variances[i, :r] = var
-  weights, biases, iters = jax.device_get(fit_path(z, onehot, masks, variances, c_values, max_iter, tol))
+  weights, biases, iters = jax.device_get(fit_path(z, onehot, masks, variances, c_values, max_iter, tol,
+                                                    sigmoid=multilabel))
   out = []
   for i, (split, train_labels, z_train, z_val, _, cv) in enumerate(prepared):
     n, r = z_train.shape
     w, b = weights[:, i, :, :r].astype(np.float64), biases[:, i].astype(np.float64)    # (C, M, r, f), (C, M, f)
+    if multilabel:
+      out.append(_choose_multilabel(split, train_labels, z_train, z_val, cv, w, b, c_values, int(iters[:, i].max())))
+      continue
 
     def log_probabilities(rows, w, b):
       return _log_softmax(_with_fixed_logit(rows @ w + b[..., None, :], num_classes, np, axis=-1))
@@ -282,6 +352,37 @@ def _fit_jax(prepared, features, num_classes, c_values, inner, max_iter, tol) ->
     logp = log_probabilities(z_val, w[best, inner], b[best, inner])
     out.append(FoldFit(split, float(c_values[best]), mean_loss, np.exp(logp), int(iters[:, i].max())))
   return out
+
+
+def _choose_multilabel(split, train_labels, z_train, z_val, cv, w, b, c_values, iterations) -> FoldFit:
+  """Each class's C by its mean held-out binary log loss over the inner folds (the smallest C among ties),
+  and the validation rows' probabilities of the refit on every training row at that C."""
+  inner = len(cv)
+  losses = np.zeros((len(c_values), inner, train_labels.shape[1]))
+  for j, (_, held_out) in enumerate(cv):
+    logits = z_train[held_out] @ w[:, j] + b[:, j, None, :]                             # (C, n_held_out, k)
+    y = train_labels[held_out][None]
+    losses[:, j] = (np.logaddexp(0.0, logits) - y * logits).mean(1)
+  mean_loss = losses.mean(1)                                                             # (C, k)
+  best = np.argmin(mean_loss, 0)
+  columns = np.arange(train_labels.shape[1])
+  logits = np.einsum('nr,rk->nk', z_val, w[best, inner, :, columns].T) + b[best, inner, columns]
+  probs = np.exp(-np.logaddexp(0.0, -logits))                                          # the sigmoid, overflow-free
+  return FoldFit(split, float(np.median(c_values[best])), mean_loss, probs, iterations, c_values[best])
+
+
+def _fit_sklearn_multilabel(split, train_labels, z_train, z_val, variances, cv, *, c_values, max_iter,
+                            constant) -> FoldFit:
+  """One LogisticRegressionCV per class that varies in the training rows (the others: `_constant_columns`)."""
+  k = train_labels.shape[1]
+  probs, label_c = np.zeros((len(z_val), k)), np.full(k, np.nan)
+  mean_loss, iterations = np.full((len(c_values), k), np.nan), 0
+  for c in np.flatnonzero(~constant):
+    fit = _fit_sklearn(split, train_labels[:, c], z_train, z_val, variances, cv, num_classes=2, c_values=c_values,
+                       max_iter=max_iter)
+    probs[:, c], label_c[c], mean_loss[:, c] = fit.probabilities[:, 1], fit.c, fit.inner_log_loss
+    iterations = max(iterations, fit.iterations)
+  return FoldFit(split, float('nan'), mean_loss, probs, iterations, label_c)
 
 
 def _fit_sklearn(split, train_labels, z_train, z_val, _, cv, *, num_classes, c_values, max_iter) -> FoldFit:

@@ -1,33 +1,74 @@
 """A sweep's results as tables, a figure and a report section: per variant the mean, spread and corrected 95%
-interval of each metric over its runs, paired differences from the baseline, and calibration."""
+interval of each metric over its runs, paired differences from the baseline, and calibration.
+
+The metrics are accuracy, macro F1 and ROC AUC, or for a multi-label sweep (an experiment with task
+'multilabel') mAP and macro F1 at 0.5, whose calibration is per-label thresholds (macro F1 at 0.5 and tuned)
+rather than a temperature (ECE before and after)."""
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fpclass.analysis import stats
+from fpclass.analysis import metrics, multilabel_metrics, stats
+from fpclass.errors import UserInputError
+from fpclass.models.heads import probabilities
 from fpclass.runtime import report
 
 METRICS = ('accuracy', 'macro_f1', 'roc_auc')
-METRIC_TITLES = dict(accuracy='accuracy', macro_f1='macro F1', roc_auc='ROC AUC')
+MULTILABEL_METRICS = ('map', 'macro_f1')
+METRIC_TITLES = dict(accuracy='accuracy', macro_f1='macro F1', roc_auc='ROC AUC', map='mAP')
+
+
+def task_of(experiments: list[dict]) -> str:
+  """'multilabel' or 'single_label', the same for every experiment (an experiment.json written before
+  multi-label sweeps existed has no task: single-label)."""
+  tasks = {e.get('task', 'single_label') for e in experiments}
+  if len(tasks) > 1:
+    raise UserInputError(f'config.sweep.variants mix single-label and multi-label variants '
+                         f'({", ".join(e["name"] + ": " + e.get("task", "single_label") for e in experiments)}); '
+                         'compare them in separate sweeps')
+  return tasks.pop()
+
+
+def metrics_of(experiments: list[dict]) -> tuple[str, ...]:
+  """The metrics summarised with intervals and compared pairwise, the first of them the headline one."""
+  return MULTILABEL_METRICS if task_of(experiments) == 'multilabel' else METRICS
 
 
 def describe_changes(changes: dict) -> str:
   return ', '.join(f'{k}={v!r}' for k, v in changes.items()) or '(as configured)'
 
 
+def model_scores(labels: np.ndarray, logits: np.ndarray, head: str, class_names) -> dict:
+  """One model's row of figures on its validation split: accuracy, macro F1, ROC AUC and log loss; multi-label:
+  mAP, and macro F1, micro F1 and subset accuracy at 0.5, and the mean binary cross-entropy."""
+  probs = probabilities(logits, head)
+  if head != 'multilabel':
+    scores = metrics.scores(labels, probs, class_names)
+    return dict(accuracy=scores['accuracy'], macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'],
+                loss=scores['loss'])
+  scores = multilabel_metrics.scores(labels, probs, class_names, 0.5)
+  return dict(map=scores['mean_average_precision'], macro_f1=scores['macro_f1'], micro_f1=scores['micro_f1'],
+              subset_accuracy=scores['subset_accuracy'], loss=metrics.multilabel_epoch_metrics(labels, probs)['loss'])
+
+
 def summarise(experiments: list[dict]) -> pd.DataFrame:
-  out = []
+  out, names = [], metrics_of(experiments)
   for e in experiments:
     rows = pd.DataFrame(e['rows'])
     entry = dict(experiment=e['name'], changes=describe_changes(e['changes']), models=len(rows))
-    for metric in METRICS:
+    for metric in names:
       ci = stats.corrected_interval(rows[metric], e['test_train_ratio'])
       entry.update({f'{metric}_mean': ci.mean, f'{metric}_std': ci.std, f'{metric}_ci_low': ci.low,
                     f'{metric}_ci_high': ci.high})
     calib, timing = e['calibration'], e['timing']
-    entry.update(loss_mean=float(rows['loss'].mean()), epochs_trained_mean=float(rows['epochs_trained'].mean()),
-                 ece_before=calib['ece_before'], ece_after=calib['ece_after'], temperature=calib['temperature'],
-                 threshold=calib['threshold'], num_params=e['num_params'],
+    entry.update(loss_mean=float(rows['loss'].mean()), epochs_trained_mean=float(rows['epochs_trained'].mean()))
+    if calib.get('head') == 'multilabel':
+      entry.update(macro_f1_at_half=calib['macro_f1_at_half'], macro_f1_tuned=calib['macro_f1_tuned'],
+                   thresholds=' '.join(f'{k}={v:.3f}' for k, v in calib['thresholds'].items()))
+    else:
+      entry.update(ece_before=calib['ece_before'], ece_after=calib['ece_after'], temperature=calib['temperature'],
+                   threshold=calib['threshold'])
+    entry.update(num_params=e['num_params'],
                  seconds_per_model_epoch=timing['seconds_per_model_epoch'], train_seconds=timing['train_seconds'],
                  wall_seconds=timing['wall_seconds'], test_train_ratio=e['test_train_ratio'])
     out.append(entry)
@@ -37,14 +78,14 @@ def summarise(experiments: list[dict]) -> pd.DataFrame:
 def paired_differences(models: pd.DataFrame, experiments: list[dict], baseline: str) -> pd.DataFrame:
   """Per variant and metric: the variant minus the baseline on the same split and seed (matched on the
   validation indices themselves), with the corrected interval."""
-  ratio = {e['name']: e['test_train_ratio'] for e in experiments}
+  ratio, names = {e['name']: e['test_train_ratio'] for e in experiments}, metrics_of(experiments)
   base = models[models['experiment'] == baseline].set_index(['split', 'seed'])
   out = []
   for name in [e['name'] for e in experiments if e['name'] != baseline]:
     other = models[models['experiment'] == name].set_index(['split', 'seed'])
     common = other.index.intersection(base.index)
     same = common[(other.loc[common, 'val_hash'] == base.loc[common, 'val_hash']).to_numpy()]
-    for metric in METRICS:
+    for metric in names:
       diff = (other.loc[same, metric].astype(float) - base.loc[same, metric].astype(float)).to_numpy()
       ci = stats.corrected_interval(diff, ratio[name])
       out.append(dict(experiment=name, baseline=baseline, metric=metric, pairs=ci.n, mean_difference=ci.mean,
@@ -54,11 +95,11 @@ def paired_differences(models: pd.DataFrame, experiments: list[dict], baseline: 
                                     'ci_high', 'wins', 'losses'])
 
 
-def plot_results(summary: pd.DataFrame, models: pd.DataFrame) -> Figure:
+def plot_results(summary: pd.DataFrame, models: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> Figure:
   names = summary['experiment'].tolist()
-  fig = Figure(figsize=(max(6.0, 1.0 + 0.7 * len(names)), 8.5), layout='constrained')
+  fig = Figure(figsize=(max(6.0, 1.0 + 0.7 * len(names)), 2.8 * len(metrics) + 0.1), layout='constrained')
   rng = np.random.default_rng(0)
-  for ax, metric in zip(fig.subplots(len(METRICS), 1, sharex=True), METRICS):
+  for ax, metric in zip(fig.subplots(len(metrics), 1, sharex=True), metrics):
     x = np.arange(len(names))
     mean = summary[f'{metric}_mean'].to_numpy(float)
     low = np.nan_to_num(mean - summary[f'{metric}_ci_low'].to_numpy(float))
@@ -77,39 +118,45 @@ def plot_results(summary: pd.DataFrame, models: pd.DataFrame) -> Figure:
   return fig
 
 
-def results_table(summary: pd.DataFrame) -> str:
+def results_table(summary: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> str:
+  multilabel = 'macro_f1_tuned' in summary.columns
+  calibration = 'macro F1 at 0.5 → thresholds' if multilabel else 'ECE before → after'
   rows = []
   for _, s in summary.iterrows():
     row = dict(variant=s['experiment'], changes=s['changes'], models=int(s['models']))
-    for metric in METRICS:
+    for metric in metrics:
       row[METRIC_TITLES[metric]] = stats.Interval(s[f'{metric}_mean'], s[f'{metric}_std'], s[f'{metric}_ci_low'],
                                                   s[f'{metric}_ci_high'], int(s['models'])).format()
-    row['ECE before → after'] = f'{s["ece_before"]:.3f} → {s["ece_after"]:.3f}'
+    row[calibration] = (f'{s["macro_f1_at_half"]:.3f} → {s["macro_f1_tuned"]:.3f}' if multilabel else
+                        f'{s["ece_before"]:.3f} → {s["ece_after"]:.3f}')
     row['params'] = f'{int(s["num_params"]):,}' if pd.notna(s['num_params']) else ''
     row['s / model-epoch'] = f'{s["seconds_per_model_epoch"]:.2f}'
     row['epochs'] = f'{s["epochs_trained_mean"]:.1f}'
     rows.append(row)
-  columns = ['variant', 'changes', 'models', *METRIC_TITLES.values(), 'ECE before → after', 'params',
+  columns = ['variant', 'changes', 'models', *[METRIC_TITLES[m] for m in metrics], calibration, 'params',
              's / model-epoch', 'epochs']
   return report.table(rows, columns)
 
 
-def differences_table(differences: pd.DataFrame) -> str:
-  rows = {}
+def differences_table(differences: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> str:
+  """One row per variant: the paired difference of each metric, and the wins/losses on the first metric."""
+  rows, wins = {}, f'{METRIC_TITLES[metrics[0]]} wins/losses'
+
   for _, d in differences.iterrows():
     row = rows.setdefault(d['experiment'], dict(variant=d['experiment'], pairs=int(d['pairs'])))
     excludes_zero = np.isfinite(d['ci_low']) and (d['ci_low'] > 0 or d['ci_high'] < 0)
     cell = 'n/a' if d['pairs'] < 2 else \
         f'{d["mean_difference"]:+.3f} [{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}]' + (' *' if excludes_zero else '')
     row[f'Δ {METRIC_TITLES[d["metric"]]}'] = cell
-    if d['metric'] == 'accuracy':
-      row['accuracy wins/losses'] = f'{d["wins"]}/{d["losses"]}'
-  columns = ['variant', 'pairs', *[f'Δ {t}' for t in METRIC_TITLES.values()], 'accuracy wins/losses']
+    if d['metric'] == metrics[0]:
+      row[wins] = f'{d["wins"]}/{d["losses"]}'
+  columns = ['variant', 'pairs', *[f'Δ {METRIC_TITLES[m]}' for m in metrics], wins]
   return report.table(list(rows.values()), columns)
 
 
 def sweep_section(config, experiments, summary, differences, baseline, wall) -> str:
-  e0 = experiments[0]
+  e0, names = experiments[0], metrics_of(experiments)
+  multilabel = task_of(experiments) == 'multilabel'
   seeds = sorted({row['seed'] for e in experiments for row in e['rows']})
   splits_used = sorted({row['split'] for e in experiments for row in e['rows']})
   ratio = e0['test_train_ratio']
@@ -125,14 +172,19 @@ def sweep_section(config, experiments, summary, differences, baseline, wall) -> 
            f'(variants reused from an earlier launch are not counted). Model axis: `{timing["form"]}`, '
            f'{timing["plan"]}.', '',
            'Each cell is mean ± std [95% CI] over the runs of a variant, on each run\'s validation split at its '
-           'selected checkpoint. ' + interval_note, '',
-           results_table(summary), '',
+           'selected checkpoint' + (' (multi-label: mAP, and macro F1 deciding each label at 0.5)' if multilabel
+                                    else '') + '. ' + interval_note, '',
+           results_table(summary, names), '',
            f'### Paired differences from `{baseline}`', '',
            'Per run (same split, same seed), the variant minus the baseline; * marks an interval that excludes 0.', '',
-           differences_table(differences) if len(differences) else '(only one variant)', '',
+           differences_table(differences, names) if len(differences) else '(only one variant)', '',
            '![sweep results](sweep_results.png)', '',
-           'ECE is the expected calibration error of each variant\'s fold models on their out-of-fold predictions, '
-           'before and after temperature scaling (cross-fitted; see `<variant>/report.md`). Each split\'s best seed '
+           ('Each variant\'s fold models get one threshold per label, fitted on their out-of-fold predictions; the '
+            'macro F1 beside them is at 0.5 and at those thresholds (cross-fitted; see `<variant>/report.md`).'
+            if multilabel else
+            'ECE is the expected calibration error of each variant\'s fold models on their out-of-fold predictions, '
+            'before and after temperature scaling (cross-fitted; see `<variant>/report.md`).') +
+           ' Each split\'s best seed '
            'is checkpointed as `<variant>/fold<k>/`; submit their average with '
            '`--mode submit --workdir <sweep>/<variant> --config.submit.average_folds=True` and the variant\'s config.',
            '', 'Files: [sweep_results.csv](sweep_results.csv), [sweep_differences.csv](sweep_differences.csv), '

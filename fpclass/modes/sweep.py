@@ -2,7 +2,7 @@
 means, spreads and confidence intervals, compared pairwise with a baseline, and calibrated.
 
     <workdir>/sweep_results.md, .csv   per variant: mean ± std [95% CI] of accuracy, macro F1, ROC AUC; ECE;
-                                       parameters; seconds per model-epoch
+                                       parameters; seconds per model-epoch (multi-label: mAP, macro F1)
     <workdir>/sweep_differences.csv    per variant and metric: paired difference from the baseline
     <workdir>/sweep_models.csv         one row per trained model (variant, split, seed, metrics, epochs)
     <workdir>/sweep_results.png        bars with 95% CI error bars, and every model's value
@@ -12,6 +12,8 @@ means, spreads and confidence intervals, compared pairwise with a baseline, and 
 A variant is `'name: key=value; key=value'` applied to the given config (`sweep.variants`); with none,
 the config itself is the one variant, so `--mode sweep` on any config gives mean ± std over seeds.
 A relaunch skips variants whose experiment.json matches the config (an interrupted variant is retrained).
+Multi-label data ((N, K) 0/1 labels) is split per label as a solo run's, each model scored at 0.5
+(`sweep_report.model_scores`); the calibration then fits per-label thresholds on the out-of-fold predictions.
 """
 import copy
 import dataclasses
@@ -27,15 +29,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fpclass import fileio
-from fpclass.analysis import calibration, metrics, sweep_report
+from fpclass.analysis import calibration, sweep_report
 from fpclass.config.inputs import AugmentSettings
 from fpclass.config.schema import base_config
 from fpclass.config.settings import ConfigError
 from fpclass.config.variants import parse_variant
-from fpclass.data import pipeline, splits, stream
+from fpclass.data import multilabel_splits, pipeline, splits, stream
 from fpclass.errors import UserInputError
 from fpclass.infer.calibrate_models import calibrate
-from fpclass.models.heads import head_of, probabilities
+from fpclass.models.heads import head_of
 from fpclass.runtime import report, sharding
 from fpclass.runtime.sharding import DataParallel
 from fpclass.runtime.validation import validate
@@ -130,6 +132,10 @@ def check_sweep_config(config, variants: list[Variant]) -> None:
   if sweep.threshold_metric not in calibration.THRESHOLD_METRICS:
     raise UserInputError(f'config.sweep.threshold_metric={sweep.threshold_metric!r}: choose one of '
                          f'{calibration.THRESHOLD_METRICS}')
+  tasks = {v.name: v.config.data.task for v in variants}
+  if len(set(tasks.values())) > 1:
+    raise UserInputError(f'config.sweep.variants: single-label and multi-label variants cannot be compared '
+                         f'(data.task {tasks}); sweep them separately')
   if sweep.baseline and sweep.baseline not in [v.name for v in variants]:
     raise UserInputError(f'config.sweep.baseline={sweep.baseline!r}: not one of the variants '
                          f'{[v.name for v in variants]}')
@@ -149,17 +155,32 @@ def plan_members(decoded: pipeline.Decoded, config) -> tuple[TrainData, list[Mem
     note = 'the source\'s own validation split'
   else:
     folds = folds or list(range(int(d.num_folds)))
-    kfold = splits.kfold_indices(pool.labels, int(d.num_folds), int(d.split_seed)) if any(f >= 0 for f in folds) else []
-    split_index = {f: kfold[f] if f >= 0 else splits.holdout_indices(pool.labels, float(d.val_fraction), int(d.split_seed))
-                   for f in folds}
-    note = (f'{len(folds)} of {d.num_folds} stratified folds' if any(f >= 0 for f in folds) else
-            f'the stratified {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
+    split_index = _split_indices(pool.labels, folds, d, decoded.class_names)
+    stratified = 'per-label stratified' if pool.labels.ndim == 2 else 'stratified'
+    note = (f'{len(folds)} of {d.num_folds} {stratified} folds' if any(f >= 0 for f in folds) else
+            f'the {stratified} {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
   (train, val, _), budget = stream.place_splits(config, pool, val if val is not None else pool)
-  train_split = Split(train.images, train.labels.astype(np.int32))
-  val_split = train_split if decoded.val is None else Split(val.images, val.labels.astype(np.int32))
+  train_split = Split(train.images, _member_labels(train.labels))
+  val_split = train_split if decoded.val is None else Split(val.images, _member_labels(val.labels))
   members = [Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
              for f, (t, v) in split_index.items() for s in seeds]
   return TrainData(decoded.class_names, train_split, val_split), members, note, budget
+
+
+def _split_indices(labels: np.ndarray, folds: list[int], data, class_names) -> dict:
+  """{fold: (train_index, val_index)}, the splits `pipeline.split_dataset` makes for `data.fold=fold` (-1: the
+  holdout): stratified by class, or per label for a multi-label (N, K) matrix."""
+  multilabel, seed, fraction = labels.ndim == 2, int(data.split_seed), float(data.val_fraction)
+  named = dict(class_names=class_names) if multilabel else {}   # the multi-label splits name a label they warn of
+  kfold_of = multilabel_splits.multilabel_kfold_indices if multilabel else splits.kfold_indices
+  holdout_of = multilabel_splits.multilabel_holdout_indices if multilabel else splits.holdout_indices
+  kfold = kfold_of(labels, int(data.num_folds), seed, **named) if any(f >= 0 for f in folds) else []
+  return {f: kfold[f] if f >= 0 else holdout_of(labels, fraction, seed, **named) for f in folds}
+
+
+def _member_labels(labels: np.ndarray) -> np.ndarray:
+  """Class indices as int32; a multi-label 0/1 matrix as it is (uint8), as a solo run trains on it."""
+  return labels if labels.ndim == 2 else labels.astype(np.int32)
 
 
 def _index_hash(index) -> str:
@@ -265,11 +286,9 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, shared=No
   for m in members:
     r, header = member_store.load(exp_dir, m)
     stored[m.name] = header
-    scores = metrics.scores(train_data.val.labels[m.val_index], probabilities(r.val_logits, _head(config)),
-                            class_names)
-    rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, accuracy=scores['accuracy'],
-                     macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'], loss=scores['loss'],
-                     checkpoint=r.checkpoint, epoch=r.epoch, epochs_trained=r.loop.epoch,
+    scores = sweep_report.model_scores(train_data.val.labels[m.val_index], r.val_logits, _head(config), class_names)
+    rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, **scores, checkpoint=r.checkpoint,
+                     epoch=r.epoch, epochs_trained=r.loop.epoch,
                      stop_reason=r.loop.stop_reason, n_train=len(m.train_index), n_val=len(m.val_index),
                      val_hash=_index_hash(m.val_index), kept=False))
     if members_lib.better_result(kept.get(m.split), r, monitor):
@@ -301,7 +320,8 @@ def run_experiment(variant: Variant, exp_dir: pathlib.Path, stop=None, shared=No
   model_epochs = sum(int(r['epochs_trained']) for r in rows)
   ratio = float(np.mean([len(m.val_index) / len(m.train_index) for m in members])) \
       if len({m.split for m in members}) > 1 else 0.0
-  result = dict(config=checkpoint.config_as_json(config), name=variant.name, changes=variant.changes, rows=rows,
+  result = dict(config=checkpoint.config_as_json(config), name=variant.name, changes=variant.changes,
+                task='multilabel' if _head(config) == 'multilabel' else 'single_label', rows=rows,
                 split_note=note, test_train_ratio=ratio, num_params=num_params, calibration=calib,
                 timing=dict(wall_seconds=time.perf_counter() - start, train_seconds=train_seconds,
                             model_epochs=model_epochs,
@@ -368,11 +388,12 @@ def run_sweep(config, workdir) -> pd.DataFrame:
   fileio.write_csv(workdir / 'sweep_models.csv', models)
   fileio.write_csv(workdir / 'sweep_results.csv', summary)
   fileio.write_csv(workdir / 'sweep_differences.csv', differences)
-  fileio.save_figure(workdir / 'sweep_results.png', sweep_report.plot_results(summary, models))
+  fileio.save_figure(workdir / 'sweep_results.png',
+                     sweep_report.plot_results(summary, models, sweep_report.metrics_of(experiments)))
   wall = time.perf_counter() - start
   section = sweep_report.sweep_section(config, experiments, summary, differences, baseline, wall)
   fileio.write_text(workdir / 'sweep_results.md', section + '\n')
   report.write_section(workdir, '50-sweep', section)
-  print(sweep_report.results_table(summary))
+  print(sweep_report.results_table(summary, sweep_report.metrics_of(experiments)))
   print(f'{workdir}: {len(models)} models in {len(experiments)} variants, {wall:.0f}s')
   return summary

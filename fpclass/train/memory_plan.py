@@ -99,7 +99,8 @@ def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: 
   shape = images.shape[1:]
   abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape or shape))
   x = jax.ShapeDtypeStruct(images.shape, images.dtype)
-  y = jax.ShapeDtypeStruct((len(images),), jnp.int32)
+  y = (jax.ShapeDtypeStruct((len(images), task.num_classes), jnp.uint8) if task.head == 'multilabel'
+       else jax.ShapeDtypeStruct((len(images),), jnp.int32))
   idx = jax.ShapeDtypeStruct((batch,), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   temp = lambda compiled: int(getattr(compiled.memory_analysis(), 'temp_size_in_bytes', 0) or 0)
