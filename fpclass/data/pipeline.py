@@ -183,29 +183,32 @@ def decode_source(config, progress: bool = True, mapped: bool = False) -> Decode
   return Decoded(source.name, source.class_names, pool, val, test, quarantine, list(source.notes), source.root)
 
 
+def split_indices(labels: np.ndarray, folds, data_cfg, class_names=None) -> dict:
+  """{fold: (train_index, val_index)} for each of `folds` (-1: the holdout of data.val_fraction), seeded by
+  data.split_seed: stratified by class, or per label for a multi-label (N, K) matrix. The one place a solo run
+  (`split_dataset`) and a sweep's members get their splits, so a member validates on its solo run's images."""
+  multilabel, seed = np.ndim(labels) == 2, int(data_cfg.split_seed)
+  named = dict(class_names=class_names) if multilabel else {}   # the multi-label splits name a label they warn of
+  kfold_of = multilabel_splits.multilabel_kfold_indices if multilabel else splits.kfold_indices
+  holdout_of = multilabel_splits.multilabel_holdout_indices if multilabel else splits.holdout_indices
+  kfold = kfold_of(labels, int(data_cfg.num_folds), seed, **named) if any(f >= 0 for f in folds) else []
+  for f in folds:
+    if f >= len(kfold) and f >= 0:
+      raise UserInputError(f'config.data.fold={f}: must be below config.data.num_folds={data_cfg.num_folds}')
+  return {f: kfold[f] if f >= 0 else holdout_of(labels, float(data_cfg.val_fraction), seed, **named) for f in folds}
+
+
 def split_dataset(decoded: Decoded, config) -> Dataset:
   """Train/val from the source's own validation split, a k-fold fold, or a stratified holdout."""
   data = config.data
   if decoded.val is not None:
     train, val, note = decoded.pool, decoded.val, 'the source\'s own validation folder'
   else:
-    labels, multilabel = decoded.pool.labels, decoded.pool.labels.ndim == 2
-    if data.fold >= 0:
-      folds = (multilabel_splits.multilabel_kfold_indices(labels, int(data.num_folds), int(data.split_seed),
-                                                          decoded.class_names) if multilabel
-               else splits.kfold_indices(labels, int(data.num_folds), int(data.split_seed)))
-      if data.fold >= len(folds):
-        raise UserInputError(f'config.data.fold={data.fold}: must be below config.data.num_folds={data.num_folds}')
-      train_index, val_index = folds[data.fold]
-      note = f'stratified fold {data.fold} of {data.num_folds} (split_seed {data.split_seed})'
-    else:
-      train_index, val_index = (
-          multilabel_splits.multilabel_holdout_indices(labels, float(data.val_fraction), int(data.split_seed),
-                                                       decoded.class_names) if multilabel
-          else splits.holdout_indices(labels, float(data.val_fraction), int(data.split_seed)))
-      note = f'stratified {data.val_fraction:.0%} holdout (split_seed {data.split_seed})'
-    if multilabel:
-      note = note.replace('stratified', 'per-label stratified', 1)
+    fold = int(data.fold)
+    train_index, val_index = split_indices(decoded.pool.labels, [fold], data, decoded.class_names)[fold]
+    stratified = 'per-label stratified' if decoded.pool.labels.ndim == 2 else 'stratified'
+    note = (f'{stratified} fold {fold} of {data.num_folds}' if fold >= 0 else
+            f'{stratified} {data.val_fraction:.0%} holdout') + f' (split_seed {data.split_seed})'
     train, val = decoded.pool.take(train_index), decoded.pool.take(val_index)
   return Dataset(decoded.class_names, train, val, decoded.test, decoded.quarantine, decoded.notes,
                  decoded.source_name, note)

@@ -34,7 +34,7 @@ from fpclass.config.inputs import AugmentSettings
 from fpclass.config.schema import base_config
 from fpclass.config.settings import ConfigError
 from fpclass.config.variants import parse_variant
-from fpclass.data import multilabel_splits, pipeline, splits, stream
+from fpclass.data import pipeline, stream
 from fpclass.errors import UserInputError
 from fpclass.infer.calibrate_models import calibrate
 from fpclass.models.heads import head_of
@@ -155,7 +155,7 @@ def plan_members(decoded: pipeline.Decoded, config) -> tuple[TrainData, list[Mem
     note = 'the source\'s own validation split'
   else:
     folds = folds or list(range(int(d.num_folds)))
-    split_index = _split_indices(pool.labels, folds, d, decoded.class_names)
+    split_index = pipeline.split_indices(pool.labels, folds, d, decoded.class_names)
     stratified = 'per-label stratified' if pool.labels.ndim == 2 else 'stratified'
     note = (f'{len(folds)} of {d.num_folds} {stratified} folds' if any(f >= 0 for f in folds) else
             f'the {stratified} {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
@@ -165,17 +165,6 @@ def plan_members(decoded: pipeline.Decoded, config) -> tuple[TrainData, list[Mem
   members = [Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
              for f, (t, v) in split_index.items() for s in seeds]
   return TrainData(decoded.class_names, train_split, val_split), members, note, budget
-
-
-def _split_indices(labels: np.ndarray, folds: list[int], data, class_names) -> dict:
-  """{fold: (train_index, val_index)}, the splits `pipeline.split_dataset` makes for `data.fold=fold` (-1: the
-  holdout): stratified by class, or per label for a multi-label (N, K) matrix."""
-  multilabel, seed, fraction = labels.ndim == 2, int(data.split_seed), float(data.val_fraction)
-  named = dict(class_names=class_names) if multilabel else {}   # the multi-label splits name a label they warn of
-  kfold_of = multilabel_splits.multilabel_kfold_indices if multilabel else splits.kfold_indices
-  holdout_of = multilabel_splits.multilabel_holdout_indices if multilabel else splits.holdout_indices
-  kfold = kfold_of(labels, int(data.num_folds), seed, **named) if any(f >= 0 for f in folds) else []
-  return {f: kfold[f] if f >= 0 else holdout_of(labels, fraction, seed, **named) for f in folds}
 
 
 def _member_labels(labels: np.ndarray) -> np.ndarray:
