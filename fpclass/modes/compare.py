@@ -16,6 +16,8 @@ from fpclass.runtime import report
 
 FILE = 'comparison.csv'
 SCORES = ('accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc', 'loss')
+# A multi-label run's scores.json has these instead of accuracy, balanced accuracy, ROC AUC and loss.
+MULTILABEL_SCORES = ('mean_average_precision', 'micro_f1', 'subset_accuracy', 'hamming_loss')
 
 
 def find_runs(parent) -> list[pathlib.Path]:
@@ -35,10 +37,13 @@ def comparison_table(runs) -> pd.DataFrame:
     model = config.get('model', {})
     row = dict(run=run.name, model=model.get('name', scores.get('model', '')),
                freeze_till=model.get('freeze_till', ''), checkpoint=scores.get('checkpoint', ''),
-               epoch=scores.get('epoch', ''), n=scores['n'], **{k: scores.get(k) for k in SCORES})
-    row.update({f'f1_{name}': scores['per_class'][name]['f1'] for name in scores['class_names']})
+               epoch=scores.get('epoch', ''), n=scores['n'],
+               **{k: scores.get(k) for k in SCORES + MULTILABEL_SCORES if k in scores or k in SCORES})
+    per_class = scores.get('per_class') or scores['per_label']   # single-label, or multi-label
+    row.update({f'f1_{name}': per_class[name]['f1'] for name in scores['class_names']})
     if 'test' in scores:
-      row.update(test_accuracy=scores['test']['accuracy'], test_macro_f1=scores['test']['macro_f1'])
+      row.update(test_accuracy=scores['test'].get('accuracy', scores['test'].get('subset_accuracy')),
+                 test_macro_f1=scores['test']['macro_f1'])
     rows.append(row)
   return pd.DataFrame(rows).sort_values('macro_f1', ascending=False, kind='stable').reset_index(drop=True)
 
