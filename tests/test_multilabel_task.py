@@ -1,7 +1,9 @@
 """Multi-label training: the loss against torch and timm, the positive weights, mixing label vectors, and the
 quick config through launch.py (train, evaluate, calibrate) with scikit-learn recomputing its figures."""
 import json
+import pathlib
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from sklearn import metrics as skm
 from fpclass.analysis import multilabel_metrics as mlm
 from fpclass.config.inputs import AugmentSettings
 from fpclass.models.heads import binary_cross_entropy, head_of
+from fpclass.modes import compare
 from fpclass.train import augment
 from fpclass.train.task import build_task, class_weights
 from tests.conftest import MULTILABEL, launch, load_config, save_image
@@ -146,3 +149,20 @@ def test_bad_multilabel_input_is_one_line_naming_the_row_or_key(tmp_path, case, 
   last = result.stderr.strip().splitlines()[-1]
   assert re.search(message, last), (case, last)
   assert 'Traceback' not in result.stderr
+
+
+def test_compare_and_clean_read_multilabel_runs(trained_multilabel, tmp_path):
+  workdir, env, _ = trained_multilabel
+  shutil.copytree(workdir, tmp_path / 'runs' / 'shapes', ignore=shutil.ignore_patterns('checkpoints'))
+  table = compare.comparison_table(compare.find_runs(tmp_path / 'runs'))
+  scores = json.loads((workdir / 'scores.json').read_text())
+  assert table.loc[0, 'mean_average_precision'] == pytest.approx(scores['mean_average_precision'])
+  assert table.loc[0, 'f1_ring'] == pytest.approx(scores['per_label']['ring']['f1'])
+
+  launch(MULTILABEL, f'--workdir={tmp_path / "clean"}', '--mode=clean', env=env)
+  files = pd.read_csv(tmp_path / 'clean' / 'clean_files.csv', keep_default_na=False)
+  solution = pd.read_csv(next(pathlib.Path(env['FPCLASS_CACHE']).glob('synthetic_multilabel/*/train.csv')),
+                         keep_default_na=False).set_index('image_name')['tags']
+  train = files[files['split'] == 'train']
+  assert len(train) == 240
+  assert all(label == solution[pathlib.Path(path).stem] for path, label in zip(train['path'], train['label']))
