@@ -9,10 +9,8 @@ Writes under `<workdir>/<config.export.folder>/`:
   runs it with no fpclass code, on CPU or CUDA.
 - `model.json`: the class names, the input and output contract, the stored calibration and each artifact.
 
-A multi-label model (head 'multilabel') exports its K logits, one per class: each class's probability is
-sigmoid(logit), and the class is predicted when that reaches its threshold. The per-label thresholds
-(`--mode calibrate`'s, else 0.5 each) are in model.json (`calibration.thresholds`) and, as JSON by class
-name, in the ONNX file's metadata_props (`thresholds`), so a consumer decides exactly as `--mode predict`.
+A multi-label model exports its K logits: class k is predicted when sigmoid(logit k) reaches its threshold,
+stored in model.json (`calibration.thresholds`) and the ONNX metadata_props (`thresholds`, JSON by class).
 
 Design notes: docs/modules.md (`fpclass/modes/export.py`).
 """

@@ -7,9 +7,8 @@
 taken from the CSV's folder). Writes, in the workdir:
 - `predictions.csv` (`config.predict.output`): the path as listed, the predicted class and one `p_<class>`
   column per class, with the stored temperature and threshold applied (`config.predict.calibrated`), and
-  test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`). A multi-label model's CSV has a
-  `tags` column in place of `predicted`: the classes whose sigmoid probability reaches their stored threshold
-  (`--mode calibrate`; 0.5 before it, or with calibrated=False), space-separated, empty for none;
+  test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`). Multi-label: `tags` in place of
+  `predicted`, the classes whose probability reaches their stored threshold (else 0.5), space-separated;
 - `predictions_quarantine.csv` beside it: every input that could not be read, with the reason. A bad
   file never stops the run, and nothing is moved or deleted;
 - with `config.predict.explain`, one Grad-CAM overlay PNG per image under `predict_explain/`.

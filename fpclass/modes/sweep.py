@@ -12,8 +12,7 @@ means, spreads and confidence intervals, compared pairwise with a baseline, and 
 A variant is `'name: key=value; key=value'` applied to the given config (`sweep.variants`); with none,
 the config itself is the one variant, so `--mode sweep` on any config gives mean ± std over seeds.
 A relaunch skips variants whose experiment.json matches the config (an interrupted variant is retrained).
-Multi-label data ((N, K) 0/1 labels) is split per label as a solo run's, each model scored at 0.5
-(`sweep_report.model_scores`); the calibration then fits per-label thresholds on the out-of-fold predictions.
+Multi-label models are scored by mAP and macro F1 at 0.5 (`sweep_report.model_scores`).
 """
 import copy
 import dataclasses

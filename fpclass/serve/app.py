@@ -5,10 +5,8 @@ The JSON API (also the OpenAPI description, GET /openapi.json):
 - POST /predict: images as multipart file fields, or JSON {"image": "<base64>"} / {"images": [...]}.
   The answer holds "model", "checkpoint", "epoch", "calibrated" and "predictions", one per image in order:
   - single-label model: {"file", "class": name, "probabilities": {class: p}} (p sum to 1);
-  - multi-label model (head 'multilabel'): {"file", "labels": [names], "probabilities": {class: p}}, each p
-    the class's own sigmoid probability and "labels" every class, in class order, whose probability is at
-    least its threshold ([] when none is); the answer also holds "head": "multilabel" and "thresholds":
-    {class: threshold} (stored by --mode calibrate, else 0.5 each).
+  - multi-label: {"file", "labels": [names], "probabilities": {class: sigmoid p}}, "labels" the classes at or
+    above their threshold ([] for none); the answer adds "head": "multilabel" and "thresholds" {class: t}.
   With one image its fields are also at the top level ("class" or "labels", "probabilities").
 - POST /explain: one image; the Grad-CAM overlay PNG for its predicted class (multi-label: its most probable
   class), named URL-encoded in the X-Explained-Class header.
