@@ -9,9 +9,11 @@ shapes, two of them rare, some images with none), generated once into the cache.
 cross-entropy and positive weights from the label frequencies; folds stratified per label; the checkpoint
 with the best validation mAP is kept. `--mode calibrate` then fits one threshold per label.
 """
+import ml_collections
+
 from fpclass.config.schema import base_config, parse_args, shrink_for_quick
 
-CHOICES = {'quick': 'a tiny run: 2 epochs on 240 small images'}
+CHOICES = {'quick': 'a tiny run: 2 epochs of a tiny CNN on 240 images of 32 px'}
 
 
 def get_config(arg: str = ''):
@@ -26,11 +28,13 @@ def get_config(arg: str = ''):
   c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   c.data.val_fraction = 0.2
 
-  c.model.name = 'footprint_cnn'
-  c.model.conv_channels = (32, 64, 96)
-  c.model.fc_sizes = (128,)
+  # The CIFAR-10 recipe's CNN (3 blocks of 2 convs + BN + pool, global average pooling): on the shapes it
+  # reaches about twice the footprint CNN's subset accuracy (docs/multilabel.md).
+  c.model.name = 'cifar_cnn'
+  c.model.block_channels = (32, 64, 128)
+  c.model.dense_sizes = (128,)
   c.model.dropout = 0.2
-  c.model.batch_norm = True
+  c.model.dense_dropout = 0.2
 
   c.augment.hflip = 0.5
   c.augment.vflip = 0.5
@@ -48,6 +52,6 @@ def get_config(arg: str = ''):
     shrink_for_quick(c)
     c.data.synthetic.shapes.update(n_train=240, n_test=60, size=32)
     c.data.image_size = (32, 32)
-    c.model.conv_channels = (8, 16)
-    c.model.fc_sizes = (16,)
+    c.model = ml_collections.ConfigDict(dict(name='footprint_cnn', head='softmax', conv_channels=(8, 16),
+                                             fc_sizes=(16,), dropout=0.2, batch_norm=True))
   return c
