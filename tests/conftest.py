@@ -152,6 +152,7 @@ MULTILABEL = '--config=configs/multilabel.py:quick'
 def trained_multilabel(tmp_path_factory):
   """One quick multi-label run on the synthetic shapes (train, evaluate; 240 images of 32 px, 2 epochs),
   trained once per session and copied into each worker, as `trained_quick`: (workdir, env, CompletedProcess).
+  Tests share the worker's copy: one that runs a mode writing into the workdir copies it first.
   `env` points FPCLASS_CACHE at the cache holding its synthetic set (with solution.csv, the test tags)."""
   with build_once(tmp_path_factory, 'ml-quick') as (shared, built):
     env = {'FPCLASS_CACHE': str(shared / 'cache')}

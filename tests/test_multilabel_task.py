@@ -85,8 +85,10 @@ def test_the_head_follows_data_task_and_refuses_the_binary_head():
     head_of(config)
 
 
-def test_train_evaluate_and_calibrate_through_launch(trained_multilabel):
-  workdir, env, result = trained_multilabel
+def test_train_evaluate_and_calibrate_through_launch(trained_multilabel, tmp_path):
+  shared, env, result = trained_multilabel
+  workdir = tmp_path / 'run'
+  shutil.copytree(shared, workdir)  # calibrate and evaluate write into it; the session's copy stays as trained
   history = pd.read_csv(workdir / 'metrics.csv')
   assert {'val_loss', 'val_accuracy', 'val_macro_f1', 'val_map'} <= set(history) and 'val_roc_auc' not in history
   assert 'val mAP' in result.stdout
