@@ -391,11 +391,31 @@ def two_classes(service, trained_quick):
           ['0', '1'] * 3)
 
 
+def held_until_admitted(classify, url_of, count: int):
+  """`classify` whose first device call waits until /healthz counts `count` admitted model requests, so the
+  others queue behind it whatever the machine's load (a busy machine could otherwise serve each request alone
+  before the next one arrives); later calls run as they come."""
+  first = threading.Event()
+
+  def held(images):
+    if not first.is_set():
+      first.set()
+      deadline = time.monotonic() + 60
+      while httpx.get(url_of() + 'healthz').json()['queue']['depth'] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return classify(images)
+  return held
+
+
 def test_concurrent_multi_image_requests_of_both_classes_get_their_own_classes(two_classes):
   sharp, paths, classes = two_classes
   data = [p.read_bytes() for p in paths]
   requests = [[0], [1, 2], [3], [4, 5, 0], [2, 3], [5], [1, 4, 3], [0, 5]]  # 17 images, max_batch 4
-  with serve_server.BackgroundServer(serve_app.create_app(sharp)) as running:
+  server = {}
+  held = dataclasses.replace(sharp.predictor)
+  held.classify = held_until_admitted(sharp.predictor.classify, lambda: server['url'], len(requests))
+  with serve_server.BackgroundServer(serve_app.create_app(dataclasses.replace(sharp, predictor=held))) as running:
+    server['url'] = running.url
     before = httpx.get(running.url + 'healthz').json()['device_calls']
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
       replies = list(pool.map(lambda r: post_files(running.url, [(f'{i}.png', data[i]) for i in r], timeout=60),
