@@ -129,20 +129,27 @@ def launch(*args, cwd=REPO, env=None, check=True, timeout=600):
 QUICK = '--config=configs/footprint.py:exp4,quick'
 
 
-@pytest.fixture(scope='session')
-def trained_quick(tmp_path_factory):
-  """One quick footprint run (train, evaluate, explain), trained once per session and copied into each
-  worker, for the tests that only read its outputs or run other modes on it: (workdir, env, the launch's
-  CompletedProcess)."""
-  with build_once(tmp_path_factory, 'fp-quick') as (shared, built):
-    env = {'FPCLASS_CACHE': str(shared / 'cache')}  # the synthetic data: read only after training
+def trained_once(tmp_path_factory, name: str, config_flag: str):
+  """A quick run of `config_flag` (train, evaluate, and whatever its config chains), trained once per session
+  by whichever worker asks first and copied into each worker: (workdir, env, the launch's CompletedProcess).
+  `env` points FPCLASS_CACHE at the cache holding its synthetic data (read only after training). Tests share
+  the worker's copy: one that runs a mode writing into the workdir copies it first."""
+  with build_once(tmp_path_factory, name) as (shared, built):
+    env = {'FPCLASS_CACHE': str(shared / 'cache')}
     if not built:
-      result = launch(QUICK, f'--workdir={shared / "run"}', env=env)
+      result = launch(config_flag, f'--workdir={shared / "run"}', env=env)
       (shared / 'launch.json').write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
   result = subprocess.CompletedProcess(*json.loads((shared / 'launch.json').read_text()))
-  workdir = tmp_path_factory.mktemp('fp-quick')
+  workdir = tmp_path_factory.mktemp(name)
   shutil.copytree(shared / 'run', workdir, dirs_exist_ok=True)
   return workdir, env, result
+
+
+@pytest.fixture(scope='session')
+def trained_quick(tmp_path_factory):
+  """One quick footprint run (train, evaluate, explain) for the tests that only read its outputs or run other
+  modes on it (`trained_once`)."""
+  return trained_once(tmp_path_factory, 'fp-quick', QUICK)
 
 
 MULTILABEL = '--config=configs/multilabel.py:quick'
@@ -150,19 +157,9 @@ MULTILABEL = '--config=configs/multilabel.py:quick'
 
 @pytest.fixture(scope='session')
 def trained_multilabel(tmp_path_factory):
-  """One quick multi-label run on the synthetic shapes (train, evaluate; 240 images of 32 px, 2 epochs),
-  trained once per session and copied into each worker, as `trained_quick`: (workdir, env, CompletedProcess).
-  Tests share the worker's copy: one that runs a mode writing into the workdir copies it first.
-  `env` points FPCLASS_CACHE at the cache holding its synthetic set (with solution.csv, the test tags)."""
-  with build_once(tmp_path_factory, 'ml-quick') as (shared, built):
-    env = {'FPCLASS_CACHE': str(shared / 'cache')}
-    if not built:
-      result = launch(MULTILABEL, f'--workdir={shared / "run"}', env=env)
-      (shared / 'launch.json').write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
-  result = subprocess.CompletedProcess(*json.loads((shared / 'launch.json').read_text()))
-  workdir = tmp_path_factory.mktemp('ml-quick')
-  shutil.copytree(shared / 'run', workdir, dirs_exist_ok=True)
-  return workdir, env, result
+  """One quick multi-label run on the synthetic shapes (train, evaluate; 240 images of 32 px, 2 epochs), as
+  `trained_quick`; its cache also holds the set's solution.csv (the test tags)."""
+  return trained_once(tmp_path_factory, 'ml-quick', MULTILABEL)
 
 
 def save_image(path, mode='L', size=(40, 30), value=None, fmt=None, **save_kwargs):

@@ -38,12 +38,17 @@ def epoch_metrics(labels: np.ndarray, logits: np.ndarray, head: str, num_classes
               roc_auc=roc_auc(labels, probs))
 
 
-def multilabel_epoch_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
-  """`epoch_metrics` of a multi-label head from its (N, K) probabilities."""
+def binary_log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+  """(N, K) binary cross-entropy of each image and class from multi-label 0/1 labels and probabilities."""
   p = np.clip(probs, 1e-12, 1 - 1e-12)
   y = np.asarray(labels, np.float64)
+  return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def multilabel_epoch_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+  """`epoch_metrics` of a multi-label head from its (N, K) probabilities."""
   pred = multilabel_metrics.predict(probs, 0.5)
-  return dict(loss=float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))),
+  return dict(loss=float(np.mean(binary_log_losses(labels, probs))),
               accuracy=multilabel_metrics.subset_accuracy(labels, pred),
               macro_f1=multilabel_metrics.f1(labels, pred, 'macro'),
               map=multilabel_metrics.mean_average_precision(labels, probs))

@@ -48,7 +48,7 @@ def model_scores(labels: np.ndarray, logits: np.ndarray, head: str, class_names)
                 loss=scores['loss'])
   scores = multilabel_metrics.scores(labels, probs, class_names, 0.5)
   return dict(map=scores['mean_average_precision'], macro_f1=scores['macro_f1'], micro_f1=scores['micro_f1'],
-              subset_accuracy=scores['subset_accuracy'], loss=metrics.multilabel_epoch_metrics(labels, probs)['loss'])
+              subset_accuracy=scores['subset_accuracy'], loss=float(np.mean(metrics.binary_log_losses(labels, probs))))
 
 
 def summarise(experiments: list[dict]) -> pd.DataFrame:

@@ -86,29 +86,23 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   what = (f'out-of-fold predictions of {len(members)} fold models' if len(members) > 1
           else 'validation predictions of this run')
   fitted_on = f'{what} (n={len(labels)})' + (f', with {tta_settings.describe()}' if tta_settings.on else '')
+  oof = pd.concat(frames, ignore_index=True)
   if head == 'multilabel':
-    return _calibrate_multilabel(workdir, members, pd.concat(frames, ignore_index=True), logits, labels, groups,
-                                 class_names, metric, fitted_on, tta_settings)
+    return _calibrate_multilabel(workdir, members, oof, logits, labels, groups, class_names, metric, fitted_on,
+                                 tta_settings)
   if metric == 'f2':
     raise UserInputError("config.sweep.threshold_metric='f2' is for multi-label thresholds; choose f1 or macro_f1")
-  frames = [frame.assign(label=part) for frame, part in zip(frames, np.split(labels, np.cumsum(
-      [len(f) for f in frames])[:-1]))]
+  oof['label'] = labels
   result, crossfit = calibrate_predictions(logits, labels, head, groups, bins, metric)
   result['fitted_on'] = fitted_on
-  result['tta'] = tta_settings.as_dict()   # what predict and submit must make for these to apply (fpclass.infer.tta)
-  for member in members:
-    store_in_sidecar(member.path, result)
   before, after = scaled_probabilities(logits, head), scaled_probabilities(logits, head, result['temperature'])
   after_label = f'after (T={result["temperature"]:.2f}, cross-fitted over {result["crossfit_groups"]} groups)'
-  oof = pd.concat(frames, ignore_index=True)
   for i, name in enumerate(class_names):
     oof[f'p_{name}'] = before[:, i]
   for i, name in enumerate(class_names):
     oof[f'p_{name}_calibrated'] = after[:, i]
-  fileio.write_csv(workdir / 'calibration_predictions.csv', oof)
-  fileio.write_json(workdir / 'calibration.json', result)
   fileio.save_figure(workdir / 'reliability.png', plot_reliability(before, crossfit, labels, bins, what, after_label))
-  report.write_section(workdir, '45-calibration', calibration_section(result))
+  _store(workdir, members, result, tta_settings, oof, calibration_section(result))
   print(f'{workdir}: temperature {result["temperature"]:.3f}, ECE {result["ece_before"]:.4f} -> '
         f'{result["ece_after"]:.4f} (cross-fitted)'
         + (f', threshold {result["threshold"]:.3f}' if result['threshold'] is not None else ''))
@@ -120,20 +114,26 @@ def _calibrate_multilabel(workdir, members, oof, logits, labels, groups, class_n
   """Per-label thresholds (`fpclass.analysis.multilabel_calibration`), stored in every member's sidecar."""
   probs = probabilities(logits, 'multilabel')
   result = multilabel_calibration.calibrate_thresholds(probs, labels, class_names, groups, metric)
-  result.update(fitted_on=fitted_on, tta=tta_settings.as_dict())
-  for member in members:
-    store_in_sidecar(member.path, result)
+  result['fitted_on'] = fitted_on
   for k, name in enumerate(class_names):
     oof[f'label_{name}'] = labels[:, k]
   for k, name in enumerate(class_names):
     oof[f'p_{name}'] = probs[:, k]
-  fileio.write_csv(workdir / 'calibration_predictions.csv', oof)
-  fileio.write_json(workdir / 'calibration.json', result)
-  report.write_section(workdir, '45-calibration', multilabel_calibration.calibration_section(result))
+  _store(workdir, members, result, tta_settings, oof, multilabel_calibration.calibration_section(result))
   shown = ', '.join(f'{name} {t:.3f}' for name, t in result['thresholds'].items())
   print(f'{workdir}: per-label thresholds {shown}; macro F1 {result["macro_f1_at_half"]:.4f} at 0.5 -> '
         f'{result["macro_f1_tuned"]:.4f} (cross-fitted)')
   return result
+
+
+def _store(workdir, members, result: dict, tta_settings, oof: pd.DataFrame, section: str) -> None:
+  """Stores a calibration in every member's sidecar and writes its files and report section."""
+  result['tta'] = tta_settings.as_dict()   # what predict and submit must make for these to apply (fpclass.infer.tta)
+  for member in members:
+    store_in_sidecar(member.path, result)
+  fileio.write_csv(workdir / 'calibration_predictions.csv', oof)
+  fileio.write_json(workdir / 'calibration.json', result)
+  report.write_section(workdir, '45-calibration', section)
 
 
 def calibration_section(result: dict) -> str:

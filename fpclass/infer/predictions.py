@@ -3,6 +3,7 @@ is predicted in, and the table of predictions, probabilities and losses."""
 import numpy as np
 import pandas as pd
 
+from fpclass.analysis.metrics import binary_log_losses
 from fpclass.train.task import common_batch
 
 
@@ -42,6 +43,5 @@ def _multilabel_frame(split, probs, class_names, thresholds) -> pd.DataFrame:
                         'predicted': [tags_text(r, class_names) for r in pred]})
   for i, name in enumerate(class_names):
     frame[f'p_{name}'] = probs[:, i]
-  p, y = np.clip(probs, 1e-12, 1 - 1e-12), np.asarray(split.labels, np.float64)
-  frame['loss'] = -np.sum(y * np.log(p) + (1 - y) * np.log1p(-p), axis=1)
+  frame['loss'] = binary_log_losses(split.labels, probs).sum(axis=1)
   return frame

@@ -186,12 +186,7 @@ def explanations_section(workdir, settings, explainer, trained, groups, top_loss
             report.table(confused.head(10).to_dict('records'), list(confused.columns)) if len(confused)
             else 'No validation image is misclassified.', '',
             f'All pairs: [most_confused.csv]({link(written["most_confused"])}).', '']
-  if 'inference_grid' in written:
-    lines += ['### Inference grid', '', f'![inference grid]({link(written["inference_grid"])})', '']
-  if 'feature_maps' in written:
-    lines += [f'### Feature maps of validation image `{feature_id}`', '',
-              f'![feature maps]({link(written["feature_maps"])})']
-  return '\n'.join(lines)
+  return '\n'.join(lines + _figure_lines(written, feature_id, link))
 
 
 # -- multi-label -------------------------------------------------------------------------------------------
@@ -349,12 +344,18 @@ def label_explanations_section(workdir, settings, explainer, trained, decision, 
             report.table(errors.to_dict('records'), list(errors.columns)) if errors['errors'].sum()
             else 'No validation label is wrong.', '',
             f'As a file: [label_errors.csv]({link(written["label_errors"])}).', '']
+  return '\n'.join(lines + _figure_lines(written, feature_id, link))
+
+
+def _figure_lines(written: dict, feature_id, link) -> list:
+  """The report lines of the inference grid and the feature maps, when they were drawn."""
+  lines = []
   if 'inference_grid' in written:
     lines += ['### Inference grid', '', f'![inference grid]({link(written["inference_grid"])})', '']
   if 'feature_maps' in written:
     lines += [f'### Feature maps of validation image `{feature_id}`', '',
               f'![feature maps]({link(written["feature_maps"])})']
-  return '\n'.join(lines)
+  return lines
 
 
 def _tile_title(row, probs) -> str:
