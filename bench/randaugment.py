@@ -10,6 +10,12 @@ random uint8 levels / 255, as the train step sees them. Each arm is compiled and
 alternate the arms (so a shared machine's load hits all alike), each round timing `--calls` calls with fresh
 keys. A call's time is to completion; the reported time is the median over every call, and the ratio is the
 median of the per-round ratios.
+
+In the same rounds, what a PyTorch user would run instead: torchvision.transforms.v2 on the same batch as uint8
+tensors, one image at a time as a DataLoader worker applies it (one draw per image): RandomHorizontalFlip and
+ColorJitter(brightness, contrast) as the default, with RandAugment() or TrivialAugmentWide() between them.
+`--per-op` adds the policy alone (`randaugment.apply_policy` under vmap, jitted) with every image drawing the same op,
+RandAugment's two slots: where the time goes, and the floor that the per-image loop costs (Identity).
 """
 import argparse
 import dataclasses
@@ -30,6 +36,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=20)
   parser.add_argument('--calls', type=int, default=10, help='timed calls per arm per round')
   parser.add_argument('--backend', default='cpu', help="JAX platform to run on ('' for JAX's default)")
+  parser.add_argument('--no-torchvision', action='store_true', help='skip the torchvision arms')
+  parser.add_argument('--per-op', action='store_true', help="time the policy alone with every image on one op")
   args = parser.parse_args()
   if args.backend:
     os.environ['JAX_PLATFORMS'] = args.backend
@@ -48,7 +56,12 @@ def main():
   shape = (config.train.batch_size, *config.data.image_size, config.data.channels)
   images = jax.device_put(np.random.default_rng(0).integers(0, 256, shape).astype(np.float32) / 255.0)
   step = jax.jit(augment_batch, static_argnames='cfg')
-  compile_seconds, times = {}, {name: [] for name in arms}
+  torch_arms = {} if args.no_torchvision else _torchvision_arms(config)
+  torch_batch = None
+  if torch_arms:
+    import torch
+    torch_batch = torch.from_numpy(np.round(np.asarray(images) * 255).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+  compile_seconds, times = {}, {name: [] for name in [*arms, *torch_arms]}
   for name, cfg in arms.items():
     start = time.perf_counter()
     jax.block_until_ready(step(images, jax.random.key(0), cfg))
@@ -67,24 +80,91 @@ def main():
         calls.append(time.perf_counter() - start)
       times[name] += calls
       medians[name] = statistics.median(calls)
-    for name in round_ratios:
-      round_ratios[name].append(medians[name] / medians['default'])
+    for name, transform in torch_arms.items():
+      calls = []
+      for _ in range(args.calls):
+        start = time.perf_counter()
+        [transform(image) for image in torch_batch]
+        calls.append(time.perf_counter() - start)
+      times[name] += calls
+      medians[name] = statistics.median(calls)
+    for name in arms:
+      if name != 'default':
+        round_ratios[name].append(medians[name] / medians['default'])
+    for name in torch_arms:
+      if name != 'torchvision default':
+        round_ratios.setdefault(name, []).append(medians[name] / medians['torchvision default'])
+    for name in ('randaugment', 'trivialaugment'):
+      if f'torchvision {name}' in torch_arms:
+        round_ratios.setdefault(f'torchvision {name} / fpclass', []).append(
+            medians[f'torchvision {name}'] / medians[name])
   milliseconds = {name: 1e3 * statistics.median(t) for name, t in times.items()}
   ratios = {name: statistics.median(r) for name, r in round_ratios.items()}
-  for name in arms:
-    extra = f'  {ratios[name]:.2f}x the default' if name in ratios else ''
-    print(f'{name:15s} {milliseconds[name]:7.3f} ms per batch of {shape}  (compile {compile_seconds[name]:.1f} s)'
-          f'{extra}')
+  for name in times:
+    extra = f'  {ratios[name]:.2f}x its default' if name in ratios else ''
+    compiled = f'  (compile {compile_seconds[name]:.1f} s)' if name in compile_seconds else ''
+    print(f'{name:26s} {milliseconds[name]:7.3f} ms per batch of {shape}{compiled}{extra}')
+  for name in ratios:
+    if name.endswith('/ fpclass'):
+      print(f'{name}: {ratios[name]:.2f}x')
   print(f'randaugment / default: {ratios["randaugment"]:.2f}x (target <= 1.3x)')
+  per_op = _per_op(images, arms['randaugment'], args.rounds) if args.per_op else {}
+  for name, ms in per_op.items():
+    print(f'  policy alone, every image {name:13s} {ms:7.3f} ms')
   if args.out:
     result = dict(milliseconds_per_batch=milliseconds, ratio_to_default=ratios, compile_seconds=compile_seconds,
                   batch_shape=list(shape), settings={name: dataclasses.asdict(cfg) for name, cfg in arms.items()},
+                  policy_alone_per_op_milliseconds=per_op or None, torch=_torch_version(torch_arms),
                   rounds=args.rounds, calls_per_round=args.calls, backend=jax.default_backend(),
                   device=jax.devices()[0].device_kind, machine=f'{platform.processor() or platform.machine()}, '
                   f'{os.cpu_count()} cores', load_average=os.getloadavg(), jax=jax.__version__,
                   date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                   command=' '.join(['python', 'bench/randaugment.py', *sys.argv[1:]]))
     args.out.write_text(json.dumps(result, indent=2) + '\n')
+
+
+def _torchvision_arms(config) -> dict:
+  """torchvision v2 pipelines on one uint8 (C, H, W) image: the default augmentation, then with each policy."""
+  try:
+    from torchvision.transforms import v2
+  except ImportError:
+    return {}
+  a = config.augment
+  flip, jitter = v2.RandomHorizontalFlip(a.hflip), v2.ColorJitter(brightness=a.brightness, contrast=a.contrast)
+  return {'torchvision default': v2.Compose([flip, jitter]),
+          'torchvision randaugment': v2.Compose([flip, v2.RandAugment(), jitter]),
+          'torchvision trivialaugment': v2.Compose([flip, v2.TrivialAugmentWide(), jitter])}
+
+
+def _torch_version(torch_arms) -> str | None:
+  if not torch_arms:
+    return None
+  import torch
+  import torchvision
+  return f'torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads'
+
+
+def _per_op(images, cfg, rounds: int) -> dict[str, float]:
+  """Milliseconds per batch of the policy alone, jitted and vmapped, with every image drawing op k in each slot."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from fpclass.train import randaugment
+  policy = jax.jit(jax.vmap(lambda image, u: randaugment.apply_policy(image, u, cfg)))
+  result = {}
+  for k, name in enumerate(randaugment.OPS):
+    draws = np.full((images.shape[0], randaugment.num_slots(cfg), randaugment.DRAWS_PER_OP), 0.25, np.float32)
+    draws[..., 0] = (k + 0.5) / len(randaugment.OPS)
+    u = jnp.asarray(draws.reshape(images.shape[0], -1))
+    jax.block_until_ready(policy(images, u))
+    calls = []
+    for _ in range(rounds * 5):
+      start = time.perf_counter()
+      jax.block_until_ready(policy(images, u))
+      calls.append(time.perf_counter() - start)
+    result[name] = 1e3 * statistics.median(calls)
+  return result
 
 
 if __name__ == '__main__':
