@@ -68,36 +68,24 @@ def main():
     compile_seconds[name] = time.perf_counter() - start
     for i in range(3):
       jax.block_until_ready(step(images, jax.random.key(i), cfg))
-  round_ratios = {name: [] for name in arms if name != 'default'}
+  # Each ratio: (numerator arm, denominator arm), taken per round.
+  ratio_of = {name: (name, 'default') for name in arms if name != 'default'}
+  ratio_of.update({name: (name, 'torchvision default') for name in torch_arms if name != 'torchvision default'})
+  ratio_of.update({f'torchvision {name} / fpclass': (f'torchvision {name}', name) for name in arms
+                   if f'torchvision {name}' in torch_arms})
+  round_ratios = {name: [] for name in ratio_of}
   for r in range(args.rounds):
     medians = {}
     for name, cfg in arms.items():
-      calls = []
-      for i in range(args.calls):
-        key = jax.random.fold_in(jax.random.key(1), r * args.calls + i)
-        start = time.perf_counter()
-        jax.block_until_ready(step(images, key, cfg))
-        calls.append(time.perf_counter() - start)
-      times[name] += calls
-      medians[name] = statistics.median(calls)
+      keys = [jax.random.fold_in(jax.random.key(1), r * args.calls + i) for i in range(args.calls)]
+      times[name] += _seconds(lambda i, cfg=cfg, keys=keys: jax.block_until_ready(step(images, keys[i], cfg)),
+                              args.calls)
+      medians[name] = statistics.median(times[name][-args.calls:])
     for name, transform in torch_arms.items():
-      calls = []
-      for _ in range(args.calls):
-        start = time.perf_counter()
-        [transform(image) for image in torch_batch]
-        calls.append(time.perf_counter() - start)
-      times[name] += calls
-      medians[name] = statistics.median(calls)
-    for name in arms:
-      if name != 'default':
-        round_ratios[name].append(medians[name] / medians['default'])
-    for name in torch_arms:
-      if name != 'torchvision default':
-        round_ratios.setdefault(name, []).append(medians[name] / medians['torchvision default'])
-    for name in ('randaugment', 'trivialaugment'):
-      if f'torchvision {name}' in torch_arms:
-        round_ratios.setdefault(f'torchvision {name} / fpclass', []).append(
-            medians[f'torchvision {name}'] / medians[name])
+      times[name] += _seconds(lambda i, transform=transform: [transform(image) for image in torch_batch], args.calls)
+      medians[name] = statistics.median(times[name][-args.calls:])
+    for name, (numerator, denominator) in ratio_of.items():
+      round_ratios[name].append(medians[numerator] / medians[denominator])
   milliseconds = {name: 1e3 * statistics.median(t) for name, t in times.items()}
   ratios = {name: statistics.median(r) for name, r in round_ratios.items()}
   for name in times:
@@ -158,13 +146,19 @@ def _per_op(images, cfg, rounds: int) -> dict[str, float]:
     draws[..., 0] = (k + 0.5) / len(randaugment.OPS)
     u = jnp.asarray(draws.reshape(images.shape[0], -1))
     jax.block_until_ready(policy(images, u))
-    calls = []
-    for _ in range(rounds * 5):
-      start = time.perf_counter()
-      jax.block_until_ready(policy(images, u))
-      calls.append(time.perf_counter() - start)
-    result[name] = 1e3 * statistics.median(calls)
+    result[name] = 1e3 * statistics.median(_seconds(lambda i, u=u: jax.block_until_ready(policy(images, u)),
+                                                    rounds * 5))
   return result
+
+
+def _seconds(call, n: int) -> list[float]:
+  """Wall seconds of `call(i)` for i in 0..n-1, each to completion (the caller blocks on device work)."""
+  seconds = []
+  for i in range(n):
+    start = time.perf_counter()
+    call(i)
+    seconds.append(time.perf_counter() - start)
+  return seconds
 
 
 if __name__ == '__main__':

@@ -116,13 +116,15 @@ def _source_starts(name: str, p: np.ndarray, height: int, width: int) -> np.ndar
   torchvision's order of operations, so the shift kernels read whole numbers and every backend and batching
   picks the same pixel at a half-pixel tie."""
   f = np.float32
+  x = np.arange(width, dtype=f)[None, :] - f((width - 1) / 2.0)
+  y = np.arange(height, dtype=f)[:, None] - f((height - 1) / 2.0)
+  source_col = np.round((x * p[0] + y * p[1] + p[2] + f(1.0)) * f(width / 2.0) - f(0.5))
+  source_row = np.round((x * p[3] + y * p[4] + p[5] + f(1.0)) * f(height / 2.0) - f(0.5))
   starts = np.zeros(max(height, width), np.float32)
   if name in ('ShearX', 'TranslateX'):
-    y = np.arange(height, dtype=f) - f((height - 1) / 2.0)
-    starts[:height] = np.round((f(-(width - 1) / 2.0) * p[0] + y * p[1] + p[2] + f(1.0)) * f(width / 2.0) - f(0.5))
+    starts[:height] = source_col[:, 0]
   elif name in ('ShearY', 'TranslateY'):
-    x = np.arange(width, dtype=f) - f((width - 1) / 2.0)
-    starts[:width] = np.round((x * p[3] + f(-(height - 1) / 2.0) * p[4] + p[5] + f(1.0)) * f(height / 2.0) - f(0.5))
+    starts[:width] = source_row[0, :]
   return starts
 
 
