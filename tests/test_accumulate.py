@@ -1,8 +1,6 @@
 """Gradient accumulation (config.train.accumulate_steps): k micro-batches make one optimizer update equal to one
 step of their union, the schedule counts updates, cycles end with the epoch, and a run killed in the middle of
 a cycle resumes bit for bit."""
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +13,9 @@ from fpclass.errors import RunInterrupted
 from fpclass.modes.runner import run
 from fpclass.train import accumulation, ema, optim
 from fpclass.train import task as task_lib
-from fpclass.train.engine import Engine
 from tests.conftest import load_config
 from tests.test_ema import _restore_last
+from tests.test_signals import sigterm_after_step
 
 # The digits CNN at 8x8 without batch norm, dropout or augmentation: then a batch's gradient is the mean of its
 # images' and k micro-batches must update as their union does. A cosine schedule with a warmup epoch, so the
@@ -118,19 +116,7 @@ def test_a_run_killed_in_the_middle_of_a_cycle_resumes_bit_for_bit(tmp_path, mon
   config = tiny(**{'train.batch_size': 479, 'train.accumulate_steps': 2, 'model.batch_norm': True,
                    'train.ema_decay': 0.5, 'train.epochs': 2})
   run('train', config, tmp_path / 'unbroken')
-  real_progress = Engine._progress
-  epochs_begun = []
-
-  def progress(self, m, epoch, steps, solo):
-    bar, show = real_progress(self, m, epoch, steps, solo)
-    epochs_begun.append(steps)
-
-    def step_done(done, metrics):
-      show(done, metrics)
-      if done == 1 and len(epochs_begun) == 2:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return bar, step_done
-  monkeypatch.setattr(Engine, '_progress', progress)
+  sigterm_after_step(monkeypatch, step=1, epoch=2)
   with pytest.raises(RunInterrupted, match=r'stopped after step 1 of 3 in epoch 2'):
     run('train', config, tmp_path / 'resumed')
   monkeypatch.undo()

@@ -40,20 +40,25 @@ def unbroken(tmp_path_factory):
   return workdir
 
 
-def test_sigterm_in_the_middle_of_an_epoch_resumes_from_the_next_step(unbroken, tmp_path, monkeypatch):
+def sigterm_after_step(monkeypatch, step: int, epoch: int) -> None:
+  """Delivers a real SIGTERM to this process once step `step` of epoch `epoch` is done (until monkeypatch undoes it)."""
   real_progress = Engine._progress
   epochs_begun = []
 
-  def progress(self, m, epoch, steps, solo):  # a real SIGTERM to this process, delivered after step 5 of epoch 2
-    bar, show = real_progress(self, m, epoch, steps, solo)
+  def progress(self, m, epoch_now, steps, solo):
+    bar, show = real_progress(self, m, epoch_now, steps, solo)
     epochs_begun.append(steps)
 
     def step_done(done, metrics):
       show(done, metrics)
-      if done == 5 and len(epochs_begun) == 2:
+      if done == step and len(epochs_begun) == epoch:
         os.kill(os.getpid(), signal.SIGTERM)
     return bar, step_done
   monkeypatch.setattr(Engine, '_progress', progress)
+
+
+def test_sigterm_in_the_middle_of_an_epoch_resumes_from_the_next_step(unbroken, tmp_path, monkeypatch):
+  sigterm_after_step(monkeypatch, step=5, epoch=2)
   with pytest.raises(RunInterrupted, match=r'SIGTERM: stopped after step 5 of 90 in epoch 2; saved in .*interrupted'):
     run('train', tiny(2), tmp_path)
   assert list(history(tmp_path)['epoch']) == [1]
