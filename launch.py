@@ -10,21 +10,17 @@ misspelt key is an error. See README.md for the modes and what a run writes.
 import atexit
 import os
 import pathlib
-import re
 import signal
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from fpclass.errors import RunInterrupted, UserInputError
-from fpclass.modes import MODES
+from fpclass.modes import MODES, command_line
 
 WORKDIR_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'workdir.py'
 
-config_flags.DEFINE_config_file('config', None, 'task config, e.g. configs/footprint.py:exp4; optional for the modes '
-                                'that read a trained workdir (its metadata.json holds the training config)',
-                                lock_config=True)
+command_line.define_config_flag(flags.FLAGS)
 flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md')
 flags.DEFINE_enum('mode', 'train', list(MODES), '; '.join(f'{k}: {v.help}' for k, v in MODES.items()))
 flags.DEFINE_bool('apply', False, '--mode clean only: move the files clean leaves out into <workdir>/quarantine '
@@ -34,31 +30,11 @@ FLAGS = flags.FLAGS
 
 
 def parse_flags(argv):
-  """absl's parser, with every config problem as a one-line error naming the flag, not a traceback.
-
-  config_flags raises AttributeError/KeyError for an override naming no key, embeds a traceback in a
-  config file's own ValueError, and reports a missing file only when the config is first read.
-  """
-  argv = with_workdir_config(argv)
+  """absl's parser, with every config problem as a one-line error naming the flag, not a traceback."""
   try:
-    args = FLAGS(argv)
-    if FLAGS.config is not None:
-      FLAGS.config.get('name')  # the first read loads the file, so a missing one fails here
-    return args
-  except (AttributeError, KeyError) as e:
-    hint = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').split()).strip('"\'')
-    found = re.search(r'instead of "([^"]+)"', hint) or re.search(r"'([^']+)'", hint)
-    key = found.group(1) if found else hint
-    bad = [a.split('=')[0] for a in argv if a.startswith('--config.') and key in a.split('=')[0].split('.')]
-    suggestion = re.search(r'Did you mean .*', hint)
-    _fail(f'{bad[0] if bad else "--config"}: no such config key'
-          + (f'. {suggestion.group(0)}' if suggestion else f' ({hint})'))
-  except (flags.Error, ValueError, OSError) as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    detail = lines[-1] if lines else str(e)
-    if 'No such file' in str(e):
-      detail = 'config file not found (' + detail + ')'
-    _fail(f'--config: {detail}' if 'config' in str(e) else detail)
+    return command_line.parse(FLAGS, with_workdir_config(argv))
+  except UserInputError as e:
+    _fail(e)
 
 
 def with_workdir_config(argv):

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpclass.models import model_keys
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -94,7 +96,7 @@ def load_config(spec: str, **overrides):
   module_spec = importlib.util.spec_from_file_location('cfg_' + pathlib.Path(path).stem, REPO / path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  config = model_keys.completed(module.get_config(arg) if arg else module.get_config(), overrides.get('model.name'))
   config.lock()
   for key, value in overrides.items():
     node = config

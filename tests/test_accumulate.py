@@ -98,7 +98,7 @@ def test_the_last_cycle_of_an_epoch_is_shorter_and_bn_sees_every_micro_batch(dig
       assert _max_difference(state.params, before.params) == 0 and _max_difference(state.ema, before.ema) == 0
     else:
       average = ema.update(before.ema, {'params': state.params, 'batch_stats': state.batch_stats},
-                           ema.decay_at(updates[-1], 0.9, True))
+                           1.0 - ema.decay_at(updates[-1], 0.9, True))
       assert _max_difference(state.ema, average) < 1e-6   # outside the jitted step: float32 rounding apart
   assert updates == [0, 1, 1, 2, 3, 3, 4, 4, 5, 6]
   assert accumulation.updates_per_epoch(5, 2) == 3

@@ -130,7 +130,7 @@ assert len(KERAS_PORTS) == 7, KERAS_PORTS
 @pytest.mark.parametrize('name', KERAS_PORTS)
 def test_every_keras_port_documents_the_keras_layer_of_each_feature(name):
   spec = models.get_spec(name)
-  module = importlib.import_module(models._module_class(spec.module).__module__)
+  module = importlib.import_module(models.module_class(spec.module).__module__)
   assert list(module.KERAS_FEATURES) == list(spec.stage_names)
   assert 'KERAS_FEATURES' in module.__doc__
 

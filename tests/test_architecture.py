@@ -152,3 +152,11 @@ def test_the_core_is_grouped_by_stage_and_no_module_is_over_400_lines():
   assert flat == ['__init__.py', 'errors.py', 'fileio.py']
   long = {str(p.relative_to(REPO)): n for p in root.rglob('*.py') if (n := len(p.read_text().splitlines())) > 400}
   assert long == {}
+
+
+def test_the_readme_stays_a_guide_and_the_licence_is_declared():
+  """The README is a newcomer's guide (<= 300 lines; measured tables live in docs/). The code is Apache-2.0,
+  in LICENSE and in pyproject's metadata."""
+  assert len((REPO / 'README.md').read_text().splitlines()) <= 300
+  assert 'Apache License' in (REPO / 'LICENSE').read_text() and 'Version 2.0' in (REPO / 'LICENSE').read_text()
+  assert 'license = "Apache-2.0"' in (REPO / 'pyproject.toml').read_text()

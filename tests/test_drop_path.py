@@ -113,7 +113,7 @@ def traced_drop_paths(model, image_shape, train: bool):
 
 def drop_path_models():
   return sorted(name for name, spec in models.REGISTRY.items()
-                if 'drop_path_rate' in {f.name for f in dataclasses.fields(models._module_class(spec.module))})
+                if 'drop_path_rate' in {f.name for f in dataclasses.fields(models.module_class(spec.module))})
 
 
 def test_every_model_with_a_drop_path_rate_has_a_reference():

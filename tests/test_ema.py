@@ -73,7 +73,7 @@ def test_the_average_matches_timm_model_ema_v3_update_by_update(warmup):
         elif name != 'fc.bias':
           value.copy_(torch.from_numpy(rng.normal(size=value.shape).astype(np.float32)))
     reference.update(model, step=n)
-    average = ema.update(average, _as_tree(model), ema.decay_at(n, 0.6, warmup))
+    average = ema.update(average, _as_tree(model), ema.weight_at(n, 0.6, warmup, planned=12))
     expected = _as_tree(reference.module)
     for group in ('params', 'batch_stats'):
       for name, value in expected[group].items():
@@ -88,11 +88,56 @@ def test_the_average_matches_timm_model_ema_v3_update_by_update(warmup):
 
 
 @pytest.mark.parametrize('warmup', [True, False])
-def test_the_decay_by_update_is_timm_s(warmup):
+def test_the_decay_and_weight_by_update_are_timm_s(warmup):
+  """The decay is timm's get_decay exactly (float64 on the host), and the weight the step uses is timm's
+  float64 1 - decay rounded once to float32 over the planned updates (past a plan still in its warmup, a
+  float32 formula within a few units in the last place)."""
   reference = ModelEmaV3(TinyNet(), decay=0.9998, use_warmup=warmup)
   n = np.arange(0, 3000)
-  ours = np.asarray(jax.vmap(lambda u: ema.decay_at(u, 0.9998, warmup))(n))
-  np.testing.assert_allclose(ours, [reference.get_decay(int(u)) for u in n], rtol=0, atol=2e-7)
+  expected = [reference.get_decay(int(u)) for u in n]
+  assert [ema.decay_at(int(u), 0.9998, warmup) for u in n] == expected
+  timm_weights = np.float32(1.0 - np.asarray(expected))
+  for planned in (2000, 4000):
+    weights = np.asarray(jax.jit(jax.vmap(lambda u, p=planned: ema.weight_at(u, 0.9998, warmup, p)))(n))
+    np.testing.assert_array_equal(weights[:planned + 1], timm_weights[:planned + 1])
+    np.testing.assert_allclose(weights, timm_weights, rtol=1e-6, atol=0)
+
+
+def _averages(weights_of, updates: int, rng):
+  """The average of a random walk of weights (as training moves them) after `updates` updates, by timm's
+  ModelEmaV3 (float32) and by fpclass with the weight sequence `weights_of(n)`; also in float64."""
+  torch.manual_seed(0)
+  model = TinyNet()
+  reference = ModelEmaV3(model, decay=0.9998, use_warmup=False)
+  average = ema.init(_as_tree(model))
+  exact = {k: np.asarray(v, np.float64) for k, v in _as_tree(model)['params'].items()}
+  update = jax.jit(ema.update)
+  for n in range(1, updates + 1):
+    with torch.no_grad():
+      for value in model.parameters():
+        value.add_(torch.from_numpy(rng.normal(scale=0.05, size=value.shape).astype(np.float32)))
+    reference.update(model, step=n)
+    average = update(average, _as_tree(model), weights_of(n))
+    w = 1.0 - ema.decay_at(n, 0.9998, False)
+    exact = {k: exact[k] + w * (np.asarray(v, np.float64) - exact[k]) for k, v in _as_tree(model)['params'].items()}
+  timm = _as_tree(reference.module)['params']
+  ours = {k: np.asarray(v, np.float64) for k, v in average['params'].items()}
+  return ours, timm, exact
+
+
+def test_over_2000_updates_the_average_stays_within_float32_noise_of_timm_s():
+  """timm's own float32 average strays from the float64 one by its rounding noise; fpclass's stays within
+  twice that of timm's, and taking 1 - decay in float32 on the device (the old way) does not."""
+  def spread(a, b):
+    return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)))) for k in a)
+
+  ours, timm, exact = _averages(lambda n: ema.weight_at(n, 0.9998, False, 2000), 2000, np.random.default_rng(0))
+  noise = spread(timm, exact)
+  assert spread(ours, timm) <= 2 * noise, (spread(ours, timm), noise)
+  # The planted mutation: the weight as 1 - float32(decay), on the device.
+  device_weight = lambda n: jnp.where(n <= 1, 1.0, 1.0 - jnp.float32(0.9998))  # noqa: E731
+  old, timm, _ = _averages(device_weight, 2000, np.random.default_rng(0))
+  assert spread(old, timm) > 4 * noise, (spread(old, timm), noise)
 
 
 def test_a_bad_setting_names_its_key():

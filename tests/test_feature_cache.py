@@ -66,7 +66,8 @@ def test_keras_vgg16_feature_extraction_through_launch(tmp_path, pets):
 
 def resnet18_config(root, weights, **overrides):
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{
-      'data.root': str(root), 'model.pretrained': str(weights), 'model.name': 'resnet18', 'train.batch_size': 8,
+      'data.root': str(root), 'model.pretrained': str(weights), 'model.name': 'resnet18', 'model.freeze_till': -1,
+      'train.batch_size': 8,
       'train.tensorboard': False, **AUGMENT_OFF, **overrides})
   with config.unlocked():
     config.model.top_dropout = 0.5

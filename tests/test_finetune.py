@@ -76,7 +76,7 @@ def test_footprint_transfer_without_internet_names_the_flag(tmp_path, monkeypatc
 
 
 def test_head_only_trains_just_the_last_layer_of_a_source_classifier():
-  config = load_config('configs/footprint.py:resnet18', **{'model.name': 'alexnet'})
+  config = load_config('configs/footprint.py:resnet18', **{'model.name': 'alexnet', 'model.freeze_till': -1})
   labels = optim.param_groups(config.model)
   params = {'features_0': {'kernel': 0}, 'classifier_1': {'kernel': 0}, 'classifier_4': {'bias': 0},
             'classifier_6': {'kernel': 0}}

@@ -121,7 +121,12 @@ def test_a_second_identical_job_compiles_almost_nothing_beside_a_second_process(
   # The workdir keeps each mode's latest job: the training job's phases beside evaluate's, in both files.
   assert set(evaluated['modes']) == {'train', 'evaluate'} and evaluated['modes']['evaluate']['mode'] == 'evaluate'
   assert evaluated['modes']['train']['rows'] and evaluated['modes']['evaluate']['rows']
-  assert '| phase | --mode train | --mode evaluate |' in (workdir / 'report.md').read_text()
+  evaluated_report = (workdir / 'report.md').read_text()
+  assert '| phase | --mode train | --mode evaluate |' in evaluated_report
+  for mode in ('train', 'evaluate'):   # one line per mode, with its own figures
+    job = evaluated['modes'][mode]
+    assert (f'- `--mode {mode}` on cpu: {job["total_seconds"]:.1f} s wall' in evaluated_report
+            and f'XLA compiled {job["programs_compiled"]} programs' in evaluated_report), evaluated_report
 
 
 def test_a_gpu_plugin_without_a_gpu_device_falls_back_to_the_cpu_with_one_line(monkeypatch, capsys):

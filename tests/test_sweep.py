@@ -156,7 +156,8 @@ def test_repeated_seeds_of_any_config_on_its_holdout(tmp_path):
 
 def test_a_bad_variant_key_names_the_flag(tmp_path):
   config = load_config('configs/digits.py:quick', **{'sweep.variants': ('a: model.dropot=0.1',)})
-  with pytest.raises(UserInputError, match=r"config.sweep.variants \(a\): config.model.dropot is not a field of"):
+  with pytest.raises(UserInputError, match=r"config.sweep.variants \(a\): config.model.dropot is not a key of model 'footprint_cnn' "
+                                           r"\(did you mean dropout\?\)"):
     run_sweep(config, tmp_path)
   config = load_config('configs/digits.py:quick', **{'sweep.variants': ('b: train.lerning_rate=0.1',)})
   with pytest.raises(UserInputError, match=r"config.sweep.variants \(b\): 'train.lerning_rate' is not a config key"):

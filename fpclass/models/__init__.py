@@ -111,7 +111,7 @@ def create_model(model_cfg, num_classes: int, dtype=None) -> nn.Module:
   """
   spec = get_spec(model_cfg.name)
   kwargs = {k: v for k, v in model_cfg.items() if k not in LOADING_KEYS}
-  module_fields = {f.name for f in dataclasses.fields(_module_class(spec.module))} - set(NOT_CONFIG_FIELDS)
+  module_fields = {f.name for f in dataclasses.fields(module_class(spec.module))} - set(NOT_CONFIG_FIELDS)
   unknown = sorted(set(kwargs) - module_fields)
   if unknown:
     raise UserInputError(f'config.model.{unknown[0]} is not a field of model {spec.name!r}; its fields are '
@@ -128,7 +128,7 @@ def create_model(model_cfg, num_classes: int, dtype=None) -> nn.Module:
   return spec.module(num_outputs=num_outputs(model_cfg, num_classes), **kwargs)
 
 
-def _module_class(module):
+def module_class(module):
   return getattr(module, 'func', module)
 
 

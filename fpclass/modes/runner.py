@@ -13,6 +13,7 @@ from fpclass import fileio
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
+from fpclass.models import model_keys
 from fpclass.modes import MODES, mode_function
 from fpclass.runtime import process, report, sharding, timings, validation, workdir_lock
 
@@ -35,6 +36,7 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
       if sharding.process_count() > 1 and not MODES[mode].multi_process:
         raise UserInputError(f'--mode {mode} runs on one process; this job has {sharding.process_count()} '
                              '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
+      config = model_keys.completed(config)   # every key of its model, as launch.py builds it
       validation.validate(config)
       workdir = pathlib.Path(workdir)
       if fileio.is_primary():
@@ -85,24 +87,26 @@ def _reports_time(mode: str) -> bool:
 def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: process.ProcessSettings) -> None:
   """timings.json and report.md's 'Where the time went' section. The file's top level is the job that ran
   last in `workdir` (with the process settings it ran under); `modes` keeps the latest job of each mode, so
-  the training job's phases stay beside those of the modes run on its workdir later."""
+  the training job's phases stay beside those of the modes run on its workdir later. The section has one
+  line per mode, then their phases side by side."""
   summary = dict(mode=mode, backend=jax.default_backend(), settings=settings.as_dict(), **clock.summary())
   modes = {**_stored_modes(pathlib.Path(workdir) / TIMINGS), mode: summary}
   fileio.write_json(pathlib.Path(workdir) / TIMINGS, dict(summary, modes=modes))
-  rows = [dict(phase=r['phase'], seconds=r['seconds'],
-               xla=f'{r["compiled"]} compiled ({r["compile_seconds"]:.2f} s), {r["loaded"]} from cache '
-                   f'({r["load_seconds"]:.2f} s)')
-          for r in summary['rows']]
+  names = sorted(modes, key=lambda m: (m != 'train', m))
   report.write_section(workdir, TIME_SECTION, '\n'.join([
       '## Where the time went', '',
-      f'`--mode {mode}` on {summary["backend"]}: {summary["total_seconds"]:.1f} s wall, of which '
-      f'{summary["outside_epochs_seconds"]:.1f} s outside the training epochs. XLA compiled '
-      f'{summary["programs_compiled"]} programs ({summary["compile_seconds"]:.1f} s) and loaded '
-      f'{summary["programs_loaded"]} from the persistent compilation cache. Each phase\'s seconds exclude the '
-      'phases nested in it; start-up runs from the process\'s start (interpreter, imports, flags, settings).', '',
-      report.table(rows, ['phase', 'seconds', 'xla']), '',
-      *(_modes_table(modes) if len(modes) > 1 else []),
+      'The latest job of each mode run on this workdir. Each phase\'s seconds exclude the phases nested in it; '
+      'start-up runs from the process\'s start (interpreter, imports, flags, settings).', '',
+      *[_mode_line(m, modes[m]) for m in names], '',
+      *_modes_table(modes, names),
       f'Machine-readable: [{TIMINGS}]({TIMINGS}).']))
+
+
+def _mode_line(mode: str, job: dict) -> str:
+  return (f'- `--mode {mode}` on {job.get("backend", "?")}: {job["total_seconds"]:.1f} s wall, of which '
+          f'{job["outside_epochs_seconds"]:.1f} s outside the training epochs; XLA compiled '
+          f'{job["programs_compiled"]} programs ({job["compile_seconds"]:.1f} s) and loaded '
+          f'{job["programs_loaded"]} from the persistent compilation cache.')
 
 
 def _stored_modes(path: pathlib.Path) -> dict:
@@ -119,16 +123,14 @@ def _stored_modes(path: pathlib.Path) -> dict:
   return {stored['mode']: stored} if 'mode' in stored and 'rows' in stored else {}
 
 
-def _modes_table(modes: dict) -> list[str]:
-  """Seconds per phase (rows) and mode (columns), the training job first: every mode run on this workdir."""
-  names = sorted(modes, key=lambda m: (m != 'train', m))
+def _modes_table(modes: dict, names: list[str]) -> list[str]:
+  """Seconds per phase (rows) and mode (columns), the training job first."""
   phases = list(dict.fromkeys(r['phase'] for m in names for r in modes[m]['rows']))
   seconds = {m: {r['phase']: r['seconds'] for r in modes[m]['rows']} for m in names}
   rows = [dict(phase=phase, **{f'--mode {m}': f'{seconds[m][phase]:.2f}' if phase in seconds[m] else ''
                                for m in names}) for phase in phases]
   rows.append(dict(phase='total', **{f'--mode {m}': f'{modes[m]["total_seconds"]:.2f}' for m in names}))
-  return ['The latest job of each mode run on this workdir, seconds per phase:', '',
-          report.table(rows, ['phase', *[f'--mode {m}' for m in names]]), '']
+  return [report.table(rows, ['phase', *[f'--mode {m}' for m in names]]), '']
 
 
 def _out_of_memory(error: Exception, mode: str) -> UserInputError | None:

@@ -14,7 +14,6 @@ the config itself is the one variant, so `--mode sweep` on any config gives mean
 A relaunch skips variants whose experiment.json matches the config (an interrupted variant is retrained).
 Multi-label models are scored by mAP and macro F1 at 0.5 (`sweep_report.model_scores`).
 """
-import copy
 import dataclasses
 import hashlib
 import json
@@ -30,12 +29,12 @@ from tqdm.auto import tqdm
 from fpclass import fileio
 from fpclass.analysis import calibration, sweep_report
 from fpclass.config.inputs import AugmentSettings
-from fpclass.config.schema import base_config
 from fpclass.config.settings import ConfigError
 from fpclass.config.variants import parse_variant
 from fpclass.data import pipeline, stream
 from fpclass.errors import UserInputError
 from fpclass.infer.calibrate_models import calibrate
+from fpclass.models import model_keys
 from fpclass.models.heads import head_of
 from fpclass.runtime import report, sharding
 from fpclass.runtime.sharding import DataParallel
@@ -67,24 +66,27 @@ class Variant:
 
 
 def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:
-  """`config` with `changes` ({dotted key: value}) applied. A key must exist, except a model field: the fields
-  under config.model are the model's own (another model has others), and `validate` checks them by name.
-  Changing model.name starts the model section from the schema's, as a config file does for another model."""
-  out = copy.deepcopy(config)
-  if 'model.name' in changes and changes['model.name'] != out.model.name:
-    with out.unlocked():
-      out.model = base_config().model
+  """`config` with `changes` ({dotted key: value}) applied; every key must exist. Changing model.name starts
+  the model section from the new model's keys (`fpclass.models.model_keys`), as the command line does."""
+  try:
+    out = model_keys.completed(config, changes.get('model.name'))
+  except UserInputError as e:
+    raise UserInputError(f'{where}: {e}') from None
   for key, value in changes.items():
     *parents, leaf = key.split('.')
     node = out
     try:
       for p in parents:
         node = node[p]
-      if leaf not in node and parents != ['model']:
+      if leaf not in node:
         raise KeyError(leaf)
+      if isinstance(value, (list, tuple)) and isinstance(node[leaf], (list, tuple)):
+        value = type(node[leaf])(value)   # a ConfigDict field keeps its sequence type
       with node.unlocked():
-        node[leaf] = list(value) if isinstance(value, list) else value
+        node[leaf] = value
     except (KeyError, AttributeError):
+      if parents == ['model']:
+        raise UserInputError(f'{where}: {model_keys.unknown_key(out.model.name, leaf)}') from None
       raise UserInputError(f'{where}: {key!r} is not a config key') from None
     except TypeError as e:
       raise UserInputError(f'{where}: {key}={value!r}: {e}') from None

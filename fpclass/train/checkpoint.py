@@ -27,6 +27,7 @@ from flax import traverse_util
 from fpclass import __version__, fileio
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
+from fpclass.models import model_keys
 from fpclass.models.heads import head_of
 from fpclass.train import orbax_quiet
 
@@ -289,7 +290,7 @@ def check_resume(workdir, metadata: dict, config_dict: dict) -> None:
   """Refuses to continue a run in `workdir` under a config that would change what it trains. A key that the
   run's version did not have yet (config.train.ema_decay, for a run from before it) counts as equal when it
   is at its default, which keeps the behaviour of the versions before it."""
-  stored = traverse_util.flatten_dict(metadata['config'], sep='.')
+  stored = _stored_with_model_defaults(metadata)
   defaults = traverse_util.flatten_dict(config_as_json(base_config()), sep='.')
   for key, value in traverse_util.flatten_dict(config_dict, sep='.').items():
     if key not in stored and key in defaults and _normal(value) == _normal(defaults[key]):
@@ -303,7 +304,7 @@ def check_resume(workdir, metadata: dict, config_dict: dict) -> None:
 def check_restorable(workdir, metadata: dict, config_dict: dict) -> None:
   """Refuses to restore a checkpoint into a model or input other than the one it was trained as,
   naming each differing key and the value stored at training."""
-  stored = traverse_util.flatten_dict(metadata['config'], sep='.')
+  stored = _stored_with_model_defaults(metadata)
   current = traverse_util.flatten_dict(config_dict, sep='.')
   diffs = [f'--config.{key}={_tuples(_normal(current.get(key, "<absent>")))!r} (trained with '
            f'{_tuples(_normal(stored[key]))!r})'
@@ -313,6 +314,17 @@ def check_restorable(workdir, metadata: dict, config_dict: dict) -> None:
     raise UserInputError(f'{workdir}: these overrides change the trained model or its input: '
                          + '; '.join(diffs[:10]) + '. Leave them out: without --config, the workdir\'s '
                          f'{METADATA} supplies the training config.')
+
+
+def _stored_with_model_defaults(metadata: dict) -> dict:
+  """The stored training config, flattened, with every key of its model (a run from before the model section
+  held them all kept the defaults of the ones it lacks)."""
+  stored = traverse_util.flatten_dict(metadata['config'], sep='.')
+  name = stored.get('model.name')
+  if name is not None:
+    for key, value in model_keys.model_keys(name).items():
+      stored.setdefault(f'model.{key}', list(value) if isinstance(value, tuple) else value)
+  return stored
 
 
 def config_differences_keys(stored: dict, current: dict, only) -> list[str]:
@@ -330,7 +342,7 @@ def stored_config(workdir):
                          'this --workdir first')
   config = base_config()
   _update(config, metadata['config'], free=('model',))
-  return config
+  return model_keys.completed(config)
 
 
 def _update(node, values: dict, free=(), path=''):

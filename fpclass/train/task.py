@@ -61,6 +61,7 @@ class Task:
   repeat_rgb: bool = False       # repeat one grayscale channel to the 3 an RGB model expects
   ema_decay: float = 0.0         # > 0: the state keeps an average of the variables (`fpclass.train.ema`)
   ema_warmup: bool = True
+  ema_updates: int = 0           # the optimizer updates the phase plans: the host-side table of EMA weights
   accumulate_steps: int = 1      # > 1: `tx` is wrapped by `fpclass.train.accumulation.accumulate`
 
   def model_input_shape(self, image_shape) -> tuple:
@@ -143,8 +144,8 @@ class Task:
   def _averaged(self, state: TrainState):
     """The state's average after this step: moved once per optimizer update, to the updated weights and the
     current batch statistics (timm updates its ModelEmaV3 after each optimizer step)."""
-    moved = ema.update(state.ema, {'params': state.params, 'batch_stats': state.batch_stats},
-                       ema.decay_at(self.optimizer_updates(state), self.ema_decay, self.ema_warmup))
+    weight = ema.weight_at(self.optimizer_updates(state), self.ema_decay, self.ema_warmup, self.ema_updates)
+    moved = ema.update(state.ema, {'params': state.params, 'batch_stats': state.batch_stats}, weight)
     if self.accumulate_steps == 1:
       return moved
     updated = state.opt_state.mini_step == 0   # this micro-batch completed a cycle
@@ -286,9 +287,10 @@ def build_task(config, class_names, train_labels, steps_per_epoch: int, backend:
   extras = averaging_and_accumulation(config.train)
   k = extras['accumulate_steps']
   # The schedule counts optimizer updates: ceil(steps / k) of them per epoch (fpclass.train.accumulation).
-  tx = optim.make_optimizer(config.train, accumulation.updates_per_epoch(steps_per_epoch, k),
-                            optim.param_groups(config.model))
+  updates = accumulation.updates_per_epoch(steps_per_epoch, k)
+  tx = optim.make_optimizer(config.train, updates, optim.param_groups(config.model))
   return Task(model=model, tx=accumulation.accumulate(tx, steps_per_epoch, k), **extras,
+              ema_updates=updates * int(config.train.epochs),
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=AugmentSettings.from_config(config.augment),
               head=head_of(config), num_classes=len(class_names),
