@@ -123,7 +123,7 @@ def fpclass_arm(args, recipe: str, cache: bool) -> dict:
   import pandas as pd
 
   from fpclass.modes.train import train
-  from fpclass.runtime.validation import validate
+  from fpclass.train.validation import validate
   spec = RECIPES[recipe]
   size = getattr(args, spec['size'])
   path, _, arg = spec['config'].partition(':')

@@ -82,6 +82,67 @@ def import_violations(package_root) -> list[str]:
   return violations
 
 
+# The stage packages, bottom to top: a package imports only those before it (and the foundations, errors and
+# fileio). docs/architecture.md draws the graph this gives (`package_graph`).
+STAGES = ('config', 'runtime', 'data', 'models', 'analysis', 'train', 'infer', 'search', 'serve', 'modes')
+FOUNDATIONS = ('errors', 'fileio')
+
+
+def package_of(module: str) -> str:
+  parts = module.split('.')
+  return parts[1] if len(parts) > 1 else ''
+
+
+def package_edges(package_root) -> dict[tuple[str, str], list[str]]:
+  """(importing package, imported package) -> the module imports behind it, between different packages."""
+  edges: dict = {}
+  for name, imported in module_graph(package_root).items():
+    for other in imported:
+      a, b = package_of(name), package_of(other)
+      if a != b and a and b not in FOUNDATIONS + ('',):   # '': the fpclass package itself
+        edges.setdefault((a, b), []).append(f'{name} -> {other}')
+  return edges
+
+
+def upward_imports(package_root) -> list[str]:
+  """Every import of a package that sits at or above the importer in STAGES (or is not a stage at all)."""
+  order = {name: i for i, name in enumerate(STAGES)}
+  bad = []
+  for (a, b), imports in sorted(package_edges(package_root).items()):
+    if a in FOUNDATIONS:
+      bad += imports   # the foundations import no stage
+    elif a not in order or b not in order or order[b] >= order[a]:
+      bad += imports
+  return bad
+
+
+def test_the_stage_packages_import_only_downwards():
+  assert upward_imports(REPO / 'fpclass') == []
+
+
+def test_the_stage_rule_catches_a_planted_upward_import(tmp_path):
+  shutil.copytree(REPO / 'fpclass', tmp_path / 'fpclass', ignore=shutil.ignore_patterns('__pycache__', 'static'))
+  engine = tmp_path / 'fpclass' / 'train' / 'engine.py'
+  engine.write_text(engine.read_text() + '\nfrom fpclass.infer import inference  # noqa\n')
+  assert 'fpclass.train.engine -> fpclass.infer.inference' in upward_imports(tmp_path / 'fpclass')
+  assert all(v.startswith('fpclass.train.engine -> fpclass.infer') for v in upward_imports(tmp_path / 'fpclass'))
+
+
+def package_graph(package_root) -> str:
+  """The stage graph as a mermaid flowchart, one line per package with what it imports."""
+  edges = package_edges(package_root)
+  lines = ['flowchart BT']
+  for package in STAGES:
+    below = sorted({b for a, b in edges if a == package}, key=STAGES.index)
+    lines.append(f'  {package}' + (f' --> {" & ".join(below)}' if below else ''))
+  return '\n'.join(lines)
+
+
+def test_the_architecture_page_draws_the_graph_the_code_has():
+  """docs/architecture.md's stage graph is this one (regenerate it with `python -m tests.test_architecture`)."""
+  assert f'```mermaid\n{package_graph(REPO / "fpclass")}\n```' in (REPO / 'docs' / 'architecture.md').read_text()
+
+
 def test_no_mode_imports_another_and_the_core_imports_no_mode():
   assert import_violations(REPO / 'fpclass') == []
 
@@ -160,3 +221,7 @@ def test_the_readme_stays_a_guide_and_the_licence_is_declared():
   assert len((REPO / 'README.md').read_text().splitlines()) <= 300
   assert 'Apache License' in (REPO / 'LICENSE').read_text() and 'Version 2.0' in (REPO / 'LICENSE').read_text()
   assert 'license = "Apache-2.0"' in (REPO / 'pyproject.toml').read_text()
+
+
+if __name__ == '__main__':
+  print(package_graph(REPO / 'fpclass'))

@@ -13,10 +13,10 @@ from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.runtime.validation import validate
 from fpclass.train import checkpoint, ema
 from fpclass.train import task as task_lib
 from fpclass.train.axis import LoopAxis
+from fpclass.train.validation import validate
 from tests.conftest import load_config, torchvision_weights
 
 # The digits CNN at 8x8 with batch norm, so the average covers BN statistics too; a constant schedule (a

@@ -9,7 +9,7 @@ import pytest
 from fpclass.analysis import explain_figures
 from fpclass.errors import UserInputError
 from fpclass.modes import explain
-from fpclass.runtime.validation import validate
+from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import QUICK, launch, load_config
 

@@ -14,6 +14,7 @@ from jax import lax
 
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
+from fpclass.infer import export as export_core
 from fpclass.modes import export as export_mode
 from fpclass.train.task import build_task
 from tests.conftest import QUICK, load_config
@@ -72,7 +73,7 @@ def batch_of(artifact: dict, images):
 ], ids=['footprint_cnn', 'resnet18', 'keras_vgg16'])
 def test_exported_artifacts_equal_fpclass_logits(tmp_path, name, image_size, channels, fields):
   task, variables = random_model(name, image_size, channels, **fields)
-  written = export_mode.export_model(task, variables, (*image_size, channels), tmp_path,
+  written = export_core.export_model(task, variables, (*image_size, channels), tmp_path,
                                      description={'class_names': list(CLASSES), 'model': name})
   images = np.random.default_rng(7).integers(0, 256, (3, *image_size, channels), dtype=np.uint8)
   predict = jax.jit(task.predict)
@@ -126,10 +127,10 @@ def test_a_model_that_cannot_be_exported_names_the_op_and_leaves_no_file(tmp_pat
   folder = tmp_path / 'export'
   with pytest.raises(UserInputError, match=r"model.onnx: jax2onnx cannot convert the op 'pad' of this model "
                                            r'with batch size 2 \(NotImplementedError: lax.pad with interior'):
-    export_mode.export_model(Upsampler(), {'params': {'scale': jnp.ones(())}}, (6, 4, 1), folder, batch_size=2)
+    export_core.export_model(Upsampler(), {'params': {'scale': jnp.ones(())}}, (6, 4, 1), folder, batch_size=2)
   assert not folder.exists() or not any(folder.iterdir())
   # The same model exports to StableHLO, which has no such gap.
-  written = export_mode.export_model(Upsampler(), {'params': {'scale': jnp.ones(())}}, (6, 4, 1), folder,
+  written = export_core.export_model(Upsampler(), {'params': {'scale': jnp.ones(())}}, (6, 4, 1), folder,
                                      formats=('stablehlo',))
   assert sorted(p.name for p in folder.iterdir()) == ['model.jax_export', 'model.json']
   assert run_jax_export(written['stablehlo'], np.ones((2, 6, 4, 1), np.uint8)).shape == (2, 2)

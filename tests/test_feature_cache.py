@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from fpclass.errors import UserInputError
-from fpclass.runtime.validation import validate
 from fpclass.train import feature_cache
 from fpclass.train.task import build_task
+from fpclass.train.validation import validate
 from tests.conftest import launch, load_config
 from tests.test_recipes import pet_images
 from tests.transfer_weights import write_keras_weights

@@ -13,8 +13,7 @@ from timm.optim import param_groups_layer_decay
 
 from fpclass import models
 from fpclass.errors import UserInputError
-from fpclass.runtime import validation
-from fpclass.train import layer_decay, optim
+from fpclass.train import layer_decay, optim, validation
 from fpclass.train.engine import phase_config
 from tests.conftest import load_config
 

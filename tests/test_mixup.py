@@ -14,9 +14,9 @@ from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.models.preprocessing import Normalisation
 from fpclass.modes.runner import run
-from fpclass.runtime.validation import validate
 from fpclass.train import augment
 from fpclass.train import task as task_lib
+from fpclass.train.validation import validate
 from tests.conftest import launch, load_config
 from tests.test_feature_cache import AUGMENT_OFF
 

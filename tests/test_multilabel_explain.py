@@ -13,9 +13,9 @@ import pytest
 from flax import traverse_util
 
 from fpclass.analysis import cam
-from fpclass.analysis.explainer import build_explainer
 from fpclass.config.outputs import ExplainSettings
 from fpclass.data import pipeline
+from fpclass.infer.explainer import build_explainer
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import PERTURBATION_PREFIX

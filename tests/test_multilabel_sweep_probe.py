@@ -23,6 +23,7 @@ from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import pooled_features
 from fpclass.infer.inference import load_trained
+from fpclass.models import probe_backbones
 from fpclass.modes import probe as probe_mode
 from fpclass.modes.sweep import run_sweep
 from fpclass.train import checkpoint
@@ -126,7 +127,7 @@ def test_the_probe_is_scikit_learns_one_vs_rest_logistic_regression(probe_run, m
   config = load_config(MULTILABEL.split('=', 1)[1], **PROBE)
   decoded = pipeline.decode_source(config, progress=False)
   images, labels, ids, _ = probe_mode.labelled_set(decoded)
-  (backbone,) = pooled_features.parse_backbones(config)
+  (backbone,) = probe_backbones.parse_backbones(config)
   found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   assert found.cached   # written by the launch
   position = {image_id: i for i, image_id in enumerate(ids)}

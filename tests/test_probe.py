@@ -27,9 +27,10 @@ from fpclass.config.outputs import ProbeSettings
 from fpclass.data import pipeline, splits
 from fpclass.errors import UserInputError
 from fpclass.infer import pooled_features
+from fpclass.models import probe_backbones
 from fpclass.modes import probe as probe_mode
 from fpclass.modes.runner import run
-from fpclass.runtime.validation import validate
+from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import launch, load_config
 from tests.parity import randomise_torch_bn
@@ -121,7 +122,7 @@ def test_tables_plot_and_report_agree_with_the_predictions(probe_run):
 def test_features_match_torchvision_and_the_fit_matches_logistic_regression_cv(probe_run):
   config = probe_run.config()
   images, labels, _, _ = probe_mode.labelled_set(pipeline.decode_source(config, progress=False))
-  backbone = pooled_features.parse_backbones(config)[1]
+  backbone = probe_backbones.parse_backbones(config)[1]
   found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   assert found.cached   # written by the launch, another process
 
@@ -190,7 +191,7 @@ def test_a_second_run_reuses_the_features_and_other_pixels_do_not(probe_run, tmp
 
   config = probe_run.config()
   images, _, _, _ = probe_mode.labelled_set(pipeline.decode_source(config, progress=False))
-  backbone = pooled_features.parse_backbones(config)[1]
+  backbone = probe_backbones.parse_backbones(config)[1]
   original = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   # Other pixels, another entry: here every image mirrored, which the flip TTA check below needs anyway.
   mirrored = np.ascontiguousarray(images[:, :, ::-1])

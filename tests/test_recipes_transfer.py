@@ -5,8 +5,8 @@ and 003 here; 002 and 004 in test_recipes_transfer_pets.py (two files, so two te
 import numpy as np
 import pytest
 
-from fpclass.runtime.validation import validate
 from fpclass.train import optim
+from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import launch, load_config
 from tests.test_recipes import check_common_outputs, param_count

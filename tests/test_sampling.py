@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from fpclass.errors import UserInputError
-from fpclass.runtime.validation import validate
 from fpclass.train.sampling import class_balanced_order, epoch_order
+from fpclass.train.validation import validate
 from tests.conftest import load_config
 
 

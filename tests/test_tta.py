@@ -24,6 +24,7 @@ from fpclass.modes import predict as predict_mode
 from fpclass.train import augment
 from fpclass.train.loop_state import LoopState
 from fpclass.train.task import build_task
+from fpclass.train.validation import validate
 from tests.conftest import QUICK, launch, load_config
 
 AUGMENT = dict(hflip=0.5, rotation=20.0, translate=0.1, brightness=0.3, contrast=0.3)
@@ -114,10 +115,10 @@ def test_tta_logits_give_back_the_blend_for_both_heads():
 def test_tta_settings_are_checked():
   config = load_config('configs/digits.py:quick', **{'submit.tta': -1})
   with pytest.raises(UserInputError, match='config.submit.tta='):
-    tta.check_settings(config)
+    validate(config)
   config = load_config('configs/digits.py:quick', **{'predict.tta_beta': 1.5})
   with pytest.raises(UserInputError, match='config.predict.tta_beta'):
-    tta.check_settings(config)
+    validate(config)
   config = load_config('configs/digits.py:quick', **{'predict.tta': 2, 'submit.tta': 3})
   with pytest.raises(UserInputError, match='differ'):
     tta.calibration_settings(config)

@@ -5,5 +5,5 @@ dataclass (`settings.py`), grouped by the stage that reads it: `inputs.py` (deco
 (train, eval, sweep) and `outputs.py` (the modes that read a trained run); `variants.py` parses a sweep's
 variants. Import from the module that defines a name: this package file stays empty, so importing one section
 costs no more than that section. Checks that need other packages (a known model, optimizer or source) live in
-`fpclass.runtime.validation`, which runs once per launch.
+`fpclass.train.validation`, which runs once per launch.
 """

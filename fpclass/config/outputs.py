@@ -45,7 +45,7 @@ class PredictSettings(Settings):
   calibrated: bool = True          # apply the temperature and threshold stored by --mode calibrate, if any
   explain: bool = False            # also write one Grad-CAM overlay PNG per image under predict_explain/
   batch_size: int = 0              # 0 -> config.eval.batch_size
-  # Test-time augmentation as fastai's Learner.tta (fpclass.infer.tta, which checks these three): this many
+  # Test-time augmentation as fastai's Learner.tta (fpclass.infer.tta): this many
   # passes with the run's own config.augment, blended with the plain pass on probabilities (0: off).
   tta: int = 0
   tta_beta: float = 0.25           # the plain pass's weight in the blend (fastai's beta)
@@ -54,6 +54,8 @@ class PredictSettings(Settings):
   def check(self):
     self.require('batch_size', self.batch_size >= 0, '>= 0 (0: config.eval.batch_size)')
     self.require('output', bool(self.output) and '/' not in self.output, 'a file name inside --workdir')
+    self.require('tta', self.tta >= 0, 'the number of augmented passes, a whole number >= 0 (0: off)')
+    self.require('tta_beta', 0.0 <= self.tta_beta <= 1.0, "the plain pass's weight, in [0, 1]")
 
 
 LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '::1')
@@ -176,6 +178,8 @@ class SubmitSettings(Settings):
   def check(self):
     for name in ('filename', 'probabilities_filename'):
       self.require(name, bool(getattr(self, name)) and '/' not in getattr(self, name), 'a file name inside --workdir')
+    self.require('tta', self.tta >= 0, 'the number of augmented passes, a whole number >= 0 (0: off)')
+    self.require('tta_beta', 0.0 <= self.tta_beta <= 1.0, "the plain pass's weight, in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

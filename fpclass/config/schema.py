@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Every typed section, in schema order; `fpclass.runtime.validation` checks each once per launch.
+# Every typed section, in schema order; `fpclass.train.validation` checks each once per launch.
 SETTINGS = (DecodeSettings, LabelSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
             LrFindSettings)

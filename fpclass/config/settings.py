@@ -12,7 +12,7 @@ import ml_collections
 
 
 class ConfigError(ValueError):
-  """A config value that fails its section's check; the message names the key (`fpclass.runtime.validation`
+  """A config value that fails its section's check; the message names the key (`fpclass.train.validation`
   reports it as a UserInputError)."""
 
 

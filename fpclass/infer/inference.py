@@ -68,7 +68,7 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
     raise UserInputError(f'{workdir}: no trained run here ({checkpoint.METADATA} is missing); '
                          'run --mode train with this --workdir first')
   checkpoint.check_restorable(workdir, metadata, checkpoint.config_as_json(config))
-  kind = kind or config.train.select_checkpoint  # checked by fpclass.runtime.validation
+  kind = kind or config.train.select_checkpoint  # checked by fpclass.train.validation
   class_names = tuple(metadata['class_names'])
   task = build_task(config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
   height, width = metadata['image_size']

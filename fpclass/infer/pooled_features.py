@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from fpclass import fileio, models
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
+from fpclass.models.probe_backbones import Backbone
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import feed
 from fpclass.train.steps import CompiledSteps
@@ -30,45 +31,12 @@ FOLDER = 'probe_features'
 
 
 @dataclasses.dataclass(frozen=True)
-class Backbone:
-  """One entry of config.probe.backbones."""
-  name: str        # the registered model
-  weights: str     # '' (random init), a named weights set of the model, or a file
-  label: str       # how tables name it: the model's name, or 'name=weights' when the model is listed twice
-
-
-@dataclasses.dataclass(frozen=True)
 class Features:
   values: np.ndarray     # (N, D) float32
   seconds: float         # this run's seconds for them (loading the cache, or the whole pass)
   cached: bool           # read from the cache
   pass_seconds: float    # the pass's own seconds (weights, init, compile and forward), when it ran
   path: pathlib.Path
-
-
-def valid_backbones() -> list[str]:
-  models.get_spec('footprint_cnn')   # imports every family, so the registry is complete
-  return sorted(name for name, spec in models.REGISTRY.items() if spec.pretrained)
-
-
-def parse_backbones(config) -> list[Backbone]:
-  """The configured backbones, checked: registered pretrained models, no entry twice. One model may be listed
-  with different weights (random init against ImageNet, say)."""
-  default = str(config.model.get('pretrained', '') or '')
-  valid = valid_backbones()
-  parsed = []
-  for entry in config.probe.backbones:
-    name, _, weights = str(entry).partition('=')
-    name, weights = name.strip(), weights.strip() or default
-    if name not in valid:
-      raise UserInputError(f'config.probe.backbones: {name!r} is not a registered backbone with pretrained '
-                           f'weights; choose from {valid}')
-    if (name, weights) in parsed:
-      raise UserInputError(f'config.probe.backbones: {name}={weights or "(random init)"} is listed twice')
-    parsed.append((name, weights))
-  names = [name for name, _ in parsed]
-  return [Backbone(name, weights, name if names.count(name) == 1 else
-                   f'{name}={pathlib.Path(weights).name if weights else "random"}') for name, weights in parsed]
 
 
 def backbone_config(config, backbone: Backbone) -> ml_collections.ConfigDict:

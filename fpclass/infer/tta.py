@@ -57,12 +57,6 @@ class TTA:
     return f'test-time augmentation: {how} {self.passes} augmented passes'
 
 
-def check_settings(config) -> None:
-  """The TTA keys of config.submit and config.predict (fpclass.runtime.validation calls this once per launch)."""
-  TTA.from_section(config.submit, 'submit')
-  TTA.from_section(config.predict, 'predict')
-
-
 def calibration_settings(config) -> TTA:
   """The TTA that --mode calibrate (and a sweep's calibration) fits on: that of config.submit or
   config.predict, whichever is on; both on must agree, since one stored temperature serves both."""

@@ -22,10 +22,10 @@ import pandas as pd
 from fpclass import fileio
 from fpclass.analysis import cam, explain_figures, multilabel_metrics
 from fpclass.analysis.calibration import Decision
-from fpclass.analysis.explainer import build_explainer
 from fpclass.config.outputs import ExplainSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
+from fpclass.infer.explainer import build_explainer
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk, predictions_frame, tags_text
 from fpclass.runtime import report

@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from fpclass import fileio
 from fpclass.analysis.calibration import Decision
-from fpclass.analysis.explainer import build_explainer, overlay_rgb, save_png
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ExplainSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
+from fpclass.infer.explainer import build_explainer, overlay_rgb, save_png
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import tags_text
 from fpclass.runtime import report

@@ -22,6 +22,7 @@ from fpclass.data import multilabel_splits, pipeline, splits
 from fpclass.errors import UserInputError
 from fpclass.infer import pooled_features
 from fpclass.infer.predictions import tags_text
+from fpclass.models import probe_backbones
 from fpclass.runtime import report
 
 METRICS = ('accuracy', 'macro_f1', 'log_loss')
@@ -67,11 +68,11 @@ def outer_folds(labels: np.ndarray, config, class_names=None) -> list[linear_pro
 def probe(config, workdir) -> pd.DataFrame:
   workdir = pathlib.Path(workdir)
   settings = ProbeSettings.from_config(config.probe)
-  backbones = pooled_features.parse_backbones(config)
+  backbones = probe_backbones.parse_backbones(config)
   if not backbones:
     raise UserInputError('config.probe.backbones is empty: list the backbones to screen, e.g. '
                          "--config.probe.backbones=\"('resnet50', 'vit_b16')\"; registered: "
-                         f'{pooled_features.valid_backbones()}')
+                         f'{probe_backbones.valid_backbones()}')
   start = time.perf_counter()
   workdir.mkdir(parents=True, exist_ok=True)
   decoded = pipeline.decode_source(config)

@@ -15,7 +15,8 @@ from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import model_keys
 from fpclass.modes import MODES, mode_function
-from fpclass.runtime import process, report, sharding, timings, validation, workdir_lock
+from fpclass.runtime import process, report, sharding, timings, workdir_lock
+from fpclass.train import validation
 
 TIMINGS = 'timings.json'
 TIME_SECTION = '90-time'

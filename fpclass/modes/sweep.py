@@ -38,7 +38,6 @@ from fpclass.models import model_keys
 from fpclass.models.heads import head_of
 from fpclass.runtime import report, sharding
 from fpclass.runtime.sharding import DataParallel
-from fpclass.runtime.validation import validate
 from fpclass.train import axis, checkpoint, feature_cache, member_store, memory_plan, optim
 from fpclass.train import members as members_lib
 from fpclass.train.axis import Split
@@ -47,6 +46,7 @@ from fpclass.train.members import Member, MemberResult
 from fpclass.train.records import MemoryRecord, StopOnSignals
 from fpclass.train.shared_work import SharedWork
 from fpclass.train.task import Normalisation, build_task, common_batch
+from fpclass.train.validation import validate
 
 EXPERIMENT_FILE = 'experiment.json'
 # Keys that do not change what a finished variant trained, so its results are reused across them.

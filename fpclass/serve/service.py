@@ -24,12 +24,12 @@ import numpy as np
 from PIL import Image
 
 from fpclass.analysis.calibration import Decision
-from fpclass.analysis.explainer import build_explainer, overlay_rgb
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ExplainSettings, ServeSettings
 from fpclass.errors import UserInputError
-from fpclass.infer.batches import in_fixed_batches
+from fpclass.infer.explainer import build_explainer, overlay_rgb
 from fpclass.infer.inference import Trained, load_trained
+from fpclass.train.batches import in_fixed_batches
 
 STATIC = pathlib.Path(__file__).resolve().parent / 'static'
 UNIDENTIFIED = 'not an image Pillow can identify'

@@ -19,10 +19,10 @@ import optax
 from fpclass import models
 from fpclass.config.inputs import AugmentSettings
 from fpclass.errors import UserInputError
-from fpclass.infer.batches import in_fixed_batches
 from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
 from fpclass.models.preprocessing import Normalisation
 from fpclass.train import accumulation, augment, ema, optim, precision
+from fpclass.train.batches import in_fixed_batches
 
 MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
 

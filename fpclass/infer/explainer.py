@@ -13,8 +13,8 @@ from fpclass import fileio, models
 from fpclass.analysis import cam, explain_figures
 from fpclass.config.outputs import ExplainSettings
 from fpclass.errors import UserInputError
-from fpclass.infer.batches import in_fixed_batches
 from fpclass.train import checkpoint
+from fpclass.train.batches import in_fixed_batches
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fpclass.config.schema import SETTINGS
 from fpclass.config.settings import ConfigError
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer import pooled_features, tta
+from fpclass.models import probe_backbones
 from fpclass.train import feature_cache, optim, precision, steps, task
 
 
@@ -30,9 +30,8 @@ def validate(config) -> None:
   steps.check_loop(config.train.loop)
   task.averaging_and_accumulation(config.train)
   feature_cache.check_setting(config)
-  pooled_features.parse_backbones(config)
+  probe_backbones.parse_backbones(config)
   task.model_input(config)
-  tta.check_settings(config)
   if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
     raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '
                          f'a pretrained model with stages; {config.model.name!r} has none')

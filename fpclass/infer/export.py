@@ -1,0 +1,296 @@
+"""A trained model's inference function as ONNX and as a serialized `jax.export` (StableHLO) artifact, with the
+preprocessing inside the graph, each checked against fpclass's own predictions before it is kept.
+
+- `model.onnx`: converted with jax2onnx and checked with onnxruntime. Its metadata_props carry the class names
+  (JSON) and how to read the output.
+- `model.jax_export`: `jax.export.Exported.serialize()` bytes; `jax.export.deserialize(data).call(images)`
+  runs it with no fpclass code, on CPU or CUDA.
+- `model.json`: the class names, the input and output contract, the stored calibration and each artifact.
+
+A multi-label model exports its K logits: class k is predicted when sigmoid(logit k) reaches its threshold,
+stored in model.json (`calibration.thresholds`) and the ONNX metadata_props (`thresholds`, JSON by class).
+Design notes: docs/modules.md (`fpclass/infer/export.py`).
+"""
+import contextlib
+import io
+import json
+import logging
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import jaxpr_as_fun
+
+from fpclass import fileio
+from fpclass.analysis.calibration import Decision
+from fpclass.errors import UserInputError
+
+ONNX_FILE, JAX_EXPORT_FILE, DESCRIPTION_FILE = 'model.onnx', 'model.jax_export', 'model.json'
+INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
+# Exported programs run where these lower; the traced computation is plain XLA, valid on each.
+JAX_PLATFORMS = ('cpu', 'cuda')
+TOLERANCE = 1e-4  # the check after writing, relative to the largest logit; tests hold parity to 1e-5
+
+
+def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 'stablehlo'), batch_size: int = 0,
+                 description: dict | None = None) -> dict:
+  """Writes `task`'s inference function with `variables` ({'params', 'batch_stats'}) in `formats`, plus
+  model.json, into `folder`; returns {format: path}, model.json under 'description'."""
+  folder = pathlib.Path(folder)
+  description = dict(description or {})
+  num_classes = task.num_classes
+  names = description.setdefault('class_names', [str(i) for i in range(num_classes)])
+  if len(names) != num_classes:
+    raise ValueError(f'{len(names)} class names for a model of {num_classes} classes')
+  if task.head == 'multilabel':
+    _describe_thresholds(description, names)
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+
+  def forward(images_u8):  # the weights become constants of the exported graph
+    return task.predict(params, batch_stats, images_u8)
+
+  forward_jit = jax.jit(forward)
+  description.update(
+      input={'name': INPUT_NAME, 'dtype': 'uint8', 'layout': 'NHWC', 'shape': ['batch', *image_shape],
+             'note': 'decoded pixels 0..255, resized to height x width; scaling and normalisation run '
+                     'inside the graph'},
+      output={'name': OUTPUT_NAME, 'head': task.head,
+              'shape': ['batch', 1 if task.head == 'sigmoid' else num_classes],
+              'note': _output_note(task.head)},
+      artifacts={})
+  probe = _probe_images(image_shape)
+  # fpclass's own answer, from its usual jitted predict (weights as arguments, as evaluation runs it).
+  expected = np.asarray(jax.jit(task.predict)(params, batch_stats, probe))
+  written = {}
+  if 'onnx' in formats:  # first: the conversion most likely to fail, before anything else is written
+    path, info = export_onnx(forward, image_shape, batch_size, folder / ONNX_FILE, probe, expected, description)
+    written['onnx'], description['artifacts']['onnx'] = path, info
+  if 'stablehlo' in formats:
+    path, info = export_jax(forward_jit, image_shape, batch_size, folder / JAX_EXPORT_FILE, probe, expected)
+    written['stablehlo'], description['artifacts']['stablehlo'] = path, info
+  written['description'] = folder / DESCRIPTION_FILE
+  fileio.write_json(written['description'], description)
+  return written
+
+
+def _output_note(head: str) -> str:
+  """How to read the exported logits, for model.json and the ONNX metadata."""
+  if head == 'multilabel':
+    return ('logits, one per class; probabilities are sigmoid(logit) per class, independently, and a class is '
+            'predicted when its probability is at least its threshold (thresholds, by class name)')
+  return (('logits; probabilities are sigmoid(logit / T) for the second class' if head == 'sigmoid'
+           else 'logits; probabilities are softmax(logits / T)')
+          + ', T the calibration temperature (1 when uncalibrated)')
+
+
+def _describe_thresholds(description: dict, class_names) -> None:
+  """Completes a multi-label description's `calibration` with one threshold per class, in class order: the
+  stored ones (`--mode calibrate`, by class name), 0.5 for a class with none, as `Decision` decides."""
+  calibration = description['calibration'] = dict(description.get('calibration') or {})
+  stored = calibration.get('thresholds') or {}
+  decision = Decision.from_stored('multilabel', {'thresholds': stored}, class_names)
+  calibration['thresholds'] = dict(zip(class_names, map(float, decision.label_thresholds(len(class_names)))))
+  calibration['thresholds_source'] = '--mode calibrate' if stored else 'default 0.5 (not calibrated)'
+
+
+def _probe_images(image_shape, n: int = 2) -> np.ndarray:
+  """Fixed random images the written files are checked on."""
+  return np.random.default_rng(0).integers(0, 256, (n, *image_shape), dtype=np.uint8)
+
+
+def input_spec(image_shape, batch_size: int) -> jax.ShapeDtypeStruct:
+  batch = batch_size or jax.export.symbolic_shape('batch')[0]
+  return jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
+
+
+def _check_images(images: np.ndarray, batch_size: int) -> np.ndarray:
+  """The probe images a fixed-batch artifact accepts: the first `batch_size`, repeated as needed."""
+  if not batch_size:
+    return images
+  return np.resize(images, (batch_size, *images.shape[1:]))
+
+
+def _check(name: str, got: np.ndarray, expected: np.ndarray) -> float:
+  """The largest difference from fpclass's logits; an error when it is over TOLERANCE (relative)."""
+  got = np.asarray(got)
+  if got.shape != expected.shape:
+    raise UserInputError(f'{name}: the exported model returns shape {got.shape}, fpclass {expected.shape}')
+  difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
+  scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+  if not difference <= TOLERANCE * scale:
+    raise UserInputError(f'{name}: the exported model differs from fpclass by {difference:.3g} on the check '
+                         f'images (tolerance {TOLERANCE * scale:.3g}); nothing was written')
+  return difference
+
+
+# -- jax.export (StableHLO) ------------------------------------------------------------------------------
+
+def export_jax(forward_jit, image_shape, batch_size: int, path: pathlib.Path, probe, expected) -> tuple:
+  start = time.perf_counter()
+  try:
+    exported = jax.export.export(forward_jit, platforms=JAX_PLATFORMS)(input_spec(image_shape, batch_size))
+    data = exported.serialize()
+  except Exception as e:  # noqa: BLE001 - any lowering failure is reported with what failed
+    raise UserInputError(f'{path.name}: jax.export cannot export this model: {_one_line(e)}') from None
+  images = _check_images(probe, batch_size)
+  with fileio.atomic_path(path) as tmp:
+    tmp.write_bytes(data)
+    # Checked from the written bytes, as a user would load them.
+    reloaded = jax.export.deserialize(bytearray(tmp.read_bytes()))
+    difference = _check(path.name, reloaded.call(images), _expected(expected, batch_size))
+  return path, {'file': path.name, 'format': 'jax.export serialized (StableHLO)', 'platforms': list(JAX_PLATFORMS),
+                'batch_size': batch_size or 'any', 'check_max_abs_difference': difference,
+                'seconds': round(time.perf_counter() - start, 2),
+                'load': 'jax.export.deserialize(open(path, "rb").read()).call(images_uint8)'}
+
+
+def _expected(expected: np.ndarray, batch_size: int) -> np.ndarray:
+  return np.resize(expected, (batch_size, *expected.shape[1:])) if batch_size else expected
+
+
+# -- ONNX ---------------------------------------------------------------------------------------------------
+
+def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe, expected, description) -> tuple:
+  jax2onnx, onnx, ort = _onnx_modules()
+  start = time.perf_counter()
+  note = None
+  try:
+    model = _convert(jax2onnx, forward, image_shape, batch_size)
+  except ConversionError as e:
+    if batch_size or not e.symbolic:
+      raise UserInputError(f'{path.name}: {e}') from None
+    # A converter that cannot take the symbolic batch dimension: the file gets a fixed batch of 1.
+    note = f'a fixed batch of 1: {e}'
+    batch_size = 1
+    try:
+      model = _convert(jax2onnx, forward, image_shape, batch_size)
+    except ConversionError as e2:
+      raise UserInputError(f'{path.name}: {e2}; a symbolic batch dimension failed too') from None
+  for key, value in _onnx_metadata(description, batch_size).items():
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+  images = _check_images(probe, batch_size)
+  with fileio.atomic_path(path) as tmp:
+    onnx.save_model(model, str(tmp))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # jax2onnx's stamped shapes make onnxruntime warn while it merges them
+    session = ort.InferenceSession(str(tmp), options, providers=['CPUExecutionProvider'])
+    difference = _check(path.name, session.run([OUTPUT_NAME], {INPUT_NAME: images})[0],
+                        _expected(expected, batch_size))
+    if not batch_size:  # the symbolic batch also runs at another size
+      _check(path.name, session.run([OUTPUT_NAME], {INPUT_NAME: images[:1]})[0], expected[:1])
+  info = {'file': path.name, 'format': f'ONNX (opset {_opset(model)})', 'batch_size': batch_size or 'any',
+          'check_max_abs_difference': difference, 'seconds': round(time.perf_counter() - start, 2),
+          'load': 'onnxruntime.InferenceSession(path).run(["logits"], {"images": images_uint8})'}
+  if note:
+    info['note'] = note
+    print(f'note: {path.name} has {note}; set --config.export.batch_size for another fixed size')
+  return path, info
+
+
+class ConversionError(Exception):
+  """jax2onnx failed; `symbolic` says whether the batch dimension was symbolic."""
+
+  def __init__(self, message: str, symbolic: bool):
+    super().__init__(message)
+    self.symbolic = symbolic
+
+
+def _convert(jax2onnx, forward, image_shape, batch_size: int):
+  """The ONNX ModelProto of `forward`'s traced jaxpr, or a ConversionError naming the op that failed."""
+  spec = input_spec(image_shape, batch_size)
+  # Traced by JAX itself, before jax2onnx patches anything: the jaxpr is exactly what fpclass runs.
+  closed = jax.make_jaxpr(forward)(spec)
+  run = jaxpr_as_fun(closed)
+  try:
+    # Some converters print debugging lines, and onnx_ir warns about every shape it leaves unstamped.
+    with contextlib.redirect_stdout(io.StringIO()), _quiet('onnx_ir'):
+      return jax2onnx.to_onnx(lambda images: run(images)[0], [spec], model_name='fpclass',
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+  except Exception as e:  # noqa: BLE001 - any converter failure is reported with the op it failed on
+    op = _failing_op(e.__traceback__)
+    where = f'the op {op!r}' if op else 'an op'
+    batch = 'a symbolic batch dimension' if not batch_size else f'batch size {batch_size}'
+    raise ConversionError(f'jax2onnx cannot convert {where} of this model with {batch} '
+                          f'({_first_sentence(e)})', symbolic=not batch_size) from None
+
+
+def _failing_op(traceback) -> str | None:
+  """The innermost jaxpr equation jax2onnx was converting when it failed (e.g. 'pad'), from its frames."""
+  op = None
+  while traceback is not None:
+    eqn = traceback.tb_frame.f_locals.get('eqn')
+    primitive = getattr(eqn, 'primitive', None)
+    if primitive is not None:
+      op = getattr(primitive, 'name', str(primitive))
+    traceback = traceback.tb_next
+  return op
+
+
+def _onnx_metadata(description: dict, batch_size: int) -> dict:
+  calibration = description.get('calibration') or {}
+  return {'class_names': json.dumps(description['class_names']), 'fpclass_model': str(description.get('model', '')),
+          'input': f'{INPUT_NAME}: uint8 NHWC {description["input"]["shape"][1:]}, batch '
+                   f'{batch_size or "any"}; normalisation inside the graph',
+          'output': f'{OUTPUT_NAME}: {description["output"]["note"]}',
+          'temperature': json.dumps(calibration.get('temperature')),
+          'threshold': json.dumps(calibration.get('threshold')),
+          'checkpoint_epoch': json.dumps(description.get('epoch')),
+          **({'head': 'multilabel', 'thresholds': json.dumps(calibration['thresholds'])}
+             if description['output']['head'] == 'multilabel' else {})}
+
+
+def _opset(model) -> int | None:
+  return next((o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')), None)
+
+
+def _onnx_modules():
+  try:
+    import jax2onnx
+    import onnx
+    import onnxruntime
+  except ImportError as e:
+    raise UserInputError(f'ONNX export needs jax2onnx, onnx and onnxruntime ({e}); install them with '
+                         "pip install 'fpclass[export]', or set --config.export.formats='(\"stablehlo\",)'") from None
+  _load_primitive_converters()
+  return jax2onnx, onnx, onnxruntime
+
+
+def _load_primitive_converters() -> None:
+  """jax2onnx imports every plugin on its first conversion, example models included, some of which
+  compile at import (about 40 s on a 2-core CPU). A traced jaxpr needs only the converters of JAX's own
+  primitives (jax2onnx/plugins/jax, about 3 s), so only those are imported. Another jax2onnx layout
+  falls back to its own full import."""
+  try:
+    from jax2onnx.plugins import plugin_system
+    if not plugin_system._already_imported_plugins:
+      root = pathlib.Path(plugin_system.__file__).parent
+      # Its plugins log a traceback for each optional dependency they miss; those are not ours to fix.
+      with _quiet('jax2onnx'):
+        plugin_system._import_tree(root / 'jax', 'jax2onnx.plugins.jax')
+      plugin_system._already_imported_plugins = True
+  except (ImportError, AttributeError):
+    pass
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+  logger = logging.getLogger(logger_name)
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _first_sentence(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text.split(". ")[0][:200]}' if text else type(error).__name__
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split()) or type(error).__name__
+  return f'{type(error).__name__}: {text[:400]}'
