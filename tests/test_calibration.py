@@ -8,7 +8,7 @@ from fpclass.analysis import calibration, stats
 from fpclass.config.settings import ConfigError
 from fpclass.config.variants import parse_variant, variant_spec
 from fpclass.errors import UserInputError
-from fpclass.modes.sweep import apply_changes
+from fpclass.train.plan import apply_changes
 from tests.conftest import load_config
 
 

@@ -13,7 +13,7 @@ from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.train import checkpoint, ema
+from fpclass.train import batches, checkpoint, ema
 from fpclass.train import task as task_lib
 from fpclass.train.axis import LoopAxis
 from fpclass.train.validation import validate
@@ -191,7 +191,7 @@ def test_each_epoch_is_validated_selected_and_served_with_the_average(unbroken):
     assert val['loss'] == pytest.approx(history['val_loss'][epoch - 1], rel=1e-5)
     own = state if kind == 'last' else None
     if own is not None:   # and not the weights the optimizer updates
-      raw = task_lib.predict_logits(trained.task, own.replace(ema=None), decoded.val.images, 256)
+      raw = batches.predict_logits(trained.task, own.replace(ema=None), decoded.val.images, 256)
       raw_loss = metrics.epoch_metrics(decoded.val.labels, raw, 'softmax', 10)['loss']
       assert abs(raw_loss - history['val_loss'].iloc[-1]) > 1e-4
 

@@ -13,8 +13,9 @@ from fpclass.errors import UserInputError
 from fpclass.infer.calibrate_models import calibrate
 from fpclass.infer.inference import load_trained
 from fpclass.models.heads import probabilities
-from fpclass.modes.sweep import build_variants, run_sweep
+from fpclass.modes.sweep import run_sweep
 from fpclass.train import checkpoint
+from fpclass.train.sweep_plan import build_variants
 from tests import content
 from tests.conftest import launch, load_config
 
@@ -88,6 +89,31 @@ def test_a_kept_fold_model_scores_what_sweep_models_csv_says(sweep_run, monkeypa
   assert row['accuracy'] == pytest.approx(skm.accuracy_score(val.labels, pred.argmax(1)), abs=1e-6)
   assert row['macro_f1'] == pytest.approx(skm.f1_score(val.labels, pred.argmax(1), average='macro'), abs=1e-6)
   assert row['roc_auc'] == pytest.approx(skm.roc_auc_score(val.labels, pred[:, 1]), abs=1e-6)
+
+
+def test_every_member_s_out_of_fold_predictions_give_its_row_of_sweep_models_csv(sweep_run, monkeypatch):
+  """oof_predictions.csv holds each member's probabilities on its own validation fold: every labelled image once
+  per seed, and each (split, seed)'s accuracy and ROC AUC recomputed from it equal sweep_models.csv's; the kept
+  fold-3 model of exp3, restored, predicts the same probabilities."""
+  workdir, env, _ = sweep_run
+  models = pd.read_csv(workdir / 'sweep_models.csv')
+  for variant in ('exp0', 'exp3'):
+    oof = pd.read_csv(workdir / variant / 'oof_predictions.csv', dtype={'id': str, 'label': str})
+    assert len(oof) == 2 * 72 and oof.groupby('seed')['row'].nunique().tolist() == [72, 72]
+    assert np.allclose(oof[['p_0', 'p_1']].sum(axis=1), 1.0)
+    for (split, seed), group in oof.groupby(['split', 'seed']):
+      row = models[(models['experiment'] == variant) & (models['split'] == split) & (models['seed'] == seed)].iloc[0]
+      labels = group['label'].astype(int).to_numpy()
+      assert row['accuracy'] == pytest.approx(np.mean(group[['p_0', 'p_1']].to_numpy().argmax(1) == labels))
+      assert row['roc_auc'] == pytest.approx(skm.roc_auc_score(labels, group['p_1']))
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES, **{'data.fold': 3})
+  val = pipeline.load_dataset(config).val
+  kept = models[(models['experiment'] == 'exp3') & (models['split'] == 3) & models['kept']].iloc[0]
+  oof = pd.read_csv(workdir / 'exp3' / 'oof_predictions.csv', dtype={'id': str})
+  mine = oof[(oof['split'] == 3) & (oof['seed'] == kept['seed'])].set_index('id').loc[list(map(str, val.ids))]
+  restored = load_trained(config, workdir / 'exp3' / 'fold3').probabilities(val.images, 64)
+  np.testing.assert_allclose(mine[['p_0', 'p_1']].to_numpy(), restored, atol=1e-5)
 
 
 def test_relaunch_reuses_finished_variants_and_refuses_a_changed_config(sweep_run, monkeypatch):

@@ -41,7 +41,7 @@ def config_changes(base: ml_collections.ConfigDict, other: ml_collections.Config
   """{dotted key: other's value} where `other` differs from `base`: a whole recipe (another model with its
   own training schedule) as one sweep variant of `base` (`variant_spec`). Keys under `skip` are left out.
   Another model starts from the schema's model section, as a variant that changes model.name does
-  (`fpclass.modes.sweep.apply_changes`), so only what its recipe sets is listed."""
+  (`fpclass.train.plan.apply_changes`), so only what its recipe sets is listed."""
   def flat(node, prefix=''):
     for key, value in node.items():
       if isinstance(value, ml_collections.ConfigDict):

@@ -180,7 +180,7 @@ def device_batches(images: ImageRows, labels, order: np.ndarray, sharding, *, pr
 
 class PaddedChunks:
   """A grain random-access source: element i is images[i * size:(i + 1) * size], zero-padded to `size`
-  rows (the chunks `fpclass.train.task.predict_logits` predicts)."""
+  rows (the chunks `fpclass.train.batches.predict_logits` predicts)."""
 
   def __init__(self, images: ImageRows, size: int):
     self.images, self.size = images, size

@@ -11,9 +11,10 @@ from fpclass.infer import tta
 from fpclass.models.heads import probabilities
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import checkpoint
+from fpclass.train.batches import predict_logits
 from fpclass.train.loop_state import LoopState
 from fpclass.train.steps import CompiledSteps
-from fpclass.train.task import Task, TrainState, build_task, predict_logits
+from fpclass.train.task import Task, TrainState, build_task
 
 
 @dataclasses.dataclass
@@ -45,7 +46,7 @@ class Trained:
 
   def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
              tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:
-    """The logits of `images` in fixed-size batches (`fpclass.train.task.predict_logits`); with `tta_settings` on,
+    """The logits of `images` in fixed-size batches (`fpclass.train.batches.predict_logits`); with `tta_settings` on,
     the TTA logits (`fpclass.infer.tta`), the one place predict, submit and calibrate get them. `first_batch`
     numbers the batches for the augmentation keys when `images` continue an earlier call's."""
     plain = predict_logits(self.task, self.state, images, batch_size, self.predict_fn, chunk)

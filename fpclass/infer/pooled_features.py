@@ -114,7 +114,7 @@ def features(config, backbone: Backbone, images: np.ndarray, class_names, digest
   loaded = transfer.load_pretrained(models.get_spec(backbone.name), model_config.model,
                                     compiled.variable_shapes(image_shape),
                                     fileio.cache_root(config.data.cache_dir))
-  # The key training's init uses (fpclass.modes.train), so a random-init backbone is the one a run would start from.
+  # The key training's init uses (fpclass.train.engine), so a random-init backbone is the one a run would start from.
   variables = compiled.init_variables(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0), image_shape,
                                       loaded)
   state = parallel.replicate(TrainState(step=np.zeros((), np.int32), params=variables['params'],

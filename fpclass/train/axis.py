@@ -41,6 +41,15 @@ class Split:
 
 
 @dataclasses.dataclass
+class TrainData:
+  """The arrays every member's indices point into: a solo run's train and val splits, or a sweep's pool
+  (train and val the same arrays, each member's fold picking its rows)."""
+  class_names: tuple
+  train: Split
+  val: Split
+
+
+@dataclasses.dataclass
 class MemberData:
   """What one member trains and validates on in a phase: the train split its orders index, its own
   validation images (the loop form predicts them), their indices into the val array (the vmap form

@@ -2,7 +2,8 @@
 
 A jitted program compiles once per input shape, so predicting in fixed sizes (the last chunk padded with zeros,
 its padding rows cut from the output) keeps every later call free of compilation. Training's validation pass,
-evaluate, predict, explain and serve all batch through `in_fixed_batches`.
+evaluate, predict, explain and serve all batch through `in_fixed_batches`; `predict_logits` is it over a
+task's own `predict` (any object with `predict(params, batch_stats, images)`, `head` and `num_classes`).
 """
 from collections.abc import Callable, Sequence
 
@@ -35,3 +36,18 @@ def in_fixed_batches(fn: Callable, inputs, sizes: Sequence[int]):
     outs.append((rows, fn(*chunk)))
   outs = [jax.tree_util.tree_map(lambda x, r=rows: np.asarray(x)[:r], jax.device_get(out)) for rows, out in outs]
   return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outs)
+
+
+def predict_logits(task, state, images: np.ndarray, batch_size: int,
+                   predict_fn=None, chunk: int | None = None) -> np.ndarray:
+  """Logits for uint8 images in fixed-size batches (the last one padded), so one compilation serves all.
+
+  The batch is min(batch_size, len(images)), or `chunk` when given: callers that predict several splits
+  pass one chunk for all of them (`fpclass.infer.predictions.prediction_chunk`), so the splits share one
+  compiled program instead of one per split size."""
+  predict_fn = predict_fn or jax.jit(task.predict)
+  n = len(images)
+  if n == 0:
+    return np.zeros((0, 1 if task.head == 'sigmoid' else task.num_classes), np.float32)
+  size = int(chunk) if chunk else min(batch_size, n)
+  return in_fixed_batches(lambda batch: predict_fn(state.params, state.batch_stats, batch), images, (size,))

@@ -45,7 +45,7 @@ ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 
 # The item of a resume point holding the weights the optimizer updates, when the model item is their average.
 ONLINE = 'online'
 # Checkpoints kept per kind: `last` keeps one to fall back on; `interrupted` holds a run stopped by a signal
-# in the middle of an epoch (fpclass.modes.train), until that epoch completes.
+# in the middle of an epoch (fpclass.train.resume), until that epoch completes.
 KEEP = {'last': 2, 'best': 1, 'interrupted': 1}
 
 

@@ -9,7 +9,6 @@ through its train indices. The members share the arrays those indices point into
 form of the model axis (`fpclass.train.axis`) phase by phase: each member enters its fine-tuning phase when
 its own first phase ends. What is kept of each epoch is the record's business (`fpclass.train.records`).
 """
-import dataclasses
 import hashlib
 import math
 import signal
@@ -29,33 +28,16 @@ from fpclass.models import transfer
 from fpclass.runtime import sharding, timings
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import accumulation, feature_cache, optim, progress
-from fpclass.train.axis import LoopAxis, MemberData, Split, VmapAxis
+from fpclass.train.axis import LoopAxis, MemberData, Split, TrainData, VmapAxis
 from fpclass.train.loop_state import LoopState, SelectionRules, epoch_row
 from fpclass.train.members import Member, MemberResult, batch_size_for
 from fpclass.train.progress import phase_end
-from fpclass.train.records import PartialEpoch
+from fpclass.train.records import Start
 from fpclass.train.sampling import batch_order
 from fpclass.train.shared_work import SharedWork
 from fpclass.train.steps import CompiledSteps, resolve_loop
 from fpclass.train.task import build_task
 from fpclass.train.task import class_weights as task_class_weights
-
-
-@dataclasses.dataclass
-class TrainData:
-  """The arrays every member's indices point into: a solo run's train and val splits, or a sweep's pool
-  (train and val the same arrays, each member's fold picking its rows)."""
-  class_names: tuple
-  train: Split
-  val: Split
-
-
-@dataclasses.dataclass
-class Start:
-  """A member resumed from its checkpoints: its loop state, train state and partial epoch."""
-  loop: LoopState
-  state: object
-  partial: PartialEpoch | None = None
 
 
 def phase_config(config, phase: int):

@@ -13,7 +13,7 @@ import numpy as np
 
 from fpclass.data import stream
 from fpclass.data.rows import ImageRows
-from fpclass.train.task import predict_logits as predict_resident
+from fpclass.train.batches import predict_logits as predict_resident
 
 
 class ResidentFeed:
@@ -61,7 +61,7 @@ def train_feed(compiled, split, placed=None):
 
 def predict_logits(compiled, state, images, batch_size: int) -> np.ndarray:
   """Logits of `images` as validation computes them during training: the chunks and program of
-  `fpclass.train.task.predict_logits`, with a streamed split's chunks read ahead on threads."""
+  `fpclass.train.batches.predict_logits`, with a streamed split's chunks read ahead on threads."""
   if not isinstance(images, ImageRows) or len(images) == 0:
     return predict_resident(compiled.task, state, images, batch_size, compiled.predict)
   size = min(batch_size, len(images))

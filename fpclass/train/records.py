@@ -4,7 +4,7 @@
   resumes there), `best` when the monitor improves, metrics.csv once the save is complete, and the
   `interrupted` checkpoint of a run stopped by a signal inside an epoch.
 - `MemoryRecord` (`--mode sweep`): each member's best variables on the device, no files: a sweep keeps
-  its finished members (`fpclass.modes.sweep`), not its epochs.
+  its finished members (`fpclass.train.resume.FinishedMembers`), not its epochs.
 """
 import dataclasses
 import functools
@@ -28,6 +28,14 @@ class PartialEpoch:
   """Where a run stopped by a signal was inside its epoch: the steps done and their metrics."""
   step: int
   step_metrics: list   # one {'loss_sum', 'correct', 'count'} dict of floats per step done
+
+
+@dataclasses.dataclass
+class Start:
+  """A member resumed from its checkpoints: its loop state, train state and partial epoch."""
+  loop: object       # fpclass.train.loop_state.LoopState
+  state: object
+  partial: PartialEpoch | None = None
 
 
 class CheckpointRecord:

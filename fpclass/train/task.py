@@ -22,7 +22,6 @@ from fpclass.errors import UserInputError
 from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
 from fpclass.models.preprocessing import Normalisation
 from fpclass.train import accumulation, augment, ema, optim, precision
-from fpclass.train.batches import in_fixed_batches
 
 MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
 
@@ -297,21 +296,6 @@ def build_task(config, class_names, train_labels, steps_per_epoch: int, backend:
               class_weights=class_weights(config.train.class_weights, class_names, train_labels),
               label_smoothing=float(config.train.label_smoothing), l2=float(config.train.l2),
               l2_params=str(config.train.l2_params))
-
-
-def predict_logits(task: Task, state: TrainState, images: np.ndarray, batch_size: int,
-                   predict_fn=None, chunk: int | None = None) -> np.ndarray:
-  """Logits for uint8 images in fixed-size batches (the last one padded), so one compilation serves all.
-
-  The batch is min(batch_size, len(images)), or `chunk` when given: callers that predict several splits
-  pass one chunk for all of them (`fpclass.modes.evaluate.prediction_chunk`), so the splits share one
-  compiled program instead of one per split size."""
-  predict_fn = predict_fn or jax.jit(task.predict)
-  n = len(images)
-  if n == 0:
-    return np.zeros((0, 1 if task.head == 'sigmoid' else task.num_classes), np.float32)
-  size = int(chunk) if chunk else min(batch_size, n)
-  return in_fixed_batches(lambda batch: predict_fn(state.params, state.batch_stats, batch), images, (size,))
 
 
 def common_batch(batch_size: int, sizes) -> int:

@@ -1,0 +1,82 @@
+"""A run is a plan of members: variants of a config, each trained over its splits x seeds.
+
+`--mode train` is the plan of one member (`solo_plan`: the config's own split and seed, recorded epoch by epoch
+in the workdir itself); `--mode sweep` the plan of `config.sweep.variants` x folds x seeds
+(`fpclass.train.sweep_plan`: each variant in `<workdir>/<variant>/`, its finished members kept, its best seed
+per split an ordinary workdir). A search trial or a refit is a plan too. `fpclass.train.orchestrator.run_plan`
+runs any of them.
+
+A variant is `'name: key=value; key=value'` applied to the given config; with none, the config itself is the
+one variant. Every key a variant changes must exist; changing model.name starts the model section from the new
+model's keys (`fpclass.models.model_keys`), as the command line does.
+"""
+import dataclasses
+
+import ml_collections
+
+from fpclass.analysis import sweep_report
+from fpclass.errors import UserInputError
+from fpclass.models import model_keys
+
+SOLO, EXPERIMENTS = 'solo', 'experiments'
+
+
+@dataclasses.dataclass
+class Variant:
+  name: str
+  changes: dict
+  config: ml_collections.ConfigDict
+
+  def describe(self) -> str:
+    return sweep_report.describe_changes(self.changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What to train and how it is recorded.
+
+  `layout` SOLO: one variant and one member (split config.data.fold, seed config.seed) whose epochs are
+  checkpointed in the workdir itself, so a killed run resumes inside its epoch. EXPERIMENTS: each variant's
+  members (its splits x `seeds`) in `<workdir>/<variant>/`, kept as they finish, so a killed plan keeps its
+  finished members; `folds` () means every fold (or the source's own validation split)."""
+  variants: tuple
+  layout: str = SOLO
+  folds: tuple = ()
+  seeds: tuple = (0,)
+
+  @property
+  def solo(self) -> bool:
+    return self.layout == SOLO
+
+
+def solo_plan(config) -> Plan:
+  """`--mode train`: the config as one member, on its own split and seed."""
+  return Plan((Variant('base', {}, config),), SOLO, (int(config.data.fold),), (int(config.seed),))
+
+
+def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:
+  """`config` with `changes` ({dotted key: value}) applied; every key must exist. Changing model.name starts
+  the model section from the new model's keys, as the command line does."""
+  try:
+    out = model_keys.completed(config, changes.get('model.name'))
+  except UserInputError as e:
+    raise UserInputError(f'{where}: {e}') from None
+  for key, value in changes.items():
+    *parents, leaf = key.split('.')
+    node = out
+    try:
+      for p in parents:
+        node = node[p]
+      if leaf not in node:
+        raise KeyError(leaf)
+      if isinstance(value, (list, tuple)) and isinstance(node[leaf], (list, tuple)):
+        value = type(node[leaf])(value)   # a ConfigDict field keeps its sequence type
+      with node.unlocked():
+        node[leaf] = value
+    except (KeyError, AttributeError):
+      if parents == ['model']:
+        raise UserInputError(f'{where}: {model_keys.unknown_key(out.model.name, leaf)}') from None
+      raise UserInputError(f'{where}: {key!r} is not a config key') from None
+    except TypeError as e:
+      raise UserInputError(f'{where}: {key}={value!r}: {e}') from None
+  return out

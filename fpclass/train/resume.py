@@ -1,0 +1,139 @@
+"""Where each member of a plan starts, and where what it trains is kept: the one resume path.
+
+A plan keeps its members in one of two records (`fpclass.train.plan.Plan.layout`):
+- `WorkdirEpochs` (solo): the member's every epoch in the workdir's checkpoint store, the `last` checkpoint with
+  its loop state and the `interrupted` one of a run stopped inside an epoch; a relaunch continues from there,
+  bit for bit. A finished run relaunched with more epochs continues too.
+- `FinishedMembers` (experiments): each member in `<experiment>/members/` once it has finished
+  (`fpclass.train.member_store`); a relaunch keeps those and trains the rest from their start, which is the
+  same training, so the results equal an unbroken run's. A variant whose experiment.json matches the config
+  is finished as a whole.
+Either way a record made under a config that would train something else is refused, naming the differences.
+"""
+import dataclasses
+import json
+import logging
+import pathlib
+
+import jax
+
+from fpclass.errors import UserInputError
+from fpclass.train import checkpoint, member_store, optim
+from fpclass.train.loop_state import LoopState
+from fpclass.train.members import Member
+from fpclass.train.progress import phase_end
+from fpclass.train.records import INTERRUPTED, CheckpointRecord, MemoryRecord, PartialEpoch, Start
+
+EXPERIMENT_FILE = 'experiment.json'
+# Keys that do not change what a finished member or variant trained, so its results are kept across them.
+REUSABLE_CHANGES = ('name', 'eval.', 'submit.', 'data.cache_dir', 'data.decode_workers', 'train.log_every_steps',
+                    'sweep.variants', 'sweep.baseline', 'sweep.model_axis', 'sweep.models_per_chunk',
+                    'sweep.memory_fraction', 'sweep.ece_bins', 'sweep.threshold_metric')
+
+
+class WorkdirEpochs:
+  """A solo member's epochs in the workdir itself (`CheckpointRecord`)."""
+  keeps_finished_members = False
+
+  def __init__(self, workdir, config):
+    self.workdir, self.config = pathlib.Path(workdir), config
+    self.store = checkpoint.CheckpointStore(self.workdir, writer=True)
+
+  def todo(self, members: list[Member]) -> list[Member]:
+    return members   # a finished run resumes as finished: the engine returns its result at once
+
+  def record(self, extras: dict | None = None) -> CheckpointRecord:
+    return CheckpointRecord(self.store, self.workdir, self.config.train.tensorboard)
+
+  def begin(self, engine, starts: list, class_names) -> None:
+    """metadata.json, the sidecar every later mode reads, before the first epoch."""
+    start = starts[0]
+    normalisation = dataclasses.asdict(engine.task(0).normalisation)
+    params = start.state.params if start else jax.eval_shape(
+        lambda: engine.task(0).init(jax.random.PRNGKey(0), engine.image_shape)).params
+    checkpoint.write_metadata(self.workdir, checkpoint.build_metadata(
+        self.config, class_names, optim.count_params(params), normalisation))
+
+  def starts(self, engine) -> list[Start | None]:
+    """The run's `last` checkpoint (and the `interrupted` one that continues its epoch), or None to start."""
+    config, store = self.config, self.store
+    stored = checkpoint.read_metadata(self.workdir)
+    if stored is not None:
+      checkpoint.check_resume(self.workdir, stored, checkpoint.config_as_json(config))
+    if stored is None or store.latest_epoch('last') is None:
+      return [None]
+
+    def abstract_state(loop: LoopState):
+      task = engine.task(loop.phase)
+      return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), engine.image_shape))
+
+    def restore_last(epoch: int):
+      loop = LoopState.from_json(store.loop_state('last', epoch))
+      state, _ = store.restore('last', abstract_state(loop), epoch, with_optimizer=True)
+      return loop, state
+
+    loop, state = store.restore_newest_readable('last', restore_last)
+    partial = None
+    epochs = store.epochs(INTERRUPTED)
+    if epochs:
+      saved = store.loop_state(INTERRUPTED, epochs[0])
+      if saved.get('epoch') == loop.epoch and saved.get('phase') == loop.phase:  # else from an epoch completed since
+        state, _ = store.restore(INTERRUPTED, abstract_state(loop), epochs[0], with_optimizer=True)
+        partial = PartialEpoch(int(saved['interrupted_step']), list(saved['interrupted_metrics']))
+    if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < phase_end(loop, config):
+      loop.finished = False  # the run was extended with more epochs
+    logging.warning('resuming %s after epoch %d%s', self.workdir, loop.epoch,
+                    f', step {partial.step}' if partial else '')
+    return [Start(loop, engine.parallel.replicate(state), partial)]
+
+  def close(self, after_error: bool = False) -> None:
+    self.store.close(after_error=after_error)   # the saves in flight complete (or fail) before it returns
+
+
+class FinishedMembers:
+  """An experiment's members, each kept in `<experiment>/members/` as it finishes (`MemoryRecord`)."""
+  keeps_finished_members = True
+
+  def __init__(self, experiment_dir, config):
+    self.experiment_dir, self.config = pathlib.Path(experiment_dir), config
+    self.config_json = checkpoint.config_as_json(config)
+
+  def todo(self, members: list[Member]) -> list[Member]:
+    """The members not finished before (a finished member of another config is refused)."""
+    return [m for m in members
+            if not member_store.check_config(self.experiment_dir, m, self.config_json, REUSABLE_CHANGES)]
+
+  def record(self, extras: dict | None = None) -> MemoryRecord:
+    extras = dict(extras or {})
+    return MemoryRecord(on_finished=lambda r: member_store.save(
+        self.experiment_dir, r, self.config_json, dict(extras, train_seconds=r.train_seconds)))
+
+  def starts(self, engine) -> list[Start | None]:
+    return [None] * len(engine.members)   # an unfinished member trains from its start
+
+  def begin(self, engine, starts: list, class_names) -> None:
+    pass   # its kept members' workdirs are written once the experiment has finished
+
+  def load(self, member: Member, abstract_state=None):
+    return member_store.load(self.experiment_dir, member, abstract_state)
+
+  def remove(self) -> None:
+    member_store.remove(self.experiment_dir)
+
+  def close(self, after_error: bool = False) -> None:
+    pass
+
+
+def finished_variant(experiment_dir, config) -> dict | None:
+  """A variant's stored experiment.json when it finished under this config, else None; one of a different
+  config is refused."""
+  path = pathlib.Path(experiment_dir) / EXPERIMENT_FILE
+  if not path.exists():
+    return None
+  stored = json.loads(path.read_text())
+  diffs = checkpoint.config_differences(stored['config'], checkpoint.config_as_json(config),
+                                        ignore=REUSABLE_CHANGES)
+  if diffs:
+    raise UserInputError(f'{experiment_dir} holds results of a different config for this variant: '
+                         + '; '.join(diffs[:10]) + '. Use a new --workdir, or the original flags.')
+  return stored
