@@ -142,7 +142,7 @@ def _tags_root(tmp_path, rows, columns=('image_name', 'tags')):
     ('unknown tag', ['--config.data.class_names=("a","b")'], r"train.csv: .*not in config.data.class_names.*row 4 \('c'\)"),
     ('missing column', ['--config.data.label_column=labels'], r"train.csv: missing column 'labels' \(config.data.label_column\)"),
     ('folder source', ['--config.data.source=image_folder'], r"source='image_folder'.* cannot say several"),
-    ('roc monitor', ['--config.train.monitor=val_roc_auc'], r"monitor='val_roc_auc' is single-label's"),
+    ('roc monitor', ['--config.train.monitor=val_roc_auc'], r"monitor='val_roc_auc' has no figure for config.data.task='multilabel'"),
 ])
 def test_bad_multilabel_input_is_one_line_naming_the_row_or_key(tmp_path, case, flags, message):
   root = _tags_root(tmp_path, [('a',), ('a b',), ('c',), ('b',)])

@@ -1,41 +1,26 @@
-"""Classification metrics from labels and logits or probabilities, computed with scikit-learn."""
-import warnings
+"""Classification figures from labels and logits or probabilities, computed with scikit-learn: each epoch's
+validation figures and scores.json. The metrics themselves are defined once, in `metric_registry`."""
 
 import numpy as np
 from sklearn import metrics as skm
 
-from fpclass.analysis import multilabel_metrics
+from fpclass.analysis import metric_registry
 from fpclass.models.heads import probabilities
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-  p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-  return float(-np.mean(np.log(p)))
+  return metric_registry.REGISTRY['loss'](labels, probs, metric_registry.SINGLE)
 
 
 def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-  """Binary ROC AUC of the positive (second) class, or macro one-vs-rest; None if a class is absent."""
-  k = probs.shape[1]
-  if len(np.unique(labels)) < k:
-    return None
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
-    if k == 2:
-      return float(skm.roc_auc_score(labels, probs[:, 1]))
-    return float(skm.roc_auc_score(labels, probs, multi_class='ovr', average='macro', labels=np.arange(k)))
+  return metric_registry.REGISTRY['roc_auc'](labels, probs, metric_registry.SINGLE)
 
 
 def epoch_metrics(labels: np.ndarray, logits: np.ndarray, head: str, num_classes: int) -> dict:
-  """The per-epoch validation numbers: loss, accuracy, macro F1, ROC AUC. Multi-label: the mean binary
-  cross-entropy, subset accuracy and macro F1 at 0.5, and mAP (`fpclass.analysis.multilabel_metrics`)."""
-  probs = probabilities(logits, head)
-  if head == 'multilabel':
-    return multilabel_epoch_metrics(labels, probs)
-  pred = probs.argmax(1)
-  return dict(loss=log_loss(labels, probs), accuracy=float(np.mean(pred == labels)),
-              macro_f1=float(skm.f1_score(labels, pred, average='macro', labels=np.arange(num_classes),
-                                          zero_division=0)),
-              roc_auc=roc_auc(labels, probs))
+  """The per-epoch validation numbers: every registered metric of the head's task (single-label: loss,
+  accuracy, macro F1, ROC AUC; multi-label: the mean binary cross-entropy, subset accuracy and macro F1 at 0.5,
+  and mAP)."""
+  return metric_registry.score(labels, probabilities(logits, head), metric_registry.task_of_head(head))
 
 
 def binary_log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -47,15 +32,12 @@ def binary_log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def multilabel_epoch_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
   """`epoch_metrics` of a multi-label head from its (N, K) probabilities."""
-  pred = multilabel_metrics.predict(probs, 0.5)
-  return dict(loss=float(np.mean(binary_log_losses(labels, probs))),
-              accuracy=multilabel_metrics.subset_accuracy(labels, pred),
-              macro_f1=multilabel_metrics.f1(labels, pred, 'macro'),
-              map=multilabel_metrics.mean_average_precision(labels, probs))
+  return metric_registry.score(labels, probs, metric_registry.MULTI)
 
 
 def scores(labels: np.ndarray, probs: np.ndarray, class_names, predictions: np.ndarray | None = None) -> dict:
-  """Everything scores.json holds: accuracy, per-class precision/recall/F1, macro F1, confusion, ROC AUC."""
+  """Everything scores.json holds: accuracy, per-class precision/recall/F1, macro F1, confusion, ROC AUC, and
+  every other registered metric. Accuracy and macro F1 count `predictions` (the stored decision) when given."""
   k = len(class_names)
   pred = probs.argmax(1) if predictions is None else predictions
   index = np.arange(k)
@@ -72,7 +54,8 @@ def scores(labels: np.ndarray, probs: np.ndarray, class_names, predictions: np.n
                             support=int(support[i])) for i, name in enumerate(class_names)},
       confusion_matrix=skm.confusion_matrix(labels, pred, labels=index).tolist(),
       class_names=list(class_names),
-  )
+  ) | {k: v for k, v in metric_registry.score(labels, probs, metric_registry.SINGLE).items()
+       if k not in ('accuracy', 'macro_f1', 'loss', 'roc_auc')}
 
 
 def classification_report(labels, pred, class_names) -> str:

@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fpclass.analysis import metrics, multilabel_metrics, stats
+from fpclass.analysis import metric_registry, stats
 from fpclass.errors import UserInputError
 from fpclass.models.heads import probabilities
 from fpclass.runtime import report
 
-METRICS = ('accuracy', 'macro_f1', 'roc_auc')
-MULTILABEL_METRICS = ('map', 'macro_f1')
-METRIC_TITLES = dict(accuracy='accuracy', macro_f1='macro F1', roc_auc='ROC AUC', map='mAP')
+METRICS = metric_registry.summarised(metric_registry.SINGLE)
+MULTILABEL_METRICS = metric_registry.summarised(metric_registry.MULTI)
 
 
 def task_of(experiments: list[dict]) -> str:
@@ -31,7 +30,7 @@ def task_of(experiments: list[dict]) -> str:
 
 def metrics_of(experiments: list[dict]) -> tuple[str, ...]:
   """The metrics summarised with intervals and compared pairwise, the first of them the headline one."""
-  return MULTILABEL_METRICS if task_of(experiments) == 'multilabel' else METRICS
+  return metric_registry.summarised(task_of(experiments))
 
 
 def describe_changes(changes: dict) -> str:
@@ -39,16 +38,9 @@ def describe_changes(changes: dict) -> str:
 
 
 def model_scores(labels: np.ndarray, logits: np.ndarray, head: str, class_names) -> dict:
-  """One model's row of figures on its validation split: accuracy, macro F1, ROC AUC and log loss; multi-label:
-  mAP, and macro F1, micro F1 and subset accuracy at 0.5, and the mean binary cross-entropy."""
-  probs = probabilities(logits, head)
-  if head != 'multilabel':
-    scores = metrics.scores(labels, probs, class_names)
-    return dict(accuracy=scores['accuracy'], macro_f1=scores['macro_f1'], roc_auc=scores['roc_auc'],
-                loss=scores['loss'])
-  scores = multilabel_metrics.scores(labels, probs, class_names, 0.5)
-  return dict(map=scores['mean_average_precision'], macro_f1=scores['macro_f1'], micro_f1=scores['micro_f1'],
-              subset_accuracy=scores['subset_accuracy'], loss=float(np.mean(metrics.binary_log_losses(labels, probs))))
+  """One model's row of figures on its validation split: every registered metric of its task
+  (`metric_registry`; multi-label ones decide each class at 0.5)."""
+  return metric_registry.score(labels, probabilities(logits, head), metric_registry.task_of_head(head))
 
 
 def summarise(experiments: list[dict]) -> pd.DataFrame:
@@ -111,7 +103,7 @@ def plot_results(summary: pd.DataFrame, models: pd.DataFrame, metrics: tuple[str
     finite = np.concatenate([mean[np.isfinite(mean)], models[metric].astype(float).dropna().to_numpy()])
     if len(finite):
       ax.set_ylim(max(0.0, finite.min() - 0.05), min(1.0, finite.max() + 0.05))
-    ax.set_ylabel(METRIC_TITLES[metric])
+    ax.set_ylabel(metric_registry.title(metric))
     ax.grid(axis='y', alpha=0.3)
   ax.set_xticks(np.arange(len(names)), names, rotation=45 if len(names) > 6 else 0)
   fig.suptitle('validation metrics per variant: bars are means with 95% CI, dots are single models', fontsize=9)
@@ -125,7 +117,7 @@ def results_table(summary: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> 
   for _, s in summary.iterrows():
     row = dict(variant=s['experiment'], changes=s['changes'], models=int(s['models']))
     for metric in metrics:
-      row[METRIC_TITLES[metric]] = stats.Interval(s[f'{metric}_mean'], s[f'{metric}_std'], s[f'{metric}_ci_low'],
+      row[metric_registry.title(metric)] = stats.Interval(s[f'{metric}_mean'], s[f'{metric}_std'], s[f'{metric}_ci_low'],
                                                   s[f'{metric}_ci_high'], int(s['models'])).format()
     row[calibration] = (f'{s["macro_f1_at_half"]:.3f} → {s["macro_f1_tuned"]:.3f}' if multilabel else
                         f'{s["ece_before"]:.3f} → {s["ece_after"]:.3f}')
@@ -133,24 +125,24 @@ def results_table(summary: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> 
     row['s / model-epoch'] = f'{s["seconds_per_model_epoch"]:.2f}'
     row['epochs'] = f'{s["epochs_trained_mean"]:.1f}'
     rows.append(row)
-  columns = ['variant', 'changes', 'models', *[METRIC_TITLES[m] for m in metrics], calibration, 'params',
+  columns = ['variant', 'changes', 'models', *[metric_registry.title(m) for m in metrics], calibration, 'params',
              's / model-epoch', 'epochs']
   return report.table(rows, columns)
 
 
 def differences_table(differences: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> str:
   """One row per variant: the paired difference of each metric, and the wins/losses on the first metric."""
-  rows, wins = {}, f'{METRIC_TITLES[metrics[0]]} wins/losses'
+  rows, wins = {}, f'{metric_registry.title(metrics[0])} wins/losses'
 
   for _, d in differences.iterrows():
     row = rows.setdefault(d['experiment'], dict(variant=d['experiment'], pairs=int(d['pairs'])))
     excludes_zero = np.isfinite(d['ci_low']) and (d['ci_low'] > 0 or d['ci_high'] < 0)
     cell = 'n/a' if d['pairs'] < 2 else \
         f'{d["mean_difference"]:+.3f} [{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}]' + (' *' if excludes_zero else '')
-    row[f'Δ {METRIC_TITLES[d["metric"]]}'] = cell
+    row[f'Δ {metric_registry.title(d["metric"])}'] = cell
     if d['metric'] == metrics[0]:
       row[wins] = f'{d["wins"]}/{d["losses"]}'
-  columns = ['variant', 'pairs', *[f'Δ {METRIC_TITLES[m]}' for m in metrics], wins]
+  columns = ['variant', 'pairs', *[f'Δ {metric_registry.title(m)}' for m in metrics], wins]
   return report.table(list(rows.values()), columns)
 
 

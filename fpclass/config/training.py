@@ -9,11 +9,6 @@ from fpclass.config.settings import Settings
 OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 SAMPLERS = ('uniform', 'balanced')
-# Each monitored metric and whether lower or higher is better.
-# val_map (mean average precision) is multi-label's; val_roc_auc single-label's.
-MONITOR_MODES = {'val_loss': 'min', 'val_accuracy': 'max', 'val_macro_f1': 'max', 'val_roc_auc': 'max',
-                 'val_map': 'max'}
-MONITORS = tuple(MONITOR_MODES)
 PRECISIONS = ('fp32', 'bf16')
 LOOPS = ('auto', 'step', 'scan')
 FEATURE_CACHE = ('auto', 'on', 'off')
@@ -54,7 +49,9 @@ class TrainSettings(Settings):
   finetune_freeze_till: int = 0    # ... model.freeze_till set to this (0 = everything trainable) ...
   finetune_lr_factor: float = 0.1  # ... and the learning rate multiplied by this
   select_checkpoint: str = 'best'  # best | last: which checkpoint evaluate/submit restore
-  monitor: str = 'val_loss'        # val_loss | val_accuracy | val_macro_f1 | val_roc_auc | val_map (multilabel)
+  # val_<name> of a metric of fpclass/analysis/metric_registry.py that the task has (checked there): val_loss,
+  # val_accuracy, val_macro_f1, val_roc_auc (single-label), val_map (multi-label), ...
+  monitor: str = 'val_loss'
   early_stopping_patience: int = 0  # 0 -> off; otherwise epochs without improvement before stopping
   min_delta: float = 0.0
   log_every_steps: int = 10
@@ -85,7 +82,7 @@ class TrainSettings(Settings):
 
   def check(self):
     for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES), ('sampler', SAMPLERS),
-                          ('monitor', MONITORS), ('precision', PRECISIONS), ('loop', LOOPS),
+                          ('precision', PRECISIONS), ('loop', LOOPS),
                           ('feature_cache', FEATURE_CACHE), ('select_checkpoint', SELECT_CHECKPOINTS)):
       self.require(name, getattr(self, name) in allowed, f'one of {allowed}')
     for name in ('batch_size', 'epochs', 'log_every_steps'):

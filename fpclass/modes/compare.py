@@ -11,11 +11,11 @@ import pathlib
 import pandas as pd
 
 from fpclass import fileio
+from fpclass.analysis import metric_registry
 from fpclass.errors import UserInputError
 from fpclass.runtime import report
 
 FILE = 'comparison.csv'
-SCORES = ('accuracy', 'balanced_accuracy', 'macro_f1', 'roc_auc', 'loss')
 # A multi-label run's scores.json has these instead of accuracy, balanced accuracy, ROC AUC and loss.
 MULTILABEL_SCORES = ('mean_average_precision', 'micro_f1', 'subset_accuracy', 'hamming_loss')
 
@@ -30,6 +30,8 @@ def find_runs(parent) -> list[pathlib.Path]:
 def comparison_table(runs) -> pd.DataFrame:
   """One row per run: what it trained (model, freeze_till, checkpoint) and its validation scores, with
   the F1 of each class; best macro F1 first."""
+  # Every registered single-label metric (scores.json holds each), and evaluate's balanced accuracy.
+  single = ('balanced_accuracy', *(m.name for m in metric_registry.for_task(metric_registry.SINGLE)))
   rows = []
   for run in runs:
     scores = json.loads((run / 'scores.json').read_text())
@@ -38,7 +40,7 @@ def comparison_table(runs) -> pd.DataFrame:
     row = dict(run=run.name, model=model.get('name', scores.get('model', '')),
                freeze_till=model.get('freeze_till', ''), checkpoint=scores.get('checkpoint', ''),
                epoch=scores.get('epoch', ''), n=scores['n'],
-               **{k: scores.get(k) for k in SCORES + MULTILABEL_SCORES if k in scores or k in SCORES})
+               **{k: scores.get(k) for k in single + MULTILABEL_SCORES if k in scores or k in single})
     per_class = scores.get('per_class') or scores['per_label']   # single-label, or multi-label
     row.update({f'f1_{name}': per_class[name]['f1'] for name in scores['class_names']})
     if 'test' in scores:

@@ -5,7 +5,7 @@ checkpoint as JSON, so a killed run resumes with its history, best epoch and pat
 import dataclasses
 import math
 
-from fpclass.config.training import MONITOR_MODES
+from fpclass.analysis.metric_registry import monitor_mode
 
 
 def improves(value, best, mode: str, min_delta: float = 0.0) -> bool:
@@ -28,7 +28,7 @@ class SelectionRules:
 
   @property
   def mode(self) -> str:
-    return MONITOR_MODES[self.monitor]
+    return monitor_mode(self.monitor)
 
   def improves(self, value, best) -> bool:
     return value is not None and not math.isnan(value) and improves(value, best, self.mode, self.min_delta)

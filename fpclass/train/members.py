@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fpclass.analysis.metric_registry import monitor_mode
 from fpclass.train import optim
-from fpclass.train.loop_state import MONITOR_MODES, LoopState, improves
+from fpclass.train.loop_state import LoopState, improves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def better_result(a: MemberResult | None, b: MemberResult, monitor: str) -> bool
     return True
   value = b.monitor_value(monitor)
   return value is not None and not np.isnan(value) and improves(value, a.monitor_value(monitor),
-                                                                MONITOR_MODES[monitor])
+                                                                monitor_mode(monitor))
 
 
 def batch_size_for(config, n_train: int) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from fpclass import models
+from fpclass.analysis import metric_registry
 from fpclass.config.inputs import AugmentSettings
 from fpclass.errors import UserInputError
 from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
@@ -224,16 +225,12 @@ def class_weights(spec: str, class_names, train_labels) -> tuple | None:
 
 
 def check_label_task(config) -> None:
-  """The head, monitor and sampler fit config.data.task: val_map and multi-label go together, val_roc_auc and
-  the class-balanced sampler (one class per image) need single-label data."""
+  """The head, monitor and sampler fit config.data.task: the monitor is a registered metric of the task
+  (`fpclass.analysis.metric_registry`), and the class-balanced sampler (one class per image) needs single-label
+  data."""
   multilabel = head_of(config) == 'multilabel'
-  monitor, sampler = config.train.monitor, config.train.sampler
-  if multilabel and monitor == 'val_roc_auc':
-    raise UserInputError("config.train.monitor='val_roc_auc' is single-label's; with config.data.task="
-                         "'multilabel' monitor val_map, val_macro_f1, val_accuracy or val_loss")
-  if not multilabel and monitor == 'val_map':
-    raise UserInputError("config.train.monitor='val_map' (mean average precision) needs "
-                         "config.data.task='multilabel'")
+  sampler = config.train.sampler
+  metric_registry.monitor_mode(config.train.monitor, metric_registry.task_of_head(head_of(config)))
   if multilabel and sampler == 'balanced':
     raise UserInputError("config.train.sampler='balanced' draws classes evenly, which needs one class per image; "
                          "with config.data.task='multilabel' use 'uniform' and config.train.class_weights='auto'")
