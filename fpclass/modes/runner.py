@@ -30,22 +30,16 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
   `fpclass.modes.runner.run('train', config, workdir)`."""
   with timings.job(started_at) as clock:
     with timings.phase('start-up'):
-      # Process-wide settings first, by backend, before JAX starts one or sees another process.
-      settings = process.configure(MODES[mode].trains, float(config.train.gpu_memory_fraction))
-      sharding.initialize_distributed()  # a no-op unless the environment describes a multi-process job
-      fileio.set_primary(sharding.is_primary_process())
+      settings = process.setup(MODES[mode].trains, float(config.train.gpu_memory_fraction), config.data.cache_dir,
+                               join_job=True)
       if sharding.process_count() > 1 and not MODES[mode].multi_process:
         raise UserInputError(f'--mode {mode} runs on one process; this job has {sharding.process_count()} '
                              '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
       config = model_keys.completed(config)   # every key of its model, as launch.py builds it
       validation.validate(config)
       workdir = pathlib.Path(workdir)
-      if fileio.is_primary():
-        if not MODES[mode].read_only:
-          fileio.check_writable(workdir, '--workdir')
-        fileio.check_writable(fileio.cache_root(config.data.cache_dir), 'the cache folder (config.data.cache_dir, '
-                              '$FPCLASS_CACHE or ~/.cache/fpclass)')
-      process.enable_compilation_cache(config.data.cache_dir or None, settings)
+      if fileio.is_primary() and not MODES[mode].read_only:
+        fileio.check_writable(workdir, '--workdir')
       lock = _lock(mode, workdir)
     try:
       result = _run_chain(mode, config, workdir, options)

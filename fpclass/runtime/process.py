@@ -20,6 +20,7 @@ from jax._src import xla_bridge  # whether a backend has started: no public API 
 
 from fpclass import fileio
 from fpclass.errors import UserInputError
+from fpclass.runtime import sharding
 
 ENV_CACHE = 'FPCLASS_JAX_CACHE'  # a folder, or 0 to switch the cache off
 ENV_ALLOCATOR = 'FPCLASS_HOST_ALLOCATOR'  # 'default' leaves glibc's malloc settings alone
@@ -132,6 +133,23 @@ def configure(trains: bool, gpu_memory_fraction: float = 0.75) -> ProcessSetting
   falling back to the CPU where a GPU plugin has no GPU to drive."""
   fall_back_to_cpu()
   return apply(decide(planned_backend(), trains, gpu_memory_fraction))
+
+
+def setup(trains: bool, gpu_memory_fraction: float = 0.75, cache_dir: str | None = None,
+          join_job: bool = False) -> ProcessSettings:
+  """The one process setup, shared by a launch (`fpclass.modes.runner`) and a server worker
+  (`fpclass.serve.worker`): the per-backend settings first, before JAX starts a backend or sees another process;
+  with `join_job` the multi-process job the environment describes (a no-op without one), process 0 the one that
+  writes; then the persistent compilation cache in a folder checked to be writable."""
+  settings = configure(trains, gpu_memory_fraction)
+  if join_job:
+    sharding.initialize_distributed()
+    fileio.set_primary(sharding.is_primary_process())
+  if fileio.is_primary():
+    fileio.check_writable(fileio.cache_root(cache_dir or ''), 'the cache folder (config.data.cache_dir, '
+                          '$FPCLASS_CACHE or ~/.cache/fpclass)')
+  enable_compilation_cache(cache_dir or None, settings)
+  return settings
 
 
 def enable_compilation_cache(default_root: str | os.PathLike | None = None,

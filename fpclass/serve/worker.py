@@ -26,8 +26,7 @@ from fpclass.serve.supervisor import HEARTBEAT_SECONDS, read_job, send_message
 def main() -> int:
   job = read_job(sys.stdin.buffer)
   logging.set_verbosity(logging.WARNING)  # as launch.py: warnings and errors reach the supervisor's stderr
-  settings = process.configure(trains=False)
-  process.enable_compilation_cache(job.config.data.cache_dir or None, settings)
+  process.setup(trains=False, cache_dir=job.config.data.cache_dir)
   try:
     service = load_service(job.config, job.workdir)
   except UserInputError as e:
