@@ -13,7 +13,7 @@ from PIL import Image
 from pytest import approx
 from sklearn import metrics as skm
 
-from fpclass.modes.evaluate import PLOTS
+from fpclass.infer.evaluation import PLOTS
 
 
 def val_predictions(workdir) -> pd.DataFrame:

@@ -195,10 +195,12 @@ def longest_chain(graph: dict[str, set[str]]) -> list[str]:
   return max((chain(name) for name in graph), key=len)
 
 
-def test_the_longest_import_chain_is_at_most_8_modules():
-  """A newcomer changing a module should not have to follow it through a long chain of importers."""
+def test_the_longest_import_chain_is_at_most_9_modules():
+  """A newcomer changing a module should not have to follow it through a long chain of importers. Nine: a mode,
+  the search stage above training, then training's own chain down to the foundations (8 before the search
+  stage existed)."""
   chain = longest_chain(module_graph(REPO / 'fpclass'))
-  assert len(chain) <= 8, ' -> '.join(chain)
+  assert len(chain) <= 9, ' -> '.join(chain)
 
 
 def test_the_chain_check_sees_a_planted_long_chain():

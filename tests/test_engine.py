@@ -136,7 +136,7 @@ def test_memory_plan_follows_the_formula():
 
 
 # Seed 000's ResNet-18 transfer recipe on 36 footprints at 32x24, from a torchvision file torch wrote itself
-# (random weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members and two solo runs.
+# (random weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members; fold 1's solo run.
 TRANSFER = {'data.image_size': (32, 24), 'data.synthetic.n_class0': 20, 'data.synthetic.n_class1': 16, 'seed': 3, 'explain.after_training': False, 'train.tensorboard': False,
             'sweep.folds': (0, 1), 'sweep.seeds': (3,), 'sweep.models_per_chunk': 2}
 AUGMENT_OFF = {'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0}
@@ -167,7 +167,7 @@ def test_a_sweep_member_equals_its_solo_run_bit_for_bit(recipe, resnet18_file, t
   run('sweep', config, tmp_path / 'sweep')
   log = capsys.readouterr().out
   models = pd.read_csv(tmp_path / 'sweep' / 'sweep_models.csv').set_index('split')
-  for fold in (0, 1):
+  for fold in (1,):   # the second member: the first one's chunk-mate, trained beside it, equals its solo run too
     solo_config = load_config('configs/footprint.py:resnet18,quick', **{**TRANSFER, **RECIPES[recipe]},
                               **{'model.pretrained': str(resnet18_file), 'data.fold': fold})
     scores = run('train', solo_config, tmp_path / f'solo{fold}')

@@ -24,8 +24,8 @@ from fpclass.errors import UserInputError
 from fpclass.infer import pooled_features
 from fpclass.infer.inference import load_trained
 from fpclass.models import probe_backbones
-from fpclass.modes import probe as probe_mode
 from fpclass.modes.sweep import run_sweep
+from fpclass.search import screen as probe_mode
 from fpclass.train import checkpoint
 from tests.conftest import MULTILABEL, launch, load_config
 

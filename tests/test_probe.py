@@ -28,8 +28,8 @@ from fpclass.data import pipeline, splits
 from fpclass.errors import UserInputError
 from fpclass.infer import pooled_features
 from fpclass.models import probe_backbones
-from fpclass.modes import probe as probe_mode
 from fpclass.modes.runner import run
+from fpclass.search import screen as probe_mode
 from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import launch, load_config

@@ -17,6 +17,7 @@ from fpclass.config.outputs import (
   ServeSettings,
   SubmitSettings,
 )
+from fpclass.config.search import AutoSettings
 from fpclass.config.settings import section
 from fpclass.config.training import EvalSettings, SweepSettings, TrainSettings
 
@@ -103,13 +104,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep = section(SweepSettings)
   c.probe = section(ProbeSettings)
   c.lr_find = section(LrFindSettings)
+  c.auto = section(AutoSettings)
   return c
 
 
 # Every typed section, in schema order; `fpclass.train.validation` checks each once per launch.
 SETTINGS = (DecodeSettings, LabelSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
-            LrFindSettings)
+            LrFindSettings, AutoSettings)
 
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:

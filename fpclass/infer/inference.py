@@ -31,7 +31,7 @@ class Trained:
   def compiled(self) -> CompiledSteps:
     """The programs of this model on this process's mesh. Its predict is the very program training
     validates with (same function, compiler options and shardings), so in the batch shape they share
-    (`fpclass.modes.evaluate.prediction_chunk`) evaluate, explain and calibrate load it from the persistent
+    (`fpclass.infer.predictions.prediction_chunk`) evaluate, explain and calibrate load it from the persistent
     compilation cache instead of compiling (and, on a GPU, autotuning) one of their own."""
     return CompiledSteps(self.task, DataParallel.over())
 

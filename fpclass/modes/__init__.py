@@ -24,6 +24,8 @@ class Mode:
   multi_process: bool = False
   trains: bool = False     # writes checkpoints: holds the workdir's lock (fpclass.runtime.workdir_lock) while it runs
   read_only: bool = False  # writes nothing in --workdir (serve), so a read-only workdir is fine
+  # Several launches may work in one workdir at once (auto's shared study): no workdir lock, though it trains.
+  shared_workdir: bool = False
 
 
 MODES = {
@@ -55,6 +57,9 @@ MODES = {
                   'confidence intervals', trains=True, multi_process=True),
     'probe': Mode('probe', 'probe', 'screen config.probe.backbones: a linear probe on each one\'s cached, pooled '
                   'features over folds x seeds; tables and a plot with confidence intervals'),
+    'auto': Mode('auto', 'auto', 'the best model for the data within config.auto.time_budget: screen the backbones, '
+                 'search with Optuna over k-fold trials, confirm the best on fresh seeds with paired intervals, '
+                 'refit the choice into <workdir>/final', trains=True, shared_workdir=True),
     'lr_find': Mode('lr_find', 'lr_find', 'fastai\'s learning-rate finder: an exponential learning-rate sweep '
                     'from the run\'s initial state (config.lr_find); write lr_find.json and lr_find.png with the '
                     'suggestions (the workdir\'s training state is untouched)'),

@@ -143,7 +143,7 @@ def _out_of_memory(error: Exception, mode: str) -> UserInputError | None:
 def _lock(mode: str, workdir: pathlib.Path) -> workdir_lock.WorkdirLock | None:
   """The workdir's lock for a mode that trains, taken by process 0 alone; the other processes of a
   multi-process job learn whether it succeeded, so they stop too instead of waiting in a collective."""
-  if not MODES[mode].trains:
+  if not MODES[mode].trains or MODES[mode].shared_workdir:
     return None
   lock, error = None, None
   if fileio.is_primary():

@@ -340,8 +340,14 @@ def stored_config(workdir):
   if metadata is None:
     raise UserInputError(f'{workdir}: no trained run here ({METADATA} is missing); pass --config, or train '
                          'this --workdir first')
+  return config_from_json(metadata['config'])
+
+
+def config_from_json(values: dict):
+  """A ConfigDict of the current schema from a config stored as JSON (a sidecar's, a chosen configuration's):
+  keys this version does not know are dropped (model fields are kept: they belong to the architecture)."""
   config = base_config()
-  _update(config, metadata['config'], free=('model',))
+  _update(config, values, free=('model',))
   return model_keys.completed(config)
 
 

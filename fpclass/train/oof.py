@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fpclass import fileio
+from fpclass.analysis import metric_registry
 from fpclass.errors import UserInputError
 from fpclass.models.heads import probabilities
 
@@ -54,6 +55,27 @@ def write(folder, data, results, head: str) -> pathlib.Path | None:
   path = pathlib.Path(folder) / FILE
   fileio.write_csv(path, frame(ids, train_data.class_names, head, results, np.asarray(train_data.val.labels)))
   return path
+
+
+def class_names(frame: pd.DataFrame) -> list[str]:
+  return [c[2:] for c in frame.columns if c.startswith('p_')]
+
+
+def labels_and_probabilities(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
+  """(labels, probabilities, task) of a predictions frame: class indices (or a 0/1 matrix per label) in the
+  order of its p_<class> columns."""
+  names = class_names(frame)
+  probs = frame[[f'p_{c}' for c in names]].to_numpy(np.float64)
+  if f'label_{names[0]}' in frame.columns:
+    return frame[[f'label_{c}' for c in names]].to_numpy(np.int64), probs, metric_registry.MULTI
+  index = {c: i for i, c in enumerate(names)}
+  return frame['label'].astype(str).map(index).to_numpy(np.int64), probs, metric_registry.SINGLE
+
+
+def scores(frame: pd.DataFrame) -> dict:
+  """Every registered metric of the frame's task on its rows (one member's: its validation fold)."""
+  labels, probs, task = labels_and_probabilities(frame)
+  return metric_registry.score(labels, probs, task)
 
 
 def read(folder) -> pd.DataFrame:

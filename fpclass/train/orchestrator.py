@@ -7,6 +7,7 @@ chunked by memory (`memory_plan`), spread over the processes of a job when the p
 An experiment then keeps each split's best seed as an ordinary workdir (`<variant>/fold<k>/`) and writes
 experiment.json; its out-of-fold predictions go to `<variant>/oof_predictions.csv`.
 """
+import contextlib
 import dataclasses
 import hashlib
 import pathlib
@@ -28,7 +29,7 @@ from fpclass.train import axis, checkpoint, feature_cache, memory_plan, oof, opt
 from fpclass.train import members as members_lib
 from fpclass.train.engine import Engine, TrainData, phase_config
 from fpclass.train.members import MemberResult
-from fpclass.train.plan import Plan, Variant, apply_changes
+from fpclass.train.plan import MEMBER_WORKDIRS, SOLO, Plan, Variant, apply_changes
 from fpclass.train.plan_data import VariantData, experiment_data, solo_data
 from fpclass.train.records import StopOnSignals
 from fpclass.train.resume import EXPERIMENT_FILE, FinishedMembers, WorkdirEpochs, finished_variant
@@ -54,9 +55,25 @@ class VariantRun:
     return {members_lib.split_name(split): r.val_logits for split, r in self.kept.items()}
 
 
-def run_plan(plan: Plan, workdir, shared: SharedWork | None = None) -> list[VariantRun]:
+@dataclasses.dataclass
+class MemberRun:
+  """A finished member of a MEMBER_WORKDIRS plan: its workdir, its out-of-fold predictions and the seconds
+  it took in this launch (0 when it had finished before)."""
+  variant: str
+  split: int
+  seed: int
+  folder: pathlib.Path
+  predictions: pd.DataFrame
+  seconds: float
+
+
+def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOnSignals | None = None,
+             on_member=None) -> list[VariantRun]:
   """Trains every variant of `plan` into `workdir` (resuming what an earlier launch left); returns their runs.
-  `shared`: the job's `SharedWork`, so variants that share a frozen backbone and its input share its features."""
+  `shared`: the job's `SharedWork`, so variants that share a frozen backbone and its input share its features.
+  `stop`: a `StopOnSignals` to obey (one with a deadline, say); by default each variant watches the signals.
+  `on_member(MemberRun)`: called as each member of a MEMBER_WORKDIRS plan finishes; what it raises ends the
+  plan there."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   shared = shared if shared is not None else SharedWork()
@@ -71,9 +88,41 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None) -> list[Vari
       continue
     if not plan.solo:
       tqdm.write(f'[{variant.name}] {variant.describe()}')
-    with StopOnSignals() as stop:
-      runs.append(_run_variant(plan, variant, folder, stop, shared))
+    with (contextlib.nullcontext(stop) if stop is not None else StopOnSignals()) as watch:
+      if plan.layout == MEMBER_WORKDIRS:
+        runs.append(_run_member_workdirs(plan, variant, folder, watch, shared, on_member))
+      else:
+        runs.append(_run_variant(plan, variant, folder, watch, shared))
   return runs
+
+
+def plan_splits(config, folds) -> tuple[int, ...]:
+  """The splits a plan's `folds` name for `config`: every fold when (), or -1 alone when the source has its
+  own validation split."""
+  if pipeline.list_source(config).val is not None:
+    return (-1,)
+  return tuple(folds) or tuple(range(int(config.data.num_folds)))
+
+
+def _run_member_workdirs(plan: Plan, variant: Variant, folder: pathlib.Path, stop, shared,
+                         on_member) -> VariantRun:
+  """Each member as a solo run in its own workdir, one after another; the variant's out-of-fold predictions
+  gathered from theirs."""
+  frames, results = [], []
+  for split in plan_splits(variant.config, plan.folds):
+    for seed in plan.seeds:
+      config = apply_changes(variant.config, {'data.fold': split, 'seed': seed}, f'{variant.name} member')
+      member_folder = folder / f'{members_lib.split_name(split)}-seed{seed}'
+      start = time.perf_counter()
+      solo = Plan((Variant(variant.name, variant.changes, config),), SOLO, (split,), (seed,))
+      run = _run_variant(solo, solo.variants[0], member_folder, stop, shared)
+      results += run.results
+      predictions = oof.read(member_folder)
+      frames.append(predictions)
+      if on_member is not None:
+        on_member(MemberRun(variant.name, split, seed, member_folder, predictions, time.perf_counter() - start))
+  fileio.write_csv(folder / oof.FILE, pd.concat(frames, ignore_index=True))
+  return VariantRun(variant, folder, None, results)
 
 
 def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, shared: SharedWork) -> VariantRun:
@@ -93,6 +142,10 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   with timings.phase('checkpoints'):
     records.close()
   if plan.solo:
+    if results and results[0].val_logits is None and not (folder / oof.FILE).exists():
+      # Finished in an earlier launch that stopped before writing its predictions: the selected checkpoint's.
+      logits = records.selected_logits(records.engine, data.train_data.val.images)
+      results = [dataclasses.replace(results[0], val_logits=logits)]
     oof.write(folder, data, results, head_of(config))
     return VariantRun(variant, folder, data, results, {r.member.split: r for r in results})
   return _finish_experiment(variant, folder, data, records, chunk_plans, time.perf_counter() - start)

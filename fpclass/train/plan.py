@@ -18,7 +18,7 @@ from fpclass.analysis import sweep_report
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 
-SOLO, EXPERIMENTS = 'solo', 'experiments'
+SOLO, EXPERIMENTS, MEMBER_WORKDIRS = 'solo', 'experiments', 'member_workdirs'
 
 
 @dataclasses.dataclass
@@ -38,7 +38,10 @@ class Plan:
   `layout` SOLO: one variant and one member (split config.data.fold, seed config.seed) whose epochs are
   checkpointed in the workdir itself, so a killed run resumes inside its epoch. EXPERIMENTS: each variant's
   members (its splits x `seeds`) in `<workdir>/<variant>/`, kept as they finish, so a killed plan keeps its
-  finished members; `folds` () means every fold (or the source's own validation split)."""
+  finished members. MEMBER_WORKDIRS: each member a solo run of its own, one after another, in
+  `<workdir>/<variant>/<split>-seed<s>/` (an ordinary workdir), so a killed plan loses at most its running
+  member's current epoch, and a caller hears of each member as it finishes (a search's pruning).
+  `folds` () means every fold (or the source's own validation split)."""
   variants: tuple
   layout: str = SOLO
   folds: tuple = ()

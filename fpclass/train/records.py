@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import signal
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,7 @@ class CheckpointRecord:
         interrupted_metrics=[{k: float(v) for k, v in s.items()} for s in step_metrics]))
     raise RunInterrupted(f'{stop.name}: stopped after step {done} of {steps} in epoch {epoch}; saved in '
                          f'{self.store.root / INTERRUPTED}. Launch the same command again to resume from step '
-                         f'{done + 1}.', stop.signum)
+                         f'{done + 1}.', stop.signum or signal.SIGTERM)
 
   def best(self, m: int):
     return None   # on disk
@@ -127,10 +128,13 @@ class MemoryRecord:
 
 class StopOnSignals:
   """SIGINT and SIGTERM set a flag that the engine reads after each step; the handlers are put back at
-  once, so a second signal acts as usual (KeyboardInterrupt, or termination)."""
+  once, so a second signal acts as usual (KeyboardInterrupt, or termination). With a `deadline` (a
+  time.monotonic() value) the flag also rises when it passes: a budgeted search stops its running member
+  there, as a signal would, and the member resumes from that step later."""
 
-  def __init__(self):
+  def __init__(self, deadline: float | None = None):
     self.signum = None
+    self.deadline = deadline
     self._previous = {}
 
   def __enter__(self):
@@ -152,8 +156,14 @@ class StopOnSignals:
     self._restore()
 
   def requested(self) -> bool:
-    return self.signum is not None
+    return self.signum is not None or self.deadline_passed
+
+  @property
+  def deadline_passed(self) -> bool:
+    return self.deadline is not None and time.monotonic() >= self.deadline
 
   @property
   def name(self) -> str:
-    return signal.Signals(self.signum).name if self.signum else 'process 0\'s signal'
+    if self.signum:
+      return signal.Signals(self.signum).name
+    return 'the time budget' if self.deadline_passed else 'process 0\'s signal'

@@ -16,9 +16,10 @@ import logging
 import pathlib
 
 import jax
+import numpy as np
 
 from fpclass.errors import UserInputError
-from fpclass.train import checkpoint, member_store, optim
+from fpclass.train import batches, checkpoint, member_store, optim
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member
 from fpclass.train.progress import phase_end
@@ -47,6 +48,7 @@ class WorkdirEpochs:
 
   def begin(self, engine, starts: list, class_names) -> None:
     """metadata.json, the sidecar every later mode reads, before the first epoch."""
+    self.engine = engine
     start = starts[0]
     normalisation = dataclasses.asdict(engine.task(0).normalisation)
     params = start.state.params if start else jax.eval_shape(
@@ -85,6 +87,18 @@ class WorkdirEpochs:
     logging.warning('resuming %s after epoch %d%s', self.workdir, loop.epoch,
                     f', step {partial.step}' if partial else '')
     return [Start(loop, engine.parallel.replicate(state), partial)]
+
+  def selected_logits(self, engine, val_images) -> np.ndarray:
+    """The validation logits of the checkpoint config.train.select_checkpoint selects, predicted again: what a
+    run that had finished before this launch needs for its out-of-fold predictions."""
+    store = checkpoint.CheckpointStore(self.workdir)   # after `close`: every save has completed
+    try:
+      kind = 'best' if self.config.train.select_checkpoint == 'best' and store.latest_epoch('best') else 'last'
+      task = engine.task(0)
+      state, _ = store.restore(kind, jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), engine.image_shape)))
+    finally:
+      store.close()
+    return batches.predict_logits(task, state, val_images, int(self.config.eval.batch_size))
 
   def close(self, after_error: bool = False) -> None:
     self.store.close(after_error=after_error)   # the saves in flight complete (or fail) before it returns

@@ -1,0 +1,62 @@
+"""The sections of a budgeted search: `config.auto` (`--mode auto`: screen, search, confirm, refit)."""
+import dataclasses
+import re
+from typing import ClassVar
+
+from fpclass.config.settings import ConfigError, Settings
+
+# '90s', '20m', '1.5h', or a number of seconds.
+DURATION = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*$')
+SECONDS = {None: 1.0, 's': 1.0, 'm': 60.0, 'min': 60.0, 'h': 3600.0}
+
+
+def duration_seconds(text: str, key: str = 'config.auto.time_budget') -> float:
+  """'20m' -> 1200.0; an unreadable or non-positive duration is a ConfigError naming `key`."""
+  match = DURATION.match(str(text))
+  seconds = float(match.group(1)) * SECONDS[match.group(2)] if match else 0.0
+  if seconds <= 0:
+    raise ConfigError(f'{key}={text!r}: must be a positive duration such as 90s, 20m or 1.5h')
+  return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoSettings(Settings):
+  """`config.auto`: --mode auto finds the best defensible model for the data within a time budget: a linear-probe
+  screen of the backbones, an Optuna search of k-fold trials (TPE, Wilcoxon pruning), the best trials confirmed
+  on fresh seeds with paired intervals, and the choice refitted into <workdir>/final (docs/auto.md)."""
+  SECTION: ClassVar[str] = 'auto'
+  time_budget: str = '20m'         # the whole run's wall time: '90s', '20m', '1.5h'
+  metric: str = ''                 # a registered metric (fpclass/analysis/metric_registry.py); '' -> the task's
+                                   # headline (accuracy; multi-label: mAP)
+  # Backbones to screen ('name' or 'name=weights'); () -> every registered pretrained model whose weights are at
+  # hand (in the cache, or a file named here), for the data's channels.
+  backbones: tuple[str, ...] = ()
+  keep: int = 2                    # backbones kept after the screen, beside the config's own model
+  # The search space, one 'key: kind(arguments)' entry per config key: log(low, high), float(low, high),
+  # int(low, high), choice(a, b, ...); 'model.name: backbones' chooses among the kept candidates. () -> the
+  # task's defaults (fpclass.search.space.default_space).
+  space: tuple[str, ...] = ()
+  folds: int = 0                   # k of each trial's k-fold plan; 0 -> config.data.num_folds
+  trials: int = 0                  # at most this many trials in all; 0 -> as many as the budget allows
+  seed: int = 0                    # the TPE sampler's seed; each trial trains with config.seed
+  finalists: int = 3               # the best trials confirmed on fresh seeds x folds
+  confirm_seeds: tuple[int, ...] = (101, 102)
+  p_threshold: float = 0.1         # Optuna's WilcoxonPruner: prune when a trial is worse than the best at this p
+  storage: str = ''                # '' -> an Optuna journal file in the workdir; postgresql://... to share a study
+  study: str = ''                  # the study's name; '' -> config.name
+
+  def check(self):
+    duration_seconds(self.time_budget)
+    self.require('keep', self.keep >= 0, '>= 0')
+    self.require('folds', self.folds == 0 or self.folds >= 2, '0 (config.data.num_folds) or at least 2')
+    self.require('trials', self.trials >= 0, '>= 0 (0: as many as the budget allows)')
+    self.require('finalists', self.finalists >= 1, 'at least 1')
+    self.require('confirm_seeds', len(set(self.confirm_seeds)) == len(self.confirm_seeds),
+                 'distinct integers (() skips the confirmation)')
+    self.require('p_threshold', 0.0 < self.p_threshold < 1.0, 'in (0, 1)')
+    self.require('storage', not self.storage or self.storage.startswith(('postgresql', 'sqlite', 'mysql')),
+                 "'' (a journal file in the workdir) or a database URL such as postgresql://user@host/db")
+
+  @property
+  def budget_seconds(self) -> float:
+    return duration_seconds(self.time_budget)

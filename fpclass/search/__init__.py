@@ -1,0 +1,1 @@
+"""Budgeted search over plans (Optuna), screening by linear probes, and ensemble selection."""
