@@ -115,10 +115,16 @@ def main():
   p.add_argument('--no-torch', action='store_true')
   p.add_argument('--json', type=pathlib.Path)
   args = p.parse_args()
+  # This process only asks JAX for the device: on a GPU it must not take 75% of its memory up front, which
+  # would leave too little for the launches it times (they take config.train.gpu_memory_fraction, as a user's).
+  preallocate_chosen = 'XLA_PYTHON_CLIENT_PREALLOCATE' in os.environ
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   env_info = harness.environment()
   work = pathlib.Path(tempfile.mkdtemp(prefix='fpclass-e2e-'))
   env = dict(os.environ, FPCLASS_CACHE=str(work / 'cache'), FPCLASS_JAX_CACHE=str(work / 'jax-cache'),
              JAX_LOG_COMPILES='1')
+  if not preallocate_chosen:
+    env.pop('XLA_PYTHON_CLIENT_PREALLOCATE')
   os.environ['FPCLASS_CACHE'] = env['FPCLASS_CACHE']
   from fpclass.data import pipeline
   config = footprint.get_config(args.experiment)

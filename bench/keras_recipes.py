@@ -116,8 +116,8 @@ def fpclass_arm(args, recipe: str, cache: bool) -> dict:
   """Trains the recipe's config through fpclass's training loop; metrics.csv's seconds per epoch."""
   os.environ['FPCLASS_JAX_CACHE'] = '0'   # cold compiles, as Keras' first epoch
   sys.path.insert(0, str(REPO))
-  from fpclass.runtime.process import keep_host_buffers
-  keep_host_buffers()   # as launch.py does
+  from fpclass.runtime.process import configure
+  configure(trains=True)   # as launch.py does: one malloc arena on CPU only (on GPU it slowed compiles 7x)
   import importlib
 
   import pandas as pd

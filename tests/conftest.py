@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # down to 55 s). `--dist loadfile` hands files to the two workers in collection order as they come free, so
 # starting with the longest leaves short files to fill the end instead of one worker finishing a long file
 # alone (longest-processing-time-first scheduling). Files not listed keep pytest's order after these.
-HEAVY_FIRST = ('test_pretrained_modern.py', 'test_runtime.py', 'test_recipes_transfer_pets.py',
+HEAVY_FIRST = ('test_auto.py', 'test_gpu_session.py', 'test_pretrained_modern.py', 'test_runtime.py', 'test_recipes_transfer_pets.py',
                'test_pretrained_keras_mobile.py', 'test_feature_cache.py', 'test_probe.py', 'test_mixup.py',
                'test_recipes.py', 'test_recipes_transfer.py', 'test_launch.py', 'test_multiprocess.py',
                'test_faults.py', 'test_gray_stem.py', 'test_pretrained_torchvision.py', 'test_finetune.py',

@@ -11,9 +11,11 @@ from fpclass.search.auto import run_auto
 from fpclass.search.auto_report import REPORT, write_report
 
 
-def auto(config, workdir) -> dict:
+def auto(config, workdir) -> dict | None:
   workdir = pathlib.Path(workdir)
   run = run_auto(config, workdir)
+  if run is None:   # another launch sharing the study confirms, refits and reports
+    return None
   write_report(run, workdir)
   print(f'{workdir / REPORT}: chose {run.chosen["name"]} ({run.chosen.get("candidate")}); final model in '
         f'{run.final} ({run.final_note}); {run.budget.describe()}')

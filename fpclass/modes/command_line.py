@@ -5,7 +5,7 @@ it replaces, on a locked config (a misspelt key is an error that suggests the cl
 - the model section gets every key of its model from the registry (`fpclass.models.model_keys`) before the
   overrides apply, and from the overriding model when `--config.model.name` changes it;
 - a tuple of names takes a comma-separated list: `--config.data.label_columns=a,b,c` is ('a', 'b', 'c'), as
-  `--config.data.image_size=64,64` is (64, 64). Sweep variants keep their commas (they separate by ';').
+  `--config.data.image_size=64,64` is (64, 64). Sweep variants and search-space entries keep their commas.
 """
 import re
 import sys
@@ -20,7 +20,7 @@ from fpclass.models import model_keys
 HELP = ('task config, e.g. configs/footprint.py:exp4; optional for the modes that read a trained workdir (its '
         'metadata.json holds the training config)')
 # Tuples of strings whose items may themselves hold commas.
-NOT_COMMA_LISTS = ('sweep.variants',)
+NOT_COMMA_LISTS = ('sweep.variants', 'auto.space')
 
 
 class _CompletingParser(flags.ArgumentParser):

@@ -61,7 +61,8 @@ class AutoRun:
   budget: Budget
 
 
-def run_auto(config, workdir) -> AutoRun:
+def run_auto(config, workdir) -> AutoRun | None:
+  """The four stages; None in a launch that shares the study with another, which then confirms and refits."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   settings = AutoSettings.from_config(config.auto)
@@ -81,8 +82,13 @@ def run_auto(config, workdir) -> AutoRun:
                                settings.seed, settings.p_threshold)
   _search(base, settings, study, dims, candidates, workdir, budget, metric, folds)
   if not _claim(workdir):
-    raise UserInputError(f'{workdir / CLAIM}: another live process of this study runs the confirmation and the '
-                         'refit; this one has finished its share of the search')
+    tqdm.write(f'auto: another live process of this study runs the confirmation and the refit ({workdir / CLAIM}); '
+               'this one has done its share of the search')
+    return None
+  running = study_lib.wait_for_others(study, budget.deadline(_reserve(budget, settings, folds, study)))
+  if running:
+    tqdm.write(f'auto: trials {running} of other processes still run at the end of the search; the '
+               'confirmation chooses among the finished ones')
   confirm, differences, confirm_note, chosen = _confirm(base, settings, study, workdir, budget, metric, folds)
   final, final_note = _refit(config, chosen, workdir, budget)
   return AutoRun(settings, metric, task, screen, screen_note, candidates, study, confirm, differences,
@@ -150,26 +156,26 @@ def _search(base, settings, study, dims, candidates, workdir, budget: Budget, me
     tqdm.write(f'auto: trials {retried} were left running by a process that is gone; asked for again')
   start = time.perf_counter()
   try:
-    while not settings.trials or study_lib.finished_count(study) < settings.trials:
+    while not settings.trials or study_lib.taken_count(study) < settings.trials:
       reserve, member = _reserve(budget, settings, folds, study), budget.member()
       if member is not None and budget.left() < folds * member + reserve:
         break
       if member is None and budget.left() <= reserve:
         break
-      if not _trial(base, study, dims, candidates, workdir, budget, metric, folds, budget.deadline(reserve)):
+      if not _trial(base, settings, study, dims, candidates, workdir, budget, metric, folds,
+                    budget.deadline(reserve)):
         break
   finally:
     budget.add_stage('search', time.perf_counter() - start)
 
 
-def _trial(base, study, dims, candidates, workdir, budget, metric, folds, deadline) -> bool:
+def _trial(base, settings, study, dims, candidates, workdir, budget, metric, folds, deadline) -> bool:
   """Runs one trial; False when the budget stopped it."""
-  trial = study.ask()
-  trial.set_user_attr(study_lib.OWNER, study_lib.owner())
+  trial = study_lib.ask(study, settings.seed)
   name, changes = sample(trial, dims, base, candidates)
   trial.set_user_attr(study_lib.CANDIDATE, name)
   trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
-  variant = Variant(study_lib.trial_folder_name(changes), changes, apply_changes(base, changes, f'trial {trial.number}'))
+  variant = Variant(trial.user_attrs[study_lib.FOLDER], changes, apply_changes(base, changes, f'trial {trial.number}'))
   try:
     validate(variant.config)
   except UserInputError as e:

@@ -1,0 +1,117 @@
+"""bench/gpu_session.py's CPU dry run, as a user runs it: every step ends ok, and its JSON holds the device, the
+software versions and figures read back from what ran (timings.json, metrics.csv, hey's answers), not
+placeholders. Needs Debian's hey (`python -m tests.system_packages` installs it)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from tests.conftest import REPO
+
+STEPS = ('keras_recipes', 'footprint', 'serve', 'sharing', 'precision', 'pytest')
+
+
+@pytest.fixture(scope='module')
+def dry_run(tmp_path_factory):
+  """The output folder of one dry run (its step JSONs, session.json and session.log)."""
+  if shutil.which('hey') is None:
+    message = 'hey not installed (python -m tests.system_packages installs it)'
+    if os.environ.get('CI', '').lower() == 'true':
+      pytest.fail(f'CI must run the GPU session\'s dry run: {message}')
+    pytest.skip(message)
+  out = tmp_path_factory.mktemp('gpu-session') / 'out'
+  # Its scratch folder (about 750 MB: VGG16 weights and checkpoints) is a temporary one that it removes.
+  done = subprocess.run([sys.executable, 'bench/gpu_session.py', '--cpu-dry-run', '--out', str(out)], cwd=REPO,
+                        capture_output=True, text=True, timeout=1200)
+  log = (out / 'session.log').read_text() if (out / 'session.log').exists() else ''
+  assert done.returncode == 0, f'{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n--- session.log:\n{log[-6000:]}'
+  return out
+
+
+def step_record(out, name: str) -> dict:
+  return json.loads((out / f'{name}.json').read_text())
+
+
+def test_every_step_is_ok_with_the_device_and_versions(dry_run):
+  session = json.loads((dry_run / 'session.json').read_text())
+  assert list(session['steps']) == list(STEPS)
+  assert sorted(p.name for p in dry_run.iterdir()) == sorted([*(f'{s}.json' for s in STEPS), 'session.json',
+                                                              'session.log'])   # the run tool brings back 8 files
+  for name in STEPS:
+    record = step_record(dry_run, name)
+    assert record['status'] == 'ok', f'{name}: {record["error"]}'
+    assert record['error'] is None and record['seconds'] > 0 and record['commands']
+    environment = record['environment']
+    assert environment['dry_run'] is True
+    assert environment['device'] == dict(backend='cpu', platform='cpu', name='cpu', count=1)
+    versions = environment['versions']
+    assert versions['jax'] == jax.__version__
+    assert versions['python'] == '.'.join(map(str, sys.version_info[:3]))
+    assert versions['hey']
+
+
+def test_keras_recipes_epoch_one_and_steady(dry_run):
+  results = step_record(dry_run, 'keras_recipes')['results']
+  epochs = results['sizes']['epochs']
+  assert epochs == 2
+  for arm in ('fpclass', 'keras_jax'):
+    seconds = results['raw']['vgg16'][arm]['seconds']
+    assert len(seconds) == epochs and all(s > 0 for s in seconds)
+    row = results['epoch_one_and_steady']['vgg16'][arm]
+    assert row['epoch_1_seconds'] == seconds[0] and row['steady_epoch_seconds'] == seconds[1]
+  ratio = results['epoch_one_and_steady']['vgg16']['keras_jax_over_fpclass']
+  assert all(value > 0 for value in ratio.values())
+
+
+def test_footprint_programs_compiled_come_from_timings_json(dry_run):
+  results = step_record(dry_run, 'footprint')['results']
+  cold, warm = results['cold'], results['warm']
+  for job in (cold, warm):
+    compiled = job['timings_json']['programs_compiled']
+    assert isinstance(compiled, int) and compiled >= 0
+    assert compiled == job['programs_xla_compiled']   # the bench's figure is timings.json's
+    assert job['timings_json']['backend'] == 'cpu' and job['epochs_run'] == 2
+  assert cold['timings_json']['programs_compiled'] > 0
+  assert warm['timings_json']['programs_compiled'] < cold['timings_json']['programs_compiled']
+  assert warm['timings_json']['programs_loaded'] > 0   # the warm job loads what the cold one compiled
+
+
+def test_serve_counts_every_request_hey_sent(dry_run):
+  results = step_record(dry_run, 'serve')['results']
+  assert results['generator'].startswith('hey')
+  (result,) = results['results']
+  assert result['concurrency'] == 64 and result['requests'] == 128
+  assert result['hey_answers'] + result['failed'] == result['requests']
+  assert result['ok'] + result['http_503'] + result['other_status'] == result['hey_answers']
+  assert result['ok'] > 0 and result['p95_ms'] > 0
+
+
+def test_two_servers_answer_beside_a_training_run(dry_run):
+  results = step_record(dry_run, 'sharing')['results']
+  training = results['training']
+  assert training['exit_status'] == 0 and training['epochs'] == 1 and training['first_epoch_seconds'] > 0
+  assert 0 <= training['val_accuracy'] <= 1
+  assert len(results['servers']) == 2
+  for server in results['servers'].values():
+    assert server['alive_after'] and server['turns'] >= 1
+    assert server['ok'] > 0 and server['requests'] == server['turns'] * 8   # turns of 8 requests from 2 clients
+
+
+def test_precision_trains_the_recipe_in_fp32_and_bf16(dry_run):
+  runs = step_record(dry_run, 'precision')['results']['vgg16']
+  for precision in ('fp32', 'bf16'):
+    run = runs[precision]
+    assert run['exit_status'] == 0 and run['backend'] == 'cpu' and run['epochs'] == 2
+    assert run['first_epoch_seconds'] > 0 and run['steady_epoch_seconds'] > 0 and 0 <= run['val_accuracy'] <= 1
+  assert runs['bf16_computed'] is False   # the CPU trains a bf16 request in fp32
+  assert runs['fp32_over_bf16_seconds']['steady_epoch_seconds'] > 0
+
+
+def test_pytest_step_reads_pytest_own_counts(dry_run):
+  results = step_record(dry_run, 'pytest')['results']
+  assert results['exit_status'] == 0 and results['passed'] > 0 and results.get('failed', 0) == 0
+  assert results['pytest_seconds'] > 0 and results['not_passed'] == []
