@@ -1,6 +1,7 @@
 """`--mode auto` against the best arm of a hand-written sweep, in the same run (issue 40's bench).
 
     python -m bench.auto [--out runs/bench-auto] [--data footprint digits] [--epochs 8] [--fraction 0.5]
+                         [--set data.image_size=60,40 ...]
 
 For each data set:
 1. hand: the sweep a user would write by hand, run with `--mode sweep` and timed (W seconds):
@@ -13,7 +14,8 @@ For each data set:
 3. paired: both choices trained again on fresh seeds (100, 101, 102) x the same 5 folds with `--mode sweep`,
    the hand arm as the baseline: auto's mean difference with its corrected 95% interval (Nadeau-Bengio). This
    step's time counts against neither arm.
-Every arm trains `--epochs` epochs at most (the search may choose fewer). The JSON and a Markdown table go to
+Every arm trains `--epochs` epochs at most (the search may choose fewer); `--set key=value` overrides apply to
+every launch of every arm (a smaller image size, say, to fit a CPU). The JSON and a Markdown table go to
 --out; docs/auto.md records them with the command and the date.
 """
 import argparse
@@ -57,10 +59,10 @@ def _digits_variants() -> tuple[str, ...]:
   return tuple(specs)
 
 
-def data_sets(epochs: int) -> dict:
+def data_sets(epochs: int, overrides=()) -> dict:
   """name -> (base config for auto, the hand sweep's config and flags)."""
   common = [f'--config.train.epochs={epochs}', '--config.explain.after_training=False',
-            '--config.train.tensorboard=False']
+            '--config.train.tensorboard=False', *(f'--config.{o}' for o in overrides)]
   return {
       'footprint': dict(base=['--config=configs/footprint.py:exp0', *common],
                         hand=['--config=configs/footprint_sweep.py', '--config.sweep.seeds=(0,)', *common]),
@@ -103,7 +105,7 @@ def run_one(name: str, spec: dict, out: pathlib.Path, fraction: float) -> dict:
     return dict(mean=float(row['accuracy_mean']), ci_low=float(row['accuracy_ci_low']),
                 ci_high=float(row['accuracy_ci_high']), models=int(row['models']))
 
-  return dict(data=name, hand_variants=len(results), hand_best=str(best['experiment']), hand_changes=hand_changes,
+  return dict(data=name, overrides=spec['base'][1:], hand_variants=len(results), hand_best=str(best['experiment']), hand_changes=hand_changes,
               hand_sweep_accuracy=float(best['accuracy_mean']), hand_wall_seconds=hand_wall,
               auto_budget_seconds=budget, auto_wall_seconds=auto_wall, auto_used_seconds=state['used_seconds'],
               auto_stages=state['stages'], auto_chosen=auto['chosen']['name'], auto_changes=auto['chosen']['changes'],
@@ -135,8 +137,10 @@ def main():
   p.add_argument('--data', nargs='+', default=['footprint', 'digits'], choices=['footprint', 'digits'])
   p.add_argument('--epochs', type=int, default=8)
   p.add_argument('--fraction', type=float, default=0.5, help="auto's budget as a share of the hand sweep's wall")
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='a config override for every launch, e.g. data.image_size=60,40 (repeatable)')
   args = p.parse_args()
-  specs = data_sets(args.epochs)
+  specs = data_sets(args.epochs, args.set)
   rows = [run_one(name, specs[name], args.out, args.fraction) for name in args.data]
   args.out.mkdir(parents=True, exist_ok=True)
   (args.out / 'bench_auto.json').write_text(json.dumps(rows, indent=1))

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from configs import footprint
+from fpclass.config.inputs import DataSettings
 
 
 def run_launch(workdir, env, epochs, experiment='exp0'):
@@ -128,7 +129,7 @@ def main():
   os.environ['FPCLASS_CACHE'] = env['FPCLASS_CACHE']
   from fpclass.data import pipeline
   config = footprint.get_config(args.experiment)
-  dataset = pipeline.load_dataset(config, progress=False)  # generates and decodes once, outside the timings
+  dataset = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False)  # generates and decodes once, outside the timings
   print(f'footprint end to end, {args.epochs} epochs, {len(dataset.train)} train / {len(dataset.val)} val | '
         f'{env_info["backend"]} {env_info["device"]} ({env_info["cpu"]}, {env_info["cpu_count"]} cores) | '
         f'{env_info["date"]}, load average {env_info["load_average"]}', flush=True)

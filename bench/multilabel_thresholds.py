@@ -24,6 +24,7 @@ import pandas as pd
 
 from fpclass.analysis import multilabel_metrics as mlm
 from fpclass.analysis.calibration import Decision
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer.inference import load_trained
 
@@ -51,7 +52,7 @@ def main():
     subprocess.run([sys.executable, str(REPO / 'launch.py'), *flags, f'--mode={mode}'], check=True, cwd=REPO)
   config = load_config(arg)
   trained = load_trained(config, workdir)
-  decoded = pipeline.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   root = decoded.root
   solution = pd.read_csv(root / 'solution.csv', dtype=str, keep_default_na=False).set_index('image_name')
   names = list(trained.class_names)

@@ -30,7 +30,7 @@ import serve_load  # noqa: E402 - bench/serve_load.py: the server, hey and the q
 from fpclass.config.inputs import DecodeSettings  # noqa: E402
 from fpclass.infer.inference import load_trained  # noqa: E402
 from fpclass.runtime import process  # noqa: E402
-from fpclass.train.checkpoint import stored_config  # noqa: E402
+from fpclass.train.sidecar import stored_config  # noqa: E402
 
 
 def main():

@@ -162,7 +162,7 @@ config.train.epochs = 1
 config.eval.batch_size = 32  # validation's activations at 224x224 would otherwise dwarf the data
 config.explain.after_training = False
 if {decode_only}:
-  dataset = pipeline.load_dataset(config, progress=False, mapped=True)
+  dataset = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False, mapped=True)
   print(json.dumps(dict(train=len(dataset.train), val=len(dataset.val),
                         nbytes=int(dataset.train.images.nbytes + dataset.val.images.nbytes))))
 else:

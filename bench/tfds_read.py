@@ -20,6 +20,7 @@ def main():
   parser.add_argument('--out', default='runs/bench-tfds-read')
   args = parser.parse_args()
   sys.path.insert(0, str(REPO))
+  from fpclass.config.inputs import DataSettings
   from fpclass.data import pipeline
   from tests.conftest import load_config
   from tests.tfds_stand_in import CIFAR10_NAMES, cifar_like_image, prepare_stand_in
@@ -35,7 +36,7 @@ def main():
                                                        'data.cache_dir': str(out / 'cache')})
   for attempt in ('first read', 'from the decode cache'):
     wall, cpu = time.perf_counter(), time.process_time()
-    decoded = pipeline.decode_source(config, progress=False)
+    decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
     print(f'{attempt}: {time.perf_counter() - wall:.1f} s wall, {time.process_time() - cpu:.1f} s CPU '
           f'({len(decoded.pool)} train + {len(decoded.test)} test images)')
 

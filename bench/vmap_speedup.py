@@ -41,6 +41,8 @@ def main():
 
   import jax
 
+  from fpclass.config.inputs import DataSettings
+  from fpclass.config.training import TrainSettings
   from fpclass.data import pipeline, splits
   from fpclass.runtime.process import enable_compilation_cache
   from fpclass.train.axis import Split
@@ -55,14 +57,14 @@ def main():
     key, _, value = item.partition('=')
     overrides[key.strip()] = ast.literal_eval(value.strip())
   config = load_config(args.config, **overrides)
-  decoded = pipeline.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   labels = decoded.pool.labels.astype(np.int32)
   folds = splits.kfold_indices(labels, args.folds, int(config.data.split_seed))
   rng = np.random.default_rng(0)
   keep = lambda index: np.sort(rng.choice(index, max(1, int(round(args.fraction * len(index)))), replace=False))
   subsets = [(keep(t), keep(v)) for t, v in folds]
   members = [Member(f, s, *subsets[f]) for f in range(args.folds) for s in range(args.seeds)]
-  batch = batch_size_for(config, len(members[0].train_index))
+  batch = batch_size_for(TrainSettings.from_config(config.train), len(members[0].train_index))
   steps = int(np.ceil(len(members[0].train_index) / batch))
   split = Split(decoded.pool.images, labels)
   train_data = TrainData(decoded.class_names, split, split)

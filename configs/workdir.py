@@ -8,7 +8,7 @@ launch.py passes `--config configs/workdir.py:<workdir>` itself when a mode that
 (evaluate, explain, submit, calibrate, predict, serve, export) is run without --config. Overrides apply on
 top; one that would change the model or its input is refused, naming the value stored at training.
 """
-from fpclass.train.checkpoint import stored_config
+from fpclass.train.sidecar import stored_config
 
 
 def get_config(arg: str = ''):

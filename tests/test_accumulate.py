@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import RunInterrupted
 from fpclass.modes.runner import run
@@ -33,7 +34,7 @@ def tiny(**overrides):
 
 @pytest.fixture(scope='module')
 def digits():
-  return pipeline.load_dataset(tiny())
+  return pipeline.load_dataset(DataSettings.from_config(tiny().data))
 
 
 def _max_difference(a, b) -> float:

@@ -36,7 +36,10 @@ def test_every_mode_is_one_module_with_its_function(name):
 def test_each_settings_section_is_built_from_its_dataclass(settings):
   section = schema.base_config()[settings.SECTION]
   for field in dataclasses.fields(settings):
-    assert section[field.name] == field.default
+    value, default = section[field.name], field.default
+    if isinstance(default, config_settings.Settings):   # a nested section (data.tfds): its keys and defaults
+      value, default = value.to_dict(), default.defaults()
+    assert value == default
   assert settings.from_config(section) == settings()
 
 
@@ -126,6 +129,39 @@ def test_the_stage_rule_catches_a_planted_upward_import(tmp_path):
   engine.write_text(engine.read_text() + '\nfrom fpclass.infer import inference  # noqa\n')
   assert 'fpclass.train.engine -> fpclass.infer.inference' in upward_imports(tmp_path / 'fpclass')
   assert all(v.startswith('fpclass.train.engine -> fpclass.infer') for v in upward_imports(tmp_path / 'fpclass'))
+
+
+# The config sections; a read of `<...config>.<section>.<key>` outside fpclass/config and the modes is a consumer
+# reading the raw ConfigDict instead of its typed section (`<Settings>.from_config(config.<section>)`).
+SECTIONS = frozenset(['data', 'model', *(s.SECTION for s in SETTINGS)])
+RAW_READERS = ('config', 'modes')   # the schema, and the leaves that parse a run's config and hand it on
+
+
+def raw_config_reads(package_root) -> list[str]:
+  """'module:line config.<section>.<key>' for each raw read of a config key in the core (writes, which build a
+  config, and passing a whole section to its `from_config` are fine)."""
+  found = []
+  for path in sorted(pathlib.Path(package_root).rglob('*.py')):
+    if path.relative_to(package_root).parts[0] in RAW_READERS:
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+        section, holder = node.value, node.value.value
+        name = holder.id if isinstance(holder, ast.Name) else getattr(holder, 'attr', '')
+        if section.attr in SECTIONS and 'config' in name and isinstance(node.ctx, ast.Load):
+          found.append(f'{path.relative_to(package_root)}:{node.lineno} {name}.{section.attr}.{node.attr}')
+  return found
+
+
+def test_the_core_reads_typed_sections_not_the_configdict():
+  assert raw_config_reads(REPO / 'fpclass') == []
+
+
+def test_the_typed_read_rule_catches_a_planted_raw_read(tmp_path):
+  shutil.copytree(REPO / 'fpclass', tmp_path / 'fpclass', ignore=shutil.ignore_patterns('__pycache__', 'static'))
+  progress = tmp_path / 'fpclass' / 'train' / 'progress.py'
+  progress.write_text(progress.read_text() + '\n\ndef epochs(config):\n  return config.train.epochs\n')
+  assert [r.split(' ')[1] for r in raw_config_reads(tmp_path / 'fpclass')] == ['config.train.epochs']
 
 
 def package_graph(package_root) -> str:

@@ -16,7 +16,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from fpclass.modes.command_line import config_from_argv
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 from tests.conftest import REPO, launch
 from tests.postgres import postgres_server
 
@@ -32,9 +32,10 @@ def _env(tmp_path):
   return {'FPCLASS_CACHE': str(tmp_path / 'cache')}
 
 
-def test_a_tiny_run_chooses_confirms_refits_within_its_budget_and_its_final_model_submits(tmp_path):
+def test_a_tiny_run_chooses_confirms_refits_and_its_final_model_submits(tmp_path):
+  """A budget no busy machine exhausts, so the trial count decides; bench/auto.py measures the budget itself."""
   workdir = tmp_path / 'auto'
-  result = launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=45s',
+  result = launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=1h',
                   '--config.auto.trials=4', '--config.auto.confirm_seeds=(101,)', env=_env(tmp_path))
   assert 'chose trial' in result.stdout
   trials = pd.read_csv(workdir / 'trials.csv')
@@ -47,28 +48,29 @@ def test_a_tiny_run_chooses_confirms_refits_within_its_budget_and_its_final_mode
   for heading in ('### 1. Screen', '### 2. Search', '### 3. Confirm on fresh seeds', '### 4. The chosen'):
     assert heading in report
   assert 'Paired differences from the best finalist' in report and (workdir / 'auto_history.png').is_file()
-  # The budget: the run's own account, and the stop granularity (one member) above budget + 5%.
+  # The budget's account: every stage timed, and what they add up to used.
   state = json.loads((workdir / 'auto_state.json').read_text())
-  longest_member = max(s for v in state['member_seconds'].values() for s in v)
-  assert state['used_seconds'] <= 45 * 1.05 + longest_member, state
+  assert {'search', 'confirm', 'refit'} <= set(state['stages']), state
+  assert sum(state['stages'].values()) <= state['used_seconds'] <= 3600, state
   # The choice re-runs from its config file, and the final workdir is an ordinary one that submits.
   chosen = config_from_argv(['launch.py', f'--config={workdir / "chosen_config.py"}'])
-  stored = checkpoint.read_metadata(workdir / 'final')['config']
-  assert checkpoint.config_as_json(chosen) == stored   # the whole configuration
+  stored = sidecar.read_metadata(workdir / 'final')['config']
+  assert sidecar.config_as_json(chosen) == stored   # the whole configuration
   assert json.loads((workdir / 'final' / 'scores.json').read_text())['accuracy'] >= 0
   launch(f'--workdir={workdir / "final"}', '--mode=submit', env=_env(tmp_path))
   assert len(pd.read_csv(workdir / 'final' / 'submission.csv')) == 16
 
 
-def test_a_budget_too_short_for_more_trials_stops_the_search_and_still_refits(tmp_path):
-  """No trial count is set: the budget alone ends the search (the reserve for confirm and refit kept)."""
+def test_a_budget_shorter_than_a_trial_still_chooses_and_refits_and_says_it_overran(tmp_path):
+  """No trial count is set, and the budget is spent before the first trial ends: that trial still runs to its
+  end (a choice needs one), no second one starts, the confirmation is skipped, and the refit trains in full."""
   workdir = tmp_path / 'auto'
-  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=25s', '--config.auto.confirm_seeds=()',
-         env=_env(tmp_path))
-  state = json.loads((workdir / 'auto_state.json').read_text())
-  longest_member = max(s for v in state['member_seconds'].values() for s in v)
-  assert state['used_seconds'] <= 25 * 1.05 + longest_member, state
-  assert (workdir / 'final' / 'scores.json').is_file() and 'skipped' in (workdir / 'auto_report.md').read_text()
+  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=1s', env=_env(tmp_path))
+  trials = pd.read_csv(workdir / 'trials.csv')
+  assert list(trials['state']) == ['COMPLETE']
+  report = (workdir / 'auto_report.md').read_text()
+  assert (workdir / 'final' / 'scores.json').is_file() and 'skipped' in report
+  assert 'trained and evaluated in full after the budget was spent' in report
 
 
 def test_kill_9_then_relaunch_resumes_the_study_and_the_members(tmp_path):

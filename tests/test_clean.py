@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from bench.clean_planted import plant_folder, score
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.modes.clean import clean
@@ -71,14 +72,14 @@ def test_threshold_trades_recall_of_crops(planted, tmp_path):
 def test_training_reads_only_the_kept_files(planted, tmp_path):
   root, _, corrupt, _ = planted
   files = clean(climbing(root), tmp_path)
-  source = pipeline.list_source(climbing(root, **{'data.file_list': str(tmp_path / 'clean_files.csv')}))
+  source = pipeline.list_source(DataSettings.from_config(climbing(root, **{'data.file_list': str(tmp_path / 'clean_files.csv')}).data))
   listed = {p.relative_to(root).as_posix() for s in (source.train, source.val, source.test) for p in s.paths}
   assert listed == set(files.loc[files['keep'], 'path'])
   assert not listed & corrupt
   save_image(root / 'train' / 'others' / 'added_later.png', mode='RGB')
   try:
     with pytest.raises(UserInputError, match='1 file.* are not in it .*added_later.png.*run --mode clean again'):
-      pipeline.list_source(climbing(root, **{'data.file_list': str(tmp_path / 'clean_files.csv')}))
+      pipeline.list_source(DataSettings.from_config(climbing(root, **{'data.file_list': str(tmp_path / 'clean_files.csv')}).data))
   finally:
     (root / 'train' / 'others' / 'added_later.png').unlink()
 

@@ -9,11 +9,12 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 
 from fpclass.analysis import metrics
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.train import batches, checkpoint, ema
+from fpclass.train import batches, checkpoint, ema, sidecar
 from fpclass.train import task as task_lib
 from fpclass.train.axis import LoopAxis
 from fpclass.train.validation import validate
@@ -157,7 +158,7 @@ def unbroken(tmp_path_factory):
 
 def _restore_last(config, workdir):
   """The `last` checkpoint's whole train state (weights, average, optimizer), as a resume reads it."""
-  decoded = pipeline.load_dataset(config)
+  decoded = pipeline.load_dataset(DataSettings.from_config(config.data))
   task = task_lib.build_task(config, decoded.class_names, decoded.train.labels, steps_per_epoch=1)
   abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), decoded.train.images.shape[1:]))
   store = checkpoint.CheckpointStore(workdir)
@@ -273,9 +274,9 @@ def test_a_run_from_before_these_keys_resumes_and_one_with_the_average_needs_it(
   """A workdir whose stored config predates ema_decay, ema_warmup and accumulate_steps resumes under their
   defaults (the behaviour it trained with), and is refused with the average turned on."""
   config = tiny(**{'train.ema_decay': 0.0})
-  stored = checkpoint.config_as_json(config)
+  stored = sidecar.config_as_json(config)
   for key in ('ema_decay', 'ema_warmup', 'accumulate_steps'):
     del stored['train'][key]
-  checkpoint.check_resume(tmp_path, {'config': stored}, checkpoint.config_as_json(config))
+  sidecar.check_resume(tmp_path, {'config': stored}, sidecar.config_as_json(config))
   with pytest.raises(UserInputError, match=r"train\.ema_decay: '<absent>' -> 0\.6"):
-    checkpoint.check_resume(tmp_path, {'config': stored}, checkpoint.config_as_json(tiny()))
+    sidecar.check_resume(tmp_path, {'config': stored}, sidecar.config_as_json(tiny()))

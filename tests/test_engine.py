@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline, splits
 from fpclass.infer.inference import load_trained
 from fpclass.models import heads
@@ -48,7 +49,7 @@ def solo_runs(tmp_path_factory):
 
 
 def _members(config):
-  decoded = pipeline.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   folds = splits.kfold_indices(decoded.pool.labels, 5, 0)
   members = [Member(f, s, folds[f][0], folds[f][1]) for f, s in MEMBERS]
   return decoded, members

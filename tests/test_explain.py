@@ -8,7 +8,7 @@ import pytest
 
 from fpclass.analysis import explain_figures
 from fpclass.errors import UserInputError
-from fpclass.modes import explain
+from fpclass.infer import explanation
 from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import QUICK, launch, load_config
@@ -90,7 +90,7 @@ def test_select_groups_ranks_each_class_and_outcome_by_loss():
   predicted = np.array([0, 1, 1, 0, 1, 0])
   frame = pd.DataFrame({'index': np.arange(6), 'loss': [0.1, 2.0, 0.3, 1.5, 0.2, 0.4],
                         'correct': labels == predicted})
-  groups = explain.select_groups(frame, labels, ('a', 'b'), n=2)
+  groups = explanation.select_groups(frame, labels, ('a', 'b'), n=2)
   assert {k: g['index'].tolist() for k, g in groups.items()} == {
       'worst': [1, 3], 'a_correct': [5, 0], 'a_wrong': [1], 'b_correct': [2, 4], 'b_wrong': [3]}
 
@@ -98,7 +98,7 @@ def test_select_groups_ranks_each_class_and_outcome_by_loss():
 def test_most_confused_counts_ordered_pairs():
   labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
   predicted = np.array([1, 1, 0, 0, 1, 0, 2, 2, 1])
-  frame = explain.most_confused(labels, predicted, ('x', 'y', 'z'))
+  frame = explanation.most_confused(labels, predicted, ('x', 'y', 'z'))
   assert frame.to_dict('records') == [
       dict(true='x', predicted='y', count=2, share_of_true=2 / 3),
       dict(true='y', predicted='x', count=1, share_of_true=0.5),

@@ -12,7 +12,6 @@ import io
 import os
 import pathlib
 import tempfile
-import types
 
 import jax
 import jax.numpy as jnp
@@ -370,9 +369,8 @@ def test_load_kaggle_csv_on_random_rows(kaggle_folder, text, class_names, sample
     sample_path.unlink(missing_ok=True)
   else:
     sample_path.write_text(sample, encoding='utf-8')
-  cfg = types.SimpleNamespace(root=str(kaggle_folder), labels_csv='train.csv', id_column='filename',
-                              label_column='SEX', class_names=class_names, train_dir='train', test_dir='test',
-                              sample_submission='sample_submission.csv')
+  cfg = dict(root=str(kaggle_folder), labels_csv='train.csv', id_column='filename', label_column='SEX',
+             class_names=class_names, train_dir='train', test_dir='test', sample_submission='sample_submission.csv')
   try:
     source = load_kaggle_csv(cfg)
   except UserInputError as e:

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import LrFindSettings
 from fpclass.data import pipeline, stream
 from fpclass.train import lr_finder
@@ -164,7 +165,7 @@ def test_the_sweep_is_the_training_runs_first_steps_with_the_swept_learning_rate
   staircase exponential decay by r every step."""
   config = load_config('configs/digits.py:quick', **{'train.schedule': 'constant'})
   settings = LrFindSettings(start_lr=1e-2, end_lr=10.0, num_it=8)
-  dataset = stream.place(pipeline.load_dataset(config, mapped=True), config)
+  dataset = stream.place(pipeline.load_dataset(DataSettings.from_config(config.data), mapped=True), DataSettings.from_config(config.data).storage)
   record = lr_finder.find(config, dataset, settings, *solo_start(config, dataset))
   assert len(record.losses) == 8 and record.stopped == 'num_it'
 

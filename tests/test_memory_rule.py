@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+from fpclass.config.inputs import DataSettings
+from fpclass.config.training import TrainSettings
 from tests.conftest import REPO
 
 TOLERANCE = 0.25
@@ -43,11 +45,11 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
       'data.image_size': (height, width), 'data.synthetic.n_class0': images // 2,
       'data.synthetic.n_class1': images - images // 2, 'data.synthetic.n_test': 4, 'train.epochs': 1,
       'sweep.model_axis': form})
-  decoded = pipeline.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   pool, labels = decoded.pool.images, decoded.pool.labels
   folds = splits.kfold_indices(labels, 5, 0)
   members = [Member(m % 5, m // 5, *folds[m % 5]) for m in range(models)]
-  batch = batch_size_for(config, len(members[0].train_index))
+  batch = batch_size_for(TrainSettings.from_config(config.train), len(members[0].train_index))
   task = task_lib.build_task(config, decoded.class_names, labels[members[0].train_index],
                              -(-len(members[0].train_index) // batch))
   eval_batch = task_lib.common_batch(config.eval.batch_size, [len(m.val_index) for m in members])

@@ -135,7 +135,8 @@ def test_load_from_the_data_config_reads_the_synthetic_set(small):
   # the loader keeps resolving files itself: Planet's ids name no extension
   assert all(resolve_file(small / 'train', name) == small / 'train' / f'{name}.png' for name in labels.ids)
   columns = ml_collections.ConfigDict(dict(root=str(small), labels_csv='train.csv', id_column='image_name',
-                                           label_column='unused', label_columns=('tags',), class_names=()))
+                                           label_column='unused', label_columns=('tags',), class_names=(),
+                                           task='multilabel'))
   # label_columns set: 0/1 columns, which a tag column is not
   with pytest.raises(UserInputError, match=r"40 row\(s\) with a cell of config\.data\.label_columns that is not 0 or 1: "
                      r"row 2 \(tags="):

@@ -13,14 +13,16 @@ import pytest
 from flax import traverse_util
 
 from fpclass.analysis import cam
+from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ExplainSettings
 from fpclass.data import pipeline
+from fpclass.infer import explanation_multilabel
 from fpclass.infer.explainer import build_explainer
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import PERTURBATION_PREFIX
 from fpclass.modes import explain
-from fpclass.train import checkpoint
+from fpclass.train import checkpoint, sidecar
 from tests import content
 from tests.conftest import MULTILABEL, launch, load_config
 
@@ -36,14 +38,14 @@ def restored(trained_multilabel, tmp_path_factory):
   shared, env, _ = trained_multilabel
   workdir = tmp_path_factory.mktemp('ml-explain') / 'run'
   shutil.copytree(shared, workdir)
-  metadata = json.loads((workdir / checkpoint.METADATA).read_text())
+  metadata = json.loads((workdir / sidecar.METADATA).read_text())
   metadata['calibration'] = {'thresholds': THRESHOLDS}
-  (workdir / checkpoint.METADATA).write_text(json.dumps(metadata))
+  (workdir / sidecar.METADATA).write_text(json.dumps(metadata))
   launch(MULTILABEL, f'--workdir={workdir}', '--mode=explain', env=env)
   config = load_config(MULTILABEL.split('=', 1)[1])
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
-    dataset = pipeline.load_dataset(config)
+    dataset = pipeline.load_dataset(DataSettings.from_config(config.data))
   trained = load_trained(config, workdir)
   probs = trained.probabilities(dataset.val.images, int(config.eval.batch_size), prediction_chunk(config, dataset))
   return workdir, config, trained, dataset, probs
@@ -119,11 +121,11 @@ def test_label_groups_and_fallback_labels():
   probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.3, 0.4], [0.8, 0.1]])
   truth = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], np.uint8)
   predicted = (probs >= 0.5).astype(np.uint8)
-  groups = explain.select_label_groups(probs, truth, predicted, ('a', 'b c'), n=1)
+  groups = explanation_multilabel.select_label_groups(probs, truth, predicted, ('a', 'b c'), n=1)
   assert {key: (k, shown.tolist(), total) for key, (k, shown, total) in groups.items()} == {
       'a_false_positives': (0, [0], 2), 'a_false_negatives': (0, [2], 1),
       'b-c_false_positives': (1, [], 0), 'b-c_false_negatives': (1, [0], 1)}
-  explained = explain.explained_labels(probs, predicted)
+  explained = explanation_multilabel.explained_labels(probs, predicted)
   assert [(labels.tolist(), fallback) for labels, fallback in explained] == [
       ([0], False), ([0, 1], False), ([1], True), ([0], False)]
 

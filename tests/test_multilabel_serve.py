@@ -18,7 +18,7 @@ from fpclass.infer.inference import load_trained
 from fpclass.serve import app as serve_app
 from fpclass.serve import server as serve_server
 from fpclass.serve import service as serve_service
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 from tests.conftest import MULTILABEL, load_config
 from tests.test_serve import assert_still_serving, post_files
 from tests.test_serve_browser import browser  # noqa: F401 - the module fixture (skips without chromium), shared
@@ -76,9 +76,9 @@ def served(trained_multilabel, tmp_path_factory):
   paths = sorted((root / 'test').glob('*.png'))[:POOL]
   probs, _, names = in_process(workdir, paths, calibrated=False)
   several, none, thresholds = choose_thresholds(probs)
-  metadata = checkpoint.read_metadata(workdir)
+  metadata = sidecar.read_metadata(workdir)
   metadata['calibration'] = {'thresholds': dict(zip(names, thresholds.tolist()))}
-  checkpoint.write_metadata(workdir, metadata)
+  sidecar.write_metadata(workdir, metadata)
   return {'workdir': workdir, 'paths': paths, 'several': paths[several], 'none': paths[none],
           'thresholds': dict(zip(names, thresholds.tolist())), 'names': list(names)}
 

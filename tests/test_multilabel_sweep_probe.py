@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fpclass.analysis import linear_probe, stats
 from fpclass.analysis import multilabel_metrics as mlm
+from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ProbeSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
@@ -26,7 +27,7 @@ from fpclass.infer.inference import load_trained
 from fpclass.models import probe_backbones
 from fpclass.modes.sweep import run_sweep
 from fpclass.search import screen as probe_mode
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 from tests.conftest import MULTILABEL, launch, load_config
 
 CLASSES = ['circle', 'cross', 'ring', 'square', 'triangle']
@@ -74,7 +75,7 @@ def test_the_sweep_summarises_map_and_macro_f1_with_intervals(sweep_run):
   assert '| variant | changes | models | mAP | macro F1 | macro F1 at 0.5 → thresholds |' in table
   assert '| variant | pairs | Δ mAP | Δ macro F1 | mAP wins/losses |' in table and 'per-label stratified' in table
   # Each fold model holds its per-label thresholds, fitted by the calibration on the out-of-fold predictions.
-  thresholds = checkpoint.read_metadata(workdir / 'base' / 'fold1')['calibration']['thresholds']
+  thresholds = sidecar.read_metadata(workdir / 'base' / 'fold1')['calibration']['thresholds']
   assert list(thresholds) == CLASSES and all(0 < t < 1 for t in thresholds.values())
 
 
@@ -97,7 +98,7 @@ def test_each_model_scores_what_its_saved_validation_predictions_give(sweep_run,
       assert row['map'] == pytest.approx(skm.average_precision_score(labels, probs, average='macro'), abs=1e-6)
       assert row['macro_f1'] == pytest.approx(skm.f1_score(labels, probs >= 0.5, average='macro', zero_division=0))
       config = load_config(MULTILABEL.split('=', 1)[1], **SWEEP, **{'data.fold': fold})
-      val = pipeline.load_dataset(config, progress=False).val
+      val = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False).val
       assert rows['id'].tolist() == list(val.ids) and np.array_equal(labels, val.labels)
   trained = load_trained(config, workdir / 'base' / 'fold1')   # config: fold 1
   probs = trained.probabilities(val.images, 64)
@@ -126,7 +127,7 @@ def test_the_probe_is_scikit_learns_one_vs_rest_logistic_regression(probe_run, m
   assert 'one-vs-rest logistic regressions' in report
 
   config = load_config(MULTILABEL.split('=', 1)[1], **PROBE)
-  decoded = pipeline.decode_source(config, progress=False)
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   images, labels, ids, _ = probe_mode.labelled_set(decoded)
   (backbone,) = probe_backbones.parse_backbones(config)
   found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))

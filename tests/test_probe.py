@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
 from fpclass.analysis import linear_probe, stats
+from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ProbeSettings
 from fpclass.data import pipeline, splits
 from fpclass.errors import UserInputError
@@ -121,7 +122,7 @@ def test_tables_plot_and_report_agree_with_the_predictions(probe_run):
 
 def test_features_match_torchvision_and_the_fit_matches_logistic_regression_cv(probe_run):
   config = probe_run.config()
-  images, labels, _, _ = probe_mode.labelled_set(pipeline.decode_source(config, progress=False))
+  images, labels, _, _ = probe_mode.labelled_set(pipeline.decode_source(DataSettings.from_config(config.data), progress=False))
   backbone = probe_backbones.parse_backbones(config)[1]
   found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   assert found.cached   # written by the launch, another process
@@ -190,7 +191,7 @@ def test_a_second_run_reuses_the_features_and_other_pixels_do_not(probe_run, tmp
   pd.testing.assert_frame_equal(first, again)
 
   config = probe_run.config()
-  images, _, _, _ = probe_mode.labelled_set(pipeline.decode_source(config, progress=False))
+  images, _, _, _ = probe_mode.labelled_set(pipeline.decode_source(DataSettings.from_config(config.data), progress=False))
   backbone = probe_backbones.parse_backbones(config)[1]
   original = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
   # Other pixels, another entry: here every image mirrored, which the flip TTA check below needs anyway.

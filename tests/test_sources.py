@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from fpclass.config.inputs import DataSettings
 from fpclass.config.schema import base_config
 from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
@@ -120,7 +121,7 @@ def test_pipeline_quarantines_corrupt_images_and_splits_stratified(tmp_path):
   (tmp_path / 'a' / '3.png').write_bytes(b'')
   c = base_config()
   c.data.update(source='image_folder', root=str(tmp_path), image_size=(16, 16))
-  dataset = load_dataset(c, progress=False)
+  dataset = load_dataset(DataSettings.from_config(c.data), progress=False)
   assert len(dataset.train) + len(dataset.val) == 19
   assert np.bincount(dataset.val.labels).tolist() == [2, 2]
   assert [(p.split, p.reason) for p in dataset.quarantine] == [('train', 'zero-byte file')]
@@ -132,9 +133,9 @@ def test_corrupt_test_image_stops_submission_data_unless_prior(kaggle_root):
   c = base_config()
   c.data.update(source='kaggle_csv', root=str(kaggle_root), image_size=(16, 16))
   with pytest.raises(UserInputError, match='test_2.png'):
-    decode_source(c, progress=False)
+    decode_source(DataSettings.from_config(c.data), progress=False)
   c.data.bad_test_images = 'prior'
-  decoded = decode_source(c, progress=False)
+  decoded = decode_source(DataSettings.from_config(c.data), progress=False)
   assert decoded.test.extras['decoded'].tolist() == [True, True, True, False]
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fpclass.config.inputs import DecodeSettings
+from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.data import decode, pipeline, stream
 from fpclass.data.rows import ImageRows, mapped_file, take_rows
 from fpclass.errors import UserInputError
@@ -70,15 +70,15 @@ def test_image_rows_index_as_numpy_does(tmp_path, from_file):
 
 def test_a_mapped_dataset_stays_unread_and_holds_the_in_memory_images():
   config = load_config('configs/footprint.py:exp4,quick')
-  mapped, resident = pipeline.load_dataset(config, progress=False, mapped=True), pipeline.load_dataset(config, progress=False)
+  mapped, resident = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False, mapped=True), pipeline.load_dataset(DataSettings.from_config(config.data), progress=False)
   assert isinstance(mapped.train.images, ImageRows) and mapped.train.images._file is not None
   assert type(resident.train.images) is np.ndarray and type(resident.val.images) is np.ndarray
   for name in ('train', 'val'):
     assert np.array_equal(np.asarray(getattr(mapped, name).images), getattr(resident, name).images)
     assert getattr(mapped, name).ids == getattr(resident, name).ids
-  placed = stream.place(mapped, load_config('configs/footprint.py:exp4,quick', **{'data.device_memory_budget': 1}))
+  placed = stream.place(mapped, DataSettings.from_config(load_config('configs/footprint.py:exp4,quick', **{'data.device_memory_budget': 1}).data).storage)
   assert stream.is_streamed(placed.train) and stream.is_streamed(placed.val)
-  kept = stream.place(mapped, config)  # 0: half the free memory, far more than these images
+  kept = stream.place(mapped, DataSettings.from_config(config.data).storage)  # 0: half the free memory, far more than these images
   assert stream.memory_budget(0) > 0 and type(kept.train.images) is np.ndarray
   assert np.array_equal(kept.train.images, resident.train.images)
 
@@ -167,7 +167,7 @@ def test_a_streamed_run_equals_the_in_memory_run_bit_for_bit(tmp_path):
   same = jax.tree_util.tree_map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), runs[0][1], runs[1][1])
   assert all(jax.tree_util.tree_leaves(same))
   assert runs[0][2] == runs[1][2]  # evaluation after training read the streamed split chunk by chunk
-  val = len(pipeline.load_dataset(config, progress=False).val)
+  val = len(pipeline.load_dataset(DataSettings.from_config(config.data), progress=False).val)
   assert val % EVAL_CHUNK and len(runs[1][3]) == val   # every image of the partial chunk was predicted
   pd.testing.assert_frame_equal(runs[0][3], runs[1][3], check_exact=True)
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from fpclass.config.inputs import DataSettings
 from fpclass.config.variants import config_changes
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
@@ -14,7 +15,7 @@ from fpclass.infer.calibrate_models import calibrate
 from fpclass.infer.inference import load_trained
 from fpclass.models.heads import probabilities
 from fpclass.modes.sweep import run_sweep
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 from fpclass.train.sweep_plan import build_variants
 from tests import content
 from tests.conftest import launch, load_config
@@ -66,7 +67,7 @@ def test_sweep_writes_tables_chart_and_fold_models(sweep_run):
     folds = sorted(p.name for p in (workdir / variant).iterdir() if (p / 'metadata.json').exists())
     assert folds == [f'fold{k}' for k in range(5)]
     assert len(models[(models['experiment'] == variant) & models['kept']]) == 5
-    meta = checkpoint.read_metadata(workdir / variant / 'fold3')
+    meta = sidecar.read_metadata(workdir / variant / 'fold3')
     assert meta['config']['data']['fold'] == 3 and meta['calibration']['temperature'] > 0
     assert 0 <= meta['calibration']['threshold'] <= 1
     content.check_not_blank(workdir / variant / 'reliability.png')
@@ -81,7 +82,7 @@ def test_a_kept_fold_model_scores_what_sweep_models_csv_says(sweep_run, monkeypa
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES, **{'data.fold': 3})
   trained = load_trained(config, workdir / 'exp3' / 'fold3')
-  val = pipeline.load_dataset(config).val
+  val = pipeline.load_dataset(DataSettings.from_config(config.data)).val
   pred = trained.probabilities(val.images, 64)
   models = pd.read_csv(workdir / 'sweep_models.csv')
   row = models[(models['experiment'] == 'exp3') & (models['split'] == 3) & models['kept']].iloc[0]
@@ -108,7 +109,7 @@ def test_every_member_s_out_of_fold_predictions_give_its_row_of_sweep_models_csv
       assert row['roc_auc'] == pytest.approx(skm.roc_auc_score(labels, group['p_1']))
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES, **{'data.fold': 3})
-  val = pipeline.load_dataset(config).val
+  val = pipeline.load_dataset(DataSettings.from_config(config.data)).val
   kept = models[(models['experiment'] == 'exp3') & (models['split'] == 3) & models['kept']].iloc[0]
   oof = pd.read_csv(workdir / 'exp3' / 'oof_predictions.csv', dtype={'id': str})
   mine = oof[(oof['split'] == 3) & (oof['seed'] == kept['seed'])].set_index('id').loc[list(map(str, val.ids))]
@@ -143,7 +144,7 @@ def test_submit_averages_calibrated_fold_models_with_flip_tta(sweep_run, monkeyp
   # temperature, softmaxed, averaged; class 1 where p_1 reaches the stored threshold.
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES)
-  test = pipeline.decode_source(config, progress=False).test
+  test = pipeline.decode_source(DataSettings.from_config(config.data), progress=False).test
   expected, thresholds = [], set()
   for fold in range(5):
     trained = load_trained(config, folder / f'fold{fold}')
@@ -199,9 +200,9 @@ def test_calibrate_mode_on_a_single_run(sweep_run, tmp_path, monkeypatch):
   shutil.copytree(workdir / 'exp0' / 'fold1', run)
   config = load_config('configs/footprint.py:exp0,quick', **TINY_OVERRIDES)
   result = calibrate(config, run)
-  stored = checkpoint.read_metadata(run)['calibration']
+  stored = sidecar.read_metadata(run)['calibration']
   assert stored['fitted_on'] == 'validation predictions of this run (n=15)' and stored == result
-  assert stored['temperature'] != checkpoint.read_metadata(workdir / 'exp0' / 'fold1')['calibration']['temperature']
+  assert stored['temperature'] != sidecar.read_metadata(workdir / 'exp0' / 'fold1')['calibration']['temperature']
   assert '## Calibration' in (run / 'report.md').read_text() and (run / 'reliability.png').is_file()
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.data.label_map import parse_label_map, source_class_order
 from fpclass.errors import UserInputError
@@ -29,12 +30,12 @@ def cifar_config(**overrides):
 
 
 def test_mock_data_drives_data_source_with_the_recipe_label_map(stand_in_dir):
-  on_disk = pipeline.list_raw_source(cifar_config(**{'data.tfds.data_dir': str(stand_in_dir)}))  # fills the cache
+  on_disk = pipeline.list_raw_source(DataSettings.from_config(cifar_config(**{'data.tfds.data_dir': str(stand_in_dir)}).data))  # fills the cache
   # USE_FILES takes the metadata (CIFAR-10's class names) from the prepared folder; the examples are mock_data's,
   # and must not be confused with the cached arrays of the files there.
   with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(stand_in_dir)):
-    source = pipeline.list_source(cifar_config())
-    raw = pipeline.list_raw_source(cifar_config())
+    source = pipeline.list_source(DataSettings.from_config(cifar_config().data))
+    raw = pipeline.list_raw_source(DataSettings.from_config(cifar_config().data))
   assert 'tensorflow' not in sys.modules
   assert source.class_names == ('vehicle', 'animal') and raw.class_names == CIFAR10_NAMES
   assert len(source.train) == len(source.test) == 40 and len(on_disk.train) == 60
@@ -49,7 +50,7 @@ def test_mock_data_drives_data_source_with_the_recipe_label_map(stand_in_dir):
 def test_mock_data_variable_size_images_are_fitted_like_files():
   config = load_config('configs/cats_dogs.py:tfds,quick', **{'data.image_size': (48, 40)})
   with tfds.testing.mock_data(num_examples=12):  # cats_vs_dogs images are 5-50 pixels a side here
-    dataset = pipeline.load_dataset(config, progress=False)
+    dataset = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False)
   assert dataset.class_names == ('cat', 'dog')
   assert dataset.train.images.shape[1:] == (48, 40, 3) and len(dataset.train) + len(dataset.val) == 12
   assert dataset.val.images.std() > 0
@@ -58,7 +59,7 @@ def test_mock_data_variable_size_images_are_fitted_like_files():
 def test_prepared_files_are_read_cached_and_corrupt_records_quarantined(stand_in_dir, isolated_cache):
   config = load_config('configs/cats_dogs.py:tfds,quick', **{'data.tfds.data_dir': str(stand_in_dir),
                                                               'data.image_size': (32, 32)})
-  first = pipeline.decode_source(config, progress=False)
+  first = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   assert [p.reason.startswith('unreadable record') for p in first.quarantine] == [True]
   assert first.quarantine[0].file.startswith('cats_vs_dogs:train[')
   assert len(first.pool) == 23 and set(first.pool.ids) <= {f'train_{i:05d}.png' for i in range(24)}
@@ -67,7 +68,7 @@ def test_prepared_files_are_read_cached_and_corrupt_records_quarantined(stand_in
   assert first.pool.images[labels == 1].mean() > first.pool.images[labels == 0].mean() + 30
   cached = list((isolated_cache / 'decoded').glob('tfds-cats_vs_dogs-*.npz'))
   assert len(cached) == 1
-  second = pipeline.decode_source(config, progress=False)
+  second = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   assert np.array_equal(first.pool.images, second.pool.images) and first.pool.ids == second.pool.ids
   assert [p.file for p in second.quarantine] == [p.file for p in first.quarantine]
 
@@ -82,7 +83,7 @@ def test_prepared_files_are_read_cached_and_corrupt_records_quarantined(stand_in
 def test_tfds_problems_name_the_flag(stand_in_dir, overrides, message):
   config = cifar_config(**{'data.tfds.data_dir': str(stand_in_dir), **overrides})
   with pytest.raises(UserInputError, match=message):
-    pipeline.list_source(config)
+    pipeline.list_source(DataSettings.from_config(config.data))
 
 
 @pytest.mark.skipif(importlib.util.find_spec('tensorflow') is not None, reason='TensorFlow is installed here')

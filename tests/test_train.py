@@ -5,13 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import heads
 from fpclass.modes.runner import run
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 from fpclass.train import task as task_lib
 from fpclass.train.sampling import epoch_order
 from tests.conftest import load_config
@@ -75,7 +76,7 @@ def test_evaluate_predicts_every_split_with_one_program(tmp_path):
   predict serves both; the padding does not change the logits beyond float32 rounding."""
   config = tiny_digits(**{'train.epochs': 1, 'eval.score_train': True, 'eval.batch_size': 2048})
   run('train', config, tmp_path)
-  dataset = pipeline.load_dataset(config)
+  dataset = pipeline.load_dataset(DataSettings.from_config(config.data))
   chunk = prediction_chunk(config, dataset)
   assert len(dataset.val) < chunk == min(int(config.eval.batch_size), len(dataset.train))
   trained = load_trained(config, tmp_path)
@@ -101,9 +102,9 @@ def test_restoring_into_another_architecture_is_refused(tmp_path):
 
 def test_a_checkpoint_that_does_not_fit_gives_a_clear_error(tmp_path):
   run('train', tiny_digits(), tmp_path)
-  meta = checkpoint.read_metadata(tmp_path)
+  meta = sidecar.read_metadata(tmp_path)
   meta['config']['model']['fc_sizes'] = [32]  # a sidecar edited to lie about the checkpoint
-  checkpoint.write_metadata(tmp_path, meta)
+  sidecar.write_metadata(tmp_path, meta)
   with pytest.raises(UserInputError, match='does not match the model'):
     load_trained(tiny_digits(**{'model.fc_sizes': (32,)}), tmp_path)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fpclass.analysis.calibration import fit_temperature
-from fpclass.config.inputs import AugmentSettings, DecodeSettings
+from fpclass.config.inputs import AugmentSettings, DataSettings, DecodeSettings
 from fpclass.data import pipeline
 from fpclass.data.decode import decode_files
 from fpclass.errors import UserInputError
@@ -134,7 +134,8 @@ def test_calibration_is_refitted_on_tta_outputs_and_must_match_at_prediction(tra
   shutil.copytree(shared, workdir)
   config = quick_config(**{'submit.tta': 2, 'data.cache_dir': env['FPCLASS_CACHE']})
   trained = load_trained(config, workdir)
-  val = pipeline.split_dataset(pipeline.decode_source(config), config).val
+  data = DataSettings.from_config(config.data)
+  val = pipeline.split_dataset(pipeline.decode_source(data), data.split).val
   batch = min(int(config.eval.batch_size), len(val))
   blend, plain, _ = hand_tta(trained, val.images, batch, 2, 0.25)
   # A sweep hands over its plain validation logits; with TTA on they are not what predictions will be.
@@ -166,7 +167,7 @@ def test_submit_with_tta_through_launch(trained_quick, tmp_path):
   shutil.copytree(shared, workdir)
   launch(f'--workdir={workdir}', '--mode=submit', '--config.submit.tta=2', env=env)
   config = quick_config(**{'data.cache_dir': env['FPCLASS_CACHE']})
-  test = pipeline.decode_source(config).test
+  test = pipeline.decode_source(DataSettings.from_config(config.data)).test
   trained = load_trained(config, workdir)
   expected, plain, _ = hand_tta(trained, test.images, min(int(config.eval.batch_size), len(test)), 2, 0.25)
   got = pd.read_csv(workdir / 'submission_probabilities.csv', dtype={'filename': str})

@@ -29,7 +29,7 @@ class Tile:
 
 def overlay(image_u8: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
   """The image in grey (or colour) under a jet colour map of `heat`, as RGB floats in [0, 1]."""
-  rgb = _as_rgb(image_u8)
+  rgb = as_rgb(image_u8)
   return (1.0 - alpha) * rgb + alpha * matplotlib.colormaps['jet'](np.clip(heat, 0.0, 1.0))[..., :3]
 
 
@@ -38,7 +38,7 @@ def deprocess_gradients(gradients: np.ndarray) -> np.ndarray:
   (pytorch-grad-cam's `deprocess_image`)."""
   g = gradients - gradients.mean()
   g = g / (g.std() + 1e-5) * 0.1 + 0.5
-  return _as_rgb(np.clip(g, 0.0, 1.0))
+  return as_rgb(np.clip(g, 0.0, 1.0))
 
 
 def cam_grid(tiles, maps, guided, alpha: float, method: str, layer: str, columns: int = 10,
@@ -47,19 +47,19 @@ def cam_grid(tiles, maps, guided, alpha: float, method: str, layer: str, columns
   wrap the titles at this many characters (multi-label tag lists), the band above each block fitting them."""
   panels = []
   for i, tile in enumerate(tiles):
-    column = [_as_rgb(tile.image), overlay(tile.image, maps[i], alpha)]
+    column = [as_rgb(tile.image), overlay(tile.image, maps[i], alpha)]
     if guided is not None:
       column.append(deprocess_gradients(guided[i]))
     panels.append(column)
   labels = ['input', f'{METHODS[method]} ({layer})', 'Guided Grad-CAM'][:len(panels[0])]
-  return _mosaic_figure(panels, tiles, labels, columns, fontsize=7, wrap=wrap)
+  return mosaic_figure(panels, tiles, labels, columns, fontsize=7, wrap=wrap)
 
 
 def inference_grid(tiles, columns: int = 8, right_means: str = 'right', wrap: int | None = None) -> Figure:
   """The inference grid: each image titled with its prediction, green if right, red if wrong. `right_means`
   names what a green title means in the heading (multi-label: 'with every tag right'); `wrap` as `cam_grid`."""
   right = sum(t.correct for t in tiles)
-  return _mosaic_figure([[_as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=8,
+  return mosaic_figure([[as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=8,
                         heading=f'{right} of {len(tiles)} {right_means} (green), {len(tiles) - right} wrong (red)',
                         wrap=wrap)
 
@@ -76,7 +76,7 @@ class LabelMap:
 def label_cam_rows(rows, alpha: float, method: str, layer: str, wrap: int = 26) -> Figure:
   """Multi-label CAM rows: per image (a `Tile`), its input and one overlay per explained label (`LabelMap`s),
   left to right; each panel is captioned above, in green or red. Drawn as one image in one axes with the
-  texts on top, as `_mosaic_figure` does, so it is saved untrimmed."""
+  texts on top, as `mosaic_figure` does, so it is saved untrimmed."""
   height, width = rows[0][0].image.shape[:2]
   columns = 1 + max(len(maps) for _, maps in rows)
   texts = [[_wrapped(tile.title, wrap)] + [_wrapped(m.caption, wrap) for m in maps] for tile, maps in rows]
@@ -88,7 +88,7 @@ def label_cam_rows(rows, alpha: float, method: str, layer: str, wrap: int = 26) 
   canvas = np.ones((len(rows) * row_height, columns * (width + gap) - gap, 3), np.float32)
   for r, (tile, maps) in enumerate(rows):
     y = r * row_height + band
-    panels = [_as_rgb(tile.image)] + [overlay(tile.image, m.heat, alpha) for m in maps]
+    panels = [as_rgb(tile.image)] + [overlay(tile.image, m.heat, alpha) for m in maps]
     for c, panel in enumerate(panels):
       canvas[y:y + height, c * (width + gap):c * (width + gap) + width] = panel
   top = HEADING_INCHES
@@ -107,7 +107,7 @@ def label_cam_rows(rows, alpha: float, method: str, layer: str, wrap: int = 26) 
   return fig
 
 
-def _mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int, heading: str = '',
+def mosaic_figure(panels, tiles, row_labels, columns: int, fontsize: int, heading: str = '',
                    wrap: int | None = None) -> Figure:
   """Tiles in blocks of `columns`, each tile a column of equally sized RGB panels under its title, drawn as
   ONE image in one axes with the titles as text, and `heading` in a band above. An axes per panel (173 for a
@@ -164,7 +164,7 @@ def feature_map_grid(image_u8: np.ndarray, features: dict, title: str, max_chann
   grid = fig.add_gridspec(1 + len(mosaics), 1, height_ratios=[image_height, *heights], hspace=0.15,
                           left=0.01, right=0.99, top=0.95, bottom=0.01)
   ax = fig.add_subplot(grid[0])
-  ax.imshow(_as_rgb(image_u8), interpolation='nearest')
+  ax.imshow(as_rgb(image_u8), interpolation='nearest')
   ax.set_axis_off()
   ax.set_title('input', fontsize=8)
   cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
@@ -199,7 +199,7 @@ def _wrapped(text: str, width: int) -> str:
   return '\n'.join(part for line in text.split('\n') for part in (textwrap.wrap(line, width) or ['']))
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
+def as_rgb(image: np.ndarray) -> np.ndarray:
   """uint8 or [0, 1] float (H, W, C) with C 1 or 3 -> float RGB (H, W, 3) in [0, 1]."""
   image = np.asarray(image)
   image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)

@@ -6,6 +6,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fpclass.analysis import stats
+from fpclass.config.inputs import SplitSettings
 from fpclass.runtime import report
 
 METRICS = ('accuracy', 'macro_f1', 'log_loss')
@@ -78,6 +79,7 @@ def probe_section(config, settings, summary, differences, best, note, count, rat
   feature_seconds = float(summary['feature_seconds'].sum())
   fit_seconds = float(summary['fit_seconds'].sum())
   rank_by = rank_by or settings.rank_by
+  split = SplitSettings.from_config(config.data)
   multilabel = 'map' in names
   model = ('one-vs-rest logistic regressions (one binary probe per class, each with its own C)' if multilabel
            else 'a logistic regression')
@@ -85,9 +87,9 @@ def probe_section(config, settings, summary, differences, best, note, count, rat
       '## Linear probe: which backbone?', '',
       f'{len(summary)} backbones, each {model} on its frozen, pooled features '
       f'(`probe.pooling={settings.pooling}`{", with flip TTA" if settings.flip_tta else ""}) of {count} images '
-      f'({note}), over {config.data.num_folds} {"per-label " if multilabel else ""}stratified folds × seeds '
+      f'({note}), over {split.num_folds} {"per-label " if multilabel else ""}stratified folds × seeds '
       f'{list(settings.seeds)} (split_seed '
-      f'{config.data.split_seed} + seed). In each fold the L2 strength C is chosen from {len(settings.c_values)} '
+      f'{split.split_seed} + seed). In each fold the L2 strength C is chosen from {len(settings.c_values)} '
       f'values ({min(settings.c_values):.0e} to {max(settings.c_values):.0e}) by {settings.inner_folds}-fold inner '
       f'cross-validation on log loss, then refitted on the fold\'s training rows (solver `{settings.solver}`).'
       + (' Macro F1 decides each class at 0.5; log loss is the binary one, averaged over every (image, class).'

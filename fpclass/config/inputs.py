@@ -59,6 +59,162 @@ class LabelSettings(Settings):
     return self.task == 'multilabel'
 
 
+@dataclasses.dataclass(frozen=True)
+class ShapesSettings(Settings):
+  """`config.data.synthetic.shapes`: the embedded multi-label shapes set (`fpclass.data.synthetic_multilabel`)."""
+  SECTION: ClassVar[str] = 'data.synthetic.shapes'
+  n_train: int = 2000
+  n_test: int = 500
+  size: int = 64                   # pixels, square
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSettings(Settings):
+  """`config.data.synthetic`: the embedded SYNTHETIC sets, footprints (single-label) or, with task=multilabel,
+  the shapes set."""
+  SECTION: ClassVar[str] = 'data.synthetic'
+  seed: int = 0
+  n_class0: int = 845
+  n_class1: int = 728
+  n_test: int = 1055
+  shapes: ShapesSettings = ShapesSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSettings(Settings):
+  """`config.data.tfds`, for data.source=tfds: a named TFDS dataset prepared as ArrayRecord, read with
+  tfds.data_source (no TensorFlow at run time). Splits take TFDS slicing ('train[:80%]'); '' means none (val: a
+  holdout of val_fraction from the train split). `launch.py --mode prepare` downloads and prepares it."""
+  SECTION: ClassVar[str] = 'data.tfds'
+  name: str = ''                   # e.g. cifar10, horses_or_humans, cats_vs_dogs (optionally name:version)
+  data_dir: str = ''               # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+  train_split: str = 'train'
+  val_split: str = ''
+  test_split: str = ''             # a labelled test split is scored in scores.json
+  image_key: str = 'image'
+  label_key: str = 'label'
+
+  def __getitem__(self, key: str):
+    """`tfds[f'{role}_split']`: a key named at run time."""
+    return getattr(self, key)
+
+
+BAD_TEST_IMAGES = ('error', 'prior')
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSettings(Settings):
+  """Where the images and labels come from: the source keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  # kaggle_csv | image_folder | tfds | digits. kaggle_csv with an empty root means the embedded SYNTHETIC
+  # footprints (generated once into the cache), so a newcomer needs no download.
+  source: str = 'kaggle_csv'
+  root: str = ''
+  # A CSV written by `--mode clean` (clean_files.csv): only its keep=True files are used, from the labelled
+  # splits of a kaggle_csv or image_folder root; a file it never scanned is an error.
+  file_list: str = ''
+  # Groups source classes into new ones, 'coarse:fine,fine;other:*' ('*' = every class not named before).
+  # Classes follow the group order; each example keeps its source class as extras['fine_label'].
+  label_map: str = ''
+  # Kaggle layout: <root>/<labels_csv>, <root>/<train_dir>/, <root>/<test_dir>/ or <root>/<sample_submission>.
+  labels_csv: str = 'train.csv'
+  train_dir: str = 'train'
+  test_dir: str = 'test'
+  sample_submission: str = 'sample_submission.csv'
+  id_column: str = 'filename'
+  label_column: str = 'SEX'
+  # Optional fixed class order; empty means sorted unique labels (Kaggle) or sorted folder names. Its
+  # `class_order` is the names as strings (a label read from a CSV is a string).
+  class_names: tuple = ()
+  bad_test_images: str = 'error'   # error | prior: an undecodable test image stops submit, or gets the prior
+  synthetic: SyntheticSettings = SyntheticSettings()
+  tfds: TfdsSettings = TfdsSettings()
+
+  def check(self):
+    self.require('bad_test_images', self.bad_test_images in BAD_TEST_IMAGES, f'one of {BAD_TEST_IMAGES}')
+
+  @property
+  def class_order(self) -> tuple[str, ...]:
+    return tuple(str(c) for c in self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSettings(Settings):
+  """How the labelled pool is split into train and validation: the split keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  val_fraction: float = 0.2        # stratified, seeded holdout when the source has no validation split
+  split_seed: int = 0              # fixed apart from `seed`, so runs with other seeds share one split
+  num_folds: int = 5               # k for stratified k-fold indices (fpclass.data.splits)
+  fold: int = -1                   # >= 0: validate on that fold instead of the holdout
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings(Settings):
+  """Where decoded data is kept and how much of it the device holds: the storage keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  cache_dir: str = ''              # '' -> $FPCLASS_CACHE or ~/.cache/fpclass
+  decode_workers: int = 0          # 0 -> 2 x CPU count threads
+  # Bytes the decoded train + val arrays may take on each device; 0 -> half its free memory (host RAM on CPU).
+  # Above it, batches stream from the memory-mapped decode cache in the same order.
+  device_memory_budget: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSettings(Settings):
+  """How the cached uint8 images become the model's input on the device: the input keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  mean: tuple[float, ...] = (0.5,)     # seed CNNs only: a pretrained model uses its family's (fpclass.models.preprocessing)
+  std: tuple[float, ...] = (0.5,)
+  device_resize: tuple[int, ...] = ()  # (height, width): resize on the device after augmentation (e.g. CIFAR's 32 -> 224)
+
+
+@dataclasses.dataclass(frozen=True)
+class CurationSettings(Settings):
+  """Acting on suspected label errors without touching a file (`fpclass.data.curation`): the curation keys of
+  `config.data`. Each is a CSV naming examples in a column `file` (or `id`, or the source's id column), such as
+  the label_issues.csv that `--mode label_issues` writes."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  exclude_csv: str = ''            # the examples it names are left out of training and validation
+  relabel_csv: str = ''            # the examples it names get its `label` (or label_issues.csv's `suggested_label`)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """`config.data` whole, typed: one part per owner (decode, labels, files, split, storage, inputs,
+  curation), each a checked `Settings`. What a source, the pipeline and training receive instead of the ConfigDict."""
+  decode: DecodeSettings
+  labels: LabelSettings
+  files: SourceSettings
+  split: SplitSettings
+  storage: StorageSettings
+  inputs: InputSettings
+  curation: CurationSettings
+
+  PARTS: ClassVar[dict] = {'decode': DecodeSettings, 'labels': LabelSettings, 'files': SourceSettings,
+                           'split': SplitSettings, 'storage': StorageSettings, 'inputs': InputSettings,
+                           'curation': CurationSettings}
+
+  @classmethod
+  def from_config(cls, section) -> 'DataSettings':
+    """From the ConfigDict section (or the instance itself)."""
+    if isinstance(section, DataSettings):
+      return section
+    return cls(**{name: part.from_config(section) for name, part in cls.PARTS.items()})
+
+  @classmethod
+  def defaults(cls) -> dict:
+    """The section's keys and defaults, every part's together."""
+    values = {}
+    for part in cls.PARTS.values():
+      values.update(part.defaults())
+    return values
+
+
 FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap')
 AUGMENT_POLICIES = ('', 'randaugment', 'trivialaugment')   # '' is off
 

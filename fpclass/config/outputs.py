@@ -213,3 +213,19 @@ class LrFindSettings(Settings):
     self.require('num_it', self.num_it >= 6, "at least 6 (fastai's floor)")
     self.require('beta', 0.0 <= self.beta < 1.0, 'in [0, 1)')
     self.require('suggestion', self.suggestion in LR_FIND_SUGGESTIONS, f'one of {LR_FIND_SUGGESTIONS}')
+
+
+LABEL_ISSUE_FILTERS = ('prune_by_noise_rate', 'prune_by_class', 'both', 'confident_learning', 'predicted_neq_given')
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelIssuesSettings(Settings):
+  """`config.label_issues`: --mode label_issues flags the given labels that a workdir's out-of-fold predictions
+  say are probably wrong (cleanlab's confident learning; fpclass.analysis.label_issues)."""
+  SECTION: ClassVar[str] = 'label_issues'
+  filter_by: str = 'prune_by_noise_rate'   # cleanlab's find_label_issues method (its default)
+  grid: int = 24                   # the least confident flagged examples drawn in label_issues.png; 0 -> none
+
+  def check(self):
+    self.require('filter_by', self.filter_by in LABEL_ISSUE_FILTERS, f'one of {LABEL_ISSUE_FILTERS}')
+    self.require('grid', self.grid >= 0, '>= 0 (0: no grid)')

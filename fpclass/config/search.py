@@ -60,3 +60,25 @@ class AutoSettings(Settings):
   @property
   def budget_seconds(self) -> float:
     return duration_seconds(self.time_budget)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSettings(Settings):
+  """`config.ensemble`: --mode ensemble on a sweep or auto workdir: Caruana selection over the candidates'
+  out-of-fold probabilities and a greedy soup, both scored cross-fitted, written as a workdir (docs/ensembles.md)."""
+  SECTION: ClassVar[str] = 'ensemble'
+  metric: str = ''                 # a registered metric (fpclass/analysis/metric_registry.py); '' -> the task's
+                                   # headline (accuracy; multi-label: mAP)
+  max_size: int = 25               # selection rounds, repeats included (AutoGluon's cap)
+  candidates: tuple[str, ...] = ()  # the variants or trials (folder names) to choose from; () -> every one
+  soup: bool = True                # also a greedy soup of the fold models that share architecture and init
+  seed: int = 0                    # halves each fold's images to score the soup, and cuts a single validation
+                                   # split (no folds) into 5 parts to cross-fit over
+  output: str = 'ensemble'         # the result's folder under --workdir, an ensemble workdir
+  timing_batch: int = 32           # images in the batch timed for the ms-per-image column
+
+  def check(self):
+    self.require('max_size', self.max_size >= 1, 'at least 1')
+    self.require('output', bool(self.output) and self.output not in ('.', '..') and '/' not in self.output
+                 and '\\' not in self.output, 'a folder name (no path separators)')
+    self.require('timing_batch', self.timing_batch >= 1, 'at least 1')

@@ -4,6 +4,7 @@ A section's field defaults are its defaults and its `check` the one place its va
 consumer gets a checked instance with `<Settings>.from_config(section)`. Errors name `config.<section>.<key>`.
 """
 import dataclasses
+import functools
 import numbers
 import typing
 from typing import Any, ClassVar
@@ -32,13 +33,18 @@ class Settings:
 
   @classmethod
   def defaults(cls) -> dict:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    """The section's keys and defaults; a nested section (data.tfds) as a dict of its own."""
+    return {f.name: f.default.defaults() if isinstance(f.default, Settings) else f.default
+            for f in dataclasses.fields(cls)}
 
   @classmethod
   def from_config(cls, section: Any):
-    """A checked instance from a ConfigDict section or a mapping (missing keys keep their defaults)."""
+    """A checked instance from a ConfigDict section or a mapping (missing keys keep their defaults), or the
+    instance itself."""
+    if isinstance(section, cls):
+      return section
     values = section.to_dict() if hasattr(section, 'to_dict') else dict(section)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown and not cls.SHARED_SECTION:
@@ -52,8 +58,19 @@ class Settings:
       raise ConfigError(f'config.{self.SECTION}.{name}={getattr(self, name)!r}: must be {expected}')
 
 
+@functools.cache
+def _hints(cls) -> dict:
+  return typing.get_type_hints(cls)
+
+
 def _coerce(key: str, hint, value):
   """`value` as the field's annotated type; a string where a number belongs is a typo, not a number."""
+  if isinstance(hint, type) and issubclass(hint, Settings):   # a nested section: data.synthetic.shapes
+    if isinstance(value, hint):
+      return value
+    if not hasattr(value, 'keys'):
+      raise ConfigError(f'{key}={value!r}: must be a section of keys {list(hint.defaults())}')
+    return hint.from_config(value)
   origin = typing.get_origin(hint)
   if origin is tuple:
     if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
@@ -83,6 +100,11 @@ def _coerce(key: str, hint, value):
   return value
 
 
-def section(settings: type[Settings], **extra) -> ml_collections.ConfigDict:
-  """The ConfigDict section of `settings`, plus `extra` keys that other owners read from it."""
-  return ml_collections.ConfigDict({**extra, **settings.defaults()})
+def section(settings, **extra) -> ml_collections.ConfigDict:
+  """The ConfigDict section of `settings` (anything with `defaults()`), plus `extra` keys that other owners read
+  from it; nested sections become nested ConfigDicts."""
+  return ml_collections.ConfigDict(_nested({**extra, **settings.defaults()}))
+
+
+def _nested(values: dict) -> dict:
+  return {k: ml_collections.ConfigDict(_nested(v)) if isinstance(v, dict) else v for k, v in values.items()}

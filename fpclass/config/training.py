@@ -89,7 +89,7 @@ class TrainSettings(Settings):
       self.require(name, getattr(self, name) >= 1, 'at least 1')
     for name in ('warmup_epochs', 'decay_epochs', 'finetune_epochs', 'early_stopping_patience'):
       self.require(name, getattr(self, name) >= 0, '>= 0')
-    self.require('learning_rate', 0.0 < self.learning_rate < math.inf, 'a positive number')
+    self.require('learning_rate', 0.0 <= self.learning_rate < math.inf, 'a number >= 0 (0 trains nothing)')
     for name in ('weight_decay', 'l2', 'grad_clip_norm', 'backbone_lr_factor', 'min_delta', 'momentum',
                  'finetune_lr_factor'):
       self.require(name, 0.0 <= getattr(self, name) < math.inf, '>= 0')
@@ -140,4 +140,4 @@ class SweepSettings(Settings):
                  'distinct fold indices (or (-1,) for the holdout)')
     self.require('models_per_chunk', self.models_per_chunk >= 0, '>= 0 (0: from the memory rule)')
     self.require('memory_fraction', 0.0 < self.memory_fraction <= 1.0, 'in (0, 1]')
-    self.require('ece_bins', self.ece_bins >= 1, 'at least 1')
+    self.require('ece_bins', self.ece_bins >= 2, 'at least 2')

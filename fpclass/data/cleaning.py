@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from fpclass import fileio
-from fpclass.config.inputs import DecodeSettings
+from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.file_list import relative_key
 from fpclass.data.source import natural_key
@@ -34,21 +34,21 @@ def _label_text(label, class_names) -> str:
   return ' '.join(class_names[k] for k in np.flatnonzero(label)) if np.ndim(label) else class_names[label]
 
 
-def scan_files(source, data_cfg, cache_dir) -> pd.DataFrame:
+def scan_files(source, data: DataSettings, cache_dir) -> pd.DataFrame:
   """One row per listed file: split, label, header facts, SHA-256, decode result and pHash."""
   import imagehash
   settings = DecodeSettings(image_size=(HASH_SIZE, HASH_SIZE), channels=1, resize='stretch',
-                            alpha_background=int(data_cfg.alpha_background),
-                            max_image_pixels=int(data_cfg.max_image_pixels))
+                            alpha_background=data.decode.alpha_background,
+                            max_image_pixels=data.decode.max_image_pixels)
   frames = []
   for split_name in ('train', 'val', 'test'):
     split = getattr(source, split_name)
     if split is None:
       continue
     arrays, ok, problems = decode_files(split.paths, settings, split=f'clean-{split_name}', cache_dir=cache_dir,
-                                        workers=int(data_cfg.decode_workers))
+                                        workers=data.storage.decode_workers)
     reasons = {p.file: p.reason for p in problems}
-    workers = int(data_cfg.decode_workers) or 2 * (os.cpu_count() or 1)
+    workers = data.storage.decode_workers or 2 * (os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       headers = list(pool.map(file_facts, split.paths))
     labels = [''] * len(split) if split.labels is None else [_label_text(y, source.class_names) for y in split.labels]

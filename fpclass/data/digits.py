@@ -5,7 +5,8 @@ import numpy as np
 from fpclass.data.source import Source, Split
 
 
-def load_digits_source(data_cfg) -> Source:
+def load_digits_source(data) -> Source:
+  """The digits, whatever the data section says (they are one fixed set)."""
   from sklearn.datasets import load_digits
   digits = load_digits()
   # Pixel values are 0..16 ink counts; scale to the 0..255 range every other source uses.

@@ -12,6 +12,7 @@ import pathlib
 
 import numpy as np
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data.source import IMAGE_EXTENSIONS, Problem, Source, Split, natural_key
 from fpclass.errors import UserInputError
 
@@ -19,10 +20,12 @@ VAL_DIRS = ('val', 'valid', 'validation')
 TEST_DIR = 'test'
 
 
-def load_image_folder(data_cfg, root: pathlib.Path | None = None) -> Source:
-  if not (root or data_cfg.root):
+def load_image_folder(data, root: pathlib.Path | None = None) -> Source:
+  """The ImageFolder source at `root` (default config.data.root); `data` is the typed data section."""
+  files = DataSettings.from_config(data).files
+  if not (root or files.root):
     raise UserInputError('config.data.root is empty: set it to your ImageFolder (one subfolder per class)')
-  root = pathlib.Path(root or data_cfg.root).expanduser()
+  root = pathlib.Path(root or files.root).expanduser()
   if not root.is_dir():
     raise UserInputError(f'config.data.root={str(root)!r} is not a folder')
   train_root = root / 'train' if (root / 'train').is_dir() else root
@@ -30,8 +33,8 @@ def load_image_folder(data_cfg, root: pathlib.Path | None = None) -> Source:
   class_dirs = sorted((d for d in train_root.iterdir() if d.is_dir() and not d.name.startswith('.')
                        and d.name not in reserved), key=lambda d: natural_key(d.name))
   found = tuple(d.name for d in class_dirs)
-  class_names = tuple(str(c) for c in data_cfg.class_names) or found
-  if data_cfg.class_names:
+  class_names = files.class_order or found
+  if files.class_names:
     absent = [c for c in class_names if c not in found]
     if absent:
       raise UserInputError(f'{train_root}: no folder for classes {absent} of config.data.class_names; '

@@ -16,30 +16,34 @@ import pathlib
 import numpy as np
 import pandas as pd
 
+from fpclass.config.inputs import DataSettings, SourceSettings
 from fpclass.data.source import IMAGE_EXTENSIONS, Problem, Source, Split, natural_key, sorted_class_names
 from fpclass.errors import UserInputError
 
 MAX_LISTED = 10  # rows named in one error message; the rest are counted
 
 
-def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None, read_labels=None) -> Source:
-  """The Kaggle-layout source at `root` (default config.data.root). `read_labels(csv_path, data_cfg)` parses the
+def load_kaggle_csv(data, root: pathlib.Path | None = None, read_labels=None) -> Source:
+  """The Kaggle-layout source at `root` (default config.data.root); `data` is the typed data section
+  (`DataSettings`, or the ConfigDict section). `read_labels(csv_path, data)` parses the
   labels CSV into `CsvLabels`; the default reads one class per row (`read_single_labels`), and
   `fpclass.data.multilabel.read_multilabels` reads several."""
-  root = pathlib.Path(root or data_cfg.root).expanduser()
+  data = DataSettings.from_config(data)
+  files = data.files
+  root = pathlib.Path(root or files.root).expanduser()
   if not root.is_dir():
     raise UserInputError(f'config.data.root={str(root)!r} is not a folder')
-  csv_path = root / data_cfg.labels_csv
+  csv_path = root / files.labels_csv
   if not csv_path.is_file():
-    raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={data_cfg.labels_csv!r}); '
+    raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={files.labels_csv!r}); '
                          f'{root} holds: {_listing(root)}')
-  parsed = (read_labels or read_single_labels)(csv_path, data_cfg)
+  parsed = (read_labels or read_single_labels)(csv_path, data)
   ids, class_names = parsed.ids, parsed.class_names
 
-  train_dir = root / data_cfg.train_dir
+  train_dir = root / files.train_dir
   if not train_dir.is_dir():
     raise UserInputError(f'{train_dir}: training image folder not found (config.data.train_dir='
-                         f'{data_cfg.train_dir!r}); {root} holds: {_listing(root)}')
+                         f'{files.train_dir!r}); {root} holds: {_listing(root)}')
   keep, paths, problems = [], [], []
   for row, name in enumerate(ids):
     path = resolve_file(train_dir, name)
@@ -57,7 +61,7 @@ def load_kaggle_csv(data_cfg, root: pathlib.Path | None = None, read_labels=None
                          f'(first: {ids[0]!r})')
   train = Split(ids=[ids[r] for r in keep], labels=parsed.labels[np.asarray(keep, np.int64)], paths=paths)
   notes = [f'{len(ids)} rows in {csv_path.name}; {len(problems)} name no file'] if problems else []
-  test, test_notes = _test_split(root, data_cfg)
+  test, test_notes = _test_split(root, files)
   return Source(name='kaggle_csv', class_names=class_names, train=train, test=test, problems=problems,
                 notes=list(parsed.notes) + notes + test_notes, root=root)
 
@@ -71,9 +75,10 @@ class CsvLabels:
   notes: tuple = ()
 
 
-def read_single_labels(csv_path: pathlib.Path, data_cfg) -> CsvLabels:
+def read_single_labels(csv_path: pathlib.Path, data: DataSettings) -> CsvLabels:
   """One class per row: config.data.label_column's value, one of config.data.class_names when given."""
-  id_col, label_col = data_cfg.id_column, data_cfg.label_column
+  files = data.files
+  id_col, label_col = files.id_column, files.label_column
   frame = read_csv(csv_path, [(id_col, 'id_column'), (label_col, 'label_column')])
 
   ids = frame[id_col].str.strip()
@@ -82,8 +87,8 @@ def read_single_labels(csv_path: pathlib.Path, data_cfg) -> CsvLabels:
   _reject_rows(csv_path, labels == '', f'empty {label_col!r}')
   _reject_rows(csv_path, ids.duplicated(keep='first'), f'duplicate {id_col!r}')
 
-  if data_cfg.class_names:
-    class_names = tuple(str(c) for c in data_cfg.class_names)
+  if files.class_names:
+    class_names = files.class_order
     _reject_rows(csv_path, ~labels.isin(class_names),
                  f'{label_col!r} not in config.data.class_names={list(class_names)}', values=labels)
   else:
@@ -138,15 +143,15 @@ def _is_file(path: pathlib.Path) -> bool:
     return False
 
 
-def _test_split(root: pathlib.Path, data_cfg):
-  test_dir = root / data_cfg.test_dir
-  sample_path = root / data_cfg.sample_submission
+def _test_split(root: pathlib.Path, files: SourceSettings):
+  test_dir = root / files.test_dir
+  sample_path = root / files.sample_submission
   if sample_path.is_file():
-    frame = read_csv(sample_path, [(data_cfg.id_column, 'id_column')])
-    ids = list(frame[data_cfg.id_column].str.strip())
+    frame = read_csv(sample_path, [(files.id_column, 'id_column')])
+    ids = list(frame[files.id_column].str.strip())
     if not test_dir.is_dir():
       raise UserInputError(f'{sample_path} lists {len(ids)} test files but the test folder {test_dir} '
-                           f'does not exist (config.data.test_dir={data_cfg.test_dir!r})')
+                           f'does not exist (config.data.test_dir={files.test_dir!r})')
     paths = [resolve_file(test_dir, name) for name in ids]
     missing = [(row + 2, name) for row, (name, p) in enumerate(zip(ids, paths)) if p is None]
     if missing:

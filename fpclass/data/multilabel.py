@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data.kaggle_csv import MAX_LISTED, CsvLabels, read_csv
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
@@ -39,27 +40,27 @@ class MultiLabels:
     return self.indicator.sum(0, dtype=np.int64)
 
 
-def load_multilabel_labels(data_cfg, root: pathlib.Path | str | None = None) -> MultiLabels:
+def load_multilabel_labels(data, root: pathlib.Path | str | None = None) -> MultiLabels:
   """The labels CSV of a Kaggle-layout root (config.data.labels_csv), read with the data config's keys:
   id_column, label_column (tags) or label_columns (0/1 columns, when not empty), class_names."""
-  root = pathlib.Path(root or data_cfg.root).expanduser()
-  csv_path = root / data_cfg.labels_csv
+  data = DataSettings.from_config(data)
+  root = pathlib.Path(root or data.files.root).expanduser()
+  csv_path = root / data.files.labels_csv
   if not csv_path.is_file():
-    raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={data_cfg.labels_csv!r})')
-  return _read(csv_path, data_cfg)
+    raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={data.files.labels_csv!r})')
+  return _read(csv_path, data)
 
 
-def read_multilabels(csv_path: pathlib.Path, data_cfg) -> CsvLabels:
+def read_multilabels(csv_path: pathlib.Path, data: DataSettings) -> CsvLabels:
   """`fpclass.data.kaggle_csv.load_kaggle_csv`'s reader for config.data.task='multilabel'."""
-  labels = _read(csv_path, data_cfg)
+  labels = _read(csv_path, data)
   return CsvLabels(ids=labels.ids, labels=labels.indicator, class_names=labels.class_names, notes=labels.notes)
 
 
-def _read(csv_path: pathlib.Path, data_cfg) -> MultiLabels:
-  label_columns = tuple(data_cfg.get('label_columns', ()) or ())
-  return read_multilabel_csv(csv_path, data_cfg.id_column,
-                             label_column='' if label_columns else data_cfg.label_column,
-                             label_columns=label_columns, class_names=tuple(data_cfg.class_names or ()))
+def _read(csv_path: pathlib.Path, data: DataSettings) -> MultiLabels:
+  label_columns, files = data.labels.label_columns, data.files
+  return read_multilabel_csv(csv_path, files.id_column, label_column='' if label_columns else files.label_column,
+                             label_columns=label_columns, class_names=files.class_order)
 
 
 def read_multilabel_csv(csv_path: pathlib.Path | str, id_column: str, label_column: str = '',

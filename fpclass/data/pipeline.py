@@ -1,18 +1,19 @@
 """Data: list a source, decode it through the cache, split it. `load_dataset(config)` does all three.
 
-Sources register by name in `SOURCES`; each is `fn(data_cfg) -> Source`.
+Sources register by name in `SOURCES`; each is `fn(data: DataSettings) -> Source`. Every function here takes the
+typed data section (`DataSettings.from_config(config.data)`), not the config.
 """
 import dataclasses
 import logging
 import pathlib
 
-import ml_collections
 import numpy as np
 import pandas as pd
 
 from fpclass import fileio
-from fpclass.config.inputs import DecodeSettings, LabelSettings
+from fpclass.config.inputs import DataSettings, SplitSettings
 from fpclass.data import footprints, multilabel_splits, splits, synthetic_multilabel
+from fpclass.data.curation import apply_curation
 from fpclass.data.decode import decode_files, fit_array
 from fpclass.data.digits import load_digits_source
 from fpclass.data.file_list import apply_file_list
@@ -26,28 +27,30 @@ from fpclass.data.tfds_source import load_tfds
 from fpclass.errors import UserInputError
 
 
-def _kaggle_or_synthetic(data_cfg) -> Source:
-  multilabel = LabelSettings.from_config(data_cfg).multilabel
+def _kaggle_or_synthetic(data: DataSettings) -> Source:
+  multilabel = data.labels.multilabel
   read_labels = read_multilabels if multilabel else None
-  if data_cfg.root:
-    return load_kaggle_csv(data_cfg, read_labels=read_labels)
-  synthetic = data_cfg.synthetic
+  if data.files.root:
+    return load_kaggle_csv(data, read_labels=read_labels)
+  synthetic, cache = data.files.synthetic, fileio.cache_root(data.storage.cache_dir)
+  labels = data.labels
   if multilabel:
-    spec = synthetic_multilabel.MultilabelSpec(seed=int(synthetic.seed), n_train=int(synthetic.shapes.n_train),
-                                               n_test=int(synthetic.shapes.n_test), size=int(synthetic.shapes.size))
-    root = synthetic_multilabel.ensure_synthetic_multilabel(fileio.cache_root(data_cfg.cache_dir), spec)
-    keys, name = dict(id_column='image_name', label_column='tags', label_columns=()), 'synthetic_shapes'
+    shapes = synthetic.shapes
+    spec = synthetic_multilabel.MultilabelSpec(seed=synthetic.seed, n_train=shapes.n_train, n_test=shapes.n_test,
+                                               size=shapes.size)
+    root = synthetic_multilabel.ensure_synthetic_multilabel(cache, spec)
+    keys, name = dict(id_column='image_name', label_column='tags'), 'synthetic_shapes'
+    labels = dataclasses.replace(labels, label_columns=())
   else:
-    spec = footprints.FootprintSpec(seed=int(synthetic.seed), n_class0=int(synthetic.n_class0),
-                                    n_class1=int(synthetic.n_class1), n_test=int(synthetic.n_test))
-    root = footprints.ensure_synthetic_footprints(fileio.cache_root(data_cfg.cache_dir), spec)
+    spec = footprints.FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
+                                    n_test=synthetic.n_test)
+    root = footprints.ensure_synthetic_footprints(cache, spec)
     keys, name = dict(id_column='filename', label_column='SEX'), 'synthetic_footprints'
   logging.warning('config.data.root is empty: using the embedded SYNTHETIC %s in %s '
                   '(set --config.data.root to your Kaggle folder for real data)', name.split('_')[1], root)
-  synthetic_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-  synthetic_cfg.update(labels_csv='train.csv', train_dir='train', test_dir='test',
-                       sample_submission='sample_submission.csv', class_names=(), **keys)
-  source = load_kaggle_csv(synthetic_cfg, root=root, read_labels=read_labels)
+  files = dataclasses.replace(data.files, labels_csv='train.csv', train_dir='train', test_dir='test',
+                              sample_submission='sample_submission.csv', class_names=(), **keys)
+  source = load_kaggle_csv(dataclasses.replace(data, files=files, labels=labels), root=root, read_labels=read_labels)
   source.name = name
   return source
 
@@ -91,6 +94,7 @@ class Decoded:
   quarantine: list
   notes: list
   root: pathlib.Path | None
+  curation: list = dataclasses.field(default_factory=list)   # what data.exclude_csv / relabel_csv changed
 
 
 @dataclasses.dataclass
@@ -104,50 +108,52 @@ class Dataset:
   notes: list
   source_name: str
   split_note: str
+  curation: list = dataclasses.field(default_factory=list)   # what data.exclude_csv / relabel_csv changed
 
 
-def list_raw_source(config) -> Source:
+def list_raw_source(data: DataSettings) -> Source:
   """The source as it is on disk: every file, its own classes."""
-  name = config.data.source
+  name = data.files.source
   if name not in SOURCES:
     raise UserInputError(f'config.data.source={name!r}: unknown source; choose one of {sorted(SOURCES)}')
-  if LabelSettings.from_config(config.data).multilabel and name != 'kaggle_csv':
+  if data.labels.multilabel and name != 'kaggle_csv':
     raise UserInputError(f"config.data.task='multilabel': config.data.source={name!r} gives each image one class "
                          "(a folder or a label), so it cannot say several; use data.source=kaggle_csv with a "
                          "tags column (data.label_column) or 0/1 columns (data.label_columns)")
-  return SOURCES[name](config.data)
+  return SOURCES[name](data)
 
 
-def list_source(config) -> Source:
+def list_source(data: DataSettings) -> Source:
   """The source as training sees it: only the files of config.data.file_list, classes grouped by
-  config.data.label_map."""
-  source = list_raw_source(config)
-  if config.data.file_list:
-    source = apply_file_list(source, config.data.file_list)
-  if config.data.label_map:
+  config.data.label_map, without the examples of config.data.exclude_csv and with relabel_csv's labels."""
+  source = list_raw_source(data)
+  if data.files.file_list:
+    source = apply_file_list(source, data.files.file_list)
+  if data.files.label_map:
     if source.train.labels.ndim == 2:
       raise UserInputError("config.data.label_map groups single labels; it does not apply to "
                            "config.data.task='multilabel' (name the classes in the CSV instead)")
-    source = apply_label_map(source, config.data.label_map)
+    source = apply_label_map(source, data.files.label_map)
+  source = apply_curation(source, data.curation, data.files.id_column)   # after the map: its classes
   return source
 
 
-def decode_source(config, progress: bool = True, mapped: bool = False) -> Decoded:
+def decode_source(data: DataSettings, progress: bool = True, mapped: bool = False) -> Decoded:
   """Lists the configured source and decodes every split; bad files go to the quarantine list.
 
   `mapped`: splits read from the decode cache keep their images as unread `ImageRows` views of the
   memory-mapped cache (training streams them when they exceed the device budget); otherwise every split's
   images are read into memory, as ordinary numpy arrays."""
-  source = list_source(config)
-  settings = DecodeSettings.from_config(config.data)
+  source = list_source(data)
+  settings = data.decode
   quarantine = list(source.problems)
-  cache = fileio.cache_root(config.data.cache_dir)
+  cache = fileio.cache_root(data.storage.cache_dir)
 
   def decode(split: Split, name: str, keep_failed: bool = False):
     if split.images is not None:
       return ArraySplit(fit_array(split.images, settings), split.labels, list(split.ids), dict(split.extras))
     images, ok, problems = decode_files(split.paths, settings, split=name, cache_dir=cache,
-                                        workers=int(config.data.decode_workers), progress=progress)
+                                        workers=data.storage.decode_workers, progress=progress)
     quarantine.extend(problems)
     decoded = ArraySplit(images, split.labels, list(split.ids), dict(split.extras))
     if keep_failed:
@@ -161,13 +167,13 @@ def decode_source(config, progress: bool = True, mapped: bool = False) -> Decode
   if source.test is not None:
     test = decode(source.test, 'test', keep_failed=True)
     failed = [p for p in quarantine if p.split == 'test']
-    if failed and config.data.bad_test_images == 'error':
+    if failed and data.files.bad_test_images == 'error':
       shown = '; '.join(f'{p.file}: {p.reason}' for p in failed[:10])
       raise UserInputError(f'{len(failed)} test image(s) cannot be decoded, so a submission would be '
                            f'incomplete: {shown}. Fix or replace them, or set '
                            f"--config.data.bad_test_images=prior to predict the class prior for them.")
   if len(pool) == 0:
-    raise UserInputError(f'no training image of {config.data.source} could be decoded; see the reasons: '
+    raise UserInputError(f'no training image of {data.files.source} could be decoded; see the reasons: '
                          + '; '.join(f'{p.file}: {p.reason}' for p in quarantine[:5]))
   present = positives(pool.labels, len(source.class_names))
   empty = [source.class_names[i] for i in np.flatnonzero(present == 0)]
@@ -180,43 +186,43 @@ def decode_source(config, progress: bool = True, mapped: bool = False) -> Decode
   if not mapped:
     pool, val, test = (None if s is None else dataclasses.replace(s, images=in_memory(s.images))
                        for s in (pool, val, test))
-  return Decoded(source.name, source.class_names, pool, val, test, quarantine, list(source.notes), source.root)
+  return Decoded(source.name, source.class_names, pool, val, test, quarantine, list(source.notes), source.root,
+                 source.curation)
 
 
-def split_indices(labels: np.ndarray, folds, data_cfg, class_names=None) -> dict:
+def split_indices(labels: np.ndarray, folds, split: SplitSettings, class_names=None) -> dict:
   """{fold: (train_index, val_index)} for each of `folds` (-1: the holdout of data.val_fraction), seeded by
   data.split_seed: stratified by class, or per label for a multi-label (N, K) matrix. The one place a solo run
   (`split_dataset`) and a sweep's members get their splits, so a member validates on its solo run's images."""
-  multilabel, seed = np.ndim(labels) == 2, int(data_cfg.split_seed)
+  multilabel, seed = np.ndim(labels) == 2, split.split_seed
   named = dict(class_names=class_names) if multilabel else {}   # the multi-label splits name a label they warn of
   kfold_of = multilabel_splits.multilabel_kfold_indices if multilabel else splits.kfold_indices
   holdout_of = multilabel_splits.multilabel_holdout_indices if multilabel else splits.holdout_indices
-  kfold = kfold_of(labels, int(data_cfg.num_folds), seed, **named) if any(f >= 0 for f in folds) else []
+  kfold = kfold_of(labels, split.num_folds, seed, **named) if any(f >= 0 for f in folds) else []
   for f in folds:
     if f >= len(kfold) and f >= 0:
-      raise UserInputError(f'config.data.fold={f}: must be below config.data.num_folds={data_cfg.num_folds}')
-  return {f: kfold[f] if f >= 0 else holdout_of(labels, float(data_cfg.val_fraction), seed, **named) for f in folds}
+      raise UserInputError(f'config.data.fold={f}: must be below config.data.num_folds={split.num_folds}')
+  return {f: kfold[f] if f >= 0 else holdout_of(labels, split.val_fraction, seed, **named) for f in folds}
 
 
-def split_dataset(decoded: Decoded, config) -> Dataset:
+def split_dataset(decoded: Decoded, split: SplitSettings) -> Dataset:
   """Train/val from the source's own validation split, a k-fold fold, or a stratified holdout."""
-  data = config.data
   if decoded.val is not None:
     train, val, note = decoded.pool, decoded.val, 'the source\'s own validation folder'
   else:
-    fold = int(data.fold)
-    train_index, val_index = split_indices(decoded.pool.labels, [fold], data, decoded.class_names)[fold]
+    fold = split.fold
+    train_index, val_index = split_indices(decoded.pool.labels, [fold], split, decoded.class_names)[fold]
     stratified = 'per-label stratified' if decoded.pool.labels.ndim == 2 else 'stratified'
-    note = (f'{stratified} fold {fold} of {data.num_folds}' if fold >= 0 else
-            f'{stratified} {data.val_fraction:.0%} holdout') + f' (split_seed {data.split_seed})'
+    note = (f'{stratified} fold {fold} of {split.num_folds}' if fold >= 0 else
+            f'{stratified} {split.val_fraction:.0%} holdout') + f' (split_seed {split.split_seed})'
     train, val = decoded.pool.take(train_index), decoded.pool.take(val_index)
   return Dataset(decoded.class_names, train, val, decoded.test, decoded.quarantine, decoded.notes,
-                 decoded.source_name, note)
+                 decoded.source_name, note, decoded.curation)
 
 
-def load_dataset(config, progress: bool = True, mapped: bool = False) -> Dataset:
+def load_dataset(data: DataSettings, progress: bool = True, mapped: bool = False) -> Dataset:
   """Decoded and split; `mapped` as in `decode_source`."""
-  return split_dataset(decode_source(config, progress, mapped), config)
+  return split_dataset(decode_source(data, progress, mapped), data.split)
 
 
 def write_quarantine_report(path, problems) -> None:

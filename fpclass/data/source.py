@@ -64,6 +64,8 @@ class Source:
   problems: list = dataclasses.field(default_factory=list)
   notes: list = dataclasses.field(default_factory=list)   # human-readable facts worth reporting
   root: pathlib.Path | None = None
+  # Rows (dicts) of the examples config.data.exclude_csv / relabel_csv left out or relabelled (fpclass.data.curation).
+  curation: list = dataclasses.field(default_factory=list)
 
 
 def natural_key(text: str):

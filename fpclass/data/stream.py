@@ -18,6 +18,7 @@ import os
 import jax
 import numpy as np
 
+from fpclass.config.inputs import StorageSettings
 from fpclass.data.rows import ImageRows
 from fpclass.errors import UserInputError
 
@@ -71,18 +72,18 @@ def is_streamed(split) -> bool:
   return isinstance(split.images, ImageRows)
 
 
-def place(dataset, config):
+def place(dataset, storage: StorageSettings):
   """`dataset` ready to train: every split's images in memory when train + val fit the budget, else
   train and val as `ImageRows` to stream. Logs the choice when it streams."""
-  (train, val, test), _ = place_splits(config, dataset.train, dataset.val, dataset.test)
+  (train, val, test), _ = place_splits(storage, dataset.train, dataset.val, dataset.test)
   return dataclasses.replace(dataset, train=train, val=val, test=test)
 
 
-def place_splits(config, train, val, test=None):
+def place_splits(storage: StorageSettings, train, val, test=None):
   """((train, val, test), budget): the splits in memory when train and val fit the device budget (bytes,
   `memory_budget`), else train and val as `ImageRows` to stream (test as it was)."""
   need = images_bytes(train, val)
-  budget = memory_budget(int(config.data.device_memory_budget))
+  budget = memory_budget(storage.device_memory_budget)
   if need <= budget:
     return (_resident(train), _resident(val), _resident(test)), budget
   logging.warning('streaming input: the decoded train + val images take %.1f MB, over the device budget of '

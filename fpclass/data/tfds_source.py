@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fpclass import fileio
-from fpclass.config.inputs import DecodeSettings
+from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.data.decode import DecodeError, cache_key, fit_image, read_cache, write_cache
 from fpclass.data.rows import take_rows
 from fpclass.data.source import Problem, Source, Split
@@ -31,15 +31,17 @@ PREPARE_HINT = ("prepare it where TensorFlow and internet are available: pip ins
                 "(or: tfds build {name} --file_format=array_record --data_dir {data_dir})")
 
 
-def load_tfds(data_cfg) -> Source:
-  cfg = data_cfg.tfds
+def load_tfds(data) -> Source:
+  """The TFDS dataset config.data.tfds names; `data` is the typed data section."""
+  data = DataSettings.from_config(data)
+  cfg = data.files.tfds
   if not cfg.name:
     raise UserInputError('config.data.source=tfds needs config.data.tfds.name (e.g. cifar10)')
-  settings = DecodeSettings.from_config(data_cfg)
+  settings = data.decode
   problems, notes = [], []
-  train, class_names, info = _read_split(data_cfg, 'train_split', 'train', settings, problems)
-  val = _read_split(data_cfg, 'val_split', 'val', settings, problems)[0] if cfg.val_split else None
-  test = _read_split(data_cfg, 'test_split', 'test', settings, problems)[0] if cfg.test_split else None
+  train, class_names, info = _read_split(data, 'train_split', 'train', settings, problems)
+  val = _read_split(data, 'val_split', 'val', settings, problems)[0] if cfg.val_split else None
+  test = _read_split(data, 'test_split', 'test', settings, problems)[0] if cfg.test_split else None
   splits = ', '.join(f'{role} = {cfg[f"{role}_split"]!r}' for role in ('train', 'val', 'test') if cfg[f'{role}_split'])
   notes.append(f'TFDS {info.full_name} ({splits}), read from {info.data_dir}')
   return Source(name=f'tfds:{cfg.name}', class_names=class_names, train=train, val=val, test=test,
@@ -70,9 +72,9 @@ def open_split(cfg, key: str):
     raise
 
 
-def _read_split(data_cfg, key: str, role: str, settings: DecodeSettings, problems: list):
+def _read_split(data: DataSettings, key: str, role: str, settings: DecodeSettings, problems: list):
   """(Split, class names, dataset info) for config.data.tfds.<key>, decoded and fitted (cached)."""
-  cfg = data_cfg.tfds
+  cfg = data.files.tfds
   source = open_split(cfg, key)
   info = source.dataset_info
   features = info.features
@@ -81,7 +83,7 @@ def _read_split(data_cfg, key: str, role: str, settings: DecodeSettings, problem
       raise UserInputError(f'config.data.tfds.{name}={cfg[name]!r}: {cfg.name} has features {list(features)}')
   class_names = tuple(str(n) for n in features[cfg.label_key].names)
 
-  cache_file = _cache_file(data_cfg, info, cfg[key], settings, source)
+  cache_file = _cache_file(data, info, cfg[key], settings, source)
   arrays = read_cache(cache_file, CACHED) if cache_file else None
   if arrays is None:
     arrays = _decode_records(source, cfg, cfg[key], role, settings)
@@ -132,7 +134,7 @@ def _record_id(record, default: str) -> str:
   return default
 
 
-def _cache_file(data_cfg, info, split: str, settings, source) -> pathlib.Path | None:
+def _cache_file(data: DataSettings, info, split: str, settings, source) -> pathlib.Path | None:
   """Where this split's decoded arrays are cached, or None when there are no prepared files to key it by.
 
   The key covers the prepared files (names, sizes, mtimes) and a fingerprint of three records as read, so
@@ -141,7 +143,7 @@ def _cache_file(data_cfg, info, split: str, settings, source) -> pathlib.Path | 
   files = sorted(folder.glob('*.array_record*')) if folder.is_dir() else []
   if not files or len(source) == 0:
     return None
-  cfg = data_cfg.tfds
+  cfg = data.files.tfds
   digest = hashlib.sha256(cache_key(files, settings).encode())
   digest.update(json.dumps([info.full_name, split, cfg.image_key, cfg.label_key, len(source)]).encode())
   for i in sorted({0, len(source) // 2, len(source) - 1}):
@@ -150,4 +152,4 @@ def _cache_file(data_cfg, info, split: str, settings, source) -> pathlib.Path | 
       digest.update(np.ascontiguousarray(record[cfg.image_key]).tobytes() + str(record[cfg.label_key]).encode())
     except Exception:  # noqa: BLE001 -- an unreadable record is a fact about the data, fingerprinted as such
       digest.update(f'unreadable {i}'.encode())
-  return fileio.cache_root(data_cfg.cache_dir) / 'decoded' / f'tfds-{info.name}-{digest.hexdigest()[:32]}.npz'
+  return fileio.cache_root(data.storage.cache_dir) / 'decoded' / f'tfds-{info.name}-{digest.hexdigest()[:32]}.npz'

@@ -17,12 +17,14 @@ from fpclass.analysis.calibration import (
   reliability_bins,
   scaled_probabilities,
 )
+from fpclass.config.inputs import DataSettings, SplitSettings
+from fpclass.config.training import EvalSettings, SweepSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import ensemble, tta
 from fpclass.models.heads import head_of, probabilities
 from fpclass.runtime import report
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 
 
 def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, bins: int, title: str = '',
@@ -48,9 +50,9 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
 
 def store_in_sidecar(workdir, calibration: dict) -> None:
   """Adds the calibration to the model's metadata.json, where submit finds it next to the checkpoint."""
-  metadata = checkpoint.read_metadata(workdir)
+  metadata = sidecar.read_metadata(workdir)
   metadata['calibration'] = calibration
-  checkpoint.write_metadata(workdir, metadata)
+  sidecar.write_metadata(workdir, metadata)
 
 
 def calibrate(config, workdir, decoded=None, predictions: dict | None = None) -> dict:
@@ -60,22 +62,27 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   (a sweep's), so no model predicts its split again, unless test-time augmentation is on: its predictions
   are the restored models' own (`fpclass.infer.tta.calibration_settings`)."""
   workdir = pathlib.Path(workdir)
+  if ensemble.ensemble_record(workdir) is not None:   # storing here would rewrite its members' own runs
+    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): its multi-label thresholds are fitted '
+                         'by --mode ensemble on its out-of-fold predictions; calibrate a member\'s own workdir instead')
   tta_settings = tta.calibration_settings(config)
   if tta_settings.on:
     predictions = None   # the logits training computed are plain ones
-  bins, metric = int(config.sweep.ece_bins), config.sweep.threshold_metric
+  sweep = SweepSettings.from_config(config.sweep)
+  bins, metric = sweep.ece_bins, sweep.threshold_metric
   if bins < 2:
     raise UserInputError(f'config.sweep.ece_bins={bins}: use at least 2')
   if metric not in THRESHOLD_METRICS:
     raise UserInputError(f'config.sweep.threshold_metric={metric!r}: choose one of {THRESHOLD_METRICS}')
   members = ensemble.load_members(config, workdir, folds=bool(ensemble.member_workdirs(workdir)),
                                   restore=predictions is None)
-  decoded = decoded or pipeline.decode_source(config)
+  decoded = decoded or pipeline.decode_source(DataSettings.from_config(config.data))
+  batch_size = EvalSettings.from_config(config.eval).batch_size
   frames, logits, labels, groups = [], [], [], []
   for g, member in enumerate(members):
-    val = pipeline.split_dataset(decoded, member.config).val
+    val = pipeline.split_dataset(decoded, SplitSettings.from_config(member.config.data)).val
     member_logits = (predictions[member.path.name] if predictions is not None else
-                     member.trained.logits(val.images, int(config.eval.batch_size), tta_settings=tta_settings))
+                     member.trained.logits(val.images, batch_size, tta_settings=tta_settings))
     logits.append(member_logits)
     labels.append(val.labels)
     groups.append(np.full(len(val), g))

@@ -5,7 +5,8 @@ Predictions apply each model's stored temperature (fpclass.analysis.calibration)
 logits (fpclass.infer.tta), optionally average over a horizontal flip, then average the models' probabilities
 (for a multi-label model, each class's sigmoid). The averaged probabilities are then decided with the stored
 binary threshold (`decision_threshold`) or the stored per-label thresholds (`label_thresholds`), which every
-model must share.
+model must share. An ensemble workdir (`--mode ensemble`) names its members and weights in its metadata.json
+(`ENSEMBLE_KEY`): they are loaded from there and averaged with those weights, under the ensemble's calibration.
 """
 import copy
 import dataclasses
@@ -19,7 +20,8 @@ from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
 from fpclass.infer.inference import Trained, load_trained
-from fpclass.train import checkpoint
+from fpclass.models.heads import as_logits, probabilities
+from fpclass.train import sidecar
 
 
 @dataclasses.dataclass
@@ -28,6 +30,7 @@ class MemberModel:
   config: ml_collections.ConfigDict   # the given config with this model's split and seed (from its sidecar)
   metadata: dict
   trained: Trained | None             # None when loaded with restore=False (the sidecar alone)
+  weight: float = 1.0                 # its share in a weighted ensemble's mean (an ensemble workdir's)
 
   @property
   def calibration(self) -> dict | None:
@@ -36,6 +39,8 @@ class MemberModel:
 
 # The keys that place a model on its validation split; a member's own values come from its sidecar.
 SPLIT_KEYS = ('seed', 'data.fold', 'data.num_folds', 'data.split_seed', 'data.val_fraction')
+# metadata.json's key of an ensemble workdir: {'members': [{'folder': relative path, 'weight', 'models': [names]}]}.
+ENSEMBLE_KEY = 'ensemble'
 
 
 def member_workdirs(workdir) -> list[pathlib.Path]:
@@ -43,7 +48,7 @@ def member_workdirs(workdir) -> list[pathlib.Path]:
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     return []
-  return sorted((p for p in workdir.iterdir() if p.is_dir() and (p / checkpoint.METADATA).is_file()), key=lambda p: natural_key(p.name))
+  return sorted((p for p in workdir.iterdir() if p.is_dir() and (p / sidecar.METADATA).is_file()), key=lambda p: natural_key(p.name))
 
 
 def member_config(config, metadata: dict) -> ml_collections.ConfigDict:
@@ -63,6 +68,9 @@ def load_members(config, workdir, folds: bool, restore: bool = True) -> list[Mem
   """The fold models under `workdir` (folds=True), or the run in `workdir` itself; with restore=False their
   sidecars only (no checkpoint is read)."""
   workdir = pathlib.Path(workdir)
+  record = ensemble_record(workdir)
+  if record is not None:
+    return _weighted_members(workdir, record, restore)
   if folds:
     paths = member_workdirs(workdir)
     if not paths:
@@ -72,11 +80,11 @@ def load_members(config, workdir, folds: bool, restore: bool = True) -> list[Mem
     paths = [workdir]
   members = []
   for path in paths:
-    metadata = checkpoint.read_metadata(path)
+    metadata = sidecar.read_metadata(path)
     if metadata is None:
       hint = ('; it holds fold models, so pass --config.submit.average_folds=True' if member_workdirs(path) else
               '; run --mode train with this --workdir first')
-      raise UserInputError(f'{path}: no trained run here ({checkpoint.METADATA} is missing){hint}')
+      raise UserInputError(f'{path}: no trained run here ({sidecar.METADATA} is missing){hint}')
     cfg = member_config(config, metadata)
     members.append(MemberModel(path, cfg, metadata, load_trained(cfg, path) if restore else None))
   names = {tuple(m.metadata['class_names']) for m in members}
@@ -102,9 +110,9 @@ def predict_probabilities(members: list[MemberModel], images: np.ndarray, batch_
     temperature = (member.calibration or {}).get('temperature', 1.0) if calibrated else 1.0
     for view in views:
       logits = member.trained.logits(np.ascontiguousarray(view), batch_size, tta_settings=tta_settings)
-      probs = scaled_probabilities(logits, member.trained.task.head, temperature)
+      probs = scaled_probabilities(logits, member.trained.task.head, temperature) * member.weight
       total = probs if total is None else total + probs
-  return total / (len(members) * len(views))
+  return total / (sum(m.weight for m in members) * len(views))
 
 
 def decision_threshold(members: list[MemberModel], calibrated: bool) -> float | None:
@@ -130,3 +138,74 @@ def label_thresholds(members: list[MemberModel], calibrated: bool) -> np.ndarray
     raise UserInputError('the models have different stored per-label thresholds; run --mode calibrate on their '
                          'folder, or pass --config.submit.calibrated=False')
   return np.asarray(stored.pop(), np.float64)
+
+
+def ensemble_record(workdir) -> dict | None:
+  """The members and weights an ensemble workdir's metadata.json lists, or None for any other folder."""
+  metadata = sidecar.read_metadata(workdir)
+  return (metadata or {}).get(ENSEMBLE_KEY)
+
+
+def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> list[MemberModel]:
+  """An ensemble's models, each restored with its own training config and weighted by its member's weight over
+  the member's model count. The ensemble's own calibration (none, or multi-label thresholds fitted on its
+  out-of-fold predictions) replaces theirs: the weights were chosen on their uncalibrated probabilities."""
+  calibration = sidecar.read_metadata(workdir).get('calibration')
+  members = []
+  for entry in record['members']:
+    for name in entry['models']:
+      path = workdir / entry['folder'] / name   # not resolved: relative to workdir, as reports name it
+      metadata = sidecar.read_metadata(path)
+      if metadata is None:
+        raise UserInputError(f'{path}: a model of the ensemble in {workdir} is missing ({sidecar.METADATA}); '
+                             'run --mode ensemble again on its sweep or auto workdir')
+      cfg = sidecar.config_from_json(metadata['config'])
+      members.append(MemberModel(path, cfg, dict(metadata, calibration=calibration),
+                                 load_trained(cfg, path) if restore else None,
+                                 float(entry['weight']) / len(entry['models'])))
+  if len({tuple(m.metadata['class_names']) for m in members}) > 1:
+    raise UserInputError(f'the models of the ensemble in {workdir} were trained on different classes')
+  return members
+
+
+@dataclasses.dataclass
+class WeightedEnsemble:
+  """An ensemble workdir's members behind the prediction interface of one restored model (`Trained.logits`,
+  `class_names`, `task.head`, `metadata`), so predict reads it as it reads a run: its logits are those of the
+  weighted mean probabilities (`heads.as_logits`)."""
+  members: list[MemberModel]
+  metadata: dict
+  checkpoint: str = 'ensemble'
+  epoch: int = 0
+
+  @property
+  def task(self):
+    return self.members[0].trained.task
+
+  @property
+  def class_names(self) -> tuple:
+    return self.members[0].trained.class_names
+
+  def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
+                    tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:
+    total = sum(m.weight * probabilities(m.trained.logits(images, batch_size, chunk, tta_settings, first_batch),
+                                         self.task.head) for m in self.members)
+    return total / sum(m.weight for m in self.members)
+
+  def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
+             tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:
+    return as_logits(self.probabilities(images, batch_size, chunk, tta_settings, first_batch), self.task.head)
+
+
+def load_model(config, workdir, explained: bool = False):
+  """The model of `workdir` for prediction: its selected checkpoint (`load_trained`), or for an ensemble workdir
+  its weighted members (`WeightedEnsemble`). `explained`: Grad-CAM is asked for, which needs one model."""
+  record = ensemble_record(workdir)
+  if record is None:
+    return load_trained(config, workdir)
+  if explained:
+    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): Grad-CAM explains one '
+                         'model; pass --config.predict.explain=False, or predict with one member\'s workdir')
+  metadata = sidecar.read_metadata(workdir)
+  members = _weighted_members(pathlib.Path(workdir), record, restore=True)
+  return WeightedEnsemble(members, metadata, f'{len(members)}-model ensemble')

@@ -15,6 +15,9 @@ from sklearn import metrics as skm
 from fpclass import fileio
 from fpclass.analysis import error_analysis, metrics, multilabel_metrics
 from fpclass.analysis.calibration import Decision
+from fpclass.config.inputs import DataSettings, SourceSettings
+from fpclass.config.model import ModelSettings
+from fpclass.config.training import EvalSettings
 from fpclass.data import pipeline
 from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
@@ -31,25 +34,26 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   holds them (the runner, which computes them once for evaluate and explain)."""
   workdir = pathlib.Path(workdir)
   trained = trained or load_trained(config, workdir)
-  dataset = dataset or pipeline.load_dataset(config)
+  dataset = dataset or pipeline.load_dataset(DataSettings.from_config(config.data))
+  score_train, model_name = EvalSettings.from_config(config.eval).score_train, ModelSettings.from_config(config.model).name
   if tuple(dataset.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
                          f'was trained on {list(trained.class_names)}')
-  batch, chunk = int(config.eval.batch_size), prediction_chunk(config, dataset)
+  batch, chunk = EvalSettings.from_config(config.eval).batch_size, prediction_chunk(config, dataset)
   val_probs = val_probabilities if val_probabilities is not None else trained.probabilities(
       dataset.val.images, batch, chunk)
   if trained.task.head == 'multilabel':
     return evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk, config)
   result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
-                model=config.model.name, num_params=trained.metadata['num_params'])
+                model=model_name, num_params=trained.metadata['num_params'])
   scored = {'val': (dataset.val, val_probs)}
   if dataset.test is not None and dataset.test.labels is not None:
     keep = dataset.test.extras.get('decoded', np.ones(len(dataset.test), bool))
     test = dataset.test.take(np.flatnonzero(keep))
     scored['test'] = (test, trained.probabilities(test.images, batch, chunk))
     result['test'] = metrics.scores(test.labels, scored['test'][1], dataset.class_names)
-  if config.eval.score_train:  # un-augmented, with the restored weights (Keras' model.evaluate on train)
+  if score_train:  # un-augmented, with the restored weights (Keras' model.evaluate on train)
     scored['train'] = (dataset.train, trained.probabilities(dataset.train.images, batch, chunk))
     result['train'] = metrics.scores(dataset.train.labels, scored['train'][1], dataset.class_names)
 
@@ -70,7 +74,7 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   if fine_labelled:
     table = pd.concat([error_analysis.confusion_by_fine_label(
         name, split.extras[FINE_LABEL], split.labels, probs.argmax(1), dataset.class_names,
-        source_class_order(config.data.label_map, split.extras[FINE_LABEL]))
+        source_class_order(SourceSettings.from_config(config.data).label_map, split.extras[FINE_LABEL]))
         for name, (split, probs) in fine_labelled.items()], ignore_index=True)
     fileio.write_csv(workdir / error_analysis.FILE, table)
     report.write_section(workdir, '15-fine-labels', error_analysis.section(table, dataset.class_names))
@@ -86,13 +90,14 @@ def evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk, conf
   decision = Decision.for_model(trained, calibrated=True)
   thresholds = decision.label_thresholds(len(dataset.class_names))
   result = multilabel_metrics.scores(dataset.val.labels, val_probs, dataset.class_names, thresholds)
+  score_train, model_name = EvalSettings.from_config(config.eval).score_train, ModelSettings.from_config(config.model).name
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
-                model=config.model.name, num_params=trained.metadata['num_params'], decision=decision.describe())
+                model=model_name, num_params=trained.metadata['num_params'], decision=decision.describe())
   if dataset.test is not None and dataset.test.labels is not None:
     test = dataset.test.take(np.flatnonzero(dataset.test.extras.get('decoded', np.ones(len(dataset.test), bool))))
     result['test'] = multilabel_metrics.scores(test.labels, trained.probabilities(test.images, batch, chunk),
                                                dataset.class_names, thresholds)
-  if config.eval.score_train:
+  if score_train:
     result['train'] = multilabel_metrics.scores(dataset.train.labels, trained.probabilities(
         dataset.train.images, batch, chunk), dataset.class_names, thresholds)
   fileio.write_json(workdir / 'scores.json', result)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from fpclass import fileio, models
 from fpclass.analysis import cam, explain_figures
+from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ExplainSettings
 from fpclass.errors import UserInputError
 from fpclass.train import checkpoint
@@ -63,11 +64,12 @@ class Explainer:
 def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> Explainer:
   model = trained.task.model
   variables = checkpoint.model_variables(trained.state)
-  layer = settings.layer or models.get_spec(config.model.name).cam_layer
+  model_name = ModelSettings.from_config(config.model).name
+  layer = settings.layer or models.get_spec(model_name).cam_layer
   try:
     cam.check_layer(model.apply, variables, image_shape, layer)
   except UserInputError as e:
-    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {config.model.name!r}'
+    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {model_name!r}'
     raise UserInputError(f'{flag}: {e}') from None
   guided_apply_fn = None
   if settings.guided:

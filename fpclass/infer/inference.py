@@ -6,11 +6,12 @@ import pathlib
 import jax
 import numpy as np
 
+from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
 from fpclass.models.heads import probabilities
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import checkpoint
+from fpclass.train import checkpoint, sidecar
 from fpclass.train.batches import predict_logits
 from fpclass.train.loop_state import LoopState
 from fpclass.train.steps import CompiledSteps
@@ -64,12 +65,15 @@ class Trained:
 def load_trained(config, workdir, kind: str | None = None) -> Trained:
   """The model of `workdir` with the checkpoint `kind` (default: config.train.select_checkpoint)."""
   workdir = pathlib.Path(workdir)
-  metadata = checkpoint.read_metadata(workdir)
+  metadata = sidecar.read_metadata(workdir)
   if metadata is None:
-    raise UserInputError(f'{workdir}: no trained run here ({checkpoint.METADATA} is missing); '
+    raise UserInputError(f'{workdir}: no trained run here ({sidecar.METADATA} is missing); '
                          'run --mode train with this --workdir first')
-  checkpoint.check_restorable(workdir, metadata, checkpoint.config_as_json(config))
-  kind = kind or config.train.select_checkpoint  # checked by fpclass.train.validation
+  if 'ensemble' in metadata:   # fpclass.infer.ensemble.ENSEMBLE_KEY: a --mode ensemble result has no checkpoint
+    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): submit and predict use it; evaluate, '
+                         'explain, serve and export take one model, a member\'s workdir or a soup\'s (soup/fold<k>)')
+  sidecar.check_restorable(workdir, metadata, sidecar.config_as_json(config))
+  kind = kind or TrainSettings.from_config(config.train).select_checkpoint
   class_names = tuple(metadata['class_names'])
   task = build_task(config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
   height, width = metadata['image_size']

@@ -18,6 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fpclass import fileio, models
+from fpclass.config.inputs import StorageSettings
+from fpclass.config.model import ModelSettings
+from fpclass.config.outputs import ProbeSettings
+from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
 from fpclass.models.probe_backbones import Backbone
@@ -45,7 +49,7 @@ def backbone_config(config, backbone: Backbone) -> ml_collections.ConfigDict:
   out.unlock()
   out.model = ml_collections.ConfigDict(dict(
       name=backbone.name, head='softmax', pretrained=backbone.weights, freeze_till=-1,
-      top=config.probe.pooling))
+      top=ProbeSettings.from_config(config.probe).pooling))
   return out
 
 
@@ -89,18 +93,20 @@ def _weights_identity(spec, weights: str, seed: int) -> list:
 
 def cache_path(config, backbone: Backbone, task: Task, digest: str) -> pathlib.Path:
   spec = models.get_spec(backbone.name)
-  key = json.dumps([FORMAT, digest, config.model.to_dict(), _weights_identity(spec, backbone.weights,
-                    int(config.seed)), dataclasses.asdict(task.normalisation), task.repeat_rgb,
-                    list(task.device_resize), str(config.train.precision), bool(config.probe.flip_tta)],
-                   sort_keys=True, default=str)
+  precision = TrainSettings.from_config(config.train).precision
+  key = json.dumps([FORMAT, digest, ModelSettings.from_config(config.model).to_dict(),
+                    _weights_identity(spec, backbone.weights, int(config.seed)), dataclasses.asdict(task.normalisation),
+                    task.repeat_rgb, list(task.device_resize), precision,
+                    ProbeSettings.from_config(config.probe).flip_tta], sort_keys=True, default=str)
   name = hashlib.sha256(key.encode()).hexdigest()[:32]
-  return fileio.cache_root(config.data.cache_dir) / FOLDER / f'{backbone.name}-{name}.npz'
+  return fileio.cache_root(StorageSettings.from_config(config.data).cache_dir) / FOLDER / f'{backbone.name}-{name}.npz'
 
 
 def features(config, backbone: Backbone, images: np.ndarray, class_names, digest: str) -> Features:
   """The pooled features of `images` (uint8 NHWC) for `backbone`, from the cache or computed and cached.
   `digest` is `images_digest(images)`."""
   start = time.perf_counter()
+  probe = ProbeSettings.from_config(config.probe)
   model_config = backbone_config(config, backbone)
   task = build_task(model_config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
   path = cache_path(model_config, backbone, task, digest)
@@ -111,23 +117,23 @@ def features(config, backbone: Backbone, images: np.ndarray, class_names, digest
   parallel = DataParallel.over()
   compiled = CompiledSteps(task, parallel, 'step')
   image_shape = tuple(images.shape[1:])
-  loaded = transfer.load_pretrained(models.get_spec(backbone.name), model_config.model,
+  loaded = transfer.load_pretrained(models.get_spec(backbone.name), ModelSettings.from_config(model_config.model),
                                     compiled.variable_shapes(image_shape),
-                                    fileio.cache_root(config.data.cache_dir))
+                                    fileio.cache_root(StorageSettings.from_config(config.data).cache_dir))
   # The key training's init uses (fpclass.train.engine), so a random-init backbone is the one a run would start from.
   variables = compiled.init_variables(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0), image_shape,
                                       loaded)
   state = parallel.replicate(TrainState(step=np.zeros((), np.int32), params=variables['params'],
                                         batch_stats=variables['batch_stats'], opt_state=()))
-  passes = CompiledSteps(PooledPass(task, bool(config.probe.flip_tta)), parallel, 'step')
-  values = np.asarray(feed.predict_logits(passes, state, images, int(config.probe.batch_size)), np.float32)
+  passes = CompiledSteps(PooledPass(task, probe.flip_tta), parallel, 'step')
+  values = np.asarray(feed.predict_logits(passes, state, images, probe.batch_size), np.float32)
   seconds = time.perf_counter() - start
   if not np.all(np.isfinite(values)):
     raise UserInputError(f'config.probe.backbones: {backbone.name} gave non-finite features for '
                          f'{int(np.sum(~np.isfinite(values).all(1)))} images (weights {backbone.weights or "random"})')
   _write(path, values, seconds, backbone)
   tqdm.write(f'[{backbone.name}] features {values.shape[1]}-d for {len(values)} images in {seconds:.1f}s '
-             f'({"flip TTA, " if config.probe.flip_tta else ""}cached in {path})')
+             f'({"flip TTA, " if probe.flip_tta else ""}cached in {path})')
   return Features(values, seconds, False, seconds, path)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from fpclass.analysis.metrics import binary_log_losses
+from fpclass.config.training import EvalSettings
 from fpclass.train.task import common_batch
 
 
@@ -12,9 +13,10 @@ def prediction_chunk(config, dataset) -> int:
   they score if that is smaller, the others padded up to it. One batch shape is one compiled program for
   all the splits; a batch per split size compiled (and traced) the network again for each, seconds per
   split for a large backbone. The padding costs at most the largest split's work once more per split."""
+  settings = EvalSettings.from_config(config.eval)
   splits = [dataset.val, dataset.test if dataset.test is not None and dataset.test.labels is not None else None,
-            dataset.train if config.eval.score_train else None]
-  return common_batch(config.eval.batch_size, [len(split) for split in splits if split is not None])
+            dataset.train if settings.score_train else None]
+  return common_batch(settings.batch_size, [len(split) for split in splits if split is not None])
 
 
 def tags_text(row, class_names) -> str:

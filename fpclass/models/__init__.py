@@ -15,6 +15,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
 
 # config.model keys that configure loading rather than the module itself.
@@ -86,9 +87,9 @@ def get_spec(name: str) -> ModelSpec:
   return REGISTRY[name]
 
 
-def num_outputs(model_cfg, num_classes: int) -> int:
+def num_outputs(model: ModelSettings, num_classes: int) -> int:
   """A softmax head has one logit per class; a sigmoid head one logit for a binary task."""
-  head = model_cfg.get('head', 'softmax')
+  head = ModelSettings.from_config(model).head
   if head == 'softmax':
     return num_classes
   if head == 'sigmoid':
@@ -103,14 +104,15 @@ def frozen(stage_index: int, freeze_till: int) -> bool:
   return freeze_till < 0 or stage_index < freeze_till
 
 
-def create_model(model_cfg, num_classes: int, dtype=None) -> nn.Module:
+def create_model(model: ModelSettings, num_classes: int, dtype=None) -> nn.Module:
   """Builds the configured module, checking each config field against the module's own fields.
 
   `dtype`, when given, is the compute dtype (see `fpclass.train.precision`), passed as the module's `dtype`
   field; parameters stay float32 either way.
   """
-  spec = get_spec(model_cfg.name)
-  kwargs = {k: v for k, v in model_cfg.items() if k not in LOADING_KEYS}
+  model = ModelSettings.from_config(model)
+  spec = get_spec(model.name)
+  kwargs = {k: v for k, v in model.items() if k not in LOADING_KEYS}
   module_fields = {f.name for f in dataclasses.fields(module_class(spec.module))} - set(NOT_CONFIG_FIELDS)
   unknown = sorted(set(kwargs) - module_fields)
   if unknown:
@@ -125,7 +127,7 @@ def create_model(model_cfg, num_classes: int, dtype=None) -> nn.Module:
       raise UserInputError('config.model.dtype and config.train.precision both set the compute dtype; '
                            'use config.train.precision')
     kwargs['dtype'] = dtype
-  return spec.module(num_outputs=num_outputs(model_cfg, num_classes), **kwargs)
+  return spec.module(num_outputs=num_outputs(model, num_classes), **kwargs)
 
 
 def module_class(module):

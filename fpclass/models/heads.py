@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fpclass.config.inputs import LabelSettings
+from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
 
 HEADS = ('softmax', 'sigmoid', 'multilabel')
@@ -14,8 +16,8 @@ HEADS = ('softmax', 'sigmoid', 'multilabel')
 
 def head_of(config) -> str:
   """The head a run's config describes: 'multilabel' when config.data.task is, else config.model.head."""
-  head = config.model.get('head', 'softmax')
-  if config.data.get('task', 'single_label') != 'multilabel':
+  head = ModelSettings.from_config(config.model).head
+  if not LabelSettings.from_config(config.data).multilabel:
     return head
   if head == 'sigmoid':
     raise UserInputError("config.model.head='sigmoid' is the one-logit head of a two-class task; "

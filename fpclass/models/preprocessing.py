@@ -12,6 +12,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from fpclass.config.inputs import InputSettings
 from fpclass.errors import UserInputError
 
 
@@ -22,9 +23,9 @@ class Normalisation:
   bgr: bool = False    # reverse RGB to BGR before normalising (Keras 'caffe' mode)
 
   @classmethod
-  def from_config(cls, data_cfg) -> 'Normalisation':
-    channels = int(data_cfg.channels)
-    mean, std = tuple(float(v) for v in data_cfg.mean), tuple(float(v) for v in data_cfg.std)
+  def from_settings(cls, inputs: InputSettings, channels: int) -> 'Normalisation':
+    """config.data.mean and std (`InputSettings`), checked against the data's channels."""
+    mean, std = inputs.mean, inputs.std
     for key, values in (('mean', mean), ('std', std)):
       if len(values) not in (1, channels):
         raise UserInputError(f'config.data.{key}={values}: give 1 value or {channels} (one per channel)')

@@ -4,6 +4,8 @@ import dataclasses
 import pathlib
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
+from fpclass.config.outputs import ProbeSettings
 from fpclass.errors import UserInputError
 
 
@@ -22,11 +24,11 @@ def valid_backbones() -> list[str]:
 
 def parse_backbones(config) -> list[Backbone]:
   """The configured backbones, checked: registered pretrained models, no entry twice. One model may be listed
-  with different weights (random init against ImageNet, say)."""
-  default = str(config.model.get('pretrained', '') or '')
+  with different weights (random init against ImageNet, say); a plain name takes config.model.pretrained."""
+  default = str(ModelSettings.from_config(config.model).get('pretrained', '') or '')
   valid = valid_backbones()
   parsed = []
-  for entry in config.probe.backbones:
+  for entry in ProbeSettings.from_config(config.probe).backbones:
     name, _, weights = str(entry).partition('=')
     name, weights = name.strip(), weights.strip() or default
     if name not in valid:

@@ -14,6 +14,7 @@ import numpy as np
 from jax import lax
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
 from fpclass.models import preprocessing
 from fpclass.models import weights as weights_lib
@@ -146,13 +147,14 @@ def check_cut(cut: str, stages: Sequence[str], top: str) -> int:
   return list(stages).index(cut)
 
 
-def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
+def load_pretrained(spec, model: ModelSettings, variables: dict, cache_dir) -> dict:
   """`variables` with the configured pretrained weights loaded, strictly; unchanged if none are set.
 
   `config.model.pretrained` is '' (none), a name in the registry's canonical weights (downloaded once to
   <cache>/weights with its checksum verified), or a path to a file the source framework wrote.
   """
-  value = str(model_cfg.get('pretrained', '') or '')
+  model = ModelSettings.from_config(model)
+  value = str(model.get('pretrained', '') or '')
   if not value:
     return variables
   if not spec.pretrained:
@@ -166,7 +168,7 @@ def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
     raise UserInputError(f'config.model.pretrained={value!r}: neither a file nor one of the named weights '
                          f'{sorted(spec.weights)} of {spec.name!r}')
   mapped, unmatched = spec.convert(path)
-  top = model_cfg.get('top', 'source')
+  top = model.get('top', 'source')
   keep = []
   if top != 'source':  # a new top: the file's whole classifier is unused, the new top starts fresh
     mapped = _without(mapped, spec.source_top)
@@ -175,11 +177,11 @@ def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
     # A backbone-only file (DINOv2's) cannot keep a classifier it lacks. Where the source's top holds more
     # than its last layer (MobileNetV3's conv_2), a Keras include_top=False file lacks that too, and the
     # load below fails naming everything missing.
-    if model_cfg.get('keep_pretrained_head', False) and spec.source_top == spec.source_head:
+    if model.get('keep_pretrained_head', False) and spec.source_top == spec.source_head:
       raise UserInputError(f'{path} holds no classifier ({spec.source_head.lstrip("^")}) to keep; set '
                            'config.model.keep_pretrained_head=False to train a new one')
     keep.append(spec.source_head)
-  elif not model_cfg.get('keep_pretrained_head', False):  # the named 'head' rule: a fresh last layer
+  elif not model.get('keep_pretrained_head', False):  # the named 'head' rule: a fresh last layer
     # Logged because it is the default: a user who wanted the source's classes would otherwise not know.
     log.warning('%s: the source classifier (%s, %s outputs in %s) is replaced by a new last layer of %s '
                 'outputs, trained from scratch; config.model.keep_pretrained_head=True keeps it', spec.name,
@@ -187,17 +189,17 @@ def load_pretrained(spec, model_cfg, variables: dict, cache_dir) -> dict:
                 _outputs(variables, spec.source_head))
     mapped = _without(mapped, spec.source_head)
     keep.append(spec.source_head)
-  cut = model_cfg.get('cut', '')
+  cut = model.get('cut', '')
   if cut:  # stages after the cut are not in the model; their weights are not needed
     names = spec.stage_names
     for _, regex in spec.stages[names.index(cut) + 1:]:
       mapped = _without(mapped, r'^(params|batch_stats)/' + regex.lstrip('^'))
-  if int(model_cfg.get('in_channels', 3)) == 1:
+  if int(model.get('in_channels', 3)) == 1:
     mapped = fold_stem(spec, mapped)
   try:
     return weights_lib.assign(variables, mapped, source=str(path), keep='|'.join(keep), unmatched=unmatched)
   except UserInputError:
-    if top == 'source' and model_cfg.get('keep_pretrained_head', False) and \
+    if top == 'source' and model.get('keep_pretrained_head', False) and \
         _fits_without(variables, mapped, spec.source_head, unmatched):
       raise UserInputError(
           f'{path}: its classifier {_shapes(mapped, spec.source_head)} has another class count than this '

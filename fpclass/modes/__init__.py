@@ -7,7 +7,7 @@ validates a config and runs a mode: the package API (`run('train', config, workd
 
 Modes marked `trained` read a trained workdir: they need no `--config`, because the workdir's sidecar
 (metadata.json) holds the training config (see configs/workdir.py); overrides that would change the model
-or its input are refused (`fpclass.train.checkpoint.check_restorable`).
+or its input are refused (`fpclass.train.sidecar.check_restorable`).
 """
 import dataclasses
 import importlib
@@ -63,6 +63,12 @@ MODES = {
     'lr_find': Mode('lr_find', 'lr_find', 'fastai\'s learning-rate finder: an exponential learning-rate sweep '
                     'from the run\'s initial state (config.lr_find); write lr_find.json and lr_find.png with the '
                     'suggestions (the workdir\'s training state is untouched)'),
+    'ensemble': Mode('ensemble', 'ensemble', 'the best weighted mix of a sweep\'s variants or an auto run\'s trials '
+                     '(Caruana selection on their out-of-fold predictions) and a greedy soup, scored cross-fitted '
+                     'against the best single; writes an ensemble workdir that submit and predict use'),
+    'label_issues': Mode('label_issues', 'label_issues', 'flag the probably wrong labels (cleanlab) from the '
+                         'out-of-fold predictions below --workdir; write label_issues.csv for '
+                         'config.data.exclude_csv or relabel_csv, and a grid of the top suspects', trained=True),
 }
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from fpclass import fileio
 from fpclass.analysis.clean_report import report_markdown
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.data.cleaning import (
   FILES_CSV,
@@ -40,8 +41,9 @@ def clean(config, workdir, apply: bool = False) -> pd.DataFrame:
     raise UserInputError(f'--mode clean scans image files: config.data.source must be kaggle_csv or image_folder, '
                          f'not {config.data.source!r}')
   workdir = pathlib.Path(workdir)
-  source = pipeline.list_raw_source(config)
-  files = scan_files(source, config.data, fileio.cache_root(config.data.cache_dir))
+  data = DataSettings.from_config(config.data)
+  source = pipeline.list_raw_source(data)
+  files = scan_files(source, data, fileio.cache_root(data.storage.cache_dir))
   threshold = int(config.clean.phash_threshold)
   pairs = find_duplicates(files, threshold)
   files = decide_keep(files, pairs)

@@ -14,6 +14,7 @@ import math
 import pathlib
 
 from fpclass import fileio
+from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import LrFindSettings
 from fpclass.data import pipeline, stream
 from fpclass.runtime import report, timings
@@ -27,9 +28,9 @@ def lr_find(config, workdir) -> dict:
   """Runs the sweep; returns what lr_find.json holds."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  settings = LrFindSettings.from_config(config.lr_find)
+  settings, data = LrFindSettings.from_config(config.lr_find), DataSettings.from_config(config.data)
   with timings.phase('data'):
-    dataset = stream.place(pipeline.load_dataset(config, mapped=True), config)
+    dataset = stream.place(pipeline.load_dataset(data, mapped=True), data.storage)
   with timings.phase('sweep'):
     record = lr_finder.find(config, dataset, settings, *solo_start(config, dataset))
   suggestions = lr_finder.suggest(record, settings.num_it)

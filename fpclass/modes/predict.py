@@ -30,8 +30,8 @@ from fpclass.data.decode import decode_files
 from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
+from fpclass.infer.ensemble import load_model
 from fpclass.infer.explainer import build_explainer, overlay_rgb, save_png
-from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import tags_text
 from fpclass.runtime import report
 
@@ -54,7 +54,7 @@ def predict(config, workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   settings = PredictSettings.from_config(config.predict)
   inputs = list_inputs(settings.inputs, settings.path_column)  # before the restore: a typo fails fast
-  trained = load_trained(config, workdir)
+  trained = load_model(config, workdir, explained=settings.explain)   # a run, or an ensemble workdir's members
   decode_settings = DecodeSettings.from_config(config.data)
   decision = Decision.for_model(trained, settings.calibrated)
   tta_settings = tta.TTA.from_section(config.predict, 'predict')

@@ -22,6 +22,7 @@ import pandas as pd
 from fpclass import fileio
 from fpclass.analysis import multilabel_metrics
 from fpclass.analysis.calibration import decide
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.data.kaggle_csv import read_csv
 from fpclass.errors import UserInputError
@@ -38,7 +39,7 @@ def submit(config, workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   members = ensemble.load_members(config, workdir, folds=bool(config.submit.average_folds))
   trained = members[0].trained
-  decoded = pipeline.decode_source(config)
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data))
   test = decoded.test
   if test is None:
     raise UserInputError(f'config.data.source={config.data.source!r} has no test split to submit: '

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from fpclass import fileio, models
 from fpclass.analysis import metric_registry, sweep_report
+from fpclass.config.inputs import SplitSettings, StorageSettings
 from fpclass.config.search import AutoSettings
 from fpclass.errors import RunInterrupted, UserInputError
 from fpclass.infer.evaluation import evaluate_workdir
@@ -34,7 +35,7 @@ from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.screen import ProbeRun, run_probe
 from fpclass.search.space import Candidate, default_space, parse_space, sample
-from fpclass.train import checkpoint, oof
+from fpclass.train import oof, sidecar
 from fpclass.train.orchestrator import MemberRun, run_plan
 from fpclass.train.plan import MEMBER_WORKDIRS, Plan, Variant, apply_changes, solo_plan
 from fpclass.train.records import StopOnSignals
@@ -71,7 +72,7 @@ def run_auto(config, workdir) -> AutoRun | None:
   if metric not in metric_registry.REGISTRY or not metric_registry.REGISTRY[metric].applies_to(task):
     raise UserInputError(f'config.auto.metric={metric!r}: choose a metric of the {task} task: '
                          f'{[m.name for m in metric_registry.for_task(task)]}')
-  folds = settings.folds or int(config.data.num_folds)
+  folds = settings.folds or SplitSettings.from_config(config.data).num_folds
   base = apply_changes(config, {'data.num_folds': folds}, 'config.auto.folds')
   budget = Budget.load(settings.budget_seconds, workdir)
   tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {folds}-fold trials by {metric}')
@@ -104,7 +105,7 @@ def _at_hand(config, settings: AutoSettings) -> tuple[list, list[str]]:
     with config.unlocked():
       config.probe.backbones = tuple(settings.backbones)
     return probe_backbones.parse_backbones(config), []
-  cache, found, missing = fileio.cache_root(config.data.cache_dir), [], []
+  cache, found, missing = fileio.cache_root(StorageSettings.from_config(config.data).cache_dir), [], []
   for name in probe_backbones.valid_backbones():
     spec = models.get_spec(name)
     named = [w for w in spec.weights.values() if (cache / 'weights' / w.filename).is_file()]
@@ -154,16 +155,20 @@ def _search(base, settings, study, dims, candidates, workdir, budget: Budget, me
   retried = study_lib.retry_stale_trials(study)
   if retried:
     tqdm.write(f'auto: trials {retried} were left running by a process that is gone; asked for again')
-  start = time.perf_counter()
+  start, started = time.perf_counter(), False
   try:
     while not settings.trials or study_lib.taken_count(study) < settings.trials:
+      # A choice needs one finished trial: until the study has one, this launch's first trial runs to its end
+      # whatever the budget says (a budget shorter than a trial is overrun by that trial, and the report says so).
+      first = not study_lib.completed(study) and not started
       reserve, member = _reserve(budget, settings, folds, study), budget.member()
-      if member is not None and budget.left() < folds * member + reserve:
+      if not first and member is not None and budget.left() < folds * member + reserve:
         break
-      if member is None and budget.left() <= reserve:
+      if not first and member is None and budget.left() <= reserve:
         break
+      started = True
       if not _trial(base, settings, study, dims, candidates, workdir, budget, metric, folds,
-                    budget.deadline(reserve)):
+                    None if first else budget.deadline(reserve)):
         break
   finally:
     budget.add_stage('search', time.perf_counter() - start)
@@ -315,16 +320,19 @@ def _refit(config, chosen: dict, workdir: pathlib.Path, budget: Budget):
   """(final workdir, note): the chosen configuration on the config's own split and seed, then evaluated."""
   final_config = apply_changes(config, chosen['changes'], 'the chosen configuration')
   validate(final_config)
-  chosen['config'] = checkpoint.config_as_json(final_config)
+  chosen['config'] = sidecar.config_as_json(final_config)
   final, start, note = workdir / 'final', time.perf_counter(), 'trained and evaluated'
-  with StopOnSignals(deadline=budget.deadline(slack=True)) as stop:
+  deadline = budget.deadline(slack=True)
+  if deadline <= time.monotonic():   # nothing left: a model needs its epochs, so the refit overruns, and says so
+    deadline, note = None, 'trained and evaluated in full after the budget was spent (it was shorter than a trial)'
+  with StopOnSignals(deadline=deadline) as stop:
     try:
       run_plan(solo_plan(final_config), final, stop=stop)
     except RunInterrupted:
       if not stop.deadline_passed:
         raise
       note = 'stopped by the budget before its last epoch (launch again to finish it); evaluated as it stands'
-  if checkpoint.read_metadata(final) is not None:
+  if sidecar.read_metadata(final) is not None:
     evaluate_workdir(final_config, final)
   budget.add_stage('refit', time.perf_counter() - start)
   return final, note

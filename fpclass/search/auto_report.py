@@ -23,7 +23,7 @@ CONFIG_FILE = '''"""The configuration `--mode auto` chose for {workdir} ({name})
 """
 import json
 
-from fpclass.train.checkpoint import config_from_json
+from fpclass.train.sidecar import config_from_json
 
 CONFIG = json.loads({text!r})
 

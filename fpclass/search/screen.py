@@ -15,6 +15,7 @@ import pandas as pd
 
 from fpclass.analysis import linear_probe, metrics, multilabel_metrics, stats
 from fpclass.analysis.probe_report import LOWER_IS_BETTER, METRICS, MULTILABEL_METRICS, TITLES
+from fpclass.config.inputs import DataSettings, SplitSettings
 from fpclass.config.outputs import ProbeSettings
 from fpclass.data import multilabel_splits, pipeline, splits
 from fpclass.infer import pooled_features
@@ -62,9 +63,9 @@ def labelled_set(decoded: pipeline.Decoded):
 def outer_folds(labels: np.ndarray, config, class_names=None) -> list[linear_probe.OuterFold]:
   """data.num_folds stratified folds for each probe seed, split with data.split_seed + seed (multi-label:
   stratified per label, with a warning naming any class a training part has no positive of)."""
-  out = []
-  for seed in config.probe.seeds:
-    count, split_seed = int(config.data.num_folds), int(config.data.split_seed) + int(seed)
+  out, split = [], SplitSettings.from_config(config.data)
+  for seed in ProbeSettings.from_config(config.probe).seeds:
+    count, split_seed = split.num_folds, split.split_seed + int(seed)
     parts = (multilabel_splits.multilabel_kfold_indices(labels, count, split_seed, class_names) if labels.ndim == 2
              else splits.kfold_indices(labels, count, split_seed))
     for fold, (train, val) in enumerate(parts):
@@ -76,7 +77,7 @@ def run_probe(config, backbones: list, decoded: pipeline.Decoded | None = None) 
   """Probes `backbones` (`fpclass.models.probe_backbones.Backbone`s) on every labelled image of the source."""
   settings = ProbeSettings.from_config(config.probe)
   start = time.perf_counter()
-  decoded = decoded or pipeline.decode_source(config)
+  decoded = decoded or pipeline.decode_source(DataSettings.from_config(config.data))
   images, labels, ids, note = labelled_set(decoded)
   class_names = decoded.class_names
   multilabel = labels.ndim == 2

@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import re
 
+from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 from fpclass.train.plan import apply_changes
@@ -100,7 +101,7 @@ def default_space(config, candidates: list[Candidate]) -> list[str]:
   """The task's defaults: the candidate, the learning rate around the config's, label smoothing, mixup,
   TrivialAugment, the average of the weights, and for models that have them drop path, layer decay and
   freezing. Epochs stay the config's (early stopping, where it sets it, ends a run sooner)."""
-  lr = float(config.train.learning_rate)
+  lr = TrainSettings.from_config(config.train).learning_rate
   entries = [f'train.learning_rate: log({lr / 10:.3g}, {lr * 3:.3g})', 'train.label_smoothing: float(0.0, 0.15)',
              'augment.mixup_alpha: choice(0.0, 0.2)', "augment.policy: choice('', 'trivialaugment')",
              'train.ema_decay: choice(0.0, 0.999)']

@@ -25,6 +25,7 @@ from PIL import Image
 
 from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
+from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ExplainSettings, ServeSettings
 from fpclass.errors import UserInputError
 from fpclass.infer.explainer import build_explainer, overlay_rgb
@@ -295,7 +296,7 @@ def describe(config, workdir, trained: Trained, decode_settings: DecodeSettings,
   if predictor.multilabel:  # a class is predicted when its probability reaches its threshold
     calibration['thresholds'] = predictor.label_thresholds()
   return {
-      'name': str(config.name), 'model': str(config.model.name), 'head': trained.task.head,
+      'name': str(config.name), 'model': ModelSettings.from_config(config.model).name, 'head': trained.task.head,
       'class_names': list(trained.class_names),
       'input': {'height': decode_settings.height, 'width': decode_settings.width,
                 'channels': decode_settings.channels, 'resize': decode_settings.resize, 'dtype': 'uint8'},

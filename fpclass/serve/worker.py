@@ -15,6 +15,7 @@ import threading
 
 from absl import logging
 
+from fpclass.config.inputs import StorageSettings
 from fpclass.errors import UserInputError
 from fpclass.runtime import process
 from fpclass.serve.app import create_app
@@ -26,7 +27,7 @@ from fpclass.serve.supervisor import HEARTBEAT_SECONDS, read_job, send_message
 def main() -> int:
   job = read_job(sys.stdin.buffer)
   logging.set_verbosity(logging.WARNING)  # as launch.py: warnings and errors reach the supervisor's stderr
-  process.setup(trains=False, cache_dir=job.config.data.cache_dir)
+  process.setup(trains=False, cache_dir=StorageSettings.from_config(job.config.data).cache_dir)
   try:
     service = load_service(job.config, job.workdir)
   except UserInputError as e:

@@ -1,4 +1,4 @@
-"""Orbax checkpoints (best and last) plus the run's metadata sidecar.
+"""Orbax checkpoints (best and last); the run's metadata sidecar beside them is `fpclass.train.sidecar`.
 
     <workdir>/checkpoints/last/<epoch>/   every epoch: train state + loop state (resume point); the two newest
                                           are kept, so a damaged newest one falls back to the one before
@@ -10,37 +10,19 @@ weights (config.train.ema_decay) stores the average there, and, in a resume poin
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a killed run leaves
 the previous checkpoint intact; a checkpoint damaged afterwards (truncated, corrupted) is skipped for the
-one before it with a warning (`restore_newest_readable`), and never silently replaced by a fresh start. Restoring against a config whose model or data shape differs from the
-sidecar's is refused with the differing keys listed.
+one before it with a warning (`restore_newest_readable`), and never silently replaced by a fresh start.
 """
 import contextlib
 import datetime
 import errno
-import json
 import logging
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
-from fpclass import __version__, fileio
-from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
-from fpclass.models import model_keys
-from fpclass.models.heads import head_of
 from fpclass.train import orbax_quiet
-
-METADATA = 'metadata.json'
-
-# Keys a resumed run may change: they do not alter what has been trained so far.
-RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'train.early_stopping_patience', 'eval.',
-                     'submit.', 'data.cache_dir', 'data.decode_workers', 'data.root', 'data.bad_test_images',
-                     'name', 'explain.', 'sweep.', 'serve.', 'data.tfds.data_dir', 'clean.',
-                     'train.tensorboard', 'train.feature_cache', 'data.device_memory_budget', 'predict.', 'lr_find.')
-# Keys that must agree for a checkpoint to be usable at all (evaluate, submit, explain).
-ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
-
 
 # The item of a resume point holding the weights the optimizer updates, when the model item is their average.
 ONLINE = 'online'
@@ -235,138 +217,6 @@ class CheckpointStore:
     except Exception:  # noqa: BLE001 -- whatever orbax raises here, the run's own error comes first
       if not after_error:
         raise
-
-
-def build_metadata(config, class_names, num_params: int, normalisation: dict) -> dict:
-  return dict(
-      fpclass_version=__version__,
-      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      class_names=list(class_names),
-      image_size=list(config.data.image_size),
-      channels=int(config.data.channels),
-      normalisation=normalisation,
-      model=config.model.name,
-      head=head_of(config),
-      num_params=num_params,
-      config=config_as_json(config),
-  )
-
-
-def read_metadata(workdir) -> dict | None:
-  path = pathlib.Path(workdir) / METADATA
-  if not path.exists():
-    return None
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise UserInputError(f'{path}: not valid JSON ({e}); it is the run sidecar, restore it or use a new '
-                         '--workdir') from None
-
-
-def write_metadata(workdir, metadata: dict) -> None:
-  fileio.write_json(pathlib.Path(workdir) / METADATA, metadata)
-
-
-def config_differences(stored: dict, current: dict, ignore=(), only=None) -> list[str]:
-  """['key: stored -> current'] for differing flattened config keys."""
-  a = traverse_util.flatten_dict(stored, sep='.')
-  b = traverse_util.flatten_dict(current, sep='.')
-  out = []
-  for key in sorted(set(a) | set(b)):
-    if any(key == p or key.startswith(p) for p in ignore if p):
-      continue
-    if only is not None and not any(key == p or key.startswith(p) for p in only):
-      continue
-    if _normal(a.get(key, '<absent>')) != _normal(b.get(key, '<absent>')):
-      out.append(f'{key}: {a.get(key, "<absent>")!r} -> {b.get(key, "<absent>")!r}')
-  return out
-
-
-def _normal(value):
-  return json.loads(json.dumps(value)) if not isinstance(value, str) else value
-
-
-def check_resume(workdir, metadata: dict, config_dict: dict) -> None:
-  """Refuses to continue a run in `workdir` under a config that would change what it trains. A key that the
-  run's version did not have yet (config.train.ema_decay, for a run from before it) counts as equal when it
-  is at its default, which keeps the behaviour of the versions before it."""
-  stored = _stored_with_model_defaults(metadata)
-  defaults = traverse_util.flatten_dict(config_as_json(base_config()), sep='.')
-  for key, value in traverse_util.flatten_dict(config_dict, sep='.').items():
-    if key not in stored and key in defaults and _normal(value) == _normal(defaults[key]):
-      stored[key] = value
-  diffs = config_differences(traverse_util.unflatten_dict(stored, sep='.'), config_dict, ignore=RESUMABLE_CHANGES)
-  if diffs:
-    raise UserInputError(f'{workdir} holds a run with a different config, so it cannot be resumed: '
-                         + '; '.join(diffs[:10]) + '. Use a new --workdir, or the original flags.')
-
-
-def check_restorable(workdir, metadata: dict, config_dict: dict) -> None:
-  """Refuses to restore a checkpoint into a model or input other than the one it was trained as,
-  naming each differing key and the value stored at training."""
-  stored = _stored_with_model_defaults(metadata)
-  current = traverse_util.flatten_dict(config_dict, sep='.')
-  diffs = [f'--config.{key}={_tuples(_normal(current.get(key, "<absent>")))!r} (trained with '
-           f'{_tuples(_normal(stored[key]))!r})'
-           if key in stored else f'--config.{key}: not a key of the trained model'
-           for key in config_differences_keys(stored, current, ARCHITECTURE_KEYS)]
-  if diffs:
-    raise UserInputError(f'{workdir}: these overrides change the trained model or its input: '
-                         + '; '.join(diffs[:10]) + '. Leave them out: without --config, the workdir\'s '
-                         f'{METADATA} supplies the training config.')
-
-
-def _stored_with_model_defaults(metadata: dict) -> dict:
-  """The stored training config, flattened, with every key of its model (a run from before the model section
-  held them all kept the defaults of the ones it lacks)."""
-  stored = traverse_util.flatten_dict(metadata['config'], sep='.')
-  name = stored.get('model.name')
-  if name is not None:
-    for key, value in model_keys.model_keys(name).items():
-      stored.setdefault(f'model.{key}', list(value) if isinstance(value, tuple) else value)
-  return stored
-
-
-def config_differences_keys(stored: dict, current: dict, only) -> list[str]:
-  return [key for key in sorted(set(stored) | set(current))
-          if any(key == p or key.startswith(p) for p in only)
-          and _normal(stored.get(key, '<absent>')) != _normal(current.get(key, '<absent>'))]
-
-
-def stored_config(workdir):
-  """The training config of `workdir`, from its sidecar, as a ConfigDict of the current schema: keys this
-  version does not know are dropped (model fields are kept: they belong to the architecture)."""
-  metadata = read_metadata(workdir)
-  if metadata is None:
-    raise UserInputError(f'{workdir}: no trained run here ({METADATA} is missing); pass --config, or train '
-                         'this --workdir first')
-  return config_from_json(metadata['config'])
-
-
-def config_from_json(values: dict):
-  """A ConfigDict of the current schema from a config stored as JSON (a sidecar's, a chosen configuration's):
-  keys this version does not know are dropped (model fields are kept: they belong to the architecture)."""
-  config = base_config()
-  _update(config, values, free=('model',))
-  return model_keys.completed(config)
-
-
-def _update(node, values: dict, free=(), path=''):
-  for key, value in values.items():
-    if isinstance(value, dict) and key in node and hasattr(node[key], 'keys'):
-      _update(node[key], value, free, f'{path}{key}.')
-    elif key in node or path.rstrip('.') in free:
-      node[key] = _tuples(value)
-
-
-def _tuples(value):
-  """JSON turned the config's tuples into lists; the schema's types are tuples."""
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def config_as_json(config) -> dict:
-  """The config as the sidecar stores it (JSON types), so stored and current configs compare equal."""
-  return json.loads(config.to_json_best_effort())
 
 
 def model_variables(state) -> dict:

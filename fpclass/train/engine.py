@@ -21,6 +21,9 @@ from tqdm.auto import tqdm
 
 from fpclass import fileio, models
 from fpclass.analysis import metrics
+from fpclass.config.inputs import DataSettings
+from fpclass.config.model import ModelSettings
+from fpclass.config.training import EvalSettings, TrainSettings
 from fpclass.data import stream
 from fpclass.data.rows import take_rows
 from fpclass.errors import RunInterrupted
@@ -46,10 +49,11 @@ def phase_config(config, phase: int):
   train.finetune_lr_factor, and the schedule spans the fine-tuning epochs."""
   if phase == 0:
     return config
+  train = TrainSettings.from_config(config.train)
   tuned = ml_collections.ConfigDict(config.to_dict())
-  tuned.model.freeze_till = int(config.train.finetune_freeze_till)
-  tuned.train.learning_rate = float(config.train.learning_rate) * float(config.train.finetune_lr_factor)
-  tuned.train.epochs = int(config.train.finetune_epochs)
+  tuned.model.freeze_till = train.finetune_freeze_till
+  tuned.train.learning_rate = train.learning_rate * train.finetune_lr_factor
+  tuned.train.epochs = train.finetune_epochs
   tuned.train.warmup_epochs = 0
   return tuned
 
@@ -67,19 +71,23 @@ class Engine:
                parallel: DataParallel | None = None, budget: int | None = None, shared: SharedWork | None = None,
                stop=None, log_prefix: str = ''):
     self.config, self.data, self.members, self.record = config, data, members, record
+    # The sections the engine reads, typed and checked once.
+    self.train_settings = TrainSettings.from_config(config.train)
+    self.model_settings = ModelSettings.from_config(config.model)
+    self.storage = DataSettings.from_config(config.data).storage
     self.shared = shared if shared is not None else SharedWork()
     self.summary_log = len(members) > 1 or bool(log_prefix)
     self.form, self.stop, self.log_prefix = form, stop, log_prefix
     self.parallel = parallel or DataParallel.over()
-    self.loop_form = resolve_loop(config.train.loop)
+    self.loop_form = resolve_loop(self.train_settings.loop)
     self.budget = budget
-    self.batch = batch_size_for(config, len(members[0].train_index))
+    self.batch = batch_size_for(self.train_settings, len(members[0].train_index))
     self.parallel.check_batch_size(self.batch)
     self.steps = [math.ceil(len(m.train_index) / self.batch) for m in members]
-    self.eval_batch = int(config.eval.batch_size)
-    self.rules = SelectionRules.from_config(config.train)
+    self.eval_batch = EvalSettings.from_config(config.eval).batch_size
+    self.rules = SelectionRules.from_config(self.train_settings)
     self.image_shape = data.train.images.shape[1:]
-    self.class_weights = [task_class_weights(config.train.class_weights, data.class_names,
+    self.class_weights = [task_class_weights(self.train_settings.class_weights, data.class_names,
                                              data.train.labels[m.train_index]) for m in members]
     self.loops: list[LoopState] = []
     self._tasks, self._axes, self._val_images = {}, {}, {}
@@ -100,14 +108,14 @@ class Engine:
   def init_states(self) -> list:
     """Every member's initial state: pretrained weights read once, the rest initialised from its seed."""
     compiled = CompiledSteps(self.task(0), self.parallel, self.loop_form)
-    model = self.config.model
+    model = self.model_settings
     shapes = self.shared.get(('variable shapes', repr(self.task(0).model), self.image_shape),
                              lambda: compiled.variable_shapes(self.image_shape))
     # The file's arrays go into the abstract variables first, so only what it lacks is initialised; read
     # once for the job (its arrays are not changed by anyone).
     key = ('pretrained', repr(sorted(model.items())), repr(shapes))
     loaded = self.shared.get(key, lambda: transfer.load_pretrained(
-        models.get_spec(model.name), model, shapes, fileio.cache_root(self.config.data.cache_dir)))
+        models.get_spec(model.name), model, shapes, fileio.cache_root(self.storage.cache_dir)))
     states = []
     for member in self.members:
       key = jax.random.fold_in(jax.random.PRNGKey(member.seed), 0)
@@ -152,8 +160,7 @@ class Engine:
     first = next(iter(states.values()))
     shared_val = self.data.val.images is self.data.train.images
     count = len(self.data.train.images) + (0 if shared_val else len(self.data.val.images))
-    budget = self.budget if self.budget is not None else stream.memory_budget(
-        int(self.config.data.device_memory_budget))
+    budget = self.budget if self.budget is not None else stream.memory_budget(self.storage.device_memory_budget)
     split = feature_cache.head_split(self.config, task, {'params': first.params, 'batch_stats': first.batch_stats},
                                      self.image_shape, count, budget)
     if split is None:
@@ -188,7 +195,7 @@ class Engine:
     ran = (f'ran {passes} over {len(self.data.train.images)} train'
            f'{"" if shared_val else f" and {len(self.data.val.images)} val"} images ({seconds:.1f}s)' if computed
            else 'ran earlier in this job over the same images')
-    tqdm.write(f'{self.log_prefix}feature cache: {self.config.train.feature_cache}: the frozen network before '
+    tqdm.write(f'{self.log_prefix}feature cache: {self.train_settings.feature_cache}: the frozen network before '
                f'{split.name!r} {ran} for {len(states)} model(s); the head trains on its '
                f'{"x".join(map(str, split.feature_shape))} outputs')
     datas = {m: self._member_data(m, *features[digests[m]]) for m in states}
@@ -201,12 +208,12 @@ class Engine:
     fit likewise ends by writing its averages into the model), and a fresh average starts with the phase."""
     loop = self.loops[m]
     state = state.for_evaluation()
-    if int(self.config.train.early_stopping_patience) > 0:
+    if self.train_settings.early_stopping_patience > 0:
       best = self.record.best_variables(m, state)
       state = state if best is None else best
     loop.phase, loop.phase_start, loop.phase_over, loop.wait = 1, loop.epoch, False, 0
     if len(self.members) == 1:
-      train = self.config.train
+      train = self.train_settings
       tqdm.write(f'fine-tuning: {train.finetune_epochs} epochs with model.freeze_till={train.finetune_freeze_till}, '
                  f'learning rate x{train.finetune_lr_factor}')
     task = self.task(1)
@@ -253,7 +260,7 @@ class Engine:
 
   def _order(self, m: int, epoch: int) -> np.ndarray:
     member = self.members[m]
-    order = batch_order(self.config.train.sampler, member.seed, epoch, self.data.train.labels[member.train_index],
+    order = batch_order(self.train_settings.sampler, member.seed, epoch, self.data.train.labels[member.train_index],
                         self.batch)
     return member.train_index[order].astype(np.int32)
 
@@ -311,8 +318,8 @@ class Engine:
                                 len(self.data.class_names))
     schedule = self._schedule(loop.phase, self.steps[m])
     row = epoch_row(epoch + 1, totals, val, float(schedule(axis.updates(m) - 1)), loop.phase, seconds)
-    last_phase = loop.phase == 1 or int(self.config.train.finetune_epochs) == 0
-    improved, stopped_early = loop.record(row, self.rules, phase_end(loop, self.config), last_phase)
+    last_phase = loop.phase == 1 or self.train_settings.finetune_epochs == 0
+    improved, stopped_early = loop.record(row, self.rules, phase_end(loop, self.train_settings), last_phase)
     with timings.phase('checkpoints'):
       self.record.epoch_end(m, epoch + 1, axis.state(m), loop, improved)
     self._logits[m]['last'] = logits
@@ -329,14 +336,14 @@ class Engine:
 
   def _progress(self, m: int, epoch: int, steps: int, solo: bool):
     """(progress bar or None, on_step callback) of member m's epoch (`fpclass.train.progress`)."""
-    return progress.step_progress(self.config, self.record, self.loops[m], epoch, steps, solo)
+    return progress.step_progress(self.train_settings, self.record, self.loops[m], epoch, steps, solo)
 
   def _log(self, alive, epochs, rows, seconds) -> None:
     if self.summary_log:
-      progress.log_chunk_epoch(self.config, self.rules.monitor, [self.members[m].name for m in alive],
+      progress.log_chunk_epoch(self.train_settings, self.rules.monitor, [self.members[m].name for m in alive],
                                [rows[m] for m in alive], max(epochs.values()), seconds, self.log_prefix)
     else:
-      progress.log_solo_epoch(self.config, self.rules, self.loops[alive[0]], epochs[alive[0]], rows[alive[0]])
+      progress.log_solo_epoch(self.train_settings, self.rules, self.loops[alive[0]], epochs[alive[0]], rows[alive[0]])
 
   def _check_stop(self, alive, epochs) -> None:
     """Ends the run after this epoch when a signal asked for it (with several processes training one
@@ -353,7 +360,7 @@ class Engine:
 
   def _result(self, m: int) -> MemberResult:
     loop = self.loops[m]
-    use_best = self.config.train.select_checkpoint == 'best' and loop.best_epoch is not None
+    use_best = self.train_settings.select_checkpoint == 'best' and loop.best_epoch is not None
     logits = self._logits[m]['best' if use_best else 'last']
     last = best = None
     if self.record.keeps_states:
@@ -366,7 +373,7 @@ class Engine:
 
 def solo_start(config, dataset, parallel=None):
   """(engine, state): the state a training run of `config` on `dataset` starts from (the engine's own init)."""
-  member = Member(int(config.data.fold), int(config.seed), np.arange(len(dataset.train)),
+  member = Member(DataSettings.from_config(config.data).split.fold, int(config.seed), np.arange(len(dataset.train)),
                   np.arange(len(dataset.val)))
   train_data = TrainData(dataset.class_names, Split(dataset.train.images, dataset.train.labels),
                          Split(dataset.val.images, dataset.val.labels))

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from fpclass import models
 from fpclass.config.inputs import AugmentSettings
-from fpclass.config.training import FEATURE_CACHE
+from fpclass.config.model import ModelSettings
+from fpclass.config.training import FEATURE_CACHE, TrainSettings
 from fpclass.data.rows import ImageRows, mapped_file
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
@@ -33,12 +34,12 @@ from fpclass.train.steps import CompiledSteps
 TOP = 'top'   # the name `transfer.new_top` gives the new top
 
 
-def check_setting(config) -> None:
+def check_setting(train: TrainSettings, augment: AugmentSettings) -> None:
   """The checks that need no model: a known value, and `on` only without augmentation."""
-  mode = config.train.feature_cache
+  mode = train.feature_cache
   if mode not in FEATURE_CACHE:
     raise UserInputError(f'config.train.feature_cache={mode!r}: choose one of {FEATURE_CACHE}')
-  if mode == 'on' and AugmentSettings.from_config(config.augment).randomises_input:
+  if mode == 'on' and augment.randomises_input:
     raise UserInputError(
         "config.train.feature_cache='on' needs augmentation off: config.augment transforms every image anew "
         '(or mixes images: mixup, cutmix) each epoch before the backbone sees it, so the backbone output differs '
@@ -80,8 +81,8 @@ def _head_interceptor(name: str, found: list):
   return intercept
 
 
-def _head_name(config, spec) -> str | None:
-  if config.model.get('top', 'source') != 'source':
+def _head_name(model: ModelSettings, spec) -> str | None:
+  if model.get('top', 'source') != 'source':
     return TOP
   parts = spec.source_head.removeprefix('^').split('/')   # '^params/fc/' -> ['params', 'fc', '']
   return parts[1] if len(parts) == 3 and parts[0] == 'params' and parts[2] == '' else None
@@ -90,14 +91,15 @@ def _head_name(config, spec) -> str | None:
 def find_split(config, task, variables: dict, image_shape) -> tuple[HeadSplit | None, str]:
   """(the split, '') when the head can train on cached features; else (None, why not). `variables` may be
   abstract (only shapes are read)."""
-  spec = models.get_spec(config.model.name)
-  groups = optim.param_groups(config.model)
+  model = ModelSettings.from_config(config.model)
+  spec = models.get_spec(model.name)
+  groups = optim.param_groups(model)
   if groups is None:
     return None, f'model {spec.name!r} has no frozen stages'
-  if float(config.train.grad_clip_norm) > 0:
+  if TrainSettings.from_config(config.train).grad_clip_norm > 0:
     return None, ('config.train.grad_clip_norm > 0: the clipping norm counts the frozen parameters\' '
                   'gradients, which the cache does not compute')
-  name = _head_name(config, spec)
+  name = _head_name(model, spec)
   params, batch_stats = variables['params'], variables.get('batch_stats') or {}
   if name is None or name not in params:
     return None, f'model {spec.name!r} has no head module at its root'
@@ -105,7 +107,7 @@ def find_split(config, task, variables: dict, image_shape) -> tuple[HeadSplit | 
   trainable = sorted(k for k, v in labels.items() if v != 'frozen' and k.split('/')[0] != name)
   if trainable:
     return None, (f'{len(trainable)} parameters before the head train ({trainable[0]}, ...); '
-                  f'config.model.freeze_till={config.model.get("freeze_till", 0)} (-1 freezes every stage)')
+                  f'config.model.freeze_till={model.get("freeze_till", 0)} (-1 freezes every stage)')
   if name in batch_stats:
     return None, f'the head {name!r} has batch statistics'
 
@@ -182,12 +184,14 @@ def head_split(config, task, variables: dict, image_shape, count: int, budget: i
   """The split when training phase 0's head can take cached features (config.train.feature_cache), else
   None, saying why in the log (or, for 'on', raising). `count`: the images whose features would be held;
   `budget`: the device bytes they may take (`fpclass.data.stream.memory_budget`)."""
-  mode = config.train.feature_cache
-  check_setting(config)
+  train, augment = TrainSettings.from_config(config.train), AugmentSettings.from_config(config.augment)
+  has_stages = bool(models.get_spec(ModelSettings.from_config(config.model).name).stages)
+  mode = train.feature_cache
+  check_setting(train, augment)
   if mode == 'off':
     return None
-  if AugmentSettings.from_config(config.augment).randomises_input:
-    if models.get_spec(config.model.name).stages:
+  if augment.randomises_input:
+    if has_stages:
       tqdm.write('feature cache: off (augmentation comes before the backbone)')
     return None
   split, why = find_split(config, task, variables, image_shape)
@@ -196,7 +200,7 @@ def head_split(config, task, variables: dict, image_shape, count: int, budget: i
   if why:
     if mode == 'on':
       raise UserInputError(f"config.train.feature_cache='on': the head cannot train on cached features: {why}")
-    if split is not None or models.get_spec(config.model.name).stages:
+    if split is not None or has_stages:
       tqdm.write(f'feature cache: off ({why})')
     return None
   return split

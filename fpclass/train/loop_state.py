@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from fpclass.analysis.metric_registry import monitor_mode
+from fpclass.config.training import TrainSettings
 
 
 def improves(value, best, mode: str, min_delta: float = 0.0) -> bool:
@@ -23,8 +24,8 @@ class SelectionRules:
   patience: int = 0            # 0: no early stopping
 
   @classmethod
-  def from_config(cls, train_cfg) -> 'SelectionRules':
-    return cls(str(train_cfg.monitor), float(train_cfg.min_delta), int(train_cfg.early_stopping_patience))
+  def from_config(cls, train: TrainSettings) -> 'SelectionRules':
+    return cls(train.monitor, train.min_delta, train.early_stopping_patience)
 
   @property
   def mode(self) -> str:

@@ -137,7 +137,7 @@ def find(config, dataset, settings: LrFindSettings, engine, state) -> Record:
   """Runs the sweep on `dataset` (a `fpclass.data.pipeline.Dataset` placed by `fpclass.data.stream.place`) from
   the engine's initial `state` (`fpclass.train.engine.solo_start`), the same engine a training run would use."""
   run_task = engine.task(0)
-  tx = optim.make_optimizer(config.train, engine.steps[0], optim.param_groups(config.model),
+  tx = optim.make_optimizer(engine.train_settings, engine.steps[0], optim.param_groups(engine.model_settings),
                             schedule=sweep_schedule(settings))
   # Each step is one optimizer update of one batch, as fastai's sweep: config.train.accumulate_steps is not applied.
   task = dataclasses.replace(run_task, tx=tx, accumulate_steps=1)
@@ -152,7 +152,7 @@ def find(config, dataset, settings: LrFindSettings, engine, state) -> Record:
 
   epoch, seed = 0, int(config.seed)
   while not stop[0]:
-    order = batch_order(config.train.sampler, seed, epoch, dataset.train.labels, engine.batch)
+    order = batch_order(engine.train_settings.sampler, seed, epoch, dataset.train.labels, engine.batch)
     order = order[:settings.num_it - len(recorder.record.losses)].astype(np.int32)
     state, _ = train.run_epoch(state, order, epoch_key(seed, epoch), on_step, 0, lambda: stop[0])
     epoch += 1

@@ -21,7 +21,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from fpclass.errors import UserInputError
-from fpclass.train import checkpoint
+from fpclass.train import sidecar
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, MemberResult
 
@@ -93,7 +93,7 @@ def check_config(experiment_dir, member: Member, config_json: dict, ignore) -> b
   stored = header(experiment_dir, member)
   if stored is None:
     return False
-  diffs = checkpoint.config_differences(stored['config'], config_json, ignore=ignore)
+  diffs = sidecar.config_differences(stored['config'], config_json, ignore=ignore)
   if diffs:
     raise UserInputError(f'{path_of(experiment_dir, member)} is a member trained with a different config: '
                          + '; '.join(diffs[:10]) + '. Use a new --workdir, or the original flags.')

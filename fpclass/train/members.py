@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpclass.analysis.metric_registry import monitor_mode
+from fpclass.config.training import TrainSettings
 from fpclass.train import optim
 from fpclass.train.loop_state import LoopState, improves
 
@@ -62,22 +63,22 @@ def better_result(a: MemberResult | None, b: MemberResult, monitor: str) -> bool
                                                                 monitor_mode(monitor))
 
 
-def batch_size_for(config, n_train: int) -> int:
-  return min(int(config.train.batch_size), n_train)
+def batch_size_for(train: TrainSettings, n_train: int) -> int:
+  return min(train.batch_size, n_train)
 
 
-def optimizer_groups(config, members) -> list[list[Member]]:
+def optimizer_groups(train: TrainSettings, members) -> list[list[Member]]:
   """Members that can share one optimizer: the same batch size and the same learning rate at every step.
 
   The optimizer depends on a member's split only through steps per epoch in the schedule, and in the cycles
   of gradient accumulation (config.train.accumulate_steps, aligned to epochs); with the usual constant
   schedule and no accumulation every member shares one group even when splits differ in size by one example."""
-  batches = {len(m.train_index): batch_size_for(config, len(m.train_index)) for m in members}
+  batches = {len(m.train_index): batch_size_for(train, len(m.train_index)) for m in members}
   steps = {n: math.ceil(n / b) for n, b in batches.items()}
-  horizon = (int(config.train.epochs) + int(config.train.finetune_epochs)) * max(steps.values())
-  learning_rates = {s: np.asarray(jax.vmap(optim.learning_rate_schedule(config.train, s))(jnp.arange(horizon)),
+  horizon = (train.epochs + train.finetune_epochs) * max(steps.values())
+  learning_rates = {s: np.asarray(jax.vmap(optim.learning_rate_schedule(train, s))(jnp.arange(horizon)),
                                   np.float32).tobytes() for s in set(steps.values())}
-  accumulating = int(config.train.get('accumulate_steps', 1)) > 1
+  accumulating = train.accumulate_steps > 1
   groups: dict = {}
   for m in members:
     n = len(m.train_index)

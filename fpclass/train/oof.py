@@ -72,6 +72,19 @@ def labels_and_probabilities(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarra
   return frame['label'].astype(str).map(index).to_numpy(np.int64), probs, metric_registry.SINGLE
 
 
+def label_columns(frame: pd.DataFrame) -> list[str]:
+  """The given-label columns: 'label', or one 'label_<class>' per class for multi-label."""
+  return [c for c in frame.columns if c == 'label' or c.startswith('label_')]
+
+
+def mean_by_id(frame: pd.DataFrame, keep=()) -> pd.DataFrame:
+  """One row per example id, in first-seen order: the first row's label columns (and `keep` columns), the
+  probabilities averaged over the rows (models, seeds) that predicted it, and `models`, how many did."""
+  grouped = frame.groupby('id', sort=False)
+  first = grouped[[*keep, *label_columns(frame)]].first()
+  return first.join(grouped[[f'p_{c}' for c in class_names(frame)]].mean()).assign(models=grouped.size())
+
+
 def scores(frame: pd.DataFrame) -> dict:
   """Every registered metric of the frame's task on its rows (one member's: its validation fold)."""
   labels, probs, task = labels_and_probabilities(frame)

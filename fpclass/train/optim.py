@@ -1,4 +1,4 @@
-"""Optax optimizers and learning-rate schedules from `config.train`."""
+"""Optax optimizers and learning-rate schedules from `config.train` (`TrainSettings`)."""
 import dataclasses
 import re
 from typing import Callable
@@ -9,6 +9,8 @@ import optax
 from flax import traverse_util
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
+from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.train import layer_decay
 
@@ -16,21 +18,22 @@ OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 
 
-def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
-  lr = float(train_cfg.learning_rate)
-  total = max(1, int(train_cfg.epochs) * steps_per_epoch)
-  warmup = int(train_cfg.warmup_epochs) * steps_per_epoch
-  name = train_cfg.schedule
+def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int) -> optax.Schedule:
+  train = TrainSettings.from_config(train)
+  lr = train.learning_rate
+  total = max(1, int(train.epochs) * steps_per_epoch)
+  warmup = int(train.warmup_epochs) * steps_per_epoch
+  name = train.schedule
   if name == 'constant':
     main = optax.constant_schedule(lr)
   elif name == 'cosine':
     main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
   elif name == 'exponential':
-    main = optax.exponential_decay(lr, int(train_cfg.decay_epochs) * steps_per_epoch,
-                                   float(train_cfg.decay_rate), staircase=True)
+    main = optax.exponential_decay(lr, int(train.decay_epochs) * steps_per_epoch,
+                                   float(train.decay_rate), staircase=True)
   elif name == 'step':
-    every = int(train_cfg.decay_epochs) * steps_per_epoch
-    boundaries = {b: float(train_cfg.decay_rate) for b in range(every, total, every)} if every > 0 else {}
+    every = int(train.decay_epochs) * steps_per_epoch
+    boundaries = {b: float(train.decay_rate) for b in range(every, total, every)} if every > 0 else {}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     raise UserInputError(f'config.train.schedule={name!r}: choose one of {SCHEDULES}')
@@ -39,7 +42,7 @@ def learning_rate_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
   return main
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int, groups=None,
+def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None,
                    schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
   """The configured optax optimizer.
 
@@ -50,30 +53,31 @@ def make_optimizer(train_cfg, steps_per_epoch: int, groups=None,
   Gradient clipping, when on, is over all parameters together. `schedule`
   replaces config.train's learning-rate schedule (the learning-rate finder's sweep, `fpclass.train.lr_finder`).
   """
-  schedule = schedule or learning_rate_schedule(train_cfg, steps_per_epoch)
-  name, wd = train_cfg.optimizer, float(train_cfg.weight_decay)
+  train = TrainSettings.from_config(train)
+  schedule = schedule or learning_rate_schedule(train, steps_per_epoch)
+  name, wd = train.optimizer, float(train.weight_decay)
   if name not in OPTIMIZERS:
     raise UserInputError(f'config.train.optimizer={name!r}: choose one of {OPTIMIZERS}')
 
   def optimizer(scale: float) -> optax.GradientTransformation:
     lr = schedule if scale == 1.0 else (lambda step: scale * schedule(step))
     if name == 'adam':
-      tx = optax.adam(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps)
+      tx = optax.adam(lr, b1=train.b1, b2=train.b2, eps=train.eps)
     elif name == 'adamw':
-      tx = optax.adamw(lr, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=wd)
+      tx = optax.adamw(lr, b1=train.b1, b2=train.b2, eps=train.eps, weight_decay=wd)
     elif name == 'rmsprop':
-      tx = optax.rmsprop(lr, decay=train_cfg.rmsprop_decay, eps=train_cfg.eps)
+      tx = optax.rmsprop(lr, decay=train.rmsprop_decay, eps=train.eps)
     else:
-      tx = optax.sgd(lr, momentum=train_cfg.momentum or None, nesterov=bool(train_cfg.nesterov))
+      tx = optax.sgd(lr, momentum=train.momentum or None, nesterov=bool(train.nesterov))
     if wd > 0 and name != 'adamw':
       # PyTorch-style coupled weight decay: added to the gradient before the optimizer's scaling.
       tx = optax.chain(optax.add_decayed_weights(wd), tx)
     return tx
 
-  factor = float(train_cfg.backbone_lr_factor)
+  factor = float(train.backbone_lr_factor)
   if factor < 0:
     raise UserInputError(f'config.train.backbone_lr_factor={factor}: must be >= 0')
-  decay = float(train_cfg.layer_decay)
+  decay = float(train.layer_decay)
   if not 0 < decay <= 1:
     raise UserInputError(f'config.train.layer_decay={decay}: must be > 0 and <= 1 (1 = off)')
   if decay < 1 and groups is None:
@@ -83,8 +87,8 @@ def make_optimizer(train_cfg, steps_per_epoch: int, groups=None,
       {'head': optimizer(1.0), 'backbone': optimizer(factor), 'frozen': optax.set_to_zero()}, groups)
   if decay < 1:
     tx = optax.chain(tx, layer_decay.scale_by_depth(groups.spec, decay))
-  if float(train_cfg.grad_clip_norm) > 0:
-    tx = optax.chain(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)), tx)
+  if float(train.grad_clip_norm) > 0:
+    tx = optax.chain(optax.clip_by_global_norm(float(train.grad_clip_norm)), tx)
   return tx
 
 
@@ -99,7 +103,7 @@ class ParamGroups:
     return traverse_util.unflatten_dict({k: self.label(k) for k in flat}, sep='/')
 
 
-def param_groups(model_cfg) -> ParamGroups | None:
+def param_groups(model: ModelSettings) -> ParamGroups | None:
   """Labels each parameter 'head', 'backbone' or 'frozen' by the model's stages and config.model.freeze_till;
   None for models without stages (every parameter trains alike).
 
@@ -107,14 +111,15 @@ def param_groups(model_cfg) -> ParamGroups | None:
   4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
   last layer ("replace and train the final layer").
   """
-  spec = models.get_spec(model_cfg.name)
+  model = ModelSettings.from_config(model)
+  spec = models.get_spec(model.name)
   if not spec.stages:
     return None
   in_stage = [re.compile(regex).search for _, regex in spec.stages]  # one membership test per stage
-  if model_cfg.get('top', 'source') == 'source' and spec.source_top and spec.source_top != spec.source_head:
+  if model.get('top', 'source') == 'source' and spec.source_top and spec.source_top != spec.source_head:
     body, head = re.compile(spec.source_top), re.compile(spec.source_head)
     in_stage.append(lambda path: body.search('params/' + path) and not head.search('params/' + path))
-  freeze_till = int(model_cfg.get('freeze_till', 0))
+  freeze_till = int(model.get('freeze_till', 0))
   if not -1 <= freeze_till <= len(in_stage):
     raise UserInputError(f'config.model.freeze_till={freeze_till}: use 0..{len(in_stage)} (stages '
                          f'{list(spec.stage_names)}{" + classifier" if len(in_stage) > len(spec.stages) else ""})'

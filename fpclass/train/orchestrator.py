@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 
 from fpclass import fileio
 from fpclass.analysis import sweep_report
-from fpclass.config.inputs import AugmentSettings
-from fpclass.data import pipeline
+from fpclass.config.inputs import AugmentSettings, DataSettings
+from fpclass.config.training import EvalSettings, SweepSettings, TrainSettings
+from fpclass.data import curation, pipeline
 from fpclass.models.heads import head_of
 from fpclass.runtime import sharding, timings
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import axis, checkpoint, feature_cache, memory_plan, oof, optim
+from fpclass.train import axis, checkpoint, feature_cache, memory_plan, oof, optim, sidecar
 from fpclass.train import members as members_lib
 from fpclass.train.engine import Engine, TrainData, phase_config
 from fpclass.train.members import MemberResult
@@ -99,9 +100,10 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
 def plan_splits(config, folds) -> tuple[int, ...]:
   """The splits a plan's `folds` name for `config`: every fold when (), or -1 alone when the source has its
   own validation split."""
-  if pipeline.list_source(config).val is not None:
+  data = DataSettings.from_config(config.data)
+  if pipeline.list_source(data).val is not None:
     return (-1,)
-  return tuple(folds) or tuple(range(int(config.data.num_folds)))
+  return tuple(folds) or tuple(range(data.split.num_folds))
 
 
 def _run_member_workdirs(plan: Plan, variant: Variant, folder: pathlib.Path, stop, shared,
@@ -129,10 +131,13 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   config, start = variant.config, time.perf_counter()
   folder.mkdir(parents=True, exist_ok=True)
   with timings.phase('data'):
-    data = solo_data(config) if plan.solo else experiment_data(config, plan.folds, plan.seeds)
+    typed = DataSettings.from_config(config.data)
+    data = solo_data(typed, int(config.seed)) if plan.solo else experiment_data(typed, plan.folds, plan.seeds)
     quarantine = data.dataset.quarantine if data.dataset is not None else data.decoded.quarantine
     if plan.solo:
       pipeline.write_quarantine_report(folder / 'quarantine.csv', quarantine)
+    # curation.csv: what config.data.exclude_csv / relabel_csv changed in the data this variant trains on.
+    curation.write_record(folder, (data.dataset if data.dataset is not None else data.decoded).curation)
   records = WorkdirEpochs(folder, config) if plan.solo else FinishedMembers(folder, config)
   try:
     chunk_plans, results = _train_members(plan, variant, data, records, stop, shared)
@@ -165,12 +170,13 @@ def _train_members(plan: Plan, variant: Variant, data: VariantData, records, sto
                  'earlier; kept')
   processes, index = jax.process_count(), jax.process_index()
   mine = todo[index::processes] if spread else todo
-  form = axis.resolve_form(config.sweep.model_axis) if spread else 'loop'
+  form = axis.resolve_form(SweepSettings.from_config(config.sweep).model_axis) if spread else 'loop'
   # An experiment's process trains its members on its own devices; one process (or a solo member) the whole mesh.
   parallel = DataParallel.local() if spread and processes > 1 else DataParallel.over()
   prefix = f'[{variant.name}] ' if spread else ''
   chunk_plans, results = [], []
-  groups = members_lib.optimizer_groups(config, mine) if len(mine) > 1 else [mine] if mine else []
+  train = TrainSettings.from_config(config.train)
+  groups = members_lib.optimizer_groups(train, mine) if len(mine) > 1 else [mine] if mine else []
   for group in groups:
     chunk_size, how = _chunk_size(config, data.train_data, group, form, shared)
     chunks = members_lib.balanced_chunks(group, chunk_size)
@@ -192,29 +198,31 @@ def _train_members(plan: Plan, variant: Variant, data: VariantData, records, sto
 
 
 def _chunk_size(config, train_data: TrainData, group: list, form: str, shared) -> tuple[int, str]:
-  fixed = int(config.sweep.models_per_chunk)
+  sweep = SweepSettings.from_config(config.sweep)
+  fixed = sweep.models_per_chunk
   if len(group) == 1:
     return 1, 'one model'
   if fixed > 0:
     return fixed, f'{fixed} models per chunk (config.sweep.models_per_chunk)'
-  batch = members_lib.batch_size_for(config, len(group[0].train_index))
+  batch = members_lib.batch_size_for(TrainSettings.from_config(config.train), len(group[0].train_index))
   steps = -(-len(group[0].train_index) // batch)
   task = build_task(config, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
-  eval_batch = common_batch(config.eval.batch_size, [len(m.val_index) for m in group])
+  eval_batch = common_batch(EvalSettings.from_config(config.eval).batch_size, [len(m.val_index) for m in group])
   task, images = _what_trains(config, task, train_data.train.images)
   image_shape = train_data.train.images.shape[1:]
   state = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))
   # The plan depends on the programs' shapes alone, not on the values (a learning rate): variants share it.
   key = ('plan', repr(task.model), repr(state), images.shape, str(images.dtype), batch, eval_batch, form)
   plan = shared.get(key, lambda: memory_plan.measure_memory(task, images, batch, eval_batch, form, image_shape))
-  budget = int(float(config.sweep.memory_fraction) * memory_plan.free_memory_bytes())
+  budget = int(sweep.memory_fraction * memory_plan.free_memory_bytes())
   return plan.chunk(form, budget), plan.describe(form, budget, len(group))
 
 
 def _what_trains(config, task, images):
   """(task, images) of the first phase as the engine will train it: a frozen backbone's head on its features
   (zeros of their shape: the plan reads shapes and sizes), or the task itself on the images."""
-  if config.train.feature_cache == 'off' or AugmentSettings.from_config(config.augment).randomises_input:
+  if TrainSettings.from_config(config.train).feature_cache == 'off' or \
+     AugmentSettings.from_config(config.augment).randomises_input:
     return task, images
   variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), images.shape[1:]))
   split, _ = feature_cache.find_split(config, task, variables, images.shape[1:])
@@ -226,7 +234,7 @@ def _what_trains(config, task, images):
 def _state_shape(config, train_data: TrainData, member, phase: int):
   """The train state's structure in training phase `phase` (the same for every member: class weights and
   schedules change values, not shapes), for reading a member's states back."""
-  batch = members_lib.batch_size_for(config, len(member.train_index))
+  batch = members_lib.batch_size_for(TrainSettings.from_config(config.train), len(member.train_index))
   task = build_task(phase_config(config, phase), train_data.class_names,
                     train_data.train.labels[member.train_index], -(-len(member.train_index) // batch))
   return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), train_data.train.images.shape[1:]))
@@ -241,7 +249,8 @@ def _finish_experiment(variant: Variant, folder: pathlib.Path, data: VariantData
   """Scores every member, keeps each split's best seed as a fold workdir, writes the out-of-fold predictions
   and experiment.json (every process reads the member store; process 0 removes it afterwards)."""
   config, train_data = variant.config, data.train_data
-  class_names, monitor, head = train_data.class_names, config.train.monitor, head_of(config)
+  class_names, monitor = train_data.class_names, TrainSettings.from_config(config.train).monitor
+  head = head_of(config)
   rows, kept, headers, results = [], {}, [], []
   for m in data.members:
     r, header = records.load(m)
@@ -262,7 +271,7 @@ def _finish_experiment(variant: Variant, folder: pathlib.Path, data: VariantData
   ratio = float(np.mean([len(m.val_index) / len(m.train_index) for m in members])) \
       if len({m.split for m in members}) > 1 else 0.0
   experiment = dict(
-      config=checkpoint.config_as_json(config), name=variant.name, changes=variant.changes,
+      config=sidecar.config_as_json(config), name=variant.name, changes=variant.changes,
       task='multilabel' if head == 'multilabel' else 'single_label', rows=rows, split_note=data.note,
       test_train_ratio=ratio, num_params=num_params,
       timing=dict(wall_seconds=wall_seconds, train_seconds=train_seconds, model_epochs=model_epochs,
@@ -279,7 +288,8 @@ def _finish_experiment(variant: Variant, folder: pathlib.Path, data: VariantData
 def _save_kept(variant, folder, data: VariantData, records, kept: dict, rows: list) -> int | None:
   """Writes each split's kept member as an ordinary workdir; returns the parameter count."""
   config, train_data = variant.config, data.train_data
-  normalisation = dataclasses.asdict(Normalisation.from_config(config.data))
+  data_settings = DataSettings.from_config(config.data)
+  normalisation = dataclasses.asdict(Normalisation.from_settings(data_settings.inputs, data_settings.decode.channels))
   num_params, stores, shapes = None, [], {}   # the saves overlap; all complete before the experiment is written
   try:
     for split, r in sorted(kept.items()):
@@ -308,7 +318,7 @@ def save_member_workdir(workdir, member_config, class_names, result: MemberResul
   store, whose saves complete when it is closed."""
   last = result.last
   workdir.mkdir(parents=True, exist_ok=True)
-  checkpoint.write_metadata(workdir, checkpoint.build_metadata(
+  sidecar.write_metadata(workdir, sidecar.build_metadata(
       member_config, class_names, optim.count_params(last.params), normalisation))
   fileio.write_csv(workdir / 'metrics.csv', pd.DataFrame(result.loop.history))
   store = checkpoint.CheckpointStore(workdir, writer=True)

@@ -15,6 +15,7 @@ import dataclasses
 import ml_collections
 
 from fpclass.analysis import sweep_report
+from fpclass.config.inputs import SplitSettings
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 
@@ -54,7 +55,7 @@ class Plan:
 
 def solo_plan(config) -> Plan:
   """`--mode train`: the config as one member, on its own split and seed."""
-  return Plan((Variant('base', {}, config),), SOLO, (int(config.data.fold),), (int(config.seed),))
+  return Plan((Variant('base', {}, config),), SOLO, (SplitSettings.from_config(config.data).fold,), (int(config.seed),))
 
 
 def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:

@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline, stream
 from fpclass.errors import UserInputError
 from fpclass.train.axis import Split, TrainData
@@ -27,21 +28,21 @@ class VariantData:
   dataset: pipeline.Dataset | None      # a solo run's split dataset (for the modes chained after training)
 
 
-def solo_data(config) -> VariantData:
+def solo_data(data: DataSettings, seed: int) -> VariantData:
   """One member on the config's own split and seed."""
-  dataset = stream.place(pipeline.load_dataset(config, mapped=True), config)
-  member = Member(int(config.data.fold), int(config.seed), np.arange(len(dataset.train)),
+  dataset = stream.place(pipeline.load_dataset(data, mapped=True), data.storage)
+  member = Member(data.split.fold, seed, np.arange(len(dataset.train)),
                   np.arange(len(dataset.val)))
   train_data = TrainData(dataset.class_names, Split(dataset.train.images, dataset.train.labels),
                          Split(dataset.val.images, dataset.val.labels))
   return VariantData(train_data, [member], dataset.split_note, None, None, dataset)
 
 
-def experiment_data(config, folds, seeds) -> VariantData:
+def experiment_data(data: DataSettings, folds, seeds) -> VariantData:
   """One member per split x seed over the pool of labelled images."""
-  decoded = pipeline.decode_source(config, mapped=True)
+  decoded = pipeline.decode_source(data, mapped=True)
   folds, seeds = list(folds), list(seeds)
-  pool, val, d = decoded.pool, decoded.val, config.data
+  pool, val, d = decoded.pool, decoded.val, data.split
   if val is not None:
     if folds not in ([], [-1]):
       raise UserInputError(f'config.sweep.folds={tuple(folds)}: the source has its own validation split, so '
@@ -49,12 +50,12 @@ def experiment_data(config, folds, seeds) -> VariantData:
     split_index = {-1: (np.arange(len(pool)), np.arange(len(val)))}
     note = 'the source\'s own validation split'
   else:
-    folds = folds or list(range(int(d.num_folds)))
+    folds = folds or list(range(d.num_folds))
     split_index = pipeline.split_indices(pool.labels, folds, d, decoded.class_names)
     stratified = 'per-label stratified' if pool.labels.ndim == 2 else 'stratified'
     note = (f'{len(folds)} of {d.num_folds} {stratified} folds' if any(f >= 0 for f in folds) else
             f'the {stratified} {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
-  (train, val, _), budget = stream.place_splits(config, pool, val if val is not None else pool)
+  (train, val, _), budget = stream.place_splits(data.storage, pool, val if val is not None else pool)
   train_split = Split(train.images, _member_labels(train.labels))
   val_split = train_split if decoded.val is None else Split(val.images, _member_labels(val.labels))
   members = [Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))

@@ -18,8 +18,9 @@ import pathlib
 import jax
 import numpy as np
 
+from fpclass.config.training import EvalSettings, TrainSettings
 from fpclass.errors import UserInputError
-from fpclass.train import batches, checkpoint, member_store, optim
+from fpclass.train import batches, checkpoint, member_store, optim, sidecar
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member
 from fpclass.train.progress import phase_end
@@ -44,7 +45,7 @@ class WorkdirEpochs:
     return members   # a finished run resumes as finished: the engine returns its result at once
 
   def record(self, extras: dict | None = None) -> CheckpointRecord:
-    return CheckpointRecord(self.store, self.workdir, self.config.train.tensorboard)
+    return CheckpointRecord(self.store, self.workdir, TrainSettings.from_config(self.config.train).tensorboard)
 
   def begin(self, engine, starts: list, class_names) -> None:
     """metadata.json, the sidecar every later mode reads, before the first epoch."""
@@ -53,15 +54,15 @@ class WorkdirEpochs:
     normalisation = dataclasses.asdict(engine.task(0).normalisation)
     params = start.state.params if start else jax.eval_shape(
         lambda: engine.task(0).init(jax.random.PRNGKey(0), engine.image_shape)).params
-    checkpoint.write_metadata(self.workdir, checkpoint.build_metadata(
+    sidecar.write_metadata(self.workdir, sidecar.build_metadata(
         self.config, class_names, optim.count_params(params), normalisation))
 
   def starts(self, engine) -> list[Start | None]:
     """The run's `last` checkpoint (and the `interrupted` one that continues its epoch), or None to start."""
     config, store = self.config, self.store
-    stored = checkpoint.read_metadata(self.workdir)
+    stored = sidecar.read_metadata(self.workdir)
     if stored is not None:
-      checkpoint.check_resume(self.workdir, stored, checkpoint.config_as_json(config))
+      sidecar.check_resume(self.workdir, stored, sidecar.config_as_json(config))
     if stored is None or store.latest_epoch('last') is None:
       return [None]
 
@@ -82,7 +83,7 @@ class WorkdirEpochs:
       if saved.get('epoch') == loop.epoch and saved.get('phase') == loop.phase:  # else from an epoch completed since
         state, _ = store.restore(INTERRUPTED, abstract_state(loop), epochs[0], with_optimizer=True)
         partial = PartialEpoch(int(saved['interrupted_step']), list(saved['interrupted_metrics']))
-    if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < phase_end(loop, config):
+    if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < phase_end(loop, engine.train_settings):
       loop.finished = False  # the run was extended with more epochs
     logging.warning('resuming %s after epoch %d%s', self.workdir, loop.epoch,
                     f', step {partial.step}' if partial else '')
@@ -93,12 +94,13 @@ class WorkdirEpochs:
     run that had finished before this launch needs for its out-of-fold predictions."""
     store = checkpoint.CheckpointStore(self.workdir)   # after `close`: every save has completed
     try:
-      kind = 'best' if self.config.train.select_checkpoint == 'best' and store.latest_epoch('best') else 'last'
+      select = TrainSettings.from_config(self.config.train).select_checkpoint
+      kind = 'best' if select == 'best' and store.latest_epoch('best') else 'last'
       task = engine.task(0)
       state, _ = store.restore(kind, jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), engine.image_shape)))
     finally:
       store.close()
-    return batches.predict_logits(task, state, val_images, int(self.config.eval.batch_size))
+    return batches.predict_logits(task, state, val_images, EvalSettings.from_config(self.config.eval).batch_size)
 
   def close(self, after_error: bool = False) -> None:
     self.store.close(after_error=after_error)   # the saves in flight complete (or fail) before it returns
@@ -110,7 +112,7 @@ class FinishedMembers:
 
   def __init__(self, experiment_dir, config):
     self.experiment_dir, self.config = pathlib.Path(experiment_dir), config
-    self.config_json = checkpoint.config_as_json(config)
+    self.config_json = sidecar.config_as_json(config)
 
   def todo(self, members: list[Member]) -> list[Member]:
     """The members not finished before (a finished member of another config is refused)."""
@@ -145,7 +147,7 @@ def finished_variant(experiment_dir, config) -> dict | None:
   if not path.exists():
     return None
   stored = json.loads(path.read_text())
-  diffs = checkpoint.config_differences(stored['config'], checkpoint.config_as_json(config),
+  diffs = sidecar.config_differences(stored['config'], sidecar.config_as_json(config),
                                         ignore=REUSABLE_CHANGES)
   if diffs:
     raise UserInputError(f'{experiment_dir} holds results of a different config for this variant: '

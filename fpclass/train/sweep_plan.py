@@ -4,7 +4,9 @@ A variant is `'name: key=value; key=value'` applied to the given config (`fpclas
 with none, the config itself is the one variant.
 """
 from fpclass.analysis import calibration
+from fpclass.config.inputs import LabelSettings, SplitSettings
 from fpclass.config.settings import ConfigError
+from fpclass.config.training import SweepSettings
 from fpclass.config.variants import parse_variant
 from fpclass.errors import UserInputError
 from fpclass.train import axis
@@ -15,13 +17,12 @@ from fpclass.train.validation import validate
 def sweep_plan(config) -> Plan:
   """`--mode sweep`: every variant of config.sweep over config.sweep.folds x config.sweep.seeds, checked."""
   variants = build_variants(config)
-  check_sweep_config(config, variants)
-  return Plan(tuple(variants), EXPERIMENTS, tuple(int(f) for f in config.sweep.folds),
-              tuple(int(s) for s in config.sweep.seeds))
+  sweep = check_sweep_config(config, variants)
+  return Plan(tuple(variants), EXPERIMENTS, sweep.folds, sweep.seeds)
 
 
 def build_variants(config) -> list[Variant]:
-  specs = list(config.sweep.variants) or ['base:']
+  specs = list(_sweep_settings(config).variants) or ['base:']
   variants, seen = [], set()
   for spec in specs:
     try:
@@ -40,30 +41,28 @@ def build_variants(config) -> list[Variant]:
   return variants
 
 
-def check_sweep_config(config, variants: list[Variant]) -> None:
-  sweep = config.sweep
-  seeds = list(sweep.seeds)
-  if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-    raise UserInputError(f'config.sweep.seeds={tuple(seeds)}: give distinct integers, at least one')
-  folds = list(sweep.folds)
-  if len(set(folds)) != len(folds) or not all(isinstance(f, int) and -1 <= f < int(config.data.num_folds)
-                                              for f in folds):
-    raise UserInputError(f'config.sweep.folds={tuple(folds)}: give distinct fold numbers in [0, '
-                         f'data.num_folds={config.data.num_folds}), or -1 for the holdout; () means all folds')
+def _sweep_settings(config) -> SweepSettings:
+  try:
+    return SweepSettings.from_config(config.sweep)
+  except ConfigError as e:
+    raise UserInputError(str(e)) from None
+
+
+def check_sweep_config(config, variants: list[Variant]) -> SweepSettings:
+  """The sweep section, checked (its own checks, and the folds against data.num_folds, one task, the baseline)."""
+  sweep, num_folds = _sweep_settings(config), SplitSettings.from_config(config.data).num_folds
+  if not all(-1 <= f < num_folds for f in sweep.folds):
+    raise UserInputError(f'config.sweep.folds={sweep.folds}: give distinct fold numbers in [0, '
+                         f'data.num_folds={num_folds}), or -1 for the holdout; () means all folds')
   axis.resolve_form(sweep.model_axis)
-  if not 0.0 < float(sweep.memory_fraction) <= 1.0:
-    raise UserInputError(f'config.sweep.memory_fraction={sweep.memory_fraction}: must be in (0, 1]')
-  if int(sweep.models_per_chunk) < 0:
-    raise UserInputError(f'config.sweep.models_per_chunk={sweep.models_per_chunk}: use 0 (automatic) or more')
-  if int(sweep.ece_bins) < 2:
-    raise UserInputError(f'config.sweep.ece_bins={sweep.ece_bins}: use at least 2')
   if sweep.threshold_metric not in calibration.THRESHOLD_METRICS:
     raise UserInputError(f'config.sweep.threshold_metric={sweep.threshold_metric!r}: choose one of '
                          f'{calibration.THRESHOLD_METRICS}')
-  tasks = {v.name: v.config.data.task for v in variants}
+  tasks = {v.name: LabelSettings.from_config(v.config.data).task for v in variants}
   if len(set(tasks.values())) > 1:
     raise UserInputError(f'config.sweep.variants: single-label and multi-label variants cannot be compared '
                          f'(data.task {tasks}); sweep them separately')
   if sweep.baseline and sweep.baseline not in [v.name for v in variants]:
     raise UserInputError(f'config.sweep.baseline={sweep.baseline!r}: not one of the variants '
                          f'{[v.name for v in variants]}')
+  return sweep

@@ -18,7 +18,9 @@ import optax
 
 from fpclass import models
 from fpclass.analysis import metric_registry
-from fpclass.config.inputs import AugmentSettings
+from fpclass.config.inputs import AugmentSettings, DataSettings
+from fpclass.config.model import ModelSettings
+from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
 from fpclass.models.preprocessing import Normalisation
@@ -228,10 +230,9 @@ def check_label_task(config) -> None:
   """The head, monitor and sampler fit config.data.task: the monitor is a registered metric of the task
   (`fpclass.analysis.metric_registry`), and the class-balanced sampler (one class per image) needs single-label
   data."""
-  multilabel = head_of(config) == 'multilabel'
-  sampler = config.train.sampler
-  metric_registry.monitor_mode(config.train.monitor, metric_registry.task_of_head(head_of(config)))
-  if multilabel and sampler == 'balanced':
+  multilabel, train = head_of(config) == 'multilabel', TrainSettings.from_config(config.train)
+  metric_registry.monitor_mode(train.monitor, metric_registry.task_of_head(head_of(config)))
+  if multilabel and train.sampler == 'balanced':
     raise UserInputError("config.train.sampler='balanced' draws classes evenly, which needs one class per image; "
                          "with config.data.task='multilabel' use 'uniform' and config.train.class_weights='auto'")
 
@@ -244,10 +245,11 @@ def model_input(config) -> tuple[Normalisation, bool]:
   one channel (config.model.in_channels=1, with the channel-averaged normalisation) or by repeating the
   channel (in_channels=3).
   """
-  spec = models.get_spec(config.model.name)
+  model, data = ModelSettings.from_config(config.model), DataSettings.from_config(config.data)
+  spec = models.get_spec(model.name)
   if spec.preprocessing is None:
-    return Normalisation.from_config(config.data), False
-  data_channels, model_channels = int(config.data.channels), int(config.model.get('in_channels', 3))
+    return Normalisation.from_settings(data.inputs, data.decode.channels), False
+  data_channels, model_channels = data.decode.channels, int(model.get('in_channels', 3))
   if model_channels not in (1, 3):
     raise UserInputError(f'config.model.in_channels={model_channels}: use 3, or 1 for a grayscale-folded stem')
   if data_channels == 3 and model_channels == 1:
@@ -257,42 +259,32 @@ def model_input(config) -> tuple[Normalisation, bool]:
   return spec.preprocessing, data_channels == 1
 
 
-def averaging_and_accumulation(train_cfg) -> dict:
-  """config.train's ema_decay, ema_warmup and accumulate_steps, checked, as `Task` fields."""
-  decay, warmup = train_cfg.get('ema_decay', 0.0), train_cfg.get('ema_warmup', True)
-  k = train_cfg.get('accumulate_steps', 1)
-  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-    raise UserInputError(f'config.train.ema_decay={decay!r}: use a decay in [0, 1) (0 = no average; e.g. 0.9998)')
-  if not isinstance(warmup, bool):
-    raise UserInputError(f'config.train.ema_warmup={warmup!r}: use True or False')
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise UserInputError(f'config.train.accumulate_steps={k!r}: use a whole number of micro-batches per '
-                         'optimizer update, at least 1 (1 = off)')
-  return dict(ema_decay=float(decay), ema_warmup=warmup, accumulate_steps=k)
+def averaging_and_accumulation(train: TrainSettings) -> dict:
+  """config.train's ema_decay, ema_warmup and accumulate_steps (checked by TrainSettings), as `Task` fields."""
+  return dict(ema_decay=train.ema_decay, ema_warmup=train.ema_warmup, accumulate_steps=train.accumulate_steps)
 
 
 def build_task(config, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
   """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means.
   `steps_per_epoch` counts batches (micro-batches under config.train.accumulate_steps)."""
-  model = models.create_model(config.model, len(class_names),
-                              dtype=precision.compute_dtype(config.train.precision, backend))
+  train, model_settings = TrainSettings.from_config(config.train), ModelSettings.from_config(config.model)
+  model = models.create_model(model_settings, len(class_names), dtype=precision.compute_dtype(train.precision, backend))
   normalisation, repeat_rgb = model_input(config)
-  resize = tuple(int(v) for v in config.data.device_resize)
+  resize = DataSettings.from_config(config.data).inputs.device_resize
   if resize and (len(resize) != 2 or min(resize) < 1):
     raise UserInputError(f'config.data.device_resize={resize}: give (height, width) or ()')
-  extras = averaging_and_accumulation(config.train)
+  extras = averaging_and_accumulation(train)
   k = extras['accumulate_steps']
   # The schedule counts optimizer updates: ceil(steps / k) of them per epoch (fpclass.train.accumulation).
   updates = accumulation.updates_per_epoch(steps_per_epoch, k)
-  tx = optim.make_optimizer(config.train, updates, optim.param_groups(config.model))
+  tx = optim.make_optimizer(train, updates, optim.param_groups(model_settings))
   return Task(model=model, tx=accumulation.accumulate(tx, steps_per_epoch, k), **extras,
-              ema_updates=updates * int(config.train.epochs),
+              ema_updates=updates * train.epochs,
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=AugmentSettings.from_config(config.augment),
               head=head_of(config), num_classes=len(class_names),
-              class_weights=class_weights(config.train.class_weights, class_names, train_labels),
-              label_smoothing=float(config.train.label_smoothing), l2=float(config.train.l2),
-              l2_params=str(config.train.l2_params))
+              class_weights=class_weights(train.class_weights, class_names, train_labels),
+              label_smoothing=train.label_smoothing, l2=train.l2, l2_params=train.l2_params)
 
 
 def common_batch(batch_size: int, sizes) -> int:

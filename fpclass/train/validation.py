@@ -6,8 +6,11 @@ The checks of a settings section are the section's own (`fpclass.config.Settings
 the consuming module's own check functions, called here, so each rule is written once.
 """
 from fpclass import models
+from fpclass.config.inputs import AugmentSettings, DataSettings
+from fpclass.config.model import ModelSettings
 from fpclass.config.schema import SETTINGS
 from fpclass.config.settings import ConfigError
+from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.models import probe_backbones
@@ -20,20 +23,19 @@ def validate(config) -> None:
       settings.from_config(config[settings.SECTION])
   except ConfigError as e:
     raise UserInputError(str(e)) from None
-  if config.data.source not in pipeline.SOURCES:
-    raise UserInputError(f'config.data.source={config.data.source!r}: unknown source; choose one of '
+  data, model = DataSettings.from_config(config.data), ModelSettings.from_config(config.model)
+  train = TrainSettings.from_config(config.train)
+  if data.files.source not in pipeline.SOURCES:
+    raise UserInputError(f'config.data.source={data.files.source!r}: unknown source; choose one of '
                          f'{sorted(pipeline.SOURCES)}')
-  models.create_model(config.model, 2 if config.model.get('head') == 'sigmoid' else 3)
+  models.create_model(model, 2 if model.head == 'sigmoid' else 3)
   task.check_label_task(config)
-  optim.make_optimizer(config.train, steps_per_epoch=1, groups=optim.param_groups(config.model))
-  precision.check_precision(config.train.precision)
-  steps.check_loop(config.train.loop)
-  task.averaging_and_accumulation(config.train)
-  feature_cache.check_setting(config)
+  optim.make_optimizer(train, steps_per_epoch=1, groups=optim.param_groups(model))
+  precision.check_precision(train.precision)
+  steps.check_loop(train.loop)
+  feature_cache.check_setting(train, AugmentSettings.from_config(config.augment))
   probe_backbones.parse_backbones(config)
   task.model_input(config)
-  if int(config.train.finetune_epochs) > 0 and not models.get_spec(config.model.name).stages:
-    raise UserInputError(f'config.train.finetune_epochs={config.train.finetune_epochs}: fine-tuning phases need '
-                         f'a pretrained model with stages; {config.model.name!r} has none')
-  if config.data.bad_test_images not in ('error', 'prior'):
-    raise UserInputError(f'config.data.bad_test_images={config.data.bad_test_images!r}: use error or prior')
+  if train.finetune_epochs > 0 and not models.get_spec(model.name).stages:
+    raise UserInputError(f'config.train.finetune_epochs={train.finetune_epochs}: fine-tuning phases need '
+                         f'a pretrained model with stages; {model.name!r} has none')

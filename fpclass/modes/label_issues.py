@@ -1,0 +1,73 @@
+"""`--mode label_issues`: the given labels that a workdir's out-of-fold predictions say are probably wrong.
+
+Pools every model's out-of-fold probabilities below --workdir (a train run with folds, a sweep, an auto run:
+`fpclass.infer.out_of_fold`), runs cleanlab's confident learning on them (`fpclass.analysis.label_issues`,
+config.label_issues) and writes:
+- label_issues.csv: the flagged examples (file, given_label, suggested_label, self_confidence, rank, members),
+  least confident first;
+- label_quality.csv: every example with out-of-fold predictions, with cleanlab's verdict (`issue`);
+- label_issues.png: the config.label_issues.grid least confident flagged images, decoded by the data pipeline;
+- label_issues.md and a report.md section.
+It reads only: no file of the data changes. Act on the list with --config.data.exclude_csv or
+--config.data.relabel_csv (`fpclass.data.curation`; docs/label_issues.md).
+"""
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from fpclass import fileio
+from fpclass.analysis.label_issues import find_label_issues, flagged, report_markdown, suspects_grid
+from fpclass.analysis.metric_registry import MULTI
+from fpclass.config.inputs import DataSettings
+from fpclass.config.outputs import LabelIssuesSettings
+from fpclass.data import pipeline
+from fpclass.data.rows import in_memory
+from fpclass.infer import out_of_fold
+from fpclass.runtime import report
+
+FILE = 'label_issues.csv'
+QUALITY_FILE = 'label_quality.csv'
+GRID_FILE = 'label_issues.png'
+REPORT_FILE = 'label_issues.md'
+
+
+def label_issues(config, workdir) -> pd.DataFrame:
+  """Writes the files above; returns the flagged examples (label_issues.csv's rows)."""
+  workdir = pathlib.Path(workdir)
+  settings = LabelIssuesSettings.from_config(config.label_issues)
+  pooled = out_of_fold.pool(workdir)
+  everything = find_label_issues(pooled.ids, pooled.labels, pooled.probabilities, pooled.class_names, pooled.task,
+                                 settings.filter_by, pooled.members)
+  issues = flagged(everything)
+  fileio.write_csv(workdir / QUALITY_FILE, everything)
+  fileio.write_csv(workdir / FILE, issues)
+  grid = None
+  if settings.grid and len(issues):
+    top = issues.head(settings.grid)
+    images, shown = _images(config, list(top['file']))
+    if len(images):
+      fileio.save_figure(workdir / GRID_FILE, suspects_grid(images, top[shown]), trim=False)
+      grid = GRID_FILE
+  sources = [str(pathlib.Path(f).relative_to(workdir)) for f in pooled.files]
+  markdown = report_markdown(issues, everything, sources, grid)
+  fileio.write_text(workdir / REPORT_FILE, markdown + '\n')
+  report.write_section(workdir, '60-label-issues', markdown)
+  kind = 'multi-label ' if pooled.task == MULTI else ''
+  print(f'{workdir / FILE}: {len(issues)} of {len(everything)} {kind}labels flagged '
+        f'({len(pooled.files)} prediction file(s))' + (
+            f'; train without them with --config.data.exclude_csv={(workdir / FILE).absolute()}' if len(issues) else ''))
+  return issues
+
+
+def _images(config, ids: list) -> tuple[list, np.ndarray]:
+  """The decoded images of `ids` (as training saw them) and which of `ids` the data still holds."""
+  decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False, mapped=True)
+  where = {}
+  for split in (decoded.pool, decoded.val):
+    if split is not None:
+      for i, example_id in enumerate(split.ids):
+        where.setdefault(str(example_id), (split, i))
+  shown = np.array([i in where for i in ids], bool)
+  images = [in_memory(where[i][0].take([where[i][1]]).images)[0] for i in ids if i in where]
+  return images, shown

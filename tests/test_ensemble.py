@@ -1,0 +1,251 @@
+"""--mode ensemble: Caruana selection with replacement on hand-made probabilities (a planted best mix, a mix that
+needs one candidate twice, cross-fitted against in-sample scoring on noise), the soup's weight average, reading
+an auto run's trials, and one tiny sweep through launch.py whose ensemble and soup workdirs submit and predict."""
+import dataclasses
+import json
+import pathlib
+import types
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass.analysis import metric_registry
+from fpclass.config.inputs import DecodeSettings
+from fpclass.config.search import EnsembleSettings
+from fpclass.config.settings import ConfigError
+from fpclass.data.decode import decode_files
+from fpclass.errors import UserInputError
+from fpclass.infer import ensemble
+from fpclass.infer.calibrate_models import calibrate
+from fpclass.infer.inference import load_trained
+from fpclass.models.heads import probabilities
+from fpclass.search import ensemble_selection as selection
+from fpclass.search import soup
+from fpclass.train import sidecar
+from tests.conftest import launch
+
+SINGLE, MULTI = metric_registry.SINGLE, metric_registry.MULTI
+ACCURACY = metric_registry.REGISTRY['accuracy']
+
+
+def binary(p1) -> np.ndarray:
+  """(N, 2) probabilities from the probability of class 1."""
+  p1 = np.asarray(p1, np.float64)
+  return np.stack([1 - p1, p1], axis=1)
+
+
+def test_selection_recovers_a_planted_best_combination():
+  """C is right on rows 0-69, D on rows 40-99, their mean on every row; four noise candidates are right on
+  55-65%. The selection must be exactly C + D, and stop at its perfect score although it runs 25 rounds."""
+  rng = np.random.default_rng(0)
+  labels = np.ones(100, np.int64)
+  rows = np.arange(100)
+  c = binary(np.where(rows < 70, 0.95, 0.4))
+  d = binary(np.where(rows >= 40, 0.95, 0.4))
+  noise = [binary(np.where(rng.random(100) < q, 0.6, 0.45)) for q in (0.55, 0.6, 0.62, 0.65)]
+  probs = np.stack([noise[0], noise[1], c, noise[2], d, noise[3]])
+  chosen = selection.caruana(probs, labels, SINGLE, ACCURACY, max_size=25)
+  assert chosen.counts.tolist() == [0, 0, 1, 0, 1, 0]
+  assert chosen.rounds == 2 and len(chosen.path) == 25 and chosen.scores[1] == 1.0
+  assert selection.score(ACCURACY, labels, chosen.mix(probs), SINGLE) == 1.0
+
+
+def test_selection_picks_with_replacement_when_a_candidate_twice_is_best():
+  """2/3 A + 1/3 B is right on all three rows; A alone on two, A + B half and half on one. Only a selection
+  that may pick A again in round 2 reaches the mix (without replacement it would stop at A)."""
+  labels = np.ones(3, np.int64)
+  a, b = binary([0.4, 0.8, 0.8]), binary([0.9, 0.1, 0.1])
+  chosen = selection.caruana(np.stack([a, b]), labels, SINGLE, ACCURACY, max_size=5)
+  assert chosen.path[:3] == [0, 0, 1]
+  assert chosen.counts.tolist() == [2, 1] and chosen.weights.tolist() == pytest.approx([2 / 3, 1 / 3])
+  assert chosen.scores[chosen.rounds - 1] == 1.0
+
+
+def test_a_loss_is_minimised_and_a_multilabel_task_uses_map():
+  labels = np.array([0, 1, 1, 0])
+  good, bad = binary([0.2, 0.8, 0.7, 0.3]), binary([0.6, 0.4, 0.5, 0.5])
+  loss = metric_registry.REGISTRY['loss']
+  assert selection.caruana(np.stack([bad, good]), labels, SINGLE, loss, max_size=3).counts.tolist() == [0, 1]
+  assert selection.resolve_metric('', MULTI).name == 'map' and selection.resolve_metric('', SINGLE).name == 'accuracy'
+  with pytest.raises(UserInputError, match=r"config\.ensemble\.metric='map'"):
+    selection.resolve_metric('map', SINGLE)
+  tags = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+  first = np.array([[0.9, 0.4], [0.2, 0.1], [0.8, 0.2], [0.1, 0.3]])   # ranks label 0 right, label 1 wrong
+  second = np.array([[0.5, 0.1], [0.5, 0.9], [0.5, 0.8], [0.5, 0.2]])  # ranks label 1 right, label 0 not at all
+  chosen = selection.caruana(np.stack([first, second]), tags, MULTI, metric_registry.REGISTRY['map'])
+  assert chosen.counts.tolist() == [1, 1]
+
+
+def test_the_cross_fitted_score_is_honest_where_the_in_sample_one_overfits():
+  """Forty candidates of pure noise and random labels: choosing the mix on the predictions it is scored on finds
+  a lucky one, well above chance; fitted on four folds and scored on the fifth, it is at chance."""
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 200)
+  probs = np.stack([binary(rng.random(200)) for _ in range(40)])
+  groups = np.arange(200) % 5
+  in_sample = selection.score(ACCURACY, labels, selection.caruana(probs, labels, SINGLE, ACCURACY).mix(probs), SINGLE)
+  crossfit = selection.cross_fit(probs, labels, groups, SINGLE, ACCURACY)
+  honest = crossfit.interval('ensemble')
+  assert in_sample > 0.62 and abs(honest.mean - 0.5) < 0.06 and in_sample - honest.mean > 0.08
+  assert honest.low < 0.5 < honest.high and crossfit.ratio == 0.25 and len(crossfit.rows) == 5
+  assert crossfit.interval('difference').low < 0 < crossfit.interval('difference').high
+  # Each fold's rows are predicted by a selection that never saw them.
+  for g in range(5):
+    fit = groups != g
+    mine = selection.caruana(probs[:, fit], labels[fit], SINGLE, ACCURACY).mix(probs[:, ~fit])
+    assert np.allclose(crossfit.ensemble[~fit], mine)
+
+
+def test_a_soup_is_the_hand_computed_average_of_its_ingredients():
+  trees = [dict(params={'dense': {'kernel': np.full((2, 3), v, np.float32), 'bias': np.arange(3, dtype=np.float32) * v}},
+                batch_stats={'bn': {'mean': np.array([v, 2 * v], np.float32)}}) for v in (1.0, 2.0, 6.0)]
+  mean = soup.average_variables(trees)
+  assert np.array_equal(mean['params']['dense']['kernel'], np.full((2, 3), 3.0, np.float32))
+  assert np.array_equal(mean['params']['dense']['bias'], np.array([0.0, 3.0, 6.0], np.float32))
+  assert np.array_equal(mean['batch_stats']['bn']['mean'], np.array([3.0, 6.0], np.float32))
+  assert mean['params']['dense']['kernel'].dtype == np.float32
+  # Greedy: each ingredient kept only if the soup strictly improves.
+  value = {(0,): 0.5, (0, 1): 0.5, (0, 2): 0.7, (0, 2, 3): 0.9}
+  assert soup.greedy([0, 1, 2, 3], lambda kept: value[tuple(kept)]) == [0, 2, 3]
+
+
+class _Fixed:
+  """A restored model's prediction interface that answers fixed probabilities."""
+
+  def __init__(self, probs):
+    self.probs, self.task, self.class_names = probs, types.SimpleNamespace(head='softmax'), ('0', '1')
+
+  def logits(self, images, batch_size, chunk=None, tta_settings=None, first_batch=0):
+    return np.log(self.probs)
+
+
+def test_an_ensemble_workdir_averages_its_models_with_their_weights():
+  a, b = binary([0.9, 0.2]), binary([0.3, 0.6])
+  members = [ensemble.MemberModel(pathlib.Path(n), None, {}, _Fixed(p), w) for n, p, w in (('a', a, 0.75), ('b', b, 0.25))]
+  images = np.zeros((2, 1, 1, 1), np.uint8)
+  assert np.allclose(ensemble.predict_probabilities(members, images, 2, calibrated=False), 0.75 * a + 0.25 * b)
+  assert np.allclose(probabilities(ensemble.WeightedEnsemble(members, {}).logits(images, 2), 'softmax'),
+                     0.75 * a + 0.25 * b)
+  plain = [dataclasses.replace(m, weight=1.0) for m in members]   # an ordinary folder's fold models: the mean
+  assert np.allclose(ensemble.predict_probabilities(plain, images, 2, calibrated=False), (a + b) / 2)
+  assert selection.crossfit_groups(np.full(10, -1)).tolist() == [g % 5 for g in np.random.default_rng(0).permutation(10)]
+
+
+def test_settings_refuse_a_path_as_the_output_folder():
+  with pytest.raises(ConfigError, match=r'config\.ensemble\.output'):
+    EnsembleSettings.from_config({'output': '../elsewhere'})
+  with pytest.raises(ConfigError, match=r'config\.ensemble\.max_size=0'):
+    EnsembleSettings.from_config({'max_size': 0})
+
+
+def _fake_trial(folder, probabilities, labels, folds):
+  """An auto trial's layout: one member workdir per fold (rows numbered within each member's split)."""
+  frames = []
+  for k in sorted(set(folds)):
+    member = folder / f'fold{k}-seed0'
+    member.mkdir(parents=True)
+    (member / 'metadata.json').write_text(json.dumps({'num_params': 10, 'config': {'data': {'fold': int(k)}}}))
+    index = np.flatnonzero(folds == k)
+    frames.append(pd.DataFrame({'id': [f'img{i}' for i in index], 'row': np.arange(len(index)), 'split': k,
+                                'seed': 0, 'label': [str(labels[i]) for i in index],
+                                'p_0': probabilities[index, 0], 'p_1': probabilities[index, 1]}))
+  pd.concat(frames[::-1]).to_csv(folder / 'oof_predictions.csv', index=False)
+
+
+def test_an_auto_run_s_trials_are_matched_by_example_id(tmp_path):
+  labels, folds = np.array([0, 1, 1, 0, 1, 0]), np.array([0, 0, 1, 1, 2, 2])
+  first, second = binary([0.1, 0.9, 0.8, 0.4, 0.7, 0.2]), binary([0.3, 0.6, 0.4, 0.1, 0.9, 0.5])
+  _fake_trial(tmp_path / 'trials' / 'trial-0000', first, labels, folds)
+  _fake_trial(tmp_path / 'trials' / 'trial-0001', second, labels, folds)
+  (tmp_path / 'trials' / 'trial-0002').mkdir()   # pruned before its predictions were gathered
+  pool = selection.read_pool(tmp_path)
+  assert [c.name for c in pool.candidates] == ['trial-0000', 'trial-0001']
+  order = [int(i[3:]) for i in pool.ids]
+  assert np.allclose(pool.candidates[1].probabilities, second[order]) and pool.folds.tolist() == folds[order].tolist()
+  assert pool.labels.tolist() == labels[order].tolist() and len(pool.candidates[0].models) == 3
+  with pytest.raises(UserInputError, match=r"config\.ensemble\.candidates: \['trial-9'\]"):
+    selection.read_pool(tmp_path, ('trial-9',))
+
+
+TINY = ['--config=configs/footprint_sweep.py:exp0,exp1,exp5,quick', '--config.data.image_size=(24,16)',
+        '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)', '--config.sweep.models_per_chunk=10',
+        '--config.sweep.seeds=(0,)', '--config.data.num_folds=3']
+
+
+@pytest.fixture(scope='module')
+def ensembled(tmp_path_factory):
+  """A 3-variant x 3-fold tiny sweep (exp1 has another model, so it never joins exp0 and exp5 in a soup), then
+  --mode ensemble on it by log loss."""
+  workdir = tmp_path_factory.mktemp('ensemble-sweep')
+  env = {'FPCLASS_CACHE': str(tmp_path_factory.mktemp('ensemble-cache'))}
+  launch(*TINY, f'--workdir={workdir}', '--mode=sweep', env=env)
+  result = launch(*TINY, f'--workdir={workdir}', '--mode=ensemble', '--config.ensemble.metric=loss', env=env)
+  return workdir, env, result
+
+
+def test_the_ensemble_workdir_lists_its_members_and_scores_them_cross_fitted(ensembled):
+  workdir, _, result = ensembled
+  out = workdir / 'ensemble'
+  members = sidecar.read_metadata(out)['ensemble']['members']
+  assert sum(m['weight'] for m in members) == pytest.approx(1.0)
+  assert all((out / m['folder'] / name / 'metadata.json').is_file() for m in members for name in m['models'])
+  record = json.loads((out / 'ensemble.json').read_text())
+  assert [r['model'] for r in record['table']] == ['best single', 'ensemble', 'soup']
+  assert record['metric'] == 'loss' and len(record['crossfit']) == 3 and record['candidates'] == ['exp0', 'exp1', 'exp5']
+  # The cross-fitted figures, recomputed from the ensemble's out-of-fold predictions fold by fold.
+  predictions = pd.read_csv(out / 'ensemble_predictions.csv', dtype={'label': str})
+  labels, probs, _ = selection.oof.labels_and_probabilities(predictions)
+  loss = metric_registry.REGISTRY['loss']
+  for row in record['crossfit']:
+    held = predictions['split'].to_numpy() == row['fold']
+    assert row['ensemble'] == pytest.approx(loss(labels[held], probs[held], SINGLE))
+  assert '| ensemble |' in (out / 'ensemble.md').read_text() and '## Ensemble' in (out / 'report.md').read_text()
+  assert 'submit or predict with' in result.stdout
+
+
+def test_the_ensemble_submits_and_predicts_its_weighted_members_mean(ensembled):
+  workdir, env, _ = ensembled
+  out = workdir / 'ensemble'
+  test_folder = next(pathlib.Path(env['FPCLASS_CACHE']).glob('synthetic_footprints/*/test'))
+  launch(f'--workdir={out}', '--mode=submit', env=env)
+  launch(f'--workdir={out}', '--mode=predict', f'--config.predict.inputs={test_folder}', env=env)
+  submitted = pd.read_csv(out / 'submission_probabilities.csv').set_index('filename')
+  predicted = pd.read_csv(out / 'predictions.csv')
+  images, ok, _ = decode_files(list(predicted['path']), DecodeSettings.from_config(sidecar.stored_config(out).data),
+                               split='test', workers=1, progress=False)
+  assert ok.all() and len(predicted) == 16
+  expected = 0
+  for member in sidecar.read_metadata(out)['ensemble']['members']:
+    for name in member['models']:
+      path = out / member['folder'] / name
+      model = load_trained(sidecar.stored_config(path), path)
+      expected = expected + member['weight'] / len(member['models']) * model.probabilities(np.asarray(images), 16)
+  assert np.allclose(predicted[['p_0', 'p_1']].to_numpy(), expected, atol=1e-5)
+  names = [pathlib.Path(p).name for p in predicted['path']]
+  assert np.allclose(submitted.loc[names, ['p_0', 'p_1']].to_numpy(), expected, atol=1e-5)
+  with pytest.raises(UserInputError, match='ensemble workdir'):
+    calibrate(sidecar.stored_config(out), out)   # it would rewrite the members' own sidecars
+  with pytest.raises(UserInputError, match='ensemble workdir'):
+    load_trained(sidecar.stored_config(out), out)   # evaluate, explain, serve, export: one model each
+
+
+def test_each_fold_soup_is_the_average_of_its_ingredients_and_submits(ensembled):
+  workdir, env, _ = ensembled
+  folder = workdir / 'ensemble' / 'soup'
+  assert [m['models'] for m in sidecar.read_metadata(folder)['ensemble']['members']] == [['fold0', 'fold1', 'fold2']]
+  for k in range(3):
+    fold = folder / f'fold{k}'
+    meta = sidecar.read_metadata(fold)
+    kept = [fold / p for p in meta['soup']['ingredients']]
+    assert not any('exp1' in str(p) for p in kept) or len(kept) == 1   # exp1's model keys differ from the others'
+    souped = load_trained(sidecar.stored_config(fold), fold)
+    ingredients = [load_trained(sidecar.stored_config(p), p) for p in kept]
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(souped.state.params)]
+    by_hand = [np.mean([np.asarray(x) for x in xs], axis=0)
+               for xs in zip(*[jax.tree_util.tree_leaves(t.state.params) for t in ingredients])]
+    assert all(np.allclose(a, b, atol=1e-7) for a, b in zip(leaves, by_hand))
+  launch(f'--workdir={folder}', '--mode=submit', env=env)
+  assert len(pd.read_csv(folder / 'submission.csv')) == 16
+  assert ensemble.ensemble_record(folder)['kind'] == 'soup'
