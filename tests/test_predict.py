@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fpclass.data import new_images
 from fpclass.errors import UserInputError
 from fpclass.modes import predict as predict_mode
 from tests.conftest import QUICK, launch, load_config
@@ -111,14 +112,14 @@ def test_list_inputs_takes_a_file_a_glob_and_a_csv(tmp_path):
   for rel in ('a/x1.png', 'a/b/x2.PNG', 'a/b/y.jpg', 'a/readme.md'):
     (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / rel).write_bytes(b'')
-  single = predict_mode.list_inputs(str(tmp_path / 'a/x1.png'))
+  single = new_images.list_inputs(str(tmp_path / 'a/x1.png'))
   assert single.paths == [tmp_path / 'a/x1.png']
-  folder = predict_mode.list_inputs(str(tmp_path / 'a'))
+  folder = new_images.list_inputs(str(tmp_path / 'a'))
   assert [p.name for p in folder.paths] == ['x2.PNG', 'y.jpg', 'x1.png']  # recursive, natural order
-  found = predict_mode.list_inputs(str(tmp_path / 'a/**/x*.*'))
+  found = new_images.list_inputs(str(tmp_path / 'a/**/x*.*'))
   assert sorted(p.name for p in found.paths) == ['x1.png', 'x2.PNG']
   (tmp_path / 'list.csv').write_text('file,other\na/x1.png,1\n,2\n/abs/elsewhere.png,3\n')
-  listed = predict_mode.list_inputs(str(tmp_path / 'list.csv'), path_column='file')
+  listed = new_images.list_inputs(str(tmp_path / 'list.csv'), path_column='file')
   assert listed.paths == [tmp_path / 'a/x1.png', pathlib.Path('/abs/elsewhere.png')]
   assert listed.names == ['a/x1.png', '/abs/elsewhere.png']
   assert listed.problems == [(f'{tmp_path / "list.csv"}:3', "row 3: empty 'file'")]
@@ -137,4 +138,4 @@ def test_bad_inputs_name_the_flag_or_file(tmp_path, monkeypatch, spec, column, m
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'notes.txt').write_text('')
   with pytest.raises(UserInputError, match=message):
-    predict_mode.list_inputs(spec, column)
+    new_images.list_inputs(spec, column)

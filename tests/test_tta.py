@@ -14,7 +14,7 @@ import pytest
 
 from fpclass.analysis.calibration import fit_temperature
 from fpclass.config.inputs import AugmentSettings, DataSettings, DecodeSettings
-from fpclass.data import pipeline
+from fpclass.data import new_images, pipeline
 from fpclass.data.decode import decode_files
 from fpclass.errors import UserInputError
 from fpclass.infer import calibrate_models, ensemble, tta
@@ -198,7 +198,7 @@ def test_predict_with_tta_keys_its_batches_across_decode_batches(trained_quick, 
                            'data.cache_dir': env['FPCLASS_CACHE']})
   out = predict_mode.predict(config, workdir)
   trained = load_trained(config, workdir)
-  paths = predict_mode.list_inputs(str(folder)).paths
+  paths = new_images.list_inputs(str(folder)).paths
   x, ok, _ = decode_files(paths, DecodeSettings.from_config(config.data), split='predict', progress=False)
   assert ok.all()
   expected, plain, _ = hand_tta(trained, np.asarray(x), 5, 2, 0.25)

@@ -30,6 +30,7 @@ from fpclass.config.outputs import (
 )
 from fpclass.config.search import AutoSettings, EnsembleSettings
 from fpclass.config.settings import section
+from fpclass.config.tracking import TrackSettings
 from fpclass.config.training import EvalSettings, SweepSettings, TrainSettings
 
 
@@ -65,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.auto = section(AutoSettings)
   c.ensemble = section(EnsembleSettings)
   c.label_issues = section(LabelIssuesSettings)
+  c.track = section(TrackSettings)
   return c
 
 
@@ -72,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
 SETTINGS = (DecodeSettings, LabelSettings, SourceSettings, SplitSettings, StorageSettings, InputSettings,
             CurationSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
-            LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings)
+            LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings, TrackSettings)
 
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:

@@ -15,7 +15,6 @@ taken from the CSV's folder). Writes, in the workdir:
 Images are decoded exactly as at training (`fpclass.data.decode`) and predicted in fixed-size batches.
 """
 import dataclasses
-import glob
 import pathlib
 
 import numpy as np
@@ -27,8 +26,7 @@ from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ExplainSettings, PredictSettings
 from fpclass.data.decode import decode_files
-from fpclass.data.source import IMAGE_EXTENSIONS, natural_key
-from fpclass.errors import UserInputError
+from fpclass.data.new_images import list_inputs
 from fpclass.infer import tta
 from fpclass.infer.ensemble import load_model
 from fpclass.infer.explainer import build_explainer, overlay_rgb, save_png
@@ -37,16 +35,6 @@ from fpclass.runtime import report
 
 EXPLAIN_FOLDER = 'predict_explain'
 TAGS_COLUMN = 'tags'  # a multi-label model's predicted classes, space-separated (Planet's format)
-GLOB_CHARACTERS = '*?['
-
-
-@dataclasses.dataclass(frozen=True)
-class Inputs:
-  """What to classify: `paths` to decode, `names` as written to the output (a CSV row's own value), and
-  `problems` found while listing (e.g. an empty CSV cell), as (name, reason)."""
-  paths: list
-  names: list
-  problems: list
 
 
 def predict(config, workdir) -> pathlib.Path:
@@ -110,50 +98,6 @@ def predict(config, workdir) -> pathlib.Path:
 
 def quarantine_path(output: pathlib.Path) -> pathlib.Path:
   return output.with_name(f'{output.stem}_quarantine.csv')
-
-
-def list_inputs(spec: str, path_column: str = 'path') -> Inputs:
-  """The images `spec` names: a file, a folder (recursive), a glob, or a CSV listing paths."""
-  if not spec:
-    raise UserInputError('config.predict.inputs is empty: give an image file, a folder, a glob such as '
-                         "'photos/**/*.png', or a CSV with a path column")
-  path = pathlib.Path(spec).expanduser()
-  if path.is_dir():
-    found = sorted((p for p in path.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: natural_key(str(p)))
-    if not found:
-      raise UserInputError(f'config.predict.inputs={spec!r}: the folder holds no image files '
-                           f'(looked recursively for {", ".join(IMAGE_EXTENSIONS)})')
-    return Inputs(found, [str(p) for p in found], [])
-  if path.is_file():
-    if path.suffix.lower() == '.csv':
-      return _csv_inputs(path, path_column)
-    return Inputs([path], [str(path)], [])
-  if any(c in spec for c in GLOB_CHARACTERS):
-    found = sorted((pathlib.Path(p) for p in glob.glob(str(path), recursive=True) if pathlib.Path(p).is_file()),
-                   key=lambda p: natural_key(str(p)))
-    if not found:
-      raise UserInputError(f'config.predict.inputs={spec!r}: the glob matches no file')
-    return Inputs(found, [str(p) for p in found], [])
-  raise UserInputError(f'config.predict.inputs={spec!r}: no such file or folder')
-
-
-def _csv_inputs(path: pathlib.Path, column: str) -> Inputs:
-  try:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-    raise UserInputError(f'{path}: not a readable CSV ({type(e).__name__}: {e})') from None
-  if column not in frame.columns:
-    raise UserInputError(f'{path}: no column {column!r} (config.predict.path_column); its columns are '
-                         f'{list(frame.columns)}')
-  paths, names, problems = [], [], []
-  for row, value in enumerate(frame[column], start=2):  # row 1 is the header
-    if not value.strip():
-      problems.append((f'{path}:{row}', f'row {row}: empty {column!r}'))
-      continue
-    paths.append(pathlib.Path(value) if pathlib.Path(value).is_absolute() else path.parent / value)
-    names.append(value)
-  return Inputs(paths, names, problems)
 
 
 def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, sources) -> list:

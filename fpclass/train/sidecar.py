@@ -24,7 +24,7 @@ RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'tra
                      'submit.', 'data.cache_dir', 'data.decode_workers', 'data.root', 'data.bad_test_images',
                      'name', 'explain.', 'sweep.', 'serve.', 'data.tfds.data_dir', 'clean.',
                      'train.tensorboard', 'train.feature_cache', 'data.device_memory_budget', 'predict.', 'lr_find.',
-                     'probe.', 'auto.', 'label_issues.', 'ensemble.')
+                     'probe.', 'auto.', 'label_issues.', 'ensemble.', 'track.')
 # Keys that must agree for a checkpoint to be usable at all (evaluate, submit, explain).
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 
