@@ -19,7 +19,6 @@ every launch of every arm (a smaller image size, say, to fit a CPU). The JSON an
 --out; docs/auto.md records them with the command and the date.
 """
 import argparse
-import ast
 import json
 import pathlib
 import subprocess
@@ -31,7 +30,9 @@ import pandas as pd
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fpclass.config.variants import variant_spec  # noqa: E402
+from fpclass.config.variants import config_changes, variant_spec  # noqa: E402
+from fpclass.modes.command_line import config_from_argv  # noqa: E402
+from fpclass.train.sidecar import config_from_json  # noqa: E402
 
 FRESH_SEEDS = (100, 101, 102)
 DIGITS_GRID = {'train.learning_rate': (3e-4, 1e-3, 3e-3), 'model.dropout': (0.0, 0.3),
@@ -91,7 +92,9 @@ def run_one(name: str, spec: dict, out: pathlib.Path, fraction: float) -> dict:
   auto_wall = _launch([*spec['base'], '--mode=auto', f'--workdir={folder / "auto"}',
                        f'--config.auto.time_budget={budget}s'], folder / 'auto.log')
   auto = json.loads((folder / 'auto' / 'auto.json').read_text())
-  auto_changes = {k: ast.literal_eval(v) for k, v in auto['chosen']['changes'].items()}
+  # The choice as changes to the base config (what a sweep variant names), from the configuration auto refitted.
+  base = config_from_argv(['launch.py', *spec['base']])
+  auto_changes = config_changes(base, config_from_json(auto['chosen']['config']), skip=('name', 'sweep.', 'auto.'))
   variants = (variant_spec('hand', hand_changes), variant_spec('auto', auto_changes))
   _launch([*spec['base'], '--mode=sweep', f'--workdir={folder / "paired"}', f'--config.sweep.variants={variants!r}',
            '--config.sweep.baseline=hand', f'--config.sweep.seeds={FRESH_SEEDS!r}'], folder / 'paired.log')
@@ -108,7 +111,7 @@ def run_one(name: str, spec: dict, out: pathlib.Path, fraction: float) -> dict:
   return dict(data=name, overrides=spec['base'][1:], hand_variants=len(results), hand_best=str(best['experiment']), hand_changes=hand_changes,
               hand_sweep_accuracy=float(best['accuracy_mean']), hand_wall_seconds=hand_wall,
               auto_budget_seconds=budget, auto_wall_seconds=auto_wall, auto_used_seconds=state['used_seconds'],
-              auto_stages=state['stages'], auto_chosen=auto['chosen']['name'], auto_changes=auto['chosen']['changes'],
+              auto_stages=state['stages'], auto_chosen=auto['chosen']['name'], auto_changes={k: repr(v) for k, v in auto_changes.items()},
               auto_trials=int(sum(1 for _ in (folder / 'auto' / 'trials').iterdir())),
               paired_hand=arm('hand'), paired_auto=arm('auto'),
               difference=dict(mean=float(diff['mean_difference']), ci_low=float(diff['ci_low']),

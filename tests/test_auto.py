@@ -18,6 +18,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from fpclass.modes.command_line import config_from_argv
+from fpclass.search.space import Candidate, baseline_params, parse_space
 from fpclass.train import sidecar
 from tests.conftest import REPO, launch
 from tests.postgres import postgres_server
@@ -165,3 +166,14 @@ def test_a_wrong_space_entry_is_one_line_naming_it(tmp_path, entry, message):
   lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
   assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-2000:]
   assert not (tmp_path / 'trials').exists()
+
+
+def test_the_first_trial_is_the_config_as_given():
+  """Where the space's range holds the config's own value, the first trial takes it; the rest is sampled."""
+  config = config_from_argv(['launch.py', '--config=configs/footprint.py:quick', '--config.train.learning_rate=0.002'])
+  candidates = [Candidate('footprint_cnn', {}), Candidate('resnet18', {'model.name': 'resnet18'})]
+  dims = parse_space(('model.name: backbones', 'train.learning_rate: log(1e-5, 1e-1)', 'train.epochs: int(50, 60)',
+                      "augment.policy: choice('', 'trivialaugment')", 'train.ema_decay: choice(0.0, 0.999)'),
+                     config, candidates)
+  assert baseline_params(dims, config, candidates) == {
+      'model.name': 'footprint_cnn', 'train.learning_rate': 0.002, 'augment.policy': "''", 'train.ema_decay': '0.0'}

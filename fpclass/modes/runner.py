@@ -10,15 +10,17 @@ import pathlib
 import jax
 
 from fpclass import fileio
+from fpclass.config.tracking import TrackSettings
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import model_keys
 from fpclass.modes import MODES, mode_function
-from fpclass.runtime import process, report, sharding, timings, workdir_lock
-from fpclass.train import validation
+from fpclass.runtime import process, report, sharding, timings, tracking, workdir_lock
+from fpclass.train import sidecar, validation
 
 TIMINGS = 'timings.json'
+TRACKED = ('train', 'sweep', 'auto')   # the modes logged to MLflow when tracking is on
 TIME_SECTION = '90-time'
 
 
@@ -42,7 +44,9 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
         fileio.check_writable(workdir, '--workdir')
       lock = _lock(mode, workdir)
     try:
-      result = _run_chain(mode, config, workdir, options)
+      tracker = _tracker(mode, config, workdir)
+      with tracking.active(tracker, workdir):
+        result = _run_chain(mode, config, workdir, options)
     except jax.errors.JaxRuntimeError as e:
       out_of_memory = _out_of_memory(e, mode)
       if out_of_memory is None:
@@ -53,7 +57,19 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
         lock.release()
     if _reports_time(mode) and fileio.is_primary():
       write_time_report(workdir, mode, clock, settings)
+    tracker.finish(workdir)
   return result
+
+
+def _tracker(mode: str, config, workdir: pathlib.Path) -> tracking.Tracker:
+  """The MLflow run of a mode that trains a run, a sweep or a search (off unless config.track or
+  $MLFLOW_TRACKING_URI names a server); process 0 alone logs."""
+  if mode not in TRACKED or not fileio.is_primary():
+    return tracking.Tracker()
+  settings = TrackSettings.from_config(config.track)
+  return tracking.start(settings.mlflow_uri, settings.experiment or config.name, settings.run_name or workdir.resolve().name,
+                        workdir, {'mode': mode, **tracking.flatten(sidecar.config_as_json(config))},
+                        epochs=mode == 'train')
 
 
 def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):

@@ -31,10 +31,11 @@ from fpclass.errors import RunInterrupted, UserInputError
 from fpclass.infer.evaluation import evaluate_workdir
 from fpclass.models import probe_backbones
 from fpclass.models.heads import head_of
+from fpclass.runtime import tracking
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.screen import ProbeRun, run_probe
-from fpclass.search.space import Candidate, default_space, parse_space, sample
+from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
 from fpclass.train import oof, sidecar
 from fpclass.train.orchestrator import MemberRun, run_plan
 from fpclass.train.plan import MEMBER_WORKDIRS, Plan, Variant, apply_changes, solo_plan
@@ -156,6 +157,8 @@ def _search(base, settings, study, dims, candidates, workdir, budget: Budget, me
   if retried:
     tqdm.write(f'auto: trials {retried} were left running by a process that is gone; asked for again')
   start, started = time.perf_counter(), False
+  if not study.trials:   # a new study starts from the config as given
+    study.enqueue_trial(baseline_params(dims, base, candidates), skip_if_exists=True)
   try:
     while not settings.trials or study_lib.taken_count(study) < settings.trials:
       # A choice needs one finished trial: until the study has one, this launch's first trial runs to its end
@@ -193,28 +196,31 @@ def _trial(base, settings, study, dims, candidates, workdir, budget, metric, fol
     budget.add_member(name, member.seconds)
     values.append(oof.scores(member.predictions)[metric])
     trial.report(values[-1], step=len(values) - 1)   # the fold's place: the same in every trial
+    tracking.current().log_metrics({metric: values[-1]}, step=len(values) - 1)
     if trial.should_prune():
       raise optuna.TrialPruned()
 
   tqdm.write(f'auto: trial {trial.number} ({name}): {sweep_report.describe_changes(changes)}; {budget.describe()}')
   plan = Plan((variant,), MEMBER_WORKDIRS, tuple(range(folds)), (int(base.seed),))
-  with StopOnSignals(deadline=deadline) as stop:
-    try:
-      run_plan(plan, workdir / 'trials', stop=stop, on_member=on_member)
-    except optuna.TrialPruned:
-      tqdm.write(f'auto: trial {trial.number} pruned after {len(values)} folds')
-      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-      return True
-    except RunInterrupted:
-      if not stop.deadline_passed:
-        raise   # a signal: the trial stays running, and the next launch asks for it again
-      tqdm.write(f'auto: trial {trial.number} stopped by the time budget after {len(values)} folds')
-      study.tell(trial, state=optuna.trial.TrialState.FAIL)
-      return False
-  value = float(np.mean(values))
-  study.tell(trial, value)
-  tqdm.write(f'auto: trial {trial.number}: {metric} {value:.4f} over {len(values)} folds')
-  return True
+  with tracking.current().nested(f'trial{trial.number}', params=dict(changes, candidate=name)):
+    with StopOnSignals(deadline=deadline) as stop:
+      try:
+        run_plan(plan, workdir / 'trials', stop=stop, on_member=on_member)
+      except optuna.TrialPruned:
+        tqdm.write(f'auto: trial {trial.number} pruned after {len(values)} folds')
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return True
+      except RunInterrupted:
+        if not stop.deadline_passed:
+          raise   # a signal: the trial stays running, and the next launch asks for it again
+        tqdm.write(f'auto: trial {trial.number} stopped by the time budget after {len(values)} folds')
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+    value = float(np.mean(values))
+    study.tell(trial, value)
+    tracking.current().log_metrics({metric: value}, step=len(values))
+    tqdm.write(f'auto: trial {trial.number}: {metric} {value:.4f} over {len(values)} folds')
+    return True
 
 
 def _claim(workdir: pathlib.Path) -> bool:
@@ -286,9 +292,10 @@ def _confirm(base, settings, study, workdir, budget: Budget, metric: str, folds:
     budget.add_member(str(chosen['candidate']), m.seconds)
     rows.append(dict(experiment=m.variant, split=m.split, seed=m.seed, val_hash=f'fold{m.split}',
                      **oof.scores(m.predictions)))
+    tracking.current().log_metrics({f'{m.variant}.{metric}': rows[-1][metric]}, step=len(rows) - 1)
 
   note = f'{len(finalists)} finalists x {folds} folds x seeds {seeds}'
-  with StopOnSignals(deadline=budget.deadline(refit)) as stop:
+  with StopOnSignals(deadline=budget.deadline(refit)) as stop, tracking.current().nested('confirm'):
     try:
       run_plan(Plan(tuple(variants), MEMBER_WORKDIRS, tuple(range(folds)), tuple(seeds)), workdir / 'confirm',
                stop=stop, on_member=on_member)
@@ -325,15 +332,17 @@ def _refit(config, chosen: dict, workdir: pathlib.Path, budget: Budget):
   deadline = budget.deadline(slack=True)
   if deadline <= time.monotonic():   # nothing left: a model needs its epochs, so the refit overruns, and says so
     deadline, note = None, 'trained and evaluated in full after the budget was spent (it was shorter than a trial)'
-  with StopOnSignals(deadline=deadline) as stop:
+  with StopOnSignals(deadline=deadline) as stop, tracking.current().nested('refit', epochs=True) as run:
     try:
       run_plan(solo_plan(final_config), final, stop=stop)
     except RunInterrupted:
       if not stop.deadline_passed:
         raise
       note = 'stopped by the budget before its last epoch (launch again to finish it); evaluated as it stands'
-  if sidecar.read_metadata(final) is not None:
-    evaluate_workdir(final_config, final)
+    if sidecar.read_metadata(final) is not None:
+      evaluate_workdir(final_config, final)
+      run.log_scores(final)
+      run.log_files(final)
   budget.add_stage('refit', time.perf_counter() - start)
   return final, note
 

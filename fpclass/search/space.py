@@ -45,6 +45,31 @@ class Dimension:
     return ast.literal_eval(trial.suggest_categorical(self.key, shown))
 
 
+def baseline_params(dims: list[Dimension], config, candidates: list[Candidate]) -> dict:
+  """The Optuna parameters that give back `config` itself, for the dimensions whose range holds its value: the
+  search's first trial, so auto starts from the user's own recipe (as AutoGluon starts from its defaults) and
+  never chooses worse than it on the search's evidence."""
+  own = next((c.name for c in candidates if not c.changes), None)
+  params = {}
+  for dim in dims:
+    if dim.kind == 'backbones':
+      if own is not None:
+        params[dim.key] = own
+      continue
+    node = config
+    for part in dim.key.split('.'):
+      node = node[part] if hasattr(node, 'keys') and part in node else None
+    if node is None or isinstance(node, bool) and dim.kind != 'choice':
+      continue
+    if dim.kind in ('log', 'float', 'int') and dim.args[0] <= node <= dim.args[1]:
+      params[dim.key] = int(node) if dim.kind == 'int' else float(node)
+    elif dim.kind == 'choice':
+      matching = [a for a in dim.args if a == node and type(a) is not bool or a is node]
+      if matching:
+        params[dim.key] = repr(matching[0])
+  return params
+
+
 def parse_space(entries, config, candidates: list[Candidate]) -> list[Dimension]:
   """`config.auto.space` checked against `config` and the candidates' models."""
   dims = []

@@ -24,7 +24,7 @@ from fpclass.config.inputs import AugmentSettings, DataSettings
 from fpclass.config.training import EvalSettings, SweepSettings, TrainSettings
 from fpclass.data import curation, pipeline
 from fpclass.models.heads import head_of
-from fpclass.runtime import sharding, timings
+from fpclass.runtime import sharding, timings, tracking
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import axis, checkpoint, feature_cache, memory_plan, oof, optim, sidecar
 from fpclass.train import members as members_lib
@@ -263,6 +263,7 @@ def _finish_experiment(variant: Variant, folder: pathlib.Path, data: VariantData
                      kept=False))
     if members_lib.better_result(kept.get(m.split), r, monitor):
       kept[m.split] = r
+  _track_members(variant, data.members, results, rows)
   num_params = _save_kept(variant, folder, data, records, kept, rows)
   oof.write(folder, data, results, head)
   model_epochs = sum(int(r['epochs_trained']) for r in rows)
@@ -283,6 +284,18 @@ def _finish_experiment(variant: Variant, folder: pathlib.Path, data: VariantData
   if fileio.is_primary():
     records.remove()
   return VariantRun(variant, folder, data, results, kept, experiment)
+
+
+def _track_members(variant: Variant, members: list, results: list, rows: list) -> None:
+  """One nested run per member in the open MLflow run (when tracking is on): its variant's changes, split and
+  seed as parameters, its epochs by step, its scores."""
+  tracker = tracking.current()
+  for m, r, row in zip(members, results, rows):
+    params = dict(variant.changes, variant=variant.name, split=m.split, seed=m.seed)
+    with tracker.nested(f'{variant.name}/{members_lib.split_name(m.split)}-seed{m.seed}', params, epochs=True):
+      for epoch in r.loop.history:
+        tracker.epoch_row(epoch)
+      tracker.log_metrics({k: v for k, v in row.items() if k not in ('split', 'seed')})
 
 
 def _save_kept(variant, folder, data: VariantData, records, kept: dict, rows: list) -> int | None:

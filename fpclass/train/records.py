@@ -18,6 +18,7 @@ import pandas as pd
 
 from fpclass import fileio
 from fpclass.errors import RunInterrupted
+from fpclass.runtime import tracking
 from fpclass.train import tensorboard_log
 
 HISTORY = 'metrics.csv'
@@ -82,11 +83,12 @@ class CheckpointRecord:
 
 
 def _record_epoch(workdir, history: list, tensorboard: bool) -> None:
-  """metrics.csv (and TensorBoard) after the epoch's `last` checkpoint is complete (saves are asynchronous),
-  so a killed run's metrics.csv lists exactly the epochs it resumes after."""
+  """metrics.csv (and TensorBoard, and the open MLflow run) after the epoch's `last` checkpoint is complete
+  (saves are asynchronous), so a killed run's metrics.csv lists exactly the epochs it resumes after."""
   fileio.write_csv(workdir / HISTORY, pd.DataFrame(history))
   if tensorboard:
     tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, history[-1])
+  tracking.current().epoch_row(history[-1])
 
 
 class MemoryRecord:
