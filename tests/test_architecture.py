@@ -123,12 +123,19 @@ def test_the_stage_packages_import_only_downwards():
   assert upward_imports(REPO / 'fpclass') == []
 
 
+def planted_copy(tmp_path, plants: dict) -> pathlib.Path:
+  """A copy of the package with `plants` ({module path under fpclass/: text}) appended; returns its root."""
+  root = tmp_path / 'fpclass'
+  shutil.copytree(REPO / 'fpclass', root, ignore=shutil.ignore_patterns('__pycache__', 'static'))
+  for module, text in plants.items():
+    (root / module).write_text((root / module).read_text() + text)
+  return root
+
+
 def test_the_stage_rule_catches_a_planted_upward_import(tmp_path):
-  shutil.copytree(REPO / 'fpclass', tmp_path / 'fpclass', ignore=shutil.ignore_patterns('__pycache__', 'static'))
-  engine = tmp_path / 'fpclass' / 'train' / 'engine.py'
-  engine.write_text(engine.read_text() + '\nfrom fpclass.infer import inference  # noqa\n')
-  assert 'fpclass.train.engine -> fpclass.infer.inference' in upward_imports(tmp_path / 'fpclass')
-  assert all(v.startswith('fpclass.train.engine -> fpclass.infer') for v in upward_imports(tmp_path / 'fpclass'))
+  root = planted_copy(tmp_path, {'train/engine.py': '\nfrom fpclass.infer import inference  # noqa\n'})
+  assert 'fpclass.train.engine -> fpclass.infer.inference' in upward_imports(root)
+  assert all(v.startswith('fpclass.train.engine -> fpclass.infer') for v in upward_imports(root))
 
 
 # The config sections; a read of `<...config>.<section>.<key>` outside fpclass/config and the modes is a consumer
@@ -158,10 +165,8 @@ def test_the_core_reads_typed_sections_not_the_configdict():
 
 
 def test_the_typed_read_rule_catches_a_planted_raw_read(tmp_path):
-  shutil.copytree(REPO / 'fpclass', tmp_path / 'fpclass', ignore=shutil.ignore_patterns('__pycache__', 'static'))
-  progress = tmp_path / 'fpclass' / 'train' / 'progress.py'
-  progress.write_text(progress.read_text() + '\n\ndef epochs(config):\n  return config.train.epochs\n')
-  assert [r.split(' ')[1] for r in raw_config_reads(tmp_path / 'fpclass')] == ['config.train.epochs']
+  root = planted_copy(tmp_path, {'train/progress.py': '\n\ndef epochs(config):\n  return config.train.epochs\n'})
+  assert [r.split(' ')[1] for r in raw_config_reads(root)] == ['config.train.epochs']
 
 
 def package_graph(package_root) -> str:
@@ -184,12 +189,9 @@ def test_no_mode_imports_another_and_the_core_imports_no_mode():
 
 
 def test_the_import_rule_catches_a_planted_violation(tmp_path):
-  shutil.copytree(REPO / 'fpclass', tmp_path / 'fpclass', ignore=shutil.ignore_patterns('__pycache__', 'static'))
-  submit = tmp_path / 'fpclass' / 'modes' / 'submit.py'
-  submit.write_text(submit.read_text() + '\nfrom fpclass.modes import calibrate  # noqa\n')
-  task = tmp_path / 'fpclass' / 'train' / 'task.py'
-  task.write_text(task.read_text() + '\nfrom fpclass.modes.runner import run  # noqa\n')
-  assert import_violations(tmp_path / 'fpclass') == ['fpclass.modes.submit -> fpclass.modes.calibrate',
+  root = planted_copy(tmp_path, {'modes/submit.py': '\nfrom fpclass.modes import calibrate  # noqa\n',
+                                 'train/task.py': '\nfrom fpclass.modes.runner import run  # noqa\n'})
+  assert import_violations(root) == ['fpclass.modes.submit -> fpclass.modes.calibrate',
                                                      'fpclass.train.task -> fpclass.modes.runner']
 
 

@@ -91,6 +91,8 @@ class Tracker:
 
   def log_files(self, workdir) -> None:
     """The workdir's reports (report.md and the other top-level .md files) and figures (*.png) as artifacts."""
+    if not self.on:
+      return
     workdir = pathlib.Path(workdir)
     for path in sorted([*workdir.glob('*.md'), *workdir.glob('*.png')]):
       self._call(f'log the artifact {path.name}', self._client.log_artifact, self.run_id, str(path))
