@@ -1,0 +1,487 @@
+"""Every figure a report prints, recomputed from its definition on small hand-made data (issue 47).
+
+The data are chosen so that the plausible wrong variant gives another number: pairs matched per split and seed
+where the runs vary far more between splits than between variants (the interval pairing narrows), groups whose
+own thresholds differ from the others' (in-sample and cross-fitted figures far apart), labels with no positive
+and with no negative. The references are scikit-learn, scipy and plain NumPy written out here, never the module
+under test. Pure functions on arrays: milliseconds each.
+"""
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special
+from scipy import stats as scipy_stats
+from sklearn import metrics as skm
+from sklearn.model_selection import StratifiedKFold
+
+from fpclass.analysis import calibration, metrics, multilabel_calibration, stats, sweep_report
+from fpclass.analysis import multilabel_metrics as mm
+from fpclass.search import screen
+
+EXACT = 1e-12
+
+
+def sk(function, *args, **kwargs):
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # scikit-learn's ill-defined-metric warnings
+    return function(*args, **kwargs)
+
+
+def corrected(values, ratio, level=0.95):
+  """(mean, std, low, high) of the Nadeau-Bengio corrected t-interval, written out from its formula."""
+  x = np.asarray(values, np.float64)
+  n, mean, std = len(x), float(np.mean(x)), float(np.std(x, ddof=1))
+  half = scipy_stats.t.ppf((1 + level) / 2, n - 1) * math.sqrt((1 / n + ratio) * std ** 2)
+  return mean, std, mean - half, mean + half
+
+
+# --- the corrected interval ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('ratio, level', [(0.0, 0.95), (0.25, 0.95), (1 / 3, 0.9)])
+def test_corrected_interval_is_its_formula(ratio, level):
+  values = [0.70, 0.74, 0.69, 0.81, 0.77]
+  ci = stats.corrected_interval(values, ratio, level)
+  assert (ci.mean, ci.std, ci.low, ci.high) == pytest.approx(corrected(values, ratio, level), abs=EXACT)
+  assert ci.n == 5
+  # 1 - level would be a 5% interval; a two-sided 95% one reaches further than the t quantile at 0.95
+  assert ci.high - ci.mean > scipy_stats.t.ppf(level, 4) * ci.std * math.sqrt(1 / 5 + ratio)
+
+
+def test_corrected_interval_drops_missing_values_and_needs_two():
+  ci = stats.corrected_interval([0.5, None, float('nan'), 0.7, 0.9], 0.25)
+  assert ci.n == 3 and (ci.mean, ci.std, ci.low, ci.high) == pytest.approx(corrected([0.5, 0.7, 0.9], 0.25))
+  one = stats.corrected_interval([0.8, None], 0.25)
+  assert one.n == 1 and one.mean == 0.8 and all(math.isnan(v) for v in (one.std, one.low, one.high))
+  none = stats.corrected_interval([None, float('nan')])
+  assert none.n == 0 and all(math.isnan(v) for v in (none.mean, none.std, none.low, none.high))
+
+
+def test_an_interval_prints_its_own_numbers():
+  assert stats.Interval(0.81234, 0.0234, 0.7912, 0.8334, 5).format() == '0.812 ± 0.023 [0.791, 0.833]'
+  assert stats.Interval(0.81234, 0.0234, 0.7912, 0.8334, 5).format(2) == '0.81 ± 0.02 [0.79, 0.83]'
+  assert stats.Interval(0.8, math.nan, math.nan, math.nan, 1).format() == '0.800'
+  assert stats.Interval(math.nan, math.nan, math.nan, math.nan, 0).format() == 'n/a'
+
+
+# --- the paired table (sweep, auto, probe) -------------------------------------------------------------------
+
+# (split, seed) -> baseline accuracy: the splits differ by 0.15, far more than the variant moves a run
+BASE = {(0, 0): 0.60, (0, 1): 0.62, (1, 0): 0.75, (1, 1): 0.73, (2, 0): 0.90, (2, 1): 0.88}
+# the variant minus the baseline on each pair: three wins, one tie, two losses
+DIFF = {(0, 0): 0.02, (0, 1): 0.03, (1, 0): 0.0, (1, 1): -0.01, (2, 0): 0.04, (2, 1): -0.02}
+
+
+def sweep_models():
+  """The members' table sweep_report reads: the variant's rows shuffled, one pair on other validation images
+  (excluded), one split the baseline never ran (excluded), a missing ROC AUC in one pair."""
+  rows = []
+  for (split, seed), base in BASE.items():
+    rows.append(dict(experiment='base', split=split, seed=seed, val_hash=f'h{split}', accuracy=base,
+                     macro_f1=base - 0.1, roc_auc=base + 0.05))
+  variant = []
+  for (split, seed), d in DIFF.items():
+    variant.append(dict(experiment='wide', split=split, seed=seed, val_hash=f'h{split}', accuracy=BASE[split, seed] + d,
+                        macro_f1=BASE[split, seed] - 0.1 + 2 * d,
+                        roc_auc=None if (split, seed) == (0, 1) else BASE[split, seed] + 0.05 - d))
+  variant.append(dict(experiment='wide', split=3, seed=0, val_hash='h3', accuracy=0.99, macro_f1=0.99, roc_auc=0.99))
+  variant.append(dict(experiment='wide', split=1, seed=2, val_hash='h1', accuracy=0.10, macro_f1=0.1, roc_auc=0.1))
+  rows += [variant[i] for i in (4, 0, 6, 2, 5, 1, 3, 7)]
+  rows.append(dict(experiment='base', split=1, seed=2, val_hash='other', accuracy=0.95, macro_f1=0.9, roc_auc=0.9))
+  return pd.DataFrame(rows)
+
+
+EXPERIMENTS = [dict(name='base', test_train_ratio=0.25), dict(name='wide', test_train_ratio=0.25)]
+
+
+def test_paired_differences_are_formed_per_split_and_seed():
+  table = sweep_report.paired_differences(sweep_models(), EXPERIMENTS, 'base').set_index('metric')
+  assert list(table.index) == ['accuracy', 'macro_f1', 'roc_auc'] and set(table['experiment']) == {'wide'}
+  pairs = sorted(DIFF)  # (3, 0) has no baseline run and (1, 2) was validated on other images
+  expected = {'accuracy': [DIFF[p] for p in pairs], 'macro_f1': [2 * DIFF[p] for p in pairs],
+              'roc_auc': [-DIFF[p] for p in pairs if p != (0, 1)]}
+  for metric, diffs in expected.items():
+    row = table.loc[metric]
+    mean, std, low, high = corrected(diffs, 0.25)
+    assert row['pairs'] == len(diffs) and row['baseline'] == 'base'
+    assert (row['mean_difference'], row['std'], row['ci_low'], row['ci_high']) == pytest.approx(
+        (mean, std, low, high), abs=1e-9), metric
+    assert row['wins'] == sum(d > 0 for d in diffs) and row['losses'] == sum(d < 0 for d in diffs), metric
+  assert (table.loc['accuracy', 'wins'], table.loc['accuracy', 'losses']) == (3, 2)
+  assert (table.loc['roc_auc', 'wins'], table.loc['roc_auc', 'losses']) == (2, 2)   # the missing pair counts neither
+
+
+def test_pairing_is_what_narrows_the_interval():
+  """The same values unpaired (each variant run against the baseline's mean) give a std ten times wider: a
+  table that lost the pairing would print another interval, though its mean difference is the same."""
+  table = sweep_report.paired_differences(sweep_models(), EXPERIMENTS, 'base').set_index('metric')
+  pairs = sorted(DIFF)
+  unpaired = [BASE[p] + DIFF[p] - np.mean([BASE[q] for q in pairs]) for p in pairs]
+  assert table.loc['accuracy', 'mean_difference'] == pytest.approx(np.mean(unpaired), abs=1e-9)
+  assert np.std(unpaired, ddof=1) > 5 * table.loc['accuracy', 'std']
+  shuffled = sweep_models()
+  wide = shuffled['experiment'] == 'wide'
+  shuffled.loc[wide, 'seed'] = 1 - shuffled.loc[wide, 'seed']   # pairs matched on the wrong seed
+  shuffled.loc[wide & (shuffled['seed'] == -1), 'seed'] = 2
+  other = sweep_report.paired_differences(shuffled, EXPERIMENTS, 'base').set_index('metric')
+  assert other.loc['accuracy', 'std'] != pytest.approx(table.loc['accuracy', 'std'], abs=1e-3)
+
+
+def test_the_differences_table_prints_each_column():
+  differences = sweep_report.paired_differences(sweep_models(), EXPERIMENTS, 'base')
+  text = sweep_report.differences_table(differences, sweep_report.METRICS)
+  header, _, row = text.splitlines()
+  assert header == '| variant | pairs | Δ accuracy | Δ macro F1 | Δ ROC AUC | accuracy wins/losses |'
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  acc = corrected([DIFF[p] for p in sorted(DIFF)], 0.25)
+  f1 = corrected([2 * DIFF[p] for p in sorted(DIFF)], 0.25)
+  assert cells[:2] == ['wide', '6']
+  assert cells[2] == f'{acc[0]:+.3f} [{acc[2]:+.3f}, {acc[3]:+.3f}]' and acc[2] < 0 < acc[3]   # no star: holds 0
+  assert cells[3] == f'{f1[0]:+.3f} [{f1[2]:+.3f}, {f1[3]:+.3f}]'
+  assert cells[5] == '3/2'
+  # an interval that excludes 0 gets a star, on either side of it, and fewer than two pairs print n/a
+  frame = pd.DataFrame([dict(experiment='v', metric='accuracy', pairs=4, mean_difference=0.05, ci_low=0.01,
+                             ci_high=0.09, wins=4, losses=0),
+                        dict(experiment='v', metric='macro_f1', pairs=4, mean_difference=-0.05, ci_low=-0.09,
+                             ci_high=-0.01, wins=0, losses=4),
+                        dict(experiment='w', metric='accuracy', pairs=1, mean_difference=0.05, ci_low=math.nan,
+                             ci_high=math.nan, wins=1, losses=0)])
+  lines = sweep_report.differences_table(frame, ('accuracy', 'macro_f1')).splitlines()
+  assert lines[2] == '| v | 4 | +0.050 [+0.010, +0.090] * | -0.050 [-0.090, -0.010] * | 4/0 |'
+  assert lines[3] == '| w | 1 | n/a |  | 1/0 |'
+
+
+def test_the_summary_gives_each_variant_its_corrected_interval():
+  models = sweep_models()
+  experiments = []
+  for name, ratio in (('base', 0.25), ('wide', 0.5)):
+    rows = models[models['experiment'] == name].assign(loss=0.3, epochs_trained=4).to_dict('records')
+    experiments.append(dict(name=name, changes={'model.dropout': 0.5} if name == 'wide' else {}, rows=rows,
+                            test_train_ratio=ratio, num_params=10, calibration=dict(
+                                head='softmax', ece_before=0.1, ece_after=0.05, temperature=1.5, threshold=None),
+                            timing=dict(seconds_per_model_epoch=1.0, train_seconds=2.0, wall_seconds=3.0)))
+  summary = sweep_report.summarise(experiments).set_index('experiment')
+  for e in experiments:
+    row = summary.loc[e['name']]
+    for metric in ('accuracy', 'macro_f1', 'roc_auc'):
+      values = [r[metric] for r in e['rows'] if r[metric] is not None and not np.isnan(r[metric])]
+      assert tuple(row[f'{metric}_{k}'] for k in ('mean', 'std', 'ci_low', 'ci_high')) == pytest.approx(
+          corrected(values, e['test_train_ratio']), abs=1e-9), (e['name'], metric)
+    assert row['models'] == len(e['rows'])
+  assert summary.loc['wide', 'changes'] == "model.dropout=0.5" and summary.loc['base', 'changes'] == '(as configured)'
+
+
+def test_the_probe_pairs_backbones_per_seed_and_fold_and_a_lower_loss_wins():
+  folds = []
+  for (fold, seed), base in BASE.items():
+    folds.append(dict(backbone='best', seed=seed, fold=fold, accuracy=base, log_loss=1 - base))
+    folds.append(dict(backbone='other', seed=seed, fold=fold, accuracy=base + DIFF[fold, seed],
+                      log_loss=1 - base + DIFF[fold, seed]))
+  table = screen.paired_differences(pd.DataFrame(folds[::-1]), 'best', 0.25, ('accuracy', 'log_loss'))
+  table = table.set_index('metric')
+  diffs = [DIFF[p] for p in sorted(DIFF)]
+  for metric, wins, losses in (('accuracy', 3, 2), ('log_loss', 2, 3)):   # a higher loss is a loss
+    row = table.loc[metric]
+    assert (row['mean_difference'], row['std'], row['ci_low'], row['ci_high']) == pytest.approx(
+        corrected(diffs, 0.25), abs=1e-9)
+    assert (row['pairs'], row['wins'], row['losses']) == (6, wins, losses), metric
+
+
+# --- cross-fitted calibration, two classes --------------------------------------------------------------------
+
+
+def separable_groups(rng):
+  """Three groups of 24 two-class logits whose classes separate at a different logit in each group (-3, 0, 3),
+  with two labels flipped in each: a group's own threshold decides it almost perfectly, the others' do not."""
+  z, labels, groups = [], [], []
+  for g, centre in enumerate((-3.0, 0.0, 3.0)):
+    y = np.array([0, 1] * 12)
+    y[[0, 1]] = y[[1, 0]]
+    z.append(centre + np.where(np.array([0, 1] * 12) == 1, 0.6, -0.6) + rng.uniform(-0.2, 0.2, 24))
+    labels.append(y)
+    groups.append(np.full(24, g))
+  z = np.concatenate(z)
+  return np.stack([np.zeros_like(z), z], 1), np.concatenate(labels), np.concatenate(groups)
+
+
+def best_threshold(p1, labels, metric):
+  """The threshold maximising macro (or positive-class) F1, by scikit-learn over every distinct decision;
+  among ties the one nearest 0.5."""
+  values = np.unique(p1)
+  candidates = np.concatenate([[values[0] - 1e-9], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-9]])
+  average = 'binary' if metric == 'f1' else 'macro'
+  scores = np.array([sk(skm.f1_score, labels, (p1 >= t).astype(int), average=average, zero_division=0)
+                     for t in candidates])
+  tied = candidates[scores >= scores.max() - EXACT]
+  return float(np.clip(tied[np.argmin(np.abs(tied - 0.5))], 0, 1))
+
+
+@pytest.mark.parametrize('metric', ['macro_f1', 'f1'])
+def test_two_class_figures_after_calibration_are_cross_fitted(metric):
+  logits, labels, groups = separable_groups(np.random.default_rng(0))
+  summary, crossfit = calibration.calibrate_predictions(logits, labels, 'softmax', groups, bins=10,
+                                                        threshold_metric=metric)
+  expected_probs, expected_pred, own_pred = np.zeros_like(crossfit), np.zeros(len(labels), int), np.zeros(
+      len(labels), int)
+  for g in range(3):
+    held, rest = groups == g, groups != g
+    t = calibration.fit_temperature(logits[rest], labels[rest], 'softmax')
+    expected_probs[held] = special.softmax(logits[held] / t, axis=1)
+    threshold = best_threshold(special.softmax(logits[rest] / t, axis=1)[:, 1], labels[rest], metric)
+    expected_pred[held] = expected_probs[held, 1] >= threshold
+    own = best_threshold(expected_probs[held, 1], labels[held], metric)   # the wrong variant: fitted on itself
+    own_pred[held] = expected_probs[held, 1] >= own
+  np.testing.assert_allclose(crossfit, expected_probs, atol=1e-9)
+  average = 'binary' if metric == 'f1' else 'macro'
+  tuned = skm.f1_score(labels, expected_pred, average=average)
+  assert summary['f1_tuned'] == pytest.approx(tuned, abs=EXACT)
+  assert summary['f1_argmax'] == pytest.approx(skm.f1_score(labels, logits.argmax(1), average=average), abs=EXACT)
+  assert skm.f1_score(labels, own_pred, average=average) > tuned + 0.2   # in-sample would look far better
+  assert summary['ece_after'] == pytest.approx(calibration.expected_calibration_error(expected_probs, labels, 10))
+  assert summary['nll_after'] == pytest.approx(skm.log_loss(labels, expected_probs), abs=1e-9)
+  everything = calibration.fit_temperature(logits, labels, 'softmax')
+  assert summary['temperature'] == pytest.approx(everything, abs=EXACT)
+  in_sample = special.softmax(logits / everything, axis=1)
+  assert summary['ece_after_in_sample'] == pytest.approx(calibration.expected_calibration_error(in_sample, labels, 10))
+  assert summary['nll_before'] == pytest.approx(skm.log_loss(labels, special.softmax(logits, axis=1)), abs=1e-9)
+  assert summary['threshold'] == pytest.approx(best_threshold(in_sample[:, 1], labels, metric), abs=EXACT)
+  assert summary['crossfit_groups'] == 3 and summary['n'] == 72 and summary['threshold_metric'] == metric
+
+
+def test_one_split_is_cut_into_stratified_parts_to_cross_fit_over():
+  labels = np.array([0, 1, 1] * 10)
+  parts = calibration.crossfit_groups(labels, None, seed=3)
+  expected = np.zeros(30, int)
+  for g, (_, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=3).split(labels, labels)):
+    expected[test] = g
+  np.testing.assert_array_equal(parts, expected)
+  groups = np.arange(30) % 3
+  np.testing.assert_array_equal(calibration.crossfit_groups(labels, groups), groups)   # the folds themselves
+  # as many parts as the rarer class allows, and none below two
+  assert len(np.unique(calibration.crossfit_groups(np.array([0] * 10 + [1] * 3), None))) == 3
+  np.testing.assert_array_equal(calibration.crossfit_groups(np.array([0] * 10 + [1]), None), np.zeros(11, int))
+  np.testing.assert_array_equal(calibration.crossfit_groups(labels, np.zeros(30, int), seed=3), expected)
+
+
+def test_a_multiclass_calibration_has_no_threshold():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(0, 2, (60, 3))
+  labels = np.arange(60) % 3
+  summary, crossfit = calibration.calibrate_predictions(logits, labels, 'softmax', np.arange(60) % 4)
+  assert summary['threshold'] is None and 'f1_tuned' not in summary and summary['crossfit_groups'] == 4
+  for g in range(4):
+    held = np.arange(60) % 4 == g
+    t = calibration.fit_temperature(logits[~held], labels[~held], 'softmax')
+    np.testing.assert_allclose(crossfit[held], special.softmax(logits[held] / t, axis=1), atol=1e-9)
+
+
+# --- cross-fitted per-label thresholds ------------------------------------------------------------------------
+
+NAMES = ('zebra', 'apple')   # not alphabetical: a figure filed under the other name shows
+
+
+def multilabel_groups():
+  """Three groups of 8 images and two labels whose probabilities separate at a different level in each group
+  (label zebra at 0.2, 0.5, 0.8; apple the other way round)."""
+  probs, labels, groups = [], [], []
+  y = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1], [1, 1], [0, 0]])
+  for g, (a, b) in enumerate(((0.2, 0.8), (0.5, 0.5), (0.8, 0.2))):
+    jitter = np.arange(8)[:, None] * 0.004 + np.array([0.0, 0.001])
+    probs.append(np.where(y == 1, 0.09, -0.09) + np.array([a, b]) + jitter)
+    labels.append(y)
+    groups.append(np.full(8, g))
+  return np.concatenate(probs), np.concatenate(labels), np.concatenate(groups)
+
+
+def best_label_threshold(y, p, beta):
+  """One label's F-beta-maximising threshold, by scikit-learn over every distinct cut: the midpoint down to
+  the next lower distinct value; ties to the threshold nearest 0.5, then the higher."""
+  values = sorted(set(p.tolist()), reverse=True)
+  best = None
+  for i, v in enumerate(values):
+    t = (v + (values[i + 1] if i + 1 < len(values) else 0.0)) / 2
+    score = sk(skm.fbeta_score, y, (p >= v).astype(int), beta=beta, zero_division=0)
+    key = (round(score, 12), -abs(t - 0.5), t)
+    best = max(best or key, key)
+  return best[2]
+
+
+@pytest.mark.parametrize('metric, beta', [('f1', 1.0), ('f2', 2.0)])
+def test_tuned_multilabel_figures_are_cross_fitted(metric, beta):
+  probs, labels, groups = multilabel_groups()
+  result = multilabel_calibration.calibrate_thresholds(probs, labels, NAMES, groups, metric)
+  crossfit, own = np.zeros_like(labels), np.zeros_like(labels)
+  for g in range(3):
+    held, rest = groups == g, groups != g
+    for k in range(2):
+      crossfit[held, k] = probs[held, k] >= best_label_threshold(labels[rest, k], probs[rest, k], beta)
+      own[held, k] = probs[held, k] >= best_label_threshold(labels[held, k], probs[held, k], beta)
+  fitted = [best_label_threshold(labels[:, k], probs[:, k], beta) for k in range(2)]
+  assert result['thresholds'] == pytest.approx(dict(zip(NAMES, fitted)), abs=EXACT)
+  assert list(result['thresholds']) == list(NAMES) == list(result['per_label'])
+  tuned = skm.f1_score(labels, crossfit, average='macro')
+  assert result['macro_f1_tuned'] == pytest.approx(tuned, abs=EXACT)
+  assert skm.f1_score(labels, own, average='macro') > tuned + 0.2   # fitted on each group itself: far better
+  at_half = (probs >= 0.5).astype(int)
+  assert result['macro_f1_at_half'] == pytest.approx(skm.f1_score(labels, at_half, average='macro'), abs=EXACT)
+  in_sample = (probs >= np.array(fitted)).astype(int)
+  assert result['macro_f1_tuned_in_sample'] == pytest.approx(skm.f1_score(labels, in_sample, average='macro'),
+                                                             abs=EXACT)
+  assert result['macro_f1_tuned_in_sample'] != pytest.approx(result['macro_f1_tuned'], abs=0.05)
+  for k, name in enumerate(NAMES):
+    row = result['per_label'][name]
+    assert row['threshold'] == pytest.approx(fitted[k], abs=EXACT) and row['positives'] == labels[:, k].sum()
+    assert row['f_at_half'] == pytest.approx(skm.fbeta_score(labels[:, k], at_half[:, k], beta=beta), abs=EXACT)
+    assert row['f_tuned'] == pytest.approx(skm.fbeta_score(labels[:, k], crossfit[:, k], beta=beta), abs=EXACT)
+  assert (result['beta'], result['crossfit_groups'], result['n'], result['threshold_metric']) == (beta, 3, 24, metric)
+  assert result['head'] == 'multilabel' and result['temperature'] == 1.0 and result['threshold'] is None
+
+
+def test_one_multilabel_split_is_cut_into_per_label_stratified_parts():
+  from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+  probs, labels, _ = multilabel_groups()
+  parts = multilabel_calibration.crossfit_groups(labels, None, seed=2)
+  expected = np.zeros(24, int)
+  for g, (_, held) in enumerate(MultilabelStratifiedKFold(5, shuffle=True, random_state=2).split(
+      np.zeros(24), labels)):
+    expected[held] = g
+  np.testing.assert_array_equal(parts, expected)
+  result = multilabel_calibration.calibrate_thresholds(probs, labels, NAMES, None)
+  assert result['crossfit_groups'] == 5
+  # fewer than two images a part: one group, fitted and judged on the same images (the in-sample figure)
+  few = multilabel_calibration.calibrate_thresholds(probs[:9], labels[:9], NAMES, None)
+  assert few['crossfit_groups'] == 1 and few['macro_f1_tuned'] == few['macro_f1_tuned_in_sample']
+  assert len(np.unique(multilabel_calibration.crossfit_groups(labels[:10], None))) == 5
+
+
+def test_the_multilabel_calibration_section_prints_the_figures():
+  probs, labels, groups = multilabel_groups()
+  result = multilabel_calibration.calibrate_thresholds(probs, labels, NAMES, groups, 'f2')
+  text = multilabel_calibration.calibration_section(dict(result, fitted_on='out-of-fold predictions'))
+  assert 'cross-fitted over 3 groups' in text and "maximises its F2" in text
+  assert f'Macro F1: {result["macro_f1_at_half"]:.4f} at 0.5, {result["macro_f1_tuned"]:.4f} tuned.' in text
+  row = result['per_label']['apple']
+  assert (f'| apple | {row["positives"]} | {row["threshold"]:.3f} | {row["f_at_half"]:.4f} | {row["f_tuned"]:.4f} |'
+          in text)
+  assert text.index('| zebra |') < text.index('| apple |')
+
+
+# --- every figure of a scores.json ---------------------------------------------------------------------------
+
+ML_NAMES = ('zebra', 'apple', 'mango', 'kiwi')   # apple: no positive; mango: no negative
+ML_TRUTH = np.array([[1, 0, 1, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 1, 0], [1, 0, 1, 1], [0, 0, 1, 0]])
+ML_PROBS = np.array([[.9, .2, .7, .1], [.3, .6, .2, .8], [.4, .1, .9, .3], [.6, .4, .5, .35], [.8, .3, .6, .7],
+                     [.2, .7, .1, .2]])
+ML_THRESHOLDS = np.array([0.5, 0.65, 0.3, 0.32])
+
+
+@pytest.mark.parametrize('zero_division', [0.0, 1.0])
+def test_every_multilabel_figure_of_scores_is_scikit_learns(zero_division):
+  out = mm.scores(ML_TRUTH, ML_PROBS, ML_NAMES, ML_THRESHOLDS, zero_division)
+  pred = (ML_PROBS >= ML_THRESHOLDS).astype(int)
+  for average in ('micro', 'macro', 'samples'):
+    assert out[f'{average}_f1'] == pytest.approx(sk(skm.f1_score, ML_TRUTH, pred, average=average,
+                                                    zero_division=zero_division), abs=EXACT), average
+  assert out['planet_f2'] == pytest.approx(sk(skm.fbeta_score, ML_TRUTH, pred, beta=2, average='samples',
+                                              zero_division=zero_division), abs=EXACT)
+  ap = sk(skm.average_precision_score, ML_TRUTH, ML_PROBS, average=None)
+  assert ap[1] == 0.0 and ap[2] == 1.0   # scikit-learn's convention: no positive 0, no negative 1
+  assert out['mean_average_precision'] == pytest.approx(
+      sk(skm.average_precision_score, ML_TRUTH, ML_PROBS, average='macro'), abs=EXACT)
+  assert out['mean_average_precision'] == pytest.approx(np.mean(ap), abs=EXACT)
+  assert out['subset_accuracy'] == pytest.approx(skm.accuracy_score(ML_TRUTH, pred), abs=EXACT)
+  assert out['hamming_loss'] == pytest.approx(skm.hamming_loss(ML_TRUTH, pred), abs=EXACT)
+  precision, recall, f1, support = sk(skm.precision_recall_fscore_support, ML_TRUTH, pred, average=None,
+                                      zero_division=zero_division)
+  assert list(out['per_label']) == list(ML_NAMES) == out['class_names']
+  for k, name in enumerate(ML_NAMES):
+    row = out['per_label'][name]
+    assert (row['precision'], row['recall'], row['f1'], row['average_precision'], row['threshold']) == pytest.approx(
+        (precision[k], recall[k], f1[k], ap[k], ML_THRESHOLDS[k]), abs=EXACT), name
+    assert row['support'] == support[k] and isinstance(row['support'], int)
+  assert (out['n'], out['untagged'], out['zero_division']) == (6, 0, zero_division)
+
+
+def test_multilabel_scores_count_untagged_images_and_take_one_threshold_for_all():
+  truth = np.vstack([ML_TRUTH[:, [0, 3]], [[0, 0], [0, 0]]])
+  probs = np.vstack([ML_PROBS[:, [0, 3]], [[.7, .1], [.2, .2]]])
+  out = mm.scores(truth, probs, ('zebra', 'kiwi'), 0.35)
+  pred = (probs >= 0.35).astype(int)
+  assert out['untagged'] == 4 and out['n'] == 8
+  assert [r['threshold'] for r in out['per_label'].values()] == [0.35, 0.35]
+  assert out['macro_f1'] == pytest.approx(skm.f1_score(truth, pred, average='macro', zero_division=0), abs=EXACT)
+  assert out['samples_f1'] == pytest.approx(sk(skm.f1_score, truth, pred, average='samples', zero_division=0),
+                                            abs=EXACT)
+
+
+def test_every_single_label_figure_of_scores_is_scikit_learns():
+  """Three classes, the last never true: ROC AUC has no figure then, and the stored decision (`predictions`)
+  replaces the argmax wherever a decision is counted."""
+  labels = np.array([0, 1, 1, 0, 1, 0, 1])
+  probs = np.array([[.6, .3, .1], [.2, .5, .3], [.1, .2, .7], [.3, .4, .3], [.4, .45, .15], [.5, .1, .4],
+                    [.3, .6, .1]])
+  names = ('left', 'right', 'none')
+  out = metrics.scores(labels, probs, names)
+  pred = probs.argmax(1)
+  assert out['accuracy'] == pytest.approx(skm.accuracy_score(labels, pred), abs=EXACT)
+  assert out['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, pred), abs=EXACT)
+  assert out['macro_f1'] == pytest.approx(skm.f1_score(labels, pred, average='macro', labels=[0, 1, 2],
+                                                       zero_division=0), abs=EXACT)
+  assert out['loss'] == pytest.approx(skm.log_loss(labels, probs, labels=[0, 1, 2]), abs=1e-9)
+  assert out['roc_auc'] is None and out['n'] == 7 and out['class_names'] == list(names)
+  assert out['confusion_matrix'] == skm.confusion_matrix(labels, pred, labels=[0, 1, 2]).tolist()
+  precision, recall, f1, support = skm.precision_recall_fscore_support(labels, pred, labels=[0, 1, 2],
+                                                                       zero_division=0)
+  for k, name in enumerate(names):
+    row = out['per_class'][name]
+    assert (row['precision'], row['recall'], row['f1'], row['support']) == pytest.approx(
+        (precision[k], recall[k], f1[k], support[k]), abs=EXACT)
+  decided = np.array([0, 1, 1, 0, 0, 0, 1])
+  stored = metrics.scores(labels, probs, names, predictions=decided)
+  assert stored['accuracy'] == pytest.approx(skm.accuracy_score(labels, decided), abs=EXACT) != out['accuracy']
+  assert stored['macro_f1'] == pytest.approx(skm.f1_score(labels, decided, average='macro', labels=[0, 1, 2],
+                                                          zero_division=0), abs=EXACT)
+  assert stored['confusion_matrix'] == skm.confusion_matrix(labels, decided, labels=[0, 1, 2]).tolist()
+  assert stored['loss'] == out['loss']   # the probabilities' figure, whatever the decision
+
+
+def test_two_class_roc_auc_and_one_class_balanced_accuracy():
+  labels = np.array([0, 1, 1, 0, 1])
+  p1 = np.array([.2, .7, .4, .5, .9])
+  probs = np.stack([1 - p1, p1], 1)
+  out = metrics.scores(labels, probs, ('a', 'b'))
+  assert out['roc_auc'] == pytest.approx(skm.roc_auc_score(labels, p1), abs=EXACT)
+  assert metrics.roc_auc(labels, probs) == pytest.approx(skm.roc_auc_score(labels, p1), abs=EXACT)
+  assert metrics.log_loss(labels, probs) == pytest.approx(skm.log_loss(labels, p1), abs=1e-9)
+  three = np.array([[.5, .3, .2], [.1, .6, .3], [.2, .2, .6], [.3, .4, .3]])
+  assert metrics.roc_auc(np.array([0, 1, 2, 1]), three) == pytest.approx(
+      skm.roc_auc_score([0, 1, 2, 1], three, multi_class='ovr', average='macro'), abs=EXACT)
+  assert metrics.scores(np.array([1, 1]), np.array([[.4, .6], [.7, .3]]), ('a', 'b'))['balanced_accuracy'] is None
+
+
+def test_epoch_figures_and_binary_losses_are_their_definitions():
+  truth = ML_TRUTH[:, [0, 3]]
+  probs = ML_PROBS[:, [0, 3]]
+  losses = metrics.binary_log_losses(truth, probs)
+  np.testing.assert_allclose(losses, -(truth * np.log(probs) + (1 - truth) * np.log(1 - probs)), rtol=1e-12)
+  assert metrics.binary_log_losses(np.array([[1, 0]]), np.array([[0.0, 1.0]])).max() == pytest.approx(
+      -np.log(1e-12))   # clipped, not infinite
+  ml = metrics.multilabel_epoch_metrics(truth, probs)
+  pred = (probs >= 0.5).astype(int)
+  assert ml['loss'] == pytest.approx(losses.mean(), abs=EXACT)
+  assert ml['accuracy'] == pytest.approx(skm.accuracy_score(truth, pred), abs=EXACT)
+  assert ml['map'] == pytest.approx(skm.average_precision_score(truth, probs, average='macro'), abs=EXACT)
+  assert ml['macro_f1'] == pytest.approx(skm.f1_score(truth, pred, average='macro'), abs=EXACT)
+  assert ml['micro_f1'] == pytest.approx(skm.f1_score(truth, pred, average='micro'), abs=EXACT)
+  logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.3, -0.2], [-1.0, 0.0, 3.0], [0.0, 1.0, 0.0]])
+  labels = np.array([0, 2, 2, 1])
+  single = metrics.epoch_metrics(labels, logits, 'softmax', 3)
+  probs3 = special.softmax(logits, axis=1)
+  assert single['loss'] == pytest.approx(skm.log_loss(labels, probs3), abs=1e-9)
+  assert single['accuracy'] == pytest.approx(0.75) and single['roc_auc'] == pytest.approx(
+      skm.roc_auc_score(labels, probs3, multi_class='ovr'), abs=EXACT)
+  multi = metrics.epoch_metrics(truth, special.logit(probs), 'multilabel', 2)
+  assert multi['map'] == pytest.approx(ml['map'], abs=1e-9) and multi['loss'] == pytest.approx(ml['loss'], abs=1e-9)
