@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fpclass.analysis import cam
 from fpclass.analysis.label_issues import find_label_issues, flagged
 from fpclass.analysis.metric_registry import MULTI, SINGLE
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer import out_of_fold
+from fpclass.infer import out_of_fold, suspect_cams
+from fpclass.infer.inference import load_trained
 from fpclass.modes import mode_function
-from fpclass.train import sidecar
+from fpclass.train import checkpoint, sidecar
 from tests import content
 from tests.conftest import launch, load_config
 
@@ -273,3 +275,41 @@ def test_the_mode_on_multilabel_predictions_writes_tags_and_draws_the_suspects(t
     assert row.suggested_label == ' '.join(n for n, t in zip(names, truth[k]) if t)
   content.check_not_blank(workdir / 'label_issues.png', min_colours=2)
   assert 'cleanlab flags 4 of the 40' in (workdir / 'label_issues.md').read_text()
+
+
+def test_grad_cam_on_request_maps_each_suspect_s_given_and_suggested_label_by_a_model_that_held_it_out(
+    cycle, monkeypatch):
+  """config.label_issues.cam=2 on the sweep: label_issues_cam.png draws the two least confident suspects, each
+  with the map of its given and of its suggested label, by a fold model whose split validated on it (read back
+  from oof_predictions.csv); each map equals Grad-CAM computed directly on that model."""
+  root, _, env, workdir, flags, _ = cycle
+  drawn = []
+  original = suspect_cams.explain_figures.label_cam_rows
+  monkeypatch.setattr(suspect_cams.explain_figures, 'label_cam_rows',
+                      lambda rows, *args, **kwargs: drawn.extend(rows) or original(rows, *args, **kwargs))
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = load_config('configs/digits.py:quick', **{
+      **OVERRIDES, 'data.root': str(root), 'label_issues.cam': 2, 'label_issues.grid': 0})
+  issues = mode_function('label_issues')(config, workdir)
+  content.check_not_blank(workdir / 'label_issues_cam.png', min_colours=4)
+  assert '![Grad-CAM of the top suspects](label_issues_cam.png)' in (workdir / 'label_issues.md').read_text()
+  assert len(drawn) == 2
+  held_out = out_of_fold.find_files(workdir)
+  validated = pd.concat([pd.read_csv(f, dtype={'id': str}) for f in held_out])
+  for (tile, maps), row in zip(drawn, issues.head(2).itertuples()):
+    assert tile.title.startswith(f'#{row.rank} {row.file}\nheld out by ')
+    model_dir = next(p.parent for p in workdir.rglob('metadata.json') if p.parent.name == tile.title.split()[-1]
+                     and (p.parent.parent / 'oof_predictions.csv').exists())
+    stored = sidecar.stored_config(model_dir)
+    assert stored.data.fold in set(validated.loc[validated['id'] == row.file, 'split'])   # it held the image out
+    assert [m.caption for m in maps] == [f'given: {row.given_label}', f'suggested: {row.suggested_label}']
+    assert [m.correct for m in maps] == [False, True]
+    trained = load_trained(stored, model_dir)
+    names = list(trained.class_names)
+    images = np.repeat(tile.image[None], 2, axis=0)
+    targets = np.array([names.index(row.given_label), names.index(row.suggested_label)])
+    direct = np.asarray(cam.cam(trained.task.model.apply, checkpoint.model_variables(trained.state),
+                                trained.task.prepare(images), targets, 'conv1'))   # the one conv layer of TINY's CNN
+    for heat, expected in zip([m.heat for m in maps], direct):
+      np.testing.assert_allclose(heat, expected, atol=1e-5)
+    assert not np.allclose(maps[0].heat, maps[1].heat, atol=1e-3)   # two labels, two different maps

@@ -71,7 +71,7 @@ def suspects_grid(images, rows: pd.DataFrame, columns: int = 8, wrap: int = 24):
 
 
 def report_markdown(issues: pd.DataFrame, everything: pd.DataFrame, sources: list, grid_file: str | None,
-                    shown: int = 20) -> str:
+                    cam_file: str | None = None, shown: int = 20) -> str:
   """The report section: how many labels were flagged, from which predictions, and the top of the list."""
   lines = ['## Label issues', '',
            f'cleanlab flags {len(issues)} of the {len(everything)} labelled examples with out-of-fold predictions '
@@ -85,6 +85,9 @@ def report_markdown(issues: pd.DataFrame, everything: pd.DataFrame, sources: lis
             'trains without them, `--config.data.relabel_csv=<this workdir>/label_issues.csv` with their suggested '
             'labels (see docs/label_issues.md).', '',
             *([f'![top suspects]({grid_file})', ''] if grid_file else []),
+            *(['Where the models look: Grad-CAM of the given label (red) and the suggested one (green), each by a '
+               'model that held the image out:', '', f'![Grad-CAM of the top suspects]({cam_file})', '']
+              if cam_file else []),
             f'The {len(top)} least confident (all: [label_issues.csv](label_issues.csv); every example: '
             '[label_quality.csv](label_quality.csv)):', '',
             report.table(top.to_dict('records'), ['rank', 'file', 'given_label', 'suggested_label',

@@ -225,7 +225,10 @@ class LabelIssuesSettings(Settings):
   SECTION: ClassVar[str] = 'label_issues'
   filter_by: str = 'prune_by_noise_rate'   # cleanlab's find_label_issues method (its default)
   grid: int = 24                   # the least confident flagged examples drawn in label_issues.png; 0 -> none
+  cam: int = 0                     # the least confident flagged examples explained with Grad-CAM (given and
+                                   # suggested label, by a model that held each out) in label_issues_cam.png
 
   def check(self):
     self.require('filter_by', self.filter_by in LABEL_ISSUE_FILTERS, f'one of {LABEL_ISSUE_FILTERS}')
     self.require('grid', self.grid >= 0, '>= 0 (0: no grid)')
+    self.require('cam', self.cam >= 0, '>= 0 (0: no Grad-CAM)')

@@ -65,7 +65,7 @@ def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> 
   model = trained.task.model
   variables = checkpoint.model_variables(trained.state)
   model_name = ModelSettings.from_config(config.model).name
-  layer = settings.layer or models.get_spec(model_name).cam_layer
+  layer = settings.layer or default_layer(model.apply, variables, image_shape, models.get_spec(model_name).cam_layer)
   try:
     cam.check_layer(model.apply, variables, image_shape, layer)
   except UserInputError as e:
@@ -88,3 +88,14 @@ def overlay_rgb(image_u8: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndar
 def save_png(path: pathlib.Path, rgb: np.ndarray) -> None:
   with fileio.atomic_path(path) as tmp:
     Image.fromarray(rgb, 'RGB').save(tmp, format='PNG')
+
+
+def default_layer(apply_fn, variables, image_shape, registered: str) -> str:
+  """The model's registered CAM layer, or, when its configured depth leaves that one out (a footprint_cnn with
+  one conv layer records no 'conv2'), the last feature map it records: its last conv stage."""
+  try:
+    cam.check_layer(apply_fn, variables, image_shape, registered)
+    return registered
+  except UserInputError:
+    layers = cam.feature_layers(apply_fn, variables, image_shape)
+    return layers[-1] if layers else registered

@@ -7,28 +7,30 @@ config.label_issues) and writes:
   least confident first;
 - label_quality.csv: every example with out-of-fold predictions, with cleanlab's verdict (`issue`);
 - label_issues.png: the config.label_issues.grid least confident flagged images, decoded by the data pipeline;
+- label_issues_cam.png, on request (config.label_issues.cam): Grad-CAM of the least confident, their given and
+  suggested labels, each by a model that held it out (`fpclass.infer.suspect_cams`);
 - label_issues.md and a report.md section.
 It reads only: no file of the data changes. Act on the list with --config.data.exclude_csv or
 --config.data.relabel_csv (`fpclass.data.curation`; docs/label_issues.md).
 """
 import pathlib
 
-import numpy as np
 import pandas as pd
 
 from fpclass import fileio
 from fpclass.analysis.label_issues import find_label_issues, flagged, report_markdown, suspects_grid
 from fpclass.analysis.metric_registry import MULTI
 from fpclass.config.inputs import DataSettings
-from fpclass.config.outputs import LabelIssuesSettings
+from fpclass.config.outputs import ExplainSettings, LabelIssuesSettings
 from fpclass.data import pipeline
 from fpclass.data.rows import in_memory
-from fpclass.infer import out_of_fold
+from fpclass.infer import out_of_fold, suspect_cams
 from fpclass.runtime import report
 
 FILE = 'label_issues.csv'
 QUALITY_FILE = 'label_quality.csv'
 GRID_FILE = 'label_issues.png'
+CAM_FILE = 'label_issues_cam.png'
 REPORT_FILE = 'label_issues.md'
 
 
@@ -42,15 +44,23 @@ def label_issues(config, workdir) -> pd.DataFrame:
   issues = flagged(everything)
   fileio.write_csv(workdir / QUALITY_FILE, everything)
   fileio.write_csv(workdir / FILE, issues)
-  grid = None
-  if settings.grid and len(issues):
-    top = issues.head(settings.grid)
-    images, shown = _images(config, list(top['file']))
-    if len(images):
-      fileio.save_figure(workdir / GRID_FILE, suspects_grid(images, top[shown]), trim=False)
-      grid = GRID_FILE
+  figures = {}
+  if max(settings.grid, settings.cam) and len(issues):
+    images = _images(config, list(issues.head(max(settings.grid, settings.cam))['file']))
+    grid = issues.head(settings.grid)[lambda rows: rows['file'].isin(list(images))]
+    if len(grid):
+      fileio.save_figure(workdir / GRID_FILE, suspects_grid([images[f] for f in grid['file']], grid), trim=False)
+      figures['grid'] = GRID_FILE
+    explained = issues.head(settings.cam)[lambda rows: rows['file'].isin(list(images))]
+    if len(explained):
+      chosen = suspect_cams.suspects([images[f] for f in explained['file']], explained, pooled.class_names,
+                                     pooled.task)
+      fileio.save_figure(workdir / CAM_FILE, suspect_cams.cam_figure(
+          pooled.files, chosen, pooled.class_names, pooled.task, ExplainSettings.from_config(config.explain)),
+          trim=False)
+      figures['cam'] = CAM_FILE
   sources = [str(pathlib.Path(f).relative_to(workdir)) for f in pooled.files]
-  markdown = report_markdown(issues, everything, sources, grid)
+  markdown = report_markdown(issues, everything, sources, figures.get('grid'), figures.get('cam'))
   fileio.write_text(workdir / REPORT_FILE, markdown + '\n')
   report.write_section(workdir, '60-label-issues', markdown)
   kind = 'multi-label ' if pooled.task == MULTI else ''
@@ -60,14 +70,12 @@ def label_issues(config, workdir) -> pd.DataFrame:
   return issues
 
 
-def _images(config, ids: list) -> tuple[list, np.ndarray]:
-  """The decoded images of `ids` (as training saw them) and which of `ids` the data still holds."""
+def _images(config, ids: list) -> dict:
+  """{id: its decoded image (as training saw it)} for the `ids` the data still holds."""
   decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False, mapped=True)
   where = {}
   for split in (decoded.pool, decoded.val):
     if split is not None:
       for i, example_id in enumerate(split.ids):
         where.setdefault(str(example_id), (split, i))
-  shown = np.array([i in where for i in ids], bool)
-  images = [in_memory(where[i][0].take([where[i][1]]).images)[0] for i in ids if i in where]
-  return images, shown
+  return {i: in_memory(where[i][0].take([where[i][1]]).images)[0] for i in ids if i in where}
