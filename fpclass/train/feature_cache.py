@@ -32,6 +32,9 @@ from fpclass.train import task as task_lib
 from fpclass.train.steps import CompiledSteps
 
 TOP = 'top'   # the name `transfer.new_top` gives the new top
+# The model's fields that shape only its head (`transfer.new_top`, a source head's outputs) or which parameters
+# train: models that differ in them alone compute the same features before the head.
+HEAD_FIELDS = ('num_outputs', 'top', 'top_hidden', 'top_dropout', 'freeze_till')
 
 
 def check_setting(train: TrainSettings, augment: AugmentSettings) -> None:
@@ -221,7 +224,8 @@ def pass_key(task, split: HeadSplit, backbone: str, images, batch_size: int) -> 
   """The key of `split`'s features of `images` under `task`'s model and preparation, for a job's
   `fpclass.train.shared_work.SharedWork`: what determines them, so sweep variants that change only the head
   share one pass."""
-  preparation = (repr(task.model), repr(task.normalisation), task.device_resize, task.repeat_rgb)
+  prefix = task.model.clone(**{f.name: None for f in dataclasses.fields(task.model) if f.name in HEAD_FIELDS})
+  preparation = (repr(prefix), repr(task.normalisation), task.device_resize, task.repeat_rgb)
   return ('features', backbone, images_digest(images), split.name, split.feature_shape, repr(preparation),
           int(batch_size))
 

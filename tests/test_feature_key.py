@@ -1,0 +1,167 @@
+"""The keys that decide when frozen-backbone features are shared (issue 47): a sweep's feature pass
+(`fpclass.train.feature_cache.pass_key`, shared between the variants of one job) and the probe's cache entry on
+disk (`fpclass.infer.pooled_features.cache_path`).
+
+Each field that changes the features (the device resize, the channel repeat, the normalisation, the model's
+settings, the weights, the images) is changed alone and must give another key, and the features it gives must
+differ; a change of the head alone must keep the key, so that head-only sweep variants share one pass. A wrong
+key is silent: the report prints figures of features computed for another variant.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from fpclass.infer import pooled_features
+from fpclass.models.preprocessing import Normalisation
+from fpclass.models.probe_backbones import Backbone
+from fpclass.train import feature_cache
+from fpclass.train.task import build_task
+from tests.conftest import load_config
+
+AUGMENT_OFF = {f'augment.{k}': 0.0 for k in ('hflip', 'rotation', 'translate', 'zoom', 'brightness')}
+SHAPE = (16, 16, 3)
+IMAGES = np.random.default_rng(0).integers(0, 256, (2, *SHAPE), np.uint8)
+BATCH = 8
+
+
+def config_of(model=None, classes=2, backend=None, **overrides):
+  """(config, task, split) of a frozen ResNet-18 with a new top: the cacheable setup a sweep variant has."""
+  config = load_config('configs/cats_dogs.py:vgg16,quick', **AUGMENT_OFF, **overrides)
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict({**dict(name='resnet18', head='softmax', top='avg', freeze_till=-1),
+                                              **(model or {})})
+  task = build_task(config, tuple('abcdefg'[:classes]), np.arange(classes), steps_per_epoch=1, backend=backend)
+  variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), SHAPE))
+  split, why = feature_cache.find_split(config, task, variables, SHAPE)
+  assert split is not None, why
+  return config, task, split
+
+
+def key(task, split, images=IMAGES, digest='backbone'):
+  return feature_cache.pass_key(task, split, digest, images, BATCH)
+
+
+def features(task, split, variables, images=IMAGES):
+  return np.asarray(jax.jit(feature_cache.FeaturePass(task, split).predict)(
+      variables['params'], variables['batch_stats'], images), np.float32)
+
+
+@pytest.fixture(scope='module')
+def base():
+  _, task, split = config_of()
+  variables = jax.jit(lambda k: task.init_variables(k, SHAPE))(jax.random.PRNGKey(0))
+  return task, split, variables
+
+
+def test_a_change_of_the_head_alone_shares_the_pass_and_its_features(base):
+  """Another top (pooling, hidden layer, dropout), another class count, another freeze_till: the frozen
+  network before the head is the same, and so are its outputs."""
+  task, split, variables = base
+  _, head_only, head_split = config_of(dict(top='max', top_hidden=(8,), top_dropout=0.5, freeze_till=5), classes=3)
+  assert head_split.name == split.name and head_split.feature_shape == split.feature_shape
+  assert key(head_only, head_split) == key(task, split)
+  other = jax.jit(lambda k: head_only.init_variables(k, SHAPE))(jax.random.PRNGKey(0))
+  prefix = {kind: {k: v for k, v in variables[kind].items() if k != split.name} for kind in variables}
+  shared = {kind: {**other[kind], **prefix[kind]} for kind in other}   # the same backbone, another head
+  assert feature_cache.backbone_digest(head_split, shared) == feature_cache.backbone_digest(split, variables)
+  np.testing.assert_array_equal(features(head_only, head_split, shared), features(task, split, variables))
+
+
+@pytest.mark.parametrize('field, value, images', [
+    ('device_resize', (24, 24), IMAGES),
+    ('repeat_rgb', True, IMAGES[..., :1]),
+    ('normalisation', Normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), IMAGES),
+    ('normalisation', Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), bgr=True), IMAGES),
+])
+def test_each_preparation_field_gives_another_key_and_other_inputs(base, field, value, images):
+  """What the frozen network sees changes, so its features do: the key must change with the field alone."""
+  task, split, _ = base
+  changed = dataclasses.replace(task, **{field: value})
+  assert getattr(task, field) != value
+  assert key(changed, split, images) != key(task, split, images)
+  before = np.asarray(task.prepare(jnp.asarray(images if field != 'repeat_rgb' else IMAGES)))
+  after = np.asarray(changed.prepare(jnp.asarray(images)))
+  assert before.shape != after.shape or not np.allclose(before, after)
+
+
+def test_other_images_weights_batch_or_split_give_another_key(base):
+  task, split, _ = base
+  one_pixel = IMAGES.copy()
+  one_pixel[1, 5, 7, 2] ^= 1
+  reordered = IMAGES[::-1].copy()
+  keys = {key(task, split), key(task, split, one_pixel), key(task, split, reordered),
+          key(task, split, digest='other backbone'), feature_cache.pass_key(task, split, 'backbone', IMAGES, 4),
+          key(task, dataclasses.replace(split, name='fc')),
+          key(task, dataclasses.replace(split, feature_shape=(2, 2, 512)))}
+  assert len(keys) == 7
+  assert feature_cache.images_digest(IMAGES) == feature_cache.images_digest(IMAGES.copy())
+  assert len({feature_cache.images_digest(a) for a in (IMAGES, one_pixel, reordered, IMAGES.astype(np.int16),
+                                                       IMAGES.reshape(4, 8, 16, 3))}) == 5
+
+
+def test_a_change_of_the_models_own_settings_gives_another_key(base):
+  """The model's settings before the head are in the key even where the backbone digest and the feature
+  shape happen to agree: a cut at an earlier stage, bf16 compute (train.precision on an accelerator), a
+  grayscale-folded stem."""
+  task, split, _ = base
+  _, cut, cut_split = config_of(dict(cut='layer3'))
+  assert cut_split.feature_shape != split.feature_shape
+  assert key(cut, dataclasses.replace(cut_split, feature_shape=split.feature_shape)) != key(task, split)
+  _, bf16, bf16_split = config_of(backend='gpu', **{'train.precision': 'bf16'})
+  assert key(bf16, bf16_split) != key(task, split)
+  _, gray, gray_split = config_of(dict(in_channels=1), **{'data.channels': 1})
+  assert key(gray, gray_split) != key(task, split)
+
+
+def test_the_backbone_digest_covers_every_variable_before_the_head_and_none_of_the_head(base):
+  task, split, variables = base
+  digest = feature_cache.backbone_digest(split, variables)
+  for kind, path in (('params', ('conv1', 'kernel')), ('batch_stats', ('layer4_1', 'bn2', 'mean'))):
+    changed = jax.tree_util.tree_map(lambda x: x, variables)
+    leaf = changed[kind]
+    for name in path[:-1]:
+      leaf = leaf[name]
+    leaf[path[-1]] = leaf[path[-1]].at[(0,) * leaf[path[-1]].ndim].add(1.0)
+    assert feature_cache.backbone_digest(split, changed) != digest, path
+  head = jax.tree_util.tree_map(lambda x: x, variables)
+  head['params'][split.name] = jax.tree_util.tree_map(lambda x: x + 1.0, head['params'][split.name])
+  assert feature_cache.backbone_digest(split, head) == digest
+
+
+# --- the probe's cache on disk ----------------------------------------------------------------------------------
+
+
+def probe_path(backbone=Backbone('resnet18', '', 'resnet18'), digest='pixels', task_change=None, **overrides):
+  config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',), **overrides})
+  model_config = pooled_features.backbone_config(config, backbone)
+  task = build_task(model_config, ('a', 'b'), np.arange(2), steps_per_epoch=1)
+  if task_change:
+    task = dataclasses.replace(task, **task_change)
+  return pooled_features.cache_path(model_config, backbone, task, digest)
+
+
+def test_the_probe_cache_key_changes_with_each_field_that_changes_the_features(tmp_path):
+  base = probe_path()
+  changed = {
+      'the images': probe_path(digest='other pixels'),
+      'device resize': probe_path(**{'data.device_resize': (24, 24)}),
+      'channel repeat': probe_path(**{'data.channels': 1}),
+      'normalisation': probe_path(task_change=dict(normalisation=Normalisation((0.5,) * 3, (0.5,) * 3))),
+      'pooling': probe_path(**{'probe.pooling': 'max'}),
+      'flip TTA': probe_path(**{'probe.flip_tta': True}),
+      'precision': probe_path(**{'train.precision': 'bf16'}),
+      'the seed of a random init': probe_path(**{'seed': 3}),
+      'the weights': probe_path(Backbone('resnet18', str(tmp_path / 'w.pth'), 'resnet18=w')),
+      'the model': probe_path(Backbone('resnet50', '', 'resnet50')),
+  }
+  assert all(path != base for path in changed.values()), [k for k, p in changed.items() if p == base]
+  assert len(set(changed.values())) == len(changed)
+  # the linear probe fitted on the features (the head) and the batch they are computed in share the entry
+  assert probe_path(**{'probe.c_values': (1.0,), 'probe.inner_folds': 3, 'probe.batch_size': 4,
+                       'probe.seeds': (0, 1), 'model.top_dropout': 0.5}) == base
+  assert pooled_features.images_digest(IMAGES) != pooled_features.images_digest(IMAGES[::-1].copy())
+  assert pooled_features.images_digest(IMAGES) == pooled_features.images_digest(IMAGES.copy())
