@@ -1,13 +1,18 @@
 """--mode ensemble: Caruana selection with replacement on hand-made probabilities (a planted best mix, a mix that
 needs one candidate twice, cross-fitted against in-sample scoring on noise), the soup's weight average, reading
-an auto run's trials, and one tiny sweep through launch.py whose ensemble and soup workdirs submit and predict."""
+an auto run's trials, and one tiny sweep through launch.py whose ensemble and soup workdirs submit and predict,
+and whose models, reweighted unequally, are served (a real uvicorn server) and exported as one ONNX graph, each
+answering the weighted mix that --mode predict writes."""
 import dataclasses
 import json
 import pathlib
 import types
 
+import httpx
 import jax
 import numpy as np
+import onnx
+import onnxruntime
 import pandas as pd
 import pytest
 
@@ -21,8 +26,12 @@ from fpclass.infer import ensemble
 from fpclass.infer.calibrate_models import calibrate
 from fpclass.infer.inference import load_trained
 from fpclass.models.heads import probabilities
+from fpclass.modes import export as export_mode
 from fpclass.search import ensemble_selection as selection
 from fpclass.search import soup
+from fpclass.serve import app as serve_app
+from fpclass.serve import server as serve_server
+from fpclass.serve import service as serve_service
 from fpclass.train import sidecar
 from tests.conftest import launch
 
@@ -249,3 +258,107 @@ def test_each_fold_soup_is_the_average_of_its_ingredients_and_submits(ensembled)
   launch(f'--workdir={folder}', '--mode=submit', env=env)
   assert len(pd.read_csv(folder / 'submission.csv')) == 16
   assert ensemble.ensemble_record(folder)['kind'] == 'soup'
+
+
+def test_the_device_mix_equals_the_host_mix_for_every_head():
+  """The one program serve runs and export writes computes each head's probabilities as the host does."""
+  logits = np.random.default_rng(2).normal(0, 3, (6, 4)).astype(np.float32)
+  for head, columns in (('softmax', 4), ('multilabel', 4), ('sigmoid', 1)):
+    assert np.allclose(ensemble.device_probabilities(jax.numpy.asarray(logits[:, :columns]), head),
+                       probabilities(logits[:, :columns], head), atol=1e-6), head
+  parts = [np.full((2, 2), 0.2), np.full((2, 2), 0.8)]
+  assert np.allclose(ensemble.weighted_mean(parts, [0.25, 0.5]), np.full((2, 2), 0.6))
+
+
+# Unequal shares: exp0's fold0 and fold2 at 0.35 each, exp1's fold1 (another model) at 0.3; an equal mean (1/3
+# each) or a member's weight not split over its models (0.7, 0.7, 0.3) gives other probabilities.
+REWEIGHTED = [{'folder': '../exp0', 'weight': 0.7, 'models': ['fold0', 'fold2']},
+              {'folder': '../exp1', 'weight': 0.3, 'models': ['fold1']}]
+
+
+@pytest.fixture(scope='module')
+def reweighted(ensembled):
+  """(an ensemble workdir beside --mode ensemble's, of three fold models of two variants at REWEIGHTED's weights,
+  the 16 test footprints, their decoded images, the hand-computed weighted mix of the models' probabilities)."""
+  workdir, env, _ = ensembled
+  out = workdir / 'reweighted'
+  metadata = sidecar.read_metadata(workdir / 'ensemble')
+  metadata['ensemble'] = dict(metadata['ensemble'], members=REWEIGHTED)
+  sidecar.write_metadata(out, metadata)
+  paths = sorted(next(pathlib.Path(env['FPCLASS_CACHE']).glob('synthetic_footprints/*/test')).glob('*.png'))
+  images, ok, _ = decode_files(paths, DecodeSettings.from_config(sidecar.stored_config(out).data), split='test',
+                               workers=1, progress=False)
+  assert ok.all() and len(paths) == 16
+  images = np.asarray(images)
+  shares, expected, equal = [], 0, 0
+  for member in REWEIGHTED:
+    for name in member['models']:
+      path = out / member['folder'] / name
+      probs = load_trained(sidecar.stored_config(path), path).probabilities(images, 16)
+      shares.append(member['weight'] / len(member['models']))
+      expected, equal = expected + shares[-1] * probs, equal + probs / 3
+  assert shares == pytest.approx([0.35, 0.35, 0.3])
+  assert np.abs(expected - equal).max() > 1e-3   # the weights change the answer: a mix ignoring them fails below
+  return out, paths, images, expected
+
+
+def test_the_ensemble_is_served_answering_the_weighted_mix_that_predict_writes(reweighted, ensembled):
+  out, paths, images, expected = reweighted
+  _, env, _ = ensembled
+  launch(f'--workdir={out}', '--mode=predict', f'--config.predict.inputs={paths[0].parent}', env=env)
+  predicted = pd.read_csv(out / 'predictions.csv').set_index('path').loc[[str(p) for p in paths]]
+  assert np.allclose(predicted[['p_0', 'p_1']].to_numpy(), expected, atol=1e-5)
+
+  config = sidecar.stored_config(out)
+  service = serve_service.load_service(config, out)
+  with serve_server.BackgroundServer(serve_app.create_app(service)) as server:
+    files = [('file', (p.name, p.read_bytes(), 'image/png')) for p in paths[:8]]
+    body = httpx.post(server.url + 'predict', files=files, timeout=60).json()
+    single = httpx.post(server.url + 'predict', files=files[8 - 1:], timeout=60).json()   # another batch size
+    meta = httpx.get(server.url + 'metadata').json()
+    explain = httpx.post(server.url + 'explain', files=files[:1], timeout=60)
+    health = httpx.get(server.url + 'healthz')
+  served = np.array([[r['probabilities']['0'], r['probabilities']['1']] for r in body['predictions']])
+  assert [r['file'] for r in body['predictions']] == [p.name for p in paths[:8]]
+  assert np.allclose(served, predicted[['p_0', 'p_1']].to_numpy()[:8], atol=1e-5)
+  assert [r['class'] for r in body['predictions']] == list(predicted['predicted'].astype(str)[:8])
+  assert [single['probabilities']['0'], single['probabilities']['1']] == pytest.approx(served[7], abs=1e-6)
+  # /metadata lists the members, their weights and each model's share; Grad-CAM is refused with a 4xx.
+  assert meta['model'] == 'ensemble' and body['model'] == 'ensemble' and meta['explain'] is False
+  assert meta['ensemble']['members'] == REWEIGHTED
+  assert [m['weight'] for m in meta['ensemble']['models']] == pytest.approx([0.35, 0.35, 0.3])
+  assert [m['path'] for m in meta['ensemble']['models']] == ['../exp0/fold0', '../exp0/fold2', '../exp1/fold1']
+  assert explain.status_code == 404 and 'Grad-CAM explains one model' in explain.json()['detail']
+  assert health.status_code == 200 and health.json()['status'] == 'ok'
+  assert 'an ensemble of 3 models (../exp0 x0.70, ../exp1 x0.30)' in serve_service.startup_summary(service)['what']
+
+
+@pytest.mark.filterwarnings('ignore:jax.core.DropVar is deprecated:DeprecationWarning')   # jax2onnx's, not ours
+def test_the_ensemble_exports_as_one_onnx_graph_of_its_weighted_mix(reweighted):
+  out, _, images, expected = reweighted
+  written = export_mode.export(sidecar.stored_config(out), out)
+  assert sorted(p.name for p in (out / 'export').iterdir()) == ['model.jax_export', 'model.json', 'model.onnx']
+  model = onnx.load(str(written['onnx']))   # one file, every member's weights inside (no external data)
+  assert [o.name for o in model.graph.output] == ['probabilities'] and len(model.graph.input) == 1
+  assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+  session = onnxruntime.InferenceSession(str(written['onnx']), providers=['CPUExecutionProvider'])
+  got = session.run(['probabilities'], {'images': images})[0]
+  assert got.shape == (16, 2) and np.abs(got - expected).max() <= 1e-5, np.abs(got - expected).max()
+  hlo = np.asarray(jax.export.deserialize(bytearray(written['stablehlo'].read_bytes())).call(images))
+  assert np.abs(hlo - expected).max() <= 1e-5
+  description = json.loads(written['description'].read_text())
+  assert description['model'] == 'ensemble' and description['output']['name'] == 'probabilities'
+  assert description['ensemble']['members'] == REWEIGHTED
+  properties = {p.key: p.value for p in model.metadata_props}
+  assert json.loads(properties['ensemble'])['members'] == REWEIGHTED
+
+
+def test_an_ensemble_of_models_that_decode_differently_is_refused(ensembled, tmp_path):
+  workdir, _, _ = ensembled
+  metadata = sidecar.read_metadata(workdir / 'ensemble')
+  metadata['config']['data']['image_size'] = [32, 16]   # its models were trained on 24x16 images
+  out = workdir / 'wrong-input'
+  sidecar.write_metadata(out, metadata)
+  with pytest.raises(UserInputError, match=r'fold0: decodes its images as 24x16x1 \(stretch\), the ensemble in .* '
+                                           r'as 32x16x1 \(stretch\)'):
+    ensemble.load_model(sidecar.stored_config(out), out)

@@ -3,19 +3,24 @@ folder (`<sweep workdir>/<variant>/fold0/`, `fold1/`, ...: each an ordinary work
 
 Predictions apply each model's stored temperature (fpclass.analysis.calibration) to its logits, or to its TTA
 logits (fpclass.infer.tta), optionally average over a horizontal flip, then average the models' probabilities
-(for a multi-label model, each class's sigmoid). The averaged probabilities are then decided with the stored
-binary threshold (`decision_threshold`) or the stored per-label thresholds (`label_thresholds`), which every
-model must share. An ensemble workdir (`--mode ensemble`) names its members and weights in its metadata.json
-(`ENSEMBLE_KEY`): they are loaded from there and averaged with those weights, under the ensemble's calibration.
+(for a multi-label model, each class's sigmoid), decided with the stored binary threshold (`decision_threshold`)
+or per-label thresholds (`label_thresholds`), which every model must share. An ensemble workdir (`--mode
+ensemble`) names its members and weights in its metadata.json (`ENSEMBLE_KEY`): `WeightedEnsemble` averages them
+with those weights (`weighted_mean`) under the ensemble's calibration, through each member's program for predict,
+and through one program of them all (`mixed_probabilities`) for serve and export.
 """
 import copy
 import dataclasses
+import functools
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from fpclass.analysis.calibration import Decision, scaled_probabilities
+from fpclass.config.inputs import DecodeSettings
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
@@ -149,8 +154,11 @@ def ensemble_record(workdir) -> dict | None:
 def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> list[MemberModel]:
   """An ensemble's models, each restored with its own training config and weighted by its member's weight over
   the member's model count. The ensemble's own calibration (none, or multi-label thresholds fitted on its
-  out-of-fold predictions) replaces theirs: the weights were chosen on their uncalibrated probabilities."""
-  calibration = sidecar.read_metadata(workdir).get('calibration')
+  out-of-fold predictions) replaces theirs: the weights were chosen on their uncalibrated probabilities. Every
+  model must decode its input as the ensemble does: one decoded image feeds them all."""
+  ensemble_metadata = sidecar.read_metadata(workdir)
+  calibration = ensemble_metadata.get('calibration')
+  decoded = DecodeSettings.from_config(sidecar.config_from_json(ensemble_metadata['config']).data)
   members = []
   for entry in record['members']:
     for name in entry['models']:
@@ -160,6 +168,11 @@ def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> lis
         raise UserInputError(f'{path}: a model of the ensemble in {workdir} is missing ({sidecar.METADATA}); '
                              'run --mode ensemble again on its sweep or auto workdir')
       cfg = sidecar.config_from_json(metadata['config'])
+      own = DecodeSettings.from_config(cfg.data)
+      if own != decoded:
+        raise UserInputError(f'{path}: decodes its images as {_input_text(own)}, the ensemble in {workdir} as '
+                             f'{_input_text(decoded)}; ensemble only models of one input (data.image_size, '
+                             'data.channels, data.resize)')
       members.append(MemberModel(path, cfg, dict(metadata, calibration=calibration),
                                  load_trained(cfg, path) if restore else None,
                                  float(entry['weight']) / len(entry['models'])))
@@ -168,11 +181,34 @@ def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> lis
   return members
 
 
+def _input_text(settings: DecodeSettings) -> str:
+  return f'{settings.height}x{settings.width}x{settings.channels} ({settings.resize})'
+
+
+def weighted_mean(probabilities_by_model, weights):
+  """The ensemble's mix: the models' class probabilities averaged with their weights (numpy or jax arrays)."""
+  total = sum(w * p for w, p in zip(weights, probabilities_by_model))
+  return total / sum(weights)
+
+
+def device_probabilities(logits, head: str):
+  """`fpclass.models.heads.probabilities` as traced jax (float32), for a program that mixes on the device and for
+  its ONNX graph: softmax written out (max, exp, sum) rather than jax.nn.softmax's custom derivative."""
+  logits = logits.astype(jnp.float32)
+  if head == 'multilabel':
+    return jax.nn.sigmoid(logits)
+  if head == 'sigmoid':
+    p1 = jax.nn.sigmoid(logits[:, 0])
+    return jnp.stack([1.0 - p1, p1], axis=1)
+  e = jnp.exp(logits - jnp.max(logits, axis=1, keepdims=True))
+  return e / jnp.sum(e, axis=1, keepdims=True)
+
+
 @dataclasses.dataclass
 class WeightedEnsemble:
   """An ensemble workdir's members behind the prediction interface of one restored model (`Trained.logits`,
-  `class_names`, `task.head`, `metadata`), so predict reads it as it reads a run: its logits are those of the
-  weighted mean probabilities (`heads.as_logits`)."""
+  `batch_logits`, `class_names`, `task.head`, `metadata`), so predict and serve read it as they read a run: its
+  logits are those of the weighted mean probabilities (`heads.as_logits`)."""
   members: list[MemberModel]
   metadata: dict
   checkpoint: str = 'ensemble'
@@ -186,15 +222,54 @@ class WeightedEnsemble:
   def class_names(self) -> tuple:
     return self.members[0].trained.class_names
 
+  @property
+  def weights(self) -> list[float]:
+    return [m.weight for m in self.members]
+
   def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
                     tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:
-    total = sum(m.weight * probabilities(m.trained.logits(images, batch_size, chunk, tta_settings, first_batch),
-                                         self.task.head) for m in self.members)
-    return total / sum(m.weight for m in self.members)
+    """The mix through each member's own program (and TTA), on the host in float64: what predict writes."""
+    return weighted_mean([probabilities(m.trained.logits(images, batch_size, chunk, tta_settings, first_batch),
+                                        m.trained.task.head) for m in self.members], self.weights)
 
   def logits(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
              tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:
     return as_logits(self.probabilities(images, batch_size, chunk, tta_settings, first_batch), self.task.head)
+
+  @property
+  def variables(self) -> tuple:
+    """Every model's (params, batch_stats), in member order: the arguments of `mixed_probabilities`."""
+    return tuple((m.trained.state.params, m.trained.state.batch_stats) for m in self.members)
+
+  def mixed_probabilities(self, variables, images_u8):
+    """Traceable: every model's prediction of the uint8 batch (its own preprocessing inside), mixed as
+    `probabilities` mixes them. One program for serve (`batch_logits`) and the one graph of an export."""
+    return weighted_mean([device_probabilities(m.trained.task.predict(params, batch_stats, images_u8),
+                                               m.trained.task.head)
+                          for m, (params, batch_stats) in zip(self.members, variables)], self.weights)
+
+  @functools.cached_property
+  def _mixed_program(self):
+    return jax.jit(self.mixed_probabilities)
+
+  def batch_logits(self, images: np.ndarray) -> np.ndarray:
+    """The logits of one batch (a fixed size: each size compiles once) through the one mixing program."""
+    return as_logits(np.asarray(self._mixed_program(self.variables, images)), self.task.head)
+
+  def describe(self) -> dict:
+    """What /metadata and an export's model.json say about the ensemble: its kind, the selection metric, each
+    member's folder, weight and models, and each model's share of the mix."""
+    record = self.metadata[ENSEMBLE_KEY]
+    total = sum(self.weights)
+    # Relative to the ensemble workdir, in the order `_weighted_members` loads them.
+    paths = [str(pathlib.PurePath(m['folder'], name)) for m in record['members'] for name in m['models']]
+    return {'kind': record.get('kind'), 'metric': record.get('metric'),
+            'members': [{'folder': m['folder'], 'weight': float(m['weight']), 'models': list(m['models'])}
+                        for m in record['members']],
+            'models': [{'path': path, 'model': m.metadata.get('model'), 'weight': m.weight / total,
+                        'checkpoint': m.trained.checkpoint if m.trained else None,
+                        'epoch': m.trained.epoch if m.trained else None,
+                        'normalisation': m.metadata.get('normalisation')} for path, m in zip(paths, self.members)]}
 
 
 def load_model(config, workdir, explained: bool = False):

@@ -9,6 +9,8 @@ preprocessing inside the graph, each checked against fpclass's own predictions b
 
 A multi-label model exports its K logits: class k is predicted when sigmoid(logit k) reaches its threshold,
 stored in model.json (`calibration.thresholds`) and the ONNX metadata_props (`thresholds`, JSON by class).
+An ensemble workdir exports as one graph of every member (each with its own preprocessing) whose output is their
+weighted mean `probabilities`, not logits; model.json lists members and weights (`export_ensemble`).
 Design notes: docs/modules.md (`fpclass/infer/export.py`).
 """
 import contextlib
@@ -29,6 +31,7 @@ from fpclass.errors import UserInputError
 
 ONNX_FILE, JAX_EXPORT_FILE, DESCRIPTION_FILE = 'model.onnx', 'model.jax_export', 'model.json'
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
+ENSEMBLE_OUTPUT_NAME = 'probabilities'   # an ensemble's graph: the weighted mean of its members' probabilities
 # Exported programs run where these lower; the traced computation is plain XLA, valid on each.
 JAX_PLATFORMS = ('cpu', 'cuda')
 TOLERANCE = 1e-4  # the check after writing, relative to the largest logit; tests hold parity to 1e-5
@@ -38,31 +41,57 @@ def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 's
                  description: dict | None = None) -> dict:
   """Writes `task`'s inference function with `variables` ({'params', 'batch_stats'}) in `formats`, plus
   model.json, into `folder`; returns {format: path}, model.json under 'description'."""
-  folder = pathlib.Path(folder)
-  description = dict(description or {})
-  num_classes = task.num_classes
-  names = description.setdefault('class_names', [str(i) for i in range(num_classes)])
-  if len(names) != num_classes:
-    raise ValueError(f'{len(names)} class names for a model of {num_classes} classes')
-  if task.head == 'multilabel':
-    _describe_thresholds(description, names)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
 
   def forward(images_u8):  # the weights become constants of the exported graph
     return task.predict(params, batch_stats, images_u8)
 
+  output = {'name': OUTPUT_NAME, 'head': task.head, 'shape': ['batch', 1 if task.head == 'sigmoid' else task.num_classes],
+            'note': _output_note(task.head)}
+  probe = _probe_images(image_shape)
+  # fpclass's own answer, from its usual jitted predict (weights as arguments, as evaluation runs it).
+  expected = np.asarray(jax.jit(task.predict)(params, batch_stats, probe))
+  return _export(forward, task.num_classes, output, image_shape, folder, formats, batch_size, description, probe,
+                 expected)
+
+
+def export_ensemble(ensemble, image_shape, folder, formats=('onnx', 'stablehlo'), batch_size: int = 0,
+                    description: dict | None = None) -> dict:
+  """Writes an ensemble workdir's models (`fpclass.infer.ensemble.WeightedEnsemble`) as one graph whose output is
+  the weighted mean of their probabilities, checked against fpclass's own mix (each member's predict program,
+  mixed on the host, as predict computes it); model.json lists the members and weights under 'ensemble'."""
+  variables = ensemble.variables
+
+  def forward(images_u8):  # every member's weights become constants of the one graph
+    return ensemble.mixed_probabilities(variables, images_u8)
+
+  head, num_classes = ensemble.task.head, len(ensemble.class_names)
+  description = dict(description or {}, ensemble=ensemble.describe())
+  output = {'name': ENSEMBLE_OUTPUT_NAME, 'head': head, 'shape': ['batch', num_classes],
+            'note': _ensemble_output_note(head)}
+  probe = _probe_images(image_shape)
+  expected = ensemble.probabilities(probe, len(probe)).astype(np.float32)
+  return _export(forward, num_classes, output, image_shape, folder, formats, batch_size, description, probe,
+                 expected)
+
+
+def _export(forward, num_classes: int, output: dict, image_shape, folder, formats, batch_size: int,
+            description: dict | None, probe: np.ndarray, expected: np.ndarray) -> dict:
+  """Writes `forward` (uint8 images -> `output`) in `formats` and model.json, each artifact checked on `probe`
+  against `expected` (fpclass's own answer) before it is kept."""
+  folder = pathlib.Path(folder)
+  description = dict(description or {})
+  names = description.setdefault('class_names', [str(i) for i in range(num_classes)])
+  if len(names) != num_classes:
+    raise ValueError(f'{len(names)} class names for a model of {num_classes} classes')
+  if output['head'] == 'multilabel':
+    _describe_thresholds(description, names)
   forward_jit = jax.jit(forward)
   description.update(
       input={'name': INPUT_NAME, 'dtype': 'uint8', 'layout': 'NHWC', 'shape': ['batch', *image_shape],
              'note': 'decoded pixels 0..255, resized to height x width; scaling and normalisation run '
                      'inside the graph'},
-      output={'name': OUTPUT_NAME, 'head': task.head,
-              'shape': ['batch', 1 if task.head == 'sigmoid' else num_classes],
-              'note': _output_note(task.head)},
-      artifacts={})
-  probe = _probe_images(image_shape)
-  # fpclass's own answer, from its usual jitted predict (weights as arguments, as evaluation runs it).
-  expected = np.asarray(jax.jit(task.predict)(params, batch_stats, probe))
+      output=output, artifacts={})
   written = {}
   if 'onnx' in formats:  # first: the conversion most likely to fail, before anything else is written
     path, info = export_onnx(forward, image_shape, batch_size, folder / ONNX_FILE, probe, expected, description)
@@ -85,6 +114,15 @@ def _output_note(head: str) -> str:
           + ', T the calibration temperature (1 when uncalibrated)')
 
 
+def _ensemble_output_note(head: str) -> str:
+  if head == 'multilabel':
+    return ('probabilities, one per class: the weighted mean of the member models\' sigmoid probabilities (members '
+            'and weights: ensemble); a class is predicted when its probability is at least its threshold '
+            '(thresholds, by class name)')
+  return ('probabilities, one per class: the weighted mean of the member models\' class probabilities (members '
+          'and weights: ensemble); the prediction is the most probable class')
+
+
 def _describe_thresholds(description: dict, class_names) -> None:
   """Completes a multi-label description's `calibration` with one threshold per class, in class order: the
   stored ones (`--mode calibrate`, by class name), 0.5 for a class with none, as `Decision` decides."""
@@ -92,7 +130,8 @@ def _describe_thresholds(description: dict, class_names) -> None:
   stored = calibration.get('thresholds') or {}
   decision = Decision.from_stored('multilabel', {'thresholds': stored}, class_names)
   calibration['thresholds'] = dict(zip(class_names, map(float, decision.label_thresholds(len(class_names)))))
-  calibration['thresholds_source'] = '--mode calibrate' if stored else 'default 0.5 (not calibrated)'
+  calibration['thresholds_source'] = (calibration.get('thresholds_source')
+                                     or ('--mode calibrate' if stored else 'default 0.5 (not calibrated)'))
 
 
 def _probe_images(image_shape, n: int = 2) -> np.ndarray:
@@ -156,8 +195,9 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
   jax2onnx, onnx, ort = _onnx_modules()
   start = time.perf_counter()
   note = None
+  output_name = description['output']['name']
   try:
-    model = _convert(jax2onnx, forward, image_shape, batch_size)
+    model = _convert(jax2onnx, forward, image_shape, batch_size, output_name)
   except ConversionError as e:
     if batch_size or not e.symbolic:
       raise UserInputError(f'{path.name}: {e}') from None
@@ -165,7 +205,7 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
     note = f'a fixed batch of 1: {e}'
     batch_size = 1
     try:
-      model = _convert(jax2onnx, forward, image_shape, batch_size)
+      model = _convert(jax2onnx, forward, image_shape, batch_size, output_name)
     except ConversionError as e2:
       raise UserInputError(f'{path.name}: {e2}; a symbolic batch dimension failed too') from None
   for key, value in _onnx_metadata(description, batch_size).items():
@@ -177,13 +217,13 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
     options = ort.SessionOptions()
     options.log_severity_level = 3  # jax2onnx's stamped shapes make onnxruntime warn while it merges them
     session = ort.InferenceSession(str(tmp), options, providers=['CPUExecutionProvider'])
-    difference = _check(path.name, session.run([OUTPUT_NAME], {INPUT_NAME: images})[0],
+    difference = _check(path.name, session.run([output_name], {INPUT_NAME: images})[0],
                         _expected(expected, batch_size))
     if not batch_size:  # the symbolic batch also runs at another size
-      _check(path.name, session.run([OUTPUT_NAME], {INPUT_NAME: images[:1]})[0], expected[:1])
+      _check(path.name, session.run([output_name], {INPUT_NAME: images[:1]})[0], expected[:1])
   info = {'file': path.name, 'format': f'ONNX (opset {_opset(model)})', 'batch_size': batch_size or 'any',
           'check_max_abs_difference': difference, 'seconds': round(time.perf_counter() - start, 2),
-          'load': 'onnxruntime.InferenceSession(path).run(["logits"], {"images": images_uint8})'}
+          'load': f'onnxruntime.InferenceSession(path).run(["{output_name}"], {{"images": images_uint8}})'}
   if note:
     info['note'] = note
     print(f'note: {path.name} has {note}; set --config.export.batch_size for another fixed size')
@@ -198,7 +238,7 @@ class ConversionError(Exception):
     self.symbolic = symbolic
 
 
-def _convert(jax2onnx, forward, image_shape, batch_size: int):
+def _convert(jax2onnx, forward, image_shape, batch_size: int, output_name: str = OUTPUT_NAME):
   """The ONNX ModelProto of `forward`'s traced jaxpr, or a ConversionError naming the op that failed."""
   spec = input_spec(image_shape, batch_size)
   # Traced by JAX itself, before jax2onnx patches anything: the jaxpr is exactly what fpclass runs.
@@ -208,7 +248,7 @@ def _convert(jax2onnx, forward, image_shape, batch_size: int):
     # Some converters print debugging lines, and onnx_ir warns about every shape it leaves unstamped.
     with contextlib.redirect_stdout(io.StringIO()), _quiet('onnx_ir'):
       return jax2onnx.to_onnx(lambda images: run(images)[0], [spec], model_name='fpclass',
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+                              input_names=[INPUT_NAME], output_names=[output_name])
   except Exception as e:  # noqa: BLE001 - any converter failure is reported with the op it failed on
     op = _failing_op(e.__traceback__)
     where = f'the op {op!r}' if op else 'an op'
@@ -234,12 +274,14 @@ def _onnx_metadata(description: dict, batch_size: int) -> dict:
   return {'class_names': json.dumps(description['class_names']), 'fpclass_model': str(description.get('model', '')),
           'input': f'{INPUT_NAME}: uint8 NHWC {description["input"]["shape"][1:]}, batch '
                    f'{batch_size or "any"}; normalisation inside the graph',
-          'output': f'{OUTPUT_NAME}: {description["output"]["note"]}',
+          'output': f'{description["output"]["name"]}: {description["output"]["note"]}',
           'temperature': json.dumps(calibration.get('temperature')),
           'threshold': json.dumps(calibration.get('threshold')),
           'checkpoint_epoch': json.dumps(description.get('epoch')),
           **({'head': 'multilabel', 'thresholds': json.dumps(calibration['thresholds'])}
-             if description['output']['head'] == 'multilabel' else {})}
+             if description['output']['head'] == 'multilabel' else {}),
+          **({'ensemble': json.dumps({k: description['ensemble'][k] for k in ('kind', 'metric', 'members')})}
+             if 'ensemble' in description else {})}
 
 
 def _opset(model) -> int | None:

@@ -41,6 +41,10 @@ class Trained:
     """(params, batch_stats, uint8 images) -> logits on the host, one jitted program per batch shape."""
     return self.compiled.predict
 
+  def batch_logits(self, images: np.ndarray):
+    """The logits of one batch through the predict program (serve's warm sizes: each size compiles once)."""
+    return self.predict_fn(self.state.params, self.state.batch_stats, images)
+
   @functools.cached_property
   def augmented_predict(self) -> tta.AugmentedPredict:
     return tta.AugmentedPredict(self.task, self.compiled.parallel)
@@ -70,8 +74,9 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
     raise UserInputError(f'{workdir}: no trained run here ({sidecar.METADATA} is missing); '
                          'run --mode train with this --workdir first')
   if 'ensemble' in metadata:   # fpclass.infer.ensemble.ENSEMBLE_KEY: a --mode ensemble result has no checkpoint
-    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): submit and predict use it; evaluate, '
-                         'explain, serve and export take one model, a member\'s workdir or a soup\'s (soup/fold<k>)')
+    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): submit, predict, serve and export '
+                         'use it; evaluate, explain and calibrate take one model (its cross-fitted scores are in '
+                         'ensemble.md), a member\'s workdir or a soup\'s (soup/fold<k>)')
   sidecar.check_restorable(workdir, metadata, sidecar.config_as_json(config))
   kind = kind or TrainSettings.from_config(config.train).select_checkpoint
   class_names = tuple(metadata['class_names'])

@@ -1,6 +1,8 @@
-"""`--mode serve`: the selected checkpoint behind an upload page and a JSON API (FastAPI under uvicorn).
+"""`--mode serve`: the selected checkpoint, or an ensemble workdir's weighted members (`--mode ensemble`), behind
+an upload page and a JSON API (FastAPI under uvicorn).
 
     python launch.py --workdir runs/fp-exp4 --mode serve            # http://127.0.0.1:8000/
+    python launch.py --workdir runs/fp-sweep/ensemble --mode serve  # the ensemble, as predict mixes it
 
 Routes: `GET /` (the upload page), `POST /predict`, `POST /explain`, `GET /metadata`, `GET /healthz`.
 `serve.workers` processes answer on one port (fpclass.serve); overload is answered 503 with Retry-After, a bad
@@ -26,10 +28,10 @@ def serve(config, workdir) -> None:
     return serve_supervisor.WorkerJob(config, str(workdir), sock.fileno(), index, count)
 
   def ready(info: dict) -> None:
-    print(f'serving {info["model"]} ({info["checkpoint"]} checkpoint, epoch {info["epoch"]}; {count} worker'
-          f'{"s" if count > 1 else ""}, each compiled batch sizes {tuple(info["warm_sizes"])} in '
-          f'{info["warm_seconds"]:.1f}s; micro-batching {"on" if settings.micro_batching else "off"}; 503 past '
-          f'{settings.max_queue} requests a worker or {settings.max_wait_ms:g} ms waiting) at {url}', flush=True)
+    print(f'serving {info["what"]}: {count} worker{"s" if count > 1 else ""}, each compiled batch sizes '
+          f'{tuple(info["warm_sizes"])} in {info["warm_seconds"]:.1f}s; micro-batching '
+          f'{"on" if settings.micro_batching else "off"}; 503 past {settings.max_queue} requests a worker or '
+          f'{settings.max_wait_ms:g} ms waiting; at {url}', flush=True)
 
   try:
     serve_supervisor.Supervisor(job, count, sock, worker_timeout_s=settings.worker_timeout_s).run(on_ready=ready)

@@ -9,8 +9,8 @@ The JSON API (also the OpenAPI description, GET /openapi.json):
     above their threshold ([] for none); the answer adds "head": "multilabel" and "thresholds" {class: t}.
   With one image its fields are also at the top level ("class" or "labels", "probabilities").
 - POST /explain: one image; the Grad-CAM overlay PNG for its predicted class (multi-label: its most probable
-  class), named URL-encoded in the X-Explained-Class header.
-- GET /metadata: the model, its head, class names, input, calibration (multi-label: "thresholds") and limits.
+  class), named URL-encoded in the X-Explained-Class header; 404 where "explain" is false (an ensemble).
+- GET /metadata: model, head, class names, input, calibration, limits, "explain", an ensemble's members and weights.
 - GET /healthz: liveness, queue and workers; "head", and for a multi-label model its "thresholds".
 A bad request gets a 4xx with {"detail": one line}; the server goes on serving.
 """

@@ -1,5 +1,6 @@
-"""The served model: a restored checkpoint, its warmed predict function, and the micro-batcher that
-groups requests into device calls; what /metadata and /healthz report about it.
+"""The served model: a restored checkpoint, or an ensemble workdir's weighted members (`fpclass.infer.ensemble`:
+one program runs them all and mixes their probabilities, as predict mixes them), its warmed predict function, and
+the micro-batcher that groups requests into device calls; what /metadata and /healthz report about it.
 
 One image's result (`Predictor.classify`) depends on the model's head:
 - single-label: {"class": name, "probabilities": {class: p}} (softmax probabilities, or the stored
@@ -28,8 +29,9 @@ from fpclass.config.inputs import DecodeSettings
 from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ExplainSettings, ServeSettings
 from fpclass.errors import UserInputError
+from fpclass.infer.ensemble import WeightedEnsemble, load_model
 from fpclass.infer.explainer import build_explainer, overlay_rgb
-from fpclass.infer.inference import Trained, load_trained
+from fpclass.infer.inference import Trained
 from fpclass.train.batches import in_fixed_batches
 
 STATIC = pathlib.Path(__file__).resolve().parent / 'static'
@@ -54,8 +56,10 @@ class Overloaded(Exception):
 
 @dataclasses.dataclass
 class Predictor:
-  """The served model: the training program's predict function, compiled for each warm batch size at start-up."""
-  trained: Trained
+  """The served model's predict program (a run's: training's own; an ensemble's: its members' mixed), compiled
+  for each warm batch size at start-up. `explainer` is None where Grad-CAM cannot explain the model (an
+  ensemble): /explain then answers 404."""
+  trained: Trained | WeightedEnsemble
   decision: Decision
   warm_sizes: tuple
   explainer: object = None
@@ -63,7 +67,6 @@ class Predictor:
 
   def __post_init__(self):
     self.warm_sizes = tuple(sorted(set(int(b) for b in self.warm_sizes)))
-    self._predict = self.trained.predict_fn
 
   def warm(self, image_shape) -> float:
     """Compiles (or loads) and runs every warm size, then times one more call of each, and Grad-CAM for
@@ -81,9 +84,7 @@ class Predictor:
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """Logits of any number of images: chunks of the largest warm size, each padded up to a warm size."""
-    state = self.trained.state
-    return in_fixed_batches(lambda batch: self._predict(state.params, state.batch_stats, batch), images,
-                            self.warm_sizes)
+    return in_fixed_batches(self.trained.batch_logits, images, self.warm_sizes)
 
   @property
   def multilabel(self) -> bool:
@@ -117,6 +118,9 @@ class Predictor:
   def explain(self, image: np.ndarray) -> tuple[bytes, str]:
     """(PNG bytes, class name): the Grad-CAM overlay of one image for its predicted class, or for a
     multi-label model its most probable class (it may have several labels, or none)."""
+    if self.explainer is None:
+      raise ApiError(404, f'this server serves a {self.trained.checkpoint}: Grad-CAM explains one model; serve a '
+                          'member\'s workdir (or a fold soup\'s) for /explain')
     probs, pred = self.decision(self.logits(image[None]))
     target = probs.argmax(1) if self.multilabel else pred
     maps, _ = self.explainer.maps(image[None], target.astype(np.int32))
@@ -270,11 +274,12 @@ def load_service(config, workdir, settings: ServeSettings | None = None) -> Serv
   workdir = pathlib.Path(workdir)
   settings = settings or ServeSettings.from_config(config.serve)
   check_batch_sizes(settings)
-  trained = load_trained(config, workdir)
+  trained = load_model(config, workdir)   # a run's checkpoint, or an ensemble workdir's weighted members
   decode_settings = DecodeSettings.from_config(config.data)
   image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
   explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False, batch_size=1)
-  explainer = build_explainer(config, trained, explain_settings, image_shape)
+  explainer = (None if isinstance(trained, WeightedEnsemble)
+               else build_explainer(config, trained, explain_settings, image_shape))
   predictor = Predictor(trained, Decision.for_model(trained, settings.calibrated), settings.warm_batch_sizes,
                         explainer)
   warm_seconds = predictor.warm(image_shape)
@@ -282,8 +287,11 @@ def load_service(config, workdir, settings: ServeSettings | None = None) -> Serv
                  warm_seconds)
 
 
-def describe(config, workdir, trained: Trained, decode_settings: DecodeSettings, predictor: Predictor) -> dict:
-  """GET /metadata: the model and what it expects, and its validation scores (scores.json) if evaluated."""
+def describe(config, workdir, trained: Trained | WeightedEnsemble, decode_settings: DecodeSettings,
+             predictor: Predictor) -> dict:
+  """GET /metadata: the model and what it expects, and its validation scores (scores.json) if evaluated; for an
+  ensemble its members, their models and weights, and the cross-fitted scores of --mode ensemble's table."""
+  ensemble = isinstance(trained, WeightedEnsemble)
   scores = None
   scores_path = pathlib.Path(workdir) / 'scores.json'
   if scores_path.is_file():
@@ -295,22 +303,41 @@ def describe(config, workdir, trained: Trained, decode_settings: DecodeSettings,
   calibration = {'temperature': predictor.decision.temperature, 'threshold': predictor.decision.threshold}
   if predictor.multilabel:  # a class is predicted when its probability reaches its threshold
     calibration['thresholds'] = predictor.label_thresholds()
-  return {
-      'name': str(config.name), 'model': ModelSettings.from_config(config.model).name, 'head': trained.task.head,
+  described = {
+      'name': str(config.name), 'model': 'ensemble' if ensemble else ModelSettings.from_config(config.model).name,
+      'head': trained.task.head,
       'class_names': list(trained.class_names),
       'input': {'height': decode_settings.height, 'width': decode_settings.width,
                 'channels': decode_settings.channels, 'resize': decode_settings.resize, 'dtype': 'uint8'},
       'checkpoint': trained.checkpoint, 'epoch': trained.epoch,
       'calibration': calibration,
       'validation_scores': scores,
+      'explain': predictor.explainer is not None,
   }
+  if ensemble:
+    described['ensemble'] = dict(trained.describe(), cross_fitted=_ensemble_table(workdir))
+  return described
+
+
+def _ensemble_table(workdir) -> list | None:
+  """The rows of --mode ensemble's table (best single, ensemble, soup: cross-fitted scores with intervals), from
+  the ensemble.json beside the served ensemble; None for a folder without one (`soup/`)."""
+  try:
+    record = json.loads((pathlib.Path(workdir) / 'ensemble.json').read_text())
+    return [dict(row, metric=record['metric']) for row in record['table']]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def startup_summary(service: Service) -> dict:
-  """What a worker reports when ready, and the supervisor prints."""
+  """What a worker reports when ready, and the supervisor prints (`what`: the model in a few words)."""
   trained = service.predictor.trained
+  if isinstance(trained, WeightedEnsemble):
+    members = service.metadata['ensemble']['members']
+    what = (f'an ensemble of {len(trained.members)} models ('
+            + ', '.join(f'{m["folder"]} x{m["weight"]:.2f}' for m in members) + ')')
+  else:
+    what = f'{service.metadata["model"]} ({trained.checkpoint} checkpoint, epoch {trained.epoch})'
   return {'model': service.metadata['model'], 'checkpoint': trained.checkpoint, 'epoch': trained.epoch,
-          'warm_sizes': list(service.predictor.warm_sizes), 'warm_seconds': round(service.warm_seconds, 2),
-          'micro_batching': service.settings.micro_batching}
-
-
+          'what': what, 'warm_sizes': list(service.predictor.warm_sizes),
+          'warm_seconds': round(service.warm_seconds, 2), 'micro_batching': service.settings.micro_batching}

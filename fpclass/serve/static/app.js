@@ -11,6 +11,7 @@ const overlay = document.getElementById('overlay');
 let currentFile = null;
 let uploads = 0;  // which upload the overlay shows, so a new file always gets its own
 let thresholds = null;  // multi-label models: {class: threshold}, from /metadata or the last answer
+let ensemble = null;  // an ensemble's members and weights, from /metadata (null for one model)
 
 function setStatus(text, isError) {
   statusLine.textContent = text;
@@ -39,8 +40,15 @@ async function loadMetadata() {
       ? `, validation mAP ${scores.mean_average_precision.toFixed(3)}` : '';
     accuracy = `, multi-label${map}`;
   }
+  ensemble = meta.ensemble || null;
+  // An ensemble mixes its members' probabilities: Grad-CAM explains one model, so the page offers none.
+  camToggle.parentElement.hidden = meta.explain === false;
+  const model = ensemble
+    ? `ensemble of ${ensemble.models.length} models (` +
+      ensemble.members.map((m) => `${m.folder} x${m.weight.toFixed(2)}`).join(', ') + ')'
+    : `${meta.model}, ${meta.checkpoint} checkpoint (epoch ${meta.epoch})`;
   document.getElementById('model-info').textContent =
-    `${meta.model}, ${meta.checkpoint} checkpoint (epoch ${meta.epoch})${accuracy}; classes ` +
+    `${model}${accuracy}; classes ` +
     `${meta.class_names.join(', ')}; images become ${meta.input.width}x${meta.input.height}, ` +
     `${meta.input.channels === 1 ? 'grayscale' : 'RGB'}.`;
 }
@@ -150,7 +158,8 @@ async function classify(file) {
   showProbabilities(result);
   const calibration = multilabel ? ', fitted per-label thresholds' : ', calibrated probabilities';
   document.getElementById('prediction-note').textContent =
-    `${result.model}, epoch ${result.epoch}` + (result.calibrated ? calibration : '') +
+    (ensemble ? `ensemble of ${ensemble.models.length} models` : `${result.model}, epoch ${result.epoch}`) +
+    (result.calibrated ? calibration : '') +
     (multilabel ? '; a label is predicted when its probability reaches its threshold (red mark)' : '');
   document.getElementById('result').hidden = false;
   setStatus('');
