@@ -26,7 +26,7 @@ LOADING_KEYS = ('name', 'head', 'pretrained', 'keep_pretrained_head')
 class ModelSpec:
   name: str
   module: Callable[..., nn.Module]   # a linen Module class (or a partial of one)
-  family: str                        # cnn | torchvision | keras | dinov2
+  family: str                        # cnn | torchvision | keras | dinov2 | timm
   cam_layer: str                     # the default Grad-CAM feature: the last conv stage
   description: str = ''
   # Pretrained families only:
@@ -40,6 +40,7 @@ class ModelSpec:
   stem: str = ''                     # 'first conv module|variable its offset goes to', for grayscale folding
   stem_norm: str = ''                # an in-model per-channel normalisation before the stem (a module with
                                      # batch_stats mean/variance, EfficientNet's): the constants folded instead
+  input_size: tuple = ()             # (height, width) its weights were trained at, where known (listing only)
 
   @property
   def pretrained(self) -> bool:

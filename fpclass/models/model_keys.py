@@ -3,7 +3,8 @@ default, so every one of them can be overridden (`--config.model.dropout=0.3`) w
 
 A config file names a model and sets what it changes; `complete` fills in the rest. A changed `model.name`
 brings its own fields: the section starts again from the new model's defaults, keeping only what belongs to
-the task and the data rather than to a model (`head`, and `in_channels` where the new model has it). Fields that no command line can set (the compute dtype, which
+the task and the data rather than to a model (`head`, and `in_channels` where the new model has it). A Hub
+checkpoint as `model.pretrained` ('hf-hub:timm/resnet50.a1_in1k') implies its model ('timm_resnet50'). Fields that no command line can set (the compute dtype, which
 `config.train.precision` owns, and module-valued fields such as a ResNet's block class) are left out.
 """
 import copy
@@ -14,6 +15,7 @@ import ml_collections
 
 from fpclass import models
 from fpclass.errors import UserInputError
+from fpclass.models import hub
 
 # Keys every model has, and the ones a model with pretrained weights adds.
 COMMON_KEYS = {'name': 'footprint_cnn', 'head': 'softmax', 'pretrained': ''}
@@ -43,10 +45,14 @@ def complete(section, name: str | None = None) -> ml_collections.ConfigDict:
   (then only the CARRIED keys are kept). A key the model does not have is an error naming the close ones."""
   values = dict(section.to_dict() if hasattr(section, 'to_dict') else (section or {}))
   current = values.get('name', COMMON_KEYS['name'])
-  name = name or current
+  # A Hub checkpoint as model.pretrained decides the architecture: model.name becomes 'timm_<its architecture>'
+  # unless a new name is asked for (then the checkpoint goes with the old model's settings).
+  implied = hub.model_name(values.get('pretrained', ''))
+  name = name or implied or current
   keys = model_keys(name)
   if name != current:
-    values = {k: v for k, v in values.items() if k in CARRIED and k in keys}
+    kept = CARRIED + (('pretrained',) if name == implied else ())
+    values = {k: v for k, v in values.items() if k in kept and k in keys}
   unknown = sorted(set(values) - set(keys))
   if unknown:
     raise unknown_key(name, unknown[0])

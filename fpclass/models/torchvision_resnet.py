@@ -1,4 +1,6 @@
-"""torchvision ResNet-18 and ResNet-50 (v1.5: stride on the bottleneck's 3x3), ported to Flax.
+"""torchvision ResNet-18 and ResNet-50 (v1.5: stride on the bottleneck's 3x3), ported to Flax; timm's variants
+(deep stems, average-pool shortcuts, ResNeXt groups, wide blocks, squeeze-excitation) are fields of the same
+module, registered from timm checkpoints by `timm_resnet.py`.
 
 Layer names follow torchvision's, so the state_dict maps by an explicit table (`RULES`). Padding is
 torch's symmetric padding; BatchNorm is torch's (`torch_layers.BatchNorm`: eps 1e-5, momentum 0.1, i.e.
@@ -12,7 +14,9 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
+from fpclass.errors import UserInputError
 from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
@@ -26,50 +30,88 @@ def _bn(name, frozen_stage, train):
   return BatchNorm(use_running_average=not train or frozen_stage, momentum=0.9, epsilon=1e-5, name=name)
 
 
-class BasicBlock(nn.Module):
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+  """timm's channel rounding: the nearest multiple of `divisor` (at least `divisor`), one more step if that
+  loses more than 1 - round_limit of `value`."""
+  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < round_limit * value else rounded
+
+
+def avg_pool_ceil(x):
+  """torch's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) on NHWC: an odd side's last window
+  averages the values it covers."""
+  pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
+  window = (1, 2, 2, 1)
+  total = lax.reduce_window(jnp.pad(x, pads), jnp.zeros((), x.dtype), lax.add, window, window, 'VALID')
+  count = lax.reduce_window(jnp.pad(jnp.ones((1, *x.shape[1:3], 1), x.dtype), pads), jnp.zeros((), x.dtype), lax.add,
+                            window, window, 'VALID')
+  return total / count
+
+
+class SqueezeExcite(nn.Module):
+  """timm's SEModule: mean over space -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid, times x; channels / 16
+  rounded to 8 in between."""
+  relu: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    scale = jnp.mean(x, axis=(1, 2), keepdims=True)
+    scale = self.relu(Conv(make_divisible(channels / 16, 8, 0.0), (1, 1), kernel_init=conv_init, name='fc1')(scale))
+    return x * nn.sigmoid(Conv(channels, (1, 1), kernel_init=conv_init, name='fc2')(scale))
+
+
+class _Block(nn.Module):
   planes: int
   stride: int = 1
   frozen: bool = False
   relu: Callable = nn.relu
   drop_path_rate: float = 0.0
+  cardinality: int = 1          # ResNeXt's groups in the 3x3 conv
+  base_width: int = 64          # ResNeXt's and the wide ResNets' width per group
+  avg_down: bool = False        # timm's 'd' variants: the shortcut averages 2x2 then a stride-1 1x1 conv
+  attention: str = ''           # '' | 'se' (timm's seresnet*)
+
+  def finish(self, x, y, train):
+    """The block's end: squeeze-excitation, stochastic depth, the (projected) shortcut added, ReLU."""
+    if self.attention == 'se':
+      y = SqueezeExcite(self.relu, name='se')(y)
+    y = transfer.drop_path(y, self.drop_path_rate, train, 'drop_path')
+    identity = x
+    out = self.planes * self.expansion
+    if self.stride != 1 or x.shape[-1] != out:
+      if self.avg_down and self.stride != 1:
+        x = avg_pool_ceil(x)
+      identity = Conv(out, (1, 1), 1 if self.avg_down else self.stride, use_bias=False, kernel_init=conv_init,
+                      name='downsample_conv')(x)
+      identity = _bn('downsample_bn', self.frozen, train)(identity)
+    return self.relu(y + identity)
+
+
+class BasicBlock(_Block):
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train):
-    identity = x
     y = Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv1')(x)
     y = self.relu(_bn('bn1', self.frozen, train)(y))
     y = Conv(self.planes, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
-    y = transfer.drop_path(_bn('bn2', self.frozen, train)(y), self.drop_path_rate, train, 'drop_path')
-    if self.stride != 1 or x.shape[-1] != self.planes * self.expansion:
-      identity = Conv(self.planes * self.expansion, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
-                      name='downsample_conv')(x)
-      identity = _bn('downsample_bn', self.frozen, train)(identity)
-    return self.relu(y + identity)
+    return self.finish(x, _bn('bn2', self.frozen, train)(y), train)
 
 
-class Bottleneck(nn.Module):
-  planes: int
-  stride: int = 1
-  frozen: bool = False
-  relu: Callable = nn.relu
-  drop_path_rate: float = 0.0
+class Bottleneck(_Block):
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train):
-    identity = x
-    y = Conv(self.planes, (1, 1), use_bias=False, kernel_init=conv_init, name='conv1')(x)
+    width = int(self.planes * self.base_width / 64) * self.cardinality
+    y = Conv(width, (1, 1), use_bias=False, kernel_init=conv_init, name='conv1')(x)
     y = self.relu(_bn('bn1', self.frozen, train)(y))
-    y = Conv(self.planes, (3, 3), self.stride, padding=1, use_bias=False, kernel_init=conv_init, name='conv2')(y)
+    y = Conv(width, (3, 3), self.stride, padding=1, feature_group_count=self.cardinality, use_bias=False,
+             kernel_init=conv_init, name='conv2')(y)
     y = self.relu(_bn('bn2', self.frozen, train)(y))
     y = Conv(self.planes * 4, (1, 1), use_bias=False, kernel_init=conv_init, name='conv3')(y)
-    y = transfer.drop_path(_bn('bn3', self.frozen, train)(y), self.drop_path_rate, train, 'drop_path')
-    if self.stride != 1 or x.shape[-1] != self.planes * 4:
-      identity = Conv(self.planes * 4, (1, 1), self.stride, use_bias=False, kernel_init=conv_init,
-                      name='downsample_conv')(x)
-      identity = _bn('downsample_bn', self.frozen, train)(identity)
-    return self.relu(y + identity)
+    return self.finish(x, _bn('bn3', self.frozen, train)(y), train)
 
 
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
@@ -80,14 +122,35 @@ class ResNet(transfer.Backbone, kw_only=True):
   layers: Sequence[int]
   relu: Callable = nn.relu   # swapped by guided backpropagation (see fpclass.models)
   drop_path_rate: float = 0.0   # the last block's stochastic depth rate (timm's rule, see the docstring)
+  stem_type: str = ''           # '' (one 7x7 conv) | 'deep' | 'deep_tiered': timm's three 3x3 convs
+  stem_width: int = 64          # a deep stem's first convs' width (its last has twice that)
+  avg_down: bool = False        # see _Block
+  cardinality: int = 1
+  base_width: int = 64
+  attention: str = ''
+
+  def stem(self, x, train):
+    """The stem before bn1: torchvision's 7x7 conv, or timm's deep stem (conv1_0, conv1_3, conv1_6 with BN and
+    ReLU between them, named by the indices of timm's Sequential)."""
+    gray = self.in_channels == 1
+    if not self.stem_type:
+      return transfer.StemConv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init, gray=gray,
+                               name='conv1')(x)
+    if self.stem_type not in ('deep', 'deep_tiered'):
+      raise UserInputError(f"config.model.stem_type={self.stem_type!r}: use '', 'deep' or 'deep_tiered'")
+    first = 3 * (self.stem_width // 4) if self.stem_type == 'deep_tiered' else self.stem_width
+    x = transfer.StemConv(first, (3, 3), 2, padding=1, use_bias=False, kernel_init=conv_init, gray=gray,
+                          name='conv1_0')(x)
+    x = self.relu(_bn('conv1_1', self.stage_frozen(0), train)(x))
+    x = Conv(self.stem_width, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv1_3')(x)
+    x = self.relu(_bn('conv1_4', self.stage_frozen(0), train)(x))
+    return Conv(2 * self.stem_width, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name='conv1_6')(x)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     last = transfer.check_cut(self.cut, STAGES, self.top)
     features = {}
-    x = transfer.StemConv(64, (7, 7), 2, padding=3, use_bias=False, kernel_init=conv_init,
-                          gray=self.in_channels == 1, name='conv1')(x)
-    x = self.relu(_bn('bn1', self.stage_frozen(0), train)(x))
+    x = self.relu(_bn('bn1', self.stage_frozen(0), train)(self.stem(x, train)))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = feature(self, features, 'stem', x)
     rates = transfer.linear_drop_path_rates(self.drop_path_rate, sum(self.layers), sum(self.layers) - 1)
@@ -95,7 +158,8 @@ class ResNet(transfer.Backbone, kw_only=True):
       for j in range(blocks):
         x = self.block(64 * 2 ** (i - 1), stride=2 if (j == 0 and i > 1) else 1, frozen=self.stage_frozen(i),
                        relu=self.relu, drop_path_rate=rates[sum(self.layers[:i - 1]) + j],
-                       name=f'layer{i}_{j}')(x, train)
+                       cardinality=self.cardinality, base_width=self.base_width, avg_down=self.avg_down,
+                       attention=self.attention, name=f'layer{i}_{j}')(x, train)
       x = feature(self, features, f'layer{i}', x)
     if self.top == 'source':
       x = features['pre_logits'] = jnp.mean(x, axis=(1, 2))
@@ -103,6 +167,7 @@ class ResNet(transfer.Backbone, kw_only=True):
     return transfer.new_top(self, x, features, train), features
 
 
+STEM_REGEX = r'^(conv1(_\d)?|bn1)/'
 RULES = (
     Rule(r'conv1\.weight', 'params/conv1/kernel', 'conv'),
     *(Rule(rf'bn1\.{src}', dst.format('bn1')) for src, dst in TORCH_BN),
@@ -125,7 +190,7 @@ def _spec(name, block, layers, weights):
       name, functools.partial(ResNet, block=block, layers=layers), 'torchvision', cam_layer='layer4',
       description=f'torchvision {name}, ImageNet weights by name or from a state_dict file',
       preprocessing=preprocessing.TORCH_IMAGENET,
-      stages=(('stem', r'^(conv1|bn1)/'), *((f'layer{i}', rf'^layer{i}_') for i in range(1, 5))),
+      stages=(('stem', STEM_REGEX), *((f'layer{i}', rf'^layer{i}_') for i in range(1, 5))),
       weights={'imagenet': weights}, convert=convert,
       source_head=r'^params/fc/', source_top=r'^params/fc/', stem='conv1|batch_stats/bn1/mean')
 

@@ -3,6 +3,7 @@ freezing, and loading a weights file into freshly initialised variables.
 
 Design notes: docs/modules.md (`fpclass/models/transfer.py`).
 """
+import dataclasses
 import logging
 import pathlib
 import re
@@ -16,7 +17,7 @@ from jax import lax
 from fpclass import models
 from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
-from fpclass.models import preprocessing
+from fpclass.models import hub, preprocessing
 from fpclass.models import weights as weights_lib
 from fpclass.models.conv import NHWC, Conv, explicit_pads
 
@@ -151,7 +152,8 @@ def load_pretrained(spec, model: ModelSettings, variables: dict, cache_dir) -> d
   """`variables` with the configured pretrained weights loaded, strictly; unchanged if none are set.
 
   `config.model.pretrained` is '' (none), a name in the registry's canonical weights (downloaded once to
-  <cache>/weights with its checksum verified), or a path to a file the source framework wrote.
+  <cache>/weights with its checksum verified), a path to a file the source framework wrote, or a Hub
+  checkpoint ('hf-hub:timm/<arch>.<tag>' or a folder in the Hub's layout, `fpclass.models.hub`).
   """
   model = ModelSettings.from_config(model)
   value = str(model.get('pretrained', '') or '')
@@ -159,7 +161,15 @@ def load_pretrained(spec, model: ModelSettings, variables: dict, cache_dir) -> d
     return variables
   if not spec.pretrained:
     raise UserInputError(f'config.model.pretrained={value!r}: model {spec.name!r} has no pretrained weights')
-  if value in spec.weights:
+  if hub.is_reference(value):   # a Hub checkpoint: its architecture must be this model, its normalisation rules
+    checkpoint = hub.resolve(value)
+    if checkpoint.model_name != spec.name:
+      raise UserInputError(f'config.model.pretrained={value!r} holds a timm {checkpoint.architecture} checkpoint, '
+                           f'not {spec.name}: set config.model.name={checkpoint.model_name} (or leave model.name to '
+                           'the checkpoint)')
+    path = checkpoint.weights
+    spec = dataclasses.replace(spec, preprocessing=preprocessing.checkpoint_normalisation(checkpoint.config))
+  elif value in spec.weights:
     path = weights_lib.fetch(spec.weights[value], cache_dir)
   elif pathlib.Path(value).expanduser().exists() or '/' in value or value.endswith(('.pth', '.pt', '.h5',
                                                                                        '.safetensors')):

@@ -23,7 +23,7 @@ from fpclass.config.model import ModelSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
-from fpclass.models.preprocessing import Normalisation
+from fpclass.models.preprocessing import Normalisation, weights_normalisation
 from fpclass.train import accumulation, augment, ema, optim, precision
 
 MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
@@ -246,8 +246,8 @@ def model_input(config) -> tuple[Normalisation, bool]:
   channel (in_channels=3).
   """
   model, data = ModelSettings.from_config(config.model), DataSettings.from_config(config.data)
-  spec = models.get_spec(model.name)
-  if spec.preprocessing is None:
+  norm = weights_normalisation(model)   # a Hub checkpoint's own mean and std
+  if norm is None:
     return Normalisation.from_settings(data.inputs, data.decode.channels), False
   data_channels, model_channels = data.decode.channels, int(model.get('in_channels', 3))
   if model_channels not in (1, 3):
@@ -255,8 +255,8 @@ def model_input(config) -> tuple[Normalisation, bool]:
   if data_channels == 3 and model_channels == 1:
     raise UserInputError('config.model.in_channels=1 needs grayscale data (config.data.channels=1)')
   if model_channels == 1:
-    return spec.preprocessing.to_grayscale(), False
-  return spec.preprocessing, data_channels == 1
+    return norm.to_grayscale(), False
+  return norm, data_channels == 1
 
 
 def averaging_and_accumulation(train: TrainSettings) -> dict:

@@ -1,0 +1,164 @@
+"""timm checkpoints by name from the Hugging Face Hub (fpclass.models.hub): parity with timm on weights timm
+wrote itself in the Hub's layout, loaded through the real `hf_hub_download` from a local cache folder with
+HF_HUB_OFFLINE=1 (no network); the preprocessing from config.json against timm's `resolve_data_config`; the
+model name a checkpoint implies; a cold cache failing in one line. The smallest member of each family runs
+here; bench/hub_parity.py checks every registered name (docs/parity.md).
+"""
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from fpclass import models
+from fpclass.errors import UserInputError
+from fpclass.models import hub, model_keys, preprocessing, transfer
+from tests import parity
+from tests import timm_reference as tr
+
+# The CI sample: the smallest member of each family, covering its variants' fields.
+SAMPLE = ['resnet10t', 'seresnext26t_32x4d']
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('hf') / 'hub'
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, cache):
+  found = {}
+  print('\n' + parity.TABLE_HEADER)
+
+  def get(arch):
+    if arch not in found:
+      case = tr.reference_case(arch, tmp_path_factory.mktemp(arch), cache)
+      found[arch] = (case, tr.port(case, cache))
+    return found[arch]
+  yield get
+  found.clear()
+
+
+@pytest.mark.parametrize('arch', SAMPLE)
+def test_hub_checkpoint_matches_timm(arch, reference):
+  case, (_, variables, apply) = reference(arch)
+  logits, features = apply(variables, case.x)
+  assert sum(np.asarray(v).size for v in jax.tree_util.tree_leaves(variables['params'])) == \
+      sum(p.numel() for p in case.module.parameters())
+  result = tr.agreement(case, logits, features)
+  print(result.row())
+  parity.check(result)
+
+
+MUTATIONS = {   # one tensor per family, changed slightly: the check must fail
+    'resnet10t': ('the deep stem\'s middle conv kernel transposed', 'params/conv1_3/kernel',
+                  lambda k: k.transpose(1, 0, 2, 3)),
+}
+
+
+@pytest.mark.parametrize('arch', list(MUTATIONS))
+def test_the_check_fails_on_a_perturbed_tensor(arch, reference):
+  case, (_, variables, apply) = reference(arch)
+  label, path, change = MUTATIONS[arch]
+  logits, features = apply(parity.replaced(variables, {path: change}), case.x)
+  result = tr.agreement(case, logits, features, label=f'{arch}, {label}')
+  print(result.row())
+  parity.assert_check_fails(result)
+
+
+def test_grayscale_stem_matches_timm_on_the_rgb_copy(reference, cache):
+  """config.model.in_channels=1: the folded deep stem on gray images g equals timm on [g, g, g]."""
+  case, _ = reference('resnet10t')
+  norm = models.get_spec('timm_resnet10t').preprocessing
+  g = parity.gray_images((3, *case.x.shape[1:3], 1))
+  rgb = np.asarray(norm(np.repeat(g, 3, axis=-1)))
+  x = np.asarray(norm.to_grayscale()(g))
+  with tr.offline_cache(cache):
+    model, variables = parity.build('timm_resnet10t', case.reference, num_classes=tr.NUM_CLASSES,
+                                    image_shape=x.shape[1:], in_channels=1)
+  logits, _ = parity.compiled_once(model.apply, variables, x)(variables, x)
+  ref, _ = parity.torch_forward(case.module, rgb, {})
+  jittered, _ = parity.torch_forward(case.module, parity.jittered(rgb), {})
+  result = parity.agreement('resnet10t gray', logits, ref, jittered)
+  print(result.row())
+  parity.check(result)
+
+
+@pytest.mark.parametrize('arch', SAMPLE)
+def test_preprocessing_is_timms_resolve_data_config(arch, reference, cache, monkeypatch):
+  """mean, std, input size, interpolation, crop_pct and crop_mode from config.json, as timm resolves them for
+  the model it builds from the same cached checkpoint."""
+  import timm
+  from timm.data import resolve_data_config
+  case, _ = reference(arch)
+  monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+  with tr.offline_cache(cache):
+    checkpoint = hub.resolve(case.reference)
+    module = timm.create_model(case.reference, pretrained=False, num_classes=tr.NUM_CLASSES,
+                               cache_dir=str(cache))
+  expected = resolve_data_config({}, model=module)
+  got = hub.data_config(checkpoint.config)
+  assert {k: got[k] for k in expected} == {k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}
+  norm = preprocessing.checkpoint_normalisation(checkpoint.config)
+  assert norm.mean == tuple(expected['mean']) and norm.std == tuple(expected['std'])
+
+
+def test_a_checkpoint_s_own_mean_and_std_decide_the_input(reference, cache, tmp_path):
+  """A tag with other statistics (an 'inception' 0.5/0.5 checkpoint) normalises the input its way."""
+  case, _ = reference('resnet10t')
+  snapshot = next((cache / 'models--timm--resnet10t.fpclass_test' / 'snapshots').iterdir())
+  config = json.loads((snapshot / 'config.json').read_text())
+  config['pretrained_cfg'].update(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+  folder = tmp_path / 'folder'
+  folder.mkdir()
+  (folder / 'config.json').write_text(json.dumps(config))
+  (folder / 'model.safetensors').symlink_to(snapshot / 'model.safetensors')
+  norm = preprocessing.weights_normalisation(ml_collections.ConfigDict(dict(name='timm_resnet10t',
+                                                                          pretrained=str(folder))))
+  assert norm.mean == (0.5, 0.5, 0.5)
+  assert models.get_spec('timm_resnet10t').preprocessing.mean == (0.485, 0.456, 0.406)
+
+
+def test_the_checkpoint_implies_the_model_name(reference, cache):
+  """model.pretrained='hf-hub:timm/<arch>.<tag>' makes model.name 'timm_<arch>', keeping the checkpoint; a
+  Hub-layout folder reads its architecture from config.json."""
+  section = model_keys.complete(dict(name='convnext_tiny', pretrained='hf-hub:timm/resnet50.a1_in1k',
+                                     head='softmax', in_channels=3))
+  assert section.name == 'timm_resnet50' and section.pretrained == 'hf-hub:timm/resnet50.a1_in1k'
+  case, _ = reference('resnet10t')
+  with tr.offline_cache(cache):
+    snapshot = hub.resolve(case.reference).weights.parent
+  assert model_keys.complete(dict(name='footprint_cnn', pretrained=str(snapshot))).name == 'timm_resnet10t'
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(reference, cache):
+  case, _ = reference('resnet10t')
+  cfg = ml_collections.ConfigDict(dict(name='timm_resnet18', head='softmax', pretrained=case.reference))
+  with tr.offline_cache(cache), pytest.raises(UserInputError, match='timm resnet10t checkpoint.*model.name='
+                                                                    'timm_resnet10t'):
+    transfer.load_pretrained(models.get_spec('timm_resnet18'), cfg, {}, cache_dir='/nonexistent')
+
+
+def test_a_cold_cache_offline_fails_in_one_line(tmp_path):
+  with tr.offline_cache(tmp_path / 'empty'), pytest.raises(UserInputError) as error:
+    hub.resolve('hf-hub:timm/resnet18.a1_in1k')
+  message = str(error.value)
+  assert '\n' not in message and 'HF_HUB_OFFLINE' in message and 'resnet18.a1_in1k' in message
+
+
+def test_a_malformed_reference_names_the_flag():
+  with pytest.raises(UserInputError, match="config.model.pretrained='hf-hub:resnet18'"):
+    hub.resolve('hf-hub:resnet18')
+
+
+def test_registered_input_sizes_are_timms_defaults():
+  """Each timm name's listed input size is its default pretrained_cfg's (no model is built)."""
+  from timm.models import get_pretrained_cfg
+  models.get_spec('footprint_cnn')
+  names = [n for n, spec in models.REGISTRY.items() if spec.family == 'timm']
+  assert len(names) >= 40
+  wrong = {n: (models.REGISTRY[n].input_size, get_pretrained_cfg(n[len(hub.NAME_PREFIX):]).input_size[1:])
+           for n in names if models.REGISTRY[n].input_size !=
+           tuple(get_pretrained_cfg(n[len(hub.NAME_PREFIX):]).input_size[1:])}
+  assert not wrong
