@@ -3,8 +3,11 @@ needs one candidate twice, cross-fitted against in-sample scoring on noise), the
 an auto run's trials, and one tiny sweep through launch.py whose ensemble and soup workdirs submit and predict,
 and whose models, reweighted unequally, are served (a real uvicorn server) and exported as one ONNX graph, each
 answering the weighted mix that --mode predict writes."""
+import base64
 import dataclasses
+import io
 import json
+import os
 import pathlib
 import types
 
@@ -15,9 +18,11 @@ import onnx
 import onnxruntime
 import pandas as pd
 import pytest
+from PIL import Image
 
 from fpclass.analysis import metric_registry
 from fpclass.config.inputs import DecodeSettings
+from fpclass.config.outputs import ServeSettings
 from fpclass.config.search import EnsembleSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_files
@@ -276,6 +281,9 @@ REWEIGHTED = [{'folder': '../exp0', 'weight': 0.7, 'models': ['fold0', 'fold2']}
               {'folder': '../exp1', 'weight': 0.3, 'models': ['fold1']}]
 
 
+SERVE_SETTINGS = ServeSettings(warm_batch_sizes=(1, 8), max_batch=8)   # two programs to compile, not six
+
+
 @pytest.fixture(scope='module')
 def reweighted(ensembled):
   """(an ensemble workdir beside --mode ensemble's, of three fold models of two variants at REWEIGHTED's weights,
@@ -309,8 +317,7 @@ def test_the_ensemble_is_served_answering_the_weighted_mix_that_predict_writes(r
   predicted = pd.read_csv(out / 'predictions.csv').set_index('path').loc[[str(p) for p in paths]]
   assert np.allclose(predicted[['p_0', 'p_1']].to_numpy(), expected, atol=1e-5)
 
-  config = sidecar.stored_config(out)
-  service = serve_service.load_service(config, out)
+  service = serve_service.load_service(sidecar.stored_config(out), out, SERVE_SETTINGS)
   with serve_server.BackgroundServer(serve_app.create_app(service)) as server:
     files = [('file', (p.name, p.read_bytes(), 'image/png')) for p in paths[:8]]
     body = httpx.post(server.url + 'predict', files=files, timeout=60).json()
@@ -362,3 +369,45 @@ def test_an_ensemble_of_models_that_decode_differently_is_refused(ensembled, tmp
   with pytest.raises(UserInputError, match=r'fold0: decodes its images as 24x16x1 \(stretch\), the ensemble in .* '
                                            r'as 32x16x1 \(stretch\)'):
     ensemble.load_model(sidecar.stored_config(out), out)
+
+
+@pytest.mark.filterwarnings('ignore:jax.core.DropVar is deprecated:DeprecationWarning')
+def test_a_multilabel_ensemble_is_served_and_exported_with_its_own_thresholds(trained_multilabel, tmp_path):
+  """The quick multi-label run as an ensemble workdir with per-label thresholds of its own (as --mode ensemble
+  stores those it fits on the mix): the server's labels are the classes at or above them, not at 0.5, and the
+  exported graph's probabilities are the run's sigmoid probabilities, its model.json those thresholds."""
+  run = trained_multilabel[0]
+  out = tmp_path / 'ensemble'
+  metadata = sidecar.read_metadata(run)
+  names = metadata['class_names']
+  height, width = metadata['image_size']
+  images = np.random.default_rng(5).integers(0, 256, (8, height, width, metadata['channels']), np.uint8)
+  probs = load_trained(sidecar.stored_config(run), run).probabilities(images, 8)
+  middle = np.sort(probs, axis=0)[3:5]
+  assert (middle[1] - middle[0]).min() > 1e-4   # no probability within float noise of its threshold
+  thresholds = dict(zip(names, map(float, middle.mean(axis=0))))
+  expected = probs >= np.array(list(thresholds.values()))
+  assert (expected != (probs >= 0.5)).any()   # a server deciding at 0.5 fails below
+  metadata.update(model='ensemble', calibration={'thresholds': thresholds},
+                  ensemble={'kind': 'caruana', 'metric': 'map',
+                            'members': [{'folder': os.path.relpath(run.parent, out), 'weight': 1.0,
+                                         'models': [run.name]}]})
+  sidecar.write_metadata(out, metadata)
+
+  service = serve_service.load_service(sidecar.stored_config(out), out, SERVE_SETTINGS)
+  pngs = []
+  for image in images:
+    buffer = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, format='PNG')
+    pngs.append(base64.b64encode(buffer.getvalue()).decode())
+  with serve_server.BackgroundServer(serve_app.create_app(service)) as server:
+    body = httpx.post(server.url + 'predict', json={'images': pngs}, timeout=60).json()
+  served = np.array([[r['probabilities'][c] for c in names] for r in body['predictions']])
+  assert np.abs(served - probs).max() <= 1e-5 and body['thresholds'] == pytest.approx(thresholds)
+  assert [r['labels'] for r in body['predictions']] == [[c for c, y in zip(names, row) if y] for row in expected]
+
+  written = export_mode.export(sidecar.stored_config(out), out)
+  session = onnxruntime.InferenceSession(str(written['onnx']), providers=['CPUExecutionProvider'])
+  assert np.abs(session.run(['probabilities'], {'images': images})[0] - probs).max() <= 1e-5
+  calibration = json.loads(written['description'].read_text())['calibration']
+  assert calibration['thresholds'] == pytest.approx(thresholds) and '--mode ensemble' in calibration['thresholds_source']
