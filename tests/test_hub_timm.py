@@ -18,7 +18,7 @@ from tests import parity
 from tests import timm_reference as tr
 
 # The CI sample: the smallest member of each family, covering its variants' fields.
-SAMPLE = ['resnet10t', 'seresnext26t_32x4d']
+SAMPLE = ['resnet10t', 'convnextv2_atto', 'vit_small_patch14_reg4_dinov2', 'vit_xsmall_patch16_clip_224']
 
 
 @pytest.fixture(scope='module')
@@ -54,6 +54,9 @@ def test_hub_checkpoint_matches_timm(arch, reference):
 MUTATIONS = {   # one tensor per family, changed slightly: the check must fail
     'resnet10t': ('the deep stem\'s middle conv kernel transposed', 'params/conv1_3/kernel',
                   lambda k: k.transpose(1, 0, 2, 3)),
+    'convnextv2_atto': ('a global response norm weight 5% larger', 'params/features_5_1/grn_weight',
+                        lambda w: w * 1.05),
+    'vit_small_patch14_reg4_dinov2': ('the registers 10% smaller', 'params/reg_token', lambda r: r * 0.9),
 }
 
 

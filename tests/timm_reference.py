@@ -74,6 +74,11 @@ def timm_model(arch: str, size, seed: int = 0, **kwargs):
   module = timm.create_model(arch, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
   parity.randomise_torch_weights(module, seed)
   parity.randomise_torch_transformer_parts(module, seed)
+  generator = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():   # what still holds its constant initial value (GRN's zeros, a token): drawn too
+    for p in module.parameters():
+      if p.numel() > 1 and bool(torch.all(p == p.reshape(-1)[0])):
+        p.add_(torch.randn(p.shape, generator=generator) * 0.3)
   x = parity.varied_images((3, *size, 3), seed)
   parity.informative_torch_bn(module, x, seed)
   return module.eval(), x

@@ -1,4 +1,5 @@
-"""torchvision ConvNeXt-Tiny, ported to Flax.
+"""torchvision ConvNeXt-Tiny, ported to Flax; timm's ConvNeXt and ConvNeXt V2 (`grn`) are the same module with
+other widths and depths, registered from timm checkpoints by `timm_convnext.py`.
 
 Design notes: docs/modules.md (`fpclass/models/torchvision_convnext.py`).
 """
@@ -24,10 +25,12 @@ def _layer_norm(name, dtype):
 
 
 class CNBlock(nn.Module):
-  """torchvision's CNBlock: x + stochastic_depth(layer_scale * pwconv2(gelu(pwconv1(norm(dwconv(x))))))."""
+  """torchvision's CNBlock: x + stochastic_depth(layer_scale * pwconv2(gelu(pwconv1(norm(dwconv(x)))))); with
+  `grn`, ConvNeXt V2's: a global response norm after the GELU and no layer scale."""
   drop_path_rate: float = 0.0
   layer_scale_init: float = 1e-6
   dtype: Any = jnp.float32
+  grn: bool = False
 
   @nn.compact
   def __call__(self, x, train):
@@ -35,11 +38,25 @@ class CNBlock(nn.Module):
     y = Conv(dim, (7, 7), padding=3, feature_group_count=dim, kernel_init=trunc_normal, dtype=self.dtype,
              name='dwconv')(x)
     y = _layer_norm('norm', self.dtype)(y)
-    y = nn.Dense(4 * dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv1')(y)
-    y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv2')(nn.gelu(y, approximate=False))
-    y = y * self.param('layer_scale', nn.initializers.constant(self.layer_scale_init), (dim,)).astype(y.dtype)
+    y = nn.gelu(nn.Dense(4 * dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv1')(y), approximate=False)
+    if self.grn:
+      y = global_response_norm(self, y)
+    y = nn.Dense(dim, kernel_init=trunc_normal, dtype=self.dtype, name='pwconv2')(y)
+    if not self.grn:
+      y = y * self.param('layer_scale', nn.initializers.constant(self.layer_scale_init), (dim,)).astype(y.dtype)
     # Named as torchvision's StochasticDepth(p, 'row') module.
     return x + transfer.drop_path(y, self.drop_path_rate, train, 'stochastic_depth')
+
+
+def global_response_norm(module: nn.Module, y, epsilon: float = 1e-6):
+  """ConvNeXt V2's GRN (timm's GlobalResponseNorm): each channel's L2 norm over space, divided by its mean over
+  channels, rescales y; y + bias + weight * y * that, weight and bias starting at zero."""
+  dim = y.shape[-1]
+  compute = jnp.promote_types(y.dtype, jnp.float32)
+  norms = jnp.sqrt(jnp.sum(jnp.square(y.astype(compute)), axis=(1, 2), keepdims=True))
+  scaled = y * (norms / (jnp.mean(norms, axis=-1, keepdims=True) + epsilon)).astype(y.dtype)
+  weight = module.param('grn_weight', nn.initializers.zeros, (dim,)).astype(y.dtype)
+  return y + (module.param('grn_bias', nn.initializers.zeros, (dim,)).astype(y.dtype) + weight * scaled)
 
 
 def drop_path_rates(blocks: Sequence[int], rate: float) -> list[list[float]]:
@@ -52,6 +69,7 @@ class ConvNeXt(transfer.Backbone, kw_only=True):
   block_setting: Sequence[Sequence[int]]   # (channels, blocks) per stage
   drop_path_rate: float = 0.1              # the last block's; convnext_tiny's (torchvision's stochastic_depth_prob)
   layer_scale: float = 1e-6                # the initial layer scale (torchvision's `layer_scale`)
+  grn: bool = False                        # ConvNeXt V2's blocks (see CNBlock)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -69,7 +87,8 @@ class ConvNeXt(transfer.Backbone, kw_only=True):
         x = Conv(channels, (2, 2), 2, padding='VALID', kernel_init=trunc_normal, dtype=self.dtype,
                  name=f'features_{index - 1}_conv')(x)
       for j in range(blocks):
-        x = CNBlock(rates[stage - 1][j], self.layer_scale, self.dtype, name=f'features_{index}_{j}')(x, train)
+        x = CNBlock(rates[stage - 1][j], self.layer_scale, self.dtype, self.grn,
+                    name=f'features_{index}_{j}')(x, train)
       x = feature(self, features, STAGES[stage], x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
@@ -109,7 +128,7 @@ def convert(path):
   return apply_rules(read_state_dict(path), RULES)
 
 
-def _stage_regex(index: int) -> str:
+def stage_regex(index: int) -> str:
   """Stage 0 is the stem; stage i > 0 is its downsampling layer (features_<2i-2>, none for i = 1) and its
   blocks (features_<2i-1>_<j>)."""
   if index == 0:
@@ -121,7 +140,7 @@ register(ModelSpec(
     'convnext_tiny', functools.partial(ConvNeXt, block_setting=TINY), 'torchvision', cam_layer='stage4',
     description='torchvision convnext_tiny, ImageNet weights by name or from a state_dict file',
     preprocessing=preprocessing.TORCH_IMAGENET,
-    stages=tuple((name, _stage_regex(index)) for index, name in enumerate(STAGES)),
+    stages=tuple((name, stage_regex(index)) for index, name in enumerate(STAGES)),
     weights={'imagenet': WeightsFile('https://download.pytorch.org/models/convnext_tiny-983f1562.pth',
                                      'sha256:983f1562')},
     convert=convert, source_head=r'^params/classifier_2/', source_top=r'^params/classifier_(0|2)/',

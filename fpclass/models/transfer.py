@@ -256,6 +256,9 @@ def fold_stem(spec, mapped: dict) -> dict:
       mapped[kernel_key], norm)
   mapped[kernel_key] = folded
   offset_key = tuple(offset_path.split('/'))
+  if offset_key not in mapped:   # CLIP's patch embedding has no bias to take the fold's constant
+    raise UserInputError(f'{spec.name}: config.model.in_channels=1 needs a stem bias or BN to fold into; this '
+                         f'model has no {offset_path}: use in_channels=3 (the gray channel repeated)')
   sign = 1.0 if offset_key[0] == 'params' else -1.0  # a conv bias gains the offset; a BN mean loses it
   mapped[offset_key] = (mapped[offset_key] + sign * offset).astype(np.float32)
   return mapped

@@ -1,4 +1,5 @@
-"""Vision Transformers: torchvision's ViT-B/16 and DINOv2's ViT-S/14 and ViT-B/14, one Flax module.
+"""Vision Transformers: torchvision's ViT-B/16 and DINOv2's ViT-S/14 and ViT-B/14, one Flax module; timm's ViTs
+(augreg, CLIP's pre-norm, DINOv2 with registers) are its fields, registered by `timm_vit.py`.
 
 `drop_path_rate` is stochastic depth on each block's two branches (torchvision's ViT has none): timm's and
 DINOv2's rule, rate linspace(0, p, depth)[i] for block i, each branch drawn on its own, in training only.
@@ -19,7 +20,8 @@ from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_di
 CUBIC_A = -0.75              # torch's bicubic kernel (Keys' cubic convolution with a = -0.75)
 DINOV2_OFFSET = 0.1          # DINOv2's scale-factor offset ("avoid floating point error", kept for its weights)
 LAYER_NORM_EPSILON = 1e-6
-INTERPOLATIONS = ('torchvision', 'dinov2')
+INTERPOLATIONS = ('torchvision', 'dinov2', 'timm')
+AA_CUBIC_A = -0.5           # torch's antialiased bicubic kernel (Pillow's)
 CAM_FEATURE = 'last_attention_input'
 xavier = nn.initializers.xavier_uniform()
 
@@ -55,6 +57,30 @@ def bicubic_matrix(in_size: int, out_size: int, align_corners: bool, scale: floa
   return matrix
 
 
+def antialiased_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) float64 matrix of torch's `interpolate(size=..., mode='bicubic', antialias=True)`
+  (what timm's resample_abs_pos_embed calls): Keys' kernel with a = -0.5, widened by the scale when shrinking,
+  over the taps inside the input, its weights normalised to sum to 1."""
+  scale = in_size / out_size
+  support = 2.0 * max(scale, 1.0)
+  inverse = 1.0 / scale if scale >= 1.0 else 1.0
+  a = AA_CUBIC_A
+
+  def kernel(x):
+    x = abs(x)
+    if x < 1:
+      return ((a + 2) * x - (a + 3)) * x * x + 1
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
+  matrix = np.zeros((out_size, in_size))
+  for i in range(out_size):
+    center = scale * (i + 0.5)
+    low = max(int(center - support + 0.5), 0)
+    high = min(int(center + support + 0.5), in_size)
+    taps = np.array([kernel((j - center + 0.5) * inverse) for j in range(low, high)])
+    matrix[i, low:high] = taps / taps.sum()
+  return matrix
+
+
 def position_matrices(source_grid: int, grid: tuple[int, int], how: str) -> tuple[np.ndarray, np.ndarray] | None:
   """(rows, columns) interpolation matrices from the source grid to `grid`, or None when none is needed."""
   if how not in INTERPOLATIONS:
@@ -63,34 +89,40 @@ def position_matrices(source_grid: int, grid: tuple[int, int], how: str) -> tupl
     return None
   if how == 'torchvision':
     return tuple(bicubic_matrix(source_grid, n, align_corners=True) for n in grid)
+  if how == 'timm':
+    return tuple(antialiased_bicubic_matrix(source_grid, n) for n in grid)
   return tuple(bicubic_matrix(source_grid, n, align_corners=False, scale=(n + DINOV2_OFFSET) / source_grid)
                for n in grid)
 
 
-def interpolated_positions(pos_embedding, source_grid: int, grid: tuple[int, int], how: str):
-  """The (1, 1 + h * w, D) position embeddings for a (h, w) patch grid; the class token's is unchanged."""
+def interpolated_positions(pos_embedding, source_grid: int, grid: tuple[int, int], how: str, prefix: int = 1):
+  """The (1, prefix + h * w, D) position embeddings for a (h, w) patch grid; the `prefix` tokens' (the class
+  token's) are unchanged."""
   matrices = position_matrices(source_grid, grid, how)
   if matrices is None:
     return pos_embedding
   dim = pos_embedding.shape[-1]
   compute = jnp.promote_types(pos_embedding.dtype, jnp.float32)
-  patches = pos_embedding[0, 1:].reshape(source_grid, source_grid, dim).astype(compute)
+  patches = pos_embedding[0, prefix:].reshape(source_grid, source_grid, dim).astype(compute)
   rows, columns = (jnp.asarray(m, compute) for m in matrices)
   patches = jnp.einsum('yi,xj,ijd->yxd', rows, columns, patches).reshape(1, -1, dim)
-  return jnp.concatenate([pos_embedding[:, :1].astype(compute), patches], axis=1).astype(pos_embedding.dtype)
+  return jnp.concatenate([pos_embedding[:, :prefix].astype(compute), patches], axis=1).astype(pos_embedding.dtype)
 
 
-def _layer_norm(name, dtype):
+def _layer_norm(name, dtype, epsilon=LAYER_NORM_EPSILON):
   # Two-pass variance, as torch computes it: Flax's default E[x^2] - E[x]^2 loses digits on large activations.
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, dtype=dtype, name=name)
+  return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def record_patch_grid(module: nn.Module, features: dict, name: str, tokens, grid):
-  """Records the patch tokens of (N, 1 + h * w, D) `tokens` as an (N, h, w, D) feature `name`, and returns
+ACTIVATIONS = {'gelu': lambda x: nn.gelu(x, approximate=False), 'quick_gelu': lambda x: x * nn.sigmoid(1.702 * x)}
+
+
+def record_patch_grid(module: nn.Module, features: dict, name: str, tokens, grid, prefix: int = 1):
+  """Records the patch tokens of (N, prefix + h * w, D) `tokens` as an (N, h, w, D) feature `name`, and returns
   the tokens rebuilt from it, so that a gradient at the feature (Grad-CAM's) flows through the model."""
   n, _, dim = tokens.shape
-  patches = feature(module, features, name, tokens[:, 1:].reshape(n, *grid, dim))
-  return jnp.concatenate([tokens[:, :1], patches.reshape(n, -1, dim)], axis=1)
+  patches = feature(module, features, name, tokens[:, prefix:].reshape(n, *grid, dim))
+  return jnp.concatenate([tokens[:, :prefix], patches.reshape(n, -1, dim)], axis=1)
 
 
 class SelfAttention(nn.Module):
@@ -127,20 +159,23 @@ class EncoderBlock(nn.Module):
   drop_path_rate: float = 0.0
   record: str = ''
   dtype: Any = jnp.float32
+  norm_epsilon: float = LAYER_NORM_EPSILON
+  activation: str = 'gelu'
+  prefix: int = 1        # tokens before the patches (class, registers)
 
   @nn.compact
   def __call__(self, x, features: dict, train: bool):
     dim = x.shape[-1]
-    y = _layer_norm('norm1', self.dtype)(x)
+    y = _layer_norm('norm1', self.dtype, self.norm_epsilon)(x)
     if self.record:
-      y = record_patch_grid(self, features, self.record, y, self.grid)
+      y = record_patch_grid(self, features, self.record, y, self.grid, self.prefix)
     y = SelfAttention(self.num_heads, self.attention_dropout, self.dtype, name='attention')(y, train)
     if self.layer_scale:
       y = y * self.param('layer_scale1', nn.initializers.ones, (dim,)).astype(y.dtype)
     x = x + transfer.drop_path(nn.Dropout(self.dropout, deterministic=not train)(y), self.drop_path_rate, train,
                                'drop_path1')
-    y = _layer_norm('norm2', self.dtype)(x)
-    y = nn.gelu(nn.Dense(self.mlp_dim, kernel_init=xavier, dtype=self.dtype, name='mlp_fc1')(y), approximate=False)
+    y = _layer_norm('norm2', self.dtype, self.norm_epsilon)(x)
+    y = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim, kernel_init=xavier, dtype=self.dtype, name='mlp_fc1')(y))
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.Dense(dim, kernel_init=xavier, dtype=self.dtype, name='mlp_fc2')(y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
@@ -165,6 +200,14 @@ class VisionTransformer(transfer.Backbone, kw_only=True):
   dropout: float = 0.0                     # torchvision's `dropout` (after the embedding and in every block)
   attention_dropout: float = 0.0           # torchvision's `attention_dropout`
   drop_path_rate: float = 0.0              # the last block's stochastic depth rate (see the module docstring)
+  # timm's variants:
+  norm_epsilon: float = LAYER_NORM_EPSILON  # CLIP's LayerNorms: 1e-5
+  pre_norm: bool = False                    # CLIP's LayerNorm ('norm_pre') after the position embeddings
+  patch_bias: bool = True                   # CLIP's patch embedding has none
+  embed_class: bool = True                  # False: position embeddings for the patches only (timm's
+                                            # no_embed_class), added before the class and register tokens
+  reg_tokens: int = 0                       # DINOv2's registers: tokens after the class token, dropped at the end
+  activation: str = 'gelu'                  # 'gelu' | 'quick_gelu' (OpenAI CLIP's)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -178,34 +221,48 @@ class VisionTransformer(transfer.Backbone, kw_only=True):
                            f'{width // self.patch_size * self.patch_size or self.patch_size}')
     grid = (height // self.patch_size, width // self.patch_size)
     features = {}
+    if self.reg_tokens and self.embed_class:
+      raise UserInputError('config.model.reg_tokens needs config.model.embed_class=False (registers take no '
+                           'position embedding)')
     x = transfer.StemConv(self.hidden_dim, (self.patch_size,) * 2, self.patch_size, padding='VALID',
-                          kernel_init=nn.initializers.lecun_normal(), gray=self.in_channels == 1, dtype=self.dtype,
-                          name='patch_embed')(x)
+                          use_bias=self.patch_bias, kernel_init=nn.initializers.lecun_normal(),
+                          gray=self.in_channels == 1, dtype=self.dtype, name='patch_embed')(x)
     n = x.shape[0]
     tokens = x.reshape(n, -1, self.hidden_dim)
-    class_token = self.param('class_token', nn.initializers.zeros, (1, 1, self.hidden_dim))
+    prefix = [self.param('class_token', nn.initializers.zeros, (1, 1, self.hidden_dim))]
+    embedded = 1 if self.embed_class else 0
     positions = self.param('pos_embedding', nn.initializers.normal(0.02),
-                           (1, 1 + self.source_grid ** 2, self.hidden_dim))
-    tokens = jnp.concatenate([jnp.broadcast_to(class_token, (n, 1, self.hidden_dim)).astype(tokens.dtype), tokens], 1)
-    tokens = tokens + interpolated_positions(positions, self.source_grid, grid,
-                                             self.position_interpolation).astype(tokens.dtype)
+                           (1, embedded + self.source_grid ** 2, self.hidden_dim))
+    if self.reg_tokens:
+      prefix.append(self.param('reg_token', nn.initializers.zeros, (1, self.reg_tokens, self.hidden_dim)))
+    prefix = [jnp.broadcast_to(p, (n, *p.shape[1:])).astype(tokens.dtype) for p in prefix]
+    positions = interpolated_positions(positions, self.source_grid, grid, self.position_interpolation,
+                                       embedded).astype(tokens.dtype)
+    if self.embed_class:
+      tokens = jnp.concatenate([*prefix, tokens], 1) + positions
+    else:
+      tokens = jnp.concatenate([*prefix, tokens + positions], 1)
     tokens = nn.Dropout(self.dropout, deterministic=not train)(tokens)
-    tokens = record_patch_grid(self, features, 'embed', tokens, grid)
+    if self.pre_norm:
+      tokens = _layer_norm('norm_pre', self.dtype, self.norm_epsilon)(tokens)
+    count = 1 + self.reg_tokens
+    tokens = record_patch_grid(self, features, 'embed', tokens, grid, count)
     blocks = min(last, self.depth)
     rates = transfer.linear_drop_path_rates(self.drop_path_rate, self.depth, self.depth - 1)
     for i in range(blocks):
       tokens = EncoderBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale, self.dropout,
                             self.attention_dropout, rates[i], record=CAM_FEATURE if i == blocks - 1 else '',
-                            dtype=self.dtype, name=f'block{i}')(tokens, features, train)
-      tokens = record_patch_grid(self, features, f'block{i}', tokens, grid)
+                            dtype=self.dtype, norm_epsilon=self.norm_epsilon, activation=self.activation,
+                            prefix=count, name=f'block{i}')(tokens, features, train)
+      tokens = record_patch_grid(self, features, f'block{i}', tokens, grid, count)
     if last == len(stages) - 1:
-      tokens = _layer_norm('norm', self.dtype)(tokens)
-      tokens = record_patch_grid(self, features, 'norm', tokens, grid)
+      tokens = _layer_norm('norm', self.dtype, self.norm_epsilon)(tokens)
+      tokens = record_patch_grid(self, features, 'norm', tokens, grid, count)
     if self.top == 'source':
       x = features['pre_logits'] = tokens[:, 0]
       return nn.Dense(self.num_outputs, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                       name='head')(x).astype(jnp.float32), features
-    patches = tokens[:, 1:].reshape(n, *grid, self.hidden_dim)
+    patches = tokens[:, count:].reshape(n, *grid, self.hidden_dim)
     return transfer.new_top(self, patches, features, train), features
 
 
@@ -265,13 +322,16 @@ def convert_dinov2(path):
   return apply_rules(read_state_dict(path), DINOV2_RULES, ignore=DINOV2_UNUSED)
 
 
+def stages_of(depth: int) -> tuple:
+  """(stage, regex) pairs of a ViT of `depth` blocks."""
+  regexes = {'embed': r'^(patch_embed/|class_token$|pos_embedding$|reg_token$|norm_pre/)', 'norm': r'^norm/'}
+  return tuple((stage, regexes.get(stage, rf'^{stage}/')) for stage in stage_names(depth))
+
+
 def _spec(name, fields, convert, weights, description, family):
-  stages = stage_names(fields['depth'])
-  regexes = {'embed': r'^(patch_embed/|class_token$|pos_embedding$)', 'norm': r'^norm/'}
   return ModelSpec(
       name, functools.partial(VisionTransformer, **fields), family, cam_layer=CAM_FEATURE, description=description,
-      preprocessing=preprocessing.TORCH_IMAGENET,
-      stages=tuple((stage, regexes.get(stage, rf'^{stage}/')) for stage in stages),
+      preprocessing=preprocessing.TORCH_IMAGENET, stages=stages_of(fields['depth']),
       weights=weights, convert=convert, source_head=r'^params/head/', source_top=r'^params/head/',
       stem='patch_embed|params/patch_embed/bias')
 

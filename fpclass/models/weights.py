@@ -152,6 +152,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     'depthwise': lambda a: np.transpose(a, (2, 3, 1, 0)),     # torch (C, 1, kh, kw) -> flax (kh, kw, 1, C)
     'keras_depthwise': lambda a: a.reshape(a.shape[0], a.shape[1], 1, -1),  # (kh, kw, C, 1) -> (kh, kw, 1, C)
     'flatten': lambda a: a.reshape(-1),                       # torch (C, 1, 1) per-channel scales -> (C,)
+    'pointwise': lambda a: a.reshape(a.shape[0], -1).T,       # torch (out, in[, 1, 1]) -> flax Dense (in, out)
 }
 
 # torchvision BatchNorm2d: weight/bias are params, running statistics go to batch_stats.
