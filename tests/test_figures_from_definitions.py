@@ -19,6 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from fpclass.analysis import calibration, metrics, multilabel_calibration, stats, sweep_report
 from fpclass.analysis import multilabel_metrics as mm
+from fpclass.errors import UserInputError
 from fpclass.search import screen
 
 EXACT = 1e-12
@@ -49,6 +50,15 @@ def test_corrected_interval_is_its_formula(ratio, level):
   assert ci.n == 5
   # 1 - level would be a 5% interval; a two-sided 95% one reaches further than the t quantile at 0.95
   assert ci.high - ci.mean > scipy_stats.t.ppf(level, 4) * ci.std * math.sqrt(1 / 5 + ratio)
+
+
+def test_corrected_interval_of_two_values_and_by_default_the_plain_95_percent_t_interval():
+  two = stats.corrected_interval([0.5, 0.7], 0.25)
+  assert (two.mean, two.std, two.low, two.high) == pytest.approx(corrected([0.5, 0.7], 0.25), abs=EXACT)
+  values = [0.70, 0.74, 0.69, 0.81, 0.77]
+  low, high = scipy_stats.t.interval(0.95, 4, loc=np.mean(values), scale=scipy_stats.sem(values))
+  ci = stats.corrected_interval(values)
+  assert (ci.low, ci.high) == pytest.approx((low, high), abs=EXACT)
 
 
 def test_corrected_interval_drops_missing_values_and_needs_two():
@@ -485,3 +495,174 @@ def test_epoch_figures_and_binary_losses_are_their_definitions():
       skm.roc_auc_score(labels, probs3, multi_class='ovr'), abs=EXACT)
   multi = metrics.epoch_metrics(truth, special.logit(probs), 'multilabel', 2)
   assert multi['map'] == pytest.approx(ml['map'], abs=1e-9) and multi['loss'] == pytest.approx(ml['loss'], abs=1e-9)
+
+
+# --- the sweep's tables, section and figure ------------------------------------------------------------------
+
+
+def sweep_experiments(multilabel=False):
+  """Two variants of hand-made member rows (2 splits x 2 seeds), as run_plan records them."""
+  out = []
+  for name, shift, ratio in (('base', 0.0, 0.25), ('wide', 0.03, 0.25)):
+    rows = [dict(split=split, seed=seed, accuracy=0.7 + 0.1 * split + 0.01 * seed + shift, map=0.5 + 0.1 * split + shift,
+                 macro_f1=0.6 + 0.05 * split - 0.01 * seed + shift, roc_auc=0.8 + 0.02 * split + shift, loss=0.4,
+                 epochs_trained=3 + split) for split in (0, 1) for seed in (0, 1)]
+    calibration_entry = (dict(head='multilabel', macro_f1_at_half=0.61, macro_f1_tuned=0.66 + shift,
+                              thresholds={'zebra': 0.4, 'apple': 0.55}) if multilabel else
+                         dict(head='softmax', ece_before=0.12, ece_after=0.04 + shift, temperature=1.7, threshold=None))
+    out.append(dict(name=name, changes={} if name == 'base' else {'model.width': 2}, rows=rows, test_train_ratio=ratio,
+                    num_params=12345 if name == 'base' else float('nan'), calibration=calibration_entry,
+                    task='multilabel' if multilabel else 'single_label', split_note='2 folds',
+                    timing=dict(seconds_per_model_epoch=0.25, train_seconds=2.0, wall_seconds=3.0, form='loop',
+                                plan='2 members a chunk')))
+  return out
+
+
+def test_the_task_and_its_metrics_come_from_every_variant():
+  single, multi = sweep_experiments(), sweep_experiments(multilabel=True)
+  assert sweep_report.task_of(single) == 'single_label' and sweep_report.task_of(multi) == 'multilabel'
+  assert sweep_report.task_of([{'name': 'old'}]) == 'single_label'   # an experiment.json from before the field
+  assert sweep_report.metrics_of(single) == ('accuracy', 'macro_f1', 'roc_auc')
+  assert sweep_report.metrics_of(multi) == ('map', 'macro_f1')
+  with pytest.raises(UserInputError, match=r'mix single-label and multi-label variants \(base: single_label, '
+                                           r'wide: multilabel\)'):
+    sweep_report.task_of([single[0], multi[1]])
+
+
+def test_a_models_row_is_every_registered_figure_of_its_task():
+  logits = np.array([[2.0, -1.0], [0.1, 0.3], [-1.0, 0.5], [0.0, 1.0]])
+  labels = np.array([0, 1, 0, 1])
+  row = sweep_report.model_scores(labels, logits, 'softmax', ('a', 'b'))
+  probs = special.softmax(logits, axis=1)
+  assert row['accuracy'] == 0.75 and row['roc_auc'] == pytest.approx(skm.roc_auc_score(labels, probs[:, 1]))
+  assert row['loss'] == pytest.approx(skm.log_loss(labels, probs), abs=1e-9)
+  truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+  multi = sweep_report.model_scores(truth, logits, 'multilabel', ('a', 'b'))
+  sigmoid = special.expit(logits)
+  assert multi['map'] == pytest.approx(skm.average_precision_score(truth, sigmoid), abs=EXACT)
+  assert multi['macro_f1'] == pytest.approx(skm.f1_score(truth, (sigmoid >= 0.5).astype(int), average='macro'))
+
+
+@pytest.mark.parametrize('multilabel', [False, True])
+def test_the_results_table_prints_each_variants_figures(multilabel):
+  experiments = sweep_experiments(multilabel)
+  names = sweep_report.metrics_of(experiments)
+  summary = sweep_report.summarise(experiments)
+  lines = sweep_report.results_table(summary, names).splitlines()
+  calibration_column = 'macro F1 at 0.5 → thresholds' if multilabel else 'ECE before → after'
+  titles = ' | '.join(sweep_report.metric_registry.title(m) for m in names)
+  assert lines[0] == f'| variant | changes | models | {titles} | {calibration_column} | params | s / model-epoch | epochs |'
+  for line, e in zip(lines[2:], experiments):
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    assert cells[:3] == [e['name'], sweep_report.describe_changes(e['changes']), '4']
+    for cell, metric in zip(cells[3:], names):
+      mean, std, low, high = corrected([r[metric] for r in e['rows']], e['test_train_ratio'])
+      assert cell == f'{mean:.3f} ± {std:.3f} [{low:.3f}, {high:.3f}]', metric
+    calib = e['calibration']
+    assert cells[3 + len(names)] == (f'{calib["macro_f1_at_half"]:.3f} → {calib["macro_f1_tuned"]:.3f}' if multilabel
+                                     else f'{calib["ece_before"]:.3f} → {calib["ece_after"]:.3f}')
+    assert cells[4 + len(names):] == (['12,345'] if e['name'] == 'base' else ['']) + ['0.25', '3.5']
+  if multilabel:
+    assert summary['thresholds'].tolist() == ['zebra=0.400 apple=0.550'] * 2
+  else:
+    assert summary['temperature'].tolist() == [1.7, 1.7] and summary['ece_after'].tolist() == [0.04, 0.07]
+
+
+@pytest.mark.parametrize('multilabel, ratio', [(False, 0.25), (True, 0.0)])
+def test_the_sweep_section_states_its_counts_and_how_its_intervals_are_made(multilabel, ratio):
+  experiments = sweep_experiments(multilabel)
+  for e in experiments:
+    e['test_train_ratio'] = ratio
+  summary = sweep_report.summarise(experiments)
+  differences = sweep_report.paired_differences(pd.DataFrame([dict(r, experiment=e['name'], val_hash='h')
+                                                             for e in experiments for r in e['rows']]),
+                                                experiments, 'base')
+  text = sweep_report.sweep_section(None, experiments, summary, differences, 'base', 12.4)
+  assert '2 variants × 2 splits (2 folds) × 2 seeds [0, 1] = 8 models, 12 s wall' in text
+  assert 'Model axis: `loop`, 2 members a chunk.' in text and '### Paired differences from `base`' in text
+  assert sweep_report.results_table(summary, sweep_report.metrics_of(experiments)) in text
+  assert sweep_report.differences_table(differences, sweep_report.metrics_of(experiments)) in text
+  if ratio:
+    assert 'n_val/n_train = 0.250' in text and 'seed-to-seed variation only' not in text
+  else:
+    assert 'seed-to-seed variation only' in text and 'n_val/n_train' not in text
+  assert ('mAP, and macro F1 deciding each label at 0.5' in text) == multilabel
+  assert ('one threshold per label' in text) == multilabel and ('ECE is the expected' in text) != multilabel
+  alone = sweep_report.sweep_section(None, experiments[:1], summary[:1], differences[:0], 'base', 1.0)
+  assert '(only one variant)' in alone
+
+
+def test_the_sweep_figure_draws_each_variants_mean_interval_and_models():
+  experiments = sweep_experiments()
+  summary = sweep_report.summarise(experiments)
+  models = pd.DataFrame([dict(r, experiment=e['name']) for e in experiments for r in e['rows']])
+  figure = sweep_report.plot_results(summary, models)
+  axes = figure.axes
+  assert [ax.get_ylabel() for ax in axes] == ['accuracy', 'macro F1', 'ROC AUC']
+  for ax, metric in zip(axes, sweep_report.METRICS):
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == pytest.approx(summary[f'{metric}_mean'].tolist(), abs=EXACT)
+    dots = [line.get_ydata() for line in ax.lines if line.get_marker() == '.']
+    for values, e in zip(dots, experiments):
+      assert sorted(values) == pytest.approx(sorted(r[metric] for r in e['rows']), abs=EXACT)
+    (caps,) = [c for c in ax.containers if hasattr(c, 'has_yerr') and c.has_yerr]
+    segments = caps.lines[2][0].get_segments()
+    for segment, (_, s) in zip(segments, summary.iterrows()):
+      assert [segment[0][1], segment[1][1]] == pytest.approx([s[f'{metric}_ci_low'], s[f'{metric}_ci_high']], abs=1e-9)
+    values = np.concatenate([summary[f'{metric}_mean'], models[metric]])
+    assert ax.get_ylim() == pytest.approx((max(0.0, values.min() - 0.05), min(1.0, values.max() + 0.05)))
+
+
+# --- the stored decision -------------------------------------------------------------------------------------
+
+
+def test_a_stored_decision_applies_its_temperature_threshold_and_per_label_thresholds_by_name():
+  logits = np.array([[0.0, 1.0], [0.0, -0.2], [0.0, 0.3]])
+  decision = calibration.Decision.from_stored('softmax', {'temperature': 2.0, 'threshold': 0.45}, ('a', 'b'))
+  probs, pred = decision(logits)
+  np.testing.assert_allclose(probs, special.softmax(logits / 2.0, axis=1), atol=1e-12)
+  assert pred.tolist() == [1, 1, 1] and decision.threshold == 0.45   # p1 = 0.62, 0.475, 0.537 >= 0.45
+  plain = calibration.Decision.from_stored('softmax', {}, ('a', 'b'))
+  assert (plain.temperature, plain.threshold, plain.thresholds) == (1.0, None, None)
+  assert plain(logits)[1].tolist() == [1, 0, 1]
+  three = calibration.Decision('softmax', threshold=0.9)(np.array([[0.0, 1.0, 2.0]]))[1]
+  assert three.tolist() == [2]   # a threshold is for two classes only
+  ml = calibration.Decision.from_stored('multilabel', {'thresholds': {'apple': 0.7, 'zebra': 0.2}},
+                                        ('zebra', 'mango', 'apple'))
+  assert ml.thresholds == (0.2, 0.5, 0.7) and ml.label_thresholds(3).tolist() == [0.2, 0.5, 0.7]
+  multi_logits = special.logit(np.array([[0.3, 0.6, 0.65], [0.1, 0.4, 0.75]]))
+  probs, pred = ml(multi_logits)
+  np.testing.assert_allclose(probs, [[0.3, 0.6, 0.65], [0.1, 0.4, 0.75]], atol=1e-12)
+  assert pred.tolist() == [[1, 1, 0], [0, 0, 1]]
+  assert calibration.tag_lists(pred, ('zebra', 'mango', 'apple')) == [['zebra', 'mango'], ['apple']]
+  unset = calibration.Decision('multilabel')
+  assert unset.label_thresholds(2).tolist() == [0.5, 0.5]
+
+
+def test_a_decision_describes_itself():
+  assert calibration.Decision('softmax').describe() == 'uncalibrated probabilities, the most probable class'
+  assert calibration.Decision('softmax', 1.5).describe() == ('temperature-scaled probabilities (T = 1.500), '
+                                                             'the most probable class')
+  assert calibration.Decision('softmax', 1.0, 0.375).describe() == ('temperature-scaled probabilities (T = 1.000), '
+                                                                    'class 1 when its probability is at least 0.375')
+  assert calibration.Decision('multilabel', thresholds=(0.5, 0.5)).describe().endswith('reaches 0.5')
+  assert calibration.Decision('multilabel', thresholds=(0.5, 0.4)).describe().endswith(
+      'reaches its fitted threshold (--mode calibrate)')
+  assert calibration.Decision('multilabel').describe().startswith('sigmoid probability per class; a class is')
+
+
+def test_a_models_decision_reads_its_sidecar_only_when_calibrated():
+  class Trained:
+    metadata = {'calibration': {'temperature': 2.5, 'thresholds': {'b': 0.3, 'a': 0.6}}}
+    task = type('Task', (), {'head': 'multilabel'})()
+    class_names = ('b', 'a')
+  stored = calibration.Decision.for_model(Trained(), calibrated=True)
+  assert (stored.head, stored.temperature, stored.thresholds) == ('multilabel', 2.5, (0.3, 0.6))
+  assert calibration.Decision.for_model(Trained(), calibrated=False) == calibration.Decision('multilabel', 1.0, None,
+                                                                                            (0.5, 0.5))
+
+
+def test_the_classification_report_is_scikit_learns():
+  labels, pred = np.array([0, 1, 1, 2, 0]), np.array([0, 1, 0, 2, 2])
+  assert metrics.classification_report(labels, pred, ('x', 'y', 'z', 'w')) == skm.classification_report(
+      labels, pred, labels=[0, 1, 2, 3], target_names=['x', 'y', 'z', 'w'], digits=4, zero_division=0)
