@@ -43,9 +43,11 @@ async function loadMetadata() {
   ensemble = meta.ensemble || null;
   // An ensemble mixes its members' probabilities: Grad-CAM explains one model, so the page offers none.
   camToggle.parentElement.hidden = meta.explain === false;
+  const crossFitted = ((ensemble && ensemble.cross_fitted) || []).find((row) => row.model === 'ensemble');
   const model = ensemble
     ? `ensemble of ${ensemble.models.length} models (` +
-      ensemble.members.map((m) => `${m.folder} x${m.weight.toFixed(2)}`).join(', ') + ')'
+      ensemble.members.map((m) => `${m.folder} x${m.weight.toFixed(2)}`).join(', ') + ')' +
+      (crossFitted ? `, cross-fitted ${crossFitted.metric} ${crossFitted['cross-fitted']}` : '')
     : `${meta.model}, ${meta.checkpoint} checkpoint (epoch ${meta.epoch})`;
   document.getElementById('model-info').textContent =
     `${model}${accuracy}; classes ` +
