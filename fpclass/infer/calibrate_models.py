@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 from fpclass import fileio
 from fpclass.analysis import multilabel_calibration
 from fpclass.analysis.calibration import (
-  THRESHOLD_METRICS,
   calibrate_predictions,
   expected_calibration_error,
   reliability_bins,
@@ -69,11 +68,7 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   if tta_settings.on:
     predictions = None   # the logits training computed are plain ones
   sweep = SweepSettings.from_config(config.sweep)
-  bins, metric = sweep.ece_bins, sweep.threshold_metric
-  if bins < 2:
-    raise UserInputError(f'config.sweep.ece_bins={bins}: use at least 2')
-  if metric not in THRESHOLD_METRICS:
-    raise UserInputError(f'config.sweep.threshold_metric={metric!r}: choose one of {THRESHOLD_METRICS}')
+  bins, metric = sweep.ece_bins, sweep.threshold_metric   # both checked by SweepSettings
   members = ensemble.load_members(config, workdir, folds=bool(ensemble.member_workdirs(workdir)),
                                   restore=predictions is None)
   decoded = decoded or pipeline.decode_source(DataSettings.from_config(config.data))
