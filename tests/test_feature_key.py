@@ -165,3 +165,30 @@ def test_the_probe_cache_key_changes_with_each_field_that_changes_the_features(t
                        'probe.seeds': (0, 1), 'model.top_dropout': 0.5}) == base
   assert pooled_features.images_digest(IMAGES) != pooled_features.images_digest(IMAGES[::-1].copy())
   assert pooled_features.images_digest(IMAGES) == pooled_features.images_digest(IMAGES.copy())
+
+
+def test_the_probe_cache_key_follows_the_weights_content_and_lives_in_the_cache_folder(tmp_path, monkeypatch):
+  """A weights file rewritten in place (another size) is other weights; a named set is identified by its
+  source and checksum, so another URL for the same name is another entry; the entry lives in
+  config.data.cache_dir."""
+  weights = tmp_path / 'w.pth'
+  backbone = Backbone('resnet18', str(weights), 'resnet18=w')
+  missing = probe_path(backbone)
+  weights.write_bytes(b'1234')
+  first = probe_path(backbone)
+  weights.write_bytes(b'123456')
+  assert len({missing, first, probe_path(backbone)}) == 3
+  named = Backbone('resnet18', 'imagenet', 'resnet18=imagenet')
+  spec = pooled_features.models.get_spec('resnet18')
+  assert pooled_features._weights_identity(spec, str(weights), 0)[:3] == ['file', str(weights.resolve()), 6]
+  assert pooled_features._weights_identity(spec, str(tmp_path / 'gone.pth'), 0) == [
+      'file', str(tmp_path / 'gone.pth'), 'missing']
+  source = spec.weights['imagenet']
+  assert pooled_features._weights_identity(spec, 'imagenet', 0) == ['named', 'imagenet', source.url, source.checksum]
+  assert pooled_features._weights_identity(spec, '', 4) == ['random init', 4]
+  before = probe_path(named)
+  monkeypatch.setitem(spec.weights, 'imagenet', dataclasses.replace(source, checksum='sha256:00000000'))
+  assert probe_path(named) != before
+  cache = tmp_path / 'cache'
+  path = probe_path(**{'data.cache_dir': str(cache)})
+  assert path.parent == cache / pooled_features.FOLDER and path.name.startswith('resnet18-')

@@ -666,3 +666,18 @@ def test_the_classification_report_is_scikit_learns():
   labels, pred = np.array([0, 1, 1, 2, 0]), np.array([0, 1, 0, 2, 2])
   assert metrics.classification_report(labels, pred, ('x', 'y', 'z', 'w')) == skm.classification_report(
       labels, pred, labels=[0, 1, 2, 3], target_names=['x', 'y', 'z', 'w'], digits=4, zero_division=0)
+
+
+def test_the_differences_table_stars_only_an_interval_that_excludes_zero_and_two_pairs_suffice():
+  frame = pd.DataFrame([dict(experiment='v', metric='accuracy', pairs=2, mean_difference=0.05, ci_low=0.0,
+                             ci_high=0.1, wins=2, losses=0),
+                        dict(experiment='v', metric='macro_f1', pairs=2, mean_difference=-0.05, ci_low=-0.1,
+                             ci_high=0.0, wins=0, losses=2)])
+  assert sweep_report.differences_table(frame, ('accuracy', 'macro_f1')).splitlines()[2] == \
+      '| v | 2 | +0.050 [+0.000, +0.100] | -0.050 [-0.100, +0.000] | 2/0 |'
+  alone = sweep_report.paired_differences(sweep_models()[lambda f: f['experiment'] == 'base'], EXPERIMENTS[:1],
+                                          'base')
+  assert alone.empty and list(alone.columns) == ['experiment', 'baseline', 'metric', 'pairs', 'mean_difference', 'std',
+                                                 'ci_low', 'ci_high', 'wins', 'losses']
+  assert sweep_report.describe_changes({'model.dropout': 0.5, 'data.image_size': (8, 8)}) == \
+      "model.dropout=0.5, data.image_size=(8, 8)"
