@@ -232,3 +232,13 @@ class LabelIssuesSettings(Settings):
     self.require('filter_by', self.filter_by in LABEL_ISSUE_FILTERS, f'one of {LABEL_ISSUE_FILTERS}')
     self.require('grid', self.grid >= 0, '>= 0 (0: no grid)')
     self.require('cam', self.cam >= 0, '>= 0 (0: no Grad-CAM)')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsSettings(Settings):
+  """`config.models`: --mode models lists the registered models (a timm checkpoint's architecture among them)
+  with their family, parameters, default input size and whether their parity with the source is verified."""
+  SECTION: ClassVar[str] = 'models'
+  pattern: str = '*'               # fnmatch on the registered name or, for timm's, its timm name ('convnext*')
+  family: str = ''                 # only this family (timm, torchvision, keras, dinov2, cnn); '' -> all
+  parameters: bool = True          # count each listed model's parameters (traces every model: slower for many)

@@ -23,6 +23,7 @@ from fpclass.config.outputs import (
   ExportSettings,
   LabelIssuesSettings,
   LrFindSettings,
+  ModelsSettings,
   PredictSettings,
   ProbeSettings,
   ServeSettings,
@@ -63,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep = section(SweepSettings)
   c.probe = section(ProbeSettings)
   c.lr_find = section(LrFindSettings)
+  c.models = section(ModelsSettings)
   c.auto = section(AutoSettings)
   c.ensemble = section(EnsembleSettings)
   c.label_issues = section(LabelIssuesSettings)
@@ -74,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
 SETTINGS = (DecodeSettings, LabelSettings, SourceSettings, SplitSettings, StorageSettings, InputSettings,
             CurationSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
-            LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings, TrackSettings)
+            LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings, TrackSettings, ModelsSettings)
 
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:

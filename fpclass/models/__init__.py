@@ -8,8 +8,10 @@ own dataclass fields, so a mistyped field is an error that lists the valid ones.
 Design notes: docs/modules.md (`fpclass/models/__init__.py`).
 """
 import dataclasses
+import difflib
 import importlib
 import pkgutil
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -84,7 +86,11 @@ def register(spec: ModelSpec) -> ModelSpec:
 def get_spec(name: str) -> ModelSpec:
   _import_families()
   if name not in REGISTRY:
-    raise UserInputError(f'config.model.name={name!r}: unknown model; registered: {sorted(REGISTRY)}')
+    close = difflib.get_close_matches(name, REGISTRY, n=4, cutoff=0.75)
+    timm = sorted({re.sub(r'.*\((.*)\).*', r'\1', s.description) for s in REGISTRY.values() if s.family == 'timm'})
+    raise UserInputError(f'config.model.name={name!r}: unknown model' + (f' (close: {", ".join(close)})' if close else '')
+                         + f'; timm checkpoints load for the families {", ".join(timm)}; --mode models lists all '
+                         f'{len(REGISTRY)} names')
   return REGISTRY[name]
 
 

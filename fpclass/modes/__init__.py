@@ -66,6 +66,9 @@ MODES = {
     'ensemble': Mode('ensemble', 'ensemble', 'the best weighted mix of a sweep\'s variants or an auto run\'s trials '
                      '(Caruana selection on their out-of-fold predictions) and a greedy soup, scored cross-fitted '
                      'against the best single; writes an ensemble workdir that submit and predict use'),
+    'models': Mode('models', 'list_models', 'list the registered models (config.models.pattern, e.g. \'convnext*\'; '
+                   'timm checkpoints by name: config.model.pretrained=\'hf-hub:timm/<arch>.<tag>\') with family, '
+                   'parameters, default input size and verified parity', read_only=True),
     'label_issues': Mode('label_issues', 'label_issues', 'flag the probably wrong labels (cleanlab) from the '
                          'out-of-fold predictions below --workdir; write label_issues.csv for '
                          'config.data.exclude_csv or relabel_csv, and a grid of the top suspects', trained=True),
