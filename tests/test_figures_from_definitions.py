@@ -181,6 +181,10 @@ def test_the_summary_gives_each_variant_its_corrected_interval():
       assert tuple(row[f'{metric}_{k}'] for k in ('mean', 'std', 'ci_low', 'ci_high')) == pytest.approx(
           corrected(values, e['test_train_ratio']), abs=1e-9), (e['name'], metric)
     assert row['models'] == len(e['rows'])
+    assert (row['loss_mean'], row['epochs_trained_mean'], row['test_train_ratio']) == (0.3, 4.0, e['test_train_ratio'])
+    assert (row['ece_before'], row['ece_after'], row['temperature'], row['num_params']) == (0.1, 0.05, 1.5, 10)
+    assert (row['seconds_per_model_epoch'], row['train_seconds'], row['wall_seconds']) == (1.0, 2.0, 3.0)
+    assert row['threshold'] is None
   assert summary.loc['wide', 'changes'] == "model.dropout=0.5" and summary.loc['base', 'changes'] == '(as configured)'
 
 
@@ -564,6 +568,7 @@ def test_the_results_table_prints_each_variants_figures(multilabel):
     assert cells[4 + len(names):] == (['12,345'] if e['name'] == 'base' else ['']) + ['0.25', '3.5']
   if multilabel:
     assert summary['thresholds'].tolist() == ['zebra=0.400 apple=0.550'] * 2
+    assert summary['macro_f1_at_half'].tolist() == [0.61, 0.61] and 'ece_before' not in summary
   else:
     assert summary['temperature'].tolist() == [1.7, 1.7] and summary['ece_after'].tolist() == [0.04, 0.07]
 
@@ -681,3 +686,92 @@ def test_the_differences_table_stars_only_an_interval_that_excludes_zero_and_two
                                                  'ci_low', 'ci_high', 'wins', 'losses']
   assert sweep_report.describe_changes({'model.dropout': 0.5, 'data.image_size': (8, 8)}) == \
       "model.dropout=0.5, data.image_size=(8, 8)"
+
+
+# --- the edges of the calibration maths ----------------------------------------------------------------------
+
+
+def test_the_threshold_search_reaches_both_ends():
+  """Taking every image, or none, can be the best decision: the search holds a threshold below the lowest
+  probability and one above the highest, and reports them as such."""
+  p1 = np.array([0.1, 0.2, 0.3, 0.4])
+  threshold, score = calibration.tune_threshold(p1, np.array([1, 1, 1, 0]), 'f1')   # every image: F1 6/7
+  assert score == pytest.approx(6 / 7) and threshold == pytest.approx(0.1, abs=1e-8) and threshold < 0.1
+  p1 = np.array([0.9, 0.8, 0.7, 0.1])
+  threshold, score = calibration.tune_threshold(p1, np.array([0, 0, 0, 1]), 'macro_f1')   # none: (6/7 + 0) / 2
+  assert score == pytest.approx(3 / 7) and threshold == pytest.approx(0.9, abs=1e-8) and threshold > 0.9
+  thresholds, _ = calibration.f1_by_threshold(np.array([0.2, 0.6]), np.array([0, 1]))
+  np.testing.assert_allclose(thresholds, [0.2 - 1e-9, 0.4, 0.6 + 1e-9], rtol=0, atol=1e-15)
+  with pytest.raises(UserInputError, match=r"config.sweep.threshold_metric='auc': choose one of "
+                                           r"\('macro_f1', 'f1', 'f2'\)"):
+    calibration.f1_by_threshold(p1, np.array([0, 0, 0, 1]), 'auc')
+
+
+def test_a_decision_is_scored_over_both_classes():
+  none = np.zeros(4, int)
+  assert calibration.decision_score(none, none, 'macro_f1') == 0.5   # class 1: no prediction, no truth -> 0
+  assert calibration.decision_score(none, none, 'f1') == 0.0
+  assert calibration.decision_score(np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1]), 'f1') == pytest.approx(0.8)
+
+
+def test_reliability_bins_take_the_lowest_and_a_single_example_bin():
+  probs = np.array([[0.4, 0.35, 0.25], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8], [0.0, 1.0, 0.0]])
+  labels = np.array([0, 0, 2, 1])
+  count, confidence, accuracy = calibration.reliability_bins(probs, labels, 2)
+  assert count.tolist() == [2, 2] and accuracy.tolist() == [0.5, 1.0]
+  assert confidence.tolist() == pytest.approx([0.4, 0.9])
+  # bins of one example count: |1 - 0.8| and |1 - 1.0| weigh 1/4 each, the first bin |0.5 - 0.4| half
+  assert calibration.expected_calibration_error(probs, labels, 5) == pytest.approx(0.5 * 0.1 + 0.25 * 0.2)
+
+
+def test_crossfit_groups_edges():
+  two = np.array([0, 1, 0, 1, 0, 1])
+  np.testing.assert_array_equal(calibration.crossfit_groups(two, np.array([0, 0, 0, 1, 1, 1])), [0, 0, 0, 1, 1, 1])
+  pairs = calibration.crossfit_groups(np.array([0] * 6 + [1] * 2), None)
+  assert sorted(np.unique(pairs)) == [0, 1] and pairs.dtype.kind == 'i'   # two of the rarer class: two parts
+  single = calibration.crossfit_groups(np.array([0] * 6 + [1]), None)
+  assert single.tolist() == [0] * 7 and single.dtype.kind == 'i'
+  assert calibration.crossfit_groups(np.zeros(0, int), None).tolist() == []
+  labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 3)
+  np.testing.assert_array_equal(multilabel_calibration.crossfit_groups(labels, np.zeros(12, int)),
+                                multilabel_calibration.crossfit_groups(labels, None))
+  np.testing.assert_array_equal(multilabel_calibration.crossfit_groups(labels, np.arange(12) % 2), np.arange(12) % 2)
+  assert multilabel_calibration.crossfit_groups(labels[:9], None).dtype.kind == 'i'
+
+
+def test_a_one_logit_sigmoid_head_is_calibrated_and_cross_fitted_as_two_classes():
+  logits, labels, groups = separable_groups(np.random.default_rng(1))
+  z = logits[:, 1:]
+  summary, crossfit = calibration.calibrate_predictions(z, labels, 'sigmoid', groups, bins=7)
+  for g in range(3):
+    held = groups == g
+    t = calibration.fit_temperature(z[~held], labels[~held], 'sigmoid')
+    np.testing.assert_allclose(crossfit[held, 1], special.expit(z[held, 0] / t), atol=1e-9)
+  everything = calibration.fit_temperature(z, labels, 'sigmoid')
+  assert everything == pytest.approx(calibration.fit_temperature(logits, labels, 'softmax'), rel=1e-4)
+  in_sample = np.stack([1 - special.expit(z[:, 0] / everything), special.expit(z[:, 0] / everything)], 1)
+  assert summary['threshold'] == pytest.approx(best_threshold(in_sample[:, 1], labels, 'macro_f1'), abs=EXACT)
+  assert summary['ece_before'] == pytest.approx(calibration.expected_calibration_error(
+      np.stack([1 - special.expit(z[:, 0]), special.expit(z[:, 0])], 1), labels, 7))
+  assert (summary['bins'], summary['head'], summary['n']) == (7, 'sigmoid', 72)
+  assert summary['f1_argmax'] == pytest.approx(skm.f1_score(labels, (z[:, 0] >= 0).astype(int), average='macro'))
+  assert calibration.negative_log_likelihood(z, labels, 'sigmoid', 2.0) == pytest.approx(
+      skm.log_loss(labels, special.expit(z[:, 0] / 2.0)), abs=1e-9)
+  one = calibration.calibrate_predictions(z[:5], np.array([1, 0, 0, 0, 0]), 'sigmoid', np.zeros(5, int))[0]
+  assert one['crossfit_groups'] == 1 and one['threshold_metric'] == 'macro_f1'   # one positive: nothing to cut
+
+
+def test_every_f_is_zero_division_when_nothing_is_true_or_predicted():
+  truth = np.zeros((3, 2), int)
+  probs = np.full((3, 2), 0.1)
+  for zero_division in (0.0, 1.0):
+    out = mm.scores(truth, probs, ('b', 'a'), 0.5, zero_division)
+    assert (out['micro_f1'], out['macro_f1'], out['samples_f1'], out['planet_f2']) == (zero_division,) * 4
+    assert out['subset_accuracy'] == 1.0 and out['hamming_loss'] == 0.0 and out['mean_average_precision'] == 0.0
+  assert mm.planet_f2(truth, truth, zero_division=1.0) == 1.0
+  with pytest.raises(ValueError, match=r'scores \(3, 3\) and labels \(3, 2\) differ in shape'):
+    mm.average_precision(truth, np.zeros((3, 3)))
+  with pytest.raises(ValueError, match='differ in shape'):
+    mm.subset_accuracy(truth, np.zeros((3, 3), int))
+  with pytest.raises(ValueError, match='differ in shape'):
+    mm.hamming_loss(truth, np.zeros((2, 2), int))
