@@ -7,6 +7,7 @@ from fpclass import models
 from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ProbeSettings
 from fpclass.errors import UserInputError
+from fpclass.models import hub
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,13 +25,16 @@ def valid_backbones() -> list[str]:
 
 def parse_backbones(config) -> list[Backbone]:
   """The configured backbones, checked: registered pretrained models, no entry twice. One model may be listed
-  with different weights (random init against ImageNet, say); a plain name takes config.model.pretrained."""
+  with different weights (random init against ImageNet, say); a plain name takes config.model.pretrained; a Hub
+  checkpoint alone ('hf-hub:timm/<arch>.<tag>') is its architecture's model with those weights."""
   default = str(ModelSettings.from_config(config.model).get('pretrained', '') or '')
   valid = valid_backbones()
   parsed = []
   for entry in ProbeSettings.from_config(config.probe).backbones:
     name, _, weights = str(entry).partition('=')
     name, weights = name.strip(), weights.strip() or default
+    if hub.is_reference(name):   # a Hub checkpoint alone ('hf-hub:timm/resnet50.a1_in1k') names its model
+      name, weights = hub.model_name(name), name
     if name not in valid:
       raise UserInputError(f'config.probe.backbones: {name!r} is not a registered backbone with pretrained '
                            f'weights; choose from {valid}')

@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
 from fpclass.errors import UserInputError
 from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
@@ -40,12 +39,7 @@ def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> 
 def avg_pool_ceil(x):
   """torch's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) on NHWC: an odd side's last window
   averages the values it covers."""
-  pads = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
-  window = (1, 2, 2, 1)
-  total = lax.reduce_window(jnp.pad(x, pads), jnp.zeros((), x.dtype), lax.add, window, window, 'VALID')
-  count = lax.reduce_window(jnp.pad(jnp.ones((1, *x.shape[1:3], 1), x.dtype), pads), jnp.zeros((), x.dtype), lax.add,
-                            window, window, 'VALID')
-  return total / count
+  return nn.avg_pool(x, (2, 2), (2, 2), padding=((0, x.shape[1] % 2), (0, x.shape[2] % 2)), count_include_pad=False)
 
 
 class SqueezeExcite(nn.Module):

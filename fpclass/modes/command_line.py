@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from fpclass.errors import UserInputError
-from fpclass.models import model_keys
+from fpclass.models import hub, model_keys
 
 HELP = ('task config, e.g. configs/footprint.py:exp4; optional for the modes that read a trained workdir (its '
         'metadata.json holds the training config)')
@@ -106,10 +106,14 @@ def config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
 
 
 def model_name_override(argv) -> str | None:
-  """The last `--config.model.name` value in `argv`, or None."""
-  found = None
+  """The last `--config.model.name` value in `argv`; without one, the model a Hub checkpoint given as
+  `--config.model.pretrained` implies ('hf-hub:timm/resnet50.a1_in1k': timm_resnet50); else None."""
+  found = {}
   for i, arg in enumerate(argv or ()):
-    match = re.fullmatch(r'--?config\.model\.name(?:=(.*))?', arg)
+    match = re.fullmatch(r'--?config\.model\.(name|pretrained)(?:=(.*))?', arg)
     if match:
-      found = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
-  return found
+      found[match.group(1)] = match.group(2) if match.group(2) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else None)
+  if found.get('name') is None and found.get('pretrained'):
+    return hub.model_name(found['pretrained']) or None
+  return found.get('name')

@@ -1,0 +1,51 @@
+"""A timm checkpoint by name through launch.py, offline from a local Hugging Face cache (timm's own export, see
+tests/timm_reference.py): --mode train with only --config.model.pretrained=hf-hub:timm/<arch>.<tag> (model.name
+follows), --mode probe with the reference as a backbone, and a cold cache failing in one line."""
+import json
+
+import pytest
+
+from tests import timm_reference as tr
+from tests.conftest import launch
+from tests.test_probe import write_folder
+
+ARCH = 'resnet10t'
+
+
+@pytest.fixture(scope='module')
+def hub_env(tmp_path_factory):
+  """(HF environment, the reference, a small image folder): the cache holds timm's resnet10t export."""
+  tmp = tmp_path_factory.mktemp('hub-runs')
+  case = tr.reference_case(ARCH, tmp, tmp / 'hub')
+  root = tmp / 'climbing'
+  write_folder(root)
+  return {'HF_HUB_CACHE': str(tmp / 'hub'), 'HF_HUB_OFFLINE': '1'}, case.reference, root
+
+
+def test_train_takes_the_model_and_its_preprocessing_from_the_checkpoint(hub_env, tmp_path):
+  env, reference, root = hub_env
+  launch('--config=configs/climbing.py:quick', f'--workdir={tmp_path}', f'--config.data.root={root}',
+         f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.image_size=32,32', '--config.train.epochs=1',
+         f'--config.model.pretrained={reference}', '--config.model.top=avg', env=env)
+  metadata = json.loads((tmp_path / 'metadata.json').read_text())
+  assert metadata['config']['model']['name'] == f'timm_{ARCH}'
+  assert metadata['config']['model']['pretrained'] == reference
+  assert (tmp_path / 'scores.json').is_file()
+
+
+def test_probe_screens_a_hub_checkpoint(hub_env, tmp_path):
+  env, reference, root = hub_env
+  launch('--config=configs/climbing.py:probe,quick', '--mode=probe', f'--workdir={tmp_path}',
+         f'--config.data.root={root}', f'--config.data.cache_dir={tmp_path / "cache"}',
+         '--config.data.image_size=32,32', '--config.data.num_folds=2', '--config.probe.inner_folds=2',
+         f'--config.probe.backbones=("{reference}",)', env=env)
+  assert f'timm_{ARCH}' in (tmp_path / 'report.md').read_text()
+
+
+def test_a_cold_cache_offline_is_one_line(tmp_path):
+  result = launch('--config=configs/climbing.py:quick', f'--workdir={tmp_path / "run"}',
+                  '--config.model.pretrained=hf-hub:timm/resnet18.a1_in1k', check=False,
+                  env={'HF_HUB_CACHE': str(tmp_path / 'empty'), 'HF_HUB_OFFLINE': '1'})
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith('fpclass: error: ') and 'HF_HUB_OFFLINE' in lines[-1] and 'resnet18.a1_in1k' in lines[-1]
