@@ -209,3 +209,17 @@ def test_the_probe_cache_key_follows_the_weights_content_and_lives_in_the_cache_
   cache = tmp_path / 'cache'
   path = probe_path(**{'data.cache_dir': str(cache)})
   assert path.parent == cache / pooled_features.FOLDER and path.name.startswith('resnet18-')
+
+
+@pytest.mark.parametrize('digest', [pooled_features.images_digest, feature_cache.images_digest])
+def test_an_images_digest_covers_every_image_its_shape_and_its_dtype(digest):
+  """The probe reads a memory-mapped cache in pieces of 256 images: a change in the first image, in the 257th
+  or in the last of 600 must show, as must the same bytes under another shape or dtype."""
+  images = np.zeros((600, 1, 1, 1), np.uint8)
+  digests = {digest(images)}
+  for row in (0, 256, 599):
+    changed = images.copy()
+    changed[row] = 1
+    digests.add(digest(changed))
+  digests |= {digest(images.reshape(300, 2, 1, 1)), digest(images.view(np.int8))}
+  assert len(digests) == 6

@@ -642,6 +642,7 @@ def test_a_stored_decision_applies_its_temperature_threshold_and_per_label_thres
   assert calibration.tag_lists(pred, ('zebra', 'mango', 'apple')) == [['zebra', 'mango'], ['apple']]
   unset = calibration.Decision('multilabel')
   assert unset.label_thresholds(2).tolist() == [0.5, 0.5]
+  assert unset(special.logit(np.array([[0.5, 0.49, 0.7]])))[1].tolist() == [[1, 0, 1]]
 
 
 def test_a_decision_describes_itself():
