@@ -1,7 +1,9 @@
 """A timm checkpoint by name through launch.py, offline from a local Hugging Face cache (timm's own export, see
 tests/timm_reference.py): --mode train with only --config.model.pretrained=hf-hub:timm/<arch>.<tag> (model.name
-follows), --mode probe with the reference as a backbone, and a cold cache failing in one line."""
+follows), --mode probe with the reference as a backbone, and a cold cache failing in one line; a sweep and an
+auto search from it with FPCLASS_SLOW_HUB=1 (passed 2026-11-25 on the 2-core VM)."""
 import json
+import os
 
 import pytest
 
@@ -10,6 +12,8 @@ from tests.conftest import launch
 from tests.test_probe import write_folder
 
 ARCH = 'resnet10t'
+# A sweep and an auto search each train several members: minutes on a busy 2-core VM, so on request.
+ON_REQUEST = pytest.mark.skipif(os.environ.get('FPCLASS_SLOW_HUB') != '1', reason='FPCLASS_SLOW_HUB=1 runs it')
 
 
 @pytest.fixture(scope='module')
@@ -49,3 +53,30 @@ def test_a_cold_cache_offline_is_one_line(tmp_path):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith('fpclass: error: ') and 'HF_HUB_OFFLINE' in lines[-1] and 'resnet18.a1_in1k' in lines[-1]
+
+
+@pytest.mark.slow
+@ON_REQUEST
+def test_sweep_trains_every_member_from_the_checkpoint(hub_env, tmp_path):
+  env, reference, root = hub_env
+  launch('--config=configs/climbing.py:quick', '--mode=sweep', f'--workdir={tmp_path}', f'--config.data.root={root}',
+         f'--config.data.cache_dir={tmp_path / "cache"}', '--config.data.image_size=32,32', '--config.train.epochs=1',
+         f'--config.model.pretrained={reference}', '--config.model.top=avg', '--config.data.num_folds=2',
+         "--config.sweep.variants=('frozen: model.freeze_till=-1', 'tuned: model.freeze_till=0')",
+         '--config.sweep.seeds=(0,)', '--config.explain.after_training=False', env=env)
+  assert f'timm_{ARCH}' in (tmp_path / 'report.md').read_text() or (tmp_path / 'sweep_models.csv').is_file()
+
+
+@pytest.mark.slow
+@ON_REQUEST
+def test_auto_screens_and_searches_with_hub_checkpoints(hub_env, tmp_path):
+  env, reference, root = hub_env
+  result = launch('--config=configs/climbing.py:quick', '--mode=auto', f'--workdir={tmp_path}',
+                  f'--config.data.root={root}', f'--config.data.cache_dir={tmp_path / "cache"}',
+                  '--config.data.image_size=32,32', '--config.train.epochs=1', '--config.auto.folds=2',
+                  '--config.auto.trials=2', '--config.auto.time_budget=1h', '--config.auto.confirm_seeds=()',
+                  '--config.auto.finalists=1', f'--config.auto.backbones=("{reference}",)',
+                  "--config.auto.space=('model.name: backbones',)", '--config.probe.inner_folds=2',
+                  '--config.explain.after_training=False', env=env)
+  assert 'chose trial' in result.stdout
+  assert f'timm_{ARCH}' in (tmp_path / 'report.md').read_text()
