@@ -610,15 +610,21 @@ def test_the_sweep_figure_draws_each_variants_mean_interval_and_models():
   for ax, metric in zip(axes, sweep_report.METRICS):
     heights = [bar.get_height() for bar in ax.patches]
     assert heights == pytest.approx(summary[f'{metric}_mean'].tolist(), abs=EXACT)
-    dots = [line.get_ydata() for line in ax.lines if line.get_marker() == '.']
-    for values, e in zip(dots, experiments):
-      assert sorted(values) == pytest.approx(sorted(r[metric] for r in e['rows']), abs=EXACT)
+    dots = [line for line in ax.lines if line.get_marker() == '.' and line.get_linestyle() == 'None']
+    assert len(dots) == len(experiments)
+    for i, (line, e) in enumerate(zip(dots, experiments)):
+      assert sorted(line.get_ydata()) == pytest.approx(sorted(r[metric] for r in e['rows']), abs=EXACT)
+      x = np.asarray(line.get_xdata())
+      assert ((x >= i - 0.2) & (x <= i + 0.2)).all() and np.ptp(x) > 0   # jittered about the variant's bar
     (caps,) = [c for c in ax.containers if hasattr(c, 'has_yerr') and c.has_yerr]
     segments = caps.lines[2][0].get_segments()
     for segment, (_, s) in zip(segments, summary.iterrows()):
       assert [segment[0][1], segment[1][1]] == pytest.approx([s[f'{metric}_ci_low'], s[f'{metric}_ci_high']], abs=1e-9)
     values = np.concatenate([summary[f'{metric}_mean'], models[metric]])
     assert ax.get_ylim() == pytest.approx((max(0.0, values.min() - 0.05), min(1.0, values.max() + 0.05)))
+  near_one = models.assign(accuracy=models['accuracy'] + 0.2, macro_f1=models['macro_f1'] - 0.64)
+  low_and_high = sweep_report.plot_results(summary, near_one).axes
+  assert low_and_high[0].get_ylim()[1] == 1.0 and low_and_high[1].get_ylim()[0] == 0.0   # clipped to [0, 1]
 
 
 # --- the stored decision -------------------------------------------------------------------------------------
