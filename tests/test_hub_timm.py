@@ -165,3 +165,13 @@ def test_registered_input_sizes_are_timms_defaults():
            for n in names if models.REGISTRY[n].input_size !=
            tuple(get_pretrained_cfg(n[len(hub.NAME_PREFIX):]).input_size[1:])}
   assert not wrong
+
+
+def test_the_cache_follows_hf_home_and_hf_hub_cache_when_resolved(monkeypatch, tmp_path):
+  monkeypatch.delenv('HF_HUB_CACHE', raising=False)
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'home'))
+  assert hub.cache_dir() == str(tmp_path / 'home' / 'hub')
+  monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'elsewhere'))
+  assert hub.cache_dir() == str(tmp_path / 'elsewhere')
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  assert hub.offline()
