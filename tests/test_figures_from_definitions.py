@@ -793,7 +793,7 @@ def test_every_candidate_thresholds_score_is_scikit_learns(metric):
   neither true nor predicted is 0)."""
   p1 = np.array([0.1, 0.35, 0.35, 0.6, 0.62, 0.9, 0.05])
   average = 'binary' if metric == 'f1' else 'macro'
-  for labels in (np.array([1, 0, 1, 1, 0, 1, 1]), np.zeros(7, int), np.ones(7, int)):
+  for labels in (np.array([1, 0, 1, 1, 0, 1, 1]), np.array([0, 0, 0, 0, 0, 1, 0]), np.zeros(7, int), np.ones(7, int)):
     thresholds, scores = calibration.f1_by_threshold(p1, labels, metric)
     expected = [sk(skm.f1_score, labels, (p1 >= t).astype(int), labels=[0, 1], average=average, zero_division=0)
                 for t in thresholds]
