@@ -65,12 +65,12 @@ def build_explainer(config, trained, settings: ExplainSettings, image_shape) -> 
   model = trained.task.model
   variables = checkpoint.model_variables(trained.state)
   model_name = ModelSettings.from_config(config.model).name
-  layer = settings.layer or default_layer(model.apply, variables, image_shape, models.get_spec(model_name).cam_layer)
-  try:
-    cam.check_layer(model.apply, variables, image_shape, layer)
-  except UserInputError as e:
-    flag = f'config.explain.layer={layer!r}' if settings.layer else f'the default layer of {model_name!r}'
-    raise UserInputError(f'{flag}: {e}') from None
+  layer = settings.layer or default_layer(model.apply, variables, image_shape, model_name)
+  if settings.layer:
+    try:
+      cam.check_layer(model.apply, variables, image_shape, layer)
+    except UserInputError as e:
+      raise UserInputError(f'config.explain.layer={layer!r}: {e}') from None
   guided_apply_fn = None
   if settings.guided:
     try:
@@ -90,12 +90,16 @@ def save_png(path: pathlib.Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb, 'RGB').save(tmp, format='PNG')
 
 
-def default_layer(apply_fn, variables, image_shape, registered: str) -> str:
-  """The model's registered CAM layer, or, when its configured depth leaves that one out (a footprint_cnn with
-  one conv layer records no 'conv2'), the last feature map it records: its last conv stage."""
+def default_layer(apply_fn, variables, image_shape, model_name: str) -> str:
+  """The model's registered CAM layer, checked; or, when its configured depth leaves that one out (a footprint_cnn
+  with one conv layer records no 'conv2'), the last feature map it records: its last conv stage. A registered
+  name the model records ambiguously, or a model that records nothing, is an error naming the model."""
+  registered = models.get_spec(model_name).cam_layer
   try:
     cam.check_layer(apply_fn, variables, image_shape, registered)
     return registered
-  except UserInputError:
+  except UserInputError as e:
     layers = cam.feature_layers(apply_fn, variables, image_shape)
-    return layers[-1] if layers else registered
+    if not layers or registered.split('/')[-1] in {name.split('/')[-1] for name in layers}:
+      raise UserInputError(f'the default layer of {model_name!r}: {e}') from None
+    return layers[-1]

@@ -20,6 +20,7 @@ from fpclass.analysis.metric_registry import MULTI
 from fpclass.config.inputs import SplitSettings
 from fpclass.config.outputs import ExplainSettings
 from fpclass.errors import UserInputError
+from fpclass.infer.ensemble import ENSEMBLE_KEY
 from fpclass.infer.explainer import build_explainer
 from fpclass.infer.inference import load_trained
 from fpclass.train import oof, sidecar
@@ -84,6 +85,7 @@ def cam_figure(prediction_files, chosen: list[Suspect], class_names, task: str, 
     raise UserInputError(f'config.label_issues.cam: no trained model below the prediction files held out '
                          f'{missing[0]!r} (its workdir was moved or deleted?); set --config.label_issues.cam=0')
   settings = dataclasses.replace(settings, guided=False)
+  explained = {s.row.file: explained_classes(s, task) for s in chosen}
   rows, layers = {}, []
   for workdir in sorted(set(models.values())):
     mine = [s for s in chosen if models[s.row.file] == workdir]
@@ -92,10 +94,10 @@ def cam_figure(prediction_files, chosen: list[Suspect], class_names, task: str, 
     images = np.stack([s.image for s in mine])
     explainer = build_explainer(model_config, trained, settings, images.shape[1:])
     layers.append(explainer.layer)
-    maps = explainer.pair_maps(images, [(i, k) for i, s in enumerate(mine) for k, _, _ in explained_classes(s, task)])
+    maps = explainer.pair_maps(images, [(i, k) for i, s in enumerate(mine) for k, _, _ in explained[s.row.file]])
     for i, s in enumerate(mine):
       heat = [explain_figures.LabelMap(maps[(i, k)][0], f'{caption}: {class_names[k]}', suggested)
-              for k, caption, suggested in explained_classes(s, task)]
+              for k, caption, suggested in explained[s.row.file]]
       rows[s.row.file] = (explain_figures.Tile(s.image, f'#{s.row.rank} {s.row.file}\nheld out by {workdir.name}',
                                                False), heat)
   return explain_figures.label_cam_rows([rows[s.row.file] for s in chosen], settings.alpha, settings.method,
@@ -110,7 +112,7 @@ def _workdirs_by_split(folder: pathlib.Path) -> dict[int, pathlib.Path]:
     if sidecar.METADATA not in files:
       continue
     metadata = sidecar.read_metadata(here) or {}
-    if 'config' not in metadata or 'ensemble' in metadata:   # an ensemble workdir has no checkpoint of its own
+    if 'config' not in metadata or ENSEMBLE_KEY in metadata:   # an ensemble workdir has no checkpoint of its own
       continue
     split = SplitSettings.from_config(sidecar.config_from_json(metadata['config']).data).fold
     found.setdefault(int(split), pathlib.Path(here))
