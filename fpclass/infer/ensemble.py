@@ -191,19 +191,6 @@ def weighted_mean(probabilities_by_model, weights):
   return total / sum(weights)
 
 
-def device_probabilities(logits, head: str):
-  """`fpclass.models.heads.probabilities` as traced jax (float32), for a program that mixes on the device and for
-  its ONNX graph: softmax written out (max, exp, sum) rather than jax.nn.softmax's custom derivative."""
-  logits = logits.astype(jnp.float32)
-  if head == 'multilabel':
-    return jax.nn.sigmoid(logits)
-  if head == 'sigmoid':
-    p1 = jax.nn.sigmoid(logits[:, 0])
-    return jnp.stack([1.0 - p1, p1], axis=1)
-  e = jnp.exp(logits - jnp.max(logits, axis=1, keepdims=True))
-  return e / jnp.sum(e, axis=1, keepdims=True)
-
-
 @dataclasses.dataclass
 class WeightedEnsemble:
   """An ensemble workdir's members behind the prediction interface of one restored model (`Trained.logits`,
@@ -244,8 +231,8 @@ class WeightedEnsemble:
   def mixed_probabilities(self, variables, images_u8):
     """Traceable: every model's prediction of the uint8 batch (its own preprocessing inside), mixed as
     `probabilities` mixes them. One program for serve (`batch_logits`) and the one graph of an export."""
-    return weighted_mean([device_probabilities(m.trained.task.predict(params, batch_stats, images_u8),
-                                               m.trained.task.head)
+    return weighted_mean([probabilities(m.trained.task.predict(params, batch_stats, images_u8),
+                                        m.trained.task.head, xp=jnp)
                           for m, (params, batch_stats) in zip(self.members, variables)], self.weights)
 
   @functools.cached_property

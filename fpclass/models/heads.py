@@ -57,16 +57,18 @@ def predicted_class(logits, head: str):
   return (logits[:, 0] > 0).astype(jnp.int32) if head == 'sigmoid' else jnp.argmax(logits, -1)
 
 
-def probabilities(logits: np.ndarray, head: str) -> np.ndarray:
-  """(N, num_classes) class probabilities from logits, on the host; for a multilabel head each class's own."""
-  logits = np.asarray(logits, np.float64)
+def probabilities(logits, head: str, xp=np):
+  """(N, num_classes) class probabilities from logits; for a multilabel head each class's own. On the host in
+  float64 (xp=numpy), or traced in float32 (xp=jax.numpy: a program that mixes models on the device, and its ONNX
+  graph; the softmax is written out, max, exp and sum, rather than jax.nn.softmax's custom derivative)."""
+  logits = xp.asarray(logits, xp.float64 if xp is np else xp.float32)
   if head == 'multilabel':
-    return 1.0 / (1.0 + np.exp(-logits))
+    return 1.0 / (1.0 + xp.exp(-logits))
   if head == 'sigmoid':
-    p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-    return np.stack([1.0 - p1, p1], axis=1)
+    p1 = 1.0 / (1.0 + xp.exp(-logits[:, 0]))
+    return xp.stack([1.0 - p1, p1], axis=1)
   z = logits - logits.max(axis=1, keepdims=True)
-  e = np.exp(z)
+  e = xp.exp(z)
   return e / e.sum(axis=1, keepdims=True)
 
 
