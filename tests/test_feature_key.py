@@ -223,3 +223,56 @@ def test_an_images_digest_covers_every_image_its_shape_and_its_dtype(digest):
     digests.add(digest(changed))
   digests |= {digest(images.reshape(300, 2, 1, 1)), digest(images.view(np.int8))}
   assert len(digests) == 6
+
+
+def test_an_unread_view_of_a_mapped_cache_is_keyed_by_its_file_and_rows(tmp_path):
+  """A view of a memory-mapped decode cache is keyed without reading it: by its file and its rows. Two files of
+  the same pixels are two keys (the file is the identity); an in-memory view is keyed by its pixels."""
+  from fpclass.data.rows import ImageRows
+  for name in ('a.npy', 'b.npy'):
+    np.save(tmp_path / name, IMAGES)
+  first, second = (np.load(tmp_path / name, mmap_mode='r') for name in ('a.npy', 'b.npy'))
+  digest = feature_cache.images_digest
+  assert digest(ImageRows(first, [0, 1])) == digest(ImageRows(np.load(tmp_path / 'a.npy', mmap_mode='r'), [0, 1]))
+  assert len({digest(ImageRows(first, [0, 1])), digest(ImageRows(first, [1, 0])), digest(ImageRows(first, [0])),
+              digest(ImageRows(second, [0, 1])), digest(IMAGES)}) == 5
+  other = IMAGES.copy()
+  other[0, 0, 0, 0] ^= 1
+  assert digest(ImageRows(IMAGES, [0, 1])) == digest(IMAGES) != digest(ImageRows(other, [0, 1]))
+
+
+def test_the_backbone_digest_tells_apart_the_same_bytes_under_another_shape_or_dtype(base):
+  _, split = base
+  zeros = np.zeros((2, 3), np.float32)
+
+  def variables(kernel):
+    return {'params': {'conv1': {'kernel': kernel}, split.name: {'kernel': np.ones((3, 2), np.float32)}}}
+  digests = {feature_cache.backbone_digest(split, variables(k)) for k in (zeros, zeros.reshape(3, 2),
+                                                                         zeros.view(np.int32))}
+  assert len(digests) == 3
+
+
+def test_the_probe_cache_name_is_32_hex_digits_of_its_settings_of_any_value_type():
+  """A setting json cannot write (a NumPy scalar) is keyed by its text; the entry's name is the backbone and 32
+  hex digits of the key's SHA-256."""
+  backbone = Backbone('resnet18', '', 'resnet18')
+  config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',)})
+  model_config = pooled_features.backbone_config(config, backbone)
+  task = build_task(model_config, ('a', 'b'), np.arange(2), steps_per_epoch=1)
+  path = pooled_features.cache_path(model_config, backbone, task, 'pixels')
+  assert path.suffix == '.npz' and len(path.stem) == len('resnet18-') + 32
+  int(path.stem.removeprefix('resnet18-'), 16)
+  numpy_scalar = pooled_features.backbone_config(config, backbone)
+  numpy_scalar.model.top_dropout = np.float32(0.25)
+  other = pooled_features.cache_path(numpy_scalar, backbone, task, 'pixels')
+  numpy_scalar.model.top_dropout = np.float32(0.5)
+  assert len({path, other, pooled_features.cache_path(numpy_scalar, backbone, task, 'pixels')}) == 3
+
+
+def test_the_probe_images_digest_is_the_hash_of_the_whole_array_read_in_pieces():
+  """Reading 600 images in pieces of 256 hashes each byte once, in order: the digest is that of the whole."""
+  import hashlib
+  import json
+  images = np.random.default_rng(2).integers(0, 256, (600, 2, 2, 1), np.uint8)
+  whole = hashlib.sha256(json.dumps([list(images.shape), str(images.dtype)]).encode() + images.tobytes())
+  assert pooled_features.images_digest(images) == whole.hexdigest()

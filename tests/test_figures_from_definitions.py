@@ -835,3 +835,151 @@ def test_a_label_without_positive_is_named_in_the_warning(caplog):
   with caplog.at_level('WARNING'):
     mm.fit_thresholds(np.array([[1, 0], [0, 0]]), np.array([[0.6, 0.2], [0.1, 0.3]]))
   assert "label '1' has no positive image among the 2 to fit its threshold on: it keeps 0.5" in caplog.text
+
+
+# --- what mutmut found unchecked (issue 47 part 2): the report's words, the figure's style, the edges ----------
+
+
+def test_one_multilabel_split_is_cut_with_seed_0_unless_told():
+  from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+  _, labels, _ = multilabel_groups()
+  expected = np.zeros(len(labels), int)
+  for g, (_, held) in enumerate(MultilabelStratifiedKFold(5, shuffle=True, random_state=0).split(
+      np.zeros(len(labels)), labels)):
+    expected[held] = g
+  np.testing.assert_array_equal(multilabel_calibration.crossfit_groups(labels, None), expected)
+
+
+def test_a_multilabel_calibration_names_a_label_without_positive_in_its_warning(caplog):
+  probs, labels, groups = multilabel_groups()
+  labels[:, 1] = 0
+  with caplog.at_level('WARNING'):
+    result = multilabel_calibration.calibrate_thresholds(probs, labels, NAMES, groups)
+  assert "label 'apple' has no positive image among the 27 to fit its threshold on: it keeps 0.5" in caplog.text
+  assert result['thresholds']['apple'] == 0.5
+
+
+def test_the_multilabel_calibration_section_reads_word_for_word():
+  result = dict(beta=2.0, fitted_on='out-of-fold predictions', crossfit_groups=3, macro_f1_at_half=0.5,
+                macro_f1_tuned=0.625, per_label={'zebra': dict(positives=4, threshold=0.35, f_at_half=0.5, f_tuned=0.75),
+                                                 'apple': dict(positives=2, threshold=0.6, f_at_half=0.25, f_tuned=0.5)})
+  assert multilabel_calibration.calibration_section(result) == '\n'.join([
+      '## Calibration (per-label thresholds)',
+      '',
+      'Fitted on the out-of-fold predictions: each label\'s threshold maximises its F2. The "tuned" figures are '
+      'cross-fitted over 3 groups (each decided with thresholds fitted on the others).',
+      '',
+      'Macro F1: 0.5000 at 0.5, 0.6250 tuned.',
+      '',
+      '| label | positives | threshold | F2 at 0.5 | F2 tuned |',
+      '|---|---|---|---|---|',
+      '| zebra | 4 | 0.350 | 0.5000 | 0.7500 |',
+      '| apple | 2 | 0.600 | 0.2500 | 0.5000 |',
+      '',
+      "The thresholds are stored in each model's metadata.json and applied by predict, serve, submit and export "
+      '(switch off with `--config.<mode>.calibrated=False`). Files: [calibration.json](calibration.json), '
+      '[calibration_predictions.csv](calibration_predictions.csv).'])
+
+
+def test_a_sweep_mixing_tasks_names_an_old_variant_single_label():
+  with pytest.raises(UserInputError) as error:
+    sweep_report.task_of([{'name': 'old'}, sweep_experiments(multilabel=True)[1]])
+  assert str(error.value) == ('config.sweep.variants mix single-label and multi-label variants (old: single_label, '
+                              'wide: multilabel); compare them in separate sweeps')
+
+
+def test_the_summary_keeps_a_two_class_threshold():
+  experiments = sweep_experiments()
+  experiments[1]['calibration']['threshold'] = 0.35
+  assert sweep_report.summarise(experiments)['threshold'].tolist()[1] == 0.35
+
+
+@pytest.mark.parametrize('multilabel, ratio', [(False, 0.25), (True, 0.0)])
+def test_the_sweep_section_reads_word_for_word(multilabel, ratio):
+  experiments = sweep_experiments(multilabel)
+  for e in experiments:
+    e['test_train_ratio'] = ratio
+  summary = sweep_report.summarise(experiments)
+  models = pd.DataFrame([dict(r, experiment=e['name'], val_hash='h') for e in experiments for r in e['rows']])
+  differences = sweep_report.paired_differences(models, experiments, 'base')
+  names = sweep_report.metrics_of(experiments)
+  if multilabel:
+    cells = ' (multi-label: mAP, and macro F1 deciding each label at 0.5). '
+    intervals = ('There is one fixed validation split, so the intervals (t-intervals over the runs) cover '
+                 'seed-to-seed variation only, not the choice of validation images.')
+    calibration_note = ("Each variant's fold models get one threshold per label, fitted on their out-of-fold "
+                        'predictions; the macro F1 beside them is at 0.5 and at those thresholds (cross-fitted; see '
+                        '`<variant>/report.md`).')
+  else:
+    cells = '. '
+    intervals = ('Intervals are the corrected resampled t-interval (Nadeau & Bengio): mean ± t·sqrt((1/J + '
+                 'n_val/n_train)·s²) over the J runs, with n_val/n_train = 0.250, which widens the naive interval '
+                 'because folds share training data.')
+    calibration_note = ("ECE is the expected calibration error of each variant's fold models on their out-of-fold "
+                        'predictions, before and after temperature scaling (cross-fitted; see `<variant>/report.md`).')
+
+  def expected(differences_text):
+    return '\n'.join([
+        '## Sweep', '',
+        '2 variants × 2 splits (2 folds) × 2 seeds [0, 1] = 8 models, 12 s wall for this launch (variants reused '
+        'from an earlier launch are not counted). Model axis: `loop`, 2 members a chunk.', '',
+        "Each cell is mean ± std [95% CI] over the runs of a variant, on each run's validation split at its "
+        'selected checkpoint' + cells + intervals, '',
+        sweep_report.results_table(summary, names), '',
+        '### Paired differences from `base`', '',
+        'Per run (same split, same seed), the variant minus the baseline; * marks an interval that excludes 0.', '',
+        differences_text, '',
+        '![sweep results](sweep_results.png)', '',
+        calibration_note + " Each split's best seed is checkpointed as `<variant>/fold<k>/`; submit their average "
+        "with `--mode submit --workdir <sweep>/<variant> --config.submit.average_folds=True` and the variant's "
+        'config.', '',
+        'Files: [sweep_results.csv](sweep_results.csv), [sweep_differences.csv](sweep_differences.csv), '
+        '[sweep_models.csv](sweep_models.csv), [sweep_results.md](sweep_results.md).'])
+
+  text = sweep_report.sweep_section(None, experiments, summary, differences, 'base', 12.4)
+  assert text == expected(sweep_report.differences_table(differences, names))
+  alone = sweep_report.sweep_section(None, experiments, summary, differences[:0], 'base', 12.4)
+  assert alone == expected('(only one variant)')
+
+
+def test_the_sweep_figure_has_its_layout_colours_and_jitter():
+  """The figure's own choices: size from the counts, shared x axis, bar and dot style, a y grid, the tick
+  rotation past six variants, the title; the dots' jitter is default_rng(0)'s, drawn in order."""
+  from matplotlib.colors import to_rgba
+  from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+  def figure(count):
+    experiments = []
+    for k in range(count):
+      e = sweep_experiments()[k % 2]
+      experiments.append(dict(e, name=f'v{k}'))
+    summary = sweep_report.summarise(experiments)
+    models = pd.DataFrame([dict(r, experiment=e['name']) for e in experiments for r in e['rows']])
+    return sweep_report.plot_results(summary, models), models
+
+  fig, models = figure(2)
+  assert tuple(fig.get_size_inches()) == pytest.approx((6.0, 2.8 * 3 + 0.1))
+  assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+  assert fig._suptitle.get_text() == 'validation metrics per variant: bars are means with 95% CI, dots are single models'
+  assert fig._suptitle.get_fontsize() == 9
+  axes = fig.axes
+  assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes[1:])
+  rng = np.random.default_rng(0)
+  for ax, metric in zip(axes, sweep_report.METRICS):
+    assert [bar.get_facecolor() for bar in ax.patches] == [to_rgba('#9ecae1')] * 2
+    assert [bar.get_edgecolor() for bar in ax.patches] == [to_rgba('#3182bd')] * 2
+    assert ax.get_legend_handles_labels()[1] == ['mean, 95% CI']
+    (bars,) = [c for c in ax.containers if hasattr(c, 'has_yerr')]
+    assert bars.lines[1][0].get_markersize() == 2 * 4   # a cap is twice capsize wide
+    dots = [line for line in ax.lines if line.get_marker() == '.' and line.get_linestyle() == 'None']
+    for i, line in enumerate(dots):
+      values = models.loc[models['experiment'] == f'v{i}', metric].to_numpy(float)
+      np.testing.assert_array_equal(line.get_xdata(), i + rng.uniform(-0.2, 0.2, len(values)))
+      assert (line.get_color(), line.get_markersize(), line.get_alpha()) == ('#08306b', 3, 0.7)
+    assert not any(g.get_visible() for g in ax.get_xgridlines())
+    assert all(g.get_visible() and g.get_alpha() == 0.3 for g in ax.get_ygridlines())
+  assert [t.get_rotation() for t in axes[-1].get_xticklabels()] == [0.0] * 2
+  assert figure(6)[0].axes[-1].get_xticklabels()[0].get_rotation() == 0.0
+  seven = figure(7)[0]
+  assert seven.axes[-1].get_xticklabels()[0].get_rotation() == 45.0 and seven.get_size_inches()[0] == 6.0
+  assert figure(8)[0].get_size_inches()[0] == pytest.approx(1.0 + 0.7 * 8)
