@@ -18,7 +18,11 @@ from tests import parity
 from tests import timm_reference as tr
 
 # The CI sample: the smallest member of each family, covering its variants' fields.
-SAMPLE = ['resnet10t', 'convnextv2_atto', 'vit_small_patch14_reg4_dinov2', 'vit_xsmall_patch16_clip_224']
+# tf_efficientnet_b0: TF 'SAME' padding, BN eps 1e-3, depthwise-separable and inverted residual blocks with
+# squeeze-excitation; tf_efficientnetv2_b0: V2's ConvBnAct and EdgeResidual (fused) stages besides;
+# mobilenetv3_small_050: MobileNetV3's per-block widths and activations, hard-sigmoid SE, fixed stem, efficient head.
+SAMPLE = ['resnet10t', 'convnextv2_atto', 'vit_small_patch14_reg4_dinov2', 'vit_xsmall_patch16_clip_224',
+          'tf_efficientnet_b0', 'tf_efficientnetv2_b0', 'mobilenetv3_small_050']
 
 
 @pytest.fixture(scope='module')
@@ -57,6 +61,9 @@ MUTATIONS = {   # one tensor per family, changed slightly: the check must fail
     'convnextv2_atto': ('a global response norm weight 5% larger', 'params/features_5_1/grn_weight',
                         lambda w: w * 1.05),
     'vit_small_patch14_reg4_dinov2': ('the registers 10% smaller', 'params/reg_token', lambda r: r * 0.9),
+    'tf_efficientnetv2_b0': ('an EdgeResidual projection kernel 5% larger', 'params/features_2_1/block_1/conv/kernel',
+                             lambda k: k * 1.05),
+    'mobilenetv3_small_050': ('the head conv 5% larger', 'params/conv_head/kernel', lambda k: k * 1.05),
 }
 
 
@@ -66,6 +73,17 @@ def test_the_check_fails_on_a_perturbed_tensor(arch, reference):
   label, path, change = MUTATIONS[arch]
   logits, features = apply(parity.replaced(variables, {path: change}), case.x)
   result = tr.agreement(case, logits, features, label=f'{arch}, {label}')
+  print(result.row())
+  parity.assert_check_fails(result)
+
+
+def test_tf_padding_is_what_makes_a_tf_port_exact(reference, cache):
+  """tf_efficientnet_b0 with torch's symmetric padding instead of TF's 'SAME' (the same weights): the check
+  fails, so the sample's pass shows the padding, not only the weights."""
+  case, _ = reference('tf_efficientnet_b0')
+  _, variables, apply = tr.port(case, cache, padding='symmetric')
+  logits, features = apply(variables, case.x)
+  result = tr.agreement(case, logits, features, label='tf_efficientnet_b0, symmetric padding')
   print(result.row())
   parity.assert_check_fails(result)
 

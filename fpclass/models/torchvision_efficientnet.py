@@ -1,8 +1,9 @@
-"""torchvision EfficientNet-B0 and EfficientNetV2-S, ported to Flax.
+"""torchvision EfficientNet-B0 and EfficientNetV2-S, ported to Flax; timm's EfficientNet family is this module
+with its fields (`timm_efficientnet`: activation, TF 'SAME' padding, block kinds per stage, no SE).
 
 Module names follow torchvision's: `features.<stage>.<block>.block.<i>` becomes 'features_<stage>_<block>/
 block_<i>', each Conv2dNormActivation a `ConvBN` ('conv', 'bn') and the squeeze-excitation 'fc1'/'fc2'.
-Padding is torch's symmetric (k - 1) // 2; depthwise convs use `feature_group_count`; BatchNorm is
+Padding is torch's symmetric (k - 1) // 2 (or TF's 'SAME', `padding='same'`); depthwise convs use `feature_group_count`; BatchNorm is
 torchvision's: eps 1e-5 for B0 and 1e-3 for V2 (`bn_epsilon`), momentum 0.1 (Flax 0.9), with torch's
 running-variance update (`torch_layers.BatchNorm`). The stem conv is a `transfer.StemConv`.
 Stochastic depth (`drop_path_rate`, torchvision's `stochastic_depth_prob`) is torchvision's 'row' mode
@@ -24,10 +25,21 @@ from fpclass.models.weights import TORCH_BN, Rule, WeightsFile, apply_rules, rea
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')       # kaiming_normal_(mode='fan_out')
 linear_init = nn.initializers.variance_scaling(1 / 3, 'fan_out', 'uniform')  # uniform(+-1/sqrt(out_features))
+ACTIVATIONS = {'silu': nn.silu, 'relu': nn.relu, 'relu6': nn.relu6, 'hard_swish': nn.hard_swish,
+               'sigmoid': nn.sigmoid, 'hard_sigmoid': nn.hard_sigmoid}   # timm's and torch's, by timm's name
+
+
+def conv_padding(padding: str, kernel: int):
+  """torch's symmetric (k - 1) // 2 ('symmetric'), or TF's 'SAME' ('same': timm's Conv2dSame, one more pixel
+  after than before where the total is odd)."""
+  if padding not in ('symmetric', 'same'):
+    raise ValueError(f"padding={padding!r}: use 'symmetric' or 'same'")
+  return 'SAME' if padding == 'same' else (kernel - 1) // 2
 
 
 class ConvBN(nn.Module):
-  """torchvision's Conv2dNormActivation: a bias-free conv with symmetric padding, BatchNorm, optional SiLU."""
+  """torchvision's Conv2dNormActivation: a bias-free conv (symmetric or 'SAME' padding), BatchNorm, optionally
+  an activation (SiLU unless `act` names another)."""
   features: int
   kernel: int = 1
   stride: int = 1
@@ -36,30 +48,35 @@ class ConvBN(nn.Module):
   frozen: bool = False
   gray: bool = False     # the network's stem on one channel (transfer.StemConv)
   epsilon: float = 1e-5  # BatchNorm's
+  act: str = 'silu'
+  padding: str = 'symmetric'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
     conv = functools.partial(transfer.StemConv, gray=True) if self.gray else Conv
-    x = conv(self.features, (self.kernel, self.kernel), self.stride, padding=(self.kernel - 1) // 2,
+    x = conv(self.features, (self.kernel, self.kernel), self.stride, padding=conv_padding(self.padding, self.kernel),
              feature_group_count=self.groups, use_bias=False, kernel_init=conv_init, dtype=self.dtype,
              name='conv')(x)
     x = BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=self.epsilon,
                   dtype=self.dtype, name='bn')(x)
-    return nn.silu(x) if self.activation else x
+    return ACTIVATIONS[self.act](x) if self.activation else x
 
 
 class SqueezeExcitation(nn.Module):
   """torchvision's SqueezeExcitation: global average -> 1x1 conv -> SiLU -> 1x1 conv -> sigmoid, times x."""
   squeeze: int
+  act: str = 'silu'
+  gate: str = 'sigmoid'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    scale = nn.silu(Conv(self.squeeze, (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc1')(scale))
+    scale = ACTIVATIONS[self.act](Conv(self.squeeze, (1, 1), kernel_init=conv_init, dtype=self.dtype,
+                                       name='fc1')(scale))
     scale = Conv(x.shape[-1], (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc2')(scale)
-    return nn.sigmoid(scale) * x
+    return ACTIVATIONS[self.gate](scale) * x
 
 
 class _Block(nn.Module):
@@ -71,33 +88,45 @@ class _Block(nn.Module):
   drop_path_rate: float = 0.0
   frozen: bool = False
   epsilon: float = 1e-5
+  act: str = 'silu'
+  padding: str = 'symmetric'
   dtype: Any = jnp.float32
+
+  def conv_bn(self):
+    return functools.partial(ConvBN, frozen=self.frozen, epsilon=self.epsilon, act=self.act, padding=self.padding,
+                             dtype=self.dtype)
 
 
 class MBConv(_Block):
+  """The inverted residual: 1x1 expansion (absent at ratio 1), depthwise k x k, squeeze-excitation of a quarter
+  of the block's input channels (absent with `se=False`: timm's EfficientNet-Lite), 1x1 projection."""
+  se: bool = True
+
   @nn.compact
   def __call__(self, x, train):
     in_channels = x.shape[-1]
     expanded = in_channels * self.expand_ratio
-    conv_bn = functools.partial(ConvBN, frozen=self.frozen, epsilon=self.epsilon, dtype=self.dtype)
+    conv_bn = self.conv_bn()
     # Named as torchvision's `block` Sequential indexes them: the expansion conv exists only when it expands.
     first = 0 if expanded == in_channels else 1
     y = x if first == 0 else conv_bn(expanded, name='block_0')(x, train)
     y = conv_bn(expanded, self.kernel, self.stride, groups=expanded, name=f'block_{first}')(y, train)
-    y = SqueezeExcitation(max(1, in_channels // 4), self.dtype, name=f'block_{first + 1}')(y)
-    y = conv_bn(self.out_channels, activation=False, name=f'block_{first + 2}')(y, train)
+    if self.se:
+      y = SqueezeExcitation(max(1, in_channels // 4), self.act, dtype=self.dtype, name=f'block_{first + 1}')(y)
+    y = conv_bn(self.out_channels, activation=False, name=f'block_{first + 2 if self.se else first + 1}')(y, train)
     return _residual(self, x, y, train)
 
 
 class FusedMBConv(_Block):
-  """EfficientNetV2's fused block: a k x k conv that expands (or, at ratio 1, is the whole block), then a 1x1
-  projection; no squeeze-excitation."""
+  """EfficientNetV2's fused block: a k x k conv that expands (or, `single`, is the whole block: torchvision's
+  at ratio 1, timm's ConvBnAct), then a 1x1 projection; no squeeze-excitation."""
+  single: bool = False
 
   @nn.compact
   def __call__(self, x, train):
-    conv_bn = functools.partial(ConvBN, frozen=self.frozen, epsilon=self.epsilon, dtype=self.dtype)
+    conv_bn = self.conv_bn()
     expanded = x.shape[-1] * self.expand_ratio
-    if expanded == x.shape[-1]:
+    if self.single:
       y = conv_bn(self.out_channels, self.kernel, self.stride, name='block_0')(x, train)
     else:
       y = conv_bn(expanded, self.kernel, self.stride, name='block_0')(x, train)
@@ -134,33 +163,52 @@ def drop_path_rates(stages, rate: float) -> list[list[float]]:
   return [rates[sum(blocks[:i]):sum(blocks[:i + 1])] for i in range(len(blocks))]
 
 
+BLOCK_KINDS = ('mbconv', 'fused', 'conv')   # MBConv; FusedMBConv expanding; FusedMBConv as one conv
+
+
 class EfficientNet(transfer.Backbone, kw_only=True):
   mbconv_stages: Sequence[Sequence[int]]
   fused_stages: int = 0                # the first stages whose blocks are FusedMBConv (V2)
+  block_kinds: Sequence[str] = ()      # each stage's BLOCK_KINDS; () derives them from fused_stages
   stem_channels: int = 32
   last_channels: int = 0               # the last conv's; 0: 4x the last stage's (B0)
   bn_epsilon: float = 1e-5
+  activation: str = 'silu'             # every block's and the stem's and last conv's (ACTIVATIONS)
+  padding: str = 'symmetric'           # or 'same': TF's (timm's tf_* ports)
+  se: bool = True                      # squeeze-excitation in the MBConv blocks
   dropout: float = 0.2                 # the source classifier's dropout (torchvision's `dropout`)
   drop_path_rate: float = 0.2          # the last block's rate is just under this (torchvision's default)
+
+  def kinds(self) -> tuple:
+    """Each stage's block kind: `block_kinds`, or torchvision's (fused, one conv at ratio 1, then MBConv)."""
+    if self.block_kinds:
+      if len(self.block_kinds) != len(self.mbconv_stages) or set(self.block_kinds) - set(BLOCK_KINDS):
+        raise ValueError(f'block_kinds={self.block_kinds!r}: one of {BLOCK_KINDS} per stage')
+      return tuple(self.block_kinds)
+    return tuple(('conv' if stage[0] == 1 else 'fused') if i < self.fused_stages else 'mbconv'
+                 for i, stage in enumerate(self.mbconv_stages))
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     stages = stage_names(self.mbconv_stages)
     last = transfer.check_cut(self.cut, stages, self.top)
     features = {}
-    x = ConvBN(self.stem_channels, 3, 2, frozen=self.stage_frozen(0), gray=self.in_channels == 1,
-               epsilon=self.bn_epsilon, dtype=self.dtype, name='features_0')(x, train)
+    common = dict(epsilon=self.bn_epsilon, act=self.activation, padding=self.padding, dtype=self.dtype)
+    x = ConvBN(self.stem_channels, 3, 2, frozen=self.stage_frozen(0), gray=self.in_channels == 1, **common,
+               name='features_0')(x, train)
     x = feature(self, features, 'stem', x)
     rates = drop_path_rates(self.mbconv_stages, self.drop_path_rate)
+    kinds = self.kinds()
     for i, (expand, kernel, stride, channels, blocks) in enumerate(self.mbconv_stages[:last], start=1):
-      block = FusedMBConv if i <= self.fused_stages else MBConv
+      block = functools.partial(MBConv, se=self.se) if kinds[i - 1] == 'mbconv' else \
+          functools.partial(FusedMBConv, single=kinds[i - 1] == 'conv')
       for j in range(blocks):
         x = block(expand, kernel, stride if j == 0 else 1, channels, rates[i - 1][j], frozen=self.stage_frozen(i),
-                  epsilon=self.bn_epsilon, dtype=self.dtype, name=f'features_{i}_{j}')(x, train)
+                  **common, name=f'features_{i}_{j}')(x, train)
       x = feature(self, features, stages[i], x)
     if last == len(stages) - 1:
-      x = ConvBN(self.last_channels or 4 * self.mbconv_stages[-1][3], frozen=self.stage_frozen(last),
-                 epsilon=self.bn_epsilon, dtype=self.dtype, name=f'features_{last}')(x, train)
+      x = ConvBN(self.last_channels or 4 * self.mbconv_stages[-1][3], frozen=self.stage_frozen(last), **common,
+                 name=f'features_{last}')(x, train)
       x = feature(self, features, stages[last], x)
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
