@@ -17,10 +17,10 @@ import jax.numpy as jnp
 from fpclass.models import feature, transfer
 from fpclass.models.timm_registry import register_timm
 from fpclass.models.torchvision_efficientnet import (
-  ACTIVATIONS,
   ConvBN,
   EfficientNet,
   SqueezeExcitation,
+  activation_fn,
   linear_init,
   stage_names,
 )
@@ -260,7 +260,7 @@ class MobileNetV3(transfer.Backbone, kw_only=True):
     if self.top != 'source':
       return transfer.new_top(self, x, features, train), features
     x = jnp.mean(x, axis=(1, 2))
-    x = ACTIVATIONS[self.activation](nn.Dense(self.head_channels, dtype=self.dtype, name='conv_head')(x))
+    x = activation_fn(self.activation)(nn.Dense(self.head_channels, dtype=self.dtype, name='conv_head')(x))
     x = features['pre_logits'] = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_outputs, kernel_init=linear_init, dtype=self.dtype, name='classifier')(x).astype(
         jnp.float32), features

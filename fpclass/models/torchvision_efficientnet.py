@@ -3,9 +3,10 @@ with its fields (`timm_efficientnet`: activation, TF 'SAME' padding, block kinds
 
 Module names follow torchvision's: `features.<stage>.<block>.block.<i>` becomes 'features_<stage>_<block>/
 block_<i>', each Conv2dNormActivation a `ConvBN` ('conv', 'bn') and the squeeze-excitation 'fc1'/'fc2'.
-Padding is torch's symmetric (k - 1) // 2 (or TF's 'SAME', `padding='same'`); depthwise convs use `feature_group_count`; BatchNorm is
-torchvision's: eps 1e-5 for B0 and 1e-3 for V2 (`bn_epsilon`), momentum 0.1 (Flax 0.9), with torch's
-running-variance update (`torch_layers.BatchNorm`). The stem conv is a `transfer.StemConv`.
+Padding is torch's symmetric (k - 1) // 2 (or TF's 'SAME', `padding='same'`); depthwise convs use
+`feature_group_count`; BatchNorm is torchvision's: eps 1e-5 for B0 and 1e-3 for V2 (`bn_epsilon`), momentum
+0.1 (Flax 0.9), with torch's running-variance update (`torch_layers.BatchNorm`). The stem conv is a
+`transfer.StemConv`.
 Stochastic depth (`drop_path_rate`, torchvision's `stochastic_depth_prob`) is torchvision's 'row' mode
 (whole residual branches of some examples dropped, the rest scaled by 1 / survival), its rate growing
 linearly over the blocks (16 in B0, 40 in V2-S); in training only, from the 'dropout' rng.
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fpclass.errors import UserInputError
 from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.torch_layers import BatchNorm
@@ -33,8 +35,14 @@ def conv_padding(padding: str, kernel: int):
   """torch's symmetric (k - 1) // 2 ('symmetric'), or TF's 'SAME' ('same': timm's Conv2dSame, one more pixel
   after than before where the total is odd)."""
   if padding not in ('symmetric', 'same'):
-    raise ValueError(f"padding={padding!r}: use 'symmetric' or 'same'")
+    raise UserInputError(f"config.model.padding={padding!r}: use 'symmetric' or 'same'")
   return 'SAME' if padding == 'same' else (kernel - 1) // 2
+
+
+def activation_fn(name: str):
+  if name not in ACTIVATIONS:
+    raise UserInputError(f'config.model.activation={name!r}: use one of {sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
 
 
 class ConvBN(nn.Module):
@@ -60,11 +68,12 @@ class ConvBN(nn.Module):
              name='conv')(x)
     x = BatchNorm(use_running_average=not train or self.frozen, momentum=0.9, epsilon=self.epsilon,
                   dtype=self.dtype, name='bn')(x)
-    return ACTIVATIONS[self.act](x) if self.activation else x
+    return activation_fn(self.act)(x) if self.activation else x
 
 
 class SqueezeExcitation(nn.Module):
-  """torchvision's SqueezeExcitation: global average -> 1x1 conv -> SiLU -> 1x1 conv -> sigmoid, times x."""
+  """torchvision's SqueezeExcitation: global average -> 1x1 conv -> SiLU -> 1x1 conv -> sigmoid, times x (timm's
+  MobileNetV3: ReLU and a hard sigmoid, `act` and `gate`)."""
   squeeze: int
   act: str = 'silu'
   gate: str = 'sigmoid'
@@ -73,10 +82,10 @@ class SqueezeExcitation(nn.Module):
   @nn.compact
   def __call__(self, x):
     scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-    scale = ACTIVATIONS[self.act](Conv(self.squeeze, (1, 1), kernel_init=conv_init, dtype=self.dtype,
-                                       name='fc1')(scale))
+    scale = activation_fn(self.act)(Conv(self.squeeze, (1, 1), kernel_init=conv_init, dtype=self.dtype,
+                                         name='fc1')(scale))
     scale = Conv(x.shape[-1], (1, 1), kernel_init=conv_init, dtype=self.dtype, name='fc2')(scale)
-    return ACTIVATIONS[self.gate](scale) * x
+    return activation_fn(self.gate)(scale) * x
 
 
 class _Block(nn.Module):
