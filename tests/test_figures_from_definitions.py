@@ -286,6 +286,9 @@ def test_a_multiclass_calibration_has_no_threshold():
   labels = np.arange(60) % 3
   summary, crossfit = calibration.calibrate_predictions(logits, labels, 'softmax', np.arange(60) % 4)
   assert summary['threshold'] is None and 'f1_tuned' not in summary and summary['crossfit_groups'] == 4
+  assert summary['threshold_metric'] is None and summary['bins'] == 15   # ECE over 15 bins unless told
+  assert summary['ece_before'] == pytest.approx(
+      calibration.expected_calibration_error(special.softmax(logits, axis=1), labels, 15), abs=EXACT)
   for g in range(4):
     held = np.arange(60) % 4 == g
     t = calibration.fit_temperature(logits[~held], labels[~held], 'softmax')
@@ -1005,3 +1008,55 @@ def test_the_temperature_is_the_log_loss_minimiser_to_a_millionth_in_log_t():
   lo, hi = np.log(calibration.TEMPERATURE_RANGE)
   exact = optimize.minimize_scalar(nll, bounds=(lo, hi), method='bounded', options=dict(xatol=1e-12)).x
   assert abs(np.log(calibration.fit_temperature(z, y, 'softmax')) - exact) < 5e-7
+
+
+@pytest.mark.parametrize('metric', ['macro_f1', 'f1'])
+def test_a_groups_threshold_is_tuned_on_the_others_at_their_own_temperature(metric):
+  """Noisy logits, three groups: each group's threshold is tuned on the other groups' probabilities at the
+  temperature fitted on them, the scale the group is decided at; tuned at temperature 1, the same search cuts
+  three images the other way."""
+  rng = np.random.default_rng(10)
+  z = rng.normal(0, 3, 24)
+  labels = (z + rng.normal(0, 2, 24) > 0).astype(int)
+  logits, groups = np.stack([np.zeros(24), z], 1), np.arange(24) % 3
+  summary, _ = calibration.calibrate_predictions(logits, labels, 'softmax', groups, threshold_metric=metric)
+  right, unscaled = np.zeros(24, int), np.zeros(24, int)
+  for g in range(3):
+    held, rest = groups == g, groups != g
+    t = calibration.fit_temperature(logits[rest], labels[rest], 'softmax')
+    p1 = special.softmax(logits[held] / t, axis=1)[:, 1]
+    right[held] = p1 >= best_threshold(special.softmax(logits[rest] / t, axis=1)[:, 1], labels[rest], metric)
+    unscaled[held] = p1 >= best_threshold(special.softmax(logits[rest], axis=1)[:, 1], labels[rest], metric)
+  average = 'binary' if metric == 'f1' else 'macro'
+  assert summary['f1_tuned'] == pytest.approx(skm.f1_score(labels, right, average=average), abs=EXACT)
+  assert (right != unscaled).sum() == 3
+  assert skm.f1_score(labels, unscaled, average=average) != pytest.approx(summary['f1_tuned'], abs=0.05)
+
+
+def test_multilabel_scores_decide_at_one_half_unless_told():
+  assert mm.scores(ML_TRUTH, ML_PROBS, ML_NAMES) == mm.scores(ML_TRUTH, ML_PROBS, ML_NAMES, np.full(4, 0.5))
+  assert mm.scores(ML_TRUTH, ML_PROBS, ML_NAMES)['per_label']['zebra']['threshold'] == 0.5
+
+
+def test_an_undefined_precision_or_f1_is_0_without_scikit_learns_warning():
+  """A class never predicted and never true: its precision, recall and F1 are 0 by fpclass's convention, set
+  explicitly, so scikit-learn does not warn about them in every report."""
+  from sklearn.exceptions import UndefinedMetricWarning
+  labels, pred = np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])
+  probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.6, 0.3, 0.1]])
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', UndefinedMetricWarning)
+    out = metrics.scores(labels, probs, ('a', 'b', 'c'))
+    assert out['per_class']['c'] == dict(precision=0.0, recall=0.0, f1=0.0, support=0)
+    assert out['macro_f1'] == pytest.approx((skm.f1_score(labels, pred, average=None).sum() + 0.0) / 3, abs=EXACT)
+    assert '           c     0.0000    0.0000    0.0000         0' in metrics.classification_report(
+        labels, pred, ('a', 'b', 'c'))
+    none = np.zeros(4, int)
+    assert calibration.decision_score(none, none, 'f1') == 0.0
+
+
+def test_an_interval_of_float32_values_is_computed_in_float64():
+  values = np.float32([0.71, 0.73, 0.69, 0.74, 0.72, 0.70])
+  for given in (values, list(values)):
+    ci = stats.corrected_interval(given, 0.25)
+    assert (ci.mean, ci.std, ci.low, ci.high) == pytest.approx(corrected(values.astype(np.float64), 0.25), abs=EXACT)
