@@ -255,6 +255,8 @@ def test_two_class_figures_after_calibration_are_cross_fitted(metric):
   assert summary['f1_argmax'] == pytest.approx(skm.f1_score(labels, logits.argmax(1), average=average), abs=EXACT)
   assert skm.f1_score(labels, own_pred, average=average) > tuned + 0.2   # in-sample would look far better
   assert summary['ece_after'] == pytest.approx(calibration.expected_calibration_error(expected_probs, labels, 10))
+  assert summary['ece_before'] == pytest.approx(
+      calibration.expected_calibration_error(special.softmax(logits, axis=1), labels, 10), abs=EXACT)
   assert summary['nll_after'] == pytest.approx(skm.log_loss(labels, expected_probs), abs=1e-9)
   everything = calibration.fit_temperature(logits, labels, 'softmax')
   assert summary['temperature'] == pytest.approx(everything, abs=EXACT)
@@ -1030,6 +1032,9 @@ def test_a_groups_threshold_is_tuned_on_the_others_at_their_own_temperature(metr
   average = 'binary' if metric == 'f1' else 'macro'
   assert summary['f1_tuned'] == pytest.approx(skm.f1_score(labels, right, average=average), abs=EXACT)
   assert (right != unscaled).sum() == 3
+  argmax = (z > 0).astype(int)
+  assert summary['f1_argmax'] == pytest.approx(skm.f1_score(labels, argmax, average=average), abs=EXACT)
+  assert skm.f1_score(labels, argmax, average='binary') != pytest.approx(skm.f1_score(labels, argmax, average='macro'))
   assert skm.f1_score(labels, unscaled, average=average) != pytest.approx(summary['f1_tuned'], abs=0.05)
 
 
@@ -1060,3 +1065,34 @@ def test_an_interval_of_float32_values_is_computed_in_float64():
   for given in (values, list(values)):
     ci = stats.corrected_interval(given, 0.25)
     assert (ci.mean, ci.std, ci.low, ci.high) == pytest.approx(corrected(values.astype(np.float64), 0.25), abs=EXACT)
+
+
+def test_the_calibration_defaults_seed_0_15_bins_temperature_1_and_macro_f1():
+  labels = np.array([0, 1, 1] * 10)
+  expected = np.zeros(30, int)
+  for g, (_, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(labels, labels)):
+    expected[test] = g
+  np.testing.assert_array_equal(calibration.crossfit_groups(labels, None), expected)
+  rng = np.random.default_rng(4)
+  logits = rng.normal(0, 2, (30, 2))
+  probs = special.softmax(logits, axis=1)
+  assert calibration.expected_calibration_error(probs, labels) == calibration.expected_calibration_error(
+      probs, labels, 15) != calibration.expected_calibration_error(probs, labels, 16)
+  assert calibration.negative_log_likelihood(logits, labels, 'softmax') == pytest.approx(
+      skm.log_loss(labels, probs), abs=1e-12)
+  assert calibration.tune_threshold(probs[:, 1], labels) == calibration.tune_threshold(probs[:, 1], labels, 'macro_f1')
+
+
+def test_float32_logits_are_scaled_in_float64():
+  logits = np.float32([[0.1, 2.3, -1.7], [3.1, 0.2, 0.9]])
+  probs = calibration.scaled_probabilities(logits, 'softmax', 1.7)
+  assert probs.dtype == np.float64
+  np.testing.assert_allclose(probs, special.softmax(logits.astype(np.float64) / 1.7, axis=1), rtol=0, atol=1e-16)
+
+
+def test_a_zero_confidence_falls_in_the_first_bin_and_an_empty_bin_is_nan_without_a_warning():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', RuntimeWarning)
+    count, confidence, accuracy = calibration.reliability_bins(np.array([[0.0, 0.0], [0.2, 0.8]]), np.array([0, 1]), 3)
+  assert count.tolist() == [1, 0, 1] and accuracy[[0, 2]].tolist() == [1.0, 1.0]
+  assert confidence[[0, 2]].tolist() == pytest.approx([0.0, 0.8]) and np.isnan(confidence[1]) and np.isnan(accuracy[1])
