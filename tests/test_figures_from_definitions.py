@@ -860,7 +860,8 @@ def test_a_multilabel_calibration_names_a_label_without_positive_in_its_warning(
   labels[:, 1] = 0
   with caplog.at_level('WARNING'):
     result = multilabel_calibration.calibrate_thresholds(probs, labels, NAMES, groups)
-  assert "label 'apple' has no positive image among the 27 to fit its threshold on: it keeps 0.5" in caplog.text
+  assert "label 'apple' has no positive image among the 27 to fit its threshold on: it keeps 0.5" in [
+      record.getMessage() for record in caplog.records]
   assert result['thresholds']['apple'] == 0.5
 
 
@@ -1096,3 +1097,48 @@ def test_a_zero_confidence_falls_in_the_first_bin_and_an_empty_bin_is_nan_withou
     count, confidence, accuracy = calibration.reliability_bins(np.array([[0.0, 0.0], [0.2, 0.8]]), np.array([0, 1]), 3)
   assert count.tolist() == [1, 0, 1] and accuracy[[0, 2]].tolist() == [1.0, 1.0]
   assert confidence[[0, 2]].tolist() == pytest.approx([0.0, 0.8]) and np.isnan(confidence[1]) and np.isnan(accuracy[1])
+
+
+def test_float32_probabilities_give_thresholds_midway_in_float64():
+  """JAX gives float32 probabilities: the cuts are the float64 midpoints of their values."""
+  y = np.array([1, 0, 1, 1, 0, 0])
+  p = np.float32([0.91, 0.37, 0.52, 0.7, 0.13, 0.61])
+  wide = p.astype(np.float64)
+  cuts, _ = mm.fbeta_by_threshold(y, p)
+  values = np.sort(wide)[::-1]
+  np.testing.assert_array_equal(cuts, (values + np.append(values[1:], 0.0)) / 2)
+  assert cuts.dtype == np.float64
+  fitted = mm.fit_thresholds(y[:, None], p[:, None])
+  assert fitted.thresholds[0] == (wide[2] + wide[1]) / 2   # taking 0.91, 0.7, 0.61 and 0.52: F1 6/7
+
+
+def test_the_f_betas_count_an_undefined_label_as_0_unless_told_and_an_empty_mean_is_nan_without_a_warning():
+  y, pred = np.array([[1, 0], [0, 0]]), np.array([[1, 0], [1, 0]])
+  assert mm.fbeta(y, pred, 2.0) == pytest.approx(
+      sk(skm.fbeta_score, y, pred, beta=2.0, average='macro', zero_division=0), abs=EXACT)
+  assert mm.fbeta(y, pred, 2.0) == pytest.approx((5 / 6 + 0) / 2)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', RuntimeWarning)
+    assert np.isnan(mm.f1(np.zeros((2, 2), int), np.zeros((2, 2), int), 'macro', np.nan))
+
+
+def test_a_two_class_decision_is_an_integer_class():
+  probs = np.array([[0.7, 0.3], [0.4, 0.6]])
+  decided = calibration.decide(probs, 0.5)
+  assert decided.tolist() == [0, 1] and decided.dtype.kind == 'i'
+
+
+def test_the_threshold_search_on_one_class_labels_warns_of_nothing():
+  """No positive: above the highest probability nothing is predicted and the positive F1 is 0/0, set to 0."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', RuntimeWarning)
+    _, scores = calibration.f1_by_threshold(np.array([0.2, 0.6]), np.array([0, 0]), 'f1')
+  assert scores.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_scores_json_holds_every_other_registered_single_label_metric(monkeypatch):
+  from fpclass.analysis import metric_registry
+  extra = metric_registry.Metric('mean_p1', 'mean p1', True, {metric_registry.SINGLE: lambda y, p: float(p[:, 1].mean())})
+  monkeypatch.setitem(metric_registry.REGISTRY, 'mean_p1', extra)
+  probs = np.array([[0.7, 0.3], [0.4, 0.6]])
+  assert metrics.scores(np.array([0, 1]), probs, ('a', 'b'))['mean_p1'] == pytest.approx(0.45)
