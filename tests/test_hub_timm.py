@@ -18,11 +18,11 @@ from tests import parity
 from tests import timm_reference as tr
 
 # The CI sample: the smallest member of each family, covering its variants' fields.
-# tf_efficientnet_b0: TF 'SAME' padding, BN eps 1e-3, depthwise-separable and inverted residual blocks with
-# squeeze-excitation; tf_efficientnetv2_b0: V2's ConvBnAct and EdgeResidual (fused) stages besides;
+# tf_efficientnetv2_b0: TF 'SAME' padding, BN eps 1e-3, ConvBnAct, EdgeResidual (fused) and inverted residual
+# blocks with squeeze-excitation (the EfficientNet module's fields; B0-B8 add only widths, depths and 5x5 kernels);
 # mobilenetv3_small_050: MobileNetV3's per-block widths and activations, hard-sigmoid SE, fixed stem, efficient head.
 SAMPLE = ['resnet10t', 'convnextv2_atto', 'vit_small_patch14_reg4_dinov2', 'vit_xsmall_patch16_clip_224',
-          'tf_efficientnet_b0', 'tf_efficientnetv2_b0', 'mobilenetv3_small_050']
+          'tf_efficientnetv2_b0', 'mobilenetv3_small_050']
 
 
 @pytest.fixture(scope='module')
@@ -78,12 +78,12 @@ def test_the_check_fails_on_a_perturbed_tensor(arch, reference):
 
 
 def test_tf_padding_is_what_makes_a_tf_port_exact(reference, cache):
-  """tf_efficientnet_b0 with torch's symmetric padding instead of TF's 'SAME' (the same weights): the check
+  """tf_efficientnetv2_b0 with torch's symmetric padding instead of TF's 'SAME' (the same weights): the check
   fails, so the sample's pass shows the padding, not only the weights."""
-  case, _ = reference('tf_efficientnet_b0')
+  case, _ = reference('tf_efficientnetv2_b0')
   _, variables, apply = tr.port(case, cache, padding='symmetric')
   logits, features = apply(variables, case.x)
-  result = tr.agreement(case, logits, features, label='tf_efficientnet_b0, symmetric padding')
+  result = tr.agreement(case, logits, features, label='tf_efficientnetv2_b0, symmetric padding')
   print(result.row())
   parity.assert_check_fails(result)
 
