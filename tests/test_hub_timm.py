@@ -19,7 +19,8 @@ from tests import timm_reference as tr
 
 # The CI sample: the smallest member of each family, covering its variants' fields.
 # tf_efficientnetv2_b0: TF 'SAME' padding, BN eps 1e-3, ConvBnAct, EdgeResidual (fused) and inverted residual
-# blocks with squeeze-excitation (the EfficientNet module's fields; B0-B8 add only widths, depths and 5x5 kernels);
+# blocks with squeeze-excitation (B0-B8 and Lite add depthwise-separable first blocks, 5x5 kernels, ReLU6 and
+# blocks without SE: bench/hub_parity.py checks them);
 # mobilenetv3_small_050: MobileNetV3's per-block widths and activations, hard-sigmoid SE, fixed stem, efficient head.
 SAMPLE = ['resnet10t', 'convnextv2_atto', 'vit_small_patch14_reg4_dinov2', 'vit_xsmall_patch16_clip_224',
           'tf_efficientnetv2_b0', 'mobilenetv3_small_050']
