@@ -1022,7 +1022,10 @@ def test_a_groups_threshold_is_tuned_on_the_others_at_their_own_temperature(metr
   z = rng.normal(0, 3, 24)
   labels = (z + rng.normal(0, 2, 24) > 0).astype(int)
   logits, groups = np.stack([np.zeros(24), z], 1), np.arange(24) % 3
-  summary, _ = calibration.calibrate_predictions(logits, labels, 'softmax', groups, threshold_metric=metric)
+  summary, _ = calibration.calibrate_predictions(logits, labels, 'softmax', groups, bins=10, threshold_metric=metric)
+  before = special.softmax(logits, axis=1)
+  assert summary['ece_before'] == pytest.approx(calibration.expected_calibration_error(before, labels, 10), abs=EXACT)
+  assert summary['ece_before'] != pytest.approx(calibration.expected_calibration_error(before, labels, 15), abs=0.05)
   right, unscaled = np.zeros(24, int), np.zeros(24, int)
   for g in range(3):
     held, rest = groups == g, groups != g
