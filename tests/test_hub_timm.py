@@ -21,9 +21,11 @@ from tests import timm_reference as tr
 # tf_efficientnetv2_b0: TF 'SAME' padding, BN eps 1e-3, ConvBnAct, EdgeResidual (fused) and inverted residual
 # blocks with squeeze-excitation (B0-B8 and Lite add depthwise-separable first blocks, 5x5 kernels, ReLU6 and
 # blocks without SE: bench/hub_parity.py checks them);
-# mobilenetv3_small_050: MobileNetV3's per-block widths and activations, hard-sigmoid SE, fixed stem, efficient head.
+# mobilenetv3_small_050: MobileNetV3's per-block widths and activations, hard-sigmoid SE, fixed stem, efficient head;
+# regnety_002: RegNet's grouped bottleneck, its SE sized by the block's input, conv shortcuts (RegNetX is the same
+# without SE; the widths of every name and the `_tv` rounding: bench/hub_parity.py).
 SAMPLE = ['resnet10t', 'convnextv2_atto', 'vit_small_patch14_reg4_dinov2', 'vit_xsmall_patch16_clip_224',
-          'tf_efficientnetv2_b0', 'mobilenetv3_small_050']
+          'tf_efficientnetv2_b0', 'mobilenetv3_small_050', 'regnety_002']
 
 
 @pytest.fixture(scope='module')
@@ -65,6 +67,7 @@ MUTATIONS = {   # one tensor per family, changed slightly: the check must fail
     'tf_efficientnetv2_b0': ('an EdgeResidual projection kernel 5% larger', 'params/features_2_1/block_1/conv/kernel',
                              lambda k: k * 1.05),
     'mobilenetv3_small_050': ('the head conv 5% larger', 'params/conv_head/kernel', lambda k: k * 1.05),
+    'regnety_002': ('a grouped 3x3 kernel transposed', 'params/s2_b1/conv2/conv/kernel', lambda k: k.transpose(1, 0, 2, 3)),
 }
 
 

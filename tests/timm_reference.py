@@ -19,12 +19,13 @@ COMMIT = '0123456789abcdef0123456789abcdef01234567'
 TAG = 'fpclass_test'
 NUM_CLASSES = 17
 # Each family's input in the parity check (height, width): small, not square, odd sides inside the network.
-SIZES = {'resnet': (72, 56), 'convnext': (72, 56), 'efficientnet': (72, 56), 'vit': None}
+SIZES = {'resnet': (72, 56), 'convnext': (72, 56), 'efficientnet': (72, 56), 'regnet': (72, 56), 'vit': None}
 # The stage features compared besides the logits: {fpclass feature: timm module}, per family.
 FEATURES = {
     'resnet': {'layer2': 'layer2', 'layer4': 'layer4'},
     'convnext': {'stage2': 'stages.1', 'stage4': 'stages.3'},
     'efficientnet': {},
+    'regnet': {'s2': 's2', 's4': 's4'},
     'vit': {},
 }
 
@@ -32,7 +33,7 @@ FEATURES = {
 def family_of(arch: str) -> str:
   module = models.get_spec(hub.NAME_PREFIX + arch).module
   name = models.module_class(module).__module__
-  for family in ('resnet', 'convnext', 'efficientnet'):
+  for family in ('resnet', 'convnext', 'efficientnet', 'regnet'):
     if family in name:
       return family
   return 'vit'
