@@ -15,22 +15,43 @@ import pytest
 from PIL import Image
 
 from fpclass.models import model_keys
+from fpclass.runtime.process import planned_backend
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# On the CPU, the suite compiles hundreds of tiny programs that then run for milliseconds: LLVM's optimisation of
+# the generated code is most of the compile time and buys nothing here (-40% CPU time on tests/test_conv.py and
+# test_pooling.py, -15% on test_engine.py's launches). Set before any backend starts, so this process and every
+# launch.py child (which inherits the environment) compile at level 0. The program XLA builds (its HLO passes:
+# fusion, layout) is unchanged, and equality tests compare two runs compiled alike. A user who sets the flag in
+# XLA_FLAGS (e.g. level 2, XLA's default) keeps theirs; a GPU run of the suite keeps XLA's default.
+OPTIMISATION_FLAG = '--xla_backend_optimization_level'
+if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {OPTIMISATION_FLAG}=0".strip()
 
-# The heaviest test files, heaviest first (`python -m pytest --durations=0`, summed per file, 2026-11-22: 156
-# down to 55 s). `--dist loadfile` hands files to the two workers in collection order as they come free, so
-# starting with the longest leaves short files to fill the end instead of one worker finishing a long file
-# alone (longest-processing-time-first scheduling). Files not listed keep pytest's order after these.
-HEAVY_FIRST = ('test_auto.py', 'test_gpu_session.py', 'test_pretrained_modern.py', 'test_runtime.py', 'test_recipes_transfer_pets.py',
-               'test_pretrained_keras_mobile.py', 'test_feature_cache.py', 'test_probe.py', 'test_mixup.py',
-               'test_recipes.py', 'test_recipes_transfer.py', 'test_launch.py', 'test_multiprocess.py',
-               'test_faults.py', 'test_gray_stem.py', 'test_pretrained_torchvision.py', 'test_finetune.py',
-               'test_pretrained_keras.py', 'test_memory_rule.py', 'test_model_axis.py', 'test_cam.py',
-               'test_export.py', 'test_sweep.py', 'test_streaming.py', 'test_drop_path.py', 'test_lr_find.py',
-               'test_tta.py', 'test_ema.py', 'test_layer_decay.py', 'test_randaugment.py', 'test_accumulate.py',
-               'test_engine.py', 'test_serve.py')
+
+def xla_flags(*flags: str) -> str:
+  """XLA_FLAGS for a child process: this process's own (the optimisation level above) plus `flags`."""
+  return ' '.join([os.environ.get('XLA_FLAGS', ''), *flags]).strip()
+
+
+# The heaviest test files, heaviest first (`python -m pytest --durations=0`, summed per file, 2026-11-25: 249
+# down to 33 s on a loaded machine). `--dist loadfile` hands files to the two workers in collection order as they
+# come free (with `--no-loadscope-reorder` in pyproject's addopts: xdist's default reorders files by their number
+# of tests), so starting with the longest leaves short files to fill the end instead of one worker finishing a
+# long file alone (longest-processing-time-first scheduling). Files not listed keep pytest's order after these.
+HEAVY_FIRST = ('test_engine.py', 'test_auto.py', 'test_multiprocess.py', 'test_gpu_session.py',
+               'test_recipes_transfer_pets.py', 'test_recipes_transfer.py', 'test_recipes.py',
+               'test_feature_cache.py', 'test_cam.py', 'test_pretrained_keras_mobile.py', 'test_tracking.py',
+               'test_memory_rule.py', 'test_gray_stem.py', 'test_launch.py', 'test_pretrained_keras.py',
+               'test_finetune.py', 'test_drop_path.py', 'test_pretrained_torchvision.py',
+               'test_pretrained_modern.py', 'test_export.py', 'test_ema.py', 'test_multilabel_sweep_probe.py',
+               'test_tta.py', 'test_signals.py', 'test_ensemble.py', 'test_faults.py', 'test_scale.py',
+               'test_serve.py', 'test_hub_runs.py', 'test_sweep.py', 'test_probe.py', 'test_models.py',
+               'test_lr_find.py', 'test_layer_decay.py', 'test_multilabel_task.py', 'test_cam_keras.py',
+               'test_multilabel_predict_submit.py', 'test_conv.py', 'test_randaugment.py', 'test_accumulate.py',
+               'test_multilabel_export.py', 'test_pooling.py', 'test_train.py', 'test_label_issues.py',
+               'test_hub_timm.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -16,7 +16,7 @@ import pytest
 
 from fpclass import fileio
 from fpclass.infer.inference import load_trained
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, load_config, xla_flags
 from tests.test_scale import TINY
 
 # A constant learning rate, so extending the run from 1 to 2 epochs continues it as an unbroken 2-epoch run.
@@ -84,7 +84,7 @@ def start_processes(workdir, *args, count=2, devices=2, audit_log=None) -> list[
   port = _free_port()
   procs = []
   for index in range(count):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    env = dict(os.environ, XLA_FLAGS=xla_flags(f'--xla_force_host_platform_device_count={devices}'))
     if count > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(count),
                  JAX_PROCESS_ID=str(index))

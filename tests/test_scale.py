@@ -19,7 +19,7 @@ from fpclass.train import precision
 from fpclass.train.sampling import epoch_order
 from fpclass.train.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
 from fpclass.train.task import build_task
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, load_config, xla_flags
 
 # SGD, not Adam: Adam divides by sqrt(v), so a gradient that is zero up to rounding (a conv bias under batch
 # norm) turns rounding-level differences into full-size steps, and params could not be compared closely.
@@ -49,7 +49,7 @@ print(json.dumps(dict(devices=jax.device_count(), all_reduce='all-reduce' in hlo
 
 
 def test_sharded_run_equals_single_device_run(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env = dict(os.environ, XLA_FLAGS=xla_flags('--xla_force_host_platform_device_count=4'))
   result = subprocess.run([sys.executable, '-c', SHARDED_RUN, str(tmp_path / 'four'), json.dumps(TINY)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -17,7 +17,7 @@ from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
 from fpclass.runtime.sharding import DataParallel
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, load_config, xla_flags
 
 GREY = DecodeSettings(image_size=(6, 5), channels=1)
 
@@ -140,7 +140,7 @@ for step, (x, y) in enumerate(stream.device_batches(ImageRows(np.load({str(tmp_p
   assert [np.asarray(s.data).tolist() for s in shards] == [array[order[step, :2]].tolist(), array[order[step, 2:]].tolist()]
 print('ok')
 """
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
+  env = dict(os.environ, XLA_FLAGS=xla_flags('--xla_force_host_platform_device_count=2'), JAX_PLATFORMS='cpu',
              PYTHONPATH=str(REPO))
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]
