@@ -3,6 +3,7 @@
     python launch.py --config configs/footprint.py:exp4 --workdir runs/fp-exp4 [--mode train]
     python launch.py --workdir runs/fp-exp4 --mode submit          # the workdir's sidecar holds the config
     python launch.py --config configs/climbing.py --workdir runs/climbing --mode clean [--apply]
+    python launch.py --mode models --config.models.pattern='convnext*'   # no run folder: it writes nothing
 
 Any config value can be overridden, e.g. --config.train.epochs=10; the config is locked, so a
 misspelt key is an error. See README.md for the modes and what a run writes.
@@ -18,14 +19,16 @@ from absl import app, flags, logging
 from fpclass.errors import RunInterrupted, UserInputError
 from fpclass.modes import MODES, command_line
 
-WORKDIR_CONFIG = pathlib.Path(__file__).resolve().parent / 'configs' / 'workdir.py'
+CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
+WORKDIR_CONFIG = CONFIGS / 'workdir.py'
+MAIN_CONFIG = CONFIGS / 'footprint.py'   # a standalone mode's defaults when no --config is given
 
 command_line.define_config_flag(flags.FLAGS)
-flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md')
+flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md (required but by '
+                    '--mode models)')
 flags.DEFINE_enum('mode', 'train', list(MODES), '; '.join(f'{k}: {v.help}' for k, v in MODES.items()))
 flags.DEFINE_bool('apply', False, '--mode clean only: move the files clean leaves out into <workdir>/quarantine '
                   '(without it, clean never moves or changes a file)')
-flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
@@ -39,10 +42,13 @@ def parse_flags(argv):
 
 def with_workdir_config(argv):
   """`argv` with `--config configs/workdir.py:<workdir>` added when a mode that reads a trained workdir
-  runs without --config (its `--config.x=y` overrides then apply to the training config)."""
+  runs without --config (its `--config.x=y` overrides then apply to the training config), or with the main
+  job's config file for a standalone mode (`--mode models`)."""
   if any(a == '--config' or a.startswith('--config=') for a in argv):
     return argv
   mode, workdir = _flag_value(argv, 'mode') or 'train', _flag_value(argv, 'workdir')
+  if mode in MODES and MODES[mode].standalone:
+    return [argv[0], f'--config={MAIN_CONFIG}', *argv[1:]]
   if mode not in MODES or not MODES[mode].trained or not workdir:
     return argv
   return [argv[0], f'--config={WORKDIR_CONFIG}:{workdir}', *argv[1:]]
@@ -69,6 +75,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep the console to progress, warnings and results
   if FLAGS.apply and FLAGS.mode != 'clean':
     _fail(f'--apply is read only by --mode clean, not --mode {FLAGS.mode}')
+  if FLAGS.workdir is None and not MODES[FLAGS.mode].standalone:
+    _fail(f'--workdir is required for --mode {FLAGS.mode}')
   if FLAGS.config is None:
     _fail(f'--config is required for --mode {FLAGS.mode}' + (
         ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else ''))

@@ -7,6 +7,7 @@ from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
 from fpclass.models import listing
 from fpclass.modes import models as models_mode
+from tests.conftest import launch
 
 
 def test_a_pattern_selects_registered_and_timm_names():
@@ -38,3 +39,13 @@ def test_an_unported_architecture_gets_the_ported_families_in_one_line():
   assert '\n' not in str(error.value) and 'ResNet family' in str(error.value)
   with pytest.raises(UserInputError, match='unknown model; timm checkpoints load for the families .*ConvNeXt'):
     listing.models.get_spec('timm_swin_tiny_patch4_window7_224')
+
+
+def test_launch_lists_models_without_a_config_or_a_run_folder(tmp_path):
+  """`python launch.py --mode models` as docs/hub.md shows it: no --config, no --workdir, nothing written."""
+  result = launch('--mode=models', '--config.models.pattern=timm_resnet10t', cwd=tmp_path)
+  assert result.stdout.splitlines()[0] == "1 registered model(s) matching 'timm_resnet10t':"
+  assert 'timm_resnet10t' in result.stdout and '176x176' in result.stdout
+  assert list(tmp_path.iterdir()) == []
+  refused = launch('--mode=train', check=False, cwd=tmp_path)   # every other mode still needs its run folder
+  assert refused.returncode == 2 and refused.stderr.strip() == 'fpclass: error: --workdir is required for --mode train'

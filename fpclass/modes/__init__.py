@@ -26,6 +26,9 @@ class Mode:
   read_only: bool = False  # writes nothing in --workdir (serve), so a read-only workdir is fine
   # Several launches may work in one workdir at once (auto's shared study): no workdir lock, though it trains.
   shared_workdir: bool = False
+  # Reads only its own config section and writes nothing: --workdir and --config are optional (launch.py then
+  # takes the main job's config file for the defaults).
+  standalone: bool = False
 
 
 MODES = {
@@ -68,7 +71,7 @@ MODES = {
                      'against the best single; writes an ensemble workdir that submit and predict use'),
     'models': Mode('models', 'list_models', 'list the registered models (config.models.pattern, e.g. \'convnext*\'; '
                    'timm checkpoints by name: config.model.pretrained=\'hf-hub:timm/<arch>.<tag>\') with family, '
-                   'parameters, default input size and verified parity', read_only=True),
+                   'parameters, default input size and verified parity', read_only=True, standalone=True),
     'label_issues': Mode('label_issues', 'label_issues', 'flag the probably wrong labels (cleanlab) from the '
                          'out-of-fold predictions below --workdir; write label_issues.csv for '
                          'config.data.exclude_csv or relabel_csv, and a grid of the top suspects', trained=True),

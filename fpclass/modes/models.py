@@ -1,7 +1,7 @@
 """`--mode models`: the registered models, filtered by config.models.pattern and family, printed as a table
 (name, family, parameters, default input size, where parity was verified). It writes nothing.
 
-    python launch.py --config configs/footprint.py --workdir runs/any --mode models --config.models.pattern='convnext*'
+    python launch.py --mode models --config.models.pattern='convnext*'   # needs no --config or --workdir
 
 A timm checkpoint loads by name with --config.model.pretrained=hf-hub:timm/<arch>.<tag> (model.name follows).
 """

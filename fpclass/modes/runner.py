@@ -39,6 +39,10 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
                              '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
       config = model_keys.completed(config)   # every key of its model, as launch.py builds it
       validation.validate(config)
+      if workdir is None:   # a standalone mode (models): nothing to write, lock, track or time
+        if not MODES[mode].standalone:
+          raise UserInputError(f'--mode {mode} needs a --workdir')
+        return mode_function(mode)(config, None, **options)
       workdir = pathlib.Path(workdir)
       if fileio.is_primary() and not MODES[mode].read_only:
         fileio.check_writable(workdir, '--workdir')
