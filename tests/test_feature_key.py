@@ -8,6 +8,7 @@ differ; a change of the head alone must keep the key, so that head-only sweep va
 key is silent: the report prints figures of features computed for another variant.
 """
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from fpclass.models.probe_backbones import Backbone
 from fpclass.train import feature_cache
 from fpclass.train.task import build_task
 from tests.conftest import load_config
+from tests.timm_reference import offline_cache
 
 AUGMENT_OFF = {f'augment.{k}': 0.0 for k in ('hflip', 'rotation', 'translate', 'zoom', 'brightness')}
 SHAPE = (16, 16, 3)
@@ -276,3 +278,37 @@ def test_the_probe_images_digest_is_the_hash_of_the_whole_array_read_in_pieces()
   images = np.random.default_rng(2).integers(0, 256, (600, 2, 2, 1), np.uint8)
   whole = hashlib.sha256(json.dumps([list(images.shape), str(images.dtype)]).encode() + images.tobytes())
   assert pooled_features.images_digest(images) == whole.hexdigest()
+
+
+def _hub_cache(cache, commit: str, weights: bytes):
+  """A huggingface_hub cache holding timm/resnet10t.probe at `commit` (refs/main), its weights `weights`."""
+  root = cache / 'models--timm--resnet10t.probe'
+  snapshot = root / 'snapshots' / commit
+  snapshot.mkdir(parents=True)
+  (snapshot / 'config.json').write_text(json.dumps({'architecture': 'resnet10t', 'num_classes': 1000}))
+  (snapshot / 'model.safetensors').write_bytes(weights)
+  (root / 'refs').mkdir()
+  (root / 'refs' / 'main').write_text(commit)
+  return snapshot
+
+
+def test_the_probe_cache_key_of_a_hub_checkpoint_follows_the_snapshot_it_resolves_to(tmp_path):
+  """The same reference, once the repository's main has moved to another commit, is other weights: keyed by
+  the reference alone, the probe would serve the old commit's features. A Hub-layout folder rewritten in place
+  is other weights too."""
+  reference = 'hf-hub:timm/resnet10t.probe'
+  backbone = Backbone('timm_resnet10t', reference, reference)
+  spec = pooled_features.models.get_spec('timm_resnet10t')
+  identities, paths = [], []
+  for commit, weights in (('a' * 40, b'old weights'), ('b' * 40, b'new weights')):
+    cache = tmp_path / commit[:1]
+    snapshot = _hub_cache(cache, commit, weights)
+    with offline_cache(cache):
+      identities.append(pooled_features._weights_identity(spec, reference, 0))
+      paths.append(probe_path(backbone))
+    assert identities[-1][:3] == ['hub', reference, str((snapshot / 'model.safetensors').resolve())]
+  assert identities[0] != identities[1] and paths[0] != paths[1]
+  folder = _hub_cache(tmp_path / 'folder', 'c' * 40, b'weights')
+  before = pooled_features._weights_identity(spec, str(folder), 0)
+  (folder / 'model.safetensors').write_bytes(b'other weights')
+  assert before[0] == 'hub' and pooled_features._weights_identity(spec, str(folder), 0) != before

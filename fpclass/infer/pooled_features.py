@@ -23,7 +23,7 @@ from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ProbeSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
-from fpclass.models import transfer
+from fpclass.models import hub, transfer
 from fpclass.models.probe_backbones import Backbone
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import feed
@@ -83,6 +83,12 @@ def _weights_identity(spec, weights: str, seed: int) -> list:
     return ['random init', seed]
   if weights in spec.weights:
     return ['named', weights, spec.weights[weights].url, spec.weights[weights].checksum]
+  if hub.is_reference(weights):
+    # The file the reference resolves to now: in the Hub's cache a snapshot's file links to a blob named by its
+    # content's hash, so a repository moved to another commit (or a Hub-layout folder rewritten) is other weights.
+    resolved = hub.resolve(weights).weights
+    stat = resolved.stat()
+    return ['hub', weights, str(resolved.resolve()), stat.st_size, stat.st_mtime_ns]
   path = pathlib.Path(weights).expanduser()
   try:
     stat = path.stat()
