@@ -581,15 +581,18 @@ def test_the_results_table_prints_each_variants_figures(multilabel):
     assert summary['temperature'].tolist() == [1.7, 1.7] and summary['ece_after'].tolist() == [0.04, 0.07]
 
 
-@pytest.mark.parametrize('multilabel, ratio', [(False, 0.25), (True, 0.0)])
-def test_the_sweep_section_states_its_counts_and_how_its_intervals_are_made(multilabel, ratio):
+def sweep_section_inputs(multilabel: bool, ratio: float):
+  """(experiments, summary, paired differences) of the two-variant sweep, as sweep_section takes them."""
   experiments = sweep_experiments(multilabel)
   for e in experiments:
     e['test_train_ratio'] = ratio
-  summary = sweep_report.summarise(experiments)
-  differences = sweep_report.paired_differences(pd.DataFrame([dict(r, experiment=e['name'], val_hash='h')
-                                                             for e in experiments for r in e['rows']]),
-                                                experiments, 'base')
+  models = pd.DataFrame([dict(r, experiment=e['name'], val_hash='h') for e in experiments for r in e['rows']])
+  return experiments, sweep_report.summarise(experiments), sweep_report.paired_differences(models, experiments, 'base')
+
+
+@pytest.mark.parametrize('multilabel, ratio', [(False, 0.25), (True, 0.0)])
+def test_the_sweep_section_states_its_counts_and_how_its_intervals_are_made(multilabel, ratio):
+  experiments, summary, differences = sweep_section_inputs(multilabel, ratio)
   text = sweep_report.sweep_section(None, experiments, summary, differences, 'base', 12.4)
   assert '2 variants × 2 splits (2 folds) × 2 seeds [0, 1] = 8 models, 12 s wall' in text
   assert 'Model axis: `loop`, 2 members a chunk.' in text and '### Paired differences from `base`' in text
@@ -902,12 +905,7 @@ def test_the_summary_keeps_a_two_class_threshold():
 
 @pytest.mark.parametrize('multilabel, ratio', [(False, 0.25), (True, 0.0)])
 def test_the_sweep_section_reads_word_for_word(multilabel, ratio):
-  experiments = sweep_experiments(multilabel)
-  for e in experiments:
-    e['test_train_ratio'] = ratio
-  summary = sweep_report.summarise(experiments)
-  models = pd.DataFrame([dict(r, experiment=e['name'], val_hash='h') for e in experiments for r in e['rows']])
-  differences = sweep_report.paired_differences(models, experiments, 'base')
+  experiments, summary, differences = sweep_section_inputs(multilabel, ratio)
   names = sweep_report.metrics_of(experiments)
   if multilabel:
     cells = ' (multi-label: mAP, and macro F1 deciding each label at 0.5). '
