@@ -24,7 +24,7 @@ from fpclass.models.torchvision_efficientnet import (
   linear_init,
   stage_names,
 )
-from fpclass.models.weights import TORCH_BN, Rule
+from fpclass.models.weights import Rule, torch_bn_rules
 
 # timm's arch_def, one row per stage: (kind, repeats, kernel, stride, expand ratio, channels). 'mbconv' is its
 # 'ds' (ratio 1) and 'ir' blocks, 'fused' its 'er' (EdgeResidual), 'conv' its 'cn' (ConvBnAct).
@@ -129,7 +129,7 @@ LAYERS = {'ds': (('conv_dw', 'bn1'), ('conv_pw', 'bn2')), 'ir': (('conv_pw', 'bn
 
 def _conv_bn(source: str, target: str) -> tuple:
   return (Rule(source[0] + r'\.weight', f'params/{target}/conv/kernel', 'conv'),
-          *(Rule(rf'{source[1]}\.{src}', dst.format(target + '/bn')) for src, dst in TORCH_BN))
+          *torch_bn_rules(source[1], target + '/bn'))
 
 
 def _stage_rules(s: int, kind: str, expand: int, se: bool) -> tuple:

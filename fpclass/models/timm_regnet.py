@@ -19,7 +19,7 @@ from fpclass.models import feature, transfer
 from fpclass.models.timm_registry import register_timm
 from fpclass.models.torchvision_efficientnet import ConvBN, SqueezeExcitation, linear_init
 from fpclass.models.torchvision_resnet import make_divisible
-from fpclass.models.weights import TORCH_BN, Rule
+from fpclass.models.weights import Rule, torch_bn_rules
 
 
 def regnet_stages(w0: int, wa: float, wm: float, depth: int, group_size: int, group_min_ratio: float = 0.0,
@@ -122,7 +122,7 @@ def fields(w0, wa, wm, group_size, depth, se_ratio, group_min_ratio) -> dict:
 
 def _conv_bn(source: str, target: str) -> tuple:
   return (Rule(source + r'\.conv\.weight', f'params/{target}/conv/kernel', 'conv'),
-          *(Rule(rf'{source}\.bn\.{src}', dst.format(target + '/bn')) for src, dst in TORCH_BN))
+          *torch_bn_rules(rf'{source}\.bn', target + '/bn'))
 
 
 BLOCK = r's(\d)\.b(\d+)\.'

@@ -8,7 +8,7 @@ import functools
 
 from fpclass.models.timm_registry import register_timm
 from fpclass.models.torchvision_resnet import STEM_REGEX, BasicBlock, Bottleneck, ResNet
-from fpclass.models.weights import TORCH_BN, Rule
+from fpclass.models.weights import Rule, torch_bn_rules
 
 B, K = BasicBlock, Bottleneck
 R18, R34, R26, R50, R101, R152, R200 = (2, 2, 2, 2), (3, 4, 6, 3), (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 23, 3), \
@@ -52,22 +52,18 @@ ARCHITECTURES = {
 LAYER = r'layer(\d)\.(\d+)\.'
 
 
-def _bn_rules(source: str, target: str):
-  return tuple(Rule(rf'{source}\.{src}', dst.format(target)) for src, dst in TORCH_BN)
-
-
 def rules(fields: dict) -> tuple:
   """timm names -> the Flax paths of `ResNet` with `fields`; an average-pool shortcut shifts its conv and BN
   one index up in timm's Sequential."""
   conv, bn = ('1', '2') if fields.get('avg_down') else ('0', '1')
   stem = (Rule(r'conv1\.weight', 'params/conv1/kernel', 'conv'),) if not fields.get('stem_type') else (
-      Rule(r'conv1\.([036])\.weight', 'params/conv1_{0}/kernel', 'conv'), *_bn_rules(r'conv1\.([14])', 'conv1_{0}'))
+      Rule(r'conv1\.([036])\.weight', 'params/conv1_{0}/kernel', 'conv'), *torch_bn_rules(r'conv1\.([14])', 'conv1_{0}'))
   return (
-      *stem, *_bn_rules('bn1', 'bn1'),
+      *stem, *torch_bn_rules('bn1', 'bn1'),
       Rule(LAYER + r'conv(\d)\.weight', 'params/layer{0}_{1}/conv{2}/kernel', 'conv'),
-      *_bn_rules(LAYER + r'bn(\d)', 'layer{0}_{1}/bn{2}'),
+      *torch_bn_rules(LAYER + r'bn(\d)', 'layer{0}_{1}/bn{2}'),
       Rule(LAYER + rf'downsample\.{conv}\.weight', 'params/layer{0}_{1}/downsample_conv/kernel', 'conv'),
-      *_bn_rules(LAYER + rf'downsample\.{bn}', 'layer{0}_{1}/downsample_bn'),
+      *torch_bn_rules(LAYER + rf'downsample\.{bn}', 'layer{0}_{1}/downsample_bn'),
       Rule(LAYER + r'se\.(fc\d)\.weight', 'params/layer{0}_{1}/se/{2}/kernel', 'conv'),
       Rule(LAYER + r'se\.(fc\d)\.bias', 'params/layer{0}_{1}/se/{2}/bias'),
       Rule(r'fc\.weight', 'params/fc/kernel', 'linear'),

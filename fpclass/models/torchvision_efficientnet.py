@@ -23,7 +23,7 @@ from fpclass.errors import UserInputError
 from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.torch_layers import BatchNorm
-from fpclass.models.weights import TORCH_BN, Rule, WeightsFile, apply_rules, read_state_dict
+from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict, torch_bn_rules
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')       # kaiming_normal_(mode='fan_out')
 linear_init = nn.initializers.variance_scaling(1 / 3, 'fan_out', 'uniform')  # uniform(+-1/sqrt(out_features))
@@ -229,11 +229,10 @@ class EfficientNet(transfer.Backbone, kw_only=True):
 
 RULES = (
     Rule(r'features\.(\d)\.0\.weight', 'params/features_{0}/conv/kernel', 'conv'),
-    *(Rule(rf'features\.(\d)\.1\.{src}', dst.format('features_{0}/bn')) for src, dst in TORCH_BN),
+    *torch_bn_rules(r'features\.(\d)\.1', 'features_{0}/bn'),
     # Depthwise kernels (C, 1, k, k) take the same transpose as any conv: (k, k, 1, C).
     Rule(r'features\.(\d)\.(\d+)\.block\.(\d)\.0\.weight', 'params/features_{0}_{1}/block_{2}/conv/kernel', 'conv'),
-    *(Rule(rf'features\.(\d)\.(\d+)\.block\.(\d)\.1\.{src}', dst.format('features_{0}_{1}/block_{2}/bn'))
-      for src, dst in TORCH_BN),
+    *torch_bn_rules(r'features\.(\d)\.(\d+)\.block\.(\d)\.1', 'features_{0}_{1}/block_{2}/bn'),
     Rule(r'features\.(\d)\.(\d+)\.block\.(\d)\.(fc\d)\.weight', 'params/features_{0}_{1}/block_{2}/{3}/kernel', 'conv'),
     Rule(r'features\.(\d)\.(\d+)\.block\.(\d)\.(fc\d)\.bias', 'params/features_{0}_{1}/block_{2}/{3}/bias'),
     Rule(r'classifier\.1\.weight', 'params/classifier_1/kernel', 'linear'),

@@ -20,7 +20,7 @@ from fpclass.models import ModelSpec, feature, preprocessing, register, transfer
 from fpclass.models.conv import Conv
 from fpclass.models.pooling import max_pool
 from fpclass.models.torch_layers import BatchNorm
-from fpclass.models.weights import TORCH_BN, Rule, WeightsFile, apply_rules, read_state_dict
+from fpclass.models.weights import Rule, WeightsFile, apply_rules, read_state_dict, torch_bn_rules
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # torchvision's kaiming_normal_
 
@@ -164,12 +164,11 @@ class ResNet(transfer.Backbone, kw_only=True):
 STEM_REGEX = r'^(conv1(_\d)?|bn1)/'
 RULES = (
     Rule(r'conv1\.weight', 'params/conv1/kernel', 'conv'),
-    *(Rule(rf'bn1\.{src}', dst.format('bn1')) for src, dst in TORCH_BN),
+    *torch_bn_rules('bn1', 'bn1'),
     Rule(r'layer(\d)\.(\d+)\.conv(\d)\.weight', 'params/layer{0}_{1}/conv{2}/kernel', 'conv'),
-    *(Rule(rf'layer(\d)\.(\d+)\.bn(\d)\.{src}', dst.format('layer{0}_{1}/bn{2}')) for src, dst in TORCH_BN),
+    *torch_bn_rules(r'layer(\d)\.(\d+)\.bn(\d)', 'layer{0}_{1}/bn{2}'),
     Rule(r'layer(\d)\.(\d+)\.downsample\.0\.weight', 'params/layer{0}_{1}/downsample_conv/kernel', 'conv'),
-    *(Rule(rf'layer(\d)\.(\d+)\.downsample\.1\.{src}', dst.format('layer{0}_{1}/downsample_bn'))
-      for src, dst in TORCH_BN),
+    *torch_bn_rules(r'layer(\d)\.(\d+)\.downsample\.1', 'layer{0}_{1}/downsample_bn'),
     Rule(r'fc\.weight', 'params/fc/kernel', 'linear'),
     Rule(r'fc\.bias', 'params/fc/bias'),
 )

@@ -161,6 +161,12 @@ TORCH_BN = (('weight', 'params/{}/scale'), ('bias', 'params/{}/bias'), ('running
 TORCH_IGNORED = r'.*num_batches_tracked$'
 
 
+def torch_bn_rules(source: str, target: str) -> tuple:
+  """The rules of one torch BatchNorm: tensors `source`.{weight, bias, running_mean, running_var} (a regex; its
+  groups fill `target`'s {0}, {1}, ...) to the Flax BatchNorm at `target`'s scale, bias, mean and var."""
+  return tuple(Rule(rf'{source}\.{src}', dst.format(target)) for src, dst in TORCH_BN)
+
+
 def apply_rules(tensors: dict[str, np.ndarray], rules: Iterable[Rule], ignore: str = TORCH_IGNORED):
   """Maps source tensors through `rules` (first match wins): ({flax path tuple: array}, unmatched names)."""
   rules = [(re.compile(r.pattern), r) for r in rules]
