@@ -1,4 +1,5 @@
-"""One training run per workdir: an OS lock on <workdir>/.fpclass.lock, plus JSON naming its holder.
+"""One training run per workdir: an OS lock on <workdir>/.fpclass.lock, plus JSON naming its holder; and
+named claims in a folder by the same mechanism (`claim`: auto's confirmation in a shared workdir).
 
     with WorkdirLock(workdir, mode='train'):
       ...train...
@@ -11,6 +12,7 @@ release (the file is emptied, never deleted, so no other process can be locking 
 
 Design notes: docs/modules.md (`fpclass/runtime/workdir_lock.py`).
 """
+import atexit
 import dataclasses
 import datetime
 import errno
@@ -63,8 +65,8 @@ class LockHolder:
     return self.host == socket.gethostname()
 
 
-def lock_path(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir) / LOCK_NAME
+def lock_path(workdir: str | os.PathLike, name: str = LOCK_NAME) -> pathlib.Path:
+  return pathlib.Path(workdir) / name
 
 
 class WorkdirLock:
@@ -74,9 +76,10 @@ class WorkdirLock:
   lock left by a killed run with a logging warning.
   """
 
-  def __init__(self, workdir: str | os.PathLike, mode: str = 'train', heartbeat_s: float = HEARTBEAT_S):
+  def __init__(self, workdir: str | os.PathLike, mode: str = 'train', heartbeat_s: float = HEARTBEAT_S,
+               name: str = LOCK_NAME):
     self.workdir = pathlib.Path(workdir)
-    self.path = lock_path(workdir)
+    self.path = lock_path(workdir, name)
     self.mode = mode
     self.heartbeat_s = float(heartbeat_s)
     self.holder: LockHolder | None = None
@@ -92,38 +95,43 @@ class WorkdirLock:
     self.release()
 
   def acquire(self) -> 'WorkdirLock':
+    refusal = self.try_acquire()
+    if refusal:
+      raise UserInputError(refusal)
+    return self
+
+  def try_acquire(self) -> str:
+    """Takes the lock and returns '', or returns why a live holder keeps it (the message `acquire` raises)."""
     if self._fd is not None:
       raise RuntimeError(f'{self.path}: this WorkdirLock is already held')
     fd = _open_lock_file(self.path)
     try:
       os_lock = _flock_exclusive(fd)
-      if os_lock is False:
-        holder = _read_holder(fd)
-        raise UserInputError(_held_message(self.workdir, holder))
       previous = _read_holder(fd)
-      if previous is not None:
-        _check_previous(self.workdir, previous, os_lock)
-        logging.warning('%s: taking over the lock of a run that is gone: %s. It was killed or crashed; '
-                        'resuming from its last complete checkpoint.', self.path, previous.describe())
-      now = time.time()
-      self.holder = LockHolder(pid=os.getpid(), host=socket.gethostname(), started=now, mode=self.mode,
-                               command=' '.join(sys.argv)[:300], heartbeat=now, heartbeat_s=self.heartbeat_s)
-      try:
-        _write_holder(fd, self.holder)
-      except OSError as e:
-        if e.errno != errno.ENOSPC:
-          raise
-        raise UserInputError(f'{self.path}: the disk is full (no space left on device); nothing was changed. '
-                             'Free some space and launch again') from None
+      if os_lock is False:
+        refusal = _held_message(self.workdir, previous)
+      else:
+        refusal = _previous_refusal(self.workdir, self.path, previous, os_lock) if previous is not None else ''
+        if previous is not None and not refusal:
+          logging.warning('%s: taking over the lock of a run that is gone: %s. It was killed or crashed; '
+                          'resuming from its last complete checkpoint.', self.path, previous.describe())
+      if not refusal:
+        now = time.time()
+        self.holder = LockHolder(pid=os.getpid(), host=socket.gethostname(), started=now, mode=self.mode,
+                                 command=' '.join(sys.argv)[:300], heartbeat=now, heartbeat_s=self.heartbeat_s)
+        _write_new_holder(self.path, fd, self.holder)
     except BaseException:
       os.close(fd)  # closing drops the flock too
       raise
+    if refusal:
+      os.close(fd)
+      return refusal
     self._fd = fd
     self._stop.clear()
     if self.heartbeat_s > 0:
       self._beat = threading.Thread(target=self._heartbeat, name='fpclass-workdir-lock', daemon=True)
       self._beat.start()
-    return self
+    return ''
 
   def release(self) -> None:
     """Empties the lock file (a clean end, not a stale lock) and drops the OS lock."""
@@ -178,6 +186,35 @@ def training_run(workdir: str | os.PathLike) -> LockHolder | None:
     os.close(fd)
 
 
+_claims: dict[pathlib.Path, WorkdirLock] = {}   # the claims this process holds, kept until it ends
+
+
+def claim(folder: str | os.PathLike, name: str, mode: str) -> bool:
+  """Whether this process holds the claim `name` in `folder` (auto's confirmation in a shared workdir): taken
+  when no live process holds it, then kept until this process ends. The file, its holder record and the
+  staleness rule are the workdir lock's: the claim of a process that is gone is taken over with a warning."""
+  path = lock_path(folder, name).absolute()
+  if path in _claims:
+    return True
+  lock = WorkdirLock(folder, mode, name=name)
+  if lock.try_acquire():
+    return False
+  _claims[path] = lock
+  atexit.register(lock.release)   # a clean end: the next claimer takes it without a warning
+  return True
+
+
+def process_owner() -> dict:
+  """This process as an owner record names it (host and pid): an Optuna trial's owner, say."""
+  return {'host': socket.gethostname(), 'pid': os.getpid()}
+
+
+def owner_alive(owner: dict) -> bool:
+  """Whether the process an owner record names may be running: on this host its pid tells; on another host it
+  cannot be told, so it may."""
+  return owner.get('host') != socket.gethostname() or pid_alive(int(owner.get('pid', -1)))
+
+
 def _open_lock_file(path: pathlib.Path) -> int:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,15 +260,16 @@ def _flock(fd: int, operation: int) -> bool | None:
     raise
 
 
-def _check_previous(workdir: pathlib.Path, previous: LockHolder, os_lock: bool | None) -> None:
-  """Refuses a lock whose flock was free but whose holder may be alive where flock cannot see it."""
-  if _looks_alive(previous, os_lock):
-    age = previous.heartbeat_age()
-    raise UserInputError(
-        _held_message(workdir, previous)
-        + f'. Its heartbeat is {age:.0f} s old; this filesystem does not share file locks with host '
-        f'{previous.host}, so if that run is gone, wait {_stale_after(previous):.0f} s after its last '
-        f'heartbeat or remove {lock_path(workdir)}')
+def _previous_refusal(workdir: pathlib.Path, path: pathlib.Path, previous: LockHolder, os_lock: bool | None) -> str:
+  """Why a lock whose flock was free is still refused: its holder may be alive where flock cannot see it ('' if
+  not)."""
+  if not _looks_alive(previous, os_lock):
+    return ''
+  age = previous.heartbeat_age()
+  return (_held_message(workdir, previous)
+          + f'. Its heartbeat is {age:.0f} s old; this filesystem does not share file locks with host '
+          f'{previous.host}, so if that run is gone, wait {_stale_after(previous):.0f} s after its last '
+          f'heartbeat or remove {path}')
 
 
 def _looks_alive(holder: LockHolder, os_lock: bool | None) -> bool:
@@ -239,7 +277,7 @@ def _looks_alive(holder: LockHolder, os_lock: bool | None) -> bool:
   if holder.is_local():
     # Same host with working flock: the kernel's answer is final. Without flock, ask about the pid (our own
     # pid in the record is a previous incarnation: containers restart with the same small pids).
-    return os_lock is None and holder.pid != os.getpid() and _pid_alive(holder.pid)
+    return os_lock is None and holder.pid != os.getpid() and pid_alive(holder.pid)
   return holder.heartbeat_age() < _stale_after(holder)
 
 
@@ -247,7 +285,8 @@ def _stale_after(holder: LockHolder) -> float:
   return STALE_AFTER_BEATS * (holder.heartbeat_s or HEARTBEAT_S)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` of this host is running."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -278,6 +317,16 @@ def _read_holder(fd: int) -> LockHolder | None:
     except (ValueError, TypeError, AttributeError):
       time.sleep(_RETRY_S)
   return None
+
+
+def _write_new_holder(path: pathlib.Path, fd: int, holder: LockHolder) -> None:
+  try:
+    _write_holder(fd, holder)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    raise UserInputError(f'{path}: the disk is full (no space left on device); nothing was changed. '
+                         'Free some space and launch again') from None
 
 
 def _write_holder(fd: int, holder: LockHolder) -> None:

@@ -13,7 +13,6 @@ resumes: the study from its storage, each member from its checkpoints. Details a
 import ast
 import dataclasses
 import json
-import os
 import pathlib
 import statistics
 import time
@@ -31,7 +30,7 @@ from fpclass.errors import RunInterrupted, UserInputError
 from fpclass.infer.evaluation import evaluate_workdir
 from fpclass.models import probe_backbones
 from fpclass.models.heads import head_of
-from fpclass.runtime import tracking
+from fpclass.runtime import tracking, workdir_lock
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.screen import ProbeRun, run_probe
@@ -224,28 +223,9 @@ def _trial(base, settings, study, dims, candidates, workdir, budget, metric, fol
 
 
 def _claim(workdir: pathlib.Path) -> bool:
-  """Whether this process runs the confirmation and refit: the first to create the claim file, or the heir of
-  a claimer on this host that is gone."""
-  path = workdir / CLAIM
-  me = study_lib.owner()
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        who = json.loads(path.read_text() or '{}')
-      except (OSError, ValueError):
-        who = {}
-      if who == me:
-        return True
-      if who.get('host') == me['host'] and not study_lib.alive(int(who.get('pid', -1))):
-        path.unlink(missing_ok=True)   # fpclass's own lock file of a process that is gone
-        continue
-      return False
-    with os.fdopen(fd, 'w') as f:
-      f.write(json.dumps(me))
-    return True
-  return False
+  """Whether this process runs the confirmation and refit: it holds the claim file (the workdir lock's
+  mechanism), taken when no live process of the study holds it."""
+  return workdir_lock.claim(workdir, CLAIM, 'auto')
 
 
 # ------------------------------------------------------------------------------------------------ 3. confirm

@@ -11,8 +11,6 @@ Sampling: each trial samples with a TPE sampler seeded by (config.auto.seed, tri
 search is reproducible and processes sharing a study do not draw the same parameters (one seeded sampler per
 process would). Each trial trains in its own folder, `trials/trial-<number>` (a retry in its predecessor's).
 """
-import os
-import socket
 import time
 
 import optuna
@@ -20,6 +18,7 @@ import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 
 from fpclass.errors import UserInputError
+from fpclass.runtime import workdir_lock
 
 JOURNAL = 'optuna.journal'
 OWNER = 'owner'
@@ -68,35 +67,18 @@ def ask(study: optuna.Study, seed: int) -> optuna.Trial:
   sampler seeded by its number (the suggestions are drawn after the ask, from `study.sampler`)."""
   trial = study.ask()
   study.sampler = _sampler(seed, trial.number)
-  trial.set_user_attr(OWNER, owner())
+  trial.set_user_attr(OWNER, workdir_lock.process_owner())
   if FOLDER not in trial.user_attrs:
     trial.set_user_attr(FOLDER, f'trial-{trial.number:04d}')
   return trial
-
-
-def owner() -> dict:
-  return {'host': socket.gethostname(), 'pid': os.getpid()}
-
-
-def alive(pid: int) -> bool:
-  """Whether process `pid` of this host is running."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def retry_stale_trials(study: optuna.Study) -> list[int]:
   """Fails the running trials whose process on this host is gone and enqueues their parameters again; returns
   their numbers. A trial of another live process (this host or another) is left to it."""
   retried = []
-  here = socket.gethostname()
   for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-    who = trial.user_attrs.get(OWNER) or {}
-    if who.get('host') != here or alive(int(who.get('pid', -1))):
+    if workdir_lock.owner_alive(trial.user_attrs.get(OWNER) or {}):
       continue
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, FOLDER: trial.user_attrs.get(FOLDER)},
@@ -107,11 +89,11 @@ def retry_stale_trials(study: optuna.Study) -> list[int]:
 
 def others_running(study: optuna.Study) -> list[int]:
   """The running trials of other processes that are alive (or on another host, where that cannot be told)."""
-  me, here = os.getpid(), socket.gethostname()
+  me = workdir_lock.process_owner()
   out = []
   for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
     who = trial.user_attrs.get(OWNER) or {}
-    if who.get('host') != here or (int(who.get('pid', -1)) != me and alive(int(who.get('pid', -1)))):
+    if who != me and workdir_lock.owner_alive(who):
       out.append(trial.number)
   return out
 
