@@ -118,3 +118,11 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
   best = int(history['val_loss'].idxmin()) + 1
   assert len(history) == best + 2 < 12
   assert scores['epoch'] == best and np.isclose(scores['loss'], history['val_loss'].min(), atol=1e-5)
+  # Relaunched, a run that stopped early stays stopped: no epoch is trained again (only a run that ran out of
+  # epochs continues, when given more), the checkpoints and the selected epoch are the same.
+  last = load_trained(config, tmp_path, 'last').state.params
+  again = run('train', config, tmp_path)
+  pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'metrics.csv'), history)
+  assert again['epoch'] == best and again['loss'] == scores['loss']
+  assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      np.array_equal, load_trained(config, tmp_path, 'last').state.params, last)))
