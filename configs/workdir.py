@@ -1,12 +1,15 @@
-"""The training config of a trained workdir, read from its sidecar (metadata.json).
+"""The config a workdir was written from: a trained run's sidecar (metadata.json), or a sweep's or an auto
+run's workdir.json.
 
     python launch.py --workdir runs/fp --mode submit                      # launch.py uses this file for you
+    python launch.py --workdir runs/sweep --mode ensemble                 # the sweep's config
     python launch.py --config configs/workdir.py:runs/fp --workdir runs/fp --mode predict \
         --config.predict.inputs=new_images/
 
 launch.py passes `--config configs/workdir.py:<workdir>` itself when a mode that reads a trained workdir
-(evaluate, explain, submit, calibrate, predict, serve, export) is run without --config. Overrides apply on
-top; one that would change the model or its input is refused, naming the value stored at training.
+(evaluate, explain, submit, calibrate, predict, serve, export, ensemble, label_issues) is run without
+--config. Overrides apply on top; one that would change a restored model or its input is refused, naming the
+value stored at training.
 """
 from fpclass.train.sidecar import stored_config
 

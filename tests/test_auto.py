@@ -62,6 +62,10 @@ def test_a_tiny_run_chooses_confirms_refits_and_its_final_model_submits(tmp_path
   assert json.loads((workdir / 'final' / 'scores.json').read_text())['accuracy'] >= 0
   launch(f'--workdir={workdir / "final"}', '--mode=submit', env=_env(tmp_path))
   assert len(pd.read_csv(workdir / 'final' / 'submission.csv')) == 16
+  # The run recorded its config (workdir.json), so the modes that read its trials need only --workdir.
+  assert json.loads((workdir / 'workdir.json').read_text())['kind'] == 'auto'
+  launch(f'--workdir={workdir}', '--mode=label_issues', '--config.label_issues.grid=0', env=_env(tmp_path))
+  assert (workdir / 'label_quality.csv').is_file()
 
 
 def test_a_budget_shorter_than_a_trial_still_chooses_and_refits_and_says_it_overran(tmp_path):

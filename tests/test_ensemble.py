@@ -411,3 +411,16 @@ def test_a_multilabel_ensemble_is_served_and_exported_with_its_own_thresholds(tr
   assert np.abs(session.run(['probabilities'], {'images': images})[0] - probs).max() <= 1e-5
   calibration = json.loads(written['description'].read_text())['calibration']
   assert calibration['thresholds'] == pytest.approx(thresholds) and '--mode ensemble' in calibration['thresholds_source']
+
+
+def test_the_sweep_records_its_config_so_ensemble_needs_only_the_workdir(ensembled):
+  """--mode ensemble --workdir <sweep> with no --config takes the sweep's config from its workdir.json and
+  selects what the launch with --config selected."""
+  workdir, env, _ = ensembled
+  record = json.loads((workdir / 'workdir.json').read_text())
+  assert record['kind'] == 'sweep' and record['config']['data']['num_folds'] == 3
+  launch(f'--workdir={workdir}', '--mode=ensemble', '--config.ensemble.metric=loss', '--config.ensemble.soup=False',
+         '--config.ensemble.output=again', env=env)
+  first, again = (json.loads((workdir / out / 'ensemble.json').read_text()) for out in ('ensemble', 'again'))
+  assert again['candidates'] == first['candidates'] == ['exp0', 'exp1', 'exp5']
+  assert again['weights'] == first['weights'] and again['crossfit'] == first['crossfit']

@@ -3,6 +3,7 @@
 train with data.exclude_csv); the exclusion and relabelling reach the data; the source files stay byte-identical
 through the whole cycle; a bad curation row is one line naming the file, row and column."""
 import hashlib
+import json
 import sys
 
 import numpy as np
@@ -161,6 +162,19 @@ def test_the_sweep_s_label_issues_are_the_planted_flips(cycle):
   section = (workdir / 'report.md').read_text()
   assert '## Label issues' in section and '![top suspects](label_issues.png)' in section
   assert 'label_issues.csv' in result.stdout
+
+
+def test_the_sweep_records_its_config_so_label_issues_needs_only_the_workdir(cycle):
+  """The sweep wrote workdir.json (its kind and config): --mode label_issues --workdir <sweep> with no --config
+  decodes the sweep's own data for the grid (another data root would find none of the flagged files)."""
+  root, _, env, workdir, _, _ = cycle
+  record = json.loads((workdir / 'workdir.json').read_text())
+  assert record['kind'] == 'sweep' and record['config']['data']['root'] == str(root)
+  issues, grid = pd.read_csv(workdir / 'label_issues.csv', dtype=str), workdir / 'label_issues.png'
+  drawn = grid.stat().st_mtime_ns
+  result = launch(f'--workdir={workdir}', '--mode=label_issues', env=env)
+  pd.testing.assert_frame_equal(pd.read_csv(workdir / 'label_issues.csv', dtype=str), issues)
+  assert grid.stat().st_mtime_ns > drawn and 'label_issues.csv' in result.stdout
 
 
 def test_excluding_and_relabelling_reach_the_data_and_no_source_file_changes(cycle, tmp_path):

@@ -127,3 +127,15 @@ def test_digits_quick(tmp_path):
   assert scores['n'] == 360 and len(scores['class_names']) == 10 and scores['accuracy'] > 0.5
   result = launch('--config=configs/digits.py:quick', f'--workdir={tmp_path}', '--mode=submit', check=False)
   assert result.returncode == 2 and 'no test split' in result.stderr
+
+
+@pytest.mark.parametrize('mode', ['ensemble', 'label_issues', 'submit'])
+def test_a_workdir_without_a_recorded_config_is_one_line(tmp_path, mode):
+  """Modes that read a workdir take its config from metadata.json or workdir.json; a folder with neither says
+  so in one line, naming the folder."""
+  result = launch(f'--workdir={tmp_path}', f'--mode={mode}', check=False)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith('fpclass: error: ') and line.endswith(
+      f'{tmp_path}: no config recorded here (no metadata.json of a trained run, no workdir.json of a sweep or an '
+      'auto run); pass --config, or train this --workdir first')

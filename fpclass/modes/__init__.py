@@ -6,8 +6,9 @@ mode's heavy dependencies (matplotlib, FastAPI, onnx) load only when it is used.
 validates a config and runs a mode: the package API (`run('train', config, workdir)`).
 
 Modes marked `trained` read a trained workdir: they need no `--config`, because the workdir's sidecar
-(metadata.json) holds the training config (see configs/workdir.py); overrides that would change the model
-or its input are refused (`fpclass.train.sidecar.check_restorable`).
+(metadata.json, or a sweep's or a search's workdir.json) holds the config it was written from (see
+configs/workdir.py); overrides that would change a restored model or its input are refused
+(`fpclass.train.sidecar.check_restorable`).
 """
 import dataclasses
 import importlib
@@ -19,6 +20,9 @@ class Mode:
   function: str
   help: str
   trained: bool = False  # reads a trained workdir: --config is optional
+  # Writes a workdir of many runs (not one run's metadata.json): the runner records its kind and config there
+  # (workdir.json), so the modes that read it later need only --workdir.
+  records_config: bool = False
   # Runs as one program over every process of a jax.distributed job (each computes, process 0 writes).
   # The others are single-process tools and say so when started in such a job.
   multi_process: bool = False
@@ -57,18 +61,18 @@ MODES = {
     'prepare': Mode('prepare', 'prepare', 'download and prepare config.data.tfds.name as ArrayRecord (needs '
                     'TensorFlow)'),
     'sweep': Mode('sweep', 'run_sweep', 'train config.sweep.variants x folds x seeds together; tables with '
-                  'confidence intervals', trains=True, multi_process=True),
+                  'confidence intervals', trains=True, multi_process=True, records_config=True),
     'probe': Mode('probe', 'probe', 'screen config.probe.backbones: a linear probe on each one\'s cached, pooled '
                   'features over folds x seeds; tables and a plot with confidence intervals'),
     'auto': Mode('auto', 'auto', 'the best model for the data within config.auto.time_budget: screen the backbones, '
                  'search with Optuna over k-fold trials, confirm the best on fresh seeds with paired intervals, '
-                 'refit the choice into <workdir>/final', trains=True, shared_workdir=True),
+                 'refit the choice into <workdir>/final', trains=True, shared_workdir=True, records_config=True),
     'lr_find': Mode('lr_find', 'lr_find', 'fastai\'s learning-rate finder: an exponential learning-rate sweep '
                     'from the run\'s initial state (config.lr_find); write lr_find.json and lr_find.png with the '
                     'suggestions (the workdir\'s training state is untouched)'),
     'ensemble': Mode('ensemble', 'ensemble', 'the best weighted mix of a sweep\'s variants or an auto run\'s trials '
                      '(Caruana selection on their out-of-fold predictions) and a greedy soup, scored cross-fitted '
-                     'against the best single; writes an ensemble workdir that submit and predict use'),
+                     'against the best single; writes an ensemble workdir that submit and predict use', trained=True),
     'models': Mode('models', 'list_models', 'list the registered models (config.models.pattern, e.g. \'convnext*\'; '
                    'timm checkpoints by name: config.model.pretrained=\'hf-hub:timm/<arch>.<tag>\') with family, '
                    'parameters, default input size and verified parity', read_only=True, standalone=True),

@@ -48,6 +48,8 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
         fileio.check_writable(workdir, '--workdir')
       lock = _lock(mode, workdir)
     try:
+      if MODES[mode].records_config and fileio.is_primary():
+        sidecar.write_workdir_record(workdir, mode, config)
       tracker = _tracker(mode, config, workdir)
       with tracking.active(tracker, workdir):
         result = _run_chain(mode, config, workdir, options)

@@ -1,5 +1,6 @@
 """The run's metadata sidecar, `<workdir>/metadata.json`: class names, image size, channels, normalisation,
-parameter count and the whole training config, so every mode after training needs only `--workdir`; and the
+parameter count and the whole training config, so every mode after training needs only `--workdir`; a sweep's
+or a search's `workdir.json` (its kind and config) does the same for the modes that read those; and the
 comparisons of a stored config with the current one (restoring against another model or input, or resuming
 under a config that would train something else, is refused with the differing keys listed).
 """
@@ -18,6 +19,7 @@ from fpclass.models import model_keys
 from fpclass.models.heads import head_of
 
 METADATA = 'metadata.json'
+WORKDIR_RECORD = 'workdir.json'   # a workdir of many runs (sweep, auto): its kind and the config it was written from
 
 # Keys a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'train.early_stopping_patience', 'eval.',
@@ -127,13 +129,39 @@ def config_differences_keys(stored: dict, current: dict, only) -> list[str]:
 
 
 def stored_config(workdir):
-  """The training config of `workdir`, from its sidecar, as a ConfigDict of the current schema: keys this
-  version does not know are dropped (model fields are kept: they belong to the architecture)."""
+  """The config `workdir` was written from, as a ConfigDict of the current schema: a trained run's (its
+  metadata.json), else a sweep's or a search's (workdir.json). Keys this version does not know are dropped
+  (model fields are kept: they belong to the architecture)."""
   metadata = read_metadata(workdir)
   if metadata is None:
-    raise UserInputError(f'{workdir}: no trained run here ({METADATA} is missing); pass --config, or train '
-                         'this --workdir first')
+    metadata = read_workdir_record(workdir)
+  if metadata is None:
+    raise UserInputError(f'{workdir}: no config recorded here (no {METADATA} of a trained run, no {WORKDIR_RECORD} '
+                         'of a sweep or an auto run); pass --config, or train this --workdir first')
   return config_from_json(metadata['config'])
+
+
+def write_workdir_record(workdir, kind: str, config) -> None:
+  """workdir.json: what wrote `workdir` (`kind`: the mode) and its config, so that the modes reading it later
+  (ensemble, label_issues) need only --workdir."""
+  fileio.write_json(pathlib.Path(workdir) / WORKDIR_RECORD, dict(
+      kind=kind, fpclass_version=__version__,
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      config=config_as_json(config)))
+
+
+def read_workdir_record(workdir) -> dict | None:
+  path = pathlib.Path(workdir) / WORKDIR_RECORD
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UserInputError(f'{path}: not valid JSON ({e}); it records the config this workdir was written from: '
+                         'restore it, or pass --config') from None
+  if not isinstance(record, dict) or not isinstance(record.get('config'), dict):
+    raise UserInputError(f'{path}: holds no config; restore it, or pass --config')
+  return record
 
 
 def config_from_json(values: dict):
