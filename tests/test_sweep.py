@@ -2,11 +2,14 @@
 import json
 import shutil
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import optimize, special
 from sklearn import metrics as skm
 
+from fpclass.analysis.calibration import TEMPERATURE_RANGE
 from fpclass.config.inputs import DataSettings
 from fpclass.config.variants import config_changes
 from fpclass.data import pipeline
@@ -19,6 +22,7 @@ from fpclass.train import sidecar
 from fpclass.train.sweep_plan import build_variants
 from tests import content
 from tests.conftest import launch, load_config
+from tests.test_figures_from_definitions import best_threshold, corrected
 
 # The footprint sweep's quick data (72 labelled, 16 test images) with a tiny model and 24x16 images.
 TINY = ['--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)',
@@ -36,6 +40,29 @@ def sweep_run(tmp_path_factory):
   return workdir, env, result
 
 
+def kept_predictions(workdir, variant: str, models: pd.DataFrame) -> pd.DataFrame:
+  """The out-of-fold predictions of each split's kept seed (what the variant's calibration is fitted on)."""
+  oof = pd.read_csv(workdir / variant / 'oof_predictions.csv', dtype={'id': str, 'label': str})
+  kept = models.loc[(models['experiment'] == variant) & models['kept'], ['split', 'seed']]
+  return oof.merge(kept, on=['split', 'seed'])
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
+  """sum over equal-width bins (b/bins, (b+1)/bins] of top-class confidence of n_b/n |accuracy_b - confidence_b|."""
+  confidence, correct = probs.max(1), probs.argmax(1) == labels
+  which = np.maximum(np.ceil(confidence * bins).astype(int) - 1, 0)
+  return sum(np.mean(which == b) * abs(correct[which == b].mean() - confidence[which == b].mean())
+             for b in range(bins) if (which == b).any())
+
+
+def nll_minimiser(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The temperature T minimising the mean negative log-likelihood of softmax(logits / T)."""
+  def nll(log_t):
+    return -np.mean(special.log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels])
+  found = optimize.minimize_scalar(nll, bounds=np.log(TEMPERATURE_RANGE), method='bounded', options=dict(xatol=1e-9))
+  return float(np.exp(found.x))
+
+
 def test_sweep_writes_tables_chart_and_fold_models(sweep_run):
   workdir, _, result = sweep_run
   for name in ('sweep_results.md', 'sweep_results.csv', 'sweep_differences.csv', 'sweep_models.csv',
@@ -45,15 +72,44 @@ def test_sweep_writes_tables_chart_and_fold_models(sweep_run):
   assert len(models) == 2 * 5 * 2  # variants x folds x seeds
   assert sorted(set(zip(models['split'], models['seed']))) == [(f, s) for f in range(5) for s in (0, 1)]
   assert models['n_val'].sum() == 2 * 2 * 72  # every labelled image validated once per variant and seed
-  summary = pd.read_csv(workdir / 'sweep_results.csv')
-  assert summary['experiment'].tolist() == ['exp0', 'exp3'] and summary['models'].tolist() == [10, 10]
-  for metric in ('accuracy', 'macro_f1', 'roc_auc'):
-    mean, low, high = (summary[f'{metric}_{k}'] for k in ('mean', 'ci_low', 'ci_high'))
-    assert (low < mean).all() and (mean < high).all()
-    assert np.allclose(mean, models.groupby('experiment', sort=False)[metric].mean().to_numpy())
-    assert ((models[metric] >= 0) & (models[metric] <= 1)).all()
-  assert ((summary['ece_before'] >= 0) & (summary['ece_before'] <= 1)).all() and (summary['temperature'] > 0).all()
-  assert (summary['num_params'] > 0).all() and (summary['seconds_per_model_epoch'] > 0).all()
+  summary = pd.read_csv(workdir / 'sweep_results.csv').set_index('experiment')
+  assert summary.index.tolist() == ['exp0', 'exp3'] and summary['models'].tolist() == [10, 10]
+  # The Nadeau-Bengio ratio is n_val / n_train of the folds the members trained on (every fold holds out about a
+  # fifth of the 72 images), and each interval is the corrected one at that ratio.
+  assert (models['n_train'] + models['n_val'] == 72).all() and set(models['n_val']) <= {14, 15}
+  for variant, rows in models.groupby('experiment'):
+    ratio = float(np.mean(rows['n_val'] / rows['n_train']))
+    assert summary.loc[variant, 'test_train_ratio'] == pytest.approx(ratio, abs=1e-12)
+    for metric in ('accuracy', 'macro_f1', 'roc_auc'):
+      ci = [summary.loc[variant, f'{metric}_{k}'] for k in ('mean', 'std', 'ci_low', 'ci_high')]
+      assert ci == pytest.approx(corrected(rows[metric], ratio), abs=1e-12), (variant, metric)
+  for variant in ('exp0', 'exp3'):
+    record = json.loads((workdir / variant / 'experiment.json').read_text())
+    rows = models[models['experiment'] == variant]
+    # Each split keeps its best seed: the lowest validation loss (config.train.monitor) at its checkpoint.
+    for split, seeds in rows.groupby('split'):
+      assert seeds['kept'].sum() == 1 and seeds.loc[seeds['kept'], 'seed'].item() == \
+          seeds.loc[seeds['loss'].idxmin(), 'seed'], (variant, split)
+      meta = sidecar.read_metadata(workdir / variant / f'fold{split}')
+      assert meta['config']['seed'] == seeds.loc[seeds['kept'], 'seed'].item()
+    # Calibration figures, from their definitions on what they are fitted to: the kept seeds' out-of-fold
+    # predictions (their log probabilities are the logits, up to a constant per example).
+    kept = kept_predictions(workdir, variant, models)
+    labels, probs = kept['label'].astype(int).to_numpy(), kept[['p_0', 'p_1']].to_numpy(np.float64)
+    assert summary.loc[variant, 'ece_before'] == pytest.approx(expected_calibration_error(probs, labels, 15), abs=1e-6)
+    temperature = nll_minimiser(np.log(probs), labels)
+    assert summary.loc[variant, 'temperature'] == pytest.approx(temperature, rel=1e-4)
+    threshold = best_threshold(special.softmax(np.log(probs) / temperature, axis=1)[:, 1], labels, 'macro_f1')
+    assert summary.loc[variant, 'threshold'] == pytest.approx(threshold, abs=1e-5)
+    # The parameter count is the kept model's; the time per model-epoch is the members' time over their epochs.
+    params = load_trained(sidecar.stored_config(workdir / variant / 'fold0'), workdir / variant / 'fold0').state.params
+    assert summary.loc[variant, 'num_params'] == sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    timing = record['timing']
+    assert timing['model_epochs'] == rows['epochs_trained'].sum() and record['test_train_ratio'] == pytest.approx(
+        summary.loc[variant, 'test_train_ratio'], abs=1e-15)
+    assert summary.loc[variant, 'seconds_per_model_epoch'] == pytest.approx(
+        timing['train_seconds'] / timing['model_epochs'], rel=1e-12)
+    assert summary.loc[variant, 'train_seconds'] == pytest.approx(timing['train_seconds'], rel=1e-12)
   differences = pd.read_csv(workdir / 'sweep_differences.csv')
   assert differences['metric'].tolist() == ['accuracy', 'macro_f1', 'roc_auc'] and (differences['pairs'] == 10).all()
   exp0 = models[models['experiment'] == 'exp0'].set_index(['split', 'seed'])['accuracy']
@@ -68,8 +124,9 @@ def test_sweep_writes_tables_chart_and_fold_models(sweep_run):
     assert folds == [f'fold{k}' for k in range(5)]
     assert len(models[(models['experiment'] == variant) & models['kept']]) == 5
     meta = sidecar.read_metadata(workdir / variant / 'fold3')
-    assert meta['config']['data']['fold'] == 3 and meta['calibration']['temperature'] > 0
-    assert 0 <= meta['calibration']['threshold'] <= 1
+    assert meta['config']['data']['fold'] == 3
+    assert meta['calibration']['temperature'] == summary.loc[variant, 'temperature']   # the variant's, in each
+    assert meta['calibration']['threshold'] == summary.loc[variant, 'threshold']
     content.check_not_blank(workdir / variant / 'reliability.png')
   content.check_not_blank(workdir / 'sweep_results.png')
   assert 'exp3' in result.stdout
@@ -105,7 +162,9 @@ def test_every_member_s_out_of_fold_predictions_give_its_row_of_sweep_models_csv
     for (split, seed), group in oof.groupby(['split', 'seed']):
       row = models[(models['experiment'] == variant) & (models['split'] == split) & (models['seed'] == seed)].iloc[0]
       labels = group['label'].astype(int).to_numpy()
-      assert row['accuracy'] == pytest.approx(np.mean(group[['p_0', 'p_1']].to_numpy().argmax(1) == labels))
+      predicted = group[['p_0', 'p_1']].to_numpy().argmax(1)
+      assert row['accuracy'] == pytest.approx(np.mean(predicted == labels))
+      assert row['macro_f1'] == pytest.approx(skm.f1_score(labels, predicted, average='macro'))
       assert row['roc_auc'] == pytest.approx(skm.roc_auc_score(labels, group['p_1']))
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = load_config('configs/footprint.py:exp3,quick', **TINY_OVERRIDES, **{'data.fold': 3})
