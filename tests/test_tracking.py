@@ -162,6 +162,26 @@ def test_an_unreachable_server_warns_once_and_changes_nothing_in_the_workdir(env
   same_run(workdir, untracked)
 
 
+def test_a_mistyped_tracking_uri_is_one_line_before_any_work(env, tmp_path):
+  """A URI MLflow cannot use (an unknown scheme, a missing colon) in config.track.mlflow_uri stops the launch in
+  one line naming the key, before training writes anything."""
+  for uri in ('htp://127.0.0.1:5000', 'http//127.0.0.1:5000'):
+    workdir = tmp_path / uri.replace('/', '_').replace(':', '_')
+    result = launch(*TINY, f'--workdir={workdir}', f'--config.track.mlflow_uri={uri}', env=env, check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
+    assert line.startswith(f"fpclass: error: config.track.mlflow_uri='{uri}': MLflow cannot track there (")
+    assert not (workdir / 'metrics.csv').exists() and not (workdir / 'tracking.json').exists()
+
+
+def test_a_mistyped_uri_in_the_environment_warns_once_and_the_run_goes_on_untracked(env, untracked, tmp_path):
+  workdir = tmp_path / 'env-typo'
+  result = launch(*TINY, f'--workdir={workdir}', env=dict(env, MLFLOW_TRACKING_URI='htp://127.0.0.1:5000'))
+  assert (result.stdout + result.stderr).count(WARNING) == 1, result.stderr[-3000:]
+  assert "$MLFLOW_TRACKING_URI='htp://127.0.0.1:5000'" in result.stderr and 'Traceback' not in result.stderr
+  same_run(workdir, untracked)
+
+
 def test_a_server_stopped_in_the_middle_of_a_run_leaves_it_finishing_as_untracked(env, untracked, tmp_path):
   """The server stops once the run has started (tracking.json written): the epochs fail to log, the run goes on."""
   workdir = tmp_path / 'stopped'

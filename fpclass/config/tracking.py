@@ -1,4 +1,4 @@
-"""`config.track`: experiment tracking in an MLflow server (docs/tracking.md)."""
+"""`config.track`: the MLflow sink of experiment tracking, where a server is named (docs/tracking.md)."""
 import dataclasses
 from typing import ClassVar
 
@@ -10,7 +10,7 @@ class TrackSettings(Settings):
   """`config.track`: where --mode train, sweep and auto log their runs (parameters, epoch metrics, scores,
   report.md and figures). Tracking is optional: off unless a URI is given here or in $MLFLOW_TRACKING_URI."""
   SECTION: ClassVar[str] = 'track'
-  mlflow_uri: str = ''             # http://host:5000, file:..., sqlite:///...; '' -> $MLFLOW_TRACKING_URI, or off
+  mlflow_uri: str = ''             # http://host:5000, sqlite:///mlflow.db, ...; '' -> $MLFLOW_TRACKING_URI, or off
   experiment: str = ''             # the MLflow experiment's name; '' -> config.name
   run_name: str = ''               # the run's name; '' -> the workdir's folder name
 

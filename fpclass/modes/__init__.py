@@ -23,6 +23,11 @@ class Mode:
   # Writes a workdir of many runs (not one run's metadata.json): the runner records its kind and config there
   # (workdir.json), so the modes that read it later need only --workdir.
   records_config: bool = False
+  # Logged as a run to the experiment trackers config.track names (MLflow): 'run' for a mode that trains one run
+  # (the root run takes its epochs), 'parent' for one whose nested runs hold its members or trials.
+  tracked: str = ''
+  # Owns a trained workdir's report: writes timings.json and report.md's 'Where the time went'.
+  timed: bool = False
   # Runs as one program over every process of a jax.distributed job (each computes, process 0 writes).
   # The others are single-process tools and say so when started in such a job.
   multi_process: bool = False
@@ -37,14 +42,14 @@ class Mode:
 
 MODES = {
     'train': Mode('train', 'train', 'train (resuming a killed run), then evaluate the selected checkpoint (and '
-                  'explain it if explain.after_training)', multi_process=True, trains=True),
+                  'explain it if explain.after_training)', multi_process=True, trains=True, tracked='run', timed=True),
     'evaluate': Mode('evaluate', 'evaluate_workdir', 'restore the selected checkpoint; write scores.json, plots and '
-                     'report.md', trained=True, multi_process=True),
+                     'report.md', trained=True, multi_process=True, timed=True),
     'explain': Mode('explain', 'explain_workdir', 'restore the selected checkpoint; write Grad-CAM overlays, an '
                     'inference grid, top losses, confused pairs and feature maps of the validation split',
-                    trained=True, multi_process=True),
+                    trained=True, multi_process=True, timed=True),
     'submit': Mode('submit', 'submit', 'restore the selected checkpoint; write submission.csv and its probabilities',
-                   trained=True, multi_process=True),
+                   trained=True, multi_process=True, timed=True),
     'predict': Mode('predict', 'predict', 'classify new images (config.predict.inputs: a file, folder, glob or '
                     'CSV) with the selected checkpoint; write predictions.csv', trained=True),
     'serve': Mode('serve', 'serve', 'serve the selected checkpoint: an upload page and a JSON API (FastAPI under '
@@ -52,7 +57,7 @@ MODES = {
     'export': Mode('export', 'export', 'write the selected checkpoint as ONNX and as a serialized jax.export '
                    '(StableHLO) artifact, preprocessing inside the graph', trained=True),
     'calibrate': Mode('calibrate', 'calibrate', 'fit temperature and decision threshold on validation predictions; '
-                      'store them', trained=True, multi_process=True),
+                      'store them', trained=True, multi_process=True, timed=True),
     'clean': Mode('clean', 'clean', 'scan the data root for corrupt files and (near) duplicates; write '
                   'clean_files.csv for config.data.file_list; --apply moves the files it leaves out to '
                   '<workdir>/quarantine'),
@@ -61,12 +66,14 @@ MODES = {
     'prepare': Mode('prepare', 'prepare', 'download and prepare config.data.tfds.name as ArrayRecord (needs '
                     'TensorFlow)'),
     'sweep': Mode('sweep', 'run_sweep', 'train config.sweep.variants x folds x seeds together; tables with '
-                  'confidence intervals', trains=True, multi_process=True, records_config=True),
+                  'confidence intervals', trains=True, multi_process=True, records_config=True,
+                  tracked='parent'),
     'probe': Mode('probe', 'probe', 'screen config.probe.backbones: a linear probe on each one\'s cached, pooled '
                   'features over folds x seeds; tables and a plot with confidence intervals'),
     'auto': Mode('auto', 'auto', 'the best model for the data within config.auto.time_budget: screen the backbones, '
                  'search with Optuna over k-fold trials, confirm the best on fresh seeds with paired intervals, '
-                 'refit the choice into <workdir>/final', trains=True, shared_workdir=True, records_config=True),
+                 'refit the choice into <workdir>/final', trains=True, shared_workdir=True, records_config=True,
+                 tracked='parent'),
     'lr_find': Mode('lr_find', 'lr_find', 'fastai\'s learning-rate finder: an exponential learning-rate sweep '
                     'from the run\'s initial state (config.lr_find); write lr_find.json and lr_find.png with the '
                     'suggestions (the workdir\'s training state is untouched)'),

@@ -17,10 +17,11 @@ from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import model_keys
 from fpclass.modes import MODES, mode_function
 from fpclass.runtime import process, report, sharding, timings, tracking, workdir_lock
+from fpclass.runtime.sinks import configured
+from fpclass.runtime.sinks.sink import Job, flatten
 from fpclass.train import sidecar, validation
 
 TIMINGS = 'timings.json'
-TRACKED = ('train', 'sweep', 'auto')   # the modes logged to MLflow when tracking is on
 TIME_SECTION = '90-time'
 
 
@@ -61,21 +62,19 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
     finally:
       if lock is not None:
         lock.release()
-    if _reports_time(mode) and fileio.is_primary():
+    if MODES[mode].timed and fileio.is_primary():
       write_time_report(workdir, mode, clock, settings)
     tracker.finish(workdir)
   return result
 
 
 def _tracker(mode: str, config, workdir: pathlib.Path) -> tracking.Tracker:
-  """The MLflow run of a mode that trains a run, a sweep or a search (off unless config.track or
-  $MLFLOW_TRACKING_URI names a server); process 0 alone logs."""
-  if mode not in TRACKED or not fileio.is_primary():
-    return tracking.Tracker()
-  settings = TrackSettings.from_config(config.track)
-  return tracking.start(settings.mlflow_uri, settings.experiment or config.name, settings.run_name or workdir.resolve().name,
-                        workdir, {'mode': mode, **tracking.flatten(sidecar.config_as_json(config))},
-                        epochs=mode == 'train')
+  """The job's tracking sinks, its root run started: metrics.csv and TensorBoard for the runs it trains, and
+  for a mode marked `tracked` the experiment trackers config.track names (MLflow, on process 0)."""
+  settings, tracked = TrackSettings.from_config(config.track), MODES[mode].tracked
+  job = Job(mode, workdir, settings.experiment or config.name, settings.run_name or workdir.resolve().name,
+            {'mode': mode, **flatten(sidecar.config_as_json(config))}, epochs=tracked == 'run')
+  return configured.open_tracker(config, job, tracked=bool(tracked))
 
 
 def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):
@@ -94,11 +93,6 @@ def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):
     with timings.phase('explain'):
       mode_function('explain')(config, workdir, dataset=dataset, trained=trained, val_probabilities=val_probabilities)
   return result
-
-
-def _reports_time(mode: str) -> bool:
-  """Modes that own a trained workdir's report: the others write no report (serve, predict, compare, ...)."""
-  return mode in ('train', 'evaluate', 'explain', 'submit', 'calibrate')
 
 
 def write_time_report(workdir, mode: str, clock: timings.JobClock, settings: process.ProcessSettings) -> None:

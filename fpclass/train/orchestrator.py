@@ -287,14 +287,14 @@ def _finish_experiment(variant: Variant, folder: pathlib.Path, data: VariantData
 
 
 def _track_members(variant: Variant, members: list, results: list, rows: list) -> None:
-  """One nested run per member in the open MLflow run (when tracking is on): its variant's changes, split and
-  seed as parameters, its epochs by step, its scores."""
+  """One nested run per member in the open run of the tracking sinks: its variant's changes, split and seed as
+  parameters, its epochs by step (the member keeps no workdir of its own), its scores."""
   tracker = tracking.current()
   for m, r, row in zip(members, results, rows):
     params = dict(variant.changes, variant=variant.name, split=m.split, seed=m.seed)
     with tracker.nested(f'{variant.name}/{members_lib.split_name(m.split)}-seed{m.seed}', params, epochs=True):
-      for epoch in r.loop.history:
-        tracker.epoch_row(epoch)
+      for epoch in range(1, len(r.loop.history) + 1):
+        tracker.epoch(r.loop.history[:epoch])
       tracker.log_metrics({k: v for k, v in row.items() if k not in ('split', 'seed')})
 
 

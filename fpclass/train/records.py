@@ -14,14 +14,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import pandas as pd
 
-from fpclass import fileio
 from fpclass.errors import RunInterrupted
 from fpclass.runtime import tracking
-from fpclass.train import tensorboard_log
 
-HISTORY = 'metrics.csv'
 INTERRUPTED = 'interrupted'
 
 
@@ -46,14 +42,14 @@ class CheckpointRecord:
   keeps_states = False       # the states are in the store
   kept_on_stop = 'its checkpoint is saved.'
 
-  def __init__(self, store, workdir, tensorboard: bool = False):
-    self.store, self.workdir, self.tensorboard = store, workdir, bool(tensorboard)
+  def __init__(self, store, workdir):
+    self.store, self.workdir = store, workdir
 
   def epoch_end(self, m: int, epoch: int, state, loop, improved: bool) -> None:
     if improved:
       self.store.save('best', epoch, state, loop.to_json())
     self.store.save('last', epoch, state, loop.to_json(),
-                    then=functools.partial(_record_epoch, self.workdir, list(loop.history), self.tensorboard))
+                    then=functools.partial(_record_epoch, self.workdir, list(loop.history)))
     self.store.discard(INTERRUPTED)
 
   def poll(self) -> None:
@@ -82,13 +78,10 @@ class CheckpointRecord:
     pass
 
 
-def _record_epoch(workdir, history: list, tensorboard: bool) -> None:
-  """metrics.csv (and TensorBoard, and the open MLflow run) after the epoch's `last` checkpoint is complete
-  (saves are asynchronous), so a killed run's metrics.csv lists exactly the epochs it resumes after."""
-  fileio.write_csv(workdir / HISTORY, pd.DataFrame(history))
-  if tensorboard:
-    tensorboard_log.write_epoch(workdir / tensorboard_log.FOLDER, history[-1])
-  tracking.current().epoch_row(history[-1])
+def _record_epoch(workdir, history: list) -> None:
+  """The epoch to the active tracking sinks (metrics.csv, TensorBoard, MLflow) after its `last` checkpoint is
+  complete (saves are asynchronous), so a killed run's metrics.csv lists exactly the epochs it resumes after."""
+  tracking.current().epoch(history, workdir)
 
 
 class MemoryRecord:

@@ -45,7 +45,7 @@ class WorkdirEpochs:
     return members   # a finished run resumes as finished: the engine returns its result at once
 
   def record(self, extras: dict | None = None) -> CheckpointRecord:
-    return CheckpointRecord(self.store, self.workdir, TrainSettings.from_config(self.config.train).tensorboard)
+    return CheckpointRecord(self.store, self.workdir)
 
   def begin(self, engine, starts: list, class_names) -> None:
     """metadata.json, the sidecar every later mode reads, before the first epoch."""

@@ -1,10 +1,11 @@
-"""TensorBoard event files for the per-epoch metrics, written with tensorboardX (no TensorFlow).
+"""TensorBoard event files of a training run's epochs, in `<workdir>/tensorboard/` (config.train.tensorboard),
+written with tensorboardX (no TensorFlow).
 
-metrics.csv stays the record of a run; these files let `tensorboard --logdir <workdir>/tensorboard` plot
-the same numbers, as Keras' TensorBoard callback does. Each epoch is written by its own short-lived
-writer (its own file, closed at once), so a killed run loses nothing already written and no writer
-outlives the loop. Each file starts with TensorBoard's purge marker at its epoch, so after a resume
-TensorBoard discards any stale points at or beyond the epoch being rewritten.
+metrics.csv stays the record of a run; these files let `tensorboard --logdir <workdir>/tensorboard` plot the
+same numbers, as Keras' TensorBoard callback does. Each epoch is written by its own short-lived writer (its own
+file, closed at once), so a killed run loses nothing already written and no writer outlives the loop. Each file
+starts with TensorBoard's purge marker at its epoch, so after a resume TensorBoard discards any stale points at
+or beyond the epoch being rewritten.
 """
 import contextlib
 import math
@@ -12,8 +13,23 @@ import pathlib
 import sys
 
 from fpclass import fileio
+from fpclass.config.training import TrainSettings
+from fpclass.runtime.sinks.sink import Job, Sink
 
 FOLDER = 'tensorboard'
+
+
+class TensorBoardSink(Sink):
+  """Each epoch of a run that keeps a workdir (a solo run, a search's member or refit), in its tensorboard/."""
+  name = 'TensorBoard'
+
+  @classmethod
+  def configured(cls, config, job: Job) -> 'TensorBoardSink | None':
+    return cls() if TrainSettings.from_config(config.train).tensorboard else None
+
+  def epoch(self, rows: list[dict], folder: pathlib.Path | None) -> None:
+    if folder is not None:
+      write_epoch(pathlib.Path(folder) / FOLDER, rows[-1])
 
 
 def write_epoch(logdir: str | pathlib.Path, row: dict) -> None:
