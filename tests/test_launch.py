@@ -137,5 +137,5 @@ def test_a_workdir_without_a_recorded_config_is_one_line(tmp_path, mode):
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   [line] = result.stderr.strip().splitlines()
   assert line.startswith('fpclass: error: ') and line.endswith(
-      f'{tmp_path}: no config recorded here (no metadata.json of a trained run, no workdir.json of a sweep or an '
-      'auto run); pass --config, or train this --workdir first')
+      f'{tmp_path}: no trained run here (metadata.json is missing, and so is the workdir.json a sweep or an auto '
+      'run writes); pass --config, or train this --workdir first')

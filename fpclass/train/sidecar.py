@@ -136,8 +136,8 @@ def stored_config(workdir):
   if metadata is None:
     metadata = read_workdir_record(workdir)
   if metadata is None:
-    raise UserInputError(f'{workdir}: no config recorded here (no {METADATA} of a trained run, no {WORKDIR_RECORD} '
-                         'of a sweep or an auto run); pass --config, or train this --workdir first')
+    raise UserInputError(f'{workdir}: no trained run here ({METADATA} is missing, and so is the {WORKDIR_RECORD} '
+                         'a sweep or an auto run writes); pass --config, or train this --workdir first')
   return config_from_json(metadata['config'])
 
 
