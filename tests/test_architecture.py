@@ -263,5 +263,41 @@ def test_the_readme_stays_a_guide_and_the_licence_is_declared():
   assert 'license = "Apache-2.0"' in (REPO / 'pyproject.toml').read_text()
 
 
+def unnamed_modules(package_root, page) -> list[str]:
+  """The modules of the package that docs/architecture.md does not name: a stage package's module in that
+  package's row of the table (`stem`, `sub/stem` in a subpackage, or a family `prefix*`), errors and fileio
+  anywhere on the page."""
+  root, text = pathlib.Path(package_root), pathlib.Path(page).read_text()
+  rows = {line.split('`')[1].rstrip('/'): set(line.split('`')[1::2]) for line in text.splitlines()
+          if line.startswith('| `') and line.split('`')[1].endswith('/')}
+  missing = []
+  for path in sorted(root.rglob('*.py')):
+    parts = path.relative_to(root).with_suffix('').parts
+    if parts[-1] == '__init__':
+      continue
+    if len(parts) == 1:
+      named = f'`{parts[0]}.py`' in text
+    else:
+      name, names = '/'.join(parts[1:]), rows.get(parts[0], set())
+      named = name in names or any('*' in n and pathlib.PurePosixPath(name).match(n) for n in names)
+    if not named:
+      missing.append('/'.join(parts) + '.py')
+  return missing
+
+
+def test_the_architecture_page_names_every_module():
+  """A newcomer finds every module on the page, in its package's row; a new module without a line fails here."""
+  assert unnamed_modules(REPO / 'fpclass', REPO / 'docs' / 'architecture.md') == []
+
+
+def test_the_module_list_check_sees_a_planted_module(tmp_path):
+  """A flat foundation, a module, a subpackage's module and a family member the page names; one it does not."""
+  for module in ('errors', 'runtime/__init__', 'runtime/process', 'runtime/sinks/sink', 'models/timm_resnet',
+                 'runtime/unlisted_helper'):
+    (tmp_path / f'{module}.py').parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / f'{module}.py').write_text('"""A module."""\n')
+  assert unnamed_modules(tmp_path, REPO / 'docs' / 'architecture.md') == ['runtime/unlisted_helper.py']
+
+
 if __name__ == '__main__':
   print(package_graph(REPO / 'fpclass'))
