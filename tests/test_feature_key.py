@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fpclass.infer import pooled_features
+from fpclass.models import weights_ref
 from fpclass.models.preprocessing import Normalisation
 from fpclass.models.probe_backbones import Backbone
 from fpclass.train import feature_cache
@@ -160,7 +161,7 @@ def probe_path(backbone=Backbone('resnet18', '', 'resnet18'), digest='pixels', t
   task = build_task(model_config, ('a', 'b'), np.arange(2), steps_per_epoch=1)
   if task_change:
     task = dataclasses.replace(task, **task_change)
-  return pooled_features.cache_path(model_config, backbone, task, digest)
+  return pooled_features.cache_path(model_config, pooled_features.backbone_weights(config, backbone), task, digest)
 
 
 def test_the_probe_cache_key_changes_with_each_field_that_changes_the_features(tmp_path):
@@ -199,12 +200,12 @@ def test_the_probe_cache_key_follows_the_weights_content_and_lives_in_the_cache_
   assert len({missing, first, probe_path(backbone)}) == 3
   named = Backbone('resnet18', 'imagenet', 'resnet18=imagenet')
   spec = pooled_features.models.get_spec('resnet18')
-  assert pooled_features._weights_identity(spec, str(weights), 0)[:3] == ['file', str(weights.resolve()), 6]
-  assert pooled_features._weights_identity(spec, str(tmp_path / 'gone.pth'), 0) == [
+  assert weights_ref.resolve(str(weights), spec).cache_key(0)[:3] == ['file', str(weights.resolve()), 6]
+  assert weights_ref.resolve(str(tmp_path / 'gone.pth'), spec).cache_key(0) == [
       'file', str(tmp_path / 'gone.pth'), 'missing']
   source = spec.weights['imagenet']
-  assert pooled_features._weights_identity(spec, 'imagenet', 0) == ['named', 'imagenet', source.url, source.checksum]
-  assert pooled_features._weights_identity(spec, '', 4) == ['random init', 4]
+  assert weights_ref.resolve('imagenet', spec).cache_key(0) == ['named', 'imagenet', source.url, source.checksum]
+  assert weights_ref.resolve('', spec).cache_key(4) == ['random init', 4]
   before = probe_path(named)
   monkeypatch.setitem(spec.weights, 'imagenet', dataclasses.replace(source, checksum='sha256:00000000'))
   assert probe_path(named) != before
@@ -261,14 +262,15 @@ def test_the_probe_cache_name_is_32_hex_digits_of_its_settings_of_any_value_type
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',)})
   model_config = pooled_features.backbone_config(config, backbone)
   task = build_task(model_config, ('a', 'b'), np.arange(2), steps_per_epoch=1)
-  path = pooled_features.cache_path(model_config, backbone, task, 'pixels')
+  weights = pooled_features.backbone_weights(config, backbone)
+  path = pooled_features.cache_path(model_config, weights, task, 'pixels')
   assert path.suffix == '.npz' and len(path.stem) == len('resnet18-') + 32
   int(path.stem.removeprefix('resnet18-'), 16)
   numpy_scalar = pooled_features.backbone_config(config, backbone)
   numpy_scalar.model.top_dropout = np.float32(0.25)
-  other = pooled_features.cache_path(numpy_scalar, backbone, task, 'pixels')
+  other = pooled_features.cache_path(numpy_scalar, weights, task, 'pixels')
   numpy_scalar.model.top_dropout = np.float32(0.5)
-  assert len({path, other, pooled_features.cache_path(numpy_scalar, backbone, task, 'pixels')}) == 3
+  assert len({path, other, pooled_features.cache_path(numpy_scalar, weights, task, 'pixels')}) == 3
 
 
 def test_the_probe_images_digest_is_the_hash_of_the_whole_array_read_in_pieces():
@@ -304,11 +306,11 @@ def test_the_probe_cache_key_of_a_hub_checkpoint_follows_the_snapshot_it_resolve
     cache = tmp_path / commit[:1]
     snapshot = _hub_cache(cache, commit, weights)
     with offline_cache(cache):
-      identities.append(pooled_features._weights_identity(spec, reference, 0))
+      identities.append(weights_ref.resolve(reference, spec).cache_key(0))
       paths.append(probe_path(backbone))
     assert identities[-1][:3] == ['hub', reference, str((snapshot / 'model.safetensors').resolve())]
   assert identities[0] != identities[1] and paths[0] != paths[1]
   folder = _hub_cache(tmp_path / 'folder', 'c' * 40, b'weights')
-  before = pooled_features._weights_identity(spec, str(folder), 0)
+  before = weights_ref.resolve(str(folder), spec).cache_key(0)
   (folder / 'model.safetensors').write_bytes(b'other weights')
-  assert before[0] == 'hub' and pooled_features._weights_identity(spec, str(folder), 0) != before
+  assert before[0] == 'hub' and weights_ref.resolve(str(folder), spec).cache_key(0) != before

@@ -13,7 +13,7 @@ import pytest
 
 from fpclass import models
 from fpclass.errors import UserInputError
-from fpclass.models import hub, model_keys, preprocessing, transfer
+from fpclass.models import hub, model_keys, transfer, weights_ref
 from tests import parity
 from tests import timm_reference as tr
 
@@ -119,13 +119,14 @@ def test_preprocessing_is_timms_resolve_data_config(arch, reference, cache, monk
   case, _ = reference(arch)
   monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
   with tr.offline_cache(cache):
-    checkpoint = hub.resolve(case.reference)
+    resolved = weights_ref.resolve(case.reference, models.get_spec(f'timm_{arch}'))
+    checkpoint = resolved.checkpoint
     module = timm.create_model(case.reference, pretrained=False, num_classes=tr.NUM_CLASSES,
                                cache_dir=str(cache))
   expected = resolve_data_config({}, model=module)
   got = hub.data_config(checkpoint.config)
   assert {k: got[k] for k in expected} == {k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}
-  norm = preprocessing.checkpoint_normalisation(checkpoint.config)
+  norm = resolved.normalisation
   assert norm.mean == tuple(expected['mean']) and norm.std == tuple(expected['std'])
 
 
@@ -139,8 +140,8 @@ def test_a_checkpoint_s_own_mean_and_std_decide_the_input(reference, cache, tmp_
   folder.mkdir()
   (folder / 'config.json').write_text(json.dumps(config))
   (folder / 'model.safetensors').symlink_to(snapshot / 'model.safetensors')
-  norm = preprocessing.weights_normalisation(ml_collections.ConfigDict(dict(name='timm_resnet10t',
-                                                                          pretrained=str(folder))))
+  norm = weights_ref.weights_normalisation(ml_collections.ConfigDict(dict(name='timm_resnet10t',
+                                                                        pretrained=str(folder))))
   assert norm.mean == (0.5, 0.5, 0.5)
   assert models.get_spec('timm_resnet10t').preprocessing.mean == (0.485, 0.456, 0.406)
 
@@ -153,7 +154,7 @@ def test_the_checkpoint_implies_the_model_name(reference, cache):
   assert section.name == 'timm_resnet50' and section.pretrained == 'hf-hub:timm/resnet50.a1_in1k'
   case, _ = reference('resnet10t')
   with tr.offline_cache(cache):
-    snapshot = hub.resolve(case.reference).weights.parent
+    snapshot = weights_ref.resolve(case.reference, models.get_spec('timm_resnet10t')).file.parent
   assert model_keys.complete(dict(name='footprint_cnn', pretrained=str(snapshot))).name == 'timm_resnet10t'
 
 
@@ -167,14 +168,14 @@ def test_a_checkpoint_of_another_architecture_is_refused(reference, cache):
 
 def test_a_cold_cache_offline_fails_in_one_line(tmp_path):
   with tr.offline_cache(tmp_path / 'empty'), pytest.raises(UserInputError) as error:
-    hub.resolve('hf-hub:timm/resnet18.a1_in1k')
+    weights_ref.resolve('hf-hub:timm/resnet18.a1_in1k', models.get_spec('timm_resnet18'))
   message = str(error.value)
   assert '\n' not in message and 'HF_HUB_OFFLINE' in message and 'resnet18.a1_in1k' in message
 
 
 def test_a_malformed_reference_names_the_flag():
   with pytest.raises(UserInputError, match="config.model.pretrained='hf-hub:resnet18'"):
-    hub.resolve('hf-hub:resnet18')
+    weights_ref.resolve('hf-hub:resnet18', models.get_spec('timm_resnet18'))
 
 
 def test_registered_input_sizes_are_timms_defaults():

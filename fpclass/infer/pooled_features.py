@@ -23,7 +23,7 @@ from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ProbeSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
-from fpclass.models import hub, transfer
+from fpclass.models import transfer, weights_ref
 from fpclass.models.probe_backbones import Backbone
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import feed
@@ -78,34 +78,21 @@ def images_digest(images: np.ndarray) -> str:
   return digest.hexdigest()
 
 
-def _weights_identity(spec, weights: str, seed: int) -> list:
-  if not weights:
-    return ['random init', seed]
-  if weights in spec.weights:
-    return ['named', weights, spec.weights[weights].url, spec.weights[weights].checksum]
-  if hub.is_reference(weights):
-    # The file the reference resolves to now: in the Hub's cache a snapshot's file links to a blob named by its
-    # content's hash, so a repository moved to another commit (or a Hub-layout folder rewritten) is other weights.
-    resolved = hub.resolve(weights).weights
-    stat = resolved.stat()
-    return ['hub', weights, str(resolved.resolve()), stat.st_size, stat.st_mtime_ns]
-  path = pathlib.Path(weights).expanduser()
-  try:
-    stat = path.stat()
-    return ['file', str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-  except OSError:
-    return ['file', str(path), 'missing']   # load_pretrained names the problem
+def backbone_weights(config, backbone: Backbone) -> weights_ref.WeightsRef:
+  """The backbone's weights, resolved once for its cache key and its load; errors name its config.probe entry."""
+  return weights_ref.resolve(backbone.weights, models.get_spec(backbone.name),
+                             fileio.cache_root(StorageSettings.from_config(config.data).cache_dir), flag=backbone.flag)
 
 
-def cache_path(config, backbone: Backbone, task: Task, digest: str) -> pathlib.Path:
-  spec = models.get_spec(backbone.name)
+def cache_path(config, weights: weights_ref.WeightsRef, task: Task, digest: str) -> pathlib.Path:
+  """The cache entry of the features of images `digest` under `config` (a `backbone_config`) and `weights`."""
   precision = TrainSettings.from_config(config.train).precision
   key = json.dumps([FORMAT, digest, ModelSettings.from_config(config.model).to_dict(),
-                    _weights_identity(spec, backbone.weights, int(config.seed)), dataclasses.asdict(task.normalisation),
+                    weights.cache_key(int(config.seed)), dataclasses.asdict(task.normalisation),
                     task.repeat_rgb, list(task.device_resize), precision,
                     ProbeSettings.from_config(config.probe).flip_tta], sort_keys=True, default=str)
   name = hashlib.sha256(key.encode()).hexdigest()[:32]
-  return fileio.cache_root(StorageSettings.from_config(config.data).cache_dir) / FOLDER / f'{backbone.name}-{name}.npz'
+  return fileio.cache_root(StorageSettings.from_config(config.data).cache_dir) / FOLDER / f'{weights.model}-{name}.npz'
 
 
 def features(config, backbone: Backbone, images: np.ndarray, class_names, digest: str) -> Features:
@@ -113,9 +100,10 @@ def features(config, backbone: Backbone, images: np.ndarray, class_names, digest
   `digest` is `images_digest(images)`."""
   start = time.perf_counter()
   probe = ProbeSettings.from_config(config.probe)
+  weights = backbone_weights(config, backbone)
   model_config = backbone_config(config, backbone)
   task = build_task(model_config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
-  path = cache_path(model_config, backbone, task, digest)
+  path = cache_path(model_config, weights, task, digest)
   cached = _read(path, len(images))
   if cached is not None:
     values, pass_seconds = cached
@@ -125,7 +113,7 @@ def features(config, backbone: Backbone, images: np.ndarray, class_names, digest
   image_shape = tuple(images.shape[1:])
   loaded = transfer.load_pretrained(models.get_spec(backbone.name), ModelSettings.from_config(model_config.model),
                                     compiled.variable_shapes(image_shape),
-                                    fileio.cache_root(StorageSettings.from_config(config.data).cache_dir))
+                                    fileio.cache_root(StorageSettings.from_config(config.data).cache_dir), weights)
   # The key training's init uses (fpclass.train.engine), so a random-init backbone is the one a run would start from.
   variables = compiled.init_variables(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0), image_shape,
                                       loaded)

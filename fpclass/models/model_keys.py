@@ -47,7 +47,7 @@ def complete(section, name: str | None = None) -> ml_collections.ConfigDict:
   current = values.get('name', COMMON_KEYS['name'])
   # A Hub checkpoint as model.pretrained decides the architecture: model.name becomes 'timm_<its architecture>'
   # unless a new name is asked for (then the checkpoint goes with the old model's settings).
-  implied = hub.model_name(values.get('pretrained', ''))
+  implied = hub.implied_model(values.get('pretrained', ''))
   name = name or implied or current
   keys = model_keys(name)
   if name != current:

@@ -6,17 +6,14 @@ Every family's convention is one `Normalisation` in [0, 1] pixel units:
 - Keras 'tf' (ResNet50V2, InceptionV3): [-1, 1];
 - Keras models with in-model rescaling (MobileNetV3, EfficientNet): raw 0..255, the model does the rest.
 Seed CNNs take `config.data.mean/std`. The model registry records each family's, a Hub checkpoint's config.json
-its own (`weights_normalisation`), and it is applied on the device inside the jitted step.
+its own; `fpclass.models.weights_ref` says which applies to the configured weights, and it is applied on the
+device inside the jitted step.
 """
 import dataclasses
 
 import jax.numpy as jnp
 
-from fpclass import models
-from fpclass.config.inputs import InputSettings
-from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
-from fpclass.models import hub
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +23,9 @@ class Normalisation:
   bgr: bool = False    # reverse RGB to BGR before normalising (Keras 'caffe' mode)
 
   @classmethod
-  def from_settings(cls, inputs: InputSettings, channels: int) -> 'Normalisation':
-    """config.data.mean and std (`InputSettings`), checked against the data's channels."""
+  def from_settings(cls, inputs, channels: int) -> 'Normalisation':
+    """config.data.mean and std (`inputs`, an `fpclass.config.inputs.InputSettings`), checked against the data's
+    channels. Typed in words only: this module imports no config, so `weights_ref` above it stays shallow."""
     mean, std = inputs.mean, inputs.std
     for key, values in (('mean', mean), ('std', std)):
       if len(values) not in (1, channels):
@@ -52,20 +50,3 @@ TORCH_IMAGENET = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 KERAS_CAFFE = Normalisation((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, bgr=True)
 KERAS_TF = Normalisation((0.5,) * 3, (0.5,) * 3)                 # x / 127.5 - 1
 RAW_0_255 = Normalisation((0.0,) * 3, (1 / 255,) * 3)            # the model rescales itself
-
-
-def checkpoint_normalisation(config: dict) -> Normalisation:
-  """A timm config.json's mean and std (`hub.data_config`: timm's defaults where it is silent)."""
-  cfg = hub.data_config(config)
-  return Normalisation(tuple(float(v) for v in cfg['mean']), tuple(float(v) for v in cfg['std']))
-
-
-def weights_normalisation(model: ModelSettings) -> 'Normalisation | None':
-  """The normalisation config.model's weights expect: a Hub checkpoint's own (tags of one architecture differ:
-  ViT's augreg 0.5, CLIP's), else the registry's; None for a seed CNN (config.data.mean/std apply)."""
-  model = ModelSettings.from_config(model)
-  spec = models.get_spec(model.name)
-  value = str(model.get('pretrained', '') or '')
-  if spec.pretrained and hub.is_reference(value):
-    return checkpoint_normalisation(hub.resolve(value).config)
-  return spec.preprocessing

@@ -16,6 +16,7 @@ class Backbone:
   name: str        # the registered model
   weights: str     # '' (random init), a named weights set of the model, or a file
   label: str       # how tables name it: the model's name, or 'name=weights' when the model is listed twice
+  flag: str = 'config.probe.backbones'   # the entry, as errors about its weights name it ('...backbones[1]')
 
 
 def valid_backbones() -> list[str]:
@@ -30,11 +31,14 @@ def parse_backbones(config) -> list[Backbone]:
   default = str(ModelSettings.from_config(config.model).get('pretrained', '') or '')
   valid = valid_backbones()
   parsed = []
-  for entry in ProbeSettings.from_config(config.probe).backbones:
+  flags = []
+  for index, entry in enumerate(ProbeSettings.from_config(config.probe).backbones):
+    flags.append(f'config.probe.backbones[{index}]')
     name, _, weights = str(entry).partition('=')
     name, weights = name.strip(), weights.strip() or default
-    if hub.is_reference(name):   # a Hub checkpoint alone ('hf-hub:timm/resnet50.a1_in1k') names its model
-      name, weights = hub.model_name(name), name
+    implied = hub.implied_model(name, flags[-1])
+    if implied:   # a Hub checkpoint alone ('hf-hub:timm/resnet50.a1_in1k') names its model
+      name, weights = implied, name
     if name not in valid:
       raise UserInputError(f'config.probe.backbones: {name!r} is not a registered backbone with pretrained '
                            f'weights; choose from {valid}')
@@ -43,4 +47,5 @@ def parse_backbones(config) -> list[Backbone]:
     parsed.append((name, weights))
   names = [name for name, _ in parsed]
   return [Backbone(name, weights, name if names.count(name) == 1 else
-                   f'{name}={pathlib.Path(weights).name if weights else "random"}') for name, weights in parsed]
+                   f'{name}={pathlib.Path(weights).name if weights else "random"}', flag)
+          for (name, weights), flag in zip(parsed, flags)]

@@ -5,7 +5,6 @@ Design notes: docs/modules.md (`fpclass/models/transfer.py`).
 """
 import dataclasses
 import logging
-import pathlib
 import re
 from typing import Any, Sequence
 
@@ -17,7 +16,7 @@ from jax import lax
 from fpclass import models
 from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
-from fpclass.models import hub, preprocessing
+from fpclass.models import preprocessing, weights_ref
 from fpclass.models import weights as weights_lib
 from fpclass.models.conv import NHWC, Conv, explicit_pads
 
@@ -148,35 +147,23 @@ def check_cut(cut: str, stages: Sequence[str], top: str) -> int:
   return list(stages).index(cut)
 
 
-def load_pretrained(spec, model: ModelSettings, variables: dict, cache_dir) -> dict:
+def load_pretrained(spec, model: ModelSettings, variables: dict, cache_dir,
+                    weights: weights_ref.WeightsRef | None = None) -> dict:
   """`variables` with the configured pretrained weights loaded, strictly; unchanged if none are set.
 
-  `config.model.pretrained` is '' (none), a name in the registry's canonical weights (downloaded once to
-  <cache>/weights with its checksum verified), a path to a file the source framework wrote, or a Hub
-  checkpoint ('hf-hub:timm/<arch>.<tag>' or a folder in the Hub's layout, `fpclass.models.hub`).
+  `weights` is config.model.pretrained as `weights_ref.resolve` gives it (resolved here, against `cache_dir`, when
+  not given): none, registered weights (downloaded once to <cache>/weights with its checksum verified), a file
+  the source framework wrote, or a Hub checkpoint (whose config.json's normalisation the grayscale fold uses).
   """
   model = ModelSettings.from_config(model)
-  value = str(model.get('pretrained', '') or '')
-  if not value:
+  if weights is None:
+    weights = weights_ref.resolve(model.get('pretrained', ''), spec, cache_dir)
+  if weights.model != spec.name:
+    raise ValueError(f'load_pretrained: weights resolved for {weights.model}, loaded into {spec.name}')
+  if weights.kind is weights_ref.Kind.NONE:
     return variables
-  if not spec.pretrained:
-    raise UserInputError(f'config.model.pretrained={value!r}: model {spec.name!r} has no pretrained weights')
-  if hub.is_reference(value):   # a Hub checkpoint: its architecture must be this model, its normalisation rules
-    checkpoint = hub.resolve(value)
-    if checkpoint.model_name != spec.name:
-      raise UserInputError(f'config.model.pretrained={value!r} holds a timm {checkpoint.architecture} checkpoint, '
-                           f'not {spec.name}: set config.model.name={checkpoint.model_name} (or leave model.name to '
-                           'the checkpoint)')
-    path = checkpoint.weights
-    spec = dataclasses.replace(spec, preprocessing=preprocessing.checkpoint_normalisation(checkpoint.config))
-  elif value in spec.weights:
-    path = weights_lib.fetch(spec.weights[value], cache_dir)
-  elif pathlib.Path(value).expanduser().exists() or '/' in value or value.endswith(('.pth', '.pt', '.h5',
-                                                                                       '.safetensors')):
-    path = pathlib.Path(value).expanduser()
-  else:
-    raise UserInputError(f'config.model.pretrained={value!r}: neither a file nor one of the named weights '
-                         f'{sorted(spec.weights)} of {spec.name!r}')
+  path = weights.local_file()
+  spec = dataclasses.replace(spec, preprocessing=weights.normalisation)
   mapped, unmatched = spec.convert(path)
   top = model.get('top', 'source')
   keep = []

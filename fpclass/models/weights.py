@@ -298,6 +298,28 @@ class WeightsFile:
   def filename(self) -> str:
     return self.url.rsplit('/', 1)[-1]
 
+  def cached_path(self, cache_dir: str | os.PathLike) -> pathlib.Path:
+    """Where it is kept under the cache folder `cache_dir`: <cache_dir>/weights/<its file name>."""
+    return pathlib.Path(cache_dir).expanduser() / 'weights' / self.filename
+
+  def fetch_to(self, dest: pathlib.Path) -> pathlib.Path:
+    """`dest`, verified against the checksum; downloaded from the URL first (atomically) unless it is there."""
+    if dest.exists():
+      if verify_checksum(dest, self.checksum):
+        return dest
+      raise UserInputError(f'{dest}: cached weights fail their checksum {self.checksum}; move the file away '
+                           'and run again to download it afresh')
+    try:
+      with urllib.request.urlopen(self.url, timeout=60) as response, fileio.atomic_path(dest) as tmp:
+        with open(tmp, 'wb') as out:
+          shutil.copyfileobj(response, out)
+        if not verify_checksum(tmp, self.checksum):
+          raise UserInputError(f'{self.url}: the download fails its checksum {self.checksum}')
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+      raise UserInputError(f'cannot download {self.url} ({type(e).__name__}: {e}). Without internet, get the '
+                           f'file elsewhere and pass --config.model.pretrained=/path/to/{self.filename}') from None
+    return dest
+
 
 def verify_checksum(path: pathlib.Path, checksum: str) -> bool:
   algorithm, _, expected = checksum.partition(':')
@@ -310,19 +332,4 @@ def verify_checksum(path: pathlib.Path, checksum: str) -> bool:
 
 def fetch(weights: WeightsFile, cache_dir: str | os.PathLike) -> pathlib.Path:
   """The cached copy of `weights`, downloading and verifying it first if needed (atomic)."""
-  dest = pathlib.Path(cache_dir).expanduser() / 'weights' / weights.filename
-  if dest.exists():
-    if verify_checksum(dest, weights.checksum):
-      return dest
-    raise UserInputError(f'{dest}: cached weights fail their checksum {weights.checksum}; move the file away '
-                         'and run again to download it afresh')
-  try:
-    with urllib.request.urlopen(weights.url, timeout=60) as response, fileio.atomic_path(dest) as tmp:
-      with open(tmp, 'wb') as out:
-        shutil.copyfileobj(response, out)
-      if not verify_checksum(tmp, weights.checksum):
-        raise UserInputError(f'{weights.url}: the download fails its checksum {weights.checksum}')
-  except (urllib.error.URLError, OSError, TimeoutError) as e:
-    raise UserInputError(f'cannot download {weights.url} ({type(e).__name__}: {e}). Without internet, get the '
-                         f'file elsewhere and pass --config.model.pretrained=/path/to/{weights.filename}') from None
-  return dest
+  return weights.fetch_to(weights.cached_path(cache_dir))

@@ -115,5 +115,5 @@ def model_name_override(argv) -> str | None:
       found[match.group(1)] = match.group(2) if match.group(2) is not None else (
           argv[i + 1] if i + 1 < len(argv) else None)
   if found.get('name') is None and found.get('pretrained'):
-    return hub.model_name(found['pretrained']) or None
+    return hub.implied_model(found['pretrained']) or None
   return found.get('name')

@@ -23,7 +23,8 @@ from fpclass.config.model import ModelSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
-from fpclass.models.preprocessing import Normalisation, weights_normalisation
+from fpclass.models.preprocessing import Normalisation
+from fpclass.models.weights_ref import weights_normalisation
 from fpclass.train import accumulation, augment, ema, optim, precision
 
 MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
