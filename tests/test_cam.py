@@ -248,8 +248,17 @@ def test_every_seed_cnn_explains_its_default_layer(name):
   variables = random_variables(model, shape)
   assert spec.cam_layer in cam.feature_layers(model.apply, variables, shape)
   maps = np.asarray(cam.cam(model.apply, variables, images, [0, 2], spec.cam_layer))
-  assert maps.shape == (2, *shape[:2]) and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
-  assert maps.max() > 0.99  # random weights still give a map with a peak
+  assert maps.shape == (2, *shape[:2])
+  # Grad-CAM by its definition on the layer's activations A and gradients g: ReLU(sum_c A_c mean(g_c)), scaled
+  # to [0, 1], resized bilinearly, scaled again; random weights still give each image a map with a peak.
+  activations, gradients, _ = cam.layer_gradients(model.apply, variables, images, [0, 2], spec.cam_layer)
+  raw = np.maximum(np.einsum('nhwc,nc->nhw', activations, np.mean(gradients, axis=(1, 2))), 0)
+  def scale(x):   # to [0, 1], guarded against a flat map by cam.EPSILON
+    return (x - x.min()) / (x.max() - x.min() + cam.EPSILON)
+  for i in range(2):
+    expected = scale(np.asarray(jax.image.resize(scale(raw[i]), shape[:2], method='linear')))
+    np.testing.assert_allclose(maps[i], expected, atol=1e-5)
+    assert raw[i].max() > raw[i].min() and maps[i].min() == 0 and maps[i].max() == pytest.approx(1, abs=1e-4)
   gradients = cam.guided_backprop(cam.guided_model(model).apply, variables, images, [0, 2])
   assert gradients.shape == images.shape and np.isfinite(gradients).all()
 

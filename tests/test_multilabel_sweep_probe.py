@@ -29,6 +29,7 @@ from fpclass.modes.sweep import run_sweep
 from fpclass.search import screen as probe_mode
 from fpclass.train import sidecar
 from tests.conftest import MULTILABEL, launch, load_config
+from tests.test_figures_from_definitions import best_label_threshold
 
 CLASSES = ['circle', 'cross', 'ring', 'square', 'triangle']
 # The default models_per_chunk (0): the memory rule's planning pass compiles the multi-label train step too.
@@ -56,7 +57,12 @@ def test_the_sweep_summarises_map_and_macro_f1_with_intervals(sweep_run):
   # Multi-label 'accuracy' is subset accuracy (the registry's); ROC AUC is single-label's.
   assert {'map', 'macro_f1', 'micro_f1', 'accuracy'} <= set(models) and 'roc_auc' not in models
   assert models.groupby('experiment')['n_val'].sum().tolist() == [240, 240]   # every image validated once
-  assert ((models['map'] > 0.1) & (models['map'] <= 1)).all()
+  # Each model ranks better than no information: the mAP of a constant score is each label's positive rate.
+  for variant in ('base', 'fast'):
+    saved = pd.read_csv(workdir / variant / 'calibration_predictions.csv')
+    for fold in (0, 1):
+      chance = saved.loc[saved['member'] == f'fold{fold}', [f'label_{c}' for c in CLASSES]].mean().mean()
+      assert models.set_index(['experiment', 'split']).loc[(variant, fold), 'map'] > chance, (variant, fold)
   summary = pd.read_csv(workdir / 'sweep_results.csv')
   assert summary['experiment'].tolist() == ['base', 'fast'] and 'roc_auc_mean' not in summary
   for metric in ('map', 'macro_f1'):
@@ -66,7 +72,17 @@ def test_the_sweep_summarises_map_and_macro_f1_with_intervals(sweep_run):
       assert (s[f'{metric}_mean'], s[f'{metric}_ci_low'], s[f'{metric}_ci_high']) == pytest.approx(
           (ci.mean, ci.low, ci.high))
       assert s[f'{metric}_ci_low'] < s[f'{metric}_mean'] < s[f'{metric}_ci_high']
-  assert ((summary['macro_f1_tuned'] >= 0) & (summary['macro_f1_tuned'] <= 1)).all()
+  # Tuned: each fold decided at the per-label thresholds that maximise F1 on the other fold (cross-fitted).
+  for variant, s in summary.set_index('experiment').iterrows():
+    saved = pd.read_csv(workdir / variant / 'calibration_predictions.csv')
+    labels, probs = (saved[[f'{p}_{c}' for c in CLASSES]].to_numpy() for p in ('label', 'p'))
+    held_out = np.zeros_like(labels)
+    for fold in (0, 1):
+      held, rest = (saved['member'] == f'fold{fold}').to_numpy(), (saved['member'] != f'fold{fold}').to_numpy()
+      for k in range(len(CLASSES)):
+        held_out[held, k] = probs[held, k] >= best_label_threshold(labels[rest, k], probs[rest, k], 1.0)
+    assert s['macro_f1_tuned'] == pytest.approx(skm.f1_score(labels, held_out, average='macro', zero_division=0),
+                                                abs=1e-12), variant
   differences = pd.read_csv(workdir / 'sweep_differences.csv')
   assert differences['metric'].tolist() == ['map', 'macro_f1'] and (differences['pairs'] == 2).all()
   by_split = models.set_index(['experiment', 'split'])['map']
@@ -76,7 +92,10 @@ def test_the_sweep_summarises_map_and_macro_f1_with_intervals(sweep_run):
   assert '| variant | pairs | Δ mAP | Δ macro F1 | mAP wins/losses |' in table and 'per-label stratified' in table
   # Each fold model holds its per-label thresholds, fitted by the calibration on the out-of-fold predictions.
   thresholds = sidecar.read_metadata(workdir / 'base' / 'fold1')['calibration']['thresholds']
-  assert list(thresholds) == CLASSES and all(0 < t < 1 for t in thresholds.values())
+  saved = pd.read_csv(workdir / 'base' / 'calibration_predictions.csv')
+  assert list(thresholds) == CLASSES
+  assert list(thresholds.values()) == pytest.approx([best_label_threshold(
+      saved[f'label_{c}'].to_numpy(), saved[f'p_{c}'].to_numpy(), 1.0) for c in CLASSES], abs=1e-6)   # the CSV's digits
 
 
 def test_each_model_scores_what_its_saved_validation_predictions_give(sweep_run, monkeypatch):
