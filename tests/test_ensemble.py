@@ -21,13 +21,14 @@ import pytest
 from PIL import Image
 
 from fpclass.analysis import metric_registry
+from fpclass.analysis import ood as ood_math
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ServeSettings
 from fpclass.config.search import EnsembleSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_files
 from fpclass.errors import UserInputError
-from fpclass.infer import ensemble
+from fpclass.infer import ensemble, ood
 from fpclass.infer.calibrate_models import calibrate
 from fpclass.infer.inference import load_trained
 from fpclass.models.heads import probabilities
@@ -346,12 +347,19 @@ def test_the_ensemble_exports_as_one_onnx_graph_of_its_weighted_mix(reweighted):
   written = export_mode.export(sidecar.stored_config(out), out)
   assert sorted(p.name for p in (out / 'export').iterdir()) == ['model.jax_export', 'model.json', 'model.onnx']
   model = onnx.load(str(written['onnx']))   # one file, every member's weights inside (no external data)
-  assert [o.name for o in model.graph.output] == ['probabilities'] and len(model.graph.input) == 1
+  assert [o.name for o in model.graph.output] == ['probabilities', 'ood_score'] and len(model.graph.input) == 1
   assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
   session = onnxruntime.InferenceSession(str(written['onnx']), providers=['CPUExecutionProvider'])
-  got = session.run(['probabilities'], {'images': images})[0]
+  got, score = session.run(['probabilities', 'ood_score'], {'images': images})
   assert got.shape == (16, 2) and np.abs(got - expected).max() <= 1e-5, np.abs(got - expected).max()
-  hlo = np.asarray(jax.export.deserialize(bytearray(written['stablehlo'].read_bytes())).call(images))
+  # The OOD score (config.ood): the weighted mean of each model's score, standardised by its held-out scores,
+  # recomputed on the host from each model's stored fit.
+  models = ensemble.load_model(sidecar.stored_config(out), out).members
+  fits = [ood.load(m.path / ood.FILE, 'softmax') for m in models]
+  host = sum(m.weight * (ood_math.scores(f.statistics, *ood.outputs(m.trained, images, 16)) - f.center) / f.scale
+             for m, f in zip(models, fits)) / sum(m.weight for m in models)
+  assert np.abs(score - host).max() <= 1e-4 and json.loads(written['description'].read_text())['ood']['score'] == 'knn'
+  hlo = np.asarray(jax.export.deserialize(bytearray(written['stablehlo'].read_bytes())).call(images)[0])
   assert np.abs(hlo - expected).max() <= 1e-5
   description = json.loads(written['description'].read_text())
   assert description['model'] == 'ensemble' and description['output']['name'] == 'probabilities'

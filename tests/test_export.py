@@ -12,9 +12,12 @@ import onnxruntime
 import pytest
 from jax import lax
 
+from fpclass.analysis import ood as ood_math
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
 from fpclass.infer import export as export_core
+from fpclass.infer import ood
+from fpclass.infer.inference import load_trained
 from fpclass.modes import export as export_mode
 from fpclass.train.task import build_task
 from tests.conftest import QUICK, load_config
@@ -47,15 +50,17 @@ def random_model(name: str, image_size, channels: int, **fields):
   return task, {k: v for k, v in variables.items() if v or k == 'params'}
 
 
-def run_onnx(path, images):
+def run_onnx(path, images, outputs=('logits',)):
   session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
   assert [i.name for i in session.get_inputs()] == ['images'] and session.get_inputs()[0].type == 'tensor(uint8)'
-  return session.run(['logits'], {'images': images})[0]
+  got = session.run(list(outputs), {'images': images})
+  return got[0] if len(outputs) == 1 else tuple(got)
 
 
-def run_jax_export(path, images):
+def run_jax_export(path, images, outputs=('logits',)):
   # Only jax: the artifact carries its own computation, weights and preprocessing.
-  return np.asarray(jax.export.deserialize(bytearray(path.read_bytes())).call(images))
+  got = jax.export.deserialize(bytearray(path.read_bytes())).call(images)
+  return tuple(np.asarray(g) for g in got) if len(outputs) > 1 else np.asarray(got)
 
 
 def batch_of(artifact: dict, images):
@@ -92,10 +97,14 @@ def test_exported_artifacts_equal_fpclass_logits(tmp_path, name, image_size, cha
   assert json.loads({p.key: p.value for p in model.metadata_props}['class_names']) == list(CLASSES)
 
 
-def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path):
+def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
+  """Both artifacts: the logits, and the OOD score as the second output, each against fpclass's own (the score
+  recomputed on the host in float64 from the model's logits and features, not by the program export traced)."""
   workdir = tmp_path / 'run'
   shutil.copytree(trained_quick[0], workdir)  # export writes into its workdir; the shared one stays as trained
-  config = load_config(QUICK.split('=', 1)[1], **{'export.folder': 'exported'})
+  monkeypatch.setenv('FPCLASS_CACHE', trained_quick[1]['FPCLASS_CACHE'])   # its data: the OOD fit reads it
+  # 15 validation images: a 25% target leaves a finite threshold (a 5% one needs 19).
+  config = load_config(QUICK.split('=', 1)[1], **{'export.folder': 'exported', 'ood.false_rejection': 0.25})
   written = export_mode.export(config, workdir)
   assert {p.name for p in (workdir / 'exported').iterdir()} == {'model.onnx', 'model.jax_export', 'model.json'}
   description = json.loads(written['description'].read_text())
@@ -103,13 +112,22 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path):
   assert description['class_names'] == metadata['class_names'] and description['model'] == 'footprint_cnn'
   assert description['epoch'] >= 1 and description['normalisation'] == metadata['normalisation']
 
-  from fpclass.infer.inference import load_trained
+  stored = ood.load(workdir / ood.FILE, 'softmax')
+  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == 'knn'
+  assert description['ood']['threshold'] == stored.threshold and np.isfinite(stored.threshold)
+  model = onnx.load(str(written['onnx']))
+  assert json.loads({p.key: p.value for p in model.metadata_props}['ood'])['threshold'] == stored.threshold
+
   trained = load_trained(config, workdir)
   images = np.random.default_rng(3).integers(0, 256, (5, 120, 80, 1), dtype=np.uint8)
   expected = trained.logits(images, batch_size=5)
+  logits, features = ood.outputs(trained, images, 5)
+  expected_score = ood_math.scores(stored.statistics, logits, features)   # numpy, float64
   for fmt, run in (('onnx', run_onnx), ('stablehlo', run_jax_export)):
     batch = batch_of(description['artifacts'][fmt], images)
-    assert np.max(np.abs(run(written[fmt], batch) - expected[:len(batch)])) <= 1e-5
+    got, score = run(written[fmt], batch, ('logits', 'ood_score'))
+    assert np.max(np.abs(got - expected[:len(batch)])) <= 1e-5
+    assert score.shape == (len(batch),) and np.max(np.abs(score - expected_score[:len(batch)])) <= 1e-5, fmt
 
 
 @dataclasses.dataclass(frozen=True)

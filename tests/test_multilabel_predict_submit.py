@@ -39,7 +39,7 @@ def run_predict(workdir, env, listing, output) -> pd.DataFrame:
   launch(f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={listing}',
          '--config.predict.path_column=image', f'--config.predict.output={output}', env=env)
   frame = read(workdir / output)
-  assert list(frame.columns) == ['path', 'tags', *P_COLUMNS]
+  assert list(frame.columns) == ['path', 'tags', *P_COLUMNS, 'ood_score', 'unknown']   # config.ood: on by default
   return frame
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from fpclass.data import new_images
 from fpclass.errors import UserInputError
+from fpclass.infer import ood
 from fpclass.modes import predict as predict_mode
 from tests.conftest import QUICK, launch, load_config
 
@@ -39,9 +40,14 @@ def test_predict_equals_the_validation_predictions_of_evaluate(trained_quick, tm
   assert [pathlib.Path(p).name for p in got['path']] == list(val['id'])
   assert list(got['predicted']) == list(val['predicted'])
   columns = [c for c in val.columns if c.startswith('p_')]
-  assert columns and list(got.columns) == ['path', 'predicted', *columns]
+  assert columns and list(got.columns) == ['path', 'predicted', *columns, 'ood_score', 'unknown']
   # Same model and images; only the batch size differs (15 at evaluation), which moves the last float bits.
   np.testing.assert_allclose(got[columns].to_numpy(), val[columns].to_numpy(), rtol=0, atol=1e-6)
+  # The OOD fit scored these very images to place its threshold: the same scores. 15 are too few for a 5% rate
+  # (it needs 19), so the threshold is infinite and none is unknown.
+  fitted = ood.load(workdir / ood.FILE, 'softmax')
+  assert list(fitted.held_out_ids) == list(val['id']) and fitted.threshold == np.inf and not got['unknown'].any()
+  np.testing.assert_allclose(got['ood_score'], fitted.held_out_scores, rtol=0, atol=1e-5)
   assert pd.read_csv(workdir / 'val_check_quarantine.csv').empty
   assert '## Predictions' in (workdir / 'report.md').read_text()
 

@@ -25,11 +25,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpclass.analysis import ood as ood_math
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ServeSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_bytes, decode_image
 from fpclass.errors import UserInputError
+from fpclass.infer import ood
 from fpclass.serve import app as serve_app
 from fpclass.serve import server as serve_server
 from fpclass.serve import service as serve_service
@@ -42,11 +44,12 @@ MAX_IMAGES = 4
 
 @pytest.fixture(scope='module')
 def service(trained_quick):
-  """The quick run's model, restored and warmed once for every server of this module."""
+  """The quick run's model, restored and warmed once for every server of this module. Its OOD threshold is fitted
+  in memory (serve writes nothing in the workdir) on its 15 validation images, at a 25% target: 5% needs 19."""
   workdir, _, _ = trained_quick
   config = load_config(QUICK.split('=', 1)[1], **{
       'serve.max_upload_bytes': LIMIT_BYTES, 'serve.max_images_per_request': MAX_IMAGES,
-      'serve.warm_batch_sizes': (1, 2, 4, 8, 16), 'serve.max_batch': 16})
+      'serve.warm_batch_sizes': (1, 2, 4, 8, 16), 'serve.max_batch': 16, 'ood.false_rejection': 0.25})
   return serve_service.load_service(config, workdir)
 
 
@@ -131,6 +134,34 @@ def test_predict_multipart_and_base64_json(server, service, images):
   assert data_url['class'] == single['class']
   listed = httpx.post(server.url + 'predict', json={'images': [encoded, base64.b64encode(images[2][1]).decode()]})
   assert [r['file'] for r in listed.json()['predictions']] == ['images[0]', 'images[1]']
+
+
+def checkerboard_png() -> bytes:
+  """A 160 x 240 black-and-white checkerboard: nothing like a footprint."""
+  squares = (np.indices((240, 160)).sum(0) // 16 % 2 * 255).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(squares).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def test_predict_answers_each_image_s_ood_score_and_unknown_flag(server, service, images, trained_quick):
+  """The served score is the model's kNN score recomputed on the host in float64 from its own logits and
+  features; `unknown` is the score past the threshold /metadata gives; a checkerboard is unknown."""
+  workdir = trained_quick[0]
+  assert not (workdir / ood.FILE).exists()   # fitted in memory: serve writes nothing in the workdir
+  scorer = service.predictor.scorer
+  meta = httpx.get(server.url + 'metadata').json()['ood']
+  assert meta['score'] == 'knn' and meta['false_rejection'] == 0.25 and meta['held_out'] == 15
+  assert meta['threshold'] == scorer.threshold and np.isfinite(scorer.threshold)
+  files = [(p.name, data) for p, data in images] + [('checker.png', checkerboard_png())]
+  body = post_files(server.url, files).json()['predictions']
+  decoded = np.stack([decode_bytes(data, service.decode_settings) for _, data in files])
+  expected = ood_math.scores(scorer.fitted.statistics, *ood.outputs(service.predictor.trained, decoded, 4))
+  np.testing.assert_allclose([r['ood_score'] for r in body], expected, atol=1e-5)
+  assert [r['unknown'] for r in body] == [bool(s > scorer.threshold) for s in expected]
+  assert body[-1]['unknown'] is True and body[-1]['class'] in ('0', '1')   # the closest class is still given
+  one = post_files(server.url, [files[-1]]).json()
+  assert one['unknown'] is True and one['ood_score'] == pytest.approx(body[-1]['ood_score'], abs=1e-6)
 
 
 def test_concurrent_requests_share_device_calls(service, images):

@@ -15,7 +15,7 @@ import pytest
 
 from fpclass import fileio
 from tests.conftest import REPO
-from tests.test_serve import images, server, service  # noqa: F401 - the module fixtures, shared
+from tests.test_serve import checkerboard_png, images, server, service  # noqa: F401 - the module fixtures, shared
 
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 CHROMEDRIVER = shutil.which('chromedriver') or '/usr/bin/chromedriver'
@@ -60,12 +60,14 @@ def test_upload_shows_the_class_and_probabilities_of_the_api(browser, server, im
       browser.find_element(By.ID, 'status').text
 
   shown_class = browser.find_element(By.ID, 'predicted-class').text
+  unknown_line = browser.find_element(By.ID, 'unknown-line')
   rows = browser.find_elements(By.CSS_SELECTOR, '#probabilities tr.probability')
   shown = {row.get_attribute('data-class'): float(row.get_attribute('data-probability')) for row in rows}
   percentages = {row.get_attribute('data-class'): row.find_element(By.CLASS_NAME, 'value').text for row in rows}
 
   api = httpx.post(server.url + 'predict', files={'file': (path.name, data, 'image/png')}).json()
   assert shown_class == api['class']
+  assert unknown_line.is_displayed() == api['unknown']   # the page shows the API's flag, whichever it is
   assert list(shown) == list(api['probabilities'])
   np.testing.assert_allclose(list(shown.values()), list(api['probabilities'].values()), atol=1e-6)
   assert percentages == {c: f'{100 * p:.1f}%' for c, p in api['probabilities'].items()}
@@ -84,9 +86,20 @@ def test_upload_shows_the_class_and_probabilities_of_the_api(browser, server, im
     with fileio.atomic_path(SCREENSHOT) as tmp:
       shutil.copy(tmp_path / 'serve_page.png', tmp)
 
+  # An image like none of the classes: the page says so above the closest class.
+  (tmp_path / 'checker.png').write_bytes(checkerboard_png())
+  browser.find_element(By.ID, 'file-input').send_keys(str(tmp_path / 'checker.png'))
+  wait.until(lambda d: d.find_element(By.ID, 'file-name').text.startswith('checker.png')
+             and d.find_element(By.TAG_NAME, 'body').get_attribute('data-state') == 'done')
+  assert browser.find_element(By.ID, 'unknown-line').is_displayed()
+  assert browser.find_element(By.ID, 'unknown-line').text == 'this does not look like any of: 0, 1'
+  assert browser.find_element(By.ID, 'predicted-class-label').text == 'Closest class'
+  checker = httpx.post(server.url + 'predict', files={'file': ('checker.png', checkerboard_png(), 'image/png')}).json()
+  assert checker['unknown'] is True and browser.find_element(By.ID, 'predicted-class').text == checker['class']
+
   # A file that is no image: the page shows the server's reason and keeps the last result.
   (tmp_path / 'notes.png').write_bytes(b'not an image')
   browser.find_element(By.ID, 'file-input').send_keys(str(tmp_path / 'notes.png'))
   wait.until(lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-state') == 'error')
   assert browser.find_element(By.ID, 'status').text == '415: notes.png: not an image Pillow can identify'
-  assert browser.find_element(By.ID, 'predicted-class').text == api['class']
+  assert browser.find_element(By.ID, 'predicted-class').text == checker['class']

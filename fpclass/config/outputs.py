@@ -1,4 +1,5 @@
-"""The sections of the modes that read a trained run: explain, predict, serve, export and probe."""
+"""The sections of the modes that read a trained run: explain, predict, serve, export, probe and the
+out-of-distribution score they share (ood)."""
 import dataclasses
 import math
 from typing import ClassVar
@@ -114,12 +115,43 @@ class ExportSettings(Settings):
   formats: tuple[str, ...] = EXPORT_FORMATS
   folder: str = 'export'           # inside --workdir
   batch_size: int = 0              # 0: any batch size (symbolic; ONNX gets 1 where jax2onnx cannot); else fixed
+  # Also model.int8.onnx: onnxruntime's static int8 quantisation, calibrated on training images, kept only when its
+  # accuracy on held-out images is within int8_max_drop of the float model's (model.int8.json says by how much).
+  int8: bool = False
+  int8_max_drop: float = 0.01      # the largest accuracy drop accepted, as a fraction (0.01: one point)
+  int8_calibration_images: int = 256   # training images, a fixed random subset, that calibrate the ranges
 
   def check(self):
     self.require('formats', bool(self.formats) and set(self.formats) <= set(EXPORT_FORMATS),
                  f'a non-empty tuple of {EXPORT_FORMATS}')
     self.require('batch_size', self.batch_size >= 0, '>= 0')
     self.require('folder', bool(self.folder), 'a folder name inside --workdir')
+    self.require('int8', not self.int8 or 'onnx' in self.formats,
+                 "False unless config.export.formats holds 'onnx' (the int8 model is quantised from it)")
+    self.require('int8_max_drop', 0.0 <= self.int8_max_drop <= 1.0, 'a fraction in [0, 1], e.g. 0.01')
+    self.require('int8_calibration_images', self.int8_calibration_images >= 1, 'at least 1')
+
+
+OOD_SCORES = ('knn', 'mahalanobis', 'energy', 'max_softmax')   # fpclass.analysis.ood.SCORES
+
+
+@dataclasses.dataclass(frozen=True)
+class OodSettings(Settings):
+  """`config.ood`: the out-of-distribution score predict, serve and export give every image, and the `unknown`
+  flag past its threshold (fpclass.infer.ood; the choice of score measured in docs/deploy.md)."""
+  SECTION: ClassVar[str] = 'ood'
+  enabled: bool = True             # predict, serve and export add ood_score and unknown
+  score: str = 'knn'               # knn | mahalanobis | energy | max_softmax (measured: docs/deploy.md)
+  # The share of held-out in-distribution images (the validation split) flagged unknown: the threshold's target.
+  false_rejection: float = 0.05
+  knn_k: int = 10                  # knn: the neighbour whose similarity is the score
+  max_bank: int = 4096             # knn: training images kept (a fixed random subset beyond it)
+
+  def check(self):
+    self.require('score', self.score in OOD_SCORES, f'one of {OOD_SCORES}')
+    self.require('false_rejection', 0.0 < self.false_rejection < 1.0, 'a rate in (0, 1), e.g. 0.05')
+    self.require('knn_k', self.knn_k >= 1, 'at least 1')
+    self.require('max_bank', self.max_bank >= 1, 'at least 1')
 
 
 PROBE_POOLINGS = ('avg', 'max', 'source')

@@ -24,6 +24,7 @@ from fpclass.config.outputs import (
   LabelIssuesSettings,
   LrFindSettings,
   ModelsSettings,
+  OodSettings,
   PredictSettings,
   ProbeSettings,
   ServeSettings,
@@ -60,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.predict = section(PredictSettings)
   c.serve = section(ServeSettings)
   c.export = section(ExportSettings)
+  c.ood = section(OodSettings)
 
   c.sweep = section(SweepSettings)
   c.probe = section(ProbeSettings)
@@ -75,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Every typed section, in schema order; `fpclass.train.validation` checks each once per launch.
 SETTINGS = (DecodeSettings, LabelSettings, SourceSettings, SplitSettings, StorageSettings, InputSettings,
             CurationSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
-            SubmitSettings, PredictSettings, ServeSettings, ExportSettings, SweepSettings, ProbeSettings,
+            SubmitSettings, PredictSettings, ServeSettings, ExportSettings, OodSettings, SweepSettings, ProbeSettings,
             LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings, TrackSettings, ModelsSettings)
 
 

@@ -6,11 +6,12 @@ preprocessing inside the graph, each checked against fpclass's own predictions b
 - `model.jax_export`: `jax.export.Exported.serialize()` bytes; `jax.export.deserialize(data).call(images)`
   runs it with no fpclass code, on CPU or CUDA.
 - `model.json`: the class names, the input and output contract, the stored calibration and each artifact.
-
 A multi-label model exports its K logits: class k is predicted when sigmoid(logit k) reaches its threshold,
 stored in model.json (`calibration.thresholds`) and the ONNX metadata_props (`thresholds`, JSON by class).
 An ensemble workdir exports as one graph of every member (each with its own preprocessing) whose output is their
 weighted mean `probabilities`, not logits; model.json lists members and weights (`export_ensemble`).
+With an OOD scorer (`fpclass.infer.ood.Scorer`) a second output, `ood_score` (N,), checked likewise; model.json's
+`ood` gives its threshold (unknown above it).
 Design notes: docs/modules.md (`fpclass/infer/export.py`).
 """
 import contextlib
@@ -28,9 +29,11 @@ from jax.extend.core import jaxpr_as_fun
 from fpclass import fileio
 from fpclass.analysis.calibration import Decision
 from fpclass.errors import UserInputError
+from fpclass.infer import ood
 
 ONNX_FILE, JAX_EXPORT_FILE, DESCRIPTION_FILE = 'model.onnx', 'model.jax_export', 'model.json'
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
+OOD_OUTPUT_NAME = 'ood_score'
 ENSEMBLE_OUTPUT_NAME = 'probabilities'   # an ensemble's graph: the weighted mean of its members' probabilities
 # Exported programs run where these lower; the traced computation is plain XLA, valid on each.
 JAX_PLATFORMS = ('cpu', 'cuda')
@@ -38,12 +41,15 @@ TOLERANCE = 1e-4  # the check after writing, relative to the largest logit; test
 
 
 def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 'stablehlo'), batch_size: int = 0,
-                 description: dict | None = None) -> dict:
+                 description: dict | None = None, scorer=None) -> dict:
   """Writes `task`'s inference function with `variables` ({'params', 'batch_stats'}) in `formats`, plus
-  model.json, into `folder`; returns {format: path}, model.json under 'description'."""
+  model.json, into `folder`; returns {format: path}, model.json under 'description'. With `scorer` (the
+  model's `ood.Scorer`), the OOD score is the graph's second output."""
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
 
   def forward(images_u8):  # the weights become constants of the exported graph
+    if scorer is not None:
+      return scorer.traced((params, batch_stats), images_u8)
     return task.predict(params, batch_stats, images_u8)
 
   output = {'name': OUTPUT_NAME, 'head': task.head, 'shape': ['batch', 1 if task.head == 'sigmoid' else task.num_classes],
@@ -51,18 +57,23 @@ def export_model(task, variables: dict, image_shape, folder, formats=('onnx', 's
   probe = _probe_images(image_shape)
   # fpclass's own answer, from its usual jitted predict (weights as arguments, as evaluation runs it).
   expected = np.asarray(jax.jit(task.predict)(params, batch_stats, probe))
-  return _export(forward, task.num_classes, output, image_shape, folder, formats, batch_size, description, probe,
-                 expected)
+  if scorer is not None:   # and its own score, from the program serve runs
+    expected = (expected, scorer.batch(probe)[1].astype(np.float32))
+  return _export(forward, task.num_classes, output, image_shape, folder, formats, batch_size,
+                 _with_ood(description, scorer), probe, expected)
 
 
 def export_ensemble(ensemble, image_shape, folder, formats=('onnx', 'stablehlo'), batch_size: int = 0,
-                    description: dict | None = None) -> dict:
+                    description: dict | None = None, scorer=None) -> dict:
   """Writes an ensemble workdir's models (`fpclass.infer.ensemble.WeightedEnsemble`) as one graph whose output is
   the weighted mean of their probabilities, checked against fpclass's own mix (each member's predict program,
-  mixed on the host, as predict computes it); model.json lists the members and weights under 'ensemble'."""
+  mixed on the host, as predict computes it); model.json lists the members and weights under 'ensemble'. With
+  `scorer`, the ensemble's OOD score is the second output."""
   variables = ensemble.variables
 
   def forward(images_u8):  # every member's weights become constants of the one graph
+    if scorer is not None:
+      return scorer.traced(variables, images_u8)
     return ensemble.mixed_probabilities(variables, images_u8)
 
   head, num_classes = ensemble.task.head, len(ensemble.class_names)
@@ -71,14 +82,28 @@ def export_ensemble(ensemble, image_shape, folder, formats=('onnx', 'stablehlo')
             'note': _ensemble_output_note(head)}
   probe = _probe_images(image_shape)
   expected = ensemble.probabilities(probe, len(probe)).astype(np.float32)
-  return _export(forward, num_classes, output, image_shape, folder, formats, batch_size, description, probe,
-                 expected)
+  if scorer is not None:
+    expected = (expected, scorer.batch(probe)[1].astype(np.float32))
+  return _export(forward, num_classes, output, image_shape, folder, formats, batch_size,
+                 _with_ood(description, scorer), probe, expected)
+
+
+def _with_ood(description: dict | None, scorer) -> dict | None:
+  """The description with the graph's second output, the OOD score, and its threshold."""
+  if scorer is None:
+    return description
+  fitted = ood.describe(scorer.fitted)
+  return dict(description or {}, ood={
+      'output': OOD_OUTPUT_NAME, 'shape': ['batch'], **fitted,
+      'unknown': f'{OOD_OUTPUT_NAME} > threshold: the image looks like none of the classes'
+                 + ('' if fitted['threshold'] is not None else ' (no threshold: too few held-out images)')})
 
 
 def _export(forward, num_classes: int, output: dict, image_shape, folder, formats, batch_size: int,
-            description: dict | None, probe: np.ndarray, expected: np.ndarray) -> dict:
-  """Writes `forward` (uint8 images -> `output`) in `formats` and model.json, each artifact checked on `probe`
-  against `expected` (fpclass's own answer) before it is kept."""
+            description: dict | None, probe: np.ndarray, expected) -> dict:
+  """Writes `forward` (uint8 images -> `output`, or (`output`, OOD score) with a description's `ood`) in
+  `formats` and model.json, each artifact checked on `probe` against `expected` (fpclass's own answer, a tuple
+  with the score) before it is kept."""
   folder = pathlib.Path(folder)
   description = dict(description or {})
   names = description.setdefault('class_names', [str(i) for i in range(num_classes)])
@@ -178,15 +203,29 @@ def export_jax(forward_jit, image_shape, batch_size: int, path: pathlib.Path, pr
     tmp.write_bytes(data)
     # Checked from the written bytes, as a user would load them.
     reloaded = jax.export.deserialize(bytearray(tmp.read_bytes()))
-    difference = _check(path.name, reloaded.call(images), _expected(expected, batch_size))
+    difference = check_outputs(path.name, reloaded.call(images), _expected(expected, batch_size))
   return path, {'file': path.name, 'format': 'jax.export serialized (StableHLO)', 'platforms': list(JAX_PLATFORMS),
                 'batch_size': batch_size or 'any', 'check_max_abs_difference': difference,
                 'seconds': round(time.perf_counter() - start, 2),
                 'load': 'jax.export.deserialize(open(path, "rb").read()).call(images_uint8)'}
 
 
-def _expected(expected: np.ndarray, batch_size: int) -> np.ndarray:
+def _expected(expected, batch_size: int):
+  if isinstance(expected, tuple):
+    return tuple(_expected(e, batch_size) for e in expected)
   return np.resize(expected, (batch_size, *expected.shape[1:])) if batch_size else expected
+
+
+def check_outputs(name: str, got, expected) -> float:
+  """`_check` of each output (one array, or a tuple: the prediction and the OOD score); the largest difference."""
+  if not isinstance(expected, tuple):
+    return _check(name, got, expected)
+  return max(_check(f'{name} ({which})', g, e)
+             for which, g, e in zip((OUTPUT_NAME, OOD_OUTPUT_NAME), got, expected))
+
+
+def _first(expected, rows: int):
+  return tuple(e[:rows] for e in expected) if isinstance(expected, tuple) else expected[:rows]
 
 
 # -- ONNX ---------------------------------------------------------------------------------------------------
@@ -196,8 +235,9 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
   start = time.perf_counter()
   note = None
   output_name = description['output']['name']
+  output_names = [output_name, OOD_OUTPUT_NAME] if 'ood' in description else [output_name]
   try:
-    model = _convert(jax2onnx, forward, image_shape, batch_size, output_name)
+    model = _convert(jax2onnx, forward, image_shape, batch_size, output_names)
   except ConversionError as e:
     if batch_size or not e.symbolic:
       raise UserInputError(f'{path.name}: {e}') from None
@@ -205,7 +245,7 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
     note = f'a fixed batch of 1: {e}'
     batch_size = 1
     try:
-      model = _convert(jax2onnx, forward, image_shape, batch_size, output_name)
+      model = _convert(jax2onnx, forward, image_shape, batch_size, output_names)
     except ConversionError as e2:
       raise UserInputError(f'{path.name}: {e2}; a symbolic batch dimension failed too') from None
   for key, value in _onnx_metadata(description, batch_size).items():
@@ -217,17 +257,23 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
     options = ort.SessionOptions()
     options.log_severity_level = 3  # jax2onnx's stamped shapes make onnxruntime warn while it merges them
     session = ort.InferenceSession(str(tmp), options, providers=['CPUExecutionProvider'])
-    difference = _check(path.name, session.run([output_name], {INPUT_NAME: images})[0],
-                        _expected(expected, batch_size))
+    difference = check_outputs(path.name, _session_outputs(session, output_names, images),
+                               _expected(expected, batch_size))
     if not batch_size:  # the symbolic batch also runs at another size
-      _check(path.name, session.run([output_name], {INPUT_NAME: images[:1]})[0], expected[:1])
+      check_outputs(path.name, _session_outputs(session, output_names, images[:1]), _first(expected, 1))
   info = {'file': path.name, 'format': f'ONNX (opset {_opset(model)})', 'batch_size': batch_size or 'any',
           'check_max_abs_difference': difference, 'seconds': round(time.perf_counter() - start, 2),
-          'load': f'onnxruntime.InferenceSession(path).run(["{output_name}"], {{"images": images_uint8}})'}
+          'load': f'onnxruntime.InferenceSession(path).run({json.dumps(output_names)}, {{"images": images_uint8}})'}
   if note:
     info['note'] = note
     print(f'note: {path.name} has {note}; set --config.export.batch_size for another fixed size')
   return path, info
+
+
+def _session_outputs(session, names: list, images: np.ndarray):
+  """onnxruntime's outputs `names` of `images`: one array, or a tuple of them."""
+  got = session.run(names, {INPUT_NAME: images})
+  return got[0] if len(names) == 1 else tuple(got)
 
 
 class ConversionError(Exception):
@@ -238,8 +284,9 @@ class ConversionError(Exception):
     self.symbolic = symbolic
 
 
-def _convert(jax2onnx, forward, image_shape, batch_size: int, output_name: str = OUTPUT_NAME):
-  """The ONNX ModelProto of `forward`'s traced jaxpr, or a ConversionError naming the op that failed."""
+def _convert(jax2onnx, forward, image_shape, batch_size: int, output_names=(OUTPUT_NAME,)):
+  """The ONNX ModelProto of `forward`'s traced jaxpr (one output per name), or a ConversionError naming the op
+  that failed."""
   spec = input_spec(image_shape, batch_size)
   # Traced by JAX itself, before jax2onnx patches anything: the jaxpr is exactly what fpclass runs.
   closed = jax.make_jaxpr(forward)(spec)
@@ -247,8 +294,9 @@ def _convert(jax2onnx, forward, image_shape, batch_size: int, output_name: str =
   try:
     # Some converters print debugging lines, and onnx_ir warns about every shape it leaves unstamped.
     with contextlib.redirect_stdout(io.StringIO()), _quiet('onnx_ir'):
-      return jax2onnx.to_onnx(lambda images: run(images)[0], [spec], model_name='fpclass',
-                              input_names=[INPUT_NAME], output_names=[output_name])
+      return jax2onnx.to_onnx(lambda images: run(images)[0] if len(output_names) == 1 else tuple(run(images)),
+                              [spec], model_name='fpclass', input_names=[INPUT_NAME],
+                              output_names=list(output_names))
   except Exception as e:  # noqa: BLE001 - any converter failure is reported with the op it failed on
     op = _failing_op(e.__traceback__)
     where = f'the op {op!r}' if op else 'an op'
@@ -281,7 +329,8 @@ def _onnx_metadata(description: dict, batch_size: int) -> dict:
           **({'head': 'multilabel', 'thresholds': json.dumps(calibration['thresholds'])}
              if description['output']['head'] == 'multilabel' else {}),
           **({'ensemble': json.dumps({k: description['ensemble'][k] for k in ('kind', 'metric', 'members')})}
-             if 'ensemble' in description else {})}
+             if 'ensemble' in description else {}),
+          **({'ood': json.dumps(description['ood'])} if 'ood' in description else {})}
 
 
 def _opset(model) -> int | None:

@@ -6,13 +6,19 @@ the preprocessing inside the graph (`fpclass.infer.export`).
 
 Writes `model.onnx`, `model.jax_export` and `model.json` under `<workdir>/<config.export.folder>/`. An ensemble
 workdir's graph holds every member model and outputs their weighted mean probabilities (`probabilities`, not
-`logits`); model.json lists its members and weights.
+`logits`); model.json lists its members and weights. With config.ood.enabled (the default) each graph has a
+second output, `ood_score`, and model.json's `ood` its threshold (`fpclass.infer.ood`: fitted and stored in the
+workdir on first use). With config.export.int8, also `model.int8.onnx` and `model.int8.json`: the statically
+quantised model and its accuracy against the float model on held-out images, refused past
+config.export.int8_max_drop (`fpclass.infer.int8`).
 """
+import json
 import pathlib
 
 from fpclass import __version__
-from fpclass.config.outputs import ExportSettings
-from fpclass.infer.ensemble import WeightedEnsemble, load_model
+from fpclass.config.outputs import ExportSettings, OodSettings
+from fpclass.infer import int8, ood
+from fpclass.infer.ensemble import WeightedEnsemble, load_model, member_config
 from fpclass.infer.export import export_ensemble, export_model
 from fpclass.train import checkpoint
 
@@ -39,12 +45,23 @@ def export(config, workdir) -> dict:
     if ensemble and calibration.get('thresholds'):
       description['calibration']['thresholds_source'] = "--mode ensemble (on the mix's out-of-fold probabilities)"
   folder = workdir / settings.folder
+  ood_settings = OodSettings.from_config(config.ood)
+  scorer = (ood.Scorer(trained, ood.for_model(trained, workdir, ood_settings))
+            if ood_settings.enabled else None)
   if ensemble:
     description['normalisation'] = 'each member\'s own, inside the graph (ensemble.models)'
-    written = export_ensemble(trained, image_shape, folder, settings.formats, settings.batch_size, description)
+    written = export_ensemble(trained, image_shape, folder, settings.formats, settings.batch_size, description,
+                              scorer)
   else:
     written = export_model(trained.task, checkpoint.model_variables(trained.state), image_shape, folder,
-                           settings.formats, settings.batch_size, description)
+                           settings.formats, settings.batch_size, description, scorer)
   for fmt, path in written.items():
     print(f'wrote {path} ({fmt})')
+  if settings.int8:
+    data_config = config if ensemble else member_config(config, trained.metadata)
+    threshold = scorer.threshold if scorer is not None else None
+    described = int8.export_workdir_int8(written['onnx'], data_config, json.loads(written['description'].read_text()),
+                                         settings.int8_max_drop, settings.int8_calibration_images, threshold)
+    written['int8'] = folder / int8.INT8_FILE
+    print(f'wrote {written["int8"]} (int8): {int8.summary(described)}')
   return written

@@ -8,9 +8,9 @@ taken from the CSV's folder). Writes, in the workdir:
 - `predictions.csv` (`config.predict.output`): the path as listed, the predicted class and one `p_<class>`
   column per class, with the stored temperature and threshold applied (`config.predict.calibrated`), and
   test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`). Multi-label: `tags` in place of
-  `predicted`, the classes whose probability reaches their stored threshold (else 0.5), space-separated;
-- `predictions_quarantine.csv` beside it: every input that could not be read, with the reason. A bad
-  file never stops the run, and nothing is moved or deleted;
+  `predicted`, the classes whose probability reaches their stored threshold (else 0.5), space-separated. With
+  config.ood.enabled, `ood_score` and `unknown`: like none of the classes (`fpclass.infer.ood`);
+- `predictions_quarantine.csv`: every input that could not be read, with the reason (a bad file never stops the run);
 - with `config.predict.explain`, one Grad-CAM overlay PNG per image under `predict_explain/`.
 Images are decoded exactly as at training (`fpclass.data.decode`) and predicted in fixed-size batches.
 """
@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from fpclass import fileio
 from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
-from fpclass.config.outputs import ExplainSettings, PredictSettings
+from fpclass.config.outputs import ExplainSettings, OodSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.new_images import list_inputs
-from fpclass.infer import tta
+from fpclass.infer import ood, tta
 from fpclass.infer.ensemble import load_model
 from fpclass.infer.explainer import build_explainer, overlay_rgb, save_png
 from fpclass.infer.predictions import tags_text
@@ -35,6 +35,7 @@ from fpclass.runtime import report
 
 EXPLAIN_FOLDER = 'predict_explain'
 TAGS_COLUMN = 'tags'  # a multi-label model's predicted classes, space-separated (Planet's format)
+OOD_COLUMNS = ['ood_score', 'unknown']
 
 
 def predict(config, workdir) -> pathlib.Path:
@@ -54,6 +55,7 @@ def predict(config, workdir) -> pathlib.Path:
     explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False)
     image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
     explainer = build_explainer(config, trained, explain_settings, image_shape)
+  scorer = ood_scorer(config, workdir, trained)
 
   names = trained.class_names
   multilabel = trained.task.head == 'multilabel'
@@ -72,6 +74,7 @@ def predict(config, workdir) -> pathlib.Path:
         images = np.asarray(images)[good]
         probs, pred = decision(trained.logits(images, batch, chunk=batch, tta_settings=tta_settings,
                                               first_batch=start // batch))
+        scores = scorer.scores(images, batch) if scorer is not None else None
         # A multi-label image's overlay explains its most probable class.
         explained = probs.argmax(1) if multilabel else pred
         overlays = (write_overlays(workdir / EXPLAIN_FOLDER, explainer, images, explained, start + good,
@@ -81,19 +84,31 @@ def predict(config, workdir) -> pathlib.Path:
           rows.append({'path': inputs.names[start + int(i)],
                        predicted: tags_text(pred[row], names) if multilabel else names[pred[row]],
                        **{f'p_{c}': float(probs[row, k]) for k, c in enumerate(names)},
+                       **({'ood_score': float(scores[row]), 'unknown': bool(scores[row] > scorer.threshold)}
+                          if scorer is not None else {}),
                        **({'overlay': overlays[row]} if explainer is not None else {})})
       progress.update(len(paths))
 
-  columns = ['path', predicted, *(f'p_{c}' for c in names)] + (['overlay'] if explainer is not None else [])
+  columns = (['path', predicted, *(f'p_{c}' for c in names)] + (OOD_COLUMNS if scorer is not None else [])
+             + (['overlay'] if explainer is not None else []))
   out = workdir / settings.output
   fileio.write_csv(out, pd.DataFrame(rows, columns=columns))
   quarantine = quarantine_path(out)
   fileio.write_csv(quarantine, pd.DataFrame(problems, columns=['path', 'reason']))
   report.write_section(workdir, '45-predictions', section(out, quarantine, rows, problems, trained, decision,
-                                                          settings, explainer is not None, tta_settings))
+                                                          settings, explainer is not None, tta_settings, scorer))
   print(f'wrote {out} ({len(rows)} images)'
         + (f'; {len(problems)} could not be read, listed with reasons in {quarantine}' if problems else ''))
   return out
+
+
+def ood_scorer(config, workdir, trained) -> ood.Scorer | None:
+  """The model's OOD scorer with its threshold (fitted and stored on first use), or None when config.ood is
+  off."""
+  settings = OodSettings.from_config(config.ood)
+  if not settings.enabled:
+    return None
+  return ood.Scorer(trained, ood.for_model(trained, workdir, settings))
 
 
 def quarantine_path(output: pathlib.Path) -> pathlib.Path:
@@ -112,7 +127,7 @@ def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, 
   return out
 
 
-def section(out, quarantine, rows, problems, trained, decision, settings, explained, tta_settings) -> str:
+def section(out, quarantine, rows, problems, trained, decision, settings, explained, tta_settings, scorer) -> str:
   lines = ['## Predictions', '',
            f'[{out.name}]({out.name}): {len(rows)} images of `{settings.inputs}` classified with the '
            f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); '
@@ -126,6 +141,14 @@ def section(out, quarantine, rows, problems, trained, decision, settings, explai
     counts = pd.Series([r['predicted'] for r in rows], dtype=object).value_counts()
     lines.append('Predicted class counts: '
                  + ', '.join(f'{c}: {int(counts.get(c, 0))}' for c in trained.class_names))
+  if scorer is not None:
+    fitted = ood.describe(scorer.fitted)
+    threshold = 'no threshold (too few held-out images)' if fitted['threshold'] is None else \
+        f'{fitted["threshold"]:.4g}'
+    lines.append(f'Unknown (none of {", ".join(trained.class_names)}): {sum(r["unknown"] for r in rows)} of '
+                 f'{len(rows)} images, {fitted["score"]} score above {threshold}, the threshold that '
+                 f'flags {fitted["false_rejection"]:.0%} of held-out images of these classes '
+                 f'({fitted["held_out_flagged"]:.1%} of its {fitted["held_out"]}).')
   if problems:
     lines.append(f'{len(problems)} input(s) could not be read; see [{quarantine.name}]({quarantine.name}).')
   if explained:

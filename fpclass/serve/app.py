@@ -7,10 +7,10 @@ The JSON API (also the OpenAPI description, GET /openapi.json):
   - single-label model: {"file", "class": name, "probabilities": {class: p}} (p sum to 1);
   - multi-label: {"file", "labels": [names], "probabilities": {class: sigmoid p}}, "labels" the classes at or
     above their threshold ([] for none); the answer adds "head": "multilabel" and "thresholds" {class: t}.
-  With one image its fields are also at the top level ("class" or "labels", "probabilities").
+  Each result adds "ood_score" and "unknown" (config.ood); one image's fields are also at the top level.
 - POST /explain: one image; the Grad-CAM overlay PNG for its predicted class (multi-label: its most probable
   class), named URL-encoded in the X-Explained-Class header; 404 where "explain" is false (an ensemble).
-- GET /metadata: model, head, class names, input, calibration, limits, "explain", an ensemble's members and weights.
+- GET /metadata: model, head, class names, input, calibration, limits, "explain", "ood", an ensemble's members.
 - GET /healthz: liveness, queue and workers; "head", and for a multi-label model its "thresholds".
 A bad request gets a 4xx with {"detail": one line}; the server goes on serving.
 """
@@ -179,7 +179,10 @@ _RESULT = {'type': 'object', 'properties': {
     'labels': {'type': 'array', 'items': {'type': 'string'},
                'description': 'multi-label models: the classes whose probability is at least their threshold, '
                               'in class order ([] when none is)'},
-    'probabilities': _PROBABILITIES}}
+    'probabilities': _PROBABILITIES,
+    'ood_score': {'type': 'number', 'description': 'with config.ood.enabled: higher = less like the training images'},
+    'unknown': {'type': 'boolean', 'description': 'with config.ood.enabled: ood_score is past the threshold of '
+                                                  '/metadata\'s "ood": the image looks like none of the classes'}}}
 PREDICT_OPENAPI = {
     'requestBody': {'required': True, 'content': {
         'multipart/form-data': {'schema': {'type': 'object', 'additionalProperties': {

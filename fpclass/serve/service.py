@@ -9,6 +9,9 @@ One image's result (`Predictor.classify`) depends on the model's head:
   sigmoid probability and `labels` the classes, in class order, whose probability is at least their
   threshold (the per-label thresholds stored by `--mode calibrate`, else 0.5); [] when none is. There is no
   "class": an image may have several labels or none.
+With config.ood.enabled (the default) each result also holds "ood_score" and "unknown": the image looks like
+none of the classes (`fpclass.infer.ood`: its score past the threshold fitted on held-out images; computed in
+the same program as the logits, and fitted in memory when the workdir holds no ood.npz).
 """
 import asyncio
 import contextlib
@@ -27,8 +30,9 @@ from PIL import Image
 from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.model import ModelSettings
-from fpclass.config.outputs import ExplainSettings, ServeSettings
+from fpclass.config.outputs import ExplainSettings, OodSettings, ServeSettings
 from fpclass.errors import UserInputError
+from fpclass.infer import ood
 from fpclass.infer.ensemble import WeightedEnsemble, load_model
 from fpclass.infer.explainer import build_explainer, overlay_rgb
 from fpclass.infer.inference import Trained
@@ -58,11 +62,13 @@ class Overloaded(Exception):
 class Predictor:
   """The served model's predict program (a run's: training's own; an ensemble's: its members' mixed), compiled
   for each warm batch size at start-up. `explainer` is None where Grad-CAM cannot explain the model (an
-  ensemble): /explain then answers 404."""
+  ensemble): /explain then answers 404. `scorer` (an `ood.Scorer`) adds each image's OOD score, from the same
+  program as its logits; None with config.ood off."""
   trained: Trained | WeightedEnsemble
   decision: Decision
   warm_sizes: tuple
   explainer: object = None
+  scorer: ood.Scorer | None = None
   device_call_ms: dict = dataclasses.field(default_factory=dict)  # per warm size: one call's time at start-up
 
   def __post_init__(self):
@@ -84,7 +90,13 @@ class Predictor:
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """Logits of any number of images: chunks of the largest warm size, each padded up to a warm size."""
-    return in_fixed_batches(self.trained.batch_logits, images, self.warm_sizes)
+    return self.outputs(images)[0]
+
+  def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, OOD scores or None) of any number of images, batched as `logits`."""
+    if self.scorer is None:
+      return in_fixed_batches(self.trained.batch_logits, images, self.warm_sizes), None
+    return in_fixed_batches(self.scorer.batch, images, self.warm_sizes)
 
   @property
   def multilabel(self) -> bool:
@@ -107,13 +119,20 @@ class Predictor:
 
   def classify(self, images: np.ndarray) -> list[dict]:
     """One result per image: every class's probability, and its class name (single-label) or the list of
-    class names at or above their thresholds (multi-label: `labels`, possibly empty)."""
-    probs, pred = self.decision(self.logits(images))
+    class names at or above their thresholds (multi-label: `labels`, possibly empty); with the OOD score, its
+    value and whether it is past the threshold (`unknown`)."""
+    logits, scores = self.outputs(images)
+    probs, pred = self.decision(logits)
     names = self.trained.class_names
     if self.multilabel:
-      return [{'labels': [names[k] for k in np.flatnonzero(row)], 'probabilities': dict(zip(names, p.tolist()))}
-              for p, row in zip(probs, pred)]
-    return [{'class': names[int(k)], 'probabilities': dict(zip(names, p.tolist()))} for p, k in zip(probs, pred)]
+      results = [{'labels': [names[k] for k in np.flatnonzero(row)], 'probabilities': dict(zip(names, p.tolist()))}
+                 for p, row in zip(probs, pred)]
+    else:
+      results = [{'class': names[int(k)], 'probabilities': dict(zip(names, p.tolist()))} for p, k in zip(probs, pred)]
+    if scores is not None:
+      for result, score in zip(results, scores.tolist()):
+        result.update(ood_score=score, unknown=bool(score > self.scorer.threshold))
+    return results
 
   def explain(self, image: np.ndarray) -> tuple[bytes, str]:
     """(PNG bytes, class name): the Grad-CAM overlay of one image for its predicted class, or for a
@@ -280,8 +299,11 @@ def load_service(config, workdir, settings: ServeSettings | None = None) -> Serv
   explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False, batch_size=1)
   explainer = (None if isinstance(trained, WeightedEnsemble)
                else build_explainer(config, trained, explain_settings, image_shape))
+  ood_settings = OodSettings.from_config(config.ood)
+  scorer = (ood.Scorer(trained, ood.for_model(trained, workdir, ood_settings, store=False))
+            if ood_settings.enabled else None)
   predictor = Predictor(trained, Decision.for_model(trained, settings.calibrated), settings.warm_batch_sizes,
-                        explainer)
+                        explainer, scorer)
   warm_seconds = predictor.warm(image_shape)
   return Service(predictor, settings, decode_settings, describe(config, workdir, trained, decode_settings, predictor),
                  warm_seconds)
@@ -289,8 +311,9 @@ def load_service(config, workdir, settings: ServeSettings | None = None) -> Serv
 
 def describe(config, workdir, trained: Trained | WeightedEnsemble, decode_settings: DecodeSettings,
              predictor: Predictor) -> dict:
-  """GET /metadata: the model and what it expects, and its validation scores (scores.json) if evaluated; for an
-  ensemble its members, their models and weights, and the cross-fitted scores of --mode ensemble's table."""
+  """GET /metadata: the model and what it expects, and its validation scores (scores.json) if evaluated; the OOD
+  score and threshold (or None); for an ensemble its members, their models and weights, and the cross-fitted
+  scores of --mode ensemble's table."""
   ensemble = isinstance(trained, WeightedEnsemble)
   scores = None
   scores_path = pathlib.Path(workdir) / 'scores.json'
@@ -313,6 +336,7 @@ def describe(config, workdir, trained: Trained | WeightedEnsemble, decode_settin
       'calibration': calibration,
       'validation_scores': scores,
       'explain': predictor.explainer is not None,
+      'ood': ood.describe(predictor.scorer.fitted) if predictor.scorer is not None else None,
   }
   if ensemble:
     described['ensemble'] = dict(trained.describe(), cross_fitted=_ensemble_table(workdir))

@@ -1,6 +1,8 @@
 // The upload page: one image at a time through POST /predict (and POST /explain for the overlay).
 // A multi-label model's answer has "labels" (every class at or above its threshold) instead of "class":
 // the page shows each label, or 'no label above threshold', and every class's probability with its threshold.
+// An answer with "unknown": true (its OOD score past the threshold) shows 'this does not look like any of: <classes>'
+// above the closest class.
 'use strict';
 
 const fileInput = document.getElementById('file-input');
@@ -12,6 +14,7 @@ let currentFile = null;
 let uploads = 0;  // which upload the overlay shows, so a new file always gets its own
 let thresholds = null;  // multi-label models: {class: threshold}, from /metadata or the last answer
 let ensemble = null;  // an ensemble's members and weights, from /metadata (null for one model)
+let classNames = [];  // from /metadata, for the 'none of these' line
 
 function setStatus(text, isError) {
   statusLine.textContent = text;
@@ -41,6 +44,11 @@ async function loadMetadata() {
     accuracy = `, multi-label${map}`;
   }
   ensemble = meta.ensemble || null;
+  classNames = meta.class_names;
+  const ood = meta.ood
+    ? `; flags images unlike ${meta.class_names.join(', ')} (${meta.ood.score} score, ` +
+      `${(100 * meta.ood.false_rejection).toFixed(0)}% of held-out ones flagged by design)`
+    : '';
   // An ensemble mixes its members' probabilities: Grad-CAM explains one model, so the page offers none.
   camToggle.parentElement.hidden = meta.explain === false;
   const crossFitted = ((ensemble && ensemble.cross_fitted) || []).find((row) => row.model === 'ensemble');
@@ -52,7 +60,7 @@ async function loadMetadata() {
   document.getElementById('model-info').textContent =
     `${model}${accuracy}; classes ` +
     `${meta.class_names.join(', ')}; images become ${meta.input.width}x${meta.input.height}, ` +
-    `${meta.input.channels === 1 ? 'grayscale' : 'RGB'}.`;
+    `${meta.input.channels === 1 ? 'grayscale' : 'RGB'}${ood}.`;
 }
 
 function showProbabilities(result) {
@@ -149,6 +157,11 @@ async function classify(file) {
   preview.src = URL.createObjectURL(file);
   document.getElementById('file-name').textContent = file.name;
   const multilabel = Array.isArray(result.labels);
+  const unknown = result.unknown === true;
+  const unknownLine = document.getElementById('unknown-line');
+  unknownLine.hidden = !unknown;
+  unknownLine.textContent = unknown ? `this does not look like any of: ${classNames.join(', ')}` : '';
+  document.getElementById('predicted-class-label').textContent = unknown ? 'Closest class' : 'Predicted class';
   document.getElementById('predicted-class-line').hidden = multilabel;
   document.getElementById('predicted-labels-line').hidden = !multilabel;
   if (multilabel) {

@@ -1,0 +1,127 @@
+"""Out-of-distribution scores of a classifier and the threshold that turns one into an `unknown` flag.
+
+Four standard scores, each higher for an image less like the training data:
+- 'energy': -logsumexp(logits) (Liu et al. 2020); a multi-label head's joint energy, -sum softplus(logit)
+  (Wang et al. 2021);
+- 'max_softmax': -max probability (Hendrycks & Gimpel 2017);
+- 'mahalanobis': the smallest Mahalanobis distance of the pooled features (`pre_logits`) to a class mean under
+  the shared, Ledoit-Wolf-shrunk covariance of the class-centred training features (Lee et al. 2018; one mean of
+  all images for a multi-label head);
+- 'knn': minus the cosine similarity of the L2-normalised features to their k-th nearest training image
+  (Sun et al. 2022).
+`scores` is written once for numpy and for jax.numpy, so the exported graph computes exactly fpclass's score.
+The threshold is the conformal quantile of held-out in-distribution scores: a new in-distribution image is
+flagged with probability at most the target false-rejection rate. The choice of score: docs/deploy.md.
+"""
+import dataclasses
+import math
+
+import jax
+import numpy as np
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+
+SCORES = ('knn', 'mahalanobis', 'energy', 'max_softmax')
+FEATURE_SCORES = ('knn', 'mahalanobis')   # need the pooled features and training statistics
+
+
+@dataclasses.dataclass
+class Statistics:
+  """What a score needs beyond one image's logits and features: the class means and shared precision
+  (mahalanobis), the normalised training features (knn) and k. Arrays are float32."""
+  score: str
+  head: str
+  means: np.ndarray | None = None       # (C, D)
+  precision: np.ndarray | None = None   # (D, D)
+  bank: np.ndarray | None = None        # (B, D), rows of unit length
+  k: int = 1
+
+  def arrays(self) -> dict:
+    return {name: value for name in ('means', 'precision', 'bank')
+            if (value := getattr(self, name)) is not None}
+
+
+def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarray, k: int = 10,
+                   max_bank: int = 4096, seed: int = 0) -> Statistics:
+  """The statistics of `score` from the training images' pooled `features` (N, D) and `labels` (class indices,
+  or a multi-label 0/1 matrix: one mean of every image)."""
+  if score not in SCORES:
+    raise ValueError(f'unknown OOD score {score!r}; one of {SCORES}')
+  if score not in FEATURE_SCORES:
+    return Statistics(score, head)
+  features = np.asarray(features, np.float64)
+  if score == 'knn':
+    bank = _unit_rows(features)
+    if len(bank) > max_bank:   # a fixed random subset: the graph holds the bank as a constant
+      bank = bank[np.sort(np.random.default_rng(seed).choice(len(bank), max_bank, replace=False))]
+    return Statistics(score, head, bank=bank.astype(np.float32), k=int(min(k, len(bank))))
+  labels = np.asarray(labels)
+  groups = np.zeros(len(features), np.int64) if labels.ndim == 2 else labels.astype(np.int64)
+  classes = np.unique(groups)
+  means = np.stack([features[groups == c].mean(0) for c in classes])
+  centred = features - means[np.searchsorted(classes, groups)]
+  precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+  return Statistics(score, head, means=means.astype(np.float32), precision=precision.astype(np.float32))
+
+
+def scores(statistics: Statistics, logits, features, xp=np):
+  """(N,) scores of a batch, higher = less like the training data; numpy on the host (float64) or traced with
+  jax.numpy (float32: the serve program and the exported graph)."""
+  dtype = xp.float64 if xp is np else xp.float32
+  logits = xp.asarray(logits, dtype)
+  score = statistics.score
+  if score == 'energy':
+    if statistics.head == 'multilabel':
+      return -xp.sum(xp.logaddexp(0.0, logits), axis=1)
+    if statistics.head == 'sigmoid':   # one logit l: the two-class softmax over (0, l)
+      return -xp.logaddexp(0.0, logits[:, 0])
+    top = logits.max(axis=1)
+    return -(top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1)))
+  if score == 'max_softmax':
+    if statistics.head == 'multilabel':
+      return -(1.0 / (1.0 + xp.exp(-logits.max(axis=1))))
+    if statistics.head == 'sigmoid':
+      return -(1.0 / (1.0 + xp.exp(-xp.abs(logits[:, 0]))))
+    z = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    return -(1.0 / z.sum(axis=1))
+  features = xp.asarray(features, dtype).reshape(features.shape[0], -1)
+  if score == 'mahalanobis':
+    means, precision = xp.asarray(statistics.means, dtype), xp.asarray(statistics.precision, dtype)
+    projected = features @ precision                      # (N, D)
+    # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, for every class mean at once.
+    quadratic = (projected * features).sum(axis=1)[:, None] - 2.0 * projected @ means.T \
+        + ((means @ precision) * means).sum(axis=1)[None, :]
+    return quadratic.min(axis=1)
+  bank = xp.asarray(statistics.bank, dtype)
+  unit = features / xp.sqrt(xp.maximum((features * features).sum(axis=1, keepdims=True), 1e-12))
+  similarity = unit @ bank.T                              # (N, B)
+  if xp is np:
+    kth = -np.partition(-similarity, statistics.k - 1, axis=1)[:, statistics.k - 1]
+  else:
+    kth = jax.lax.top_k(similarity, statistics.k)[0][:, -1]
+  return -kth
+
+
+def conformal_threshold(held_out: np.ndarray, false_rejection: float) -> float:
+  """The threshold t over held-out in-distribution scores such that an exchangeable new one exceeds t with
+  probability at most `false_rejection`: the ceil((n + 1)(1 - rate))-th smallest score (inf when n is too
+  small for the rate: nothing is rejected)."""
+  held_out = np.sort(np.asarray(held_out, np.float64))
+  rank = math.ceil((len(held_out) + 1) * (1.0 - false_rejection))
+  return float(held_out[rank - 1]) if 1 <= rank <= len(held_out) else math.inf
+
+
+def flagged(scores_: np.ndarray, threshold: float) -> np.ndarray:
+  """The `unknown` flag: a score above the threshold."""
+  return np.asarray(scores_, np.float64) > threshold
+
+
+def auroc(in_distribution: np.ndarray, other: np.ndarray) -> float:
+  """The probability that an image of the other set scores above an in-distribution one (ties half)."""
+  values = np.concatenate([in_distribution, other])
+  truth = np.concatenate([np.zeros(len(in_distribution)), np.ones(len(other))])
+  return float(roc_auc_score(truth, values))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)

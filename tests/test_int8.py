@@ -1,0 +1,114 @@
+"""--config.export.int8: the statically quantised ONNX model against onnxruntime's float model of the same export,
+its accuracy on held-out images written beside it, and planted wrong calibrations refused with nothing written."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fpclass.config.inputs import DataSettings
+from fpclass.config.outputs import ExportSettings
+from fpclass.config.settings import ConfigError
+from fpclass.data import pipeline
+from fpclass.errors import UserInputError
+from fpclass.infer import int8
+from fpclass.train import sidecar
+from tests.conftest import launch, trained_once
+
+pytestmark = pytest.mark.filterwarnings('ignore:jax.core.DropVar is deprecated:DeprecationWarning')   # jax2onnx's
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  """The quick digits run (360 validation images, 2 epochs: about 90% right), exported with its int8 model
+  through launch.py (the accuracy limit at 3 points: the test reads the figures, not the default's verdict)."""
+  workdir, env, _ = trained_once(tmp_path_factory, 'digits-quick', '--config=configs/digits.py:quick')
+  out = tmp_path_factory.mktemp('int8') / 'run'
+  shutil.copytree(workdir, out)
+  result = launch(f'--workdir={out}', '--mode=export', '--config.export.int8=True',
+                  '--config.export.int8_max_drop=0.03', env=env)
+  return out, env, result
+
+
+def validation_split(out, env, monkeypatch):
+  """The run's validation split, decoded from its own cache."""
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  return pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(out).data), progress=False)
+
+
+def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch):
+  """Parity against onnxruntime's float model (the exported model.onnx) on the 360 validation images: the same
+  class for nearly every image, logits within a few percent of their range; the float accuracy is evaluate's."""
+  out, env, result = exported
+  folder = out / 'export'
+  assert {p.name for p in folder.iterdir()} >= {'model.onnx', int8.INT8_FILE, int8.INT8_DESCRIPTION}
+  described = json.loads((folder / int8.INT8_DESCRIPTION).read_text())
+  held = described['held_out']
+  assert held['images'] == 360 and held['what'] == 'the validation split' and held['metric'] == 'accuracy'
+  scores = json.loads((out / 'scores.json').read_text())
+  assert held['float'] == pytest.approx(scores['accuracy'], abs=1.5 / 360)   # evaluate's accuracy, the same images
+  assert held['agreement'] >= 0.97 and held['int8'] >= held['float'] - 0.03
+  interval = held['int8_minus_float']
+  assert interval['mean'] == pytest.approx(held['int8'] - held['float']) and interval['low'] <= interval['mean'] <= interval['high']
+  assert described['images_per_second']['int8'] > 0 and 'int8.onnx' in result.stdout
+  assert json.loads((folder / 'model.json').read_text())['artifacts']['int8']['file'] == int8.INT8_FILE
+
+  images = np.asarray(validation_split(out, env, monkeypatch).val.images)
+  float_out = int8.run(int8.session(folder / 'model.onnx'), images)
+  int8_out = int8.run(int8.session(folder / int8.INT8_FILE), images)
+  assert [o.shape for o in int8_out] == [o.shape for o in float_out] == [(360, 10), (360,)]
+  assert np.mean(float_out[0].argmax(1) == int8_out[0].argmax(1)) >= 0.97
+  spread = float_out[0].max() - float_out[0].min()
+  assert np.median(np.abs(int8_out[0] - float_out[0])) <= 0.02 * spread
+  # The OOD score's nodes stay float: only the quantised features move it.
+  assert np.median(np.abs(int8_out[1] - float_out[1])) <= 0.02 * np.ptp(float_out[1])
+
+
+@pytest.mark.parametrize('calibration', ['blank', 'scaled to 0..1'])
+def test_a_wrong_calibration_collapses_the_model_and_is_refused(exported, calibration, tmp_path, monkeypatch):
+  """Calibrated on blank images, or on images normalised twice (0..1 stored as uint8), the activation ranges are
+  wrong and the model collapses: refused with what dropped by how much, and nothing written."""
+  out, env, _ = exported
+  dataset = validation_split(out, env, monkeypatch)
+  train = np.asarray(dataset.train.images[:256])
+  folder = tmp_path / 'export'
+  folder.mkdir()
+  shutil.copy(out / 'export' / 'model.onnx', folder / 'model.onnx')
+  wrong = np.zeros_like(train) if calibration == 'blank' else train // 255
+  with pytest.raises(UserInputError, match=r"config.export.int8: the int8 model's accuracy on 360 held-out images "
+                                           r'dropped from 0\.\d+ \(float\) to 0\.\d+, \d+\.\d\d points, more than '
+                                           r'config.export.int8_max_drop=0.03 \(3.00 points\); model.int8.onnx was '
+                                           r'not written'):
+    int8.export_int8(folder / 'model.onnx', wrong, np.asarray(dataset.val.images), dataset.val.labels, 'softmax',
+                     0.03, 'the validation split', ood_output='ood_score')
+  assert sorted(p.name for p in folder.iterdir()) == ['model.onnx']
+  # The same call with the training images passes: the refusal is the calibration's doing.
+  int8.export_int8(folder / 'model.onnx', train, np.asarray(dataset.val.images), dataset.val.labels, 'softmax',
+                   0.03, 'the validation split', ood_output='ood_score')
+  assert (folder / int8.INT8_FILE).exists()
+
+
+def test_a_multilabel_model_gets_its_int8_model(trained_multilabel, tmp_path):
+  """Multi-label: each label decided at its threshold, scored by the share of labels decided right."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_multilabel[0], workdir)
+  launch(f'--workdir={workdir}', '--mode=export', '--config.export.int8=True', '--config.export.int8_max_drop=0.2',
+         '--config.export.formats=("onnx",)', env=trained_multilabel[1])
+  held = json.loads((workdir / 'export' / int8.INT8_DESCRIPTION).read_text())['held_out']
+  assert held['metric'] == 'label accuracy' and held['images'] == 48 and 0.5 < held['float'] <= 1.0
+
+
+def test_the_settings_refuse_int8_without_onnx_and_a_bad_limit():
+  with pytest.raises(ConfigError, match=r"config.export.int8=True: must be False unless config.export.formats "
+                                        r"holds 'onnx'"):
+    ExportSettings(int8=True, formats=('stablehlo',))
+  with pytest.raises(ConfigError, match=r'config.export.int8_max_drop=2.0: must be a fraction in \[0, 1\]'):
+    ExportSettings(int8_max_drop=2.0)
+
+
+def test_the_paired_interval_from_its_definition():
+  a, b = np.array([1, 1, 0, 1, 0, 1.0]), np.array([1, 0, 0, 1, 1, 0.0])
+  got = int8.paired_difference(a, b)
+  d = a - b
+  half = 2.5705818366147395 * d.std(ddof=1) / np.sqrt(6)   # t(0.975, 5)
+  assert got['mean'] == pytest.approx(d.mean()) and got['high'] - got['mean'] == pytest.approx(half)

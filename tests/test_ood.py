@@ -1,0 +1,212 @@
+"""The out-of-distribution score and its `unknown` threshold: each score from its definition, the host and the traced
+form equal, the conformal threshold's false-rejection rate on held-out data, the fit stored once per checkpoint,
+predict's columns through launch.py, an ensemble's threshold over its out-of-fold examples, multi-label."""
+import json
+import math
+import pathlib
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.spatial import distance
+from scipy.special import logsumexp
+
+from fpclass.analysis import ood as ood_math
+from fpclass.config.outputs import OodSettings
+from fpclass.errors import UserInputError
+from fpclass.infer import ood
+from fpclass.infer.inference import load_trained
+from fpclass.modes import predict as predict_mode
+from fpclass.train import sidecar
+from tests.conftest import QUICK, launch, load_config, trained_once
+from tests.test_serve import checkerboard_png
+
+DIGITS = '--config=configs/digits.py:quick'
+
+
+@pytest.fixture(scope='module')
+def trained_digits(tmp_path_factory):
+  """scikit-learn's digits, 2 epochs at 16 x 16 (1,437 training and 360 validation images): enough held-out
+  images to measure a 5% rate."""
+  return trained_once(tmp_path_factory, 'digits-quick', DIGITS)
+
+
+def random_problem(classes=3, n=60, d=5, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, classes, n)
+  features = rng.normal(size=(n, d)) + 3.0 * np.eye(classes, d)[labels]
+  return features, labels, rng.normal(size=(7, classes)), rng.normal(size=(7, d)) * 2
+
+
+def test_each_score_from_its_definition():
+  features, labels, logits, queries = random_problem()
+  maha = ood_math.fit_statistics('mahalanobis', 'softmax', features, labels)
+  means = np.stack([features[labels == c].mean(0) for c in range(3)])
+  precision = np.asarray(maha.precision, np.float64)
+  expected = [min(distance.mahalanobis(q, m, precision) ** 2 for m in means) for q in queries]
+  np.testing.assert_allclose(ood_math.scores(maha, logits, queries), expected, rtol=1e-5)
+  np.testing.assert_allclose(maha.means, means, rtol=1e-6)
+
+  knn = ood_math.fit_statistics('knn', 'softmax', features, labels, k=4)
+  cosine = 1 - distance.cdist(queries, features, 'cosine')
+  np.testing.assert_allclose(ood_math.scores(knn, logits, queries), -np.sort(cosine, axis=1)[:, -4], atol=1e-6)
+
+  energy = ood_math.Statistics('energy', 'softmax')
+  np.testing.assert_allclose(ood_math.scores(energy, logits, None), -logsumexp(logits, axis=1), rtol=1e-12)
+  softmax = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+  np.testing.assert_allclose(ood_math.scores(ood_math.Statistics('max_softmax', 'softmax'), logits, None),
+                             -softmax.max(1), rtol=1e-12)
+  # A one-logit head is the two-class softmax over (0, logit); multi-label's joint energy sums softplus.
+  one = logits[:, :1]
+  np.testing.assert_allclose(ood_math.scores(ood_math.Statistics('energy', 'sigmoid'), one, None),
+                             -logsumexp(np.concatenate([np.zeros_like(one), one], 1), axis=1), rtol=1e-12)
+  np.testing.assert_allclose(ood_math.scores(ood_math.Statistics('energy', 'multilabel'), logits, None),
+                             -np.log1p(np.exp(logits)).sum(1), rtol=1e-12)
+  # Multi-label Mahalanobis: one mean of every image.
+  tags = (np.random.default_rng(1).random((60, 3)) > 0.5).astype(int)
+  assert ood_math.fit_statistics('mahalanobis', 'multilabel', features, tags).means.shape == (1, 5)
+
+
+@pytest.mark.parametrize('score', ood_math.SCORES)
+@pytest.mark.parametrize('head', ['softmax', 'sigmoid', 'multilabel'])
+def test_the_traced_score_is_the_host_score(score, head):
+  """The program serve runs and export writes computes the score with jax.numpy in float32."""
+  features, labels, logits, queries = random_problem()
+  logits = logits[:, :1] if head == 'sigmoid' else logits
+  statistics = ood_math.fit_statistics(score, head, features, labels, k=3)
+  host = ood_math.scores(statistics, logits, queries)
+  traced = np.asarray(ood_math.scores(statistics, jnp.asarray(logits), jnp.asarray(queries), xp=jnp))
+  np.testing.assert_allclose(traced, host, rtol=2e-5, atol=2e-5)
+
+
+def test_the_conformal_threshold_reaches_its_rate_on_fresh_data():
+  rng = np.random.default_rng(0)
+  for rate in (0.05, 0.2):
+    reached = [np.mean(rng.gamma(2.0, size=4000) > ood_math.conformal_threshold(rng.gamma(2.0, size=400), rate))
+               for _ in range(40)]
+    assert abs(np.mean(reached) - rate) < 0.006, (rate, np.mean(reached))
+  # Too few held-out images for the rate: nothing is flagged rather than more than asked.
+  assert ood_math.conformal_threshold(np.arange(18.0), 0.05) == math.inf
+  assert ood_math.conformal_threshold(np.arange(19.0), 0.05) == 18.0
+
+
+def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits, monkeypatch):
+  """The digits model's kNN scores of its 360 validation images: a threshold fitted on one half flags about
+  5% of the other half, both ways round (a threshold that ignored the rate, or a plain quantile of the wrong
+  tail, misses by far more than the 2 points allowed); far-off images (faces) are flagged."""
+  workdir, env, _ = trained_digits
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = sidecar.stored_config(workdir)
+  trained = load_trained(config, workdir)
+  fit = ood.fit_model(trained, config, OodSettings())
+  assert fit.record['held_out'] == 360 and fit.record['train_images'] == 1437 and fit.record['score'] == 'knn'
+  assert fit.record['reached'] <= 0.05
+  scores = fit.held_out_scores
+  halves = np.array_split(np.random.default_rng(0).permutation(len(scores)), 2)
+  reached = [np.mean(scores[b] > ood_math.conformal_threshold(scores[a], 0.05)) for a, b in (halves, halves[::-1])]
+  assert abs(np.mean(reached) - 0.05) <= 0.02, reached
+  skimage_data = pytest.importorskip('skimage.data')
+  faces = ood.Scorer(trained, fit).scores(resized(skimage_data.lfw_subset()[:100], 16), 100)
+  assert ood_math.auroc(scores, faces) > 0.95 and np.mean(faces > fit.threshold) > 0.8
+
+
+def resized(gray: np.ndarray, size: int) -> np.ndarray:
+  """Float images in [0, 1] as uint8 (N, size, size, 1), resized as decoding would."""
+  return np.stack([np.asarray(Image.fromarray((255 * g).astype(np.uint8)).resize((size, size), Image.BILINEAR))
+                   for g in gray])[..., None]
+
+
+def test_predict_writes_the_score_and_unknown_and_stores_the_fit_once(trained_quick, tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_quick[0], workdir)
+  env = trained_quick[1]
+  folder = tmp_path / 'inputs'
+  folder.mkdir()
+  test_split = next(pathlib.Path(env['FPCLASS_CACHE']).glob('synthetic_footprints/*/test'))
+  for path in sorted(test_split.glob('*.png'))[:4]:
+    shutil.copy(path, folder / path.name)
+  (folder / 'checker.png').write_bytes(checkerboard_png())
+  launch(f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={folder}',
+         '--config.ood.false_rejection=0.25', env=env)
+  frame = pd.read_csv(workdir / 'predictions.csv')
+  assert list(frame.columns) == ['path', 'predicted', 'p_0', 'p_1', 'ood_score', 'unknown']
+  stored = ood.load(workdir / ood.FILE, 'softmax')
+  assert stored.record['false_rejection'] == 0.25 and stored.record['held_out'] == 15
+  assert list(frame['unknown']) == list(frame['ood_score'] > stored.threshold)
+  assert bool(frame.set_index('path').loc[str(folder / 'checker.png'), 'unknown'])
+  assert 'Unknown (none of 0, 1)' in (workdir / 'report.d' / '45-predictions.md').read_text()
+
+  # Reused while the checkpoint and settings stay; fitted again (and stored) when they change.
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = load_config(QUICK.split('=', 1)[1], **{'predict.inputs': str(folder), 'ood.false_rejection': 0.25})
+  before = (workdir / ood.FILE).stat().st_mtime_ns
+  predict_mode.predict(config, workdir)
+  assert (workdir / ood.FILE).stat().st_mtime_ns == before
+  config.ood.score = 'mahalanobis'
+  predict_mode.predict(config, workdir)
+  assert ood.load(workdir / ood.FILE, 'softmax').record['score'] == 'mahalanobis'
+  config.ood.enabled = False
+  predict_mode.predict(config, workdir)
+  assert list(pd.read_csv(workdir / 'predictions.csv').columns) == ['path', 'predicted', 'p_0', 'p_1']
+
+
+def test_a_multilabel_model_gets_a_score_and_threshold(trained_multilabel, monkeypatch):
+  """Multi-label OOD works: the training images' one mean (Mahalanobis), or their features (kNN)."""
+  workdir, env, _ = trained_multilabel
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = sidecar.stored_config(workdir)
+  trained = load_trained(config, workdir)
+  for score in ('knn', 'mahalanobis'):
+    fit = ood.for_model(trained, workdir, OodSettings(score=score), store=False)
+    assert np.isfinite(fit.threshold) and fit.record['held_out'] == 48 and fit.record['reached'] <= 0.05
+    height, width = trained.metadata['image_size']
+    noise = np.random.default_rng(0).integers(0, 256, (4, height, width, trained.metadata['channels']), np.uint8)
+    assert ood.Scorer(trained, fit).scores(noise, 4).shape == (4,)
+
+
+class FakeEnsemble:
+  """The members and weights `ensemble_ood` reads; their fits are planted below."""
+
+  def __init__(self, weights):
+    self.members = [type('Member', (), {'trained': None, 'config': None, 'path': f'm{i}'})() for i in range(len(weights))]
+    self.weights = list(weights)
+
+
+def test_an_ensemble_threshold_is_over_each_example_s_held_out_models(monkeypatch):
+  """Each example's ensemble score is the weighted mean of the standardised scores of the models that held it
+  out (two folds of one variant, and one model of another that saw every example)."""
+  rng = np.random.default_rng(0)
+  ids = np.array([f'img{i:03d}' for i in range(120)])
+  fits = {
+      'm0': ood.ModelOod(None, 0.0, ids[:60], rng.normal(5, 2, 60), {}),
+      'm1': ood.ModelOod(None, 0.0, ids[60:], rng.normal(5, 2, 60), {}),
+      'm2': ood.ModelOod(None, 0.0, ids, rng.normal(-3, 0.5, 120), {}),
+  }
+  monkeypatch.setattr(ood, 'model_ood', lambda trained, config, path, settings, store: fits[path])
+  settings = OodSettings(false_rejection=0.1)
+  fitted = ood.ensemble_ood(FakeEnsemble([0.35, 0.35, 0.3]), settings)
+  z = {k: (f.held_out_scores - f.held_out_scores.mean()) / f.held_out_scores.std() for k, f in fits.items()}
+  expected = np.concatenate([(0.35 * z['m0'] + 0.3 * z['m2'][:60]) / 0.65, (0.35 * z['m1'] + 0.3 * z['m2'][60:]) / 0.65])
+  assert fitted.threshold == pytest.approx(ood_math.conformal_threshold(expected, 0.1))
+  assert fitted.record['held_out'] == 120 and fitted.record['reached'] <= 0.1
+
+
+def test_bad_settings_and_a_model_without_features_get_one_line():
+  with pytest.raises(Exception, match=r"config.ood.score='cosine': must be one of"):
+    OodSettings(score='cosine')
+  with pytest.raises(Exception, match=r'config.ood.false_rejection=1.5: must be a rate in \(0, 1\)'):
+    OodSettings(false_rejection=1.5)
+
+  class NoFeatures:
+    def prepare(self, images):
+      return images
+
+    def apply(self, params, batch_stats, x, train=False):
+      return jnp.zeros((len(x), 2)), {}, {}
+  with pytest.raises(UserInputError, match="records no 'pre_logits' features"):
+    ood.model_outputs(NoFeatures(), {}, {}, jnp.zeros((1, 4, 4, 1)))
+  assert json.dumps(ood.describe(ood.ModelOod(None, math.inf, np.zeros(0), np.zeros(3), {
+      'score': 'knn', 'false_rejection': 0.05, 'held_out': 3, 'reached': 0.0})))   # no threshold: null, valid JSON
