@@ -63,13 +63,14 @@ class Runner:
   def __init__(self, name, batch=32, steps=8, form='step', options=None, patch_pool=False, devices=None):
     import jax
 
+    from fpclass.config.run import RunSettings
     from fpclass.runtime.sharding import DataParallel
     from fpclass.train.sampling import epoch_order
     from fpclass.train.steps import CompiledSteps
     from fpclass.train.task import build_task
     config, images, labels = _footprint(batch, steps)
     self.name, self.batch, self.steps, self.form = name, batch, steps, form
-    task = build_task(config, ('0', '1'), labels, steps)
+    task = build_task(RunSettings.from_config(config), ('0', '1'), labels, steps)
     parallel = DataParallel.over(devices)
     self.compiled = CompiledSteps(task, parallel, form, options)
     self.state = self.compiled.init(jax.random.PRNGKey(0), (120, 80, 1))
@@ -170,9 +171,10 @@ def child(name, setting, rounds):
     if impl != 'threefry2x32':
       jax.config.update('jax_default_prng_impl', impl)
     jax.config.update('jax_threefry_partitionable', partitionable == 'on')
+    from fpclass.config.run import RunSettings
     from fpclass.train.task import build_task
     config, _, labels = _footprint()
-    task = build_task(config, ('0', '1'), labels, 1)
+    task = build_task(RunSettings.from_config(config), ('0', '1'), labels, 1)
     fn = jax.jit(task.init, static_argnums=1, compiler_options={'xla_backend_optimization_level': int(level[1])})
     start = time.perf_counter()
     compiled = fn.lower(jax.random.PRNGKey(0), (120, 80, 1)).compile()

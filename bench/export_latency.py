@@ -94,6 +94,7 @@ def load_model(args):
             f'{config.model.name} ({args.workdir})')
   import importlib.util
 
+  from fpclass.config.run import RunSettings
   from fpclass.train.task import build_task
   path, _, arg = args.config.partition(':')
   spec = importlib.util.spec_from_file_location('config_module', REPO / path)
@@ -104,7 +105,7 @@ def load_model(args):
     config.model.pretrained = ''  # random weights: latency does not depend on them, and nothing downloads
   height, width = config.data.image_size
   shape = (height, width, config.data.channels)
-  task = build_task(config, ('0', '1'), np.arange(2), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
   state = jax.jit(lambda key: task.init(key, shape))(jax.random.PRNGKey(0))
   return task, checkpoint.model_variables(state), shape, f'{config.model.name} (random weights)'
 

@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import finetune  # noqa: E402
+from fpclass.config.run import RunSettings
 from fpclass.train.task import build_task  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def arm(recipe: bool, batch: int, size: int):
   c.train.batch_size = batch
   if not recipe:
     c.train.ema_decay, c.train.layer_decay, c.model.drop_path_rate = 0.0, 1.0, 0.0
-  task = build_task(c, ['a', 'b', 'c'], np.array([0, 1, 2]), steps_per_epoch=100)
+  task = build_task(RunSettings.from_config(c), ['a', 'b', 'c'], np.array([0, 1, 2]), steps_per_epoch=100)
   state = task.init(jax.random.PRNGKey(0), (size, size, 3))
   step = jax.jit(task.train_batch)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))

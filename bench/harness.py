@@ -28,6 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault('FPCLASS_JAX_CACHE', '0')  # compile times are cold unless a script says otherwise
 
+from fpclass.config.run import RunSettings  # noqa: E402
 from fpclass.runtime.process import keep_host_buffers  # noqa: E402
 
 keep_host_buffers()  # as launch.py does, before JAX starts its threads
@@ -113,7 +114,7 @@ class FpclassTrainer:
     self.batch = int(config.train.batch_size)
     self.steps = len(images) // self.batch
     names = tuple(str(i) for i in range(num_classes))
-    self.task = build_task(config, names, labels, self.steps, backend=compute_backend)
+    self.task = build_task(RunSettings.from_config(config), names, labels, self.steps, backend=compute_backend)
     parallel = DataParallel.over()
     parallel.check_batch_size(self.batch)
     self.compiled = CompiledSteps(self.task, parallel, form)

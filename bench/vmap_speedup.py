@@ -5,7 +5,7 @@
     python bench/vmap_speedup.py --forms vmap,one_by_one  # on a GPU
     python bench/vmap_speedup.py --set 'data.image_size=(60,40)'  # smaller images (less memory)
 
-Every arm trains the same members with `fpclass.train.engine.Engine` (the one training engine), with the
+Every arm trains the same members with `fpclass.train.loop.train_members` (the one training loop), with the
 same epochs, steps and per-epoch validation, so the arms differ only in how the model axis is executed:
   one_by_one   each member alone (a chunk of one), members one after another
   loop         all members in one chunk, each member's epoch through the single-model programs in turn
@@ -42,11 +42,13 @@ def main():
   import jax
 
   from fpclass.config.inputs import DataSettings
+  from fpclass.config.run import RunSettings
   from fpclass.config.training import TrainSettings
   from fpclass.data import pipeline, splits
   from fpclass.runtime.process import enable_compilation_cache
-  from fpclass.train.axis import Split
-  from fpclass.train.engine import Engine, TrainData
+  from fpclass.train.axis import Split, TrainData
+  from fpclass.train.cohort import Cohort
+  from fpclass.train.loop import train_members
   from fpclass.train.members import Member, batch_size_for
   from fpclass.train.records import MemoryRecord
   from tests.conftest import load_config
@@ -79,8 +81,9 @@ def main():
     accuracy = []
     groups = [[m] for m in members] if form == 'one_by_one' else [members]
     for group in groups:
-      chunk_results = Engine(config, train_data, group, MemoryRecord(), form='loop' if form == 'one_by_one' else form,
-                             log_prefix=f'[{form}] ').run()
+      cohort = Cohort(RunSettings.from_config(config), train_data, group,
+                      form='loop' if form == 'one_by_one' else form, log_prefix=f'[{form}] ')
+      chunk_results = train_members(cohort, MemoryRecord())
       epoch_seconds += [row['seconds'] for row in chunk_results[0].loop.history]
       accuracy += [r.loop.history[-1]['val_accuracy'] for r in chunk_results]
     wall = time.perf_counter() - start

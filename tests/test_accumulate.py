@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from fpclass.config.inputs import DataSettings
+from fpclass.config.run import RunSettings
+from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline
 from fpclass.errors import RunInterrupted
 from fpclass.modes.runner import run
@@ -54,9 +56,9 @@ def test_k_micro_batches_update_as_one_batch_k_times_larger(digits, optimizer):
   large batch's is."""
   images, labels = jnp.asarray(digits.train.images), jnp.asarray(digits.train.labels)
   classes = digits.class_names
-  small = task_lib.build_task(tiny(**OPTIMIZERS[optimizer], **{'train.batch_size': B, 'train.accumulate_steps': K}),
+  small = task_lib.build_task(RunSettings.from_config(tiny(**OPTIMIZERS[optimizer], **{'train.batch_size': B, 'train.accumulate_steps': K})),
                               classes, digits.train.labels, steps_per_epoch=2 * K)
-  large = task_lib.build_task(tiny(**OPTIMIZERS[optimizer], **{'train.batch_size': K * B}), classes,
+  large = task_lib.build_task(RunSettings.from_config(tiny(**OPTIMIZERS[optimizer], **{'train.batch_size': K * B})), classes,
                               digits.train.labels, steps_per_epoch=2)
   key = jax.random.PRNGKey(0)
   shape = digits.train.images.shape[1:]
@@ -84,7 +86,7 @@ def test_the_last_cycle_of_an_epoch_is_shorter_and_bn_sees_every_micro_batch(dig
   BatchNorm's statistics move at every micro-batch, and the average of the weights at every update only."""
   config = tiny(**{'train.batch_size': B, 'train.accumulate_steps': 2, 'model.batch_norm': True,
                    'train.ema_decay': 0.9})
-  task = task_lib.build_task(config, digits.class_names, digits.train.labels, steps_per_epoch=5)
+  task = task_lib.build_task(RunSettings.from_config(config), digits.class_names, digits.train.labels, steps_per_epoch=5)
   images, labels = jnp.asarray(digits.train.images), jnp.asarray(digits.train.labels)
   key = jax.random.PRNGKey(0)
   state = task.init(key, digits.train.images.shape[1:])
@@ -128,6 +130,6 @@ def test_a_run_killed_in_the_middle_of_a_cycle_resumes_bit_for_bit(tmp_path, mon
   for part in ('params', 'batch_stats', 'ema', 'opt_state'):
     assert _max_difference(getattr(resumed, part), getattr(unbroken, part)) == 0.0, part
   assert int(unbroken.opt_state.gradient_step) == 4 and int(unbroken.opt_state.mini_step) == 0
-  schedule = optim.learning_rate_schedule(config.train, 2)
+  schedule = optim.learning_rate_schedule(TrainSettings.from_config(config.train), 2)
   assert history(tmp_path / 'unbroken')['learning_rate'].tolist() == pytest.approx(
       [float(schedule(1)), float(schedule(3))], rel=1e-6)

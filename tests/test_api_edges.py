@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from fpclass import models
 from fpclass.analysis import cam
+from fpclass.config.run import RunSettings
 from fpclass.config.schema import base_config
 from fpclass.models import cnn, transfer
 from fpclass.runtime.sharding import DataParallel
@@ -72,7 +73,7 @@ def test_training_initialises_only_what_the_file_lacks_and_equals_the_full_init(
   config = base_config()
   config.model = cfg
   config.data.update(channels=3, image_size=(32, 32))
-  task = build_task(config, ['a', 'b', 'c'], np.array([0, 1, 2]), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), ['a', 'b', 'c'], np.array([0, 1, 2]), steps_per_epoch=1)
   compiled = CompiledSteps(task, DataParallel.over())
   key, shape = jax.random.PRNGKey(3), (32, 32, 3)
   spec = models.get_spec('resnet18')

@@ -10,10 +10,12 @@ import sys
 
 import pytest
 
+from fpclass import models
 from fpclass.config import outputs, schema
 from fpclass.config import settings as config_settings
 from fpclass.config.inputs import AugmentSettings
 from fpclass.config.schema import SETTINGS
+from fpclass.models import model_keys
 from fpclass.modes import MODES, mode_function
 from tests.conftest import REPO
 
@@ -133,40 +135,163 @@ def planted_copy(tmp_path, plants: dict) -> pathlib.Path:
 
 
 def test_the_stage_rule_catches_a_planted_upward_import(tmp_path):
-  root = planted_copy(tmp_path, {'train/engine.py': '\nfrom fpclass.infer import inference  # noqa\n'})
-  assert 'fpclass.train.engine -> fpclass.infer.inference' in upward_imports(root)
-  assert all(v.startswith('fpclass.train.engine -> fpclass.infer') for v in upward_imports(root))
+  root = planted_copy(tmp_path, {'train/loop.py': '\nfrom fpclass.infer import inference  # noqa\n'})
+  assert 'fpclass.train.loop -> fpclass.infer.inference' in upward_imports(root)
+  assert all(v.startswith('fpclass.train.loop -> fpclass.infer') for v in upward_imports(root))
 
 
-# The config sections; a read of `<...config>.<section>.<key>` outside fpclass/config and the modes is a consumer
-# reading the raw ConfigDict instead of its typed section (`<Settings>.from_config(config.<section>)`).
-SECTIONS = frozenset(['data', 'model', *(s.SECTION for s in SETTINGS)])
+def _all_model_names() -> list[str]:
+  models.get_spec('footprint_cnn')   # registers every family
+  return list(models.REGISTRY)
+
+
+# The config sections and their keys. A read of `<holder>.<section>.<key>`, for a key of that section, outside
+# fpclass/config and the modes is a consumer reading the raw ConfigDict instead of its typed section, whatever
+# the holder is named. The one exception is a holder that is a `RunSettings` (fpclass/config/run.py: a run's typed
+# sections, parsed once per variant) or another object of ours whose fields share a section's name (`TrainData`'s
+# `class_names`), known from the code's own annotations: a parameter or field annotated with one of our classes,
+# an attribute assigned from such a parameter, a local assigned from a typed expression, and calls that return a
+# RunSettings (`RunSettings.from_config`, `.phase`, `.with_split`, `validate`). Other objects whose fields share
+# a section's name (a dataset's `train` split, a task's `model` module, `jax.export`) have other attributes.
+SECTION_KEYS = {name: frozenset(section.keys()) for name, section in schema.base_config().items()
+                if hasattr(section, 'keys')}
+SECTION_KEYS['model'] = frozenset(['name', 'head', 'pretrained', 'keep_pretrained_head', *(
+    key for name in sorted({n for n in map(str, _all_model_names())}) for key in model_keys.model_keys(name))])
+SECTIONS = frozenset(SECTION_KEYS)
 RAW_READERS = ('config', 'modes')   # the schema, and the leaves that parse a run's config and hand it on
+TYPED = 'RunSettings'
+TYPED_CALLS = frozenset(['from_config', 'phase', 'with_split', 'validate'])
+
+
+def _annotated_typed(annotation) -> bool:
+  """An annotation naming a class of ours: a RunSettings, or an object whose fields only share a section's name
+  (`TrainData.class_names`); a ConfigDict, a mapping or Any is not typed."""
+  if annotation is None:
+    return False
+  text = ast.unparse(annotation)
+  return not any(word in text for word in ('ConfigDict', 'dict', 'Any', 'Mapping')) and text[:1].isupper()
+
+
+def _typed_attributes(tree) -> set[str]:
+  """Attribute names that hold a RunSettings: annotated fields, and `self.x` assigned from a typed parameter."""
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.AnnAssign) and _annotated_typed(node.annotation):
+      target = node.target
+      names.add(target.id if isinstance(target, ast.Name) else getattr(target, 'attr', ''))
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      params = {a.arg for a in node.args.args + node.args.kwonlyargs if _annotated_typed(a.annotation)}
+      for inner in ast.walk(node):
+        if isinstance(inner, ast.Assign):
+          for target, value in _pairs(inner):
+            if isinstance(target, ast.Attribute) and isinstance(value, ast.Name) and value.id in params:
+              names.add(target.attr)
+  return names - {''}
+
+
+def _pairs(assign: ast.Assign) -> list:
+  """(target, value) pairs of an assignment, a tuple unpacked element by element."""
+  out = []
+  for target in assign.targets:
+    if isinstance(target, ast.Tuple) and isinstance(assign.value, ast.Tuple) and \
+       len(target.elts) == len(assign.value.elts):
+      out += list(zip(target.elts, assign.value.elts))
+    else:
+      out.append((target, assign.value))
+  return out
+
+
+def _is_typed(node, local: set[str], attributes: set[str]) -> bool:
+  if isinstance(node, ast.Name):
+    return node.id in local
+  if isinstance(node, ast.Attribute):
+    return node.attr in attributes
+  if isinstance(node, ast.Call):
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, 'id', '')
+    if name == 'from_config':
+      return isinstance(func, ast.Attribute) and ast.unparse(func.value) == TYPED
+    return name in TYPED_CALLS and (name == 'validate' or _is_typed(func.value, local, attributes))
+  return False
+
+
+def _reads_in(function, inherited: set[str], attributes: set[str], found: list, where: str) -> None:
+  """Raw reads in `function`'s own body (nested functions and lambdas see its typed locals)."""
+  args = function.args
+  local = set(inherited) | {a.arg for a in args.args + args.kwonlyargs
+                            if _annotated_typed(getattr(a, 'annotation', None))}
+  body = function.body if isinstance(function.body, list) else [function.body]
+  for statement in body:
+    for node in ast.walk(statement):
+      if isinstance(node, ast.Assign):
+        local |= {t.id for t, value in _pairs(node) if isinstance(t, ast.Name) and _is_typed(value, local, attributes)}
+  stack = list(body)
+  while stack:
+    node = stack.pop()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+      _reads_in(node, local, attributes, found, where)
+      continue
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and isinstance(node.ctx, ast.Load):
+      section, holder = node.value, node.value.value
+      own_field = isinstance(holder, ast.Name) and holder.id == 'self' and section.attr in attributes
+      if section.attr in SECTIONS and node.attr in SECTION_KEYS[section.attr] and not own_field and \
+         not _is_typed(holder, local, attributes):
+        found.append(f'{where}:{node.lineno} {ast.unparse(node)}')
+    stack.extend(ast.iter_child_nodes(node))
 
 
 def raw_config_reads(package_root) -> list[str]:
-  """'module:line config.<section>.<key>' for each raw read of a config key in the core (writes, which build a
+  """'module:line <holder>.<section>.<key>' for each raw read of a config key in the core (writes, which build a
   config, and passing a whole section to its `from_config` are fine)."""
   found = []
-  for path in sorted(pathlib.Path(package_root).rglob('*.py')):
+  trees = {path: ast.parse(path.read_text()) for path in sorted(pathlib.Path(package_root).rglob('*.py'))}
+  attributes = set().union(*(_typed_attributes(tree) for tree in trees.values()))
+  for path, tree in trees.items():
     if path.relative_to(package_root).parts[0] in RAW_READERS:
       continue
-    for node in ast.walk(ast.parse(path.read_text())):
-      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
-        section, holder = node.value, node.value.value
-        name = holder.id if isinstance(holder, ast.Name) else getattr(holder, 'attr', '')
-        if section.attr in SECTIONS and 'config' in name and isinstance(node.ctx, ast.Load):
-          found.append(f'{path.relative_to(package_root)}:{node.lineno} {name}.{section.attr}.{node.attr}')
-  return found
+    module = ast.FunctionDef(name='<module>', args=ast.arguments([], [], None, [], [], None, []), body=tree.body,
+                             decorator_list=[], returns=None, type_params=[])
+    _reads_in(module, set(), attributes, found, str(path.relative_to(package_root)))
+  return sorted(set(found), key=lambda r: (r.split(':')[0], int(r.split(':')[1].split(' ')[0])))
 
 
 def test_the_core_reads_typed_sections_not_the_configdict():
   assert raw_config_reads(REPO / 'fpclass') == []
 
 
-def test_the_typed_read_rule_catches_a_planted_raw_read(tmp_path):
-  root = planted_copy(tmp_path, {'train/progress.py': '\n\ndef epochs(config):\n  return config.train.epochs\n'})
-  assert [r.split(' ')[1] for r in raw_config_reads(root)] == ['config.train.epochs']
+@pytest.mark.parametrize('holder', ['config', 'base', 'cfg', 'self.settings_dict'])
+def test_the_typed_read_rule_catches_a_planted_raw_read(tmp_path, holder):
+  """Whatever the holder is named, a raw read is found; the same read from a RunSettings is not."""
+  plant = (f'\n\ndef epochs({holder.split(".")[0]}):\n  return {holder}.train.epochs\n'
+           '\n\ndef typed_epochs(run: RunSettings):\n  return run.train.epochs\n')
+  root = planted_copy(tmp_path, {'train/loop_state.py': plant})
+  assert [r.split(' ')[1] for r in raw_config_reads(root)] == [f'{holder}.train.epochs']
+
+
+# Where a plan is made, and its ConfigDicts parsed: below these, training reads the parsed RunSettings.
+PLAN_MAKERS = ('train/plan.py', 'train/sweep_plan.py', 'train/validation.py', 'train/sidecar.py')
+
+
+def parses_below_the_plan(package_root) -> list[str]:
+  """'module:line' of each `from_config` call in fpclass/train outside the modules that make a plan."""
+  found = []
+  for path in sorted((pathlib.Path(package_root) / 'train').glob('*.py')):
+    if str(path.relative_to(package_root)) in PLAN_MAKERS:
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'from_config':
+        found.append(f'{path.relative_to(package_root)}:{node.lineno}')
+  return found
+
+
+def test_nothing_below_the_plan_parses_a_section_again():
+  assert parses_below_the_plan(REPO / 'fpclass') == []
+
+
+def test_the_parse_rule_catches_a_planted_parse(tmp_path):
+  plant = '\n\ndef epochs(config):\n  return TrainSettings.from_config(config.train).epochs\n'
+  root = planted_copy(tmp_path, {'train/cohort.py': plant})
+  assert [r.split(':')[0] for r in parses_below_the_plan(root)] == ['train/cohort.py']
 
 
 def package_graph(package_root) -> str:

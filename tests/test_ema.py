@@ -10,6 +10,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from fpclass.analysis import metrics
 from fpclass.config.inputs import DataSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
@@ -159,7 +160,7 @@ def unbroken(tmp_path_factory):
 def _restore_last(config, workdir):
   """The `last` checkpoint's whole train state (weights, average, optimizer), as a resume reads it."""
   decoded = pipeline.load_dataset(DataSettings.from_config(config.data))
-  task = task_lib.build_task(config, decoded.class_names, decoded.train.labels, steps_per_epoch=1)
+  task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, decoded.train.labels, steps_per_epoch=1)
   abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), decoded.train.images.shape[1:]))
   store = checkpoint.CheckpointStore(workdir)
   try:

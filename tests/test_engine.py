@@ -7,14 +7,16 @@ import pandas as pd
 import pytest
 
 from fpclass.config.inputs import DataSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, splits
 from fpclass.infer.inference import load_trained
 from fpclass.models import heads
 from fpclass.modes.runner import run
 from fpclass.train import axis, memory_plan
 from fpclass.train import task as task_lib
-from fpclass.train.axis import Split
-from fpclass.train.engine import Engine, TrainData
+from fpclass.train.axis import Split, TrainData
+from fpclass.train.cohort import Cohort
+from fpclass.train.loop import train_members
 from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
 from tests.conftest import load_config, torchvision_weights
@@ -59,7 +61,8 @@ def _train(config, decoded, members, form, per_chunk):
   """Each chunk of `members` through the engine, as --mode sweep trains them; the results of every chunk."""
   split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
   data = TrainData(decoded.class_names, split, split)
-  return [Engine(config, data, chunk, MemoryRecord(), form=form).run() for chunk in balanced_chunks(members, per_chunk)]
+  run = RunSettings.from_config(config)
+  return [train_members(Cohort(run, data, chunk, form=form), MemoryRecord()) for chunk in balanced_chunks(members, per_chunk)]
 
 
 def _max_difference(a, b):
@@ -98,7 +101,7 @@ def test_each_member_equals_the_model_trained_alone(solo_runs, form, per_chunk):
 def test_a_masked_member_does_not_change():
   config = tiny()
   decoded, members = _members(config)
-  task = task_lib.build_task(config, decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
+  task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
   keys = [jax.random.PRNGKey(0), jax.random.PRNGKey(1)]
   shape = decoded.pool.images.shape[1:]
   split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
@@ -117,7 +120,7 @@ def test_a_masked_member_does_not_change():
 def test_memory_plan_follows_the_formula():
   config = tiny()
   decoded, _ = _members(config)
-  task = task_lib.build_task(config, decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
+  task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
   images = decoded.pool.images
   plan = memory_plan.measure_memory(task, images, 479, 256)
   assert plan.shared_bytes == images.nbytes and plan.state_bytes > plan.best_bytes > 0 and plan.step_bytes > 0

@@ -13,6 +13,7 @@ import pytest
 from jax import lax
 
 from fpclass.analysis import ood as ood_math
+from fpclass.config.run import RunSettings
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
 from fpclass.infer import export as export_core
@@ -34,7 +35,7 @@ def random_model(name: str, image_size, channels: int, **fields):
   config.model.name = name
   for key, value in fields.items():
     config.model[key] = value
-  task = build_task(config, CLASSES, np.arange(len(CLASSES)), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), CLASSES, np.arange(len(CLASSES)), steps_per_epoch=1)
   # Shapes only, filled from numpy: initialising through JAX would compile the whole init for nothing.
   abstract = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), (*image_size, channels)))
   rng = np.random.default_rng(1)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.run import RunSettings
 from fpclass.errors import UserInputError
 from fpclass.train import feature_cache
 from fpclass.train.task import build_task
@@ -114,9 +115,9 @@ def test_source_head_step_equals_the_full_models_step():
   full = load_config('configs/cats_dogs.py:vgg16,quick', **AUGMENT_OFF)
   with full.unlocked():
     full.model = config
-  task = build_task(full, ('a', 'b'), np.array([0, 1]), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(full), ('a', 'b'), np.array([0, 1]), steps_per_epoch=1)
   state = task.init(jax.random.PRNGKey(0), (32, 32, 3))
-  split, why = feature_cache.find_split(full, task, {'params': state.params, 'batch_stats': state.batch_stats},
+  split, why = feature_cache.find_split(RunSettings.from_config(full), task, {'params': state.params, 'batch_stats': state.batch_stats},
                                         (32, 32, 3))
   assert why == '' and split.name == 'fc' and not split.is_top and split.feature_shape == (512,)
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
@@ -143,9 +144,9 @@ def split_reason(model: dict, **train):
                        **{f'train.{k}': v for k, v in train.items()})
   with config.unlocked():
     config.model = ml_collections.ConfigDict(dict(head='softmax', **model))
-  task = build_task(config, ('a', 'b'), np.array([0, 1]), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), ('a', 'b'), np.array([0, 1]), steps_per_epoch=1)
   variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), (32, 32, 3)))
-  return feature_cache.find_split(config, task, variables, (32, 32, 3))
+  return feature_cache.find_split(RunSettings.from_config(config), task, variables, (32, 32, 3))
 
 
 @pytest.mark.parametrize('model, train, reason', [

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fpclass.config.run import RunSettings
 from fpclass.infer import pooled_features
 from fpclass.models import weights_ref
 from fpclass.models.preprocessing import Normalisation
@@ -37,9 +38,9 @@ def config_of(model=None, classes=2, backend=None, **overrides):
   with config.unlocked():
     config.model = ml_collections.ConfigDict({**dict(name='resnet18', head='softmax', top='avg', freeze_till=-1),
                                               **(model or {})})
-  task = build_task(config, tuple('abcdefg'[:classes]), np.arange(classes), steps_per_epoch=1, backend=backend)
+  task = build_task(RunSettings.from_config(config), tuple('abcdefg'[:classes]), np.arange(classes), steps_per_epoch=1, backend=backend)
   variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), SHAPE))
-  split, why = feature_cache.find_split(config, task, variables, SHAPE)
+  split, why = feature_cache.find_split(RunSettings.from_config(config), task, variables, SHAPE)
   assert split is not None, why
   return config, task, split
 
@@ -158,7 +159,7 @@ def test_the_backbone_digest_covers_every_variable_before_the_head_and_none_of_t
 def probe_path(backbone=Backbone('resnet18', '', 'resnet18'), digest='pixels', task_change=None, **overrides):
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',), **overrides})
   model_config = pooled_features.backbone_config(config, backbone)
-  task = build_task(model_config, ('a', 'b'), np.arange(2), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(model_config), ('a', 'b'), np.arange(2), steps_per_epoch=1)
   if task_change:
     task = dataclasses.replace(task, **task_change)
   return pooled_features.cache_path(model_config, pooled_features.backbone_weights(config, backbone), task, digest)
@@ -261,7 +262,7 @@ def test_the_probe_cache_name_is_32_hex_digits_of_its_settings_of_any_value_type
   backbone = Backbone('resnet18', '', 'resnet18')
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',)})
   model_config = pooled_features.backbone_config(config, backbone)
-  task = build_task(model_config, ('a', 'b'), np.arange(2), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(model_config), ('a', 'b'), np.arange(2), steps_per_epoch=1)
   weights = pooled_features.backbone_weights(config, backbone)
   path = pooled_features.cache_path(model_config, weights, task, 'pixels')
   assert path.suffix == '.npz' and len(path.stem) == len('resnet18-') + 32

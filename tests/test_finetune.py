@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
 from fpclass.train import optim
 from fpclass.train import task as task_lib
 from tests.conftest import launch, load_config, torchvision_weights
@@ -16,7 +18,7 @@ def resnet18_file(tmp_path_factory):
 
 def test_param_groups_follow_stages_and_freeze_till():
   config = load_config('configs/footprint.py:resnet18', **{'model.freeze_till': 2})
-  labels = optim.param_groups(config.model)
+  labels = optim.param_groups(ModelSettings.from_config(config.model))
   params = {'conv1': {'kernel': 0}, 'bn1': {'scale': 0}, 'layer1_0': {'conv1': {'kernel': 0}},
             'layer2_1': {'bn2': {'bias': 0}}, 'fc': {'kernel': 0}}
   assert labels(params) == {'conv1': {'kernel': 'frozen'}, 'bn1': {'scale': 'frozen'},
@@ -27,7 +29,7 @@ def test_param_groups_follow_stages_and_freeze_till():
 def test_frozen_stages_keep_weights_and_batch_statistics(resnet18_file):
   config = load_config('configs/footprint.py:resnet18,quick', **{
       'model.pretrained': str(resnet18_file), 'model.freeze_till': 2, 'train.backbone_lr_factor': 0.5})
-  task = task_lib.build_task(config, ('0', '1'), np.array([0, 1]), steps_per_epoch=2)
+  task = task_lib.build_task(RunSettings.from_config(config), ('0', '1'), np.array([0, 1]), steps_per_epoch=2)
   from fpclass.models import get_spec, transfer
   variables = transfer.load_pretrained(get_spec('resnet18'), config.model,
                                        task.init_variables(jax.random.PRNGKey(0), (64, 48, 1)), '/nonexistent')
@@ -77,10 +79,10 @@ def test_footprint_transfer_without_internet_names_the_flag(tmp_path, monkeypatc
 
 def test_head_only_trains_just_the_last_layer_of_a_source_classifier():
   config = load_config('configs/footprint.py:resnet18', **{'model.name': 'alexnet', 'model.freeze_till': -1})
-  labels = optim.param_groups(config.model)
+  labels = optim.param_groups(ModelSettings.from_config(config.model))
   params = {'features_0': {'kernel': 0}, 'classifier_1': {'kernel': 0}, 'classifier_4': {'bias': 0},
             'classifier_6': {'kernel': 0}}
   assert labels(params) == {'features_0': {'kernel': 'frozen'}, 'classifier_1': {'kernel': 'frozen'},
                             'classifier_4': {'bias': 'frozen'}, 'classifier_6': {'kernel': 'head'}}
   config.model.freeze_till = 5  # the five conv stages; the classifier's hidden layers train
-  assert optim.param_groups(config.model)(params)['classifier_1'] == {'kernel': 'backbone'}
+  assert optim.param_groups(ModelSettings.from_config(config.model))(params)['classifier_1'] == {'kernel': 'backbone'}

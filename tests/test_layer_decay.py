@@ -12,9 +12,9 @@ from flax import traverse_util
 from timm.optim import param_groups_layer_decay
 
 from fpclass import models
+from fpclass.config.run import RunSettings
 from fpclass.errors import UserInputError
 from fpclass.train import layer_decay, optim, validation
-from fpclass.train.engine import phase_config
 from tests.conftest import load_config
 
 DECAY = 0.75   # timm's default layer_decay
@@ -189,9 +189,9 @@ def test_an_optimizer_step_scales_each_update_by_its_multiplier(case):
   overrides = {'model.freeze_till': 2, 'train.finetune_freeze_till': 1, 'train.learning_rate': 0.01,
                **{f'train.{k}': v for k, v in STEP_CASES[case].items()}}
   phase = 1 if case == 'fine_tuning_phase' else 0
-  decayed = phase_config(load_config('configs/footprint.py:resnet18', **overrides, **{
-      'train.layer_decay': 0.6, 'train.backbone_lr_factor': 0.5}), phase)
-  plain = phase_config(load_config('configs/footprint.py:resnet18', **overrides), phase)
+  decayed = RunSettings.from_config(load_config('configs/footprint.py:resnet18', **overrides, **{
+      'train.layer_decay': 0.6, 'train.backbone_lr_factor': 0.5})).phase(phase)
+  plain = RunSettings.from_config(load_config('configs/footprint.py:resnet18', **overrides)).phase(phase)
   shapes = jax.eval_shape(lambda x: models.create_model(decayed.model, 3).init(jax.random.PRNGKey(0), x),
                           jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))['params']
   # Random values in the model's parameter tree (weight decay reads them); initialising it would cost more.

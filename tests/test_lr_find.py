@@ -15,9 +15,10 @@ import pytest
 
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import LrFindSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, stream
 from fpclass.train import lr_finder
-from fpclass.train.engine import Engine, solo_start
+from fpclass.train.cohort import epoch_key, solo_start
 from fpclass.train.steps import CompiledSteps
 from fpclass.train.task import build_task
 from tests.conftest import QUICK, launch, load_config
@@ -166,20 +167,20 @@ def test_the_sweep_is_the_training_runs_first_steps_with_the_swept_learning_rate
   config = load_config('configs/digits.py:quick', **{'train.schedule': 'constant'})
   settings = LrFindSettings(start_lr=1e-2, end_lr=10.0, num_it=8)
   dataset = stream.place(pipeline.load_dataset(DataSettings.from_config(config.data), mapped=True), DataSettings.from_config(config.data).storage)
-  record = lr_finder.find(config, dataset, settings, *solo_start(config, dataset))
+  record = lr_finder.find(dataset, settings, *solo_start(RunSettings.from_config(config), dataset))
   assert len(record.losses) == 8 and record.stopped == 'num_it'
 
   config.train.update(schedule='exponential', learning_rate=settings.start_lr, decay_epochs=1,
                       decay_rate=(settings.end_lr / settings.start_lr) ** (1 / settings.num_it))
-  engine, state = solo_start(config, dataset)
-  task = build_task(config, dataset.class_names, dataset.train.labels, steps_per_epoch=1)
+  engine, state = solo_start(RunSettings.from_config(config), dataset)
+  task = build_task(RunSettings.from_config(config), dataset.class_names, dataset.train.labels, steps_per_epoch=1)
   state = state.replace(opt_state=task.tx.init(state.params))
   compiled = CompiledSteps(task, engine.parallel, 'step')
   images, labels = engine.parallel.replicate((dataset.train.images, dataset.train.labels))
-  order = engine.parallel.replicate(engine._order(0, 0))
+  order = engine.parallel.replicate(engine.order(0, 0))
   losses = []
   for i in range(3):
-    state, out = compiled.train_step(state, images, labels, order, i, Engine._epoch_key(int(config.seed), 0))
+    state, out = compiled.train_step(state, images, labels, order, i, epoch_key(int(config.seed), 0))
     losses.append(float(out['loss_sum']) / float(out['count']))
   np.testing.assert_allclose(record.losses[:3], losses, rtol=1e-5)
   assert abs(record.losses[2] - record.losses[0]) > 1e-3   # the learning rate moved the loss: the check means something

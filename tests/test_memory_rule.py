@@ -20,6 +20,7 @@ import sys
 import pytest
 
 from fpclass.config.inputs import DataSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.training import TrainSettings
 from tests.conftest import REPO
 
@@ -36,8 +37,9 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
   from fpclass.data import pipeline, splits
   from fpclass.train import memory_plan
   from fpclass.train import task as task_lib
-  from fpclass.train.axis import Split
-  from fpclass.train.engine import Engine, TrainData
+  from fpclass.train.axis import Split, TrainData
+  from fpclass.train.cohort import Cohort
+  from fpclass.train.loop import train_members
   from fpclass.train.members import Member, batch_size_for
   from fpclass.train.records import MemoryRecord
   from tests.conftest import load_config
@@ -50,12 +52,13 @@ def measure(form: str, height: int, width: int, images: int, models: int) -> dic
   folds = splits.kfold_indices(labels, 5, 0)
   members = [Member(m % 5, m // 5, *folds[m % 5]) for m in range(models)]
   batch = batch_size_for(TrainSettings.from_config(config.train), len(members[0].train_index))
-  task = task_lib.build_task(config, decoded.class_names, labels[members[0].train_index],
+  task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, labels[members[0].train_index],
                              -(-len(members[0].train_index) // batch))
   eval_batch = task_lib.common_batch(config.eval.batch_size, [len(m.val_index) for m in members])
   plan = memory_plan.measure_memory(task, pool, batch, eval_batch, form)
   split = Split(pool, labels.astype('int32'))
-  Engine(config, TrainData(decoded.class_names, split, split), members, MemoryRecord(), form=form).run()
+  train_members(Cohort(RunSettings.from_config(config), TrainData(decoded.class_names, split, split), members,
+                       form=form), MemoryRecord())
   # The first rule, for the record: D + M (S + V + W) (vmap) or D + W + M (S + V) (loop), W the larger of
   # the train and evaluation programs' XLA temp bytes, which read 0 for the latter on CPU.
   first = plan.shared_bytes + plan.step_bytes + models * (plan.state_bytes + plan.best_bytes) + (

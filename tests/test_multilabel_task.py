@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 from fpclass.analysis import multilabel_metrics as mlm
 from fpclass.config.inputs import AugmentSettings
+from fpclass.config.run import RunSettings
 from fpclass.models.heads import binary_cross_entropy, head_of
 from fpclass.modes import compare
 from fpclass.train import augment
@@ -60,7 +61,7 @@ def test_the_task_loss_is_torch_with_the_auto_positive_weights_and_smoothing(bat
   torch = pytest.importorskip('torch')
   logits, targets = batch
   config = load_config('configs/multilabel.py:quick', **{'train.label_smoothing': 0.2})
-  task = build_task(config, ('a', 'b', 'c', 'd', 'e'), targets.astype(np.uint8), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), ('a', 'b', 'c', 'd', 'e'), targets.astype(np.uint8), steps_per_epoch=1)
   positives = targets.sum(0)
   pos_weight = torch.tensor((len(targets) - positives) / positives, dtype=torch.float32)
   smoothed = torch.tensor(targets * 0.8 + 0.2 / 5)

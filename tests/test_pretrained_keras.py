@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError  # noqa: E402
 from fpclass.train import optim  # noqa: E402
 from tests import parity  # noqa: E402
@@ -218,7 +219,7 @@ def test_vgg16_freeze_till_counts_keras_layers_after_the_input(reference):
   cfg = ml_collections.ConfigDict(dict(name='keras_vgg16', freeze_till=4))
   model = models.create_model(cfg, 2)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 64, 64, 3)))['params']
-  labels = {k: v['kernel'] for k, v in optim.param_groups(cfg)(params).items()}
+  labels = {k: v['kernel'] for k, v in optim.param_groups(ModelSettings.from_config(cfg))(params).items()}
   assert labels['block1_conv1'] == labels['block1_conv2'] == labels['block2_conv1'] == 'frozen'
   assert labels['block2_conv2'] == labels['block5_conv3'] == 'backbone' and labels['predictions'] == 'head'
 

@@ -5,6 +5,7 @@ and 003 here; 002 and 004 in test_recipes_transfer_pets.py (two files, so two te
 import numpy as np
 import pytest
 
+from fpclass.config.model import ModelSettings
 from fpclass.train import optim
 from fpclass.train.validation import validate
 from tests import content
@@ -41,7 +42,8 @@ def test_transfer_configs_keep_the_seed_values():
   assert pets.data.image_size == (224, 224) and pets.data.val_fraction == 0.2
   assert (pets.model.name, pets.model.top, pets.model.freeze_till, pets.explain.after_training) == (
       'keras_vgg16', 'flatten', -1, True)
-  labels = optim.param_groups(load_config('configs/cats_dogs.py:vgg16', **{'model.freeze_till': 16}).model)(
+  labels = optim.param_groups(ModelSettings.from_config(
+      load_config('configs/cats_dogs.py:vgg16', **{'model.freeze_till': 16}).model))(
       {'block5_conv2': {'kernel': 0}, 'block5_conv3': {'kernel': 0}, 'top': {'logits': {'kernel': 0}}})
   assert labels == {'block5_conv2': {'kernel': 'frozen'}, 'block5_conv3': {'kernel': 'backbone'},
                     'top': {'logits': {'kernel': 'head'}}}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.run import RunSettings
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
@@ -34,11 +35,12 @@ from fpclass.runtime.sharding import DataParallel
 from fpclass.train.steps import CompiledSteps
 from fpclass.train.task import build_task
 from fpclass.modes.runner import run
+from fpclass.config.run import RunSettings
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
 run('train', config, sys.argv[1])
 # The batch really is split: the compiled step all-reduces the gradients across the 4 devices.
-task = build_task(config, tuple('0123456789'), list(range(10)), 1)
+task = build_task(RunSettings.from_config(config), tuple('0123456789'), list(range(10)), 1)
 compiled = CompiledSteps(task, DataParallel.over())
 state = compiled.init(jax.random.PRNGKey(0), (8, 8, 1))
 x, y, order = compiled.parallel.replicate((jax.numpy.zeros((64, 8, 8, 1), 'uint8'), jax.numpy.zeros(64, 'int32'),
@@ -78,7 +80,7 @@ def test_scan_and_step_loops_train_the_same_model():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (100, 8, 8, 1)).astype(np.uint8)
   labels = rng.integers(0, 10, 100).astype(np.int32)
-  task = build_task(config, tuple('0123456789'), labels, 2)
+  task = build_task(RunSettings.from_config(config), tuple('0123456789'), labels, 2)
   parallel = DataParallel.over()
   results = {}
   for form in ('step', 'scan'):
@@ -110,7 +112,7 @@ def test_xla_cpu_options_apply_on_cpu_only_and_can_be_overridden():
   assert dict(default_compiler_options('cpu')) == {
       'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
   assert default_compiler_options('gpu') == () and default_compiler_options('tpu') == ()
-  task = build_task(load_config('configs/digits.py:quick', **TINY), tuple('0123456789'), np.arange(10), 1)
+  task = build_task(RunSettings.from_config(load_config('configs/digits.py:quick', **TINY)), tuple('0123456789'), np.arange(10), 1)
   assert CompiledSteps(task, DataParallel.over())._options == dict(CPU_OPTIONS)   # the test backend is CPU
   assert CompiledSteps(task, DataParallel.over(), compiler_options=())._options is None
 
@@ -128,7 +130,7 @@ def test_precision_rules(caplog):
 def test_bf16_computes_in_bf16_and_keeps_fp32_state():
   # As on a GPU (backend='gpu'); XLA:CPU runs bf16 too, just slowly, so the step can be checked here.
   config = load_config('configs/digits.py:quick', **{**TINY, 'train.precision': 'bf16', 'train.optimizer': 'adam'})
-  task = build_task(config, tuple('0123456789'), np.arange(10), 1, backend='gpu')
+  task = build_task(RunSettings.from_config(config), tuple('0123456789'), np.arange(10), 1, backend='gpu')
   state = jax.jit(task.init, static_argnums=1)(jax.random.PRNGKey(0), (8, 8, 1))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)), jnp.uint8)
   labels = jnp.arange(16) % 10
@@ -141,4 +143,4 @@ def test_bf16_computes_in_bf16_and_keeps_fp32_state():
   assert out['loss_sum'].dtype == jnp.float32 and np.isfinite(float(out['loss_sum']))
   assert not np.array_equal(new_state.batch_stats['bn1']['mean'], state.batch_stats['bn1']['mean'])
   # The fp32 build of the same config is a different program: precision really reaches the model.
-  assert build_task(config, tuple('0123456789'), np.arange(10), 1, backend='cpu').model.dtype == jnp.float32
+  assert build_task(RunSettings.from_config(config), tuple('0123456789'), np.arange(10), 1, backend='cpu').model.dtype == jnp.float32

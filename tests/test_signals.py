@@ -13,7 +13,7 @@ import pytest
 from fpclass.errors import RunInterrupted
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.train.engine import Engine
+from fpclass.train import loop
 from tests.conftest import REPO, load_config
 from tests.test_scale import TINY
 
@@ -42,11 +42,11 @@ def unbroken(tmp_path_factory):
 
 def sigterm_after_step(monkeypatch, step: int, epoch: int) -> None:
   """Delivers a real SIGTERM to this process once step `step` of epoch `epoch` is done (until monkeypatch undoes it)."""
-  real_progress = Engine._progress
+  real_progress = loop._step_progress
   epochs_begun = []
 
-  def progress(self, m, epoch_now, steps, solo):
-    bar, show = real_progress(self, m, epoch_now, steps, solo)
+  def progress(train, record, loop_state, epoch_now, steps, solo):
+    bar, show = real_progress(train, record, loop_state, epoch_now, steps, solo)
     epochs_begun.append(steps)
 
     def step_done(done, metrics):
@@ -54,7 +54,7 @@ def sigterm_after_step(monkeypatch, step: int, epoch: int) -> None:
       if done == step and len(epochs_begun) == epoch:
         os.kill(os.getpid(), signal.SIGTERM)
     return bar, step_done
-  monkeypatch.setattr(Engine, '_progress', progress)
+  monkeypatch.setattr(loop, '_step_progress', progress)
 
 
 def test_sigterm_in_the_middle_of_an_epoch_resumes_from_the_next_step(unbroken, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 
 from fpclass.analysis.calibration import fit_temperature
 from fpclass.config.inputs import AugmentSettings, DataSettings, DecodeSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import new_images, pipeline
 from fpclass.data.decode import decode_files
 from fpclass.errors import UserInputError
@@ -36,7 +37,7 @@ def tiny_trained(head='softmax', **augment_settings) -> Trained:
   config.augment.update({**dict(rotation=0.0, translate=0.0), **augment_settings})
   config.model.head = head
   names = ('a', 'b') if head == 'sigmoid' else tuple('abcdefghij')
-  task = build_task(config, names, np.arange(len(names)), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), names, np.arange(len(names)), steps_per_epoch=1)
   state = task.init(jax.random.PRNGKey(3), (16, 16, 1))
   return Trained(task, state, {}, names, 'best', 0, LoopState())
 

@@ -19,7 +19,7 @@ THRESHOLD_METRICS = ('macro_f1', 'f1', 'f2')  # f2: multi-label only (each label
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings(Settings):
-  """`config.train`: how a model is trained, one member or many (`fpclass.train.engine`)."""
+  """`config.train`: how a model is trained, one member or many (`fpclass.train.loop`)."""
   SECTION: ClassVar[str] = 'train'
   batch_size: int = 32
   epochs: int = 50
@@ -116,7 +116,7 @@ class EvalSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings(Settings):
-  """`config.sweep`: every variant x split x seed, trained together along a model axis (`fpclass.train.engine`,
+  """`config.sweep`: every variant x split x seed, trained together along a model axis (`fpclass.train.loop`,
   `fpclass.train.axis`), summarised with confidence intervals and calibrated."""
   SECTION: ClassVar[str] = 'sweep'
   # Named config changes, one string each: 'name: key=value; key=value' (values are Python literals; see

@@ -6,6 +6,7 @@ import pathlib
 import jax
 import numpy as np
 
+from fpclass.config.run import RunSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
@@ -80,7 +81,7 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
   sidecar.check_restorable(workdir, metadata, sidecar.config_as_json(config))
   kind = kind or TrainSettings.from_config(config.train).select_checkpoint
   class_names = tuple(metadata['class_names'])
-  task = build_task(config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(config), class_names, np.arange(len(class_names)), steps_per_epoch=1)
   height, width = metadata['image_size']
   abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), (height, width, metadata['channels'])))
   store = checkpoint.CheckpointStore(workdir)

@@ -21,6 +21,7 @@ from fpclass import fileio, models
 from fpclass.config.inputs import StorageSettings
 from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ProbeSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models import transfer, weights_ref
@@ -102,7 +103,8 @@ def features(config, backbone: Backbone, images: np.ndarray, class_names, digest
   probe = ProbeSettings.from_config(config.probe)
   weights = backbone_weights(config, backbone)
   model_config = backbone_config(config, backbone)
-  task = build_task(model_config, class_names, np.arange(len(class_names)), steps_per_epoch=1)
+  task = build_task(RunSettings.from_config(model_config), class_names, np.arange(len(class_names)),
+                    steps_per_epoch=1)
   path = cache_path(model_config, weights, task, digest)
   cached = _read(path, len(images))
   if cached is not None:
@@ -114,7 +116,7 @@ def features(config, backbone: Backbone, images: np.ndarray, class_names, digest
   loaded = transfer.load_pretrained(models.get_spec(backbone.name), ModelSettings.from_config(model_config.model),
                                     compiled.variable_shapes(image_shape),
                                     fileio.cache_root(StorageSettings.from_config(config.data).cache_dir), weights)
-  # The key training's init uses (fpclass.train.engine), so a random-init backbone is the one a run would start from.
+  # The key training's init uses (fpclass.train.cohort), so a random-init backbone is the one a run would start from.
   variables = compiled.init_variables(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0), image_shape,
                                       loaded)
   state = parallel.replicate(TrainState(step=np.zeros((), np.int32), params=variables['params'],

@@ -16,8 +16,13 @@ HEADS = ('softmax', 'sigmoid', 'multilabel')
 
 def head_of(config) -> str:
   """The head a run's config describes: 'multilabel' when config.data.task is, else config.model.head."""
-  head = ModelSettings.from_config(config.model).head
-  if not LabelSettings.from_config(config.data).multilabel:
+  return head_for(ModelSettings.from_config(config.model), LabelSettings.from_config(config.data))
+
+
+def head_for(model: ModelSettings, labels: LabelSettings) -> str:
+  """`head_of` from the typed sections."""
+  head = model.head
+  if not labels.multilabel:
     return head
   if head == 'sigmoid':
     raise UserInputError("config.model.head='sigmoid' is the one-logit head of a two-class task; "

@@ -14,12 +14,12 @@ import math
 import pathlib
 
 from fpclass import fileio
-from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import LrFindSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, stream
 from fpclass.runtime import report, timings
 from fpclass.train import lr_finder
-from fpclass.train.engine import solo_start
+from fpclass.train.cohort import solo_start
 
 JSON, FIGURE = 'lr_find.json', 'lr_find.png'
 
@@ -28,11 +28,11 @@ def lr_find(config, workdir) -> dict:
   """Runs the sweep; returns what lr_find.json holds."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  settings, data = LrFindSettings.from_config(config.lr_find), DataSettings.from_config(config.data)
+  settings, run = LrFindSettings.from_config(config.lr_find), RunSettings.from_config(config)
   with timings.phase('data'):
-    dataset = stream.place(pipeline.load_dataset(data, mapped=True), data.storage)
+    dataset = stream.place(pipeline.load_dataset(run.data, mapped=True), run.data.storage)
   with timings.phase('sweep'):
-    record = lr_finder.find(config, dataset, settings, *solo_start(config, dataset))
+    record = lr_finder.find(dataset, settings, *solo_start(run, dataset))
   suggestions = lr_finder.suggest(record, settings.num_it)
   order = sorted(suggestions, key=lambda name: name != settings.suggestion)
   result = dict(lrs=record.lrs, losses=_finite(record.losses), smoothed_losses=_finite(record.smoothed),

@@ -3,7 +3,7 @@ means, spreads and confidence intervals, compared pairwise with a baseline, and 
 sweep_results.md/.csv/.png, sweep_differences.csv, sweep_models.csv, and per variant its fold workdirs,
 experiment.json, oof_predictions.csv and calibration (the table: docs/sweeps.md).
 
-The plan (`fpclass.train.sweep_plan`) runs through the one orchestrator (`fpclass.train.orchestrator.run_plan`);
+The plan (`fpclass.train.sweep_plan`) runs through the one training loop (`fpclass.train.loop.run_plan`);
 a relaunch keeps finished variants and members. Each newly trained variant is then calibrated on its kept
 models' out-of-fold predictions (`fpclass.infer.calibrate_models`).
 """
@@ -17,7 +17,7 @@ from fpclass import fileio
 from fpclass.analysis import sweep_report
 from fpclass.infer.calibrate_models import calibrate
 from fpclass.runtime import report
-from fpclass.train.orchestrator import VariantRun, run_plan
+from fpclass.train.loop import VariantRun, run_plan
 from fpclass.train.sweep_plan import sweep_plan
 
 CALIBRATION_FILE = 'calibration.json'

@@ -1,5 +1,5 @@
 """`--mode train`, training only: `train(config, workdir)` runs the plan of one member
-(`fpclass.train.plan.solo_plan`) through the one orchestrator (`fpclass.train.orchestrator.run_plan`). The mode
+(`fpclass.train.plan.solo_plan`) through the one training loop (`fpclass.train.loop.run_plan`). The mode
 runner chains evaluate and explain after it (`fpclass.modes`).
 
 The whole training set is a device array and each step gathers its batch by index, or, when the decoded
@@ -13,7 +13,7 @@ from the next step, bit for bit. A second signal acts at once. In a multi-proces
 stop at the same step, so there the stop waits for the end of the epoch (process 0's signal decides).
 """
 from fpclass.data import pipeline
-from fpclass.train.orchestrator import run_plan
+from fpclass.train.loop import run_plan
 from fpclass.train.plan import solo_plan
 
 

@@ -2,7 +2,7 @@
 
 1. Screen: a linear probe (`fpclass.search.screen`) of the backbones whose weights are at hand; the best
    `auto.keep` of them become candidates beside the config's own model.
-2. Search: Optuna trials (`fpclass.search.study`, TPE, seeded), each a k-fold plan run by the one orchestrator
+2. Search: Optuna trials (`fpclass.search.study`, TPE, seeded), each a k-fold plan run by the one training loop
    with one workdir per member (`MEMBER_WORKDIRS`), reporting fold by fold to the Wilcoxon pruner.
 3. Confirm: the best `auto.finalists` trials again on fresh seeds x folds, with paired 95% intervals against
    the best of them.
@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from fpclass import fileio, models
 from fpclass.analysis import metric_registry, sweep_report
-from fpclass.config.inputs import SplitSettings, StorageSettings
+from fpclass.config.inputs import DecodeSettings, SplitSettings, StorageSettings
+from fpclass.config.model import ModelSettings
 from fpclass.config.search import AutoSettings
 from fpclass.errors import RunInterrupted, UserInputError
 from fpclass.infer.evaluation import evaluate_workdir
@@ -36,7 +37,7 @@ from fpclass.search.budget import Budget
 from fpclass.search.screen import ProbeRun, run_probe
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
 from fpclass.train import oof, sidecar
-from fpclass.train.orchestrator import MemberRun, run_plan
+from fpclass.train.loop import MemberRun, run_plan
 from fpclass.train.plan import MEMBER_WORKDIRS, Plan, Variant, apply_changes, solo_plan
 from fpclass.train.records import StopOnSignals
 from fpclass.train.validation import validate
@@ -119,7 +120,7 @@ def _at_hand(config, settings: AutoSettings) -> tuple[list, list[str]]:
 
 def _screen(base, settings: AutoSettings, workdir: pathlib.Path, budget: Budget):
   """(probe run or None, candidates, note): the config's own model first, then the best screened backbones."""
-  own = Candidate(str(base.model.name), {})
+  own = Candidate(ModelSettings.from_config(base.model).name, {})
   if settings.keep == 0:
     return None, [own], 'no screen (config.auto.keep=0)'
   config = apply_changes(base, {}, 'auto')
@@ -135,7 +136,7 @@ def _screen(base, settings: AutoSettings, workdir: pathlib.Path, budget: Budget)
     weights = row['weights'] if row['weights'] != 'random init' else ''
     kept.append(Candidate(str(row['backbone']), {
         'model.name': str(row['model']), 'model.pretrained': weights, 'model.top': 'avg',
-        'model.in_channels': int(base.data.channels), 'model.freeze_till': 0}))
+        'model.in_channels': DecodeSettings.from_config(base.data).channels, 'model.freeze_till': 0}))
   note = ' '.join(notes + [f'{len(backbones)} backbones screened; kept {", ".join(c.name for c in kept)}'])
   return found, [own, *kept], note
 

@@ -26,7 +26,7 @@ from fpclass.errors import UserInputError
 from fpclass.infer.ensemble import ENSEMBLE_KEY, member_workdirs
 from fpclass.infer.inference import load_trained
 from fpclass.train import oof, sidecar
-from fpclass.train.resume import EXPERIMENT_FILE
+from fpclass.train.plan import EXPERIMENT_FILE
 
 PARTS = 5   # cross-fitting groups a single validation split (no folds) is cut into
 TIE = 1e-12  # score differences below this are rounding, not an improvement

@@ -41,7 +41,7 @@ class Ingredient:
   @property
   def signature(self) -> str:
     """What must agree for weights to be averaged: the model keys, the input, and the initialisation (the
-    pretrained weights, or for random init the seed, which alone draws it: `fpclass.train.engine`)."""
+    pretrained weights, or for random init the seed, which alone draws it: `fpclass.train.cohort`)."""
     config = self.metadata['config']
     model = config.get('model', {})
     return json.dumps(dict(model=model, seed=None if model.get('pretrained') else config.get('seed'),

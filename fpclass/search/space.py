@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import re
 
+from fpclass.config.model import ModelSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
@@ -132,7 +133,8 @@ def default_space(config, candidates: list[Candidate]) -> list[str]:
              'train.ema_decay: choice(0.0, 0.999)']
   if len(candidates) > 1:
     entries.insert(0, 'model.name: backbones')
-  keys = {k for c in candidates for k in model_keys.model_keys(apply_changes(config, c.changes, c.name).model.name)}
+  keys = {k for c in candidates
+          for k in model_keys.model_keys(ModelSettings.from_config(apply_changes(config, c.changes, c.name).model).name)}
   if 'drop_path_rate' in keys:
     entries.append('model.drop_path_rate: float(0.0, 0.2)')
   if any(c.changes for c in candidates):   # screened backbones: fine-tune them whole or train their head alone

@@ -1,2 +1,2 @@
-"""Training: the one epoch driver for one model or many (`engine`), the forms of the model axis (`axis`),
-the members and chunks of a sweep (`members`, `memory_plan`), and what is kept of each epoch (`records`)."""
+"""Training: the one epoch loop for one model or many (`loop`: a plan's members through their epochs), the members
+trained together (`cohort`), the forms of the model axis (`axis`), and what is kept of each epoch (`records`)."""

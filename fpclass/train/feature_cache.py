@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from fpclass import models
 from fpclass.config.inputs import AugmentSettings
 from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.training import FEATURE_CACHE, TrainSettings
 from fpclass.data.rows import ImageRows, mapped_file
 from fpclass.errors import UserInputError
@@ -91,15 +92,15 @@ def _head_name(model: ModelSettings, spec) -> str | None:
   return parts[1] if len(parts) == 3 and parts[0] == 'params' and parts[2] == '' else None
 
 
-def find_split(config, task, variables: dict, image_shape) -> tuple[HeadSplit | None, str]:
+def find_split(run: RunSettings, task, variables: dict, image_shape) -> tuple[HeadSplit | None, str]:
   """(the split, '') when the head can train on cached features; else (None, why not). `variables` may be
   abstract (only shapes are read)."""
-  model = ModelSettings.from_config(config.model)
+  model = run.model
   spec = models.get_spec(model.name)
   groups = optim.param_groups(model)
   if groups is None:
     return None, f'model {spec.name!r} has no frozen stages'
-  if TrainSettings.from_config(config.train).grad_clip_norm > 0:
+  if run.train.grad_clip_norm > 0:
     return None, ('config.train.grad_clip_norm > 0: the clipping norm counts the frozen parameters\' '
                   'gradients, which the cache does not compute')
   name = _head_name(model, spec)
@@ -183,12 +184,12 @@ def compute_features(compiled: CompiledSteps, split: HeadSplit, state, images, b
   return feed.predict_logits(passes, state, images, batch_size)
 
 
-def head_split(config, task, variables: dict, image_shape, count: int, budget: int) -> HeadSplit | None:
+def head_split(run: RunSettings, task, variables: dict, image_shape, count: int, budget: int) -> HeadSplit | None:
   """The split when training phase 0's head can take cached features (config.train.feature_cache), else
   None, saying why in the log (or, for 'on', raising). `count`: the images whose features would be held;
   `budget`: the device bytes they may take (`fpclass.data.stream.memory_budget`)."""
-  train, augment = TrainSettings.from_config(config.train), AugmentSettings.from_config(config.augment)
-  has_stages = bool(models.get_spec(ModelSettings.from_config(config.model).name).stages)
+  train, augment = run.train, run.augment
+  has_stages = bool(models.get_spec(run.model.name).stages)
   mode = train.feature_cache
   check_setting(train, augment)
   if mode == 'off':
@@ -197,7 +198,7 @@ def head_split(config, task, variables: dict, image_shape, count: int, budget: i
     if has_stages:
       tqdm.write('feature cache: off (augmentation comes before the backbone)')
     return None
-  split, why = find_split(config, task, variables, image_shape)
+  split, why = find_split(run, task, variables, image_shape)
   if split is not None:
     why = _over_budget(split, count, budget)
   if why:

@@ -1,5 +1,5 @@
 """Model selection and each member's loop state: the one rule for "did this epoch improve", early
-stopping and phases, kept per member by the engine (`fpclass.train.engine`). The state travels in every
+stopping and phases, kept per member by the epoch loop (`fpclass.train.loop`). The state travels in every
 checkpoint as JSON, so a killed run resumes with its history, best epoch and patience intact.
 """
 import dataclasses
@@ -24,7 +24,7 @@ class SelectionRules:
   patience: int = 0            # 0: no early stopping
 
   @classmethod
-  def from_config(cls, train: TrainSettings) -> 'SelectionRules':
+  def of(cls, train: TrainSettings) -> 'SelectionRules':
     return cls(train.monitor, train.min_delta, train.early_stopping_patience)
 
   @property
@@ -78,6 +78,24 @@ class LoopState:
     """The state stored in a checkpoint; keys this version does not know are ignored."""
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+
+def phase_end(loop: LoopState, train: TrainSettings) -> int:
+  """The epoch at which `loop`'s current phase ends."""
+  if loop.phase == 0:
+    return int(train.epochs)
+  return loop.phase_start + int(train.finetune_epochs)
+
+
+def total_epochs(train: TrainSettings) -> int:
+  return int(train.epochs) + int(train.finetune_epochs)
+
+
+def shown_total(loop: LoopState, train: TrainSettings) -> int:
+  """The epoch count a solo run shows: its phase's end, plus the fine-tuning epochs still to come."""
+  end = phase_end(loop, train)
+  two_phases = int(train.finetune_epochs) > 0
+  return end if loop.phase == 1 or not two_phases else end + int(train.finetune_epochs)
 
 
 def epoch_row(epoch: int, train_totals: dict, val_metrics: dict, learning_rate: float, phase: int,

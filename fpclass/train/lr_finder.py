@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from fpclass.config.outputs import LR_FIND_SUGGESTIONS, LrFindSettings
 from fpclass.train import feed, optim
+from fpclass.train.cohort import epoch_key
 from fpclass.train.sampling import batch_order
 from fpclass.train.steps import CompiledSteps
 
@@ -128,31 +129,26 @@ def suggest(record: Record, num_it: int) -> dict:
   return out
 
 
-def epoch_key(seed: int, epoch: int):
-  """The engine's epoch key (`fpclass.train.engine`): fold_in(fold_in(PRNGKey(seed), 1), epoch)."""
-  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), epoch)
-
-
-def find(config, dataset, settings: LrFindSettings, engine, state) -> Record:
+def find(dataset, settings: LrFindSettings, cohort, state) -> Record:
   """Runs the sweep on `dataset` (a `fpclass.data.pipeline.Dataset` placed by `fpclass.data.stream.place`) from
-  the engine's initial `state` (`fpclass.train.engine.solo_start`), the same engine a training run would use."""
-  run_task = engine.task(0)
-  tx = optim.make_optimizer(engine.train_settings, engine.steps[0], optim.param_groups(engine.model_settings),
+  the training loop's initial `state` (`fpclass.train.cohort.solo_start`), as a training run would start."""
+  run_task, run = cohort.task(0), cohort.run
+  tx = optim.make_optimizer(run.train, cohort.steps[0], optim.param_groups(run.model),
                             schedule=sweep_schedule(settings))
   # Each step is one optimizer update of one batch, as fastai's sweep: config.train.accumulate_steps is not applied.
   task = dataclasses.replace(run_task, tx=tx, accumulate_steps=1)
-  state = engine.parallel.replicate(state.replace(opt_state=tx.init(state.params)))
-  compiled = CompiledSteps(task, engine.parallel, 'step')   # the step form: the rule may stop after any step
-  train = feed.train_feed(compiled, engine.data.train)
+  state = cohort.parallel.replicate(state.replace(opt_state=tx.init(state.params)))
+  compiled = CompiledSteps(task, cohort.parallel, 'step')   # the step form: the rule may stop after any step
+  train = feed.train_feed(compiled, cohort.data.train)
   recorder, stop = Recorder(settings), [False]
 
   def on_step(done, metrics):
     m = jax.device_get(metrics[-1])
     stop[0] = recorder.add(float(m['loss_sum']) / float(m['count']))
 
-  epoch, seed = 0, int(config.seed)
+  epoch, seed = 0, run.seed
   while not stop[0]:
-    order = batch_order(engine.train_settings.sampler, seed, epoch, dataset.train.labels, engine.batch)
+    order = batch_order(run.train.sampler, seed, epoch, dataset.train.labels, cohort.batch)
     order = order[:settings.num_it - len(recorder.record.losses)].astype(np.int32)
     state, _ = train.run_epoch(state, order, epoch_key(seed, epoch), on_step, 0, lambda: stop[0])
     epoch += 1

@@ -17,7 +17,7 @@ from fpclass.train.loop_state import LoopState, improves
 @dataclasses.dataclass(frozen=True)
 class Member:
   """One model: its split (fold k, or -1 for the holdout or the source's own validation split), its seed,
-  and its example indices into the job's train and val arrays (`fpclass.train.engine.TrainData`)."""
+  and its example indices into the job's train and val arrays (`fpclass.train.axis.TrainData`)."""
   split: int
   seed: int
   train_index: np.ndarray

@@ -17,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fpclass.config.run import RunSettings
 from fpclass.data import stream
 from fpclass.runtime import process
-from fpclass.train.axis import vmapped_predict
+from fpclass.train import feature_cache
+from fpclass.train import members as members_lib
+from fpclass.train.axis import TrainData, vmapped_predict
 from fpclass.train.steps import jit_options
+from fpclass.train.task import build_task, common_batch
 
 
 def _tree_bytes(tree) -> int:
@@ -119,3 +123,36 @@ def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: 
                     best_bytes=_tree_bytes((abstract.params, abstract.batch_stats)), step_bytes=train,
                     eval_bytes=evaluate, step_copies=HOST_STEP_COPIES if cpu and process.host_buffers_kept() else 1.0,
                     resident_bytes=resident_bytes())
+
+
+def chunk_size(run: RunSettings, train_data: TrainData, group: list, form: str, shared) -> tuple[int, str]:
+  """(members per chunk, how that was decided): config.sweep.models_per_chunk, or the memory rule."""
+  fixed = run.sweep.models_per_chunk
+  if len(group) == 1:
+    return 1, 'one model'
+  if fixed > 0:
+    return fixed, f'{fixed} models per chunk (config.sweep.models_per_chunk)'
+  batch = members_lib.batch_size_for(run.train, len(group[0].train_index))
+  steps = -(-len(group[0].train_index) // batch)
+  task = build_task(run, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
+  eval_batch = common_batch(run.eval.batch_size, [len(m.val_index) for m in group])
+  task, images = _what_trains(run, task, train_data.train.images)
+  image_shape = train_data.train.images.shape[1:]
+  state = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))
+  # The plan depends on the programs' shapes alone, not on the values (a learning rate): variants share it.
+  key = ('plan', repr(task.model), repr(state), images.shape, str(images.dtype), batch, eval_batch, form)
+  plan = shared.get(key, lambda: measure_memory(task, images, batch, eval_batch, form, image_shape))
+  budget = int(run.sweep.memory_fraction * free_memory_bytes())
+  return plan.chunk(form, budget), plan.describe(form, budget, len(group))
+
+
+def _what_trains(run: RunSettings, task, images):
+  """(task, images) of the first phase as the loop will train it: a frozen backbone's head on its features
+  (zeros of their shape: the plan reads shapes and sizes), or the task itself on the images."""
+  if run.train.feature_cache == 'off' or run.augment.randomises_input:
+    return task, images
+  variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), images.shape[1:]))
+  split, _ = feature_cache.find_split(run, task, variables, images.shape[1:])
+  if split is None:
+    return task, images
+  return feature_cache.cached_task(task, split), np.zeros((len(images), *split.feature_shape), split.feature_dtype)

@@ -8,7 +8,7 @@
       label    its class name (multi-label: label_<class> 0/1 columns)
       p_<class>  the head's probabilities (softmax, sigmoid, or one sigmoid per class), uncalibrated
 
-Written by the orchestrator for every plan, a solo run's single member too, from the logits each member was
+Written by the training loop for every plan, a solo run's single member too, from the logits each member was
 selected with, so that ensembles, label-issue finding and calibration combine them later without running any
 model again. Process 0 writes it (`fpclass.fileio`).
 """

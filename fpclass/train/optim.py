@@ -19,7 +19,6 @@ SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 
 
 def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int) -> optax.Schedule:
-  train = TrainSettings.from_config(train)
   lr = train.learning_rate
   total = max(1, int(train.epochs) * steps_per_epoch)
   warmup = int(train.warmup_epochs) * steps_per_epoch
@@ -53,7 +52,6 @@ def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None,
   Gradient clipping, when on, is over all parameters together. `schedule`
   replaces config.train's learning-rate schedule (the learning-rate finder's sweep, `fpclass.train.lr_finder`).
   """
-  train = TrainSettings.from_config(train)
   schedule = schedule or learning_rate_schedule(train, steps_per_epoch)
   name, wd = train.optimizer, float(train.weight_decay)
   if name not in OPTIMIZERS:
@@ -111,7 +109,6 @@ def param_groups(model: ModelSettings) -> ParamGroups | None:
   4096-wide Linears) count as one more stage after the last, so freeze_till=-1 trains only the replaced
   last layer ("replace and train the final layer").
   """
-  model = ModelSettings.from_config(model)
   spec = models.get_spec(model.name)
   if not spec.stages:
     return None

@@ -3,7 +3,7 @@
 `--mode train` is the plan of one member (`solo_plan`: the config's own split and seed, recorded epoch by epoch
 in the workdir itself); `--mode sweep` the plan of `config.sweep.variants` x folds x seeds
 (`fpclass.train.sweep_plan`: each variant in `<workdir>/<variant>/`, its finished members kept, its best seed
-per split an ordinary workdir). A search trial or a refit is a plan too. `fpclass.train.orchestrator.run_plan`
+per split an ordinary workdir). A search trial or a refit is a plan too. `fpclass.train.loop.run_plan`
 runs any of them.
 
 A variant is `'name: key=value; key=value'` applied to the given config; with none, the config itself is the
@@ -15,21 +15,39 @@ import dataclasses
 import ml_collections
 
 from fpclass.analysis import sweep_report
-from fpclass.config.inputs import SplitSettings
+from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
+from fpclass.config.settings import ConfigError
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 
 SOLO, EXPERIMENTS, MEMBER_WORKDIRS = 'solo', 'experiments', 'member_workdirs'
+EXPERIMENT_FILE = 'experiment.json'   # an EXPERIMENTS variant's record, written when all its members have finished
 
 
 @dataclasses.dataclass
 class Variant:
+  """A named set of changes to a config: the changed config (stored in sidecars) and its typed sections, parsed
+  once here, when the plan is made, and read by everything below the plan."""
   name: str
   changes: dict
   config: ml_collections.ConfigDict
+  settings: RunSettings = None
+
+  def __post_init__(self):
+    if self.settings is None:
+      try:
+        self.settings = RunSettings.from_config(self.config)
+      except ConfigError as e:
+        raise UserInputError(f'{self.name}: {e}') from None
 
   def describe(self) -> str:
     return sweep_report.describe_changes(self.changes)
+
+  def member(self, split: int, seed: int, where: str) -> 'Variant':
+    """The variant as one member: validated on `split` (-1: the holdout) with `seed`."""
+    config = apply_changes(self.config, {'data.fold': split, 'seed': seed}, where)
+    return Variant(self.name, self.changes, config, self.settings.with_split(split, seed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +73,8 @@ class Plan:
 
 def solo_plan(config) -> Plan:
   """`--mode train`: the config as one member, on its own split and seed."""
-  return Plan((Variant('base', {}, config),), SOLO, (SplitSettings.from_config(config.data).fold,), (int(config.seed),))
+  variant = Variant('base', {}, config)
+  return Plan((variant,), SOLO, (variant.settings.data.split.fold,), (variant.settings.seed,))
 
 
 def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDict:
@@ -79,7 +98,7 @@ def apply_changes(config, changes: dict, where: str) -> ml_collections.ConfigDic
         node[leaf] = value
     except (KeyError, AttributeError):
       if parents == ['model']:
-        raise UserInputError(f'{where}: {model_keys.unknown_key(out.model.name, leaf)}') from None
+        raise UserInputError(f'{where}: {model_keys.unknown_key(ModelSettings.from_config(out.model).name, leaf)}') from None
       raise UserInputError(f'{where}: {key!r} is not a config key') from None
     except TypeError as e:
       raise UserInputError(f'{where}: {key}={value!r}: {e}') from None

@@ -23,7 +23,7 @@ class VariantData:
   train_data: TrainData
   members: list
   note: str                             # how the members' validation data was made
-  budget: int | None                    # the device bytes the arrays may take (None: the engine's default)
+  budget: int | None                    # the device bytes the arrays may take (None: the default budget)
   decoded: pipeline.Decoded | None      # an experiment's decoded source (for calibration over its folds)
   dataset: pipeline.Dataset | None      # a solo run's split dataset (for the modes chained after training)
 

@@ -1,4 +1,4 @@
-"""What the engine keeps of each member's epochs, and how a run is stopped.
+"""What the training loop keeps of each member's epochs, and how a run is stopped.
 
 - `CheckpointRecord` (`--mode train`): every epoch the `last` checkpoint with the loop state (a killed run
   resumes there), `best` when the monitor improves, metrics.csv once the save is complete, and the
@@ -114,7 +114,7 @@ class MemoryRecord:
     return state.replace(params=params, batch_stats=batch_stats, ema=None)
 
   def interrupt(self, m, epoch, state, loop, step_metrics, steps, stop) -> None:
-    raise AssertionError('a sweep stops between epochs')   # the engine asks for mid-epoch stops with M = 1 only
+    raise AssertionError('a sweep stops between epochs')   # the loop asks for mid-epoch stops with M = 1 only
 
   def best(self, m: int):
     """Host copies of member m's best (params, batch_stats) as evaluated, or None."""
@@ -122,7 +122,7 @@ class MemoryRecord:
 
 
 class StopOnSignals:
-  """SIGINT and SIGTERM set a flag that the engine reads after each step; the handlers are put back at
+  """SIGINT and SIGTERM set a flag that the training loop reads after each step; the handlers are put back at
   once, so a second signal acts as usual (KeyboardInterrupt, or termination). With a `deadline` (a
   time.monotonic() value) the flag also rises when it passes: a budgeted search stops its running member
   there, as a signal would, and the member resumes from that step later."""

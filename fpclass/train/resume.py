@@ -18,15 +18,13 @@ import pathlib
 import jax
 import numpy as np
 
-from fpclass.config.training import EvalSettings, TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.train import batches, checkpoint, member_store, optim, sidecar
-from fpclass.train.loop_state import LoopState
+from fpclass.train.loop_state import LoopState, phase_end
 from fpclass.train.members import Member
-from fpclass.train.progress import phase_end
+from fpclass.train.plan import EXPERIMENT_FILE, Variant
 from fpclass.train.records import INTERRUPTED, CheckpointRecord, MemoryRecord, PartialEpoch, Start
 
-EXPERIMENT_FILE = 'experiment.json'
 # Keys that do not change what a finished member or variant trained, so its results are kept across them.
 REUSABLE_CHANGES = ('name', 'eval.', 'submit.', 'data.cache_dir', 'data.decode_workers', 'train.log_every_steps',
                     'sweep.variants', 'sweep.baseline', 'sweep.model_axis', 'sweep.models_per_chunk',
@@ -37,27 +35,27 @@ class WorkdirEpochs:
   """A solo member's epochs in the workdir itself (`CheckpointRecord`)."""
   keeps_finished_members = False
 
-  def __init__(self, workdir, config):
-    self.workdir, self.config = pathlib.Path(workdir), config
+  def __init__(self, workdir, variant: Variant):
+    self.workdir, self.config, self.run = pathlib.Path(workdir), variant.config, variant.settings
     self.store = checkpoint.CheckpointStore(self.workdir, writer=True)
 
   def todo(self, members: list[Member]) -> list[Member]:
-    return members   # a finished run resumes as finished: the engine returns its result at once
+    return members   # a finished run resumes as finished: the loop returns its result at once
 
   def record(self, extras: dict | None = None) -> CheckpointRecord:
     return CheckpointRecord(self.store, self.workdir)
 
-  def begin(self, engine, starts: list, class_names) -> None:
+  def begin(self, cohort, starts: list, class_names) -> None:
     """metadata.json, the sidecar every later mode reads, before the first epoch."""
-    self.engine = engine
+    self.cohort = cohort
     start = starts[0]
-    normalisation = dataclasses.asdict(engine.task(0).normalisation)
+    normalisation = dataclasses.asdict(cohort.task(0).normalisation)
     params = start.state.params if start else jax.eval_shape(
-        lambda: engine.task(0).init(jax.random.PRNGKey(0), engine.image_shape)).params
+        lambda: cohort.task(0).init(jax.random.PRNGKey(0), cohort.image_shape)).params
     sidecar.write_metadata(self.workdir, sidecar.build_metadata(
         self.config, class_names, optim.count_params(params), normalisation))
 
-  def starts(self, engine) -> list[Start | None]:
+  def starts(self, cohort) -> list[Start | None]:
     """The run's `last` checkpoint (and the `interrupted` one that continues its epoch), or None to start."""
     config, store = self.config, self.store
     stored = sidecar.read_metadata(self.workdir)
@@ -67,8 +65,8 @@ class WorkdirEpochs:
       return [None]
 
     def abstract_state(loop: LoopState):
-      task = engine.task(loop.phase)
-      return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), engine.image_shape))
+      task = cohort.task(loop.phase)
+      return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), cohort.image_shape))
 
     def restore_last(epoch: int):
       loop = LoopState.from_json(store.loop_state('last', epoch))
@@ -83,24 +81,23 @@ class WorkdirEpochs:
       if saved.get('epoch') == loop.epoch and saved.get('phase') == loop.phase:  # else from an epoch completed since
         state, _ = store.restore(INTERRUPTED, abstract_state(loop), epochs[0], with_optimizer=True)
         partial = PartialEpoch(int(saved['interrupted_step']), list(saved['interrupted_metrics']))
-    if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < phase_end(loop, engine.train_settings):
+    if loop.finished and loop.stop_reason == 'epochs' and loop.epoch < phase_end(loop, self.run.train):
       loop.finished = False  # the run was extended with more epochs
     logging.warning('resuming %s after epoch %d%s', self.workdir, loop.epoch,
                     f', step {partial.step}' if partial else '')
-    return [Start(loop, engine.parallel.replicate(state), partial)]
+    return [Start(loop, cohort.parallel.replicate(state), partial)]
 
-  def selected_logits(self, engine, val_images) -> np.ndarray:
+  def selected_logits(self, cohort, val_images) -> np.ndarray:
     """The validation logits of the checkpoint config.train.select_checkpoint selects, predicted again: what a
     run that had finished before this launch needs for its out-of-fold predictions."""
     store = checkpoint.CheckpointStore(self.workdir)   # after `close`: every save has completed
     try:
-      select = TrainSettings.from_config(self.config.train).select_checkpoint
-      kind = 'best' if select == 'best' and store.latest_epoch('best') else 'last'
-      task = engine.task(0)
-      state, _ = store.restore(kind, jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), engine.image_shape)))
+      kind = 'best' if self.run.train.select_checkpoint == 'best' and store.latest_epoch('best') else 'last'
+      task = cohort.task(0)
+      state, _ = store.restore(kind, jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), cohort.image_shape)))
     finally:
       store.close()
-    return batches.predict_logits(task, state, val_images, EvalSettings.from_config(self.config.eval).batch_size)
+    return batches.predict_logits(task, state, val_images, self.run.eval.batch_size)
 
   def close(self, after_error: bool = False) -> None:
     self.store.close(after_error=after_error)   # the saves in flight complete (or fail) before it returns
@@ -110,9 +107,9 @@ class FinishedMembers:
   """An experiment's members, each kept in `<experiment>/members/` as it finishes (`MemoryRecord`)."""
   keeps_finished_members = True
 
-  def __init__(self, experiment_dir, config):
-    self.experiment_dir, self.config = pathlib.Path(experiment_dir), config
-    self.config_json = sidecar.config_as_json(config)
+  def __init__(self, experiment_dir, variant: Variant):
+    self.experiment_dir, self.config = pathlib.Path(experiment_dir), variant.config
+    self.config_json = sidecar.config_as_json(variant.config)
 
   def todo(self, members: list[Member]) -> list[Member]:
     """The members not finished before (a finished member of another config is refused)."""
@@ -124,10 +121,10 @@ class FinishedMembers:
     return MemoryRecord(on_finished=lambda r: member_store.save(
         self.experiment_dir, r, self.config_json, dict(extras, train_seconds=r.train_seconds)))
 
-  def starts(self, engine) -> list[Start | None]:
-    return [None] * len(engine.members)   # an unfinished member trains from its start
+  def starts(self, cohort) -> list[Start | None]:
+    return [None] * len(cohort.members)   # an unfinished member trains from its start
 
-  def begin(self, engine, starts: list, class_names) -> None:
+  def begin(self, cohort, starts: list, class_names) -> None:
     pass   # its kept members' workdirs are written once the experiment has finished
 
   def load(self, member: Member, abstract_state=None):

@@ -4,7 +4,7 @@ A variant is `'name: key=value; key=value'` applied to the given config (`fpclas
 with none, the config itself is the one variant.
 """
 from fpclass.analysis import calibration
-from fpclass.config.inputs import LabelSettings, SplitSettings
+from fpclass.config.inputs import SplitSettings
 from fpclass.config.settings import ConfigError
 from fpclass.config.training import SweepSettings
 from fpclass.config.variants import parse_variant
@@ -34,10 +34,10 @@ def build_variants(config) -> list[Variant]:
     seen.add(name)
     variant_config = apply_changes(config, changes, f'config.sweep.variants ({name})')
     try:
-      validate(variant_config)
+      settings = validate(variant_config)
     except UserInputError as e:
       raise UserInputError(f'config.sweep.variants ({name}): {e}') from None
-    variants.append(Variant(name, changes, variant_config))
+    variants.append(Variant(name, changes, variant_config, settings))
   return variants
 
 
@@ -58,7 +58,7 @@ def check_sweep_config(config, variants: list[Variant]) -> SweepSettings:
   if sweep.threshold_metric not in calibration.THRESHOLD_METRICS:
     raise UserInputError(f'config.sweep.threshold_metric={sweep.threshold_metric!r}: choose one of '
                          f'{calibration.THRESHOLD_METRICS}')
-  tasks = {v.name: LabelSettings.from_config(v.config.data).task for v in variants}
+  tasks = {v.name: v.settings.data.labels.task for v in variants}
   if len(set(tasks.values())) > 1:
     raise UserInputError(f'config.sweep.variants: single-label and multi-label variants cannot be compared '
                          f'(data.task {tasks}); sweep them separately')

@@ -20,9 +20,10 @@ from fpclass import models
 from fpclass.analysis import metric_registry
 from fpclass.config.inputs import AugmentSettings, DataSettings
 from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
-from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_of, predicted_class
+from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_for, predicted_class
 from fpclass.models.preprocessing import Normalisation
 from fpclass.models.weights_ref import weights_normalisation
 from fpclass.train import accumulation, augment, ema, optim, precision
@@ -227,18 +228,18 @@ def class_weights(spec: str, class_names, train_labels) -> tuple | None:
   return tuple(weights.get(c, 1.0) for c in class_names)
 
 
-def check_label_task(config) -> None:
+def check_label_task(run: RunSettings) -> None:
   """The head, monitor and sampler fit config.data.task: the monitor is a registered metric of the task
   (`fpclass.analysis.metric_registry`), and the class-balanced sampler (one class per image) needs single-label
   data."""
-  multilabel, train = head_of(config) == 'multilabel', TrainSettings.from_config(config.train)
-  metric_registry.monitor_mode(train.monitor, metric_registry.task_of_head(head_of(config)))
-  if multilabel and train.sampler == 'balanced':
+  head = head_for(run.model, run.data.labels)
+  metric_registry.monitor_mode(run.train.monitor, metric_registry.task_of_head(head))
+  if head == 'multilabel' and run.train.sampler == 'balanced':
     raise UserInputError("config.train.sampler='balanced' draws classes evenly, which needs one class per image; "
                          "with config.data.task='multilabel' use 'uniform' and config.train.class_weights='auto'")
 
 
-def model_input(config) -> tuple[Normalisation, bool]:
+def model_input(model: ModelSettings, data: DataSettings) -> tuple[Normalisation, bool]:
   """(normalisation, repeat_rgb) for the configured model and data.
 
   A pretrained model takes its family's normalisation from the registry (its weights expect it), not
@@ -246,7 +247,6 @@ def model_input(config) -> tuple[Normalisation, bool]:
   one channel (config.model.in_channels=1, with the channel-averaged normalisation) or by repeating the
   channel (in_channels=3).
   """
-  model, data = ModelSettings.from_config(config.model), DataSettings.from_config(config.data)
   norm = weights_normalisation(model)   # a Hub checkpoint's own mean and std
   if norm is None:
     return Normalisation.from_settings(data.inputs, data.decode.channels), False
@@ -265,13 +265,14 @@ def averaging_and_accumulation(train: TrainSettings) -> dict:
   return dict(ema_decay=train.ema_decay, ema_warmup=train.ema_warmup, accumulate_steps=train.accumulate_steps)
 
 
-def build_task(config, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
-  """The task `config` describes; `backend` (default: JAX's) decides what config.train.precision means.
-  `steps_per_epoch` counts batches (micro-batches under config.train.accumulate_steps)."""
-  train, model_settings = TrainSettings.from_config(config.train), ModelSettings.from_config(config.model)
+def build_task(run: RunSettings, class_names, train_labels, steps_per_epoch: int, backend: str | None = None) -> Task:
+  """The task of a run's typed settings (`RunSettings.from_config(config)` outside a plan); `backend` (default:
+  JAX's) decides what train.precision means. `steps_per_epoch` counts batches (micro-batches under
+  train.accumulate_steps)."""
+  train, model_settings = run.train, run.model
   model = models.create_model(model_settings, len(class_names), dtype=precision.compute_dtype(train.precision, backend))
-  normalisation, repeat_rgb = model_input(config)
-  resize = DataSettings.from_config(config.data).inputs.device_resize
+  normalisation, repeat_rgb = model_input(model_settings, run.data)
+  resize = run.data.inputs.device_resize
   if resize and (len(resize) != 2 or min(resize) < 1):
     raise UserInputError(f'config.data.device_resize={resize}: give (height, width) or ()')
   extras = averaging_and_accumulation(train)
@@ -282,8 +283,7 @@ def build_task(config, class_names, train_labels, steps_per_epoch: int, backend:
   return Task(model=model, tx=accumulation.accumulate(tx, steps_per_epoch, k), **extras,
               ema_updates=updates * train.epochs,
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
-              augment_cfg=AugmentSettings.from_config(config.augment),
-              head=head_of(config), num_classes=len(class_names),
+              augment_cfg=run.augment, head=head_for(model_settings, run.data.labels), num_classes=len(class_names),
               class_weights=class_weights(train.class_weights, class_names, train_labels),
               label_smoothing=train.label_smoothing, l2=train.l2, l2_params=train.l2_params)
 
