@@ -114,7 +114,7 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
   assert description['epoch'] >= 1 and description['normalisation'] == metadata['normalisation']
 
   stored = ood.load(workdir / ood.FILE, 'softmax')
-  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == 'knn'
+  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == 'mahalanobis'
   assert description['ood']['threshold'] == stored.threshold and np.isfinite(stored.threshold)
   model = onnx.load(str(written['onnx']))
   assert json.loads({p.key: p.value for p in model.metadata_props}['ood'])['threshold'] == stored.threshold
@@ -128,7 +128,8 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
     batch = batch_of(description['artifacts'][fmt], images)
     got, score = run(written[fmt], batch, ('logits', 'ood_score'))
     assert np.max(np.abs(got - expected[:len(batch)])) <= 1e-5
-    assert score.shape == (len(batch),) and np.max(np.abs(score - expected_score[:len(batch)])) <= 1e-5, fmt
+    assert score.shape == (len(batch),), fmt   # float32 against float64: relative
+    np.testing.assert_allclose(score, expected_score[:len(batch)], rtol=1e-5, atol=1e-5, err_msg=fmt)
 
 
 @dataclasses.dataclass(frozen=True)

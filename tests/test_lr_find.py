@@ -18,7 +18,8 @@ from fpclass.config.outputs import LrFindSettings
 from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, stream
 from fpclass.train import lr_finder
-from fpclass.train.cohort import epoch_key, solo_start
+from fpclass.train.cohort import solo_start
+from fpclass.train.sampling import epoch_key
 from fpclass.train.steps import CompiledSteps
 from fpclass.train.task import build_task
 from tests.conftest import QUICK, launch, load_config

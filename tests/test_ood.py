@@ -45,7 +45,7 @@ def test_each_score_from_its_definition():
   features, labels, logits, queries = random_problem()
   maha = ood_math.fit_statistics('mahalanobis', 'softmax', features, labels)
   means = np.stack([features[labels == c].mean(0) for c in range(3)])
-  precision = np.asarray(maha.precision, np.float64)
+  precision = np.asarray(maha.whitening, np.float64) @ np.asarray(maha.whitening, np.float64).T
   expected = [min(distance.mahalanobis(q, m, precision) ** 2 for m in means) for q in queries]
   np.testing.assert_allclose(ood_math.scores(maha, logits, queries), expected, rtol=1e-5)
   np.testing.assert_allclose(maha.means, means, rtol=1e-6)
@@ -94,7 +94,7 @@ def test_the_conformal_threshold_reaches_its_rate_on_fresh_data():
 
 
 def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits, monkeypatch):
-  """The digits model's kNN scores of its 360 validation images: a threshold fitted on one half flags about
+  """The digits model's Mahalanobis scores of its 360 validation images: a threshold fitted on one half flags about
   5% of the other half, both ways round (a threshold that ignored the rate, or a plain quantile of the wrong
   tail, misses by far more than the 2 points allowed); far-off images (faces) are flagged."""
   workdir, env, _ = trained_digits
@@ -102,7 +102,7 @@ def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits
   config = sidecar.stored_config(workdir)
   trained = load_trained(config, workdir)
   fit = ood.fit_model(trained, config, OodSettings())
-  assert fit.record['held_out'] == 360 and fit.record['train_images'] == 1437 and fit.record['score'] == 'knn'
+  assert fit.record['held_out'] == 360 and fit.record['train_images'] == 1437 and fit.record['score'] == 'mahalanobis'
   assert fit.record['reached'] <= 0.05
   scores = fit.held_out_scores
   halves = np.array_split(np.random.default_rng(0).permutation(len(scores)), 2)
@@ -145,9 +145,9 @@ def test_predict_writes_the_score_and_unknown_and_stores_the_fit_once(trained_qu
   before = (workdir / ood.FILE).stat().st_mtime_ns
   predict_mode.predict(config, workdir)
   assert (workdir / ood.FILE).stat().st_mtime_ns == before
-  config.ood.score = 'mahalanobis'
+  config.ood.score = 'knn'
   predict_mode.predict(config, workdir)
-  assert ood.load(workdir / ood.FILE, 'softmax').record['score'] == 'mahalanobis'
+  assert ood.load(workdir / ood.FILE, 'softmax').record['score'] == 'knn'
   config.ood.enabled = False
   predict_mode.predict(config, workdir)
   assert list(pd.read_csv(workdir / 'predictions.csv').columns) == ['path', 'predicted', 'p_0', 'p_1']

@@ -145,23 +145,25 @@ def checkerboard_png() -> bytes:
 
 
 def test_predict_answers_each_image_s_ood_score_and_unknown_flag(server, service, images, trained_quick):
-  """The served score is the model's kNN score recomputed on the host in float64 from its own logits and
+  """The served score is the model's Mahalanobis score recomputed on the host in float64 from its own logits and
   features; `unknown` is the score past the threshold /metadata gives; a checkerboard is unknown."""
   workdir = trained_quick[0]
   assert not (workdir / ood.FILE).exists()   # fitted in memory: serve writes nothing in the workdir
   scorer = service.predictor.scorer
   meta = httpx.get(server.url + 'metadata').json()['ood']
-  assert meta['score'] == 'knn' and meta['false_rejection'] == 0.25 and meta['held_out'] == 15
+  assert meta['score'] == 'mahalanobis' and meta['false_rejection'] == 0.25 and meta['held_out'] == 15
   assert meta['threshold'] == scorer.threshold and np.isfinite(scorer.threshold)
   files = [(p.name, data) for p, data in images] + [('checker.png', checkerboard_png())]
   body = post_files(server.url, files).json()['predictions']
   decoded = np.stack([decode_bytes(data, service.decode_settings) for _, data in files])
   expected = ood_math.scores(scorer.fitted.statistics, *ood.outputs(service.predictor.trained, decoded, 4))
-  np.testing.assert_allclose([r['ood_score'] for r in body], expected, atol=1e-5)
+  np.testing.assert_allclose([r['ood_score'] for r in body], expected, rtol=1e-5, atol=1e-5)   # float32 program
   assert [r['unknown'] for r in body] == [bool(s > scorer.threshold) for s in expected]
   assert body[-1]['unknown'] is True and body[-1]['class'] in ('0', '1')   # the closest class is still given
   one = post_files(server.url, [files[-1]]).json()
-  assert one['unknown'] is True and one['ood_score'] == pytest.approx(body[-1]['ood_score'], abs=1e-6)
+  # Alone the image runs in a batch of another size, which XLA:CPU may round differently (float32 conv): the same
+  # score to float32's relative precision, amplified by the quadratic form.
+  assert one['unknown'] is True and one['ood_score'] == pytest.approx(body[-1]['ood_score'], rel=1e-4)
 
 
 def test_concurrent_requests_share_device_calls(service, images):

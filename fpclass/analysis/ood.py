@@ -21,23 +21,24 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-SCORES = ('knn', 'mahalanobis', 'energy', 'max_softmax')
-FEATURE_SCORES = ('knn', 'mahalanobis')   # need the pooled features and training statistics
+SCORES = ('mahalanobis', 'knn', 'energy', 'max_softmax')
+FEATURE_SCORES = ('mahalanobis', 'knn')   # need the pooled features and training statistics
 
 
 @dataclasses.dataclass
 class Statistics:
-  """What a score needs beyond one image's logits and features: the class means and shared precision
-  (mahalanobis), the normalised training features (knn) and k. Arrays are float32."""
+  """What a score needs beyond one image's logits and features: the class means and the shared precision's
+  Cholesky factor L, precision = L L' (mahalanobis), the normalised training features (knn) and k. Arrays are
+  float32."""
   score: str
   head: str
   means: np.ndarray | None = None       # (C, D)
-  precision: np.ndarray | None = None   # (D, D)
+  whitening: np.ndarray | None = None   # (D, D), lower triangular
   bank: np.ndarray | None = None        # (B, D), rows of unit length
   k: int = 1
 
   def arrays(self) -> dict:
-    return {name: value for name in ('means', 'precision', 'bank')
+    return {name: value for name in ('means', 'whitening', 'bank')
             if (value := getattr(self, name)) is not None}
 
 
@@ -61,7 +62,8 @@ def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarr
   means = np.stack([features[groups == c].mean(0) for c in classes])
   centred = features - means[np.searchsorted(classes, groups)]
   precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-  return Statistics(score, head, means=means.astype(np.float32), precision=precision.astype(np.float32))
+  return Statistics(score, head, means=means.astype(np.float32),
+                    whitening=np.linalg.cholesky(precision).astype(np.float32))
 
 
 def scores(statistics: Statistics, logits, features, xp=np):
@@ -86,12 +88,11 @@ def scores(statistics: Statistics, logits, features, xp=np):
     return -(1.0 / z.sum(axis=1))
   features = xp.asarray(features, dtype).reshape(features.shape[0], -1)
   if score == 'mahalanobis':
-    means, precision = xp.asarray(statistics.means, dtype), xp.asarray(statistics.precision, dtype)
-    projected = features @ precision                      # (N, D)
-    # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, for every class mean at once.
-    quadratic = (projected * features).sum(axis=1)[:, None] - 2.0 * projected @ means.T \
-        + ((means @ precision) * means).sum(axis=1)[None, :]
-    return quadratic.min(axis=1)
+    means, whitening = xp.asarray(statistics.means, dtype), xp.asarray(statistics.whitening, dtype)
+    # (f - m)' L L' (f - m) = |(f - m) L|^2 for every class mean at once: a sum of squares, which float32 keeps to
+    # its relative precision (the expanded f'Pf - 2 f'Pm + m'Pm cancels catastrophically far from every mean).
+    white = (features[:, None, :] - means[None, :, :]) @ whitening   # (N, C, D)
+    return (white * white).sum(axis=2).min(axis=1)
   bank = xp.asarray(statistics.bank, dtype)
   unit = features / xp.sqrt(xp.maximum((features * features).sum(axis=1, keepdims=True), 1e-12))
   similarity = unit @ bank.T                              # (N, B)

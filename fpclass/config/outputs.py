@@ -1,5 +1,5 @@
-"""The sections of the modes that read a trained run: explain, predict, serve, export, probe and the
-out-of-distribution score they share (ood)."""
+"""The sections of the modes that read a trained run: explain, predict, serve, export, probe, the
+out-of-distribution score they share (ood), and distill, which trains a student from a trained teacher."""
 import dataclasses
 import math
 from typing import ClassVar
@@ -132,7 +132,7 @@ class ExportSettings(Settings):
     self.require('int8_calibration_images', self.int8_calibration_images >= 1, 'at least 1')
 
 
-OOD_SCORES = ('knn', 'mahalanobis', 'energy', 'max_softmax')   # fpclass.analysis.ood.SCORES
+OOD_SCORES = ('mahalanobis', 'knn', 'energy', 'max_softmax')   # fpclass.analysis.ood.SCORES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,7 @@ class OodSettings(Settings):
   flag past its threshold (fpclass.infer.ood; the choice of score measured in docs/deploy.md)."""
   SECTION: ClassVar[str] = 'ood'
   enabled: bool = True             # predict, serve and export add ood_score and unknown
-  score: str = 'knn'               # knn | mahalanobis | energy | max_softmax (measured: docs/deploy.md)
+  score: str = 'mahalanobis'       # mahalanobis | knn | energy | max_softmax (measured: docs/deploy.md)
   # The share of held-out in-distribution images (the validation split) flagged unknown: the threshold's target.
   false_rejection: float = 0.05
   knn_k: int = 10                  # knn: the neighbour whose similarity is the score
@@ -152,6 +152,24 @@ class OodSettings(Settings):
     self.require('false_rejection', 0.0 < self.false_rejection < 1.0, 'a rate in (0, 1), e.g. 0.05')
     self.require('knn_k', self.knn_k >= 1, 'at least 1')
     self.require('max_bank', self.max_bank >= 1, 'at least 1')
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings(Settings):
+  """`config.distill`: --mode distill trains config.model, the student, on a teacher's probabilities of the very
+  augmented view it sees, and compares it with the teacher and with itself trained on the labels alone."""
+  SECTION: ClassVar[str] = 'distill'
+  teacher: str = ''                # an ensemble workdir, a sweep (its root or one variant), an auto run, or a run
+  unlabelled: str = ''             # '' none; 'test': the source's test images; else a folder, glob or CSV of images
+  compare: bool = True             # also train the student alone, and score all three on folds neither saw
+  folds: tuple[int, ...] = ()      # the comparison's folds: () every fold the teacher's models held out
+  seeds: tuple[int, ...] = (0,)    # the comparison's seeds: folds x seeds runs of the student, and alone
+
+  def check(self):
+    self.require('seeds', bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+                 'distinct integers, at least one')
+    self.require('folds', len(set(self.folds)) == len(self.folds) and all(f >= -1 for f in self.folds),
+                 'distinct folds (-1: the holdout)')
 
 
 PROBE_POOLINGS = ('avg', 'max', 'source')

@@ -75,9 +75,9 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
     raise UserInputError(f'{workdir}: no trained run here ({sidecar.METADATA} is missing); '
                          'run --mode train with this --workdir first')
   if 'ensemble' in metadata:   # fpclass.infer.ensemble.ENSEMBLE_KEY: a --mode ensemble result has no checkpoint
-    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): submit, predict, serve and export '
-                         'use it; evaluate, explain and calibrate take one model (its cross-fitted scores are in '
-                         'ensemble.md), a member\'s workdir or a soup\'s (soup/fold<k>)')
+    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): submit, predict, serve, export and '
+                         'calibrate use it; evaluate and explain take one model (the ensemble\'s cross-fitted scores '
+                         'are in ensemble.md): point them at a member\'s workdir or a soup\'s (soup/fold<k>)')
   sidecar.check_restorable(workdir, metadata, sidecar.config_as_json(config))
   kind = kind or TrainSettings.from_config(config.train).select_checkpoint
   class_names = tuple(metadata['class_names'])

@@ -36,7 +36,7 @@ from fpclass.train.batches import in_fixed_batches, predict_logits
 from fpclass.train.task import TaskView
 
 FILE = 'ood.npz'
-FORMAT = 1
+FORMAT = 2   # 2: Mahalanobis stores the precision's Cholesky factor
 FEATURES = 'pre_logits'   # the pooled features every registered model records (CONTRIBUTING.md)
 SCORE_NOTE = 'higher = less like the training images; unknown when ood_score > threshold'
 
@@ -131,7 +131,7 @@ def load(path: pathlib.Path, head: str) -> ModelOod | None:
   try:
     with np.load(path, allow_pickle=False) as stored:
       record = json.loads(str(stored['record']))
-      arrays = {k: stored[k] for k in ('means', 'precision', 'bank') if k in stored}
+      arrays = {k: stored[k] for k in ('means', 'whitening', 'bank') if k in stored}
       ids, held_out = stored['held_out_ids'], stored['held_out_scores']
   except (OSError, ValueError, KeyError):
     return None

@@ -83,6 +83,9 @@ MODES = {
     'models': Mode('models', 'list_models', 'list the registered models (config.models.pattern, e.g. \'convnext*\'; '
                    'timm checkpoints by name: config.model.pretrained=\'hf-hub:timm/<arch>.<tag>\') with family, '
                    'parameters, default input size and verified parity', read_only=True, standalone=True),
+    'distill': Mode('distill', 'distill', 'train config.model on the probabilities config.distill.teacher (an '
+                    'ensemble, sweep, auto run or run) gives the very view it sees; compare it with the teacher and '
+                    'with itself trained alone (paired intervals, images per second)', trains=True, timed=True),
     'label_issues': Mode('label_issues', 'label_issues', 'flag the probably wrong labels (cleanlab) from the '
                          'out-of-fold predictions below --workdir; write label_issues.csv for '
                          'config.data.exclude_csv or relabel_csv, and a grid of the top suspects', trained=True),

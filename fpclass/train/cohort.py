@@ -8,6 +8,7 @@ arrays those indices point into, and advance phase by phase through one form of 
 (`fpclass.train.axis`); phase 0 may train a frozen backbone's head on features computed once
 (`fpclass.train.feature_cache`), and a member enters its fine-tuning phase when its own first phase ends.
 """
+import dataclasses
 import hashlib
 import math
 import time
@@ -33,22 +34,19 @@ from fpclass.train.task import build_task
 from fpclass.train.task import class_weights as task_class_weights
 
 
-def epoch_key(seed: int, epoch: int):
-  """A member's key of epoch `epoch` (0-based); step i of it draws fold_in(this, i)."""
-  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), epoch)
-
-
 class Cohort:
   """`members` of one run (one optimizer group: the same batch size and schedule) on `data`.
 
   `form` is the model axis ('loop' or 'vmap'); `parallel` the mesh (default: every device of the job); `budget`
   the device bytes cached features may take (default: `fpclass.data.stream.memory_budget`); `shared` the job's
-  `SharedWork` (features, pretrained arrays), shared with its other cohorts."""
+  `SharedWork` (features, pretrained arrays), shared with its other cohorts; `teacher` a distillation teacher
+  (`fpclass.train.task.Task.teacher`) every phase's task takes."""
 
   def __init__(self, run: RunSettings, data: TrainData, members: list[Member], *, form: str = 'loop',
                parallel: DataParallel | None = None, budget: int | None = None, shared: SharedWork | None = None,
-               log_prefix: str = ''):
+               log_prefix: str = '', teacher=None):
     self.run, self.data, self.members, self.form, self.log_prefix = run, data, members, form, log_prefix
+    self.teacher = teacher
     self.shared = shared if shared is not None else SharedWork()
     self.parallel = parallel or DataParallel.over()
     self.loop_form = resolve_loop(run.train.loop)
@@ -70,8 +68,9 @@ class Cohort:
   def task(self, phase: int):
     """The phase's task, built once for every member (a member's class weights replace the first one's)."""
     if phase not in self._tasks:
-      self._tasks[phase] = build_task(self.run.phase(phase), self.data.class_names,
-                                      self.data.train.labels[self.members[0].train_index], self.steps[0])
+      task = build_task(self.run.phase(phase), self.data.class_names,
+                        self.data.train.labels[self.members[0].train_index], self.steps[0])
+      self._tasks[phase] = task if self.teacher is None else dataclasses.replace(task, teacher=self.teacher)
     return self._tasks[phase]
 
   def initial_states(self) -> list:

@@ -31,7 +31,7 @@ from fpclass.runtime import sharding, timings
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import axis, experiment, memory_plan, oof
 from fpclass.train import members as members_lib
-from fpclass.train.cohort import Cohort, epoch_key
+from fpclass.train.cohort import Cohort
 from fpclass.train.experiment import MemberRun, VariantRun
 from fpclass.train.loop_state import LoopState, SelectionRules, epoch_row, phase_end, shown_total, total_epochs
 from fpclass.train.members import MemberResult
@@ -39,6 +39,7 @@ from fpclass.train.plan import EXPERIMENT_FILE, MEMBER_WORKDIRS, Plan, Variant
 from fpclass.train.plan_data import VariantData, experiment_data, solo_data
 from fpclass.train.records import Start, StopOnSignals
 from fpclass.train.resume import FinishedMembers, WorkdirEpochs, finished_variant
+from fpclass.train.sampling import epoch_key
 from fpclass.train.shared_work import SharedWork
 
 __all__ = ['run_plan', 'train_members', 'MemberRun', 'VariantRun']
@@ -79,13 +80,15 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   folder.mkdir(parents=True, exist_ok=True)
   with timings.phase('data'):
     data = solo_data(run.data, run.seed) if plan.solo else experiment_data(run.data, plan.folds, plan.seeds)
+    if plan.teacher is not None:   # distillation: maybe unlabelled images beside the labelled ones
+      data = plan.teacher.training_data(data)
     if plan.solo:
       pipeline.write_quarantine_report(folder / 'quarantine.csv', data.dataset.quarantine)
     # curation.csv: what config.data.exclude_csv / relabel_csv changed in the data this variant trains on.
     curation.write_record(folder, (data.dataset if data.dataset is not None else data.decoded).curation)
   records = WorkdirEpochs(folder, variant) if plan.solo else FinishedMembers(folder, variant)
   try:
-    chunk_plans, results = _train_chunks(variant, data, records, stop, shared)
+    chunk_plans, results = _train_chunks(variant, data, records, stop, shared, plan.teacher)
   except BaseException:
     records.close(after_error=True)
     raise
@@ -101,7 +104,7 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   return VariantRun(variant, folder, data, results, {r.member.split: r for r in results})
 
 
-def _train_chunks(variant: Variant, data: VariantData, records, stop, shared) -> tuple[list, list]:
+def _train_chunks(variant: Variant, data: VariantData, records, stop, shared, teacher=None) -> tuple[list, list]:
   """Trains the members `records` does not hold finished (with several processes: an experiment's members
   spread over them, a solo member trained by all together), grouped by optimizer and chunked by memory; returns
   the plan of each chunk and the results of the members this process trained."""
@@ -129,6 +132,7 @@ def _train_chunks(variant: Variant, data: VariantData, records, stop, shared) ->
     for c, chunk in enumerate(chunks):
       extras = dict(form=form, plan=how, chunk=len(chunk))
       cohort = Cohort(run, data.train_data, chunk, form=form, parallel=parallel, budget=data.budget, shared=shared,
+                      teacher=teacher,
                       log_prefix=f'{prefix}chunk {c + 1}/{len(chunks)}: ' if len(chunks) > 1 else prefix)
       record = records.record(extras)
       with timings.phase('model'):

@@ -10,6 +10,7 @@ smoothed losses from step num_it // 10 to the fifth-last, cut at the first NaN. 
 """
 import dataclasses
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,7 @@ from matplotlib.figure import Figure
 
 from fpclass.config.outputs import LR_FIND_SUGGESTIONS, LrFindSettings
 from fpclass.train import feed, optim
-from fpclass.train.cohort import epoch_key
-from fpclass.train.sampling import batch_order
+from fpclass.train.sampling import batch_order, epoch_key
 from fpclass.train.steps import CompiledSteps
 
 DIVERGENCE = 4.0   # fastai's rule: stop once the smoothed loss exceeds this multiple of its minimum
@@ -40,7 +40,7 @@ def sweep_schedule(settings: LrFindSettings):
 @dataclasses.dataclass
 class Record:
   """Per step: the learning rate, the raw and the smoothed loss; why the sweep stopped (num_it | diverged |
-  nan: the smoothed loss is NaN, and would stay NaN for the remaining steps)."""
+  nan: the smoothed loss is NaN, and would stay NaN for the remaining steps | deadline: `find`'s time ran out)."""
   lrs: list = dataclasses.field(default_factory=list)
   losses: list = dataclasses.field(default_factory=list)
   smoothed: list = dataclasses.field(default_factory=list)
@@ -129,9 +129,10 @@ def suggest(record: Record, num_it: int) -> dict:
   return out
 
 
-def find(dataset, settings: LrFindSettings, cohort, state) -> Record:
+def find(dataset, settings: LrFindSettings, cohort, state, deadline: float | None = None) -> Record:
   """Runs the sweep on `dataset` (a `fpclass.data.pipeline.Dataset` placed by `fpclass.data.stream.place`) from
-  the training loop's initial `state` (`fpclass.train.cohort.solo_start`), as a training run would start."""
+  the training loop's initial `state` (`fpclass.train.cohort.solo_start`), as a training run would start;
+  stopped after the step that ends past `deadline` (a `time.perf_counter()` value), if given."""
   run_task, run = cohort.task(0), cohort.run
   tx = optim.make_optimizer(run.train, cohort.steps[0], optim.param_groups(run.model),
                             schedule=sweep_schedule(settings))
@@ -145,6 +146,8 @@ def find(dataset, settings: LrFindSettings, cohort, state) -> Record:
   def on_step(done, metrics):
     m = jax.device_get(metrics[-1])
     stop[0] = recorder.add(float(m['loss_sum']) / float(m['count']))
+    if not stop[0] and deadline is not None and time.perf_counter() > deadline:
+      recorder.record.stopped, stop[0] = 'deadline', True
 
   epoch, seed = 0, run.seed
   while not stop[0]:

@@ -60,11 +60,13 @@ class Plan:
   finished members. MEMBER_WORKDIRS: each member a solo run of its own, one after another, in
   `<workdir>/<variant>/<split>-seed<s>/` (an ordinary workdir), so a killed plan loses at most its running
   member's current epoch, and a caller hears of each member as it finishes (a search's pruning).
-  `folds` () means every fold (or the source's own validation split)."""
+  `folds` () means every fold (or the source's own validation split). `teacher`: a distillation teacher its
+  members' steps take their targets from, and whose `training_data` may add unlabelled images (--mode distill)."""
   variants: tuple
   layout: str = SOLO
   folds: tuple = ()
   seeds: tuple = (0,)
+  teacher: object = None
 
   @property
   def solo(self) -> bool:

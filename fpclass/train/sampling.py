@@ -9,6 +9,7 @@ so minority examples repeat as evenly as possible and majority examples are subs
 """
 import math
 
+import jax
 import numpy as np
 
 
@@ -44,3 +45,8 @@ def class_balanced_order(seed: int, epoch: int, labels: np.ndarray, batch_size: 
     picks.append(np.concatenate([rng.permutation(members) for _ in range(rounds)])[:count])
   order = rng.permutation(np.concatenate(picks))
   return order.reshape(steps, batch_size).astype(np.int32)
+
+
+def epoch_key(seed: int, epoch: int):
+  """A member's key of epoch `epoch` (0-based); step i of it draws fold_in(this, i)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), epoch)

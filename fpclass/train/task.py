@@ -67,6 +67,9 @@ class Task:
   ema_warmup: bool = True
   ema_updates: int = 0           # the optimizer updates the phase plans: the host-side table of EMA weights
   accumulate_steps: int = 1      # > 1: `tx` is wrapped by `fpclass.train.accumulation.accumulate`
+  # Distillation (--mode distill): `teacher.targets(view, targets)` replaces each batch's targets with the teacher's
+  # probabilities of the very augmented view (in [0, 1]) the student trains on (fpclass.infer.distill.Teacher).
+  teacher: Any = None
 
   def model_input_shape(self, image_shape) -> tuple:
     height, width, channels = image_shape
@@ -95,9 +98,17 @@ class Task:
 
   def prepare(self, images_u8, key=None):
     """uint8 NHWC -> normalised float32 model input, augmented when a key is given."""
+    return self.model_input(self.augmented(images_u8, key))
+
+  def augmented(self, images_u8, key=None):
+    """uint8 NHWC -> float32 in [0, 1], augmented when a key is given: the view, before any model's input."""
     x = images_u8.astype(jnp.float32) / 255.0
     if key is not None and self.augment_cfg.enabled:
       x = augment.augment_batch(x, key, self.augment_cfg)
+    return x
+
+  def model_input(self, x):
+    """A view in [0, 1] -> this model's normalised input (resized on the device, grayscale repeated)."""
     if self.device_resize:
       x = jax.image.resize(x, (x.shape[0], *self.device_resize, x.shape[-1]), 'bilinear')
     if self.repeat_rgb:
@@ -126,6 +137,11 @@ class Task:
     if self.augment_cfg.mixing_enabled:
       # Its own key, folded from the augmentation key, so the per-image draws stay those of an unmixed run.
       x, targets = augment.mix_batch(x, self.targets(y), jax.random.fold_in(aug_key, MIX_STREAM), self.augment_cfg)
+    if self.teacher is not None:   # the same key: the view the student sees (mixed as it is mixed)
+      view = self.augmented(batch_images, aug_key)
+      if self.augment_cfg.mixing_enabled:
+        view, _ = augment.mix_batch(view, self.targets(y), jax.random.fold_in(aug_key, MIX_STREAM), self.augment_cfg)
+      targets = self.teacher.targets(view, targets)
 
     def loss_fn(params):
       logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,

@@ -1,0 +1,295 @@
+"""What leaves the workdir (issue 56's bench): the OOD score, the int8 model and the distilled student.
+
+    python -m bench.deploy [--out runs/bench-deploy] [--data footprint digits] [--epochs 12] [--stages ...]
+
+For each data set, through launch.py: a solo run, a 3-fold sweep of two variants and --mode ensemble on it (the
+teacher), then
+- ood: the four candidate scores of the solo run against two other image sets (AUROC, and the share flagged at
+  the threshold) and the false-rejection rate reached on in-distribution images no model saw, for the solo run,
+  the ensemble and the student;
+- int8: --mode export --config.export.int8=True of the solo run and the ensemble (accuracy against float with
+  its paired interval, from model.int8.json), their CPU speed ratio in interleaved rounds, and two planted
+  wrong calibrations (blank images, images scaled to 0..1) that must be refused;
+- distill: --mode distill of the ensemble into the small student, against the teacher and the student trained
+  alone (fpclass.infer.distill's report: paired intervals over folds x seeds, images per second).
+Data: footprint = the embedded synthetic footprints at 60 x 40 (1,573 labelled images; the 1,055 test images,
+which no model trains or validates on, are the unseen in-distribution set); digits = scikit-learn's digits with a
+fixed fifth left out by data.exclude_csv as the unseen set. Other image sets, none downloaded: scikit-learn's
+digits or the footprints (each other's), scikit-image's lfw_subset() faces, and its and matplotlib's sample photos.
+The JSON and tables go to --out; docs/deploy.md records them with the command and the date.
+"""
+import argparse
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fpclass import fileio  # noqa: E402
+from fpclass.analysis import ood as ood_math  # noqa: E402
+from fpclass.config.inputs import DataSettings, DecodeSettings  # noqa: E402
+from fpclass.config.outputs import OodSettings  # noqa: E402
+from fpclass.data import pipeline  # noqa: E402
+from fpclass.data.decode import decode_bytes  # noqa: E402
+from fpclass.errors import UserInputError  # noqa: E402
+from fpclass.infer import int8, ood  # noqa: E402
+from fpclass.infer.ensemble import load_model  # noqa: E402
+from fpclass.train import sidecar  # noqa: E402
+
+STAGES = ('train', 'ood', 'int8', 'distill')
+# The student: half a teacher model's channels (a quarter of its parameters), trained longer (patiently).
+STUDENT = ('--config.model.conv_channels=(16,32)', '--config.model.fc_sizes=(64,)')
+
+
+def _launch(args: list[str], log: pathlib.Path) -> float:
+  """Runs launch.py with `args`, its output in `log`; returns its wall seconds."""
+  start = time.perf_counter()
+  done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, capture_output=True, text=True)
+  log.write_text(done.stdout + done.stderr)
+  if done.returncode:
+    raise SystemExit(f'launch.py {" ".join(args)} failed ({done.returncode}); see {log}')
+  return time.perf_counter() - start
+
+
+def data_sets(epochs: int, out: pathlib.Path) -> dict:
+  """name -> (the solo run's flags, the sweep's variants, the student's model flags)."""
+  common = [f'--config.train.epochs={epochs}', '--config.train.tensorboard=False', '--config.data.num_folds=3',
+            '--config.sweep.seeds=(0,)', '--config.explain.after_training=False']
+  excluded = out / 'digits-unseen.csv'
+  if not excluded.exists():   # a fixed fifth of the digits, stratified by class: no model trains or validates on it
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    target = load_digits().target
+    _, unseen = train_test_split(np.arange(len(target)), test_size=0.2, stratify=target, random_state=0)
+    excluded.parent.mkdir(parents=True, exist_ok=True)
+    excluded.write_text('id\n' + ''.join(f'digit_{i:04d}\n' for i in sorted(unseen)))
+  return {
+      'footprint': ([('--config=configs/footprint.py:exp4'), '--config.data.image_size=(60,40)', *common],
+                    ('exp4: ', 'bn: model.batch_norm=True; model.dropout=0.3'),
+                    [*STUDENT, '--config.model.dropout=0.2', '--config.train.epochs=16',
+                     '--config.distill.unlabelled=test']),
+      'digits': (['--config=configs/digits.py', f'--config.data.exclude_csv={excluded}', *common],
+                 ('base: ', 'wide: model.conv_channels=(64,128); model.fc_sizes=(256,)'),
+                 [*STUDENT, '--config.model.dropout=0.1', '--config.train.epochs=16'])}
+
+
+def train_stage(name: str, flags: list, variants: tuple, out: pathlib.Path) -> dict:
+  folder = out / name
+  seconds = {'solo': _launch([*flags, f'--workdir={folder / "solo"}'], out / f'{name}-solo.log'),
+             'sweep': _launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep',
+                               f'--workdir={folder / "sweep"}'], out / f'{name}-sweep.log')}
+  seconds['ensemble'] = _launch([*flags, '--mode=ensemble', f'--workdir={folder / "sweep"}'],
+                                out / f'{name}-ensemble.log')
+  return seconds
+
+
+# -- the other image sets ---------------------------------------------------------------------------------------
+
+def _png(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def decoded(arrays, settings: DecodeSettings) -> np.ndarray:
+  """Images as the model decodes an upload: PNG bytes through fpclass.data.decode (resize, channels)."""
+  return np.stack([decode_bytes(_png(np.asarray(a)), settings) for a in arrays])
+
+
+def other_sets(name: str, settings: DecodeSettings, footprint_cache: pathlib.Path | None) -> dict:
+  """name -> uint8 images the model never saw and whose classes it does not have."""
+  import matplotlib.cbook
+  import skimage.data
+  from sklearn.datasets import load_digits
+  sets = {}
+  if name != 'digits':
+    sets['digits'] = decoded(np.round(load_digits().images[:600] * 255 / 16).astype(np.uint8), settings)
+  else:
+    paths = sorted(next(footprint_cache.glob('synthetic_footprints/*/test')).glob('*.png'))[:600]
+    sets['footprints'] = decoded([np.asarray(Image.open(p)) for p in paths], settings)
+  sets['lfw faces'] = decoded((skimage.data.lfw_subset() * 255).astype(np.uint8), settings)
+  photos = [getattr(skimage.data, n)() for n in ('astronaut', 'camera', 'coffee', 'chelsea', 'rocket', 'coins',
+                                                 'moon', 'page', 'text', 'horse', 'grass', 'gravel', 'brick')]
+  photos += [np.asarray(Image.open(matplotlib.cbook.get_sample_data(n))) for n in ('grace_hopper.jpg',
+                                                                                   'Minduka_Present_Blue_Pack.png')]
+  crops = []   # four quarter crops of each photo, so the set has enough images for an AUROC
+  for photo in photos:
+    photo = np.asarray(photo)
+    photo = (photo * 255).astype(np.uint8) if photo.dtype != np.uint8 else photo
+    photo = photo[..., :3] if photo.ndim == 3 else photo
+    h, w = photo.shape[:2]
+    crops += [photo[:h // 2, :w // 2], photo[:h // 2, w // 2:], photo[h // 2:, :w // 2], photo[h // 2:, w // 2:]]
+  sets['photos'] = decoded(crops, settings)
+  return sets
+
+
+def unseen_images(name: str, config, out: pathlib.Path) -> np.ndarray:
+  """In-distribution images no model trained or validated on: the synthetic test split, or the excluded digits."""
+  data = DataSettings.from_config(config.data)
+  if name == 'digits':
+    from sklearn.datasets import load_digits
+    unseen = [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
+    images = np.round(load_digits().images[unseen] * 255 / 16).astype(np.uint8)
+    return decoded(images, data.decode)
+  return np.asarray(pipeline.load_dataset(data, progress=False).test.images)
+
+
+def ood_stage(name: str, out: pathlib.Path, footprint_cache) -> dict:
+  folder = out / name
+  result = {}
+  workdirs = {'solo': folder / 'solo', 'ensemble': folder / 'sweep' / 'ensemble', 'student': folder / 'distill'}
+  config = sidecar.stored_config(workdirs['solo'])
+  unseen = unseen_images(name, config, out)
+  others = other_sets(name, DecodeSettings.from_config(config.data), footprint_cache)
+  for what, workdir in workdirs.items():
+    if not (workdir / sidecar.METADATA).exists():
+      continue
+    model_config = sidecar.stored_config(workdir)
+    model = load_model(model_config, workdir)
+    for score in (ood_math.SCORES if what == 'solo' else ood_math.FEATURE_SCORES):
+      fitted = ood.for_model(model, workdir, OodSettings(score=score), store=score == OodSettings().score)
+      scorer = ood.Scorer(model, fitted)
+      inside = scorer.scores(unseen, 64)
+      row = {'held_out_flagged': fitted.record['reached'], 'held_out': fitted.record['held_out'],
+             'unseen_flagged': float(np.mean(inside > fitted.threshold)), 'unseen': len(inside)}
+      for other, images in others.items():
+        scores = scorer.scores(images, 64)
+        row[other] = {'auroc': ood_math.auroc(inside, scores), 'flagged': float(np.mean(scores > fitted.threshold)),
+                      'n': len(images)}
+      result[f'{what} {score}'] = row
+      print(f'[{name}] OOD {what} {score}: ' + json.dumps(row), flush=True)
+  return result
+
+
+def int8_stage(name: str, out: pathlib.Path) -> dict:
+  folder = out / name
+  result = {}
+  for what, workdir in (('solo', folder / 'solo'), ('ensemble', folder / 'sweep' / 'ensemble')):
+    # Kept whatever the drop (the default limit refuses past one point): the bench reports the drop itself.
+    _launch([f'--workdir={workdir}', '--mode=export', '--config.export.int8=True', '--config.export.int8_max_drop=1.0'],
+            out / f'{name}-{what}-int8.log')
+    described = json.loads((workdir / 'export' / int8.INT8_DESCRIPTION).read_text())
+    float_path, int8_path = workdir / 'export' / 'model.onnx', workdir / 'export' / int8.INT8_FILE
+    described['interleaved'] = interleaved_speed(float_path, int8_path, workdir)
+    images = np.asarray(pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(workdir).data),
+                                              progress=False).val.images[:32])
+    described['profile'] = {'float': op_profile(float_path, images), 'int8': op_profile(int8_path, images)}
+    result[what] = described
+    print(f'[{name}] int8 {what}: {int8.summary(described)}; interleaved {described["interleaved"]}', flush=True)
+  result['planted'] = planted_collapses(folder / 'solo')
+  return result
+
+
+def interleaved_speed(float_path, int8_path, workdir, rounds: int = 7) -> dict:
+  """Images per second of each model in alternating rounds (one thread, then onnxruntime's default), so machine
+  load hits both alike; the ratio is the median of the per-round ratios."""
+  config = sidecar.stored_config(workdir)
+  images = np.asarray(pipeline.load_dataset(DataSettings.from_config(config.data), progress=False).val.images[:32])
+  out = {}
+  for threads in (1, 0):
+    sessions = {'float': int8.session(float_path, threads), 'int8': int8.session(int8_path, threads)}
+    ratios, speeds = [], {k: [] for k in sessions}
+    for _ in range(rounds):
+      for k, s in sessions.items():
+        speeds[k].append(int8.throughput(s, images, repeats=3))
+      ratios.append(speeds['int8'][-1] / speeds['float'][-1])
+    out['1 thread' if threads == 1 else 'default threads'] = {
+        'float': float(np.median(speeds['float'])), 'int8': float(np.median(speeds['int8'])),
+        'ratio': float(np.median(ratios))}
+  return out
+
+
+def op_profile(path, images: np.ndarray, runs: int = 10) -> dict:
+  """Where one thread's time goes in `path` (onnxruntime's profiler): each op type's share, and ms per batch."""
+  import onnxruntime
+  options = onnxruntime.SessionOptions()
+  options.enable_profiling, options.log_severity_level, options.intra_op_num_threads = True, 3, 1
+  with tempfile.TemporaryDirectory() as scratch:
+    options.profile_file_prefix = str(pathlib.Path(scratch) / 'profile')
+    session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    for _ in range(runs):
+      session.run(None, {'images': images})
+    events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+  by_op = {}
+  for event in events:
+    if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):
+      by_op[event['args']['op_name']] = by_op.get(event['args']['op_name'], 0) + event['dur']
+  total = sum(by_op.values())
+  return {'ms_per_batch': total / runs / 1e3, 'batch': len(images),
+          'share': {k: round(v / total, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:8]}}
+
+
+def planted_collapses(workdir: pathlib.Path) -> dict:
+  """A wrong calibration must be refused: blank images, and images scaled to 0..1 (a normalisation applied twice)."""
+  config = sidecar.stored_config(workdir)
+  dataset = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False)
+  train = np.asarray(dataset.train.images[:256])
+  description = json.loads((workdir / 'export' / 'model.json').read_text())
+  out = {}
+  for what, calibration in (('blank images', np.zeros_like(train)), ('scaled to 0..1', train // 255)):
+    try:
+      int8.export_int8(workdir / 'export' / 'model.onnx', calibration, np.asarray(dataset.val.images),
+                       np.asarray(dataset.val.labels), description['output']['head'], 0.01, 'the validation split',
+                       ood_output=(description.get('ood') or {}).get('output'))
+      out[what] = 'written (NOT refused)'
+    except UserInputError as e:
+      out[what] = str(e)
+    print(f'planted {what}: {out[what]}', flush=True)
+  # The refusal writes nothing: the int8 file of the good calibration is still the one on disk. And the ranges
+  # right but 8-bit activations (no reduce_range): the decisions' agreement with the float model.
+  with tempfile.TemporaryDirectory() as scratch:
+    path = pathlib.Path(scratch) / 'full-range.onnx'
+    path.write_bytes(int8.quantise(workdir / 'export' / 'model.onnx', train, pathlib.Path(scratch),
+                                   ('ood_score',), reduce_range=False))
+    images = np.asarray(dataset.val.images)
+    full = int8.run(int8.session(path), images)[0].argmax(1)
+    reference = int8.run(int8.session(workdir / 'export' / 'model.onnx'), images)[0].argmax(1)
+  out['8-bit activations (no reduce_range): agreement with float'] = float(np.mean(full == reference))
+  print(f'no reduce_range: agreement {np.mean(full == reference):.3f}', flush=True)
+  return out
+
+
+def distill_stage(name: str, flags: list, student: list, out: pathlib.Path) -> dict:
+  folder = out / name
+  seconds = _launch([*flags, *student, '--mode=distill', f'--workdir={folder / "distill"}',
+                     f'--config.distill.teacher={folder / "sweep" / "ensemble"}'], out / f'{name}-distill.log')
+  return dict(json.loads((folder / 'distill' / 'distill.json').read_text()), seconds=seconds)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--out', type=pathlib.Path, default=REPO / 'runs' / 'bench-deploy')
+  p.add_argument('--data', nargs='+', default=['footprint', 'digits'], choices=['footprint', 'digits'])
+  p.add_argument('--epochs', type=int, default=12)
+  p.add_argument('--stages', nargs='+', default=list(STAGES), choices=STAGES)
+  args = p.parse_args()
+  args.out.mkdir(parents=True, exist_ok=True)
+  results_path = args.out / 'deploy.json'
+  results = json.loads(results_path.read_text()) if results_path.exists() else {}
+  sets = data_sets(args.epochs, args.out)
+  footprint_cache = fileio.cache_root('')   # the synthetic footprints, where the footprint runs made them
+  for name in args.data:
+    flags, variants, student = sets[name]
+    record = results.setdefault(name, {})
+    if 'train' in args.stages:
+      record['train_seconds'] = train_stage(name, flags, variants, args.out)
+    if 'distill' in args.stages:
+      record['distill'] = distill_stage(name, flags, student, args.out)
+    if 'ood' in args.stages:
+      record['ood'] = ood_stage(name, args.out, footprint_cache)
+    if 'int8' in args.stages:
+      record['int8'] = int8_stage(name, args.out)
+    results_path.write_text(json.dumps(results, indent=1, default=float))
+  print(f'wrote {results_path}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,66 @@
+"""`--mode distill`: one model (config.model, the student) trained on a teacher's probabilities.
+
+    python launch.py --config configs/footprint.py:exp4 --config.model.conv_channels='(8,16)' \
+        --workdir runs/fp-student --mode distill --config.distill.teacher=runs/fp-sweep/ensemble
+
+The teacher is any trained workdir (an ensemble, a sweep, an auto run, a run: `fpclass.infer.distill`); it scores
+the very augmented view the student sees, inside the student's train step. The student trains through the one
+training loop (`fpclass.train.loop.run_plan`, the solo plan) into --workdir, an ordinary workdir (predict, serve,
+export use it), and is evaluated there. With config.distill.compare, on each split the teacher's models held out
+(x config.distill.seeds) the student is trained again with those models alone as its teacher, and alone on the
+labels, under `compare/`; distill.json and report.md say how the three compare on images none of them trained
+on, and their images per second (`fpclass.infer.distill_report`).
+"""
+import dataclasses
+import pathlib
+
+from fpclass.config.inputs import DataSettings
+from fpclass.config.outputs import DistillSettings
+from fpclass.data import pipeline
+from fpclass.infer import distill as distill_core
+from fpclass.infer import distill_report
+from fpclass.infer.evaluation import evaluate_workdir
+from fpclass.train.loop import run_plan
+from fpclass.train.plan import apply_changes, solo_plan
+
+
+def distill(config, workdir) -> dict:
+  """Trains and evaluates the student in `workdir`, then (config.distill.compare) the comparison runs; returns
+  the record written to distill.json."""
+  workdir = pathlib.Path(workdir)
+  settings = DistillSettings.from_config(config.distill)
+  student = distill_core.student_config(config)
+  models = distill_core.teacher_models(settings.teacher)
+  data = DataSettings.from_config(student.data)
+  class_names = tuple(pipeline.list_source(data).class_names)
+  distill_core.check_student(student, models, class_names, (data.decode.height, data.decode.width,
+                                                            data.decode.channels))
+  splits = distill_core.comparison_splits(models, settings, student) if settings.compare else []
+  unlabelled = distill_core.unlabelled_images(settings, student)
+
+  teacher = distill_core.Teacher(models, unlabelled)
+  (run,) = run_plan(dataclasses.replace(solo_plan(student), teacher=teacher), workdir)
+  scores = evaluate_workdir(student, workdir, dataset=run.data.dataset)
+
+  runs = []
+  for split in splits:
+    held_out = distill_core.Teacher(distill_core.held_out_models(models, split), unlabelled)
+    for seed in settings.seeds:
+      member = apply_changes(student, {'data.fold': split, 'seed': seed}, 'config.distill')
+      student_folder, alone_folder = distill_report.run_folders(workdir, split, seed)
+      run_plan(dataclasses.replace(solo_plan(member), teacher=held_out), student_folder)
+      run_plan(solo_plan(member), alone_folder)
+      runs.append(distill_report.ComparisonRun(split, seed, student_folder, alone_folder, held_out))
+
+  record = {
+      'teacher': {'path': settings.teacher, 'models': teacher.describe(),
+                  'parameters': int(sum(m.metadata.get('num_params') or 0 for m in models))},
+      'student': {'model': student.model.name, 'parameters': int(scores['num_params']),
+                  'validation': {k: scores.get(k) for k in ('accuracy', 'macro_f1', 'loss', 'mean_average_precision')
+                                 if scores.get(k) is not None}},
+      'unlabelled': 0 if unlabelled is None else len(unlabelled),
+      'comparison': distill_report.score_runs(runs, student, class_names) if runs else None,
+      'images_per_second': distill_report.speeds(workdir, models, runs, student)}
+  distill_report.write(workdir, record)
+  print(distill_report.section(record))
+  return record

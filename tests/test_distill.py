@@ -1,0 +1,167 @@
+"""--mode distill: a one-hot teacher trains the plain run bit for bit, the teacher scores the very augmented view the
+student sees, the mode end to end through launch.py (a run and an ensemble workdir as teachers, unlabelled
+images, the comparison on the held-out split), multi-label, and bad inputs in one line."""
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass.config.run import RunSettings
+from fpclass.errors import UserInputError
+from fpclass.infer import distill as distill_core
+from fpclass.infer import distill_report
+from fpclass.infer.inference import load_trained
+from fpclass.modes import distill as distill_mode
+from fpclass.train import sidecar
+from fpclass.train.loop import run_plan
+from fpclass.train.plan import solo_plan
+from fpclass.train.task import build_task
+from tests.conftest import build_once, launch, load_config
+
+TINY = ['--config=configs/footprint.py:exp4,quick', '--config.data.image_size=(24,16)', '--config.explain.after_training=False']
+STUDENT = ['--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)']
+
+
+def tiny_config(**overrides):
+  return load_config('configs/footprint.py:exp4,quick', **{'data.image_size': (24, 16), 'explain.after_training': False,
+                                                           'model.conv_channels': (4,), 'model.fc_sizes': (8,),
+                                                           **overrides})
+
+
+class OneHotTeacher:
+  """A teacher whose probabilities are the labels' one-hot rows: the student must then be the plain run."""
+  traced = 0   # the step programs that asked it (so a teacher never handed to the step fails the test)
+
+  def targets(self, view, targets):
+    OneHotTeacher.traced += 1
+    return targets if targets.ndim == 2 else jax.nn.one_hot(targets, 2)
+
+  def training_data(self, data):
+    return data
+
+
+def test_a_one_hot_teacher_trains_the_plain_run_bit_for_bit(tmp_path):
+  """The same program but for where the one-hot targets are made (in the step, not in the loss): every weight of
+  both checkpoints, and every metrics row, equal bit for bit (augmentation on: flips, brightness, contrast)."""
+  config = tiny_config(**{'augment.rotation': 10.0})
+  (plain,) = run_plan(solo_plan(config), tmp_path / 'plain')
+  (taught,) = run_plan(dataclasses.replace(solo_plan(config), teacher=OneHotTeacher()), tmp_path / 'taught')
+  def rows(run):
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in run.results[0].loop.history]
+  assert rows(plain) == rows(taught) and len(rows(plain)) == 2 and OneHotTeacher.traced >= 1
+  for kind in ('best', 'last'):
+    a, b = (load_trained(config, tmp_path / name, kind).state for name in ('plain', 'taught'))
+    for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats)),
+                    jax.tree_util.tree_leaves((b.params, b.batch_stats))):
+      assert np.array_equal(np.asarray(x), np.asarray(y)), kind
+
+
+@dataclasses.dataclass(eq=False)
+class BrightnessTeacher:
+  """Targets from the view itself (its mean brightness), so the step's loss says which view the teacher saw."""
+
+  def targets(self, view, targets):
+    m = 20.0 * (view.mean(axis=(1, 2, 3)) - 0.5)
+    return jax.nn.softmax(jnp.stack([m, -m], axis=1))
+
+
+def test_the_teacher_scores_the_very_augmented_view_the_student_sees():
+  config = tiny_config(**{'augment.brightness': 0.4, 'augment.hflip': 0.5})
+  task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
+  teacher = BrightnessTeacher()
+  taught = dataclasses.replace(task, teacher=teacher)
+  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 24, 16, 1), np.uint8))
+  labels = jnp.asarray([0, 1] * 4)
+  key = jax.random.PRNGKey(5)
+  _, out = jax.jit(taught.train_batch)(state, images, labels, key)
+  aug_key, dropout_key = jax.random.split(key)
+
+  def loss_with(view):
+    logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images, aug_key), train=True,
+                              rngs={'dropout': dropout_key})
+    return float(task.loss(logits, teacher.targets(view, labels)))
+  seen = loss_with(task.augmented(images, aug_key))
+  assert float(out['loss_sum']) / 8 == pytest.approx(seen, rel=1e-5)
+  assert abs(loss_with(task.augmented(images)) - seen) > 1e-3   # the plain image's targets give another loss
+
+
+def test_a_teacher_model_s_targets_are_its_own_probabilities(trained_quick):
+  """Through its own normalisation: the targets of an un-augmented view equal the model's predict."""
+  workdir, _, _ = trained_quick
+  (model,) = distill_core.teacher_models(str(workdir))
+  images = np.random.default_rng(1).integers(0, 256, (4, 120, 80, 1), np.uint8)
+  targets = distill_core.Teacher([model]).targets(jnp.asarray(images, jnp.float32) / 255.0, None)
+  np.testing.assert_allclose(np.asarray(targets), model.trained.probabilities(images, 4), atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def teacher_run(tmp_path_factory):
+  """A tiny footprint run (its holdout the split to compare on), and an ensemble workdir of it at weight 1; the
+  tests only read it."""
+  with build_once(tmp_path_factory, 'distill-teacher') as (shared, built):
+    env = {'FPCLASS_CACHE': str(shared / 'cache')}
+    if not built:
+      launch(*TINY, f'--workdir={shared / "run"}', env=env)
+  workdir = shared / 'run'
+  ensemble = tmp_path_factory.mktemp('teacher') / 'ensemble'
+  metadata = sidecar.read_metadata(workdir)
+  metadata.update(model='ensemble', ensemble={'kind': 'caruana', 'metric': 'loss', 'members': [
+      {'folder': os.path.relpath(workdir.parent, ensemble), 'weight': 1.0, 'models': [workdir.name]}]})
+  sidecar.write_metadata(ensemble, metadata)
+  return workdir, ensemble, env
+
+
+def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teacher_run, tmp_path):
+  teacher, ensemble, env = teacher_run
+  out = tmp_path / 'student'
+  result = launch(*TINY, *STUDENT, f'--workdir={out}', '--mode=distill', f'--config.distill.teacher={ensemble}',
+                  "--config.distill.unlabelled=test", env=env)
+  record = json.loads((out / distill_report.FILE).read_text())
+  assert record['unlabelled'] == 16 and record['teacher']['models'][0]['fold'] == -1
+  compared = record['comparison']
+  assert [(r['split'], r['seed']) for r in compared['runs']] == [(-1, 0)] and compared['metric'] == 'accuracy'
+  assert compared['runs'][0]['n'] == 15   # the holdout, which neither the teacher nor the students trained on
+  # The student is an ordinary workdir: evaluated, and its validation accuracy is the comparison's (same split).
+  scores = json.loads((out / 'scores.json').read_text())
+  assert scores['accuracy'] == pytest.approx(compared['runs'][0]['student'], abs=0.5) and 'Distillation' in result.stdout
+  speed = record['images_per_second']
+  assert speed['teacher'] > 0 and speed['student_over_teacher'] == pytest.approx(speed['student'] / speed['teacher'])
+  for folder in ('compare/holdout-seed0/student', 'compare/holdout-seed0/alone'):
+    assert (out / folder / 'metadata.json').is_file()
+  assert record['student']['parameters'] < record['teacher']['parameters']
+  # The same split and seed: only the teacher's targets tell the two runs apart.
+  losses = [pd.read_csv(out / 'compare' / 'holdout-seed0' / name / 'metrics.csv')['train_loss'] for name in
+            ('student', 'alone')]
+  assert not np.allclose(*losses)
+
+
+def test_a_multilabel_teacher_teaches_a_multilabel_student(trained_multilabel, tmp_path, monkeypatch):
+  workdir, env, _ = trained_multilabel
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  config = load_config('configs/multilabel.py:quick', **{'distill.teacher': str(workdir), 'distill.compare': False,
+                                                         'train.epochs': 1})
+  record = distill_mode.distill(config, tmp_path / 'student')
+  assert record['comparison'] is None and 0 < record['student']['validation']['mean_average_precision'] <= 1
+
+
+def test_bad_inputs_get_one_line(teacher_run, tmp_path, monkeypatch):
+  teacher, _, env = teacher_run
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  digits = load_config('configs/digits.py:quick', **{'distill.teacher': str(teacher)})
+  with pytest.raises(UserInputError, match=r"config.distill.teacher: .* was trained on classes \['0', '1'\], the "
+                                           r"student's data has \['0', '1', '2'"):
+    distill_mode.distill(digits, tmp_path / 'a')
+  too_deep = tiny_config(**{'distill.teacher': str(teacher), 'model.conv_channels': (4, 8, 16, 32, 64)})
+  with pytest.raises(UserInputError, match=r"config.model.name='footprint_cnn': the student cannot take the "
+                                           r"teacher's 24x16x1 images"):
+    distill_mode.distill(too_deep, tmp_path / 'b')
+  with pytest.raises(UserInputError, match='config.distill.teacher is empty'):
+    distill_mode.distill(tiny_config(), tmp_path / 'c')
+  with pytest.raises(UserInputError, match=r"config.distill.teacher='.*nowhere': no such folder"):
+    distill_mode.distill(tiny_config(**{'distill.teacher': str(tmp_path / 'nowhere')}), tmp_path / 'd')
