@@ -58,8 +58,8 @@ def calibrate_thresholds(probs: np.ndarray, labels: np.ndarray, class_names, gro
                  for k, name in enumerate(class_names)})
 
 
-def calibration_section(result: dict) -> str:
-  """The report section of a multi-label calibration."""
+def calibration_section(result: dict, stored_in: str = "each model's metadata.json") -> str:
+  """The report section of a multi-label calibration; `stored_in` names where its thresholds are kept."""
   f = f'F{result["beta"]:g}'
   lines = ['## Calibration (per-label thresholds)', '',
            f'Fitted on the {result["fitted_on"]}: each label\'s threshold maximises its {f}. The "tuned" figures '
@@ -70,7 +70,7 @@ def calibration_section(result: dict) -> str:
   for name, row in result['per_label'].items():
     lines.append(f'| {name} | {row["positives"]} | {row["threshold"]:.3f} | {row["f_at_half"]:.4f} | '
                  f'{row["f_tuned"]:.4f} |')
-  lines += ['', 'The thresholds are stored in each model\'s metadata.json and applied by predict, serve, submit '
+  lines += ['', f'The thresholds are stored in {stored_in} and applied by predict, serve, submit '
             'and export (switch off with `--config.<mode>.calibrated=False`). Files: '
             '[calibration.json](calibration.json), [calibration_predictions.csv](calibration_predictions.csv).']
   return '\n'.join(lines)

@@ -1,7 +1,8 @@
 """Calibrating trained models: fit temperature and threshold on validation predictions, store them in each
 model's sidecar (metadata.json, key `calibration`), where submit and predict find them, and report before/after.
 `--mode calibrate` runs it on a workdir; `--mode sweep` on each variant's fold models. With test-time
-augmentation on (config.submit.tta or config.predict.tta), they are fitted on the TTA predictions."""
+augmentation on (config.submit.tta or config.predict.tta), they are fitted on the TTA predictions. An ensemble
+workdir is calibrated on its mix by `fpclass.infer.ensemble_calibration`."""
 import pathlib
 
 import numpy as np
@@ -62,8 +63,8 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   are the restored models' own (`fpclass.infer.tta.calibration_settings`)."""
   workdir = pathlib.Path(workdir)
   if ensemble.ensemble_record(workdir) is not None:   # storing here would rewrite its members' own runs
-    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): its multi-label thresholds are fitted '
-                         'by --mode ensemble on its out-of-fold predictions; calibrate a member\'s own workdir instead')
+    raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): --mode calibrate fits it on its '
+                         'out-of-fold probabilities (fpclass.infer.ensemble_calibration), not on its members\' own')
   tta_settings = tta.calibration_settings(config)
   if tta_settings.on:
     predictions = None   # the logits training computed are plain ones
@@ -138,7 +139,8 @@ def _store(workdir, members, result: dict, tta_settings, oof: pd.DataFrame, sect
   report.write_section(workdir, '45-calibration', section)
 
 
-def calibration_section(result: dict) -> str:
+def calibration_section(result: dict, stored_in: str = "each model's metadata.json") -> str:
+  """The report section of a single-label calibration; `stored_in` names where its temperature is kept."""
   lines = ['## Calibration', '',
            f'Fitted on the {result["fitted_on"]}. Temperature scaling divides the logits by '
            f'T = {result["temperature"]:.3f}. "After" figures are cross-fitted over {result["crossfit_groups"]} '
@@ -150,7 +152,7 @@ def calibration_section(result: dict) -> str:
     lines.append(f'| {result["threshold_metric"]} (argmax -> threshold {result["threshold"]:.3f}) | '
                  f'{result["f1_argmax"]:.4f} | {result["f1_tuned"]:.4f} |')
   lines += ['', '![reliability diagram](reliability.png)', '',
-            'The temperature and threshold are stored in each model\'s metadata.json and applied by '
-            '`--mode submit` (switch off with `--config.submit.calibrated=False`). Files: '
+            f'The temperature and threshold are stored in {stored_in}, applied by submit, predict and serve '
+            '(switch off with `--config.<mode>.calibrated=False`) and recorded in export\'s model.json. Files: '
             '[calibration.json](calibration.json), [calibration_predictions.csv](calibration_predictions.csv).']
   return '\n'.join(lines)

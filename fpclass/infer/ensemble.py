@@ -36,6 +36,7 @@ class MemberModel:
   metadata: dict
   trained: Trained | None             # None when loaded with restore=False (the sidecar alone)
   weight: float = 1.0                 # its share in a weighted ensemble's mean (an ensemble workdir's)
+  calibrates_mix: bool = False        # its calibration is an ensemble workdir's: its temperature scales the mix
 
   @property
   def calibration(self) -> dict | None:
@@ -102,9 +103,9 @@ def predict_probabilities(members: list[MemberModel], images: np.ndarray, batch_
                           tta_hflip: bool = False, calibrated: bool = True,
                           tta_settings: tta.TTA | None = None, section: str = 'submit') -> np.ndarray:
   """Mean over models (and over the image and its mirror with tta_hflip) of each model's class
-  probabilities, temperature-scaled when `calibrated` and the model's sidecar has a temperature. With
-  `tta_settings` on, each view's logits are its TTA logits; a stored calibration must have been fitted on
-  those (`config.<section>.tta*`)."""
+  probabilities, temperature-scaled when `calibrated` and the model's sidecar has a temperature (an ensemble
+  workdir's: the mean, as `WeightedEnsemble`'s decision scales it). With `tta_settings` on, each view's logits are
+  its TTA logits; a stored calibration must have been fitted on those (`config.<section>.tta*`)."""
   tta_settings = tta_settings or tta.TTA()
   if calibrated:
     for member in members:
@@ -112,12 +113,18 @@ def predict_probabilities(members: list[MemberModel], images: np.ndarray, batch_
   views = [images, images[:, :, ::-1, :]] if tta_hflip else [images]
   total = None
   for member in members:
-    temperature = (member.calibration or {}).get('temperature', 1.0) if calibrated else 1.0
+    own = calibrated and not member.calibrates_mix
+    temperature = (member.calibration or {}).get('temperature', 1.0) if own else 1.0
     for view in views:
       logits = member.trained.logits(np.ascontiguousarray(view), batch_size, tta_settings=tta_settings)
       probs = scaled_probabilities(logits, member.trained.task.head, temperature) * member.weight
       total = probs if total is None else total + probs
-  return total / (sum(m.weight for m in members) * len(views))
+  mean = total / (sum(m.weight for m in members) * len(views))
+  mixed_temperature = (members[0].calibration or {}).get('temperature') or 1.0
+  if calibrated and members[0].calibrates_mix and mixed_temperature != 1.0:   # as WeightedEnsemble's decision
+    head = members[0].trained.task.head
+    mean = scaled_probabilities(as_logits(mean, head), head, mixed_temperature)
+  return mean
 
 
 def decision_threshold(members: list[MemberModel], calibrated: bool) -> float | None:
@@ -153,8 +160,9 @@ def ensemble_record(workdir) -> dict | None:
 
 def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> list[MemberModel]:
   """An ensemble's models, each restored with its own training config and weighted by its member's weight over
-  the member's model count. The ensemble's own calibration (none, or multi-label thresholds fitted on its
-  out-of-fold predictions) replaces theirs: the weights were chosen on their uncalibrated probabilities. Every
+  the member's model count. The ensemble's own calibration (none, multi-label thresholds of --mode ensemble, or
+  --mode calibrate's, all fitted on its out-of-fold mix) replaces theirs: the weights were chosen on their
+  uncalibrated probabilities. Every
   model must decode its input as the ensemble does: one decoded image feeds them all."""
   ensemble_metadata = sidecar.read_metadata(workdir)
   calibration = ensemble_metadata.get('calibration')
@@ -175,7 +183,7 @@ def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> lis
                              'data.channels, data.resize)')
       members.append(MemberModel(path, cfg, dict(metadata, calibration=calibration),
                                  load_trained(cfg, path) if restore else None,
-                                 float(entry['weight']) / len(entry['models'])))
+                                 float(entry['weight']) / len(entry['models']), calibrates_mix=True))
   if len({tuple(m.metadata['class_names']) for m in members}) > 1:
     raise UserInputError(f'the models of the ensemble in {workdir} were trained on different classes')
   return members
@@ -195,7 +203,9 @@ def weighted_mean(probabilities_by_model, weights):
 class WeightedEnsemble:
   """An ensemble workdir's members behind the prediction interface of one restored model (`Trained.logits`,
   `batch_logits`, `class_names`, `task.head`, `metadata`), so predict and serve read it as they read a run: its
-  logits are those of the weighted mean probabilities (`heads.as_logits`)."""
+  logits are those of the weighted mean probabilities (`heads.as_logits`). The ensemble's stored temperature
+  (`metadata['calibration']`, `Decision`) divides these logits: it scales the mix, after the models' uncalibrated
+  probabilities are averaged, since --mode calibrate fits it on the mix's out-of-fold probabilities."""
   members: list[MemberModel]
   metadata: dict
   checkpoint: str = 'ensemble'

@@ -1,7 +1,11 @@
 """`--mode calibrate`: fit temperature and threshold on a workdir's validation predictions (or a sweep
-variant's fold models' out-of-fold ones), store them in each model's sidecar, and report before/after."""
-from fpclass.infer import calibrate_models
+variant's fold models' out-of-fold ones), store them in each model's sidecar, and report before/after. On an
+ensemble workdir (`--mode ensemble`, an auto run's final ensemble): fit them on the ensemble's out-of-fold
+probabilities and store them as the ensemble's own, which its readers apply to the mix."""
+from fpclass.infer import calibrate_models, ensemble, ensemble_calibration
 
 
 def calibrate(config, workdir) -> dict:
+  if ensemble.ensemble_record(workdir) is not None:
+    return ensemble_calibration.calibrate_ensemble(config, workdir)
   return calibrate_models.calibrate(config, workdir)
