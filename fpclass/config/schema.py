@@ -19,6 +19,7 @@ from fpclass.config.inputs import (
 )
 from fpclass.config.outputs import (
   CleanSettings,
+  DistillSettings,
   ExplainSettings,
   ExportSettings,
   LabelIssuesSettings,
@@ -62,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.serve = section(ServeSettings)
   c.export = section(ExportSettings)
   c.ood = section(OodSettings)
+  c.distill = section(DistillSettings)
 
   c.sweep = section(SweepSettings)
   c.probe = section(ProbeSettings)
@@ -77,8 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
 # Every typed section, in schema order; `fpclass.train.validation` checks each once per launch.
 SETTINGS = (DecodeSettings, LabelSettings, SourceSettings, SplitSettings, StorageSettings, InputSettings,
             CurationSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
-            SubmitSettings, PredictSettings, ServeSettings, ExportSettings, OodSettings, SweepSettings, ProbeSettings,
-            LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings, TrackSettings, ModelsSettings)
+            SubmitSettings, PredictSettings, ServeSettings, ExportSettings, OodSettings, DistillSettings,
+            SweepSettings, ProbeSettings, LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings,
+            TrackSettings, ModelsSettings)
 
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:
