@@ -20,6 +20,7 @@ from fpclass.train import task as task_lib
 from fpclass.train.axis import LoopAxis
 from fpclass.train.validation import validate
 from tests.conftest import load_config, torchvision_weights
+from tests.parity import FLOOR_FACTOR, JITTER
 
 # The digits CNN at 8x8 with batch norm, so the average covers BN statistics too; a constant schedule (a
 # cosine one depends on the number of epochs, which the resume test changes). 0.6 is reached by the warmup
@@ -222,22 +223,34 @@ def test_a_sweep_member_equals_its_solo_run_average_included(unbroken, tmp_path)
   member = tmp_path / 'loop' / 'base' / 'holdout'
   pd.testing.assert_frame_equal(pd.read_csv(member / 'metrics.csv').drop(columns='seconds'),
                                 pd.read_csv(unbroken / 'metrics.csv').drop(columns='seconds'))
+  # The vmap form batches the member's ops into other programs, which round otherwise: its tolerance is the solo
+  # run's own float32 noise, measured as tests/parity.py measures a reference's (the same run with its learning
+  # rate moved by JITTER, relative), times FLOOR_FACTOR; the loop form runs the solo run's programs: 0.
+  run('train', tiny(**{'train.epochs': 3, 'train.learning_rate': SETUP['train.learning_rate'] * (1 + JITTER)}),
+      tmp_path / 'jittered')
+  jittered, _ = _restore_last(config, tmp_path / 'jittered')
+  noise = max(_relative_difference(jittered.ema, solo.ema), _relative_difference(jittered.params, solo.params))
+  assert noise > 0
   for form in ('loop', 'vmap'):
     member = tmp_path / form / 'base' / 'holdout'
     kept, _ = _restore_last(config, member)   # the resume point keeps weights, average and optimizer
-    tolerance = 0.0 if form == 'loop' else 2e-5
-    assert _max_difference(kept.ema, solo.ema) <= tolerance and _max_difference(kept.params, solo.params) <= tolerance
+    tolerance = 0.0 if form == 'loop' else FLOOR_FACTOR * noise
+    assert _relative_difference(kept.ema, solo.ema) <= tolerance
+    assert _relative_difference(kept.params, solo.params) <= tolerance
     for kind in ('last', 'best'):
       served = load_trained(config, member, kind).state
       expected = load_trained(config, unbroken, kind).state
-      assert _max_difference(served.params, expected.params) <= tolerance
-      assert _max_difference(served.batch_stats, expected.batch_stats) <= tolerance
-    assert _max_difference(load_trained(config, member, 'last').state.params, solo.ema['params']) <= tolerance
+      assert _relative_difference(served.params, expected.params) <= tolerance
+      assert _relative_difference(served.batch_stats, expected.batch_stats) <= tolerance
+    assert _relative_difference(load_trained(config, member, 'last').state.params, solo.ema['params']) <= tolerance
 
 
-def _max_difference(a, b) -> float:
+def _relative_difference(a, b) -> float:
+  """max |a - b| over the tree's arrays, relative to the largest |b| in it (0.0 when they are equal): a conv bias
+  before batch norm stays at rounding level, so its own scale would be no scale."""
   diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
-  return max(jax.tree_util.tree_leaves(diffs))
+  scale = max(float(np.max(np.abs(np.asarray(y)))) for y in jax.tree_util.tree_leaves(b))
+  return max(jax.tree_util.tree_leaves(diffs)) / max(scale, 1e-30)
 
 
 def test_fine_tuning_starts_from_the_average(tmp_path, monkeypatch):

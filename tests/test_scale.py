@@ -21,6 +21,7 @@ from fpclass.train.sampling import epoch_order
 from fpclass.train.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
 from fpclass.train.task import build_task
 from tests.conftest import REPO, load_config, xla_flags
+from tests.parity import FLOOR_FACTOR, JITTER
 
 # SGD, not Adam: Adam divides by sqrt(v), so a gradient that is zero up to rounding (a conv bias under batch
 # norm) turns rounding-level differences into full-size steps, and params could not be compared closely.
@@ -50,6 +51,12 @@ print(json.dumps(dict(devices=jax.device_count(), all_reduce='all-reduce' in hlo
 """
 
 
+def relative_difference(a, b) -> float:
+  """max |a - b| over the trees' arrays, relative to the largest |b| in them."""
+  differences = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda u, v: float(np.max(np.abs(u - v))), a, b))
+  return max(differences) / max(float(np.max(np.abs(v))) for v in jax.tree_util.tree_leaves(b))
+
+
 def test_sharded_run_equals_single_device_run(tmp_path):
   env = dict(os.environ, XLA_FLAGS=xla_flags('--xla_force_host_platform_device_count=4'))
   result = subprocess.run([sys.executable, '-c', SHARDED_RUN, str(tmp_path / 'four'), json.dumps(TINY)], cwd=REPO,
@@ -58,14 +65,21 @@ def test_sharded_run_equals_single_device_run(tmp_path):
   assert json.loads(result.stdout.strip().splitlines()[-1]) == dict(devices=4, all_reduce=True)
   assert jax.device_count() == 1
   run('train', load_config('configs/digits.py:quick', **TINY), tmp_path / 'one')
-
-  one, four = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds') for d in ('one', 'four'))
-  pd.testing.assert_frame_equal(one, four, rtol=1e-4)
+  # Four devices sum the gradients of their quarters in another order: the runs agree within FLOOR_FACTOR x the
+  # one-device run's own float32 noise, measured as tests/parity.py measures a reference's (the same run with its
+  # learning rate moved by JITTER, relative).
+  run('train', load_config('configs/digits.py:quick', **{**TINY, 'train.learning_rate': TINY['train.learning_rate']
+                                                          * (1 + JITTER)}), tmp_path / 'jittered')
+  one, four, jittered = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds')
+                         for d in ('one', 'four', 'jittered'))
+  assert list(one.columns) == list(four.columns) and len(one) == len(four) == len(jittered)
+  history_noise = np.max(np.abs(jittered.to_numpy(float) - one.to_numpy(float)))
+  np.testing.assert_allclose(four.to_numpy(float), one.to_numpy(float), rtol=0, atol=FLOOR_FACTOR * history_noise)
   # The 4-device checkpoint restores on 1 device, and the two models agree.
-  a, b = (load_trained(load_config('configs/digits.py:quick', **TINY), tmp_path / d, 'last').state
-          for d in ('one', 'four'))
-  jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5),
-                         (a.params, a.batch_stats), (b.params, b.batch_stats))
+  a, b, c = (load_trained(load_config('configs/digits.py:quick', **TINY), tmp_path / d, 'last').state
+             for d in ('one', 'four', 'jittered'))
+  noise = relative_difference((c.params, c.batch_stats), (a.params, a.batch_stats))
+  assert noise > 0 and relative_difference((b.params, b.batch_stats), (a.params, a.batch_stats)) <= FLOOR_FACTOR * noise
 
 
 def test_batch_must_split_evenly_across_devices():
@@ -81,10 +95,12 @@ def test_scan_and_step_loops_train_the_same_model():
   images = rng.integers(0, 256, (100, 8, 8, 1)).astype(np.uint8)
   labels = rng.integers(0, 10, 100).astype(np.int32)
   task = build_task(RunSettings.from_config(config), tuple('0123456789'), labels, 2)
+  jittered = build_task(RunSettings.from_config(load_config('configs/digits.py:quick', **{
+      **TINY, 'train.learning_rate': TINY['train.learning_rate'] * (1 + JITTER)})), tuple('0123456789'), labels, 2)
   parallel = DataParallel.over()
   results = {}
-  for form in ('step', 'scan'):
-    compiled = CompiledSteps(task, parallel, form)
+  for form, run_task in (('step', task), ('scan', task), ('jittered', jittered)):
+    compiled = CompiledSteps(run_task, parallel, 'step' if form == 'jittered' else form)
     state = compiled.init(jax.random.PRNGKey(0), images.shape[1:])
     x, y = parallel.replicate((images, labels))
     losses = []
@@ -93,11 +109,15 @@ def test_scan_and_step_loops_train_the_same_model():
       state, metrics = compiled.run_epoch(state, x, y, order, jax.random.PRNGKey(epoch))
       losses += [float(m['loss_sum']) for m in metrics]
     results[form] = jax.device_get(state), losses
-  (state_a, loss_a), (state_b, loss_b) = results['step'], results['scan']
+  (state_a, loss_a), (state_b, loss_b), (state_c, loss_c) = results['step'], results['scan'], results['jittered']
   # Same keys, same batches: equal up to rounding. (Not bit for bit on XLA:CPU: it compiles a conv's weight
-  # gradient with another kernel inside a loop body than at the top level.)
-  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
-  jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), state_a, state_b)
+  # gradient with another kernel inside a loop body than at the top level.) Up to rounding: within FLOOR_FACTOR x
+  # the step loop's own float32 noise, measured by its run with the learning rate moved by JITTER (relative).
+  loss_noise = np.max(np.abs(np.subtract(loss_c, loss_a)) / np.abs(loss_a))
+  assert np.max(np.abs(np.subtract(loss_b, loss_a)) / np.abs(loss_a)) <= FLOOR_FACTOR * loss_noise
+  trained = lambda state: (state.params, state.batch_stats)  # noqa: E731
+  noise = relative_difference(trained(state_c), trained(state_a))
+  assert noise > 0 and relative_difference(trained(state_b), trained(state_a)) <= FLOOR_FACTOR * noise
   assert int(state_a.step) == int(state_b.step) == 4
 
 
