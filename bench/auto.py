@@ -1,153 +1,263 @@
-"""`--mode auto` against the best arm of a hand-written sweep, in the same run (issue 40's bench).
+"""`--mode auto` against the hand sweep a newcomer writes, both scored on test images neither saw (issue 55's bench).
 
-    python -m bench.auto [--out runs/bench-auto] [--data footprint digits] [--epochs 8] [--fraction 0.5]
-                         [--set data.image_size=60,40 ...]
+    python -m bench.auto [--out runs/bench-auto] [--data digits footprint faces] [--epochs N] [--fraction 0.5]
+                         [--folds 3] [--test-fraction 0.2] [--seed 0] [--set data.image_size=60,40 ...]
 
-For each data set:
-1. hand: the sweep a user would write by hand, run with `--mode sweep` and timed (W seconds):
-   - footprint (the embedded synthetic footprints): configs/footprint_sweep.py, the seed's baseline and ten
-     experiments, 5 folds x 1 seed;
-   - digits (scikit-learn's 8x8 digits, a set this project makes no claims on): an AutoGluon-style hand grid over
-     configs/digits.py, learning rate x dropout x augmentation, 5 folds x 1 seed.
-   Its best arm is the variant with the best mean accuracy.
-2. auto: `--mode auto` on the same base config with `auto.time_budget` = fraction x W (one half by default).
-3. paired: both choices trained again on fresh seeds (100, 101, 102) x the same 5 folds with `--mode sweep`,
-   the hand arm as the baseline: auto's mean difference with its corrected 95% interval (Nadeau-Bengio). This
-   step's time counts against neither arm.
-Every arm trains `--epochs` epochs at most (the search may choose fewer); `--set key=value` overrides apply to
-every launch of every arm (a smaller image size, say, to fit a CPU). The JSON and a Markdown table go to
---out; docs/auto.md records them with the command and the date.
+Per data set (digits: scikit-learn's 8x8 digits, configs/digits.py; footprint: the embedded synthetic footprints,
+configs/footprint.py:exp0; faces: scikit-image's LFW crops, configs/faces.py):
+1. test split: a stratified `--test-fraction` of the labelled images (seeded by `--seed`), listed in exclude.csv
+   and left out of every arm's training through `config.data.exclude_csv`. Array sources (digits, faces) have
+   their test images written as PNG files (the decode path `--mode predict` shares with training), file sources
+   are read where they are; test_images.csv lists them for `--mode predict`.
+2. hand: 5 arms x `--folds` folds x 1 seed with `--mode sweep` (footprint: the seed's own exp0, exp2, exp4, exp8,
+   exp9; digits and faces: an AutoGluon-style grid around the config: as given, 3x and 1/3 the learning rate,
+   dropout and rotation switched), then the best arm by mean accuracy refitted with `--mode train` (the config's
+   holdout for checkpoint selection). Its wall time, sweep + refit, is W.
+3. hand + ensemble: the same sweep, then `--mode ensemble` on it (Caruana selection over the arms' out-of-fold
+   predictions, the project's defaults); its ensemble workdir is the model. Time: W + the ensemble's.
+4. auto: `--mode auto` on the same base config and training images with `auto.time_budget` = `--fraction` x W
+   (at least 10 s); its model is `<auto>/final` (an ordinary workdir, or an ensemble workdir: predict reads both).
+5. score: each model predicts the test images (`--mode predict`, the prediction's own time counts against no
+   arm); auto minus each hand arm as a paired difference over the test images with a 95% percentile bootstrap
+   interval (10,000 resamples, seeded), and wins/losses (images one arm gets right and the other wrong).
+Every launch of every arm takes `--epochs` (the config's own when absent) and the `--set key=value` overrides (a
+smaller image size, say, to fit a CPU). Auto's used seconds come from `<auto>/auto_state.json`; the JSON names the
+fields it read. Written to --out: <data>/bench_auto.json per data set, bench_auto.json (all) and bench_auto.md (the
+table); the commands are printed as they run and kept in the JSON. An --out/<data> folder that already holds a run
+is refused (a relaunch would resume the arms and their times would mean nothing); nothing is deleted.
 """
 import argparse
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
+from PIL import Image
+from sklearn.model_selection import train_test_split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fpclass.config.variants import config_changes, variant_spec  # noqa: E402
+from configs.footprint import EXPERIMENTS  # noqa: E402
+from fpclass import fileio  # noqa: E402
+from fpclass.config.inputs import DataSettings  # noqa: E402
+from fpclass.config.variants import variant_spec  # noqa: E402
+from fpclass.data.pipeline import list_source  # noqa: E402
 from fpclass.modes.command_line import config_from_argv  # noqa: E402
-from fpclass.train.sidecar import config_from_json  # noqa: E402
 
-FRESH_SEEDS = (100, 101, 102)
-DIGITS_GRID = {'train.learning_rate': (3e-4, 1e-3, 3e-3), 'model.dropout': (0.0, 0.3),
-               'augment.rotation': (0.0, 8.0)}
-
-
-def _launch(args: list[str], log: pathlib.Path) -> float:
-  """Runs launch.py with `args`, its output in `log`; returns the wall seconds."""
-  start = time.perf_counter()
-  with log.open('w') as out:
-    done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, stdout=out,
-                          stderr=subprocess.STDOUT)
-  if done.returncode:
-    raise SystemExit(f'launch.py {" ".join(args)} failed ({done.returncode}); see {log}')
-  return time.perf_counter() - start
+DATA = {'digits': 'configs/digits.py', 'footprint': 'configs/footprint.py:exp0', 'faces': 'configs/faces.py'}
+FOOTPRINT_ARMS = ('exp0', 'exp2', 'exp4', 'exp8', 'exp9')
+PREDICTIONS = 'bench_test_predictions.csv'
+RESAMPLES = 10_000
+MIN_BUDGET = 10   # seconds: below this --mode auto cannot even set up
 
 
-def _digits_variants() -> tuple[str, ...]:
-  specs = []
-  for lr in DIGITS_GRID['train.learning_rate']:
-    for dropout in DIGITS_GRID['model.dropout']:
-      for rotation in DIGITS_GRID['augment.rotation']:
-        changes = {'train.learning_rate': lr, 'model.dropout': dropout, 'augment.rotation': rotation}
-        specs.append(variant_spec(f'lr{lr:g}-drop{dropout:g}-rot{rotation:g}', changes))
-  return tuple(specs)
+def grid_arms(config) -> dict:
+  """Five arms around the config as given, one knob each, as a newcomer's first grid would: the learning rate
+  3x and 1/3, dropout and rotation switched (off when on, else to a common value)."""
+  lr, dropout, rotation = float(config.train.learning_rate), float(config.model.dropout), float(config.augment.rotation)
+  return {'as-given': {},
+          'lr-x3': {'train.learning_rate': float(f'{3 * lr:.3g}')},
+          'lr-div3': {'train.learning_rate': float(f'{lr / 3:.3g}')},
+          'dropout-' + ('0' if dropout else '0.3'): {'model.dropout': 0.0 if dropout else 0.3},
+          'rotation-' + ('0' if rotation else '10'): {'augment.rotation': 0.0 if rotation else 10.0}}
 
 
-def data_sets(epochs: int, overrides=()) -> dict:
-  """name -> (base config for auto, the hand sweep's config and flags)."""
-  common = [f'--config.train.epochs={epochs}', '--config.explain.after_training=False',
-            '--config.train.tensorboard=False', *(f'--config.{o}' for o in overrides)]
-  return {
-      'footprint': dict(base=['--config=configs/footprint.py:exp0', *common],
-                        hand=['--config=configs/footprint_sweep.py', '--config.sweep.seeds=(0,)', *common]),
-      'digits': dict(base=['--config=configs/digits.py', *common],
-                     hand=['--config=configs/digits.py', f'--config.sweep.variants={_digits_variants()!r}',
-                           '--config.sweep.seeds=(0,)', '--config.sweep.baseline=lr0.001-drop0.3-rot8', *common])}
+def hand_arms(name: str, config) -> dict:
+  """{arm name: config changes} of the hand sweep of data set `name`."""
+  return {arm: EXPERIMENTS[arm] for arm in FOOTPRINT_ARMS} if name == 'footprint' else grid_arms(config)
 
 
-def _variant_changes(sweep_workdir: pathlib.Path, name: str) -> dict:
-  """The changes of a hand sweep's variant, from its experiment record."""
-  for path in sweep_workdir.glob('*/experiment.json'):
-    record = json.loads(path.read_text())
-    if record['name'] == name:
-      return record['changes']
-  raise SystemExit(f'{sweep_workdir}: no experiment.json for variant {name!r}')
+def override_flags(changes: dict) -> list[str]:
+  """A variant's changes as launch.py overrides (strings as they are, everything else as a Python literal)."""
+  return [f'--config.{key}={value if isinstance(value, str) else repr(value)}' for key, value in changes.items()]
 
 
-def run_one(name: str, spec: dict, out: pathlib.Path, fraction: float) -> dict:
-  folder = out / name
-  folder.mkdir(parents=True, exist_ok=True)
-  hand_wall = _launch([*spec['hand'], '--mode=sweep', f'--workdir={folder / "hand"}'], folder / 'hand.log')
+class Launcher:
+  """Runs launch.py commands, prints each, keeps (command, wall seconds) and each output in a log."""
+
+  def __init__(self, logs: pathlib.Path):
+    self.logs, self.commands = logs, []
+
+  def __call__(self, step: str, args: list[str]) -> float:
+    command = shlex.join(['python', 'launch.py', *args])   # as printed and recorded; run with this interpreter
+    print(f'[{step}] {command}', flush=True)
+    log = self.logs / f'{step}.log'
+    start = time.perf_counter()
+    with log.open('w') as out:
+      done = subprocess.run([sys.executable, 'launch.py', *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    self.commands.append(dict(step=step, command=command, wall_seconds=seconds, log=str(log)))
+    if done.returncode:
+      raise SystemExit(f'{step}: launch.py failed ({done.returncode}) after {seconds:.0f} s; see {log}')
+    return seconds
+
+
+def write_test_split(config, folder: pathlib.Path, fraction: float, seed: int) -> tuple[pd.DataFrame, int]:
+  """Holds out a stratified `fraction` of the source's labelled training images: exclude.csv (their ids, for
+  config.data.exclude_csv), test_images.csv (their files, for --mode predict) and test_split.csv (id, file,
+  label); array images are written as PNG files under test/. Returns test_split's rows and the labelled count."""
+  source = list_source(DataSettings.from_config(config.data))
+  split = source.train
+  labels = np.asarray(split.labels)
+  if labels.ndim != 1:
+    raise SystemExit(f'{config.name}: a multi-label source; this bench scores single-label accuracy')
+  _, test = train_test_split(np.arange(len(split)), test_size=fraction, stratify=labels, random_state=seed)
+  test = np.sort(test)
+  files = []
+  for i in test:
+    if split.paths is not None:
+      files.append(str(pathlib.Path(split.paths[i]).resolve()))
+      continue
+    path = folder / 'test' / f'{i:05d}.png'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(split.images[i], np.uint8)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    files.append(str(path.resolve()))
+  rows = pd.DataFrame({'id': [str(split.ids[i]) for i in test], 'file': files,
+                       'label': [source.class_names[labels[i]] for i in test]})
+  fileio.write_csv(folder / 'exclude.csv', rows[['id']])
+  fileio.write_csv(folder / 'test_images.csv', pd.DataFrame({'path': files}))
+  fileio.write_csv(folder / 'test_split.csv', rows)
+  print(f'{config.name}: {len(rows)} of {len(split)} images held out for the test ({folder / "test_split.csv"})',
+        flush=True)
+  return rows, len(split)
+
+
+def correct_on_test(launch: Launcher, step: str, workdir: pathlib.Path, folder: pathlib.Path,
+                 test: pd.DataFrame) -> np.ndarray:
+  """Whether `workdir`'s model gets each test image right (predicted through --mode predict)."""
+  launch(step, [f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={folder / "test_images.csv"}',
+                f'--config.predict.output={PREDICTIONS}'])
+  frame = pd.read_csv(workdir / PREDICTIONS, dtype={'path': str, 'predicted': str}, keep_default_na=False)
+  predicted = dict(zip(frame['path'], frame['predicted']))
+  missing = [f for f in test['file'] if f not in predicted]
+  if missing:
+    raise SystemExit(f'{workdir / PREDICTIONS}: {len(missing)} test image(s) not predicted, e.g. {missing[0]}')
+  return np.array([predicted[f] == label for f, label in zip(test['file'], test['label'])])
+
+
+def paired(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
+  """a minus b over the same test images: the accuracy difference, its 95% percentile bootstrap interval
+  (images resampled with replacement), and wins (a right, b wrong) and losses."""
+  difference = a.astype(np.float64) - b.astype(np.float64)
+  draws = np.random.default_rng(seed).integers(0, len(difference), (RESAMPLES, len(difference)))
+  low, high = np.percentile(difference[draws].mean(1), [2.5, 97.5])
+  return dict(mean=float(difference.mean()), ci_low=float(low), ci_high=float(high),
+              wins=int(np.sum(a & ~b)), losses=int(np.sum(~a & b)), images=len(difference))
+
+
+def auto_accounts(workdir: pathlib.Path) -> dict:
+  """What auto says it used, read defensively (the field names may change): auto_state.json's used_seconds (or
+  another numeric top-level field whose name has 'used'), its stages, and the chosen configuration's name."""
+  out = dict(fields_read=[])
+  state_path = workdir / 'auto_state.json'
+  state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+  used = [k for k in ('used_seconds', *sorted(state)) if 'used' in k and isinstance(state.get(k), (int, float))]
+  if used:
+    out['used_seconds'] = float(state[used[0]])
+    out['fields_read'].append(f'auto_state.json:{used[0]}')
+  if isinstance(state.get('stages'), dict):
+    out['stages'] = state['stages']
+    out['fields_read'].append('auto_state.json:stages')
+  out['state'] = {k: v for k, v in state.items() if isinstance(v, (int, float, str, bool))}
+  summary_path = workdir / 'auto.json'
+  summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+  chosen = summary.get('chosen')
+  if isinstance(chosen, dict) and 'name' in chosen:
+    out['chosen'] = str(chosen['name'])
+    out['fields_read'].append('auto.json:chosen.name')
+  return out
+
+
+def run_one(name: str, args) -> dict:
+  folder = args.out / name
+  if folder.exists() and any(folder.iterdir()):
+    raise SystemExit(f'{folder} already holds a run: choose another --out (nothing is deleted)')
+  (folder / 'logs').mkdir(parents=True, exist_ok=True)
+  launch = Launcher(folder / 'logs')
+  common = [f'--config={DATA[name]}', '--config.explain.after_training=False', '--config.train.tensorboard=False',
+            *([f'--config.train.epochs={args.epochs}'] if args.epochs else []),
+            *(f'--config.{o}' for o in args.set)]
+  config = config_from_argv(['launch.py', *common])
+  test, labelled = write_test_split(config, folder, args.test_fraction, args.seed)
+  base = [*common, f'--config.data.exclude_csv={folder / "exclude.csv"}']
+  arms = hand_arms(name, config)
+  variants = tuple(variant_spec(arm, changes) for arm, changes in arms.items())
+
+  sweep_seconds = launch('hand-sweep', [*base, '--mode=sweep', f'--workdir={folder / "hand"}',
+                                        f'--config.sweep.variants={variants!r}', '--config.sweep.seeds=(0,)',
+                                        '--config.sweep.folds=()', f'--config.data.num_folds={args.folds}'])
   results = pd.read_csv(folder / 'hand' / 'sweep_results.csv')
-  best = results.sort_values('accuracy_mean', ascending=False, kind='stable').iloc[0]
-  hand_changes = _variant_changes(folder / 'hand', str(best['experiment']))
-  budget = max(30, int(fraction * hand_wall))
-  auto_wall = _launch([*spec['base'], '--mode=auto', f'--workdir={folder / "auto"}',
-                       f'--config.auto.time_budget={budget}s'], folder / 'auto.log')
-  auto = json.loads((folder / 'auto' / 'auto.json').read_text())
-  # The choice as changes to the base config (what a sweep variant names), from the configuration auto refitted.
-  base = config_from_argv(['launch.py', *spec['base']])
-  auto_changes = config_changes(base, config_from_json(auto['chosen']['config']), skip=('name', 'sweep.', 'auto.'))
-  variants = (variant_spec('hand', hand_changes), variant_spec('auto', auto_changes))
-  _launch([*spec['base'], '--mode=sweep', f'--workdir={folder / "paired"}', f'--config.sweep.variants={variants!r}',
-           '--config.sweep.baseline=hand', f'--config.sweep.seeds={FRESH_SEEDS!r}'], folder / 'paired.log')
-  summary = pd.read_csv(folder / 'paired' / 'sweep_results.csv').set_index('experiment')
-  diff = pd.read_csv(folder / 'paired' / 'sweep_differences.csv')
-  diff = diff[diff['metric'] == 'accuracy'].iloc[0]
-  state = json.loads((folder / 'auto' / 'auto_state.json').read_text())
+  best = str(results.sort_values('accuracy_mean', ascending=False, kind='stable').iloc[0]['experiment'])
+  refit_seconds = launch('hand-refit', [*base, *override_flags(arms[best]), '--mode=train',
+                                        f'--workdir={folder / "hand-refit"}'])
+  hand_seconds = sweep_seconds + refit_seconds
+  ensemble_seconds = launch('hand-ensemble', [f'--workdir={folder / "hand"}', '--mode=ensemble'])
+  budget = max(MIN_BUDGET, round(args.fraction * hand_seconds))
+  auto_seconds = launch('auto', [*base, '--mode=auto', f'--workdir={folder / "auto"}',
+                                 f'--config.auto.time_budget={budget}s'])
 
-  def arm(key):
-    row = summary.loc[key]
-    return dict(mean=float(row['accuracy_mean']), ci_low=float(row['accuracy_ci_low']),
-                ci_high=float(row['accuracy_ci_high']), models=int(row['models']))
+  correct = {'hand': correct_on_test(launch, 'predict-hand', folder / 'hand-refit', folder, test),
+             'hand+ensemble': correct_on_test(launch, 'predict-hand-ensemble', folder / 'hand' / 'ensemble', folder,
+                                           test),
+             'auto': correct_on_test(launch, 'predict-auto', folder / 'auto' / 'final', folder, test)}
+  row = dict(
+      data=name, date=time.strftime('%Y-%m-%d'), config=DATA[name], epochs=args.epochs, overrides=list(args.set),
+      test_images=len(test), training_images=labelled - len(test),
+      hand_arms={arm: variant_spec(arm, changes) for arm, changes in arms.items()}, folds=args.folds,
+      hand_best=best, hand_sweep_accuracy=float(results.set_index('experiment').loc[best, 'accuracy_mean']),
+      accuracy={arm: float(right.mean()) for arm, right in correct.items()},
+      wall_seconds={'hand': hand_seconds, 'hand_sweep': sweep_seconds, 'hand_refit': refit_seconds,
+                    'hand+ensemble': hand_seconds + ensemble_seconds, 'ensemble': ensemble_seconds,
+                    'auto': auto_seconds},
+      auto_budget_seconds=budget, auto=auto_accounts(folder / 'auto'),
+      auto_minus_hand=paired(correct['auto'], correct['hand'], args.seed),
+      auto_minus_hand_ensemble=paired(correct['auto'], correct['hand+ensemble'], args.seed),
+      commands=launch.commands)
+  fileio.write_json(folder / 'bench_auto.json', row)
+  return row
 
-  return dict(data=name, overrides=spec['base'][1:], hand_variants=len(results), hand_best=str(best['experiment']), hand_changes=hand_changes,
-              hand_sweep_accuracy=float(best['accuracy_mean']), hand_wall_seconds=hand_wall,
-              auto_budget_seconds=budget, auto_wall_seconds=auto_wall, auto_used_seconds=state['used_seconds'],
-              auto_stages=state['stages'], auto_chosen=auto['chosen']['name'], auto_changes={k: repr(v) for k, v in auto_changes.items()},
-              auto_trials=int(sum(1 for _ in (folder / 'auto' / 'trials').iterdir())),
-              paired_hand=arm('hand'), paired_auto=arm('auto'),
-              difference=dict(mean=float(diff['mean_difference']), ci_low=float(diff['ci_low']),
-                              ci_high=float(diff['ci_high']), pairs=int(diff['pairs']), wins=int(diff['wins']),
-                              losses=int(diff['losses'])),
-              time_ratio=auto_wall / hand_wall)
+
+def _difference(d: dict) -> str:
+  return f'{d["mean"]:+.3f} [{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}] | {d["wins"]}/{d["losses"]}'
 
 
 def table(rows: list[dict]) -> str:
-  lines = ['| data | hand arms | hand wall s | best hand arm | auto budget s | auto wall s | auto / hand time | '
-           'hand acc (fresh seeds) | auto acc (fresh seeds) | auto - hand [95% CI] | wins/losses |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+  lines = ['| data | test images | hand arms x folds | best hand arm | hand s (W) | hand+ens s | auto budget s | '
+           'auto used s | auto wall s | hand acc | hand+ens acc | auto acc | auto - hand [95% CI] | wins/losses | '
+           'auto - hand+ens [95% CI] | wins/losses |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
-    h, a, d = r['paired_hand'], r['paired_auto'], r['difference']
-    lines.append(f'| {r["data"]} | {r["hand_variants"]} | {r["hand_wall_seconds"]:.0f} | {r["hand_best"]} | '
-                 f'{r["auto_budget_seconds"]} | {r["auto_wall_seconds"]:.0f} | {r["time_ratio"]:.2f} | '
-                 f'{h["mean"]:.3f} [{h["ci_low"]:.3f}, {h["ci_high"]:.3f}] | '
-                 f'{a["mean"]:.3f} [{a["ci_low"]:.3f}, {a["ci_high"]:.3f}] | '
-                 f'{d["mean"]:+.3f} [{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}] | {d["wins"]}/{d["losses"]} |')
+    wall, acc, used = r['wall_seconds'], r['accuracy'], r['auto'].get('used_seconds')
+    lines.append(f'| {r["data"]} | {r["test_images"]} | {len(r["hand_arms"])} x {r["folds"]} | {r["hand_best"]} | '
+                 f'{wall["hand"]:.0f} | {wall["hand+ensemble"]:.0f} | {r["auto_budget_seconds"]} | '
+                 f'{"?" if used is None else f"{used:.0f}"} | {wall["auto"]:.0f} | {acc["hand"]:.3f} | '
+                 f'{acc["hand+ensemble"]:.3f} | {acc["auto"]:.3f} | {_difference(r["auto_minus_hand"])} | '
+                 f'{_difference(r["auto_minus_hand_ensemble"])} |')
   return '\n'.join(lines)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--out', type=pathlib.Path, default=REPO / 'runs' / 'bench-auto')
-  p.add_argument('--data', nargs='+', default=['footprint', 'digits'], choices=['footprint', 'digits'])
-  p.add_argument('--epochs', type=int, default=8)
-  p.add_argument('--fraction', type=float, default=0.5, help="auto's budget as a share of the hand sweep's wall")
+  p.add_argument('--data', nargs='+', default=list(DATA), choices=list(DATA))
+  p.add_argument('--epochs', type=int, default=0, help="every arm's epochs (0: each config's own)")
+  p.add_argument('--fraction', type=float, default=0.5, help="auto's budget as a share of the hand arm's wall time")
+  p.add_argument('--folds', type=int, default=3, help="the hand sweep's folds (data.num_folds)")
+  p.add_argument('--test-fraction', type=float, default=0.2, help='the held-out test share, stratified')
+  p.add_argument('--seed', type=int, default=0, help='the test split and the bootstrap')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                 help='a config override for every launch, e.g. data.image_size=60,40 (repeatable)')
+                 help='a config override for every training launch, e.g. data.image_size=60,40 (repeatable)')
   args = p.parse_args()
-  specs = data_sets(args.epochs, args.set)
-  rows = [run_one(name, specs[name], args.out, args.fraction) for name in args.data]
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / 'bench_auto.json').write_text(json.dumps(rows, indent=1))
-  (args.out / 'bench_auto.md').write_text(table(rows) + '\n')
+  args.out = args.out.resolve()
+  rows = [run_one(name, args) for name in args.data]
+  fileio.write_json(args.out / 'bench_auto.json', rows)
+  fileio.write_text(args.out / 'bench_auto.md', table(rows) + '\n')
   print(table(rows))
 
 
