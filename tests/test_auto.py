@@ -1,8 +1,10 @@
-"""--mode auto through launch.py on the quick synthetic footprints with a tiny CNN: a whole run and its final
-workdir submitting, a budget shorter than a trial, a kill -9 and a relaunch, two processes sharing a
-PostgreSQL-backed study, the Wilcoxon pruner stopping a planted hopeless trial, and a wrong search-space entry
-named in one line. Budgets here are either generous (the trial count decides) or shorter than any trial, so no
-test depends on the machine's speed; how well a real budget is kept is bench/auto.py's measurement."""
+"""--mode auto through launch.py on the quick synthetic footprints with a tiny CNN: a bracket of successive
+halving and its final ensemble submitting, a middle budget kept, a budget too short for anything, a kill -9 and a
+relaunch, two processes sharing a PostgreSQL-backed study, a population round's member against its solo run, and
+bad inputs named in one line. Where a budget is generous the trial count decides; the middle budget's bound
+allows one variant's time past the deadline, the granularity the deadline acts at, so no test depends on the
+machine's speed; how well a real budget is spent is bench/auto.py's measurement."""
+import importlib
 import json
 import os
 import re
@@ -11,15 +13,21 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
+from fpclass.search.context import Entry
+from fpclass.search.population import outcomes, round_plan
 from fpclass.search.space import Candidate, baseline_params, parse_space
 from fpclass.train import sidecar
+from fpclass.train.loop import run_plan
+from fpclass.train.records import StopOnSignals
 from tests.conftest import REPO, launch
 from tests.postgres import postgres_server
 
@@ -35,31 +43,57 @@ def _env(tmp_path):
   return {'FPCLASS_CACHE': str(tmp_path / 'cache')}
 
 
-def test_a_tiny_run_chooses_confirms_refits_and_its_final_model_submits(tmp_path):
-  """A budget no busy machine exhausts, so the trial count decides; bench/auto.py measures the budget itself."""
+def _state(workdir):
+  return json.loads((workdir / 'auto_state.json').read_text())
+
+
+def _study(workdir, name='footprint-exp4'):
+  return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal'))))
+
+
+def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_ensemble_of_all_the_data(tmp_path):
+  """Nine trials (a budget no busy machine exhausts, so the trial count decides): 9 on one fold for one epoch,
+  the best 3 (by validation loss: no ties) one more rung, the best on all 3 folds; the worst are told PRUNED.
+  The confirmation trains on folds cut with another split seed and seed 101; the final ensemble's fold models
+  together trained on every labelled image, and it submits."""
   workdir = tmp_path / 'auto'
-  result = launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=1h',
-                  '--config.auto.trials=4', '--config.auto.confirm_seeds=(101,)', env=_env(tmp_path))
-  assert 'chose trial' in result.stdout
-  trials = pd.read_csv(workdir / 'trials.csv')
-  assert len(trials) == 4 and (trials['state'] == 'COMPLETE').sum() >= 2
-  for member in (workdir / 'trials').glob('trial-*/fold*-seed0'):   # every member an ordinary workdir
-    assert (member / 'metadata.json').is_file() and (member / 'oof_predictions.csv').is_file()
+  result = launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=1h', '--config.auto.metric=loss',
+                  '--config.auto.trials=9', env=_env(tmp_path))
+  assert 'chose trial-' in result.stdout
+  (bracket,) = _state(workdir)['brackets']
+  assert bracket['rungs'] == [dict(configs=9, folds=1, epochs=1), dict(configs=3, folds=1, epochs=1),
+                              dict(configs=1, folds=3, epochs=2)]
+  study = _study(workdir)
+  trials = {t.number: t for t in study.trials if 'claim' not in t.user_attrs}
+  assert sorted(trials) == bracket['trials'] and len(trials) == 9
+  for level, kept in enumerate(bracket['promoted']):   # each rung keeps its lowest losses, the rest are pruned
+    values = {int(n): v for n, v in bracket['values'][level].items()}
+    dropped = [v for n, v in values.items() if n not in kept]
+    assert len(kept) == bracket['rungs'][level + 1]['configs'] and max(values[n] for n in kept) <= min(dropped)
+    assert all(trials[n].state == optuna.trial.TrialState.PRUNED for n in values if n not in kept)
+  (top,) = bracket['promoted'][-1]
+  assert trials[top].state == optuna.trial.TrialState.COMPLETE and trials[top].value == bracket['values'][-1][str(top)]
+  base = sidecar.config_from_json(json.loads((workdir / 'workdir.json').read_text())['config'])
+  for key, value in json.loads(json.dumps(trials[0].user_attrs['changes'])).items():   # the config as given
+    section, name = key.split('.')
+    assert repr(base[section][name]) == value or repr(float(base[section][name])) == value, (key, value)
+  # The confirmation: the choice (and the config as given) on folds of split seed + 1000, seed 101.
   confirm = pd.read_csv(workdir / 'confirm_members.csv')
-  assert len(confirm) == 2 * 3 and set(confirm['seed']) == {101}   # 2 finalists x 3 folds x 1 fresh seed
+  chosen = f'trial-{top:04d}'
+  assert set(confirm['seed']) == {101} and chosen in set(confirm['experiment'])
+  fold_models = sorted((workdir / 'confirm' / chosen).glob('fold*'))
+  assert len(fold_models) == 3
+  for model in fold_models:
+    assert sidecar.read_metadata(model)['config']['data']['split_seed'] == 1000
+  # The final model: those fold models as one ensemble whose out-of-fold rows are every labelled image once.
+  meta = sidecar.read_metadata(workdir / 'final')
+  assert meta['ensemble']['kind'] == 'auto' and meta['ensemble']['members'][0]['models'] == ['fold0', 'fold1', 'fold2']
+  final = pd.read_csv(workdir / 'final' / 'oof_predictions.csv', dtype={'id': str}).set_index('id')
+  searched = pd.read_csv(workdir / 'trials' / chosen / 'oof_predictions.csv', dtype={'id': str}).set_index('id')
+  assert final.index.is_unique and set(final.index) == set(searched.index)   # every labelled image, once
+  assert (final['split'] != searched.loc[final.index, 'split']).any()   # other folds than the search's
   report = (workdir / 'auto_report.md').read_text()
-  for heading in ('### 1. Screen', '### 2. Search', '### 3. Confirm on fresh seeds', '### 4. The chosen'):
-    assert heading in report
-  assert 'Paired differences from the best finalist' in report and (workdir / 'auto_history.png').is_file()
-  # The budget's account: every stage timed, and what they add up to used.
-  state = json.loads((workdir / 'auto_state.json').read_text())
-  assert {'search', 'confirm', 'refit'} <= set(state['stages']), state
-  assert sum(state['stages'].values()) <= state['used_seconds'] <= 3600, state
-  # The choice re-runs from its config file, and the final workdir is an ordinary one that submits.
-  chosen = config_from_argv(['launch.py', f'--config={workdir / "chosen_config.py"}'])
-  stored = sidecar.read_metadata(workdir / 'final')['config']
-  assert sidecar.config_as_json(chosen) == stored   # the whole configuration
-  assert json.loads((workdir / 'final' / 'scores.json').read_text())['accuracy'] >= 0
+  assert 'together they trained on every labelled image' in report and 'which chose nothing' in report
   launch(f'--workdir={workdir / "final"}', '--mode=submit', env=_env(tmp_path))
   assert len(pd.read_csv(workdir / 'final' / 'submission.csv')) == 16
   # The run recorded its config (workdir.json), so the modes that read its trials need only --workdir.
@@ -68,94 +102,103 @@ def test_a_tiny_run_chooses_confirms_refits_and_its_final_model_submits(tmp_path
   assert (workdir / 'label_quality.csv').is_file()
 
 
-def test_a_budget_shorter_than_a_trial_still_chooses_and_refits_and_says_it_overran(tmp_path):
-  """No trial count is set, and the budget is spent before the first trial ends: that trial still runs to its
-  end (a choice needs one), no second one starts, the confirmation is skipped, and the refit trains in full."""
+def test_a_middle_budget_holds(tmp_path):
+  """45 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
+  + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant)."""
   workdir = tmp_path / 'auto'
-  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=1s', env=_env(tmp_path))
-  trials = pd.read_csv(workdir / 'trials.csv')
-  assert list(trials['state']) == ['COMPLETE']
-  report = (workdir / 'auto_report.md').read_text()
-  assert (workdir / 'final' / 'scores.json').is_file() and 'skipped' in report
-  assert 'trained and evaluated in full after the budget was spent' in report
+  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=45s', env=_env(tmp_path))
+  state = _state(workdir)
+  longest = max(seconds for _, _, seconds in state['measures'])
+  assert state['used_seconds'] <= 45 * 1.05 + longest, state
+  assert state['brackets'] and sum(state['stages'].values()) <= state['used_seconds']
+  assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
 
-def test_kill_9_then_relaunch_resumes_the_study_and_the_members(tmp_path):
+def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path):
+  result = launch(*TINY, THREE_FOLDS, f'--workdir={tmp_path}', '--config.auto.time_budget=1s', check=False,
+                  env=_env(tmp_path))
+  lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
+  assert result.returncode == 2 and len(lines) == 1 and "config.auto.time_budget='1s'" in lines[0], result.stderr[-2000:]
+
+
+def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
   workdir, env = tmp_path / 'auto', dict(os.environ, **_env(tmp_path))
   args = [sys.executable, str(REPO / 'launch.py'), *TINY, THREE_FOLDS, f'--workdir={workdir}',
-          '--config.auto.time_budget=1h', '--config.auto.trials=3', '--config.auto.confirm_seeds=(101,)',
-          '--config.train.epochs=3', LR_ONLY]
+          '--config.auto.time_budget=1h', '--config.auto.trials=9', LR_ONLY]
   log = (tmp_path / 'first.log').open('w')
   first = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
   deadline = time.monotonic() + 300
-  # Kill once a member has finished and the next one is inside its epochs (its `last` checkpoint exists).
-  while time.monotonic() < deadline and first.poll() is None:
-    members = list((workdir / 'trials').glob('trial-*/fold*-seed0'))
-    done = [m for m in members if (m / 'oof_predictions.csv').is_file()]
-    running = [m for m in members if (m / 'checkpoints' / 'last').is_dir() and m not in done]
-    if done and running:
+  while time.monotonic() < deadline and first.poll() is None:   # kill inside the first rung, 2 variants done
+    done = list((workdir / 'rounds' / 'b0-r0').glob('trial-*/experiment.json'))
+    if len(done) >= 2:
       break
     time.sleep(0.05)
   assert first.poll() is None, (tmp_path / 'first.log').read_text()[-2000:]
   os.killpg(first.pid, signal.SIGKILL)
   first.wait()
-  finished_before = {m: (m / 'metrics.csv').stat().st_mtime_ns for m in done}
+  finished_before = {p: p.stat().st_mtime_ns for p in (workdir / 'rounds' / 'b0-r0').glob('trial-*/experiment.json')}
   result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  assert 'left running by a process that is gone; asked for again' in result.stdout + result.stderr
-  assert all((m / 'metrics.csv').stat().st_mtime_ns == t for m, t in finished_before.items())   # not retrained
-  assert 'resuming' in result.stdout + result.stderr   # the killed member went on from its checkpoint
-  study = optuna.load_study(study_name='footprint-exp4',
-                            storage=JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal'))))
-  failed = {t.number: t for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
-  retries = [t for t in study.trials if t.user_attrs.get('retry_of') is not None]
-  assert retries and retries[0].params == failed[retries[0].user_attrs['retry_of']].params
-  assert (workdir / 'final' / 'scores.json').is_file()
+  assert all(p.stat().st_mtime_ns == t for p, t in finished_before.items())   # not retrained
+  assert sum(f'[{p.parent.name}] finished earlier' in result.stdout + result.stderr for p in finished_before) \
+      == len(finished_before)
+  trials = [t for t in _study(workdir).trials if 'claim' not in t.user_attrs]
+  assert len(trials) == 9   # the relaunch asked for none again
+  assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
 
-def test_two_processes_share_a_postgresql_study_and_no_trial_runs_twice(tmp_path):
-  workdir, env = tmp_path / 'auto', dict(os.environ, **_env(tmp_path))
+def test_two_processes_share_a_postgresql_study_and_one_confirms(tmp_path):
+  env = dict(os.environ, **_env(tmp_path))
   with postgres_server() as url:
-    args = [sys.executable, str(REPO / 'launch.py'), *TINY, THREE_FOLDS, f'--workdir={workdir}',
-            '--config.auto.time_budget=1h', '--config.auto.trials=4', '--config.auto.confirm_seeds=()',
-            f'--config.auto.storage={url}', LR_ONLY]
-    procs = [subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *TINY, THREE_FOLDS,
+                               f'--workdir={tmp_path / f"auto{i}"}', '--config.auto.time_budget=1h',
+                               '--config.auto.trials=9', f'--config.auto.storage={url}', LR_ONLY],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
     study = optuna.load_study(study_name='footprint-exp4', storage=url)
-    trials = [t for t in study.trials if t.state.is_finished()]
-    # config.auto.trials counts the trials finished or running when a process asks for one; two asking in the
-    # same instant may each take the last one.
-    assert 4 <= len(trials) <= 5
+    trials = [t for t in study.trials if 'claim' not in t.user_attrs]
     assert {t.user_attrs['owner']['pid'] for t in trials} <= {p.pid for p in procs}
-    folders = [f'trial {t.number} ' for t in trials]
-    assert all(sum(f in o for o in outputs) == 1 for f in folders)   # each trial logged by exactly one process
-  assert sum('runs the confirmation and the refit' in o for o in outputs) == 1   # one confirms and refits
-  assert (workdir / 'final' / 'scores.json').is_file()
+    assert len({t.user_attrs['folder'] for t in trials}) == len(trials)   # no trial twice
+  assert sum('another live process of this study confirms' in o for o in outputs) == 1
+  assert sum((tmp_path / f'auto{i}' / 'final' / 'metadata.json').is_file() for i in range(2)) == 1
 
 
-def test_the_wilcoxon_pruner_stops_a_planted_hopeless_trial(tmp_path):
-  """A good trial (learning rate 3e-2) then a hopeless one (1e-7), enqueued, scored by validation loss (on 9
-  images a fold the accuracy of both can tie): after three folds every one worse than the good trial's
-  (one-sided Wilcoxon p = 1/8 < 0.2), the fourth fold never trains."""
-  workdir = tmp_path / 'auto'
-  workdir.mkdir()
-  storage = JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal')))
-  study = optuna.create_study(study_name='planted', storage=storage, direction='minimize')
-  study.enqueue_trial({'train.learning_rate': 3e-2})
-  study.enqueue_trial({'train.learning_rate': 1e-7})
-  launch(*TINY, f'--workdir={workdir}',
-         '--config.auto.folds=4', '--config.auto.study=planted', '--config.auto.p_threshold=0.2',
-         '--config.auto.metric=loss',
-         '--config.auto.trials=2', '--config.auto.time_budget=1h', '--config.auto.confirm_seeds=()', LR_ONLY,
-         env=_env(tmp_path))
-  good, hopeless = sorted(optuna.load_study(study_name='planted', storage=storage).trials, key=lambda t: t.number)
-  assert good.state == optuna.trial.TrialState.COMPLETE and len(good.intermediate_values) == 4
-  assert hopeless.state == optuna.trial.TrialState.PRUNED and len(hopeless.intermediate_values) == 3
-  folder = next(p for p in (workdir / 'trials').iterdir() if (p / 'fold2-seed0').is_dir()
-                and not (p / 'fold3-seed0').exists())
-  assert folder.name.startswith('trial-')
+def test_without_optuna_auto_says_which_extra_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'optuna', None)
+  monkeypatch.delitem(sys.modules, 'fpclass.modes.auto', raising=False)
+  with pytest.raises(UserInputError, match=r"pip install 'fpclass\[auto\]'"):
+    importlib.import_module('fpclass.modes.auto')
+
+
+def test_a_population_round_member_equals_its_solo_run(tmp_path):
+  """Two trials x two folds as one plan (`population.round_plan`, isolated), and fold 1 of the second trial trained alone
+  (`--mode train`): the loop form runs the solo run's programs on the same rows, so the same bits."""
+  config = config_from_argv(['launch.py', *TINY[:7], '--config.data.num_folds=2'])
+  entries = [Entry('trial-0000', {}), Entry('trial-0001', {'train.learning_rate': 0.003})]
+  plan, failed = round_plan(config, entries, (0, 1), (0,), 2)
+  assert len(plan.variants) == 2 and not failed
+  with StopOnSignals() as stop:
+    runs = run_plan(plan, tmp_path / 'round', stop=stop, isolate=True)
+  assert all(not o.error for o in outcomes(runs, 'accuracy').values())
+  solo = tmp_path / 'solo'
+  launch(*TINY[:7], '--config.data.num_folds=2', '--config.data.fold=1', '--config.train.learning_rate=0.003',
+         f'--workdir={solo}', env=_env(tmp_path))
+  member = pd.read_csv(tmp_path / 'round' / 'trial-0001' / 'oof_predictions.csv', dtype={'id': str})
+  alone = pd.read_csv(solo / 'oof_predictions.csv', dtype={'id': str})
+  member = member[member['split'] == 1].set_index('id').sort_index()
+  alone = alone.set_index('id').sort_index()
+  probabilities = [c for c in alone.columns if c.startswith('p_')]
+  np.testing.assert_array_equal(member[probabilities].to_numpy(), alone[probabilities].to_numpy())
+
+
+def test_a_choice_no_trial_can_train_is_refused_before_any_work(tmp_path):
+  result = launch(*TINY, f'--workdir={tmp_path}', "--config.auto.space=('train.learning_rate: choice(0.001, 0.0)',)",
+                  '--config.auto.keep=0', check=False, env=_env(tmp_path))
+  lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
+  assert result.returncode == 2 and len(lines) == 1 and 'config.auto.space[0]' in lines[0], result.stderr[-2000:]
+  assert not (tmp_path / 'rounds').exists()
 
 
 @pytest.mark.parametrize('entry,message', [

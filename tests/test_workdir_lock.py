@@ -202,65 +202,6 @@ def test_read_only_workdir_is_refused_before_work_starts(tmp_path):
       workdir.chmod(0o755)
 
 
-# Takes auto's claim in a folder, says whether it got it, holds it until killed, or exits at once when hold is 0.
-CLAIMER = '''
-import sys, time
-from fpclass.runtime import workdir_lock
-folder, hold = sys.argv[1], float(sys.argv[2])
-print('claimed' if workdir_lock.claim(folder, 'confirm.claim', 'auto') else 'refused', flush=True)
-time.sleep(hold)
-'''
-
-
-def claimer(folder, hold):
-  child = subprocess.Popen([sys.executable, '-c', CLAIMER, str(folder), str(hold)], stdout=subprocess.PIPE,
-                           text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
-  return child, child.stdout.readline().strip()
-
-
-@pytest.fixture
-def own_claims(monkeypatch):
-  """This test's claims, released at its end (a claim is otherwise kept until the process ends)."""
-  claims = {}
-  monkeypatch.setattr(workdir_lock, '_claims', claims)
-  yield claims
-  for lock in claims.values():
-    lock.release()
-
-
-def test_a_claim_is_the_lock_mechanism_held_by_one_live_process_then_taken_over(tmp_path, own_claims, caplog):
-  """auto's confirmation claim: refused while a live process holds it (its record names it, as a workdir lock's
-  does), kept by its holder, taken over with a warning after kill -9; the workdir lock beside it is separate."""
-  child, said = claimer(tmp_path, 60)
-  try:
-    assert said == 'claimed'
-    record = json.loads(lock_path(tmp_path, 'confirm.claim').read_text())
-    assert record['pid'] == child.pid and record['mode'] == 'auto' and record['host'] == socket.gethostname()
-    assert not workdir_lock.claim(tmp_path, 'confirm.claim', 'auto')
-    with WorkdirLock(tmp_path):   # another name, another lock
-      pass
-  finally:
-    kill9(child)
-  with caplog.at_level(logging.WARNING):
-    assert workdir_lock.claim(tmp_path, 'confirm.claim', 'auto')
-  stale = [r.getMessage() for r in caplog.records if 'taking over' in r.getMessage()]
-  assert len(stale) == 1 and f'pid {child.pid}' in stale[0] and 'confirm.claim' in stale[0]
-  assert workdir_lock.claim(tmp_path, 'confirm.claim', 'auto')   # this process holds it already
-  assert json.loads(lock_path(tmp_path, 'confirm.claim').read_text())['pid'] == os.getpid()
-  child, said = claimer(tmp_path, 0)
-  child.wait(30)
-  assert said == 'refused'
-
-
-def test_a_claim_of_a_process_that_ended_is_taken_without_a_warning(tmp_path, own_claims, caplog):
-  child, said = claimer(tmp_path, 0)
-  assert child.wait(30) == 0 and said == 'claimed'
-  assert lock_path(tmp_path, 'confirm.claim').read_text() == ''   # released as the process ended
-  with caplog.at_level(logging.WARNING):
-    assert workdir_lock.claim(tmp_path, 'confirm.claim', 'auto')
-  assert not [r for r in caplog.records if 'taking over' in r.getMessage()]
-
-
 def test_an_owner_record_is_alive_while_its_process_runs_and_always_on_another_host():
   sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
   here = socket.gethostname()

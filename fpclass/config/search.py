@@ -22,8 +22,9 @@ def duration_seconds(text: str, key: str = 'config.auto.time_budget') -> float:
 @dataclasses.dataclass(frozen=True)
 class AutoSettings(Settings):
   """`config.auto`: --mode auto finds the best defensible model for the data within a time budget: a linear-probe
-  screen of the backbones, an Optuna search of k-fold trials (TPE, Wilcoxon pruning), the best trials confirmed
-  on fresh seeds with paired intervals, and the choice refitted into <workdir>/final (docs/auto.md)."""
+  screen of the backbones, a population search (TPE's batches trained as sweeps, successive halving over epochs
+  and folds), the finalists confirmed on fresh folds x seeds with paired intervals, and the chosen configuration's
+  fold models as the final ensemble in <workdir>/final (docs/auto.md)."""
   SECTION: ClassVar[str] = 'auto'
   time_budget: str = '20m'         # the whole run's wall time: '90s', '20m', '1.5h'
   metric: str = ''                 # a registered metric (fpclass/analysis/metric_registry.py); '' -> the task's
@@ -36,12 +37,13 @@ class AutoSettings(Settings):
   # int(low, high), choice(a, b, ...); 'model.name: backbones' chooses among the kept candidates. () -> the
   # task's defaults (fpclass.search.space.default_space).
   space: tuple[str, ...] = ()
-  folds: int = 0                   # k of each trial's k-fold plan; 0 -> config.data.num_folds
+  folds: int = 0                   # k of the top rung's k-fold plan; 0 -> config.data.num_folds
   trials: int = 0                  # at most this many trials in all; 0 -> as many as the budget allows
   seed: int = 0                    # the TPE sampler's seed; each trial trains with config.seed
-  finalists: int = 3               # the best trials confirmed on fresh seeds x folds
-  confirm_seeds: tuple[int, ...] = (101, 102)
-  p_threshold: float = 0.1         # Optuna's WilcoxonPruner: prune when a trial is worse than the best at this p
+  eta: int = 3                     # successive halving: a rung keeps the best 1/eta, with eta x the epochs
+  finalists: int = 2               # the best trials confirmed on fresh folds x seeds (beside the config as given)
+  confirm_seeds: tuple[int, ...] = (101,)   # the confirmation's seeds, on folds cut with data.split_seed + 1000
+  confirm_share: float = 0.25      # the most of the budget the confirmation may take
   storage: str = ''                # '' -> an Optuna journal file in the workdir; postgresql://... to share a study
   study: str = ''                  # the study's name; '' -> config.name
 
@@ -53,7 +55,8 @@ class AutoSettings(Settings):
     self.require('finalists', self.finalists >= 1, 'at least 1')
     self.require('confirm_seeds', len(set(self.confirm_seeds)) == len(self.confirm_seeds),
                  'distinct integers (() skips the confirmation)')
-    self.require('p_threshold', 0.0 < self.p_threshold < 1.0, 'in (0, 1)')
+    self.require('eta', self.eta >= 2, 'at least 2')
+    self.require('confirm_share', 0.0 <= self.confirm_share <= 0.5, 'in [0, 0.5]')
     self.require('storage', not self.storage or self.storage.startswith(('postgresql', 'sqlite', 'mysql')),
                  "'' (a journal file in the workdir) or a database URL such as postgresql://user@host/db")
 

@@ -25,25 +25,31 @@ def valid_backbones() -> list[str]:
 
 
 def parse_backbones(config) -> list[Backbone]:
-  """The configured backbones, checked: registered pretrained models, no entry twice. One model may be listed
-  with different weights (random init against ImageNet, say); a plain name takes config.model.pretrained; a Hub
-  checkpoint alone ('hf-hub:timm/<arch>.<tag>') is its architecture's model with those weights."""
+  """config.probe.backbones, checked (`parse_entries`)."""
+  return parse_entries(ProbeSettings.from_config(config.probe).backbones, config, 'config.probe.backbones')
+
+
+def parse_entries(entries, config, key: str) -> list[Backbone]:
+  """Backbone entries ('name' or 'name=weights') of the flag `key`, checked: registered pretrained models, no
+  entry twice. One model may be listed with different weights (random init against ImageNet, say); a plain name
+  takes config.model.pretrained; a Hub checkpoint alone ('hf-hub:timm/<arch>.<tag>') is its architecture's model
+  with those weights."""
   default = str(ModelSettings.from_config(config.model).get('pretrained', '') or '')
   valid = valid_backbones()
   parsed = []
   flags = []
-  for index, entry in enumerate(ProbeSettings.from_config(config.probe).backbones):
-    flags.append(f'config.probe.backbones[{index}]')
+  for index, entry in enumerate(entries):
+    flags.append(f'{key}[{index}]')
     name, _, weights = str(entry).partition('=')
     name, weights = name.strip(), weights.strip() or default
     implied = hub.implied_model(name, flags[-1])
     if implied:   # a Hub checkpoint alone ('hf-hub:timm/resnet50.a1_in1k') names its model
       name, weights = implied, name
     if name not in valid:
-      raise UserInputError(f'config.probe.backbones: {name!r} is not a registered backbone with pretrained '
+      raise UserInputError(f'{key}: {name!r} is not a registered backbone with pretrained '
                            f'weights; choose from {valid}')
     if (name, weights) in parsed:
-      raise UserInputError(f'config.probe.backbones: {name}={weights or "(random init)"} is listed twice')
+      raise UserInputError(f'{key}: {name}={weights or "(random init)"} is listed twice')
     parsed.append((name, weights))
   names = [name for name, _ in parsed]
   return [Backbone(name, weights, name if names.count(name) == 1 else

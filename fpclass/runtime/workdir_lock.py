@@ -1,5 +1,5 @@
-"""One training run per workdir: an OS lock on <workdir>/.fpclass.lock, plus JSON naming its holder; and
-named claims in a folder by the same mechanism (`claim`: auto's confirmation in a shared workdir).
+"""One training run per workdir: an OS lock on <workdir>/.fpclass.lock, plus JSON naming its holder; and the
+owner records (`process_owner`, `owner_alive`) that auto's trials and claims in a shared study carry.
 
     with WorkdirLock(workdir, mode='train'):
       ...train...
@@ -12,7 +12,6 @@ release (the file is emptied, never deleted, so no other process can be locking 
 
 Design notes: docs/modules.md (`fpclass/runtime/workdir_lock.py`).
 """
-import atexit
 import dataclasses
 import datetime
 import errno
@@ -184,24 +183,6 @@ def training_run(workdir: str | os.PathLike) -> LockHolder | None:
     return holder if holder is not None and _looks_alive(holder, os_lock) else None
   finally:
     os.close(fd)
-
-
-_claims: dict[pathlib.Path, WorkdirLock] = {}   # the claims this process holds, kept until it ends
-
-
-def claim(folder: str | os.PathLike, name: str, mode: str) -> bool:
-  """Whether this process holds the claim `name` in `folder` (auto's confirmation in a shared workdir): taken
-  when no live process holds it, then kept until this process ends. The file, its holder record and the
-  staleness rule are the workdir lock's: the claim of a process that is gone is taken over with a warning."""
-  path = lock_path(folder, name).absolute()
-  if path in _claims:
-    return True
-  lock = WorkdirLock(folder, mode, name=name)
-  if lock.try_acquire():
-    return False
-  _claims[path] = lock
-  atexit.register(lock.release)   # a clean end: the next claimer takes it without a warning
-  return True
 
 
 def process_owner() -> dict:

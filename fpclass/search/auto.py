@@ -1,20 +1,22 @@
-"""`run_auto(config, workdir)`: the best defensible model for the data within a time budget, in four stages.
+"""`run_auto(config, workdir)`: the best defensible model for the data within a time budget.
 
 1. Screen: a linear probe (`fpclass.search.screen`) of the backbones whose weights are at hand; the best
-   `auto.keep` of them become candidates beside the config's own model.
-2. Search: Optuna trials (`fpclass.search.study`, TPE, seeded), each a k-fold plan run by the one training loop
-   with one workdir per member (`MEMBER_WORKDIRS`), reporting fold by fold to the Wilcoxon pruner.
-3. Confirm: the best `auto.finalists` trials again on fresh seeds x folds, with paired 95% intervals against
-   the best of them.
-4. Refit: the chosen configuration trained into `<workdir>/final`, an ordinary workdir, and evaluated.
-The budget (`fpclass.search.budget`) decides how many trials fit beside a reserve for stages 3 and 4. A relaunch
-resumes: the study from its storage, each member from its checkpoints. Details and figures: docs/auto.md.
+   `auto.keep` become candidates beside the config's own model, each with its learning-rate centre
+   (`fpclass.search.lr_centres`).
+2. Search: brackets of successive halving (`fpclass.search.rungs`). A bracket's rung is a population round
+   (`fpclass.search.population`): a batch of TPE's trials trained as one sweep plan, few epochs on one fold at
+   the bottom, the config's epochs on every fold at the top (`trials/`). The first trial is the config as given.
+3. Confirm: the finalists, and the config as given, on folds cut anew (data.split_seed + 1000) x seeds that
+   chose nothing, with paired 95% intervals against the choice: at most `auto.confirm_share` of the budget.
+4. Final: the chosen configuration's fold models from the confirmation, an ensemble workdir in `final/`:
+   together they trained on every labelled image, and their out-of-fold score on the fresh folds is honest.
+The budget (`fpclass.search.budget`) holds across launches: a relaunch resumes the study, the bracket where it
+stopped (its finished variants reused) and the confirmation. Details and figures: docs/auto.md.
 """
-import ast
 import dataclasses
 import json
+import math
 import pathlib
-import statistics
 import time
 
 import numpy as np
@@ -23,26 +25,33 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fpclass import fileio, models
-from fpclass.analysis import metric_registry, sweep_report
+from fpclass.analysis import metric_registry
 from fpclass.config.inputs import DecodeSettings, SplitSettings, StorageSettings
 from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.search import AutoSettings
-from fpclass.errors import RunInterrupted, UserInputError
-from fpclass.infer.evaluation import evaluate_workdir
+from fpclass.config.training import TrainSettings
+from fpclass.data import pipeline
+from fpclass.errors import UserInputError
+from fpclass.infer.ensemble import member_workdirs
 from fpclass.models import probe_backbones
 from fpclass.models.heads import head_of
-from fpclass.runtime import tracking, workdir_lock
+from fpclass.search import confirm as confirm_stage
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
+from fpclass.search.context import TAIL, Context, Entry, changes_of
+from fpclass.search.ensemble_selection import Candidate as PoolCandidate
+from fpclass.search.ensemble_selection import workdir_metadata
+from fpclass.search.lr_centres import LR_FIND_SHARE, centre_learning_rates
+from fpclass.search.population import outcomes, round_plan
+from fpclass.search.rungs import Costs, Rung, plan_bracket
 from fpclass.search.screen import ProbeRun, run_probe
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
 from fpclass.train import oof, sidecar
-from fpclass.train.loop import MemberRun, run_plan
-from fpclass.train.plan import MEMBER_WORKDIRS, Plan, Variant, apply_changes, solo_plan
-from fpclass.train.records import StopOnSignals
-from fpclass.train.validation import validate
-
-CLAIM = 'confirm.claim'
+from fpclass.train.loop import run_plan
+from fpclass.train.members import split_name
+from fpclass.train.plan import apply_changes
+from fpclass.train.shared_work import SharedWork
 
 
 @dataclasses.dataclass
@@ -54,17 +63,20 @@ class AutoRun:
   screen_note: str
   candidates: list
   study: optuna.Study
-  confirm: pd.DataFrame | None     # one row per confirmed member: variant, split, seed, every metric
+  brackets: list                   # as stored in auto_state.json: rungs, trials and values
+  search_note: str
+  confirm: pd.DataFrame | None     # one row per confirmed member: experiment, split, seed, every metric
   differences: pd.DataFrame | None
   confirm_note: str
-  chosen: dict                     # name, trial, changes, config (JSON)
+  chosen: dict                     # name, trial, candidate, changes, value, confirmed, config (JSON)
   final: pathlib.Path | None
   final_note: str
   budget: Budget
+  splits_note: str
 
 
 def run_auto(config, workdir) -> AutoRun | None:
-  """The four stages; None in a launch that shares the study with another, which then confirms and refits."""
+  """The four stages; None in a launch that shares the study with another, which then confirms."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   settings = AutoSettings.from_config(config.auto)
@@ -75,26 +87,45 @@ def run_auto(config, workdir) -> AutoRun | None:
                          f'{[m.name for m in metric_registry.for_task(task)]}')
   folds = settings.folds or SplitSettings.from_config(config.data).num_folds
   base = apply_changes(config, {'data.num_folds': folds}, 'config.auto.folds')
+  own_split = pipeline.list_source(RunSettings.from_config(base).data).val is not None
+  splits_note = ("the source's own validation split (one holdout per trial; the confirmation repeats it with "
+                 'fresh seeds)') if own_split else f'{folds}-fold'
   budget = Budget.load(settings.budget_seconds, workdir)
-  tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {folds}-fold trials by {metric}')
-  screen, candidates, screen_note = _screen(base, settings, workdir, budget)
-  dims = parse_space(settings.space or default_space(base, candidates), base, candidates)
-  direction = 'maximize' if metric_registry.REGISTRY[metric].higher_is_better else 'minimize'
-  study = study_lib.open_study(settings.study or str(config.name), settings.storage, workdir, direction,
-                               settings.seed, settings.p_threshold)
-  _search(base, settings, study, dims, candidates, workdir, budget, metric, folds)
-  if not _claim(workdir):
-    tqdm.write(f'auto: another live process of this study runs the confirmation and the refit ({workdir / CLAIM}); '
-               'this one has done its share of the search')
+  tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
+  screen, candidates, screen_note = _screen(base, settings, budget)
+  centres = None
+  if any(c.changes for c in candidates) and not settings.space:
+    centres = centre_learning_rates(base, candidates, LR_FIND_SHARE * budget.left())
+    budget.add_stage('lr_find', centres.seconds)
+    screen_note += '; learning-rate centres: ' + '; '.join(f'{n}: {r:.3g} ({centres.how[n]})'
+                                                           for n, r in centres.rates.items())
+  entries = settings.space or default_space(base, candidates, centres.rates if centres else None)
+  dims = parse_space(entries, base, candidates)
+  higher = metric_registry.REGISTRY[metric].higher_is_better
+  study = study_lib.open_study(settings.study or str(config.name), settings.storage, workdir,
+                               'maximize' if higher else 'minimize', settings.seed)
+  ctx = Context(base, settings, metric, higher, 1 if own_split else folds,
+                TrainSettings.from_config(base.train).epochs, own_split, dims, candidates, study, budget, workdir,
+                SharedWork(), _train_round)
+  search_note = _search(ctx)
+  marker = study_lib.claim(study)
+  if marker is None:
+    tqdm.write('auto: another live process of this study confirms (its claim is in the study\'s storage); this '
+               'one has done its share of the search')
     return None
-  running = study_lib.wait_for_others(study, budget.deadline(_reserve(budget, settings, folds, study)))
-  if running:
-    tqdm.write(f'auto: trials {running} of other processes still run at the end of the search; the '
-               'confirmation chooses among the finished ones')
-  confirm, differences, confirm_note, chosen = _confirm(base, settings, study, workdir, budget, metric, folds)
-  final, final_note = _refit(config, chosen, workdir, budget)
-  return AutoRun(settings, metric, task, screen, screen_note, candidates, study, confirm, differences,
-                 confirm_note, chosen, final, final_note, budget)
+  try:
+    running = study_lib.wait_for_others(study, budget.deadline(ctx.confirm_seconds(budget.costs,
+                                                                                ctx.settings.finalists)))
+    if running:
+      tqdm.write(f'auto: trials {running} of other processes still run; the confirmation chooses among the rest')
+    confirm, differences, confirm_note, chosen = confirm_stage.confirm(ctx)
+    final, final_note = _final(ctx, chosen)
+  except BaseException:
+    study_lib.release(study, marker, confirmed=False)
+    raise
+  study_lib.release(study, marker, confirmed=True)
+  return AutoRun(settings, metric, task, screen, screen_note, candidates, study, budget.brackets, search_note,
+                 confirm, differences, confirm_note, chosen, final, final_note, budget, splits_note)
 
 
 # ------------------------------------------------------------------------------------------------- 1. screen
@@ -103,32 +134,28 @@ def _at_hand(config, settings: AutoSettings) -> tuple[list, list[str]]:
   """(backbones to screen, notes): auto.backbones, or every registered pretrained model whose named weights are
   already in the cache (nothing is downloaded to screen)."""
   if settings.backbones:
-    with config.unlocked():
-      config.probe.backbones = tuple(settings.backbones)
-    return probe_backbones.parse_backbones(config), []
+    return probe_backbones.parse_entries(settings.backbones, config, 'config.auto.backbones'), []
   cache, found, missing = fileio.cache_root(StorageSettings.from_config(config.data).cache_dir), [], []
   for name in probe_backbones.valid_backbones():
     spec = models.get_spec(name)
     named = [w for w in spec.weights.values() if (cache / 'weights' / w.filename).is_file()]
     (found if named else missing).append(name)
-  with config.unlocked():
-    config.probe.backbones = tuple(f'{name}={next(iter(models.get_spec(name).weights))}' for name in found)
+  entries = tuple(f'{name}={next(iter(models.get_spec(name).weights))}' for name in found)
   notes = [f'{len(missing)} registered backbones have no weights in the cache ({cache / "weights"}) and were not '
            'screened; name them with their files in config.auto.backbones'] if missing else []
-  return (probe_backbones.parse_backbones(config) if found else []), notes
+  return (probe_backbones.parse_entries(entries, config, 'config.auto.backbones') if found else []), notes
 
 
-def _screen(base, settings: AutoSettings, workdir: pathlib.Path, budget: Budget):
+def _screen(base, settings: AutoSettings, budget: Budget):
   """(probe run or None, candidates, note): the config's own model first, then the best screened backbones."""
   own = Candidate(ModelSettings.from_config(base.model).name, {})
   if settings.keep == 0:
     return None, [own], 'no screen (config.auto.keep=0)'
-  config = apply_changes(base, {}, 'auto')
-  backbones, notes = _at_hand(config, settings)
+  backbones, notes = _at_hand(base, settings)
   if not backbones:
     return None, [own], ' '.join(notes) or 'no backbone to screen'
   start = time.perf_counter()
-  found = run_probe(config, backbones)
+  found = run_probe(base, backbones)
   budget.add_stage('screen', time.perf_counter() - start)
   order = found.summary.sort_values(f'{found.rank_by}_mean', ascending=found.rank_by == 'log_loss', kind='stable')
   kept = []
@@ -143,191 +170,177 @@ def _screen(base, settings: AutoSettings, workdir: pathlib.Path, budget: Budget)
 
 # ------------------------------------------------------------------------------------------------- 2. search
 
-def _reserve(budget: Budget, settings: AutoSettings, folds: int, study: optuna.Study) -> float:
-  """Seconds to keep for the confirmation and the refit, from the members' times so far."""
-  member = budget.member()
-  if member is None:
-    return 0.3 * budget.seconds
-  finalists = max(1, min(settings.finalists, len(study_lib.completed(study))))
-  return finalists * len(settings.confirm_seeds) * folds * member + 1.5 * member
+def _train_round(ctx: Context, base, entries: list, folds: tuple, seeds: tuple, epochs: int, folder, stop):
+  """`Context.round`: the entries as one plan through the one training loop, each variant isolated."""
+  plan, failed = round_plan(base, entries, folds, seeds, epochs)
+  runs = run_plan(plan, folder, shared=ctx.shared, stop=stop, isolate=True) if plan.variants else []
+  result = dict(failed, **outcomes(runs, ctx.metric))
+  return result, len(result) < len(entries)
 
 
-def _search(base, settings, study, dims, candidates, workdir, budget: Budget, metric: str, folds: int) -> None:
-  retried = study_lib.retry_stale_trials(study)
-  if retried:
-    tqdm.write(f'auto: trials {retried} were left running by a process that is gone; asked for again')
-  start, started = time.perf_counter(), False
-  if not study.trials:   # a new study starts from the config as given
-    study.enqueue_trial(baseline_params(dims, base, candidates), skip_if_exists=True)
+def _search(ctx: Context) -> str:
+  """Brackets while one fits beside the confirmation's share; returns what the search could afford."""
+  budget, start = ctx.budget, time.perf_counter()
   try:
-    while not settings.trials or study_lib.taken_count(study) < settings.trials:
-      # A choice needs one finished trial: until the study has one, this launch's first trial runs to its end
-      # whatever the budget says (a budget shorter than a trial is overrun by that trial, and the report says so).
-      first = not study_lib.completed(study) and not started
-      reserve, member = _reserve(budget, settings, folds, study), budget.member()
-      if not first and member is not None and budget.left() < folds * member + reserve:
+    costs = budget.costs or _measure(ctx)
+    notes = []
+    while True:
+      bracket = budget.open_bracket()
+      if bracket is None:
+        if ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials:
+          break
+        reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * budget.seconds
+        most = ctx.settings.trials - study_lib.taken_count(ctx.study) if ctx.settings.trials else 0
+        planned = plan_bracket(costs, budget.left() - reserve, ctx.folds, ctx.epochs, ctx.settings.eta, most)
+        if planned is None or (budget.brackets and len(planned.rungs) == 1 and planned.rungs[0].configs < 2
+                               and planned.note):
+          break   # no bracket fits (a cheapened single trial is worth it only when nothing else ran)
+        if planned.note:
+          notes.append(planned.note)
+        bracket = budget.new_bracket([dataclasses.asdict(r) for r in planned.rungs])
+        tqdm.write(f'auto: bracket {len(budget.brackets)}: ' + ', then '.join(
+            f'{r.configs} x {r.folds} fold(s) x {r.epochs} epoch(s)' for r in planned.rungs)
+            + f'; {budget.describe()}')
+      if not _run_bracket(ctx, bracket, costs):
+        notes.append('the search stopped at the budget\'s deadline')
         break
-      if not first and member is None and budget.left() <= reserve:
-        break
-      started = True
-      if not _trial(base, settings, study, dims, candidates, workdir, budget, metric, folds,
-                    None if first else budget.deadline(reserve)):
-        break
+      costs = budget.costs
   finally:
     budget.add_stage('search', time.perf_counter() - start)
+  return '; '.join(notes)
 
 
-def _trial(base, settings, study, dims, candidates, workdir, budget, metric, folds, deadline) -> bool:
-  """Runs one trial; False when the budget stopped it."""
-  trial = study_lib.ask(study, settings.seed)
-  name, changes = sample(trial, dims, base, candidates)
-  trial.set_user_attr(study_lib.CANDIDATE, name)
-  trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
-  variant = Variant(trial.user_attrs[study_lib.FOLDER], changes, apply_changes(base, changes, f'trial {trial.number}'))
-  try:
-    validate(variant.config)
-  except UserInputError as e:
-    tqdm.write(f'auto: trial {trial.number} cannot train ({e}); failed')
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    return True
-  values = []
-
-  def on_member(member: MemberRun):
-    budget.add_member(name, member.seconds)
-    values.append(oof.scores(member.predictions)[metric])
-    trial.report(values[-1], step=len(values) - 1)   # the fold's place: the same in every trial
-    tracking.current().log_metrics({metric: values[-1]}, step=len(values) - 1)
-    if trial.should_prune():
-      raise optuna.TrialPruned()
-
-  tqdm.write(f'auto: trial {trial.number} ({name}): {sweep_report.describe_changes(changes)}; {budget.describe()}')
-  plan = Plan((variant,), MEMBER_WORKDIRS, tuple(range(folds)), (int(base.seed),))
-  with tracking.current().nested(f'trial{trial.number}', params=dict(changes, candidate=name)):
-    with StopOnSignals(deadline=deadline) as stop:
-      try:
-        run_plan(plan, workdir / 'trials', stop=stop, on_member=on_member)
-      except optuna.TrialPruned:
-        tqdm.write(f'auto: trial {trial.number} pruned after {len(values)} folds')
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return True
-      except RunInterrupted:
-        if not stop.deadline_passed:
-          raise   # a signal: the trial stays running, and the next launch asks for it again
-        tqdm.write(f'auto: trial {trial.number} stopped by the time budget after {len(values)} folds')
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return False
-    value = float(np.mean(values))
-    study.tell(trial, value)
-    tracking.current().log_metrics({metric: value}, step=len(values))
-    tqdm.write(f'auto: trial {trial.number}: {metric} {value:.4f} over {len(values)} folds')
-    return True
+def _measure(ctx: Context) -> Costs:
+  """The costs, from the config as given on one fold for two epochs: its wall time, and its second epoch's."""
+  epochs = min(2, ctx.epochs)
+  folder = ctx.workdir / 'rounds' / 'measure'
+  with ctx.stop(TAIL * ctx.budget.seconds) as stop:
+    outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs, folder,
+                            stop)
+  outcome = outcomes.get('baseline')
+  if outcome is None:
+    raise UserInputError(f'auto: config.auto.time_budget={ctx.settings.time_budget!r} ran out before the config as '
+                         'given trained two epochs on one fold; give it more time')
+  if outcome.error:
+    raise UserInputError(f'auto: the config as given cannot train: {outcome.error}')
+  rows = pd.read_csv(folder / 'baseline' / split_name(ctx.splits(1)[0]) / 'metrics.csv')
+  per_epoch = float(np.median(rows['seconds'][1:])) if len(rows) > 1 else outcome.seconds / 2
+  measures = [(outcome.members, outcome.member_epochs, outcome.seconds)]
+  costs = Costs.fitted(measures, per_epoch)
+  ctx.budget.record_costs(costs, measures)
+  tqdm.write(f'auto: a configuration\'s set-up {costs.setup:.1f}s, a member {costs.member:.1f}s, a member-epoch '
+             f'{per_epoch:.2f}s')
+  return costs
 
 
-def _claim(workdir: pathlib.Path) -> bool:
-  """Whether this process runs the confirmation and refit: it holds the claim file (the workdir lock's
-  mechanism), taken when no live process of the study holds it."""
-  return workdir_lock.claim(workdir, CLAIM, 'auto')
+def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
+  """Runs the bracket's rungs from where it stands; False when the deadline stopped it."""
+  rungs = [Rung(**r) for r in bracket['rungs']]
+  if not bracket['trials']:
+    if not ctx.study.trials:   # a new study's first trial is the config as given
+      ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), skip_if_exists=True)
+    asked = study_lib.ask_batch(ctx.study, ctx.settings.seed, rungs[0].configs)
+    for trial in asked:
+      name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
+      trial.set_user_attr(study_lib.CANDIDATE, name)
+      trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+    bracket['trials'] = [t.number for t in asked]
+    ctx.budget.save()
+  if not bracket['trials']:
+    return False
+  by_number = ctx.trials()
+  alive = list(bracket['promoted'][-1] if bracket['promoted'] else bracket['trials'])
+  for level in range(len(bracket['promoted']), len(rungs)):
+    rung, top = rungs[level], level == len(rungs) - 1
+    # The rung stops where the rest of the bracket, one configuration a rung, and the confirmation still fit.
+    rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
+    reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
+    if ctx.budget.left() - reserve < Rung(1, rung.folds, rung.epochs).cost(costs):
+      _end_bracket(ctx, bracket, {})
+      return False
+    folder = ctx.workdir / ('trials' if top else pathlib.Path('rounds') / f'b{bracket["index"]}-r{level}')
+    entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
+    with ctx.stop(reserve) as stop:
+      outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,
+                                folder, stop)
+    values = {}
+    for n, entry in zip(alive, entries):
+      outcome = outcomes.get(entry.name)
+      if outcome is None:
+        continue
+      if outcome.seconds:
+        ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
+      live = optuna.trial.Trial(ctx.study, by_number[n]._trial_id)
+      if outcome.error or not math.isfinite(outcome.value):
+        live.set_user_attr('error', (outcome.error or f'{ctx.metric} is not a number')[:500])
+        ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
+        continue
+      values[n] = outcome.value
+      live.report(outcome.value, level)   # the rung is the step: every trial's rung r has the same fidelity
+    bracket['values'].append({str(n): v for n, v in values.items()})
+    costs = ctx.budget.costs
+    if top:
+      _end_bracket(ctx, bracket, values)
+      return not cut
+    ranked = sorted(values, key=lambda n: values[n], reverse=ctx.higher)
+    keep = ranked[:rungs[level + 1].configs]
+    for n in alive:
+      if n not in keep and n in values:
+        ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
+    bracket['promoted'].append(keep)
+    ctx.budget.save()
+    tqdm.write(f'auto: rung {level + 1}/{len(rungs)}: {len(values)} of {len(alive)} trained'
+               + (' (the rest cut by the deadline)' if cut else '') + f'; kept trials {keep}; '
+               + ctx.budget.describe())
+    alive = keep
+    if not alive:
+      break
+  _end_bracket(ctx, bracket, {})
+  return True
 
 
-# ------------------------------------------------------------------------------------------------ 3. confirm
-
-def _finalists(study: optuna.Study, count: int) -> list:
-  """The best completed trials, one per configuration (a retried trial repeats its predecessor's)."""
-  reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-  seen, out = set(), []
-  for t in sorted(study_lib.completed(study), key=lambda t: t.value, reverse=reverse):
-    changes = json.dumps(t.user_attrs.get(study_lib.CHANGES, {}), sort_keys=True)
-    if changes not in seen:
-      seen.add(changes)
-      out.append(t)
-  return out[:count]
-
-
-def _changes_of(trial) -> dict:
-  return {k: ast.literal_eval(v) for k, v in trial.user_attrs.get(study_lib.CHANGES, {}).items()}
-
-
-def _confirm(base, settings, study, workdir, budget: Budget, metric: str, folds: int):
-  """(member rows, paired differences, note, chosen): the finalists on fresh seeds x folds, as many seeds as
-  the budget leaves room for."""
-  finalists = _finalists(study, settings.finalists)
-  if not finalists:
-    raise UserInputError('auto: no trial completed within the budget; give config.auto.time_budget more time '
-                         '(the log shows how long a trial took), or fewer folds (config.auto.folds)')
-  best_trial = finalists[0]
-  chosen = dict(name=f'trial{best_trial.number}', trial=best_trial.number, changes=_changes_of(best_trial),
-                candidate=best_trial.user_attrs.get(study_lib.CANDIDATE), value=best_trial.value)
-  member = budget.member() or 0.0
-  refit = 1.5 * member
-  per_seed = len(finalists) * folds * member
-  seeds = list(settings.confirm_seeds)
-  if per_seed > 0:
-    seeds = seeds[:max(0, int((budget.left() - refit) // per_seed))]
-  if not seeds or len(finalists) < 1:
-    return None, None, 'skipped: the budget left no room for it' if settings.confirm_seeds else 'skipped', chosen
-  variants = [Variant(f'trial{t.number}', _changes_of(t), apply_changes(base, _changes_of(t), f'trial {t.number}'))
-              for t in finalists]
-  rows, start = [], time.perf_counter()
-
-  def on_member(m: MemberRun):
-    budget.add_member(str(chosen['candidate']), m.seconds)
-    rows.append(dict(experiment=m.variant, split=m.split, seed=m.seed, val_hash=f'fold{m.split}',
-                     **oof.scores(m.predictions)))
-    tracking.current().log_metrics({f'{m.variant}.{metric}': rows[-1][metric]}, step=len(rows) - 1)
-
-  note = f'{len(finalists)} finalists x {folds} folds x seeds {seeds}'
-  with StopOnSignals(deadline=budget.deadline(refit)) as stop, tracking.current().nested('confirm'):
-    try:
-      run_plan(Plan(tuple(variants), MEMBER_WORKDIRS, tuple(range(folds)), tuple(seeds)), workdir / 'confirm',
-               stop=stop, on_member=on_member)
-    except RunInterrupted:
-      if not stop.deadline_passed:
-        raise
-      note += f'; stopped by the budget after {len(rows)} members'
-  budget.add_stage('confirm', time.perf_counter() - start)
-  models = pd.DataFrame(rows)
-  if models.empty:
-    return None, None, note + '; no member finished', chosen
-  sign = 1.0 if metric_registry.REGISTRY[metric].higher_is_better else -1.0
-  means = models.groupby('experiment', sort=False)[metric].mean()
-  best_name = str((sign * means).idxmax())
-  ratio = (folds - 1) ** -1 if folds > 1 else 0.0
-  experiments = [dict(name=n, test_train_ratio=ratio, task=metric_registry.task_of_head(head_of(base)))
-                 for n in means.index]
-  differences = sweep_report.paired_differences(models, experiments, best_name)
-  best = next(t for t in finalists if f'trial{t.number}' == best_name)
-  chosen.update(name=best_name, trial=best.number, changes=_changes_of(best),
-                candidate=best.user_attrs.get(study_lib.CANDIDATE), value=best.value,
-                confirmed=float(means[best_name]))
-  return models, differences, note, chosen
+def _end_bracket(ctx: Context, bracket: dict, values: dict) -> None:
+  """Tells the study each running trial's end: COMPLETE with its top-rung value, else PRUNED where it reported."""
+  running, trials = optuna.trial.TrialState.RUNNING, ctx.trials()
+  for n in bracket['trials']:
+    trial = trials[n]
+    if trial.state != running:
+      continue
+    if n in values and len(bracket['values']) == len(bracket['rungs']):
+      ctx.study.tell(n, values[n])
+    elif trial.intermediate_values:
+      ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
+    else:
+      ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
+  bracket['done'] = True
+  ctx.budget.save()
 
 
-# -------------------------------------------------------------------------------------------------- 4. refit
+# -------------------------------------------------------------------------------------------------- 4. final
 
-def _refit(config, chosen: dict, workdir: pathlib.Path, budget: Budget):
-  """(final workdir, note): the chosen configuration on the config's own split and seed, then evaluated."""
-  final_config = apply_changes(config, chosen['changes'], 'the chosen configuration')
-  validate(final_config)
-  chosen['config'] = sidecar.config_as_json(final_config)
-  final, start, note = workdir / 'final', time.perf_counter(), 'trained and evaluated'
-  deadline = budget.deadline(slack=True)
-  if deadline <= time.monotonic():   # nothing left: a model needs its epochs, so the refit overruns, and says so
-    deadline, note = None, 'trained and evaluated in full after the budget was spent (it was shorter than a trial)'
-  with StopOnSignals(deadline=deadline) as stop, tracking.current().nested('refit', epochs=True) as run:
-    try:
-      run_plan(solo_plan(final_config), final, stop=stop)
-    except RunInterrupted:
-      if not stop.deadline_passed:
-        raise
-      note = 'stopped by the budget before its last epoch (launch again to finish it); evaluated as it stands'
-    if sidecar.read_metadata(final) is not None:
-      evaluate_workdir(final_config, final)
-      run.log_scores(final)
-      run.log_files(final)
-  budget.add_stage('refit', time.perf_counter() - start)
-  return final, note
-
-
-def trial_seconds(study: optuna.Study) -> float:
-  durations = [t.duration.total_seconds() for t in study.trials if t.duration is not None]
-  return statistics.median(durations) if durations else 0.0
+def _final(ctx: Context, chosen: dict):
+  """(final workdir, note): the choice's fold models as one ensemble workdir, from the confirmation when it ran
+  (its out-of-fold score is honest), else from the search's top rung."""
+  chosen['config'] = sidecar.config_as_json(apply_changes(ctx.base, chosen['changes'], 'the chosen configuration'))
+  confirmed = ctx.workdir / 'confirm' / chosen['name']
+  searched = ctx.workdir / 'trials' / chosen['name']
+  source = confirmed if member_workdirs(confirmed) and (confirmed / oof.FILE).is_file() else searched
+  if not member_workdirs(source) or not (source / oof.FILE).is_file():
+    return None, f'no fold model of {chosen["name"]} finished; launch again with more time to train it'
+  fold_models = member_workdirs(source)
+  out = ctx.workdir / 'final'
+  out.mkdir(exist_ok=True)
+  frame = oof.read(source)
+  candidate = PoolCandidate(chosen['name'], source, oof.labels_and_probabilities(frame)[1], fold_models)
+  metadata = workdir_metadata(out, [(candidate, 1.0)], ctx.metric)
+  metadata['ensemble'].update(kind='auto', trial=chosen['trial'])
+  sidecar.write_metadata(out, metadata)
+  fileio.write_csv(out / oof.FILE, frame)
+  score = float(np.mean([r[ctx.metric] for r in json.loads((source / 'experiment.json').read_text())['rows']]))
+  chosen['final_score'] = score
+  seen = 'every labelled image' if len(fold_models) == ctx.folds and not ctx.own_split else \
+      ("the source's training split" if ctx.own_split else f'{len(fold_models)} of {ctx.folds} folds\' training images')
+  honest = 'the confirmation\'s fresh folds, which chose nothing' if source == confirmed else \
+      'the search\'s folds, which also chose it (optimistic)'
+  return out, (f'{len(fold_models)} fold model(s) of {chosen["name"]} as one ensemble (together they trained on '
+               f'{seen}); {ctx.metric} {score:.4f} out of fold on {honest}')

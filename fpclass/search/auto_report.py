@@ -1,6 +1,6 @@
 """The files and report of `--mode auto` (`fpclass.search.auto`): auto_report.md with the screen, the search's
-trials and Optuna's figures, the confirmation with paired intervals, the time per stage, and the chosen
-configuration as a config file that `--mode train` re-runs."""
+brackets and trials and Optuna's figures, the confirmation with paired intervals, the time per stage, the final
+model and why, and the chosen configuration as a config file that `--mode train` re-runs."""
 import json
 import pathlib
 import warnings
@@ -37,7 +37,8 @@ def write_report(run, workdir) -> str:
   """`run`: the `fpclass.search.auto.AutoRun` of a finished launch."""
   workdir = pathlib.Path(workdir)
   study, metric = run.study, run.metric
-  trials = study.trials_dataframe(attrs=('number', 'value', 'state', 'duration', 'params', 'user_attrs'))
+  trials = study.trials_dataframe(attrs=('number', 'value', 'state', 'duration', 'params', 'user_attrs',
+                                         'intermediate_values'))
   fileio.write_csv(workdir / 'trials.csv', trials)
   figures = _optuna_figures(study, workdir)
   config_path = workdir / CHOSEN_CONFIG
@@ -47,11 +48,15 @@ def write_report(run, workdir) -> str:
                                                                        if k != 'changes'},
                                                 changes={k: repr(v) for k, v in run.chosen['changes'].items()},
                                                 stages=run.budget.stages, used_seconds=run.budget.used(),
-                                                budget_seconds=run.budget.seconds))
+                                                budget_seconds=run.budget.seconds, brackets=run.brackets,
+                                                costs=run.budget.costs and vars(run.budget.costs),
+                                                search_note=run.search_note, final_note=run.final_note,
+                                                splits=run.splits_note))
   lines = ['## Auto: the best model within the budget', '',
-           f'Budget {run.settings.time_budget}: {run.budget.describe()}. Trials are {run.settings.folds or "data"}-'
-           f'fold plans scored by {metric_registry.title(metric)} (mean over folds); Optuna TPE (seed '
-           f'{run.settings.seed}) with the Wilcoxon pruner (p < {run.settings.p_threshold}).', '',
+           f'Budget {run.settings.time_budget}: {run.budget.describe()}. Trials on {run.splits_note} splits, scored by '
+           f'{metric_registry.title(metric)} (mean over the members); batches from Optuna TPE (seed '
+           f'{run.settings.seed}, constant liar) through successive halving (eta {run.settings.eta}): '
+           f'{_brackets_text(run.brackets)}' + (f' ({run.search_note})' if run.search_note else '') + '.', '',
            report.table([dict(stage=k, seconds=f'{v:.1f}') for k, v in run.budget.stages.items()],
                         ['stage', 'seconds']), '',
            '### 1. Screen', '', run.screen_note + '.', '']
@@ -59,10 +64,10 @@ def write_report(run, workdir) -> str:
     lines += [probe_table(run.screen.summary, run.screen.names), '']
   lines += ['Candidates: ' + ', '.join(f'`{c.name}`' for c in run.candidates) + '.', '',
             '### 2. Search', '', _trials_table(study, metric), '', *[f'![{name}]({name})' for name in figures], '',
-            '### 3. Confirm on fresh seeds', '', f'{run.confirm_note}.', '']
+            '### 3. Confirm on folds and seeds that chose nothing', '', f'{run.confirm_note}.', '']
   if run.confirm is not None:
     names = metric_registry.summarised(run.task)
-    folds = run.settings.folds or int(run.chosen['config']['data']['num_folds'])
+    folds = int(run.chosen['config']['data']['num_folds'])
     summary = confirm_summary(run.confirm, names, folds)
     fileio.write_csv(workdir / 'confirm_members.csv', run.confirm)
     fileio.write_csv(workdir / 'confirm_differences.csv', run.differences)
@@ -70,15 +75,18 @@ def write_report(run, workdir) -> str:
                                  **{metric_registry.title(m): f'{s[f"{m}_mean"]:.3f} [{s[f"{m}_ci_low"]:.3f}, '
                                                               f'{s[f"{m}_ci_high"]:.3f}]' for m in names})
                             for _, s in summary.iterrows()], ['variant', 'members', *map(metric_registry.title, names)]),
-              '', 'Paired differences from the best finalist (same fold and seed; * marks an interval that '
+              '', 'Paired differences from the choice (same fold and seed; * marks an interval that '
               'excludes 0, a real difference):', '',
               sweep_report.differences_table(run.differences, names) if len(run.differences) else '(one finalist)',
               '']
   lines += ['### 4. The chosen configuration', '',
             f'`{run.chosen["name"]}` ({run.chosen.get("candidate")}): '
             f'{sweep_report.describe_changes(run.chosen["changes"])}.', '',
-            f'Final model: [{run.final.name}/]({run.final.name}/) ({run.final_note}); it is an ordinary workdir:',
-            '', '```bash', f'python launch.py --workdir {run.final} --mode submit', '```', '',
+            *([f'Final model: [{run.final.name}/]({run.final.name}/): {run.final_note}. An ensemble workdir that '
+               'submit, predict, serve, export and calibrate read. It keeps the fold models rather than refitting '
+               'on all the data: their out-of-fold score is the honest one, a refit has none of its own.',
+               '', '```bash', f'python launch.py --workdir {run.final} --mode submit', '```', '']
+              if run.final is not None else [f'Final model: none ({run.final_note}).', '']),
             f'Re-run the configuration: `python launch.py --config {config_path} --workdir runs/<new>` '
             f'([{CHOSEN_CONFIG}]({CHOSEN_CONFIG})). Files: [trials.csv](trials.csv), [auto.json](auto.json)'
             + (', [confirm_members.csv](confirm_members.csv), [confirm_differences.csv](confirm_differences.csv).'
@@ -102,16 +110,24 @@ def confirm_summary(models: pd.DataFrame, metrics: tuple, folds: int) -> pd.Data
   return pd.DataFrame(out)
 
 
+def _brackets_text(brackets: list) -> str:
+  return '; '.join(f'bracket {b["index"] + 1}: ' + ', '.join(f'{r["configs"]} x {r["folds"]} fold x {r["epochs"]} '
+                                                              'epochs' for r in b['rungs']) for b in brackets) \
+      or 'no bracket'
+
+
 def _trials_table(study: optuna.Study, metric: str) -> str:
   rows = []
   for t in sorted(study.trials, key=lambda t: t.number):
+    if 'claim' in t.user_attrs:
+      continue
     rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), state=t.state.name.lower(),
                      value='' if t.value is None else f'{t.value:.4f}',
                      seconds='' if t.duration is None else f'{t.duration.total_seconds():.1f}',
-                     folds=len(t.intermediate_values),
+                     rungs=' '.join(f'{v:.3f}' for _, v in sorted(t.intermediate_values.items())),
                      params=', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
                                       for k, v in t.params.items() if k != 'model.name')))
-  return report.table(rows, ['trial', 'candidate', 'state', 'value', 'seconds', 'folds', 'params']) if rows \
+  return report.table(rows, ['trial', 'candidate', 'state', 'value', 'seconds', 'rungs', 'params']) if rows \
       else '(no trial)'
 
 
@@ -120,6 +136,7 @@ def _optuna_figures(study: optuna.Study, workdir: pathlib.Path) -> list[str]:
   matplotlib.use('Agg')   # optuna draws through pyplot; no window
   from optuna.visualization import matplotlib as optuna_plots  # noqa: E402 -- after choosing the backend
   made = []
+  optuna.logging.set_verbosity(optuna.logging.ERROR)   # "no complete trials": the figure is left out, no more
   for name, function in FIGURES.items():
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')

@@ -1,17 +1,17 @@
 """The time budget of `--mode auto`: what is used and left, across launches, and what the stages still need.
 
 The budget is the whole run's wall time. Each launch adds the seconds it used to `auto_state.json` as it goes
-(after every trial and stage), so a relaunch after a kill continues with what is left. The search stops taking
-new trials when the next one and a reserve for the confirmation and the refit would not fit; both estimates come
-from the members' times measured so far (a trial is k of them).
+(after every rung and stage), so a relaunch after a kill continues with what is left. The same file keeps the
+search's brackets (their rungs, trials, promotions and values), so a relaunch resumes a bracket at the rung it
+stopped in, and the cost model (`fpclass.search.rungs.Costs`) refitted on every variant a round trained.
 """
 import dataclasses
 import json
 import pathlib
-import statistics
 import time
 
 from fpclass import fileio
+from fpclass.search.rungs import Costs
 
 STATE_FILE = 'auto_state.json'
 SLACK = 0.05   # the run may end this share of the budget late, no more
@@ -23,15 +23,20 @@ class Budget:
   folder: pathlib.Path
   used_before: float = 0.0                      # by earlier launches
   stages: dict = dataclasses.field(default_factory=dict)   # stage -> seconds, all launches
-  member_seconds: dict = dataclasses.field(default_factory=dict)   # candidate -> seconds of each member trained
+  measures: list = dataclasses.field(default_factory=list)   # (members, member-epochs, seconds) of each variant
+  costs: Costs | None = None
+  brackets: list = dataclasses.field(default_factory=list)
+  confirm_started: bool = False
   started: float = dataclasses.field(default_factory=time.monotonic)
 
   @classmethod
   def load(cls, seconds: float, folder) -> 'Budget':
     path = pathlib.Path(folder) / STATE_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
+    costs = stored.get('costs')
     return cls(seconds, pathlib.Path(folder), float(stored.get('used_seconds', 0.0)), dict(stored.get('stages', {})),
-               {k: list(v) for k, v in stored.get('member_seconds', {}).items()})
+               [tuple(m) for m in stored.get('measures', [])], Costs(**costs) if costs else None,
+               list(stored.get('brackets', [])), bool(stored.get('confirm_started', False)))
 
   def used(self) -> float:
     return self.used_before + time.monotonic() - self.started
@@ -48,19 +53,30 @@ class Budget:
     self.stages[stage] = self.stages.get(stage, 0.0) + seconds
     self.save()
 
-  def add_member(self, candidate: str, seconds: float) -> None:
-    if seconds > 0:
-      self.member_seconds.setdefault(candidate, []).append(seconds)
+  def record_costs(self, costs: Costs, measures: list) -> None:
+    self.costs, self.measures = costs, [tuple(m) for m in measures]
+    self.save()
+
+  def add_measure(self, members: int, member_epochs: int, seconds: float) -> None:
+    """A variant a round trained: the cost model refitted on every one so far."""
+    if member_epochs > 0 and seconds > 0:
+      self.measures.append((members, member_epochs, seconds))
+      self.costs = Costs.fitted(self.measures, self.costs.member_epoch)
       self.save()
 
-  def member(self, candidate: str | None = None) -> float | None:
-    """The median seconds of one member (of `candidate`'s, when it has any), or None before any finished."""
-    values = self.member_seconds.get(candidate) or [s for v in self.member_seconds.values() for s in v]
-    return statistics.median(values) if values else None
+  def open_bracket(self) -> dict | None:
+    return next((b for b in self.brackets if not b.get('done')), None)
+
+  def new_bracket(self, rungs: list) -> dict:
+    self.brackets.append(dict(index=len(self.brackets), rungs=rungs, trials=[], promoted=[], values=[], done=False))
+    self.save()
+    return self.brackets[-1]
 
   def save(self) -> None:
-    fileio.write_json(self.folder / STATE_FILE, dict(used_seconds=self.used(), stages=self.stages,
-                                                      member_seconds=self.member_seconds, budget_seconds=self.seconds))
+    fileio.write_json(self.folder / STATE_FILE, dict(
+        used_seconds=self.used(), stages=self.stages, budget_seconds=self.seconds, measures=self.measures,
+        costs=dataclasses.asdict(self.costs) if self.costs else None, brackets=self.brackets,
+        confirm_started=self.confirm_started))
 
   def describe(self) -> str:
     return f'{self.used() / 60:.1f} of {self.seconds / 60:.1f} min used, {max(0.0, self.left()) / 60:.1f} left'

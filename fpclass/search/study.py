@@ -1,15 +1,17 @@
-"""The Optuna study of `--mode auto`: its storage, its seeded TPE sampler and its Wilcoxon pruner, and the trials
-an earlier launch left running.
+"""The Optuna study of `--mode auto`: its storage, its seeded TPE sampler asked for batches, and the claim of the
+confirmation.
 
-Storage: by default a journal file in the workdir (`optuna.journal`, Optuna's JournalStorage with a file
-backend: no server), or a database URL (`config.auto.storage=postgresql://...`), which lets several launches, on
-one host or several, work on one study at once. A trial records who runs it (host and process id); a launch
-fails the trials whose process on this host is gone and asks for their parameters again, so the retry trains in
-the same folder and resumes its members where they stopped.
+Storage: a journal file in the workdir (`optuna.journal`), or a database URL (`config.auto.storage=postgresql://`),
+which lets several launches, on one host or several, search one study at once.
 
-Sampling: each trial samples with a TPE sampler seeded by (config.auto.seed, trial number), so one process's
-search is reproducible and processes sharing a study do not draw the same parameters (one seeded sampler per
-process would). Each trial trains in its own folder, `trials/trial-<number>` (a retry in its predecessor's).
+Sampling: a round asks for a batch at once. TPE (multivariate) with the constant liar counts the batch's trials
+still running as bad results, so one batch spreads out instead of drawing one point n times. The sampler is
+seeded by (config.auto.seed, the batch's first trial number). Successive halving is the
+search's own (`fpclass.search.rungs`): a trial reports its value at each rung it reaches (the step), is told
+PRUNED when a rung drops it and COMPLETE with its top-rung value, which TPE reads as Optuna's pruners' trials.
+
+The confirmation is claimed through the storage, so two hosts that share no disk still confirm once: each asks
+a marker trial (no parameters, never complete) and the lowest-numbered marker of a live process holds the claim.
 """
 import time
 
@@ -24,7 +26,8 @@ JOURNAL = 'optuna.journal'
 OWNER = 'owner'
 CHANGES = 'changes'
 CANDIDATE = 'candidate'
-RETRY_OF = 'retry_of'
+CLAIM = 'claim'                 # a marker trial's user attribute: the process claiming the confirmation
+CONFIRMED = 'confirmed_by'      # the study's user attribute once a process has confirmed
 FOLDER = 'folder'
 
 
@@ -45,13 +48,11 @@ def storage_of(url: str, workdir, attempts: int = 20):
                            f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
 
 
-def open_study(name: str, url: str, workdir, direction: str, seed: int, p_threshold: float) -> optuna.Study:
-  """The study `name` in its storage (created on first use), with a seeded TPE sampler and a Wilcoxon pruner."""
+def open_study(name: str, url: str, workdir, direction: str, seed: int) -> optuna.Study:
+  """The study `name` in its storage (created on first use), with a seeded batch TPE sampler."""
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  sampler = _sampler(seed, 0)
-  pruner = optuna.pruners.WilcoxonPruner(p_threshold=p_threshold, n_startup_steps=2)
-  study = optuna.create_study(study_name=name, storage=storage_of(url, workdir), sampler=sampler, pruner=pruner,
-                              direction=direction, load_if_exists=True)
+  study = optuna.create_study(study_name=name, storage=storage_of(url, workdir), sampler=_sampler(seed, 0),
+                              pruner=optuna.pruners.NopPruner(), direction=direction, load_if_exists=True)
   if study.direction != optuna.study.StudyDirection[direction.upper()]:
     raise UserInputError(f'the study {name!r} in {url or workdir / JOURNAL} optimises in the other direction; '
                          'use another config.auto.study or --workdir')
@@ -59,43 +60,49 @@ def open_study(name: str, url: str, workdir, direction: str, seed: int, p_thresh
 
 
 def _sampler(seed: int, trial_number: int) -> optuna.samplers.TPESampler:
-  return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + trial_number) % 2**32, n_startup_trials=4)
+  return optuna.samplers.TPESampler(seed=(seed * 1_000_003 + trial_number) % 2**32, n_startup_trials=8,
+                                    multivariate=True, constant_liar=True)
 
 
-def ask(study: optuna.Study, seed: int) -> optuna.Trial:
-  """A new trial (or an enqueued retry), recorded with its owner and folder, whose parameters come from a
-  sampler seeded by its number (the suggestions are drawn after the ask, from `study.sampler`)."""
-  trial = study.ask()
-  study.sampler = _sampler(seed, trial.number)
-  trial.set_user_attr(OWNER, workdir_lock.process_owner())
-  if FOLDER not in trial.user_attrs:
+def ask_batch(study: optuna.Study, seed: int, count: int) -> list:
+  """`count` new trials (enqueued ones first), each recorded with its owner and folder name."""
+  trials = []
+  for i in range(count):
+    trial = study.ask()
+    if i == 0:
+      study.sampler = _sampler(seed, trial.number)
+    trial.set_user_attr(OWNER, workdir_lock.process_owner())
     trial.set_user_attr(FOLDER, f'trial-{trial.number:04d}')
-  return trial
+    trials.append(trial)
+  return trials
 
 
-def retry_stale_trials(study: optuna.Study) -> list[int]:
-  """Fails the running trials whose process on this host is gone and enqueues their parameters again; returns
-  their numbers. A trial of another live process (this host or another) is left to it."""
-  retried = []
-  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-    if workdir_lock.owner_alive(trial.user_attrs.get(OWNER) or {}):
-      continue
-    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number, FOLDER: trial.user_attrs.get(FOLDER)},
-                        skip_if_exists=False)
-    retried.append(trial.number)
-  return retried
+def is_marker(trial) -> bool:
+  return CLAIM in trial.user_attrs
+
+
+def completed(study: optuna.Study) -> list:
+  return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def searched(study: optuna.Study) -> list:
+  """Every trial that reported a value (complete, or pruned at a rung), markers left out."""
+  return [t for t in study.get_trials(deepcopy=False) if not is_marker(t)
+          and (t.state == optuna.trial.TrialState.COMPLETE or t.intermediate_values)]
+
+
+def taken_count(study: optuna.Study) -> int:
+  """Trials finished or being run: what counts against config.auto.trials."""
+  taken = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+  return len([t for t in study.get_trials(deepcopy=False, states=taken) if not is_marker(t)])
 
 
 def others_running(study: optuna.Study) -> list[int]:
   """The running trials of other processes that are alive (or on another host, where that cannot be told)."""
   me = workdir_lock.process_owner()
-  out = []
-  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-    who = trial.user_attrs.get(OWNER) or {}
-    if who != me and workdir_lock.owner_alive(who):
-      out.append(trial.number)
-  return out
+  return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+          if not is_marker(t) and (t.user_attrs.get(OWNER) or {}) != me
+          and workdir_lock.owner_alive(t.user_attrs.get(OWNER) or {})]
 
 
 def wait_for_others(study: optuna.Study, deadline: float, poll: float = 1.0) -> list[int]:
@@ -106,11 +113,23 @@ def wait_for_others(study: optuna.Study, deadline: float, poll: float = 1.0) -> 
   return running
 
 
-def completed(study: optuna.Study) -> list:
-  return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+def claim(study: optuna.Study) -> optuna.Trial | None:
+  """This process's claim of the confirmation (its marker trial), or None when a live process holds it or one
+  has confirmed already. A marker whose process is gone (on this host) no longer holds the claim."""
+  if study.user_attrs.get(CONFIRMED):
+    return None
+  mine = study.ask()
+  mine.set_user_attr(CLAIM, workdir_lock.process_owner())
+  holders = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+             if is_marker(t) and (t.number == mine.number or workdir_lock.owner_alive(t.user_attrs[CLAIM]))]
+  if min(t.number for t in holders) == mine.number:
+    return mine
+  study.tell(mine, state=optuna.trial.TrialState.FAIL)
+  return None
 
 
-def taken_count(study: optuna.Study) -> int:
-  """Trials finished or being run: what counts against config.auto.trials."""
-  taken = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-  return len(study.get_trials(deepcopy=False, states=taken))
+def release(study: optuna.Study, marker: optuna.Trial, confirmed: bool) -> None:
+  """Ends the claim: FAIL keeps the marker out of every sampler and count; `confirmed` records who confirmed."""
+  if confirmed:
+    study.set_user_attr(CONFIRMED, workdir_lock.process_owner())
+  study.tell(marker, state=optuna.trial.TrialState.FAIL)

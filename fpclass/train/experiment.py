@@ -40,6 +40,7 @@ class VariantRun:
   results: list
   kept: dict = dataclasses.field(default_factory=dict)
   experiment: dict | None = None
+  error: str = ''       # why an isolated variant failed (`run_plan(..., isolate=True)`)
 
   @property
   def kept_logits(self) -> dict:

@@ -46,12 +46,14 @@ __all__ = ['run_plan', 'train_members', 'MemberRun', 'VariantRun']
 
 
 def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOnSignals | None = None,
-             on_member=None) -> list[VariantRun]:
+             on_member=None, isolate: bool = False) -> list[VariantRun]:
   """Trains every variant of `plan` into `workdir` (resuming what an earlier launch left); returns their runs.
   `shared`: the job's `SharedWork`, so variants that share a frozen backbone and its input share its features.
   `stop`: a `StopOnSignals` to obey (one with a deadline, say); by default each variant watches the signals.
   `on_member(MemberRun)`: called as each member of a MEMBER_WORKDIRS plan finishes; what it raises ends the
-  plan there."""
+  plan there. `isolate` (a search's round): a variant that raises is that variant's `error` and the plan goes
+  on, and a deadline ends the plan between or inside variants with the runs that finished (a signal still
+  raises RunInterrupted)."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   shared = shared if shared is not None else SharedWork()
@@ -64,13 +66,25 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
       tqdm.write(f'[{variant.name}] finished earlier; reusing {folder / EXPERIMENT_FILE}')
       runs.append(VariantRun(variant, folder, None, [], experiment=stored[variant.name]))
       continue
+    if isolate and stop is not None and stop.deadline_passed:
+      break
     if not plan.solo:
       tqdm.write(f'[{variant.name}] {variant.describe()}')
     with (contextlib.nullcontext(stop) if stop is not None else StopOnSignals()) as watch:
-      if plan.layout == MEMBER_WORKDIRS:
-        runs.append(experiment.run_member_workdirs(plan, variant, folder, watch, on_member, _run_variant, shared))
-      else:
-        runs.append(_run_variant(plan, variant, folder, watch, shared))
+      try:
+        if plan.layout == MEMBER_WORKDIRS:
+          runs.append(experiment.run_member_workdirs(plan, variant, folder, watch, on_member, _run_variant, shared))
+        else:
+          runs.append(_run_variant(plan, variant, folder, watch, shared))
+      except RunInterrupted:
+        if not (isolate and watch.deadline_passed):
+          raise
+        break   # the deadline: its finished members stay on disk for a relaunch
+      except Exception as e:  # noqa: BLE001 -- isolated: out of memory or any raise is this variant's failure
+        if not isolate:
+          raise
+        runs.append(VariantRun(variant, folder, None, [], error=f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'))
+        tqdm.write(f'[{variant.name}] failed: {runs[-1].error}')
   return runs
 
 

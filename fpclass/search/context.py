@@ -1,0 +1,73 @@
+"""What every stage of `--mode auto` reads (`Context`): the base config, the space, the study, the budget, and
+the one way a stage trains, `Context.round`: a population round (`fpclass.search.population`) run as one plan by
+the training loop, which `fpclass.search.auto` hands in, so the stages below it import neither (the import
+chain stays short)."""
+import ast
+import dataclasses
+import pathlib
+
+import optuna
+
+from fpclass.config.search import AutoSettings
+from fpclass.search import study as study_lib
+from fpclass.search.budget import Budget
+from fpclass.search.rungs import Costs
+from fpclass.train.records import StopOnSignals
+from fpclass.train.shared_work import SharedWork
+
+TAIL = 0.02           # the share of the budget kept for the report and the final workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A configuration of a round: its variant name (its folder) and config changes."""
+  name: str
+  changes: dict
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage reads: the base config (with auto.folds applied), the space, the study and the budget."""
+  base: object
+  settings: AutoSettings
+  metric: str
+  higher: bool
+  folds: int
+  epochs: int
+  own_split: bool                  # the source has its own validation split: one holdout, repeated with seeds
+  dims: list
+  candidates: list
+  study: optuna.Study
+  budget: Budget
+  workdir: pathlib.Path
+  shared: SharedWork
+  train_round: object              # fpclass.search.auto's: (base, entries, folds, seeds, epochs, folder, stop)
+
+  def better(self, a: float, b: float) -> bool:
+    return (a > b) if self.higher else (a < b)
+
+  def splits(self, count: int) -> tuple:
+    return (-1,) if self.own_split else tuple(range(count))
+
+  def splits_text(self) -> str:
+    return "the source's validation split" if self.own_split else f'{self.folds} folds'
+
+  def stop(self, reserve: float) -> StopOnSignals:
+    return StopOnSignals(deadline=self.budget.deadline(reserve))
+
+  def round(self, base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: int, folder: pathlib.Path,
+            stop: StopOnSignals) -> tuple[dict, bool]:
+    """({name: Outcome} of the entries the round reached, whether the deadline cut it): one plan, isolated."""
+    return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop)
+
+  def confirm_seconds(self, costs: Costs, finalists: int) -> float:
+    """What confirming `finalists` configurations (and the config as given) would cost, capped by its share."""
+    need = costs.of(finalists + 1, self.folds, self.epochs * len(self.settings.confirm_seeds))
+    return min(need, self.settings.confirm_share * self.budget.seconds) if self.settings.confirm_seeds else 0.0
+
+  def trials(self) -> dict:
+    return {t.number: t for t in self.study.get_trials(deepcopy=False)}
+
+
+def changes_of(trial) -> dict:
+  return {k: ast.literal_eval(v) for k, v in trial.user_attrs.get(study_lib.CHANGES, {}).items()}
