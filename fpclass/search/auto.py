@@ -192,9 +192,8 @@ def _search(ctx: Context) -> str:
         reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * budget.seconds
         most = ctx.settings.trials - study_lib.taken_count(ctx.study) if ctx.settings.trials else 0
         planned = plan_bracket(costs, budget.left() - reserve, ctx.folds, ctx.epochs, ctx.settings.eta, most)
-        if planned is None or (budget.brackets and len(planned.rungs) == 1 and planned.rungs[0].configs < 2
-                               and planned.note):
-          break   # no bracket fits (a cheapened single trial is worth it only when nothing else ran)
+        if planned is None or (planned.note and budget.brackets):
+          break   # no bracket fits (a cheapened single trial, the note's, is worth it only when nothing else ran)
         if planned.note:
           notes.append(planned.note)
         bracket = budget.new_bracket([dataclasses.asdict(r) for r in planned.rungs])
@@ -268,6 +267,11 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       outcome = outcomes.get(entry.name)
       if outcome is None:
         continue
+      if by_number[n].state != optuna.trial.TrialState.RUNNING:
+        # Told in a launch killed before this rung's promotion was saved: its reported value ranks it again.
+        if level in by_number[n].intermediate_values:
+          values[n] = by_number[n].intermediate_values[level]
+        continue
       if outcome.seconds:
         ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
       live = optuna.trial.Trial(ctx.study, by_number[n]._trial_id)
@@ -285,7 +289,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
     ranked = sorted(values, key=lambda n: values[n], reverse=ctx.higher)
     keep = ranked[:rungs[level + 1].configs]
     for n in alive:
-      if n not in keep and n in values:
+      if n not in keep and n in values and by_number[n].state == optuna.trial.TrialState.RUNNING:
         ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
     bracket['promoted'].append(keep)
     ctx.budget.save()

@@ -13,6 +13,7 @@ from fpclass import fileio
 from fpclass.analysis import metric_registry, stats, sweep_report
 from fpclass.analysis.probe_report import results_table as probe_table
 from fpclass.runtime import report
+from fpclass.search import study as study_lib
 
 REPORT, CHOSEN_CONFIG = 'auto_report.md', 'chosen_config.py'
 FIGURES = {'auto_history.png': 'plot_optimization_history', 'auto_importances.png': 'plot_param_importances',
@@ -119,7 +120,7 @@ def _brackets_text(brackets: list) -> str:
 def _trials_table(study: optuna.Study, metric: str) -> str:
   rows = []
   for t in sorted(study.trials, key=lambda t: t.number):
-    if 'claim' in t.user_attrs:
+    if study_lib.is_marker(t):
       continue
     rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), state=t.state.name.lower(),
                      value='' if t.value is None else f'{t.value:.4f}',

@@ -56,7 +56,7 @@ def round_plan(base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: i
   for entry in entries:
     try:
       own = apply_changes(base, entry.changes, f'trial {entry.name}')
-      config = apply_changes(base, dict(entry.changes, **fidelity(own, epochs)), f'trial {entry.name}')
+      config = apply_changes(own, fidelity(own, epochs), f'trial {entry.name} at {epochs} epochs')
       validate(config)
     except UserInputError as e:
       failed[entry.name] = Outcome(error=str(e))

@@ -81,10 +81,6 @@ def is_marker(trial) -> bool:
   return CLAIM in trial.user_attrs
 
 
-def completed(study: optuna.Study) -> list:
-  return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-
-
 def searched(study: optuna.Study) -> list:
   """Every trial that reported a value (complete, or pruned at a rung), markers left out."""
   return [t for t in study.get_trials(deepcopy=False) if not is_marker(t)
