@@ -118,7 +118,8 @@ def test_calibrate_stores_each_class_its_own_threshold_and_every_path_applies_it
   with config.unlocked():
     config.predict.inputs, config.predict.path_column, config.predict.output = str(listing), 'image', 'order.csv'
   predicted = pd.read_csv(predict_mode.predict(config, reordered), keep_default_na=False)
-  assert list(predicted.columns) == ['path', 'tags', *[f'p_{n}' for n in ORDER]]
+  # then the out-of-distribution score and flag every trained workdir carries
+  assert list(predicted.columns) == ['path', 'tags', *[f'p_{n}' for n in ORDER], 'ood_score', 'unknown']
   assert [set(t.split()) for t in predicted['tags']] == expected
   assert all(t.split() == [n for n in ORDER if n in t.split()] for t in predicted['tags'])   # in class order
 

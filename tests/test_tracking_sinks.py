@@ -93,7 +93,8 @@ def test_a_new_backend_is_one_class_and_receives_a_train_run(tmp_path, monkeypat
 def test_the_modes_fields_decide_tracking_and_timing():
   assert {n for n, m in MODES.items() if m.tracked} == {'train', 'sweep', 'auto'}
   assert MODES['train'].tracked == 'run' and MODES['sweep'].tracked == MODES['auto'].tracked == 'parent'
-  assert {n for n, m in MODES.items() if m.timed} == {'train', 'evaluate', 'explain', 'submit', 'calibrate'}
+  assert {n for n, m in MODES.items() if m.timed} == {'train', 'evaluate', 'explain', 'submit', 'calibrate',
+                                                               'distill'}
 
 
 def test_a_failing_side_channel_sink_warns_once_and_the_others_go_on(tmp_path, caplog):
