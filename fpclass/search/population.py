@@ -4,7 +4,7 @@
 rung's folds, in the sweep layout; the one training loop runs it (`fpclass.train.loop.run_plan(...,
 isolate=True)`) with one `SharedWork`: the decoded data, the compiled programs and a frozen backbone's features
 are made once for the round, a variant's folds train together as one cohort, and a relaunch reuses every
-variant the round finished (its experiment.json). A variant that raises (out of memory, say) is that trial's
+variant the round finished (its experiment.json) and every running member's latest epoch (`keep_epochs`). A variant that raises (out of memory, say) is that trial's
 failure, not the round's; `outcomes` reads what each variant left.
 """
 import dataclasses
@@ -63,7 +63,7 @@ def round_plan(base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: i
       tqdm.write(f'auto: {entry.name} cannot train: {e}')
       continue
     variants.append(Variant(entry.name, dict(entry.changes), config))
-  return Plan(tuple(variants), EXPERIMENTS, tuple(folds), tuple(seeds)), failed
+  return Plan(tuple(variants), EXPERIMENTS, tuple(folds), tuple(seeds), keep_epochs=True), failed
 
 
 def outcomes(runs: list, metric: str) -> dict:

@@ -1,15 +1,12 @@
 """What a plan keeps of its trained members, beside the epoch loop (`fpclass.train.loop`).
 
-- An experiment (a sweep's variant) scores every member, keeps each split's best seed as an ordinary workdir
-  (`<variant>/fold<k>/`), writes `oof_predictions.csv` and `experiment.json`, and logs each member as a nested
-  tracked run (`finish`).
-- A MEMBER_WORKDIRS plan trains each member as a solo run in its own workdir, one after another
-  (`run_member_workdirs`).
+An experiment (a sweep's variant) scores every member, keeps each split's best seed as an ordinary workdir
+(`<variant>/fold<k>/`), writes `oof_predictions.csv` and `experiment.json`, and logs each member as a nested
+tracked run (`finish`).
 """
 import dataclasses
 import hashlib
 import pathlib
-import time
 
 import jax
 import numpy as np
@@ -25,7 +22,7 @@ from fpclass.train import checkpoint, oof, optim, sidecar
 from fpclass.train import members as members_lib
 from fpclass.train.axis import TrainData
 from fpclass.train.members import MemberResult
-from fpclass.train.plan import EXPERIMENT_FILE, SOLO, Plan, Variant
+from fpclass.train.plan import EXPERIMENT_FILE, Variant
 from fpclass.train.task import Normalisation, build_task
 
 
@@ -48,45 +45,12 @@ class VariantRun:
     return {members_lib.split_name(split): r.val_logits for split, r in self.kept.items()}
 
 
-@dataclasses.dataclass
-class MemberRun:
-  """A finished member of a MEMBER_WORKDIRS plan: its workdir, its out-of-fold predictions and the seconds
-  it took in this launch (0 when it had finished before)."""
-  variant: str
-  split: int
-  seed: int
-  folder: pathlib.Path
-  predictions: pd.DataFrame
-  seconds: float
-
-
 def plan_splits(run: RunSettings, folds) -> tuple[int, ...]:
   """The splits a plan's `folds` name for `run`: every fold when (), or -1 alone when the source has its
   own validation split."""
   if pipeline.list_source(run.data).val is not None:
     return (-1,)
   return tuple(folds) or tuple(range(run.data.split.num_folds))
-
-
-def run_member_workdirs(plan: Plan, variant: Variant, folder: pathlib.Path, stop, on_member, run_variant,
-                        shared) -> VariantRun:
-  """Each member as a solo run in its own workdir (`run_variant`, the loop's), one after another; the
-  variant's out-of-fold predictions gathered from theirs."""
-  frames, results = [], []
-  for split in plan_splits(variant.settings, plan.folds):
-    for seed in plan.seeds:
-      member = variant.member(split, seed, f'{variant.name} member')
-      member_folder = folder / f'{members_lib.split_name(split)}-seed{seed}'
-      start = time.perf_counter()
-      solo = Plan((member,), SOLO, (split,), (seed,))
-      run = run_variant(solo, member, member_folder, stop, shared)
-      results += run.results
-      predictions = oof.read(member_folder)
-      frames.append(predictions)
-      if on_member is not None:
-        on_member(MemberRun(variant.name, split, seed, member_folder, predictions, time.perf_counter() - start))
-  fileio.write_csv(folder / oof.FILE, pd.concat(frames, ignore_index=True))
-  return VariantRun(variant, folder, None, results)
 
 
 # ------------------------------------------------------------------------------------------ an experiment

@@ -32,26 +32,25 @@ from fpclass.runtime.sharding import DataParallel
 from fpclass.train import axis, experiment, memory_plan, oof
 from fpclass.train import members as members_lib
 from fpclass.train.cohort import Cohort
-from fpclass.train.experiment import MemberRun, VariantRun
+from fpclass.train.experiment import VariantRun
 from fpclass.train.loop_state import LoopState, SelectionRules, epoch_row, phase_end, shown_total, total_epochs
 from fpclass.train.members import MemberResult
-from fpclass.train.plan import EXPERIMENT_FILE, MEMBER_WORKDIRS, Plan, Variant
+from fpclass.train.plan import EXPERIMENT_FILE, Plan, Variant
 from fpclass.train.plan_data import VariantData, experiment_data, solo_data
 from fpclass.train.records import Start, StopOnSignals
 from fpclass.train.resume import FinishedMembers, WorkdirEpochs, finished_variant
 from fpclass.train.sampling import epoch_key
 from fpclass.train.shared_work import SharedWork
 
-__all__ = ['run_plan', 'train_members', 'MemberRun', 'VariantRun']
+__all__ = ['run_plan', 'train_members', 'VariantRun']
 
 
 def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOnSignals | None = None,
-             on_member=None, isolate: bool = False) -> list[VariantRun]:
+             isolate: bool = False) -> list[VariantRun]:
   """Trains every variant of `plan` into `workdir` (resuming what an earlier launch left); returns their runs.
   `shared`: the job's `SharedWork`, so variants that share a frozen backbone and its input share its features.
   `stop`: a `StopOnSignals` to obey (one with a deadline, say); by default each variant watches the signals.
-  `on_member(MemberRun)`: called as each member of a MEMBER_WORKDIRS plan finishes; what it raises ends the
-  plan there. `isolate` (a search's round): a variant that raises is that variant's `error` and the plan goes
+  `isolate` (a search's round): a variant that raises is that variant's `error` and the plan goes
   on, and a deadline ends the plan between or inside variants with the runs that finished (a signal still
   raises RunInterrupted)."""
   workdir = pathlib.Path(workdir)
@@ -72,10 +71,7 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
       tqdm.write(f'[{variant.name}] {variant.describe()}')
     with (contextlib.nullcontext(stop) if stop is not None else StopOnSignals()) as watch:
       try:
-        if plan.layout == MEMBER_WORKDIRS:
-          runs.append(experiment.run_member_workdirs(plan, variant, folder, watch, on_member, _run_variant, shared))
-        else:
-          runs.append(_run_variant(plan, variant, folder, watch, shared))
+        runs.append(_run_variant(plan, variant, folder, watch, shared))
       except RunInterrupted:
         if not (isolate and watch.deadline_passed):
           raise
@@ -100,7 +96,7 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
       pipeline.write_quarantine_report(folder / 'quarantine.csv', data.dataset.quarantine)
     # curation.csv: what config.data.exclude_csv / relabel_csv changed in the data this variant trains on.
     curation.write_record(folder, (data.dataset if data.dataset is not None else data.decoded).curation)
-  records = WorkdirEpochs(folder, variant) if plan.solo else FinishedMembers(folder, variant)
+  records = WorkdirEpochs(folder, variant) if plan.solo else FinishedMembers(folder, variant, plan.keep_epochs)
   try:
     chunk_plans, results = _train_chunks(variant, data, records, stop, shared, plan.teacher)
   except BaseException:
@@ -150,7 +146,7 @@ def _train_chunks(variant: Variant, data: VariantData, records, stop, shared, te
                       log_prefix=f'{prefix}chunk {c + 1}/{len(chunks)}: ' if len(chunks) > 1 else prefix)
       record = records.record(extras)
       with timings.phase('model'):
-        starts = records.starts(cohort)
+        starts = records.starts(cohort, record)
         records.begin(cohort, starts, data.train_data.class_names)
       results += train_members(cohort, record, starts, stop)
       chunk_plans.append(extras)
@@ -178,7 +174,8 @@ def train_members(cohort: Cohort, record, starts: list[Start | None] | None = No
     loops = [s.loop if s else LoopState() for s in starts]
     partials = {m: s.partial for m, s in enumerate(starts) if s and s.partial}
     states = [s.state if s else next(fresh) for s in starts]
-  kept_logits = [dict(last=None, best=None) for _ in members]   # validation logits of the last and best epochs
+  # the validation logits of each member's last and best epochs (a resumed member's, where its record kept them)
+  kept_logits = [{'last': None, 'best': None, **((s.logits or {}) if s else {})} for s in starts]
   seconds_of = [0.0] * len(members)
   results = {}
 
@@ -256,11 +253,11 @@ def train_members(cohort: Cohort, record, starts: list[Start | None] | None = No
         row = epoch_row(epochs[m] + 1, totals, val, cohort.learning_rate(m, loop.phase), loop.phase, seconds)
         last_phase = loop.phase == 1 or train.finetune_epochs == 0
         improved, stopped_early = loop.record(row, rules, phase_end(loop, train), last_phase)
-        with timings.phase('checkpoints'):
-          record.epoch_end(m, epochs[m] + 1, cohort.axes[loop.phase].state(m), loop, improved)
         kept_logits[m]['last'] = val_logits[m]
         if improved:
           kept_logits[m]['best'] = val_logits[m]
+        with timings.phase('checkpoints'):
+          record.epoch_end(m, epochs[m] + 1, cohort.axes[loop.phase].state(m), loop, improved, kept_logits[m])
         rows[m] = (row, improved, stopped_early)
 
     # 4. log the epoch; hand over the members that finished; stop between epochs when asked to

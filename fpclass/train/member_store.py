@@ -3,6 +3,9 @@
     <experiment>/members/<split>-seed<s>.msgpack     its states: last train state, best variables
     <experiment>/members/<split>-seed<s>.json         its result: loop state, selected checkpoint, validation
                                                       logits, the config it trained with, its share of the time
+    <experiment>/members/<split>-seed<s>.epoch.msgpack  a running member after its latest epoch, in plans that
+                                                      keep epochs (`Plan.keep_epochs`: a search's rounds): its
+                                                      state, best variables, loop state and kept logits, one file
 
 Both are written atomically by the process that trained the member, whichever it is (a process's own share,
 not a workdir output), the result last, so a result on disk means a finished member; every process reads them
@@ -27,6 +30,7 @@ from fpclass.train.members import Member, MemberResult
 
 FOLDER = 'members'
 SUFFIX = '.msgpack'
+EPOCH = '.epoch.msgpack'
 
 
 def path_of(experiment_dir, member: Member, suffix: str = '.json') -> pathlib.Path:
@@ -57,6 +61,36 @@ def save(experiment_dir, result: MemberResult, config_json: dict, extras: dict) 
                 checkpoint=result.checkpoint, epoch=result.epoch, config=config_json,
                 val_logits=np.asarray(result.val_logits, np.float32).tolist(), **extras)
   _write(path_of(experiment_dir, result.member), json.dumps(header).encode())
+  path_of(experiment_dir, result.member, EPOCH).unlink(missing_ok=True)   # its running state, now finished
+
+
+def save_epoch(experiment_dir, member: Member, state, loop: LoopState, best, logits: dict, config_json: dict) -> None:
+  """A running member after an epoch, in one file written atomically (so the state, the loop state and the kept
+  logits are always of the same epoch): a relaunch resumes it there (`load_epoch`)."""
+  state = jax.device_get(state)
+  record = {'state': serialization.to_state_dict(state),
+            'best': {} if best is None else _changed(list(jax.device_get(best)), [state.params, state.batch_stats]),
+            'logits': {k: np.asarray(v, np.float32) for k, v in logits.items() if v is not None},
+            'header': json.dumps(dict(loop=loop.to_json(), config=config_json))}
+  _write(path_of(experiment_dir, member, EPOCH), serialization.msgpack_serialize(record))
+
+
+def load_epoch(experiment_dir, member: Member, config_json: dict, ignore, abstract_state_of):
+  """(loop state, train state, best variables or None, {'last'/'best': logits}) of a member a killed plan left
+  running under this config, else None (one of another config is trained again, from its start).
+  `abstract_state_of(loop)`: the train state's structure in the loop's phase."""
+  path = path_of(experiment_dir, member, EPOCH)
+  if not path.is_file():
+    return None
+  raw = _read(path, serialization.msgpack_restore)
+  header = json.loads(raw['header'])
+  if sidecar.config_differences(header['config'], config_json, ignore=ignore):
+    return None
+  loop = LoopState.from_json(header['loop'])
+  state = serialization.from_state_dict(abstract_state_of(loop), raw['state'])
+  best = tuple(_unchanged_from([state.params, state.batch_stats], raw['best'])) if raw['best'] else None
+  logits = {k: raw['logits'].get(k) for k in ('last', 'best')}
+  return loop, state, best, logits
 
 
 def _changed(best: list, last: list) -> dict:

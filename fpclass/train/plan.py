@@ -21,7 +21,7 @@ from fpclass.config.settings import ConfigError
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 
-SOLO, EXPERIMENTS, MEMBER_WORKDIRS = 'solo', 'experiments', 'member_workdirs'
+SOLO, EXPERIMENTS = 'solo', 'experiments'
 EXPERIMENT_FILE = 'experiment.json'   # an EXPERIMENTS variant's record, written when all its members have finished
 
 
@@ -57,9 +57,8 @@ class Plan:
   `layout` SOLO: one variant and one member (split config.data.fold, seed config.seed) whose epochs are
   checkpointed in the workdir itself, so a killed run resumes inside its epoch. EXPERIMENTS: each variant's
   members (its splits x `seeds`) in `<workdir>/<variant>/`, kept as they finish, so a killed plan keeps its
-  finished members. MEMBER_WORKDIRS: each member a solo run of its own, one after another, in
-  `<workdir>/<variant>/<split>-seed<s>/` (an ordinary workdir), so a killed plan loses at most its running
-  member's current epoch, and a caller hears of each member as it finishes (a search's pruning).
+  finished members, and with `keep_epochs` (a search's rounds) its running members' latest epochs too, so it
+  loses at most their current epoch.
   `folds` () means every fold (or the source's own validation split). `teacher`: a distillation teacher its
   members' steps take their targets from, and whose `training_data` may add unlabelled images (--mode distill)."""
   variants: tuple
@@ -67,6 +66,7 @@ class Plan:
   folds: tuple = ()
   seeds: tuple = (0,)
   teacher: object = None
+  keep_epochs: bool = False   # EXPERIMENTS: each running member's latest epoch kept too (a search's rounds)
 
   @property
   def solo(self) -> bool:

@@ -3,8 +3,9 @@
 - `CheckpointRecord` (`--mode train`): every epoch the `last` checkpoint with the loop state (a killed run
   resumes there), `best` when the monitor improves, metrics.csv once the save is complete, and the
   `interrupted` checkpoint of a run stopped by a signal inside an epoch.
-- `MemoryRecord` (`--mode sweep`): each member's best variables on the device, no files: a sweep keeps
-  its finished members (`fpclass.train.resume.FinishedMembers`), not its epochs.
+- `MemoryRecord` (`--mode sweep`): each member's best variables on the device: a sweep keeps its finished
+  members (`fpclass.train.resume.FinishedMembers`), and a search's rounds each member's latest epoch too
+  (`on_epoch`).
 """
 import dataclasses
 import functools
@@ -34,6 +35,7 @@ class Start:
   loop: object       # fpclass.train.loop_state.LoopState
   state: object
   partial: PartialEpoch | None = None
+  logits: dict | None = None   # the validation logits of its 'last' and 'best' epochs, where the record kept them
 
 
 class CheckpointRecord:
@@ -45,7 +47,7 @@ class CheckpointRecord:
   def __init__(self, store, workdir):
     self.store, self.workdir = store, workdir
 
-  def epoch_end(self, m: int, epoch: int, state, loop, improved: bool) -> None:
+  def epoch_end(self, m: int, epoch: int, state, loop, improved: bool, logits: dict) -> None:
     if improved:
       self.store.save('best', epoch, state, loop.to_json())
     self.store.save('last', epoch, state, loop.to_json(),
@@ -86,23 +88,32 @@ def _record_epoch(workdir, history: list) -> None:
 
 class MemoryRecord:
   """Each member's best variables, copied on the device when its monitor improves; `on_finished(result)`
-  receives each member's result (with host copies of its states) as soon as it has finished."""
+  receives each member's result (with host copies of its states) as soon as it has finished, and
+  `on_epoch(m, state, loop, best variables, kept logits)` each member's every epoch (to keep it on disk)."""
   stops_mid_epoch = False
   keeps_states = True
   kept_on_stop = 'the members that had finished are kept.'
 
-  def __init__(self, on_finished=None):
+  def __init__(self, on_finished=None, on_epoch=None):
     self._best = {}
     self._on_finished = on_finished
+    self._on_epoch = on_epoch
+
+  def resume(self, m: int, best) -> None:
+    """Member m resumed: the best variables its earlier epochs kept."""
+    if best is not None:
+      self._best[m] = jax.device_put(tuple(best))
 
   def finished(self, result) -> None:
     if self._on_finished is not None:
       self._on_finished(result)
 
-  def epoch_end(self, m: int, epoch: int, state, loop, improved: bool) -> None:
+  def epoch_end(self, m: int, epoch: int, state, loop, improved: bool, logits: dict) -> None:
     if improved:   # the variables the epoch was validated with (the averaged ones when the run keeps them)
       evaluated = state.for_evaluation()
       self._best[m] = jax.tree_util.tree_map(jnp.copy, (evaluated.params, evaluated.batch_stats))
+    if self._on_epoch is not None and not loop.finished:   # a finished member is saved whole (on_finished)
+      self._on_epoch(m, state, loop, self._best.get(m), logits)
 
   def poll(self) -> None:
     pass

@@ -55,7 +55,7 @@ class WorkdirEpochs:
     sidecar.write_metadata(self.workdir, sidecar.build_metadata(
         self.config, class_names, optim.count_params(params), normalisation))
 
-  def starts(self, cohort) -> list[Start | None]:
+  def starts(self, cohort, record=None) -> list[Start | None]:
     """The run's `last` checkpoint (and the `interrupted` one that continues its epoch), or None to start."""
     config, store = self.config, self.store
     stored = sidecar.read_metadata(self.workdir)
@@ -104,12 +104,15 @@ class WorkdirEpochs:
 
 
 class FinishedMembers:
-  """An experiment's members, each kept in `<experiment>/members/` as it finishes (`MemoryRecord`)."""
+  """An experiment's members, each kept in `<experiment>/members/` as it finishes (`MemoryRecord`); with
+  `keep_epochs` (a search's rounds) each running member's latest epoch too, so a relaunch resumes it there."""
   keeps_finished_members = True
 
-  def __init__(self, experiment_dir, variant: Variant):
+  def __init__(self, experiment_dir, variant: Variant, keep_epochs: bool = False):
     self.experiment_dir, self.config = pathlib.Path(experiment_dir), variant.config
     self.config_json = sidecar.config_as_json(variant.config)
+    self.keep_epochs = keep_epochs
+    self._members = []   # the chunk being trained (`starts`), which the record's member indices refer to
 
   def todo(self, members: list[Member]) -> list[Member]:
     """The members not finished before (a finished member of another config is refused)."""
@@ -118,11 +121,34 @@ class FinishedMembers:
 
   def record(self, extras: dict | None = None) -> MemoryRecord:
     extras = dict(extras or {})
-    return MemoryRecord(on_finished=lambda r: member_store.save(
-        self.experiment_dir, r, self.config_json, dict(extras, train_seconds=r.train_seconds)))
 
-  def starts(self, cohort) -> list[Start | None]:
-    return [None] * len(cohort.members)   # an unfinished member trains from its start
+    def keep_epoch(m, state, loop, best, logits):
+      member_store.save_epoch(self.experiment_dir, self._members[m], state, loop, best, logits, self.config_json)
+    return MemoryRecord(on_finished=lambda r: member_store.save(
+        self.experiment_dir, r, self.config_json, dict(extras, train_seconds=r.train_seconds)),
+        on_epoch=keep_epoch if self.keep_epochs else None)
+
+  def starts(self, cohort, record) -> list[Start | None]:
+    """Each member's latest kept epoch (plans that keep epochs), else None: it trains from its start."""
+    self._members = list(cohort.members)
+    if not self.keep_epochs:
+      return [None] * len(cohort.members)
+
+    def abstract_state(loop: LoopState):
+      task = cohort.task(loop.phase)
+      return jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), cohort.image_shape))
+
+    starts = []
+    for m, member in enumerate(cohort.members):
+      kept = member_store.load_epoch(self.experiment_dir, member, self.config_json, REUSABLE_CHANGES, abstract_state)
+      if kept is None:
+        starts.append(None)
+        continue
+      loop, state, best, logits = kept
+      record.resume(m, best)
+      logging.warning('resuming %s after epoch %d', member_store.path_of(self.experiment_dir, member).stem, loop.epoch)
+      starts.append(Start(loop, cohort.parallel.replicate(state), logits=logits))
+    return starts
 
   def begin(self, cohort, starts: list, class_names) -> None:
     pass   # its kept members' workdirs are written once the experiment has finished
