@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from scipy.spatial import distance
 from scipy.special import logsumexp
+from sklearn.covariance import LedoitWolf
 
 from fpclass.analysis import ood as ood_math
 from fpclass.config.outputs import OodSettings
@@ -41,11 +42,23 @@ def random_problem(classes=3, n=60, d=5, seed=0):
   return features, labels, rng.normal(size=(7, classes)), rng.normal(size=(7, d)) * 2
 
 
+def test_a_collapsed_model_s_features_still_fit_and_an_image_that_moves_them_scores_higher():
+  """A fold model that collapsed to the majority class (2 of a footprint sweep's 15, measured) has every ReLU
+  dead: zero features, a zero covariance, no Cholesky factor of its precision. It still fits, and scores."""
+  features, labels, logits, queries = random_problem()
+  maha = ood_math.fit_statistics('mahalanobis', 'softmax', np.zeros_like(features), labels)
+  inside = ood_math.scores(maha, logits, np.zeros_like(queries))
+  assert np.isfinite(inside).all() and (inside == 0).all()
+  assert (ood_math.scores(maha, logits, queries) > 0).all()
+
+
 def test_each_score_from_its_definition():
   features, labels, logits, queries = random_problem()
   maha = ood_math.fit_statistics('mahalanobis', 'softmax', features, labels)
   means = np.stack([features[labels == c].mean(0) for c in range(3)])
   precision = np.asarray(maha.whitening, np.float64) @ np.asarray(maha.whitening, np.float64).T
+  centred = features - means[labels]
+  np.testing.assert_allclose(precision, LedoitWolf(assume_centered=True).fit(centred).precision_, rtol=1e-4)
   expected = [min(distance.mahalanobis(q, m, precision) ** 2 for m in means) for q in queries]
   np.testing.assert_allclose(ood_math.scores(maha, logits, queries), expected, rtol=1e-5)
   np.testing.assert_allclose(maha.means, means, rtol=1e-6)

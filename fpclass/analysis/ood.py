@@ -33,7 +33,7 @@ class Statistics:
   score: str
   head: str
   means: np.ndarray | None = None       # (C, D)
-  whitening: np.ndarray | None = None   # (D, D), lower triangular
+  whitening: np.ndarray | None = None   # (D, D): W W' is the inverse covariance
   bank: np.ndarray | None = None        # (B, D), rows of unit length
   k: int = 1
 
@@ -61,9 +61,18 @@ def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarr
   classes = np.unique(groups)
   means = np.stack([features[groups == c].mean(0) for c in classes])
   centred = features - means[np.searchsorted(classes, groups)]
-  precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-  return Statistics(score, head, means=means.astype(np.float32),
-                    whitening=np.linalg.cholesky(precision).astype(np.float32))
+  covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
+  return Statistics(score, head, means=means.astype(np.float32), whitening=_whitening(covariance).astype(np.float32))
+
+
+def _whitening(covariance: np.ndarray) -> np.ndarray:
+  """W with W W' = the inverse covariance, from its eigenvectors. A feature no training image moves (a ReLU unit
+  dead on this data) leaves the shrunk covariance singular, where a Cholesky factor of the precision fails
+  (measured: a footprint ensemble's member); its eigenvalues are floored at 1e-6 of the largest, so such a
+  direction weighs a million times the main one: in-distribution images never move it."""
+  values, vectors = np.linalg.eigh(covariance)
+  floor = max(float(values.max()), 1e-12) * 1e-6
+  return vectors / np.sqrt(np.maximum(values, floor))
 
 
 def scores(statistics: Statistics, logits, features, xp=np):
