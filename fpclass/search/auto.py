@@ -7,50 +7,51 @@
    (`fpclass.search.population`): a batch of TPE's trials trained as one sweep plan, few epochs on one fold at
    the bottom, the config's epochs on every fold at the top (`trials/`). The first trial is the config as given.
 3. Confirm: the finalists, and the config as given, on folds cut anew (data.split_seed + 1000) x seeds that
-   chose nothing, with paired 95% intervals against the choice: at most `auto.confirm_share` of the budget.
+   chose nothing, with paired 95% intervals against the choice: the search reserves it at most
+   `auto.confirm_share` of the budget, and it takes what the search leaves.
 4. Final: the chosen configuration's fold models from the confirmation, an ensemble workdir in `final/`:
    together they trained on every labelled image, and their out-of-fold score on the fresh folds is honest.
 The budget (`fpclass.search.budget`) holds across launches: a relaunch resumes the study, the bracket where it
-stopped (its finished variants reused) and the confirmation. Details and figures: docs/auto.md.
-"""
+stopped (its members after their latest epoch) and the confirmation. Details and figures: docs/auto.md."""
 import dataclasses
 import json
 import math
 import pathlib
 import time
 
+import jax
 import numpy as np
 import optuna
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import fileio, models
+from fpclass import fileio
 from fpclass.analysis import metric_registry
-from fpclass.config.inputs import DecodeSettings, SplitSettings, StorageSettings
-from fpclass.config.model import ModelSettings
+from fpclass.config.inputs import SplitSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.search import AutoSettings
 from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.ensemble import member_workdirs
-from fpclass.models import probe_backbones
 from fpclass.models.heads import head_of
 from fpclass.search import confirm as confirm_stage
 from fpclass.search import study as study_lib
-from fpclass.search.budget import Budget
+from fpclass.search.budget import SLACK, Budget
+from fpclass.search.candidates import screen_candidates
 from fpclass.search.context import TAIL, Context, Entry, changes_of
 from fpclass.search.ensemble_selection import Candidate as PoolCandidate
 from fpclass.search.ensemble_selection import workdir_metadata
 from fpclass.search.lr_centres import LR_FIND_SHARE, centre_learning_rates
 from fpclass.search.population import outcomes, round_plan
 from fpclass.search.rungs import Costs, Rung, plan_bracket
-from fpclass.search.screen import ProbeRun, run_probe
+from fpclass.search.screen import ProbeRun
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
 from fpclass.train import oof, sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
+from fpclass.train.records import StopOnSignals
 from fpclass.train.shared_work import SharedWork
 
 
@@ -92,7 +93,8 @@ def run_auto(config, workdir) -> AutoRun | None:
                  'fresh seeds)') if own_split else f'{folds}-fold'
   budget = Budget.load(settings.budget_seconds, workdir)
   tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
-  screen, candidates, screen_note = _screen(base, settings, budget)
+  screen, pairs, screen_note = screen_candidates(base, settings, budget)
+  candidates = [Candidate(name, changes) for name, changes in pairs]
   centres = None
   if any(c.changes for c in candidates) and not settings.space:
     centres = centre_learning_rates(base, candidates, LR_FIND_SHARE * budget.left())
@@ -130,44 +132,6 @@ def run_auto(config, workdir) -> AutoRun | None:
 
 # ------------------------------------------------------------------------------------------------- 1. screen
 
-def _at_hand(config, settings: AutoSettings) -> tuple[list, list[str]]:
-  """(backbones to screen, notes): auto.backbones, or every registered pretrained model whose named weights are
-  already in the cache (nothing is downloaded to screen)."""
-  if settings.backbones:
-    return probe_backbones.parse_entries(settings.backbones, config, 'config.auto.backbones'), []
-  cache, found, missing = fileio.cache_root(StorageSettings.from_config(config.data).cache_dir), [], []
-  for name in probe_backbones.valid_backbones():
-    spec = models.get_spec(name)
-    named = [w for w in spec.weights.values() if (cache / 'weights' / w.filename).is_file()]
-    (found if named else missing).append(name)
-  entries = tuple(f'{name}={next(iter(models.get_spec(name).weights))}' for name in found)
-  notes = [f'{len(missing)} registered backbones have no weights in the cache ({cache / "weights"}) and were not '
-           'screened; name them with their files in config.auto.backbones'] if missing else []
-  return (probe_backbones.parse_entries(entries, config, 'config.auto.backbones') if found else []), notes
-
-
-def _screen(base, settings: AutoSettings, budget: Budget):
-  """(probe run or None, candidates, note): the config's own model first, then the best screened backbones."""
-  own = Candidate(ModelSettings.from_config(base.model).name, {})
-  if settings.keep == 0:
-    return None, [own], 'no screen (config.auto.keep=0)'
-  backbones, notes = _at_hand(base, settings)
-  if not backbones:
-    return None, [own], ' '.join(notes) or 'no backbone to screen'
-  start = time.perf_counter()
-  found = run_probe(base, backbones)
-  budget.add_stage('screen', time.perf_counter() - start)
-  order = found.summary.sort_values(f'{found.rank_by}_mean', ascending=found.rank_by == 'log_loss', kind='stable')
-  kept = []
-  for _, row in order.head(settings.keep).iterrows():
-    weights = row['weights'] if row['weights'] != 'random init' else ''
-    kept.append(Candidate(str(row['backbone']), {
-        'model.name': str(row['model']), 'model.pretrained': weights, 'model.top': 'avg',
-        'model.in_channels': DecodeSettings.from_config(base.data).channels, 'model.freeze_till': 0}))
-  note = ' '.join(notes + [f'{len(backbones)} backbones screened; kept {", ".join(c.name for c in kept)}'])
-  return found, [own, *kept], note
-
-
 # ------------------------------------------------------------------------------------------------- 2. search
 
 def _train_round(ctx: Context, base, entries: list, folds: tuple, seeds: tuple, epochs: int, folder, stop):
@@ -183,7 +147,7 @@ def _search(ctx: Context) -> str:
   budget, start = ctx.budget, time.perf_counter()
   try:
     costs = budget.costs or _measure(ctx)
-    notes = []
+    notes = _fit_folds(ctx, costs)
     while True:
       bracket = budget.open_bracket()
       if bracket is None:
@@ -209,13 +173,46 @@ def _search(ctx: Context) -> str:
   return '; '.join(notes)
 
 
+def _fit_folds(ctx: Context, costs: Costs) -> list[str]:
+  """Fewer folds a trial (down to 3) when at k folds the budget affords no search, a bracket of two rungs:
+  a search among several configurations on 3 folds beats one configuration on 5. Decided once and kept in the
+  study (`study_lib.FOLDS`), so a relaunch, or another launch sharing the study, trains the same splits; a
+  `config.auto.folds` given is kept as given."""
+  folds = ctx.study.user_attrs.get(study_lib.FOLDS)
+  if folds is None:
+    folds = ctx.folds
+    if not ctx.own_split and not ctx.settings.folds:
+      seconds = ctx.budget.left() - TAIL * ctx.budget.seconds
+      for k in range(ctx.folds, min(3, ctx.folds) - 1, -1):
+        planned = plan_bracket(costs, seconds - ctx.confirm_seconds(costs, ctx.settings.finalists, k), k,
+                               ctx.epochs, ctx.settings.eta)
+        if planned is not None and len(planned.rungs) >= 2:
+          folds = k
+          break
+    ctx.study.set_user_attr(study_lib.FOLDS, folds)
+  if folds == ctx.folds:
+    return []
+  note = f'the budget affords a search on {folds} of the {ctx.folds} folds'
+  tqdm.write(f'auto: {note}')
+  ctx.base = apply_changes(ctx.base, {'data.num_folds': folds}, 'config.auto.folds')
+  ctx.folds = folds
+  return [note]
+
+
 def _measure(ctx: Context) -> Costs:
   """The costs, from the config as given on one fold for two epochs: its wall time, and its second epoch's."""
   epochs = min(2, ctx.epochs)
   folder = ctx.workdir / 'rounds' / 'measure'
-  with ctx.stop(TAIL * ctx.budget.seconds) as stop:
-    outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs, folder,
-                            stop)
+  # Compiled afresh, as the trials' programs will be: the config as given is the one most likely to be in the
+  # persistent compilation cache already, which would make a configuration's set-up look free.
+  cached = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    with ctx.stop(TAIL * ctx.budget.seconds) as stop:
+      outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs,
+                              folder, stop)
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cached)
   outcome = outcomes.get('baseline')
   if outcome is None:
     raise UserInputError(f'auto: config.auto.time_budget={ctx.settings.time_budget!r} ran out before the config as '
@@ -254,12 +251,17 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
     # The rung stops where the rest of the bracket, one configuration a rung, and the confirmation still fit.
     rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
     reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
+    stop = ctx.stop(reserve)
     if ctx.budget.left() - reserve < Rung(1, rung.folds, rung.epochs).cost(costs):
-      _end_bracket(ctx, bracket, {})
-      return False
+      first = _first_top_rung(ctx, costs, rung) if top else None
+      if first is None:
+        _end_bracket(ctx, bracket, {})
+        return False
+      alive, rung = alive[:1], first   # the best alone, within the budget's slack
+      stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
     folder = ctx.workdir / ('trials' if top else pathlib.Path('rounds') / f'b{bracket["index"]}-r{level}')
     entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
-    with ctx.stop(reserve) as stop:
+    with stop:
       outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,
                                 folder, stop)
     values = {}
@@ -301,6 +303,16 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       break
   _end_bracket(ctx, bracket, {})
   return True
+
+
+def _first_top_rung(ctx: Context, costs: Costs, rung: Rung) -> Rung | None:
+  """The top rung one configuration may still train within the budget's slack (5%) when no trial has a top-rung
+  result yet (without one there is no final model): on the most folds, then epochs, that fit; else None."""
+  if any(t.state == optuna.trial.TrialState.COMPLETE for t in study_lib.searched(ctx.study)):
+    return None
+  spare = ctx.budget.left() + SLACK * ctx.budget.seconds - TAIL * ctx.budget.seconds
+  fitting = plan_bracket(costs, spare, rung.folds, rung.epochs, ctx.settings.eta, most=1)
+  return Rung(1, fitting.rungs[-1].folds, fitting.rungs[-1].epochs) if fitting else None
 
 
 def _end_bracket(ctx: Context, bracket: dict, values: dict) -> None:

@@ -63,7 +63,8 @@ def confirm(ctx: Context):
   if not seeds:
     return None, None, 'skipped (config.auto.confirm_seeds=())', chosen
   costs = ctx.budget.costs
-  room = min(ctx.settings.confirm_share * ctx.budget.seconds, ctx.budget.left() - TAIL * ctx.budget.seconds)
+  # The search reserved at most the confirmation's share; what the search could not use is the confirmation's too.
+  room = ctx.budget.left() - TAIL * ctx.budget.seconds
   folds = ctx.folds
   while len(chosen_few) > 1 and costs.of(len(chosen_few), folds, ctx.epochs * len(seeds)) > room:
     chosen_few = chosen_few[:-1]   # the config as given, then the weaker finalists, go first

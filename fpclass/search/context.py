@@ -60,10 +60,17 @@ class Context:
     """({name: Outcome} of the entries the round reached, whether the deadline cut it): one plan, isolated."""
     return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop)
 
-  def confirm_seconds(self, costs: Costs, finalists: int) -> float:
-    """What confirming `finalists` configurations (and the config as given) would cost, capped by its share."""
-    need = costs.of(finalists + 1, self.folds, self.epochs * len(self.settings.confirm_seeds))
-    return min(need, self.settings.confirm_share * self.budget.seconds) if self.settings.confirm_seeds else 0.0
+  def confirm_seconds(self, costs: Costs, finalists: int, folds: int = 0) -> float:
+    """The search's reserve for the confirmation: what confirming `finalists` configurations (and the config as
+    given) on `folds` (default: the trials') would cost, capped by its share; 0 when not even one configuration
+    fits the share (the confirmation then runs only if the search leaves it the time)."""
+    if not self.settings.confirm_seeds:
+      return 0.0
+    share, epochs = self.settings.confirm_share * self.budget.seconds, self.epochs * len(self.settings.confirm_seeds)
+    folds = folds or self.folds
+    if costs.of(1, folds, epochs) > share:
+      return 0.0
+    return min(costs.of(finalists + 1, folds, epochs), share)
 
   def trials(self) -> dict:
     return {t.number: t for t in self.study.get_trials(deepcopy=False)}

@@ -7,12 +7,12 @@ searched parameter (Li et al., Hyperband, 2018; Jamieson and Talwalkar, 2016). E
 one training loop, so a rung's cost is what a sweep of its size costs: a set-up per configuration (data placed,
 programs compiled), a share per member, and its member-epochs.
 
-`plan_bracket` sizes the bracket to the seconds left: the most rungs and starting configurations whose cost fits.
+`plan_bracket` sizes the bracket to the seconds left: the most rungs and starting configurations whose cost fits,
+then the lower rungs' epochs raised into what is left.
 When even one configuration at the top rung does not fit, the top rung itself is made cheaper (fewer folds, then
 fewer epochs) and the note says what the budget could afford.
 """
 import dataclasses
-import math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +65,15 @@ class Bracket:
 
 
 def rungs_for(start: int, levels: int, folds: int, epochs: int, eta: int) -> tuple:
-  """`levels` rungs from `start` configurations: rung r (0 = the cheapest) trains ceil(start / eta^r) of them
-  for epochs / eta^(top - r) epochs on folds / eta^(top - r) folds (at least 1 of each); the top rung has
-  every fold and the config's epochs."""
+  """`levels` rungs from `start` configurations: rung r (0 = the cheapest) trains the best floor(start / eta^r)
+  of them (at least 1) for epochs / eta^(top - r) epochs on folds / eta^(top - r) folds (at least 1 of each);
+  the top rung has every fold and the config's epochs. Floor, as successive halving keeps the best 1/eta: a
+  configuration more at the bottom then costs one bottom-rung run, so a bracket fills its time finely."""
   top = levels - 1
   out = []
   for r in range(levels):
     shrink = eta ** (top - r)
-    out.append(Rung(max(1, math.ceil(start / eta ** r)), max(1, round(folds / shrink)), max(1, round(epochs / shrink))))
+    out.append(Rung(max(1, start // eta ** r), max(1, round(folds / shrink)), max(1, round(epochs / shrink))))
   return tuple(out)
 
 
@@ -96,8 +97,21 @@ def plan_bracket(costs: Costs, seconds: float, folds: int, epochs: int, eta: int
     best = Bracket(rungs_for(start, levels, folds, epochs, eta))
     break
   if best is not None:
-    return best
+    return _stretched(best, costs, seconds)
   return _cheapest(costs, seconds, folds, epochs)
+
+
+def _stretched(bracket: Bracket, costs: Costs, seconds: float) -> Bracket:
+  """The lower rungs' epochs raised, the bottom first and each at most to the next rung's, while the bracket
+  fits: the seconds too few for one more configuration buy the cheap rungs a surer ranking instead of idling."""
+  rungs = list(bracket.rungs)
+  for r in range(len(rungs) - 1):
+    while rungs[r].epochs < rungs[r + 1].epochs:
+      longer = [*rungs[:r], dataclasses.replace(rungs[r], epochs=rungs[r].epochs + 1), *rungs[r + 1:]]
+      if Bracket(tuple(longer)).cost(costs) > seconds:
+        break
+      rungs = longer
+  return Bracket(tuple(rungs), bracket.note)
 
 
 def _cheapest(costs: Costs, seconds: float, folds: int, epochs: int) -> Bracket | None:

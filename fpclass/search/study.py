@@ -29,6 +29,7 @@ CANDIDATE = 'candidate'
 CLAIM = 'claim'                 # a marker trial's user attribute: the process claiming the confirmation
 CONFIRMED = 'confirmed_by'      # the study's user attribute once a process has confirmed
 FOLDER = 'folder'
+FOLDS = 'folds'                 # the study's user attribute: the folds a trial's top rung trains
 
 
 def storage_of(url: str, workdir, attempts: int = 20):
