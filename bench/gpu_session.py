@@ -20,7 +20,7 @@ Steps (`--steps`, in this order by default):
 - serve: bench/serve_load.py at 64 clients with hey, on the footprint step's trained workdir;
 - sharing: two `--mode serve` servers under hey while a training run shares the device;
 - precision: the transfer recipes through launch.py with train.precision fp32 and bf16 (speed, accuracy);
-- pytest: the suite, `pytest -n 4` (the dry run: one small file).
+- pytest: the suite, `pytest -n 4` (the dry run: one small file, without xdist's workers).
 Each step has its own time cap within `--budget` (the suite gets what is left), and a step that fails or runs
 past its cap records that in its JSON while the others still run. Nothing is downloaded by this script.
 """
@@ -108,11 +108,14 @@ DRY_PLAN = Plan(
     serve_args=('--concurrency', '64', '--requests', '128', '--workers', '1', '--batching', 'on', '--rounds', '1',
                 '--warmup', '0', '--overload-requests-per-client', '1', '--time-limit', '60'),
     share_train_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=1'),
-    share_workers=1, share_clients=2, share_turn_requests=8, share_pause_seconds=0.5,
+    # A turn every 2 s, not 0.5: a turn of both servers (two hey processes, /healthz reads, 16 predictions) costs
+    # about 0.2 CPU s; 0.5 s apart, the turns cost 3/4 of the training run beside them. A few show both answer.
+    share_workers=1, share_clients=2, share_turn_requests=8, share_pause_seconds=2.0,
     precision_recipes=(('vgg16', 'configs/cats_dogs.py:vgg16,quick', 'VGG16', 32),),
     precision_args=(),
-    # Two workers on the lock tests that start no launch.py: pytest's own counts read back, in seconds.
-    pytest_args=('-n', '2', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),
+    # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
+    # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
+    pytest_args=('-n', '0', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),
     caps={step: 600 for step in STEPS},   # generous: a busy 2-core machine is slow, and nothing is timed
     budget=3600)
 
