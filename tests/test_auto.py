@@ -22,13 +22,14 @@ from optuna.storages.journal import JournalFileBackend
 
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
+from fpclass.runtime.process import planned_backend
 from fpclass.search.context import Entry
 from fpclass.search.population import outcomes, round_plan
 from fpclass.search.space import Candidate, baseline_params, parse_space
 from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.records import StopOnSignals
-from tests.conftest import REPO, launch
+from tests.conftest import REPO, launch, xla_flags
 from tests.postgres import postgres_server
 
 TINY = ['--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)',
@@ -37,10 +38,21 @@ TINY = ['--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)
         '--config.auto.finalists=2']
 THREE_FOLDS = '--config.auto.folds=3'
 LR_ONLY = "--config.auto.space=('train.learning_rate: log(1e-7, 5e-2)',)"
+# A trial here costs its set-up, its programs compiled, far more than its epochs or pixels: these tests pay per
+# trial and per compilation. Successive halving with three rungs in its smallest form: eta 2 starts 4 trials (eta 3
+# needs 9), each rung keeping the better half.
+HALVING = ('--config.auto.eta=2', '--config.auto.trials=4')
+# Where the learning rate is all a test searches, the CNN without augmentation or dropout: less to compile.
+PLAIN = ('--config.augment.hflip=0.0', '--config.augment.brightness=0.0', '--config.augment.contrast=0.0',
+         '--config.model.dropout=0.0')
+# The launches compile every trial's programs afresh: on the CPU, XLA's older emitters compile these tiny programs in
+# about half the CPU time of its fusion emitters (a trial of TINY: 3.5 -> 1.8 s). No test here compares numbers
+# with a run compiled otherwise (the population test, which compares a launch with this process, leaves it out).
+FAST_COMPILE = {'XLA_FLAGS': xla_flags('--xla_cpu_use_fusion_emitters=false')} if planned_backend() == 'cpu' else {}
 
 
 def _env(tmp_path):
-  return {'FPCLASS_CACHE': str(tmp_path / 'cache')}
+  return {'FPCLASS_CACHE': str(tmp_path / 'cache'), **FAST_COMPILE}
 
 
 def _state(workdir):
@@ -52,21 +64,21 @@ def _study(workdir, name='footprint-exp4'):
 
 
 def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_ensemble_of_all_the_data(tmp_path):
-  """Nine trials (a budget no busy machine exhausts, so the trial count decides): 9 on one fold for one epoch,
-  the best 3 (by validation loss: no ties) one more rung, the best on all 3 folds; the worst are told PRUNED.
-  The confirmation trains on folds cut with another split seed and seed 101; the final ensemble's fold models
-  together trained on every labelled image, and it submits."""
+  """Four trials in the default space (a budget no busy machine exhausts, so the trial count decides; eta 2):
+  4 on one fold for one epoch, the best 2 (by validation loss: no ties) on 2 folds, the best on all 3 folds; the
+  worst of each rung are told PRUNED. The confirmation trains on folds cut with another split seed and seed 101;
+  the final ensemble's fold models together trained on every labelled image, and it submits."""
   workdir = tmp_path / 'auto'
-  result = launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=1h', '--config.auto.metric=loss',
-                  '--config.auto.trials=9', env=_env(tmp_path))
+  result = launch(*TINY, THREE_FOLDS, *HALVING, f'--workdir={workdir}', '--config.auto.time_budget=1h',
+                  '--config.auto.metric=loss', env=_env(tmp_path))
   assert 'chose trial-' in result.stdout
   (bracket,) = _state(workdir)['brackets']
-  # (the middle rung's epoch raised into the time nine trials leave: the budget buys it a surer ranking)
-  assert bracket['rungs'] == [dict(configs=9, folds=1, epochs=1), dict(configs=3, folds=1, epochs=2),
+  # (the middle rung's epoch raised into the time four trials leave: the budget buys it a surer ranking)
+  assert bracket['rungs'] == [dict(configs=4, folds=1, epochs=1), dict(configs=2, folds=2, epochs=2),
                               dict(configs=1, folds=3, epochs=2)]
   study = _study(workdir)
   trials = {t.number: t for t in study.trials if 'claim' not in t.user_attrs}
-  assert sorted(trials) == bracket['trials'] and len(trials) == 9
+  assert sorted(trials) == bracket['trials'] and len(trials) == 4
   for level, kept in enumerate(bracket['promoted']):   # each rung keeps its lowest losses, the rest are pruned
     values = {int(n): v for n, v in bracket['values'][level].items()}
     dropped = [v for n, v in values.items() if n not in kept]
@@ -104,13 +116,15 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
 
 
 def test_a_middle_budget_holds(tmp_path):
-  """45 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
-  + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant)."""
+  """30 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
+  + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant).
+  (Its trials compile with FAST_COMPILE's flag, in about half the CPU time: 30 s leave the search the room 45 s
+  left it without.)"""
   workdir = tmp_path / 'auto'
-  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=45s', env=_env(tmp_path))
+  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path))
   state = _state(workdir)
   longest = max(seconds for _, _, seconds in state['measures'])
-  assert state['used_seconds'] <= 45 * 1.05 + longest, state
+  assert state['used_seconds'] <= 30 * 1.05 + longest, state
   assert state['brackets'] and sum(state['stages'].values()) <= state['used_seconds']
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
@@ -124,12 +138,12 @@ def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path):
 
 def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
   workdir, env = tmp_path / 'auto', dict(os.environ, **_env(tmp_path))
-  args = [sys.executable, str(REPO / 'launch.py'), *TINY, THREE_FOLDS, f'--workdir={workdir}',
-          '--config.auto.time_budget=1h', '--config.auto.trials=9', LR_ONLY]
+  args = [sys.executable, str(REPO / 'launch.py'), *TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={workdir}',
+          '--config.auto.time_budget=1h', LR_ONLY]
   log = (tmp_path / 'first.log').open('w')
   first = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
   deadline = time.monotonic() + 300
-  while time.monotonic() < deadline and first.poll() is None:   # kill inside the first rung, 2 variants done
+  while time.monotonic() < deadline and first.poll() is None:   # kill inside the first rung, 2 variants of 4 done
     done = list((workdir / 'rounds' / 'b0-r0').glob('trial-*/experiment.json'))
     if len(done) >= 2:
       break
@@ -144,16 +158,16 @@ def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
   assert sum(f'[{p.parent.name}] finished earlier' in result.stdout + result.stderr for p in finished_before) \
       == len(finished_before)
   trials = [t for t in _study(workdir).trials if 'claim' not in t.user_attrs]
-  assert len(trials) == 9   # the relaunch asked for none again
+  assert len(trials) == 4   # the relaunch asked for none again
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
 
 def test_two_processes_share_a_postgresql_study_and_one_confirms(tmp_path):
   env = dict(os.environ, **_env(tmp_path))
   with postgres_server() as url:
-    procs = [subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *TINY, THREE_FOLDS,
+    procs = [subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *TINY, *PLAIN, THREE_FOLDS, *HALVING,
                                f'--workdir={tmp_path / f"auto{i}"}', '--config.auto.time_budget=1h',
-                               '--config.auto.trials=9', f'--config.auto.storage={url}', LR_ONLY],
+                               f'--config.auto.storage={url}', LR_ONLY],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -185,7 +199,7 @@ def test_a_population_round_member_equals_its_solo_run(tmp_path):
   assert all(not o.error for o in outcomes(runs, 'accuracy').values())
   solo = tmp_path / 'solo'
   launch(*TINY[:7], '--config.data.num_folds=2', '--config.data.fold=1', '--config.train.learning_rate=0.003',
-         f'--workdir={solo}', env=_env(tmp_path))
+         f'--workdir={solo}', env={'FPCLASS_CACHE': str(tmp_path / 'cache')})   # compiled as this process compiles
   member = pd.read_csv(tmp_path / 'round' / 'trial-0001' / 'oof_predictions.csv', dtype={'id': str})
   alone = pd.read_csv(solo / 'oof_predictions.csv', dtype={'id': str})
   member = member[member['split'] == 1].set_index('id').sort_index()

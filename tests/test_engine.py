@@ -176,7 +176,7 @@ def test_memory_plan_follows_the_formula():
 
 # Seed 000's ResNet-18 transfer recipe on 36 footprints at 32x24, from a torchvision file torch wrote itself
 # (random weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members; fold 1's solo run.
-TRANSFER = {'data.image_size': (32, 24), 'data.synthetic.n_class0': 20, 'data.synthetic.n_class1': 16, 'seed': 3, 'explain.after_training': False, 'train.tensorboard': False,
+TRANSFER = {'model.layers': (1, 1, 1, 1), 'data.image_size': (32, 24), 'data.synthetic.n_class0': 20, 'data.synthetic.n_class1': 16, 'seed': 3, 'explain.after_training': False, 'train.tensorboard': False,
             'sweep.folds': (0, 1), 'sweep.seeds': (3,), 'sweep.models_per_chunk': 2}
 AUGMENT_OFF = {'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0}
 RECIPES = {
@@ -192,7 +192,12 @@ RECIPES = {
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-  return torchvision_weights(tmp_path_factory.mktemp('weights'))
+  import torch
+  import torchvision
+  path = tmp_path_factory.mktemp('weights') / 'resnet.pth'
+  torch.manual_seed(0)
+  torch.save(torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1]).state_dict(), path)
+  return path
 
 
 def _leaves(config, workdir):

@@ -189,13 +189,14 @@ def test_an_auto_run_s_trials_are_matched_by_example_id(tmp_path):
 
 TINY = ['--config=configs/footprint_sweep.py:exp0,exp1,exp5,quick', '--config.data.image_size=(24,16)',
         '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)', '--config.sweep.models_per_chunk=10',
-        '--config.sweep.seeds=(0,)', '--config.data.num_folds=3']
+        '--config.sweep.seeds=(0,)', '--config.data.num_folds=2']
 
 
 @pytest.fixture(scope='module')
 def ensembled(tmp_path_factory):
-  """A 3-variant x 3-fold tiny sweep (exp1 has another model, so it never joins exp0 and exp5 in a soup), then
-  --mode ensemble on it by log loss."""
+  """A 3-variant x 2-fold tiny sweep (exp1 has another model, so it never joins exp0 and exp5 in a soup), then
+  --mode ensemble on it by log loss. Two folds are the fewest that cross-fit (each fold's selection scored on the
+  other), and every launch below restores each fold model of the ensemble."""
   workdir = tmp_path_factory.mktemp('ensemble-sweep')
   env = {'FPCLASS_CACHE': str(tmp_path_factory.mktemp('ensemble-cache'))}
   launch(*TINY, f'--workdir={workdir}', '--mode=sweep', env=env)
@@ -211,7 +212,7 @@ def test_the_ensemble_workdir_lists_its_members_and_scores_them_cross_fitted(ens
   assert all((out / m['folder'] / name / 'metadata.json').is_file() for m in members for name in m['models'])
   record = json.loads((out / 'ensemble.json').read_text())
   assert [r['model'] for r in record['table']] == ['best single', 'ensemble', 'soup']
-  assert record['metric'] == 'loss' and len(record['crossfit']) == 3 and record['candidates'] == ['exp0', 'exp1', 'exp5']
+  assert record['metric'] == 'loss' and len(record['crossfit']) == 2 and record['candidates'] == ['exp0', 'exp1', 'exp5']
   # The cross-fitted figures, recomputed from the ensemble's out-of-fold predictions fold by fold.
   predictions = pd.read_csv(out / 'ensemble_predictions.csv', dtype={'label': str})
   labels, probs, _ = selection.oof.labels_and_probabilities(predictions)
@@ -252,8 +253,8 @@ def test_the_ensemble_submits_and_predicts_its_weighted_members_mean(ensembled):
 def test_each_fold_soup_is_the_average_of_its_ingredients_and_submits(ensembled):
   workdir, env, _ = ensembled
   folder = workdir / 'ensemble' / 'soup'
-  assert [m['models'] for m in sidecar.read_metadata(folder)['ensemble']['members']] == [['fold0', 'fold1', 'fold2']]
-  for k in range(3):
+  assert [m['models'] for m in sidecar.read_metadata(folder)['ensemble']['members']] == [['fold0', 'fold1']]
+  for k in range(2):
     fold = folder / f'fold{k}'
     meta = sidecar.read_metadata(fold)
     kept = [fold / p for p in meta['soup']['ingredients']]
@@ -279,10 +280,10 @@ def test_the_device_mix_equals_the_host_mix_for_every_head():
   assert np.allclose(ensemble.weighted_mean(parts, [0.25, 0.5]), np.full((2, 2), 0.6))
 
 
-# Unequal shares: exp0's fold0 and fold2 at 0.35 each, exp1's fold1 (another model) at 0.3; an equal mean (1/3
+# Unequal shares: exp0's fold0 and fold1 at 0.35 each, exp1's fold0 (another model) at 0.3; an equal mean (1/3
 # each) or a member's weight not split over its models (0.7, 0.7, 0.3) gives other probabilities.
-REWEIGHTED = [{'folder': '../exp0', 'weight': 0.7, 'models': ['fold0', 'fold2']},
-              {'folder': '../exp1', 'weight': 0.3, 'models': ['fold1']}]
+REWEIGHTED = [{'folder': '../exp0', 'weight': 0.7, 'models': ['fold0', 'fold1']},
+              {'folder': '../exp1', 'weight': 0.3, 'models': ['fold0']}]
 
 
 SERVE_SETTINGS = ServeSettings(warm_batch_sizes=(1, 8), max_batch=8)   # two programs to compile, not six
@@ -338,7 +339,7 @@ def test_the_ensemble_is_served_answering_the_weighted_mix_that_predict_writes(r
   assert meta['model'] == 'ensemble' and body['model'] == 'ensemble' and meta['explain'] is False
   assert meta['ensemble']['members'] == REWEIGHTED
   assert [m['weight'] for m in meta['ensemble']['models']] == pytest.approx([0.35, 0.35, 0.3])
-  assert [m['path'] for m in meta['ensemble']['models']] == ['../exp0/fold0', '../exp0/fold2', '../exp1/fold1']
+  assert [m['path'] for m in meta['ensemble']['models']] == ['../exp0/fold0', '../exp0/fold1', '../exp1/fold0']
   assert explain.status_code == 404 and 'Grad-CAM explains one model' in explain.json()['detail']
   assert health.status_code == 200 and health.json()['status'] == 'ok'
   assert 'an ensemble of 3 models (../exp0 x0.70, ../exp1 x0.30)' in serve_service.startup_summary(service)['what']
@@ -430,7 +431,7 @@ def test_the_sweep_records_its_config_so_ensemble_needs_only_the_workdir(ensembl
   selects what the launch with --config selected."""
   workdir, env, _ = ensembled
   record = json.loads((workdir / 'workdir.json').read_text())
-  assert record['kind'] == 'sweep' and record['config']['data']['num_folds'] == 3
+  assert record['kind'] == 'sweep' and record['config']['data']['num_folds'] == 2
   launch(f'--workdir={workdir}', '--mode=ensemble', '--config.ensemble.metric=loss', '--config.ensemble.soup=False',
          '--config.ensemble.output=again', env=env)
   first, again = (json.loads((workdir / out / 'ensemble.json').read_text()) for out in ('ensemble', 'again'))

@@ -152,3 +152,31 @@ def test_a_gpu_plugin_without_a_gpu_device_falls_back_to_the_cpu_with_one_line(m
     updates.clear()
     assert not process.fall_back_to_cpu(environ) and updates == [] and 'cpu' not in environ.values()
   assert capsys.readouterr().err == ''
+
+
+_CACHE_OFF_SCRIPT = '''
+import os, pathlib, sys
+import jax, jax.numpy as jnp
+from fpclass.runtime import process
+folder = pathlib.Path(process.enable_compilation_cache())
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+entries = lambda: len([p for p in folder.iterdir() if not p.name.endswith('-atime')])
+counts = []
+jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(7)).block_until_ready(); counts.append(entries())
+with process.compilation_cache_off():
+  jax.jit(lambda x: jnp.sin(x) * 5.0)(jnp.ones(9)).block_until_ready(); counts.append(entries())
+jax.jit(lambda x: jnp.cos(x) - 2.0)(jnp.ones(11)).block_until_ready(); counts.append(entries())
+print(counts)
+'''
+
+
+def test_compilation_cache_off_compiles_afresh_inside_and_caches_again_after(tmp_path):
+  """JAX decides once per process whether it uses the cache, so the switch must reset that decision both
+  ways: a program compiled inside writes no entry, and one compiled after it writes one again."""
+  env = dict(os.environ, FPCLASS_JAX_CACHE=str(tmp_path / 'cache'))
+  done = subprocess.run([sys.executable, '-c', _CACHE_OFF_SCRIPT], env=env, cwd=REPO, capture_output=True,
+                        text=True, check=True)
+  before, inside, after = json.loads(done.stdout.strip().splitlines()[-1])
+  assert before > 0
+  assert inside == before
+  assert after > inside

@@ -7,6 +7,7 @@ workers, bench/ scripts and tests may too). Each decision rests on a measurement
 
 Design notes: docs/modules.md (`fpclass/runtime/process.py`).
 """
+import contextlib
 import ctypes
 import dataclasses
 import importlib.metadata
@@ -16,6 +17,7 @@ import platform
 import sys
 
 import jax
+from jax._src import compilation_cache as jax_compilation_cache  # its reset: no public API has one
 from jax._src import xla_bridge  # whether a backend has started: no public API says
 
 from fpclass import fileio
@@ -171,6 +173,22 @@ def enable_compilation_cache(default_root: str | os.PathLike | None = None,
   if settings.xla_caches:
     jax.config.update('jax_persistent_cache_enable_xla_caches', settings.xla_caches)
   return folder
+
+
+@contextlib.contextmanager
+def compilation_cache_off():
+  """Every program compiled inside compiles afresh, and the persistent cache works again after it.
+  JAX decides once per process whether it uses the cache (`is_cache_used` keeps its first answer), so the
+  flag alone would either not switch it off or switch it off for good; resetting its state around the
+  flag makes the next compilation ask again."""
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  jax_compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_compilation_cache', enabled)
+    jax_compilation_cache.reset_cache()
 
 
 def keep_host_buffers() -> bool:

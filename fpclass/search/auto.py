@@ -19,7 +19,6 @@ import math
 import pathlib
 import time
 
-import jax
 import numpy as np
 import optuna
 import pandas as pd
@@ -35,6 +34,7 @@ from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.ensemble import member_workdirs
 from fpclass.models.heads import head_of
+from fpclass.runtime import process
 from fpclass.search import confirm as confirm_stage
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
@@ -151,10 +151,11 @@ def _search(ctx: Context) -> str:
     while True:
       bracket = budget.open_bracket()
       if bracket is None:
-        if ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials:
+        # Read once: with a shared study the count moves between two reads, and `most` = 0 means no limit.
+        most = ctx.settings.trials - study_lib.taken_count(ctx.study) if ctx.settings.trials else 0
+        if ctx.settings.trials and most <= 0:
           break
         reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * budget.seconds
-        most = ctx.settings.trials - study_lib.taken_count(ctx.study) if ctx.settings.trials else 0
         planned = plan_bracket(costs, budget.left() - reserve, ctx.folds, ctx.epochs, ctx.settings.eta, most)
         if planned is None or (planned.note and budget.brackets):
           break   # no bracket fits (a cheapened single trial, the note's, is worth it only when nothing else ran)
@@ -205,14 +206,9 @@ def _measure(ctx: Context) -> Costs:
   folder = ctx.workdir / 'rounds' / 'measure'
   # Compiled afresh, as the trials' programs will be: the config as given is the one most likely to be in the
   # persistent compilation cache already, which would make a configuration's set-up look free.
-  cached = jax.config.jax_enable_compilation_cache
-  jax.config.update('jax_enable_compilation_cache', False)
-  try:
-    with ctx.stop(TAIL * ctx.budget.seconds) as stop:
-      outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs,
-                              folder, stop)
-  finally:
-    jax.config.update('jax_enable_compilation_cache', cached)
+  with process.compilation_cache_off(), ctx.stop(TAIL * ctx.budget.seconds) as stop:
+    outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs,
+                            folder, stop)
   outcome = outcomes.get('baseline')
   if outcome is None:
     raise UserInputError(f'auto: config.auto.time_budget={ctx.settings.time_budget!r} ran out before the config as '
