@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache, image files of every awkward kind, tiny datasets on disk."""
+import compileall
 import contextlib
 import fcntl
 import importlib.util
@@ -52,6 +53,14 @@ HEAVY_FIRST = ('test_engine.py', 'test_auto.py', 'test_multiprocess.py', 'test_g
                'test_multilabel_predict_submit.py', 'test_conv.py', 'test_randaugment.py', 'test_accumulate.py',
                'test_multilabel_export.py', 'test_pooling.py', 'test_train.py', 'test_label_issues.py',
                'test_hub_timm.py')
+
+
+def pytest_configure(config):
+  """Compiles the package's bytecode once, in the controller before any worker starts: with
+  PYTHONDONTWRITEBYTECODE set (as in many CI images) every launch.py child would otherwise compile fpclass's ~200
+  modules from source again (0.7 CPU-s a process, over the suite's few hundred processes)."""
+  if not hasattr(config, 'workerinput'):
+    compileall.compile_dir(REPO / 'fpclass', quiet=1)
 
 
 def pytest_collection_modifyitems(items):

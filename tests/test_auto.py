@@ -96,8 +96,9 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
   assert set(confirm['seed']) == {101} and chosen in set(confirm['experiment'])
   fold_models = sorted((workdir / 'confirm' / chosen).glob('fold*'))
   assert len(fold_models) == 3
-  for model in fold_models:
-    assert sidecar.read_metadata(model)['config']['data']['split_seed'] == 1000
+  for model in fold_models:   # each trained with its own fresh seed on the fresh folds
+    member = sidecar.read_metadata(model)['config']
+    assert member['data']['split_seed'] == 1000 and member['seed'] == 101
   # The final model: those fold models as one ensemble whose out-of-fold rows are every labelled image once.
   meta = sidecar.read_metadata(workdir / 'final')
   assert meta['ensemble']['kind'] == 'auto' and meta['ensemble']['members'][0]['models'] == ['fold0', 'fold1', 'fold2']

@@ -19,7 +19,7 @@ from fpclass.train.cohort import Cohort
 from fpclass.train.loop import train_members
 from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
-from tests.conftest import load_config, torchvision_weights
+from tests.conftest import load_config
 from tests.parity import FLOOR_FACTOR, JITTER
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
