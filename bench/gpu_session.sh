@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 45's GPU session: the install part around bench/gpu_session.py (which has the steps). From the project root:
+# Issue 45's GPU session: the install part around bench/gpu_session.py (its steps in bench/gpu_steps.py). From the project root:
 #   bash bench/gpu_session.sh prepare         here, with the network: the wheels the GPU image lacks into .whl/
 #                                             (../shared/tools/device_wheels.sh plus SESSION_WHEELS) and Debian's
 #                                             hey into .whl/hey/ (apt-get download hey; dpkg -x)

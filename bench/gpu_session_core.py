@@ -1,0 +1,291 @@
+"""The GPU session's parts that every step uses (bench/gpu_session.py runs them, bench/gpu_steps.py has the
+steps): the plans (the GPU's and the CPU dry run's), the session with its folders and environment, a step with
+its deadline and commands, and the records' helpers."""
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+STEPS = ('keras_recipes', 'footprint', 'serve', 'sharing', 'precision', 'pytest')
+CARRIED_HEY = REPO / '.whl' / 'hey' / 'usr' / 'bin' / 'hey'   # where `bash bench/gpu_session.sh prepare` puts it
+MIN_STEP_SECONDS = 20        # a step with less time left than this is skipped
+RESERVED_PER_LATER_STEP = 30  # seconds a step leaves for each step after it
+LOG_LIMIT_BYTES = 15 * 2**20  # the run tool brings back files up to 16 MiB
+VERSIONED = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'keras', 'torch', 'fastapi', 'uvicorn',
+             'httpx', 'h5py', 'pytest', 'pytest-xdist')
+DEVICE_PROBE = ('import json, jax; d = jax.devices()[0]; print(json.dumps(dict(backend=jax.default_backend(), '
+                'platform=d.platform, name=d.device_kind, count=jax.device_count())))')
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What every step runs, at which size, and its time cap: the GPU session's, or the dry run's."""
+  stand_in_images: tuple[int, int]   # train and validation images of keras_recipes.py's stand-in data
+  keras_args: tuple[str, ...]
+  footprint_args: tuple[str, ...]
+  served_config: str                 # trained for serving when the footprint step left no workdir
+  serve_args: tuple[str, ...]
+  share_train_args: tuple[str, ...]
+  share_workers: int                 # config.serve.workers of each of the two servers
+  share_clients: int                 # hey's connections to each server
+  share_turn_requests: int
+  share_pause_seconds: float         # between hey's turns (the dry run leaves the CPU to the training run)
+  precision_recipes: tuple[tuple[str, str, str, int], ...]   # (name, config, Keras application, image size)
+  precision_args: tuple[str, ...]
+  pytest_args: tuple[str, ...]
+  caps: dict                         # seconds per step at most (the suite: what the budget has left)
+  budget: float                      # seconds for every step together
+
+
+GPU_PLAN = Plan(
+    stand_in_images=(256, 64),
+    keras_args=('--train', '256', '--val', '64', '--epochs', '3', '--recipes', 'vgg16_aug,inception_mixed7',
+                '--arms', 'fpclass,keras_jax'),
+    footprint_args=('--experiment', 'exp4', '--epochs', '0', '--no-torch'),
+    served_config='configs/footprint.py:exp4,quick',
+    serve_args=('--concurrency', '64', '--requests', '6000', '--workers', '1,8', '--batching', 'on',
+                '--rounds', '2', '--warmup', '300', '--time-limit', '60'),
+    share_train_args=('--config', 'configs/footprint.py:exp4', '--config.train.epochs=10'),
+    share_workers=2, share_clients=16, share_turn_requests=1000, share_pause_seconds=0.0,
+    precision_recipes=(('vgg16_aug', 'configs/cats_dogs.py:vgg16', 'VGG16', 224),
+                       ('inception_mixed7', 'configs/horses_humans.py:inception_mixed7', 'InceptionV3', 150)),
+    precision_args=('--config.train.epochs=3',),
+    pytest_args=('-n', '4', '-q', '--ignore=tests/test_gpu_session.py'),
+    caps=dict(keras_recipes=150, footprint=100, serve=90, sharing=60, precision=110, pytest=600),
+    budget=520)   # the run tool's 600 s, less the wheels' install and the device probe
+
+DRY_PLAN = Plan(
+    stand_in_images=(8, 4),
+    keras_args=('--train', '8', '--val', '4', '--epochs', '2', '--batch-size', '4', '--vgg-size', '32',
+                '--recipes', 'vgg16', '--arms', 'fpclass,keras_jax'),
+    footprint_args=('--experiment', 'exp4,quick', '--epochs', '2', '--no-torch'),
+    served_config='configs/footprint.py:exp4,quick',
+    serve_args=('--concurrency', '64', '--requests', '128', '--workers', '1', '--batching', 'on', '--rounds', '1',
+                '--warmup', '0', '--overload-requests-per-client', '1', '--time-limit', '60'),
+    share_train_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=1'),
+    # A turn every 2 s, not 0.5: a turn of both servers (two hey processes, /healthz reads, 16 predictions) costs
+    # about 0.2 CPU s; 0.5 s apart, the turns cost 3/4 of the training run beside them. A few show both answer.
+    share_workers=1, share_clients=2, share_turn_requests=8, share_pause_seconds=2.0,
+    precision_recipes=(('vgg16', 'configs/cats_dogs.py:vgg16,quick', 'VGG16', 32),),
+    precision_args=(),
+    # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
+    # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
+    pytest_args=('-n', '0', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),
+    caps={step: 600 for step in STEPS},   # generous: a busy 2-core machine is slow, and nothing is timed
+    budget=3600)
+
+
+class StepFailed(Exception):
+  """A step that did not end ok: `status` ('error', 'timeout', or 'failed': tests failed) and what it measured."""
+
+  def __init__(self, message: str, status: str = 'error', partial: dict | None = None):
+    super().__init__(message)
+    self.status, self.partial = status, partial or {}
+
+
+@dataclasses.dataclass
+class Finished:
+  returncode: int | None   # None: stopped at the step's deadline
+  output: str              # what the command wrote (stdout and stderr)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  workdir: pathlib.Path
+  data_cache: pathlib.Path   # its FPCLASS_CACHE, where serve_load.footprint_png finds a footprint to upload
+  jax_cache: pathlib.Path    # its FPCLASS_JAX_CACHE: the sharing step's training run starts from both
+
+
+class Session:
+  """The output folder, the scratch folder, the plan, the environment every step records, and the trained
+  footprint workdir the serving steps share."""
+
+  def __init__(self, args):
+    self.dry_run = args.cpu_dry_run
+    plan = DRY_PLAN if self.dry_run else GPU_PLAN
+    self.plan = dataclasses.replace(plan, caps={**plan.caps, **args.caps})
+    self.budget = args.budget or self.plan.budget
+    self.out = args.out.absolute()
+    self.scratch = (args.scratch or pathlib.Path(tempfile.mkdtemp(prefix='fpclass-gpu-session-'))).absolute()
+    self.log_path = self.out / 'session.log'
+    self.started = time.monotonic()
+    self.trained: TrainedRun | None = None
+    self.hey = shutil.which('hey') or (str(CARRIED_HEY) if CARRIED_HEY.exists() else None)
+    self.out.mkdir(parents=True, exist_ok=True)
+    self.scratch.mkdir(parents=True, exist_ok=True)
+    (self.scratch / 'tmp').mkdir(exist_ok=True)
+    # Every child inherits this process's environment: the bench scripts' own children (servers, launches) too.
+    os.environ.update(self.child_environment())
+    self.environment = describe_environment(self)
+
+  def child_environment(self) -> dict:
+    env = dict(FPCLASS_CACHE=str(self.scratch / 'data-cache'), FPCLASS_JAX_CACHE=str(self.scratch / 'jax-cache'),
+               TMPDIR=str(self.scratch / 'tmp'), PYTHONUNBUFFERED='1')
+    if self.dry_run:
+      env['JAX_PLATFORMS'] = 'cpu'
+    if self.hey:
+      env['PATH'] = f'{pathlib.Path(self.hey).parent}{os.pathsep}{os.environ.get("PATH", "")}'
+    return env
+
+  def elapsed(self) -> float:
+    return time.monotonic() - self.started
+
+  def say(self, message: str) -> None:
+    print(message, flush=True)
+    with open(self.log_path, 'a') as log:
+      log.write(f'\n### {message}\n')
+
+
+class Step:
+  """One step: its deadline, the commands it ran, and `run`, which puts their output into the session log."""
+
+  def __init__(self, session: Session, name: str, limit: float):
+    self.session, self.name, self.limit = session, name, limit
+    self.deadline = time.monotonic() + limit
+    self.commands: list[str] = []
+
+  def remaining(self) -> float:
+    return self.deadline - time.monotonic()
+
+  def run(self, command, env: dict | None = None) -> Finished:
+    """Runs `command` from the repository root in its own process group until it ends or the step's deadline
+    comes (then it gets SIGINT, as Ctrl-C, and SIGKILL if it has not ended 20 s later)."""
+    command = [str(c) for c in command]
+    self.commands.append(shlex.join(command))
+    with open(self.session.log_path, 'a') as log:
+      log.write(f'\n$ {shlex.join(command)}\n')
+      log.flush()
+      start = log.tell()
+      process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+      try:
+        returncode = process.wait(timeout=max(1.0, self.remaining()))
+      except subprocess.TimeoutExpired:
+        stop_process_group(process)
+        returncode = None
+      except BaseException:
+        stop_process_group(process)
+        raise
+    with open(self.session.log_path, 'rb') as log:
+      log.seek(start)
+      return Finished(returncode, log.read().decode(errors='replace'))
+
+  def check(self, done: Finished, what: str) -> None:
+    if done.returncode is None:
+      raise StepFailed(f'{what} ran past the step\'s {self.limit:.0f} s', status='timeout')
+    if done.returncode:
+      raise StepFailed(f'{what} failed (exit status {done.returncode}):\n{tail(done.output)}')
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+  for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
+    with contextlib.suppress(ProcessLookupError):
+      os.killpg(process.pid, sig)
+    try:
+      process.wait(timeout=wait)
+      return
+    except subprocess.TimeoutExpired:
+      continue
+
+
+def stop_descendants() -> None:
+  """Kills what this process started and still runs (a server stuck in its start-up), by pid (Linux /proc)."""
+  pids, queue = [], [os.getpid()]
+  while queue:
+    pid = queue.pop()
+    children = []
+    for task in pathlib.Path(f'/proc/{pid}/task').glob('*'):   # every thread's children: servers start on threads
+      with contextlib.suppress(OSError):
+        children += [int(c) for c in (task / 'children').read_text().split()]
+    pids.extend(children)
+    queue.extend(children)
+  for pid in pids:
+    with contextlib.suppress(ProcessLookupError):
+      os.kill(pid, signal.SIGKILL)
+
+
+def tail(text: str, lines: int = 25) -> str:
+  return '\n'.join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def read_json(path: pathlib.Path):
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def write_json(path: pathlib.Path, data) -> None:
+  """Atomically (a stopped session leaves whole files)."""
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(data, indent=1, default=str) + '\n')
+  os.replace(tmp, path)
+
+
+def mean(values):
+  return sum(values) / len(values) if values else None
+
+
+# ------------------------------------------------------------------------------------------ the environment
+
+def package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def describe_environment(session: Session) -> dict:
+  """The device (asked of JAX in a child that takes no GPU memory), the GPU as nvidia-smi names it, the
+  software versions, the host and the command."""
+  try:
+    done = subprocess.run([sys.executable, '-c', DEVICE_PROBE], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false'), cwd=REPO)
+    device = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else dict(
+        error=f'exit status {done.returncode}: {tail(done.stderr, 5)}')
+  except (subprocess.TimeoutExpired, OSError, ValueError, IndexError) as e:
+    device = dict(error=f'{type(e).__name__}: {e}')
+  if shutil.which('nvidia-smi'):
+    device['nvidia_smi'] = command_output(['nvidia-smi', '--query-gpu=name,driver_version,memory.total',
+                                           '--format=csv,noheader'])
+  versions = {name: package_version(name) for name in VERSIONED}
+  for dist in importlib.metadata.distributions():
+    name = (dist.metadata['Name'] or '').lower().replace('_', '-')
+    if name.startswith('jax-cuda') or name.startswith('jax-rocm'):
+      versions[name] = dist.version
+  versions.update(python=platform.python_version(), hey=hey_version(session.hey),
+                  fpclass_commit=command_output(['git', 'rev-parse', '--short', 'HEAD']))
+  cpu = platform.processor() or platform.machine()
+  with contextlib.suppress(OSError, StopIteration):
+    cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+  return dict(device=device, versions=versions, dry_run=session.dry_run, cpu=cpu, cpu_count=os.cpu_count(),
+              date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+              command=shlex.join(['python', *sys.argv]))
+
+
+def command_output(command) -> str | None:
+  try:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return done.stdout.strip() if done.returncode == 0 else None
+
+
+def hey_version(hey: str | None) -> str | None:
+  """hey has no --version: the Debian package's version, installed or unpacked by `gpu_session.sh prepare`."""
+  if hey is None:
+    return None
+  carried = CARRIED_HEY.parents[2] / 'VERSION'
+  if pathlib.Path(hey).resolve() == CARRIED_HEY.resolve() and carried.exists():
+    return carried.read_text().strip()
+  return command_output(['dpkg-query', '-W', '-f', '${Version}', 'hey']) or hey
