@@ -6,7 +6,7 @@ import pytest
 
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import confirm
+from fpclass.search import auto_report, confirm
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.context import Context
@@ -93,3 +93,14 @@ def test_a_value_outside_the_range_is_left_to_the_sampler():
   candidates = [Candidate('footprint_cnn', {})]
   dims = parse_space(('train.label_smoothing: float(0.0, 0.2)',), config, candidates)
   assert baseline_params(dims, config, candidates) == {}
+
+
+def test_a_trial_the_deadline_cut_reads_cut_in_the_report_and_an_error_reads_fail():
+  study = _study({0: (0, 0.7)})
+  for attrs in ({study_lib.CUT: True}, {'error': 'out of memory'}):
+    trial = study.ask()
+    for key, value in attrs.items():
+      trial.set_user_attr(key, value)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+  states = [line.split('|')[3].strip() for line in auto_report._trials_table(study, 'accuracy').splitlines()[2:]]
+  assert states == ['pruned', 'cut', 'fail']

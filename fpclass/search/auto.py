@@ -322,7 +322,8 @@ def _end_bracket(ctx: Context, bracket: dict, values: dict) -> None:
       ctx.study.tell(n, values[n])
     elif trial.intermediate_values:
       ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
-    else:
+    else:   # cut by the deadline before its first rung ended: failed for the sampler, 'cut' in the report
+      optuna.trial.Trial(ctx.study, trial._trial_id).set_user_attr(study_lib.CUT, True)
       ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
   bracket['done'] = True
   ctx.budget.save()

@@ -29,6 +29,7 @@ CANDIDATE = 'candidate'
 CLAIM = 'claim'                 # a marker trial's user attribute: the process claiming the confirmation
 CONFIRMED = 'confirmed_by'      # the study's user attribute once a process has confirmed
 FOLDER = 'folder'
+CUT = 'cut'                     # a trial's user attribute: the deadline stopped it before it reported
 FOLDS = 'folds'                 # the study's user attribute: the folds a trial's top rung trains
 
 
