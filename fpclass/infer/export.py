@@ -29,7 +29,7 @@ from jax.extend.core import jaxpr_as_fun
 from fpclass import fileio
 from fpclass.analysis.calibration import Decision
 from fpclass.errors import UserInputError
-from fpclass.infer import ood
+from fpclass.infer import onnx_graph, ood
 
 ONNX_FILE, JAX_EXPORT_FILE, DESCRIPTION_FILE = 'model.onnx', 'model.jax_export', 'model.json'
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
@@ -248,6 +248,7 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
       model = _convert(jax2onnx, forward, image_shape, batch_size, output_names)
     except ConversionError as e2:
       raise UserInputError(f'{path.name}: {e2}; a symbolic batch dimension failed too') from None
+  onnx_graph.pools_as_maxpool(onnx, model)
   for key, value in _onnx_metadata(description, batch_size).items():
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value
