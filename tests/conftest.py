@@ -137,14 +137,17 @@ def load_config(spec: str, **overrides):
   return config
 
 
-def torchvision_weights(folder: pathlib.Path, name: str = 'resnet18') -> pathlib.Path:
+def torchvision_weights(folder: pathlib.Path, name: str = 'resnet18', layers: tuple | None = None) -> pathlib.Path:
   """A torchvision model's state_dict, written by torch itself with its random initialisation (seed 0), for
-  the tests that load pretrained weights: nothing can be downloaded here."""
+  the tests that load pretrained weights: nothing can be downloaded here. `layers`: a basic-block ResNet with
+  these block counts instead (fpclass's `model.layers`), a smaller model of resnet18's layout."""
   import torch  # a test dependency, imported only by the tests that need the reference framework
   import torchvision
   path = folder / f'{name}.pth'
   torch.manual_seed(0)
-  torch.save(getattr(torchvision.models, name)(weights=None).state_dict(), path)
+  model = (torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, list(layers)) if layers
+           else getattr(torchvision.models, name)(weights=None))
+  torch.save(model.state_dict(), path)
   return path
 
 

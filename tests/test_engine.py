@@ -19,7 +19,7 @@ from fpclass.train.cohort import Cohort
 from fpclass.train.loop import train_members
 from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
-from tests.conftest import load_config
+from tests.conftest import load_config, torchvision_weights
 from tests.parity import FLOOR_FACTOR, JITTER
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
@@ -192,12 +192,7 @@ RECIPES = {
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-  import torch
-  import torchvision
-  path = tmp_path_factory.mktemp('weights') / 'resnet.pth'
-  torch.manual_seed(0)
-  torch.save(torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1]).state_dict(), path)
-  return path
+  return torchvision_weights(tmp_path_factory.mktemp('weights'), layers=TRANSFER['model.layers'])
 
 
 def _leaves(config, workdir):

@@ -3,7 +3,7 @@ kept only when its accuracy on held-out images stays within config.export.int8_m
 
 - The graph is prepared as onnxruntime's `quant_pre_process` does, a Gemm's scalar zero bias (jax2onnx writes
   one beside every dense layer's own Add) is dropped, which onnxruntime's bias quantiser cannot take, and each
-  convolution's bias Add and ReLU Max are folded into the Conv and a Relu (`_fold_conv_bias_and_relu`).
+  convolution's bias Add and ReLU Max are folded into the Conv and a Relu (`fpclass.infer.onnx_graph`).
 - Convolutions and matrix products are quantised (int8 weights per output channel, uint8 activations with
   `reduce_range`: 7 bits, which AVX2 without VNNI needs to avoid overflowing its 16-bit pairwise sums); the OOD
   score's own nodes stay float, so the `unknown` threshold keeps its meaning.
@@ -27,6 +27,7 @@ from fpclass import fileio
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
+from fpclass.infer import onnx_graph
 
 INT8_FILE, INT8_DESCRIPTION = 'model.int8.onnx', 'model.int8.json'
 INPUT_NAME = 'images'
@@ -86,61 +87,9 @@ def _prepared(onnx, quant_pre_process, source: pathlib.Path, folder: pathlib.Pat
     if node.op_type == 'Gemm' and len(node.input) == 3 and node.input[2] in initialisers \
        and not initialisers[node.input[2]].dims and not np.any(onnx.numpy_helper.to_array(initialisers[node.input[2]])):
       del node.input[2]
-  _fold_conv_bias_and_relu(onnx, model)
+  onnx_graph.fold_conv_bias_and_relu(onnx, model)
   onnx.save(model, str(prepared))
   return prepared
-
-
-def _fold_conv_bias_and_relu(onnx, model) -> None:
-  """jax2onnx writes a convolution as Conv (NCHW, no bias) -> Transpose to NHWC -> Add(bias) -> Max(., 0). The
-  bias moves into the Conv (quantised there in int32, instead of a float Add between dequantise and quantise
-  nodes) and the Max with 0 becomes a Relu, which the quantiser folds into the convolution's output range."""
-  graph = model.graph
-  initialisers = {i.name: i for i in graph.initializer}
-  consumers: dict = {}
-  for node in graph.node:
-    for name in node.input:
-      consumers.setdefault(name, []).append(node)
-  outputs = {o.name for o in graph.output}
-
-  def only_consumer(name):
-    found = consumers.get(name, [])
-    return found[0] if len(found) == 1 and name not in outputs else None
-
-  def constant(name):
-    return onnx.numpy_helper.to_array(initialisers[name]) if name in initialisers else None
-
-  removed = set()
-  for conv in list(graph.node):
-    if conv.op_type != 'Conv' or len(conv.input) != 2 or conv.input[1] not in initialisers:
-      continue
-    transpose = only_consumer(conv.output[0])
-    if transpose is None or transpose.op_type != 'Transpose' or \
-       list(onnx.helper.get_attribute_value(transpose.attribute[0])) != [0, 2, 3, 1]:
-      continue
-    add = only_consumer(transpose.output[0])
-    channels = initialisers[conv.input[1]].dims[0]
-    if add is None or add.op_type != 'Add':
-      continue
-    bias_name = next((n for n in add.input if n != transpose.output[0]), None)
-    bias = constant(bias_name)
-    if bias is None or bias.size != channels or bias.shape[-1] != channels:
-      continue
-    name = f'{conv.name or conv.output[0]}_bias'
-    graph.initializer.append(onnx.numpy_helper.from_array(bias.reshape(channels).astype(np.float32), name))
-    conv.input.append(name)
-    for node in consumers.get(add.output[0], []):
-      node.input[:] = [transpose.output[0] if n == add.output[0] else n for n in node.input]
-    removed.add(id(add))
-  for node in graph.node:
-    if node.op_type == 'Max' and len(node.input) == 2:
-      zero = constant(node.input[1])
-      if zero is not None and zero.size == 1 and float(zero.reshape(())) == 0.0:
-        node.op_type = 'Relu'
-        del node.input[1]
-  kept = [n for n in graph.node if id(n) not in removed]
-  del graph.node[:]
-  graph.node.extend(kept)
 
 
 def _only_for(graph, output: str, others: list) -> list[str]:

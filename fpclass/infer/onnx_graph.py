@@ -6,6 +6,10 @@
   onnxruntime that reduction over non-adjacent axes took a third of the footprint CNN's int8 time and a quarter of
   its float time; an NCHW MaxPool between two Transposes computes the same maxima, onnxruntime's transpose
   optimiser cancels the Transposes against the convolutions' own, and the quantiser keeps MaxPool in int8.
+- `fold_conv_bias_and_relu` (the int8 model's preparation, `fpclass.infer.int8`): jax2onnx writes a convolution
+  as Conv (no bias) -> Transpose to NHWC -> Add(bias) -> Max(., 0); the bias moves into the Conv, quantised there
+  in int32 instead of a float Add between dequantise and quantise nodes, and the Max with 0 becomes a Relu,
+  which the quantiser folds into the convolution's output range.
 """
 import numpy as np
 
@@ -19,10 +23,7 @@ def pools_as_maxpool(onnx, model):
             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
   initialisers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
   producer = {name: node for node in graph.node for name in node.output}
-  consumers: dict = {}
-  for node in graph.node:
-    for name in node.input:
-      consumers.setdefault(name, []).append(node)
+  consumers = _consumers(graph)
   replaced = {}
   for node in graph.node:
     window = _pool_window(onnx, node, producer, consumers, initialisers, shapes)
@@ -37,12 +38,70 @@ def pools_as_maxpool(onnx, model):
         onnx.helper.make_node('MaxPool', [nchw], [pooled], kernel_shape=list(window), strides=list(window),
                               name=f'{out}_maxpool'),
         onnx.helper.make_node('Transpose', [pooled], [out], perm=[0, 2, 3, 1], name=f'{out}_to_nhwc')]
+  _replace(graph, replaced)
+  return len(replaced) // 2
+
+
+def fold_conv_bias_and_relu(onnx, model) -> None:
+  """`model` with each Conv -> Transpose(NHWC) -> Add(constant bias) given the bias as its third input (the Add
+  gone), and each Max with a constant 0 a Relu."""
+  graph = model.graph
+  initialisers = {i.name: i for i in graph.initializer}
+  consumers, outputs = _consumers(graph), {o.name for o in graph.output}
+
+  def only_consumer(name):
+    found = consumers.get(name, [])
+    return found[0] if len(found) == 1 and name not in outputs else None
+
+  def constant(name):
+    return onnx.numpy_helper.to_array(initialisers[name]) if name in initialisers else None
+
+  removed = {}
+  for conv in graph.node:
+    if conv.op_type != 'Conv' or len(conv.input) != 2 or conv.input[1] not in initialisers:
+      continue
+    transpose = only_consumer(conv.output[0])
+    if transpose is None or transpose.op_type != 'Transpose' or \
+       list(onnx.helper.get_attribute_value(transpose.attribute[0])) != [0, 2, 3, 1]:
+      continue
+    add = only_consumer(transpose.output[0])
+    if add is None or add.op_type != 'Add':
+      continue
+    channels = initialisers[conv.input[1]].dims[0]
+    bias = constant(next((n for n in add.input if n != transpose.output[0]), ''))
+    if bias is None or bias.size != channels or bias.shape[-1] != channels:
+      continue
+    name = f'{conv.name or conv.output[0]}_bias'
+    graph.initializer.append(onnx.numpy_helper.from_array(bias.reshape(channels).astype(np.float32), name))
+    conv.input.append(name)
+    for node in consumers.get(add.output[0], []):
+      node.input[:] = [transpose.output[0] if n == add.output[0] else n for n in node.input]
+    removed[id(add)] = []
+  for node in graph.node:
+    if node.op_type == 'Max' and len(node.input) == 2:
+      zero = constant(node.input[1])
+      if zero is not None and zero.size == 1 and float(zero.reshape(())) == 0.0:
+        node.op_type = 'Relu'
+        del node.input[1]
+  _replace(graph, removed)
+
+
+def _consumers(graph) -> dict:
+  """Tensor name -> the nodes that read it."""
+  consumers: dict = {}
+  for node in graph.node:
+    for name in node.input:
+      consumers.setdefault(name, []).append(node)
+  return consumers
+
+
+def _replace(graph, replaced: dict) -> None:
+  """Puts `replaced[id(node)]` (new nodes, or none) in each listed node's place, then prunes what is left unused."""
   if replaced:
     nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]
     del graph.node[:]
     graph.node.extend(nodes)
     _prune(graph)
-  return len(replaced) // 2
 
 
 def _prune(graph) -> None:

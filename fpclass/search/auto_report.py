@@ -122,7 +122,8 @@ def _trials_table(study: optuna.Study, metric: str) -> str:
   for t in sorted(study.trials, key=lambda t: t.number):
     if study_lib.is_marker(t):
       continue
-    rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), state='cut' if t.user_attrs.get(study_lib.CUT) else t.state.name.lower(),
+    state = 'cut' if t.user_attrs.get(study_lib.CUT) else t.state.name.lower()
+    rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), state=state,
                      value='' if t.value is None else f'{t.value:.4f}',
                      seconds='' if t.duration is None else f'{t.duration.total_seconds():.1f}',
                      rungs=' '.join(f'{v:.3f}' for _, v in sorted(t.intermediate_values.items())),
