@@ -12,6 +12,7 @@ and through one program of them all (`mixed_probabilities`) for serve and export
 import copy
 import dataclasses
 import functools
+import os
 import pathlib
 
 import jax
@@ -55,6 +56,21 @@ def member_workdirs(workdir) -> list[pathlib.Path]:
   if not workdir.is_dir():
     return []
   return sorted((p for p in workdir.iterdir() if p.is_dir() and (p / sidecar.METADATA).is_file()), key=lambda p: natural_key(p.name))
+
+
+def workdir_metadata(out: pathlib.Path, members: list, metric: str) -> dict:
+  """An ensemble workdir's metadata.json, members given as (folder, fold workdirs, weight): the heaviest member's
+  first model's sidecar (class names, input and config, which submit and predict read), and the members' folders
+  (relative to `out`), models and weights under ENSEMBLE_KEY (kind 'caruana'; a caller may name another)."""
+  top = max(members, key=lambda m: m[2])[1]
+  metadata = sidecar.read_metadata(top[0])
+  metadata.pop('calibration', None)   # the members' own: fitted on their probabilities, not the mix's
+  params = sum(int(sidecar.read_metadata(models[0]).get('num_params') or 0) * len(models) for _, models, _ in members)
+  metadata.update(model='ensemble', num_params=params)
+  metadata[ENSEMBLE_KEY] = dict(kind='caruana', metric=metric, members=[
+      dict(folder=os.path.relpath(folder, out), weight=float(w), models=[p.name for p in models])
+      for folder, models, w in members])
+  return metadata
 
 
 def member_config(config, metadata: dict) -> ml_collections.ConfigDict:

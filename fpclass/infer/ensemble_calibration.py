@@ -28,7 +28,7 @@ from fpclass.models.heads import as_logits, head_of
 from fpclass.runtime import report
 from fpclass.train import oof, sidecar
 
-PREDICTIONS = 'ensemble_predictions.csv'   # --mode ensemble's cross-fitted out-of-fold probabilities
+PREDICTIONS = oof.ENSEMBLE_FILE   # --mode ensemble's cross-fitted out-of-fold probabilities, or auto's fixed mix
 STORED_IN = 'the ensemble\'s metadata.json (its members\' own are untouched)'
 MIX_NOTE = ('\n\nThe temperature divides the logits of the ensemble\'s mix (the log of its models\' weighted mean '
             'probabilities): it is applied after the models are averaged, as it was fitted.')
@@ -50,7 +50,7 @@ def out_of_fold(workdir) -> OutOfFold:
   if (workdir / PREDICTIONS).is_file():
     frame = pd.read_csv(workdir / PREDICTIONS, dtype={'id': str, 'label': str})
     return OutOfFold(frame, 'cross-fitted out-of-fold probabilities of the ensemble',
-                     f'{PREDICTIONS}: each fold\'s examples mixed with the weights --mode ensemble chose on the other '
+                     f'{PREDICTIONS}: each fold\'s examples mixed with weights fixed or chosen on the other '
                      'folds')
   frames, weights = [], []
   for entry in record['members']:

@@ -20,7 +20,7 @@ from fpclass.infer import tta
 from fpclass.runtime import report
 from fpclass.search import ensemble_selection as selection
 from fpclass.search import soup as soups
-from fpclass.train import sidecar
+from fpclass.train import oof, sidecar
 
 
 def ensemble(config, workdir) -> dict:
@@ -72,7 +72,7 @@ def ensemble(config, workdir) -> dict:
     notes.append('no soup: ' + ('the candidates\' fold models do not cover the folds their predictions name'
                                 if soups.soupable(by_fold) else 'no two fold models share their model keys and '
                                 'initialisation (pretrained weights, or the seed of a random init)'))
-  selection.write_predictions(out / 'ensemble_predictions.csv', pool, crossfit.ensemble)
+  selection.write_predictions(out / oof.ENSEMBLE_FILE, pool, crossfit.ensemble)
   record = dict(metric=metric.name, task=task, max_size=settings.max_size, candidates=names,
                 single_scores=dict(zip(names, single_scores)),
                 rounds=[dict(candidate=names[i], score=s) for i, s in zip(final.path, final.scores)],

@@ -9,12 +9,11 @@
 3. Confirm: the finalists, and the config as given, on folds cut anew (data.split_seed + 1000) x seeds that
    chose nothing, with paired 95% intervals against the choice: the search reserves it at most
    `auto.confirm_share` of the budget, and it takes what the search leaves.
-4. Final: the chosen configuration's fold models from the confirmation, an ensemble workdir in `final/`:
-   together they trained on every labelled image, and their out-of-fold score on the fresh folds is honest.
+4. Final (`fpclass.search.final`): the choice's fold models as an ensemble workdir in `final/`, completed and
+   widened (missing folds, more seeds) with the budget's rest.
 The budget (`fpclass.search.budget`) holds across launches: a relaunch resumes the study, the bracket where it
 stopped (its members after their latest epoch) and the confirmation. Details and figures: docs/auto.md."""
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -24,7 +23,6 @@ import optuna
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fpclass import fileio
 from fpclass.analysis import metric_registry
 from fpclass.config.inputs import SplitSettings
 from fpclass.config.run import RunSettings
@@ -32,7 +30,6 @@ from fpclass.config.search import AutoSettings
 from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer.ensemble import member_workdirs
 from fpclass.models.heads import head_of
 from fpclass.runtime import process
 from fpclass.search import confirm as confirm_stage
@@ -40,14 +37,12 @@ from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
 from fpclass.search.candidates import screen_candidates
 from fpclass.search.context import TAIL, Context, Entry, changes_of
-from fpclass.search.ensemble_selection import Candidate as PoolCandidate
-from fpclass.search.ensemble_selection import workdir_metadata
+from fpclass.search.final import final_model
 from fpclass.search.lr_centres import LR_FIND_SHARE, centre_learning_rates
 from fpclass.search.population import outcomes, round_plan
 from fpclass.search.rungs import Costs, Rung, plan_bracket
 from fpclass.search.screen import ProbeRun
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
-from fpclass.train import oof, sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
@@ -121,7 +116,7 @@ def run_auto(config, workdir) -> AutoRun | None:
     if running:
       tqdm.write(f'auto: trials {running} of other processes still run; the confirmation chooses among the rest')
     confirm, differences, confirm_note, chosen = confirm_stage.confirm(ctx)
-    final, final_note = _final(ctx, chosen)
+    final, final_note = final_model(ctx, chosen)
   except BaseException:
     study_lib.release(study, marker, confirmed=False)
     raise
@@ -327,33 +322,3 @@ def _end_bracket(ctx: Context, bracket: dict, values: dict) -> None:
       ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
   bracket['done'] = True
   ctx.budget.save()
-
-
-# -------------------------------------------------------------------------------------------------- 4. final
-
-def _final(ctx: Context, chosen: dict):
-  """(final workdir, note): the choice's fold models as one ensemble workdir, from the confirmation when it ran
-  (its out-of-fold score is honest), else from the search's top rung."""
-  chosen['config'] = sidecar.config_as_json(apply_changes(ctx.base, chosen['changes'], 'the chosen configuration'))
-  confirmed = ctx.workdir / 'confirm' / chosen['name']
-  searched = ctx.workdir / 'trials' / chosen['name']
-  source = confirmed if member_workdirs(confirmed) and (confirmed / oof.FILE).is_file() else searched
-  if not member_workdirs(source) or not (source / oof.FILE).is_file():
-    return None, f'no fold model of {chosen["name"]} finished; launch again with more time to train it'
-  fold_models = member_workdirs(source)
-  out = ctx.workdir / 'final'
-  out.mkdir(exist_ok=True)
-  frame = oof.read(source)
-  candidate = PoolCandidate(chosen['name'], source, oof.labels_and_probabilities(frame)[1], fold_models)
-  metadata = workdir_metadata(out, [(candidate, 1.0)], ctx.metric)
-  metadata['ensemble'].update(kind='auto', trial=chosen['trial'])
-  sidecar.write_metadata(out, metadata)
-  fileio.write_csv(out / oof.FILE, frame)
-  score = float(np.mean([r[ctx.metric] for r in json.loads((source / 'experiment.json').read_text())['rows']]))
-  chosen['final_score'] = score
-  seen = 'every labelled image' if len(fold_models) == ctx.folds and not ctx.own_split else \
-      ("the source's training split" if ctx.own_split else f'{len(fold_models)} of {ctx.folds} folds\' training images')
-  honest = 'the confirmation\'s fresh folds, which chose nothing' if source == confirmed else \
-      'the search\'s folds, which also chose it (optimistic)'
-  return out, (f'{len(fold_models)} fold model(s) of {chosen["name"]} as one ensemble (together they trained on '
-               f'{seen}); {ctx.metric} {score:.4f} out of fold on {honest}')

@@ -7,16 +7,13 @@ import time
 import pandas as pd
 
 from fpclass.analysis import metric_registry, sweep_report
-from fpclass.config.inputs import SplitSettings
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import tracking
 from fpclass.search import study as study_lib
-from fpclass.search.context import TAIL, Context, Entry, changes_of
+from fpclass.search.context import CONFIRM_SPLIT, TAIL, Context, Entry, changes_of
 from fpclass.train import sidecar
 from fpclass.train.plan import apply_changes
-
-CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
 
 
 def ranked_trials(ctx: Context) -> list:
@@ -73,8 +70,7 @@ def confirm(ctx: Context):
                         f'{max(room, 0):.0f}s left for it'), chosen
   ctx.budget.confirm_started = True
   ctx.budget.save()
-  confirm_base = apply_changes(ctx.base, {'data.split_seed': SplitSettings.from_config(ctx.base.data).split_seed + CONFIRM_SPLIT},
-                               'the confirmation')
+  confirm_base = ctx.fresh_folds()
   entries = [Entry(t.user_attrs[study_lib.FOLDER], changes_of(t)) for t in chosen_few]
   start, note = time.perf_counter(), (f'{len(entries)} configurations x {ctx.splits_text()} x seeds '
                                       f'{list(seeds)} on folds cut with data.split_seed + {CONFIRM_SPLIT}')

@@ -8,14 +8,17 @@ import pathlib
 
 import optuna
 
+from fpclass.config.inputs import SplitSettings
 from fpclass.config.search import AutoSettings
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.rungs import Costs
+from fpclass.train.plan import apply_changes
 from fpclass.train.records import StopOnSignals
 from fpclass.train.shared_work import SharedWork
 
 TAIL = 0.02           # the share of the budget kept for the report and the final workdir
+CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,11 @@ class Context:
     if costs.of(1, folds, epochs) > share:
       return 0.0
     return min(costs.of(finalists + 1, folds, epochs), share)
+
+  def fresh_folds(self):
+    """The base config with the confirmation's split seed: folds no choice was made on."""
+    split_seed = SplitSettings.from_config(self.base.data).split_seed + CONFIRM_SPLIT
+    return apply_changes(self.base, {'data.split_seed': split_seed}, 'the confirmation')
 
   def trials(self) -> dict:
     return {t.number: t for t in self.study.get_trials(deepcopy=False)}

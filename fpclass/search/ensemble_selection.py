@@ -10,7 +10,6 @@ paired per-fold differences get the corrected interval of `fpclass.analysis.stat
 """
 import dataclasses
 import math
-import os
 import pathlib
 import time
 
@@ -23,7 +22,8 @@ from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
-from fpclass.infer.ensemble import ENSEMBLE_KEY, member_workdirs
+from fpclass.infer import ensemble as ensemble_lib
+from fpclass.infer.ensemble import member_workdirs
 from fpclass.infer.inference import load_trained
 from fpclass.train import oof, sidecar
 from fpclass.train.plan import EXPERIMENT_FILE
@@ -229,16 +229,8 @@ def group_scores(metric, labels, probs: np.ndarray, groups: np.ndarray, task: st
 
 
 def workdir_metadata(out: pathlib.Path, members: list, metric: str) -> dict:
-  """An ensemble workdir's metadata.json: the heaviest member's first model's sidecar (class names, input and
-  config, which submit and predict read), its members' folders, models and weights under ENSEMBLE_KEY."""
-  top = max(members, key=lambda m: m[1])[0]
-  metadata = sidecar.read_metadata(top.models[0])
-  metadata.pop('calibration', None)   # the members' own: fitted on their probabilities, not the mix's
-  metadata.update(model='ensemble', num_params=sum(c.num_params * len(c.models) for c, _ in members))
-  metadata[ENSEMBLE_KEY] = dict(kind='caruana', metric=metric, members=[
-      dict(folder=os.path.relpath(c.folder, out), weight=float(w), models=[p.name for p in c.models])
-      for c, w in members])
-  return metadata
+  """`fpclass.infer.ensemble.workdir_metadata` of (Candidate, weight) pairs."""
+  return ensemble_lib.workdir_metadata(out, [(c.folder, c.models, w) for c, w in members], metric)
 
 
 def ms_per_image(model: pathlib.Path, images: np.ndarray, repeats: int = 10) -> float:

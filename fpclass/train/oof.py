@@ -23,6 +23,9 @@ from fpclass.errors import UserInputError
 from fpclass.models.heads import probabilities
 
 FILE = 'oof_predictions.csv'
+# An ensemble workdir's own out-of-fold probabilities, one row per example: --mode ensemble's cross-fitted mix, or
+# the fixed equal-weight mix of an auto run's final ensemble (fpclass.search.final).
+ENSEMBLE_FILE = 'ensemble_predictions.csv'
 
 
 def frame(ids, class_names, head: str, results, val_labels: np.ndarray) -> pd.DataFrame:

@@ -1,0 +1,135 @@
+"""The final model of `--mode auto` (stage 4): the chosen configuration's fold models as one ensemble workdir,
+completed and widened with what the budget has left.
+
+The fold models come from the confirmation when it ran (its folds chose nothing), else from the search's top
+rung. The budget's rest then trains more members of the same configuration on the same folds, each set a round
+of its own in `more/`: first the folds the source lacks, so that together they trained on every labelled image;
+then, unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit: the one use of
+the last seconds that cannot make the choice worse, since it chooses nothing. Every fold model weighs alike, and
+the out-of-fold mix (`ensemble_predictions.csv`) averages per image the models that did not train on it:
+honest, as the weights are fixed, not chosen (docs/auto.md).
+"""
+import dataclasses
+import json
+import pathlib
+import time
+
+import pandas as pd
+
+from fpclass import fileio
+from fpclass.analysis import metric_registry
+from fpclass.infer.ensemble import member_workdirs, workdir_metadata
+from fpclass.search import study as study_lib
+from fpclass.search.context import TAIL, Context, Entry
+from fpclass.train import oof, sidecar
+from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
+
+MORE = 'more'   # the rounds that complete and widen the final ensemble
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where the chosen configuration's fold models were trained: the folder, the config its folds were cut with,
+  and its seeds."""
+  folder: pathlib.Path
+  base: object
+  seeds: tuple
+  confirmed: bool
+
+
+def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
+  """(final workdir, note): the chosen configuration's fold models, completed and widened by the budget's rest
+  (`spend_the_rest`), as one ensemble workdir in `final/`."""
+  chosen['config'] = sidecar.config_as_json(apply_changes(ctx.base, chosen['changes'], 'the chosen configuration'))
+  source = source_of(ctx, chosen['name'])
+  if not _finished(source.folder):
+    return None, f'no fold model of {chosen["name"]} finished; launch again with more time to train it'
+  start = time.perf_counter()
+  pieces = [source.folder, *spend_the_rest(ctx, chosen, source)]
+  ctx.budget.add_stage('final', time.perf_counter() - start)
+  frame = pd.concat([_kept_rows(folder) for folder in pieces], ignore_index=True)
+  mixed = oof.mean_by_id(frame, keep=('split',)).drop(columns='models').reset_index()
+  labels, probs, task = oof.labels_and_probabilities(mixed)
+  out = ctx.workdir / 'final'
+  out.mkdir(exist_ok=True)
+  members = [(folder, member_workdirs(folder), float(len(member_workdirs(folder)))) for folder in pieces]
+  metadata = workdir_metadata(out, members, ctx.metric)
+  metadata['ensemble'].update(kind='auto', trial=chosen['trial'])
+  sidecar.write_metadata(out, metadata)
+  fileio.write_csv(out / oof.FILE, frame)
+  fileio.write_csv(out / oof.ENSEMBLE_FILE, mixed)
+  score = metric_registry.REGISTRY[ctx.metric](labels, probs, task)
+  chosen['final_score'] = float(score) if score is not None else float('nan')
+  models = sum(len(member_workdirs(folder)) for folder in pieces)
+  splits = set(frame['split'])
+  seen = ("the source's training split" if ctx.own_split else 'every labelled image'
+          if len(splits) == ctx.folds else f'{len(splits)} of {ctx.folds} folds\' training images')
+  seeds = sorted(set(frame['seed']))
+  honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
+            'the search\'s folds, which also chose it (optimistic)')
+  return out, (f'{models} fold model(s) of {chosen["name"]} as one ensemble (seeds {seeds}; together they trained '
+               f'on {seen}); {ctx.metric} {chosen["final_score"]:.4f} out of fold on {honest}')
+
+
+def source_of(ctx: Context, name: str) -> Source:
+  """The confirmation's fold models of `name` when it trained them, else the search's top rung's."""
+  confirmed = ctx.workdir / 'confirm' / name
+  if _finished(confirmed):
+    return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
+  return Source(ctx.workdir / 'trials' / name, ctx.base, (int(ctx.base.seed),), False)
+
+
+def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.Path]:
+  """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds,
+  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit."""
+  everything = ctx.splits(ctx.folds)
+  trained = {row['split'] for row in _rows(source.folder) if row['kept']}
+  missing = tuple(s for s in everything if s not in trained)
+  pieces = []
+  if missing:
+    folder = _train_piece(ctx, chosen, source, source.seeds[0], missing)
+    if folder is None:
+      return pieces
+    pieces.append(folder)
+  if ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials:
+    return pieces   # the user asked for so many trials: the rest of the budget is not theirs to fill
+  seed = max(source.seeds) + 1
+  while (folder := _train_piece(ctx, chosen, source, seed, everything)) is not None:
+    pieces.append(folder)
+    seed += 1
+  return pieces
+
+
+def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple) -> pathlib.Path | None:
+  """The members of `seed` on the most of `folds` that the budget affords (all of them when an earlier launch
+  trained the piece); None when none fits or none finished."""
+  name = f'{chosen["name"]}-seed{seed}'
+  folder = ctx.workdir / MORE / name
+  if not (folder / EXPERIMENT_FILE).is_file():
+    room = ctx.budget.left() - TAIL * ctx.budget.seconds
+    fitting = [n for n in range(len(folds), 0, -1) if ctx.budget.costs.of(1, n, ctx.epochs) <= room]
+    if not fitting:
+      return None
+    folds = folds[:fitting[0]]
+    with ctx.stop(TAIL * ctx.budget.seconds) as stop:
+      outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds, (seed,), ctx.epochs,
+                              ctx.workdir / MORE, stop)
+    outcome = outcomes.get(name)
+    if outcome is not None and outcome.seconds:
+      ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
+  return folder if _finished(folder) else None
+
+
+def _finished(folder: pathlib.Path) -> bool:
+  return bool(member_workdirs(folder)) and (folder / oof.FILE).is_file() and (folder / EXPERIMENT_FILE).is_file()
+
+
+def _rows(folder: pathlib.Path) -> list[dict]:
+  return json.loads((folder / EXPERIMENT_FILE).read_text())['rows']
+
+
+def _kept_rows(folder: pathlib.Path) -> pd.DataFrame:
+  """The folder's out-of-fold rows of the models it kept (each split's kept seed): those the ensemble holds."""
+  frame = oof.read(folder)
+  kept = {(int(r['split']), int(r['seed'])) for r in _rows(folder) if r['kept']}
+  return frame[[(int(s), int(d)) in kept for s, d in zip(frame['split'], frame['seed'])]]

@@ -1,0 +1,89 @@
+"""The final model of `--mode auto` (`fpclass.search.final`) spends the budget's rest: first the folds the chosen
+configuration's top rung lacks, then (unless a trial count ended the search) more seeds on the same folds, each
+on the most folds that fit. Real training of a tiny CNN in this process, on a simulated clock: the budget counts
+1000 s for each member-epoch trained (the cost model's figure too), so what fits does not depend on the
+machine's speed."""
+import json
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score
+
+from fpclass.config.search import AutoSettings
+from fpclass.modes.command_line import config_from_argv
+from fpclass.search import auto
+from fpclass.search.budget import Budget
+from fpclass.search.context import TAIL, Context, Entry
+from fpclass.search.final import MORE, final_model
+from fpclass.search.rungs import Costs
+from fpclass.train import sidecar
+from fpclass.train.shared_work import SharedWork
+
+TINY = ['launch.py', '--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)',
+        '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)', '--config.train.epochs=1',
+        '--config.train.early_stopping_patience=0', '--config.explain.after_training=False',
+        '--config.train.tensorboard=False', '--config.data.num_folds=3', '--config.augment.hflip=0.0',
+        '--config.augment.brightness=0.0', '--config.augment.contrast=0.0', '--config.model.dropout=0.0']
+MEMBER = 1000.0   # the cost model's seconds for one member of one epoch
+
+
+class SimulatedBudget(Budget):
+  """The time used: MEMBER seconds per member-epoch the rounds trained (`Budget.add_measure`), not the clock's."""
+
+  def used(self) -> float:
+    return self.used_before + MEMBER * sum(member_epochs for _, member_epochs, _ in self.measures)
+
+
+def _context(workdir, config, study, trials: int, members_left: float) -> Context:
+  """A context whose budget has room for `members_left` members (beside the tail it keeps for the report)."""
+  seconds = 100_000.0
+  budget = SimulatedBudget(seconds, workdir, used_before=seconds - TAIL * seconds - members_left * MEMBER)
+  budget.costs = Costs(setup=0.0, member=0.0, member_epoch=MEMBER)
+  return Context(base=config, settings=AutoSettings(trials=trials), metric='accuracy', higher=True, folds=3,
+                 epochs=1, own_split=False, dims=[], candidates=[], study=study, budget=budget, workdir=workdir,
+                 shared=SharedWork(), train_round=auto._train_round)
+
+
+def _kept_models(folder):
+  return {(r['split'], r['seed']) for r in json.loads((folder / 'experiment.json').read_text())['rows'] if r['kept']}
+
+
+def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_every_model_alike(tmp_path):
+  # The chosen trial's top rung trained 2 of its 3 folds, and the study has one trial taken.
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  study.tell(study.ask(), 0.5)
+  seed = int(config.seed)
+  outcomes, _ = _context(workdir, config, study, 0, 10).round(config, [Entry('trial-0000', {})], (0, 1), (seed,), 1,
+                                                               workdir / 'trials', None)
+  assert not outcomes['trial-0000'].error
+  chosen = dict(name='trial-0000', trial=0, changes={})
+  # A trial count reached: only the fold the top rung lacks, though room is left for 2.5 members.
+  out, note = final_model(_context(workdir, config, study, 1, 2.5), chosen)
+  assert sorted(p.name for p in (workdir / MORE).iterdir()) == [f'trial-0000-seed{seed}']
+  assert _kept_models(workdir / MORE / f'trial-0000-seed{seed}') == {(2, seed)}
+  assert 'every labelled image' in note
+  # No trial count (a relaunch): the missing fold is reused, and the room of 2.5 members buys seed + 1 on the
+  # first 2 folds: 3 would not fit.
+  out, note = final_model(_context(workdir, config, study, 0, 2.5), chosen)
+  pieces = [workdir / 'trials' / 'trial-0000', workdir / MORE / f'trial-0000-seed{seed}',
+            workdir / MORE / f'trial-0000-seed{seed + 1}']
+  assert sorted(p.name for p in (workdir / MORE).iterdir()) == sorted(p.name for p in pieces[1:])
+  assert _kept_models(pieces[2]) == {(0, seed + 1), (1, seed + 1)}
+  members = sidecar.read_metadata(out)['ensemble']['members']
+  assert [(m['folder'], m['models'], m['weight']) for m in members] == [
+      ('../trials/trial-0000', ['fold0', 'fold1'], 2.0), (f'../{MORE}/trial-0000-seed{seed}', ['fold2'], 1.0),
+      (f'../{MORE}/trial-0000-seed{seed + 1}', ['fold0', 'fold1'], 2.0)]
+  # The out-of-fold mix: per image, the plain mean of the models that held it out (recomputed from their files).
+  rows = pd.concat([pd.read_csv(p / 'oof_predictions.csv', dtype={'id': str, 'label': str}) for p in pieces])
+  expected = rows.groupby('id')[['p_0', 'p_1']].mean()
+  mixed = pd.read_csv(out / 'ensemble_predictions.csv', dtype={'id': str, 'label': str}).set_index('id')
+  assert mixed.index.is_unique and set(mixed.index) == set(rows['id'])
+  np.testing.assert_allclose(mixed.loc[expected.index, ['p_0', 'p_1']], expected, rtol=1e-12)
+  assert (rows.groupby('id').size().loc[mixed.index] == np.where(mixed['split'] < 2, 2, 1)).all()
+  accuracy = accuracy_score(mixed['label'], np.where(mixed['p_1'] > mixed['p_0'], '1', '0'))
+  assert chosen['final_score'] == pytest.approx(accuracy)
+  assert f'5 fold model(s) of trial-0000 as one ensemble (seeds [{seed}, {seed + 1}]' in note
+  assert f'accuracy {accuracy:.4f}' in note
