@@ -34,11 +34,12 @@ from configs import footprint
 from fpclass.config.inputs import DataSettings
 
 
-def run_launch(workdir, env, epochs, experiment='exp0'):
+def run_launch(workdir, env, epochs, experiment='exp0', overrides=()):
   start = time.perf_counter()
   result = subprocess.run([sys.executable, str(harness.REPO / 'launch.py'), '--config',
                            f'configs/footprint.py:{experiment}', '--workdir', str(workdir)]
-                          + ([f'--config.train.epochs={epochs}'] if epochs else []), cwd=harness.REPO,
+                          + ([f'--config.train.epochs={epochs}'] if epochs else [])
+                          + [f'--config.{setting}' for setting in overrides], cwd=harness.REPO,
                           env=env, capture_output=True, text=True)
   wall = time.perf_counter() - start
   if result.returncode:
@@ -114,6 +115,8 @@ def main():
                  'Grad-CAM after training)')
   p.add_argument('--torch-variant', default='channels_last', help='eager, channels_last, compile, compile+channels_last')
   p.add_argument('--no-torch', action='store_true')
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='an extra --config.KEY=VALUE for both launches (repeatable), e.g. explain.after_training=False')
   p.add_argument('--json', type=pathlib.Path)
   args = p.parse_args()
   # This process only asks JAX for the device: on a GPU it must not take 75% of its memory up front, which
@@ -135,12 +138,13 @@ def main():
         f'{env_info["date"]}, load average {env_info["load_average"]}', flush=True)
   out = dict(env=env_info, epochs=args.epochs, n_train=len(dataset.train), n_val=len(dataset.val))
   for name in ('cold', 'warm'):
-    out[name] = run_launch(work / name, env, args.epochs, args.experiment)
+    out[name] = run_launch(work / name, env, args.epochs, args.experiment, args.set)
     r = out[name]
     print(f'  fpclass launch.py {args.experiment}, {name} cache: {r["wall_seconds"]:.1f}s wall, '
           f'{r["outside_epochs_seconds"]:.1f}s of the job outside its {r["epochs_run"]} epochs '
-          f'({r["train_loop_seconds"]:.1f}s in them; epoch 1 {r["first_epoch_seconds"]:.1f}s, then '
-          f'{r["epoch_seconds_median"]:.2f}s each); XLA compiled {r["programs_xla_compiled"]} programs '
+          f'({r["train_loop_seconds"]:.1f}s in them; epoch 1 {r["first_epoch_seconds"]:.1f}s'
+          + (f', then {r["epoch_seconds_median"]:.2f}s each' if r['epoch_seconds_median'] is not None else '')
+          + f'); XLA compiled {r["programs_xla_compiled"]} programs '
           f'({r["compile_seconds"]:.1f}s with loads), {r["cache_hits"]} persistent-cache hits; val accuracy '
           f'{r["val_accuracy"]:.3f}\n    phases: ' + ', '.join(f'{k} {v:.1f}s' for k, v in r['phases'].items()),
           flush=True)

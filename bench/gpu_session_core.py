@@ -68,17 +68,23 @@ GPU_PLAN = Plan(
     budget=520)   # the run tool's 600 s, less the wheels' install and the device probe
 
 DRY_PLAN = Plan(
-    stand_in_images=(8, 4),
-    keras_args=('--train', '8', '--val', '4', '--epochs', '2', '--batch-size', '4', '--vgg-size', '32',
+    # One training batch of 4 images an epoch (a Keras-JAX step on the CPU costs about a CPU-second); the 4
+    # validation images are what precision's accuracy counts.
+    stand_in_images=(4, 4),
+    keras_args=('--train', '4', '--val', '4', '--epochs', '2', '--batch-size', '4', '--vgg-size', '32',
                 '--recipes', 'vgg16', '--arms', 'fpclass,keras_jax'),
-    footprint_args=('--experiment', 'exp4,quick', '--epochs', '2', '--no-torch'),
+    # One epoch, without the Grad-CAM figures: the step's claim is the programs compiled cold and loaded warm
+    # (timings.json), which the first epoch, the evaluation and the checkpoints already compile.
+    footprint_args=('--experiment', 'exp4,quick', '--epochs', '1', '--no-torch', '--set',
+                    'explain.after_training=False'),
     served_config='configs/footprint.py:exp4,quick',
     serve_args=('--concurrency', '64', '--requests', '128', '--workers', '1', '--batching', 'on', '--rounds', '1',
                 '--warmup', '0', '--overload-requests-per-client', '1', '--time-limit', '60'),
     share_train_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=1'),
-    # A turn every 2 s, not 0.5: a turn of both servers (two hey processes, /healthz reads, 16 predictions) costs
-    # about 0.2 CPU s; 0.5 s apart, the turns cost 3/4 of the training run beside them. A few show both answer.
-    share_workers=1, share_clients=2, share_turn_requests=8, share_pause_seconds=2.0,
+    # A turn every 4 s, not 0.5: a turn of both servers (two hey processes, /healthz reads, 16 predictions) costs
+    # about 0.2 CPU s; 0.5 s apart, the turns cost 3/4 of the training run beside them. A few show both answer
+    # (the first turn comes as the training run starts, so there is always one).
+    share_workers=1, share_clients=2, share_turn_requests=8, share_pause_seconds=4.0,
     precision_recipes=(('vgg16', 'configs/cats_dogs.py:vgg16,quick', 'VGG16', 32),),
     precision_args=(),
     # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import

@@ -1,4 +1,6 @@
 """The training core: losses, class weights, batching order, determinism, resume, checkpoint checks."""
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,20 +90,37 @@ def test_evaluate_predicts_every_split_with_one_program(tmp_path):
   np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_with_a_different_config_is_refused(tmp_path):
-  run('train', tiny_digits(), tmp_path)
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """One finished run of tiny_digits(), for the refusal tests: each refuses before training, so each starts
+  from its own copy of the same workdir (`copy_of`) instead of training its own. Its data cache is this
+  fixture's (the per-test `isolated_cache` is not set up yet at module scope)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv('FPCLASS_CACHE', str(tmp_path_factory.mktemp('tiny-run-cache')))
+    workdir = tmp_path_factory.mktemp('tiny-run')
+    run('train', tiny_digits(), workdir)
+  return workdir
+
+
+def copy_of(tiny_run, tmp_path):
+  shutil.copytree(tiny_run, tmp_path, dirs_exist_ok=True)
+  return tmp_path
+
+
+def test_resume_with_a_different_config_is_refused(tiny_run, tmp_path):
+  tmp_path = copy_of(tiny_run, tmp_path)
   with pytest.raises(UserInputError, match=r'train.learning_rate: 0.001 -> 0.1'):
     run('train', tiny_digits(**{'train.learning_rate': 0.1}), tmp_path)
 
 
-def test_restoring_into_another_architecture_is_refused(tmp_path):
-  run('train', tiny_digits(), tmp_path)
+def test_restoring_into_another_architecture_is_refused(tiny_run, tmp_path):
+  tmp_path = copy_of(tiny_run, tmp_path)
   with pytest.raises(UserInputError, match=r'--config.model.fc_sizes=\(32,\) \(trained with \(16,\)\)'):
     load_trained(tiny_digits(**{'model.fc_sizes': (32,)}), tmp_path)
 
 
-def test_a_checkpoint_that_does_not_fit_gives_a_clear_error(tmp_path):
-  run('train', tiny_digits(), tmp_path)
+def test_a_checkpoint_that_does_not_fit_gives_a_clear_error(tiny_run, tmp_path):
+  tmp_path = copy_of(tiny_run, tmp_path)
   meta = sidecar.read_metadata(tmp_path)
   meta['config']['model']['fc_sizes'] = [32]  # a sidecar edited to lie about the checkpoint
   sidecar.write_metadata(tmp_path, meta)
