@@ -1,17 +1,26 @@
 """The choices `--mode auto` makes from its study, without training: the finalists are the best trials in the
 metric's direction, the confirmation's reserve grows with the folds it confirms on, and the first trial keeps the
-config's own value where it sits at either end of a range. Each was planted as a bug once (tests/MUTATIONS.md)."""
+config's own value where it sits at either end of a range. Each was planted as a bug once (tests/MUTATIONS.md).
+And the brackets' bookkeeping (fpclass/search/auto.py) on rounds with planned values, a budget clock set by hand:
+which trials each rung keeps, what the study is told, the folds a trial trains, a relaunch's resumed bracket."""
+import dataclasses
+import json
+import math
+import types
+
 import optuna
 import pytest
 
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import auto_report, confirm
+from fpclass.search import auto, auto_report, confirm
+from fpclass.search import budget as budget_lib
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.context import Context
-from fpclass.search.rungs import Costs
-from fpclass.search.space import Candidate, baseline_params, parse_space
+from fpclass.search.population import Outcome
+from fpclass.search.rungs import Costs, Rung
+from fpclass.search.space import Candidate, Dimension, baseline_params, parse_space
 
 QUICK = ['launch.py', '--config=configs/footprint.py:quick']
 
@@ -73,6 +82,10 @@ def test_the_reserve_is_capped_by_the_share_and_0_when_one_configuration_exceeds
   assert ctx.confirm_seconds(costs, 2) == pytest.approx(25.0)   # 3 x 17 s, capped at 25 s
   ctx = _context(tmp_path, None, higher=True, folds=5, seconds=60.0, confirm_share=0.25)
   assert ctx.confirm_seconds(costs, 2) == 0.0   # 15 s share < 17 s
+  ctx = _context(tmp_path, None, higher=True, folds=5, seconds=68.0, confirm_share=0.25)
+  assert ctx.confirm_seconds(costs, 2) == 17.0   # one configuration fills the share exactly: it fits
+  ctx = _context(tmp_path, None, higher=True, folds=5, seconds=100.0, confirm_seeds=())
+  assert ctx.confirm_seconds(costs, 2) == 0.0   # no confirmation, no reserve
 
 
 @pytest.mark.parametrize('key, value, entry', [
@@ -104,3 +117,267 @@ def test_a_trial_the_deadline_cut_reads_cut_in_the_report_and_an_error_reads_fai
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
   states = [line.split('|')[3].strip() for line in auto_report._trials_table(study, 'accuracy').splitlines()[2:]]
   assert states == ['pruned', 'cut', 'fail']
+
+
+# --------------------------------------------------------------------- the brackets' bookkeeping (fpclass/search/auto.py)
+# A round that trains nothing: each trial's value at each rung is planned, so which trials a rung keeps, what the
+# study is told and what auto_state.json keeps can be checked against the plan.
+
+LR_DIMENSION = Dimension('train.learning_rate', 'log', (1e-4, 1e-1), 'train.learning_rate: log(1e-4, 1e-1)')
+# The metric of trial n at rung r (the r-th round of the bracket).
+PLANNED = {0: {0: 0.5, 1: 0.9, 2: 0.7, 3: 0.2}, 1: {0: 0.55, 1: 0.6, 2: 0.8, 3: 0.1}, 2: {0: 0.4, 1: 0.3, 2: 0.85, 3: 0.05}}
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch):
+  """The budget's clock stands still (at 1000 s) unless a round moves it: no figure depends on the machine's speed."""
+  monkeypatch.setattr(budget_lib, 'time', types.SimpleNamespace(monotonic=lambda: 1000.0))
+
+
+class PlannedRounds:
+  """`Context.round`'s stand-in: each call's arguments, and the planned outcome of each entry (or the one given,
+  None: not reached); `spend` moves the budget's clock on by the seconds given at a round."""
+
+  def __init__(self, outcomes=None, cut=False, spend=None):
+    self.calls, self.outcomes, self.cut, self.spend = [], outcomes or {}, cut, spend or {}
+
+  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop):
+    level = len(self.calls)
+    self.calls.append(dict(names=[e.name for e in entries], changes=[e.changes for e in entries], folds=folds,
+                           seeds=seeds, epochs=epochs, folder=folder, deadline=stop.deadline))
+    out = {}
+    for e in entries:
+      number = int(e.name.removeprefix('trial-'))
+      planned = self.outcomes.get((level, number), Outcome(PLANNED[level][number]))
+      if planned is not None:
+        # as Costs(1, 1, 0) would take it, so the cost model refitted on it stays the same
+        out[e.name] = dataclasses.replace(planned, seconds=1.0 + len(folds), members=len(folds),
+                                          member_epochs=len(folds) * epochs)
+    ctx.budget.used_before += self.spend.get(level, 0.0)
+    return out, self.cut
+
+
+def _search_context(tmp_path, *, higher=True, seconds=1e6, used=0.0, folds=3, rounds=None, **auto) -> Context:
+  config = config_from_argv([*QUICK, f'--config.data.num_folds={folds}'])
+  candidates = [Candidate('footprint_cnn', {})]
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
+                              direction='maximize' if higher else 'minimize')
+  budget = Budget(seconds, tmp_path, used_before=used, started=1000.0)
+  budget.record_costs(Costs(setup=1.0, member=1.0, member_epoch=0.0), [(1, 2, 2.0)])
+  return Context(base=config, settings=AutoSettings(**{'eta': 2, 'confirm_seeds': (), **auto}),
+                 metric='accuracy' if higher else 'loss', higher=higher, folds=folds, epochs=4, own_split=False,
+                 dims=[LR_DIMENSION], candidates=candidates, study=study, budget=budget,
+                 workdir=tmp_path, shared=None, train_round=rounds or PlannedRounds())
+
+
+THREE_RUNGS = [dict(configs=4, folds=1, epochs=1), dict(configs=2, folds=2, epochs=2), dict(configs=1, folds=3, epochs=4)]
+
+
+@pytest.mark.parametrize('higher, promoted, best', [(True, [[1, 2], [2]], 2), (False, [[3, 0], [3]], 3)])
+def test_a_bracket_keeps_the_best_of_each_rung_in_the_metric_s_direction_and_tells_the_study(tmp_path, higher,
+                                                                                             promoted, best):
+  ctx = _search_context(tmp_path, higher=higher)
+  bracket = ctx.budget.new_bracket(THREE_RUNGS)
+  assert auto._run_bracket(ctx, bracket, ctx.budget.costs) is True
+  calls = ctx.train_round.calls
+  assert [c['names'] for c in calls] == [[f'trial-000{n}' for n in alive] for alive in ([0, 1, 2, 3], *promoted)]
+  assert [(c['folds'], c['epochs'], c['folder']) for c in calls] == [
+      ((0,), 1, tmp_path / 'rounds' / 'b0-r0'), ((0, 1), 2, tmp_path / 'rounds' / 'b0-r1'), ((0, 1, 2), 4, tmp_path / 'trials')]
+  assert all(c['seeds'] == (int(ctx.base.seed),) for c in calls)
+  assert calls[0]['changes'][0] == {'train.learning_rate': ctx.base.train.learning_rate}   # the config as given
+  assert all(set(c) == {'train.learning_rate'} for c in calls[0]['changes'])
+  assert bracket['trials'] == [0, 1, 2, 3] and bracket['promoted'] == promoted and bracket['done'] is True
+  assert bracket['values'] == [{str(n): PLANNED[level][n] for n in alive}
+                               for level, alive in enumerate(([0, 1, 2, 3], *promoted))]
+  trials = ctx.trials()
+  states = {n: t.state for n, t in trials.items()}
+  assert states == {n: optuna.trial.TrialState.COMPLETE if n == best else optuna.trial.TrialState.PRUNED
+                    for n in range(4)}
+  assert trials[best].value == PLANNED[2][best]
+  for n, t in trials.items():
+    reached = 3 if n == best else 1 + sum(n in keep for keep in promoted)
+    assert t.intermediate_values == {level: PLANNED[level][n] for level in range(reached)}
+    assert t.user_attrs[study_lib.CANDIDATE] == 'footprint_cnn'
+    assert t.user_attrs[study_lib.CHANGES] == {'train.learning_rate': repr(calls[0]['changes'][n]['train.learning_rate'])}
+  assert len(ctx.budget.measures) == 1 + 4 + 2 + 1   # each variant trained, after the first measure
+  stored = json.loads((tmp_path / 'auto_state.json').read_text())
+  assert stored['brackets'] == [bracket] and len(stored['measures']) == 8
+
+
+def test_a_failed_or_not_a_number_trial_fails_and_one_the_deadline_cut_is_marked_cut(tmp_path):
+  outcomes = {(0, 0): Outcome(error='out of memory'), (0, 1): Outcome(math.nan), (0, 3): None}
+  ctx = _search_context(tmp_path, rounds=PlannedRounds(outcomes, cut=True))
+  bracket = ctx.budget.new_bracket(THREE_RUNGS)
+  assert auto._run_bracket(ctx, bracket, ctx.budget.costs) is False   # the top rung was cut
+  assert bracket['promoted'] == [[2], [2]] and bracket['values'][0] == {'2': 0.7}
+  trials = ctx.trials()
+  fail = optuna.trial.TrialState.FAIL
+  assert [trials[n].state for n in range(4)] == [fail, fail, optuna.trial.TrialState.COMPLETE, fail]
+  assert trials[0].user_attrs['error'] == 'out of memory' and trials[1].user_attrs['error'] == 'accuracy is not a number'
+  assert trials[3].user_attrs[study_lib.CUT] is True and study_lib.CUT not in trials[0].user_attrs
+  assert len(ctx.budget.measures) == 1 + 3 + 1 + 1   # trial 3's round did not reach it
+
+
+class Killed(Exception):
+  pass
+
+
+class KilledAtRung(PlannedRounds):
+  def __call__(self, ctx, base, entries, *args):
+    if len(self.calls) == 1:
+      raise Killed
+    return super().__call__(ctx, base, entries, *args)
+
+
+def test_a_relaunch_resumes_the_bracket_at_its_next_rung_and_a_trial_told_before_keeps_its_value(tmp_path):
+  ctx = _search_context(tmp_path)
+  ctx.train_round = KilledAtRung()   # the launch is killed in the second rung's round
+  with pytest.raises(Killed):
+    auto._run_bracket(ctx, ctx.budget.new_bracket(THREE_RUNGS), ctx.budget.costs)
+  stored = json.loads((tmp_path / 'auto_state.json').read_text())['brackets'][0]
+  assert stored['promoted'] == [[1, 2]] and stored['values'] == [{str(n): PLANNED[0][n] for n in range(4)}]
+  # It had told trial 1 its second rung's value and pruned it, but not saved the rung's promotion.
+  optuna.trial.Trial(ctx.study, ctx.trials()[1]._trial_id).report(0.3, 1)
+  ctx.study.tell(1, state=optuna.trial.TrialState.PRUNED)
+  ctx.train_round = PlannedRounds({(0, 1): Outcome(0.99), (0, 2): Outcome(0.8), (1, 2): Outcome(0.85)})
+  assert auto._run_bracket(ctx, stored, ctx.budget.costs) is True
+  calls = ctx.train_round.calls
+  assert [(c['names'], c['epochs']) for c in calls] == [(['trial-0001', 'trial-0002'], 2), (['trial-0002'], 4)]
+  assert stored['values'][1:] == [{'1': 0.3, '2': 0.8}, {'2': 0.85}] and stored['promoted'] == [[1, 2], [2]]
+  trials = ctx.trials()
+  assert trials[1].state == optuna.trial.TrialState.PRUNED and trials[1].intermediate_values == {0: 0.9, 1: 0.3}
+  assert trials[2].state == optuna.trial.TrialState.COMPLETE and trials[2].value == 0.85
+
+
+def test_a_rung_that_no_longer_fits_ends_the_bracket_and_a_top_rung_trains_the_best_alone_in_the_slack(tmp_path):
+  # Costs(1, 1, 0): a configuration costs 1 s + 1 s a fold. 7.5 s left after the tail: rung 0 (2 s a
+  # configuration) does not fit one configuration beside the upper rungs' one each (3 s + 4 s).
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 2.0 - 7.5)
+  bracket = ctx.budget.new_bracket(THREE_RUNGS)
+  assert auto._run_bracket(ctx, bracket, ctx.budget.costs) is False
+  assert ctx.train_round.calls == [] and bracket['done'] is True
+  assert {t.state for t in ctx.trials().values()} == {optuna.trial.TrialState.FAIL}
+  # At the top rung, with no complete trial yet and 0.5 s left (rung 0 took 9 s): the best alone, on the most
+  # folds that the 5% slack affords (0.5 + 5 - 2 s: 1 s + 2 x 1 s).
+  (tmp_path / 'top').mkdir()
+  ctx = _search_context(tmp_path / 'top', seconds=100.0, used=100.0 - 9.5)
+  bracket = ctx.budget.new_bracket(THREE_RUNGS[1:])
+  ctx.train_round = PlannedRounds({(0, n): Outcome(0.5 + n / 10) for n in range(2)}, spend={0: 9.0})
+  assert auto._run_bracket(ctx, bracket, ctx.budget.costs) is True
+  first = ctx.train_round.calls[0]
+  assert (first['names'], first['folds'], first['epochs']) == (['trial-0000', 'trial-0001'], (0, 1), 2)
+  top = ctx.train_round.calls[1]
+  assert (top['names'], top['folds'], top['epochs']) == (['trial-0001'], (0, 1), 4)
+  assert top['deadline'] == pytest.approx(ctx.budget.started + 105.0 - ctx.budget.used_before - 2.0)
+  assert bracket['promoted'] == [[1]] and ctx.trials()[1].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_the_first_top_rung_is_the_most_folds_the_slack_affords_and_none_once_a_trial_completed(tmp_path):
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 1.5)   # 1.5 + 5 (slack) - 2 (tail) = 4.5 s
+  assert auto._first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) == Rung(1, 3, 4)   # 1 s + 3 x 1 s
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 + 2.5)   # 0.5 s of the slack: not one fold
+  assert auto._first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) is None
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 1.5)
+  ctx.study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+  assert auto._first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) is None
+
+
+def test_a_bracket_s_end_completes_only_a_top_rung_value_prunes_what_reported_and_fails_what_did_not(tmp_path):
+  ctx = _search_context(tmp_path)
+  trials = [ctx.study.ask() for _ in range(4)]
+  trials[0].report(0.3, 0)
+  trials[1].report(0.4, 0)
+  ctx.study.tell(trials[3], state=optuna.trial.TrialState.PRUNED)
+  bracket = ctx.budget.new_bracket(THREE_RUNGS[1:])
+  bracket.update(trials=[0, 1, 2, 3], values=[{'0': 0.3, '1': 0.4}])
+  auto._end_bracket(ctx, bracket, {0: 0.3})   # a value, but the top rung has none: pruned
+  states = [t.state for t in ctx.study.get_trials()]
+  assert states == [optuna.trial.TrialState.PRUNED] * 2 + [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED]
+  assert ctx.study.get_trials()[2].user_attrs == {study_lib.CUT: True}
+  assert bracket['done'] is True and json.loads((tmp_path / 'auto_state.json').read_text())['brackets'][0]['done']
+  trial = ctx.study.ask()
+  bracket = ctx.budget.new_bracket(THREE_RUNGS[2:])
+  bracket.update(trials=[trial.number], values=[{str(trial.number): 0.7}])
+  auto._end_bracket(ctx, bracket, {trial.number: 0.7})
+  assert ctx.study.get_trials()[-1].state == optuna.trial.TrialState.COMPLETE and ctx.study.get_trials()[-1].value == 0.7
+
+
+def _folds_context(tmp_path, left: float, folds: int = 5, **auto) -> Context:
+  """One finalist, one confirmation seed, Costs(0, 1, 0): a configuration costs 1 s a fold at any epochs, so a
+  bracket of two rungs on k folds costs 2 x round(k / 2) + k and the confirmation's reserve is 2k (of the 0.5
+  share of 40 s); `left` seconds after the tail."""
+  ctx = _search_context(tmp_path, seconds=40.0, used=40.0 - 0.8 - left, folds=folds, finalists=1,
+                        confirm_seeds=(7,), confirm_share=0.5, **auto)
+  ctx.budget.costs = Costs(0.0, 1.0, 0.0)
+  return ctx
+
+
+@pytest.mark.parametrize('left, folds', [(17.5, 4), (20.0, 5), (10.0, 5)])
+def test_the_trials_take_fewer_folds_down_to_3_when_the_budget_affords_no_two_rungs_at_k(tmp_path, left, folds):
+  # 17.5 s: at 5 folds a bracket needs 9 s beside a 10 s reserve, at 4 folds 8 s beside 8 s: 4 folds. 20 s: 5
+  # folds fit. 10 s: 3 folds need 7 s beside 6 s, and fewer than 3 are never taken: the 5 folds are kept.
+  ctx = _folds_context(tmp_path, left)
+  notes = auto._fit_folds(ctx, ctx.budget.costs)
+  assert ctx.folds == folds and ctx.base.data.num_folds == folds and ctx.study.user_attrs[study_lib.FOLDS] == folds
+  assert notes == ([] if folds == 5 else [f'the budget affords a search on {folds} of the 5 folds'])
+
+
+def test_the_folds_decided_once_are_the_study_s_and_given_or_own_folds_are_kept(tmp_path):
+  ctx = _folds_context(tmp_path, 17.5)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)   # decided by an earlier launch
+  assert auto._fit_folds(ctx, ctx.budget.costs) == ['the budget affords a search on 3 of the 5 folds']
+  assert ctx.folds == 3 and ctx.base.data.num_folds == 3
+  ctx = _folds_context(tmp_path, 17.5)
+  ctx.settings = dataclasses.replace(ctx.settings, folds=5)   # config.auto.folds given
+  assert auto._fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5 and ctx.study.user_attrs[study_lib.FOLDS] == 5
+  ctx = _folds_context(tmp_path, 17.5)
+  ctx.own_split = True
+  assert auto._fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5
+
+
+def test_the_search_runs_brackets_until_the_trial_limit_and_records_its_time(tmp_path):
+  ctx = _search_context(tmp_path, trials=4)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  assert auto._search(ctx) == ''
+  assert len(ctx.budget.brackets) == 1 and ctx.budget.brackets[0]['done'] and ctx.budget.brackets[0]['trials'] == [0, 1, 2, 3]
+  assert [len(c['names']) for c in ctx.train_round.calls] == [4, 2, 1]
+  assert ctx.budget.stages['search'] > 0
+  assert auto._search(ctx) == '' and len(ctx.train_round.calls) == 3   # the limit is reached: nothing more
+
+
+def test_a_relaunch_runs_the_open_bracket_before_planning_another(tmp_path):
+  ctx = _search_context(tmp_path, trials=4)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  ctx.budget.new_bracket(THREE_RUNGS)   # planned by the launch that was killed
+  assert auto._search(ctx) == ''
+  assert len(ctx.budget.brackets) == 1 and ctx.budget.brackets[0]['done']
+  assert [(len(c['names']), c['epochs']) for c in ctx.train_round.calls] == [(4, 1), (2, 2), (1, 4)]
+
+
+def test_a_budget_for_one_cheapened_configuration_runs_it_once_and_says_what_it_affords(tmp_path):
+  # 3.5 s after the 2 s tail: the top rung's 4 s does not fit, one configuration on 2 folds (3 s) does
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 5.5)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  assert auto._search(ctx) == 'the budget affords one configuration on 2 of 3 folds for 4 of 4 epochs'
+  assert [(c['names'], c['folds'], c['epochs']) for c in ctx.train_round.calls] == [(['trial-0000'], (0, 1), 4)]
+  assert len(ctx.budget.brackets) == 1 and ctx.trials()[0].state == optuna.trial.TrialState.COMPLETE
+
+
+@pytest.mark.parametrize('left, trains', [(11.0, True), (10.9, False)])
+def test_a_rung_trains_when_one_configuration_fits_exactly_beside_what_follows_it(tmp_path, left, trains):
+  # rung 0: 2 s for one configuration beside the tail's 2 s and the upper rungs' 3 s + 4 s
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - left)
+  bracket = ctx.budget.new_bracket(THREE_RUNGS)
+  auto._run_bracket(ctx, bracket, ctx.budget.costs)
+  assert bool(ctx.train_round.calls) is trains
+
+
+def test_a_rung_keeps_the_confirmation_s_reserve(tmp_path):
+  # Confirming 1 finalist and the config as given on 3 folds: 2 x (1 s + 3 s) = 8 s more to keep: 19 s left
+  # leave rung 0 its 2 s beside 2 + 7 + 8 s; 18.9 s do not.
+  for left, trains in ((19.0, True), (18.9, False)):
+    ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - left, finalists=1, confirm_seeds=(7,),
+                          confirm_share=0.5)
+    bracket = ctx.budget.new_bracket(THREE_RUNGS)
+    auto._run_bracket(ctx, bracket, ctx.budget.costs)
+    assert bool(ctx.train_round.calls) is trains

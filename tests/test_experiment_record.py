@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 
 from fpclass.infer.inference import load_trained
 from fpclass.models import heads
-from fpclass.train import experiment, oof, plan_data
+from fpclass.train import experiment, oof, plan_data, sidecar
 from fpclass.train import task as task_lib
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import MemberResult, better_result
@@ -75,6 +75,7 @@ def test_each_split_keeps_its_best_seed_and_the_record_is_each_member_s(tmp_path
   assert {split: r.member.seed for split, r in run.kept.items()} == KEPT
   record = json.loads((tmp_path / EXPERIMENT_FILE).read_text())
   assert record == run.experiment and record['name'] == 'base' and record['changes'] == {'model.width': 1}
+  assert record['config'] == sidecar.config_as_json(variant.config)   # the variant's config, as a sidecar keeps it
   rows = pd.DataFrame(record['rows'])
   labels = data.train_data.val.labels
   for m, row in zip(data.members, rows.itertuples()):
@@ -137,6 +138,13 @@ def test_one_split_has_no_fold_ratio_and_each_seed_competes_on_it(tmp_path):
   run = experiment.finish(Variant('base', {}, config), tmp_path / 'holdout', data, records, [], 1.0)
   assert run.experiment['test_train_ratio'] == 0.0 and run.kept[-1].member.seed == 1
   assert run.experiment['timing']['chunks'] == [3] and (tmp_path / 'holdout' / 'holdout' / 'metadata.json').is_file()
+  # One member alone: it is kept, and the record's plan and form are its own.
+  single = plan_data.experiment_data(Variant('base', {}, config).settings.data, (-1,), (1,))
+  holdout[-1, 1].member = single.members[0]
+  alone = PlannedMembers({(-1, 1): holdout[-1, 1]}, {(-1, 1): dict(records.headers[-1, 1], plan='alone')})
+  run = experiment.finish(Variant('base', {}, config), tmp_path / 'single', single, alone, [], 1.0)
+  assert run.kept[-1].member.seed == 1 and run.experiment['timing']['plan'] == 'alone'
+  assert [row['kept'] for row in run.experiment['rows']] == [True]
 
 
 def test_better_result_compares_the_monitored_value_at_each_selected_checkpoint():
@@ -152,5 +160,7 @@ def test_better_result_compares_the_monitored_value_at_each_selected_checkpoint(
   assert not better_result(result(0.4, 9), result(float('nan'), 9), 'val_loss')    # NaN never wins
   assert better_result(result(0.1, 0.5, 'last'), result(0.9, 0.4, 'last'), 'val_loss')   # at `last`: its row
   assert not better_result(result(0.1, 0.5, 'last'), result(0.9, 0.6, 'last'), 'val_loss')
+  three = MemberResult(None, LoopState(epoch=3, history=[{'val_loss': v} for v in (0.9, 0.8, 0.7)]), 'last', 3, None)
+  assert three.monitor_value('val_loss') == 0.7   # the last epoch's row
   empty = MemberResult(None, LoopState(), 'last', 0, None)
   assert empty.monitor_value('val_loss') is None and not better_result(result(0.4, 9), empty, 'val_loss')

@@ -1,6 +1,9 @@
 """The brackets `--mode auto` plans from its cost model (fpclass/search/rungs.py): the most rungs, then the most
 starting configurations, then the lower rungs' epochs raised into what is left, never past the seconds given;
-a cheaper single configuration only when nothing else fits. The costs are the ones measured on digits."""
+a cheaper single configuration only when nothing else fits; the cost model fitted from measured runs. The
+costs are the ones measured on digits."""
+from dataclasses import astuple
+
 import pytest
 
 from fpclass.search.rungs import Costs, Rung, plan_bracket, rungs_for
@@ -40,3 +43,45 @@ def test_a_budget_below_one_top_configuration_gets_a_cheaper_single_one_with_a_n
   assert len(bracket.rungs) == 1 and bracket.rungs[0].configs == 1 and bracket.cost(DIGITS) <= 30.0
   assert (bracket.rungs[0].folds, bracket.rungs[0].epochs) < (5, 40) and 'affords' in bracket.note
   assert plan_bracket(DIGITS, 2.0, 5, 40, 3) is None
+
+
+@pytest.mark.parametrize('seconds, folds, epochs', [
+    (25.0, 4, 10),   # 1 s + 4 x (1 s + 10 x 0.5 s): exactly the budget
+    (24.9, 3, 10),   # 4 folds would train 9 epochs: on more than one fold every epoch, so 3 folds
+    (8.0, 1, 10),    # 2 folds would train 5 epochs; one fold trains all 10 (12 would fit)
+    (4.6, 1, 5),     # on one fold, the epochs that fit
+    (2.5, 1, 1),     # down to one
+])
+def test_the_cheaper_single_configuration_is_on_the_most_folds_then_epochs_that_fit(seconds, folds, epochs):
+  costs = Costs(setup=1.0, member=1.0, member_epoch=0.5)
+  bracket = plan_bracket(costs, seconds, 5, 10, 3)
+  assert bracket.rungs == (Rung(1, folds, epochs),)
+  assert bracket.note == f'the budget affords one configuration on {folds} of 5 folds for {epochs} of 10 epochs'
+  assert plan_bracket(costs, 2.4, 5, 10, 3) is None   # 0.4 s after a fold's own 2 s: not one epoch
+
+
+@pytest.mark.parametrize('seconds, folds', [(4.5, 3), (4.0, 2), (2.5, 1), (2.0, None)])
+def test_without_an_epoch_cost_a_fold_fits_when_any_second_is_left_after_its_set_up(seconds, folds):
+  costs = Costs(setup=1.0, member=1.0, member_epoch=0.0)
+  bracket = plan_bracket(costs, seconds, 5, 10, 3)
+  assert (bracket.rungs if bracket else None) == ((Rung(1, folds, 10),) if folds else None)
+
+
+def test_the_cost_model_is_fitted_beyond_the_member_epochs_by_a_line_over_the_member_counts():
+  # each run's time beyond its member-epochs (at 0.5 s): 2, 4 and 20 s, on 2 members each: the median, 1 s a
+  # member, three quarters to the set-up and a quarter per member
+  assert Costs.fitted([(2, 10, 7.0), (2, 10, 9.0), (2, 10, 25.0)], 0.5) == Costs(1.5, 0.5, 0.5)
+  assert Costs.fitted([(1, 0, 1.0), (1, 0, 2.0), (1, 0, 3.0), (1, 0, 10.0)], 0.5) == Costs(2.25, 0.75, 0.5)
+  assert Costs.fitted([(1, 10, 3.0)], 0.5) == Costs(0.0, 0.0, 0.5)   # faster than its member-epochs: nothing else
+  # member counts that differ: the least-squares line, its slope per member and intercept per set-up
+  assert astuple(Costs.fitted([(1, 4, 5.0), (3, 4, 9.0)], 0.5)) == pytest.approx((1.0, 2.0, 0.5))
+  assert astuple(Costs.fitted([(1, 0, 2.0), (2, 0, 4.0), (3, 0, 4.0)], 0.0)) == pytest.approx((4 / 3, 1.0, 0.0))
+  assert Costs.fitted([(1, 0, 5.0), (3, 0, 3.0)], 0.0) == Costs(4.0, 0.0, 0.0)   # no negative cost a member
+  assert Costs.fitted([(1, 0, 1.0), (3, 0, 7.0)], 0.0) == Costs(0.0, 3.0, 0.0)   # nor a negative set-up
+
+
+def test_a_configuration_more_is_started_when_the_bracket_then_fills_the_seconds_exactly():
+  # Costs(0, 1, 0): a rung costs its configurations x folds. 3 rungs on 4 folds, eta 2: start + 2 (start // 2) + 4
+  costs = Costs(setup=0.0, member=1.0, member_epoch=0.0)
+  assert [r.configs for r in plan_bracket(costs, 13.0, 4, 8, 2).rungs] == [5, 2, 1]
+  assert [r.configs for r in plan_bracket(costs, 12.9, 4, 8, 2).rungs] == [4, 2, 1]

@@ -14,6 +14,7 @@ from fpclass.analysis import metric_registry
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
+from fpclass.infer import ensemble as ensemble_lib
 from fpclass.search import ensemble_selection as selection
 from fpclass.train import oof, sidecar
 from fpclass.train.resume import EXPERIMENT_FILE
@@ -164,7 +165,7 @@ def test_the_ensemble_workdir_sidecar_is_its_heaviest_member_s_with_every_member
                       'ensemble': dict(kind='caruana', metric='loss', members=[
                           dict(folder='../light', weight=0.25, models=['fold0']),
                           dict(folder='../sub/heavy', weight=0.75, models=['fold0', 'fold1'])])}
-  assert selection.ENSEMBLE_KEY == 'ensemble'
+  assert ensemble_lib.ENSEMBLE_KEY == 'ensemble'
 
 
 def test_milliseconds_per_image_is_the_fastest_of_the_timed_calls_over_the_batch(monkeypatch, tmp_path):
@@ -174,12 +175,22 @@ def test_milliseconds_per_image_is_the_fastest_of_the_timed_calls_over_the_batch
     def probabilities(self, images, batch_size):
       calls.append((len(images), batch_size))
 
-  monkeypatch.setattr(selection, 'load_trained', lambda config, path: calls.append(('load', path)) or Model())
-  monkeypatch.setattr(selection.sidecar, 'read_metadata', lambda path: {'config': {'seed': 0}})
-  monkeypatch.setattr(selection.sidecar, 'config_from_json', lambda stored: stored)
+  stored = {str(tmp_path): {'config': {'seed': 7}}}   # the model's own sidecar, read as its config
+
+  def load_trained(config, path):
+    calls.append(('load', config, path))
+    return Model()
+
+  monkeypatch.setattr(selection, 'load_trained', load_trained)
+  monkeypatch.setattr(selection.sidecar, 'read_metadata', lambda path: stored[str(path)])
+  monkeypatch.setattr(selection.sidecar, 'config_from_json', lambda config: ('from json', config))
   monkeypatch.setattr(selection.time, 'perf_counter', lambda: next(clock))
   assert selection.ms_per_image(tmp_path, np.zeros((4, 2, 2, 1)), repeats=3) == pytest.approx(1000 * 0.2 / 4)
-  assert calls == [('load', tmp_path)] + [(4, 4)] * 4   # compiled by one call first, then timed three times
+  assert calls == [('load', ('from json', {'seed': 7}), tmp_path)] + [(4, 4)] * 4   # compiled first, timed thrice
+  calls.clear()
+  clock = iter(np.arange(20.0))
+  assert selection.ms_per_image(tmp_path, np.zeros((2, 2, 2, 1))) == pytest.approx(1000 * 1.0 / 2)
+  assert len(calls) == 1 + 1 + 10   # ten timed calls by default
 
 
 def test_the_pooled_examples_are_found_in_the_data_the_candidates_validated_on(tmp_path):
@@ -216,6 +227,8 @@ def test_scores_keys_weights_and_groups_from_their_definitions():
   assert selection.best_single(stacked, labels, SINGLE, ACCURACY) == (0, [0.5, 0.5, 0.5])   # ties: the first
   folds = np.array([2, 0, 1, 0, 2, 1])
   assert selection.crossfit_groups(folds, seed=9) is folds
+  assert selection.crossfit_groups(folds[:2], seed=9) is not folds   # two folds are folds too
+  assert selection.crossfit_groups(folds[:2][::-1]).tolist() == [0, 2]
   assert selection.group_scores(ACCURACY, [0, 1, 1, 0, 1, 1], np.tile([[0.4, 0.6]], (6, 1)), folds, SINGLE) == [
       0.5, 1.0, 0.5]   # folds 0, 1, 2 in order
   interval = selection.paired([0.7, 0.8, 0.9], [0.6, 0.8, 0.7], 0.5)
@@ -241,3 +254,23 @@ def test_the_selection_stops_at_its_first_best_round_and_cross_fits_each_fold():
   assert crossfit.interval('ensemble').mean == 1.0
   one_group = selection.cross_fit(np.stack([right]), labels, np.zeros(6, int), SINGLE, ACCURACY, 2)
   assert one_group.ratio == 1.0 and one_group.rows[0]['single'] == '0'
+
+
+def test_one_validation_split_is_cut_into_five_seeded_parts_of_near_equal_size():
+  one = np.zeros(23, int)   # a single split: its examples are all in fold 0 (or -1)
+  groups = selection.crossfit_groups(one)
+  assert groups.dtype.kind == 'i' and sorted(np.bincount(groups).tolist()) == [4, 4, 5, 5, 5]
+  assert selection.crossfit_groups(np.full(23, -1)).tolist() == groups.tolist()   # the default seed, 0
+  assert selection.crossfit_groups(one, seed=0).tolist() == groups.tolist()
+  assert selection.crossfit_groups(one, seed=1).tolist() != groups.tolist()
+  assert selection.crossfit_groups(one[:5], seed=3).tolist() != list(range(5))   # shuffled, not in order
+
+
+def test_a_metric_of_another_task_is_one_line_listing_the_task_s_metrics():
+  for task in (SINGLE, MULTI):
+    names = [m.name for m in metric_registry.REGISTRY.values() if m.applies_to(task)]
+    other = next(n for n, m in metric_registry.REGISTRY.items() if not m.applies_to(task))
+    with pytest.raises(UserInputError) as raised:
+      selection.resolve_metric(other, task)
+    assert str(raised.value) == (f'config.ensemble.metric={other!r}: not a registered metric of a {task} task; one '
+                                 f'of {names}')

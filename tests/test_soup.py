@@ -60,10 +60,14 @@ class PlannedKitchen(soup.Kitchen):
         (0,): predictions_with(first(one, 12) | first(two, 8), labels, 0.9),
         (1,): predictions_with(first(one[::-1], 10) | first(two[::-1], 14), labels, 0.8),
         (0, 1): predictions_with(first(one, 16) | first(two, 12), labels, 0.7)}
-    self.written = None
+    self.written, self.rows = None, []
 
   def predict(self, kept):
     return self.planned[tuple(sorted(kept))]
+
+  def choose(self, rows, *args):
+    self.rows.append(np.asarray(rows))
+    return super().choose(rows, *args)
 
 
 FOLD = 3
@@ -75,15 +79,22 @@ def item(name: str, seed: int = 0, fold: int = FOLD, **model) -> soup.Ingredient
 
 
 def test_the_honest_score_of_each_half_comes_from_the_soup_the_other_half_chose(monkeypatch, tmp_path):
-  monkeypatch.setattr(soup, 'Kitchen', PlannedKitchen)
-  written = []
+  kitchens, written = [], []
+  monkeypatch.setattr(soup, 'Kitchen', lambda *args: kitchens.append(PlannedKitchen(*args)) or kitchens[-1])
   monkeypatch.setattr(soup, 'write_workdir', lambda workdir, kitchen, kept, fold, names: written.append(
-      (workdir, kept, fold, names)))
+      (workdir, kept, fold, names)) or kitchens.append(kitchen))
   labels = np.arange(N) % 2
-  made = soup.fold_soup(FOLD, [item('a'), item('b')], np.zeros((N, 8, 8, 1)), labels, metric_registry.SINGLE,
-                        ACCURACY, 8, tmp_path / 'fold3', ['0', '1'])
+  items, images = [item('a'), item('b')], np.zeros((N, 8, 8, 1))
+  made = soup.fold_soup(FOLD, items, images, labels, metric_registry.SINGLE, ACCURACY, 8, tmp_path / 'fold3',
+                        ['0', '1'])
   one, two = halves_of(FOLD)
   kitchen = PlannedKitchen(None, None, None)
+  # one kitchen of the fold's ingredients, images and batch size, which chose on each half (disjoint, each half
+  # of the fold), then on every image, and was written
+  assert len(kitchens) == 2 and kitchens[1] is kitchens[0]
+  assert kitchens[0].items is items and kitchens[0].images is images and kitchens[0].batch_size == 8
+  assert [rows.tolist() for rows in kitchens[0].rows] == [one.tolist(), two.tolist(), list(range(N))]
+  assert len(one) == len(two) == N // 2 and not set(one) & set(two)
   assert made.halves == [[0, 1], [1]]   # chosen on the first half, then on the second
   np.testing.assert_array_equal(made.honest[two], kitchen.predict([0, 1])[two])   # the first half's soup
   np.testing.assert_array_equal(made.honest[one], kitchen.predict([1])[one])      # the second half's soup
@@ -101,6 +112,8 @@ def test_each_fold_gets_its_own_halves_and_its_rows_in_pool_order(monkeypatch, t
 
   def fake_fold_soup(fold, items, images, labels, task, metric, batch_size, workdir, class_names, seed):
     calls.append((fold, images[:, 0, 0, 0].tolist(), labels.tolist(), workdir.name, seed))
+    assert (items, task, metric, batch_size, class_names) == ([['x'], ['y']][fold], metric_registry.SINGLE, ACCURACY,
+                                                              8, ['0', '1'])
     n = len(labels)
     return soup.FoldSoup(fold, items, [0], [[0], [0]], np.full((n, 2), fold + 0.25), np.full((n, 2), fold + 0.5), [])
 
@@ -116,6 +129,9 @@ def test_each_fold_gets_its_own_halves_and_its_rows_in_pool_order(monkeypatch, t
   assert calls[2] == ('ensemble', tmp_path, 2) and [m.fold for m in made] == [0, 1]
   np.testing.assert_array_equal(honest[:, 0], folds + 0.25)
   np.testing.assert_array_equal(in_sample[:, 1], folds + 0.5)
+  calls.clear()
+  soup.make(tmp_path, {0: ['x']}, pool, images, positions, ACCURACY, 8)
+  assert calls[0][-1] == 0   # the default seed
 
 
 def test_greedy_keeps_an_ingredient_only_if_the_soup_strictly_improves():
@@ -129,6 +145,8 @@ def test_greedy_keeps_an_ingredient_only_if_the_soup_strictly_improves():
 def test_the_record_names_ingredients_by_path_and_gives_a_loss_as_a_loss(tmp_path):
   items = [soup.Ingredient(n, tmp_path / 'trials' / n / 'fold1', {}) for n in ('a', 'b', 'c')]
   made = soup.FoldSoup(1, items, [2, 0], [[2], [2, 0]], None, None, [([2, 1], -0.4, -0.5), ([2, 0], -0.4, -0.3)])
+  tie = soup.FoldSoup(1, items, [2], [[2], [2]], None, None, [([2, 0], -0.4, -0.4)])
+  assert soup.record([tie], tmp_path, LOSS)['folds'][0]['averages'][0]['kept'] is False   # not strictly better
   record = soup.record([made], tmp_path, LOSS)
   assert record == {'folds': [dict(fold=1, kept=['trials/c/fold1', 'trials/a/fold1'],
                                    halves=[['trials/c/fold1'], ['trials/c/fold1', 'trials/a/fold1']], ingredients=3,
@@ -250,6 +268,12 @@ def test_a_kitchen_averages_restored_ingredients_and_writes_the_soup_as_a_workdi
   assert meta['class_names'] == class_names and meta['config'] == items[2].metadata['config']
   restored = load_trained(config, folder)
   np.testing.assert_array_equal(restored.probabilities(images, 16), predicted)
+  store = checkpoint.CheckpointStore(folder)   # a finished one-epoch run: resuming it trains nothing
+  for kind in ('best', 'last'):
+    assert store.epochs(kind) == [1]
+    loop = LoopState.from_json(store.loop_state(kind))
+    assert (loop.epoch, loop.best_epoch, loop.finished, loop.stop_reason) == (1, 1, True, 'soup')
+  store.close()
   # The soup folder: an ensemble workdir of its fold soups, equally weighted, its parameters theirs together.
   soup.write_ensemble(tmp_path / 'soup', [soup.FoldSoup(0, items, [2, 1], [], None, None, [])])
   record = ensemble.ensemble_record(tmp_path / 'soup')
