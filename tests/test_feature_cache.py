@@ -26,6 +26,9 @@ AUGMENT_OFF = {f'augment.{k}': 0.0 for k in ('hflip', 'rotation', 'translate', '
 # shape, so each network compiles one prediction program instead of one per split size.
 EVAL_BATCH = 4
 COLUMNS_TOL = 1e-5   # float tolerance (absolute, or relative above 1) on metrics.csv columns but seconds
+# ResNet-18's layout with one basic block a stage: the cache's split, the head's training and the fine-tuning
+# phase work on stages, not on depth, and the features (1x1x512) are those of the full network's shape.
+LAYERS = (1, 1, 1, 1)
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +79,8 @@ def test_keras_vgg16_feature_extraction_through_launch(tmp_path, pets):
 
 def resnet18_config(root, weights, **overrides):
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{
-      'data.root': str(root), 'model.pretrained': str(weights), 'model.name': 'resnet18', 'model.freeze_till': -1,
+      'data.root': str(root), 'model.pretrained': str(weights), 'model.name': 'resnet18', 'model.layers': LAYERS,
+      'model.freeze_till': -1,
       'train.batch_size': 8, 'eval.batch_size': EVAL_BATCH,
       'train.tensorboard': False, **AUGMENT_OFF, **overrides})
   with config.unlocked():
@@ -97,7 +101,8 @@ def test_torchvision_resnet18_with_head_dropout_l2_finetuning_and_streamed_image
   from fpclass.modes.train import train
   from tests import parity
   torch.manual_seed(0)
-  module = parity.randomise_torch_bn(parity.randomise_torch_weights(torchvision.models.resnet18(weights=None)))
+  module = parity.randomise_torch_bn(parity.randomise_torch_weights(
+      torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, list(LAYERS))))
   weights = tmp_path / 'resnet18.pth'
   torch.save(module.state_dict(), weights)
   overrides = {'model.top': 'avg', 'model.top_hidden': (8,), 'train.l2': 1e-3, 'train.finetune_epochs': 1,
@@ -120,7 +125,7 @@ def test_torchvision_resnet18_with_head_dropout_l2_finetuning_and_streamed_image
 def test_source_head_step_equals_the_full_models_step():
   """top='source' with freeze_till=-1 trains only torchvision's fc on the pooled features: one step on cached
   features equals one step of the full model (parameters, metrics) and leaves the batch statistics."""
-  config = ml_collections.ConfigDict(dict(name='resnet18', head='softmax', top='source', freeze_till=-1))
+  config = ml_collections.ConfigDict(dict(name='resnet18', head='softmax', top='source', freeze_till=-1, layers=LAYERS))
   full = load_config('configs/cats_dogs.py:vgg16,quick', **AUGMENT_OFF)
   with full.unlocked():
     full.model = config

@@ -10,10 +10,15 @@ from fpclass.train import optim
 from fpclass.train import task as task_lib
 from tests.conftest import launch, load_config, torchvision_weights
 
+# ResNet-18's layout with one block in each stage but the first (which keeps two: the frozen layer1_1 below):
+# freezing, parameter groups and the two phases are about stages, not depth, and the program compiles in a
+# fraction of the full network's time.
+LAYERS = (2, 1, 1, 1)
+
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-  return torchvision_weights(tmp_path_factory.mktemp('weights'))
+  return torchvision_weights(tmp_path_factory.mktemp('weights'), layers=LAYERS)
 
 
 def test_param_groups_follow_stages_and_freeze_till():
@@ -28,13 +33,14 @@ def test_param_groups_follow_stages_and_freeze_till():
 
 def test_frozen_stages_keep_weights_and_batch_statistics(resnet18_file):
   config = load_config('configs/footprint.py:resnet18,quick', **{
-      'model.pretrained': str(resnet18_file), 'model.freeze_till': 2, 'train.backbone_lr_factor': 0.5})
+      'model.pretrained': str(resnet18_file), 'model.layers': LAYERS, 'model.freeze_till': 2,
+      'train.backbone_lr_factor': 0.5})
   task = task_lib.build_task(RunSettings.from_config(config), ('0', '1'), np.array([0, 1]), steps_per_epoch=2)
   from fpclass.models import get_spec, transfer
   variables = transfer.load_pretrained(get_spec('resnet18'), config.model,
-                                       task.init_variables(jax.random.PRNGKey(0), (64, 48, 1)), '/nonexistent')
-  state = task.init(jax.random.PRNGKey(0), (64, 48, 1), variables)
-  images = np.random.default_rng(0).integers(0, 256, (8, 64, 48, 1), dtype=np.uint8)
+                                       task.init_variables(jax.random.PRNGKey(0), (32, 24, 1)), '/nonexistent')
+  state = task.init(jax.random.PRNGKey(0), (32, 24, 1), variables)
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 24, 1), dtype=np.uint8)
   labels = np.array([0, 1] * 4, np.int32)
   new, _ = jax.jit(task.train_step)(state, images, labels, np.arange(8), jax.random.PRNGKey(1))
   same = lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b)))  # noqa: E731
@@ -56,8 +62,11 @@ def test_footprint_transfer_two_phases_start_from_the_best_weights(tmp_path, res
   weights it started from, which must be epoch 1's (restored best, as Keras' restore_best_weights), not
   epoch 2's."""
   workdir = tmp_path / 'run'
-  args = ['--config=configs/footprint.py:resnet18,quick', f'--workdir={workdir}',
-          f'--config.model.pretrained={resnet18_file}', '--config.train.early_stopping_patience=5',
+  # 32x24 images (the quick config's are 120x80) and LAYERS: which weights phase 2 starts from does not depend on
+  # the image size or the depth.
+  args = ['--config=configs/footprint.py:resnet18,quick', f'--workdir={workdir}', '--config.data.image_size=(32,24)',
+          f'--config.model.pretrained={resnet18_file}', f'--config.model.layers={LAYERS}',
+          '--config.train.early_stopping_patience=5',
           '--config.train.min_delta=1e6', '--config.train.finetune_freeze_till=-1',
           '--config.train.finetune_lr_factor=0.0', '--config.explain.after_training=False']
   result = launch(*args)

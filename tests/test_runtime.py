@@ -95,9 +95,12 @@ def test_a_second_identical_job_compiles_almost_nothing_beside_a_second_process(
   child_env = {k: v for k, v in os.environ.items() if k != 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'}
   child_env.update(env, FPCLASS_JAX_CACHE=str(tmp_path / 'jax-cache'))
 
+  # A tiny model on 24x16 images: the same programs to compile and load (their count is the claim), each smaller.
   def train(folder):
     return subprocess.Popen([sys.executable, str(REPO / 'launch.py'), QUICK, f'--workdir={tmp_path / folder}',
-                             '--config.train.epochs=1', '--config.explain.after_training=False'],
+                             '--config.train.epochs=1', '--config.explain.after_training=False',
+                             '--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)',
+                             '--config.model.fc_sizes=(8,)'],
                             cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   assert train('first').wait(timeout=600) == 0
   second = train('second')
