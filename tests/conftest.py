@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,19 +21,26 @@ from fpclass.runtime.process import planned_backend
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# On the CPU, the suite compiles hundreds of tiny programs that then run for milliseconds: LLVM's optimisation of
-# the generated code is most of the compile time and buys nothing here (-40% CPU time on tests/test_conv.py and
-# test_pooling.py, -15% on test_engine.py's launches). Set before any backend starts, so this process and every
-# launch.py child (which inherits the environment) compile at level 0. The program XLA builds (its HLO passes:
-# fusion, layout) is unchanged, and equality tests compare two runs compiled alike. A user who sets the flag in
-# XLA_FLAGS (e.g. level 2, XLA's default) keeps theirs; a GPU run of the suite keeps XLA's default.
+# On the CPU, the suite compiles hundreds of tiny programs that then run for milliseconds in this process: LLVM's
+# optimisation of the generated code is most of the compile time and buys nothing here (-40% CPU time on
+# tests/test_conv.py and test_pooling.py at level 0). So this process compiles at level 0: the flag is in
+# XLA_FLAGS only while its backend starts (the one time XLA reads the variable). A launch.py child, which
+# inherits the environment, keeps XLA's own level: its programs mostly come from the session's persistent
+# compilation cache and then run for seconds, which level 0 makes slower (test_launch.py: 84 -> 75 CPU-s at
+# XLA's level, 2026-11-25). A test comparing a child's bits with this process's gives the child
+# `IN_PROCESS_XLA_FLAGS`. A user who sets the flag in XLA_FLAGS keeps theirs everywhere; a GPU run keeps XLA's.
 OPTIMISATION_FLAG = '--xla_backend_optimization_level'
-if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {OPTIMISATION_FLAG}=0".strip()
+CHILD_XLA_FLAGS = os.environ.get('XLA_FLAGS', '')
+IN_PROCESS_XLA_FLAGS = CHILD_XLA_FLAGS
+if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in CHILD_XLA_FLAGS:
+  IN_PROCESS_XLA_FLAGS = f'{CHILD_XLA_FLAGS} {OPTIMISATION_FLAG}=0'.strip()
+  os.environ['XLA_FLAGS'] = IN_PROCESS_XLA_FLAGS
+  jax.devices()   # this process's backend starts now, at level 0
+  os.environ['XLA_FLAGS'] = CHILD_XLA_FLAGS
 
 
 def xla_flags(*flags: str) -> str:
-  """XLA_FLAGS for a child process: this process's own (the optimisation level above) plus `flags`."""
+  """XLA_FLAGS for a child process: the environment's own (XLA's level, above) plus `flags`."""
   return ' '.join([os.environ.get('XLA_FLAGS', ''), *flags]).strip()
 
 

@@ -29,7 +29,7 @@ from fpclass.search.space import Candidate, baseline_params, parse_space
 from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.records import StopOnSignals
-from tests.conftest import REPO, launch, xla_flags
+from tests.conftest import IN_PROCESS_XLA_FLAGS, REPO, launch, xla_flags
 from tests.postgres import postgres_server
 
 TINY = ['--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)',
@@ -200,7 +200,8 @@ def test_a_population_round_member_equals_its_solo_run(tmp_path):
   assert all(not o.error for o in outcomes(runs, 'accuracy').values())
   solo = tmp_path / 'solo'
   launch(*TINY[:7], '--config.data.num_folds=2', '--config.data.fold=1', '--config.train.learning_rate=0.003',
-         f'--workdir={solo}', env={'FPCLASS_CACHE': str(tmp_path / 'cache')})   # compiled as this process compiles
+         f'--workdir={solo}', env={'FPCLASS_CACHE': str(tmp_path / 'cache'),
+                                    'XLA_FLAGS': IN_PROCESS_XLA_FLAGS})   # compiled as this process compiles
   member = pd.read_csv(tmp_path / 'round' / 'trial-0001' / 'oof_predictions.csv', dtype={'id': str})
   alone = pd.read_csv(solo / 'oof_predictions.csv', dtype={'id': str})
   member = member[member['split'] == 1].set_index('id').sort_index()

@@ -23,8 +23,14 @@ from fpclass import fileio
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from tests.conftest import REPO, launch, load_config
+from tests.conftest import IN_PROCESS_XLA_FLAGS, REPO, launch, load_config
 from tests.test_scale import TINY
+
+
+def same_programs() -> dict:
+  """A launch's environment (this test's): compiled as this process compiles, since the killed launches are
+  compared with an unbroken run in this process, to the bit."""
+  return dict(os.environ, XLA_FLAGS=IN_PROCESS_XLA_FLAGS)
 
 
 # A constant learning rate: a relaunch with more epochs then continues exactly as an unbroken run would
@@ -174,7 +180,8 @@ def _kill_when(args, ready, log: pathlib.Path, timeout=300):
   """Starts launch.py `args` with its output in `log`, polls until `ready()` is true, then SIGKILLs it (no
   clean-up runs). Returns whether it was still running."""
   with open(log, 'w') as out:
-    process = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(args, cwd=REPO, env=same_programs(), stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     deadline = time.time() + timeout
     try:
       while time.time() < deadline and process.poll() is None and not ready():
@@ -221,7 +228,8 @@ def test_kill_9_inside_a_save_mid_epoch_and_mid_report_loses_only_the_unfinished
   third = logs[2].read_text()
   resumed = int(re.search(rf'resuming {re.escape(str(workdir))} after epoch (\d+)', third).group(1))
   assert resumed >= 3 and trained_epochs(third, epochs) == list(range(resumed + 1, epochs + 1)), third[-3000:]
-  final = subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
+  final = subprocess.run(args, cwd=REPO, env=same_programs(), check=True, capture_output=True, text=True,
+                         timeout=600)
   assert f'resuming {workdir} after epoch {epochs}' in final.stderr and not trained_epochs(final.stdout + final.stderr, epochs)
   unbroken = tmp_path / 'unbroken'
   run('train', load_config('configs/digits.py:quick', **overrides), unbroken)

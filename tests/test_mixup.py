@@ -17,7 +17,7 @@ from fpclass.modes.runner import run
 from fpclass.train import augment
 from fpclass.train import task as task_lib
 from fpclass.train.validation import validate
-from tests.conftest import launch, load_config
+from tests.conftest import IN_PROCESS_XLA_FLAGS, launch, load_config
 from tests.test_feature_cache import AUGMENT_OFF
 
 HEIGHT, WIDTH, N = 7, 10, 6   # neither square nor even, so boxes clip unevenly
@@ -199,7 +199,8 @@ def test_a_launch_with_mixing_equals_a_resumed_run_bit_for_bit(tmp_path):
             'model.head': 'sigmoid', 'data.label_map': 'low:0,1,2,3,4;high:*', 'train.class_weights': 'auto',
             'train.label_smoothing': 0.1}
   launch('--config=configs/digits.py:quick', f'--workdir={tmp_path / "a"}',
-         *[f'--config.{k}={v}' for k, v in {**TINY_FLAGS, **mixing, 'train.epochs': 2}.items()])
+         *[f'--config.{k}={v}' for k, v in {**TINY_FLAGS, **mixing, 'train.epochs': 2}.items()],
+         env={'XLA_FLAGS': IN_PROCESS_XLA_FLAGS})   # compared with runs in this process: compiled alike
   run('train', tiny_digits(**mixing, **{'train.epochs': 1}), tmp_path / 'b')
   run('train', tiny_digits(**mixing, **{'train.epochs': 2}), tmp_path / 'b')
   a, b = (pd.read_csv(tmp_path / d / 'metrics.csv').drop(columns='seconds') for d in 'ab')

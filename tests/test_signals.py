@@ -14,7 +14,7 @@ from fpclass.errors import RunInterrupted
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
 from fpclass.train import loop
-from tests.conftest import REPO, load_config
+from tests.conftest import IN_PROCESS_XLA_FLAGS, REPO, load_config
 from tests.test_scale import TINY
 
 SETUP = {**TINY, 'train.schedule': 'constant', 'train.batch_size': 16}
@@ -72,7 +72,7 @@ def test_sigterm_in_the_middle_of_an_epoch_resumes_from_the_next_step(unbroken, 
 def test_ctrl_c_on_launch_py_stops_saves_and_resumes(unbroken, tmp_path):
   args = [sys.executable, str(REPO / 'launch.py'), '--config=configs/digits.py:quick', f'--workdir={tmp_path}',
           *[f'--config.{k}={v}' for k, v in SETUP.items() if k != 'train.epochs'], '--config.train.epochs=2']
-  env = dict(os.environ, PYTHONUNBUFFERED='1')
+  env = dict(os.environ, PYTHONUNBUFFERED='1', XLA_FLAGS=IN_PROCESS_XLA_FLAGS)   # compared with this process's run
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     for line in proc.stdout:  # epoch 1 has ended and is saved: the signal lands in epoch 2's first steps
