@@ -33,7 +33,7 @@ from fpclass.modes.runner import run
 from fpclass.search import screen as probe_mode
 from fpclass.train.validation import validate
 from tests import content
-from tests.conftest import launch, load_config
+from tests.conftest import IN_PROCESS_XLA_FLAGS, launch, load_config
 from tests.parity import randomise_torch_bn
 
 CLASSES = ('heel_hook', 'others', 'toe_hook')
@@ -75,7 +75,9 @@ def probe_run(tmp_path_factory):
   overrides = {'data.root': str(root), 'data.cache_dir': str(cache), 'data.image_size': (32, 32),
                'data.num_folds': 3, 'probe.inner_folds': 3, 'probe.backbones': tuple(f'resnet18={path}' for path in weights)}
   flags = [f'--config.{k}={v if isinstance(v, str) else repr(v)}' for k, v in overrides.items()]
-  launch('--config=configs/climbing.py:probe', '--mode=probe', f'--workdir={workdir}', *flags)
+  # Compiled as this process compiles: a test runs the probe again here and compares the tables exactly.
+  launch('--config=configs/climbing.py:probe', '--mode=probe', f'--workdir={workdir}', *flags,
+         env={'XLA_FLAGS': IN_PROCESS_XLA_FLAGS})
   return ProbeRun(workdir, cache, weights, overrides)
 
 
