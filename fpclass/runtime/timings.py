@@ -149,6 +149,13 @@ def phase(name: str):
     clock.leave()
 
 
+def job_elapsed() -> float:
+  """Seconds since the running job began, its start-up (the interpreter, imports, flag parsing) included; 0
+  outside a job."""
+  clock = _active[-1] if _active else None
+  return clock.before + time.perf_counter() - clock.started if clock is not None else 0.0
+
+
 def process_start_time() -> float | None:
   """When this process started, as a time.time() value (from /proc: the kernel's start time in clock ticks
   after boot, and the uptime), or None where /proc is absent."""

@@ -31,7 +31,7 @@ from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
-from fpclass.runtime import process
+from fpclass.runtime import process, timings
 from fpclass.search import confirm as confirm_stage
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
@@ -86,7 +86,7 @@ def run_auto(config, workdir) -> AutoRun | None:
   own_split = pipeline.list_source(RunSettings.from_config(base).data).val is not None
   splits_note = ("the source's own validation split (one holdout per trial; the confirmation repeats it with "
                  'fresh seeds)') if own_split else f'{folds}-fold'
-  budget = Budget.load(settings.budget_seconds, workdir)
+  budget = Budget.load(settings.budget_seconds, workdir, timings.job_elapsed())
   tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
   screen, pairs, screen_note = screen_candidates(base, settings, budget)
   candidates = [Candidate(name, changes) for name, changes in pairs]

@@ -30,13 +30,16 @@ class Budget:
   started: float = dataclasses.field(default_factory=time.monotonic)
 
   @classmethod
-  def load(cls, seconds: float, folder) -> 'Budget':
+  def load(cls, seconds: float, folder, elapsed: float = 0.0) -> 'Budget':
+    """The budget as earlier launches left it in `folder`; `elapsed`: the seconds this launch has run already
+    (its start-up), which the budget counts too: the user's clock started when the command did."""
     path = pathlib.Path(folder) / STATE_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
     costs = stored.get('costs')
     return cls(seconds, pathlib.Path(folder), float(stored.get('used_seconds', 0.0)), dict(stored.get('stages', {})),
                [tuple(m) for m in stored.get('measures', [])], Costs(**costs) if costs else None,
-               list(stored.get('brackets', [])), bool(stored.get('confirm_started', False)))
+               list(stored.get('brackets', [])), bool(stored.get('confirm_started', False)),
+               time.monotonic() - max(0.0, elapsed))
 
   def used(self) -> float:
     return self.used_before + time.monotonic() - self.started
