@@ -81,43 +81,52 @@ def source_of(ctx: Context, name: str) -> Source:
 
 def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.Path]:
   """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds,
-  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit."""
+  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit.
+  The first piece is priced as a new configuration (its set-up in full); the later ones at the set-up a piece
+  measured, since the process has then placed the data and compiled (or loaded) its programs already."""
   everything = ctx.splits(ctx.folds)
   trained = {row['split'] for row in _rows(source.folder) if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
-  pieces = []
+  pieces, setup = [], ctx.budget.costs.setup
   if missing:
-    folder = _train_piece(ctx, chosen, source, source.seeds[0], missing)
+    folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
     if folder is None:
       return pieces
     pieces.append(folder)
   if ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials:
     return pieces   # the user asked for so many trials: the rest of the budget is not theirs to fill
   seed = max(source.seeds) + 1
-  while (folder := _train_piece(ctx, chosen, source, seed, everything)) is not None:
+  while True:
+    folder, setup = _train_piece(ctx, chosen, source, seed, everything, setup)
+    if folder is None:
+      return pieces
     pieces.append(folder)
     seed += 1
-  return pieces
 
 
-def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple) -> pathlib.Path | None:
-  """The members of `seed` on the most of `folds` that the budget affords (all of them when an earlier launch
-  trained the piece); None when none fits or none finished."""
+def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple,
+                 setup: float) -> tuple[pathlib.Path | None, float]:
+  """(its folder, the set-up to price the next piece at): the members of `seed` on the most of `folds` that the
+  budget affords at `setup` (all of them when an earlier launch trained the piece); None when none fits or none
+  finished."""
   name = f'{chosen["name"]}-seed{seed}'
   folder = ctx.workdir / MORE / name
   if not (folder / EXPERIMENT_FILE).is_file():
+    costs = ctx.budget.costs
     room = ctx.budget.left() - TAIL * ctx.budget.seconds
-    fitting = [n for n in range(len(folds), 0, -1) if ctx.budget.costs.of(1, n, ctx.epochs) <= room]
+    fitting = [n for n in range(len(folds), 0, -1)
+               if setup + n * (costs.member + ctx.epochs * costs.member_epoch) <= room]
     if not fitting:
-      return None
+      return None, setup
     folds = folds[:fitting[0]]
     with ctx.stop(TAIL * ctx.budget.seconds) as stop:
       outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds, (seed,), ctx.epochs,
                               ctx.workdir / MORE, stop)
     outcome = outcomes.get(name)
     if outcome is not None and outcome.seconds:
+      setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
       ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
-  return folder if _finished(folder) else None
+  return (folder if _finished(folder) else None), setup
 
 
 def _finished(folder: pathlib.Path) -> bool:
