@@ -62,8 +62,11 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   chosen['final_score'] = float(score) if score is not None else float('nan')
   models = sum(len(member_workdirs(folder)) for folder in pieces)
   splits = set(frame['split'])
-  seen = ("the source's training split" if ctx.own_split else 'every labelled image'
-          if len(splits) == ctx.folds else f'{len(splits)} of {ctx.folds} folds\' training images')
+  # Two fold models of different folds have together trained on every image; one has not seen its own fold.
+  seen = ("the source's training split" if ctx.own_split else 'every labelled image' if len(splits) > 1
+          else f'{ctx.folds - 1} of {ctx.folds} folds\' images')
+  if not ctx.own_split and len(splits) < ctx.folds:
+    seen += f', scored on the {len(splits)} of {ctx.folds} folds they hold out'
   seeds = sorted(set(frame['seed']))
   honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
