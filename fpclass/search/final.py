@@ -52,15 +52,15 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   labels, probs, task = oof.labels_and_probabilities(mixed)
   out = ctx.workdir / 'final'
   out.mkdir(exist_ok=True)
-  members = [(folder, member_workdirs(folder), float(len(member_workdirs(folder)))) for folder in pieces]
-  metadata = workdir_metadata(out, members, ctx.metric)
+  fold_models = {folder: member_workdirs(folder) for folder in pieces}
+  metadata = workdir_metadata(out, [(f, models, float(len(models))) for f, models in fold_models.items()], ctx.metric)
   metadata['ensemble'].update(kind='auto', trial=chosen['trial'])
   sidecar.write_metadata(out, metadata)
   fileio.write_csv(out / oof.FILE, frame)
   fileio.write_csv(out / oof.ENSEMBLE_FILE, mixed)
   score = metric_registry.REGISTRY[ctx.metric](labels, probs, task)
   chosen['final_score'] = float(score) if score is not None else float('nan')
-  models = sum(len(member_workdirs(folder)) for folder in pieces)
+  models = sum(len(m) for m in fold_models.values())
   splits = set(frame['split'])
   # Two fold models of different folds have together trained on every image; one has not seen its own fold.
   seen = ("the source's training split" if ctx.own_split else 'every labelled image' if len(splits) > 1
