@@ -13,14 +13,14 @@ import pytest
 
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import auto, auto_report, confirm
+from fpclass.search import auto, auto_report, confirm, first_trials
 from fpclass.search import budget as budget_lib
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.context import Context
 from fpclass.search.population import Outcome
 from fpclass.search.rungs import Costs, Rung
-from fpclass.search.space import Candidate, Dimension, baseline_params, parse_space
+from fpclass.search.space import Candidate, Dimension, baseline_params, parse_space, sample
 
 QUICK = ['launch.py', '--config=configs/footprint.py:quick']
 
@@ -115,7 +115,9 @@ def test_a_trial_the_deadline_cut_reads_cut_in_the_report_and_an_error_reads_fai
     for key, value in attrs.items():
       trial.set_user_attr(key, value)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-  states = [line.split('|')[3].strip() for line in auto_report._trials_table(study, 'accuracy').splitlines()[2:]]
+  table = auto_report._trials_table(study, 'accuracy').splitlines()
+  assert [c.strip() for c in table[0].split('|')[3:5]] == ['origin', 'state']
+  states = [line.split('|')[4].strip() for line in table[2:]]
   assert states == ['pruned', 'cut', 'fail']
 
 
@@ -381,3 +383,31 @@ def test_a_rung_keeps_the_confirmation_s_reserve(tmp_path):
     bracket = ctx.budget.new_bracket(THREE_RUNGS)
     auto._run_bracket(ctx, bracket, ctx.budget.costs)
     assert bool(ctx.train_round.calls) is trains
+
+
+def test_a_new_study_starts_with_the_config_and_its_neighbours_and_the_next_bracket_with_the_winners_combined(tmp_path):
+  # Trial 0 is the config as given, 1 and 2 its learning rate x3 and /3, 3 its rotation moved (the batch holds 3
+  # of the 4 neighbours; the smoothing comes after rotation). At rung 0, 1 (0.9) and 2 (0.7) beat the config
+  # (0.5) along the learning rate, and 3 (0.6) along rotation: the next bracket starts with x3 and rotation.
+  ctx = _search_context(tmp_path, rounds=PlannedRounds({(0, 3): Outcome(0.6)}))
+  ctx.dims = [LR_DIMENSION, Dimension('train.label_smoothing', 'float', (0.0, 0.15), ''),
+              Dimension('augment.rotation', 'float', (0.0, 15.0), '')]
+  bracket = ctx.budget.new_bracket(THREE_RUNGS)
+  auto._run_bracket(ctx, bracket, ctx.budget.costs)
+  lr, trials = ctx.base.train.learning_rate, ctx.trials()
+  assert trials[0].user_attrs[first_trials.BASELINE] is True
+  assert [trials[n].user_attrs[first_trials.NEIGHBOUR] for n in (1, 2, 3)] == [
+      'train.learning_rate x3', 'train.learning_rate /3', 'augment.rotation 10']
+  changes = ctx.train_round.calls[0]['changes']
+  assert changes[0] == {'train.learning_rate': lr, 'train.label_smoothing': 0.0, 'augment.rotation': 0.0}
+  assert changes[1] == {**changes[0], 'train.learning_rate': pytest.approx(3 * lr)}
+  assert changes[3] == {**changes[0], 'augment.rotation': pytest.approx(10.0)}
+  second = ctx.budget.new_bracket(THREE_RUNGS)
+  auto._enqueue_first_trials(ctx, 4)
+  combined = ctx.study.ask()
+  assert sample(combined, ctx.dims, ctx.base, ctx.candidates)[1] == {
+      'train.learning_rate': pytest.approx(3 * lr), 'train.label_smoothing': 0.0, 'augment.rotation': pytest.approx(10.0)}
+  assert combined.user_attrs[first_trials.NEIGHBOUR] == 'combined' and ctx.study.user_attrs[first_trials.COMBINED]
+  ctx.study.tell(combined, state=optuna.trial.TrialState.FAIL)
+  auto._enqueue_first_trials(ctx, 4)   # once per study: a relaunch or a third bracket adds nothing
+  assert ctx.study.ask().user_attrs.get(first_trials.NEIGHBOUR) is None and second is ctx.budget.brackets[1]

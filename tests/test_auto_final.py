@@ -16,7 +16,7 @@ from fpclass.modes.command_line import config_from_argv
 from fpclass.search import auto
 from fpclass.search.budget import Budget
 from fpclass.search.context import TAIL, Context, Entry
-from fpclass.search.final import MORE, final_model
+from fpclass.search.final import MORE, final_model, piece_size
 from fpclass.search.rungs import Costs
 from fpclass.train import sidecar
 from fpclass.train.shared_work import SharedWork
@@ -87,3 +87,10 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
   assert chosen['final_score'] == pytest.approx(accuracy)
   assert f'5 fold model(s) of trial-0000 as one ensemble (seeds [{seed}, {seed + 1}]' in note
   assert f'accuracy {accuracy:.4f}' in note
+
+
+@pytest.mark.parametrize('room, size', [(34.0, (3, 10)), (33.9, (2, 10)), (13.0, (1, 10)), (9.0, (1, 7)),
+                                        (7.0, (1, 5)), (6.9, None)])
+def test_a_piece_is_the_most_folds_at_full_epochs_else_one_fold_at_the_most_epochs_down_to_half(room, size):
+  # Costs(setup 1 s, member 1 s, 1 s a member-epoch), 10 epochs: a whole member costs 11 s beside the set-up.
+  assert piece_size(Costs(1.0, 1.0, 1.0), 1.0, room, 3, 10) == size

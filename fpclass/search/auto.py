@@ -38,6 +38,7 @@ from fpclass.search.budget import SLACK, Budget
 from fpclass.search.candidates import screen_candidates
 from fpclass.search.context import TAIL, Context, Entry, changes_of
 from fpclass.search.final import final_model
+from fpclass.search.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, neighbours
 from fpclass.search.lr_centres import LR_FIND_SHARE, centre_learning_rates
 from fpclass.search.population import outcomes, round_plan
 from fpclass.search.rungs import Costs, Rung, plan_bracket
@@ -224,8 +225,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
   """Runs the bracket's rungs from where it stands; False when the deadline stopped it."""
   rungs = [Rung(**r) for r in bracket['rungs']]
   if not bracket['trials']:
-    if not ctx.study.trials:   # a new study's first trial is the config as given
-      ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), skip_if_exists=True)
+    _enqueue_first_trials(ctx, rungs[0].configs)
     asked = study_lib.ask_batch(ctx.study, ctx.settings.seed, rungs[0].configs)
     for trial in asked:
       name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
@@ -294,6 +294,27 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       break
   _end_bracket(ctx, bracket, {})
   return True
+
+
+def _enqueue_first_trials(ctx: Context, batch: int) -> None:
+  """A new study's first batch: the config as given, then as many of its one-knob neighbours as the batch holds;
+  the second bracket's: the neighbours that beat the config on the first bottom rung, combined
+  (`fpclass.search.first_trials`). TPE samples the rest of each batch."""
+  if not ctx.study.trials:
+    baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
+    ctx.study.enqueue_trial(baseline, user_attrs={BASELINE: True}, skip_if_exists=True)
+    others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
+    for label, params in neighbours(ctx.dims, baseline, others)[:batch - 1]:
+      ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: label}, skip_if_exists=True)
+    return
+  first = ctx.budget.brackets[0]
+  if ctx.study.user_attrs.get(COMBINED) or first is ctx.budget.brackets[-1] or not first['values']:
+    return
+  values = {int(n): v for n, v in first['values'][0].items()}
+  params = combination(ctx.trials(), values, ctx.higher)
+  if params is not None:
+    ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: 'combined'}, skip_if_exists=True)
+  ctx.study.set_user_attr(COMBINED, True)
 
 
 def _first_top_rung(ctx: Context, costs: Costs, rung: Rung) -> Rung | None:

@@ -13,6 +13,7 @@ from fpclass import fileio
 from fpclass.analysis import metric_registry, stats, sweep_report
 from fpclass.analysis.probe_report import results_table as probe_table
 from fpclass.runtime import report
+from fpclass.search import first_trials
 from fpclass.search import study as study_lib
 
 REPORT, CHOSEN_CONFIG = 'auto_report.md', 'chosen_config.py'
@@ -123,13 +124,15 @@ def _trials_table(study: optuna.Study, metric: str) -> str:
     if study_lib.is_marker(t):
       continue
     state = 'cut' if t.user_attrs.get(study_lib.CUT) else t.state.name.lower()
-    rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), state=state,
+    origin = ('the config as given' if t.user_attrs.get(first_trials.BASELINE)
+              else t.user_attrs.get(first_trials.NEIGHBOUR, 'TPE'))
+    rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), origin=origin, state=state,
                      value='' if t.value is None else f'{t.value:.4f}',
                      seconds='' if t.duration is None else f'{t.duration.total_seconds():.1f}',
                      rungs=' '.join(f'{v:.3f}' for _, v in sorted(t.intermediate_values.items())),
                      params=', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
                                       for k, v in t.params.items() if k != 'model.name')))
-  return report.table(rows, ['trial', 'candidate', 'state', 'value', 'seconds', 'rungs', 'params']) if rows \
+  return report.table(rows, ['trial', 'candidate', 'origin', 'state', 'value', 'seconds', 'rungs', 'params']) if rows \
       else '(no trial)'
 
 

@@ -4,13 +4,15 @@ completed and widened with what the budget has left.
 The fold models come from the confirmation when it ran (its folds chose nothing), else from the search's top
 rung. The budget's rest then trains more members of the same configuration on the same folds, each set a round
 of its own in `more/`: first the folds the source lacks, so that together they trained on every labelled image;
-then, unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit: the one use of
+then, unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on
+one fold for fewer epochs, when a whole member no longer fits, so the last seconds are spent too): the one use of
 the last seconds that cannot make the choice worse, since it chooses nothing. Every fold model weighs alike, and
 the out-of-fold mix (`ensemble_predictions.csv`) averages per image the models that did not train on it:
 honest, as the weights are fixed, not chosen (docs/auto.md).
 """
 import dataclasses
 import json
+import math
 import pathlib
 import time
 
@@ -25,6 +27,9 @@ from fpclass.train import oof, sidecar
 from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
 
 MORE = 'more'   # the rounds that complete and widen the final ensemble
+# The last piece may train this share of the configuration's epochs (its schedule scaled alike), no less: a member
+# trained half as long as its peers still adds to an equal-weight mix of fold models, a shorter one may not.
+SHORTEST = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +89,8 @@ def source_of(ctx: Context, name: str) -> Source:
 
 def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.Path]:
   """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds,
-  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit.
+  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
+  (`piece_size`: the last one shorter when a whole member no longer fits).
   The first piece is priced as a new configuration (its set-up in full); the later ones at the set-up a piece
   measured, since the process has then placed the data and compiled (or loaded) its programs already."""
   everything = ctx.splits(ctx.folds)
@@ -109,27 +115,38 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.P
 
 def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple,
                  setup: float) -> tuple[pathlib.Path | None, float]:
-  """(its folder, the set-up to price the next piece at): the members of `seed` on the most of `folds` that the
-  budget affords at `setup` (all of them when an earlier launch trained the piece); None when none fits or none
-  finished."""
+  """(its folder, the set-up to price the next piece at): the members of `seed` on the most of `folds`, at the
+  most epochs, that the budget affords at `setup` (all of them when an earlier launch trained the piece); None
+  when none fits or none finished."""
   name = f'{chosen["name"]}-seed{seed}'
   folder = ctx.workdir / MORE / name
   if not (folder / EXPERIMENT_FILE).is_file():
     costs = ctx.budget.costs
     room = ctx.budget.left() - TAIL * ctx.budget.seconds
-    fitting = [n for n in range(len(folds), 0, -1)
-               if setup + n * (costs.member + ctx.epochs * costs.member_epoch) <= room]
-    if not fitting:
+    fitting = piece_size(costs, setup, room, len(folds), ctx.epochs)
+    if fitting is None:
       return None, setup
-    folds = folds[:fitting[0]]
+    count, epochs = fitting
     with ctx.stop(TAIL * ctx.budget.seconds) as stop:
-      outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds, (seed,), ctx.epochs,
+      outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds[:count], (seed,), epochs,
                               ctx.workdir / MORE, stop)
     outcome = outcomes.get(name)
     if outcome is not None and outcome.seconds:
       setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
       ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
   return (folder if _finished(folder) else None), setup
+
+
+def piece_size(costs, setup: float, room: float, folds: int, epochs: int) -> tuple[int, int] | None:
+  """(folds, epochs) of the piece that fits `room` seconds: the most folds at the configuration's epochs; else,
+  so that the last seconds too are spent, one fold at fewer epochs (the schedule scaled alike), down to
+  `SHORTEST` of them; None when not even that fits."""
+  for e in range(epochs, max(1, math.ceil(SHORTEST * epochs)) - 1, -1):
+    fitting = [n for n in range(folds if e == epochs else 1, 0, -1)
+               if setup + n * (costs.member + e * costs.member_epoch) <= room]
+    if fitting:
+      return fitting[0], e
+  return None
 
 
 def _finished(folder: pathlib.Path) -> bool:

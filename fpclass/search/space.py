@@ -98,18 +98,20 @@ def _configs(config, candidates: list[Candidate]) -> dict:
   return {c.name: apply_changes(config, c.changes, f'candidate {c.name}') for c in candidates}
 
 
-def baseline_params(dims: list[Dimension], config, candidates: list[Candidate]) -> dict:
+def baseline_params(dims: list[Dimension], config, candidates: list[Candidate],
+                    target: Candidate | None = None) -> dict:
   """The Optuna parameters that give back `config` itself, for the dimensions whose range holds its value (a
   range's ends included): the search's first trial, so auto starts from the user's own recipe (as AutoGluon
-  starts from its defaults) and never chooses worse than it on the search's evidence."""
-  own = next((c for c in candidates if not c.changes), None)
-  target = own or candidates[0]
+  starts from its defaults) and never chooses worse than it on the search's evidence. `target`: another
+  candidate's, as its config (with its changes) gives it."""
+  chosen = target or next((c for c in candidates if not c.changes), None)
+  target = chosen or candidates[0]
   target_config = _configs(config, [target])[target.name]
   params = {}
   for dim in dims:
     if dim.kind == 'backbones':
-      if own is not None:
-        params[dim.param] = own.name
+      if chosen is not None:
+        params[dim.param] = chosen.name
       continue
     if not dim.applies(target, target_config):
       continue

@@ -1,0 +1,110 @@
+"""The search's first trials (`fpclass.search.first_trials`): the config as given, its one-knob neighbours in
+priority order, and the neighbours that beat it, combined. No training: the study's values are set by hand."""
+import ast
+import math
+
+import optuna
+import pytest
+
+from fpclass.modes.command_line import config_from_argv
+from fpclass.search import first_trials
+from fpclass.search.first_trials import BASELINE, NEIGHBOUR, combination, neighbour_values, neighbours
+from fpclass.search.space import Candidate, Dimension, baseline_params, default_space, parse_space, sample
+
+QUICK = ['launch.py', '--config=configs/footprint.py:quick']
+OWN = Candidate('footprint_cnn', {})
+
+
+def _dim(entry: str) -> Dimension:
+  key, _, rest = entry.partition(':')
+  kind, _, args = rest.strip().partition('(')
+  return Dimension(key.strip(), kind, ast.literal_eval(f'({args[:-1].rstrip(",")},)'), entry)
+
+
+@pytest.mark.parametrize('entry, value, expected', [
+    ('train.learning_rate: factor(0.2, 10.0)', 1.0, [('x3', 3.0), ('/3', 1 / 3)]),
+    ('train.learning_rate: factor(0.2, 10.0)', 5.0, [('x3', 10.0), ('/3', 5 / 3)]),      # x3 clamped to the end
+    ('train.learning_rate: factor(1.0, 10.0)', 1.0, [('x3', 3.0)]),                        # /3 clamped onto itself
+    ('train.weight_decay: log(1e-5, 1e-2)', 1e-4, [('x3', 3e-4), ('/3', 1e-4 / 3)]),
+    ('augment.rotation: float(0.0, 15.0)', 0.0, [('10', 10.0)]),                           # off: two thirds up
+    ('augment.rotation: float(0.0, 15.0)', 12.0, [('0', 0.0)]),                            # on: off
+    ('model.dropout: float(0.0, 0.5)', 0.2, [('0.333333', 1 / 3)]),                        # in the lower half
+    ('train.epochs: int(2, 11)', 2, [('8', 8)]),
+    ('train.epochs: int(2, 11)', 8, [('2', 2)]),
+    ("augment.policy: choice('', 'trivialaugment')", "''", [("'trivialaugment'", "'trivialaugment'")]),
+    ("augment.policy: choice('', 'trivialaugment')", "'trivialaugment'", [("''", "''")]),
+    ('model.batch_norm: choice(False, True)', 'False', [('True', 'True')]),
+    ('model.batch_norm: choice(False,)', 'False', []),
+])
+def test_a_neighbour_moves_a_value_to_its_usual_other_value(entry, value, expected):
+  got = neighbour_values(_dim(entry), value)
+  assert [label for label, _ in got] == [label for label, _ in expected]
+  for (_, v), (_, w) in zip(got, expected):
+    assert v == w if isinstance(w, str) else math.isclose(v, w, rel_tol=1e-12)
+
+
+def test_the_default_space_s_neighbours_each_move_one_knob_in_priority_order_and_train_the_change():
+  config = config_from_argv([*QUICK, '--config.augment.rotation=0.0', '--config.train.label_smoothing=0.0'])
+  dims = parse_space(default_space(config, [OWN], flips=False), config, [OWN])
+  baseline = baseline_params(dims, config, [OWN])
+  found = neighbours(dims, baseline, {OWN.name: baseline})
+  labels = [label for label, _ in found]
+  assert labels[:4] == ['train.learning_rate x3', 'train.learning_rate /3', 'augment.rotation 10',
+                        'train.label_smoothing 0.1']
+  keys = [label.split()[0] for label in labels]
+  ranks = [first_trials.PRIORITY.index(k) for k in keys if k in first_trials.PRIORITY]
+  assert ranks == sorted(ranks) and len(ranks) == len(keys)
+  for label, params in found:
+    moved = [k for k in params if params[k] != baseline[k]]
+    assert len(moved) == 1 and set(params) == set(baseline), label
+  # A trial asked with a neighbour's parameters trains the config with that one change.
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  study.enqueue_trial(found[0][1])
+  name, changes = sample(study.ask(), dims, config, [OWN])
+  lr = config.train.learning_rate
+  assert name == 'footprint_cnn' and math.isclose(changes.pop('train.learning_rate'), 3 * lr, rel_tol=1e-9)
+  study.enqueue_trial(baseline)
+  _, given = sample(study.ask(), dims, config, [OWN])
+  assert {k: v for k, v in given.items() if k != 'train.learning_rate'} == changes
+
+
+def test_a_backbone_neighbour_is_the_candidate_as_its_config_gives_it_at_its_learning_rate_centre():
+  config = config_from_argv(QUICK)
+  resnet = Candidate('resnet18', {'model.name': 'resnet18', 'model.pretrained': 'imagenet'})
+  entries = ['model.name: backbones', "train.learning_rate: factor(0.2, 10.0, {'resnet18': 0.0001})",
+             'train.label_smoothing: float(0.0, 0.15)']
+  dims = parse_space(entries, config, [OWN, resnet])
+  found = dict(neighbours(dims, baseline_params(dims, config, [OWN, resnet]),
+                          {c.name: baseline_params(dims, config, [OWN, resnet], target=c) for c in (OWN, resnet)}))
+  assert list(found)[:3] == ['train.learning_rate x3', 'train.learning_rate /3', 'model.name=resnet18']
+  assert found['model.name=resnet18'] == {'model.name': 'resnet18', 'train.learning_rate/centre': 1.0,
+                                         'train.label_smoothing': float(config.train.label_smoothing)}
+
+
+def _trial(study, params: dict, attrs: dict, value: float, distributions: dict):
+  study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, user_attrs=attrs,
+                                            intermediate_values={0: value}, state=optuna.trial.TrialState.PRUNED))
+  return study.trials[-1]
+
+
+@pytest.mark.parametrize('higher', [True, False])
+def test_the_combination_takes_every_neighbour_that_beat_the_config_and_the_better_one_along_a_dimension(higher):
+  dist = {'lr': optuna.distributions.FloatDistribution(0.1, 10, log=True),
+          'rot': optuna.distributions.FloatDistribution(0, 15), 'ls': optuna.distributions.FloatDistribution(0, 0.15)}
+  base = {'lr': 1.0, 'rot': 0.0, 'ls': 0.0}
+  sign = 1 if higher else -1
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+  planned = [(base, {BASELINE: True}, 0.5), ({**base, 'lr': 3.0}, {NEIGHBOUR: 'lr x3'}, 0.7),
+             ({**base, 'lr': 1 / 3}, {NEIGHBOUR: 'lr /3'}, 0.8), ({**base, 'rot': 10.0}, {NEIGHBOUR: 'rot'}, 0.6),
+             ({**base, 'ls': 0.1}, {NEIGHBOUR: 'ls'}, 0.4), ({**base, 'rot': 12.0, 'ls': 0.05}, {}, 0.99)]
+  for params, attrs, value in planned:
+    _trial(study, params, attrs, sign * value, dist)
+  trials = {t.number: t for t in study.trials}
+  values = {n: sign * v for n, (_, _, v) in enumerate(planned)}
+  # lr /3 (0.8) beats lr x3 (0.7) along the learning rate; rotation beats the config; smoothing does not; trial 5
+  # (TPE's, no neighbour) is not the config's neighbour, however good.
+  assert combination(trials, values, higher) == {'lr': 1 / 3, 'rot': 10.0, 'ls': 0.0}
+  values[3] = sign * 0.45   # rotation now loses: one dimension alone is a trial already
+  assert combination(trials, values, higher) is None
+  del values[0]             # the config as given did not report at this rung
+  assert combination(trials, values, higher) is None
