@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache, image files of every awkward kind, tiny datasets on disk."""
+import atexit
 import compileall
 import contextlib
 import fcntl
@@ -10,6 +11,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 
 from fpclass.models import model_keys
 from fpclass.runtime.process import planned_backend
+from tests.forkserver import LaunchServer, forkable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -159,11 +162,31 @@ def torchvision_weights(folder: pathlib.Path, name: str = 'resnet18', layers: tu
   return path
 
 
-def launch(*args, cwd=REPO, env=None, check=True, timeout=600):
-  """Runs `python launch.py ...` in a subprocess; returns the CompletedProcess."""
+_launch_server = None
+
+
+def launch_server() -> LaunchServer | None:
+  """This test process's launch server (`tests.forkserver`), started at its first launch; None when
+  FPCLASS_TEST_FORK=0 asks for every launch as a plain `python launch.py` subprocess."""
+  global _launch_server
+  if os.environ.get('FPCLASS_TEST_FORK', '1') == '0':
+    return None
+  if _launch_server is None or not _launch_server.alive():
+    _launch_server = LaunchServer(REPO)
+    atexit.register(_launch_server.close)
+  return _launch_server
+
+
+def launch(*args, cwd=REPO, env=None, check=True, timeout=600, cold=False):
+  """Runs `python launch.py ...` in a process of its own, forked from the launch server where its environment
+  allows (`tests.forkserver`), else (or `cold`) a plain subprocess; returns the CompletedProcess."""
   full_env = dict(os.environ, **(env or {}))
-  result = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+  server = None if cold else launch_server()
+  if server is not None and forkable(server.env, full_env):
+    result = server.run(list(args), cwd, full_env, timeout, pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch')
+  else:
+    result = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=cwd, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
   if check and result.returncode != 0:
     raise AssertionError(f'launch.py {" ".join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}')
   return result
@@ -179,8 +202,8 @@ def trained_once(tmp_path_factory, name: str, config_flag: str):
   the worker's copy: one that runs a mode writing into the workdir copies it first."""
   with build_once(tmp_path_factory, name) as (shared, built):
     env = {'FPCLASS_CACHE': str(shared / 'cache')}
-    if not built:
-      result = launch(config_flag, f'--workdir={shared / "run"}', env=env)
+    if not built:   # cold: test_launch.py compares a forked launch with this one
+      result = launch(config_flag, f'--workdir={shared / "run"}', env=env, cold=True)
       (shared / 'launch.json').write_text(json.dumps([result.args, result.returncode, result.stdout, result.stderr]))
   result = subprocess.CompletedProcess(*json.loads((shared / 'launch.json').read_text()))
   workdir = tmp_path_factory.mktemp(name)

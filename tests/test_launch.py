@@ -1,11 +1,17 @@
 """End to end through launch.py: train, evaluate, submit, and bad flags (kill -9 and resume: test_faults.py)."""
 import json
+import os
 
+import jax
+import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 
+from fpclass.infer.inference import load_trained
 from tests import content
-from tests.conftest import QUICK, REPO, launch, save_image
+from tests.conftest import QUICK, REPO, launch, launch_server, load_config, save_image
+from tests.forkserver import forkable
 
 
 def test_train_writes_every_artefact(trained_quick):
@@ -31,6 +37,26 @@ def test_train_writes_every_artefact(trained_quick):
   for link in ('learning_curves.png', 'scores.json', 'quarantine.csv', 'classification_report.txt'):
     assert f']({link})' in report
   assert 'val accuracy' in result.stdout
+
+
+def test_a_forked_launch_trains_what_python_launch_py_trains_bit_for_bit(trained_quick, tmp_path):
+  """The suite's launches are forked from a process that has imported launch.py's libraries (tests/forkserver.py):
+  `trained_quick` ran as a plain `python launch.py` subprocess, and the same command forked trains the same
+  weights to the bit and writes the same tables (the same programs on the same batches, in a process of its own)."""
+  cold, env, _ = trained_quick
+  server = launch_server()
+  assert server is not None and forkable(server.env, dict(os.environ, **env))   # this launch is forked
+  forked = tmp_path / 'forked'
+  result = launch(QUICK, f'--workdir={forked}', env=env)
+  assert 'val accuracy' in result.stdout
+  for name in ('metrics.csv', 'val_predictions.csv'):
+    assert_frame_equal(pd.read_csv(forked / name).drop(columns=['seconds'], errors='ignore'),
+                       pd.read_csv(cold / name).drop(columns=['seconds'], errors='ignore'), check_exact=True)
+  config = load_config('configs/footprint.py:exp4,quick')
+  for kind in ('best', 'last'):
+    pairs = zip(jax.tree_util.tree_leaves(load_trained(config, forked, kind).state.params),
+                jax.tree_util.tree_leaves(load_trained(config, cold, kind).state.params))
+    assert all(np.array_equal(a, b) for a, b in pairs)
 
 
 def test_submit_writes_one_row_per_test_file_in_sample_order(trained_quick):
