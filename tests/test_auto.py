@@ -81,8 +81,10 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
   assert sorted(trials) == bracket['trials'] and len(trials) == 4
   for level, kept in enumerate(bracket['promoted']):   # each rung keeps its lowest losses, the rest are pruned
     values = {int(n): v for n, v in bracket['values'][level].items()}
-    dropped = [v for n, v in values.items() if n not in kept]
-    assert len(kept) == bracket['rungs'][level + 1]['configs'] and max(values[n] for n in kept) <= min(dropped)
+    best = sorted(values, key=values.get)[:len(kept)]
+    assert len(kept) == bracket['rungs'][level + 1]['configs']
+    # ... or the config as given (trial 0) in the last place, where the best beat it within one standard error
+    assert kept == best or (kept == [*best[:-1], 0] and 'the config as given goes on' in result.stdout), (kept, values)
     assert all(trials[n].state == optuna.trial.TrialState.PRUNED for n in values if n not in kept)
   (top,) = bracket['promoted'][-1]
   assert trials[top].state == optuna.trial.TrialState.COMPLETE and trials[top].value == bracket['values'][-1][str(top)]

@@ -33,6 +33,7 @@ from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import process, timings
 from fpclass.search import confirm as confirm_stage
+from fpclass.search import one_se
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
 from fpclass.search.candidates import screen_candidates
@@ -44,6 +45,7 @@ from fpclass.search.population import outcomes, round_plan
 from fpclass.search.rungs import Costs, Rung, plan_bracket
 from fpclass.search.screen import ProbeRun
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
+from fpclass.train import oof
 from fpclass.train.loop import run_plan
 from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
@@ -280,7 +282,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       _end_bracket(ctx, bracket, values)
       return not cut
     ranked = sorted(values, key=lambda n: values[n], reverse=ctx.higher)
-    keep = ranked[:rungs[level + 1].configs]
+    keep = _promoted(ctx, ranked, rungs[level + 1].configs, values, folder, by_number)
     for n in alive:
       if n not in keep and n in values and by_number[n].state == optuna.trial.TrialState.RUNNING:
         ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
@@ -294,6 +296,25 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       break
   _end_bracket(ctx, bracket, {})
   return True
+
+
+def _promoted(ctx: Context, ranked: list, count: int, values: dict, folder: pathlib.Path, by_number: dict) -> list:
+  """The best `count` of a rung's trials, with the config as given among them when the best beats it by no more
+  than one standard error of their difference on the rung's out-of-fold predictions (`fpclass.search.one_se`)."""
+  baseline = next((n for n in ranked if by_number[n].user_attrs.get(BASELINE)), None)
+  if baseline is None or baseline in ranked[:count]:
+    return ranked[:count]
+  best = ranked[0]
+  try:
+    frames = [oof.read(folder / by_number[n].user_attrs[study_lib.FOLDER]) for n in (best, baseline)]
+  except UserInputError:
+    return ranked[:count]
+  gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
+  keep = one_se.promoted(ranked, count, baseline, gap, se)
+  if baseline in keep:
+    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within one standard error '
+               f'({se:.4f}) of the rung\'s evidence')
+  return keep
 
 
 def _enqueue_first_trials(ctx: Context, batch: int) -> None:

@@ -1,0 +1,97 @@
+"""The one-standard-error rule at a rung of `--mode auto` (`fpclass.search.one_se`): the standard error of a
+paired difference from the rung's out-of-fold predictions, and the config as given promoted when the best beats it
+within it. No training: the predictions and values are made by hand."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass.search import auto, first_trials, one_se
+from fpclass.search.population import Outcome
+from fpclass.train import oof
+from tests.test_auto_choices import THREE_RUNGS, PlannedRounds, _search_context
+
+N = 400
+
+
+def _frame(correct: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+  """Out-of-fold rows of a two-class model that is right exactly where `correct` says (p 0.8 on its answer)."""
+  answer = np.where(correct, labels, 1 - labels)
+  return pd.DataFrame({'id': [f'img{i:04d}' for i in range(len(labels))], 'row': np.arange(len(labels)), 'split': 0,
+                       'seed': 0, 'label': labels.astype(str), 'p_0': np.where(answer == 0, 0.8, 0.2),
+                       'p_1': np.where(answer == 1, 0.8, 0.2)})
+
+
+def _pair(agree: float, seed: int = 1):
+  """Two models right on about 80% and 82% of N images, making the same call on a share `agree` of them."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, N)
+  first = rng.random(N) < 0.82
+  second = np.where(rng.random(N) < agree, first, rng.random(N) < 0.80)
+  return _frame(first, labels), _frame(second, labels), first, second
+
+
+@pytest.mark.parametrize('agree', [0.95, 0.5])
+def test_the_standard_error_is_the_paired_difference_s_and_not_the_unpaired_one(agree):
+  a, b, first, second = _pair(agree)
+  se = one_se.difference_se(a, b, 'accuracy')
+  d = first.astype(float) - second.astype(float)
+  paired = d.std(ddof=1) / math.sqrt(N)   # the standard error of a mean of paired differences
+  unpaired = math.sqrt(first.var(ddof=1) / N + second.var(ddof=1) / N)
+  assert se == pytest.approx(paired, rel=0.2)   # 200 resamples: the bootstrap's own spread
+  if agree > 0.9:   # models that mostly agree: the paired error is far below the unpaired one
+    assert se < 0.5 * unpaired
+
+
+def test_the_standard_error_uses_the_shared_examples_each_averaged_over_its_members():
+  a, b, _, _ = _pair(0.5)
+  doubled = pd.concat([a, a.assign(seed=1)])   # two members of one model: the mean per example is the same
+  assert one_se.difference_se(doubled, b, 'accuracy') == one_se.difference_se(a, b, 'accuracy')
+  assert math.isnan(one_se.difference_se(a.iloc[:1], b, 'accuracy'))   # one shared example: no spread
+
+
+@pytest.mark.parametrize('gap, se, promoted', [(0.02, 0.03, True), (0.02, 0.02, True), (0.03, 0.02, False),
+                                               (0.02, math.nan, False)])
+def test_the_config_as_given_takes_the_last_place_when_the_best_beats_it_within_one_standard_error(gap, se,
+                                                                                               promoted):
+  assert one_se.promoted([1, 2, 3, 0], 2, 0, gap, se) == ([1, 0] if promoted else [1, 2])
+  assert one_se.promoted([1, 2, 3, 0], 1, 0, gap, se) == ([0] if promoted else [1])
+  assert one_se.promoted([0, 1, 2, 3], 2, 0, gap, se) == [0, 1]   # among the best already
+  assert one_se.promoted([1, 2, 3], 2, None, gap, se) == [1, 2]   # no config as given in the rung
+
+
+class RoundsWithPredictions(PlannedRounds):
+  """Planned rounds that also write each trial's out-of-fold predictions where a round writes them."""
+
+  def __init__(self, frames: dict, outcomes: dict):
+    super().__init__(outcomes)
+    self.frames = frames
+
+  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop):
+    for e in entries:
+      frame = self.frames.get((len(self.calls), int(e.name.removeprefix('trial-'))))
+      if frame is not None:
+        (folder / e.name).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(folder / e.name / oof.FILE, index=False)
+    return super().__call__(ctx, base, entries, folds, seeds, epochs, folder, stop)
+
+
+@pytest.mark.parametrize('noisy', [True, False])
+def test_a_rung_keeps_the_config_as_given_when_its_deficit_is_within_the_noise_of_its_evidence(tmp_path, noisy):
+  # Rung 0: trial 1 best (0.82), 2 next (0.815), the config as given (trial 0) third at 0.80. Where trial 1 and
+  # the config disagree on a third of their images the 0.02 is noise and the config goes on in the last place;
+  # where the config is trial 1 with 8 of its 400 right answers wrong the 0.02 is evidence and trial 2 goes on.
+  rng = np.random.default_rng(0)
+  labels, first = rng.integers(0, 2, N), rng.random(N) < 0.82
+  second = rng.random(N) < 0.80 if noisy else first & ~np.isin(np.arange(N), np.flatnonzero(first)[:8])
+  frames = {(0, 1): _frame(first, labels), (0, 0): _frame(second, labels)}
+  se = one_se.difference_se(frames[0, 1], frames[0, 0], 'accuracy')
+  assert (0.02 <= se) is noisy   # the planted pairs fall either side of the rule
+  values = {0: 0.80, 1: 0.82, 2: 0.815, 3: 0.5}
+  rounds = RoundsWithPredictions(frames, {(0, n): Outcome(v) for n, v in values.items()})
+  ctx = _search_context(tmp_path, rounds=rounds)
+  bracket = ctx.budget.new_bracket(THREE_RUNGS)
+  auto._run_bracket(ctx, bracket, ctx.budget.costs)
+  assert ctx.trials()[0].user_attrs[first_trials.BASELINE] is True
+  assert bracket['promoted'][0] == ([1, 0] if noisy else [1, 2])
