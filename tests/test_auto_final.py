@@ -14,9 +14,11 @@ from sklearn.metrics import accuracy_score
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
 from fpclass.search import auto
+from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.context import TAIL, Context, Entry
 from fpclass.search.final import MORE, final_model, piece_size
+from fpclass.search.first_trials import BASELINE
 from fpclass.search.rungs import Costs
 from fpclass.train import sidecar
 from fpclass.train.shared_work import SharedWork
@@ -94,3 +96,45 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
 def test_a_piece_is_the_most_folds_at_full_epochs_else_one_fold_at_the_most_epochs_down_to_half(room, size):
   # Costs(setup 1 s, member 1 s, 1 s a member-epoch), 10 epochs: a whole member costs 11 s beside the set-up.
   assert piece_size(Costs(1.0, 1.0, 1.0), 1.0, room, 3, 10) == size
+
+
+def _two_trials(study):
+  """The config as given (trial 0) and another learning rate (trial 1), as a search leaves them."""
+  for number, attrs in ((0, {BASELINE: True, study_lib.CHANGES: {}}),
+                        (1, {study_lib.CHANGES: {'train.learning_rate': '0.002'}})):
+    trial = study.ask()
+    assert trial.number == number
+    for key, value in {**attrs, study_lib.FOLDER: f'trial-{number:04d}'}.items():
+      trial.set_user_attr(key, value)
+    study.tell(trial, 0.5)
+
+
+def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_taken_from_the_top_rung(tmp_path):
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  _two_trials(study)
+  seed, folds = int(config.seed), (0, 1, 2)
+  ctx = _context(workdir, config, study, 0, 3.5)
+  outcomes, _ = ctx.round(config, [Entry('trial-0001', {'train.learning_rate': 0.002})], folds, (seed,), 1,
+                          workdir / 'trials', None)
+  assert not outcomes['trial-0001'].error
+  chosen = dict(name='trial-0001', trial=1, changes={'train.learning_rate': 0.002})
+  # Room for 3.5 members: the config as given on the 3 folds, then no whole member of a new seed.
+  out, note = final_model(_context(workdir, config, study, 0, 3.5), chosen)
+  assert sorted(p.name for p in (workdir / MORE).iterdir()) == [f'trial-0000-seed{seed}']
+  assert _kept_models(workdir / MORE / f'trial-0000-seed{seed}') == {(f, seed) for f in folds}
+  given = sidecar.read_metadata(workdir / MORE / f'trial-0000-seed{seed}' / 'fold0')['config']
+  assert given['train']['learning_rate'] == config.train.learning_rate   # the config as given, not the choice
+  members = sidecar.read_metadata(out)['ensemble']['members']
+  assert [m['folder'] for m in members] == ['../trials/trial-0001', f'../{MORE}/trial-0000-seed{seed}']
+  assert 'and of the config as given (trial-0000' in note and '6 fold model(s)' in note
+  # Its top-rung fold models, where the search trained them, are taken as they are: nothing is trained.
+  (workdir / MORE / f'trial-0000-seed{seed}').rename(workdir / 'trials' / 'trial-0000')
+  out, note = final_model(_context(workdir, config, study, 0, 0.5), chosen)
+  assert not any((workdir / MORE).iterdir())
+  assert [m['folder'] for m in sidecar.read_metadata(out)['ensemble']['members']] == ['../trials/trial-0001',
+                                                                                     '../trials/trial-0000']
+  # The choice is the config as given: nothing beside it.
+  out, note = final_model(_context(workdir, config, study, 0, 0.5), dict(name='trial-0000', trial=0, changes={}))
+  assert [m['folder'] for m in sidecar.read_metadata(out)['ensemble']['members']] == ['../trials/trial-0000']
+  assert 'config as given' not in note

@@ -4,7 +4,8 @@ completed and widened with what the budget has left.
 The fold models come from the confirmation when it ran (its folds chose nothing), else from the search's top
 rung. The budget's rest then trains more members of the same configuration on the same folds, each set a round
 of its own in `more/`: first the folds the source lacks, so that together they trained on every labelled image;
-then, unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on
+for a choice the confirmation did not back, the config as given on the same folds (the cheap rungs that chose
+another trial saw few epochs: the user's recipe hedges that, and two configurations mix better than one); then, unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on
 one fold for fewer epochs, when a whole member no longer fits, so the last seconds are spent too): the one use of
 the last seconds that cannot make the choice worse, since it chooses nothing. Every fold model weighs alike, and
 the out-of-fold mix (`ensemble_predictions.csv`) averages per image the models that did not train on it:
@@ -22,7 +23,8 @@ from fpclass import fileio
 from fpclass.analysis import metric_registry
 from fpclass.infer.ensemble import member_workdirs, workdir_metadata
 from fpclass.search import study as study_lib
-from fpclass.search.context import TAIL, Context, Entry
+from fpclass.search.context import TAIL, Context, Entry, changes_of
+from fpclass.search.first_trials import BASELINE
 from fpclass.train import oof, sidecar
 from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
 
@@ -75,8 +77,11 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   seeds = sorted(set(frame['seed']))
   honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
-  return out, (f'{models} fold model(s) of {chosen["name"]} as one ensemble (seeds {seeds}; together they trained '
-               f'on {seen}); {ctx.metric} {chosen["final_score"]:.4f} out of fold on {honest}')
+  given = None if source.confirmed else _given_trial(ctx, chosen)
+  beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
+            'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
+  return out, (f'{models} fold model(s) of {chosen["name"]}{beside} as one ensemble (seeds {seeds}; together they '
+               f'trained on {seen}); {ctx.metric} {chosen["final_score"]:.4f} out of fold on {honest}')
 
 
 def source_of(ctx: Context, name: str) -> Source:
@@ -88,7 +93,9 @@ def source_of(ctx: Context, name: str) -> Source:
 
 
 def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.Path]:
-  """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds,
+  """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds;
+  for a choice the confirmation did not back, the config as given on the same folds (its top-rung fold models
+  when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
   then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
   (`piece_size`: the last one shorter when a whole member no longer fits).
   The first piece is priced as a new configuration (its set-up in full); the later ones at the set-up a piece
@@ -102,7 +109,18 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.P
     if folder is None:
       return pieces
     pieces.append(folder)
-  if ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials:
+  limited = ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials
+  given = None if source.confirmed else _given_trial(ctx, chosen)
+  if given is not None:   # an unconfirmed choice: the config as given beside it, on the same folds
+    folder = ctx.workdir / 'trials' / given['name']
+    if not _finished(folder):
+      if limited:
+        return pieces
+      folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, ctx.budget.costs.setup)
+      if folder is None:
+        return pieces
+    pieces.append(folder)
+  if limited:
     return pieces   # the user asked for so many trials: the rest of the budget is not theirs to fill
   seed = max(source.seeds) + 1
   while True:
@@ -111,6 +129,14 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.P
       return pieces
     pieces.append(folder)
     seed += 1
+
+
+def _given_trial(ctx: Context, chosen: dict) -> dict | None:
+  """The config as given (the study's first trial) as a choice dict, when the choice is another trial."""
+  given = next((t for t in ctx.study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE)), None)
+  if given is None or given.number == chosen['trial'] or study_lib.FOLDER not in given.user_attrs:
+    return None
+  return dict(name=given.user_attrs[study_lib.FOLDER], trial=given.number, changes=changes_of(given))
 
 
 def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple,
