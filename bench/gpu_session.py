@@ -1,8 +1,8 @@
 """Measures fpclass on a lent GPU in one command (issue 45), so that a session's device time goes to measuring.
 
-Six steps, each through launch.py or a bench/ script, each writing <out>/<step>.json (status, seconds, the
-device, the software versions, the commands, the results); <out>/session.json sums them up and
-<out>/session.log holds every command's output.
+Seven steps, each through launch.py or a bench/ script, each recorded under its name in <out>/session.json
+(status, seconds, the device, the software versions, the commands, the results; the file is rewritten after
+every step), and <out>/session.log holds every command's output: two files, within the run tool's 8.
 
     bash bench/gpu_session.sh prepare                          # here, with the network: .whl/ (wheels, hey)
     bash bench/gpu_session.sh --out "$OUT"                     # on the GPU machine, with .whl/ carried
@@ -17,6 +17,8 @@ Steps (`--steps`, in this order by default):
 - keras_recipes: bench/keras_recipes.py, fpclass against Keras 3 on JAX, epoch 1 and the steady epochs;
 - footprint: bench/footprint_end_to_end.py, the README's main job cold and warm, with the programs compiled
   (read back from each workdir's timings.json);
+- population: bench/gpu_population.py, a sweep of 15 members on the vmap axis against the loop axis and one
+  member alone, --mode auto on each axis within one budget, and auto's final ensemble served at 64 clients;
 - serve: bench/serve_load.py at 64 clients with hey, on the footprint step's trained workdir;
 - sharing: two `--mode serve` servers under hey while a training run shares the device;
 - precision: the transfer recipes through launch.py with train.precision fp32 and bf16 (speed, accuracy);
@@ -74,7 +76,6 @@ def run_step(session: Session, name: str, steps_after: int) -> dict:
     except (Exception, SystemExit) as e:   # a step's failure is its record; the next step still runs
       record.update(status='error', error=f'{type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}')
     record['seconds'] = round(time.monotonic() - start, 2)
-  write_json(session.out / f'{name}.json', record)
   session.say(f'step {name}: {record["status"]} in {record["seconds"]:.1f} s'
               + (f': {record["error"].splitlines()[0]}' if record['error'] else ''))
   return record
@@ -90,7 +91,7 @@ def trim_log(path: pathlib.Path) -> None:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--out', type=pathlib.Path, required=True, help='the step JSONs, session.json and session.log')
+  p.add_argument('--out', type=pathlib.Path, required=True, help='session.json (every step\'s record) and session.log')
   p.add_argument('--cpu-dry-run', action='store_true', help='every step at tiny sizes on the CPU')
   p.add_argument('--steps', default=','.join(STEPS), help='steps to run, in this order')
   p.add_argument('--budget', type=float, help='seconds for all steps (default: 520 on the GPU, 3600 dry)')
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
   try:
     for i, name in enumerate(args.steps):
       record = run_step(session, name, len(args.steps) - i - 1)
-      summary['steps'][name] = {key: record[key] for key in ('status', 'seconds', 'limit_seconds', 'error')}
+      summary['steps'][name] = record
       summary['total_seconds'] = round(session.elapsed(), 1)
       write_json(session.out / 'session.json', summary)
   finally:

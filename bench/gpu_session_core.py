@@ -19,7 +19,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-STEPS = ('keras_recipes', 'footprint', 'serve', 'sharing', 'precision', 'pytest')
+STEPS = ('keras_recipes', 'footprint', 'population', 'serve', 'sharing', 'precision', 'pytest')
 CARRIED_HEY = REPO / '.whl' / 'hey' / 'usr' / 'bin' / 'hey'   # where `bash bench/gpu_session.sh prepare` puts it
 MIN_STEP_SECONDS = 20        # a step with less time left than this is skipped
 RESERVED_PER_LATER_STEP = 30  # seconds a step leaves for each step after it
@@ -45,6 +45,12 @@ class Plan:
   share_pause_seconds: float         # between hey's turns (the dry run leaves the CPU to the training run)
   precision_recipes: tuple[tuple[str, str, str, int], ...]   # (name, config, Keras application, image size)
   precision_args: tuple[str, ...]
+  population_sweep_config: str      # one variant: its 5 folds x 3 seeds are the sweep of 15 members
+  population_auto_config: str
+  population_auto_budget: str        # each axis's --mode auto gets this config.auto.time_budget
+  population_auto_axes: tuple[str, ...]
+  population_args: tuple[str, ...]   # for every launch of the population step
+  population_serve_args: tuple[str, ...]
   pytest_args: tuple[str, ...]
   caps: dict                         # seconds per step at most (the suite: what the budget has left)
   budget: float                      # seconds for every step together
@@ -63,8 +69,12 @@ GPU_PLAN = Plan(
     precision_recipes=(('vgg16_aug', 'configs/cats_dogs.py:vgg16', 'VGG16', 224),
                        ('inception_mixed7', 'configs/horses_humans.py:inception_mixed7', 'InceptionV3', 150)),
     precision_args=('--config.train.epochs=3',),
+    population_sweep_config='configs/footprint_sweep.py:exp4', population_auto_config='configs/footprint.py:exp4',
+    population_auto_budget='40s', population_auto_axes=('vmap', 'loop'), population_args=('--config.train.epochs=5',),
+    population_serve_args=('--concurrency', '64', '--requests', '3000', '--workers', '8', '--batching', 'on',
+                           '--rounds', '1', '--warmup', '200', '--time-limit', '30'),
     pytest_args=('-n', '4', '-q', '--ignore=tests/test_gpu_session.py'),
-    caps=dict(keras_recipes=150, footprint=100, serve=90, sharing=60, precision=110, pytest=600),
+    caps=dict(keras_recipes=150, footprint=100, population=150, serve=90, sharing=60, precision=110, pytest=600),
     budget=520)   # the run tool's 600 s, less the wheels' install and the device probe
 
 DRY_PLAN = Plan(
@@ -89,6 +99,13 @@ DRY_PLAN = Plan(
     precision_args=(),
     # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
     # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
+    # Tiny sizes: the step's claim on the CPU is that every launch and the server run and their files are read.
+    population_sweep_config='configs/footprint_sweep.py:exp4,quick', population_auto_config='configs/footprint.py:quick',
+    population_auto_budget='30s', population_auto_axes=('vmap',),   # the CPU has one axis that pays: auto once
+    population_args=('--config.train.epochs=1', '--config.data.image_size=(24,16)'),
+    population_serve_args=('--concurrency', '4', '--requests', '32', '--workers', '1', '--batching', 'on',
+                           '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',
+                           '--time-limit', '60'),
     pytest_args=('-n', '0', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),
     caps={step: 600 for step in STEPS},   # generous: a busy 2-core machine is slow, and nothing is timed
     budget=3600)
@@ -236,6 +253,20 @@ def write_json(path: pathlib.Path, data) -> None:
   tmp = path.with_name(path.name + '.tmp')
   tmp.write_text(json.dumps(data, indent=1, default=str) + '\n')
   os.replace(tmp, path)
+
+
+def accounted_serve_report(report_path: pathlib.Path) -> dict:
+  """bench/serve_load.py's report, each result's answers accounted for: hey's csv lists every answered request
+  and serve_load counts the rest as failed; a StepFailed when they do not add up or nothing answered 200."""
+  report = read_json(report_path)
+  for result in report['results']:
+    result['hey_answers'] = result['ok'] + result['http_503'] + result['other_status']
+    if result['hey_answers'] + result['failed'] != result['requests']:
+      raise StepFailed(f'{result["server"]}: {result["requests"]} requests sent, hey accounts for '
+                       f'{result["hey_answers"]} answers and {result["failed"]} failures', partial=report)
+    if not result['ok']:
+      raise StepFailed(f'{result["server"]}: no request answered 200', partial=report)
+  return report
 
 
 def mean(values):

@@ -1,4 +1,4 @@
-"""The six steps of the GPU session (bench/gpu_session.py): each runs launch.py or a bench/ script through its
+"""The seven steps of the GPU session (bench/gpu_session.py): each runs launch.py or a bench/ script through its
 `Step` and returns what it measured, read back from what ran; a failure is a `StepFailed`."""
 import argparse
 import concurrent.futures
@@ -15,12 +15,14 @@ import sys
 import time
 
 from bench import keras_recipes  # stdlib only at import: its stand-in data and Keras-written weights
+from bench.gpu_population import population_step
 from bench.gpu_session_core import (
   REPO,
   Session,
   Step,
   StepFailed,
   TrainedRun,
+  accounted_serve_report,
   command_output,
   mean,
   read_json,
@@ -112,16 +114,7 @@ def serve_step(session: Session, step: Step) -> dict:
   done = step.run([sys.executable, 'bench/serve_load.py', '--workdir', trained.workdir, '--json', report_path,
                    *session.plan.serve_args], env=dict(FPCLASS_CACHE=str(trained.data_cache)))
   step.check(done, 'bench/serve_load.py')
-  report = read_json(report_path)
-  for result in report['results']:
-    # hey's csv lists every answered request; serve_load counts the rest as failed.
-    result['hey_answers'] = result['ok'] + result['http_503'] + result['other_status']
-    if result['hey_answers'] + result['failed'] != result['requests']:
-      raise StepFailed(f'{result["server"]}: {result["requests"]} requests sent, hey accounts for '
-                       f'{result["hey_answers"]} answers and {result["failed"]} failures', partial=report)
-    if not result['ok']:
-      raise StepFailed(f'{result["server"]}: no request answered 200', partial=report)
-  return dict(report, served_workdir=str(trained.workdir))
+  return dict(accounted_serve_report(report_path), served_workdir=str(trained.workdir))
 
 
 def sharing_step(session: Session, step: Step) -> dict:
@@ -318,5 +311,6 @@ def pytest_step(session: Session, step: Step) -> dict:
   return results
 
 
-STEP_FUNCTIONS = dict(keras_recipes=keras_recipes_step, footprint=footprint_step, serve=serve_step,
+STEP_FUNCTIONS = dict(keras_recipes=keras_recipes_step, footprint=footprint_step, population=population_step,
+                      serve=serve_step,
                       sharing=sharing_step, precision=precision_step, pytest=pytest_step)

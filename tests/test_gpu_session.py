@@ -15,12 +15,12 @@ from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from tests.conftest import REPO, load_config
 
-STEPS = ('keras_recipes', 'footprint', 'serve', 'sharing', 'precision', 'pytest')
+STEPS = ('keras_recipes', 'footprint', 'population', 'serve', 'sharing', 'precision', 'pytest')
 
 
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
-  """The output folder of one dry run (its step JSONs, session.json and session.log)."""
+  """The output folder of one dry run (session.json with every step's record, and session.log)."""
   if shutil.which('hey') is None:
     message = 'hey not installed (python -m tests.system_packages installs it)'
     if os.environ.get('CI', '').lower() == 'true':
@@ -36,14 +36,14 @@ def dry_run(tmp_path_factory):
 
 
 def step_record(out, name: str) -> dict:
-  return json.loads((out / f'{name}.json').read_text())
+  return json.loads((out / 'session.json').read_text())['steps'][name]
 
 
 def test_every_step_is_ok_with_the_device_and_versions(dry_run):
   session = json.loads((dry_run / 'session.json').read_text())
   assert list(session['steps']) == list(STEPS)
-  assert sorted(p.name for p in dry_run.iterdir()) == sorted([*(f'{s}.json' for s in STEPS), 'session.json',
-                                                              'session.log'])   # the run tool brings back 8 files
+  # The run tool brings back at most 8 files: every step's record is in session.json.
+  assert sorted(p.name for p in dry_run.iterdir()) == ['session.json', 'session.log']
   for name in STEPS:
     record = step_record(dry_run, name)
     assert record['status'] == 'ok', f'{name}: {record["error"]}'
@@ -82,6 +82,24 @@ def test_footprint_programs_compiled_come_from_timings_json(dry_run):
   assert cold['timings_json']['programs_compiled'] > 0
   assert warm['timings_json']['programs_compiled'] < cold['timings_json']['programs_compiled']
   assert warm['timings_json']['programs_loaded'] > 0   # the warm job loads what the cold one compiled
+
+
+def test_population_trains_the_sweep_on_both_axes_runs_auto_and_serves_its_ensemble(dry_run):
+  results = step_record(dry_run, 'population')['results']
+  sweeps = results['sweeps']
+  assert {name: run['models'] for name, run in sweeps.items()} == dict(one_member=1, vmap_15=15, loop_15=15)
+  for run in sweeps.values():
+    assert run['exit_status'] == 0 and 0 < run['train_seconds'] <= run['wall_seconds'] < run['launch_seconds']
+  assert results['vmap_15_over_one_member'] == {
+      key: round(sweeps['vmap_15'][key] / sweeps['one_member'][key], 3) for key in ('launch_seconds', 'train_seconds')}
+  (auto,) = results['auto'].values()   # the dry run's one axis
+  assert auto['exit_status'] == 0 and auto['trial_states'].get('COMPLETE', 0) >= 1
+  # The budget's hold is test_auto's to check (at this tiny budget the interpreter's start is a third of it).
+  assert auto['chosen']['candidate'] and 0 < sum(auto['stages'].values()) < auto['used_seconds'] < auto['launch_seconds']
+  served = results['serve_ensemble']
+  assert served['served_workdir'].endswith('auto-vmap/final') and served['models'] >= 2   # fold models, mixed
+  (result,) = served['results']
+  assert result['ok'] > 0 and result['hey_answers'] + result['failed'] == result['requests'] == 32
 
 
 def test_serve_counts_every_request_hey_sent(dry_run):

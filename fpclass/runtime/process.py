@@ -38,6 +38,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _kept = False   # whether keep_host_buffers applied its settings in this process (they are process-wide)
 
 
+# XLA's per-fusion autotuning results, kept with the persistent cache, and not its compiled-kernel cache file
+# ('all' adds xla_gpu_kernel_cache_file): on an H200 (jax 0.11.2, 2026-11-26) a loop-axis sweep that loaded a
+# cache a vmap-axis sweep had written died with CUDA_ERROR_ILLEGAL_INSTRUCTION, as did --mode serve on it; the
+# same sweep ran without the persistent cache (docs/performance.md, "GPU session 2026-11-26").
+GPU_XLA_CACHES = 'xla_gpu_per_fusion_autotune_cache_dir'
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessSettings:
   """Every process-wide setting for one backend; `decide` makes them, `apply` sets them."""
@@ -87,7 +94,7 @@ def decide(backend: str, trains: bool, gpu_memory_fraction: float = 0.75) -> Pro
     environment = (((ENV_PREALLOCATE, 'true'), (ENV_MEM_FRACTION, f'{float(gpu_memory_fraction):g}')) if trains
                    else ((ENV_PREALLOCATE, 'false'),))
   return ProcessSettings(backend, host_allocator='default', environment=environment,
-                         xla_caches='all' if backend == 'gpu' else '')
+                         xla_caches=GPU_XLA_CACHES if backend == 'gpu' else '')
 
 
 def apply(settings: ProcessSettings) -> ProcessSettings:
