@@ -3,6 +3,7 @@ metric's direction, the confirmation's reserve grows with the folds it confirms 
 config's own value where it sits at either end of a range. Each was planted as a bug once (tests/MUTATIONS.md).
 And the brackets' bookkeeping (fpclass/search/auto.py) on rounds with planned values, a budget clock set by hand:
 which trials each rung keeps, what the study is told, the folds a trial trains, a relaunch's resumed bracket."""
+import ast
 import dataclasses
 import json
 import math
@@ -363,6 +364,29 @@ def test_a_budget_for_one_cheapened_configuration_runs_it_once_and_says_what_it_
   assert auto._search(ctx) == 'the budget affords one configuration on 2 of 3 folds for 4 of 4 epochs'
   assert [(c['names'], c['folds'], c['epochs']) for c in ctx.train_round.calls] == [(['trial-0000'], (0, 1), 4)]
   assert len(ctx.budget.brackets) == 1 and ctx.trials()[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_budget_that_affords_no_bracket_keeps_the_measurement_as_its_one_trial(tmp_path):
+  # 3 s left, 2 s of them the tail: one configuration on one fold (2 s) does not fit; the measurement round trained
+  # the config as given on one fold already, and becomes the one trial (its fold model moved to trials/)
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 3.0)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  measured = tmp_path / 'rounds' / 'measure' / 'baseline'
+  (measured / 'fold0').mkdir(parents=True)
+  assert auto._search(ctx) == '' and not ctx.trials()   # no value measured: nothing to adopt
+  ctx.study.set_user_attr(study_lib.MEASURED, 0.61)
+  assert auto._search(ctx) == 'the budget affords no search: the config as given, measured on one fold for 2 of 4 epochs, is its one trial'
+  assert not ctx.train_round.calls and not ctx.budget.brackets
+  (trial,) = ctx.trials().values()
+  assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.61 and trial.intermediate_values == {0: 0.61}
+  assert trial.user_attrs[first_trials.BASELINE] is True
+  assert auto_changes(trial) == {'train.learning_rate': ctx.base.train.learning_rate}   # the config as given
+  assert (tmp_path / 'trials' / 'trial-0000' / 'fold0').is_dir() and not measured.exists()
+  assert auto._search(ctx) == '' and len(ctx.trials()) == 1   # adopted once: a relaunch finds it complete
+
+
+def auto_changes(trial) -> dict:
+  return {k: ast.literal_eval(v) for k, v in trial.user_attrs[study_lib.CHANGES].items()}
 
 
 @pytest.mark.parametrize('left, trains', [(11.0, True), (10.9, False)])

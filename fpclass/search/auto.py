@@ -142,7 +142,7 @@ def _train_round(ctx: Context, base, entries: list, folds: tuple, seeds: tuple, 
 
 def _search(ctx: Context) -> str:
   """Brackets while one fits beside the confirmation's share; returns what the search could afford."""
-  budget, start = ctx.budget, time.perf_counter()
+  budget, start, measured_folds = ctx.budget, time.perf_counter(), ctx.folds
   try:
     costs = budget.costs or _measure(ctx)
     notes = _fit_folds(ctx, costs)
@@ -167,9 +167,11 @@ def _search(ctx: Context) -> str:
         notes.append('the search stopped at the budget\'s deadline')
         break
       costs = budget.costs
+    if not budget.brackets and ctx.folds == measured_folds and not _completed(ctx):
+      notes.append(_adopt_measurement(ctx))
   finally:
     budget.add_stage('search', time.perf_counter() - start)
-  return '; '.join(notes)
+  return '; '.join(n for n in notes if n)
 
 
 def _fit_folds(ctx: Context, costs: Costs) -> list[str]:
@@ -213,6 +215,8 @@ def _measure(ctx: Context) -> Costs:
                          'given trained two epochs on one fold; give it more time')
   if outcome.error:
     raise UserInputError(f'auto: the config as given cannot train: {outcome.error}')
+  if math.isfinite(outcome.value):
+    ctx.study.set_user_attr(study_lib.MEASURED, float(outcome.value))
   rows = pd.read_csv(folder / 'baseline' / split_name(ctx.splits(1)[0]) / 'metrics.csv')
   per_epoch = float(np.median(rows['seconds'][1:])) if len(rows) > 1 else outcome.seconds / 2
   measures = [(outcome.members, outcome.member_epochs, outcome.seconds)]
@@ -221,6 +225,33 @@ def _measure(ctx: Context) -> Costs:
   tqdm.write(f'auto: a configuration\'s set-up {costs.setup:.1f}s, a member {costs.member:.1f}s, a member-epoch '
              f'{per_epoch:.2f}s')
   return costs
+
+
+def _completed(ctx: Context) -> bool:
+  return any(t.state == optuna.trial.TrialState.COMPLETE for t in study_lib.searched(ctx.study))
+
+
+def _adopt_measurement(ctx: Context) -> str:
+  """When the budget afforded no bracket: the measurement round (the config as given on one fold, for at most two
+  epochs) becomes the search's one trial, its fold model moved to `trials/`, so that a budget below one rung
+  still ends in a model, and the report says what it could afford. '' when there is nothing to adopt."""
+  value = ctx.study.user_attrs.get(study_lib.MEASURED)
+  measured = ctx.workdir / 'rounds' / 'measure' / 'baseline'
+  if value is None or not measured.is_dir():
+    return ''
+  ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), user_attrs={BASELINE: True})
+  (trial,) = study_lib.ask_batch(ctx.study, ctx.settings.seed, 1)
+  name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
+  trial.set_user_attr(study_lib.CANDIDATE, name)
+  trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+  (ctx.workdir / 'trials').mkdir(exist_ok=True)
+  measured.rename(ctx.workdir / 'trials' / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
+  trial.report(value, 0)
+  ctx.study.tell(trial, value)
+  note = (f'the budget affords no search: the config as given, measured on one fold for {min(2, ctx.epochs)} of '
+          f'{ctx.epochs} epochs, is its one trial')
+  tqdm.write(f'auto: {note}')
+  return note
 
 
 def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:

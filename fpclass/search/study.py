@@ -31,6 +31,7 @@ CONFIRMED = 'confirmed_by'      # the study's user attribute once a process has 
 FOLDER = 'folder'
 CUT = 'cut'                     # a trial's user attribute: the deadline stopped it before it reported
 FOLDS = 'folds'                 # the study's user attribute: the folds a trial's top rung trains
+MEASURED = 'measured'           # the study's user attribute: the measurement round's value (the config as given)
 
 
 def storage_of(url: str, workdir, attempts: int = 20):
