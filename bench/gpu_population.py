@@ -9,21 +9,26 @@ import time
 
 from bench.gpu_session_core import Session, Step, StepFailed, accounted_serve_report, read_json
 
+# The sweeps compared: (config.sweep.folds, config.sweep.seeds, config.sweep.model_axis) of configs/footprint_sweep.py's
+# one variant; () is its 5 folds.
+SWEEPS = dict(one_member=('(0,)', '(0,)', 'vmap'), vmap_15=('()', '(0,1,2)', 'vmap'), loop_15=('()', '(0,1,2)', 'loop'))
+
 
 def population_step(session: Session, step: Step) -> dict:
   plan = session.plan
   work = session.scratch / 'population'
   results = dict(sweeps={}, auto={})
   try:
-    for name, folds, seeds, axis in (('one_member', '(0,)', '(0,)', 'vmap'), ('vmap_15', '()', '(0,1,2)', 'vmap'),
-                                     ('loop_15', '()', '(0,1,2)', 'loop')):
+    for name in plan.population_sweeps:
+      folds, seeds, axis = SWEEPS[name]
       workdir = work / f'sweep-{name}'
       results['sweeps'][name] = launched(step, workdir, [
           '--config', plan.population_sweep_config, '--mode', 'sweep', f'--config.sweep.folds={folds}',
           f'--config.sweep.seeds={seeds}', f'--config.sweep.model_axis={axis}', *plan.population_args])
     sweeps = results['sweeps']
-    results['vmap_15_over_one_member'] = ratio(sweeps['vmap_15'], sweeps['one_member'])
-    results['loop_15_over_vmap_15'] = ratio(sweeps['loop_15'], sweeps['vmap_15'])
+    for over, under in (('vmap_15', 'one_member'), ('loop_15', 'vmap_15')):
+      if over in sweeps and under in sweeps:
+        results[f'{over}_over_{under}'] = ratio(sweeps[over], sweeps[under])
     for axis in plan.population_auto_axes:
       workdir = work / f'auto-{axis}'
       record = launched(step, workdir, ['--config', plan.population_auto_config, '--mode', 'auto',

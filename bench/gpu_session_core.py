@@ -49,6 +49,7 @@ class Plan:
   population_auto_config: str
   population_auto_budget: str        # each axis's --mode auto gets this config.auto.time_budget
   population_auto_axes: tuple[str, ...]
+  population_sweeps: tuple[str, ...]  # of bench/gpu_population.SWEEPS
   population_args: tuple[str, ...]   # for every launch of the population step
   population_serve_args: tuple[str, ...]
   pytest_args: tuple[str, ...]
@@ -70,7 +71,8 @@ GPU_PLAN = Plan(
                        ('inception_mixed7', 'configs/horses_humans.py:inception_mixed7', 'InceptionV3', 150)),
     precision_args=('--config.train.epochs=3',),
     population_sweep_config='configs/footprint_sweep.py:exp4', population_auto_config='configs/footprint.py:exp4',
-    population_auto_budget='40s', population_auto_axes=('vmap', 'loop'), population_args=('--config.train.epochs=5',),
+    population_auto_budget='40s', population_auto_axes=('vmap', 'loop'),
+    population_sweeps=('one_member', 'vmap_15', 'loop_15'), population_args=('--config.train.epochs=5',),
     population_serve_args=('--concurrency', '64', '--requests', '3000', '--workers', '8', '--batching', 'on',
                            '--rounds', '1', '--warmup', '200', '--time-limit', '30'),
     pytest_args=('-n', '4', '-q', '--ignore=tests/test_gpu_session.py'),
@@ -102,6 +104,7 @@ DRY_PLAN = Plan(
     # Tiny sizes: the step's claim on the CPU is that every launch and the server run and their files are read.
     population_sweep_config='configs/footprint_sweep.py:exp4,quick', population_auto_config='configs/footprint.py:quick',
     population_auto_budget='30s', population_auto_axes=('vmap',),   # the CPU has one axis that pays: auto once
+    population_sweeps=('vmap_15', 'loop_15'),   # one member alone is the same launch as 15: its ratio is the GPU's
     population_args=('--config.train.epochs=1', '--config.data.image_size=(24,16)'),
     population_serve_args=('--concurrency', '4', '--requests', '32', '--workers', '1', '--batching', 'on',
                            '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',
