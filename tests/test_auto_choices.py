@@ -14,7 +14,7 @@ import pytest
 
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import auto, auto_report, confirm, first_trials
+from fpclass.search import auto, auto_report, confirm, first_trials, measure
 from fpclass.search import budget as budget_lib
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
@@ -320,7 +320,7 @@ def test_the_trials_take_fewer_folds_down_to_3_when_the_budget_affords_no_two_ru
   # 17.5 s: at 5 folds a bracket needs 9 s beside a 10 s reserve, at 4 folds 8 s beside 8 s: 4 folds. 20 s: 5
   # folds fit. 10 s: 3 folds need 7 s beside 6 s, and fewer than 3 are never taken: the 5 folds are kept.
   ctx = _folds_context(tmp_path, left)
-  notes = auto._fit_folds(ctx, ctx.budget.costs)
+  notes = measure.fit_folds(ctx, ctx.budget.costs)
   assert ctx.folds == folds and ctx.base.data.num_folds == folds and ctx.study.user_attrs[study_lib.FOLDS] == folds
   assert notes == ([] if folds == 5 else [f'the budget affords a search on {folds} of the 5 folds'])
 
@@ -328,14 +328,14 @@ def test_the_trials_take_fewer_folds_down_to_3_when_the_budget_affords_no_two_ru
 def test_the_folds_decided_once_are_the_study_s_and_given_or_own_folds_are_kept(tmp_path):
   ctx = _folds_context(tmp_path, 17.5)
   ctx.study.set_user_attr(study_lib.FOLDS, 3)   # decided by an earlier launch
-  assert auto._fit_folds(ctx, ctx.budget.costs) == ['the budget affords a search on 3 of the 5 folds']
+  assert measure.fit_folds(ctx, ctx.budget.costs) == ['the budget affords a search on 3 of the 5 folds']
   assert ctx.folds == 3 and ctx.base.data.num_folds == 3
   ctx = _folds_context(tmp_path, 17.5)
   ctx.settings = dataclasses.replace(ctx.settings, folds=5)   # config.auto.folds given
-  assert auto._fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5 and ctx.study.user_attrs[study_lib.FOLDS] == 5
+  assert measure.fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5 and ctx.study.user_attrs[study_lib.FOLDS] == 5
   ctx = _folds_context(tmp_path, 17.5)
   ctx.own_split = True
-  assert auto._fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5
+  assert measure.fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5
 
 
 def test_the_search_runs_brackets_until_the_trial_limit_and_records_its_time(tmp_path):

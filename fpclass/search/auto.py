@@ -3,9 +3,9 @@
 1. Screen: a linear probe (`fpclass.search.screen`) of the backbones whose weights are at hand; the best
    `auto.keep` become candidates beside the config's own model, each with its learning-rate centre
    (`fpclass.search.lr_centres`).
-2. Search: brackets of successive halving (`fpclass.search.rungs`). A bracket's rung is a population round
-   (`fpclass.search.population`): a batch of TPE's trials trained as one sweep plan, few epochs on one fold at
-   the bottom, the config's epochs on every fold at the top (`trials/`). The first trial is the config as given.
+2. Search: the costs measured (`fpclass.search.measure`), brackets of successive halving (`fpclass.search.rungs`),
+   each rung a population round (`fpclass.search.population`): a batch of TPE's trials as one sweep plan, few
+   epochs on one fold at the bottom, the config's epochs on every fold at the top (`trials/`).
 3. Confirm: the finalists, and the config as given, on folds cut anew (data.split_seed + 1000) x seeds that
    chose nothing, with paired 95% intervals against the choice: the search reserves it at most
    `auto.confirm_share` of the budget, and it takes what the search leaves.
@@ -18,7 +18,6 @@ import math
 import pathlib
 import time
 
-import numpy as np
 import optuna
 import pandas as pd
 from tqdm.auto import tqdm
@@ -31,8 +30,9 @@ from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
-from fpclass.runtime import process, timings
+from fpclass.runtime import timings
 from fpclass.search import confirm as confirm_stage
+from fpclass.search import measure as measure_stage
 from fpclass.search import one_se
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
@@ -47,7 +47,6 @@ from fpclass.search.screen import ProbeRun
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
 from fpclass.train import oof
 from fpclass.train.loop import run_plan
-from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
 from fpclass.train.records import StopOnSignals
 from fpclass.train.shared_work import SharedWork
@@ -144,8 +143,8 @@ def _search(ctx: Context) -> str:
   """Brackets while one fits beside the confirmation's share; returns what the search could afford."""
   budget, start, measured_folds = ctx.budget, time.perf_counter(), ctx.folds
   try:
-    costs = budget.costs or _measure(ctx)
-    notes = _fit_folds(ctx, costs)
+    costs = budget.costs or measure_stage.measure(ctx)
+    notes = measure_stage.fit_folds(ctx, costs)
     while True:
       bracket = budget.open_bracket()
       if bracket is None:
@@ -172,59 +171,6 @@ def _search(ctx: Context) -> str:
   finally:
     budget.add_stage('search', time.perf_counter() - start)
   return '; '.join(n for n in notes if n)
-
-
-def _fit_folds(ctx: Context, costs: Costs) -> list[str]:
-  """Fewer folds a trial (down to 3) when at k folds the budget affords no search, a bracket of two rungs:
-  a search among several configurations on 3 folds beats one configuration on 5. Decided once and kept in the
-  study (`study_lib.FOLDS`), so a relaunch, or another launch sharing the study, trains the same splits; a
-  `config.auto.folds` given is kept as given."""
-  folds = ctx.study.user_attrs.get(study_lib.FOLDS)
-  if folds is None:
-    folds = ctx.folds
-    if not ctx.own_split and not ctx.settings.folds:
-      seconds = ctx.budget.left() - TAIL * ctx.budget.seconds
-      for k in range(ctx.folds, min(3, ctx.folds) - 1, -1):
-        planned = plan_bracket(costs, seconds - ctx.confirm_seconds(costs, ctx.settings.finalists, k), k,
-                               ctx.epochs, ctx.settings.eta)
-        if planned is not None and len(planned.rungs) >= 2:
-          folds = k
-          break
-    ctx.study.set_user_attr(study_lib.FOLDS, folds)
-  if folds == ctx.folds:
-    return []
-  note = f'the budget affords a search on {folds} of the {ctx.folds} folds'
-  tqdm.write(f'auto: {note}')
-  ctx.base = apply_changes(ctx.base, {'data.num_folds': folds}, 'config.auto.folds')
-  ctx.folds = folds
-  return [note]
-
-
-def _measure(ctx: Context) -> Costs:
-  """The costs, from the config as given on one fold for two epochs: its wall time, and its second epoch's."""
-  epochs = min(2, ctx.epochs)
-  folder = ctx.workdir / 'rounds' / 'measure'
-  # Compiled afresh, as the trials' programs will be: the config as given is the one most likely to be in the
-  # persistent compilation cache already, which would make a configuration's set-up look free.
-  with process.compilation_cache_off(), ctx.stop(TAIL * ctx.budget.seconds) as stop:
-    outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs,
-                            folder, stop)
-  outcome = outcomes.get('baseline')
-  if outcome is None:
-    raise UserInputError(f'auto: config.auto.time_budget={ctx.settings.time_budget!r} ran out before the config as '
-                         'given trained two epochs on one fold; give it more time')
-  if outcome.error:
-    raise UserInputError(f'auto: the config as given cannot train: {outcome.error}')
-  if math.isfinite(outcome.value):
-    ctx.study.set_user_attr(study_lib.MEASURED, float(outcome.value))
-  rows = pd.read_csv(folder / 'baseline' / split_name(ctx.splits(1)[0]) / 'metrics.csv')
-  per_epoch = float(np.median(rows['seconds'][1:])) if len(rows) > 1 else outcome.seconds / 2
-  measures = [(outcome.members, outcome.member_epochs, outcome.seconds)]
-  costs = Costs.fitted(measures, per_epoch)
-  ctx.budget.record_costs(costs, measures)
-  tqdm.write(f'auto: a configuration\'s set-up {costs.setup:.1f}s, a member {costs.member:.1f}s, a member-epoch '
-             f'{per_epoch:.2f}s')
-  return costs
 
 
 def _completed(ctx: Context) -> bool:
