@@ -99,8 +99,6 @@ DRY_PLAN = Plan(
     share_workers=1, share_clients=2, share_turn_requests=8, share_pause_seconds=4.0,
     precision_recipes=(('vgg16', 'configs/cats_dogs.py:vgg16,quick', 'VGG16', 32),),
     precision_args=(),
-    # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
-    # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
     # Tiny sizes: the step's claim on the CPU is that every launch and the server run and their files are read.
     population_sweep_config='configs/footprint_sweep.py:exp4,quick', population_auto_config='configs/footprint.py:quick',
     population_auto_budget='30s', population_auto_axes=('vmap',),   # the CPU has one axis that pays: auto once
@@ -109,6 +107,8 @@ DRY_PLAN = Plan(
     population_serve_args=('--concurrency', '4', '--requests', '32', '--workers', '1', '--batching', 'on',
                            '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',
                            '--time-limit', '60'),
+    # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
+    # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
     pytest_args=('-n', '0', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),
     caps={step: 600 for step in STEPS},   # generous: a busy 2-core machine is slow, and nothing is timed
     budget=3600)

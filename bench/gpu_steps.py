@@ -312,5 +312,4 @@ def pytest_step(session: Session, step: Step) -> dict:
 
 
 STEP_FUNCTIONS = dict(keras_recipes=keras_recipes_step, footprint=footprint_step, population=population_step,
-                      serve=serve_step,
-                      sharing=sharing_step, precision=precision_step, pytest=pytest_step)
+                      serve=serve_step, sharing=sharing_step, precision=precision_step, pytest=pytest_step)

@@ -177,6 +177,16 @@ def _completed(ctx: Context) -> bool:
   return any(t.state == optuna.trial.TrialState.COMPLETE for t in study_lib.searched(ctx.study))
 
 
+def _ask(ctx: Context, count: int) -> list:
+  """`count` new trials (enqueued ones first), each with its candidate and config changes recorded."""
+  asked = study_lib.ask_batch(ctx.study, ctx.settings.seed, count)
+  for trial in asked:
+    name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
+    trial.set_user_attr(study_lib.CANDIDATE, name)
+    trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+  return asked
+
+
 def _adopt_measurement(ctx: Context) -> str:
   """When the budget afforded no bracket: the measurement round (the config as given on one fold, for at most two
   epochs) becomes the search's one trial, its fold model moved to `trials/`, so that a budget below one rung
@@ -186,10 +196,7 @@ def _adopt_measurement(ctx: Context) -> str:
   if value is None or not measured.is_dir():
     return ''
   ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), user_attrs={BASELINE: True})
-  (trial,) = study_lib.ask_batch(ctx.study, ctx.settings.seed, 1)
-  name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
-  trial.set_user_attr(study_lib.CANDIDATE, name)
-  trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+  (trial,) = _ask(ctx, 1)
   (ctx.workdir / 'trials').mkdir(exist_ok=True)
   measured.rename(ctx.workdir / 'trials' / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
   trial.report(value, 0)
@@ -205,11 +212,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
   rungs = [Rung(**r) for r in bracket['rungs']]
   if not bracket['trials']:
     _enqueue_first_trials(ctx, rungs[0].configs)
-    asked = study_lib.ask_batch(ctx.study, ctx.settings.seed, rungs[0].configs)
-    for trial in asked:
-      name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
-      trial.set_user_attr(study_lib.CANDIDATE, name)
-      trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+    asked = _ask(ctx, rungs[0].configs)
     bracket['trials'] = [t.number for t in asked]
     ctx.budget.save()
   if not bracket['trials']:
@@ -318,7 +321,7 @@ def _enqueue_first_trials(ctx: Context, batch: int) -> None:
 def _first_top_rung(ctx: Context, costs: Costs, rung: Rung) -> Rung | None:
   """The top rung one configuration may still train within the budget's slack (5%) when no trial has a top-rung
   result yet (without one there is no final model): on the most folds, then epochs, that fit; else None."""
-  if any(t.state == optuna.trial.TrialState.COMPLETE for t in study_lib.searched(ctx.study)):
+  if _completed(ctx):
     return None
   spare = ctx.budget.left() + SLACK * ctx.budget.seconds - TAIL * ctx.budget.seconds
   fitting = plan_bracket(costs, spare, rung.folds, rung.epochs, ctx.settings.eta, most=1)

@@ -5,8 +5,9 @@ The fold models come from the confirmation when it ran (its folds chose nothing)
 rung. The budget's rest then trains more members of the same configuration on the same folds, each set a round
 of its own in `more/`: first the folds the source lacks, so that together they trained on every labelled image;
 for a choice the confirmation did not back, the config as given on the same folds (the cheap rungs that chose
-another trial saw few epochs: the user's recipe hedges that, and two configurations mix better than one); then, unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on
-one fold for fewer epochs, when a whole member no longer fits, so the last seconds are spent too): the one use of
+another trial saw few epochs: the user's recipe hedges that, and two configurations mix better than one); then,
+unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on one
+fold for fewer epochs, when a whole member no longer fits, so the last seconds are spent too): the one use of
 the last seconds that cannot make the choice worse, since it chooses nothing. Every fold model weighs alike, and
 the out-of-fold mix (`ensemble_predictions.csv`) averages per image the models that did not train on it:
 honest, as the weights are fixed, not chosen (docs/auto.md).
@@ -52,7 +53,8 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   if not _finished(source.folder):
     return None, f'no fold model of {chosen["name"]} finished; launch again with more time to train it'
   start = time.perf_counter()
-  pieces = [source.folder, *spend_the_rest(ctx, chosen, source)]
+  given = None if source.confirmed else _given_trial(ctx, chosen)
+  pieces = [source.folder, *spend_the_rest(ctx, chosen, source, given)]
   ctx.budget.add_stage('final', time.perf_counter() - start)
   frame = pd.concat([_kept_rows(folder) for folder in pieces], ignore_index=True)
   mixed = oof.mean_by_id(frame, keep=('split',)).drop(columns='models').reset_index()
@@ -77,7 +79,6 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   seeds = sorted(set(frame['seed']))
   honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
-  given = None if source.confirmed else _given_trial(ctx, chosen)
   beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
             'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
   return out, (f'{models} fold model(s) of {chosen["name"]}{beside} as one ensemble (seeds {seeds}; together they '
@@ -92,10 +93,10 @@ def source_of(ctx: Context, name: str) -> Source:
   return Source(ctx.workdir / 'trials' / name, ctx.base, (int(ctx.base.seed),), False)
 
 
-def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.Path]:
+def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> list[pathlib.Path]:
   """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds;
-  for a choice the confirmation did not back, the config as given on the same folds (its top-rung fold models
-  when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
+  for a choice the confirmation did not back, the config as given (`given`, `_given_trial`) on the same folds
+  (its top-rung fold models when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
   then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
   (`piece_size`: the last one shorter when a whole member no longer fits).
   The first piece is priced as a new configuration (its set-up in full); the later ones at the set-up a piece
@@ -110,7 +111,6 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source) -> list[pathlib.P
       return pieces
     pieces.append(folder)
   limited = ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials
-  given = None if source.confirmed else _given_trial(ctx, chosen)
   if given is not None:   # an unconfirmed choice: the config as given beside it, on the same folds
     folder = ctx.workdir / 'trials' / given['name']
     if not _finished(folder):
