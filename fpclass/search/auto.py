@@ -201,7 +201,7 @@ def _adopt_measurement(ctx: Context) -> str:
   measured.rename(ctx.workdir / 'trials' / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
   trial.report(value, 0)
   ctx.study.tell(trial, value)
-  note = (f'the budget affords no search: the config as given, measured on one fold for {min(2, ctx.epochs)} of '
+  note = (f'the budget affords no search: the config as given, measured on one fold for {min(measure_stage.EPOCHS, ctx.epochs)} of '
           f'{ctx.epochs} epochs, is its one trial')
   tqdm.write(f'auto: {note}')
   return note

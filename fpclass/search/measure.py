@@ -15,6 +15,8 @@ from fpclass.search.rungs import Costs, plan_bracket
 from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
 
+EPOCHS = 2   # the measurement trains the config as given this many epochs (its epochs, if fewer), on one fold
+
 
 def fit_folds(ctx: Context, costs: Costs) -> list[str]:
   """Fewer folds a trial (down to 3) when at k folds the budget affords no search, a bracket of two rungs:
@@ -44,7 +46,7 @@ def fit_folds(ctx: Context, costs: Costs) -> list[str]:
 
 def measure(ctx: Context) -> Costs:
   """The costs, from the config as given on one fold for two epochs: its wall time, and its second epoch's."""
-  epochs = min(2, ctx.epochs)
+  epochs = min(EPOCHS, ctx.epochs)
   folder = ctx.workdir / 'rounds' / 'measure'
   # Compiled afresh, as the trials' programs will be: the config as given is the one most likely to be in the
   # persistent compilation cache already, which would make a configuration's set-up look free.
