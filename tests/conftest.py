@@ -13,8 +13,15 @@ import subprocess
 import sys
 import tempfile
 
-import jax
-import numpy as np
+# Before any library that links OpenMP (torch, the reference framework of the parity tests) is imported: its
+# threads sleep when idle instead of spinning. The two xdist workers and their launch.py children share two
+# cores, where a spinning thread takes a core from the process doing the work (test_cam, test_bn_variance and
+# the torchvision and modern ports: 209 -> 184 CPU-s, 121 -> 111 s, 2026-11-26). Setting fewer threads
+# (OMP_NUM_THREADS=1) instead cost more than it saved.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest
 from PIL import Image
 
@@ -190,6 +197,24 @@ def launch(*args, cwd=REPO, env=None, check=True, timeout=600, cold=False):
   if check and result.returncode != 0:
     raise AssertionError(f'launch.py {" ".join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}')
   return result
+
+
+def launch_process(*args, cwd=REPO, env=None, new_session=False, output: pathlib.Path | None = None):
+  """`python launch.py ...` started and not waited for: a `tests.forkserver.ForkedLaunch` where its environment
+  allows, else a `subprocess.Popen`; either has pid, poll, wait, kill and communicate. Its stdout and stderr
+  come back as text from communicate, or go together into `output` (as Popen's stderr=STDOUT into a file)."""
+  full_env = dict(os.environ, **(env or {}))
+  server = launch_server()
+  if server is not None and forkable(server.env, full_env):
+    return server.popen([REPO / 'launch.py', *args], cwd, full_env, pathlib.Path(tempfile.gettempdir()) /
+                        'fpclass-launch', new_session=new_session, output=output)
+  command = [sys.executable, str(REPO / 'launch.py'), *args]
+  if output is None:
+    return subprocess.Popen(command, cwd=cwd, env=full_env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=new_session)
+  with open(output, 'w') as out:   # the child holds its own descriptor
+    return subprocess.Popen(command, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=new_session)
 
 
 QUICK = '--config=configs/footprint.py:exp4,quick'

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -29,7 +28,7 @@ from fpclass.search.space import Candidate, baseline_params, parse_space
 from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.records import StopOnSignals
-from tests.conftest import IN_PROCESS_XLA_FLAGS, REPO, launch, xla_flags
+from tests.conftest import IN_PROCESS_XLA_FLAGS, launch, launch_process, xla_flags
 from tests.postgres import postgres_server
 
 TINY = ['--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)',
@@ -140,11 +139,9 @@ def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path):
 
 
 def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
-  workdir, env = tmp_path / 'auto', dict(os.environ, **_env(tmp_path))
-  args = [sys.executable, str(REPO / 'launch.py'), *TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={workdir}',
-          '--config.auto.time_budget=1h', LR_ONLY]
-  log = (tmp_path / 'first.log').open('w')
-  first = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  workdir, env = tmp_path / 'auto', _env(tmp_path)
+  args = [*TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={workdir}', '--config.auto.time_budget=1h', LR_ONLY]
+  first = launch_process(*args, env=env, new_session=True, output=tmp_path / 'first.log')
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and first.poll() is None:   # kill inside the first rung, 2 variants of 4 done
     done = list((workdir / 'rounds' / 'b0-r0').glob('trial-*/experiment.json'))
@@ -155,7 +152,7 @@ def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
   os.killpg(first.pid, signal.SIGKILL)
   first.wait()
   finished_before = {p: p.stat().st_mtime_ns for p in (workdir / 'rounds' / 'b0-r0').glob('trial-*/experiment.json')}
-  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  result = launch(*args, env=env, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   assert all(p.stat().st_mtime_ns == t for p, t in finished_before.items())   # not retrained
   assert sum(f'[{p.parent.name}] finished earlier' in result.stdout + result.stderr for p in finished_before) \
@@ -166,14 +163,13 @@ def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
 
 
 def test_two_processes_share_a_postgresql_study_and_one_confirms(tmp_path):
-  env = dict(os.environ, **_env(tmp_path))
   with postgres_server() as url:
-    procs = [subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *TINY, *PLAIN, THREE_FOLDS, *HALVING,
-                               f'--workdir={tmp_path / f"auto{i}"}', '--config.auto.time_budget=1h',
-                               f'--config.auto.storage={url}', LR_ONLY],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    procs = [launch_process(*TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={tmp_path / f"auto{i}"}',
+                            '--config.auto.time_budget=1h', f'--config.auto.storage={url}', LR_ONLY,
+                            env=_env(tmp_path), output=tmp_path / f'auto{i}.log') for i in range(2)]
+    for p in procs:
+      p.wait(timeout=600)
+    outputs = [(tmp_path / f'auto{i}.log').read_text() for i in range(2)]
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
     study = optuna.load_study(study_name='footprint-exp4', storage=url)
     trials = [t for t in study.trials if 'claim' not in t.user_attrs]

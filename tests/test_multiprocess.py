@@ -16,7 +16,7 @@ import pytest
 
 from fpclass import fileio
 from fpclass.infer.inference import load_trained
-from tests.conftest import REPO, load_config, xla_flags
+from tests.conftest import REPO, launch_process, load_config, xla_flags
 from tests.test_scale import TINY
 
 # A constant learning rate, so extending the run from 1 to 2 epochs continues it as an unbroken 2-epoch run.
@@ -80,7 +80,8 @@ def launch_processes(workdir, *args, count=2, devices=2, timeout=600, audit_log=
   return results
 
 
-def start_processes(workdir, *args, count=2, devices=2, audit_log=None) -> list[subprocess.Popen]:
+def start_processes(workdir, *args, count=2, devices=2, audit_log=None) -> list:
+  """The job's processes, each forked from the launch server (`conftest.launch_process`) but an audited one."""
   port = _free_port()
   procs = []
   for index in range(count):
@@ -88,11 +89,13 @@ def start_processes(workdir, *args, count=2, devices=2, audit_log=None) -> list[
     if count > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(count),
                  JAX_PROCESS_ID=str(index))
-    command = [str(REPO / 'launch.py'), '--config=configs/digits.py:quick', f'--workdir={workdir}', *OVERRIDES, *args]
+    launch_args = ['--config=configs/digits.py:quick', f'--workdir={workdir}', *OVERRIDES, *args]
     if audit_log is not None and index > 0:
-      command = ['-c', AUDITED_LAUNCH, f'{audit_log}.{index}', str(workdir), *command]
-    procs.append(subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
+      command = ['-c', AUDITED_LAUNCH, f'{audit_log}.{index}', str(workdir), str(REPO / 'launch.py'), *launch_args]
+      procs.append(subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True))
+    else:
+      procs.append(launch_process(*launch_args, env=env))
   return procs
 
 
