@@ -185,26 +185,27 @@ def launch_server() -> LaunchServer | None:
 
 
 def launch(*args, cwd=REPO, env=None, check=True, timeout=600, cold=False):
-  """Runs `python launch.py ...` in a process of its own, forked from the launch server where its environment
-  allows (`tests.forkserver`), else (or `cold`) a plain subprocess; returns the CompletedProcess."""
+  """Runs `python launch.py ...` in a process of its own (`launch_process`) and waits for it, as
+  `subprocess.run(..., capture_output=True, text=True, timeout=timeout)` does; returns the CompletedProcess."""
+  process = launch_process(*args, cwd=cwd, env=env, cold=cold)
+  try:
+    stdout, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    stdout, stderr = process.communicate()
+    raise subprocess.TimeoutExpired(process.args, timeout, stdout, stderr) from None
+  if check and process.returncode != 0:
+    raise AssertionError(f'launch.py {" ".join(args)} failed ({process.returncode}):\n{stderr[-4000:]}')
+  return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def launch_process(*args, cwd=REPO, env=None, new_session=False, output: pathlib.Path | None = None, cold=False):
+  """`python launch.py ...` started and not waited for: a `tests.forkserver.ForkedLaunch`, forked from the launch
+  server, where its environment allows, else (or `cold`) a plain `subprocess.Popen`; either has pid, args, poll,
+  wait, kill and communicate. Its stdout and stderr come back as text from communicate, or go together into
+  `output` (as Popen's stderr=STDOUT into a file)."""
   full_env = dict(os.environ, **(env or {}))
   server = None if cold else launch_server()
-  if server is not None and forkable(server.env, full_env):
-    result = server.run(list(args), cwd, full_env, timeout, pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch')
-  else:
-    result = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=cwd, env=full_env,
-                            capture_output=True, text=True, timeout=timeout)
-  if check and result.returncode != 0:
-    raise AssertionError(f'launch.py {" ".join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}')
-  return result
-
-
-def launch_process(*args, cwd=REPO, env=None, new_session=False, output: pathlib.Path | None = None):
-  """`python launch.py ...` started and not waited for: a `tests.forkserver.ForkedLaunch` where its environment
-  allows, else a `subprocess.Popen`; either has pid, poll, wait, kill and communicate. Its stdout and stderr
-  come back as text from communicate, or go together into `output` (as Popen's stderr=STDOUT into a file)."""
-  full_env = dict(os.environ, **(env or {}))
-  server = launch_server()
   if server is not None and forkable(server.env, full_env):
     return server.popen([REPO / 'launch.py', *args], cwd, full_env, pathlib.Path(tempfile.gettempdir()) /
                         'fpclass-launch', new_session=new_session, output=output)

@@ -45,9 +45,8 @@ def forkable(server_env: dict, env: dict) -> bool:
 
 
 class LaunchServer:
-  """One server process and the launches forked from it, any number at a time: `run` waits for its launch as
-  `subprocess.run` does; `popen` returns a `ForkedLaunch` at once, for the tests that start several processes
-  (a multi-process job) or stop one (a kill -9)."""
+  """One server process and the launches forked from it (`popen`), any number at a time: the tests wait for one,
+  start several (a multi-process job) or stop one (a kill -9)."""
 
   def __init__(self, repo: pathlib.Path):
     self.repo, self.env = repo, dict(os.environ)
@@ -73,18 +72,6 @@ class LaunchServer:
     self.process.stdin.write(json.dumps(request) + '\n')
     pid = int(self.process.stdout.readline())
     return ForkedLaunch(pid, [sys.executable, *request['argv']], stem)
-
-  def run(self, args: list, cwd, env: dict, timeout: float, folder: pathlib.Path) -> subprocess.CompletedProcess:
-    """`python launch.py *args` as `subprocess.run(..., capture_output=True, text=True, timeout=timeout)` gives
-    it."""
-    launched = self.popen([self.repo / 'launch.py', *args], cwd, env, folder)
-    try:
-      stdout, stderr = launched.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      launched.kill()
-      stdout, stderr = launched.communicate()
-      raise subprocess.TimeoutExpired(launched.args, timeout, stdout, stderr) from None
-    return subprocess.CompletedProcess(launched.args, launched.returncode, stdout, stderr)
 
   def close(self) -> None:
     if self.alive():
@@ -127,13 +114,11 @@ class ForkedLaunch:
   def communicate(self, timeout: float | None = None) -> tuple[str, str]:
     """(stdout, stderr) once it has ended; ('', '') where they went to a file of the caller's (`output`)."""
     self.wait(timeout)
-    outputs = []
-    for suffix in ('.out', '.err', '.status'):
-      path = self._stem.with_suffix(suffix)
-      if suffix != '.status':
-        outputs.append(path.read_text(errors='replace') if path.exists() else '')
+    out, err, status = (self._stem.with_suffix(suffix) for suffix in ('.out', '.err', '.status'))
+    outputs = tuple(path.read_text(errors='replace') if path.exists() else '' for path in (out, err))
+    for path in (out, err, status):
       path.unlink(missing_ok=True)
-    return outputs[0], outputs[1]
+    return outputs
 
 
 def _child(request: dict) -> None:
@@ -204,7 +189,9 @@ def _serve() -> None:
   channel, running, pending, ended = sys.stdout, {}, b'', False
   print('ready', file=channel, flush=True)
   while not ended:
-    if select.select([0], [], [], 0.05)[0]:   # the raw descriptor: a request is one line, read whole below
+    # The raw descriptor (a request is one line, read whole below); with children running, woken every 50 ms
+    # to reap those that ended, else asleep until the next request.
+    if select.select([0], [], [], 0.05 if running else None)[0]:
       chunk = os.read(0, 1 << 16)
       ended, pending = not chunk, pending + chunk
       while b'\n' in pending:
