@@ -37,12 +37,12 @@ class OneHotTeacher:
   """A teacher whose probabilities are the labels' one-hot rows: the student must then be the plain run."""
   traced = 0   # the step programs that asked it (so a teacher never handed to the step fails the test)
 
-  def targets(self, view, targets):
+  def targets(self, view, targets, rows=None):
     OneHotTeacher.traced += 1
     return targets if targets.ndim == 2 else jax.nn.one_hot(targets, 2)
 
   def training_data(self, data):
-    return data
+    return data, self
 
 
 def test_a_one_hot_teacher_trains_the_plain_run_bit_for_bit(tmp_path):
@@ -65,7 +65,7 @@ def test_a_one_hot_teacher_trains_the_plain_run_bit_for_bit(tmp_path):
 class BrightnessTeacher:
   """Targets from the view itself (its mean brightness), so the step's loss says which view the teacher saw."""
 
-  def targets(self, view, targets):
+  def targets(self, view, targets, rows=None):
     m = 20.0 * (view.mean(axis=(1, 2, 3)) - 0.5)
     return jax.nn.softmax(jnp.stack([m, -m], axis=1))
 
@@ -100,6 +100,56 @@ def test_a_teacher_model_s_targets_are_its_own_probabilities(trained_quick):
   np.testing.assert_allclose(np.asarray(targets), model.trained.probabilities(images, 4), atol=1e-5)
 
 
+@dataclasses.dataclass
+class FixedModel:
+  """A teacher model stand-in: the same probabilities `p` for every image."""
+  p: tuple
+  weight: float
+
+
+class FixedTeacher(distill_core.Teacher):
+  @staticmethod
+  def _probabilities(m, view):
+    return jnp.broadcast_to(jnp.asarray(m.p, jnp.float32), (view.shape[0], len(m.p)))
+
+
+def test_a_cross_fitted_teacher_teaches_each_image_with_the_models_that_held_it_out():
+  models = [FixedModel((1.0, 0.0), 1.0), FixedModel((0.0, 1.0), 1.0), FixedModel((0.2, 0.8), 2.0)]
+  held_out = [{'a'}, {'a', 'b'}, {'c'}]   # 'd': no model held it out, so every model teaches it
+  teacher = FixedTeacher(models, held_out=held_out)
+  teacher = dataclasses.replace(teacher, row_weights=teacher._row_weights(['a', 'b', 'c', 'd']))
+  view = jnp.zeros((5, 4, 4, 1))
+  targets = teacher.targets(view, None, jnp.asarray([3, 0, 1, 2, 0]))
+  expected = [[0.35, 0.65], [0.5, 0.5], [0.0, 1.0], [0.2, 0.8], [0.5, 0.5]]
+  np.testing.assert_allclose(np.asarray(targets), expected, atol=1e-6)
+  # Without cross-fitting, every image gets the weighted mean of every model.
+  np.testing.assert_allclose(np.asarray(FixedTeacher(models).targets(view, None)), [[0.35, 0.65]] * 5, atol=1e-6)
+  with pytest.raises(UserInputError, match='cross_fit.*streamed'):   # a streamed batch has no rows
+    teacher.targets(view, None)
+
+
+def test_the_step_hands_the_cross_fitted_teacher_the_batch_s_rows():
+  """Task.train_step: the rows the step gathers are the rows whose models teach (another order, another loss)."""
+  config = tiny_config(**{'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0})
+  task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
+  models = [FixedModel((0.9, 0.1), 1.0), FixedModel((0.1, 0.9), 1.0)]
+  teacher = FixedTeacher(models, held_out=[{'x0', 'x1'}, {'x2', 'x3'}])
+  teacher = dataclasses.replace(teacher, row_weights=teacher._row_weights(['x0', 'x1', 'x2', 'x3']))
+  taught = dataclasses.replace(task, teacher=teacher)
+  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 24, 16, 1), np.uint8))
+  labels = jnp.asarray([0, 0, 1, 1])
+  key = jax.random.PRNGKey(5)
+  step = jax.jit(taught.train_step, donate_argnums=())
+  _, dropout_key = jax.random.split(key)
+  for index in ([0, 1, 2, 3], [2, 3, 0, 1]):
+    _, out = step(state, images, labels, jnp.asarray(index), key)
+    logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images[jnp.asarray(index)]), train=True,
+                              rngs={'dropout': dropout_key})
+    targets = jnp.asarray([models[0].p if i < 2 else models[1].p for i in index])
+    assert float(out['loss_sum']) / 4 == pytest.approx(float(task.loss(logits, targets)), rel=1e-5), index
+
+
 @pytest.fixture(scope='module')
 def teacher_run(tmp_path_factory):
   """A tiny footprint run (its holdout the split to compare on), and an ensemble workdir of it at weight 1; the
@@ -121,7 +171,9 @@ def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teach
   teacher, ensemble, env = teacher_run
   out = tmp_path / 'student'
   result = launch(*TINY, *STUDENT, f'--workdir={out}', '--mode=distill', f'--config.distill.teacher={ensemble}',
-                  "--config.distill.unlabelled=test", env=env)
+                  "--config.distill.unlabelled=test", '--config.distill.cross_fit=True', env=env)
+  # Cross-fitted: the teacher held out the student's own validation images only, so every training image takes it.
+  assert 'cross-fitted targets for 0 of 57 training images; 57 no teacher model held out' in result.stdout, result.stdout
   record = json.loads((out / distill_report.FILE).read_text())
   assert record['unlabelled'] == 16 and record['teacher']['models'][0]['fold'] == -1
   compared = record['comparison']

@@ -161,6 +161,7 @@ class DistillSettings(Settings):
   SECTION: ClassVar[str] = 'distill'
   teacher: str = ''                # an ensemble workdir, a sweep (its root or one variant), an auto run, or a run
   unlabelled: str = ''             # '' none; 'test': the source's test images; else a folder, glob or CSV of images
+  cross_fit: bool = False          # each training image taught by the teacher's models that held it out
   compare: bool = True             # also train the student alone, and score all three on folds neither saw
   folds: tuple[int, ...] = ()      # the comparison's folds: () every fold the teacher's models held out
   seeds: tuple[int, ...] = (0,)    # the comparison's seeds: folds x seeds runs of the student, and alone

@@ -43,35 +43,89 @@ UNLABELLED = -1   # the label of an image the teacher alone labels
 
 @dataclasses.dataclass(eq=False)   # hashed by identity: a field of the frozen Task, static in its programs
 class Teacher:
-  """The teacher's models (restored `MemberModel`s, each with its weight) and the unlabelled images it adds."""
+  """The teacher's models (restored `MemberModel`s, each with its weight) and the unlabelled images it adds.
+
+  Cross-fitted (`held_out`: each model's validation ids), a training image's target comes from the models that
+  did not train on it: a fold model's probabilities of its own training images are nearly their labels, so a
+  student taught by them learns what the labels teach. `row_weights` ((training rows, models), set by
+  `training_data`) holds each row's model weights; a row no model held out, or an unlabelled one, takes every
+  model's."""
   models: list
   unlabelled: np.ndarray | None = None
+  held_out: list | None = None           # per model, the ids of the images it validated on (cross-fitted)
+  row_weights: np.ndarray | None = None  # (training rows, models): each model's weight in each row's target
 
-  def targets(self, view, targets):
+  def targets(self, view, targets, rows=None):
     """Traced in the student's step: the weighted mean of the models' probabilities of `view` (images in [0, 1],
-    the student's augmented and mixed batch); `targets` (the labels') are replaced."""
-    total = 0.0
-    for m in self.models:
-      task, state = m.trained.task, m.trained.state
-      logits, _, _ = task.apply(state.params, state.batch_stats, task.model_input(view), train=False)
-      total = total + m.weight * probabilities(logits, task.head, xp=jnp)
-    return total / sum(m.weight for m in self.models)
+    the student's augmented and mixed batch); `targets` (the labels') are replaced. Cross-fitted, each image's
+    mean is over its own models (`rows`: the batch's rows of the training images; a mixed image takes the
+    models of the image it was mixed into)."""
+    if self.row_weights is None:
+      total = 0.0
+      for m in self.models:
+        total = total + m.weight * self._probabilities(m, view)
+      return total / sum(m.weight for m in self.models)
+    if rows is None:
+      raise UserInputError('config.distill.cross_fit: the training images are streamed from the host, where the '
+                           'step does not know their rows; set --config.data.storage=memory, or cross_fit=False')
+    weights = jnp.asarray(self.row_weights)[rows]                              # (N, models)
+    stacked = jnp.stack([self._probabilities(m, view) for m in self.models], axis=1)   # (N, models, classes)
+    return jnp.einsum('nm,nmc->nc', weights, stacked) / jnp.sum(weights, axis=1, keepdims=True)
+
+  @staticmethod
+  def _probabilities(m, view):
+    task, state = m.trained.task, m.trained.state
+    logits, _, _ = task.apply(state.params, state.batch_stats, task.model_input(view), train=False)
+    return probabilities(logits, task.head, xp=jnp)
 
   def training_data(self, data):
     """A solo plan's data (`fpclass.train.plan_data.VariantData`) with the unlabelled images after the labelled
-    ones, labelled UNLABELLED, in every member's training rows."""
+    ones, labelled UNLABELLED, in every member's training rows; and the teacher for it (cross-fitted: with
+    its rows' weights)."""
+    teacher = self
+    if self.held_out is not None:
+      teacher = dataclasses.replace(self, row_weights=self._row_weights(data.dataset.train.ids))
     if self.unlabelled is None or not len(self.unlabelled):
-      return data
+      return data, teacher
     train = data.train_data.train
     images = np.concatenate([np.asarray(train.images), self.unlabelled])
     labels = np.concatenate([np.asarray(train.labels), np.full(len(self.unlabelled), UNLABELLED, train.labels.dtype)])
     members = [dataclasses.replace(m, train_index=np.arange(len(images))) for m in data.members]
     train_data = TrainData(data.train_data.class_names, Split(images, labels), data.train_data.val)
-    return dataclasses.replace(data, train_data=train_data, members=members)
+    if teacher.row_weights is not None:   # every model teaches the unlabelled images: none trained on them
+      every = np.tile(self._weights(), (len(self.unlabelled), 1))
+      teacher = dataclasses.replace(teacher, row_weights=np.concatenate([teacher.row_weights, every]))
+    return dataclasses.replace(data, train_data=train_data, members=members), teacher
+
+  def _weights(self) -> np.ndarray:
+    return np.asarray([m.weight for m in self.models], np.float32)
+
+  def _row_weights(self, ids) -> np.ndarray:
+    """(rows, models): a model's weight where it held the row's image out; every model's where none did."""
+    held = np.asarray([[i in ids_of for ids_of in self.held_out] for i in ids], bool).reshape(len(ids), -1)
+    weights = np.where(held, self._weights(), 0.0).astype(np.float32)
+    unheld = ~held.any(axis=1)
+    weights[unheld] = self._weights()
+    print(f'distill: cross-fitted targets for {int((~unheld).sum())} of {len(ids)} training images'
+          + (f'; {int(unheld.sum())} no teacher model held out take every model\'s' if unheld.any() else ''))
+    return weights
 
   def describe(self) -> list[dict]:
     return [{'path': str(m.path), 'weight': m.weight, 'model': m.metadata.get('model'),
              'fold': split_of(m), 'parameters': m.metadata.get('num_params')} for m in self.models]
+
+
+def held_out_ids(models: list[MemberModel]) -> list[frozenset]:
+  """Each model's validation images (ids): its own data settings and split over its source, decoded once per
+  source."""
+  decoded, out = {}, []
+  for m in models:
+    data = DataSettings.from_config(m.config.data)
+    key = repr(dataclasses.replace(data, split=None))
+    if key not in decoded:
+      decoded[key] = pipeline.decode_source(data, progress=False)
+    out.append(frozenset(pipeline.split_dataset(decoded[key], data.split).val.ids))
+  return out
 
 
 def split_of(model: MemberModel) -> int:

@@ -90,15 +90,16 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   folder.mkdir(parents=True, exist_ok=True)
   with timings.phase('data'):
     data = solo_data(run.data, run.seed) if plan.solo else experiment_data(run.data, plan.folds, plan.seeds)
-    if plan.teacher is not None:   # distillation: maybe unlabelled images beside the labelled ones
-      data = plan.teacher.training_data(data)
+    teacher = plan.teacher
+    if teacher is not None:   # distillation: maybe unlabelled images beside the labelled ones, cross-fitted rows
+      data, teacher = teacher.training_data(data)
     if plan.solo:
       pipeline.write_quarantine_report(folder / 'quarantine.csv', data.dataset.quarantine)
     # curation.csv: what config.data.exclude_csv / relabel_csv changed in the data this variant trains on.
     curation.write_record(folder, (data.dataset if data.dataset is not None else data.decoded).curation)
   records = WorkdirEpochs(folder, variant) if plan.solo else FinishedMembers(folder, variant, plan.keep_epochs)
   try:
-    chunk_plans, results = _train_chunks(variant, data, records, stop, shared, plan.teacher)
+    chunk_plans, results = _train_chunks(variant, data, records, stop, shared, teacher)
   except BaseException:
     records.close(after_error=True)
     raise

@@ -126,11 +126,12 @@ class Task:
 
   def train_step(self, state: TrainState, images, labels, index, key):
     """One optimizer step on the examples at `index`; returns (state, {loss_sum, correct, count})."""
-    return self.train_batch(state, images[index], labels[index], key)
+    return self.train_batch(state, images[index], labels[index], key, rows=index)
 
-  def train_batch(self, state: TrainState, batch_images, batch_labels, key):
+  def train_batch(self, state: TrainState, batch_images, batch_labels, key, rows=None):
     """`train_step` on a batch already gathered (streamed from the host): the same computation, so a
-    streamed run and an in-memory one train the same model bit for bit."""
+    streamed run and an in-memory one train the same model bit for bit. `rows`, the batch's rows of the
+    training images where known (in memory), let a cross-fitted teacher choose its models per image."""
     aug_key, dropout_key = jax.random.split(key)
     x = self.prepare(batch_images, aug_key)
     y = targets = batch_labels
@@ -141,7 +142,7 @@ class Task:
       view = self.augmented(batch_images, aug_key)
       if self.augment_cfg.mixing_enabled:
         view, _ = augment.mix_batch(view, self.targets(y), jax.random.fold_in(aug_key, MIX_STREAM), self.augment_cfg)
-      targets = self.teacher.targets(view, targets)
+      targets = self.teacher.targets(view, targets, rows)
 
     def loss_fn(params):
       logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,

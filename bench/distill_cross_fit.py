@@ -1,0 +1,79 @@
+"""Does a cross-fitted teacher (config.distill.cross_fit) carry more of a fold ensemble's gain into its student?
+
+On the digits with bench/deploy.py's fixed fifth left out (no model trains or validates on it): the teacher is a
+2-variant x 3-fold sweep; per seed, the student (bench/deploy.py's) is trained alone on the labels, distilled from
+every teacher model, and distilled cross-fitted (each image taught by the models that held it out). All are
+scored on the left-out fifth, whose labels are known.
+
+    python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2
+"""
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from bench.deploy import data_sets, unseen_images
+from fpclass.infer import distill as distill_core
+from fpclass.infer.inference import load_trained
+from fpclass.train import sidecar
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ARMS = {'alone': ['--mode=train'],
+        'distilled': ['--mode=distill', '--config.distill.compare=False'],
+        'cross_fitted': ['--mode=distill', '--config.distill.compare=False', '--config.distill.cross_fit=True']}
+
+
+def launch(args: list, log: pathlib.Path) -> float:
+  start = time.perf_counter()
+  done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, capture_output=True, text=True)
+  log.write_text(done.stdout + done.stderr)
+  if done.returncode:
+    raise SystemExit(f'launch.py failed ({done.returncode}); see {log}')
+  return round(time.perf_counter() - start, 1)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', type=pathlib.Path, required=True)
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--epochs', type=int, default=16)
+  options = parser.parse_args()
+  out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
+  out.mkdir(parents=True, exist_ok=True)
+  flags, variants, student = data_sets(options.epochs, out)['digits']
+  sweep = out / 'sweep'
+  if not (sweep / 'sweep_results.csv').exists():
+    launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep', f'--workdir={sweep}'], out / 'sweep.log')
+  workdirs = {}
+  for seed in seeds:
+    for arm, extra in ARMS.items():
+      workdir = workdirs[arm, seed] = out / f'{arm}-{seed}'
+      if not (workdir / 'scores.json').exists():
+        teacher = [f'--config.distill.teacher={sweep}'] if arm != 'alone' else []
+        launch([*flags, *student, *extra, *teacher, f'--config.seed={seed}', f'--workdir={workdir}'],
+               out / f'{arm}-{seed}.log')
+
+  images = unseen_images('digits', sidecar.stored_config(workdirs['alone', seeds[0]]), out)
+  unseen = [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
+  labels = load_digits().target[unseen]
+  models = distill_core.teacher_models(str(sweep))
+  teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
+  result = {'unseen_images': len(labels), 'teacher': float(np.mean(teacher.argmax(1) == labels))}
+  for arm in ARMS:
+    accuracies = [float(np.mean(load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
+                                .probabilities(images, 256).argmax(1) == labels)) for s in seeds]
+    result[arm] = {'per_seed': accuracies, 'mean': float(np.mean(accuracies))}
+  gain = result['teacher'] - result['alone']['mean']
+  for arm in ('distilled', 'cross_fitted'):
+    result[arm]['gain_kept'] = (result[arm]['mean'] - result['alone']['mean']) / gain if gain else None
+  (out / 'cross_fit.json').write_text(json.dumps(result, indent=1))
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+  main()
