@@ -1,11 +1,12 @@
-"""Does a cross-fitted teacher (config.distill.cross_fit) carry more of a fold ensemble's gain into its student?
+"""Does a cross-fitted teacher (config.distill.cross_fit), or a softened one (config.distill.temperature), carry
+more of a fold ensemble's gain into its student?
 
 On the digits with bench/deploy.py's fixed fifth left out (no model trains or validates on it): the teacher is a
 2-variant x 3-fold sweep; per seed, the student (bench/deploy.py's) is trained alone on the labels, distilled from
-every teacher model, and distilled cross-fitted (each image taught by the models that held it out). All are
-scored on the left-out fifth, whose labels are known.
+every teacher model, distilled cross-fitted (each image taught by the models that held it out), and distilled at
+each --temperatures T. All are scored on the left-out fifth, whose labels are known.
 
-    python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2
+    python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2 --temperatures 4
 """
 import argparse
 import json
@@ -42,7 +43,10 @@ def main():
   parser.add_argument('--out', type=pathlib.Path, required=True)
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--epochs', type=int, default=16)
+  parser.add_argument('--temperatures', default='', help='comma-separated T for config.distill.temperature arms')
   options = parser.parse_args()
+  arms = dict(ARMS, **{f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
+                       for t in filter(None, options.temperatures.split(','))})
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)['digits']
@@ -51,7 +55,7 @@ def main():
     launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep', f'--workdir={sweep}'], out / 'sweep.log')
   workdirs = {}
   for seed in seeds:
-    for arm, extra in ARMS.items():
+    for arm, extra in arms.items():
       workdir = workdirs[arm, seed] = out / f'{arm}-{seed}'
       if not (workdir / 'scores.json').exists():
         teacher = [f'--config.distill.teacher={sweep}'] if arm != 'alone' else []
@@ -64,12 +68,12 @@ def main():
   models = distill_core.teacher_models(str(sweep))
   teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
   result = {'unseen_images': len(labels), 'teacher': float(np.mean(teacher.argmax(1) == labels))}
-  for arm in ARMS:
+  for arm in arms:
     accuracies = [float(np.mean(load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
                                 .probabilities(images, 256).argmax(1) == labels)) for s in seeds]
     result[arm] = {'per_seed': accuracies, 'mean': float(np.mean(accuracies))}
   gain = result['teacher'] - result['alone']['mean']
-  for arm in ('distilled', 'cross_fitted'):
+  for arm in [a for a in arms if a != 'alone']:
     result[arm]['gain_kept'] = (result[arm]['mean'] - result['alone']['mean']) / gain if gain else None
   (out / 'cross_fit.json').write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))

@@ -36,6 +36,7 @@ def tiny_config(**overrides):
 class OneHotTeacher:
   """A teacher whose probabilities are the labels' one-hot rows: the student must then be the plain run."""
   traced = 0   # the step programs that asked it (so a teacher never handed to the step fails the test)
+  temperature = 1.0
 
   def targets(self, view, targets, rows=None):
     OneHotTeacher.traced += 1
@@ -64,6 +65,7 @@ def test_a_one_hot_teacher_trains_the_plain_run_bit_for_bit(tmp_path):
 @dataclasses.dataclass(eq=False)
 class BrightnessTeacher:
   """Targets from the view itself (its mean brightness), so the step's loss says which view the teacher saw."""
+  temperature = 1.0
 
   def targets(self, view, targets, rows=None):
     m = 20.0 * (view.mean(axis=(1, 2, 3)) - 0.5)
@@ -91,15 +93,6 @@ def test_the_teacher_scores_the_very_augmented_view_the_student_sees():
   assert abs(loss_with(task.augmented(images)) - seen) > 1e-3   # the plain image's targets give another loss
 
 
-def test_a_teacher_model_s_targets_are_its_own_probabilities(trained_quick):
-  """Through its own normalisation: the targets of an un-augmented view equal the model's predict."""
-  workdir, _, _ = trained_quick
-  (model,) = distill_core.teacher_models(str(workdir))
-  images = np.random.default_rng(1).integers(0, 256, (4, 120, 80, 1), np.uint8)
-  targets = distill_core.Teacher([model]).targets(jnp.asarray(images, jnp.float32) / 255.0, None)
-  np.testing.assert_allclose(np.asarray(targets), model.trained.probabilities(images, 4), atol=1e-5)
-
-
 @dataclasses.dataclass
 class FixedModel:
   """A teacher model stand-in: the same probabilities `p` for every image."""
@@ -108,9 +101,36 @@ class FixedModel:
 
 
 class FixedTeacher(distill_core.Teacher):
-  @staticmethod
-  def _probabilities(m, view):
+  def _probabilities(self, m, view):
     return jnp.broadcast_to(jnp.asarray(m.p, jnp.float32), (view.shape[0], len(m.p)))
+
+
+def test_a_teacher_model_s_targets_are_its_own_probabilities(trained_quick):
+  """Through its own normalisation: the targets of an un-augmented view equal the model's predict."""
+  workdir, _, _ = trained_quick
+  (model,) = distill_core.teacher_models(str(workdir))
+  images = np.random.default_rng(1).integers(0, 256, (4, 120, 80, 1), np.uint8)
+  view = jnp.asarray(images, jnp.float32) / 255.0
+  targets = distill_core.Teacher([model]).targets(view, None)
+  np.testing.assert_allclose(np.asarray(targets), model.trained.probabilities(images, 4), atol=1e-5)
+  # At temperature T, the softmax of its logits divided by T.
+  softened = distill_core.Teacher([model], temperature=3.0).targets(view, None)
+  np.testing.assert_allclose(np.asarray(softened), jax.nn.softmax(model.trained.logits(images, 4) / 3.0), atol=1e-5)
+
+
+def test_at_a_temperature_the_student_matches_softened_logits_at_t_squared_scale():
+  """Hinton et al.'s loss: T^2 x the cross-entropy of softmax(student logits / T) against the softened targets."""
+  config = tiny_config(**{'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0})
+  task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
+  teacher = FixedTeacher([FixedModel((0.7, 0.3), 1.0)], temperature=2.5)
+  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 24, 16, 1), np.uint8))
+  key = jax.random.PRNGKey(5)
+  _, out = jax.jit(dataclasses.replace(task, teacher=teacher).train_batch)(state, images, jnp.asarray([0, 1, 0, 1]), key)
+  logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images), train=True,
+                            rngs={'dropout': jax.random.split(key)[1]})
+  expected = 2.5 ** 2 * float(task.loss(logits / 2.5, jnp.asarray([[0.7, 0.3]] * 4)))
+  assert float(out['loss_sum']) / 4 == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_cross_fitted_teacher_teaches_each_image_with_the_models_that_held_it_out():

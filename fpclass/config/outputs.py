@@ -162,6 +162,7 @@ class DistillSettings(Settings):
   teacher: str = ''                # an ensemble workdir, a sweep (its root or one variant), an auto run, or a run
   unlabelled: str = ''             # '' none; 'test': the source's test images; else a folder, glob or CSV of images
   cross_fit: bool = False          # each training image taught by the teacher's models that held it out
+  temperature: float = 1.0         # Hinton's T: teacher and student logits divided by it, the loss scaled by T^2
   compare: bool = True             # also train the student alone, and score all three on folds neither saw
   folds: tuple[int, ...] = ()      # the comparison's folds: () every fold the teacher's models held out
   seeds: tuple[int, ...] = (0,)    # the comparison's seeds: folds x seeds runs of the student, and alone
@@ -169,6 +170,7 @@ class DistillSettings(Settings):
   def check(self):
     self.require('seeds', bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
                  'distinct integers, at least one')
+    self.require('temperature', self.temperature > 0, 'a number above 0 (1: the probabilities as they are)')
     self.require('folds', len(set(self.folds)) == len(self.folds) and all(f >= -1 for f in self.folds),
                  'distinct folds (-1: the holdout)')
 

@@ -54,6 +54,7 @@ class Teacher:
   unlabelled: np.ndarray | None = None
   held_out: list | None = None           # per model, the ids of the images it validated on (cross-fitted)
   row_weights: np.ndarray | None = None  # (training rows, models): each model's weight in each row's target
+  temperature: float = 1.0               # Hinton's T: both sides' logits divided by it, the loss scaled by T^2
 
   def targets(self, view, targets, rows=None):
     """Traced in the student's step: the weighted mean of the models' probabilities of `view` (images in [0, 1],
@@ -72,11 +73,10 @@ class Teacher:
     stacked = jnp.stack([self._probabilities(m, view) for m in self.models], axis=1)   # (N, models, classes)
     return jnp.einsum('nm,nmc->nc', weights, stacked) / jnp.sum(weights, axis=1, keepdims=True)
 
-  @staticmethod
-  def _probabilities(m, view):
+  def _probabilities(self, m, view):
     task, state = m.trained.task, m.trained.state
     logits, _, _ = task.apply(state.params, state.batch_stats, task.model_input(view), train=False)
-    return probabilities(logits, task.head, xp=jnp)
+    return probabilities(logits if self.temperature == 1.0 else logits / self.temperature, task.head, xp=jnp)
 
   def training_data(self, data):
     """A solo plan's data (`fpclass.train.plan_data.VariantData`) with the unlabelled images after the labelled

@@ -39,13 +39,14 @@ def distill(config, workdir) -> dict:
   unlabelled = distill_core.unlabelled_images(settings, student)
 
   held_out = distill_core.held_out_ids(models) if settings.cross_fit else None
-  teacher = distill_core.Teacher(models, unlabelled, held_out)
+  teacher = distill_core.Teacher(models, unlabelled, held_out, temperature=settings.temperature)
   (run,) = run_plan(dataclasses.replace(solo_plan(student), teacher=teacher), workdir)
   scores = evaluate_workdir(student, workdir, dataset=run.data.dataset)
 
   runs = []
   for split in splits:
-    held_out = distill_core.Teacher(distill_core.held_out_models(models, split), unlabelled)
+    held_out = distill_core.Teacher(distill_core.held_out_models(models, split), unlabelled,
+                                    temperature=settings.temperature)
     for seed in settings.seeds:
       member = apply_changes(student, {'data.fold': split, 'seed': seed}, 'config.distill')
       student_folder, alone_folder = distill_report.run_folders(workdir, split, seed)

@@ -144,10 +144,16 @@ class Task:
         view, _ = augment.mix_batch(view, self.targets(y), jax.random.fold_in(aug_key, MIX_STREAM), self.augment_cfg)
       targets = self.teacher.targets(view, targets, rows)
 
+    temperature = 1.0 if self.teacher is None else self.teacher.temperature
+
     def loss_fn(params):
       logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,
                                         rngs={'dropout': dropout_key})
-      loss = self.loss(logits, targets) + optim.l2_penalty(params, self.l2, self.l2_params)
+      if temperature == 1.0:
+        loss = self.loss(logits, targets)
+      else:   # Hinton et al.: the softened distributions matched, the gradients' scale kept by T^2
+        loss = self.loss(logits / temperature, targets) * temperature ** 2
+      loss = loss + optim.l2_penalty(params, self.l2, self.l2_params)
       return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
