@@ -2,6 +2,7 @@
 mode imports another and the core imports no mode, and each settings section's defaults are its dataclass's."""
 import ast
 import dataclasses
+import functools
 import importlib
 import pathlib
 import shutil
@@ -58,7 +59,7 @@ def project_imports(path) -> set[str]:
   """The fpclass modules a source file imports (`import fpclass.x`, `from fpclass.x import y`, `from fpclass
   import x`), from its syntax tree: every import, at any depth, counts."""
   found = set()
-  for node in ast.walk(ast.parse(pathlib.Path(path).read_text())):
+  for node in ast.walk(parsed(pathlib.Path(path).read_text())):
     if isinstance(node, ast.Import):
       found.update(alias.name for alias in node.names if alias.name.startswith('fpclass'))
     elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('fpclass') and not node.level:
@@ -243,16 +244,32 @@ def _reads_in(function, inherited: set[str], attributes: set[str], found: list, 
 def raw_config_reads(package_root) -> list[str]:
   """'module:line <holder>.<section>.<key>' for each raw read of a config key in the core (writes, which build a
   config, and passing a whole section to its `from_config` are fine)."""
-  found = []
-  trees = {path: ast.parse(path.read_text()) for path in sorted(pathlib.Path(package_root).rglob('*.py'))}
-  attributes = set().union(*(_typed_attributes(tree) for tree in trees.values()))
-  for path, tree in trees.items():
-    if path.relative_to(package_root).parts[0] in RAW_READERS:
-      continue
-    module = ast.FunctionDef(name='<module>', args=ast.arguments([], [], None, [], [], None, []), body=tree.body,
-                             decorator_list=[], returns=None, type_params=[])
-    _reads_in(module, set(), attributes, found, str(path.relative_to(package_root)))
+  texts = {path: path.read_text() for path in sorted(pathlib.Path(package_root).rglob('*.py'))}
+  attributes = frozenset().union(*(_file_attributes(text) for text in texts.values()))
+  found = [read for path, text in texts.items() if path.relative_to(package_root).parts[0] not in RAW_READERS
+           for read in _file_reads(text, str(path.relative_to(package_root)), attributes)]
   return sorted(set(found), key=lambda r: (r.split(':')[0], int(r.split(':')[1].split(' ')[0])))
+
+
+# The rules walk every module's syntax tree; the planted copies differ from the package in one file, so each
+# file's tree and findings are kept by its text (the trees are only read).
+@functools.lru_cache(maxsize=None)
+def parsed(text: str) -> ast.Module:
+  return ast.parse(text)
+
+
+@functools.lru_cache(maxsize=None)
+def _file_attributes(text: str) -> frozenset:
+  return frozenset(_typed_attributes(parsed(text)))
+
+
+@functools.lru_cache(maxsize=None)
+def _file_reads(text: str, where: str, attributes: frozenset) -> tuple:
+  found = []
+  module = ast.FunctionDef(name='<module>', args=ast.arguments([], [], None, [], [], None, []), body=parsed(text).body,
+                           decorator_list=[], returns=None, type_params=[])
+  _reads_in(module, set(), attributes, found, where)
+  return tuple(found)
 
 
 def test_the_core_reads_typed_sections_not_the_configdict():
@@ -278,7 +295,7 @@ def parses_below_the_plan(package_root) -> list[str]:
   for path in sorted((pathlib.Path(package_root) / 'train').glob('*.py')):
     if str(path.relative_to(package_root)) in PLAN_MAKERS:
       continue
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parsed(path.read_text())):
       if isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'from_config':
         found.append(f'{path.relative_to(package_root)}:{node.lineno}')
   return found
@@ -326,7 +343,7 @@ def test_module_docstrings_are_short_and_name_no_seed():
   long, seeds = [], []
   for path in sorted((REPO / 'fpclass').rglob('*.py')):
     text = path.read_text()
-    doc = ast.get_docstring(ast.parse(text), clean=False) or ''
+    doc = ast.get_docstring(parsed(text), clean=False) or ''
     if len(doc.splitlines()) > 15:
       long.append(f'{path.relative_to(REPO)}: {len(doc.splitlines())} lines')
     if 'seed 00' in text.lower():
