@@ -1,5 +1,6 @@
 """Every `--config.<key>` that README.md, CONTRIBUTING.md, docs/ and configs/ mention overrides from the command
 line on every config that has it, through launch.py's own parser (`fpclass.modes.command_line`)."""
+import functools
 import importlib.util
 import re
 
@@ -51,6 +52,12 @@ def load(spec: str, *overrides: str):
   return config_from_argv(['launch.py', f'--config={spec}', *overrides])
 
 
+@functools.lru_cache(maxsize=None)
+def as_given(spec: str):
+  """The config file's own config (no override), loaded once: every key's test reads it, none changes it."""
+  return load(spec)
+
+
 def lookup(config, key: str):
   node = config
   for part in key.split('.'):
@@ -82,7 +89,7 @@ def test_each_documented_key_overrides_on_every_config_that_has_it(key):
   for spec in VARIANTS:
     if not key.startswith('model.') and ':' in spec:
       continue
-    config = load(spec)
+    config = as_given(spec)
     try:
       current = lookup(config, key)
     except (KeyError, AttributeError):
@@ -98,7 +105,7 @@ def test_each_documented_key_overrides_on_every_config_that_has_it(key):
     else:
       text = another_value(current)
     overridden = load(spec, f'--config.{key}={text}')
-    expected = lookup(load(spec), key) if text == current else None
+    expected = lookup(as_given(spec), key) if text == current else None
     if expected is not None:
       assert lookup(overridden, key) == expected
     else:
