@@ -195,7 +195,7 @@ def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teach
   # Cross-fitted: the teacher held out the student's own validation images only, so every training image takes it.
   assert 'cross-fitted targets for 0 of 57 training images; 57 no teacher model held out' in result.stdout, result.stdout
   record = json.loads((out / distill_report.FILE).read_text())
-  assert record['unlabelled'] == 16 and record['teacher']['models'][0]['fold'] == -1
+  assert record['unlabelled'] == 16 and record['teacher']['models'][0]['fold'] == -1 and record['teacher']['cross_fit']
   compared = record['comparison']
   assert [(r['split'], r['seed']) for r in compared['runs']] == [(-1, 0)] and compared['metric'] == 'accuracy'
   assert compared['runs'][0]['n'] == 15   # the holdout, which neither the teacher nor the students trained on

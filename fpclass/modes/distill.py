@@ -55,7 +55,8 @@ def distill(config, workdir) -> dict:
       runs.append(distill_report.ComparisonRun(split, seed, student_folder, alone_folder, held_out))
 
   record = {
-      'teacher': {'path': settings.teacher, 'models': teacher.describe(),
+      'teacher': {'path': settings.teacher, 'models': teacher.describe(), 'cross_fit': settings.cross_fit,
+                  'temperature': settings.temperature,
                   'parameters': int(sum(m.metadata.get('num_params') or 0 for m in models))},
       'student': {'model': student.model.name, 'parameters': int(scores['num_params']),
                   'validation': {k: scores.get(k) for k in ('accuracy', 'macro_f1', 'loss', 'mean_average_precision')
