@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
 from fpclass.runtime.process import planned_backend
+from fpclass.search import measure
 from fpclass.search.context import Entry
 from fpclass.search.population import outcomes, round_plan
 from fpclass.search.space import Candidate, baseline_params, parse_space
@@ -136,6 +137,7 @@ def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path):
                   env=_env(tmp_path))
   lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
   assert result.returncode == 2 and len(lines) == 1 and "config.auto.time_budget='1s'" in lines[0], result.stderr[-2000:]
+  assert f'trained {measure.EPOCHS} epochs on one fold' in lines[0]   # the measurement's own epoch count
 
 
 def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):

@@ -1,5 +1,5 @@
 """Before `--mode auto`'s search: what a configuration costs, measured on the config as given (one fold, at most
-two epochs, compiled afresh: `measure`), and how many folds a trial can afford at that price (`fit_folds`). The
+`EPOCHS` epochs, compiled afresh: `measure`), and how many folds a trial can afford at that price (`fit_folds`). The
 measurement's value is kept in the study, for the search to adopt when no bracket fits (`fpclass.search.auto`)."""
 import math
 
@@ -45,7 +45,7 @@ def fit_folds(ctx: Context, costs: Costs) -> list[str]:
 
 
 def measure(ctx: Context) -> Costs:
-  """The costs, from the config as given on one fold for two epochs: its wall time, and its second epoch's."""
+  """The costs, from the config as given on one fold for `EPOCHS` epochs: its wall time, and its epochs' after the first."""
   epochs = min(EPOCHS, ctx.epochs)
   folder = ctx.workdir / 'rounds' / 'measure'
   # Compiled afresh, as the trials' programs will be: the config as given is the one most likely to be in the
@@ -56,7 +56,7 @@ def measure(ctx: Context) -> Costs:
   outcome = outcomes.get('baseline')
   if outcome is None:
     raise UserInputError(f'auto: config.auto.time_budget={ctx.settings.time_budget!r} ran out before the config as '
-                         'given trained two epochs on one fold; give it more time')
+                         f'given trained {epochs} epoch{"s" * (epochs != 1)} on one fold; give it more time')
   if outcome.error:
     raise UserInputError(f'auto: the config as given cannot train: {outcome.error}')
   if math.isfinite(outcome.value):
