@@ -1,12 +1,14 @@
 """Does a cross-fitted teacher (config.distill.cross_fit), or a softened one (config.distill.temperature), carry
 more of a fold ensemble's gain into its student?
 
-On the digits with bench/deploy.py's fixed fifth left out (no model trains or validates on it): the teacher is a
-2-variant x 3-fold sweep; per seed, the student (bench/deploy.py's) is trained alone on the labels, distilled from
+On the digits with bench/deploy.py's fixed fifth left out, or the footprints with a fixed stratified fifth of their
+labelled images left out (`config.data.exclude_csv`: no model trains or validates on it), with bench/deploy.py's
+flags: the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained alone on the labels, distilled from
 every teacher model, distilled cross-fitted (each image taught by the models that held it out), and distilled at
 each --temperatures T. All are scored on the left-out fifth, whose labels are known.
 
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2 --temperatures 4
+    python -m bench.distill_cross_fit --out /tmp/bench-cross-fit-fp --data footprint --epochs 12
 """
 import argparse
 import json
@@ -17,10 +19,14 @@ import time
 
 import numpy as np
 from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from bench.deploy import data_sets, unseen_images
+from fpclass.config.inputs import DataSettings
+from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
 from fpclass.infer.inference import load_trained
+from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -38,9 +44,37 @@ def launch(args: list, log: pathlib.Path) -> float:
   return round(time.perf_counter() - start, 1)
 
 
+def footprint_unseen(flags: list, out: pathlib.Path) -> pathlib.Path:
+  """A CSV naming a fixed, class-stratified fifth of the footprints' labelled images (the flags' source)."""
+  excluded = out / 'footprint-unseen.csv'
+  if not excluded.exists():
+    pool = pipeline.decode_source(_data(flags), progress=False).pool
+    _, unseen = train_test_split(np.arange(len(pool.ids)), test_size=0.2, stratify=pool.labels, random_state=0)
+    excluded.write_text('id\n' + ''.join(f'{pool.ids[i]}\n' for i in sorted(unseen)))
+  return excluded
+
+
+def _data(flags: list) -> DataSettings:
+  return DataSettings.from_config(config_from_argv(['launch.py', *flags]).data)
+
+
+def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """The left-out images, decoded as the models decode them, and their labels."""
+  if name == 'digits':
+    unseen = [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
+    return unseen_images('digits', config, out), load_digits().target[unseen]
+  wanted = set((out / 'footprint-unseen.csv').read_text().split()[1:])
+  config.data.exclude_csv = ''
+  pool = pipeline.decode_source(DataSettings.from_config(config.data), progress=False).pool
+  rows = [i for i, image_id in enumerate(pool.ids) if image_id in wanted]
+  assert len(rows) == len(wanted), (len(rows), len(wanted))
+  return np.asarray(pool.images)[rows], np.asarray(pool.labels)[rows]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', type=pathlib.Path, required=True)
+  parser.add_argument('--data', choices=('digits', 'footprint'), default='digits')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--epochs', type=int, default=16)
   parser.add_argument('--temperatures', default='', help='comma-separated T for config.distill.temperature arms')
@@ -49,7 +83,9 @@ def main():
                        for t in filter(None, options.temperatures.split(','))})
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
-  flags, variants, student = data_sets(options.epochs, out)['digits']
+  flags, variants, student = data_sets(options.epochs, out)[options.data]
+  if options.data == 'footprint':
+    flags = [*flags, f'--config.data.exclude_csv={footprint_unseen(flags, out)}']
   sweep = out / 'sweep'
   if not (sweep / 'sweep_results.csv').exists():
     launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep', f'--workdir={sweep}'], out / 'sweep.log')
@@ -62,9 +98,7 @@ def main():
         launch([*flags, *student, *extra, *teacher, f'--config.seed={seed}', f'--workdir={workdir}'],
                out / f'{arm}-{seed}.log')
 
-  images = unseen_images('digits', sidecar.stored_config(workdirs['alone', seeds[0]]), out)
-  unseen = [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
-  labels = load_digits().target[unseen]
+  images, labels = unseen_set(options.data, sidecar.stored_config(workdirs['alone', seeds[0]]), out)
   models = distill_core.teacher_models(str(sweep))
   teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
   result = {'unseen_images': len(labels), 'teacher': float(np.mean(teacher.argmax(1) == labels))}
