@@ -131,13 +131,17 @@ def other_sets(name: str, settings: DecodeSettings, footprint_cache: pathlib.Pat
   return sets
 
 
+def unseen_digit_indices(out: pathlib.Path) -> list[int]:
+  """The indices, into scikit-learn's digits, of the fifth `data_sets` left out (digits-unseen.csv's ids)."""
+  return [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
+
+
 def unseen_images(name: str, config, out: pathlib.Path) -> np.ndarray:
   """In-distribution images no model trained or validated on: the synthetic test split, or the excluded digits."""
   data = DataSettings.from_config(config.data)
   if name == 'digits':
     from sklearn.datasets import load_digits
-    unseen = [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
-    images = np.round(load_digits().images[unseen] * 255 / 16).astype(np.uint8)
+    images = np.round(load_digits().images[unseen_digit_indices(out)] * 255 / 16).astype(np.uint8)
     return decoded(images, data.decode)
   return np.asarray(pipeline.load_dataset(data, progress=False).test.images)
 

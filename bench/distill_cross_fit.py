@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.deploy import data_sets, unseen_images
+from bench.deploy import data_sets, unseen_digit_indices, unseen_images
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
@@ -61,8 +61,7 @@ def _data(flags: list) -> DataSettings:
 def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   """The left-out images, decoded as the models decode them, and their labels."""
   if name == 'digits':
-    unseen = [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
-    return unseen_images('digits', config, out), load_digits().target[unseen]
+    return unseen_images('digits', config, out), load_digits().target[unseen_digit_indices(out)]
   wanted = set((out / 'footprint-unseen.csv').read_text().split()[1:])
   config.data.exclude_csv = ''
   pool = pipeline.decode_source(DataSettings.from_config(config.data), progress=False).pool

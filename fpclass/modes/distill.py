@@ -38,8 +38,8 @@ def distill(config, workdir) -> dict:
   splits = distill_core.comparison_splits(models, settings, student) if settings.compare else []
   unlabelled = distill_core.unlabelled_images(settings, student)
 
-  held_out = distill_core.held_out_ids(models) if settings.cross_fit else None
-  teacher = distill_core.Teacher(models, unlabelled, held_out, temperature=settings.temperature)
+  validated_ids = distill_core.held_out_ids(models) if settings.cross_fit else None
+  teacher = distill_core.Teacher(models, unlabelled, validated_ids, temperature=settings.temperature)
   (run,) = run_plan(dataclasses.replace(solo_plan(student), teacher=teacher), workdir)
   scores = evaluate_workdir(student, workdir, dataset=run.data.dataset)
 
