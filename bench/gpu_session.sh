@@ -10,9 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Beyond device_wheels.sh's list: serve_load.py's HTTP client, h5py for the Keras-written weights, Keras' rich,
-# and the suite's xdist and hypothesis (with what each needs that the image may lack).
+# the suite's xdist and hypothesis, and Optuna for --mode auto (with what each needs that the image may lack).
 SESSION_WHEELS=(httpx httpcore h11 anyio sniffio certifi idna h5py rich markdown-it-py mdurl
-                pytest-xdist execnet hypothesis sortedcontainers attrs)
+                pytest-xdist execnet hypothesis sortedcontainers attrs
+                optuna colorlog alembic sqlalchemy mako greenlet)
 
 if [[ ${1:-} == prepare ]]; then
   [[ -d .git ]] && mkdir -p .git/info   # device_wheels.sh records .whl/ in .git/info/exclude
