@@ -79,6 +79,8 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
   study = _study(workdir)
   trials = {t.number: t for t in study.trials if 'claim' not in t.user_attrs}
   assert sorted(trials) == bracket['trials'] and len(trials) == 4
+  listed = pd.read_csv(workdir / 'trials.csv')   # the confirmation's claim marker is no trial of the table
+  assert sorted(listed['number']) == sorted(trials) and 'user_attrs_claim' not in listed
   for level, kept in enumerate(bracket['promoted']):   # each rung keeps its lowest losses, the rest are pruned
     values = {int(n): v for n, v in bracket['values'][level].items()}
     best = sorted(values, key=values.get)[:len(kept)]

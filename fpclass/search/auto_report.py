@@ -41,6 +41,9 @@ def write_report(run, workdir) -> str:
   study, metric = run.study, run.metric
   trials = study.trials_dataframe(attrs=('number', 'value', 'state', 'duration', 'params', 'user_attrs',
                                          'intermediate_values'))
+  # The confirmation's claim markers are bookkeeping in the study, not trials: trials.csv leaves them out.
+  markers = [t.number for t in study.get_trials(deepcopy=False) if study_lib.is_marker(t)]
+  trials = trials[~trials['number'].isin(markers)].drop(columns=[f'user_attrs_{study_lib.CLAIM}'], errors='ignore')
   fileio.write_csv(workdir / 'trials.csv', trials)
   figures = _optuna_figures(study, workdir)
   config_path = workdir / CHOSEN_CONFIG
@@ -154,7 +157,3 @@ def _optuna_figures(study: optuna.Study, workdir: pathlib.Path) -> list[str]:
     matplotlib.pyplot.close(figure)
     made.append(name)
   return made
-
-
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-  return study.trials_dataframe()
