@@ -125,7 +125,7 @@ class SweepSettings(Settings):
   baseline: str = ''               # the variant paired differences are taken against; '' -> the first
   folds: tuple[int, ...] = ()      # () -> all data.num_folds folds (or the source's own val split); (-1,) -> holdout
   seeds: tuple[int, ...] = (0, 1, 2)
-  model_axis: str = 'auto'         # auto (loop on CPU, vmap elsewhere) | vmap | loop; see fpclass.train.axis
+  model_axis: str = 'auto'         # auto (loop: measured faster on CPU and GPU) | vmap | loop; fpclass.train.axis
   models_per_chunk: int = 0        # models resident at once; 0 -> from the memory rule and memory_fraction
   memory_fraction: float = 0.5     # share of free device (or host) memory the chunk may use
   ece_bins: int = 15               # equal-width confidence bins for expected calibration error

@@ -5,9 +5,11 @@
   solo `--mode train` run is this form with one member, so a sweep's member runs the solo run's programs.
 - `VmapAxis`: the members' states stacked, one jitted `jax.vmap` of `Task.train_step` advancing them all;
   a member with no step left this epoch (a shorter split) or out of this phase is masked (`jnp.where`).
-  The form for accelerators, where one small model leaves most of the device idle.
-`auto` picks `loop` on XLA:CPU, where grouped convolutions ran slower than one model at a time
-(bench/vmap_speedup.py), and `vmap` elsewhere.
+  Chosen by name: where many tiny models would each leave an accelerator idle.
+`auto` picks `loop` on every backend measured: on XLA:CPU the vmapped (grouped) convolutions ran 2-3x slower
+than one model at a time (bench/vmap_speedup.py), and on an H100 15 footprint CNNs took 0.13 s a model-epoch
+vmapped against 0.06 s in turn, and the loop form's one-model programs serve any member count
+(docs/performance.md, GPU session 2026-11-26).
 """
 import dataclasses
 import math
@@ -28,9 +30,7 @@ FORMS = ('auto', 'vmap', 'loop')
 def resolve_form(form: str) -> str:
   if form not in FORMS:
     raise UserInputError(f'config.sweep.model_axis={form!r}: choose one of {FORMS}')
-  if form == 'auto':
-    return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
-  return form
+  return 'loop' if form == 'auto' else form
 
 
 @dataclasses.dataclass
