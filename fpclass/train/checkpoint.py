@@ -1,7 +1,8 @@
 """Orbax checkpoints (best and last); the run's metadata sidecar beside them is `fpclass.train.sidecar`.
 
-    <workdir>/checkpoints/last/<epoch>/   every epoch: train state + loop state (resume point); the two newest
-                                          are kept, so a damaged newest one falls back to the one before
+    <workdir>/checkpoints/last/<epoch>/   train state + loop state (resume point), each epoch's end unless the
+                                          save before is still being written (`fpclass.train.records`); the two
+                                          newest are kept, so a damaged newest one falls back to the one before
     <workdir>/checkpoints/best/<epoch>/   when the monitored metric improves
     <workdir>/metadata.json               class names, image size, channels, normalisation, config
 
@@ -88,6 +89,11 @@ class CheckpointStore:
     with self._disk_full_is_clear(kind, epoch):
       manager.save(epoch, args=ocp.args.Composite(**items), force=True)
     self._pending[kind] = (epoch, then)
+
+  def busy(self, kind: str) -> bool:
+    """Whether a `kind` save is still being written (the saves that finished are completed first)."""
+    self.poll()
+    return kind in self._pending
 
   def poll(self) -> None:
     """Completes the saves that have finished in the background (their `then` runs now), waiting for none."""

@@ -1,8 +1,8 @@
 """What the training loop keeps of each member's epochs, and how a run is stopped.
 
-- `CheckpointRecord` (`--mode train`): every epoch the `last` checkpoint with the loop state (a killed run
-  resumes there), `best` when the monitor improves, metrics.csv once the save is complete, and the
-  `interrupted` checkpoint of a run stopped by a signal inside an epoch.
+- `CheckpointRecord` (`--mode train`): the `last` checkpoint with the loop state (a killed run resumes there) at
+  each epoch's end whose save can start, `best` when the monitor improves, metrics.csv once the save is
+  complete, and the `interrupted` checkpoint of a run stopped by a signal inside an epoch.
 - `MemoryRecord` (`--mode sweep`): each member's best variables on the device: a sweep keeps its finished
   members (`fpclass.train.resume.FinishedMembers`), and a search's rounds each member's latest epoch too
   (`on_epoch`).
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fpclass.errors import RunInterrupted
-from fpclass.runtime import tracking
+from fpclass.runtime import sharding, tracking
 
 INTERRUPTED = 'interrupted'
 
@@ -39,26 +39,58 @@ class Start:
 
 
 class CheckpointRecord:
-  """One member's epochs in the workdir's checkpoint store (`fpclass.train.checkpoint.CheckpointStore`)."""
+  """One member's epochs in the workdir's checkpoint store (`fpclass.train.checkpoint.CheckpointStore`).
+
+  An epoch's end saves the resume point (`last`), and `best` when the monitor improved, unless the previous
+  `last` is still being written (one process; several save together, each epoch): then the epoch's state waits
+  on the device, and the newest waiting epoch is saved as soon as the disk is free (polled at every step), at
+  the run's last epoch, before a stop's checkpoint and at `close`, with the best epoch's variables if they
+  changed meanwhile; its metrics rows reach the sinks once that save is complete. Waiting for every save made
+  checkpoints 43% of the warm main job on an H100, where an epoch took a seventh of a save (docs/performance.md).
+  """
   stops_mid_epoch = True     # a signal stops the run after the current step (the `interrupted` checkpoint)
   keeps_states = False       # the states are in the store
   kept_on_stop = 'its checkpoint is saved.'
 
   def __init__(self, store, workdir):
     self.store, self.workdir = store, workdir
+    self._best = None        # (epoch, evaluated state, loop state) not yet saved as `best`
+    self._last = None        # (epoch, state, loop state) not yet saved as `last`
+    self._histories = []     # the metrics history at each epoch not yet saved, for the tracking sinks
 
   def epoch_end(self, m: int, epoch: int, state, loop, improved: bool, logits: dict) -> None:
+    waits = not loop.finished and sharding.process_count() == 1 and self.store.busy('last')
+    keep = _device_copy if waits else (lambda tree: tree)   # the train step donates the state's buffers
     if improved:
-      self.store.save('best', epoch, state, loop.to_json())
-    self.store.save('last', epoch, state, loop.to_json(),
-                    then=functools.partial(_record_epoch, self.workdir, list(loop.history)))
-    self.store.discard(INTERRUPTED)
+      evaluated = state.for_evaluation()
+      self._best = (epoch, evaluated.replace(params=keep(evaluated.params), batch_stats=keep(evaluated.batch_stats),
+                                             opt_state=None), loop.to_json())
+    self._last = (epoch, keep(state), loop.to_json())
+    self._histories.append(list(loop.history))
+    if not waits:
+      self.flush()
+
+  def flush(self) -> None:
+    """Saves the epoch waiting on the device, if any (waiting for the save in flight)."""
+    if self._best is not None:
+      self.store.save('best', *self._best)
+    if self._last is not None:
+      epoch, state, loop_state = self._last
+      self.store.save('last', epoch, state, loop_state,
+                      then=functools.partial(_record_epochs, self.workdir, self._histories))
+      self.store.discard(INTERRUPTED)
+    self._best, self._last, self._histories = None, None, []
 
   def poll(self) -> None:
-    self.store.poll()  # the previous epoch's metrics.csv as soon as its checkpoint is complete
+    """Completes the saves that finished (the previous epochs' metrics rows go out now) and starts the waiting
+    epoch's once the disk is free."""
+    self.store.poll()
+    if self._last is not None and not self.store.busy('last'):
+      self.flush()
 
   def best_variables(self, m: int, state):
     """The state with the best epoch's variables as evaluated (no average), or None when none was saved."""
+    self.flush()
     if self.store.latest_epoch('best') is None:
       return None
     return self.store.restore('best', state)[0]
@@ -66,6 +98,7 @@ class CheckpointRecord:
   def interrupt(self, m: int, epoch: int, state, loop, step_metrics: list, steps: int, stop) -> None:
     """Saves the middle of epoch `epoch` (1-based) and raises RunInterrupted saying how to resume."""
     done = len(step_metrics)
+    self.flush()   # the epoch before, whose state and loop the interrupted checkpoint continues
     self.store.save(INTERRUPTED, epoch, state, dict(
         loop.to_json(), interrupted_step=done,
         interrupted_metrics=[{k: float(v) for k, v in s.items()} for s in step_metrics]))
@@ -80,10 +113,16 @@ class CheckpointRecord:
     pass
 
 
-def _record_epoch(workdir, history: list) -> None:
-  """The epoch to the active tracking sinks (metrics.csv, TensorBoard, MLflow) after its `last` checkpoint is
-  complete (saves are asynchronous), so a killed run's metrics.csv lists exactly the epochs it resumes after."""
-  tracking.current().epoch(history, workdir)
+def _record_epochs(workdir, histories: list) -> None:
+  """Each epoch (its history so far) to the active tracking sinks (metrics.csv, TensorBoard, MLflow) once the
+  `last` checkpoint holding it is complete (saves are asynchronous), so a killed run's metrics.csv lists exactly
+  the epochs it resumes after."""
+  for history in histories:
+    tracking.current().epoch(history, workdir)
+
+
+def _device_copy(tree):
+  return jax.tree_util.tree_map(jnp.copy, tree)
 
 
 class MemoryRecord:

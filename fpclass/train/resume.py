@@ -38,12 +38,14 @@ class WorkdirEpochs:
   def __init__(self, workdir, variant: Variant):
     self.workdir, self.config, self.run = pathlib.Path(workdir), variant.config, variant.settings
     self.store = checkpoint.CheckpointStore(self.workdir, writer=True)
+    self._record = None
 
   def todo(self, members: list[Member]) -> list[Member]:
     return members   # a finished run resumes as finished: the loop returns its result at once
 
   def record(self, extras: dict | None = None) -> CheckpointRecord:
-    return CheckpointRecord(self.store, self.workdir)
+    self._record = CheckpointRecord(self.store, self.workdir)
+    return self._record
 
   def begin(self, cohort, starts: list, class_names) -> None:
     """metadata.json, the sidecar every later mode reads, before the first epoch."""
@@ -100,7 +102,15 @@ class WorkdirEpochs:
     return batches.predict_logits(task, state, val_images, self.run.eval.batch_size)
 
   def close(self, after_error: bool = False) -> None:
-    self.store.close(after_error=after_error)   # the saves in flight complete (or fail) before it returns
+    """Saves the epoch still waiting on the device; the saves in flight complete (or fail) before it returns.
+    `after_error`: the run's own error is the one reported (`CheckpointStore.close`)."""
+    try:
+      if self._record is not None:
+        self._record.flush()
+    except Exception:  # noqa: BLE001 -- a device or disk that failed the run fails this save too
+      if not after_error:
+        raise
+    self.store.close(after_error=after_error)
 
 
 class FinishedMembers:
