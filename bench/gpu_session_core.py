@@ -59,7 +59,7 @@ class Plan:
 
 GPU_PLAN = Plan(
     stand_in_images=(256, 64),
-    keras_args=('--train', '256', '--val', '64', '--epochs', '3', '--recipes', 'vgg16_aug,inception_mixed7',
+    keras_args=('--train', '256', '--val', '64', '--epochs', '5', '--recipes', 'vgg16_aug,inception_mixed7',
                 '--arms', 'fpclass,keras_jax'),
     footprint_args=('--experiment', 'exp4', '--epochs', '0', '--no-torch'),
     served_config='configs/footprint.py:exp4,quick',
@@ -272,10 +272,6 @@ def accounted_serve_report(report_path: pathlib.Path) -> dict:
     if not result['ok']:
       raise StepFailed(f'{result["server"]}: no request answered 200', partial=report)
   return report
-
-
-def mean(values):
-  return sum(values) / len(values) if values else None
 
 
 # ------------------------------------------------------------------------------------------ the environment
