@@ -36,7 +36,7 @@ def population_step(session: Session, step: Step) -> dict:
                                         f'--config.sweep.model_axis={axis}', *plan.population_args])
       record.update(auto_figures(workdir))
       results['auto'][axis] = record
-    results['serve_ensemble'] = serve_ensemble(session, step, work / 'auto-vmap' / 'final')
+    results['serve_ensemble'] = serve_ensemble(session, step, work / f'auto-{plan.population_auto_axes[0]}' / 'final')
   except StepFailed as e:
     raise StepFailed(str(e), e.status, results) from None
   return results
