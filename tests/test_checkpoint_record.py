@@ -60,33 +60,33 @@ def _train(tmp_path, epochs, behind_after, improved_at, stop_at=None, free_after
   `stop_at` stops the run by a signal in the middle of that epoch. Returns (the store reopened, the saves made,
   the epochs told to the tracking sinks)."""
   store, sink = SlowDisk(tmp_path, writer=True), EpochSink()
-  resume = records.CheckpointRecord(store, tmp_path)
+  record = records.CheckpointRecord(store, tmp_path)
   loop, state = LoopState(), _state()
   with tracking.active(tracking.Tracker([CsvSink(), sink]), tmp_path):
     try:
-      _epochs(store, resume, loop, state, epochs, behind_after, improved_at, stop_at, free_after)
+      _epochs(store, record, loop, state, epochs, behind_after, improved_at, stop_at, free_after)
     except RunInterrupted:
       pass
     store.behind = False
-    resume.flush()   # as the workdir's records close
+    record.flush()   # as the workdir's records close
     store.close()
   return checkpoint.CheckpointStore(tmp_path), store.saved, sink.epochs
 
 
-def _epochs(store, resume, loop, state, epochs, behind_after, improved_at, stop_at, free_after):
+def _epochs(store, record, loop, state, epochs, behind_after, improved_at, stop_at, free_after):
   for epoch in range(1, epochs + 1):
     state = _step(state)
     if epoch == stop_at:
       stop = type('Stop', (), dict(name='SIGTERM', signum=15))
-      resume.interrupt(0, epoch, state, loop, [dict(loss_sum=1.0, correct=1.0, count=2.0)], 4, stop)
+      record.interrupt(0, epoch, state, loop, [dict(loss_sum=1.0, correct=1.0, count=2.0)], 4, stop)
     loop.history.append(dict(epoch=epoch, val_loss=1.0 / epoch))
     loop.epoch, loop.finished = epoch, epoch == epochs
     if epoch in improved_at:
       loop.best_epoch = epoch
     store.behind = epoch in behind_after
-    resume.epoch_end(0, epoch, state, loop, epoch in improved_at, {})
+    record.epoch_end(0, epoch, state, loop, epoch in improved_at, {})
     store.behind = store.behind and epoch not in free_after
-    resume.poll()   # a step of the next epoch
+    record.poll()   # a step of the next epoch
 
 
 def _weights(store, kind, epoch):
@@ -142,11 +142,11 @@ def test_several_processes_save_every_epoch(tmp_path, monkeypatch):
 def test_the_fine_tuning_phase_starts_from_the_waiting_best_epoch(tmp_path):
   """`best_variables` (a phase's end) reads the best epoch even when it is still waiting on the device."""
   store = SlowDisk(tmp_path, writer=True)
-  resume, loop = records.CheckpointRecord(store, tmp_path), LoopState(epoch=1)
+  record, loop = records.CheckpointRecord(store, tmp_path), LoopState(epoch=1)
   loop.history.append(dict(epoch=1, val_loss=1.0))
   store.behind = True
-  resume.epoch_end(0, 1, _step(_state()), loop, True, {})
+  record.epoch_end(0, 1, _step(_state()), loop, True, {})
   store.behind = False
-  best = resume.best_variables(0, _state())
+  best = record.best_variables(0, _state())
   store.close()
   assert best is not None and float(best.params['w'][0]) == 1.0
