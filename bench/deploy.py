@@ -49,7 +49,7 @@ STAGES = ('train', 'ood', 'int8', 'distill')
 STUDENT = ('--config.model.conv_channels=(16,32)', '--config.model.fc_sizes=(64,)')
 
 
-def _launch(args: list[str], log: pathlib.Path) -> float:
+def launch(args: list[str], log: pathlib.Path) -> float:
   """Runs launch.py with `args`, its output in `log`; returns its wall seconds."""
   start = time.perf_counter()
   done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, capture_output=True, text=True)
@@ -83,10 +83,10 @@ def data_sets(epochs: int, out: pathlib.Path) -> dict:
 
 def train_stage(name: str, flags: list, variants: tuple, out: pathlib.Path) -> dict:
   folder = out / name
-  seconds = {'solo': _launch([*flags, f'--workdir={folder / "solo"}'], out / f'{name}-solo.log'),
-             'sweep': _launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep',
+  seconds = {'solo': launch([*flags, f'--workdir={folder / "solo"}'], out / f'{name}-solo.log'),
+             'sweep': launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep',
                                f'--workdir={folder / "sweep"}'], out / f'{name}-sweep.log')}
-  seconds['ensemble'] = _launch([*flags, '--mode=ensemble', f'--workdir={folder / "sweep"}'],
+  seconds['ensemble'] = launch([*flags, '--mode=ensemble', f'--workdir={folder / "sweep"}'],
                                 out / f'{name}-ensemble.log')
   return seconds
 
@@ -178,7 +178,7 @@ def int8_stage(name: str, out: pathlib.Path) -> dict:
   result = {}
   for what, workdir in (('solo', folder / 'solo'), ('ensemble', folder / 'sweep' / 'ensemble')):
     # Kept whatever the drop (the default limit refuses past one point): the bench reports the drop itself.
-    _launch([f'--workdir={workdir}', '--mode=export', '--config.export.int8=True', '--config.export.int8_max_drop=1.0'],
+    launch([f'--workdir={workdir}', '--mode=export', '--config.export.int8=True', '--config.export.int8_max_drop=1.0'],
             out / f'{name}-{what}-int8.log')
     described = json.loads((workdir / 'export' / int8.INT8_DESCRIPTION).read_text())
     float_path, int8_path = workdir / 'export' / 'model.onnx', workdir / 'export' / int8.INT8_FILE
@@ -263,7 +263,7 @@ def planted_collapses(workdir: pathlib.Path) -> dict:
 
 def distill_stage(name: str, flags: list, student: list, out: pathlib.Path) -> dict:
   folder = out / name
-  seconds = _launch([*flags, *student, '--mode=distill', f'--workdir={folder / "distill"}',
+  seconds = launch([*flags, *student, '--mode=distill', f'--workdir={folder / "distill"}',
                      f'--config.distill.teacher={folder / "sweep" / "ensemble"}'], out / f'{name}-distill.log')
   return dict(json.loads((folder / 'distill' / 'distill.json').read_text()), seconds=seconds)
 

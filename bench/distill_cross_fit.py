@@ -13,15 +13,12 @@ each --temperatures T. All are scored on the left-out fifth, whose labels are kn
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
-import time
 
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.deploy import data_sets, unseen_digit_indices, unseen_images
+from bench.deploy import data_sets, launch, unseen_digit_indices, unseen_images
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
@@ -29,19 +26,9 @@ from fpclass.infer.inference import load_trained
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 ARMS = {'alone': ['--mode=train'],
         'distilled': ['--mode=distill', '--config.distill.compare=False'],
         'cross_fitted': ['--mode=distill', '--config.distill.compare=False', '--config.distill.cross_fit=True']}
-
-
-def launch(args: list, log: pathlib.Path) -> float:
-  start = time.perf_counter()
-  done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, capture_output=True, text=True)
-  log.write_text(done.stdout + done.stderr)
-  if done.returncode:
-    raise SystemExit(f'launch.py failed ({done.returncode}); see {log}')
-  return round(time.perf_counter() - start, 1)
 
 
 def footprint_unseen(flags: list, out: pathlib.Path) -> pathlib.Path:
