@@ -84,8 +84,7 @@ class CheckpointRecord:
   def poll(self) -> None:
     """Completes the saves that finished (the previous epochs' metrics rows go out now) and starts the waiting
     epoch's once the disk is free."""
-    self.store.poll()
-    if self._last is not None and not self.store.busy('last'):
+    if not self.store.busy('last') and self._last is not None:   # `busy` completes the finished saves first
       self.flush()
 
   def best_variables(self, m: int, state):
