@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+from jax._src import monitoring
 
 from fpclass.errors import RunInterrupted
 from fpclass.runtime import sharding, tracking
@@ -150,3 +151,25 @@ def test_the_fine_tuning_phase_starts_from_the_waiting_best_epoch(tmp_path):
   best = record.best_variables(0, _state())
   store.close()
   assert best is not None and float(best.params['w'][0]) == 1.0
+
+
+def test_the_waiting_copy_compiles_nothing():
+  """The device copy of a waiting epoch is a transfer: a copy op per leaf would compile one program per leaf
+  shape (on the H100 it added 9 programs to the footprint job's 10). Shapes no other test uses, so a program
+  compiled earlier in this process cannot hide one."""
+  compiled = []
+
+  def on_event(event, duration, **kwargs):
+    if event.startswith('/jax/core/compile/'):   # tracing too: a compiled program may come from the disk cache
+      compiled.append(event)
+  tree = {'a': jnp.ones((3, 7, 11)), 'b': jnp.zeros((13, 5)), 'c': jnp.arange(17)}
+  monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    copy = records._device_copy(tree)
+  finally:
+    monitoring.unregister_event_duration_listener(on_event)
+  assert compiled == []
+  for key, leaf in tree.items():
+    assert copy[key] is not leaf and np.array_equal(copy[key], leaf)
+  tree['a'].delete()   # the copy owns its buffers: the original's donation cannot take them
+  assert float(copy['a'].sum()) == 3 * 7 * 11
