@@ -175,14 +175,13 @@ class Task:
     """`jax.value_and_grad(loss_fn, has_aux=True)(params)`, differentiated with respect to the parameters that
     train only; a frozen parameter's gradient is zero, as it is absent in Keras (trainable=False) and PyTorch
     (requires_grad=False), so global-norm clipping counts the trained ones alone. Why: autodiff through a frozen
-    backbone traced and compiled its whole backward pass only for XLA to drop it (InceptionV3 to mixed7 on
-    this CPU: the step's trace 3.3 s and compile 6.0 s, docs/performance.md)."""
+    backbone traced its whole backward pass only for XLA to drop it (docs/finetuning.md)."""
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     if self.param_groups is None:
       return value_and_grad(params)
     paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     leaves = [leaf for _, leaf in paths]
-    trains = [self.param_groups.label('/'.join(str(key.key) for key in path)) != 'frozen' for path, _ in paths]
+    trains = [self.param_groups.label('/'.join(_key_name(key) for key in path)) != 'frozen' for path, _ in paths]
     if all(trains):
       return value_and_grad(params)
 
@@ -232,6 +231,11 @@ class Task:
   def predict(self, params, batch_stats, images_u8):
     logits, _, _ = self.apply(params, batch_stats, self.prepare(images_u8), train=False)
     return logits
+
+
+def _key_name(key) -> str:
+  """A parameter path's entry as `flax.traverse_util.flatten_dict` names it (dict keys; indices otherwise)."""
+  return str(getattr(key, 'key', getattr(key, 'idx', getattr(key, 'name', key))))
 
 
 @dataclasses.dataclass(frozen=True)
