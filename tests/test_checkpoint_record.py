@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from jax._src import monitoring
 
 from fpclass.errors import RunInterrupted
 from fpclass.runtime import sharding, tracking
@@ -163,11 +162,11 @@ def test_the_waiting_copy_compiles_nothing():
     if event.startswith('/jax/core/compile/'):   # tracing too: a compiled program may come from the disk cache
       compiled.append(event)
   tree = {'a': jnp.ones((3, 7, 11)), 'b': jnp.zeros((13, 5)), 'c': jnp.arange(17)}
-  monitoring.register_event_duration_secs_listener(on_event)
+  jax.monitoring.register_event_duration_secs_listener(on_event)
   try:
     copy = records._device_copy(tree)
   finally:
-    monitoring.unregister_event_duration_listener(on_event)
+    jax.monitoring.unregister_event_duration_listener(on_event)
   assert compiled == []
   for key, leaf in tree.items():
     assert copy[key] is not leaf and np.array_equal(copy[key], leaf)

@@ -179,9 +179,9 @@ class Task:
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     if self.param_groups is None:
       return value_and_grad(params)
-    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-    leaves = [leaf for _, leaf in paths]
-    trains = [self.param_groups.label('/'.join(_key_name(key) for key in path)) != 'frozen' for path, _ in paths]
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    # The optimizer's own labels (multi_transform's), as a tree of the params' keys: its leaves come in the same order.
+    trains = [label != 'frozen' for label in jax.tree_util.tree_leaves(self.param_groups(params))]
     if all(trains):
       return value_and_grad(params)
 
@@ -231,11 +231,6 @@ class Task:
   def predict(self, params, batch_stats, images_u8):
     logits, _, _ = self.apply(params, batch_stats, self.prepare(images_u8), train=False)
     return logits
-
-
-def _key_name(key) -> str:
-  """A parameter path's entry as `flax.traverse_util.flatten_dict` names it (dict keys; indices otherwise)."""
-  return str(getattr(key, 'key', getattr(key, 'idx', getattr(key, 'name', key))))
 
 
 @dataclasses.dataclass(frozen=True)
