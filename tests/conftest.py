@@ -31,26 +31,37 @@ from tests.forkserver import LaunchServer, forkable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# On the CPU, the suite compiles hundreds of tiny programs that then run for milliseconds in this process: LLVM's
-# optimisation of the generated code is most of the compile time and buys nothing here (-40% CPU time on
-# tests/test_conv.py and test_pooling.py at level 0). So this process compiles at level 0: the flag is in
-# XLA_FLAGS only while its backend starts (the one time XLA reads the variable). A launch.py child, which
-# inherits the environment, keeps XLA's own level: its programs mostly come from the session's persistent
-# compilation cache and then run for seconds, which level 0 makes slower (test_launch.py: 84 -> 75 CPU-s at
-# XLA's level, 2026-11-25). A test comparing a child's bits with this process's gives the child
-# `IN_PROCESS_XLA_FLAGS`. A user who sets the flag in XLA_FLAGS keeps theirs everywhere; a GPU run keeps XLA's.
+# On the CPU, the suite compiles hundreds of tiny programs that then run for milliseconds: LLVM's optimisation of
+# the generated code is most of the compile time and buys nothing here (-40% CPU time on tests/test_conv.py and
+# test_pooling.py at level 0). So this process compiles at level 0: the flag is in XLA_FLAGS only while its
+# backend starts (the one time XLA reads the variable). Its child processes (launch.py, servers, bench scripts)
+# get FAST_COMPILE_FLAGS in theirs: level 0 and XLA's loop emitters, which compile a program in about half the
+# time of the fusion emitters. Most children compile programs no other process of the session has compiled (a
+# recipe's backbone, a sweep's variants), and those compiles are most of their time: launch-heavy files took
+# 35% fewer CPU-seconds so (docs/testing.md), though a child that only loads cached programs and trains for
+# seconds runs slower. This process keeps the fusion emitters, whose rounding five tests pin. A test comparing
+# a child's bits with this process's gives the child `IN_PROCESS_XLA_FLAGS`. A user who sets the level in
+# XLA_FLAGS keeps theirs everywhere; a GPU run keeps XLA's. A process that inherits exactly the flags this module
+# gave its parent's children (an xdist worker; a script that imports this file) starts from the user's flags,
+# kept in USER_FLAGS_VARIABLE; flags a test set itself (a device count) are taken as they are.
 OPTIMISATION_FLAG = '--xla_backend_optimization_level'
-CHILD_XLA_FLAGS = os.environ.get('XLA_FLAGS', '')
-IN_PROCESS_XLA_FLAGS = CHILD_XLA_FLAGS
-if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in CHILD_XLA_FLAGS:
-  IN_PROCESS_XLA_FLAGS = f'{CHILD_XLA_FLAGS} {OPTIMISATION_FLAG}=0'.strip()
+FAST_COMPILE_FLAGS = f'{OPTIMISATION_FLAG}=0 --xla_cpu_use_fusion_emitters=false'
+USER_FLAGS_VARIABLE, CHILD_FLAGS_VARIABLE = 'FPCLASS_TEST_USER_XLA_FLAGS', 'FPCLASS_TEST_CHILD_XLA_FLAGS'
+USER_XLA_FLAGS = os.environ.get('XLA_FLAGS', '')
+if USER_XLA_FLAGS == os.environ.get(CHILD_FLAGS_VARIABLE) and USER_FLAGS_VARIABLE in os.environ:
+  USER_XLA_FLAGS = os.environ[USER_FLAGS_VARIABLE]
+IN_PROCESS_XLA_FLAGS = CHILD_XLA_FLAGS = USER_XLA_FLAGS
+if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in USER_XLA_FLAGS:
+  IN_PROCESS_XLA_FLAGS = f'{USER_XLA_FLAGS} {OPTIMISATION_FLAG}=0'.strip()
+  CHILD_XLA_FLAGS = f'{USER_XLA_FLAGS} {FAST_COMPILE_FLAGS}'.strip()
   os.environ['XLA_FLAGS'] = IN_PROCESS_XLA_FLAGS
   jax.devices()   # this process's backend starts now, at level 0
   os.environ['XLA_FLAGS'] = CHILD_XLA_FLAGS
+os.environ[USER_FLAGS_VARIABLE], os.environ[CHILD_FLAGS_VARIABLE] = USER_XLA_FLAGS, CHILD_XLA_FLAGS
 
 
 def xla_flags(*flags: str) -> str:
-  """XLA_FLAGS for a child process: the environment's own (XLA's level, above) plus `flags`."""
+  """XLA_FLAGS for a child process: the environment's own (CHILD_XLA_FLAGS, above) plus `flags`."""
   return ' '.join([os.environ.get('XLA_FLAGS', ''), *flags]).strip()
 
 

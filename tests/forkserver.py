@@ -30,8 +30,9 @@ import traceback
 PRELOADED = ('numpy', 'scipy.stats', 'pandas', 'sklearn.metrics', 'sklearn.model_selection', 'matplotlib',
              'matplotlib.figure', 'PIL.Image', 'jax', 'jax.numpy', 'flax.linen', 'optax', 'orbax.checkpoint',
              'ml_collections', 'absl.app', 'absl.flags', 'tensorboardX', 'tqdm',
-             # the extras' libraries of the modes the suite launches most (auto, export, label_issues)
-             'optuna', 'jax2onnx', 'onnxruntime', 'cleanlab.filter')
+             # the extras' libraries of the modes the suite launches most (auto, export, label_issues); optuna
+             # imports SQLAlchemy lazily, auto's study storage at once (0.9 CPU-s of an auto launch's start)
+             'optuna', 'sqlalchemy', 'jax2onnx', 'onnxruntime', 'cleanlab.filter')
 # Environment variables read by those libraries at import: a launch whose values differ runs as a subprocess.
 IMPORT_TIME_PREFIXES = ('JAX_', 'MPL', 'OPENBLAS_', 'OMP_', 'MKL_', 'PYTHON')
 # ... except those read when a multi-process job joins (fpclass.runtime.sharding, jax.distributed), not at import.
