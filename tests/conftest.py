@@ -35,17 +35,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # the generated code is most of the compile time and buys nothing here (-40% CPU time on tests/test_conv.py and
 # test_pooling.py at level 0). So this process compiles at level 0: the flag is in XLA_FLAGS only while its
 # backend starts (the one time XLA reads the variable). Its child processes (launch.py, servers, bench scripts)
-# get FAST_COMPILE_FLAGS in theirs: level 0 and XLA's loop emitters, which compile a program in about half the
-# time of the fusion emitters. Most children compile programs no other process of the session has compiled (a
-# recipe's backbone, a sweep's variants), and those compiles are most of their time: launch-heavy files took
-# 35% fewer CPU-seconds so (docs/testing.md), though a child that only loads cached programs and trains for
-# seconds runs slower. This process keeps the fusion emitters, whose rounding five tests pin. A test comparing
+# get FAST_COMPILE_FLAGS in theirs: level 1 and XLA's loop emitters (--xla_cpu_use_fusion_emitters=false). Most
+# children compile programs no other process of the session has compiled (a recipe's backbone, a sweep's
+# variants), and those compiles are most of their time: a cold climbing quick launch took 19 CPU-s so, 21 at
+# level 0 and 31 at XLA's defaults; test_recipes, test_recipes_transfer, test_launch and test_ensemble 389 ->
+# 324 CPU-s, against 366 with level 0 (docs/testing.md). Not level 0 with the loop emitters, which compiles
+# faster still but computes wrong gradients (Grad-CAM maps off by 0.5, jax 0.11.2, 2026-11-26); at level 1 they
+# give XLA's defaults' maps, and a quick footprint run's metrics bit for bit. This process keeps the fusion
+# emitters, whose rounding tests pin (drop-path scaling to 1e-6). A test comparing
 # a child's bits with this process's gives the child `IN_PROCESS_XLA_FLAGS`. A user who sets the level in
 # XLA_FLAGS keeps theirs everywhere; a GPU run keeps XLA's. A process that inherits exactly the flags this module
 # gave its parent's children (an xdist worker; a script that imports this file) starts from the user's flags,
 # kept in USER_FLAGS_VARIABLE; flags a test set itself (a device count) are taken as they are.
 OPTIMISATION_FLAG = '--xla_backend_optimization_level'
-FAST_COMPILE_FLAGS = f'{OPTIMISATION_FLAG}=0 --xla_cpu_use_fusion_emitters=false'
+FAST_COMPILE_FLAGS = f'{OPTIMISATION_FLAG}=1 --xla_cpu_use_fusion_emitters=false'
 USER_FLAGS_VARIABLE, CHILD_FLAGS_VARIABLE = 'FPCLASS_TEST_USER_XLA_FLAGS', 'FPCLASS_TEST_CHILD_XLA_FLAGS'
 USER_XLA_FLAGS = os.environ.get('XLA_FLAGS', '')
 if USER_XLA_FLAGS == os.environ.get(CHILD_FLAGS_VARIABLE) and USER_FLAGS_VARIABLE in os.environ:

@@ -44,9 +44,8 @@ HALVING = ('--config.auto.eta=2', '--config.auto.trials=4')
 # Where the learning rate is all a test searches, the CNN without augmentation or dropout: less to compile.
 PLAIN = ('--config.augment.hflip=0.0', '--config.augment.brightness=0.0', '--config.augment.contrast=0.0',
          '--config.model.dropout=0.0')
-# The launches compile every trial's programs afresh, with the suite's children's FAST_COMPILE_FLAGS (conftest.py:
-# XLA's older emitters compile a trial of TINY in about half the CPU time, 3.5 -> 1.8 s). The population test,
-# which compares a launch with this process, gives its launch IN_PROCESS_XLA_FLAGS.
+# The launches compile every trial's programs afresh, with the suite's children's FAST_COMPILE_FLAGS (conftest.py).
+# The population test, which compares a launch with this process, gives its launch IN_PROCESS_XLA_FLAGS.
 
 
 def _env(tmp_path):
@@ -121,8 +120,8 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
 def test_a_middle_budget_holds(tmp_path):
   """30 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
   + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant).
-  (Its trials compile with the children's FAST_COMPILE_FLAGS, in about half the CPU time: 30 s leave the search
-  the room 45 s left it without.)"""
+  (Its trials compile with the children's FAST_COMPILE_FLAGS, XLA's loop emitters, in about half the CPU time:
+  30 s leave the search the room 45 s left it at XLA's defaults.)"""
   workdir = tmp_path / 'auto'
   launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path))
   state = _state(workdir)
