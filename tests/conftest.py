@@ -23,6 +23,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest
+from jax._src import cache_key
 from PIL import Image
 
 from fpclass.models import model_keys
@@ -60,6 +61,10 @@ if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in USER_XLA_FLAGS:
   os.environ['XLA_FLAGS'] = IN_PROCESS_XLA_FLAGS
   jax.devices()   # this process's backend starts now, at level 0
   os.environ['XLA_FLAGS'] = CHILD_XLA_FLAGS
+  # JAX keys a cached program by the XLA_FLAGS in the environment as it compiles: the children's flags here, not
+  # the ones this backend started with. Its own flags join its keys (JAX's hook for additions to the key), so
+  # this process never loads a child's program compiled with the loop emitters, nor a child one of its own.
+  cache_key.custom_hook = lambda: IN_PROCESS_XLA_FLAGS
 os.environ[USER_FLAGS_VARIABLE], os.environ[CHILD_FLAGS_VARIABLE] = USER_XLA_FLAGS, CHILD_XLA_FLAGS
 
 
