@@ -38,12 +38,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # backend starts (the one time XLA reads the variable). Its child processes (launch.py, servers, bench scripts)
 # get FAST_COMPILE_FLAGS in theirs: level 1 and XLA's loop emitters (--xla_cpu_use_fusion_emitters=false). Most
 # children compile programs no other process of the session has compiled (a recipe's backbone, a sweep's
-# variants), and those compiles are most of their time: a cold climbing quick launch took 19 CPU-s so, 21 at
-# level 0 and 31 at XLA's defaults; test_recipes, test_recipes_transfer, test_launch and test_ensemble 389 ->
-# 324 CPU-s, against 366 with level 0 (docs/testing.md). Not level 0 with the loop emitters, which compiles
-# faster still but computes wrong gradients (Grad-CAM maps off by 0.5, jax 0.11.2, 2026-11-26); at level 1 they
-# give XLA's defaults' maps, and a quick footprint run's metrics bit for bit. This process keeps the fusion
-# emitters, whose rounding tests pin (drop-path scaling to 1e-6). A test comparing
+# variants), and those compiles are most of their time; these flags compile them fastest of the settings that
+# compute XLA's defaults' results (docs/testing.md has the figures). Not level 0 with the loop emitters, which
+# compiles faster still but computes wrong gradients on jax 0.11.2. This process keeps the fusion emitters,
+# whose rounding tests pin (drop-path scaling to 1e-6). A test comparing
 # a child's bits with this process's gives the child `IN_PROCESS_XLA_FLAGS`. A user who sets the level in
 # XLA_FLAGS keeps theirs everywhere; a GPU run keeps XLA's. A process that inherits exactly the flags this module
 # gave its parent's children (an xdist worker; a script that imports this file) starts from the user's flags,
