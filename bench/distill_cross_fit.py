@@ -9,6 +9,8 @@ each --temperatures T. All are scored on the left-out fifth, whose labels are kn
 
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2 --temperatures 4
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit-fp --data footprint --epochs 12
+    python -m bench.distill_cross_fit --out /tmp/bench-patient --epochs 100 --arms alone,distilled \\
+        --flags=--config.augment.mixup_alpha=0.5 --student-flags=--config.train.epochs=100
 """
 import argparse
 import json
@@ -64,12 +66,18 @@ def main():
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--epochs', type=int, default=16)
   parser.add_argument('--temperatures', default='', help='comma-separated T for config.distill.temperature arms')
+  parser.add_argument('--flags', default='', help='more launch.py flags for the teacher and every student arm')
+  parser.add_argument('--arms', default=','.join(ARMS), help=f'comma-separated, of {",".join(ARMS)}')
+  parser.add_argument('--student-flags', default='', help='more launch.py flags for every student arm, space-'
+                      'separated (a patient schedule: --config.train.epochs=200 --config.augment.mixup_alpha=0.5)')
   options = parser.parse_args()
-  arms = dict(ARMS, **{f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
+  arms = dict({a: ARMS[a] for a in options.arms.split(',')}, **{f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
                        for t in filter(None, options.temperatures.split(','))})
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)[options.data]
+  flags = [*flags, *options.flags.split()]
+  student = [*student, *options.student_flags.split()]
   if options.data == 'footprint':
     flags = [*flags, f'--config.data.exclude_csv={footprint_unseen(flags, out)}']
   sweep = out / 'sweep'

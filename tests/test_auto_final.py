@@ -138,3 +138,24 @@ def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_tak
   out, note = final_model(_context(workdir, config, study, 0, 0.5), dict(name='trial-0000', trial=0, changes={}))
   assert [m['folder'] for m in sidecar.read_metadata(out)['ensemble']['members']] == ['../trials/trial-0000']
   assert 'config as given' not in note
+
+
+def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finished_rung(tmp_path):
+  # A loaded machine: the best trial finished rung 0 (one fold) and rung 1 (two folds), but its top rung was cut
+  # (`trials/` holds an unfinished folder): the final model starts from rung 1's fold models and trains the fold
+  # they lack, instead of ending without a model.
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  study.tell(study.ask(), 0.5)
+  seed, ctx = int(config.seed), _context(workdir, config, study, 1, 10)
+  for level, folds in ((0, (0,)), (1, (0, 1))):
+    outcomes, _ = ctx.round(config, [Entry('trial-0000', {})], folds, (seed,), 1,
+                            workdir / 'rounds' / f'b0-r{level}', None)
+    assert not outcomes['trial-0000'].error
+  (workdir / 'trials' / 'trial-0000').mkdir(parents=True)   # the cut top rung
+  out, note = final_model(_context(workdir, config, study, 1, 10), dict(name='trial-0000', trial=0, changes={}))
+  assert out is not None, note
+  members = sidecar.read_metadata(out)['ensemble']['members']
+  assert [(m['folder'], m['models']) for m in members] == [
+      ('../rounds/b0-r1/trial-0000', ['fold0', 'fold1']), (f'../{MORE}/trial-0000-seed{seed}', ['fold2'])]
+  assert "start from b0-r1's" in note and 'every labelled image' in note

@@ -79,6 +79,8 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   seeds = sorted(set(frame['seed']))
   honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
+  if source.folder.parent.parent.name == 'rounds':
+    honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'
   beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
             'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
   return out, (f'{models} fold model(s) of {chosen["name"]}{beside} as one ensemble (seeds {seeds}; together they '
@@ -86,11 +88,16 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
 
 
 def source_of(ctx: Context, name: str) -> Source:
-  """The confirmation's fold models of `name` when it trained them, else the search's top rung's."""
+  """The confirmation's fold models of `name` when it trained them, else the search's top rung's, else those of
+  the highest lower rung it finished: a deadline that cut the top rung (a loaded machine, a short budget) still
+  leaves a model, whose missing folds the budget's rest trains."""
   confirmed = ctx.workdir / 'confirm' / name
   if _finished(confirmed):
     return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
-  return Source(ctx.workdir / 'trials' / name, ctx.base, (int(ctx.base.seed),), False)
+  rungs = sorted((ctx.workdir / 'rounds').glob(f'b*-r*/{name}'), key=lambda p: int(p.parent.name.split('-r')[1]),
+                 reverse=True)
+  folder = next((f for f in [ctx.workdir / 'trials' / name, *rungs] if _finished(f)), ctx.workdir / 'trials' / name)
+  return Source(folder, ctx.base, (int(ctx.base.seed),), False)
 
 
 def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> list[pathlib.Path]:
