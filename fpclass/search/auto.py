@@ -37,7 +37,7 @@ from fpclass.search import one_se
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
 from fpclass.search.candidates import screen_candidates
-from fpclass.search.context import TAIL, Context, Entry, changes_of
+from fpclass.search.context import TAIL, Context, Entry, changes_of, rung_folder
 from fpclass.search.final import final_model
 from fpclass.search.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, neighbours
 from fpclass.search.lr_centres import LR_FIND_SHARE, centre_learning_rates
@@ -232,7 +232,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
         return False
       alive, rung = alive[:1], first   # the best alone, within the budget's slack
       stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
-    folder = ctx.workdir / ('trials' if top else pathlib.Path('rounds') / f'b{bracket["index"]}-r{level}')
+    folder = ctx.workdir / 'trials' if top else rung_folder(ctx.workdir, bracket['index'], level)
     entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
     with stop:
       outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,

@@ -24,7 +24,7 @@ from fpclass import fileio
 from fpclass.analysis import metric_registry
 from fpclass.infer.ensemble import member_workdirs, workdir_metadata
 from fpclass.search import study as study_lib
-from fpclass.search.context import TAIL, Context, Entry, changes_of
+from fpclass.search.context import ROUNDS, TAIL, Context, Entry, changes_of, rung_level
 from fpclass.search.first_trials import BASELINE
 from fpclass.train import oof, sidecar
 from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
@@ -79,7 +79,7 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   seeds = sorted(set(frame['seed']))
   honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
-  if source.folder.parent.parent.name == 'rounds':
+  if source.folder.parent.parent.name == ROUNDS:
     honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'
   beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
             'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
@@ -94,8 +94,7 @@ def source_of(ctx: Context, name: str) -> Source:
   confirmed = ctx.workdir / 'confirm' / name
   if _finished(confirmed):
     return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
-  rungs = sorted((ctx.workdir / 'rounds').glob(f'b*-r*/{name}'), key=lambda p: int(p.parent.name.split('-r')[1]),
-                 reverse=True)
+  rungs = sorted((ctx.workdir / ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: rung_level(p.parent), reverse=True)
   folder = next((f for f in [ctx.workdir / 'trials' / name, *rungs] if _finished(f)), ctx.workdir / 'trials' / name)
   return Source(folder, ctx.base, (int(ctx.base.seed),), False)
 
