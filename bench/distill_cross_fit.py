@@ -71,8 +71,9 @@ def main():
   parser.add_argument('--student-flags', default='', help='more launch.py flags for every student arm, space-'
                       'separated (a patient schedule: --config.train.epochs=200 --config.augment.mixup_alpha=0.5)')
   options = parser.parse_args()
-  arms = dict({a: ARMS[a] for a in options.arms.split(',')}, **{f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
-                       for t in filter(None, options.temperatures.split(','))})
+  arms = {a: ARMS[a] for a in options.arms.split(',')}
+  arms.update({f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
+               for t in filter(None, options.temperatures.split(','))})
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)[options.data]

@@ -16,7 +16,7 @@ from fpclass.modes.command_line import config_from_argv
 from fpclass.search import auto
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
-from fpclass.search.context import TAIL, Context, Entry
+from fpclass.search.context import TAIL, Context, Entry, rung_folder
 from fpclass.search.final import MORE, final_model, piece_size
 from fpclass.search.first_trials import BASELINE
 from fpclass.search.rungs import Costs
@@ -149,8 +149,8 @@ def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finish
   study.tell(study.ask(), 0.5)
   seed, ctx = int(config.seed), _context(workdir, config, study, 1, 10)
   for level, folds in ((0, (0,)), (1, (0, 1))):
-    outcomes, _ = ctx.round(config, [Entry('trial-0000', {})], folds, (seed,), 1,
-                            workdir / 'rounds' / f'b0-r{level}', None)
+    outcomes, _ = ctx.round(config, [Entry('trial-0000', {})], folds, (seed,), 1, rung_folder(workdir, 0, level),
+                            None)
     assert not outcomes['trial-0000'].error
   (workdir / 'trials' / 'trial-0000').mkdir(parents=True)   # the cut top rung
   out, note = final_model(_context(workdir, config, study, 1, 10), dict(name='trial-0000', trial=0, changes={}))
