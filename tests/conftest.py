@@ -41,8 +41,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # variants), and those compiles are most of their time; these flags compile them fastest of the settings that
 # compute XLA's defaults' results (docs/testing.md has the figures). Not level 0 with the loop emitters, which
 # compiles faster still but computes wrong gradients on jax 0.11.2. This process keeps the fusion emitters,
-# whose rounding tests pin (drop-path scaling to 1e-6). A test comparing
-# a child's bits with this process's gives the child `IN_PROCESS_XLA_FLAGS`. A user who sets the level in
+# whose rounding tests pin (drop-path scaling to 1e-6). A test comparing a child's bits with this process's
+# gives the child `IN_PROCESS_XLA_FLAGS`. A user who sets the level in
 # XLA_FLAGS keeps theirs everywhere; a GPU run keeps XLA's. A process that inherits exactly the flags this module
 # gave its parent's children (an xdist worker; a script that imports this file) starts from the user's flags,
 # kept in USER_FLAGS_VARIABLE; flags a test set itself (a device count) are taken as they are.

@@ -192,7 +192,7 @@ def _adopt_measurement(ctx: Context) -> str:
   epochs) becomes the search's one trial, its fold model moved to `trials/`, so that a budget below one rung
   still ends in a model, and the report says what it could afford. '' when there is nothing to adopt."""
   value = ctx.study.user_attrs.get(study_lib.MEASURED)
-  measured = ctx.workdir / 'rounds' / 'measure' / 'baseline'
+  measured = measure_stage.measured_folder(ctx.workdir)
   if value is None or not measured.is_dir():
     return ''
   ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), user_attrs={BASELINE: True})

@@ -19,7 +19,7 @@ from fpclass.train.shared_work import SharedWork
 
 TAIL = 0.02           # the share of the budget kept for the report and the final workdir
 CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
-ROUNDS = 'rounds'     # a bracket's lower rungs, each in ROUNDS/b<bracket>-r<level>; the top rung is in trials/
+ROUNDS = 'rounds'     # the measurement (ROUNDS/measure) and a bracket's lower rungs (ROUNDS/b<bracket>-r<level>)
 
 
 def rung_folder(workdir: pathlib.Path, bracket: int, level: int) -> pathlib.Path:

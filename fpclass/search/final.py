@@ -94,8 +94,9 @@ def source_of(ctx: Context, name: str) -> Source:
   confirmed = ctx.workdir / 'confirm' / name
   if _finished(confirmed):
     return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
+  top = ctx.workdir / 'trials' / name
   rungs = sorted((ctx.workdir / ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: rung_level(p.parent), reverse=True)
-  folder = next((f for f in [ctx.workdir / 'trials' / name, *rungs] if _finished(f)), ctx.workdir / 'trials' / name)
+  folder = next((f for f in [top, *rungs] if _finished(f)), top)
   return Source(folder, ctx.base, (int(ctx.base.seed),), False)
 
 

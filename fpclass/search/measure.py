@@ -2,6 +2,7 @@
 `EPOCHS` epochs, compiled afresh: `measure`), and how many folds a trial can afford at that price (`fit_folds`). The
 measurement's value is kept in the study, for the search to adopt when no bracket fits (`fpclass.search.auto`)."""
 import math
+import pathlib
 
 import numpy as np
 import pandas as pd
@@ -10,11 +11,12 @@ from tqdm.auto import tqdm
 from fpclass.errors import UserInputError
 from fpclass.runtime import process
 from fpclass.search import study as study_lib
-from fpclass.search.context import TAIL, Context, Entry
+from fpclass.search.context import ROUNDS, TAIL, Context, Entry
 from fpclass.search.rungs import Costs, plan_bracket
 from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
 
+ENTRY = 'baseline'   # the measurement round's one variant: the config as given
 EPOCHS = 2   # the measurement trains the config as given this many epochs (its epochs, if fewer), on one fold
 
 
@@ -44,16 +46,22 @@ def fit_folds(ctx: Context, costs: Costs) -> list[str]:
   return [note]
 
 
+def measured_folder(workdir: pathlib.Path) -> pathlib.Path:
+  """Where the measurement round trains its one variant, the config as given (auto adopts it as the search's
+  one trial when no bracket fits)."""
+  return workdir / ROUNDS / 'measure' / ENTRY
+
+
 def measure(ctx: Context) -> Costs:
   """The costs, from the config as given on one fold for `EPOCHS` epochs: its wall time, and its epochs' after the first."""
   epochs = min(EPOCHS, ctx.epochs)
-  folder = ctx.workdir / 'rounds' / 'measure'
+  folder = measured_folder(ctx.workdir).parent
   # Compiled afresh, as the trials' programs will be: the config as given is the one most likely to be in the
   # persistent compilation cache already, which would make a configuration's set-up look free.
   with process.compilation_cache_off(), ctx.stop(TAIL * ctx.budget.seconds) as stop:
-    outcomes, _ = ctx.round(ctx.base, [Entry('baseline', {})], ctx.splits(1), (int(ctx.base.seed),), epochs,
+    outcomes, _ = ctx.round(ctx.base, [Entry(ENTRY, {})], ctx.splits(1), (int(ctx.base.seed),), epochs,
                             folder, stop)
-  outcome = outcomes.get('baseline')
+  outcome = outcomes.get(ENTRY)
   if outcome is None:
     raise UserInputError(f'auto: config.auto.time_budget={ctx.settings.time_budget!r} ran out before the config as '
                          f'given trained {epochs} epoch{"s" * (epochs != 1)} on one fold; give it more time')
@@ -61,7 +69,7 @@ def measure(ctx: Context) -> Costs:
     raise UserInputError(f'auto: the config as given cannot train: {outcome.error}')
   if math.isfinite(outcome.value):
     ctx.study.set_user_attr(study_lib.MEASURED, float(outcome.value))
-  rows = pd.read_csv(folder / 'baseline' / split_name(ctx.splits(1)[0]) / 'metrics.csv')
+  rows = pd.read_csv(folder / ENTRY / split_name(ctx.splits(1)[0]) / 'metrics.csv')
   per_epoch = float(np.median(rows['seconds'][1:])) if len(rows) > 1 else outcome.seconds / 2
   measures = [(outcome.members, outcome.member_epochs, outcome.seconds)]
   costs = Costs.fitted(measures, per_epoch)
