@@ -16,9 +16,10 @@ from fpclass.modes.command_line import config_from_argv
 from fpclass.search import auto
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
-from fpclass.search.context import TAIL, Context, Entry, rung_folder
+from fpclass.search.context import TAIL, Context, Entry
 from fpclass.search.final import MORE, final_model, piece_size
 from fpclass.search.first_trials import BASELINE
+from fpclass.search.layout import rung_folder
 from fpclass.search.rungs import Costs
 from fpclass.train import sidecar
 from fpclass.train.shared_work import SharedWork

@@ -145,7 +145,7 @@ def teacher_models(path: str) -> list[MemberModel]:
     return list(load_model(sidecar.stored_config(workdir), workdir).members)
   if sidecar.read_metadata(workdir) is not None:
     return [_restored(workdir, 1.0)]
-  if (workdir / 'final' / sidecar.METADATA).is_file():   # an auto run's refit choice
+  if (workdir / 'final' / sidecar.METADATA).is_file():   # an auto run's refit choice (fpclass.search.layout.FINAL)
     return [_restored(workdir / 'final', 1.0)]
   folds = member_workdirs(workdir)
   if folds:   # one sweep variant: its fold models

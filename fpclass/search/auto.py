@@ -32,12 +32,12 @@ from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import timings
 from fpclass.search import confirm as confirm_stage
+from fpclass.search import layout, one_se
 from fpclass.search import measure as measure_stage
-from fpclass.search import one_se
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
 from fpclass.search.candidates import screen_candidates
-from fpclass.search.context import TAIL, Context, Entry, changes_of, rung_folder
+from fpclass.search.context import TAIL, Context, Entry, changes_of
 from fpclass.search.final import final_model
 from fpclass.search.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, neighbours
 from fpclass.search.lr_centres import LR_FIND_SHARE, centre_learning_rates
@@ -197,8 +197,8 @@ def _adopt_measurement(ctx: Context) -> str:
     return ''
   ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), user_attrs={BASELINE: True})
   (trial,) = _ask(ctx, 1)
-  (ctx.workdir / 'trials').mkdir(exist_ok=True)
-  measured.rename(ctx.workdir / 'trials' / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
+  (ctx.workdir / layout.TRIALS).mkdir(exist_ok=True)
+  measured.rename(ctx.workdir / layout.TRIALS / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
   trial.report(value, 0)
   ctx.study.tell(trial, value)
   note = (f'the budget affords no search: the config as given, measured on one fold for {min(measure_stage.EPOCHS, ctx.epochs)} of '
@@ -232,7 +232,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
         return False
       alive, rung = alive[:1], first   # the best alone, within the budget's slack
       stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
-    folder = ctx.workdir / 'trials' if top else rung_folder(ctx.workdir, bracket['index'], level)
+    folder = ctx.workdir / layout.TRIALS if top else layout.rung_folder(ctx.workdir, bracket['index'], level)
     entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
     with stop:
       outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,

@@ -10,10 +10,11 @@ from fpclass.analysis import metric_registry, sweep_report
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import tracking
+from fpclass.search import layout
 from fpclass.search import study as study_lib
 from fpclass.search.context import CONFIRM_SPLIT, TAIL, Context, Entry, changes_of
 from fpclass.train import sidecar
-from fpclass.train.plan import apply_changes
+from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
 
 
 def ranked_trials(ctx: Context) -> list:
@@ -75,7 +76,7 @@ def confirm(ctx: Context):
   start, note = time.perf_counter(), (f'{len(entries)} configurations x {ctx.splits_text()} x seeds '
                                       f'{list(seeds)} on folds cut with data.split_seed + {CONFIRM_SPLIT}')
   with ctx.stop(TAIL * ctx.budget.seconds) as stop, tracking.current().nested('confirm'):
-    outcomes, cut = ctx.round(confirm_base, entries, ctx.splits(folds), seeds, ctx.epochs, ctx.workdir / 'confirm',
+    outcomes, cut = ctx.round(confirm_base, entries, ctx.splits(folds), seeds, ctx.epochs, ctx.workdir / layout.CONFIRM,
                               stop)
   if cut:
     note += '; cut by the budget'
@@ -83,7 +84,7 @@ def confirm(ctx: Context):
   runs = [e.name for e in entries if e.name in outcomes and not outcomes[e.name].error]
   rows = []
   for name in runs:
-    rows += json.loads((ctx.workdir / 'confirm' / name / 'experiment.json').read_text())['rows']
+    rows += json.loads((ctx.workdir / layout.CONFIRM / name / EXPERIMENT_FILE).read_text())['rows']
   models = pd.DataFrame(rows)
   if models.empty or chosen['name'] not in runs:
     return (None if models.empty else models), None, note + '; the choice did not finish', chosen

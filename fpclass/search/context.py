@@ -19,16 +19,6 @@ from fpclass.train.shared_work import SharedWork
 
 TAIL = 0.02           # the share of the budget kept for the report and the final workdir
 CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
-ROUNDS = 'rounds'     # the measurement (ROUNDS/measure) and a bracket's lower rungs (ROUNDS/b<bracket>-r<level>)
-
-
-def rung_folder(workdir: pathlib.Path, bracket: int, level: int) -> pathlib.Path:
-  return workdir / ROUNDS / f'b{bracket}-r{level}'
-
-
-def rung_level(folder: pathlib.Path) -> int:
-  """The level of a `rung_folder`."""
-  return int(folder.name.rsplit('-r', 1)[1])
 
 
 @dataclasses.dataclass(frozen=True)

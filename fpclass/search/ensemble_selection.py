@@ -25,6 +25,7 @@ from fpclass.errors import UserInputError
 from fpclass.infer import ensemble as ensemble_lib
 from fpclass.infer.ensemble import member_workdirs
 from fpclass.infer.inference import load_trained
+from fpclass.search import layout
 from fpclass.train import oof, sidecar
 from fpclass.train.plan import EXPERIMENT_FILE
 
@@ -63,8 +64,8 @@ class Pool:
 def candidate_folders(workdir) -> list[pathlib.Path]:
   """An auto run's trials, or a sweep's variant folders, that hold out-of-fold predictions."""
   workdir = pathlib.Path(workdir)
-  if (workdir / 'trials').is_dir():
-    folders = [p for p in (workdir / 'trials').iterdir() if p.name.startswith('trial-')]
+  if (workdir / layout.TRIALS).is_dir():
+    folders = [p for p in (workdir / layout.TRIALS).iterdir() if layout.is_trial_name(p.name)]
   else:
     folders = [p for p in workdir.iterdir() if p.is_dir() and (p / EXPERIMENT_FILE).is_file()] \
         if workdir.is_dir() else []

@@ -23,8 +23,9 @@ import pandas as pd
 from fpclass import fileio
 from fpclass.analysis import metric_registry
 from fpclass.infer.ensemble import member_workdirs, workdir_metadata
+from fpclass.search import layout
 from fpclass.search import study as study_lib
-from fpclass.search.context import ROUNDS, TAIL, Context, Entry, changes_of, rung_level
+from fpclass.search.context import TAIL, Context, Entry, changes_of
 from fpclass.search.first_trials import BASELINE
 from fpclass.train import oof, sidecar
 from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
@@ -59,7 +60,7 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   frame = pd.concat([_kept_rows(folder) for folder in pieces], ignore_index=True)
   mixed = oof.mean_by_id(frame, keep=('split',)).drop(columns='models').reset_index()
   labels, probs, task = oof.labels_and_probabilities(mixed)
-  out = ctx.workdir / 'final'
+  out = ctx.workdir / layout.FINAL
   out.mkdir(exist_ok=True)
   fold_models = {folder: member_workdirs(folder) for folder in pieces}
   metadata = workdir_metadata(out, [(f, models, float(len(models))) for f, models in fold_models.items()], ctx.metric)
@@ -79,7 +80,7 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   seeds = sorted(set(frame['seed']))
   honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
-  if source.folder.parent.parent.name == ROUNDS:
+  if source.folder.parent.parent.name == layout.ROUNDS:
     honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'
   beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
             'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
@@ -91,11 +92,11 @@ def source_of(ctx: Context, name: str) -> Source:
   """The confirmation's fold models of `name` when it trained them, else the search's top rung's, else those of
   the highest lower rung it finished: a deadline that cut the top rung (a loaded machine, a short budget) still
   leaves a model, whose missing folds the budget's rest trains."""
-  confirmed = ctx.workdir / 'confirm' / name
+  confirmed = ctx.workdir / layout.CONFIRM / name
   if _finished(confirmed):
     return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
-  top = ctx.workdir / 'trials' / name
-  rungs = sorted((ctx.workdir / ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: rung_level(p.parent), reverse=True)
+  top = ctx.workdir / layout.TRIALS / name
+  rungs = sorted((ctx.workdir / layout.ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: layout.rung_level(p.parent), reverse=True)
   folder = next((f for f in [top, *rungs] if _finished(f)), top)
   return Source(folder, ctx.base, (int(ctx.base.seed),), False)
 
@@ -119,7 +120,7 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     pieces.append(folder)
   limited = ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials
   if given is not None:   # an unconfirmed choice: the config as given beside it, on the same folds
-    folder = ctx.workdir / 'trials' / given['name']
+    folder = ctx.workdir / layout.TRIALS / given['name']
     if not _finished(folder):
       if limited:
         return pieces

@@ -10,8 +10,9 @@ from tqdm.auto import tqdm
 
 from fpclass.errors import UserInputError
 from fpclass.runtime import process
+from fpclass.search import layout
 from fpclass.search import study as study_lib
-from fpclass.search.context import ROUNDS, TAIL, Context, Entry
+from fpclass.search.context import TAIL, Context, Entry
 from fpclass.search.rungs import Costs, plan_bracket
 from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
@@ -49,7 +50,7 @@ def fit_folds(ctx: Context, costs: Costs) -> list[str]:
 def measured_folder(workdir: pathlib.Path) -> pathlib.Path:
   """Where the measurement round trains its one variant, the config as given (auto adopts it as the search's
   one trial when no bracket fits)."""
-  return workdir / ROUNDS / 'measure' / ENTRY
+  return workdir / layout.ROUNDS / layout.MEASURE / ENTRY
 
 
 def measure(ctx: Context) -> Costs:

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from fpclass.errors import UserInputError
 from fpclass.runtime import workdir_lock
+from fpclass.search import layout
 
 JOURNAL = 'optuna.journal'
 OWNER = 'owner'
@@ -75,7 +76,7 @@ def ask_batch(study: optuna.Study, seed: int, count: int) -> list:
     if i == 0:
       study.sampler = _sampler(seed, trial.number)
     trial.set_user_attr(OWNER, workdir_lock.process_owner())
-    trial.set_user_attr(FOLDER, f'trial-{trial.number:04d}')
+    trial.set_user_attr(FOLDER, layout.trial_name(trial.number))
     trials.append(trial)
   return trials
 
