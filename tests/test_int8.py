@@ -84,7 +84,7 @@ def test_a_wrong_calibration_collapses_the_model_and_is_refused(exported, calibr
   folder.mkdir()
   shutil.copy(out / 'export' / 'model.onnx', folder / 'model.onnx')
   wrong = np.zeros_like(train) if calibration == 'blank' else train // 255
-  with pytest.raises(UserInputError, match=r"config.export.int8: the int8 model's accuracy on 360 held-out images "
+  with pytest.raises(UserInputError, match=r"config.export.int8: the int8 model's accuracy on 360 images of the validation split "
                                            r'dropped from 0\.\d+ \(float\) to 0\.\d+, \d+\.\d\d points, more than '
                                            r'config.export.int8_max_drop=0.03 \(3.00 points\); model.int8.onnx was '
                                            r'not written'):

@@ -206,7 +206,7 @@ def export_int8(float_path: pathlib.Path, calibration: np.ndarray, held_out: np.
                                                                  == (int8_out[1] > ood_threshold)))
   if not drop <= max_drop:
     raise UserInputError(
-        f'config.export.int8: the int8 model\'s {metric} on {len(held_out)} held-out images dropped from '
+        f'config.export.int8: the int8 model\'s {metric} on {len(held_out)} images of {held_out_note} dropped from '
         f'{float_right.mean():.4f} (float) to {int8_right.mean():.4f}, {100 * drop:.2f} points, more than '
         f'config.export.int8_max_drop={max_drop} ({100 * max_drop:.2f} points); {INT8_FILE} was not written')
   with fileio.atomic_path(folder / INT8_FILE) as tmp:
@@ -221,7 +221,7 @@ def summary(description: dict) -> str:
   interval = held['int8_minus_float']
   speed = description['images_per_second']
   return (f'{description["file"]}: {held["metric"]} {held["int8"]:.4f} vs float {held["float"]:.4f} on '
-          f'{held["images"]} held-out images (int8 - float {100 * interval["mean"]:+.2f} points, 95% '
+          f'{held["images"]} images of {held["what"]} (int8 - float {100 * interval["mean"]:+.2f} points, 95% '
           f'[{100 * interval["low"]:+.2f}, {100 * interval["high"]:+.2f}]), {speed["int8_over_float"]:.2f}x the '
           f'float model\'s images per second on this CPU; details in {INT8_DESCRIPTION}')
 
