@@ -4,6 +4,8 @@ images, the comparison on the held-out split), multi-label, and bad inputs in on
 import dataclasses
 import json
 import os
+import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -185,6 +187,22 @@ def teacher_run(tmp_path_factory):
       {'folder': os.path.relpath(workdir.parent, ensemble), 'weight': 1.0, 'models': [workdir.name]}]})
   sidecar.write_metadata(ensemble, metadata)
   return workdir, ensemble, env
+
+
+def test_an_auto_run_teaches_with_its_final_model_an_ensemble_or_one_model(teacher_run, tmp_path):
+  """An auto run's final/ is its fold models as one ensemble (or one refitted model): the teacher is that final
+  model's members, restored with their weights."""
+  workdir, ensemble, _ = teacher_run
+  auto_run = tmp_path / 'auto'
+  metadata = sidecar.read_metadata(ensemble)
+  metadata['ensemble']['members'][0]['folder'] = os.path.relpath(workdir.parent, auto_run / 'final')
+  sidecar.write_metadata(auto_run / 'final', metadata)
+  (model,) = distill_core.teacher_models(str(auto_run))
+  assert pathlib.Path(model.path).resolve() == workdir.resolve() and model.weight == 1.0
+  refit = tmp_path / 'refit'
+  shutil.copytree(workdir, refit / 'final')
+  (model,) = distill_core.teacher_models(str(refit))
+  assert model.path == refit / 'final' and model.metadata['model'] == sidecar.read_metadata(workdir)['model']
 
 
 def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teacher_run, tmp_path):
