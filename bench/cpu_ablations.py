@@ -73,6 +73,7 @@ class Runner:
     task = build_task(RunSettings.from_config(config), ('0', '1'), labels, steps)
     parallel = DataParallel.over(devices)
     self.compiled = CompiledSteps(task, parallel, form, options)
+    self.weights = self.compiled.class_weights()   # the train programs' argument (None: unweighted)
     self.state = self.compiled.init(jax.random.PRNGKey(0), (120, 80, 1))
     self.x, self.y = parallel.replicate((images, labels))
     self.order = parallel.replicate(epoch_order(0, 0, len(images), batch))
@@ -97,10 +98,10 @@ class Runner:
   def _run(self, steps=None):
     import jax
     if self.form == 'scan':
-      self.state, out = self.compiled.train_epoch(self.state, self.x, self.y, self.order, self.key)
+      self.state, out = self.compiled.train_epoch(self.state, self.x, self.y, self.order, self.key, self.weights)
     else:
       for i in range(steps or self.steps):
-        self.state, out = self.compiled.train_step(self.state, self.x, self.y, self.order, i, self.key)
+        self.state, out = self.compiled.train_step(self.state, self.x, self.y, self.order, i, self.key, self.weights)
     jax.block_until_ready((self.state, out))
 
   def round(self):

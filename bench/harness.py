@@ -118,6 +118,7 @@ class FpclassTrainer:
     parallel = DataParallel.over()
     parallel.check_batch_size(self.batch)
     self.compiled = CompiledSteps(self.task, parallel, form)
+    self.weights = self.compiled.class_weights()   # the train programs' argument (None: unweighted)
     self.form = form
     start = time.perf_counter()
     self.state = _block(self.compiled.init(jax.random.PRNGKey(0), images.shape[1:]))
@@ -130,19 +131,19 @@ class FpclassTrainer:
   def round(self):
     """One epoch of `steps` steps, to completion."""
     if self.form == 'scan':
-      self.state, metrics = self.compiled.train_epoch(self.state, self.x, self.y, self.order, self.key)
+      self.state, metrics = self.compiled.train_epoch(self.state, self.x, self.y, self.order, self.key, self.weights)
     else:
       for i in range(self.steps):
-        self.state, metrics = self.compiled.train_step(self.state, self.x, self.y, self.order, i, self.key)
+        self.state, metrics = self.compiled.train_step(self.state, self.x, self.y, self.order, i, self.key, self.weights)
     _block((self.state, metrics))
 
   def first_call(self):
     """Compiles and runs the program once (one step, or one scanned epoch); returns its seconds."""
     start = time.perf_counter()
     if self.form == 'scan':
-      self.state, metrics = self.compiled.train_epoch(self.state, self.x, self.y, self.order, self.key)
+      self.state, metrics = self.compiled.train_epoch(self.state, self.x, self.y, self.order, self.key, self.weights)
     else:
-      self.state, metrics = self.compiled.train_step(self.state, self.x, self.y, self.order, 0, self.key)
+      self.state, metrics = self.compiled.train_step(self.state, self.x, self.y, self.order, 0, self.key, self.weights)
     _block((self.state, metrics))
     return time.perf_counter() - start
 

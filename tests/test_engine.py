@@ -12,6 +12,8 @@ from fpclass.data import pipeline, splits
 from fpclass.infer.inference import load_trained
 from fpclass.models import heads
 from fpclass.modes.runner import run
+from fpclass.runtime import timings
+from fpclass.runtime.sharding import DataParallel
 from fpclass.train import axis, memory_plan
 from fpclass.train import task as task_lib
 from fpclass.train.axis import Split, TrainData
@@ -150,6 +152,30 @@ def test_a_masked_member_does_not_change():
   take = lambda tree, m: jax.tree_util.tree_map(lambda a: a[m], tree)
   assert _max_difference(take(after, 1), take(before, 1)) == 0.0
   assert _max_difference(take(after, 0).params, take(before, 0).params) > 0.0
+
+
+def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_weights():
+  """Folds weigh their classes by their own labels (train.class_weights='auto'): the weights are an argument of
+  the one train program, not constants of one program per member (which cost a k-fold trial k compilations)."""
+  config = tiny()
+  decoded, members = _members(config)
+  task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
+  split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
+  parallel = DataParallel.over()
+  models = axis.LoopAxis(task, parallel, 'step')
+  state = jax.device_get(task.init(jax.random.PRNGKey(0), split.images.shape[1:]))
+  weights = [tuple(float(w) for w in np.linspace(1.0, 2.0, 10)), tuple(float(w) for w in np.linspace(2.0, 1.0, 10))]
+  for m, member_weights in enumerate(weights):
+    models.add(m, parallel.replicate(state), axis.MemberData(split, split.images, members[m].val_index,
+                                                                            member_weights))
+  order, key = members[0].train_index[:96].reshape(3, 32).astype(np.int32), jax.random.PRNGKey(1)
+  first = models.run_epoch([0], {0: order}, {0: key})
+  with timings.job() as clock:   # XLA's compilations (or loads from a persistent cache) while the second trains
+    second = models.run_epoch([1], {1: order}, {1: key})
+  summary = clock.summary()
+  assert summary['programs_compiled'] + summary['programs_loaded'] == 0, summary
+  # The same start, batches and key: only the weights tell the members apart, so each member trained with its own.
+  assert float(first[0][0]['loss_sum']) != pytest.approx(float(second[1][0]['loss_sum']), rel=1e-3)
 
 
 def test_memory_plan_follows_the_formula():

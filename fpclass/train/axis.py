@@ -65,36 +65,30 @@ def member_task(task, class_weights):
 
 
 class LoopAxis:
-  """Members one after another, each through `CompiledSteps` and its feed. Programs are shared by members
-  with equal class weights; device copies of the data by members that read the same arrays."""
+  """Members one after another, each through the one `CompiledSteps` (`steps`) and its feed: every member runs
+  the same programs, its class weights their argument; device copies of the data are shared by members that
+  read the same arrays."""
 
   def __init__(self, task, parallel, loop_form: str):
     self.task, self.parallel, self.loop_form = task, parallel, loop_form
-    self.states, self._data, self._compiled, self._placed = {}, {}, {}, {}
-
-  def compiled(self, m) -> CompiledSteps:
-    return self._compiled[self._data[m][2]]
+    self.states, self._data, self._placed = {}, {}, {}
+    self.steps = CompiledSteps(task, parallel, loop_form)
 
   def add(self, m, state, data: MemberData) -> None:
-    key = tuple(data.class_weights) if data.class_weights is not None else None
-    if key not in self._compiled:
-      self._compiled[key] = CompiledSteps(member_task(self.task, data.class_weights), self.parallel,
-                                          self.loop_form)
     self.states[m] = state
-    self._data[m] = (data.train, data.val_images, key)
+    self._data[m] = (data.train, data.val_images, data.class_weights)
 
   def remove(self, m):
     self._data.pop(m)
     return self.states.pop(m)
 
   def _feed(self, m):
-    train, _, key = self._data[m]
-    compiled = self._compiled[key]
+    train, _, class_weights = self._data[m]
     if stream.is_streamed(train):
-      return feed.train_feed(compiled, train)
-    if id(train.images) not in self._placed:   # one device copy per array, whatever the programs
+      return feed.train_feed(self.steps, train, class_weights=class_weights)
+    if id(train.images) not in self._placed:   # one device copy per array
       self._placed[id(train.images)] = (train.images, self.parallel.replicate((train.images, train.labels)))
-    return feed.ResidentFeed(compiled, train, self._placed[id(train.images)][1])
+    return feed.ResidentFeed(self.steps, train, self._placed[id(train.images)][1], class_weights)
 
   def run_epoch(self, members, orders, keys, on_step=None, start=0, should_stop=None) -> dict:
     """Trains each of `members` one epoch over its order; {m: [per-step metrics on the host]}."""
@@ -107,7 +101,7 @@ class LoopAxis:
 
   def val_logits(self, members, eval_batch: int) -> dict:
     """Each member's validation logits, with the variables it is evaluated with (`TrainState.for_evaluation`)."""
-    return {m: feed.predict_logits(self.compiled(m), self.states[m].for_evaluation(), self._data[m][1], eval_batch)
+    return {m: feed.predict_logits(self.steps, self.states[m].for_evaluation(), self._data[m][1], eval_batch)
             for m in members}
 
   def state(self, m):
