@@ -385,6 +385,23 @@ def test_a_budget_that_affords_no_bracket_keeps_the_measurement_as_its_one_trial
   assert auto._search(ctx) == '' and len(ctx.trials()) == 1   # adopted once: a relaunch finds it complete
 
 
+def test_a_search_whose_every_trial_the_deadline_cut_keeps_the_measurement_as_its_one_trial(tmp_path):
+  """A bracket fitted by the cost model, then cut before any trial finished (a loaded machine, or a configuration
+  dearer than the measured one): the run still ends in a model, the measurement round's."""
+  rounds = PlannedRounds({(0, n): None for n in range(4)}, cut=True, spend={0: 100.0})   # the round ran past it
+  ctx = _search_context(tmp_path, seconds=100.0, trials=4, rounds=rounds)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  ctx.study.set_user_attr(study_lib.MEASURED, 0.61)
+  measured = tmp_path / 'rounds' / 'measure' / 'baseline'
+  (measured / 'fold0').mkdir(parents=True)
+  note = auto._search(ctx)
+  assert note == ("the search stopped at the budget's deadline; the deadline cut every trial of the search: the "
+                  'config as given, measured on one fold for 2 of 4 epochs, is its one trial') and len(rounds.calls) == 1
+  adopted = [t for t in ctx.trials().values() if t.state == optuna.trial.TrialState.COMPLETE]
+  assert [(t.value, t.user_attrs[first_trials.BASELINE]) for t in adopted] == [(0.61, True)]
+  assert (tmp_path / 'trials' / adopted[0].user_attrs[study_lib.FOLDER] / 'fold0').is_dir() and not measured.exists()
+
+
 def auto_changes(trial) -> dict:
   return {k: ast.literal_eval(v) for k, v in trial.user_attrs[study_lib.CHANGES].items()}
 

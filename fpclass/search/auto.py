@@ -166,8 +166,8 @@ def _search(ctx: Context) -> str:
         notes.append('the search stopped at the budget\'s deadline')
         break
       costs = budget.costs
-    if not budget.brackets and ctx.folds == measured_folds and not _completed(ctx):
-      notes.append(_adopt_measurement(ctx))
+    if ctx.folds == measured_folds and not _completed(ctx):   # no bracket fitted, or the deadline cut its trials
+      notes.append(_adopt_measurement(ctx, cut=bool(budget.brackets)))
   finally:
     budget.add_stage('search', time.perf_counter() - start)
   return '; '.join(n for n in notes if n)
@@ -187,10 +187,12 @@ def _ask(ctx: Context, count: int) -> list:
   return asked
 
 
-def _adopt_measurement(ctx: Context) -> str:
-  """When the budget afforded no bracket: the measurement round (the config as given on one fold, for at most two
-  epochs) becomes the search's one trial, its fold model moved to `trials/`, so that a budget below one rung
-  still ends in a model, and the report says what it could afford. '' when there is nothing to adopt."""
+def _adopt_measurement(ctx: Context, cut: bool = False) -> str:
+  """When the search completed no trial (the budget afforded no bracket, or, `cut`, the deadline cut the trials of
+  those that ran: a loaded machine, a configuration dearer than the cost model's): the measurement round (the
+  config as given on one fold, for at most two epochs) becomes the search's one trial, its fold model moved to
+  `trials/`, so that the run still ends in a model, and the report says what it could afford. '' when there is
+  nothing to adopt."""
   value = ctx.study.user_attrs.get(study_lib.MEASURED)
   measured = measure_stage.measured_folder(ctx.workdir)
   if value is None or not measured.is_dir():
@@ -201,7 +203,8 @@ def _adopt_measurement(ctx: Context) -> str:
   measured.rename(ctx.workdir / layout.TRIALS / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
   trial.report(value, 0)
   ctx.study.tell(trial, value)
-  note = (f'the budget affords no search: the config as given, measured on one fold for {min(measure_stage.EPOCHS, ctx.epochs)} of '
+  why = 'the deadline cut every trial of the search' if cut else 'the budget affords no search'
+  note = (f'{why}: the config as given, measured on one fold for {min(measure_stage.EPOCHS, ctx.epochs)} of '
           f'{ctx.epochs} epochs, is its one trial')
   tqdm.write(f'auto: {note}')
   return note
@@ -217,7 +220,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
     ctx.budget.save()
   if not bracket['trials']:
     return False
-  by_number = ctx.trials()
+  by_number, cut = ctx.trials(), False
   alive = list(bracket['promoted'][-1] if bracket['promoted'] else bracket['trials'])
   for level in range(len(bracket['promoted']), len(rungs)):
     rung, top = rungs[level], level == len(rungs) - 1
@@ -275,7 +278,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
     if not alive:
       break
   _end_bracket(ctx, bracket, {})
-  return True
+  return not cut   # a rung the deadline cut left none to promote
 
 
 def _promoted(ctx: Context, ranked: list, count: int, values: dict, folder: pathlib.Path, by_number: dict) -> list:
