@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from PIL import Image
 
 from fpclass.analysis import cam
-from fpclass.analysis.label_issues import find_label_issues, flagged
+from fpclass.analysis.label_issues import chance_warning, find_label_issues, flagged
 from fpclass.analysis.metric_registry import MULTI, SINGLE
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
@@ -122,6 +123,33 @@ def test_multilabel_flips_are_found_and_suggested_as_the_tags_at_one_half():
     assert row.suggested_label == ' '.join('abcd'[j] for j in np.flatnonzero(probs[k] >= 0.5))
 
 
+@pytest.mark.parametrize('task', [SINGLE, MULTI])
+def test_flags_from_predictions_no_better_than_chance_come_with_a_warning(task):
+  """The warning follows its tests' definitions: the accuracy's exact binomial p-value against always answering
+  the commonest class (single-label), the share of classes whose positives outrank their negatives by a one-sided
+  Mann-Whitney U at p < 0.05 (multi-label); informative predictions get none."""
+  rng = np.random.default_rng(3)
+  if task == SINGLE:
+    labels = (rng.uniform(size=200) < 0.7).astype(int)   # 70% of class 1
+    informative = np.where(labels[:, None] == np.arange(2), 0.8, 0.2)
+    # A model that answers the commonest class and a few others right: 72.5% against the 70% majority, p ~ 0.23
+    guess = np.ones(200, int)
+    guess[np.flatnonzero(labels == 0)[:5]] = 0
+    answers = [(informative, False), (np.where(guess[:, None] == np.arange(2), 0.6, 0.4), True)]
+    right = int((guess == labels).sum())
+    assert scipy.stats.binomtest(right, 200, 0.7, alternative='greater').pvalue > 0.05 and right > 140
+  else:
+    labels = (rng.uniform(size=(200, 3)) < 0.4).astype(int)
+    informative = np.where(labels == 1, 0.7, 0.3) + rng.normal(0, 0.05, labels.shape)
+    one_of_three = np.column_stack([informative[:, 0], rng.uniform(size=(200, 2))])   # 1 class of 3: a minority
+    answers = [(informative, False), (rng.uniform(size=labels.shape), True), (one_of_three, True)]
+  for probabilities, warned in answers:
+    warning = chance_warning(labels, probabilities, task)
+    assert bool(warning) is warned, warning
+    if warned:
+      assert warning.endswith('train a better model before acting on them')
+
+
 def test_out_of_fold_files_are_pooled_per_example_across_seeds_and_variants(tmp_path):
   def write(folder, rows):
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,6 +190,8 @@ def test_the_sweep_s_label_issues_are_the_planted_flips(cycle):
   section = (workdir / 'report.md').read_text()
   assert '## Label issues' in section and '![top suspects](label_issues.png)' in section
   assert 'label_issues.csv' in result.stdout
+  # Predictions that beat chance: the line advises training without the flagged labels, with no warning.
+  assert 'train without them with --config.data.exclude_csv=' in result.stdout and 'warning' not in result.stdout
 
 
 def test_the_sweep_records_its_config_so_label_issues_needs_only_the_workdir(cycle):

@@ -9,6 +9,7 @@ imported only here.
 """
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 # The explain grids' one-image mosaic, so suspects look like the inference grid's tiles.
 from fpclass.analysis.explain_figures import Tile, as_rgb, mosaic_figure
@@ -55,6 +56,37 @@ def find_label_issues(ids, labels: np.ndarray, probabilities: np.ndarray, class_
   return frame[list(COLUMNS)]
 
 
+CHANCE_P = 0.05   # the one-sided level at which the predictions must beat chance for their flags to be trusted
+
+
+def chance_warning(labels: np.ndarray, probabilities: np.ndarray, task: str) -> str:
+  """'' when the out-of-fold predictions beat chance, else one sentence saying they do not. Confident learning
+  flags the labels its predictions disagree with; from predictions no better than chance its flags describe the
+  model, not the labels, and training without them would throw good images away.
+
+  Single-label: the accuracy against always answering the commonest class, by an exact one-sided binomial test.
+  Multi-label: each class's ranking of its positives above its negatives (one-sided Mann-Whitney U, i.e. ROC AUC
+  above 0.5); the predictions beat chance when most classes that have both do."""
+  labels, probabilities = np.asarray(labels), np.asarray(probabilities, np.float64)
+  if task == MULTI:
+    tested = [stats.mannwhitneyu(probabilities[labels[:, k] == 1, k], probabilities[labels[:, k] == 0, k],
+                                 alternative='greater').pvalue for k in range(labels.shape[1])
+              if 0 < labels[:, k].sum() < len(labels)]
+    better = sum(p < CHANCE_P for p in tested)
+    if not tested or 2 * better > len(tested):
+      return ''
+    return (f'the out-of-fold predictions rank positives above negatives better than chance for {better} of '
+            f'{len(tested)} classes (one-sided Mann-Whitney U, p < {CHANCE_P}): the flags say more about the '
+            'models than about the labels; train a better model before acting on them')
+  right = int((probabilities.argmax(1) == labels).sum())
+  majority = float(np.bincount(labels).max() / len(labels))
+  if stats.binomtest(right, len(labels), majority, alternative='greater').pvalue < CHANCE_P:
+    return ''
+  return (f'the out-of-fold accuracy {right / len(labels):.3f} is no better than always answering the commonest '
+          f'class ({majority:.3f}; one-sided binomial test, p >= {CHANCE_P}): the flags say more about the models '
+          'than about the labels; train a better model before acting on them')
+
+
 def flagged(frame: pd.DataFrame) -> pd.DataFrame:
   """The examples cleanlab flags, least confident first: what label_issues.csv holds."""
   return frame[frame['issue']].drop(columns=['issue']).reset_index(drop=True)
@@ -71,9 +103,10 @@ def suspects_grid(images, rows: pd.DataFrame, columns: int = 8, wrap: int = 24):
 
 
 def report_markdown(issues: pd.DataFrame, everything: pd.DataFrame, sources: list, grid_file: str | None,
-                    cam_file: str | None = None, shown: int = 20) -> str:
-  """The report section: how many labels were flagged, from which predictions, and the top of the list."""
-  lines = ['## Label issues', '',
+                    cam_file: str | None = None, shown: int = 20, warning: str = '') -> str:
+  """The report section: how many labels were flagged, from which predictions, and the top of the list;
+  `warning` (`chance_warning`) first, where the predictions do not beat chance."""
+  lines = ['## Label issues', '', *([f'**Warning:** {warning}.', ''] if warning else []),
            f'cleanlab flags {len(issues)} of the {len(everything)} labelled examples with out-of-fold predictions '
            f'({len(issues) / max(1, len(everything)):.1%}) as probably mislabelled. Each example\'s probabilities '
            f'average the {_count(everything["members"])} that validated on it, from '

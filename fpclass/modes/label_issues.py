@@ -18,7 +18,7 @@ import pathlib
 import pandas as pd
 
 from fpclass import fileio
-from fpclass.analysis.label_issues import find_label_issues, flagged, report_markdown, suspects_grid
+from fpclass.analysis.label_issues import chance_warning, find_label_issues, flagged, report_markdown, suspects_grid
 from fpclass.analysis.metric_registry import MULTI
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ExplainSettings, LabelIssuesSettings
@@ -42,6 +42,7 @@ def label_issues(config, workdir) -> pd.DataFrame:
   everything = find_label_issues(pooled.ids, pooled.labels, pooled.probabilities, pooled.class_names, pooled.task,
                                  settings.filter_by, pooled.members)
   issues = flagged(everything)
+  warning = chance_warning(pooled.labels, pooled.probabilities, pooled.task)
   fileio.write_csv(workdir / QUALITY_FILE, everything)
   fileio.write_csv(workdir / FILE, issues)
   figures = {}
@@ -60,13 +61,14 @@ def label_issues(config, workdir) -> pd.DataFrame:
           trim=False)
       figures['cam'] = CAM_FILE
   sources = [str(pathlib.Path(f).relative_to(workdir)) for f in pooled.files]
-  markdown = report_markdown(issues, everything, sources, figures.get('grid'), figures.get('cam'))
+  markdown = report_markdown(issues, everything, sources, figures.get('grid'), figures.get('cam'), warning=warning)
   fileio.write_text(workdir / REPORT_FILE, markdown + '\n')
   report.write_section(workdir, '60-label-issues', markdown)
   kind = 'multi-label ' if pooled.task == MULTI else ''
+  advice = (f'; warning: {warning}' if warning else
+            f'; train without them with --config.data.exclude_csv={(workdir / FILE).absolute()}' if len(issues) else '')
   print(f'{workdir / FILE}: {len(issues)} of {len(everything)} {kind}labels flagged '
-        f'({len(pooled.files)} prediction file(s))' + (
-            f'; train without them with --config.data.exclude_csv={(workdir / FILE).absolute()}' if len(issues) else ''))
+        f'({len(pooled.files)} prediction file(s))' + advice)
   return issues
 
 
