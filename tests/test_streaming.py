@@ -151,8 +151,9 @@ EVAL_CHUNK = 4   # the validation split is not a multiple of it: its last chunk 
 
 def test_a_streamed_run_equals_the_in_memory_run_bit_for_bit(tmp_path):
   """The footprint quick config (decoded through the mapped cache, flip/brightness/contrast augmentation
-  in the step), trained in memory and with a 1-byte device budget. Validation and evaluation predict in
-  chunks of EVAL_CHUNK images, so the streamed split ends in a partial chunk."""
+  in the step, its classes weighted: the weights an argument of either feed's program), trained in memory and
+  with a 1-byte device budget. Validation and evaluation predict in chunks of EVAL_CHUNK images, so the streamed
+  split ends in a partial chunk."""
   runs = {}
   for budget in (0, 1):
     # 24x16 images and a 4-filter CNN on both sides alike (and no TensorBoard files, which nothing reads): both
@@ -162,7 +163,8 @@ def test_a_streamed_run_equals_the_in_memory_run_bit_for_bit(tmp_path):
                                                               'explain.after_training': False,
                                                               'eval.batch_size': EVAL_CHUNK,
                                                               'data.image_size': (24, 16), 'train.tensorboard': False,
-                                                              'model.conv_channels': (4,), 'model.fc_sizes': (8,)})
+                                                              'model.conv_channels': (4,), 'model.fc_sizes': (8,),
+                                                              'train.class_weights': 'auto'})
     workdir = tmp_path / f'budget-{budget}'
     run('train', config, workdir)
     runs[budget] = (pd.read_csv(workdir / 'metrics.csv').drop(columns='seconds'),

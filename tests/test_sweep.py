@@ -291,9 +291,11 @@ def test_the_freeze_till_sweep_varies_freeze_till_alone():
 
 def test_a_streamed_sweep_equals_the_in_memory_one_and_vmap_names_its_key(tmp_path):
   """Over the device budget a sweep's members stream their batches from the decode cache (the loop form runs
-  the solo run's streamed feed): the same models to the bit. The vmap form cannot stream, and says so."""
+  the solo run's streamed feed, each member with its own fold's class weights): the same models to the bit. The
+  vmap form cannot stream, and says so."""
   base = {'data.image_size': (8, 8), 'model.conv_channels': (4,), 'model.fc_sizes': (8,), 'train.epochs': 2,
-          'sweep.folds': (0,), 'sweep.seeds': (0, 1), 'sweep.model_axis': 'loop', 'sweep.models_per_chunk': 2}
+          'sweep.folds': (0, 1), 'sweep.seeds': (0,), 'sweep.model_axis': 'loop', 'sweep.models_per_chunk': 2,
+          'train.class_weights': 'auto'}
   run_sweep(load_config('configs/digits.py:quick', **base, **{'data.device_memory_budget': 1}), tmp_path / 'streamed')
   run_sweep(load_config('configs/digits.py:quick', **base), tmp_path / 'in-memory')
   streamed, resident = (pd.read_csv(tmp_path / d / 'sweep_models.csv').drop(columns='experiment')
