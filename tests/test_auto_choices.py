@@ -402,6 +402,25 @@ def test_a_search_whose_every_trial_the_deadline_cut_keeps_the_measurement_as_it
   assert (tmp_path / 'trials' / adopted[0].user_attrs[study_lib.FOLDER] / 'fold0').is_dir() and not measured.exists()
 
 
+def test_a_relaunch_of_a_finished_study_says_where_its_results_are_and_does_nothing_else(tmp_path, capsys,
+                                                                                        monkeypatch):
+  """Relaunched after it confirmed (the same command again), auto says where its report and final model are,
+  before any screening, measuring or training; it used to say another live process confirms."""
+  config = config_from_argv(QUICK)
+  monkeypatch.setattr(auto, 'screen_candidates', lambda *a: pytest.fail('a finished study screened again'))
+  study = study_lib.open_study(str(config.name), '', tmp_path, 'maximize', 0)
+  assert auto._finished_earlier(study, tmp_path) is False
+  study.set_user_attr(study_lib.CONFIRMED, {'host': 'elsewhere', 'pid': 7})
+  assert auto.run_auto(config, tmp_path) is None
+  assert 'auto: this study finished earlier: its report and final model are in the workdir of the launch that ' \
+         'confirmed (host elsewhere, pid 7); nothing is left to do' in capsys.readouterr().out
+  (tmp_path / 'final').mkdir()
+  (tmp_path / 'final' / 'metadata.json').write_text('{}')
+  assert auto.run_auto(config, tmp_path) is None
+  assert (f'its report is {tmp_path / "auto_report.md"} and its final model {tmp_path / "final"}; nothing is left '
+          'to do') in capsys.readouterr().out
+
+
 def auto_changes(trial) -> dict:
   return {k: ast.literal_eval(v) for k, v in trial.user_attrs[study_lib.CHANGES].items()}
 

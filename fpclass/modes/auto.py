@@ -20,7 +20,7 @@ from fpclass.search.auto_report import REPORT, write_report  # noqa: E402
 def auto(config, workdir) -> dict | None:
   workdir = pathlib.Path(workdir)
   run = run_auto(config, workdir)
-  if run is None:   # another launch sharing the study confirms, refits and reports
+  if run is None:   # another launch sharing the study confirms, refits and reports, or one did earlier
     return None
   write_report(run, workdir)
   print(f'{workdir / REPORT}: chose {run.chosen["name"]} ({run.chosen.get("candidate")}); final model in '

@@ -31,8 +31,8 @@ from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import timings
+from fpclass.search import auto_report, layout, one_se
 from fpclass.search import confirm as confirm_stage
-from fpclass.search import layout, one_se
 from fpclass.search import measure as measure_stage
 from fpclass.search import study as study_lib
 from fpclass.search.budget import SLACK, Budget
@@ -45,7 +45,7 @@ from fpclass.search.population import outcomes, round_plan
 from fpclass.search.rungs import Costs, Rung, plan_bracket
 from fpclass.search.screen import ProbeRun
 from fpclass.search.space import Candidate, baseline_params, default_space, parse_space, sample
-from fpclass.train import oof
+from fpclass.train import oof, sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.plan import apply_changes
 from fpclass.train.records import StopOnSignals
@@ -74,7 +74,8 @@ class AutoRun:
 
 
 def run_auto(config, workdir) -> AutoRun | None:
-  """The four stages; None in a launch that shares the study with another, which then confirms."""
+  """The four stages; None in a launch that shares the study with another, which then confirms, and in a relaunch
+  of a study that finished (confirmed) earlier."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   settings = AutoSettings.from_config(config.auto)
@@ -83,6 +84,11 @@ def run_auto(config, workdir) -> AutoRun | None:
   if metric not in metric_registry.REGISTRY or not metric_registry.REGISTRY[metric].applies_to(task):
     raise UserInputError(f'config.auto.metric={metric!r}: choose a metric of the {task} task: '
                          f'{[m.name for m in metric_registry.for_task(task)]}')
+  higher = metric_registry.REGISTRY[metric].higher_is_better
+  study = study_lib.open_study(settings.study or str(config.name), settings.storage, workdir,
+                               'maximize' if higher else 'minimize', settings.seed)
+  if _finished_earlier(study, workdir):
+    return None
   folds = settings.folds or SplitSettings.from_config(config.data).num_folds
   base = apply_changes(config, {'data.num_folds': folds}, 'config.auto.folds')
   own_split = pipeline.list_source(RunSettings.from_config(base).data).val is not None
@@ -100,9 +106,6 @@ def run_auto(config, workdir) -> AutoRun | None:
                                                            for n, r in centres.rates.items())
   entries = settings.space or default_space(base, candidates, centres.rates if centres else None)
   dims = parse_space(entries, base, candidates)
-  higher = metric_registry.REGISTRY[metric].higher_is_better
-  study = study_lib.open_study(settings.study or str(config.name), settings.storage, workdir,
-                               'maximize' if higher else 'minimize', settings.seed)
   ctx = Context(base, settings, metric, higher, 1 if own_split else folds,
                 TrainSettings.from_config(base.train).epochs, own_split, dims, candidates, study, budget, workdir,
                 SharedWork(), _train_round)
@@ -125,6 +128,22 @@ def run_auto(config, workdir) -> AutoRun | None:
   study_lib.release(study, marker, confirmed=True)
   return AutoRun(settings, metric, task, screen, screen_note, candidates, study, budget.brackets, search_note,
                  confirm, differences, confirm_note, chosen, final, final_note, budget, splits_note)
+
+
+def _finished_earlier(study: optuna.Study, workdir: pathlib.Path) -> bool:
+  """Whether a launch (this workdir's earlier one, or another sharing the study) confirmed already: then there is
+  nothing left to search, confirm or train, and it says where the run's results are."""
+  confirmed_by = study.user_attrs.get(study_lib.CONFIRMED)
+  if not confirmed_by:
+    return False
+  final = workdir / layout.FINAL
+  where = (f'its report is {workdir / auto_report.REPORT} and its final model {final}'
+           if (final / sidecar.METADATA).is_file() else
+           f'its report and final model are in the workdir of the launch that confirmed (host '
+           f'{confirmed_by.get("host")}, pid {confirmed_by.get("pid")})')
+  tqdm.write(f'auto: this study finished earlier: {where}; nothing is left to do (a new search: another '
+             '--workdir, or config.auto.study)')
+  return True
 
 
 # ------------------------------------------------------------------------------------------------- 1. screen
