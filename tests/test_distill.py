@@ -199,6 +199,12 @@ def test_an_auto_run_teaches_with_its_final_model_an_ensemble_or_one_model(teach
   sidecar.write_metadata(auto_run / 'final', metadata)
   (model,) = distill_core.teacher_models(str(auto_run))
   assert pathlib.Path(model.path).resolve() == workdir.resolve() and model.weight == 1.0
+  # The run's root is no model: the line that says so names the final model's folder.
+  config = sidecar.config_from_json(metadata['config'])
+  sidecar.write_workdir_record(auto_run, 'auto', config)
+  with pytest.raises(UserInputError, match=f'{auto_run}: no trained run here .*; it is an auto run, whose final '
+                                           f'model is --workdir={auto_run / "final"}$'):
+    load_trained(config, auto_run)
   refit = tmp_path / 'refit'
   shutil.copytree(workdir, refit / 'final')
   (model,) = distill_core.teacher_models(str(refit))

@@ -145,8 +145,8 @@ def teacher_models(path: str) -> list[MemberModel]:
     return list(load_model(sidecar.stored_config(workdir), workdir).members)
   if sidecar.read_metadata(workdir) is not None:
     return [_restored(workdir, 1.0)]
-  if (workdir / 'final' / sidecar.METADATA).is_file():   # an auto run (fpclass.search.layout.FINAL): its final
-    return teacher_models(str(workdir / 'final'))       # model, fold models as one ensemble or a refit
+  if (workdir / sidecar.AUTO_FINAL / sidecar.METADATA).is_file():   # an auto run's final model: its fold models
+    return teacher_models(str(workdir / sidecar.AUTO_FINAL))        # as one ensemble, or a refit
   folds = member_workdirs(workdir)
   if folds:   # one sweep variant: its fold models
     return [_restored(p, 1.0) for p in folds]

@@ -104,8 +104,9 @@ def load_members(config, workdir, folds: bool, restore: bool = True) -> list[Mem
   for path in paths:
     metadata = sidecar.read_metadata(path)
     if metadata is None:
-      hint = ('; it holds fold models, so pass --config.submit.average_folds=True' if member_workdirs(path) else
-              '; run --mode train with this --workdir first')
+      hint = (sidecar.model_elsewhere(path) or
+              ('; it holds fold models, so pass --config.submit.average_folds=True' if member_workdirs(path) else
+               '; run --mode train with this --workdir first'))
       raise UserInputError(f'{path}: no trained run here ({sidecar.METADATA} is missing){hint}')
     cfg = member_config(config, metadata)
     members.append(MemberModel(path, cfg, metadata, load_trained(cfg, path) if restore else None))

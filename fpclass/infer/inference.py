@@ -72,8 +72,8 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
   workdir = pathlib.Path(workdir)
   metadata = sidecar.read_metadata(workdir)
   if metadata is None:
-    raise UserInputError(f'{workdir}: no trained run here ({sidecar.METADATA} is missing); '
-                         'run --mode train with this --workdir first')
+    raise UserInputError(f'{workdir}: no trained run here ({sidecar.METADATA} is missing)'
+                         + (sidecar.model_elsewhere(workdir) or '; run --mode train with this --workdir first'))
   if 'ensemble' in metadata:   # fpclass.infer.ensemble.ENSEMBLE_KEY: a --mode ensemble result has no checkpoint
     raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): submit, predict, serve, export and '
                          'calibrate use it; evaluate and explain take one model (the ensemble\'s cross-fitted scores '

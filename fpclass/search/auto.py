@@ -136,7 +136,7 @@ def _finished_earlier(study: optuna.Study, workdir: pathlib.Path) -> bool:
   confirmed_by = study.user_attrs.get(study_lib.CONFIRMED)
   if not confirmed_by:
     return False
-  final = workdir / layout.FINAL
+  final = workdir / sidecar.AUTO_FINAL
   where = (f'its report is {workdir / auto_report.REPORT} and its final model {final}'
            if (final / sidecar.METADATA).is_file() else
            f'its report and final model are in the workdir of the launch that confirmed (host '

@@ -60,7 +60,7 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   frame = pd.concat([_kept_rows(folder) for folder in pieces], ignore_index=True)
   mixed = oof.mean_by_id(frame, keep=('split',)).drop(columns='models').reset_index()
   labels, probs, task = oof.labels_and_probabilities(mixed)
-  out = ctx.workdir / layout.FINAL
+  out = ctx.workdir / sidecar.AUTO_FINAL
   out.mkdir(exist_ok=True)
   fold_models = {folder: member_workdirs(folder) for folder in pieces}
   metadata = workdir_metadata(out, [(f, models, float(len(models))) for f, models in fold_models.items()], ctx.metric)

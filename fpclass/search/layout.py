@@ -5,7 +5,8 @@ stage, a relaunch, `--mode ensemble` and `--mode distill` on the run).
   rounds/measure/...     the measurement round
   rounds/b<B>-r<L>/...   bracket B's lower rungs, level L counted from 0
   confirm/trial-NNNN     the confirmation's members, on fresh folds and seeds
-  final/                 the final model: an ordinary workdir
+  final/                 the final model: an ordinary workdir (`fpclass.train.sidecar.AUTO_FINAL`, where the
+                         stages below the search read it)
 """
 import pathlib
 
@@ -13,7 +14,6 @@ TRIALS = 'trials'
 ROUNDS = 'rounds'
 MEASURE = 'measure'
 CONFIRM = 'confirm'
-FINAL = 'final'
 TRIAL_PREFIX = 'trial-'
 
 
