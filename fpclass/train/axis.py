@@ -60,10 +60,6 @@ class MemberData:
   class_weights: tuple | None
 
 
-def member_task(task, class_weights):
-  return task if class_weights is None else dataclasses.replace(task, class_weights=class_weights)
-
-
 class LoopAxis:
   """Members one after another, each through the one `CompiledSteps` (`steps`) and its feed: every member runs
   the same programs, its class weights their argument; device copies of the data are shared by members that
@@ -141,7 +137,7 @@ class VmapAxis:
     self.class_weights = (None if class_weights[0] is None else jnp.asarray(class_weights, jnp.float32))
 
     def one(state, x, y, order, i, key, active, cw):
-      new, out = member_task(task, cw).train_step(state, x, y, order[i], jax.random.fold_in(key, i))
+      new, out = task.with_class_weights(cw).train_step(state, x, y, order[i], jax.random.fold_in(key, i))
       return where_tree(active, new, state), out
 
     axes = (0, None, None, 0, None, 0, 0, None if self.class_weights is None else 0)

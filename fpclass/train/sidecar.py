@@ -150,14 +150,14 @@ def write_workdir_record(workdir, kind: str, config) -> None:
       config=config_as_json(config)))
 
 
-AUTO_FINAL = 'final'   # where an auto run keeps its final model (fpclass.search.layout.FINAL, a stage above)
+AUTO_FINAL = 'final'   # where an auto run keeps its final model: named here, below the search and the stages reading it
 
 
 def model_elsewhere(workdir) -> str:
   """For a workdir of many runs whose one model lives in a folder of it (an auto run's final model): a clause
   naming that folder, for the line that says `workdir` holds no trained run; '' otherwise."""
   workdir = pathlib.Path(workdir)
-  record = read_workdir_record(workdir) if (workdir / WORKDIR_RECORD).is_file() else None
+  record = read_workdir_record(workdir)
   if record and record.get('kind') == 'auto' and (workdir / AUTO_FINAL / METADATA).is_file():
     return f'; it is an auto run, whose final model is --workdir={workdir / AUTO_FINAL}'
   return ''

@@ -80,18 +80,15 @@ class CompiledSteps:
     weights = self.task.class_weights if weights is None else weights
     return None if weights is None else self.parallel.replicate(np.asarray(weights, np.float32))
 
-  def _weighted(self, class_weights):
-    return self.task if class_weights is None else dataclasses.replace(self.task, class_weights=class_weights)
-
   def _step(self, state, images, labels, order, i, epoch_key, class_weights):
     index = self.parallel.constrain_batch(order[i])
-    return self._weighted(class_weights).train_step(state, images, labels, index, jax.random.fold_in(epoch_key, i))
+    return self.task.with_class_weights(class_weights).train_step(state, images, labels, index, jax.random.fold_in(epoch_key, i))
 
   def _batch_step(self, state, batch_images, batch_labels, i, epoch_key, class_weights):
     batch_images = self.parallel.constrain_batch(batch_images)
     batch_labels = self.parallel.constrain_batch(batch_labels)
-    return self._weighted(class_weights).train_batch(state, batch_images, batch_labels,
-                                                     jax.random.fold_in(epoch_key, i))
+    return self.task.with_class_weights(class_weights).train_batch(state, batch_images, batch_labels,
+                                                               jax.random.fold_in(epoch_key, i))
 
   def _epoch(self, state, images, labels, order, epoch_key, class_weights):
     def body(state, i):

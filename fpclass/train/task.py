@@ -205,6 +205,11 @@ class Task:
     updated = state.opt_state.mini_step == 0   # this micro-batch completed a cycle
     return jax.tree_util.tree_map(lambda a, b: jnp.where(updated, a, b), moved, state.ema)
 
+  def with_class_weights(self, class_weights) -> 'Task':
+    """This task weighing its classes by `class_weights` (a member's own; an array traced by the train program
+    when passed as its argument), or itself when None."""
+    return self if class_weights is None else dataclasses.replace(self, class_weights=class_weights)
+
   def targets(self, labels):
     """(N, num_classes) float targets: one-hot of int labels, or a multi-label batch's 0/1 rows as floats."""
     return labels.astype(jnp.float32) if self.head == 'multilabel' else jax.nn.one_hot(labels, self.num_classes)
