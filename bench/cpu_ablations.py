@@ -73,7 +73,7 @@ class Runner:
     task = build_task(RunSettings.from_config(config), ('0', '1'), labels, steps)
     parallel = DataParallel.over(devices)
     self.compiled = CompiledSteps(task, parallel, form, options)
-    self.weights = self.compiled.class_weights()   # the train programs' argument (None: unweighted)
+    self.weights = self.compiled.arguments()   # the train programs' arguments (class weights, rate, smoothing)
     self.state = self.compiled.init(jax.random.PRNGKey(0), (120, 80, 1))
     self.x, self.y = parallel.replicate((images, labels))
     self.order = parallel.replicate(epoch_order(0, 0, len(images), batch))

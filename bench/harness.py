@@ -118,7 +118,7 @@ class FpclassTrainer:
     parallel = DataParallel.over()
     parallel.check_batch_size(self.batch)
     self.compiled = CompiledSteps(self.task, parallel, form)
-    self.weights = self.compiled.class_weights()   # the train programs' argument (None: unweighted)
+    self.weights = self.compiled.arguments()   # the train programs' arguments (class weights, rate, smoothing)
     self.form = form
     start = time.perf_counter()
     self.state = _block(self.compiled.init(jax.random.PRNGKey(0), images.shape[1:]))

@@ -21,6 +21,8 @@ from fpclass.train.cohort import Cohort
 from fpclass.train.loop import train_members
 from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
+from fpclass.train.shared_work import SharedWork
+from fpclass.train.steps import CompiledSteps
 from tests.conftest import load_config, torchvision_weights
 from tests.parity import FLOOR_FACTOR, JITTER
 
@@ -154,6 +156,38 @@ def test_a_masked_member_does_not_change():
   assert _max_difference(take(after, 0).params, take(before, 0).params) > 0.0
 
 
+def test_variants_that_differ_in_learning_rate_or_smoothing_alone_share_the_job_s_compiled_programs():
+  """A sweep's or a search's variants that change the learning rate or the label smoothing alone reuse the job's
+  programs (`Cohort.programs`, keyed through SharedWork) with their own values as arguments: nothing is traced or
+  compiled for them, and each trains as it does alone. A structural change (another augmentation) compiles."""
+  config = tiny(**{'train.epochs': 1, 'train.early_stopping_patience': 0})
+  decoded, members = _members(config)
+  split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
+  data = TrainData(decoded.class_names, split, split)
+
+  def trained(shared, **changes):
+    cohort = Cohort(RunSettings.from_config(tiny(**{'train.epochs': 1, 'train.early_stopping_patience': 0, **changes})),
+                    data, members[:1], shared=shared)
+    return train_members(cohort, MemoryRecord())[0]
+
+  shared = SharedWork()
+  first = trained(shared)
+  changed = {'train.learning_rate': 0.01, 'train.label_smoothing': 0.1}
+  with timings.job() as clock:
+    second = trained(shared, **changed)
+  summary = clock.summary()
+  assert summary['programs_compiled'] + summary['programs_loaded'] == 0, summary
+  alone = trained(SharedWork(), **changed)   # its own programs: the same computation, so the same bits
+  for got, expected in zip(jax.tree_util.tree_leaves(second.last.params), jax.tree_util.tree_leaves(alone.last.params)):
+    np.testing.assert_array_equal(got, expected)
+  assert pd.DataFrame(second.loop.history).drop(columns='seconds').equals(
+      pd.DataFrame(alone.loop.history).drop(columns='seconds'))
+  assert _max_difference(first.last.params, second.last.params) > 1e-4   # its own rate and smoothing took effect
+  with timings.job() as clock:
+    trained(shared, **{'augment.translate': 0.1})
+  assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] > 0
+
+
 def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_weights():
   """Folds weigh their classes by their own labels (train.class_weights='auto'): the weights are an argument of
   the one train program, not constants of one program per member (which cost a k-fold trial k compilations)."""
@@ -162,7 +196,7 @@ def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_we
   task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
   split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
   parallel = DataParallel.over()
-  models = axis.LoopAxis(task, parallel, 'step')
+  models = axis.LoopAxis(task, CompiledSteps(task, parallel, 'step'))
   state = jax.device_get(task.init(jax.random.PRNGKey(0), split.images.shape[1:]))
   weights = [tuple(float(w) for w in np.linspace(1.0, 2.0, 10)), tuple(float(w) for w in np.linspace(2.0, 1.0, 10))]
   for m, member_weights in enumerate(weights):

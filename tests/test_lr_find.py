@@ -185,7 +185,7 @@ def test_the_sweep_is_the_training_runs_first_steps_with_the_swept_learning_rate
   losses = []
   for i in range(3):
     state, out = compiled.train_step(state, images, labels, order, i, epoch_key(int(config.seed), 0),
-                                    compiled.class_weights())
+                                    compiled.arguments())
     losses.append(float(out['loss_sum']) / float(out['count']))
   np.testing.assert_allclose(record.losses[:3], losses, rtol=1e-5)
   assert abs(record.losses[2] - record.losses[0]) > 1e-3   # the learning rate moved the loss: the check means something

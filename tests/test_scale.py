@@ -46,7 +46,7 @@ compiled = CompiledSteps(task, DataParallel.over())
 state = compiled.init(jax.random.PRNGKey(0), (8, 8, 1))
 x, y, order = compiled.parallel.replicate((jax.numpy.zeros((64, 8, 8, 1), 'uint8'), jax.numpy.zeros(64, 'int32'),
                                            jax.numpy.zeros((1, 64), 'int32')))
-hlo = compiled.train_step.lower(state, x, y, order, 0, jax.random.PRNGKey(0), compiled.class_weights()).compile().as_text()
+hlo = compiled.train_step.lower(state, x, y, order, 0, jax.random.PRNGKey(0), compiled.arguments()).compile().as_text()
 print(json.dumps(dict(devices=jax.device_count(), all_reduce='all-reduce' in hlo)))
 """
 

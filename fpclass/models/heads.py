@@ -34,9 +34,9 @@ def binary_cross_entropy(logits, targets, smoothing: float = 0.0, pos_weight=Non
   """Elementwise (N, K) binary cross-entropy with logits, as torch's `binary_cross_entropy_with_logits(x, t,
   pos_weight=w)`: w t softplus(-x) + (1 - t) softplus(x). Smoothing is timm's `BinaryCrossEntropy`'s: every
   target moves to t (1 - s) + s / K (timm's on value 1 - s + s/K and off value s/K)."""
+  # Applied at 0 too (exact: t * 1 + 0 is t), so the smoothing may be a traced train-program argument.
   targets = targets.astype(jnp.float32)
-  if smoothing:
-    targets = targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
+  targets = targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
   positive = targets if pos_weight is None else targets * jnp.asarray(pos_weight, jnp.float32)
   logits = logits.astype(jnp.float32)
   return positive * jnp.logaddexp(0.0, -logits) + (1.0 - targets) * jnp.logaddexp(0.0, logits)
@@ -51,8 +51,7 @@ def cross_entropy(logits, targets, head: str, smoothing: float = 0.0):
   if head == 'sigmoid':
     target = targets[:, 1] * (1.0 - smoothing) + 0.5 * smoothing
     return optax.sigmoid_binary_cross_entropy(logits[:, 0], target)
-  target = optax.smooth_labels(targets, smoothing) if smoothing else targets
-  return optax.softmax_cross_entropy(logits, target)
+  return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, smoothing))   # exact at 0, as above
 
 
 def predicted_class(logits, head: str):

@@ -62,13 +62,13 @@ class MemberData:
 
 class LoopAxis:
   """Members one after another, each through the one `CompiledSteps` (`steps`) and its feed: every member runs
-  the same programs, its class weights their argument; device copies of the data are shared by members that
-  read the same arrays."""
+  the same programs, with `task`'s learning rate and label smoothing and its own class weights as their arguments
+  (`steps` may be another task's of the same structure, shared); device copies of the data are shared by members
+  that read the same arrays."""
 
-  def __init__(self, task, parallel, loop_form: str):
-    self.task, self.parallel, self.loop_form = task, parallel, loop_form
+  def __init__(self, task, steps: CompiledSteps):
+    self.task, self.steps, self.parallel = task, steps, steps.parallel
     self.states, self._data, self._placed = {}, {}, {}
-    self.steps = CompiledSteps(task, parallel, loop_form)
 
   def add(self, m, state, data: MemberData) -> None:
     self.states[m] = state
@@ -80,11 +80,12 @@ class LoopAxis:
 
   def _feed(self, m):
     train, _, class_weights = self._data[m]
+    arguments = self.steps.arguments(self.task, class_weights)
     if stream.is_streamed(train):
-      return feed.train_feed(self.steps, train, class_weights=class_weights)
+      return feed.train_feed(self.steps, train, arguments=arguments)
     if id(train.images) not in self._placed:   # one device copy per array
       self._placed[id(train.images)] = (train.images, self.parallel.replicate((train.images, train.labels)))
-    return feed.ResidentFeed(self.steps, train, self._placed[id(train.images)][1], class_weights)
+    return feed.ResidentFeed(self.steps, train, self._placed[id(train.images)][1], arguments)
 
   def run_epoch(self, members, orders, keys, on_step=None, start=0, should_stop=None) -> dict:
     """Trains each of `members` one epoch over its order; {m: [per-step metrics on the host]}."""
@@ -136,11 +137,16 @@ class VmapAxis:
     self.val_index = [None] * slots
     self.class_weights = (None if class_weights[0] is None else jnp.asarray(class_weights, jnp.float32))
 
-    def one(state, x, y, order, i, key, active, cw):
-      new, out = task.with_class_weights(cw).train_step(state, x, y, order[i], jax.random.fold_in(key, i))
+    # The learning rate and smoothing are arguments, as in the loop form's programs (`Task.arguments`).
+    self.arguments = {k: None if v is None else jnp.asarray(v, jnp.float32) for k, v in task.arguments().items()
+                      if k != 'class_weights'}
+
+    def one(state, x, y, order, i, key, active, cw, arguments):
+      new, out = task.with_arguments(dict(arguments, class_weights=cw)).train_step(state, x, y, order[i],
+                                                                                  jax.random.fold_in(key, i))
       return where_tree(active, new, state), out
 
-    axes = (0, None, None, 0, None, 0, 0, None if self.class_weights is None else 0)
+    axes = (0, None, None, 0, None, 0, 0, None if self.class_weights is None else 0, None)
     self._step = jax.jit(jax.vmap(one, in_axes=axes), donate_argnums=0, compiler_options=jit_options())
     self._predict = vmapped_predict(task)
     self._set = jax.jit(lambda states, m, state: jax.tree_util.tree_map(lambda a, b: a.at[m].set(b), states, state),
@@ -168,7 +174,7 @@ class VmapAxis:
     for i in range(int(steps.max())):
       active = i < steps
       self.states, out = self._step(self.states, self.images, self.labels, padded, i, epoch_keys,
-                                    jnp.asarray(active), self.class_weights)
+                                    jnp.asarray(active), self.class_weights, self.arguments)
       outputs.append((out, active))
     outputs = jax.device_get(outputs)
     return {m: [{k: v[m] for k, v in out.items()} for out, active in outputs if active[m]] for m in members}

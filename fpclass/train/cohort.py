@@ -75,7 +75,7 @@ class Cohort:
 
   def initial_states(self) -> list:
     """Every member's initial state: pretrained weights read once, the rest initialised from its seed."""
-    compiled = CompiledSteps(self.task(0), self.parallel, self.loop_form)
+    compiled = self.programs(0, self.task(0))
     model = self.run.model
     shapes = self.shared.get(('variable shapes', repr(self.task(0).model), self.image_shape),
                              lambda: compiled.variable_shapes(self.image_shape))
@@ -121,9 +121,22 @@ class Cohort:
         self.axes[phase] = VmapAxis(task, len(self.members), next(iter(states.values())), train, val_array,
                                     self.class_weights)
       else:
-        self.axes[phase] = LoopAxis(task, self.parallel, self.loop_form)
+        self.axes[phase] = LoopAxis(task, self.programs(phase, task))
     for m, state in states.items():
       self.axes[phase].add(m, state, datas[m])
+
+  def programs(self, phase: int, task) -> CompiledSteps:
+    """The compiled programs of `task` (the phase's, or its feature-cached form), shared through the job's
+    `SharedWork` by every variant whose key is equal: the phase's settings, except what the programs take as
+    arguments (`Task.arguments`), with its schedule's length, classes, teacher, mesh and loop form, and the head
+    a feature cache trains. So a sweep over learning rates, or a search's trials that differ in their rate or
+    smoothing alone, trace and compile one step (each passes its own values)."""
+    run = self.run.phase(phase)
+    structure = dataclasses.replace(run, train=dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0))
+    key = ('train programs', repr(structure), type(task).__name__, repr(getattr(task, 'head_model', None)),
+           self.data.class_names, self.steps[0], id(self.teacher), self.loop_form,
+           tuple(d.id for d in self.parallel.mesh.devices.flat))
+    return self.shared.get(key, lambda: CompiledSteps(task, self.parallel, self.loop_form))
 
   def enter_finetuning(self, m: int, loop: LoopState, state, record) -> None:
     """Member m starts phase 1 from its best weights so far when early stopping chose them (as Keras'

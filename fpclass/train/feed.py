@@ -18,25 +18,25 @@ from fpclass.train.batches import predict_logits as predict_resident
 
 class ResidentFeed:
   """The training split on every device; batches are index gathers inside the step. `placed`: the split's
-  (images, labels) already replicated on the mesh, so programs of several tasks share one copy; `class_weights`:
-  the member's own (default: the task's)."""
+  (images, labels) already replicated on the mesh, so programs of several tasks share one copy; `arguments`: the
+  member's train-program arguments (`CompiledSteps.arguments`; default: the compiled task's)."""
 
-  def __init__(self, compiled, split, placed=None, class_weights=None):
-    self.compiled, self.class_weights = compiled, class_weights
+  def __init__(self, compiled, split, placed=None, arguments=None):
+    self.compiled, self.arguments = compiled, arguments
     self.images, self.labels = placed or compiled.parallel.replicate((split.images, split.labels))
 
   def run_epoch(self, state, order: np.ndarray, epoch_key, on_step=None, start: int = 0, should_stop=None):
     """`CompiledSteps.run_epoch` over the host order (steps, batch)."""
     return self.compiled.run_epoch(state, self.images, self.labels, self.compiled.parallel.replicate(order),
-                                   epoch_key, on_step, start, should_stop, self.class_weights)
+                                   epoch_key, on_step, start, should_stop, self.arguments)
 
 
 class StreamedFeed:
   """The training split stays on the host (a memory-mapped cache); each step's batch is streamed in."""
 
-  def __init__(self, compiled, split, class_weights=None):
+  def __init__(self, compiled, split, arguments=None):
     self.compiled, self.images, self.labels = compiled, split.images, np.asarray(split.labels)
-    self.class_weights = compiled.class_weights(class_weights)
+    self.arguments = compiled.arguments() if arguments is None else arguments
 
   def run_epoch(self, state, order: np.ndarray, epoch_key, on_step=None, start: int = 0, should_stop=None):
     """Trains one epoch over `order` from step `start`; returns (state, per-step metrics), as
@@ -47,7 +47,7 @@ class StreamedFeed:
     share = dict(process_index=0, process_count=1) if parallel.process_local else {}
     batches = stream.device_batches(self.images, self.labels, order[start:], parallel.batch, **share)
     for i, (images, labels) in enumerate(batches, start=start):
-      state, out = self.compiled.train_batch_step(state, images, labels, i, epoch_key, self.class_weights)
+      state, out = self.compiled.train_batch_step(state, images, labels, i, epoch_key, self.arguments)
       metrics.append(out)
       if on_step is not None:
         on_step(i + 1, metrics)
@@ -56,11 +56,11 @@ class StreamedFeed:
     return state, metrics
 
 
-def train_feed(compiled, split, placed=None, class_weights=None):
-  """The feed `fpclass.data.stream.place` chose for `split`; `placed` and `class_weights` as in `ResidentFeed`."""
+def train_feed(compiled, split, placed=None, arguments=None):
+  """The feed `fpclass.data.stream.place` chose for `split`; `placed` and `arguments` as in `ResidentFeed`."""
   if stream.is_streamed(split):
-    return StreamedFeed(compiled, split, class_weights)
-  return ResidentFeed(compiled, split, placed, class_weights)
+    return StreamedFeed(compiled, split, arguments)
+  return ResidentFeed(compiled, split, placed, arguments)
 
 
 def predict_logits(compiled, state, images, batch_size: int) -> np.ndarray:

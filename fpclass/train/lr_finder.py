@@ -137,7 +137,7 @@ def find(dataset, settings: LrFindSettings, cohort, state, deadline: float | Non
   tx = optim.make_optimizer(run.train, cohort.steps[0], optim.param_groups(run.model),
                             schedule=sweep_schedule(settings))
   # Each step is one optimizer update of one batch, as fastai's sweep: config.train.accumulate_steps is not applied.
-  task = dataclasses.replace(run_task, tx=tx, accumulate_steps=1)
+  task = dataclasses.replace(run_task, tx=tx, optimizer=None, accumulate_steps=1)
   state = cohort.parallel.replicate(state.replace(opt_state=tx.init(state.params)))
   compiled = CompiledSteps(task, cohort.parallel, 'step')   # the step form: the rule may stop after any step
   train = feed.train_feed(compiled, cohort.data.train)

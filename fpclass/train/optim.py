@@ -18,8 +18,10 @@ OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 
 
-def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int) -> optax.Schedule:
-  lr = train.learning_rate
+def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int, learning_rate=None) -> optax.Schedule:
+  """config.train's schedule; `learning_rate` (default config.train.learning_rate) may be a traced value: every
+  schedule is the rate times a function of the step."""
+  lr = train.learning_rate if learning_rate is None else learning_rate
   total = max(1, int(train.epochs) * steps_per_epoch)
   warmup = int(train.warmup_epochs) * steps_per_epoch
   name = train.schedule
@@ -42,7 +44,7 @@ def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int) -> optax.
 
 
 def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None,
-                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+                   schedule: optax.Schedule | None = None, learning_rate=None) -> optax.GradientTransformation:
   """The configured optax optimizer.
 
   `groups` (from `param_groups`) labels each parameter 'head', 'backbone' or 'frozen': frozen ones get
@@ -50,9 +52,10 @@ def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None,
   (`optax.multi_transform`). With config.train.layer_decay < 1, each update is then multiplied by its
   parameter's depth multiplier (`fpclass.train.layer_decay`), on top of backbone_lr_factor; frozen ones stay zero.
   Gradient clipping, when on, is over all parameters together. `schedule`
-  replaces config.train's learning-rate schedule (the learning-rate finder's sweep, `fpclass.train.lr_finder`).
+  replaces config.train's learning-rate schedule (the learning-rate finder's sweep, `fpclass.train.lr_finder`);
+  `learning_rate` its rate (a train program's argument, `fpclass.train.task.Task.optimizer`).
   """
-  schedule = schedule or learning_rate_schedule(train, steps_per_epoch)
+  schedule = schedule or learning_rate_schedule(train, steps_per_epoch, learning_rate)
   name, wd = train.optimizer, float(train.weight_decay)
   if name not in OPTIMIZERS:
     raise UserInputError(f'config.train.optimizer={name!r}: choose one of {OPTIMIZERS}')

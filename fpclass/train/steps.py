@@ -8,9 +8,10 @@
 keys, fold_in(epoch_key, step), so they train the same model and a resumed run matches an unbroken one.
 
 Every program is data-parallel over `fpclass.runtime.sharding.DataParallel` (one device is a mesh of one). The
-train state is donated, so each step updates it in place. A weighted task's class weights are an argument of
-the train programs, not a constant in them: the folds of an experiment weigh their classes by their own labels
-(config.train.class_weights='auto'), and one compiled step serves them all, as one serves a solo run.
+train state is donated, so each step updates it in place. A task's class weights, label smoothing and learning
+rate are arguments of the train programs, not constants in them (`Task.arguments`): the folds of an experiment
+weigh their classes by their own labels (config.train.class_weights='auto'), and a sweep's or a search's variants
+that differ in their rate or smoothing alone share one compiled step, as a solo run's.
 """
 import dataclasses
 import functools
@@ -74,42 +75,45 @@ class CompiledSteps:
     options = default_compiler_options() if self.compiler_options is None else self.compiler_options
     return dict(options) or None
 
-  def class_weights(self, weights=None):
-    """The class weights argument of a train program: `weights` (a member's own), else the task's; None for an
-    unweighted task."""
-    weights = self.task.class_weights if weights is None else weights
-    return None if weights is None else self.parallel.replicate(np.asarray(weights, np.float32))
+  def arguments(self, task=None, class_weights=None) -> dict:
+    """The train programs' `arguments`: `task`'s (default: this one's) class weights, label smoothing and learning
+    rate (`Task.arguments`), `class_weights` (a member's own) replacing the task's; replicated on the mesh. A task
+    that shares these programs (the same structure, another learning rate) passes its own."""
+    values = (task or self.task).arguments()
+    if class_weights is not None:
+      values['class_weights'] = class_weights
+    return self.parallel.replicate({k: None if v is None else np.asarray(v, np.float32) for k, v in values.items()})
 
-  def _step(self, state, images, labels, order, i, epoch_key, class_weights):
+  def _step(self, state, images, labels, order, i, epoch_key, arguments):
     index = self.parallel.constrain_batch(order[i])
-    return self.task.with_class_weights(class_weights).train_step(state, images, labels, index, jax.random.fold_in(epoch_key, i))
+    return self.task.with_arguments(arguments).train_step(state, images, labels, index, jax.random.fold_in(epoch_key, i))
 
-  def _batch_step(self, state, batch_images, batch_labels, i, epoch_key, class_weights):
+  def _batch_step(self, state, batch_images, batch_labels, i, epoch_key, arguments):
     batch_images = self.parallel.constrain_batch(batch_images)
     batch_labels = self.parallel.constrain_batch(batch_labels)
-    return self.task.with_class_weights(class_weights).train_batch(state, batch_images, batch_labels,
-                                                               jax.random.fold_in(epoch_key, i))
+    return self.task.with_arguments(arguments).train_batch(state, batch_images, batch_labels,
+                                                           jax.random.fold_in(epoch_key, i))
 
-  def _epoch(self, state, images, labels, order, epoch_key, class_weights):
+  def _epoch(self, state, images, labels, order, epoch_key, arguments):
     def body(state, i):
-      return self._step(state, images, labels, order, i, epoch_key, class_weights)
+      return self._step(state, images, labels, order, i, epoch_key, arguments)
     return jax.lax.scan(body, state, jnp.arange(order.shape[0]))
 
   @functools.cached_property
   def train_step(self) -> Callable:
-    """(state, images, labels, order, i, epoch_key, class_weights) -> (state, metrics) for step `i` of `order`."""
+    """(state, images, labels, order, i, epoch_key, arguments) -> (state, metrics) for step `i` of `order`."""
     return jax.jit(self._step, donate_argnums=0, out_shardings=self.parallel.replicated,
                    compiler_options=self._options)
 
   @functools.cached_property
   def train_epoch(self) -> Callable:
-    """(state, images, labels, order, epoch_key, class_weights) -> (state, metrics stacked over the epoch's steps)."""
+    """(state, images, labels, order, epoch_key, arguments) -> (state, metrics stacked over the epoch's steps)."""
     return jax.jit(self._epoch, donate_argnums=0, out_shardings=self.parallel.replicated,
                    compiler_options=self._options)
 
   @functools.cached_property
   def train_batch_step(self) -> Callable:
-    """(state, batch_images, batch_labels, i, epoch_key, class_weights) -> (state, metrics): step `i` on a batch gathered
+    """(state, batch_images, batch_labels, i, epoch_key, arguments) -> (state, metrics): step `i` on a batch gathered
     on the host and sharded along the batch (fpclass.data.stream); the same step as `train_step`."""
     return jax.jit(self._batch_step, donate_argnums=0, out_shardings=self.parallel.replicated,
                    compiler_options=self._options)
@@ -161,18 +165,19 @@ class CompiledSteps:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
   def run_epoch(self, state, images, labels, order, epoch_key, on_step=None, start: int = 0, should_stop=None,
-                class_weights=None):
+                arguments=None):
     """Trains one epoch over `order` (steps, batch) from step `start`; returns (state, per-step metrics on the
-    device, for the steps it ran). `class_weights`: the member's own (default: the task's).
+    device, for the steps it ran). `arguments`: the member's (`arguments()`; default: this task's).
 
     `on_step(done, metrics)` is called after each step in the 'step' form and once at the end in the
     'scan' form, with the number of steps done and the metrics so far. `should_stop()` is asked after each
     step of the 'step' form: True ends the epoch there (a stop requested by a signal); the 'scan' form runs
     whole epochs, and a partial epoch (start > 0) always takes the step form.
     """
-    steps, weights = order.shape[0], self.class_weights(class_weights)
+    steps = order.shape[0]
+    arguments = self.arguments() if arguments is None else arguments
     if self.form == 'scan' and start == 0:
-      state, stacked = self.train_epoch(state, images, labels, order, epoch_key, weights)
+      state, stacked = self.train_epoch(state, images, labels, order, epoch_key, arguments)
       stacked = jax.device_get(stacked)  # a few numbers per step; split on the host
       metrics = [{k: v[i] for k, v in stacked.items()} for i in range(steps)]
       if on_step is not None:
@@ -180,7 +185,7 @@ class CompiledSteps:
       return state, metrics
     metrics = []
     for i in range(start, steps):
-      state, out = self.train_step(state, images, labels, order, i, epoch_key, weights)
+      state, out = self.train_step(state, images, labels, order, i, epoch_key, arguments)
       metrics.append(out)
       if on_step is not None:
         on_step(i + 1, metrics)

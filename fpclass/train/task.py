@@ -73,6 +73,10 @@ class Task:
   # `fpclass.train.optim.param_groups`' labels: the gradient is taken with respect to the parameters that are
   # not 'frozen' only (`trained_gradient`). None: every parameter trains.
   param_groups: Any = None
+  # learning rate -> the update transformation (`tx` is it at `learning_rate`), so the rate can be an argument of
+  # the train programs; None: `tx` alone (the learning-rate finder's sweep).
+  optimizer: Any = None
+  learning_rate: Any = None
 
   def model_input_shape(self, image_shape) -> tuple:
     height, width, channels = image_shape
@@ -160,7 +164,8 @@ class Task:
       return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = self.trained_gradient(loss_fn, state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    tx = self.tx if self.optimizer is None else self.optimizer(self.learning_rate)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
     if state.ema is not None:
@@ -205,10 +210,19 @@ class Task:
     updated = state.opt_state.mini_step == 0   # this micro-batch completed a cycle
     return jax.tree_util.tree_map(lambda a, b: jnp.where(updated, a, b), moved, state.ema)
 
-  def with_class_weights(self, class_weights) -> 'Task':
-    """This task weighing its classes by `class_weights` (a member's own; an array traced by the train program
-    when passed as its argument), or itself when None."""
-    return self if class_weights is None else dataclasses.replace(self, class_weights=class_weights)
+  def arguments(self) -> dict:
+    """The settings the train programs take as arguments, not as constants, at this task's values
+    (None: the task has none). Why: tasks that differ in these alone share compiled programs
+    (`fpclass.train.cohort`), as a k-fold experiment's members with their own class weights do, and a sweep's or
+    a search's variants that differ in their learning rate or label smoothing."""
+    return {'class_weights': self.class_weights, 'label_smoothing': self.label_smoothing,
+            'learning_rate': None if self.optimizer is None else self.learning_rate}
+
+  def with_arguments(self, arguments: dict | None) -> 'Task':
+    """This task with `arguments` (as `arguments()` gives them; arrays traced by a train program) in place of its
+    own; None values, and None, leave them."""
+    changed = {k: v for k, v in (arguments or {}).items() if v is not None}
+    return dataclasses.replace(self, **changed) if changed else self
 
   def targets(self, labels):
     """(N, num_classes) float targets: one-hot of int labels, or a multi-label batch's 0/1 rows as floats."""
@@ -335,8 +349,12 @@ def build_task(run: RunSettings, class_names, train_labels, steps_per_epoch: int
   # The schedule counts optimizer updates: ceil(steps / k) of them per epoch (fpclass.train.accumulation).
   updates = accumulation.updates_per_epoch(steps_per_epoch, k)
   groups = optim.param_groups(model_settings)
-  tx = optim.make_optimizer(train, updates, groups)
-  return Task(model=model, tx=accumulation.accumulate(tx, steps_per_epoch, k), **extras, param_groups=groups,
+
+  def optimizer(learning_rate):
+    return accumulation.accumulate(optim.make_optimizer(train, updates, groups, learning_rate=learning_rate),
+                                   steps_per_epoch, k)
+  return Task(model=model, tx=optimizer(train.learning_rate), optimizer=optimizer,
+              learning_rate=train.learning_rate, **extras, param_groups=groups,
               ema_updates=updates * train.epochs,
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=run.augment, head=head_for(model_settings, run.data.labels), num_classes=len(class_names),
