@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
 from fpclass.config.inputs import DataSettings
@@ -37,7 +38,7 @@ def validation_split(out, env, monkeypatch):
   return pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(out).data), progress=False)
 
 
-def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch):
+def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch, tmp_path):
   """Parity against onnxruntime's float model (the exported model.onnx) on the 360 validation images: the same
   class for nearly every image, logits within a few percent of their range; the float accuracy is evaluate's."""
   out, env, result = exported
@@ -71,6 +72,20 @@ def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch)
   assert not [n for n in int8_graph.node if n.op_type == 'Max']
   # The block max pools are MaxPools (fpclass.infer.onnx_graph), which the quantiser keeps in int8.
   assert [n.op_type for n in float_graph.node].count('MaxPool') == 2
+  # Each dense layer carries its bias too, with no float Add after it.
+  gemms = [n for n in int8_graph.node if n.op_type == 'Gemm']
+  assert gemms and all(len(n.input) == 3 for n in gemms)
+  readers = {name: node.op_type for node in int8_graph.node for name in node.input}
+  assert not [n for n in gemms if readers.get(n.output[0]) == 'Add']
+  # With the ReLUs and pools quantised, onnxruntime runs conv -> pool -> conv -> pool -> dense -> dense in uint8:
+  # no dequantise feeds a quantise (two scales met there, a quarter of the footprint CNN's int8 time).
+  options = onnxruntime.SessionOptions()
+  options.optimized_model_filepath = str(tmp_path / 'optimised.onnx')
+  onnxruntime.InferenceSession(str(folder / int8.INT8_FILE), options, providers=['CPUExecutionProvider'])
+  optimised = onnx.load(str(tmp_path / 'optimised.onnx')).graph
+  readers = {name: node.op_type for node in optimised.node for name in node.input}
+  assert not [n for n in optimised.node if n.op_type == 'DequantizeLinear' and readers.get(n.output[0]) == 'QuantizeLinear']
+  assert [n.op_type for n in optimised.node].count('QLinearConv') == 2
 
 
 @pytest.mark.parametrize('calibration', ['blank', 'scaled to 0..1'])

@@ -3,10 +3,11 @@ kept only when its accuracy on held-out images stays within config.export.int8_m
 
 - The graph is prepared as onnxruntime's `quant_pre_process` does, a Gemm's scalar zero bias (jax2onnx writes
   one beside every dense layer's own Add) is dropped, which onnxruntime's bias quantiser cannot take, and each
-  convolution's bias Add and ReLU Max are folded into the Conv and a Relu (`fpclass.infer.onnx_graph`).
-- Convolutions and matrix products are quantised (int8 weights per output channel, uint8 activations with
-  `reduce_range`: 7 bits, which AVX2 without VNNI needs to avoid overflowing its 16-bit pairwise sums); the OOD
-  score's own nodes stay float, so the `unknown` threshold keeps its meaning.
+  convolution's and dense layer's bias Add, and each ReLU Max, are folded into the Conv or Gemm and a Relu
+  (`fpclass.infer.onnx_graph`).
+- Convolutions, matrix products, ReLUs and max pools are quantised (int8 weights per output channel, uint8
+  activations with `reduce_range`: 7 bits, which AVX2 without VNNI needs to avoid overflowing its 16-bit pairwise
+  sums); the OOD score's own nodes stay float, so the `unknown` threshold keeps its meaning.
 - Both models predict the held-out images; the int8 model's accuracy, the float model's and their paired
   difference with its 95% interval, the agreement of their predictions (and unknown flags), and each model's
   images per second on this CPU go to model.int8.json beside it. A drop past the limit writes neither file and
@@ -31,7 +32,11 @@ from fpclass.infer import onnx_graph
 
 INT8_FILE, INT8_DESCRIPTION = 'model.int8.onnx', 'model.int8.json'
 INPUT_NAME = 'images'
-QUANTISED_OPS = ('Conv', 'Gemm', 'MatMul')
+# Relu and MaxPool too, though they compute nothing in int8 that float would not: quantised, the ReLU folds into its
+# convolution's output range and the pool shares its input's scale, so onnxruntime runs conv -> pool in uint8;
+# left float, each convolution ended in a DequantizeLinear -> QuantizeLinear pair of two scales before its pool (a
+# quarter of the footprint CNN's int8 time; 1.13x -> 1.52x the float model at 120x80, docs/deploy.md).
+QUANTISED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'MaxPool')
 
 
 def _modules():
@@ -77,7 +82,7 @@ def run(model, images: np.ndarray, batch: int = 64) -> list:
 def _prepared(onnx, quant_pre_process, source: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
   """The float graph as the quantiser takes it: onnxruntime's pre-processing (its symbolic shape inference
   cannot follow jax2onnx's stamped shapes, so ONNX's own is used), Gemm's scalar zero biases dropped, the
-  convolutions' biases and ReLUs folded."""
+  convolutions' and dense layers' biases and the ReLUs folded."""
   prepared = folder / 'prepared.onnx'
   with contextlib.redirect_stdout(io.StringIO()):
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
@@ -87,7 +92,8 @@ def _prepared(onnx, quant_pre_process, source: pathlib.Path, folder: pathlib.Pat
     if node.op_type == 'Gemm' and len(node.input) == 3 and node.input[2] in initialisers \
        and not initialisers[node.input[2]].dims and not np.any(onnx.numpy_helper.to_array(initialisers[node.input[2]])):
       del node.input[2]
-  onnx_graph.fold_conv_bias_and_relu(onnx, model)
+  onnx_graph.fold_biases_and_relu(onnx, model)
+  onnx_graph.fold_channel_affine(onnx, model)
   onnx.save(model, str(prepared))
   return prepared
 

@@ -6,10 +6,10 @@
   onnxruntime that reduction over non-adjacent axes took a third of the footprint CNN's int8 time and a quarter of
   its float time; an NCHW MaxPool between two Transposes computes the same maxima, onnxruntime's transpose
   optimiser cancels the Transposes against the convolutions' own, and the quantiser keeps MaxPool in int8.
-- `fold_conv_bias_and_relu` (the int8 model's preparation, `fpclass.infer.int8`): jax2onnx writes a convolution
-  as Conv (no bias) -> Transpose to NHWC -> Add(bias) -> Max(., 0); the bias moves into the Conv, quantised there
-  in int32 instead of a float Add between dequantise and quantise nodes, and the Max with 0 becomes a Relu,
-  which the quantiser folds into the convolution's output range.
+- `fold_biases_and_relu` (the int8 model's preparation, `fpclass.infer.int8`): jax2onnx writes a convolution
+  as Conv (no bias) -> Transpose to NHWC -> Add(bias) -> Max(., 0), and a dense layer as Gemm -> Add(bias); the
+  bias moves into the Conv or Gemm, quantised there in int32 instead of a float Add between dequantise and
+  quantise nodes, and the Max with 0 becomes a Relu, which the quantiser folds into the layer's output range.
 """
 import numpy as np
 
@@ -42,9 +42,9 @@ def pools_as_maxpool(onnx, model):
   return len(replaced) // 2
 
 
-def fold_conv_bias_and_relu(onnx, model) -> None:
-  """`model` with each Conv -> Transpose(NHWC) -> Add(constant bias) given the bias as its third input (the Add
-  gone), and each Max with a constant 0 a Relu."""
+def fold_biases_and_relu(onnx, model) -> None:
+  """`model` with each Conv -> Transpose(NHWC) -> Add(constant bias) and each bias-free Gemm -> Add(constant
+  bias) given the bias as its third input (the Add gone), and each Max with a constant 0 a Relu."""
   graph = model.graph
   initialisers = {i.name: i for i in graph.initializer}
   consumers, outputs = _consumers(graph), {o.name for o in graph.output}
@@ -77,6 +77,25 @@ def fold_conv_bias_and_relu(onnx, model) -> None:
     for node in consumers.get(add.output[0], []):
       node.input[:] = [transpose.output[0] if n == add.output[0] else n for n in node.input]
     removed[id(add)] = []
+  for gemm in graph.node:
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+    if gemm.op_type != 'Gemm' or len(gemm.input) != 2 or gemm.input[1] not in initialisers:
+      continue
+    add = only_consumer(gemm.output[0])
+    if add is None or add.op_type != 'Add':
+      continue
+    units = initialisers[gemm.input[1]].dims[0 if attributes.get('transB', 0) else 1]
+    bias = constant(next((n for n in add.input if n != gemm.output[0]), ''))
+    if bias is None or bias.size != units or bias.shape[-1] != units:
+      continue
+    name = f'{gemm.name or gemm.output[0]}_bias'
+    graph.initializer.append(onnx.numpy_helper.from_array(bias.reshape(units).astype(np.float32), name))
+    gemm.input.append(name)
+    for attribute in gemm.attribute:   # jax2onnx writes beta 0 beside its zero C; C now counts once
+      if attribute.name == 'beta':
+        attribute.f = 1.0
+    gemm.output[0] = add.output[0]   # the Add was its one reader; its output may be the graph's (the logits)
+    removed[id(add)] = []
   for node in graph.node:
     if node.op_type == 'Max' and len(node.input) == 2:
       zero = constant(node.input[1])
@@ -84,6 +103,68 @@ def fold_conv_bias_and_relu(onnx, model) -> None:
         node.op_type = 'Relu'
         del node.input[1]
   _replace(graph, removed)
+
+
+def fold_channel_affine(onnx, model) -> int:
+  """`model` with each Conv's per-channel affine tail folded into its weights and bias: its bias Add, and a batch
+  norm in inference, which reaches ONNX as Sub(mean) -> Mul(scale) -> Add(offset), after the Conv (constants of
+  shape (1, C, 1, 1)) or after jax2onnx's Transpose to NHWC (constants (C,) or (1, 1, 1, C)). Left alone, they
+  cost the float model a pass over every feature map each, and the int8 model more: float ops between a
+  dequantise and a quantise node. Each link must be the previous one's only reader, with the constant as its
+  second operand where order matters; returns how many convolutions took one."""
+  graph = model.graph
+  initialisers = {i.name: i for i in graph.initializer}
+  consumers, outputs = _consumers(graph), {o.name for o in graph.output}
+  removed, folds = {}, 0
+  for conv in graph.node:
+    if conv.op_type != 'Conv' or any(name not in initialisers for name in conv.input[1:]):
+      continue
+    weight = onnx.numpy_helper.to_array(initialisers[conv.input[1]]).astype(np.float64)
+    channels = weight.shape[0]
+    scale = np.ones(channels)
+    shift = (onnx.numpy_helper.to_array(initialisers[conv.input[2]]).astype(np.float64) if len(conv.input) == 3
+             else np.zeros(channels))
+    tail, chain = conv.output[0], []
+    readers = consumers.get(tail, [])
+    transpose = readers[0] if len(readers) == 1 and tail not in outputs and readers[0].op_type == 'Transpose' and \
+        list(onnx.helper.get_attribute_value(readers[0].attribute[0])) == [0, 2, 3, 1] else None
+    if transpose is not None:   # jax2onnx's NHWC form: the constants are (C,) or (1, 1, 1, C)
+      tail = transpose.output[0]
+    shapes = ((channels,), (1, 1, 1, channels)) if transpose is not None else ((1, channels, 1, 1), (channels, 1, 1))
+    while True:
+      readers = consumers.get(tail, [])
+      node = readers[0] if len(readers) == 1 and tail not in outputs else None
+      if node is None or node.op_type not in ('Add', 'Sub', 'Mul', 'Div') or list(node.input).count(tail) != 1:
+        break
+      other = node.input[1] if node.input[0] == tail else node.input[0]
+      if other not in initialisers or (node.op_type in ('Sub', 'Div') and node.input[1] != other):
+        break
+      value = onnx.numpy_helper.to_array(initialisers[other])
+      if value.shape not in shapes:
+        break
+      value = value.reshape(channels).astype(np.float64)
+      if node.op_type == 'Add':
+        shift = shift + value
+      elif node.op_type == 'Sub':
+        shift = shift - value
+      elif node.op_type == 'Mul':
+        scale, shift = scale * value, shift * value
+      else:
+        scale, shift = scale / value, shift / value
+      chain.append(node)
+      tail = node.output[0]
+    if not chain:
+      continue
+    name = conv.name or conv.output[0]
+    folded = weight * scale.reshape((channels,) + (1,) * (weight.ndim - 1))
+    graph.initializer.extend([onnx.numpy_helper.from_array(folded.astype(np.float32), f'{name}_folded_weight'),
+                              onnx.numpy_helper.from_array(shift.astype(np.float32), f'{name}_folded_bias')])
+    conv.input[1:] = [f'{name}_folded_weight', f'{name}_folded_bias']
+    (conv if transpose is None else transpose).output[0] = tail   # each link was the previous one's only reader
+    removed.update({id(node): [] for node in chain})
+    folds += 1
+  _replace(graph, removed)
+  return folds
 
 
 def _consumers(graph) -> dict:
