@@ -64,12 +64,12 @@ def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch,
   assert np.median(np.abs(int8_out[0] - float_out[0])) <= 0.02 * spread
   # The OOD score's nodes stay float: only the quantised features move it.
   assert np.median(np.abs(int8_out[1] - float_out[1])) <= 0.02 * np.ptp(float_out[1])
-  # Each convolution carries its bias (quantised in int32), and its ReLU is a Relu, not a float Add and Max
-  # between dequantise and quantise nodes (jax2onnx's form, which kept int8 at 1.14x the float model's speed).
+  # Each convolution carries its bias (in int8, quantised in int32), and its ReLU is a Relu, not a float Add and
+  # Max (jax2onnx's form, which kept int8 at 1.14x the float model's speed): both models (onnx_graph.prepare).
   float_graph, int8_graph = (onnx.load(str(folder / name)).graph for name in ('model.onnx', int8.INT8_FILE))
-  assert [len(n.input) for n in float_graph.node if n.op_type == 'Conv'] == [2, 2]
-  assert [len(n.input) for n in int8_graph.node if n.op_type == 'Conv'] == [3, 3]
-  assert not [n for n in int8_graph.node if n.op_type == 'Max']
+  for graph in (float_graph, int8_graph):
+    assert [len(n.input) for n in graph.node if n.op_type == 'Conv'] == [3, 3]
+    assert not [n for n in graph.node if n.op_type == 'Max']
   # The block max pools are MaxPools (fpclass.infer.onnx_graph), which the quantiser keeps in int8.
   assert [n.op_type for n in float_graph.node].count('MaxPool') == 2
   # Each dense layer carries its bias too, with no float Add after it.

@@ -231,7 +231,7 @@ def _first(expected, rows: int):
 # -- ONNX ---------------------------------------------------------------------------------------------------
 
 def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe, expected, description) -> tuple:
-  jax2onnx, onnx, ort = _onnx_modules()
+  jax2onnx, onnx, ort, quant_pre_process = _onnx_modules()
   start = time.perf_counter()
   note = None
   output_name = description['output']['name']
@@ -249,6 +249,7 @@ def export_onnx(forward, image_shape, batch_size: int, path: pathlib.Path, probe
     except ConversionError as e2:
       raise UserInputError(f'{path.name}: {e2}; a symbolic batch dimension failed too') from None
   onnx_graph.pools_as_maxpool(onnx, model)
+  model = onnx_graph.prepared_model(onnx, quant_pre_process, model)
   for key, value in _onnx_metadata(description, batch_size).items():
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value
@@ -343,11 +344,12 @@ def _onnx_modules():
     import jax2onnx
     import onnx
     import onnxruntime
+    from onnxruntime.quantization.shape_inference import quant_pre_process
   except ImportError as e:
     raise UserInputError(f'ONNX export needs jax2onnx, onnx and onnxruntime ({e}); install them with '
                          "pip install 'fpclass[export]', or set --config.export.formats='(\"stablehlo\",)'") from None
   _load_primitive_converters()
-  return jax2onnx, onnx, onnxruntime
+  return jax2onnx, onnx, onnxruntime, quant_pre_process
 
 
 def _load_primitive_converters() -> None:

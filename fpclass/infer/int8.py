@@ -13,8 +13,6 @@ kept only when its accuracy on held-out images stays within config.export.int8_m
   images per second on this CPU go to model.int8.json beside it. A drop past the limit writes neither file and
   says what dropped and by how much: a wrong calibration collapses a model (docs/deploy.md).
 """
-import contextlib
-import io
 import json
 import math
 import pathlib
@@ -80,21 +78,10 @@ def run(model, images: np.ndarray, batch: int = 64) -> list:
 
 
 def _prepared(onnx, quant_pre_process, source: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
-  """The float graph as the quantiser takes it: onnxruntime's pre-processing (its symbolic shape inference
-  cannot follow jax2onnx's stamped shapes, so ONNX's own is used), Gemm's scalar zero biases dropped, the
-  convolutions' and dense layers' biases and the ReLUs folded."""
+  """The float graph as the quantiser takes it (`fpclass.infer.onnx_graph.prepare`; an exported model.onnx is
+  already so, and stays as it is)."""
   prepared = folder / 'prepared.onnx'
-  with contextlib.redirect_stdout(io.StringIO()):
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-  model = onnx.load(str(prepared))
-  initialisers = {i.name: i for i in model.graph.initializer}
-  for node in model.graph.node:
-    if node.op_type == 'Gemm' and len(node.input) == 3 and node.input[2] in initialisers \
-       and not initialisers[node.input[2]].dims and not np.any(onnx.numpy_helper.to_array(initialisers[node.input[2]])):
-      del node.input[2]
-  onnx_graph.fold_biases_and_relu(onnx, model)
-  onnx_graph.fold_channel_affine(onnx, model)
-  onnx.save(model, str(prepared))
+  onnx_graph.prepare(onnx, quant_pre_process, source, prepared)
   return prepared
 
 

@@ -6,11 +6,17 @@
   onnxruntime that reduction over non-adjacent axes took a third of the footprint CNN's int8 time and a quarter of
   its float time; an NCHW MaxPool between two Transposes computes the same maxima, onnxruntime's transpose
   optimiser cancels the Transposes against the convolutions' own, and the quantiser keeps MaxPool in int8.
-- `fold_biases_and_relu` (the int8 model's preparation, `fpclass.infer.int8`): jax2onnx writes a convolution
-  as Conv (no bias) -> Transpose to NHWC -> Add(bias) -> Max(., 0), and a dense layer as Gemm -> Add(bias); the
-  bias moves into the Conv or Gemm, quantised there in int32 instead of a float Add between dequantise and
-  quantise nodes, and the Max with 0 becomes a Relu, which the quantiser folds into the layer's output range.
+- `prepare` (the exported float model, and the int8 quantiser's input): onnxruntime's own pre-processing, then
+  jax2onnx's Conv -> Transpose -> Add(bias) -> Max(., 0) and Gemm -> Add(bias) with the bias inside the Conv or
+  Gemm and the Max a Relu (`fold_biases_and_relu`), and a batch norm's Sub -> Mul -> Add folded into its
+  convolution (`fold_channel_affine`). onnxruntime fuses a Conv with a Relu, not with Max(., 0), and runs each
+  left-over op as a pass over every feature map (in int8, in float between a dequantise and a quantise node).
 """
+import contextlib
+import io
+import pathlib
+import tempfile
+
 import numpy as np
 
 
@@ -40,6 +46,33 @@ def pools_as_maxpool(onnx, model):
         onnx.helper.make_node('Transpose', [pooled], [out], perm=[0, 2, 3, 1], name=f'{out}_to_nhwc')]
   _replace(graph, replaced)
   return len(replaced) // 2
+
+
+def prepare(onnx, quant_pre_process, source, target) -> None:
+  """Writes `source` (an ONNX file) to `target` as onnxruntime's quantisation pre-processing leaves it (its
+  portable optimisations: constants folded, and ONNX's shape inference; its own symbolic inference cannot
+  follow jax2onnx's stamped shapes), with Gemm's scalar zero biases dropped (onnxruntime's bias quantiser cannot
+  take them), then the biases, ReLUs and batch norms folded. Idempotent."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+  model = onnx.load(str(target))
+  initialisers = {i.name: i for i in model.graph.initializer}
+  for node in model.graph.node:
+    if node.op_type == 'Gemm' and len(node.input) == 3 and node.input[2] in initialisers \
+       and not initialisers[node.input[2]].dims and not np.any(onnx.numpy_helper.to_array(initialisers[node.input[2]])):
+      del node.input[2]
+  fold_biases_and_relu(onnx, model)
+  fold_channel_affine(onnx, model)
+  onnx.save(model, str(target))
+
+
+def prepared_model(onnx, quant_pre_process, model):
+  """`prepare` of an in-memory ModelProto (the export's), through a temporary folder."""
+  with tempfile.TemporaryDirectory() as folder:
+    source, target = pathlib.Path(folder) / 'converted.onnx', pathlib.Path(folder) / 'prepared.onnx'
+    onnx.save_model(model, str(source))
+    prepare(onnx, quant_pre_process, source, target)
+    return onnx.load(str(target))
 
 
 def fold_biases_and_relu(onnx, model) -> None:
