@@ -13,6 +13,7 @@ PRECISIONS = ('fp32', 'bf16')
 LOOPS = ('auto', 'step', 'scan')
 FEATURE_CACHE = ('auto', 'on', 'off')
 SELECT_CHECKPOINTS = ('best', 'last')
+BN_STATISTICS = ('running', 'precise')   # fpclass.train.precise_bn
 MODEL_AXES = ('auto', 'vmap', 'loop')
 THRESHOLD_METRICS = ('macro_f1', 'f1', 'f2')  # f2: multi-label only (each label's F2)
 
@@ -76,6 +77,9 @@ class TrainSettings(Settings):
   # every optimizer update, as timm's ModelEmaV3 (e.g. 0.9998); 0 = off (fpclass/train/ema.py).
   ema_decay: float = 0.0
   ema_warmup: bool = True          # timm's decay warmup: min(ema_decay, 1 - n^(-2/3)) at update n
+  # Batch-norm statistics validation and the saved model use: 'running' (the moving averages, as Keras and PyTorch
+  # keep them) | 'precise' (recomputed from the training images after each epoch: fpclass.train.precise_bn).
+  bn_statistics: str = 'running'
   # > 1: one optimizer update per this many batches, with their mean gradient (optax.MultiSteps); the last update
   # of an epoch takes what is left of it. BN still sees single batches (docs/finetuning.md).
   accumulate_steps: int = 1
@@ -83,7 +87,8 @@ class TrainSettings(Settings):
   def check(self):
     for name, allowed in (('optimizer', OPTIMIZERS), ('schedule', SCHEDULES), ('sampler', SAMPLERS),
                           ('precision', PRECISIONS), ('loop', LOOPS),
-                          ('feature_cache', FEATURE_CACHE), ('select_checkpoint', SELECT_CHECKPOINTS)):
+                          ('feature_cache', FEATURE_CACHE), ('select_checkpoint', SELECT_CHECKPOINTS),
+                          ('bn_statistics', BN_STATISTICS)):
       self.require(name, getattr(self, name) in allowed, f'one of {allowed}')
     for name in ('batch_size', 'epochs', 'log_every_steps'):
       self.require(name, getattr(self, name) >= 1, 'at least 1')

@@ -20,7 +20,7 @@ import numpy as np
 
 from fpclass.data import stream
 from fpclass.errors import UserInputError
-from fpclass.train import feed
+from fpclass.train import feed, precise_bn
 from fpclass.train import task as task_lib
 from fpclass.train.steps import CompiledSteps, jit_options
 
@@ -104,9 +104,27 @@ class LoopAxis:
   def state(self, m):
     return self.states[m]
 
+  def recompute_batch_stats(self, members, rows: dict, chunk: int) -> None:
+    """config.train.bn_statistics='precise': each member's batch statistics from its training rows (`rows[m]`)
+    under its current weights (`fpclass.train.precise_bn`)."""
+    program = _precise_program(self)
+    if program is not None:
+      for m in members:
+        self.states[m] = precise_bn.recomputed(program, self.states[m], self._data[m][0].images, rows[m], chunk)
+
   def updates(self, m) -> int:
     """Member m's optimizer updates so far in this phase."""
     return int(self.task.optimizer_updates(self.states[m]))
+
+
+def _precise_program(model_axis):
+  """The axis's batch-statistics program, made once; None on a feature-cached phase (its task trains a head on
+  features, whose frozen backbone keeps its statistics)."""
+  if getattr(model_axis.task, 'head_model', None) is not None:
+    return None
+  if not hasattr(model_axis, '_precise'):
+    model_axis._precise = precise_bn.program(model_axis.task)
+  return model_axis._precise
 
 
 def where_tree(mask, new, old):
@@ -193,6 +211,13 @@ class VmapAxis:
 
   def state(self, m):
     return jax.tree_util.tree_map(lambda a: a[m], self.states)
+
+  def recompute_batch_stats(self, members, rows: dict, chunk: int) -> None:
+    """As `LoopAxis.recompute_batch_stats`, slot by slot."""
+    program = _precise_program(self)
+    if program is not None:
+      for m in members:
+        self.states = self._set(self.states, m, precise_bn.recomputed(program, self.state(m), self.images, rows[m], chunk))
 
   def updates(self, m) -> int:
     return int(self.task.optimizer_updates(self.states)[m])

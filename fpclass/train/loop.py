@@ -241,6 +241,9 @@ def train_members(cohort: Cohort, record, starts: list[Start | None] | None = No
           if len(step_metrics[m]) < len(orders[m]):   # a stop inside the epoch: saved, and the run ends here
             record.interrupt(m, epochs[m] + 1, model_axis.state(m), loops[m], step_metrics[m], len(orders[m]),
                              stop)
+        if train.bn_statistics == 'precise':   # what validation and the checkpoints read (fpclass.train.precise_bn)
+          model_axis.recompute_batch_stats(in_phase, {m: members[m].train_index for m in in_phase},
+                                           cohort.run.eval.batch_size)
         val_logits.update(model_axis.val_logits(in_phase, cohort.run.eval.batch_size))
       seconds = time.perf_counter() - start
 
