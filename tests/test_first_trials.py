@@ -68,6 +68,20 @@ def test_the_default_space_s_neighbours_each_move_one_knob_in_priority_order_and
   assert {k: v for k, v in given.items() if k != 'train.learning_rate'} == changes
 
 
+def test_a_model_with_a_training_batch_norm_gets_recomputed_statistics_as_its_third_neighbour():
+  """Where the model trains a batch norm, the default space searches its statistics (running averages or
+  recomputed, fpclass.train.precise_bn) right after the learning rate; where it has none, the knob is absent."""
+  config = config_from_argv([*QUICK, '--config.model.batch_norm=True'])
+  entries = default_space(config, [OWN], flips=False)
+  assert "train.bn_statistics: choice('running', 'precise')" in entries
+  dims = parse_space(entries, config, [OWN])
+  baseline = baseline_params(dims, config, [OWN])
+  labels = [label for label, _ in neighbours(dims, baseline, {OWN.name: baseline})]
+  assert labels[:3] == ['train.learning_rate x3', 'train.learning_rate /3', "train.bn_statistics 'precise'"]
+  plain = config_from_argv([*QUICK, '--config.model.batch_norm=False'])
+  assert not [e for e in default_space(plain, [OWN], flips=False) if e.startswith('train.bn_statistics')]
+
+
 def test_a_backbone_neighbour_is_the_candidate_as_its_config_gives_it_at_its_learning_rate_centre():
   config = config_from_argv(QUICK)
   resnet = Candidate('resnet18', {'model.name': 'resnet18', 'model.pretrained': 'imagenet'})

@@ -10,13 +10,17 @@ suggestion when that fits the time given. The table of defaults and their reason
 import dataclasses
 import math
 
+import jax
 import numpy as np
 
 from fpclass.config.inputs import AugmentSettings, DataSettings
 from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.training import TrainSettings
 from fpclass.data import pipeline, rows
+from fpclass.errors import UserInputError
 from fpclass.train.plan import apply_changes
+from fpclass.train.task import build_task
 
 FACTOR = (0.2, 10.0)        # the learning rate's range around a candidate's centre (x 3 sits at its 69th percentile)
 FINE_TUNE_FACTOR = 0.1      # a pretrained backbone fine-tuned whole: a tenth of a from-scratch rate (the guess)
@@ -84,7 +88,28 @@ def default_space(config, candidates: list, learning_rates: dict | None = None, 
   if train.feature_cache != 'on':   # 'on' trains on features computed once: nothing may change the images
     entries += _augmentation(config, flips)
   entries += _model_switches(candidates, configs)
+  with_bn = [c.name for c in candidates if trains_batch_norm(configs[c.name])]
+  if with_bn:   # scoped: a trial whose model has none would move a knob that does nothing
+    entries.append(_scoped(_choice('train.bn_statistics', train.bn_statistics, 'running', 'precise'), with_bn,
+                           [c.name for c in candidates]))
   return entries
+
+
+def trains_batch_norm(config) -> bool:
+  """Whether the config's model has a batch norm that trains (its variables' shapes, nothing computed): then its
+  statistics are searched, the running averages or recomputed ones (`fpclass.train.precise_bn`), since on a small
+  set the averages can leave a good model at chance (docs/finetuning.md)."""
+  run = RunSettings.from_config(config)
+  try:
+    task = build_task(run, ('a', 'b'), np.array([0, 1]), steps_per_epoch=1)
+  except UserInputError:   # a model the trials cannot build either: their own check names it
+    return False
+  shape = (*run.data.decode.image_size, run.data.decode.channels)
+  shapes = jax.eval_shape(lambda key: task.init_variables(key, shape), jax.random.PRNGKey(0))
+  if not jax.tree_util.tree_leaves(shapes['batch_stats']):
+    return False
+  groups = task.param_groups
+  return groups is None or not all(label == 'frozen' for label in jax.tree_util.tree_leaves(groups(shapes['params'])))
 
 
 def _learning_rate(config, candidates, configs, own, given: dict) -> str:
