@@ -80,6 +80,6 @@ def test_a_dense_layer_s_bias_add_becomes_the_gemm_s_bias():
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
   x = RNG.normal(size=(3, 5)).astype(np.float32)
   expected = _run(model, x)
-  onnx_graph.fold_biases_and_relu(onnx, model)
+  onnx_graph.fold_dense_biases_and_relu(onnx, model)
   assert [n.op_type for n in model.graph.node] == ['Gemm'] and len(model.graph.node[0].input) == 3
   np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)

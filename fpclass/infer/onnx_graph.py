@@ -7,10 +7,11 @@
   its float time; an NCHW MaxPool between two Transposes computes the same maxima, onnxruntime's transpose
   optimiser cancels the Transposes against the convolutions' own, and the quantiser keeps MaxPool in int8.
 - `prepare` (the exported float model, and the int8 quantiser's input): onnxruntime's own pre-processing, then
-  jax2onnx's Conv -> Transpose -> Add(bias) -> Max(., 0) and Gemm -> Add(bias) with the bias inside the Conv or
-  Gemm and the Max a Relu (`fold_biases_and_relu`), and a batch norm's Sub -> Mul -> Add folded into its
-  convolution (`fold_channel_affine`). onnxruntime fuses a Conv with a Relu, not with Max(., 0), and runs each
-  left-over op as a pass over every feature map (in int8, in float between a dequantise and a quantise node).
+  jax2onnx's Gemm -> Add(bias) with the bias inside the Gemm and each Max(., 0) a Relu
+  (`fold_dense_biases_and_relu`), and a convolution's per-channel tail, Conv -> Transpose -> Add(bias) and a batch
+  norm's Sub -> Mul -> Add, folded into its weights and bias (`fold_channel_affine`). onnxruntime fuses a Conv with
+  a Relu, not with Max(., 0), and runs each left-over op as a pass over every feature map (in int8, in float
+  between a dequantise and a quantise node).
 """
 import contextlib
 import io
@@ -61,7 +62,7 @@ def prepare(onnx, quant_pre_process, source, target) -> None:
     if node.op_type == 'Gemm' and len(node.input) == 3 and node.input[2] in initialisers \
        and not initialisers[node.input[2]].dims and not np.any(onnx.numpy_helper.to_array(initialisers[node.input[2]])):
       del node.input[2]
-  fold_biases_and_relu(onnx, model)
+  fold_dense_biases_and_relu(onnx, model)
   fold_channel_affine(onnx, model)
   onnx.save(model, str(target))
 
@@ -75,9 +76,9 @@ def prepared_model(onnx, quant_pre_process, model):
     return onnx.load(str(target))
 
 
-def fold_biases_and_relu(onnx, model) -> None:
-  """`model` with each Conv -> Transpose(NHWC) -> Add(constant bias) and each bias-free Gemm -> Add(constant
-  bias) given the bias as its third input (the Add gone), and each Max with a constant 0 a Relu."""
+def fold_dense_biases_and_relu(onnx, model) -> None:
+  """`model` with each bias-free Gemm -> Add(constant bias) given the bias as its third input (the Add gone), and
+  each Max with a constant 0 a Relu. A convolution's bias Add is `fold_channel_affine`'s."""
   graph = model.graph
   initialisers = {i.name: i for i in graph.initializer}
   consumers, outputs = _consumers(graph), {o.name for o in graph.output}
@@ -90,26 +91,6 @@ def fold_biases_and_relu(onnx, model) -> None:
     return onnx.numpy_helper.to_array(initialisers[name]) if name in initialisers else None
 
   removed = {}
-  for conv in graph.node:
-    if conv.op_type != 'Conv' or len(conv.input) != 2 or conv.input[1] not in initialisers:
-      continue
-    transpose = only_consumer(conv.output[0])
-    if transpose is None or transpose.op_type != 'Transpose' or \
-       list(onnx.helper.get_attribute_value(transpose.attribute[0])) != [0, 2, 3, 1]:
-      continue
-    add = only_consumer(transpose.output[0])
-    if add is None or add.op_type != 'Add':
-      continue
-    channels = initialisers[conv.input[1]].dims[0]
-    bias = constant(next((n for n in add.input if n != transpose.output[0]), ''))
-    if bias is None or bias.size != channels or bias.shape[-1] != channels:
-      continue
-    name = f'{conv.name or conv.output[0]}_bias'
-    graph.initializer.append(onnx.numpy_helper.from_array(bias.reshape(channels).astype(np.float32), name))
-    conv.input.append(name)
-    for node in consumers.get(add.output[0], []):
-      node.input[:] = [transpose.output[0] if n == add.output[0] else n for n in node.input]
-    removed[id(add)] = []
   for gemm in graph.node:
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
     if gemm.op_type != 'Gemm' or len(gemm.input) != 2 or gemm.input[1] not in initialisers:
@@ -140,10 +121,9 @@ def fold_biases_and_relu(onnx, model) -> None:
 
 def fold_channel_affine(onnx, model) -> int:
   """`model` with each Conv's per-channel affine tail folded into its weights and bias: its bias Add, and a batch
-  norm in inference, which reaches ONNX as Sub(mean) -> Mul(scale) -> Add(offset), after the Conv (constants of
-  shape (1, C, 1, 1)) or after jax2onnx's Transpose to NHWC (constants (C,) or (1, 1, 1, C)). Left alone, they
-  cost the float model a pass over every feature map each, and the int8 model more: float ops between a
-  dequantise and a quantise node. Each link must be the previous one's only reader, with the constant as its
+  norm in inference, which reaches ONNX as Sub(mean) -> Mul(scale) -> Add(offset), after the Conv or after
+  jax2onnx's Transpose to NHWC, a value per channel (`_per_channel`). Left alone, they cost the float model a pass
+  over every feature map each, and the int8 model more: float ops between a dequantise and a quantise node. Each link must be the previous one's only reader, with the constant as its
   second operand where order matters; returns how many convolutions took one."""
   graph = model.graph
   initialisers = {i.name: i for i in graph.initializer}
@@ -161,9 +141,8 @@ def fold_channel_affine(onnx, model) -> int:
     readers = consumers.get(tail, [])
     transpose = readers[0] if len(readers) == 1 and tail not in outputs and readers[0].op_type == 'Transpose' and \
         list(onnx.helper.get_attribute_value(readers[0].attribute[0])) == [0, 2, 3, 1] else None
-    if transpose is not None:   # jax2onnx's NHWC form: the constants are (C,) or (1, 1, 1, C)
+    if transpose is not None:   # jax2onnx's NHWC form: the constants are (C,), (1, 1, 1, C), ...
       tail = transpose.output[0]
-    shapes = ((channels,), (1, 1, 1, channels)) if transpose is not None else ((1, channels, 1, 1), (channels, 1, 1))
     while True:
       readers = consumers.get(tail, [])
       node = readers[0] if len(readers) == 1 and tail not in outputs else None
@@ -173,7 +152,7 @@ def fold_channel_affine(onnx, model) -> int:
       if other not in initialisers or (node.op_type in ('Sub', 'Div') and node.input[1] != other):
         break
       value = onnx.numpy_helper.to_array(initialisers[other])
-      if value.shape not in shapes:
+      if not _per_channel(value, channels, transpose is not None):
         break
       value = value.reshape(channels).astype(np.float64)
       if node.op_type == 'Add':
@@ -198,6 +177,14 @@ def fold_channel_affine(onnx, model) -> int:
     folds += 1
   _replace(graph, removed)
   return folds
+
+
+def _per_channel(value, channels: int, nhwc: bool) -> bool:
+  """Whether a constant holds one value per channel where it meets a convolution's output: along the last axis
+  after jax2onnx's Transpose to NHWC, as (1, C, 1, 1) or (C, 1, 1) right after the Conv."""
+  if nhwc:
+    return value.size == channels and value.shape[-1] == channels
+  return value.shape in ((1, channels, 1, 1), (channels, 1, 1))
 
 
 def _consumers(graph) -> dict:
