@@ -69,6 +69,7 @@ class LoopAxis:
   def __init__(self, task, steps: CompiledSteps):
     self.task, self.steps, self.parallel = task, steps, steps.parallel
     self.states, self._data, self._placed = {}, {}, {}
+    self._batch_stats = precise_bn.program(task)   # jitted on first use
 
   def add(self, m, state, data: MemberData) -> None:
     self.states[m] = state
@@ -107,24 +108,14 @@ class LoopAxis:
   def recompute_batch_stats(self, members, rows: dict, chunk: int) -> None:
     """config.train.bn_statistics='precise': each member's batch statistics from its training rows (`rows[m]`)
     under its current weights (`fpclass.train.precise_bn`)."""
-    program = _precise_program(self)
-    if program is not None:
+    if self._batch_stats is not None:
       for m in members:
-        self.states[m] = precise_bn.recomputed(program, self.states[m], self._data[m][0].images, rows[m], chunk)
+        self.states[m] = precise_bn.recomputed(self._batch_stats, self.states[m], self._data[m][0].images, rows[m],
+                                               chunk)
 
   def updates(self, m) -> int:
     """Member m's optimizer updates so far in this phase."""
     return int(self.task.optimizer_updates(self.states[m]))
-
-
-def _precise_program(model_axis):
-  """The axis's batch-statistics program, made once; None on a feature-cached phase (its task trains a head on
-  features, whose frozen backbone keeps its statistics)."""
-  if getattr(model_axis.task, 'head_model', None) is not None:
-    return None
-  if not hasattr(model_axis, '_precise'):
-    model_axis._precise = precise_bn.program(model_axis.task)
-  return model_axis._precise
 
 
 def where_tree(mask, new, old):
@@ -167,6 +158,7 @@ class VmapAxis:
     axes = (0, None, None, 0, None, 0, 0, None if self.class_weights is None else 0, None)
     self._step = jax.jit(jax.vmap(one, in_axes=axes), donate_argnums=0, compiler_options=jit_options())
     self._predict = vmapped_predict(task)
+    self._batch_stats = precise_bn.program(task)
     self._set = jax.jit(lambda states, m, state: jax.tree_util.tree_map(lambda a, b: a.at[m].set(b), states, state),
                         donate_argnums=0)
 
@@ -214,10 +206,10 @@ class VmapAxis:
 
   def recompute_batch_stats(self, members, rows: dict, chunk: int) -> None:
     """As `LoopAxis.recompute_batch_stats`, slot by slot."""
-    program = _precise_program(self)
-    if program is not None:
+    if self._batch_stats is not None:
       for m in members:
-        self.states = self._set(self.states, m, precise_bn.recomputed(program, self.state(m), self.images, rows[m], chunk))
+        self.states = self._set(self.states, m, precise_bn.recomputed(self._batch_stats, self.state(m), self.images,
+                                                                      rows[m], chunk))
 
   def updates(self, m) -> int:
     return int(self.task.optimizer_updates(self.states)[m])

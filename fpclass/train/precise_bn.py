@@ -44,8 +44,11 @@ def _chunk_moments(task, params, batch_stats, images_u8, key) -> dict:
 
 
 def program(task):
-  """(params, batch_stats, uint8 images, key) -> each training batch norm's moments on the images, compiled; the
-  caller keeps it (one per model axis)."""
+  """(params, batch_stats, uint8 images, key) -> each training batch norm's moments on the images, jitted; the
+  caller keeps it (one per model axis). None for a feature cache's task (`head_model`: a head trained on
+  features, whose frozen backbone keeps its statistics)."""
+  if getattr(task, 'head_model', None) is not None:
+    return None
   return jax.jit(functools.partial(_chunk_moments, task))
 
 
