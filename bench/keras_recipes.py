@@ -61,6 +61,8 @@ def parse_args(argv=None):
   p.add_argument('--recipes', default=','.join(RECIPES))
   p.add_argument('--arms', default=','.join(ARMS))
   p.add_argument('--json', type=pathlib.Path, default=DEFAULT_JSON)
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='a config change for the fpclass arms (repeatable), e.g. eval.batch_size=32')
   p.add_argument('--worker', choices=ARMS, help=argparse.SUPPRESS)   # internal: run one arm
   p.add_argument('--recipe', choices=tuple(RECIPES), help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -139,6 +141,10 @@ def fpclass_arm(args, recipe: str, cache: bool) -> dict:
     for key, value in config.augment.items():
       if isinstance(value, float):
         config.augment[key] = 0.0   # every probability, factor and angle off
+  if args.set:
+    from fpclass.config.variants import parse_variant
+    from fpclass.train.plan import apply_changes
+    config = apply_changes(config, parse_variant('set: ' + '; '.join(args.set))[1], '--set')
   validate(config)
   workdir = args.out / 'runs' / f'{recipe}-{"fpclass_cache" if cache else "fpclass"}-{time.time_ns()}'
   train(config, workdir)
@@ -221,7 +227,7 @@ def run_arm(args, recipe: str, arm: str) -> dict:
   argv = [sys.executable, str(pathlib.Path(__file__).resolve()), '--worker', arm, '--recipe', recipe,
           '--out', str(args.out), '--train', str(args.train), '--val', str(args.val), '--epochs', str(args.epochs),
           '--batch-size', str(args.batch_size), '--vgg-size', str(args.vgg_size),
-          '--inception-size', str(args.inception_size)]
+          '--inception-size', str(args.inception_size), *(f'--set={change}' for change in args.set)]
   env = dict(os.environ)
   if arm.startswith('keras'):
     env['KERAS_BACKEND'] = arm.removeprefix('keras_')
