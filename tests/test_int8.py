@@ -86,6 +86,8 @@ def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch,
   readers = {name: node.op_type for node in optimised.node for name in node.input}
   assert not [n for n in optimised.node if n.op_type == 'DequantizeLinear' and readers.get(n.output[0]) == 'QuantizeLinear']
   assert [n.op_type for n in optimised.node].count('QLinearConv') == 2
+  # The uint8 pixels reach the first QLinearConv as they come: no float pass over the image (Cast, normalisation).
+  assert 'Cast' not in [n.op_type for n in optimised.node]
 
 
 @pytest.mark.parametrize('calibration', ['blank', 'scaled to 0..1'])

@@ -12,6 +12,9 @@
   norm's Sub -> Mul -> Add, folded into its weights and bias (`fold_channel_affine`). onnxruntime fuses a Conv with
   a Relu, not with Max(., 0), and runs each left-over op as a pass over every feature map (in int8, in float
   between a dequantise and a quantise node).
+- `input_as_quantised` (the int8 model only): uint8 pixels through Cast and a normalisation a * x + b, then a
+  quantise node, are already 8-bit values at scale a and zero point -b / a; a dequantise node reads them as
+  they come, and the float passes over the image (Cast, Div, Sub, Div, Transpose, QuantizeLinear) go.
 """
 import contextlib
 import io
@@ -177,6 +180,83 @@ def fold_channel_affine(onnx, model) -> int:
     folds += 1
   _replace(graph, removed)
   return folds
+
+
+def input_as_quantised(onnx, model) -> bool:
+  """`model` (QDQ) with its uint8 input's Cast -> normalisation -> QuantizeLinear replaced by one
+  DequantizeLinear of the raw pixels where that is one affine map a * x + b for every channel (scalar Add, Sub,
+  Mul and Div constants, Transposes in between), a > 0 and the zero point -b / a within [0, 255]: each
+  dequantise node that read the quantised normalised image reads the pixels at scale a and zero point
+  round(-b / a) instead. The values it gives are the normalised image itself when -b / a is a whole number, and
+  within half a pixel step of it otherwise (x / 127.5 - 1: 127.5); the quantised image it replaces was within
+  half a calibrated step, at most as fine. Returns whether it applied."""
+  graph = model.graph
+  initialisers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+  consumers, outputs = _consumers(graph), {o.name for o in graph.output}
+  uint8 = [i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+  if len(uint8) != 1:
+    return False
+
+  def only_reader(name):
+    found = consumers.get(name, [])
+    return found[0] if len(found) == 1 and name not in outputs else None
+
+  cast = only_reader(uint8[0])
+  if cast is None or cast.op_type != 'Cast' or \
+     onnx.helper.get_attribute_value(cast.attribute[0]) != onnx.TensorProto.FLOAT:
+    return False
+  a, b, perm, node, tail = 1.0, 0.0, None, None, cast.output[0]
+  while (node := only_reader(tail)) is not None and node.op_type in ('Add', 'Sub', 'Mul', 'Div', 'Transpose'):
+    if node.op_type == 'Transpose':
+      order = list(onnx.helper.get_attribute_value(node.attribute[0]))
+      perm = order if perm is None else [perm[i] for i in order]
+    else:
+      other = node.input[1] if node.input[0] == tail else node.input[0]
+      if other not in initialisers or initialisers[other].size != 1 or (node.op_type in ('Sub', 'Div')
+                                                                         and node.input[1] != other):
+        return False
+      value = float(initialisers[other].reshape(()))
+      a, b = {'Add': (a, b + value), 'Sub': (a, b - value), 'Mul': (a * value, b * value),
+              'Div': (a / value, b / value)}[node.op_type]
+    tail = node.output[0]
+  if node is None or node.op_type != 'QuantizeLinear' or not a > 0 or not 0.0 <= -b / a <= 255.0:
+    return False
+  dequantisers = consumers.get(node.output[0], [])
+  if not dequantisers or node.output[0] in outputs or any(d.op_type != 'DequantizeLinear' for d in dequantisers):
+    return False
+  pixels = uint8[0]
+  name = f'{pixels}_as_quantised'
+  new = []
+  if perm is not None:
+    new.append(onnx.helper.make_node('Transpose', [pixels], [f'{name}_transposed'], perm=perm, name=f'{name}_transpose'))
+    pixels = f'{name}_transposed'
+  graph.initializer.extend([onnx.numpy_helper.from_array(np.array(a, np.float32), f'{name}_scale'),
+                            onnx.numpy_helper.from_array(np.array(round(-b / a), np.uint8), f'{name}_zero_point')])
+  producer = {output: n for n in graph.node for output in n.output}
+  for dequantiser in dequantisers:
+    old_scale = float(initialisers[dequantiser.input[1]].reshape(()))
+    dequantiser.input[:] = [pixels, f'{name}_scale', f'{name}_zero_point']
+    for reader in consumers.get(dequantiser.output[0], []):
+      _rescale_bias(onnx, graph, initialisers, producer, reader, old_scale / a)
+  _replace(graph, {id(cast): new + [cast]})   # the Transpose first in the graph's order; the chain is pruned
+  return True
+
+
+def _rescale_bias(onnx, graph, initialisers, producer, node, factor: float) -> None:
+  """A Conv's or Gemm's int32 bias quantised at (input scale x weight scale), given at an input scale `factor`
+  times smaller: onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into one QLinearConv only when
+  the bias' scale is that product (left as it was, the footprint CNN's first convolution ran in float, 3x slower)."""
+  dequantiser = producer.get(node.input[2]) if node.op_type in ('Conv', 'Gemm') and len(node.input) == 3 else None
+  if dequantiser is None or dequantiser.op_type != 'DequantizeLinear' or dequantiser.input[0] not in initialisers:
+    return
+  values, scale = initialisers[dequantiser.input[0]], initialisers[dequantiser.input[1]]
+  if values.dtype != np.int32:
+    return
+  name = f'{dequantiser.input[0]}_rescaled'
+  graph.initializer.extend([
+      onnx.numpy_helper.from_array(np.round(values.astype(np.float64) * factor).astype(np.int32), name),
+      onnx.numpy_helper.from_array((scale.astype(np.float64) / factor).astype(np.float32), f'{name}_scale')])
+  dequantiser.input[0], dequantiser.input[1] = name, f'{name}_scale'
 
 
 def _per_channel(value, channels: int, nhwc: bool) -> bool:
