@@ -188,6 +188,34 @@ def test_variants_that_differ_in_learning_rate_or_smoothing_alone_share_the_job_
   assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] > 0
 
 
+def test_variants_that_differ_in_augmentation_magnitudes_alone_share_the_job_s_compiled_programs():
+  """The rotation, zoom, translation and erasing magnitudes are arguments too (`augment.MAGNITUDES`): a variant
+  with other magnitudes of the same ops compiles nothing and trains as it does alone, bit for bit; turning an op
+  off is another program."""
+  base = {'train.epochs': 1, 'train.early_stopping_patience': 0, 'augment.rotation': 10.0, 'augment.erasing': 0.2}
+  decoded, members = _members(tiny(**base))
+  split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
+  data = TrainData(decoded.class_names, split, split)
+
+  def trained(shared, **changes):
+    cohort = Cohort(RunSettings.from_config(tiny(**{**base, **changes})), data, members[:1], shared=shared)
+    return train_members(cohort, MemoryRecord())[0]
+
+  shared = SharedWork()
+  first = trained(shared)
+  changed = {'augment.rotation': 25.0, 'augment.erasing': 0.5}
+  with timings.job() as clock:
+    second = trained(shared, **changed)
+  assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] == 0, clock.summary()
+  alone = trained(SharedWork(), **changed)
+  for got, expected in zip(jax.tree_util.tree_leaves(second.last.params), jax.tree_util.tree_leaves(alone.last.params)):
+    np.testing.assert_array_equal(got, expected)
+  assert _max_difference(first.last.params, second.last.params) > 1e-4   # its own magnitudes took effect
+  with timings.job() as clock:
+    trained(shared, **{'augment.erasing': 0.0})
+  assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] > 0
+
+
 def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_weights():
   """Folds weigh their classes by their own labels (train.class_weights='auto'): the weights are an argument of
   the one train program, not constants of one program per member (which cost a k-fold trial k compilations)."""

@@ -282,8 +282,8 @@ def test_policy_runs_after_flips_and_before_colour_and_erasing(monkeypatch):
   monkeypatch.setattr(randaugment, 'apply_policy', spy)
   for op in ('_random_colour', '_random_erasing'):
     original = getattr(augment, op)
-    monkeypatch.setattr(augment, op, lambda image, u, cfg, _op=op, _original=original: (seen.append(_op),
-                                                                                            _original(image, u, cfg))[1])
+    monkeypatch.setattr(augment, op, lambda image, u, cfg, *values, _op=op, _original=original: (
+        seen.append(_op), _original(image, u, cfg, *values))[1])
   cfg = dataclasses.replace(EVERYTHING, rotation=0.0, zoom=0.0, translate=0.0, policy='randaugment')
   x = jnp.asarray(np.random.default_rng(6).uniform(0, 1, (12, 8, 1)), jnp.float32)
   jax.make_jaxpr(functools.partial(augment.augment_image, cfg=cfg))(x, jax.random.key(0))  # tracing is enough

@@ -26,6 +26,10 @@ ERASING_ATTEMPTS = 10  # torchvision's RandomErasing retry count
 # Each example makes ONE uniform draw, sliced per op in this fixed layout so that turning an op on or off leaves
 # the others' numbers unchanged. One draw rather than one per parameter because every vmapped random call is a
 # separate threefry in the compiled program, each adding roughly half a second of XLA compile time on CPU.
+# The magnitudes a train program takes as arguments, not constants (`fpclass.train.task.Task.arguments`): a
+# search's or a sweep's configurations that differ in them alone share one compiled step. Whether each is on
+# stays a constant of the program (an op that is off is not traced). The ranges auto searches (geometry, erasing).
+MAGNITUDES = ('rotation', 'zoom', 'height', 'width', 'translate', 'erasing')
 _DRAWS = dict(flips=2, geometry=6, colour=3, erasing=1 + 4 * ERASING_ATTEMPTS)
 
 
@@ -104,17 +108,19 @@ def affine_transform(image: jax.Array, matrix: jax.Array, fill_mode: str = 'cons
   return (top * (1 - wr) + bottom * wr).astype(image.dtype)
 
 
-def _random_geometry(image: jax.Array, u: jax.Array, cfg: AugmentSettings, flips: jax.Array | None) -> jax.Array:
+def _random_geometry(image: jax.Array, u: jax.Array, cfg: AugmentSettings, flips: jax.Array | None,
+                     values=None) -> jax.Array:
   h, w = image.shape[:2]
   u = 2.0 * u - 1.0  # six draws in [-1, 1)
-  angle = cfg.rotation * u[0] if cfg.rotation else 0.0
+  value = functools.partial(_magnitude, cfg, values)
+  angle = value('rotation') * u[0] if cfg.rotation else 0.0
   # Keras RandomZoom: the factor z scales the sampling grid, so z > 1 zooms out (content shrinks by 1/z).
-  inv_zoom = 1.0 / (1.0 + cfg.zoom * u[1]) if cfg.zoom else 1.0
+  inv_zoom = 1.0 / (1.0 + value('zoom') * u[1]) if cfg.zoom else 1.0
   # Keras RandomHeight/RandomWidth resize content by the factor; at a fixed output size that is a stretch.
-  stretch_y = 1.0 + cfg.height * u[2] if cfg.height else 1.0
-  stretch_x = 1.0 + cfg.width * u[3] if cfg.width else 1.0
-  shift_y = cfg.translate * h * u[4] if cfg.translate else 0.0
-  shift_x = cfg.translate * w * u[5] if cfg.translate else 0.0
+  stretch_y = 1.0 + value('height') * u[2] if cfg.height else 1.0
+  stretch_x = 1.0 + value('width') * u[3] if cfg.width else 1.0
+  shift_y = value('translate') * h * u[4] if cfg.translate else 0.0
+  shift_x = value('translate') * w * u[5] if cfg.translate else 0.0
   matrix = geometry_matrix(h, w, angle=angle, scale_y=stretch_y * inv_zoom, scale_x=stretch_x * inv_zoom,
                            shift_y=shift_y, shift_x=shift_x)
   if flips is not None:
@@ -194,13 +200,13 @@ def erasing_box(u: jax.Array, height: int, width: int, scale: tuple[float, float
   return fits[first], jnp.minimum(top, height - box_h), jnp.minimum(left, width - box_w), box_h, box_w
 
 
-def _random_erasing(image: jax.Array, u: jax.Array, cfg: AugmentSettings) -> jax.Array:
+def _random_erasing(image: jax.Array, u: jax.Array, cfg: AugmentSettings, values=None) -> jax.Array:
   h, w = image.shape[:2]
   found, top, left, box_h, box_w = erasing_box(u[1:].reshape(4, -1), h, w, cfg.erasing_scale, cfg.erasing_ratio)
   rows = jax.lax.broadcasted_iota(jnp.int32, (h, w), 0)
   cols = jax.lax.broadcasted_iota(jnp.int32, (h, w), 1)
   inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-  erase = inside & found & (u[0] < cfg.erasing)
+  erase = inside & found & (u[0] < _magnitude(cfg, values, 'erasing'))
   return jnp.where(erase[..., None], jnp.asarray(cfg.erasing_value, image.dtype), image)
 
 
@@ -208,8 +214,9 @@ def _random_erasing(image: jax.Array, u: jax.Array, cfg: AugmentSettings) -> jax
 # Entry points
 
 
-def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax.Array:
-  """Augments one (H, W, C) image; deterministic in `key`. Ops that `cfg` turns off are not traced."""
+def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings, values=None) -> jax.Array:
+  """Augments one (H, W, C) image; deterministic in `key`. Ops that `cfg` turns off are not traced; `values`
+  ({name: scalar}, `magnitudes`) replaces the magnitudes of those it turns on."""
   if image.ndim != 3 or not jnp.issubdtype(image.dtype, jnp.floating):
     raise ValueError(f'augment_image expects a float (H, W, C) image in [0, 1], got {image.dtype}{image.shape}')
   if not cfg.enabled:
@@ -223,7 +230,7 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax
     # Flips are folded into the resampling: as selects after the gather, XLA on CPU recomputed the gather for
     # each consumer and one flip cost ~10x the rotation itself.
     flips = _flip_matrix(*image.shape[:2], vflip, hflip) if cfg.hflip or cfg.vflip else None
-    image = _random_geometry(image, draws['geometry'], cfg, flips)
+    image = _random_geometry(image, draws['geometry'], cfg, flips, values)
   else:
     if cfg.hflip:
       image = jnp.where(hflip, image[:, ::-1], image)
@@ -237,18 +244,29 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax
   if cfg.brightness or cfg.contrast:
     image = _random_colour(image, draws['colour'], cfg)
   if cfg.erasing:
-    image = _random_erasing(image, draws['erasing'], cfg)
+    image = _random_erasing(image, draws['erasing'], cfg, values)
   return image
 
 
-def augment_batch(images: jax.Array, key: jax.Array, cfg: AugmentSettings) -> jax.Array:
-  """Augments an (N, H, W, C) batch; example i uses `jax.random.split(key, N)[i]`."""
+def augment_batch(images: jax.Array, key: jax.Array, cfg: AugmentSettings, values=None) -> jax.Array:
+  """Augments an (N, H, W, C) batch; example i uses `jax.random.split(key, N)[i]`; `values` as in
+  `augment_image`."""
   if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f'augment_batch expects float (N, H, W, C) images in [0, 1], got {images.dtype}{images.shape}')
   if not cfg.enabled:
     return images
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(lambda image, k: augment_image(image, k, cfg))(images, keys)
+  return jax.vmap(lambda image, k: augment_image(image, k, cfg, values))(images, keys)
+
+
+def magnitudes(cfg: AugmentSettings) -> dict:
+  """{name: value} of the `MAGNITUDES` that `cfg` turns on: what a train program takes as arguments."""
+  return {name: getattr(cfg, name) for name in MAGNITUDES if getattr(cfg, name)}
+
+
+def _magnitude(cfg: AugmentSettings, values, name: str):
+  """The magnitude `name`: the traced value a train program was passed, else `cfg`'s."""
+  return values[name] if values and name in values else getattr(cfg, name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

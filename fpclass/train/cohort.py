@@ -23,7 +23,7 @@ from fpclass.data import stream
 from fpclass.data.rows import take_rows
 from fpclass.models import transfer
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import accumulation, feature_cache, optim
+from fpclass.train import accumulation, augment, feature_cache, optim
 from fpclass.train.axis import LoopAxis, MemberData, Split, TrainData, VmapAxis
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, batch_size_for
@@ -128,11 +128,13 @@ class Cohort:
   def programs(self, phase: int, task) -> CompiledSteps:
     """The compiled programs of `task` (the phase's, or its feature-cached form), shared through the job's
     `SharedWork` by every variant whose key is equal: the phase's settings, except what the programs take as
-    arguments (`Task.arguments`), with its schedule's length, classes, teacher, mesh and loop form, and the head
-    a feature cache trains. So a sweep over learning rates, or a search's trials that differ in their rate or
-    smoothing alone, trace and compile one step (each passes its own values)."""
+    arguments (`Task.arguments`: the rate, smoothing and augmentation magnitudes), with its schedule's length, classes, teacher, mesh and loop form, and the head
+    a feature cache trains. So a sweep over learning rates, or a search's trials that differ in their rate,
+    smoothing or rotation alone, trace and compile one step (each passes its own values)."""
     run = self.run.phase(phase)
-    structure = dataclasses.replace(run, train=dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0))
+    on = {name: float(bool(getattr(run.augment, name))) for name in augment.MAGNITUDES}   # on or off, not how much
+    structure = dataclasses.replace(run, train=dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0),
+                                    augment=dataclasses.replace(run.augment, **on))
     key = ('train programs', repr(structure), type(task).__name__, repr(getattr(task, 'head_model', None)),
            self.data.class_names, self.steps[0], id(self.teacher), self.loop_form,
            tuple(d.id for d in self.parallel.mesh.devices.flat))

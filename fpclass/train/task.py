@@ -77,6 +77,8 @@ class Task:
   # the train programs; None: `tx` alone (the learning-rate finder's sweep).
   optimizer: Any = None
   learning_rate: Any = None
+  # The augmentation magnitudes a train program was passed ({name: scalar}, `augment.magnitudes`); None: augment_cfg's.
+  augment_values: Any = None
 
   def model_input_shape(self, image_shape) -> tuple:
     height, width, channels = image_shape
@@ -111,7 +113,7 @@ class Task:
     """uint8 NHWC -> float32 in [0, 1], augmented when a key is given: the view, before any model's input."""
     x = images_u8.astype(jnp.float32) / 255.0
     if key is not None and self.augment_cfg.enabled:
-      x = augment.augment_batch(x, key, self.augment_cfg)
+      x = augment.augment_batch(x, key, self.augment_cfg, self.augment_values)
     return x
 
   def model_input(self, x):
@@ -212,16 +214,21 @@ class Task:
 
   def arguments(self) -> dict:
     """The settings the train programs take as arguments, not as constants, at this task's values
-    (None: the task has none). Why: tasks that differ in these alone share compiled programs
-    (`fpclass.train.cohort`), as a k-fold experiment's members with their own class weights do, and a sweep's or
-    a search's variants that differ in their learning rate or label smoothing."""
+    (None: the task has none), the augmentation magnitudes it turns on as 'augment.<name>'. Why: tasks that
+    differ in these alone share compiled programs (`fpclass.train.cohort`), as a k-fold experiment's members with
+    their own class weights do, and a sweep's or a search's variants that differ in their learning rate, label
+    smoothing, or rotation, zoom, translation and erasing magnitudes."""
     return {'class_weights': self.class_weights, 'label_smoothing': self.label_smoothing,
-            'learning_rate': None if self.optimizer is None else self.learning_rate}
+            'learning_rate': None if self.optimizer is None else self.learning_rate,
+            **{f'augment.{name}': value for name, value in augment.magnitudes(self.augment_cfg).items()}}
 
   def with_arguments(self, arguments: dict | None) -> 'Task':
     """This task with `arguments` (as `arguments()` gives them; arrays traced by a train program) in place of its
     own; None values, and None, leave them."""
     changed = {k: v for k, v in (arguments or {}).items() if v is not None}
+    values = {k.removeprefix('augment.'): changed.pop(k) for k in list(changed) if k.startswith('augment.')}
+    if values:
+      changed['augment_values'] = values
     return dataclasses.replace(self, **changed) if changed else self
 
   def targets(self, labels):
