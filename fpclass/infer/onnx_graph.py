@@ -2,19 +2,17 @@
 (`fpclass.infer.export` checks the rewritten model against JAX's outputs before it writes the file).
 
 - `pools_as_maxpool`: fpclass's 2x2 max pool (`fpclass.models.pooling`, a reshape to 6-d and a max over two
-  axes: the form whose gradient XLA computes cheaply) reaches ONNX as Reshape -> ReduceMax(axes 2 and 4). In
-  onnxruntime that reduction over non-adjacent axes took a third of the footprint CNN's int8 time and a quarter of
-  its float time; an NCHW MaxPool between two Transposes computes the same maxima, onnxruntime's transpose
-  optimiser cancels the Transposes against the convolutions' own, and the quantiser keeps MaxPool in int8.
+  axes: the form whose gradient XLA computes cheaply) reaches ONNX as Reshape -> ReduceMax(axes 2 and 4), which
+  took a third of the footprint CNN's int8 time in onnxruntime; an NCHW MaxPool between two Transposes computes
+  the same maxima, the Transposes cancel against the convolutions' own, and the quantiser keeps MaxPool in int8.
 - `prepare` (the exported float model, and the int8 quantiser's input): onnxruntime's own pre-processing, then
   jax2onnx's Gemm -> Add(bias) with the bias inside the Gemm and each Max(., 0) a Relu
   (`fold_dense_biases_and_relu`), and a convolution's per-channel tail, Conv -> Transpose -> Add(bias) and a batch
   norm's Sub -> Mul -> Add, folded into its weights and bias (`fold_channel_affine`). onnxruntime fuses a Conv with
   a Relu, not with Max(., 0), and runs each left-over op as a pass over every feature map (in int8, in float
   between a dequantise and a quantise node).
-- `input_as_quantised` (the int8 model only): uint8 pixels through Cast and a normalisation a * x + b, then a
-  quantise node, are already 8-bit values at scale a and zero point -b / a; a dequantise node reads them as
-  they come, and the float passes over the image (Cast, Div, Sub, Div, Transpose, QuantizeLinear) go.
+- `input_as_quantised` (int8 only): uint8 pixels normalised by a * x + b are 8-bit values at scale a and zero
+  point -b / a already; a dequantise node reads them as they come, and the float passes over the image go.
 """
 import contextlib
 import io
