@@ -212,8 +212,11 @@ def test_variants_that_differ_in_augmentation_magnitudes_alone_share_the_job_s_c
     np.testing.assert_array_equal(got, expected)
   assert _max_difference(first.last.params, second.last.params) > 1e-4   # its own magnitudes took effect
   with timings.job() as clock:
-    trained(shared, **{'augment.erasing': 0.0})
+    off = trained(shared, **{'augment.erasing': 0.0})
   assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] > 0
+  off_alone = trained(SharedWork(), **{'augment.erasing': 0.0})   # not the first variant's program with erasing on
+  for got, expected in zip(jax.tree_util.tree_leaves(off.last.params), jax.tree_util.tree_leaves(off_alone.last.params)):
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_weights():

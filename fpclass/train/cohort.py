@@ -132,10 +132,10 @@ class Cohort:
     a feature cache trains. So a sweep over learning rates, or a search's trials that differ in their rate,
     smoothing or rotation alone, trace and compile one step (each passes its own values)."""
     run = self.run.phase(phase)
-    on = {name: float(bool(getattr(run.augment, name))) for name in augment.MAGNITUDES}   # on or off, not how much
+    on = tuple(bool(getattr(run.augment, name)) for name in augment.MAGNITUDES)   # which are on, not how much
     structure = dataclasses.replace(run, train=dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0),
-                                    augment=dataclasses.replace(run.augment, **on))
-    key = ('train programs', repr(structure), type(task).__name__, repr(getattr(task, 'head_model', None)),
+                                    augment=dataclasses.replace(run.augment, **dict.fromkeys(augment.MAGNITUDES, 0.0)))
+    key = ('train programs', repr(structure), on, type(task).__name__, repr(getattr(task, 'head_model', None)),
            self.data.class_names, self.steps[0], id(self.teacher), self.loop_form,
            tuple(d.id for d in self.parallel.mesh.devices.flat))
     return self.shared.get(key, lambda: CompiledSteps(task, self.parallel, self.loop_form))
