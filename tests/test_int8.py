@@ -85,9 +85,13 @@ def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch,
   optimised = onnx.load(str(tmp_path / 'optimised.onnx')).graph
   readers = {name: node.op_type for node in optimised.node for name in node.input}
   assert not [n for n in optimised.node if n.op_type == 'DequantizeLinear' and readers.get(n.output[0]) == 'QuantizeLinear']
-  assert [n.op_type for n in optimised.node].count('QLinearConv') == 2
-  # The uint8 pixels reach the first QLinearConv as they come: no float pass over the image (Cast, normalisation).
-  assert 'Cast' not in [n.op_type for n in optimised.node]
+  # The first convolution reads the image's one channel and stays float (4-5x faster than int8 there,
+  # fpclass.infer.int8_graph), its pool too: no MaxPool reads a quantised tensor (onnxruntime's slow uint8 NCHW
+  # pool); the second convolution is int8.
+  kinds = [n.op_type for n in optimised.node]
+  producer = {name: node.op_type for node in optimised.node for name in node.output}
+  assert kinds.count('QLinearConv') == 1 and 'Conv' in kinds
+  assert not [n for n in optimised.node if n.op_type == 'MaxPool' and producer.get(n.input[0]) == 'QuantizeLinear']
 
 
 @pytest.mark.parametrize('calibration', ['blank', 'scaled to 0..1'])

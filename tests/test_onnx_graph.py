@@ -6,7 +6,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fpclass.infer import int8, onnx_graph
+from fpclass.infer import onnx_graph
 
 RNG = np.random.default_rng(0)
 CHANNELS = 4
@@ -84,56 +84,3 @@ def test_a_dense_layer_s_bias_add_becomes_the_gemm_s_bias():
   assert [n.op_type for n in model.graph.node] == ['Gemm'] and len(model.graph.node[0].input) == 3
   np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)
 
-
-def _pixels_model(path, mean, std):
-  """images (uint8 NHWC, 2 channels) -> Cast -> Div(255) -> Sub(mean) -> Div(std) -> Transpose -> Conv -> Relu:
-  an exported model's input normalisation, written to `path`."""
-  nodes = [helper.make_node('Cast', ['images'], ['pixels'], to=TensorProto.FLOAT),
-           helper.make_node('Div', ['pixels', 'c255'], ['unit']), helper.make_node('Sub', ['unit', 'mean'], ['centred']),
-           helper.make_node('Div', ['centred', 'std'], ['normed']),
-           helper.make_node('Transpose', ['normed'], ['nchw'], perm=[0, 3, 1, 2]),
-           helper.make_node('Conv', ['nchw', 'w', 'b'], ['conv'], pads=[1, 1, 1, 1]), helper.make_node('Relu', ['conv'], ['y'])]
-  initialisers = [_constant('c255', 255.0), _constant('mean', np.reshape(mean, (1, 1, 1, -1))),
-                  _constant('std', np.reshape(std, (1, 1, 1, -1))), _constant('w', RNG.normal(size=(CHANNELS, 2, 3, 3))),
-                  _constant('b', RNG.normal(size=CHANNELS))]
-  graph = helper.make_graph(nodes, 'pixels', [helper.make_tensor_value_info('images', TensorProto.UINT8, [None, 6, 5, 2])],
-                            [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)], initialisers)
-  onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]), str(path))
-
-
-def _optimised_ops(model, tmp_path):
-  options = onnxruntime.SessionOptions()
-  options.optimized_model_filepath = str(tmp_path / 'optimised.onnx')
-  onnxruntime.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
-  return [n.op_type for n in onnx.load(str(tmp_path / 'optimised.onnx')).graph.node]
-
-
-@pytest.mark.parametrize('mean, std', [(0.5, 0.5), (0.0, 1.0)], ids=['zero point 127.5 -> 128', 'zero point 0'])
-def test_the_int8_model_reads_the_uint8_pixels_as_they_come(mean, std, tmp_path):
-  """After quantisation, Cast -> normalisation -> QuantizeLinear become one DequantizeLinear of the pixels at the
-  normalisation's own scale, and onnxruntime still runs the first convolution as a QLinearConv (its int32 bias
-  requantised at the new input scale: otherwise that convolution runs in float)."""
-  _pixels_model(tmp_path / 'float.onnx', mean, std)
-  images = RNG.integers(40, 200, size=(64, 6, 5, 2), dtype=np.uint8)   # a calibrated scale unlike the pixels'
-  model = onnx.load_from_string(int8.quantise(tmp_path / 'float.onnx', images, tmp_path))
-  ops = [n.op_type for n in model.graph.node]
-  assert not {'Cast', 'Div', 'Sub', 'QuantizeLinear'} & set(ops[:ops.index('Conv')])
-  scale, zero_point = (numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
-                       for name in ('images_as_quantised_scale', 'images_as_quantised_zero_point'))
-  assert scale == pytest.approx(1 / (255 * std)) and zero_point == round(255 * mean + 1e-9)
-  optimised = _optimised_ops(model, tmp_path)
-  assert 'QLinearConv' in optimised and 'Conv' not in optimised and 'Cast' not in optimised
-  session = onnxruntime.InferenceSession(str(tmp_path / 'float.onnx'), providers=['CPUExecutionProvider'])
-  want = session.run(None, {'images': images})[0]
-  got = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider']).run(
-      None, {'images': images})[0]
-  assert np.median(np.abs(got - want)) <= 0.01 * np.ptp(want)
-
-
-def test_a_normalisation_per_channel_keeps_its_float_ops(tmp_path):
-  """Two channels with their own means are not one scale and zero point: the graph stays as quantised."""
-  _pixels_model(tmp_path / 'float.onnx', [0.4, 0.6], [0.5, 0.5])
-  model = onnx.load_from_string(int8.quantise(tmp_path / 'float.onnx', RNG.integers(0, 256, size=(8, 6, 5, 2),
-                                                                                     dtype=np.uint8), tmp_path))
-  assert [n.op_type for n in model.graph.node if n.op_type in ('Cast', 'QuantizeLinear')][:2] == ['Cast', 'QuantizeLinear']
-  assert not onnx_graph.input_as_quantised(onnx, model)

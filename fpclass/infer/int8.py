@@ -4,8 +4,8 @@ kept only when its accuracy on held-out images stays within config.export.int8_m
 - The graph is prepared as onnxruntime's `quant_pre_process` does, a Gemm's scalar zero bias (jax2onnx writes
   one beside every dense layer's own Add) is dropped, which onnxruntime's bias quantiser cannot take, and each
   convolution's and dense layer's bias Add, and each ReLU Max, are folded into the Conv or Gemm and a Relu
-  (`fpclass.infer.onnx_graph`). After quantisation the uint8 pixels go to the first convolution as they come,
-  at the normalisation's scale and zero point (`onnx_graph.input_as_quantised`).
+  (`fpclass.infer.onnx_graph`). A convolution over the image's own channels stays float, and a quantised op
+  that reads the normalised image reads the uint8 pixels as they come (`fpclass.infer.int8_graph`).
 - Convolutions, matrix products, ReLUs and max pools are quantised (int8 weights per output channel, uint8
   activations with `reduce_range`: 7 bits, which AVX2 without VNNI needs to avoid overflowing its 16-bit pairwise
   sums); the OOD score's own nodes stay float, so the `unknown` threshold keeps its meaning.
@@ -27,7 +27,7 @@ from fpclass import fileio
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer import onnx_graph
+from fpclass.infer import int8_graph, onnx_graph
 
 INT8_FILE, INT8_DESCRIPTION = 'model.int8.onnx', 'model.int8.json'
 INPUT_NAME = 'images'
@@ -109,10 +109,13 @@ def quantise(source: pathlib.Path, calibration: np.ndarray, folder: pathlib.Path
   which overflow AVX2's 16-bit sums without VNNI; the bench measures it)."""
   onnx, _, quantization, quant_pre_process = _modules()
   prepared = _prepared(onnx, quant_pre_process, source, folder)
-  graph = onnx.load(str(prepared)).graph
+  model = onnx.load(str(prepared))
+  kept_float = int8_graph.float_image_convolutions(onnx, model)
+  onnx.save(model, str(prepared))
+  graph = model.graph
   names = [o.name for o in graph.output]
-  excluded = [n for o in float_only if o in names
-              for n in _only_for(graph, o, [x for x in names if x not in float_only])]
+  excluded = kept_float + [n for o in float_only if o in names
+                           for n in _only_for(graph, o, [x for x in names if x not in float_only])]
   target = folder / 'int8.onnx'
   quantization.quantize_static(
       str(prepared), str(target), CalibrationImages(calibration), quant_format=quantization.QuantFormat.QDQ,
@@ -120,7 +123,7 @@ def quantise(source: pathlib.Path, calibration: np.ndarray, folder: pathlib.Path
       weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=excluded,
       calibrate_method=quantization.CalibrationMethod.MinMax)
   model = onnx.load(str(target))
-  if onnx_graph.input_as_quantised(onnx, model):
+  if int8_graph.input_as_quantised(onnx, model):
     onnx.save(model, str(target))
   return target.read_bytes()
 

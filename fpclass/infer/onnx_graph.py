@@ -11,8 +11,7 @@
   norm's Sub -> Mul -> Add, folded into its weights and bias (`fold_channel_affine`). onnxruntime fuses a Conv with
   a Relu, not with Max(., 0), and runs each left-over op as a pass over every feature map (in int8, in float
   between a dequantise and a quantise node).
-- `input_as_quantised` (int8 only): uint8 pixels normalised by a * x + b are 8-bit values at scale a and zero
-  point -b / a already; a dequantise node reads them as they come, and the float passes over the image go.
+The int8 model's own rewrites are `fpclass.infer.int8_graph`'s.
 """
 import contextlib
 import io
@@ -31,7 +30,7 @@ def pools_as_maxpool(onnx, model):
             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
   initialisers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
   producer = {name: node for node in graph.node for name in node.output}
-  consumers = _consumers(graph)
+  consumers = readers_of(graph)
   replaced = {}
   for node in graph.node:
     window = _pool_window(onnx, node, producer, consumers, initialisers, shapes)
@@ -46,7 +45,7 @@ def pools_as_maxpool(onnx, model):
         onnx.helper.make_node('MaxPool', [nchw], [pooled], kernel_shape=list(window), strides=list(window),
                               name=f'{out}_maxpool'),
         onnx.helper.make_node('Transpose', [pooled], [out], perm=[0, 2, 3, 1], name=f'{out}_to_nhwc')]
-  _replace(graph, replaced)
+  replace_nodes(graph, replaced)
   return len(replaced) // 2
 
 
@@ -82,7 +81,7 @@ def fold_dense_biases_and_relu(onnx, model) -> None:
   each Max with a constant 0 a Relu. A convolution's bias Add is `fold_channel_affine`'s."""
   graph = model.graph
   initialisers = {i.name: i for i in graph.initializer}
-  consumers, outputs = _consumers(graph), {o.name for o in graph.output}
+  consumers, outputs = readers_of(graph), {o.name for o in graph.output}
 
   def only_consumer(name):
     found = consumers.get(name, [])
@@ -117,7 +116,7 @@ def fold_dense_biases_and_relu(onnx, model) -> None:
       if zero is not None and zero.size == 1 and float(zero.reshape(())) == 0.0:
         node.op_type = 'Relu'
         del node.input[1]
-  _replace(graph, removed)
+  replace_nodes(graph, removed)
 
 
 def fold_channel_affine(onnx, model) -> int:
@@ -128,7 +127,7 @@ def fold_channel_affine(onnx, model) -> int:
   second operand where order matters; returns how many convolutions took one."""
   graph = model.graph
   initialisers = {i.name: i for i in graph.initializer}
-  consumers, outputs = _consumers(graph), {o.name for o in graph.output}
+  consumers, outputs = readers_of(graph), {o.name for o in graph.output}
   removed, folds = {}, 0
   for conv in graph.node:
     if conv.op_type != 'Conv' or any(name not in initialisers for name in conv.input[1:]):
@@ -176,85 +175,8 @@ def fold_channel_affine(onnx, model) -> int:
     (conv if transpose is None else transpose).output[0] = tail   # each link was the previous one's only reader
     removed.update({id(node): [] for node in chain})
     folds += 1
-  _replace(graph, removed)
+  replace_nodes(graph, removed)
   return folds
-
-
-def input_as_quantised(onnx, model) -> bool:
-  """`model` (QDQ) with its uint8 input's Cast -> normalisation -> QuantizeLinear replaced by one
-  DequantizeLinear of the raw pixels where that is one affine map a * x + b for every channel (scalar Add, Sub,
-  Mul and Div constants, Transposes in between), a > 0 and the zero point -b / a within [0, 255]: each
-  dequantise node that read the quantised normalised image reads the pixels at scale a and zero point
-  round(-b / a) instead. The values it gives are the normalised image itself when -b / a is a whole number, and
-  within half a pixel step of it otherwise (x / 127.5 - 1: 127.5); the quantised image it replaces was within
-  half a calibrated step, at most as fine. Returns whether it applied."""
-  graph = model.graph
-  initialisers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-  consumers, outputs = _consumers(graph), {o.name for o in graph.output}
-  uint8 = [i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
-  if len(uint8) != 1:
-    return False
-
-  def only_reader(name):
-    found = consumers.get(name, [])
-    return found[0] if len(found) == 1 and name not in outputs else None
-
-  cast = only_reader(uint8[0])
-  if cast is None or cast.op_type != 'Cast' or \
-     onnx.helper.get_attribute_value(cast.attribute[0]) != onnx.TensorProto.FLOAT:
-    return False
-  a, b, perm, node, tail = 1.0, 0.0, None, None, cast.output[0]
-  while (node := only_reader(tail)) is not None and node.op_type in ('Add', 'Sub', 'Mul', 'Div', 'Transpose'):
-    if node.op_type == 'Transpose':
-      order = list(onnx.helper.get_attribute_value(node.attribute[0]))
-      perm = order if perm is None else [perm[i] for i in order]
-    else:
-      other = node.input[1] if node.input[0] == tail else node.input[0]
-      if other not in initialisers or initialisers[other].size != 1 or (node.op_type in ('Sub', 'Div')
-                                                                         and node.input[1] != other):
-        return False
-      value = float(initialisers[other].reshape(()))
-      a, b = {'Add': (a, b + value), 'Sub': (a, b - value), 'Mul': (a * value, b * value),
-              'Div': (a / value, b / value)}[node.op_type]
-    tail = node.output[0]
-  if node is None or node.op_type != 'QuantizeLinear' or not a > 0 or not 0.0 <= -b / a <= 255.0:
-    return False
-  dequantisers = consumers.get(node.output[0], [])
-  if not dequantisers or node.output[0] in outputs or any(d.op_type != 'DequantizeLinear' for d in dequantisers):
-    return False
-  pixels = uint8[0]
-  name = f'{pixels}_as_quantised'
-  new = []
-  if perm is not None:
-    new.append(onnx.helper.make_node('Transpose', [pixels], [f'{name}_transposed'], perm=perm, name=f'{name}_transpose'))
-    pixels = f'{name}_transposed'
-  graph.initializer.extend([onnx.numpy_helper.from_array(np.array(a, np.float32), f'{name}_scale'),
-                            onnx.numpy_helper.from_array(np.array(round(-b / a), np.uint8), f'{name}_zero_point')])
-  producer = {output: n for n in graph.node for output in n.output}
-  for dequantiser in dequantisers:
-    old_scale = float(initialisers[dequantiser.input[1]].reshape(()))
-    dequantiser.input[:] = [pixels, f'{name}_scale', f'{name}_zero_point']
-    for reader in consumers.get(dequantiser.output[0], []):
-      _rescale_bias(onnx, graph, initialisers, producer, reader, old_scale / a)
-  _replace(graph, {id(cast): new + [cast]})   # the Transpose first in the graph's order; the chain is pruned
-  return True
-
-
-def _rescale_bias(onnx, graph, initialisers, producer, node, factor: float) -> None:
-  """A Conv's or Gemm's int32 bias quantised at (input scale x weight scale), given at an input scale `factor`
-  times smaller: onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into one QLinearConv only when
-  the bias' scale is that product (left as it was, the footprint CNN's first convolution ran in float, 3x slower)."""
-  dequantiser = producer.get(node.input[2]) if node.op_type in ('Conv', 'Gemm') and len(node.input) == 3 else None
-  if dequantiser is None or dequantiser.op_type != 'DequantizeLinear' or dequantiser.input[0] not in initialisers:
-    return
-  values, scale = initialisers[dequantiser.input[0]], initialisers[dequantiser.input[1]]
-  if values.dtype != np.int32:
-    return
-  name = f'{dequantiser.input[0]}_rescaled'
-  graph.initializer.extend([
-      onnx.numpy_helper.from_array(np.round(values.astype(np.float64) * factor).astype(np.int32), name),
-      onnx.numpy_helper.from_array((scale.astype(np.float64) / factor).astype(np.float32), f'{name}_scale')])
-  dequantiser.input[0], dequantiser.input[1] = name, f'{name}_scale'
 
 
 def _per_channel(value, channels: int, nhwc: bool) -> bool:
@@ -265,7 +187,7 @@ def _per_channel(value, channels: int, nhwc: bool) -> bool:
   return value.shape in ((1, channels, 1, 1), (channels, 1, 1))
 
 
-def _consumers(graph) -> dict:
+def readers_of(graph) -> dict:
   """Tensor name -> the nodes that read it."""
   consumers: dict = {}
   for node in graph.node:
@@ -274,7 +196,7 @@ def _consumers(graph) -> dict:
   return consumers
 
 
-def _replace(graph, replaced: dict) -> None:
+def replace_nodes(graph, replaced: dict) -> None:
   """Puts `replaced[id(node)]` (new nodes, or none) in each listed node's place, then prunes what is left unused."""
   if replaced:
     nodes = [new for node in graph.node for new in replaced.get(id(node), [node])]
