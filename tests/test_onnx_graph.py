@@ -84,3 +84,44 @@ def test_a_dense_layer_s_bias_add_becomes_the_gemm_s_bias():
   assert [n.op_type for n in model.graph.node] == ['Gemm'] and len(model.graph.node[0].input) == 3
   np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)
 
+
+
+def _normalised_input_model(mean, std, channels=3):
+  """images (uint8 NHWC) -> Cast -> Div(255) -> Sub(mean) -> Div(std) -> Transpose -> Conv (zero padding): an
+  exported model's input normalisation, per channel or one for all."""
+  nodes = [helper.make_node('Cast', ['images'], ['pixels'], to=TensorProto.FLOAT),
+           helper.make_node('Div', ['pixels', 'c255'], ['unit']), helper.make_node('Sub', ['unit', 'mean'], ['centred']),
+           helper.make_node('Div', ['centred', 'std'], ['normed']),
+           helper.make_node('Transpose', ['normed'], ['nchw'], perm=[0, 3, 1, 2]),
+           helper.make_node('Conv', ['nchw', 'w', 'b'], ['y'], pads=[1, 1, 1, 1])]
+  initialisers = [_constant('c255', 255.0), _constant('mean', np.reshape(mean, (1, 1, 1, -1))),
+                  _constant('std', np.reshape(std, (1, 1, 1, -1))), _constant('w', RNG.normal(size=(CHANNELS, channels, 3, 3))),
+                  _constant('b', RNG.normal(size=CHANNELS))]
+  graph = helper.make_graph(nodes, 'normalised', [helper.make_tensor_value_info('images', TensorProto.UINT8, [None, 6, 5, channels])],
+                            [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)], initialisers)
+  return helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+
+
+def _run_images(model, images):
+  session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  return session.run(None, {'images': images})[0]
+
+
+@pytest.mark.parametrize('mean, std', [([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), (0.5, 0.5)],
+                         ids=["ImageNet's, per channel", 'one for all'])
+def test_the_input_normalisation_folds_into_the_first_convolution(mean, std):
+  """One Sub of each channel's centre, the scale inside the weights: the same outputs, borders (zero padding)
+  included."""
+  images = RNG.integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)
+  model = _normalised_input_model(mean, std)
+  expected = _run_images(model, images)
+  assert onnx_graph.fold_input_affine(onnx, model)
+  assert [n.op_type for n in model.graph.node] == ['Cast', 'Sub', 'Transpose', 'Conv']
+  np.testing.assert_allclose(_run_images(model, images), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_the_normalisation_stays_where_something_else_reads_it():
+  model = _normalised_input_model(0.5, 0.5)
+  model.graph.output.append(helper.make_tensor_value_info('normed', TensorProto.FLOAT, None))
+  assert not onnx_graph.fold_input_affine(onnx, model)
+  assert [n.op_type for n in model.graph.node] == ['Cast', 'Div', 'Sub', 'Div', 'Transpose', 'Conv']

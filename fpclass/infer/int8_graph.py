@@ -84,9 +84,7 @@ def input_as_quantised(onnx, model) -> bool:
       if other not in initialisers or initialisers[other].size != 1 or (node.op_type in ('Sub', 'Div')
                                                                          and node.input[1] != other):
         return False
-      value = float(initialisers[other].reshape(()))
-      a, b = {'Add': (a, b + value), 'Sub': (a, b - value), 'Mul': (a * value, b * value),
-              'Div': (a / value, b / value)}[node.op_type]
+      a, b = onnx_graph.affine_step(node.op_type, a, b, float(initialisers[other].reshape(())))
     tail = node.output[0]
   if node is None or node.op_type != 'QuantizeLinear' or not a > 0 or not 0.0 <= -b / a <= 255.0:
     return False

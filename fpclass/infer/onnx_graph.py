@@ -8,7 +8,8 @@
 - `prepare` (the exported float model, and the int8 quantiser's input): onnxruntime's own pre-processing, then
   jax2onnx's Gemm -> Add(bias) with the bias inside the Gemm and each Max(., 0) a Relu
   (`fold_dense_biases_and_relu`), and a convolution's per-channel tail, Conv -> Transpose -> Add(bias) and a batch
-  norm's Sub -> Mul -> Add, folded into its weights and bias (`fold_channel_affine`). onnxruntime fuses a Conv with
+  norm's Sub -> Mul -> Add, folded into its weights and bias (`fold_channel_affine`), and the input's
+  normalisation folded into the first convolutions' weights (`fold_input_affine`). onnxruntime fuses a Conv with
   a Relu, not with Max(., 0), and runs each left-over op as a pass over every feature map (in int8, in float
   between a dequantise and a quantise node).
 The int8 model's own rewrites are `fpclass.infer.int8_graph`'s.
@@ -64,6 +65,7 @@ def prepare(onnx, quant_pre_process, source, target) -> None:
       del node.input[2]
   fold_dense_biases_and_relu(onnx, model)
   fold_channel_affine(onnx, model)
+  fold_input_affine(onnx, model)
   onnx.save(model, str(target))
 
 
@@ -177,6 +179,64 @@ def fold_channel_affine(onnx, model) -> int:
     folds += 1
   replace_nodes(graph, removed)
   return folds
+
+
+def fold_input_affine(onnx, model) -> bool:
+  """`model` with its uint8 input's normalisation, Cast -> a chain of Add, Sub, Mul and Div constants that is
+  a_k * x + b_k for each channel k (a_k != 0), folded into the convolutions that read it (after a Transpose to
+  NCHW): each one's weights for channel k times a_k, its input x - c_k, c_k = -b_k / a_k. Exact, zero padding
+  included, since a_k * x + b_k = a_k * (x - c_k): one float pass over the image (Sub) instead of three (the
+  Divs and Sub were a tenth of the footprint CNN's float time and a sixth of its int8 time). Every reader of the
+  normalised image must be such a convolution; returns whether it applied."""
+  graph = model.graph
+  initialisers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+  readers, outputs = readers_of(graph), {o.name for o in graph.output}
+  uint8 = [i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+  cast = readers.get(uint8[0], []) if len(uint8) == 1 else []
+  if len(cast) != 1 or cast[0].op_type != 'Cast':
+    return False
+  scale, shift, chain, tail = np.ones(1), np.zeros(1), [], cast[0].output[0]
+  while len(found := readers.get(tail, [])) == 1 and tail not in outputs and found[0].op_type in ('Add', 'Sub', 'Mul', 'Div'):
+    node = found[0]
+    other = node.input[1] if node.input[0] == tail else node.input[0]
+    if other not in initialisers or (node.op_type in ('Sub', 'Div') and node.input[1] != other) \
+       or initialisers[other].size > 1 and initialisers[other].shape[-1] != initialisers[other].size:
+      return False
+    scale, shift = affine_step(node.op_type, scale, shift, initialisers[other].reshape(-1).astype(np.float64))
+    chain.append(node)
+    tail = node.output[0]
+  transposes = readers.get(tail, [])
+  if not chain or tail in outputs or not transposes or np.any(scale == 0) or any(
+      t.op_type != 'Transpose' or list(onnx.helper.get_attribute_value(t.attribute[0])) != [0, 3, 1, 2] for t in transposes):
+    return False
+  convs = [c for t in transposes for c in readers.get(t.output[0], [])]
+  if any(c.op_type != 'Conv' or c.input[0] not in {t.output[0] for t in transposes} or c.input[1] not in initialisers
+         or initialisers[c.input[1]].ndim != 4 or scale.size not in (initialisers[c.input[1]].shape[1], 1)
+         for c in convs) or any(t.output[0] in outputs for t in transposes):
+    return False
+  for conv in convs:
+    weight = initialisers[conv.input[1]].astype(np.float64)
+    name = f'{conv.name or conv.output[0]}_input_scaled_weight'
+    graph.initializer.append(onnx.numpy_helper.from_array(
+        (weight * np.broadcast_to(scale, (weight.shape[1],)).reshape(1, -1, 1, 1)).astype(np.float32), name))
+    conv.input[1] = name
+  centre = f'{uint8[0]}_centre'
+  graph.initializer.append(onnx.numpy_helper.from_array((-shift / scale).reshape(1, 1, 1, -1).astype(np.float32), centre))
+  chain[0].op_type, chain[0].input[:], chain[0].output[0] = 'Sub', [cast[0].output[0], centre], tail
+  del chain[0].attribute[:]
+  replace_nodes(graph, {id(node): [] for node in chain[1:]})
+  return True
+
+
+def affine_step(op_type: str, scale, shift, value):
+  """(scale, shift) of `op_type`(scale * x + shift, value), the constant second: Add, Sub, Mul or Div."""
+  if op_type == 'Add':
+    return scale, shift + value
+  if op_type == 'Sub':
+    return scale, shift - value
+  if op_type == 'Mul':
+    return scale * value, shift * value
+  return scale / value, shift / value
 
 
 def _per_channel(value, channels: int, nhwc: bool) -> bool:
