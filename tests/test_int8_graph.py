@@ -69,12 +69,14 @@ def test_a_convolution_over_the_image_s_channels_stays_float_and_its_pool_does_n
   _close_to_float(model, tmp_path, images)
 
 
-def test_more_channels_are_quantised():
-  """Four input channels: nothing is left float."""
-  graph = helper.make_graph([helper.make_node('Conv', ['x', 'w'], ['y'], name='conv')], 'conv',
+@pytest.mark.parametrize('weight, group', [((2, 4, 3, 3), 1), ((4, 1, 3, 3), 4)], ids=['four channels', 'depthwise'])
+def test_convolutions_over_more_channels_are_quantised(weight, group):
+  """Four input channels, or a depthwise convolution (one input channel per weight, four read): nothing is left
+  float."""
+  graph = helper.make_graph([helper.make_node('Conv', ['x', 'w'], ['y'], name='conv', group=group)], 'conv',
                             [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4, 5, 5])],
                             [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)],
-                            [_constant('w', RNG.normal(size=(2, 4, 3, 3)))])
+                            [_constant('w', RNG.normal(size=weight))])
   assert int8_graph.float_image_convolutions(onnx, helper.make_model(graph)) == []
 
 

@@ -18,7 +18,7 @@ IMAGE_CHANNELS = 3   # a convolution with at most this many input channels stays
 
 
 def float_image_convolutions(onnx, model) -> list[str]:
-  """The names of the nodes the quantiser leaves float (`nodes_to_exclude`): each Conv with at most
+  """The names of the nodes the quantiser leaves float (`nodes_to_exclude`): each ungrouped Conv with at most
   `IMAGE_CHANNELS` input channels, and a Relu -> MaxPool after it (each the previous one's only reader), which
   become MaxPool -> Relu. Nodes without a name are given one."""
   graph = model.graph
@@ -34,8 +34,9 @@ def float_image_convolutions(onnx, model) -> list[str]:
   kept, moved = [], {}
   for conv in graph.node:
     weight = initialisers.get(conv.input[1]) if conv.op_type == 'Conv' and len(conv.input) > 1 else None
-    if weight is None or len(weight.dims) != 4 or weight.dims[1] > IMAGE_CHANNELS:
-      continue
+    group = next((onnx.helper.get_attribute_value(a) for a in conv.attribute if a.name == 'group'), 1)
+    if weight is None or len(weight.dims) != 4 or weight.dims[1] > IMAGE_CHANNELS or group != 1:
+      continue   # (a depthwise convolution's weights have one input channel each: it reads many)
     kept.append(conv.name)
     relu = only_reader(conv.output[0], 'Relu')
     pool = relu and only_reader(relu.output[0], 'MaxPool')
