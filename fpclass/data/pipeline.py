@@ -21,6 +21,7 @@ from fpclass.data.image_folder import load_image_folder
 from fpclass.data.kaggle_csv import load_kaggle_csv
 from fpclass.data.label_map import apply_label_map
 from fpclass.data.lfw_faces import load_lfw_faces_source
+from fpclass.data.mnist_5k import load_mnist_5k_source
 from fpclass.data.multilabel import read_multilabels
 from fpclass.data.rows import in_memory, take_rows
 from fpclass.data.source import Source, Split
@@ -62,6 +63,7 @@ SOURCES = {
     'tfds': load_tfds,
     'digits': load_digits_source,
     'lfw_faces': load_lfw_faces_source,
+    'mnist_5k': load_mnist_5k_source,
 }
 
 
