@@ -1,6 +1,6 @@
-"""The int8 model's own rewrites (fpclass.infer.int8_graph) through `int8.quantise` on hand-made ONNX graphs, and
+"""The int8 model's own rewrite (fpclass.infer.int8_graph) through `int8.quantise` on hand-made ONNX graphs, and
 the graph onnxruntime then runs: a convolution over the image's channels stays float without its pool falling
-into onnxruntime's slow uint8 NCHW MaxPool, and quantised ops read the uint8 pixels as they come."""
+into onnxruntime's slow uint8 NCHW MaxPool."""
 import numpy as np
 import onnx
 import onnxruntime
@@ -78,32 +78,3 @@ def test_convolutions_over_more_channels_are_quantised(weight, group):
                             [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)],
                             [_constant('w', RNG.normal(size=weight))])
   assert int8_graph.float_image_convolutions(onnx, helper.make_model(graph)) == []
-
-
-@pytest.mark.parametrize('mean, std', [(0.5, 0.5), (0.0, 1.0)], ids=['zero point 127.5 -> 128', 'zero point 0'])
-def test_the_int8_model_reads_the_uint8_pixels_as_they_come(mean, std, tmp_path):
-  """Four channels, so the first convolution is quantised: Cast -> normalisation -> QuantizeLinear become one
-  DequantizeLinear of the pixels at the normalisation's own scale and zero point, and onnxruntime still runs that convolution as
-  a QLinearConv (its int32 bias requantised at the new input scale: otherwise it runs in float)."""
-  _image_model(tmp_path / 'float.onnx', 4, mean, std)
-  images = RNG.integers(40, 200, size=(64, 8, 6, 4), dtype=np.uint8)   # a calibrated scale unlike the pixels'
-  model = onnx.load_from_string(int8.quantise(tmp_path / 'float.onnx', images, tmp_path))
-  ops = [n.op_type for n in model.graph.node]
-  assert not {'Cast', 'Div', 'Sub', 'QuantizeLinear'} & set(ops[:ops.index('Conv')])
-  scale, zero_point = (numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
-                       for name in ('images_as_quantised_scale', 'images_as_quantised_zero_point'))
-  # The float preparation folded the normalisation's scale into the convolution (onnx_graph.fold_input_affine):
-  # what is left is x - 255 * mean, the pixels at scale 1 around that zero point.
-  assert scale == pytest.approx(1.0) and zero_point == round(255 * mean + 1e-9)
-  kinds = [n.op_type for n in _optimised(model, tmp_path).node]
-  assert kinds.count('QLinearConv') == 2 and 'Conv' not in kinds and 'Cast' not in kinds
-  _close_to_float(model, tmp_path, images)
-
-
-def test_a_normalisation_per_channel_keeps_its_float_ops(tmp_path):
-  """Channels with their own means are not one scale and zero point: the graph stays as quantised."""
-  _image_model(tmp_path / 'float.onnx', 4, [0.4, 0.6, 0.5, 0.5], [0.5] * 4)
-  model = onnx.load_from_string(int8.quantise(tmp_path / 'float.onnx', RNG.integers(0, 256, size=(8, 8, 6, 4),
-                                                                                     dtype=np.uint8), tmp_path))
-  assert [n.op_type for n in model.graph.node if n.op_type in ('Cast', 'QuantizeLinear')][:2] == ['Cast', 'QuantizeLinear']
-  assert not int8_graph.input_as_quantised(onnx, model)

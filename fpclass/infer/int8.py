@@ -4,8 +4,8 @@ kept only when its accuracy on held-out images stays within config.export.int8_m
 - The graph is prepared as onnxruntime's `quant_pre_process` does, a Gemm's scalar zero bias (jax2onnx writes
   one beside every dense layer's own Add) is dropped, which onnxruntime's bias quantiser cannot take, and each
   convolution's and dense layer's bias Add, and each ReLU Max, are folded into the Conv or Gemm and a Relu
-  (`fpclass.infer.onnx_graph`). A convolution over the image's own channels stays float, and a quantised op
-  that reads the normalised image reads the uint8 pixels as they come (`fpclass.infer.int8_graph`).
+  (`fpclass.infer.onnx_graph`). A convolution over the image's own channels stays float
+  (`fpclass.infer.int8_graph`).
 - Convolutions, matrix products, ReLUs and max pools are quantised (int8 weights per output channel, uint8
   activations with `reduce_range`: 7 bits, which AVX2 without VNNI needs to avoid overflowing its 16-bit pairwise
   sums); the OOD score's own nodes stay float, so the `unknown` threshold keeps its meaning.
@@ -122,9 +122,6 @@ def quantise(source: pathlib.Path, calibration: np.ndarray, folder: pathlib.Path
       per_channel=True, reduce_range=reduce_range, activation_type=quantization.QuantType.QUInt8,
       weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=excluded,
       calibrate_method=quantization.CalibrationMethod.MinMax)
-  model = onnx.load(str(target))
-  if int8_graph.input_as_quantised(onnx, model):
-    onnx.save(model, str(target))
   return target.read_bytes()
 
 

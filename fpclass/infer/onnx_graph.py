@@ -156,15 +156,7 @@ def fold_channel_affine(onnx, model) -> int:
       value = onnx.numpy_helper.to_array(initialisers[other])
       if not _per_channel(value, channels, transpose is not None):
         break
-      value = value.reshape(channels).astype(np.float64)
-      if node.op_type == 'Add':
-        shift = shift + value
-      elif node.op_type == 'Sub':
-        shift = shift - value
-      elif node.op_type == 'Mul':
-        scale, shift = scale * value, shift * value
-      else:
-        scale, shift = scale / value, shift / value
+      scale, shift = _affine_step(node.op_type, scale, shift, value.reshape(channels).astype(np.float64))
       chain.append(node)
       tail = node.output[0]
     if not chain:
@@ -202,7 +194,7 @@ def fold_input_affine(onnx, model) -> bool:
     if other not in initialisers or (node.op_type in ('Sub', 'Div') and node.input[1] != other) \
        or initialisers[other].size > 1 and initialisers[other].shape[-1] != initialisers[other].size:
       return False
-    scale, shift = affine_step(node.op_type, scale, shift, initialisers[other].reshape(-1).astype(np.float64))
+    scale, shift = _affine_step(node.op_type, scale, shift, initialisers[other].reshape(-1).astype(np.float64))
     chain.append(node)
     tail = node.output[0]
   transposes = readers.get(tail, [])
@@ -228,7 +220,7 @@ def fold_input_affine(onnx, model) -> bool:
   return True
 
 
-def affine_step(op_type: str, scale, shift, value):
+def _affine_step(op_type: str, scale, shift, value):
   """(scale, shift) of `op_type`(scale * x + shift, value), the constant second: Add, Sub, Mul or Div."""
   if op_type == 'Add':
     return scale, shift + value
