@@ -156,43 +156,9 @@ def test_a_masked_member_does_not_change():
   assert _max_difference(take(after, 0).params, take(before, 0).params) > 0.0
 
 
-def test_variants_that_differ_in_learning_rate_or_smoothing_alone_share_the_job_s_compiled_programs():
-  """A sweep's or a search's variants that change the learning rate or the label smoothing alone reuse the job's
-  programs (`Cohort.programs`, keyed through SharedWork) with their own values as arguments: nothing is traced or
-  compiled for them, and each trains as it does alone. A structural change (another augmentation) compiles."""
-  config = tiny(**{'train.epochs': 1, 'train.early_stopping_patience': 0})
-  decoded, members = _members(config)
-  split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
-  data = TrainData(decoded.class_names, split, split)
-
-  def trained(shared, **changes):
-    cohort = Cohort(RunSettings.from_config(tiny(**{'train.epochs': 1, 'train.early_stopping_patience': 0, **changes})),
-                    data, members[:1], shared=shared)
-    return train_members(cohort, MemoryRecord())[0]
-
-  shared = SharedWork()
-  first = trained(shared)
-  changed = {'train.learning_rate': 0.01, 'train.label_smoothing': 0.1}
-  with timings.job() as clock:
-    second = trained(shared, **changed)
-  summary = clock.summary()
-  assert summary['programs_compiled'] + summary['programs_loaded'] == 0, summary
-  alone = trained(SharedWork(), **changed)   # its own programs: the same computation, so the same bits
-  for got, expected in zip(jax.tree_util.tree_leaves(second.last.params), jax.tree_util.tree_leaves(alone.last.params)):
-    np.testing.assert_array_equal(got, expected)
-  assert pd.DataFrame(second.loop.history).drop(columns='seconds').equals(
-      pd.DataFrame(alone.loop.history).drop(columns='seconds'))
-  assert _max_difference(first.last.params, second.last.params) > 1e-4   # its own rate and smoothing took effect
-  with timings.job() as clock:
-    trained(shared, **{'augment.translate': 0.1})
-  assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] > 0
-
-
-def test_variants_that_differ_in_augmentation_magnitudes_alone_share_the_job_s_compiled_programs():
-  """The rotation, zoom, translation and erasing magnitudes are arguments too (`augment.MAGNITUDES`): a variant
-  with other magnitudes of the same ops compiles nothing and trains as it does alone, bit for bit; turning an op
-  off is another program."""
-  base = {'train.epochs': 1, 'train.early_stopping_patience': 0, 'augment.rotation': 10.0, 'augment.erasing': 0.2}
+def _trainer(base: dict):
+  """trained(shared, **changes): one member of `tiny(**base, **changes)` trained in a job whose compiled programs
+  are `shared` (a SharedWork), on the same data every call."""
   decoded, members = _members(tiny(**base))
   split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
   data = TrainData(decoded.class_names, split, split)
@@ -200,23 +166,58 @@ def test_variants_that_differ_in_augmentation_magnitudes_alone_share_the_job_s_c
   def trained(shared, **changes):
     cohort = Cohort(RunSettings.from_config(tiny(**{**base, **changes})), data, members[:1], shared=shared)
     return train_members(cohort, MemoryRecord())[0]
+  return trained
 
+
+def _programs_made(clock) -> int:
+  """XLA's compilations and persistent-cache loads within a `timings.job()`."""
+  return clock.summary()['programs_compiled'] + clock.summary()['programs_loaded']
+
+
+def _assert_same_params(a, b):
+  for got, expected in zip(jax.tree_util.tree_leaves(a.last.params), jax.tree_util.tree_leaves(b.last.params)):
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_variants_that_differ_in_learning_rate_or_smoothing_alone_share_the_job_s_compiled_programs():
+  """A sweep's or a search's variants that change the learning rate or the label smoothing alone reuse the job's
+  programs (`Cohort.programs`, keyed through SharedWork) with their own values as arguments: nothing is traced or
+  compiled for them, and each trains as it does alone. A structural change (another augmentation) compiles."""
+  trained = _trainer({'train.epochs': 1, 'train.early_stopping_patience': 0})
+  shared = SharedWork()
+  first = trained(shared)
+  changed = {'train.learning_rate': 0.01, 'train.label_smoothing': 0.1}
+  with timings.job() as clock:
+    second = trained(shared, **changed)
+  assert _programs_made(clock) == 0, clock.summary()
+  alone = trained(SharedWork(), **changed)   # its own programs: the same computation, so the same bits
+  _assert_same_params(second, alone)
+  assert pd.DataFrame(second.loop.history).drop(columns='seconds').equals(
+      pd.DataFrame(alone.loop.history).drop(columns='seconds'))
+  assert _max_difference(first.last.params, second.last.params) > 1e-4   # its own rate and smoothing took effect
+  with timings.job() as clock:
+    trained(shared, **{'augment.translate': 0.1})
+  assert _programs_made(clock) > 0
+
+
+def test_variants_that_differ_in_augmentation_magnitudes_alone_share_the_job_s_compiled_programs():
+  """The rotation, zoom, translation and erasing magnitudes are arguments too (`augment.MAGNITUDES`): a variant
+  with other magnitudes of the same ops compiles nothing and trains as it does alone, bit for bit; turning an op
+  off is another program."""
+  trained = _trainer({'train.epochs': 1, 'train.early_stopping_patience': 0, 'augment.rotation': 10.0,
+                      'augment.erasing': 0.2})
   shared = SharedWork()
   first = trained(shared)
   changed = {'augment.rotation': 25.0, 'augment.erasing': 0.5}
   with timings.job() as clock:
     second = trained(shared, **changed)
-  assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] == 0, clock.summary()
-  alone = trained(SharedWork(), **changed)
-  for got, expected in zip(jax.tree_util.tree_leaves(second.last.params), jax.tree_util.tree_leaves(alone.last.params)):
-    np.testing.assert_array_equal(got, expected)
+  assert _programs_made(clock) == 0, clock.summary()
+  _assert_same_params(second, trained(SharedWork(), **changed))
   assert _max_difference(first.last.params, second.last.params) > 1e-4   # its own magnitudes took effect
   with timings.job() as clock:
     off = trained(shared, **{'augment.erasing': 0.0})
-  assert clock.summary()['programs_compiled'] + clock.summary()['programs_loaded'] > 0
-  off_alone = trained(SharedWork(), **{'augment.erasing': 0.0})   # not the first variant's program with erasing on
-  for got, expected in zip(jax.tree_util.tree_leaves(off.last.params), jax.tree_util.tree_leaves(off_alone.last.params)):
-    np.testing.assert_array_equal(got, expected)
+  assert _programs_made(clock) > 0
+  _assert_same_params(off, trained(SharedWork(), **{'augment.erasing': 0.0}))   # not erasing's program
 
 
 def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_weights():
