@@ -78,7 +78,13 @@ def data_sets(epochs: int, out: pathlib.Path) -> dict:
                      '--config.distill.unlabelled=test']),
       'digits': (['--config=configs/digits.py', f'--config.data.exclude_csv={excluded}', *common],
                  ('base: ', 'wide: model.conv_channels=(64,128); model.fc_sizes=(256,)'),
-                 [*STUDENT, '--config.model.dropout=0.1', '--config.train.epochs=16'])}
+                 [*STUDENT, '--config.model.dropout=0.1', '--config.train.epochs=16']),
+      # bench/distill_cross_fit.py's harder set (not this bench's --data): a teacher of two variants wider than
+      # configs/mnist.py's own size, which is the student's.
+      'mnist': (['--config=configs/mnist.py', *common],
+                ('base: model.conv_channels=(32,64); model.fc_sizes=(128,)',
+                 'wide: model.conv_channels=(64,128); model.fc_sizes=(256,)'),
+                [*STUDENT, '--config.model.dropout=0.1', f'--config.train.epochs={epochs}'])}
 
 
 def train_stage(name: str, flags: list, variants: tuple, out: pathlib.Path) -> dict:

