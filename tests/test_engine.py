@@ -200,6 +200,31 @@ def test_variants_that_differ_in_learning_rate_or_smoothing_alone_share_the_job_
   assert _programs_made(clock) > 0
 
 
+def test_variants_that_differ_in_epochs_alone_share_the_job_s_compiled_programs():
+  """The schedule's lengths are arguments too (a search's rungs train one configuration for more and more epochs):
+  a cosine schedule with a warm-up, trained for other epochs, warm-up epochs and patience, compiles nothing and
+  trains as it does alone, bit for bit; a 'step' schedule keeps its boundaries, so its epochs, in the program."""
+  base = {'train.epochs': 2, 'train.schedule': 'cosine', 'train.warmup_epochs': 1,
+          'train.early_stopping_patience': 0}
+  trained = _trainer(base)
+  shared = SharedWork()
+  trained(shared)
+  changed = {'train.epochs': 3, 'train.warmup_epochs': 2, 'train.early_stopping_patience': 5}
+  with timings.job() as clock:
+    longer = trained(shared, **changed)
+  assert _programs_made(clock) == 0, clock.summary()
+  alone = trained(SharedWork(), **changed)
+  _assert_same_params(longer, alone)
+  history = pd.DataFrame(longer.loop.history)
+  assert history.drop(columns='seconds').equals(pd.DataFrame(alone.loop.history).drop(columns='seconds'))
+  assert len(history) == 3   # (its solo run compiled its own lengths in: an argument ignored would differ)
+  step = {'train.schedule': 'step', 'train.decay_epochs': 1}
+  trained(shared, **step)
+  with timings.job() as clock:
+    trained(shared, **step, **{'train.epochs': 3})
+  assert _programs_made(clock) > 0
+
+
 def test_variants_that_differ_in_augmentation_magnitudes_alone_share_the_job_s_compiled_programs():
   """The rotation, zoom, translation and erasing magnitudes are arguments too (`augment.MAGNITUDES`): a variant
   with other magnitudes of the same ops compiles nothing and trains as it does alone, bit for bit; turning an op

@@ -74,10 +74,18 @@ def test_the_cost_model_is_fitted_beyond_the_member_epochs_by_a_line_over_the_me
   assert Costs.fitted([(1, 0, 1.0), (1, 0, 2.0), (1, 0, 3.0), (1, 0, 10.0)], 0.5) == Costs(2.25, 0.75, 0.5)
   assert Costs.fitted([(1, 10, 3.0)], 0.5) == Costs(0.0, 0.0, 0.5)   # faster than its member-epochs: nothing else
   # member counts that differ: the least-squares line, its slope per member and intercept per set-up
-  assert astuple(Costs.fitted([(1, 4, 5.0), (3, 4, 9.0)], 0.5)) == pytest.approx((1.0, 2.0, 0.5))
-  assert astuple(Costs.fitted([(1, 0, 2.0), (2, 0, 4.0), (3, 0, 4.0)], 0.0)) == pytest.approx((4 / 3, 1.0, 0.0))
+  assert astuple(Costs.fitted([(1, 4, 5.0), (3, 4, 9.0)], 0.5)) == pytest.approx((1.0, 2.0, 0.5, 0.0))
+  assert astuple(Costs.fitted([(1, 0, 2.0), (2, 0, 4.0), (3, 0, 4.0)], 0.0)) == pytest.approx((4 / 3, 1.0, 0.0, 0.0))
   assert Costs.fitted([(1, 0, 5.0), (3, 0, 3.0)], 0.0) == Costs(4.0, 0.0, 0.0)   # no negative cost a member
   assert Costs.fitted([(1, 0, 1.0), (3, 0, 7.0)], 0.0) == Costs(0.0, 3.0, 0.0)   # nor a negative set-up
+
+
+def test_a_new_configuration_s_set_up_adds_the_compiling_of_those_that_compiled_and_a_known_one_sets_up_without():
+  # beyond their member-epochs and compiling: 2 s a run of one member, three quarters of it to the set-up; the
+  # runs that compiled took 3 and 5 s at it, the one that reused its programs none
+  costs = Costs.fitted([(1, 2, 6.0, 3.0), (1, 2, 8.0, 5.0), (1, 2, 3.0, 0.0)], 0.5)
+  assert costs == Costs(1.5 + 4.0, 0.5, 0.5, 4.0) and costs.warm_setup == 1.5
+  assert Costs.fitted([(1, 2, 3.0)], 0.5).warm_setup == Costs.fitted([(1, 2, 3.0)], 0.5).setup == 1.5
 
 
 def test_a_configuration_more_is_started_when_the_bracket_then_fills_the_seconds_exactly():

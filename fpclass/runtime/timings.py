@@ -149,6 +149,13 @@ def phase(name: str):
     clock.leave()
 
 
+def compile_seconds() -> float:
+  """Seconds the running job has spent compiling XLA programs or loading them from the persistent cache, so far;
+  0 outside a job. The difference of two reads is what the code between them spent on programs."""
+  clock = _active[-1] if _active else None
+  return sum(t.compile_seconds + t.load_seconds for t in clock.totals.values()) if clock is not None else 0.0
+
+
 def job_elapsed() -> float:
   """Seconds since the running job began, its start-up (the interpreter, imports, flag parsing) included; 0
   outside a job."""

@@ -270,7 +270,7 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
           values[n] = by_number[n].intermediate_values[level]
         continue
       if outcome.seconds:
-        ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
+        ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
       live = optuna.trial.Trial(ctx.study, by_number[n]._trial_id)
       if outcome.error or not math.isfinite(outcome.value):
         live.set_user_attr('error', (outcome.error or f'{ctx.metric} is not a number')[:500])

@@ -23,7 +23,8 @@ class Budget:
   folder: pathlib.Path
   used_before: float = 0.0                      # by earlier launches
   stages: dict = dataclasses.field(default_factory=dict)   # stage -> seconds, all launches
-  measures: list = dataclasses.field(default_factory=list)   # (members, member-epochs, seconds) of each variant
+  # (members, member-epochs, seconds, of them compiling) of each variant
+  measures: list = dataclasses.field(default_factory=list)
   costs: Costs | None = None
   brackets: list = dataclasses.field(default_factory=list)
   confirm_started: bool = False
@@ -60,10 +61,10 @@ class Budget:
     self.costs, self.measures = costs, [tuple(m) for m in measures]
     self.save()
 
-  def add_measure(self, members: int, member_epochs: int, seconds: float) -> None:
+  def add_measure(self, members: int, member_epochs: int, seconds: float, compile_seconds: float = 0.0) -> None:
     """A variant a round trained: the cost model refitted on every one so far."""
     if member_epochs > 0 and seconds > 0:
-      self.measures.append((members, member_epochs, seconds))
+      self.measures.append((members, member_epochs, seconds, compile_seconds))
       self.costs = Costs.fitted(self.measures, self.costs.member_epoch)
       self.save()
 

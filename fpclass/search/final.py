@@ -107,12 +107,14 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
   (its top-rung fold models when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
   then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
   (`piece_size`: the last one shorter when a whole member no longer fits).
-  The first piece is priced as a new configuration (its set-up in full); the later ones at the set-up a piece
-  measured, since the process has then placed the data and compiled (or loaded) its programs already."""
+  The first piece is priced at the set-up of a configuration whose programs exist (`Costs.warm_setup`): the
+  search trained each configuration the final stage trains, and the schedule's lengths are the programs'
+  arguments, so a piece of fewer epochs compiles nothing either (a relaunch loads them from the persistent
+  compilation cache); the later ones at the set-up a piece measured."""
   everything = ctx.splits(ctx.folds)
   trained = {row['split'] for row in _rows(source.folder) if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
-  pieces, setup = [], ctx.budget.costs.setup
+  pieces, setup = [], ctx.budget.costs.warm_setup
   if missing:
     folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
     if folder is None:
@@ -124,7 +126,7 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     if not _finished(folder):
       if limited:
         return pieces
-      folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, ctx.budget.costs.setup)
+      folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, ctx.budget.costs.warm_setup)
       if folder is None:
         return pieces
     pieces.append(folder)
@@ -167,7 +169,7 @@ def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: t
     outcome = outcomes.get(name)
     if outcome is not None and outcome.seconds:
       setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
-      ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds)
+      ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
   return (folder if _finished(folder) else None), setup
 
 

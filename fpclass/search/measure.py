@@ -72,9 +72,9 @@ def measure(ctx: Context) -> Costs:
     ctx.study.set_user_attr(study_lib.MEASURED, float(outcome.value))
   rows = pd.read_csv(folder / ENTRY / split_name(ctx.splits(1)[0]) / 'metrics.csv')
   per_epoch = float(np.median(rows['seconds'][1:])) if len(rows) > 1 else outcome.seconds / 2
-  measures = [(outcome.members, outcome.member_epochs, outcome.seconds)]
+  measures = [(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)]
   costs = Costs.fitted(measures, per_epoch)
   ctx.budget.record_costs(costs, measures)
-  tqdm.write(f'auto: a configuration\'s set-up {costs.setup:.1f}s, a member {costs.member:.1f}s, a member-epoch '
-             f'{per_epoch:.2f}s')
+  tqdm.write(f'auto: a configuration\'s set-up {costs.setup:.1f}s ({costs.compile:.1f}s compiling), a member '
+             f'{costs.member:.1f}s, a member-epoch {per_epoch:.2f}s')
   return costs

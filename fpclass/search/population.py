@@ -22,11 +22,12 @@ from fpclass.train.validation import validate
 
 @dataclasses.dataclass
 class Outcome:
-  """What a variant of the round left: the mean of the metric over its members, the seconds it took, its members
-  and member-epochs (for the cost model; 0 when an earlier launch trained it), the epoch each member kept, or why
-  it failed."""
+  """What a variant of the round left: the mean of the metric over its members, the seconds it took (and of them,
+  compiling its programs), its members and member-epochs (for the cost model; 0 when an earlier launch trained
+  it), the epoch each member kept, or why it failed."""
   value: float = math.nan
   seconds: float = 0.0
+  compile_seconds: float = 0.0
   members: int = 0
   member_epochs: int = 0
   kept_epochs: tuple = ()
@@ -79,6 +80,7 @@ def outcomes(runs: list, metric: str) -> dict:
     outcome = Outcome(float(np.mean(values)) if values else math.nan, kept_epochs=tuple(int(r['epoch']) for r in rows))
     if run.data is not None:   # trained in this launch: a cost measurement
       outcome.seconds = float(run.experiment['timing']['wall_seconds'])
+      outcome.compile_seconds = float(run.experiment['timing'].get('compile_seconds', 0.0))
       outcome.members, outcome.member_epochs = len(rows), sum(int(r['epochs_trained']) for r in rows)
     out[run.variant.name] = outcome
   return out

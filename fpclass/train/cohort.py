@@ -23,7 +23,7 @@ from fpclass.data import stream
 from fpclass.data.rows import take_rows
 from fpclass.models import transfer
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import accumulation, augment, feature_cache, optim
+from fpclass.train import accumulation, augment, ema, feature_cache, optim
 from fpclass.train.axis import LoopAxis, MemberData, Split, TrainData, VmapAxis
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, batch_size_for
@@ -128,14 +128,21 @@ class Cohort:
   def programs(self, phase: int, task) -> CompiledSteps:
     """The compiled programs of `task` (the phase's, or its feature-cached form), shared through the job's
     `SharedWork` by every variant whose key is equal: the phase's settings, except what the programs take as
-    arguments (`Task.arguments`: the rate, smoothing and augmentation magnitudes), with its schedule's length, classes, teacher, mesh and loop form, and the head
-    a feature cache trains. So a sweep over learning rates, or a search's trials that differ in their rate,
-    smoothing or rotation alone, trace and compile one step (each passes its own values)."""
+    arguments (`Task.arguments`: the rate, smoothing, the schedule's lengths and the augmentation magnitudes)
+    and what the host alone reads (early stopping's patience, the next phase's epochs), with its steps per
+    epoch, the average's table, classes, teacher, mesh and loop form, and the head a feature cache trains. So a
+    sweep over learning rates, or a search's trials that differ in their rate, smoothing, rotation or epochs
+    alone (its rungs), trace and compile one step (each passes its own values)."""
     run = self.run.phase(phase)
     on = tuple(bool(getattr(run.augment, name)) for name in augment.MAGNITUDES)   # which are on, not how much
-    structure = dataclasses.replace(run, train=dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0),
+    lengths = {} if task.epochs is None else dict(epochs=1, warmup_epochs=int(task.warmup_epochs is not None))
+    train = dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0, early_stopping_patience=0,
+                                finetune_epochs=0, **lengths)
+    structure = dataclasses.replace(run, train=train,
                                     augment=dataclasses.replace(run.augment, **dict.fromkeys(augment.MAGNITUDES, 0.0)))
-    key = ('train programs', repr(structure), on, type(task).__name__, repr(getattr(task, 'head_model', None)),
+    average = ema.table_length(task.ema_decay, task.ema_warmup, task.ema_updates) if task.ema_decay > 0 else 0
+    key = ('train programs', repr(structure), on, average, type(task).__name__,
+           repr(getattr(task, 'head_model', None)),
            self.data.class_names, self.steps[0], id(self.teacher), self.loop_form,
            tuple(d.id for d in self.parallel.mesh.devices.flat))
     return self.shared.get(key, lambda: CompiledSteps(task, self.parallel, self.loop_form))

@@ -35,11 +35,16 @@ def warmup_end(decay: float, warmup: bool) -> int:
   return int(np.ceil((1.0 - decay) ** (-1.0 / WARMUP_POWER))) + 1
 
 
+def table_length(decay: float, warmup: bool, updates: int) -> int:
+  """The length of `weight_table`: what of a phase's planned `updates` a train program holds as constants."""
+  return min(max(int(updates), 1), warmup_end(decay, warmup)) + 1
+
+
 @functools.lru_cache(maxsize=16)
 def weight_table(decay: float, warmup: bool, updates: int) -> np.ndarray:
   """float32 weights 1 - d_n for n = 0 .. min(updates, the warmup's end), each taken in float64 first."""
-  length = min(max(int(updates), 1), warmup_end(decay, warmup)) + 1
-  return np.array([1.0 - decay_at(n, decay, warmup) for n in range(length)], np.float32)
+  return np.array([1.0 - decay_at(n, decay, warmup) for n in range(table_length(decay, warmup, updates))],
+                  np.float32)
 
 
 def weight_at(updates, decay: float, warmup: bool, planned: int):

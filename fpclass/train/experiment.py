@@ -56,11 +56,11 @@ def plan_splits(run: RunSettings, folds) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------ an experiment
 
 def finish(variant: Variant, folder: pathlib.Path, data, records,
-           chunk_plans: list, wall_seconds: float) -> VariantRun:
+           chunk_plans: list, wall_seconds: float, compile_seconds: float = 0.0) -> VariantRun:
   """Scores every member of `data` (`fpclass.train.plan_data.VariantData`) that `records`
   (`fpclass.train.resume.FinishedMembers`) holds, keeps each split's best seed as a fold workdir, writes the
   out-of-fold predictions and experiment.json (every process reads the member store; process 0 removes it
-  afterwards)."""
+  afterwards). `compile_seconds`: what of `wall_seconds` went to compiling or loading programs."""
   run, train_data = variant.settings, data.train_data
   class_names, monitor = train_data.class_names, run.train.monitor
   head = head_of(variant.config)
@@ -88,7 +88,8 @@ def finish(variant: Variant, folder: pathlib.Path, data, records,
       config=sidecar.config_as_json(variant.config), name=variant.name, changes=variant.changes,
       task='multilabel' if head == 'multilabel' else 'single_label', rows=rows, split_note=data.note,
       test_train_ratio=ratio, num_params=num_params,
-      timing=dict(wall_seconds=wall_seconds, train_seconds=train_seconds, model_epochs=model_epochs,
+      timing=dict(wall_seconds=wall_seconds, compile_seconds=compile_seconds, train_seconds=train_seconds,
+                  model_epochs=model_epochs,
                   seconds_per_model_epoch=train_seconds / max(1, model_epochs), form=headers[0]['form'],
                   chunks=[p['chunk'] for p in chunk_plans] or sorted({h['chunk'] for h in headers}),
                   plan=headers[0]['plan'], processes=jax.process_count()))

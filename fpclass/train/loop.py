@@ -86,7 +86,7 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
 
 def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, shared: SharedWork) -> VariantRun:
   """One variant: its data, its record, its members trained chunk by chunk, then what the plan keeps of them."""
-  run, start = variant.settings, time.perf_counter()
+  run, start, compiled = variant.settings, time.perf_counter(), timings.compile_seconds()
   folder.mkdir(parents=True, exist_ok=True)
   with timings.phase('data'):
     data = solo_data(run.data, run.seed) if plan.solo else experiment_data(run.data, plan.folds, plan.seeds)
@@ -106,7 +106,8 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   with timings.phase('checkpoints'):
     records.close()
   if not plan.solo:
-    return experiment.finish(variant, folder, data, records, chunk_plans, time.perf_counter() - start)
+    return experiment.finish(variant, folder, data, records, chunk_plans, time.perf_counter() - start,
+                             timings.compile_seconds() - compiled)
   if results and results[0].val_logits is None and not (folder / oof.FILE).exists():
     # Finished in an earlier launch that stopped before writing its predictions: the selected checkpoint's.
     logits = records.selected_logits(records.cohort, data.train_data.val.images)

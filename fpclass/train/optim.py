@@ -5,6 +5,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -18,33 +19,78 @@ OPTIMIZERS = ('adam', 'adamw', 'rmsprop', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential', 'step')
 
 
-def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int, learning_rate=None) -> optax.Schedule:
-  """config.train's schedule; `learning_rate` (default config.train.learning_rate) may be a traced value: every
-  schedule is the rate times a function of the step."""
+# The schedules whose lengths can be a train program's arguments (`lengths_are_arguments`): their values are
+# formulas of the step and the lengths. 'step' puts its boundaries in the program, so its epochs stay a constant.
+LENGTHS_AS_ARGUMENTS = ('constant', 'cosine', 'exponential')
+
+
+def lengths_are_arguments(train: TrainSettings) -> bool:
+  """Whether train.epochs and train.warmup_epochs may be traced values of `learning_rate_schedule`."""
+  return train.schedule in LENGTHS_AS_ARGUMENTS
+
+
+def learning_rate_schedule(train: TrainSettings, steps_per_epoch: int, learning_rate=None, epochs=None,
+                           warmup_epochs=None) -> optax.Schedule:
+  """config.train's schedule; `learning_rate`, `epochs` and `warmup_epochs` (default config.train's) may be traced
+  values, a train program's arguments (`fpclass.train.task.Task.arguments`): every schedule is the rate times a
+  function of the step, and the cosine decay and linear warmup (`_cosine`, `_warmup`) take their lengths as
+  values, so runs that differ in their epochs alone (a search's rungs) share compiled programs."""
   lr = train.learning_rate if learning_rate is None else learning_rate
-  total = max(1, int(train.epochs) * steps_per_epoch)
-  warmup = int(train.warmup_epochs) * steps_per_epoch
+  epochs = train.epochs if epochs is None else epochs
+  warmup_epochs = train.warmup_epochs if warmup_epochs is None else warmup_epochs
+  total = _maximum(1, _steps(epochs, steps_per_epoch))
+  warmup = _steps(warmup_epochs, steps_per_epoch)
   name = train.schedule
   if name == 'constant':
     main = optax.constant_schedule(lr)
   elif name == 'cosine':
-    main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
+    main = _cosine(lr, _maximum(1, total - warmup))
   elif name == 'exponential':
     main = optax.exponential_decay(lr, int(train.decay_epochs) * steps_per_epoch,
                                    float(train.decay_rate), staircase=True)
   elif name == 'step':
     every = int(train.decay_epochs) * steps_per_epoch
-    boundaries = {b: float(train.decay_rate) for b in range(every, total, every)} if every > 0 else {}
+    boundaries = {b: float(train.decay_rate) for b in range(every, int(total), every)} if every > 0 else {}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     raise UserInputError(f'config.train.schedule={name!r}: choose one of {SCHEDULES}')
-  if warmup > 0:
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  if not _concrete(warmup) or warmup > 0:
+    return _warmup(lr, warmup, main)
   return main
 
 
-def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None,
-                   schedule: optax.Schedule | None = None, learning_rate=None) -> optax.GradientTransformation:
+def _concrete(value) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _steps(epochs, steps_per_epoch: int):
+  return int(epochs) * steps_per_epoch if _concrete(epochs) else jnp.asarray(epochs, jnp.float32) * steps_per_epoch
+
+
+def _maximum(a, b):
+  return max(a, b) if _concrete(a) and _concrete(b) else jnp.maximum(a, b)
+
+
+def _cosine(lr, decay_steps) -> optax.Schedule:
+  """optax.cosine_decay_schedule(lr, decay_steps) (alpha 0, exponent 1), its operations in its order, with
+  `decay_steps` possibly traced (optax checks it is positive in Python, which a traced value cannot answer)."""
+  def schedule(count):
+    count = jnp.minimum(count, decay_steps)
+    return lr * (0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps)))
+  return schedule
+
+
+def _warmup(lr, warmup_steps, main: optax.Schedule) -> optax.Schedule:
+  """optax.join_schedules([optax.linear_schedule(0, lr, warmup_steps), main], [warmup_steps]), its operations in
+  its order, with `warmup_steps` possibly traced."""
+  def schedule(count):
+    fraction = 1 - jnp.clip(count, 0, warmup_steps) / warmup_steps
+    return jnp.where(count < warmup_steps, (0.0 - lr) * fraction + lr, main(count - warmup_steps))
+  return schedule
+
+
+def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None, schedule: optax.Schedule | None = None,
+                   learning_rate=None, epochs=None, warmup_epochs=None) -> optax.GradientTransformation:
   """The configured optax optimizer.
 
   `groups` (from `param_groups`) labels each parameter 'head', 'backbone' or 'frozen': frozen ones get
@@ -53,9 +99,10 @@ def make_optimizer(train: TrainSettings, steps_per_epoch: int, groups=None,
   parameter's depth multiplier (`fpclass.train.layer_decay`), on top of backbone_lr_factor; frozen ones stay zero.
   Gradient clipping, when on, is over all parameters together. `schedule`
   replaces config.train's learning-rate schedule (the learning-rate finder's sweep, `fpclass.train.lr_finder`);
-  `learning_rate` its rate (a train program's argument, `fpclass.train.task.Task.optimizer`).
+  `learning_rate`, `epochs` and `warmup_epochs` its rate and lengths (a train program's arguments,
+  `fpclass.train.task.Task.optimizer`).
   """
-  schedule = schedule or learning_rate_schedule(train, steps_per_epoch, learning_rate)
+  schedule = schedule or learning_rate_schedule(train, steps_per_epoch, learning_rate, epochs, warmup_epochs)
   name, wd = train.optimizer, float(train.weight_decay)
   if name not in OPTIMIZERS:
     raise UserInputError(f'config.train.optimizer={name!r}: choose one of {OPTIMIZERS}')

@@ -73,10 +73,14 @@ class Task:
   # `fpclass.train.optim.param_groups`' labels: the gradient is taken with respect to the parameters that are
   # not 'frozen' only (`trained_gradient`). None: every parameter trains.
   param_groups: Any = None
-  # learning rate -> the update transformation (`tx` is it at `learning_rate`), so the rate can be an argument of
-  # the train programs; None: `tx` alone (the learning-rate finder's sweep).
+  # (learning rate, epochs, warmup epochs) -> the update transformation (`tx` is it at this task's values), so they
+  # can be arguments of the train programs; None: `tx` alone (the learning-rate finder's sweep).
   optimizer: Any = None
   learning_rate: Any = None
+  # The schedule's lengths in epochs, when they are arguments (`optim.lengths_are_arguments`; the warmup's when
+  # on); None: constants of the programs.
+  epochs: Any = None
+  warmup_epochs: Any = None
   # The augmentation magnitudes a train program was passed ({name: scalar}, `augment.magnitudes`); None: augment_cfg's.
   augment_values: Any = None
 
@@ -166,7 +170,7 @@ class Task:
       return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = self.trained_gradient(loss_fn, state.params)
-    tx = self.tx if self.optimizer is None else self.optimizer(self.learning_rate)
+    tx = self.tx if self.optimizer is None else self.optimizer(self.learning_rate, self.epochs, self.warmup_epochs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
@@ -214,18 +218,20 @@ class Task:
 
   def arguments(self) -> dict:
     """The settings the train programs take as arguments, not as constants, at this task's values
-    (None: the task has none), the augmentation magnitudes it turns on as 'augment.<name>'. Why: tasks that
-    differ in these alone share compiled programs (`fpclass.train.cohort`), as a k-fold experiment's members with
-    their own class weights do, and a sweep's or a search's variants that differ in their learning rate, label
-    smoothing, or rotation, zoom, translation and erasing magnitudes."""
+    (None: the task has none), the schedule's lengths as 'train.epochs' and 'train.warmup_epochs', the augmentation
+    magnitudes it turns on as 'augment.<name>'. Why: tasks that differ in these alone share compiled programs
+    (`fpclass.train.cohort`), as a k-fold experiment's members with their own class weights do, and a sweep's or a
+    search's variants that differ in their learning rate, label smoothing, epochs (a search's rungs), or
+    rotation, zoom, translation and erasing magnitudes."""
     return {'class_weights': self.class_weights, 'label_smoothing': self.label_smoothing,
             'learning_rate': None if self.optimizer is None else self.learning_rate,
+            'train.epochs': self.epochs, 'train.warmup_epochs': self.warmup_epochs,
             **{f'augment.{name}': value for name, value in augment.magnitudes(self.augment_cfg).items()}}
 
   def with_arguments(self, arguments: dict | None) -> 'Task':
     """This task with `arguments` (as `arguments()` gives them; arrays traced by a train program) in place of its
     own; None values, and None, leave them."""
-    changed = {k: v for k, v in (arguments or {}).items() if v is not None}
+    changed = {k.removeprefix('train.'): v for k, v in (arguments or {}).items() if v is not None}
     values = {k.removeprefix('augment.'): changed.pop(k) for k in list(changed) if k.startswith('augment.')}
     if values:
       changed['augment_values'] = values
@@ -357,11 +363,15 @@ def build_task(run: RunSettings, class_names, train_labels, steps_per_epoch: int
   updates = accumulation.updates_per_epoch(steps_per_epoch, k)
   groups = optim.param_groups(model_settings)
 
-  def optimizer(learning_rate):
-    return accumulation.accumulate(optim.make_optimizer(train, updates, groups, learning_rate=learning_rate),
+  def optimizer(learning_rate, epochs=None, warmup_epochs=None):
+    return accumulation.accumulate(optim.make_optimizer(train, updates, groups, learning_rate=learning_rate,
+                                                        epochs=epochs, warmup_epochs=warmup_epochs),
                                    steps_per_epoch, k)
+  lengths = optim.lengths_are_arguments(train)
   return Task(model=model, tx=optimizer(train.learning_rate), optimizer=optimizer,
               learning_rate=train.learning_rate, **extras, param_groups=groups,
+              epochs=train.epochs if lengths else None,
+              warmup_epochs=train.warmup_epochs if lengths and train.warmup_epochs > 0 else None,
               ema_updates=updates * train.epochs,
               normalisation=normalisation, repeat_rgb=repeat_rgb, device_resize=resize,
               augment_cfg=run.augment, head=head_for(model_settings, run.data.labels), num_classes=len(class_names),
