@@ -107,14 +107,13 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
   (its top-rung fold models when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
   then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
   (`piece_size`: the last one shorter when a whole member no longer fits).
-  The first piece is priced at the set-up of a configuration whose programs exist (`Costs.warm_setup`): the
-  search trained each configuration the final stage trains, and the schedule's lengths are the programs'
-  arguments, so a piece of fewer epochs compiles nothing either (a relaunch loads them from the persistent
-  compilation cache); the later ones at the set-up a piece measured."""
+  The first piece is priced at the set-up of a configuration the search trained (`_known_setup`); the later ones
+  at the set-up a piece measured."""
   everything = ctx.splits(ctx.folds)
   trained = {row['split'] for row in _rows(source.folder) if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
-  pieces, setup = [], ctx.budget.costs.warm_setup
+  known = _known_setup(ctx.budget.costs, source.folder)
+  pieces, setup = [], known
   if missing:
     folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
     if folder is None:
@@ -126,7 +125,7 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     if not _finished(folder):
       if limited:
         return pieces
-      folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, ctx.budget.costs.warm_setup)
+      folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, known)
       if folder is None:
         return pieces
     pieces.append(folder)
@@ -139,6 +138,15 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
       return pieces
     pieces.append(folder)
     seed += 1
+
+
+def _known_setup(costs, source: pathlib.Path) -> float:
+  """The set-up of a configuration the search trained: without its compiling (`Costs.warm_setup`) where the
+  source trained in the loop form, whose programs the job shares by key (the schedule's lengths are their
+  arguments, so a piece of fewer epochs compiles nothing either; a relaunch loads them from the persistent
+  compilation cache); a new configuration's in the vmap form, which compiles its own for each cohort."""
+  return costs.warm_setup if json.loads((source / EXPERIMENT_FILE).read_text())['timing']['form'] == 'loop' \
+      else costs.setup
 
 
 def _given_trial(ctx: Context, chosen: dict) -> dict | None:
