@@ -17,11 +17,12 @@ from fpclass.search import auto
 from fpclass.search import study as study_lib
 from fpclass.search.budget import Budget
 from fpclass.search.context import TAIL, Context, Entry
-from fpclass.search.final import MORE, final_model, piece_size
+from fpclass.search.final import MORE, final_model, known_setup, piece_size
 from fpclass.search.first_trials import BASELINE
 from fpclass.search.layout import rung_folder
 from fpclass.search.rungs import Costs
 from fpclass.train import sidecar
+from fpclass.train.plan import EXPERIMENT_FILE
 from fpclass.train.shared_work import SharedWork
 
 TINY = ['launch.py', '--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)',
@@ -97,6 +98,15 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
 def test_a_piece_is_the_most_folds_at_full_epochs_else_one_fold_at_the_most_epochs_down_to_half(room, size):
   # Costs(setup 1 s, member 1 s, 1 s a member-epoch), 10 epochs: a whole member costs 11 s beside the set-up.
   assert piece_size(Costs(1.0, 1.0, 1.0), 1.0, room, 3, 10) == size
+
+
+@pytest.mark.parametrize('form, setup', [('loop', 1.5), ('vmap', 4.0)])
+def test_the_first_piece_sets_up_without_compiling_where_the_job_shares_the_configuration_s_programs(
+    tmp_path, form, setup):
+  """The loop form keys its programs by the configuration, lengths aside (`Cohort.programs`): the search compiled
+  the chosen configuration's already. The vmap form compiles its own for each cohort."""
+  (tmp_path / EXPERIMENT_FILE).write_text(json.dumps({'rows': [], 'timing': {'form': form}}))
+  assert known_setup(Costs(setup=4.0, member=1.0, member_epoch=1.0, compile=2.5), tmp_path) == setup
 
 
 def _two_trials(study):

@@ -314,8 +314,9 @@ def _promoted(ctx: Context, ranked: list, count: int, values: dict, folder: path
   gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
   keep = one_se.promoted(ranked, count, baseline, gap, se)
   if baseline in keep:
-    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within one standard error '
-               f'({se:.4f}) of the rung\'s evidence')
+    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within '
+               f'{one_se.threshold(len(ranked) - 1):.2f} standard errors ({se:.4f}) of the rung\'s evidence, the bar '
+               f'for the best of {len(ranked) - 1}')
   return keep
 
 

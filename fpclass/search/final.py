@@ -107,12 +107,12 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
   (its top-rung fold models when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
   then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
   (`piece_size`: the last one shorter when a whole member no longer fits).
-  The first piece is priced at the set-up of a configuration the search trained (`_known_setup`); the later ones
+  The first piece is priced at the set-up of a configuration the search trained (`known_setup`); the later ones
   at the set-up a piece measured."""
   everything = ctx.splits(ctx.folds)
   trained = {row['split'] for row in _rows(source.folder) if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
-  known = _known_setup(ctx.budget.costs, source.folder)
+  known = known_setup(ctx.budget.costs, source.folder)
   pieces, setup = [], known
   if missing:
     folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
@@ -140,7 +140,7 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     seed += 1
 
 
-def _known_setup(costs, source: pathlib.Path) -> float:
+def known_setup(costs, source: pathlib.Path) -> float:
   """The set-up of a configuration the search trained: without its compiling (`Costs.warm_setup`) where the
   source trained in the loop form, whose programs the job shares by key (the schedule's lengths are their
   arguments, so a piece of fewer epochs compiles nothing either; a relaunch loads them from the persistent
