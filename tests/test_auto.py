@@ -123,6 +123,8 @@ def test_a_middle_budget_holds(tmp_path):
   launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path))
   state = _state(workdir)
   longest = max(measure[2] for measure in state['measures'])
+  # the measurement round compiles afresh, and the cost model keeps what compiling took (Costs.compile)
+  assert state['measures'][0][3] > 0 and state['costs']['compile'] > 0, state
   assert state['used_seconds'] <= 30 * 1.05 + longest, state
   assert state['brackets'] and sum(state['stages'].values()) <= state['used_seconds']
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'

@@ -71,7 +71,8 @@ def planned_experiment(tmp_path, monitor: str):
 @pytest.mark.parametrize('monitor', ['val_loss', 'val_accuracy'])
 def test_each_split_keeps_its_best_seed_and_the_record_is_each_member_s(tmp_path, monitor):
   variant, data, records, results = planned_experiment(tmp_path, monitor)
-  run = experiment.finish(variant, tmp_path, data, records, [dict(chunk=3), dict(chunk=3), dict(chunk=3)], 42.0)
+  run = experiment.finish(variant, tmp_path, data, records, [dict(chunk=3), dict(chunk=3), dict(chunk=3)], 42.0,
+                         compile_seconds=3.5)
   assert {split: r.member.seed for split, r in run.kept.items()} == KEPT
   record = json.loads((tmp_path / EXPERIMENT_FILE).read_text())
   assert record == run.experiment and record['name'] == 'base' and record['changes'] == {'model.width': 1}
@@ -96,7 +97,8 @@ def test_each_split_keeps_its_best_seed_and_the_record_is_each_member_s(tmp_path
   assert record['test_train_ratio'] == pytest.approx(ratio, abs=1e-15) and abs(ratio - 0.25) < 0.01
   assert record['split_note'] == data.note and record['task'] == 'single_label'
   timing = record['timing']
-  assert timing == dict(wall_seconds=42.0, train_seconds=sum(0.5 + i for i in range(9)), model_epochs=18,
+  assert timing == dict(wall_seconds=42.0, compile_seconds=3.5, train_seconds=sum(0.5 + i for i in range(9)),
+                        model_epochs=18,
                         seconds_per_model_epoch=sum(0.5 + i for i in range(9)) / 18, form='loop', chunks=[3, 3, 3],
                         plan='3 models per chunk', processes=1)
   # Each kept member is its fold's workdir with its own weights, config and history.
