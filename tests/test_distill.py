@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.outputs import DistillSettings
 from fpclass.config.run import RunSettings
+from fpclass.config.settings import ConfigError
 from fpclass.errors import UserInputError
 from fpclass.infer import distill as distill_core
 from fpclass.infer import distill_report
@@ -135,6 +137,27 @@ def test_at_a_temperature_the_student_matches_softened_logits_at_t_squared_scale
   assert float(out['loss_sum']) / 4 == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_label_weight_keeps_that_share_of_each_labelled_target_and_an_unlabelled_image_takes_the_teacher_s():
+  """Hinton's alpha: (1 - w) teacher + w label per labelled image, through the student's step (the loss is the
+  cross-entropy against that mix); an unlabelled image (UNLABELLED, a zero one-hot row) keeps the teacher's."""
+  teacher = FixedTeacher([FixedModel((0.7, 0.3), 1.0)], label_weight=0.4)
+  labels = jnp.asarray([0, 1, distill_core.UNLABELLED])
+  targets = teacher.targets(jnp.zeros((3, 24, 16, 1)), jax.nn.one_hot(labels, 2))
+  np.testing.assert_allclose(np.asarray(targets), [[0.82, 0.18], [0.42, 0.58], [0.7, 0.3]], rtol=1e-6)
+  config = tiny_config(**{'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0})
+  task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
+  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 24, 16, 1), np.uint8))
+  key = jax.random.PRNGKey(5)
+  _, out = jax.jit(dataclasses.replace(task, teacher=teacher).train_batch)(state, images, labels, key)
+  logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images), train=True,
+                            rngs={'dropout': jax.random.split(key)[1]})
+  assert float(out['loss_sum']) / 3 == pytest.approx(float(task.loss(logits, targets)), rel=1e-5)
+  for bad, why in (({'label_weight': 1.0}, 'in \\[0, 1\\)'), ({'label_weight': 0.3, 'temperature': 2.0}, 'soften')):
+    with pytest.raises(ConfigError, match=why):
+      DistillSettings(**bad)
+
+
 def test_a_cross_fitted_teacher_teaches_each_image_with_the_models_that_held_it_out():
   models = [FixedModel((1.0, 0.0), 1.0), FixedModel((0.0, 1.0), 1.0), FixedModel((0.2, 0.8), 2.0)]
   held_out = [{'a'}, {'a', 'b'}, {'c'}]   # 'd': no model held it out, so every model teaches it
@@ -244,6 +267,10 @@ def test_a_multilabel_teacher_teaches_a_multilabel_student(trained_multilabel, t
                                                          'train.epochs': 1})
   record = distill_mode.distill(config, tmp_path / 'student')
   assert record['comparison'] is None and 0 < record['student']['validation']['mean_average_precision'] <= 1
+  config.distill.label_weight = 0.5   # Hinton's alpha is single-label: refused in one line, before any training
+  with pytest.raises(UserInputError, match='label_weight=0.5: single-label tasks only'):
+    distill_mode.distill(config, tmp_path / 'weighted')
+  assert not (tmp_path / 'weighted').exists()
 
 
 def test_bad_inputs_get_one_line(teacher_run, tmp_path, monkeypatch):

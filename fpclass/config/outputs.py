@@ -163,6 +163,7 @@ class DistillSettings(Settings):
   unlabelled: str = ''             # '' none; 'test': the source's test images; else a folder, glob or CSV of images
   cross_fit: bool = False          # each training image taught by the teacher's models that held it out
   temperature: float = 1.0         # Hinton's T: teacher and student logits divided by it, the loss scaled by T^2
+  label_weight: float = 0.0        # Hinton's alpha: the share of each labelled image's target its label keeps
   compare: bool = True             # also train the student alone, and score all three on folds neither saw
   folds: tuple[int, ...] = ()      # the comparison's folds: () every fold the teacher's models held out
   seeds: tuple[int, ...] = (0,)    # the comparison's seeds: folds x seeds runs of the student, and alone
@@ -171,6 +172,9 @@ class DistillSettings(Settings):
     self.require('seeds', bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
                  'distinct integers, at least one')
     self.require('temperature', self.temperature > 0, 'a number above 0 (1: the probabilities as they are)')
+    self.require('label_weight', 0.0 <= self.label_weight < 1.0, 'in [0, 1): 0, the teacher alone')
+    self.require('label_weight', self.label_weight == 0.0 or self.temperature == 1.0,
+                 '0 with config.distill.temperature != 1 (a softened teacher would soften the labels too)')
     self.require('folds', len(set(self.folds)) == len(self.folds) and all(f >= -1 for f in self.folds),
                  'distinct folds (-1: the holdout)')
 

@@ -55,12 +55,23 @@ class Teacher:
   held_out: list | None = None           # per model, the ids of the images it validated on (cross-fitted)
   row_weights: np.ndarray | None = None  # (training rows, models): each model's weight in each row's target
   temperature: float = 1.0               # Hinton's T: both sides' logits divided by it, the loss scaled by T^2
+  label_weight: float = 0.0              # Hinton's alpha: the share of a labelled image's target its label keeps
 
   def targets(self, view, targets, rows=None):
     """Traced in the student's step: the weighted mean of the models' probabilities of `view` (images in [0, 1],
-    the student's augmented and mixed batch); `targets` (the labels') are replaced. Cross-fitted, each image's
-    mean is over its own models (`rows`: the batch's rows of the training images; a mixed image takes the
-    models of the image it was mixed into)."""
+    the student's augmented and mixed batch), in place of `targets` (the labels', (N, classes), mixed as the
+    view is), or with `label_weight` w > 0 beside them: (1 - w) teacher + w label for a labelled image, the
+    teacher alone for an unlabelled one (its one-hot row is zeros; a mix of the two, in proportion). As Hinton's
+    alpha-weighted loss, since the cross-entropy is linear in its target. Cross-fitted, each image's mean is over
+    its own models (`rows`: the batch's rows of the training images; a mixed image takes the models of the image
+    it was mixed into)."""
+    taught = self._teacher_probabilities(view, rows)
+    if self.label_weight == 0.0:
+      return taught
+    labelled = jnp.sum(targets, axis=-1, keepdims=True)   # 1 for a labelled image, 0 for an unlabelled one
+    return taught * (1.0 - self.label_weight * labelled) + self.label_weight * targets
+
+  def _teacher_probabilities(self, view, rows):
     if self.row_weights is None:
       total = 0.0
       for m in self.models:

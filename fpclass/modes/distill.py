@@ -17,6 +17,7 @@ import pathlib
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
 from fpclass.data import pipeline
+from fpclass.errors import UserInputError
 from fpclass.infer import distill as distill_core
 from fpclass.infer import distill_report
 from fpclass.infer.evaluation import evaluate_workdir
@@ -35,18 +36,22 @@ def distill(config, workdir) -> dict:
   class_names = tuple(pipeline.list_source(data).class_names)
   distill_core.check_student(student, models, class_names, (data.decode.height, data.decode.width,
                                                             data.decode.channels))
+  if settings.label_weight and data.labels.multilabel:
+    raise UserInputError(f'config.distill.label_weight={settings.label_weight}: single-label tasks only (a '
+                         'multi-label target is per class, and an unlabelled row has no label to weigh); set 0')
   splits = distill_core.comparison_splits(models, settings, student) if settings.compare else []
   unlabelled = distill_core.unlabelled_images(settings, student)
 
   validated_ids = distill_core.held_out_ids(models) if settings.cross_fit else None
-  teacher = distill_core.Teacher(models, unlabelled, validated_ids, temperature=settings.temperature)
+  teacher = distill_core.Teacher(models, unlabelled, validated_ids, temperature=settings.temperature,
+                                 label_weight=settings.label_weight)
   (run,) = run_plan(dataclasses.replace(solo_plan(student), teacher=teacher), workdir)
   scores = evaluate_workdir(student, workdir, dataset=run.data.dataset)
 
   runs = []
   for split in splits:
     held_out = distill_core.Teacher(distill_core.held_out_models(models, split), unlabelled,
-                                    temperature=settings.temperature)
+                                    temperature=settings.temperature, label_weight=settings.label_weight)
     for seed in settings.seeds:
       member = apply_changes(student, {'data.fold': split, 'seed': seed}, 'config.distill')
       student_folder, alone_folder = distill_report.run_folders(workdir, split, seed)

@@ -155,7 +155,7 @@ class Task:
       view = self.augmented(batch_images, aug_key)
       if self.augment_cfg.mixing_enabled:
         view, _ = augment.mix_batch(view, self.targets(y), jax.random.fold_in(aug_key, MIX_STREAM), self.augment_cfg)
-      targets = self.teacher.targets(view, targets, rows)
+      targets = self.teacher.targets(view, targets if targets.ndim > 1 else self.targets(y), rows)
 
     temperature = 1.0 if self.teacher is None else self.teacher.temperature
 
