@@ -22,7 +22,6 @@ from fpclass.search.first_trials import BASELINE
 from fpclass.search.layout import rung_folder
 from fpclass.search.rungs import Costs
 from fpclass.train import sidecar
-from fpclass.train.plan import EXPERIMENT_FILE
 from fpclass.train.shared_work import SharedWork
 
 TINY = ['launch.py', '--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)',
@@ -101,12 +100,10 @@ def test_a_piece_is_the_most_folds_at_full_epochs_else_one_fold_at_the_most_epoc
 
 
 @pytest.mark.parametrize('form, setup', [('loop', 1.5), ('vmap', 4.0)])
-def test_the_first_piece_sets_up_without_compiling_where_the_job_shares_the_configuration_s_programs(
-    tmp_path, form, setup):
+def test_the_first_piece_sets_up_without_compiling_where_the_job_shares_the_configuration_s_programs(form, setup):
   """The loop form keys its programs by the configuration, lengths aside (`Cohort.programs`): the search compiled
   the chosen configuration's already. The vmap form compiles its own for each cohort."""
-  (tmp_path / EXPERIMENT_FILE).write_text(json.dumps({'rows': [], 'timing': {'form': form}}))
-  assert known_setup(Costs(setup=4.0, member=1.0, member_epoch=1.0, compile=2.5), tmp_path) == setup
+  assert known_setup(Costs(setup=4.0, member=1.0, member_epoch=1.0, compile=2.5), {'form': form}) == setup
 
 
 def _two_trials(study):

@@ -110,9 +110,10 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
   The first piece is priced at the set-up of a configuration the search trained (`known_setup`); the later ones
   at the set-up a piece measured."""
   everything = ctx.splits(ctx.folds)
-  trained = {row['split'] for row in _rows(source.folder) if row['kept']}
+  record = _record(source.folder)
+  trained = {row['split'] for row in record['rows'] if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
-  known = known_setup(ctx.budget.costs, source.folder)
+  known = known_setup(ctx.budget.costs, record['timing'])
   pieces, setup = [], known
   if missing:
     folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
@@ -140,13 +141,13 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     seed += 1
 
 
-def known_setup(costs, source: pathlib.Path) -> float:
+def known_setup(costs, timing: dict) -> float:
   """The set-up of a configuration the search trained: without its compiling (`Costs.warm_setup`) where the
-  source trained in the loop form, whose programs the job shares by key (the schedule's lengths are their
-  arguments, so a piece of fewer epochs compiles nothing either; a relaunch loads them from the persistent
-  compilation cache); a new configuration's in the vmap form, which compiles its own for each cohort."""
-  return costs.warm_setup if json.loads((source / EXPERIMENT_FILE).read_text())['timing']['form'] == 'loop' \
-      else costs.setup
+  source trained in the loop form (`timing`: its experiment.json's), whose programs the job shares by key (the
+  schedule's lengths are their arguments, so a piece of fewer epochs compiles nothing either; a relaunch loads
+  them from the persistent compilation cache); a new configuration's in the vmap form, which compiles its own for
+  each cohort."""
+  return costs.warm_setup if timing['form'] == 'loop' else costs.setup
 
 
 def _given_trial(ctx: Context, chosen: dict) -> dict | None:
@@ -197,8 +198,12 @@ def _finished(folder: pathlib.Path) -> bool:
   return bool(member_workdirs(folder)) and (folder / oof.FILE).is_file() and (folder / EXPERIMENT_FILE).is_file()
 
 
+def _record(folder: pathlib.Path) -> dict:
+  return json.loads((folder / EXPERIMENT_FILE).read_text())
+
+
 def _rows(folder: pathlib.Path) -> list[dict]:
-  return json.loads((folder / EXPERIMENT_FILE).read_text())['rows']
+  return _record(folder)['rows']
 
 
 def _kept_rows(folder: pathlib.Path) -> pd.DataFrame:
