@@ -6,8 +6,8 @@
 # Cases (default: all): inception-default, inception-level1, inception-level0 (XLA's autotune level: 4 by
 # default, every algorithm timed and its output checked; 1 timed, not checked; 0 none, cuDNN's heuristic pick),
 # inception-eval32 (evaluation at the training batch, 32, instead of config.eval.batch_size's 256, capped at the
-# 64 validation images: the same convolution shapes as the train step), footprint-level0, footprint-level1,
-# footprint-eval32. OUT gets probe.log (each run's result and its slowest compiles) and fp-CASE.json.
+# 64 validation images: the same convolution shapes as the train step), footprint-default (the baseline of the
+# footprint cases in the same call), footprint-level0, footprint-level1, footprint-eval32. OUT gets probe.log (each run's result and its slowest compiles) and fp-CASE.json.
 # PROBE_SIZES (keras_recipes.py arguments, e.g. '--train 8 --val 8 --inception-size 75') shrinks a CPU check.
 set -u
 out=${1:?OUT folder}; shift; mkdir -p "$out"; log="$out/probe.log"
@@ -38,6 +38,7 @@ for case in "${cases[@]}"; do
     inception-default) inception "$case" ;;
     inception-level[01]) XLA_FLAGS=--xla_gpu_autotune_level=${case#inception-level} inception "$case" ;;
     inception-eval32) inception "$case" --set eval.batch_size=32 ;;
+    footprint-default) footprint "$case" ;;
     footprint-level[01]) XLA_FLAGS=--xla_gpu_autotune_level=${case#footprint-level} footprint "$case" ;;
     footprint-eval32) footprint "$case" --set eval.batch_size=32 ;;
     *) echo "unknown case $case" | tee -a "$log" ;;
