@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 
 from fpclass.config.run import RunSettings
+from fpclass.config.settings import ConfigError
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import precision
+from fpclass.train.axis import LoopAxis
 from fpclass.train.sampling import epoch_order
-from fpclass.train.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop
+from fpclass.train.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop, validation_batch
 from fpclass.train.task import build_task
 from tests.conftest import REPO, load_config, xla_flags
 from tests.parity import FLOOR_FACTOR, JITTER
@@ -37,6 +39,7 @@ from fpclass.train.steps import CompiledSteps
 from fpclass.train.task import build_task
 from fpclass.modes.runner import run
 from fpclass.config.run import RunSettings
+from fpclass.config.settings import ConfigError
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
 run('train', config, sys.argv[1])
@@ -126,6 +129,19 @@ def test_loop_form_choice():
   assert resolve_loop('auto', 'tpu') == 'scan' and resolve_loop('scan', 'cpu') == 'scan'
   with pytest.raises(UserInputError, match="config.train.loop='epoch'"):
     resolve_loop('epoch')
+
+
+def test_validation_batch_per_backend(tmp_path, monkeypatch):
+  # 0: the training batch where convolutions are autotuned (GPU/TPU), config.eval.batch_size on CPU
+  assert validation_batch(0, 32, 256, 'gpu') == 32 and validation_batch(0, 32, 256, 'tpu') == 32
+  assert validation_batch(0, 32, 256, 'cpu') == 256 and validation_batch(48, 32, 256, 'gpu') == 48
+  seen = []
+  original = LoopAxis.val_logits
+  monkeypatch.setattr(LoopAxis, 'val_logits', lambda self, members, batch: seen.append(batch) or original(self, members, batch))
+  run('train', load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': 5}), tmp_path / 'run')
+  assert seen == [5]
+  with pytest.raises(ConfigError, match="config.eval.validation_batch_size=-1"):
+    RunSettings.from_config(load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': -1}))
 
 
 def test_xla_cpu_options_apply_on_cpu_only_and_can_be_overridden():

@@ -29,7 +29,7 @@ from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, batch_size_for
 from fpclass.train.sampling import batch_order
 from fpclass.train.shared_work import SharedWork
-from fpclass.train.steps import CompiledSteps, resolve_loop
+from fpclass.train.steps import CompiledSteps, resolve_loop, validation_batch
 from fpclass.train.task import build_task
 from fpclass.train.task import class_weights as task_class_weights
 
@@ -53,6 +53,7 @@ class Cohort:
     self.budget = budget
     self.batch = batch_size_for(run.train, len(members[0].train_index))
     self.parallel.check_batch_size(self.batch)
+    self.validation_batch = validation_batch(run.eval.validation_batch_size, self.batch, run.eval.batch_size)
     self.steps = [math.ceil(len(m.train_index) / self.batch) for m in members]
     self.image_shape = data.train.images.shape[1:]
     self.class_weights = [task_class_weights(run.train.class_weights, data.class_names,

@@ -245,7 +245,7 @@ def train_members(cohort: Cohort, record, starts: list[Start | None] | None = No
         if train.bn_statistics == 'precise':   # what validation and the checkpoints read (fpclass.train.precise_bn)
           model_axis.recompute_batch_stats(in_phase, {m: members[m].train_index for m in in_phase},
                                            cohort.run.eval.batch_size)
-        val_logits.update(model_axis.val_logits(in_phase, cohort.run.eval.batch_size))
+        val_logits.update(model_axis.val_logits(in_phase, cohort.validation_batch))
       seconds = time.perf_counter() - start
 
       # 3. one metrics row per member: improved? stopped? kept by the record
