@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
+from fpclass.infer.predictions import prediction_chunk
 from fpclass.modes.runner import run
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import precision
@@ -138,8 +140,11 @@ def test_validation_batch_per_backend(tmp_path, monkeypatch):
   seen = []
   original = LoopAxis.val_logits
   monkeypatch.setattr(LoopAxis, 'val_logits', lambda self, members, batch: seen.append(batch) or original(self, members, batch))
-  run('train', load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': 5}), tmp_path / 'run')
+  config = load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': 5})
+  run('train', config, tmp_path / 'run')
   assert seen == [5]
+  splits = types.SimpleNamespace(val=range(40), test=None, train=range(100))   # evaluate and explain: the same batch
+  assert prediction_chunk(config, splits) == 5 and prediction_chunk(load_config('configs/digits.py:quick'), splits) == 40
   with pytest.raises(ConfigError, match="config.eval.validation_batch_size=-1"):
     RunSettings.from_config(load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': -1}))
 

@@ -114,7 +114,8 @@ class EvalSettings(Settings):
   SECTION: ClassVar[str] = 'eval'
   batch_size: int = 256
   score_train: bool = False        # also score the (un-augmented) training split in scores.json
-  # Each epoch's validation. 0: the training batch on GPU/TPU, whose convolutions the train step has already
+  # The validation split's batch: each epoch's, and evaluate's and explain's for every split they score (one
+  # program). 0: the training batch on GPU/TPU, whose convolutions the train step has already
   # autotuned (another batch is tuned again: 3.5 of InceptionV3's 9.6 s first epoch on an H200), and
   # batch_size on CPU, which tunes nothing and gains from the larger batch.
   validation_batch_size: int = 0
