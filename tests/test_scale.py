@@ -144,7 +144,9 @@ def test_validation_batch_per_backend(tmp_path, monkeypatch):
   run('train', config, tmp_path / 'run')
   assert seen == [5]
   splits = types.SimpleNamespace(val=range(40), test=None, train=range(100))   # evaluate and explain: the same batch
-  assert prediction_chunk(config, splits) == 5 and prediction_chunk(load_config('configs/digits.py:quick'), splits) == 40
+  default = load_config('configs/digits.py:quick')   # this backend's rule, capped at the 40 validation images
+  assert prediction_chunk(config, splits) == 5
+  assert prediction_chunk(default, splits) == min(validation_batch(0, default.train.batch_size, default.eval.batch_size), 40)
   with pytest.raises(ConfigError, match="config.eval.validation_batch_size=-1"):
     RunSettings.from_config(load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': -1}))
 
