@@ -49,10 +49,19 @@ STAGES = ('train', 'ood', 'int8', 'distill')
 STUDENT = ('--config.model.conv_channels=(16,32)', '--config.model.fc_sizes=(64,)')
 
 
+def last_wins(args: list[str]) -> list[str]:
+  """`args` with each `--config.<key>=` override kept at its last occurrence: the benches append a run's own
+  flags to the common ones (launch.py refuses a tuple key given twice; ml_collections would join them)."""
+  last = {a.split('=', 1)[0]: i for i, a in enumerate(args) if a.startswith('--config.') and '=' in a}
+  return [a for i, a in enumerate(args) if not (a.startswith('--config.') and '=' in a)
+          or last[a.split('=', 1)[0]] == i]
+
+
 def launch(args: list[str], log: pathlib.Path) -> float:
-  """Runs launch.py with `args`, its output in `log`; returns its wall seconds."""
+  """Runs launch.py with `args` (later overrides of a key replace earlier ones), its output in `log`; returns
+  its wall seconds."""
   start = time.perf_counter()
-  done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, capture_output=True, text=True)
+  done = subprocess.run([sys.executable, str(REPO / 'launch.py'), *last_wins(args)], cwd=REPO, capture_output=True, text=True)
   log.write_text(done.stdout + done.stderr)
   if done.returncode:
     raise SystemExit(f'launch.py {" ".join(args)} failed ({done.returncode}); see {log}')

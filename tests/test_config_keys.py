@@ -170,3 +170,15 @@ def test_a_tuple_of_names_takes_a_comma_separated_list(argument, expected):
 def test_sweep_variants_keep_their_commas():
   variant = 'size: data.image_size=(8,8); model.conv_channels=(4,8)'
   assert load('configs/digits.py', f'--config.sweep.variants=({variant!r},)').sweep.variants == (variant,)
+
+
+def test_a_tuple_key_given_twice_is_refused_not_joined():
+  # ml_collections joins a tuple field's repeated values: (16, 32) then (32, 64) would build four conv stages
+  with pytest.raises(UserInputError, match=r'--config.model.conv_channels is given 2 times \(\(16,32\), \(32,64\)\)'):
+    load('configs/mnist.py', '--config.model.conv_channels=(16,32)', '--config.model.conv_channels=(32,64)')
+  with pytest.raises(UserInputError, match='--config.data.image_size is given 2 times'):
+    load('configs/mnist.py', '--config.data.image_size', '[8, 8]', '--config.data.image_size=(16,16)')
+  # bare values keep ml_collections' meaning, one item each
+  config = load('configs/multilabel.py', '--config.data.label_columns=a', '--config.data.label_columns=b',
+                '--config.data.task=multilabel')
+  assert config.data.label_columns == ('a', 'b')

@@ -5,7 +5,9 @@ it replaces, on a locked config (a misspelt key is an error that suggests the cl
 - the model section gets every key of its model from the registry (`fpclass.models.model_keys`) before the
   overrides apply, and from the overriding model when `--config.model.name` changes it;
 - a tuple of names takes a comma-separated list: `--config.data.label_columns=a,b,c` is ('a', 'b', 'c'), as
-  `--config.data.image_size=64,64` is (64, 64). Sweep variants and search-space entries keep their commas.
+  `--config.data.image_size=64,64` is (64, 64). Sweep variants and search-space entries keep their commas;
+- a key given twice with a tuple literal is refused: ml_collections joins a tuple field's repeated values, so
+  `--config.model.conv_channels=(16,32) --config.model.conv_channels=(32,64)` would build (16, 32, 32, 64).
 """
 import re
 import sys
@@ -71,6 +73,7 @@ def parse(flag_values, argv: list[str]) -> list[str]:
   config problem is a UserInputError of one line naming the flag: config_flags raises AttributeError or
   KeyError for an override naming no key, embeds a traceback in a config file's own ValueError, and reports
   a missing file only when the config is first read."""
+  _refuse_repeated_tuples(argv)
   try:
     args = flag_values(argv)
     if flag_values.config is not None:
@@ -94,6 +97,22 @@ def parse(flag_values, argv: list[str]) -> list[str]:
   if flag_values.config is not None:
     finish(flag_values)
   return args
+
+
+def _refuse_repeated_tuples(argv: list[str]) -> None:
+  """One line for a `--config.<key>` given more than once where an occurrence is a tuple or list literal: a
+  script that appends its own overrides to common ones means the last, and ml_collections would join them.
+  Repeating bare values (`--config.data.label_columns=a --config.data.label_columns=b`) keeps its meaning."""
+  seen = {}
+  for i, arg in enumerate(argv):
+    match = re.fullmatch(r'--?(config\.[\w.]+)(?:=(.*))?', arg, re.DOTALL)
+    if match:
+      value = match.group(2) if match.group(2) is not None else (argv[i + 1] if i + 1 < len(argv) else '')
+      seen.setdefault(match.group(1), []).append(value)
+  for key, values in seen.items():
+    if len(values) > 1 and any(v.strip()[:1] in '([' and v.strip() for v in values):
+      raise UserInputError(f'--{key} is given {len(values)} times ({", ".join(values)}): ml_collections would join '
+                           'the tuples into one; give it once')
 
 
 def config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
