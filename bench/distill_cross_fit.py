@@ -12,6 +12,7 @@ each --temperatures T. All are scored on the left-out fifth, whose labels are kn
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit-mnist --data mnist --arms alone,distilled
     python -m bench.distill_cross_fit --out /tmp/bench-patient --epochs 100 --arms alone,distilled \\
         --flags=--config.augment.mixup_alpha=0.5 --student-flags=--config.train.epochs=100
+    python -m bench.distill_cross_fit --out /tmp/bench-unlabelled --data mnist --arms alone --unlabelled DIR
 """
 import argparse
 import json
@@ -69,12 +70,16 @@ def main():
   parser.add_argument('--temperatures', default='', help='comma-separated T for config.distill.temperature arms')
   parser.add_argument('--flags', default='', help='more launch.py flags for the teacher and every student arm')
   parser.add_argument('--arms', default=','.join(ARMS), help=f'comma-separated, of {",".join(ARMS)}')
+  parser.add_argument('--unlabelled', default='', help='a folder, glob or CSV of unlabelled images: adds the arm '
+                      'distilled_unlabelled (config.distill.unlabelled), the teacher labelling them too')
   parser.add_argument('--student-flags', default='', help='more launch.py flags for every student arm, space-'
                       'separated (a patient schedule: --config.train.epochs=200 --config.augment.mixup_alpha=0.5)')
   options = parser.parse_args()
   arms = {a: ARMS[a] for a in options.arms.split(',')}
   arms.update({f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
                for t in filter(None, options.temperatures.split(','))})
+  if options.unlabelled:
+    arms['distilled_unlabelled'] = [*ARMS['distilled'], f'--config.distill.unlabelled={options.unlabelled}']
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)[options.data]
