@@ -116,7 +116,7 @@ class EvalSettings(Settings):
   score_train: bool = False        # also score the (un-augmented) training split in scores.json
   # The validation split's batch: each epoch's, and evaluate's and explain's for every split they score (one
   # program). 0: the training batch on GPU/TPU, whose convolutions the train step has already
-  # autotuned (another batch is tuned again: 3.5 of InceptionV3's 9.6 s first epoch on an H200), and
+  # autotuned (another batch is tuned again, seconds for a large backbone: docs/performance.md), and
   # batch_size on CPU, which tunes nothing and gains from the larger batch.
   validation_batch_size: int = 0
 
