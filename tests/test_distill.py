@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
+from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import distill as distill_core
 from fpclass.infer import distill_report
@@ -254,10 +256,27 @@ def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teach
   for folder in ('compare/holdout-seed0/student', 'compare/holdout-seed0/alone'):
     assert (out / folder / 'metadata.json').is_file()
   assert record['student']['parameters'] < record['teacher']['parameters']
+  assert record['student']['validation_images_the_teacher_trained_on'] == 0   # it held them out
   # The same split and seed: only the teacher's targets tell the two runs apart.
   losses = [pd.read_csv(out / 'compare' / 'holdout-seed0' / name / 'metrics.csv')['train_loss'] for name in
             ('student', 'alone')]
   assert not np.allclose(*losses)
+
+
+def test_the_report_says_when_the_teacher_trained_on_the_student_s_validation_images(teacher_run):
+  teacher, _, _ = teacher_run
+  models = distill_core.teacher_models(str(teacher))
+  config = sidecar.stored_config(teacher)
+  dataset = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False)
+  assert distill_core.teacher_trained_on(models, dataset.train.ids) == len(dataset.train) > 0
+  assert distill_core.teacher_trained_on(models, dataset.val.ids) == 0
+  record = {'teacher': {'path': str(teacher), 'models': [{}], 'parameters': 10}, 'unlabelled': 0,
+            'student': {'model': 'footprint_cnn', 'parameters': 5, 'validation_images': 20,
+                        'validation_images_the_teacher_trained_on': 12},
+            'images_per_second': {'batch': 8, 'teacher': 1.0, 'student': 2.0, 'student_over_teacher': 2.0}}
+  assert "12 of this workdir's 20 validation images were training images" in distill_report.section(record)
+  record['student']['validation_images_the_teacher_trained_on'] = 0
+  assert 'optimistic' not in distill_report.section(record)
 
 
 def test_a_multilabel_teacher_teaches_a_multilabel_student(trained_multilabel, tmp_path, monkeypatch):

@@ -126,17 +126,29 @@ class Teacher:
              'fold': split_of(m), 'parameters': m.metadata.get('num_params')} for m in self.models]
 
 
-def held_out_ids(models: list[MemberModel]) -> list[frozenset]:
-  """Each model's validation images (ids): its own data settings and split over its source, decoded once per
-  source."""
+def _model_splits(models: list[MemberModel]) -> list:
+  """Each model's dataset: its own data settings and split over its source, decoded once per source."""
   decoded, out = {}, []
   for m in models:
     data = DataSettings.from_config(m.config.data)
     key = repr(dataclasses.replace(data, split=None))
     if key not in decoded:
       decoded[key] = pipeline.decode_source(data, progress=False)
-    out.append(frozenset(pipeline.split_dataset(decoded[key], data.split).val.ids))
+    out.append(pipeline.split_dataset(decoded[key], data.split))
   return out
+
+
+def held_out_ids(models: list[MemberModel]) -> list[frozenset]:
+  """Each model's validation images (ids)."""
+  return [frozenset(split.val.ids) for split in _model_splits(models)]
+
+
+def teacher_trained_on(models: list[MemberModel], ids) -> int:
+  """How many of `ids` (the student's validation images) some teacher model trained on. Their scores are then
+  optimistic: what the teacher learnt of those images reaches the student through its targets (measured in
+  docs/deploy.md)."""
+  trained = frozenset().union(*(split.train.ids for split in _model_splits(models)))
+  return sum(i in trained for i in ids)
 
 
 def split_of(model: MemberModel) -> int:

@@ -65,7 +65,10 @@ def distill(config, workdir) -> dict:
                   'parameters': int(sum(m.metadata.get('num_params') or 0 for m in models))},
       'student': {'model': student.model.name, 'parameters': int(scores['num_params']),
                   'validation': {k: scores.get(k) for k in ('accuracy', 'macro_f1', 'loss', 'mean_average_precision')
-                                 if scores.get(k) is not None}},
+                                 if scores.get(k) is not None},
+                  'validation_images': len(run.data.dataset.val),
+                  'validation_images_the_teacher_trained_on': distill_core.teacher_trained_on(
+                      models, run.data.dataset.val.ids)},
       'unlabelled': 0 if unlabelled is None else len(unlabelled),
       'comparison': distill_report.score_runs(runs, student, class_names) if runs else None,
       'images_per_second': distill_report.speeds(workdir, models, runs, student)}
