@@ -144,9 +144,9 @@ def held_out_ids(models: list[MemberModel]) -> list[frozenset]:
 
 
 def teacher_trained_on(models: list[MemberModel], ids) -> int:
-  """How many of `ids` (the student's validation images) some teacher model trained on. Their scores are then
-  optimistic: what the teacher learnt of those images reaches the student through its targets (measured in
-  docs/deploy.md)."""
+  """How many of `ids` (the student's validation images) some teacher model trained on. Their scores may then be
+  optimistic: what the teacher learnt of those images can reach the student through its targets (docs/deploy.md
+  has a run where it did and runs where it did not)."""
   trained = frozenset().union(*(split.train.ids for split in _model_splits(models)))
   return sum(i in trained for i in ids)
 

@@ -130,8 +130,8 @@ def section(record: dict) -> str:
   seen = record['student'].get('validation_images_the_teacher_trained_on', 0)
   if seen:
     lines += [f'{seen} of this workdir\'s {record["student"]["validation_images"]} validation images were training '
-              'images of the teacher\'s models: its validation scores are optimistic, since what the teacher learnt '
-              'of them reaches the student through its targets. '
+              'images of the teacher\'s models, so its validation scores may be optimistic: what the teacher learnt '
+              'of them can reach the student through its targets. '
               + ('The comparison below is on images none of them trained on.' if record.get('comparison') else
                  'config.distill.compare scores it on images none of them trained on.'), '']
   compared = record.get('comparison')
