@@ -14,7 +14,8 @@ def prediction_chunk(config, dataset) -> int:
   (`fpclass.train.steps.validation_batch`), or the largest split they score if that is smaller, the others
   padded up to it, so training's predict program serves them (compiled, and on a GPU autotuned, already). One
   batch shape is one compiled program for all the splits; a batch per split size compiled (and traced) the
-  network again for each, seconds per split for a large backbone. The padding costs at most the largest split's work once more per split."""
+  network again for each, seconds per split for a large backbone. The padding costs at most the largest
+  split's work once more per split."""
   settings = EvalSettings.from_config(config.eval)
   batch = validation_batch(settings.validation_batch_size, TrainSettings.from_config(config.train).batch_size,
                            settings.batch_size)

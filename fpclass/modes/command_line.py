@@ -110,7 +110,7 @@ def _refuse_repeated_tuples(argv: list[str]) -> None:
       value = match.group(2) if match.group(2) is not None else (argv[i + 1] if i + 1 < len(argv) else '')
       seen.setdefault(match.group(1), []).append(value)
   for key, values in seen.items():
-    if len(values) > 1 and any(v.strip()[:1] in '([' and v.strip() for v in values):
+    if len(values) > 1 and any(v.strip().startswith(('(', '[')) for v in values):
       raise UserInputError(f'--{key} is given {len(values)} times ({", ".join(values)}): ml_collections would join '
                            'the tuples into one; give it once')
 

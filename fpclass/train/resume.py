@@ -99,7 +99,7 @@ class WorkdirEpochs:
       state, _ = store.restore(kind, jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), cohort.image_shape)))
     finally:
       store.close()
-    return batches.predict_logits(task, state, val_images, self.run.eval.batch_size)
+    return batches.predict_logits(task, state, val_images, cohort.validation_batch)   # training's batch
 
   def close(self, after_error: bool = False) -> None:
     """Saves the epoch still waiting on the device; the saves in flight complete (or fail) before it returns.
