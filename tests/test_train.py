@@ -14,7 +14,8 @@ from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import heads
 from fpclass.modes.runner import run
-from fpclass.train import sidecar
+from fpclass.train import batches as task_lib_batches
+from fpclass.train import oof, sidecar
 from fpclass.train import task as task_lib
 from fpclass.train.sampling import epoch_order
 from tests.conftest import load_config
@@ -145,3 +146,20 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
   assert again['epoch'] == best and again['loss'] == scores['loss']
   assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
       np.array_equal, load_trained(config, tmp_path, 'last').state.params, last)))
+
+
+def test_a_finished_run_missing_its_predictions_writes_them_again_on_relaunch(tmp_path, monkeypatch):
+  """A run that finished in a launch which stopped before writing oof_predictions.csv: the next launch predicts
+  the selected checkpoint again, at the batch training validated in (one program, the same logits)."""
+  config = tiny_digits(**{'train.epochs': 1, 'eval.validation_batch_size': 7})
+  run('train', config, tmp_path)
+  path = tmp_path / oof.FILE
+  before = pd.read_csv(path)
+  path.unlink()
+  batches = []
+  original = task_lib_batches.predict_logits
+  monkeypatch.setattr(task_lib_batches, 'predict_logits',
+                      lambda task, state, images, batch, *a, **k: batches.append(batch) or original(task, state, images, batch, *a, **k))
+  run('train', config, tmp_path)
+  assert 7 in batches
+  pd.testing.assert_frame_equal(pd.read_csv(path), before, check_exact=False, rtol=1e-5)
