@@ -14,6 +14,7 @@ import pytest
 
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
+from fpclass.config.training import EvalSettings
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
@@ -42,6 +43,7 @@ from fpclass.train.task import build_task
 from fpclass.modes.runner import run
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
+from fpclass.config.training import EvalSettings
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
 run('train', config, sys.argv[1])
@@ -137,8 +139,9 @@ def test_loop_form_choice():
 
 def test_validation_batch_per_backend(tmp_path, monkeypatch):
   # 0: the training batch where convolutions are autotuned (GPU/TPU), config.eval.batch_size on CPU
-  assert validation_batch(0, 32, 256, 'gpu') == 32 and validation_batch(0, 32, 256, 'tpu') == 32
-  assert validation_batch(0, 32, 256, 'cpu') == 256 and validation_batch(48, 32, 256, 'gpu') == 48
+  default, given = EvalSettings(batch_size=256), EvalSettings(batch_size=256, validation_batch_size=48)
+  assert validation_batch(default, 32, 'gpu') == 32 and validation_batch(default, 32, 'tpu') == 32
+  assert validation_batch(default, 32, 'cpu') == 256 and validation_batch(given, 32, 'gpu') == 48
   seen = []
   original = LoopAxis.val_logits
   monkeypatch.setattr(LoopAxis, 'val_logits', lambda self, members, batch: seen.append(batch) or original(self, members, batch))
@@ -148,7 +151,8 @@ def test_validation_batch_per_backend(tmp_path, monkeypatch):
   splits = types.SimpleNamespace(val=range(40), test=None, train=range(100))   # evaluate and explain: the same batch
   default = load_config('configs/digits.py:quick')   # this backend's rule, capped at the 40 validation images
   assert prediction_chunk(config, splits) == 5
-  assert prediction_chunk(default, splits) == min(validation_batch(0, default.train.batch_size, default.eval.batch_size), 40)
+  assert prediction_chunk(default, splits) == min(validation_batch(EvalSettings.from_config(default.eval),
+                                                                   default.train.batch_size), 40)
   with pytest.raises(ConfigError, match="config.eval.validation_batch_size=-1"):
     RunSettings.from_config(load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': -1}))
 

@@ -17,8 +17,7 @@ def prediction_chunk(config, dataset) -> int:
   network again for each, seconds per split for a large backbone. The padding costs at most the largest
   split's work once more per split."""
   settings = EvalSettings.from_config(config.eval)
-  batch = validation_batch(settings.validation_batch_size, TrainSettings.from_config(config.train).batch_size,
-                           settings.batch_size)
+  batch = validation_batch(settings, TrainSettings.from_config(config.train).batch_size)
   splits = [dataset.val, dataset.test if dataset.test is not None and dataset.test.labels is not None else None,
             dataset.train if settings.score_train else None]
   return common_batch(batch, [len(split) for split in splits if split is not None])

@@ -53,7 +53,7 @@ class Cohort:
     self.budget = budget
     self.batch = batch_size_for(run.train, len(members[0].train_index))
     self.parallel.check_batch_size(self.batch)
-    self.validation_batch = validation_batch(run.eval.validation_batch_size, self.batch, run.eval.batch_size)
+    self.validation_batch = validation_batch(run.eval, self.batch)
     self.steps = [math.ceil(len(m.train_index) / self.batch) for m in members]
     self.image_shape = data.train.images.shape[1:]
     self.class_weights = [task_class_weights(run.train.class_weights, data.class_names,

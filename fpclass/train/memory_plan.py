@@ -135,8 +135,7 @@ def chunk_size(run: RunSettings, train_data: TrainData, group: list, form: str, 
   batch = members_lib.batch_size_for(run.train, len(group[0].train_index))
   steps = -(-len(group[0].train_index) // batch)
   task = build_task(run, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
-  eval_batch = common_batch(validation_batch(run.eval.validation_batch_size, batch, run.eval.batch_size),
-                            [len(m.val_index) for m in group])
+  eval_batch = common_batch(validation_batch(run.eval, batch), [len(m.val_index) for m in group])
   task, images = _what_trains(run, task, train_data.train.images)
   image_shape = train_data.train.images.shape[1:]
   state = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))

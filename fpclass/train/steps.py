@@ -62,12 +62,12 @@ def resolve_loop(loop: str, backend: str | None = None) -> str:
   return 'step' if (backend or jax.default_backend()) == 'cpu' else 'scan'
 
 
-def validation_batch(setting: int, train_batch: int, eval_batch: int, backend: str | None = None) -> int:
-  """The batch of each epoch's validation: `setting` (config.eval.validation_batch_size) when set; else the
-  training batch on GPU/TPU (the shapes its autotuning covers) and `eval_batch` on CPU."""
-  if setting:
-    return setting
-  return eval_batch if (backend or jax.default_backend()) == 'cpu' else train_batch
+def validation_batch(evaluation, train_batch: int, backend: str | None = None) -> int:
+  """The batch of each epoch's validation (`evaluation`: config.eval's settings): its validation_batch_size when
+  set; else the training batch on GPU/TPU (the shapes its autotuning covers) and its batch_size on CPU."""
+  if evaluation.validation_batch_size:
+    return evaluation.validation_batch_size
+  return evaluation.batch_size if (backend or jax.default_backend()) == 'cpu' else train_batch
 
 
 @dataclasses.dataclass(frozen=True)
