@@ -268,8 +268,9 @@ def test_the_report_says_when_the_teacher_trained_on_the_student_s_validation_im
   models = distill_core.teacher_models(str(teacher))
   config = sidecar.stored_config(teacher)
   dataset = pipeline.load_dataset(DataSettings.from_config(config.data), progress=False)
-  assert distill_core.teacher_trained_on(models, dataset.train.ids) == len(dataset.train) > 0
-  assert distill_core.teacher_trained_on(models, dataset.val.ids) == 0
+  splits = distill_core.model_splits(models)
+  assert distill_core.teacher_trained_on(splits, dataset.train.ids) == len(dataset.train) > 0
+  assert distill_core.teacher_trained_on(splits, dataset.val.ids) == 0
   record = {'teacher': {'path': str(teacher), 'models': [{}], 'parameters': 10}, 'unlabelled': 0,
             'student': {'model': 'footprint_cnn', 'parameters': 5, 'validation_images': 20,
                         'validation_images_the_teacher_trained_on': 12},

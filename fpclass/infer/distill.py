@@ -126,7 +126,7 @@ class Teacher:
              'fold': split_of(m), 'parameters': m.metadata.get('num_params')} for m in self.models]
 
 
-def _model_splits(models: list[MemberModel]) -> list:
+def model_splits(models: list[MemberModel]) -> list:
   """Each model's dataset: its own data settings and split over its source, decoded once per source."""
   decoded, out = {}, []
   for m in models:
@@ -138,16 +138,16 @@ def _model_splits(models: list[MemberModel]) -> list:
   return out
 
 
-def held_out_ids(models: list[MemberModel]) -> list[frozenset]:
-  """Each model's validation images (ids)."""
-  return [frozenset(split.val.ids) for split in _model_splits(models)]
+def held_out_ids(splits: list) -> list[frozenset]:
+  """Each model's validation images (ids), from `model_splits`."""
+  return [frozenset(split.val.ids) for split in splits]
 
 
-def teacher_trained_on(models: list[MemberModel], ids) -> int:
+def teacher_trained_on(splits: list, ids) -> int:
   """How many of `ids` (the student's validation images) some teacher model trained on. Their scores may then be
   optimistic: what the teacher learnt of those images can reach the student through its targets (docs/deploy.md
-  has a run where it did and runs where it did not)."""
-  trained = frozenset().union(*(split.train.ids for split in _model_splits(models)))
+  has a run where it did and runs where it did not). `splits`: the teacher models', from `model_splits`."""
+  trained = frozenset().union(*(split.train.ids for split in splits))
   return sum(i in trained for i in ids)
 
 

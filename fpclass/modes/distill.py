@@ -42,7 +42,8 @@ def distill(config, workdir) -> dict:
   splits = distill_core.comparison_splits(models, settings, student) if settings.compare else []
   unlabelled = distill_core.unlabelled_images(settings, student)
 
-  validated_ids = distill_core.held_out_ids(models) if settings.cross_fit else None
+  splits_of_models = distill_core.model_splits(models)   # each source decoded once, for both uses below
+  validated_ids = distill_core.held_out_ids(splits_of_models) if settings.cross_fit else None
   teacher = distill_core.Teacher(models, unlabelled, validated_ids, temperature=settings.temperature,
                                  label_weight=settings.label_weight)
   (run,) = run_plan(dataclasses.replace(solo_plan(student), teacher=teacher), workdir)
@@ -68,7 +69,7 @@ def distill(config, workdir) -> dict:
                                  if scores.get(k) is not None},
                   'validation_images': len(run.data.dataset.val),
                   'validation_images_the_teacher_trained_on': distill_core.teacher_trained_on(
-                      models, run.data.dataset.val.ids)},
+                      splits_of_models, run.data.dataset.val.ids)},
       'unlabelled': 0 if unlabelled is None else len(unlabelled),
       'comparison': distill_report.score_runs(runs, student, class_names) if runs else None,
       'images_per_second': distill_report.speeds(workdir, models, runs, student)}
