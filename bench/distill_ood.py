@@ -1,9 +1,8 @@
 """Why the distilled footprint student's OOD score failed in bench/deploy.py: the student trained alone, distilled,
 and distilled with the unlabelled test images (bench/deploy.py's student), each scored by Mahalanobis and kNN
 against the other image sets, with the synthetic test images as the in-distribution side. A student that trained
-on those test images (unlabelled) meets them again there; the half of them it is scored on is then no longer
-unseen, so `--refit` also fits each score on the training images plus the other half, pseudo-labelled by the
-student, and scores the first half.
+on those test images (unlabelled) meets them again there, so each score is also fitted on the training images
+plus one half of the test images, pseudo-labelled by the student; both fits are scored on the other half.
 
     python -m bench.deploy --out /tmp/bench-deploy --data footprint --stages train    # the teacher, once
     python -m bench.distill_ood --deploy-out /tmp/bench-deploy --out /tmp/distill-ood

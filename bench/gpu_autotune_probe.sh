@@ -7,7 +7,8 @@
 # default, every algorithm timed and its output checked; 1 timed, not checked; 0 none, cuDNN's heuristic pick),
 # inception-eval32 (evaluation at the training batch, 32, instead of config.eval.batch_size's 256, capped at the
 # 64 validation images: the same convolution shapes as the train step), footprint-default (the baseline of the
-# footprint cases in the same call), footprint-level0, footprint-level1, footprint-eval32. OUT gets probe.log (each run's result and its slowest compiles) and fp-CASE.json.
+# footprint cases in the same call), footprint-level0, footprint-level1, footprint-eval32. OUT gets probe.log
+# (each run's result and its slowest compiles) and fp-CASE.json.
 # PROBE_SIZES (keras_recipes.py arguments, e.g. '--train 8 --val 8 --inception-size 75') shrinks a CPU check.
 set -u
 out=${1:?OUT folder}; shift; mkdir -p "$out"; log="$out/probe.log"
