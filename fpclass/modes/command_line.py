@@ -104,15 +104,24 @@ def _refuse_repeated_tuples(argv: list[str]) -> None:
   script that appends its own overrides to common ones means the last, and ml_collections would join them.
   Repeating bare values (`--config.data.label_columns=a --config.data.label_columns=b`) keeps its meaning."""
   seen = {}
-  for i, arg in enumerate(argv):
-    match = re.fullmatch(r'--?(config\.[\w.]+)(?:=(.*))?', arg, re.DOTALL)
-    if match:
-      value = match.group(2) if match.group(2) is not None else (argv[i + 1] if i + 1 < len(argv) else '')
-      seen.setdefault(match.group(1), []).append(value)
+  for key, value in _overrides(argv):
+    seen.setdefault(key, []).append(value or '')
   for key, values in seen.items():
     if len(values) > 1 and any(v.strip().startswith(('(', '[')) for v in values):
-      raise UserInputError(f'--{key} is given {len(values)} times ({", ".join(values)}): ml_collections would join '
-                           'the tuples into one; give it once')
+      raise UserInputError(f'--config.{key} is given {len(values)} times ({", ".join(values)}): ml_collections '
+                           'would join the tuples into one; give it once')
+
+
+def _overrides(argv) -> list[tuple[str, str | None]]:
+  """Each `--config.<key>` override in `argv`, in order, as (key, value): the value after '=', else the next
+  argument (absl's two forms), None where there is none."""
+  found = []
+  for i, arg in enumerate(argv or ()):
+    match = re.fullmatch(r'--?config\.([\w.]+)(?:=(.*))?', arg, re.DOTALL)
+    if match:
+      found.append((match.group(1), match.group(2) if match.group(2) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else None)))
+  return found
 
 
 def config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
@@ -127,12 +136,8 @@ def config_from_argv(argv: list[str]) -> ml_collections.ConfigDict:
 def model_name_override(argv) -> str | None:
   """The last `--config.model.name` value in `argv`; without one, the model a Hub checkpoint given as
   `--config.model.pretrained` implies ('hf-hub:timm/resnet50.a1_in1k': timm_resnet50); else None."""
-  found = {}
-  for i, arg in enumerate(argv or ()):
-    match = re.fullmatch(r'--?config\.model\.(name|pretrained)(?:=(.*))?', arg)
-    if match:
-      found[match.group(1)] = match.group(2) if match.group(2) is not None else (
-          argv[i + 1] if i + 1 < len(argv) else None)
+  found = {key.removeprefix('model.'): value for key, value in _overrides(argv)
+           if key in ('model.name', 'model.pretrained')}
   if found.get('name') is None and found.get('pretrained'):
     return hub.implied_model(found['pretrained']) or None
   return found.get('name')
