@@ -27,6 +27,7 @@ from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
 from fpclass.infer.inference import load_trained
+from fpclass.infer.int8 import paired_difference
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
 
@@ -59,6 +60,32 @@ def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.nda
   rows = [i for i, image_id in enumerate(pool.ids) if image_id in wanted]
   assert len(rows) == len(wanted), (len(rows), len(wanted))
   return np.asarray(pool.images)[rows], np.asarray(pool.labels)[rows]
+
+
+def gain_kept_interval(teacher: np.ndarray, alone: np.ndarray, student: np.ndarray, resamples: int = 10_000,
+                       level: float = 0.95) -> dict:
+  """The student's share of the teacher's gain over the student trained alone, with paired intervals.
+
+  `teacher` is per image right or wrong; `alone` and `student` are seeds x images, paired by seed. The
+  differences' intervals are t-intervals over the images (each image's difference averaged over seeds); the
+  share's is a percentile bootstrap resampling the images, the same draw for all three, so it says how far
+  this many images can pin the share down."""
+  alone_mean, student_mean = alone.mean(0), student.mean(0)
+  gain = float(teacher.mean() - alone_mean.mean())
+  # Counted in whole images times seeds, so that a resample's gain is exactly zero when it is.
+  seeds = len(alone)
+  draws = np.random.default_rng(0).integers(0, len(teacher), (resamples, len(teacher)))
+  gains = (teacher.astype(np.int64) * seeds - alone.sum(0))[draws].sum(1)
+  lifts = (student.sum(0) - alone.sum(0))[draws].sum(1)
+  # A resample with no gain gives an infinite share, of its numerator's sign, and sorts to an end; one with
+  # neither gain nor difference has no share and is dropped. No interpolation, so infinities stay ends.
+  kept = np.where(gains != 0, lifts / np.where(gains != 0, gains, 1), np.copysign(np.inf, lifts))
+  kept = kept[(gains != 0) | (lifts != 0)]
+  tail = (1 - level) / 2
+  return {'gain_kept': (float(student_mean.mean() - alone_mean.mean()) / gain) if gain else None,
+          'gain_kept_bootstrap': [float(np.quantile(kept, q, method='inverted_cdf')) for q in (tail, 1 - tail)],
+          'minus_alone': paired_difference(student_mean, alone_mean, level),
+          'minus_teacher': paired_difference(student_mean, teacher.astype(np.float64), level)}
 
 
 def main():
@@ -103,13 +130,12 @@ def main():
   models = distill_core.teacher_models(str(sweep))
   teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
   result = {'unseen_images': len(labels), 'teacher': float(np.mean(teacher.argmax(1) == labels))}
+  right = {arm: np.stack([load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
+                          .probabilities(images, 256).argmax(1) == labels for s in seeds]) for arm in arms}
   for arm in arms:
-    accuracies = [float(np.mean(load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
-                                .probabilities(images, 256).argmax(1) == labels)) for s in seeds]
-    result[arm] = {'per_seed': accuracies, 'mean': float(np.mean(accuracies))}
-  gain = result['teacher'] - result['alone']['mean']
+    result[arm] = {'per_seed': right[arm].mean(1).tolist(), 'mean': float(right[arm].mean())}
   for arm in [a for a in arms if a != 'alone']:
-    result[arm]['gain_kept'] = (result[arm]['mean'] - result['alone']['mean']) / gain if gain else None
+    result[arm].update(gain_kept_interval(teacher.argmax(1) == labels, right['alone'], right[arm]))
   (out / 'cross_fit.json').write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 

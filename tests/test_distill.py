@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.distill_cross_fit import gain_kept_interval
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
 from fpclass.config.run import RunSettings
@@ -308,3 +309,18 @@ def test_bad_inputs_get_one_line(teacher_run, tmp_path, monkeypatch):
     distill_mode.distill(tiny_config(), tmp_path / 'c')
   with pytest.raises(UserInputError, match=r"config.distill.teacher='.*nowhere': no such folder"):
     distill_mode.distill(tiny_config(**{'distill.teacher': str(tmp_path / 'nowhere')}), tmp_path / 'd')
+
+
+def test_the_bench_share_of_the_gain_kept_counts_whole_images_and_brackets_its_estimate():
+  rng = np.random.default_rng(1)
+  teacher = rng.random(400) < 0.95
+  alone = np.stack([teacher & (rng.random(400) < 0.9) for _ in range(3)])  # wrong wherever the teacher is, and more
+  for student, share in ((alone, 0.0), (np.stack([teacher] * 3), 1.0)):
+    kept = gain_kept_interval(teacher, alone, student, resamples=500)
+    assert kept['gain_kept'] == pytest.approx(share)
+    assert kept['gain_kept_bootstrap'] == pytest.approx([share, share])
+  halfway = np.stack([teacher & (alone[s] | (np.arange(400) % 2 == 0)) for s in range(3)])
+  kept = gain_kept_interval(teacher, alone, halfway, resamples=500)
+  low, high = kept['gain_kept_bootstrap']
+  assert low < kept['gain_kept'] < high and 0.3 < kept['gain_kept'] < 0.7
+  assert kept['minus_alone']['low'] > 0 and kept['minus_teacher']['high'] < 0
