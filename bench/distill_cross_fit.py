@@ -23,6 +23,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from bench.deploy import data_sets, launch, unseen_digit_indices, unseen_images
+from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.infer import distill as distill_core
@@ -62,30 +63,18 @@ def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.nda
   return np.asarray(pool.images)[rows], np.asarray(pool.labels)[rows]
 
 
-def gain_kept_interval(teacher: np.ndarray, alone: np.ndarray, student: np.ndarray, resamples: int = 10_000,
-                       level: float = 0.95) -> dict:
+def gain_kept_interval(teacher: np.ndarray, alone: np.ndarray, student: np.ndarray, level: float = 0.95) -> dict:
   """The student's share of the teacher's gain over the student trained alone, with paired intervals.
 
-  `teacher` is per image right or wrong; `alone` and `student` are seeds x images, paired by seed. The
-  differences' intervals are t-intervals over the images (each image's difference averaged over seeds); the
-  share's is a percentile bootstrap resampling the images, the same draw for all three, so it says how far
-  this many images can pin the share down."""
-  alone_mean, student_mean = alone.mean(0), student.mean(0)
-  gain = float(teacher.mean() - alone_mean.mean())
-  # Counted in whole images times seeds, so that a resample's gain is exactly zero when it is.
-  seeds = len(alone)
-  draws = np.random.default_rng(0).integers(0, len(teacher), (resamples, len(teacher)))
-  gains = (teacher.astype(np.int64) * seeds - alone.sum(0))[draws].sum(1)
-  lifts = (student.sum(0) - alone.sum(0))[draws].sum(1)
-  # A resample with no gain gives an infinite share, of its numerator's sign, and sorts to an end; one with
-  # neither gain nor difference has no share and is dropped. No interpolation, so infinities stay ends.
-  kept = np.where(gains != 0, lifts / np.where(gains != 0, gains, 1), np.copysign(np.inf, lifts))
-  kept = kept[(gains != 0) | (lifts != 0)]
-  tail = (1 - level) / 2
-  return {'gain_kept': (float(student_mean.mean() - alone_mean.mean()) / gain) if gain else None,
-          'gain_kept_bootstrap': [float(np.quantile(kept, q, method='inverted_cdf')) for q in (tail, 1 - tail)],
-          'minus_alone': paired_difference(student_mean, alone_mean, level),
-          'minus_teacher': paired_difference(student_mean, teacher.astype(np.float64), level)}
+  `teacher` is per image right or wrong; `alone` and `student` are seeds x images, paired by seed. Each image's
+  values are averaged over the seeds; the differences' intervals are t-intervals over the images, the share's a
+  bootstrap resampling the images (`fpclass.analysis.stats.share_interval`)."""
+  teacher, alone, student = np.asarray(teacher, np.float64), alone.mean(0), student.mean(0)
+  gain = float(teacher.mean() - alone.mean())
+  return {'gain_kept': float(student.mean() - alone.mean()) / gain if gain else None,
+          'gain_kept_bootstrap': list(stats.share_interval(student - alone, teacher - alone, level)),
+          'minus_alone': paired_difference(student, alone, level),
+          'minus_teacher': paired_difference(student, teacher, level)}
 
 
 def main():

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bench.distill_cross_fit import gain_kept_interval
+from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
 from fpclass.config.run import RunSettings
@@ -258,6 +259,7 @@ def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teach
     assert (out / folder / 'metadata.json').is_file()
   assert record['student']['parameters'] < record['teacher']['parameters']
   assert record['student']['validation_images_the_teacher_trained_on'] == 0   # it held them out
+  assert (compared['gain_kept_interval'] is None) == (compared['gain_kept'] is None)
   # The same split and seed: only the teacher's targets tell the two runs apart.
   losses = [pd.read_csv(out / 'compare' / 'holdout-seed0' / name / 'metrics.csv')['train_loss'] for name in
             ('student', 'alone')]
@@ -279,6 +281,13 @@ def test_the_report_says_when_the_teacher_trained_on_the_student_s_validation_im
   assert "12 of this workdir's 20 validation images were training images" in distill_report.section(record)
   record['student']['validation_images_the_teacher_trained_on'] = 0
   assert 'optimistic' not in distill_report.section(record)
+  interval = {'mean': 0.01, 'low': 0.0, 'high': 0.02, 'n': 40}
+  record['comparison'] = {'metric': 'accuracy', 'runs': [{}], 'mean': {'teacher': 0.9, 'student': 0.88, 'alone': 0.85},
+                          'student_minus_teacher': {'runs': interval, 'images': interval},
+                          'student_minus_alone': {'runs': interval, 'images': interval},
+                          'gain_kept': 0.6, 'gain_kept_interval': [0.22, float('inf')]}
+  assert ('the teacher\'s lead over the student alone that the student keeps: 60% [22%, +inf] (95%, a bootstrap '
+          'over the images)') in distill_report.section(record)
 
 
 def test_a_multilabel_teacher_teaches_a_multilabel_student(trained_multilabel, tmp_path, monkeypatch):
@@ -311,16 +320,22 @@ def test_bad_inputs_get_one_line(teacher_run, tmp_path, monkeypatch):
     distill_mode.distill(tiny_config(**{'distill.teacher': str(tmp_path / 'nowhere')}), tmp_path / 'd')
 
 
-def test_the_bench_share_of_the_gain_kept_counts_whole_images_and_brackets_its_estimate():
+def test_the_share_of_the_gain_kept_brackets_its_estimate_and_is_exact_at_its_ends():
   rng = np.random.default_rng(1)
   teacher = rng.random(400) < 0.95
   alone = np.stack([teacher & (rng.random(400) < 0.9) for _ in range(3)])  # wrong wherever the teacher is, and more
   for student, share in ((alone, 0.0), (np.stack([teacher] * 3), 1.0)):
-    kept = gain_kept_interval(teacher, alone, student, resamples=500)
+    kept = gain_kept_interval(teacher, alone, student)
     assert kept['gain_kept'] == pytest.approx(share)
     assert kept['gain_kept_bootstrap'] == pytest.approx([share, share])
   halfway = np.stack([teacher & (alone[s] | (np.arange(400) % 2 == 0)) for s in range(3)])
-  kept = gain_kept_interval(teacher, alone, halfway, resamples=500)
+  kept = gain_kept_interval(teacher, alone, halfway)
   low, high = kept['gain_kept_bootstrap']
   assert low < kept['gain_kept'] < high and 0.3 < kept['gain_kept'] < 0.7
   assert kept['minus_alone']['low'] > 0 and kept['minus_teacher']['high'] < 0
+  # One image of gain: a resample without it has an infinite share; one with neither gain nor lift is dropped.
+  lift, gain = np.zeros(50), np.zeros(50)
+  gain[0] = lift[0] = 1.0
+  assert stats.share_interval(lift, gain) == (1.0, 1.0)
+  lift[1] = 1.0
+  assert stats.share_interval(lift, gain, resamples=2000)[1] == float('inf')

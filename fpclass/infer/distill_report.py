@@ -5,7 +5,7 @@ split's teacher models, and alone on the labels, both ordinary workdirs; all thr
 validation images, which none of them trained on. The differences are paired twice: per run (folds x seeds, the
 corrected resampled t-interval of `fpclass.analysis.stats`, as sweeps report) and per image (pooled over the
 runs, a paired t-interval). `gain_kept` is the share of the teacher's lead over the student alone that the
-student keeps. Images per second: each model's compiled predict on this machine, the teacher's models in turn.
+student keeps, with a bootstrap interval over the pooled images (`stats.share_interval`). Images per second: each model's compiled predict on this machine, the teacher's models in turn.
 """
 import dataclasses
 import pathlib
@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from fpclass import fileio
-from fpclass.analysis import metric_registry
+from fpclass.analysis import metric_registry, stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.training import EvalSettings
 from fpclass.data import pipeline
@@ -90,7 +90,9 @@ def score_runs(runs: list[ComparisonRun], student_config, class_names) -> dict:
                                 'images': paired_difference(pooled['student'], pooled['teacher'])},
       'student_minus_alone': {'runs': distill.corrected([r['student'] - r['alone'] for r in rows], ratio),
                               'images': paired_difference(pooled['student'], pooled['alone'])},
-      'gain_kept': (means['student'] - means['alone']) / lead if lead > 0 else None}
+      'gain_kept': (means['student'] - means['alone']) / lead if lead > 0 else None,
+      'gain_kept_interval': list(stats.share_interval(pooled['student'] - pooled['alone'],
+                                                      pooled['teacher'] - pooled['alone'])) if lead > 0 else None}
 
 
 def speeds(workdir: pathlib.Path, models, runs: list[ComparisonRun], student_config) -> dict:
@@ -120,6 +122,16 @@ def _interval(d: dict) -> str:
   return f'{100 * d["mean"]:+.2f} [{100 * d["low"]:+.2f}, {100 * d["high"]:+.2f}]'
 
 
+def _share(compared: dict) -> str:
+  low, high = compared.get('gain_kept_interval') or (None, None)
+  bracket = '' if low is None or low != low else f' [{_percent(low)}, {_percent(high)}] (95%, a bootstrap over the images)'
+  return f'{compared["gain_kept"]:.0%}{bracket}'
+
+
+def _percent(share: float) -> str:
+  return f'{share:.0%}' if abs(share) != float('inf') else ('+inf' if share > 0 else '-inf')
+
+
 def section(record: dict) -> str:
   teacher = record['teacher']
   lines = ['## Distillation', '',
@@ -147,7 +159,7 @@ def section(record: dict) -> str:
               f'- student - student alone: runs {_interval(compared["student_minus_alone"]["runs"])}, images '
               f'{_interval(compared["student_minus_alone"]["images"])}',
               '- the teacher\'s lead over the student alone that the student keeps: '
-              + (f'{compared["gain_kept"]:.0%}' if compared['gain_kept'] is not None else 'n/a (no lead)'), '']
+              + (_share(compared) if compared['gain_kept'] is not None else 'n/a (no lead)'), '']
   speed = record['images_per_second']
   lines += [f'Images per second on this machine (batch {speed["batch"]}): teacher {speed["teacher"]:.0f}, student '
             f'{speed["student"]:.0f} ({speed["student_over_teacher"]:.1f}x)'
