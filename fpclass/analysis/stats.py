@@ -57,8 +57,11 @@ def share_interval(lift, gain, level: float = 0.95, resamples: int = 10_000, see
   A resample whose gain is zero has an infinite share, of its lift's sign, and sorts to an end; one with neither
   gain nor lift has no share and is dropped. Percentiles without interpolation, so infinities stay ends."""
   lift, gain = np.asarray(lift, np.float64), np.asarray(gain, np.float64)
-  draws = np.random.default_rng(seed).integers(0, len(gain), (resamples, len(gain)))
-  lifts, gains = lift[draws].sum(1), gain[draws].sum(1)
+  rng, lifts, gains = np.random.default_rng(seed), np.empty(resamples), np.empty(resamples)
+  chunk = max(1, 2 ** 22 // max(len(gain), 1))   # resamples drawn at a time: memory bounded for any unit count
+  for start in range(0, resamples, chunk):
+    draws = rng.integers(0, len(gain), (min(chunk, resamples - start), len(gain)))
+    lifts[start:start + len(draws)], gains[start:start + len(draws)] = lift[draws].sum(1), gain[draws].sum(1)
   no_gain, no_lift = np.isclose(gains, 0.0, rtol=0.0, atol=1e-9), np.isclose(lifts, 0.0, rtol=0.0, atol=1e-9)
   shares = np.where(no_gain, np.copysign(np.inf, lifts), lifts / np.where(no_gain, 1.0, gains))[~(no_gain & no_lift)]
   if not len(shares):
