@@ -43,7 +43,6 @@ from fpclass.train.task import build_task
 from fpclass.modes.runner import run
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
-from fpclass.config.training import EvalSettings
 from tests.conftest import load_config
 config = load_config('configs/digits.py:quick', **json.loads(sys.argv[2]))
 run('train', config, sys.argv[1])
