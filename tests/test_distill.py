@@ -282,6 +282,12 @@ def test_the_report_says_when_the_teacher_trained_on_the_student_s_validation_im
   assert "12 of this workdir's 20 validation images were training images" in distill_report.section(record)
   record['student']['validation_images_the_teacher_trained_on'] = 0
   assert 'optimistic' not in distill_report.section(record)
+  assert 'Without unlabelled images' in distill_report.section(record)
+  record['unlabelled'] = 16
+  assert 'Without' not in distill_report.section(record) and 'check its `unknown` flag' in distill_report.section(record)
+  record['student']['validation'], record['unlabelled'] = {'mean_average_precision': 0.5}, 0   # multi-label: it
+  assert 'unlabelled' not in distill_report.section(record)                                 # takes none
+  record['student']['validation'] = {}
   interval = {'mean': 0.01, 'low': 0.0, 'high': 0.02, 'n': 40}
   record['comparison'] = {'metric': 'accuracy', 'runs': [{}], 'mean': {'teacher': 0.9, 'student': 0.88, 'alone': 0.85},
                           'student_minus_teacher': {'runs': interval, 'images': interval},

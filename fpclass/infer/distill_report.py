@@ -135,6 +135,19 @@ def _percent(share: float) -> str:
   return f'{share:.0%}' if abs(share) != float('inf') else ('+inf' if share > 0 else '-inf')
 
 
+def _unlabelled_advice(record: dict) -> list[str]:
+  """What the measurements in docs/deploy.md say about unlabelled images, for a single-label student."""
+  if 'mean_average_precision' in record['student'].get('validation', {}):
+    return []   # a multi-label student takes no unlabelled images
+  if not record['unlabelled']:
+    return ['Without unlabelled images the student matches the teacher on its training images only, where the '
+            'teacher\'s probabilities are nearly the labels. Unlabelled images like those it will meet '
+            '(`config.distill.unlabelled`: `test` or a folder) are what carried the teacher\'s lead to unseen '
+            'images where measured (docs/deploy.md).', '']
+  return ['A student distilled with unlabelled images can lose its "none of my classes" separation (measured on '
+          'the footprints, docs/deploy.md): check its `unknown` flag on images of other kinds before serving it.', '']
+
+
 def section(record: dict) -> str:
   teacher = record['teacher']
   lines = ['## Distillation', '',
@@ -142,6 +155,7 @@ def section(record: dict) -> str:
            f'workdir on the probabilities of the teacher `{teacher["path"]}` ({len(teacher["models"])} models, '
            f'{teacher["parameters"]:,} parameters) for each augmented view it saw'
            + (f', with {record["unlabelled"]} unlabelled images' if record['unlabelled'] else '') + '.', '']
+  lines += _unlabelled_advice(record)
   seen = record['student'].get('validation_images_the_teacher_trained_on', 0)
   if seen:
     lines += [f'{seen} of this workdir\'s {record["student"]["validation_images"]} validation images were training '
