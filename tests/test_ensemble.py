@@ -25,7 +25,7 @@ from fpclass.analysis import calibration, metric_registry, multilabel_calibratio
 from fpclass.analysis import ood as ood_math
 from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
-from fpclass.config.outputs import ServeSettings
+from fpclass.config.outputs import OodSettings, ServeSettings
 from fpclass.config.search import EnsembleSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_files
@@ -363,7 +363,7 @@ def test_the_ensemble_exports_as_one_onnx_graph_of_its_weighted_mix(reweighted):
   host = sum(m.weight * (ood_math.scores(f.statistics, *ood.outputs(m.trained, images, 16)) - f.center) / f.scale
              for m, f in zip(models, fits)) / sum(m.weight for m in models)
   np.testing.assert_allclose(score, host, rtol=1e-4, atol=1e-4)
-  assert json.loads(written['description'].read_text())['ood']['score'] == 'mahalanobis'
+  assert json.loads(written['description'].read_text())['ood']['score'] == OodSettings().score
   hlo = np.asarray(jax.export.deserialize(bytearray(written['stablehlo'].read_bytes())).call(images)[0])
   assert np.abs(hlo - expected).max() <= 1e-5
   description = json.loads(written['description'].read_text())

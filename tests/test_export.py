@@ -13,6 +13,7 @@ import pytest
 from jax import lax
 
 from fpclass.analysis import ood as ood_math
+from fpclass.config.outputs import OodSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
@@ -116,7 +117,7 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
   assert description['epoch'] >= 1 and description['normalisation'] == metadata['normalisation']
 
   stored = ood.load(workdir / ood.FILE, 'softmax')
-  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == 'mahalanobis'
+  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == OodSettings().score
   assert description['ood']['threshold'] == stored.threshold and np.isfinite(stored.threshold)
   model = onnx.load(str(written['onnx']))
   assert json.loads({p.key: p.value for p in model.metadata_props}['ood'])['threshold'] == stored.threshold

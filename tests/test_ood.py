@@ -1,6 +1,7 @@
 """The out-of-distribution score and its `unknown` threshold: each score from its definition, the host and the traced
 form equal, the conformal threshold's false-rejection rate on held-out data, the fit stored once per checkpoint,
 predict's columns through launch.py, an ensemble's threshold over its out-of-fold examples, multi-label."""
+import dataclasses
 import json
 import math
 import pathlib
@@ -89,10 +90,45 @@ def test_the_traced_score_is_the_host_score(score, head):
   """The program serve runs and export writes computes the score with jax.numpy in float32."""
   features, labels, logits, queries = random_problem()
   logits = logits[:, :1] if head == 'sigmoid' else logits
-  statistics = ood_math.fit_statistics(score, head, features, labels, k=3)
+  statistics = ood_math.standardised(ood_math.fit_statistics(score, head, features, labels, k=3), logits, queries)
   host = ood_math.scores(statistics, logits, queries)
   traced = np.asarray(ood_math.scores(statistics, jnp.asarray(logits), jnp.asarray(queries), xp=jnp))
   np.testing.assert_allclose(traced, host, rtol=2e-5, atol=2e-5)
+
+
+def test_the_combined_score_catches_what_either_part_misses_and_is_stored_whole(tmp_path):
+  """Far features with confident logits (Mahalanobis sees them, energy does not) and usual features with flat
+  logits (the other way round): the larger standardised part flags both, as neither part does alone. Its
+  standardisation round-trips through ood.npz."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 600)
+  features = rng.normal(size=(600, 5)) + 4.0 * np.eye(3, 5)[labels]
+  confident = lambda n, c: 6.0 * np.eye(3)[c] + rng.normal(size=(n, 3))   # noqa: E731
+  held_logits, held_features = confident(300, labels[:300]), features[:300]
+  statistics = ood_math.standardised(ood_math.fit_statistics('mahalanobis_energy', 'softmax', features, labels),
+                                     held_logits, held_features)
+  inside = ood_math.scores(statistics, held_logits, held_features)
+  far = ood_math.scores(statistics, confident(200, labels[:200]), features[:200] + 25.0)
+  flat = ood_math.scores(statistics, rng.normal(size=(200, 3)) * 0.1, features[:200])
+  parts = {p: ood_math.scores(dataclasses.replace(statistics, score=p), held_logits, held_features) for p in
+           ('mahalanobis', 'energy')}
+  expected = np.maximum(*[(parts[p] - c) / s for p, (c, s) in zip(parts, statistics.standardise.tolist())])
+  np.testing.assert_allclose(inside, expected, rtol=1e-6)
+  assert ood_math.auroc(inside, far) > 0.99 and ood_math.auroc(inside, flat) > 0.99
+  for part, missed in (('mahalanobis', flat), ('energy', far)):   # each part alone misses one kind
+    alone = dataclasses.replace(statistics, score=part)
+    foreign = (rng.normal(size=(200, 3)) * 0.1, features[:200]) if missed is flat else (
+        confident(200, labels[:200]), features[:200] + 25.0)
+    assert ood_math.auroc(ood_math.scores(alone, held_logits, held_features), ood_math.scores(alone, *foreign)) < 0.8
+  fit = ood.ModelOod(statistics, 1.0, np.asarray(['a'], str), np.zeros(1),
+                     {'score': 'mahalanobis_energy', 'threshold': 1.0})
+  ood.save(tmp_path / ood.FILE, fit)
+  loaded = ood.load(tmp_path / ood.FILE, 'softmax')
+  np.testing.assert_array_equal(loaded.statistics.standardise, statistics.standardise)
+  np.testing.assert_allclose(ood_math.scores(loaded.statistics, held_logits, held_features), inside, rtol=1e-6)
+  with pytest.raises(ValueError, match='standardised on held-out images'):
+    ood_math.scores(ood_math.fit_statistics('mahalanobis_energy', 'softmax', features, labels), held_logits,
+                    held_features)
 
 
 def test_the_conformal_threshold_reaches_its_rate_on_fresh_data():
@@ -115,7 +151,7 @@ def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits
   config = sidecar.stored_config(workdir)
   trained = load_trained(config, workdir)
   fit = ood.fit_model(trained, config, OodSettings())
-  assert fit.record['held_out'] == 360 and fit.record['train_images'] == 1437 and fit.record['score'] == 'mahalanobis'
+  assert fit.record['held_out'] == 360 and fit.record['train_images'] == 1437 and fit.record['score'] == OodSettings().score
   assert fit.record['reached'] <= 0.05
   scores = fit.held_out_scores
   halves = np.array_split(np.random.default_rng(0).permutation(len(scores)), 2)

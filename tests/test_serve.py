@@ -27,7 +27,7 @@ from PIL import Image
 
 from fpclass.analysis import ood as ood_math
 from fpclass.config.inputs import DecodeSettings
-from fpclass.config.outputs import ServeSettings
+from fpclass.config.outputs import OodSettings, ServeSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_bytes, decode_image
 from fpclass.errors import UserInputError
@@ -145,13 +145,13 @@ def checkerboard_png() -> bytes:
 
 
 def test_predict_answers_each_image_s_ood_score_and_unknown_flag(server, service, images, trained_quick):
-  """The served score is the model's Mahalanobis score recomputed on the host in float64 from its own logits and
+  """The served score is the model's default OOD score recomputed on the host in float64 from its own logits and
   features; `unknown` is the score past the threshold /metadata gives; a checkerboard is unknown."""
   workdir = trained_quick[0]
   assert not (workdir / ood.FILE).exists()   # fitted in memory: serve writes nothing in the workdir
   scorer = service.predictor.scorer
   meta = httpx.get(server.url + 'metadata').json()['ood']
-  assert meta['score'] == 'mahalanobis' and meta['false_rejection'] == 0.25 and meta['held_out'] == 15
+  assert meta['score'] == OodSettings().score and meta['false_rejection'] == 0.25 and meta['held_out'] == 15
   assert meta['threshold'] == scorer.threshold and np.isfinite(scorer.threshold)
   files = [(p.name, data) for p, data in images] + [('checker.png', checkerboard_png())]
   body = post_files(server.url, files).json()['predictions']

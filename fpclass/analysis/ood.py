@@ -1,17 +1,18 @@
 """Out-of-distribution scores of a classifier and the threshold that turns one into an `unknown` flag.
 
-Four standard scores, each higher for an image less like the training data:
-- 'energy': -logsumexp(logits) (Liu et al. 2020); a multi-label head's joint energy, -sum softplus(logit)
-  (Wang et al. 2021);
+Four standard scores, each higher for an image less like the training data, and one made of two of them:
+- 'energy': -logsumexp(logits) (Liu et al. 2020); multi-label: -sum softplus(logit) (Wang et al. 2021);
 - 'max_softmax': -max probability (Hendrycks & Gimpel 2017);
 - 'mahalanobis': the smallest Mahalanobis distance of the pooled features (`pre_logits`) to a class mean under
   the shared, Ledoit-Wolf-shrunk covariance of the class-centred training features (Lee et al. 2018; one mean of
   all images for a multi-label head);
 - 'knn': minus the cosine similarity of the L2-normalised features to their k-th nearest training image
-  (Sun et al. 2022).
-`scores` is written once for numpy and for jax.numpy, so the exported graph computes exactly fpclass's score.
-The threshold is the conformal quantile of held-out in-distribution scores: a new in-distribution image is
-flagged with probability at most the target false-rejection rate. The choice of score: docs/deploy.md.
+  (Sun et al. 2022);
+- 'mahalanobis_energy' (the default, chosen in docs/deploy.md): the larger of those two, each standardised by
+  its held-out scores, since each fails on a data set where the other separates.
+`scores` is written once for numpy and jax.numpy, so the exported graph computes exactly fpclass's score. The
+threshold, the conformal quantile of held-out in-distribution scores, flags a new in-distribution image with
+probability at most the target false-rejection rate.
 """
 import dataclasses
 import math
@@ -21,24 +22,26 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-SCORES = ('mahalanobis', 'knn', 'energy', 'max_softmax')
-FEATURE_SCORES = ('mahalanobis', 'knn')   # need the pooled features and training statistics
+SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax')
+FEATURE_SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn')   # need the pooled features and training statistics
+PARTS = {'mahalanobis_energy': ('mahalanobis', 'energy')}   # a combined score's parts, each standardised
 
 
 @dataclasses.dataclass
 class Statistics:
   """What a score needs beyond one image's logits and features: the class means and the shared precision's
-  Cholesky factor L, precision = L L' (mahalanobis), the normalised training features (knn) and k. Arrays are
-  float32."""
+  Cholesky factor L, precision = L L' (mahalanobis), the normalised training features (knn) and k, and a
+  combined score's (centre, scale) per part, from held-out images (`standardised`). Arrays are float32."""
   score: str
   head: str
   means: np.ndarray | None = None       # (C, D)
   whitening: np.ndarray | None = None   # (D, D): W W' is the inverse covariance
   bank: np.ndarray | None = None        # (B, D), rows of unit length
   k: int = 1
+  standardise: np.ndarray | None = None   # (parts, 2): centre and scale of each part's held-out scores
 
   def arrays(self) -> dict:
-    return {name: value for name in ('means', 'whitening', 'bank')
+    return {name: value for name in ('means', 'whitening', 'bank', 'standardise')
             if (value := getattr(self, name)) is not None}
 
 
@@ -65,6 +68,17 @@ def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarr
   return Statistics(score, head, means=means.astype(np.float32), whitening=_whitening(covariance).astype(np.float32))
 
 
+def standardised(statistics: Statistics, logits, features) -> Statistics:
+  """A combined score's statistics with each part's centre and scale taken from held-out in-distribution images
+  (their logits and features); other scores unchanged."""
+  if statistics.score not in PARTS:
+    return statistics
+  parts = [np.asarray(scores(dataclasses.replace(statistics, score=part), logits, features))
+           for part in PARTS[statistics.score]]
+  centre_scale = [(part.mean(), max(part.std(), 1e-6)) for part in parts]
+  return dataclasses.replace(statistics, standardise=np.asarray(centre_scale, np.float32))
+
+
 def _whitening(covariance: np.ndarray) -> np.ndarray:
   """W with W W' = the inverse covariance, from its eigenvectors. A feature no training image moves (a ReLU unit
   dead on this data) leaves the shrunk covariance singular, where a Cholesky factor of the precision fails
@@ -81,6 +95,12 @@ def scores(statistics: Statistics, logits, features, xp=np):
   dtype = xp.float64 if xp is np else xp.float32
   logits = xp.asarray(logits, dtype)
   score = statistics.score
+  if score in PARTS:
+    if statistics.standardise is None:
+      raise ValueError(f'the {score!r} score needs its parts standardised on held-out images (`standardised`)')
+    parts = [(scores(dataclasses.replace(statistics, score=part), logits, features, xp) - centre) / scale
+             for part, (centre, scale) in zip(PARTS[score], statistics.standardise.tolist())]
+    return xp.maximum(*parts)
   if score == 'energy':
     if statistics.head == 'multilabel':
       return -xp.sum(xp.logaddexp(0.0, logits), axis=1)

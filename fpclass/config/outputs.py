@@ -132,7 +132,7 @@ class ExportSettings(Settings):
     self.require('int8_calibration_images', self.int8_calibration_images >= 1, 'at least 1')
 
 
-OOD_SCORES = ('mahalanobis', 'knn', 'energy', 'max_softmax')   # fpclass.analysis.ood.SCORES
+OOD_SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax')   # fpclass.analysis.ood.SCORES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,7 @@ class OodSettings(Settings):
   flag past its threshold (fpclass.infer.ood; the choice of score measured in docs/deploy.md)."""
   SECTION: ClassVar[str] = 'ood'
   enabled: bool = True             # predict, serve and export add ood_score and unknown
-  score: str = 'mahalanobis'       # mahalanobis | knn | energy | max_softmax (measured: docs/deploy.md)
+  score: str = 'mahalanobis_energy'   # one of OOD_SCORES (measured: docs/deploy.md)
   # The share of held-out in-distribution images (the validation split) flagged unknown: the threshold's target.
   false_rejection: float = 0.05
   knn_k: int = 10                  # knn: the neighbour whose similarity is the score

@@ -36,7 +36,7 @@ from fpclass.train.batches import in_fixed_batches, predict_logits
 from fpclass.train.task import TaskView
 
 FILE = 'ood.npz'
-FORMAT = 2   # 2: Mahalanobis stores the precision's Cholesky factor
+FORMAT = 3   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation
 FEATURES = 'pre_logits'   # the pooled features every registered model records (CONTRIBUTING.md)
 SCORE_NOTE = 'higher = less like the training images; unknown when ood_score > threshold'
 
@@ -103,6 +103,7 @@ def fit_model(trained: Trained, model_config, settings: OodSettings) -> ModelOod
   statistics = ood.fit_statistics(settings.score, trained.task.head, train_features, dataset.train.labels,
                                   settings.knn_k, settings.max_bank, seed=int(model_config.seed))
   val_logits, val_features = outputs(trained, dataset.val.images, batch)
+  statistics = ood.standardised(statistics, val_logits, val_features)
   held_out = ood.scores(statistics, val_logits, val_features)
   threshold = ood.conformal_threshold(held_out, settings.false_rejection)
   record = dict(format=FORMAT, **_settings_record(settings), checkpoint=trained.checkpoint, epoch=trained.epoch,
@@ -131,7 +132,7 @@ def load(path: pathlib.Path, head: str) -> ModelOod | None:
   try:
     with np.load(path, allow_pickle=False) as stored:
       record = json.loads(str(stored['record']))
-      arrays = {k: stored[k] for k in ('means', 'whitening', 'bank') if k in stored}
+      arrays = {k: stored[k] for k in ('means', 'whitening', 'bank', 'standardise') if k in stored}
       ids, held_out = stored['held_out_ids'], stored['held_out_scores']
   except (OSError, ValueError, KeyError):
     return None
