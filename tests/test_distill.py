@@ -405,9 +405,9 @@ def test_the_bench_s_ood_check_is_the_workdir_s_own_fit(teacher_run, tmp_path, m
   shutil.copytree(workdir, copy)   # the fixture is read-only
   (copy / ood.FILE).unlink(missing_ok=True)
   val = pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(copy).data), progress=False).val
-  for score in ('mahalanobis', 'energy'):
-    result = ood_check(copy, val.images, {'blank': np.zeros_like(val.images[:4])}, score)
-    config = sidecar.stored_config(copy)
+  checked = ood_check(copy, val.images, {'blank': np.zeros_like(val.images[:4])}, ['mahalanobis', 'energy'])
+  config = sidecar.stored_config(copy)
+  for score, result in checked.items():
     fit = ood.model_ood(load_trained(config, copy), config, copy, OodSettings(score=score), store=False)
     assert result['flagged_unseen'] == pytest.approx(fit.record['reached']) and 0 <= result['auroc_blank'] <= 1
-  assert not (copy / ood.FILE).exists()   # the bench fits in memory: it leaves the workdir as it was
+  assert list(checked) == ['mahalanobis', 'energy'] and not (copy / ood.FILE).exists()   # fitted in memory

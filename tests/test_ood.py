@@ -108,18 +108,17 @@ def test_the_combined_score_catches_what_either_part_misses_and_is_stored_whole(
   statistics = ood_math.standardised(ood_math.fit_statistics('mahalanobis_energy', 'softmax', features, labels),
                                      held_logits, held_features)
   inside = ood_math.scores(statistics, held_logits, held_features)
-  far = ood_math.scores(statistics, confident(200, labels[:200]), features[:200] + 25.0)
-  flat = ood_math.scores(statistics, rng.normal(size=(200, 3)) * 0.1, features[:200])
+  far_images = confident(200, labels[:200]), features[:200] + 25.0           # (logits, features)
+  flat_images = rng.normal(size=(200, 3)) * 0.1, features[:200]
+  far, flat = ood_math.scores(statistics, *far_images), ood_math.scores(statistics, *flat_images)
   parts = {p: ood_math.scores(dataclasses.replace(statistics, score=p), held_logits, held_features) for p in
            ('mahalanobis', 'energy')}
   expected = np.maximum(*[(parts[p] - c) / s for p, (c, s) in zip(parts, statistics.standardise.tolist())])
   np.testing.assert_allclose(inside, expected, rtol=1e-6)
   assert ood_math.auroc(inside, far) > 0.99 and ood_math.auroc(inside, flat) > 0.99
-  for part, missed in (('mahalanobis', flat), ('energy', far)):   # each part alone misses one kind
+  for part, missed in (('mahalanobis', flat_images), ('energy', far_images)):   # each part alone misses one kind
     alone = dataclasses.replace(statistics, score=part)
-    foreign = (rng.normal(size=(200, 3)) * 0.1, features[:200]) if missed is flat else (
-        confident(200, labels[:200]), features[:200] + 25.0)
-    assert ood_math.auroc(ood_math.scores(alone, held_logits, held_features), ood_math.scores(alone, *foreign)) < 0.8
+    assert ood_math.auroc(ood_math.scores(alone, held_logits, held_features), ood_math.scores(alone, *missed)) < 0.8
   fit = ood.ModelOod(statistics, 1.0, np.asarray(['a'], str), np.zeros(1),
                      {'score': 'mahalanobis_energy', 'threshold': 1.0})
   ood.save(tmp_path / ood.FILE, fit)
