@@ -200,7 +200,9 @@ def int8_stage(name: str, out: pathlib.Path) -> dict:
     described['interleaved'] = interleaved_speed(float_path, int8_path, workdir)
     images = np.asarray(pipeline.load_dataset(DataSettings.from_config(sidecar.stored_config(workdir).data),
                                               progress=False).val.images[:32])
-    described['profile'] = {'float': op_profile(float_path, images), 'int8': op_profile(int8_path, images)}
+    profiles = folder / f'{what}-profiles'
+    described['profile'] = {'float': op_profile(float_path, images, profiles / 'float'),
+                            'int8': op_profile(int8_path, images, profiles / 'int8')}
     result[what] = described
     print(f'[{name}] int8 {what}: {int8.summary(described)}; interleaved {described["interleaved"]}', flush=True)
   result['planted'] = planted_collapses(folder / 'solo')
@@ -226,17 +228,19 @@ def interleaved_speed(float_path, int8_path, workdir, rounds: int = 7) -> dict:
   return out
 
 
-def op_profile(path, images: np.ndarray, runs: int = 10) -> dict:
-  """Where one thread's time goes in `path` (onnxruntime's profiler): each op type's share, and ms per batch."""
+def op_profile(path, images: np.ndarray, folder: pathlib.Path, runs: int = 10) -> dict:
+  """Where one thread's time goes in `path` (onnxruntime's profiler): each op type's share, and ms per batch.
+  The profiler's own trace is kept in `folder`, under the bench's --out (onnxruntime writes it to the current
+  directory unless told otherwise)."""
   import onnxruntime
+  folder.mkdir(parents=True, exist_ok=True)
   options = onnxruntime.SessionOptions()
   options.enable_profiling, options.log_severity_level, options.intra_op_num_threads = True, 3, 1
-  with tempfile.TemporaryDirectory() as scratch:
-    options.profile_file_prefix = str(pathlib.Path(scratch) / 'profile')
-    session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-    for _ in range(runs):
-      session.run(None, {'images': images})
-    events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+  options.profile_file_prefix = str(folder / 'onnxruntime_profile')
+  session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+  for _ in range(runs):
+    session.run(None, {'images': images})
+  events = json.loads(pathlib.Path(session.end_profiling()).read_text())
   by_op = {}
   for event in events:
     if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):

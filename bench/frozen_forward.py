@@ -7,7 +7,7 @@ when the three arms run the forward at the same speed, neither fpclass nor its f
 Keras by more than its share of the rest (bench/keras_recipes.py times the whole recipes).
 
     python bench/frozen_forward.py                      # batch 8, 5 rounds
-    python bench/frozen_forward.py --batch 32 --rounds 3 --json docs/bench-2026-11-22/frozen_forward.json
+    python bench/frozen_forward.py --batch 32 --rounds 3 --json bench/results/2026-11-22/frozen_forward.json
 """
 import argparse
 import datetime

@@ -1,7 +1,7 @@
 """Keras 3 as the anchor: seconds per epoch of two seed recipes in fpclass (without and with the feature cache)
 and in Keras 3 on its JAX and torch backends, on the same stand-in data, sizes and batch, in one run.
 
-    python bench/keras_recipes.py                                   # full size, writes docs/bench-2026-11-22/
+    python bench/keras_recipes.py                                   # full size, writes bench/results/2026-11-22/
     python bench/keras_recipes.py --train 32 --val 8 --epochs 2 --vgg-size 32 --inception-size 75 \\
         --out /tmp/bench-keras --json /tmp/bench-keras/keras_recipes.json      # a tiny check of the mechanism
 
@@ -45,7 +45,7 @@ RECIPES = {
 }
 ARMS = ('fpclass', 'fpclass_cache', 'keras_jax', 'keras_torch')
 CLASSES = ('class0', 'class1')
-DEFAULT_JSON = REPO / 'docs' / 'bench-2026-11-22' / 'keras_recipes.json'
+DEFAULT_JSON = REPO / 'bench' / 'results' / '2026-11-22' / 'keras_recipes.json'
 
 
 def parse_args(argv=None):

@@ -15,7 +15,7 @@ The accuracies are therefore not claims about any backbone; the times are. The i
 random colours, noise and contrast, a fifth of each class drawn with another class's texture mixed in.
 
     python bench/probe.py                                     # writes /tmp/fpclass-probe-bench/{data,cache,run*}
-    python bench/probe.py --json docs/bench-2026-11-23/probe.json
+    python bench/probe.py --json bench/results/2026-11-23/probe.json
     python bench/probe.py --backbones resnet18,efficientnet_b0 --images 60 --size 64     # a quick look
 """
 import argparse

@@ -1,7 +1,7 @@
 """The streaming loader alone, and the memory a streamed training run holds (issue 15).
 
     python bench/stream_loader.py [--images 6000] [--batch-size 256] [--threads 1,2] [--budget-mb 256]
-                                  [--skip-rss] [--json docs/bench-2026-11-22/stream_loader.json]
+                                  [--skip-rss] [--json bench/results/2026-11-22/stream_loader.json]
 
 1. Loader: a stand-in memory-mapped cache of 224x224x3 uint8 images (an .npy written by the bench), and
    `fpclass.data.stream.device_batches` over one epoch of `batch_order` (random batches): images per
