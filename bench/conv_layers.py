@@ -15,14 +15,14 @@ Forward passes only, unless a row says otherwise. What it answers (docs/performa
   and so what the formulation is worth end to end, depends on the pair.
 - `tiny`: a 3x3 convolution on maps smaller than its kernel (ResNet-18's last stage at 64x64 or 32x32 input),
   which XLA:CPU runs with its naive loop emitter after swapping the operands; `fpclass Conv` is what fpclass's
-  models run instead (`fpclass.models.conv`).
+  models run instead (`fpclass.models.layers.conv`).
 - `depthwise`: EfficientNet-B0's depthwise convolutions, which XLA:CPU runs at about 1 GFLOP/s; `fpclass Conv`
   is fpclass's sum over taps.
 - `pool`: ResNet's overlapping 3x3/2 stem max pool, forward and backward: flax's (select-and-scatter
-  gradient) against `fpclass.models.pooling.max_pool` and PyTorch.
+  gradient) against `fpclass.models.layers.pooling.max_pool` and PyTorch.
 - A dense matmul row gives each framework's sustained peak for reference.
 
-XLA programs are compiled with fpclass's CPU options (`fpclass.train.steps.jit_options`). Rounds alternate the
+XLA programs are compiled with fpclass's CPU options (`fpclass.runtime.compiler_options.jit_options`). Rounds alternate the
 frameworks; each figure is the median over rounds of the mean time per call.
 """
 import argparse
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass.models import conv as fpclass_conv
-from fpclass.train.steps import jit_options
+from fpclass.models.layers import conv as fpclass_conv
+from fpclass.runtime.compiler_options import jit_options
 
 # (name, batch, height, width, in channels, out channels, kernel, stride)
 LAYERS = {
@@ -49,7 +49,7 @@ LAYERS = {
                  ('resnet18 3x3 128->128 @28', 32, 28, 28, 128, 128, 3, 1),
                  ('resnet18 3x3 256->256 @14', 32, 14, 14, 256, 256, 3, 1),
                  ('resnet18 3x3 512->512 @7', 32, 7, 7, 512, 512, 3, 1)],
-    # ResNet-18's last stage on 64x64 and 32x32 inputs: maps smaller than the 3x3 kernel (fpclass.models.conv)
+    # ResNet-18's last stage on 64x64 and 32x32 inputs: maps smaller than the 3x3 kernel (fpclass.models.layers.conv)
     'tiny': [('resnet18 3x3 512->512 @2x2', 256, 2, 2, 512, 512, 3, 1),
              ('resnet18 3x3 512->512 @1x1', 256, 1, 1, 512, 512, 3, 1),
              ('resnet18 3x3 512->512 @3x3 (for scale)', 256, 3, 3, 512, 512, 3, 1)],
@@ -94,7 +94,7 @@ def jax_call(f, *args):
 
 
 def block_pool(y):
-  """2x2 max pool as fpclass.models.pooling does it: a reduction over a reshape."""
+  """2x2 max pool as fpclass.models.layers.pooling does it: a reduction over a reshape."""
   n, h, w, c = y.shape
   return y.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
@@ -123,7 +123,7 @@ def footprint_images(dtype):
 
 def fpclass_footprint_forward(dtype):
   """fpclass's own FootprintCNN inference pass (Flax module, production pooling)."""
-  from fpclass.models.cnn import FootprintCNN
+  from fpclass.models.architectures.cnn import FootprintCNN
   model = FootprintCNN(dtype=dtype)
   x = footprint_images(dtype)
   variables = {'params': model.init(jax.random.PRNGKey(0), x[:1])['params']}  # as the predict step: no perturbations
@@ -167,7 +167,7 @@ def main():
           'torch cl': lambda a=xcl, b=kt, s=stride, q=pad, g=groups: torch.nn.functional.conv2d(a, b, stride=s,
                                                                                                padding=q, groups=g),
       }
-      if group in ('tiny', 'depthwise'):  # what fpclass's models run: fpclass.models.conv.Conv's convolution
+      if group in ('tiny', 'depthwise'):  # what fpclass's models run: fpclass.models.layers.conv.Conv's convolution
         dims = jax.lax.conv_dimension_numbers(xj.shape, kj.shape, fpclass_conv.NHWC)
         variants['fpclass Conv'] = jax_call(
             lambda a, b, s=stride, q=pad, d=dims, g=groups: fpclass_conv.conv_general_dilated(
@@ -182,10 +182,10 @@ def main():
         'conv+slices': footprint_forward(lax_conv, slice_pool, dtype),
         'taps+reduce': footprint_forward(tap_sum_conv, block_pool, dtype),
         'taps+slices': footprint_forward(tap_sum_conv, slice_pool, dtype)}, None)
-  if 'pool' in only:  # ResNet's 3x3/2 stem pool, forward + backward (fpclass.models.pooling)
+  if 'pool' in only:  # ResNet's 3x3/2 stem pool, forward + backward (fpclass.models.layers.pooling)
     import flax.linen as nn
 
-    from fpclass.models.pooling import max_pool
+    from fpclass.models.layers.pooling import max_pool
     x = np.random.default_rng(0).random((32, 112, 112, 64), np.float32)
     xj = jnp.asarray(x)
 

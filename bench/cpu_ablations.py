@@ -4,8 +4,8 @@ setting changed at a time against fpclass's production setting.
     python bench/cpu_ablations.py [--only allocator,pool,xla,batch,loop,devices,init] [--rounds 12] [--json out.json]
 
 - allocator: glibc malloc as is vs `fpclass.runtime.process.keep_host_buffers` (minor page faults per step, img/s).
-- pool: `flax.linen.max_pool` (select-and-scatter gradient) vs `fpclass.models.pooling.max_pool`.
-- xla: XLA:CPU option sets (YNNPACK/XNNPACK/oneDNN/LLVM levels) vs `fpclass.train.steps.CPU_OPTIONS`.
+- pool: `flax.linen.max_pool` (select-and-scatter gradient) vs `fpclass.models.layers.pooling.max_pool`.
+- xla: XLA:CPU option sets (YNNPACK/XNNPACK/oneDNN/LLVM levels) vs `fpclass.runtime.compiler_options.CPU_OPTIONS`.
 - batch: img/s at batch 16 to 128.
 - loop: per-step jit vs a scanned epoch (`config.train.loop`).
 - devices: the batch split over 2 virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2).
@@ -33,7 +33,7 @@ XLA_VARIANTS = {
     'YNNPACK off': (('xla_cpu_experimental_ynn_fusion_type', ''),),
     'XNNPACK/YNNPACK off': (('xla_cpu_use_xnnpack', False),),
     'oneDNN on': (('xla_cpu_use_onednn', True),),
-    'production + LLVM O1': None,   # filled in below from fpclass.train.steps.CPU_OPTIONS
+    'production + LLVM O1': None,   # filled in below from fpclass.runtime.compiler_options.CPU_OPTIONS
     'production + 512-bit vectors': None,
 }
 
@@ -83,7 +83,7 @@ class Runner:
     if patch_pool:  # trace the step with flax's max_pool in place of fpclass's
       import flax.linen as nn
 
-      from fpclass.models import cnn
+      from fpclass.models.architectures import cnn
       fast = cnn.max_pool
       cnn.max_pool = lambda x, window: nn.max_pool(x, window, strides=window)
       try:
@@ -130,7 +130,7 @@ def _interleave(runners, rounds):
 def in_process(name, rounds):
   """Ablations that alternate settings inside this process."""
   _setup()
-  from fpclass.train.steps import CPU_OPTIONS
+  from fpclass.runtime.compiler_options import CPU_OPTIONS
   if name == 'pool':
     runners = [Runner('fpclass max_pool (production)'), Runner('flax nn.max_pool', patch_pool=True)]
   elif name == 'xla':

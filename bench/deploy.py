@@ -11,7 +11,7 @@ teacher), then
   its paired interval, from model.int8.json), their CPU speed ratio in interleaved rounds, and two planted
   wrong calibrations (blank images, images scaled to 0..1) that must be refused;
 - distill: --mode distill of the ensemble into the small student, against the teacher and the student trained
-  alone (fpclass.infer.distill's report: paired intervals over folds x seeds, images per second).
+  alone (fpclass.distill.teacher's report: paired intervals over folds x seeds, images per second).
 Data: footprint = the embedded synthetic footprints at 60 x 40 (1,573 labelled images; the 1,055 test images,
 which no model trains or validates on, are the unseen in-distribution set); digits = scikit-learn's digits with a
 fixed fifth left out by data.exclude_csv as the unseen set. Other image sets, none downloaded: scikit-learn's
@@ -34,13 +34,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fpclass import fileio  # noqa: E402
-from fpclass.analysis import ood as ood_math  # noqa: E402
 from fpclass.config.inputs import DataSettings, DecodeSettings  # noqa: E402
 from fpclass.config.outputs import OodSettings  # noqa: E402
 from fpclass.data import pipeline  # noqa: E402
 from fpclass.data.decode import decode_bytes  # noqa: E402
+from fpclass.deploy import int8, ood  # noqa: E402
+from fpclass.deploy import ood_scores as ood_math  # noqa: E402
 from fpclass.errors import UserInputError  # noqa: E402
-from fpclass.infer import int8, ood  # noqa: E402
 from fpclass.infer.ensemble import load_model  # noqa: E402
 from fpclass.train import sidecar  # noqa: E402
 

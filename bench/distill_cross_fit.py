@@ -33,16 +33,16 @@ from sklearn.model_selection import train_test_split
 
 from bench.deploy import data_sets, launch, other_sets, unseen_digit_indices, unseen_images
 from fpclass import fileio
-from fpclass.analysis import ood as ood_math
 from fpclass.analysis import stats
+from fpclass.analysis.stats import paired_difference
 from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.config.outputs import OodSettings
 from fpclass.data import pipeline
 from fpclass.data.decode import fit_array
-from fpclass.infer import distill as distill_core
-from fpclass.infer import ood
+from fpclass.deploy import ood
+from fpclass.deploy import ood_scores as ood_math
+from fpclass.distill import teacher as distill_core
 from fpclass.infer.inference import load_trained
-from fpclass.infer.int8 import paired_difference
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
 
@@ -147,7 +147,7 @@ def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict, scores: l
   result = {}
   for score in scores:
     settings = dataclasses.replace(OodSettings.from_config(config.ood), score=score)
-    fit = ood.model_ood(trained, config, workdir, settings, store=False)
+    fit = ood.model_ood(trained, trained.settings, workdir, settings, store=False)
     inside = ood_math.scores(fit.statistics, *unseen_outputs)
     result[score] = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold))),
                      **{f'auroc_{name}': ood_math.auroc(inside, ood_math.scores(fit.statistics, *outputs))

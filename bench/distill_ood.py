@@ -15,10 +15,10 @@ import numpy as np
 
 from bench.deploy import data_sets, launch, other_sets, unseen_images
 from fpclass import fileio
-from fpclass.analysis import ood as ood_math
 from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.data import pipeline
-from fpclass.infer import ood
+from fpclass.deploy import ood
+from fpclass.deploy import ood_scores as ood_math
 from fpclass.infer.inference import load_trained
 from fpclass.train import sidecar
 

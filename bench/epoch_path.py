@@ -1,15 +1,21 @@
 """How many files and lines of fpclass/train one training run passes through: the path a reader follows from a
-plan to its epochs (issue 53; the table in docs/architecture.md).
+plan to its epochs (issues 53 and 76; the tables in docs/architecture.md).
 
-Runs a tiny `--mode train` plan (configs/digits.py:quick at 8x8 pixels, 3 epochs) through the training loop's
-`run_plan` under `sys.settrace`, and counts the distinct lines of fpclass/train/ that ran: for the whole run (set-up,
-epochs, the end) and for the second epoch alone (from the first epoch's metrics row to the second's). Per file:
-its length, the functions that ran, and the lines that ran.
+1. The call path: `python launch.py --config configs/digits.py:quick --mode train` (8x8 pixels, 2 epochs) run in
+   this process under `sys.settrace`; the Python stack, from launch.py, where the optimizer's update is first
+   traced (`optax.apply_updates`, inside the jitted step) and where the first epoch's metrics row is made
+   (`fpclass.train.loop_state.epoch_row`): each frame's file and function, the fpclass files on the way below
+   the loop (`fpclass/train/loop.py`) and their lengths.
+2. The lines that ran: a tiny `--mode train` plan (the same config, 3 epochs) through the training loop's
+   `run_plan`, counting the distinct lines of fpclass/train/ that ran: for the whole run (set-up, epochs, the
+   end) and for the second epoch alone (from the first epoch's metrics row to the second's). Per file: its
+   length, the functions that ran, and the lines that ran.
 
     python -m bench.epoch_path
 """
 import collections
 import pathlib
+import runpy
 import sys
 import tempfile
 
@@ -22,10 +28,65 @@ try:   # the restructured train/ (issue 53), else the earlier layout
 except ImportError:
   from fpclass.train.orchestrator import run_plan
 
-ROOT = pathlib.Path(__file__).resolve().parents[1] / 'fpclass' / 'train'
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ROOT = REPO / 'fpclass' / 'train'
+TARGETS = {'the update': ('optax', 'apply_updates'), 'the metrics row': ('loop_state.py', 'epoch_row')}
+
+
+def _frames(frame) -> list[tuple[str, str, int]]:
+  """(file relative to the repository, function, line) of each frame from launch.py's down to `frame`."""
+  out = []
+  while frame is not None:
+    path = pathlib.Path(frame.f_code.co_filename)
+    if path.is_relative_to(REPO / 'fpclass') or path == REPO / 'launch.py':
+      out.append((path.relative_to(REPO).as_posix(), frame.f_code.co_qualname, frame.f_lineno))
+    frame = frame.f_back
+  out = out[::-1]
+  start = next((i for i, (f, _, _) in enumerate(out) if f == 'launch.py'), 0)
+  return out[start:]
+
+
+def call_path() -> dict:
+  """{target: its stack from launch.py} for each of TARGETS, the first time it is called in a launch."""
+  found = {}
+
+  def trace(frame, event, arg):
+    if event == 'call':
+      for name, (where, function) in TARGETS.items():
+        if name not in found and frame.f_code.co_name == function and where in frame.f_code.co_filename:
+          found[name] = _frames(frame)
+    return None
+
+  with tempfile.TemporaryDirectory() as workdir:
+    argv = sys.argv
+    sys.argv = ['launch.py', '--config=configs/digits.py:quick', f'--workdir={workdir}', '--mode=train',
+                '--config.data.image_size=(8, 8)', '--config.train.epochs=2', '--config.train.tensorboard=False',
+                '--config.explain.after_training=False']
+    launch = runpy.run_path(str(REPO / 'launch.py'), run_name='launch')   # its flags, not its exit
+    sys.settrace(trace)
+    try:
+      launch['app'].run(launch['main'], flags_parser=launch['parse_flags'])
+    except SystemExit:
+      pass
+    finally:
+      sys.settrace(None)
+      sys.argv = argv
+  return found
+
+
+def print_path(found: dict) -> None:
+  for name, frames in found.items():
+    files = list(dict.fromkeys(f for f, _, _ in frames))
+    below = files[files.index('fpclass/train/loop.py') + 1:] if 'fpclass/train/loop.py' in files else files
+    lines = {f: len((REPO / f).read_text().splitlines()) for f in files}
+    print(f'\n### from launch.py to {name}\n')
+    print(' -> '.join(f'{pathlib.Path(f).stem}.{fn}' for f, fn, _ in frames))
+    print(f'\n{len(frames)} calls in {len(files)} files ({sum(lines.values())} lines); below the loop: '
+          f'{len(below)} files ({", ".join(f"{pathlib.Path(f).name} {lines[f]}" for f in below)})')
 
 
 def main() -> None:
+  print_path(call_path())
   config = get_config('quick')
   with config.unlocked():
     config.data.image_size = (8, 8)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fpclass.infer import export as export_mode  # noqa: E402
+from fpclass.deploy import export as export_mode  # noqa: E402
 from fpclass.train import checkpoint  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Grad-CAM speed: fpclass.analysis.cam against pytorch-grad-cam on the same model, images and targets, same run.
+"""Grad-CAM speed: fpclass.explain.cam against pytorch-grad-cam on the same model, images and targets, same run.
 
     python bench/gradcam_speed.py                       # footprint_cnn, 256 images in one call
     python bench/gradcam_speed.py --model footprint_cnn --images 256 --repeats 5 --method gradcam
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
-from fpclass.analysis import cam  # noqa: E402
+from fpclass.explain import cam  # noqa: E402
 from tests import torch_twins  # noqa: E402
 
 REFERENCE = {'gradcam': GradCAM, 'gradcam++': GradCAMPlusPlus, 'hirescam': HiResCAM}
@@ -94,7 +94,7 @@ def main():
         f'threads)')
   print('| implementation | images/s | seconds per call | first call (s) |')
   print('|---|---|---|---|')
-  print(f'| fpclass.analysis.cam (jax.vjp, jit) | {ours_rate:.1f} | {np.median(ours_seconds):.3f} | {ours_first:.2f} |')
+  print(f'| fpclass.explain.cam (jax.vjp, jit) | {ours_rate:.1f} | {np.median(ours_seconds):.3f} | {ours_first:.2f} |')
   print(f'| pytorch-grad-cam {REFERENCE[args.method].__name__} | {reference_rate:.1f} | '
         f'{np.median(reference_seconds):.3f} | {reference_first:.2f} |')
   for label, (_, first, seconds) in zip(('forward pass only, Flax model (jax.jit)', 'forward pass only, torch model '

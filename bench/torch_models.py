@@ -1,4 +1,4 @@
-"""PyTorch twins of the seed CNNs in fpclass/models/cnn.py: same layers, widths and pooling (the benchmarks'
+"""PyTorch twins of the seed CNNs in fpclass/models/architectures/cnn.py: same layers, widths and pooling (the benchmarks'
 reference side; parameter counts are checked against fpclass's by the scripts)."""
 import torch
 from torch import nn

@@ -22,6 +22,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
 from fpclass.models import transfer
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -35,7 +36,8 @@ def build(name, weights_path, num_classes=1000, image_shape=(64, 64, 3), **field
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
   variables = {k: jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes[k])
                for k in ('params', 'batch_stats') if k in shapes}
-  variables = transfer.load_pretrained(models.get_spec(name), cfg, variables, cache_dir='/nonexistent')
+  variables = transfer.load_pretrained(models.get_spec(name), ModelSettings.from_config(cfg), variables,
+                                       cache_dir='/nonexistent')
   return model, variables
 
 

@@ -20,12 +20,15 @@ import torchvision
 from flax import traverse_util
 
 from fpclass import models
-from fpclass.analysis import cam
+from fpclass.config.model import ModelSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.schema import base_config
-from fpclass.models import cnn, transfer
+from fpclass.explain import cam
+from fpclass.models import transfer
+from fpclass.models.architectures import cnn
+from fpclass.runtime.compiler_options import jit_options
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train.steps import CompiledSteps, jit_options
+from fpclass.train.steps import CompiledSteps
 from fpclass.train.task import build_task
 from tests import parity
 
@@ -55,7 +58,8 @@ def test_load_pretrained_takes_the_output_of_model_init(resnet18_file, tmp_path)
   # Compiled as training compiles it (op by op, or at XLA's default level, ResNet-18's init takes seconds).
   variables = jax.jit(model.init, compiler_options=jit_options(init=True))(jax.random.PRNGKey(0), x)
   assert 'perturbations' in variables
-  loaded = transfer.load_pretrained(models.get_spec('resnet18'), cfg, variables, cache_dir=tmp_path)
+  loaded = transfer.load_pretrained(models.get_spec('resnet18'), ModelSettings.from_config(cfg), variables,
+                                    cache_dir=tmp_path)
   assert set(loaded) == set(variables)
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)),
                                                        loaded['perturbations'], variables['perturbations']))
@@ -77,8 +81,9 @@ def test_training_initialises_only_what_the_file_lacks_and_equals_the_full_init(
   compiled = CompiledSteps(task, DataParallel.over())
   key, shape = jax.random.PRNGKey(3), (32, 32, 3)
   spec = models.get_spec('resnet18')
-  expected = transfer.load_pretrained(spec, cfg, compiled.init_variables(key, shape), cache_dir=tmp_path)
-  loaded = transfer.load_pretrained(spec, cfg, compiled.variable_shapes(shape), cache_dir=tmp_path)
+  model = ModelSettings.from_config(cfg)
+  expected = transfer.load_pretrained(spec, model, compiled.init_variables(key, shape), cache_dir=tmp_path)
+  loaded = transfer.load_pretrained(spec, model, compiled.variable_shapes(shape), cache_dir=tmp_path)
   abstract = [k for k, v in traverse_util.flatten_dict(loaded).items() if isinstance(v, jax.ShapeDtypeStruct)]
   assert abstract and all(k[1] == 'top' for k in abstract)   # the new head only
   got = compiled.init_variables(key, shape, loaded)

@@ -4,6 +4,7 @@ import ast
 import dataclasses
 import functools
 import importlib
+import json
 import pathlib
 import shutil
 import subprocess
@@ -26,6 +27,17 @@ def test_the_schema_imports_no_other_project_module():
                            'print(sorted(m for m in sys.modules if m.startswith("fpclass")))'],
                           capture_output=True, text=True, check=True).stdout.strip()
   assert all(name == 'fpclass' or name.startswith('fpclass.config') for name in eval(loaded)), loaded
+
+
+def test_training_imports_no_plotting_module():
+  """Every module of fpclass/train imported, matplotlib is not: figures belong to the reports and modes that draw
+  them (a sweep's table, the lr_find plot), not to the loop that trains."""
+  code = ('import importlib, pkgutil, sys, fpclass.train\n'
+          'for info in pkgutil.iter_modules(fpclass.train.__path__):\n'
+          '  importlib.import_module("fpclass.train." + info.name)\n'
+          'print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")[:3])')
+  loaded = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=REPO)
+  assert loaded.stdout.strip() == '[]', loaded.stdout
 
 
 @pytest.mark.parametrize('name', sorted(MODES))
@@ -88,9 +100,14 @@ def import_violations(package_root) -> list[str]:
   return violations
 
 
-# The stage packages, bottom to top: a package imports only those before it (and the foundations, errors and
-# fileio). docs/architecture.md draws the graph this gives (`package_graph`).
-STAGES = ('config', 'runtime', 'data', 'models', 'analysis', 'train', 'infer', 'search', 'serve', 'modes')
+# The stage packages, bottom to top: a package imports only those on levels below its own (and the foundations,
+# errors and fileio). A level of several packages holds siblings: the features built on a trained run (explain,
+# ensemble, probe, distill, deploy) import the core below them and never one another. docs/architecture.md draws
+# the graph this gives (`package_graph`).
+LEVELS = ('config', 'runtime', 'data', 'models', 'analysis', 'train', 'infer',
+          ('explain', 'ensemble', 'probe', 'distill', 'deploy'), 'auto', 'serve', 'modes')
+STAGES = tuple(p for level in LEVELS for p in ((level,) if isinstance(level, str) else level))
+LEVEL_OF = {p: i for i, level in enumerate(LEVELS) for p in ((level,) if isinstance(level, str) else level)}
 FOUNDATIONS = ('errors', 'fileio')
 
 
@@ -111,13 +128,12 @@ def package_edges(package_root) -> dict[tuple[str, str], list[str]]:
 
 
 def upward_imports(package_root) -> list[str]:
-  """Every import of a package that sits at or above the importer in STAGES (or is not a stage at all)."""
-  order = {name: i for i, name in enumerate(STAGES)}
+  """Every import of a package on the importer's level or above it in LEVELS (or not a stage at all)."""
   bad = []
   for (a, b), imports in sorted(package_edges(package_root).items()):
     if a in FOUNDATIONS:
       bad += imports   # the foundations import no stage
-    elif a not in order or b not in order or order[b] >= order[a]:
+    elif a not in LEVEL_OF or b not in LEVEL_OF or LEVEL_OF[b] >= LEVEL_OF[a]:
       bad += imports
   return bad
 
@@ -139,6 +155,12 @@ def test_the_stage_rule_catches_a_planted_upward_import(tmp_path):
   root = planted_copy(tmp_path, {'train/loop.py': '\nfrom fpclass.infer import inference  # noqa\n'})
   assert 'fpclass.train.loop -> fpclass.infer.inference' in upward_imports(root)
   assert all(v.startswith('fpclass.train.loop -> fpclass.infer') for v in upward_imports(root))
+
+
+def test_the_stage_rule_catches_a_feature_importing_its_sibling(tmp_path):
+  root = planted_copy(tmp_path, {'distill/report.py': '\nfrom fpclass.ensemble import selection  # noqa\n'})
+  assert 'fpclass.distill.report -> fpclass.ensemble.selection' in upward_imports(root)
+  assert all(v.startswith('fpclass.distill.report -> fpclass.ensemble') for v in upward_imports(root))
 
 
 def _all_model_names() -> list[str]:
@@ -285,30 +307,62 @@ def test_the_typed_read_rule_catches_a_planted_raw_read(tmp_path, holder):
   assert [r.split(' ')[1] for r in raw_config_reads(root)] == [f'{holder}.train.epochs']
 
 
-# Where a plan is made, and its ConfigDicts parsed: below these, training reads the parsed RunSettings.
-PLAN_MAKERS = ('train/plan.py', 'train/sweep_plan.py', 'train/validation.py', 'train/sidecar.py')
+# Where a ConfigDict enters the flow and is parsed, once: the schema itself; the modes (a launch's own sections);
+# where a plan is made from the variants (`plan`, `sweep_plan`) and a launch is checked (`validation`); where a
+# workdir's stored config is read back (`sidecar`) and its model restored (`inference`: the restored run's
+# RunSettings ride on `Trained`, and an ensemble's members' on `MemberModel`: `ensemble`); a tracking sink's own
+# section when the job's tracker is made; a served job's, in the worker process it is handed to (`worker`,
+# `load_service`); the search's, in `run_auto`; and `models.create_model`, the package's door for a model, which
+# takes config.model typed or as a ConfigDict. Everything else takes typed settings.
+ENTRIES = ('config/', 'modes/', 'train/plan.py', 'train/sweep_plan.py', 'train/validation.py', 'train/sidecar.py',
+           'infer/inference.py', 'infer/ensemble.py', 'runtime/sinks/', 'serve/worker.py',
+           'serve/service.py::load_service', 'auto/search.py::run_auto', 'models/__init__.py::create_model')
 
 
-def parses_below_the_plan(package_root) -> list[str]:
-  """'module:line' of each `from_config` call in fpclass/train outside the modules that make a plan."""
-  found = []
-  for path in sorted((pathlib.Path(package_root) / 'train').glob('*.py')):
-    if str(path.relative_to(package_root)) in PLAN_MAKERS:
+def parses_outside_the_entries(package_root) -> list[str]:
+  """'module:line' of each `from_config` call outside the modules and functions where a ConfigDict enters
+  (ENTRIES)."""
+  root, found = pathlib.Path(package_root), []
+  for path in sorted(root.rglob('*.py')):
+    where = path.relative_to(root).as_posix()
+    if where.startswith(tuple(e for e in ENTRIES if '::' not in e)):
       continue
-    for node in ast.walk(parsed(path.read_text())):
-      if isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'from_config':
-        found.append(f'{path.relative_to(package_root)}:{node.lineno}')
+    tree = parsed(path.read_text())
+    entries = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f'{where}::{f.name}' in ENTRIES]
+    skipped = {id(node) for f in entries for node in ast.walk(f)}
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'from_config' and id(node) not in skipped:
+        found.append(f'{where}:{node.lineno}')
   return found
 
 
-def test_nothing_below_the_plan_parses_a_section_again():
-  assert parses_below_the_plan(REPO / 'fpclass') == []
+def parse_counts(package_root) -> dict:
+  """{'calls': n, 'files': n, 'by_package': {...}, 'by_section': {...}} of the `<Settings>.from_config(` calls
+  outside fpclass/config: the figures docs/architecture.md gives (`python -m tests.test_architecture --parses`)."""
+  root = pathlib.Path(package_root)
+  by_package, by_section, files = {}, {}, set()
+  for path in sorted(root.rglob('*.py')):
+    where = path.relative_to(root).as_posix()
+    if where.startswith('config/'):
+      continue
+    for node in ast.walk(parsed(path.read_text())):
+      if isinstance(node, ast.Call) and getattr(node.func, 'attr', '') == 'from_config' and \
+         isinstance(node.func.value, ast.Name):
+        package, section = where.split('/')[0], node.func.value.id
+        by_package[package] = by_package.get(package, 0) + 1
+        by_section[section] = by_section.get(section, 0) + 1
+        files.add(where)
+  return dict(calls=sum(by_package.values()), files=len(files), by_package=by_package, by_section=by_section)
+
+
+def test_settings_are_parsed_once_where_a_config_enters():
+  assert parses_outside_the_entries(REPO / 'fpclass') == []
 
 
 def test_the_parse_rule_catches_a_planted_parse(tmp_path):
   plant = '\n\ndef epochs(config):\n  return TrainSettings.from_config(config.train).epochs\n'
-  root = planted_copy(tmp_path, {'train/cohort.py': plant})
-  assert [r.split(':')[0] for r in parses_below_the_plan(root)] == ['train/cohort.py']
+  root = planted_copy(tmp_path, {'train/cohort.py': plant, 'deploy/int8.py': plant})
+  assert [r.split(':')[0] for r in parses_outside_the_entries(root)] == ['deploy/int8.py', 'train/cohort.py']
 
 
 def package_graph(package_root) -> str:
@@ -434,7 +488,7 @@ def test_the_architecture_page_names_every_module():
 
 def test_the_module_list_check_sees_a_planted_module(tmp_path):
   """A flat foundation, a module, a subpackage's module and a family member the page names; one it does not."""
-  for module in ('errors', 'runtime/__init__', 'runtime/process', 'runtime/sinks/sink', 'models/timm_resnet',
+  for module in ('errors', 'runtime/__init__', 'runtime/process', 'runtime/sinks/sink', 'models/architectures/timm_resnet',
                  'runtime/unlisted_helper'):
     (tmp_path / f'{module}.py').parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / f'{module}.py').write_text('"""A module."""\n')
@@ -442,4 +496,7 @@ def test_the_module_list_check_sees_a_planted_module(tmp_path):
 
 
 if __name__ == '__main__':
-  print(package_graph(REPO / 'fpclass'))
+  if sys.argv[1:] == ['--parses']:
+    print(json.dumps(parse_counts(REPO / 'fpclass'), indent=1))
+  else:
+    print(package_graph(REPO / 'fpclass'))

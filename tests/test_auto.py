@@ -19,12 +19,12 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from fpclass.auto import measure
+from fpclass.auto.context import Entry
+from fpclass.auto.population import outcomes, round_plan
+from fpclass.auto.space import Candidate, baseline_params, parse_space
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import measure
-from fpclass.search.context import Entry
-from fpclass.search.population import outcomes, round_plan
-from fpclass.search.space import Candidate, baseline_params, parse_space
 from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.records import StopOnSignals
@@ -118,7 +118,7 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
 def test_a_middle_budget_holds(tmp_path):
   """30 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
   + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant), and
-  ends in a final model even where a loaded machine's deadline cut the top rung (fpclass.search.final.source_of)."""
+  ends in a final model even where a loaded machine's deadline cut the top rung (fpclass.auto.final.source_of)."""
   workdir = tmp_path / 'auto'
   launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path))
   state = _state(workdir)

@@ -1,7 +1,7 @@
 """The choices `--mode auto` makes from its study, without training: the finalists are the best trials in the
 metric's direction, the confirmation's reserve grows with the folds it confirms on, and the first trial keeps the
 config's own value where it sits at either end of a range. Each was planted as a bug once (tests/MUTATIONS.md).
-And the brackets' bookkeeping (fpclass/search/auto.py) on rounds with planned values, a budget clock set by hand:
+And the brackets' bookkeeping (fpclass/auto/search.py) on rounds with planned values, a budget clock set by hand:
 which trials each rung keeps, what the study is told, the folds a trial trains, a relaunch's resumed bracket."""
 import ast
 import dataclasses
@@ -12,16 +12,19 @@ import types
 import optuna
 import pytest
 
+from fpclass.auto import budget as budget_lib
+from fpclass.auto import confirm, first_trials, measure
+from fpclass.auto import report as auto_report
+from fpclass.auto import search as auto
+from fpclass.auto import study as study_lib
+from fpclass.auto.budget import Budget
+from fpclass.auto.context import Context
+from fpclass.auto.population import Outcome
+from fpclass.auto.rungs import Costs, Rung
+from fpclass.auto.schedulers.successive_halving import SuccessiveHalving
+from fpclass.auto.space import Candidate, Dimension, baseline_params, parse_space, sample
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import auto, auto_report, confirm, first_trials, measure
-from fpclass.search import budget as budget_lib
-from fpclass.search import study as study_lib
-from fpclass.search.budget import Budget
-from fpclass.search.context import Context
-from fpclass.search.population import Outcome
-from fpclass.search.rungs import Costs, Rung
-from fpclass.search.space import Candidate, Dimension, baseline_params, parse_space, sample
 
 QUICK = ['launch.py', '--config=configs/footprint.py:quick']
 
@@ -31,7 +34,8 @@ def _context(tmp_path, config, *, higher: bool, folds: int = 5, seconds: float =
   settings = AutoSettings(**auto)
   return Context(base=config, settings=settings, metric='accuracy' if higher else 'loss', higher=higher,
                  folds=folds, epochs=4, own_split=False, dims=[], candidates=[], study=study,
-                 budget=Budget(seconds, tmp_path), workdir=tmp_path, shared=None, train_round=None)
+                 budget=Budget(seconds, tmp_path), workdir=tmp_path, shared=None, train_round=None,
+                 scheduler=SuccessiveHalving(settings))
 
 
 def _study(values: dict[int, tuple[int, float]]):
@@ -122,7 +126,7 @@ def test_a_trial_the_deadline_cut_reads_cut_in_the_report_and_an_error_reads_fai
   assert states == ['pruned', 'cut', 'fail']
 
 
-# --------------------------------------------------------------------- the brackets' bookkeeping (fpclass/search/auto.py)
+# --------------------------------------------------------------------- the brackets' bookkeeping (fpclass/auto/search.py)
 # A round that trains nothing: each trial's value at each rung is planned, so which trials a rung keeps, what the
 # study is told and what auto_state.json keeps can be checked against the plan.
 
@@ -160,17 +164,20 @@ class PlannedRounds:
     return out, self.cut
 
 
-def _search_context(tmp_path, *, higher=True, seconds=1e6, used=0.0, folds=3, rounds=None, **auto) -> Context:
+def _search_context(tmp_path, *, higher=True, seconds=1e6, used=0.0, folds=3, rounds=None, scheduler=None,
+                    **auto) -> Context:
   config = config_from_argv([*QUICK, f'--config.data.num_folds={folds}'])
   candidates = [Candidate('footprint_cnn', {})]
   study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
                               direction='maximize' if higher else 'minimize')
   budget = Budget(seconds, tmp_path, used_before=used, started=1000.0)
   budget.record_costs(Costs(setup=1.0, member=1.0, member_epoch=0.0), [(1, 2, 2.0)])
-  return Context(base=config, settings=AutoSettings(**{'eta': 2, 'confirm_seeds': (), **auto}),
+  settings = AutoSettings(**{'eta': 2, 'confirm_seeds': (), **auto})
+  return Context(base=config, settings=settings,
                  metric='accuracy' if higher else 'loss', higher=higher, folds=folds, epochs=4, own_split=False,
                  dims=[LR_DIMENSION], candidates=candidates, study=study, budget=budget,
-                 workdir=tmp_path, shared=None, train_round=rounds or PlannedRounds())
+                 workdir=tmp_path, shared=None, train_round=rounds or PlannedRounds(),
+                 scheduler=scheduler or SuccessiveHalving(settings))
 
 
 THREE_RUNGS = [dict(configs=4, folds=1, epochs=1), dict(configs=2, folds=2, epochs=2), dict(configs=1, folds=3, epochs=4)]

@@ -1,4 +1,4 @@
-"""The final model of `--mode auto` (`fpclass.search.final`) spends the budget's rest: first the folds the chosen
+"""The final model of `--mode auto` (`fpclass.auto.final`) spends the budget's rest: first the folds the chosen
 configuration's top rung lacks, then (unless a trial count ended the search) more seeds on the same folds, each
 on the most folds that fit. Real training of a tiny CNN in this process, on a simulated clock: the budget counts
 1000 s for each member-epoch trained (the cost model's figure too), so what fits does not depend on the
@@ -11,18 +11,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score
 
+from fpclass.auto import search as auto
+from fpclass.auto import study as study_lib
+from fpclass.auto.budget import Budget
+from fpclass.auto.context import TAIL, Context, Entry
+from fpclass.auto.final import MORE, final_model, known_setup, piece_size
+from fpclass.auto.first_trials import BASELINE
+from fpclass.auto.rungs import Costs
+from fpclass.auto.schedulers.successive_halving import SuccessiveHalving
 from fpclass.config.search import AutoSettings
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import auto
-from fpclass.search import study as study_lib
-from fpclass.search.budget import Budget
-from fpclass.search.context import TAIL, Context, Entry
-from fpclass.search.final import MORE, final_model, known_setup, piece_size
-from fpclass.search.first_trials import BASELINE
-from fpclass.search.layout import rung_folder
-from fpclass.search.rungs import Costs
 from fpclass.train import sidecar
 from fpclass.train.shared_work import SharedWork
+from fpclass.train.workdir_layout import rung_folder
 
 TINY = ['launch.py', '--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)',
         '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)', '--config.train.epochs=1',
@@ -44,9 +45,10 @@ def _context(workdir, config, study, trials: int, members_left: float) -> Contex
   seconds = 100_000.0
   budget = SimulatedBudget(seconds, workdir, used_before=seconds - TAIL * seconds - members_left * MEMBER)
   budget.costs = Costs(setup=0.0, member=0.0, member_epoch=MEMBER)
-  return Context(base=config, settings=AutoSettings(trials=trials), metric='accuracy', higher=True, folds=3,
+  settings = AutoSettings(trials=trials)
+  return Context(base=config, settings=settings, metric='accuracy', higher=True, folds=3,
                  epochs=1, own_split=False, dims=[], candidates=[], study=study, budget=budget, workdir=workdir,
-                 shared=SharedWork(), train_round=auto._train_round)
+                 shared=SharedWork(), train_round=auto._train_round, scheduler=SuccessiveHalving(settings))
 
 
 def _kept_models(folder):

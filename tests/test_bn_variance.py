@@ -18,7 +18,7 @@ import optax
 import torch
 import torchvision
 
-from fpclass.models import torchvision_resnet
+from fpclass.models.architectures import torchvision_resnet
 from tests import parity
 
 CLASSES, LR, STEPS = 5, 0.05, 3

@@ -1,4 +1,4 @@
-"""The time budget of `--mode auto` (fpclass/search/budget.py) on a clock set by hand: what is used and left across
+"""The time budget of `--mode auto` (fpclass/auto/budget.py) on a clock set by hand: what is used and left across
 launches, a stage's deadline with its reserve and the slack, and auto_state.json written after each change and
 read back by the next launch as it was left."""
 import json
@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from fpclass.search import budget as budget_lib
-from fpclass.search.budget import Budget
-from fpclass.search.rungs import Costs
+from fpclass.auto import budget as budget_lib
+from fpclass.auto.budget import Budget
+from fpclass.auto.rungs import Costs
 
 
 class Clock:

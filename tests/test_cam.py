@@ -1,4 +1,4 @@
-"""fpclass.analysis.cam: parity with pytorch-grad-cam, a hand-computed case, batching, jit, sanity, every model."""
+"""fpclass.explain.cam: parity with pytorch-grad-cam, a hand-computed case, batching, jit, sanity, every model."""
 import dataclasses
 
 import flax.linen as nn
@@ -13,9 +13,9 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, 
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from fpclass import models
-from fpclass.analysis import cam
 from fpclass.errors import UserInputError
-from fpclass.models.cnn import FootprintCNN
+from fpclass.explain import cam
+from fpclass.models.architectures.cnn import FootprintCNN
 from tests import parity, torch_twins
 
 REFERENCE = {'gradcam': GradCAM, 'gradcam++': GradCAMPlusPlus, 'hirescam': HiResCAM}

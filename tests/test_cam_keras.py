@@ -1,4 +1,4 @@
-"""fpclass.analysis.cam against Grad-CAM computed in Keras itself (seed 004), on keras_vgg16 and keras_efficientnetb0
+"""fpclass.explain.cam against Grad-CAM computed in Keras itself (seed 004), on keras_vgg16 and keras_efficientnetb0
 loaded from the weights file Keras wrote.
 
 The reference is the Keras team's Grad-CAM example (keras.io/examples/vision/grad_cam) on the real Keras 3
@@ -7,7 +7,7 @@ class score with respect to the conv output, channel weights = the spatial mean 
 weighted sum of the activations. Keras 3 on JAX has no GradientTape, so the gradient at the conv output is
 `jax.grad` through the Keras layers that follow it (the same layer objects, so the same weights). Only that
 Grad-CAM formula is written here. The maps are then normalised and resized with pytorch-grad-cam's
-`scale_cam_image`, as its GradCAM does and as fpclass.analysis.cam documents, since the Keras example's
+`scale_cam_image`, as its GradCAM does and as fpclass.explain.cam documents, since the Keras example's
 ReLU-then-divide-by-max and PIL resize are display steps, not part of the method.
 
 EfficientNetB0's BatchNorm statistics come from Keras' own train-mode pass over the test images
@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
 
 from fpclass import models
-from fpclass.analysis import cam  # noqa: E402
+from fpclass.explain import cam  # noqa: E402
 from tests import parity  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')

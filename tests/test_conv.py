@@ -1,4 +1,4 @@
-"""fpclass.models.conv: on CPU, convolutions on inputs smaller than their kernel go through im2col and
+"""fpclass.models.layers.conv: on CPU, convolutions on inputs smaller than their kernel go through im2col and
 depthwise convolutions through a sum over taps, with the values and gradients of lax.conv_general_dilated;
 everything else is lax's convolution unchanged."""
 import flax.linen as nn
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fpclass.models import conv
+from fpclass.models.layers import conv
 
 # (input height, width), kernel, stride, padding
 SMALL = [((2, 2), 3, 1, ((1, 1), (1, 1))), ((1, 1), 3, 1, 'SAME'), ((2, 2), 3, 2, ((1, 1), (1, 1))),

@@ -22,9 +22,10 @@ from fpclass.config.outputs import DistillSettings, OodSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data import pipeline
+from fpclass.deploy import ood
+from fpclass.distill import report as distill_report
+from fpclass.distill import teacher as distill_core
 from fpclass.errors import UserInputError
-from fpclass.infer import distill as distill_core
-from fpclass.infer import distill_report, ood
 from fpclass.infer.inference import load_trained
 from fpclass.modes import distill as distill_mode
 from fpclass.train import sidecar
@@ -408,6 +409,7 @@ def test_the_bench_s_ood_check_is_the_workdir_s_own_fit(teacher_run, tmp_path, m
   checked = ood_check(copy, val.images, {'blank': np.zeros_like(val.images[:4])}, ['mahalanobis', 'energy'])
   config = sidecar.stored_config(copy)
   for score, result in checked.items():
-    fit = ood.model_ood(load_trained(config, copy), config, copy, OodSettings(score=score), store=False)
+    trained = load_trained(config, copy)
+    fit = ood.model_ood(trained, trained.settings, copy, OodSettings(score=score), store=False)
     assert result['flagged_unseen'] == pytest.approx(fit.record['reached']) and 0 <= result['auroc_blank'] <= 1
   assert list(checked) == ['mahalanobis', 'energy'] and not (copy / ood.FILE).exists()   # fitted in memory

@@ -25,11 +25,11 @@ from torchvision.models.convnext import CNBlockConfig
 
 from fpclass import models
 from fpclass.errors import UserInputError
-from fpclass.models import torchvision_convnext as convnext
-from fpclass.models import torchvision_efficientnet as effnet
-from fpclass.models import torchvision_resnet as resnet
 from fpclass.models import transfer
-from fpclass.models import vision_transformer as vit
+from fpclass.models.architectures import torchvision_convnext as convnext
+from fpclass.models.architectures import torchvision_efficientnet as effnet
+from fpclass.models.architectures import torchvision_resnet as resnet
+from fpclass.models.architectures import vision_transformer as vit
 from tests import parity
 
 SIGMAS = 4.5      # a binomial frequency's allowed distance from its expectation

@@ -17,7 +17,7 @@ from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
 from fpclass.train import batches, checkpoint, ema, sidecar
 from fpclass.train import task as task_lib
-from fpclass.train.axis import LoopAxis
+from fpclass.train.steps import LoopAxis
 from fpclass.train.validation import validate
 from tests.conftest import load_config, torchvision_weights
 from tests.parity import FLOOR_FACTOR, JITTER
@@ -190,12 +190,12 @@ def test_each_epoch_is_validated_selected_and_served_with_the_average(unbroken):
       assert _equal(trained.state.batch_stats, state.ema['batch_stats'])
     # The epoch's metrics row is the average's: its validation loss is these variables' own.
     logits = trained.logits(decoded.val.images, 256)
-    val = metrics.epoch_metrics(decoded.val.labels, logits, 'softmax', 10)
+    val = metrics.model_scores(decoded.val.labels, logits, 'softmax')
     assert val['loss'] == pytest.approx(history['val_loss'][epoch - 1], rel=1e-5)
     own = state if kind == 'last' else None
     if own is not None:   # and not the weights the optimizer updates
       raw = batches.predict_logits(trained.task, own.replace(ema=None), decoded.val.images, 256)
-      raw_loss = metrics.epoch_metrics(decoded.val.labels, raw, 'softmax', 10)['loss']
+      raw_loss = metrics.model_scores(decoded.val.labels, raw, 'softmax')['loss']
       assert abs(raw_loss - history['val_loss'].iloc[-1]) > 1e-4
 
 

@@ -22,7 +22,7 @@ from fpclass.train.loop import train_members
 from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
 from fpclass.train.shared_work import SharedWork
-from fpclass.train.steps import CompiledSteps
+from fpclass.train.steps import CompiledSteps, LoopAxis
 from tests.conftest import load_config, torchvision_weights
 from tests.parity import FLOOR_FACTOR, JITTER
 
@@ -253,7 +253,7 @@ def test_the_loop_form_s_members_share_one_compiled_step_whatever_their_class_we
   task = task_lib.build_task(RunSettings.from_config(config), decoded.class_names, decoded.pool.labels, steps_per_epoch=3)
   split = Split(decoded.pool.images, decoded.pool.labels.astype(np.int32))
   parallel = DataParallel.over()
-  models = axis.LoopAxis(task, CompiledSteps(task, parallel, 'step'))
+  models = LoopAxis(task, CompiledSteps(task, parallel, "step"))
   state = jax.device_get(task.init(jax.random.PRNGKey(0), split.images.shape[1:]))
   weights = [tuple(float(w) for w in np.linspace(1.0, 2.0, 10)), tuple(float(w) for w in np.linspace(2.0, 1.0, 10))]
   for m, member_weights in enumerate(weights):

@@ -22,22 +22,23 @@ import pytest
 from PIL import Image
 
 from fpclass.analysis import calibration, metric_registry, multilabel_calibration
-from fpclass.analysis import ood as ood_math
 from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import OodSettings, ServeSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.search import EnsembleSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_files
+from fpclass.deploy import ood
+from fpclass.deploy import ood_scores as ood_math
+from fpclass.ensemble import selection, soup
 from fpclass.errors import UserInputError
-from fpclass.infer import ensemble, ood
+from fpclass.infer import ensemble
 from fpclass.infer.calibrate_models import calibrate
 from fpclass.infer.inference import load_trained
 from fpclass.models.heads import as_logits, head_of, probabilities
 from fpclass.modes import calibrate as calibrate_mode
 from fpclass.modes import export as export_mode
-from fpclass.search import ensemble_selection as selection
-from fpclass.search import soup
 from fpclass.serve import app as serve_app
 from fpclass.serve import server as serve_server
 from fpclass.serve import service as serve_service
@@ -469,7 +470,7 @@ def test_calibrate_fits_an_ensemble_on_its_cross_fitted_mix_and_predict_and_subm
   stored = sidecar.read_metadata(out)['calibration']
   labels, probs, _ = selection.oof.labels_and_probabilities(
       pd.read_csv(out / 'ensemble_predictions.csv', dtype={'id': str, 'label': str}))
-  head = head_of(sidecar.stored_config(out))
+  head = head_of(sidecar.stored_settings(out))
   temperature = _mix_temperature(probs, labels, head)
   assert stored['temperature'] == pytest.approx(temperature, rel=1e-9) and abs(temperature - 1) > 0.05
   calibrated_oof = calibration.scaled_probabilities(as_logits(probs, head), head, temperature)
@@ -524,7 +525,7 @@ def test_calibrate_mixes_the_members_out_of_fold_predictions_with_the_ensemble_s
   calibrate_mode.calibrate(config, out)
   stored = sidecar.read_metadata(out)['calibration']
   first, second = (selection.oof.mean_by_id(selection.oof.read(workdir / v)) for v in ('exp0', 'exp1'))
-  columns, head = ['p_0', 'p_1'], head_of(config)
+  columns, head = ['p_0', 'p_1'], head_of(RunSettings.from_config(config))
   labels, _, _ = selection.oof.labels_and_probabilities(first.reset_index())
   weighted = 0.7 * first[columns].to_numpy() + 0.3 * second.loc[first.index, columns].to_numpy()
   equal = (first[columns].to_numpy() + second.loc[first.index, columns].to_numpy()) / 2

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass.analysis import explain_figures
 from fpclass.errors import UserInputError
-from fpclass.infer import explanation
+from fpclass.explain import explanation
+from fpclass.explain import figures as explain_figures
 from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import QUICK, launch, load_config

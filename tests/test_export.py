@@ -12,13 +12,13 @@ import onnxruntime
 import pytest
 from jax import lax
 
-from fpclass.analysis import ood as ood_math
 from fpclass.config.outputs import OodSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.schema import base_config
+from fpclass.deploy import export as export_core
+from fpclass.deploy import ood
+from fpclass.deploy import ood_scores as ood_math
 from fpclass.errors import UserInputError
-from fpclass.infer import export as export_core
-from fpclass.infer import ood
 from fpclass.infer.inference import load_trained
 from fpclass.modes import export as export_mode
 from fpclass.train.task import build_task

@@ -1,6 +1,6 @@
 """The keys that decide when frozen-backbone features are shared (issue 47): a sweep's feature pass
 (`fpclass.train.feature_cache.pass_key`, shared between the variants of one job) and the probe's cache entry on
-disk (`fpclass.infer.pooled_features.cache_path`).
+disk (`fpclass.probe.pooled_features.cache_path`).
 
 Each field that changes the features (the device resize, the channel repeat, the normalisation, the model's
 settings, the weights, the images) is changed alone and must give another key, and the features it gives must
@@ -16,11 +16,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fpclass.config.outputs import ProbeSettings
 from fpclass.config.run import RunSettings
-from fpclass.infer import pooled_features
 from fpclass.models import weights_ref
 from fpclass.models.preprocessing import Normalisation
 from fpclass.models.probe_backbones import Backbone
+from fpclass.probe import pooled_features
 from fpclass.train import feature_cache
 from fpclass.train.task import build_task
 from tests.conftest import load_config
@@ -158,11 +159,12 @@ def test_the_backbone_digest_covers_every_variable_before_the_head_and_none_of_t
 
 def probe_path(backbone=Backbone('resnet18', '', 'resnet18'), digest='pixels', task_change=None, **overrides):
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',), **overrides})
-  model_config = pooled_features.backbone_config(config, backbone)
-  task = build_task(RunSettings.from_config(model_config), ('a', 'b'), np.arange(2), steps_per_epoch=1)
+  run, probe = RunSettings.from_config(config), ProbeSettings.from_config(config.probe)
+  model_run = pooled_features.backbone_settings(run, probe, backbone)
+  task = build_task(model_run, ('a', 'b'), np.arange(2), steps_per_epoch=1)
   if task_change:
     task = dataclasses.replace(task, **task_change)
-  return pooled_features.cache_path(model_config, pooled_features.backbone_weights(config, backbone), task, digest)
+  return pooled_features.cache_path(model_run, probe, pooled_features.backbone_weights(run, backbone), task, digest)
 
 
 def test_the_probe_cache_key_changes_with_each_field_that_changes_the_features(tmp_path):
@@ -261,17 +263,19 @@ def test_the_probe_cache_name_is_32_hex_digits_of_its_settings_of_any_value_type
   hex digits of the key's SHA-256."""
   backbone = Backbone('resnet18', '', 'resnet18')
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': ('resnet18',)})
-  model_config = pooled_features.backbone_config(config, backbone)
-  task = build_task(RunSettings.from_config(model_config), ('a', 'b'), np.arange(2), steps_per_epoch=1)
-  weights = pooled_features.backbone_weights(config, backbone)
-  path = pooled_features.cache_path(model_config, weights, task, 'pixels')
+  run, probe = RunSettings.from_config(config), ProbeSettings.from_config(config.probe)
+  model_run = pooled_features.backbone_settings(run, probe, backbone)
+  task = build_task(model_run, ('a', 'b'), np.arange(2), steps_per_epoch=1)
+  weights = pooled_features.backbone_weights(run, backbone)
+  path = pooled_features.cache_path(model_run, probe, weights, task, 'pixels')
   assert path.suffix == '.npz' and len(path.stem) == len('resnet18-') + 32
   int(path.stem.removeprefix('resnet18-'), 16)
-  numpy_scalar = pooled_features.backbone_config(config, backbone)
-  numpy_scalar.model.top_dropout = np.float32(0.25)
-  other = pooled_features.cache_path(numpy_scalar, weights, task, 'pixels')
-  numpy_scalar.model.top_dropout = np.float32(0.5)
-  assert len({path, other, pooled_features.cache_path(numpy_scalar, weights, task, 'pixels')}) == 3
+
+  def with_top_dropout(value):
+    return dataclasses.replace(model_run, model=model_run.model.replace(top_dropout=value))
+  other = pooled_features.cache_path(with_top_dropout(np.float32(0.25)), probe, weights, task, 'pixels')
+  third = pooled_features.cache_path(with_top_dropout(np.float32(0.5)), probe, weights, task, 'pixels')
+  assert len({path, other, third}) == 3
 
 
 def test_the_probe_images_digest_is_the_hash_of_the_whole_array_read_in_pieces():

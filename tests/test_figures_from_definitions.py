@@ -17,10 +17,11 @@ from scipy import stats as scipy_stats
 from sklearn import metrics as skm
 from sklearn.model_selection import StratifiedKFold
 
-from fpclass.analysis import calibration, metrics, multilabel_calibration, stats, sweep_report
+from fpclass.analysis import calibration, metric_registry, metrics, multilabel_calibration, stats, sweep_report
 from fpclass.analysis import multilabel_metrics as mm
+from fpclass.config.variants import describe_changes
 from fpclass.errors import UserInputError
-from fpclass.search import screen
+from fpclass.probe import screen
 
 EXACT = 1e-12
 
@@ -500,12 +501,12 @@ def test_epoch_figures_and_binary_losses_are_their_definitions():
   assert ml['micro_f1'] == pytest.approx(skm.f1_score(truth, pred, average='micro'), abs=EXACT)
   logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.3, -0.2], [-1.0, 0.0, 3.0], [0.0, 1.0, 0.0]])
   labels = np.array([0, 2, 2, 1])
-  single = metrics.epoch_metrics(labels, logits, 'softmax', 3)
+  single = metrics.model_scores(labels, logits, 'softmax')
   probs3 = special.softmax(logits, axis=1)
   assert single['loss'] == pytest.approx(skm.log_loss(labels, probs3), abs=1e-9)
   assert single['accuracy'] == pytest.approx(0.75) and single['roc_auc'] == pytest.approx(
       skm.roc_auc_score(labels, probs3, multi_class='ovr'), abs=EXACT)
-  multi = metrics.epoch_metrics(truth, special.logit(probs), 'multilabel', 2)
+  multi = metrics.model_scores(truth, special.logit(probs), 'multilabel')
   assert multi['map'] == pytest.approx(ml['map'], abs=1e-9) and multi['loss'] == pytest.approx(ml['loss'], abs=1e-9)
 
 
@@ -544,12 +545,12 @@ def test_the_task_and_its_metrics_come_from_every_variant():
 def test_a_models_row_is_every_registered_figure_of_its_task():
   logits = np.array([[2.0, -1.0], [0.1, 0.3], [-1.0, 0.5], [0.0, 1.0]])
   labels = np.array([0, 1, 0, 1])
-  row = sweep_report.model_scores(labels, logits, 'softmax', ('a', 'b'))
+  row = metrics.model_scores(labels, logits, 'softmax')
   probs = special.softmax(logits, axis=1)
   assert row['accuracy'] == 0.75 and row['roc_auc'] == pytest.approx(skm.roc_auc_score(labels, probs[:, 1]))
   assert row['loss'] == pytest.approx(skm.log_loss(labels, probs), abs=1e-9)
   truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
-  multi = sweep_report.model_scores(truth, logits, 'multilabel', ('a', 'b'))
+  multi = metrics.model_scores(truth, logits, 'multilabel')
   sigmoid = special.expit(logits)
   assert multi['map'] == pytest.approx(skm.average_precision_score(truth, sigmoid), abs=EXACT)
   assert multi['macro_f1'] == pytest.approx(skm.f1_score(truth, (sigmoid >= 0.5).astype(int), average='macro'))
@@ -566,7 +567,7 @@ def test_the_results_table_prints_each_variants_figures(multilabel):
   assert lines[0] == f'| variant | changes | models | {titles} | {calibration_column} | params | s / model-epoch | epochs |'
   for line, e in zip(lines[2:], experiments):
     cells = [c.strip() for c in line.strip('|').split('|')]
-    assert cells[:3] == [e['name'], sweep_report.describe_changes(e['changes']), '4']
+    assert cells[:3] == [e['name'], describe_changes(e['changes']), '4']
     for cell, metric in zip(cells[3:], names):
       mean, std, low, high = corrected([r[metric] for r in e['rows']], e['test_train_ratio'])
       assert cell == f'{mean:.3f} ± {std:.3f} [{low:.3f}, {high:.3f}]', metric
@@ -656,7 +657,6 @@ def test_a_stored_decision_applies_its_temperature_threshold_and_per_label_thres
   probs, pred = ml(multi_logits)
   np.testing.assert_allclose(probs, [[0.3, 0.6, 0.65], [0.1, 0.4, 0.75]], atol=1e-12)
   assert pred.tolist() == [[1, 1, 0], [0, 0, 1]]
-  assert calibration.tag_lists(pred, ('zebra', 'mango', 'apple')) == [['zebra', 'mango'], ['apple']]
   unset = calibration.Decision('multilabel')
   assert unset.label_thresholds(2).tolist() == [0.5, 0.5]
   assert unset(special.logit(np.array([[0.5, 0.49, 0.7]])))[1].tolist() == [[1, 0, 1]]
@@ -702,7 +702,7 @@ def test_the_differences_table_stars_only_an_interval_that_excludes_zero_and_two
                                           'base')
   assert alone.empty and list(alone.columns) == ['experiment', 'baseline', 'metric', 'pairs', 'mean_difference', 'std',
                                                  'ci_low', 'ci_high', 'wins', 'losses']
-  assert sweep_report.describe_changes({'model.dropout': 0.5, 'data.image_size': (8, 8)}) == \
+  assert describe_changes({'model.dropout': 0.5, 'data.image_size': (8, 8)}) == \
       "model.dropout=0.5, data.image_size=(8, 8)"
 
 
@@ -1138,8 +1138,15 @@ def test_the_threshold_search_on_one_class_labels_warns_of_nothing():
 
 
 def test_scores_json_holds_every_other_registered_single_label_metric(monkeypatch):
-  from fpclass.analysis import metric_registry
   extra = metric_registry.Metric('mean_p1', 'mean p1', True, {metric_registry.SINGLE: lambda y, p: float(p[:, 1].mean())})
   monkeypatch.setitem(metric_registry.REGISTRY, 'mean_p1', extra)
   probs = np.array([[0.7, 0.3], [0.4, 0.6]])
   assert metrics.scores(np.array([0, 1]), probs, ('a', 'b'))['mean_p1'] == pytest.approx(0.45)
+
+
+def test_the_paired_per_image_interval_from_its_definition():
+  a, b = np.array([1, 1, 0, 1, 0, 1.0]), np.array([1, 0, 0, 1, 1, 0.0])
+  got = stats.paired_difference(a, b)
+  d = a - b
+  half = 2.5705818366147395 * d.std(ddof=1) / np.sqrt(6)   # t(0.975, 5)
+  assert got['mean'] == pytest.approx(d.mean()) and got['high'] - got['mean'] == pytest.approx(half)

@@ -37,7 +37,7 @@ def test_frozen_stages_keep_weights_and_batch_statistics(resnet18_file):
       'train.backbone_lr_factor': 0.5})
   task = task_lib.build_task(RunSettings.from_config(config), ('0', '1'), np.array([0, 1]), steps_per_epoch=2)
   from fpclass.models import get_spec, transfer
-  variables = transfer.load_pretrained(get_spec('resnet18'), config.model,
+  variables = transfer.load_pretrained(get_spec('resnet18'), RunSettings.from_config(config).model,
                                        task.init_variables(jax.random.PRNGKey(0), (32, 24, 1)), '/nonexistent')
   state = task.init(jax.random.PRNGKey(0), (32, 24, 1), variables)
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 24, 1), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The search's first trials (`fpclass.search.first_trials`): the config as given, its one-knob neighbours in
+"""The search's first trials (`fpclass.auto.first_trials`): the config as given, its one-knob neighbours in
 priority order, and the neighbours that beat it, combined. No training: the study's values are set by hand."""
 import ast
 import math
@@ -6,10 +6,11 @@ import math
 import optuna
 import pytest
 
+from fpclass.auto import first_trials
+from fpclass.auto.first_trials import BASELINE, NEIGHBOUR, combination, neighbour_values, neighbours
+from fpclass.auto.space import Candidate, Dimension, baseline_params, default_space, parse_space, sample
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search import first_trials
-from fpclass.search.first_trials import BASELINE, NEIGHBOUR, combination, neighbour_values, neighbours
-from fpclass.search.space import Candidate, Dimension, baseline_params, default_space, parse_space, sample
+from fpclass.train.plan import Variant
 
 QUICK = ['launch.py', '--config=configs/footprint.py:quick']
 OWN = Candidate('footprint_cnn', {})
@@ -45,7 +46,7 @@ def test_a_neighbour_moves_a_value_to_its_usual_other_value(entry, value, expect
 
 def test_the_default_space_s_neighbours_each_move_one_knob_in_priority_order_and_train_the_change():
   config = config_from_argv([*QUICK, '--config.augment.rotation=0.0', '--config.train.label_smoothing=0.0'])
-  dims = parse_space(default_space(config, [OWN], flips=False), config, [OWN])
+  dims = parse_space(default_space(Variant('base', {}, config), [OWN], flips=False), config, [OWN])
   baseline = baseline_params(dims, config, [OWN])
   found = neighbours(dims, baseline, {OWN.name: baseline})
   labels = [label for label, _ in found]
@@ -72,14 +73,14 @@ def test_a_model_with_a_training_batch_norm_gets_recomputed_statistics_as_its_th
   """Where the model trains a batch norm, the default space searches its statistics (running averages or
   recomputed, fpclass.train.precise_bn) right after the learning rate; where it has none, the knob is absent."""
   config = config_from_argv([*QUICK, '--config.model.batch_norm=True'])
-  entries = default_space(config, [OWN], flips=False)
+  entries = default_space(Variant('base', {}, config), [OWN], flips=False)
   assert "train.bn_statistics: choice('running', 'precise')" in entries
   dims = parse_space(entries, config, [OWN])
   baseline = baseline_params(dims, config, [OWN])
   labels = [label for label, _ in neighbours(dims, baseline, {OWN.name: baseline})]
   assert labels[:3] == ['train.learning_rate x3', 'train.learning_rate /3', "train.bn_statistics 'precise'"]
   plain = config_from_argv([*QUICK, '--config.model.batch_norm=False'])
-  assert not [e for e in default_space(plain, [OWN], flips=False) if e.startswith('train.bn_statistics')]
+  assert not [e for e in default_space(Variant('base', {}, plain), [OWN], flips=False) if e.startswith('train.bn_statistics')]
 
 
 def test_a_backbone_neighbour_is_the_candidate_as_its_config_gives_it_at_its_learning_rate_centre():

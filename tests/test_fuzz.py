@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from fpclass.config.inputs import AugmentSettings, DecodeSettings
+from fpclass.config.inputs import AugmentSettings, DataSettings, DecodeSettings
 from fpclass.data.decode import DecodeError, decode_files, decode_image
 from fpclass.data.file_list import read_file_list
 from fpclass.data.kaggle_csv import load_kaggle_csv, read_csv
@@ -372,7 +372,7 @@ def test_load_kaggle_csv_on_random_rows(kaggle_folder, text, class_names, sample
   cfg = dict(root=str(kaggle_folder), labels_csv='train.csv', id_column='filename', label_column='SEX',
              class_names=class_names, train_dir='train', test_dir='test', sample_submission='sample_submission.csv')
   try:
-    source = load_kaggle_csv(cfg)
+    source = load_kaggle_csv(DataSettings.from_config(cfg))
   except UserInputError as e:
     assert str(e)
     return

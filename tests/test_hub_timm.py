@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
 from fpclass.models import hub, model_keys, transfer, weights_ref
 from tests import parity
@@ -140,8 +141,8 @@ def test_a_checkpoint_s_own_mean_and_std_decide_the_input(reference, cache, tmp_
   folder.mkdir()
   (folder / 'config.json').write_text(json.dumps(config))
   (folder / 'model.safetensors').symlink_to(snapshot / 'model.safetensors')
-  norm = weights_ref.weights_normalisation(ml_collections.ConfigDict(dict(name='timm_resnet10t',
-                                                                        pretrained=str(folder))))
+  norm = weights_ref.weights_normalisation(ModelSettings.from_config(dict(name='timm_resnet10t',
+                                                                                   pretrained=str(folder))))
   assert norm.mean == (0.5, 0.5, 0.5)
   assert models.get_spec('timm_resnet10t').preprocessing.mean == (0.485, 0.456, 0.406)
 
@@ -163,7 +164,8 @@ def test_a_checkpoint_of_another_architecture_is_refused(reference, cache):
   cfg = ml_collections.ConfigDict(dict(name='timm_resnet18', head='softmax', pretrained=case.reference))
   with tr.offline_cache(cache), pytest.raises(UserInputError, match='timm resnet10t checkpoint.*model.name='
                                                                     'timm_resnet10t'):
-    transfer.load_pretrained(models.get_spec('timm_resnet18'), cfg, {}, cache_dir='/nonexistent')
+    transfer.load_pretrained(models.get_spec('timm_resnet18'), ModelSettings.from_config(cfg), {},
+                             cache_dir='/nonexistent')
 
 
 def test_a_cold_cache_offline_fails_in_one_line(tmp_path):

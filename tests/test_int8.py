@@ -12,8 +12,8 @@ from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ExportSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data import pipeline
+from fpclass.deploy import int8
 from fpclass.errors import UserInputError
-from fpclass.infer import int8
 from fpclass.train import sidecar
 from tests.conftest import launch, trained_once
 
@@ -71,7 +71,7 @@ def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch,
     assert [len(n.input) for n in graph.node if n.op_type == 'Conv'] == [3, 3]
     # (The default OOD score, the larger of two standardised parts, is the graph's one Max, on its output.)
     assert not [n for n in graph.node if n.op_type == 'Max' and n.output != ['ood_score']]
-  # The block max pools are MaxPools (fpclass.infer.onnx_graph), which the quantiser keeps in int8.
+  # The block max pools are MaxPools (fpclass.deploy.onnx_graph), which the quantiser keeps in int8.
   assert [n.op_type for n in float_graph.node].count('MaxPool') == 2
   # Each dense layer carries its bias too, with no float Add after it.
   gemms = [n for n in int8_graph.node if n.op_type == 'Gemm']
@@ -87,7 +87,7 @@ def test_the_int8_model_holds_the_float_model_s_decisions(exported, monkeypatch,
   readers = {name: node.op_type for node in optimised.node for name in node.input}
   assert not [n for n in optimised.node if n.op_type == 'DequantizeLinear' and readers.get(n.output[0]) == 'QuantizeLinear']
   # The first convolution reads the image's one channel and stays float (4-5x faster than int8 there,
-  # fpclass.infer.int8_graph), its pool too: no MaxPool reads a quantised tensor (onnxruntime's slow uint8 NCHW
+  # fpclass.deploy.int8_graph), its pool too: no MaxPool reads a quantised tensor (onnxruntime's slow uint8 NCHW
   # pool); the second convolution is int8.
   kinds = [n.op_type for n in optimised.node]
   producer = {name: node.op_type for node in optimised.node for name in node.output}
@@ -135,11 +135,3 @@ def test_the_settings_refuse_int8_without_onnx_and_a_bad_limit():
     ExportSettings(int8=True, formats=('stablehlo',))
   with pytest.raises(ConfigError, match=r'config.export.int8_max_drop=2.0: must be a fraction in \[0, 1\]'):
     ExportSettings(int8_max_drop=2.0)
-
-
-def test_the_paired_interval_from_its_definition():
-  a, b = np.array([1, 1, 0, 1, 0, 1.0]), np.array([1, 0, 0, 1, 1, 0.0])
-  got = int8.paired_difference(a, b)
-  d = a - b
-  half = 2.5705818366147395 * d.std(ddof=1) / np.sqrt(6)   # t(0.975, 5)
-  assert got['mean'] == pytest.approx(d.mean()) and got['high'] - got['mean'] == pytest.approx(half)

@@ -1,4 +1,4 @@
-"""The int8 model's own rewrite (fpclass.infer.int8_graph) through `int8.quantise` on hand-made ONNX graphs, and
+"""The int8 model's own rewrite (fpclass.deploy.int8_graph) through `int8.quantise` on hand-made ONNX graphs, and
 the graph onnxruntime then runs: a convolution over the image's channels stays float without its pool falling
 into onnxruntime's slow uint8 NCHW MaxPool."""
 import numpy as np
@@ -7,7 +7,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fpclass.infer import int8, int8_graph
+from fpclass.deploy import int8, int8_graph
 
 RNG = np.random.default_rng(0)
 

@@ -12,13 +12,13 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from fpclass.analysis import cam
-from fpclass.analysis.label_issues import chance_warning, find_label_issues, flagged
 from fpclass.analysis.metric_registry import MULTI, SINGLE
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer import out_of_fold, suspect_cams
+from fpclass.explain import cam, suspect_cams
+from fpclass.explain.label_issues import chance_warning, find_label_issues, flagged
+from fpclass.infer import out_of_fold
 from fpclass.infer.inference import load_trained
 from fpclass.modes import mode_function
 from fpclass.train import checkpoint, sidecar

@@ -11,11 +11,12 @@ import pytest
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 from PIL import Image
 
+from fpclass.config.inputs import DataSettings
 from fpclass.config.schema import base_config
 from fpclass.data import multilabel_splits
 from fpclass.data import synthetic_multilabel as sm
 from fpclass.data.kaggle_csv import resolve_file
-from fpclass.data.multilabel import load_multilabel_labels, read_multilabel_csv
+from fpclass.data.multilabel import read_multilabel_csv
 from fpclass.errors import UserInputError
 
 SMALL = sm.MultilabelSpec(seed=3, n_train=40, n_test=8)
@@ -125,10 +126,19 @@ def test_ids_must_be_present_and_unique_and_classes_at_least_two(tmp_path):
     read_multilabel_csv(one, 'image_name', label_columns=('x', 'x'))
 
 
+def load_multilabel_labels(data: DataSettings):
+  """The labels CSV of the data section's root, read with its keys: id_column, label_column (tags) or
+  label_columns (0/1 columns, when not empty), class_names."""
+  files, label_columns = data.files, data.labels.label_columns
+  return read_multilabel_csv(pathlib.Path(files.root) / files.labels_csv, files.id_column,
+                             label_column='' if label_columns else files.label_column, label_columns=label_columns,
+                             class_names=files.class_order)
+
+
 def test_load_from_the_data_config_reads_the_synthetic_set(small):
   data = base_config().data
   data.root, data.id_column, data.label_column = str(small), 'image_name', 'tags'
-  labels = load_multilabel_labels(data)
+  labels = load_multilabel_labels(DataSettings.from_config(data))
   train, _ = sm.labels_for(SMALL)
   assert labels.class_names == sm.SHAPES
   np.testing.assert_array_equal(labels.indicator, train)
@@ -140,7 +150,7 @@ def test_load_from_the_data_config_reads_the_synthetic_set(small):
   # label_columns set: 0/1 columns, which a tag column is not
   with pytest.raises(UserInputError, match=r"40 row\(s\) with a cell of config\.data\.label_columns that is not 0 or 1: "
                      r"row 2 \(tags="):
-    load_multilabel_labels(columns)
+    load_multilabel_labels(DataSettings.from_config(columns))
 
 
 # --- folds -------------------------------------------------------------------------------------------------

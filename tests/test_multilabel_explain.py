@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 from flax import traverse_util
 
-from fpclass.analysis import cam
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ExplainSettings
 from fpclass.data import pipeline
-from fpclass.infer import explanation_multilabel
-from fpclass.infer.explainer import build_explainer
+from fpclass.explain import cam, explanation_multilabel
+from fpclass.explain.explainer import build_explainer
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import PERTURBATION_PREFIX
@@ -47,7 +46,7 @@ def restored(trained_multilabel, tmp_path_factory):
     patch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
     dataset = pipeline.load_dataset(DataSettings.from_config(config.data))
   trained = load_trained(config, workdir)
-  probs = trained.probabilities(dataset.val.images, int(config.eval.batch_size), prediction_chunk(config, dataset))
+  probs = trained.probabilities(dataset.val.images, int(config.eval.batch_size), prediction_chunk(trained.settings, dataset))
   return workdir, config, trained, dataset, probs
 
 
@@ -151,7 +150,7 @@ def hand_gradcam(trained, variables, x, k: int, layer: str):
 def test_each_label_map_is_the_gradient_of_its_logit(restored):
   _, config, trained, dataset, _ = restored
   settings = ExplainSettings.from_config(config.explain)
-  explainer = build_explainer(config, trained, settings, (*trained.metadata['image_size'], trained.metadata['channels']))
+  explainer = build_explainer(trained, settings, (*trained.metadata['image_size'], trained.metadata['channels']))
   images, labels = dataset.val.images, range(len(NAMES))
   # Every label of 8 images in one batched call; a repeated pair is explained once.
   maps = explainer.pair_maps(images, [(j, k) for j in range(8) for k in labels] + [(0, 0)])

@@ -16,17 +16,18 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
-from fpclass.analysis import linear_probe, stats
 from fpclass.analysis import multilabel_metrics as mlm
+from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ProbeSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
-from fpclass.infer import pooled_features
 from fpclass.infer.inference import load_trained
 from fpclass.models import probe_backbones
 from fpclass.modes.sweep import run_sweep
-from fpclass.search import screen as probe_mode
+from fpclass.probe import linear_probe, pooled_features
+from fpclass.probe import screen as probe_mode
 from fpclass.train import sidecar
 from tests.conftest import MULTILABEL, launch, load_config
 from tests.test_figures_from_definitions import best_label_threshold
@@ -148,11 +149,12 @@ def test_the_probe_is_scikit_learns_one_vs_rest_logistic_regression(probe_run, m
   config = load_config(MULTILABEL.split('=', 1)[1], **PROBE)
   decoded = pipeline.decode_source(DataSettings.from_config(config.data), progress=False)
   images, labels, ids, _ = probe_mode.labelled_set(decoded)
-  (backbone,) = probe_backbones.parse_backbones(config)
-  found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
+  run, probe = RunSettings.from_config(config), ProbeSettings.from_config(config.probe)
+  (backbone,) = probe_backbones.parse_backbones(probe, run.model)
+  found = pooled_features.features(run, probe, backbone, images, CLASSES, pooled_features.images_digest(images))
   assert found.cached   # written by the launch
   position = {image_id: i for i, image_id in enumerate(ids)}
-  for split in probe_mode.outer_folds(labels, config):
+  for split in probe_mode.outer_folds(labels, run.data.split, probe):
     rows = predictions[predictions['fold'] == split.fold]
     assert [position[i] for i in rows['id']] == split.val_index.tolist()
     truth = labels[split.val_index]

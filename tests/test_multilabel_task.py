@@ -80,10 +80,10 @@ def test_mixup_mixes_the_label_vectors_in_the_images_proportion(batch):
 
 def test_the_head_follows_data_task_and_refuses_the_binary_head():
   config = load_config('configs/multilabel.py:quick')
-  assert head_of(config) == 'multilabel'
+  assert head_of(RunSettings.from_config(config)) == 'multilabel'
   config.model.head = 'sigmoid'
   with pytest.raises(Exception, match='one sigmoid|its own sigmoid'):
-    head_of(config)
+    head_of(RunSettings.from_config(config))
 
 
 def test_train_evaluate_and_calibrate_through_launch(trained_multilabel, tmp_path):

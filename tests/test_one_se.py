@@ -1,4 +1,4 @@
-"""The one-standard-error rule at a rung of `--mode auto` (`fpclass.search.one_se`): the standard error of a
+"""The one-standard-error rule at a rung of `--mode auto` (`fpclass.auto.one_se`): the standard error of a
 paired difference from the rung's out-of-fold predictions, and the config as given promoted when the best beats it
 within it. No training: the predictions and values are made by hand."""
 import math
@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fpclass.search import auto, first_trials, one_se
-from fpclass.search.population import Outcome
+from fpclass.auto import first_trials, one_se
+from fpclass.auto import search as auto
+from fpclass.auto.population import Outcome
 from fpclass.train import oof
 from tests.test_auto_choices import THREE_RUNGS, PlannedRounds, _search_context
 

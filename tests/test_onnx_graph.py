@@ -1,4 +1,4 @@
-"""The int8 preparation's graph rewrites (fpclass.infer.onnx_graph) on hand-made ONNX graphs: each keeps the graph's
+"""The int8 preparation's graph rewrites (fpclass.deploy.onnx_graph) on hand-made ONNX graphs: each keeps the graph's
 outputs, as onnxruntime computes them, and removes the float ops it folds."""
 import numpy as np
 import onnx
@@ -6,7 +6,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fpclass.infer import onnx_graph
+from fpclass.deploy import onnx_graph
 
 RNG = np.random.default_rng(0)
 CHANNELS = 4

@@ -16,10 +16,10 @@ from scipy.spatial import distance
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
-from fpclass.analysis import ood as ood_math
 from fpclass.config.outputs import OodSettings
+from fpclass.deploy import ood
+from fpclass.deploy import ood_scores as ood_math
 from fpclass.errors import UserInputError
-from fpclass.infer import ood
 from fpclass.infer.inference import load_trained
 from fpclass.modes import predict as predict_mode
 from fpclass.train import sidecar
@@ -149,7 +149,7 @@ def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits
   monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
   config = sidecar.stored_config(workdir)
   trained = load_trained(config, workdir)
-  fit = ood.fit_model(trained, config, OodSettings())
+  fit = ood.fit_model(trained, trained.settings, OodSettings())
   assert fit.record['held_out'] == 360 and fit.record['train_images'] == 1437 and fit.record['score'] == OodSettings().score
   assert fit.record['reached'] <= 0.05
   scores = fit.held_out_scores
@@ -219,7 +219,7 @@ class FakeEnsemble:
   """The members and weights `ensemble_ood` reads; their fits are planted below."""
 
   def __init__(self, weights):
-    self.members = [type('Member', (), {'trained': None, 'config': None, 'path': f'm{i}'})() for i in range(len(weights))]
+    self.members = [type('Member', (), {'trained': None, 'settings': None, 'path': f'm{i}'})() for i in range(len(weights))]
     self.weights = list(weights)
 
 
@@ -233,7 +233,7 @@ def test_an_ensemble_threshold_is_over_each_example_s_held_out_models(monkeypatc
       'm1': ood.ModelOod(None, 0.0, ids[60:], rng.normal(5, 2, 60), {}),
       'm2': ood.ModelOod(None, 0.0, ids, rng.normal(-3, 0.5, 120), {}),
   }
-  monkeypatch.setattr(ood, 'model_ood', lambda trained, config, path, settings, store: fits[path])
+  monkeypatch.setattr(ood, 'model_ood', lambda trained, run, path, settings, store: fits[path])
   settings = OodSettings(false_rejection=0.1)
   fitted = ood.ensemble_ood(FakeEnsemble([0.35, 0.35, 0.3]), settings)
   z = {k: (f.held_out_scores - f.held_out_scores.mean()) / f.held_out_scores.std() for k, f in fits.items()}

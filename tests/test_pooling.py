@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fpclass.models.pooling import max_pool
+from fpclass.models.layers.pooling import max_pool
 
 
 def _value_and_grad(pool, x, g):

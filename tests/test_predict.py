@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from fpclass.data import new_images
+from fpclass.deploy import ood
 from fpclass.errors import UserInputError
-from fpclass.infer import ood
 from fpclass.modes import predict as predict_mode
 from tests.conftest import QUICK, launch, load_config
 

@@ -124,7 +124,7 @@ def test_legacy_h5_layout_loads_the_same_arrays(name, reference, tmp_path):
 def test_layer_tables_follow_keras_layer_order_and_names(reference):
   """Each port's table lists Keras' weighted layers in `model.layers` order (not creation order: Keras sorts
   a functional model by depth), with the names the legacy files carry."""
-  from fpclass.models import keras_inception, keras_resnet, keras_vgg
+  from fpclass.models.architectures import keras_inception, keras_resnet, keras_vgg
   tables = {'keras_resnet50': keras_resnet.keras_layers((3, 4, 6, 3), preact=False),
             'keras_resnet50v2': keras_resnet.keras_layers((3, 4, 6, 3), preact=True),
             'keras_vgg16': keras_vgg.keras_layers(), 'keras_inceptionv3': keras_inception.keras_layers()}

@@ -26,7 +26,8 @@ from flax import traverse_util  # noqa: E402
 
 from fpclass import models  # noqa: E402
 from fpclass.errors import UserInputError  # noqa: E402
-from fpclass.models import keras_efficientnet, keras_graph, keras_mobilenet_v3, weights  # noqa: E402
+from fpclass.models import keras_graph, weights
+from fpclass.models.architectures import keras_efficientnet, keras_mobilenet_v3  # noqa: E402
 from tests import parity  # noqa: E402
 
 # Keras 3.15's variables define __array__ without numpy 2's `copy` keyword (see test_pretrained_keras.py).

@@ -28,10 +28,10 @@ import torchvision
 from flax import traverse_util
 
 from fpclass import models
-from fpclass.analysis import cam
 from fpclass.errors import UserInputError
-from fpclass.models import vision_transformer as vit
+from fpclass.explain import cam
 from fpclass.models import weights
+from fpclass.models.architectures import vision_transformer as vit
 from fpclass.train import optim
 from tests import dinov2_twin, parity
 
@@ -298,7 +298,7 @@ def test_dinov2_without_the_interpolation_offset_fails(reference, monkeypatch):
 def test_stochastic_depth_rates_are_torchvisions(reference):
   """Each block's rate (row-mode stochastic depth, drawn in training only) is torchvision's: p * index /
   (blocks - 1) in ConvNeXt, p * index / blocks in EfficientNetV2."""
-  from fpclass.models import torchvision_convnext, torchvision_efficientnet
+  from fpclass.models.architectures import torchvision_convnext, torchvision_efficientnet
   convnext = reference('convnext_tiny').module
   expected = [block.stochastic_depth.p for stage in convnext.features[1::2] for block in stage]
   got = torchvision_convnext.drop_path_rates([blocks for _, blocks in torchvision_convnext.TINY], 0.1)
@@ -324,7 +324,7 @@ def test_vit_interpolation_is_torchvisions():
 def test_vit_grad_cam_reads_the_last_blocks_attention_input(reference):
   """The patch tokens the last block outputs do not reach the logits (zero gradient: the class token alone
   does, through per-token LayerNorm), which is why the registered cam_layer is the last block's norm1
-  output. There every image has a nonzero gradient, and Grad-CAM maps (fpclass.analysis.cam) come out whole.
+  output. There every image has a nonzero gradient, and Grad-CAM maps (fpclass.explain.cam) come out whole.
   On DINOv2's 3-block case (the module is vit_b16's) with a random head (parity.build leaves a new one at
   zero, which no gradient would pass); one jax.grad gives the gradient at every recorded feature."""
   ref = reference('dinov2_vits14')

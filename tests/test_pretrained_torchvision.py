@@ -264,7 +264,7 @@ class FixedMask(torch.nn.Module):
 
 
 def test_stochastic_depth_rates_are_torchvisions(reference):
-  from fpclass.models import torchvision_efficientnet as effnet
+  from fpclass.models.architectures import torchvision_efficientnet as effnet
   module = reference('efficientnet_b0').module
   ref = [block.stochastic_depth.p for stage in module.features[1:8] for block in stage]
   assert [r for stage in effnet.drop_path_rates(effnet.B0_STAGES, 0.2) for r in stage] == pytest.approx(ref)
@@ -274,7 +274,7 @@ def test_adaptive_avg_pool_is_torchs():
   """Maps smaller than, equal to and larger than the output, with uneven bins."""
   import jax
 
-  from fpclass.models.torchvision_alexnet_vgg import adaptive_avg_pool
+  from fpclass.models.architectures.torchvision_alexnet_vgg import adaptive_avg_pool
   pool = jax.jit(adaptive_avg_pool, static_argnums=1)
   for size, out in [((1, 1), (6, 6)), ((2, 1), (7, 7)), ((3, 2), (6, 6)), ((7, 7), (7, 7)), ((13, 9), (6, 6)),
                     ((15, 20), (7, 7)), ((5, 4), (3, 5))]:

@@ -22,15 +22,16 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
-from fpclass.analysis import linear_probe, stats
+from fpclass.analysis import stats
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ProbeSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, splits
 from fpclass.errors import UserInputError
-from fpclass.infer import pooled_features
 from fpclass.models import probe_backbones
 from fpclass.modes.runner import run
-from fpclass.search import screen as probe_mode
+from fpclass.probe import linear_probe, pooled_features
+from fpclass.probe import screen as probe_mode
 from fpclass.train.validation import validate
 from tests import content
 from tests.conftest import IN_PROCESS_XLA_FLAGS, launch, load_config
@@ -125,8 +126,9 @@ def test_tables_plot_and_report_agree_with_the_predictions(probe_run):
 def test_features_match_torchvision_and_the_fit_matches_logistic_regression_cv(probe_run):
   config = probe_run.config()
   images, labels, _, _ = probe_mode.labelled_set(pipeline.decode_source(DataSettings.from_config(config.data), progress=False))
-  backbone = probe_backbones.parse_backbones(config)[1]
-  found = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
+  run, probe = RunSettings.from_config(config), ProbeSettings.from_config(config.probe)
+  backbone = probe_backbones.parse_backbones(probe, run.model)[1]
+  found = pooled_features.features(run, probe, backbone, images, CLASSES, pooled_features.images_digest(images))
   assert found.cached   # written by the launch, another process
 
   # torchvision's own ResNet-18 on the same weights file: its pooled features, before the classifier.
@@ -141,8 +143,8 @@ def test_features_match_torchvision_and_the_fit_matches_logistic_regression_cv(p
   assert reference.std(0).mean() > 20 * tolerance     # the images' features differ by far more than that
 
   # scikit-learn on the same cached features and splits: standardised, then LogisticRegressionCV.
-  settings = ProbeSettings.from_config(config.probe)
-  folds = probe_mode.outer_folds(labels, config)
+  settings = probe
+  folds = probe_mode.outer_folds(labels, run.data.split, probe)
   accuracy, chosen = [], []
   for split in folds:
     scaler = StandardScaler().fit(found.values[split.train_index])
@@ -194,16 +196,18 @@ def test_a_second_run_reuses_the_features_and_other_pixels_do_not(probe_run, tmp
 
   config = probe_run.config()
   images, _, _, _ = probe_mode.labelled_set(pipeline.decode_source(DataSettings.from_config(config.data), progress=False))
-  backbone = probe_backbones.parse_backbones(config)[1]
-  original = pooled_features.features(config, backbone, images, CLASSES, pooled_features.images_digest(images))
+  typed, probe = RunSettings.from_config(config), ProbeSettings.from_config(config.probe)
+  backbone = probe_backbones.parse_backbones(probe, typed.model)[1]
+  original = pooled_features.features(typed, probe, backbone, images, CLASSES, pooled_features.images_digest(images))
   # Other pixels, another entry: here every image mirrored, which the flip TTA check below needs anyway.
   mirrored = np.ascontiguousarray(images[:, :, ::-1])
-  flipped = pooled_features.features(config, backbone, mirrored, CLASSES, pooled_features.images_digest(mirrored))
+  flipped = pooled_features.features(typed, probe, backbone, mirrored, CLASSES, pooled_features.images_digest(mirrored))
   assert original.cached and not flipped.cached and flipped.path != original.path
 
   # Flip TTA: the mean of the image's features and its mirror image's.
   tta = probe_run.config(**{'probe.flip_tta': True})
-  both = pooled_features.features(tta, backbone, images, CLASSES, pooled_features.images_digest(images))
+  both = pooled_features.features(RunSettings.from_config(tta), ProbeSettings.from_config(tta.probe), backbone, images,
+                                  CLASSES, pooled_features.images_digest(images))
   assert not both.cached and both.path != original.path
   assert np.allclose(both.values, (original.values + flipped.values) / 2, atol=1e-5)
 
@@ -215,7 +219,9 @@ def test_a_source_validation_split_joins_the_labelled_set_and_seeds_repeat_the_f
   decoded = pipeline.Decoded('folder', CLASSES, split(12, 1), split(6, 2), None, [], [], None)
   images, labels, ids, note = probe_mode.labelled_set(decoded)
   assert len(images) == len(labels) == len(ids) == 18 and ids[12] == '2-0' and 'validation' in note
-  folds = probe_mode.outer_folds(labels, probe_run.config(**{'probe.seeds': (0, 1)}))
+  seeded = probe_run.config(**{'probe.seeds': (0, 1)})
+  folds = probe_mode.outer_folds(labels, RunSettings.from_config(seeded).data.split,
+                                 ProbeSettings.from_config(seeded.probe))
   assert [(f.seed, f.fold) for f in folds] == [(s, f) for s in (0, 1) for f in range(3)]
   for seed in (0, 1):
     val = np.sort(np.concatenate([f.val_index for f in folds if f.seed == seed]))

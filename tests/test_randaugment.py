@@ -23,6 +23,15 @@ REFERENCES = {'randaugment': v2.RandAugment(), 'trivialaugment': v2.TrivialAugme
 BINS = (0, 9, 15, 20, 30)  # a spread of magnitudes; 9 is RandAugment's default, 20 gives half-pixel ties
 
 
+
+def apply_op(image, name: str, magnitude: float = 0.0, fill_value: float = 0.0):
+  """One op on a float (H, W, C) image in [0, 1], as torchvision's RandAugment applies `name` at its signed
+  `magnitude` (bits for Posterize, a fraction of 255 for Solarize) to the uint8 image it stands for: the
+  policy's own kernel and parameters, outside its random choice of ops."""
+  h, w = image.shape[:2]
+  params = jnp.asarray(randaugment._params(name, magnitude, h, w))
+  return randaugment._KERNELS[name](randaugment._to_levels(image), params, randaugment._fill_level(fill_value)) / 255.0
+
 def _images() -> dict[str, np.ndarray]:
   """Non-square uint8 images (H, W, C): random RGB and grey, and an RGB one with awkward channels (flat; nearly
   all one level, which equalisation leaves alone; a ramp)."""
@@ -49,7 +58,7 @@ def _reference(image: np.ndarray, name: str, magnitude: float, policy: str = 'ra
 
 
 def _ours(image: np.ndarray, name: str, magnitude: float) -> np.ndarray:
-  out = randaugment.apply_op(jnp.asarray(image, jnp.float32) / 255.0, name, magnitude)
+  out = apply_op(jnp.asarray(image, jnp.float32) / 255.0, name, magnitude)
   return np.round(np.asarray(out) * 255.0).astype(np.uint8)
 
 
@@ -108,7 +117,7 @@ def test_ops_on_a_square_image_at_right_angles():
 def test_geometric_fill_and_float_input():
   """The fill level, and an input between grey levels is quantised first (as the uint8 image it stands for)."""
   x = IMAGES['rgb']
-  ours = randaugment.apply_op(jnp.asarray(x, jnp.float32) / 255.0, 'TranslateX', 10.0, fill_value=0.5)
+  ours = apply_op(jnp.asarray(x, jnp.float32) / 255.0, 'TranslateX', 10.0, fill_value=0.5)
   np.testing.assert_array_equal(np.round(np.asarray(ours)[:, :10] * 255), 128)
   # The policy fills with config.augment.fill_value: trivialaugment's TranslateX at its top bin (32 px).
   cfg = AugmentSettings(policy='trivialaugment', fill_value=0.5)
@@ -117,7 +126,7 @@ def test_geometric_fill_and_float_input():
   np.testing.assert_array_equal(np.round(np.asarray(shifted) * 255), 128)
   nudged = jnp.asarray(x, jnp.float32) / 255.0 + 0.4 / 255.0
   np.testing.assert_array_equal(_ours(x, 'Equalize', 0.0),
-                                np.round(np.asarray(randaugment.apply_op(nudged, 'Equalize')) * 255))
+                                np.round(np.asarray(apply_op(nudged, 'Equalize')) * 255))
 
 
 # --- magnitude tables -------------------------------------------------------------------------------------------

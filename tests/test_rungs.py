@@ -1,4 +1,4 @@
-"""The brackets `--mode auto` plans from its cost model (fpclass/search/rungs.py): the most rungs, then the most
+"""The brackets `--mode auto` plans from its cost model (fpclass/auto/rungs.py): the most rungs, then the most
 starting configurations, then the lower rungs' epochs raised into what is left, never past the seconds given;
 a cheaper single configuration only when nothing else fits; the cost model fitted from measured runs. The
 costs are the ones measured on digits."""
@@ -6,7 +6,8 @@ from dataclasses import astuple
 
 import pytest
 
-from fpclass.search.rungs import Costs, Rung, plan_bracket, rungs_for
+from fpclass.auto.rungs import Costs, Rung
+from fpclass.auto.schedulers.successive_halving import plan_bracket, rungs_for
 
 DIGITS = Costs(setup=1.03, member=1.98, member_epoch=0.19)
 

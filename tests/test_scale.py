@@ -19,11 +19,11 @@ from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
 from fpclass.modes.runner import run
+from fpclass.runtime.compiler_options import CPU_OPTIONS, default_compiler_options
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import precision
-from fpclass.train.axis import LoopAxis
 from fpclass.train.sampling import epoch_order
-from fpclass.train.steps import CPU_OPTIONS, CompiledSteps, default_compiler_options, resolve_loop, validation_batch
+from fpclass.train.steps import CompiledSteps, LoopAxis, resolve_loop, validation_batch
 from fpclass.train.task import build_task
 from tests.conftest import REPO, load_config, xla_flags
 from tests.parity import FLOOR_FACTOR, JITTER
@@ -149,8 +149,8 @@ def test_validation_batch_per_backend(tmp_path, monkeypatch):
   assert seen == [5]
   splits = types.SimpleNamespace(val=range(40), test=None, train=range(100))   # evaluate and explain: the same batch
   default = load_config('configs/digits.py:quick')   # this backend's rule, capped at the 40 validation images
-  assert prediction_chunk(config, splits) == 5
-  assert prediction_chunk(default, splits) == min(validation_batch(EvalSettings.from_config(default.eval),
+  assert prediction_chunk(RunSettings.from_config(config), splits) == 5
+  assert prediction_chunk(RunSettings.from_config(default), splits) == min(validation_batch(EvalSettings.from_config(default.eval),
                                                                    default.train.batch_size), 40)
   with pytest.raises(ConfigError, match="config.eval.validation_batch_size=-1"):
     RunSettings.from_config(load_config('configs/digits.py:quick', **{**TINY, 'eval.validation_batch_size': -1}))

@@ -1,4 +1,4 @@
-"""The candidates `--mode ensemble` chooses from (`fpclass.search.ensemble_selection`), on hand-written workdirs:
+"""The candidates `--mode ensemble` chooses from (`fpclass.ensemble.selection`), on hand-written workdirs:
 which folders are candidates, how their out-of-fold rows are pooled (averaged over seeds, matched by id), every
 mismatch a one-line error or a note, and what the selection writes (its workdir's sidecar, its predictions) and
 measures (milliseconds per image), with the small figures (scores, keys, weights, groups) from their definitions."""
@@ -13,9 +13,9 @@ import pytest
 from fpclass.analysis import metric_registry
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
+from fpclass.ensemble import selection
 from fpclass.errors import UserInputError
 from fpclass.infer import ensemble as ensemble_lib
-from fpclass.search import ensemble_selection as selection
 from fpclass.train import oof, sidecar
 from fpclass.train.resume import EXPERIMENT_FILE
 from tests.conftest import load_config

@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpclass.analysis import ood as ood_math
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import OodSettings, ServeSettings
 from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_bytes, decode_image
+from fpclass.deploy import ood
+from fpclass.deploy import ood_scores as ood_math
 from fpclass.errors import UserInputError
-from fpclass.infer import ood
 from fpclass.serve import app as serve_app
 from fpclass.serve import server as serve_server
 from fpclass.serve import service as serve_service

@@ -1,4 +1,4 @@
-"""Greedy soups (`fpclass.search.soup`) without a sweep: the honest score of a fold's soup comes from the half of its
+"""Greedy soups (`fpclass.ensemble.soup`) without a sweep: the honest score of a fold's soup comes from the half of its
 images that did not choose it; the greedy order, the signature that decides what may be averaged, the record
 ensemble.json keeps, and real restored ingredients averaged, written and read back as a workdir."""
 import json
@@ -12,11 +12,11 @@ import pytest
 from fpclass.analysis import metric_registry
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
+from fpclass.ensemble import soup
+from fpclass.ensemble.selection import Candidate, Pool
 from fpclass.infer import ensemble
 from fpclass.infer.inference import load_trained
 from fpclass.modes.runner import run
-from fpclass.search import soup
-from fpclass.search.ensemble_selection import Candidate, Pool
 from fpclass.train import checkpoint, sidecar
 from fpclass.train.loop_state import LoopState
 from fpclass.train.task import TrainState

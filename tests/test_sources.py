@@ -15,7 +15,7 @@ def data_cfg(root, **kw):
   c = base_config()
   c.data.root = str(root)
   c.data.update(kw)
-  return c.data
+  return DataSettings.from_config(c.data)
 
 
 def test_kaggle_layout_lists_train_and_test_in_sample_order(kaggle_root):
@@ -143,9 +143,7 @@ def test_a_csv_id_outside_the_training_folder_is_quarantined(kaggle_root):
   """'../test/x.png' or an absolute path would let test images into training: listed, never loaded."""
   csv = kaggle_root / 'train.csv'
   csv.write_text(csv.read_text() + f'../test/test_0.png,1\n{kaggle_root / "test" / "test_1.png"},0\n')
-  cfg = base_config().data
-  cfg.root = str(kaggle_root)
-  source = load_kaggle_csv(cfg)
+  source = load_kaggle_csv(data_cfg(kaggle_root))
   assert all('test' not in str(p.parent.name) for p in source.train.paths)
   outside = [p for p in source.problems if 'outside' in p.reason]
   assert [p.file for p in outside] == ['../test/test_0.png', str(kaggle_root / 'test' / 'test_1.png')]

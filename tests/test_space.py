@@ -1,4 +1,4 @@
-"""The search space of `--mode auto` (fpclass/search/space.py) without training: each entry's form, Optuna's name
+"""The search space of `--mode auto` (fpclass/auto/space.py) without training: each entry's form, Optuna's name
 for it, the values it is checked with before any work, each wrong entry as the one line that names it, the
 trial's changes drawn from fixed parameters, and the first trial's parameters that give back the config itself."""
 import math
@@ -6,9 +6,9 @@ import math
 import optuna
 import pytest
 
+from fpclass.auto.space import Candidate, Dimension, baseline_params, parse_space, sample
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
-from fpclass.search.space import Candidate, Dimension, baseline_params, parse_space, sample
 from fpclass.train.plan import apply_changes
 
 QUICK = ['launch.py', '--config=configs/footprint.py:quick']

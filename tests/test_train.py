@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from fpclass.config.inputs import DataSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
@@ -80,7 +81,7 @@ def test_evaluate_predicts_every_split_with_one_program(tmp_path):
   config = tiny_digits(**{'train.epochs': 1, 'eval.score_train': True, 'eval.batch_size': 2048})
   run('train', config, tmp_path)
   dataset = pipeline.load_dataset(DataSettings.from_config(config.data))
-  chunk = prediction_chunk(config, dataset)
+  chunk = prediction_chunk(RunSettings.from_config(config), dataset)
   assert len(dataset.val) < chunk == min(int(config.eval.batch_size), len(dataset.train))
   trained = load_trained(config, tmp_path)
   padded = trained.logits(dataset.val.images, int(config.eval.batch_size), chunk)

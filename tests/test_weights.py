@@ -19,34 +19,34 @@ def published(tmp_path, payload=b'weights-bytes' * 1000):
 def test_fetch_downloads_verifies_and_caches(tmp_path):
   source, digest = published(tmp_path)
   spec = weights.WeightsFile(source.as_uri(), f'sha256:{digest[:8]}')
-  path = weights.fetch(spec, tmp_path / 'cache')
+  path = spec.fetch_to(spec.cached_path(tmp_path / 'cache'))
   assert path == tmp_path / 'cache' / 'weights' / 'model-abc.pth' and path.read_bytes() == source.read_bytes()
   source.unlink()  # a second fetch must come from the cache
-  assert weights.fetch(spec, tmp_path / 'cache') == path
+  assert spec.fetch_to(spec.cached_path(tmp_path / 'cache')) == path
 
 
 def test_fetch_rejects_a_bad_checksum_and_keeps_nothing(tmp_path):
   source, _ = published(tmp_path)
   spec = weights.WeightsFile(source.as_uri(), 'md5:0123456789abcdef0123456789abcdef')
   with pytest.raises(UserInputError, match='fails its checksum'):
-    weights.fetch(spec, tmp_path / 'cache')
+    spec.fetch_to(spec.cached_path(tmp_path / 'cache'))
   assert not list((tmp_path / 'cache' / 'weights').glob('*'))
 
 
 def test_a_corrupted_cache_is_reported_not_deleted(tmp_path):
   source, digest = published(tmp_path)
   spec = weights.WeightsFile(source.as_uri(), f'sha256:{digest}')
-  path = weights.fetch(spec, tmp_path / 'cache')
+  path = spec.fetch_to(spec.cached_path(tmp_path / 'cache'))
   path.write_bytes(b'tampered')
   with pytest.raises(UserInputError, match='cached weights fail their checksum'):
-    weights.fetch(spec, tmp_path / 'cache')
+    spec.fetch_to(spec.cached_path(tmp_path / 'cache'))
   assert path.read_bytes() == b'tampered'
 
 
 def test_an_unreachable_url_says_how_to_work_offline(tmp_path):
   spec = weights.WeightsFile((tmp_path / 'absent.pth').as_uri(), 'sha256:00')
   with pytest.raises(UserInputError, match=r'--config.model.pretrained=/path/to/absent.pth'):
-    weights.fetch(spec, tmp_path / 'cache')
+    spec.fetch_to(spec.cached_path(tmp_path / 'cache'))
 
 
 def test_assign_is_strict():

@@ -10,18 +10,20 @@ import shutil
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from fpclass import models
+from fpclass.config.model import ModelSettings
+from fpclass.config.outputs import ProbeSettings
+from fpclass.config.run import RunSettings
 from fpclass.errors import UserInputError
-from fpclass.infer import pooled_features
 from fpclass.models import hub, model_keys, preprocessing, probe_backbones, transfer, weights_ref
 from fpclass.models.probe_backbones import Backbone
 from fpclass.models.weights import WeightsFile
 from fpclass.models.weights_ref import Kind
 from fpclass.modes import command_line
+from fpclass.probe import pooled_features
 from tests import timm_reference as tr
 from tests.conftest import load_config, torchvision_weights
 
@@ -119,7 +121,7 @@ def test_a_hub_folder_s_config_decides_its_preprocessing_and_input_size(timm_exp
   assert (ref.kind, ref.file) == (Kind.HUB_FOLDER, folder / hub.WEIGHTS_FILE)
   assert ref.normalisation == preprocessing.Normalisation((0.5,) * 3, (0.5,) * 3) and ref.input_size == (160, 128)
   assert ref.cache_key(0)[:3] == ['hub', str(folder), str((folder / hub.WEIGHTS_FILE).resolve())]
-  assert weights_ref.weights_normalisation(ml_collections.ConfigDict(dict(
+  assert weights_ref.weights_normalisation(ModelSettings.from_config(dict(
       name='timm_resnet10t', pretrained=str(folder)))) == ref.normalisation
   assert models.get_spec('timm_resnet10t').preprocessing.mean == (0.485, 0.456, 0.406)
 
@@ -202,15 +204,16 @@ def test_a_probe_backbone_s_weights_are_named_by_its_entry(timm_export):
   config = load_config('configs/cats_dogs.py:vgg16,quick', **{'probe.backbones': (
       'resnet18', f'hf-hub:{REPOSITORY}', 'resnet18=imagenett')})
   with tr.offline_cache(timm_export[2]):
-    backbones = probe_backbones.parse_backbones(config)
+    run = RunSettings.from_config(config)
+    backbones = probe_backbones.parse_backbones(ProbeSettings.from_config(config.probe), run.model)
     assert [(b.name, b.flag) for b in backbones] == [
         ('resnet18', 'config.probe.backbones[0]'), ('timm_resnet10t', 'config.probe.backbones[1]'),
         ('resnet18', 'config.probe.backbones[2]')]
-    assert pooled_features.backbone_weights(config, backbones[1]).kind is Kind.HUB_REPOSITORY
-    assert one_line_error(pooled_features.backbone_weights, config, backbones[2]).startswith(
+    assert pooled_features.backbone_weights(run, backbones[1]).kind is Kind.HUB_REPOSITORY
+    assert one_line_error(pooled_features.backbone_weights, run, backbones[2]).startswith(
         "config.probe.backbones[2]='imagenett': neither a file nor one of the named weights")
     wrong = Backbone('timm_resnet18', f'hf-hub:{REPOSITORY}', 'x', 'config.probe.backbones[0]')
-    assert one_line_error(pooled_features.backbone_weights, config, wrong).endswith(
+    assert one_line_error(pooled_features.backbone_weights, run, wrong).endswith(
         f'list it alone, or as timm_resnet10t=hf-hub:{REPOSITORY}')
 
 
@@ -222,7 +225,7 @@ def test_load_pretrained_reads_the_file_of_the_reference_it_is_given(torch_file,
   a reference resolved for another model is refused."""
   import torch
   spec = models.get_spec('resnet18')
-  cfg = ml_collections.ConfigDict(dict(name='resnet18', head='softmax', pretrained='', keep_pretrained_head=True))
+  cfg = ModelSettings.from_config(dict(name='resnet18', head='softmax', pretrained='', keep_pretrained_head=True))
   model = models.create_model(cfg, 1000)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert transfer.load_pretrained(spec, cfg, shapes, tmp_path) is shapes

@@ -13,7 +13,7 @@ import pytest
 
 from fpclass.errors import UserInputError
 from fpclass.runtime import workdir_lock
-from fpclass.runtime.workdir_lock import LockHolder, WorkdirLock, lock_path, training_run
+from fpclass.runtime.workdir_lock import LockHolder, WorkdirLock, lock_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,23 @@ time.sleep(hold)
 lock.release()
 '''
 
+
+
+def training_run(workdir) -> LockHolder | None:
+  """The run training in `workdir` now as another process sees it without taking the lock: the OS lock probed and
+  the owner record read, a stale record (its process gone, its heartbeat old) taken for no run."""
+  try:
+    fd = os.open(lock_path(workdir), os.O_RDONLY)
+  except OSError:
+    return None
+  try:
+    os_lock = workdir_lock._flock_probe(fd)
+    holder = workdir_lock._read_holder(fd)
+    if os_lock is False:
+      return holder or LockHolder(pid=0, host='?', started=time.time())
+    return holder if holder is not None and workdir_lock._looks_alive(holder, os_lock) else None
+  finally:
+    os.close(fd)
 
 def start_holder(workdir, hold=60.0):
   """A python process holding the lock on `workdir`; returns once it holds it."""

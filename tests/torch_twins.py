@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flax import traverse_util
 
-from fpclass.models.cnn import FootprintCNN
+from fpclass.models.architectures.cnn import FootprintCNN
 
 
 @dataclasses.dataclass
@@ -73,7 +73,7 @@ def copy_weights(state_dict, flax_variables, table) -> dict:
 
 def footprint_cnn(image_shape, seed=0, conv_channels=(32, 64), fc_sizes=(128,), num_outputs=2,
                   kernel_size=3) -> Twin:
-  """`fpclass.models.cnn.FootprintCNN` (no batch norm) and an nn.Sequential twin, torch weights in both."""
+  """`fpclass.models.architectures.cnn.FootprintCNN` (no batch norm) and an nn.Sequential twin, torch weights in both."""
   torch.manual_seed(seed)
   height, width, channels = image_shape
   layers, table, layer_names = collections.OrderedDict(), [], {}

@@ -1,1 +1,1 @@
-"""Analysis of predictions: metrics, calibration, statistics, Grad-CAM and figures."""
+"""Analysis of predictions: metrics and their registry, calibration, statistics, error tables, report sections."""

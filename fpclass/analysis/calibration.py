@@ -204,6 +204,3 @@ class Decision:
                else 'the most probable class'))
 
 
-def tag_lists(predictions: np.ndarray, class_names) -> list[list[str]]:
-  """Multi-label (N, K) 0/1 predictions as each image's class names, in class order."""
-  return [[class_names[k] for k in np.flatnonzero(row)] for row in np.asarray(predictions)]

@@ -3,8 +3,8 @@
 A `Metric` names its figure, its title in tables, whether higher is better, the tasks it applies to and how
 it is computed from labels and probabilities on the host. Everyone reads the registry:
 - training scores each validation pass with every metric of its task, and `train.monitor` may be
-  `val_<name>` of any of them (`metrics.epoch_metrics`, `monitor_mode`);
-- a plan's members are scored with them (`sweep_report.model_scores`), and those with `summarised` get a mean
+  `val_<name>` of any of them (`metrics.model_scores`, `monitor_mode`);
+- a plan's members are scored with them as each epoch is, and those with `summarised` get a mean
   with a corrected 95% interval over the members and paired differences in sweep and auto tables, the first
   one the headline;
 - evaluate's scores.json and `--mode compare` list every one of them.

@@ -16,10 +16,10 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
   return metric_registry.REGISTRY['roc_auc'](labels, probs, metric_registry.SINGLE)
 
 
-def epoch_metrics(labels: np.ndarray, logits: np.ndarray, head: str, num_classes: int) -> dict:
-  """The per-epoch validation numbers: every registered metric of the head's task (single-label: loss,
-  accuracy, macro F1, ROC AUC; multi-label: the mean binary cross-entropy, subset accuracy and macro F1 at 0.5,
-  and mAP)."""
+def model_scores(labels: np.ndarray, logits: np.ndarray, head: str) -> dict:
+  """A model's figures on its validation split, each epoch's and a plan member's row alike: every registered
+  metric of the head's task (single-label: loss, accuracy, macro F1, ROC AUC; multi-label: the mean binary
+  cross-entropy, subset accuracy and macro F1 at 0.5, and mAP)."""
   return metric_registry.score(labels, probabilities(logits, head), metric_registry.task_of_head(head))
 
 
@@ -31,7 +31,7 @@ def binary_log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def multilabel_epoch_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
-  """`epoch_metrics` of a multi-label head from its (N, K) probabilities."""
+  """`model_scores` of a multi-label head from its (N, K) probabilities."""
   return metric_registry.score(labels, probs, metric_registry.MULTI)
 
 

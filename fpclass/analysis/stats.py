@@ -68,3 +68,12 @@ def share_interval(lift, gain, level: float = 0.95, resamples: int = 10_000, see
     return math.nan, math.nan
   tail = (1.0 - level) / 2
   return tuple(float(np.quantile(shares, q, method='inverted_cdf')) for q in (tail, 1.0 - tail))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict:
+  """Mean of a - b over paired per-image values (two models on the same images), with the plain t-interval of
+  the differences: the images are the sample here, not runs that share training data."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  mean = float(d.mean())
+  half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+  return {'mean': mean, 'low': mean - half, 'high': mean + half, 'level': level, 'n': int(len(d))}

@@ -9,8 +9,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fpclass.analysis import metric_registry, stats
+from fpclass.config.variants import describe_changes
 from fpclass.errors import UserInputError
-from fpclass.models.heads import probabilities
 from fpclass.runtime import report
 
 METRICS = metric_registry.summarised(metric_registry.SINGLE)
@@ -31,16 +31,6 @@ def task_of(experiments: list[dict]) -> str:
 def metrics_of(experiments: list[dict]) -> tuple[str, ...]:
   """The metrics summarised with intervals and compared pairwise, the first of them the headline one."""
   return metric_registry.summarised(task_of(experiments))
-
-
-def describe_changes(changes: dict) -> str:
-  return ', '.join(f'{k}={v!r}' for k, v in changes.items()) or '(as configured)'
-
-
-def model_scores(labels: np.ndarray, logits: np.ndarray, head: str, class_names) -> dict:
-  """One model's row of figures on its validation split: every registered metric of its task
-  (`metric_registry`; multi-label ones decide each class at 0.5)."""
-  return metric_registry.score(labels, probabilities(logits, head), metric_registry.task_of_head(head))
 
 
 def summarise(experiments: list[dict]) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from fpclass.config.settings import Settings
 
-CAM_METHODS = ('gradcam', 'gradcam++', 'hirescam')   # fpclass.analysis.cam.METHODS gives each its display name
+CAM_METHODS = ('gradcam', 'gradcam++', 'hirescam')   # fpclass.explain.cam.METHODS gives each its display name
 CAM_TARGETS = ('predicted', 'label')
 
 
@@ -132,13 +132,13 @@ class ExportSettings(Settings):
     self.require('int8_calibration_images', self.int8_calibration_images >= 1, 'at least 1')
 
 
-OOD_SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax')   # fpclass.analysis.ood.SCORES
+OOD_SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax')   # fpclass.deploy.ood_scores.SCORES
 
 
 @dataclasses.dataclass(frozen=True)
 class OodSettings(Settings):
   """`config.ood`: the out-of-distribution score predict, serve and export give every image, and the `unknown`
-  flag past its threshold (fpclass.infer.ood; the choice of score measured in docs/deploy.md)."""
+  flag past its threshold (fpclass.deploy.ood; the choice of score measured in docs/deploy.md)."""
   SECTION: ClassVar[str] = 'ood'
   enabled: bool = True             # predict, serve and export add ood_score and unknown
   score: str = 'mahalanobis_energy'   # one of OOD_SCORES (measured: docs/deploy.md)
@@ -187,7 +187,7 @@ PROBE_RANKS = ('accuracy', 'macro_f1', 'log_loss')
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings(Settings):
   """`config.probe`: --mode probe screens backbones by linear probes on their frozen, pooled features
-  (fpclass.infer.pooled_features, fpclass.analysis.linear_probe), over data.num_folds folds x seeds."""
+  (fpclass.probe.pooled_features, fpclass.probe.linear_probe), over data.num_folds folds x seeds."""
   SECTION: ClassVar[str] = 'probe'
   # Registered pretrained models; 'name=weights' gives one its own weights (a named set or a file), the others
   # take config.model.pretrained ('' or absent: random init, seeded by config.seed).
@@ -278,7 +278,7 @@ LABEL_ISSUE_FILTERS = ('prune_by_noise_rate', 'prune_by_class', 'both', 'confide
 @dataclasses.dataclass(frozen=True)
 class LabelIssuesSettings(Settings):
   """`config.label_issues`: --mode label_issues flags the given labels that a workdir's out-of-fold predictions
-  say are probably wrong (cleanlab's confident learning; fpclass.analysis.label_issues)."""
+  say are probably wrong (cleanlab's confident learning; fpclass.explain.label_issues)."""
   SECTION: ClassVar[str] = 'label_issues'
   filter_by: str = 'prune_by_noise_rate'   # cleanlab's find_label_issues method (its default)
   grid: int = 24                   # the least confident flagged examples drawn in label_issues.png; 0 -> none

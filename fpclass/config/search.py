@@ -35,11 +35,13 @@ class AutoSettings(Settings):
   keep: int = 2                    # backbones kept after the screen, beside the config's own model
   # The search space, one 'key: kind(arguments)' entry per config key: log(low, high), float(low, high),
   # int(low, high), choice(a, b, ...); 'model.name: backbones' chooses among the kept candidates. () -> the
-  # task's defaults (fpclass.search.space.default_space).
+  # task's defaults (fpclass.auto.space.default_space).
   space: tuple[str, ...] = ()
   folds: int = 0                   # k of the top rung's k-fold plan; 0 -> config.data.num_folds
   trials: int = 0                  # at most this many trials in all; 0 -> as many as the budget allows
   seed: int = 0                    # the TPE sampler's seed; each trial trains with config.seed
+  # How the search spends its seconds (fpclass/auto/schedulers/configured.py names them): successive_halving.
+  scheduler: str = 'successive_halving'
   eta: int = 3                     # successive halving: a rung keeps the best 1/eta, with eta x the epochs
   finalists: int = 2               # the best trials confirmed on fresh folds x seeds (beside the config as given)
   confirm_seeds: tuple[int, ...] = (101,)   # the confirmation's seeds, on folds cut with data.split_seed + 1000

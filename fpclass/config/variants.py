@@ -36,6 +36,11 @@ def variant_spec(name: str, changes: dict) -> str:
   return f'{name}: ' + '; '.join(f'{k}={v!r}' for k, v in changes.items())
 
 
+def describe_changes(changes: dict) -> str:
+  """A variant's changes as one line for tables and reports: `key=value, ...`, or '(as configured)'."""
+  return ', '.join(f'{k}={v!r}' for k, v in changes.items()) or '(as configured)'
+
+
 def config_changes(base: ml_collections.ConfigDict, other: ml_collections.ConfigDict,
                    skip=('name', 'sweep.')) -> dict:
   """{dotted key: other's value} where `other` differs from `base`: a whole recipe (another model with its

@@ -20,9 +20,9 @@ VAL_DIRS = ('val', 'valid', 'validation')
 TEST_DIR = 'test'
 
 
-def load_image_folder(data, root: pathlib.Path | None = None) -> Source:
+def load_image_folder(data: DataSettings, root: pathlib.Path | None = None) -> Source:
   """The ImageFolder source at `root` (default config.data.root); `data` is the typed data section."""
-  files = DataSettings.from_config(data).files
+  files = data.files
   if not (root or files.root):
     raise UserInputError('config.data.root is empty: set it to your ImageFolder (one subfolder per class)')
   root = pathlib.Path(root or files.root).expanduser()

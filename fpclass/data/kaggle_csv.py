@@ -23,12 +23,11 @@ from fpclass.errors import UserInputError
 MAX_LISTED = 10  # rows named in one error message; the rest are counted
 
 
-def load_kaggle_csv(data, root: pathlib.Path | None = None, read_labels=None) -> Source:
+def load_kaggle_csv(data: DataSettings, root: pathlib.Path | None = None, read_labels=None) -> Source:
   """The Kaggle-layout source at `root` (default config.data.root); `data` is the typed data section
-  (`DataSettings`, or the ConfigDict section). `read_labels(csv_path, data)` parses the
+  (`DataSettings`). `read_labels(csv_path, data)` parses the
   labels CSV into `CsvLabels`; the default reads one class per row (`read_single_labels`), and
   `fpclass.data.multilabel.read_multilabels` reads several."""
-  data = DataSettings.from_config(data)
   files = data.files
   root = pathlib.Path(root or files.root).expanduser()
   if not root.is_dir():

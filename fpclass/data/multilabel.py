@@ -40,17 +40,6 @@ class MultiLabels:
     return self.indicator.sum(0, dtype=np.int64)
 
 
-def load_multilabel_labels(data, root: pathlib.Path | str | None = None) -> MultiLabels:
-  """The labels CSV of a Kaggle-layout root (config.data.labels_csv), read with the data config's keys:
-  id_column, label_column (tags) or label_columns (0/1 columns, when not empty), class_names."""
-  data = DataSettings.from_config(data)
-  root = pathlib.Path(root or data.files.root).expanduser()
-  csv_path = root / data.files.labels_csv
-  if not csv_path.is_file():
-    raise UserInputError(f'{csv_path}: labels CSV not found (config.data.labels_csv={data.files.labels_csv!r})')
-  return _read(csv_path, data)
-
-
 def read_multilabels(csv_path: pathlib.Path, data: DataSettings) -> CsvLabels:
   """`fpclass.data.kaggle_csv.load_kaggle_csv`'s reader for config.data.task='multilabel'."""
   labels = _read(csv_path, data)

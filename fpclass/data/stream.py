@@ -4,7 +4,7 @@
 `config.data.device_memory_budget` (bytes per device; 0: half the device's free memory, on CPU half the
 host's available RAM shared among its CPU devices), they are read into memory and the run is what it
 always was: the training set is a device array and each step gathers its batch by index. Otherwise train
-and val stay `ImageRows` views of the memory-mapped decode cache and are streamed (`fpclass.train.feed`): for
+and val stay `ImageRows` views of the memory-mapped decode cache and are streamed (`fpclass.train.steps.CompiledSteps.epoch`): for
 each step of the epoch's order (`fpclass.train.sampling.batch_order`, the order the in-memory path gathers on
 the device) the host reads the step's rows and the devices receive them as one batch-sharded array
 before the step needs them. Augmentation stays inside the jitted step, so both paths compute the same.

@@ -31,9 +31,8 @@ PREPARE_HINT = ("prepare it where TensorFlow and internet are available: pip ins
                 "(or: tfds build {name} --file_format=array_record --data_dir {data_dir})")
 
 
-def load_tfds(data) -> Source:
+def load_tfds(data: DataSettings) -> Source:
   """The TFDS dataset config.data.tfds names; `data` is the typed data section."""
-  data = DataSettings.from_config(data)
   cfg = data.files.tfds
   if not cfg.name:
     raise UserInputError('config.data.source=tfds needs config.data.tfds.name (e.g. cifar10)')

@@ -1,1 +1,1 @@
-"""Inference from a trained workdir: restore, predict in padded batches, ensembles, decisions."""
+"""Inference from a trained workdir: restore, predict in padded batches, evaluate, the ensemble model, decisions."""

@@ -2,7 +2,7 @@
 model's sidecar (metadata.json, key `calibration`), where submit and predict find them, and report before/after.
 `--mode calibrate` runs it on a workdir; `--mode sweep` on each variant's fold models. With test-time
 augmentation on (config.submit.tta or config.predict.tta), they are fitted on the TTA predictions. An ensemble
-workdir is calibrated on its mix by `fpclass.infer.ensemble_calibration`."""
+workdir is calibrated on its mix by `fpclass.ensemble.calibration`."""
 import pathlib
 
 import numpy as np
@@ -17,8 +17,6 @@ from fpclass.analysis.calibration import (
   reliability_bins,
   scaled_probabilities,
 )
-from fpclass.config.inputs import DataSettings, SplitSettings
-from fpclass.config.training import EvalSettings, SweepSettings
 from fpclass.data import pipeline
 from fpclass.errors import UserInputError
 from fpclass.infer import ensemble, tta
@@ -64,19 +62,19 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
   workdir = pathlib.Path(workdir)
   if ensemble.ensemble_record(workdir) is not None:   # storing here would rewrite its members' own runs
     raise UserInputError(f'{workdir} is an ensemble workdir (--mode ensemble): --mode calibrate fits it on its '
-                         'out-of-fold probabilities (fpclass.infer.ensemble_calibration), not on its members\' own')
+                         'out-of-fold probabilities (fpclass.ensemble.calibration), not on its members\' own')
   tta_settings = tta.calibration_settings(config)
   if tta_settings.on:
     predictions = None   # the logits training computed are plain ones
-  sweep = SweepSettings.from_config(config.sweep)
-  bins, metric = sweep.ece_bins, sweep.threshold_metric   # both checked by SweepSettings
   members = ensemble.load_members(config, workdir, folds=bool(ensemble.member_workdirs(workdir)),
                                   restore=predictions is None)
-  decoded = decoded or pipeline.decode_source(DataSettings.from_config(config.data))
-  batch_size = EvalSettings.from_config(config.eval).batch_size
+  run = members[0].settings   # the given config with the first member's split: its sweep, eval and data sections
+  bins, metric = run.sweep.ece_bins, run.sweep.threshold_metric   # both checked by SweepSettings
+  decoded = decoded or pipeline.decode_source(run.data)
+  batch_size = run.eval.batch_size
   frames, logits, labels, groups = [], [], [], []
   for g, member in enumerate(members):
-    val = pipeline.split_dataset(decoded, SplitSettings.from_config(member.config.data)).val
+    val = pipeline.split_dataset(decoded, member.settings.data.split).val
     member_logits = (predictions[member.path.name] if predictions is not None else
                      member.trained.logits(val.images, batch_size, tta_settings=tta_settings))
     logits.append(member_logits)
@@ -84,7 +82,7 @@ def calibrate(config, workdir, decoded=None, predictions: dict | None = None) ->
     groups.append(np.full(len(val), g))
     frames.append(pd.DataFrame({'member': member.path.name if member.path != workdir else '.', 'id': val.ids}))
   logits, labels, groups = np.concatenate(logits), np.concatenate(labels), np.concatenate(groups)
-  head = head_of(members[0].config)
+  head = head_of(run)
   class_names = tuple(members[0].metadata['class_names'])
   what = (f'out-of-fold predictions of {len(members)} fold models' if len(members) > 1
           else 'validation predictions of this run')

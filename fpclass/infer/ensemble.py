@@ -22,6 +22,7 @@ import numpy as np
 
 from fpclass.analysis.calibration import Decision, scaled_probabilities
 from fpclass.config.inputs import DecodeSettings
+from fpclass.config.run import RunSettings
 from fpclass.data.source import natural_key
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
@@ -42,6 +43,11 @@ class MemberModel:
   @property
   def calibration(self) -> dict | None:
     return self.metadata.get('calibration')
+
+  @functools.cached_property
+  def settings(self) -> RunSettings:
+    """Its config, parsed once: where a member's stored config enters the flow."""
+    return self.trained.settings if self.trained is not None else RunSettings.from_config(self.config)
 
 
 # The keys that place a model on its validation split; a member's own values come from its sidecar.
@@ -183,7 +189,7 @@ def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> lis
   model must decode its input as the ensemble does: one decoded image feeds them all."""
   ensemble_metadata = sidecar.read_metadata(workdir)
   calibration = ensemble_metadata.get('calibration')
-  decoded = DecodeSettings.from_config(sidecar.config_from_json(ensemble_metadata['config']).data)
+  decoded = RunSettings.from_config(sidecar.config_from_json(ensemble_metadata['config'])).data.decode
   members = []
   for entry in record['members']:
     for name in entry['models']:
@@ -193,14 +199,15 @@ def _weighted_members(workdir: pathlib.Path, record: dict, restore: bool) -> lis
         raise UserInputError(f'{path}: a model of the ensemble in {workdir} is missing ({sidecar.METADATA}); '
                              'run --mode ensemble again on its sweep or auto workdir')
       cfg = sidecar.config_from_json(metadata['config'])
-      own = DecodeSettings.from_config(cfg.data)
+      member = MemberModel(path, cfg, dict(metadata, calibration=calibration),
+                           load_trained(cfg, path) if restore else None,
+                           float(entry['weight']) / len(entry['models']), calibrates_mix=True)
+      own = member.settings.data.decode
       if own != decoded:
         raise UserInputError(f'{path}: decodes its images as {_input_text(own)}, the ensemble in {workdir} as '
                              f'{_input_text(decoded)}; ensemble only models of one input (data.image_size, '
                              'data.channels, data.resize)')
-      members.append(MemberModel(path, cfg, dict(metadata, calibration=calibration),
-                                 load_trained(cfg, path) if restore else None,
-                                 float(entry['weight']) / len(entry['models']), calibrates_mix=True))
+      members.append(member)
   if len({tuple(m.metadata['class_names']) for m in members}) > 1:
     raise UserInputError(f'the models of the ensemble in {workdir} were trained on different classes')
   return members
@@ -239,6 +246,11 @@ class WeightedEnsemble:
   @property
   def weights(self) -> list[float]:
     return [m.weight for m in self.members]
+
+  @property
+  def settings(self) -> RunSettings:
+    """The heaviest member's typed sections: every member decodes its input as the ensemble does."""
+    return max(self.members, key=lambda m: m.weight).settings
 
   def probabilities(self, images: np.ndarray, batch_size: int, chunk: int | None = None,
                     tta_settings: tta.TTA | None = None, first_batch: int = 0) -> np.ndarray:

@@ -15,9 +15,6 @@ from sklearn import metrics as skm
 from fpclass import fileio
 from fpclass.analysis import error_analysis, metrics, multilabel_metrics
 from fpclass.analysis.calibration import Decision
-from fpclass.config.inputs import DataSettings, SourceSettings
-from fpclass.config.model import ModelSettings
-from fpclass.config.training import EvalSettings
 from fpclass.data import pipeline
 from fpclass.data.label_map import FINE_LABEL, source_class_order
 from fpclass.errors import UserInputError
@@ -34,16 +31,17 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   holds them (the runner, which computes them once for evaluate and explain)."""
   workdir = pathlib.Path(workdir)
   trained = trained or load_trained(config, workdir)
-  dataset = dataset or pipeline.load_dataset(DataSettings.from_config(config.data))
-  score_train, model_name = EvalSettings.from_config(config.eval).score_train, ModelSettings.from_config(config.model).name
+  run = trained.settings
+  dataset = dataset or pipeline.load_dataset(run.data)
+  score_train, model_name = run.eval.score_train, run.model.name
   if tuple(dataset.class_names) != trained.class_names:
     raise UserInputError(f'the data has classes {list(dataset.class_names)} but the checkpoint in {workdir} '
                          f'was trained on {list(trained.class_names)}')
-  batch, chunk = EvalSettings.from_config(config.eval).batch_size, prediction_chunk(config, dataset)
+  batch, chunk = run.eval.batch_size, prediction_chunk(run, dataset)
   val_probs = val_probabilities if val_probabilities is not None else trained.probabilities(
       dataset.val.images, batch, chunk)
   if trained.task.head == 'multilabel':
-    return evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk, config)
+    return evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk)
   result = metrics.scores(dataset.val.labels, val_probs, dataset.class_names)
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
                 model=model_name, num_params=trained.metadata['num_params'])
@@ -74,7 +72,7 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   if fine_labelled:
     table = pd.concat([error_analysis.confusion_by_fine_label(
         name, split.extras[FINE_LABEL], split.labels, probs.argmax(1), dataset.class_names,
-        source_class_order(SourceSettings.from_config(config.data).label_map, split.extras[FINE_LABEL]))
+        source_class_order(run.data.files.label_map, split.extras[FINE_LABEL]))
         for name, (split, probs) in fine_labelled.items()], ignore_index=True)
     fileio.write_csv(workdir / error_analysis.FILE, table)
     report.write_section(workdir, '15-fine-labels', error_analysis.section(table, dataset.class_names))
@@ -84,13 +82,13 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
   return result
 
 
-def evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk, config) -> dict:
+def evaluate_multilabel(workdir, dataset, trained, val_probs, batch, chunk) -> dict:
   """`evaluate_workdir` for a multi-label model: every figure of `fpclass.analysis.multilabel_metrics.scores`
   at the stored per-label thresholds (0.5 before `--mode calibrate`), and the per-label table."""
   decision = Decision.for_model(trained, calibrated=True)
   thresholds = decision.label_thresholds(len(dataset.class_names))
   result = multilabel_metrics.scores(dataset.val.labels, val_probs, dataset.class_names, thresholds)
-  score_train, model_name = EvalSettings.from_config(config.eval).score_train, ModelSettings.from_config(config.model).name
+  score_train, model_name = trained.settings.eval.score_train, trained.settings.model.name
   result.update(split='val', split_note=dataset.split_note, checkpoint=trained.checkpoint, epoch=trained.epoch,
                 model=model_name, num_params=trained.metadata['num_params'], decision=decision.describe())
   if dataset.test is not None and dataset.test.labels is not None:

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 
 from fpclass.config.run import RunSettings
-from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
 from fpclass.infer import tta
 from fpclass.models.heads import probabilities
@@ -28,6 +27,7 @@ class Trained:
   checkpoint: str      # which checkpoint was restored: 'best' or 'last'
   epoch: int
   loop: LoopState      # the run's final loop state (history, best epoch, stop reason)
+  settings: RunSettings | None = None   # the config it was restored under, parsed once: what its readers read
 
   @functools.cached_property
   def compiled(self) -> CompiledSteps:
@@ -79,9 +79,10 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
                          'calibrate use it; evaluate and explain take one model (the ensemble\'s cross-fitted scores '
                          'are in ensemble.md): point them at a member\'s workdir or a soup\'s (soup/fold<k>)')
   sidecar.check_restorable(workdir, metadata, sidecar.config_as_json(config))
-  kind = kind or TrainSettings.from_config(config.train).select_checkpoint
+  run = RunSettings.from_config(config)
+  kind = kind or run.train.select_checkpoint
   class_names = tuple(metadata['class_names'])
-  task = build_task(RunSettings.from_config(config), class_names, np.arange(len(class_names)), steps_per_epoch=1)
+  task = build_task(run, class_names, np.arange(len(class_names)), steps_per_epoch=1)
   height, width = metadata['image_size']
   abstract = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), (height, width, metadata['channels'])))
   store = checkpoint.CheckpointStore(workdir)
@@ -99,4 +100,4 @@ def load_trained(config, workdir, kind: str | None = None) -> Trained:
   # Placed as training places them (replicated over the mesh), so the predict program is training's own.
   parallel = DataParallel.over()
   state = state.replace(params=parallel.replicate(state.params), batch_stats=parallel.replicate(state.batch_stats))
-  return Trained(task, state, metadata, class_names, kind, int(epoch), loop)
+  return Trained(task, state, metadata, class_names, kind, int(epoch), loop, run)

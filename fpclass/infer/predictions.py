@@ -4,20 +4,20 @@ import numpy as np
 import pandas as pd
 
 from fpclass.analysis.metrics import binary_log_losses
-from fpclass.config.training import EvalSettings, TrainSettings
+from fpclass.config.run import RunSettings
 from fpclass.train.steps import validation_batch
 from fpclass.train.task import common_batch
 
 
-def prediction_chunk(config, dataset) -> int:
+def prediction_chunk(run: RunSettings, dataset) -> int:
   """The batch evaluate and explain predict every split in: the batch each epoch validated in
   (`fpclass.train.steps.validation_batch`), or the largest split they score if that is smaller, the others
   padded up to it, so training's predict program serves them (compiled, and on a GPU autotuned, already). One
   batch shape is one compiled program for all the splits; a batch per split size compiled (and traced) the
   network again for each, seconds per split for a large backbone. The padding costs at most the largest
   split's work once more per split."""
-  settings = EvalSettings.from_config(config.eval)
-  batch = validation_batch(settings, TrainSettings.from_config(config.train).batch_size)
+  settings = run.eval
+  batch = validation_batch(settings, run.train.batch_size)
   splits = [dataset.val, dataset.test if dataset.test is not None and dataset.test.labels is not None else None,
             dataset.train if settings.score_train else None]
   return common_batch(batch, [len(split) for split in splits if split is not None])

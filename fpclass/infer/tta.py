@@ -17,8 +17,8 @@ import numpy as np
 
 from fpclass.errors import UserInputError
 from fpclass.models.heads import as_logits, probabilities
+from fpclass.runtime.compiler_options import jit_options
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train.steps import jit_options
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,7 +96,7 @@ def get_spec(name: str) -> ModelSpec:
 
 def num_outputs(model: ModelSettings, num_classes: int) -> int:
   """A softmax head has one logit per class; a sigmoid head one logit for a binary task."""
-  head = ModelSettings.from_config(model).head
+  head = model.head
   if head == 'softmax':
     return num_classes
   if head == 'sigmoid':
@@ -115,7 +115,8 @@ def create_model(model: ModelSettings, num_classes: int, dtype=None) -> nn.Modul
   """Builds the configured module, checking each config field against the module's own fields.
 
   `dtype`, when given, is the compute dtype (see `fpclass.train.precision`), passed as the module's `dtype`
-  field; parameters stay float32 either way.
+  field; parameters stay float32 either way. The package's door for a model: `model` is config.model typed, or
+  its ConfigDict (`ml_collections.ConfigDict(dict(name='resnet18'))`), parsed here.
   """
   model = ModelSettings.from_config(model)
   spec = get_spec(model.name)
@@ -142,7 +143,8 @@ def module_class(module):
 
 
 def _import_families():
-  """Registration happens on import. Every module of this package registers its family, so a new family
-  is a new file and nothing else."""
-  for info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f'{__name__}.{info.name}')
+  """Registration happens on import. Every module of `fpclass.models.architectures` registers its family, so a
+  new family is a new file there and nothing else."""
+  package = importlib.import_module(f'{__name__}.architectures')
+  for info in pkgutil.iter_modules(package.__path__):
+    importlib.import_module(f'{package.__name__}.{info.name}')

@@ -14,9 +14,11 @@ from fpclass.errors import UserInputError
 HEADS = ('softmax', 'sigmoid', 'multilabel')
 
 
-def head_of(config) -> str:
-  """The head a run's config describes: 'multilabel' when config.data.task is, else config.model.head."""
-  return head_for(ModelSettings.from_config(config.model), LabelSettings.from_config(config.data))
+def head_of(run) -> str:
+  """The head a run describes (its `fpclass.config.run.RunSettings`): 'multilabel' when config.data.task is,
+  else config.model.head. (Not annotated: importing the run's settings here would lengthen every chain through
+  the heads.)"""
+  return head_for(run.model, run.data.labels)
 
 
 def head_for(model: ModelSettings, labels: LabelSettings) -> str:

@@ -1,5 +1,5 @@
 """`config.probe.backbones`: the registered pretrained models a probe screens, each with its weights, checked
-once per launch (`fpclass.train.validation`) and read by `--mode probe` (`fpclass.infer.pooled_features`)."""
+once per launch (`fpclass.train.validation`) and read by `--mode probe` (`fpclass.probe.pooled_features`)."""
 import dataclasses
 import pathlib
 
@@ -24,17 +24,17 @@ def valid_backbones() -> list[str]:
   return sorted(name for name, spec in models.REGISTRY.items() if spec.pretrained)
 
 
-def parse_backbones(config) -> list[Backbone]:
+def parse_backbones(probe: ProbeSettings, model: ModelSettings) -> list[Backbone]:
   """config.probe.backbones, checked (`parse_entries`)."""
-  return parse_entries(ProbeSettings.from_config(config.probe).backbones, config, 'config.probe.backbones')
+  return parse_entries(probe.backbones, model, 'config.probe.backbones')
 
 
-def parse_entries(entries, config, key: str) -> list[Backbone]:
+def parse_entries(entries, model: ModelSettings, key: str) -> list[Backbone]:
   """Backbone entries ('name' or 'name=weights') of the flag `key`, checked: registered pretrained models, no
   entry twice. One model may be listed with different weights (random init against ImageNet, say); a plain name
   takes config.model.pretrained; a Hub checkpoint alone ('hf-hub:timm/<arch>.<tag>') is its architecture's model
   with those weights."""
-  default = str(ModelSettings.from_config(config.model).get('pretrained', '') or '')
+  default = str(model.get('pretrained', '') or '')
   valid = valid_backbones()
   parsed = []
   flags = []

@@ -18,7 +18,7 @@ from fpclass.config.model import ModelSettings
 from fpclass.errors import UserInputError
 from fpclass.models import preprocessing, weights_ref
 from fpclass.models import weights as weights_lib
-from fpclass.models.conv import NHWC, Conv, explicit_pads
+from fpclass.models.layers.conv import NHWC, Conv, explicit_pads
 
 TOP_PARAMS = r'^params/top/'
 PAD_OFFSET = 'pad_offset'   # StemConv's batch_stats entry
@@ -155,7 +155,6 @@ def load_pretrained(spec, model: ModelSettings, variables: dict, cache_dir,
   not given): none, registered weights (downloaded once to <cache>/weights with its checksum verified), a file
   the source framework wrote, or a Hub checkpoint (whose config.json's normalisation the grayscale fold uses).
   """
-  model = ModelSettings.from_config(model)
   if weights is None:
     weights = weights_ref.resolve(model.get('pretrained', ''), spec, cache_dir)
   if weights.model != spec.name:

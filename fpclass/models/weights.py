@@ -330,6 +330,3 @@ def verify_checksum(path: pathlib.Path, checksum: str) -> bool:
   return digest.hexdigest().startswith(expected.lower())
 
 
-def fetch(weights: WeightsFile, cache_dir: str | os.PathLike) -> pathlib.Path:
-  """The cached copy of `weights`, downloading and verifying it first if needed (atomic)."""
-  return weights.fetch_to(weights.cached_path(cache_dir))

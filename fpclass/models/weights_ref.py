@@ -88,7 +88,6 @@ def resolve(pretrained, spec: models.ModelSpec, cache_root=None, *, flag: str = 
 def weights_normalisation(model: ModelSettings) -> preprocessing.Normalisation | None:
   """The normalisation config.model's weights expect: a Hub checkpoint's own (tags of one architecture differ:
   ViT's augreg 0.5, CLIP's), else the registry's; None for a seed CNN (config.data.mean/std apply)."""
-  model = ModelSettings.from_config(model)
   return resolve(model.get('pretrained', ''), models.get_spec(model.name)).normalisation
 
 

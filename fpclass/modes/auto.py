@@ -1,4 +1,4 @@
-"""`--mode auto`: the best defensible model for the data within a time budget (`fpclass.search.auto`): a screen
+"""`--mode auto`: the best defensible model for the data within a time budget (`fpclass.auto.search`): a screen
 of the backbones, a population search with successive halving, the finalists confirmed on fresh folds and seeds
 with paired intervals, and the choice's fold models as one ensemble in `<workdir>/final`. Writes auto_report.md, trials.csv, the figures,
 confirm_members.csv, confirm_differences.csv, chosen_config.py and auto.json (docs/auto.md).
@@ -13,8 +13,8 @@ from fpclass.errors import UserInputError
 if importlib.util.find_spec('optuna') is None:   # the search's sampler: an extra, named before any work
   raise UserInputError("--mode auto needs Optuna: pip install 'fpclass[auto]'")
 
-from fpclass.search.auto import run_auto  # noqa: E402 -- after the extra's check
-from fpclass.search.auto_report import REPORT, write_report  # noqa: E402
+from fpclass.auto.report import REPORT, write_report  # noqa: E402 -- after the extra's check
+from fpclass.auto.search import run_auto  # noqa: E402
 
 
 def auto(config, workdir) -> dict | None:

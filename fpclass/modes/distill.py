@@ -3,23 +3,23 @@
     python launch.py --config configs/footprint.py:exp4 --config.model.conv_channels='(8,16)' \
         --workdir runs/fp-student --mode distill --config.distill.teacher=runs/fp-sweep/ensemble
 
-The teacher is any trained workdir (an ensemble, a sweep, an auto run, a run: `fpclass.infer.distill`); it scores
+The teacher is any trained workdir (an ensemble, a sweep, an auto run, a run: `fpclass.distill.teacher`); it scores
 the very augmented view the student sees, inside the student's train step. The student trains through the one
 training loop (`fpclass.train.loop.run_plan`, the solo plan) into --workdir, an ordinary workdir (predict, serve,
 export use it), and is evaluated there. With config.distill.compare, on each split the teacher's models held out
 (x config.distill.seeds) the student is trained again with those models alone as its teacher, and alone on the
 labels, under `compare/`; distill.json and report.md say how the three compare on images none of them trained
-on, and their images per second (`fpclass.infer.distill_report`).
+on, and their images per second (`fpclass.distill.report`).
 """
 import dataclasses
 import pathlib
 
-from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import DistillSettings
+from fpclass.config.run import RunSettings
 from fpclass.data import pipeline
+from fpclass.distill import report as distill_report
+from fpclass.distill import teacher as distill_core
 from fpclass.errors import UserInputError
-from fpclass.infer import distill as distill_core
-from fpclass.infer import distill_report
 from fpclass.infer.evaluation import evaluate_workdir
 from fpclass.train.loop import run_plan
 from fpclass.train.plan import apply_changes, solo_plan
@@ -31,16 +31,17 @@ def distill(config, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   settings = DistillSettings.from_config(config.distill)
   student = distill_core.student_config(config)
+  student_run = RunSettings.from_config(student)
   models = distill_core.teacher_models(settings.teacher)
-  data = DataSettings.from_config(student.data)
+  data = student_run.data
   class_names = tuple(pipeline.list_source(data).class_names)
-  distill_core.check_student(student, models, class_names, (data.decode.height, data.decode.width,
+  distill_core.check_student(student_run, models, class_names, (data.decode.height, data.decode.width,
                                                             data.decode.channels))
   if settings.label_weight and data.labels.multilabel:
     raise UserInputError(f'config.distill.label_weight={settings.label_weight}: single-label tasks only (a '
                          'multi-label target is per class, and an unlabelled row has no label to weigh); set 0')
-  splits = distill_core.comparison_splits(models, settings, student) if settings.compare else []
-  unlabelled = distill_core.unlabelled_images(settings, student)
+  splits = distill_core.comparison_splits(models, settings, student_run) if settings.compare else []
+  unlabelled = distill_core.unlabelled_images(settings, student_run)
 
   splits_of_models = distill_core.model_splits(models)   # each source decoded once, for both uses below
   validated_ids = distill_core.held_out_ids(splits_of_models) if settings.cross_fit else None
@@ -71,8 +72,8 @@ def distill(config, workdir) -> dict:
                   'validation_images_the_teacher_trained_on': distill_core.teacher_trained_on(
                       splits_of_models, run.data.dataset.val.ids)},
       'unlabelled': 0 if unlabelled is None else len(unlabelled),
-      'comparison': distill_report.score_runs(runs, student, class_names) if runs else None,
-      'images_per_second': distill_report.speeds(workdir, models, runs, student)}
+      'comparison': distill_report.score_runs(runs, student_run, class_names) if runs else None,
+      'images_per_second': distill_report.speeds(workdir, models, runs, student_run)}
   distill_report.write(workdir, record)
   print(distill_report.section(record))
   return record

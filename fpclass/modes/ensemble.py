@@ -1,5 +1,5 @@
 """`--mode ensemble`: the best weighted mix of a sweep's variants or an auto run's trials, chosen on their
-out-of-fold predictions (`fpclass.search.ensemble_selection`), and a greedy soup (`fpclass.search.soup`), each
+out-of-fold predictions (`fpclass.ensemble.selection`), and a greedy soup (`fpclass.ensemble.soup`), each
 scored cross-fitted against the best single candidate. Writes `<workdir>/<config.ensemble.output>/`:
 - metadata.json: an ensemble workdir (members, their models and weights): submit and predict use it as a run;
 - ensemble.json: the selection record (every round, each fold's cross-fitted selection, intervals, costs);
@@ -16,10 +16,10 @@ from fpclass.analysis import metric_registry, stats
 from fpclass.analysis.multilabel_calibration import calibrate_thresholds
 from fpclass.config.search import EnsembleSettings
 from fpclass.config.training import EvalSettings, SweepSettings
+from fpclass.ensemble import selection
+from fpclass.ensemble import soup as soups
 from fpclass.infer import tta
 from fpclass.runtime import report
-from fpclass.search import ensemble_selection as selection
-from fpclass.search import soup as soups
 from fpclass.train import oof, sidecar
 
 

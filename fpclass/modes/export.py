@@ -1,5 +1,5 @@
 """`--mode export`: the selected checkpoint as ONNX and as a serialized `jax.export` (StableHLO) artifact, with
-the preprocessing inside the graph (`fpclass.infer.export`).
+the preprocessing inside the graph (`fpclass.deploy.export`).
 
     python launch.py --workdir runs/fp-exp4 --mode export              # -> runs/fp-exp4/export/
     python launch.py --workdir runs/fp-sweep/ensemble --mode export    # an ensemble: one graph, its weighted mix
@@ -7,19 +7,20 @@ the preprocessing inside the graph (`fpclass.infer.export`).
 Writes `model.onnx`, `model.jax_export` and `model.json` under `<workdir>/<config.export.folder>/`. An ensemble
 workdir's graph holds every member model and outputs their weighted mean probabilities (`probabilities`, not
 `logits`); model.json lists its members and weights. With config.ood.enabled (the default) each graph has a
-second output, `ood_score`, and model.json's `ood` its threshold (`fpclass.infer.ood`: fitted and stored in the
+second output, `ood_score`, and model.json's `ood` its threshold (`fpclass.deploy.ood`: fitted and stored in the
 workdir on first use). With config.export.int8, also `model.int8.onnx` and `model.int8.json`: the statically
 quantised model and its accuracy against the float model on held-out images, refused past
-config.export.int8_max_drop (`fpclass.infer.int8`).
+config.export.int8_max_drop (`fpclass.deploy.int8`).
 """
 import json
 import pathlib
 
 from fpclass import __version__
 from fpclass.config.outputs import ExportSettings, OodSettings
-from fpclass.infer import int8, ood
+from fpclass.config.run import RunSettings
+from fpclass.deploy import int8, ood
+from fpclass.deploy.export import export_ensemble, export_model
 from fpclass.infer.ensemble import WeightedEnsemble, load_model, member_config
-from fpclass.infer.export import export_ensemble, export_model
 from fpclass.train import checkpoint
 
 
@@ -58,9 +59,9 @@ def export(config, workdir) -> dict:
   for fmt, path in written.items():
     print(f'wrote {path} ({fmt})')
   if settings.int8:
-    data_config = config if ensemble else member_config(config, trained.metadata)
+    data = RunSettings.from_config(config if ensemble else member_config(config, trained.metadata)).data
     threshold = scorer.threshold if scorer is not None else None
-    described = int8.export_workdir_int8(written['onnx'], data_config, json.loads(written['description'].read_text()),
+    described = int8.export_workdir_int8(written['onnx'], data, json.loads(written['description'].read_text()),
                                          settings.int8_max_drop, settings.int8_calibration_images, threshold)
     written['int8'] = folder / int8.INT8_FILE
     print(f'wrote {written["int8"]} (int8): {int8.summary(described)}')

@@ -1,14 +1,14 @@
 """`--mode label_issues`: the given labels that a workdir's out-of-fold predictions say are probably wrong.
 
 Pools every model's out-of-fold probabilities below --workdir (a train run with folds, a sweep, an auto run:
-`fpclass.infer.out_of_fold`), runs cleanlab's confident learning on them (`fpclass.analysis.label_issues`,
+`fpclass.infer.out_of_fold`), runs cleanlab's confident learning on them (`fpclass.explain.label_issues`,
 config.label_issues) and writes:
 - label_issues.csv: the flagged examples (file, given_label, suggested_label, self_confidence, rank, members),
   least confident first;
 - label_quality.csv: every example with out-of-fold predictions, with cleanlab's verdict (`issue`);
 - label_issues.png: the config.label_issues.grid least confident flagged images, decoded by the data pipeline;
 - label_issues_cam.png, on request (config.label_issues.cam): Grad-CAM of the least confident, their given and
-  suggested labels, each by a model that held it out (`fpclass.infer.suspect_cams`);
+  suggested labels, each by a model that held it out (`fpclass.explain.suspect_cams`);
 - label_issues.md and a report.md section.
 It reads only: no file of the data changes. Act on the list with --config.data.exclude_csv or
 --config.data.relabel_csv (`fpclass.data.curation`; docs/label_issues.md).
@@ -18,13 +18,14 @@ import pathlib
 import pandas as pd
 
 from fpclass import fileio
-from fpclass.analysis.label_issues import chance_warning, find_label_issues, flagged, report_markdown, suspects_grid
 from fpclass.analysis.metric_registry import MULTI
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import ExplainSettings, LabelIssuesSettings
 from fpclass.data import pipeline
 from fpclass.data.rows import in_memory
-from fpclass.infer import out_of_fold, suspect_cams
+from fpclass.explain import suspect_cams
+from fpclass.explain.label_issues import chance_warning, find_label_issues, flagged, report_markdown, suspects_grid
+from fpclass.infer import out_of_fold
 from fpclass.runtime import report
 
 FILE = 'label_issues.csv'

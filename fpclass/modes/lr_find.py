@@ -13,6 +13,9 @@ import dataclasses
 import math
 import pathlib
 
+import numpy as np
+from matplotlib.figure import Figure
+
 from fpclass import fileio
 from fpclass.config.outputs import LrFindSettings
 from fpclass.config.run import RunSettings
@@ -39,7 +42,7 @@ def lr_find(config, workdir) -> dict:
                 stopped=record.stopped, steps=len(record.lrs), settings=dataclasses.asdict(settings),
                 suggestion=settings.suggestion, suggestions=suggestions)
   fileio.write_json(workdir / JSON, result)
-  fileio.save_figure(workdir / FIGURE, lr_finder.plot(record, suggestions, settings.suggestion))
+  fileio.save_figure(workdir / FIGURE, plot(record, suggestions, settings.suggestion))
   report.write_section(workdir, '06-lr-find', _section(result))
   stop = {'num_it': f'after {len(record.lrs)} steps', 'diverged': f'diverged at step {len(record.lrs)}',
           'nan': f'the loss became NaN at step {len(record.lrs)}'}[record.stopped]
@@ -71,3 +74,28 @@ def _section(result: dict) -> str:
     lines.append('No suggestion: too few steps before the sweep stopped.')
   lines += ['', f'![learning-rate finder]({FIGURE})']
   return '\n'.join(lines)
+
+
+def plot(record: lr_finder.Record, suggestions: dict, first: str) -> Figure:
+  """The smoothed loss against the learning rate (log scale), the last lr_finder.SKIP_END points left out as in
+  fastai's plot, with each suggestion marked (`first` first in the legend)."""
+  fig = Figure(figsize=(6.0, 4.0), layout='constrained')
+  ax = fig.subplots()
+  shown = slice(0, max(1, len(record.lrs) - lr_finder.SKIP_END))
+  ax.plot(record.lrs[shown], record.smoothed[shown], color='C0', label='smoothed loss')
+  ax.plot(record.lrs[shown], record.losses[shown], '.', color='C0', alpha=0.25, ms=3, label='loss')
+  for i, name in enumerate(sorted(suggestions, key=lambda n: n != first)):
+    lr, loss = suggestions[name]['point']
+    ax.plot(lr, loss, 'o', color=f'C{i + 1}', label=f'{name}: {suggestions[name]["lr"]:.2e}')
+  finite = np.asarray(record.smoothed[shown], np.float64)
+  finite = finite[np.isfinite(finite)]
+  if len(finite):   # the raw losses of a diverging sweep would squash the curve
+    low, high = finite.min(), finite.max()
+    ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.05 * (high - low + 1e-12))
+  ax.set_xscale('log')
+  ax.set_xlabel('learning rate')
+  ax.set_ylabel('loss')
+  ax.set_title(f'learning-rate finder: {len(record.lrs)} steps, stopped: {record.stopped}', fontsize=10)
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  return fig

@@ -9,7 +9,7 @@ taken from the CSV's folder). Writes, in the workdir:
   column per class, with the stored temperature and threshold applied (`config.predict.calibrated`), and
   test-time augmentation with `config.predict.tta` (`fpclass.infer.tta`). Multi-label: `tags` in place of
   `predicted`, the classes whose probability reaches their stored threshold (else 0.5), space-separated. With
-  config.ood.enabled, `ood_score` and `unknown`: like none of the classes (`fpclass.infer.ood`);
+  config.ood.enabled, `ood_score` and `unknown`: like none of the classes (`fpclass.deploy.ood`);
 - `predictions_quarantine.csv`: every input that could not be read, with the reason (a bad file never stops the run);
 - with `config.predict.explain`, one Grad-CAM overlay PNG per image under `predict_explain/`.
 Images are decoded exactly as at training (`fpclass.data.decode`) and predicted in fixed-size batches.
@@ -27,9 +27,10 @@ from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ExplainSettings, OodSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.new_images import list_inputs
-from fpclass.infer import ood, tta
+from fpclass.deploy import ood
+from fpclass.explain.explainer import build_explainer, overlay_rgb, save_png
+from fpclass.infer import tta
 from fpclass.infer.ensemble import load_model
-from fpclass.infer.explainer import build_explainer, overlay_rgb, save_png
 from fpclass.infer.predictions import tags_text
 from fpclass.runtime import report
 
@@ -54,7 +55,7 @@ def predict(config, workdir) -> pathlib.Path:
   if settings.explain:
     explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False)
     image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
-    explainer = build_explainer(config, trained, explain_settings, image_shape)
+    explainer = build_explainer(trained, explain_settings, image_shape)
   scorer = ood_scorer(config, workdir, trained)
 
   names = trained.class_names

@@ -86,7 +86,7 @@ def _run_chain(mode: str, config, workdir: pathlib.Path, options: dict):
     # Restored once, and the validation split predicted once, for evaluate and explain.
     trained = load_trained(config, workdir)
     val_probabilities = trained.probabilities(dataset.val.images, int(config.eval.batch_size),
-                                              prediction_chunk(config, dataset))
+                                              prediction_chunk(trained.settings, dataset))
     result = mode_function('evaluate')(config, workdir, dataset=dataset, trained=trained,
                                        val_probabilities=val_probabilities)
   if config.explain.after_training:

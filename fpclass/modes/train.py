@@ -4,7 +4,7 @@ runner chains evaluate and explain after it (`fpclass.modes`).
 
 The whole training set is a device array and each step gathers its batch by index, or, when the decoded
 set exceeds config.data.device_memory_budget, each batch is streamed from the memory-mapped decode cache in
-the same order (`fpclass.train.feed`). Every epoch writes metrics.csv and the `last` checkpoint (with the loop
+the same order (`fpclass.train.steps.CompiledSteps.epoch`). Every epoch writes metrics.csv and the `last` checkpoint (with the loop
 state, so a killed run resumes where it stopped), and the `best` checkpoint when the monitor improves.
 
 SIGINT (Ctrl-C) or SIGTERM stops the run after the current step: the state in the middle of the epoch is

@@ -162,29 +162,6 @@ class WorkdirLock:
         logging.warning('%s: heartbeat not written (%s)', self.path, e)
 
 
-def training_run(workdir: str | os.PathLike) -> LockHolder | None:
-  """The run training in `workdir` now, or None; for read-only modes, which never take the lock.
-
-  Do not call it for a workdir whose lock this process holds on NFS: there flock is emulated by POSIX locks,
-  which a process loses when it closes any descriptor of the file.
-  """
-  path = lock_path(workdir)
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except FileNotFoundError:
-    return None
-  except OSError:
-    return None  # unreadable: nothing to say about a run, and the mode itself will report the folder
-  try:
-    os_lock = _flock_probe(fd)
-    holder = _read_holder(fd)
-    if os_lock is False:
-      return holder or LockHolder(pid=0, host='?', started=time.time())
-    return holder if holder is not None and _looks_alive(holder, os_lock) else None
-  finally:
-    os.close(fd)
-
-
 def process_owner() -> dict:
   """This process as an owner record names it (host and pid): an Optuna trial's owner, say."""
   return {'host': socket.gethostname(), 'pid': os.getpid()}

@@ -10,7 +10,7 @@ One image's result (`Predictor.classify`) depends on the model's head:
   threshold (the per-label thresholds stored by `--mode calibrate`, else 0.5); [] when none is. There is no
   "class": an image may have several labels or none.
 With config.ood.enabled (the default) each result also holds "ood_score" and "unknown": the image looks like
-none of the classes (`fpclass.infer.ood`: its score past the threshold fitted on held-out images; computed in
+none of the classes (`fpclass.deploy.ood`: its score past the threshold fitted on held-out images; computed in
 the same program as the logits, and fitted in memory when the workdir holds no ood.npz).
 """
 import asyncio
@@ -29,12 +29,11 @@ from PIL import Image
 
 from fpclass.analysis.calibration import Decision
 from fpclass.config.inputs import DecodeSettings
-from fpclass.config.model import ModelSettings
 from fpclass.config.outputs import ExplainSettings, OodSettings, ServeSettings
+from fpclass.deploy import ood
 from fpclass.errors import UserInputError
-from fpclass.infer import ood
+from fpclass.explain.explainer import build_explainer, overlay_rgb
 from fpclass.infer.ensemble import WeightedEnsemble, load_model
-from fpclass.infer.explainer import build_explainer, overlay_rgb
 from fpclass.infer.inference import Trained
 from fpclass.train.batches import in_fixed_batches
 
@@ -146,11 +145,6 @@ class Predictor:
     buffer = io.BytesIO()
     Image.fromarray(overlay_rgb(image, maps[0], self.explainer.settings.alpha), 'RGB').save(buffer, format='PNG')
     return buffer.getvalue(), self.trained.class_names[int(target[0])]
-
-  def overlay_png(self, image: np.ndarray) -> bytes:
-    """The Grad-CAM overlay of one image (see `explain`), as PNG bytes."""
-    return self.explain(image)[0]
-
 
 class Waiting(NamedTuple):
   """A request in the batcher's queue: its images, the future its handler awaits, and when it arrived (at
@@ -289,27 +283,29 @@ def check_batch_sizes(settings: ServeSettings) -> None:
 
 
 def load_service(config, workdir, settings: ServeSettings | None = None) -> Service:
-  """Restores the checkpoint of `workdir` once and warms its predict (and Grad-CAM) function."""
+  """Restores the checkpoint of `workdir` once and warms its predict (and Grad-CAM) function. Where a served
+  job's config enters: its serve, explain and ood sections are parsed here, once per worker; the model's own
+  sections ride on the restored model."""
   workdir = pathlib.Path(workdir)
   settings = settings or ServeSettings.from_config(config.serve)
   check_batch_sizes(settings)
   trained = load_model(config, workdir)   # a run's checkpoint, or an ensemble workdir's weighted members
-  decode_settings = DecodeSettings.from_config(config.data)
+  decode_settings = trained.settings.data.decode
   image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
   explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False, batch_size=1)
   explainer = (None if isinstance(trained, WeightedEnsemble)
-               else build_explainer(config, trained, explain_settings, image_shape))
+               else build_explainer(trained, explain_settings, image_shape))
   ood_settings = OodSettings.from_config(config.ood)
   scorer = (ood.Scorer(trained, ood.for_model(trained, workdir, ood_settings, store=False))
             if ood_settings.enabled else None)
   predictor = Predictor(trained, Decision.for_model(trained, settings.calibrated), settings.warm_batch_sizes,
                         explainer, scorer)
   warm_seconds = predictor.warm(image_shape)
-  return Service(predictor, settings, decode_settings, describe(config, workdir, trained, decode_settings, predictor),
+  return Service(predictor, settings, decode_settings, describe(str(config.name), workdir, trained, decode_settings, predictor),
                  warm_seconds)
 
 
-def describe(config, workdir, trained: Trained | WeightedEnsemble, decode_settings: DecodeSettings,
+def describe(name: str, workdir, trained: Trained | WeightedEnsemble, decode_settings: DecodeSettings,
              predictor: Predictor) -> dict:
   """GET /metadata: the model and what it expects, and its validation scores (scores.json) if evaluated; the OOD
   score and threshold (or None); for an ensemble its members, their models and weights, and the cross-fitted
@@ -327,7 +323,7 @@ def describe(config, workdir, trained: Trained | WeightedEnsemble, decode_settin
   if predictor.multilabel:  # a class is predicted when its probability reaches its threshold
     calibration['thresholds'] = predictor.label_thresholds()
   described = {
-      'name': str(config.name), 'model': 'ensemble' if ensemble else ModelSettings.from_config(config.model).name,
+      'name': name, 'model': 'ensemble' if ensemble else trained.settings.model.name,
       'head': trained.task.head,
       'class_names': list(trained.class_names),
       'input': {'height': decode_settings.height, 'width': decode_settings.width,

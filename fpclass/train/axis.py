@@ -1,8 +1,8 @@
-"""The two forms of the model axis: how the members of one training phase advance through an epoch.
+"""The model axis's data, and its vmap form: how the members of one training phase advance through an epoch.
 
-- `LoopAxis`: each member in turn through the single-model programs (`fpclass.train.steps.CompiledSteps` and
-  `fpclass.train.feed`: the step or scan loop form, data parallel over the mesh, resident or streamed data). A
-  solo `--mode train` run is this form with one member, so a sweep's member runs the solo run's programs.
+- `LoopAxis` (`fpclass.train.steps`, beside the programs it runs): each member in turn through the single-model
+  programs (the step or scan loop form, data parallel over the mesh, resident or streamed data). A solo `--mode
+  train` run is this form with one member, so a sweep's member runs the solo run's programs.
 - `VmapAxis`: the members' states stacked, one jitted `jax.vmap` of `Task.train_step` advancing them all;
   a member with no step left this epoch (a shorter split) or out of this phase is masked (`jnp.where`).
   Chosen by name: where many tiny models would each leave an accelerator idle.
@@ -20,9 +20,9 @@ import numpy as np
 
 from fpclass.data import stream
 from fpclass.errors import UserInputError
-from fpclass.train import feed, precise_bn
+from fpclass.runtime.compiler_options import jit_options
+from fpclass.train import precise_bn
 from fpclass.train import task as task_lib
-from fpclass.train.steps import CompiledSteps, jit_options
 
 FORMS = ('auto', 'vmap', 'loop')
 
@@ -58,64 +58,6 @@ class MemberData:
   val_images: object
   val_index: np.ndarray
   class_weights: tuple | None
-
-
-class LoopAxis:
-  """Members one after another, each through the one `CompiledSteps` (`steps`) and its feed: every member runs
-  the same programs, with `task`'s learning rate and label smoothing and its own class weights as their arguments
-  (`steps` may be another task's of the same structure, shared); device copies of the data are shared by members
-  that read the same arrays."""
-
-  def __init__(self, task, steps: CompiledSteps):
-    self.task, self.steps, self.parallel = task, steps, steps.parallel
-    self.states, self._data, self._placed = {}, {}, {}
-    self._batch_stats = precise_bn.program(task)   # jitted on first use
-
-  def add(self, m, state, data: MemberData) -> None:
-    self.states[m] = state
-    self._data[m] = (data.train, data.val_images, data.class_weights)
-
-  def remove(self, m):
-    self._data.pop(m)
-    return self.states.pop(m)
-
-  def _feed(self, m):
-    train, _, class_weights = self._data[m]
-    arguments = self.steps.arguments(self.task, class_weights)
-    if stream.is_streamed(train):
-      return feed.train_feed(self.steps, train, arguments=arguments)
-    if id(train.images) not in self._placed:   # one device copy per array
-      self._placed[id(train.images)] = (train.images, self.parallel.replicate((train.images, train.labels)))
-    return feed.ResidentFeed(self.steps, train, self._placed[id(train.images)][1], arguments)
-
-  def run_epoch(self, members, orders, keys, on_step=None, start=0, should_stop=None) -> dict:
-    """Trains each of `members` one epoch over its order; {m: [per-step metrics on the host]}."""
-    out = {}
-    for m in members:
-      self.states[m], metrics = self._feed(m).run_epoch(self.states[m], orders[m], keys[m], on_step, start,
-                                                        should_stop)
-      out[m] = jax.device_get(metrics)
-    return out
-
-  def val_logits(self, members, eval_batch: int) -> dict:
-    """Each member's validation logits, with the variables it is evaluated with (`TrainState.for_evaluation`)."""
-    return {m: feed.predict_logits(self.steps, self.states[m].for_evaluation(), self._data[m][1], eval_batch)
-            for m in members}
-
-  def state(self, m):
-    return self.states[m]
-
-  def recompute_batch_stats(self, members, rows: dict, chunk: int) -> None:
-    """config.train.bn_statistics='precise': each member's batch statistics from its training rows (`rows[m]`)
-    under its current weights (`fpclass.train.precise_bn`)."""
-    if self._batch_stats is not None:
-      for m in members:
-        self.states[m] = precise_bn.recomputed(self._batch_stats, self.states[m], self._data[m][0].images, rows[m],
-                                               chunk)
-
-  def updates(self, m) -> int:
-    """Member m's optimizer updates so far in this phase."""
-    return int(self.task.optimizer_updates(self.states[m]))
 
 
 def where_tree(mask, new, old):

@@ -239,5 +239,3 @@ def _placed_here(leaf):
   return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
-def abstract_like(tree):
-  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)

@@ -24,12 +24,12 @@ from fpclass.data.rows import take_rows
 from fpclass.models import transfer
 from fpclass.runtime.sharding import DataParallel
 from fpclass.train import accumulation, augment, ema, feature_cache, optim
-from fpclass.train.axis import LoopAxis, MemberData, Split, TrainData, VmapAxis
+from fpclass.train.axis import MemberData, Split, TrainData, VmapAxis
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, batch_size_for
 from fpclass.train.sampling import batch_order
 from fpclass.train.shared_work import SharedWork
-from fpclass.train.steps import CompiledSteps, resolve_loop, validation_batch
+from fpclass.train.steps import CompiledSteps, LoopAxis, resolve_loop, validation_batch
 from fpclass.train.task import build_task
 from fpclass.train.task import class_weights as task_class_weights
 
@@ -61,10 +61,6 @@ class Cohort:
     self.axes = {}                 # phase -> its model axis
     self.setup_seconds = 0.0       # the one-time feature pass, counted in the first epoch's seconds
     self._tasks, self._val_images, self._schedules = {}, {}, {}
-
-  @property
-  def train_settings(self):
-    return self.run.train
 
   def task(self, phase: int):
     """The phase's task, built once for every member (a member's class weights replace the first one's)."""

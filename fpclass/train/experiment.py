@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 
 from fpclass import fileio
-from fpclass.analysis import sweep_report
+from fpclass.analysis import metrics
 from fpclass.config.run import RunSettings
-from fpclass.data import pipeline
 from fpclass.models.heads import head_of
 from fpclass.runtime import sharding, tracking
 from fpclass.train import checkpoint, oof, optim, sidecar
@@ -45,14 +44,6 @@ class VariantRun:
     return {members_lib.split_name(split): r.val_logits for split, r in self.kept.items()}
 
 
-def plan_splits(run: RunSettings, folds) -> tuple[int, ...]:
-  """The splits a plan's `folds` name for `run`: every fold when (), or -1 alone when the source has its
-  own validation split."""
-  if pipeline.list_source(run.data).val is not None:
-    return (-1,)
-  return tuple(folds) or tuple(range(run.data.split.num_folds))
-
-
 # ------------------------------------------------------------------------------------------ an experiment
 
 def finish(variant: Variant, folder: pathlib.Path, data, records,
@@ -62,14 +53,14 @@ def finish(variant: Variant, folder: pathlib.Path, data, records,
   out-of-fold predictions and experiment.json (every process reads the member store; process 0 removes it
   afterwards). `compile_seconds`: what of `wall_seconds` went to compiling or loading programs."""
   run, train_data = variant.settings, data.train_data
-  class_names, monitor = train_data.class_names, run.train.monitor
-  head = head_of(variant.config)
+  monitor = run.train.monitor
+  head = head_of(variant.settings)
   rows, kept, headers, results = [], {}, [], []
   for m in data.members:
     r, header = records.load(m)
     headers.append(header)
     results.append(r)
-    scores = sweep_report.model_scores(train_data.val.labels[m.val_index], r.val_logits, head, class_names)
+    scores = metrics.model_scores(train_data.val.labels[m.val_index], r.val_logits, head)
     rows.append(dict(experiment=variant.name, split=m.split, seed=m.seed, **scores, checkpoint=r.checkpoint,
                      epoch=r.epoch, epochs_trained=r.loop.epoch, stop_reason=r.loop.stop_reason,
                      n_train=len(m.train_index), n_val=len(m.val_index), val_hash=_index_hash(m.val_index),
@@ -127,7 +118,7 @@ def _save_kept(variant: Variant, folder, data, records, kept: dict, rows: list) 
         shapes[r.loop.phase] = _state_shape(run, train_data, r.member, r.loop.phase)
       r, _ = records.load(r.member, shapes[r.loop.phase])
       member = variant.member(split, r.member.seed, 'sweep')
-      stores.append(save_member_workdir(folder / members_lib.split_name(split), member.config,
+      stores.append(save_member_workdir(folder / members_lib.split_name(split), member,
                                         train_data.class_names, r, normalisation))
       if jax.process_count() > 1:   # orbax names its cross-process barriers by step: one save at a time there
         stores.pop().close()
@@ -141,7 +132,7 @@ def _save_kept(variant: Variant, folder, data, records, kept: dict, rows: list) 
   return num_params
 
 
-def save_member_workdir(workdir, member_config, class_names, result: MemberResult,
+def save_member_workdir(workdir, member: Variant, class_names, result: MemberResult,
                         normalisation) -> checkpoint.CheckpointStore:
   """Writes a trained member as an ordinary fpclass workdir (metadata.json, metrics.csv, `last` and
   `best` checkpoints), so --mode evaluate/submit/train(resume) work on it as on a solo run. Returns the
@@ -149,7 +140,7 @@ def save_member_workdir(workdir, member_config, class_names, result: MemberResul
   last = result.last
   workdir.mkdir(parents=True, exist_ok=True)
   sidecar.write_metadata(workdir, sidecar.build_metadata(
-      member_config, class_names, optim.count_params(last.params), normalisation))
+      member.config, member.settings, class_names, optim.count_params(last.params), normalisation))
   fileio.write_csv(workdir / 'metrics.csv', pd.DataFrame(result.loop.history))
   store = checkpoint.CheckpointStore(workdir, writer=True)
   try:

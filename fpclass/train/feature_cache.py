@@ -28,7 +28,7 @@ from fpclass.config.training import FEATURE_CACHE, TrainSettings
 from fpclass.data.rows import ImageRows, mapped_file
 from fpclass.errors import UserInputError
 from fpclass.models import transfer
-from fpclass.train import feed, optim
+from fpclass.train import optim
 from fpclass.train import task as task_lib
 from fpclass.train.steps import CompiledSteps
 
@@ -176,12 +176,12 @@ class FeaturePass(task_lib.TaskView):
 
 def compute_features(compiled: CompiledSteps, split: HeadSplit, state, images, batch_size: int) -> np.ndarray:
   """The head's input for every image (in memory or streamed from the decode cache), in fixed-size batches
-  (one compilation), as validation reads its images (`fpclass.train.feed.predict_logits`)."""
+  (one compilation), as validation reads its images (`CompiledSteps.logits`)."""
   if len(images) == 0:
     return np.zeros((0, *split.feature_shape), split.feature_dtype)
   passes = CompiledSteps(FeaturePass(compiled.task, split), compiled.parallel, compiled.form,
                          compiled.compiler_options)
-  return feed.predict_logits(passes, state, images, batch_size)
+  return passes.logits(state, images, batch_size)
 
 
 def head_split(run: RunSettings, task, variables: dict, image_shape, count: int, budget: int) -> HeadSplit | None:

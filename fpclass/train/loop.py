@@ -112,7 +112,7 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
     # Finished in an earlier launch that stopped before writing its predictions: the selected checkpoint's.
     logits = records.selected_logits(records.cohort, data.train_data.val.images)
     results = [dataclasses.replace(results[0], val_logits=logits)]
-  oof.write(folder, data, results, head_of(variant.config))
+  oof.write(folder, data, results, head_of(variant.settings))
   return VariantRun(variant, folder, data, results, {r.member.split: r for r in results})
 
 
@@ -253,8 +253,7 @@ def train_members(cohort: Cohort, record, starts: list[Start | None] | None = No
       for m in alive:
         loop, member = loops[m], members[m]
         totals = {k: float(sum(np.asarray(s[k]) for s in step_metrics[m])) for k in step_metrics[m][0]}
-        val = metrics.epoch_metrics(cohort.data.val.labels[member.val_index], val_logits[m], cohort.task(0).head,
-                                    len(cohort.data.class_names))
+        val = metrics.model_scores(cohort.data.val.labels[member.val_index], val_logits[m], cohort.task(0).head)
         row = epoch_row(epochs[m] + 1, totals, val, cohort.learning_rate(m, loop.phase), loop.phase, seconds)
         last_phase = loop.phase == 1 or train.finetune_epochs == 0
         improved, stopped_early = loop.record(row, rules, phase_end(loop, train), last_phase)

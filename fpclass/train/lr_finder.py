@@ -15,10 +15,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure
 
 from fpclass.config.outputs import LR_FIND_SUGGESTIONS, LrFindSettings
-from fpclass.train import feed, optim
+from fpclass.train import optim
 from fpclass.train.sampling import batch_order, epoch_key
 from fpclass.train.steps import CompiledSteps
 
@@ -140,8 +139,8 @@ def find(dataset, settings: LrFindSettings, cohort, state, deadline: float | Non
   task = dataclasses.replace(run_task, tx=tx, optimizer=None, accumulate_steps=1)
   state = cohort.parallel.replicate(state.replace(opt_state=tx.init(state.params)))
   compiled = CompiledSteps(task, cohort.parallel, 'step')   # the step form: the rule may stop after any step
-  train = feed.train_feed(compiled, cohort.data.train)
   recorder, stop = Recorder(settings), [False]
+  placed = compiled.place(cohort.data.train)   # once, for every epoch of the sweep
 
   def on_step(done, metrics):
     m = jax.device_get(metrics[-1])
@@ -153,31 +152,7 @@ def find(dataset, settings: LrFindSettings, cohort, state, deadline: float | Non
   while not stop[0]:
     order = batch_order(run.train.sampler, seed, epoch, dataset.train.labels, cohort.batch)
     order = order[:settings.num_it - len(recorder.record.losses)].astype(np.int32)
-    state, _ = train.run_epoch(state, order, epoch_key(seed, epoch), on_step, 0, lambda: stop[0])
+    state, _ = compiled.epoch(state, cohort.data.train, order, epoch_key(seed, epoch), on_step, 0, lambda: stop[0],
+                              placed=placed)
     epoch += 1
   return recorder.record
-
-
-def plot(record: Record, suggestions: dict, first: str) -> Figure:
-  """The smoothed loss against the learning rate (log scale), the last SKIP_END points left out as in
-  fastai's plot, with each suggestion marked (`first` first in the legend)."""
-  fig = Figure(figsize=(6.0, 4.0), layout='constrained')
-  ax = fig.subplots()
-  shown = slice(0, max(1, len(record.lrs) - SKIP_END))
-  ax.plot(record.lrs[shown], record.smoothed[shown], color='C0', label='smoothed loss')
-  ax.plot(record.lrs[shown], record.losses[shown], '.', color='C0', alpha=0.25, ms=3, label='loss')
-  for i, name in enumerate(sorted(suggestions, key=lambda n: n != first)):
-    lr, loss = suggestions[name]['point']
-    ax.plot(lr, loss, 'o', color=f'C{i + 1}', label=f'{name}: {suggestions[name]["lr"]:.2e}')
-  finite = np.asarray(record.smoothed[shown], np.float64)
-  finite = finite[np.isfinite(finite)]
-  if len(finite):   # the raw losses of a diverging sweep would squash the curve
-    low, high = finite.min(), finite.max()
-    ax.set_ylim(low - 0.05 * (high - low + 1e-12), high + 0.05 * (high - low + 1e-12))
-  ax.set_xscale('log')
-  ax.set_xlabel('learning rate')
-  ax.set_ylabel('loss')
-  ax.set_title(f'learning-rate finder: {len(record.lrs)} steps, stopped: {record.stopped}', fontsize=10)
-  ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=8)
-  return fig

@@ -20,10 +20,11 @@ import numpy as np
 from fpclass.config.run import RunSettings
 from fpclass.data import stream
 from fpclass.runtime import process
+from fpclass.runtime.compiler_options import jit_options
 from fpclass.train import feature_cache
 from fpclass.train import members as members_lib
 from fpclass.train.axis import TrainData, vmapped_predict
-from fpclass.train.steps import jit_options, validation_batch
+from fpclass.train.steps import validation_batch
 from fpclass.train.task import build_task, common_batch
 
 

@@ -24,7 +24,7 @@ from fpclass.models.heads import probabilities
 
 FILE = 'oof_predictions.csv'
 # An ensemble workdir's own out-of-fold probabilities, one row per example: --mode ensemble's cross-fitted mix, or
-# the fixed equal-weight mix of an auto run's final ensemble (fpclass.search.final).
+# the fixed equal-weight mix of an auto run's final ensemble (fpclass.auto.final).
 ENSEMBLE_FILE = 'ensemble_predictions.csv'
 
 

@@ -14,10 +14,10 @@ import dataclasses
 
 import ml_collections
 
-from fpclass.analysis import sweep_report
 from fpclass.config.model import ModelSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.settings import ConfigError
+from fpclass.config.variants import describe_changes
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 
@@ -42,7 +42,7 @@ class Variant:
         raise UserInputError(f'{self.name}: {e}') from None
 
   def describe(self) -> str:
-    return sweep_report.describe_changes(self.changes)
+    return describe_changes(self.changes)
 
   def member(self, split: int, seed: int, where: str) -> 'Variant':
     """The variant as one member: validated on `split` (-1: the holdout) with `seed`."""

@@ -285,14 +285,6 @@ def _fill_level(fill_value: float) -> float:
   return float(np.round(fill_value * 255.0))  # torchvision rounds the filled float image back to uint8
 
 
-def apply_op(image: jax.Array, name: str, magnitude: float = 0.0, fill_value: float = 0.0) -> jax.Array:
-  """One op on a float (H, W, C) image in [0, 1], as torchvision's RandAugment applies `name` at its signed
-  `magnitude` (bits for Posterize, a fraction of 255 for Solarize) to the uint8 image it stands for."""
-  h, w = image.shape[:2]
-  params = jnp.asarray(_params(name, magnitude, h, w))
-  return _KERNELS[name](_to_levels(image), params, _fill_level(fill_value)) / 255.0
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Policies
 

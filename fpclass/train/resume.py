@@ -55,7 +55,7 @@ class WorkdirEpochs:
     params = start.state.params if start else jax.eval_shape(
         lambda: cohort.task(0).init(jax.random.PRNGKey(0), cohort.image_shape)).params
     sidecar.write_metadata(self.workdir, sidecar.build_metadata(
-        self.config, class_names, optim.count_params(params), normalisation))
+        self.config, self.run, class_names, optim.count_params(params), normalisation))
 
   def starts(self, cohort, record=None) -> list[Start | None]:
     """The run's `last` checkpoint (and the `interrupted` one that continues its epoch), or None to start."""

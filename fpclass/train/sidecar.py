@@ -11,8 +11,7 @@ import pathlib
 from flax import traverse_util
 
 from fpclass import __version__, fileio
-from fpclass.config.inputs import DecodeSettings
-from fpclass.config.model import ModelSettings
+from fpclass.config.run import RunSettings
 from fpclass.config.schema import base_config
 from fpclass.errors import UserInputError
 from fpclass.models import model_keys
@@ -31,8 +30,10 @@ RESUMABLE_CHANGES = ('train.epochs', 'train.log_every_steps', 'train.loop', 'tra
 ARCHITECTURE_KEYS = ('model.', 'data.image_size', 'data.channels', 'data.mean', 'data.std')
 
 
-def build_metadata(config, class_names, num_params: int, normalisation: dict) -> dict:
-  decode = DecodeSettings.from_config(config.data)
+def build_metadata(config, run: RunSettings, class_names, num_params: int, normalisation: dict) -> dict:
+  """metadata.json of a trained run: `config` stored whole, and what its readers need at hand, from `run` (its
+  typed sections)."""
+  decode = run.data.decode
   return dict(
       fpclass_version=__version__,
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -40,8 +41,8 @@ def build_metadata(config, class_names, num_params: int, normalisation: dict) ->
       image_size=list(decode.image_size),
       channels=decode.channels,
       normalisation=normalisation,
-      model=ModelSettings.from_config(config.model).name,
-      head=head_of(config),
+      model=run.model.name,
+      head=head_of(run),
       num_params=num_params,
       config=config_as_json(config),
   )
@@ -139,6 +140,17 @@ def stored_config(workdir):
     raise UserInputError(f'{workdir}: no trained run here ({METADATA} is missing, and so is the {WORKDIR_RECORD} '
                          'a sweep or an auto run writes); pass --config, or train this --workdir first')
   return config_from_json(metadata['config'])
+
+
+def stored_settings(workdir) -> RunSettings:
+  """The typed sections `workdir` was trained with (`stored_config`, parsed): what a reader of a trained run
+  that does not restore it (selection's examples, a suspect's fold) needs of its config."""
+  return RunSettings.from_config(stored_config(workdir))
+
+
+def settings_from_json(values: dict) -> RunSettings:
+  """The typed sections of a config stored as JSON (`config_from_json`, parsed)."""
+  return RunSettings.from_config(config_from_json(values))
 
 
 def write_workdir_record(workdir, kind: str, config) -> None:

@@ -1,4 +1,4 @@
-"""The compiled train and predict programs: loop form and data parallelism.
+"""The compiled train and predict programs, and an epoch through them: one place from the loop to the update.
 
 `CompiledSteps` wraps the pure `Task.train_step` in one of two loop forms (config.train.loop):
 - 'step': one jitted call per step. XLA:CPU runs this form fastest (docs/performance.md).
@@ -6,12 +6,12 @@
   form for GPU/TPU, where a small model's step is shorter than the host's per-step dispatch.
 'auto' picks 'step' on CPU and 'scan' elsewhere. Both forms run the same step function with the same
 keys, fold_in(epoch_key, step), so they train the same model and a resumed run matches an unbroken one.
-
-Every program is data-parallel over `fpclass.runtime.sharding.DataParallel` (one device is a mesh of one). The
-train state is donated, so each step updates it in place. A task's class weights, label smoothing and learning
-rate are arguments of the train programs, not constants in them (`Task.arguments`): the folds of an experiment
-weigh their classes by their own labels (config.train.class_weights='auto'), and a sweep's or a search's variants
-that differ in their rate or smoothing alone share one compiled step, as a solo run's.
+`CompiledSteps.epoch` takes the split resident on the devices (a batch is an index gather in the step) or streamed
+from the host (one jitted call a step), the same batches either way (tests/test_streaming.py). `LoopAxis` is the
+model axis's loop form: each member of a phase in turn through these programs (the vmap form: `fpclass.train.axis`).
+Every program is data-parallel over `fpclass.runtime.sharding.DataParallel`, its state donated. A task's class
+weights, label smoothing and learning rate are the train programs' arguments (`Task.arguments`), so a sweep's or a
+search's variants that differ in them alone share one compiled step.
 """
 import dataclasses
 import functools
@@ -22,31 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpclass.config.training import LOOPS
+from fpclass.data import stream
+from fpclass.data.rows import ImageRows
 from fpclass.errors import UserInputError
+from fpclass.runtime.compiler_options import default_compiler_options, jit_options
 from fpclass.runtime.sharding import DataParallel
-
-# XLA:CPU hands convolutions, matmuls and reductions to YNNPACK by default; its convolution weight gradients
-# ran ~4x slower than XLA's Eigen ones (footprint CNN conv2), so on CPU convolutions stay with Eigen and
-# YNNPACK keeps matmuls and reductions. Measured ~1.1x per step when chosen; a later run on the loaded shared
-# machine did not reproduce it (defaults x1.06, within noise): re-measure on a quiet machine with
-# `bench/cpu_ablations.py --only xla` (docs/performance.md).
-CPU_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'),)
-# The init program runs once: XLA's O1 compiles it in under half the time of O3 (its threefry PRNG code
-# is most of the compile) and runs it about as fast.
-CPU_INIT_OPTIONS = (('xla_backend_optimization_level', 1),)
-
-
-def default_compiler_options(backend: str | None = None) -> tuple:
-  return CPU_OPTIONS if (backend or jax.default_backend()) == 'cpu' else ()
-
-
-def jit_options(init: bool = False) -> dict | None:
-  """`jax.jit(compiler_options=...)` for this backend: the train/predict programs' options, or the init
-  program's. Every program that must reproduce `CompiledSteps` exactly (e.g. `fpclass.train.axis`) uses
-  these, since XLA options may change floating-point results."""
-  if init:
-    return dict(CPU_INIT_OPTIONS) if jax.default_backend() == 'cpu' else None
-  return dict(default_compiler_options()) or None
+from fpclass.train import precise_bn
+from fpclass.train.batches import predict_logits as predict_in_batches
 
 
 def check_loop(loop: str) -> str:
@@ -201,6 +183,42 @@ class CompiledSteps:
         break
     return state, metrics
 
+  def place(self, split):
+    """The split's (images, labels) replicated on the mesh, for `epoch`; None for a streamed split."""
+    return None if stream.is_streamed(split) else self.parallel.replicate((split.images, split.labels))
+
+  def epoch(self, state, split, order: np.ndarray, epoch_key, on_step=None, start: int = 0, should_stop=None,
+            arguments=None, placed=None):
+    """Trains one epoch of `split` (its images and labels, resident or streamed) over the host `order` (steps,
+    batch) from step `start`, as `run_epoch`; `placed`: the split as `place` put it on the mesh (shared by the
+    members that read it, and by the epochs; placed here otherwise)."""
+    if not stream.is_streamed(split):
+      images, labels = placed or self.place(split)
+      return self.run_epoch(state, images, labels, self.parallel.replicate(order), epoch_key, on_step, start,
+                            should_stop, arguments)
+    arguments = self.arguments() if arguments is None else arguments
+    # A mesh of this process's devices alone (a sweep's member on one process of several) reads whole batches.
+    share = dict(process_index=0, process_count=1) if self.parallel.process_local else {}
+    batches = stream.device_batches(split.images, np.asarray(split.labels), order[start:], self.parallel.batch, **share)
+    metrics = []
+    for i, (images, labels) in enumerate(batches, start=start):
+      state, out = self.train_batch_step(state, images, labels, i, epoch_key, arguments)
+      metrics.append(out)
+      if on_step is not None:
+        on_step(i + 1, metrics)
+      if should_stop is not None and i + 1 < len(order) and should_stop():
+        break
+    return state, metrics
+
+  def logits(self, state, images, batch_size: int) -> np.ndarray:
+    """Logits of `images` as validation computes them during training: the chunks and program of
+    `fpclass.train.batches.predict_logits`, with a streamed split's chunks read ahead on threads."""
+    if not isinstance(images, ImageRows) or len(images) == 0:
+      return predict_in_batches(self.task, state, images, batch_size, self.predict)
+    size = min(batch_size, len(images))
+    out = [self.predict(state.params, state.batch_stats, chunk) for chunk in stream.host_chunks(images, size)]
+    return np.concatenate(out)[:len(images)]
+
   @functools.cached_property
   def _predict(self) -> Callable:
     return jax.jit(self.task.predict, out_shardings=self.parallel.batch,
@@ -213,3 +231,62 @@ class CompiledSteps:
     if pad:
       images_u8 = np.concatenate([images_u8, np.zeros((pad, *images_u8.shape[1:]), images_u8.dtype)])
     return self.parallel.to_host(self._predict(params, batch_stats, self.parallel.shard_batch(images_u8)))[:n]
+
+
+class LoopAxis:
+  """The loop form of the model axis: members one after another, each through the one `CompiledSteps` (`steps`):
+  every member runs the same programs, with `task`'s learning rate and label smoothing and its own class weights
+  as their arguments (`steps` may be another task's of the same structure, shared); device copies of the data
+  are shared by members that read the same arrays."""
+
+  def __init__(self, task, steps: CompiledSteps):
+    self.task, self.steps, self.parallel = task, steps, steps.parallel
+    self.states, self._data, self._placed = {}, {}, {}
+    self._batch_stats = precise_bn.program(task)   # jitted on first use
+
+  def add(self, m, state, data) -> None:
+    """Member m's first state and its `fpclass.train.axis.MemberData`."""
+    self.states[m] = state
+    self._data[m] = (data.train, data.val_images, data.class_weights)
+
+  def remove(self, m):
+    self._data.pop(m)
+    return self.states.pop(m)
+
+  def _placed_on_mesh(self, train):
+    """The split's device copy, one per array, shared by the members that read it; None when it is streamed."""
+    if stream.is_streamed(train):
+      return None
+    if id(train.images) not in self._placed:   # the array is kept beside its copy, so its id stays its own
+      self._placed[id(train.images)] = (train.images, self.steps.place(train))
+    return self._placed[id(train.images)][1]
+
+  def run_epoch(self, members, orders, keys, on_step=None, start=0, should_stop=None) -> dict:
+    """Trains each of `members` one epoch over its order; {m: [per-step metrics on the host]}."""
+    out = {}
+    for m in members:
+      train, _, class_weights = self._data[m]
+      self.states[m], metrics = self.steps.epoch(
+          self.states[m], train, orders[m], keys[m], on_step, start, should_stop,
+          self.steps.arguments(self.task, class_weights), self._placed_on_mesh(train))
+      out[m] = jax.device_get(metrics)
+    return out
+
+  def val_logits(self, members, eval_batch: int) -> dict:
+    """Each member's validation logits, with the variables it is evaluated with (`TrainState.for_evaluation`)."""
+    return {m: self.steps.logits(self.states[m].for_evaluation(), self._data[m][1], eval_batch) for m in members}
+
+  def state(self, m):
+    return self.states[m]
+
+  def recompute_batch_stats(self, members, rows: dict, chunk: int) -> None:
+    """config.train.bn_statistics='precise': each member's batch statistics from its training rows (`rows[m]`)
+    under its current weights (`fpclass.train.precise_bn`)."""
+    if self._batch_stats is not None:
+      for m in members:
+        self.states[m] = precise_bn.recomputed(self._batch_stats, self.states[m], self._data[m][0].images, rows[m],
+                                               chunk)
+
+  def updates(self, m) -> int:
+    """Member m's optimizer updates so far in this phase."""
+    return int(self.task.optimizer_updates(self.states[m]))

@@ -68,7 +68,7 @@ class Task:
   ema_updates: int = 0           # the optimizer updates the phase plans: the host-side table of EMA weights
   accumulate_steps: int = 1      # > 1: `tx` is wrapped by `fpclass.train.accumulation.accumulate`
   # Distillation (--mode distill): `teacher.targets(view, targets)` replaces each batch's targets with the teacher's
-  # probabilities of the very augmented view (in [0, 1]) the student trains on (fpclass.infer.distill.Teacher).
+  # probabilities of the very augmented view (in [0, 1]) the student trains on (fpclass.distill.teacher.Teacher).
   teacher: Any = None
   # `fpclass.train.optim.param_groups`' labels: the gradient is taken with respect to the parameters that are
   # not 'frozen' only (`trained_gradient`). None: every parameter trains.

@@ -6,6 +6,7 @@ The checks of a settings section are the section's own (`fpclass.config.Settings
 the consuming module's own check functions, called here, so each rule is written once.
 """
 from fpclass import models
+from fpclass.config.outputs import ProbeSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.schema import SETTINGS
 from fpclass.config.settings import ConfigError
@@ -33,7 +34,7 @@ def validate(config) -> RunSettings:
   precision.check_precision(train.precision)
   steps.check_loop(train.loop)
   feature_cache.check_setting(train, run.augment)
-  probe_backbones.parse_backbones(config)
+  probe_backbones.parse_backbones(ProbeSettings.from_config(config.probe), model)
   task.model_input(model, data)
   if train.finetune_epochs > 0 and not models.get_spec(model.name).stages:
     raise UserInputError(f'config.train.finetune_epochs={train.finetune_epochs}: fine-tuning phases need '

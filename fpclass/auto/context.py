@@ -1,0 +1,99 @@
+"""What every stage of `--mode auto` reads (`Context`): the base config, the space, the study, the budget, and
+the one way a stage trains, `Context.round`: a population round (`fpclass.auto.population`) run as one plan by
+the training loop, which `fpclass.auto.search` hands in, so the stages below it import neither (the import
+chain stays short)."""
+import ast
+import dataclasses
+import pathlib
+
+import optuna
+
+from fpclass.auto import study as study_lib
+from fpclass.auto.budget import Budget
+from fpclass.auto.rungs import Costs
+from fpclass.auto.schedulers.scheduler import Scheduler
+from fpclass.config.run import RunSettings
+from fpclass.config.search import AutoSettings
+from fpclass.train.plan import Variant, apply_changes
+from fpclass.train.records import StopOnSignals
+from fpclass.train.shared_work import SharedWork
+
+TAIL = 0.02           # the share of the budget kept for the report and the final workdir
+CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A configuration of a round: its variant name (its folder) and config changes."""
+  name: str
+  changes: dict
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage reads: the base config (with auto.folds applied), the space, the study and the budget."""
+  base: object
+  settings: AutoSettings
+  metric: str
+  higher: bool
+  folds: int
+  epochs: int
+  own_split: bool                  # the source has its own validation split: one holdout, repeated with seeds
+  dims: list
+  candidates: list
+  study: optuna.Study
+  budget: Budget
+  workdir: pathlib.Path
+  shared: SharedWork
+  train_round: object              # fpclass.auto.search's: (base, entries, folds, seeds, epochs, folder, stop)
+  scheduler: Scheduler             # which rungs a bracket has, and who goes on (config.auto.scheduler)
+  run: RunSettings = None          # the base config's typed sections, parsed once as a plan's variant (`rebase`)
+
+  def __post_init__(self):
+    if self.run is None and self.base is not None:
+      self.rebase(self.base)
+
+  def rebase(self, config) -> None:
+    """The base config becomes `config` (a stage that narrows the folds, say), with its typed sections."""
+    self.base, self.run = config, Variant('base', {}, config).settings
+
+  def better(self, a: float, b: float) -> bool:
+    return (a > b) if self.higher else (a < b)
+
+  def splits(self, count: int) -> tuple:
+    return (-1,) if self.own_split else tuple(range(count))
+
+  def splits_text(self) -> str:
+    return "the source's validation split" if self.own_split else f'{self.folds} folds'
+
+  def stop(self, reserve: float) -> StopOnSignals:
+    return StopOnSignals(deadline=self.budget.deadline(reserve))
+
+  def round(self, base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: int, folder: pathlib.Path,
+            stop: StopOnSignals) -> tuple[dict, bool]:
+    """({name: Outcome} of the entries the round reached, whether the deadline cut it): one plan, isolated."""
+    return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop)
+
+  def confirm_seconds(self, costs: Costs, finalists: int, folds: int = 0) -> float:
+    """The search's reserve for the confirmation: what confirming `finalists` configurations (and the config as
+    given) on `folds` (default: the trials') would cost, capped by its share; 0 when not even one configuration
+    fits the share (the confirmation then runs only if the search leaves it the time)."""
+    if not self.settings.confirm_seeds:
+      return 0.0
+    share, epochs = self.settings.confirm_share * self.budget.seconds, self.epochs * len(self.settings.confirm_seeds)
+    folds = folds or self.folds
+    if costs.of(1, folds, epochs) > share:
+      return 0.0
+    return min(costs.of(finalists + 1, folds, epochs), share)
+
+  def fresh_folds(self):
+    """The base config with the confirmation's split seed: folds no choice was made on."""
+    split_seed = self.run.data.split.split_seed + CONFIRM_SPLIT
+    return apply_changes(self.base, {'data.split_seed': split_seed}, 'the confirmation')
+
+  def trials(self) -> dict:
+    return {t.number: t for t in self.study.get_trials(deepcopy=False)}
+
+
+def changes_of(trial) -> dict:
+  return {k: ast.literal_eval(v) for k, v in trial.user_attrs.get(study_lib.CHANGES, {}).items()}

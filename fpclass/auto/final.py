@@ -1,0 +1,213 @@
+"""The final model of `--mode auto` (stage 4): the chosen configuration's fold models as one ensemble workdir,
+completed and widened with what the budget has left.
+
+The fold models come from the confirmation when it ran (its folds chose nothing), else from the search's top
+rung. The budget's rest then trains more members of the same configuration on the same folds, each set a round
+of its own in `more/`: first the folds the source lacks, so that together they trained on every labelled image;
+for a choice the confirmation did not back, the config as given on the same folds (the cheap rungs that chose
+another trial saw few epochs: the user's recipe hedges that, and two configurations mix better than one); then,
+unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on one
+fold for fewer epochs, when a whole member no longer fits, so the last seconds are spent too): the one use of
+the last seconds that cannot make the choice worse, since it chooses nothing. Every fold model weighs alike, and
+the out-of-fold mix (`ensemble_predictions.csv`) averages per image the models that did not train on it:
+honest, as the weights are fixed, not chosen (docs/auto.md).
+"""
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import pandas as pd
+
+from fpclass import fileio
+from fpclass.analysis import metric_registry
+from fpclass.auto import study as study_lib
+from fpclass.auto.context import TAIL, Context, Entry, changes_of
+from fpclass.auto.first_trials import BASELINE
+from fpclass.infer.ensemble import member_workdirs, workdir_metadata
+from fpclass.train import oof, sidecar
+from fpclass.train import workdir_layout as layout
+from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
+
+MORE = 'more'   # the rounds that complete and widen the final ensemble
+# The last piece may train this share of the configuration's epochs (its schedule scaled alike), no less: a member
+# trained half as long as its peers still adds to an equal-weight mix of fold models, a shorter one may not.
+SHORTEST = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where the chosen configuration's fold models were trained: the folder, the config its folds were cut with,
+  and its seeds."""
+  folder: pathlib.Path
+  base: object
+  seeds: tuple
+  confirmed: bool
+
+
+def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
+  """(final workdir, note): the chosen configuration's fold models, completed and widened by the budget's rest
+  (`spend_the_rest`), as one ensemble workdir in `final/`."""
+  chosen['config'] = sidecar.config_as_json(apply_changes(ctx.base, chosen['changes'], 'the chosen configuration'))
+  source = source_of(ctx, chosen['name'])
+  if not _finished(source.folder):
+    return None, f'no fold model of {chosen["name"]} finished; launch again with more time to train it'
+  start = time.perf_counter()
+  given = None if source.confirmed else _given_trial(ctx, chosen)
+  pieces = [source.folder, *spend_the_rest(ctx, chosen, source, given)]
+  ctx.budget.add_stage('final', time.perf_counter() - start)
+  frame = pd.concat([_kept_rows(folder) for folder in pieces], ignore_index=True)
+  mixed = oof.mean_by_id(frame, keep=('split',)).drop(columns='models').reset_index()
+  labels, probs, task = oof.labels_and_probabilities(mixed)
+  out = ctx.workdir / sidecar.AUTO_FINAL
+  out.mkdir(exist_ok=True)
+  fold_models = {folder: member_workdirs(folder) for folder in pieces}
+  metadata = workdir_metadata(out, [(f, models, float(len(models))) for f, models in fold_models.items()], ctx.metric)
+  metadata['ensemble'].update(kind='auto', trial=chosen['trial'])
+  sidecar.write_metadata(out, metadata)
+  fileio.write_csv(out / oof.FILE, frame)
+  fileio.write_csv(out / oof.ENSEMBLE_FILE, mixed)
+  score = metric_registry.REGISTRY[ctx.metric](labels, probs, task)
+  chosen['final_score'] = float(score) if score is not None else float('nan')
+  models = sum(len(m) for m in fold_models.values())
+  splits = set(frame['split'])
+  # Two fold models of different folds have together trained on every image; one has not seen its own fold.
+  seen = ("the source's training split" if ctx.own_split else 'every labelled image' if len(splits) > 1
+          else f'{ctx.folds - 1} of {ctx.folds} folds\' images')
+  if not ctx.own_split and len(splits) < ctx.folds:
+    seen += f', scored on the {len(splits)} of {ctx.folds} folds they hold out'
+  seeds = sorted(set(frame['seed']))
+  honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
+            'the search\'s folds, which also chose it (optimistic)')
+  if source.folder.parent.parent.name == layout.ROUNDS:
+    honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'
+  beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
+            'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
+  return out, (f'{models} fold model(s) of {chosen["name"]}{beside} as one ensemble (seeds {seeds}; together they '
+               f'trained on {seen}); {ctx.metric} {chosen["final_score"]:.4f} out of fold on {honest}')
+
+
+def source_of(ctx: Context, name: str) -> Source:
+  """The confirmation's fold models of `name` when it trained them, else the search's top rung's, else those of
+  the highest lower rung it finished: a deadline that cut the top rung (a loaded machine, a short budget) still
+  leaves a model, whose missing folds the budget's rest trains."""
+  confirmed = ctx.workdir / layout.CONFIRM / name
+  if _finished(confirmed):
+    return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
+  top = ctx.workdir / layout.TRIALS / name
+  rungs = sorted((ctx.workdir / layout.ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: layout.rung_level(p.parent), reverse=True)
+  folder = next((f for f in [top, *rungs] if _finished(f)), top)
+  return Source(folder, ctx.base, (int(ctx.base.seed),), False)
+
+
+def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> list[pathlib.Path]:
+  """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds;
+  for a choice the confirmation did not back, the config as given (`given`, `_given_trial`) on the same folds
+  (its top-rung fold models when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
+  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
+  (`piece_size`: the last one shorter when a whole member no longer fits).
+  The first piece is priced at the set-up of a configuration the search trained (`known_setup`); the later ones
+  at the set-up a piece measured."""
+  everything = ctx.splits(ctx.folds)
+  record = _record(source.folder)
+  trained = {row['split'] for row in record['rows'] if row['kept']}
+  missing = tuple(s for s in everything if s not in trained)
+  known = known_setup(ctx.budget.costs, record['timing'])
+  pieces, setup = [], known
+  if missing:
+    folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
+    if folder is None:
+      return pieces
+    pieces.append(folder)
+  limited = ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials
+  if given is not None:   # an unconfirmed choice: the config as given beside it, on the same folds
+    folder = ctx.workdir / layout.TRIALS / given['name']
+    if not _finished(folder):
+      if limited:
+        return pieces
+      folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, known)
+      if folder is None:
+        return pieces
+    pieces.append(folder)
+  if limited:
+    return pieces   # the user asked for so many trials: the rest of the budget is not theirs to fill
+  seed = max(source.seeds) + 1
+  while True:
+    folder, setup = _train_piece(ctx, chosen, source, seed, everything, setup)
+    if folder is None:
+      return pieces
+    pieces.append(folder)
+    seed += 1
+
+
+def known_setup(costs, timing: dict) -> float:
+  """The set-up of a configuration the search trained: without its compiling (`Costs.warm_setup`) where the
+  source trained in the loop form (`timing`: its experiment.json's), whose programs the job shares by key (the
+  schedule's lengths are their arguments, so a piece of fewer epochs compiles nothing either; a relaunch loads
+  them from the persistent compilation cache); a new configuration's in the vmap form, which compiles its own for
+  each cohort."""
+  return costs.warm_setup if timing['form'] == 'loop' else costs.setup
+
+
+def _given_trial(ctx: Context, chosen: dict) -> dict | None:
+  """The config as given (the study's first trial) as a choice dict, when the choice is another trial."""
+  given = next((t for t in ctx.study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE)), None)
+  if given is None or given.number == chosen['trial'] or study_lib.FOLDER not in given.user_attrs:
+    return None
+  return dict(name=given.user_attrs[study_lib.FOLDER], trial=given.number, changes=changes_of(given))
+
+
+def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple,
+                 setup: float) -> tuple[pathlib.Path | None, float]:
+  """(its folder, the set-up to price the next piece at): the members of `seed` on the most of `folds`, at the
+  most epochs, that the budget affords at `setup` (all of them when an earlier launch trained the piece); None
+  when none fits or none finished."""
+  name = f'{chosen["name"]}-seed{seed}'
+  folder = ctx.workdir / MORE / name
+  if not (folder / EXPERIMENT_FILE).is_file():
+    costs = ctx.budget.costs
+    room = ctx.budget.left() - TAIL * ctx.budget.seconds
+    fitting = piece_size(costs, setup, room, len(folds), ctx.epochs)
+    if fitting is None:
+      return None, setup
+    count, epochs = fitting
+    with ctx.stop(TAIL * ctx.budget.seconds) as stop:
+      outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds[:count], (seed,), epochs,
+                              ctx.workdir / MORE, stop)
+    outcome = outcomes.get(name)
+    if outcome is not None and outcome.seconds:
+      setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
+      ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
+  return (folder if _finished(folder) else None), setup
+
+
+def piece_size(costs, setup: float, room: float, folds: int, epochs: int) -> tuple[int, int] | None:
+  """(folds, epochs) of the piece that fits `room` seconds: the most folds at the configuration's epochs; else,
+  so that the last seconds too are spent, one fold at fewer epochs (the schedule scaled alike), down to
+  `SHORTEST` of them; None when not even that fits."""
+  for e in range(epochs, max(1, math.ceil(SHORTEST * epochs)) - 1, -1):
+    fitting = [n for n in range(folds if e == epochs else 1, 0, -1)
+               if setup + n * (costs.member + e * costs.member_epoch) <= room]
+    if fitting:
+      return fitting[0], e
+  return None
+
+
+def _finished(folder: pathlib.Path) -> bool:
+  return bool(member_workdirs(folder)) and (folder / oof.FILE).is_file() and (folder / EXPERIMENT_FILE).is_file()
+
+
+def _record(folder: pathlib.Path) -> dict:
+  return json.loads((folder / EXPERIMENT_FILE).read_text())
+
+
+def _rows(folder: pathlib.Path) -> list[dict]:
+  return _record(folder)['rows']
+
+
+def _kept_rows(folder: pathlib.Path) -> pd.DataFrame:
+  """The folder's out-of-fold rows of the models it kept (each split's kept seed): those the ensemble holds."""
+  frame = oof.read(folder)
+  kept = {(int(r['split']), int(r['seed'])) for r in _rows(folder) if r['kept']}
+  return frame[[(int(s), int(d)) in kept for s, d in zip(frame['split'], frame['seed'])]]

@@ -1,0 +1,379 @@
+"""`run_auto(config, workdir)`: the best defensible model for the data within a time budget.
+
+1. Screen: a linear probe (`fpclass.probe.screen`) of the backbones whose weights are at hand; the best
+   `auto.keep` become candidates beside the config's own model, each with its learning-rate centre
+   (`fpclass.auto.lr_centres`).
+2. Search: the costs measured (`fpclass.auto.measure`), brackets of rungs planned by the scheduler
+   (`fpclass.auto.schedulers`, successive halving by default), each rung a population round: a batch of TPE's
+   trials as one sweep plan, few epochs on one fold at the bottom, every fold at the top (`trials/`).
+3. Confirm: the finalists, and the config as given, on folds cut anew (data.split_seed + 1000) x seeds that
+   chose nothing, with paired 95% intervals against the choice: the search reserves it at most
+   `auto.confirm_share` of the budget, and it takes what the search leaves.
+4. Final (`fpclass.auto.final`): the choice's fold models as an ensemble workdir in `final/`, completed and
+   widened (missing folds, more seeds) with the budget's rest.
+The budget (`fpclass.auto.budget`) holds across launches: a relaunch resumes the study, the bracket where it
+stopped (its members after their latest epoch) and the confirmation. Details and figures: docs/auto.md."""
+import dataclasses
+import math
+import pathlib
+import time
+
+import optuna
+import pandas as pd
+from tqdm.auto import tqdm
+
+from fpclass.analysis import metric_registry
+from fpclass.auto import confirm as confirm_stage
+from fpclass.auto import measure as measure_stage
+from fpclass.auto import one_se
+from fpclass.auto import report as auto_report
+from fpclass.auto import study as study_lib
+from fpclass.auto.budget import SLACK, Budget
+from fpclass.auto.candidates import screen_candidates
+from fpclass.auto.context import TAIL, Context, Entry, changes_of
+from fpclass.auto.final import final_model
+from fpclass.auto.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, neighbours
+from fpclass.auto.lr_centres import LR_FIND_SHARE, centre_learning_rates
+from fpclass.auto.population import outcomes, round_plan
+from fpclass.auto.rungs import Costs, Rung
+from fpclass.auto.schedulers.configured import scheduler_for
+from fpclass.auto.space import Candidate, baseline_params, default_space, parse_space, sample
+from fpclass.config.outputs import LrFindSettings, ProbeSettings
+from fpclass.config.run import RunSettings
+from fpclass.config.search import AutoSettings
+from fpclass.data import pipeline
+from fpclass.errors import UserInputError
+from fpclass.models.heads import head_of
+from fpclass.probe.screen import ProbeRun
+from fpclass.runtime import timings
+from fpclass.train import oof, sidecar
+from fpclass.train import workdir_layout as layout
+from fpclass.train.loop import run_plan
+from fpclass.train.plan import Variant, apply_changes
+from fpclass.train.records import StopOnSignals
+from fpclass.train.shared_work import SharedWork
+
+
+@dataclasses.dataclass
+class AutoRun:
+  settings: AutoSettings
+  metric: str
+  task: str
+  screen: ProbeRun | None
+  screen_note: str
+  candidates: list
+  study: optuna.Study
+  brackets: list                   # as stored in auto_state.json: rungs, trials and values
+  search_note: str
+  confirm: pd.DataFrame | None     # one row per confirmed member: experiment, split, seed, every metric
+  differences: pd.DataFrame | None
+  confirm_note: str
+  chosen: dict                     # name, trial, candidate, changes, value, confirmed, config (JSON)
+  final: pathlib.Path | None
+  final_note: str
+  budget: Budget
+  splits_note: str
+
+
+def run_auto(config, workdir) -> AutoRun | None:
+  """The four stages; None in a launch that shares the study with another, which then confirms, and in a relaunch
+  of a study that finished (confirmed) earlier. Where the job's config enters the search: its auto, probe and
+  lr_find sections and the base config's typed sections are parsed here, once, and the stages read those."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  settings = AutoSettings.from_config(config.auto)
+  scheduler = scheduler_for(settings)
+  given = RunSettings.from_config(config)
+  task = metric_registry.task_of_head(head_of(given))
+  metric = settings.metric or metric_registry.summarised(task)[0]
+  if metric not in metric_registry.REGISTRY or not metric_registry.REGISTRY[metric].applies_to(task):
+    raise UserInputError(f'config.auto.metric={metric!r}: choose a metric of the {task} task: '
+                         f'{[m.name for m in metric_registry.for_task(task)]}')
+  higher = metric_registry.REGISTRY[metric].higher_is_better
+  study = study_lib.open_study(settings.study or str(config.name), settings.storage, workdir,
+                               'maximize' if higher else 'minimize', settings.seed)
+  if _finished_earlier(study, workdir):
+    return None
+  folds = settings.folds or given.data.split.num_folds
+  base = Variant('base', {}, apply_changes(config, {'data.num_folds': folds}, 'config.auto.folds'))
+  own_split = pipeline.list_source(base.settings.data).val is not None
+  splits_note = ("the source's own validation split (one holdout per trial; the confirmation repeats it with "
+                 'fresh seeds)') if own_split else f'{folds}-fold'
+  budget = Budget.load(settings.budget_seconds, workdir, timings.job_elapsed())
+  tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
+  screen, pairs, screen_note = screen_candidates(base.settings, settings, ProbeSettings.from_config(config.probe),
+                                                 budget)
+  candidates = [Candidate(name, changes) for name, changes in pairs]
+  centres = None
+  if any(c.changes for c in candidates) and not settings.space:
+    centres = centre_learning_rates(base, candidates, LrFindSettings.from_config(config.lr_find),
+                                    LR_FIND_SHARE * budget.left())
+    budget.add_stage('lr_find', centres.seconds)
+    screen_note += '; learning-rate centres: ' + '; '.join(f'{n}: {r:.3g} ({centres.how[n]})'
+                                                           for n, r in centres.rates.items())
+  entries = settings.space or default_space(base, candidates, centres.rates if centres else None)
+  dims = parse_space(entries, base.config, candidates)
+  ctx = Context(base.config, settings, metric, higher, 1 if own_split else folds, base.settings.train.epochs,
+                own_split, dims, candidates, study, budget, workdir, SharedWork(), _train_round, scheduler,
+                base.settings)
+  search_note = _search(ctx)
+  marker = study_lib.claim(study)
+  if marker is None:
+    tqdm.write('auto: another live process of this study confirms (its claim is in the study\'s storage); this '
+               'one has done its share of the search')
+    return None
+  try:
+    running = study_lib.wait_for_others(study, budget.deadline(ctx.confirm_seconds(budget.costs,
+                                                                                ctx.settings.finalists)))
+    if running:
+      tqdm.write(f'auto: trials {running} of other processes still run; the confirmation chooses among the rest')
+    confirm, differences, confirm_note, chosen = confirm_stage.confirm(ctx)
+    final, final_note = final_model(ctx, chosen)
+  except BaseException:
+    study_lib.release(study, marker, confirmed=False)
+    raise
+  study_lib.release(study, marker, confirmed=True)
+  return AutoRun(settings, metric, task, screen, screen_note, candidates, study, budget.brackets, search_note,
+                 confirm, differences, confirm_note, chosen, final, final_note, budget, splits_note)
+
+
+def _finished_earlier(study: optuna.Study, workdir: pathlib.Path) -> bool:
+  """Whether a launch (this workdir's earlier one, or another sharing the study) confirmed already: then there is
+  nothing left to search, confirm or train, and it says where the run's results are."""
+  confirmed_by = study.user_attrs.get(study_lib.CONFIRMED)
+  if not confirmed_by:
+    return False
+  final = workdir / sidecar.AUTO_FINAL
+  where = (f'its report is {workdir / auto_report.REPORT} and its final model {final}'
+           if (final / sidecar.METADATA).is_file() else
+           f'its report and final model are in the workdir of the launch that confirmed (host '
+           f'{confirmed_by.get("host")}, pid {confirmed_by.get("pid")})')
+  tqdm.write(f'auto: this study finished earlier: {where}; nothing is left to do (a new search: another '
+             '--workdir, or config.auto.study)')
+  return True
+
+
+# ------------------------------------------------------------------------------------------------- 1. screen
+
+# ------------------------------------------------------------------------------------------------- 2. search
+
+def _train_round(ctx: Context, base, entries: list, folds: tuple, seeds: tuple, epochs: int, folder, stop):
+  """`Context.round`: the entries as one plan through the one training loop, each variant isolated."""
+  plan, failed = round_plan(base, entries, folds, seeds, epochs)
+  runs = run_plan(plan, folder, shared=ctx.shared, stop=stop, isolate=True) if plan.variants else []
+  result = dict(failed, **outcomes(runs, ctx.metric))
+  return result, len(result) < len(entries)
+
+
+def _search(ctx: Context) -> str:
+  """Brackets while one fits beside the confirmation's share; returns what the search could afford."""
+  budget, start, measured_folds = ctx.budget, time.perf_counter(), ctx.folds
+  try:
+    costs = budget.costs or measure_stage.measure(ctx)
+    notes = measure_stage.fit_folds(ctx, costs)
+    while True:
+      bracket = budget.open_bracket()
+      if bracket is None:
+        # Read once: with a shared study the count moves between two reads, and `most` = 0 means no limit.
+        most = ctx.settings.trials - study_lib.taken_count(ctx.study) if ctx.settings.trials else 0
+        if ctx.settings.trials and most <= 0:
+          break
+        reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * budget.seconds
+        planned = ctx.scheduler.bracket(costs, budget.left() - reserve, ctx.folds, ctx.epochs, most,
+                                        index=len(budget.brackets))
+        if planned is None or (planned.note and budget.brackets):
+          break   # no bracket fits (a cheapened single trial, the note's, is worth it only when nothing else ran)
+        if planned.note:
+          notes.append(planned.note)
+        bracket = budget.new_bracket([dataclasses.asdict(r) for r in planned.rungs])
+        tqdm.write(f'auto: bracket {len(budget.brackets)}: ' + ', then '.join(
+            f'{r.configs} x {r.folds} fold(s) x {r.epochs} epoch(s)' for r in planned.rungs)
+            + f'; {budget.describe()}')
+      if not _run_bracket(ctx, bracket, costs):
+        notes.append('the search stopped at the budget\'s deadline')
+        break
+      costs = budget.costs
+    if ctx.folds == measured_folds and not _completed(ctx):   # no bracket fitted, or the deadline cut its trials
+      notes.append(_adopt_measurement(ctx, cut=bool(budget.brackets)))
+  finally:
+    budget.add_stage('search', time.perf_counter() - start)
+  return '; '.join(n for n in notes if n)
+
+
+def _completed(ctx: Context) -> bool:
+  return any(t.state == optuna.trial.TrialState.COMPLETE for t in study_lib.searched(ctx.study))
+
+
+def _ask(ctx: Context, count: int) -> list:
+  """`count` new trials (enqueued ones first), each with its candidate and config changes recorded."""
+  asked = study_lib.ask_batch(ctx.study, ctx.settings.seed, count)
+  for trial in asked:
+    name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
+    trial.set_user_attr(study_lib.CANDIDATE, name)
+    trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+  return asked
+
+
+def _adopt_measurement(ctx: Context, cut: bool = False) -> str:
+  """When the search completed no trial (the budget afforded no bracket, or, `cut`, the deadline cut the trials of
+  those that ran: a loaded machine, a configuration dearer than the cost model's): the measurement round (the
+  config as given on one fold, for at most two epochs) becomes the search's one trial, its fold model moved to
+  `trials/`, so that the run still ends in a model, and the report says what it could afford. '' when there is
+  nothing to adopt."""
+  value = ctx.study.user_attrs.get(study_lib.MEASURED)
+  measured = measure_stage.measured_folder(ctx.workdir)
+  if value is None or not measured.is_dir():
+    return ''
+  ctx.study.enqueue_trial(baseline_params(ctx.dims, ctx.base, ctx.candidates), user_attrs={BASELINE: True})
+  (trial,) = _ask(ctx, 1)
+  (ctx.workdir / layout.TRIALS).mkdir(exist_ok=True)
+  measured.rename(ctx.workdir / layout.TRIALS / trial.user_attrs[study_lib.FOLDER])   # one filesystem: atomic
+  trial.report(value, 0)
+  ctx.study.tell(trial, value)
+  why = 'the deadline cut every trial of the search' if cut else 'the budget affords no search'
+  note = (f'{why}: the config as given, measured on one fold for {min(measure_stage.EPOCHS, ctx.epochs)} of '
+          f'{ctx.epochs} epochs, is its one trial')
+  tqdm.write(f'auto: {note}')
+  return note
+
+
+def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
+  """Runs the bracket's rungs from where it stands; False when the deadline stopped it."""
+  rungs = [Rung(**r) for r in bracket['rungs']]
+  if not bracket['trials']:
+    _enqueue_first_trials(ctx, rungs[0].configs)
+    asked = _ask(ctx, rungs[0].configs)
+    bracket['trials'] = [t.number for t in asked]
+    ctx.budget.save()
+  if not bracket['trials']:
+    return False
+  by_number, cut = ctx.trials(), False
+  alive = list(bracket['promoted'][-1] if bracket['promoted'] else bracket['trials'])
+  for level in range(len(bracket['promoted']), len(rungs)):
+    rung, top = rungs[level], level == len(rungs) - 1
+    # The rung stops where the rest of the bracket, one configuration a rung, and the confirmation still fit.
+    rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
+    reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
+    stop = ctx.stop(reserve)
+    if ctx.budget.left() - reserve < Rung(1, rung.folds, rung.epochs).cost(costs):
+      first = _first_top_rung(ctx, costs, rung) if top else None
+      if first is None:
+        _end_bracket(ctx, bracket, {})
+        return False
+      alive, rung = alive[:1], first   # the best alone, within the budget's slack
+      stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
+    folder = ctx.workdir / layout.TRIALS if top else layout.rung_folder(ctx.workdir, bracket['index'], level)
+    entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
+    with stop:
+      outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,
+                                folder, stop)
+    values = {}
+    for n, entry in zip(alive, entries):
+      outcome = outcomes.get(entry.name)
+      if outcome is None:
+        continue
+      if by_number[n].state != optuna.trial.TrialState.RUNNING:
+        # Told in a launch killed before this rung's promotion was saved: its reported value ranks it again.
+        if level in by_number[n].intermediate_values:
+          values[n] = by_number[n].intermediate_values[level]
+        continue
+      if outcome.seconds:
+        ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
+      live = optuna.trial.Trial(ctx.study, by_number[n]._trial_id)
+      if outcome.error or not math.isfinite(outcome.value):
+        live.set_user_attr('error', (outcome.error or f'{ctx.metric} is not a number')[:500])
+        ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
+        continue
+      values[n] = outcome.value
+      live.report(outcome.value, level)   # the rung is the step: every trial's rung r has the same fidelity
+    bracket['values'].append({str(n): v for n, v in values.items()})
+    costs = ctx.budget.costs
+    if top:
+      _end_bracket(ctx, bracket, values)
+      return not cut
+    ranked = sorted(values, key=lambda n: values[n], reverse=ctx.higher)
+    keep = _promoted(ctx, ranked, ctx.scheduler.promoted(ranked, values, tuple(rungs), level), values, folder,
+                     by_number)
+    for n in alive:
+      if n not in keep and n in values and by_number[n].state == optuna.trial.TrialState.RUNNING:
+        ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
+    bracket['promoted'].append(keep)
+    ctx.budget.save()
+    tqdm.write(f'auto: rung {level + 1}/{len(rungs)}: {len(values)} of {len(alive)} trained'
+               + (' (the rest cut by the deadline)' if cut else '') + f'; kept trials {keep}; '
+               + ctx.budget.describe())
+    alive = keep
+    if not alive:
+      break
+  _end_bracket(ctx, bracket, {})
+  return not cut   # a rung the deadline cut left none to promote
+
+
+def _promoted(ctx: Context, ranked: list, chosen: list, values: dict, folder: pathlib.Path, by_number: dict) -> list:
+  """The trials the scheduler chose to go on from a rung (`chosen`, best first), with the config as given in the last place when the
+  best beats it by no more than one standard error of their difference on the rung's out-of-fold predictions
+  (`fpclass.auto.one_se`)."""
+  baseline = next((n for n in ranked if by_number[n].user_attrs.get(BASELINE)), None)
+  if baseline is None or baseline in chosen or not chosen:
+    return chosen
+  best = ranked[0]
+  try:
+    frames = [oof.read(folder / by_number[n].user_attrs[study_lib.FOLDER]) for n in (best, baseline)]
+  except UserInputError:
+    return chosen
+  gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
+  keep = one_se.promoted([*chosen, *(n for n in ranked if n not in chosen)], len(chosen), baseline, gap, se)
+  if baseline in keep:
+    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within '
+               f'{one_se.threshold(len(ranked) - 1):.2f} standard errors ({se:.4f}) of the rung\'s evidence, the bar '
+               f'for the best of {len(ranked) - 1}')
+  return keep
+
+
+def _enqueue_first_trials(ctx: Context, batch: int) -> None:
+  """A new study's first batch: the config as given, then as many of its one-knob neighbours as the batch holds;
+  the second bracket's: the neighbours that beat the config on the first bottom rung, combined
+  (`fpclass.auto.first_trials`). TPE samples the rest of each batch."""
+  if not ctx.study.trials:
+    baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
+    ctx.study.enqueue_trial(baseline, user_attrs={BASELINE: True}, skip_if_exists=True)
+    others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
+    for label, params in neighbours(ctx.dims, baseline, others)[:batch - 1]:
+      ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: label}, skip_if_exists=True)
+    return
+  first = ctx.budget.brackets[0]
+  if ctx.study.user_attrs.get(COMBINED) or first is ctx.budget.brackets[-1] or not first['values']:
+    return
+  values = {int(n): v for n, v in first['values'][0].items()}
+  params = combination(ctx.trials(), values, ctx.higher)
+  if params is not None:
+    ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: 'combined'}, skip_if_exists=True)
+  ctx.study.set_user_attr(COMBINED, True)
+
+
+def _first_top_rung(ctx: Context, costs: Costs, rung: Rung) -> Rung | None:
+  """The top rung one configuration may still train within the budget's slack (5%) when no trial has a top-rung
+  result yet (without one there is no final model): on the most folds, then epochs, that fit; else None."""
+  if _completed(ctx):
+    return None
+  spare = ctx.budget.left() + SLACK * ctx.budget.seconds - TAIL * ctx.budget.seconds
+  fitting = ctx.scheduler.bracket(costs, spare, rung.folds, rung.epochs, most=1)
+  return Rung(1, fitting.rungs[-1].folds, fitting.rungs[-1].epochs) if fitting else None
+
+
+def _end_bracket(ctx: Context, bracket: dict, values: dict) -> None:
+  """Tells the study each running trial's end: COMPLETE with its top-rung value, else PRUNED where it reported."""
+  running, trials = optuna.trial.TrialState.RUNNING, ctx.trials()
+  for n in bracket['trials']:
+    trial = trials[n]
+    if trial.state != running:
+      continue
+    if n in values and len(bracket['values']) == len(bracket['rungs']):
+      ctx.study.tell(n, values[n])
+    elif trial.intermediate_values:
+      ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
+    else:   # cut by the deadline before its first rung ended: failed for the sampler, 'cut' in the report
+      optuna.trial.Trial(ctx.study, trial._trial_id).set_user_attr(study_lib.CUT, True)
+      ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
+  bracket['done'] = True
+  ctx.budget.save()

@@ -1,1 +1,0 @@
-"""Budgeted search over plans (Optuna), screening by linear probes, and ensemble selection."""
