@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from fpclass.auto import budget as budget_lib
-from fpclass.auto import confirm, first_trials, measure
+from fpclass.auto import confirm, first_trials, measure, ranking
 from fpclass.auto import report as auto_report
 from fpclass.auto import search as auto
 from fpclass.auto import study as study_lib
@@ -62,6 +62,20 @@ def test_the_finalists_are_the_best_trials_of_the_highest_rung_in_the_metric_s_d
   numbers = [t.number for t in confirm.finalists(ctx)]
   assert numbers == ([2, 3] if higher else [1, 3])
   assert confirm.ranked_value(confirm.finalists(ctx)[0]) == (0.8 if higher else 0.6)
+
+
+def test_values_are_compared_only_at_the_same_fidelity(tmp_path):
+  """Rung 1 of a three-rung bracket (2 folds x 2 epochs) is not rung 1 of a two-rung one (the top: 3 folds x 4
+  epochs): trial 1's 0.9 there ranks below trial 0's 0.6 at the top, though both are 'rung 1'; two trials at the
+  same fidelity rank by value."""
+  study = _study({0: (1, 0.6), 1: (1, 0.9), 2: (1, 0.5)})
+  ctx = _context(tmp_path, config_from_argv(QUICK), higher=True, study=study)
+  ctx.budget.brackets = [
+      dict(index=0, trials=[0, 2], rungs=[dict(configs=2, folds=1, epochs=2), dict(configs=1, folds=3, epochs=4)]),
+      dict(index=1, trials=[1], rungs=[dict(configs=9, folds=1, epochs=1), dict(configs=3, folds=2, epochs=2),
+                                       dict(configs=1, folds=3, epochs=4)])]
+  assert [t.number for t in ranking.ranked_trials(ctx)] == [0, 2, 1]
+  assert ranking.fidelities(ctx)[1][1] == (2, 2) and ranking.fidelities(ctx)[0][1] == (3, 4)
 
 
 def test_the_config_as_given_joins_the_finalists_when_it_is_not_among_them(tmp_path):

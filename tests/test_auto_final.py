@@ -78,9 +78,11 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
   assert sorted(p.name for p in (workdir / MORE).iterdir()) == sorted(p.name for p in pieces[1:])
   assert _kept_models(pieces[2]) == {(0, seed + 1), (1, seed + 1)}
   members = sidecar.read_metadata(out)['ensemble']['members']
+  # Every fold model weighs alike: each folder by its share of the 5 models.
   assert [(m['folder'], m['models'], m['weight']) for m in members] == [
-      ('../trials/trial-0000', ['fold0', 'fold1'], 2.0), (f'../{MORE}/trial-0000-seed{seed}', ['fold2'], 1.0),
-      (f'../{MORE}/trial-0000-seed{seed + 1}', ['fold0', 'fold1'], 2.0)]
+      ('../trials/trial-0000', ['fold0', 'fold1'], pytest.approx(0.4)),
+      (f'../{MORE}/trial-0000-seed{seed}', ['fold2'], pytest.approx(0.2)),
+      (f'../{MORE}/trial-0000-seed{seed + 1}', ['fold0', 'fold1'], pytest.approx(0.4))]
   # The out-of-fold mix: per image, the plain mean of the models that held it out (recomputed from their files).
   rows = pd.concat([pd.read_csv(p / 'oof_predictions.csv', dtype={'id': str, 'label': str}) for p in pieces])
   expected = rows.groupby('id')[['p_0', 'p_1']].mean()
@@ -135,19 +137,31 @@ def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_tak
   assert _kept_models(workdir / MORE / f'trial-0000-seed{seed}') == {(f, seed) for f in folds}
   given = sidecar.read_metadata(workdir / MORE / f'trial-0000-seed{seed}' / 'fold0')['config']
   assert given['train']['learning_rate'] == config.train.learning_rate   # the config as given, not the choice
-  members = sidecar.read_metadata(out)['ensemble']['members']
-  assert [m['folder'] for m in members] == ['../trials/trial-0001', f'../{MORE}/trial-0000-seed{seed}']
-  assert 'and of the config as given (trial-0000' in note and '6 fold model(s)' in note
+  # It is the mix's other candidate; the final model is whichever the cross-fitted comparison kept.
+  _check_kept(out, note, {'trial-0001': '../trials/trial-0001', 'trial-0000': f'../{MORE}/trial-0000-seed{seed}'},
+              'trial-0001')
   # Its top-rung fold models, where the search trained them, are taken as they are: nothing is trained.
   (workdir / MORE / f'trial-0000-seed{seed}').rename(workdir / 'trials' / 'trial-0000')
   out, note = final_model(_context(workdir, config, study, 0, 0.5), chosen)
   assert not any((workdir / MORE).iterdir())
-  assert [m['folder'] for m in sidecar.read_metadata(out)['ensemble']['members']] == ['../trials/trial-0001',
-                                                                                     '../trials/trial-0000']
-  # The choice is the config as given: nothing beside it.
+  _check_kept(out, note, {'trial-0001': '../trials/trial-0001', 'trial-0000': '../trials/trial-0000'}, 'trial-0001')
+  # The choice is the config as given: the other trial is a runner-up, its top-rung fold models taken as they are.
   out, note = final_model(_context(workdir, config, study, 0, 0.5), dict(name='trial-0000', trial=0, changes={}))
-  assert [m['folder'] for m in sidecar.read_metadata(out)['ensemble']['members']] == ['../trials/trial-0000']
-  assert 'config as given' not in note
+  assert not any((workdir / MORE).iterdir())
+  _check_kept(out, note, {'trial-0000': '../trials/trial-0000', 'trial-0001': '../trials/trial-0001'}, 'trial-0000')
+
+
+def _check_kept(out, note, folders: dict, choice: str) -> None:
+  """final/ holds the mix's members when it kept the mix, the choice's folder alone otherwise, as mix.json says."""
+  record = json.loads((out / 'mix.json').read_text())
+  assert record['candidates'] == list(folders) and record['kept'] in ('mix', 'choice')
+  members = {m['folder']: m['weight'] for m in sidecar.read_metadata(out)['ensemble']['members']}
+  if record['kept'] == 'mix':
+    assert members == {folders[n]: pytest.approx(w) for n, w in record['weights'].items()}
+    assert record['mixed'] > record['alone']
+  else:
+    assert members == {folders[choice]: pytest.approx(1.0)}
+  assert f'a Caruana mix of {len(folders)} configurations' in note
 
 
 def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finished_rung(tmp_path):

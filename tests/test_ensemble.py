@@ -31,7 +31,7 @@ from fpclass.config.settings import ConfigError
 from fpclass.data.decode import decode_files
 from fpclass.deploy import ood
 from fpclass.deploy import ood_scores as ood_math
-from fpclass.ensemble import selection, soup
+from fpclass.ensemble import caruana, selection, soup
 from fpclass.errors import UserInputError
 from fpclass.infer import ensemble
 from fpclass.infer.calibrate_models import calibrate
@@ -65,10 +65,10 @@ def test_selection_recovers_a_planted_best_combination():
   d = binary(np.where(rows >= 40, 0.95, 0.4))
   noise = [binary(np.where(rng.random(100) < q, 0.6, 0.45)) for q in (0.55, 0.6, 0.62, 0.65)]
   probs = np.stack([noise[0], noise[1], c, noise[2], d, noise[3]])
-  chosen = selection.caruana(probs, labels, SINGLE, ACCURACY, max_size=25)
+  chosen = caruana.caruana(probs, labels, SINGLE, ACCURACY, max_size=25)
   assert chosen.counts.tolist() == [0, 0, 1, 0, 1, 0]
   assert chosen.rounds == 2 and len(chosen.path) == 25 and chosen.scores[1] == 1.0
-  assert selection.score(ACCURACY, labels, chosen.mix(probs), SINGLE) == 1.0
+  assert caruana.score(ACCURACY, labels, chosen.mix(probs), SINGLE) == 1.0
 
 
 def test_selection_picks_with_replacement_when_a_candidate_twice_is_best():
@@ -76,7 +76,7 @@ def test_selection_picks_with_replacement_when_a_candidate_twice_is_best():
   that may pick A again in round 2 reaches the mix (without replacement it would stop at A)."""
   labels = np.ones(3, np.int64)
   a, b = binary([0.4, 0.8, 0.8]), binary([0.9, 0.1, 0.1])
-  chosen = selection.caruana(np.stack([a, b]), labels, SINGLE, ACCURACY, max_size=5)
+  chosen = caruana.caruana(np.stack([a, b]), labels, SINGLE, ACCURACY, max_size=5)
   assert chosen.path[:3] == [0, 0, 1]
   assert chosen.counts.tolist() == [2, 1] and chosen.weights.tolist() == pytest.approx([2 / 3, 1 / 3])
   assert chosen.scores[chosen.rounds - 1] == 1.0
@@ -86,14 +86,14 @@ def test_a_loss_is_minimised_and_a_multilabel_task_uses_map():
   labels = np.array([0, 1, 1, 0])
   good, bad = binary([0.2, 0.8, 0.7, 0.3]), binary([0.6, 0.4, 0.5, 0.5])
   loss = metric_registry.REGISTRY['loss']
-  assert selection.caruana(np.stack([bad, good]), labels, SINGLE, loss, max_size=3).counts.tolist() == [0, 1]
+  assert caruana.caruana(np.stack([bad, good]), labels, SINGLE, loss, max_size=3).counts.tolist() == [0, 1]
   assert selection.resolve_metric('', MULTI).name == 'map' and selection.resolve_metric('', SINGLE).name == 'accuracy'
   with pytest.raises(UserInputError, match=r"config\.ensemble\.metric='map'"):
     selection.resolve_metric('map', SINGLE)
   tags = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
   first = np.array([[0.9, 0.4], [0.2, 0.1], [0.8, 0.2], [0.1, 0.3]])   # ranks label 0 right, label 1 wrong
   second = np.array([[0.5, 0.1], [0.5, 0.9], [0.5, 0.8], [0.5, 0.2]])  # ranks label 1 right, label 0 not at all
-  chosen = selection.caruana(np.stack([first, second]), tags, MULTI, metric_registry.REGISTRY['map'])
+  chosen = caruana.caruana(np.stack([first, second]), tags, MULTI, metric_registry.REGISTRY['map'])
   assert chosen.counts.tolist() == [1, 1]
 
 
@@ -104,8 +104,8 @@ def test_the_cross_fitted_score_is_honest_where_the_in_sample_one_overfits():
   labels = rng.integers(0, 2, 200)
   probs = np.stack([binary(rng.random(200)) for _ in range(40)])
   groups = np.arange(200) % 5
-  in_sample = selection.score(ACCURACY, labels, selection.caruana(probs, labels, SINGLE, ACCURACY).mix(probs), SINGLE)
-  crossfit = selection.cross_fit(probs, labels, groups, SINGLE, ACCURACY)
+  in_sample = caruana.score(ACCURACY, labels, caruana.caruana(probs, labels, SINGLE, ACCURACY).mix(probs), SINGLE)
+  crossfit = caruana.cross_fit(probs, labels, groups, SINGLE, ACCURACY)
   honest = crossfit.interval('ensemble')
   assert in_sample > 0.62 and abs(honest.mean - 0.5) < 0.06 and in_sample - honest.mean > 0.08
   assert honest.low < 0.5 < honest.high and crossfit.ratio == 0.25 and len(crossfit.rows) == 5
@@ -113,7 +113,7 @@ def test_the_cross_fitted_score_is_honest_where_the_in_sample_one_overfits():
   # Each fold's rows are predicted by a selection that never saw them.
   for g in range(5):
     fit = groups != g
-    mine = selection.caruana(probs[:, fit], labels[fit], SINGLE, ACCURACY).mix(probs[:, ~fit])
+    mine = caruana.caruana(probs[:, fit], labels[fit], SINGLE, ACCURACY).mix(probs[:, ~fit])
     assert np.allclose(crossfit.ensemble[~fit], mine)
 
 
@@ -149,7 +149,7 @@ def test_an_ensemble_workdir_averages_its_models_with_their_weights():
                      0.75 * a + 0.25 * b)
   plain = [dataclasses.replace(m, weight=1.0) for m in members]   # an ordinary folder's fold models: the mean
   assert np.allclose(ensemble.predict_probabilities(plain, images, 2, calibrated=False), (a + b) / 2)
-  assert selection.crossfit_groups(np.full(10, -1)).tolist() == [g % 5 for g in np.random.default_rng(0).permutation(10)]
+  assert caruana.crossfit_groups(np.full(10, -1)).tolist() == [g % 5 for g in np.random.default_rng(0).permutation(10)]
 
 
 def test_settings_refuse_a_path_as_the_output_folder():

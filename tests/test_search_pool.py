@@ -13,7 +13,7 @@ import pytest
 from fpclass.analysis import metric_registry
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
-from fpclass.ensemble import selection
+from fpclass.ensemble import caruana, selection
 from fpclass.errors import UserInputError
 from fpclass.infer import ensemble as ensemble_lib
 from fpclass.train import oof, sidecar
@@ -212,26 +212,26 @@ def test_the_pooled_examples_are_found_in_the_data_the_candidates_validated_on(t
 
 def test_scores_keys_weights_and_groups_from_their_definitions():
   labels, p = np.array([0, 1, 1, 0]), np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.4, 0.6]])
-  assert selection.score(ACCURACY, labels, p, SINGLE) == 0.5
-  assert math.isnan(selection.score(ACCURACY, labels[:0], p[:0], SINGLE))   # no examples: no figure
-  assert math.isnan(selection.score(metric_registry.REGISTRY['roc_auc'], labels[:2] * 0, p[:2], SINGLE))
-  assert selection.key_of(ACCURACY, 0.75) == 0.75 and selection.key_of(LOSS, 0.75) == -0.75
-  assert selection.key_of(ACCURACY, math.nan) == -math.inf == selection.key_of(LOSS, math.nan)
-  chosen = selection.Selection(np.array([3, 0, 1]), [0, 0, 2, 0], [0.5, 0.6, 0.7, 0.7], 4)
+  assert caruana.score(ACCURACY, labels, p, SINGLE) == 0.5
+  assert math.isnan(caruana.score(ACCURACY, labels[:0], p[:0], SINGLE))   # no examples: no figure
+  assert math.isnan(caruana.score(metric_registry.REGISTRY['roc_auc'], labels[:2] * 0, p[:2], SINGLE))
+  assert caruana.key_of(ACCURACY, 0.75) == 0.75 and caruana.key_of(LOSS, 0.75) == -0.75
+  assert caruana.key_of(ACCURACY, math.nan) == -math.inf == caruana.key_of(LOSS, math.nan)
+  chosen = caruana.Selection(np.array([3, 0, 1]), [0, 0, 2, 0], [0.5, 0.6, 0.7, 0.7], 4)
   assert chosen.weights.tolist() == [0.75, 0.0, 0.25]
   stacked = np.stack([p, 1 - p, np.full((4, 2), 0.5)])
   np.testing.assert_allclose(chosen.mix(stacked), 0.75 * p + 0.25 * 0.5)
-  index, scores = selection.best_single(stacked, labels, SINGLE, LOSS)
+  index, scores = caruana.best_single(stacked, labels, SINGLE, LOSS)
   expected = [-np.mean(np.log(q[np.arange(4), labels])) for q in stacked]   # the mean negative log-likelihood
   assert scores == pytest.approx(expected, abs=1e-12) and index == 0 and expected[2] == pytest.approx(math.log(2))
-  assert selection.best_single(stacked, labels, SINGLE, ACCURACY) == (0, [0.5, 0.5, 0.5])   # ties: the first
+  assert caruana.best_single(stacked, labels, SINGLE, ACCURACY) == (0, [0.5, 0.5, 0.5])   # ties: the first
   folds = np.array([2, 0, 1, 0, 2, 1])
-  assert selection.crossfit_groups(folds, seed=9) is folds
-  assert selection.crossfit_groups(folds[:2], seed=9) is not folds   # two folds are folds too
-  assert selection.crossfit_groups(folds[:2][::-1]).tolist() == [0, 2]
-  assert selection.group_scores(ACCURACY, [0, 1, 1, 0, 1, 1], np.tile([[0.4, 0.6]], (6, 1)), folds, SINGLE) == [
+  assert caruana.crossfit_groups(folds, seed=9) is folds
+  assert caruana.crossfit_groups(folds[:2], seed=9) is not folds   # two folds are folds too
+  assert caruana.crossfit_groups(folds[:2][::-1]).tolist() == [0, 2]
+  assert caruana.group_scores(ACCURACY, [0, 1, 1, 0, 1, 1], np.tile([[0.4, 0.6]], (6, 1)), folds, SINGLE) == [
       0.5, 1.0, 0.5]   # folds 0, 1, 2 in order
-  interval = selection.paired([0.7, 0.8, 0.9], [0.6, 0.8, 0.7], 0.5)
+  interval = caruana.paired([0.7, 0.8, 0.9], [0.6, 0.8, 0.7], 0.5)
   assert (interval.mean, interval.n) == (pytest.approx(0.1), 3)
   assert interval.high - interval.mean == pytest.approx(
       4.302652729911275 * math.sqrt((1 / 3 + 0.5) * np.var([0.1, 0.0, 0.2], ddof=1)))
@@ -241,29 +241,29 @@ def test_the_selection_stops_at_its_first_best_round_and_cross_fits_each_fold():
   labels = np.array([1, 1, 1, 1, 0, 0])
   right = np.array([[0.1, 0.9]] * 4 + [[0.9, 0.1]] * 2)
   wrong = right[:, ::-1]
-  chosen = selection.caruana(np.stack([wrong, right]), labels, SINGLE, LOSS, max_size=4)
+  chosen = caruana.caruana(np.stack([wrong, right]), labels, SINGLE, LOSS, max_size=4)
   assert chosen.path == [1, 1, 1, 1] and chosen.rounds == 1 and chosen.counts.tolist() == [0, 1]
   assert chosen.scores == pytest.approx([-math.log(0.9)] * 4, abs=1e-12)
   groups = np.array([0, 1, 2, 0, 1, 2])
-  crossfit = selection.cross_fit(np.stack([wrong, right]), labels, groups, SINGLE, ACCURACY, 3, ['w', 'r'])
+  crossfit = caruana.cross_fit(np.stack([wrong, right]), labels, groups, SINGLE, ACCURACY, 3, ['w', 'r'])
   assert crossfit.ratio == 0.5 and [r['fold'] for r in crossfit.rows] == [0, 1, 2]
   assert crossfit.rows[0] == dict(fold=0, n=2, ensemble=1.0, best_single=1.0, single='r', difference=0.0,
                                   weights={'r': 1.0})
   np.testing.assert_array_equal(crossfit.ensemble, right)
   np.testing.assert_array_equal(crossfit.single, right)
   assert crossfit.interval('ensemble').mean == 1.0
-  one_group = selection.cross_fit(np.stack([right]), labels, np.zeros(6, int), SINGLE, ACCURACY, 2)
+  one_group = caruana.cross_fit(np.stack([right]), labels, np.zeros(6, int), SINGLE, ACCURACY, 2)
   assert one_group.ratio == 1.0 and one_group.rows[0]['single'] == '0'
 
 
 def test_one_validation_split_is_cut_into_five_seeded_parts_of_near_equal_size():
   one = np.zeros(23, int)   # a single split: its examples are all in fold 0 (or -1)
-  groups = selection.crossfit_groups(one)
+  groups = caruana.crossfit_groups(one)
   assert groups.dtype.kind == 'i' and sorted(np.bincount(groups).tolist()) == [4, 4, 5, 5, 5]
-  assert selection.crossfit_groups(np.full(23, -1)).tolist() == groups.tolist()   # the default seed, 0
-  assert selection.crossfit_groups(one, seed=0).tolist() == groups.tolist()
-  assert selection.crossfit_groups(one, seed=1).tolist() != groups.tolist()
-  assert selection.crossfit_groups(one[:5], seed=3).tolist() != list(range(5))   # shuffled, not in order
+  assert caruana.crossfit_groups(np.full(23, -1)).tolist() == groups.tolist()   # the default seed, 0
+  assert caruana.crossfit_groups(one, seed=0).tolist() == groups.tolist()
+  assert caruana.crossfit_groups(one, seed=1).tolist() != groups.tolist()
+  assert caruana.crossfit_groups(one[:5], seed=3).tolist() != list(range(5))   # shuffled, not in order
 
 
 def test_a_metric_of_another_task_is_one_line_listing_the_task_s_metrics():

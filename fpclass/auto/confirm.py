@@ -1,7 +1,6 @@
 """The confirmation of `--mode auto` (`fpclass.auto.search`): the finalists, and the config as given, on folds
 and seeds that chose nothing, with paired intervals against the choice."""
 import json
-import math
 import time
 
 import pandas as pd
@@ -9,23 +8,13 @@ import pandas as pd
 from fpclass.analysis import metric_registry, sweep_report
 from fpclass.auto import study as study_lib
 from fpclass.auto.context import CONFIRM_SPLIT, TAIL, Context, Entry, changes_of
+from fpclass.auto.ranking import ranked_trials
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import tracking
 from fpclass.train import sidecar
 from fpclass.train import workdir_layout as layout
 from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
-
-
-def ranked_trials(ctx: Context) -> list:
-  """Every trial that reported, best first: the highest rung reached, then its value there (the direction's)."""
-  sign = 1.0 if ctx.higher else -1.0
-
-  def key(t):
-    level = max(t.intermediate_values) if t.intermediate_values else -1
-    value = t.intermediate_values.get(level, t.value if t.value is not None else math.nan)
-    return (level, sign * value if math.isfinite(value) else -math.inf)
-  return sorted(study_lib.searched(ctx.study), key=key, reverse=True)
 
 
 def finalists(ctx: Context) -> list:

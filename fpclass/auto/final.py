@@ -1,16 +1,14 @@
-"""The final model of `--mode auto` (stage 4): the chosen configuration's fold models as one ensemble workdir,
-completed and widened with what the budget has left.
+"""The final model of `--mode auto` (stage 4): an ensemble workdir in `final/` of the chosen configuration's fold
+models, or of a cross-fitted mix of every configuration trained on every fold, whichever scores better.
 
-The fold models come from the confirmation when it ran (its folds chose nothing), else from the search's top
-rung. The budget's rest then trains more members of the same configuration on the same folds, each set a round
-of its own in `more/`: first the folds the source lacks, so that together they trained on every labelled image;
-for a choice the confirmation did not back, the config as given on the same folds (the cheap rungs that chose
-another trial saw few epochs: the user's recipe hedges that, and two configurations mix better than one); then,
-unless `config.auto.trials` ended the search, more seeds, each on the most folds that fit (the last one on one
-fold for fewer epochs, when a whole member no longer fits, so the last seconds are spent too): the one use of
-the last seconds that cannot make the choice worse, since it chooses nothing. Every fold model weighs alike, and
-the out-of-fold mix (`ensemble_predictions.csv`) averages per image the models that did not train on it:
-honest, as the weights are fixed, not chosen (docs/auto.md).
+The choice's fold models come from the confirmation when it ran (its folds chose nothing), else from the search's
+top rung. The budget's rest then trains, each set a round of its own in `more/`: the folds the choice lacks; for
+a choice the confirmation did not back, the config as given on the same folds (the cheap rungs saw few epochs: the
+user's recipe hedges that); the runners-up, the best other configurations (`config.auto.mix`), on every fold; then,
+unless `config.auto.trials` ended the search, more seeds of the choice, each on the most folds that fit (the last
+one shorter, so the last seconds are spent too). `fpclass.auto.final_mix` then weighs them: a Caruana selection
+over the configurations, cross-fitted against the choice's equal-weight fold models; the out-of-fold
+probabilities it writes (`ensemble_predictions.csv`) chose nothing (docs/auto.md).
 """
 import dataclasses
 import json
@@ -22,15 +20,18 @@ import pandas as pd
 
 from fpclass import fileio
 from fpclass.analysis import metric_registry
+from fpclass.auto import final_mix
 from fpclass.auto import study as study_lib
 from fpclass.auto.context import TAIL, Context, Entry, changes_of
 from fpclass.auto.first_trials import BASELINE
+from fpclass.auto.ranking import ranked_trials
 from fpclass.infer.ensemble import member_workdirs, workdir_metadata
 from fpclass.train import oof, sidecar
 from fpclass.train import workdir_layout as layout
 from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
 
 MORE = 'more'   # the rounds that complete and widen the final ensemble
+MIX_RECORD = 'mix.json'   # final/'s record of the mix: candidates, cross-fitted scores, weights, which was kept
 # The last piece may train this share of the configuration's epochs (its schedule scaled alike), no less: a member
 # trained half as long as its peers still adds to an equal-weight mix of fold models, a shorter one may not.
 SHORTEST = 0.5
@@ -47,30 +48,33 @@ class Source:
 
 
 def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
-  """(final workdir, note): the chosen configuration's fold models, completed and widened by the budget's rest
-  (`spend_the_rest`), as one ensemble workdir in `final/`."""
+  """(final workdir, note): the choice's fold models, completed and widened by the budget's rest
+  (`spend_the_rest`), or the cross-fitted mix of every configuration trained on every fold when it scores better
+  (`fpclass.auto.final_mix`), as one ensemble workdir in `final/`."""
   chosen['config'] = sidecar.config_as_json(apply_changes(ctx.base, chosen['changes'], 'the chosen configuration'))
   source = source_of(ctx, chosen['name'])
   if not _finished(source.folder):
     return None, f'no fold model of {chosen["name"]} finished; launch again with more time to train it'
   start = time.perf_counter()
   given = None if source.confirmed else _given_trial(ctx, chosen)
-  pieces = [source.folder, *spend_the_rest(ctx, chosen, source, given)]
+  pieces, others = spend_the_rest(ctx, chosen, source, given)
+  candidates = [final_mix.Candidate(chosen['name'], tuple(_kept_rows(f) for f in pieces), tuple(pieces))]
+  candidates += [final_mix.Candidate(name, (_kept_rows(folder),), (folder,)) for name, folder in others.items()]
+  mix = final_mix.choose(candidates, chosen['name'], metric_registry.REGISTRY[ctx.metric])
   ctx.budget.add_stage('final', time.perf_counter() - start)
-  frame = pd.concat([_kept_rows(folder) for folder in pieces], ignore_index=True)
-  mixed = oof.mean_by_id(frame, keep=('split',)).drop(columns='models').reset_index()
-  labels, probs, task = oof.labels_and_probabilities(mixed)
   out = ctx.workdir / sidecar.AUTO_FINAL
   out.mkdir(exist_ok=True)
-  fold_models = {folder: member_workdirs(folder) for folder in pieces}
-  metadata = workdir_metadata(out, [(f, models, float(len(models))) for f, models in fold_models.items()], ctx.metric)
-  metadata['ensemble'].update(kind='auto', trial=chosen['trial'])
+  members = [(folder, member_workdirs(folder), weight) for folder, weight in mix.members]
+  metadata = workdir_metadata(out, members, ctx.metric)
+  metadata['ensemble'].update(kind='auto', trial=chosen['trial'], kept=mix.record['kept'])
   sidecar.write_metadata(out, metadata)
+  frame = pd.concat([_kept_rows(folder) for folder, _ in mix.members], ignore_index=True)
   fileio.write_csv(out / oof.FILE, frame)
-  fileio.write_csv(out / oof.ENSEMBLE_FILE, mixed)
-  score = metric_registry.REGISTRY[ctx.metric](labels, probs, task)
-  chosen['final_score'] = float(score) if score is not None else float('nan')
-  models = sum(len(m) for m in fold_models.values())
+  fileio.write_csv(out / oof.ENSEMBLE_FILE, mix.predictions)
+  fileio.write_json(out / MIX_RECORD, mix.record)
+  chosen['final_score'] = float(mix.score)
+  chosen['final_kept'] = mix.record['kept']
+  models = sum(len(m) for _, m, _ in members)
   splits = set(frame['split'])
   # Two fold models of different folds have together trained on every image; one has not seen its own fold.
   seen = ("the source's training split" if ctx.own_split else 'every labelled image' if len(splits) > 1
@@ -82,10 +86,12 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
             'the search\'s folds, which also chose it (optimistic)')
   if source.folder.parent.parent.name == layout.ROUNDS:
     honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'
-  beside = (f' and of the config as given ({given["name"]}: the choice was made on the cheap rungs and not '
-            'confirmed)' if given and any(p.name.split('-seed')[0] == given['name'] for p in pieces) else '')
-  return out, (f'{models} fold model(s) of {chosen["name"]}{beside} as one ensemble (seeds {seeds}; together they '
-               f'trained on {seen}); {ctx.metric} {chosen["final_score"]:.4f} out of fold on {honest}')
+  what = (f'{models} fold model(s) of {chosen["name"]}' if mix.record['kept'] == 'choice' else
+          f'{models} fold models of {len(mix.members)} set(s), the mix of ' +
+          ', '.join(f'{n} x{w:.2f}' for n, w in mix.record['weights'].items()))
+  return out, (f'{what} as one ensemble (seeds {seeds}; together they trained on {seen}); {ctx.metric} '
+               f'{chosen["final_score"]:.4f} out of fold on {honest}; '
+               + final_mix.describe(mix.record, metric_registry.title(ctx.metric)))
 
 
 def source_of(ctx: Context, name: str) -> Source:
@@ -101,44 +107,96 @@ def source_of(ctx: Context, name: str) -> Source:
   return Source(folder, ctx.base, (int(ctx.base.seed),), False)
 
 
-def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> list[pathlib.Path]:
-  """The folders of the members the budget's rest trained (or an earlier launch did): the source's missing folds;
-  for a choice the confirmation did not back, the config as given (`given`, `_given_trial`) on the same folds
-  (its top-rung fold models when it has them): a hedge against the cheap rungs' short horizon, and a second configuration for the mix;
-  then, unless a trial count ended the search, one more seed after another, each on the most folds that fit
-  (`piece_size`: the last one shorter when a whole member no longer fits).
-  The first piece is priced at the set-up of a configuration the search trained (`known_setup`); the later ones
-  at the set-up a piece measured."""
+def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> tuple[list, dict]:
+  """(the choice's folders, {name: folder} of the other configurations trained on every fold) after the budget's
+  rest trained (or an earlier launch did): the source's missing folds; for a choice the confirmation did not back,
+  the config as given (`given`, `_given_trial`) on the same folds (its top-rung fold models when it has them);
+  the runners-up (`runners_up`) on every fold; then, unless a trial count ended the search, one more seed of the
+  choice after another, each on the most folds that fit (`piece_size`: the last one shorter when a whole member no
+  longer fits). The first piece is priced at the set-up of a configuration the search trained (`known_setup`);
+  the later ones at the set-up a piece measured."""
   everything = ctx.splits(ctx.folds)
   record = _record(source.folder)
   trained = {row['split'] for row in record['rows'] if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
   known = known_setup(ctx.budget.costs, record['timing'])
-  pieces, setup = [], known
+  pieces, others, setup = [source.folder], {}, known
   if missing:
     folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
     if folder is None:
-      return pieces
+      return pieces, others
     pieces.append(folder)
   limited = ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials
   if given is not None:   # an unconfirmed choice: the config as given beside it, on the same folds
     folder = ctx.workdir / layout.TRIALS / given['name']
     if not _finished(folder):
       if limited:
-        return pieces
+        return pieces, others
       folder, _ = _train_piece(ctx, given, source, source.seeds[0], everything, known)
       if folder is None:
-        return pieces
-    pieces.append(folder)
+        return pieces, others
+    others[given['name']] = folder
+  for runner in runners_up(ctx, chosen, given):
+    folder = _covering(ctx, runner['name'], everything)
+    if folder is None and not limited:
+      folder, known = _train_runner_up(ctx, runner, everything, known)
+    if folder is None:
+      break   # the budget affords no more configurations on every fold: the rest buys seeds of the choice
+    others[runner['name']] = folder
   if limited:
-    return pieces   # the user asked for so many trials: the rest of the budget is not theirs to fill
+    return pieces, others   # the user asked for so many trials: the rest of the budget is not theirs to fill
   seed = max(source.seeds) + 1
   while True:
     folder, setup = _train_piece(ctx, chosen, source, seed, everything, setup)
     if folder is None:
-      return pieces
+      return pieces, others
     pieces.append(folder)
     seed += 1
+
+
+def runners_up(ctx: Context, chosen: dict, given: dict | None) -> list[dict]:
+  """The best `config.auto.mix` configurations after the choice (and the config as given), one trial each, in the
+  search's ranking (`fpclass.auto.ranking.ranked_trials`): the mix's other candidates."""
+  out, seen = [], {repr(sorted(chosen['changes'].items()))}
+  if given is not None:
+    seen.add(repr(sorted(given['changes'].items())))
+  for t in ranked_trials(ctx):
+    changes = changes_of(t)
+    key = repr(sorted(changes.items()))
+    if key in seen or study_lib.FOLDER not in t.user_attrs:
+      continue
+    seen.add(key)
+    out.append(dict(name=t.user_attrs[study_lib.FOLDER], trial=t.number, changes=changes))
+    if len(out) >= ctx.settings.mix:
+      break
+  return out
+
+
+def _covering(ctx: Context, name: str, everything: tuple) -> pathlib.Path | None:
+  """The folder of `name` whose kept fold models validated on every split (the search's top rung, or a runner-up
+  an earlier launch trained), or None."""
+  for folder in (ctx.workdir / layout.TRIALS / name, ctx.workdir / MORE / name):
+    if _finished(folder) and {r['split'] for r in _rows(folder) if r['kept']} >= set(everything):
+      return folder
+  return None
+
+
+def _train_runner_up(ctx: Context, runner: dict, everything: tuple, setup: float) -> tuple[pathlib.Path | None, float]:
+  """A runner-up on every fold of the search's split at the configuration's epochs, in `more/<its trial folder>`,
+  when the budget affords it whole; (its folder or None, the set-up it measured)."""
+  costs = ctx.budget.costs
+  fitting = piece_size(costs, setup, ctx.budget.left() - TAIL * ctx.budget.seconds, len(everything), ctx.epochs)
+  if fitting != (len(everything), ctx.epochs):
+    return None, setup
+  name = runner['name']
+  with ctx.stop(TAIL * ctx.budget.seconds) as stop:
+    outcomes, _ = ctx.round(ctx.base, [Entry(name, runner['changes'])], everything, (int(ctx.base.seed),), ctx.epochs,
+                            ctx.workdir / MORE, stop)
+  outcome = outcomes.get(name)
+  if outcome is not None and outcome.seconds:
+    setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
+    ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
+  return _covering(ctx, name, everything), setup
 
 
 def known_setup(costs, timing: dict) -> float:

@@ -44,6 +44,9 @@ class AutoSettings(Settings):
   scheduler: str = 'successive_halving'
   eta: int = 3                     # successive halving: a rung keeps the best 1/eta, with eta x the epochs
   finalists: int = 2               # the best trials confirmed on fresh folds x seeds (beside the config as given)
+  # The final model: the most other configurations (the best trials after the choice) trained on every fold for a
+  # cross-fitted Caruana mix beside the choice's fold models (fpclass/auto/final_mix.py); 0: the choice alone.
+  mix: int = 4
   confirm_seeds: tuple[int, ...] = (101,)   # the confirmation's seeds, on folds cut with data.split_seed + 1000
   confirm_share: float = 0.25      # the most of the budget the confirmation may take
   storage: str = ''                # '' -> an Optuna journal file in the workdir; postgresql://... to share a study
@@ -55,6 +58,7 @@ class AutoSettings(Settings):
     self.require('folds', self.folds == 0 or self.folds >= 2, '0 (config.data.num_folds) or at least 2')
     self.require('trials', self.trials >= 0, '>= 0 (0: as many as the budget allows)')
     self.require('finalists', self.finalists >= 1, 'at least 1')
+    self.require('mix', self.mix >= 0, '>= 0 (0: the final model is the choice\'s fold models alone)')
     self.require('confirm_seeds', len(set(self.confirm_seeds)) == len(self.confirm_seeds),
                  'distinct integers (() skips the confirmation)')
     self.require('eta', self.eta >= 2, 'at least 2')

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpclass.ensemble.selection import key_of, score
+from fpclass.ensemble.caruana import key_of, score
 from fpclass.infer.ensemble import ENSEMBLE_KEY
 from fpclass.infer.inference import load_trained
 from fpclass.runtime.sharding import DataParallel

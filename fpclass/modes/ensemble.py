@@ -16,7 +16,7 @@ from fpclass.analysis import metric_registry, stats
 from fpclass.analysis.multilabel_calibration import calibrate_thresholds
 from fpclass.config.search import EnsembleSettings
 from fpclass.config.training import EvalSettings, SweepSettings
-from fpclass.ensemble import selection
+from fpclass.ensemble import caruana, selection
 from fpclass.ensemble import soup as soups
 from fpclass.infer import tta
 from fpclass.runtime import report
@@ -29,12 +29,12 @@ def ensemble(config, workdir) -> dict:
   pool = selection.read_pool(workdir, settings.candidates)
   metric = selection.resolve_metric(settings.metric, pool.task)
   probs, labels, names, task = pool.stacked, pool.labels, [c.name for c in pool.candidates], pool.task
-  groups = selection.crossfit_groups(pool.folds, settings.seed)
-  crossfit = selection.cross_fit(probs, labels, groups, task, metric, settings.max_size, names)
-  final = selection.caruana(probs, labels, task, metric, settings.max_size)
-  single, single_scores = selection.best_single(probs, labels, task, metric)
+  groups = caruana.crossfit_groups(pool.folds, settings.seed)
+  crossfit = caruana.cross_fit(probs, labels, groups, task, metric, settings.max_size, names)
+  final = caruana.caruana(probs, labels, task, metric, settings.max_size)
+  single, single_scores = caruana.best_single(probs, labels, task, metric)
   def in_sample(predictions):   # chosen on these predictions too; a mean over the folds, as the other columns
-    return float(np.nanmean(selection.group_scores(metric, labels, predictions, groups, task)))
+    return float(np.nanmean(caruana.group_scores(metric, labels, predictions, groups, task)))
   out = workdir / settings.output
   out.mkdir(parents=True, exist_ok=True)
   members = [(c, w) for c, w in zip(pool.candidates, final.weights) if w > 0]
@@ -61,11 +61,11 @@ def ensemble(config, workdir) -> dict:
     folder = out / 'soup'
     made, honest, soup_in_sample = soups.make(folder, by_fold, pool, split.images, positions, metric,
                                          EvalSettings.from_config(config.eval).batch_size, settings.seed)
-    per_group = selection.group_scores(metric, labels, honest, groups, task)
+    per_group = caruana.group_scores(metric, labels, honest, groups, task)
     rows.append(_row('soup', f'{len(made)} fold soups of {sum(len(s.kept) for s in made)} of '
                      f'{sum(len(s.items) for s in made)} fold models', None,
                      stats.corrected_interval(per_group, crossfit.ratio),
-                     selection.paired(per_group, [r['best_single'] for r in crossfit.rows], crossfit.ratio),
+                     caruana.paired(per_group, [r['best_single'] for r in crossfit.rows], crossfit.ratio),
                      in_sample(soup_in_sample), batch, folder))
     soup_record = dict(soups.record(made, out, metric), per_group=per_group)
   elif settings.soup:

@@ -1,0 +1,112 @@
+"""The final mix of `--mode auto`: a Caruana selection over every configuration the search trained on every fold,
+cross-fitted, against the chosen configuration's own fold models.
+
+A candidate is a configuration whose fold models together predicted every example out of fold: the choice (its
+pieces: the search's or the confirmation's folds, and the seeds the budget's rest added), the config as given, each
+other trial that reached the top rung, and the runners-up the final stage trained on every fold. Each one's
+probabilities are the mean over its models of each example (`fpclass.train.oof.mean_by_id`). The selection
+(`fpclass.ensemble.caruana.caruana`) and the choice's fixed, equal-weight mix are both scored per fold of the
+examples, the selection chosen on the other folds each time (`cross_fit`), so neither score chose anything; the
+final model is the mix when its cross-fitted mean is ahead, else the choice's models alone, and the report says
+which by how much, with the paired interval. A candidate that predicted other examples is left out, named.
+"""
+import dataclasses
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from fpclass.ensemble import caruana
+from fpclass.train import oof
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A configuration of the mix: its name and the folders whose kept fold models it is."""
+  name: str
+  frames: tuple          # its folders' out-of-fold rows (kept models only), one DataFrame each
+  folders: tuple
+
+
+@dataclasses.dataclass
+class Mix:
+  """What the final stage keeps: the mix's members as (folder, weight) pairs, its out-of-fold probabilities
+  (cross-fitted where chosen), and the record the report reads."""
+  members: list          # (folder, weight of the folder): every fold model in it shares the folder's weight
+  predictions: pd.DataFrame
+  score: float
+  record: dict
+
+
+def _mean(frames) -> pd.DataFrame:
+  return oof.mean_by_id(pd.concat(frames, ignore_index=True), keep=('split',)).drop(columns='models')
+
+
+def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25) -> Mix:
+  """The mix or the choice's models alone, whichever the cross-fitted comparison supports (see the docstring).
+  `candidates[0]`'s examples, folds and labels are the pool's; `choice` names the candidate whose fold models are
+  the alternative."""
+  means = {c.name: _mean(c.frames) for c in candidates}
+  reference = means[choice]
+  ids = list(reference.index)
+  notes, kept = [], []
+  for c in candidates:
+    if set(means[c.name].index) != set(ids):
+      notes.append(f'{c.name}: predicted {len(means[c.name])} examples, not the {len(ids)} of the choice')
+      continue
+    kept.append(c)
+  labels, _, task = oof.labels_and_probabilities(reference.loc[ids].reset_index())
+  probs = np.stack([oof.labels_and_probabilities(means[c.name].loc[ids].reset_index())[1] for c in kept])
+  names = [c.name for c in kept]
+  groups = caruana.crossfit_groups(reference['split'].loc[ids].to_numpy(np.int64))
+  alone = probs[names.index(choice)]
+  alone_scores = caruana.group_scores(metric, labels, alone, groups, task)
+  record = dict(candidates=names, left_out=notes, groups=len(np.unique(groups)))
+  if len(kept) > 1:
+    crossfit = caruana.cross_fit(probs, labels, groups, task, metric, max_size, names)
+    mixed_scores = [r['ensemble'] for r in crossfit.rows]
+    difference = caruana.paired(mixed_scores, alone_scores, crossfit.ratio)
+    final = caruana.caruana(probs, labels, task, metric, max_size)
+    weights = {n: float(w) for n, w in zip(names, final.weights) if w > 0}
+    record.update(mixed=float(np.nanmean(mixed_scores)), alone=float(np.nanmean(alone_scores)),
+                  difference=dict(mean=difference.mean, low=difference.low, high=difference.high),
+                  weights=weights, rows=crossfit.rows)
+    if record['mixed'] > record['alone'] and set(weights) != {choice}:
+      members = [(folder, weights[c.name] * _share(c, folder)) for c in kept if c.name in weights
+                 for folder in c.folders]
+      record['kept'] = 'mix'
+      return Mix(members, _frame(reference, ids, crossfit.ensemble, task), record['mixed'], record)
+  record.setdefault('alone', float(np.nanmean(alone_scores)))
+  record['kept'] = 'choice'
+  choice_candidate = kept[names.index(choice)]
+  members = [(folder, _share(choice_candidate, folder)) for folder in choice_candidate.folders]
+  return Mix(members, _frame(reference, ids, alone, task), record['alone'], record)
+
+
+def _share(candidate: Candidate, folder: pathlib.Path) -> float:
+  """A folder's share of its candidate: its fold models' share of the candidate's (each model weighs alike)."""
+  counts = {f: len(frame.groupby(['split', 'seed'])) for f, frame in zip(candidate.folders, candidate.frames)}
+  return counts[folder] / sum(counts.values())
+
+
+def _frame(reference: pd.DataFrame, ids: list, probs: np.ndarray, task: str) -> pd.DataFrame:
+  """One row per example: id, split, label column(s) and the mix's probabilities (`p_<class>`)."""
+  rows = reference.loc[ids].reset_index()
+  columns = [c for c in rows.columns if c.startswith('p_')]
+  out = rows.drop(columns=columns).copy()
+  for k, column in enumerate(columns):
+    out[column] = probs[:, k]
+  return out
+
+
+def describe(record: dict, metric_title: str) -> str:
+  """One sentence for the report: which the final stage kept, and by what cross-fitted evidence."""
+  if len(record['candidates']) < 2:
+    return 'no other configuration predicted every example, so the choice\'s fold models are the final model'
+  d = record['difference']
+  weights = ', '.join(f'{n} x{w:.2f}' for n, w in sorted(record['weights'].items(), key=lambda kv: -kv[1]))
+  verdict = ('the mix is kept' if record['kept'] == 'mix' else
+             'the choice\'s fold models are kept (the mix is not ahead)')
+  return (f'a Caruana mix of {len(record["candidates"])} configurations trained on every fold ({weights}) scored '
+          f'{record["mixed"]:.4f} {metric_title} cross-fitted over {record["groups"]} folds, the choice\'s fold models '
+          f'{record["alone"]:.4f} (mix - choice {d["mean"]:+.4f} [{d["low"]:+.4f}, {d["high"]:+.4f}]): {verdict}')

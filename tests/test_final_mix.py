@@ -1,0 +1,91 @@
+"""The final mix of `--mode auto` (`fpclass.auto.final_mix`): planted out-of-fold predictions, no training. The mix
+is kept when its cross-fitted score is ahead of the choice's models alone, and the choice is kept otherwise; a
+candidate that predicted other examples is left out, named; each folder's weight is its share of its candidate."""
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fpclass.analysis import metric_registry
+from fpclass.auto import final_mix
+
+ACCURACY = metric_registry.REGISTRY['accuracy']
+
+
+def frame(labels, right, folds, seed=0, sure=0.9, unsure=0.4) -> pd.DataFrame:
+  """Out-of-fold rows of a two-class model that gives the true class `sure` where `right` marks the example, and
+  `unsure` elsewhere (below 0.5: wrong)."""
+  n = len(labels)
+  p_true = np.where(right, sure, unsure if np.isscalar(unsure) else np.asarray(unsure))
+  p1 = np.where(labels == 1, p_true, 1 - p_true)
+  return pd.DataFrame({'id': [f'img{i:03d}' for i in range(n)], 'row': np.arange(n), 'split': folds, 'seed': seed,
+                       'label': [str(y) for y in labels], 'p_0': 1 - p1, 'p_1': p1})
+
+
+def setting(n=300, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, n)
+  folds = np.arange(n) % 3
+  return rng, labels, folds
+
+
+def test_complementary_configurations_are_mixed_and_a_lone_choice_is_kept_alone():
+  """Three configurations each wrong (mildly) on its own third of the images, spread over the folds: any two of
+  them outvote the third's errors, so the cross-fitted mix is far ahead of the choice alone and is kept."""
+  rng, labels, folds = setting()
+  part = rng.permutation(len(labels)) % 3
+  candidates = [final_mix.Candidate(name, (frame(labels, part != i, folds, i),), (pathlib.Path(name),))
+                for i, name in enumerate(('choice', 'b', 'c'))]
+  mix = final_mix.choose(candidates, 'choice', ACCURACY)
+  record = mix.record
+  assert record['kept'] == 'mix' and record['mixed'] == 1.0 and record['alone'] == pytest.approx(2 / 3, abs=0.05)
+  assert len(record['weights']) >= 2 and 'choice' in record['weights']   # any two are right on every image
+  assert [f for f, _ in mix.members] == [pathlib.Path(n) for n in ('choice', 'b', 'c') if n in record['weights']]
+  assert sum(w for _, w in mix.members) == pytest.approx(1.0)
+  assert mix.score == pytest.approx(record['mixed'])
+
+
+def test_a_worse_candidate_leaves_the_choice_alone_and_the_choice_s_folders_share_by_models():
+  """A candidate mildly wrong on every image adds nothing: the selection keeps the choice, and the final model is the
+  choice's fold models, each folder weighed by its models' share."""
+  rng, labels, folds = setting(seed=1)
+  good = rng.random(len(labels)) < 0.9
+  second_seed = frame(labels, good, folds, 1)
+  choice = final_mix.Candidate('choice', (frame(labels, good, folds, 0), second_seed.iloc[:200]),
+                               (pathlib.Path('a'), pathlib.Path('b')))
+  worse = final_mix.Candidate('worse', (frame(labels, np.zeros(len(labels), bool), folds, 2, unsure=0.45),),
+                              (pathlib.Path('w'),))
+  mix = final_mix.choose([choice, worse], 'choice', ACCURACY)
+  assert mix.record['kept'] == 'choice'
+  # Each folder holds 3 fold models (a model is a split and a seed; b's 200 rows reach the 3 splits too).
+  shares = dict(mix.members)
+  assert shares[pathlib.Path('a')] == pytest.approx(3 / 6) and shares[pathlib.Path('b')] == pytest.approx(3 / 6)
+  assert 'the choice\'s fold models are kept' in final_mix.describe(mix.record, 'accuracy')
+
+
+def test_a_candidate_of_other_examples_is_left_out_and_named():
+  rng, labels, folds = setting(seed=2)
+  choice = final_mix.Candidate('choice', (frame(labels, rng.random(len(labels)) < 0.8, folds, 0),),
+                               (pathlib.Path('a'),))
+  partial = final_mix.Candidate('partial', (frame(labels, np.ones(len(labels), bool), folds, 1).iloc[:100],),
+                                (pathlib.Path('p'),))
+  mix = final_mix.choose([choice, partial], 'choice', ACCURACY)
+  assert mix.record['candidates'] == ['choice'] and mix.record['kept'] == 'choice'
+  assert mix.record['left_out'] == ['partial: predicted 100 examples, not the 300 of the choice']
+  assert 'no other configuration predicted every example' in final_mix.describe(mix.record, 'accuracy')
+
+
+def test_the_mix_s_out_of_fold_probabilities_are_cross_fitted():
+  """Each fold's rows of the written mix come from a selection chosen on the other folds (`cross_fit`): a
+  candidate right on every image of fold 0 and badly wrong on the others would win fold 0 in sample, but the
+  selection that scores fold 0 was chosen on folds 1 and 2, where it only hurts."""
+  rng, labels, folds = setting(seed=3)
+  base = rng.random(len(labels)) < 0.75
+  leaky = frame(labels, folds == 0, folds, 1, unsure=0.1)
+  candidates = [final_mix.Candidate('choice', (frame(labels, base, folds, 0),), (pathlib.Path('a'),)),
+                final_mix.Candidate('leaky', (leaky,), (pathlib.Path('t'),))]
+  mix = final_mix.choose(candidates, 'choice', ACCURACY)
+  fold0 = [r for r in mix.record['rows'] if r['fold'] == 0][0]
+  assert fold0['weights'] == {'choice': 1.0}   # chosen on folds 1 and 2, where the tricky one is wrong
+  assert mix.record['kept'] == 'choice'
