@@ -22,6 +22,7 @@ from fpclass.modes import MODES, command_line
 CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 WORKDIR_CONFIG = CONFIGS / 'workdir.py'
 MAIN_CONFIG = CONFIGS / 'footprint.py'   # a standalone mode's defaults when no --config is given
+FOLDER_CONFIG = CONFIGS / 'folder.py'    # a folder of images and no config file: sized by the images
 
 command_line.define_config_flag(flags.FLAGS)
 flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, plots, report.md (required but by '
@@ -42,16 +43,19 @@ def parse_flags(argv):
 
 def with_workdir_config(argv):
   """`argv` with `--config configs/workdir.py:<workdir>` added when a mode that reads a trained workdir
-  runs without --config (its `--config.x=y` overrides then apply to the training config), or with the main
-  job's config file for a standalone mode (`--mode models`)."""
+  runs without --config (its `--config.x=y` overrides then apply to the training config), with the main
+  job's config file for a standalone mode (`--mode models`), or with configs/folder.py when a command names a
+  folder of images (`--config.data.root`) and no config file."""
   if any(a == '--config' or a.startswith('--config=') for a in argv):
     return argv
   mode, workdir = _flag_value(argv, 'mode') or 'train', _flag_value(argv, 'workdir')
   if mode in MODES and MODES[mode].standalone:
     return [argv[0], f'--config={MAIN_CONFIG}', *argv[1:]]
-  if mode not in MODES or not MODES[mode].trained or not workdir:
-    return argv
-  return [argv[0], f'--config={WORKDIR_CONFIG}:{workdir}', *argv[1:]]
+  if mode in MODES and MODES[mode].trained and workdir:
+    return [argv[0], f'--config={WORKDIR_CONFIG}:{workdir}', *argv[1:]]
+  if any(a.startswith('--config.data.root') for a in argv):
+    return [argv[0], f'--config={FOLDER_CONFIG}', *argv[1:]]
+  return argv
 
 
 def _flag_value(argv, name):
@@ -79,7 +83,9 @@ def main(argv):
     _fail(f'--workdir is required for --mode {FLAGS.mode}')
   if FLAGS.config is None:
     _fail(f'--config is required for --mode {FLAGS.mode}' + (
-        ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else ''))
+        ' (or a --workdir that holds a trained run)' if MODES[FLAGS.mode].trained else
+        ': a config file (configs/*.py), or your images: --config.data.root=<a folder with one subfolder per '
+        'class>'))
   # Here, not above: they import jax, which --help need not wait for.
   from fpclass.modes.runner import run
   from fpclass.runtime.timings import process_start_time

@@ -4,13 +4,17 @@ It applies the process-wide settings for the backend, joins a multi-process job,
 checks that the workdir and cache can be written, takes the workdir's lock for a mode that trains, chains
 train -> evaluate -> explain, and writes where the job's time went (report.md, timings.json).
 """
+import copy
 import json
 import pathlib
 
 import jax
 
 from fpclass import fileio
+from fpclass.config.inputs import DataSettings
 from fpclass.config.tracking import TrackSettings
+from fpclass.data import profile
+from fpclass.data.profile import MIN_SIDE
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk
@@ -39,6 +43,7 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
         raise UserInputError(f'--mode {mode} runs on one process; this job has {sharding.process_count()} '
                              '(unset JAX_COORDINATOR_ADDRESS, or run it from one process only)')
       config = model_keys.completed(config)   # every key of its model, as launch.py builds it
+      config = sized_by_the_images(config)
       validation.validate(config)
       if workdir is None:   # a standalone mode (models): nothing to write, lock, track or time
         if not MODES[mode].standalone:
@@ -66,6 +71,26 @@ def run(mode: str, config, workdir, started_at: float | None = None, **options):
       write_time_report(workdir, mode, clock, settings)
     tracker.finish(workdir)
   return result
+
+
+def sized_by_the_images(config):
+  """`config` with the channels and input size it leaves to the images (`data.channels=0`, `data.image_size` with a
+  0: configs/folder.py) read from a sample of them (`fpclass.data.profile`), and a line saying what was chosen;
+  `config` itself when it sets both."""
+  if int(config.data.channels) and all(int(s) for s in config.data.image_size):
+    return config
+  provisional = copy.deepcopy(config)
+  with provisional.unlocked():   # the decode keys are what the profile chooses: any valid value lists the source
+    provisional.data.channels, provisional.data.image_size = 3, (MIN_SIDE, MIN_SIDE)
+  found = profile.profile(DataSettings.from_config(provisional.data))
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    if not int(config.data.channels):
+      out.data.channels = found.channels
+    if not all(int(s) for s in config.data.image_size):
+      out.data.image_size = found.image_size
+  print(found.describe(config.data.root or config.data.source), flush=True)
+  return out
 
 
 def _tracker(mode: str, config, workdir: pathlib.Path) -> tracking.Tracker:
