@@ -12,8 +12,8 @@ import types
 import optuna
 import pytest
 
+from fpclass.auto import brackets, confirm, first_trials, measure, ranking
 from fpclass.auto import budget as budget_lib
-from fpclass.auto import confirm, first_trials, measure, ranking
 from fpclass.auto import report as auto_report
 from fpclass.auto import search as auto
 from fpclass.auto import study as study_lib
@@ -298,12 +298,12 @@ def test_a_rung_that_no_longer_fits_ends_the_bracket_and_a_top_rung_trains_the_b
 
 def test_the_first_top_rung_is_the_most_folds_the_slack_affords_and_none_once_a_trial_completed(tmp_path):
   ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 1.5)   # 1.5 + 5 (slack) - 2 (tail) = 4.5 s
-  assert auto._first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) == Rung(1, 3, 4)   # 1 s + 3 x 1 s
+  assert brackets.first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) == Rung(1, 3, 4)   # 1 s + 3 x 1 s
   ctx = _search_context(tmp_path, seconds=100.0, used=100.0 + 2.5)   # 0.5 s of the slack: not one fold
-  assert auto._first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) is None
+  assert brackets.first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) is None
   ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 1.5)
   ctx.study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
-  assert auto._first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) is None
+  assert brackets.first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) is None
 
 
 def test_a_bracket_s_end_completes_only_a_top_rung_value_prunes_what_reported_and_fails_what_did_not(tmp_path):
@@ -314,7 +314,7 @@ def test_a_bracket_s_end_completes_only_a_top_rung_value_prunes_what_reported_an
   ctx.study.tell(trials[3], state=optuna.trial.TrialState.PRUNED)
   bracket = ctx.budget.new_bracket(THREE_RUNGS[1:])
   bracket.update(trials=[0, 1, 2, 3], values=[{'0': 0.3, '1': 0.4}])
-  auto._end_bracket(ctx, bracket, {0: 0.3})   # a value, but the top rung has none: pruned
+  brackets.end_bracket(ctx, bracket, {0: 0.3})   # a value, but the top rung has none: pruned
   states = [t.state for t in ctx.study.get_trials()]
   assert states == [optuna.trial.TrialState.PRUNED] * 2 + [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED]
   assert ctx.study.get_trials()[2].user_attrs == {study_lib.CUT: True}
@@ -322,7 +322,7 @@ def test_a_bracket_s_end_completes_only_a_top_rung_value_prunes_what_reported_an
   trial = ctx.study.ask()
   bracket = ctx.budget.new_bracket(THREE_RUNGS[2:])
   bracket.update(trials=[trial.number], values=[{str(trial.number): 0.7}])
-  auto._end_bracket(ctx, bracket, {trial.number: 0.7})
+  brackets.end_bracket(ctx, bracket, {trial.number: 0.7})
   assert ctx.study.get_trials()[-1].state == optuna.trial.TrialState.COMPLETE and ctx.study.get_trials()[-1].value == 0.7
 
 

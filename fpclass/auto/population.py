@@ -58,9 +58,9 @@ def round_plan(base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: i
       own = Variant(entry.name, dict(entry.changes), apply_changes(base, entry.changes, f'trial {entry.name}'))
       config = apply_changes(own.config, fidelity(own.settings.train, epochs), f'trial {entry.name} at {epochs} epochs')
       run = validate(config)   # every check, on what the rung trains
-    except UserInputError as e:
-      failed[entry.name] = Outcome(error=str(e))
-      tqdm.write(f'auto: {entry.name} cannot train: {e}')
+    except Exception as e:  # noqa: BLE001 -- any check that refuses a trial costs that trial, not the search
+      failed[entry.name] = Outcome(error=str(e) if isinstance(e, UserInputError) else f'{type(e).__name__}: {e}')
+      tqdm.write(f'auto: {entry.name} cannot train: {failed[entry.name].error}')
       continue
     variants.append(Variant(entry.name, dict(entry.changes), config, run))
   return Plan(tuple(variants), EXPERIMENTS, tuple(folds), tuple(seeds), keep_epochs=True), failed

@@ -14,7 +14,6 @@
 The budget (`fpclass.auto.budget`) holds across launches: a relaunch resumes the study, the bracket where it
 stopped (its members after their latest epoch) and the confirmation. Details and figures: docs/auto.md."""
 import dataclasses
-import math
 import pathlib
 import time
 
@@ -23,19 +22,19 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fpclass.analysis import metric_registry
+from fpclass.auto import brackets
 from fpclass.auto import confirm as confirm_stage
 from fpclass.auto import measure as measure_stage
-from fpclass.auto import one_se
 from fpclass.auto import report as auto_report
 from fpclass.auto import study as study_lib
-from fpclass.auto.budget import SLACK, Budget
+from fpclass.auto.budget import Budget
 from fpclass.auto.candidates import screen_candidates
-from fpclass.auto.context import TAIL, Context, Entry, changes_of
+from fpclass.auto.context import TAIL, Context
 from fpclass.auto.final import final_model
 from fpclass.auto.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, neighbours
 from fpclass.auto.lr_centres import LR_FIND_SHARE, centre_learning_rates
 from fpclass.auto.population import outcomes, round_plan
-from fpclass.auto.rungs import Costs, Rung
+from fpclass.auto.rungs import Costs
 from fpclass.auto.schedulers.configured import scheduler_for
 from fpclass.auto.space import Candidate, baseline_params, default_space, parse_space, sample
 from fpclass.config.outputs import LrFindSettings, ProbeSettings
@@ -46,11 +45,10 @@ from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.probe.screen import ProbeRun
 from fpclass.runtime import timings
-from fpclass.train import oof, sidecar
+from fpclass.train import sidecar
 from fpclass.train import workdir_layout as layout
 from fpclass.train.loop import run_plan
 from fpclass.train.plan import Variant, apply_changes
-from fpclass.train.records import StopOnSignals
 from fpclass.train.shared_work import SharedWork
 
 
@@ -192,16 +190,17 @@ def _search(ctx: Context) -> str:
       if not _run_bracket(ctx, bracket, costs):
         notes.append('the search stopped at the budget\'s deadline')
         break
+      if bracket.get('failed'):
+        notes.append(f'every trial of bracket {bracket["index"] + 1} failed, so the search stopped (the first: '
+                     f'{bracket["failed"][:200]})')
+        tqdm.write(f'auto: {notes[-1]}')
+        break
       costs = budget.costs
-    if ctx.folds == measured_folds and not _completed(ctx):   # no bracket fitted, or the deadline cut its trials
+    if ctx.folds == measured_folds and not brackets.completed(ctx):   # no bracket fitted, or the deadline cut its trials
       notes.append(_adopt_measurement(ctx, cut=bool(budget.brackets)))
   finally:
     budget.add_stage('search', time.perf_counter() - start)
   return '; '.join(n for n in notes if n)
-
-
-def _completed(ctx: Context) -> bool:
-  return any(t.state == optuna.trial.TrialState.COMPLETE for t in study_lib.searched(ctx.study))
 
 
 def _ask(ctx: Context, count: int) -> list:
@@ -212,6 +211,38 @@ def _ask(ctx: Context, count: int) -> list:
     trial.set_user_attr(study_lib.CANDIDATE, name)
     trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
   return asked
+
+
+def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
+  """A new bracket's trials asked (the first batch seeded, `_enqueue_first_trials`) and saved, then its rungs run
+  (`fpclass.auto.brackets.run_bracket`); False when the deadline stopped it."""
+  if not bracket['trials']:
+    configs = bracket['rungs'][0]['configs']
+    _enqueue_first_trials(ctx, configs)
+    bracket['trials'] = [t.number for t in _ask(ctx, configs)]
+    ctx.budget.save()
+  return brackets.run_bracket(ctx, bracket, costs)
+
+
+def _enqueue_first_trials(ctx: Context, batch: int) -> None:
+  """A new study's first batch: the config as given, then as many of its one-knob neighbours as the batch holds;
+  the second bracket's: the neighbours that beat the config on the first bottom rung, combined
+  (`fpclass.auto.first_trials`). TPE samples the rest of each batch."""
+  if not ctx.study.trials:
+    baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
+    ctx.study.enqueue_trial(baseline, user_attrs={BASELINE: True}, skip_if_exists=True)
+    others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
+    for label, params in neighbours(ctx.dims, baseline, others)[:batch - 1]:
+      ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: label}, skip_if_exists=True)
+    return
+  first = ctx.budget.brackets[0]
+  if ctx.study.user_attrs.get(COMBINED) or first is ctx.budget.brackets[-1] or not first['values']:
+    return
+  values = {int(n): v for n, v in first['values'][0].items()}
+  params = combination(ctx.trials(), values, ctx.higher)
+  if params is not None:
+    ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: 'combined'}, skip_if_exists=True)
+  ctx.study.set_user_attr(COMBINED, True)
 
 
 def _adopt_measurement(ctx: Context, cut: bool = False) -> str:
@@ -237,143 +268,3 @@ def _adopt_measurement(ctx: Context, cut: bool = False) -> str:
   return note
 
 
-def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
-  """Runs the bracket's rungs from where it stands; False when the deadline stopped it."""
-  rungs = [Rung(**r) for r in bracket['rungs']]
-  if not bracket['trials']:
-    _enqueue_first_trials(ctx, rungs[0].configs)
-    asked = _ask(ctx, rungs[0].configs)
-    bracket['trials'] = [t.number for t in asked]
-    ctx.budget.save()
-  if not bracket['trials']:
-    return False
-  by_number, cut = ctx.trials(), False
-  alive = list(bracket['promoted'][-1] if bracket['promoted'] else bracket['trials'])
-  for level in range(len(bracket['promoted']), len(rungs)):
-    rung, top = rungs[level], level == len(rungs) - 1
-    # The rung stops where the rest of the bracket, one configuration a rung, and the confirmation still fit.
-    rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
-    reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
-    stop = ctx.stop(reserve)
-    if ctx.budget.left() - reserve < Rung(1, rung.folds, rung.epochs).cost(costs):
-      first = _first_top_rung(ctx, costs, rung) if top else None
-      if first is None:
-        _end_bracket(ctx, bracket, {})
-        return False
-      alive, rung = alive[:1], first   # the best alone, within the budget's slack
-      stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
-    folder = ctx.workdir / layout.TRIALS if top else layout.rung_folder(ctx.workdir, bracket['index'], level)
-    entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
-    with stop:
-      outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,
-                                folder, stop)
-    values = {}
-    for n, entry in zip(alive, entries):
-      outcome = outcomes.get(entry.name)
-      if outcome is None:
-        continue
-      if by_number[n].state != optuna.trial.TrialState.RUNNING:
-        # Told in a launch killed before this rung's promotion was saved: its reported value ranks it again.
-        if level in by_number[n].intermediate_values:
-          values[n] = by_number[n].intermediate_values[level]
-        continue
-      if outcome.seconds:
-        ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
-      live = optuna.trial.Trial(ctx.study, by_number[n]._trial_id)
-      if outcome.error or not math.isfinite(outcome.value):
-        live.set_user_attr('error', (outcome.error or f'{ctx.metric} is not a number')[:500])
-        ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
-        continue
-      values[n] = outcome.value
-      live.report(outcome.value, level)   # the rung is the step: every trial's rung r has the same fidelity
-    bracket['values'].append({str(n): v for n, v in values.items()})
-    costs = ctx.budget.costs
-    if top:
-      _end_bracket(ctx, bracket, values)
-      return not cut
-    ranked = sorted(values, key=lambda n: values[n], reverse=ctx.higher)
-    keep = _promoted(ctx, ranked, ctx.scheduler.promoted(ranked, values, tuple(rungs), level), values, folder,
-                     by_number)
-    for n in alive:
-      if n not in keep and n in values and by_number[n].state == optuna.trial.TrialState.RUNNING:
-        ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
-    bracket['promoted'].append(keep)
-    ctx.budget.save()
-    tqdm.write(f'auto: rung {level + 1}/{len(rungs)}: {len(values)} of {len(alive)} trained'
-               + (' (the rest cut by the deadline)' if cut else '') + f'; kept trials {keep}; '
-               + ctx.budget.describe())
-    alive = keep
-    if not alive:
-      break
-  _end_bracket(ctx, bracket, {})
-  return not cut   # a rung the deadline cut left none to promote
-
-
-def _promoted(ctx: Context, ranked: list, chosen: list, values: dict, folder: pathlib.Path, by_number: dict) -> list:
-  """The trials the scheduler chose to go on from a rung (`chosen`, best first), with the config as given in the last place when the
-  best beats it by no more than one standard error of their difference on the rung's out-of-fold predictions
-  (`fpclass.auto.one_se`)."""
-  baseline = next((n for n in ranked if by_number[n].user_attrs.get(BASELINE)), None)
-  if baseline is None or baseline in chosen or not chosen:
-    return chosen
-  best = ranked[0]
-  try:
-    frames = [oof.read(folder / by_number[n].user_attrs[study_lib.FOLDER]) for n in (best, baseline)]
-  except UserInputError:
-    return chosen
-  gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
-  keep = one_se.promoted([*chosen, *(n for n in ranked if n not in chosen)], len(chosen), baseline, gap, se)
-  if baseline in keep:
-    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within '
-               f'{one_se.threshold(len(ranked) - 1):.2f} standard errors ({se:.4f}) of the rung\'s evidence, the bar '
-               f'for the best of {len(ranked) - 1}')
-  return keep
-
-
-def _enqueue_first_trials(ctx: Context, batch: int) -> None:
-  """A new study's first batch: the config as given, then as many of its one-knob neighbours as the batch holds;
-  the second bracket's: the neighbours that beat the config on the first bottom rung, combined
-  (`fpclass.auto.first_trials`). TPE samples the rest of each batch."""
-  if not ctx.study.trials:
-    baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
-    ctx.study.enqueue_trial(baseline, user_attrs={BASELINE: True}, skip_if_exists=True)
-    others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
-    for label, params in neighbours(ctx.dims, baseline, others)[:batch - 1]:
-      ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: label}, skip_if_exists=True)
-    return
-  first = ctx.budget.brackets[0]
-  if ctx.study.user_attrs.get(COMBINED) or first is ctx.budget.brackets[-1] or not first['values']:
-    return
-  values = {int(n): v for n, v in first['values'][0].items()}
-  params = combination(ctx.trials(), values, ctx.higher)
-  if params is not None:
-    ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: 'combined'}, skip_if_exists=True)
-  ctx.study.set_user_attr(COMBINED, True)
-
-
-def _first_top_rung(ctx: Context, costs: Costs, rung: Rung) -> Rung | None:
-  """The top rung one configuration may still train within the budget's slack (5%) when no trial has a top-rung
-  result yet (without one there is no final model): on the most folds, then epochs, that fit; else None."""
-  if _completed(ctx):
-    return None
-  spare = ctx.budget.left() + SLACK * ctx.budget.seconds - TAIL * ctx.budget.seconds
-  fitting = ctx.scheduler.bracket(costs, spare, rung.folds, rung.epochs, most=1)
-  return Rung(1, fitting.rungs[-1].folds, fitting.rungs[-1].epochs) if fitting else None
-
-
-def _end_bracket(ctx: Context, bracket: dict, values: dict) -> None:
-  """Tells the study each running trial's end: COMPLETE with its top-rung value, else PRUNED where it reported."""
-  running, trials = optuna.trial.TrialState.RUNNING, ctx.trials()
-  for n in bracket['trials']:
-    trial = trials[n]
-    if trial.state != running:
-      continue
-    if n in values and len(bracket['values']) == len(bracket['rungs']):
-      ctx.study.tell(n, values[n])
-    elif trial.intermediate_values:
-      ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
-    else:   # cut by the deadline before its first rung ended: failed for the sampler, 'cut' in the report
-      optuna.trial.Trial(ctx.study, trial._trial_id).set_user_attr(study_lib.CUT, True)
-      ctx.study.tell(n, state=optuna.trial.TrialState.FAIL)
-  bracket['done'] = True
-  ctx.budget.save()

@@ -33,6 +33,8 @@ FOLDER = 'folder'
 CUT = 'cut'                     # a trial's user attribute: the deadline stopped it before it reported
 FOLDS = 'folds'                 # the study's user attribute: the folds a trial's top rung trains
 MEASURED = 'measured'           # the study's user attribute: the measurement round's value (the config as given)
+ATTEMPTS = 'attempts'           # a trial's user attribute: the launches that started its current rung
+MAX_ATTEMPTS = 3                # a rung started this often without an end (its process died) fails the trial
 
 
 def storage_of(url: str, workdir, attempts: int = 20):
@@ -92,8 +94,10 @@ def searched(study: optuna.Study) -> list:
 
 
 def taken_count(study: optuna.Study) -> int:
-  """Trials finished or being run: what counts against config.auto.trials."""
-  taken = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+  """Trials finished, failed, cut or being run: what counts against config.auto.trials (a failing trial costs one
+  trial of the count, as it costs its seconds)."""
+  taken = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
+           optuna.trial.TrialState.FAIL)
   return len([t for t in study.get_trials(deepcopy=False, states=taken) if not is_marker(t)])
 
 

@@ -1,0 +1,65 @@
+"""A failing trial costs one trial (issue 77, item 5): any exception in its checks fails it and not the search, a
+trial whose rung keeps starting without ending fails and is not asked again, failed trials count toward
+config.auto.trials, and a bracket whose every trial failed ends the search with the first error."""
+import optuna
+
+from fpclass.auto import brackets, population
+from fpclass.auto import search as auto
+from fpclass.auto import study as study_lib
+from fpclass.auto.context import Entry
+from fpclass.auto.population import Outcome, round_plan
+from fpclass.modes.command_line import config_from_argv
+from tests.test_auto_choices import QUICK, PlannedRounds, _search_context, frozen_clock  # noqa: F401 (autouse)
+
+
+def test_a_trial_whose_checks_raise_any_error_fails_alone(monkeypatch):
+  """A check that raises something other than a UserInputError (a ValueError from a library, say) used to end the
+  search; now it fails its trial, named with the error's type."""
+  config = config_from_argv(QUICK)
+
+  def validate(config):
+    if config.train.learning_rate == 0.5:
+      raise ValueError('a library refused it')
+    return population_validate(config)
+  population_validate = population.validate
+  monkeypatch.setattr(population, 'validate', validate)
+  plan, failed = round_plan(config, [Entry('bad', {'train.learning_rate': 0.5}), Entry('good', {})], (0,), (0,), 1)
+  assert [v.name for v in plan.variants] == ['good']
+  assert set(failed) == {'bad'} and failed['bad'].error == 'ValueError: a library refused it'
+
+
+def test_failed_trials_count_toward_the_trial_limit():
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+  study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+  study.tell(study.ask(), 0.5)
+  marker = study.ask()
+  marker.set_user_attr(study_lib.CLAIM, {'host': 'h', 'pid': 1})   # bookkeeping, not a trial
+  study.tell(marker, state=optuna.trial.TrialState.FAIL)
+  assert study_lib.taken_count(study) == 2
+
+
+def test_a_rung_started_in_too_many_launches_fails_its_trial(tmp_path):
+  """Each launch that starts a trial's rung counts it; at MAX_ATTEMPTS starts without an end (its process died each
+  time) the trial fails and is left out of the rung, while a trial told earlier goes on."""
+  ctx = _search_context(tmp_path)
+  study = ctx.study
+  dying, fresh, told = study.ask(), study.ask(), study.ask()
+  dying.set_user_attr(study_lib.ATTEMPTS, {'0': 1, '1': study_lib.MAX_ATTEMPTS})
+  told.report(0.5, 1)
+  study.tell(told, state=optuna.trial.TrialState.PRUNED)
+  kept = brackets.attempted(ctx, [dying.number, fresh.number, told.number], 1, ctx.trials())
+  assert kept == [fresh.number, told.number]
+  trials = ctx.trials()
+  assert trials[dying.number].state == optuna.trial.TrialState.FAIL
+  assert 'started in 3 launches and never ended' in trials[dying.number].user_attrs['error']
+  assert trials[fresh.number].user_attrs[study_lib.ATTEMPTS] == {'1': 1}
+
+
+def test_a_bracket_whose_every_trial_failed_ends_the_search_with_the_first_error(tmp_path):
+  outcomes = {(0, n): Outcome(error='out of memory') for n in range(4)}
+  rounds = PlannedRounds(outcomes)
+  ctx = _search_context(tmp_path, trials=4, rounds=rounds)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  note = auto._search(ctx)
+  assert note == 'every trial of bracket 1 failed, so the search stopped (the first: out of memory)'
+  assert len(rounds.calls) == 1 and len(ctx.budget.brackets) == 1   # no second bracket drawing the same
