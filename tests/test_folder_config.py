@@ -68,3 +68,19 @@ def test_no_config_and_no_root_says_what_to_pass(tmp_path):
   assert done.returncode == 2
   assert '--config is required for --mode train: a config file (configs/*.py), or your images: ' \
          '--config.data.root=<a folder with one subfolder per class>' in done.stderr
+
+
+def test_a_source_s_own_validation_split_is_named_as_the_images_that_chose_and_auto_folds_is_refused(tmp_path):
+  """With a val/ folder every trial validates on it: auto.folds is refused in one line, and the final score is
+  called what it is, optimistic (issue 77, item 6)."""
+  root = image_folder(tmp_path / 'mine')
+  val = image_folder(tmp_path / 'val-source', per_class=3)
+  val.rename(root / "val")
+  common = [f'--config.data.root={root}', '--config.train.epochs=2', '--config.explain.after_training=False',
+            '--config.train.tensorboard=False', '--config.auto.keep=0', '--config.auto.trials=1',
+            '--config.auto.confirm_seeds=()', '--config.auto.time_budget=20s']
+  refused = launch('--mode=auto', f'--workdir={tmp_path / "refused"}', '--config.auto.folds=3', *common, check=False)
+  assert refused.returncode == 2 and 'config.auto.folds=3: the source has its own validation split' in refused.stderr
+  launch('--mode=auto', f'--workdir={tmp_path / "auto"}', *common)
+  report = (tmp_path / 'auto' / 'auto_report.md').read_text()
+  assert "the source's own validation split, whose images also chose it (optimistic" in report

@@ -63,7 +63,11 @@ def confirm(ctx: Context):
   confirm_base = ctx.fresh_folds()
   entries = [Entry(t.user_attrs[study_lib.FOLDER], changes_of(t)) for t in chosen_few]
   start, note = time.perf_counter(), (f'{len(entries)} configurations x {ctx.splits_text()} x seeds '
-                                      f'{list(seeds)} on folds cut with data.split_seed + {CONFIRM_SPLIT}')
+                                      f'{list(seeds)} ' + (
+                                          'on the source\'s own validation images, the ones that chose: fresh seeds, '
+                                          'not fresh images, so the differences are optimistic for the choice'
+                                          if ctx.own_split else
+                                          f'on folds cut with data.split_seed + {CONFIRM_SPLIT}'))
   with ctx.stop(TAIL * ctx.budget.seconds) as stop, tracking.current().nested('confirm'):
     outcomes, cut = ctx.round(confirm_base, entries, ctx.splits(folds), seeds, ctx.epochs, ctx.workdir / layout.CONFIRM,
                               stop)

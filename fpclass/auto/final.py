@@ -82,7 +82,8 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   if not ctx.own_split and len(splits) < ctx.folds:
     seen += f', scored on the {len(splits)} of {ctx.folds} folds they hold out'
   seeds = sorted(set(frame['seed']))
-  honest = ('the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
+  honest = ('the source\'s own validation split, whose images also chose it (optimistic: no fold is cut there)'
+            if ctx.own_split else 'the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
   if source.folder.parent.parent.name == layout.ROUNDS:
     honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'

@@ -95,8 +95,12 @@ def run_auto(config, workdir) -> AutoRun | None:
   folds = settings.folds or given.data.split.num_folds
   base = Variant('base', {}, apply_changes(config, {'data.num_folds': folds}, 'config.auto.folds'))
   own_split = pipeline.list_source(base.settings.data).val is not None
+  if own_split and settings.folds:
+    raise UserInputError(f'config.auto.folds={settings.folds}: the source has its own validation split, which every '
+                         'trial validates on, so no folds are cut; leave config.auto.folds at 0, or merge the '
+                         'validation images into the training folder to search over folds')
   splits_note = ("the source's own validation split (one holdout per trial; the confirmation repeats it with "
-                 'fresh seeds)') if own_split else f'{folds}-fold'
+                 'fresh seeds, on the same images)') if own_split else f'{folds}-fold'
   budget = Budget.load(settings.budget_seconds, workdir, timings.job_elapsed())
   tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
   screen, pairs, screen_note = screen_candidates(base.settings, settings, ProbeSettings.from_config(config.probe),
