@@ -51,6 +51,8 @@ from fpclass.train.loop import run_plan
 from fpclass.train.plan import Variant, apply_changes
 from fpclass.train.shared_work import SharedWork
 
+CLAIM_SLACK = 0.5   # a claim from another host expires this share of the budget after the claimer's own end
+
 
 @dataclasses.dataclass
 class AutoRun:
@@ -119,7 +121,7 @@ def run_auto(config, workdir) -> AutoRun | None:
                 own_split, dims, candidates, study, budget, workdir, SharedWork(), _train_round, scheduler,
                 base.settings)
   search_note = _search(ctx)
-  marker = study_lib.claim(study)
+  marker = study_lib.claim(study, budget.left() + CLAIM_SLACK * budget.seconds)
   if marker is None:
     tqdm.write('auto: another live process of this study confirms (its claim is in the study\'s storage); this '
                'one has done its share of the search')

@@ -10,9 +10,12 @@ seeded by (config.auto.seed, the batch's first trial number). Successive halving
 search's own (`fpclass.auto.rungs`): a trial reports its value at each rung it reaches (the step), is told
 PRUNED when a rung drops it and COMPLETE with its top-rung value, which TPE reads as Optuna's pruners' trials.
 
-The confirmation is claimed through the storage, so two hosts that share no disk still confirm once: each asks
-a marker trial (no parameters, never complete) and the lowest-numbered marker of a live process holds the claim.
+The confirmation is claimed through the storage, so two hosts that share no disk still confirm once: each creates
+a marker trial (no parameters, never complete) with its claim in one storage operation, and the lowest-numbered
+live claim holds (`claim`).
 """
+import datetime
+import socket
 import time
 
 import optuna
@@ -117,19 +120,35 @@ def wait_for_others(study: optuna.Study, deadline: float, poll: float = 1.0) -> 
   return running
 
 
-def claim(study: optuna.Study) -> optuna.Trial | None:
-  """This process's claim of the confirmation (its marker trial), or None when a live process holds it or one
-  has confirmed already. A marker whose process is gone (on this host) no longer holds the claim."""
+def claim(study: optuna.Study, expires_in: float) -> optuna.Trial | None:
+  """This process's claim of the confirmation (its marker trial), or None when a live claim holds it or a process
+  has confirmed already. The marker is created with its claim in one operation of the storage (journal and
+  database alike), so a claim that another process reads is complete, and the lowest-numbered live one holds:
+  two launches that reach their deadline together cannot both win. A claim is dead when its process is gone (on
+  this host), or, from another host, whose processes cannot be seen, once `expires_in` seconds after it was made
+  have passed (the claimer's budget left, and some slack)."""
   if study.user_attrs.get(CONFIRMED):
     return None
-  mine = study.ask()
-  mine.set_user_attr(CLAIM, workdir_lock.process_owner())
+  owner = dict(workdir_lock.process_owner(), expires=time.time() + float(expires_in))
+  now = datetime.datetime.now()
+  template = optuna.trial.FrozenTrial(number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=now,
+                                      datetime_complete=None, params={}, distributions={}, user_attrs={CLAIM: owner},
+                                      system_attrs={}, intermediate_values={}, trial_id=-1)
+  trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+  mine = optuna.trial.Trial(study, trial_id)
   holders = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-             if is_marker(t) and (t.number == mine.number or workdir_lock.owner_alive(t.user_attrs[CLAIM]))]
+             if is_marker(t) and (t._trial_id == trial_id or claim_alive(t.user_attrs[CLAIM]))]
   if min(t.number for t in holders) == mine.number:
     return mine
   study.tell(mine, state=optuna.trial.TrialState.FAIL)
   return None
+
+
+def claim_alive(owner: dict, now: float | None = None) -> bool:
+  """Whether a claim still holds: its process is alive on this host; on another host, until it expires."""
+  if owner.get('host') != socket.gethostname():
+    return (now or time.time()) < float(owner.get('expires', float('inf')))
+  return workdir_lock.owner_alive(owner)
 
 
 def release(study: optuna.Study, marker: optuna.Trial, confirmed: bool) -> None:
