@@ -296,6 +296,18 @@ def test_a_rung_that_no_longer_fits_ends_the_bracket_and_a_top_rung_trains_the_b
   assert bracket['promoted'] == [[1]] and ctx.trials()[1].state == optuna.trial.TrialState.COMPLETE
 
 
+def test_the_slack_top_rung_trains_the_best_promoted_trial_not_the_last(tmp_path):
+  """Two trials promoted to a top rung that fits only one in the slack: the best (trial 1, 0.9 at rung 0) trains,
+  not the last promoted (trial 2, 0.7)."""
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 9.5)
+  rungs = [dict(configs=4, folds=1, epochs=2), dict(configs=2, folds=2, epochs=4)]
+  bracket = ctx.budget.new_bracket(rungs)
+  ctx.train_round = PlannedRounds(spend={0: 9.0})
+  auto._run_bracket(ctx, bracket, ctx.budget.costs)
+  assert bracket['promoted'] == [[1, 2]]
+  assert ctx.train_round.calls[1]['names'] == ['trial-0001']
+
+
 def test_the_first_top_rung_is_the_most_folds_the_slack_affords_and_none_once_a_trial_completed(tmp_path):
   ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 1.5)   # 1.5 + 5 (slack) - 2 (tail) = 4.5 s
   assert brackets.first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) == Rung(1, 3, 4)   # 1 s + 3 x 1 s

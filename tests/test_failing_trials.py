@@ -1,14 +1,18 @@
 """A failing trial costs one trial (issue 77, item 5): any exception in its checks fails it and not the search, a
 trial whose rung keeps starting without ending fails and is not asked again, failed trials count toward
-config.auto.trials, and a bracket whose every trial failed ends the search with the first error."""
+config.auto.trials, and a bracket whose every trial failed ends the search with the first error. And two behaviours
+of the search that once passed every test when broken: the slack top rung (test_auto_choices) and the measured
+member-epoch cost, without the first epoch's compile."""
 import optuna
+import pandas as pd
 
-from fpclass.auto import brackets, population
+from fpclass.auto import brackets, measure, population
 from fpclass.auto import search as auto
 from fpclass.auto import study as study_lib
 from fpclass.auto.context import Entry
 from fpclass.auto.population import Outcome, round_plan
 from fpclass.modes.command_line import config_from_argv
+from fpclass.train.members import split_name
 from tests.test_auto_choices import QUICK, PlannedRounds, _search_context, frozen_clock  # noqa: F401 (autouse)
 
 
@@ -63,3 +67,18 @@ def test_a_bracket_whose_every_trial_failed_ends_the_search_with_the_first_error
   note = auto._search(ctx)
   assert note == 'every trial of bracket 1 failed, so the search stopped (the first: out of memory)'
   assert len(rounds.calls) == 1 and len(ctx.budget.brackets) == 1   # no second bracket drawing the same
+
+
+def test_the_member_epoch_cost_leaves_out_the_first_epoch_s_compile(tmp_path):
+  """The measurement's epochs took 9 s (compiling) and 1 s: a member-epoch costs 1 s, the first epoch's compile
+  being the configuration's set-up, priced apart (`Costs.compile`)."""
+  ctx = _search_context(tmp_path, seconds=1000.0)
+
+  def measured(ctx, base, entries, folds, seeds, epochs, folder, stop):
+    member = folder / entries[0].name / split_name(folds[0])
+    member.mkdir(parents=True)
+    pd.DataFrame({'epoch': [1, 2], 'seconds': [9.0, 1.0]}).to_csv(member / 'metrics.csv', index=False)
+    return {entries[0].name: Outcome(0.5, seconds=12.0, compile_seconds=8.0, members=1, member_epochs=2)}, False
+  ctx.train_round = measured
+  costs = measure.measure(ctx)
+  assert costs.member_epoch == 1.0 and costs.compile == 8.0
