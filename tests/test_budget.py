@@ -2,6 +2,7 @@
 launches, a stage's deadline with its reserve and the slack, and auto_state.json written after each change and
 read back by the next launch as it was left."""
 import json
+import time as real_time
 import types
 
 import pytest
@@ -113,3 +114,23 @@ def test_the_open_bracket_is_the_first_not_done(tmp_path, clock):
   assert budget.open_bracket() is second
   second['done'] = True
   assert budget.open_bracket() is None
+
+
+def test_a_kill_between_two_saves_of_the_state_loses_at_most_one_beat(tmp_path, clock):
+  """The state was last saved at 0 s used; 30 s later the launch is killed before its next save. The heartbeat
+  wrote the 30 s to auto_clock.json meanwhile, and the relaunch counts them (issue 77: two kills of a 200 s run
+  took 238 s of wall time, each launch's seconds since its last save lost)."""
+  budget = _load(100.0, tmp_path, clock)
+  budget.save()
+  clock.now += 30.0
+  with budget.heartbeat(every=0.01):
+    for _ in range(1000):   # at most 10 s for a beat, whatever the machine's load
+      path = tmp_path / budget_lib.CLOCK_FILE
+      if path.is_file() and json.loads(path.read_text())['used_seconds'] == 30.0:
+        break
+      real_time.sleep(0.01)
+  assert _state(tmp_path)['used_seconds'] == 0.0
+  assert _load(100.0, tmp_path, clock).used_before == 30.0
+  # An unreadable beat is no beat: the state's own figure counts.
+  (tmp_path / budget_lib.CLOCK_FILE).write_text('{not json')
+  assert _load(100.0, tmp_path, clock).used_before == 0.0

@@ -1,19 +1,24 @@
 """The time budget of `--mode auto`: what is used and left, across launches, and what the stages still need.
 
 The budget is the whole run's wall time. Each launch adds the seconds it used to `auto_state.json` as it goes
-(after every rung and stage), so a relaunch after a kill continues with what is left. The same file keeps the
+(after every rung and stage), and a heartbeat writes them to `auto_clock.json` every few seconds between those
+saves, so a relaunch after a kill continues with what is left, less at most one beat. The same file keeps the
 search's brackets (their rungs, trials, promotions and values), so a relaunch resumes a bracket at the rung it
 stopped in, and the cost model (`fpclass.auto.rungs.Costs`) refitted on every variant a round trained.
 """
+import contextlib
 import dataclasses
 import json
 import pathlib
+import threading
 import time
 
 from fpclass import fileio
 from fpclass.auto.rungs import Costs
 
 STATE_FILE = 'auto_state.json'
+CLOCK_FILE = 'auto_clock.json'   # the heartbeat's used seconds, written between the state's saves
+HEARTBEAT = 5.0                  # seconds between two beats: the most of the budget a kill leaves uncounted
 SLACK = 0.05   # the run may end this share of the budget late, no more
 
 
@@ -34,10 +39,15 @@ class Budget:
   def load(cls, seconds: float, folder, elapsed: float = 0.0) -> 'Budget':
     """The budget as earlier launches left it in `folder`; `elapsed`: the seconds this launch has run already
     (its start-up), which the budget counts too: the user's clock started when the command did."""
-    path = pathlib.Path(folder) / STATE_FILE
+    path, clock = pathlib.Path(folder) / STATE_FILE, pathlib.Path(folder) / CLOCK_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
+    try:   # a beat after the state's last save: the time a killed launch used since
+      beat = float(json.loads(clock.read_text()).get('used_seconds', 0.0)) if clock.is_file() else 0.0
+    except (OSError, ValueError):
+      beat = 0.0
     costs = stored.get('costs')
-    return cls(seconds, pathlib.Path(folder), float(stored.get('used_seconds', 0.0)), dict(stored.get('stages', {})),
+    used = max(float(stored.get('used_seconds', 0.0)), beat)
+    return cls(seconds, pathlib.Path(folder), used, dict(stored.get('stages', {})),
                [tuple(m) for m in stored.get('measures', [])], Costs(**costs) if costs else None,
                list(stored.get('brackets', [])), bool(stored.get('confirm_started', False)),
                time.monotonic() - max(0.0, elapsed))
@@ -81,6 +91,27 @@ class Budget:
         used_seconds=self.used(), stages=self.stages, budget_seconds=self.seconds, measures=self.measures,
         costs=dataclasses.asdict(self.costs) if self.costs else None, brackets=self.brackets,
         confirm_started=self.confirm_started))
+
+  @contextlib.contextmanager
+  def heartbeat(self, every: float = HEARTBEAT):
+    """While the block runs, the used seconds are written to auto_clock.json every `every` seconds (a thread of
+    its own: a round's epochs do not wait for it), so that a launch killed between two saves of the state loses
+    at most one beat of the budget's account."""
+    stop = threading.Event()
+
+    def beat():
+      while not stop.wait(every):
+        try:
+          fileio.write_json(self.folder / CLOCK_FILE, {'used_seconds': self.used()})
+        except OSError:   # a full disk: the next save of the state counts the time anyway
+          pass
+    thread = threading.Thread(target=beat, name='auto-heartbeat', daemon=True)
+    thread.start()
+    try:
+      yield self
+    finally:
+      stop.set()
+      thread.join()
 
   def describe(self) -> str:
     return f'{self.used() / 60:.1f} of {self.seconds / 60:.1f} min used, {max(0.0, self.left()) / 60:.1f} left'

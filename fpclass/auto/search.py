@@ -104,41 +104,42 @@ def run_auto(config, workdir) -> AutoRun | None:
   splits_note = ("the source's own validation split (one holdout per trial; the confirmation repeats it with "
                  'fresh seeds, on the same images)') if own_split else f'{folds}-fold'
   budget = Budget.load(settings.budget_seconds, workdir, timings.job_elapsed())
-  tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
-  screen, pairs, screen_note = screen_candidates(base.settings, settings, ProbeSettings.from_config(config.probe),
-                                                 budget)
-  candidates = [Candidate(name, changes) for name, changes in pairs]
-  centres = None
-  if any(c.changes for c in candidates) and not settings.space:
-    centres = centre_learning_rates(base, candidates, LrFindSettings.from_config(config.lr_find),
-                                    LR_FIND_SHARE * budget.left())
-    budget.add_stage('lr_find', centres.seconds)
-    screen_note += '; learning-rate centres: ' + '; '.join(f'{n}: {r:.3g} ({centres.how[n]})'
-                                                           for n, r in centres.rates.items())
-  entries = settings.space or default_space(base, candidates, centres.rates if centres else None)
-  dims = parse_space(entries, base.config, candidates)
-  ctx = Context(base.config, settings, metric, higher, 1 if own_split else folds, base.settings.train.epochs,
-                own_split, dims, candidates, study, budget, workdir, SharedWork(), _train_round, scheduler,
-                base.settings)
-  search_note = _search(ctx)
-  marker = study_lib.claim(study, budget.left() + CLAIM_SLACK * budget.seconds)
-  if marker is None:
-    tqdm.write('auto: another live process of this study confirms (its claim is in the study\'s storage); this '
-               'one has done its share of the search')
-    return None
-  try:
-    running = study_lib.wait_for_others(study, budget.deadline(ctx.confirm_seconds(budget.costs,
-                                                                                ctx.settings.finalists)))
-    if running:
-      tqdm.write(f'auto: trials {running} of other processes still run; the confirmation chooses among the rest')
-    confirm, differences, confirm_note, chosen = confirm_stage.confirm(ctx)
-    final, final_note = final_model(ctx, chosen)
-  except BaseException:
-    study_lib.release(study, marker, confirmed=False)
-    raise
-  study_lib.release(study, marker, confirmed=True)
-  return AutoRun(settings, metric, task, screen, screen_note, candidates, study, budget.brackets, search_note,
-                 confirm, differences, confirm_note, chosen, final, final_note, budget, splits_note)
+  with budget.heartbeat():   # a kill between two saves of the state loses at most one beat
+    tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
+    screen, pairs, screen_note = screen_candidates(base.settings, settings, ProbeSettings.from_config(config.probe),
+                                                   budget)
+    candidates = [Candidate(name, changes) for name, changes in pairs]
+    centres = None
+    if any(c.changes for c in candidates) and not settings.space:
+      centres = centre_learning_rates(base, candidates, LrFindSettings.from_config(config.lr_find),
+                                      LR_FIND_SHARE * budget.left())
+      budget.add_stage('lr_find', centres.seconds)
+      screen_note += '; learning-rate centres: ' + '; '.join(f'{n}: {r:.3g} ({centres.how[n]})'
+                                                             for n, r in centres.rates.items())
+    entries = settings.space or default_space(base, candidates, centres.rates if centres else None)
+    dims = parse_space(entries, base.config, candidates)
+    ctx = Context(base.config, settings, metric, higher, 1 if own_split else folds, base.settings.train.epochs,
+                  own_split, dims, candidates, study, budget, workdir, SharedWork(), _train_round, scheduler,
+                  base.settings)
+    search_note = _search(ctx)
+    marker = study_lib.claim(study, budget.left() + CLAIM_SLACK * budget.seconds)
+    if marker is None:
+      tqdm.write('auto: another live process of this study confirms (its claim is in the study\'s storage); this '
+                 'one has done its share of the search')
+      return None
+    try:
+      running = study_lib.wait_for_others(study, budget.deadline(ctx.confirm_seconds(budget.costs,
+                                                                                  ctx.settings.finalists)))
+      if running:
+        tqdm.write(f'auto: trials {running} of other processes still run; the confirmation chooses among the rest')
+      confirm, differences, confirm_note, chosen = confirm_stage.confirm(ctx)
+      final, final_note = final_model(ctx, chosen)
+    except BaseException:
+      study_lib.release(study, marker, confirmed=False)
+      raise
+    study_lib.release(study, marker, confirmed=True)
+    return AutoRun(settings, metric, task, screen, screen_note, candidates, study, budget.brackets, search_note,
+                   confirm, differences, confirm_note, chosen, final, final_note, budget, splits_note)
 
 
 def _finished_earlier(study: optuna.Study, workdir: pathlib.Path) -> bool:
