@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from fpclass.deploy import ood
 from fpclass.distill import report as distill_report
 from fpclass.distill import teacher as distill_core
 from fpclass.errors import UserInputError
+from fpclass.infer import evaluation
 from fpclass.infer.inference import load_trained
 from fpclass.modes import distill as distill_mode
 from fpclass.train import sidecar
@@ -250,6 +252,7 @@ def test_distill_through_launch_compares_on_the_split_the_teacher_held_out(teach
   assert 'cross-fitted targets for 0 of 57 training images; 57 no teacher model held out' in result.stdout, result.stdout
   record = json.loads((out / distill_report.FILE).read_text())
   assert record['unlabelled'] == 16 and record['teacher']['models'][0]['fold'] == -1 and record['teacher']['cross_fit']
+  assert sidecar.read_metadata(out)[sidecar.TEST_UNLABELLED] is True   # every score on the test images says so
   compared = record['comparison']
   assert [(r['split'], r['seed']) for r in compared['runs']] == [(-1, 0)] and compared['metric'] == 'accuracy'
   assert compared['runs'][0]['n'] == 15   # the holdout, which neither the teacher nor the students trained on
@@ -413,3 +416,15 @@ def test_the_bench_s_ood_check_is_the_workdir_s_own_fit(teacher_run, tmp_path, m
     fit = ood.model_ood(trained, trained.settings, copy, OodSettings(score=score), store=False)
     assert result['flagged_unseen'] == pytest.approx(fit.record['reached']) and 0 <= result['auroc_blank'] <= 1
   assert list(checked) == ['mahalanobis', 'energy'] and not (copy / ood.FILE).exists()   # fitted in memory
+
+
+def test_a_test_score_of_a_model_trained_on_the_unlabelled_test_images_says_so():
+  """evaluate's report section, where scores.json carries the note (the sidecar's mark, set by --mode distill with
+  config.distill.unlabelled='test'): the test score is not on unseen images (issue 79, item 5)."""
+  split = dict(accuracy=0.9, macro_f1=0.9, roc_auc=None, loss=0.3, n=10,
+               per_class={'a': dict(precision=0.9, recall=0.9, f1=0.9, support=5)})
+  result = dict(split, model='m', num_params=10, test=dict(split), test_note=evaluation.TEST_UNLABELLED_NOTE)
+  trained = types.SimpleNamespace(loop=types.SimpleNamespace(stop_reason='epochs', epoch=1), checkpoint='last', epoch=1)
+  section = evaluation.evaluation_section(result, trained, pd.DataFrame())
+  assert "The test images trained this model without their labels (config.distill.unlabelled='test'" in section
+  assert 'without their labels' not in evaluation.evaluation_section(dict(result, test_note=''), trained, pd.DataFrame())

@@ -21,8 +21,11 @@ from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
 from fpclass.infer.predictions import prediction_chunk, predictions_frame
 from fpclass.runtime import report
+from fpclass.train import sidecar
 
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
+TEST_UNLABELLED_NOTE = ('The test images trained this model without their labels (config.distill.unlabelled=\'test\': '
+                        'the teacher labelled them): its test score is not a score on unseen images.')
 
 
 def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilities=None) -> dict:
@@ -51,6 +54,8 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
     test = dataset.test.take(np.flatnonzero(keep))
     scored['test'] = (test, trained.probabilities(test.images, batch, chunk))
     result['test'] = metrics.scores(test.labels, scored['test'][1], dataset.class_names)
+    if trained.metadata.get(sidecar.TEST_UNLABELLED):
+      result['test_note'] = TEST_UNLABELLED_NOTE
   if score_train:  # un-augmented, with the restored weights (Keras' model.evaluate on train)
     scored['train'] = (dataset.train, trained.probabilities(dataset.train.images, batch, chunk))
     result['train'] = metrics.scores(dataset.train.labels, scored['train'][1], dataset.class_names)
@@ -215,6 +220,8 @@ def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
   if len(by_split) > 1:
     lines += ['Scores by split (precision per class):', '',
               report.table(by_split, list(by_split[0])), '']
+  if result.get('test_note'):
+    lines += [f'**{result["test_note"]}**', '']
   lines += ['![learning curves](learning_curves.png)', '', '![confusion matrix](confusion_matrix.png) '
             '![ROC](roc_curve.png)', '',
             'Files: [scores.json](scores.json), [classification_report.txt](classification_report.txt), '

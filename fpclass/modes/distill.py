@@ -21,6 +21,7 @@ from fpclass.distill import report as distill_report
 from fpclass.distill import teacher as distill_core
 from fpclass.errors import UserInputError
 from fpclass.infer.evaluation import evaluate_workdir
+from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.plan import apply_changes, solo_plan
 
@@ -48,6 +49,8 @@ def distill(config, workdir) -> dict:
   teacher = distill_core.Teacher(models, unlabelled, validated_ids, temperature=settings.temperature,
                                  label_weight=settings.label_weight)
   (run,) = run_plan(dataclasses.replace(solo_plan(student), teacher=teacher), workdir)
+  if settings.unlabelled == 'test':   # the scores on those images are not on unseen ones: evaluate says so
+    sidecar.write_metadata(workdir, dict(sidecar.read_metadata(workdir), **{sidecar.TEST_UNLABELLED: True}))
   scores = evaluate_workdir(student, workdir, dataset=run.data.dataset)
 
   runs = []

@@ -17,6 +17,9 @@ from fpclass.errors import UserInputError
 from fpclass.models import model_keys
 from fpclass.models.heads import head_of
 
+# metadata.json's key of a model trained on the source's test images without their labels (--mode distill with
+# config.distill.unlabelled='test'): every score on those images says so (fpclass.infer.evaluation).
+TEST_UNLABELLED = 'trained_on_unlabelled_test_images'
 METADATA = 'metadata.json'
 WORKDIR_RECORD = 'workdir.json'   # a workdir of many runs (sweep, auto): its kind and the config it was written from
 
