@@ -106,8 +106,8 @@ def test_a_wrong_calibration_collapses_the_model_and_is_refused(exported, calibr
   folder.mkdir()
   shutil.copy(out / 'export' / 'model.onnx', folder / 'model.onnx')
   wrong = np.zeros_like(train) if calibration == 'blank' else train // 255
-  with pytest.raises(UserInputError, match=r"config.export.int8: the int8 model's accuracy on 360 images of the validation split "
-                                           r'dropped from 0\.\d+ \(float\) to 0\.\d+, \d+\.\d\d points, more than '
+  with pytest.raises(UserInputError, match=r"config.export.int8: the int8 model on 360 images of the validation split: "
+                                           r'accuracy dropped from 0\.\d+ \(float\) to 0\.\d+, \d+\.\d\d points, more than '
                                            r'config.export.int8_max_drop=0.03 \(3.00 points\); model.int8.onnx was '
                                            r'not written'):
     int8.export_int8(folder / 'model.onnx', wrong, np.asarray(dataset.val.images), dataset.val.labels, 'softmax',
@@ -135,3 +135,19 @@ def test_the_settings_refuse_int8_without_onnx_and_a_bad_limit():
     ExportSettings(int8=True, formats=('stablehlo',))
   with pytest.raises(ConfigError, match=r'config.export.int8_max_drop=2.0: must be a fraction in \[0, 1\]'):
     ExportSettings(int8_max_drop=2.0)
+
+
+def test_the_gate_covers_macro_f1_and_the_unknown_flag():
+  """A multi-label collapse to all-negative keeps label accuracy (the negatives) and loses macro F1; a flag that
+  moves on more than 5% of the images fails too (issue 79, item 4)."""
+  labels = np.array([[1, 0, 0, 0]] * 10)
+  collapsed = np.zeros_like(labels)
+  held = dict(metric='label accuracy', float=1.0, int8=float((collapsed == labels).mean()),
+              macro_f1_float=int8.macro_f1(labels, labels), macro_f1_int8=int8.macro_f1(labels, collapsed))
+  assert held['int8'] == 0.75 and held['macro_f1_int8'] == 0.0
+  failed = int8.gate(dict(held, int8=1.0), 0.01)   # even were label accuracy kept, macro F1 fails it
+  assert failed == ['macro F1 dropped from 0.2500 to 0.0000, 25.00 points, more than '
+                    'config.export.int8_max_drop=0.01 (1.00 points)']
+  assert int8.gate(dict(metric='accuracy', float=0.9, int8=0.9, unknown_agreement=0.97), 0.01) == []
+  assert int8.gate(dict(metric='accuracy', float=0.9, int8=0.9, unknown_agreement=0.9), 0.01) == [
+      'the "none of my classes" flag differs from the float model\'s on 10.00% of the images, more than 5%']
