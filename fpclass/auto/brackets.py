@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 from fpclass.auto import one_se
 from fpclass.auto import study as study_lib
 from fpclass.auto.budget import SLACK
-from fpclass.auto.context import TAIL, Context, Entry, changes_of
+from fpclass.auto.context import TAIL, Context, Entry
 from fpclass.auto.first_trials import BASELINE
 from fpclass.auto.rungs import Costs, Rung
+from fpclass.auto.study import changes_of
 from fpclass.errors import UserInputError
 from fpclass.train import oof
 from fpclass.train import workdir_layout as layout

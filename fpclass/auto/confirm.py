@@ -7,8 +7,9 @@ import pandas as pd
 
 from fpclass.analysis import metric_registry, sweep_report
 from fpclass.auto import study as study_lib
-from fpclass.auto.context import CONFIRM_SPLIT, TAIL, Context, Entry, changes_of
-from fpclass.auto.ranking import ranked_trials
+from fpclass.auto.context import CONFIRM_SPLIT, TAIL, Context, Entry
+from fpclass.auto.ranking import best_per_configuration
+from fpclass.auto.study import changes_of
 from fpclass.errors import UserInputError
 from fpclass.models.heads import head_of
 from fpclass.runtime import tracking
@@ -19,12 +20,7 @@ from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
 
 def finalists(ctx: Context) -> list:
   """The best trials, one per configuration, and the config as given (the first trial) when it is not one."""
-  out, seen = [], set()
-  for t in ranked_trials(ctx):
-    changes = repr(sorted(changes_of(t).items()))
-    if changes not in seen:
-      seen.add(changes)
-      out.append(t)
+  out = best_per_configuration(ctx)
   best = out[:ctx.settings.finalists]
   given = sidecar.config_as_json(ctx.base)
   baseline = next((t for t in out if sidecar.config_as_json(apply_changes(ctx.base, changes_of(t), 'a trial'))

@@ -2,13 +2,11 @@
 the one way a stage trains, `Context.round`: a population round (`fpclass.auto.population`) run as one plan by
 the training loop, which `fpclass.auto.search` hands in, so the stages below it import neither (the import
 chain stays short)."""
-import ast
 import dataclasses
 import pathlib
 
 import optuna
 
-from fpclass.auto import study as study_lib
 from fpclass.auto.budget import Budget
 from fpclass.auto.rungs import Costs
 from fpclass.auto.schedulers.scheduler import Scheduler
@@ -93,7 +91,3 @@ class Context:
 
   def trials(self) -> dict:
     return {t.number: t for t in self.study.get_trials(deepcopy=False)}
-
-
-def changes_of(trial) -> dict:
-  return {k: ast.literal_eval(v) for k, v in trial.user_attrs.get(study_lib.CHANGES, {}).items()}

@@ -22,9 +22,10 @@ from fpclass import fileio
 from fpclass.analysis import metric_registry
 from fpclass.auto import final_mix
 from fpclass.auto import study as study_lib
-from fpclass.auto.context import TAIL, Context, Entry, changes_of
+from fpclass.auto.context import TAIL, Context, Entry
 from fpclass.auto.first_trials import BASELINE
-from fpclass.auto.ranking import ranked_trials
+from fpclass.auto.ranking import best_per_configuration, configuration_key
+from fpclass.auto.study import changes_of
 from fpclass.infer.ensemble import member_workdirs, workdir_metadata
 from fpclass.train import oof, sidecar
 from fpclass.train import workdir_layout as layout
@@ -58,8 +59,9 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   start = time.perf_counter()
   given = None if source.confirmed else _given_trial(ctx, chosen)
   pieces, others = spend_the_rest(ctx, chosen, source, given)
-  candidates = [final_mix.Candidate(chosen['name'], tuple(_kept_rows(f) for f in pieces), tuple(pieces))]
-  candidates += [final_mix.Candidate(name, (_kept_rows(folder),), (folder,)) for name, folder in others.items()]
+  rows = {folder: _kept_rows(folder) for folder in [*pieces, *others.values()]}   # read once: the mix, then oof.FILE
+  candidates = [final_mix.Candidate(chosen['name'], tuple(rows[f] for f in pieces), tuple(pieces))]
+  candidates += [final_mix.Candidate(name, (rows[folder],), (folder,)) for name, folder in others.items()]
   mix = final_mix.choose(candidates, chosen['name'], metric_registry.REGISTRY[ctx.metric])
   ctx.budget.add_stage('final', time.perf_counter() - start)
   out = ctx.workdir / sidecar.AUTO_FINAL
@@ -68,7 +70,7 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   metadata = workdir_metadata(out, members, ctx.metric)
   metadata['ensemble'].update(kind='auto', trial=chosen['trial'], kept=mix.record['kept'])
   sidecar.write_metadata(out, metadata)
-  frame = pd.concat([_kept_rows(folder) for folder, _ in mix.members], ignore_index=True)
+  frame = pd.concat([rows[folder] for folder, _ in mix.members], ignore_index=True)
   fileio.write_csv(out / oof.FILE, frame)
   fileio.write_csv(out / oof.ENSEMBLE_FILE, mix.predictions)
   fileio.write_json(out / MIX_RECORD, mix.record)
@@ -157,16 +159,12 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
 
 def runners_up(ctx: Context, chosen: dict, given: dict | None) -> list[dict]:
   """The best `config.auto.mix` configurations after the choice (and the config as given), one trial each, in the
-  search's ranking (`fpclass.auto.ranking.ranked_trials`): the mix's other candidates."""
-  out, seen = [], {repr(sorted(chosen['changes'].items()))}
-  if given is not None:
-    seen.add(repr(sorted(given['changes'].items())))
-  for t in ranked_trials(ctx):
+  search's ranking (`fpclass.auto.ranking.best_per_configuration`): the mix's other candidates."""
+  out, taken = [], {configuration_key(c['changes']) for c in (chosen, given) if c is not None}
+  for t in best_per_configuration(ctx):
     changes = changes_of(t)
-    key = repr(sorted(changes.items()))
-    if key in seen or study_lib.FOLDER not in t.user_attrs:
+    if configuration_key(changes) in taken or study_lib.FOLDER not in t.user_attrs:
       continue
-    seen.add(key)
     out.append(dict(name=t.user_attrs[study_lib.FOLDER], trial=t.number, changes=changes))
     if len(out) >= ctx.settings.mix:
       break

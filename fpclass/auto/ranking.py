@@ -4,6 +4,7 @@ final mix's runners-up are read in this order."""
 import math
 
 from fpclass.auto import study as study_lib
+from fpclass.auto.study import changes_of
 
 
 def fidelities(ctx) -> dict[int, dict]:
@@ -29,3 +30,19 @@ def ranked_trials(ctx) -> list:
     folds, epochs = known.get(t.number, {}).get(level, (0, 0))
     return (folds * epochs, folds, level, sign * value if math.isfinite(value) else -math.inf)
   return sorted(study_lib.searched(ctx.study), key=key, reverse=True)
+
+
+def configuration_key(changes: dict) -> str:
+  """One configuration's identity, whatever trial trained it: its config changes, sorted."""
+  return repr(sorted(changes.items()))
+
+
+def best_per_configuration(ctx) -> list:
+  """`ranked_trials`, each configuration's best trial only (several trials may draw one configuration)."""
+  out, seen = [], set()
+  for t in ranked_trials(ctx):
+    key = configuration_key(changes_of(t))
+    if key not in seen:
+      seen.add(key)
+      out.append(t)
+  return out

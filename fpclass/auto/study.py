@@ -14,6 +14,7 @@ The confirmation is claimed through the storage, so two hosts that share no disk
 a marker trial (no parameters, never complete) with its claim in one storage operation, and the lowest-numbered
 live claim holds (`claim`).
 """
+import ast
 import datetime
 import socket
 import time
@@ -84,6 +85,11 @@ def ask_batch(study: optuna.Study, seed: int, count: int) -> list:
     trial.set_user_attr(FOLDER, layout.trial_name(trial.number))
     trials.append(trial)
   return trials
+
+
+def changes_of(trial) -> dict:
+  """The config changes a trial trains (its CHANGES attribute, stored as reprs)."""
+  return {k: ast.literal_eval(v) for k, v in trial.user_attrs.get(CHANGES, {}).items()}
 
 
 def is_marker(trial) -> bool:
