@@ -3,6 +3,7 @@ configuration's top rung lacks, then (unless a trial count ended the search) mor
 on the most folds that fit. Real training of a tiny CNN in this process, on a simulated clock: the budget counts
 1000 s for each member-epoch trained (the cost model's figure too), so what fits does not depend on the
 machine's speed."""
+import dataclasses
 import json
 
 import numpy as np
@@ -183,3 +184,30 @@ def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finish
   assert [(m['folder'], m['models']) for m in members] == [
       ('../rounds/b0-r1/trial-0000', ['fold0', 'fold1']), (f'../{MORE}/trial-0000-seed{seed}', ['fold2'])]
   assert "start from b0-r1's" in note and 'every labelled image' in note
+
+
+def test_the_missing_folds_take_as_many_pieces_as_fit_each_at_the_source_s_epochs_the_last_one_shorter(tmp_path):
+  """A top rung the budget cut to 1 of 3 folds at 4 epochs (the config's): room for 6 member-epochs trains fold 1
+  at 4 epochs, then fold 2 in a second piece at the 2 epochs left (half of 4, the shortest a piece may be), so the
+  final model has seen every image and the budget's rest is spent."""
+  workdir, config = tmp_path / 'auto', config_from_argv([*TINY, '--config.train.epochs=4'])
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  study.tell(study.ask(), 0.5)
+  seed = int(config.seed)
+  ctx = _context(workdir, config, study, 1, 6.0)
+  ctx = dataclasses.replace(ctx, epochs=4)
+  outcomes, _ = ctx.round(config, [Entry('trial-0000', {})], (0,), (seed,), 4, workdir / 'trials', None)
+  assert not outcomes['trial-0000'].error
+  out, note = final_model(dataclasses.replace(_context(workdir, config, study, 1, 6.0), epochs=4),
+                          dict(name='trial-0000', trial=0, changes={}))
+  first, second = workdir / MORE / f'trial-0000-seed{seed}', workdir / MORE / f'trial-0000-seed{seed}-part1'
+  assert _kept_models(first) == {(1, seed)} and _kept_models(second) == {(2, seed)}
+  trained = {json.loads((f / 'experiment.json').read_text())['rows'][0]['epochs_trained'] for f in (first, second)}
+  assert trained == {4, 2}
+  assert 'every labelled image' in note
+
+
+@pytest.mark.parametrize('share, size', [(1.0, (1, 10)), (0.5, (2, 10)), (0.25, (3, 10))])
+def test_a_piece_is_priced_at_the_share_of_its_epochs_early_stopping_left_the_source(share, size):
+  # Costs(setup 1 s, member 1 s, 1 s a member-epoch), 10 epochs, 14 s of room.
+  assert piece_size(Costs(1.0, 1.0, 1.0), 1.0, 14.0, 3, 10, share) == size

@@ -6,7 +6,7 @@ import math
 import optuna
 import pytest
 
-from fpclass.auto import first_trials
+from fpclass.auto import first_trials, portfolio
 from fpclass.auto.first_trials import BASELINE, NEIGHBOUR, combination, neighbour_values, neighbours
 from fpclass.auto.space import Candidate, Dimension, baseline_params, default_space, parse_space, sample
 from fpclass.modes.command_line import config_from_argv
@@ -123,3 +123,40 @@ def test_the_combination_takes_every_neighbour_that_beat_the_config_and_the_bett
   assert combination(trials, values, higher) is None
   del values[0]             # the config as given did not report at this rung
   assert combination(trials, values, higher) is None
+
+
+def test_the_first_batch_is_the_portfolio_s_moves_then_the_neighbours_each_set_once_and_each_trains_its_move(
+    monkeypatch):
+  """The portfolio's moves come first, as trials of the default space that train exactly the move's changes
+  (`fpclass.auto.portfolio.changes_for` on the config); a move no dimension carries, or one that is the config as
+  given, is no trial; a neighbour equal to a move is not asked twice."""
+  config = config_from_argv([*QUICK, '--config.augment.rotation=0.0', '--config.model.batch_norm=False'])
+  dims = parse_space(default_space(Variant('base', {}, config), [OWN], flips=False), config, [OWN])
+  baseline = baseline_params(dims, config, [OWN])
+  monkeypatch.setitem(portfolio.MOVES, 'no such knob', {'model.no_such_knob': 1.0})
+  monkeypatch.setitem(portfolio.MOVES, 'as given', {'augment.rotation': 0.0})
+  monkeypatch.setattr(portfolio, 'PORTFOLIO', ('batch norm + rotation + shift', 'no such knob', 'as given', 'lr x3'))
+  batch = first_trials.first_batch(dims, baseline, {OWN.name: baseline}, 6)
+  labels = [label for label, _ in batch]
+  assert labels[:3] == ['portfolio: batch norm + rotation + shift', 'portfolio: lr x3', 'train.learning_rate /3']
+  assert len(batch) == 6 and 'train.learning_rate x3' not in labels     # the same parameters as 'lr x3'
+  assert all(batch[i][1] != batch[j][1] for i in range(6) for j in range(i)) and baseline not in [p for _, p in batch]
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  for move, (_, params) in zip(('batch norm + rotation + shift', 'lr x3'), batch):
+    study.enqueue_trial(baseline)
+    _, given = sample(study.ask(), dims, config, [OWN])
+    study.enqueue_trial(params)
+    _, changes = sample(study.ask(), dims, config, [OWN])
+    moved = {k: v for k, v in changes.items() if not (v == given.get(k) or (
+        isinstance(v, float) and math.isclose(v, given[k], rel_tol=1e-9)))}
+    expected = portfolio.changes_for(move, config)
+    assert moved.keys() == expected.keys(), move
+    for key, value in expected.items():
+      assert moved[key] == value or math.isclose(moved[key], value, rel_tol=1e-3), (move, key)
+
+
+def test_a_move_already_in_the_config_changes_nothing():
+  config = config_from_argv([*QUICK, '--config.model.batch_norm=True', '--config.augment.rotation=10.0',
+                             '--config.augment.translate=0.1'])
+  assert portfolio.changes_for('batch norm + rotation + shift', config) == {}
+  assert portfolio.changes_for('lr x3', config) == {'train.learning_rate': pytest.approx(3 * config.train.learning_rate)}

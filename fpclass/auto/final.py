@@ -41,11 +41,15 @@ SHORTEST = 0.5
 @dataclasses.dataclass(frozen=True)
 class Source:
   """Where the chosen configuration's fold models were trained: the folder, the config its folds were cut with,
-  and its seeds."""
+  and its seeds; the epochs they were planned for (a top rung the budget cut trains fewer than the config's,
+  and the pieces that complete it match them) and the share of those that early stopping let them train (what
+  a piece is priced at: a member that stops at 10 of 27 epochs costs 10)."""
   folder: pathlib.Path
   base: object
   seeds: tuple
   confirmed: bool
+  epochs: int = 0
+  share: float = 1.0
 
 
 def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
@@ -103,11 +107,23 @@ def source_of(ctx: Context, name: str) -> Source:
   leaves a model, whose missing folds the budget's rest trains."""
   confirmed = ctx.workdir / layout.CONFIRM / name
   if _finished(confirmed):
-    return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True)
+    return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True, *_trained(ctx, confirmed))
   top = ctx.workdir / layout.TRIALS / name
   rungs = sorted((ctx.workdir / layout.ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: layout.rung_level(p.parent), reverse=True)
   folder = next((f for f in [top, *rungs] if _finished(f)), top)
-  return Source(folder, ctx.base, (int(ctx.base.seed),), False)
+  return Source(folder, ctx.base, (int(ctx.base.seed),), False, *_trained(ctx, folder))
+
+
+def _trained(ctx: Context, folder: pathlib.Path) -> tuple[int, float]:
+  """(the epochs `folder`'s fold models were planned for, the mean share of them they trained); the config's
+  epochs and 1 where the folder has no record yet."""
+  if not (folder / EXPERIMENT_FILE).is_file():
+    return ctx.epochs, 1.0
+  record = _record(folder)
+  planned = int(record.get('config', {}).get('train', {}).get('epochs', ctx.epochs))
+  trained = [int(r['epochs_trained']) for r in record['rows'] if r['kept'] and 'epochs_trained' in r]
+  share = min(1.0, max(1.0 / planned, sum(trained) / len(trained) / planned)) if trained else 1.0
+  return planned, share
 
 
 def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> tuple[list, dict]:
@@ -124,11 +140,16 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
   missing = tuple(s for s in everything if s not in trained)
   known = known_setup(ctx.budget.costs, record['timing'])
   pieces, others, setup = [source.folder], {}, known
-  if missing:
-    folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup)
+  part = 0
+  while missing:   # as many pieces as it takes, each the most of the missing folds that fit
+    folder, setup = _train_piece(ctx, chosen, source, source.seeds[0], missing, setup, part)
     if folder is None:
       return pieces, others
     pieces.append(folder)
+    done = {row['split'] for row in _rows(folder) if row['kept']}
+    if not done & set(missing):
+      break   # a piece the deadline cut before any of its folds ended: no time for another
+    missing, part = tuple(s for s in missing if s not in done), part + 1
   limited = ctx.settings.trials and study_lib.taken_count(ctx.study) >= ctx.settings.trials
   if given is not None:   # an unconfirmed choice: the config as given beside it, on the same folds
     folder = ctx.workdir / layout.TRIALS / given['name']
@@ -216,16 +237,17 @@ def _given_trial(ctx: Context, chosen: dict) -> dict | None:
 
 
 def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: tuple,
-                 setup: float) -> tuple[pathlib.Path | None, float]:
+                 setup: float, part: int = 0) -> tuple[pathlib.Path | None, float]:
   """(its folder, the set-up to price the next piece at): the members of `seed` on the most of `folds`, at the
-  most epochs, that the budget affords at `setup` (all of them when an earlier launch trained the piece); None
-  when none fits or none finished."""
-  name = f'{chosen["name"]}-seed{seed}'
+  most of the source's epochs, that the budget affords at `setup` (all of them when an earlier launch trained the
+  piece); None when none fits or none finished. `part` numbers the pieces of one seed (the missing folds may
+  take several)."""
+  name = f'{chosen["name"]}-seed{seed}' + (f'-part{part}' if part else '')
   folder = ctx.workdir / MORE / name
   if not (folder / EXPERIMENT_FILE).is_file():
     costs = ctx.budget.costs
     room = ctx.budget.left() - TAIL * ctx.budget.seconds
-    fitting = piece_size(costs, setup, room, len(folds), ctx.epochs)
+    fitting = piece_size(costs, setup, room, len(folds), source.epochs or ctx.epochs, source.share)
     if fitting is None:
       return None, setup
     count, epochs = fitting
@@ -239,13 +261,15 @@ def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: t
   return (folder if _finished(folder) else None), setup
 
 
-def piece_size(costs, setup: float, room: float, folds: int, epochs: int) -> tuple[int, int] | None:
+def piece_size(costs, setup: float, room: float, folds: int, epochs: int,
+               share: float = 1.0) -> tuple[int, int] | None:
   """(folds, epochs) of the piece that fits `room` seconds: the most folds at the configuration's epochs; else,
   so that the last seconds too are spent, one fold at fewer epochs (the schedule scaled alike), down to
-  `SHORTEST` of them; None when not even that fits."""
+  `SHORTEST` of them; None when not even that fits. A member is priced at `share` of its epochs (what early
+  stopping left of the source's: the round's deadline still holds it if this one trains longer)."""
   for e in range(epochs, max(1, math.ceil(SHORTEST * epochs)) - 1, -1):
     fitting = [n for n in range(folds if e == epochs else 1, 0, -1)
-               if setup + n * (costs.member + e * costs.member_epoch) <= room]
+               if setup + n * (costs.member + e * share * costs.member_epoch) <= room]
     if fitting:
       return fitting[0], e
   return None

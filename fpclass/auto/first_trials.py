@@ -1,14 +1,17 @@
-"""The search's first trials: the config as given, its one-knob neighbours, then the neighbours that won, combined.
+"""The search's first trials: the config as given, the portfolio, its one-knob neighbours, then the winners combined.
 
 A competent user's first sweep moves one knob at a time around a recipe that already works (the learning rate
 3x and a third, rotation on, dropout off), then combines what helped. TPE's start is random draws that move a
 dozen knobs at once, and on the cheap rungs they lose to the recipe (docs/auto.md's bench: every first batch
-lost to the config as given). So the first bracket's batch is the config as given and its **neighbours**, each
-one dimension moved to its usual other value (`neighbour_values`), in `PRIORITY` order, as many as the batch
-holds; the next bracket starts with the **combination** of the neighbours that beat the config on the same
+lost to the config as given). So the first bracket's batch is the config as given, the moves of the
+**portfolio** learned offline on real sets (`fpclass.auto.portfolio`), then its **neighbours**, each one dimension
+moved to its usual other value (`neighbour_values`), in `PRIORITY` order, as many as the batch holds
+(`first_batch`); the next bracket starts with the **combination** of the trials that beat the config on the same
 rung (`combination`). TPE learns from all of them and samples every other trial.
 """
 import math
+
+from fpclass.auto import portfolio
 
 # The order neighbours enter a batch too small for all of them: the learning rate first (what most often wins a
 # hand sweep, 3x on the footprints and digits), then the backbones the screen kept, then recomputed batch-norm
@@ -72,9 +75,22 @@ def neighbours(dims: list, baseline: dict, candidates: dict) -> list[tuple[str, 
   return out
 
 
+def first_batch(dims: list, baseline: dict, candidates: dict, size: int) -> list[tuple[str, dict]]:
+  """(label, parameters) of the first batch's trials after the config as given, at most `size`: the portfolio's
+  moves that apply to the trial's dimensions (`portfolio.params_for`), then the one-knob `neighbours`, each
+  parameter set once."""
+  out, seen = [], [baseline]
+  moves = [(f'portfolio: {m}', portfolio.params_for(m, dims, baseline)) for m in portfolio.PORTFOLIO]
+  for label, params in [*moves, *neighbours(dims, baseline, candidates)]:
+    if params is not None and params not in seen and len(out) < size:
+      out.append((label, params))
+      seen.append(params)
+  return out
+
+
 def combination(trials: dict, values: dict, higher: bool) -> dict | None:
-  """The parameters of the config as given (the trial marked `BASELINE`) with every neighbour that beat it at the
-  same rung (`values`: trial number -> value there; `trials`: number -> FrozenTrial), the better of two along one
+  """The parameters of the config as given (the trial marked `BASELINE`) with every neighbour (or portfolio move)
+  that beat it at the same rung (`values`: trial number -> value there; `trials`: number -> FrozenTrial), the better of two along one
   dimension; None when fewer than two won (one alone is a trial already)."""
   baseline = next((n for n in values if trials[n].user_attrs.get(BASELINE)), None)
   if baseline is None:

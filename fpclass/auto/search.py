@@ -31,7 +31,7 @@ from fpclass.auto.budget import Budget
 from fpclass.auto.candidates import screen_candidates
 from fpclass.auto.context import TAIL, Context
 from fpclass.auto.final import final_model
-from fpclass.auto.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, neighbours
+from fpclass.auto.first_trials import BASELINE, COMBINED, NEIGHBOUR, combination, first_batch
 from fpclass.auto.lr_centres import LR_FIND_SHARE, centre_learning_rates
 from fpclass.auto.population import outcomes, round_plan
 from fpclass.auto.rungs import Costs
@@ -232,14 +232,15 @@ def _run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
 
 
 def _enqueue_first_trials(ctx: Context, batch: int) -> None:
-  """A new study's first batch: the config as given, then as many of its one-knob neighbours as the batch holds;
+  """A new study's first batch: the config as given, then as many of the portfolio's moves and its one-knob
+  neighbours as the batch holds;
   the second bracket's: the neighbours that beat the config on the first bottom rung, combined
   (`fpclass.auto.first_trials`). TPE samples the rest of each batch."""
   if not ctx.study.trials:
     baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
     ctx.study.enqueue_trial(baseline, user_attrs={BASELINE: True}, skip_if_exists=True)
     others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
-    for label, params in neighbours(ctx.dims, baseline, others)[:batch - 1]:
+    for label, params in first_batch(ctx.dims, baseline, others, batch - 1):
       ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: label}, skip_if_exists=True)
     return
   first = ctx.budget.brackets[0]
