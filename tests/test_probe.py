@@ -246,3 +246,26 @@ def test_bad_input_is_named(probe_run, tmp_path):
   with pytest.raises(UserInputError, match=r'config\.probe\.inner_folds=12: .* only [0-9] examples'):
     run('probe', probe_run.config(**{'probe.inner_folds': 12, 'data.cache_dir': str(cache)}), tmp_path / 'few')
   assert not (cache / pooled_features.FOLDER).exists()
+
+
+def test_a_deadline_starts_no_backbone_after_it_and_names_those_left_out(probe_run, monkeypatch):
+  """Auto's screen gives the probe a deadline: a backbone whose features end past it is the last one probed (the
+  second is named in left_out), and a deadline already passed probes none (None). The clock is the test's: each
+  backbone's features take 10 s of it (cached features, so no real time to speak of)."""
+  config = probe_run.config()
+  typed, probe = RunSettings.from_config(config), ProbeSettings.from_config(config.probe)
+  backbones = probe_backbones.parse_backbones(probe, typed.model)
+  clock = [1000.0]
+  features = pooled_features.features
+
+  def slow_features(*args, **kwargs):
+    clock[0] += 10.0
+    return features(*args, **kwargs)
+
+  monkeypatch.setattr(probe_mode.time, 'monotonic', lambda: clock[0])
+  monkeypatch.setattr(pooled_features, 'features', slow_features)
+  found = probe_mode.run_probe(typed, probe, backbones, deadline=1005.0)
+  assert list(found.summary['backbone']) == [backbones[0].label] and found.left_out == (backbones[1].label,)
+  assert probe_mode.run_probe(typed, probe, backbones, deadline=clock[0]) is None
+  everything = probe_mode.run_probe(typed, probe, backbones, deadline=clock[0] + 100.0)
+  assert len(everything.summary) == 2 and everything.left_out == ()

@@ -12,6 +12,10 @@ from fpclass.config.search import AutoSettings
 from fpclass.models import probe_backbones
 from fpclass.probe.screen import run_probe
 
+# The screen's share of the budget: no backbone starts probing past it (the search needs the rest; a backbone's
+# features of a small set take seconds, a large one's on a CPU minutes).
+SCREEN_SHARE = 0.15
+
 
 def _at_hand(run: RunSettings, settings: AutoSettings) -> tuple[list, list[str]]:
   """(backbones to screen, notes): auto.backbones, or every registered pretrained model whose named weights are
@@ -39,8 +43,13 @@ def screen_candidates(run: RunSettings, settings: AutoSettings, probe: ProbeSett
   if not backbones:
     return None, [own], ' '.join(notes) or 'no backbone to screen'
   start = time.perf_counter()
-  found = run_probe(run, probe, backbones)
+  found = run_probe(run, probe, backbones, deadline=time.monotonic() + SCREEN_SHARE * budget.left())
   budget.add_stage('screen', time.perf_counter() - start)
+  if found is None:
+    return None, [own], ' '.join(notes + [f'the screen\'s share of the budget ({SCREEN_SHARE:.0%}) probed no backbone'])
+  if found.left_out:
+    notes.append(f'the screen\'s share of the budget ({SCREEN_SHARE:.0%}) ran out before '
+                 f'{", ".join(found.left_out)}')
   order = found.summary.sort_values(f'{found.rank_by}_mean', ascending=found.rank_by == 'log_loss', kind='stable')
   kept = []
   for _, row in order.head(settings.keep).iterrows():

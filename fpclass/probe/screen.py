@@ -38,6 +38,7 @@ class ProbeRun:
   ratio: float         # n_val / n_train of the folds
   decoded: pipeline.Decoded
   decode_seconds: float
+  left_out: tuple = ()  # the backbones a deadline left unprobed
 
 
 def fold_scores(labels: np.ndarray, probs: np.ndarray, class_names) -> dict:
@@ -76,9 +77,10 @@ def outer_folds(labels: np.ndarray, split: SplitSettings, probe: ProbeSettings,
 
 
 def run_probe(run: RunSettings, settings: ProbeSettings, backbones: list,
-              decoded: pipeline.Decoded | None = None) -> ProbeRun:
+              decoded: pipeline.Decoded | None = None, deadline: float | None = None) -> ProbeRun | None:
   """Probes `backbones` (`fpclass.models.probe_backbones.Backbone`s) on every labelled image of the source (`run`:
-  the config's typed sections; `settings`: config.probe)."""
+  the config's typed sections; `settings`: config.probe). With a `deadline` (a time.monotonic() value, auto's
+  screen) no backbone starts after it: those left are named in `left_out`, and None says none was probed."""
   start = time.perf_counter()
   decoded = decoded or pipeline.decode_source(run.data)
   images, labels, ids, note = labelled_set(decoded)
@@ -90,8 +92,11 @@ def run_probe(run: RunSettings, settings: ProbeSettings, backbones: list,
   linear_probe.check_inner_folds(labels, folds, settings.inner_folds, len(class_names))   # before any pass
   digest = pooled_features.images_digest(images)
   decode_seconds = time.perf_counter() - start
-  rows, backbone_rows, predictions = [], [], []
-  for backbone in backbones:
+  rows, backbone_rows, predictions, left_out = [], [], [], ()
+  for i, backbone in enumerate(backbones):
+    if deadline is not None and time.monotonic() >= deadline:
+      left_out = tuple(b.label for b in backbones[i:])
+      break
     found = pooled_features.features(run, settings, backbone, images, class_names, digest)
     fit_start = time.perf_counter()
     fits = linear_probe.fit_folds(found.values, labels, folds, num_classes=len(class_names),
@@ -115,13 +120,15 @@ def run_probe(run: RunSettings, settings: ProbeSettings, backbones: list,
                               feature_pass_seconds=found.pass_seconds, fit_seconds=fit_seconds))
     headline = np.mean([r[names[0]] for r in rows if r['backbone'] == backbone.label])
     print(f'[{backbone.label}] mean {TITLES[names[0]]} {headline:.4f} over {len(fits)} folds (fit {fit_seconds:.1f}s)')
+  if not rows:
+    return None
   folds_table = pd.DataFrame(rows)
   ratio = float(np.mean([len(f.val_index) / len(f.train_index) for f in folds]))
   summary = summarise(folds_table, pd.DataFrame(backbone_rows), ratio, names)
   best = best_backbone(summary, rank_by)
   return ProbeRun(folds_table, pd.concat(predictions, ignore_index=True), summary,
                   paired_differences(folds_table, best, ratio, names), best, names, rank_by, note, len(labels),
-                  ratio, decoded, decode_seconds)
+                  ratio, decoded, decode_seconds, left_out)
 
 
 def summarise(folds_table: pd.DataFrame, backbones: pd.DataFrame, ratio: float,
