@@ -187,18 +187,18 @@ def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finish
 
 
 def test_the_missing_folds_take_as_many_pieces_as_fit_each_at_the_source_s_epochs_the_last_one_shorter(tmp_path):
-  """A top rung the budget cut to 1 of 3 folds at 4 epochs (the config's): room for 6 member-epochs trains fold 1
-  at 4 epochs, then fold 2 in a second piece at the 2 epochs left (half of 4, the shortest a piece may be), so the
-  final model has seen every image and the budget's rest is spent."""
-  workdir, config = tmp_path / 'auto', config_from_argv([*TINY, '--config.train.epochs=4'])
+  """A top rung the budget cut to 1 of 3 folds at 4 of the config's 8 epochs: room for 6 member-epochs trains
+  fold 1 at 4 epochs (the source's, not the config's), then fold 2 in a second piece at the 2 epochs left (half of
+  4, the shortest a piece may be), so the final model has seen every image and the budget's rest is spent."""
+  workdir, config = tmp_path / 'auto', config_from_argv([*TINY, '--config.train.epochs=8'])
   study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
   study.tell(study.ask(), 0.5)
   seed = int(config.seed)
   ctx = _context(workdir, config, study, 1, 6.0)
-  ctx = dataclasses.replace(ctx, epochs=4)
+  ctx = dataclasses.replace(ctx, epochs=8)
   outcomes, _ = ctx.round(config, [Entry('trial-0000', {})], (0,), (seed,), 4, workdir / 'trials', None)
   assert not outcomes['trial-0000'].error
-  out, note = final_model(dataclasses.replace(_context(workdir, config, study, 1, 6.0), epochs=4),
+  out, note = final_model(dataclasses.replace(_context(workdir, config, study, 1, 6.0), epochs=8),
                           dict(name='trial-0000', trial=0, changes={}))
   first, second = workdir / MORE / f'trial-0000-seed{seed}', workdir / MORE / f'trial-0000-seed{seed}-part1'
   assert _kept_models(first) == {(1, seed)} and _kept_models(second) == {(2, seed)}
