@@ -258,3 +258,41 @@ def test_bad_settings_and_a_model_without_features_get_one_line():
     ood.model_outputs(NoFeatures(), {}, {}, jnp.zeros((1, 4, 4, 1)))
   assert json.dumps(ood.describe(ood.ModelOod(None, math.inf, np.zeros(0), np.zeros(3), {
       'score': 'knn', 'false_rejection': 0.05, 'held_out': 3, 'reached': 0.0})))   # no threshold: null, valid JSON
+
+
+@pytest.mark.parametrize('score', ['mahalanobis_energy', 'energy'])
+def test_no_held_out_image_both_standardises_and_sets_the_threshold_and_the_rate_is_from_images_that_set_nothing(
+    score):
+  """A combined score's parts are standardised on one half of the held-out images and its threshold is the
+  conformal quantile of the other half's scores; the rate reported is each image's flag under a fit made without
+  it (5 folds), recomputed here from the definitions."""
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 400)
+  features = rng.normal(size=(400, 5)) + 3.0 * np.eye(3, 5)[labels]
+  logits = 4.0 * np.eye(3)[labels[:200]] + rng.normal(size=(200, 3))
+  statistics = ood_math.fit_statistics(score, 'softmax', features, labels)
+  held_logits, held_features = logits, features[:200] + rng.normal(0, 0.5, (200, 5))
+  fit = ood_math.fit_held_out(statistics, held_logits, held_features, 0.1, seed=3)
+  order = np.random.default_rng(3).permutation(200)
+
+  def by_hand(index):
+    if score == 'energy':
+      return statistics, ood_math.conformal_threshold(ood_math.scores(statistics, held_logits[index], None), 0.1)
+    half = len(index) // 2
+    standard = ood_math.standardised(statistics, held_logits[index[:half]], held_features[index[:half]])
+    set_on = index[half:]
+    return standard, ood_math.conformal_threshold(ood_math.scores(standard, held_logits[set_on], held_features[set_on]),
+                                                  0.1)
+
+  standard, threshold = by_hand(order)
+  assert fit.threshold == threshold
+  if score != 'energy':
+    np.testing.assert_array_equal(fit.statistics.standardise, standard.standardise)
+  flags = np.zeros(200, bool)
+  for fold in np.array_split(order, 5):
+    fitted, cut = by_hand(order[~np.isin(order, fold)])
+    flags[fold] = ood_math.scores(fitted, held_logits[fold], held_features[fold]) > cut
+  assert fit.rate == pytest.approx(flags.mean())
+  in_sample = np.mean(ood_math.scores(standard, held_logits, held_features) > threshold)
+  assert 'cross-fitted' in fit.roles and ('one half' in fit.roles) == (score != 'energy')
+  assert in_sample <= 0.1   # the in-sample rate, which the record no longer gives

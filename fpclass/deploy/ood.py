@@ -3,7 +3,8 @@ from the workdir's own splits and stored beside its checkpoints, then scored in 
 
 - One model (a run, a sweep's fold workdir, auto's final): the score's statistics come from its training split
   (pooled features, labels), the threshold from its validation split, which it never trained on, at
-  config.ood.false_rejection. Stored atomically in `<workdir>/ood.npz` with the checkpoint it was fitted on, and
+  config.ood.false_rejection (a combined score standardised on one half of it and thresholded on the other; the
+  rate the reports give is cross-fitted, from images that set nothing: `ood_scores.fit_held_out`). Stored atomically in `<workdir>/ood.npz` with the checkpoint it was fitted on, and
   fitted again when the checkpoint or the settings change, so any workdir, an older one too, gets it on first
   use by predict or export (serve, which writes nothing, fits in memory when the file is missing).
 - An ensemble workdir: each model's own fit; the ensemble's score is the weighted mean of its models' scores,
@@ -35,7 +36,8 @@ from fpclass.train.batches import in_fixed_batches, predict_logits
 from fpclass.train.task import TaskView
 
 FILE = 'ood.npz'
-FORMAT = 3   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation
+FORMAT = 4   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation;
+#   4: standardised and thresholded on separate halves of the held-out images
 FEATURES = 'pre_logits'   # the pooled features every registered model records (CONTRIBUTING.md)
 SCORE_NOTE = 'higher = less like the training images; unknown when ood_score > threshold'
 
@@ -102,13 +104,12 @@ def fit_model(trained: Trained, run: RunSettings, settings: OodSettings) -> Mode
   statistics = ood.fit_statistics(settings.score, trained.task.head, train_features, dataset.train.labels,
                                   settings.knn_k, settings.max_bank, seed=run.seed)
   val_logits, val_features = outputs(trained, dataset.val.images, batch)
-  statistics = ood.standardised(statistics, val_logits, val_features)
-  held_out = ood.scores(statistics, val_logits, val_features)
-  threshold = ood.conformal_threshold(held_out, settings.false_rejection)
+  fit = ood.fit_held_out(statistics, val_logits, val_features, settings.false_rejection, run.seed)
+  held_out = ood.scores(fit.statistics, val_logits, val_features)
   record = dict(format=FORMAT, **_settings_record(settings), checkpoint=trained.checkpoint, epoch=trained.epoch,
-                threshold=threshold, held_out=len(held_out), train_images=len(dataset.train),
-                reached=float(np.mean(ood.flagged(held_out, threshold))), split=dataset.split_note)
-  return ModelOod(statistics, threshold, np.asarray(dataset.val.ids, str), held_out, record)
+                threshold=fit.threshold, held_out=len(held_out), train_images=len(dataset.train),
+                reached=fit.rate, roles=fit.roles, split=dataset.split_note)
+  return ModelOod(fit.statistics, fit.threshold, np.asarray(dataset.val.ids, str), held_out, record)
 
 
 def _settings_record(settings: OodSettings) -> dict:
@@ -162,7 +163,7 @@ def model_ood(trained: Trained, run: RunSettings, workdir, settings: OodSettings
     where = f'stored in {path}'
   tqdm.write(f'OOD: {settings.score} score fitted on {fit.record["train_images"]} training images, threshold '
              f'{fit.threshold:.4g} at {settings.false_rejection:.0%} false rejection of {fit.record["held_out"]} '
-             f'validation images ({fit.record["reached"]:.1%} flagged); {where}' + _too_few(fit.threshold, settings),
+             f'validation images ({fit.record["reached"]:.1%} flagged, cross-fitted); {where}' + _too_few(fit.threshold, settings),
              file=sys.stderr)   # a note: a server's first line on stdout is its address
   return fit
 
@@ -193,9 +194,11 @@ def ensemble_ood(ensemble, settings: OodSettings, store: bool = True) -> Ensembl
   held_out = np.asarray([total[i] / weight[i] for i in total])
   threshold = ood.conformal_threshold(held_out, settings.false_rejection)
   record = dict(**_settings_record(settings), threshold=threshold, held_out=len(held_out),
-                reached=float(np.mean(ood.flagged(held_out, threshold))),
+                reached=ood.cross_fitted_rate(held_out, settings.false_rejection, seed=0),
                 note='the weighted mean of the models\' scores, each standardised by its own held-out scores; '
-                     'threshold on the out-of-fold examples, each scored by the models that held it out')
+                     'threshold on the out-of-fold examples, each scored by the models that held it out; the rate '
+                     f'flagged is cross-fitted ({ood.CROSS_FOLDS} folds): each example against a threshold set '
+                     'without it')
   return EnsembleOod(fits, list(ensemble.weights), threshold, record)
 
 

@@ -141,6 +141,55 @@ def conformal_threshold(held_out: np.ndarray, false_rejection: float) -> float:
   return float(held_out[rank - 1]) if 1 <= rank <= len(held_out) else math.inf
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutFit:
+  """A score fitted on held-out images: its statistics (a combined score standardised on one half of them), the
+  threshold (set on the other half, or on all of them when nothing is standardised), and the rate the procedure
+  flags on images that set nothing (`rate`: each image flagged by a fit made without it, `CROSS_FOLDS` folds)."""
+  statistics: Statistics
+  threshold: float
+  rate: float
+  roles: str   # which images did what, for the record
+
+
+CROSS_FOLDS = 5
+
+
+def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarray, false_rejection: float,
+                 seed: int) -> HeldOutFit:
+  """The threshold procedure on held-out in-distribution images (their logits and features): a combined score's
+  parts standardised on one half (seeded), the conformal threshold on the other half's scores, so that no image
+  both standardises and sets the threshold; a single score's threshold on all of them. Its false-rejection rate
+  is measured, not assumed: each image is flagged or not by the same procedure fitted on the other folds."""
+  order = np.random.default_rng(seed).permutation(len(logits))
+
+  def procedure(index: np.ndarray) -> tuple[Statistics, float]:
+    if statistics.score not in PARTS:
+      return statistics, conformal_threshold(scores(statistics, logits[index], features[index]), false_rejection)
+    fit_on, set_on = index[:len(index) // 2], index[len(index) // 2:]
+    standard = standardised(statistics, logits[fit_on], features[fit_on])
+    return standard, conformal_threshold(scores(standard, logits[set_on], features[set_on]), false_rejection)
+
+  final, threshold = procedure(order)
+  flags = []
+  for fold in np.array_split(order, CROSS_FOLDS):
+    fitted, cut = procedure(order[~np.isin(order, fold)])
+    flags.extend(flagged(scores(fitted, logits[fold], features[fold]), cut).tolist())
+  roles = ('parts standardised on one half of the held-out images, threshold set on the other half'
+           if statistics.score in PARTS else 'threshold set on the held-out images')
+  return HeldOutFit(final, threshold, float(np.mean(flags)) if flags else 0.0,
+                    roles + f'; the rate flagged is cross-fitted ({CROSS_FOLDS} folds): each image by a fit without it')
+
+
+def cross_fitted_rate(held_out: np.ndarray, false_rejection: float, seed: int) -> float:
+  """The rate a conformal threshold flags on held-out scores that set nothing: each fold's scores against the
+  threshold of the other folds'."""
+  order = np.random.default_rng(seed).permutation(len(held_out))
+  flags = [flagged(held_out[fold], conformal_threshold(held_out[order[~np.isin(order, fold)]], false_rejection))
+           for fold in np.array_split(order, CROSS_FOLDS)]
+  return float(np.mean(np.concatenate(flags))) if len(held_out) else 0.0
+
+
 def flagged(scores_: np.ndarray, threshold: float) -> np.ndarray:
   """The `unknown` flag: a score above the threshold."""
   return np.asarray(scores_, np.float64) > threshold
