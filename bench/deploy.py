@@ -4,7 +4,7 @@
 
 For each data set, through launch.py: a solo run, a 3-fold sweep of two variants and --mode ensemble on it (the
 teacher), then
-- ood: the four candidate scores of the solo run against two other image sets (AUROC, and the share flagged at
+- ood: the candidate scores of the solo run against other image sets (AUROC, and the share flagged at
   the threshold) and the false-rejection rate reached on in-distribution images no model saw, for the solo run,
   the ensemble and the student;
 - int8: --mode export --config.export.int8=True of the solo run and the ensemble (accuracy against float with
@@ -15,7 +15,9 @@ teacher), then
 Data: footprint = the embedded synthetic footprints at 60 x 40 (1,573 labelled images; the 1,055 test images,
 which no model trains or validates on, are the unseen in-distribution set); digits = scikit-learn's digits with a
 fixed fifth left out by data.exclude_csv as the unseen set. Other image sets, none downloaded: scikit-learn's
-digits or the footprints (each other's), scikit-image's lfw_subset() faces, and its and matplotlib's sample photos.
+digits or the footprints (each other's), scikit-image's lfw_subset() faces, its and matplotlib's sample photos,
+and made sets of what users send (`made_sets`: Gaussian, uniform, smooth and salt-and-pepper noise, flat and black
+frames, gradients).
 The JSON and tables go to --out; docs/deploy.md records them with the command and the date.
 """
 import argparse
@@ -143,7 +145,30 @@ def other_sets(name: str, settings: DecodeSettings, footprint_cache: pathlib.Pat
     h, w = photo.shape[:2]
     crops += [photo[:h // 2, :w // 2], photo[:h // 2, w // 2:], photo[h // 2:, :w // 2], photo[h // 2:, w // 2:]]
   sets['photos'] = decoded(crops, settings)
+  sets.update({kind: decoded(images, settings) for kind, images in made_sets().items()})
   return sets
+
+
+def made_sets(count: int = 200, side: int = 64, seed: int = 0) -> dict:
+  """What users send that no data set holds: kinds of noise, flat frames and gradients, as RGB uploads."""
+  rng = np.random.default_rng(seed)
+  shape = (count, side, side, 3)
+  low = rng.normal(128, 60, (count, 4, 4, 3))
+  smooth = np.stack([np.asarray(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).resize((side, side),
+                                                                                          Image.BICUBIC))
+                     for a in low])
+  salt = np.where(rng.random(shape[:3])[..., None] < 0.5, 0, 255) * np.ones(3)
+  levels = rng.integers(0, 256, (count, 1, 1, 3))
+  ramp = np.linspace(0, 255, side)
+  angle = rng.random(count)[:, None, None]
+  gradients = (angle * ramp[None, :, None] + (1 - angle) * ramp[None, None, :])[..., None] * np.ones(3)
+  return {'gaussian noise': np.clip(rng.normal(128, 60, shape), 0, 255).astype(np.uint8),
+          'uniform noise': rng.integers(0, 256, shape).astype(np.uint8),
+          'smooth noise': smooth.astype(np.uint8),
+          'salt and pepper': salt.astype(np.uint8),
+          'flat frames': np.broadcast_to(levels, shape).astype(np.uint8),
+          'black frames': np.zeros(shape, np.uint8),
+          'gradients': gradients.astype(np.uint8)}
 
 
 def unseen_digit_indices(out: pathlib.Path) -> list[int]:

@@ -90,10 +90,37 @@ def test_the_traced_score_is_the_host_score(score, head):
   """The program serve runs and export writes computes the score with jax.numpy in float32."""
   features, labels, logits, queries = random_problem()
   logits = logits[:, :1] if head == 'sigmoid' else logits
-  statistics = ood_math.standardised(ood_math.fit_statistics(score, head, features, labels, k=3), logits, queries)
-  host = ood_math.scores(statistics, logits, queries)
-  traced = np.asarray(ood_math.scores(statistics, jnp.asarray(logits), jnp.asarray(queries), xp=jnp))
+  rng = np.random.default_rng(2)
+  train_images = rng.integers(0, 256, (len(features), 8, 6, 3)).astype(np.uint8)
+  images = rng.integers(0, 256, (len(queries), 8, 6, 3)).astype(np.uint8)
+  statistics = ood_math.standardised(ood_math.fit_statistics(score, head, features, labels, k=3, images=train_images),
+                                     logits, queries, images)
+  host = ood_math.scores(statistics, logits, queries, images=images)
+  traced = np.asarray(ood_math.scores(statistics, jnp.asarray(logits), jnp.asarray(queries), xp=jnp,
+                                      images=jnp.asarray(images)))
   np.testing.assert_allclose(traced, host, rtol=2e-5, atol=2e-5)
+
+
+def test_the_input_statistics_from_their_definition_flag_flat_frames_and_pixel_noise():
+  """Contrast, roughness and brightness of an image, recomputed with loops; fitted on smooth training images
+  (gradients with a little texture), the 'inputs' score puts flat frames and pixel noise far above them."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (1, 5, 4, 2)).astype(np.uint8)
+  x = image[0].astype(np.float64)
+  contrast = x.std()
+  across = np.mean([abs(x[i, j + 1, c] - x[i, j, c]) for i in range(5) for j in range(3) for c in range(2)])
+  down = np.mean([abs(x[i + 1, j, c] - x[i, j, c]) for i in range(4) for j in range(4) for c in range(2)])
+  np.testing.assert_allclose(ood_math.input_statistics(image)[0],
+                             [np.log1p(contrast), (across + down) / 2 / (1 + contrast), x.mean() / 255], rtol=1e-12)
+  ramp = np.linspace(0, 1, 32)
+  smooth = np.stack([np.clip(255 * (a * ramp[:, None] + (1 - a) * ramp[None, :]) + rng.normal(0, 4, (32, 32)), 0, 255)
+                     for a in rng.random(300)]).astype(np.uint8)[..., None]
+  statistics = ood_math.fit_statistics('inputs', 'softmax', None, None, images=smooth)
+  inside = ood_math.scores(statistics, np.zeros((300, 2)), None, images=smooth)
+  flat = np.full((20, 32, 32, 1), 128, np.uint8)
+  noise = rng.integers(0, 256, (20, 32, 32, 1)).astype(np.uint8)
+  assert ood_math.scores(statistics, np.zeros((20, 2)), None, images=flat).min() > np.quantile(inside, 0.99) + 3
+  assert ood_math.scores(statistics, np.zeros((20, 2)), None, images=noise).min() > np.quantile(inside, 0.99) + 3
 
 
 def test_the_combined_score_catches_what_either_part_misses_and_is_stored_whole(tmp_path):

@@ -132,7 +132,7 @@ class ExportSettings(Settings):
     self.require('int8_calibration_images', self.int8_calibration_images >= 1, 'at least 1')
 
 
-OOD_SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax')   # fpclass.deploy.ood_scores.SCORES
+OOD_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax', 'inputs')   # fpclass.deploy.ood_scores.SCORES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,8 +36,8 @@ from fpclass.train.batches import in_fixed_batches, predict_logits
 from fpclass.train.task import TaskView
 
 FILE = 'ood.npz'
-FORMAT = 4   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation;
-#   4: standardised and thresholded on separate halves of the held-out images
+FORMAT = 5   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation;
+#   4: standardised and thresholded on separate halves of the held-out images; 5: the input statistics
 FEATURES = 'pre_logits'   # the pooled features every registered model records (CONTRIBUTING.md)
 SCORE_NOTE = 'higher = less like the training images; unknown when ood_score > threshold'
 
@@ -102,10 +102,11 @@ def fit_model(trained: Trained, run: RunSettings, settings: OodSettings) -> Mode
   else:
     train_features = np.zeros((len(dataset.train), 0), np.float32)
   statistics = ood.fit_statistics(settings.score, trained.task.head, train_features, dataset.train.labels,
-                                  settings.knn_k, settings.max_bank, seed=run.seed)
+                                  settings.knn_k, settings.max_bank, seed=run.seed, images=dataset.train.images)
   val_logits, val_features = outputs(trained, dataset.val.images, batch)
-  fit = ood.fit_held_out(statistics, val_logits, val_features, settings.false_rejection, run.seed)
-  held_out = ood.scores(fit.statistics, val_logits, val_features)
+  val_images = np.asarray(dataset.val.images)
+  fit = ood.fit_held_out(statistics, val_logits, val_features, settings.false_rejection, run.seed, val_images)
+  held_out = ood.scores(fit.statistics, val_logits, val_features, images=val_images)
   record = dict(format=FORMAT, **_settings_record(settings), checkpoint=trained.checkpoint, epoch=trained.epoch,
                 threshold=fit.threshold, held_out=len(held_out), train_images=len(dataset.train),
                 reached=fit.rate, roles=fit.roles, split=dataset.split_note)
@@ -132,7 +133,7 @@ def load(path: pathlib.Path, head: str) -> ModelOod | None:
   try:
     with np.load(path, allow_pickle=False) as stored:
       record = json.loads(str(stored['record']))
-      arrays = {k: stored[k] for k in ('means', 'whitening', 'bank', 'standardise') if k in stored}
+      arrays = {k: stored[k] for k in ood.ARRAYS if k in stored}
       ids, held_out = stored['held_out_ids'], stored['held_out_scores']
   except (OSError, ValueError, KeyError):
     return None
@@ -251,12 +252,13 @@ class Scorer:
     graph export writes with its two outputs."""
     if not self.ensemble:
       logits, features = model_outputs(self.model.task, *variables, images_u8)
-      return logits, ood.scores(self.fitted.statistics, logits, features, xp=jnp)
+      return logits, ood.scores(self.fitted.statistics, logits, features, xp=jnp, images=images_u8)
     mixed, standardised = [], []
     for member, (params, batch_stats), fit in zip(self.model.members, variables, self.fitted.members):
       logits, features = model_outputs(member.trained.task, params, batch_stats, images_u8)
       mixed.append(probabilities(logits, member.trained.task.head, xp=jnp))
-      standardised.append((ood.scores(fit.statistics, logits, features, xp=jnp) - fit.center) / fit.scale)
+      standardised.append((ood.scores(fit.statistics, logits, features, xp=jnp, images=images_u8) - fit.center)
+                          / fit.scale)
     weights = self.model.weights   # the ensemble's mix (`fpclass.infer.ensemble.weighted_mean`), and the scores'
     return (sum(w * p for w, p in zip(weights, mixed)) / sum(weights),
             sum(w * z for w, z in zip(weights, standardised)) / sum(weights))

@@ -8,8 +8,13 @@ Four standard scores, each higher for an image less like the training data, and 
   all images for a multi-label head);
 - 'knn': minus the cosine similarity of the L2-normalised features to their k-th nearest training image
   (Sun et al. 2022);
-- 'mahalanobis_energy' (the default, chosen in docs/deploy.md): the larger of those two, each standardised by
-  its held-out scores, since each fails on a data set where the other separates.
+- 'mahalanobis_energy': the larger of those two, each standardised by its held-out scores, since each fails on a
+  data set where the other separates;
+- 'inputs': how far the image's own statistics (contrast, roughness: neighbouring pixels' differences against
+  the contrast, brightness) lie from the training images', in robust z-scores (median, MAD): a flat frame has no
+  contrast, sensor noise is rough as no photograph is, and both can sit among the training features;
+- 'combined' (the default, chosen in docs/deploy.md by the worst case over foreign sets): the largest of
+  'mahalanobis', 'energy' and 'inputs', each standardised by its held-out scores.
 `scores` is written once for numpy and jax.numpy, so the exported graph computes exactly fpclass's score. The
 threshold, the conformal quantile of held-out in-distribution scores, flags a new in-distribution image with
 probability at most the target false-rejection rate.
@@ -22,9 +27,12 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax')
-FEATURE_SCORES = ('mahalanobis_energy', 'mahalanobis', 'knn')   # need the pooled features and training statistics
-PARTS = {'mahalanobis_energy': ('mahalanobis', 'energy')}   # a combined score's parts, each standardised
+SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax', 'inputs')
+FEATURE_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'knn')   # need the pooled features
+INPUT_SCORES = ('combined', 'inputs')   # need the images and the training images' input statistics
+PARTS = {'mahalanobis_energy': ('mahalanobis', 'energy'),     # a combined score's parts, each standardised
+         'combined': ('mahalanobis', 'energy', 'inputs')}
+SAMPLE_IMAGES = 4096   # training images whose input statistics are kept (a fixed random subset beyond it)
 
 
 @dataclasses.dataclass
@@ -39,18 +47,55 @@ class Statistics:
   bank: np.ndarray | None = None        # (B, D), rows of unit length
   k: int = 1
   standardise: np.ndarray | None = None   # (parts, 2): centre and scale of each part's held-out scores
+  inputs: np.ndarray | None = None        # (3, 2): median and scale of each input statistic on training images
 
   def arrays(self) -> dict:
-    return {name: value for name in ('means', 'whitening', 'bank', 'standardise')
-            if (value := getattr(self, name)) is not None}
+    return {name: value for name in ARRAYS if (value := getattr(self, name)) is not None}
+
+
+ARRAYS = ('means', 'whitening', 'bank', 'standardise', 'inputs')
+
+
+def input_statistics(images_u8, xp=np):
+  """(N, 3) statistics of uint8 images (N, H, W, C) as the model receives them: log(1 + contrast) (the pixels'
+  standard deviation), roughness (the mean absolute difference of neighbouring pixels over 1 + the contrast:
+  near 1 for pixel noise, far less for a photograph or a drawing) and brightness (the mean, 0 to 1)."""
+  dtype = xp.float64 if xp is np else xp.float32
+  x = xp.asarray(images_u8, dtype)
+  x = x.reshape(x.shape[0], x.shape[1], x.shape[2], -1)
+  contrast = x.reshape(x.shape[0], -1).std(axis=1)
+  across = xp.abs(x[:, :, 1:] - x[:, :, :-1]).mean(axis=(1, 2, 3)) if x.shape[2] > 1 else 0.0 * contrast
+  down = xp.abs(x[:, 1:] - x[:, :-1]).mean(axis=(1, 2, 3)) if x.shape[1] > 1 else 0.0 * contrast
+  rough = (across + down) / 2.0 / (1.0 + contrast)
+  return xp.stack([xp.log1p(contrast), rough, x.reshape(x.shape[0], -1).mean(axis=1) / 255.0], axis=1)
+
+
+def fit_inputs(images_u8: np.ndarray, seed: int = 0) -> np.ndarray:
+  """(3, 2): each input statistic's median and robust scale (1.4826 MAD, floored at 2% of the median's size plus
+  0.01, so that a set of near-identical images does not flag every small change) over the training images."""
+  index = np.arange(len(images_u8))
+  if len(index) > SAMPLE_IMAGES:   # chosen before reading: a streamed split reads only these
+    index = np.sort(np.random.default_rng(seed).choice(len(index), SAMPLE_IMAGES, replace=False))
+  values = np.concatenate([input_statistics(np.asarray(images_u8[index[i:i + 512]]))
+                           for i in range(0, len(index), 512)])
+  median = np.median(values, axis=0)
+  scale = np.maximum(1.4826 * np.median(np.abs(values - median), axis=0), 0.02 * np.abs(median) + 0.01)
+  return np.stack([median, scale], axis=1).astype(np.float32)
 
 
 def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarray, k: int = 10,
-                   max_bank: int = 4096, seed: int = 0) -> Statistics:
+                   max_bank: int = 4096, seed: int = 0, images: np.ndarray | None = None) -> Statistics:
   """The statistics of `score` from the training images' pooled `features` (N, D) and `labels` (class indices,
-  or a multi-label 0/1 matrix: one mean of every image)."""
+  or a multi-label 0/1 matrix: one mean of every image), and their uint8 `images` for the 'inputs' part."""
   if score not in SCORES:
     raise ValueError(f'unknown OOD score {score!r}; one of {SCORES}')
+  if score in INPUT_SCORES:
+    if images is None:
+      raise ValueError(f'the {score!r} score needs the training images')
+    inputs = fit_inputs(images, seed)
+    if score == 'inputs':
+      return Statistics(score, head, inputs=inputs)
+    return dataclasses.replace(fit_statistics('mahalanobis', head, features, labels), score=score, inputs=inputs)
   if score not in FEATURE_SCORES:
     return Statistics(score, head)
   features = np.asarray(features, np.float64)
@@ -68,12 +113,12 @@ def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarr
   return Statistics(score, head, means=means.astype(np.float32), whitening=_whitening(covariance).astype(np.float32))
 
 
-def standardised(statistics: Statistics, logits, features) -> Statistics:
+def standardised(statistics: Statistics, logits, features, images=None) -> Statistics:
   """A combined score's statistics with each part's centre and scale taken from held-out in-distribution images
-  (their logits and features); other scores unchanged."""
+  (their logits, features and, for the 'inputs' part, the images); other scores unchanged."""
   if statistics.score not in PARTS:
     return statistics
-  parts = [np.asarray(scores(dataclasses.replace(statistics, score=part), logits, features))
+  parts = [np.asarray(scores(dataclasses.replace(statistics, score=part), logits, features, images=images))
            for part in PARTS[statistics.score]]
   centre_scale = [(part.mean(), max(part.std(), 1e-6)) for part in parts]
   return dataclasses.replace(statistics, standardise=np.asarray(centre_scale, np.float32))
@@ -89,18 +134,27 @@ def _whitening(covariance: np.ndarray) -> np.ndarray:
   return vectors / np.sqrt(np.maximum(values, floor))
 
 
-def scores(statistics: Statistics, logits, features, xp=np):
+def scores(statistics: Statistics, logits, features, xp=np, images=None):
   """(N,) scores of a batch, higher = less like the training data; numpy on the host (float64) or traced with
-  jax.numpy (float32: the serve program and the exported graph)."""
+  jax.numpy (float32: the serve program and the exported graph). `images` (uint8, as the model receives them):
+  for the scores with an 'inputs' part."""
   dtype = xp.float64 if xp is np else xp.float32
   logits = xp.asarray(logits, dtype)
   score = statistics.score
   if score in PARTS:
     if statistics.standardise is None:
       raise ValueError(f'the {score!r} score needs its parts standardised on held-out images (`standardised`)')
-    parts = [(scores(dataclasses.replace(statistics, score=part), logits, features, xp) - centre) / scale
+    parts = [(scores(dataclasses.replace(statistics, score=part), logits, features, xp, images) - centre) / scale
              for part, (centre, scale) in zip(PARTS[score], statistics.standardise.tolist())]
-    return xp.maximum(*parts)
+    out = parts[0]
+    for part in parts[1:]:
+      out = xp.maximum(out, part)
+    return out
+  if score == 'inputs':
+    if images is None or statistics.inputs is None:
+      raise ValueError("the 'inputs' score needs the images and the training images' input statistics")
+    median, scale = xp.asarray(statistics.inputs[:, 0], dtype), xp.asarray(statistics.inputs[:, 1], dtype)
+    return (xp.abs(input_statistics(images, xp) - median) / scale).max(axis=1)
   if score == 'energy':
     if statistics.head == 'multilabel':
       return -xp.sum(xp.logaddexp(0.0, logits), axis=1)
@@ -156,25 +210,29 @@ CROSS_FOLDS = 5
 
 
 def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarray, false_rejection: float,
-                 seed: int) -> HeldOutFit:
+                 seed: int, images: np.ndarray | None = None) -> HeldOutFit:
   """The threshold procedure on held-out in-distribution images (their logits and features): a combined score's
   parts standardised on one half (seeded), the conformal threshold on the other half's scores, so that no image
   both standardises and sets the threshold; a single score's threshold on all of them. Its false-rejection rate
   is measured, not assumed: each image is flagged or not by the same procedure fitted on the other folds."""
   order = np.random.default_rng(seed).permutation(len(logits))
+  pick = lambda x, index: None if x is None else x[index]   # noqa: E731
+
+  def scored(fitted: Statistics, index: np.ndarray) -> np.ndarray:
+    return scores(fitted, logits[index], pick(features, index), images=pick(images, index))
 
   def procedure(index: np.ndarray) -> tuple[Statistics, float]:
     if statistics.score not in PARTS:
-      return statistics, conformal_threshold(scores(statistics, logits[index], features[index]), false_rejection)
+      return statistics, conformal_threshold(scored(statistics, index), false_rejection)
     fit_on, set_on = index[:len(index) // 2], index[len(index) // 2:]
-    standard = standardised(statistics, logits[fit_on], features[fit_on])
-    return standard, conformal_threshold(scores(standard, logits[set_on], features[set_on]), false_rejection)
+    standard = standardised(statistics, logits[fit_on], pick(features, fit_on), pick(images, fit_on))
+    return standard, conformal_threshold(scored(standard, set_on), false_rejection)
 
   final, threshold = procedure(order)
   flags = []
   for fold in np.array_split(order, CROSS_FOLDS):
     fitted, cut = procedure(order[~np.isin(order, fold)])
-    flags.extend(flagged(scores(fitted, logits[fold], features[fold]), cut).tolist())
+    flags.extend(flagged(scored(fitted, fold), cut).tolist())
   roles = ('parts standardised on one half of the held-out images, threshold set on the other half'
            if statistics.score in PARTS else 'threshold set on the held-out images')
   return HeldOutFit(final, threshold, float(np.mean(flags)) if flags else 0.0,
