@@ -118,7 +118,7 @@ def run_one(name: str, args) -> dict:
     values[label].update({move: values[label][same] for move, same in aliases.items()})
     member_epochs[label] = (len(sweep_folds) or args.folds) * epochs
   top_label = list(values)[-1]
-  row = dict(data=name, config=config_file, overrides=overrides, folds=args.folds, epochs=train.epochs,
+  row = dict(data=name, config=config_file, overrides=overrides, folds=args.folds, epochs=train.epochs, top=top_label,
              metric=column.removesuffix('_mean'), moves=moves, aliases=aliases, values=values, seconds=seconds,
              member_epochs=member_epochs,
              rungs={label: correlations(values[label], values[top_label], True) for label in list(values)[:-1]},
@@ -130,7 +130,7 @@ def run_one(name: str, args) -> dict:
 def greedy_portfolio(rows: list[dict], size: int) -> list[dict]:
   """[{move, worst, mean}] in the order chosen: each step adds the move that most lowers the worst shortfall
   over the sets (then the mean), the config as given always in."""
-  tops = [r['values'][list(r['values'])[-1]] for r in rows]
+  tops = [r['values'][r['top']] for r in rows]
   chosen, out = [AS_GIVEN], []
 
   def shortfalls(members):
@@ -159,9 +159,9 @@ def table(rows: list[dict], portfolio: list[dict]) -> str:
                    f'{c["kendall"]:.2f} | {c["pick"]} | {c["regret"]:.3f} |')
   names = [r['data'] for r in rows]
   lines += ['', '| move | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
-  moves = sorted({m for r in rows for m in r['values'][list(r['values'])[-1]]})
+  moves = sorted({m for r in rows for m in r['values'][r['top']]})
   for move in moves:
-    cells = [f'{r["values"][list(r["values"])[-1]].get(move, float("nan")):.3f}' for r in rows]
+    cells = [f'{r["values"][r["top"]].get(move, float("nan")):.3f}' for r in rows]
     lines.append(f'| {move} | ' + ' | '.join(cells) + ' |')
   lines += ['', '| portfolio (in order) | worst shortfall | mean shortfall |', '|---|---|---|']
   lines += [f'| {p["move"]} | {p["worst"]:.3f} | {p["mean"]:.3f} |' for p in portfolio]
