@@ -148,9 +148,10 @@ def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict, scores: l
   for score in scores:
     settings = dataclasses.replace(OodSettings.from_config(config.ood), score=score)
     fit = ood.model_ood(trained, trained.settings, workdir, settings, store=False)
-    inside = ood_math.scores(fit.statistics, *unseen_outputs)
+    inside = ood_math.scores(fit.statistics, *unseen_outputs, images=unseen)
     result[score] = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold))),
-                     **{f'auroc_{name}': ood_math.auroc(inside, ood_math.scores(fit.statistics, *outputs))
+                     **{f'auroc_{name}': ood_math.auroc(inside, ood_math.scores(fit.statistics, *outputs,
+                                                                                images=others[name]))
                         for name, outputs in other_outputs.items()}}
   return result
 

@@ -361,7 +361,8 @@ def test_the_ensemble_exports_as_one_onnx_graph_of_its_weighted_mix(reweighted):
   # recomputed on the host from each model's stored fit.
   models = ensemble.load_model(sidecar.stored_config(out), out).members
   fits = [ood.load(m.path / ood.FILE, 'softmax') for m in models]
-  host = sum(m.weight * (ood_math.scores(f.statistics, *ood.outputs(m.trained, images, 16)) - f.center) / f.scale
+  host = sum(m.weight * (ood_math.scores(f.statistics, *ood.outputs(m.trained, images, 16), images=images) - f.center)
+                        / f.scale
              for m, f in zip(models, fits)) / sum(m.weight for m in models)
   np.testing.assert_allclose(score, host, rtol=1e-4, atol=1e-4)
   assert json.loads(written['description'].read_text())['ood']['score'] == OodSettings().score

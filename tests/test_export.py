@@ -126,7 +126,7 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
   images = np.random.default_rng(3).integers(0, 256, (5, 120, 80, 1), dtype=np.uint8)
   expected = trained.logits(images, batch_size=5)
   logits, features = ood.outputs(trained, images, 5)
-  expected_score = ood_math.scores(stored.statistics, logits, features)   # numpy, float64
+  expected_score = ood_math.scores(stored.statistics, logits, features, images=images)   # numpy, float64
   for fmt, run in (('onnx', run_onnx), ('stablehlo', run_jax_export)):
     batch = batch_of(description['artifacts'][fmt], images)
     got, score = run(written[fmt], batch, ('logits', 'ood_score'))

@@ -287,39 +287,46 @@ def test_bad_settings_and_a_model_without_features_get_one_line():
       'score': 'knn', 'false_rejection': 0.05, 'held_out': 3, 'reached': 0.0})))   # no threshold: null, valid JSON
 
 
-@pytest.mark.parametrize('score', ['mahalanobis_energy', 'energy'])
+@pytest.mark.parametrize('score', ['combined', 'mahalanobis_energy', 'energy'])
 def test_no_held_out_image_both_standardises_and_sets_the_threshold_and_the_rate_is_from_images_that_set_nothing(
     score):
-  """A combined score's parts are standardised on one half of the held-out images and its threshold is the
-  conformal quantile of the other half's scores; the rate reported is each image's flag under a fit made without
-  it (5 folds), recomputed here from the definitions."""
+  """A combined score's threshold is the conformal quantile of held-out scores each standardised on the other
+  half of the images (new images: on all of them); the rate reported is each image's flag under a fit made
+  without it (5 folds), recomputed here from the definitions."""
   rng = np.random.default_rng(1)
   labels = rng.integers(0, 3, 400)
   features = rng.normal(size=(400, 5)) + 3.0 * np.eye(3, 5)[labels]
   logits = 4.0 * np.eye(3)[labels[:200]] + rng.normal(size=(200, 3))
-  statistics = ood_math.fit_statistics(score, 'softmax', features, labels)
+  images = rng.integers(0, 256, (400, 6, 6, 1)).astype(np.uint8)
+  statistics = ood_math.fit_statistics(score, 'softmax', features, labels, images=images)
   held_logits, held_features = logits, features[:200] + rng.normal(0, 0.5, (200, 5))
-  fit = ood_math.fit_held_out(statistics, held_logits, held_features, 0.1, seed=3)
+  held_images = images[200:]
+  fit = ood_math.fit_held_out(statistics, held_logits, held_features, 0.1, seed=3, images=held_images)
   order = np.random.default_rng(3).permutation(200)
 
   def by_hand(index):
     if score == 'energy':
       return statistics, ood_math.conformal_threshold(ood_math.scores(statistics, held_logits[index], None), 0.1)
+    score_of = lambda fitted, part: ood_math.scores(fitted, held_logits[part], held_features[part],  # noqa: E731
+                                                    images=held_images[part])
     half = len(index) // 2
-    standard = ood_math.standardised(statistics, held_logits[index[:half]], held_features[index[:half]])
-    set_on = index[half:]
-    return standard, ood_math.conformal_threshold(ood_math.scores(standard, held_logits[set_on], held_features[set_on]),
-                                                  0.1)
+    on = lambda part: ood_math.standardised(statistics, held_logits[part], held_features[part],  # noqa: E731
+                                            held_images[part])
+    first, second = index[:half], index[half:]
+    crossed = np.concatenate([score_of(on(second), first), score_of(on(first), second)])
+    return on(index), ood_math.conformal_threshold(crossed, 0.1)
 
   standard, threshold = by_hand(order)
   assert fit.threshold == threshold
   if score != 'energy':
     np.testing.assert_array_equal(fit.statistics.standardise, standard.standardise)
+  if score == 'combined':
+    np.testing.assert_array_equal(fit.statistics.inputs, ood_math.fit_inputs(images))
   flags = np.zeros(200, bool)
   for fold in np.array_split(order, 5):
     fitted, cut = by_hand(order[~np.isin(order, fold)])
-    flags[fold] = ood_math.scores(fitted, held_logits[fold], held_features[fold]) > cut
+    flags[fold] = ood_math.scores(fitted, held_logits[fold], held_features[fold], images=held_images[fold]) > cut
   assert fit.rate == pytest.approx(flags.mean())
-  in_sample = np.mean(ood_math.scores(standard, held_logits, held_features) > threshold)
-  assert 'cross-fitted' in fit.roles and ('one half' in fit.roles) == (score != 'energy')
+  in_sample = np.mean(ood_math.scores(standard, held_logits, held_features, images=held_images) > threshold)
+  assert 'cross-fitted' in fit.roles and ('other half' in fit.roles) == (score != 'energy')
   assert in_sample <= 0.1   # the in-sample rate, which the record no longer gives

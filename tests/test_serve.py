@@ -156,7 +156,8 @@ def test_predict_answers_each_image_s_ood_score_and_unknown_flag(server, service
   files = [(p.name, data) for p, data in images] + [('checker.png', checkerboard_png())]
   body = post_files(server.url, files).json()['predictions']
   decoded = np.stack([decode_bytes(data, service.decode_settings) for _, data in files])
-  expected = ood_math.scores(scorer.fitted.statistics, *ood.outputs(service.predictor.trained, decoded, 4))
+  expected = ood_math.scores(scorer.fitted.statistics, *ood.outputs(service.predictor.trained, decoded, 4),
+                             images=decoded)
   np.testing.assert_allclose([r['ood_score'] for r in body], expected, rtol=1e-5, atol=1e-5)   # float32 program
   assert [r['unknown'] for r in body] == [bool(s > scorer.threshold) for s in expected]
   assert body[-1]['unknown'] is True and body[-1]['class'] in ('0', '1')   # the closest class is still given

@@ -141,7 +141,7 @@ class OodSettings(Settings):
   flag past its threshold (fpclass.deploy.ood; the choice of score measured in docs/deploy.md)."""
   SECTION: ClassVar[str] = 'ood'
   enabled: bool = True             # predict, serve and export add ood_score and unknown
-  score: str = 'mahalanobis_energy'   # one of OOD_SCORES (measured: docs/deploy.md)
+  score: str = 'combined'         # one of OOD_SCORES (chosen by the worst case over foreign sets: docs/deploy.md)
   # The share of held-out in-distribution images (the validation split) flagged unknown: the threshold's target.
   false_rejection: float = 0.05
   knn_k: int = 10                  # knn: the neighbour whose similarity is the score

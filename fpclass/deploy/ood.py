@@ -36,8 +36,9 @@ from fpclass.train.batches import in_fixed_batches, predict_logits
 from fpclass.train.task import TaskView
 
 FILE = 'ood.npz'
-FORMAT = 5   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation;
-#   4: standardised and thresholded on separate halves of the held-out images; 5: the input statistics
+FORMAT = 6   # 2: Mahalanobis stores the precision's Cholesky factor; 3: a combined score's standardisation;
+#   4: standardised and thresholded on separate halves of the held-out images; 5: the input statistics;
+#   6: the threshold on held-out scores each standardised on the other half
 FEATURES = 'pre_logits'   # the pooled features every registered model records (CONTRIBUTING.md)
 SCORE_NOTE = 'higher = less like the training images; unknown when ood_score > threshold'
 
