@@ -5,15 +5,16 @@ of the search that once passed every test when broken: the slack top rung (test_
 member-epoch cost, without the first epoch's compile."""
 import optuna
 import pandas as pd
+import pytest
 
-from fpclass.auto import brackets, measure, population
+from fpclass.auto import brackets, failed_values, measure, population
 from fpclass.auto import search as auto
 from fpclass.auto import study as study_lib
 from fpclass.auto.context import Entry
 from fpclass.auto.population import Outcome, round_plan
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train.members import split_name
-from tests.test_auto_choices import QUICK, PlannedRounds, _search_context, frozen_clock  # noqa: F401 (autouse)
+from tests.test_auto_choices import LR_DIMENSION, QUICK, PlannedRounds, _search_context, frozen_clock  # noqa: F401
 
 
 def test_a_trial_whose_checks_raise_any_error_fails_alone(monkeypatch):
@@ -82,3 +83,49 @@ def test_the_member_epoch_cost_leaves_out_the_first_epoch_s_compile(tmp_path):
   ctx.train_round = measured
   costs = measure.measure(ctx)
   assert costs.member_epoch == 1.0 and costs.compile == 8.0
+
+
+class Draws(optuna.samplers.BaseSampler):
+  """Draws the given learning-rate factors in turn (a stand-in for TPE landing where it likes)."""
+
+  def __init__(self, values):
+    self.values = list(values)
+
+  def infer_relative_search_space(self, study, trial):
+    return {}
+
+  def sample_relative(self, study, trial, search_space):
+    return {}
+
+  def sample_independent(self, study, trial, name, distribution):
+    return self.values.pop(0)
+
+
+def test_a_draw_near_a_value_that_failed_at_run_time_is_set_aside_and_drawn_again(tmp_path, monkeypatch):
+  """A trial failed in training at a rate of 0.01; the next draws land at 0.0105 and 0.011 (near: within a tenth
+  of the log range), then at 0.0005: the two near ones are set aside (FAIL, marked, no count), 0.0005 is the
+  trial. An enqueued trial at the failed value itself is the user's, and is asked as it is."""
+  ctx = _search_context(tmp_path)
+  failed = ctx.study.ask()
+  failed.suggest_float(LR_DIMENSION.param, *LR_DIMENSION.args[:2], log=True)
+  ctx.study.tell(failed, state=optuna.trial.TrialState.FAIL)
+  failed_params = {LR_DIMENSION.param: 0.01}
+  ctx.study.add_trial(optuna.trial.create_trial(
+      params=failed_params, distributions=ctx.study.trials[0].distributions, user_attrs={'error': 'out of memory'},
+      state=optuna.trial.TrialState.FAIL))
+  draws = Draws([0.0105, 0.011, 0.0005])
+  monkeypatch.setattr(study_lib, '_sampler', lambda seed, number: draws)
+  (trial,) = auto._ask(ctx, 1)
+  assert trial.params == {LR_DIMENSION.param: 0.0005}
+  skipped = [t for t in ctx.study.trials if failed_values.SKIPPED in t.user_attrs]
+  assert [t.params[LR_DIMENSION.param] for t in skipped] == [0.0105, 0.011]
+  assert {t.user_attrs[failed_values.SKIPPED] for t in skipped} == {1}
+  assert study_lib.taken_count(ctx.study) == 3   # the two failed trials and the one asked, not the two set aside
+  ctx.study.enqueue_trial(failed_params)
+  (again,) = auto._ask(ctx, 1)
+  assert again.params == failed_params and failed_values.SKIPPED not in again.user_attrs
+
+
+@pytest.mark.parametrize('a, b, near', [(0.01, 0.011, True), (0.01, 0.05, False), (0.001, 0.001, True)])
+def test_near_is_a_tenth_of_a_log_range(a, b, near):
+  assert failed_values.near({LR_DIMENSION.param: a}, {LR_DIMENSION.param: b}, [LR_DIMENSION]) is near

@@ -11,7 +11,7 @@ import pandas as pd
 
 from fpclass import fileio
 from fpclass.analysis import metric_registry, stats, sweep_report
-from fpclass.auto import first_trials
+from fpclass.auto import failed_values, first_trials
 from fpclass.auto import study as study_lib
 from fpclass.auto.schedulers.configured import scheduler_for
 from fpclass.config.variants import describe_changes
@@ -129,6 +129,8 @@ def _trials_table(study: optuna.Study, metric: str) -> str:
     if study_lib.is_marker(t):
       continue
     state = 'cut' if t.user_attrs.get(study_lib.CUT) else t.state.name.lower()
+    if failed_values.SKIPPED in t.user_attrs:
+      state = f'set aside: near failed trial {t.user_attrs[failed_values.SKIPPED]}'
     origin = ('the config as given' if t.user_attrs.get(first_trials.BASELINE)
               else t.user_attrs.get(first_trials.NEIGHBOUR, 'TPE'))
     rows.append(dict(trial=t.number, candidate=t.user_attrs.get('candidate', ''), origin=origin, state=state,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from fpclass.analysis import metric_registry
 from fpclass.auto import brackets
 from fpclass.auto import confirm as confirm_stage
+from fpclass.auto import failed_values
 from fpclass.auto import measure as measure_stage
 from fpclass.auto import report as auto_report
 from fpclass.auto import study as study_lib
@@ -211,12 +212,23 @@ def _search(ctx: Context) -> str:
 
 
 def _ask(ctx: Context, count: int) -> list:
-  """`count` new trials (enqueued ones first), each with its candidate and config changes recorded."""
-  asked = study_lib.ask_batch(ctx.study, ctx.settings.seed, count)
-  for trial in asked:
-    name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
+  """`count` new trials (enqueued ones first), each with its candidate and config changes recorded; a draw near
+  a trial that failed at run time is set aside and drawn again (`fpclass.auto.failed_values`)."""
+  asked = []
+  for trial in study_lib.ask_batch(ctx.study, ctx.settings.seed, count):
+    for _ in range(failed_values.REDRAWS):
+      name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
+      failed = failed_values.failed_near(trial, ctx.study, ctx.dims)
+      if failed is None:
+        break
+      trial.set_user_attr(failed_values.SKIPPED, failed)
+      ctx.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      (trial,) = study_lib.ask_batch(ctx.study, ctx.settings.seed, 1)
+    else:
+      name, changes = sample(trial, ctx.dims, ctx.base, ctx.candidates)
     trial.set_user_attr(study_lib.CANDIDATE, name)
     trial.set_user_attr(study_lib.CHANGES, {k: repr(v) for k, v in changes.items()})
+    asked.append(trial)
   return asked
 
 

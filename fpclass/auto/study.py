@@ -23,6 +23,7 @@ import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 
+from fpclass.auto import failed_values
 from fpclass.errors import UserInputError
 from fpclass.runtime import workdir_lock
 from fpclass.train import workdir_layout as layout
@@ -107,7 +108,8 @@ def taken_count(study: optuna.Study) -> int:
   trial of the count, as it costs its seconds)."""
   taken = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
            optuna.trial.TrialState.FAIL)
-  return len([t for t in study.get_trials(deepcopy=False, states=taken) if not is_marker(t)])
+  return len([t for t in study.get_trials(deepcopy=False, states=taken) if not is_marker(t)
+              and failed_values.SKIPPED not in t.user_attrs])   # a draw set aside trained nothing
 
 
 def others_running(study: optuna.Study) -> list[int]:
