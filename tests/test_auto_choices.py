@@ -12,7 +12,7 @@ import types
 import optuna
 import pytest
 
-from fpclass.auto import brackets, confirm, first_trials, measure, ranking
+from fpclass.auto import brackets, confirm, first_trials, measure, portfolio, ranking
 from fpclass.auto import budget as budget_lib
 from fpclass.auto import report as auto_report
 from fpclass.auto import search as auto
@@ -478,10 +478,13 @@ def test_a_rung_keeps_the_confirmation_s_reserve(tmp_path):
     assert bool(ctx.train_round.calls) is trains
 
 
-def test_a_new_study_starts_with_the_config_and_its_neighbours_and_the_next_bracket_with_the_winners_combined(tmp_path):
+def test_a_new_study_starts_with_the_config_and_its_neighbours_and_the_next_bracket_with_the_winners_combined(
+    tmp_path, monkeypatch):
   # Trial 0 is the config as given, 1 and 2 its learning rate x3 and /3, 3 its rotation moved (the batch holds 3
   # of the 4 neighbours; the smoothing comes after rotation). At rung 0, 1 (0.9) and 2 (0.7) beat the config
   # (0.5) along the learning rate, and 3 (0.6) along rotation: the next bracket starts with x3 and rotation.
+  # (Without a portfolio, whose moves would come first: test_first_trials checks them.)
+  monkeypatch.setattr(portfolio, 'PORTFOLIO', ())
   ctx = _search_context(tmp_path, rounds=PlannedRounds({(0, 3): Outcome(0.6)}))
   ctx.dims = [LR_DIMENSION, Dimension('train.label_smoothing', 'float', (0.0, 0.15), ''),
               Dimension('augment.rotation', 'float', (0.0, 15.0), '')]
