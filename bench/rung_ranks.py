@@ -15,7 +15,7 @@ and the regret of its pick (the best top value minus the top value of the move i
 fidelity's member-epochs per move and its wall seconds (the first fidelity's include compiling every variant).
 A move that is the config as given, or another move, on a set (batch norm where it is on) takes that one's values. Then the portfolio: greedily, the move that most lowers the worst shortfall over the sets
 (each set's best top value minus the best top value among the chosen moves and the config as given), ties broken
-by the mean shortfall; `--portfolio N` moves. Written to --out: <data>/rung_ranks.json per set (with every
+by the mean shortfall, then by the move's mean rank over the sets; `--portfolio N` moves. Written to --out: <data>/rung_ranks.json per set (with every
 command), rung_ranks.json (all, and the portfolio) and rung_ranks.md (the tables).
 """
 import argparse
@@ -137,11 +137,15 @@ def greedy_portfolio(rows: list[dict], size: int) -> list[dict]:
     return [max(top.values()) - max(top.get(m, -np.inf) for m in members) for top in tops]
 
   candidates = sorted({m for top in tops for m in top} - {AS_GIVEN})
+  # the third key, once the shortfalls are equal: the move's mean rank over the sets (1 = best there)
+  rank = {m: float(np.mean([1 + sum(v > top.get(m, -np.inf) for v in top.values()) for top in tops]))
+          for m in candidates}
   for _ in range(size):
     if not candidates:
       break
-    scored = [(max(shortfalls(chosen + [m])), float(np.mean(shortfalls(chosen + [m]))), m) for m in candidates]
-    worst, mean, move = min(scored)
+    scored = [(max(shortfalls(chosen + [m])), float(np.mean(shortfalls(chosen + [m]))), rank[m], m)
+              for m in candidates]
+    worst, mean, _, move = min(scored)
     chosen.append(move)
     candidates.remove(move)
     out.append(dict(move=move, worst=worst, mean=mean))
