@@ -15,7 +15,18 @@ DIGITS = Costs(setup=1.03, member=1.98, member_epoch=0.19)
 def test_a_rung_keeps_the_best_third_rounded_down():
   assert [r.configs for r in rungs_for(5, 2, 5, 40, 3)] == [5, 1]
   assert [r.configs for r in rungs_for(6, 2, 5, 40, 3)] == [6, 2]
-  assert rungs_for(9, 3, 9, 36, 3) == (Rung(9, 1, 4), Rung(3, 3, 12), Rung(1, 9, 36))
+  assert rungs_for(9, 3, 9, 36, 3, folds_first=False) == (Rung(9, 1, 4), Rung(3, 3, 12), Rung(1, 9, 36))
+
+
+@pytest.mark.parametrize('folds, epochs, middle', [(9, 36, Rung(3, 9, 4)), (3, 27, Rung(3, 3, 3)), (3, 50, Rung(3, 2, 8)),
+                                                   (5, 27, Rung(3, 5, 4))])
+def test_a_middle_rung_spends_its_member_epochs_on_folds_first_at_the_bottom_s_epochs(folds, epochs, middle):
+  """The default rung shape: the middle rung's member-epochs (folds / 3 x epochs / 3 of the balanced shape) go to
+  more folds at the bottom rung's epochs (epochs / 9), up to every fold; the bottom and top rungs are unchanged."""
+  balanced = rungs_for(9, 3, folds, epochs, 3, folds_first=False)
+  shaped = rungs_for(9, 3, folds, epochs, 3)
+  assert shaped[1] == middle and (shaped[0], shaped[2]) == (balanced[0], balanced[2])
+  assert abs(middle.folds * middle.epochs - balanced[1].folds * balanced[1].epochs) <= middle.folds
 
 
 @pytest.mark.parametrize('seconds', [40.0, 77.0, 200.0, 1200.0])
@@ -92,5 +103,5 @@ def test_a_new_configuration_s_set_up_adds_the_compiling_of_those_that_compiled_
 def test_a_configuration_more_is_started_when_the_bracket_then_fills_the_seconds_exactly():
   # Costs(0, 1, 0): a rung costs its configurations x folds. 3 rungs on 4 folds, eta 2: start + 2 (start // 2) + 4
   costs = Costs(setup=0.0, member=1.0, member_epoch=0.0)
-  assert [r.configs for r in plan_bracket(costs, 13.0, 4, 8, 2).rungs] == [5, 2, 1]
-  assert [r.configs for r in plan_bracket(costs, 12.9, 4, 8, 2).rungs] == [4, 2, 1]
+  assert [r.configs for r in plan_bracket(costs, 13.0, 4, 8, 2, folds_first=False).rungs] == [5, 2, 1]
+  assert [r.configs for r in plan_bracket(costs, 12.9, 4, 8, 2, folds_first=False).rungs] == [4, 2, 1]

@@ -43,6 +43,9 @@ class AutoSettings(Settings):
   # How the search spends its seconds (fpclass/auto/schedulers/configured.py names them): successive_halving.
   scheduler: str = 'successive_halving'
   eta: int = 3                     # successive halving: a rung keeps the best 1/eta, with eta x the epochs
+  # successive halving: 'folds_first' (a middle rung's member-epochs on more folds at the bottom's epochs) or
+  # 'balanced' (folds and epochs shrunk alike); measured in docs/auto.md
+  rung_shape: str = 'folds_first'
   finalists: int = 2               # the best trials confirmed on fresh folds x seeds (beside the config as given)
   # The final model: the most other configurations (the best trials after the choice) trained on every fold for a
   # cross-fitted Caruana mix beside the choice's fold models (fpclass/auto/final_mix.py); 0: the choice alone.
@@ -62,6 +65,7 @@ class AutoSettings(Settings):
     self.require('confirm_seeds', len(set(self.confirm_seeds)) == len(self.confirm_seeds),
                  'distinct integers (() skips the confirmation)')
     self.require('eta', self.eta >= 2, 'at least 2')
+    self.require('rung_shape', self.rung_shape in ('folds_first', 'balanced'), "'folds_first' or 'balanced'")
     self.require('confirm_share', 0.0 <= self.confirm_share <= 0.5, 'in [0, 0.5]')
     self.require('storage', not self.storage or self.storage.startswith(('postgresql', 'sqlite', 'mysql')),
                  "'' (a journal file in the workdir) or a database URL such as postgresql://user@host/db")
