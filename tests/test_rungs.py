@@ -19,10 +19,11 @@ def test_a_rung_keeps_the_best_third_rounded_down():
 
 
 @pytest.mark.parametrize('folds, epochs, middle', [(9, 36, Rung(3, 9, 4)), (3, 27, Rung(3, 3, 3)), (3, 50, Rung(3, 2, 8)),
-                                                   (5, 27, Rung(3, 5, 4))])
+                                                   (5, 27, Rung(3, 5, 4)), (3, 9, Rung(3, 1, 3))])
 def test_a_middle_rung_spends_its_member_epochs_on_folds_first_at_the_bottom_s_epochs(folds, epochs, middle):
   """The default rung shape: the middle rung's member-epochs (folds / 3 x epochs / 3 of the balanced shape) go to
-  more folds at the bottom rung's epochs (epochs / 9), up to every fold; the bottom and top rungs are unchanged."""
+  more folds at the bottom rung's epochs (epochs / 9), up to every fold, unless those are a single epoch (9
+  epochs: the balanced middle); the bottom and top rungs are unchanged."""
   balanced = rungs_for(9, 3, folds, epochs, 3, folds_first=False)
   shaped = rungs_for(9, 3, folds, epochs, 3)
   assert shaped[1] == middle and (shaped[0], shaped[2]) == (balanced[0], balanced[2])
