@@ -160,3 +160,11 @@ def test_a_move_already_in_the_config_changes_nothing():
                              '--config.augment.translate=0.1'])
   assert portfolio.changes_for('batch norm + rotation + shift', config) == {}
   assert portfolio.changes_for('lr x3', config) == {'train.learning_rate': pytest.approx(3 * config.train.learning_rate)}
+
+
+def test_a_move_on_a_key_the_config_does_not_have_changes_nothing():
+  config = config_from_argv(['launch.py', '--config=configs/cats_dogs.py'])   # a model without a batch-norm switch
+  assert 'batch_norm' not in config.model
+  assert portfolio.changes_for('batch norm', config) == {}
+  assert portfolio.changes_for('batch norm + lr x3', config) == {
+      'train.learning_rate': pytest.approx(3 * config.train.learning_rate, rel=1e-3)}

@@ -11,6 +11,8 @@ batch after the config as given, before the one-knob neighbours.
 """
 import math
 
+from fpclass.config.variants import MISSING, value_at
+
 RELATIVE = 'x'   # ('x', k): k times the config's own value
 
 MOVES = {
@@ -40,19 +42,15 @@ MOVES = {
 PORTFOLIO = ('batch norm', 'lr x3', 'label smoothing 0.1')
 
 
-def _get(config, key: str):
-  node = config
-  for part in key.split('.'):
-    node = node[part]
-  return node
-
-
 def changes_for(move: str, config) -> dict:
   """The move's config changes on `config` (an ml_collections config): relative values resolved, and the keys
-  whose value it already has left out (an empty dict: the move is the config as given)."""
+  whose value it already has, or that it does not have (a pretrained model's config has no batch-norm switch),
+  left out (an empty dict: the move is the config as given)."""
   out = {}
   for key, value in MOVES[move].items():
-    own = _get(config, key)
+    own = value_at(config, key)
+    if own is MISSING:
+      continue
     if isinstance(value, tuple) and value[0] == RELATIVE:
       value = float(f'{own * value[1]:.4g}')
     if value != own or isinstance(value, bool) != isinstance(own, bool):

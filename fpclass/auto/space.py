@@ -16,6 +16,7 @@ import math
 import re
 
 from fpclass.auto.space_defaults import default_space
+from fpclass.config.variants import MISSING, value_at
 from fpclass.errors import UserInputError
 from fpclass.train.plan import apply_changes
 from fpclass.train.validation import validate
@@ -50,12 +51,12 @@ class Dimension:
     return f'{name} for {", ".join(self.only)}' if self.only else name
 
   def applies(self, candidate: Candidate, candidate_config) -> bool:
-    return (not self.only or candidate.name in self.only) and _value(candidate_config, self.key) is not _MISSING
+    return (not self.only or candidate.name in self.only) and value_at(candidate_config, self.key) is not MISSING
 
   def centre(self, candidate: Candidate, candidate_config) -> float:
     """A factor's centre for `candidate`: the entry's dict, else the candidate's own value of the key."""
     centres = self.args[2] if len(self.args) > 2 else {}
-    return centres[candidate.name] if candidate.name in centres else _value(candidate_config, self.key)
+    return centres[candidate.name] if candidate.name in centres else value_at(candidate_config, self.key)
 
   def ends(self, candidate: Candidate, candidate_config) -> tuple:
     """The values checked before any work: a choice's values, a range's ends (a factor's times the centre)."""
@@ -75,23 +76,10 @@ class Dimension:
     if self.kind == 'factor':
       value = self.centre(candidate, candidate_config) * trial.suggest_float(
           self.param, float(self.args[0]), float(self.args[1]), log=True)
-      own = _value(candidate_config, self.key)   # the factor of the config's own value gives it back exactly
+      own = value_at(candidate_config, self.key)   # the factor of the config's own value gives it back exactly
       return own if math.isclose(value, own, rel_tol=1e-9) else value
     shown = [repr(v) for v in self.args]   # Optuna's choices are plain values: tuples travel as their repr
     return ast.literal_eval(trial.suggest_categorical(self.param, shown))
-
-
-_MISSING = object()
-
-
-def _value(config, key: str):
-  """The value of dotted `key` in `config`, or _MISSING."""
-  node = config
-  for part in key.split('.'):
-    if not hasattr(node, 'keys') or part not in node:
-      return _MISSING
-    node = node[part]
-  return node
 
 
 def _configs(config, candidates: list[Candidate]) -> dict:
@@ -115,7 +103,7 @@ def baseline_params(dims: list[Dimension], config, candidates: list[Candidate],
       continue
     if not dim.applies(target, target_config):
       continue
-    node = _value(target_config, dim.key)
+    node = value_at(target_config, dim.key)
     if isinstance(node, bool) and dim.kind != 'choice':
       continue
     if dim.kind in ('log', 'float', 'int') and dim.args[0] <= node <= dim.args[1]:

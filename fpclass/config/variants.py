@@ -31,6 +31,19 @@ def parse_variant(spec: str) -> tuple[str, dict]:
   return name, changes
 
 
+MISSING = object()   # what `value_at` gives for a key the config does not have
+
+
+def value_at(config, key: str):
+  """The value of dotted `key` in `config`, or MISSING."""
+  node = config
+  for part in key.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return MISSING
+    node = node[part]
+  return node
+
+
 def variant_spec(name: str, changes: dict) -> str:
   """The inverse of parse_variant, for config files that build `sweep.variants` from a table."""
   return f'{name}: ' + '; '.join(f'{k}={v!r}' for k, v in changes.items())
