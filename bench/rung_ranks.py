@@ -13,10 +13,12 @@ rung's epochs, the patience scaled):
 For each lower fidelity: Spearman's and Kendall's rank correlation of the moves' values with their top values,
 and the regret of its pick (the best top value minus the top value of the move it ranks first), with the
 fidelity's member-epochs per move and its wall seconds (the first fidelity's include compiling every variant).
-A move that is the config as given, or another move, on a set (batch norm where it is on) takes that one's values. Then the portfolio: greedily, the move that most lowers the worst shortfall over the sets
-(each set's best top value minus the best top value among the chosen moves and the config as given), ties broken
-by the mean shortfall, then by the move's mean rank over the sets; `--portfolio N` moves. Written to --out: <data>/rung_ranks.json per set (with every
-command), rung_ranks.json (all, and the portfolio) and rung_ranks.md (the tables).
+A move that is the config as given, or another move, on a set (batch norm where it is on) takes that one's
+values. Then the portfolio: greedily, the move that most lowers the worst shortfall over the sets (each set's
+best top value minus the best top value among the chosen moves and the config as given), ties broken by the mean
+shortfall, then by the move's mean rank over the sets; `--portfolio N` moves. Written to --out:
+<data>/rung_ranks.json per set (with every command), rung_ranks.json (all, and the portfolio) and rung_ranks.md
+(the tables).
 """
 import argparse
 import json
@@ -84,8 +86,8 @@ def correlations(values: dict, top: dict, higher: bool) -> dict:
   low, high = np.array([values[n] for n in names]), np.array([top[n] for n in names])
   pick = max(names, key=lambda n: values[n] if higher else -values[n])
   best = max(high) if higher else min(high)
-  return dict(spearman=float(stats.spearmanr(low, high).statistic), kendall=float(stats.kendalltau(low, high).statistic),
-              pick=pick, regret=float(abs(best - top[pick])))
+  return dict(spearman=float(stats.spearmanr(low, high).statistic),
+              kendall=float(stats.kendalltau(low, high).statistic), pick=pick, regret=float(abs(best - top[pick])))
 
 
 def run_one(name: str, args) -> dict:

@@ -48,8 +48,8 @@ class Source:
   base: object
   seeds: tuple
   confirmed: bool
-  epochs: int = 0
-  share: float = 1.0
+  epochs: int
+  share: float
 
 
 def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
@@ -107,7 +107,8 @@ def source_of(ctx: Context, name: str) -> Source:
   leaves a model, whose missing folds the budget's rest trains."""
   confirmed = ctx.workdir / layout.CONFIRM / name
   if _finished(confirmed):
-    return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True, *_trained(ctx, confirmed))
+    return Source(confirmed, ctx.fresh_folds(), tuple(ctx.settings.confirm_seeds), True,
+                  *_trained(ctx, confirmed))
   top = ctx.workdir / layout.TRIALS / name
   rungs = sorted((ctx.workdir / layout.ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: layout.rung_level(p.parent), reverse=True)
   folder = next((f for f in [top, *rungs] if _finished(f)), top)
@@ -247,7 +248,7 @@ def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: t
   if not (folder / EXPERIMENT_FILE).is_file():
     costs = ctx.budget.costs
     room = ctx.budget.left() - TAIL * ctx.budget.seconds
-    fitting = piece_size(costs, setup, room, len(folds), source.epochs or ctx.epochs, source.share)
+    fitting = piece_size(costs, setup, room, len(folds), source.epochs, source.share)
     if fitting is None:
       return None, setup
     count, epochs = fitting

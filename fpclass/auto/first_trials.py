@@ -90,8 +90,8 @@ def first_batch(dims: list, baseline: dict, candidates: dict, size: int) -> list
 
 def combination(trials: dict, values: dict, higher: bool) -> dict | None:
   """The parameters of the config as given (the trial marked `BASELINE`) with every neighbour (or portfolio move)
-  that beat it at the same rung (`values`: trial number -> value there; `trials`: number -> FrozenTrial), the better of two along one
-  dimension; None when fewer than two won (one alone is a trial already)."""
+  that beat it at the same rung (`values`: trial number -> value there; `trials`: number -> FrozenTrial), the
+  better of two along one dimension; None when fewer than two won (one alone is a trial already)."""
   baseline = next((n for n in values if trials[n].user_attrs.get(BASELINE)), None)
   if baseline is None:
     return None

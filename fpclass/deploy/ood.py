@@ -3,9 +3,9 @@ from the workdir's own splits and stored beside its checkpoints, then scored in 
 
 - One model (a run, a sweep's fold workdir, auto's final): the score's statistics come from its training split
   (pooled features, labels), the threshold from its validation split, which it never trained on, at
-  config.ood.false_rejection (a combined score standardised on one half of it and thresholded on the other; the
-  rate the reports give is cross-fitted, from images that set nothing: `ood_scores.fit_held_out`). Stored atomically in `<workdir>/ood.npz` with the checkpoint it was fitted on, and
-  fitted again when the checkpoint or the settings change, so any workdir, an older one too, gets it on first
+  config.ood.false_rejection (a combined score's threshold on scores each standardised on the other half of the
+  split; the rate the reports give is cross-fitted, from images that set nothing: `ood_scores.fit_held_out`).
+  Stored atomically in `<workdir>/ood.npz` with the checkpoint it was fitted on, and fitted again when the checkpoint or the settings change, so any workdir, an older one too, gets it on first
   use by predict or export (serve, which writes nothing, fits in memory when the file is missing).
 - An ensemble workdir: each model's own fit; the ensemble's score is the weighted mean of its models' scores,
   each standardised by its held-out scores, and its threshold the conformal quantile of that mean over the
@@ -165,7 +165,8 @@ def model_ood(trained: Trained, run: RunSettings, workdir, settings: OodSettings
     where = f'stored in {path}'
   tqdm.write(f'OOD: {settings.score} score fitted on {fit.record["train_images"]} training images, threshold '
              f'{fit.threshold:.4g} at {settings.false_rejection:.0%} false rejection of {fit.record["held_out"]} '
-             f'validation images ({fit.record["reached"]:.1%} flagged, cross-fitted); {where}' + _too_few(fit.threshold, settings),
+             f'validation images ({fit.record["reached"]:.1%} flagged, cross-fitted); {where}'
+             + _too_few(fit.threshold, settings),
              file=sys.stderr)   # a note: a server's first line on stdout is its address
   return fit
 

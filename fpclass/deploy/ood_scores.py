@@ -204,6 +204,12 @@ class HeldOutFit:
 CROSS_FOLDS = 5
 
 
+def _cross_folds(order: np.ndarray):
+  """(the others, the fold) for each of `CROSS_FOLDS` folds of `order` (a permutation of the held-out images)."""
+  for fold in np.array_split(order, CROSS_FOLDS):
+    yield order[~np.isin(order, fold)], fold
+
+
 def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarray, false_rejection: float,
                  seed: int, images: np.ndarray | None = None) -> HeldOutFit:
   """The threshold procedure on held-out in-distribution images (their logits and features): a combined score's
@@ -232,8 +238,8 @@ def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarra
 
   final, threshold = procedure(order)
   flags = []
-  for fold in np.array_split(order, CROSS_FOLDS):
-    fitted, cut = procedure(order[~np.isin(order, fold)])
+  for others, fold in _cross_folds(order):
+    fitted, cut = procedure(others)
     flags.extend(flagged(scored(fitted, fold), cut).tolist())
   roles = ('threshold set on the held-out images, each scored with the parts standardised on the other half'
            if statistics.score in PARTS else 'threshold set on the held-out images')
@@ -245,8 +251,8 @@ def cross_fitted_rate(held_out: np.ndarray, false_rejection: float, seed: int) -
   """The rate a conformal threshold flags on held-out scores that set nothing: each fold's scores against the
   threshold of the other folds'."""
   order = np.random.default_rng(seed).permutation(len(held_out))
-  flags = [flagged(held_out[fold], conformal_threshold(held_out[order[~np.isin(order, fold)]], false_rejection))
-           for fold in np.array_split(order, CROSS_FOLDS)]
+  flags = [flagged(held_out[fold], conformal_threshold(held_out[others], false_rejection))
+           for others, fold in _cross_folds(order)]
   return float(np.mean(np.concatenate(flags))) if len(held_out) else 0.0
 
 
