@@ -43,7 +43,7 @@ def main():
              for s in args.scores}
   runs = {'logits alone': plain, **{s: (lambda sc=sc: sc.scores(images, args.batch)) for s, sc in scorers.items()}}
   seconds = {name: [] for name in runs}
-  for name, run in runs.items():   # warm-up: every program compiled
+  for run in runs.values():   # warm-up: every program compiled
     run()
   for _ in range(args.rounds):
     for name, run in runs.items():

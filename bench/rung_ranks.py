@@ -21,7 +21,6 @@ shortfall, then by the move's mean rank over the sets; `--portfolio N` moves. Wr
 (the tables).
 """
 import argparse
-import json
 import pathlib
 import shlex
 import subprocess

@@ -22,9 +22,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fpclass.analysis import metric_registry
-from fpclass.auto import brackets
+from fpclass.auto import brackets, failed_values
 from fpclass.auto import confirm as confirm_stage
-from fpclass.auto import failed_values
 from fpclass.auto import measure as measure_stage
 from fpclass.auto import report as auto_report
 from fpclass.auto import study as study_lib

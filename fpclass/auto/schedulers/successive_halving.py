@@ -13,7 +13,6 @@ import dataclasses
 from fpclass.auto.rungs import Bracket, Costs, Rung
 from fpclass.auto.schedulers.scheduler import Scheduler
 
-
 FOLDS_FIRST_EPOCHS = 2   # a middle rung goes wide only when the bottom's epochs are at least this: one epoch ranks
                          # the warm-up (MNIST at 9 epochs: Spearman 0.75 on 3 folds x 1 epoch, 0.82 on 1 fold x 3)
 
