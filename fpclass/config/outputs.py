@@ -1,5 +1,6 @@
 """The sections of the modes that read a trained run: explain, predict, serve, export, probe, the
-out-of-distribution score they share (ood), and distill, which trains a student from a trained teacher."""
+out-of-distribution score they share (ood), distill, which trains a student from a trained teacher, and
+label_next, which ranks unlabelled images for labelling."""
 import dataclasses
 import math
 from typing import ClassVar
@@ -289,6 +290,37 @@ class LabelIssuesSettings(Settings):
     self.require('filter_by', self.filter_by in LABEL_ISSUE_FILTERS, f'one of {LABEL_ISSUE_FILTERS}')
     self.require('grid', self.grid >= 0, '>= 0 (0: no grid)')
     self.require('cam', self.cam >= 0, '>= 0 (0: no Grad-CAM)')
+
+
+LABEL_NEXT_STRATEGIES = ('margin', 'entropy', 'disagreement')   # fpclass.analysis.acquisition.STRATEGIES
+LABEL_NEXT_DIVERSITY = ('kcenter', 'none')
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelNextSettings(Settings):
+  """`config.label_next`: --mode label_next ranks config.data.unlabelled's images by how much their labels would
+  help the workdir's model (fpclass.analysis.acquisition), and writes them for a labelling tool."""
+  SECTION: ClassVar[str] = 'label_next'
+  count: int = 100                 # in-distribution images to list, best first (foreign ones are listed after)
+  strategy: str = 'margin'         # margin | entropy | disagreement (of several models: a sweep's folds, an ensemble)
+  diversity: str = 'kcenter'       # kcenter: k-center among the most uncertain; none: the most uncertain in order
+  candidates: float = 3.0          # kcenter chooses among the count x candidates most uncertain images
+  contact_sheet: int = 48          # the first images drawn in label_next.png; 0 -> none
+  output: str = 'label_next.csv'   # written in --workdir, with <stem>_labels.csv and <stem>_label_studio.json
+  batch_size: int = 0              # 0 -> config.eval.batch_size
+  # Where Label Studio finds an image: this prefix + its path relative to the pool's folder (Label Studio's local
+  # files; or e.g. 'http://localhost:8081/' for a folder served over HTTP).
+  image_prefix: str = '/data/local-files/?d='
+
+  def check(self):
+    self.require('count', self.count >= 1, 'at least 1')
+    self.require('strategy', self.strategy in LABEL_NEXT_STRATEGIES, f'one of {LABEL_NEXT_STRATEGIES}')
+    self.require('diversity', self.diversity in LABEL_NEXT_DIVERSITY, f'one of {LABEL_NEXT_DIVERSITY}')
+    self.require('candidates', 1.0 <= self.candidates < math.inf, 'a factor >= 1 (1: the count most uncertain)')
+    self.require('contact_sheet', self.contact_sheet >= 0, '>= 0 (0: no contact sheet)')
+    self.require('output', self.output.endswith('.csv') and '/' not in self.output,
+                 'a .csv file name inside --workdir')
+    self.require('batch_size', self.batch_size >= 0, '>= 0 (0: config.eval.batch_size)')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from fpclass.config.outputs import (
   ExplainSettings,
   ExportSettings,
   LabelIssuesSettings,
+  LabelNextSettings,
   LrFindSettings,
   ModelsSettings,
   OodSettings,
@@ -72,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.auto = section(AutoSettings)
   c.ensemble = section(EnsembleSettings)
   c.label_issues = section(LabelIssuesSettings)
+  c.label_next = section(LabelNextSettings)
   c.track = section(TrackSettings)
   return c
 
@@ -81,7 +83,7 @@ SETTINGS = (DecodeSettings, LabelSettings, SourceSettings, SplitSettings, Storag
             CurationSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, OodSettings, DistillSettings,
             SweepSettings, ProbeSettings, LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings,
-            TrackSettings, ModelsSettings)
+            TrackSettings, ModelsSettings, LabelNextSettings)
 
 
 def parse_args(config_file: str, arg: str, choices: dict, default: str = '') -> list:

@@ -213,6 +213,14 @@ def for_model(model, workdir, settings: OodSettings, store: bool = True):
   return model_ood(model, sidecar.settings_from_json(model.metadata['config']), workdir, settings, store)
 
 
+def configured_scorer(settings: OodSettings, workdir, model) -> 'Scorer | None':
+  """`model`'s scorer (what `load_model` returned, or a `WeightedEnsemble` of a workdir's models) with its threshold,
+  fitted and stored on first use; None when config.ood (`settings`) is off. What predict and label_next score with."""
+  if not settings.enabled:
+    return None
+  return Scorer(model, for_model(model, workdir, settings))
+
+
 def _too_few(threshold: float, settings: OodSettings) -> str:
   if np.isfinite(threshold):
     return ''

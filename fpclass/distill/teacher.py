@@ -14,7 +14,6 @@ student trained alone on the images none of them saw.
 """
 import dataclasses
 import math
-import pathlib
 import time
 
 import jax
@@ -29,10 +28,8 @@ from fpclass.data import pipeline
 from fpclass.data.decode import decode_files
 from fpclass.data.new_images import list_inputs
 from fpclass.errors import UserInputError
-from fpclass.infer.ensemble import MemberModel, ensemble_record, load_model, member_workdirs
-from fpclass.infer.inference import load_trained
+from fpclass.infer.ensemble import MemberModel, workdir_models
 from fpclass.models.heads import head_of, probabilities
-from fpclass.train import sidecar
 from fpclass.train.axis import Split, TrainData
 from fpclass.train.task import build_task
 
@@ -155,34 +152,12 @@ def split_of(model: MemberModel) -> int:
 
 
 def teacher_models(path: str) -> list[MemberModel]:
-  """The models of the teacher workdir `path`, restored with their weights (see the module's docstring)."""
+  """The models of the teacher workdir `path`, restored with their weights (`fpclass.infer.ensemble.workdir_models`:
+  see the module's docstring)."""
   if not path:
     raise UserInputError('config.distill.teacher is empty: give the workdir of an ensemble (--mode ensemble), a '
                          'sweep, an auto run or a run')
-  workdir = pathlib.Path(path)
-  if not workdir.is_dir():
-    raise UserInputError(f'config.distill.teacher={path!r}: no such folder')
-  if ensemble_record(workdir) is not None:
-    return list(load_model(sidecar.stored_config(workdir), workdir).members)
-  if sidecar.read_metadata(workdir) is not None:
-    return [_restored(workdir, 1.0)]
-  if (workdir / sidecar.AUTO_FINAL / sidecar.METADATA).is_file():   # an auto run's final model: its fold models
-    return teacher_models(str(workdir / sidecar.AUTO_FINAL))        # as one ensemble, or a refit
-  folds = member_workdirs(workdir)
-  if folds:   # one sweep variant: its fold models
-    return [_restored(p, 1.0) for p in folds]
-  variants = [member_workdirs(v) for v in sorted(workdir.iterdir()) if v.is_dir()]
-  variants = [v for v in variants if v]
-  if variants:   # a sweep's root: every variant, each with the same share
-    return [_restored(p, 1.0 / len(v)) for v in variants for p in v]
-  raise UserInputError(f'config.distill.teacher={path!r}: no trained model in it (an ensemble workdir, a sweep, '
-                       'an auto run or a run holds a metadata.json, or fold workdirs that do)')
-
-
-def _restored(path: pathlib.Path, weight: float) -> MemberModel:
-  metadata = sidecar.read_metadata(path)
-  config = sidecar.config_from_json(metadata['config'])
-  return MemberModel(path, config, metadata, load_trained(config, path), weight)
+  return workdir_models(path, 'config.distill.teacher')
 
 
 def check_student(student: RunSettings, models: list[MemberModel], class_names, image_shape) -> None:

@@ -64,6 +64,13 @@ def inference_grid(tiles, columns: int = 8, right_means: str = 'right', wrap: in
                         wrap=wrap)
 
 
+def contact_sheet(tiles, heading: str, columns: int = 8, wrap: int = 22) -> Figure:
+  """Images to look at in order (--mode label_next's first picks), each under its title: green for one to label,
+  red (`Tile.correct` False) for one like none of the classes."""
+  return mosaic_figure([[as_rgb(t.image)] for t in tiles], tiles, None, columns, fontsize=7, heading=heading,
+                       wrap=wrap)
+
+
 @dataclasses.dataclass
 class LabelMap:
   """One label's CAM of an image: the map (H, W) in [0, 1], its caption, and whether the model is right

@@ -298,6 +298,36 @@ class WeightedEnsemble:
                         'normalisation': m.metadata.get('normalisation')} for path, m in zip(paths, self.members)]}
 
 
+def workdir_models(path, key: str) -> list[MemberModel]:
+  """The models of the trained workdir `path`, restored with their weights: an ensemble workdir's weighted models,
+  one run, an auto run's final model, one sweep variant's fold models, or a sweep root's (every variant with the
+  same share). Errors name `key`, the flag that gave `path`."""
+  workdir = pathlib.Path(path)
+  if not workdir.is_dir():
+    raise UserInputError(f'{key}={str(path)!r}: no such folder')
+  if ensemble_record(workdir) is not None:
+    return list(load_model(sidecar.stored_config(workdir), workdir).members)
+  if sidecar.read_metadata(workdir) is not None:
+    return [_restored(workdir, 1.0)]
+  if (workdir / sidecar.AUTO_FINAL / sidecar.METADATA).is_file():   # an auto run's final model: its fold models
+    return workdir_models(workdir / sidecar.AUTO_FINAL, key)        # as one ensemble, or a refit
+  folds = member_workdirs(workdir)
+  if folds:   # one sweep variant: its fold models
+    return [_restored(p, 1.0) for p in folds]
+  variants = [member_workdirs(v) for v in sorted(workdir.iterdir()) if v.is_dir()]
+  variants = [v for v in variants if v]
+  if variants:   # a sweep's root: every variant, each with the same share
+    return [_restored(p, 1.0 / len(v)) for v in variants for p in v]
+  raise UserInputError(f'{key}={str(path)!r}: no trained model in it (an ensemble workdir, a sweep, an auto run or '
+                       'a run holds a metadata.json, or fold workdirs that do)')
+
+
+def _restored(path: pathlib.Path, weight: float) -> MemberModel:
+  metadata = sidecar.read_metadata(path)
+  config = sidecar.config_from_json(metadata['config'])
+  return MemberModel(path, config, metadata, load_trained(config, path), weight)
+
+
 def load_model(config, workdir, explained: bool = False):
   """The model of `workdir` for prediction: its selected checkpoint (`load_trained`), or for an ensemble workdir
   its weighted members (`WeightedEnsemble`). `explained`: Grad-CAM is asked for, which needs one model."""

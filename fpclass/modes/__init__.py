@@ -89,6 +89,10 @@ MODES = {
     'label_issues': Mode('label_issues', 'label_issues', 'flag the probably wrong labels (cleanlab) from the '
                          'out-of-fold predictions below --workdir; write label_issues.csv for '
                          'config.data.exclude_csv or relabel_csv, and a grid of the top suspects', trained=True),
+    'label_next': Mode('label_next', 'label_next', 'rank config.data.unlabelled\'s images for a person to label '
+                       'next (config.label_next: uncertainty, diversity, foreign images apart); write '
+                       'label_next.csv, a contact sheet, a labels template and a Label Studio task file',
+                       trained=True),
 }
 
 

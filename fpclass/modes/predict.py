@@ -56,7 +56,7 @@ def predict(config, workdir) -> pathlib.Path:
     explain_settings = dataclasses.replace(ExplainSettings.from_config(config.explain), guided=False)
     image_shape = (decode_settings.height, decode_settings.width, decode_settings.channels)
     explainer = build_explainer(trained, explain_settings, image_shape)
-  scorer = ood_scorer(config, workdir, trained)
+  scorer = ood.configured_scorer(OodSettings.from_config(config.ood), workdir, trained)
 
   names = trained.class_names
   multilabel = trained.task.head == 'multilabel'
@@ -101,15 +101,6 @@ def predict(config, workdir) -> pathlib.Path:
   print(f'wrote {out} ({len(rows)} images)'
         + (f'; {len(problems)} could not be read, listed with reasons in {quarantine}' if problems else ''))
   return out
-
-
-def ood_scorer(config, workdir, trained) -> ood.Scorer | None:
-  """The model's OOD scorer with its threshold (fitted and stored on first use), or None when config.ood is
-  off."""
-  settings = OodSettings.from_config(config.ood)
-  if not settings.enabled:
-    return None
-  return ood.Scorer(trained, ood.for_model(trained, workdir, settings))
 
 
 def quarantine_path(output: pathlib.Path) -> pathlib.Path:
