@@ -423,7 +423,8 @@ def test_a_test_score_of_a_model_trained_on_the_unlabelled_test_images_says_so()
   config.distill.unlabelled='test'): the test score is not on unseen images (issue 79, item 5)."""
   split = dict(accuracy=0.9, macro_f1=0.9, roc_auc=None, loss=0.3, n=10,
                per_class={'a': dict(precision=0.9, recall=0.9, f1=0.9, support=5)})
-  result = dict(split, model='m', num_params=10, test=dict(split), test_note=evaluation.TEST_UNLABELLED_NOTE)
+  note = evaluation.TEST_UNLABELLED_NOTE.format(how="config.distill.unlabelled='test': the teacher labelled them")
+  result = dict(split, model='m', num_params=10, test=dict(split), test_note=note)
   trained = types.SimpleNamespace(loop=types.SimpleNamespace(stop_reason='epochs', epoch=1), checkpoint='last', epoch=1)
   section = evaluation.evaluation_section(result, trained, pd.DataFrame())
   assert "The test images trained this model without their labels (config.distill.unlabelled='test'" in section

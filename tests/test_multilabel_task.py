@@ -18,7 +18,8 @@ from fpclass.config.run import RunSettings
 from fpclass.models.heads import binary_cross_entropy, head_of
 from fpclass.modes import compare
 from fpclass.train import augment
-from fpclass.train.task import build_task, class_weights
+from fpclass.train.class_weights import class_weights
+from fpclass.train.task import build_task
 from tests.conftest import MULTILABEL, launch, load_config, save_image
 
 

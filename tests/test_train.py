@@ -16,6 +16,7 @@ from fpclass.infer.predictions import prediction_chunk
 from fpclass.models import heads
 from fpclass.modes.runner import run
 from fpclass.train import batches as task_lib_batches
+from fpclass.train import class_weights as class_weights_lib
 from fpclass.train import oof, sidecar
 from fpclass.train import task as task_lib
 from fpclass.train.sampling import epoch_order
@@ -31,11 +32,11 @@ def tiny_digits(**overrides):
 def test_class_weight_specs():
   names = ('cat', 'dog', 'eel')
   labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
-  assert task_lib.class_weights('', names, labels) is None
-  assert np.allclose(task_lib.class_weights('auto', names, labels), [10 / 18, 10 / 9, 10 / 3])
-  assert task_lib.class_weights('dog:2, eel:0.5', names, labels) == (1.0, 2.0, 0.5)
+  assert class_weights_lib.class_weights('', names, labels) is None
+  assert np.allclose(class_weights_lib.class_weights('auto', names, labels), [10 / 18, 10 / 9, 10 / 3])
+  assert class_weights_lib.class_weights('dog:2, eel:0.5', names, labels) == (1.0, 2.0, 0.5)
   with pytest.raises(UserInputError, match="'cow:2' is not"):
-    task_lib.class_weights('cow:2', names, labels)
+    class_weights_lib.class_weights('cow:2', names, labels)
 
 
 def test_weighted_loss_matches_pytorch_semantics():

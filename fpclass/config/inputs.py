@@ -186,9 +186,21 @@ class CurationSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class UnlabelledSettings(Settings):
+  """Images without labels that training and `--mode label_next` may read (`fpclass.data.unlabelled`): the
+  unlabelled keys of `config.data`."""
+  SECTION: ClassVar[str] = 'data'
+  SHARED_SECTION: ClassVar[bool] = True
+  # '' none | 'test': the source's own test images (as Kaggle competitors pseudo-label) | a folder, a glob or a CSV.
+  unlabelled: str = ''
+  unlabelled_path_column: str = 'path'   # a CSV's column of image paths
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSettings:
   """`config.data` whole, typed: one part per owner (decode, labels, files, split, storage, inputs,
-  curation), each a checked `Settings`. What a source, the pipeline and training receive instead of the ConfigDict."""
+  curation, unlabelled), each a checked `Settings`. What a source, the pipeline and training receive instead of
+  the ConfigDict."""
   decode: DecodeSettings
   labels: LabelSettings
   files: SourceSettings
@@ -196,10 +208,11 @@ class DataSettings:
   storage: StorageSettings
   inputs: InputSettings
   curation: CurationSettings
+  unlabelled: UnlabelledSettings
 
   PARTS: ClassVar[dict] = {'decode': DecodeSettings, 'labels': LabelSettings, 'files': SourceSettings,
                            'split': SplitSettings, 'storage': StorageSettings, 'inputs': InputSettings,
-                           'curation': CurationSettings}
+                           'curation': CurationSettings, 'unlabelled': UnlabelledSettings}
 
   @classmethod
   def from_config(cls, section) -> 'DataSettings':

@@ -8,12 +8,12 @@ import dataclasses
 
 from fpclass.config.inputs import AugmentSettings, DataSettings
 from fpclass.config.model import ModelSettings
-from fpclass.config.training import EvalSettings, SweepSettings, TrainSettings
+from fpclass.config.training import EvalSettings, SemiSettings, SweepSettings, TrainSettings
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-  """What a run trains: its name and seed, and its data, augment, model, train, eval and sweep sections."""
+  """What a run trains: its name and seed, and its data, augment, model, train, eval, sweep and semi sections."""
   name: str
   seed: int
   data: DataSettings
@@ -22,6 +22,7 @@ class RunSettings:
   train: TrainSettings
   eval: EvalSettings
   sweep: SweepSettings
+  semi: SemiSettings = SemiSettings()
 
   @classmethod
   def from_config(cls, config) -> 'RunSettings':
@@ -32,7 +33,7 @@ class RunSettings:
     return cls(name=str(config.name), seed=int(config.seed), data=DataSettings.from_config(config.data),
                augment=AugmentSettings.from_config(config.augment), model=ModelSettings.from_config(config.model),
                train=TrainSettings.from_config(config.train), eval=EvalSettings.from_config(config.eval),
-               sweep=SweepSettings.from_config(config.sweep))
+               sweep=SweepSettings.from_config(config.sweep), semi=SemiSettings.from_config(config.get('semi', {})))
 
   def phase(self, phase: int) -> 'RunSettings':
     """The settings of training phase `phase`. Phase 1, when train.finetune_epochs > 0, fine-tunes:

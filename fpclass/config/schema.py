@@ -16,6 +16,7 @@ from fpclass.config.inputs import (
   SourceSettings,
   SplitSettings,
   StorageSettings,
+  UnlabelledSettings,
 )
 from fpclass.config.outputs import (
   CleanSettings,
@@ -35,7 +36,7 @@ from fpclass.config.outputs import (
 from fpclass.config.search import AutoSettings, EnsembleSettings
 from fpclass.config.settings import section
 from fpclass.config.tracking import TrackSettings
-from fpclass.config.training import EvalSettings, SweepSettings, TrainSettings
+from fpclass.config.training import EvalSettings, SemiSettings, SweepSettings, TrainSettings
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name='footprint_cnn', head='softmax'))
 
   c.train = section(TrainSettings)
+  c.semi = section(SemiSettings)
   c.eval = section(EvalSettings)
   c.clean = section(CleanSettings)
 
@@ -80,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Every typed section, in schema order; `fpclass.train.validation` checks each once per launch.
 SETTINGS = (DecodeSettings, LabelSettings, SourceSettings, SplitSettings, StorageSettings, InputSettings,
-            CurationSettings, AugmentSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
+            CurationSettings, UnlabelledSettings, AugmentSettings, SemiSettings, TrainSettings, EvalSettings, CleanSettings, ExplainSettings,
             SubmitSettings, PredictSettings, ServeSettings, ExportSettings, OodSettings, DistillSettings,
             SweepSettings, ProbeSettings, LrFindSettings, AutoSettings, LabelIssuesSettings, EnsembleSettings,
             TrackSettings, ModelsSettings, LabelNextSettings)

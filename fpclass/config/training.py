@@ -16,6 +16,8 @@ SELECT_CHECKPOINTS = ('best', 'last')
 BN_STATISTICS = ('running', 'precise')   # fpclass.train.precise_bn
 MODEL_AXES = ('auto', 'vmap', 'loop')
 THRESHOLD_METRICS = ('macro_f1', 'f1', 'f2')  # f2: multi-label only (each label's F2)
+SEMI_METHODS = ('fixmatch', 'none')
+STRONG_POLICIES = ('trivialaugment', 'randaugment')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,30 @@ class TrainSettings(Settings):
     self.require('layer_decay', 0.0 < self.layer_decay <= 1.0, 'in (0, 1] (1: off)')
     self.require('ema_decay', 0.0 <= self.ema_decay < 1.0, 'in [0, 1) (0: off)')
     self.require('accumulate_steps', self.accumulate_steps >= 1, 'at least 1 (1: off)')
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiSettings(Settings):
+  """`config.semi`: how training uses config.data.unlabelled (`fpclass.train.semi`). FixMatch (Sohn et al., 2020):
+  each unlabelled image's weakly augmented view (config.augment) is predicted, and where the top class's probability
+  reaches `threshold` that class is the target of a strongly augmented view of the same image. The defaults are the
+  paper's (7 unlabelled images per labelled one, 0.95, weight 1, RandAugment-like policy with Cutout). On a few
+  hundred images and a short schedule, fewer pass 0.95 early: docs/unlabelled.md has what changed there."""
+  SECTION: ClassVar[str] = 'semi'
+  method: str = 'fixmatch'         # fixmatch | none (the pool is read by --mode label_next only)
+  ratio: int = 7                   # unlabelled images per labelled image in each batch (FixMatch's mu)
+  threshold: float = 0.95          # the confidence a weak view's prediction needs to become a target (tau)
+  weight: float = 1.0              # the unlabelled loss's weight (lambda_u)
+  strong_policy: str = 'trivialaugment'   # the strong view: this policy (one random magnitude per image) ...
+  strong_erasing: float = 1.0      # ... then Cutout (a random-erasing rectangle) with this probability
+
+  def check(self):
+    self.require('method', self.method in SEMI_METHODS, f'one of {SEMI_METHODS}')
+    self.require('ratio', self.ratio >= 1, '>= 1')
+    self.require('threshold', 0.0 <= self.threshold <= 1.0, 'in [0, 1]')
+    self.require('weight', 0.0 <= self.weight < math.inf, '>= 0')
+    self.require('strong_policy', self.strong_policy in STRONG_POLICIES, f'one of {STRONG_POLICIES}')
+    self.require('strong_erasing', 0.0 <= self.strong_erasing <= 1.0, 'in [0, 1]')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,39 +24,41 @@ class Inputs:
   problems: list
 
 
-def list_inputs(spec: str, path_column: str = 'path') -> Inputs:
-  """The images `spec` names: a file, a folder (recursive), a glob, or a CSV listing paths."""
+def list_inputs(spec: str, path_column: str = 'path', key: str = 'config.predict.inputs',
+                column_key: str = 'config.predict.path_column') -> Inputs:
+  """The images `spec` names: a file, a folder (recursive), a glob, or a CSV listing paths; errors name `key`, the
+  flag that gave `spec`, and `column_key`, the one that gave `path_column`."""
   if not spec:
-    raise UserInputError('config.predict.inputs is empty: give an image file, a folder, a glob such as '
+    raise UserInputError(f'{key} is empty: give an image file, a folder, a glob such as '
                          "'photos/**/*.png', or a CSV with a path column")
   path = pathlib.Path(spec).expanduser()
   if path.is_dir():
     found = sorted((p for p in path.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                    key=lambda p: natural_key(str(p)))
     if not found:
-      raise UserInputError(f'config.predict.inputs={spec!r}: the folder holds no image files '
+      raise UserInputError(f'{key}={spec!r}: the folder holds no image files '
                            f'(looked recursively for {", ".join(IMAGE_EXTENSIONS)})')
     return Inputs(found, [str(p) for p in found], [])
   if path.is_file():
     if path.suffix.lower() == '.csv':
-      return _csv_inputs(path, path_column)
+      return _csv_inputs(path, path_column, column_key)
     return Inputs([path], [str(path)], [])
   if any(c in spec for c in GLOB_CHARACTERS):
     found = sorted((pathlib.Path(p) for p in glob.glob(str(path), recursive=True) if pathlib.Path(p).is_file()),
                    key=lambda p: natural_key(str(p)))
     if not found:
-      raise UserInputError(f'config.predict.inputs={spec!r}: the glob matches no file')
+      raise UserInputError(f'{key}={spec!r}: the glob matches no file')
     return Inputs(found, [str(p) for p in found], [])
-  raise UserInputError(f'config.predict.inputs={spec!r}: no such file or folder')
+  raise UserInputError(f'{key}={spec!r}: no such file or folder')
 
 
-def _csv_inputs(path: pathlib.Path, column: str) -> Inputs:
+def _csv_inputs(path: pathlib.Path, column: str, column_key: str) -> Inputs:
   try:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise UserInputError(f'{path}: not a readable CSV ({type(e).__name__}: {e})') from None
   if column not in frame.columns:
-    raise UserInputError(f'{path}: no column {column!r} (config.predict.path_column); its columns are '
+    raise UserInputError(f'{path}: no column {column!r} ({column_key}); its columns are '
                          f'{list(frame.columns)}')
   paths, names, problems = [], [], []
   for row, value in enumerate(frame[column], start=2):  # row 1 is the header

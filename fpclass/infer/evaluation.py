@@ -24,8 +24,19 @@ from fpclass.runtime import report
 from fpclass.train import sidecar
 
 PLOTS = ('learning_curves.png', 'confusion_matrix.png', 'roc_curve.png')
-TEST_UNLABELLED_NOTE = ('The test images trained this model without their labels (config.distill.unlabelled=\'test\': '
-                        'the teacher labelled them): its test score is not a score on unseen images.')
+TEST_UNLABELLED_NOTE = ('The test images trained this model without their labels ({how}): its test score is not a '
+                        'score on unseen images.')
+
+
+def test_unlabelled_note(trained) -> str | None:
+  """The line every test score of `trained` carries when the source's test images trained it unlabelled: as a
+  distillation student's inputs (metadata), or as semi-supervised training's pool (its config); else None."""
+  run = trained.settings
+  if trained.metadata.get(sidecar.TEST_UNLABELLED):
+    return TEST_UNLABELLED_NOTE.format(how="config.distill.unlabelled='test': the teacher labelled them")
+  if run.data.unlabelled.unlabelled == 'test' and run.semi.method != 'none':
+    return TEST_UNLABELLED_NOTE.format(how=f"config.data.unlabelled='test': {run.semi.method} pseudo-labelled them")
+  return None
 
 
 def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilities=None) -> dict:
@@ -54,8 +65,8 @@ def evaluate_workdir(config, workdir, dataset=None, trained=None, val_probabilit
     test = dataset.test.take(np.flatnonzero(keep))
     scored['test'] = (test, trained.probabilities(test.images, batch, chunk))
     result['test'] = metrics.scores(test.labels, scored['test'][1], dataset.class_names)
-    if trained.metadata.get(sidecar.TEST_UNLABELLED):
-      result['test_note'] = TEST_UNLABELLED_NOTE
+    if test_unlabelled_note(trained):
+      result['test_note'] = test_unlabelled_note(trained)
   if score_train:  # un-augmented, with the restored weights (Keras' model.evaluate on train)
     scored['train'] = (dataset.train, trained.probabilities(dataset.train.images, batch, chunk))
     result['train'] = metrics.scores(dataset.train.labels, scored['train'][1], dataset.class_names)

@@ -47,6 +47,7 @@ class TrainData:
   class_names: tuple
   train: Split
   val: Split
+  unlabelled: tuple = ()   # (first row, count) of the unlabelled images after the labelled ones in `train`
 
 
 @dataclasses.dataclass

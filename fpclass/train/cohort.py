@@ -23,15 +23,15 @@ from fpclass.data import stream
 from fpclass.data.rows import take_rows
 from fpclass.models import transfer
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import accumulation, augment, ema, feature_cache, optim
+from fpclass.train import accumulation, augment, ema, feature_cache, optim, semi
 from fpclass.train.axis import MemberData, Split, TrainData, VmapAxis
+from fpclass.train.class_weights import class_weights as task_class_weights
 from fpclass.train.loop_state import LoopState
 from fpclass.train.members import Member, batch_size_for
 from fpclass.train.sampling import batch_order
 from fpclass.train.shared_work import SharedWork
 from fpclass.train.steps import CompiledSteps, LoopAxis, resolve_loop, validation_batch
 from fpclass.train.task import build_task
-from fpclass.train.task import class_weights as task_class_weights
 
 
 class Cohort:
@@ -67,7 +67,11 @@ class Cohort:
     if phase not in self._tasks:
       task = build_task(self.run.phase(phase), self.data.class_names,
                         self.data.train.labels[self.members[0].train_index], self.steps[0])
-      self._tasks[phase] = task if self.teacher is None else dataclasses.replace(task, teacher=self.teacher)
+      if self.teacher is not None:
+        task = dataclasses.replace(task, teacher=self.teacher)
+      if self.data.unlabelled:   # the batches carry unlabelled images after the labelled ones (`order`)
+        task = dataclasses.replace(task, semi=self.run.semi)
+      self._tasks[phase] = task
     return self._tasks[phase]
 
   def initial_states(self) -> list:
@@ -88,11 +92,15 @@ class Cohort:
     return states
 
   def order(self, m: int, epoch: int) -> np.ndarray:
-    """Member m's batches of epoch `epoch` as rows of the shared train array, (steps, batch)."""
+    """Member m's batches of epoch `epoch` as rows of the shared train array, (steps, batch); with unlabelled
+    images, each row continues with `config.semi.ratio` times as many of theirs (`fpclass.train.semi.order`)."""
     member = self.members[m]
     order = batch_order(self.run.train.sampler, member.seed, epoch, self.data.train.labels[member.train_index],
                         self.batch)
-    return member.train_index[order].astype(np.int32)
+    rows = member.train_index[order].astype(np.int32)
+    if not self.data.unlabelled:
+      return rows
+    return semi.order(rows, member.seed, epoch, *self.data.unlabelled, self.run.semi.ratio)
 
   def learning_rate(self, m: int, phase: int) -> float:
     """The learning rate of member m's last optimizer update in `phase` (the metrics row's)."""
@@ -180,6 +188,8 @@ class Cohort:
   def _cached_phase(self, task, states: dict):
     """(task, {m: MemberData}, val array) with the head training on features computed once per distinct
     frozen backbone, or (task, None, the val images) when the feature cache does not apply."""
+    if self.data.unlabelled:   # the unlabelled images' views are random before the backbone, every step
+      return task, None, self.data.val.images
     first = next(iter(states.values()))
     shared_val = self.data.val.images is self.data.train.images
     count = len(self.data.train.images) + (0 if shared_val else len(self.data.val.images))

@@ -89,7 +89,8 @@ def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, share
   run, start, compiled = variant.settings, time.perf_counter(), timings.compile_seconds()
   folder.mkdir(parents=True, exist_ok=True)
   with timings.phase('data'):
-    data = solo_data(run.data, run.seed) if plan.solo else experiment_data(run.data, plan.folds, plan.seeds)
+    data = (solo_data(run.data, run.seed, run.semi) if plan.solo else
+            experiment_data(run.data, plan.folds, plan.seeds, run.semi))
     teacher = plan.teacher
     if teacher is not None:   # distillation: maybe unlabelled images beside the labelled ones, cross-fitted rows
       data, teacher = teacher.training_data(data)

@@ -101,8 +101,11 @@ def shown_total(loop: LoopState, train: TrainSettings) -> int:
 def epoch_row(epoch: int, train_totals: dict, val_metrics: dict, learning_rate: float, phase: int,
               seconds: float) -> dict:
   """One row of metrics.csv: the epoch's training loss and accuracy (from the summed step totals), the
-  validation metrics prefixed with val_, the learning rate of its last step, and its wall time."""
+  validation metrics prefixed with val_, the learning rate of its last step, and its wall time; with unlabelled
+  images, the share of them whose weak view passed the threshold (train_pseudo_rate)."""
+  semi = {'train_pseudo_rate': train_totals['pseudo_labelled'] / train_totals['unlabelled']} \
+      if train_totals.get('unlabelled') else {}
   return dict(epoch=epoch, train_loss=train_totals['loss_sum'] / train_totals['count'],
-              train_accuracy=train_totals['correct'] / train_totals['count'],
+              train_accuracy=train_totals['correct'] / train_totals['count'], **semi,
               **{f'val_{k}': v for k, v in val_metrics.items()}, learning_rate=learning_rate, phase=phase,
               seconds=seconds)

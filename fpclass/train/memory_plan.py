@@ -21,7 +21,7 @@ from fpclass.config.run import RunSettings
 from fpclass.data import stream
 from fpclass.runtime import process
 from fpclass.runtime.compiler_options import jit_options
-from fpclass.train import feature_cache
+from fpclass.train import feature_cache, semi
 from fpclass.train import members as members_lib
 from fpclass.train.axis import TrainData, vmapped_predict
 from fpclass.train.steps import validation_batch
@@ -106,7 +106,7 @@ def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: 
   x = jax.ShapeDtypeStruct(images.shape, images.dtype)
   y = (jax.ShapeDtypeStruct((len(images), task.num_classes), jnp.uint8) if task.head == 'multilabel'
        else jax.ShapeDtypeStruct((len(images),), jnp.int32))
-  idx = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  idx = jax.ShapeDtypeStruct((semi.batch_rows(batch, task.semi),), jnp.int32)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   temp = lambda compiled: int(getattr(compiled.memory_analysis(), 'temp_size_in_bytes', 0) or 0)
   train = temp(jax.jit(task.train_step, compiler_options=jit_options()).lower(abstract, x, y, idx, key).compile())
@@ -137,6 +137,8 @@ def chunk_size(run: RunSettings, train_data: TrainData, group: list, form: str, 
   steps = -(-len(group[0].train_index) // batch)
   task = build_task(run, train_data.class_names, train_data.train.labels[group[0].train_index], steps)
   eval_batch = common_batch(validation_batch(run.eval, batch), [len(m.val_index) for m in group])
+  if train_data.unlabelled:
+    task = dataclasses.replace(task, semi=run.semi)
   task, images = _what_trains(run, task, train_data.train.images)
   image_shape = train_data.train.images.shape[1:]
   state = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), image_shape))
@@ -150,7 +152,7 @@ def chunk_size(run: RunSettings, train_data: TrainData, group: list, form: str, 
 def _what_trains(run: RunSettings, task, images):
   """(task, images) of the first phase as the loop will train it: a frozen backbone's head on its features
   (zeros of their shape: the plan reads shapes and sizes), or the task itself on the images."""
-  if run.train.feature_cache == 'off' or run.augment.randomises_input:
+  if run.train.feature_cache == 'off' or run.augment.randomises_input or task.semi is not None:
     return task, images
   variables = jax.eval_shape(lambda: task.init_variables(jax.random.PRNGKey(0), images.shape[1:]))
   split, _ = feature_cache.find_split(run, task, variables, images.shape[1:])

@@ -5,17 +5,23 @@ source's validation split) as separate train and val arrays, and hands the split
 chained after training need not decode it again. An experiment indexes one pool of every labelled image (the
 train and val arrays are the same), each member's fold picking its rows: the splits `pipeline.split_indices`
 makes for `data.fold=k`, so each member sees its solo run's data. Either way the images stay in memory when they
-fit config.data.device_memory_budget, and are streamed from the memory-mapped decode cache otherwise.
+fit config.data.device_memory_budget, and are streamed from the memory-mapped decode cache otherwise. With
+config.data.unlabelled (and config.semi.method on), the unlabelled images follow the labelled ones in the train
+array, labelled UNLABELLED, in memory; no member's train or validation rows point at them (`fpclass.train.semi`).
 """
 import dataclasses
 
 import numpy as np
 
 from fpclass.config.inputs import DataSettings
+from fpclass.config.training import SemiSettings
 from fpclass.data import pipeline, stream
+from fpclass.data.rows import in_memory
+from fpclass.data.unlabelled import load_pool
 from fpclass.errors import UserInputError
 from fpclass.train.axis import Split, TrainData
 from fpclass.train.members import Member
+from fpclass.train.semi import UNLABELLED
 
 
 @dataclasses.dataclass
@@ -26,19 +32,21 @@ class VariantData:
   budget: int | None                    # the device bytes the arrays may take (None: the default budget)
   decoded: pipeline.Decoded | None      # an experiment's decoded source (for calibration over its folds)
   dataset: pipeline.Dataset | None      # a solo run's split dataset (for the modes chained after training)
+  pool: object = None                   # the unlabelled images training reads (`fpclass.data.unlabelled.Pool`)
 
 
-def solo_data(data: DataSettings, seed: int) -> VariantData:
+def solo_data(data: DataSettings, seed: int, semi: SemiSettings = SemiSettings()) -> VariantData:
   """One member on the config's own split and seed."""
   dataset = stream.place(pipeline.load_dataset(data, mapped=True), data.storage)
   member = Member(data.split.fold, seed, np.arange(len(dataset.train)),
                   np.arange(len(dataset.val)))
-  train_data = TrainData(dataset.class_names, Split(dataset.train.images, dataset.train.labels),
-                         Split(dataset.val.images, dataset.val.labels))
-  return VariantData(train_data, [member], dataset.split_note, None, None, dataset)
+  pool = unlabelled_pool(data, semi, (dataset.train.images, dataset.val.images), dataset.test)
+  train, rows = with_pool(Split(dataset.train.images, dataset.train.labels), pool)
+  train_data = TrainData(dataset.class_names, train, Split(dataset.val.images, dataset.val.labels), rows)
+  return VariantData(train_data, [member], dataset.split_note, None, None, dataset, pool)
 
 
-def experiment_data(data: DataSettings, folds, seeds) -> VariantData:
+def experiment_data(data: DataSettings, folds, seeds, semi: SemiSettings = SemiSettings()) -> VariantData:
   """One member per split x seed over the pool of labelled images."""
   decoded = pipeline.decode_source(data, mapped=True)
   folds, seeds = list(folds), list(seeds)
@@ -56,11 +64,32 @@ def experiment_data(data: DataSettings, folds, seeds) -> VariantData:
     note = (f'{len(folds)} of {d.num_folds} {stratified} folds' if any(f >= 0 for f in folds) else
             f'the {stratified} {d.val_fraction:.0%} holdout') + f' (split_seed {d.split_seed})'
   (train, val, _), budget = stream.place_splits(data.storage, pool, val if val is not None else pool)
-  train_split = Split(train.images, _member_labels(train.labels))
+  unlabelled = unlabelled_pool(data, semi, [s.images for s in (pool, decoded.val) if s is not None], decoded.test)
+  train_split, rows = with_pool(Split(train.images, _member_labels(train.labels)), unlabelled)
   val_split = train_split if decoded.val is None else Split(val.images, _member_labels(val.labels))
   members = [Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
              for f, (t, v) in split_index.items() for s in seeds]
-  return VariantData(TrainData(decoded.class_names, train_split, val_split), members, note, budget, decoded, None)
+  return VariantData(TrainData(decoded.class_names, train_split, val_split, rows), members, note, budget, decoded,
+                     None, unlabelled)
+
+
+def unlabelled_pool(data: DataSettings, semi: SemiSettings, labelled, test):
+  """config.data.unlabelled's images when semi-supervised training reads them (config.semi.method), else None."""
+  if not data.unlabelled.unlabelled or semi.method == 'none':
+    return None
+  pool = load_pool(data, labelled, test)
+  print(f'semi-supervised: {pool.describe()}')
+  return pool
+
+
+def with_pool(train: Split, pool) -> tuple[Split, tuple]:
+  """`train` with the pool's images after its own, labelled UNLABELLED, and the pool's (first row, count); `train`
+  and () without a pool. In memory: the step gathers both parts from one array."""
+  if pool is None:
+    return train, ()
+  images = np.concatenate([in_memory(train.images), pool.images])
+  labels = np.concatenate([np.asarray(train.labels), np.full(len(pool), UNLABELLED, np.asarray(train.labels).dtype)])
+  return Split(images, labels), (len(train.labels), len(pool))
 
 
 def _member_labels(labels: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fpclass import models
@@ -23,12 +22,14 @@ from fpclass.config.model import ModelSettings
 from fpclass.config.run import RunSettings
 from fpclass.config.training import TrainSettings
 from fpclass.errors import UserInputError
-from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_for, predicted_class
+from fpclass.models.heads import binary_cross_entropy, cross_entropy, head_for, predicted_class, probabilities
 from fpclass.models.preprocessing import Normalisation
 from fpclass.models.weights_ref import weights_normalisation
-from fpclass.train import accumulation, augment, ema, optim, precision
+from fpclass.train import accumulation, augment, ema, optim, precision, semi
+from fpclass.train.class_weights import class_weights
 
 MIX_STREAM = 1  # folded into the augmentation key for `augment.mix_batch`
+SEMI_STREAM = 2  # folded into it for the unlabelled images' weak and strong views (`fpclass.train.semi`)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -83,6 +84,8 @@ class Task:
   warmup_epochs: Any = None
   # The augmentation magnitudes a train program was passed ({name: scalar}, `augment.magnitudes`); None: augment_cfg's.
   augment_values: Any = None
+  # config.semi when the batches carry unlabelled images after the labelled ones (`fpclass.train.semi`); else None.
+  semi: Any = None
 
   def model_input_shape(self, image_shape) -> tuple:
     height, width, channels = image_shape
@@ -146,6 +149,14 @@ class Task:
     streamed run and an in-memory one train the same model bit for bit. `rows`, the batch's rows of the
     training images where known (in memory), let a cross-fitted teacher choose its models per image."""
     aug_key, dropout_key = jax.random.split(key)
+    views = None
+    if self.semi is not None:
+      batch_images, batch_labels, unlabelled = semi.split(batch_images, batch_labels, self.semi.ratio)
+      rows = None if rows is None else rows[:batch_images.shape[0]]
+      weak_key, strong_key = jax.random.split(jax.random.fold_in(aug_key, SEMI_STREAM))
+      strong = augment.augment_batch(unlabelled.astype(jnp.float32) / 255.0, strong_key,
+                                     semi.strong_augment(self.augment_cfg, self.semi), self.augment_values)
+      views = jnp.concatenate([self.prepare(unlabelled, weak_key), self.model_input(strong)])
     x = self.prepare(batch_images, aug_key)
     y = targets = batch_labels
     if self.augment_cfg.mixing_enabled:
@@ -160,16 +171,23 @@ class Task:
     temperature = 1.0 if self.teacher is None else self.teacher.temperature
 
     def loss_fn(params):
-      logits, _, new_stats = self.apply(params, state.batch_stats, x, train=True,
-                                        rngs={'dropout': dropout_key})
+      inputs = x if views is None else jnp.concatenate([x, views])   # one pass: batch norm sees every view
+      every, _, new_stats = self.apply(params, state.batch_stats, inputs, train=True,
+                                       rngs={'dropout': dropout_key})
+      logits, confident = every[:x.shape[0]], jnp.zeros((), jnp.int32)
       if temperature == 1.0:
         loss = self.loss(logits, targets)
       else:   # Hinton et al.: the softened distributions matched, the gradients' scale kept by T^2
         loss = self.loss(logits / temperature, targets) * temperature ** 2
+      if views is not None:
+        weak_logits, strong_logits = jnp.split(every[x.shape[0]:], 2)
+        pseudo, mask = semi.pseudo_targets(probabilities(weak_logits, self.head, xp=jnp), self.semi.threshold)
+        loss = loss + self.semi.weight * jnp.mean(mask * cross_entropy(strong_logits, pseudo, self.head))
+        confident = jnp.sum(mask, dtype=jnp.int32)
       loss = loss + optim.l2_penalty(params, self.l2, self.l2_params)
-      return loss, (logits, new_stats)
+      return loss, (logits, new_stats, confident)
 
-    (loss, (logits, new_stats)), grads = self.trained_gradient(loss_fn, state.params)
+    (loss, (logits, new_stats, confident)), grads = self.trained_gradient(loss_fn, state.params)
     tx = self.tx if self.optimizer is None else self.optimizer(self.learning_rate, self.epochs, self.warmup_epochs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -180,7 +198,10 @@ class Task:
     # (multi-label: images whose every label is predicted right at 0.5, validation's subset accuracy).
     agree = predicted_class(logits, self.head) == y
     correct = jnp.sum(jnp.all(agree, axis=-1)) if self.head == 'multilabel' else jnp.sum(agree)
-    return new_state, {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
+    metrics = {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
+    if views is not None:   # the unlabelled images and those that passed the threshold (metrics.csv's pseudo_rate)
+      metrics.update(unlabelled=jnp.asarray(views.shape[0] // 2), pseudo_labelled=confident)
+    return new_state, metrics
 
   def trained_gradient(self, loss_fn, params):
     """`jax.value_and_grad(loss_fn, has_aux=True)(params)`, differentiated with respect to the parameters that
@@ -279,35 +300,6 @@ class TaskView:
   @property
   def num_classes(self) -> int:
     return self.task.num_classes
-
-
-def class_weights(spec: str, class_names, train_labels) -> tuple | None:
-  """'' -> None; 'auto' -> n / (k * count) as scikit-learn's 'balanced'; 'a:1,b:2.5' -> by class name.
-
-  Multi-label labels ((N, K) 0/1 rows) get positive weights (torch's `pos_weight`): 'auto' gives each class
-  its negatives / positives (a class with no positive gets 1), and 'a:2.5' sets one class's."""
-  spec = (spec or '').strip()
-  if not spec:
-    return None
-  k = len(class_names)
-  train_labels = np.asarray(train_labels)
-  if spec == 'auto' and train_labels.ndim == 2:
-    positives = train_labels.sum(0).astype(np.float64)
-    return tuple(float((len(train_labels) - p) / p) if p else 1.0 for p in positives)
-  if spec == 'auto':
-    counts = np.bincount(train_labels, minlength=k).astype(np.float64)
-    return tuple(float(len(train_labels) / (k * c)) for c in counts)
-  weights = {}
-  for item in spec.split(','):
-    name, sep, value = item.rpartition(':')
-    if not sep or name.strip() not in class_names:
-      raise UserInputError(f'config.train.class_weights={spec!r}: {item.strip()!r} is not "class:weight" for '
-                           f'a class in {list(class_names)}')
-    try:
-      weights[name.strip()] = float(value)
-    except ValueError:
-      raise UserInputError(f'config.train.class_weights={spec!r}: {value!r} is not a number') from None
-  return tuple(weights.get(c, 1.0) for c in class_names)
 
 
 def check_label_task(run: RunSettings) -> None:
