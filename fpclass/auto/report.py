@@ -88,7 +88,7 @@ def write_report(run, workdir) -> str:
               '']
   lines += ['### 4. The chosen configuration', '',
             f'`{run.chosen["name"]}` ({run.chosen.get("candidate")}): '
-            f'{describe_changes(run.chosen["changes"])}.', '',
+            f'{describe_changes(run.chosen["changes"])}.', '', *_unlabelled_lines(run, study),
             *([f'Final model: [{run.final.name}/]({run.final.name}/): {run.final_note}. An ensemble workdir that '
                'submit, predict, serve, export and calibrate read. It keeps the fold models rather than refitting '
                'on all the data: their out-of-fold score is the honest one, a refit has none of its own.',
@@ -102,6 +102,25 @@ def write_report(run, workdir) -> str:
   fileio.write_text(workdir / REPORT, text + '\n')
   report.write_section(workdir, '50-auto', text)
   return text
+
+
+def _unlabelled_lines(run, study: optuna.Study) -> list[str]:
+  """With config.data.unlabelled: whether the choice trains on those images, and the best trial each way."""
+  config = run.chosen['config']
+  spec = config['data'].get('unlabelled', '')
+  if not spec:
+    return []
+  own = config['semi']['method']
+  better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+  best = {}
+  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    method = trial.params.get('semi.method', own)   # a space without the key: every trial has the choice's
+    if trial.value is not None:
+      best[method] = better(best.get(method, trial.value), trial.value)
+  each = '; '.join(f'{"with them" if m != "none" else "without them"} ({m}): {v:.4f}' for m, v in sorted(best.items()))
+  won = 'trains on them' if own != 'none' else 'leaves them out'
+  return [f'Unlabelled images (`config.data.unlabelled={spec}`): the choice {won} (`semi.method={own}`). The best '
+          f'trial {each or "(none completed)"}, each at its own last rung (not like for like).', '']
 
 
 def confirm_summary(models: pd.DataFrame, metrics: tuple, folds: int) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 `default_space` writes `fpclass.auto.space` entries: the learning rate as a factor of each candidate's centre,
 regularisation and augmentation (geometry, and horizontal flips only where `flip_check` finds that mirrored
 images keep their class), the seed CNN's switches for from-scratch models, the fine-tuning settings for
-pretrained ones. Every range holds the config's own value, so the first trial is the config as given.
+pretrained ones, and with config.data.unlabelled whether to train on those images (config.semi.method). Every range holds the config's own value, so the first trial is the config as given.
 `fpclass.auto.lr_centres` moves a screened backbone's centre from the guess here to a short lr_find's
 suggestion when that fits the time given. The table of defaults and their reasons: docs/auto.md.
 """
@@ -98,6 +98,9 @@ def default_space(base: Variant, candidates: list, learning_rates: dict | None =
   if with_bn:   # scoped: a trial whose model has none would move a knob that does nothing
     entries.append(_scoped(_choice('train.bn_statistics', train.bn_statistics, 'running', 'precise'), with_bn,
                            [c.name for c in candidates]))
+  if base.settings.data.unlabelled.unlabelled:   # the images nobody labelled: trained on (FixMatch) or not
+    method = base.settings.semi.method
+    entries.append(_choice('semi.method', method, 'none' if method != 'none' else 'fixmatch'))
   return entries
 
 

@@ -149,14 +149,17 @@ class Task:
     streamed run and an in-memory one train the same model bit for bit. `rows`, the batch's rows of the
     training images where known (in memory), let a cross-fitted teacher choose its models per image."""
     aug_key, dropout_key = jax.random.split(key)
-    views = None
-    if self.semi is not None:
+    strong = None
+    if self.semi is not None:   # the weak views' pass is forward only, outside the gradient (`fpclass.train.semi`)
       batch_images, batch_labels, unlabelled = semi.split(batch_images, batch_labels, self.semi.ratio)
       rows = None if rows is None else rows[:batch_images.shape[0]]
       weak_key, strong_key = jax.random.split(jax.random.fold_in(aug_key, SEMI_STREAM))
-      strong = augment.augment_batch(unlabelled.astype(jnp.float32) / 255.0, strong_key,
-                                     semi.strong_augment(self.augment_cfg, self.semi), self.augment_values)
-      views = jnp.concatenate([self.prepare(unlabelled, weak_key), self.model_input(strong)])
+      weak_logits, _, _ = self.apply(state.params, state.batch_stats, self.prepare(unlabelled, weak_key), train=True,
+                                     rngs={'dropout': jax.random.fold_in(dropout_key, SEMI_STREAM)})
+      pseudo, mask = semi.pseudo_targets(probabilities(weak_logits, self.head, xp=jnp), self.semi.threshold)
+      strong = self.model_input(augment.augment_batch(unlabelled.astype(jnp.float32) / 255.0, strong_key,
+                                                      semi.strong_augment(self.augment_cfg, self.semi),
+                                                      self.augment_values))
     x = self.prepare(batch_images, aug_key)
     y = targets = batch_labels
     if self.augment_cfg.mixing_enabled:
@@ -171,23 +174,20 @@ class Task:
     temperature = 1.0 if self.teacher is None else self.teacher.temperature
 
     def loss_fn(params):
-      inputs = x if views is None else jnp.concatenate([x, views])   # one pass: batch norm sees every view
+      inputs = x if strong is None else jnp.concatenate([x, strong])   # one pass: batch norm sees both
       every, _, new_stats = self.apply(params, state.batch_stats, inputs, train=True,
                                        rngs={'dropout': dropout_key})
-      logits, confident = every[:x.shape[0]], jnp.zeros((), jnp.int32)
+      logits = every[:x.shape[0]]
       if temperature == 1.0:
         loss = self.loss(logits, targets)
       else:   # Hinton et al.: the softened distributions matched, the gradients' scale kept by T^2
         loss = self.loss(logits / temperature, targets) * temperature ** 2
-      if views is not None:
-        weak_logits, strong_logits = jnp.split(every[x.shape[0]:], 2)
-        pseudo, mask = semi.pseudo_targets(probabilities(weak_logits, self.head, xp=jnp), self.semi.threshold)
-        loss = loss + self.semi.weight * jnp.mean(mask * cross_entropy(strong_logits, pseudo, self.head))
-        confident = jnp.sum(mask, dtype=jnp.int32)
+      if strong is not None:
+        loss = loss + self.semi.weight * jnp.mean(mask * cross_entropy(every[x.shape[0]:], pseudo, self.head))
       loss = loss + optim.l2_penalty(params, self.l2, self.l2_params)
-      return loss, (logits, new_stats, confident)
+      return loss, (logits, new_stats)
 
-    (loss, (logits, new_stats, confident)), grads = self.trained_gradient(loss_fn, state.params)
+    (loss, (logits, new_stats)), grads = self.trained_gradient(loss_fn, state.params)
     tx = self.tx if self.optimizer is None else self.optimizer(self.learning_rate, self.epochs, self.warmup_epochs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -199,8 +199,8 @@ class Task:
     agree = predicted_class(logits, self.head) == y
     correct = jnp.sum(jnp.all(agree, axis=-1)) if self.head == 'multilabel' else jnp.sum(agree)
     metrics = {'loss_sum': loss * y.shape[0], 'correct': correct, 'count': jnp.asarray(y.shape[0])}
-    if views is not None:   # the unlabelled images and those that passed the threshold (metrics.csv's pseudo_rate)
-      metrics.update(unlabelled=jnp.asarray(views.shape[0] // 2), pseudo_labelled=confident)
+    if strong is not None:   # the unlabelled images and those that passed the threshold (metrics.csv's pseudo_rate)
+      metrics.update(unlabelled=jnp.asarray(mask.shape[0]), pseudo_labelled=jnp.sum(mask, dtype=jnp.int32))
     return new_state, metrics
 
   def trained_gradient(self, loss_fn, params):

@@ -1,0 +1,236 @@
+"""The user's loop with images nobody labelled, simulated on real sets with the labels hidden from training (issue 78).
+
+    python -m bench.unlabelled [--out runs/bench-unlabelled] [--data digits mnist folder] [--fractions 0.05 0.1]
+                               [--seeds 0 1 2] [--epochs N] [--start 50] [--add 50] [--rounds 5]
+                               [--parts semi label_next] [--set data.root=/tmp/fashion ...]
+
+Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a folder with `--set data.root=...`):
+1. test split: a stratified 20% of the labelled images, held out of every arm (config.data.exclude_csv) and scored
+   through `--mode predict` (bench.auto.write_test_split). Array images are written as PNG files: the pool and the
+   test images are read by the decode path a user's files take.
+2. semi: for each `--fractions` f and `--seeds` s, a stratified draw of f of the training images keeps its labels
+   (seeded by s); the rest is the pool, its labels hidden (exclude.csv) and its files listed in pool.csv. Three arms
+   with seed s: the labelled part alone; the labelled part with `--config.data.unlabelled=pool.csv` (config.semi as
+   given); every label. Reported: each arm's test accuracy, semi minus labelled-alone as a paired difference over
+   the test images (correctness averaged over the seeds, 95% bootstrap interval), the share of the gap to all the
+   labels closed, and the seconds per epoch (metrics.csv, after the first) of semi against labelled-alone: they
+   run the same labelled batches, so the ratio is the cost per labelled batch.
+3. label_next: from `--start` labelled images (stratified, seed 0), `--rounds` rounds each adding `--add` labels,
+   chosen by `--mode label_next` (margin, k-center, foreign images never picked) on the last round's model, or at
+   random; the bench reveals the chosen images' labels. Reported: both accuracy curves, and the labels label_next
+   needs to reach random's last accuracy (linear between rounds), as a share of random's.
+Every launch takes `--epochs` and the `--set` overrides. Written to --out: <data>/bench_unlabelled.json and
+bench_unlabelled.json (all) with every command; an --out/<data> that holds a run is refused, nothing is deleted.
+"""
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.auto import DATA, Launcher, correct_on_test, write_test_split  # noqa: E402
+from fpclass import fileio  # noqa: E402
+from fpclass.config.inputs import DataSettings  # noqa: E402
+from fpclass.data.pipeline import list_source  # noqa: E402
+from fpclass.modes.command_line import config_from_argv  # noqa: E402
+from fpclass.modes.runner import sized_by_the_images  # noqa: E402
+
+
+class Images:
+  """The source's labelled training images outside the test split: ids, files (PNG written for arrays), labels."""
+
+  def __init__(self, config, folder: pathlib.Path, test: pd.DataFrame):
+    source = list_source(DataSettings.from_config(config.data))
+    split, held = source.train, set(test['id'])
+    keep = [i for i, name in enumerate(split.ids) if str(name) not in held]
+    self.ids = np.asarray([str(split.ids[i]) for i in keep])
+    self.labels = np.asarray(split.labels)[keep]
+    self.test_ids = list(test['id'])
+    files = []
+    for i in keep:
+      if split.paths is not None:
+        files.append(str(pathlib.Path(split.paths[i]).resolve()))
+        continue
+      path = folder / 'images' / f'{i:05d}.png'
+      if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = np.asarray(split.images[i], np.uint8)
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+      files.append(str(path.resolve()))
+    self.files = np.asarray(files)
+
+  def draw(self, count: int, seed: int) -> np.ndarray:
+    """A stratified draw of `count` indices (at least one per class)."""
+    if count >= len(self.ids):
+      return np.arange(len(self.ids))
+    chosen, _ = train_test_split(np.arange(len(self.ids)), train_size=count, stratify=self.labels,
+                                 random_state=seed)
+    return np.sort(chosen)
+
+  def write_split(self, folder: pathlib.Path, labelled: np.ndarray) -> tuple[pathlib.Path, pathlib.Path]:
+    """exclude.csv (the test images and the pool) and pool.csv (the pool's files) for a labelled set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = np.setdiff1d(np.arange(len(self.ids)), labelled)
+    exclude, listed = folder / 'exclude.csv', folder / 'pool.csv'
+    fileio.write_csv(exclude, pd.DataFrame({'id': [*self.test_ids, *self.ids[pool]]}))
+    fileio.write_csv(listed, pd.DataFrame({'path': self.files[pool]}))
+    return exclude, listed
+
+
+def seconds_per_epoch(workdir: pathlib.Path) -> float:
+  """The median epoch's seconds after the first (which compiles), from metrics.csv."""
+  seconds = pd.read_csv(workdir / 'metrics.csv')['seconds'].to_numpy()
+  return float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+
+
+def pseudo_rate(workdir: pathlib.Path) -> float | None:
+  history = pd.read_csv(workdir / 'metrics.csv')
+  return float(history['train_pseudo_rate'].iloc[-1]) if 'train_pseudo_rate' in history else None
+
+
+def semi_part(args, launch, common, folder, images, test) -> dict:
+  arms_by_seed, rows = {}, []
+  for seed in args.seeds:
+    workdir = folder / f'all-s{seed}'
+    launch(f'all-s{seed}', [*common, f'--config.seed={seed}', f'--workdir={workdir}',
+                            f'--config.data.exclude_csv={folder / "exclude.csv"}'])
+    arms_by_seed.setdefault('all', {})[seed] = correct_on_test(launch, f'predict-all-s{seed}', workdir, folder, test)
+  for fraction in args.fractions:
+    correct = {'labelled': {}, 'semi': {}}
+    cost, rates = [], []
+    for seed in args.seeds:
+      labelled = images.draw(round(fraction * len(images.ids)), seed)
+      exclude, pool = images.write_split(folder / f'f{fraction}-s{seed}', labelled)
+      base = [*common, f'--config.seed={seed}', f'--config.data.exclude_csv={exclude}']
+      workdirs = {'labelled': folder / f'f{fraction}-s{seed}' / 'labelled',
+                  'semi': folder / f'f{fraction}-s{seed}' / 'semi'}
+      launch(f'labelled-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["labelled"]}'])
+      launch(f'semi-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["semi"]}', f'--config.data.unlabelled={pool}'])
+      for arm, workdir in workdirs.items():
+        correct[arm][seed] = correct_on_test(launch, f'predict-{arm}-f{fraction}-s{seed}', workdir, folder, test)
+      cost.append(seconds_per_epoch(workdirs['semi']) / seconds_per_epoch(workdirs['labelled']))
+      rates.append(pseudo_rate(workdirs['semi']))
+    mean = {arm: np.mean([correct[arm][s] for s in args.seeds], axis=0) for arm in correct}
+    mean['all'] = np.mean([arms_by_seed['all'][s] for s in args.seeds], axis=0)
+    accuracy = {arm: float(m.mean()) for arm, m in mean.items()}
+    gap = accuracy['all'] - accuracy['labelled']
+    rows.append(dict(fraction=fraction, labelled_images=int(round(fraction * len(images.ids))),
+                     pool_images=len(images.ids) - int(round(fraction * len(images.ids))), accuracy=accuracy,
+                     accuracy_by_seed={arm: {str(s): float(c.mean()) for s, c in by.items()}
+                                       for arm, by in {**correct, 'all': arms_by_seed['all']}.items()},
+                     semi_minus_labelled=paired_mean(mean['semi'], mean['labelled'], args.seeds[0]),
+                     gap_closed=None if gap <= 0 else (accuracy['semi'] - accuracy['labelled']) / gap,
+                     semi_epoch_cost=cost, last_epoch_pseudo_rate=rates))
+  return dict(rows=rows)
+
+
+def paired_mean(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
+  """`bench.auto.paired` on per-image correctness averaged over seeds (fractions of the seeds right)."""
+  difference = a - b
+  draws = np.random.default_rng(seed).integers(0, len(difference), (10_000, len(difference)))
+  low, high = np.percentile(difference[draws].mean(1), [2.5, 97.5])
+  return dict(mean=float(difference.mean()), ci_low=float(low), ci_high=float(high), images=len(difference))
+
+
+def label_next_part(args, launch, common, folder, images, test) -> dict:
+  start = images.draw(args.start, 0)
+  curves = {}
+  for strategy in ('label_next', 'random'):
+    labelled, counts, accuracy = start.copy(), [], []
+    rng = np.random.default_rng(0)
+    for round_ in range(args.rounds + 1):
+      here = folder / f'loop-{strategy}-r{round_}'
+      exclude, pool = images.write_split(here, labelled)
+      workdir = here / 'run'
+      if strategy == 'random' and round_ == 0:   # the same first model as label_next's
+        workdir = folder / 'loop-label_next-r0' / 'run'
+      else:
+        launch(f'loop-{strategy}-r{round_}', [*common, f'--config.data.exclude_csv={exclude}', f'--workdir={workdir}'])
+      counts.append(len(labelled))
+      accuracy.append(float(correct_on_test(launch, f'predict-loop-{strategy}-r{round_}', workdir, folder,
+                                            test).mean()))
+      if round_ == args.rounds:
+        break
+      pool_index = np.setdiff1d(np.arange(len(images.ids)), labelled)
+      if strategy == 'random':
+        picked = rng.choice(pool_index, min(args.add, len(pool_index)), replace=False)
+      else:
+        launch(f'label_next-r{round_}', [f'--workdir={workdir}', '--mode=label_next', f'--config.data.unlabelled={pool}',
+                                          f'--config.label_next.count={args.add}', '--config.label_next.contact_sheet=0'])
+        ranked = pd.read_csv(workdir / 'label_next.csv', dtype={'path': str}, keep_default_na=False)
+        chosen = ranked[ranked['guess'] != '']['path'].head(args.add)
+        by_file = {f: i for i, f in enumerate(images.files)}
+        picked = np.asarray([by_file[str(pathlib.Path(p).resolve())] for p in chosen])
+      labelled = np.union1d(labelled, picked)
+    curves[strategy] = dict(labels=counts, accuracy=accuracy)
+  target = curves['random']['accuracy'][-1]
+  needed = labels_to_reach(curves['label_next'], target)
+  return dict(start=args.start, add=args.add, rounds=args.rounds, curves=curves, random_last_accuracy=target,
+              label_next_labels_to_reach_it=needed,
+              share_of_random_labels=None if needed is None else needed / curves['random']['labels'][-1])
+
+
+def labels_to_reach(curve: dict, target: float) -> float | None:
+  """The labels at which `curve` first reaches `target`, linear between rounds; None if it never does."""
+  labels, accuracy = curve['labels'], curve['accuracy']
+  for i, a in enumerate(accuracy):
+    if a >= target:
+      if i == 0:
+        return float(labels[0])
+      lo, hi = accuracy[i - 1], a
+      return float(labels[i - 1] + (target - lo) / (hi - lo) * (labels[i] - labels[i - 1]))
+  return None
+
+
+def run_one(name: str, args) -> dict:
+  folder = args.out / name
+  if folder.exists() and any(folder.iterdir()):
+    raise SystemExit(f'{folder} already holds a run: choose another --out (nothing is deleted)')
+  (folder / 'logs').mkdir(parents=True, exist_ok=True)
+  launch = Launcher(folder / 'logs')
+  common = [f'--config={DATA[name]}', '--config.explain.after_training=False', '--config.train.tensorboard=False',
+            *([f'--config.train.epochs={args.epochs}'] if args.epochs else []), *(f'--config.{o}' for o in args.set)]
+  config = sized_by_the_images(config_from_argv(['launch.py', *common]))
+  test, _ = write_test_split(config, folder, 0.2, 0)
+  images = Images(config, folder, test)
+  row = dict(data=name, date=time.strftime('%Y-%m-%d'), config=DATA[name], epochs=args.epochs,
+             overrides=list(args.set), test_images=len(test), training_images=len(images.ids),
+             semi_settings={k: v for k, v in config.semi.items()})
+  if 'semi' in args.parts:
+    row['semi'] = semi_part(args, launch, common, folder, images, test)
+  if 'label_next' in args.parts:
+    row['label_next'] = label_next_part(args, launch, common, folder, images, test)
+  row['commands'] = launch.commands
+  fileio.write_json(folder / 'bench_unlabelled.json', row)
+  return row
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--out', type=pathlib.Path, default=REPO / 'runs' / 'bench-unlabelled')
+  p.add_argument('--data', nargs='+', default=['digits', 'mnist'], choices=list(DATA))
+  p.add_argument('--fractions', type=float, nargs='+', default=[0.05, 0.1])
+  p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+  p.add_argument('--epochs', type=int, default=0, help="every launch's epochs (0: each config's own)")
+  p.add_argument('--start', type=int, default=50, help='label_next: the labelled images it starts from')
+  p.add_argument('--add', type=int, default=50, help='label_next: labels added per round')
+  p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--parts', nargs='+', default=['semi', 'label_next'], choices=['semi', 'label_next'])
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='a config override for every training launch (repeatable)')
+  args = p.parse_args()
+  rows = [run_one(name, args) for name in args.data]
+  fileio.write_json(args.out / 'bench_unlabelled.json', rows)
+  print(json.dumps([{k: v for k, v in r.items() if k != 'commands'} for r in rows], indent=1, default=str))
+
+
+if __name__ == '__main__':
+  main()
