@@ -11,7 +11,10 @@ from bench.gpu_session_core import Session, Step, StepFailed, accounted_serve_re
 
 # The sweeps compared: (config.sweep.folds, config.sweep.seeds, config.sweep.model_axis) of configs/footprint_sweep.py's
 # one variant; () is its 5 folds.
-SWEEPS = dict(one_member=('(0,)', '(0,)', 'vmap'), vmap_15=('()', '(0,1,2)', 'vmap'), loop_15=('()', '(0,1,2)', 'loop'))
+# The CPU dry run's pair (vmap_3, loop_3) is one fold's 3 seeds: what it checks is that both axes launch and are read.
+SWEEPS = dict(one_member=('(0,)', '(0,)', 'vmap'), vmap_15=('()', '(0,1,2)', 'vmap'), loop_15=('()', '(0,1,2)', 'loop'),
+              vmap_3=('(0,)', '(0,1,2)', 'vmap'), loop_3=('(0,)', '(0,1,2)', 'loop'))
+RATIOS = (('vmap_15', 'one_member'), ('loop_15', 'vmap_15'), ('loop_3', 'vmap_3'))   # (over, under) where both ran
 
 
 def population_step(session: Session, step: Step) -> dict:
@@ -26,7 +29,7 @@ def population_step(session: Session, step: Step) -> dict:
           '--config', plan.population_sweep_config, '--mode', 'sweep', f'--config.sweep.folds={folds}',
           f'--config.sweep.seeds={seeds}', f'--config.sweep.model_axis={axis}', *plan.population_args])
     sweeps = results['sweeps']
-    for over, under in (('vmap_15', 'one_member'), ('loop_15', 'vmap_15')):
+    for over, under in RATIOS:
       if over in sweeps and under in sweeps:
         results[f'{over}_over_{under}'] = ratio(sweeps[over], sweeps[under])
     for axis in plan.population_auto_axes:

@@ -105,7 +105,7 @@ DRY_PLAN = Plan(
     # Tiny sizes: the step's claim on the CPU is that every launch and the server run and their files are read.
     population_sweep_config='configs/footprint_sweep.py:exp4,quick', population_auto_config='configs/footprint.py:quick',
     population_auto_budget='15s', population_auto_axes=('loop',),   # the CPU's own axis (auto): auto once
-    population_sweeps=('vmap_15', 'loop_15'),   # one member alone is the same launch as 15: its ratio is the GPU's
+    population_sweeps=('vmap_3', 'loop_3'),   # one member alone is the same launch as 15: its ratio is the GPU's
     population_args=('--config.train.epochs=1', '--config.data.image_size=(24,16)'),
     population_serve_args=('--concurrency', '4', '--requests', '32', '--workers', '1', '--batching', 'on',
                            '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',

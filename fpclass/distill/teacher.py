@@ -30,7 +30,7 @@ from fpclass.data.new_images import list_inputs
 from fpclass.errors import UserInputError
 from fpclass.infer.ensemble import MemberModel, workdir_models
 from fpclass.models.heads import head_of, probabilities
-from fpclass.train.axis import Split, TrainData
+from fpclass.train.axis import Split
 from fpclass.train.task import build_task
 
 UNLABELLED = -1   # the label of an image the teacher alone labels
@@ -97,7 +97,7 @@ class Teacher:
     images = np.concatenate([np.asarray(train.images), self.unlabelled])
     labels = np.concatenate([np.asarray(train.labels), np.full(len(self.unlabelled), UNLABELLED, train.labels.dtype)])
     members = [dataclasses.replace(m, train_index=np.arange(len(images))) for m in data.members]
-    train_data = TrainData(data.train_data.class_names, Split(images, labels), data.train_data.val)
+    train_data = dataclasses.replace(data.train_data, train=Split(images, labels))   # a semi pool's rows kept
     if teacher.row_weights is not None:   # every model teaches the unlabelled images: none trained on them
       every = np.tile(self._weights(), (len(self.unlabelled), 1))
       teacher = dataclasses.replace(teacher, row_weights=np.concatenate([teacher.row_weights, every]))
