@@ -149,11 +149,15 @@ def correct_on_test(launch: Launcher, step: str, workdir: pathlib.Path, folder: 
 def paired(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
   """a minus b over the same test images: the accuracy difference, its 95% percentile bootstrap interval
   (images resampled with replacement), and wins (a right, b wrong) and losses."""
-  difference = a.astype(np.float64) - b.astype(np.float64)
+  return dict(bootstrap(a.astype(np.float64) - b.astype(np.float64), seed), wins=int(np.sum(a & ~b)),
+              losses=int(np.sum(~a & b)))
+
+
+def bootstrap(difference: np.ndarray, seed: int) -> dict:
+  """The mean of per-image differences with its 95% percentile bootstrap interval (images resampled)."""
   draws = np.random.default_rng(seed).integers(0, len(difference), (RESAMPLES, len(difference)))
   low, high = np.percentile(difference[draws].mean(1), [2.5, 97.5])
-  return dict(mean=float(difference.mean()), ci_low=float(low), ci_high=float(high),
-              wins=int(np.sum(a & ~b)), losses=int(np.sum(~a & b)), images=len(difference))
+  return dict(mean=float(difference.mean()), ci_low=float(low), ci_high=float(high), images=len(difference))
 
 
 def auto_accounts(workdir: pathlib.Path) -> dict:
@@ -179,16 +183,21 @@ def auto_accounts(workdir: pathlib.Path) -> dict:
   return out
 
 
-def run_one(name: str, args) -> dict:
+def fresh_data_set(name: str, args) -> tuple[pathlib.Path, Launcher, list, object]:
+  """(--out/<name>, its launcher, every launch's common flags, the config they give) for data set `name`; an
+  --out/<name> that holds a run is refused."""
   folder = args.out / name
   if folder.exists() and any(folder.iterdir()):
     raise SystemExit(f'{folder} already holds a run: choose another --out (nothing is deleted)')
   (folder / 'logs').mkdir(parents=True, exist_ok=True)
-  launch = Launcher(folder / 'logs')
   common = [f'--config={DATA[name]}', '--config.explain.after_training=False', '--config.train.tensorboard=False',
             *([f'--config.train.epochs={args.epochs}'] if args.epochs else []),
             *(f'--config.{o}' for o in args.set)]
-  config = sized_by_the_images(config_from_argv(['launch.py', *common]))
+  return folder, Launcher(folder / 'logs'), common, sized_by_the_images(config_from_argv(['launch.py', *common]))
+
+
+def run_one(name: str, args) -> dict:
+  folder, launch, common, config = fresh_data_set(name, args)
   test, labelled = write_test_split(config, folder, args.test_fraction, args.seed)
   base = [*common, f'--config.data.exclude_csv={folder / "exclude.csv"}']
   arms = hand_arms(name, config)

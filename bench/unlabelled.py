@@ -12,7 +12,7 @@ Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a f
    (seeded by s); the rest is the pool, its labels hidden (exclude.csv) and its files listed in pool.csv. Three arms
    with seed s: the labelled part alone; the labelled part with `--config.data.unlabelled=pool.csv` (config.semi as
    given); every label. Reported: each arm's test accuracy, semi minus labelled-alone as a paired difference over
-   the test images (correctness averaged over the seeds, 95% bootstrap interval), the share of the gap to all the
+   the test images (correctness averaged over the seeds; bench.auto.bootstrap's 95% interval), the share of the gap to all the
    labels closed, and the seconds per epoch (metrics.csv, after the first) of semi against labelled-alone: they
    run the same labelled batches, so the ratio is the cost per labelled batch.
 3. label_next: from `--start` labelled images (stratified, seed 0), `--rounds` rounds each adding `--add` labels,
@@ -36,12 +36,10 @@ from sklearn.model_selection import train_test_split
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.auto import DATA, Launcher, correct_on_test, write_test_split  # noqa: E402
+from bench.auto import DATA, bootstrap, correct_on_test, fresh_data_set, write_test_split  # noqa: E402
 from fpclass import fileio  # noqa: E402
 from fpclass.config.inputs import DataSettings  # noqa: E402
 from fpclass.data.pipeline import list_source  # noqa: E402
-from fpclass.modes.command_line import config_from_argv  # noqa: E402
-from fpclass.modes.runner import sized_by_the_images  # noqa: E402
 
 
 class Images:
@@ -126,18 +124,10 @@ def semi_part(args, launch, common, folder, images, test) -> dict:
                      pool_images=len(images.ids) - int(round(fraction * len(images.ids))), accuracy=accuracy,
                      accuracy_by_seed={arm: {str(s): float(c.mean()) for s, c in by.items()}
                                        for arm, by in {**correct, 'all': arms_by_seed['all']}.items()},
-                     semi_minus_labelled=paired_mean(mean['semi'], mean['labelled'], args.seeds[0]),
+                     semi_minus_labelled=bootstrap(mean['semi'] - mean['labelled'], args.seeds[0]),
                      gap_closed=None if gap <= 0 else (accuracy['semi'] - accuracy['labelled']) / gap,
                      semi_epoch_cost=cost, last_epoch_pseudo_rate=rates))
   return dict(rows=rows)
-
-
-def paired_mean(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
-  """`bench.auto.paired` on per-image correctness averaged over seeds (fractions of the seeds right)."""
-  difference = a - b
-  draws = np.random.default_rng(seed).integers(0, len(difference), (10_000, len(difference)))
-  low, high = np.percentile(difference[draws].mean(1), [2.5, 97.5])
-  return dict(mean=float(difference.mean()), ci_low=float(low), ci_high=float(high), images=len(difference))
 
 
 def label_next_part(args, launch, common, folder, images, test) -> dict:
@@ -191,14 +181,7 @@ def labels_to_reach(curve: dict, target: float) -> float | None:
 
 
 def run_one(name: str, args) -> dict:
-  folder = args.out / name
-  if folder.exists() and any(folder.iterdir()):
-    raise SystemExit(f'{folder} already holds a run: choose another --out (nothing is deleted)')
-  (folder / 'logs').mkdir(parents=True, exist_ok=True)
-  launch = Launcher(folder / 'logs')
-  common = [f'--config={DATA[name]}', '--config.explain.after_training=False', '--config.train.tensorboard=False',
-            *([f'--config.train.epochs={args.epochs}'] if args.epochs else []), *(f'--config.{o}' for o in args.set)]
-  config = sized_by_the_images(config_from_argv(['launch.py', *common]))
+  folder, launch, common, config = fresh_data_set(name, args)
   test, _ = write_test_split(config, folder, 0.2, 0)
   images = Images(config, folder, test)
   row = dict(data=name, date=time.strftime('%Y-%m-%d'), config=DATA[name], epochs=args.epochs,
