@@ -32,7 +32,6 @@ class VariantData:
   budget: int | None                    # the device bytes the arrays may take (None: the default budget)
   decoded: pipeline.Decoded | None      # an experiment's decoded source (for calibration over its folds)
   dataset: pipeline.Dataset | None      # a solo run's split dataset (for the modes chained after training)
-  pool: object = None                   # the unlabelled images training reads (`fpclass.data.unlabelled.Pool`)
 
 
 def solo_data(data: DataSettings, seed: int, semi: SemiSettings = SemiSettings()) -> VariantData:
@@ -43,7 +42,7 @@ def solo_data(data: DataSettings, seed: int, semi: SemiSettings = SemiSettings()
   pool = unlabelled_pool(data, semi, (dataset.train.images, dataset.val.images), dataset.test)
   train, rows = with_pool(Split(dataset.train.images, dataset.train.labels), pool)
   train_data = TrainData(dataset.class_names, train, Split(dataset.val.images, dataset.val.labels), rows)
-  return VariantData(train_data, [member], dataset.split_note, None, None, dataset, pool)
+  return VariantData(train_data, [member], dataset.split_note, None, None, dataset)
 
 
 def experiment_data(data: DataSettings, folds, seeds, semi: SemiSettings = SemiSettings()) -> VariantData:
@@ -70,7 +69,7 @@ def experiment_data(data: DataSettings, folds, seeds, semi: SemiSettings = SemiS
   members = [Member(f, int(s), np.asarray(t, np.int64), np.asarray(v, np.int64))
              for f, (t, v) in split_index.items() for s in seeds]
   return VariantData(TrainData(decoded.class_names, train_split, val_split, rows), members, note, budget, decoded,
-                     None, unlabelled)
+                     None)
 
 
 def unlabelled_pool(data: DataSettings, semi: SemiSettings, labelled, test):
