@@ -19,6 +19,7 @@ from fpclass.config.training import SemiSettings
 from fpclass.data import pipeline
 from fpclass.data.unlabelled import load_pool
 from fpclass.errors import UserInputError
+from fpclass.infer import evaluation
 from fpclass.models.heads import cross_entropy
 from fpclass.models.preprocessing import Normalisation
 from fpclass.train import augment, semi
@@ -149,4 +150,14 @@ def test_training_on_the_test_images_unlabelled_says_so_beside_the_test_score(tm
   assert 0.0 <= history['train_pseudo_rate'].iloc[0] <= 1.0
   scores = json.loads((workdir / 'scores.json').read_text())
   assert 'test' in scores and "config.data.unlabelled='test': fixmatch pseudo-labelled them" in scores['test_note']
-  assert scores['test_note'] in (workdir / 'report.md').read_text()
+  report = (workdir / 'report.md').read_text()
+  assert scores['test_note'] in report and 'of those of the last epoch passed the pseudo-label threshold' in report
+
+
+def test_the_report_gives_the_pool_s_take_up_and_the_advice_below_half():
+  low = evaluation.pseudo_label_lines(pd.DataFrame({'train_pseudo_rate': [0.1, 0.3]}))
+  assert low[0].startswith('Unlabelled images (config.data.unlabelled): 30% of those of the last epoch passed')
+  assert 'more epochs' in low[0]
+  high = evaluation.pseudo_label_lines(pd.DataFrame({'train_pseudo_rate': [0.4, 0.7]}))
+  assert '70%' in high[0] and 'more epochs' not in high[0]
+  assert evaluation.pseudo_label_lines(pd.DataFrame({'train_loss': [1.0]})) == []

@@ -210,6 +210,18 @@ def split_row(scores: dict) -> dict:
               **{f'precision_{c}': v['precision'] for c, v in scores['per_class'].items()})
 
 
+def pseudo_label_lines(history: pd.DataFrame) -> list[str]:
+  """A semi-supervised run's take-up of its unlabelled images (metrics.csv's train_pseudo_rate), with the advice the
+  measurements give when fewer than half of them passed the threshold by the end (docs/unlabelled.md)."""
+  if 'train_pseudo_rate' not in history or not len(history):
+    return []
+  rate = float(history['train_pseudo_rate'].iloc[-1])
+  advice = (' Fewer than half: on the measured sets more epochs let more of them in and closed more of the gap to '
+            'labelling them all (docs/unlabelled.md).' if rate < 0.5 else '')
+  return [f'Unlabelled images (config.data.unlabelled): {rate:.0%} of those of the last epoch passed the '
+          f'pseudo-label threshold.{advice}', '']
+
+
 def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
   auc = 'n/a' if result['roc_auc'] is None else f'{result["roc_auc"]:.4f}'
   loop = trained.loop
@@ -233,6 +245,7 @@ def evaluation_section(result: dict, trained, history: pd.DataFrame) -> str:
               report.table(by_split, list(by_split[0])), '']
   if result.get('test_note'):
     lines += [f'**{result["test_note"]}**', '']
+  lines += pseudo_label_lines(history)
   lines += ['![learning curves](learning_curves.png)', '', '![confusion matrix](confusion_matrix.png) '
             '![ROC](roc_curve.png)', '',
             'Files: [scores.json](scores.json), [classification_report.txt](classification_report.txt), '
