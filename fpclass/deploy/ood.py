@@ -279,8 +279,13 @@ class Scorer:
     logits = as_logits(output, self.model.task.head) if self.ensemble else np.asarray(output)
     return logits, np.asarray(score, np.float64)
 
+  def outputs(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, scores) of any number of images, in fixed batches of `batch_size` (the last padded): the model runs
+    once for both, as predict needs them (without test-time augmentation)."""
+    return in_fixed_batches(self.batch, images, (min(batch_size, len(images)),))
+
   def scores(self, images: np.ndarray, batch_size: int) -> np.ndarray:
     """(N,) scores of any number of images, in fixed batches of `batch_size` (the last padded)."""
     if len(images) == 0:
       return np.zeros(0)
-    return in_fixed_batches(lambda batch: self.batch(batch)[1], images, (min(batch_size, len(images)),))
+    return self.outputs(images, batch_size)[1]

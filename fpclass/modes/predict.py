@@ -73,9 +73,12 @@ def predict(config, workdir) -> pathlib.Path:
       good = np.flatnonzero(ok)
       if len(good):
         images = np.asarray(images)[good]
-        probs, pred = decision(trained.logits(images, batch, chunk=batch, tta_settings=tta_settings,
-                                              first_batch=start // batch))
-        scores = scorer.scores(images, batch) if scorer is not None else None
+        if scorer is not None and not tta_settings.on:   # one program gives both: the model runs once
+          logits, scores = scorer.outputs(images, batch)
+        else:
+          logits = trained.logits(images, batch, chunk=batch, tta_settings=tta_settings, first_batch=start // batch)
+          scores = scorer.scores(images, batch) if scorer is not None else None
+        probs, pred = decision(logits)
         # A multi-label image's overlay explains its most probable class.
         explained = probs.argmax(1) if multilabel else pred
         overlays = (write_overlays(workdir / EXPLAIN_FOLDER, explainer, images, explained, start + good,
