@@ -11,6 +11,7 @@ from PIL import Image
 from fpclass.data import new_images
 from fpclass.deploy import ood
 from fpclass.errors import UserInputError
+from fpclass.infer import inference
 from fpclass.modes import predict as predict_mode
 from tests.conftest import QUICK, launch, load_config
 
@@ -145,3 +146,24 @@ def test_bad_inputs_name_the_flag_or_file(tmp_path, monkeypatch, spec, column, m
   (tmp_path / 'empty' / 'notes.txt').write_text('')
   with pytest.raises(UserInputError, match=message):
     new_images.list_inputs(spec, column)
+
+
+def test_with_the_score_on_predict_runs_the_model_once_for_classes_and_score(trained_quick, tmp_path, monkeypatch):
+  """Without test-time augmentation the classes come from the score's own program (`ood.Scorer.outputs`), which
+  runs the model once: predict never calls the model's plain logits, and gets the same classes and probabilities."""
+  workdir, env, _ = trained_quick
+  run = tmp_path / 'run'
+  shutil.copytree(workdir, run)
+  images = sorted((data_root(env) / 'test').glob('*.png'))[:5]
+  listing = tmp_path / 'some.csv'
+  pd.DataFrame({'path': [str(p) for p in images]}).to_csv(listing, index=False)
+  plain = pd.read_csv(predict_mode.predict(quick_config(**{'predict.inputs': str(listing), 'ood.enabled': False,
+                                                           'predict.output': 'plain.csv'}), run))
+  used = []
+  monkeypatch.setattr(ood.Scorer, 'outputs', lambda self, *a, real=ood.Scorer.outputs: used.append(1) or real(self, *a))
+  with monkeypatch.context() as patched:
+    patched.setattr(inference.Trained, 'logits', lambda *a, **k: pytest.fail('the model ran a second time'))
+    scored = pd.read_csv(predict_mode.predict(quick_config(**{'predict.inputs': str(listing)}), run))
+  assert used and list(scored['predicted']) == list(plain['predicted']) and 'ood_score' in scored
+  columns = [c for c in plain.columns if c.startswith('p_')]
+  np.testing.assert_allclose(scored[columns].to_numpy(), plain[columns].to_numpy(), rtol=0, atol=1e-6)
