@@ -113,16 +113,7 @@ def write_test_split(config, folder: pathlib.Path, fraction: float, seed: int) -
     raise SystemExit(f'{config.name}: a multi-label source; this bench scores single-label accuracy')
   _, test = train_test_split(np.arange(len(split)), test_size=fraction, stratify=labels, random_state=seed)
   test = np.sort(test)
-  files = []
-  for i in test:
-    if split.paths is not None:
-      files.append(str(pathlib.Path(split.paths[i]).resolve()))
-      continue
-    path = folder / 'test' / f'{i:05d}.png'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = np.asarray(split.images[i], np.uint8)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
-    files.append(str(path.resolve()))
+  files = [image_file(split, i, folder / 'test') for i in test]
   rows = pd.DataFrame({'id': [str(split.ids[i]) for i in test], 'file': files,
                        'label': [source.class_names[labels[i]] for i in test]})
   fileio.write_csv(folder / 'exclude.csv', rows[['id']])
@@ -131,6 +122,19 @@ def write_test_split(config, folder: pathlib.Path, fraction: float, seed: int) -
   print(f'{config.name}: {len(rows)} of {len(split)} images held out for the test ({folder / "test_split.csv"})',
         flush=True)
   return rows, len(split)
+
+
+def image_file(split, i: int, folder: pathlib.Path) -> str:
+  """The absolute path of image `i` of a listed split: its own file, or for an array source a PNG written under
+  `folder` (once: an existing one is kept)."""
+  if split.paths is not None:
+    return str(pathlib.Path(split.paths[i]).resolve())
+  path = folder / f'{i:05d}.png'
+  if not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(split.images[i], np.uint8)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+  return str(path.resolve())
 
 
 def correct_on_test(launch: Launcher, step: str, workdir: pathlib.Path, folder: pathlib.Path,

@@ -30,13 +30,12 @@ import time
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import train_test_split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.auto import DATA, bootstrap, correct_on_test, fresh_data_set, write_test_split  # noqa: E402
+from bench.auto import DATA, bootstrap, correct_on_test, fresh_data_set, image_file, write_test_split  # noqa: E402
 from fpclass import fileio  # noqa: E402
 from fpclass.config.inputs import DataSettings  # noqa: E402
 from fpclass.data.pipeline import list_source  # noqa: E402
@@ -52,18 +51,7 @@ class Images:
     self.ids = np.asarray([str(split.ids[i]) for i in keep])
     self.labels = np.asarray(split.labels)[keep]
     self.test_ids = list(test['id'])
-    files = []
-    for i in keep:
-      if split.paths is not None:
-        files.append(str(pathlib.Path(split.paths[i]).resolve()))
-        continue
-      path = folder / 'images' / f'{i:05d}.png'
-      if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image = np.asarray(split.images[i], np.uint8)
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
-      files.append(str(path.resolve()))
-    self.files = np.asarray(files)
+    self.files = np.asarray([image_file(split, i, folder / 'images') for i in keep])
 
   def draw(self, count: int, seed: int) -> np.ndarray:
     """A stratified draw of `count` indices (at least one per class)."""

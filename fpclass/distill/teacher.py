@@ -31,9 +31,8 @@ from fpclass.errors import UserInputError
 from fpclass.infer.ensemble import MemberModel, workdir_models
 from fpclass.models.heads import head_of, probabilities
 from fpclass.train.axis import Split
+from fpclass.train.semi import UNLABELLED  # the label of an image the teacher alone labels
 from fpclass.train.task import build_task
-
-UNLABELLED = -1   # the label of an image the teacher alone labels
 
 
 @dataclasses.dataclass(eq=False)   # hashed by identity: a field of the frozen Task, static in its programs

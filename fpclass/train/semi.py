@@ -19,7 +19,7 @@ import numpy as np
 from fpclass.config.inputs import AugmentSettings
 from fpclass.config.training import SemiSettings
 
-UNLABELLED = -1   # the label of an unlabelled row (as distillation's unlabelled rows)
+UNLABELLED = -1   # the label of an unlabelled row (semi-supervised training's, and distillation's)
 
 
 def strong_augment(weak: AugmentSettings, semi: SemiSettings) -> AugmentSettings:
