@@ -16,11 +16,17 @@ fidelity's member-epochs per move and its wall seconds (the first fidelity's inc
 A move that is the config as given, or another move, on a set (batch norm where it is on) takes that one's
 values. Then the portfolio: greedily, the move that most lowers the worst shortfall over the sets (each set's
 best top value minus the best top value among the chosen moves and the config as given), ties broken by the mean
-shortfall, then by the move's mean rank over the sets; `--portfolio N` moves. Written to --out:
+shortfall, then by the move's mean rank over the sets. Its size is chosen out of sample: for each size, each
+set's shortfall under the portfolio built on the other sets (leave one set out), and the smallest size up to
+`--most` (4: at the bench's budgets the first batch holds the config and four trials, and a longer portfolio
+crowds out the neighbours) with the least worst held-out shortfall, then the least mean, is kept (`--portfolio N`
+fixes it). `--table
+rung_ranks.json` rebuilds the portfolio from an earlier run's table without training. Written to --out:
 <data>/rung_ranks.json per set (with every command), rung_ranks.json (all, and the portfolio) and rung_ranks.md
 (the tables).
 """
 import argparse
+import json
 import pathlib
 import shlex
 import subprocess
@@ -154,7 +160,27 @@ def greedy_portfolio(rows: list[dict], size: int) -> list[dict]:
   return [dict(move=AS_GIVEN, worst=max(base), mean=float(np.mean(base))), *out]
 
 
-def table(rows: list[dict], portfolio: list[dict]) -> str:
+def held_out(rows: list[dict], size: int) -> list[float]:
+  """Each set's shortfall (its best top value minus the best among the portfolio's moves) under the `size`-move
+  portfolio built on the other sets: the portfolio judged on a set that did not choose it."""
+  out = []
+  for i, row in enumerate(rows):
+    chosen = [p['move'] for p in greedy_portfolio(rows[:i] + rows[i + 1:], size)]
+    top = row['values'][row['top']]
+    out.append(max(top.values()) - max(top.get(m, -np.inf) for m in chosen))
+  return out
+
+
+def portfolio_size(rows: list[dict], most: int) -> tuple[int, dict]:
+  """The smallest size up to `most` whose held-out shortfalls (`held_out`) have the least worst, then the least
+  mean, and {size: (worst, mean)} for every size tried."""
+  moves = {m for r in rows for m in r['values'][r['top']]} - {AS_GIVEN}
+  scores = {k: (max(s), float(np.mean(s))) for k in range(min(most, len(moves)) + 1) for s in [held_out(rows, k)]}
+  best = min(scores, key=lambda k: (round(scores[k][0], 6), round(scores[k][1], 6), k))
+  return best, scores
+
+
+def table(rows: list[dict], portfolio: list[dict], sizes: dict | None = None) -> str:
   lines = ['| data | rung | member-epochs per move | s | Spearman | Kendall | its pick | regret |',
            '|---|---|---|---|---|---|---|---|']
   for r in rows:
@@ -170,6 +196,10 @@ def table(rows: list[dict], portfolio: list[dict]) -> str:
     lines.append(f'| {move} | ' + ' | '.join(cells) + ' |')
   lines += ['', '| portfolio (in order) | worst shortfall | mean shortfall |', '|---|---|---|']
   lines += [f'| {p["move"]} | {p["worst"]:.3f} | {p["mean"]:.3f} |' for p in portfolio]
+  if sizes:
+    names = ', '.join(r['data'] for r in rows)
+    lines += ['', f'| moves | held-out worst shortfall ({names}, each left out) | held-out mean |', '|---|---|---|']
+    lines += [f'| {k} | {w:.4f} | {m:.4f} |' for k, (w, m) in sizes.items()]
   return '\n'.join(lines) + '\n'
 
 
@@ -178,13 +208,22 @@ def main():
   parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path('runs/bench-rungs'))
   parser.add_argument('--data', nargs='+', default=list(DATA), choices=list(DATA))
   parser.add_argument('--folds', type=int, default=3)
-  parser.add_argument('--portfolio', type=int, default=3)
+  parser.add_argument('--portfolio', type=int, default=None,
+                      help='moves in the portfolio (default: the size chosen leaving one set out)')
+  parser.add_argument('--most', type=int, default=4, help='the most moves the chosen size may have')
+  parser.add_argument('--table', type=pathlib.Path, default=None,
+                      help="an earlier run's rung_ranks.json: rebuild the portfolio from its sets, training nothing")
   args = parser.parse_args()
   args.out = args.out.resolve()
-  rows = [run_one(name, args) for name in args.data]
-  portfolio = greedy_portfolio(rows, args.portfolio)
-  fileio.write_json(args.out / 'rung_ranks.json', dict(argv=sys.argv, sets=rows, portfolio=portfolio))
-  text = table(rows, portfolio)
+  if args.table:
+    rows = [r for r in json.loads(args.table.read_text())['sets'] if r['data'] in args.data]
+  else:
+    rows = [run_one(name, args) for name in args.data]
+  size, sizes = portfolio_size(rows, args.most)
+  portfolio = greedy_portfolio(rows, size if args.portfolio is None else args.portfolio)
+  fileio.write_json(args.out / 'rung_ranks.json', dict(argv=sys.argv, sets=rows, portfolio=portfolio,
+                                                       held_out={str(k): v for k, v in sizes.items()}))
+  text = table(rows, portfolio, sizes)
   fileio.write_text(args.out / 'rung_ranks.md', text)
   print(text)
 

@@ -348,10 +348,14 @@ def _folds_context(tmp_path, left: float, folds: int = 5, **auto) -> Context:
   return ctx
 
 
-@pytest.mark.parametrize('left, folds', [(17.5, 4), (20.0, 5), (10.0, 5)])
-def test_the_trials_take_fewer_folds_down_to_3_when_the_budget_affords_no_two_rungs_at_k(tmp_path, left, folds):
-  # 17.5 s: at 5 folds a bracket needs 9 s beside a 10 s reserve, at 4 folds 8 s beside 8 s: 4 folds. 20 s: 5
-  # folds fit. 10 s: 3 folds need 7 s beside 6 s, and fewer than 3 are never taken: the 5 folds are kept.
+@pytest.mark.parametrize('left, folds', [(17.5, 3), (20.0, 3), (25.0, 5), (10.0, 5)])
+def test_the_trials_take_fewer_folds_down_to_3_when_the_search_at_k_does_not_hold_the_first_batch(
+    tmp_path, monkeypatch, left, folds):
+  # The first batch: 5 trials. 17.5 s: no two rungs fit at 5 folds, they start 2 trials at 4 and 4 at 3: the
+  # most trials, 3 folds. 20 s: 2 trials at 5 folds, 3 at 4, 5 at 3: the first batch fits at 3 folds only. 25 s:
+  # 5, 6 and 7 trials: it fits at every k, and the most folds are kept. 10 s: no two rungs at 3 folds, and fewer
+  # than 3 are never taken: the 5 folds are kept.
+  monkeypatch.setattr(measure, 'FIRST_TRIALS', 5)
   ctx = _folds_context(tmp_path, left)
   notes = measure.fit_folds(ctx, ctx.budget.costs)
   assert ctx.folds == folds and ctx.base.data.num_folds == folds and ctx.study.user_attrs[study_lib.FOLDS] == folds

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fpclass.auto import portfolio
 from fpclass.auto import study as study_lib
 from fpclass.auto.context import TAIL, Context, Entry
 from fpclass.auto.rungs import Costs
@@ -18,25 +19,34 @@ from fpclass.train.members import split_name
 from fpclass.train.plan import apply_changes
 
 ENTRY = 'baseline'   # the measurement round's one variant: the config as given
+FIRST_TRIALS = 1 + len(portfolio.PORTFOLIO)   # the first batch a search should hold: the config and the portfolio
 EPOCHS = 2   # the measurement trains the config as given this many epochs (its epochs, if fewer), on one fold
 
 
 def fit_folds(ctx: Context, costs: Costs) -> list[str]:
-  """Fewer folds a trial (down to 3) when at k folds the budget affords no search, a bracket of two rungs:
-  a search among several configurations on 3 folds beats one configuration on 5. Decided once and kept in the
-  study (`study_lib.FOLDS`), so a relaunch, or another launch sharing the study, trains the same splits; a
-  `config.auto.folds` given is kept as given."""
+  """Fewer folds a trial (down to 3) when at k folds the budget affords no search that holds the first batch
+  (`FIRST_TRIALS`: a bracket of two rungs starting the config as given and the portfolio): the most folds whose
+  search does, else the folds whose search starts the most trials (the more folds on a tie). A search among
+  several configurations on 3 folds beats one configuration, or the config and two moves, on 5 (2026-11-28, on
+  Fashion-MNIST: at 4 folds three trials fitted, and the hand sweep's winner, the portfolio's fourth move, was not
+  among them). Decided once and kept in the study (`study_lib.FOLDS`), so a relaunch, or another launch sharing
+  the study, trains the same splits; a `config.auto.folds` given is kept as given."""
   folds = ctx.study.user_attrs.get(study_lib.FOLDS)
   if folds is None:
     folds = ctx.folds
     if not ctx.own_split and not ctx.settings.folds:
       seconds = ctx.budget.left() - TAIL * ctx.budget.seconds
+      starts = {}   # folds -> the trials a two-rung (or deeper) bracket starts
       for k in range(ctx.folds, min(3, ctx.folds) - 1, -1):
         planned = ctx.scheduler.bracket(costs, seconds - ctx.confirm_seconds(costs, ctx.settings.finalists, k), k,
                                         ctx.epochs)
         if planned is not None and len(planned.rungs) >= 2:
-          folds = k
-          break
+          starts[k] = planned.rungs[0].configs
+      holding = [k for k, start in starts.items() if start >= FIRST_TRIALS]
+      if holding:
+        folds = max(holding)
+      elif starts:
+        folds = max(starts, key=lambda k: (starts[k], k))
     ctx.study.set_user_attr(study_lib.FOLDS, folds)
   if folds == ctx.folds:
     return []
