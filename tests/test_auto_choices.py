@@ -308,6 +308,23 @@ def test_the_slack_top_rung_trains_the_best_promoted_trial_not_the_last(tmp_path
   assert ctx.train_round.calls[1]['names'] == ['trial-0001']
 
 
+@pytest.mark.parametrize('completed', [False, True])
+def test_the_first_planned_top_rung_may_end_in_the_slack_a_later_one_keeps_the_budget(tmp_path, completed):
+  """A top rung that fits its plan still stops at a deadline. The first one, which makes the only final model
+  there can be, stops at the budget's end plus its 5% slack (less the tail); once a trial completed, a top rung
+  stops at the budget's end less the tail, like the rungs below it."""
+  ctx = _search_context(tmp_path, seconds=100.0, used=10.0)
+  if completed:
+    ctx.study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+  bracket = ctx.budget.new_bracket(THREE_RUNGS[1:])
+  ctx.train_round = PlannedRounds({(0, n): Outcome(0.5 + n / 10) for n in range(2)})
+  assert auto._run_bracket(ctx, bracket, ctx.budget.costs) is True
+  middle, top = ctx.train_round.calls
+  end = ctx.budget.started - ctx.budget.used_before - 2.0
+  assert middle['deadline'] == pytest.approx(end + 100.0 - (1.0 + 3.0))   # the top rung's one configuration kept
+  assert top['deadline'] == pytest.approx(end + (100.0 if completed else 105.0))
+
+
 def test_the_first_top_rung_is_the_most_folds_the_slack_affords_and_none_once_a_trial_completed(tmp_path):
   ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - 1.5)   # 1.5 + 5 (slack) - 2 (tail) = 4.5 s
   assert brackets.first_top_rung(ctx, ctx.budget.costs, Rung(2, 5, 4)) == Rung(1, 3, 4)   # 1 s + 3 x 1 s
