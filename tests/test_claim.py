@@ -4,8 +4,11 @@ import socket
 import time
 
 import optuna
+import pytest
+import sqlalchemy
 
 from fpclass.auto import study as study_lib
+from fpclass.errors import UserInputError
 
 
 def _study():
@@ -42,3 +45,25 @@ def test_a_claim_from_another_host_holds_until_it_expires():
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
   assert study_lib.claim_alive(dict(elsewhere, expires=10.0), now=9.0)
   assert not study_lib.claim_alive(dict(elsewhere, expires=10.0), now=11.0)
+
+
+def test_a_launch_that_loses_the_race_to_create_the_tables_tries_again(monkeypatch, tmp_path):
+  """Two launches opening a new PostgreSQL database at once: the loser sees the winner's table already there
+  (DuplicateTable, a ProgrammingError) or a unique key taken (IntegrityError), and opens it again; another
+  error is named in one line at once."""
+  errors = [sqlalchemy.exc.ProgrammingError('CREATE TABLE studies', {}, Exception('relation "studies" already exists')),
+            sqlalchemy.exc.IntegrityError('INSERT', {}, Exception('duplicate key value'))]
+  calls = []
+
+  def storage(url, engine_kwargs=None):
+    calls.append(url)
+    if errors:
+      raise errors.pop(0)
+    return 'the storage'
+  monkeypatch.setattr(study_lib.optuna.storages, 'RDBStorage', storage)
+  monkeypatch.setattr(study_lib.time, 'sleep', lambda seconds: None)
+  assert study_lib.storage_of('postgresql://db', tmp_path) == 'the storage' and len(calls) == 3
+  errors[:] = [sqlalchemy.exc.ProgrammingError('SELECT', {}, Exception('permission denied for table studies'))]
+  with pytest.raises(UserInputError, match='cannot open the study storage.*permission denied'):
+    study_lib.storage_of('postgresql://db', tmp_path)
+  assert len(calls) == 4

@@ -44,17 +44,19 @@ MAX_ATTEMPTS = 3                # a rung started this often without an end (its 
 
 def storage_of(url: str, workdir, attempts: int = 20):
   """The study's storage. Launches that open a new database at once race to create its tables, and the losers
-  see a unique-key violation: they try again (the winner's tables are there by then)."""
+  see a unique-key violation or a table that already exists (PostgreSQL's `CREATE TABLE` checks and creates in
+  two steps): they try again (the winner's tables are there by then)."""
   if not url:
     return optuna.storages.JournalStorage(JournalFileBackend(str(workdir / JOURNAL)))
   for attempt in range(attempts):
     try:
       return optuna.storages.RDBStorage(url, engine_kwargs={'pool_pre_ping': True})
-    except sqlalchemy.exc.IntegrityError:
-      if attempt == attempts - 1:
-        raise
-      time.sleep(0.5)
     except Exception as e:  # noqa: BLE001 -- a bad URL or an unreachable server, named in one line
+      raced = isinstance(e, sqlalchemy.exc.IntegrityError) or (
+          isinstance(e, sqlalchemy.exc.ProgrammingError) and 'already exists' in str(e))
+      if raced and attempt < attempts - 1:
+        time.sleep(0.5)
+        continue
       raise UserInputError(f'config.auto.storage={url!r}: cannot open the study storage '
                            f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
 
