@@ -75,7 +75,7 @@ class Tracker:
   def log_files(self, workdir) -> None:
     """The workdir's reports (report.md and the other top-level .md files) and figures (*.png)."""
     workdir = pathlib.Path(workdir)
-    paths = sorted([*workdir.glob('*.md'), *workdir.glob('*.png')])
+    paths = sorted(p for p in [*workdir.glob('*.md'), *workdir.glob('*.png')] if not p.name.startswith('.'))
     if paths:
       self._each('log files', lambda s: s.files(paths))
 
