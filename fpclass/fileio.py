@@ -65,6 +65,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
       tmp.unlink()
 
 
+def finished(paths) -> list[pathlib.Path]:
+  """`paths` (in their order) without hidden names: `atomic_path` writes under a hidden `.<name>.tmp-*` name until
+  the rename, so a listing of an output folder keeps only finished files, not a write in flight (another process
+  of a multi-process run) that vanishes under the reader, nor a killed write's stale copy."""
+  return [pathlib.Path(p) for p in paths if not pathlib.Path(p).name.startswith('.')]
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
   with atomic_path(path) as tmp:
     tmp.write_text(text, encoding='utf-8')

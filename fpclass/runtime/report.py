@@ -23,9 +23,7 @@ def build_report(workdir) -> pathlib.Path:
   parts = [f'# fpclass run: {workdir.name}\n']
   section_dir = workdir / SECTIONS
   if section_dir.is_dir():
-    # Not the hidden `.<name>.md.tmp-*` files of a write in flight (another process of a multi-process run) or
-    # of a killed one: read, they vanish under the reader or put a stale copy in the report.
-    parts += [p.read_text() for p in sorted(section_dir.glob('*.md')) if not p.name.startswith('.')]
+    parts += [p.read_text() for p in fileio.finished(sorted(section_dir.glob('*.md')))]
   path = workdir / 'report.md'
   fileio.write_text(path, '\n'.join(parts))
   return path

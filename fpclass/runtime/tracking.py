@@ -12,6 +12,7 @@ import json
 import logging
 import pathlib
 
+from fpclass import fileio
 from fpclass.errors import RunInterrupted
 from fpclass.runtime.sinks.csv_sink import CsvSink
 from fpclass.runtime.sinks.sink import Job, Sink, SinkFault
@@ -75,7 +76,7 @@ class Tracker:
   def log_files(self, workdir) -> None:
     """The workdir's reports (report.md and the other top-level .md files) and figures (*.png)."""
     workdir = pathlib.Path(workdir)
-    paths = sorted(p for p in [*workdir.glob('*.md'), *workdir.glob('*.png')] if not p.name.startswith('.'))
+    paths = fileio.finished(sorted([*workdir.glob('*.md'), *workdir.glob('*.png')]))
     if paths:
       self._each('log files', lambda s: s.files(paths))
 
