@@ -39,19 +39,18 @@ def run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
     # The rung stops where the rest of the bracket, one configuration a rung, and the confirmation still fit.
     rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
     reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
-    stop = ctx.stop(reserve)
-    if top and not completed(ctx):
-      # The first top rung makes the only final model there can be: where the cost model read it a little cheap,
-      # it ends in the budget's slack, not one epoch short with the final model falling back to a cheap rung's
-      # one fold (2026-11-28, MNIST: cut at epoch 29 of 30, 0.966 against the hand sweep's 0.986).
-      stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
+    # The first top rung makes the only final model there can be: it ends in the budget's slack, planned or not
+    # (where the cost model read it a little cheap, not one epoch short with the final model falling back to a
+    # cheap rung's one fold; 2026-11-28, MNIST: cut at epoch 29 of 30, 0.966 against the hand sweep's 0.986).
+    first_model = top and not completed(ctx)
+    stop = (StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True)) if first_model
+            else ctx.stop(reserve))
     if ctx.budget.left() - reserve < Rung(1, rung.folds, rung.epochs).cost(costs):
-      first = first_top_rung(ctx, costs, rung) if top else None
+      first = first_top_rung(ctx, costs, rung) if first_model else None
       if first is None:
         end_bracket(ctx, bracket, {})
         return False
       alive, rung = alive[:1], first   # the best alone, within the budget's slack
-      stop = StopOnSignals(deadline=ctx.budget.deadline(TAIL * ctx.budget.seconds, slack=True))
     folder = ctx.workdir / layout.TRIALS if top else layout.rung_folder(ctx.workdir, bracket['index'], level)
     alive = attempted(ctx, alive, level, by_number)
     if not alive:
