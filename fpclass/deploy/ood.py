@@ -6,7 +6,8 @@ from the workdir's own splits and stored beside its checkpoints, then scored in 
   config.ood.false_rejection (a combined score's threshold on scores each standardised on the other half of the
   split; the rate the reports give is cross-fitted, from images that set nothing: `ood_scores.fit_held_out`).
   Stored atomically in `<workdir>/ood.npz` with the checkpoint it was fitted on, and fitted again when the
-  checkpoint or the settings change, so any workdir, an older one too, gets it on first use by predict or export (serve, which writes nothing, fits in memory when the file is missing).
+  checkpoint or the settings change, so any workdir, an older one too, gets it on first use by predict or
+  export (serve, which writes nothing, fits in memory when the file is missing).
 - An ensemble workdir: each model's own fit; the ensemble's score is the weighted mean of its models' scores,
   each standardised by its held-out scores, and its threshold the conformal quantile of that mean over the
   out-of-fold examples, each scored by the models that held it out.
