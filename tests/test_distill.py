@@ -153,6 +153,10 @@ def test_a_label_weight_keeps_that_share_of_each_labelled_target_and_an_unlabell
   labels = jnp.asarray([0, 1, distill_core.UNLABELLED])
   targets = teacher.targets(jnp.zeros((3, 24, 16, 1)), jax.nn.one_hot(labels, 2))
   np.testing.assert_allclose(np.asarray(targets), [[0.82, 0.18], [0.42, 0.58], [0.7, 0.3]], rtol=1e-6)
+  # A mixed or smoothed row: its labelled share is the row's sum (two labelled images mixed: 1; a labelled image
+  # mixed half with an unlabelled one: 0.5), which its largest value is not.
+  mixed = teacher.targets(jnp.zeros((2, 24, 16, 1)), jnp.asarray([[0.6, 0.4], [0.5, 0.0]]))
+  np.testing.assert_allclose(np.asarray(mixed), [[0.66, 0.34], [0.76, 0.24]], rtol=1e-6)
   config = tiny_config(**{'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0})
   task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
   state = task.init(jax.random.PRNGKey(0), (24, 16, 1))

@@ -122,6 +122,32 @@ def test_a_wrong_calibration_collapses_the_model_and_is_refused(exported, calibr
   assert (folder / int8.INT8_FILE).exists()
 
 
+def test_the_calibration_images_are_drawn_across_the_training_set(exported, tmp_path, monkeypatch):
+  """The ranges are calibrated on a random subset of the whole training split, not its first rows (a source read
+  in class or folder order would calibrate on one class)."""
+  out, env, _ = exported
+  dataset = validation_split(out, env, monkeypatch)
+  seen = {}
+
+  def export_int8(float_path, calibration, *args, **kwargs):
+    seen['calibration'] = calibration
+    return {'held_out': {}, 'images_per_second': {}}
+
+  monkeypatch.setattr(int8, 'export_int8', export_int8)
+  (tmp_path / 'export').mkdir()
+  shutil.copy(out / 'export' / 'model.json', tmp_path / 'export' / 'model.json')
+  description = json.loads((tmp_path / 'export' / 'model.json').read_text())
+  int8.export_workdir_int8(tmp_path / 'export' / 'model.onnx', DataSettings.from_config(
+      sidecar.stored_config(out).data), description, 0.03, calibration_images=100)
+  train = np.asarray(dataset.train.images)
+  row_of = {}
+  for row, image in enumerate(train):
+    row_of.setdefault(image.tobytes(), row)
+  rows = np.asarray([row_of[image.tobytes()] for image in seen['calibration']])
+  assert len(rows) == 100 and len(set(rows)) > 95
+  assert np.median(rows) > len(train) / 4 and rows.max() > len(train) / 2, rows
+
+
 def test_a_multilabel_model_gets_its_int8_model(trained_multilabel, tmp_path):
   """Multi-label: each label decided at its threshold, scored by the share of labels decided right."""
   workdir = tmp_path / 'run'
