@@ -17,7 +17,8 @@ which no model trains or validates on, are the unseen in-distribution set); digi
 fixed fifth left out by data.exclude_csv as the unseen set. Other image sets, none downloaded: scikit-learn's
 digits or the footprints (each other's), scikit-image's lfw_subset() faces, its and matplotlib's sample photos,
 and made sets of what users send (`made_sets`: Gaussian, uniform, smooth and salt-and-pepper noise, flat and black
-frames, gradients).
+frames, gradients), and near-class images made from the unseen ones (`near_sets`: two overlaid, turned a quarter,
+quadrants swapped).
 The JSON and tables go to --out; docs/deploy.md records them with the command and the date.
 """
 import argparse
@@ -171,6 +172,23 @@ def made_sets(count: int = 200, side: int = 64, seed: int = 0) -> dict:
           'gradients': gradients.astype(np.uint8)}
 
 
+def near_sets(unseen: np.ndarray, settings: DecodeSettings, count: int = 300, seed: int = 0) -> dict:
+  """Near-class images, made from in-distribution images no model trained on: two overlaid (half each), turned
+  a quarter, and the four quadrants swapped across the diagonal. The pixels are of the training images' kind,
+  the content of none of the classes, so the image's own statistics cannot tell them; only the features can."""
+  rng = np.random.default_rng(seed)
+  images = np.asarray(unseen[:count])
+  flat = lambda a: a[..., 0] if a.shape[-1] == 1 else a   # noqa: E731
+  overlaid = ((images.astype(np.uint16) + images[rng.permutation(len(images))]) // 2).astype(np.uint8)
+  half_h, half_w = images.shape[1] // 2, images.shape[2] // 2
+  swapped = images.copy()
+  swapped[:, :half_h, :half_w], swapped[:, -half_h:, -half_w:] = images[:, -half_h:, -half_w:], images[:, :half_h, :half_w]
+  swapped[:, :half_h, -half_w:], swapped[:, -half_h:, :half_w] = images[:, -half_h:, :half_w], images[:, :half_h, -half_w:]
+  return {'near: two overlaid': overlaid, 'near: turned a quarter': decoded([flat(np.rot90(a)) for a in images],
+                                                                          settings),
+          'near: quadrants swapped': swapped}
+
+
 def unseen_digit_indices(out: pathlib.Path) -> list[int]:
   """The indices, into scikit-learn's digits, of the fifth `data_sets` left out (digits-unseen.csv's ids)."""
   return [int(line[6:]) for line in (out / 'digits-unseen.csv').read_text().split()[1:]]
@@ -193,6 +211,7 @@ def ood_stage(name: str, out: pathlib.Path, footprint_cache) -> dict:
   config = sidecar.stored_config(workdirs['solo'])
   unseen = unseen_images(name, config, out)
   others = other_sets(name, DecodeSettings.from_config(config.data), footprint_cache)
+  others.update(near_sets(unseen, DecodeSettings.from_config(config.data)))
   for what, workdir in workdirs.items():
     if not (workdir / sidecar.METADATA).exists():
       continue

@@ -101,14 +101,17 @@ def test_exported_artifacts_equal_fpclass_logits(tmp_path, name, image_size, cha
   assert json.loads({p.key: p.value for p in model.metadata_props}['class_names']) == list(CLASSES)
 
 
-def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
+@pytest.mark.parametrize('score', [OodSettings().score, 'class_mahalanobis', 'vim'])
+def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch, score):
   """Both artifacts: the logits, and the OOD score as the second output, each against fpclass's own (the score
-  recomputed on the host in float64 from the model's logits and features, not by the program export traced)."""
+  recomputed on the host in float64 from the model's logits and features, not by the program export traced);
+  the default score, and two whose programs hold other ops (a batched product; the last layer again)."""
   workdir = tmp_path / 'run'
   shutil.copytree(trained_quick[0], workdir)  # export writes into its workdir; the shared one stays as trained
   monkeypatch.setenv('FPCLASS_CACHE', trained_quick[1]['FPCLASS_CACHE'])   # its data: the OOD fit reads it
   # 15 validation images: a 25% target leaves a finite threshold (a 5% one needs 19).
-  config = load_config(QUICK.split('=', 1)[1], **{'export.folder': 'exported', 'ood.false_rejection': 0.25})
+  config = load_config(QUICK.split('=', 1)[1], **{'export.folder': 'exported', 'ood.false_rejection': 0.25,
+                                                  'ood.score': score})
   written = export_mode.export(config, workdir)
   assert {p.name for p in (workdir / 'exported').iterdir()} == {'model.onnx', 'model.jax_export', 'model.json'}
   description = json.loads(written['description'].read_text())
@@ -117,7 +120,7 @@ def test_export_mode_on_a_trained_workdir(trained_quick, tmp_path, monkeypatch):
   assert description['epoch'] >= 1 and description['normalisation'] == metadata['normalisation']
 
   stored = ood.load(workdir / ood.FILE, 'softmax')
-  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == OodSettings().score
+  assert description['ood']['output'] == 'ood_score' and description['ood']['score'] == score
   assert description['ood']['threshold'] == stored.threshold and np.isfinite(stored.threshold)
   model = onnx.load(str(written['onnx']))
   assert json.loads({p.key: p.value for p in model.metadata_props}['ood'])['threshold'] == stored.threshold

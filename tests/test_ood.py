@@ -16,6 +16,8 @@ from scipy.spatial import distance
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 
+from bench.deploy import near_sets
+from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import OodSettings
 from fpclass.deploy import ood
 from fpclass.deploy import ood_scores as ood_math
@@ -84,6 +86,45 @@ def test_each_score_from_its_definition():
   assert ood_math.fit_statistics('mahalanobis', 'multilabel', features, tags).means.shape == (1, 5)
 
 
+def test_the_other_feature_scores_from_their_definitions():
+  """Relative Mahalanobis (a class's distance less the distance under one Gaussian of every training feature),
+  class-conditional Mahalanobis (each class its own shrunk covariance), ReAct (energy of the last layer on the
+  features clipped at their 90th percentile) and ViM (the virtual logit, alpha times the norm of the features'
+  part outside their principal half about the origin the last layer maps to zero, plus energy)."""
+  features, labels, _, queries = random_problem(n=90, d=6)
+  rng = np.random.default_rng(4)
+  linear = rng.normal(size=(7, 3))
+  logits = queries @ linear[:-1] + linear[-1]
+  means = np.stack([features[labels == c].mean(0) for c in range(3)])
+  centred = features - means[labels]
+  shared = LedoitWolf(assume_centered=True).fit(centred).precision_
+  background = LedoitWolf().fit(features)
+  relative = [min(distance.mahalanobis(q, m, shared) ** 2 - distance.mahalanobis(q, background.location_,
+                                                                                 background.precision_) ** 2
+                  for m in means) for q in queries]
+  fitted = ood_math.fit_statistics('relative_mahalanobis', 'softmax', features, labels)
+  np.testing.assert_allclose(ood_math.scores(fitted, logits, queries), relative, rtol=1e-4)
+  own = [LedoitWolf(assume_centered=True).fit(centred[labels == c]).precision_ for c in range(3)]
+  conditional = [min(distance.mahalanobis(q, means[c], own[c]) ** 2 for c in range(3)) for q in queries]
+  fitted = ood_math.fit_statistics('class_mahalanobis', 'softmax', features, labels)
+  np.testing.assert_allclose(ood_math.scores(fitted, logits, queries), conditional, rtol=1e-4)
+
+  clipped = np.minimum(queries, np.percentile(features, 90)) @ linear[:-1] + linear[-1]
+  fitted = ood_math.fit_statistics('react', 'softmax', features, labels, linear=linear)
+  np.testing.assert_allclose(ood_math.scores(fitted, logits, queries), -logsumexp(clipped, axis=1), rtol=1e-5)
+
+  origin = np.linalg.lstsq(linear[:-1].T, -linear[-1], rcond=None)[0]   # o W + b = 0
+  _, _, right = np.linalg.svd(features - origin, full_matrices=False)
+  principal = right[:3].T                                               # half of the 6 directions
+  outside = lambda x: np.linalg.norm((x - origin) - (x - origin) @ principal @ principal.T, axis=1)  # noqa: E731
+  alpha = np.mean((features @ linear[:-1] + linear[-1]).max(1)) / np.mean(outside(features))
+  fitted = ood_math.fit_statistics('vim', 'softmax', features, labels, linear=linear)
+  np.testing.assert_allclose(ood_math.scores(fitted, logits, queries),
+                             alpha * outside(queries) - logsumexp(logits, axis=1), rtol=1e-4)
+  with pytest.raises(ValueError, match='last layer'):
+    ood_math.fit_statistics('vim', 'softmax', features, labels)
+
+
 @pytest.mark.parametrize('score', ood_math.SCORES)
 @pytest.mark.parametrize('head', ['softmax', 'sigmoid', 'multilabel'])
 def test_the_traced_score_is_the_host_score(score, head):
@@ -93,8 +134,9 @@ def test_the_traced_score_is_the_host_score(score, head):
   rng = np.random.default_rng(2)
   train_images = rng.integers(0, 256, (len(features), 8, 6, 3)).astype(np.uint8)
   images = rng.integers(0, 256, (len(queries), 8, 6, 3)).astype(np.uint8)
-  statistics = ood_math.standardised(ood_math.fit_statistics(score, head, features, labels, k=3, images=train_images),
-                                     logits, queries, images)
+  linear = rng.normal(size=(features.shape[1] + 1, logits.shape[1]))   # vim and react: a last layer
+  statistics = ood_math.standardised(ood_math.fit_statistics(score, head, features, labels, k=3, images=train_images,
+                                                             linear=linear), logits, queries, images)
   host = ood_math.scores(statistics, logits, queries, images=images)
   traced = np.asarray(ood_math.scores(statistics, jnp.asarray(logits), jnp.asarray(queries), xp=jnp,
                                       images=jnp.asarray(images)))
@@ -189,6 +231,34 @@ def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits
   skimage_data = pytest.importorskip('skimage.data')
   faces = ood.Scorer(trained, fit).scores(resized(skimage_data.lfw_subset()[:100], 16), 100)
   assert ood_math.auroc(scores, faces) > 0.95 and np.mean(faces > fit.threshold) > 0.8
+
+
+@pytest.mark.parametrize('score', ['vim', 'react', 'relative_mahalanobis', 'class_mahalanobis'])
+def test_the_other_feature_scores_fit_on_a_trained_model_and_flag_faces(trained_digits, monkeypatch, score):
+  """Each fits on the digits model (vim and react with its own last layer, read from its parameters) and flags
+  far-off images (faces) above its threshold."""
+  workdir, env, _ = trained_digits
+  monkeypatch.setenv('FPCLASS_CACHE', env['FPCLASS_CACHE'])
+  trained = load_trained(sidecar.stored_config(workdir), workdir)
+  fit = ood.fit_model(trained, trained.settings, OodSettings(score=score))
+  assert np.isfinite(fit.threshold) and fit.record['reached'] <= 0.1
+  skimage_data = pytest.importorskip('skimage.data')
+  faces = ood.Scorer(trained, fit).scores(resized(skimage_data.lfw_subset()[:100], 16), 100)
+  assert ood_math.auroc(fit.held_out_scores, faces) > 0.9, score
+  if score in ood_math.HEAD_SCORES:   # the layer read is the logits' own: the host score from it is the traced one
+    logits, features = ood.outputs(trained, resized(skimage_data.lfw_subset()[:8], 16), 8)
+    np.testing.assert_allclose(features @ fit.statistics.linear[:-1] + fit.statistics.linear[-1], logits,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_whose_logits_no_layer_of_its_gives_is_refused_vim_and_react():
+  features = np.random.default_rng(0).normal(size=(20, 4))
+  params = {'logits': {'kernel': np.ones((4, 3)), 'bias': np.zeros(3)}, 'other': {'kernel': np.ones((4, 2))}}
+  np.testing.assert_array_equal(ood.last_layer(params, features, features @ np.ones((4, 3)), 'vim'),
+                                np.concatenate([np.ones((4, 3)), np.zeros((1, 3))]))
+  with pytest.raises(UserInputError, match=r"config.ood.score='react': the model has no last Dense layer from its 4 "
+                                           r'pooled features to its 3 logits'):
+    ood.last_layer(params, features, features @ np.ones((4, 3)) + 1.0, 'react')
 
 
 def resized(gray: np.ndarray, size: int) -> np.ndarray:
@@ -333,3 +403,19 @@ def test_no_held_out_image_both_standardises_and_sets_the_threshold_and_the_rate
   in_sample = np.mean(ood_math.scores(standard, held_logits, held_features, images=held_images) > threshold)
   assert 'cross-fitted' in fit.roles and ('other half' in fit.roles) == (score != 'energy')
   assert in_sample <= 0.1   # the in-sample rate, which the record no longer gives
+
+
+def test_the_bench_s_near_class_images_keep_the_pixels_and_break_the_content():
+  """bench/deploy.py's near-class sets, from in-distribution images: two overlaid half each, turned a quarter
+  (decoded back to the model's size), the quadrants swapped across the diagonal."""
+  images = np.random.default_rng(0).integers(0, 256, (6, 8, 4, 1)).astype(np.uint8)
+  near = near_sets(images, DecodeSettings(image_size=(8, 4)), count=5)
+  assert all(v.shape == (5, 8, 4, 1) and v.dtype == np.uint8 for v in near.values())
+  overlaid = near['near: two overlaid'].astype(int)
+  assert all(any(np.array_equal(overlaid[i], (images[i].astype(int) + images[j]) // 2) for j in range(5))
+             for i in range(5))
+  swapped = near['near: quadrants swapped']
+  np.testing.assert_array_equal(swapped[:, :4, :2], images[:5, 4:, 2:])
+  np.testing.assert_array_equal(swapped[:, :4, 2:], images[:5, 4:, :2])
+  turned = near['near: turned a quarter']
+  assert not np.array_equal(turned, images[:5])

@@ -133,7 +133,8 @@ class ExportSettings(Settings):
     self.require('int8_calibration_images', self.int8_calibration_images >= 1, 'at least 1')
 
 
-OOD_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax', 'inputs')   # fpclass.deploy.ood_scores.SCORES
+OOD_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'relative_mahalanobis', 'class_mahalanobis', 'knn',
+              'vim', 'react', 'energy', 'max_softmax', 'inputs')   # fpclass.deploy.ood_scores.SCORES
 
 
 @dataclasses.dataclass(frozen=True)

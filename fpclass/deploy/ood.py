@@ -22,6 +22,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
 from tqdm.auto import tqdm
 
 from fpclass import fileio
@@ -99,12 +101,16 @@ def fit_model(trained: Trained, run: RunSettings, settings: OodSettings) -> Mode
     raise UserInputError('config.ood: the run has no validation images to fit the OOD threshold on; set '
                          '--config.ood.enabled=False')
   batch = run.eval.batch_size
+  linear = None
   if settings.score in ood.FEATURE_SCORES:
-    _, train_features = outputs(trained, dataset.train.images, batch)
+    train_logits, train_features = outputs(trained, dataset.train.images, batch)
+    if settings.score in ood.HEAD_SCORES:
+      linear = last_layer(trained.state.params, train_features, train_logits, settings.score)
   else:
     train_features = np.zeros((len(dataset.train), 0), np.float32)
   statistics = ood.fit_statistics(settings.score, trained.task.head, train_features, dataset.train.labels,
-                                  settings.knn_k, settings.max_bank, seed=run.seed, images=dataset.train.images)
+                                  settings.knn_k, settings.max_bank, seed=run.seed, images=dataset.train.images,
+                                  linear=linear)
   val_logits, val_features = outputs(trained, dataset.val.images, batch)
   val_images = np.asarray(dataset.val.images)
   fit = ood.fit_held_out(statistics, val_logits, val_features, settings.false_rejection, run.seed, val_images)
@@ -113,6 +119,25 @@ def fit_model(trained: Trained, run: RunSettings, settings: OodSettings) -> Mode
                 threshold=fit.threshold, held_out=len(held_out), train_images=len(dataset.train),
                 reached=fit.rate, roles=fit.roles, split=dataset.split_note)
   return ModelOod(fit.statistics, fit.threshold, np.asarray(dataset.val.ids, str), held_out, record)
+
+
+def last_layer(params, features: np.ndarray, logits: np.ndarray, score: str) -> np.ndarray:
+  """(D + 1, L): the model's last layer on its pooled features, kernel rows then the bias row: the Dense kernel
+  of shape (D, L) in `params` that maps the training images' features to their logits (every registered model
+  ends in one; CONTRIBUTING.md). Read from the parameters, not fitted: a fit on fewer images than features would
+  reproduce the training logits and not the layer."""
+  width, outputs_ = features.shape[1], logits.shape[1]
+  flat = traverse_util.flatten_dict(unfreeze(params))
+  tolerance = 0.02 * (1.0 + float(np.abs(logits).max()))   # a half-precision model's logits; another layer is far
+  for path, kernel in flat.items():
+    if path[-1] != 'kernel' or tuple(kernel.shape) != (width, outputs_):
+      continue
+    bias = np.asarray(flat.get((*path[:-1], 'bias'), np.zeros(outputs_)), np.float64)
+    linear = np.concatenate([np.asarray(kernel, np.float64), bias[None]])
+    if np.abs(features @ linear[:-1] + linear[-1] - logits).max() <= tolerance:
+      return linear
+  raise UserInputError(f'config.ood.score={score!r}: the model has no last Dense layer from its {width} pooled '
+                       f'features to its {outputs_} logits; use another score')
 
 
 def _settings_record(settings: OodSettings) -> dict:

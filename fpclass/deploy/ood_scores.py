@@ -3,10 +3,12 @@
 Each score is higher for an image less like the training data (docs/deploy.md has the table and the study):
 'energy' (Liu et al. 2020; multi-label: joint energy), 'max_softmax' (Hendrycks & Gimpel 2017), 'mahalanobis'
 on the pooled features under a shrunk shared covariance (Lee et al. 2018), 'knn' on normalised features (Sun et
-al. 2022), 'inputs' (the image's own contrast, roughness and brightness against the training images', robust
-z-scores: a flat frame has no contrast, sensor noise is rough as no photograph is, and both can sit among the
-training features), and two made of standardised parts: 'mahalanobis_energy', and 'combined' (the default,
-chosen by the worst case over foreign sets), the largest of 'mahalanobis', 'energy' and 'inputs'.
+al. 2022), its relative (Ren et al. 2021) and class-conditional forms, 'vim' (Wang et al. 2022) and 'react'
+(Sun et al. 2021) on the model's own last layer, 'inputs' (the image's own contrast, roughness and brightness
+against the training images', robust z-scores: a flat frame has no contrast, sensor noise is rough as no
+photograph is, and both can sit among the training features), and two made of standardised parts:
+'mahalanobis_energy', and 'combined' (the default, chosen by the worst case over foreign sets), the largest of
+'mahalanobis', 'energy' and 'inputs'.
 `scores` is written once for numpy and jax.numpy, so the exported graph computes exactly fpclass's score. The
 threshold, the conformal quantile of held-out in-distribution scores, flags a new in-distribution image with
 probability at most the target false-rejection rate.
@@ -19,8 +21,13 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'knn', 'energy', 'max_softmax', 'inputs')
-FEATURE_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'knn')   # need the pooled features
+SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'relative_mahalanobis', 'class_mahalanobis', 'knn',
+          'vim', 'react', 'energy', 'max_softmax', 'inputs')
+FEATURE_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'relative_mahalanobis', 'class_mahalanobis',
+                  'knn', 'vim', 'react')   # need the pooled features
+HEAD_SCORES = ('vim', 'react')   # need the last layer on the features, its kernel and bias (`linear`)
+MAHALANOBIS = ('mahalanobis', 'relative_mahalanobis', 'class_mahalanobis')
+REACT_PERCENTILE = 90   # ReAct clips each feature at this percentile of the training features' values (the paper's)
 INPUT_SCORES = ('combined', 'inputs')   # need the images and the training images' input statistics
 PARTS = {'mahalanobis_energy': ('mahalanobis', 'energy'),     # a combined score's parts, each standardised
          'combined': ('mahalanobis', 'energy', 'inputs')}
@@ -40,12 +47,21 @@ class Statistics:
   k: int = 1
   standardise: np.ndarray | None = None   # (parts, 2): centre and scale of each part's held-out scores
   inputs: np.ndarray | None = None        # (3, 2): median and scale of each input statistic on training images
+  background: np.ndarray | None = None    # (1, D) relative_mahalanobis: the mean of every training feature
+  background_whitening: np.ndarray | None = None   # (D, D): of their covariance about it
+  class_whitening: np.ndarray | None = None   # (C, D, D) class_mahalanobis: each class's own covariance
+  linear: np.ndarray | None = None        # (D + 1, L) vim, react: the last layer, kernel rows then the bias row
+  clip: np.ndarray | None = None          # (1,) react: the features' clip level
+  origin: np.ndarray | None = None        # (D,) vim: the features' point the last layer maps to zero logits
+  residual: np.ndarray | None = None      # (D, R) vim: the basis of the features' least-used directions
+  alpha: np.ndarray | None = None         # (1,) vim: the virtual logit's scale
 
   def arrays(self) -> dict:
     return {name: value for name in ARRAYS if (value := getattr(self, name)) is not None}
 
 
-ARRAYS = ('means', 'whitening', 'bank', 'standardise', 'inputs')
+ARRAYS = ('means', 'whitening', 'bank', 'standardise', 'inputs', 'background', 'background_whitening',
+          'class_whitening', 'linear', 'clip', 'origin', 'residual', 'alpha')
 
 
 def input_statistics(images_u8, xp=np):
@@ -79,11 +95,17 @@ def fit_inputs(images_u8: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarray, k: int = 10,
-                   max_bank: int = 4096, seed: int = 0, images: np.ndarray | None = None) -> Statistics:
+                   max_bank: int = 4096, seed: int = 0, images: np.ndarray | None = None,
+                   linear: np.ndarray | None = None) -> Statistics:
   """The statistics of `score` from the training images' pooled `features` (N, D) and `labels` (class indices,
-  or a multi-label 0/1 matrix: one mean of every image), and their uint8 `images` for the 'inputs' part."""
+  or a multi-label 0/1 matrix: one mean of every image), their uint8 `images` for the 'inputs' part, and the
+  model's last layer (`linear`, (D + 1, L)) for vim and react."""
   if score not in SCORES:
     raise ValueError(f'unknown OOD score {score!r}; one of {SCORES}')
+  if score in HEAD_SCORES:
+    if linear is None:
+      raise ValueError(f"the {score!r} score needs the model's last layer on its features")
+    return _fit_head_score(score, head, np.asarray(features, np.float64), np.asarray(linear, np.float64))
   if score in INPUT_SCORES:
     if images is None:
       raise ValueError(f'the {score!r} score needs the training images')
@@ -104,8 +126,39 @@ def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarr
   classes = np.unique(groups)
   means = np.stack([features[groups == c].mean(0) for c in classes])
   centred = features - means[np.searchsorted(classes, groups)]
-  covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
-  return Statistics(score, head, means=means.astype(np.float32), whitening=_whitening(covariance).astype(np.float32))
+  shared = _whitening(LedoitWolf(assume_centered=True).fit(centred).covariance_)
+  statistics = Statistics(score, head, means=means.astype(np.float32), whitening=shared.astype(np.float32))
+  if score == 'relative_mahalanobis':   # minus the distance under one Gaussian of every training feature
+    background = features.mean(0, keepdims=True)
+    covariance = LedoitWolf(assume_centered=True).fit(features - background).covariance_
+    statistics.background = background.astype(np.float32)
+    statistics.background_whitening = _whitening(covariance).astype(np.float32)
+  if score == 'class_mahalanobis':   # each class's own shrunk covariance; the shared one for a class of one image
+    statistics.class_whitening = np.stack([
+        _whitening(LedoitWolf(assume_centered=True).fit(centred[groups == c]).covariance_)
+        if np.sum(groups == c) > 1 else shared for c in classes]).astype(np.float32)
+  return statistics
+
+
+def _fit_head_score(score: str, head: str, features: np.ndarray, linear: np.ndarray) -> Statistics:
+  """ReAct: the clip level, the features' 90th percentile. ViM: the origin o with o W + b = 0, the residual
+  space (the directions of least variance of the features about o, half of them), and the virtual logit's scale
+  alpha, the training images' mean largest logit over their mean residual norm (Wang et al. 2022)."""
+  statistics = Statistics(score, head, linear=linear.astype(np.float32))
+  if score == 'react':
+    statistics.clip = np.asarray([np.percentile(features, REACT_PERCENTILE)], np.float32)
+    return statistics
+  kernel, bias = linear[:-1], linear[-1]
+  origin = -bias @ np.linalg.pinv(kernel)
+  centred = features - origin
+  values, vectors = np.linalg.eigh(centred.T @ centred / len(centred))   # ascending
+  residual = vectors[:, :max(features.shape[1] - features.shape[1] // 2, 1)]
+  norms = np.linalg.norm(centred @ residual, axis=1)
+  logits = features @ kernel + bias
+  alpha = float(np.mean(logits.max(axis=1)) / max(float(np.mean(norms)), 1e-12))
+  statistics.origin, statistics.residual = origin.astype(np.float32), residual.astype(np.float32)
+  statistics.alpha = np.asarray([alpha], np.float32)
+  return statistics
 
 
 def standardised(statistics: Statistics, logits, features, images=None) -> Statistics:
@@ -151,12 +204,7 @@ def scores(statistics: Statistics, logits, features, xp=np, images=None):
     median, scale = xp.asarray(statistics.inputs[:, 0], dtype), xp.asarray(statistics.inputs[:, 1], dtype)
     return (xp.abs(input_statistics(images, xp) - median) / scale).max(axis=1)
   if score == 'energy':
-    if statistics.head == 'multilabel':
-      return -xp.sum(xp.logaddexp(0.0, logits), axis=1)
-    if statistics.head == 'sigmoid':   # one logit l: the two-class softmax over (0, l)
-      return -xp.logaddexp(0.0, logits[:, 0])
-    top = logits.max(axis=1)
-    return -(top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1)))
+    return _energy(statistics.head, logits, xp)
   if score == 'max_softmax':
     if statistics.head == 'multilabel':
       return -(1.0 / (1.0 + xp.exp(-logits.max(axis=1))))
@@ -165,12 +213,20 @@ def scores(statistics: Statistics, logits, features, xp=np, images=None):
     z = xp.exp(logits - logits.max(axis=1, keepdims=True))
     return -(1.0 / z.sum(axis=1))
   features = xp.asarray(features, dtype).reshape(features.shape[0], -1)
-  if score == 'mahalanobis':
-    means, whitening = xp.asarray(statistics.means, dtype), xp.asarray(statistics.whitening, dtype)
-    # (f - m)' L L' (f - m) = |(f - m) L|^2 for every class mean at once: a sum of squares, which float32 keeps to
-    # its relative precision (the expanded f'Pf - 2 f'Pm + m'Pm cancels catastrophically far from every mean).
-    white = (features[:, None, :] - means[None, :, :]) @ whitening   # (N, C, D)
-    return (white * white).sum(axis=2).min(axis=1)
+  array = lambda name: xp.asarray(getattr(statistics, name), dtype)   # noqa: E731
+  if score in MAHALANOBIS:
+    whitening = array('class_whitening' if score == 'class_mahalanobis' else 'whitening')
+    distances = _squared_distances(features, array('means'), whitening, xp)
+    if score == 'relative_mahalanobis':
+      distances = distances - _squared_distances(features, array('background'), array('background_whitening'), xp)
+    return distances.min(axis=1)
+  if score in HEAD_SCORES:
+    linear = array('linear')
+    if score == 'react':
+      clipped = xp.minimum(features, array('clip')[0])
+      return _energy(statistics.head, clipped @ linear[:-1] + linear[-1], xp)
+    residual = (features - array('origin')) @ array('residual')
+    return array('alpha')[0] * xp.sqrt((residual * residual).sum(axis=1)) + _energy(statistics.head, logits, xp)
   bank = xp.asarray(statistics.bank, dtype)
   unit = features / xp.sqrt(xp.maximum((features * features).sum(axis=1, keepdims=True), 1e-12))
   similarity = unit @ bank.T                              # (N, B)
@@ -179,6 +235,28 @@ def scores(statistics: Statistics, logits, features, xp=np, images=None):
   else:
     kth = jax.lax.top_k(similarity, statistics.k)[0][:, -1]
   return -kth
+
+
+def _energy(head: str, logits, xp):
+  """-logsumexp of the logits (Liu et al. 2020); multi-label: the joint energy."""
+  if head == 'multilabel':
+    return -xp.sum(xp.logaddexp(0.0, logits), axis=1)
+  if head == 'sigmoid':   # one logit l: the two-class softmax over (0, l)
+    return -xp.logaddexp(0.0, logits[:, 0])
+  top = logits.max(axis=1)
+  return -(top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1)))
+
+
+def _squared_distances(features, means, whitening, xp):
+  """(N, C): each feature's squared Mahalanobis distance to each mean, under one whitening (D, D) or one per
+  mean (C, D, D). (f - m)' L L' (f - m) = |(f - m) L|^2: a sum of squares, which float32 keeps to its relative
+  precision (the expanded f'Pf - 2 f'Pm + m'Pm cancels catastrophically far from every mean)."""
+  centred = features[:, None, :] - means[None, :, :]   # (N, C, D)
+  if whitening.ndim == 2:
+    white = centred @ whitening
+    return (white * white).sum(axis=2)
+  white = xp.swapaxes(centred, 0, 1) @ whitening         # (C, N, D): a batched product, each class its own
+  return xp.swapaxes((white * white).sum(axis=2), 0, 1)
 
 
 def conformal_threshold(held_out: np.ndarray, false_rejection: float) -> float:
