@@ -112,6 +112,10 @@ def test_the_other_feature_scores_from_their_definitions():
   clipped = np.minimum(queries, np.percentile(features, 90)) @ linear[:-1] + linear[-1]
   fitted = ood_math.fit_statistics('react', 'softmax', features, labels, linear=linear)
   np.testing.assert_allclose(ood_math.scores(fitted, logits, queries), -logsumexp(clipped, axis=1), rtol=1e-5)
+  sparse = np.where(features > 3.0, features, 0.0)   # a ReLU's features, mostly zero: the nonzero ones' percentile
+  assert np.mean(sparse == 0) > 0.9 and np.percentile(sparse, 90) == 0
+  fitted = ood_math.fit_statistics('react', 'softmax', sparse, labels, linear=linear)
+  assert fitted.clip[0] == pytest.approx(np.percentile(sparse[sparse != 0], 90), rel=1e-6)
 
   origin = np.linalg.lstsq(linear[:-1].T, -linear[-1], rcond=None)[0]   # o W + b = 0
   _, _, right = np.linalg.svd(features - origin, full_matrices=False)
@@ -121,6 +125,12 @@ def test_the_other_feature_scores_from_their_definitions():
   fitted = ood_math.fit_statistics('vim', 'softmax', features, labels, linear=linear)
   np.testing.assert_allclose(ood_math.scores(fitted, logits, queries),
                              alpha * outside(queries) - logsumexp(logits, axis=1), rtol=1e-4)
+  # Features of rank 2 (4 dead units): about the origin they span 3 directions (the 2 and the origin's offset).
+  # Half of the 6 would be those 3, and the residual, the 3 directions no training image moves, zero on every
+  # training image (alpha ~ 1e12): the principal space keeps fewer than the 3, so the residual holds one of them.
+  low = np.concatenate([features[:, :2], np.zeros((90, 4))], axis=1)
+  fitted = ood_math.fit_statistics('vim', 'softmax', low, labels, linear=linear)
+  assert fitted.residual.shape == (6, 4) and 1e-3 < fitted.alpha[0] < 1e3
   with pytest.raises(ValueError, match='last layer'):
     ood_math.fit_statistics('vim', 'softmax', features, labels)
 

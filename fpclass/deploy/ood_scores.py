@@ -28,6 +28,7 @@ FEATURE_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'relative_mah
 HEAD_SCORES = ('vim', 'react')   # need the last layer on the features, its kernel and bias (`linear`)
 MAHALANOBIS = ('mahalanobis', 'relative_mahalanobis', 'class_mahalanobis')
 REACT_PERCENTILE = 90   # ReAct clips each feature at this percentile of the training features' values (the paper's)
+VIM_SHARE = 0.99        # ViM's principal space holds at most this share of the features' variance (`_principal`)
 INPUT_SCORES = ('combined', 'inputs')   # need the images and the training images' input statistics
 PARTS = {'mahalanobis_energy': ('mahalanobis', 'energy'),     # a combined score's parts, each standardised
          'combined': ('mahalanobis', 'energy', 'inputs')}
@@ -146,13 +147,14 @@ def _fit_head_score(score: str, head: str, features: np.ndarray, linear: np.ndar
   alpha, the training images' mean largest logit over their mean residual norm (Wang et al. 2022)."""
   statistics = Statistics(score, head, linear=linear.astype(np.float32))
   if score == 'react':
-    statistics.clip = np.asarray([np.percentile(features, REACT_PERCENTILE)], np.float32)
+    active = features[features != 0]   # a ReLU's sparse features: the plain percentile is 0 and clips them all
+    statistics.clip = np.asarray([np.percentile(active if active.size else features, REACT_PERCENTILE)], np.float32)
     return statistics
   kernel, bias = linear[:-1], linear[-1]
   origin = -bias @ np.linalg.pinv(kernel)
   centred = features - origin
   values, vectors = np.linalg.eigh(centred.T @ centred / len(centred))   # ascending
-  residual = vectors[:, :max(features.shape[1] - features.shape[1] // 2, 1)]
+  residual = vectors[:, :features.shape[1] - _principal(values[::-1])]
   norms = np.linalg.norm(centred @ residual, axis=1)
   logits = features @ kernel + bias
   alpha = float(np.mean(logits.max(axis=1)) / max(float(np.mean(norms)), 1e-12))
@@ -235,6 +237,16 @@ def scores(statistics: Statistics, logits, features, xp=np, images=None):
   else:
     kth = jax.lax.top_k(similarity, statistics.k)[0][:, -1]
   return -kth
+
+
+def _principal(descending: np.ndarray) -> int:
+  """ViM's principal dimension: half the features (the paper's ratio), or fewer where fewer directions hold
+  VIM_SHARE of the variance, and always fewer than the directions training moves at all. Features of a lower
+  rank (dead ReLU units) leave directions no training image moves; a residual of those alone is zero on every
+  training image, and alpha grows without bound."""
+  share = np.cumsum(descending) / max(float(descending.sum()), 1e-300)
+  rank = int(np.sum(descending > 1e-9 * max(float(descending[0]), 1e-300)))
+  return int(max(1, min(len(descending) // 2, np.searchsorted(share, VIM_SHARE) + 1, rank - 1)))
 
 
 def _energy(head: str, logits, xp):
