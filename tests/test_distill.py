@@ -336,6 +336,25 @@ def test_bad_inputs_get_one_line(teacher_run, tmp_path, monkeypatch):
     distill_mode.distill(tiny_config(**{'distill.teacher': str(tmp_path / 'nowhere')}), tmp_path / 'd')
 
 
+def test_the_unlabelled_images_are_read_as_the_data_s_pool_without_copies_or_unreadable_files(tmp_path, capsys):
+  """config.distill.unlabelled is read as config.data.unlabelled is: a copy of a labelled image and an unreadable
+  file are left out and counted, and errors name the distill key."""
+  student = RunSettings.from_config(tiny_config())
+  dataset = pipeline.load_dataset(student.data, progress=False)
+  folder = tmp_path / 'pool'
+  folder.mkdir()
+  Image.fromarray(np.asarray(dataset.val.images[0])[..., 0]).save(folder / 'copy.png')
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 16), np.uint8)).save(folder / 'new.png')
+  (folder / 'broken.png').write_bytes(b'not an image')
+  images = distill_core.unlabelled_images(DistillSettings(unlabelled=str(folder)), student)
+  assert images.shape == (1, 24, 16, 1)
+  assert capsys.readouterr().out.endswith(f"distill: 1 unlabelled images from {str(folder)!r}; 1 left out as copies "
+                                          "of labelled images; 1 unreadable, listed\n")
+  with pytest.raises(UserInputError, match=r"config.distill.unlabelled='.*empty': the folder holds no image"):
+    (tmp_path / 'empty').mkdir()
+    distill_core.unlabelled_images(DistillSettings(unlabelled=str(tmp_path / 'empty')), student)
+
+
 def test_the_share_of_the_gain_kept_brackets_its_estimate_and_is_exact_at_its_ends():
   rng = np.random.default_rng(1)
   teacher = rng.random(400) < 0.95

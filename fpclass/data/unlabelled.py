@@ -57,20 +57,28 @@ def load_pool(data: DataSettings, labelled=(), test=None, progress: bool = False
   exact copies leave the pool; `test`: the source's decoded test split (`fpclass.data.pipeline.ArraySplit`, with
   its `decoded` flags) when the spec is 'test'. An empty pool is refused in one line."""
   settings = data.unlabelled
-  spec = settings.unlabelled
+  return read_pool(settings.unlabelled, data, labelled, test, progress, KEY,
+                   (settings.unlabelled_path_column, 'config.data.unlabelled_path_column'))
+
+
+def read_pool(spec: str, data: DataSettings, labelled=(), test=None, progress: bool = False, key: str = KEY,
+              path_column: tuple[str, str] = ('path', 'config.data.unlabelled_path_column')) -> Pool | None:
+  """`spec` (a folder, glob, CSV or 'test') decoded as `data` decodes, as `load_pool` does; the errors name `key`,
+  the flag that gave it (`config.distill.unlabelled` reads its images here too), and `path_column` is (the CSV's
+  path column, the flag that gave it)."""
   if not spec:
     return None
   if data.labels.multilabel:
-    raise UserInputError(f'{KEY}: multi-label training learns from labelled images only (an unlabelled image has '
+    raise UserInputError(f'{key}: multi-label training learns from labelled images only (an unlabelled image has '
                          'no tag row to pseudo-label); leave it empty')
   if spec == TEST:
     if test is None or not len(test):
-      raise UserInputError(f"{KEY}='test': the source has no test images (data.test_dir)")
+      raise UserInputError(f"{key}='test': the source has no test images (data.test_dir)")
     ok = np.asarray(test.extras.get('decoded', np.ones(len(test), bool)), bool)
     images, names = in_memory(test.images)[ok], [str(test.ids[i]) for i in np.flatnonzero(ok)]
     problems = [(str(test.ids[i]), 'could not be decoded (see quarantine.csv)') for i in np.flatnonzero(~ok)]
   else:
-    inputs = list_inputs(spec, settings.unlabelled_path_column, KEY, 'config.data.unlabelled_path_column')
+    inputs = list_inputs(spec, path_column[0], key, path_column[1])
     decoded, ok, failed = decode_files(inputs.paths, data.decode, split='unlabelled',
                                        cache_dir=fileio.cache_root(data.storage.cache_dir),
                                        workers=data.storage.decode_workers, progress=progress)
@@ -84,5 +92,5 @@ def load_pool(data: DataSettings, labelled=(), test=None, progress: bool = False
   if not len(pool):
     why = (f'all {len(copies)} are copies of labelled images' if copies else
            f'none of its {len(problems)} file(s) could be read' if problems else 'it holds no image')
-    raise UserInputError(f'{KEY}={spec!r}: no unlabelled image to use ({why})')
+    raise UserInputError(f'{key}={spec!r}: no unlabelled image to use ({why})')
   return pool

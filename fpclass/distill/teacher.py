@@ -25,8 +25,7 @@ from fpclass.analysis import metric_registry, stats
 from fpclass.config.outputs import DistillSettings
 from fpclass.config.run import RunSettings
 from fpclass.data import pipeline
-from fpclass.data.decode import decode_files
-from fpclass.data.new_images import list_inputs
+from fpclass.data.unlabelled import read_pool
 from fpclass.errors import UserInputError
 from fpclass.infer.ensemble import MemberModel, workdir_models
 from fpclass.models.heads import head_of, probabilities
@@ -224,32 +223,20 @@ def comparison_splits(models: list[MemberModel], settings: DistillSettings, stud
 
 
 def unlabelled_images(settings: DistillSettings, student: RunSettings) -> np.ndarray | None:
-  """config.distill.unlabelled decoded as the student's data: the source's test split, or the images of a
-  folder, glob or CSV (unreadable files are skipped and counted)."""
-  spec = settings.unlabelled
-  if not spec:
+  """config.distill.unlabelled decoded as the student's data, as `config.data.unlabelled` is
+  (`fpclass.data.unlabelled.read_pool`): the source's decoded test images, or the readable images of a folder,
+  glob or CSV (unreadable files are listed and skipped), without exact copies of its labelled images."""
+  if not settings.unlabelled:
     return None
-  data = student.data
-  if data.labels.multilabel:
-    raise UserInputError('config.distill.unlabelled: a multi-label student learns from labelled images only (an '
-                         'unlabelled image has no tag row); leave it empty')
-  train = student.train
+  data, train = student.data, student.train
   if train.class_weights or train.sampler == 'balanced':
     raise UserInputError('config.distill.unlabelled: unlabelled images have no class for config.train.class_weights '
                          "or the 'balanced' sampler; leave those at their defaults")
-  if spec == 'test':
-    test = pipeline.load_dataset(data, progress=False).test
-    if test is None or not len(test):
-      raise UserInputError("config.distill.unlabelled='test': the source has no test images (data.test_dir)")
-    return np.asarray(test.images)
-  try:
-    inputs = list_inputs(spec)
-  except UserInputError as e:
-    raise UserInputError(str(e).replace('config.predict.inputs', 'config.distill.unlabelled')) from None
-  images, ok, _ = decode_files(inputs.paths, data.decode, split='unlabelled', progress=False)
-  print(f'distill: {int(ok.sum())} unlabelled images from {spec!r}' + (f', {int((~ok).sum())} unreadable skipped'
-                                                                        if (~ok).any() else ''))
-  return np.asarray(images)[ok]
+  dataset = pipeline.load_dataset(data, progress=False)
+  pool = read_pool(settings.unlabelled, data, (dataset.train.images, dataset.val.images), dataset.test,
+                   key='config.distill.unlabelled', path_column=('path', 'config.distill.unlabelled (its CSV)'))
+  print(f'distill: {pool.describe()}')
+  return pool.images
 
 
 def images_per_second(batch_logits, images: np.ndarray, repeats: int = 3) -> float:
