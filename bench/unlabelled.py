@@ -11,7 +11,8 @@ Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a f
 2. semi: for each `--fractions` f and `--seeds` s, a stratified draw of f of the training images keeps its labels
    (seeded by s); the rest is the pool, its labels hidden (exclude.csv) and its files listed in pool.csv. Three arms
    with seed s: the labelled part alone; the labelled part with `--config.data.unlabelled=pool.csv` (config.semi as
-   given); every label. Reported: each arm's test accuracy, semi minus labelled-alone as a paired difference over
+   given); every label; and self-training, one round of Noisy Student: the labelled arm teaches a student of the
+   same config on the labelled images and the pool (`--mode distill --config.distill.unlabelled=pool.csv`). Reported: each arm's test accuracy, semi minus labelled-alone as a paired difference over
    the test images (correctness averaged over the seeds; bench.auto.bootstrap's 95% interval), the share of the gap to all the
    labels closed, and the seconds per epoch (metrics.csv, after the first) of semi against labelled-alone: they
    run the same labelled batches, so the ratio is the cost per labelled batch.
@@ -90,16 +91,20 @@ def semi_part(args, launch, common, folder, images, test) -> dict:
                             f'--config.data.exclude_csv={folder / "exclude.csv"}'])
     arms_by_seed.setdefault('all', {})[seed] = correct_on_test(launch, f'predict-all-s{seed}', workdir, folder, test)
   for fraction in args.fractions:
-    correct = {'labelled': {}, 'semi': {}}
+    correct = {'labelled': {}, 'semi': {}, 'self_training': {}}
     cost, rates = [], []
     for seed in args.seeds:
       labelled = images.draw(round(fraction * len(images.ids)), seed)
       exclude, pool = images.write_split(folder / f'f{fraction}-s{seed}', labelled)
       base = [*common, f'--config.seed={seed}', f'--config.data.exclude_csv={exclude}']
-      workdirs = {'labelled': folder / f'f{fraction}-s{seed}' / 'labelled',
-                  'semi': folder / f'f{fraction}-s{seed}' / 'semi'}
+      workdirs = {arm: folder / f'f{fraction}-s{seed}' / arm for arm in correct}
       launch(f'labelled-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["labelled"]}'])
       launch(f'semi-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["semi"]}', f'--config.data.unlabelled={pool}'])
+      # Self-training (one round of Noisy Student): the labelled arm teaches a student of the same config, with its
+      # augmentation and dropout, on the labelled images and the pool (--mode distill, the teacher's probabilities).
+      launch(f'self-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["self_training"]}', '--mode=distill',
+                                           f'--config.distill.teacher={workdirs["labelled"]}',
+                                           f'--config.distill.unlabelled={pool}', '--config.distill.compare=False'])
       for arm, workdir in workdirs.items():
         correct[arm][seed] = correct_on_test(launch, f'predict-{arm}-f{fraction}-s{seed}', workdir, folder, test)
       cost.append(seconds_per_epoch(workdirs['semi']) / seconds_per_epoch(workdirs['labelled']))
@@ -114,6 +119,10 @@ def semi_part(args, launch, common, folder, images, test) -> dict:
                                        for arm, by in {**correct, 'all': arms_by_seed['all']}.items()},
                      semi_minus_labelled=bootstrap(mean['semi'] - mean['labelled'], args.seeds[0]),
                      gap_closed=None if gap <= 0 else (accuracy['semi'] - accuracy['labelled']) / gap,
+                     self_training_minus_labelled=bootstrap(mean['self_training'] - mean['labelled'], args.seeds[0]),
+                     self_training_minus_semi=bootstrap(mean['self_training'] - mean['semi'], args.seeds[0]),
+                     self_training_gap_closed=(None if gap <= 0 else
+                                               (accuracy['self_training'] - accuracy['labelled']) / gap),
                      semi_epoch_cost=cost, last_epoch_pseudo_rate=rates))
   return dict(rows=rows)
 
