@@ -89,6 +89,37 @@ def test_the_strong_view_learns_the_weak_view_s_confident_class():
   assert loss != pytest.approx(float(expected(weak_logits, strong_logits, masked=False)), rel=1e-3)
 
 
+def test_adaptive_thresholds_follow_the_running_confidence_per_class():
+  """config.semi.thresholds='adaptive' (FreeMatch): the state starts at 1/C; each step's thresholds are the running
+  confidence times each class's running mean probability over the largest, the predicted class's applies, and the
+  step moves the running means toward the batch's weak views by 1 - momentum."""
+  task = Task(model=Linear(), tx=optax.sgd(0.0), normalisation=Normalisation((0.5,), (0.5,)),
+              augment_cfg=AugmentSettings(hflip=0.0), head='softmax', num_classes=3,
+              semi=SemiSettings(ratio=2, thresholds='adaptive', threshold_momentum=0.5))
+  state = task.init(jax.random.PRNGKey(1), (8, 8, 1))
+  np.testing.assert_allclose(state.semi['classes'], [1 / 3] * 3)
+  np.testing.assert_allclose(state.semi['confidence'], 1 / 3)
+  state = state.replace(params=jax.tree_util.tree_map(lambda a: a * 4.0, state.params))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (6, 8, 8, 1)), jnp.uint8)
+  labels = jnp.asarray([0, 2, -1, -1, -1, -1], jnp.int32)
+  weak = np.asarray(jax.nn.softmax(task.apply(state.params, {}, task.prepare(images[2:]))[0]))   # no augmentation
+  running = {'confidence': 1 / 3, 'classes': np.full(3, 1 / 3)}
+  for step in range(3):
+    thresholds = running['confidence'] * running['classes'] / running['classes'].max()
+    expected_mask = weak.max(1) >= thresholds[weak.argmax(1)]
+    state, metrics = task.train_batch(state, images, labels, jax.random.PRNGKey(step))
+    assert int(metrics['pseudo_labelled']) == int(expected_mask.sum())
+    running = {'confidence': 0.5 * running['confidence'] + 0.5 * weak.max(1).mean(),
+               'classes': 0.5 * running['classes'] + 0.5 * weak.mean(0)}
+    np.testing.assert_allclose(state.semi['confidence'], running['confidence'], rtol=1e-5)
+    np.testing.assert_allclose(state.semi['classes'], running['classes'], rtol=1e-5)
+  per_class, mask = semi.pseudo_targets(jnp.asarray([[0.7, 0.2, 0.1], [0.1, 0.7, 0.2]]), jnp.asarray([0.6, 0.8, 0.9]))
+  assert np.asarray(mask).tolist() == [True, False]   # each row against its predicted class's threshold
+  with pytest.raises(Exception, match='thresholds'):
+    SemiSettings(thresholds='flex')
+
+
 def test_an_epoch_order_draws_unlabelled_rows_from_the_pool_alone():
   labelled = np.asarray([[3, 1], [0, 4]], np.int32)   # a member's train rows; 2 and 5 are its held-out rows
   order = semi.order(labelled, seed=0, epoch=0, start=6, count=5, ratio=3)
@@ -152,6 +183,15 @@ def test_training_on_the_test_images_unlabelled_says_so_beside_the_test_score(tm
   assert 'test' in scores and "config.data.unlabelled='test': fixmatch pseudo-labelled them" in scores['test_note']
   report = (workdir / 'report.md').read_text()
   assert scores['test_note'] in report and 'of those of the last epoch passed the pseudo-label threshold' in report
+  # Adaptive thresholds keep running means in the train state: saved with the resume point, and read back when
+  # the run goes on (two more epochs from its last checkpoint).
+  adaptive = tmp_path / 'adaptive'
+  flags = [f'--config.data.root={root.parent}', '--config.data.unlabelled=test', '--config.semi.ratio=1',
+           '--config.semi.thresholds=adaptive', '--config.data.image_size=(16,16)',
+           '--config.explain.after_training=False', '--config.train.tensorboard=False']
+  launch(f'--workdir={adaptive}', '--config.train.epochs=1', *flags)
+  launch(f'--workdir={adaptive}', '--config.train.epochs=3', *flags)
+  assert len(pd.read_csv(adaptive / 'metrics.csv')) == 3
 
 
 def test_the_report_gives_the_pool_s_take_up_and_the_advice_below_half():

@@ -18,6 +18,7 @@ MODEL_AXES = ('auto', 'vmap', 'loop')
 THRESHOLD_METRICS = ('macro_f1', 'f1', 'f2')  # f2: multi-label only (each label's F2)
 SEMI_METHODS = ('fixmatch', 'none')
 STRONG_POLICIES = ('trivialaugment', 'randaugment')
+SEMI_THRESHOLDS = ('fixed', 'adaptive')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +122,11 @@ class SemiSettings(Settings):
   method: str = 'fixmatch'         # fixmatch | none (the pool is read by --mode label_next only)
   ratio: int = 7                   # unlabelled images per labelled image in each batch (FixMatch's mu)
   threshold: float = 0.95          # the confidence a weak view's prediction needs to become a target (tau)
+  # fixed: `threshold` for every class; adaptive: FreeMatch's self-adaptive thresholds (Wang et al., 2023), a
+  # running mean of the weak views' confidence scaled per class by each class's running mean probability over
+  # its largest: low while the model is unsure, lower for the classes it predicts least (`threshold` unused).
+  thresholds: str = 'fixed'
+  threshold_momentum: float = 0.999   # adaptive: the running means' momentum (FreeMatch's lambda)
   weight: float = 1.0              # the unlabelled loss's weight (lambda_u)
   strong_policy: str = 'trivialaugment'   # the strong view: this policy (one random magnitude per image) ...
   strong_erasing: float = 1.0      # ... then Cutout (a random-erasing rectangle) with this probability
@@ -129,6 +135,8 @@ class SemiSettings(Settings):
     self.require('method', self.method in SEMI_METHODS, f'one of {SEMI_METHODS}')
     self.require('ratio', self.ratio >= 1, '>= 1')
     self.require('threshold', 0.0 <= self.threshold <= 1.0, 'in [0, 1]')
+    self.require('thresholds', self.thresholds in SEMI_THRESHOLDS, f'one of {SEMI_THRESHOLDS}')
+    self.require('threshold_momentum', 0.0 <= self.threshold_momentum < 1.0, 'in [0, 1)')
     self.require('weight', 0.0 <= self.weight < math.inf, '>= 0')
     self.require('strong_policy', self.strong_policy in STRONG_POLICIES, f'one of {STRONG_POLICIES}')
     self.require('strong_erasing', 0.0 <= self.strong_erasing <= 1.0, 'in [0, 1]')

@@ -73,7 +73,7 @@ class CheckpointStore:
     items = dict(model=ocp.args.StandardSave(model_variables(state.for_evaluation())),
                  loop=ocp.args.JsonSave(loop_state))
     if kind != 'best':  # a resume point
-      items['optimizer'] = ocp.args.StandardSave(dict(step=state.step, opt_state=state.opt_state))
+      items['optimizer'] = ocp.args.StandardSave(_optimizer_item(state))
       if state.ema is not None:
         items[ONLINE] = ocp.args.StandardSave(model_variables(state))
     manager = self._manager(kind)
@@ -141,7 +141,7 @@ class CheckpointStore:
     items = dict(model=ocp.args.StandardRestore(model_variables(target.for_evaluation())),
                  loop=ocp.args.JsonRestore())
     if with_optimizer:
-      items['optimizer'] = ocp.args.StandardRestore(dict(step=target.step, opt_state=target.opt_state))
+      items['optimizer'] = ocp.args.StandardRestore(_optimizer_item(target))
     if averaged:
       items[ONLINE] = ocp.args.StandardRestore(model_variables(target))
     try:
@@ -158,8 +158,10 @@ class CheckpointStore:
       state = abstract_state.replace(params=online['params'], batch_stats=online.get('batch_stats', {}), ema=model)
     else:
       state = abstract_state.replace(ema=None, **model)
+    state = state.replace(semi=None)
     if with_optimizer:
-      state = state.replace(step=restored.optimizer['step'], opt_state=restored.optimizer['opt_state'])
+      state = state.replace(step=restored.optimizer['step'], opt_state=restored.optimizer['opt_state'],
+                            semi=restored.optimizer.get('semi'))
     return state, restored.loop
 
   def loop_state(self, kind: str = 'last', epoch: int | None = None) -> dict | None:
@@ -239,3 +241,10 @@ def _placed_here(leaf):
   return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
+def _optimizer_item(state) -> dict:
+  """A resume point's training state beside the model: the step, the optimizer's state, and the adaptive
+  thresholds' running means when the run keeps them (config.semi.thresholds='adaptive')."""
+  item = dict(step=state.step, opt_state=state.opt_state)
+  if state.semi is not None:
+    item['semi'] = state.semi
+  return item

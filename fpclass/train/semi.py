@@ -29,13 +29,35 @@ def strong_augment(weak: AugmentSettings, semi: SemiSettings) -> AugmentSettings
                              mixup_alpha=0.0, cutmix_alpha=0.0)
 
 
-def pseudo_targets(weak_probabilities, threshold: float):
-  """(one-hot targets, mask): the weak view's predicted class, and whether its probability reaches `threshold`.
+def pseudo_targets(weak_probabilities, threshold):
+  """(one-hot targets, mask): the weak view's predicted class, and whether its probability reaches `threshold`
+  (a number, or (C,) thresholds, each class's own: the predicted class's applies).
   The loss is the strong views' cross-entropy against the targets, times the mask, averaged over every unlabelled
   image of the batch (FixMatch's normalisation: an image below the threshold counts 0)."""
   probs = jax.lax.stop_gradient(weak_probabilities)
-  confident = jnp.max(probs, axis=-1) >= threshold
-  return jax.nn.one_hot(jnp.argmax(probs, axis=-1), probs.shape[-1]), confident
+  predicted = jnp.argmax(probs, axis=-1)
+  cut = threshold[predicted] if jnp.ndim(threshold) else threshold
+  confident = jnp.max(probs, axis=-1) >= cut
+  return jax.nn.one_hot(predicted, probs.shape[-1]), confident
+
+
+def adaptive_init(classes: int) -> dict:
+  """FreeMatch's running means at the start: a uniform guess (confidence 1/C, each class 1/C)."""
+  return {'confidence': jnp.full((), 1.0 / classes, jnp.float32),
+          'classes': jnp.full((classes,), 1.0 / classes, jnp.float32)}
+
+
+def adaptive_thresholds(running: dict):
+  """(C,): the global running confidence times each class's running mean probability over the largest
+  (FreeMatch's self-adaptive thresholds, Wang et al. 2023)."""
+  return running['confidence'] * running['classes'] / jnp.max(running['classes'])
+
+
+def adaptive_update(running: dict, weak_probabilities, momentum: float) -> dict:
+  """The running means after a batch of weak views: their mean top probability, and their mean probabilities."""
+  probs = jax.lax.stop_gradient(weak_probabilities)
+  return {'confidence': momentum * running['confidence'] + (1 - momentum) * jnp.mean(jnp.max(probs, axis=-1)),
+          'classes': momentum * running['classes'] + (1 - momentum) * jnp.mean(probs, axis=0)}
 
 
 def split(batch_images, batch_labels, ratio: int):

@@ -40,6 +40,8 @@ class TrainState(flax.struct.PyTreeNode):
   # {'params', 'batch_stats'} averaged over the updates (config.train.ema_decay > 0), else None: None adds no
   # leaf, so a run without the average has the state, programs and checkpoints it always had.
   ema: Any = None
+  # config.semi.thresholds='adaptive': the running means its thresholds come from (`semi.adaptive_init`), else None.
+  semi: Any = None
 
   def for_evaluation(self) -> 'TrainState':
     """The state with the variables the model is validated, selected, saved and served with: the averaged
@@ -104,8 +106,11 @@ class Task:
     variables = variables or self.init_variables(key, image_shape)
     average = ema.init({'params': variables['params'], 'batch_stats': variables['batch_stats']}) \
         if self.ema_decay > 0 else None
+    running = (semi.adaptive_init(self.num_classes)
+               if self.semi is not None and self.semi.thresholds == 'adaptive' else None)
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables['batch_stats'], opt_state=self.tx.init(variables['params']), ema=average)
+                      batch_stats=variables['batch_stats'], opt_state=self.tx.init(variables['params']), ema=average,
+                      semi=running)
 
   def optimizer_updates(self, state: TrainState):
     """The optimizer updates made so far in the state's phase: its steps, or with accumulation its completed
@@ -149,14 +154,17 @@ class Task:
     streamed run and an in-memory one train the same model bit for bit. `rows`, the batch's rows of the
     training images where known (in memory), let a cross-fitted teacher choose its models per image."""
     aug_key, dropout_key = jax.random.split(key)
-    strong = None
+    strong = running = None
     if self.semi is not None:   # the weak views' pass is forward only, outside the gradient (`fpclass.train.semi`)
       batch_images, batch_labels, unlabelled = semi.split(batch_images, batch_labels, self.semi.ratio)
       rows = None if rows is None else rows[:batch_images.shape[0]]
       weak_key, strong_key = jax.random.split(jax.random.fold_in(aug_key, SEMI_STREAM))
       weak_logits, _, _ = self.apply(state.params, state.batch_stats, self.prepare(unlabelled, weak_key), train=True,
                                      rngs={'dropout': jax.random.fold_in(dropout_key, SEMI_STREAM)})
-      pseudo, mask = semi.pseudo_targets(probabilities(weak_logits, self.head, xp=jnp), self.semi.threshold)
+      weak = probabilities(weak_logits, self.head, xp=jnp)
+      running = state.semi
+      pseudo, mask = semi.pseudo_targets(weak, self.semi.threshold if running is None else
+                                         semi.adaptive_thresholds(running))
       strong = self.model_input(augment.augment_batch(unlabelled.astype(jnp.float32) / 255.0, strong_key,
                                                       semi.strong_augment(self.augment_cfg, self.semi),
                                                       self.augment_values))
@@ -192,6 +200,8 @@ class Task:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+    if strong is not None and running is not None:
+      new_state = new_state.replace(semi=semi.adaptive_update(running, weak, self.semi.threshold_momentum))
     if state.ema is not None:
       new_state = new_state.replace(ema=self._averaged(new_state))
     # With mixing, the loss is the mixed targets' and `correct` counts agreement with each image's own label
