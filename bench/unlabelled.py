@@ -9,10 +9,11 @@ Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a f
    through `--mode predict` (bench.auto.write_test_split). Array images are written as PNG files: the pool and the
    test images are read by the decode path a user's files take.
 2. semi: for each `--fractions` f and `--seeds` s, a stratified draw of f of the training images keeps its labels
-   (seeded by s); the rest is the pool, its labels hidden (exclude.csv) and its files listed in pool.csv. Three arms
+   (seeded by s); the rest is the pool, its labels hidden (exclude.csv) and its files listed in pool.csv. Four arms
    with seed s: the labelled part alone; the labelled part with `--config.data.unlabelled=pool.csv` (config.semi as
    given); every label; and self-training, one round of Noisy Student: the labelled arm teaches a student of the
-   same config on the labelled images and the pool (`--mode distill --config.distill.unlabelled=pool.csv`). Reported: each arm's test accuracy, semi minus labelled-alone as a paired difference over
+   same config on the labelled images and the pool (`--mode distill --config.distill.unlabelled=pool.csv`).
+   Reported: each arm's test accuracy, semi (and self-training) minus labelled-alone as a paired difference over
    the test images (correctness averaged over the seeds; bench.auto.bootstrap's 95% interval), the share of the gap to all the
    labels closed, and the seconds per epoch (metrics.csv, after the first) of semi against labelled-alone: they
    run the same labelled batches, so the ratio is the cost per labelled batch.

@@ -27,7 +27,7 @@ FEATURE_SCORES = ('combined', 'mahalanobis_energy', 'mahalanobis', 'relative_mah
                   'knn', 'vim', 'react')   # need the pooled features
 HEAD_SCORES = ('vim', 'react')   # need the last layer on the features, its kernel and bias (`linear`)
 MAHALANOBIS = ('mahalanobis', 'relative_mahalanobis', 'class_mahalanobis')
-REACT_PERCENTILE = 90   # ReAct clips each feature at this percentile of the training features' values (the paper's)
+REACT_PERCENTILE = 90   # ReAct clips features at this percentile of the training features' nonzero values
 VIM_SHARE = 0.99        # ViM's principal space holds at most this share of the features' variance (`_principal`)
 INPUT_SCORES = ('combined', 'inputs')   # need the images and the training images' input statistics
 PARTS = {'mahalanobis_energy': ('mahalanobis', 'energy'),     # a combined score's parts, each standardised
@@ -142,9 +142,10 @@ def fit_statistics(score: str, head: str, features: np.ndarray, labels: np.ndarr
 
 
 def _fit_head_score(score: str, head: str, features: np.ndarray, linear: np.ndarray) -> Statistics:
-  """ReAct: the clip level, the features' 90th percentile. ViM: the origin o with o W + b = 0, the residual
-  space (the directions of least variance of the features about o, half of them), and the virtual logit's scale
-  alpha, the training images' mean largest logit over their mean residual norm (Wang et al. 2022)."""
+  """ReAct: the clip level, the REACT_PERCENTILE-th percentile of the features' nonzero values. ViM: the origin o
+  with o W + b = 0, the residual space (the directions of least variance of the features about o, all but the
+  principal ones: `_principal`), and the virtual logit's scale alpha, the training images' mean largest logit over
+  their mean residual norm (Wang et al. 2022)."""
   statistics = Statistics(score, head, linear=linear.astype(np.float32))
   if score == 'react':
     active = features[features != 0]   # a ReLU's sparse features: the plain percentile is 0 and clips them all
