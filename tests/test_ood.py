@@ -18,7 +18,7 @@ from sklearn.covariance import LedoitWolf
 
 from bench.deploy import near_sets
 from fpclass.config.inputs import DecodeSettings
-from fpclass.config.outputs import OodSettings
+from fpclass.config.outputs import OOD_SCORES, OodSettings
 from fpclass.deploy import ood
 from fpclass.deploy import ood_scores as ood_math
 from fpclass.errors import UserInputError
@@ -355,6 +355,7 @@ def test_an_ensemble_threshold_is_over_each_example_s_held_out_models(monkeypatc
 def test_bad_settings_and_a_model_without_features_get_one_line():
   with pytest.raises(Exception, match=r"config.ood.score='cosine': must be one of"):
     OodSettings(score='cosine')
+  assert OOD_SCORES == ood_math.SCORES   # the settings' list (config reads no deploy module) is the scores'
   with pytest.raises(Exception, match=r'config.ood.false_rejection=1.5: must be a rate in \(0, 1\)'):
     OodSettings(false_rejection=1.5)
 
