@@ -93,8 +93,13 @@ DRY_PLAN = Plan(
     footprint_args=('--experiment', 'exp4,quick', '--epochs', '1', '--no-torch', '--set',
                     'explain.after_training=False'),
     served_config='configs/footprint.py:exp4,quick',
+    # Each server (this step's, sharing's two, which take its --serve-config, and the population step's) compiles
+    # one batch size, not six: a worker's start-up is mostly compiling config.serve.warm_batch_sizes (the auto
+    # ensemble's 5 to 7 fold models: 16 CPU-s a worker at six sizes, 6 at one). Batches of up to 4 still gather
+    # concurrent requests (micro-batching on).
     serve_args=('--concurrency', '64', '--requests', '128', '--workers', '1', '--batching', 'on', '--rounds', '1',
-                '--warmup', '0', '--overload-requests-per-client', '1', '--time-limit', '60'),
+                '--warmup', '0', '--overload-requests-per-client', '1', '--time-limit', '60',
+                '--serve-config', 'max_batch=4', '--serve-config', 'warm_batch_sizes=(4,)'),
     share_train_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=1'),
     # A turn every 4 s, not 0.5: a turn of both servers (two hey processes, /healthz reads, 16 predictions) costs
     # about 0.2 CPU s; 0.5 s apart, the turns cost 3/4 of the training run beside them. A few show both answer
@@ -109,7 +114,8 @@ DRY_PLAN = Plan(
     population_args=('--config.train.epochs=1', '--config.data.image_size=(24,16)'),
     population_serve_args=('--concurrency', '4', '--requests', '32', '--workers', '1', '--batching', 'on',
                            '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',
-                           '--time-limit', '60'),
+                           '--time-limit', '60', '--serve-config', 'max_batch=4',
+                           '--serve-config', 'warm_batch_sizes=(4,)'),
     # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
     # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
     pytest_args=('-n', '0', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),

@@ -132,8 +132,8 @@ def sharing_step(session: Session, step: Step) -> dict:
   servers, training, gpu_memory = {}, None, None
   try:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      starting = {f'server {i}': pool.submit(serve_load.Server, trained.workdir, plan.share_workers, True, [])
-                  for i in (1, 2)}
+      starting = {f'server {i}': pool.submit(serve_load.Server, trained.workdir, plan.share_workers, True,
+                                             serve_configs(plan.serve_args)) for i in (1, 2)}
       _, late = concurrent.futures.wait(starting.values(), timeout=max(1.0, step.remaining()))
       if late:
         stop_descendants()   # a server still starting: its read of the address line then ends
@@ -198,6 +198,12 @@ def sharing_step(session: Session, step: Step) -> dict:
     if not result['ok'] or not result['alive_after']:
       raise StepFailed(f'{name}: {result["ok"]} answers 200, alive after: {result["alive_after"]}', partial=results)
   return results
+
+
+def serve_configs(serve_args) -> list[str]:
+  """The serve step's `--serve-config` settings (bench/serve_load.py's), which the sharing step's servers take
+  too: the dry run's one warm batch size; none in the GPU plan."""
+  return [value for flag, value in zip(serve_args, serve_args[1:]) if flag == '--serve-config']
 
 
 @contextlib.contextmanager

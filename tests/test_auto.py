@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from fpclass.auto import measure
 from fpclass.auto.context import Entry
 from fpclass.auto.population import outcomes, round_plan
 from fpclass.auto.space import Candidate, baseline_params, parse_space
+from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
@@ -46,8 +48,28 @@ PLAIN = ('--config.augment.hflip=0.0', '--config.augment.brightness=0.0', '--con
          '--config.model.dropout=0.0')
 
 
-def _env(tmp_path):
-  return {'FPCLASS_CACHE': str(tmp_path / 'cache')}
+@pytest.fixture(scope='module')
+def footprints(tmp_path_factory):
+  """TINY's synthetic footprints, drawn once for the module (1.3 CPU-s a draw) as a launch draws them into its
+  cache: their folder, which `_env` copies into each test's own cache."""
+  synthetic = config_from_argv(['launch.py', *TINY[:7]]).data.synthetic
+  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
+                       n_test=synthetic.n_test)
+  return ensure_synthetic_footprints(tmp_path_factory.mktemp('footprints'), spec, progress=False)
+
+
+def _seeded(cache, footprints):
+  """`cache` (a FPCLASS_CACHE folder) holding a copy of the module's footprints, where a launch finds them."""
+  copy = cache / footprints.parent.name / footprints.name
+  if not copy.exists():
+    shutil.copytree(footprints, copy)
+  return cache
+
+
+def _env(tmp_path, footprints=None):
+  """A launch's environment: the test's own data cache, holding a copy of `footprints` where given."""
+  cache = tmp_path / 'cache'
+  return {'FPCLASS_CACHE': str(_seeded(cache, footprints) if footprints is not None else cache)}
 
 
 def _state(workdir):
@@ -58,14 +80,14 @@ def _study(workdir, name='footprint-exp4'):
   return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(workdir / 'optuna.journal'))))
 
 
-def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_ensemble_of_all_the_data(tmp_path):
+def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_ensemble_of_all_the_data(tmp_path, footprints):
   """Four trials in the default space (a budget no busy machine exhausts, so the trial count decides; eta 2):
   4 on one fold for one epoch, the best 2 (by validation loss: no ties) on 2 folds, the best on all 3 folds; the
   worst of each rung are told PRUNED. The confirmation trains on folds cut with another split seed and seed 101;
   the final ensemble's fold models together trained on every labelled image, and it submits."""
   workdir = tmp_path / 'auto'
   result = launch(*TINY, THREE_FOLDS, *HALVING, f'--workdir={workdir}', '--config.auto.time_budget=1h',
-                  '--config.auto.metric=loss', env=_env(tmp_path))
+                  '--config.auto.metric=loss', env=_env(tmp_path, footprints))
   assert 'chose trial-' in result.stdout
   (bracket,) = _state(workdir)['brackets']
   # (the middle rung's epoch raised into the time four trials leave: the budget buys it a surer ranking)
@@ -107,20 +129,20 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
   assert (final['split'] != searched.loc[final.index, 'split']).any()   # other folds than the search's
   report = (workdir / 'auto_report.md').read_text()
   assert 'together they trained on every labelled image' in report and 'which chose nothing' in report
-  launch(f'--workdir={workdir / "final"}', '--mode=submit', env=_env(tmp_path))
+  launch(f'--workdir={workdir / "final"}', '--mode=submit', env=_env(tmp_path, footprints))
   assert len(pd.read_csv(workdir / 'final' / 'submission.csv')) == 16
   # The run recorded its config (workdir.json), so the modes that read its trials need only --workdir.
   assert json.loads((workdir / 'workdir.json').read_text())['kind'] == 'auto'
-  launch(f'--workdir={workdir}', '--mode=label_issues', '--config.label_issues.grid=0', env=_env(tmp_path))
+  launch(f'--workdir={workdir}', '--mode=label_issues', '--config.label_issues.grid=0', env=_env(tmp_path, footprints))
   assert (workdir / 'label_quality.csv').is_file()
 
 
-def test_a_middle_budget_holds(tmp_path):
+def test_a_middle_budget_holds(tmp_path, footprints):
   """30 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
   + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant), and
   ends in a final model even where a loaded machine's deadline cut the top rung (fpclass.auto.final.source_of)."""
   workdir = tmp_path / 'auto'
-  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path))
+  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path, footprints))
   state = _state(workdir)
   longest = max(measure[2] for measure in state['measures'])
   # the measurement round compiles afresh, and the cost model keeps what compiling took (Costs.compile)
@@ -130,16 +152,16 @@ def test_a_middle_budget_holds(tmp_path):
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
 
-def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path):
+def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path, footprints):
   result = launch(*TINY, THREE_FOLDS, f'--workdir={tmp_path}', '--config.auto.time_budget=1s', check=False,
-                  env=_env(tmp_path))
+                  env=_env(tmp_path, footprints))
   lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
   assert result.returncode == 2 and len(lines) == 1 and "config.auto.time_budget='1s'" in lines[0], result.stderr[-2000:]
   assert f'trained {measure.EPOCHS} epochs on one fold' in lines[0]   # the measurement's own epoch count
 
 
-def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path):
-  workdir, env = tmp_path / 'auto', _env(tmp_path)
+def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path, footprints):
+  workdir, env = tmp_path / 'auto', _env(tmp_path, footprints)
   args = [*TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={workdir}', '--config.auto.time_budget=1h', LR_ONLY]
   first = launch_process(*args, env=env, new_session=True, output=tmp_path / 'first.log')
   deadline = time.monotonic() + 300
@@ -186,19 +208,20 @@ def test_without_optuna_auto_says_which_extra_to_install(monkeypatch):
     importlib.import_module('fpclass.modes.auto')
 
 
-def test_a_population_round_member_equals_its_solo_run(tmp_path):
+def test_a_population_round_member_equals_its_solo_run(tmp_path, isolated_cache, footprints):
   """Two trials x two folds as one plan (`population.round_plan`, isolated), and fold 1 of the second trial trained alone
   (`--mode train`): the loop form runs the solo run's programs on the same rows, so the same bits."""
   config = config_from_argv(['launch.py', *TINY[:7], '--config.data.num_folds=2'])
   entries = [Entry('trial-0000', {}), Entry('trial-0001', {'train.learning_rate': 0.003})]
   plan, failed = round_plan(config, entries, (0, 1), (0,), 2)
   assert len(plan.variants) == 2 and not failed
+  _seeded(isolated_cache, footprints)   # this process's FPCLASS_CACHE; the solo run has its own, seeded alike
   with StopOnSignals() as stop:
     runs = run_plan(plan, tmp_path / 'round', stop=stop, isolate=True)
   assert all(not o.error for o in outcomes(runs, 'accuracy').values())
   solo = tmp_path / 'solo'
   launch(*TINY[:7], '--config.data.num_folds=2', '--config.data.fold=1', '--config.train.learning_rate=0.003',
-         f'--workdir={solo}', env={'FPCLASS_CACHE': str(tmp_path / 'cache'),
+         f'--workdir={solo}', env={'FPCLASS_CACHE': str(_seeded(tmp_path / 'cache', footprints)),
                                     'XLA_FLAGS': IN_PROCESS_XLA_FLAGS})   # compiled as this process compiles
   member = pd.read_csv(tmp_path / 'round' / 'trial-0001' / 'oof_predictions.csv', dtype={'id': str})
   alone = pd.read_csv(solo / 'oof_predictions.csv', dtype={'id': str})
@@ -208,9 +231,9 @@ def test_a_population_round_member_equals_its_solo_run(tmp_path):
   np.testing.assert_array_equal(member[probabilities].to_numpy(), alone[probabilities].to_numpy())
 
 
-def test_a_choice_no_trial_can_train_is_refused_before_any_work(tmp_path):
+def test_a_choice_no_trial_can_train_is_refused_before_any_work(tmp_path, footprints):
   result = launch(*TINY, f'--workdir={tmp_path}', "--config.auto.space=('train.learning_rate: choice(0.001, 0.0)',)",
-                  '--config.auto.keep=0', check=False, env=_env(tmp_path))
+                  '--config.auto.keep=0', check=False, env=_env(tmp_path, footprints))
   lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
   assert result.returncode == 2 and len(lines) == 1 and 'config.auto.space[0]' in lines[0], result.stderr[-2000:]
   assert not (tmp_path / 'rounds').exists()
@@ -221,9 +244,9 @@ def test_a_choice_no_trial_can_train_is_refused_before_any_work(tmp_path):
                                             r'train.learnin_rate is not a config key'),
     ('train.learning_rate: log(0, 1e-2)', r'log\(low, high\) needs two numbers, low < high and low > 0'),
     ('train.epochs: between(1, 3)', r"unknown kind 'between'")])
-def test_a_wrong_space_entry_is_one_line_naming_it(tmp_path, entry, message):
+def test_a_wrong_space_entry_is_one_line_naming_it(tmp_path, entry, message, footprints):
   result = launch(*TINY, f'--workdir={tmp_path}', f"--config.auto.space=('{entry}',)", '--config.auto.keep=0',
-                  check=False, env=_env(tmp_path))
+                  check=False, env=_env(tmp_path, footprints))
   assert result.returncode == 2
   lines = [line for line in result.stderr.splitlines() if line.startswith('fpclass: error:')]
   assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-2000:]

@@ -22,6 +22,7 @@ import torch
 import torchvision
 from flax import traverse_util
 from torchvision.models.convnext import CNBlockConfig
+from torchvision.models.efficientnet import MBConvConfig
 
 from fpclass import models
 from fpclass.errors import UserInputError
@@ -102,12 +103,15 @@ def recorded_drop_paths(sow: bool):
 
 def traced_drop_paths(model, image_shape, train: bool):
   """[(name, rate, whether it returned its input unchanged)] for each drop path, in call order, from tracing
-  `model` once (nothing runs)."""
+  `model` (nothing runs). In evaluation, its `init` alone: init runs the model in evaluation mode, calling it as
+  `apply` does. In training, `apply` after it, with no rngs at all, so that a pass that drew from 'dropout' fails
+  (init would hand it the 'params' rng instead)."""
   x = jnp.zeros((2, *image_shape))
   with recorded_drop_paths(sow=False) as calls:
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1]))
-    calls.clear()
-    jax.eval_shape(lambda v: model.apply(v, x, train=train, mutable=['batch_stats']), variables)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+    if train:
+      calls.clear()
+      jax.eval_shape(lambda v: model.apply(v, x, train=train, mutable=['batch_stats']), variables)
   return calls
 
 
@@ -206,23 +210,45 @@ def assert_frequency(label, observed, p, n):
   assert abs(observed - p) <= SIGMAS * np.sqrt(p * (1 - p) / n) + 1e-12, f'{label}: {observed:.4f} for p={p:.4f}'
 
 
-NARROW_B0 = tuple((e, k, s, c // 8, n) for e, k, s, c, n in effnet.B0_STAGES)   # B0's residual blocks, 1/8 wide
+def meta_rates(rates_of, build):
+  """rates_of(build()), the reference module built on the meta device (its rates without its weights)."""
+  with torch.device('meta'):
+    return rates_of(build())
+
+
+# The models here are shallower than their registered ones (resnet18's 8 blocks, convnext_tiny's 18, B0's 16,
+# DINOv2's 12 twice over), each reference built in the same layout: the reference's rule spreads the rate over
+# the blocks there are, as the port's must (`test_each_blocks_rate_is_the_references` checks the registered
+# depths). Fewer blocks to trace and compile; with fewer blocks, a denominator off by one moves each rate more.
+RESNET_LAYERS, CONVNEXT_BLOCKS, VIT_DEPTH = (1, 1, 1, 1), (1, 1, 2, 1), 4
+# B0's first four stages: 8 blocks, 4 of them residual, every block counted in the rule. The port 1/8 wide; the
+# reference at B0's widths (torchvision rounds a width to a multiple of 8), which connect the same blocks.
+B0_FIRST = effnet.B0_STAGES[:4]
+NARROW_B0 = tuple((e, k, s, c // 8, n) for e, k, s, c, n in B0_FIRST)
 SMALL = {   # family -> (the Flax module at drop_path_rate, image shape, the reference's rates at that rate)
-    'resnet_basic': (lambda r: resnet.ResNet(block=resnet.BasicBlock, layers=(2, 2, 2, 2), num_outputs=3,
+    'resnet_basic': (lambda r: resnet.ResNet(block=resnet.BasicBlock, layers=RESNET_LAYERS, num_outputs=3,
                                              drop_path_rate=r), (8, 8, 3),
-                     lambda r: reference_rates('resnet18', r)),
-    'convnext': (lambda r: convnext.ConvNeXt(block_setting=((8, 3), (8, 3), (8, 9), (8, 3)), num_outputs=3,
+                     lambda r: meta_rates(timm_resnet_rates, lambda: timm.models.resnet.ResNet(
+                         block=timm.models.resnet.BasicBlock, layers=list(RESNET_LAYERS), drop_path_rate=r))),
+    'convnext': (lambda r: convnext.ConvNeXt(block_setting=tuple((8, n) for n in CONVNEXT_BLOCKS), num_outputs=3,
                                              drop_path_rate=r), (32, 32, 3),
-                 lambda r: reference_rates('convnext_tiny', r)),
+                 lambda r: meta_rates(torchvision_rates, lambda: torchvision.models.convnext.ConvNeXt(
+                     [CNBlockConfig(8, 8 if i + 1 < len(CONVNEXT_BLOCKS) else None, n)
+                      for i, n in enumerate(CONVNEXT_BLOCKS)], stochastic_depth_prob=r))),
     # 8x8: SAME padding leaves every stage at least 1x1, and a branch is kept or dropped per example whatever
     # its size (32x32 spent 3 CPU-s more running the 4096 examples, for the same draws).
     'efficientnet': (lambda r: effnet.EfficientNet(mbconv_stages=NARROW_B0, stem_channels=4, num_outputs=3,
                                                    drop_path_rate=r), (8, 8, 3),
-                     lambda r: reference_rates('efficientnet_b0', r)),
-    'vit_layer_scale': (lambda r: vit.VisionTransformer(patch_size=4, hidden_dim=8, depth=12, num_heads=2, mlp_dim=16,
-                                                        source_grid=2, layer_scale=True, num_outputs=3,
+                     lambda r: meta_rates(torchvision_rates, lambda: torchvision.models.efficientnet.EfficientNet(
+                         [MBConvConfig(e, k, s, c_in, c, n)
+                          for (e, k, s, c, n), c_in in zip(B0_FIRST, (32, *(stage[3] for stage in B0_FIRST)))],
+                         dropout=0.2, stochastic_depth_prob=r))),
+    'vit_layer_scale': (lambda r: vit.VisionTransformer(patch_size=4, hidden_dim=8, depth=VIT_DEPTH, num_heads=2,
+                                                        mlp_dim=16, source_grid=2, layer_scale=True, num_outputs=3,
                                                         drop_path_rate=r), (8, 8, 3),
-                        lambda r: reference_rates('dinov2_vits14', r)),
+                        lambda r: meta_rates(timm_vit_rates, lambda: timm.models.vision_transformer.VisionTransformer(
+                            img_size=8, patch_size=4, embed_dim=8, depth=VIT_DEPTH, num_heads=2, init_values=1.0,
+                            drop_path_rate=r))),
 }
 
 
@@ -292,22 +318,23 @@ def test_resnet_drops_the_branch_timm_drops(name, block, layers, tmp_path):
 
 
 def test_convnext_drops_the_branch_torchvision_drops(tmp_path):
-  """A narrow ConvNeXt (2 blocks a stage) in training at rate 0.5 equals torchvision's when each of its
-  StochasticDepth modules applies the mask the Flax block drew: the branch after the layer scale, before
-  the input is added."""
+  """A narrow ConvNeXt (1 block a stage: every ConvNeXt block adds its input unchanged) in training at rate 0.5
+  equals torchvision's when each of its StochasticDepth modules applies the mask the Flax block drew: the branch
+  after the layer scale, before the input is added."""
   widths = (16, 24, 32, 40)
   with torch.random.fork_rng():
     torch.manual_seed(0)
     ref = torchvision.models.convnext.ConvNeXt(
-        [CNBlockConfig(w, n, 2) for w, n in zip(widths, (*widths[1:], None))], stochastic_depth_prob=0.5)
+        [CNBlockConfig(w, n, 1) for w, n in zip(widths, (*widths[1:], None))], stochastic_depth_prob=0.5)
   ref = parity.randomise_torch_transformer_parts(parity.randomise_torch_weights(ref))
   torch.save(ref.state_dict(), tmp_path / 'convnext.pth')
   x = parity.varied_images((6, 40, 56, 3), seed=3)
   model, variables = parity.build('convnext_tiny', tmp_path / 'convnext.pth', image_shape=x.shape[1:],
-                                  block_setting=tuple((w, 2) for w in widths), drop_path_rate=0.5)
+                                  block_setting=tuple((w, 1) for w in widths), drop_path_rate=0.5)
   logits, _, branches = train_branches(model, variables, x, jax.random.PRNGKey(5))
-  slots = [f'features.{2 * stage + 1}.{j}.stochastic_depth' for stage in range(4) for j in range(2)]
+  slots = [f'features.{2 * stage + 1}.0.stochastic_depth' for stage in range(4)]
   ref = masked_reference(ref.train(), branches, torchvision_rates(ref), slots)
+  assert any(isinstance(m, FixedMask) and not m.keep.all() for m in ref.modules())
   result = parity.agreement('convnext (narrow) train mode, drop path 0.5', logits, parity.torch_forward(ref, x, {})[0],
                             parity.torch_forward(ref, parity.jittered(x), {})[0])
   print(result.row())

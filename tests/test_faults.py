@@ -74,8 +74,22 @@ def test_the_same_run_twice_gives_the_same_bits(unbroken, tmp_path):
     assert np.array_equal(a, b)
 
 
-def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(unbroken, tmp_path, caplog):
-  run('train', tiny(2), tmp_path)
+@pytest.fixture(scope='module')
+def two_epochs(tmp_path_factory):
+  """A run of tiny(2), trained once for the tests that damage its checkpoints: each damages a copy (`copy_of`)."""
+  workdir = tmp_path_factory.mktemp('two-epochs')
+  run('train', tiny(2), workdir)
+  return workdir
+
+
+def copy_of(run_dir: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+  """`run_dir`'s files at `workdir`, as the run left them there."""
+  shutil.copytree(run_dir, workdir, dirs_exist_ok=True)
+  return workdir
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(unbroken, two_epochs, tmp_path, caplog):
+  copy_of(two_epochs, tmp_path)
   assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'last').iterdir() if p.name.isdigit()) == ['1', '2']
   damage(tmp_path / 'checkpoints' / 'last' / '2', arrays_only=True)  # the arrays fail to read
   with caplog.at_level(logging.WARNING):
@@ -89,8 +103,8 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(unbroken, tmp_pa
     assert np.array_equal(a, b)
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
-  run('train', tiny(2), tmp_path)
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(two_epochs, tmp_path):
+  copy_of(two_epochs, tmp_path)
   for epoch in ('1', '2'):
     damage(tmp_path / 'checkpoints' / 'last' / epoch)
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))

@@ -3,10 +3,12 @@ jax.distributed (gloo collectives), against one process with 4 devices (README: 
 streaming input in such a job (docs/streaming.md)."""
 import json
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -16,7 +18,8 @@ import pytest
 
 from fpclass import fileio
 from fpclass.infer.inference import load_trained
-from tests.conftest import REPO, launch_process, load_config, xla_flags
+from tests.conftest import REPO, launch_process, launch_server, load_config, xla_flags
+from tests.forkserver import forkable
 from tests.test_scale import TINY
 
 # A constant learning rate, so extending the run from 1 to 2 epochs continues it as an unbroken 2-epoch run.
@@ -31,10 +34,12 @@ def _free_port() -> int:
 
 # launch.py under an audit hook (PEP 578) that logs every change this process makes under a folder: files opened
 # for writing, renames, removals, new folders. Python-level only, which covers fileio, pandas, matplotlib and
-# tensorboardX; native writers (orbax's tensorstore) are not seen.
+# tensorboardX; native writers (orbax's tensorstore) are not seen. A script (`audited_launch`), forked from the
+# launch server like the job's other process: the hook is in place before launch.py runs and fpclass is imported.
 AUDITED_LAUNCH = """
 import os, runpy, sys
 log_path, folder, launch = sys.argv[1], os.path.realpath(sys.argv[2]), sys.argv[3]
+sys.path[0] = os.path.dirname(launch)   # as `python launch.py` has it
 log = open(log_path, 'w', buffering=1)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -91,12 +96,23 @@ def start_processes(workdir, *args, count=2, devices=2, audit_log=None) -> list:
                  JAX_PROCESS_ID=str(index))
     launch_args = ['--config=configs/digits.py:quick', f'--workdir={workdir}', *OVERRIDES, *args]
     if audit_log is not None and index > 0:
-      command = ['-c', AUDITED_LAUNCH, f'{audit_log}.{index}', str(workdir), str(REPO / 'launch.py'), *launch_args]
-      procs.append(subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True))
+      procs.append(audited_launch(pathlib.Path(f'{audit_log}.{index}'), workdir, launch_args, env))
     else:
       procs.append(launch_process(*launch_args, env=env))
   return procs
+
+
+def audited_launch(log, workdir, launch_args: list, env: dict):
+  """`python launch.py *launch_args` under AUDITED_LAUNCH, logging what it changes under `workdir` to `log`: forked
+  from the launch server where `env` allows (as `conftest.launch_process` forks launch.py), else a subprocess."""
+  script = log.with_name(f'{log.name}.py')
+  script.write_text(AUDITED_LAUNCH)
+  argv = [script, log, workdir, REPO / 'launch.py', *launch_args]
+  server = launch_server()
+  if server is not None and forkable(server.env, env):
+    return server.popen(argv, REPO, env, pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch')
+  return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
 def _params(workdir, kind='last'):

@@ -37,9 +37,11 @@ def test_cats_dogs_vgg16_and_freeze_till_sweep_quick(tmp_path, keras_weights):
   assert (workdir / 'report.d' / '30-explanations.md').is_file() and (workdir / 'explain' / 'top_losses.csv').is_file()
   assert_backbone_as_in_file(load_config('configs/cats_dogs.py:vgg16,quick', **common), workdir, weights)
 
-  # freeze_till=16: VGG16's first 16 layers stay as loaded, block5_conv3 and block5_pool train.
+  # freeze_till=16: VGG16's first 16 layers stay as loaded, block5_conv3 and block5_pool train. One epoch (quick's
+  # first): any step moves block5_conv3, and the comparison reads each run's scores.
   launch('--config=configs/cats_dogs.py:vgg16,quick', f'--workdir={sweep / "freeze_till_16"}', *flags,
-         '--config.model.freeze_till=16', '--config.explain.after_training=False')
+         '--config.model.freeze_till=16', '--config.explain.after_training=False', '--config.train.epochs=1',
+         '--config.train.tensorboard=False')
   assert_backbone_as_in_file(load_config('configs/cats_dogs.py:vgg16,quick', **common, **{'model.freeze_till': 16}),
                              sweep / 'freeze_till_16', weights, trainable={'block5_conv3'})
   table = compare_workdir(load_config('configs/cats_dogs.py:vgg16,quick'), sweep)
@@ -53,10 +55,17 @@ def test_climbing_backbones_quick_and_comparison(tmp_path, keras_weights):
   plant_folder(root, originals=24, copies_per_kind=1, seed=5)
   runs = tmp_path / 'runs'
   common = [f'--config.data.root={root}', '--config.data.bad_test_images=prior']  # a corrupt test file is planted
-  launch('--config=configs/climbing.py:resnet50,quick', f'--workdir={runs / "resnet50"}', *common,
+  # One epoch each, not quick's two: what is checked here is each run's scores, its frozen backbone as in its file
+  # (any step would move it) and the comparison, none of which needs a second epoch (and ResNet50's second is
+  # another two checkpoints of its 94 MB).
+  one_epoch = [*common, '--config.train.epochs=1', '--config.train.tensorboard=False']
+  launch('--config=configs/climbing.py:resnet50,quick', f'--workdir={runs / "resnet50"}', *one_epoch,
          f'--config.model.pretrained={keras_weights["keras_resnet50"]}')
-  # The CNN from scratch at the backbones' quick size, 32x32 (its own quick size is 64): the claim is the comparison.
-  launch('--config=configs/climbing.py:quick', f'--workdir={runs / "scratch"}', *common, '--config.data.image_size=(32,32)')
+  # The CNN from scratch at the backbones' quick size, 32x32 (its own quick size is 64), with one conv block and one
+  # dense layer (the recipe's three and two compile in twice the time; test_recipes.py trains the recipe's own):
+  # the claim is the comparison.
+  launch('--config=configs/climbing.py:quick', f'--workdir={runs / "scratch"}', *one_epoch,
+         '--config.data.image_size=(32,32)', '--config.model.block_channels=(8,)', '--config.model.dense_sizes=(16,)')
   for run, name in (('resnet50', 'keras_resnet50'), ('scratch', 'cifar_cnn')):
     scores = content.check_scores_match_predictions(runs / run)
     assert scores['model'] == name and set(scores['per_class']) == {'heel_hook', 'others', 'toe_hook'}

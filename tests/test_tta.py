@@ -2,6 +2,7 @@
 augmentation and fastai's formula; plain when augmentation is off; calibration refitted on TTA outputs; submit
 through launch.py."""
 import dataclasses
+import functools
 import json
 import pathlib
 import shutil
@@ -32,7 +33,14 @@ AUGMENT = dict(hflip=0.5, rotation=20.0, translate=0.1, brightness=0.3, contrast
 
 
 def tiny_trained(head='softmax', **augment_settings) -> Trained:
-  """A randomly initialised digits CNN on 16x16 grayscale, as a restored model."""
+  """A randomly initialised digits CNN on 16x16 grayscale, as a restored model: one per head and augmentation,
+  shared by the tests that ask for the same (they only read it), with the programs it compiles."""
+  return _tiny_trained(head, tuple(sorted(augment_settings.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_trained(head, augment_items) -> Trained:
+  augment_settings = dict(augment_items)
   config = load_config('configs/digits.py:quick')
   config.augment.update({**dict(rotation=0.0, translate=0.0), **augment_settings})
   config.model.head = head
@@ -46,17 +54,30 @@ def images(n=10, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 1), dtype=np.uint8)
 
 
-def hand_probabilities(trained: Trained, batch_u8, key=None):
-  """The model's class probabilities of a batch, augmented with `key`: augment -> normalise -> the network
-  in inference mode, written out from the parts rather than through `Task.prepare`."""
+def _hand_logits(task, variables, batch_u8, key):
   x = jnp.asarray(batch_u8, jnp.float32) / 255.0
   if key is not None:
-    x = augment.augment_batch(x, key, trained.task.augment_cfg)
+    x = augment.augment_batch(x, key, task.augment_cfg)
+  logits, _ = task.model.apply(variables, task.normalisation(x), train=False)
+  return logits
+
+
+_HAND_PROGRAMS = {}   # id(task) -> (task, _hand_logits jitted for it)
+
+
+def hand_probabilities(trained: Trained, batch_u8, key=None):
+  """The model's class probabilities of a batch, augmented with `key`: augment -> normalise -> the network
+  in inference mode, written out from the parts rather than through `Task.prepare`. The parts run as one jitted
+  program per model, its variables an argument: op by op, JAX dispatched (and compiled) each operation of the
+  augmentation and the network on its own, most of the time of the tests on the digits model."""
   variables = {'params': trained.state.params}
   if trained.state.batch_stats:
     variables['batch_stats'] = trained.state.batch_stats
-  logits, _ = trained.task.model.apply(variables, trained.task.normalisation(x), train=False)
-  return probabilities(np.asarray(logits), trained.task.head)
+  task = trained.task
+  entry = _HAND_PROGRAMS.get(id(task))
+  if entry is None or entry[0] is not task:
+    entry = _HAND_PROGRAMS[id(task)] = (task, jax.jit(functools.partial(_hand_logits, task)))
+  return probabilities(np.asarray(entry[1](variables, batch_u8, key)), task.head)
 
 
 def hand_tta(trained: Trained, x, batch: int, passes: int, beta: float, use_max=False):
