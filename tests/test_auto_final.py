@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score
 
+from fpclass.auto import final_mix
 from fpclass.auto import search as auto
 from fpclass.auto import study as study_lib
 from fpclass.auto.budget import Budget
@@ -41,7 +42,7 @@ class SimulatedBudget(Budget):
     return self.used_before + MEMBER * sum(measure[1] for measure in self.measures)
 
 
-def _context(workdir, config, study, trials: int, members_left: float) -> Context:
+def _context(workdir, config, study, trials: int, members_left: float, data_folds: int = 0) -> Context:
   """A context whose budget has room for `members_left` members (beside the tail it keeps for the report)."""
   seconds = 100_000.0
   budget = SimulatedBudget(seconds, workdir, used_before=seconds - TAIL * seconds - members_left * MEMBER)
@@ -49,7 +50,8 @@ def _context(workdir, config, study, trials: int, members_left: float) -> Contex
   settings = AutoSettings(trials=trials)
   return Context(base=config, settings=settings, metric='accuracy', higher=True, folds=3,
                  epochs=1, own_split=False, dims=[], candidates=[], study=study, budget=budget, workdir=workdir,
-                 shared=SharedWork(), train_round=auto._train_round, scheduler=SuccessiveHalving(settings))
+                 shared=SharedWork(), train_round=auto._train_round, scheduler=SuccessiveHalving(settings),
+                 data_folds=data_folds)
 
 
 def _kept_models(folder):
@@ -95,6 +97,27 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
   assert chosen['final_score'] == pytest.approx(accuracy)
   assert f'5 fold model(s) of trial-0000 as one ensemble (seeds [{seed}, {seed + 1}]' in note
   assert f'accuracy {accuracy:.4f}' in note
+
+
+def test_where_the_search_narrowed_the_folds_the_extra_seeds_train_on_the_data_s_own(tmp_path):
+  """The search ranked on 3 folds of data with 4: the choice's top rung is complete, and the rest buys a seed on
+  the data's 4 folds, each model on 3/4 of the images, priced at 9/8 of a 3-fold member: room for 2.2 members
+  holds one such member, not two, and the 1.2 left (the clock counts a member as 1) one more of the next seed."""
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  study.tell(study.ask(), 0.5)
+  seed = int(config.seed)
+  outcomes, _ = _context(workdir, config, study, 0, 10).round(config, [Entry('trial-0000', {})], (0, 1, 2), (seed,),
+                                                               1, workdir / 'trials', None)
+  assert not outcomes['trial-0000'].error
+  out, note = final_model(_context(workdir, config, study, 0, 2.2, data_folds=4),
+                          dict(name='trial-0000', trial=0, changes={}))
+  pieces = [workdir / MORE / f'trial-0000-seed{seed + k}' for k in (1, 2)]
+  assert sorted(p.name for p in (workdir / MORE).iterdir()) == [p.name for p in pieces]
+  for k, piece in enumerate(pieces, 1):
+    assert _kept_models(piece) == {(0, seed + k)}
+    assert sidecar.read_metadata(piece / 'fold0')['config']['data']['num_folds'] == 4
+  assert '5 fold model(s) of trial-0000' in note
 
 
 @pytest.mark.parametrize('room, size', [(34.0, (3, 10)), (33.9, (2, 10)), (13.0, (1, 10)), (9.0, (1, 7)),
@@ -152,6 +175,33 @@ def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_tak
   _check_kept(out, note, {'trial-0000': '../trials/trial-0000', 'trial-0001': '../trials/trial-0001'}, 'trial-0000')
 
 
+def test_a_trial_the_search_left_at_its_bottom_rung_is_a_candidate_on_the_fold_it_held_out(tmp_path, monkeypatch):
+  """Everything the search trained: the config as given on every fold (the choice) and another learning rate
+  pruned after its bottom rung of one fold. The mix compares them on that fold's examples; nothing is trained.
+  The tiny data's fold holds 24 examples: fewer than `MIN_POOL`, so the trial is left out, named, until the
+  floor is lowered."""
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  _two_trials(study)
+  seed, ctx = int(config.seed), _context(workdir, config, study, 0, 0.5)
+  for name, changes, folds, folder in (('trial-0000', {}, (0, 1, 2), workdir / 'trials'),
+                                       ('trial-0001', {'train.learning_rate': 0.002}, (0,), rung_folder(workdir, 0, 0))):
+    outcomes, _ = ctx.round(config, [Entry(name, changes)], folds, (seed,), 1, folder, None)
+    assert not outcomes[name].error
+  chosen = dict(name='trial-0000', trial=0, changes={})
+  out, note = final_model(_context(workdir, config, study, 0, 0.5), chosen)
+  record = json.loads((out / 'mix.json').read_text())
+  assert record['candidates'] == ['trial-0000'] and record['left_out'] == [
+      'trial-0001: predicted 24 examples, 24 of them shared with the others']
+  monkeypatch.setattr(final_mix, 'MIN_POOL', 20)
+  out, note = final_model(_context(workdir, config, study, 0, 0.5), chosen)
+  assert not (workdir / MORE).exists() or not any((workdir / MORE).iterdir())
+  record = json.loads((out / 'mix.json').read_text())
+  assert record['candidates'] == ['trial-0000', 'trial-0001'] and (record['pool'], record['examples']) == (24, 72)
+  _check_kept(out, note, {'trial-0000': '../trials/trial-0000', 'trial-0001': '../rounds/b0-r0/trial-0001'},
+              'trial-0000')
+
+
 def _check_kept(out, note, folders: dict, choice: str) -> None:
   """final/ holds the mix's members when it kept the mix, the choice's folder alone otherwise, as mix.json says."""
   record = json.loads((out / 'mix.json').read_text())
@@ -162,7 +212,7 @@ def _check_kept(out, note, folders: dict, choice: str) -> None:
     assert record['mixed'] > record['alone']
   else:
     assert members == {folders[choice]: pytest.approx(1.0)}
-  assert f'a Caruana mix of {len(folders)} configurations' in note
+  assert f'a Caruana mix over {len(folders)} configurations' in note
 
 
 def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finished_rung(tmp_path):

@@ -1,6 +1,7 @@
 """The final mix of `--mode auto` (`fpclass.auto.final_mix`): planted out-of-fold predictions, no training. The mix
 is kept when its cross-fitted score is ahead of the choice's models alone, and the choice is kept otherwise; a
-candidate that predicted other examples is left out, named; each folder's weight is its share of its candidate."""
+candidate of one fold (a bottom-rung trial) is compared on the examples it shares, and a candidate that predicted
+other examples, or too few, is left out, named; each folder's weight is its share of its candidate."""
 import pathlib
 
 import numpy as np
@@ -64,16 +65,45 @@ def test_a_worse_candidate_leaves_the_choice_alone_and_the_choice_s_folders_shar
   assert 'the choice\'s fold models are kept' in final_mix.describe(mix.record, 'accuracy')
 
 
-def test_a_candidate_of_other_examples_is_left_out_and_named():
+def test_a_candidate_of_other_examples_or_too_few_is_left_out_and_named():
   rng, labels, folds = setting(seed=2)
   choice = final_mix.Candidate('choice', (frame(labels, rng.random(len(labels)) < 0.8, folds, 0),),
                                (pathlib.Path('a'),))
-  partial = final_mix.Candidate('partial', (frame(labels, np.ones(len(labels), bool), folds, 1).iloc[:100],),
-                                (pathlib.Path('p'),))
-  mix = final_mix.choose([choice, partial], 'choice', ACCURACY)
+  few = final_mix.Candidate('few', (frame(labels, np.ones(len(labels), bool), folds, 1).iloc[:60],),
+                            (pathlib.Path('f'),))
+  other = frame(labels, np.ones(len(labels), bool), folds, 1).iloc[:150].assign(id=lambda f: 'new' + f['id'])
+  stranger = final_mix.Candidate('stranger', (other,), (pathlib.Path('s'),))
+  mix = final_mix.choose([choice, few, stranger], 'choice', ACCURACY)
   assert mix.record['candidates'] == ['choice'] and mix.record['kept'] == 'choice'
-  assert mix.record['left_out'] == ['partial: predicted 100 examples, not the 300 of the choice']
-  assert 'no other configuration predicted every example' in final_mix.describe(mix.record, 'accuracy')
+  assert mix.record['left_out'] == ['few: predicted 60 examples, 60 of them shared with the others',
+                                    'stranger: predicted 150 examples the choice did not']
+  assert 'no other configuration shared enough examples' in final_mix.describe(mix.record, 'accuracy')
+  assert len(mix.predictions) == len(labels)
+
+
+def test_bottom_rung_trials_of_one_fold_are_mixed_on_the_examples_they_share():
+  """Two trials the search trained on fold 0 alone, each wrong (mildly) on another third of its images than the
+  choice: on fold 0, the examples every candidate holds out, the cross-fitted mix is right everywhere and is kept;
+  its score and written probabilities cover those examples alone. The same trials wrong everywhere leave the
+  choice, scored and written on every example."""
+  rng, labels, folds = setting(seed=4)
+  part = rng.permutation(len(labels)) % 3
+  fold0 = folds == 0
+  choice = final_mix.Candidate('choice', (frame(labels, part != 0, folds, 0),), (pathlib.Path('a'),))
+  trials = [final_mix.Candidate(name, (frame(labels, part != i, folds, i)[fold0],), (pathlib.Path(name),))
+            for i, name in ((1, 'b'), (2, 'c'))]
+  mix = final_mix.choose([choice, *trials], 'choice', ACCURACY)
+  assert mix.record['kept'] == 'mix' and mix.record['pool'] == fold0.sum() and mix.record['examples'] == len(labels)
+  assert mix.record['groups'] == 5   # one fold's examples: cross-fitted over random parts of it
+  assert mix.record['mixed'] == 1.0 and mix.score == 1.0
+  assert set(mix.predictions['id']) == {f'img{i:03d}' for i in np.flatnonzero(fold0)}
+  assert 'every candidate held out' in final_mix.describe(mix.record, 'accuracy')
+
+  worse = [final_mix.Candidate(name, (frame(labels, np.zeros(len(labels), bool), folds, i, unsure=0.45)[fold0],),
+                               (pathlib.Path(name),)) for i, name in ((1, 'b'), (2, 'c'))]
+  alone = final_mix.choose([choice, *worse], 'choice', ACCURACY)
+  assert alone.record['kept'] == 'choice' and len(alone.predictions) == len(labels)
+  assert alone.score == pytest.approx(np.mean(part != 0), abs=0.02)   # every example, by fold
 
 
 def test_the_mix_s_out_of_fold_probabilities_are_cross_fitted():

@@ -46,10 +46,12 @@ class Context:
   train_round: object              # fpclass.auto.search's: (base, entries, folds, seeds, epochs, folder, stop)
   scheduler: Scheduler             # which rungs a bracket has, and who goes on (config.auto.scheduler)
   run: RunSettings = None          # the base config's typed sections, parsed once as a plan's variant (`rebase`)
+  data_folds: int = 0              # the data's folds before the search narrowed them (`measure.fit_folds`)
 
   def __post_init__(self):
     if self.run is None and self.base is not None:
       self.rebase(self.base)
+    self.data_folds = self.data_folds or self.folds
 
   def rebase(self, config) -> None:
     """The base config becomes `config` (a stage that narrows the folds, say), with its typed sections."""

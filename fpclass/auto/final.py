@@ -1,14 +1,16 @@
 """The final model of `--mode auto` (stage 4): an ensemble workdir in `final/` of the chosen configuration's fold
-models, or of a cross-fitted mix of every configuration trained on every fold, whichever scores better.
+models, or of a cross-fitted mix over everything the search trained, whichever scores better.
 
 The choice's fold models come from the confirmation when it ran (its folds chose nothing), else from the search's
 top rung. The budget's rest then trains, each set a round of its own in `more/`: the folds the choice lacks; for
 a choice the confirmation did not back, the config as given on the same folds (the cheap rungs saw few epochs: the
 user's recipe hedges that); the runners-up, the best other configurations (`config.auto.mix`), on every fold; then,
-unless `config.auto.trials` ended the search, more seeds of the choice, each on the most folds that fit (the last
-one shorter, so the last seconds are spent too). `fpclass.auto.final_mix` then weighs them: a Caruana selection
-over the configurations, cross-fitted against the choice's equal-weight fold models; the out-of-fold
-probabilities it writes (`ensemble_predictions.csv`) chose nothing (docs/auto.md).
+unless `config.auto.trials` ended the search, more seeds of the choice on the data's folds where the search
+narrowed them (`on_data_folds`), each on the most folds that fit (the last one shorter, so the last seconds are
+spent too). `fpclass.auto.final_mix` then weighs them: a Caruana selection
+over the configurations (these, and every other one at the highest rung it reached: `searched`), cross-fitted
+against the choice's equal-weight fold models; the out-of-fold probabilities it writes (`ensemble_predictions.csv`)
+chose nothing (docs/auto.md).
 """
 import dataclasses
 import json
@@ -54,7 +56,7 @@ class Source:
 
 def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   """(final workdir, note): the choice's fold models, completed and widened by the budget's rest
-  (`spend_the_rest`), or the cross-fitted mix of every configuration trained on every fold when it scores better
+  (`spend_the_rest`), or the cross-fitted mix over everything the search trained when it scores better
   (`fpclass.auto.final_mix`), as one ensemble workdir in `final/`."""
   chosen['config'] = sidecar.config_as_json(apply_changes(ctx.base, chosen['changes'], 'the chosen configuration'))
   source = source_of(ctx, chosen['name'])
@@ -63,6 +65,7 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   start = time.perf_counter()
   given = None if source.confirmed else _given_trial(ctx, chosen)
   pieces, others = spend_the_rest(ctx, chosen, source, given)
+  others.update(searched(ctx, [chosen, given, *others]))
   rows = {folder: _kept_rows(folder) for folder in [*pieces, *others.values()]}   # read once: the mix, then oof.FILE
   candidates = [final_mix.Candidate(chosen['name'], tuple(rows[f] for f in pieces), tuple(pieces))]
   candidates += [final_mix.Candidate(name, (rows[folder],), (folder,)) for name, folder in others.items()]
@@ -91,7 +94,11 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   honest = ('the source\'s own validation split, whose images also chose it (optimistic: no fold is cut there)'
             if ctx.own_split else 'the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
             'the search\'s folds, which also chose it (optimistic)')
-  if source.folder.parent.parent.name == layout.ROUNDS:
+  if mix.record['kept'] == 'mix' and mix.record['pool'] < mix.record['examples']:
+    honest = (f'the {mix.record["pool"]} of {mix.record["examples"]} examples every member held out, the weights '
+              'cross-fitted, though the search ranked its trials on them too (optimistic); the choice alone '
+              f'{mix.record["alone"]:.4f} there')
+  elif source.folder.parent.parent.name == layout.ROUNDS:
     honest += f'; the deadline cut its top rung, so its fold models start from {source.folder.parent.name}\'s'
   what = (f'{models} fold model(s) of {chosen["name"]}' if mix.record['kept'] == 'choice' else
           f'{models} fold models of {len(mix.members)} set(s), the mix of ' +
@@ -170,13 +177,26 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     others[runner['name']] = folder
   if limited:
     return pieces, others   # the user asked for so many trials: the rest of the budget is not theirs to fill
-  seed = max(source.seeds) + 1
+  seed, wide = max(source.seeds) + 1, on_data_folds(ctx, source)
   while True:
-    folder, setup = _train_piece(ctx, chosen, source, seed, everything, setup)
+    folder, setup = _train_piece(ctx, chosen, wide, seed, ctx.splits(ctx.data_folds), setup)
     if folder is None:
       return pieces, others
     pieces.append(folder)
     seed += 1
+
+
+def on_data_folds(ctx: Context, source: Source) -> Source:
+  """The source with the data's folds, where the search narrowed them (`fpclass.auto.measure.fit_folds`): the
+  budget's extra seeds train each model on (k-1)/k of the images, not the narrowed (f-1)/f. Three folds rank
+  trials at less cost, but each of their models sees a sixth fewer images than one of five (Fashion-MNIST's
+  hand refit, one model on 80%, was ahead of auto's four on 67%, 2026-11-28). A member is priced at the larger
+  share of images it trains on."""
+  if ctx.own_split or ctx.data_folds == ctx.folds:
+    return source
+  wider = (ctx.data_folds - 1) / ctx.data_folds / ((ctx.folds - 1) / ctx.folds)
+  base = apply_changes(source.base, {'data.num_folds': ctx.data_folds}, 'the final stage\'s seeds')
+  return dataclasses.replace(source, base=base, share=source.share * wider)
 
 
 def runners_up(ctx: Context, chosen: dict, given: dict | None) -> list[dict]:
@@ -190,6 +210,25 @@ def runners_up(ctx: Context, chosen: dict, given: dict | None) -> list[dict]:
     out.append(dict(name=t.user_attrs[study_lib.FOLDER], trial=t.number, changes=changes))
     if len(out) >= ctx.settings.mix:
       break
+  return out
+
+
+def searched(ctx: Context, taken: list) -> dict:
+  """{name: folder} of every other configuration the search trained, in its ranking, each at the highest rung it
+  finished (its top-rung folder, else the highest round's): the mix's candidates at the fidelity they reached.
+  `taken`: the candidates already in (choice dicts, some None, or names), whose configurations are left out."""
+  names = {t if isinstance(t, str) else t['name'] for t in taken if t is not None}
+  keys = {configuration_key(t['changes']) for t in taken if isinstance(t, dict)}
+  out = {}
+  for t in best_per_configuration(ctx):
+    name = t.user_attrs.get(study_lib.FOLDER)
+    if name is None or name in names or configuration_key(changes_of(t)) in keys:
+      continue
+    rungs = sorted((ctx.workdir / layout.ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: layout.rung_level(p.parent),
+                   reverse=True)
+    folder = next((f for f in [ctx.workdir / layout.TRIALS / name, *rungs] if _finished(f)), None)
+    if folder is not None:
+      out[name] = folder
   return out
 
 

@@ -1,14 +1,18 @@
-"""The final mix of `--mode auto`: a Caruana selection over every configuration the search trained on every fold,
-cross-fitted, against the chosen configuration's own fold models.
+"""The final mix of `--mode auto`: a Caruana selection over everything the search trained, at the fidelity each
+configuration reached, cross-fitted, against the chosen configuration's own fold models.
 
-A candidate is a configuration whose fold models together predicted every example out of fold: the choice (its
-pieces: the search's or the confirmation's folds, and the seeds the budget's rest added), the config as given, each
-other trial that reached the top rung, and the runners-up the final stage trained on every fold. Each one's
-probabilities are the mean over its models of each example (`fpclass.train.oof.mean_by_id`). The selection
+A candidate is a configuration with the out-of-fold rows of its fold models: the choice (its pieces: the search's
+or the confirmation's folds, and the seeds the budget's rest added), the config as given and the runners-up the
+final stage trained on every fold, and every other configuration at the highest rung it reached (often one fold
+at the bottom rung's epochs). Each one's probabilities are the mean over its models of each example
+(`fpclass.train.oof.mean_by_id`). The comparison runs on the pool: the examples every candidate predicted (a
+bottom-rung trial's fold; every example when all covered every fold). There the selection
 (`fpclass.ensemble.caruana.caruana`) and the choice's fixed, equal-weight mix are both scored per fold of the
-examples, the selection chosen on the other folds each time (`cross_fit`), so neither score chose anything; the
-final model is the mix when its cross-fitted mean is ahead, else the choice's models alone, and the report says
-which by how much, with the paired interval. A candidate that predicted other examples is left out, named.
+examples, or per random part of a single fold, the selection chosen on the other groups each time (`cross_fit`),
+so neither score chose anything. The final model is the mix when its cross-fitted mean is ahead, scored on the
+pool alone; else the choice's models, scored on every example they predicted. The report says which by how much,
+with the paired interval. A candidate that predicted an example the choice did not, or would leave the pool fewer
+than `MIN_POOL` examples, is left out, named.
 """
 import dataclasses
 import pathlib
@@ -18,6 +22,8 @@ import pandas as pd
 
 from fpclass.ensemble import caruana
 from fpclass.train import oof
+
+MIN_POOL = 100   # fewer shared examples than this, and a candidate's rows cannot rank a mix: it is left out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,25 +49,32 @@ def _mean(frames) -> pd.DataFrame:
 
 
 def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25) -> Mix:
-  """The mix or the choice's models alone, whichever the cross-fitted comparison supports (see the docstring).
-  `candidates[0]`'s examples, folds and labels are the pool's; `choice` names the candidate whose fold models are
-  the alternative."""
+  """The mix or the choice's models alone, whichever the cross-fitted comparison on the pool supports (see the
+  docstring). `choice` names the candidate whose fold models are the alternative; its examples, folds and labels
+  are the reference. Candidates are taken in order, so those listed first keep the pool wide."""
   means = {c.name: _mean(c.frames) for c in candidates}
   reference = means[choice]
-  ids = list(reference.index)
-  notes, kept = [], []
+  everything = list(reference.index)
+  notes, kept, pool = [], [], set(everything)
   for c in candidates:
-    if set(means[c.name].index) != set(ids):
-      notes.append(f'{c.name}: predicted {len(means[c.name])} examples, not the {len(ids)} of the choice')
-      continue
-    kept.append(c)
+    rows = set(means[c.name].index)
+    shared = pool & rows
+    if not rows <= set(everything):
+      notes.append(f'{c.name}: predicted {len(rows - set(everything))} examples the choice did not')
+    elif len(shared) < min(MIN_POOL, len(everything)):
+      notes.append(f'{c.name}: predicted {len(rows)} examples, {len(shared)} of them shared with the others')
+    else:
+      kept.append(c)
+      pool = shared
+  ids = [i for i in everything if i in pool]
   labels, _, task = oof.labels_and_probabilities(reference.loc[ids].reset_index())
   probs = np.stack([oof.labels_and_probabilities(means[c.name].loc[ids].reset_index())[1] for c in kept])
   names = [c.name for c in kept]
   groups = caruana.crossfit_groups(reference['split'].loc[ids].to_numpy(np.int64))
   alone = probs[names.index(choice)]
   alone_scores = caruana.group_scores(metric, labels, alone, groups, task)
-  record = dict(candidates=names, left_out=notes, groups=len(np.unique(groups)))
+  record = dict(candidates=names, left_out=notes, groups=len(np.unique(groups)), pool=len(ids),
+                examples=len(everything))
   if len(kept) > 1:
     crossfit = caruana.cross_fit(probs, labels, groups, task, metric, max_size, names)
     mixed_scores = [r['ensemble'] for r in crossfit.rows]
@@ -76,11 +89,16 @@ def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25)
                  for folder in c.folders]
       record['kept'] = 'mix'
       return Mix(members, _frame(reference, ids, crossfit.ensemble, task), record['mixed'], record)
-  record.setdefault('alone', float(np.nanmean(alone_scores)))
   record['kept'] = 'choice'
   choice_candidate = kept[names.index(choice)]
   members = [(folder, _share(choice_candidate, folder)) for folder in choice_candidate.folders]
-  return Mix(members, _frame(reference, ids, alone, task), record['alone'], record)
+  record.setdefault('alone', float(np.nanmean(alone_scores)))
+  if len(ids) == len(everything):
+    return Mix(members, _frame(reference, ids, alone, task), record['alone'], record)
+  every_label, every, _ = oof.labels_and_probabilities(reference.loc[everything].reset_index())
+  every_group = caruana.crossfit_groups(reference['split'].loc[everything].to_numpy(np.int64))
+  score = float(np.nanmean(caruana.group_scores(metric, every_label, every, every_group, task)))
+  return Mix(members, _frame(reference, everything, every, task), score, record)
 
 
 def _share(candidate: Candidate, folder: pathlib.Path) -> float:
@@ -102,11 +120,15 @@ def _frame(reference: pd.DataFrame, ids: list, probs: np.ndarray, task: str) -> 
 def describe(record: dict, metric_title: str) -> str:
   """One sentence for the report: which the final stage kept, and by what cross-fitted evidence."""
   if len(record['candidates']) < 2:
-    return 'no other configuration predicted every example, so the choice\'s fold models are the final model'
+    return 'no other configuration shared enough examples with the choice, so its fold models are the final model'
   d = record['difference']
   weights = ', '.join(f'{n} x{w:.2f}' for n, w in sorted(record['weights'].items(), key=lambda kv: -kv[1]))
   verdict = ('the mix is kept' if record['kept'] == 'mix' else
              'the choice\'s fold models are kept (the mix is not ahead)')
-  return (f'a Caruana mix of {len(record["candidates"])} configurations trained on every fold ({weights}) scored '
-          f'{record["mixed"]:.4f} {metric_title} cross-fitted over {record["groups"]} folds, the choice\'s fold models '
-          f'{record["alone"]:.4f} (mix - choice {d["mean"]:+.4f} [{d["low"]:+.4f}, {d["high"]:+.4f}]): {verdict}')
+  pool = record.get('pool', record.get('examples'))
+  where = ('every example' if pool == record.get('examples', pool) else
+           f'the {pool} of {record["examples"]} examples every candidate held out')
+  return (f'a Caruana mix over {len(record["candidates"])} configurations, each at the highest fidelity it reached '
+          f'({weights}), scored {record["mixed"]:.4f} {metric_title} cross-fitted over {record["groups"]} groups of '
+          f'{where}, the choice\'s fold models {record["alone"]:.4f} there '
+          f'(mix - choice {d["mean"]:+.4f} [{d["low"]:+.4f}, {d["high"]:+.4f}]): {verdict}')
