@@ -202,6 +202,46 @@ def test_a_trial_the_search_left_at_its_bottom_rung_is_a_candidate_on_the_fold_i
               'trial-0000')
 
 
+def test_a_runner_up_the_budget_cannot_train_on_every_fold_trains_on_the_folds_that_fit(tmp_path, monkeypatch):
+  """The choice is the config as given on 3 folds; the other trial, pruned at its bottom rung, is the runner-up.
+  Room for 1.5 members buys it one fold at the configuration's epochs in more/, a candidate of the mix on that
+  fold's examples (`MIN_POOL` lowered for the tiny data's 24); a relaunch takes it as it is."""
+  monkeypatch.setattr(final_mix, 'MIN_POOL', 20)
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  _two_trials(study)
+  seed, ctx = int(config.seed), _context(workdir, config, study, 0, 10)
+  outcomes, _ = ctx.round(config, [Entry('trial-0000', {})], (0, 1, 2), (seed,), 1, workdir / 'trials', None)
+  assert not outcomes['trial-0000'].error
+  chosen = dict(name='trial-0000', trial=0, changes={})
+  for members_left in (1.5, 0.5):   # the second: a relaunch with no room, which trains nothing
+    out, note = final_model(_context(workdir, config, study, 0, members_left), chosen)
+    assert sorted(p.name for p in (workdir / MORE).iterdir()) == ['trial-0001']
+    assert _kept_models(workdir / MORE / 'trial-0001') == {(0, seed)}
+    learning_rate = sidecar.read_metadata(workdir / MORE / 'trial-0001' / 'fold0')['config']['train']['learning_rate']
+    assert learning_rate == 0.002
+    record = json.loads((out / 'mix.json').read_text())
+    assert record['candidates'] == ['trial-0000', 'trial-0001'] and record['pool'] == 24
+    _check_kept(out, note, {'trial-0000': '../trials/trial-0000', 'trial-0001': f'../{MORE}/trial-0001'}, 'trial-0000')
+
+
+def test_the_confirmation_s_other_finalist_is_a_candidate_on_its_fresh_folds(tmp_path):
+  """The confirmation trained the choice and the other finalist on fresh folds: the finalist is a candidate there,
+  every example held out at the configuration's epochs, rather than at its bottom rung's one fold."""
+  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  _two_trials(study)
+  seed, ctx = int(config.seed), _context(workdir, config, study, 0, 10)
+  entries = [Entry('trial-0000', {}), Entry('trial-0001', {'train.learning_rate': 0.002})]
+  outcomes, _ = ctx.round(ctx.fresh_folds(), entries, (0, 1, 2), (seed,), 1, workdir / 'confirm', None)
+  assert not any(o.error for o in outcomes.values())
+  outcomes, _ = ctx.round(config, entries[1:], (0,), (seed,), 1, rung_folder(workdir, 0, 0), None)
+  out, note = final_model(_context(workdir, config, study, 0, 0.5), dict(name='trial-0000', trial=0, changes={}))
+  record = json.loads((out / 'mix.json').read_text())
+  assert record['candidates'] == ['trial-0000', 'trial-0001'] and record['pool'] == record['examples'] == 72
+  _check_kept(out, note, {'trial-0000': '../confirm/trial-0000', 'trial-0001': '../confirm/trial-0001'}, 'trial-0000')
+
+
 def _check_kept(out, note, folders: dict, choice: str) -> None:
   """final/ holds the mix's members when it kept the mix, the choice's folder alone otherwise, as mix.json says."""
   record = json.loads((out / 'mix.json').read_text())

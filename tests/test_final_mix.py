@@ -75,8 +75,8 @@ def test_a_candidate_of_other_examples_or_too_few_is_left_out_and_named():
   stranger = final_mix.Candidate('stranger', (other,), (pathlib.Path('s'),))
   mix = final_mix.choose([choice, few, stranger], 'choice', ACCURACY)
   assert mix.record['candidates'] == ['choice'] and mix.record['kept'] == 'choice'
-  assert mix.record['left_out'] == ['few: predicted 60 examples, 60 of them shared with the others',
-                                    'stranger: predicted 150 examples the choice did not']
+  assert mix.record['left_out'] == ['stranger: predicted 150 examples the choice did not',   # the most first
+                                    'few: predicted 60 examples, 60 of them shared with the others']
   assert 'no other configuration shared enough examples' in final_mix.describe(mix.record, 'accuracy')
   assert len(mix.predictions) == len(labels)
 

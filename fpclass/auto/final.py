@@ -4,7 +4,8 @@ models, or of a cross-fitted mix over everything the search trained, whichever s
 The choice's fold models come from the confirmation when it ran (its folds chose nothing), else from the search's
 top rung. The budget's rest then trains, each set a round of its own in `more/`: the folds the choice lacks; for
 a choice the confirmation did not back, the config as given on the same folds (the cheap rungs saw few epochs: the
-user's recipe hedges that); the runners-up, the best other configurations (`config.auto.mix`), on every fold; then,
+user's recipe hedges that); the runners-up, the best other configurations (`config.auto.mix`), on every fold, or
+on the most folds that fit at full epochs; then,
 unless `config.auto.trials` ended the search, more seeds of the choice on the data's folds where the search
 narrowed them (`on_data_folds`), each on the most folds that fit (the last one shorter, so the last seconds are
 spent too). `fpclass.auto.final_mix` then weighs them: a Caruana selection
@@ -135,10 +136,11 @@ def _trained(ctx: Context, folder: pathlib.Path) -> tuple[int, float]:
 
 
 def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | None) -> tuple[list, dict]:
-  """(the choice's folders, {name: folder} of the other configurations trained on every fold) after the budget's
+  """(the choice's folders, {name: folder} of the other configurations it trained or took) after the budget's
   rest trained (or an earlier launch did): the source's missing folds; for a choice the confirmation did not back,
   the config as given (`given`, `_given_trial`) on the same folds (its top-rung fold models when it has them);
-  the runners-up (`runners_up`) on every fold; then, unless a trial count ended the search, one more seed of the
+  the runners-up (`runners_up`) on every fold, or the first on the most folds that fit at full epochs
+  (`_train_runner_up`); then, unless a trial count ended the search, one more seed of the
   choice after another, each on the most folds that fit (`piece_size`: the last one shorter when a whole member no
   longer fits). The first piece is priced at the set-up of a configuration the search trained (`known_setup`);
   the later ones at the set-up a piece measured."""
@@ -173,8 +175,10 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     if folder is None and not limited:
       folder, known = _train_runner_up(ctx, runner, everything, known)
     if folder is None:
-      break   # the budget affords no more configurations on every fold: the rest buys seeds of the choice
+      break   # the budget affords no more configurations at full epochs: the rest buys seeds of the choice
     others[runner['name']] = folder
+    if _finished(folder) and not {r['split'] for r in _rows(folder) if r['kept']} >= set(everything):
+      break   # a runner-up on fewer folds took what fitted
   if limited:
     return pieces, others   # the user asked for so many trials: the rest of the budget is not theirs to fill
   seed, wide = max(source.seeds) + 1, on_data_folds(ctx, source)
@@ -214,8 +218,9 @@ def runners_up(ctx: Context, chosen: dict, given: dict | None) -> list[dict]:
 
 
 def searched(ctx: Context, taken: list) -> dict:
-  """{name: folder} of every other configuration the search trained, in its ranking, each at the highest rung it
-  finished (its top-rung folder, else the highest round's): the mix's candidates at the fidelity they reached.
+  """{name: folder} of every other configuration the search trained, in its ranking, each at the highest fidelity
+  it finished (the confirmation's folds, else its top-rung folder, else the highest round's): the mix's
+  candidates at the fidelity they reached.
   `taken`: the candidates already in (choice dicts, some None, or names), whose configurations are left out."""
   names = {t if isinstance(t, str) else t['name'] for t in taken if t is not None}
   keys = {configuration_key(t['changes']) for t in taken if isinstance(t, dict)}
@@ -226,7 +231,8 @@ def searched(ctx: Context, taken: list) -> dict:
       continue
     rungs = sorted((ctx.workdir / layout.ROUNDS).glob(f'b*-r*/{name}'), key=lambda p: layout.rung_level(p.parent),
                    reverse=True)
-    folder = next((f for f in [ctx.workdir / layout.TRIALS / name, *rungs] if _finished(f)), None)
+    folder = next((f for f in [ctx.workdir / layout.CONFIRM / name, ctx.workdir / layout.TRIALS / name, *rungs]
+                   if _finished(f)), None)
     if folder is not None:
       out[name] = folder
   return out
@@ -242,21 +248,26 @@ def _covering(ctx: Context, name: str, everything: tuple) -> pathlib.Path | None
 
 
 def _train_runner_up(ctx: Context, runner: dict, everything: tuple, setup: float) -> tuple[pathlib.Path | None, float]:
-  """A runner-up on every fold of the search's split at the configuration's epochs, in `more/<its trial folder>`,
-  when the budget affords it whole; (its folder or None, the set-up it measured)."""
+  """A runner-up on the most folds of the search's split that the budget affords at the configuration's epochs
+  (every fold when it can), in `more/<its trial folder>`; (its folder or None, the set-up it measured). A runner-up
+  on fewer folds is a candidate of the mix on the examples they hold out (`fpclass.auto.final_mix`): the time
+  buys the mix a member where it lacks folds, at the fidelity the choice has. An earlier launch's is taken."""
+  name = runner['name']
+  folder = ctx.workdir / MORE / name
+  if (folder / EXPERIMENT_FILE).is_file():
+    return (folder if _finished(folder) else None), setup
   costs = ctx.budget.costs
   fitting = piece_size(costs, setup, ctx.budget.left() - TAIL * ctx.budget.seconds, len(everything), ctx.epochs)
-  if fitting != (len(everything), ctx.epochs):
+  if fitting is None or fitting[1] != ctx.epochs:
     return None, setup
-  name = runner['name']
   with ctx.stop(TAIL * ctx.budget.seconds) as stop:
-    outcomes, _ = ctx.round(ctx.base, [Entry(name, runner['changes'])], everything, (int(ctx.base.seed),), ctx.epochs,
-                            ctx.workdir / MORE, stop)
+    outcomes, _ = ctx.round(ctx.base, [Entry(name, runner['changes'])], everything[:fitting[0]],
+                            (int(ctx.base.seed),), ctx.epochs, ctx.workdir / MORE, stop)
   outcome = outcomes.get(name)
   if outcome is not None and outcome.seconds:
     setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
     ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
-  return _covering(ctx, name, everything), setup
+  return (folder if _finished(folder) else None), setup
 
 
 def known_setup(costs, timing: dict) -> float:

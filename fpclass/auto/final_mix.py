@@ -51,12 +51,13 @@ def _mean(frames) -> pd.DataFrame:
 def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25) -> Mix:
   """The mix or the choice's models alone, whichever the cross-fitted comparison on the pool supports (see the
   docstring). `choice` names the candidate whose fold models are the alternative; its examples, folds and labels
-  are the reference. Candidates are taken in order, so those listed first keep the pool wide."""
+  are the reference. The choice comes first, then the others by how many examples they predicted (in their given
+  order among equals), so that those of every fold keep the pool wide."""
   means = {c.name: _mean(c.frames) for c in candidates}
   reference = means[choice]
   everything = list(reference.index)
   notes, kept, pool = [], [], set(everything)
-  for c in candidates:
+  for c in sorted(candidates, key=lambda c: (c.name != choice, -len(means[c.name]))):
     rows = set(means[c.name].index)
     shared = pool & rows
     if not rows <= set(everything):
