@@ -375,7 +375,8 @@ def test_the_trials_take_fewer_folds_down_to_3_when_the_search_at_k_does_not_hol
   monkeypatch.setattr(measure, 'FIRST_TRIALS', 5)
   ctx = _folds_context(tmp_path, left)
   notes = measure.fit_folds(ctx, ctx.budget.costs)
-  assert ctx.folds == folds and ctx.base.data.num_folds == folds and ctx.study.user_attrs[study_lib.FOLDS] == folds
+  assert ctx.folds == folds and ctx.study.user_attrs[study_lib.FOLDS] == folds
+  assert ctx.base.data.num_folds == ctx.data_folds == 5   # the first `folds` of the data's split
   assert notes == ([] if folds == 5 else [f'the budget affords a search on {folds} of the 5 folds'])
 
 
@@ -383,7 +384,7 @@ def test_the_folds_decided_once_are_the_study_s_and_given_or_own_folds_are_kept(
   ctx = _folds_context(tmp_path, 17.5)
   ctx.study.set_user_attr(study_lib.FOLDS, 3)   # decided by an earlier launch
   assert measure.fit_folds(ctx, ctx.budget.costs) == ['the budget affords a search on 3 of the 5 folds']
-  assert ctx.folds == 3 and ctx.base.data.num_folds == 3
+  assert ctx.folds == 3 and ctx.base.data.num_folds == ctx.data_folds == 5 and ctx.splits_text() == '3 of 5 folds'
   ctx = _folds_context(tmp_path, 17.5)
   ctx.settings = dataclasses.replace(ctx.settings, folds=5)   # config.auto.folds given
   assert measure.fit_folds(ctx, ctx.budget.costs) == [] and ctx.folds == 5 and ctx.study.user_attrs[study_lib.FOLDS] == 5

@@ -99,25 +99,26 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
   assert f'accuracy {accuracy:.4f}' in note
 
 
-def test_where_the_search_narrowed_the_folds_the_extra_seeds_train_on_the_data_s_own(tmp_path):
-  """The search ranked on 3 folds of data with 4: the choice's top rung is complete, and the rest buys a seed on
-  the data's 4 folds, each model on 3/4 of the images, priced at 9/8 of a 3-fold member: room for 2.2 members
-  holds one such member, not two, and the 1.2 left (the clock counts a member as 1) one more of the next seed."""
-  workdir, config = tmp_path / 'auto', config_from_argv(TINY)
+def test_where_the_search_trained_the_first_folds_of_the_data_s_the_final_completes_them(tmp_path):
+  """The search ranked its trials on the first 3 of the data's 4 folds (`measure.fit_folds`): the choice's top
+  rung holds folds 0 to 2 of the 4-fold split, each model on 3/4 of the images, and the rest of the budget first
+  trains fold 3 of the same split, so that the final models hold out every example."""
+  workdir, config = tmp_path / 'auto', config_from_argv([*TINY, '--config.data.num_folds=4'])
   study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
   study.tell(study.ask(), 0.5)
   seed = int(config.seed)
-  outcomes, _ = _context(workdir, config, study, 0, 10).round(config, [Entry('trial-0000', {})], (0, 1, 2), (seed,),
-                                                               1, workdir / 'trials', None)
+  outcomes, _ = _context(workdir, config, study, 0, 10, data_folds=4).round(
+      config, [Entry('trial-0000', {})], (0, 1, 2), (seed,), 1, workdir / 'trials', None)
   assert not outcomes['trial-0000'].error
-  out, note = final_model(_context(workdir, config, study, 0, 2.2, data_folds=4),
+  out, note = final_model(_context(workdir, config, study, 1, 1.5, data_folds=4),
                           dict(name='trial-0000', trial=0, changes={}))
-  pieces = [workdir / MORE / f'trial-0000-seed{seed + k}' for k in (1, 2)]
-  assert sorted(p.name for p in (workdir / MORE).iterdir()) == [p.name for p in pieces]
-  for k, piece in enumerate(pieces, 1):
-    assert _kept_models(piece) == {(0, seed + k)}
-    assert sidecar.read_metadata(piece / 'fold0')['config']['data']['num_folds'] == 4
-  assert '5 fold model(s) of trial-0000' in note
+  piece = workdir / MORE / f'trial-0000-seed{seed}'
+  assert sorted(p.name for p in (workdir / MORE).iterdir()) == [piece.name]
+  assert _kept_models(piece) == {(3, seed)}
+  (member,) = piece.glob('fold*')
+  assert sidecar.read_metadata(member)['config']['data']['num_folds'] == 4
+  assert '4 fold model(s) of trial-0000' in note and 'every labelled image' in note
+  assert len(pd.read_csv(out / 'ensemble_predictions.csv')) == 72   # every example, held out once
 
 
 @pytest.mark.parametrize('room, size', [(34.0, (3, 10)), (33.9, (2, 10)), (13.0, (1, 10)), (9.0, (1, 7)),

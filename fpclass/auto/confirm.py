@@ -77,7 +77,7 @@ def confirm(ctx: Context):
   models = pd.DataFrame(rows)
   if models.empty or chosen['name'] not in runs:
     return (None if models.empty else models), None, note + '; the choice did not finish', chosen
-  ratio = 0.0 if ctx.own_split or folds < 2 else 1.0 / (folds - 1)
+  ratio = 0.0 if ctx.own_split or folds < 2 else 1.0 / (ctx.data_folds - 1)   # held out : trained on, per model
   experiments = [dict(name=n, test_train_ratio=ratio, task=metric_registry.task_of_head(head_of(ctx.run)))
                  for n in runs]
   differences = sweep_report.paired_differences(models, experiments, chosen['name'])

@@ -46,7 +46,7 @@ class Context:
   train_round: object              # fpclass.auto.search's: (base, entries, folds, seeds, epochs, folder, stop)
   scheduler: Scheduler             # which rungs a bracket has, and who goes on (config.auto.scheduler)
   run: RunSettings = None          # the base config's typed sections, parsed once as a plan's variant (`rebase`)
-  data_folds: int = 0              # the data's folds before the search narrowed them (`measure.fit_folds`)
+  data_folds: int = 0              # the data's folds; `folds` may be fewer, its first ones (`measure.fit_folds`)
 
   def __post_init__(self):
     if self.run is None and self.base is not None:
@@ -64,7 +64,9 @@ class Context:
     return (-1,) if self.own_split else tuple(range(count))
 
   def splits_text(self) -> str:
-    return "the source's validation split" if self.own_split else f'{self.folds} folds'
+    if self.own_split:
+      return "the source's validation split"
+    return f'{self.folds} folds' if self.folds == self.data_folds else f'{self.folds} of {self.data_folds} folds'
 
   def stop(self, reserve: float) -> StopOnSignals:
     return StopOnSignals(deadline=self.budget.deadline(reserve))

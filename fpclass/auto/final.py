@@ -6,9 +6,9 @@ top rung. The budget's rest then trains, each set a round of its own in `more/`:
 a choice the confirmation did not back, the config as given on the same folds (the cheap rungs saw few epochs: the
 user's recipe hedges that); the runners-up, the best other configurations (`config.auto.mix`), on every fold, or
 on the most folds that fit at full epochs; then,
-unless `config.auto.trials` ended the search, more seeds of the choice on the data's folds where the search
-narrowed them (`on_data_folds`), each on the most folds that fit (the last one shorter, so the last seconds are
-spent too). `fpclass.auto.final_mix` then weighs them: a Caruana selection
+unless `config.auto.trials` ended the search, more seeds of the choice, each on the most folds that fit (the
+last one shorter, so the last seconds are spent too). "Every fold" is the data's k: where the search trained its
+trials on the first few, the folds the choice lacks come first. `fpclass.auto.final_mix` then weighs them: a Caruana selection
 over the configurations (these, and every other one at the highest rung it reached: `searched`), cross-fitted
 against the choice's equal-weight fold models; the out-of-fold probabilities it writes (`ensemble_predictions.csv`)
 chose nothing (docs/auto.md).
@@ -88,9 +88,9 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   splits = set(frame['split'])
   # Two fold models of different folds have together trained on every image; one has not seen its own fold.
   seen = ("the source's training split" if ctx.own_split else 'every labelled image' if len(splits) > 1
-          else f'{ctx.folds - 1} of {ctx.folds} folds\' images')
-  if not ctx.own_split and len(splits) < ctx.folds:
-    seen += f', scored on the {len(splits)} of {ctx.folds} folds they hold out'
+          else f'{ctx.data_folds - 1} of {ctx.data_folds} folds\' images')
+  if not ctx.own_split and len(splits) < ctx.data_folds:
+    seen += f', scored on the {len(splits)} of {ctx.data_folds} folds they hold out'
   seeds = sorted(set(frame['seed']))
   honest = ('the source\'s own validation split, whose images also chose it (optimistic: no fold is cut there)'
             if ctx.own_split else 'the confirmation\'s fresh folds, which chose nothing' if source.confirmed else
@@ -144,7 +144,7 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
   choice after another, each on the most folds that fit (`piece_size`: the last one shorter when a whole member no
   longer fits). The first piece is priced at the set-up of a configuration the search trained (`known_setup`);
   the later ones at the set-up a piece measured."""
-  everything = ctx.splits(ctx.folds)
+  everything = ctx.splits(ctx.data_folds)   # the data's folds: the search's trials may have trained the first few
   record = _record(source.folder)
   trained = {row['split'] for row in record['rows'] if row['kept']}
   missing = tuple(s for s in everything if s not in trained)
@@ -181,26 +181,13 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
       break   # a runner-up on fewer folds took what fitted
   if limited:
     return pieces, others   # the user asked for so many trials: the rest of the budget is not theirs to fill
-  seed, wide = max(source.seeds) + 1, on_data_folds(ctx, source)
+  seed = max(source.seeds) + 1
   while True:
-    folder, setup = _train_piece(ctx, chosen, wide, seed, ctx.splits(ctx.data_folds), setup)
+    folder, setup = _train_piece(ctx, chosen, source, seed, everything, setup)
     if folder is None:
       return pieces, others
     pieces.append(folder)
     seed += 1
-
-
-def on_data_folds(ctx: Context, source: Source) -> Source:
-  """The source with the data's folds, where the search narrowed them (`fpclass.auto.measure.fit_folds`): the
-  budget's extra seeds train each model on (k-1)/k of the images, not the narrowed (f-1)/f. Three folds rank
-  trials at less cost, but each of their models sees a sixth fewer images than one of five (Fashion-MNIST's
-  hand refit, one model on 80%, was ahead of auto's four on 67%, 2026-11-28). A member is priced at the larger
-  share of images it trains on."""
-  if ctx.own_split or ctx.data_folds == ctx.folds:
-    return source
-  wider = (ctx.data_folds - 1) / ctx.data_folds / ((ctx.folds - 1) / ctx.folds)
-  base = apply_changes(source.base, {'data.num_folds': ctx.data_folds}, 'the final stage\'s seeds')
-  return dataclasses.replace(source, base=base, share=source.share * wider)
 
 
 def runners_up(ctx: Context, chosen: dict, given: dict | None) -> list[dict]:

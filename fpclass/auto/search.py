@@ -172,7 +172,7 @@ def _train_round(ctx: Context, base, entries: list, folds: tuple, seeds: tuple, 
 
 def _search(ctx: Context) -> str:
   """Brackets while one fits beside the confirmation's share; returns what the search could afford."""
-  budget, start, measured_folds = ctx.budget, time.perf_counter(), ctx.folds
+  budget, start = ctx.budget, time.perf_counter()
   try:
     costs = budget.costs or measure_stage.measure(ctx)
     notes = measure_stage.fit_folds(ctx, costs)
@@ -203,7 +203,7 @@ def _search(ctx: Context) -> str:
         tqdm.write(f'auto: {notes[-1]}')
         break
       costs = budget.costs
-    if ctx.folds == measured_folds and not brackets.completed(ctx):   # no bracket fitted, or the deadline cut its trials
+    if not brackets.completed(ctx):   # no bracket fitted, or the deadline cut its trials
       notes.append(_adopt_measurement(ctx, cut=bool(budget.brackets)))
   finally:
     budget.add_stage('search', time.perf_counter() - start)
