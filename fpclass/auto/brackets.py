@@ -145,9 +145,8 @@ def promoted(ctx: Context, ranked: list, chosen: list, values: dict, folder: pat
   gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
   keep = one_se.promoted([*chosen, *(n for n in ranked if n not in chosen)], len(chosen), baseline, gap, se)
   if baseline in keep:
-    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within '
-               f'{one_se.threshold(len(ranked) - 1):.2f} standard errors ({se:.4f}) of the rung\'s evidence, the bar '
-               f'for the best of {len(ranked) - 1}')
+    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within one standard error '
+               f'({se:.4f}) of the rung\'s evidence')
   return keep
 
 

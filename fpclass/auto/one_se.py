@@ -6,12 +6,13 @@ batch of near-equals picks at random among them, and a recipe the user tuned is 
 So, as Breiman's one-standard-error rule prefers the simplest model within one standard error of the best, a
 rung promotes the config as given (the first trial) whenever the best trial beats it by no more than one
 standard error of their difference. The standard error comes from the rung's out-of-fold predictions: a paired
-bootstrap over the images both held out, the metric recomputed on each resample (`difference_se`). The best of
-several challengers beats it by more than one standard error by chance more often than one does (of four
-equals, up to half the time), so the bar rises with their number to keep the one-comparison chance (`threshold`).
+bootstrap over the images both held out, the metric recomputed on each resample (`difference_se`). The bar is
+one standard error whatever the number of challengers: a bar raised for the best of several (Sidak's
+correction, 1.59 for three) kept the config as given on MNIST where the learning rate x3 beat it by 1.42 and
+1.47 and ended best (auto 0.979 against the hand refit's 0.986; 0.985 at one standard error, 2026-11-28). A
+challenger promoted by chance is hedged later: the config as given trains beside an unconfirmed choice, and the
+cross-fitted mix weighs both (`fpclass.auto.final`).
 """
-from statistics import NormalDist
-
 import numpy as np
 import pandas as pd
 
@@ -19,7 +20,6 @@ from fpclass.analysis import metric_registry
 from fpclass.train import oof
 
 RESAMPLES = 200
-ONE_SE_CHANCE = NormalDist().cdf(-1.0)   # that an equal challenger beats the config as given by > 1 SE: 16%
 
 
 def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamples: int = RESAMPLES,
@@ -44,22 +44,12 @@ def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamp
   return float(np.std(differences, ddof=1)) if len(differences) >= 2 else float('nan')
 
 
-def threshold(challengers: int) -> float:
-  """The standard errors by which the best of `challengers` trials must beat the config as given: 1 for one
-  (Breiman's rule), more for several, so that when none differs from it, the chance that the best passes stays
-  the rule's one-comparison chance (Sidak's correction): 1.39 for two, 1.72 for four, 2.03 for eight."""
-  if challengers <= 1:
-    return 1.0
-  return NormalDist().inv_cdf((1.0 - ONE_SE_CHANCE) ** (1.0 / challengers))
-
-
 def promoted(ranked: list, keep: int, baseline, gap: float, se: float) -> list:
   """The `keep` trials a rung promotes from `ranked` (best first): the best `keep`, with the config as given
   (`baseline`) in the last place when it is not among them and the best beats it by `gap` (in the metric's
-  better direction) of at most `threshold` standard errors `se` of their difference, for the rung's other
-  trials (NaN: no evidence of the noise, the values rank alone)."""
+  better direction) of at most one standard error `se` of their difference (NaN: no evidence of the noise, the
+  values rank alone)."""
   best = list(ranked[:keep])
-  if baseline is None or baseline in best or baseline not in ranked or \
-      not gap <= se * threshold(len(ranked) - 1):
+  if baseline is None or baseline in best or baseline not in ranked or not gap <= se:
     return best
   return [*best[:keep - 1], baseline]
