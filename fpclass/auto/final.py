@@ -250,11 +250,17 @@ def _train_runner_up(ctx: Context, runner: dict, everything: tuple, setup: float
   with ctx.stop(TAIL * ctx.budget.seconds) as stop:
     outcomes, _ = ctx.round(ctx.base, [Entry(name, runner['changes'])], everything[:fitting[0]],
                             (int(ctx.base.seed),), ctx.epochs, ctx.workdir / MORE, stop)
-  outcome = outcomes.get(name)
-  if outcome is not None and outcome.seconds:
-    setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
-    ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
-  return (folder if _finished(folder) else None), setup
+  return (folder if _finished(folder) else None), _measured_setup(ctx, outcomes.get(name), setup)
+
+
+def _measured_setup(ctx: Context, outcome, setup: float) -> float:
+  """The set-up a finished round measured (its seconds less its members' and member-epochs' share), its measure
+  added to the cost model; `setup` unchanged when the round reached nothing."""
+  if outcome is None or not outcome.seconds:
+    return setup
+  costs = ctx.budget.costs
+  ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
+  return max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
 
 
 def known_setup(costs, timing: dict) -> float:
@@ -292,10 +298,7 @@ def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: t
     with ctx.stop(TAIL * ctx.budget.seconds) as stop:
       outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds[:count], (seed,), epochs,
                               ctx.workdir / MORE, stop)
-    outcome = outcomes.get(name)
-    if outcome is not None and outcome.seconds:
-      setup = max(0.0, outcome.seconds - outcome.members * costs.member - outcome.member_epochs * costs.member_epoch)
-      ctx.budget.add_measure(outcome.members, outcome.member_epochs, outcome.seconds, outcome.compile_seconds)
+    setup = _measured_setup(ctx, outcomes.get(name), setup)
   return (folder if _finished(folder) else None), setup
 
 
