@@ -185,8 +185,9 @@ def test_a_trial_the_search_left_at_its_bottom_rung_is_a_candidate_on_the_fold_i
   study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
   _two_trials(study)
   seed, ctx = int(config.seed), _context(workdir, config, study, 0, 0.5)
+  bottom = rung_folder(workdir, 0, 0)
   for name, changes, folds, folder in (('trial-0000', {}, (0, 1, 2), workdir / 'trials'),
-                                       ('trial-0001', {'train.learning_rate': 0.002}, (0,), rung_folder(workdir, 0, 0))):
+                                       ('trial-0001', {'train.learning_rate': 0.002}, (0,), bottom)):
     outcomes, _ = ctx.round(config, [Entry(name, changes)], folds, (seed,), 1, folder, None)
     assert not outcomes[name].error
   chosen = dict(name='trial-0000', trial=0, changes={})

@@ -45,17 +45,13 @@ class Context:
   shared: SharedWork
   train_round: object              # fpclass.auto.search's: (base, entries, folds, seeds, epochs, folder, stop)
   scheduler: Scheduler             # which rungs a bracket has, and who goes on (config.auto.scheduler)
-  run: RunSettings = None          # the base config's typed sections, parsed once as a plan's variant (`rebase`)
+  run: RunSettings = None          # the base config's typed sections, parsed once as a plan's variant
   data_folds: int = 0              # the data's folds; `folds` may be fewer, its first ones (`measure.fit_folds`)
 
   def __post_init__(self):
     if self.run is None and self.base is not None:
-      self.rebase(self.base)
+      self.run = Variant('base', {}, self.base).settings
     self.data_folds = self.data_folds or self.folds
-
-  def rebase(self, config) -> None:
-    """The base config becomes `config` (a stage that narrows the folds, say), with its typed sections."""
-    self.base, self.run = config, Variant('base', {}, config).settings
 
   def better(self, a: float, b: float) -> bool:
     return (a > b) if self.higher else (a < b)

@@ -5,13 +5,12 @@ The choice's fold models come from the confirmation when it ran (its folds chose
 top rung. The budget's rest then trains, each set a round of its own in `more/`: the folds the choice lacks; for
 a choice the confirmation did not back, the config as given on the same folds (the cheap rungs saw few epochs: the
 user's recipe hedges that); the runners-up, the best other configurations (`config.auto.mix`), on every fold, or
-on the most folds that fit at full epochs; then,
-unless `config.auto.trials` ended the search, more seeds of the choice, each on the most folds that fit (the
-last one shorter, so the last seconds are spent too). "Every fold" is the data's k: where the search trained its
-trials on the first few, the folds the choice lacks come first. `fpclass.auto.final_mix` then weighs them: a Caruana selection
-over the configurations (these, and every other one at the highest rung it reached: `searched`), cross-fitted
-against the choice's equal-weight fold models; the out-of-fold probabilities it writes (`ensemble_predictions.csv`)
-chose nothing (docs/auto.md).
+on the most folds that fit at full epochs; then, unless `config.auto.trials` ended the search, more seeds of the
+choice, each on the most folds that fit (the last one shorter, so the last seconds are spent too). "Every fold"
+is the data's k: where the search trained its trials on the first few, the folds the choice lacks come first.
+`fpclass.auto.final_mix` then weighs them: a Caruana selection over the configurations (these, and every other
+one at the highest fidelity it reached: `searched`), cross-fitted against the choice's equal-weight fold models;
+the out-of-fold probabilities it writes (`ensemble_predictions.csv`) chose nothing (docs/auto.md).
 """
 import dataclasses
 import json
@@ -177,7 +176,7 @@ def spend_the_rest(ctx: Context, chosen: dict, source: Source, given: dict | Non
     if folder is None:
       break   # the budget affords no more configurations at full epochs: the rest buys seeds of the choice
     others[runner['name']] = folder
-    if _finished(folder) and not {r['split'] for r in _rows(folder) if r['kept']} >= set(everything):
+    if not {r['split'] for r in _rows(folder) if r['kept']} >= set(everything):
       break   # a runner-up on fewer folds took what fitted
   if limited:
     return pieces, others   # the user asked for so many trials: the rest of the budget is not theirs to fill
@@ -235,7 +234,7 @@ def _covering(ctx: Context, name: str, everything: tuple) -> pathlib.Path | None
 
 
 def _train_runner_up(ctx: Context, runner: dict, everything: tuple, setup: float) -> tuple[pathlib.Path | None, float]:
-  """A runner-up on the most folds of the search's split that the budget affords at the configuration's epochs
+  """A runner-up on the most folds of the data's split that the budget affords at the configuration's epochs
   (every fold when it can), in `more/<its trial folder>`; (its folder or None, the set-up it measured). A runner-up
   on fewer folds is a candidate of the mix on the examples they hold out (`fpclass.auto.final_mix`): the time
   buys the mix a member where it lacks folds, at the fidelity the choice has. An earlier launch's is taken."""

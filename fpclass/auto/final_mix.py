@@ -57,11 +57,12 @@ def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25)
   reference = means[choice]
   everything = list(reference.index)
   notes, kept, pool = [], [], set(everything)
+  known = frozenset(everything)
   for c in sorted(candidates, key=lambda c: (c.name != choice, -len(means[c.name]))):
     rows = set(means[c.name].index)
     shared = pool & rows
-    if not rows <= set(everything):
-      notes.append(f'{c.name}: predicted {len(rows - set(everything))} examples the choice did not')
+    if not rows <= known:
+      notes.append(f'{c.name}: predicted {len(rows - known)} examples the choice did not')
     elif len(shared) < min(MIN_POOL, len(everything)):
       notes.append(f'{c.name}: predicted {len(rows)} examples, {len(shared)} of them shared with the others')
     else:
@@ -94,8 +95,7 @@ def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25)
   choice_candidate = kept[names.index(choice)]
   members = [(folder, _share(choice_candidate, folder)) for folder in choice_candidate.folders]
   record.setdefault('alone', float(np.nanmean(alone_scores)))
-  if len(ids) == len(everything):
-    return Mix(members, _frame(reference, ids, alone, task), record['alone'], record)
+  # The choice alone is scored and written on every example it predicted, the pool's or more.
   every_label, every, _ = oof.labels_and_probabilities(reference.loc[everything].reset_index())
   every_group = caruana.crossfit_groups(reference['split'].loc[everything].to_numpy(np.int64))
   score = float(np.nanmean(caruana.group_scores(metric, every_label, every, every_group, task)))
