@@ -1,6 +1,6 @@
 """Measures fpclass on a lent GPU in one command (issue 45), so that a session's device time goes to measuring.
 
-Seven steps, each through launch.py or a bench/ script, each recorded under its name in <out>/session.json
+Ten steps, each through launch.py or a bench/ script, each recorded under its name in <out>/session.json
 (status, seconds, the device, the software versions, the commands, the results; the file is rewritten after
 every step), and <out>/session.log holds every command's output: two files, within the run tool's 8.
 
@@ -14,19 +14,25 @@ On the GPU machine the wrapper installs those wheels into /tmp/site, puts .whl/h
 this script; through the `run` tool: command `bash bench/gpu_session.sh --out $OUT`, carry `.whl`.
 
 Steps (`--steps`, in this order by default):
+- startup: where a launch's start-up goes: launch.py's imports (`python -X importtime`), JAX's backend start;
 - keras_recipes: bench/keras_recipes.py, fpclass against Keras 3 on JAX, epoch 1 and the steady epochs;
 - footprint: bench/footprint_end_to_end.py, the README's main job cold and warm, with the programs compiled
   (read back from each workdir's timings.json);
+- semi: the footprint config for a few epochs with and without its test images as data.unlabelled (FixMatch),
+  the steady epochs' ratio against 1 + semi.ratio;
+- ood: bench/ood_cost.py on the footprint step's run, each "none of my classes" score against the logits alone;
 - population: bench/gpu_population.py, a sweep of 15 members on the vmap axis against the loop axis and one
   member alone, --mode auto on each axis within one budget, and auto's final ensemble served at 64 clients;
 - serve: bench/serve_load.py at 64 clients with hey, on the footprint step's trained workdir;
 - sharing: two `--mode serve` servers under hey while a training run shares the device;
 - precision: the transfer recipes through launch.py with train.precision fp32 and bf16 (speed, accuracy);
-- pytest: the suite, `pytest -n 4` (the dry run: one small file, without xdist's workers).
+- pytest: the GPU-relevant test files, `pytest -n 4` (the dry run: one small file, without xdist's workers).
 Each step has its own time cap within `--budget` (the suite gets what is left), and a step that fails or runs
 past its cap records that in its JSON while the others still run. Nothing is downloaded by this script.
 """
 import argparse
+import ast
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -42,6 +48,7 @@ from bench.gpu_session_core import (  # noqa: E402
   MIN_STEP_SECONDS,
   RESERVED_PER_LATER_STEP,
   STEPS,
+  Plan,
   Session,
   Step,
   StepFailed,
@@ -96,6 +103,9 @@ def parse_args(argv=None):
   p.add_argument('--steps', default=','.join(STEPS), help='steps to run, in this order')
   p.add_argument('--budget', type=float, help='seconds for all steps (default: 520 on the GPU, 3600 dry)')
   p.add_argument('--caps', default='', help='STEP=SECONDS,... to change steps\' time caps, e.g. keras_recipes=400')
+  p.add_argument('--plan', action='append', default=[], metavar='FIELD=VALUE',
+                 help='changes a field of the plan (bench/gpu_session_core.Plan) for this session, the value a Python '
+                      "literal, e.g. population_auto_budget='90s' or population_sweeps=()")
   p.add_argument('--scratch', type=pathlib.Path, help='data, workdirs and caches (default: a temporary folder, '
                  'removed at the end; a folder given here is kept)')
   args = p.parse_args(argv)
@@ -108,7 +118,26 @@ def parse_args(argv=None):
   unknown += sorted(set(args.caps) - set(STEPS))
   if unknown:
     p.error(f'unknown steps {unknown}; the steps: {", ".join(STEPS)}')
+  try:
+    args.plan = plan_fields(args.plan)
+  except ValueError as e:
+    p.error(f'--plan: {e}')
   return args
+
+
+def plan_fields(assignments: list[str]) -> dict:
+  """--plan FIELD=VALUE, each a field of `Plan` and a Python literal."""
+  known = {field.name for field in dataclasses.fields(Plan)}
+  fields = {}
+  for assignment in assignments:
+    name, _, value = assignment.partition('=')
+    if name not in known:
+      raise ValueError(f'{assignment!r}: no field {name!r}; the fields: {", ".join(sorted(known))}')
+    try:
+      fields[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      raise ValueError(f'{assignment!r}: {value!r} is not a Python literal (quote strings)') from None
+  return fields
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-STEPS = ('keras_recipes', 'footprint', 'population', 'serve', 'sharing', 'precision', 'pytest')
+STEPS = ('startup', 'keras_recipes', 'footprint', 'semi', 'ood', 'population', 'serve', 'sharing', 'precision',
+         'pytest')
 CARRIED_HEY = REPO / '.whl' / 'hey' / 'usr' / 'bin' / 'hey'   # where `bash bench/gpu_session.sh prepare` puts it
 MIN_STEP_SECONDS = 20        # a step with less time left than this is skipped
 RESERVED_PER_LATER_STEP = 30  # seconds a step leaves for each step after it
@@ -52,6 +53,8 @@ class Plan:
   population_sweeps: tuple[str, ...]  # of bench/gpu_population.SWEEPS
   population_args: tuple[str, ...]   # for every launch of the population step
   population_serve_args: tuple[str, ...]
+  semi_args: tuple[str, ...]         # both arms of the semi step: the same config, epochs and checks
+  ood_args: tuple[str, ...]          # bench/ood_cost.py's sizes and scores
   pytest_args: tuple[str, ...]
   caps: dict                         # seconds per step at most (the suite: what the budget has left)
   budget: float                      # seconds for every step together
@@ -75,11 +78,19 @@ GPU_PLAN = Plan(
     population_sweeps=('one_member', 'vmap_15', 'loop_15'), population_args=('--config.train.epochs=5',),
     population_serve_args=('--concurrency', '64', '--requests', '3000', '--workers', '8', '--batching', 'on',
                            '--rounds', '1', '--warmup', '200', '--time-limit', '30'),
-    pytest_args=('-n', '4', '-q', '--ignore=tests/test_gpu_session.py'),
+    semi_args=('--config', 'configs/footprint.py:exp4', '--config.train.epochs=6',
+               '--config.train.early_stopping_patience=0', '--config.explain.after_training=False'),
+    ood_args=('--images', '1024', '--rounds', '7', '--batch', '64',
+              '--scores', 'combined', 'mahalanobis_energy', 'knn', 'vim', 'energy'),
+    # Issue 80's files: those the GPU can break (scale, train, engine, auto) and this round's new ones.
+    pytest_args=('-n', '4', '-q', '--tb=short', 'tests/test_scale.py', 'tests/test_train.py', 'tests/test_engine.py',
+                 'tests/test_auto.py', 'tests/test_semi.py', 'tests/test_final_mix.py', 'tests/test_ood.py',
+                 'tests/test_label_next.py'),
     # From the H100 sessions of 2026-11-26 and 27: footprint 69-70 s, population 194 with a warm cache and past
     # 200 and 230 cold (its one-member sweep compiles cold first, the served ensemble comes last), serve 58,
     # sharing 33, keras_recipes 110-120, precision past 100-110 (Inception in bf16).
-    caps=dict(keras_recipes=150, footprint=100, population=260, serve=90, sharing=60, precision=170, pytest=600),
+    caps=dict(startup=40, keras_recipes=150, footprint=100, semi=90, ood=60, population=260, serve=90, sharing=60,
+              precision=170, pytest=600),
     budget=520)   # the run tool's 600 s, less the wheels' install and the device probe
 
 DRY_PLAN = Plan(
@@ -116,6 +127,10 @@ DRY_PLAN = Plan(
                            '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',
                            '--time-limit', '60', '--serve-config', 'max_batch=4',
                            '--serve-config', 'warm_batch_sizes=(4,)'),
+    semi_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=2',
+               '--config.train.early_stopping_patience=0', '--config.explain.after_training=False',
+               '--config.data.image_size=(24,16)', '--config.semi.ratio=2'),
+    ood_args=('--images', '32', '--rounds', '2', '--batch', '16', '--scores', 'combined', 'energy'),
     # The lock tests that start no launch.py, in pytest's own process (-n 0: xdist's workers would each import
     # the conftest's JAX and models again, 3x the CPU for the same tests): pytest's counts read back.
     pytest_args=('-n', '0', '-q', 'tests/test_workdir_lock.py', '-k', 'not launch'),
@@ -151,7 +166,7 @@ class Session:
   def __init__(self, args):
     self.dry_run = args.cpu_dry_run
     plan = DRY_PLAN if self.dry_run else GPU_PLAN
-    self.plan = dataclasses.replace(plan, caps={**plan.caps, **args.caps})
+    self.plan = dataclasses.replace(plan, **args.plan, caps={**plan.caps, **args.caps})
     self.budget = args.budget or self.plan.budget
     self.out = args.out.absolute()
     self.scratch = (args.scratch or pathlib.Path(tempfile.mkdtemp(prefix='fpclass-gpu-session-'))).absolute()
@@ -223,6 +238,18 @@ class Step:
       raise StepFailed(f'{what} ran past the step\'s {self.limit:.0f} s', status='timeout')
     if done.returncode:
       raise StepFailed(f'{what} failed (exit status {done.returncode}):\n{tail(done.output)}')
+
+
+def trained_footprint_run(session: Session, step: Step) -> TrainedRun:
+  """The footprint step's warm workdir, or, when that step did not run or failed, a quick run trained here."""
+  if session.trained is None:
+    workdir = session.scratch / 'served'
+    done = step.run([sys.executable, 'launch.py', '--config', session.plan.served_config, '--workdir', workdir,
+                     '--config.explain.after_training=False'])
+    step.check(done, 'training the footprint run to serve')
+    session.trained = TrainedRun(workdir, pathlib.Path(os.environ['FPCLASS_CACHE']),
+                                 pathlib.Path(os.environ['FPCLASS_JAX_CACHE']))
+  return session.trained
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:

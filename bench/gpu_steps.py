@@ -1,4 +1,4 @@
-"""The seven steps of the GPU session (bench/gpu_session.py): each runs launch.py or a bench/ script through its
+"""The GPU session's steps (bench/gpu_session.py): each runs launch.py or a bench/ script through its
 `Step` and returns what it measured, read back from what ran; a failure is a `StepFailed`."""
 import argparse
 import concurrent.futures
@@ -16,6 +16,7 @@ import time
 
 from bench import keras_recipes  # stdlib only at import: its stand-in data and Keras-written weights
 from bench.gpu_population import population_step
+from bench.gpu_round_steps import ROUND_STEP_FUNCTIONS
 from bench.gpu_session_core import (
   REPO,
   Session,
@@ -28,6 +29,7 @@ from bench.gpu_session_core import (
   stop_descendants,
   stop_process_group,
   tail,
+  trained_footprint_run,
 )
 
 # -------------------------------------------------------------------------------------------------- steps
@@ -91,18 +93,6 @@ def footprint_step(session: Session, step: Step) -> dict:
         'outside_epochs_seconds')})
   session.trained = TrainedRun(found[-1] / 'warm', found[-1] / 'cache', found[-1] / 'jax-cache')
   return results
-
-
-def trained_footprint_run(session: Session, step: Step) -> TrainedRun:
-  """The footprint step's warm workdir, or, when that step did not run or failed, a quick run trained here."""
-  if session.trained is None:
-    workdir = session.scratch / 'served'
-    done = step.run([sys.executable, 'launch.py', '--config', session.plan.served_config, '--workdir', workdir,
-                     '--config.explain.after_training=False'])
-    step.check(done, 'training the footprint run to serve')
-    session.trained = TrainedRun(workdir, pathlib.Path(os.environ['FPCLASS_CACHE']),
-                                 pathlib.Path(os.environ['FPCLASS_JAX_CACHE']))
-  return session.trained
 
 
 def serve_step(session: Session, step: Step) -> dict:
@@ -318,4 +308,5 @@ def pytest_step(session: Session, step: Step) -> dict:
 
 
 STEP_FUNCTIONS = dict(keras_recipes=keras_recipes_step, footprint=footprint_step, population=population_step,
-                      serve=serve_step, sharing=sharing_step, precision=precision_step, pytest=pytest_step)
+                      serve=serve_step, sharing=sharing_step, precision=precision_step, pytest=pytest_step,
+                      **ROUND_STEP_FUNCTIONS)

@@ -15,7 +15,8 @@ from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from tests.conftest import REPO, load_config
 
-STEPS = ('keras_recipes', 'footprint', 'population', 'serve', 'sharing', 'precision', 'pytest')
+STEPS = ('startup', 'keras_recipes', 'footprint', 'semi', 'ood', 'population', 'serve', 'sharing', 'precision',
+         'pytest')
 
 
 @pytest.fixture(scope='module')
@@ -82,6 +83,31 @@ def test_footprint_programs_compiled_come_from_timings_json(dry_run):
   assert cold['timings_json']['programs_compiled'] > 0
   assert warm['timings_json']['programs_compiled'] < cold['timings_json']['programs_compiled']
   assert warm['timings_json']['programs_loaded'] > 0   # the warm job loads what the cold one compiled
+
+
+def test_startup_is_taken_apart_from_python_own_import_times(dry_run):
+  results = step_record(dry_run, 'startup')['results']
+  assert results['import_seconds'] > 0 and 'fpclass.modes.command_line' in results['costliest_imports']
+  assert max(results['costliest_imports'].values()) <= results['import_seconds']
+  assert len(results['costliest_modules_alone']) == 15
+  assert results['import_jax'] > 0 and results['backend_init'] >= 0 and results['first_array'] > 0
+
+
+def test_semi_epochs_are_read_from_both_runs_metrics(dry_run):
+  results = step_record(dry_run, 'semi')['results']
+  for arm in ('supervised', 'semi'):
+    seconds = results[arm]['epoch_seconds']
+    assert len(seconds) == 2 and results[arm]['steady_epoch_seconds'] == seconds[1] > 0   # the dry run's 2 epochs
+  assert results['semi_ratio'] == 2 and results['bar'] == 3   # the dry run's semi.ratio, read from metadata.json
+  assert results['steady_semi_over_supervised'] == round(
+      results['semi']['steady_epoch_seconds'] / results['supervised']['steady_epoch_seconds'], 3)
+
+
+def test_ood_cost_is_each_score_against_the_logits_alone(dry_run):
+  results = step_record(dry_run, 'ood')['results']
+  assert results['images'] == 32 and results['ratio_to_logits']['logits alone'] == 1.0
+  assert set(results['median_seconds']) == {'logits alone', 'combined', 'energy'}
+  assert all(seconds > 0 for seconds in results['median_seconds'].values())
 
 
 def test_population_trains_the_sweep_on_both_axes_runs_auto_and_serves_its_ensemble(dry_run):
