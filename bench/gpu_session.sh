@@ -10,10 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Beyond device_wheels.sh's list: serve_load.py's HTTP client, h5py for the Keras-written weights, Keras' rich,
-# the suite's xdist and hypothesis, and Optuna for --mode auto (with what each needs that the image may lack).
+# the suite's xdist and hypothesis, Optuna for --mode auto, and the labels and multi-label extras the suite
+# launches (cleanlab, iterstrat; with what each needs that the image may lack). jax2onnx stays out (device_wheels.sh).
 SESSION_WHEELS=(httpx httpcore h11 anyio sniffio certifi idna h5py rich markdown-it-py mdurl
                 pytest-xdist execnet hypothesis sortedcontainers attrs
-                optuna colorlog alembic sqlalchemy mako greenlet)
+                optuna colorlog alembic sqlalchemy mako greenlet
+                cleanlab termcolor iterative-stratification)
 
 if [[ ${1:-} == prepare ]]; then
   [[ -d .git ]] && mkdir -p .git/info   # device_wheels.sh records .whl/ in .git/info/exclude

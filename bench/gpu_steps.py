@@ -287,9 +287,10 @@ PYTEST_SUMMARY = re.compile(r'^=*\s*((?:\d+ \w+(?:, )?)+) in ([\d.]+)s\b.*$', re
 
 
 def pytest_step(session: Session, step: Step) -> dict:
-  """The suite (`pytest -n 4`); at the step's deadline pytest gets Ctrl-C and reports what ran so far."""
+  """The suite (`pytest -n 4`); at the step's deadline pytest gets Ctrl-C and reports what ran so far. Every
+  failure's message and traceback is in <out>/pytest-junit.xml, also where the log's summary is cut."""
   done = step.run([sys.executable, '-m', 'pytest', *session.plan.pytest_args, '-p', 'no:cacheprovider',
-                   f'--basetemp={session.scratch / "pytest"}'])
+                   f'--basetemp={session.scratch / "pytest"}', f'--junitxml={session.out / "pytest-junit.xml"}'])
   summaries = PYTEST_SUMMARY.findall(done.output)
   results = dict(exit_status=done.returncode, stopped_at_deadline=done.returncode is None,
                  not_passed=re.findall(r'^(?:FAILED|ERROR) (\S+)', done.output, re.MULTILINE)[:100])

@@ -27,7 +27,7 @@ from jax._src import cache_key
 from PIL import Image
 
 from fpclass.models import model_keys
-from fpclass.runtime.process import planned_backend
+from fpclass.runtime.process import ENV_MEM_FRACTION, ENV_PREALLOCATE, planned_backend
 from tests.forkserver import LaunchServer, forkable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,6 +64,37 @@ if planned_backend() == 'cpu' and OPTIMISATION_FLAG not in USER_XLA_FLAGS:
   # this process never loads a child's program compiled with the loop emitters, nor a child one of its own.
   cache_key.custom_hook = lambda: IN_PROCESS_XLA_FLAGS
 os.environ[USER_FLAGS_VARIABLE], os.environ[CHILD_FLAGS_VARIABLE] = USER_XLA_FLAGS, CHILD_XLA_FLAGS
+
+# On a GPU, the xdist workers and every launch.py child they start share one device. Without a cap, the first
+# process whose backend starts (a test module's import can start it, before any fixture) takes 75% of the GPU up
+# front, and any process's allocator may grow until the others' cuBLAS and autotuner find no memory (on an H200
+# with 6 workers, 2026-11-28: 'All configs failed during profiling' and out-of-memory errors on 4-byte buffers in
+# 60 tests). So each process allocates as it goes, up to its share: the children inherit both variables, and a
+# training launch keeps a value already set (`fpclass.runtime.process.apply`).
+if planned_backend() == 'gpu':
+  _PROCESSES_PER_WORKER = 3   # the worker, the launch it waits on, and a server or second launch beside it
+  _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+  os.environ.setdefault(ENV_PREALLOCATE, 'false')
+  os.environ.setdefault(ENV_MEM_FRACTION, f'{min(0.75, 0.9 / (_PROCESSES_PER_WORKER * _workers)):.3f}')
+
+
+# Bit for bit only where the programs are the same. On the CPU two compiles of one computation are one program.
+# On a GPU each compile autotunes its convolutions (timed, so two compiles may pick other kernels) and some of
+# cuDNN's kernels accumulate in no fixed order: a model trained by programs compiled apart matches to float32's
+# rounding (an H200, 2026-11-28: at most 5e-6 after 3 epochs of the tiny models). A test that compares such runs
+# asserts `assert_same_bits`, exact on the CPU and to `ACCELERATOR_ROUNDING` elsewhere.
+EXACT_REPEATS = planned_backend() == 'cpu'
+ACCELERATOR_ROUNDING = dict(rtol=1e-4, atol=1e-5)
+ONLY_CPU_REPEATS_BITS = pytest.mark.skipif(not EXACT_REPEATS, reason='claims equal bits from programs compiled '
+                                           'apart, which only the CPU repeats (conftest.EXACT_REPEATS)')
+
+
+def assert_same_bits(got, expected) -> None:
+  """Equal arrays on the CPU; on an accelerator, equal to float32's rounding (`EXACT_REPEATS`)."""
+  if EXACT_REPEATS:
+    np.testing.assert_array_equal(got, expected)
+  else:
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(expected, np.float64), **ACCELERATOR_ROUNDING)
 
 
 def xla_flags(*flags: str) -> str:

@@ -182,11 +182,14 @@ def _reap(running: dict, block: bool) -> None:
 
 
 def _serve() -> None:
-  """The server: imports `PRELOADED`, then forks a child per request line and answers its pid at once; each
+  """The server: imports `PRELOADED` (those installed), then forks a child per request line and answers its pid at once; each
   child's exit status goes to the request's status file when it ends."""
   import importlib
   for name in PRELOADED:
-    importlib.import_module(name)
+    try:
+      importlib.import_module(name)
+    except ImportError:   # an extra this machine lacks (the GPU image has no jax2onnx): its launches import it
+      pass
   channel, running, pending, ended = sys.stdout, {}, b'', False
   print('ready', file=channel, flush=True)
   while not ended:

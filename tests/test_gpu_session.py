@@ -7,6 +7,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import jax
 import pytest
@@ -43,8 +44,8 @@ def step_record(out, name: str) -> dict:
 def test_every_step_is_ok_with_the_device_and_versions(dry_run):
   session = json.loads((dry_run / 'session.json').read_text())
   assert list(session['steps']) == list(STEPS)
-  # The run tool brings back at most 8 files: every step's record is in session.json.
-  assert sorted(p.name for p in dry_run.iterdir()) == ['session.json', 'session.log']
+  # The run tool brings back at most 8 files: every step's record is in session.json, the tests' in JUnit's XML.
+  assert sorted(p.name for p in dry_run.iterdir()) == ['pytest-junit.xml', 'session.json', 'session.log']
   for name in STEPS:
     record = step_record(dry_run, name)
     assert record['status'] == 'ok', f'{name}: {record["error"]}'
@@ -173,3 +174,5 @@ def test_pytest_step_reads_pytest_own_counts(dry_run):
   results = step_record(dry_run, 'pytest')['results']
   assert results['exit_status'] == 0 and results['passed'] > 0 and results.get('failed', 0) == 0
   assert results['pytest_seconds'] > 0 and results['not_passed'] == []
+  suite = ElementTree.parse(dry_run / 'pytest-junit.xml').getroot().find('testsuite')
+  assert int(suite.get('tests')) - int(suite.get('skipped')) == results['passed']   # every test's record

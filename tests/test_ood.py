@@ -7,6 +7,7 @@ import math
 import pathlib
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -257,8 +258,10 @@ def test_the_other_feature_scores_fit_on_a_trained_model_and_flag_faces(trained_
   assert ood_math.auroc(fit.held_out_scores, faces) > 0.9, score
   if score in ood_math.HEAD_SCORES:   # the layer read is the logits' own: the host score from it is the traced one
     logits, features = ood.outputs(trained, resized(skimage_data.lfw_subset()[:8], 16), 8)
+    # (the model's own head on a GPU multiplies in TF32, XLA's default for float32 there: 8e-4 on an H200)
+    tolerance = 1e-4 if jax.default_backend() == 'cpu' else 5e-3
     np.testing.assert_allclose(features @ fit.statistics.linear[:-1] + fit.statistics.linear[-1], logits,
-                               rtol=1e-4, atol=1e-4)
+                               rtol=tolerance, atol=tolerance)
 
 
 def test_a_model_whose_logits_no_layer_of_its_gives_is_refused_vim_and_react():

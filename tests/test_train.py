@@ -20,7 +20,7 @@ from fpclass.train import class_weights as class_weights_lib
 from fpclass.train import oof, sidecar
 from fpclass.train import task as task_lib
 from fpclass.train.sampling import epoch_order
-from tests.conftest import load_config
+from tests.conftest import assert_same_bits, load_config
 
 
 def tiny_digits(**overrides):
@@ -73,7 +73,8 @@ def test_training_is_deterministic_and_resume_equals_an_unbroken_run(tmp_path):
   pd.testing.assert_frame_equal(a, b)
   pa = load_trained(tiny_digits(**const), tmp_path / 'a', 'last').state.params
   pb = load_trained(tiny_digits(**const), tmp_path / 'b', 'last').state.params
-  assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, pa, pb)))
+  for got, expected in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+    assert_same_bits(got, expected)
 
 
 def test_evaluate_predicts_every_split_with_one_program(tmp_path):
@@ -83,7 +84,10 @@ def test_evaluate_predicts_every_split_with_one_program(tmp_path):
   run('train', config, tmp_path)
   dataset = pipeline.load_dataset(DataSettings.from_config(config.data))
   chunk = prediction_chunk(RunSettings.from_config(config), dataset)
-  assert len(dataset.val) < chunk == min(int(config.eval.batch_size), len(dataset.train))
+  if jax.default_backend() == 'cpu':   # validation's batch is eval.batch_size: the train split's size, capped
+    assert len(dataset.val) < chunk == min(int(config.eval.batch_size), len(dataset.train))
+  else:   # validation's batch is the training batch (`validation_batch`): both splits in chunks of it
+    assert chunk == int(config.train.batch_size) < len(dataset.val)
   trained = load_trained(config, tmp_path)
   padded = trained.logits(dataset.val.images, int(config.eval.batch_size), chunk)
   trained.logits(dataset.train.images, int(config.eval.batch_size), chunk)

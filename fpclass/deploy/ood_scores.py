@@ -227,12 +227,12 @@ def scores(statistics: Statistics, logits, features, xp=np, images=None):
     linear = array('linear')
     if score == 'react':
       clipped = xp.minimum(features, array('clip')[0])
-      return _energy(statistics.head, clipped @ linear[:-1] + linear[-1], xp)
-    residual = (features - array('origin')) @ array('residual')
+      return _energy(statistics.head, _matmul(clipped, linear[:-1], xp) + linear[-1], xp)
+    residual = _matmul(features - array('origin'), array('residual'), xp)
     return array('alpha')[0] * xp.sqrt((residual * residual).sum(axis=1)) + _energy(statistics.head, logits, xp)
   bank = xp.asarray(statistics.bank, dtype)
   unit = features / xp.sqrt(xp.maximum((features * features).sum(axis=1, keepdims=True), 1e-12))
-  similarity = unit @ bank.T                              # (N, B)
+  similarity = _matmul(unit, bank.T, xp)                  # (N, B)
   if xp is np:
     kth = -np.partition(-similarity, statistics.k - 1, axis=1)[:, statistics.k - 1]
   else:
@@ -260,15 +260,24 @@ def _energy(head: str, logits, xp):
   return -(top + xp.log(xp.exp(logits - top[:, None]).sum(axis=1)))
 
 
+def _matmul(a, b, xp):
+  """a @ b; in jax.numpy at float32's full precision. On a GPU, XLA's default for a float32 product is TF32 (10
+  bits of mantissa), which moved a traced score 0.2% from the host's on an H200 (2026-11-28): enough to move an
+  image across the threshold the host's scores set. The products here are a few features wide: cheap either way."""
+  if xp is np:
+    return a @ b
+  return xp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _squared_distances(features, means, whitening, xp):
   """(N, C): each feature's squared Mahalanobis distance to each mean, under one whitening (D, D) or one per
   mean (C, D, D). (f - m)' L L' (f - m) = |(f - m) L|^2: a sum of squares, which float32 keeps to its relative
   precision (the expanded f'Pf - 2 f'Pm + m'Pm cancels catastrophically far from every mean)."""
   centred = features[:, None, :] - means[None, :, :]   # (N, C, D)
   if whitening.ndim == 2:
-    white = centred @ whitening
+    white = _matmul(centred, whitening, xp)
     return (white * white).sum(axis=2)
-  white = xp.swapaxes(centred, 0, 1) @ whitening         # (C, N, D): a batched product, each class its own
+  white = _matmul(xp.swapaxes(centred, 0, 1), whitening, xp)   # (C, N, D): a batched product, each class its own
   return xp.swapaxes((white * white).sum(axis=2), 0, 1)
 
 
