@@ -154,6 +154,19 @@ def test_the_traced_score_is_the_host_score(score, head):
   np.testing.assert_allclose(traced, host, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize('score', ['mahalanobis', 'class_mahalanobis', 'knn', 'vim', 'react'])
+def test_the_traced_score_multiplies_at_float32_full_precision(score):
+  """On a GPU, XLA's default float32 product is TF32, which moved the traced scores 0.2% from the host's that set
+  the threshold (an H200, 2026-11-28). Each product of the traced score asks for full precision."""
+  features, labels, logits, queries = random_problem()
+  linear = np.random.default_rng(2).normal(size=(features.shape[1] + 1, logits.shape[1]))
+  statistics = ood_math.fit_statistics(score, 'softmax', features, labels, k=3, linear=linear)
+  jaxpr = jax.make_jaxpr(lambda l, f: ood_math.scores(statistics, l, f, xp=jnp))(logits, queries)
+  products = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
+  assert products and all(e.params['precision'] is not None and 'HIGHEST' in str(e.params['precision'])
+                          for e in products), [e.params['precision'] for e in products]
+
+
 def test_the_input_statistics_from_their_definition_flag_flat_frames_and_pixel_noise():
   """Contrast, roughness and brightness of an image, recomputed with loops; fitted on smooth training images
   (gradients with a little texture), the 'inputs' score puts flat frames and pixel noise far above them."""
