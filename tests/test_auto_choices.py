@@ -162,10 +162,10 @@ class PlannedRounds:
   def __init__(self, outcomes=None, cut=False, spend=None):
     self.calls, self.outcomes, self.cut, self.spend = [], outcomes or {}, cut, spend or {}
 
-  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop):
+  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False):
     level = len(self.calls)
     self.calls.append(dict(names=[e.name for e in entries], changes=[e.changes for e in entries], folds=folds,
-                           seeds=seeds, epochs=epochs, folder=folder, deadline=stop.deadline))
+                           seeds=seeds, epochs=epochs, folder=folder, deadline=stop.deadline, keep_ended=keep_ended))
     out = {}
     for e in entries:
       number = int(e.name.removeprefix('trial-'))
@@ -247,10 +247,10 @@ class Killed(Exception):
 
 
 class KilledAtRung(PlannedRounds):
-  def __call__(self, ctx, base, entries, *args):
+  def __call__(self, ctx, base, entries, *args, **kwargs):
     if len(self.calls) == 1:
       raise Killed
-    return super().__call__(ctx, base, entries, *args)
+    return super().__call__(ctx, base, entries, *args, **kwargs)
 
 
 def test_a_relaunch_resumes_the_bracket_at_its_next_rung_and_a_trial_told_before_keeps_its_value(tmp_path):
@@ -312,7 +312,8 @@ def test_the_slack_top_rung_trains_the_best_promoted_trial_not_the_last(tmp_path
 def test_the_first_planned_top_rung_may_end_in_the_slack_a_later_one_keeps_the_budget(tmp_path, completed):
   """A top rung that fits its plan still stops at a deadline. The first one, which makes the only final model
   there can be, stops at the budget's end plus its 5% slack (less the tail); once a trial completed, a top rung
-  stops at the budget's end less the tail, like the rungs below it."""
+  stops at the budget's end less the tail, like the rungs below it. The first keeps what ended where the
+  deadline cuts it (`keep_ended`); no other rung does."""
   ctx = _search_context(tmp_path, seconds=100.0, used=10.0)
   if completed:
     ctx.study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
@@ -323,6 +324,7 @@ def test_the_first_planned_top_rung_may_end_in_the_slack_a_later_one_keeps_the_b
   end = ctx.budget.started - ctx.budget.used_before - 2.0
   assert middle['deadline'] == pytest.approx(end + 100.0 - (1.0 + 3.0))   # the top rung's one configuration kept
   assert top['deadline'] == pytest.approx(end + (100.0 if completed else 105.0))
+  assert middle['keep_ended'] is False and top['keep_ended'] is (not completed)
 
 
 def test_the_first_top_rung_is_the_most_folds_the_slack_affords_and_none_once_a_trial_completed(tmp_path):

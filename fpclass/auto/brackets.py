@@ -57,8 +57,9 @@ def run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       break
     entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
     with stop:
+      # The first model keeps what ended: a trial the deadline cut is scored on the fold models that had ended.
       outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,
-                                folder, stop)
+                                folder, stop, keep_ended=first_model)
     values = {}
     for n, entry in zip(alive, entries):
       outcome = outcomes.get(entry.name)

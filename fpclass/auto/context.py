@@ -68,9 +68,10 @@ class Context:
     return StopOnSignals(deadline=self.budget.deadline(reserve))
 
   def round(self, base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: int, folder: pathlib.Path,
-            stop: StopOnSignals) -> tuple[dict, bool]:
-    """({name: Outcome} of the entries the round reached, whether the deadline cut it): one plan, isolated."""
-    return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop)
+            stop: StopOnSignals, keep_ended: bool = False) -> tuple[dict, bool]:
+    """({name: Outcome} of the entries the round reached, whether the deadline cut it): one plan, isolated;
+    `keep_ended`: an entry the deadline cut is scored on its fold models that had ended, where any had."""
+    return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop, keep_ended=keep_ended)
 
   def confirm_seconds(self, costs: Costs, finalists: int, folds: int = 0) -> float:
     """The search's reserve for the confirmation: what confirming `finalists` configurations (and the config as

@@ -32,6 +32,7 @@ class Outcome:
   member_epochs: int = 0
   kept_epochs: tuple = ()
   error: str = ''
+  cut_members: tuple = ()   # the members the deadline cut, where the variant was scored on those that had ended
 
 
 def fidelity(train: TrainSettings, epochs: int) -> dict:
@@ -76,7 +77,8 @@ def outcomes(runs: list, metric: str) -> dict:
       continue
     rows = run.experiment['rows']
     values = [float(r[metric]) for r in rows if r.get(metric) is not None and np.isfinite(r[metric])]
-    outcome = Outcome(float(np.mean(values)) if values else math.nan, kept_epochs=tuple(int(r['epoch']) for r in rows))
+    outcome = Outcome(float(np.mean(values)) if values else math.nan, kept_epochs=tuple(int(r['epoch']) for r in rows),
+                      cut_members=tuple(run.experiment.get('cut_members', ())))
     if run.data is not None:   # trained in this launch: a cost measurement
       outcome.seconds = float(run.experiment['timing']['wall_seconds'])
       outcome.compile_seconds = float(run.experiment['timing'].get('compile_seconds', 0.0))

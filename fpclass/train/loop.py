@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from fpclass import fileio
 from fpclass.analysis import metrics
 from fpclass.data import curation, pipeline
 from fpclass.errors import RunInterrupted
@@ -46,13 +47,14 @@ __all__ = ['run_plan', 'train_members', 'VariantRun']
 
 
 def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOnSignals | None = None,
-             isolate: bool = False) -> list[VariantRun]:
+             isolate: bool = False, keep_ended: bool = False) -> list[VariantRun]:
   """Trains every variant of `plan` into `workdir` (resuming what an earlier launch left); returns their runs.
   `shared`: the job's `SharedWork`, so variants that share a frozen backbone and its input share its features.
   `stop`: a `StopOnSignals` to obey (one with a deadline, say); by default each variant watches the signals.
   `isolate` (a search's round): a variant that raises is that variant's `error` and the plan goes
   on, and a deadline ends the plan between or inside variants with the runs that finished (a signal still
-  raises RunInterrupted)."""
+  raises RunInterrupted); with `keep_ended`, the variant the deadline cut is finished on its members that had
+  ended (`finish_ended`), where any had."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   shared = shared if shared is not None else SharedWork()
@@ -75,13 +77,38 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
       except RunInterrupted:
         if not (isolate and watch.deadline_passed):
           raise
-        break   # the deadline: its finished members stay on disk for a relaunch
+        ended = finish_ended(plan, variant, folder) if keep_ended else None
+        runs += [ended] if ended is not None else []
+        break   # the deadline: else its finished members stay on disk for a relaunch
       except Exception as e:  # noqa: BLE001 -- isolated: out of memory or any raise is this variant's failure
         if not isolate:
           raise
         runs.append(VariantRun(variant, folder, None, [], error=f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'))
         tqdm.write(f'[{variant.name}] failed: {runs[-1].error}')
   return runs
+
+
+def finish_ended(plan: Plan, variant: Variant, folder: pathlib.Path) -> VariantRun | None:
+  """A variant of a plan's experiment that the deadline cut, finished (`experiment.finish`) on the members that had
+  ended, by early stopping or at their epochs: a run of fewer folds, its record saying which members the deadline
+  cut (`cut_members`). None when no member had ended. Its member store goes: a relaunch reuses it as finished.
+  A search's first model is the use (`fpclass.auto.brackets`): three of five folds that ended are a model, where
+  the folds dropped left only the set-up measurement's one fold at two epochs (an H200, 2026-11-28)."""
+  run = variant.settings
+  data = experiment_data(run.data, plan.folds, plan.seeds, run.semi)
+  records = FinishedMembers(folder, variant, plan.keep_epochs)
+  pending = {m.name for m in records.todo(list(data.members))}
+  ended = [m for m in data.members if m.name not in pending]
+  if not ended:
+    records.close()
+    return None
+  tqdm.write(f'[{variant.name}] the deadline cut it: finished on the {len(ended)} of its {len(data.members)} '
+             'models that had ended')
+  finished = experiment.finish(variant, folder, dataclasses.replace(data, members=ended),
+                               records, [], 0.0)
+  finished.experiment['cut_members'] = sorted(pending)
+  fileio.write_json(folder / EXPERIMENT_FILE, finished.experiment)
+  return finished
 
 
 def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, shared: SharedWork) -> VariantRun:
