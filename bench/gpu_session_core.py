@@ -102,9 +102,11 @@ DRY_PLAN = Plan(
     keras_args=('--train', '4', '--val', '4', '--epochs', '2', '--batch-size', '4', '--vgg-size', '32',
                 '--recipes', 'vgg16', '--arms', 'fpclass,keras_jax'),
     # One epoch, without the Grad-CAM figures: the step's claim is the programs compiled cold and loaded warm
-    # (timings.json), which the first epoch, the evaluation and the checkpoints already compile.
+    # (timings.json), which the first epoch, the evaluation and the checkpoints already compile. At the semi and
+    # population steps' 24x16 (not 120x80): the model this run trains is what the ood, serve and sharing steps
+    # load, score and serve, each a smaller compile and checkpoint (about 5 CPU-s of the four steps together).
     footprint_args=('--experiment', 'exp4,quick', '--epochs', '1', '--no-torch', '--set',
-                    'explain.after_training=False'),
+                    'explain.after_training=False', '--set', 'data.image_size=(24,16)'),
     served_config='configs/footprint.py:exp4,quick',
     # Each server (this step's, sharing's two, which take its --serve-config, and the population step's) compiles
     # one batch size, not six: a worker's start-up is mostly compiling config.serve.warm_batch_sizes (the auto
@@ -113,7 +115,9 @@ DRY_PLAN = Plan(
     serve_args=('--concurrency', '64', '--requests', '128', '--workers', '1', '--batching', 'on', '--rounds', '1',
                 '--warmup', '0', '--overload-requests-per-client', '1', '--time-limit', '60',
                 '--serve-config', 'max_batch=4', '--serve-config', 'warm_batch_sizes=(4,)'),
-    share_train_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=1'),
+    # The footprint step's image size: the training run starts from that run's compiled programs.
+    share_train_args=('--config', 'configs/footprint.py:exp4,quick', '--config.train.epochs=1',
+                      '--config.data.image_size=(24,16)'),
     # A turn every 4 s, not 0.5: a turn of both servers (two hey processes, /healthz reads, 16 predictions) costs
     # about 0.2 CPU s; 0.5 s apart, the turns cost 3/4 of the training run beside them. A few show both answer
     # (the first turn comes as the training run starts, so there is always one).
@@ -124,7 +128,11 @@ DRY_PLAN = Plan(
     population_sweep_config='configs/footprint_sweep.py:exp4,quick', population_auto_config='configs/footprint.py:quick',
     population_auto_budget='15s', population_auto_axes=('loop',),   # the CPU's own axis (auto): auto once
     population_sweeps=('vmap_3', 'loop_3'),   # one member alone is the same launch as 15: its ratio is the GPU's
-    population_args=('--config.train.epochs=1', '--config.data.image_size=(24,16)'),
+    # auto.trials=1 (read by auto alone): the budget's rest trains the choice's missing folds, not seed after seed
+    # of it. The budget is wall time, so on an idle machine auto filled its 15 s on both cores with 13 seeds, and
+    # the served ensemble was 24 fold models (61 CPU-s for the step; 46 to 54 with at most 5). A loaded machine
+    # trains one either way.
+    population_args=('--config.train.epochs=1', '--config.data.image_size=(24,16)', '--config.auto.trials=1'),
     population_serve_args=('--concurrency', '4', '--requests', '32', '--workers', '1', '--batching', 'on',
                            '--rounds', '1', '--warmup', '0', '--overload-requests-per-client', '1',
                            '--time-limit', '60', '--serve-config', 'max_batch=4',

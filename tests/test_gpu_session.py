@@ -125,7 +125,7 @@ def test_population_trains_the_sweep_on_both_axes_runs_auto_and_serves_its_ensem
   # The budget's hold is test_auto's to check (at this tiny budget the interpreter's start is a third of it).
   assert auto['chosen']['candidate'] and 0 < sum(auto['stages'].values()) < auto['used_seconds'] < auto['launch_seconds']
   served = results['serve_ensemble']
-  # auto's final ensemble: its fold models, as many as the 15 s afforded (one, on a loaded machine)
+  # auto's final ensemble: its one trial's fold models, as many as the 15 s afforded (one, on a loaded machine)
   assert served['served_workdir'].endswith('auto-loop/final') and served['models'] >= 1
   (result,) = served['results']
   assert result['ok'] > 0 and result['hey_answers'] + result['failed'] == result['requests'] == 32

@@ -27,6 +27,7 @@ def test_transfer_configs_keep_the_seed_values():
       'keras_resnet50v2', 'sigmoid', (512, 256), -1)
   assert (cifar.train.optimizer, cifar.train.learning_rate, cifar.train.l2) == ('adam', 1e-4, 1e-3)
   assert load_config('configs/cifar_vehicles.py:resnet50v2,quick').data.device_resize == (40, 40)
+  assert cifar.model.cut == ''   # the recipe builds the whole backbone; its end-to-end test below cuts it
 
   horses = load_config('configs/horses_humans.py:inception_mixed7')
   assert horses.data.image_size == (150, 150)
@@ -64,25 +65,32 @@ def test_transfer_configs_keep_the_seed_values():
 
 def test_cifar_vehicles_resnet50v2_quick(tmp_path, keras_weights):
   tfds_dir = tmp_path / 'tfds'
-  # Each image is a ResNet50V2 forward pass at 40x40 (about 0.1 s of CPU here): few images (both coarse classes
-  # in every split), and an evaluation batch of 2, so the val and test splits are not padded up to the train
-  # split's size and the frozen backbone's feature pass compiles one batch shape for train and val.
+  # Few images (both coarse classes in every split), and an evaluation batch of 2, so the val and test splits are
+  # not padded up to the train split's size and the frozen backbone's feature pass compiles one batch shape for
+  # train and val.
   prepare_stand_in('cifar10', tfds_dir, {'train': 20, 'test': 4}, cifar_like_image, CIFAR10_NAMES)
   workdir = tmp_path / 'run'
   weights = keras_weights['keras_resnet50v2']
-  args = [f'--config.data.tfds.data_dir={tfds_dir}', f'--config.model.pretrained={weights}',
-          '--config.eval.batch_size=2']
-  launch('--config=configs/cifar_vehicles.py:resnet50v2,quick', f'--workdir={workdir}', *args)
+  # ResNet50V2 cut after its first stack, conv2 (its strided block and both shortcut kinds), from the whole file
+  # Keras wrote: what is checked is the recipe's data, upsampling, head and frozen backbone, none of which needs
+  # conv3 to conv5 (tracing and compiling those was most of the launch; test_pretrained_keras.py checks the whole
+  # network against Keras).
+  overrides = {'data.tfds.data_dir': str(tfds_dir), 'model.pretrained': str(weights), 'model.cut': 'conv2'}
+  result = launch('--config=configs/cifar_vehicles.py:resnet50v2,quick', f'--workdir={workdir}',
+                  *[f'--config.{k}={v}' for k, v in overrides.items()], '--config.eval.batch_size=2')
   scores, history = check_common_outputs(workdir, 2, ('vehicle', 'animal'))
   assert [scores[s]['n'] for s in ('train', 'test')] == [18, 4]
   content.check_fine_label_table(workdir)
+  # 32x32 images upsampled to 40x40 on the device: conv2's output is 5x5 (it would be 4x4 at 32).
+  log = result.stdout + result.stderr
+  assert 'the head trains on its 5x5x256 outputs' in log, log[-2000:]
   # No dropout, no augmentation, a frozen backbone: only the head can change the epoch's mean loss.
   assert abs(history['train_loss'][0] - history['train_loss'][1]) > 1e-4
-  config = load_config('configs/cifar_vehicles.py:resnet50v2,quick', **{
-      'data.tfds.data_dir': str(tfds_dir), 'model.pretrained': str(weights)})
-  flat = assert_backbone_as_in_file(config, workdir, weights)
-  # 32x32 images upsampled to 40x40 on the device: conv5 is 2x2 (it would be 1x1 at 32); one sigmoid logit.
-  assert flat[('params', 'top', 'dense1', 'kernel')].shape == (2048, 512)
+  flat = assert_backbone_as_in_file(load_config('configs/cifar_vehicles.py:resnet50v2,quick', **overrides), workdir,
+                                    weights)
+  assert not any(k[1].startswith(('conv3', 'conv4', 'conv5', 'post_bn')) for k in flat)  # cut after conv2
+  # The recipe's head on the pooled 256 channels of conv2: dense 512 and 256, one sigmoid logit.
+  assert flat[('params', 'top', 'dense1', 'kernel')].shape == (256, 512)
   assert flat[('params', 'top', 'logits', 'kernel')].shape == (256, 1)
 
 
@@ -92,8 +100,10 @@ def test_horses_humans_inception_mixed7_quick(tmp_path, keras_weights):
   workdir = tmp_path / 'run'
   weights = keras_weights['keras_inceptionv3']
   overrides = {'data.tfds.data_dir': str(tfds_dir), 'model.pretrained': str(weights)}
+  # An evaluation batch of 4, the val split's size: the frozen backbone's feature pass compiles one batch shape for
+  # the 8 train and 4 val images instead of one for each (InceptionV3 to mixed7 takes seconds to compile).
   launch('--config=configs/horses_humans.py:inception_mixed7,quick', f'--workdir={workdir}',
-         *[f'--config.{k}={v}' for k, v in overrides.items()])
+         *[f'--config.{k}={v}' for k, v in overrides.items()], '--config.eval.batch_size=4')
   scores, _ = check_common_outputs(workdir, 4, ('horses', 'humans'))
   config = load_config('configs/horses_humans.py:inception_mixed7,quick', **overrides)
   flat = assert_backbone_as_in_file(config, workdir, weights)

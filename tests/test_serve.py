@@ -12,6 +12,7 @@ import pathlib
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -40,6 +41,18 @@ from tests.conftest import QUICK, REPO, load_config
 
 LIMIT_BYTES = 300_000   # serve.max_upload_bytes in these tests, so oversized bodies stay small
 MAX_IMAGES = 4
+# httpx.get and httpx.post build a client a call, and a client's default TLS context reads the CA bundle: 30 ms of
+# CPU a request, over the ~170 requests of this file, which speaks plain HTTP on loopback. One context serves them
+# all; each request still has a client and a connection of its own, as before.
+TLS = ssl.create_default_context()
+
+
+def http_get(url, **kwargs) -> httpx.Response:
+  return httpx.get(url, verify=TLS, **kwargs)
+
+
+def http_post(url, **kwargs) -> httpx.Response:
+  return httpx.post(url, verify=TLS, **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -77,20 +90,20 @@ def expected_probabilities(service, paths) -> np.ndarray:
 
 
 def post_files(url, files, **kwargs):
-  return httpx.post(url + 'predict', files=[('file', (name, data, 'image/png')) for name, data in files], **kwargs)
+  return http_post(url + 'predict', files=[('file', (name, data, 'image/png')) for name, data in files], **kwargs)
 
 
 def assert_still_serving(server):
-  response = httpx.get(server.url + 'healthz')
+  response = http_get(server.url + 'healthz')
   assert response.status_code == 200 and response.json()['status'] == 'ok'
 
 
 def test_healthz_metadata_and_the_page(server, service, trained_quick):
   workdir, _, _ = trained_quick
   assert server.url.startswith('http://127.0.0.1:') and not server.url.endswith(':0/')
-  health = httpx.get(server.url + 'healthz').json()
+  health = http_get(server.url + 'healthz').json()
   assert health['status'] == 'ok' and health['model'] == 'footprint_cnn' and health['micro_batching']
-  meta = httpx.get(server.url + 'metadata').json()
+  meta = http_get(server.url + 'metadata').json()
   assert meta['class_names'] == ['0', '1'] and meta['model'] == 'footprint_cnn'
   assert meta['input'] == {'height': 120, 'width': 80, 'channels': 1, 'resize': 'stretch', 'dtype': 'uint8'}
   assert meta['epoch'] == service.predictor.trained.epoch
@@ -98,14 +111,14 @@ def test_healthz_metadata_and_the_page(server, service, trained_quick):
   assert meta['validation_scores']['accuracy'] == scores['accuracy']
   assert meta['validation_scores']['macro_f1'] == scores['macro_f1']
 
-  page = httpx.get(server.url)
+  page = http_get(server.url)
   assert page.status_code == 200 and page.headers['content-type'].startswith('text/html')
   # Everything the page loads comes from this server: it works offline, with no CDN.
   references = re.findall(r'(?:src|href)="([^"]+)"', page.text)
   assert references and all(ref.startswith('/static/') for ref in references)
   for ref in references:
-    assert httpx.get(server.url + ref.lstrip('/')).status_code == 200
-  script = httpx.get(server.url + 'static/app.js').text
+    assert http_get(server.url + ref.lstrip('/')).status_code == 200
+  script = http_get(server.url + 'static/app.js').text
   assert 'http://' not in script and 'https://' not in script
 
 
@@ -128,11 +141,11 @@ def test_predict_multipart_and_base64_json(server, service, images):
   np.testing.assert_allclose(got, expected, atol=1e-6)
 
   encoded = base64.b64encode(images[1][1]).decode()
-  single = httpx.post(server.url + 'predict', json={'image': encoded}).json()  # seed 004's request
+  single = http_post(server.url + 'predict', json={'image': encoded}).json()  # seed 004's request
   np.testing.assert_allclose([single['probabilities']['0'], single['probabilities']['1']], expected[1], atol=1e-6)
-  data_url = httpx.post(server.url + 'predict', json={'image': 'data:image/png;base64,' + encoded}).json()
+  data_url = http_post(server.url + 'predict', json={'image': 'data:image/png;base64,' + encoded}).json()
   assert data_url['class'] == single['class']
-  listed = httpx.post(server.url + 'predict', json={'images': [encoded, base64.b64encode(images[2][1]).decode()]})
+  listed = http_post(server.url + 'predict', json={'images': [encoded, base64.b64encode(images[2][1]).decode()]})
   assert [r['file'] for r in listed.json()['predictions']] == ['images[0]', 'images[1]']
 
 
@@ -150,7 +163,7 @@ def test_predict_answers_each_image_s_ood_score_and_unknown_flag(server, service
   workdir = trained_quick[0]
   assert not (workdir / ood.FILE).exists()   # fitted in memory: serve writes nothing in the workdir
   scorer = service.predictor.scorer
-  meta = httpx.get(server.url + 'metadata').json()['ood']
+  meta = http_get(server.url + 'metadata').json()['ood']
   assert meta['score'] == OodSettings().score and meta['false_rejection'] == 0.25 and meta['held_out'] == 15
   assert meta['threshold'] == scorer.threshold and np.isfinite(scorer.threshold)
   files = [(p.name, data) for p, data in images] + [('checker.png', checkerboard_png())]
@@ -170,11 +183,11 @@ def test_predict_answers_each_image_s_ood_score_and_unknown_flag(server, service
 def test_concurrent_requests_share_device_calls(service, images):
   wide = dataclasses.replace(service, settings=dataclasses.replace(service.settings, batch_window_ms=250.0))
   with serve_server.BackgroundServer(serve_app.create_app(wide)) as running:
-    before = httpx.get(running.url + 'healthz').json()['device_calls']
+    before = http_get(running.url + 'healthz').json()['device_calls']
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
       replies = list(pool.map(lambda i: post_files(running.url, [(f'{i}.png', images[i % 3][1])], timeout=60),
                               range(12)))
-    calls = httpx.get(running.url + 'healthz').json()['device_calls'] - before
+    calls = http_get(running.url + 'healthz').json()['device_calls'] - before
   assert all(r.status_code == 200 for r in replies)
   expected = expected_probabilities(service, [p for p, _ in images])
   for i, reply in enumerate(replies):  # each request gets its own image's answer back
@@ -186,7 +199,7 @@ def test_concurrent_requests_share_device_calls(service, images):
 def test_without_micro_batching_each_request_calls_the_device(service, images):
   plain = dataclasses.replace(service, settings=dataclasses.replace(service.settings, micro_batching=False))
   with serve_server.BackgroundServer(serve_app.create_app(plain)) as running:
-    health = httpx.get(running.url + 'healthz').json()
+    health = http_get(running.url + 'healthz').json()
     assert health['micro_batching'] is False and health['device_calls'] is None
     body = post_files(running.url, [('a.png', images[0][1])]).json()
   np.testing.assert_allclose([body['probabilities']['0'], body['probabilities']['1']],
@@ -194,13 +207,13 @@ def test_without_micro_batching_each_request_calls_the_device(service, images):
 
 
 def test_explain_returns_the_overlay_png(server, images):
-  response = httpx.post(server.url + 'explain', files={'file': ('a.png', images[0][1], 'image/png')})
+  response = http_post(server.url + 'explain', files={'file': ('a.png', images[0][1], 'image/png')})
   assert response.status_code == 200 and response.headers['content-type'] == 'image/png'
   with Image.open(io.BytesIO(response.content)) as overlay:
     assert overlay.format == 'PNG' and overlay.mode == 'RGB' and overlay.size == (80, 120)
     pixels = np.asarray(overlay)
   assert pixels.std() > 0  # a heat map over the image, not a blank
-  by_json = httpx.post(server.url + 'explain', json={'image': base64.b64encode(images[0][1]).decode()})
+  by_json = http_post(server.url + 'explain', json={'image': base64.b64encode(images[0][1]).decode()})
   assert by_json.content == response.content
 
 
@@ -282,7 +295,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize('name, build, status, message', BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving(server, images, name, build, status,
                                                                             message):
-  response = httpx.post(server.url + 'predict', timeout=60, **build(images[0][1]))
+  response = http_post(server.url + 'predict', timeout=60, **build(images[0][1]))
   assert response.status_code == status, response.text
   detail = response.json()['detail']
   assert message in detail and '\n' not in detail
@@ -290,11 +303,11 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_server_keeps_serving(serve
 
 
 def test_other_4xx_and_explain_takes_one_image(server, images):
-  assert httpx.get(server.url + 'predict').status_code == 405
-  assert httpx.get(server.url + 'nowhere').status_code == 404
-  two = httpx.post(server.url + 'explain', files=[('file', (f'{i}.png', images[0][1], 'image/png')) for i in range(2)])
+  assert http_get(server.url + 'predict').status_code == 405
+  assert http_get(server.url + 'nowhere').status_code == 404
+  two = http_post(server.url + 'explain', files=[('file', (f'{i}.png', images[0][1], 'image/png')) for i in range(2)])
   assert two.status_code == 413 and two.json()['detail'] == 'this endpoint takes one image per request'
-  bad = httpx.post(server.url + 'explain', files={'file': ('x.png', b'nope', 'image/png')})
+  bad = http_post(server.url + 'explain', files={'file': ('x.png', b'nope', 'image/png')})
   assert bad.status_code == 415
   assert_still_serving(server)
 
@@ -435,7 +448,7 @@ def held_until_admitted(classify, url_of, count: int):
     if not first.is_set():
       first.set()
       deadline = time.monotonic() + 60
-      while httpx.get(url_of() + 'healthz').json()['queue']['depth'] < count and time.monotonic() < deadline:
+      while http_get(url_of() + 'healthz').json()['queue']['depth'] < count and time.monotonic() < deadline:
         time.sleep(0.01)
     return classify(images)
   return held
@@ -455,11 +468,11 @@ def test_concurrent_multi_image_requests_of_both_classes_get_their_own_classes(t
   held.classify = recorded
   with serve_server.BackgroundServer(serve_app.create_app(dataclasses.replace(sharp, predictor=held))) as running:
     server['url'] = running.url
-    before = httpx.get(running.url + 'healthz').json()['device_calls']
+    before = http_get(running.url + 'healthz').json()['device_calls']
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
       replies = list(pool.map(lambda r: post_files(running.url, [(f'{i}.png', data[i]) for i in r], timeout=60),
                               requests))
-    calls = httpx.get(running.url + 'healthz').json()['device_calls'] - before
+    calls = http_get(running.url + 'healthz').json()['device_calls'] - before
   for request, reply in zip(requests, replies):
     assert reply.status_code == 200, reply.text
     predictions = reply.json()['predictions']
@@ -477,7 +490,7 @@ def test_concurrent_multi_image_requests_of_both_classes_get_their_own_classes(t
 async def overload(url: str, png: bytes, clients: int = 256, each: int = 1) -> list[tuple]:
   """`clients` connections each posting `each` images one after another: (status, Retry-After, detail)."""
   limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-  async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+  async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, verify=TLS) as client:
     async def one_client():
       answers = []
       for _ in range(each):
@@ -505,7 +518,7 @@ def test_an_overload_of_256_clients_is_refused_with_503_and_retry_after(service,
     busy = dataclasses.replace(busy, predictor=slow)
   with serve_server.BackgroundServer(serve_app.create_app(busy)) as running:
     answers = asyncio.run(overload(running.url, images[0][1]))
-    queue = httpx.get(running.url + 'healthz').json()['queue']
+    queue = http_get(running.url + 'healthz').json()['queue']
     assert_still_serving(running)
   statuses = [status for status, _, _ in answers]
   refused = [detail for status, _, detail in answers if status == 503]
@@ -545,7 +558,7 @@ def wait_for_workers(url: str, wanted, stderr_lines, timeout_s: float = 180) -> 
   deadline, health = time.monotonic() + timeout_s, None
   while time.monotonic() < deadline:
     try:
-      health = httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()
+      health = http_get(url + 'healthz', headers={'connection': 'close'}, timeout=30).json()
     except httpx.HTTPError:
       continue
     pids = set(health['workers']['pids'])
@@ -563,7 +576,7 @@ def answering_pid_while_stopped(url: str, stopped: int) -> int:
   for _ in range(30):
     os.kill(stopped, signal.SIGSTOP)
     try:
-      return httpx.get(url + 'healthz', headers={'connection': 'close'}, timeout=2).json()['worker']['pid']
+      return http_get(url + 'healthz', headers={'connection': 'close'}, timeout=2).json()['worker']['pid']
     except httpx.TimeoutException:
       pass
     finally:
@@ -596,11 +609,11 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     found = re.search(r'2 workers, .* at (http://127\.0\.0\.1:(\d+)/)', line)
     assert found and int(found.group(2)) > 0, (line, ''.join(stderr_lines))
     url, port = found.group(1), int(found.group(2))
-    health = httpx.get(url + 'healthz', timeout=30).json()
+    health = http_get(url + 'healthz', timeout=30).json()
     assert health['status'] == 'ok' and health['workers']['up'] == 2 and health['workers']['configured'] == 2
     pids = set(health['workers']['pids'])
     assert len(pids) == 2 and health['worker']['pid'] in pids
-    assert httpx.get(url + 'metadata', timeout=30).json()['workers'] == health['workers']
+    assert http_get(url + 'metadata', timeout=30).json()['workers'] == health['workers']
 
     # A request in flight on a known worker: the connection's first answer names its worker, then half a body.
     with socket.create_connection(('127.0.0.1', port), timeout=30) as conn:
