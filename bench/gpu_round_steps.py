@@ -19,8 +19,8 @@ BACKEND_PROBE = ('import json, time; t0 = time.perf_counter(); import jax; t1 = 
 
 def startup_step(session: Session, step: Step) -> dict:
   """The start-up of a launch, taken apart: `python -X importtime` on launch.py and the train mode (the imports a
-  training job pays, the 15 of their own imports that cost most, and the 15 modules whose own code costs most) and, in a fresh interpreter, JAX's import, its backend's start and
-  its first array."""
+  training job pays, the 15 of their own imports that cost most, and the 15 modules whose own code costs most)
+  and, in a fresh interpreter, JAX's import, its backend's start and its first array."""
   imports = step.run([sys.executable, '-X', 'importtime', '-c', 'import launch, fpclass.modes.train'])
   step.check(imports, 'launch.py\'s imports under -X importtime')
   total, direct, own = 0.0, {}, {}
@@ -50,7 +50,8 @@ def semi_step(session: Session, step: Step) -> dict:
     workdir = work / arm
     done = step.run([sys.executable, 'launch.py', '--workdir', workdir, *session.plan.semi_args, *extra])
     step.check(done, f'the {arm} footprint run')
-    seconds = [float(row['seconds']) for row in csv.DictReader(open(workdir / 'metrics.csv'))]
+    with open(workdir / 'metrics.csv', newline='') as metrics:
+      seconds = [float(row['seconds']) for row in csv.DictReader(metrics)]
     timings = read_json(workdir / 'timings.json')
     results[arm] = dict(epoch_seconds=seconds, epoch_1_seconds=seconds[0],
                         steady_epoch_seconds=statistics.median(seconds[1:]) if len(seconds) > 1 else None,
@@ -60,7 +61,7 @@ def semi_step(session: Session, step: Step) -> dict:
   if semi['steady_epoch_seconds'] and supervised['steady_epoch_seconds']:
     results['steady_semi_over_supervised'] = round(semi['steady_epoch_seconds'] / supervised['steady_epoch_seconds'],
                                                    3)
-  results.update(semi_ratio=ratio, bar=None if ratio is None else 1 + ratio)
+  results.update(semi_ratio=ratio, bar=1 + ratio)
   return results
 
 

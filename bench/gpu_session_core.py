@@ -85,9 +85,9 @@ GPU_PLAN = Plan(
     # Issue 80's files: those the GPU can break (scale, train, engine, auto) and this round's new ones.
     # --dist load: after a worker crashed (a segfault in XLA's compile, 2026-11-28) loadfile's scheduler raised
     # pytest's INTERNALERROR and no failure was listed; load's replaces the worker and goes on.
-    pytest_args=('-n', '4', '--dist', 'load', '--max-worker-restart=8', '-q', '--tb=short', 'tests/test_scale.py', 'tests/test_train.py', 'tests/test_engine.py',
-                 'tests/test_auto.py', 'tests/test_semi.py', 'tests/test_final_mix.py', 'tests/test_ood.py',
-                 'tests/test_label_next.py'),
+    pytest_args=('-n', '4', '--dist', 'load', '--max-worker-restart=8', '-q', '--tb=short', 'tests/test_scale.py',
+                 'tests/test_train.py', 'tests/test_engine.py', 'tests/test_auto.py', 'tests/test_semi.py',
+                 'tests/test_final_mix.py', 'tests/test_ood.py', 'tests/test_label_next.py'),
     # From the H100 sessions of 2026-11-26 and 27: footprint 69-70 s, population 194 with a warm cache and past
     # 200 and 230 cold (its one-member sweep compiles cold first, the served ensemble comes last), serve 58,
     # sharing 33, keras_recipes 110-120, precision past 100-110 (Inception in bf16).

@@ -182,8 +182,8 @@ def _reap(running: dict, block: bool) -> None:
 
 
 def _serve() -> None:
-  """The server: imports `PRELOADED` (those installed), then forks a child per request line and answers its pid at once; each
-  child's exit status goes to the request's status file when it ends."""
+  """The server: imports `PRELOADED` (those installed), then forks a child per request line and answers its pid
+  at once; each child's exit status goes to the request's status file when it ends."""
   import importlib
   for name in PRELOADED:
     try:

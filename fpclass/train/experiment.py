@@ -47,11 +47,13 @@ class VariantRun:
 # ------------------------------------------------------------------------------------------ an experiment
 
 def finish(variant: Variant, folder: pathlib.Path, data, records,
-           chunk_plans: list, wall_seconds: float, compile_seconds: float = 0.0) -> VariantRun:
+           chunk_plans: list, wall_seconds: float, compile_seconds: float = 0.0,
+           cut_members: tuple = ()) -> VariantRun:
   """Scores every member of `data` (`fpclass.train.plan_data.VariantData`) that `records`
   (`fpclass.train.resume.FinishedMembers`) holds, keeps each split's best seed as a fold workdir, writes the
   out-of-fold predictions and experiment.json (every process reads the member store; process 0 removes it
-  afterwards). `compile_seconds`: what of `wall_seconds` went to compiling or loading programs."""
+  afterwards). `compile_seconds`: what of `wall_seconds` went to compiling or loading programs. `cut_members`:
+  the members the deadline cut, left out of `data` (`fpclass.train.loop.finish_ended`), named in the record."""
   run, train_data = variant.settings, data.train_data
   monitor = run.train.monitor
   head = head_of(variant.settings)
@@ -84,6 +86,8 @@ def finish(variant: Variant, folder: pathlib.Path, data, records,
                   seconds_per_model_epoch=train_seconds / max(1, model_epochs), form=headers[0]['form'],
                   chunks=[p['chunk'] for p in chunk_plans] or sorted({h['chunk'] for h in headers}),
                   plan=headers[0]['plan'], processes=jax.process_count()))
+  if cut_members:
+    record['cut_members'] = sorted(cut_members)
   fileio.write_json(folder / EXPERIMENT_FILE, record)
   sharding.barrier('fpclass-sweep-written')   # no process reads the member store any more
   if fileio.is_primary():

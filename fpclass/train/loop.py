@@ -23,7 +23,6 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpclass import fileio
 from fpclass.analysis import metrics
 from fpclass.data import curation, pipeline
 from fpclass.errors import RunInterrupted
@@ -104,11 +103,8 @@ def finish_ended(plan: Plan, variant: Variant, folder: pathlib.Path) -> VariantR
     return None
   tqdm.write(f'[{variant.name}] the deadline cut it: finished on the {len(ended)} of its {len(data.members)} '
              'models that had ended')
-  finished = experiment.finish(variant, folder, dataclasses.replace(data, members=ended),
-                               records, [], 0.0)
-  finished.experiment['cut_members'] = sorted(pending)
-  fileio.write_json(folder / EXPERIMENT_FILE, finished.experiment)
-  return finished
+  return experiment.finish(variant, folder, dataclasses.replace(data, members=ended), records, [], 0.0,
+                           cut_members=tuple(pending))
 
 
 def _run_variant(plan: Plan, variant: Variant, folder: pathlib.Path, stop, shared: SharedWork) -> VariantRun:
