@@ -1,8 +1,9 @@
 """Measures fpclass on a lent GPU in one command (issue 45), so that a session's device time goes to measuring.
 
 Ten steps, each through launch.py or a bench/ script, each recorded under its name in <out>/session.json
-(status, seconds, the device, the software versions, the commands, the results; the file is rewritten after
-every step), and <out>/session.log holds every command's output: two files, within the run tool's 8.
+(status, seconds, the device, the software versions, the commands with each one's wall and CPU seconds, the
+results; the file is rewritten after every step), and <out>/session.log holds every command's output: two files,
+within the run tool's 8.
 
     bash bench/gpu_session.sh prepare                          # here, with the network: .whl/ (wheels, hey)
     bash bench/gpu_session.sh --out "$OUT"                     # on the GPU machine, with .whl/ carried
@@ -68,13 +69,13 @@ def run_step(session: Session, name: str, steps_after: int) -> dict:
   limit = step_limit(session, name, steps_after)
   record = dict(step=name, status='ok', error=None, limit_seconds=round(limit, 1), seconds=0.0,
                 environment=dict(session.environment, load_average_at_start=os.getloadavg()[0]),
-                commands=[], results={})
+                commands=[], command_costs=[], results={})
   if limit < MIN_STEP_SECONDS:
     record.update(status='skipped', error=f'the session\'s budget of {session.budget:.0f} s is spent')
   else:
     session.say(f'step {name}: at most {limit:.0f} s')
     step = Step(session, name, limit)
-    record['commands'] = step.commands
+    record['commands'], record['command_costs'] = step.commands, step.costs
     start = time.monotonic()
     try:
       record['results'] = STEP_FUNCTIONS[name](session, step)

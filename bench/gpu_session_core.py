@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -216,6 +217,7 @@ class Step:
     self.session, self.name, self.limit = session, name, limit
     self.deadline = time.monotonic() + limit
     self.commands: list[str] = []
+    self.costs: list[dict] = []   # per command of `run`: its wall seconds and its process tree's CPU seconds
 
   def remaining(self) -> float:
     return self.deadline - time.monotonic()
@@ -225,6 +227,7 @@ class Step:
     comes (then it gets SIGINT, as Ctrl-C, and SIGKILL if it has not ended 20 s later)."""
     command = [str(c) for c in command]
     self.commands.append(shlex.join(command))
+    started, cpu_before = time.monotonic(), children_cpu_seconds()
     with open(self.session.log_path, 'a') as log:
       log.write(f'\n$ {shlex.join(command)}\n')
       log.flush()
@@ -239,6 +242,11 @@ class Step:
       except BaseException:
         stop_process_group(process)
         raise
+      # CPU of the children reaped meanwhile: this command's tree, and a server another thread reaped with it
+      cost = dict(command=len(self.commands) - 1, wall_seconds=round(time.monotonic() - started, 2),
+                  cpu_seconds=round(children_cpu_seconds() - cpu_before, 2))
+      self.costs.append(cost)
+      log.write(f'# exit status {returncode}: {cost["wall_seconds"]} s, {cost["cpu_seconds"]} CPU-s\n')
     with open(self.session.log_path, 'rb') as log:
       log.seek(start)
       return Finished(returncode, log.read().decode(errors='replace'))
@@ -260,6 +268,11 @@ def trained_footprint_run(session: Session, step: Step) -> TrainedRun:
     session.trained = TrainedRun(workdir, pathlib.Path(os.environ['FPCLASS_CACHE']),
                                  pathlib.Path(os.environ['FPCLASS_JAX_CACHE']))
   return session.trained
+
+
+def children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:

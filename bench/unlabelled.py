@@ -2,7 +2,7 @@
 
     python -m bench.unlabelled [--out runs/bench-unlabelled] [--data digits mnist folder] [--fractions 0.05 0.1]
                                [--seeds 0 1 2] [--epochs N] [--start 50] [--add 50] [--rounds 5]
-                               [--parts semi label_next] [--set data.root=/tmp/fashion ...]
+                               [--loop-seeds 0 1 2] [--parts semi label_next] [--set data.root=/tmp/fashion ...]
 
 Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a folder with `--set data.root=...`):
 1. test split: a stratified 20% of the labelled images, held out of every arm (config.data.exclude_csv) and scored
@@ -17,10 +17,12 @@ Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a f
    the test images (correctness averaged over the seeds; bench.auto.bootstrap's 95% interval), the share of the gap to all the
    labels closed, and the seconds per epoch (metrics.csv, after the first) of semi against labelled-alone: they
    run the same labelled batches, so the ratio is the cost per labelled batch.
-3. label_next: from `--start` labelled images (stratified, seed 0), `--rounds` rounds each adding `--add` labels,
-   chosen by `--mode label_next` (margin, k-center, foreign images never picked) on the last round's model, or at
-   random; the bench reveals the chosen images' labels. Reported: both accuracy curves, and the labels label_next
-   needs to reach random's last accuracy (linear between rounds), as a share of random's.
+3. label_next: per `--loop-seeds` s, from `--start` labelled images (a stratified draw seeded by s), `--rounds`
+   rounds each adding `--add` labels, chosen by `--mode label_next` (margin, k-center, foreign images never picked)
+   on the last round's model, or at random (seeded by s); the bench reveals the chosen images' labels, and every
+   launch trains with seed s. Reported: both accuracy curves per seed and their mean over the seeds, and the labels
+   label_next's mean curve needs to reach random's mean last accuracy (linear between rounds), as a share of
+   random's (and each seed's own share).
 Every launch takes `--epochs` and the `--set` overrides. Written to --out: <data>/bench_unlabelled.json and
 bench_unlabelled.json (all) with every command; an --out/<data> that holds a run is refused, nothing is deleted.
 """
@@ -129,41 +131,64 @@ def semi_part(args, launch, common, folder, images, test) -> dict:
 
 
 def label_next_part(args, launch, common, folder, images, test) -> dict:
-  start = images.draw(args.start, 0)
+  """Both strategies' curves per loop seed (its own first draw, random picks and training seed), their mean over
+  the seeds, and the labels label_next's mean curve needs to reach random's mean last accuracy: one draw's curve
+  moves by several points from round to round (docs/unlabelled.md)."""
+  by_seed = {seed: label_next_loop(args, launch, common, folder, images, test, seed) for seed in args.loop_seeds}
+  curves = {strategy: dict(labels=by_seed[args.loop_seeds[0]][strategy]['labels'],
+                           accuracy=[float(a) for a in np.mean([by_seed[s][strategy]['accuracy'] for s in by_seed],
+                                                               axis=0)])
+            for strategy in ('label_next', 'random')}
+  return dict(start=args.start, add=args.add, rounds=args.rounds, seeds=list(args.loop_seeds), curves=curves,
+              curves_by_seed={str(s): c for s, c in by_seed.items()},
+              share_of_random_labels_by_seed={str(s): share_of_random(c)[1] for s, c in by_seed.items()},
+              **dict(zip(('random_last_accuracy', 'label_next_labels_to_reach_it', 'share_of_random_labels'),
+                         share_of_random(curves, with_target=True))))
+
+
+def share_of_random(curves: dict, with_target: bool = False) -> tuple:
+  """(random's last accuracy, the labels label_next needs to reach it, their share of random's labels)."""
+  target = curves['random']['accuracy'][-1]
+  needed = labels_to_reach(curves['label_next'], target)
+  share = None if needed is None else needed / curves['random']['labels'][-1]
+  return (target, needed, share) if with_target else (needed, share)
+
+
+def label_next_loop(args, launch, common, folder, images, test, seed: int) -> dict:
+  """One simulated loop: from a stratified draw of `--start` labels (seeded by `seed`), `--rounds` rounds adding
+  `--add` labels each, by label_next or at random (the same first model for both); {strategy: labels, accuracy}."""
+  start = images.draw(args.start, seed)
+  prefix = 'loop' if seed == 0 else f'loop-s{seed}'   # seed 0's folders keep the names of the one-seed bench
   curves = {}
   for strategy in ('label_next', 'random'):
     labelled, counts, accuracy = start.copy(), [], []
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for round_ in range(args.rounds + 1):
-      here = folder / f'loop-{strategy}-r{round_}'
-      exclude, pool = images.write_split(here, labelled)
-      workdir = here / 'run'
+      name = f'{prefix}-{strategy}-r{round_}'
+      exclude, pool = images.write_split(folder / name, labelled)
+      workdir = folder / name / 'run'
       if strategy == 'random' and round_ == 0:   # the same first model as label_next's
-        workdir = folder / 'loop-label_next-r0' / 'run'
+        workdir = folder / f'{prefix}-label_next-r0' / 'run'
       else:
-        launch(f'loop-{strategy}-r{round_}', [*common, f'--config.data.exclude_csv={exclude}', f'--workdir={workdir}'])
+        launch(name, [*common, f'--config.seed={seed}', f'--config.data.exclude_csv={exclude}',
+                      f'--workdir={workdir}'])
       counts.append(len(labelled))
-      accuracy.append(float(correct_on_test(launch, f'predict-loop-{strategy}-r{round_}', workdir, folder,
-                                            test).mean()))
+      accuracy.append(float(correct_on_test(launch, f'predict-{name}', workdir, folder, test).mean()))
       if round_ == args.rounds:
         break
       pool_index = np.setdiff1d(np.arange(len(images.ids)), labelled)
       if strategy == 'random':
         picked = rng.choice(pool_index, min(args.add, len(pool_index)), replace=False)
       else:
-        launch(f'label_next-r{round_}', [f'--workdir={workdir}', '--mode=label_next', f'--config.data.unlabelled={pool}',
-                                          f'--config.label_next.count={args.add}', '--config.label_next.contact_sheet=0'])
+        launch(f'label_next-{name}', [f'--workdir={workdir}', '--mode=label_next', f'--config.data.unlabelled={pool}',
+                                       f'--config.label_next.count={args.add}', '--config.label_next.contact_sheet=0'])
         ranked = pd.read_csv(workdir / 'label_next.csv', dtype={'path': str}, keep_default_na=False)
         chosen = ranked[ranked['guess'] != '']['path'].head(args.add)
         by_file = {f: i for i, f in enumerate(images.files)}
         picked = np.asarray([by_file[str(pathlib.Path(p).resolve())] for p in chosen])
       labelled = np.union1d(labelled, picked)
     curves[strategy] = dict(labels=counts, accuracy=accuracy)
-  target = curves['random']['accuracy'][-1]
-  needed = labels_to_reach(curves['label_next'], target)
-  return dict(start=args.start, add=args.add, rounds=args.rounds, curves=curves, random_last_accuracy=target,
-              label_next_labels_to_reach_it=needed,
-              share_of_random_labels=None if needed is None else needed / curves['random']['labels'][-1])
+  return curves
 
 
 def labels_to_reach(curve: dict, target: float) -> float | None:
@@ -204,6 +229,8 @@ def main():
   p.add_argument('--start', type=int, default=50, help='label_next: the labelled images it starts from')
   p.add_argument('--add', type=int, default=50, help='label_next: labels added per round')
   p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--loop-seeds', type=int, nargs='+', default=[0],
+                 help='label_next: one simulated loop per seed (its first draw, random picks, training seed)')
   p.add_argument('--parts', nargs='+', default=['semi', 'label_next'], choices=['semi', 'label_next'])
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='a config override for every training launch (repeatable)')

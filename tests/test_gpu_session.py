@@ -50,6 +50,8 @@ def test_every_step_is_ok_with_the_device_and_versions(dry_run):
     record = step_record(dry_run, name)
     assert record['status'] == 'ok', f'{name}: {record["error"]}'
     assert record['error'] is None and record['seconds'] > 0 and record['commands']
+    for cost in record['command_costs']:   # those `Step.run` waited for: the others run beside something
+      assert 0 <= cost['command'] < len(record['commands']) and cost['wall_seconds'] > 0 and cost['cpu_seconds'] > 0
     environment = record['environment']
     assert environment['dry_run'] is True
     assert environment['device'] == dict(backend='cpu', platform='cpu', name='cpu', count=1)
