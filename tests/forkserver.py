@@ -185,11 +185,16 @@ def _serve() -> None:
   """The server: imports `PRELOADED` (those installed), then forks a child per request line and answers its pid
   at once; each child's exit status goes to the request's status file when it ends."""
   import importlib
+  import logging
+  handlers = list(logging.root.handlers)
   for name in PRELOADED:
     try:
       importlib.import_module(name)
     except ImportError:   # an extra this machine lacks (the GPU image has no jax2onnx): its launches import it
       pass
+  # orbax.checkpoint's import adds a stderr handler to the root logger (logging.basicConfig). absl's app.run removes
+  # such a handler only while its stream is sys.stderr, which a child replaces: each record would print twice.
+  logging.root.handlers[:] = handlers
   channel, running, pending, ended = sys.stdout, {}, b'', False
   print('ready', file=channel, flush=True)
   while not ended:

@@ -28,12 +28,23 @@ from fpclass.models import transfer
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
 
+_VARIABLE_SHAPES = {}
+
+
 def build(name, weights_path, num_classes=1000, image_shape=(64, 64, 3), **fields):
-  """(model, variables) for registered model `name` with weights loaded from `weights_path`."""
+  """(model, variables) for registered model `name` with weights loaded from `weights_path`.
+
+  The variables' shapes come from tracing the model's init once per process for each model, class count,
+  input shape and set of fields (and x64 mode): tests that load several files into one model, or one file
+  several times, trace it once. The module does not depend on the file (`models.LOADING_KEYS`)."""
   cfg = ml_collections.ConfigDict(dict(name=name, head='softmax', pretrained=str(weights_path),
                                        keep_pretrained_head=fields.pop('keep_pretrained_head', True), **fields))
   model = models.create_model(cfg, num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+  key = (name, num_classes, tuple(image_shape), repr(sorted(fields.items())), jax.config.jax_enable_x64)
+  if key not in _VARIABLE_SHAPES:
+    _VARIABLE_SHAPES[key] = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+  shapes = _VARIABLE_SHAPES[key]
   variables = {k: jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes[k])
                for k in ('params', 'batch_stats') if k in shapes}
   variables = transfer.load_pretrained(models.get_spec(name), ModelSettings.from_config(cfg), variables,
@@ -63,6 +74,27 @@ def images(shape, seed=0):
 
 
 # ----------------------------------------------------------------------------------------------- torch
+
+def torchvision_uninitialised(name, **kwargs):
+  """torchvision.models.<name>(weights=None, **kwargs) in eval mode without torch's random initialisation,
+  for a test that draws its weights itself (randomise_torch_weights, randomise_torch_bn,
+  randomise_torch_transformer_parts): built on the meta device, then every tensor zero, every BatchNorm and
+  LayerNorm reset as torch builds it (weight 1, bias 0, running statistics 0 and 1). Those helpers then draw
+  the same weights as on torch's own initialisation (whose normal draws over VGG16's 138M weights or ConvNeXt's
+  truncated ones take 1.4 CPU-s)."""
+  import torch
+  import torchvision
+  with torch.device('meta'):
+    module = getattr(torchvision.models, name)(weights=None, **kwargs)
+  module = module.to_empty(device='cpu')
+  with torch.no_grad():
+    for tensor in (*module.parameters(), *module.buffers()):
+      tensor.zero_()
+    for m in module.modules():
+      if isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm)):
+        m.reset_parameters()
+  return module.eval()
+
 
 def randomise_torch_bn(module, seed=0):
   import torch
@@ -148,24 +180,54 @@ def keras_application(name, input_shape, seed=0, weights=None, **kwargs):
   """keras.applications.<name>(weights=None) with logits as its output and random weights (randomise_keras);
   with `weights` ('imagenet', a file) Keras loads those instead."""
   import keras
-  with _zeros_for_variance_scaling(keras):
+  with keras_arrays_uncompiled(), _zeros_for_variance_scaling(keras):
     model = getattr(keras.applications, name)(weights=weights, input_shape=input_shape,
                                               classifier_activation=None, **kwargs)
-  return randomise_keras(model, seed) if weights is None else model
+    return randomise_keras(model, seed) if weights is None else model
 
 
 @contextlib.contextmanager
 def _zeros_for_variance_scaling(keras):
   """Keras draws each initial kernel with jax.random, which compiles one XLA program per kernel shape: most
   of the time it takes to build an application on CPU (InceptionV3: ~20 s). randomise_keras overwrites
-  every weight, so the build may draw zeros instead (Glorot, He and LeCun are all VarianceScaling)."""
-  cls = keras.initializers.VarianceScaling
-  original = cls.__call__
-  cls.__call__ = lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32')
+  every weight, so the build may draw zeros instead (Glorot, He and LeCun are all VarianceScaling). Its
+  zeros and ones (biases, BatchNorm) come from numpy too: the same values, without a compiled broadcast per
+  shape."""
+  patched = {keras.initializers.VarianceScaling: lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'),
+             keras.initializers.Zeros: lambda self, shape, dtype=None: np.zeros(
+                 shape, keras.backend.standardize_dtype(dtype)),
+             keras.initializers.Ones: lambda self, shape, dtype=None: np.ones(
+                 shape, keras.backend.standardize_dtype(dtype))}
+  originals = {cls: cls.__call__ for cls in patched}
+  for cls, call in patched.items():
+    cls.__call__ = call
   try:
     yield
   finally:
-    cls.__call__ = original
+    for cls, call in originals.items():
+      cls.__call__ = call
+
+
+@contextlib.contextmanager
+def keras_arrays_uncompiled():
+  """Keras (JAX backend) takes numpy arrays into its variables without compiling anything. Its
+  convert_to_tensor calls jnp.asarray, which on this JAX stages the array through a program compiled for
+  each shape and dtype (14 ms each on this CPU, hundreds per application: its initial values, set_weights,
+  load_weights). A numpy array that needs no conversion is copied to the device instead: the same values."""
+  import keras
+  from keras.src.backend.jax import core
+  convert = core.convert_to_tensor
+
+  def device_put(x, dtype=None, sparse=None, ragged=None):
+    if (isinstance(x, np.ndarray) and (dtype is None or keras.backend.standardize_dtype(dtype) == x.dtype)
+        and jax.dtypes.canonicalize_dtype(x.dtype) == x.dtype):
+      return jax.device_put(np.array(x))   # a copy, as jnp.asarray makes
+    return convert(x, dtype=dtype, sparse=sparse, ragged=ragged)
+  core.convert_to_tensor = device_put
+  try:
+    yield
+  finally:
+    core.convert_to_tensor = convert
 
 
 def randomise_keras(model, seed=0):
@@ -441,10 +503,11 @@ def informative_keras_bn(model, images, seed=0):
   for variable, value in zip(model.non_trainable_variables, state):
     variable.assign(value)
   rng = np.random.default_rng(seed)
-  for layer in norms:
-    values = layer.get_weights()  # [gamma, beta,] moving_mean, moving_variance
-    values[-2], values[-1] = perturbed_statistics(values[-2], values[-1], rng)
-    layer.set_weights(values)
+  with keras_arrays_uncompiled():
+    for layer in norms:
+      values = layer.get_weights()  # [gamma, beta,] moving_mean, moving_variance
+      values[-2], values[-1] = perturbed_statistics(values[-2], values[-1], rng)
+      layer.set_weights(values)
   return model
 
 
@@ -526,12 +589,17 @@ def head_module(name) -> str:
   return re.fullmatch(r'\^params/(\w+)/', models.get_spec(name).source_head).group(1)
 
 
-def port_logits_float64(name, weights_path, x, **fields):
+def port_logits_float64(name, weights_path, x, image_shape=None, **fields):
   """The port's logits computed in float64 throughout, weights loaded from `weights_path` (float32 values,
   as both frameworks hold them). The ports hand back float32 logits, so these are the classifier module's
-  own output, captured before that cast. Runs under `jax.enable_x64` only, so other tests keep float32."""
+  own output, captured before that cast. Runs under `jax.enable_x64` only, so other tests keep float32.
+
+  The weights are loaded as `build` loads them for the float32 port (at `image_shape`, by default x's: a
+  convolutional port's variables are the same at any input size, so a test may name the size it built the
+  float32 port at, which `build` traced already), then cast; the port computes with dtype float64."""
+  model, variables = build(name, weights_path, image_shape=image_shape or x.shape[1:], **fields)
+  model = model.clone(dtype=jnp.float64)
   with jax.enable_x64(True):
-    model, variables = build(name, weights_path, image_shape=x.shape[1:], dtype=jnp.float64, **fields)
     variables = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), variables)
     head = head_module(name)
 

@@ -27,22 +27,29 @@ from fpclass.auto.space import Candidate, baseline_params, parse_space
 from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
+from fpclass.modes.runner import run
 from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.records import StopOnSignals
-from tests.conftest import IN_PROCESS_XLA_FLAGS, launch, launch_process
+from tests.conftest import launch, launch_process
 from tests.postgres import postgres_server
 
 TINY = ['--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)',
         '--config.model.fc_sizes=(8,)', '--config.train.epochs=2', '--config.train.early_stopping_patience=0',
         '--config.explain.after_training=False', '--config.train.tensorboard=False', '--mode=auto',
-        '--config.auto.finalists=2']
+        '--config.auto.finalists=1', '--config.sweep.models_per_chunk=4']
 THREE_FOLDS = '--config.auto.folds=3'
+TWO_FOLDS = '--config.auto.folds=2'   # the fewest a top rung may have, where the claim is not about the folds
 LR_ONLY = "--config.auto.space=('train.learning_rate: log(1e-7, 5e-2)',)"
 # A trial here costs its set-up, its programs compiled, far more than its epochs or pixels: these tests pay per
 # trial and per compilation. Successive halving with three rungs in its smallest form: eta 2 starts 4 trials (eta 3
-# needs 9), each rung keeping the better half.
+# needs 9), each rung keeping the better half. TINY confirms one finalist (beside the config as given), and its
+# rounds keep every member of a configuration in one chunk (sweep.models_per_chunk) rather than compiling each
+# configuration's programs once more for the memory rule's plan (tests/test_memory_rule.py tests the rule).
 HALVING = ('--config.auto.eta=2', '--config.auto.trials=4')
+# Where a test's claim is not the halving itself (a relaunch, a shared study): its smallest bracket, two rungs, 2
+# trials on one fold and the better one on every fold.
+TWO_RUNGS = ('--config.auto.eta=2', '--config.auto.trials=2')
 # Where the learning rate is all a test searches, the CNN without augmentation or dropout: less to compile.
 PLAIN = ('--config.augment.hflip=0.0', '--config.augment.brightness=0.0', '--config.augment.contrast=0.0',
          '--config.model.dropout=0.0')
@@ -138,16 +145,21 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
 
 
 def test_a_middle_budget_holds(tmp_path, footprints):
-  """30 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
+  """24 s, no trial count: the search plans its brackets from measured costs, and the run ends within the budget
   + 5%, give or take one variant (the deadline acts between a variant's epochs, and before each variant), and
-  ends in a final model even where a loaded machine's deadline cut the top rung (fpclass.auto.final.source_of)."""
-  workdir = tmp_path / 'auto'
-  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', '--config.auto.time_budget=30s', env=_env(tmp_path, footprints))
+  ends in a final model even where a loaded machine's deadline cut the top rung (fpclass.auto.final.source_of).
+  The run fills its budget, so the budget is this test's cost. 24 s still plans a bracket on a machine twice as
+  slow as this 2-core one at load 7 (2026-11-28: start-up and measurement over 6.5 s in, a configuration's set-up at
+  most 3.7 s, a member 0.4 s): 13 s in, a set-up of 7.4 s is more than the confirmation's share (none is reserved)
+  and one configuration on 3 folds (9.8 s) fits the 10.5 s left before the report's 2%."""
+  workdir, budget = tmp_path / 'auto', 24
+  launch(*TINY, THREE_FOLDS, f'--workdir={workdir}', f'--config.auto.time_budget={budget}s',
+         env=_env(tmp_path, footprints))
   state = _state(workdir)
   longest = max(measure[2] for measure in state['measures'])
   # the measurement round compiles afresh, and the cost model keeps what compiling took (Costs.compile)
   assert state['measures'][0][3] > 0 and state['costs']['compile'] > 0, state
-  assert state['used_seconds'] <= 30 * 1.05 + longest, state
+  assert state['used_seconds'] <= budget * 1.05 + longest, state
   assert state['brackets'] and sum(state['stages'].values()) <= state['used_seconds']
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
@@ -162,12 +174,12 @@ def test_a_budget_too_short_for_two_epochs_is_one_line(tmp_path, footprints):
 
 def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path, footprints):
   workdir, env = tmp_path / 'auto', _env(tmp_path, footprints)
-  args = [*TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={workdir}', '--config.auto.time_budget=1h', LR_ONLY]
+  args = [*TINY, *PLAIN, TWO_FOLDS, *TWO_RUNGS, f'--workdir={workdir}', '--config.auto.time_budget=1h', LR_ONLY]
   first = launch_process(*args, env=env, new_session=True, output=tmp_path / 'first.log')
   deadline = time.monotonic() + 300
-  while time.monotonic() < deadline and first.poll() is None:   # kill inside the first rung, 2 variants of 4 done
+  while time.monotonic() < deadline and first.poll() is None:   # kill inside the first rung, 1 variant of 2 done
     done = list((workdir / 'rounds' / 'b0-r0').glob('trial-*/experiment.json'))
-    if len(done) >= 2:
+    if len(done) >= 1:
       break
     time.sleep(0.05)
   assert first.poll() is None, (tmp_path / 'first.log').read_text()[-2000:]
@@ -180,15 +192,15 @@ def test_kill_9_then_relaunch_resumes_the_bracket_where_it_stopped(tmp_path, foo
   assert sum(f'[{p.parent.name}] finished earlier' in result.stdout + result.stderr for p in finished_before) \
       == len(finished_before)
   trials = [t for t in _study(workdir).trials if 'claim' not in t.user_attrs]
-  assert len(trials) == 4   # the relaunch asked for none again
+  assert len(trials) == 2   # the relaunch asked for none again
   assert sidecar.read_metadata(workdir / 'final')['ensemble']['kind'] == 'auto'
 
 
-def test_two_processes_share_a_postgresql_study_and_one_confirms(tmp_path):
+def test_two_processes_share_a_postgresql_study_and_one_confirms(tmp_path, footprints):
   with postgres_server() as url:
-    procs = [launch_process(*TINY, *PLAIN, THREE_FOLDS, *HALVING, f'--workdir={tmp_path / f"auto{i}"}',
+    procs = [launch_process(*TINY, *PLAIN, TWO_FOLDS, *TWO_RUNGS, f'--workdir={tmp_path / f"auto{i}"}',
                             '--config.auto.time_budget=1h', f'--config.auto.storage={url}', LR_ONLY,
-                            env=_env(tmp_path), output=tmp_path / f'auto{i}.log') for i in range(2)]
+                            env=_env(tmp_path, footprints), output=tmp_path / f'auto{i}.log') for i in range(2)]
     for p in procs:
       p.wait(timeout=600)
     outputs = [(tmp_path / f'auto{i}.log').read_text() for i in range(2)]
@@ -210,19 +222,20 @@ def test_without_optuna_auto_says_which_extra_to_install(monkeypatch):
 
 def test_a_population_round_member_equals_its_solo_run(tmp_path, isolated_cache, footprints):
   """Two trials x two folds as one plan (`population.round_plan`, isolated), and fold 1 of the second trial trained alone
-  (`--mode train`): the loop form runs the solo run's programs on the same rows, so the same bits."""
-  config = config_from_argv(['launch.py', *TINY[:7], '--config.data.num_folds=2'])
+  (`--mode train`, through `runner.run` in this process as launch.py calls it: its programs compiled as the plan's
+  are): the loop form runs the solo run's programs on the same rows, so the same bits."""
+  # (the plan's members in one chunk: the memory rule's plan would compile each configuration's programs once more)
+  config = config_from_argv(['launch.py', *TINY[:7], '--config.data.num_folds=2', '--config.sweep.models_per_chunk=2'])
   entries = [Entry('trial-0000', {}), Entry('trial-0001', {'train.learning_rate': 0.003})]
   plan, failed = round_plan(config, entries, (0, 1), (0,), 2)
   assert len(plan.variants) == 2 and not failed
-  _seeded(isolated_cache, footprints)   # this process's FPCLASS_CACHE; the solo run has its own, seeded alike
+  _seeded(isolated_cache, footprints)   # this process's FPCLASS_CACHE, where both runs find the footprints
   with StopOnSignals() as stop:
     runs = run_plan(plan, tmp_path / 'round', stop=stop, isolate=True)
   assert all(not o.error for o in outcomes(runs, 'accuracy').values())
   solo = tmp_path / 'solo'
-  launch(*TINY[:7], '--config.data.num_folds=2', '--config.data.fold=1', '--config.train.learning_rate=0.003',
-         f'--workdir={solo}', env={'FPCLASS_CACHE': str(_seeded(tmp_path / 'cache', footprints)),
-                                    'XLA_FLAGS': IN_PROCESS_XLA_FLAGS})   # compiled as this process compiles
+  run('train', config_from_argv(['launch.py', *TINY[:7], '--config.data.num_folds=2', '--config.data.fold=1',
+                                 '--config.train.learning_rate=0.003']), solo)
   member = pd.read_csv(tmp_path / 'round' / 'trial-0001' / 'oof_predictions.csv', dtype={'id': str})
   alone = pd.read_csv(solo / 'oof_predictions.csv', dtype={'id': str})
   member = member[member['split'] == 1].set_index('id').sort_index()

@@ -5,6 +5,7 @@ on the most folds that fit. Real training of a tiny CNN in this process, on a si
 machine's speed."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import optuna
@@ -22,6 +23,7 @@ from fpclass.auto.first_trials import BASELINE
 from fpclass.auto.rungs import Costs
 from fpclass.auto.schedulers.successive_halving import SuccessiveHalving
 from fpclass.config.search import AutoSettings
+from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
 from fpclass.train.shared_work import SharedWork
@@ -31,8 +33,26 @@ TINY = ['launch.py', '--config=configs/footprint.py:quick', '--config.data.image
         '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)', '--config.train.epochs=1',
         '--config.train.early_stopping_patience=0', '--config.explain.after_training=False',
         '--config.train.tensorboard=False', '--config.data.num_folds=3', '--config.augment.hflip=0.0',
-        '--config.augment.brightness=0.0', '--config.augment.contrast=0.0', '--config.model.dropout=0.0']
+        '--config.augment.brightness=0.0', '--config.augment.contrast=0.0', '--config.model.dropout=0.0',
+        '--config.sweep.models_per_chunk=4']
 MEMBER = 1000.0   # the cost model's seconds for one member of one epoch
+
+
+@pytest.fixture(scope='module')
+def drawn_footprints(tmp_path_factory):
+  """TINY's synthetic footprints, drawn once for the module (1.5 CPU-s a draw) as a round draws them into its
+  cache: their folder, which `footprints` copies into each test's own cache."""
+  synthetic = config_from_argv(TINY).data.synthetic
+  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
+                       n_test=synthetic.n_test)
+  return ensure_synthetic_footprints(tmp_path_factory.mktemp('footprints'), spec, progress=False)
+
+
+@pytest.fixture
+def footprints(isolated_cache, drawn_footprints):
+  """The test's own data cache (FPCLASS_CACHE, tests.conftest.isolated_cache) holding a copy of the module's
+  footprints, where its rounds find them instead of drawing them again."""
+  shutil.copytree(drawn_footprints, isolated_cache / drawn_footprints.parent.name / drawn_footprints.name)
 
 
 class SimulatedBudget(Budget):
@@ -58,6 +78,7 @@ def _kept_models(folder):
   return {(r['split'], r['seed']) for r in json.loads((folder / 'experiment.json').read_text())['rows'] if r['kept']}
 
 
+@pytest.mark.usefixtures('footprints')
 def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_every_model_alike(tmp_path):
   # The chosen trial's top rung trained 2 of its 3 folds, and the study has one trial taken.
   workdir, config = tmp_path / 'auto', config_from_argv(TINY)
@@ -99,6 +120,7 @@ def test_the_rest_trains_the_missing_folds_then_more_seeds_and_the_final_mixes_e
   assert f'accuracy {accuracy:.4f}' in note
 
 
+@pytest.mark.usefixtures('footprints')
 def test_where_the_search_trained_the_first_folds_of_the_data_s_the_final_completes_them(tmp_path):
   """The search ranked its trials on the first 3 of the data's 4 folds (`measure.fit_folds`): the choice's top
   rung holds folds 0 to 2 of the 4-fold split, each model on 3/4 of the images, and the rest of the budget first
@@ -146,6 +168,7 @@ def _two_trials(study):
     study.tell(trial, 0.5)
 
 
+@pytest.mark.usefixtures('footprints')
 def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_taken_from_the_top_rung(tmp_path):
   workdir, config = tmp_path / 'auto', config_from_argv(TINY)
   study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
@@ -176,6 +199,7 @@ def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_tak
   _check_kept(out, note, {'trial-0000': '../trials/trial-0000', 'trial-0001': '../trials/trial-0001'}, 'trial-0000')
 
 
+@pytest.mark.usefixtures('footprints')
 def test_a_trial_the_search_left_at_its_bottom_rung_is_a_candidate_on_the_fold_it_held_out(tmp_path, monkeypatch):
   """Everything the search trained: the config as given on every fold (the choice) and another learning rate
   pruned after its bottom rung of one fold. The mix compares them on that fold's examples; nothing is trained.
@@ -204,6 +228,7 @@ def test_a_trial_the_search_left_at_its_bottom_rung_is_a_candidate_on_the_fold_i
               'trial-0000')
 
 
+@pytest.mark.usefixtures('footprints')
 def test_a_runner_up_the_budget_cannot_train_on_every_fold_trains_on_the_folds_that_fit(tmp_path, monkeypatch):
   """The choice is the config as given on 3 folds; the other trial, pruned at its bottom rung, is the runner-up.
   Room for 1.5 members buys it one fold at the configuration's epochs in more/, a candidate of the mix on that
@@ -227,6 +252,7 @@ def test_a_runner_up_the_budget_cannot_train_on_every_fold_trains_on_the_folds_t
     _check_kept(out, note, {'trial-0000': '../trials/trial-0000', 'trial-0001': f'../{MORE}/trial-0001'}, 'trial-0000')
 
 
+@pytest.mark.usefixtures('footprints')
 def test_the_confirmation_s_other_finalist_is_a_candidate_on_its_fresh_folds(tmp_path):
   """The confirmation trained the choice and the other finalist on fresh folds: the finalist is a candidate there,
   every example held out at the configuration's epochs, rather than at its bottom rung's one fold."""
@@ -257,6 +283,7 @@ def _check_kept(out, note, folders: dict, choice: str) -> None:
   assert f'a Caruana mix over {len(folders)} configurations' in note
 
 
+@pytest.mark.usefixtures('footprints')
 def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finished_rung(tmp_path):
   # A loaded machine: the best trial finished rung 0 (one fold) and rung 1 (two folds), but its top rung was cut
   # (`trials/` holds an unfinished folder): the final model starts from rung 1's fold models and trains the fold
@@ -278,6 +305,7 @@ def test_a_choice_whose_top_rung_the_deadline_cut_starts_from_its_highest_finish
   assert "start from b0-r1's" in note and 'every labelled image' in note
 
 
+@pytest.mark.usefixtures('footprints')
 def test_the_missing_folds_take_as_many_pieces_as_fit_each_at_the_source_s_epochs_the_last_one_shorter(tmp_path):
   """A top rung the budget cut to 1 of 3 folds at 4 of the config's 8 epochs: room for 6 member-epochs trains
   fold 1 at 4 epochs (the source's, not the config's), then fold 2 in a second piece at the 2 epochs left (half of

@@ -294,7 +294,7 @@ def test_randomising_the_weights_changes_the_map():
     return optax.apply_updates(params, updates), opt_state
 
   opt_state = tx.init(params)
-  for i in range(120):
+  for i in range(60):
     batch = np.arange(i * 32, i * 32 + 32) % 256
     params, opt_state = step(params, opt_state, images[batch], labels[batch])
   test_images, test_labels, test_masks = square_images(32, seed=1)

@@ -46,6 +46,22 @@ def tiny_config(**overrides):
                                                            **overrides})
 
 
+def initial_state(task):
+  """The student's initial state at 24x16, from one compiled program: run eagerly, init compiles each of its
+  operations on its own."""
+  return jax.jit(task.init, static_argnums=1)(jax.random.PRNGKey(0), (24, 16, 1))
+
+
+def train_mode_logits(task):
+  """The student's logits in training mode, (state, uint8 images, the dropout key, the augmentation key or None) ->
+  logits, as one compiled program: the reference the step's loss is checked against, computed outside the step
+  (run eagerly, each of the model's operations would compile on its own)."""
+  def logits(state, images, dropout_key, aug_key=None):
+    return task.apply(state.params, state.batch_stats, task.prepare(images, aug_key), train=True,
+                      rngs={'dropout': dropout_key})[0]
+  return jax.jit(logits)
+
+
 class OneHotTeacher:
   """A teacher whose probabilities are the labels' one-hot rows: the student must then be the plain run."""
   traced = 0   # the step programs that asked it (so a teacher never handed to the step fails the test)
@@ -90,20 +106,18 @@ def test_the_teacher_scores_the_very_augmented_view_the_student_sees():
   task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
   teacher = BrightnessTeacher()
   taught = dataclasses.replace(task, teacher=teacher)
-  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  state = initial_state(task)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 24, 16, 1), np.uint8))
   labels = jnp.asarray([0, 1] * 4)
   key = jax.random.PRNGKey(5)
   _, out = jax.jit(taught.train_batch)(state, images, labels, key)
   aug_key, dropout_key = jax.random.split(key)
-
-  def loss_with(view):
-    logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images, aug_key), train=True,
-                              rngs={'dropout': dropout_key})
-    return float(task.loss(logits, teacher.targets(view, labels)))
-  seen = loss_with(task.augmented(images, aug_key))
+  logits = train_mode_logits(task)(state, images, dropout_key, aug_key)
+  loss_with = jax.jit(lambda view: task.loss(logits, teacher.targets(view, labels)))
+  seen = float(loss_with(jax.jit(task.augmented)(images, aug_key)))
   assert float(out['loss_sum']) / 8 == pytest.approx(seen, rel=1e-5)
-  assert abs(loss_with(task.augmented(images)) - seen) > 1e-3   # the plain image's targets give another loss
+  plain = float(loss_with(jax.jit(task.augmented)(images)))
+  assert abs(plain - seen) > 1e-3   # the plain image's targets give another loss
 
 
 @dataclasses.dataclass
@@ -118,16 +132,17 @@ class FixedTeacher(distill_core.Teacher):
     return jnp.broadcast_to(jnp.asarray(m.p, jnp.float32), (view.shape[0], len(m.p)))
 
 
-def test_a_teacher_model_s_targets_are_its_own_probabilities(trained_quick):
+def test_a_teacher_model_s_targets_are_its_own_probabilities(teacher_run):
   """Through its own normalisation: the targets of an un-augmented view equal the model's predict."""
-  workdir, _, _ = trained_quick
+  workdir, _, _ = teacher_run
   (model,) = distill_core.teacher_models(str(workdir))
-  images = np.random.default_rng(1).integers(0, 256, (4, 120, 80, 1), np.uint8)
+  images = np.random.default_rng(1).integers(0, 256, (4, 24, 16, 1), np.uint8)
   view = jnp.asarray(images, jnp.float32) / 255.0
-  targets = distill_core.Teacher([model]).targets(view, None)
+  # Each jitted, as the student's step traces it: one program (run eagerly, each operation would compile alone).
+  targets = jax.jit(lambda v: distill_core.Teacher([model]).targets(v, None))(view)
   np.testing.assert_allclose(np.asarray(targets), model.trained.probabilities(images, 4), atol=1e-5)
   # At temperature T, the softmax of its logits divided by T.
-  softened = distill_core.Teacher([model], temperature=3.0).targets(view, None)
+  softened = jax.jit(lambda v: distill_core.Teacher([model], temperature=3.0).targets(v, None))(view)
   np.testing.assert_allclose(np.asarray(softened), jax.nn.softmax(model.trained.logits(images, 4) / 3.0), atol=1e-5)
 
 
@@ -136,12 +151,11 @@ def test_at_a_temperature_the_student_matches_softened_logits_at_t_squared_scale
   config = tiny_config(**{'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0})
   task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
   teacher = FixedTeacher([FixedModel((0.7, 0.3), 1.0)], temperature=2.5)
-  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  state = initial_state(task)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 24, 16, 1), np.uint8))
   key = jax.random.PRNGKey(5)
   _, out = jax.jit(dataclasses.replace(task, teacher=teacher).train_batch)(state, images, jnp.asarray([0, 1, 0, 1]), key)
-  logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images), train=True,
-                            rngs={'dropout': jax.random.split(key)[1]})
+  logits = train_mode_logits(task)(state, images, jax.random.split(key)[1])
   expected = 2.5 ** 2 * float(task.loss(logits / 2.5, jnp.asarray([[0.7, 0.3]] * 4)))
   assert float(out['loss_sum']) / 4 == pytest.approx(expected, rel=1e-5)
 
@@ -159,12 +173,11 @@ def test_a_label_weight_keeps_that_share_of_each_labelled_target_and_an_unlabell
   np.testing.assert_allclose(np.asarray(mixed), [[0.66, 0.34], [0.76, 0.24]], rtol=1e-6)
   config = tiny_config(**{'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0})
   task = build_task(RunSettings.from_config(config), ('0', '1'), np.arange(2), steps_per_epoch=1)
-  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  state = initial_state(task)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 24, 16, 1), np.uint8))
   key = jax.random.PRNGKey(5)
   _, out = jax.jit(dataclasses.replace(task, teacher=teacher).train_batch)(state, images, labels, key)
-  logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images), train=True,
-                            rngs={'dropout': jax.random.split(key)[1]})
+  logits = train_mode_logits(task)(state, images, jax.random.split(key)[1])
   assert float(out['loss_sum']) / 3 == pytest.approx(float(task.loss(logits, targets)), rel=1e-5)
   for bad, why in (({'label_weight': 1.0}, 'in \\[0, 1\\)'), ({'label_weight': 0.3, 'temperature': 2.0}, 'soften')):
     with pytest.raises(ConfigError, match=why):
@@ -194,16 +207,16 @@ def test_the_step_hands_the_cross_fitted_teacher_the_batch_s_rows():
   teacher = FixedTeacher(models, held_out=[{'x0', 'x1'}, {'x2', 'x3'}])
   teacher = dataclasses.replace(teacher, row_weights=teacher._row_weights(['x0', 'x1', 'x2', 'x3']))
   taught = dataclasses.replace(task, teacher=teacher)
-  state = task.init(jax.random.PRNGKey(0), (24, 16, 1))
+  state = initial_state(task)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 24, 16, 1), np.uint8))
   labels = jnp.asarray([0, 0, 1, 1])
   key = jax.random.PRNGKey(5)
   step = jax.jit(taught.train_step, donate_argnums=())
+  student = train_mode_logits(task)
   _, dropout_key = jax.random.split(key)
   for index in ([0, 1, 2, 3], [2, 3, 0, 1]):
     _, out = step(state, images, labels, jnp.asarray(index), key)
-    logits, _, _ = task.apply(state.params, state.batch_stats, task.prepare(images[jnp.asarray(index)]), train=True,
-                              rngs={'dropout': dropout_key})
+    logits = student(state, images[jnp.asarray(index)], dropout_key)
     targets = jnp.asarray([models[0].p if i < 2 else models[1].p for i in index])
     assert float(out['loss_sum']) / 4 == pytest.approx(float(task.loss(logits, targets)), rel=1e-5), index
 

@@ -1,6 +1,8 @@
 """One engine for one model or many: each member of a sweep equals the same model trained alone by
 --mode train, in both forms of the model axis, from scratch, from pretrained weights, frozen (on shared cached
 features) and in two phases."""
+import shutil
+
 import jax
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ from fpclass import fileio
 from fpclass.config.inputs import DataSettings
 from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, splits
+from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.infer.inference import load_trained
 from fpclass.models import heads
 from fpclass.modes.runner import run
@@ -24,7 +27,7 @@ from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
 from fpclass.train.shared_work import SharedWork
 from fpclass.train.steps import CompiledSteps, LoopAxis
-from tests.conftest import ONLY_CPU_REPEATS_BITS, assert_same_bits, load_config, torchvision_weights
+from tests.conftest import ONLY_CPU_REPEATS_BITS, assert_same_bits, load_config
 from tests.parity import FLOOR_FACTOR, JITTER
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
@@ -78,21 +81,27 @@ def solo_runs(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def float32_noise(solo_runs, tmp_path_factory):
+def float32_noise(solo_runs):
   """Each solo run's own float32 noise, measured as tests/parity.py measures a reference's: the same run with its
-  learning rate moved by JITTER (relative), a float32-sized perturbation of every update. {member: (largest
-  change of a metrics.csv value, largest change of a weight relative to its array's scale)}."""
+  learning rate moved by JITTER (relative), a float32-sized perturbation of every update. The four jittered runs
+  train as one chunk of the loop form, which runs each solo run's own programs on its rows and equals it to the
+  bit on the CPU, the one backend the vmap comparison runs on (test_each_member_equals_the_model_trained_alone
+  [loop-4]): each member is its solo run jittered, for a fraction of four --mode train runs' set-up. {member:
+  (largest change of a metrics.csv value, largest change of a weight relative to its array's scale)}."""
+  config = tiny(**{'sweep.model_axis': 'loop', 'sweep.models_per_chunk': len(MEMBERS),
+                   'train.learning_rate': SETUP['train.learning_rate'] * (1 + JITTER)})
+  decoded, members = _members(config)
+  (results,) = _train(config, decoded, members, 'loop', len(MEMBERS))
   out = {}
-  for fold, seed in MEMBERS:
-    workdir = tmp_path_factory.mktemp(f'jittered-{fold}-{seed}')
-    config = tiny(**{'data.fold': fold, 'seed': seed, 'train.learning_rate': SETUP['train.learning_rate'] * (1 + JITTER)})
-    run('train', config, workdir)
-    history, solo = pd.read_csv(workdir / 'metrics.csv'), solo_runs[fold, seed]
+  for r in results:
+    key = r.member.split, r.member.seed
+    history, solo = pd.DataFrame(r.loop.history), solo_runs[key]
     assert len(history) == len(solo['history'])   # the same epochs: the noise is measured on the same run
-    out[fold, seed] = (float(np.max(np.abs(_history(history) - _history(solo['history'])))),
-                       _relative_difference(jax.tree_util.tree_leaves(load_trained(config, workdir, 'last').state.params),
-                                            jax.tree_util.tree_leaves(solo['last'].params)))
-    assert min(out[fold, seed]) > 0, out[fold, seed]   # the perturbation reached the metrics and the weights
+    out[key] = (float(np.max(np.abs(_history(history) - _history(solo['history'])))),
+                _relative_difference(jax.tree_util.tree_leaves(r.last.params),
+                                     jax.tree_util.tree_leaves(solo['last'].params)))
+    assert min(out[key]) > 0, out[key]   # the perturbation reached the metrics and the weights
+  assert sorted(out) == sorted(MEMBERS)
   return out
 
 
@@ -309,30 +318,91 @@ def test_memory_plan_follows_the_formula():
   assert [len(c) for c in balanced_chunks(list(range(20)), 8)] == [7, 6, 7]
 
 
-# Seed 000's ResNet-18 transfer recipe on 36 footprints at 32x24, from a torchvision file torch wrote itself
-# (random weights: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members; fold 1's solo run.
-# The backbone is ResNet-18's layout cut after its third stage (stem, layer1, layer2) under a new top: what the
-# recipes ask of the engine (a frozen prefix of stages, trainable stages after it, a head, phases) is the same at
-# any depth, and the whole (1, 1, 1, 1) network's 5.4M weights (0.3M to layer2) made every run's checkpoints and
-# programs many times larger.
-TRANSFER = {'model.layers': (1, 1, 1, 1), 'model.cut': 'layer2', 'model.top': 'avg', 'data.image_size': (32, 24),
+# Seed 000's ResNet-18 transfer recipe on 36 footprints at 32x24, from a torchvision state_dict of random weights
+# (`resnet18_file`: nothing can be downloaded). Folds 0 and 1 with seed 3: the sweep's two members; fold 1's solo run.
+# The backbone is ResNet-18's layout cut after its second stage (stem, layer1) under a new top: what the recipes
+# ask of the engine (a frozen prefix of stages, trainable stages after it, a head, phases) is the same at any depth,
+# and the whole (1, 1, 1, 1) network's 5.4M weights (0.3M to layer2, 0.08M to layer1) made every run's checkpoints
+# and programs many times larger (the cut after layer2 compiled and trained these three tests in a fifth more
+# CPU time, 2026-11-28).
+TRANSFER = {'model.layers': (1, 1, 1, 1), 'model.cut': 'layer1', 'model.top': 'avg', 'data.image_size': (32, 24),
             'data.synthetic.n_class0': 20, 'data.synthetic.n_class1': 16, 'seed': 3, 'explain.after_training': False,
             'train.tensorboard': False, 'sweep.folds': (0, 1), 'sweep.seeds': (3,), 'sweep.models_per_chunk': 2}
 AUGMENT_OFF = {'augment.hflip': 0.0, 'augment.brightness': 0.0, 'augment.contrast': 0.0}
 RECIPES = {
-    # fine-tuned from the pretrained weights in one phase: the stem and layer1 frozen, the last stage and the head train
-    'pretrained': {'model.freeze_till': 2, 'train.finetune_epochs': 0},
+    # fine-tuned from the pretrained weights in one phase: the stem frozen, the last stage (layer1) and the head train
+    'pretrained': {'model.freeze_till': 1, 'train.finetune_epochs': 0},
     # the backbone frozen, augmentation off: the head trains on features computed once for both members; the
     # chunk planned by the memory rule, for the head on the features
     'frozen': {'model.freeze_till': -1, 'train.finetune_epochs': 0, 'sweep.models_per_chunk': 0, **AUGMENT_OFF},
     # the recipe as the seed ran it: a frozen phase (with augmentation), then fine-tuning from the last stage on
-    'two_phase': {'model.freeze_till': -1, 'train.finetune_epochs': 1, 'train.finetune_freeze_till': 2},
+    'two_phase': {'model.freeze_till': -1, 'train.finetune_epochs': 1, 'train.finetune_freeze_till': 1},
 }
+
+
+def _torchvision_resnet_state_dict(layers: tuple, seed: int = 0) -> dict:
+  """A basic-block torchvision ResNet's state_dict with these block counts, {name: array}, its names and shapes
+  torchvision's (layers (2, 2, 2, 2): resnet18), its values drawn as torch initialises the model: the convolutions
+  He-normal over their fan-out, the batch norms the identity (weight 1, bias 0, mean 0, variance 1), the
+  classifier uniform within 1/sqrt(512)."""
+  rng, state = np.random.default_rng(seed), {}
+
+  def conv(name, out, into, size):
+    weight = rng.normal(0, np.sqrt(2 / (out * size * size)), (out, into, size, size))
+    state[f'{name}.weight'] = weight.astype(np.float32)
+
+  def norm(name, channels):
+    state.update({f'{name}.weight': np.ones(channels, np.float32), f'{name}.bias': np.zeros(channels, np.float32),
+                  f'{name}.running_mean': np.zeros(channels, np.float32),
+                  f'{name}.running_var': np.ones(channels, np.float32),
+                  f'{name}.num_batches_tracked': np.zeros((), np.int64)})
+
+  conv('conv1', 64, 3, 7)
+  norm('bn1', 64)
+  into = 64
+  for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+    for block in range(blocks):
+      name = f'layer{stage + 1}.{block}'
+      conv(f'{name}.conv1', width, into, 3)
+      norm(f'{name}.bn1', width)
+      conv(f'{name}.conv2', width, width, 3)
+      norm(f'{name}.bn2', width)
+      if block == 0 and into != width:   # the stage's first block strides 2: a 1x1 projection on its shortcut
+        conv(f'{name}.downsample.0', width, into, 1)
+        norm(f'{name}.downsample.1', width)
+      into = width
+  bound = 1 / np.sqrt(512)
+  state['fc.weight'] = rng.uniform(-bound, bound, (1000, 512)).astype(np.float32)
+  state['fc.bias'] = rng.uniform(-bound, bound, 1000).astype(np.float32)
+  return state
 
 
 @pytest.fixture(scope='module')
 def resnet18_file(tmp_path_factory):
-  return torchvision_weights(tmp_path_factory.mktemp('weights'), layers=TRANSFER['model.layers'])
+  """The TRANSFER backbone's pretrained weights: a torchvision state_dict of random weights (nothing can be
+  downloaded) as a .safetensors file, which fpclass reads as it reads torch.save's .pth (`models.weights`), without
+  torch: writing a .pth took importing torch and torchvision, 2 to 3 CPU-s of this file (2026-11-28)."""
+  from safetensors.numpy import save_file
+  path = tmp_path_factory.mktemp('weights') / 'resnet.safetensors'
+  save_file(_torchvision_resnet_state_dict(TRANSFER['model.layers']), str(path))
+  return path
+
+
+@pytest.fixture(scope='module')
+def drawn_footprints(tmp_path_factory):
+  """The TRANSFER runs' synthetic footprints, drawn once for the module as a run draws them into its cache: their
+  folder, which `transfer_footprints` copies into each test's own cache."""
+  synthetic = load_config('configs/footprint.py:resnet18,quick', **TRANSFER).data.synthetic
+  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
+                       n_test=synthetic.n_test)
+  return ensure_synthetic_footprints(tmp_path_factory.mktemp('footprints'), spec, progress=False)
+
+
+@pytest.fixture
+def transfer_footprints(isolated_cache, drawn_footprints):
+  """The test's own data cache (FPCLASS_CACHE, tests.conftest.isolated_cache) holding a copy of the module's
+  footprints, where its runs find them instead of drawing them again."""
+  shutil.copytree(drawn_footprints, isolated_cache / drawn_footprints.parent.name / drawn_footprints.name)
 
 
 def _leaves(config, workdir):
@@ -341,6 +411,7 @@ def _leaves(config, workdir):
 
 @ONLY_CPU_REPEATS_BITS
 @pytest.mark.parametrize('recipe', list(RECIPES))
+@pytest.mark.usefixtures('transfer_footprints')
 def test_a_sweep_member_equals_its_solo_run_bit_for_bit(recipe, resnet18_file, tmp_path, capsys):
   config = load_config('configs/footprint.py:resnet18,quick', **{**TRANSFER, **RECIPES[recipe]},
                        **{'model.pretrained': str(resnet18_file), 'sweep.model_axis': 'loop'})

@@ -26,6 +26,16 @@ from tests.conftest import IN_PROCESS_XLA_FLAGS, launch, launch_process, load_co
 from tests.test_scale import TINY
 
 
+@pytest.fixture(scope='module', autouse=True)
+def figures_not_rendered():
+  """The runs in this process draw evaluate's figures but do not render them to PNG files (0.85 CPU-s a run): no
+  test here reads them (tests/test_launch.py checks them). Everything compared (checkpoints, metrics.csv, scores,
+  the workdir's files before and after a refused run) is written as before; launch.py's processes render theirs."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(fileio, 'save_figure', lambda path, figure, trim=True: None)
+    yield
+
+
 def same_programs() -> dict:
   """A launch's environment (this test's): compiled as this process compiles, since the killed launches are
   compared with an unbroken run in this process, to the bit."""

@@ -57,10 +57,14 @@ def gray_images(n, height, width, seed=0):
   logits differ between them."""
   rng = np.random.default_rng(seed)
   coarse = rng.standard_normal((n, max(2, height // 8), max(2, width // 8), 1))
-  smooth = np.asarray(jax.image.resize(coarse, (n, height, width, 1), 'cubic'))
+  smooth = np.asarray(_resize(coarse, (n, height, width, 1)))
   g = (rng.uniform(0.2, 0.8, (n, 1, 1, 1)) + rng.uniform(0.1, 0.4, (n, 1, 1, 1)) * smooth
        + 0.05 * rng.standard_normal((n, height, width, 1)))
   return np.clip(g, 0, 1).astype(np.float32)
+
+
+# One compiled program per size (run eagerly, each of the resize's operations compiles its own).
+_resize = jax.jit(lambda x, shape: jax.image.resize(x, shape, 'cubic'), static_argnums=1)
 
 
 def jittered(x, seed=5):
@@ -75,9 +79,7 @@ def torch_reference(name, rgb, folder):
   whose BN statistics are those of `rgb` (torch's own train-mode pass, cumulative: exactly the batch's).
 
   Residual branches are damped (see `DAMPING`)."""
-  torch.manual_seed(0)
-  module = parity.randomise_torch_weights(getattr(torchvision.models, name)(weights=None, num_classes=CLASSES))
-  module.eval()
+  module = parity.randomise_torch_weights(parity.torchvision_uninitialised(name, num_classes=CLASSES))
   with torch.no_grad():
     for m in module.modules():
       if isinstance(m, torchvision.models.resnet.BasicBlock):
@@ -107,17 +109,18 @@ def keras_reference(name, rgb, folder):
   application = {'keras_efficientnetb0': 'EfficientNetB0', 'keras_resnet50': 'ResNet50'}[name]
   keras.utils.set_random_seed(0)
   model = parity.keras_application(application, rgb.shape[1:], classes=CLASSES)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.Normalization):
-      imagenet = preprocessing.TORCH_IMAGENET
-      layer.set_weights([np.asarray(imagenet.mean, np.float32), np.square(np.asarray(imagenet.std, np.float32)),
-                         layer.get_weights()[2]])
-      layer.finalize_state()
   batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-  for layer in batch_norms:
-    if layer.name.endswith('_3_bn'):
-      gamma, *rest = layer.get_weights()
-      layer.set_weights([gamma * DAMPING, *rest])
+  with parity.keras_arrays_uncompiled():
+    for layer in model.layers:
+      if isinstance(layer, keras.layers.Normalization):
+        imagenet = preprocessing.TORCH_IMAGENET
+        layer.set_weights([np.asarray(imagenet.mean, np.float32), np.square(np.asarray(imagenet.std, np.float32)),
+                           layer.get_weights()[2]])
+        layer.finalize_state()
+    for layer in batch_norms:
+      if layer.name.endswith('_3_bn'):
+        gamma, *rest = layer.get_weights()
+        layer.set_weights([gamma * DAMPING, *rest])
   if batch_norms:  # one jitted train-mode pass with momentum 0: the moving statistics become the batch's
     for layer in batch_norms:
       layer.momentum = 0.0

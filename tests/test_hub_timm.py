@@ -82,12 +82,12 @@ def test_the_check_fails_on_a_perturbed_tensor(arch, reference):
   parity.assert_check_fails(result)
 
 
-def test_tf_padding_is_what_makes_a_tf_port_exact(reference, cache):
+def test_tf_padding_is_what_makes_a_tf_port_exact(reference):
   """tf_efficientnetv2_b0 with torch's symmetric padding instead of TF's 'SAME' (the same weights): the check
   fails, so the sample's pass shows the padding, not only the weights."""
-  case, _ = reference('tf_efficientnetv2_b0')
-  _, variables, apply = tr.port(case, cache, padding='symmetric')
-  logits, features = apply(variables, case.x)
+  case, (model, variables, _) = reference('tf_efficientnetv2_b0')
+  symmetric = model.clone(padding='symmetric')   # the port as loaded, its padding field changed
+  logits, features = parity.compiled_once(symmetric.apply, variables, case.x)(variables, case.x)
   result = tr.agreement(case, logits, features, label='tf_efficientnetv2_b0, symmetric padding')
   print(result.row())
   parity.assert_check_fails(result)
@@ -116,14 +116,16 @@ def test_preprocessing_is_timms_resolve_data_config(arch, reference, cache, monk
   """mean, std, input size, interpolation, crop_pct and crop_mode from config.json, as timm resolves them for
   the model it builds from the same cached checkpoint."""
   import timm
+  import torch
   from timm.data import resolve_data_config
   case, _ = reference(arch)
   monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
   with tr.offline_cache(cache):
     resolved = weights_ref.resolve(case.reference, models.get_spec(f'timm_{arch}'))
     checkpoint = resolved.checkpoint
-    module = timm.create_model(case.reference, pretrained=False, num_classes=tr.NUM_CLASSES,
-                               cache_dir=str(cache))
+    with torch.device('meta'):   # its configuration is all that is read: no weights drawn (ViT-S: 1 CPU-s)
+      module = timm.create_model(case.reference, pretrained=False, num_classes=tr.NUM_CLASSES,
+                                 cache_dir=str(cache))
   expected = resolve_data_config({}, model=module)
   got = hub.data_config(checkpoint.config)
   assert {k: got[k] for k in expected} == {k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()}

@@ -59,9 +59,17 @@ def test_a_forked_launch_trains_what_python_launch_py_trains_bit_for_bit(trained
     assert all(np.array_equal(a, b) for a, b in pairs)
 
 
-def test_submit_writes_one_row_per_test_file_in_sample_order(trained_quick):
+@pytest.fixture(scope='module')
+def submitted(trained_quick):
+  """(workdir, env, the launch's CompletedProcess) of --mode submit on the quick run without --config (its config
+  from the sidecar), which the two tests below read: one launch, not one each. Submit with --config is
+  test_kaggle_folder_with_bad_files's."""
   workdir, env, _ = trained_quick
-  launch(QUICK, f'--workdir={workdir}', '--mode=submit', env=env)
+  return workdir, env, launch(f'--workdir={workdir}', '--mode=submit', env=env)
+
+
+def test_submit_writes_one_row_per_test_file_in_sample_order(submitted):
+  workdir, env, _ = submitted
   submission = pd.read_csv(workdir / 'submission.csv', dtype=str)
   data_root = next((REPO / env['FPCLASS_CACHE']).glob('synthetic_footprints/*'))
   sample = pd.read_csv(data_root / 'sample_submission.csv', dtype=str)
@@ -83,14 +91,14 @@ def test_evaluate_with_another_architecture_is_a_clear_error(trained_quick):
   assert 'Traceback' not in result.stderr
 
 
-def test_modes_after_training_read_the_config_from_the_workdir(trained_quick, tmp_path):
-  """Without --config, evaluate and submit take the training config from the sidecar (the quick run's
-  tiny synthetic sizes included); an inference-side override still applies."""
+def test_modes_after_training_read_the_config_from_the_workdir(trained_quick, submitted):
+  """Without --config, evaluate and submit (`submitted`) take the training config from the sidecar (the quick
+  run's tiny synthetic sizes included); an inference-side override still applies."""
   workdir, env, _ = trained_quick
   evaluated = launch(f'--workdir={workdir}', '--mode=evaluate', '--config.eval.batch_size=7', env=env)
   # A reader opens the checkpoints read-only on purpose: orbax's notices of it are not the user's business.
   assert 'read only' not in evaluated.stderr and 'read_only' not in evaluated.stderr, evaluated.stderr
-  out = launch(f'--workdir={workdir}', '--mode=submit', env=env)
+  _, _, out = submitted
   submission = (workdir / 'submission.csv').read_text().splitlines()
   assert submission[0].split(',')[0] == 'filename' and len(submission) == 1 + 16, out.stdout
 

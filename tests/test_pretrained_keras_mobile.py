@@ -128,12 +128,12 @@ def test_float64_logits_match_keras_to_rounding(reference):
   """EfficientNetB0 with both sides in float64 agrees to FLOAT64_TOL of the logit scale, so the float32
   differences above are rounding, not a difference in what is computed."""
   ref = reference('keras_efficientnetb0')
-  # One image, cropped to 42x33 (even by odd, as 66x49: the asymmetric padding at work; Keras takes 32 px at
+  # One image, cropped to 32x33 (even by odd, as 66x49: the asymmetric padding at work; Keras takes 32 px at
   # least): float64 convolutions run slowly on XLA:CPU, slower still at the suite's optimisation level 0 (96 s
-  # for two 66x49 images on a loaded machine).
-  x = ref.x[:1, :42, :33]
+  # for two 66x49 images on a loaded machine), in proportion to the pixels.
+  x = ref.x[:1, :32, :33]
   ref64 = parity.keras_logits_float64('EfficientNetB0', ref.path, x)
-  got64 = parity.port_logits_float64(ref.name, ref.path, x)
+  got64 = parity.port_logits_float64(ref.name, ref.path, x, image_shape=ref.x.shape[1:])
   parity.check_float64('keras_efficientnetb0', got64, ref64)
 
 
@@ -372,11 +372,13 @@ def test_a_wrong_class_count_with_the_head_kept_is_an_error(reference):
 
 
 def test_a_file_of_another_architecture_is_an_error_listing_names(reference):
-  b0, mobilenet = reference('keras_efficientnetb0'), reference('keras_mobilenetv3large')
+  b0, b2, mobilenet = (reference(name) for name in ('keras_efficientnetb0', 'keras_efficientnetb2',
+                                                     'keras_mobilenetv3large'))
+  # At the input sizes the parity tests built these models at: parity.build traced them there already.
   with pytest.raises(UserInputError, match=r'does not fit this architecture: \[\d+ missing layers: .*block'):
-    parity.build('keras_efficientnetb2', b0.path)
+    parity.build('keras_efficientnetb2', b0.path, image_shape=b2.x.shape[1:])
   with pytest.raises(UserInputError, match=r'does not fit this architecture: \[\d+ missing layers: normalization'):
-    parity.build('keras_efficientnetb0', mobilenet.path)
+    parity.build('keras_efficientnetb0', mobilenet.path, image_shape=b0.x.shape[1:])
 
 
 def test_a_truncated_file_is_an_error(reference, tmp_path):
@@ -384,7 +386,7 @@ def test_a_truncated_file_is_an_error(reference, tmp_path):
   truncated = tmp_path / 'truncated.weights.h5'
   truncated.write_bytes(ref.path.read_bytes()[:200_000])
   with pytest.raises(UserInputError, match='cannot read it as a Keras weights file'):
-    parity.build(ref.name, truncated)
+    parity.build(ref.name, truncated, image_shape=ref.x.shape[1:])
 
 
 # ------------------------------------------------------------------------------------ structure, training

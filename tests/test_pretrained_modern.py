@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
-import torchvision
 from flax import traverse_util
 
 from fpclass import models
@@ -44,18 +43,18 @@ def tokens_to_grid(tokens, grid):
 
 
 def convnext_tiny(x, seed):
-  module = torchvision.models.convnext_tiny(weights=None)
+  module = parity.torchvision_uninitialised('convnext_tiny')
   return parity.randomise_torch_transformer_parts(parity.randomise_torch_weights(module, seed), seed).eval()
 
 
 def efficientnet_v2_s(x, seed):
-  module = torchvision.models.efficientnet_v2_s(weights=None)
+  module = parity.torchvision_uninitialised('efficientnet_v2_s')
   module = parity.randomise_torch_bn(parity.randomise_torch_weights(module, seed), seed)
   return parity.informative_torch_bn(module, x, seed)
 
 
 def vit_b_16(x, seed):
-  module = torchvision.models.vit_b_16(weights=None)
+  module = parity.torchvision_uninitialised('vit_b_16')
   return parity.randomise_torch_transformer_parts(parity.randomise_torch_weights(module, seed), seed).eval()
 
 
@@ -326,7 +325,8 @@ def test_vit_grad_cam_reads_the_last_blocks_attention_input(reference):
   does, through per-token LayerNorm), which is why the registered cam_layer is the last block's norm1
   output. There every image has a nonzero gradient, and Grad-CAM maps (fpclass.explain.cam) come out whole.
   On DINOv2's 3-block case (the module is vit_b16's) with a random head (parity.build leaves a new one at
-  zero, which no gradient would pass); one jax.grad gives the gradient at every recorded feature."""
+  zero, which no gradient would pass); one jax.grad gives the gradients at both features, and only there (the
+  other recorded features stay zero perturbations: the backward pass stops at the last block)."""
   ref = reference('dinov2_vits14')
   model, variables, apply = ref.flax()
   variables = parity.replaced(variables, {'params/head/kernel': lambda k: parity.images(k.shape, seed=5)})
@@ -334,13 +334,18 @@ def test_vit_grad_cam_reads_the_last_blocks_attention_input(reference):
   perturbations = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
       lambda: model.apply(variables, ref.x, mutable='perturbations')[1]['perturbations']))
   targets = np.arange(IMAGES)
-  gradients = jax.jit(jax.grad(lambda p: model.apply({**variables, 'perturbations': p}, ref.x)[0][
-      np.arange(IMAGES), targets].sum()))(perturbations)
-  assert np.all(np.asarray(gradients[f'block{DINOV2_DEPTH - 1}'][f'feature_{layer}']).any(axis=(1, 2, 3)))
-  assert np.all(np.asarray(gradients[f'feature_block{DINOV2_DEPTH - 1}']) == 0)
+  last = f'block{DINOV2_DEPTH - 1}'
+
+  def score(at_layer, at_block_output):
+    p = {**perturbations, last: {**perturbations[last], f'feature_{layer}': at_layer},
+         f'feature_{last}': at_block_output}
+    return model.apply({**variables, 'perturbations': p}, ref.x)[0][np.arange(IMAGES), targets].sum()
+  at_layer, at_block_output = jax.jit(jax.grad(score, argnums=(0, 1)))(perturbations[last][f'feature_{layer}'],
+                                                                       perturbations[f'feature_{last}'])
+  assert np.all(np.asarray(at_layer).any(axis=(1, 2, 3)))
+  assert np.all(np.asarray(at_block_output) == 0)
   activations = apply(variables, ref.x)[1][layer]
-  maps = np.asarray(cam.maps_from_gradients(activations, gradients[f'block{DINOV2_DEPTH - 1}'][f'feature_{layer}'],
-                                            'gradcam', size=ref.x.shape[1:3]))
+  maps = np.asarray(cam.maps_from_gradients(activations, at_layer, 'gradcam', size=ref.x.shape[1:3]))
   assert maps.shape == ref.x.shape[:3] and maps.max() > 0.99
 
 

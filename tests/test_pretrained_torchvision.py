@@ -33,7 +33,7 @@ CASES = {
     'resnet50': ((64, 64), {'stem': 'maxpool', 'layer1': 'layer1', 'layer4': 'layer4'}),
     'alexnet': ((120, 80), {'conv1': 'features.2', 'conv2': 'features.5', 'conv3': 'features.7',
                             'conv4': 'features.9', 'conv5': 'features.12'}),
-    'vgg16': ((80, 48), {'block1': 'features.4', 'block2': 'features.9', 'block3': 'features.16',
+    'vgg16': ((64, 32), {'block1': 'features.4', 'block2': 'features.9', 'block3': 'features.16',
                          'block4': 'features.23', 'block5': 'features.30'}),
     'efficientnet_b0': ((72, 56), {'stem': 'features.0', **{f'stage{i}': f'features.{i}' for i in range(1, 8)},
                                    'last_conv': 'features.8'}),
@@ -50,8 +50,7 @@ def case_images(name, seed=0):
 
 def torch_file(name, folder, seed=0):
   """A random torchvision `name` (informative BN statistics on its case's images) and its state_dict file."""
-  torch.manual_seed(seed)
-  module = getattr(torchvision.models, name)(weights=None).eval()
+  module = parity.torchvision_uninitialised(name)
   module = parity.randomise_torch_bn(parity.randomise_torch_weights(module, seed), seed)
   parity.informative_torch_bn(module, case_images(name, seed), seed)
   path = folder / f'{name}.pth'
@@ -175,8 +174,7 @@ def test_the_spread_guard_rejects_an_uninformative_reference():
   """EfficientNet-B0 as the parity tests drew it before: random BatchNorm statistics and gammas in
   U(0.3, 0.7), which shrink the image's signal layer by layer until every image gets about the same logits.
   A comparison on it would pass whatever a port did with the image; `parity.check` refuses it."""
-  torch.manual_seed(0)
-  module = torchvision.models.efficientnet_b0(weights=None).eval()
+  module = parity.torchvision_uninitialised('efficientnet_b0')
   module = parity.randomise_torch_bn(parity.randomise_torch_weights(module, 0), 0)
   x = case_images('efficientnet_b0')
   logits, _ = parity.torch_forward(module, x, {})
@@ -331,9 +329,10 @@ def test_wrong_architecture_is_an_error_listing_names(reference):
 
 def test_truncated_file_is_an_error(reference, tmp_path):
   path = tmp_path / 'truncated.pth'
-  path.write_bytes(reference('resnet18').path.read_bytes()[:100_000])
+  ref = reference('resnet18')
+  path.write_bytes(ref.path.read_bytes()[:100_000])
   with pytest.raises(UserInputError, match='cannot read it as a weights file'):
-    parity.build('resnet18', path)
+    parity.build('resnet18', path, image_shape=ref.x.shape[1:])
 
 
 def test_safetensors_files_load_the_same_arrays(reference, tmp_path):
@@ -341,7 +340,7 @@ def test_safetensors_files_load_the_same_arrays(reference, tmp_path):
   ref = reference('resnet18')
   path = tmp_path / 'r18.safetensors'
   save_file({k: v.contiguous() for k, v in ref.module.state_dict().items()}, str(path))
-  _, from_safetensors = parity.build('resnet18', path)
-  _, from_pth = parity.build('resnet18', ref.path)
+  _, from_safetensors = parity.build('resnet18', path, image_shape=ref.x.shape[1:])   # as the parity test built it
+  _, from_pth = parity.build('resnet18', ref.path, image_shape=ref.x.shape[1:])
   flat, expected = traverse_util.flatten_dict(from_safetensors), traverse_util.flatten_dict(from_pth)
   assert flat.keys() == expected.keys() and all(np.array_equal(flat[k], expected[k]) for k in expected)

@@ -16,6 +16,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -37,7 +38,8 @@ from fpclass.serve import app as serve_app
 from fpclass.serve import server as serve_server
 from fpclass.serve import service as serve_service
 from fpclass.serve import supervisor as serve_supervisor
-from tests.conftest import QUICK, REPO, load_config
+from tests.conftest import QUICK, REPO, launch_server, load_config
+from tests.forkserver import forkable
 
 LIMIT_BYTES = 300_000   # serve.max_upload_bytes in these tests, so oversized bodies stay small
 MAX_IMAGES = 4
@@ -58,11 +60,13 @@ def http_post(url, **kwargs) -> httpx.Response:
 @pytest.fixture(scope='module')
 def service(trained_quick):
   """The quick run's model, restored and warmed once for every server of this module. Its OOD threshold is fitted
-  in memory (serve writes nothing in the workdir) on its 15 validation images, at a 25% target: 5% needs 19."""
+  in memory (serve writes nothing in the workdir) on its 15 validation images, at a 25% target: 5% needs 19.
+  Three batch sizes to compile, each 0.4 CPU-s: one image, a request of MAX_IMAGES, and max_batch (16, for the
+  overload test's batches); a request of 2 or 3 images is padded to 4, as the expected answers below are."""
   workdir, _, _ = trained_quick
   config = load_config(QUICK.split('=', 1)[1], **{
       'serve.max_upload_bytes': LIMIT_BYTES, 'serve.max_images_per_request': MAX_IMAGES,
-      'serve.warm_batch_sizes': (1, 2, 4, 8, 16), 'serve.max_batch': 16, 'ood.false_rejection': 0.25})
+      'serve.warm_batch_sizes': (1, MAX_IMAGES, 16), 'serve.max_batch': 16, 'ood.false_rejection': 0.25})
   return serve_service.load_service(config, workdir)
 
 
@@ -430,7 +434,7 @@ def two_classes(service, trained_quick):
           'bias': params['head']['bias'] * scale - jax.numpy.array([0.0, scale * middle])}
   trained = dataclasses.replace(predictor.trained,
                                 state=predictor.trained.state.replace(params={**params, 'head': head}))
-  sharp = serve_service.Predictor(trained, predictor.decision, (1, 2, 4))
+  sharp = serve_service.Predictor(trained, predictor.decision, (1, 4))   # a batch of 2 or 3 runs padded to 4
   sharp.warm((120, 80, 1))
   settings = dataclasses.replace(service.settings, max_batch=4, batch_window_ms=300.0)
   chosen = [int(i) for pair in zip(low, high) for i in pair]
@@ -552,9 +556,10 @@ def http_exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes]:
 HANG_TIMEOUT_S = 5   # the serve.worker_timeout_s of the command test: the silence after which a worker is hung
 
 
-def wait_for_workers(url: str, wanted, stderr_lines, timeout_s: float = 180) -> set:
+def wait_for_workers(url: str, wanted, output, timeout_s: float = 180) -> set:
   """The live worker pids the supervisor reports (any worker's /healthz tells them all), once two are up and
-  `wanted(pids)` holds. A connection that a dying worker had taken may fail: it is asked again."""
+  `wanted(pids)` holds. A connection that a dying worker had taken may fail: it is asked again. `output`: the
+  server's lines, shown if that never comes."""
   deadline, health = time.monotonic() + timeout_s, None
   while time.monotonic() < deadline:
     try:
@@ -565,7 +570,7 @@ def wait_for_workers(url: str, wanted, stderr_lines, timeout_s: float = 180) -> 
     if health['workers']['up'] == 2 and len(pids) == 2 and wanted(pids):
       return pids
     time.sleep(0.2)
-  raise AssertionError(f'{health}\n' + ''.join(stderr_lines))
+  raise AssertionError(f'{health}\n' + ''.join(output))
 
 
 def answering_pid_while_stopped(url: str, stopped: int) -> int:
@@ -585,7 +590,45 @@ def answering_pid_while_stopped(url: str, stopped: int) -> int:
   raise AssertionError(f'no other worker answered /healthz while pid {stopped} was stopped')
 
 
-def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl_c(trained_quick, images):
+# launch.py with SIGINT ignored before it runs, as a background job of a non-interactive shell starts its children
+# (`bash .ci/run &`: the shell sets 'ignore', and exec keeps it). Set here, SIG_IGN is what an inherited 'ignore'
+# leaves, in the kernel and in Python's signal module alike; the script is forked from the launch server as the
+# suite's launches are (tests/forkserver.py), without a fresh interpreter's 3 CPU-s of imports.
+SIGINT_IGNORED_LAUNCH = """
+import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])   # as `python launch.py` has it
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def launch_ignoring_sigint(args: list, env: dict, log: pathlib.Path):
+  """`python launch.py *args` started with SIGINT ignored, its stdout and stderr together in `log` (as 2>&1):
+  SIGINT_IGNORED_LAUNCH forked from the launch server where `env` allows, else through bash, as a background
+  job's child starts. A process with pid, poll, wait, send_signal, kill and communicate, as Popen's."""
+  server = launch_server()
+  if server is not None and forkable(server.env, env):
+    script = log.with_name(f'{log.stem}-sigint-ignored.py')
+    script.write_text(SIGINT_IGNORED_LAUNCH)
+    return server.popen([script, REPO / 'launch.py', *args], REPO, env,
+                        pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch', output=log)
+  with open(log, 'w') as out:   # the child holds its own descriptor
+    return subprocess.Popen(['bash', '-c', 'trap "" INT; exec "$@"', 'bash', sys.executable, str(REPO / 'launch.py'),
+                             *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+class LogLines:
+  """The lines (with their ends) a running process has written to `path` so far, read afresh at each iteration."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+
+  def __iter__(self):
+    return iter(self.path.read_text(errors='replace').splitlines(keepends=True) if self.path.exists() else [])
+
+
+def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl_c(trained_quick, images, tmp_path):
   """launch.py --mode serve on port 0 with two workers, started with SIGINT ignored, as every child of a
   background job of a non-interactive shell is (`bash .ci/run &`; issue 23: uvicorn then restored 'ignore'
   and re-raised SIGINT into it, and the server exited 0 without its line). A worker killed with a request
@@ -593,21 +636,19 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
   request, and a replacement comes up. A hung worker (stopped: no heartbeat) is killed after
   serve.worker_timeout_s and replaced too. Then SIGINT: the workers stop, one line, status 130."""
   workdir, env, _ = trained_quick
-  command = [sys.executable, str(REPO / 'launch.py'), f'--workdir={workdir}', '--mode=serve',
-             '--config.serve.port=0', '--config.serve.workers=2', '--config.serve.warm_batch_sizes=(1,)',
-             '--config.serve.max_batch=1', f'--config.serve.worker_timeout_s={HANG_TIMEOUT_S}',
-             '--config.ood.enabled=False']   # each of the four workers would fit the OOD score anew: not the claim
-  # As a non-interactive shell starts a background job: SIGINT ignored, inherited through exec.
-  ignoring_sigint = ['bash', '-c', 'trap "" INT; exec "$@"', 'bash']
-  process = subprocess.Popen(ignoring_sigint + command, cwd=REPO, env={**os.environ, **env},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  stderr_lines = []
-  reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
-  reader.start()
+  args = [f'--workdir={workdir}', '--mode=serve', '--config.serve.port=0', '--config.serve.workers=2',
+          '--config.serve.warm_batch_sizes=(1,)', '--config.serve.max_batch=1',
+          f'--config.serve.worker_timeout_s={HANG_TIMEOUT_S}',
+          '--config.ood.enabled=False']   # each of the four workers would fit the OOD score anew: not the claim
+  log = tmp_path / 'serve.log'
+  process = launch_ignoring_sigint(args, {**os.environ, **env}, log)
+  output = LogLines(log)
   try:
-    line = process.stdout.readline()
-    found = re.search(r'2 workers, .* at (http://127\.0\.0\.1:(\d+)/)', line)
-    assert found and int(found.group(2)) > 0, (line, ''.join(stderr_lines))
+    deadline = time.monotonic() + 300
+    while (not (found := re.search(r'2 workers, .* at (http://127\.0\.0\.1:(\d+)/)', ''.join(output)))
+           and process.poll() is None and time.monotonic() < deadline):
+      time.sleep(0.1)
+    assert found and int(found.group(2)) > 0, ''.join(output)
     url, port = found.group(1), int(found.group(2))
     health = http_get(url + 'healthz', timeout=30).json()
     assert health['status'] == 'ok' and health['workers']['up'] == 2 and health['workers']['configured'] == 2
@@ -634,10 +675,10 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     reply = post_files(url, [('b.png', images[1][1])], timeout=30)  # the other worker, at once
     assert reply.status_code == 200 and reply.json()['predictions'][0]['file'] == 'b.png'
     survivor = (pids - {victim}).pop()
-    pids = wait_for_workers(url, lambda up: victim not in up and survivor in up, stderr_lines)
+    pids = wait_for_workers(url, lambda up: victim not in up and survivor in up, output)
     replacement = (pids - {survivor}).pop()
     assert any(re.search(rf'worker \d \(pid {victim}\) exited \(killed by SIGKILL\); starting a replacement', line)
-               for line in stderr_lines), ''.join(stderr_lines)
+               for line in output), ''.join(output)
     assert answering_pid_while_stopped(url, survivor) == replacement   # the replacement serves
 
     # A hung worker: SIGSTOP freezes its event loop, so its heartbeats stop; the supervisor kills it after
@@ -646,25 +687,24 @@ def test_the_command_serves_from_workers_replaces_a_killed_one_and_stops_on_ctrl
     hung = min(pids)
     os.kill(hung, signal.SIGSTOP)
     stopped_at = time.monotonic()
-    pids = wait_for_workers(url, lambda up: hung not in up, stderr_lines)
+    pids = wait_for_workers(url, lambda up: hung not in up, output)
     assert time.monotonic() - stopped_at >= HANG_TIMEOUT_S
-    killed = [line for line in stderr_lines if f'(pid {hung}) sent no heartbeat' in line]
-    assert killed and f'worker_timeout_s={HANG_TIMEOUT_S:g}): killing it as hung' in killed[0], ''.join(stderr_lines)
+    killed = [line for line in output if f'(pid {hung}) sent no heartbeat' in line]
+    assert killed and f'worker_timeout_s={HANG_TIMEOUT_S:g}): killing it as hung' in killed[0], ''.join(output)
     # The live workers beat all along: none of them was taken for hung.
-    assert sum('sent no heartbeat' in line for line in stderr_lines) == 1, ''.join(stderr_lines)
+    assert sum('sent no heartbeat' in line for line in output) == 1, ''.join(output)
     other = (pids & {survivor, replacement}).pop()
     assert answering_pid_while_stopped(url, other) == (pids - {other}).pop()
 
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
-    reader.join(timeout=10)
-    stderr = ''.join(stderr_lines)
-    assert process.returncode == 130 and 'Traceback' not in stderr, stderr
-    assert stderr.splitlines()[-1].startswith('fpclass: interrupted (SIGINT); --mode serve stopped'), stderr
+    process.communicate(timeout=60)
+    text = ''.join(output)
+    assert process.returncode == 130 and 'Traceback' not in text, text
+    assert text.splitlines()[-1].startswith('fpclass: interrupted (SIGINT); --mode serve stopped'), text
   finally:
     if process.poll() is None:
       process.kill()
-      process.wait(timeout=30)
+      process.communicate(timeout=30)
 
 
 def test_a_worker_that_cannot_start_stops_the_server_with_its_reason(tmp_path):

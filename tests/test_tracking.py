@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -21,7 +22,8 @@ import pytest
 
 from fpclass.errors import UserInputError
 from fpclass.modes import runner
-from tests.conftest import REPO, launch, load_config
+from tests.conftest import REPO, launch, launch_server, load_config
+from tests.forkserver import forkable
 from tests.test_serve_browser import browser  # noqa: F401 - the module fixture, shared
 
 mlflow = pytest.importorskip('mlflow')
@@ -261,21 +263,48 @@ def test_the_mlflow_page_of_the_run_shows_its_name_and_a_metric(browser, server,
   WebDriverWait(browser, 60).until(lambda d: 'tiny-run' in body(d) and 'val_accuracy' in body(d))
 
 
+# launch.py in the logging state of a fresh interpreter: no handler on the root logger. The launch server's import of
+# orbax.checkpoint gave its root logger a stderr handler, which a launch forked from it would keep, printing each
+# Python warning a second time beside absl's line (tests/forkserver.py).
+FRESH_LOGGING_LAUNCH = """
+import logging, os, runpy, sys
+logging.root.handlers.clear()
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])   # as `python launch.py` has it
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def launch_with_console(args: list, env: dict, log: pathlib.Path):
+  """`python launch.py *args` with its stdout and stderr together in `log` (as 2>&1), the console a user sees:
+  FRESH_LOGGING_LAUNCH forked from the launch server where `env` allows, else a subprocess. A process with poll,
+  wait and communicate, as Popen's."""
+  server = launch_server()
+  if server is not None and forkable(server.env, env):
+    script = log.with_name(f'{log.stem}-fresh-logging.py')
+    script.write_text(FRESH_LOGGING_LAUNCH)
+    return server.popen([script, REPO / 'launch.py', *args], REPO, env,
+                        pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch', output=log)
+  with open(log, 'w') as out:   # the child holds its own descriptor
+    return subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
 def test_a_server_stopped_in_the_middle_of_a_run_leaves_it_finishing_as_untracked(server, env, untracked, tmp_path):
   """The server stops once the run has started (tracking.json written): the epochs fail to log, the run goes on,
   and its console shows the one warning. A launch, for that console; last here, as it stops the module's
   server."""
-  workdir = tmp_path / 'stopped'
-  args = [sys.executable, 'launch.py', *TINY, f'--workdir={workdir}', f'--config.track.mlflow_uri={server.url}']
-  training = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **env), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+  workdir, log = tmp_path / 'stopped', tmp_path / 'console.log'
+  training = launch_with_console([*TINY, f'--workdir={workdir}', f'--config.track.mlflow_uri={server.url}'],
+                                 dict(os.environ, **env), log)
   try:
     deadline = time.monotonic() + 120
     while not (workdir / 'tracking.json').exists() and training.poll() is None and time.monotonic() < deadline:
       time.sleep(0.05)
   finally:
     server.kill()
-  output, _ = training.communicate(timeout=300)
+  training.communicate(timeout=300)
+  output = log.read_text()
   assert training.returncode == 0, output[-3000:]
   assert output.count(WARNING) == 1, output[-3000:]
   same_run(workdir, untracked)

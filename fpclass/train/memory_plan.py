@@ -40,8 +40,9 @@ def free_memory_bytes() -> int:
   return stream.host_available_memory()
 
 
-# Step-sized blocks the host heap holds under keep_host_buffers (module docstring; tests/test_memory_rule.py).
-HOST_STEP_COPIES = 2.5
+# Step-sized blocks the host heap holds under keep_host_buffers, per form (docs/sweeps.md, "The memory rule";
+# tests/test_memory_rule.py): the vmap form's one M-model block splits the single arena more than the loop's.
+HOST_STEP_COPIES = {'loop': 2.5, 'vmap': 3.75}
 # Compiled without it, XLA counts the evaluation program's convolutions in its temp bytes (module docstring).
 NO_LIBRARY_FUSION = (('xla_cpu_experimental_ynn_fusion_type', ''),)
 
@@ -122,7 +123,7 @@ def measure_memory(task, images: np.ndarray, batch: int, eval_batch: int, form: 
         abstract.params, abstract.batch_stats, jax.ShapeDtypeStruct((eval_batch, *shape), images.dtype)).compile())
   return MemoryPlan(shared_bytes=int(images.nbytes), state_bytes=_tree_bytes(abstract),
                     best_bytes=_tree_bytes((abstract.params, abstract.batch_stats)), step_bytes=train,
-                    eval_bytes=evaluate, step_copies=HOST_STEP_COPIES if cpu and process.host_buffers_kept() else 1.0,
+                    eval_bytes=evaluate, step_copies=HOST_STEP_COPIES[form] if cpu and process.host_buffers_kept() else 1.0,
                     resident_bytes=resident_bytes())
 
 
