@@ -162,7 +162,7 @@ class PlannedRounds:
   def __init__(self, outcomes=None, cut=False, spend=None):
     self.calls, self.outcomes, self.cut, self.spend = [], outcomes or {}, cut, spend or {}
 
-  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False):
+  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False, keep_cut_from=0):
     level = len(self.calls)
     self.calls.append(dict(names=[e.name for e in entries], changes=[e.changes for e in entries], folds=folds,
                            seeds=seeds, epochs=epochs, folder=folder, deadline=stop.deadline, keep_ended=keep_ended))

@@ -2,6 +2,8 @@
 is finished on its members that had ended, a run of fewer folds that says which members the deadline cut. On an
 H200 (2026-11-28) auto's one trial was cut after three of its five folds had stopped early, and the final model
 fell back to the set-up measurement's one fold at two epochs."""
+import pytest
+
 from fpclass.auto.context import Entry
 from fpclass.auto.population import outcomes, round_plan
 from fpclass.train import member_store, oof
@@ -31,13 +33,13 @@ class DeadlineOnceOneEnds(StopOnSignals):
     return any(p.name.endswith('.json') for p in (self.folder / member_store.FOLDER).glob('*'))
 
 
-def _round(tmp_path, keep_ended: bool):
+def _round(tmp_path, keep_ended: bool, keep_cut_from: int = 0):
   config = load_config('configs/digits.py:quick', **SETUP)
   plan, failed = round_plan(config, [Entry('trial-0000', {})], FOLDS, (0,), SETUP['train.epochs'])
   assert not failed
   folder = tmp_path / 'round'
   runs = run_plan(plan, folder, stop=DeadlineOnceOneEnds(folder / 'trial-0000'), isolate=True,
-                  keep_ended=keep_ended)
+                  keep_ended=keep_ended, keep_cut_from=keep_cut_from)
   return runs, folder / 'trial-0000'
 
 
@@ -59,3 +61,27 @@ def test_without_keep_ended_a_cut_variant_leaves_its_ended_members_for_a_relaunc
   runs, folder = _round(tmp_path, keep_ended=False)
   assert runs == []
   assert any(p.name.endswith('.json') for p in (folder / member_store.FOLDER).glob('*'))
+
+
+def test_a_member_cut_after_enough_epochs_ends_at_its_selected_epoch(tmp_path):
+  """`keep_cut_from`: fold 1, cut after its first of 3 epochs, ends there (the final stage's last piece: a member
+  the deadline cuts after half its epochs is a fold model, as an early-stopped one is); fold 2 never started."""
+  runs, folder = _round(tmp_path, keep_ended=False, keep_cut_from=1)
+  (run,) = runs
+  rows, cut = run.experiment['rows'], run.experiment['cut_members']
+  assert [r['split'] for r in rows] == [0, 1] and cut == ['fold2-seed0']
+  assert [(r['stop_reason'], r['epochs_trained'], r['epoch'], r['kept']) for r in rows] == [
+      ('epochs', 3, rows[0]['epoch'], True), ('deadline', 1, 1, True)]
+  assert (folder / 'fold1').is_dir() and not (folder / member_store.FOLDER).exists()
+  predictions = oof.read(folder)
+  fold1 = predictions[predictions['split'] == 1]
+  assert len(fold1) == rows[1]['n_val']   # its validation logits at epoch 1, scored as the row says
+  labels, probabilities, _ = oof.labels_and_probabilities(fold1)
+  assert (labels == probabilities.argmax(1)).mean() == pytest.approx(rows[1]['accuracy'])
+
+
+def test_a_member_cut_before_enough_epochs_is_left_out(tmp_path):
+  runs, folder = _round(tmp_path, keep_ended=False, keep_cut_from=2)
+  (run,) = runs
+  assert [r['split'] for r in run.experiment['rows']] == [0]
+  assert run.experiment['cut_members'] == ['fold1-seed0', 'fold2-seed0']

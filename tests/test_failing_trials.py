@@ -75,7 +75,7 @@ def test_the_member_epoch_cost_leaves_out_the_first_epoch_s_compile(tmp_path):
   being the configuration's set-up, priced apart (`Costs.compile`)."""
   ctx = _search_context(tmp_path, seconds=1000.0)
 
-  def measured(ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False):
+  def measured(ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False, keep_cut_from=0):
     member = folder / entries[0].name / split_name(folds[0])
     member.mkdir(parents=True)
     pd.DataFrame({'epoch': [1, 2], 'seconds': [9.0, 1.0]}).to_csv(member / 'metrics.csv', index=False)

@@ -77,7 +77,7 @@ class RoundsWithPredictions(PlannedRounds):
     super().__init__(outcomes)
     self.frames = frames
 
-  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False):
+  def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False, keep_cut_from=0):
     for e in entries:
       frame = self.frames.get((len(self.calls), int(e.name.removeprefix('trial-'))))
       if frame is not None:

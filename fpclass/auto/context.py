@@ -68,10 +68,12 @@ class Context:
     return StopOnSignals(deadline=self.budget.deadline(reserve))
 
   def round(self, base, entries: list[Entry], folds: tuple, seeds: tuple, epochs: int, folder: pathlib.Path,
-            stop: StopOnSignals, keep_ended: bool = False) -> tuple[dict, bool]:
+            stop: StopOnSignals, keep_ended: bool = False, keep_cut_from: int = 0) -> tuple[dict, bool]:
     """({name: Outcome} of the entries the round reached, whether the deadline cut it): one plan, isolated;
-    `keep_ended`: an entry the deadline cut is scored on its fold models that had ended, where any had."""
-    return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop, keep_ended=keep_ended)
+    `keep_ended`: an entry the deadline cut is scored on its fold models that had ended, where any had;
+    `keep_cut_from`: and on those it cut after at least that many epochs (`fpclass.train.loop.finish_ended`)."""
+    return self.train_round(self, base, entries, folds, seeds, epochs, folder, stop, keep_ended=keep_ended,
+                            keep_cut_from=keep_cut_from)
 
   def confirm_seconds(self, costs: Costs, finalists: int, folds: int = 0) -> float:
     """The search's reserve for the confirmation: what confirming `finalists` configurations (and the config as

@@ -294,9 +294,11 @@ def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: t
     if fitting is None:
       return None, setup
     count, epochs = fitting
+    # A member the deadline cuts after SHORTEST of the source's epochs ends there, as a piece that short would have
+    # (it is priced at early stopping's share of its epochs, which a piece may not reach).
     with ctx.stop(TAIL * ctx.budget.seconds) as stop:
       outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds[:count], (seed,), epochs,
-                              ctx.workdir / MORE, stop)
+                              ctx.workdir / MORE, stop, keep_cut_from=max(1, math.ceil(SHORTEST * source.epochs)))
     setup = _measured_setup(ctx, outcomes.get(name), setup)
   return (folder if _finished(folder) else None), setup
 
@@ -306,10 +308,12 @@ def piece_size(costs, setup: float, room: float, folds: int, epochs: int,
   """(folds, epochs) of the piece that fits `room` seconds: the most folds at the configuration's epochs; else,
   so that the last seconds too are spent, one fold at fewer epochs (the schedule scaled alike), down to
   `SHORTEST` of them; None when not even that fits. A member is priced at `share` of its epochs (what early
-  stopping left of the source's: the round's deadline still holds it if this one trains longer)."""
-  for e in range(epochs, max(1, math.ceil(SHORTEST * epochs)) - 1, -1):
+  stopping left of the source's: the round's deadline still holds it if this one trains longer), and must reach
+  `SHORTEST` of them in full, where a deadline that cuts it keeps it (`_train_piece`)."""
+  least = max(1, math.ceil(SHORTEST * epochs))
+  for e in range(epochs, least - 1, -1):
     fitting = [n for n in range(folds if e == epochs else 1, 0, -1)
-               if setup + n * (costs.member + e * share * costs.member_epoch) <= room]
+               if setup + n * (costs.member + max(e * share, least) * costs.member_epoch) <= room]
     if fitting:
       return fitting[0], e
   return None

@@ -163,11 +163,11 @@ def _finished_earlier(study: optuna.Study, workdir: pathlib.Path) -> bool:
 # ------------------------------------------------------------------------------------------------- 2. search
 
 def _train_round(ctx: Context, base, entries: list, folds: tuple, seeds: tuple, epochs: int, folder, stop,
-                 keep_ended: bool = False):
+                 keep_ended: bool = False, keep_cut_from: int = 0):
   """`Context.round`: the entries as one plan through the one training loop, each variant isolated."""
   plan, failed = round_plan(base, entries, folds, seeds, epochs)
-  runs = (run_plan(plan, folder, shared=ctx.shared, stop=stop, isolate=True, keep_ended=keep_ended)
-          if plan.variants else [])
+  runs = (run_plan(plan, folder, shared=ctx.shared, stop=stop, isolate=True, keep_ended=keep_ended,
+                   keep_cut_from=keep_cut_from) if plan.variants else [])
   result = dict(failed, **outcomes(runs, ctx.metric))
   return result, len(result) < len(entries) or any(o.cut_members for o in result.values())
 

@@ -29,7 +29,7 @@ from fpclass.errors import RunInterrupted
 from fpclass.models.heads import head_of
 from fpclass.runtime import sharding, timings
 from fpclass.runtime.sharding import DataParallel
-from fpclass.train import axis, experiment, memory_plan, oof
+from fpclass.train import axis, experiment, member_store, memory_plan, oof
 from fpclass.train import members as members_lib
 from fpclass.train.cohort import Cohort
 from fpclass.train.experiment import VariantRun
@@ -46,14 +46,15 @@ __all__ = ['run_plan', 'train_members', 'VariantRun']
 
 
 def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOnSignals | None = None,
-             isolate: bool = False, keep_ended: bool = False) -> list[VariantRun]:
+             isolate: bool = False, keep_ended: bool = False, keep_cut_from: int = 0) -> list[VariantRun]:
   """Trains every variant of `plan` into `workdir` (resuming what an earlier launch left); returns their runs.
   `shared`: the job's `SharedWork`, so variants that share a frozen backbone and its input share its features.
   `stop`: a `StopOnSignals` to obey (one with a deadline, say); by default each variant watches the signals.
   `isolate` (a search's round): a variant that raises is that variant's `error` and the plan goes
   on, and a deadline ends the plan between or inside variants with the runs that finished (a signal still
   raises RunInterrupted); with `keep_ended`, the variant the deadline cut is finished on its members that had
-  ended (`finish_ended`), where any had."""
+  ended (`finish_ended`), where any had, and with `keep_cut_from` also on those it cut after at least that many
+  epochs, at their selected checkpoint."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   shared = shared if shared is not None else SharedWork()
@@ -76,7 +77,7 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
       except RunInterrupted:
         if not (isolate and watch.deadline_passed):
           raise
-        ended = finish_ended(plan, variant, folder) if keep_ended else None
+        ended = finish_ended(plan, variant, folder, keep_cut_from) if keep_ended or keep_cut_from else None
         runs += [ended] if ended is not None else []
         break   # the deadline: else its finished members stay on disk for a relaunch
       except Exception as e:  # noqa: BLE001 -- isolated: out of memory or any raise is this variant's failure
@@ -87,22 +88,32 @@ def run_plan(plan: Plan, workdir, shared: SharedWork | None = None, stop: StopOn
   return runs
 
 
-def finish_ended(plan: Plan, variant: Variant, folder: pathlib.Path) -> VariantRun | None:
+def finish_ended(plan: Plan, variant: Variant, folder: pathlib.Path, keep_cut_from: int = 0) -> VariantRun | None:
   """A variant of a plan's experiment that the deadline cut, finished (`experiment.finish`) on the members that had
   ended, by early stopping or at their epochs: a run of fewer folds, its record saying which members the deadline
   cut (`cut_members`). None when no member had ended. Its member store goes: a relaunch reuses it as finished.
   A search's first model is the use (`fpclass.auto.brackets`): three of five folds that ended are a model, where
-  the folds dropped left only the set-up measurement's one fold at two epochs (an H200, 2026-11-28)."""
+  the folds dropped left only the set-up measurement's one fold at two epochs (an H200, 2026-11-28).
+  `keep_cut_from` (> 0, in a plan that keeps epochs): a member the deadline cut after at least that many epochs
+  ends there, at the checkpoint the config selects among them (`member_store.finish_running`; stop reason
+  'deadline'), as an early-stopped one would: the final stage's last piece, priced at the share of its epochs
+  early stopping left the choice's models, was cut 3.9 s before its end and dropped whole (2026-11-29)."""
   run = variant.settings
   data = experiment_data(run.data, plan.folds, plan.seeds, run.semi)
   records = FinishedMembers(folder, variant, plan.keep_epochs)
+  if keep_cut_from > 0 and plan.keep_epochs:
+    if sharding.is_primary_process():   # one writer; every process then reads the store
+      for member in records.todo(list(data.members)):
+        member_store.finish_running(folder, member, run.train.select_checkpoint, keep_cut_from)
+    sharding.barrier('fpclass-cut-members-finished')
   pending = {m.name for m in records.todo(list(data.members))}
   ended = [m for m in data.members if m.name not in pending]
   if not ended:
     records.close()
     return None
+  stopped = sum(member_store.header(folder, m)['loop']['stop_reason'] == 'deadline' for m in ended)
   tqdm.write(f'[{variant.name}] the deadline cut it: finished on the {len(ended)} of its {len(data.members)} '
-             'models that had ended')
+             'models that had ended' + (f' ({stopped} of them at the epoch the deadline stopped)' if stopped else ''))
   return experiment.finish(variant, folder, dataclasses.replace(data, members=ended), records, [], 0.0,
                            cut_members=tuple(pending))
 

@@ -13,6 +13,7 @@ once all have finished, the states of the kept seeds alone. The states are flax'
 is not used here: its multi-process saves are collective, and each process finishes its own members alone.
 The folder is removed once the experiment's results are written (the kept models are then fold workdirs).
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -64,15 +65,45 @@ def save(experiment_dir, result: MemberResult, config_json: dict, extras: dict) 
   path_of(experiment_dir, result.member, EPOCH).unlink(missing_ok=True)   # its running state, now finished
 
 
-def save_epoch(experiment_dir, member: Member, state, loop: LoopState, best, logits: dict, config_json: dict) -> None:
+def save_epoch(experiment_dir, member: Member, state, loop: LoopState, best, logits: dict, config_json: dict,
+               extras: dict | None = None) -> None:
   """A running member after an epoch, in one file written atomically (so the state, the loop state and the kept
-  logits are always of the same epoch): a relaunch resumes it there (`load_epoch`)."""
+  logits are always of the same epoch): a relaunch resumes it there (`load_epoch`), or a deadline finishes it
+  there (`finish_running`; `extras`: what its result's header would hold beside the loop's)."""
   state = jax.device_get(state)
   record = {'state': serialization.to_state_dict(state),
             'best': {} if best is None else _changed(list(jax.device_get(best)), [state.params, state.batch_stats]),
             'logits': {k: np.asarray(v, np.float32) for k, v in logits.items() if v is not None},
-            'header': json.dumps(dict(loop=loop.to_json(), config=config_json))}
+            'header': json.dumps(dict(loop=loop.to_json(), config=config_json, extras=extras or {}))}
   _write(path_of(experiment_dir, member, EPOCH), serialization.msgpack_serialize(record))
+
+
+def finish_running(experiment_dir, member: Member, select_checkpoint: str, least_epochs: int) -> bool:
+  """Makes a running member that the deadline cut after at least `least_epochs` epochs a finished one, at the
+  checkpoint `select_checkpoint` chooses among the epochs it completed (its best, else its last), as the loop
+  would have finished it had it stopped there; its stop reason 'deadline'. The states are copied as stored, so
+  no model is built. False (nothing changed) when it has no kept epoch, fewer epochs, or is of another config."""
+  path = path_of(experiment_dir, member, EPOCH)
+  if not path.is_file():
+    return False
+  raw = _read(path, serialization.msgpack_restore)
+  header = json.loads(raw['header'])
+  loop = LoopState.from_json(header['loop'])
+  if loop.epoch < max(1, least_epochs) or 'extras' not in header:
+    return False
+  use_best = select_checkpoint == 'best' and loop.best_epoch is not None and raw['logits'].get('best') is not None
+  logits = raw['logits'].get('best' if use_best else 'last')
+  if logits is None:
+    return False
+  loop = dataclasses.replace(loop, finished=True, stop_reason='deadline')
+  _write(path_of(experiment_dir, member, SUFFIX), serialization.msgpack_serialize(
+      {'last': raw['state'], 'best': raw['best']}))
+  result = dict(split=member.split, seed=member.seed, loop=loop.to_json(), checkpoint='best' if use_best else 'last',
+                epoch=int(loop.best_epoch if use_best else loop.epoch), config=header['config'],
+                val_logits=np.asarray(logits, np.float32).tolist(), **{'train_seconds': 0.0, **header['extras']})
+  _write(path_of(experiment_dir, member), json.dumps(result).encode())
+  path.unlink()
+  return True
 
 
 def load_epoch(experiment_dir, member: Member, config_json: dict, ignore, abstract_state_of):

@@ -133,7 +133,8 @@ class FinishedMembers:
     extras = dict(extras or {})
 
     def keep_epoch(m, state, loop, best, logits):
-      member_store.save_epoch(self.experiment_dir, self._members[m], state, loop, best, logits, self.config_json)
+      member_store.save_epoch(self.experiment_dir, self._members[m], state, loop, best, logits, self.config_json,
+                              extras)
     return MemoryRecord(on_finished=lambda r: member_store.save(
         self.experiment_dir, r, self.config_json, dict(extras, train_seconds=r.train_seconds)),
         on_epoch=keep_epoch if self.keep_epochs else None)
