@@ -165,7 +165,8 @@ class PlannedRounds:
   def __call__(self, ctx, base, entries, folds, seeds, epochs, folder, stop, keep_ended=False, keep_cut_from=0):
     level = len(self.calls)
     self.calls.append(dict(names=[e.name for e in entries], changes=[e.changes for e in entries], folds=folds,
-                           seeds=seeds, epochs=epochs, folder=folder, deadline=stop.deadline, keep_ended=keep_ended))
+                           seeds=seeds, epochs=epochs, folder=folder, deadline=stop.deadline, keep_ended=keep_ended,
+                           keep_cut_from=keep_cut_from))
     out = {}
     for e in entries:
       number = int(e.name.removeprefix('trial-'))
@@ -313,7 +314,8 @@ def test_the_first_planned_top_rung_may_end_in_the_slack_a_later_one_keeps_the_b
   """A top rung that fits its plan still stops at a deadline. The first one, which makes the only final model
   there can be, stops at the budget's end plus its 5% slack (less the tail); once a trial completed, a top rung
   stops at the budget's end less the tail, like the rungs below it. The first keeps what ended where the
-  deadline cuts it (`keep_ended`); no other rung does."""
+  deadline cuts it (`keep_ended`), and its members that had trained half their epochs (`keep_cut_from`); no
+  other rung does."""
   ctx = _search_context(tmp_path, seconds=100.0, used=10.0)
   if completed:
     ctx.study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
@@ -325,6 +327,7 @@ def test_the_first_planned_top_rung_may_end_in_the_slack_a_later_one_keeps_the_b
   assert middle['deadline'] == pytest.approx(end + 100.0 - (1.0 + 3.0))   # the top rung's one configuration kept
   assert top['deadline'] == pytest.approx(end + (100.0 if completed else 105.0))
   assert middle['keep_ended'] is False and top['keep_ended'] is (not completed)
+  assert middle['keep_cut_from'] == 0 and top['keep_cut_from'] == (0 if completed else -(-top['epochs'] // 2))
 
 
 def test_the_first_top_rung_is_the_most_folds_the_slack_affords_and_none_once_a_trial_completed(tmp_path):

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from fpclass.auto import one_se
 from fpclass.auto import study as study_lib
 from fpclass.auto.budget import SLACK
-from fpclass.auto.context import TAIL, Context, Entry
+from fpclass.auto.context import TAIL, Context, Entry, kept_after
 from fpclass.auto.first_trials import BASELINE
 from fpclass.auto.rungs import Costs, Rung
 from fpclass.auto.study import changes_of
@@ -57,9 +57,11 @@ def run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
       break
     entries = [Entry(by_number[n].user_attrs[study_lib.FOLDER], changes_of(by_number[n])) for n in alive]
     with stop:
-      # The first model keeps what ended: a trial the deadline cut is scored on the fold models that had ended.
+      # The first model keeps what ended: a trial the deadline cut is scored on the fold models that had ended, or
+      # had trained half their epochs (`kept_after`).
       outcomes, cut = ctx.round(ctx.base, entries, ctx.splits(rung.folds), (int(ctx.base.seed),), rung.epochs,
-                                folder, stop, keep_ended=first_model)
+                                folder, stop, keep_ended=first_model,
+                                keep_cut_from=kept_after(rung.epochs) if first_model else 0)
     values = {}
     for n, entry in zip(alive, entries):
       outcome = outcomes.get(entry.name)

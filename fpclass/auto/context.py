@@ -3,6 +3,7 @@ the one way a stage trains, `Context.round`: a population round (`fpclass.auto.p
 the training loop, which `fpclass.auto.search` hands in, so the stages below it import neither (the import
 chain stays short)."""
 import dataclasses
+import math
 import pathlib
 
 import optuna
@@ -17,6 +18,15 @@ from fpclass.train.records import StopOnSignals
 from fpclass.train.shared_work import SharedWork
 
 TAIL = 0.02           # the share of the budget kept for the report and the final workdir
+# The share of a configuration's epochs after which a member the deadline cuts is kept, at its selected checkpoint,
+# as an early-stopped one is; the final stage's shortest piece trains this share: a member trained half as long as
+# its peers still adds to an equal-weight mix of fold models, a shorter one may not.
+SHORTEST = 0.5
+
+
+def kept_after(epochs: int) -> int:
+  """The epochs after which a member of `epochs` that the deadline cuts is kept (`SHORTEST` of them)."""
+  return max(1, math.ceil(SHORTEST * epochs))
 CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
 
 

@@ -14,7 +14,6 @@ the out-of-fold probabilities it writes (`ensemble_predictions.csv`) chose nothi
 """
 import dataclasses
 import json
-import math
 import pathlib
 import time
 
@@ -24,7 +23,7 @@ from fpclass import fileio
 from fpclass.analysis import metric_registry
 from fpclass.auto import final_mix
 from fpclass.auto import study as study_lib
-from fpclass.auto.context import TAIL, Context, Entry
+from fpclass.auto.context import TAIL, Context, Entry, kept_after
 from fpclass.auto.first_trials import BASELINE
 from fpclass.auto.ranking import best_per_configuration, configuration_key
 from fpclass.auto.study import changes_of
@@ -35,9 +34,6 @@ from fpclass.train.plan import EXPERIMENT_FILE, apply_changes
 
 MORE = 'more'   # the rounds that complete and widen the final ensemble
 MIX_RECORD = 'mix.json'   # final/'s record of the mix: candidates, cross-fitted scores, weights, which was kept
-# The last piece may train this share of the configuration's epochs (its schedule scaled alike), no less: a member
-# trained half as long as its peers still adds to an equal-weight mix of fold models, a shorter one may not.
-SHORTEST = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +294,7 @@ def _train_piece(ctx: Context, chosen: dict, source: Source, seed: int, folds: t
     # (it is priced at early stopping's share of its epochs, which a piece may not reach).
     with ctx.stop(TAIL * ctx.budget.seconds) as stop:
       outcomes, _ = ctx.round(source.base, [Entry(name, chosen['changes'])], folds[:count], (seed,), epochs,
-                              ctx.workdir / MORE, stop, keep_cut_from=max(1, math.ceil(SHORTEST * source.epochs)))
+                              ctx.workdir / MORE, stop, keep_cut_from=kept_after(source.epochs))
     setup = _measured_setup(ctx, outcomes.get(name), setup)
   return (folder if _finished(folder) else None), setup
 
@@ -310,7 +306,7 @@ def piece_size(costs, setup: float, room: float, folds: int, epochs: int,
   `SHORTEST` of them; None when not even that fits. A member is priced at `share` of its epochs (what early
   stopping left of the source's: the round's deadline still holds it if this one trains longer), and must reach
   `SHORTEST` of them in full, where a deadline that cuts it keeps it (`_train_piece`)."""
-  least = max(1, math.ceil(SHORTEST * epochs))
+  least = kept_after(epochs)
   for e in range(epochs, least - 1, -1):
     fitting = [n for n in range(folds if e == epochs else 1, 0, -1)
                if setup + n * (costs.member + max(e * share, least) * costs.member_epoch) <= room]
