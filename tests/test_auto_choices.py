@@ -19,11 +19,12 @@ from fpclass.auto import search as auto
 from fpclass.auto import study as study_lib
 from fpclass.auto.budget import Budget
 from fpclass.auto.context import Context
-from fpclass.auto.population import Outcome
+from fpclass.auto.population import Outcome, fidelity
 from fpclass.auto.rungs import Costs, Rung
 from fpclass.auto.schedulers.successive_halving import SuccessiveHalving
 from fpclass.auto.space import Candidate, Dimension, baseline_params, parse_space, sample
 from fpclass.config.search import AutoSettings
+from fpclass.config.training import TrainSettings
 from fpclass.modes.command_line import config_from_argv
 
 QUICK = ['launch.py', '--config=configs/footprint.py:quick']
@@ -534,3 +535,17 @@ def test_a_new_study_starts_with_the_config_and_its_neighbours_and_the_next_brac
   ctx.study.tell(combined, state=optuna.trial.TrialState.FAIL)
   auto._enqueue_first_trials(ctx, 4)   # once per study: a relaunch or a third bracket adds nothing
   assert ctx.study.ask().user_attrs.get(first_trials.NEIGHBOUR) is None and second is ctx.budget.brackets[1]
+
+
+@pytest.mark.parametrize('epochs, patience', [(9, 2), (10, 2), (7, 1), (25, 4), (50, None)])
+def test_a_rung_s_patience_waits_at_least_the_config_s_share_of_its_schedule(epochs, patience):
+  """Footprint's patience, 7 of 50 epochs, at a rung of `epochs`: rounded up (at 9 epochs 1.26 is 2; rounded, 1 noisy
+  epoch stopped the search's only model at 7 of 9), the second phase rounded as before; the config's own epochs
+  change nothing."""
+  train = TrainSettings(epochs=50, early_stopping_patience=7, finetune_epochs=10)
+  changes = fidelity(train, epochs)
+  if patience is None:
+    assert changes == {}
+    return
+  assert changes['train.early_stopping_patience'] == patience and changes['train.epochs'] == epochs
+  assert changes['train.finetune_epochs'] == max(1, round(10 * epochs / 50))
