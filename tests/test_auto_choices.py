@@ -427,6 +427,21 @@ def test_a_budget_for_one_cheapened_configuration_runs_it_once_and_says_what_it_
   assert len(ctx.budget.brackets) == 1 and ctx.trials()[0].state == optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.parametrize('member_epoch, left, completed, epochs', [
+    (1.0, 6.4, False, 3),   # after the 2 s tail, 2 epochs fit with 0.4 s over; a third ends 0.6 s past: within 2.5 s
+    (1.0, 6.4, True, 2),    # a trial completed: this is not the only model there can be, and keeps the budget
+    (3.0, 7.4, False, 1),   # 1 epoch fits with 0.4 s over; a second ends 2.6 s past, more than half the slack
+])
+def test_the_only_model_s_last_epoch_may_end_in_half_the_slack(tmp_path, member_epoch, left, completed, epochs):
+  ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - left)
+  ctx.budget.costs = Costs(setup=1.0, member=1.0, member_epoch=member_epoch)
+  ctx.study.set_user_attr(study_lib.FOLDS, 3)
+  if completed:
+    ctx.study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+  assert auto._search(ctx) == f'the budget affords one configuration on 1 of 3 folds for {epochs} of 4 epochs'
+  assert [(c['folds'], c['epochs']) for c in ctx.train_round.calls] == [((0,), epochs)]
+
+
 def test_a_budget_that_affords_no_bracket_keeps_the_measurement_as_its_one_trial(tmp_path):
   # 3 s left, 2 s of them the tail: one configuration on one fold (2 s) does not fit; the measurement round trained
   # the config as given on one fold already, and becomes the one trial (its fold model moved to trials/)

@@ -106,3 +106,4 @@ def test_a_configuration_more_is_started_when_the_bracket_then_fills_the_seconds
   costs = Costs(setup=0.0, member=1.0, member_epoch=0.0)
   assert [r.configs for r in plan_bracket(costs, 13.0, 4, 8, 2, folds_first=False).rungs] == [5, 2, 1]
   assert [r.configs for r in plan_bracket(costs, 12.9, 4, 8, 2, folds_first=False).rungs] == [4, 2, 1]
+
