@@ -26,6 +26,7 @@ import pytest
 from jax._src import cache_key
 from PIL import Image
 
+from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.models import model_keys
 from fpclass.runtime.process import ENV_MEM_FRACTION, ENV_PREALLOCATE, planned_backend
 from tests.forkserver import LaunchServer, forkable
@@ -184,6 +185,39 @@ def isolated_cache(tmp_path_factory, monkeypatch):
   cache = tmp_path_factory.mktemp('fpclass-cache')
   monkeypatch.setenv('FPCLASS_CACHE', str(cache))
   return cache
+
+
+def draw_footprints(folder: pathlib.Path, synthetic) -> pathlib.Path:
+  """The synthetic footprints a config's `data.synthetic` names, drawn into `folder` as a run draws them into its
+  cache: their folder, which `seed_cache` copies into a test's own cache (a module draws them once, 1.3 to 1.5
+  CPU-s a draw)."""
+  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
+                       n_test=synthetic.n_test)
+  return ensure_synthetic_footprints(folder, spec, progress=False)
+
+
+def seed_cache(cache: pathlib.Path, footprints: pathlib.Path) -> pathlib.Path:
+  """`cache` (a FPCLASS_CACHE folder) holding a copy of drawn `footprints` where a run finds them."""
+  copy = cache / footprints.parent.name / footprints.name
+  if not copy.exists():
+    shutil.copytree(footprints, copy)
+  return cache
+
+
+def launch_as_script(script: str, name: str, args: list, env: dict, log: pathlib.Path, fallback: list):
+  """`python launch.py *args` run by `script` (a Python file's text that runs argv[1] as `__main__`), its stdout and
+  stderr together in `log` (as 2>&1): forked from the launch server where `env` allows, else `fallback` (the
+  command's start: an interpreter, or a shell before it) with launch.py and `args`, as a subprocess. A process with
+  pid, poll, wait, send_signal, kill and communicate, as Popen's."""
+  server = launch_server()
+  if server is not None and forkable(server.env, env):
+    path = log.with_name(f'{log.stem}-{name}.py')
+    path.write_text(script)
+    return server.popen([path, REPO / 'launch.py', *args], REPO, env,
+                        pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch', output=log)
+  with open(log, 'w') as out:   # the child holds its own descriptor
+    return subprocess.Popen([*fallback, str(REPO / 'launch.py'), *args], cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 def load_config(spec: str, **overrides):

@@ -8,7 +8,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -24,14 +23,13 @@ from fpclass.auto import measure
 from fpclass.auto.context import Entry
 from fpclass.auto.population import outcomes, round_plan
 from fpclass.auto.space import Candidate, baseline_params, parse_space
-from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.errors import UserInputError
 from fpclass.modes.command_line import config_from_argv
 from fpclass.modes.runner import run
 from fpclass.train import sidecar
 from fpclass.train.loop import run_plan
 from fpclass.train.records import StopOnSignals
-from tests.conftest import launch, launch_process
+from tests.conftest import draw_footprints, launch, launch_process, seed_cache
 from tests.postgres import postgres_server
 
 TINY = ['--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)', '--config.model.conv_channels=(4,)',
@@ -57,26 +55,16 @@ PLAIN = ('--config.augment.hflip=0.0', '--config.augment.brightness=0.0', '--con
 
 @pytest.fixture(scope='module')
 def footprints(tmp_path_factory):
-  """TINY's synthetic footprints, drawn once for the module (1.3 CPU-s a draw) as a launch draws them into its
-  cache: their folder, which `_env` copies into each test's own cache."""
-  synthetic = config_from_argv(['launch.py', *TINY[:7]]).data.synthetic
-  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
-                       n_test=synthetic.n_test)
-  return ensure_synthetic_footprints(tmp_path_factory.mktemp('footprints'), spec, progress=False)
-
-
-def _seeded(cache, footprints):
-  """`cache` (a FPCLASS_CACHE folder) holding a copy of the module's footprints, where a launch finds them."""
-  copy = cache / footprints.parent.name / footprints.name
-  if not copy.exists():
-    shutil.copytree(footprints, copy)
-  return cache
+  """TINY's synthetic footprints, drawn once for the module: their folder, which `_env` copies into each test's
+  own cache."""
+  return draw_footprints(tmp_path_factory.mktemp('footprints'),
+                         config_from_argv(['launch.py', *TINY[:7]]).data.synthetic)
 
 
 def _env(tmp_path, footprints=None):
   """A launch's environment: the test's own data cache, holding a copy of `footprints` where given."""
   cache = tmp_path / 'cache'
-  return {'FPCLASS_CACHE': str(_seeded(cache, footprints) if footprints is not None else cache)}
+  return {'FPCLASS_CACHE': str(seed_cache(cache, footprints) if footprints is not None else cache)}
 
 
 def _state(workdir):
@@ -229,7 +217,7 @@ def test_a_population_round_member_equals_its_solo_run(tmp_path, isolated_cache,
   entries = [Entry('trial-0000', {}), Entry('trial-0001', {'train.learning_rate': 0.003})]
   plan, failed = round_plan(config, entries, (0, 1), (0,), 2)
   assert len(plan.variants) == 2 and not failed
-  _seeded(isolated_cache, footprints)   # this process's FPCLASS_CACHE, where both runs find the footprints
+  seed_cache(isolated_cache, footprints)   # this process's FPCLASS_CACHE, where both runs find the footprints
   with StopOnSignals() as stop:
     runs = run_plan(plan, tmp_path / 'round', stop=stop, isolate=True)
   assert all(not o.error for o in outcomes(runs, 'accuracy').values())

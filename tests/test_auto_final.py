@@ -5,7 +5,6 @@ on the most folds that fit. Real training of a tiny CNN in this process, on a si
 machine's speed."""
 import dataclasses
 import json
-import shutil
 
 import numpy as np
 import optuna
@@ -23,11 +22,11 @@ from fpclass.auto.first_trials import BASELINE
 from fpclass.auto.rungs import Costs
 from fpclass.auto.schedulers.successive_halving import SuccessiveHalving
 from fpclass.config.search import AutoSettings
-from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.modes.command_line import config_from_argv
 from fpclass.train import sidecar
 from fpclass.train.shared_work import SharedWork
 from fpclass.train.workdir_layout import rung_folder
+from tests.conftest import draw_footprints, seed_cache
 
 TINY = ['launch.py', '--config=configs/footprint.py:quick', '--config.data.image_size=(24,16)',
         '--config.model.conv_channels=(4,)', '--config.model.fc_sizes=(8,)', '--config.train.epochs=1',
@@ -42,17 +41,14 @@ MEMBER = 1000.0   # the cost model's seconds for one member of one epoch
 def drawn_footprints(tmp_path_factory):
   """TINY's synthetic footprints, drawn once for the module (1.5 CPU-s a draw) as a round draws them into its
   cache: their folder, which `footprints` copies into each test's own cache."""
-  synthetic = config_from_argv(TINY).data.synthetic
-  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
-                       n_test=synthetic.n_test)
-  return ensure_synthetic_footprints(tmp_path_factory.mktemp('footprints'), spec, progress=False)
+  return draw_footprints(tmp_path_factory.mktemp('footprints'), config_from_argv(TINY).data.synthetic)
 
 
 @pytest.fixture
 def footprints(isolated_cache, drawn_footprints):
   """The test's own data cache (FPCLASS_CACHE, tests.conftest.isolated_cache) holding a copy of the module's
   footprints, where its rounds find them instead of drawing them again."""
-  shutil.copytree(drawn_footprints, isolated_cache / drawn_footprints.parent.name / drawn_footprints.name)
+  seed_cache(isolated_cache, drawn_footprints)
 
 
 class SimulatedBudget(Budget):

@@ -1,7 +1,6 @@
 """One engine for one model or many: each member of a sweep equals the same model trained alone by
 --mode train, in both forms of the model axis, from scratch, from pretrained weights, frozen (on shared cached
 features) and in two phases."""
-import shutil
 
 import jax
 import numpy as np
@@ -12,7 +11,6 @@ from fpclass import fileio
 from fpclass.config.inputs import DataSettings
 from fpclass.config.run import RunSettings
 from fpclass.data import pipeline, splits
-from fpclass.data.footprints import FootprintSpec, ensure_synthetic_footprints
 from fpclass.infer.inference import load_trained
 from fpclass.models import heads
 from fpclass.modes.runner import run
@@ -27,7 +25,7 @@ from fpclass.train.members import Member, balanced_chunks
 from fpclass.train.records import MemoryRecord
 from fpclass.train.shared_work import SharedWork
 from fpclass.train.steps import CompiledSteps, LoopAxis
-from tests.conftest import ONLY_CPU_REPEATS_BITS, assert_same_bits, load_config
+from tests.conftest import ONLY_CPU_REPEATS_BITS, assert_same_bits, draw_footprints, load_config, seed_cache
 from tests.parity import FLOOR_FACTOR, JITTER
 
 # Folds 1 and 2 of the 5 digits folds have 1437 and 1438 training images: with batch 479 that is 3 and 4
@@ -392,17 +390,15 @@ def resnet18_file(tmp_path_factory):
 def drawn_footprints(tmp_path_factory):
   """The TRANSFER runs' synthetic footprints, drawn once for the module as a run draws them into its cache: their
   folder, which `transfer_footprints` copies into each test's own cache."""
-  synthetic = load_config('configs/footprint.py:resnet18,quick', **TRANSFER).data.synthetic
-  spec = FootprintSpec(seed=synthetic.seed, n_class0=synthetic.n_class0, n_class1=synthetic.n_class1,
-                       n_test=synthetic.n_test)
-  return ensure_synthetic_footprints(tmp_path_factory.mktemp('footprints'), spec, progress=False)
+  return draw_footprints(tmp_path_factory.mktemp('footprints'),
+                         load_config('configs/footprint.py:resnet18,quick', **TRANSFER).data.synthetic)
 
 
 @pytest.fixture
 def transfer_footprints(isolated_cache, drawn_footprints):
   """The test's own data cache (FPCLASS_CACHE, tests.conftest.isolated_cache) holding a copy of the module's
   footprints, where its runs find them instead of drawing them again."""
-  shutil.copytree(drawn_footprints, isolated_cache / drawn_footprints.parent.name / drawn_footprints.name)
+  seed_cache(isolated_cache, drawn_footprints)
 
 
 def _leaves(config, workdir):

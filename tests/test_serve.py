@@ -14,9 +14,7 @@ import signal
 import socket
 import ssl
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -38,8 +36,7 @@ from fpclass.serve import app as serve_app
 from fpclass.serve import server as serve_server
 from fpclass.serve import service as serve_service
 from fpclass.serve import supervisor as serve_supervisor
-from tests.conftest import QUICK, REPO, launch_server, load_config
-from tests.forkserver import forkable
+from tests.conftest import QUICK, launch_as_script, load_config
 
 LIMIT_BYTES = 300_000   # serve.max_upload_bytes in these tests, so oversized bodies stay small
 MAX_IMAGES = 4
@@ -607,15 +604,8 @@ def launch_ignoring_sigint(args: list, env: dict, log: pathlib.Path):
   """`python launch.py *args` started with SIGINT ignored, its stdout and stderr together in `log` (as 2>&1):
   SIGINT_IGNORED_LAUNCH forked from the launch server where `env` allows, else through bash, as a background
   job's child starts. A process with pid, poll, wait, send_signal, kill and communicate, as Popen's."""
-  server = launch_server()
-  if server is not None and forkable(server.env, env):
-    script = log.with_name(f'{log.stem}-sigint-ignored.py')
-    script.write_text(SIGINT_IGNORED_LAUNCH)
-    return server.popen([script, REPO / 'launch.py', *args], REPO, env,
-                        pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch', output=log)
-  with open(log, 'w') as out:   # the child holds its own descriptor
-    return subprocess.Popen(['bash', '-c', 'trap "" INT; exec "$@"', 'bash', sys.executable, str(REPO / 'launch.py'),
-                             *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+  return launch_as_script(SIGINT_IGNORED_LAUNCH, 'sigint-ignored', args, env, log,
+                          ['bash', '-c', 'trap "" INT; exec "$@"', 'bash', sys.executable])
 
 
 class LogLines:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import httpx
@@ -22,8 +21,7 @@ import pytest
 
 from fpclass.errors import UserInputError
 from fpclass.modes import runner
-from tests.conftest import REPO, launch, launch_server, load_config
-from tests.forkserver import forkable
+from tests.conftest import launch, launch_as_script, load_config
 from tests.test_serve_browser import browser  # noqa: F401 - the module fixture, shared
 
 mlflow = pytest.importorskip('mlflow')
@@ -279,15 +277,7 @@ def launch_with_console(args: list, env: dict, log: pathlib.Path):
   """`python launch.py *args` with its stdout and stderr together in `log` (as 2>&1), the console a user sees:
   FRESH_LOGGING_LAUNCH forked from the launch server where `env` allows, else a subprocess. A process with poll,
   wait and communicate, as Popen's."""
-  server = launch_server()
-  if server is not None and forkable(server.env, env):
-    script = log.with_name(f'{log.stem}-fresh-logging.py')
-    script.write_text(FRESH_LOGGING_LAUNCH)
-    return server.popen([script, REPO / 'launch.py', *args], REPO, env,
-                        pathlib.Path(tempfile.gettempdir()) / 'fpclass-launch', output=log)
-  with open(log, 'w') as out:   # the child holds its own descriptor
-    return subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO, env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+  return launch_as_script(FRESH_LOGGING_LAUNCH, 'fresh-logging', args, env, log, [sys.executable])
 
 
 def test_a_server_stopped_in_the_middle_of_a_run_leaves_it_finishing_as_untracked(server, env, untracked, tmp_path):

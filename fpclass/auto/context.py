@@ -22,12 +22,12 @@ TAIL = 0.02           # the share of the budget kept for the report and the fina
 # as an early-stopped one is; the final stage's shortest piece trains this share: a member trained half as long as
 # its peers still adds to an equal-weight mix of fold models, a shorter one may not.
 SHORTEST = 0.5
+CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
 
 
 def kept_after(epochs: int) -> int:
   """The epochs after which a member of `epochs` that the deadline cuts is kept (`SHORTEST` of them)."""
   return max(1, math.ceil(SHORTEST * epochs))
-CONFIRM_SPLIT = 1000  # the confirmation's folds are cut with data.split_seed + this
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ def fidelity(train: TrainSettings, epochs: int) -> dict:
   if train.finetune_epochs > 0:
     changes['train.finetune_epochs'] = max(1, round(train.finetune_epochs * scale))
   if train.early_stopping_patience > 0:
-    changes['train.early_stopping_patience'] = max(1, math.ceil(train.early_stopping_patience * scale - 1e-9))
+    changes['train.early_stopping_patience'] = max(1, -(-train.early_stopping_patience * int(epochs) // train.epochs))
   if train.warmup_epochs > 0:
     changes['train.warmup_epochs'] = min(int(epochs) - 1, max(0, round(train.warmup_epochs * scale)))
   return changes

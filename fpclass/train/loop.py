@@ -101,17 +101,17 @@ def finish_ended(plan: Plan, variant: Variant, folder: pathlib.Path, keep_cut_fr
   run = variant.settings
   data = experiment_data(run.data, plan.folds, plan.seeds, run.semi)
   records = FinishedMembers(folder, variant, plan.keep_epochs)
+  stopped = 0
   if keep_cut_from > 0 and plan.keep_epochs:
     if sharding.is_primary_process():   # one writer; every process then reads the store
-      for member in records.todo(list(data.members)):
-        member_store.finish_running(folder, member, run.train.select_checkpoint, keep_cut_from)
+      stopped = sum(member_store.finish_running(folder, member, run.train.select_checkpoint, keep_cut_from)
+                    for member in records.todo(list(data.members)))
     sharding.barrier('fpclass-cut-members-finished')
   pending = {m.name for m in records.todo(list(data.members))}
   ended = [m for m in data.members if m.name not in pending]
   if not ended:
     records.close()
     return None
-  stopped = sum(member_store.header(folder, m)['loop']['stop_reason'] == 'deadline' for m in ended)
   tqdm.write(f'[{variant.name}] the deadline cut it: finished on the {len(ended)} of its {len(data.members)} '
              'models that had ended' + (f' ({stopped} of them at the epoch the deadline stopped)' if stopped else ''))
   return experiment.finish(variant, folder, dataclasses.replace(data, members=ended), records, [], 0.0,
@@ -218,14 +218,13 @@ def train_members(cohort: Cohort, record, starts: list[Start | None] | None = No
 
   def result(m: int) -> MemberResult:
     loop = loops[m]
-    use_best = train.select_checkpoint == 'best' and loop.best_epoch is not None
-    logits = kept_logits[m]['best' if use_best else 'last']
+    checkpoint, epoch = loop.selected(train.select_checkpoint)
+    logits = kept_logits[m][checkpoint]
     last = best = None
     if record.keeps_states:
       last, best = jax.device_get(cohort.axes[loop.phase].state(m)), record.best(m)
-    return MemberResult(members[m], loop, 'best' if use_best else 'last',
-                        int(loop.best_epoch if use_best else loop.epoch),
-                        None if logits is None else np.asarray(logits), last, best, seconds_of[m])
+    return MemberResult(members[m], loop, checkpoint, epoch, None if logits is None else np.asarray(logits), last,
+                        best, seconds_of[m])
 
   by_phase = {}
   for m, state in enumerate(states):

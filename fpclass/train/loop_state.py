@@ -70,6 +70,13 @@ class LoopState:
         self.phase_over = True
     return improved, stop
 
+  def selected(self, select_checkpoint: str) -> tuple[str, int]:
+    """('best' or 'last', its epoch): the checkpoint config.train.select_checkpoint picks among the completed
+    epochs; 'last' where no epoch improved."""
+    if select_checkpoint == 'best' and self.best_epoch is not None:
+      return 'best', int(self.best_epoch)
+    return 'last', int(self.epoch)
+
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 

@@ -57,12 +57,19 @@ def save(experiment_dir, result: MemberResult, config_json: dict, extras: dict) 
   last = jax.device_get(result.last)
   states = {'last': serialization.to_state_dict(last),
             'best': {} if result.best is None else _changed(list(result.best), [last.params, last.batch_stats])}
-  _write(path_of(experiment_dir, result.member, SUFFIX), serialization.msgpack_serialize(states))
-  header = dict(split=result.member.split, seed=result.member.seed, loop=result.loop.to_json(),
-                checkpoint=result.checkpoint, epoch=result.epoch, config=config_json,
-                val_logits=np.asarray(result.val_logits, np.float32).tolist(), **extras)
-  _write(path_of(experiment_dir, result.member), json.dumps(header).encode())
-  path_of(experiment_dir, result.member, EPOCH).unlink(missing_ok=True)   # its running state, now finished
+  _write_finished(experiment_dir, result.member, states, result.loop, result.checkpoint, result.epoch,
+                  result.val_logits, config_json, extras)
+
+
+def _write_finished(experiment_dir, member: Member, states: dict, loop: LoopState, checkpoint: str, epoch: int,
+                    val_logits, config_json: dict, extras: dict) -> None:
+  """A finished member's states, then its result (a result on disk means a finished member); its running state
+  goes."""
+  _write(path_of(experiment_dir, member, SUFFIX), serialization.msgpack_serialize(states))
+  header = dict(split=member.split, seed=member.seed, loop=loop.to_json(), checkpoint=checkpoint, epoch=epoch,
+                config=config_json, val_logits=np.asarray(val_logits, np.float32).tolist(), **extras)
+  _write(path_of(experiment_dir, member), json.dumps(header).encode())
+  path_of(experiment_dir, member, EPOCH).unlink(missing_ok=True)   # its running state, now finished
 
 
 def save_epoch(experiment_dir, member: Member, state, loop: LoopState, best, logits: dict, config_json: dict,
@@ -91,18 +98,13 @@ def finish_running(experiment_dir, member: Member, select_checkpoint: str, least
   loop = LoopState.from_json(header['loop'])
   if loop.epoch < max(1, least_epochs) or 'extras' not in header:
     return False
-  use_best = select_checkpoint == 'best' and loop.best_epoch is not None and raw['logits'].get('best') is not None
-  logits = raw['logits'].get('best' if use_best else 'last')
+  checkpoint, epoch = loop.selected(select_checkpoint if raw['logits'].get('best') is not None else 'last')
+  logits = raw['logits'].get(checkpoint)
   if logits is None:
     return False
-  loop = dataclasses.replace(loop, finished=True, stop_reason='deadline')
-  _write(path_of(experiment_dir, member, SUFFIX), serialization.msgpack_serialize(
-      {'last': raw['state'], 'best': raw['best']}))
-  result = dict(split=member.split, seed=member.seed, loop=loop.to_json(), checkpoint='best' if use_best else 'last',
-                epoch=int(loop.best_epoch if use_best else loop.epoch), config=header['config'],
-                val_logits=np.asarray(logits, np.float32).tolist(), **{'train_seconds': 0.0, **header['extras']})
-  _write(path_of(experiment_dir, member), json.dumps(result).encode())
-  path.unlink()
+  _write_finished(experiment_dir, member, {'last': raw['state'], 'best': raw['best']},
+                  dataclasses.replace(loop, finished=True, stop_reason='deadline'), checkpoint, epoch, logits,
+                  header['config'], {'train_seconds': 0.0, **header['extras']})
   return True
 
 
