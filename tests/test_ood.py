@@ -432,6 +432,24 @@ def test_no_held_out_image_both_standardises_and_sets_the_threshold_and_the_rate
   assert in_sample <= 0.1   # the in-sample rate, which the record no longer gives
 
 
+@pytest.mark.parametrize('held_out', [0, 1, 3, 18])
+def test_too_few_held_out_images_for_the_rate_fit_with_no_threshold(held_out):
+  """Under 1/rate - 1 held-out images (19 at 5%) no conformal quantile reaches the rate: the fit says so (an infinite
+  threshold, nothing flagged) instead of cross-fitting halves and folds too small to score (a run validated on 3
+  images failed submit's shift check with a reshape error)."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 40)
+  features = rng.normal(size=(40, 4)) + 3.0 * np.eye(2, 4)[labels]
+  images = rng.integers(0, 256, (40, 6, 6, 1)).astype(np.uint8)
+  statistics = ood_math.fit_statistics('combined', 'softmax', features, labels, images=images)
+  fit = ood_math.fit_held_out(statistics, rng.normal(size=(held_out, 2)), features[:held_out], 0.05, seed=0,
+                              images=images[:held_out])
+  assert fit.threshold == math.inf and fit.rate == 0.0 and 'too few' in fit.roles
+  assert ood_math.cross_fitted_rate(rng.normal(size=held_out), 0.05, seed=0) == 0.0
+  assert math.isfinite(ood_math.fit_held_out(statistics, rng.normal(size=(19, 2)), features[:19], 0.05, seed=0,
+                                             images=images[:19]).threshold)
+
+
 def test_the_bench_s_near_class_images_keep_the_pixels_and_break_the_content():
   """bench/deploy.py's near-class sets, from in-distribution images: two overlaid half each, turned a quarter
   (decoded back to the model's size), the quadrants swapped across the diagonal."""

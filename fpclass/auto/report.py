@@ -91,7 +91,9 @@ def write_report(run, workdir) -> str:
             f'{describe_changes(run.chosen["changes"])}.', '', *_unlabelled_lines(run, study),
             *([f'Final model: [{run.final.name}/]({run.final.name}/): {run.final_note}. An ensemble workdir that '
                'submit, predict, serve, export and calibrate read. It keeps the fold models rather than refitting '
-               'on all the data: their out-of-fold score is the honest one, a refit has none of its own.',
+               'on all the data: their out-of-fold score is the honest one, a refit has none of its own. It '
+               'holds for images drawn as the training images were: submit says whether the test images look '
+               'like them (the OOD score\'s flag rate; fpclass docs/deploy.md).',
                '', '```bash', f'python launch.py --workdir {run.final} --mode submit', '```', '']
               if run.final is not None else [f'Final model: none ({run.final_note}).', '']),
             f'Re-run the configuration: `python launch.py --config {config_path} --workdir runs/<new>` '

@@ -204,6 +204,7 @@ class EnsembleOod:
   weights: list
   threshold: float
   record: dict
+  held_out_scores: np.ndarray   # the out-of-fold examples' scores the threshold was set on
 
 
 def is_ensemble(model) -> bool:
@@ -228,7 +229,7 @@ def ensemble_ood(ensemble, settings: OodSettings, store: bool = True) -> Ensembl
                      'threshold on the out-of-fold examples, each scored by the models that held it out; the rate '
                      f'flagged is cross-fitted ({ood.CROSS_FOLDS} folds): each example against a threshold set '
                      'without it')
-  return EnsembleOod(fits, list(ensemble.weights), threshold, record)
+  return EnsembleOod(fits, list(ensemble.weights), threshold, record, held_out)
 
 
 def for_model(model, workdir, settings: OodSettings, store: bool = True):

@@ -336,6 +336,11 @@ def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarra
     crossed = np.concatenate([scored(standard_on(second), first), scored(standard_on(first), second)])
     return standard_on(index), conformal_threshold(crossed, false_rejection)
 
+  if not math.isfinite(conformal_threshold(np.zeros(len(order)), false_rejection)):
+    # Too few held-out images for the rate (`conformal_threshold`): nothing is flagged, and halves and folds of
+    # so few would be empty. The parts are standardised on what there is, where there are two to spread.
+    final = standard_on(order) if len(order) >= 2 else statistics
+    return HeldOutFit(final, math.inf, 0.0, f'{len(order)} held-out images, too few for the rate: no threshold')
   final, threshold = procedure(order)
   flags = []
   for others, fold in _cross_folds(order):
@@ -350,6 +355,8 @@ def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarra
 def cross_fitted_rate(held_out: np.ndarray, false_rejection: float, seed: int) -> float:
   """The rate a conformal threshold flags on held-out scores that set nothing: each fold's scores against the
   threshold of the other folds'."""
+  if not math.isfinite(conformal_threshold(held_out, false_rejection)):
+    return 0.0   # too few held-out scores for the rate: nothing is flagged
   order = np.random.default_rng(seed).permutation(len(held_out))
   flags = [flagged(held_out[fold], conformal_threshold(held_out[others], false_rejection))
            for others, fold in _cross_folds(order)]

@@ -27,7 +27,7 @@ from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import ExplainSettings, OodSettings, PredictSettings
 from fpclass.data.decode import decode_files
 from fpclass.data.new_images import list_inputs
-from fpclass.deploy import ood
+from fpclass.deploy import ood, shift
 from fpclass.explain.explainer import build_explainer, overlay_rgb, save_png
 from fpclass.infer import tta
 from fpclass.infer.ensemble import load_model
@@ -99,10 +99,14 @@ def predict(config, workdir) -> pathlib.Path:
   fileio.write_csv(out, pd.DataFrame(rows, columns=columns))
   quarantine = quarantine_path(out)
   fileio.write_csv(quarantine, pd.DataFrame(problems, columns=['path', 'reason']))
+  verdict = None if scorer is None else shift.of_fitted(scorer.fitted, np.asarray([r['ood_score'] for r in rows]))
   report.write_section(workdir, '45-predictions', section(out, quarantine, rows, problems, trained, decision,
-                                                          settings, explainer is not None, tta_settings, scorer))
+                                                          settings, explainer is not None, tta_settings, scorer,
+                                                          verdict))
   print(f'wrote {out} ({len(rows)} images)'
         + (f'; {len(problems)} could not be read, listed with reasons in {quarantine}' if problems else ''))
+  if verdict is not None and verdict.shifted:
+    print(verdict.describe('These images', out.name).replace('**', ''))
   return out
 
 
@@ -122,7 +126,8 @@ def write_overlays(folder: pathlib.Path, explainer, images, predicted, numbers, 
   return out
 
 
-def section(out, quarantine, rows, problems, trained, decision, settings, explained, tta_settings, scorer) -> str:
+def section(out, quarantine, rows, problems, trained, decision, settings, explained, tta_settings, scorer,
+            verdict: shift.Shift | None) -> str:
   lines = ['## Predictions', '',
            f'[{out.name}]({out.name}): {len(rows)} images of `{settings.inputs}` classified with the '
            f'{trained.checkpoint} checkpoint (epoch {trained.epoch}); '
@@ -144,6 +149,8 @@ def section(out, quarantine, rows, problems, trained, decision, settings, explai
                  f'{len(rows)} images, {fitted["score"]} score above {threshold}, the threshold that '
                  f'flags {fitted["false_rejection"]:.0%} of held-out images of these classes '
                  f'({fitted["held_out_flagged"]:.1%} of its {fitted["held_out"]}).')
+  if verdict is not None:
+    lines.append(verdict.describe('These images', out.name))
   if problems:
     lines.append(f'{len(problems)} input(s) could not be read; see [{quarantine.name}]({quarantine.name}).')
   if explained:
