@@ -49,6 +49,7 @@ def test_a_few_images_flagged_are_not_evidence():
   """Two images of two flagged: p = 0.05² = 0.0025 > ALPHA, however large the share."""
   verdict = shift.compare(scores_with(2, 2), 1.0, 0.05, 0.05)
   assert verdict.p_value == pytest.approx(0.0025) and not verdict.shifted
+  assert 'too few images to tell' in verdict.describe('These images', 'predictions.csv')
 
 
 def test_no_verdict_without_a_threshold_or_images():

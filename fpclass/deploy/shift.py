@@ -47,6 +47,8 @@ class Shift:
     if self.shifted:
       return (f'**{what} may not look like the training images:** {counts} {test}. Scores measured on held-out '
               f'training images may not hold on them; {where} marks each image flagged (`unknown`).')
+    if self.share >= FACTOR * self.expected:   # flagged often, but too few images for the test to tell
+      return f'{what}: {counts} {test}, too few images to tell whether they differ from the training images.'
     return f'{what}: {counts} {test}, no sign that they differ from the training images.'
 
 
