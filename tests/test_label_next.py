@@ -165,7 +165,9 @@ def test_label_next_writes_a_consistent_list_sheet_template_and_tasks(ranked):
   assert [t['predictions'][0]['result'][0]['value']['choices'] for t in tasks] == [[g] for g in picks['guess']]
   template = pd.read_csv(workdir / 'label_next_labels.csv', dtype=str, keep_default_na=False)
   assert list(template['filename']) == names and set(template['label']) == {''}
-  assert '## What to label next' in (workdir / 'report.md').read_text()
+  report = (workdir / 'report.md').read_text()
+  assert '## What to label next' in report
+  assert f'The pool: {int(foreign.sum())} of 16 (' in report   # the shift line (fpclass/deploy/shift.py)
 
 
 def test_the_filled_template_trains_as_labelled_images(ranked, tmp_path):

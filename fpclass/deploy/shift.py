@@ -38,15 +38,15 @@ class Shift:
     return self.p_value < ALPHA and self.share >= FACTOR * self.expected
 
   def describe(self, what: str, where: str) -> str:
-    """One line on `what` ('The test images'): the verdict, the counts and the test behind it; `where` the flag
-    of each image is (for a shift's advice)."""
+    """One line on `what` ('The test images'): the verdict, the counts and the test behind it; `where`: what marks
+    each image flagged (a shift's advice)."""
     counts = (f'{self.flagged:,} of {self.images:,} ({self.share:.1%}) score as none of the classes, where '
               f'{self.expected:.1%} of new images of the training kind would')
     apart = '' if self.auroc is None else f'; AUROC of their scores against the held-out images\' {self.auroc:.2f}'
     test = f'(one-sided binomial p = {self.p_value:.2g}{apart})'
     if self.shifted:
       return (f'**{what} may not look like the training images:** {counts} {test}. Scores measured on held-out '
-              f'training images may not hold on them; {where} marks each image flagged (`unknown`).')
+              f'training images may not hold on them; {where} marks each image flagged.')
     if self.share >= FACTOR * self.expected:   # flagged often, but too few images for the test to tell
       return f'{what}: {counts} {test}, too few images to tell whether they differ from the training images.'
     return f'{what}: {counts} {test}, no sign that they differ from the training images.'

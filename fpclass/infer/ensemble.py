@@ -298,6 +298,14 @@ class WeightedEnsemble:
                         'normalisation': m.metadata.get('normalisation')} for path, m in zip(paths, self.members)]}
 
 
+def as_one_model(members: list[MemberModel], workdir) -> tuple:
+  """(model, folder) of models restored together, for what scores them as one (the OOD score, stored in the
+  folder): the one run itself, else a `WeightedEnsemble` of them (their weights: an ensemble workdir's, or equal)."""
+  if len(members) == 1 and not members[0].calibrates_mix:
+    return members[0].trained, members[0].path
+  return WeightedEnsemble(members, members[0].metadata), pathlib.Path(workdir)
+
+
 def workdir_models(path, key: str) -> list[MemberModel]:
   """The models of the trained workdir `path`, restored with their weights: an ensemble workdir's weighted models,
   one run, an auto run's final model, one sweep variant's fold models, or a sweep root's (every variant with the

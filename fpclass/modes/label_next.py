@@ -24,11 +24,11 @@ from fpclass.analysis import acquisition
 from fpclass.config.inputs import DataSettings
 from fpclass.config.outputs import LabelNextSettings, OodSettings
 from fpclass.data import pipeline, unlabelled
-from fpclass.deploy import ood
+from fpclass.deploy import ood, shift
 from fpclass.errors import UserInputError
 from fpclass.explain.figures import Tile, contact_sheet
 from fpclass.infer import labelling
-from fpclass.infer.ensemble import WeightedEnsemble, workdir_models
+from fpclass.infer.ensemble import as_one_model, workdir_models
 from fpclass.models.heads import probabilities
 from fpclass.runtime import report
 
@@ -62,8 +62,8 @@ def label_next(config, workdir) -> pathlib.Path:
   members = np.stack(member_probabilities)
   mix = np.einsum('m,mnk->nk', weights / weights.sum(), members)
   scores = acquisition.uncertainty(settings.strategy, members, weights)
-  scorer = ood.configured_scorer(OodSettings.from_config(config.ood), models[0].path if len(models) == 1 else workdir,
-                                 models[0].trained if len(models) == 1 else WeightedEnsemble(models, models[0].metadata))
+  model, folder = as_one_model(models, workdir)
+  scorer = ood.configured_scorer(OodSettings.from_config(config.ood), folder, model)
   ood_scores = scorer.scores(pool.images, batch) if scorer is not None else None
   foreign = ood_scores > scorer.threshold if scorer is not None else None
   ranking = acquisition.rank(scores, settings.count,
@@ -83,8 +83,9 @@ def label_next(config, workdir) -> pathlib.Path:
   order = [*ranking.picks, *ranking.foreign]
   sheet = _contact_sheet(workdir / f'{out.stem}.png', settings, pool, order, rows)
   labels = _labelling_files(out, settings, data, pool, ranking, rows, class_names, workdir, models)
+  verdict = shift.of_fitted(scorer.fitted, ood_scores) if scorer is not None else None
   report.write_section(workdir, '46-label-next', _section(out, settings, pool, models, ranking, scorer, sheet,
-                                                           labels))
+                                                           labels, verdict))
   print(f'wrote {out}: {len(ranking.picks)} of {len(pool)} unlabelled images to label next'
         + (f', {len(ranking.foreign)} foreign listed after them' if len(ranking.foreign) else '')
         + (f'; fill in {labels[0]}' if labels else ''))
@@ -165,7 +166,7 @@ def _labelling_files(out: pathlib.Path, settings, data, pool, ranking, rows, cla
   return template, tasks, interface, folder
 
 
-def _section(out, settings, pool, models, ranking, scorer, sheet, labels) -> str:
+def _section(out, settings, pool, models, ranking, scorer, sheet, labels, verdict) -> str:
   diversity = (f'greedy k-center on the models\' pooled features among the {ranking.candidates} most uncertain'
                if settings.diversity == 'kcenter' else 'none (the most uncertain, in order)')
   lines = ['## What to label next', '',
@@ -176,6 +177,8 @@ def _section(out, settings, pool, models, ranking, scorer, sheet, labels) -> str
   else:
     lines.append(f'Foreign (OOD score above {scorer.threshold:.4g}): {len(ranking.foreign)}, listed after the others '
                  'with no guess, and not in the task file.')
+    if verdict is not None:
+      lines.append(verdict.describe('The pool', f"{out.name}'s `foreign` column"))
   if sheet is not None:
     lines.append(f'Contact sheet: [{sheet.name}]({sheet.name}).')
   if labels is None:

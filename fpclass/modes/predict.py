@@ -106,7 +106,7 @@ def predict(config, workdir) -> pathlib.Path:
   print(f'wrote {out} ({len(rows)} images)'
         + (f'; {len(problems)} could not be read, listed with reasons in {quarantine}' if problems else ''))
   if verdict is not None and verdict.shifted:
-    print(verdict.describe('These images', out.name).replace('**', ''))
+    print(verdict.describe('These images', f"{out.name}'s `unknown` column").replace('**', ''))
   return out
 
 
@@ -150,7 +150,7 @@ def section(out, quarantine, rows, problems, trained, decision, settings, explai
                  f'flags {fitted["false_rejection"]:.0%} of held-out images of these classes '
                  f'({fitted["held_out_flagged"]:.1%} of its {fitted["held_out"]}).')
   if verdict is not None:
-    lines.append(verdict.describe('These images', out.name))
+    lines.append(verdict.describe('These images', f"{out.name}'s `unknown` column"))
   if problems:
     lines.append(f'{len(problems)} input(s) could not be read; see [{quarantine.name}]({quarantine.name}).')
   if explained:

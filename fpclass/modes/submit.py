@@ -31,7 +31,6 @@ from fpclass.errors import UserInputError
 from fpclass.infer import ensemble, tta
 from fpclass.infer.predictions import tags_text
 from fpclass.runtime import report
-from fpclass.train import sidecar
 
 # The embedded synthetic sets' own id and label columns (whatever config.data names); each set's solution.csv,
 # its hidden test labels, is scored against the submission.
@@ -94,7 +93,7 @@ def submit(config, workdir) -> pathlib.Path:
                  + ('per-label training prevalence' if multilabel else 'class prior') + ' (see quarantine.csv).')
   shifted = _shift_check(config, workdir, members, test.images[~failed])
   if shifted is not None:
-    lines += ['', shifted.describe('The test images', '`--mode predict` on them')]
+    lines += ['', shifted.describe('The test images', '`--mode predict` on them (`unknown`)')]
   hidden = _score_hidden_labels(decoded, submission, id_col, label_col, names if multilabel else None)
   what = 'Planet F2 (samples-averaged F-beta, beta 2)' if multilabel else 'Accuracy'
   if hidden is not None:
@@ -103,18 +102,15 @@ def submit(config, workdir) -> pathlib.Path:
   print(f'wrote {out} ({len(submission)} rows)'
         + (f'; hidden-label {"F2" if multilabel else "accuracy"} {hidden:.4f}' if hidden else ''))
   if shifted is not None and shifted.shifted:
-    print(shifted.describe('The test images', '`--mode predict` on them').replace('**', ''))
+    print(shifted.describe('The test images', '`--mode predict` on them (`unknown`)').replace('**', ''))
   return out
 
 
 def _shift_check(config, workdir: pathlib.Path, members: list, images: np.ndarray) -> shift.Shift | None:
   """Whether the test images look like the training ones to the OOD score (config.ood; None when it is off):
   the one model, or the fold models or an ensemble workdir's as one weighted ensemble."""
-  settings = OodSettings.from_config(config.ood)
-  if len(members) == 1 and not members[0].calibrates_mix:
-    return shift.of_images(members[0].trained, members[0].path, settings, images, int(config.eval.batch_size))
-  mixed = ensemble.WeightedEnsemble(members, sidecar.read_metadata(workdir) or {})
-  return shift.of_images(mixed, workdir, settings, images, int(config.eval.batch_size))
+  model, folder = ensemble.as_one_model(members, workdir)
+  return shift.of_images(model, folder, OodSettings.from_config(config.ood), images, int(config.eval.batch_size))
 
 
 def _counts_note(pred, names, multilabel) -> str:
