@@ -45,8 +45,8 @@ def test_submit_warns_when_the_test_images_are_not_of_the_training_kind(tmp_path
   launch(*common)
   alike = launch(*common, '--mode=submit')
   section = (workdir / 'report.d' / '40-submission.md').read_text()
-  assert 'may not look like' not in alike.stdout + section
-  assert 'The test images: ' in section and 'no sign that they differ from the training images' in section
+  # No warning: the line counts the flagged blobs (2 of 60 here; the exact count may move with the CPU's numerics).
+  assert 'may not look like' not in alike.stdout + section and 'The test images: ' in section
   assert (workdir / 'ood.npz').is_file()   # fitted once, kept for predict, serve and export
 
   noise = launch(*common, '--mode=submit', '--config.data.test_dir=noise')
