@@ -176,19 +176,23 @@ def made_sets(count: int = 200, side: int = 64, seed: int = 0) -> dict:
           'gradients': gradients.astype(np.uint8)}
 
 
+def one_plane(image: np.ndarray) -> np.ndarray:
+  """A (H, W, 1) image as (H, W), which PIL reads as grayscale; a colour one as it is."""
+  return image[..., 0] if image.shape[-1] == 1 else image
+
+
 def near_sets(unseen: np.ndarray, settings: DecodeSettings, count: int = 300, seed: int = 0) -> dict:
   """Near-class images, made from in-distribution images no model trained on: two overlaid (half each), turned
   a quarter, and the four quadrants swapped across the diagonal. The pixels are of the training images' kind,
   the content of none of the classes, so the image's own statistics cannot tell them; only the features can."""
   rng = np.random.default_rng(seed)
   images = np.asarray(unseen[:count])
-  flat = lambda a: a[..., 0] if a.shape[-1] == 1 else a   # noqa: E731
   overlaid = ((images.astype(np.uint16) + images[rng.permutation(len(images))]) // 2).astype(np.uint8)
   half_h, half_w = images.shape[1] // 2, images.shape[2] // 2
   swapped = images.copy()
   swapped[:, :half_h, :half_w], swapped[:, -half_h:, -half_w:] = images[:, -half_h:, -half_w:], images[:, :half_h, :half_w]
   swapped[:, :half_h, -half_w:], swapped[:, -half_h:, :half_w] = images[:, -half_h:, :half_w], images[:, :half_h, -half_w:]
-  return {'near: two overlaid': overlaid, 'near: turned a quarter': decoded([flat(np.rot90(a)) for a in images],
+  return {'near: two overlaid': overlaid, 'near: turned a quarter': decoded([one_plane(np.rot90(a)) for a in images],
                                                                           settings),
           'near: quadrants swapped': swapped}
 
@@ -242,9 +246,8 @@ def style_sets(unseen: np.ndarray, settings: DecodeSettings, seed: int = 0) -> d
   from PIL import ImageFilter
   rng = np.random.default_rng(seed)
   images = np.asarray(unseen).astype(np.float64)
-  flat = lambda a: a[..., 0] if a.shape[-1] == 1 else a   # noqa: E731
   mean = images.mean(axis=(1, 2, 3), keepdims=True)
-  blurred = [np.asarray(Image.fromarray(flat(a)).filter(ImageFilter.GaussianBlur(radius=max(1.0, a.shape[0] / 32))))
+  blurred = [np.asarray(Image.fromarray(one_plane(a)).filter(ImageFilter.GaussianBlur(radius=max(1.0, a.shape[0] / 32))))
              for a in np.asarray(unseen)]
   height, width = images.shape[1:3]
   moved = np.roll(images, (height // 8, width // 8), axis=(1, 2))

@@ -281,13 +281,24 @@ def _squared_distances(features, means, whitening, xp):
   return xp.swapaxes((white * white).sum(axis=2), 0, 1)
 
 
+def _conformal_rank(count: int, false_rejection: float) -> int:
+  """The rank, from 1, of the conformal quantile among `count` held-out scores: ceil((n + 1)(1 - rate))."""
+  return math.ceil((count + 1) * (1.0 - false_rejection))
+
+
+def reaches_rate(count: int, false_rejection: float) -> bool:
+  """Whether `count` held-out scores are enough for a threshold at the rate (19 for 5%); with fewer, none is set."""
+  return 1 <= _conformal_rank(count, false_rejection) <= count
+
+
 def conformal_threshold(held_out: np.ndarray, false_rejection: float) -> float:
   """The threshold t over held-out in-distribution scores such that an exchangeable new one exceeds t with
   probability at most `false_rejection`: the ceil((n + 1)(1 - rate))-th smallest score (inf when n is too
   small for the rate: nothing is rejected)."""
   held_out = np.sort(np.asarray(held_out, np.float64))
-  rank = math.ceil((len(held_out) + 1) * (1.0 - false_rejection))
-  return float(held_out[rank - 1]) if 1 <= rank <= len(held_out) else math.inf
+  if not reaches_rate(len(held_out), false_rejection):
+    return math.inf
+  return float(held_out[_conformal_rank(len(held_out), false_rejection) - 1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,8 +347,8 @@ def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarra
     crossed = np.concatenate([scored(standard_on(second), first), scored(standard_on(first), second)])
     return standard_on(index), conformal_threshold(crossed, false_rejection)
 
-  if not math.isfinite(conformal_threshold(np.zeros(len(order)), false_rejection)):
-    # Too few held-out images for the rate (`conformal_threshold`): nothing is flagged, and halves and folds of
+  if not reaches_rate(len(order), false_rejection):
+    # Too few held-out images for the rate: nothing is flagged, and halves and folds of
     # so few would be empty. The parts are standardised on what there is, where there are two to spread.
     final = standard_on(order) if len(order) >= 2 else statistics
     return HeldOutFit(final, math.inf, 0.0, f'{len(order)} held-out images, too few for the rate: no threshold')
@@ -355,7 +366,7 @@ def fit_held_out(statistics: Statistics, logits: np.ndarray, features: np.ndarra
 def cross_fitted_rate(held_out: np.ndarray, false_rejection: float, seed: int) -> float:
   """The rate a conformal threshold flags on held-out scores that set nothing: each fold's scores against the
   threshold of the other folds'."""
-  if not math.isfinite(conformal_threshold(held_out, false_rejection)):
+  if not reaches_rate(len(held_out), false_rejection):
     return 0.0   # too few held-out scores for the rate: nothing is flagged
   order = np.random.default_rng(seed).permutation(len(held_out))
   flags = [flagged(held_out[fold], conformal_threshold(held_out[others], false_rejection))

@@ -92,8 +92,9 @@ def submit(config, workdir) -> pathlib.Path:
     lines.append(f'{int(failed.sum())} undecodable test image(s) got the '
                  + ('per-label training prevalence' if multilabel else 'class prior') + ' (see quarantine.csv).')
   shifted = _shift_check(config, workdir, members, test.images[~failed])
-  if shifted is not None:
-    lines += ['', shifted.describe('The test images', '`--mode predict` on them (`unknown`)')]
+  shift_line = None if shifted is None else shifted.describe('The test images', '`--mode predict` on them (`unknown`)')
+  if shift_line is not None:
+    lines += ['', shift_line]
   hidden = _score_hidden_labels(decoded, submission, id_col, label_col, names if multilabel else None)
   what = 'Planet F2 (samples-averaged F-beta, beta 2)' if multilabel else 'Accuracy'
   if hidden is not None:
@@ -102,7 +103,7 @@ def submit(config, workdir) -> pathlib.Path:
   print(f'wrote {out} ({len(submission)} rows)'
         + (f'; hidden-label {"F2" if multilabel else "accuracy"} {hidden:.4f}' if hidden else ''))
   if shifted is not None and shifted.shifted:
-    print(shifted.describe('The test images', '`--mode predict` on them (`unknown`)').replace('**', ''))
+    print(shift_line.replace('**', ''))
   return out
 
 
