@@ -1,6 +1,7 @@
 """End to end through launch.py: train, evaluate, submit, and bad flags (kill -9 and resume: test_faults.py)."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -60,11 +61,14 @@ def test_a_forked_launch_trains_what_python_launch_py_trains_bit_for_bit(trained
 
 
 @pytest.fixture(scope='module')
-def submitted(trained_quick):
-  """(workdir, env, the launch's CompletedProcess) of --mode submit on the quick run without --config (its config
-  from the sidecar), which the two tests below read: one launch, not one each. Submit with --config is
-  test_kaggle_folder_with_bad_files's."""
-  workdir, env, _ = trained_quick
+def submitted(trained_quick, tmp_path_factory):
+  """(workdir, env, the launch's CompletedProcess) of --mode submit on a copy of the quick run without --config
+  (its config from the sidecar), which the two tests below read: one launch, not one each. Submit writes into its
+  workdir (submission.csv, the OOD fit), so it runs on a copy and the shared run stays as trained. Submit with
+  --config is test_kaggle_folder_with_bad_files's."""
+  shared, env, _ = trained_quick
+  workdir = tmp_path_factory.mktemp('submitted') / 'run'
+  shutil.copytree(shared, workdir)
   return workdir, env, launch(f'--workdir={workdir}', '--mode=submit', env=env)
 
 
@@ -98,8 +102,8 @@ def test_modes_after_training_read_the_config_from_the_workdir(trained_quick, su
   evaluated = launch(f'--workdir={workdir}', '--mode=evaluate', '--config.eval.batch_size=7', env=env)
   # A reader opens the checkpoints read-only on purpose: orbax's notices of it are not the user's business.
   assert 'read only' not in evaluated.stderr and 'read_only' not in evaluated.stderr, evaluated.stderr
-  _, _, out = submitted
-  submission = (workdir / 'submission.csv').read_text().splitlines()
+  submitted_dir, _, out = submitted
+  submission = (submitted_dir / 'submission.csv').read_text().splitlines()
   assert submission[0].split(',')[0] == 'filename' and len(submission) == 1 + 16, out.stdout
 
 
