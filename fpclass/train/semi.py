@@ -4,7 +4,8 @@ The unlabelled images sit after the labelled ones in the train array, labelled U
 holds `batch` labelled rows and then `ratio x batch` unlabelled ones (`order`), so the step, the vmap axis and the
 streamed path gather them as they gather any batch, and `Task.train_batch` splits them by position. For an unlabelled
 image the weak view (config.augment) is predicted under the current weights in a forward pass of its own, outside
-the gradient (cheaper than FixMatch's one pass over every view; batch norm normalises it by its own batch); where its
+the gradient (cheaper than FixMatch's one pass over every view; batch norm normalises it by its own batch, and its
+dropout stays on: without it MNIST's pool closed less of the gap, docs/unlabelled.md); where its
 top class's probability reaches the threshold, that class is the target of a strong view of the same image
 (`strong_augment`), and the masked cross-entropy, times the weight, joins the labelled loss (Sohn et al., 2020).
 A fold's held-out images are never in the pool: it is read apart from the labelled images, and an exact copy of a
