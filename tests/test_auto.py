@@ -86,8 +86,10 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
   assert 'chose trial-' in result.stdout
   (bracket,) = _state(workdir)['brackets']
   # (the middle rung's epoch raised into the time four trials leave: the budget buys it a surer ranking)
+  # (the top rung holds two where the best beat the config as given within one standard error: a tie goes on)
+  tie = 'goes on beside it' in result.stdout
   assert bracket['rungs'] == [dict(configs=4, folds=1, epochs=1), dict(configs=2, folds=2, epochs=2),
-                              dict(configs=1, folds=3, epochs=2)]
+                              dict(configs=2 if tie else 1, folds=3, epochs=2)]
   study = _study(workdir)
   trials = {t.number: t for t in study.trials if 'claim' not in t.user_attrs}
   assert sorted(trials) == bracket['trials'] and len(trials) == 4
@@ -100,7 +102,9 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
     # ... or the config as given (trial 0) in the last place, where the best beat it within one standard error
     assert kept == best or (kept == [*best[:-1], 0] and 'the config as given goes on' in result.stdout), (kept, values)
     assert all(trials[n].state == optuna.trial.TrialState.PRUNED for n in values if n not in kept)
-  (top,) = bracket['promoted'][-1]
+  top_values = {int(n): v for n, v in bracket['values'][-1].items()}
+  assert sorted(top_values) == sorted(bracket['promoted'][-1])
+  top = min(top_values, key=top_values.get)   # the top rung's lowest loss (of two after a tie)
   assert trials[top].state == optuna.trial.TrialState.COMPLETE and trials[top].value == bracket['values'][-1][str(top)]
   base = sidecar.config_from_json(json.loads((workdir / 'workdir.json').read_text())['config'])
   for key, value in json.loads(json.dumps(trials[0].user_attrs['changes'])).items():   # the config as given

@@ -4,6 +4,7 @@ within it. No training: the predictions and values are made by hand."""
 import math
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
@@ -56,7 +57,8 @@ def test_the_standard_error_uses_the_shared_examples_each_averaged_over_its_memb
                                                (0.02, math.nan, False)])
 def test_the_config_as_given_takes_the_last_place_when_the_best_beats_it_within_one_standard_error(gap, se,
                                                                                                promoted):
-  assert one_se.promoted([1, 0], 1, 0, gap, se) == ([0] if promoted else [1])   # one challenger: Breiman's rule
+  # Where one goes on, a tie is not a lead: the best and the config as given both go on, the next rung decides.
+  assert one_se.promoted([1, 0], 1, 0, gap, se) == ([1, 0] if promoted else [1])
   assert one_se.promoted([1, 2, 0], 2, 0, gap, se) == ([1, 0] if promoted else [1, 2])   # two: the same bar
   assert one_se.promoted([0, 1, 2, 3], 2, 0, gap, se) == [0, 1]   # among the best already
   assert one_se.promoted([1, 2, 3], 2, None, gap, se) == [1, 2]   # no config as given in the rung
@@ -67,7 +69,7 @@ def test_the_bar_is_one_standard_error_whatever_the_number_of_challengers():
   three challengers and ended best; a bar raised with their number (1.59, Sidak's) kept the config as given."""
   assert one_se.promoted([2, 1, 3, 0], 1, 0, 0.0075, 0.0053) == [2]
   assert one_se.promoted([2, 1, 3, 4, 5, 6, 7, 8, 0], 1, 0, 0.0075, 0.0053) == [2]
-  assert one_se.promoted([2, 1, 3, 0], 1, 0, 0.0050, 0.0053) == [0]
+  assert one_se.promoted([2, 1, 3, 0], 1, 0, 0.0050, 0.0053) == [2, 0]
 
 
 class RoundsWithPredictions(PlannedRounds):
@@ -104,3 +106,33 @@ def test_a_rung_keeps_the_config_as_given_when_its_deficit_is_within_the_noise_o
   auto._run_bracket(ctx, bracket, ctx.budget.costs)
   assert ctx.trials()[0].user_attrs[first_trials.BASELINE] is True
   assert bracket['promoted'][0] == ([1, 0] if noisy else [1, 2])
+
+
+@pytest.mark.parametrize('noisy', [True, False])
+def test_a_tie_where_one_goes_on_sends_both_to_the_top_rung_on_the_folds_that_fit(tmp_path, monkeypatch, noisy):
+  """A bracket whose top rung holds one configuration: where the best beats the config as given within one
+  standard error both go on, on the most folds that the budget left affords two (2 of 3 here), and the top rung
+  decides; where the lead is evidence the best goes on alone, on every fold (MNIST, 2026-11-29: the config as
+  given, kept alone on a tie, ended behind the learning rate x3 the hand sweep chose)."""
+  rng = np.random.default_rng(0)
+  labels, first = rng.integers(0, 2, N), rng.random(N) < 0.82
+  second = rng.random(N) < 0.80 if noisy else first & ~np.isin(np.arange(N), np.flatnonzero(first)[:8])
+  frames = {(0, 1): _frame(first, labels), (0, 0): _frame(second, labels)}
+  outcomes = {(0, 0): Outcome(0.80), (0, 1): Outcome(0.82), (0, 2): Outcome(0.5),
+              (1, 0): Outcome(0.9), (1, 1): Outcome(0.85)}
+  rounds = RoundsWithPredictions(frames, outcomes)
+  rounds.spend = {0: 1.0}   # the bottom rung takes 1 s of the 6.5 left
+  ctx = _search_context(tmp_path, rounds=rounds, seconds=6.0)
+  # A clock that moves only with the rounds: the test holds on a busy machine.
+  monkeypatch.setattr(ctx.budget, 'left', lambda: 6.5 - ctx.budget.used_before)
+  # The cost model refitted on the bottom rung: a set-up of 1.5 and 0.5 a member, so two configurations on f folds
+  # cost 3 + f: on 2 folds 5 of the 5.38 left after the report's tail, on 3 folds 6.
+  bracket = ctx.budget.new_bracket([dict(configs=3, folds=1, epochs=1), dict(configs=1, folds=3, epochs=4)])
+  auto._run_bracket(ctx, bracket, ctx.budget.costs)
+  top = rounds.calls[-1]
+  if noisy:
+    assert bracket['promoted'] == [[1, 0]] and top['names'] == ['trial-0001', 'trial-0000']
+    assert top['folds'] == (0, 1) and bracket['rungs'][1] == dict(configs=2, folds=2, epochs=4)
+    assert ctx.trials()[0].state == optuna.trial.TrialState.COMPLETE   # the top rung's values rank them
+  else:
+    assert bracket['promoted'] == [[1]] and top['names'] == ['trial-0001'] and top['folds'] == (0, 1, 2)

@@ -3,6 +3,7 @@ batch seeded with the config as given and its neighbours), each rung trained as 
 trials told, the scheduler's promotions (with the one-standard-error rule that keeps the config as given), a
 rung's start counted so that a trial whose process keeps dying fails, and the slack top rung that leaves a model
 when no trial reached the top. Everything a relaunch needs is saved in the bracket (`Budget.brackets`)."""
+import dataclasses
 import math
 import pathlib
 
@@ -93,6 +94,14 @@ def run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
     ranked = sorted(values, key=lambda n: values[n], reverse=ctx.higher)
     keep = promoted(ctx, ranked, ctx.scheduler.promoted(ranked, values, tuple(rungs), level), values, folder,
                      by_number)
+    if len(keep) > rungs[level + 1].configs:   # a tie went on beside the best: both, on the folds that fit
+      wider = widened(ctx, costs, rungs, level + 1, len(keep))
+      if wider is None:
+        keep = keep[-1:]   # not even one fold each: the config as given alone, Breiman's rule
+        tqdm.write('auto: the budget affords one configuration at the next rung: the config as given goes on')
+      else:
+        rungs[level + 1] = wider
+        bracket['rungs'][level + 1] = dataclasses.asdict(wider)
     for n in alive:
       if n not in keep and n in values and by_number[n].state == optuna.trial.TrialState.RUNNING:
         ctx.study.tell(n, state=optuna.trial.TrialState.PRUNED)
@@ -148,9 +157,22 @@ def promoted(ctx: Context, ranked: list, chosen: list, values: dict, folder: pat
   gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
   keep = one_se.promoted([*chosen, *(n for n in ranked if n not in chosen)], len(chosen), baseline, gap, se)
   if baseline in keep:
-    tqdm.write(f'auto: the config as given goes on: trial {best} beat it by {gap:.4f}, within one standard error '
-               f'({se:.4f}) of the rung\'s evidence')
+    tqdm.write(f'auto: the config as given goes on{" beside it" if best in keep else ""}: trial {best} beat it by '
+               f'{gap:.4f}, within one standard error ({se:.4f}) of the rung\'s evidence')
   return keep
+
+
+def widened(ctx: Context, costs: Costs, rungs: list, level: int, configs: int) -> Rung | None:
+  """Rung `level` for `configs` configurations where it was planned for fewer (a tie went on, `one_se.promoted`):
+  the most of its folds, at its epochs, that fit what the rung and the rest of the bracket may spend now (the
+  planned rung's cost, or more where the budget has more left); None where not even one fold each fits. The trials
+  are compared like with like, on the same folds, and the final stage completes the choice's missing folds."""
+  rung = rungs[level]
+  rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
+  reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
+  seconds = max(rung.cost(costs), ctx.budget.left() - reserve)
+  fitting = [f for f in range(rung.folds, 0, -1) if Rung(configs, f, rung.epochs).cost(costs) <= seconds]
+  return Rung(configs, fitting[0], rung.epochs) if fitting else None
 
 
 def first_top_rung(ctx: Context, costs: Costs, rung: Rung) -> Rung | None:

@@ -11,7 +11,10 @@ one standard error whatever the number of challengers: a bar raised for the best
 correction, 1.59 for three) kept the config as given on MNIST where the learning rate x3 beat it by 1.42 and
 1.47 and ended best (auto 0.979 against the hand refit's 0.986; 0.985 at one standard error, 2026-11-28). A
 challenger promoted by chance is hedged later: the config as given trains beside an unconfirmed choice, and the
-cross-fitted mix weighs both (`fpclass.auto.final`).
+cross-fitted mix weighs both (`fpclass.auto.final`). Where a rung promotes one trial, a tie sends both on: on
+MNIST (2026-11-29) the learning rate x3 beat the config by less than one standard error at the bottom rung, the
+config went on alone, and it ended 0.006 behind the hand sweep's refit of the learning rate x3, and 0.05 behind it
+on the same digits drawn in another style (docs/auto.md).
 """
 import numpy as np
 import pandas as pd
@@ -45,11 +48,12 @@ def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamp
 
 
 def promoted(ranked: list, keep: int, baseline, gap: float, se: float) -> list:
-  """The `keep` trials a rung promotes from `ranked` (best first): the best `keep`, with the config as given
-  (`baseline`) in the last place when it is not among them and the best beats it by `gap` (in the metric's
-  better direction) of at most one standard error `se` of their difference (NaN: no evidence of the noise, the
-  values rank alone)."""
+  """The trials a rung promotes from `ranked` (best first): the best `keep`, with the config as given (`baseline`)
+  in the last place when it is not among them and the best beats it by `gap` (in the metric's better direction)
+  of at most one standard error `se` of their difference (NaN: no evidence of the noise, the values rank alone).
+  Where one trial goes on (`keep` 1), a tie is not a lead: the best and the config as given both go on, and the
+  next rung, at a higher fidelity, decides between them (`fpclass.auto.brackets.widened`)."""
   best = list(ranked[:keep])
   if baseline is None or baseline in best or baseline not in ranked or not gap <= se:
     return best
-  return [*best[:keep - 1], baseline]
+  return [*best, baseline] if keep == 1 else [*best[:keep - 1], baseline]
