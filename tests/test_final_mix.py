@@ -1,5 +1,6 @@
 """The final mix of `--mode auto` (`fpclass.auto.final_mix`): planted out-of-fold predictions, no training. The mix
-is kept when its cross-fitted score is ahead of the choice's models alone, and the choice is kept otherwise; a
+is kept when its cross-fitted score is ahead of the choice's models alone beyond the paired interval, and the
+choice is kept otherwise (a tie is not a lead); a
 candidate of one fold (a bottom-rung trial) is compared on the examples it shares, and a candidate that predicted
 other examples, or too few, is left out, named; each folder's weight is its share of its candidate."""
 import pathlib
@@ -63,6 +64,24 @@ def test_a_worse_candidate_leaves_the_choice_alone_and_the_choice_s_folders_shar
   shares = dict(mix.members)
   assert shares[pathlib.Path('a')] == pytest.approx(3 / 6) and shares[pathlib.Path('b')] == pytest.approx(3 / 6)
   assert 'the choice\'s fold models are kept' in final_mix.describe(mix.record, 'accuracy')
+
+
+def test_a_mix_ahead_on_the_mean_but_within_the_interval_leaves_the_choice():
+  """A tie is not a lead: a candidate right on two more images than the choice, one in each of two of the five
+  folds, puts the cross-fitted mix ahead on the mean (+1/60 in two folds, 0 in three) but not beyond the paired
+  interval, so the final model is the choice's. (Kept on a mean ahead, such a mix scored below the choice's fold
+  models on MNIST's test images, 2026-11-29.)"""
+  rng = np.random.default_rng(5)
+  labels, folds = rng.integers(0, 2, 300), np.arange(300) % 5
+  right = np.ones(300, bool)
+  right[[0, 4]] = False   # image 0 is in fold 0, image 4 in fold 4
+  choice = final_mix.Candidate('choice', (frame(labels, right, folds, 0),), (pathlib.Path('a'),))
+  better = final_mix.Candidate('better', (frame(labels, np.ones(300, bool), folds, 1),), (pathlib.Path('b'),))
+  mix = final_mix.choose([choice, better], 'choice', ACCURACY)
+  record = mix.record
+  assert record['mixed'] > record['alone'] and record['difference']['low'] < 0 < record['difference']['mean']
+  assert record['kept'] == 'choice' and [f for f, _ in mix.members] == [pathlib.Path('a')]
+  assert 'not ahead beyond the interval' in final_mix.describe(record, 'accuracy')
 
 
 def test_a_candidate_of_other_examples_or_too_few_is_left_out_and_named():
