@@ -37,9 +37,7 @@ def run_bracket(ctx: Context, bracket: dict, costs: Costs) -> bool:
   alive = list(bracket['promoted'][-1] if bracket['promoted'] else bracket['trials'])
   for level in range(len(bracket['promoted']), len(rungs)):
     rung, top = rungs[level], level == len(rungs) - 1
-    # The rung stops where the rest of the bracket, one configuration a rung, and the confirmation still fit.
-    rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
-    reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
+    reserve = kept_for_after(ctx, costs, rungs, level)
     # The first top rung makes the only final model there can be: it ends in the budget's slack, planned or not
     # (where the cost model read it a little cheap, not one epoch short with the final model falling back to a
     # cheap rung's one fold; 2026-11-28, MNIST: cut at epoch 29 of 30, 0.966 against the hand sweep's 0.986).
@@ -162,15 +160,20 @@ def promoted(ctx: Context, ranked: list, chosen: list, values: dict, folder: pat
   return keep
 
 
+def kept_for_after(ctx: Context, costs: Costs, rungs: list, level: int) -> float:
+  """The seconds rung `level` leaves for what follows it: the rest of the bracket (one configuration a rung), the
+  confirmation and the report's tail. The rung stops where only they still fit."""
+  rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
+  return ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
+
+
 def widened(ctx: Context, costs: Costs, rungs: list, level: int, configs: int) -> Rung | None:
   """Rung `level` for `configs` configurations where it was planned for fewer (a tie went on, `one_se.promoted`):
   the most of its folds, at its epochs, that fit what the rung and the rest of the bracket may spend now (the
   planned rung's cost, or more where the budget has more left); None where not even one fold each fits. The trials
   are compared like with like, on the same folds, and the final stage completes the choice's missing folds."""
   rung = rungs[level]
-  rest = sum(Rung(1, r.folds, r.epochs).cost(costs) for r in rungs[level + 1:])
-  reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * ctx.budget.seconds + rest
-  seconds = max(rung.cost(costs), ctx.budget.left() - reserve)
+  seconds = max(rung.cost(costs), ctx.budget.left() - kept_for_after(ctx, costs, rungs, level))
   fitting = [f for f in range(rung.folds, 0, -1) if Rung(configs, f, rung.epochs).cost(costs) <= seconds]
   return Rung(configs, fitting[0], rung.epochs) if fitting else None
 

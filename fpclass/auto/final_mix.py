@@ -10,8 +10,8 @@ bottom-rung trial's fold; every example when all covered every fold). There the 
 (`fpclass.ensemble.caruana.caruana`) and the choice's fixed, equal-weight mix are both scored per fold of the
 examples, or per random part of a single fold, the selection chosen on the other groups each time (`cross_fit`),
 so neither score chose anything. The final model is the mix when it is ahead beyond the paired interval (its
-lower end above 0), scored on the pool alone; else the choice's models, scored on every example they predicted. The report says which by how much,
-with the paired interval. A candidate that predicted an example the choice did not, or would leave the pool fewer
+lower end above 0: a tie is not a lead), scored on the pool alone; else the choice's models, scored on every
+example they predicted. The report says which by how much, with the paired interval. A candidate that predicted an example the choice did not, or would leave the pool fewer
 than `MIN_POOL` examples, is left out, named.
 """
 import dataclasses
@@ -86,9 +86,7 @@ def choose(candidates: list[Candidate], choice: str, metric, max_size: int = 25)
     record.update(mixed=float(np.nanmean(mixed_scores)), alone=float(np.nanmean(alone_scores)),
                   difference=dict(mean=difference.mean, low=difference.low, high=difference.high),
                   weights=weights, rows=crossfit.rows)
-    # A tie is not a lead: the mix only where its interval is above 0, else the simpler, the choice's models. Kept
-    # on a mean ahead, the mix gave half its weight to a one-fold bottom-rung model on MNIST and scored below the
-    # choice's four fold models on both test sets (2026-11-29, docs/auto.md).
+    # A tie is not a lead: a mix ahead on the mean alone weighs one-fold bottom-rung models on noise (docs/auto.md).
     if difference.low > 0 and set(weights) != {choice}:
       members = [(folder, weights[c.name] * _share(c, folder)) for c in kept if c.name in weights
                  for folder in c.folders]

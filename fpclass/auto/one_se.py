@@ -10,8 +10,8 @@ bootstrap over the images both held out, the metric recomputed on each resample 
 one standard error whatever the number of challengers: a bar raised for the best of several (Sidak's
 correction) kept the config as given on MNIST where the learning rate x3 ended best (docs/auto.md). A challenger
 promoted by chance is hedged later: the config as given trains beside an unconfirmed choice, and the cross-fitted
-mix weighs both (`fpclass.auto.final`). Where a rung promotes one trial, a tie sends both on (docs/auto.md: the
-config kept alone on a tie ended 5 points behind the hand sweep on MNIST's classes drawn in another style).
+mix weighs both (`fpclass.auto.final`). Where a rung promotes one trial, a tie sends both on: the user's recipe
+kept alone on a tie is the one choice a later stage cannot undo (docs/auto.md, test images in another style).
 """
 import numpy as np
 import pandas as pd
