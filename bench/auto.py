@@ -183,6 +183,11 @@ def correct_on_test(launch: Launcher, step: str, workdir: pathlib.Path, folder: 
   output = PREDICTIONS if listing == 'test_images.csv' else f'bench_{pathlib.Path(listing).stem}_predictions.csv'
   launch(step, [f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={folder / listing}',
                 f'--config.predict.output={output}'])
+  return correct_from(workdir, output, test)
+
+
+def correct_from(workdir: pathlib.Path, output: str, test: pd.DataFrame) -> np.ndarray:
+  """Whether each test image's prediction in `workdir`'s predict output `output` is its label."""
   frame = pd.read_csv(workdir / output, dtype={'path': str, 'predicted': str}, keep_default_na=False)
   predicted = dict(zip(frame['path'], frame['predicted']))
   missing = [f for f in test['file'] if f not in predicted]

@@ -196,6 +196,37 @@ def test_an_unconfirmed_choice_gets_the_config_as_given_beside_it_trained_or_tak
 
 
 @pytest.mark.usefixtures('footprints')
+def test_a_tie_s_config_as_given_is_a_candidate_though_the_rest_ran_out_on_the_choice_s_missing_folds(
+    tmp_path, monkeypatch):
+  """A tie sent the choice and the config as given to the top rung on the first 2 of the data's 4 folds each
+  (`brackets.widened`). The rest buys 1 member: one of the choice's 2 missing folds, and then nothing. The config as
+  given's two top-rung fold models are still a candidate of the mix, taken as they are (they were left out when
+  the rest ran out), on the examples both hold out (`MIN_POOL` lowered for the tiny data's 36)."""
+  monkeypatch.setattr(final_mix, 'MIN_POOL', 20)
+  workdir, config = tmp_path / 'auto', config_from_argv([*TINY, '--config.data.num_folds=4'])
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  _two_trials(study)
+  seed, ctx = int(config.seed), _context(workdir, config, study, 0, 10, data_folds=4)
+  entries = [Entry('trial-0000', {}), Entry('trial-0001', {'train.learning_rate': 0.002})]
+  outcomes, _ = ctx.round(config, entries, (0, 1), (seed,), 1, workdir / 'trials', None)
+  assert not any(o.error for o in outcomes.values())
+  chosen = dict(name='trial-0001', trial=1, changes={'train.learning_rate': 0.002})
+  out, note = final_model(_context(workdir, config, study, 0, 1.5, data_folds=4), chosen)
+  assert sorted(p.name for p in (workdir / MORE).iterdir()) == [f'trial-0001-seed{seed}']
+  assert _kept_models(workdir / MORE / f'trial-0001-seed{seed}') == {(2, seed)}
+  record = json.loads((out / 'mix.json').read_text())
+  assert record['candidates'] == ['trial-0001', 'trial-0000'] and record['left_out'] == []
+  assert record['pool'] == 36 and record['examples'] == 54   # the 2 folds both hold out; the choice's 3
+  members = {m['folder']: m['weight'] for m in sidecar.read_metadata(out)['ensemble']['members']}
+  choice = {'../trials/trial-0001': 2 / 3, f'../{MORE}/trial-0001-seed{seed}': 1 / 3}
+  if record['kept'] == 'mix':
+    choice = {'../trials/trial-0000': record['weights'].get('trial-0000', 0.0),
+              **{f: w * record['weights']['trial-0001'] for f, w in choice.items()}}
+  assert members == {f: pytest.approx(w) for f, w in choice.items() if w}
+  assert 'a Caruana mix over 2 configurations' in note
+
+
+@pytest.mark.usefixtures('footprints')
 def test_a_trial_the_search_left_at_its_bottom_rung_is_a_candidate_on_the_fold_it_held_out(tmp_path, monkeypatch):
   """Everything the search trained: the config as given on every fold (the choice) and another learning rate
   pruned after its bottom rung of one fold. The mix compares them on that fold's examples; nothing is trained.

@@ -61,7 +61,9 @@ def final_model(ctx: Context, chosen: dict) -> tuple[pathlib.Path | None, str]:
   start = time.perf_counter()
   given = None if source.confirmed else _given_trial(ctx, chosen)
   pieces, others = spend_the_rest(ctx, chosen, source, given)
-  others.update(searched(ctx, [chosen, given, *others]))
+  # The config as given is left to `searched` unless the rest trained it: a rest spent on the choice's missing folds
+  # still leaves its top-rung fold models (a tie sent both on) to the mix.
+  others.update(searched(ctx, [chosen, *others]))
   rows = {folder: _kept_rows(folder) for folder in [*pieces, *others.values()]}   # read once: the mix, then oof.FILE
   candidates = [final_mix.Candidate(chosen['name'], tuple(rows[f] for f in pieces), tuple(pieces))]
   candidates += [final_mix.Candidate(name, (rows[folder],), (folder,)) for name, folder in others.items()]
