@@ -88,8 +88,11 @@ def test_a_bracket_halves_by_the_metric_confirms_on_fresh_folds_and_ends_in_an_e
   # (the middle rung's epoch raised into the time four trials leave: the budget buys it a surer ranking)
   # (the top rung holds two where the best beat the config as given within one standard error: a tie goes on)
   tie = 'goes on beside it' in result.stdout
+  warm = [r.pop('warm') for r in bracket['rungs']]
   assert bracket['rungs'] == [dict(configs=4, folds=1, epochs=1), dict(configs=2, folds=2, epochs=2),
                               dict(configs=2 if tie else 1, folds=3, epochs=2)]
+  # the bottom rung's trials that share the measured config's programs, the config as given first; none above
+  assert 1 <= warm[0] <= 4 and warm[1:] == [0, 0]
   study = _study(workdir)
   trials = {t.number: t for t in study.trials if 'claim' not in t.user_attrs}
   assert sorted(trials) == bracket['trials'] and len(trials) == 4

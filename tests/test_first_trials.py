@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from fpclass.auto import first_trials, portfolio, report
+from fpclass.auto import first_trials, portfolio, report, search
 from fpclass.auto.first_trials import BASELINE, NEIGHBOUR, combination, neighbour_values, neighbours
 from fpclass.auto.space import Candidate, Dimension, baseline_params, default_space, parse_space, sample
 from fpclass.modes.command_line import config_from_argv
@@ -197,3 +197,26 @@ def test_the_report_says_whether_the_choice_trains_on_the_unlabelled_images_and_
                       '(`semi.method=fixmatch`). The best trial with them (fixmatch): 0.9500; without them (none): '
                       '0.9300, each at its own last rung (not like for like).')
   assert report._unlabelled_lines(SimpleNamespace(chosen=dict(config=dict(data={}, semi={}))), study) == []
+
+
+def test_the_first_bracket_prices_the_moves_that_share_the_config_s_programs_as_set_up_without_compiling():
+  """The config as given and the first batch's moves of what the train programs take as arguments (the learning
+  rate, smoothing) share the programs the set-up measurement compiled; batch norm, dropout off and an op switched
+  on compile their own (`fpclass.train.cohort.program_settings`, the key the cohort shares programs by). The first
+  bracket's bottom rung counts those (`Rung.warm`); a study with trials prices every draw as compiling."""
+  config = config_from_argv([*QUICK, '--config.augment.rotation=0.0', '--config.train.label_smoothing=0.0'])
+  dims = parse_space(default_space(Variant('base', {}, config), [OWN], flips=False), config, [OWN])
+  study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
+  ctx = SimpleNamespace(study=study, dims=dims, base=config, candidates=[OWN])
+  warm = search._warm_start(ctx)
+  _, moves = search._first_batch(ctx, len(warm))
+  shares = dict(zip(['as given', *(label for label, _ in moves)], warm))
+  assert list(shares)[:5] == ['as given', 'portfolio: batch norm', 'portfolio: lr x3',
+                              'portfolio: label smoothing 0.1', 'portfolio: no dropout']
+  assert {k: shares[k] for k in list(shares)[:5]} == {
+      'as given': True, 'portfolio: batch norm': False, 'portfolio: lr x3': True,
+      'portfolio: label smoothing 0.1': True, 'portfolio: no dropout': False}
+  assert shares['train.learning_rate /3'] is True and shares['augment.rotation 10'] is False
+  study.enqueue_trial(baseline_params(dims, config, [OWN]))
+  study.tell(study.ask(), 0.5)
+  assert search._warm_start(ctx) == ()

@@ -132,7 +132,7 @@ def test_a_tie_where_one_goes_on_sends_both_to_the_top_rung_on_the_folds_that_fi
   top = rounds.calls[-1]
   if noisy:
     assert bracket['promoted'] == [[1, 0]] and top['names'] == ['trial-0001', 'trial-0000']
-    assert top['folds'] == (0, 1) and bracket['rungs'][1] == dict(configs=2, folds=2, epochs=4)
+    assert top['folds'] == (0, 1) and bracket['rungs'][1] == dict(configs=2, folds=2, epochs=4, warm=0)
     assert ctx.trials()[0].state == optuna.trial.TrialState.COMPLETE   # the top rung's values rank them
   else:
     assert bracket['promoted'] == [[1]] and top['names'] == ['trial-0001'] and top['folds'] == (0, 1, 2)

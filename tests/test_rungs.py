@@ -107,3 +107,18 @@ def test_a_configuration_more_is_started_when_the_bracket_then_fills_the_seconds
   assert [r.configs for r in plan_bracket(costs, 13.0, 4, 8, 2, folds_first=False).rungs] == [5, 2, 1]
   assert [r.configs for r in plan_bracket(costs, 12.9, 4, 8, 2, folds_first=False).rungs] == [4, 2, 1]
 
+
+
+def test_the_bottom_rung_s_configurations_that_share_compiled_programs_are_priced_without_compiling():
+  """A set-up of 5 s, 4 of them compiling (a measurement on a cold process): the first bracket's trials that
+  share the measured config's programs (`warm`: the config, then the moves of the programs' arguments) cost 1 s to
+  set up, so the same seconds start more of them; the rungs above keep the full price."""
+  costs = Costs(setup=5.0, member=0.3, member_epoch=1.8, compile=4.0)
+  assert Rung(4, 1, 3, warm=3).cost(costs) == pytest.approx(Rung(4, 1, 3).cost(costs) - 3 * 4.0)
+  assert Rung(2, 1, 3, warm=3).cost(costs) == pytest.approx(Rung(2, 1, 3).cost(costs) - 2 * 4.0)
+  warm = (True, False, True, True, False)
+  cold, shared = plan_bracket(costs, 100.0, 3, 8, 3), plan_bracket(costs, 100.0, 3, 8, 3, warm=warm)
+  assert cold.rungs[0].warm == 0 and all(r.warm == 0 for r in shared.rungs[1:])
+  assert shared.rungs[0].configs > cold.rungs[0].configs
+  assert shared.rungs[0].warm == sum(warm[:shared.rungs[0].configs])
+  assert shared.cost(costs) <= 100.0

@@ -22,7 +22,7 @@ class WorstFirst(Scheduler):
     super().__init__(settings)
     self.asked = []
 
-  def bracket(self, costs, seconds, folds, epochs, most=0, index=0):
+  def bracket(self, costs, seconds, folds, epochs, most=0, index=0, warm=()):
     self.asked.append(index)
     return Bracket((Rung(4, 1, 1), Rung(2, folds, epochs))) if index == 0 else None
 

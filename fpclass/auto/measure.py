@@ -22,7 +22,7 @@ FIRST_TRIALS = 1 + len(portfolio.PORTFOLIO)   # the first batch a search should 
 EPOCHS = 2   # the measurement trains the config as given this many epochs (its epochs, if fewer), on one fold
 
 
-def fit_folds(ctx: Context, costs: Costs) -> list[str]:
+def fit_folds(ctx: Context, costs: Costs, warm: tuple = ()) -> list[str]:
   """Fewer folds a trial (down to 3) when at k folds the budget affords no search that holds the first batch
   (`FIRST_TRIALS`: a bracket of two rungs starting the config as given and the portfolio): the most folds whose
   search does, else the folds whose search starts the most trials (the more folds on a tie). A search among
@@ -32,7 +32,8 @@ def fit_folds(ctx: Context, costs: Costs) -> list[str]:
   still sees (k-1)/k of the images (a model of a 3-fold split sees 2/3, and on MNIST three such fold models
   scored 0.976 on the test images where one model on 4/5 scored 0.986, 2026-11-28), and the final stage can
   complete the k folds. Decided once and kept in the study (`study_lib.FOLDS`), so a relaunch, or another
-  launch sharing the study, trains the same splits; a `config.auto.folds` given is kept as given."""
+  launch sharing the study, trains the same splits; a `config.auto.folds` given is kept as given. `warm`: the
+  first trials' set-ups, as the first bracket prices them (`Scheduler.bracket`)."""
   folds = ctx.study.user_attrs.get(study_lib.FOLDS)
   if folds is None:
     folds = ctx.folds
@@ -41,7 +42,7 @@ def fit_folds(ctx: Context, costs: Costs) -> list[str]:
       starts = {}   # folds -> the trials a two-rung (or deeper) bracket starts
       for k in range(ctx.folds, min(3, ctx.folds) - 1, -1):
         planned = ctx.scheduler.bracket(costs, seconds - ctx.confirm_seconds(costs, ctx.settings.finalists, k), k,
-                                        ctx.epochs)
+                                        ctx.epochs, warm=warm)
         if planned is not None and len(planned.rungs) >= 2:
           starts[k] = planned.rungs[0].configs
       holding = [k for k, start in starts.items() if start >= FIRST_TRIALS]

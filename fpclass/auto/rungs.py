@@ -23,8 +23,10 @@ class Costs:
   member_epoch: float
   compile: float = 0.0
 
-  def of(self, configs: int, folds: int, epochs: int) -> float:
-    return configs * (self.setup + folds * (self.member + epochs * self.member_epoch))
+  def of(self, configs: int, folds: int, epochs: int, warm: int = 0) -> float:
+    """`configs` configurations on `folds` folds for `epochs` epochs, `warm` of them set up without compiling."""
+    return (configs * (self.setup + folds * (self.member + epochs * self.member_epoch))
+            - min(warm, configs) * self.compile)
 
   @property
   def warm_setup(self) -> float:
@@ -60,12 +62,16 @@ class Costs:
 
 @dataclasses.dataclass(frozen=True)
 class Rung:
+  """`configs` configurations on `folds` folds for `epochs` epochs; `warm` of them share programs the process has
+  compiled (the first bracket's bottom rung: the config as given, which the set-up measurement trained, and the
+  first batch's moves of what the programs take as arguments), so they set up for `Costs.warm_setup`."""
   configs: int
   folds: int
   epochs: int
+  warm: int = 0
 
   def cost(self, costs: Costs) -> float:
-    return costs.of(self.configs, self.folds, self.epochs)
+    return costs.of(self.configs, self.folds, self.epochs, self.warm)
 
 
 @dataclasses.dataclass(frozen=True)

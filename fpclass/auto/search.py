@@ -47,10 +47,12 @@ from fpclass.probe.screen import ProbeRun
 from fpclass.runtime import timings
 from fpclass.train import sidecar
 from fpclass.train import workdir_layout as layout
+from fpclass.train.cohort import program_settings
 from fpclass.train.loop import run_plan
 from fpclass.train.plan import Variant, apply_changes
 from fpclass.train.shared_work import SharedWork
 
+WARM_LOOKAHEAD = 32   # the first trials `_warm_start` prices: more than a first bracket on a short budget starts
 CLAIM_SLACK = 0.5   # a claim from another host expires this share of the budget after the claimer's own end
 
 
@@ -177,7 +179,8 @@ def _search(ctx: Context) -> str:
   budget, start = ctx.budget, time.perf_counter()
   try:
     costs = budget.costs or measure_stage.measure(ctx)
-    notes = measure_stage.fit_folds(ctx, costs)
+    warm = _warm_start(ctx)
+    notes = measure_stage.fit_folds(ctx, costs, warm)
     while True:
       bracket = budget.open_bracket()
       if bracket is None:
@@ -187,7 +190,7 @@ def _search(ctx: Context) -> str:
           break
         reserve = ctx.confirm_seconds(costs, ctx.settings.finalists) + TAIL * budget.seconds
         planned = ctx.scheduler.bracket(costs, budget.left() - reserve, ctx.folds, ctx.epochs, most,
-                                        index=len(budget.brackets))
+                                        index=len(budget.brackets), warm=() if budget.brackets else warm)
         if planned is None or (planned.note and budget.brackets):
           break   # no bracket fits (a cheapened single trial, the note's, is worth it only when nothing else ran)
         planned = _into_the_slack(ctx, planned, costs, budget.left() - reserve)
@@ -266,10 +269,9 @@ def _enqueue_first_trials(ctx: Context, batch: int) -> None:
   the second bracket's: the neighbours that beat the config on the first bottom rung, combined
   (`fpclass.auto.first_trials`). TPE samples the rest of each batch."""
   if not ctx.study.trials:
-    baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
+    baseline, moves = _first_batch(ctx, batch)
     ctx.study.enqueue_trial(baseline, user_attrs={BASELINE: True}, skip_if_exists=True)
-    others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
-    for label, params in first_batch(ctx.dims, baseline, others, batch - 1):
+    for label, params in moves:
       ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: label}, skip_if_exists=True)
     return
   first = ctx.budget.brackets[0]
@@ -280,6 +282,35 @@ def _enqueue_first_trials(ctx: Context, batch: int) -> None:
   if params is not None:
     ctx.study.enqueue_trial(params, user_attrs={NEIGHBOUR: 'combined'}, skip_if_exists=True)
   ctx.study.set_user_attr(COMBINED, True)
+
+
+def _first_batch(ctx: Context, size: int) -> tuple[dict, list]:
+  """(the config as given's parameters, (label, parameters) of the moves after it): a new study's first `size`
+  trials (`fpclass.auto.first_trials.first_batch`)."""
+  baseline = baseline_params(ctx.dims, ctx.base, ctx.candidates)
+  others = {c.name: baseline_params(ctx.dims, ctx.base, ctx.candidates, target=c) for c in ctx.candidates}
+  return baseline, first_batch(ctx.dims, baseline, others, size - 1)
+
+
+def _warm_start(ctx: Context) -> tuple:
+  """For a new study's first bracket: whether each of its first `WARM_LOOKAHEAD` trials, in the order they start,
+  shares the train programs of the config as given (`fpclass.train.cohort.program_settings`), which the set-up
+  measurement compiled, so it sets up without compiling (`fpclass.auto.rungs.Rung.warm`): the config itself,
+  and the moves of what the programs take as arguments (the learning rate, smoothing, augmentation magnitudes).
+  Priced as compiling, such a move costs a short budget's first bracket whole trials (docs/auto.md, "Four
+  repeats"). () for a study with trials (a later bracket, another launch's): TPE's draws are priced as compiling."""
+  if ctx.study.trials:
+    return ()
+  baseline, moves = _first_batch(ctx, WARM_LOOKAHEAD)
+  runs = [_run_of(ctx, params) for params in (baseline, *(params for _, params in moves))]
+  given = program_settings(runs[0])
+  return tuple(program_settings(run) == given for run in runs)
+
+
+def _run_of(ctx: Context, params: dict) -> RunSettings:
+  """The settings a trial of these parameters trains with."""
+  _, changes = sample(optuna.trial.FixedTrial(params), ctx.dims, ctx.base, ctx.candidates)
+  return RunSettings.from_config(apply_changes(ctx.base, changes, 'a first trial'))
 
 
 def _adopt_measurement(ctx: Context, cut: bool = False) -> str:

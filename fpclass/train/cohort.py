@@ -34,6 +34,23 @@ from fpclass.train.steps import CompiledSteps, LoopAxis, resolve_loop, validatio
 from fpclass.train.task import build_task
 
 
+def program_settings(run: RunSettings) -> tuple[str, tuple]:
+  """What a phase's train programs are compiled for among its settings (`run`, the phase's): the settings less
+  what the programs take as arguments (`Task.arguments`: the rate, smoothing, the schedule's lengths where
+  `optim.lengths_are_arguments`, and the augmentation magnitudes) and what the host alone reads (early stopping's
+  patience, the next phase's epochs), and which augmentation ops are on. Part of `Cohort.programs`' key: two
+  variants whose values are equal share programs, which `--mode auto` prices its first trials by
+  (`fpclass.auto.first_trials`)."""
+  on = tuple(bool(getattr(run.augment, name)) for name in augment.MAGNITUDES)   # which are on, not how much
+  lengths = (dict(epochs=1, warmup_epochs=int(run.train.warmup_epochs > 0))
+             if optim.lengths_are_arguments(run.train) else {})
+  train = dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0, early_stopping_patience=0,
+                              finetune_epochs=0, **lengths)
+  structure = dataclasses.replace(run, train=train,
+                                  augment=dataclasses.replace(run.augment, **dict.fromkeys(augment.MAGNITUDES, 0.0)))
+  return repr(structure), on
+
+
 class Cohort:
   """`members` of one run (one optimizer group: the same batch size and schedule) on `data`.
 
@@ -138,15 +155,8 @@ class Cohort:
     epoch, the average's table, classes, teacher, mesh and loop form, and the head a feature cache trains. So a
     sweep over learning rates, or a search's trials that differ in their rate, smoothing, rotation or epochs
     alone (its rungs), trace and compile one step (each passes its own values)."""
-    run = self.run.phase(phase)
-    on = tuple(bool(getattr(run.augment, name)) for name in augment.MAGNITUDES)   # which are on, not how much
-    lengths = {} if task.epochs is None else dict(epochs=1, warmup_epochs=int(task.warmup_epochs is not None))
-    train = dataclasses.replace(run.train, learning_rate=0.0, label_smoothing=0.0, early_stopping_patience=0,
-                                finetune_epochs=0, **lengths)
-    structure = dataclasses.replace(run, train=train,
-                                    augment=dataclasses.replace(run.augment, **dict.fromkeys(augment.MAGNITUDES, 0.0)))
     average = ema.table_length(task.ema_decay, task.ema_warmup, task.ema_updates) if task.ema_decay > 0 else 0
-    key = ('train programs', repr(structure), on, average, type(task).__name__,
+    key = ('train programs', *program_settings(self.run.phase(phase)), average, type(task).__name__,
            repr(getattr(task, 'head_model', None)),
            self.data.class_names, self.steps[0], id(self.teacher), self.loop_form,
            tuple(d.id for d in self.parallel.mesh.devices.flat))

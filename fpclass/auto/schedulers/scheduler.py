@@ -22,11 +22,13 @@ class Scheduler:
     self.settings = settings
 
   def bracket(self, costs: Costs, seconds: float, folds: int, epochs: int, most: int = 0,
-              index: int = 0) -> Bracket | None:
+              index: int = 0, warm: tuple = ()) -> Bracket | None:
     """The next bracket's rungs, cheapest first, that cost at most `seconds` by `costs`: its top rung trains on
     `folds` folds for `epochs` epochs, or less with a note saying what the seconds afford; at most `most`
     configurations start it when `most` is given. `index` counts the brackets planned before this one (a
-    scheduler may vary its brackets, as Hyperband does). None: nothing fits, and the search stops."""
+    scheduler may vary its brackets, as Hyperband does). `warm`: whether each of the configurations that start
+    it, in the order they start, sets up without compiling (`Rung.warm`; beyond it, each compiles). None:
+    nothing fits, and the search stops."""
     raise NotImplementedError
 
   def promoted(self, ranked: list, values: dict, rungs: tuple[Rung, ...], level: int) -> list:

@@ -21,15 +21,16 @@ class SuccessiveHalving(Scheduler):
   name = 'successive_halving'
 
   def bracket(self, costs: Costs, seconds: float, folds: int, epochs: int, most: int = 0,
-              index: int = 0) -> Bracket | None:
+              index: int = 0, warm: tuple = ()) -> Bracket | None:
     return plan_bracket(costs, seconds, folds, epochs, self.settings.eta, most,
-                        self.settings.rung_shape == 'folds_first')
+                        self.settings.rung_shape == 'folds_first', warm)
 
   def describe(self) -> str:
     return f'successive halving (eta {self.settings.eta})'
 
 
-def rungs_for(start: int, levels: int, folds: int, epochs: int, eta: int, folds_first: bool = True) -> tuple:
+def rungs_for(start: int, levels: int, folds: int, epochs: int, eta: int, folds_first: bool = True,
+              warm: tuple = ()) -> tuple:
   """`levels` rungs from `start` configurations: rung r (0 = the cheapest) trains the best floor(start / eta^r)
   of them (at least 1) for epochs / eta^(top - r) epochs on folds / eta^(top - r) folds (at least 1 of each);
   the top rung has every fold and the config's epochs. Floor, as successive halving keeps the best 1/eta: a
@@ -37,7 +38,8 @@ def rungs_for(start: int, levels: int, folds: int, epochs: int, eta: int, folds_
   `folds_first` (config.auto.rung_shape='folds_first', the default): a rung between the bottom and the top spends
   those member-epochs on more folds at the bottom rung's epochs, up to every fold, when those are at least
   `FOLDS_FIRST_EPOCHS` (measured in docs/auto.md: at the same cost, 3 folds at E/9 ranked the moves more like
-  their top values than 1 fold at E/3 where E/9 was 2 or 3 epochs, and less where it was 1)."""
+  their top values than 1 fold at E/3 where E/9 was 2 or 3 epochs, and less where it was 1). The bottom rung's
+  configurations that `warm` marks (the first `start`) set up without compiling (`Rung.warm`)."""
   top = levels - 1
   out = []
   for r in range(levels):
@@ -47,12 +49,12 @@ def rungs_for(start: int, levels: int, folds: int, epochs: int, eta: int, folds_
     if folds_first and 0 < r < top and floor >= FOLDS_FIRST_EPOCHS:
       wide = min(folds, max(f, (f * e) // floor))
       f, e = wide, max(floor, round(f * e / wide))
-    out.append(Rung(max(1, start // eta ** r), f, e))
+    out.append(Rung(max(1, start // eta ** r), f, e, sum(map(bool, warm[:start])) if r == 0 else 0))
   return tuple(out)
 
 
 def plan_bracket(costs: Costs, seconds: float, folds: int, epochs: int, eta: int, most: int = 0,
-                 folds_first: bool = True) -> Bracket | None:
+                 folds_first: bool = True, warm: tuple = ()) -> Bracket | None:
   """The bracket that fits `seconds`: the most rungs (up to 3), then the most starting configurations (at most
   `most` when given), that it pays to start; a single configuration on a cheaper top rung when nothing else
   fits; None when not even one epoch on one fold does."""
@@ -60,16 +62,16 @@ def plan_bracket(costs: Costs, seconds: float, folds: int, epochs: int, eta: int
   for levels in (3, 2, 1):
     fewest = eta ** (levels - 1)   # a bracket that promotes nobody is a waste of its lower rungs
     start = fewest
-    if costs.of(1, 1, 1) <= 0 or rungs_for(start, levels, folds, epochs, eta, folds_first)[0].configs < fewest:
+    if costs.of(1, 1, 1) <= 0 or rungs_for(start, levels, folds, epochs, eta, folds_first, warm)[0].configs < fewest:
       continue
-    if Bracket(rungs_for(start, levels, folds, epochs, eta, folds_first)).cost(costs) > seconds:
+    if Bracket(rungs_for(start, levels, folds, epochs, eta, folds_first, warm)).cost(costs) > seconds:
       continue
     while (not most or start + 1 <= most) and \
-        Bracket(rungs_for(start + 1, levels, folds, epochs, eta, folds_first)).cost(costs) <= seconds:
+        Bracket(rungs_for(start + 1, levels, folds, epochs, eta, folds_first, warm)).cost(costs) <= seconds:
       start += 1
     if most and start > most:
       continue
-    best = Bracket(rungs_for(start, levels, folds, epochs, eta, folds_first))
+    best = Bracket(rungs_for(start, levels, folds, epochs, eta, folds_first, warm))
     break
   if best is not None:
     return _stretched(best, costs, seconds)
