@@ -44,12 +44,15 @@ def auto_arguments(run: dict, workdir: pathlib.Path, budget: int) -> list[str]:
 
 def test_sets(folder: pathlib.Path, run: dict) -> dict:
   """{set name: (its rows: file and label, its listing for --mode predict)} of the run's test images; the shifted
-  ones are made again as `bench/auto.py` made them (the same files, in the same order)."""
+  ones' labels are made again as `bench/auto.py` made the images, in the order its shifted_images.csv lists them."""
   sets = {'test': (pd.read_csv(folder / 'test_split.csv', dtype=str, keep_default_na=False), 'test_images.csv')}
   if 'shifted' in run:
+    files = pd.read_csv(folder / 'shifted_images.csv', dtype=str, keep_default_na=False)['path']
     _, labels = bench_auto.shifted_images(run['shifted']['kind'])
-    sets['shifted'] = (pd.DataFrame({'file': [str(bench_auto.shifted_file(folder, i)) for i in range(len(labels))],
-                                     'label': [str(int(c)) for c in labels]}), 'shifted_images.csv')
+    if len(files) != len(labels):
+      raise SystemExit(f'{folder / "shifted_images.csv"}: {len(files)} images, where bench.auto makes {len(labels)}')
+    sets['shifted'] = (pd.DataFrame({'file': list(files), 'label': [str(int(c)) for c in labels]}),
+                       'shifted_images.csv')
   return sets
 
 

@@ -302,15 +302,18 @@ def _warm_start(ctx: Context) -> tuple:
   if ctx.study.trials:
     return ()
   baseline, moves = _first_batch(ctx, WARM_LOOKAHEAD)
-  runs = [_run_of(ctx, params) for params in (baseline, *(params for _, params in moves))]
-  given = program_settings(runs[0])
-  return tuple(program_settings(run) == given for run in runs)
+  given = _programs_of(ctx, baseline)
+  return (given is not None, *(given is not None and _programs_of(ctx, params) == given for _, params in moves))
 
 
-def _run_of(ctx: Context, params: dict) -> RunSettings:
-  """The settings a trial of these parameters trains with."""
-  _, changes = sample(optuna.trial.FixedTrial(params), ctx.dims, ctx.base, ctx.candidates)
-  return RunSettings.from_config(apply_changes(ctx.base, changes, 'a first trial'))
+def _programs_of(ctx: Context, params: dict) -> tuple | None:
+  """`program_settings` of a trial of these parameters; None where its settings do not resolve (its own checks
+  will say why when it trains: a price is no place to fail)."""
+  try:
+    _, changes = sample(optuna.trial.FixedTrial(params), ctx.dims, ctx.base, ctx.candidates)
+    return program_settings(RunSettings.from_config(apply_changes(ctx.base, changes, 'a first trial')))
+  except (ValueError, TypeError, KeyError):   # UserInputError and ConfigError among them
+    return None
 
 
 def _adopt_measurement(ctx: Context, cut: bool = False) -> str:
