@@ -311,7 +311,8 @@ def _programs_of(ctx: Context, params: dict) -> tuple | None:
   will say why when it trains: a price is no place to fail)."""
   try:
     _, changes = sample(optuna.trial.FixedTrial(params), ctx.dims, ctx.base, ctx.candidates)
-    return program_settings(RunSettings.from_config(apply_changes(ctx.base, changes, 'a first trial')))
+    trial = Variant('a first trial', changes, apply_changes(ctx.base, changes, 'a first trial'))   # parsed as a plan
+    return program_settings(trial.settings)
   except (ValueError, TypeError, KeyError):   # UserInputError and ConfigError among them
     return None
 
