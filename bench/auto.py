@@ -160,6 +160,18 @@ def shifted_file(folder: pathlib.Path, i: int) -> pathlib.Path:
   return (folder / 'shifted' / f'{i:05d}.png').resolve()
 
 
+def shifted_rows(folder: pathlib.Path, kind: str) -> pd.DataFrame:
+  """(file, label) rows of a run's shifted test images (`write_shifted_test`), in the order its shifted_images.csv
+  lists them, labelled as `shifted_images` made them (runs before 2026-11-29 named the files by the source's index,
+  so the labels follow the listing, not the names)."""
+  files = pd.read_csv(folder / 'shifted_images.csv', dtype=str, keep_default_na=False)['path']
+  _, labels = shifted_images(kind)
+  if len(files) != len(labels):
+    raise SystemExit(f'{folder / "shifted_images.csv"}: {len(files)} images, where --shifted-test {kind} makes '
+                     f'{len(labels)}')
+  return pd.DataFrame({'file': list(files), 'label': [str(int(c)) for c in labels]})
+
+
 def write_shifted_test(name: str, kind: str, folder: pathlib.Path) -> pd.DataFrame:
   """Test images of data set `name`'s classes in another style (`shifted_images`), written as PNG files under
   shifted/ and listed in shifted_images.csv: (file, label) rows."""
@@ -180,10 +192,15 @@ def write_shifted_test(name: str, kind: str, folder: pathlib.Path) -> pd.DataFra
 def correct_on_test(launch: Launcher, step: str, workdir: pathlib.Path, folder: pathlib.Path,
                  test: pd.DataFrame, listing: str = 'test_images.csv') -> np.ndarray:
   """Whether `workdir`'s model gets each test image right (predicted through --mode predict)."""
-  output = PREDICTIONS if listing == 'test_images.csv' else f'bench_{pathlib.Path(listing).stem}_predictions.csv'
+  output = prediction_file(listing)
   launch(step, [f'--workdir={workdir}', '--mode=predict', f'--config.predict.inputs={folder / listing}',
                 f'--config.predict.output={output}'])
   return correct_from(workdir, output, test)
+
+
+def prediction_file(listing: str) -> str:
+  """The file a model's --mode predict of a listing of test images writes in its workdir."""
+  return PREDICTIONS if listing == 'test_images.csv' else f'bench_{pathlib.Path(listing).stem}_predictions.csv'
 
 
 def correct_from(workdir: pathlib.Path, output: str, test: pd.DataFrame) -> np.ndarray:

@@ -43,16 +43,10 @@ def auto_arguments(run: dict, workdir: pathlib.Path, budget: int) -> list[str]:
 
 
 def test_sets(folder: pathlib.Path, run: dict) -> dict:
-  """{set name: (its rows: file and label, its listing for --mode predict)} of the run's test images; the shifted
-  ones' labels are made again as `bench/auto.py` made the images, in the order its shifted_images.csv lists them."""
+  """{set name: (its rows: file and label, its listing for --mode predict)} of the run's test images."""
   sets = {'test': (pd.read_csv(folder / 'test_split.csv', dtype=str, keep_default_na=False), 'test_images.csv')}
   if 'shifted' in run:
-    files = pd.read_csv(folder / 'shifted_images.csv', dtype=str, keep_default_na=False)['path']
-    _, labels = bench_auto.shifted_images(run['shifted']['kind'])
-    if len(files) != len(labels):
-      raise SystemExit(f'{folder / "shifted_images.csv"}: {len(files)} images, where bench.auto makes {len(labels)}')
-    sets['shifted'] = (pd.DataFrame({'file': list(files), 'label': [str(int(c)) for c in labels]}),
-                       'shifted_images.csv')
+    sets['shifted'] = (bench_auto.shifted_rows(folder, run['shifted']['kind']), 'shifted_images.csv')
   return sets
 
 
@@ -106,8 +100,7 @@ def main():
   (args.out / 'logs').mkdir(parents=True, exist_ok=True)
   launch = bench_auto.Launcher(args.out / 'logs')
   sets = test_sets(args.run, run)
-  hand = {name: {arm: bench_auto.correct_from(args.run / folder, bench_auto.PREDICTIONS if name == 'test' else
-                                   f'bench_{pathlib.Path(listing).stem}_predictions.csv', rows)
+  hand = {name: {arm: bench_auto.correct_from(args.run / folder, bench_auto.prediction_file(listing), rows)
                  for arm, folder in HAND.items()}
           for name, (rows, listing) in sets.items()}
   rows = []

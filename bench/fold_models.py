@@ -21,7 +21,7 @@ import pandas as pd
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.auto import shifted_file, shifted_images  # noqa: E402
+from bench.auto import shifted_rows  # noqa: E402
 from fpclass import fileio  # noqa: E402
 from fpclass.modes import predict as predict_mode  # noqa: E402
 from fpclass.train import sidecar  # noqa: E402
@@ -36,9 +36,8 @@ def truth(run: pathlib.Path, name: str) -> dict | None:
     return dict(zip(rows['file'], rows['label']))
   if not (run / SETS[name]).is_file():
     return None
-  kind = json.loads((run / 'bench_auto.json').read_text())['shifted']['kind']
-  _, labels = shifted_images(kind)
-  return {str(shifted_file(run, i)): str(int(c)) for i, c in enumerate(labels)}
+  rows = shifted_rows(run, json.loads((run / 'bench_auto.json').read_text())['shifted']['kind'])
+  return dict(zip(rows['file'], rows['label']))
 
 
 def group_accuracy(run: pathlib.Path, folders: list[pathlib.Path], name: str, labels: dict) -> float:

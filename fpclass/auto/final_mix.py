@@ -11,8 +11,8 @@ bottom-rung trial's fold; every example when all covered every fold). There the 
 examples, or per random part of a single fold, the selection chosen on the other groups each time (`cross_fit`),
 so neither score chose anything. The final model is the mix when it is ahead beyond the paired interval (its
 lower end above 0: a tie is not a lead), scored on the pool alone; else the choice's models, scored on every
-example they predicted. The report says which by how much, with the paired interval. A candidate that predicted an example the choice did not, or would leave the pool fewer
-than `MIN_POOL` examples, is left out, named.
+example they predicted. The report says which by how much, with the paired interval. A candidate that predicted
+an example the choice did not, or would leave the pool fewer than `MIN_POOL` examples, is left out, named.
 """
 import dataclasses
 import pathlib

@@ -40,7 +40,7 @@ def program_settings(run: RunSettings) -> tuple[str, tuple]:
   `optim.lengths_are_arguments`, and the augmentation magnitudes) and what the host alone reads (early stopping's
   patience, the next phase's epochs), and which augmentation ops are on. Part of `Cohort.programs`' key: two
   variants whose values are equal share programs, which `--mode auto` prices its first trials by
-  (`fpclass.auto.first_trials`)."""
+  (`fpclass.auto.search._warm_start`)."""
   on = tuple(bool(getattr(run.augment, name)) for name in augment.MAGNITUDES)   # which are on, not how much
   lengths = (dict(epochs=1, warmup_epochs=int(run.train.warmup_epochs > 0))
              if optim.lengths_are_arguments(run.train) else {})
