@@ -17,12 +17,13 @@ from tests.test_auto_choices import THREE_RUNGS, PlannedRounds, _search_context
 N = 400
 
 
-def _frame(correct: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-  """Out-of-fold rows of a two-class model that is right exactly where `correct` says (p 0.8 on its answer)."""
+def _frame(correct: np.ndarray, labels: np.ndarray, confidence=0.8) -> pd.DataFrame:
+  """Out-of-fold rows of a two-class model that is right exactly where `correct` says (`confidence` on its answer:
+  one number, or one per image)."""
   answer = np.where(correct, labels, 1 - labels)
   return pd.DataFrame({'id': [f'img{i:04d}' for i in range(len(labels))], 'row': np.arange(len(labels)), 'split': 0,
-                       'seed': 0, 'label': labels.astype(str), 'p_0': np.where(answer == 0, 0.8, 0.2),
-                       'p_1': np.where(answer == 1, 0.8, 0.2)})
+                       'seed': 0, 'label': labels.astype(str), 'p_0': np.where(answer == 0, confidence, 1 - confidence),
+                       'p_1': np.where(answer == 1, confidence, 1 - confidence)})
 
 
 def _pair(agree: float, seed: int = 1):
@@ -51,6 +52,44 @@ def test_the_standard_error_uses_the_shared_examples_each_averaged_over_its_memb
   doubled = pd.concat([a, a.assign(seed=1)])   # two members of one model: the mean per example is the same
   assert one_se.difference_se(doubled, b, 'accuracy') == one_se.difference_se(a, b, 'accuracy')
   assert math.isnan(one_se.difference_se(a.iloc[:1], b, 'accuracy'))   # one shared example: no spread
+
+
+def test_the_training_noise_is_each_model_s_decisions_redrawn_from_its_own_probabilities():
+  """Accuracy's redrawn decisions spread as a Poisson binomial: the variance of the difference is the sum over
+  images of q(1 - q) for both models, q each one's probability of the label; sure models add nothing."""
+  rng = np.random.default_rng(2)
+  labels, correct = rng.integers(0, 2, N), rng.random(N) < 0.8
+  unsure, other = rng.uniform(0.5, 0.9, N), rng.uniform(0.5, 0.9, N)
+  a, b = _frame(correct, labels, unsure), _frame(correct, labels, other)
+  q = [np.where(correct, c, 1 - c) for c in (unsure, other)]
+  expected = math.sqrt(sum(np.sum(x * (1 - x)) for x in q)) / N
+  assert one_se.training_se(a, b, 'accuracy', draws=2000) == pytest.approx(expected, rel=0.1)
+  assert one_se.training_se(a, b, 'macro_f1') > 0.5 * expected   # any metric of decisions
+  sure = _frame(correct, labels, 0.99999)
+  assert one_se.training_se(sure, sure, 'accuracy') < 0.001
+  assert math.isnan(one_se.training_se(a, b, 'loss'))   # a metric of probabilities: no decision to redraw
+  images = one_se.difference_se(a, b, 'accuracy')
+  assert one_se.rung_se(a, b, 'accuracy') == pytest.approx(
+      math.hypot(images, one_se.SEED_SHARE * one_se.training_se(a, b, 'accuracy')))
+  assert one_se.rung_se(a, b, 'loss') == one_se.difference_se(a, b, 'loss')
+
+
+def test_two_near_identical_models_lead_by_chance_when_a_seed_moves_them_more_than_the_images_do():
+  """The footprints' bottom rung (2026-11-29): two models of one seed and data order disagreed on 2 of 252
+  images, both in the challenger's favour, at probabilities a retrained model would not repeat. The bootstrap over
+  the images alone (0.006) let the 0.008 through; over five seeds the challenger was the worse one. The rung's
+  standard error holds the training's noise, and the config as given goes on."""
+  n = 252
+  rng = np.random.default_rng(3)
+  labels, correct = rng.integers(0, 2, n), rng.random(n) < 0.84
+  better = correct.copy()
+  better[np.flatnonzero(~correct)[:2]] = True   # the two discordant images
+  confidence = rng.uniform(0.55, 0.99, n)
+  challenger, given = _frame(better, labels, confidence), _frame(correct, labels, confidence)
+  gap = 2 / n
+  assert one_se.difference_se(challenger, given, 'accuracy') < gap   # the images' noise alone: a lead
+  se = one_se.rung_se(challenger, given, 'accuracy')
+  assert one_se.promoted([1, 2, 0], 2, 0, gap, se) == [1, 0]
 
 
 @pytest.mark.parametrize('gap, se, promoted', [(0.02, 0.03, True), (0.02, 0.02, True), (0.03, 0.02, False),
@@ -96,8 +135,9 @@ def test_a_rung_keeps_the_config_as_given_when_its_deficit_is_within_the_noise_o
   rng = np.random.default_rng(0)
   labels, first = rng.integers(0, 2, N), rng.random(N) < 0.82
   second = rng.random(N) < 0.80 if noisy else first & ~np.isin(np.arange(N), np.flatnonzero(first)[:8])
-  frames = {(0, 1): _frame(first, labels), (0, 0): _frame(second, labels)}
-  se = one_se.difference_se(frames[0, 1], frames[0, 0], 'accuracy')
+  confidence = 0.8 if noisy else 0.995   # sure models: a retrained one would make the same calls
+  frames = {(0, 1): _frame(first, labels, confidence), (0, 0): _frame(second, labels, confidence)}
+  se = one_se.rung_se(frames[0, 1], frames[0, 0], 'accuracy')
   assert (0.02 <= se) is noisy   # the planted pairs fall either side of the rule
   values = {0: 0.80, 1: 0.82, 2: 0.815, 3: 0.5}
   rounds = RoundsWithPredictions(frames, {(0, n): Outcome(v) for n, v in values.items()})
@@ -117,7 +157,8 @@ def test_a_tie_where_one_goes_on_sends_both_to_the_top_rung_on_the_folds_that_fi
   rng = np.random.default_rng(0)
   labels, first = rng.integers(0, 2, N), rng.random(N) < 0.82
   second = rng.random(N) < 0.80 if noisy else first & ~np.isin(np.arange(N), np.flatnonzero(first)[:8])
-  frames = {(0, 1): _frame(first, labels), (0, 0): _frame(second, labels)}
+  confidence = 0.8 if noisy else 0.995
+  frames = {(0, 1): _frame(first, labels, confidence), (0, 0): _frame(second, labels, confidence)}
   outcomes = {(0, 0): Outcome(0.80), (0, 1): Outcome(0.82), (0, 2): Outcome(0.5),
               (1, 0): Outcome(0.9), (1, 1): Outcome(0.85)}
   rounds = RoundsWithPredictions(frames, outcomes)

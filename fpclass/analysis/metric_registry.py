@@ -32,6 +32,7 @@ class Metric:
   higher_is_better: bool
   compute: dict                # {task: fn(labels, probabilities) -> float | None}: the tasks it applies to
   summarised: tuple = ()       # tasks whose sweep and auto tables give it an interval (the first: the headline)
+  decided: bool = False        # reads only each image's decision (its argmax, or each label at 0.5)
 
   @property
   def mode(self) -> str:
@@ -84,13 +85,14 @@ REGISTRY: dict[str, Metric] = {m.name: m for m in (
     Metric('loss', 'loss', False, {SINGLE: _log_loss, MULTI: _mean_binary_log_loss}),
     # Multi-label: subset accuracy (every label of an image right at 0.5).
     Metric('accuracy', 'accuracy', True, {SINGLE: _accuracy, MULTI: _at_half(multilabel_metrics.subset_accuracy)},
-           summarised=(SINGLE,)),
+           summarised=(SINGLE,), decided=True),
     Metric('map', 'mAP', True, {MULTI: multilabel_metrics.mean_average_precision}, summarised=(MULTI,)),
     Metric('macro_f1', 'macro F1', True,
            {SINGLE: _macro_f1, MULTI: _at_half(lambda y, p: multilabel_metrics.f1(y, p, 'macro'))},
-           summarised=(SINGLE, MULTI)),
+           summarised=(SINGLE, MULTI), decided=True),
     Metric('roc_auc', 'ROC AUC', True, {SINGLE: _roc_auc}, summarised=(SINGLE,)),
-    Metric('micro_f1', 'micro F1', True, {MULTI: _at_half(lambda y, p: multilabel_metrics.f1(y, p, 'micro'))}),
+    Metric('micro_f1', 'micro F1', True, {MULTI: _at_half(lambda y, p: multilabel_metrics.f1(y, p, 'micro'))},
+           decided=True),
 )}
 
 

@@ -152,7 +152,7 @@ def promoted(ctx: Context, ranked: list, chosen: list, values: dict, folder: pat
     frames = [oof.read(folder / by_number[n].user_attrs[study_lib.FOLDER]) for n in (best, baseline)]
   except UserInputError:
     return chosen
-  gap, se = abs(values[best] - values[baseline]), one_se.difference_se(*frames, ctx.metric)
+  gap, se = abs(values[best] - values[baseline]), one_se.rung_se(*frames, ctx.metric)
   keep = one_se.promoted([*chosen, *(n for n in ranked if n not in chosen)], len(chosen), baseline, gap, se)
   if baseline in keep:
     tqdm.write(f'auto: the config as given goes on{" beside it" if best in keep else ""}: trial {best} beat it by '

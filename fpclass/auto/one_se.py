@@ -5,10 +5,10 @@ A cheap rung trains few epochs on one fold, and its values differ by about their
 batch of near-equals picks at random among them, and a recipe the user tuned is likely the better one of equals.
 So, as Breiman's one-standard-error rule prefers the simplest model within one standard error of the best, a
 rung promotes the config as given (the first trial) whenever the best trial beats it by no more than one
-standard error of their difference. The standard error comes from the rung's out-of-fold predictions: a paired
-bootstrap over the images both held out, the metric recomputed on each resample (`difference_se`). The bar is
-one standard error whatever the number of challengers: a bar raised for the best of several (Sidak's
-correction) kept the config as given on MNIST where the learning rate x3 ended best (docs/auto.md). A challenger
+standard error of their difference on the images both held out (`rung_se`): the images' noise (a paired
+bootstrap) and the training's (each model is one seed, and a seed moves a small fold's score by more than its
+images do; docs/auto.md). The bar is one standard error whatever the number of challengers: a bar raised for the
+best of several (Sidak's) kept the config as given on MNIST where the learning rate x3 ended best. A challenger
 promoted by chance is hedged later: the config as given trains beside an unconfirmed choice, and the cross-fitted
 mix weighs both (`fpclass.auto.final`). Where a rung promotes one trial, a tie sends both on: the user's recipe
 kept alone on a tie is the one choice a later stage cannot undo (docs/auto.md, test images in another style).
@@ -20,6 +20,20 @@ from fpclass.analysis import metric_registry
 from fpclass.train import oof
 
 RESAMPLES = 200
+# The training's noise a rung reads, as a share of `training_se`'s estimate: over five seeds of two configurations
+# on one fold, the paired difference spread 0.48, 0.56 and 0.48 times that estimate on the footprints, MNIST and
+# Fashion-MNIST (`bench/seed_noise.py`; docs/auto.md). The seeds a rung pairs share their draws (one seed and data
+# order for both), and a model's probabilities spread wider than its decisions do over seeds. The largest is kept.
+SEED_SHARE = 0.56
+
+
+def rung_se(first: pd.DataFrame, second: pd.DataFrame, metric: str) -> float:
+  """The standard error of metric(first) - metric(second) that a rung's one-SE rule reads: the images' noise and
+  the training's (`SEED_SHARE` of `training_se`) together, independent, so their variances add; the images' alone
+  for a metric with no decision to redraw; NaN when the images' is unknown."""
+  training = training_se(first, second, metric)
+  images = difference_se(first, second, metric)
+  return images if np.isnan(training) else float(np.hypot(images, SEED_SHARE * training))
 
 
 def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamples: int = RESAMPLES,
@@ -27,18 +41,59 @@ def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamp
   """The bootstrap standard error of metric(first) - metric(second) over the examples both frames predicted
   (out-of-fold rows: each example's mean over the members that held it out), resampled in pairs; NaN when fewer
   than two examples are shared or the metric is undefined on the resamples."""
+  shared = _shared(first, second)
+  if shared is None:
+    return float('nan')
+  labels, probs_a, probs_b, task = shared
+  rng = np.random.default_rng(seed)
+  picks = (rng.integers(0, len(labels), len(labels)) for _ in range(resamples))
+  return _spread([(labels[p], probs_a[p], probs_b[p]) for p in picks], metric, task)
+
+
+def training_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, draws: int = RESAMPLES,
+                seed: int = 0) -> float:
+  """The standard error of metric(first) - metric(second) that retraining both models brings, on the examples both
+  predicted: each model's decision on each example is redrawn from its own probabilities (a retrained model's
+  chance of each class, or of each label), independently per model and example, and the metric recomputed on each
+  draw. NaN for a metric that reads probabilities rather than decisions (`Metric.decided`), or fewer than two
+  shared examples. Two seeds of one configuration make the same call on most images a single model gives
+  0.6 to 0.9, so the measured spread is about half this (`SEED_SHARE`)."""
+  shared = _shared(first, second)
+  if shared is None or not metric_registry.REGISTRY[metric].decided:
+    return float('nan')
+  labels, probs_a, probs_b, task = shared
+  rng = np.random.default_rng(seed)
+  return _spread([(labels, _decisions(probs_a, task, rng), _decisions(probs_b, task, rng)) for _ in range(draws)],
+                 metric, task)
+
+
+def _shared(first: pd.DataFrame, second: pd.DataFrame):
+  """(labels, first's probabilities, second's, task) on the examples both frames predicted, each example's mean
+  over the members that held it out; None when fewer than two are shared."""
   a, b = oof.mean_by_id(first), oof.mean_by_id(second)
   shared = a.index.intersection(b.index)
   if len(shared) < 2:
-    return float('nan')
+    return None
   labels, probs_a, task = oof.labels_and_probabilities(a.loc[shared])
   _, probs_b, _ = oof.labels_and_probabilities(b.loc[shared])
+  return labels, probs_a, probs_b, task
+
+
+def _decisions(probs: np.ndarray, task: str, rng: np.random.Generator) -> np.ndarray:
+  """One draw of decisions as 0/1 probabilities: a class per example drawn from its row (single-label), or each
+  label drawn from its own probability (multi-label)."""
+  if task == metric_registry.MULTI:
+    return (rng.random(probs.shape) < probs).astype(np.float64)
+  drawn = np.minimum((rng.random((len(probs), 1)) > np.cumsum(probs, 1)).sum(1), probs.shape[1] - 1)
+  return np.eye(probs.shape[1])[drawn]
+
+
+def _spread(samples: list, metric: str, task: str) -> float:
+  """The standard deviation of metric(a) - metric(b) over (labels, a, b) samples where both are defined."""
   score = metric_registry.REGISTRY[metric]
-  rng = np.random.default_rng(seed)
   differences = []
-  for _ in range(resamples):
-    pick = rng.integers(0, len(shared), len(shared))
-    x, y = score(labels[pick], probs_a[pick], task), score(labels[pick], probs_b[pick], task)
+  for labels, a, b in samples:
+    x, y = score(labels, a, task), score(labels, b, task)
     if x is not None and y is not None and np.isfinite(x) and np.isfinite(y):
       differences.append(x - y)
   return float(np.std(differences, ddof=1)) if len(differences) >= 2 else float('nan')
