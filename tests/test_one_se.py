@@ -74,6 +74,23 @@ def test_the_training_noise_is_each_model_s_decisions_redrawn_from_its_own_proba
   assert one_se.rung_se(a, b, 'loss') == one_se.difference_se(a, b, 'loss')
 
 
+def test_a_multilabel_rung_redraws_each_label_on_its_own():
+  """Multi-label decisions are one per label: each drawn from its own sigmoid. Sure labels add nothing; mAP reads
+  probabilities, so its rung reads the images' noise alone."""
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 2, (N, 3))
+
+  def frame(p):
+    return pd.DataFrame({'id': [f'img{i:04d}' for i in range(N)], 'row': np.arange(N), 'split': 0, 'seed': 0,
+                         **{f'label_{c}': labels[:, k] for k, c in enumerate('abc')},
+                         **{f'p_{c}': p[:, k] for k, c in enumerate('abc')}})
+  unsure = frame(np.where(labels == 1, 0.7, 0.3))
+  sure = frame(np.where(labels == 1, 0.99999, 0.00001))
+  assert one_se.training_se(unsure, unsure, 'micro_f1') > 0.01
+  assert one_se.training_se(sure, sure, 'micro_f1') < 0.001
+  assert math.isnan(one_se.training_se(unsure, unsure, 'map'))
+
+
 def test_two_near_identical_models_lead_by_chance_when_a_seed_moves_them_more_than_the_images_do():
   """The footprints' bottom rung (2026-11-29): two models of one seed and data order disagreed on 2 of 252
   images, both in the challenger's favour, at probabilities a retrained model would not repeat. The bootstrap over
