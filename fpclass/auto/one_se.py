@@ -47,7 +47,7 @@ def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamp
   labels, probs_a, probs_b, task = shared
   rng = np.random.default_rng(seed)
   picks = (rng.integers(0, len(labels), len(labels)) for _ in range(resamples))
-  return _spread([(labels[p], probs_a[p], probs_b[p]) for p in picks], metric, task)
+  return _spread(((labels[p], probs_a[p], probs_b[p]) for p in picks), metric, task)
 
 
 def training_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, draws: int = RESAMPLES,
@@ -63,7 +63,7 @@ def training_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, draws: i
     return float('nan')
   labels, probs_a, probs_b, task = shared
   rng = np.random.default_rng(seed)
-  return _spread([(labels, _decisions(probs_a, task, rng), _decisions(probs_b, task, rng)) for _ in range(draws)],
+  return _spread(((labels, _decisions(probs_a, task, rng), _decisions(probs_b, task, rng)) for _ in range(draws)),
                  metric, task)
 
 
@@ -88,8 +88,9 @@ def _decisions(probs: np.ndarray, task: str, rng: np.random.Generator) -> np.nda
   return np.eye(probs.shape[1])[drawn]
 
 
-def _spread(samples: list, metric: str, task: str) -> float:
-  """The standard deviation of metric(a) - metric(b) over (labels, a, b) samples where both are defined."""
+def _spread(samples, metric: str, task: str) -> float:
+  """The standard deviation of metric(a) - metric(b) over (labels, a, b) samples where both are defined, drawn one
+  at a time (a resample of a large fold holds as much as the fold's predictions)."""
   score = metric_registry.REGISTRY[metric]
   differences = []
   for labels, a, b in samples:
