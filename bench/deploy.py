@@ -45,7 +45,12 @@ from fpclass.config.inputs import DataSettings, DecodeSettings  # noqa: E402
 from fpclass.config.outputs import OodSettings  # noqa: E402
 from fpclass.data import pipeline  # noqa: E402
 from fpclass.data.decode import decode_bytes  # noqa: E402
-from fpclass.deploy import int8, ood, shift  # noqa: E402
+from fpclass.deploy import (  # noqa: E402
+  int8,
+  ood,
+  ood_threshold,  # noqa: E402
+  shift,
+)
 from fpclass.deploy import ood_scores as ood_math  # noqa: E402
 from fpclass.errors import UserInputError  # noqa: E402
 from fpclass.infer.ensemble import load_model  # noqa: E402
@@ -233,7 +238,7 @@ def ood_stage(name: str, out: pathlib.Path, footprint_cache) -> dict:
              'unseen_flagged': float(np.mean(inside > fitted.threshold)), 'unseen': len(inside)}
       for other, images in others.items():
         scores = scorer.scores(images, 64)
-        row[other] = {'auroc': ood_math.auroc(inside, scores), 'flagged': float(np.mean(scores > fitted.threshold)),
+        row[other] = {'auroc': ood_threshold.auroc(inside, scores), 'flagged': float(np.mean(scores > fitted.threshold)),
                       'n': len(images)}
       result[f'{what} {score}'] = row
       print(f'[{name}] OOD {what} {score}: ' + json.dumps(row), flush=True)

@@ -39,7 +39,7 @@ from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.config.outputs import OodSettings
 from fpclass.data import pipeline
 from fpclass.data.decode import fit_array
-from fpclass.deploy import ood
+from fpclass.deploy import ood, ood_threshold
 from fpclass.deploy import ood_scores as ood_math
 from fpclass.distill import teacher as distill_core
 from fpclass.infer.inference import load_trained
@@ -149,8 +149,8 @@ def ood_check(workdir: pathlib.Path, unseen: np.ndarray, others: dict, scores: l
     settings = dataclasses.replace(OodSettings.from_config(config.ood), score=score)
     fit = ood.model_ood(trained, trained.settings, workdir, settings, store=False)
     inside = ood_math.scores(fit.statistics, *unseen_outputs, images=unseen)
-    result[score] = {'flagged_unseen': float(np.mean(ood_math.flagged(inside, fit.threshold))),
-                     **{f'auroc_{name}': ood_math.auroc(inside, ood_math.scores(fit.statistics, *outputs,
+    result[score] = {'flagged_unseen': float(np.mean(ood_threshold.flagged(inside, fit.threshold))),
+                     **{f'auroc_{name}': ood_threshold.auroc(inside, ood_math.scores(fit.statistics, *outputs,
                                                                                 images=others[name]))
                         for name, outputs in other_outputs.items()}}
   return result

@@ -17,7 +17,7 @@ from bench.deploy import data_sets, launch, other_sets, unseen_images
 from fpclass import fileio
 from fpclass.config.inputs import DataSettings, DecodeSettings
 from fpclass.data import pipeline
-from fpclass.deploy import ood
+from fpclass.deploy import ood, ood_threshold
 from fpclass.deploy import ood_scores as ood_math
 from fpclass.infer.inference import load_trained
 from fpclass.train import sidecar
@@ -37,7 +37,7 @@ def aurocs(trained, statistics, inside_logits, inside_features, others: dict) ->
   result = {}
   for name, images in others.items():
     logits, features = ood.outputs(trained, images, 256)
-    result[name] = round(ood_math.auroc(inside, ood_math.scores(statistics, logits, features)), 3)
+    result[name] = round(ood_threshold.auroc(inside, ood_math.scores(statistics, logits, features)), 3)
   return result
 
 

@@ -20,7 +20,7 @@ from sklearn.covariance import LedoitWolf
 from bench.deploy import near_sets
 from fpclass.config.inputs import DecodeSettings
 from fpclass.config.outputs import OOD_SCORES, OodSettings
-from fpclass.deploy import ood
+from fpclass.deploy import ood, ood_threshold
 from fpclass.deploy import ood_scores as ood_math
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import load_trained
@@ -211,10 +211,10 @@ def test_the_combined_score_catches_what_either_part_misses_and_is_stored_whole(
   for p, (centre, scale) in zip(parts, statistics.standardise.tolist()):   # each part's mean and standard deviation
     assert (centre, scale) == pytest.approx((parts[p].mean(), parts[p].std()), rel=1e-5)
   assert max(abs(part.std() - 1) for part in parts.values()) > 0.05   # where a variance differs from it
-  assert ood_math.auroc(inside, far) > 0.99 and ood_math.auroc(inside, flat) > 0.99
+  assert ood_threshold.auroc(inside, far) > 0.99 and ood_threshold.auroc(inside, flat) > 0.99
   for part, missed in (('mahalanobis', flat_images), ('energy', far_images)):   # each part alone misses one kind
     alone = dataclasses.replace(statistics, score=part)
-    assert ood_math.auroc(ood_math.scores(alone, held_logits, held_features), ood_math.scores(alone, *missed)) < 0.8
+    assert ood_threshold.auroc(ood_math.scores(alone, held_logits, held_features), ood_math.scores(alone, *missed)) < 0.8
   fit = ood.ModelOod(statistics, 1.0, np.asarray(['a'], str), np.zeros(1),
                      {'score': 'mahalanobis_energy', 'threshold': 1.0})
   ood.save(tmp_path / ood.FILE, fit)
@@ -229,12 +229,12 @@ def test_the_combined_score_catches_what_either_part_misses_and_is_stored_whole(
 def test_the_conformal_threshold_reaches_its_rate_on_fresh_data():
   rng = np.random.default_rng(0)
   for rate in (0.05, 0.2):
-    reached = [np.mean(rng.gamma(2.0, size=4000) > ood_math.conformal_threshold(rng.gamma(2.0, size=400), rate))
+    reached = [np.mean(rng.gamma(2.0, size=4000) > ood_threshold.conformal_threshold(rng.gamma(2.0, size=400), rate))
                for _ in range(40)]
     assert abs(np.mean(reached) - rate) < 0.006, (rate, np.mean(reached))
   # Too few held-out images for the rate: nothing is flagged rather than more than asked.
-  assert ood_math.conformal_threshold(np.arange(18.0), 0.05) == math.inf
-  assert ood_math.conformal_threshold(np.arange(19.0), 0.05) == 18.0
+  assert ood_threshold.conformal_threshold(np.arange(18.0), 0.05) == math.inf
+  assert ood_threshold.conformal_threshold(np.arange(19.0), 0.05) == 18.0
 
 
 def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits, monkeypatch):
@@ -250,11 +250,11 @@ def test_the_threshold_reaches_its_target_rate_on_held_out_digits(trained_digits
   assert fit.record['reached'] <= 0.05
   scores = fit.held_out_scores
   halves = np.array_split(np.random.default_rng(0).permutation(len(scores)), 2)
-  reached = [np.mean(scores[b] > ood_math.conformal_threshold(scores[a], 0.05)) for a, b in (halves, halves[::-1])]
+  reached = [np.mean(scores[b] > ood_threshold.conformal_threshold(scores[a], 0.05)) for a, b in (halves, halves[::-1])]
   assert abs(np.mean(reached) - 0.05) <= 0.02, reached
   skimage_data = pytest.importorskip('skimage.data')
   faces = ood.Scorer(trained, fit).scores(resized(skimage_data.lfw_subset()[:100], 16), 100)
-  assert ood_math.auroc(scores, faces) > 0.95 and np.mean(faces > fit.threshold) > 0.8
+  assert ood_threshold.auroc(scores, faces) > 0.95 and np.mean(faces > fit.threshold) > 0.8
 
 
 @pytest.mark.parametrize('score', ['vim', 'react', 'relative_mahalanobis', 'class_mahalanobis'])
@@ -268,7 +268,7 @@ def test_the_other_feature_scores_fit_on_a_trained_model_and_flag_faces(trained_
   assert np.isfinite(fit.threshold) and fit.record['reached'] <= 0.1
   skimage_data = pytest.importorskip('skimage.data')
   faces = ood.Scorer(trained, fit).scores(resized(skimage_data.lfw_subset()[:100], 16), 100)
-  assert ood_math.auroc(fit.held_out_scores, faces) > 0.9, score
+  assert ood_threshold.auroc(fit.held_out_scores, faces) > 0.9, score
   if score in ood_math.HEAD_SCORES:   # the layer read is the logits' own: the host score from it is the traced one
     logits, features = ood.outputs(trained, resized(skimage_data.lfw_subset()[:8], 16), 8)
     # (the model's own head on a GPU multiplies in TF32, XLA's default for float32 there: 8e-4 on an H200)
@@ -364,7 +364,7 @@ def test_an_ensemble_threshold_is_over_each_example_s_held_out_models(monkeypatc
   fitted = ood.ensemble_ood(FakeEnsemble([0.35, 0.35, 0.3]), settings)
   z = {k: (f.held_out_scores - f.held_out_scores.mean()) / f.held_out_scores.std() for k, f in fits.items()}
   expected = np.concatenate([(0.35 * z['m0'] + 0.3 * z['m2'][:60]) / 0.65, (0.35 * z['m1'] + 0.3 * z['m2'][60:]) / 0.65])
-  assert fitted.threshold == pytest.approx(ood_math.conformal_threshold(expected, 0.1))
+  assert fitted.threshold == pytest.approx(ood_threshold.conformal_threshold(expected, 0.1))
   assert fitted.record['held_out'] == 120 and fitted.record['reached'] <= 0.1
 
 
@@ -401,12 +401,12 @@ def test_no_held_out_image_both_standardises_and_sets_the_threshold_and_the_rate
   statistics = ood_math.fit_statistics(score, 'softmax', features, labels, images=images)
   held_logits, held_features = logits, features[:200] + rng.normal(0, 0.5, (200, 5))
   held_images = images[200:]
-  fit = ood_math.fit_held_out(statistics, held_logits, held_features, 0.1, seed=3, images=held_images)
+  fit = ood_threshold.fit_held_out(statistics, held_logits, held_features, 0.1, seed=3, images=held_images)
   order = np.random.default_rng(3).permutation(200)
 
   def by_hand(index):
     if score == 'energy':
-      return statistics, ood_math.conformal_threshold(ood_math.scores(statistics, held_logits[index], None), 0.1)
+      return statistics, ood_threshold.conformal_threshold(ood_math.scores(statistics, held_logits[index], None), 0.1)
     score_of = lambda fitted, part: ood_math.scores(fitted, held_logits[part], held_features[part],  # noqa: E731
                                                     images=held_images[part])
     half = len(index) // 2
@@ -414,7 +414,7 @@ def test_no_held_out_image_both_standardises_and_sets_the_threshold_and_the_rate
                                             held_images[part])
     first, second = index[:half], index[half:]
     crossed = np.concatenate([score_of(on(second), first), score_of(on(first), second)])
-    return on(index), ood_math.conformal_threshold(crossed, 0.1)
+    return on(index), ood_threshold.conformal_threshold(crossed, 0.1)
 
   standard, threshold = by_hand(order)
   assert fit.threshold == threshold
@@ -442,11 +442,11 @@ def test_too_few_held_out_images_for_the_rate_fit_with_no_threshold(held_out):
   features = rng.normal(size=(40, 4)) + 3.0 * np.eye(2, 4)[labels]
   images = rng.integers(0, 256, (40, 6, 6, 1)).astype(np.uint8)
   statistics = ood_math.fit_statistics('combined', 'softmax', features, labels, images=images)
-  fit = ood_math.fit_held_out(statistics, rng.normal(size=(held_out, 2)), features[:held_out], 0.05, seed=0,
+  fit = ood_threshold.fit_held_out(statistics, rng.normal(size=(held_out, 2)), features[:held_out], 0.05, seed=0,
                               images=images[:held_out])
   assert fit.threshold == math.inf and fit.rate == 0.0 and 'too few' in fit.roles
-  assert ood_math.cross_fitted_rate(rng.normal(size=held_out), 0.05, seed=0) == 0.0
-  assert math.isfinite(ood_math.fit_held_out(statistics, rng.normal(size=(19, 2)), features[:19], 0.05, seed=0,
+  assert ood_threshold.cross_fitted_rate(rng.normal(size=held_out), 0.05, seed=0) == 0.0
+  assert math.isfinite(ood_threshold.fit_held_out(statistics, rng.normal(size=(19, 2)), features[:19], 0.05, seed=0,
                                              images=images[:19]).threshold)
 
 

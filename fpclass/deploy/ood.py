@@ -1,10 +1,11 @@
-"""A trained workdir's out-of-distribution score and `unknown` threshold (`fpclass.deploy.ood_scores`), fitted once
-from the workdir's own splits and stored beside its checkpoints, then scored in the program that predicts.
+"""A trained workdir's out-of-distribution score and `unknown` threshold (`fpclass.deploy.ood_scores`,
+`ood_threshold`), fitted once from the workdir's own splits and stored beside its checkpoints, then scored in the
+program that predicts.
 
 - One model (a run, a sweep's fold workdir, auto's final): the score's statistics come from its training split
   (pooled features, labels), the threshold from its validation split, which it never trained on, at
   config.ood.false_rejection (a combined score's threshold on scores each standardised on the other half of the
-  split; the rate the reports give is cross-fitted, from images that set nothing: `ood_scores.fit_held_out`).
+  split; the rate the reports give is cross-fitted, from images that set nothing: `ood_threshold.fit_held_out`).
   Stored atomically in `<workdir>/ood.npz` with the checkpoint it was fitted on, and fitted again when the
   checkpoint or the settings change, so any workdir, an older one too, gets it on first use by predict or
   export (serve, which writes nothing, fits in memory when the file is missing).
@@ -31,6 +32,7 @@ from fpclass.config.outputs import OodSettings
 from fpclass.config.run import RunSettings
 from fpclass.data import pipeline
 from fpclass.deploy import ood_scores as ood
+from fpclass.deploy import ood_threshold
 from fpclass.errors import UserInputError
 from fpclass.infer.inference import Trained
 from fpclass.models.heads import as_logits, probabilities
@@ -113,7 +115,7 @@ def fit_model(trained: Trained, run: RunSettings, settings: OodSettings) -> Mode
                                   linear=linear)
   val_logits, val_features = outputs(trained, dataset.val.images, batch)
   val_images = np.asarray(dataset.val.images)
-  fit = ood.fit_held_out(statistics, val_logits, val_features, settings.false_rejection, run.seed, val_images)
+  fit = ood_threshold.fit_held_out(statistics, val_logits, val_features, settings.false_rejection, run.seed, val_images)
   held_out = ood.scores(fit.statistics, val_logits, val_features, images=val_images)
   record = dict(format=FORMAT, **_settings_record(settings), checkpoint=trained.checkpoint, epoch=trained.epoch,
                 threshold=fit.threshold, held_out=len(held_out), train_images=len(dataset.train),
@@ -222,12 +224,12 @@ def ensemble_ood(ensemble, settings: OodSettings, store: bool = True) -> Ensembl
       total[i] = total.get(i, 0.0) + w * z
       weight[i] = weight.get(i, 0.0) + w
   held_out = np.asarray([total[i] / weight[i] for i in total])
-  threshold = ood.conformal_threshold(held_out, settings.false_rejection)
+  threshold = ood_threshold.conformal_threshold(held_out, settings.false_rejection)
   record = dict(**_settings_record(settings), threshold=threshold, held_out=len(held_out),
-                reached=ood.cross_fitted_rate(held_out, settings.false_rejection, seed=0),
+                reached=ood_threshold.cross_fitted_rate(held_out, settings.false_rejection, seed=0),
                 note='the weighted mean of the models\' scores, each standardised by its own held-out scores; '
                      'threshold on the out-of-fold examples, each scored by the models that held it out; the rate '
-                     f'flagged is cross-fitted ({ood.CROSS_FOLDS} folds): each example against a threshold set '
+                     f'flagged is cross-fitted ({ood_threshold.CROSS_FOLDS} folds): each example against a threshold set '
                      'without it')
   return EnsembleOod(fits, list(ensemble.weights), threshold, record, held_out)
 

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from fpclass.config.outputs import OodSettings
-from fpclass.deploy import ood, ood_scores
+from fpclass.deploy import ood, ood_threshold
 
 ALPHA = 0.001   # the binomial test's level: a warning a user sees on every submission must rarely be wrong
 FACTOR = 2.0    # and the flagged share at least this many times the expected rate
@@ -59,10 +59,10 @@ def compare(scores: np.ndarray, threshold: float, false_rejection: float, held_o
   scores = np.asarray(scores, np.float64)
   if not math.isfinite(threshold) or len(scores) == 0:
     return None
-  flagged = int(ood_scores.flagged(scores, threshold).sum())
+  flagged = int(ood_threshold.flagged(scores, threshold).sum())
   expected = max(false_rejection, held_out_rate)
   p_value = float(stats.binomtest(flagged, len(scores), expected, alternative='greater').pvalue)
-  auroc = (ood_scores.auroc(np.asarray(held_out_scores, np.float64), scores)
+  auroc = (ood_threshold.auroc(np.asarray(held_out_scores, np.float64), scores)
            if held_out_scores is not None and len(held_out_scores) else None)
   return Shift(len(scores), flagged, expected, p_value, auroc)
 
