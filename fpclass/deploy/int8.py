@@ -27,10 +27,11 @@ from fpclass.analysis.stats import paired_difference
 from fpclass.config.inputs import DataSettings
 from fpclass.data import pipeline
 from fpclass.deploy import int8_graph, onnx_graph
+from fpclass.deploy.artifact import INPUT_NAME
 from fpclass.errors import UserInputError
 
 INT8_FILE, INT8_DESCRIPTION = 'model.int8.onnx', 'model.int8.json'
-INPUT_NAME = 'images'
+
 # Relu and MaxPool too, though they compute nothing in int8 that float would not: quantised, the ReLU folds into its
 # convolution's output range and the pool shares its input's scale, so onnxruntime runs conv -> pool in uint8;
 # left float, each convolution ended in a DequantizeLinear -> QuantizeLinear pair of two scales before its pool (a

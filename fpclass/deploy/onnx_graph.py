@@ -1,5 +1,5 @@
 """Rewrites of an exported ONNX graph into the ops onnxruntime runs fastest, each keeping the outputs
-(`fpclass.deploy.export` checks the rewritten model against JAX's outputs before it writes the file).
+(`fpclass.deploy.onnx_export` checks the rewritten model against JAX's outputs before it writes the file).
 
 - `pools_as_maxpool`: fpclass's 2x2 max pool (`fpclass.models.layers.pooling`, a reshape to 6-d and a max over two
   axes: the form whose gradient XLA computes cheaply) reaches ONNX as Reshape -> ReduceMax(axes 2 and 4), which
