@@ -21,9 +21,10 @@ from fpclass.train import oof
 
 RESAMPLES = 200
 # The training's noise a rung reads, as a share of `training_se`'s estimate: over five seeds of two configurations
-# on one fold, the paired difference spread 0.48, 0.56 and 0.48 times that estimate on the footprints, MNIST and
-# Fashion-MNIST (`bench/seed_noise.py`; docs/auto.md). The seeds a rung pairs share their draws (one seed and data
-# order for both), and a model's probabilities spread wider than its decisions do over seeds. The largest is kept.
+# on one fold, the paired difference spread 0.48, 0.56, 0.48 and 0.25 times that estimate on the footprints,
+# MNIST, Fashion-MNIST and the digits (`bench/seed_noise.py`; docs/auto.md). The seeds a rung pairs share their
+# draws (one seed and data order for both), and a model's probabilities spread wider than its decisions do over
+# seeds. The largest is kept.
 SEED_SHARE = 0.56
 
 
@@ -57,7 +58,7 @@ def training_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, draws: i
   chance of each class, or of each label), independently per model and example, and the metric recomputed on each
   draw. NaN for a metric that reads probabilities rather than decisions (`Metric.decided`), or fewer than two
   shared examples. Two seeds of one configuration make the same call on most images a single model gives
-  0.6 to 0.9, so the measured spread is about half this (`SEED_SHARE`)."""
+  0.6 to 0.9, so the measured spread is half this or less (`SEED_SHARE`)."""
   shared = _shared(first, second)
   if shared is None or not metric_registry.REGISTRY[metric].decided:
     return float('nan')
