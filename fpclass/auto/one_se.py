@@ -32,8 +32,9 @@ def rung_se(first: pd.DataFrame, second: pd.DataFrame, metric: str) -> float:
   """The standard error of metric(first) - metric(second) that a rung's one-SE rule reads: the images' noise and
   the training's (`SEED_SHARE` of `training_se`) together, independent, so their variances add; the images' alone
   for a metric with no decision to redraw; NaN when the images' is unknown."""
-  training = training_se(first, second, metric)
-  images = difference_se(first, second, metric)
+  shared = _shared(first, second)
+  training = _training_se(shared, metric, RESAMPLES, 0)
+  images = _images_se(shared, metric, RESAMPLES, 0)
   return images if np.isnan(training) else float(np.hypot(images, SEED_SHARE * training))
 
 
@@ -42,13 +43,7 @@ def difference_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, resamp
   """The bootstrap standard error of metric(first) - metric(second) over the examples both frames predicted
   (out-of-fold rows: each example's mean over the members that held it out), resampled in pairs; NaN when fewer
   than two examples are shared or the metric is undefined on the resamples."""
-  shared = _shared(first, second)
-  if shared is None:
-    return float('nan')
-  labels, probs_a, probs_b, task = shared
-  rng = np.random.default_rng(seed)
-  picks = (rng.integers(0, len(labels), len(labels)) for _ in range(resamples))
-  return _spread(((labels[p], probs_a[p], probs_b[p]) for p in picks), metric, task)
+  return _images_se(_shared(first, second), metric, resamples, seed)
 
 
 def training_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, draws: int = RESAMPLES,
@@ -59,13 +54,25 @@ def training_se(first: pd.DataFrame, second: pd.DataFrame, metric: str, draws: i
   draw. NaN for a metric that reads probabilities rather than decisions (`Metric.decided`), or fewer than two
   shared examples. Two seeds of one configuration make the same call on most images a single model gives
   0.6 to 0.9, so the measured spread is half this or less (`SEED_SHARE`)."""
-  shared = _shared(first, second)
+  return _training_se(_shared(first, second), metric, draws, seed)
+
+
+def _images_se(shared, metric: str, resamples: int, seed: int) -> float:
+  if shared is None:
+    return float('nan')
+  labels, probs_a, probs_b, task = shared
+  rng = np.random.default_rng(seed)
+  picks = (rng.integers(0, len(labels), len(labels)) for _ in range(resamples))
+  return _spread(((labels[p], probs_a[p], probs_b[p]) for p in picks), metric, task)
+
+
+def _training_se(shared, metric: str, draws: int, seed: int) -> float:
   if shared is None or not metric_registry.REGISTRY[metric].decided:
     return float('nan')
   labels, probs_a, probs_b, task = shared
   rng = np.random.default_rng(seed)
-  return _spread(((labels, _decisions(probs_a, task, rng), _decisions(probs_b, task, rng)) for _ in range(draws)),
-                 metric, task)
+  a, b = _redrawn(probs_a, task, rng), _redrawn(probs_b, task, rng)
+  return _spread(((labels, next(a), next(b)) for _ in range(draws)), metric, task)
 
 
 def _shared(first: pd.DataFrame, second: pd.DataFrame):
@@ -80,13 +87,15 @@ def _shared(first: pd.DataFrame, second: pd.DataFrame):
   return labels, probs_a, probs_b, task
 
 
-def _decisions(probs: np.ndarray, task: str, rng: np.random.Generator) -> np.ndarray:
-  """One draw of decisions as 0/1 probabilities: a class per example drawn from its row (single-label), or each
-  label drawn from its own probability (multi-label)."""
+def _redrawn(probs: np.ndarray, task: str, rng: np.random.Generator):
+  """Draws of decisions as 0/1 probabilities, one per `next`: a class per example drawn from its row
+  (single-label), or each label drawn from its own probability (multi-label)."""
   if task == metric_registry.MULTI:
-    return (rng.random(probs.shape) < probs).astype(np.float64)
-  drawn = np.minimum((rng.random((len(probs), 1)) > np.cumsum(probs, 1)).sum(1), probs.shape[1] - 1)
-  return np.eye(probs.shape[1])[drawn]
+    while True:
+      yield (rng.random(probs.shape) < probs).astype(np.float64)
+  cumulative, one_hot, last = np.cumsum(probs, 1), np.eye(probs.shape[1]), probs.shape[1] - 1
+  while True:
+    yield one_hot[np.minimum((rng.random((len(probs), 1)) > cumulative).sum(1), last)]
 
 
 def _spread(samples, metric: str, task: str) -> float:
