@@ -24,11 +24,6 @@ from fpclass.auto import one_se  # noqa: E402
 from fpclass.train import oof  # noqa: E402
 
 
-def accuracy(frame) -> float:
-  labels, probs, _ = oof.labels_and_probabilities(frame)
-  return float(np.mean(probs.argmax(1) == labels))
-
-
 def measured(sweep: pathlib.Path) -> dict:
   """The sweep's paired differences over seeds and the one-seed estimates of their training noise."""
   variants = list(pd.read_csv(sweep / 'sweep_results.csv')['experiment'])   # the sweep's order
@@ -37,7 +32,7 @@ def measured(sweep: pathlib.Path) -> dict:
   if len(seeds) < 3:
     sys.exit(f'{sweep}: {len(seeds)} seeds shared by {variants[:2]}; a spread needs at least 3')
   pairs = [(challenger[challenger['seed'] == s], given[given['seed'] == s]) for s in seeds]
-  differences = [accuracy(a) - accuracy(b) for a, b in pairs]
+  differences = [oof.scores(a)['accuracy'] - oof.scores(b)['accuracy'] for a, b in pairs]
   estimates = [one_se.training_se(a, b, 'accuracy') for a, b in pairs]
   spread = float(np.std(differences, ddof=1))
   estimate = float(np.sqrt(np.mean(np.square(estimates))))
