@@ -3,6 +3,7 @@
     python -m bench.unlabelled [--out runs/bench-unlabelled] [--data digits mnist folder] [--fractions 0.05 0.1]
                                [--seeds 0 1 2] [--epochs N] [--start 50] [--add 50] [--rounds 5]
                                [--loop-seeds 0 1 2] [--parts semi label_next] [--set data.root=/tmp/fashion ...]
+                               [--no-self-training] [--arms-from <an earlier --out>]
 
 Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a folder with `--set data.root=...`):
 1. test split: a stratified 20% of the labelled images, held out of every arm (config.data.exclude_csv) and scored
@@ -12,7 +13,9 @@ Per data set (the sets of bench/auto.py: digits, mnist, faces, footprint, or a f
    (seeded by s); the rest is the pool, its labels hidden (exclude.csv) and its files listed in pool.csv. Four arms
    with seed s: the labelled part alone; the labelled part with `--config.data.unlabelled=pool.csv` (config.semi as
    given); every label; and self-training, one round of Noisy Student: the labelled arm teaches a student of the
-   same config on the labelled images and the pool (`--mode distill --config.distill.unlabelled=pool.csv`).
+   same config on the labelled images and the pool (`--mode distill --config.distill.unlabelled=pool.csv`;
+   `--no-self-training` leaves it out). `--arms-from` an earlier --out trains the semi arm alone, against that
+   run's splits, labelled and all-label arms (same epochs and overrides but semi.*): a change to config.semi, tried.
    Reported: each arm's test accuracy, semi (and self-training) minus labelled-alone as a paired difference over
    the test images (correctness averaged over the seeds; bench.auto.bootstrap's 95% interval), the share of the gap to all the
    labels closed, and the seconds per epoch (metrics.csv, after the first) of semi against labelled-alone: they
@@ -39,7 +42,16 @@ from sklearn.model_selection import train_test_split
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.auto import DATA, bootstrap, correct_on_test, fresh_data_set, image_file, write_test_split  # noqa: E402
+from bench.auto import (  # noqa: E402
+  DATA,
+  PREDICTIONS,
+  bootstrap,
+  correct_from,
+  correct_on_test,
+  fresh_data_set,
+  image_file,
+  write_test_split,
+)
 from fpclass import fileio  # noqa: E402
 from fpclass.config.inputs import DataSettings  # noqa: E402
 from fpclass.data.pipeline import list_source  # noqa: E402
@@ -87,29 +99,45 @@ def pseudo_rate(workdir: pathlib.Path) -> float | None:
 
 
 def semi_part(args, launch, common, folder, images, test) -> dict:
+  """The arms per fraction and seed. With --arms-from, the labelled and all-label arms (and the splits) are an
+  earlier run's, read from its predictions, and only the semi arm trains: a change to config.semi costs its own arm
+  alone (those arms do not read config.semi, and each launch is deterministic given its seed)."""
   arms_by_seed, rows = {}, []
+  source = args.arms_from / folder.name if args.arms_from else None
   for seed in args.seeds:
+    if source:
+      arms_by_seed.setdefault('all', {})[seed] = correct_from(source / f'all-s{seed}', PREDICTIONS, test)
+      continue
     workdir = folder / f'all-s{seed}'
     launch(f'all-s{seed}', [*common, f'--config.seed={seed}', f'--workdir={workdir}',
                             f'--config.data.exclude_csv={folder / "exclude.csv"}'])
     arms_by_seed.setdefault('all', {})[seed] = correct_on_test(launch, f'predict-all-s{seed}', workdir, folder, test)
   for fraction in args.fractions:
-    correct = {'labelled': {}, 'semi': {}, 'self_training': {}}
+    correct = {'labelled': {}, 'semi': {}, **({'self_training': {}} if args.self_training and not source else {})}
     cost, rates = [], []
     for seed in args.seeds:
-      labelled = images.draw(round(fraction * len(images.ids)), seed)
-      exclude, pool = images.write_split(folder / f'f{fraction}-s{seed}', labelled)
+      split = f'f{fraction}-s{seed}'
+      if source:
+        exclude, pool = source / split / 'exclude.csv', source / split / 'pool.csv'
+      else:
+        exclude, pool = images.write_split(folder / split, images.draw(round(fraction * len(images.ids)), seed))
       base = [*common, f'--config.seed={seed}', f'--config.data.exclude_csv={exclude}']
-      workdirs = {arm: folder / f'f{fraction}-s{seed}' / arm for arm in correct}
-      launch(f'labelled-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["labelled"]}'])
-      launch(f'semi-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["semi"]}', f'--config.data.unlabelled={pool}'])
-      # Self-training (one round of Noisy Student): the labelled arm teaches a student of the same config, with its
-      # augmentation and dropout, on the labelled images and the pool (--mode distill, the teacher's probabilities).
-      launch(f'self-f{fraction}-s{seed}', [*base, f'--workdir={workdirs["self_training"]}', '--mode=distill',
-                                           f'--config.distill.teacher={workdirs["labelled"]}',
-                                           f'--config.distill.unlabelled={pool}', '--config.distill.compare=False'])
+      workdirs = {arm: folder / split / arm for arm in correct}
+      if source:
+        workdirs['labelled'] = source / split / 'labelled'
+      else:
+        launch(f'labelled-{split}', [*base, f'--workdir={workdirs["labelled"]}'])
+      launch(f'semi-{split}', [*base, f'--workdir={workdirs["semi"]}', f'--config.data.unlabelled={pool}'])
+      if 'self_training' in workdirs:
+        # Self-training (one round of Noisy Student): the labelled arm teaches a student of the same config, with
+        # its augmentation and dropout, on the labelled images and the pool (--mode distill, the teacher's
+        # probabilities).
+        launch(f'self-{split}', [*base, f'--workdir={workdirs["self_training"]}', '--mode=distill',
+                                 f'--config.distill.teacher={workdirs["labelled"]}',
+                                 f'--config.distill.unlabelled={pool}', '--config.distill.compare=False'])
       for arm, workdir in workdirs.items():
-        correct[arm][seed] = correct_on_test(launch, f'predict-{arm}-f{fraction}-s{seed}', workdir, folder, test)
+        correct[arm][seed] = (correct_from(workdir, PREDICTIONS, test) if source and arm == 'labelled' else
+                              correct_on_test(launch, f'predict-{arm}-{split}', workdir, folder, test))
       cost.append(seconds_per_epoch(workdirs['semi']) / seconds_per_epoch(workdirs['labelled']))
       rates.append(pseudo_rate(workdirs['semi']))
     mean = {arm: np.mean([correct[arm][s] for s in args.seeds], axis=0) for arm in correct}
@@ -122,12 +150,15 @@ def semi_part(args, launch, common, folder, images, test) -> dict:
                                        for arm, by in {**correct, 'all': arms_by_seed['all']}.items()},
                      semi_minus_labelled=bootstrap(mean['semi'] - mean['labelled'], args.seeds[0]),
                      gap_closed=None if gap <= 0 else (accuracy['semi'] - accuracy['labelled']) / gap,
-                     self_training_minus_labelled=bootstrap(mean['self_training'] - mean['labelled'], args.seeds[0]),
-                     self_training_minus_semi=bootstrap(mean['self_training'] - mean['semi'], args.seeds[0]),
-                     self_training_gap_closed=(None if gap <= 0 else
-                                               (accuracy['self_training'] - accuracy['labelled']) / gap),
+                     **(self_training_row(mean, accuracy, gap, args.seeds[0]) if 'self_training' in mean else {}),
                      semi_epoch_cost=cost, last_epoch_pseudo_rate=rates))
   return dict(rows=rows)
+
+
+def self_training_row(mean: dict, accuracy: dict, gap: float, seed: int) -> dict:
+  return dict(self_training_minus_labelled=bootstrap(mean['self_training'] - mean['labelled'], seed),
+              self_training_minus_semi=bootstrap(mean['self_training'] - mean['semi'], seed),
+              self_training_gap_closed=None if gap <= 0 else (accuracy['self_training'] - accuracy['labelled']) / gap)
 
 
 def label_next_part(args, launch, common, folder, images, test) -> dict:
@@ -203,10 +234,32 @@ def labels_to_reach(curve: dict, target: float) -> float | None:
   return None
 
 
+def arms_from(args, name: str, folder: pathlib.Path) -> pd.DataFrame:
+  """The test split of the earlier run --arms-from names, after checking that its arms trained as these would:
+  the same epochs and the same overrides but config.semi's. Its test listing is copied into `folder`."""
+  source = args.arms_from / name
+  recorded = json.loads((source / 'bench_unlabelled.json').read_text())
+  others = sorted(o for o in args.set if not o.startswith('semi.'))
+  theirs = sorted(o for o in recorded['overrides'] if not o.startswith('semi.'))
+  if recorded['epochs'] != args.epochs or others != theirs:
+    raise SystemExit(f'--arms-from {source}: its arms trained with --epochs {recorded["epochs"]} and {theirs}, '
+                     f'not {args.epochs} and {others}; only semi.* may differ')
+  missing = [f'f{f}-s{s}' for f in args.fractions for s in args.seeds if not (source / f'f{f}-s{s}').is_dir()]
+  if missing:
+    raise SystemExit(f'--arms-from {source}: it has no split {missing[0]} (--fractions and --seeds must be its own)')
+  for listing in ('test_split.csv', 'test_images.csv'):
+    fileio.write_text(folder / listing, (source / listing).read_text())
+  return pd.read_csv(folder / 'test_split.csv', dtype=str, keep_default_na=False)
+
+
 def run_one(name: str, args) -> dict:
   folder, launch, common, config = fresh_data_set(name, args)
-  test, _ = write_test_split(config, folder, 0.2, 0)
-  images = Images(config, folder, test)
+  if args.arms_from:
+    test = arms_from(args, name, folder)
+    images = Images(config, args.arms_from / name, test)   # its PNG files, written once, are kept
+  else:
+    test, _ = write_test_split(config, folder, 0.2, 0)
+    images = Images(config, folder, test)
   row = dict(data=name, date=time.strftime('%Y-%m-%d'), config=DATA[name], epochs=args.epochs,
              overrides=list(args.set), test_images=len(test), training_images=len(images.ids),
              semi_settings={k: v for k, v in config.semi.items()})
@@ -234,7 +287,13 @@ def main():
   p.add_argument('--parts', nargs='+', default=['semi', 'label_next'], choices=['semi', 'label_next'])
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='a config override for every training launch (repeatable)')
+  p.add_argument('--self-training', action=argparse.BooleanOptionalAction, default=True,
+                 help='semi: also the self-training arm (one round of Noisy Student through --mode distill)')
+  p.add_argument('--arms-from', type=pathlib.Path, default=None, metavar='OUT',
+                 help="semi only: an earlier --out's labelled and all-label arms and splits; train the semi arm alone")
   args = p.parse_args()
+  if args.arms_from and args.parts != ['semi']:
+    p.error('--arms-from reuses the semi part\'s arms: give --parts semi')
   rows = [run_one(name, args) for name in args.data]
   fileio.write_json(args.out / 'bench_unlabelled.json', rows)
   print(json.dumps([{k: v for k, v in r.items() if k != 'commands'} for r in rows], indent=1, default=str))
