@@ -173,14 +173,20 @@ def test_a_move_on_a_key_the_config_does_not_have_changes_nothing():
 
 def test_unlabelled_images_make_training_on_them_a_dimension_tried_early(tmp_path):
   """With config.data.unlabelled, the default space chooses whether to train on them (FixMatch as the config gives
-  it first), and leaving them out is a neighbour right after the learning rate; without them, no such knob."""
+  it first) and with which thresholds, and leaving them out, then the other thresholds, are neighbours right after
+  the learning rate; without them, no such knob."""
   config = config_from_argv([*QUICK, f'--config.data.unlabelled={tmp_path}', '--config.augment.rotation=0.0'])
   entries = default_space(Variant('base', {}, config), [OWN], flips=False)
   assert "semi.method: choice('fixmatch', 'none')" in entries
+  assert "semi.thresholds: choice('fixed', 'adaptive')" in entries   # FreeMatch's bar for a small set's pool
   dims = parse_space(entries, config, [OWN])
   baseline = baseline_params(dims, config, [OWN])
   labels = [label for label, _ in neighbours(dims, baseline, {OWN.name: baseline})]
-  assert labels[:3] == ['train.learning_rate x3', 'train.learning_rate /3', "semi.method 'none'"]
+  assert labels[:4] == ['train.learning_rate x3', 'train.learning_rate /3', "semi.method 'none'",
+                        "semi.thresholds 'adaptive'"]
+  adaptive = config_from_argv([*QUICK, f'--config.data.unlabelled={tmp_path}', '--config.semi.thresholds=adaptive'])
+  assert "semi.thresholds: choice('adaptive', 'fixed')" in default_space(Variant('base', {}, adaptive), [OWN],
+                                                                          flips=False)
   plain = config_from_argv(QUICK)
   assert not [e for e in default_space(Variant('base', {}, plain), [OWN], flips=False) if e.startswith('semi.')]
 

@@ -16,9 +16,10 @@ from fpclass.auto import portfolio
 # The order neighbours enter a batch too small for all of them: the learning rate first (what most often wins a
 # hand sweep, 3x on the footprints and digits), then the backbones the screen kept, then recomputed batch-norm
 # statistics (where they matter they decide: docs/finetuning.md), then the unlabelled images left out (whether
-# they help at all), then geometry and the other regularisers users reach for first; a dimension not named here (a
-# user's own entry) follows in entry order.
-PRIORITY = ('train.learning_rate', 'model.name', 'train.bn_statistics', 'semi.method', 'augment.rotation', 'train.label_smoothing',
+# they help at all) and their pseudo-labels' other bar, then geometry and the other regularisers users reach for
+# first; a dimension not named here (a user's own entry) follows in entry order.
+PRIORITY = ('train.learning_rate', 'model.name', 'train.bn_statistics', 'semi.method', 'semi.thresholds',
+            'augment.rotation', 'train.label_smoothing',
             'train.ema_decay', 'model.dropout', 'augment.policy', 'augment.zoom', 'augment.translate', 'augment.mixup_alpha',
             'augment.erasing', 'augment.hflip', 'model.batch_norm', 'model.dense_dropout', 'model.fc_sizes',
             'model.drop_path_rate', 'train.layer_decay', 'model.freeze_till', 'model.top_dropout')

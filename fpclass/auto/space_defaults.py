@@ -3,7 +3,8 @@
 `default_space` writes `fpclass.auto.space` entries: the learning rate as a factor of each candidate's centre,
 regularisation and augmentation (geometry, and horizontal flips only where `flip_check` finds that mirrored
 images keep their class), the seed CNN's switches for from-scratch models, the fine-tuning settings for
-pretrained ones, and with config.data.unlabelled whether to train on those images (config.semi.method). Every range holds the config's own value, so the first trial is the config as given.
+pretrained ones, and with config.data.unlabelled whether to train on those images (config.semi.method) and with
+which pseudo-label thresholds. Every range holds the config's own value, so the first trial is the config as given.
 `fpclass.auto.lr_centres` moves a screened backbone's centre from the guess here to a short lr_find's
 suggestion when that fits the time given. The table of defaults and their reasons: docs/auto.md.
 """
@@ -99,8 +100,12 @@ def default_space(base: Variant, candidates: list, learning_rates: dict | None =
     entries.append(_scoped(_choice('train.bn_statistics', train.bn_statistics, 'running', 'precise'), with_bn,
                            [c.name for c in candidates]))
   if base.settings.data.unlabelled.unlabelled:   # the images nobody labelled: trained on (FixMatch) or not
-    method = base.settings.semi.method
-    entries.append(_choice('semi.method', method, 'none' if method != 'none' else 'fixmatch'))
+    semi = base.settings.semi
+    entries.append(_choice('semi.method', semi.method, 'none' if semi.method != 'none' else 'fixmatch'))
+    # and with which bar for a pseudo-label: FixMatch's fixed 0.95 takes few of a small set's pool within a short
+    # schedule, FreeMatch's adaptive thresholds took more and closed more of the gap on all three bench sets
+    # (docs/unlabelled.md). A trial without the pool ignores it.
+    entries.append(_choice('semi.thresholds', semi.thresholds, 'adaptive' if semi.thresholds == 'fixed' else 'fixed'))
   return entries
 
 
