@@ -428,11 +428,12 @@ def test_a_budget_for_one_cheapened_configuration_runs_it_once_and_says_what_it_
 
 
 @pytest.mark.parametrize('member_epoch, left, completed, epochs', [
-    (1.0, 6.4, False, 3),   # after the 2 s tail, 2 epochs fit with 0.4 s over; a third ends 0.6 s past: within 2.5 s
+    (1.0, 6.4, False, 3),   # after the 2 s tail, 2 epochs fit with 0.4 s over; a third ends 0.6 s past: within 5 s
     (1.0, 6.4, True, 2),    # a trial completed: this is not the only model there can be, and keeps the budget
-    (3.0, 7.4, False, 1),   # 1 epoch fits with 0.4 s over; a second ends 2.6 s past, more than half the slack
+    (3.0, 7.4, False, 2),   # 1 epoch fits with 0.4 s over; a second ends 2.6 s past, within the slack
+    (6.0, 10.4, False, 1),  # 1 epoch fits with 0.4 s over; a second ends 5.6 s past, beyond it
 ])
-def test_the_only_model_s_last_epoch_may_end_in_half_the_slack(tmp_path, member_epoch, left, completed, epochs):
+def test_the_only_model_s_last_epoch_may_end_in_the_slack(tmp_path, member_epoch, left, completed, epochs):
   ctx = _search_context(tmp_path, seconds=100.0, used=100.0 - left)
   ctx.budget.costs = Costs(setup=1.0, member=1.0, member_epoch=member_epoch)
   ctx.study.set_user_attr(study_lib.FOLDS, 3)

@@ -218,14 +218,16 @@ def _search(ctx: Context) -> str:
 
 def _into_the_slack(ctx: Context, planned: Bracket, costs: Costs, seconds: float) -> Bracket:
   """A single configuration, the only final model there can be while no trial has completed, with one epoch more
-  where it ends within half the budget's slack past `seconds`: that model's round ends in the slack
-  (`brackets.run_bracket`), and keeps a member the deadline cuts after half its epochs. At 60 s an epoch of the
-  footprint CNN is 7% of the budget, and the part of one left over went unused."""
+  where it ends within the budget's slack past `seconds` (which keep the tail): that model's round stops at the
+  slack's end less the tail (`brackets.run_bracket`), and keeps a member the deadline cuts after half its epochs,
+  so a plan that reads the epochs a little cheap ends on time with the epochs before the cut. At 60 s an epoch of
+  the footprint CNN is 7 to 9% of the budget, and within half the slack the part of one left over went unused in
+  two runs of three (docs/auto.md, "The budget holds")."""
   if len(planned.rungs) != 1 or planned.rungs[0].configs != 1 or brackets.completed(ctx):
     return planned
   rung = planned.rungs[0]
   longer = dataclasses.replace(rung, epochs=rung.epochs + 1)
-  if rung.epochs >= ctx.epochs or longer.cost(costs) > seconds + SLACK / 2 * ctx.budget.seconds:
+  if rung.epochs >= ctx.epochs or longer.cost(costs) > seconds + SLACK * ctx.budget.seconds:
     return planned
   note = planned.note.replace(f'for {rung.epochs} of', f'for {longer.epochs} of') if planned.note else ''
   return Bracket((longer,), note)
