@@ -122,7 +122,9 @@ def _unlabelled_lines(run, study: optuna.Study) -> list[str]:
   each = '; '.join(f'{"with them" if m != "none" else "without them"} ({m}): {v:.4f}' for m, v in sorted(best.items()))
   won = 'trains on them' if own != 'none' else 'leaves them out'
   return [f'Unlabelled images (`config.data.unlabelled={spec}`): the choice {won} (`semi.method={own}`). The best '
-          f'trial {each or "(none completed)"}, each at its own last rung (not like for like).', '']
+          f'trial {each or "(none completed)"}, each at its own last rung (not like for like). A pool pays off late '
+          'and the cheap rungs rank it early: a longer `--mode train` of the choice with the pool '
+          '(`semi.thresholds=adaptive`) can do better than this search (fpclass docs/unlabelled.md).', '']
 
 
 def confirm_summary(models: pd.DataFrame, metrics: tuple, folds: int) -> pd.DataFrame:
