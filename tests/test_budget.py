@@ -10,6 +10,7 @@ import pytest
 from fpclass.auto import budget as budget_lib
 from fpclass.auto.budget import Budget
 from fpclass.auto.rungs import Costs
+from fpclass.config.search import AutoSettings
 
 
 class Clock:
@@ -134,3 +135,8 @@ def test_a_kill_between_two_saves_of_the_state_loses_at_most_one_beat(tmp_path, 
   # An unreadable beat is no beat: the state's own figure counts.
   (tmp_path / budget_lib.CLOCK_FILE).write_text('{not json')
   assert _load(100.0, tmp_path, clock).used_before == 0.0
+
+
+def test_a_budget_is_shown_with_its_unit_a_bare_number_as_seconds():
+  assert AutoSettings(time_budget='60').budget_label == '60s'   # the log and the report read '60s budget'
+  assert AutoSettings(time_budget='1.5h').budget_label == '1.5h'

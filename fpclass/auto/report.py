@@ -60,7 +60,7 @@ def write_report(run, workdir) -> str:
                                                 search_note=run.search_note, final_note=run.final_note,
                                                 splits=run.splits_note))
   lines = ['## Auto: the best model within the budget', '',
-           f'Budget {run.settings.time_budget}: {run.budget.describe()}. Trials on {run.splits_note} splits, scored by '
+           f'Budget {run.settings.budget_label}: {run.budget.describe()}. Trials on {run.splits_note} splits, scored by '
            f'{metric_registry.title(metric)} (mean over the members); batches from Optuna TPE (seed '
            f'{run.settings.seed}, constant liar) through {scheduler_for(run.settings).describe()}: '
            f'{_brackets_text(run.brackets)}' + (f' ({run.search_note})' if run.search_note else '') + '.', '',

@@ -107,7 +107,7 @@ def run_auto(config, workdir) -> AutoRun | None:
                  'fresh seeds, on the same images)') if own_split else f'{folds}-fold'
   budget = Budget.load(settings.budget_seconds, workdir, timings.job_elapsed())
   with budget.heartbeat():   # a kill between two saves of the state loses at most one beat
-    tqdm.write(f'auto: {settings.time_budget} budget ({budget.describe()}), {splits_note} trials by {metric}')
+    tqdm.write(f'auto: {settings.budget_label} budget ({budget.describe()}), {splits_note} trials by {metric}')
     screen, pairs, screen_note = screen_candidates(base.settings, settings, ProbeSettings.from_config(config.probe),
                                                    budget)
     candidates = [Candidate(name, changes) for name, changes in pairs]

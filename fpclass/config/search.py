@@ -74,6 +74,12 @@ class AutoSettings(Settings):
   def budget_seconds(self) -> float:
     return duration_seconds(self.time_budget)
 
+  @property
+  def budget_label(self) -> str:
+    """The budget as the user wrote it, with its unit: '60' reads '60s'."""
+    text = str(self.time_budget).strip()
+    return text + 's' if DURATION.match(text).group(2) is None else text
+
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleSettings(Settings):
