@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from fpclass.auto import first_trials, portfolio, report, search
+from fpclass.auto import study as study_lib
 from fpclass.auto.first_trials import BASELINE, NEIGHBOUR, combination, neighbour_values, neighbours
 from fpclass.auto.space import Candidate, Dimension, baseline_params, default_space, parse_space, sample
 from fpclass.modes.command_line import config_from_argv
@@ -194,8 +195,9 @@ def test_unlabelled_images_make_training_on_them_a_dimension_tried_early(tmp_pat
 def test_the_report_says_whether_the_choice_trains_on_the_unlabelled_images_and_the_best_trial_each_way():
   study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction='maximize')
   for method, value in (('fixmatch', 0.91), ('none', 0.93), ('fixmatch', 0.95), ('none', 0.90)):
-    study.enqueue_trial({'semi.method': method})
-    trial = study.ask({'semi.method': optuna.distributions.CategoricalDistribution(['fixmatch', 'none'])})
+    study.enqueue_trial({'semi.method': repr(method)})   # as the search holds them: parameters and changes as reprs
+    trial = study.ask({'semi.method': optuna.distributions.CategoricalDistribution(["'fixmatch'", "'none'"])})
+    trial.set_user_attr(study_lib.CHANGES, {'semi.method': repr(method)})
     study.tell(trial, value)
   run = SimpleNamespace(chosen=dict(config=dict(data=dict(unlabelled='pool/'), semi=dict(method='fixmatch'))))
   lines = report._unlabelled_lines(run, study)

@@ -116,7 +116,8 @@ def _unlabelled_lines(run, study: optuna.Study) -> list[str]:
   better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
   best = {}
   for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-    method = trial.params.get('semi.method', own)   # a space without the key: every trial has the choice's
+    # The trial's config changes (its parameters are reprs: "'none'"); a space without the key: the choice's value.
+    method = study_lib.changes_of(trial).get('semi.method', own)
     if trial.value is not None:
       best[method] = better(best.get(method, trial.value), trial.value)
   each = '; '.join(f'{"with them" if m != "none" else "without them"} ({m}): {v:.4f}' for m, v in sorted(best.items()))
