@@ -45,12 +45,7 @@ from fpclass.config.inputs import DataSettings, DecodeSettings  # noqa: E402
 from fpclass.config.outputs import OodSettings  # noqa: E402
 from fpclass.data import pipeline  # noqa: E402
 from fpclass.data.decode import decode_bytes  # noqa: E402
-from fpclass.deploy import (  # noqa: E402
-  int8,
-  ood,
-  ood_threshold,  # noqa: E402
-  shift,
-)
+from fpclass.deploy import int8, ood, ood_threshold, shift  # noqa: E402
 from fpclass.deploy import ood_scores as ood_math  # noqa: E402
 from fpclass.errors import UserInputError  # noqa: E402
 from fpclass.infer.ensemble import load_model  # noqa: E402
